@@ -1,0 +1,4 @@
+//! Response bodies on their way to the client: SSE framing, per-protocol usage extraction, and
+//! the tap that shows every chunk to a usage observer and passes it on unchanged.
+pub mod anthropic;
+pub mod sse;

@@ -1,0 +1,1 @@
+//! Usage of Anthropic Messages responses (SSE and JSON).

@@ -1,0 +1,34 @@
+//! Token counts of one response, normalised across vendors.
+//!
+//! Anthropic reports `input_tokens` *excluding* cache reads and writes; OpenAI's `prompt_tokens`
+//! *includes* cached tokens. Everything in Switchyard works on the Anthropic convention: the four
+//! input kinds below are disjoint, so their sum is what the upstream processed and each kind can
+//! be priced on its own. Vendor extractors convert into this shape and nowhere else.
+
+use serde::{Deserialize, Serialize};
+
+/// Tokens of one request, every kind disjoint from the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// All cache writes; equals `cache_creation_5m + cache_creation_1h` when the upstream split them,
+    /// else the split fields are zero and everything is priced as a 5-minute write.
+    pub cache_creation_input_tokens: u64,
+    pub cache_creation_5m_input_tokens: u64,
+    pub cache_creation_1h_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+impl TokenUsage {
+    /// Cache-write tokens that the upstream did not attribute to either TTL; priced as 5-minute writes.
+    pub fn cache_creation_unsplit(&self) -> u64 {
+        self.cache_creation_input_tokens
+            .saturating_sub(self.cache_creation_5m_input_tokens + self.cache_creation_1h_input_tokens)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == TokenUsage::default()
+    }
+}

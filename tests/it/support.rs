@@ -1,0 +1,2 @@
+//! Test support: mock upstreams.
+pub mod mock;
