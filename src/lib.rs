@@ -1,5 +1,36 @@
 //! Switchyard: a relay for LLM and image-generation APIs.
+//!
+//! # Layout
+//!
+//! The data path of one request, and the module that does each step:
+//!
+//! - [`server`]: the hyper accept loop, HTTP/1.1 and h2c, graceful shutdown.
+//! - [`router`]: path → handler; decides the surface (and so the error shape).
+//! - [`relay`]: the data path, step by step: auth → admit → pick → send → tap → settle.
+//! - [`auth`]: key format and hashing; [`catalog`]: cached key and account records.
+//! - [`limits`]: admission and the lease guard; [`scheduler`]: choosing the account.
+//! - [`providers`]: one file per vendor: the upstream request.
+//! - [`stream`]: SSE framing, usage extraction, and the tap body.
+//! - [`pricing`]: prices and integer nano-dollar cost; [`stats`]: batched usage writes.
+//! - [`store`]: the `Store` trait and its embedded implementation.
+//! - [`admin`]: the admin API; [`config`], [`crypto`], [`metrics`], [`error`], [`body`]: support.
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod catalog;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod limits;
+pub mod metrics;
 pub mod pricing;
+pub mod providers;
+pub mod relay;
+pub mod router;
+pub mod scheduler;
+pub mod server;
+pub mod stats;
 pub mod store;
 pub mod stream;
 pub mod usage;

@@ -1,1 +1,454 @@
-fn main() {}
+//! The `switchyard` command: the relay (`serve`) and its admin CLI.
+//!
+//! CLI commands drive the admin API's own handlers: in process when no relay holds the data
+//! dir, else over HTTP against the relay that does (its address is in `<data dir>/serve.addr`).
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+use switchyard::app::App;
+use switchyard::config::{Config, Flags, LogFormat};
+use switchyard::server::{self, Server};
+use switchyard::store::StoreError;
+
+/// Where a running relay writes its address, for the CLI.
+const ADDR_FILE: &str = "serve.addr";
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A relay for LLM and image-generation APIs"
+)]
+struct Cli {
+    /// TOML configuration file (every option is documented in config.example.toml).
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (embedded store, generated secrets).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve {
+        /// Address to listen on, such as 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Client API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Upstream accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Usage totals, optionally for one key, account or model, with a series.
+    Usage(UsageArgs),
+    /// Model prices.
+    #[command(subcommand)]
+    Pricing(PricingCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    List,
+    Enable {
+        id: String,
+    },
+    Disable {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountsCommand {
+    /// Add an upstream account.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "anthropic")]
+        provider: String,
+        /// The account's API key (or set SWITCHYARD_ACCOUNT_API_KEY to keep it out of the shell history).
+        #[arg(long, env = "SWITCHYARD_ACCOUNT_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Lower is preferred.
+        #[arg(long)]
+        priority: Option<i32>,
+        /// A model glob this account serves (repeatable; none = all models).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+        /// Add it out of rotation.
+        #[arg(long)]
+        unschedulable: bool,
+    },
+    List,
+    Remove {
+        id: String,
+    },
+}
+
+#[derive(Args)]
+struct UsageArgs {
+    #[arg(long, conflicts_with_all = ["account_id", "model"])]
+    key_id: Option<String>,
+    #[arg(long, conflicts_with = "model")]
+    account_id: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    /// RFC 3339 time or YYYY-MM-DD.
+    #[arg(long)]
+    from: Option<String>,
+    #[arg(long)]
+    to: Option<String>,
+    /// hour, day or month.
+    #[arg(long)]
+    granularity: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PricingCommand {
+    /// Import a LiteLLM model_prices_and_context_window.json; it overrides the built-in prices.
+    Import { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    switchyard::app::install_crypto_provider();
+    let flags = Flags {
+        listen: match &cli.command {
+            Command::Serve { listen } => *listen,
+            _ => None,
+        },
+        data_dir: cli.data_dir.clone(),
+    };
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &flags) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config, matches!(cli.command, Command::Serve { .. }));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { .. } => serve(config).await,
+            command => run_cli(config, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config, serving: bool) {
+    let filter = std::env::var("SWITCHYARD_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            let level = if serving {
+                config.log.level.as_str()
+            } else {
+                "warn"
+            };
+            tracing_subscriber::EnvFilter::new(level)
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let app = App::open(config).await.map_err(|e| {
+        if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked)) {
+            anyhow::anyhow!(
+                "{} is in use by another switchyard process",
+                data_dir.display()
+            )
+        } else {
+            e
+        }
+    })?;
+    if let Some(path) = &app.admin_token_file {
+        tracing::info!(path = %path.display(), "admin token is in this file");
+    }
+    let server = Server::bind(Arc::clone(&app))
+        .await
+        .with_context(|| format!("cannot listen on {}", app.config.listen))?;
+    let addr = server.local_addr()?;
+    let addr_file = data_dir.join(ADDR_FILE);
+    std::fs::write(&addr_file, addr.to_string())
+        .with_context(|| format!("cannot write {}", addr_file.display()))?;
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), store = %app.config.store, "switchyard listening");
+    server.run(server::shutdown_signal()).await;
+    let _ = std::fs::remove_file(&addr_file);
+    Ok(())
+}
+
+/// Calls the admin API in process, or over HTTP when a running relay holds the data dir.
+enum Admin {
+    Local(Arc<App>),
+    Remote {
+        base: String,
+        token: String,
+        client: reqwest::Client,
+    },
+}
+
+impl Admin {
+    async fn connect(config: Config) -> anyhow::Result<Admin> {
+        let data_dir = config.data_dir.clone();
+        let configured_token = config.admin_token.clone();
+        match App::open(config).await {
+            Ok(app) => Ok(Admin::Local(app)),
+            Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked)) => {
+                let addr =
+                    std::fs::read_to_string(data_dir.join(ADDR_FILE)).with_context(|| {
+                        format!(
+                            "{} is in use, but the relay's address is unknown",
+                            data_dir.display()
+                        )
+                    })?;
+                let token = match configured_token {
+                    Some(t) => t,
+                    None => read_token(&data_dir.join("admin-token"))?,
+                };
+                let addr: SocketAddr = addr
+                    .trim()
+                    .parse()
+                    .context("serve.addr is not an address")?;
+                let host = if addr.ip().is_unspecified() {
+                    SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+                } else {
+                    addr
+                };
+                Ok(Admin::Remote {
+                    base: format!("http://{host}"),
+                    token,
+                    client: reqwest::Client::new(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> anyhow::Result<Value> {
+        let (status, bytes) = match self {
+            Admin::Local(app) => {
+                let req = http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header(
+                        http::header::AUTHORIZATION,
+                        format!("Bearer {}", app.admin_token),
+                    )
+                    .body(Full::new(body.unwrap_or_default()))?;
+                let resp = switchyard::router::handle(Arc::clone(app), req).await;
+                let status = resp.status();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .to_bytes();
+                (status, bytes)
+            }
+            Admin::Remote {
+                base,
+                token,
+                client,
+            } => {
+                let mut req = client
+                    .request(method, format!("{base}{path}"))
+                    .bearer_auth(token);
+                if let Some(body) = body {
+                    req = req
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(body);
+                }
+                let resp = req
+                    .send()
+                    .await
+                    .context("the running relay did not answer")?;
+                (resp.status(), resp.bytes().await?)
+            }
+        };
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = value["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed");
+            bail!("{message} ({status})");
+        }
+        Ok(value)
+    }
+
+    async fn close(self) {
+        if let Admin::Local(app) = self {
+            app.shutdown().await;
+        }
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the admin token from {}", path.display()))?
+        .trim()
+        .to_owned())
+}
+
+async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
+    use http::Method;
+    let admin = Admin::connect(config).await?;
+    let json_body = |v: Value| Some(Bytes::from(v.to_string()));
+    let result = match command {
+        Command::Serve { .. } => Ok(Value::Null),
+        Command::Keys(cmd) => match cmd {
+            KeysCommand::Create { name } => {
+                admin
+                    .call(
+                        Method::POST,
+                        "/admin/keys",
+                        json_body(json!({ "name": name })),
+                    )
+                    .await
+            }
+            KeysCommand::List => admin.call(Method::GET, "/admin/keys", None).await,
+            KeysCommand::Enable { id } => {
+                admin
+                    .call(
+                        Method::PATCH,
+                        &format!("/admin/keys/{id}"),
+                        json_body(json!({ "enabled": true })),
+                    )
+                    .await
+            }
+            KeysCommand::Disable { id } => {
+                admin
+                    .call(
+                        Method::PATCH,
+                        &format!("/admin/keys/{id}"),
+                        json_body(json!({ "enabled": false })),
+                    )
+                    .await
+            }
+            KeysCommand::Delete { id } => {
+                admin
+                    .call(Method::DELETE, &format!("/admin/keys/{id}"), None)
+                    .await
+            }
+        },
+        Command::Accounts(cmd) => match cmd {
+            AccountsCommand::Add {
+                name,
+                provider,
+                api_key,
+                base_url,
+                priority,
+                models,
+                max_concurrency,
+                unschedulable,
+            } => {
+                let body = json!({
+                    "name": name,
+                    "provider": provider,
+                    "api_key": api_key,
+                    "base_url": base_url,
+                    "priority": priority,
+                    "models": models,
+                    "max_concurrency": max_concurrency,
+                    "schedulable": !unschedulable,
+                });
+                admin
+                    .call(Method::POST, "/admin/accounts", json_body(body))
+                    .await
+            }
+            AccountsCommand::List => admin.call(Method::GET, "/admin/accounts", None).await,
+            AccountsCommand::Remove { id } => {
+                admin
+                    .call(Method::DELETE, &format!("/admin/accounts/{id}"), None)
+                    .await
+            }
+        },
+        Command::Usage(args) => {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(
+                    [
+                        ("key_id", args.key_id),
+                        ("account_id", args.account_id),
+                        ("model", args.model),
+                        ("from", args.from),
+                        ("to", args.to),
+                        ("granularity", args.granularity),
+                    ]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k, v))),
+                )
+                .finish();
+            admin
+                .call(Method::GET, &format!("/admin/usage?{query}"), None)
+                .await
+        }
+        Command::Pricing(PricingCommand::Import { file }) => {
+            let text =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            admin
+                .call(
+                    Method::POST,
+                    "/admin/pricing/import",
+                    Some(Bytes::from(text)),
+                )
+                .await
+        }
+    };
+    admin.close().await;
+    println!("{}", serde_json::to_string_pretty(&result?)?);
+    Ok(())
+}

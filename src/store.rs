@@ -100,7 +100,9 @@ pub struct Admission {
 pub enum Admit {
     Granted,
     /// The key already has this many requests in flight.
-    ConcurrencyExceeded { limit: u32 },
+    ConcurrencyExceeded {
+        limit: u32,
+    },
 }
 
 /// One account the scheduler may use, in the order of the caller's preference is not assumed:
@@ -262,8 +264,12 @@ pub trait Store: Send + Sync + 'static {
         lease: &Lease,
     ) -> StoreResult<Option<String>>;
     /// Ends a lease taken by `admit` (and by `pick_account` when `account_id` is given). Idempotent.
-    async fn release(&self, key_id: &str, account_id: Option<&str>, lease: &Lease)
-    -> StoreResult<()>;
+    async fn release(
+        &self,
+        key_id: &str,
+        account_id: Option<&str>,
+        lease: &Lease,
+    ) -> StoreResult<()>;
 
     // --- usage ---
     /// Adds every counter of the batch and appends its request log entries, all or nothing.

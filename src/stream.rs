@@ -2,3 +2,4 @@
 //! the tap that shows every chunk to a usage observer and passes it on unchanged.
 pub mod anthropic;
 pub mod sse;
+pub mod tap;

@@ -24,8 +24,9 @@ pub struct TokenUsage {
 impl TokenUsage {
     /// Cache-write tokens that the upstream did not attribute to either TTL; priced as 5-minute writes.
     pub fn cache_creation_unsplit(&self) -> u64 {
-        self.cache_creation_input_tokens
-            .saturating_sub(self.cache_creation_5m_input_tokens + self.cache_creation_1h_input_tokens)
+        self.cache_creation_input_tokens.saturating_sub(
+            self.cache_creation_5m_input_tokens + self.cache_creation_1h_input_tokens,
+        )
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,3 +1,4 @@
 //! Integration tests: one binary (one link) for the whole suite.
+mod anthropic;
 mod store_conformance;
 mod support;

@@ -1,0 +1,138 @@
+//! The admin API: `/admin/...`, every route behind `Authorization: Bearer <admin token>`.
+//!
+//! The CLI drives the same handlers, in process or over HTTP, so both behave alike.
+
+mod accounts;
+mod keys;
+mod usage;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::app::App;
+use crate::body::{self, Body, BoxError};
+use crate::error::{ApiError, ErrorKind, Surface};
+
+pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match route(app, req).await {
+        Ok(resp) => resp,
+        Err(err) => err.render(Surface::Admin),
+    }
+}
+
+async fn route<B>(app: &Arc<App>, req: Request<B>) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    authorize(app, req.headers())?;
+    let (parts, body) = req.into_parts();
+    let body = crate::relay::read_body(body, app.config.server.body_limit_bytes).await?;
+    let query = parse_query(parts.uri.query());
+    let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
+    let method = &parts.method;
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["admin", "keys"]) => keys::list(app).await,
+        (&Method::POST, ["admin", "keys"]) => keys::create(app, parse(&body)?).await,
+        (&Method::GET, ["admin", "keys", id]) => keys::get(app, id).await,
+        (&Method::PATCH, ["admin", "keys", id]) => keys::patch(app, id, parse(&body)?).await,
+        (&Method::DELETE, ["admin", "keys", id]) => keys::delete(app, id).await,
+        (&Method::GET, ["admin", "accounts"]) => accounts::list(app).await,
+        (&Method::POST, ["admin", "accounts"]) => accounts::create(app, parse(&body)?).await,
+        (&Method::GET, ["admin", "accounts", id]) => accounts::get(app, id).await,
+        (&Method::PATCH, ["admin", "accounts", id]) => {
+            accounts::patch(app, id, parse(&body)?).await
+        }
+        (&Method::DELETE, ["admin", "accounts", id]) => accounts::delete(app, id).await,
+        (&Method::GET, ["admin", "usage"]) => usage::usage(app, &query).await,
+        (&Method::GET, ["admin", "requests"]) => usage::requests(app, &query).await,
+        (&Method::POST, ["admin", "pricing", "import"]) => usage::import_pricing(app, &body).await,
+        _ => Err(ApiError::not_found(format!(
+            "no admin route for {method} {}",
+            parts.uri.path()
+        ))),
+    }
+}
+
+fn authorize(app: &App, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(crate::auth::bearer);
+    match presented {
+        Some(token)
+            if crate::auth::constant_time_eq(token.as_bytes(), app.admin_token.as_bytes()) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(ApiError::new(
+            ErrorKind::Authentication,
+            "invalid admin token",
+        )),
+        None => Err(ApiError::new(
+            ErrorKind::Authentication,
+            "missing admin token: send Authorization: Bearer <token>",
+        )),
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid("a JSON body is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn ok(status: StatusCode, value: &serde_json::Value) -> Result<Response<Body>, ApiError> {
+    Ok(body::json(status, value))
+}
+
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        format!("the store is unavailable: {e}"),
+    )
+}
+
+/// A record's display name, trimmed.
+fn valid_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::invalid("name: must be 1 to 200 characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Unix milliseconds as RFC 3339 (UTC).
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Distinguishes a field set to `null` (`Some(None)`) from an absent one (`None`) in PATCH bodies.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(d).map(Some)
+}

@@ -1,0 +1,232 @@
+//! `/admin/accounts`: upstream vendor accounts. The api key is sealed on the way in and never
+//! shown again.
+
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{now_ms, nullable, ok, rfc3339, store_error, valid_name};
+use crate::app::App;
+use crate::auth;
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::providers::anthropic;
+use crate::store::{AccountRecord, AccountRuntime, Provider};
+
+const DEFAULT_PRIORITY: i32 = 50;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    name: String,
+    provider: Provider,
+    base_url: Option<String>,
+    api_key: String,
+    priority: Option<i32>,
+    schedulable: Option<bool>,
+    enabled: Option<bool>,
+    #[serde(default)]
+    models: Vec<String>,
+    max_concurrency: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchAccount {
+    name: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    priority: Option<i32>,
+    schedulable: Option<bool>,
+    enabled: Option<bool>,
+    models: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrency: Option<Option<u32>>,
+}
+
+fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
+    json!({
+        "id": account.id,
+        "name": account.name,
+        "provider": account.provider.as_str(),
+        "base_url": account.base_url,
+        "priority": account.priority,
+        "schedulable": account.schedulable,
+        "enabled": account.enabled,
+        "models": account.models,
+        "max_concurrency": account.max_concurrency,
+        "created_at": rfc3339(account.created_at),
+        "state": {
+            "in_flight": runtime.in_flight,
+            "last_used_at": (runtime.last_used_at > 0).then(|| rfc3339(runtime.last_used_at)),
+        },
+    })
+}
+
+fn default_base_url(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Anthropic => anthropic::DEFAULT_BASE_URL,
+    }
+}
+
+fn valid_base_url(url: &str) -> Result<String, ApiError> {
+    let url = url.trim().trim_end_matches('/');
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| ApiError::invalid(format!("base_url: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(ApiError::invalid(
+            "base_url: must be an http(s) URL with a host",
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() || parsed.query().is_some() {
+        return Err(ApiError::invalid(
+            "base_url: must not carry credentials or a query",
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+fn valid_models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
+    for m in &models {
+        glob::Pattern::new(m)
+            .map_err(|e| ApiError::invalid(format!("models: {m:?} is not a valid glob: {e}")))?;
+    }
+    Ok(models)
+}
+
+fn valid_api_key(key: &str) -> Result<String, ApiError> {
+    let key = key.trim();
+    if key.is_empty() || http::HeaderValue::from_str(key).is_err() {
+        return Err(ApiError::invalid(
+            "api_key: must be a non-empty string of visible ASCII characters",
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+fn valid_concurrency(n: Option<u32>) -> Result<Option<u32>, ApiError> {
+    if n == Some(0) {
+        return Err(ApiError::invalid(
+            "max_concurrency: must be at least 1, or null for no limit",
+        ));
+    }
+    Ok(n)
+}
+
+fn seal(app: &App, id: &str, api_key: &str) -> Result<String, ApiError> {
+    app.catalog
+        .master_key()
+        .seal(id, api_key)
+        .map_err(|_| ApiError::internal("could not seal the api key"))
+}
+
+pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>, ApiError> {
+    let id = auth::new_id("acct");
+    let base_url = match &req.base_url {
+        Some(url) => valid_base_url(url)?,
+        None => default_base_url(req.provider).to_owned(),
+    };
+    let record = AccountRecord {
+        name: valid_name(&req.name)?,
+        provider: req.provider,
+        base_url,
+        sealed_api_key: seal(app, &id, &valid_api_key(&req.api_key)?)?,
+        priority: req.priority.unwrap_or(DEFAULT_PRIORITY),
+        schedulable: req.schedulable.unwrap_or(true),
+        enabled: req.enabled.unwrap_or(true),
+        models: valid_models(req.models)?,
+        max_concurrency: valid_concurrency(req.max_concurrency)?,
+        created_at: now_ms(),
+        id,
+    };
+    app.store()
+        .insert_account(&record)
+        .await
+        .map_err(store_error)?;
+    app.catalog.reload_accounts().await.map_err(store_error)?;
+    ok(
+        StatusCode::CREATED,
+        &view(&record, &AccountRuntime::default()),
+    )
+}
+
+pub async fn list(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
+    let accounts = app.store().accounts().await.map_err(store_error)?;
+    let mut data = Vec::with_capacity(accounts.len());
+    for account in &accounts {
+        let runtime = app
+            .store()
+            .account_runtime(&account.id)
+            .await
+            .map_err(store_error)?;
+        data.push(view(account, &runtime));
+    }
+    ok(StatusCode::OK, &json!({ "data": data }))
+}
+
+async fn find(app: &Arc<App>, id: &str) -> Result<AccountRecord, ApiError> {
+    app.store()
+        .account(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no account with id {id}")))
+}
+
+pub async fn get(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
+    let account = find(app, id).await?;
+    let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
+    ok(StatusCode::OK, &view(&account, &runtime))
+}
+
+pub async fn patch(
+    app: &Arc<App>,
+    id: &str,
+    req: PatchAccount,
+) -> Result<Response<Body>, ApiError> {
+    let mut record = find(app, id).await?;
+    if let Some(name) = req.name {
+        record.name = valid_name(&name)?;
+    }
+    if let Some(url) = req.base_url {
+        record.base_url = valid_base_url(&url)?;
+    }
+    if let Some(key) = req.api_key {
+        record.sealed_api_key = seal(app, id, &valid_api_key(&key)?)?;
+    }
+    if let Some(p) = req.priority {
+        record.priority = p;
+    }
+    if let Some(s) = req.schedulable {
+        record.schedulable = s;
+    }
+    if let Some(e) = req.enabled {
+        record.enabled = e;
+    }
+    if let Some(models) = req.models {
+        record.models = valid_models(models)?;
+    }
+    if let Some(n) = req.max_concurrency {
+        record.max_concurrency = valid_concurrency(n)?;
+    }
+    if !app
+        .store()
+        .update_account(&record)
+        .await
+        .map_err(store_error)?
+    {
+        return Err(ApiError::not_found(format!("no account with id {id}")));
+    }
+    app.catalog.reload_accounts().await.map_err(store_error)?;
+    let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
+    ok(StatusCode::OK, &view(&record, &runtime))
+}
+
+pub async fn delete(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
+    if !app.store().delete_account(id).await.map_err(store_error)? {
+        return Err(ApiError::not_found(format!("no account with id {id}")));
+    }
+    app.catalog.reload_accounts().await.map_err(store_error)?;
+    ok(StatusCode::OK, &json!({ "id": id, "deleted": true }))
+}

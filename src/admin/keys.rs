@@ -1,0 +1,103 @@
+//! `/admin/keys`: client API keys. The secret is shown once, in the create answer.
+
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{now_ms, ok, rfc3339, store_error, valid_name};
+use crate::app::App;
+use crate::auth;
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::store::KeyRecord;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    name: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchKey {
+    name: Option<String>,
+    enabled: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn view(key: &KeyRecord) -> Value {
+    json!({
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "enabled": key.enabled,
+        "created_at": rfc3339(key.created_at),
+    })
+}
+
+pub async fn create(app: &Arc<App>, req: CreateKey) -> Result<Response<Body>, ApiError> {
+    let secret = auth::generate_key();
+    let record = KeyRecord {
+        id: auth::new_id("key"),
+        name: valid_name(&req.name)?,
+        hash: auth::hash_key(&secret),
+        prefix: auth::display_prefix(&secret),
+        enabled: req.enabled,
+        created_at: now_ms(),
+    };
+    app.store().insert_key(&record).await.map_err(store_error)?;
+    let mut body = view(&record);
+    body["key"] = Value::String(secret);
+    ok(StatusCode::CREATED, &body)
+}
+
+pub async fn list(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
+    let keys = app.store().keys().await.map_err(store_error)?;
+    ok(
+        StatusCode::OK,
+        &json!({ "data": keys.iter().map(view).collect::<Vec<_>>() }),
+    )
+}
+
+async fn find(app: &Arc<App>, id: &str) -> Result<KeyRecord, ApiError> {
+    app.store()
+        .key(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no key with id {id}")))
+}
+
+pub async fn get(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
+    ok(StatusCode::OK, &view(&find(app, id).await?))
+}
+
+pub async fn patch(app: &Arc<App>, id: &str, req: PatchKey) -> Result<Response<Body>, ApiError> {
+    let mut record = find(app, id).await?;
+    if let Some(name) = req.name {
+        record.name = valid_name(&name)?;
+    }
+    if let Some(enabled) = req.enabled {
+        record.enabled = enabled;
+    }
+    let updated = app.store().update_key(&record).await.map_err(store_error)?;
+    // After the write too: a lookup that read the old record during the write may have cached it.
+    app.catalog.invalidate_key(&record.hash);
+    if !updated {
+        return Err(ApiError::not_found(format!("no key with id {id}")));
+    }
+    ok(StatusCode::OK, &view(&record))
+}
+
+pub async fn delete(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
+    let record = find(app, id).await?;
+    app.store().delete_key(id).await.map_err(store_error)?;
+    app.catalog.invalidate_key(&record.hash);
+    ok(StatusCode::OK, &json!({ "id": id, "deleted": true }))
+}

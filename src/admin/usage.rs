@@ -1,0 +1,292 @@
+//! `/admin/usage`, `/admin/requests` and `/admin/pricing/import`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan, Zoned};
+use serde_json::{Value, json};
+
+use super::{ok, rfc3339, store_error};
+use crate::app::{App, IMPORTED_PRICES_FILE};
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::pricing::PriceTable;
+use crate::store::{Bucket, Counters, Dimension, Granularity, UsageQuery};
+
+/// At most this many buckets in one series.
+const MAX_BUCKETS: usize = 10_000;
+const DEFAULT_REQUESTS: usize = 100;
+const MAX_REQUESTS: usize = 1_000;
+
+/// Totals (and a series, with `granularity`) for one key, account or model, or everything.
+pub async fn usage(
+    app: &Arc<App>,
+    q: &HashMap<String, String>,
+) -> Result<Response<Body>, ApiError> {
+    let dimension = dimension(q)?;
+    let granularity = match q.get("granularity").map(String::as_str) {
+        None | Some("") => None,
+        Some("hour") => Some(Granularity::Hour),
+        Some("day") => Some(Granularity::Day),
+        Some("month") => Some(Granularity::Month),
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "granularity: {other:?} is not hour, day or month"
+            )));
+        }
+    };
+    let from = q
+        .get("from")
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_time(s, "from"))
+        .transpose()?;
+    let to = q
+        .get("to")
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_time(s, "to"))
+        .transpose()?;
+    // Usage still in the aggregator is part of the answer.
+    app.stats.flush().await;
+
+    let mut body = json!({});
+    let totals = if granularity.is_none() && from.is_none() && to.is_none() {
+        let query = UsageQuery {
+            dimension: dimension.clone(),
+            buckets: vec![Bucket::Total],
+        };
+        app.store()
+            .usage(&query)
+            .await
+            .map_err(store_error)?
+            .first()
+            .copied()
+            .unwrap_or_default()
+    } else {
+        let g = granularity.unwrap_or(Granularity::Hour);
+        let to = to.unwrap_or_else(|| Timestamp::now().to_zoned(TimeZone::UTC));
+        let from = match from {
+            Some(f) => f,
+            None => default_from(&to, g)?,
+        };
+        if from >= to {
+            return Err(ApiError::invalid("from: must be before to"));
+        }
+        let starts = bucket_starts(&from, &to, g)?;
+        let buckets = starts.iter().map(|z| bucket_of(z, g)).collect();
+        let counters = app
+            .store()
+            .usage(&UsageQuery {
+                dimension: dimension.clone(),
+                buckets,
+            })
+            .await
+            .map_err(store_error)?;
+        let mut totals = Counters::default();
+        counters.iter().for_each(|c| totals.add(c));
+        body["from"] = json!(from.timestamp().to_string());
+        body["to"] = json!(to.timestamp().to_string());
+        if let Some(g) = granularity {
+            body["granularity"] = json!(g);
+            body["series"] = starts
+                .iter()
+                .zip(&counters)
+                .map(|(start, c)| {
+                    let mut point = counters_json(c);
+                    point["start"] = json!(start.timestamp().to_string());
+                    point
+                })
+                .collect();
+        }
+        totals
+    };
+    let totals_json = counters_json(&totals);
+    if let (Value::Object(out), Value::Object(fields)) = (&mut body, &totals_json) {
+        for (k, v) in fields {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    body["totals"] = totals_json;
+    body["filter"] = match &dimension {
+        Dimension::All => json!({}),
+        Dimension::Key(id) => json!({ "key_id": id }),
+        Dimension::Account(id) => json!({ "account_id": id }),
+        Dimension::Model(m) => json!({ "model": m }),
+    };
+    ok(StatusCode::OK, &body)
+}
+
+fn counters_json(c: &Counters) -> Value {
+    json!({
+        "requests": c.requests,
+        "input_tokens": c.input_tokens,
+        "output_tokens": c.output_tokens,
+        "cache_creation_input_tokens": c.cache_creation_input_tokens,
+        "cache_creation_5m_input_tokens": c.cache_creation_5m_input_tokens,
+        "cache_creation_1h_input_tokens": c.cache_creation_1h_input_tokens,
+        "cache_read_input_tokens": c.cache_read_input_tokens,
+        "cost_nanousd": c.cost_nanousd,
+    })
+}
+
+fn dimension(q: &HashMap<String, String>) -> Result<Dimension, ApiError> {
+    let given: Vec<Dimension> = [
+        q.get("key_id")
+            .filter(|s| !s.is_empty())
+            .map(|s| Dimension::Key(s.clone())),
+        q.get("account_id")
+            .filter(|s| !s.is_empty())
+            .map(|s| Dimension::Account(s.clone())),
+        q.get("model")
+            .filter(|s| !s.is_empty())
+            .map(|s| Dimension::Model(s.clone())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match given.len() {
+        0 => Ok(Dimension::All),
+        1 => Ok(given.into_iter().next().unwrap_or(Dimension::All)),
+        _ => Err(ApiError::invalid(
+            "give at most one of key_id, account_id and model",
+        )),
+    }
+}
+
+/// RFC 3339 (`2026-11-22T08:00:00Z`) or a date (`2026-11-22`, midnight UTC).
+fn parse_time(s: &str, field: &str) -> Result<Zoned, ApiError> {
+    if let Ok(ts) = s.parse::<Timestamp>() {
+        return Ok(ts.to_zoned(TimeZone::UTC));
+    }
+    s.parse::<jiff::civil::Date>()
+        .ok()
+        .and_then(|d| d.to_zoned(TimeZone::UTC).ok())
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{field}: {s:?} is not an RFC 3339 time or a YYYY-MM-DD date"
+            ))
+        })
+}
+
+fn default_from(to: &Zoned, g: Granularity) -> Result<Zoned, ApiError> {
+    let span = match g {
+        Granularity::Hour => 24.hours(),
+        Granularity::Day => 30.days(),
+        Granularity::Month => 12.months(),
+    };
+    to.checked_sub(span)
+        .map_err(|e| ApiError::invalid(format!("to: {e}")))
+}
+
+/// The start of the bucket containing `z`.
+fn floor(z: &Zoned, g: Granularity) -> Result<Zoned, jiff::Error> {
+    let day = z.start_of_day()?;
+    match g {
+        Granularity::Hour => day.checked_add(i64::from(z.hour()).hours()),
+        Granularity::Day => Ok(day),
+        Granularity::Month => z.first_of_month()?.start_of_day(),
+    }
+}
+
+/// Starts of every bucket overlapping `[from, to)`.
+fn bucket_starts(from: &Zoned, to: &Zoned, g: Granularity) -> Result<Vec<Zoned>, ApiError> {
+    let bad = |e: jiff::Error| ApiError::invalid(format!("time range: {e}"));
+    let step = match g {
+        Granularity::Hour => 1.hour(),
+        Granularity::Day => 1.day(),
+        Granularity::Month => 1.month(),
+    };
+    let mut starts = Vec::new();
+    let mut at = floor(from, g).map_err(bad)?;
+    while at < *to {
+        if starts.len() == MAX_BUCKETS {
+            return Err(ApiError::invalid(format!(
+                "time range: more than {MAX_BUCKETS} buckets; use a coarser granularity"
+            )));
+        }
+        let next = at.checked_add(step).map_err(bad)?;
+        starts.push(at);
+        at = next;
+    }
+    Ok(starts)
+}
+
+fn bucket_of(start: &Zoned, g: Granularity) -> Bucket {
+    let [hour, day, month, _] = crate::stats::buckets_of(start.timestamp().as_millisecond());
+    match g {
+        Granularity::Hour => hour,
+        Granularity::Day => day,
+        Granularity::Month => month,
+    }
+}
+
+/// The most recent requests, newest first.
+pub async fn requests(
+    app: &Arc<App>,
+    q: &HashMap<String, String>,
+) -> Result<Response<Body>, ApiError> {
+    let limit = match q.get("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_REQUESTS).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("limit: must be 1 to {MAX_REQUESTS}")))?,
+        None => DEFAULT_REQUESTS,
+    };
+    let key_id = q
+        .get("key_id")
+        .map(String::as_str)
+        .filter(|s| !s.is_empty());
+    app.stats.flush().await;
+    let entries = app
+        .store()
+        .recent_requests(key_id, limit)
+        .await
+        .map_err(store_error)?;
+    let data: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "request_id": e.request_id,
+                "time": rfc3339(e.at),
+                "key_id": e.key_id,
+                "account_id": e.account_id,
+                "model": e.model,
+                "surface": e.surface,
+                "status": e.status,
+                "latency_ms": e.latency_ms,
+                "ttfb_ms": e.ttfb_ms,
+                "input_tokens": e.usage.input_tokens,
+                "output_tokens": e.usage.output_tokens,
+                "cache_creation_input_tokens": e.usage.cache_creation_input_tokens,
+                "cache_read_input_tokens": e.usage.cache_read_input_tokens,
+                "cost_nanousd": e.cost_nanousd,
+            })
+        })
+        .collect();
+    ok(StatusCode::OK, &json!({ "data": data }))
+}
+
+/// Imports a LiteLLM `model_prices_and_context_window.json`: kept in the data dir (so it
+/// survives restarts) and applied at once.
+pub async fn import_pricing(app: &Arc<App>, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::invalid("the price file is not UTF-8"))?;
+    let table =
+        PriceTable::from_litellm_json(text).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let models = table.len();
+    let path = app.config.data_dir.join(IMPORTED_PRICES_FILE);
+    let tmp = path.with_extension("json.tmp");
+    let written = async {
+        tokio::fs::write(&tmp, text).await?;
+        tokio::fs::rename(&tmp, &path).await
+    };
+    written
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))?;
+    let pricing =
+        crate::app::load_pricing(&app.config).map_err(|e| ApiError::invalid(e.to_string()))?;
+    app.set_pricing(pricing);
+    ok(StatusCode::OK, &json!({ "imported_models": models }))
+}

@@ -1,0 +1,130 @@
+//! Everything a request handler needs, built once at start.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::crypto::{self, MasterKey};
+use crate::pricing::{PriceTable, Pricing};
+use crate::stats::Stats;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+/// The LiteLLM-format price file last imported with `switchyard pricing import`.
+pub const IMPORTED_PRICES_FILE: &str = "imported-prices.json";
+
+pub struct App {
+    pub config: Config,
+    pub catalog: Catalog,
+    pub stats: Stats,
+    pub http: reqwest::Client,
+    pub admin_token: String,
+    /// Where the admin token was read from when it was not configured (its path, never the
+    /// token, is shown to the operator).
+    pub admin_token_file: Option<PathBuf>,
+    pub started: Instant,
+    pricing: RwLock<Arc<Pricing>>,
+}
+
+impl App {
+    /// Opens the store, the master key, the admin token and the price table, and starts the
+    /// stats task.
+    pub async fn open(config: Config) -> anyhow::Result<Arc<App>> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
+        })?;
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(
+            &config.data_dir,
+            config.stats.request_log_max,
+        )?);
+        let master_key = MasterKey::resolve(config.master_key.as_deref(), &config.data_dir)?;
+        let (admin_token, admin_token_file) = match &config.admin_token {
+            Some(token) => (token.clone(), None),
+            None => {
+                let path = config.data_dir.join("admin-token");
+                let token = crypto::read_or_create_secret(&path, || {
+                    crate::auth::generate_key().replacen(crate::auth::KEY_PREFIX, "sya-", 1)
+                })?;
+                (token, Some(path))
+            }
+        };
+        let pricing = load_pricing(&config)?;
+        let catalog = Catalog::load(Arc::clone(&store), master_key).await?;
+        let stats = Stats::spawn(
+            Arc::clone(&store),
+            Duration::from_millis(config.stats.flush_interval_ms),
+        );
+        let http = upstream_client(&config)?;
+        crate::metrics::install();
+        Ok(Arc::new(App {
+            config,
+            catalog,
+            stats,
+            http,
+            admin_token,
+            admin_token_file,
+            started: Instant::now(),
+            pricing: RwLock::new(Arc::new(pricing)),
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        self.catalog.store()
+    }
+
+    pub fn pricing(&self) -> Arc<Pricing> {
+        match self.pricing.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn set_pricing(&self, pricing: Pricing) {
+        let pricing = Arc::new(pricing);
+        match self.pricing.write() {
+            Ok(mut p) => *p = pricing,
+            Err(poisoned) => *poisoned.into_inner() = pricing,
+        }
+    }
+
+    /// At shutdown: writes out usage aggregates and stops the stats task, then flushes the store.
+    pub async fn shutdown(&self) {
+        self.stats.stop().await;
+        if let Err(e) = self.store().flush().await {
+            tracing::error!(error = %e, "store flush failed");
+        }
+    }
+}
+
+/// Built-in prices, overlaid by the last imported price file, then by the config.
+pub fn load_pricing(config: &Config) -> anyhow::Result<Pricing> {
+    let path = config.data_dir.join(IMPORTED_PRICES_FILE);
+    let imported = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(PriceTable::from_litellm_json(&text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    Ok(Pricing::from_config(&config.pricing, imported)?)
+}
+
+/// The client for upstream calls. No decompression (bodies pass through as sent), rustls with
+/// the ring provider, the platform's trust roots.
+fn upstream_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    install_crypto_provider();
+    let up = &config.upstream;
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(up.connect_timeout_secs))
+        .read_timeout(Duration::from_secs(up.idle_timeout_secs))
+        .pool_idle_timeout(Duration::from_secs(up.pool_idle_timeout_secs))
+        .pool_max_idle_per_host(up.pool_max_idle_per_host)
+        .tcp_nodelay(true)
+        .build()?)
+}
+
+/// rustls needs one process-wide crypto provider before any TLS client is built; ours is ring.
+pub fn install_crypto_provider() {
+    // Already installed (by an earlier App in this process) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

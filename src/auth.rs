@@ -1,0 +1,115 @@
+//! Client API keys: their format, their hash, and how a request presents one.
+//!
+//! A key is `sy-` followed by 44 characters of base62 (262 bits of randomness). Only the
+//! lower-case hex SHA-256 of the whole key is stored; a lookup hashes what the client presents.
+
+use http::HeaderMap;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
+
+pub const KEY_PREFIX: &str = "sy-";
+const KEY_RANDOM_CHARS: usize = 44;
+/// How much of a key a listing shows: the prefix and four random characters.
+const DISPLAY_PREFIX_LEN: usize = KEY_PREFIX.len() + 4;
+
+/// A fresh secret key. Alphanumeric sampling is uniform over 62 symbols: 44 × log2(62) ≈ 262 bits.
+pub fn generate_key() -> String {
+    let mut key = String::with_capacity(KEY_PREFIX.len() + KEY_RANDOM_CHARS);
+    key.push_str(KEY_PREFIX);
+    key.extend(
+        rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(KEY_RANDOM_CHARS)
+            .map(char::from),
+    );
+    key
+}
+
+pub fn hash_key(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+pub fn display_prefix(secret: &str) -> String {
+    secret.chars().take(DISPLAY_PREFIX_LEN).collect()
+}
+
+/// A random identifier such as `key_3fZ…`, for records and requests.
+pub fn new_id(prefix: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + 21);
+    id.push_str(prefix);
+    id.push('_');
+    id.extend(
+        rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(20)
+            .map(char::from),
+    );
+    id
+}
+
+/// The key a client presents: `x-api-key` (Claude Code, Anthropic SDKs), else
+/// `Authorization: Bearer` (Anthropic's Python SDK with an auth token, OpenAI SDKs), else
+/// `x-goog-api-key` (Google SDKs).
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim());
+    }
+    if let Some(token) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| bearer(v))
+    {
+        return Some(token);
+    }
+    headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(value: &http::HeaderValue) -> Option<&str> {
+    let v = value.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_long_and_distinct() {
+        let a = generate_key();
+        let b = generate_key();
+        assert!(a.starts_with("sy-"));
+        assert_eq!(a.len(), 3 + 44);
+        assert!(a[3..].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+        assert_eq!(hash_key(&a).len(), 64);
+        assert_ne!(hash_key(&a), hash_key(&b));
+        assert_eq!(display_prefix(&a), a[..7]);
+    }
+
+    #[test]
+    fn the_key_is_found_where_clients_put_it() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h), None);
+        h.insert("authorization", "Bearer sy-abc".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("sy-abc"));
+        h.insert("x-api-key", "sy-def".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("sy-def"), "x-api-key wins");
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Basic Zm9v".parse().unwrap());
+        assert_eq!(presented_key(&h), None);
+        h.insert("x-goog-api-key", "sy-g".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("sy-g"));
+    }
+}

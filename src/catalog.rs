@@ -1,0 +1,141 @@
+//! In-process caches of key and account records, so the hot path reads memory, not the store.
+//!
+//! Admin writes go through here and invalidate what they change. Accounts are held as one
+//! immutable snapshot, swapped whole on change, with their credentials already opened: the
+//! scheduler scans it without locks held across awaits and without decrypting per request.
+
+use std::sync::{Arc, RwLock};
+
+use dashmap::DashMap;
+use http::HeaderValue;
+
+use crate::crypto::MasterKey;
+use crate::store::{AccountRecord, KeyRecord, Store, StoreError};
+
+/// An account ready to serve: its record and its opened credential.
+pub struct Account {
+    pub record: AccountRecord,
+    /// The upstream credential, marked sensitive so it never shows in debug output.
+    pub api_key: HeaderValue,
+    /// `record.models` compiled once.
+    models: Vec<glob::Pattern>,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.record.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// Whether this account's `models` globs admit `model` (no globs: every model).
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|p| p.matches(model))
+    }
+}
+
+pub struct Catalog {
+    store: Arc<dyn Store>,
+    master_key: MasterKey,
+    /// Key records by hash. Only hits are cached: a miss goes to the store every time, so a key
+    /// created by another process is usable at once.
+    keys: DashMap<String, Arc<KeyRecord>>,
+    accounts: RwLock<Arc<Vec<Arc<Account>>>>,
+}
+
+impl Catalog {
+    pub async fn load(store: Arc<dyn Store>, master_key: MasterKey) -> Result<Catalog, StoreError> {
+        let catalog = Catalog {
+            store,
+            master_key,
+            keys: DashMap::new(),
+            accounts: RwLock::new(Arc::new(Vec::new())),
+        };
+        catalog.reload_accounts().await?;
+        Ok(catalog)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master_key
+    }
+
+    /// The key record whose secret hashes to `hash`.
+    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        if let Some(hit) = self.keys.get(hash) {
+            return Ok(Some(Arc::clone(hit.value())));
+        }
+        let Some(record) = self.store.key_by_hash(hash).await? else {
+            return Ok(None);
+        };
+        let record = Arc::new(record);
+        self.keys.insert(hash.to_owned(), Arc::clone(&record));
+        Ok(Some(record))
+    }
+
+    /// Forgets a cached key after it changed.
+    pub fn invalidate_key(&self, hash: &str) {
+        self.keys.remove(hash);
+    }
+
+    /// The current accounts, oldest first.
+    pub fn accounts(&self) -> Arc<Vec<Arc<Account>>> {
+        match self.accounts.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads every account record and opens its credential. An account whose credential
+    /// cannot be opened (master key changed) is left out and logged, never served.
+    pub async fn reload_accounts(&self) -> Result<(), StoreError> {
+        let records = self.store.accounts().await?;
+        let mut ready = Vec::with_capacity(records.len());
+        for record in records {
+            match self.prepare(record) {
+                Ok(account) => ready.push(Arc::new(account)),
+                Err(id) => tracing::error!(
+                    account_id = %id,
+                    "cannot open this account's credential (was the master key changed?); it is not served"
+                ),
+            }
+        }
+        let ready = Arc::new(ready);
+        match self.accounts.write() {
+            Ok(mut guard) => *guard = ready,
+            Err(poisoned) => *poisoned.into_inner() = ready,
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, record: AccountRecord) -> Result<Account, String> {
+        let plain = self
+            .master_key
+            .open(&record.id, &record.sealed_api_key)
+            .map_err(|_| record.id.clone())?;
+        let mut api_key = HeaderValue::from_str(&plain).map_err(|_| record.id.clone())?;
+        api_key.set_sensitive(true);
+        // Globs are validated when written; one that no longer compiles makes the account serve
+        // nothing rather than everything.
+        let models = record
+            .models
+            .iter()
+            .map(|m| glob::Pattern::new(m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| record.id.clone())?;
+        Ok(Account {
+            record,
+            api_key,
+            models,
+        })
+    }
+}

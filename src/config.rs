@@ -1,0 +1,424 @@
+//! Configuration: built-in defaults, then a TOML file, then `SWITCHYARD_*` environment variables,
+//! then command-line flags. Validated once at start; an invalid option is one line naming it.
+//!
+//! Environment variables map onto option paths: `SWITCHYARD_LISTEN` is `listen`,
+//! `SWITCHYARD_SERVER__BODY_LIMIT_BYTES` is `server.body_limit_bytes` (a double underscore separates
+//! levels). A value is read as the type of the option it sets.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pricing::PricingConfig;
+
+const ENV_PREFIX: &str = "SWITCHYARD_";
+/// Environment variables with the prefix that are not options.
+const ENV_NOT_OPTIONS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the relay listens on.
+    pub listen: SocketAddr,
+    /// Where the embedded store, the generated admin token and master key live.
+    pub data_dir: PathBuf,
+    /// `embedded` (default).
+    pub store: String,
+    /// Bearer token of the admin API; generated into `<data_dir>/admin-token` when unset.
+    pub admin_token: Option<String>,
+    /// 64 hex characters (32 bytes) sealing upstream credentials; generated into
+    /// `<data_dir>/master-key` when unset.
+    pub master_key: Option<String>,
+    pub log: LogConfig,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub relay: RelayConfig,
+    pub stats: StatsConfig,
+    pub pricing: PricingConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            store: "embedded".to_owned(),
+            admin_token: None,
+            master_key: None,
+            log: LogConfig::default(),
+            server: ServerConfig::default(),
+            upstream: UpstreamConfig::default(),
+            relay: RelayConfig::default(),
+            stats: StatsConfig::default(),
+            pricing: PricingConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `switchyard=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit_bytes: u64,
+    /// A client must send its request headers within this time.
+    pub header_read_timeout_secs: u64,
+    /// On SIGINT/SIGTERM, in-flight requests and streams get this long to finish.
+    pub shutdown_grace_secs: u64,
+    pub keep_alive: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            body_limit_bytes: 32 * 1024 * 1024,
+            header_read_timeout_secs: 30,
+            shutdown_grace_secs: 30,
+            keep_alive: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_secs: u64,
+    /// A response that sends nothing for this long is cut.
+    pub idle_timeout_secs: u64,
+    /// Idle upstream connections are kept this long for reuse.
+    pub pool_idle_timeout_secs: u64,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            pool_idle_timeout_secs: 90,
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// A request's hold on concurrency counters expires after this long even if never released
+    /// (an instance that dies mid-request leaks nothing for longer).
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            lease_ttl_secs: 900,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// Usage is aggregated in memory and written to the store at this interval.
+    pub flush_interval_ms: u64,
+    /// How many recent requests the request log keeps.
+    pub request_log_max: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            flush_interval_ms: 250,
+            request_log_max: 10_000,
+        }
+    }
+}
+
+/// Flags given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// An invalid configuration, said in one line that names the option.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Defaults, then `file`, then the environment, then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Flags,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| {
+                    let msg = e.message().to_owned();
+                    ConfigError(format!("config file {}: {msg}", path.display()))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let msg = inner.message().trim().to_owned();
+                if path == "." || path.is_empty() {
+                    ConfigError(format!("invalid configuration: {msg}"))
+                } else {
+                    ConfigError(format!("invalid option `{path}`: {msg}"))
+                }
+            })?;
+        if let Some(listen) = flags.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &flags.data_dir {
+            config.data_dir.clone_from(dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.store != "embedded" {
+            return Err(ConfigError(format!(
+                "invalid option `store`: unsupported value {:?} (expected \"embedded\")",
+                self.store
+            )));
+        }
+        if self.server.body_limit_bytes == 0 {
+            return Err(ConfigError(
+                "invalid option `server.body_limit_bytes`: must be > 0".into(),
+            ));
+        }
+        if self.stats.flush_interval_ms == 0 {
+            return Err(ConfigError(
+                "invalid option `stats.flush_interval_ms`: must be > 0".into(),
+            ));
+        }
+        if self.relay.lease_ttl_secs == 0 {
+            return Err(ConfigError(
+                "invalid option `relay.lease_ttl_secs`: must be > 0".into(),
+            ));
+        }
+        if let Some(token) = &self.admin_token
+            && token.len() < 16
+        {
+            return Err(ConfigError(
+                "invalid option `admin_token`: must be at least 16 characters".into(),
+            ));
+        }
+        if let Some(key) = &self.master_key
+            && crate::crypto::MasterKey::from_hex(key).is_err()
+        {
+            return Err(ConfigError(
+                "invalid option `master_key`: must be 64 hex characters (32 bytes)".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError(format!("invalid option `log.level`: {e}")));
+        }
+        Ok(())
+    }
+}
+
+/// Sets `SWITCHYARD_A__B=value` as option `a.b`, typed like the option's default.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default())
+        .map_err(|e| ConfigError(format!("internal: default configuration: {e}")))?;
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_OPTIONS.contains(&k.as_str()))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        let value = typed_value(lookup(&defaults, &path), &raw)
+            .map_err(|expected| ConfigError(format!("invalid {name}: expected {expected}")))?;
+        insert(table, &path, value)
+            .map_err(|()| ConfigError(format!("invalid {name}: `{}` is not a table", path[0])))?;
+    }
+    Ok(())
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get(p)?.as_table()?;
+    }
+    t.get(last)
+}
+
+fn typed_value(default: Option<&toml::Value>, raw: &str) -> Result<toml::Value, &'static str> {
+    Ok(match default {
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| "an integer")?)
+        }
+        Some(toml::Value::Float(_)) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| "a number")?)
+        }
+        Some(toml::Value::Boolean(_)) => match raw.trim() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err("true or false"),
+        },
+        Some(toml::Value::Array(_)) => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or("a TOML array such as [\"a\", \"b\"]")?,
+        _ => toml::Value::String(raw.to_owned()),
+    })
+}
+
+fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), ()> {
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(());
+    };
+    let mut t = table;
+    for p in parents {
+        t = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or(())?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn no_configuration_gives_the_documented_defaults() {
+        let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.store, "embedded");
+        assert_eq!(c.server.body_limit_bytes, 32 * 1024 * 1024);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[server]\nbody_limit_bytes = 10\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("SWITCHYARD_SERVER__BODY_LIMIT_BYTES", "20"),
+                ("SWITCHYARD_ADMIN_TOKEN", "1234567890123456"),
+                ("SWITCHYARD_LOG__FORMAT", "json"),
+                ("OTHER", "x"),
+            ]),
+            &Flags {
+                data_dir: Some("/tmp/x".into()),
+                ..Flags::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.server.body_limit_bytes, 20);
+        // A numeric-looking token stays a string: values follow the option's type.
+        assert_eq!(c.admin_token.as_deref(), Some("1234567890123456"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn an_unknown_option_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nbody_limit = 10\n").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Flags::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("body_limit"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+
+        let err =
+            Config::load(None, env(&[("SWITCHYARD_LISTN", "x")]), &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn a_badly_typed_value_is_named() {
+        let err = Config::load(
+            None,
+            env(&[("SWITCHYARD_SERVER__BODY_LIMIT_BYTES", "lots")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SWITCHYARD_SERVER__BODY_LIMIT_BYTES"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            env(&[("SWITCHYARD_LISTEN", "nowhere")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`listen`"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("SWITCHYARD_STORE", "mongo://")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`store`"), "{err}");
+    }
+}

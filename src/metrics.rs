@@ -1,0 +1,66 @@
+//! Metric names, and the Prometheus recorder they are rendered from at `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by `surface` and `status`.
+pub const REQUESTS: &str = "switchyard_requests_total";
+/// Upstream time from sending the request to the end of the response body, seconds.
+pub const UPSTREAM_LATENCY: &str = "switchyard_upstream_latency_seconds";
+/// Upstream time from sending the request to the response head, seconds.
+pub const UPSTREAM_TTFB: &str = "switchyard_upstream_ttfb_seconds";
+/// Time spent in Switchyard itself (before sending upstream, and between the upstream's response
+/// head and handing it to the client), seconds.
+pub const RELAY_OVERHEAD: &str = "switchyard_relay_overhead_seconds";
+/// Tokens by `model` and `kind` (input, output, cache_creation, cache_read).
+pub const TOKENS: &str = "switchyard_tokens_total";
+/// Cost by `model`, nano-dollars.
+pub const COST: &str = "switchyard_cost_nanousd_total";
+/// Response bodies currently streaming to clients.
+pub const ACTIVE_STREAMS: &str = "switchyard_active_streams";
+/// Requests for a model without a price, priced at the default; by `model`.
+pub const UNKNOWN_MODEL_PRICE: &str = "switchyard_unknown_model_price_total";
+/// Usage records lost (recorded after the stats task stopped).
+pub const USAGE_DROPPED: &str = "switchyard_usage_dropped_total";
+/// Upstream requests that failed before a response head, by `reason`.
+pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once; later calls (several servers in one test process)
+/// share it.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(RELAY_OVERHEAD.to_owned()), OVERHEAD_BUCKETS)
+            .and_then(|b| b.set_buckets(LATENCY_BUCKETS));
+        match builder {
+            Ok(builder) => {
+                let recorder = builder.build_recorder();
+                let handle = recorder.handle();
+                // Fails only if another recorder was installed first; then ours renders nothing
+                // but the relay keeps working.
+                if metrics::set_global_recorder(recorder).is_err() {
+                    tracing::warn!("a metrics recorder was already installed");
+                }
+                handle
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "metrics buckets rejected; histograms render as summaries");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        }
+    })
+}
+
+pub fn render() -> String {
+    install().render()
+}

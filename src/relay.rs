@@ -1,0 +1,323 @@
+//! The data path, in order:
+//!
+//! ```text
+//! auth      hash the presented key → key record (catalog cache)
+//! body      read it whole, within the size limit; learn model and stream flag
+//! admit     limits::admit: the key's lease, one atomic store call
+//! pick      scheduler::pick: the account and its lease, one atomic store call
+//! send      the body unchanged, the account's credentials, identity encoding
+//! respond   the upstream head, hop-by-hop headers dropped; body = Tap(upstream body, Settle)
+//! settle    at body end or drop: usage → cost → stats; leases released
+//! ```
+//!
+//! Every step is a plain call in `relay`; an error on the way renders in the surface's shape and
+//! drops whatever leases were taken.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+
+use crate::app::App;
+use crate::auth::{self, new_id};
+use crate::body::{Body, BoxError};
+use crate::error::{ApiError, ErrorKind, Surface};
+use crate::limits::{self, LeaseGuard};
+use crate::metrics as m;
+use crate::providers::{self, anthropic};
+use crate::scheduler;
+use crate::store::{KeyRecord, Provider, RequestLogEntry};
+use crate::stream::anthropic::AnthropicUsage;
+use crate::stream::tap::{End, Observer, Tap};
+
+/// Which Anthropic endpoint a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/messages`: billed, logged.
+    Messages,
+    /// `POST /v1/messages/count_tokens`: relayed, not billed.
+    CountTokens,
+    /// `GET /v1/models[/{id}]`: relayed to any account.
+    Models,
+}
+
+/// Relays one Anthropic request. `upstream_path` is the vendor path (`/v1/messages`), without
+/// any prefix the client's base URL added.
+pub async fn relay<B>(
+    app: &Arc<App>,
+    endpoint: Endpoint,
+    upstream_path: &str,
+    req: Request<B>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let started = Instant::now();
+    let request_id = new_id("req");
+    match forward(app, endpoint, upstream_path, req, started, &request_id).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            metrics::counter!(m::REQUESTS, "surface" => "anthropic", "status" => err.status.as_str().to_owned())
+                .increment(1);
+            tracing::info!(
+                request_id = %request_id,
+                status = err.status.as_u16(),
+                latency_ms = started.elapsed().as_millis() as u64,
+                error = %err.message,
+                "request refused"
+            );
+            err.render(Surface::Anthropic)
+        }
+    }
+}
+
+async fn forward<B>(
+    app: &Arc<App>,
+    endpoint: Endpoint,
+    upstream_path: &str,
+    req: Request<B>,
+    started: Instant,
+    request_id: &str,
+) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let at_ms = jiff::Timestamp::now().as_millisecond();
+    let key = authenticate(app, req.headers()).await?;
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, app.config.server.body_limit_bytes).await?;
+    let model = match endpoint {
+        Endpoint::Models => None,
+        Endpoint::Messages | Endpoint::CountTokens => Some(anthropic::inspect(&body)?.model),
+    };
+
+    let lease_ttl = std::time::Duration::from_secs(app.config.relay.lease_ttl_secs);
+    let mut leases = limits::admit(app.store(), &key, lease_ttl).await?;
+    let account = scheduler::pick(
+        &app.catalog,
+        Provider::Anthropic,
+        model.as_deref(),
+        &mut leases,
+    )
+    .await?;
+
+    let url = anthropic::upstream_url(&account, upstream_path, parts.uri.query());
+    let headers = anthropic::upstream_headers(&parts.headers, &account);
+    let sent_at = Instant::now();
+    let upstream = app
+        .http
+        .request(parts.method, url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| upstream_error(&e))?;
+    let head_at = Instant::now();
+
+    let (mut head, upstream_body) = http::Response::<reqwest::Body>::from(upstream).into_parts();
+    head.headers = providers::response_headers(head.headers);
+    let streaming = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let usage = (endpoint == Endpoint::Messages).then(|| {
+        if streaming {
+            AnthropicUsage::streaming()
+        } else {
+            AnthropicUsage::json()
+        }
+    });
+    metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
+    let settle = Settle {
+        app: Arc::clone(app),
+        request_id: request_id.to_owned(),
+        key_id: key.id.clone(),
+        account_id: account.id().to_owned(),
+        model: model.unwrap_or_default(),
+        status: head.status.as_u16(),
+        at_ms,
+        started,
+        sent_at,
+        ttfb_ms: (head_at - sent_at).as_millis() as u64,
+        usage,
+        leases: Some(leases),
+    };
+    let body = Tap::new(upstream_body, settle)
+        .map_err(BoxError::from)
+        .boxed();
+    metrics::histogram!(m::UPSTREAM_TTFB).record((head_at - sent_at).as_secs_f64());
+    metrics::histogram!(m::RELAY_OVERHEAD)
+        .record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
+    Ok(Response::from_parts(head, body))
+}
+
+async fn authenticate(app: &App, headers: &http::HeaderMap) -> Result<Arc<KeyRecord>, ApiError> {
+    let presented = auth::presented_key(headers).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Authentication,
+            "missing API key: send it as x-api-key or Authorization: Bearer",
+        )
+    })?;
+    let key = app
+        .catalog
+        .key_by_hash(&auth::hash_key(presented))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                format!("the store is unavailable: {e}"),
+            )
+        })?
+        .ok_or_else(|| ApiError::new(ErrorKind::Authentication, "invalid API key"))?;
+    if !key.enabled {
+        return Err(ApiError::new(
+            ErrorKind::Authentication,
+            "this API key is disabled",
+        ));
+    }
+    Ok(key)
+}
+
+/// Reads a request body whole, refusing more than `limit` bytes with 413.
+pub async fn read_body<B>(body: B, limit: u64) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::RequestTooLarge,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    if body.size_hint().lower() > limit {
+        return Err(too_large());
+    }
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::invalid(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+fn upstream_error(e: &reqwest::Error) -> ApiError {
+    let reason = if e.is_connect() {
+        "connect"
+    } else if e.is_timeout() {
+        "timeout"
+    } else {
+        "other"
+    };
+    metrics::counter!(m::UPSTREAM_ERRORS, "reason" => reason).increment(1);
+    // reqwest's message names the URL (the account's base URL, not a secret) and the cause.
+    ApiError::new(
+        ErrorKind::BadGateway,
+        format!("the upstream request failed ({reason}): {e}"),
+    )
+}
+
+/// Settles a request when its response body ends or is dropped.
+struct Settle {
+    app: Arc<App>,
+    request_id: String,
+    key_id: String,
+    account_id: String,
+    model: String,
+    status: u16,
+    at_ms: i64,
+    started: Instant,
+    sent_at: Instant,
+    ttfb_ms: u64,
+    /// `None` for endpoints that are not billed.
+    usage: Option<AnthropicUsage>,
+    leases: Option<LeaseGuard>,
+}
+
+impl Observer for Settle {
+    fn on_data(&mut self, data: &Bytes) {
+        if let Some(usage) = &mut self.usage {
+            usage.observe(data);
+        }
+    }
+
+    fn on_end(&mut self, end: End) {
+        // Release first: the counters must return whatever happens below.
+        drop(self.leases.take());
+        metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
+        let latency_ms = self.started.elapsed().as_millis() as u64;
+        metrics::histogram!(m::UPSTREAM_LATENCY).record(self.sent_at.elapsed().as_secs_f64());
+        metrics::counter!(m::REQUESTS, "surface" => "anthropic", "status" => self.status.to_string())
+            .increment(1);
+        let usage = self
+            .usage
+            .as_ref()
+            .map(AnthropicUsage::usage)
+            .unwrap_or_default();
+        let cost = self.app.pricing().cost(&self.model, &usage);
+        if self.usage.is_some() {
+            if !cost.known_model {
+                metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => self.model.clone())
+                    .increment(1);
+            }
+            record_token_metrics(&self.model, &usage, cost.nanousd);
+            let billed = self.status < 400 || !usage.is_empty();
+            let entry = RequestLogEntry {
+                request_id: self.request_id.clone(),
+                at: self.at_ms,
+                key_id: self.key_id.clone(),
+                account_id: Some(self.account_id.clone()),
+                model: self.model.clone(),
+                surface: Surface::Anthropic.as_str().to_owned(),
+                status: self.status,
+                latency_ms,
+                ttfb_ms: Some(self.ttfb_ms),
+                usage,
+                cost_nanousd: cost.nanousd,
+            };
+            self.app.stats.record(entry, billed);
+        }
+        let end = match &end {
+            End::Complete => "complete",
+            End::Failed(_) => "upstream_failed",
+            End::Dropped => "client_disconnected",
+        };
+        tracing::info!(
+            request_id = %self.request_id,
+            key_id = %self.key_id,
+            account_id = %self.account_id,
+            model = %self.model,
+            status = self.status,
+            latency_ms,
+            ttfb_ms = self.ttfb_ms,
+            input_tokens = usage.input_tokens,
+            output_tokens = usage.output_tokens,
+            cost_nanousd = cost.nanousd,
+            end,
+            "request"
+        );
+    }
+}
+
+fn record_token_metrics(model: &str, usage: &crate::usage::TokenUsage, cost_nanousd: u64) {
+    for (kind, n) in [
+        ("input", usage.input_tokens),
+        ("output", usage.output_tokens),
+        ("cache_creation", usage.cache_creation_input_tokens),
+        ("cache_read", usage.cache_read_input_tokens),
+    ] {
+        if n > 0 {
+            metrics::counter!(m::TOKENS, "model" => model.to_owned(), "kind" => kind).increment(n);
+        }
+    }
+    metrics::counter!(m::COST, "model" => model.to_owned()).increment(cost_nanousd);
+}

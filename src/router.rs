@@ -1,0 +1,99 @@
+//! Path → handler. Decides the surface, so every error renders in the caller's protocol.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::app::App;
+use crate::body::{self, Body, BoxError};
+use crate::error::{ApiError, ErrorKind, Surface};
+use crate::relay::{self, Endpoint};
+
+/// Prefixes under which the Anthropic API is also served, so `ANTHROPIC_BASE_URL` may be the
+/// root, `/api` or `/claude`.
+const ANTHROPIC_PREFIXES: &[&str] = &["/api", "/claude"];
+
+pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let path = req.uri().path().to_owned();
+    if path == "/admin" || path.starts_with("/admin/") {
+        return crate::admin::handle(&app, req).await;
+    }
+    match (req.method(), path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/") => return root(req.method()),
+        (&Method::GET, "/health") => return health(&app).await,
+        (&Method::GET, "/metrics") => return metrics(),
+        _ => {}
+    }
+    let vendor_path = ANTHROPIC_PREFIXES
+        .iter()
+        .find_map(|p| path.strip_prefix(p).filter(|rest| rest.starts_with("/v1/")))
+        .unwrap_or(&path)
+        .to_owned();
+    let endpoint = match vendor_path.as_str() {
+        "/v1/messages" => (Method::POST, Endpoint::Messages),
+        "/v1/messages/count_tokens" => (Method::POST, Endpoint::CountTokens),
+        p if p == "/v1/models" || p.starts_with("/v1/models/") => (Method::GET, Endpoint::Models),
+        _ => {
+            return ApiError::not_found(format!("no route for {} {path}", req.method()))
+                .render(Surface::Anthropic);
+        }
+    };
+    if req.method() != endpoint.0 {
+        let mut resp = ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("{} {path} is not allowed; use {}", req.method(), endpoint.0),
+        )
+        .render(Surface::Anthropic);
+        *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return resp;
+    }
+    relay::relay(&app, endpoint.1, &vendor_path, req).await
+}
+
+/// Claude Code probes the root with HEAD before its first request.
+fn root(method: &Method) -> Response<Body> {
+    let body = if method == Method::HEAD {
+        body::empty()
+    } else {
+        body::full("switchyard\n")
+    };
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+async fn health(app: &App) -> Response<Body> {
+    let store = app.store().ping().await;
+    let status = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    body::json(
+        status,
+        &json!({
+            "status": if store.is_ok() { "ok" } else { "unavailable" },
+            "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": app.started.elapsed().as_secs(),
+        }),
+    )
+}
+
+fn metrics() -> Response<Body> {
+    let mut resp = Response::new(body::full(crate::metrics::render()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}

@@ -1,0 +1,217 @@
+//! Usage statistics: aggregated in memory, written to the store in one batch per interval.
+//!
+//! The relay hands each finished request to `Stats::record`, which only sends it down a channel:
+//! nothing on the request path waits for the store. One task owns the aggregate; every
+//! `flush_interval` (and on `flush`, and at shutdown) it writes what accumulated in one
+//! `Store::record_usage` call. A failed write keeps the batch and retries with the next one, so
+//! acknowledged usage is not lost while the store is briefly unavailable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{Bucket, Counters, Dimension, RequestLogEntry, Store, UsageBatch};
+
+enum Msg {
+    Request {
+        entry: Box<RequestLogEntry>,
+        billed: bool,
+    },
+    Flush(oneshot::Sender<()>),
+    /// Flush, then stop: the task lets go of the store.
+    Stop(oneshot::Sender<()>),
+}
+
+/// A handle to the stats task; cheap to clone.
+#[derive(Clone)]
+pub struct Stats {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Stats {
+    /// Starts the aggregating task. It stops, after a final flush, on `stop` or when every
+    /// `Stats` handle has been dropped.
+    pub fn spawn(store: Arc<dyn Store>, interval: Duration) -> Stats {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Stopped by: `Stats::stop` at shutdown, or the last handle being dropped.
+        tokio::spawn(run(store, interval, rx));
+        Stats { tx }
+    }
+
+    /// Counts a finished request. `billed` requests add to the usage counters; every request
+    /// goes to the request log.
+    pub fn record(&self, entry: RequestLogEntry, billed: bool) {
+        if self
+            .tx
+            .send(Msg::Request {
+                entry: Box::new(entry),
+                billed,
+            })
+            .is_err()
+        {
+            tracing::error!("usage recorded after the stats task stopped; it is lost");
+            metrics::counter!(crate::metrics::USAGE_DROPPED).increment(1);
+        }
+    }
+
+    /// Returns once everything recorded before this call has been written to the store (or the
+    /// write failed and was kept for retry).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Writes everything recorded so far and stops the task. Usage recorded afterwards is lost
+    /// (and counted in `switchyard_usage_dropped_total`).
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn run(store: Arc<dyn Store>, interval: Duration, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut pending = UsageBatch::default();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Msg::Request { entry, billed }) => add(&mut pending, *entry, billed),
+                Some(Msg::Flush(done)) => {
+                    write(&*store, &mut pending).await;
+                    let _ = done.send(());
+                }
+                Some(Msg::Stop(done)) => {
+                    rx.close();
+                    // Whatever was queued before the stop still counts.
+                    while let Some(msg) = rx.recv().await {
+                        match msg {
+                            Msg::Request { entry, billed } => add(&mut pending, *entry, billed),
+                            Msg::Flush(other) | Msg::Stop(other) => { let _ = other.send(()); }
+                        }
+                    }
+                    finish(&*store, &mut pending).await;
+                    let _ = done.send(());
+                    return;
+                }
+                None => break,
+            },
+            _ = ticker.tick() => write(&*store, &mut pending).await,
+        }
+    }
+    finish(&*store, &mut pending).await;
+}
+
+async fn finish(store: &dyn Store, pending: &mut UsageBatch) {
+    write(store, pending).await;
+    if !pending.is_empty() {
+        tracing::error!(
+            requests = pending.requests.len(),
+            "the store was unavailable at shutdown; unwritten usage is lost"
+        );
+    }
+}
+
+async fn write(store: &dyn Store, pending: &mut UsageBatch) {
+    if pending.is_empty() {
+        return;
+    }
+    match store.record_usage(pending).await {
+        Ok(()) => *pending = UsageBatch::default(),
+        Err(e) => tracing::warn!(error = %e, "usage write failed; kept for the next flush"),
+    }
+}
+
+fn add(batch: &mut UsageBatch, entry: RequestLogEntry, billed: bool) {
+    if billed {
+        let counters = Counters::of(&entry.usage, entry.cost_nanousd);
+        let mut dims = vec![Dimension::All, Dimension::Key(entry.key_id.clone())];
+        if let Some(account) = &entry.account_id {
+            dims.push(Dimension::Account(account.clone()));
+        }
+        dims.push(Dimension::Model(entry.model.clone()));
+        let buckets = buckets_of(entry.at);
+        for dim in dims {
+            for bucket in &buckets {
+                batch
+                    .counters
+                    .entry((dim.clone(), bucket.clone()))
+                    .or_default()
+                    .add(&counters);
+            }
+        }
+    }
+    batch.requests.push(entry);
+}
+
+/// The hour, day, month and all-time buckets that the instant `at_ms` (unix ms) falls in, in UTC.
+pub fn buckets_of(at_ms: i64) -> [Bucket; 4] {
+    let ts = Timestamp::from_millisecond(at_ms).unwrap_or(Timestamp::UNIX_EPOCH);
+    let zoned = ts.to_zoned(TimeZone::UTC);
+    [
+        Bucket::Hour(zoned.strftime("%Y-%m-%dT%H").to_string()),
+        Bucket::Day(zoned.strftime("%Y-%m-%d").to_string()),
+        Bucket::Month(zoned.strftime("%Y-%m").to_string()),
+        Bucket::Total,
+    ]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_named_by_their_utc_start() {
+        // 2026-11-22T08:30:00Z
+        let at = 1_795_336_200_000;
+        let b = buckets_of(at);
+        assert_eq!(b[0], Bucket::Hour("2026-11-22T08".into()));
+        assert_eq!(b[1], Bucket::Day("2026-11-22".into()));
+        assert_eq!(b[2], Bucket::Month("2026-11".into()));
+        assert_eq!(b[3], Bucket::Total);
+    }
+
+    #[test]
+    fn a_billed_request_counts_in_every_dimension_and_bucket() {
+        let mut batch = UsageBatch::default();
+        let entry = RequestLogEntry {
+            request_id: "r1".into(),
+            at: 1_795_336_200_000,
+            key_id: "k".into(),
+            account_id: Some("a".into()),
+            model: "m".into(),
+            surface: "anthropic".into(),
+            status: 200,
+            latency_ms: 5,
+            ttfb_ms: Some(1),
+            usage: crate::usage::TokenUsage {
+                input_tokens: 3,
+                output_tokens: 4,
+                ..Default::default()
+            },
+            cost_nanousd: 9,
+        };
+        add(&mut batch, entry.clone(), true);
+        add(&mut batch, entry.clone(), false);
+        assert_eq!(batch.counters.len(), 4 * 4);
+        let total = batch.counters[&(Dimension::Key("k".into()), Bucket::Total)];
+        assert_eq!(
+            (total.requests, total.input_tokens, total.output_tokens),
+            (1, 3, 4)
+        );
+        assert_eq!(total.cost_nanousd, 9);
+        assert_eq!(
+            batch.requests.len(),
+            2,
+            "unbilled requests are still logged"
+        );
+    }
+}

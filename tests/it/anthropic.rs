@@ -1,0 +1,782 @@
+//! The Anthropic relay end to end: real server, mock upstream, real client request shapes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::captured;
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, http_client, wait_until};
+use crate::support::relay::{Relay, messages_body};
+
+const ACCOUNT_KEY: &str = "sk-ant-upstream-secret-0001";
+
+async fn relay_with_account() -> (Relay, MockUpstream, String, String) {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let account_id = relay.add_account(&mock, ACCOUNT_KEY, json!({})).await;
+    let (_, key) = relay.create_key("alice").await;
+    (relay, mock, key, account_id)
+}
+
+fn usage(input: u64, output: u64) -> MockUsage {
+    MockUsage {
+        input,
+        output,
+        ..MockUsage::default()
+    }
+}
+
+/// Waits until the request log has `n` entries (usage is recorded when the body ends).
+async fn logged(relay: &Relay, n: usize) -> Vec<Value> {
+    for _ in 0..250 {
+        let entries = relay.requests("limit=1000").await;
+        if entries.len() >= n {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the request log never reached {n} entries");
+}
+
+#[tokio::test]
+async fn claude_code_request_reaches_upstream_unchanged_and_stream_comes_back_byte_identical() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    mock.set_default(Behavior::Ok(usage(10, 7)));
+    let cc = captured("claude-code-prompt.requests.jsonl")
+        .into_iter()
+        .find(|c| c.method == "POST")
+        .unwrap();
+    let body_bytes = serde_json::to_vec(cc.body.as_ref().unwrap()).unwrap();
+    let mut req = http_client().post(relay.url(&format!("{}?{}", cc.path, cc.query)));
+    for (name, value) in &cc.headers {
+        let lower = name.to_ascii_lowercase();
+        if ["host", "content-length", "connection"].contains(&lower.as_str()) {
+            continue;
+        }
+        let value = if lower == "x-api-key" {
+            key.clone()
+        } else {
+            value.clone()
+        };
+        req = req.header(name.as_str(), value);
+    }
+    let resp = req.body(body_bytes.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let got = resp.bytes().await.unwrap();
+
+    let upstream = &mock.requests()[0];
+    assert_eq!(upstream.path, "/v1/messages");
+    assert_eq!(upstream.query.as_deref(), Some("beta=true"));
+    assert_eq!(
+        upstream.body, body_bytes,
+        "the body goes upstream byte for byte"
+    );
+    assert_eq!(upstream.header("x-api-key"), Some(ACCOUNT_KEY));
+    assert_eq!(upstream.header("authorization"), None);
+    assert_eq!(upstream.header("accept-encoding"), Some("identity"));
+    for kept in [
+        "anthropic-beta",
+        "anthropic-version",
+        "user-agent",
+        "x-claude-code-session-id",
+        "x-app",
+        "x-stainless-retry-count",
+    ] {
+        let sent = cc
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(kept))
+            .unwrap();
+        assert_eq!(upstream.header(kept), Some(sent.1.as_str()), "{kept} kept");
+    }
+    // The body carries Claude Code's metadata.user_id, system blocks and a role: system message.
+    let sent = upstream.json();
+    assert!(
+        sent["metadata"]["user_id"]
+            .as_str()
+            .unwrap()
+            .contains("session_id")
+    );
+    assert_eq!(sent["messages"][1]["role"], "system");
+
+    assert_eq!(
+        got,
+        mock.responses()[0],
+        "the stream reaches the client byte for byte"
+    );
+    let entries = logged(&relay, 1).await;
+    assert_eq!(entries[0]["input_tokens"], 10);
+    assert_eq!(entries[0]["output_tokens"], 7);
+}
+
+#[tokio::test]
+async fn json_answers_pass_through_and_every_prefix_and_probe_works() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    mock.set_default(Behavior::Ok(usage(3, 4)));
+    for prefix in ["", "/api", "/claude"] {
+        let resp = http_client()
+            .post(relay.url(&format!("{prefix}/v1/messages")))
+            .bearer_auth(&key) // the Anthropic Python SDK sends Bearer only
+            .json(&messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{prefix}");
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let got = resp.bytes().await.unwrap();
+        assert_eq!(got, *mock.responses().last().unwrap(), "{prefix}");
+        assert_eq!(
+            mock.requests().last().unwrap().path,
+            "/v1/messages",
+            "prefix stripped"
+        );
+    }
+    for method in [Method::HEAD, Method::GET] {
+        let resp = http_client()
+            .request(method.clone(), relay.url("/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{method} /");
+    }
+    let resp = http_client()
+        .post(relay.url("/v1/messages/count_tokens"))
+        .header("x-api-key", &key)
+        .json(&messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["input_tokens"], 3);
+    let resp = http_client()
+        .get(relay.url("/v1/models"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.json::<Value>().await.unwrap()["data"]
+            .as_array()
+            .unwrap()
+            .len()
+            > 1
+    );
+    // count_tokens and models are relayed but not billed.
+    let entries = logged(&relay, 3).await;
+    assert_eq!(entries.len(), 3);
+}
+
+#[tokio::test]
+async fn recorded_usage_and_cost_follow_the_upstream_and_the_price_table() {
+    let (relay, mock, key, account_id) = relay_with_account().await;
+    let reported = MockUsage {
+        input: 1_000,
+        output: 2_000,
+        cache_creation_5m: 300,
+        cache_creation_1h: 400,
+        cache_read: 5_000,
+    };
+    mock.set_default(Behavior::Ok(reported));
+    for stream in [true, false] {
+        let resp = relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    logged(&relay, 2).await;
+    // claude-sonnet-4-5: $3 in, $15 out, $3.75 5m write, $6 1h write, $0.30 read per MTok.
+    let one = (1_000 * 3_000 + 2_000 * 15_000 + 300 * 3_750 + 400 * 6_000 + 5_000 * 300) as u64;
+    for query in [
+        "",
+        "model=claude-sonnet-4-5",
+        &format!("account_id={account_id}"),
+    ] {
+        let u = relay.usage(query).await;
+        assert_eq!(u["requests"], 2, "{query}: {u}");
+        assert_eq!(u["input_tokens"], 2_000);
+        assert_eq!(u["output_tokens"], 4_000);
+        assert_eq!(u["cache_creation_input_tokens"], 1_400);
+        assert_eq!(u["cache_creation_5m_input_tokens"], 600);
+        assert_eq!(u["cache_creation_1h_input_tokens"], 800);
+        assert_eq!(u["cache_read_input_tokens"], 10_000);
+        assert_eq!(u["cost_nanousd"], 2 * one, "{query}");
+    }
+    // A series by hour within today covers the same requests.
+    let u = relay.usage("granularity=hour").await;
+    let series = u["series"].as_array().unwrap();
+    assert_eq!(
+        series
+            .iter()
+            .map(|p| p["requests"].as_u64().unwrap())
+            .sum::<u64>(),
+        2
+    );
+    assert_eq!(u["totals"]["cost_nanousd"], 2 * one);
+    let key_rows = relay.requests("limit=10").await;
+    assert_eq!(key_rows[0]["cost_nanousd"], one);
+    assert_eq!(key_rows[0]["status"], 200);
+    assert!(key_rows[0]["ttfb_ms"].is_u64());
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_is_billed_for_what_passed_and_upstream_is_cancelled()
+{
+    let (relay, mock, key, account_id) = relay_with_account().await;
+    mock.set_default(Behavior::Slow {
+        usage: usage(25, 90),
+        delay: Duration::from_millis(150),
+    });
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(
+        std::str::from_utf8(&first)
+            .unwrap()
+            .contains("message_start")
+    );
+    drop(stream);
+    wait_until("upstream sees the cancellation", || mock.cancelled() == 1).await;
+    let entries = logged(&relay, 1).await;
+    assert_eq!(
+        entries[0]["input_tokens"], 25,
+        "message_start's input is billed"
+    );
+    assert!(
+        entries[0]["output_tokens"].as_u64().unwrap() < 90,
+        "the final count never came"
+    );
+    let u = relay.usage("").await;
+    assert_eq!(u["input_tokens"], 25);
+    // The account's lease came back.
+    released(&relay, &account_id).await;
+}
+
+/// Waits until the account has nothing in flight.
+async fn released(relay: &Relay, account_id: &str) {
+    for _ in 0..250 {
+        if relay
+            .app
+            .store()
+            .account_runtime(account_id)
+            .await
+            .unwrap()
+            .in_flight
+            == 0
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("account {account_id} still has requests in flight");
+}
+
+async fn anthropic_error(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    (status, v["error"]["type"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn missing_wrong_or_disabled_keys_get_401_in_anthropics_shape() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    let body = messages_body("claude-sonnet-4-5", false);
+    let resp = http_client()
+        .post(relay.url("/v1/messages"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anthropic_error(resp).await,
+        (401, "authentication_error".into())
+    );
+    let resp = relay
+        .messages("sy-not-a-real-key", &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anthropic_error(resp).await,
+        (401, "authentication_error".into())
+    );
+
+    let resp = relay.messages(&key, &body).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the key works before it is disabled");
+    resp.bytes().await.unwrap();
+    let keys = relay.admin(Method::GET, "/admin/keys", None).await.1;
+    let id = keys["data"][0]["id"].as_str().unwrap().to_owned();
+    assert!(
+        keys.to_string().find(&key).is_none(),
+        "a listing never shows the secret"
+    );
+    let (status, _) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{id}"),
+            Some(json!({ "enabled": false })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let resp = relay.messages(&key, &body).send().await.unwrap();
+    assert_eq!(
+        anthropic_error(resp).await,
+        (401, "authentication_error".into())
+    );
+    let (status, _) = relay
+        .admin(Method::DELETE, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let resp = relay.messages(&key, &body).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "refused requests never reach upstream"
+    );
+
+    // The admin API wants its own token.
+    let resp = http_client()
+        .get(relay.url("/admin/keys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = http_client()
+        .get(relay.url("/admin/keys"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn upstream_errors_reach_the_client_with_their_status_body_and_headers() {
+    let (relay, mock, key, account_id) = relay_with_account().await;
+    mock.push_behavior(Behavior::error(
+        400,
+        "invalid_request_error",
+        "max_tokens: required",
+    ));
+    mock.push_behavior(Behavior::rate_limited(17));
+    mock.push_behavior(Behavior::error(500, "api_error", "boom"));
+    for (status, retry_after) in [(400, None), (429, Some("17")), (500, None)] {
+        let resp = relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
+            retry_after
+        );
+        let got = resp.bytes().await.unwrap();
+        assert_eq!(
+            got,
+            *mock.responses().last().unwrap(),
+            "{status} body unchanged"
+        );
+    }
+    let entries = logged(&relay, 3).await;
+    let statuses: Vec<u64> = entries
+        .iter()
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![500, 429, 400]);
+    assert_eq!(
+        relay.usage("").await["requests"],
+        0,
+        "errors without usage are not billed"
+    );
+    let runtime = relay
+        .app
+        .store()
+        .account_runtime(&account_id)
+        .await
+        .unwrap();
+    assert_eq!(runtime.in_flight, 0);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_leaves_nothing_behind() {
+    let mock = MockUpstream::start().await;
+    let tmp = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut config = crate::support::relay::test_config(tmp.path());
+    config.server.body_limit_bytes = 2_000;
+    let relay = Relay::start_with(config, Some(tmp)).await;
+    let account_id = relay
+        .add_account(&mock, ACCOUNT_KEY, json!({ "models": ["claude-sonnet-*"] }))
+        .await;
+    let (_, key) = relay.create_key("bob").await;
+
+    let resp = relay
+        .messages(
+            &key,
+            &json!({ "model": "claude-sonnet-4-5", "pad": "x".repeat(5_000) }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anthropic_error(resp).await,
+        (413, "request_too_large".into())
+    );
+    let resp = http_client()
+        .post(relay.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anthropic_error(resp).await,
+        (400, "invalid_request_error".into())
+    );
+    let resp = relay
+        .messages(&key, &json!({ "messages": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anthropic_error(resp).await,
+        (400, "invalid_request_error".into())
+    );
+
+    // No account serves this model: 503 that says so.
+    let resp = relay
+        .messages(&key, &messages_body("claude-opus-4-8", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no upstream account serves model claude-opus-4-8"),
+        "{v}"
+    );
+
+    // A disabled account: available accounts exist, none can serve now.
+    relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{account_id}"),
+            Some(json!({ "schedulable": false })),
+        )
+        .await;
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("available now"),
+        "{v}"
+    );
+
+    assert!(mock.requests().is_empty());
+    assert!(relay.requests("").await.is_empty(), "no usage record");
+    assert_eq!(relay.usage("").await["requests"], 0);
+    assert_eq!(
+        relay
+            .app
+            .store()
+            .account_runtime(&account_id)
+            .await
+            .unwrap()
+            .in_flight,
+        0
+    );
+
+    let (status, v) = relay
+        .admin(
+            Method::POST,
+            "/admin/accounts",
+            Some(json!({ "name": "x", "provider": "openai", "api_key": "k" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, _) = relay
+        .admin(
+            Method::POST,
+            "/admin/accounts",
+            Some(
+                json!({ "name": "x", "provider": "anthropic", "api_key": "k", "models": ["[bad"] }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = relay
+        .admin(Method::POST, "/admin/keys", Some(json!({ "nom": "x" })))
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn scheduler_prefers_low_priority_numbers_then_rotates_and_respects_caps() {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    let c = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    relay
+        .add_account(&a, "key-a", json!({ "priority": 10 }))
+        .await;
+    relay
+        .add_account(&b, "key-b", json!({ "priority": 10 }))
+        .await;
+    let c_id = relay
+        .add_account(&c, "key-c", json!({ "priority": 1, "max_concurrency": 1 }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+
+    // c (priority 1) serves while it has room.
+    for _ in 0..3 {
+        let resp = relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(c.requests().len(), 3);
+    // c holds one stream open: it is full, so a and b take turns.
+    c.set_default(Behavior::StallAfterStart(usage(1, 1)));
+    let held = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        let resp = relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(
+        (a.requests().len(), b.requests().len(), c.requests().len()),
+        (3, 3, 4)
+    );
+    drop(held);
+    wait_until("c's stream is cancelled", || c.cancelled() == 1).await;
+    released(&relay, &c_id).await;
+    let (_, accounts) = relay.admin(Method::GET, "/admin/accounts", None).await;
+    assert_eq!(accounts["data"].as_array().unwrap().len(), 3);
+    assert!(
+        !accounts.to_string().contains("key-a"),
+        "api keys are never returned"
+    );
+}
+
+#[tokio::test]
+async fn keys_accounts_and_usage_survive_a_restart_and_the_api_key_is_sealed_on_disk() {
+    let (relay, mock, key, account_id) = relay_with_account().await;
+    mock.set_default(Behavior::Ok(usage(11, 22)));
+    let resp = relay
+        .messages(&key, &messages_body("claude-haiku-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    resp.bytes().await.unwrap();
+    logged(&relay, 1).await;
+    let tmp = relay.tmp();
+    let data_dir = relay.data_dir.clone();
+    relay.stop().await;
+
+    for entry in walk(&data_dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        let hay = String::from_utf8_lossy(&bytes);
+        assert!(
+            !hay.contains(ACCOUNT_KEY),
+            "{} holds the api key in plain text",
+            entry.display()
+        );
+        assert!(
+            !hay.contains(&key),
+            "{} holds a client key in plain text",
+            entry.display()
+        );
+    }
+
+    let relay = Relay::start_with(crate::support::relay::test_config(&data_dir), tmp).await;
+    let u = relay.usage(&format!("account_id={account_id}")).await;
+    assert_eq!(
+        (
+            u["requests"].as_u64(),
+            u["input_tokens"].as_u64(),
+            u["output_tokens"].as_u64()
+        ),
+        (Some(1), Some(11), Some(22))
+    );
+    let resp = relay
+        .messages(&key, &messages_body("claude-haiku-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the key and the account work after the restart"
+    );
+    resp.bytes().await.unwrap();
+    assert_eq!(
+        mock.requests().last().unwrap().header("x-api-key"),
+        Some(ACCOUNT_KEY)
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn graceful_stop_lets_an_open_stream_finish() {
+    let (mut relay, mock, key, _) = relay_with_account().await;
+    mock.set_default(Behavior::Slow {
+        usage: usage(5, 6),
+        delay: Duration::from_millis(60),
+    });
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut got = stream.next().await.unwrap().unwrap().to_vec();
+    let task = relay.begin_stop().unwrap();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(
+        got,
+        mock.responses()[0].to_vec(),
+        "the whole stream arrived during the stop"
+    );
+    task.await.unwrap();
+    let data_dir = relay.data_dir.clone();
+    let _tmp = relay.tmp();
+    drop(relay);
+    // The final flush recorded it.
+    let store = crate::support::relay::reopen_store(&data_dir).await;
+    let logged = switchyard::store::Store::recent_requests(&store, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].usage.output_tokens, 6);
+}
+
+#[tokio::test]
+async fn chunks_are_forwarded_as_they_come_and_h2c_works() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    mock.set_default(Behavior::Slow {
+        usage: usage(5, 6),
+        delay: Duration::from_millis(40),
+    });
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .post(relay.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .json(&messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let mut stream = resp.bytes_stream();
+    let mut chunks = 0;
+    let mut all = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        chunks += 1;
+        all.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(all, mock.responses()[0].to_vec());
+    assert!(
+        chunks >= 5,
+        "events arrive one by one, not batched ({chunks} chunks)"
+    );
+}
+
+#[tokio::test]
+async fn health_and_metrics_report() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    mock.set_default(Behavior::Ok(usage(1, 2)));
+    relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    logged(&relay, 1).await;
+    let health: Value = http_client()
+        .get(relay.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    let text = http_client()
+        .get(relay.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "switchyard_requests_total",
+        "switchyard_upstream_ttfb_seconds_bucket",
+        "switchyard_relay_overhead_seconds_bucket",
+        "switchyard_tokens_total",
+        "switchyard_cost_nanousd_total",
+        "switchyard_active_streams",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}

@@ -1,0 +1,224 @@
+//! The real relay, in process, on 127.0.0.1:0, with a fresh data dir.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use switchyard::app::App;
+use switchyard::config::Config;
+use switchyard::server::Server;
+use switchyard::store::StoreError;
+
+use super::mock::{MockUpstream, http_client};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub data_dir: PathBuf,
+    /// Keeps the temporary data dir alive when the relay made it.
+    _tmp: Option<Arc<tempfile::TempDir>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A configuration for tests: loopback, port 0, fast stats flushes.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+        ..Config::default()
+    };
+    config.stats.flush_interval_ms = 20;
+    config.server.shutdown_grace_secs = 5;
+    config
+}
+
+impl Relay {
+    pub async fn start() -> Relay {
+        let tmp = Arc::new(tempfile::tempdir().unwrap());
+        let config = test_config(tmp.path());
+        Relay::start_with(config, Some(tmp)).await
+    }
+
+    /// Starts on `config`; `tmp` is kept alive as long as the relay.
+    pub async fn start_with(config: Config, tmp: Option<Arc<tempfile::TempDir>>) -> Relay {
+        let data_dir = config.data_dir.clone();
+        let app = open_app(config).await;
+        let server = Server::bind(Arc::clone(&app)).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Relay {
+            addr,
+            app,
+            data_dir,
+            _tmp: tmp,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The temporary dir, to restart another relay on the same data.
+    pub fn tmp(&self) -> Option<Arc<tempfile::TempDir>> {
+        self._tmp.clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Graceful stop: waits for open requests (within the grace period) and the final flush.
+    pub async fn stop(mut self) {
+        self.begin_stop();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    /// Signals the stop without waiting; returns the server task.
+    pub fn begin_stop(&mut self) -> Option<JoinHandle<()>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take()
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = http_client()
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Creates a key; returns (id, secret).
+    pub async fn create_key(&self, name: &str) -> (String, String) {
+        let (status, v) = self
+            .admin(
+                reqwest::Method::POST,
+                "/admin/keys",
+                Some(json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Adds an Anthropic account pointing at `mock`; `extra` fields override the defaults.
+    pub async fn add_account(&self, mock: &MockUpstream, api_key: &str, extra: Value) -> String {
+        let mut body = json!({
+            "name": format!("account on {}", mock.addr()),
+            "provider": "anthropic",
+            "base_url": mock.base_url(),
+            "api_key": api_key,
+        });
+        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+            b.extend(e);
+        }
+        let (status, v) = self
+            .admin(reqwest::Method::POST, "/admin/accounts", Some(body))
+            .await;
+        assert_eq!(status, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn usage(&self, query: &str) -> Value {
+        let (status, v) = self
+            .admin(reqwest::Method::GET, &format!("/admin/usage?{query}"), None)
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    pub async fn requests(&self, query: &str) -> Vec<Value> {
+        let (status, v) = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/admin/requests?{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["data"].as_array().unwrap().clone()
+    }
+
+    /// A Messages request with the key as `x-api-key`.
+    pub fn messages(&self, key: &str, body: &Value) -> reqwest::RequestBuilder {
+        http_client()
+            .post(self.url("/v1/messages"))
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01")
+            .json(body)
+    }
+}
+
+/// Opens the app, waiting briefly while a just-stopped relay's last tasks let go of the store.
+async fn open_app(config: Config) -> Arc<App> {
+    for _ in 0..100 {
+        match App::open(config.clone()).await {
+            Ok(app) => return app,
+            Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("relay does not start: {e:#}"),
+        }
+    }
+    panic!("the data dir stayed locked");
+}
+
+/// Opens the embedded store of a stopped relay, waiting as `open_app` does.
+pub async fn reopen_store(data_dir: &Path) -> switchyard::store::embedded::EmbeddedStore {
+    for _ in 0..100 {
+        match switchyard::store::embedded::EmbeddedStore::open(data_dir, 1_000) {
+            Ok(store) => return store,
+            Err(StoreError::Locked) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the data dir stayed locked");
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn messages_body(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "max_tokens": 64,
+        "stream": stream,
+        "messages": [{ "role": "user", "content": "hi" }],
+    })
+}
