@@ -379,6 +379,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_says_the_defaults() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+        let c = Config::load(Some(Path::new(file)), env(&[]), &Flags::default()).unwrap();
+        let d = Config::default();
+        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
+    }
+
+    #[test]
     fn an_unknown_option_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");

@@ -1,1 +1,575 @@
-//! The embedded store.
+//! The embedded store: one process, one node.
+//!
+//! Durable state (key and account records, usage counters, the request log) lives in a redb file
+//! under the data directory. Every write is one redb transaction committed with redb's default
+//! (immediate) durability, so nothing is pending in memory and `flush` has nothing to do. The
+//! database lock also keeps a second `switchyard serve` off the same data directory.
+//!
+//! Hot state (in-flight leases, last pick times) lives only in memory behind one mutex: with a
+//! single node there is nobody to share it with, and a restart forgets every in-flight request
+//! anyway. The mutex is never held across an await, and the hot-path methods never touch the file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters, Dimension,
+    KeyRecord, Lease, RequestLogEntry, Store, StoreError, StoreResult, UsageBatch, UsageQuery,
+};
+
+/// Key id -> JSON `KeyRecord`.
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// Secret hash -> key id; kept in step with `KEYS` inside the same transactions.
+const KEY_HASHES: TableDefinition<&str, &str> = TableDefinition::new("key_hashes");
+/// Account id -> JSON `AccountRecord`.
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// `counter_key(dimension, bucket)` -> JSON `Counters`.
+const USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("usage");
+/// (arrival unix ms, request id) -> JSON `RequestLogEntry`. Keyed by arrival rather than by
+/// append order so that a long stream finishing late still sorts where it started; the request id
+/// makes the key unique and re-recording the same request idempotent.
+const REQUEST_LOG: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("request_log");
+
+const FILE_NAME: &str = "switchyard.redb";
+
+pub struct EmbeddedStore {
+    /// Shared with `spawn_blocking` closures, which must own what they use.
+    db: Arc<Database>,
+    request_log_max: usize,
+    hot: Mutex<Hot>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) `<data_dir>/switchyard.redb`, keeping at most `request_log_max`
+    /// request log entries.
+    pub fn open(data_dir: &Path, request_log_max: usize) -> StoreResult<EmbeddedStore> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("creating {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
+            other => db_err(other),
+        })?;
+        // Read transactions fail on a table that was never created, so create them all up front.
+        let txn = db.begin_write().map_err(db_err)?;
+        txn.open_table(KEYS).map_err(db_err)?;
+        txn.open_table(KEY_HASHES).map_err(db_err)?;
+        txn.open_table(ACCOUNTS).map_err(db_err)?;
+        txn.open_table(USAGE).map_err(db_err)?;
+        txn.open_table(REQUEST_LOG).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            request_log_max,
+            hot: Mutex::new(Hot::default()),
+        })
+    }
+
+    /// Runs `f` on the blocking pool: redb reads and commits (with their fsync) are synchronous,
+    /// and an fsync on a runtime worker would stall every connection scheduled on it.
+    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// A poisoned lock is recovered rather than propagated: no code path panics while holding it,
+    /// and every update below leaves the maps consistent at each step.
+    fn hot(&self) -> MutexGuard<'_, Hot> {
+        self.hot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hot state
+
+/// Lease id -> deadline; `None` when `now + ttl` does not fit in an `Instant` (never expires).
+type Leases = HashMap<String, Option<Instant>>;
+
+#[derive(Default)]
+struct Hot {
+    /// Key id -> its in-flight leases.
+    keys: HashMap<String, Leases>,
+    accounts: HashMap<String, AccountHot>,
+    /// The last `AccountHot::pick_seq` handed out.
+    pick_seq: u64,
+}
+
+#[derive(Default)]
+struct AccountHot {
+    leases: Leases,
+    last_used_at: i64,
+    /// Orders picks exactly (0 = never picked). Timestamps cannot: picks within one millisecond
+    /// would tie, and the caller's order would then pick the same account twice in a row while
+    /// another waited longer.
+    pick_seq: u64,
+}
+
+/// Drops expired leases and returns how many remain; expiry is checked only when someone counts.
+fn live_count(leases: &mut Leases, now: Instant) -> u32 {
+    leases.retain(|_, deadline| deadline.is_none_or(|d| d > now));
+    u32::try_from(leases.len()).unwrap_or(u32::MAX)
+}
+
+fn deadline(lease: &Lease, now: Instant) -> Option<Instant> {
+    now.checked_add(lease.ttl)
+}
+
+fn is_full(in_flight: u32, max: Option<u32>) -> bool {
+    max.is_some_and(|max| in_flight >= max)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Corrupted(msg) => StoreError::Corrupt(msg),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Escapes the separator so that the encoding stays unambiguous whatever ids and model names
+/// contain (`|` and `%` are the only characters given meaning).
+fn escape(part: &str) -> String {
+    part.replace('%', "%25").replace('|', "%7C")
+}
+
+/// The `USAGE` key of one counter, readable in a dump: `key:<id>|h:2026-11-22T08`,
+/// `all|total`, `model:<name>|d:2026-11-22`, `account:<id>|m:2026-11`.
+fn counter_key(dimension: &Dimension, bucket: &Bucket) -> String {
+    let dimension = match dimension {
+        Dimension::All => "all".to_owned(),
+        Dimension::Key(id) => format!("key:{}", escape(id)),
+        Dimension::Account(id) => format!("account:{}", escape(id)),
+        Dimension::Model(name) => format!("model:{}", escape(name)),
+    };
+    let bucket = match bucket {
+        Bucket::Hour(h) => format!("h:{}", escape(h)),
+        Bucket::Day(d) => format!("d:{}", escape(d)),
+        Bucket::Month(m) => format!("m:{}", escape(m)),
+        Bucket::Total => "total".to_owned(),
+    };
+    format!("{dimension}|{bucket}")
+}
+
+/// Every record of a table of JSON values, oldest first by `(created_at, id)`.
+fn all_records<T, F>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    order: F,
+) -> StoreResult<Vec<T>>
+where
+    T: DeserializeOwned,
+    F: Fn(&T) -> (i64, String),
+{
+    let txn = db.begin_read().map_err(db_err)?;
+    let table = txn.open_table(table).map_err(db_err)?;
+    let mut records = Vec::new();
+    for row in table.iter().map_err(db_err)? {
+        let (_, value) = row.map_err(db_err)?;
+        records.push(decode::<T>(value.value(), "record")?);
+    }
+    records.sort_by_cached_key(order);
+    Ok(records)
+}
+
+fn one_record<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    id: &str,
+) -> StoreResult<Option<T>> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let table = txn.open_table(table).map_err(db_err)?;
+    let value = table.get(id).map_err(db_err)?;
+    value.map(|v| decode(v.value(), "record")).transpose()
+}
+
+/// Writes a key record and points its hash at it, dropping the index entry of a previous hash.
+/// `must_exist` makes it an update: `false` (and no write) when there is no such id.
+fn put_key(db: &Database, key: &KeyRecord, must_exist: bool) -> StoreResult<bool> {
+    let bytes = encode(key)?;
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+        let mut hashes = txn.open_table(KEY_HASHES).map_err(db_err)?;
+        let previous = keys
+            .get(key.id.as_str())
+            .map_err(db_err)?
+            .map(|v| decode::<KeyRecord>(v.value(), "key record"))
+            .transpose()?;
+        if previous.is_none() && must_exist {
+            return Ok(false);
+        }
+        if let Some(previous) = previous.filter(|p| p.hash != key.hash) {
+            remove_hash_if_points_at(&mut hashes, &previous.hash, &key.id)?;
+        }
+        keys.insert(key.id.as_str(), bytes.as_slice())
+            .map_err(db_err)?;
+        hashes
+            .insert(key.hash.as_str(), key.id.as_str())
+            .map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(true)
+}
+
+/// Another key may have taken the hash since (it should not, secrets are unique), and its index
+/// entry must not be lost then.
+fn remove_hash_if_points_at(
+    hashes: &mut redb::Table<'_, &str, &str>,
+    hash: &str,
+    id: &str,
+) -> StoreResult<()> {
+    let points_here = hashes
+        .get(hash)
+        .map_err(db_err)?
+        .is_some_and(|v| v.value() == id);
+    if points_here {
+        hashes.remove(hash).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn put_account(db: &Database, account: &AccountRecord, must_exist: bool) -> StoreResult<bool> {
+    let bytes = encode(account)?;
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
+        if must_exist && accounts.get(account.id.as_str()).map_err(db_err)?.is_none() {
+            return Ok(false);
+        }
+        accounts
+            .insert(account.id.as_str(), bytes.as_slice())
+            .map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn ping(&self) -> StoreResult<()> {
+        // Starting a read transaction surfaces a database that hit an I/O error or was closed.
+        self.blocking(|db| db.begin_read().map(drop).map_err(db_err))
+            .await
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        let key = key.clone();
+        self.blocking(move |db| put_key(db, &key, false).map(drop))
+            .await
+    }
+
+    async fn key(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        let id = id.to_owned();
+        self.blocking(move |db| one_record(db, KEYS, &id)).await
+    }
+
+    async fn key_by_hash(&self, hash: &str) -> StoreResult<Option<KeyRecord>> {
+        let hash = hash.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let hashes = txn.open_table(KEY_HASHES).map_err(db_err)?;
+            let Some(id) = hashes.get(hash.as_str()).map_err(db_err)? else {
+                return Ok(None);
+            };
+            let keys = txn.open_table(KEYS).map_err(db_err)?;
+            let value = keys.get(id.value()).map_err(db_err)?;
+            value.map(|v| decode(v.value(), "key record")).transpose()
+        })
+        .await
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<KeyRecord>> {
+        self.blocking(|db| all_records(db, KEYS, |k: &KeyRecord| (k.created_at, k.id.clone())))
+            .await
+    }
+
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool> {
+        let key = key.clone();
+        self.blocking(move |db| put_key(db, &key, true)).await
+    }
+
+    async fn delete_key(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+                let removed = keys
+                    .remove(id.as_str())
+                    .map_err(db_err)?
+                    .map(|v| decode::<KeyRecord>(v.value(), "key record"))
+                    .transpose()?;
+                let Some(removed) = removed else {
+                    return Ok(false);
+                };
+                let mut hashes = txn.open_table(KEY_HASHES).map_err(db_err)?;
+                remove_hash_if_points_at(&mut hashes, &removed.hash, &id)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn insert_account(&self, account: &AccountRecord) -> StoreResult<()> {
+        let account = account.clone();
+        self.blocking(move |db| put_account(db, &account, false).map(drop))
+            .await
+    }
+
+    async fn account(&self, id: &str) -> StoreResult<Option<AccountRecord>> {
+        let id = id.to_owned();
+        self.blocking(move |db| one_record(db, ACCOUNTS, &id)).await
+    }
+
+    async fn accounts(&self) -> StoreResult<Vec<AccountRecord>> {
+        self.blocking(|db| {
+            all_records(db, ACCOUNTS, |a: &AccountRecord| {
+                (a.created_at, a.id.clone())
+            })
+        })
+        .await
+    }
+
+    async fn update_account(&self, account: &AccountRecord) -> StoreResult<bool> {
+        let account = account.clone();
+        self.blocking(move |db| put_account(db, &account, true))
+            .await
+    }
+
+    async fn delete_account(&self, id: &str) -> StoreResult<bool> {
+        let owned = id.to_owned();
+        let removed = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(db_err)?;
+                let removed = {
+                    let mut accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
+                    accounts.remove(owned.as_str()).map_err(db_err)?.is_some()
+                };
+                txn.commit().map_err(db_err)?;
+                Ok(removed)
+            })
+            .await?;
+        // Cleared even when the record was already gone: runtime state without a record is junk.
+        self.hot().accounts.remove(id);
+        Ok(removed)
+    }
+
+    async fn account_runtime(&self, id: &str) -> StoreResult<AccountRuntime> {
+        let mut hot = self.hot();
+        Ok(match hot.accounts.get_mut(id) {
+            Some(account) => AccountRuntime {
+                in_flight: live_count(&mut account.leases, Instant::now()),
+                last_used_at: account.last_used_at,
+            },
+            None => AccountRuntime::default(),
+        })
+    }
+
+    async fn admit(&self, admission: &Admission, lease: &Lease) -> StoreResult<Admit> {
+        let now = Instant::now();
+        let mut hot = self.hot();
+        let leases = hot.keys.entry(admission.key_id.clone()).or_default();
+        // Pruned even when unbounded, so that leases never released do not pile up.
+        let in_flight = live_count(leases, now);
+        // Re-admitting a lease already held renews it; it is not another request in flight.
+        let renewing = leases.contains_key(&lease.id);
+        match admission.max_concurrency {
+            Some(limit) if in_flight >= limit && !renewing => {
+                return Ok(Admit::ConcurrencyExceeded { limit });
+            }
+            _ => {}
+        }
+        leases.insert(lease.id.clone(), deadline(lease, now));
+        Ok(Admit::Granted)
+    }
+
+    async fn pick_account(
+        &self,
+        candidates: &[Candidate],
+        lease: &Lease,
+    ) -> StoreResult<Option<String>> {
+        let now = Instant::now();
+        let mut hot = self.hot();
+        let mut best: Option<(&Candidate, u64)> = None;
+        for candidate in candidates {
+            let (in_flight, pick_seq) = match hot.accounts.get_mut(&candidate.account_id) {
+                Some(account) => (live_count(&mut account.leases, now), account.pick_seq),
+                None => (0, 0),
+            };
+            if is_full(in_flight, candidate.max_concurrency) {
+                continue;
+            }
+            // Strictly better only, so that among never-picked ones the caller's order decides.
+            let better =
+                best.is_none_or(|(b, b_seq)| (candidate.priority, pick_seq) < (b.priority, b_seq));
+            if better {
+                best = Some((candidate, pick_seq));
+            }
+        }
+        let Some((chosen, _)) = best else {
+            return Ok(None);
+        };
+        hot.pick_seq += 1;
+        let pick_seq = hot.pick_seq;
+        let account = hot.accounts.entry(chosen.account_id.clone()).or_default();
+        account
+            .leases
+            .insert(lease.id.clone(), deadline(lease, now));
+        account.pick_seq = pick_seq;
+        // Informational only (the order comes from `pick_seq`), so it stays a true wall-clock time
+        // rather than being pushed ahead to break ties; `max` keeps it from going back in time.
+        account.last_used_at = now_ms().max(account.last_used_at);
+        Ok(Some(chosen.account_id.clone()))
+    }
+
+    async fn release(
+        &self,
+        key_id: &str,
+        account_id: Option<&str>,
+        lease: &Lease,
+    ) -> StoreResult<()> {
+        let mut hot = self.hot();
+        if let Some(leases) = hot.keys.get_mut(key_id) {
+            leases.remove(&lease.id);
+            if leases.is_empty() {
+                hot.keys.remove(key_id);
+            }
+        }
+        if let Some(account) = account_id.and_then(|id| hot.accounts.get_mut(id)) {
+            // The entry stays: it carries `last_used_at`.
+            account.leases.remove(&lease.id);
+        }
+        Ok(())
+    }
+
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut counters = Vec::with_capacity(batch.counters.len());
+        for ((dimension, bucket), add) in &batch.counters {
+            counters.push((counter_key(dimension, bucket), *add));
+        }
+        let mut entries = Vec::with_capacity(batch.requests.len());
+        for entry in &batch.requests {
+            entries.push((entry.at, entry.request_id.clone(), encode(entry)?));
+        }
+        let max = u64::try_from(self.request_log_max).unwrap_or(u64::MAX);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+                for (key, add) in &counters {
+                    let mut total = match usage.get(key.as_str()).map_err(db_err)? {
+                        Some(v) => decode::<Counters>(v.value(), "counters")?,
+                        None => Counters::default(),
+                    };
+                    total.add(add);
+                    usage
+                        .insert(key.as_str(), encode(&total)?.as_slice())
+                        .map_err(db_err)?;
+                }
+                let mut log = txn.open_table(REQUEST_LOG).map_err(db_err)?;
+                for (at, request_id, bytes) in &entries {
+                    log.insert((*at, request_id.as_str()), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+                // Trimmed on write, so reads never pay for it and the file stays bounded.
+                while log.len().map_err(db_err)? > max {
+                    if log.pop_first().map_err(db_err)?.is_none() {
+                        break;
+                    }
+                }
+            }
+            // Dropping the transaction on any `?` above aborts it: all or nothing.
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<Counters>> {
+        let keys: Vec<String> = query
+            .buckets
+            .iter()
+            .map(|bucket| counter_key(&query.dimension, bucket))
+            .collect();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let usage = txn.open_table(USAGE).map_err(db_err)?;
+            keys.iter()
+                .map(|key| match usage.get(key.as_str()).map_err(db_err)? {
+                    Some(v) => decode(v.value(), "counters"),
+                    None => Ok(Counters::default()),
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn recent_requests(
+        &self,
+        key_id: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<RequestLogEntry>> {
+        let key_id = key_id.map(str::to_owned);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let log = txn.open_table(REQUEST_LOG).map_err(db_err)?;
+            let mut out = Vec::new();
+            // A filtered read scans the whole log; it is bounded by `request_log_max` and only
+            // the admin path asks, so a per-key index would cost every write for little.
+            for row in log.iter().map_err(db_err)?.rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (_, value) = row.map_err(db_err)?;
+                let entry: RequestLogEntry = decode(value.value(), "request log entry")?;
+                if key_id.as_deref().is_none_or(|k| k == entry.key_id) {
+                    out.push(entry);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        // Every write above commits with immediate durability before it returns, and the hot state
+        // is deliberately not persisted, so there is nothing left to write.
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! The `switchyard` binary: configuration errors, the admin CLI on a data dir (in process and
+//! against a running relay), and `serve` with a graceful SIGTERM stop.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, http_client};
+use crate::support::relay::messages_body;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn switchyard(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn an_invalid_option_is_one_line_naming_it_and_exit_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[server]\nbody_limit_byte = 5\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config"])
+        .arg(&file)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("body_limit_byte"), "{err}");
+
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS")
+    );
+}
+
+#[test]
+fn keys_and_accounts_through_the_cli_on_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = json_of(&switchyard(dir.path(), &["keys", "create", "--name", "ci"]));
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(created["key"].as_str().unwrap().starts_with("sy-"));
+    let listed = json_of(&switchyard(dir.path(), &["keys", "list"]));
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+    assert!(listed["data"][0].get("key").is_none());
+    let disabled = json_of(&switchyard(dir.path(), &["keys", "disable", &id]));
+    assert_eq!(disabled["enabled"], false);
+    json_of(&switchyard(dir.path(), &["keys", "delete", &id]));
+    assert_eq!(
+        json_of(&switchyard(dir.path(), &["keys", "list"]))["data"],
+        serde_json::json!([])
+    );
+
+    let account = json_of(&switchyard(
+        dir.path(),
+        &[
+            "accounts",
+            "add",
+            "--name",
+            "main",
+            "--api-key",
+            "sk-ant-cli-secret",
+            "--model",
+            "claude-*",
+            "--priority",
+            "5",
+        ],
+    ));
+    assert_eq!(account["base_url"], "https://api.anthropic.com");
+    assert_eq!(account["priority"], 5);
+    assert!(account.get("api_key").is_none());
+    let listed = json_of(&switchyard(dir.path(), &["accounts", "list"]));
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    let usage = json_of(&switchyard(dir.path(), &["usage"]));
+    assert_eq!(usage["requests"], 0);
+    json_of(&switchyard(
+        dir.path(),
+        &["accounts", "remove", account["id"].as_str().unwrap()],
+    ));
+
+    let missing = switchyard(dir.path(), &["keys", "delete", "key_nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no key with id"));
+
+    // The generated admin token is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("admin-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+struct Serving {
+    child: Child,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data_dir: &Path) -> (Serving, String) {
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let serving = Serving { child };
+    let addr_file = data_dir.join("serve.addr");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !addr_file.exists() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let addr = std::fs::read_to_string(&addr_file).unwrap();
+    (serving, format!("http://{}", addr.trim()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage {
+        input: 4,
+        output: 5,
+        ..MockUsage::default()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut serving, base) = serve(dir.path());
+
+    // The relay holds the data dir; the CLI goes through its admin API.
+    let d = dir.path().to_owned();
+    let base_url = mock.base_url();
+    let (key, account) = tokio::task::spawn_blocking(move || {
+        let key = json_of(&switchyard(&d, &["keys", "create", "--name", "live"]));
+        let account = json_of(&switchyard(
+            &d,
+            &[
+                "accounts",
+                "add",
+                "--name",
+                "mock",
+                "--api-key",
+                "sk-ant-live",
+                "--base-url",
+                &base_url,
+            ],
+        ));
+        (key, account)
+    })
+    .await
+    .unwrap();
+    let secret = key["key"].as_str().unwrap();
+    let resp = http_client()
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", secret)
+        .json(&messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!(mock.requests()[0].header("x-api-key"), Some("sk-ant-live"));
+    assert!(account["id"].as_str().unwrap().starts_with("acct_"));
+
+    let d = dir.path().to_owned();
+    let usage = tokio::task::spawn_blocking(move || json_of(&switchyard(&d, &["usage"])))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            usage["input_tokens"].as_u64(),
+            usage["output_tokens"].as_u64()
+        ),
+        (Some(4), Some(5))
+    );
+
+    // SIGTERM: exits 0, and the log names the admin token's file, never the token.
+    let pid = serving.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = serving.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(serving.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let token = std::fs::read_to_string(dir.path().join("admin-token")).unwrap();
+    assert!(log.contains("admin-token"), "{log}");
+    assert!(
+        !log.contains(token.trim()),
+        "the admin token leaked into the log"
+    );
+    assert!(
+        !log.contains(secret) && !log.contains("sk-ant-live"),
+        "a secret leaked into the log"
+    );
+    assert!(log.contains("request_id"), "one line per request: {log}");
+    assert!(!dir.path().join("serve.addr").exists());
+}
