@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::crypto::{self, MasterKey};
 use crate::pricing::{PriceTable, Pricing};
 use crate::stats::Stats;
@@ -17,7 +17,7 @@ pub const IMPORTED_PRICES_FILE: &str = "imported-prices.json";
 
 pub struct App {
     pub config: Config,
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     pub stats: Stats,
     pub http: reqwest::Client,
     pub admin_token: String,
@@ -35,10 +35,21 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
         })?;
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(
-            &config.data_dir,
-            config.stats.request_log_max,
-        )?);
+        let store: Arc<dyn Store> = match config.store_kind() {
+            StoreKind::Embedded => Arc::new(EmbeddedStore::open(
+                &config.data_dir,
+                config.stats.request_log_max,
+            )?),
+            // TEMP(redis wiring): until src/store/redis.rs lands.
+            StoreKind::Redis(_url) => anyhow::bail!("the Redis store is not built yet"),
+        };
+        if config.store_kind() != StoreKind::Embedded && config.master_key.is_none() {
+            tracing::warn!(
+                "a shared store without a configured master_key: every instance must use the same \
+                 key (set master_key or SWITCHYARD_MASTER_KEY), or accounts added by one cannot be \
+                 opened by the others"
+            );
+        }
         let master_key = MasterKey::resolve(config.master_key.as_deref(), &config.data_dir)?;
         let (admin_token, admin_token_file) = match &config.admin_token {
             Some(token) => (token.clone(), None),
@@ -51,10 +62,12 @@ impl App {
             }
         };
         let pricing = load_pricing(&config)?;
-        let catalog = Catalog::load(Arc::clone(&store), master_key).await?;
+        let catalog = Arc::new(Catalog::load(Arc::clone(&store), master_key).await?);
+        catalog.follow_changes();
         let stats = Stats::spawn(
             Arc::clone(&store),
             Duration::from_millis(config.stats.flush_interval_ms),
+            config.stats.max_pending_requests,
         );
         let http = upstream_client(&config)?;
         crate::metrics::install();

@@ -10,7 +10,9 @@ use dashmap::DashMap;
 use http::HeaderValue;
 
 use crate::crypto::MasterKey;
-use crate::store::{AccountRecord, KeyRecord, Store, StoreError};
+use tokio::sync::broadcast;
+
+use crate::store::{AccountRecord, Change, KeyRecord, Store, StoreError};
 
 /// An account ready to serve: its record and its opened credential.
 pub struct Account {
@@ -85,6 +87,47 @@ impl Catalog {
     /// Forgets a cached key after it changed.
     pub fn invalidate_key(&self, hash: &str) {
         self.keys.remove(hash);
+    }
+
+    /// When the store is shared, applies other instances' changes to these caches as they are
+    /// announced. The task holds the catalog weakly and ends with the store's change feed.
+    pub fn follow_changes(self: &Arc<Self>) {
+        let Some(mut changes) = self.store.changes() else {
+            return;
+        };
+        let catalog = Arc::downgrade(self);
+        // Stopped by: the store dropping its change feed (the receiver then reports Closed).
+        tokio::spawn(async move {
+            loop {
+                let change = match changes.recv().await {
+                    Ok(change) => change,
+                    Err(broadcast::error::RecvError::Lagged(_)) => Change::Resync,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(catalog) = catalog.upgrade() else {
+                    return;
+                };
+                catalog.apply(change).await;
+            }
+        });
+    }
+
+    async fn apply(&self, change: Change) {
+        match change {
+            Change::Key { hash } => self.invalidate_key(&hash),
+            Change::Accounts => self.reload_accounts_logged().await,
+            Change::Resync => {
+                self.keys.clear();
+                self.reload_accounts_logged().await;
+            }
+        }
+    }
+
+    async fn reload_accounts_logged(&self) {
+        if let Err(e) = self.reload_accounts().await {
+            // The next change or resync tries again.
+            tracing::warn!(error = %e, "reloading accounts after a change failed");
+        }
     }
 
     /// The current accounts, oldest first.

@@ -23,7 +23,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the embedded store, the generated admin token and master key live.
     pub data_dir: PathBuf,
-    /// `embedded` (default).
+    /// `embedded` (default), `redis://host:port/db`, `rediss://…` (TLS), or
+    /// `redis-cluster://host:port,host:port,…` (seed nodes of a Redis Cluster).
     pub store: String,
     /// Bearer token of the admin API; generated into `<data_dir>/admin-token` when unset.
     pub admin_token: Option<String>,
@@ -35,6 +36,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub relay: RelayConfig,
     pub stats: StatsConfig,
+    pub redis: RedisConfig,
     pub pricing: PricingConfig,
 }
 
@@ -51,6 +53,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             relay: RelayConfig::default(),
             stats: StatsConfig::default(),
+            redis: RedisConfig::default(),
             pricing: PricingConfig::default(),
         }
     }
@@ -148,6 +151,10 @@ pub struct StatsConfig {
     pub flush_interval_ms: u64,
     /// How many recent requests the request log keeps.
     pub request_log_max: usize,
+    /// While the store cannot be written, at most this many request-log entries wait in memory;
+    /// beyond it the oldest are dropped and counted (`switchyard_usage_dropped_total`). Usage
+    /// counters are never dropped.
+    pub max_pending_requests: usize,
 }
 
 impl Default for StatsConfig {
@@ -155,6 +162,58 @@ impl Default for StatsConfig {
         StatsConfig {
             flush_interval_ms: 250,
             request_log_max: 10_000,
+            max_pending_requests: 100_000,
+        }
+    }
+}
+
+/// How Switchyard talks to Redis when `store` is a Redis URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Every key starts with this (documented in docs/redis-keys.md). Several installations can
+    /// share one Redis under different prefixes.
+    pub prefix: String,
+    /// Connections in the pool (each multiplexes many requests).
+    pub pool_size: usize,
+    /// Establishing a connection must succeed within this time.
+    pub connect_timeout_ms: u64,
+    /// A command that gets no answer within this time fails: while Redis is unreachable, requests
+    /// get a prompt 503 instead of hanging.
+    pub command_timeout_ms: u64,
+    /// Reconnect with exponential backoff, starting here …
+    pub reconnect_min_delay_ms: u64,
+    /// … and never waiting longer than this between attempts (retries never stop).
+    pub reconnect_max_delay_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            prefix: "sy:".to_owned(),
+            pool_size: 4,
+            connect_timeout_ms: 2_000,
+            command_timeout_ms: 1_000,
+            reconnect_min_delay_ms: 50,
+            reconnect_max_delay_ms: 2_000,
+        }
+    }
+}
+
+/// Which store a `store` value selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Embedded,
+    /// A `redis://`, `rediss://` or `redis-cluster://` URL, as given.
+    Redis(String),
+}
+
+impl Config {
+    pub fn store_kind(&self) -> StoreKind {
+        if self.store == "embedded" {
+            StoreKind::Embedded
+        } else {
+            StoreKind::Redis(self.store.clone())
         }
     }
 }
@@ -213,11 +272,23 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.store != "embedded" {
+        let redis_schemes = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+        ];
+        if self.store != "embedded" && !redis_schemes.iter().any(|s| self.store.starts_with(s)) {
             return Err(ConfigError(format!(
-                "invalid option `store`: unsupported value {:?} (expected \"embedded\")",
+                "invalid option `store`: unsupported value {:?} (expected \"embedded\", \
+                 redis://host:port/db, rediss://… or redis-cluster://host:port,host:port)",
                 self.store
             )));
+        }
+        if self.redis.pool_size == 0 || self.redis.command_timeout_ms == 0 {
+            return Err(ConfigError(
+                "invalid option `redis`: pool_size and command_timeout_ms must be > 0".into(),
+            ));
         }
         if self.server.body_limit_bytes == 0 {
             return Err(ConfigError(

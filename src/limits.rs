@@ -40,14 +40,28 @@ impl Drop for LeaseGuard {
         let key_id = std::mem::take(&mut self.key_id);
         let account_id = self.account_id.take();
         let lease = self.lease.clone();
-        // Stopped by: finishes on its own after one store call.
+        // Stopped by: success, or the last retry (a few seconds); past that the lease expires
+        // on its own after its ttl.
         runtime.spawn(async move {
-            if let Err(e) = store.release(&key_id, account_id.as_deref(), &lease).await {
-                tracing::warn!(error = %e, lease = %lease.id, "lease release failed; it will expire");
+            let mut delay = Duration::from_millis(200);
+            for attempt in 1..=RELEASE_ATTEMPTS {
+                match store.release(&key_id, account_id.as_deref(), &lease).await {
+                    Ok(()) => return,
+                    Err(e) if attempt == RELEASE_ATTEMPTS => {
+                        tracing::warn!(error = %e, lease = %lease.id, "lease release failed; it will expire on its own");
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
             }
         });
     }
 }
+
+/// Tries to release a lease this many times (over about 6 s) while the store is unreachable.
+const RELEASE_ATTEMPTS: u32 = 5;
 
 /// Checks the key's limits and takes its lease, in one store call.
 pub async fn admit(

@@ -21,7 +21,8 @@ pub const COST: &str = "switchyard_cost_nanousd_total";
 pub const ACTIVE_STREAMS: &str = "switchyard_active_streams";
 /// Requests for a model without a price, priced at the default; by `model`.
 pub const UNKNOWN_MODEL_PRICE: &str = "switchyard_unknown_model_price_total";
-/// Usage records lost (recorded after the stats task stopped).
+/// Request-log entries lost: recorded after the stats task stopped, or dropped from a full
+/// backlog while the store was unavailable.
 pub const USAGE_DROPPED: &str = "switchyard_usage_dropped_total";
 /// Upstream requests that failed before a response head, by `reason`.
 pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";

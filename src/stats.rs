@@ -3,8 +3,9 @@
 //! The relay hands each finished request to `Stats::record`, which only sends it down a channel:
 //! nothing on the request path waits for the store. One task owns the aggregate; every
 //! `flush_interval` (and on `flush`, and at shutdown) it writes what accumulated in one
-//! `Store::record_usage` call. A failed write keeps the batch and retries with the next one, so
-//! acknowledged usage is not lost while the store is briefly unavailable.
+//! `Store::record_usage` call. A failed write keeps the batch and retries it, unchanged and under
+//! the same id, so acknowledged usage is neither lost nor counted twice while the store is
+//! unavailable; see `Writer`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,10 +35,14 @@ pub struct Stats {
 impl Stats {
     /// Starts the aggregating task. It stops, after a final flush, on `stop` or when every
     /// `Stats` handle has been dropped.
-    pub fn spawn(store: Arc<dyn Store>, interval: Duration) -> Stats {
+    pub fn spawn(store: Arc<dyn Store>, interval: Duration, max_pending_requests: usize) -> Stats {
         let (tx, rx) = mpsc::unbounded_channel();
+        let cfg = Limits {
+            interval,
+            max_pending_requests,
+        };
         // Stopped by: `Stats::stop` at shutdown, or the last handle being dropped.
-        tokio::spawn(run(store, interval, rx));
+        tokio::spawn(run(store, cfg, rx));
         Stats { tx }
     }
 
@@ -76,16 +81,21 @@ impl Stats {
     }
 }
 
-async fn run(store: Arc<dyn Store>, interval: Duration, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut pending = UsageBatch::default();
-    let mut ticker = tokio::time::interval(interval);
+async fn run(store: Arc<dyn Store>, cfg: Limits, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut w = Writer {
+        store,
+        cfg,
+        pending: UsageBatch::default(),
+        sealed: None,
+    };
+    let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(Msg::Request { entry, billed }) => add(&mut pending, *entry, billed),
+                Some(Msg::Request { entry, billed }) => w.add(*entry, billed),
                 Some(Msg::Flush(done)) => {
-                    write(&*store, &mut pending).await;
+                    w.write().await;
                     let _ = done.send(());
                 }
                 Some(Msg::Stop(done)) => {
@@ -93,41 +103,107 @@ async fn run(store: Arc<dyn Store>, interval: Duration, mut rx: mpsc::UnboundedR
                     // Whatever was queued before the stop still counts.
                     while let Some(msg) = rx.recv().await {
                         match msg {
-                            Msg::Request { entry, billed } => add(&mut pending, *entry, billed),
+                            Msg::Request { entry, billed } => w.add(*entry, billed),
                             Msg::Flush(other) | Msg::Stop(other) => { let _ = other.send(()); }
                         }
                     }
-                    finish(&*store, &mut pending).await;
+                    w.finish().await;
                     let _ = done.send(());
                     return;
                 }
                 None => break,
             },
-            _ = ticker.tick() => write(&*store, &mut pending).await,
+            _ = ticker.tick() => w.write().await,
         }
     }
-    finish(&*store, &mut pending).await;
+    w.finish().await;
 }
 
-async fn finish(store: &dyn Store, pending: &mut UsageBatch) {
-    write(store, pending).await;
-    if !pending.is_empty() {
-        tracing::error!(
-            requests = pending.requests.len(),
-            "the store was unavailable at shutdown; unwritten usage is lost"
-        );
+#[derive(Clone, Copy)]
+struct Limits {
+    interval: Duration,
+    /// Request-log entries kept in memory while the store cannot be written.
+    max_pending_requests: usize,
+}
+
+/// At most two batches: `sealed`, written (or tried) at least once and retried unchanged under
+/// its id, and `pending`, aggregating everything since. New usage never merges into a batch the
+/// store may have partly applied, so a retry cannot count anything twice; and memory stays
+/// bounded by the number of distinct counters plus `max_pending_requests` log entries.
+struct Writer {
+    store: Arc<dyn Store>,
+    cfg: Limits,
+    pending: UsageBatch,
+    sealed: Option<UsageBatch>,
+}
+
+impl Writer {
+    fn add(&mut self, entry: RequestLogEntry, billed: bool) {
+        add(&mut self.pending, entry, billed);
+        let queued =
+            self.pending.requests.len() + self.sealed.as_ref().map_or(0, |b| b.requests.len());
+        if queued > self.cfg.max_pending_requests {
+            // The counters (what is billed) are kept; only the oldest log lines go.
+            let excess = queued - self.cfg.max_pending_requests;
+            let n = excess.min(self.pending.requests.len());
+            self.pending.requests.drain(..n);
+            metrics::counter!(crate::metrics::USAGE_DROPPED).increment(n as u64);
+            tracing::error!(
+                dropped = n,
+                "the store is unavailable and the request log backlog is full; oldest entries dropped"
+            );
+        }
+    }
+
+    /// Writes the sealed batch, then seals and writes the pending one. Stops at the first
+    /// failure; what failed stays for the next try.
+    async fn write(&mut self) {
+        loop {
+            if self.sealed.is_none() {
+                if self.pending.is_empty() {
+                    return;
+                }
+                let mut batch = std::mem::take(&mut self.pending);
+                batch.id = rand::random();
+                self.sealed = Some(batch);
+            }
+            let Some(batch) = &self.sealed else { return };
+            match self.store.record_usage(batch).await {
+                Ok(()) => self.sealed = None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage write failed; kept for the next flush");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sealed.is_none() && self.pending.is_empty()
+    }
+
+    /// At shutdown: keeps trying for a short while (the store may be restarting), then gives up
+    /// loudly.
+    async fn finish(&mut self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_RETRY;
+        self.write().await;
+        while !self.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(self.cfg.interval.max(Duration::from_millis(100))).await;
+            self.write().await;
+        }
+        if !self.is_empty() {
+            let requests =
+                self.pending.requests.len() + self.sealed.as_ref().map_or(0, |b| b.requests.len());
+            tracing::error!(
+                requests,
+                "the store was unavailable at shutdown; unwritten usage is lost"
+            );
+        }
     }
 }
 
-async fn write(store: &dyn Store, pending: &mut UsageBatch) {
-    if pending.is_empty() {
-        return;
-    }
-    match store.record_usage(pending).await {
-        Ok(()) => *pending = UsageBatch::default(),
-        Err(e) => tracing::warn!(error = %e, "usage write failed; kept for the next flush"),
-    }
-}
+/// How long a stopping relay keeps retrying usage writes.
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(5);
 
 fn add(batch: &mut UsageBatch, entry: RequestLogEntry, billed: bool) {
     if billed {

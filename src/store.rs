@@ -7,6 +7,7 @@
 //! `tests/store_conformance.rs`.
 
 pub mod embedded;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,6 +29,20 @@ pub enum StoreError {
     Locked,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// A change to shared records that every instance's caches must hear of. A store shared by
+/// several instances announces each key and account write itself (so no writer can forget);
+/// `Resync` means the feed may have missed messages (a reconnect) and every cache must be dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The key record with this secret hash changed or was deleted.
+    Key {
+        hash: String,
+    },
+    /// Some account record changed, was added or deleted.
+    Accounts,
+    Resync,
 }
 
 /// A client API key. Only the SHA-256 of the secret is kept.
@@ -191,6 +206,9 @@ pub enum Bucket {
 /// Usage aggregated in memory by `stats`, written in one store call.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UsageBatch {
+    /// Unique per batch. A batch whose write failed is retried whole with the same id, so a
+    /// store that applied part of it before failing can skip what it already applied.
+    pub id: u64,
     pub counters: BTreeMap<(Dimension, Bucket), Counters>,
     pub requests: Vec<RequestLogEntry>,
 }
@@ -285,4 +303,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable. Called on graceful shutdown.
     async fn flush(&self) -> StoreResult<()>;
+
+    /// Changes written by other instances, for cache invalidation; `None` when the store is not
+    /// shared (the embedded store: this process made every change itself).
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 }

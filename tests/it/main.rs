@@ -1,5 +1,6 @@
 //! Integration tests: one binary (one link) for the whole suite.
 mod anthropic;
 mod cli;
+mod redis;
 mod store_conformance;
 mod support;

@@ -200,6 +200,8 @@ fn batch(
     requests: Vec<RequestLogEntry>,
 ) -> UsageBatch {
     UsageBatch {
+        // Distinct per batch, as the stats task makes them.
+        id: rand::random(),
         counters: counters.iter().cloned().collect::<BTreeMap<_, _>>(),
         requests,
     }

@@ -1,0 +1,412 @@
+//! Several relays on one Redis: shared caches invalidated through pub/sub, limits counted in
+//! Redis, usage summed exactly, and a Redis outage survived. Skipped unless `REDIS_URL` is set
+//! (CI starts a local redis-server; see scripts/redis-test-servers.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::mock::{Behavior, MockUpstream, MockUsage};
+use crate::support::relay::{Relay, messages_body, test_config};
+
+const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A relay configuration on `url` under a prefix of its own; `None` without `REDIS_URL`.
+fn redis_config(url: &str, prefix: &str) -> (switchyard::config::Config, Arc<tempfile::TempDir>) {
+    let tmp = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(tmp.path());
+    config.store = url.to_owned();
+    config.redis.prefix = prefix.to_owned();
+    // Instances sharing a store must share the master key: sealed credentials live in the store.
+    config.master_key = Some(MASTER_KEY.to_owned());
+    (config, tmp)
+}
+
+fn unique_prefix() -> String {
+    format!("sy-test-{:016x}:", rand::random::<u64>())
+}
+
+async fn two_relays() -> Option<(Relay, Relay)> {
+    let url = std::env::var("REDIS_URL").ok()?;
+    let prefix = unique_prefix();
+    let (a, tmp_a) = redis_config(&url, &prefix);
+    let (b, tmp_b) = redis_config(&url, &prefix);
+    Some((
+        Relay::start_with(a, Some(tmp_a)).await,
+        Relay::start_with(b, Some(tmp_b)).await,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_disabled_on_one_instance_is_refused_by_the_other_within_a_second() {
+    let Some((a, b)) = two_relays().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    a.add_account(&mock, "sk-shared", json!({})).await;
+    let (id, key) = a.create_key("shared").await;
+    // B learns of the account and the key through Redis.
+    let resp = b
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+
+    let (status, _) = a
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{id}"),
+            Some(json!({ "enabled": false })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let disabled_at = Instant::now();
+    loop {
+        let resp = b
+            .messages(&key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 401 {
+            break;
+        }
+        resp.bytes().await.unwrap();
+        assert!(
+            disabled_at.elapsed() < Duration::from_secs(1),
+            "B still accepts the key after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Deleting works the same way, and account changes reach B too.
+    let (_, key2) = a.create_key("second").await;
+    let resp = b
+        .messages(&key2, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let accounts = a.admin(Method::GET, "/admin/accounts", None).await.1;
+    let account_id = accounts["data"][0]["id"].as_str().unwrap().to_owned();
+    a.admin(
+        Method::PATCH,
+        &format!("/admin/accounts/{account_id}"),
+        Some(json!({ "schedulable": false })),
+    )
+    .await;
+    let changed_at = Instant::now();
+    loop {
+        let resp = b
+            .messages(&key2, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 503 {
+            break;
+        }
+        resp.bytes().await.unwrap();
+        assert!(
+            changed_at.elapsed() < Duration::from_secs(1),
+            "B still uses the account after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_concurrency_cap_holds_across_instances() {
+    let Some((a, b)) = two_relays().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Slow {
+        usage: MockUsage {
+            input: 1,
+            output: 1,
+            ..MockUsage::default()
+        },
+        delay: Duration::from_millis(40),
+    });
+    a.add_account(&mock, "sk-capped", json!({ "max_concurrency": 2 }))
+        .await;
+    let (_, key) = a.create_key("k").await;
+    let a = Arc::new(a);
+    let b = Arc::new(b);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let relay = if i % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = relay
+                .messages(&key, &messages_body("claude-sonnet-4-5", true))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            resp.bytes().await.unwrap();
+            status
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            503 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        mock.max_in_flight() <= 2,
+        "{} streams at once upstream",
+        mock.max_in_flight()
+    );
+    assert!(ok >= 2, "only {ok} requests were served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_totals_over_two_instances_equal_what_the_upstream_reported() {
+    let Some((a, b)) = two_relays().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let account = a.add_account(&mock, "sk-sum", json!({})).await;
+    let (key_id, key) = a.create_key("sum").await;
+    let mut expected = MockUsage::default();
+    for i in 0..500u64 {
+        let u = MockUsage {
+            input: 1 + i % 7,
+            output: 2 + i % 11,
+            cache_creation_5m: i % 3,
+            cache_creation_1h: i % 2,
+            cache_read: i % 5,
+        };
+        expected.input += u.input;
+        expected.output += u.output;
+        expected.cache_creation_5m += u.cache_creation_5m;
+        expected.cache_creation_1h += u.cache_creation_1h;
+        expected.cache_read += u.cache_read;
+        mock.push_behavior(Behavior::Ok(u));
+    }
+    let relays = [Arc::new(a), Arc::new(b)];
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let relay = Arc::clone(&relays[w % 2]);
+        let key = key.clone();
+        let next = Arc::clone(&next);
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < 500 {
+                let stream = rand::random::<bool>();
+                let resp = relay
+                    .messages(&key, &messages_body("claude-sonnet-4-5", stream))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.bytes().await.unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(mock.served(), 500);
+    // Each instance flushes its own aggregate; ask both to flush by reading through them.
+    relays[1].usage("").await;
+    for query in [
+        format!("key_id={key_id}"),
+        format!("account_id={account}"),
+        String::new(),
+    ] {
+        let u: Value = relays[0].usage(&query).await;
+        assert_eq!(u["requests"], 500, "{query}");
+        assert_eq!(u["input_tokens"], expected.input, "{query}");
+        assert_eq!(u["output_tokens"], expected.output);
+        assert_eq!(
+            u["cache_creation_5m_input_tokens"],
+            expected.cache_creation_5m
+        );
+        assert_eq!(
+            u["cache_creation_1h_input_tokens"],
+            expected.cache_creation_1h
+        );
+        assert_eq!(u["cache_read_input_tokens"], expected.cache_read);
+    }
+    let runtime = relays[0]
+        .app
+        .store()
+        .account_runtime(&account)
+        .await
+        .unwrap();
+    assert_eq!(runtime.in_flight, 0, "no lease left");
+}
+
+/// A redis-server of this test's own, so it can be killed without disturbing other tests.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = OwnRedis {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (REDIS_URL is set)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_gets_prompt_503s_and_loses_no_acknowledged_usage() {
+    if std::env::var("REDIS_URL").is_err() {
+        return;
+    }
+    let mut redis = OwnRedis::start();
+    let (mut config, tmp) = redis_config(&format!("redis://127.0.0.1:{}/0", redis.port), "sy:");
+    config.redis.command_timeout_ms = 500;
+    let relay = Arc::new(Relay::start_with(config, Some(tmp)).await);
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage {
+        input: 3,
+        output: 5,
+        ..MockUsage::default()
+    }));
+    relay.add_account(&mock, "sk-outage", json!({})).await;
+    let (_, key) = relay.create_key("outage").await;
+
+    // Load from four workers through the outage; count what completed with 200.
+    let completed = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let slowest_refusal_ms = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (relay, key, completed, refused, slowest, stop) = (
+            Arc::clone(&relay),
+            key.clone(),
+            Arc::clone(&completed),
+            Arc::clone(&refused),
+            Arc::clone(&slowest_refusal_ms),
+            Arc::clone(&stop),
+        );
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let resp = relay
+                    .messages(&key, &messages_body("claude-sonnet-4-5", true))
+                    .send()
+                    .await
+                    .unwrap();
+                match resp.status().as_u16() {
+                    200 => {
+                        resp.bytes().await.unwrap();
+                        completed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    503 => {
+                        let v: Value = resp.json().await.unwrap();
+                        assert_eq!(v["type"], "error", "503 in Anthropic's shape: {v}");
+                        slowest.fetch_max(started.elapsed().as_millis() as u64, Ordering::SeqCst);
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let during = refused.load(Ordering::SeqCst);
+    redis.spawn();
+    // Served again without a restart.
+    let back = Instant::now();
+    let before = completed.load(Ordering::SeqCst);
+    while completed.load(Ordering::SeqCst) < before + 20 {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "the relay did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(during > 0, "requests during the outage were refused");
+    assert!(
+        slowest_refusal_ms.load(Ordering::SeqCst) < 3_000,
+        "a refusal took {} ms",
+        slowest_refusal_ms.load(Ordering::SeqCst)
+    );
+    let n = completed.load(Ordering::SeqCst);
+    let u = relay.usage("").await;
+    assert_eq!(
+        u["requests"], n,
+        "every completed request is recorded once: {u}"
+    );
+    assert_eq!(u["input_tokens"], 3 * n);
+    assert_eq!(u["output_tokens"], 5 * n);
+}
