@@ -780,3 +780,25 @@ async fn health_and_metrics_report() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_upstream_gets_502_in_anthropics_shape_and_returns_the_lease() {
+    let relay = Relay::start().await;
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (status, v) = relay
+        .admin(
+            Method::POST,
+            "/admin/accounts",
+            Some(json!({ "name": "gone", "provider": "anthropic", "api_key": ACCOUNT_KEY, "base_url": format!("http://{closed}") })),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let account_id = v["id"].as_str().unwrap().to_owned();
+    let (_, key) = relay.create_key("k").await;
+    let resp = relay.messages(&key, &messages_body("claude-sonnet-4-5", true)).send().await.unwrap();
+    let (status, kind) = anthropic_error(resp).await;
+    assert_eq!((status, kind.as_str()), (502, "api_error"));
+    released(&relay, &account_id).await;
+    assert!(relay.requests("").await.is_empty(), "nothing was billed");
+}
