@@ -4,6 +4,9 @@
 //! admit the model (any account, when there is no model). The store makes the choice atomically (lowest priority number, then least
 //! recently used, never one at its concurrency cap) and takes the account's lease with it.
 
+pub mod health;
+pub mod session;
+
 use std::sync::Arc;
 
 use crate::catalog::{Account, Catalog};
