@@ -123,13 +123,13 @@ pub fn load_pricing(config: &Config) -> anyhow::Result<Pricing> {
 }
 
 /// The client for upstream calls. No decompression (bodies pass through as sent), rustls with
-/// the ring provider, the platform's trust roots.
+/// the ring provider, the platform's trust roots. Timeouts after connecting are the relay's
+/// (first byte) and the tap's (idle), so each can answer in the client's protocol.
 fn upstream_client(config: &Config) -> anyhow::Result<reqwest::Client> {
     install_crypto_provider();
     let up = &config.upstream;
     Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(up.connect_timeout_secs))
-        .read_timeout(Duration::from_secs(up.idle_timeout_secs))
         .pool_idle_timeout(Duration::from_secs(up.pool_idle_timeout_secs))
         .pool_max_idle_per_host(up.pool_max_idle_per_host)
         .tcp_nodelay(true)

@@ -110,7 +110,9 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub connect_timeout_secs: u64,
-    /// A response that sends nothing for this long is cut.
+    /// The upstream's response head must arrive within this time.
+    pub first_byte_timeout_secs: u64,
+    /// A response body that sends nothing for this long is cut (streams end with an error event).
     pub idle_timeout_secs: u64,
     /// Idle upstream connections are kept this long for reuse.
     pub pool_idle_timeout_secs: u64,
@@ -121,6 +123,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             connect_timeout_secs: 10,
+            first_byte_timeout_secs: 120,
             idle_timeout_secs: 300,
             pool_idle_timeout_secs: 90,
             pool_max_idle_per_host: 256,

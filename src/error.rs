@@ -41,6 +41,8 @@ pub enum ErrorKind {
     Internal,
     /// The upstream could not be reached or broke.
     BadGateway,
+    /// The upstream did not answer in time.
+    GatewayTimeout,
     /// No upstream account can take the request now.
     Unavailable,
 }
@@ -73,6 +75,7 @@ impl ApiError {
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
+            ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {
@@ -109,7 +112,10 @@ impl ApiError {
             ErrorKind::NotFound => "not_found_error",
             ErrorKind::RequestTooLarge => "request_too_large",
             ErrorKind::RateLimited => "rate_limit_error",
-            ErrorKind::Internal | ErrorKind::BadGateway | ErrorKind::Unavailable => "api_error",
+            ErrorKind::Internal
+            | ErrorKind::BadGateway
+            | ErrorKind::GatewayTimeout
+            | ErrorKind::Unavailable => "api_error",
         }
     }
 
@@ -121,7 +127,10 @@ impl ApiError {
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
             ErrorKind::RateLimited => "rate_limit_error",
-            ErrorKind::Internal | ErrorKind::BadGateway | ErrorKind::Unavailable => "api_error",
+            ErrorKind::Internal
+            | ErrorKind::BadGateway
+            | ErrorKind::GatewayTimeout
+            | ErrorKind::Unavailable => "api_error",
         }
     }
 
@@ -135,6 +144,7 @@ impl ApiError {
             ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
             ErrorKind::Internal => "INTERNAL",
             ErrorKind::BadGateway | ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::GatewayTimeout => "DEADLINE_EXCEEDED",
         }
     }
 

@@ -14,7 +14,7 @@
 //! drops whatever leases were taken.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -108,14 +108,26 @@ where
     let url = anthropic::upstream_url(&account, upstream_path, parts.uri.query());
     let headers = anthropic::upstream_headers(&parts.headers, &account);
     let sent_at = Instant::now();
-    let upstream = app
+    let first_byte = Duration::from_secs(app.config.upstream.first_byte_timeout_secs);
+    let send = app
         .http
         .request(parts.method, url)
         .headers(headers)
         .body(body)
-        .send()
-        .await
-        .map_err(|e| upstream_error(&e))?;
+        .send();
+    let upstream = match tokio::time::timeout(first_byte, send).await {
+        Ok(sent) => sent.map_err(|e| upstream_error(&e))?,
+        Err(_) => {
+            metrics::counter!(m::UPSTREAM_ERRORS, "reason" => "first_byte_timeout").increment(1);
+            return Err(ApiError::new(
+                ErrorKind::GatewayTimeout,
+                format!(
+                    "the upstream sent no response within {} s",
+                    first_byte.as_secs()
+                ),
+            ));
+        }
+    };
     let head_at = Instant::now();
 
     let (mut head, upstream_body) = http::Response::<reqwest::Body>::from(upstream).into_parts();
@@ -145,10 +157,12 @@ where
         sent_at,
         ttfb_ms: (head_at - sent_at).as_millis() as u64,
         usage,
+        streaming,
         leases: Some(leases),
     };
-    let body = Tap::new(upstream_body, settle)
-        .map_err(BoxError::from)
+    let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
+    let body = Tap::new(upstream_body.map_err(BoxError::from), settle)
+        .with_idle_timeout(idle)
         .boxed();
     metrics::histogram!(m::UPSTREAM_TTFB).record((head_at - sent_at).as_secs_f64());
     metrics::histogram!(m::RELAY_OVERHEAD)
@@ -240,6 +254,8 @@ struct Settle {
     ttfb_ms: u64,
     /// `None` for endpoints that are not billed.
     usage: Option<AnthropicUsage>,
+    /// An SSE response: a cut is told to the client as an error event.
+    streaming: bool,
     leases: Option<LeaseGuard>,
 }
 
@@ -248,6 +264,11 @@ impl Observer for Settle {
         if let Some(usage) = &mut self.usage {
             usage.observe(data);
         }
+    }
+
+    fn error_event(&self, message: &str) -> Option<Bytes> {
+        self.streaming
+            .then(|| anthropic::error_event("api_error", message))
     }
 
     fn on_end(&mut self, end: End) {

@@ -76,6 +76,13 @@ pub fn upstream_url(account: &Account, path: &str, query: Option<&str>) -> Strin
     }
 }
 
+/// An SSE `error` event as Anthropic sends one mid-stream; clients surface its message.
+pub fn error_event(kind: &str, message: &str) -> bytes::Bytes {
+    let data =
+        serde_json::json!({ "type": "error", "error": { "type": kind, "message": message } });
+    bytes::Bytes::from(format!("event: error\ndata: {data}\n\n"))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

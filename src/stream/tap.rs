@@ -4,12 +4,19 @@
 //! the same poll. The observer hears how the body ended exactly once: when the upstream body
 //! finished, when it failed, or when the tap was dropped first (the client went away; dropping
 //! the inner body cancels the upstream request).
+//!
+//! A stream that stalls (nothing for the idle timeout) or fails is cut; when the observer can
+//! say so in the client's protocol (an SSE error event), the client gets that event and a clean
+//! end instead of a broken connection.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
 
 /// How a tapped body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +33,28 @@ pub trait Observer: Send + 'static {
     fn on_data(&mut self, data: &Bytes);
     /// Called exactly once.
     fn on_end(&mut self, end: End);
+    /// A last frame telling the client, in its protocol, that the stream was cut (an SSE error
+    /// event); `None` passes the failure on as a body error instead.
+    fn error_event(&self, _message: &str) -> Option<Bytes> {
+        None
+    }
 }
 
 pub struct Tap<B, O: Observer> {
     inner: B,
     /// `None` once the end was reported.
     observer: Option<O>,
+    /// A stream that yields nothing for this long is cut.
+    idle: Option<Idle>,
+    /// The error event to send after a cut; then the body ends.
+    trailer: Option<Bytes>,
+    /// Set after a cut: the inner body is not polled again.
+    cut: bool,
+}
+
+struct Idle {
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
 }
 
 impl<B, O: Observer> Tap<B, O> {
@@ -39,7 +62,19 @@ impl<B, O: Observer> Tap<B, O> {
         Tap {
             inner,
             observer: Some(observer),
+            idle: None,
+            trailer: None,
+            cut: false,
         }
+    }
+
+    /// Cuts the body when the upstream sends nothing for `timeout`.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Tap<B, O> {
+        self.idle = Some(Idle {
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        });
+        self
     }
 
     fn end(&mut self, end: End) {
@@ -47,12 +82,21 @@ impl<B, O: Observer> Tap<B, O> {
             observer.on_end(end);
         }
     }
+
+    /// Ends the body after a failure: reports it, then either sends the observer's error event
+    /// or lets `Err` through.
+    fn fail(&mut self, message: String) -> Option<Bytes> {
+        let event = self.observer.as_ref().and_then(|o| o.error_event(&message));
+        self.end(End::Failed(message));
+        self.cut = event.is_some();
+        event
+    }
 }
 
 impl<B, O> Body for Tap<B, O>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: std::fmt::Display + From<std::io::Error>,
     O: Observer + Unpin,
 {
     type Data = Bytes;
@@ -63,9 +107,18 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
+        if let Some(event) = this.trailer.take() {
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
+        if this.cut {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = &mut this.idle {
+                    let deadline = tokio::time::Instant::now() + idle.timeout;
+                    idle.timer.as_mut().reset(deadline);
+                }
                 if let (Some(data), Some(observer)) = (frame.data_ref(), this.observer.as_mut()) {
                     observer.on_data(data);
                 }
@@ -74,20 +127,50 @@ where
                 if this.inner.is_end_stream() {
                     this.end(End::Complete);
                 }
+                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => this.end(End::Failed(e.to_string())),
-            Poll::Ready(None) => this.end(End::Complete),
-            Poll::Pending => {}
+            Poll::Ready(Some(Err(e))) => match this.fail(e.to_string()) {
+                Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+                None => Poll::Ready(Some(Err(e))),
+            },
+            Poll::Ready(None) => {
+                this.end(End::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let stalled = this
+                    .idle
+                    .as_mut()
+                    .is_some_and(|i| i.timer.as_mut().poll(cx).is_ready());
+                if !stalled {
+                    return Poll::Pending;
+                }
+                let timeout = this.idle.as_ref().map_or(Duration::ZERO, |i| i.timeout);
+                let message = format!(
+                    "the upstream sent nothing for {} s; the stream was cut",
+                    timeout.as_secs()
+                );
+                match this.fail(message.clone()) {
+                    Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+                    None => Poll::Ready(Some(Err(B::Error::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        message,
+                    ))))),
+                }
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.trailer.is_none() && (self.cut || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.cut || self.trailer.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 
@@ -116,14 +199,62 @@ mod tests {
         }
     }
 
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
     fn body_of(
         chunks: Vec<Result<&'static str, &'static str>>,
-    ) -> impl Body<Data = Bytes, Error = String> + Unpin {
+    ) -> impl Body<Data = Bytes, Error = BoxError> + Unpin {
         let frames = chunks.into_iter().map(|c| {
             c.map(|s| Frame::data(Bytes::from(s)))
-                .map_err(str::to_owned)
+                .map_err(BoxError::from)
         });
         StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    /// An observer that can say "cut" in SSE.
+    #[derive(Clone, Default)]
+    struct Sse(Seen);
+
+    impl Observer for Sse {
+        fn on_data(&mut self, data: &Bytes) {
+            self.0.on_data(data);
+        }
+        fn on_end(&mut self, end: End) {
+            self.0.on_end(end);
+        }
+        fn error_event(&self, message: &str) -> Option<Bytes> {
+            Some(Bytes::from(format!("event: error\ndata: {message}\n\n")))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_stream_is_cut_with_an_error_event_after_the_idle_timeout() {
+        use futures_util::StreamExt;
+        let seen = Sse::default();
+        let first = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from("ab")))]);
+        let stalled = first.chain(futures_util::stream::pending());
+        let tap = Tap::new(StreamBody::new(stalled), seen.clone())
+            .with_idle_timeout(Duration::from_secs(30));
+        let started = tokio::time::Instant::now();
+        let out = tap.collect().await.unwrap().to_bytes();
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with("abevent: error\n"), "{text}");
+        let s = seen.0.0.lock().unwrap();
+        assert_eq!(s.0, b"ab", "what passed is what is accounted");
+        assert!(matches!(&s.1[..], [End::Failed(m)] if m.contains("30 s")));
+    }
+
+    #[tokio::test]
+    async fn a_failed_stream_ends_with_the_error_event_when_the_observer_has_one() {
+        let seen = Sse::default();
+        let tap = Tap::new(body_of(vec![Ok("ab"), Err("reset")]), seen.clone());
+        let out = tap.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"abevent: error\ndata: reset\n\n");
+        assert_eq!(
+            seen.0.0.lock().unwrap().1,
+            vec![End::Failed("reset".into())]
+        );
     }
 
     #[tokio::test]

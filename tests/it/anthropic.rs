@@ -785,7 +785,10 @@ async fn health_and_metrics_report() {
 async fn an_unreachable_upstream_gets_502_in_anthropics_shape_and_returns_the_lease() {
     let relay = Relay::start().await;
     // A port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let (status, v) = relay
         .admin(
             Method::POST,
@@ -796,9 +799,61 @@ async fn an_unreachable_upstream_gets_502_in_anthropics_shape_and_returns_the_le
     assert_eq!(status, 201, "{v}");
     let account_id = v["id"].as_str().unwrap().to_owned();
     let (_, key) = relay.create_key("k").await;
-    let resp = relay.messages(&key, &messages_body("claude-sonnet-4-5", true)).send().await.unwrap();
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
     let (status, kind) = anthropic_error(resp).await;
     assert_eq!((status, kind.as_str()), (502, "api_error"));
     released(&relay, &account_id).await;
     assert!(relay.requests("").await.is_empty(), "nothing was billed");
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_cut_with_an_error_event_and_what_passed_is_recorded() {
+    let mock = MockUpstream::start().await;
+    let tmp = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut config = crate::support::relay::test_config(tmp.path());
+    config.upstream.idle_timeout_secs = 1;
+    config.upstream.first_byte_timeout_secs = 1;
+    let relay = Relay::start_with(config, Some(tmp)).await;
+    let account_id = relay.add_account(&mock, ACCOUNT_KEY, json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+
+    mock.push_behavior(Behavior::StallAfterStart(usage(40, 50)));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    let text = std::str::from_utf8(&body).unwrap();
+    assert!(
+        text.starts_with(std::str::from_utf8(&mock.responses()[0]).unwrap()),
+        "what passed reached the client first"
+    );
+    let tail = text.rsplit("\n\n").find(|e| !e.is_empty()).unwrap();
+    assert!(tail.starts_with("event: error\ndata: "), "{tail}");
+    let data: Value =
+        serde_json::from_str(tail.trim_start_matches("event: error\ndata: ")).unwrap();
+    assert_eq!(data["type"], "error");
+    assert_eq!(data["error"]["type"], "api_error");
+    let entries = logged(&relay, 1).await;
+    assert_eq!(
+        entries[0]["input_tokens"], 40,
+        "message_start's input is recorded"
+    );
+    released(&relay, &account_id).await;
+
+    // No response head within the first-byte timeout: 504 in Anthropic's shape.
+    mock.push_behavior(Behavior::DelayHeaders(Duration::from_secs(3), usage(1, 1)));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anthropic_error(resp).await, (504, "api_error".into()));
+    released(&relay, &account_id).await;
 }
