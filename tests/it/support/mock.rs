@@ -927,23 +927,22 @@ mod tests {
         // the `cache_creation` breakdown, the id and the text split differ.
         let fixture = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/clients/responses/anthropic_stream.txt"
-        ));
+            "/tests/fixtures/clients/responses/anthropic_stream.txt"
+        ))
+        .unwrap();
         let ours = expected_stream_bytes("claude-opus-4-8", MockUsage::new(10, 7));
         let ours = std::str::from_utf8(&ours).unwrap();
-        if let Ok(fixture) = fixture {
-            assert_eq!(
-                event_names(fixture.as_bytes())[..3],
-                event_names(ours.as_bytes())[..3]
-            );
-            for line in [
-                "event: ping\ndata: {\"type\": \"ping\"}\n\n",
-                "data: {\"type\": \"content_block_stop\", \"index\": 0}\n\n",
-                "data: {\"type\": \"message_delta\", \"delta\": {\"stop_reason\": \"end_turn\", \"stop_sequence\": null}, \"usage\": {\"output_tokens\": 7}}\n\n",
-                "event: message_stop\ndata: {\"type\": \"message_stop\"}\n\n",
-            ] {
-                assert!(fixture.contains(line) && ours.contains(line), "{line}");
-            }
+        assert_eq!(
+            event_names(fixture.as_bytes())[..3],
+            event_names(ours.as_bytes())[..3]
+        );
+        for line in [
+            "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+            "data: {\"type\": \"content_block_stop\", \"index\": 0}\n\n",
+            "data: {\"type\": \"message_delta\", \"delta\": {\"stop_reason\": \"end_turn\", \"stop_sequence\": null}, \"usage\": {\"output_tokens\": 7}}\n\n",
+            "event: message_stop\ndata: {\"type\": \"message_stop\"}\n\n",
+        ] {
+            assert!(fixture.contains(line) && ours.contains(line), "{line}");
         }
     }
 
