@@ -421,10 +421,7 @@ async fn upstream_errors_reach_the_client_with_their_status_body_and_headers() {
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_leaves_nothing_behind() {
     let mock = MockUpstream::start().await;
-    let tmp = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let mut config = crate::support::relay::test_config(tmp.path());
-    config.server.body_limit_bytes = 2_000;
-    let relay = Relay::start_with(config, Some(tmp)).await;
+    let relay = Relay::start_configured(|c| c.server.body_limit_bytes = 2_000).await;
     let account_id = relay
         .add_account(&mock, ACCOUNT_KEY, json!({ "models": ["claude-sonnet-*"] }))
         .await;
@@ -813,11 +810,11 @@ async fn an_unreachable_upstream_gets_502_in_anthropics_shape_and_returns_the_le
 #[tokio::test]
 async fn a_stalled_stream_is_cut_with_an_error_event_and_what_passed_is_recorded() {
     let mock = MockUpstream::start().await;
-    let tmp = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let mut config = crate::support::relay::test_config(tmp.path());
-    config.upstream.idle_timeout_secs = 1;
-    config.upstream.first_byte_timeout_secs = 1;
-    let relay = Relay::start_with(config, Some(tmp)).await;
+    let relay = Relay::start_configured(|c| {
+        c.upstream.idle_timeout_secs = 1;
+        c.upstream.first_byte_timeout_secs = 1;
+    })
+    .await;
     let account_id = relay.add_account(&mock, ACCOUNT_KEY, json!({})).await;
     let (_, key) = relay.create_key("k").await;
 

@@ -43,8 +43,14 @@ pub fn test_config(data_dir: &Path) -> Config {
 
 impl Relay {
     pub async fn start() -> Relay {
+        Relay::start_configured(|_| {}).await
+    }
+
+    /// Starts on a fresh data dir with the test configuration, changed by `configure`.
+    pub async fn start_configured(configure: impl FnOnce(&mut Config)) -> Relay {
         let tmp = Arc::new(tempfile::tempdir().unwrap());
-        let config = test_config(tmp.path());
+        let mut config = test_config(tmp.path());
+        configure(&mut config);
         Relay::start_with(config, Some(tmp)).await
     }
 
