@@ -5,6 +5,7 @@
 //! recently used, never one at its concurrency cap) and takes the account's lease with it.
 
 pub mod health;
+pub mod policy;
 pub mod session;
 
 use std::sync::Arc;

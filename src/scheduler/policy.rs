@@ -1,0 +1,484 @@
+//! The scheduling policy on plain data: which candidate serves, and how an upstream answer
+//! changes an account's health. Stores call these inside their atomic pick (the embedded store
+//! directly; the Redis scripts mirror them line for line), so the policy is written and tested
+//! once.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An account's health as the scheduler last judged it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: Status,
+    /// Until when (unix ms) a rate limit or cooldown lasts; 0 when none.
+    pub until: i64,
+    /// Rate limits for one model family only: family → until (unix ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub family_until: BTreeMap<String, i64>,
+    pub consecutive_failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Unix ms of `last_error`; 0 when none.
+    pub last_error_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Ok,
+    RateLimited,
+    CoolingDown,
+    /// Out of rotation until an admin resets it.
+    Unauthorized,
+}
+
+/// What an upstream answer did to an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// It answered: a failure streak (and the cooldown it caused) ends.
+    Success,
+    /// 429: out until `until`, for one model family when `family` is set.
+    RateLimited {
+        until: i64,
+        family: Option<String>,
+        error: String,
+    },
+    /// 529: cooling down until `until`.
+    Overloaded {
+        until: i64,
+        error: String,
+    },
+    /// 5xx, connect error, timeout: cooling down `base_ms × 2^(n-1)` (at most `max_ms`) after the
+    /// n-th consecutive failure.
+    Failure {
+        base_ms: u64,
+        max_ms: u64,
+        error: String,
+    },
+    Unauthorized {
+        error: String,
+    },
+}
+
+impl Health {
+    /// The status as it reads at `now`: a rate limit or cooldown that has passed reads as `Ok`.
+    pub fn status_at(&self, now: i64) -> Status {
+        match self.status {
+            Status::RateLimited | Status::CoolingDown if self.until <= now => Status::Ok,
+            s => s,
+        }
+    }
+
+    /// Whether the account may serve a request for `family` at `now`.
+    pub fn can_serve(&self, family: Option<&str>, now: i64) -> bool {
+        self.status_at(now) == Status::Ok
+            && family.is_none_or(|f| self.family_until.get(f).is_none_or(|&u| u <= now))
+    }
+
+    /// When the account can serve `family` again on its own; `None` if it needs an admin.
+    pub fn recovers_at(&self, family: Option<&str>, now: i64) -> Option<i64> {
+        let general = match self.status_at(now) {
+            Status::Ok => now,
+            Status::RateLimited | Status::CoolingDown => self.until,
+            Status::Unauthorized => return None,
+        };
+        let family = family
+            .and_then(|f| self.family_until.get(f))
+            .copied()
+            .unwrap_or(now);
+        Some(general.max(family))
+    }
+
+    /// Applies one report.
+    pub fn apply(&mut self, report: &Report, now: i64) {
+        match report {
+            Report::Success => {
+                self.consecutive_failures = 0;
+                // A success ends a failure cooldown; a rate limit runs until its reset (a request
+                // that started before the limit may still finish well).
+                if self.status == Status::CoolingDown {
+                    self.status = Status::Ok;
+                    self.until = 0;
+                }
+            }
+            Report::RateLimited {
+                until,
+                family: Some(f),
+                error,
+            } => {
+                let slot = self.family_until.entry(f.clone()).or_insert(0);
+                *slot = (*slot).max(*until);
+                self.family_until.retain(|_, u| *u > now);
+                self.note(error, now);
+            }
+            Report::RateLimited {
+                until,
+                family: None,
+                error,
+            } => {
+                self.escalate(Status::RateLimited, *until, now);
+                self.note(error, now);
+            }
+            Report::Overloaded { until, error } => {
+                self.escalate(Status::CoolingDown, *until, now);
+                self.note(error, now);
+            }
+            Report::Failure {
+                base_ms,
+                max_ms,
+                error,
+            } => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let shift = self.consecutive_failures.saturating_sub(1).min(20);
+                let cooldown = base_ms.saturating_mul(1u64 << shift).min(*max_ms);
+                let until = now.saturating_add(i64::try_from(cooldown).unwrap_or(i64::MAX));
+                self.escalate(Status::CoolingDown, until, now);
+                self.note(error, now);
+            }
+            Report::Unauthorized { error } => {
+                self.status = Status::Unauthorized;
+                self.until = 0;
+                self.note(error, now);
+            }
+        }
+    }
+
+    /// Moves to `status` until `until`, never shortening a longer exclusion already in force and
+    /// never lifting an unauthorized account.
+    fn escalate(&mut self, status: Status, until: i64, now: i64) {
+        if self.status == Status::Unauthorized {
+            return;
+        }
+        if self.status_at(now) == Status::Ok || until >= self.until {
+            self.status = status;
+            self.until = until.max(now);
+        }
+    }
+
+    fn note(&mut self, error: &str, now: i64) {
+        self.last_error = Some(error.chars().take(500).collect());
+        self.last_error_at = now;
+    }
+}
+
+/// One candidate as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Contender<'a> {
+    pub id: &'a str,
+    pub priority: i32,
+    pub max_concurrency: Option<u32>,
+    pub weight: u32,
+    pub in_flight: u32,
+    /// Increases with every pick of any account: lower was picked longer ago (0: never).
+    pub pick_seq: u64,
+    pub health: &'a Health,
+}
+
+/// Capacity assumed for an account without a concurrency cap, when comparing loads.
+const UNCAPPED: u64 = 1_000;
+
+impl Contender<'_> {
+    fn eligible(&self, family: Option<&str>, now: i64) -> bool {
+        self.max_concurrency.is_none_or(|cap| self.in_flight < cap)
+            && self.health.can_serve(family, now)
+    }
+
+    /// In-flight requests relative to capacity (cap × weight), in millionths.
+    fn load(&self) -> u64 {
+        let cap = self.max_concurrency.map_or(UNCAPPED, u64::from).max(1);
+        let capacity = cap.saturating_mul(u64::from(self.weight.max(1)));
+        u64::from(self.in_flight).saturating_mul(1_000_000) / capacity
+    }
+}
+
+/// The outcome of a choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice<'a> {
+    /// This account serves; `sticky` says how the session binding fared.
+    Take { id: &'a str, sticky: Sticky },
+    /// None can serve now; the earliest a candidate recovers on its own (unix ms).
+    Unavailable { retry_at: Option<i64> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sticky {
+    /// The request has no session.
+    None,
+    /// The session's bound account served.
+    Hit,
+    /// The session had no binding; it is now bound to the chosen account.
+    Bound,
+    /// The bound account could not serve; this request went elsewhere, the binding stays.
+    Escaped,
+    /// The bound account could not serve; the binding moved to the chosen account.
+    Moved,
+}
+
+/// Chooses among `options` for a request of model `family`, preferring the session's `bound`
+/// account. `session` says whether the request has a session and whether an overflow moves it.
+pub fn choose<'a>(
+    options: &[Contender<'a>],
+    family: Option<&str>,
+    now: i64,
+    session: Option<(Option<&str>, bool)>,
+) -> Choice<'a> {
+    let bound = session.and_then(|(b, _)| b);
+    if let Some(b) = bound
+        && let Some(o) = options
+            .iter()
+            .find(|o| o.id == b && o.eligible(family, now))
+    {
+        return Choice::Take {
+            id: o.id,
+            sticky: Sticky::Hit,
+        };
+    }
+    let best = options
+        .iter()
+        .filter(|o| o.eligible(family, now))
+        .min_by_key(|o| (o.priority, o.load(), o.pick_seq));
+    let Some(best) = best else {
+        let retry_at = options
+            .iter()
+            .filter_map(|o| {
+                let at = o.health.recovers_at(family, now)?;
+                // A full but healthy account frees up when a request ends: soon, not knowable.
+                Some(if at <= now { now + 1_000 } else { at })
+            })
+            .min();
+        return Choice::Unavailable { retry_at };
+    };
+    let sticky = match session {
+        None => Sticky::None,
+        Some((None, _)) => Sticky::Bound,
+        Some((Some(_), true)) => Sticky::Moved,
+        Some((Some(b), false)) if options.iter().all(|o| o.id != b) => Sticky::Bound,
+        Some((Some(_), false)) => Sticky::Escaped,
+    };
+    Choice::Take {
+        id: best.id,
+        sticky,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+
+    fn opt<'a>(id: &'a str, health: &'a Health) -> Contender<'a> {
+        Contender {
+            id,
+            priority: 1,
+            max_concurrency: None,
+            weight: 1,
+            in_flight: 0,
+            pick_seq: 0,
+            health,
+        }
+    }
+
+    fn taken<'a>(c: &Choice<'a>) -> &'a str {
+        match c {
+            Choice::Take { id, .. } => id,
+            Choice::Unavailable { .. } => panic!("nothing chosen"),
+        }
+    }
+
+    #[test]
+    fn priority_then_relative_load_then_least_recently_picked() {
+        let h = Health::default();
+        let mut a = opt("a", &h);
+        let mut b = opt("b", &h);
+        let mut c = opt("c", &h);
+        c.priority = 0;
+        c.max_concurrency = Some(1);
+        c.in_flight = 1;
+        assert_eq!(
+            taken(&choose(&[a, b, c], None, NOW, None)),
+            "a",
+            "c is full"
+        );
+        c.in_flight = 0;
+        assert_eq!(
+            taken(&choose(&[a, b, c], None, NOW, None)),
+            "c",
+            "lowest priority number"
+        );
+        // Same priority: fewest in flight relative to cap × weight.
+        a.max_concurrency = Some(10);
+        a.in_flight = 5;
+        b.max_concurrency = Some(4);
+        b.in_flight = 1;
+        assert_eq!(taken(&choose(&[a, b], None, NOW, None)), "b");
+        b.weight = 1;
+        a.weight = 4; // 5 / 40 < 1 / 4
+        assert_eq!(taken(&choose(&[a, b], None, NOW, None)), "a");
+        // Equal load: the one picked longest ago.
+        a = opt("a", &h);
+        b = opt("b", &h);
+        a.pick_seq = 7;
+        b.pick_seq = 3;
+        assert_eq!(taken(&choose(&[a, b], None, NOW, None)), "b");
+    }
+
+    #[test]
+    fn sessions_stay_escape_or_move() {
+        let ok = Health::default();
+        let limited = Health {
+            status: Status::RateLimited,
+            until: NOW + 5_000,
+            ..Health::default()
+        };
+        let a = opt("a", &ok);
+        let b = opt("b", &ok);
+        let c = choose(&[a, b], None, NOW, Some((Some("b"), false)));
+        assert_eq!(
+            c,
+            Choice::Take {
+                id: "b",
+                sticky: Sticky::Hit
+            }
+        );
+        let c = choose(&[a, b], None, NOW, Some((None, false)));
+        assert_eq!(
+            c,
+            Choice::Take {
+                id: "a",
+                sticky: Sticky::Bound
+            }
+        );
+        let b_limited = opt("b", &limited);
+        let c = choose(&[a, b_limited], None, NOW, Some((Some("b"), false)));
+        assert_eq!(
+            c,
+            Choice::Take {
+                id: "a",
+                sticky: Sticky::Escaped
+            }
+        );
+        let c = choose(&[a, b_limited], None, NOW, Some((Some("b"), true)));
+        assert_eq!(
+            c,
+            Choice::Take {
+                id: "a",
+                sticky: Sticky::Moved
+            }
+        );
+        // A binding to an account no longer among the candidates is replaced.
+        let c = choose(&[a], None, NOW, Some((Some("gone"), false)));
+        assert_eq!(
+            c,
+            Choice::Take {
+                id: "a",
+                sticky: Sticky::Bound
+            }
+        );
+    }
+
+    #[test]
+    fn unavailable_says_when_the_earliest_account_recovers() {
+        let soon = Health {
+            status: Status::CoolingDown,
+            until: NOW + 3_000,
+            ..Health::default()
+        };
+        let later = Health {
+            status: Status::RateLimited,
+            until: NOW + 9_000,
+            ..Health::default()
+        };
+        let dead = Health {
+            status: Status::Unauthorized,
+            ..Health::default()
+        };
+        let c = choose(
+            &[opt("a", &later), opt("b", &soon), opt("c", &dead)],
+            None,
+            NOW,
+            None,
+        );
+        assert_eq!(
+            c,
+            Choice::Unavailable {
+                retry_at: Some(NOW + 3_000)
+            }
+        );
+        let c = choose(&[opt("c", &dead)], None, NOW, None);
+        assert_eq!(c, Choice::Unavailable { retry_at: None });
+        // Once the time passes, it serves again on its own.
+        assert_eq!(
+            taken(&choose(&[opt("b", &soon)], None, NOW + 3_000, None)),
+            "b"
+        );
+    }
+
+    #[test]
+    fn health_transitions() {
+        let mut h = Health::default();
+        let fail = Report::Failure {
+            base_ms: 1_000,
+            max_ms: 10_000,
+            error: "500".into(),
+        };
+        h.apply(&fail, NOW);
+        assert_eq!(
+            (h.status, h.until, h.consecutive_failures),
+            (Status::CoolingDown, NOW + 1_000, 1)
+        );
+        h.apply(&fail, NOW);
+        assert_eq!(h.until, NOW + 2_000);
+        for _ in 0..10 {
+            h.apply(&fail, NOW);
+        }
+        assert_eq!(h.until, NOW + 10_000, "capped");
+        h.apply(&Report::Success, NOW);
+        assert_eq!((h.status_at(NOW), h.consecutive_failures), (Status::Ok, 0));
+        assert_eq!(h.last_error.as_deref(), Some("500"));
+
+        // A family limit leaves other families alone.
+        let rl = Report::RateLimited {
+            until: NOW + 60_000,
+            family: Some("opus".into()),
+            error: "429".into(),
+        };
+        h.apply(&rl, NOW);
+        assert!(!h.can_serve(Some("opus"), NOW));
+        assert!(h.can_serve(Some("sonnet"), NOW));
+        assert!(h.can_serve(Some("opus"), NOW + 60_000));
+        // A success does not lift a rate limit; the reset does.
+        let rl = Report::RateLimited {
+            until: NOW + 5_000,
+            family: None,
+            error: "429".into(),
+        };
+        h.apply(&rl, NOW);
+        h.apply(&Report::Success, NOW + 1);
+        assert!(!h.can_serve(None, NOW + 1));
+        assert!(h.can_serve(None, NOW + 5_000));
+        // A shorter cooldown never shortens a longer limit.
+        h.apply(&rl, NOW);
+        h.apply(
+            &Report::Overloaded {
+                until: NOW + 100,
+                error: "529".into(),
+            },
+            NOW,
+        );
+        assert_eq!(h.recovers_at(None, NOW), Some(NOW + 5_000));
+        // Unauthorized stays until reset.
+        h.apply(
+            &Report::Unauthorized {
+                error: "401".into(),
+            },
+            NOW,
+        );
+        h.apply(&fail, NOW);
+        assert_eq!(h.status_at(NOW + 1_000_000_000), Status::Unauthorized);
+        assert_eq!(h.recovers_at(None, NOW), None);
+    }
+}
