@@ -35,6 +35,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub relay: RelayConfig,
+    pub scheduler: SchedulerConfig,
     pub stats: StatsConfig,
     pub redis: RedisConfig,
     pub pricing: PricingConfig,
@@ -52,6 +53,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
             relay: RelayConfig::default(),
+            scheduler: SchedulerConfig::default(),
             stats: StatsConfig::default(),
             redis: RedisConfig::default(),
             pricing: PricingConfig::default(),
@@ -145,6 +147,52 @@ impl Default for RelayConfig {
             lease_ttl_secs: 900,
         }
     }
+}
+
+/// How accounts are chosen, and what an upstream's failure does (docs/scheduler.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// At most this many accounts try one request (failover before the first byte).
+    pub max_attempts: u32,
+    /// Failover stops once the request is this old.
+    pub attempt_deadline_secs: u64,
+    /// A session stays bound to its account this long after its last request.
+    pub sticky_ttl_secs: u64,
+    /// When the bound account cannot serve: `escape` (this request goes elsewhere, the binding
+    /// stays) or `move` (the binding moves to the account that served).
+    pub sticky_overflow: StickyOverflow,
+    /// A 429 without reset headers keeps the account out this long.
+    pub rate_limit_cooldown_secs: u64,
+    /// A 529 (overloaded) keeps the account out this long.
+    pub overload_cooldown_secs: u64,
+    /// 5xx, connect errors and timeouts: the first failure keeps the account out this long,
+    /// doubling with each consecutive failure …
+    pub failure_cooldown_secs: u64,
+    /// … up to this.
+    pub failure_cooldown_max_secs: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_attempts: 3,
+            attempt_deadline_secs: 120,
+            sticky_ttl_secs: 3_600,
+            sticky_overflow: StickyOverflow::Escape,
+            rate_limit_cooldown_secs: 60,
+            overload_cooldown_secs: 30,
+            failure_cooldown_secs: 5,
+            failure_cooldown_max_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StickyOverflow {
+    Escape,
+    Move,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +349,11 @@ impl Config {
         if self.stats.flush_interval_ms == 0 {
             return Err(ConfigError(
                 "invalid option `stats.flush_interval_ms`: must be > 0".into(),
+            ));
+        }
+        if self.scheduler.max_attempts == 0 {
+            return Err(ConfigError(
+                "invalid option `scheduler.max_attempts`: must be >= 1".into(),
             ));
         }
         if self.relay.lease_ttl_secs == 0 {

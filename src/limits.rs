@@ -1,8 +1,9 @@
-//! Per-key admission: one atomic store call before anything else happens, and the lease it takes.
+//! Per-key admission: one atomic store call before anything else happens, and the leases a
+//! request holds.
 //!
-//! The lease is held by a guard that releases it when dropped: on every path out of the relay
-//! (an error before the upstream call, the end of the response body, a client that went away)
-//! the counters return, exactly once.
+//! Leases are held by guards that release them when dropped: on every path out of the relay
+//! (an error before the upstream call, a failed attempt moving to another account, the end of
+//! the response body, a client that went away) the counters return, exactly once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,26 +12,57 @@ use crate::auth::new_id;
 use crate::error::{ApiError, ErrorKind};
 use crate::store::{Admission, Admit, KeyRecord, Lease, Store};
 
-/// The leases one request holds; released on drop.
-pub struct LeaseGuard {
+/// The key's lease of one request; released on drop.
+pub struct KeyLease(Release);
+
+impl KeyLease {
+    pub fn lease(&self) -> &Lease {
+        &self.0.lease
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.0.key_id
+    }
+
+    /// The lease an account takes for one attempt of this request. Each attempt has its own id,
+    /// so a failed attempt gives back its account without touching the key's lease.
+    pub fn attempt_lease(&self, attempt: u32) -> Lease {
+        Lease {
+            id: format!("{}.{attempt}", self.0.lease.id),
+            ttl: self.0.lease.ttl,
+        }
+    }
+
+    /// Guards `lease`, which the store gave `account_id` for this request.
+    pub fn account_lease(&self, account_id: &str, lease: Lease) -> AccountLease {
+        AccountLease(Release {
+            store: Arc::clone(&self.0.store),
+            key_id: self.0.key_id.clone(),
+            account_id: Some(account_id.to_owned()),
+            lease,
+        })
+    }
+}
+
+/// An account's lease for one attempt; released on drop.
+pub struct AccountLease(Release);
+
+impl AccountLease {
+    pub fn lease(&self) -> &Lease {
+        &self.0.lease
+    }
+}
+
+struct Release {
     store: Arc<dyn Store>,
     key_id: String,
-    /// Set once the scheduler picked an account under the same lease.
+    /// Set for account leases: the lease is the account's, not the key's (the key holds no lease
+    /// of this id, so releasing it there changes nothing).
     account_id: Option<String>,
     lease: Lease,
 }
 
-impl LeaseGuard {
-    pub fn lease(&self) -> &Lease {
-        &self.lease
-    }
-
-    pub fn set_account(&mut self, account_id: &str) {
-        self.account_id = Some(account_id.to_owned());
-    }
-}
-
-impl Drop for LeaseGuard {
+impl Drop for Release {
     fn drop(&mut self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime left (process exit): the leases expire on their own.
@@ -68,7 +100,7 @@ pub async fn admit(
     store: &Arc<dyn Store>,
     key: &KeyRecord,
     ttl: Duration,
-) -> Result<LeaseGuard, ApiError> {
+) -> Result<KeyLease, ApiError> {
     let lease = Lease {
         id: new_id("lease"),
         ttl,
@@ -78,12 +110,12 @@ pub async fn admit(
         max_concurrency: None,
     };
     match store.admit(&admission, &lease).await {
-        Ok(Admit::Granted) => Ok(LeaseGuard {
+        Ok(Admit::Granted) => Ok(KeyLease(Release {
             store: Arc::clone(store),
             key_id: key.id.clone(),
             account_id: None,
             lease,
-        }),
+        })),
         Ok(Admit::ConcurrencyExceeded { limit }) => Err(ApiError::new(
             ErrorKind::RateLimited,
             format!("this key allows {limit} concurrent requests; wait for one to finish"),

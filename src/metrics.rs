@@ -24,6 +24,8 @@ pub const UNKNOWN_MODEL_PRICE: &str = "switchyard_unknown_model_price_total";
 /// Request-log entries lost: recorded after the stats task stopped, or dropped from a full
 /// backlog while the store was unavailable.
 pub const USAGE_DROPPED: &str = "switchyard_usage_dropped_total";
+/// Attempts abandoned for another account before the first byte.
+pub const FAILOVERS: &str = "switchyard_failovers_total";
 /// Upstream requests that failed before a response head, by `reason`.
 pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";
 

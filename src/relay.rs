@@ -23,14 +23,16 @@ use http_body_util::{BodyExt, Limited};
 use crate::app::App;
 use crate::auth::{self, new_id};
 use crate::body::{Body, BoxError};
+use crate::catalog::Account;
 use crate::error::{ApiError, ErrorKind, Surface};
-use crate::limits::{self, LeaseGuard};
+use crate::limits::{self, AccountLease, KeyLease};
 use crate::metrics as m;
 use crate::providers::{self, anthropic};
-use crate::scheduler;
+use crate::scheduler::{self, health, health::Outcome};
 use crate::store::{KeyRecord, Provider, RequestLogEntry};
 use crate::stream::anthropic::AnthropicUsage;
 use crate::stream::tap::{End, Observer, Tap};
+use crate::usage::TokenUsage;
 
 /// Which Anthropic endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,40 +97,100 @@ where
         Endpoint::Messages | Endpoint::CountTokens => Some(anthropic::inspect(&body)?.model),
     };
 
-    let lease_ttl = std::time::Duration::from_secs(app.config.relay.lease_ttl_secs);
-    let mut leases = limits::admit(app.store(), &key, lease_ttl).await?;
-    let account = scheduler::pick(
-        &app.catalog,
-        Provider::Anthropic,
-        model.as_deref(),
-        &mut leases,
-    )
-    .await?;
+    let lease_ttl = Duration::from_secs(app.config.relay.lease_ttl_secs);
+    let key_lease = limits::admit(app.store(), &key, lease_ttl).await?;
 
-    let url = anthropic::upstream_url(&account, upstream_path, parts.uri.query());
-    let headers = anthropic::upstream_headers(&parts.headers, &account);
-    let sent_at = Instant::now();
-    let first_byte = Duration::from_secs(app.config.upstream.first_byte_timeout_secs);
-    let send = app
-        .http
-        .request(parts.method, url)
-        .headers(headers)
-        .body(body)
-        .send();
-    let upstream = match tokio::time::timeout(first_byte, send).await {
-        Ok(sent) => sent.map_err(|e| upstream_error(&e))?,
-        Err(_) => {
-            metrics::counter!(m::UPSTREAM_ERRORS, "reason" => "first_byte_timeout").increment(1);
-            return Err(ApiError::new(
-                ErrorKind::GatewayTimeout,
-                format!(
-                    "the upstream sent no response within {} s",
-                    first_byte.as_secs()
-                ),
-            ));
+    // Attempts: another account takes over while nothing has reached the client.
+    let policy = &app.config.scheduler;
+    let deadline = started + Duration::from_secs(policy.attempt_deadline_secs);
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_failure: Option<Failure> = None;
+    let (picked, upstream, sent_at, head_at) = loop {
+        let attempt = u32::try_from(tried.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let ask = scheduler::Ask {
+            provider: Provider::Anthropic,
+            model: model.as_deref(),
+            exclude: &tried,
+            attempt,
+        };
+        let picked = match scheduler::pick(&app.catalog, &ask, &key_lease).await {
+            Ok(picked) => picked,
+            // Nobody else can take it: the client gets what the last attempt got.
+            Err(unavailable) => {
+                let Some(failure) = last_failure else {
+                    return Err(unavailable);
+                };
+                if let Failure::Response(b) = &failure {
+                    let entry = RequestLogEntry {
+                        request_id: request_id.to_owned(),
+                        at: at_ms,
+                        key_id: key.id.clone(),
+                        account_id: tried.last().cloned(),
+                        model: model.clone().unwrap_or_default(),
+                        surface: Surface::Anthropic.as_str().to_owned(),
+                        status: b.status.as_u16(),
+                        latency_ms: started.elapsed().as_millis() as u64,
+                        ttfb_ms: None,
+                        usage: TokenUsage::default(),
+                        cost_nanousd: 0,
+                    };
+                    tracing::info!(
+                        request_id,
+                        key_id = %key.id,
+                        account_id = ?entry.account_id,
+                        model = %entry.model,
+                        status = entry.status,
+                        latency_ms = entry.latency_ms,
+                        attempts = tried.len(),
+                        "request failed upstream on every account tried"
+                    );
+                    if endpoint == Endpoint::Messages {
+                        app.stats.record(entry, false);
+                    }
+                }
+                return failure.respond();
+            }
+        };
+        let sent_at = Instant::now();
+        let sent = send(app, &parts, upstream_path, &picked.account, body.clone()).await;
+        let head_at = Instant::now();
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let outcome = match &sent {
+            Ok(resp) => Outcome::Response {
+                status: resp.status().as_u16(),
+                headers: resp.headers(),
+            },
+            Err(SendError::Timeout(_)) => Outcome::Timeout,
+            Err(SendError::Failed(_)) => Outcome::ConnectError,
+        };
+        let verdict = health::judge(
+            outcome,
+            now_ms,
+            Duration::from_secs(policy.rate_limit_cooldown_secs),
+        );
+        let may_retry = verdict.may_fail_over()
+            && tried.len() + 1 < policy.max_attempts as usize
+            && Instant::now() < deadline;
+        match sent {
+            Ok(resp) if !may_retry => break (picked, resp, sent_at, head_at),
+            Ok(resp) => {
+                tracing::info!(request_id, account_id = %picked.account.id(), status = resp.status().as_u16(), "upstream failed before the first byte; trying another account");
+                last_failure = Some(Failure::Response(buffer_failure(resp).await));
+            }
+            Err(e) if !may_retry => return Err(e.into_api_error()),
+            Err(e) => {
+                let err = e.into_api_error();
+                tracing::info!(request_id, account_id = %picked.account.id(), error = %err.message, "upstream failed before the first byte; trying another account");
+                last_failure = Some(Failure::Error(err));
+            }
         }
+        metrics::counter!(m::FAILOVERS).increment(1);
+        tried.push(picked.account.id().to_owned());
+        // `picked` drops here: the failed attempt's account lease is released.
     };
-    let head_at = Instant::now();
+    let account = picked.account;
 
     let (mut head, upstream_body) = http::Response::<reqwest::Body>::from(upstream).into_parts();
     head.headers = providers::response_headers(head.headers);
@@ -158,7 +220,7 @@ where
         ttfb_ms: (head_at - sent_at).as_millis() as u64,
         usage,
         streaming,
-        leases: Some(leases),
+        leases: Some((key_lease, picked.lease)),
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
     let body = Tap::new(upstream_body.map_err(BoxError::from), settle)
@@ -224,20 +286,117 @@ where
     }
 }
 
-fn upstream_error(e: &reqwest::Error) -> ApiError {
-    let reason = if e.is_connect() {
-        "connect"
-    } else if e.is_timeout() {
-        "timeout"
-    } else {
-        "other"
+/// Sends the request to one account, waiting at most the first-byte timeout for the head.
+async fn send(
+    app: &App,
+    parts: &http::request::Parts,
+    upstream_path: &str,
+    account: &Account,
+    body: Bytes,
+) -> Result<reqwest::Response, SendError> {
+    let url = anthropic::upstream_url(account, upstream_path, parts.uri.query());
+    let headers = anthropic::upstream_headers(&parts.headers, account);
+    let first_byte = Duration::from_secs(app.config.upstream.first_byte_timeout_secs);
+    let send = app
+        .http
+        .request(parts.method.clone(), url)
+        .headers(headers)
+        .body(body)
+        .send();
+    match tokio::time::timeout(first_byte, send).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(SendError::Failed(e)),
+        Err(_) => Err(SendError::Timeout(first_byte)),
+    }
+}
+
+/// An upstream attempt that produced no response head.
+enum SendError {
+    Failed(reqwest::Error),
+    Timeout(Duration),
+}
+
+impl SendError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            SendError::Failed(e) => {
+                let reason = if e.is_connect() {
+                    "connect"
+                } else if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "other"
+                };
+                metrics::counter!(m::UPSTREAM_ERRORS, "reason" => reason).increment(1);
+                // reqwest's message names the URL (the account's base URL, not a secret) and the cause.
+                ApiError::new(
+                    ErrorKind::BadGateway,
+                    format!("the upstream request failed ({reason}): {e}"),
+                )
+            }
+            SendError::Timeout(limit) => {
+                metrics::counter!(m::UPSTREAM_ERRORS, "reason" => "first_byte_timeout")
+                    .increment(1);
+                ApiError::new(
+                    ErrorKind::GatewayTimeout,
+                    format!("the upstream sent no response within {} s", limit.as_secs()),
+                )
+            }
+        }
+    }
+}
+
+/// What a failed attempt left, to hand to the client if no other account can do better.
+enum Failure {
+    Response(Buffered),
+    Error(ApiError),
+}
+
+/// An upstream error answer, read whole (error bodies are small; at most `MAX_ERROR_BODY`).
+struct Buffered {
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+async fn buffer_failure(resp: reqwest::Response) -> Buffered {
+    let status = resp.status();
+    let mut headers = providers::response_headers(resp.headers().clone());
+    let mut body = Vec::new();
+    let mut stream = http_body_util::BodyDataStream::new(reqwest::Body::from(resp));
+    let read = async {
+        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+            let room = MAX_ERROR_BODY.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= MAX_ERROR_BODY {
+                break;
+            }
+        }
     };
-    metrics::counter!(m::UPSTREAM_ERRORS, "reason" => reason).increment(1);
-    // reqwest's message names the URL (the account's base URL, not a secret) and the cause.
-    ApiError::new(
-        ErrorKind::BadGateway,
-        format!("the upstream request failed ({reason}): {e}"),
-    )
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    headers.remove(http::header::CONTENT_LENGTH);
+    Buffered {
+        status,
+        headers,
+        body: Bytes::from(body),
+    }
+}
+
+impl Failure {
+    fn respond(self) -> Result<Response<Body>, ApiError> {
+        match self {
+            Failure::Error(e) => Err(e),
+            Failure::Response(b) => {
+                metrics::counter!(m::REQUESTS, "surface" => "anthropic", "status" => b.status.as_str().to_owned()).increment(1);
+                let mut resp = Response::new(crate::body::full(b.body));
+                *resp.status_mut() = b.status;
+                *resp.headers_mut() = b.headers;
+                Ok(resp)
+            }
+        }
+    }
 }
 
 /// Settles a request when its response body ends or is dropped.
@@ -256,7 +415,7 @@ struct Settle {
     usage: Option<AnthropicUsage>,
     /// An SSE response: a cut is told to the client as an error event.
     streaming: bool,
-    leases: Option<LeaseGuard>,
+    leases: Option<(KeyLease, AccountLease)>,
 }
 
 impl Observer for Settle {
@@ -329,7 +488,7 @@ impl Observer for Settle {
     }
 }
 
-fn record_token_metrics(model: &str, usage: &crate::usage::TokenUsage, cost_nanousd: u64) {
+fn record_token_metrics(model: &str, usage: &TokenUsage, cost_nanousd: u64) {
     for (kind, n) in [
         ("input", usage.input_tokens),
         ("output", usage.output_tokens),

@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link) for the whole suite.
 mod anthropic;
 mod cli;
+mod failover;
 mod redis;
 mod store_conformance;
 mod support;

@@ -1,0 +1,180 @@
+//! Failover before the first byte, and never after it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::mock::{Behavior, MockUpstream, MockUsage};
+use crate::support::relay::{Relay, messages_body};
+
+fn usage(input: u64, output: u64) -> MockUsage {
+    MockUsage {
+        input,
+        output,
+        ..MockUsage::default()
+    }
+}
+
+/// A relay whose first choice is `a` (priority 1) with `b` behind it (priority 2).
+async fn relay_a_then_b(
+    configure: impl FnOnce(&mut switchyard::config::Config),
+) -> (Relay, MockUpstream, MockUpstream, String) {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    let relay = Relay::start_configured(configure).await;
+    relay
+        .add_account(&a, "sk-a", json!({ "priority": 1 }))
+        .await;
+    relay
+        .add_account(&b, "sk-b", json!({ "priority": 2 }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    (relay, a, b, key)
+}
+
+#[tokio::test]
+async fn each_failure_before_the_first_byte_is_served_by_another_account() {
+    let (relay, a, b, key) = relay_a_then_b(|c| c.upstream.first_byte_timeout_secs = 1).await;
+    b.set_default(Behavior::Ok(usage(6, 9)));
+    let failures = [
+        Behavior::error(500, "api_error", "boom"),
+        Behavior::error(503, "api_error", "unavailable"),
+        Behavior::rate_limited(30),
+        Behavior::overloaded(),
+        Behavior::DelayHeaders(Duration::from_secs(3), usage(1, 1)),
+    ];
+    let n = failures.len();
+    for (i, failure) in failures.into_iter().enumerate() {
+        a.push_behavior(failure);
+        let resp = relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "attempt {i}");
+        let got = resp.bytes().await.unwrap();
+        assert_eq!(
+            got,
+            *b.responses().last().unwrap(),
+            "B's stream reaches the client intact ({i})"
+        );
+    }
+    assert_eq!(a.requests().len(), n);
+    assert_eq!(b.requests().len(), n);
+    // The body B got is the client's, byte for byte.
+    assert_eq!(b.requests()[0].body, a.requests()[0].body);
+}
+
+#[tokio::test]
+async fn a_connect_error_fails_over_too() {
+    let b = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (status, _) = relay
+        .admin(reqwest::Method::POST, "/admin/accounts", Some(json!({ "name": "gone", "provider": "anthropic", "api_key": "sk-x", "base_url": format!("http://{closed}"), "priority": 1 })))
+        .await;
+    assert_eq!(status, 201);
+    relay
+        .add_account(&b, "sk-b", json!({ "priority": 2 }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), *b.responses().last().unwrap());
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried_and_the_last_upstream_error_is_returned() {
+    let (relay, a, b, key) = relay_a_then_b(|c| c.scheduler.max_attempts = 2).await;
+    // 400 is the client's fault: no failover.
+    a.push_behavior(Behavior::error(400, "invalid_request_error", "bad"));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(b.requests().is_empty());
+    // Every attempt fails: the client gets the last upstream answer as it was.
+    a.push_behavior(Behavior::error(500, "api_error", "first"));
+    b.push_behavior(Behavior::rate_limited(12));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "12");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    // max_attempts = 2: a third account would not be tried; nothing is left in flight.
+    assert_eq!((a.requests().len(), b.requests().len()), (2, 1));
+    for id in relay
+        .admin(reqwest::Method::GET, "/admin/accounts", None)
+        .await
+        .1["data"]
+        .as_array()
+        .unwrap()
+    {
+        let id = id["id"].as_str().unwrap();
+        for _ in 0..100 {
+            if relay
+                .app
+                .store()
+                .account_runtime(id)
+                .await
+                .unwrap()
+                .in_flight
+                == 0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            relay
+                .app
+                .store()
+                .account_runtime(id)
+                .await
+                .unwrap()
+                .in_flight,
+            0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failure_after_the_first_byte_is_not_retried_and_ends_with_an_error_event() {
+    let (relay, a, b, key) = relay_a_then_b(|_| {}).await;
+    a.push_behavior(Behavior::ResetAfterStart(usage(8, 9)));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    let text = std::str::from_utf8(&body).unwrap();
+    assert!(text.contains("message_start"));
+    assert!(
+        text.trim_end()
+            .rsplit("\n\n")
+            .next()
+            .unwrap()
+            .starts_with("event: error"),
+        "{text}"
+    );
+    assert!(
+        b.requests().is_empty(),
+        "never retried after the first byte"
+    );
+}
