@@ -11,6 +11,7 @@ use crate::pricing::{PriceTable, Pricing};
 use crate::stats::Stats;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
 
 /// The LiteLLM-format price file last imported with `switchyard pricing import`.
 pub const IMPORTED_PRICES_FILE: &str = "imported-prices.json";
@@ -40,8 +41,9 @@ impl App {
                 &config.data_dir,
                 config.stats.request_log_max,
             )?),
-            // TEMP(redis wiring): until src/store/redis.rs lands.
-            StoreKind::Redis(_url) => anyhow::bail!("the Redis store is not built yet"),
+            StoreKind::Redis(url) => Arc::new(
+                RedisStore::connect(&url, &config.redis, config.stats.request_log_max).await?,
+            ),
         };
         if config.store_kind() != StoreKind::Embedded && config.master_key.is_none() {
             tracing::warn!(

@@ -1,1 +1,712 @@
-//! The Redis store (fred).
+//! The Redis store (fred): many Switchyard instances sharing one Redis or Redis Cluster.
+//!
+//! Every operation is one command, one Lua script or one pipeline, so the hot path costs what
+//! DESIGN.md allows: `admit` and `pick_account` are one `EVALSHA` each, `release` two `ZREM`s
+//! (sent together). Scripts keep multi-step changes atomic; all keys of one script share one hash
+//! tag, so the same code runs on a cluster. The key layout, with each key's type, TTL, writer and
+//! reader, is in docs/redis-keys.md; the names are built in `names.rs` only.
+//!
+//! Time: leases and `last_used_at` use the *caller's* clock (unix ms passed to the scripts), as
+//! the embedded store does. Instances sharing a Redis must keep their clocks in step (NTP): a
+//! skew of `d` makes another instance's leases look `d` longer or shorter lived.
+//!
+//! Failures: every fred error becomes `StoreError::Unavailable` (no message carries the URL's
+//! credentials). A command gets no more than `command_timeout_ms`, also while Redis is down and
+//! fred is reconnecting in the background (exponential backoff, never giving up); once Redis is
+//! back, commands succeed again without a restart.
+
+mod connect;
+mod feed;
+mod names;
+mod scripts;
+mod url;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use fred::prelude::{
+    Client, ClientLike, HashesInterface, KeysInterface, Pool, SortedSetsInterface,
+};
+use fred::types::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use self::names::Names;
+use self::scripts::{Call, Scripts};
+use super::{
+    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Candidate, Change, Counters,
+    Dimension, KeyRecord, Lease, RequestLogEntry, Store, StoreError, StoreResult, UsageBatch,
+    UsageQuery,
+};
+use crate::config::RedisConfig;
+
+/// Hour buckets are kept 35 days, day buckets 400, month buckets five years; totals forever.
+const HOUR_TTL: Duration = Duration::from_secs(35 * 86_400);
+const DAY_TTL: Duration = Duration::from_secs(400 * 86_400);
+const MONTH_TTL: Duration = Duration::from_secs(1_827 * 86_400);
+/// An account's pick order and last use are forgotten after a month without picks (it then
+/// counts as never picked, which only moves it to the front of its priority).
+const RUNTIME_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// How long a usage marker remembers a batch after its last attempt; a retry that comes later
+/// than this after the previous attempt could count twice. The stats task retries every flush
+/// interval, and every retry renews the marker, so in practice only a day-long silence expires it.
+const MARKER_TTL: Duration = Duration::from_secs(86_400);
+/// Batch ids one marker keeps. The stats task applies one batch at a time (a failed batch is
+/// retried before the next one is written), so one would do; the margin covers concurrent callers
+/// and the chunks of a large request log.
+const MARKER_KEEP: usize = 64;
+/// Request log entries per script call, so that a backlog written after an outage neither blocks
+/// Redis for long nor builds one huge command.
+const LOG_CHUNK: usize = 1_000;
+/// Lease TTLs are capped here (a century), keeping deadlines exact in Lua's doubles.
+const MAX_LEASE_TTL_MS: i64 = 100 * 365 * 86_400_000;
+/// Capacity of the `changes()` broadcast; a receiver that lags sees `Lagged` and must resync.
+const CHANGES_CAPACITY: usize = 1_024;
+
+/// The Redis store. Cheap to share behind an `Arc`; dropping it stops the change feed and closes
+/// the connections.
+pub struct RedisStore {
+    /// Commands and scripts (each client multiplexes many concurrent requests).
+    pool: Pool,
+    /// The pub/sub connection of the change feed (a subscribed connection can send nothing else).
+    subscriber: Client,
+    names: Names,
+    scripts: Scripts,
+    /// This store's identity in usage markers: with one writer per store, the batch ids it last
+    /// applied are all a retry needs to be checked against.
+    writer: String,
+    request_log_max: usize,
+    changes: broadcast::Sender<Change>,
+    feed: JoinHandle<()>,
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port/db`, `rediss://…`, `redis-cluster://h1:p1,h2:p2,…`
+    /// or `rediss-cluster://…`), loads the scripts and starts the change feed. Fails when Redis
+    /// cannot be reached within the connect timeout; after that, outages are survived.
+    pub async fn connect(
+        url: &str,
+        cfg: &RedisConfig,
+        request_log_max: usize,
+    ) -> StoreResult<RedisStore> {
+        if cfg.prefix.contains(['{', '}']) {
+            // A brace in the prefix would become (or break) the hash tag of every key.
+            return Err(StoreError::Unavailable(
+                "redis.prefix must not contain '{' or '}'".to_owned(),
+            ));
+        }
+        let connect::Connected {
+            pool,
+            subscriber,
+            streams,
+            scripts,
+        } = connect::connect(url, cfg).await?;
+        let names = Names::new(&cfg.prefix);
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        let feed = tokio::spawn(feed::forward(
+            subscriber.clone(),
+            streams,
+            names.changes_channel(),
+            changes.clone(),
+            Duration::from_millis(cfg.reconnect_min_delay_ms.max(1)),
+        ));
+        Ok(RedisStore {
+            pool,
+            subscriber,
+            names,
+            scripts,
+            writer: format!("{:016x}", rand::random::<u64>()),
+            request_log_max,
+            changes,
+            feed,
+        })
+    }
+
+    /// The pool client for the next command, preferring one that is connected.
+    fn client(&self) -> &Client {
+        self.pool.next_connected()
+    }
+
+    fn channel(&self) -> String {
+        self.names.changes_channel()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.feed.abort();
+        connect::close(self.pool.clone(), self.subscriber.clone());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+fn unavailable(what: &str, e: &fred::error::Error) -> StoreError {
+    StoreError::Unavailable(format!("redis {what}: {e}"))
+}
+
+fn encode<T: Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// A reply that is a string, or nil.
+fn optional_string(value: Value, what: &str) -> StoreResult<Option<String>> {
+    match value {
+        Value::Null => Ok(None),
+        other => other
+            .as_string()
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("{what}: unexpected reply {other:?}"))),
+    }
+}
+
+fn integer(value: &Value, what: &str) -> StoreResult<i64> {
+    value
+        .as_i64()
+        .ok_or_else(|| StoreError::Corrupt(format!("{what}: unexpected reply {value:?}")))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `now + ttl` in unix ms, the ttl rounded up (a sub-millisecond lease still lives) and capped.
+fn deadline_ms(now: i64, ttl: Duration) -> i64 {
+    let ttl = i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX);
+    now.saturating_add(ttl.min(MAX_LEASE_TTL_MS))
+}
+
+fn cap_arg(cap: Option<u32>) -> String {
+    cap.map_or_else(|| "-1".to_owned(), |c| c.to_string())
+}
+
+fn ms(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+fn bucket_ttl(bucket: &Bucket) -> Option<Duration> {
+    match bucket {
+        Bucket::Hour(_) => Some(HOUR_TTL),
+        Bucket::Day(_) => Some(DAY_TTL),
+        Bucket::Month(_) => Some(MONTH_TTL),
+        Bucket::Total => None,
+    }
+}
+
+/// The counters in the order of `FIELDS` in `usage_add.lua` and `usage_read.lua`.
+fn counter_values(c: &Counters) -> [u64; 8] {
+    [
+        c.requests,
+        c.input_tokens,
+        c.output_tokens,
+        c.cache_creation_input_tokens,
+        c.cache_creation_5m_input_tokens,
+        c.cache_creation_1h_input_tokens,
+        c.cache_read_input_tokens,
+        c.cost_nanousd,
+    ]
+}
+
+fn counters_from(values: [u64; 8]) -> Counters {
+    let [
+        requests,
+        input_tokens,
+        output_tokens,
+        cache_creation_input_tokens,
+        cache_creation_5m_input_tokens,
+        cache_creation_1h_input_tokens,
+        cache_read_input_tokens,
+        cost_nanousd,
+    ] = values;
+    Counters {
+        requests,
+        input_tokens,
+        output_tokens,
+        cache_creation_input_tokens,
+        cache_creation_5m_input_tokens,
+        cache_creation_1h_input_tokens,
+        cache_read_input_tokens,
+        cost_nanousd,
+    }
+}
+
+/// One `HMGET` answer of `usage_read.lua`.
+fn parse_counters(value: Value) -> StoreResult<Counters> {
+    let fields = value.into_array();
+    let mut values = [0u64; 8];
+    if fields.len() != values.len() {
+        return Err(StoreError::Corrupt(format!(
+            "usage counters: {} fields",
+            fields.len()
+        )));
+    }
+    for (slot, field) in values.iter_mut().zip(fields) {
+        if let Some(text) = optional_string(field, "usage counter")? {
+            *slot = text
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("usage counter {text:?}: {e}")))?;
+        }
+    }
+    Ok(counters_from(values))
+}
+
+/// The request log member of an entry: arrival first, so that equal scores sort by request id.
+fn log_member(entry: &RequestLogEntry) -> String {
+    format!("{}:{}", entry.at, entry.request_id)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.client()
+            .ping::<Value>(None)
+            .await
+            .map(drop)
+            .map_err(|e| unavailable("ping", &e))
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        self.put_key(key, false).await.map(drop)
+    }
+
+    async fn key(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        let json: Option<String> = self
+            .client()
+            .hget(self.names.key_records(), id)
+            .await
+            .map_err(|e| unavailable("key", &e))?;
+        json.map(|j| decode(&j, "key record")).transpose()
+    }
+
+    async fn key_by_hash(&self, hash: &str) -> StoreResult<Option<KeyRecord>> {
+        let reply = self
+            .scripts
+            .key_by_hash
+            .run(
+                self.client(),
+                vec![self.names.key_hashes(), self.names.key_records()],
+                vec![hash.to_owned()],
+            )
+            .await?;
+        optional_string(reply, "key record")?
+            .map(|j| decode(&j, "key record"))
+            .transpose()
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<KeyRecord>> {
+        let all: Vec<String> = self
+            .client()
+            .hvals(self.names.key_records())
+            .await
+            .map_err(|e| unavailable("keys", &e))?;
+        let mut keys = all
+            .iter()
+            .map(|j| decode::<KeyRecord>(j, "key record"))
+            .collect::<StoreResult<Vec<_>>>()?;
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
+    }
+
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool> {
+        self.put_key(key, true).await
+    }
+
+    async fn delete_key(&self, id: &str) -> StoreResult<bool> {
+        let reply = self
+            .scripts
+            .key_delete
+            .run(
+                self.client(),
+                vec![self.names.key_records(), self.names.key_hashes()],
+                vec![self.channel(), id.to_owned()],
+            )
+            .await?;
+        Ok(integer(&reply, "key_delete")? == 1)
+    }
+
+    async fn insert_account(&self, account: &AccountRecord) -> StoreResult<()> {
+        self.put_account(account, false).await.map(drop)
+    }
+
+    async fn account(&self, id: &str) -> StoreResult<Option<AccountRecord>> {
+        let json: Option<String> = self
+            .client()
+            .hget(self.names.account_records(), id)
+            .await
+            .map_err(|e| unavailable("account", &e))?;
+        json.map(|j| decode(&j, "account record")).transpose()
+    }
+
+    async fn accounts(&self) -> StoreResult<Vec<AccountRecord>> {
+        let all: Vec<String> = self
+            .client()
+            .hvals(self.names.account_records())
+            .await
+            .map_err(|e| unavailable("accounts", &e))?;
+        let mut accounts = all
+            .iter()
+            .map(|j| decode::<AccountRecord>(j, "account record"))
+            .collect::<StoreResult<Vec<_>>>()?;
+        accounts.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(accounts)
+    }
+
+    async fn update_account(&self, account: &AccountRecord) -> StoreResult<bool> {
+        self.put_account(account, true).await
+    }
+
+    async fn delete_account(&self, id: &str) -> StoreResult<bool> {
+        let reply = self
+            .scripts
+            .account_delete
+            .run(
+                self.client(),
+                vec![self.names.account_records()],
+                vec![self.channel(), id.to_owned()],
+            )
+            .await?;
+        // Cleared even when the record was already gone: runtime state without a record is junk.
+        // A second command: the runtime lives under the `{acct}` tag, the record under `{rec}`.
+        let _: i64 = self
+            .client()
+            .del(vec![
+                self.names.account_leases(id),
+                self.names.account_runtime(id),
+            ])
+            .await
+            .map_err(|e| unavailable("delete account runtime", &e))?;
+        Ok(integer(&reply, "account_delete")? == 1)
+    }
+
+    async fn account_runtime(&self, id: &str) -> StoreResult<AccountRuntime> {
+        let reply = self
+            .scripts
+            .account_runtime
+            .run(
+                self.client(),
+                vec![
+                    self.names.account_leases(id),
+                    self.names.account_runtime(id),
+                ],
+                vec![now_ms().to_string()],
+            )
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        let (Some(live), Some(last)) = (parts.next(), parts.next()) else {
+            return Err(StoreError::Corrupt("account_runtime: short reply".into()));
+        };
+        let last = optional_string(last, "last_used_at")?.unwrap_or_default();
+        Ok(AccountRuntime {
+            in_flight: u32::try_from(integer(&live, "in_flight")?).unwrap_or(u32::MAX),
+            last_used_at: last
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("last_used_at {last:?}: {e}")))?,
+        })
+    }
+
+    async fn admit(&self, admission: &Admission, lease: &Lease) -> StoreResult<Admit> {
+        let now = now_ms();
+        let reply = self
+            .scripts
+            .admit
+            .run(
+                self.client(),
+                vec![self.names.key_leases(&admission.key_id)],
+                vec![
+                    lease.id.clone(),
+                    now.to_string(),
+                    deadline_ms(now, lease.ttl).to_string(),
+                    cap_arg(admission.max_concurrency),
+                ],
+            )
+            .await?;
+        match (integer(&reply, "admit")?, admission.max_concurrency) {
+            (1, _) => Ok(Admit::Granted),
+            (_, Some(limit)) => Ok(Admit::ConcurrencyExceeded { limit }),
+            (_, None) => Err(StoreError::Corrupt(
+                "admit refused a key without a cap".into(),
+            )),
+        }
+    }
+
+    async fn pick_account(
+        &self,
+        candidates: &[Candidate],
+        lease: &Lease,
+    ) -> StoreResult<Option<String>> {
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let mut keys = Vec::with_capacity(1 + 2 * candidates.len());
+        let mut args = Vec::with_capacity(4 + 2 * candidates.len());
+        keys.push(self.names.pick_seq());
+        args.extend([
+            lease.id.clone(),
+            now.to_string(),
+            deadline_ms(now, lease.ttl).to_string(),
+            ms(RUNTIME_TTL),
+        ]);
+        for candidate in candidates {
+            keys.push(self.names.account_leases(&candidate.account_id));
+            keys.push(self.names.account_runtime(&candidate.account_id));
+            args.push(candidate.priority.to_string());
+            args.push(cap_arg(candidate.max_concurrency));
+        }
+        let reply = self.scripts.pick.run(self.client(), keys, args).await?;
+        let chosen = integer(&reply, "pick")?;
+        if chosen == 0 {
+            return Ok(None);
+        }
+        usize::try_from(chosen - 1)
+            .ok()
+            .and_then(|i| candidates.get(i))
+            .map(|c| Some(c.account_id.clone()))
+            .ok_or_else(|| StoreError::Corrupt(format!("pick chose candidate {chosen}")))
+    }
+
+    async fn release(
+        &self,
+        key_id: &str,
+        account_id: Option<&str>,
+        lease: &Lease,
+    ) -> StoreResult<()> {
+        // Two slots (the key's tag and `{acct}`), so two commands; sent together on one
+        // connection, each idempotent.
+        let client = self.client();
+        let key = client.zrem::<i64, _, _>(self.names.key_leases(key_id), lease.id.as_str());
+        match account_id {
+            Some(account_id) => {
+                let account = client
+                    .zrem::<i64, _, _>(self.names.account_leases(account_id), lease.id.as_str());
+                tokio::try_join!(key, account).map(drop)
+            }
+            None => key.await.map(drop),
+        }
+        .map_err(|e| unavailable("release", &e))
+    }
+
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Id 0 is `UsageBatch::default()`'s: a caller that set none. Treating it as an id would
+        // drop that caller's second batch as a "retry"; a fresh one only guards this call.
+        let batch_id = match batch.id {
+            0 => rand::random::<u64>().max(1),
+            id => id,
+        };
+        let mut by_dimension: BTreeMap<&Dimension, Vec<(&Bucket, &Counters)>> = BTreeMap::new();
+        for ((dimension, bucket), counters) in &batch.counters {
+            by_dimension
+                .entry(dimension)
+                .or_default()
+                .push((bucket, counters));
+        }
+        let mut calls = Vec::new();
+        for (dimension, buckets) in by_dimension {
+            let mut keys = Vec::with_capacity(1 + buckets.len());
+            let mut args = Vec::with_capacity(3 + 9 * buckets.len());
+            keys.push(self.names.usage_applied(dimension, &self.writer));
+            args.extend([
+                batch_id.to_string(),
+                ms(MARKER_TTL),
+                MARKER_KEEP.to_string(),
+            ]);
+            for (bucket, counters) in buckets {
+                keys.push(self.names.usage_counter(dimension, bucket));
+                args.push(bucket_ttl(bucket).map_or_else(|| "0".to_owned(), ms));
+                for value in counter_values(counters) {
+                    // HINCRBY takes a signed 64-bit increment.
+                    if i64::try_from(value).is_err() {
+                        return Err(StoreError::Unavailable(format!(
+                            "usage counter increment {value} is beyond what redis counts"
+                        )));
+                    }
+                    args.push(value.to_string());
+                }
+            }
+            calls.push(Call {
+                script: &self.scripts.usage_add,
+                keys,
+                args,
+            });
+        }
+        for (chunk_no, chunk) in batch.requests.chunks(LOG_CHUNK).enumerate() {
+            let mut keys = Vec::with_capacity(3 + chunk.len());
+            let mut args = Vec::with_capacity(5 + 3 * chunk.len());
+            keys.extend([
+                self.names.log_applied(&self.writer),
+                self.names.log_all(),
+                self.names.log_entries(),
+            ]);
+            args.extend([
+                format!("{batch_id}.{chunk_no}"),
+                ms(MARKER_TTL),
+                MARKER_KEEP.to_string(),
+                self.request_log_max.to_string(),
+                self.names.log_key_prefix(),
+            ]);
+            for entry in chunk {
+                keys.push(self.names.log_key(&entry.key_id));
+                args.extend([entry.at.to_string(), log_member(entry), encode(entry)?]);
+            }
+            calls.push(Call {
+                script: &self.scripts.log_add,
+                keys,
+                args,
+            });
+        }
+        scripts::run_all(self.client(), calls).await.map(drop)
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<Counters>> {
+        if query.buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = query
+            .buckets
+            .iter()
+            .map(|bucket| self.names.usage_counter(&query.dimension, bucket))
+            .collect();
+        let reply = self
+            .scripts
+            .usage_read
+            .run(self.client(), keys, Vec::new())
+            .await?;
+        let rows = reply.into_array();
+        if rows.len() != query.buckets.len() {
+            return Err(StoreError::Corrupt(format!(
+                "usage: {} rows for {} buckets",
+                rows.len(),
+                query.buckets.len()
+            )));
+        }
+        rows.into_iter().map(parse_counters).collect()
+    }
+
+    async fn recent_requests(
+        &self,
+        key_id: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<RequestLogEntry>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index = match key_id {
+            Some(key_id) => self.names.log_key(key_id),
+            None => self.names.log_all(),
+        };
+        // Far above any log's bound, and exact wherever it is handled.
+        let last = limit.min(1 << 31) - 1;
+        let reply = self
+            .scripts
+            .log_read
+            .run(
+                self.client(),
+                vec![index, self.names.log_entries()],
+                vec![last.to_string()],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for value in reply.into_array() {
+            let Some(json) = optional_string(value, "request log entry")? else {
+                continue;
+            };
+            let entry: RequestLogEntry = decode(&json, "request log entry")?;
+            // An entry re-recorded under another key leaves a stale index member behind.
+            if key_id.is_none_or(|k| k == entry.key_id) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        // Every write above returns only once Redis acknowledged it; nothing is buffered here.
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
+    }
+}
+
+impl RedisStore {
+    async fn put_key(&self, key: &KeyRecord, must_exist: bool) -> StoreResult<bool> {
+        let reply = self
+            .scripts
+            .key_put
+            .run(
+                self.client(),
+                vec![self.names.key_records(), self.names.key_hashes()],
+                vec![
+                    self.channel(),
+                    key.id.clone(),
+                    key.hash.clone(),
+                    encode(key)?,
+                    if must_exist { "1" } else { "0" }.to_owned(),
+                ],
+            )
+            .await?;
+        Ok(integer(&reply, "key_put")? == 1)
+    }
+
+    async fn put_account(&self, account: &AccountRecord, must_exist: bool) -> StoreResult<bool> {
+        let reply = self
+            .scripts
+            .account_put
+            .run(
+                self.client(),
+                vec![self.names.account_records()],
+                vec![
+                    self.channel(),
+                    account.id.clone(),
+                    encode(account)?,
+                    if must_exist { "1" } else { "0" }.to_owned(),
+                ],
+            )
+            .await?;
+        Ok(integer(&reply, "account_put")? == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_and_are_capped() {
+        assert_eq!(deadline_ms(1_000, Duration::from_micros(1)), 1_001);
+        assert_eq!(deadline_ms(1_000, Duration::from_millis(5)), 1_005);
+        assert_eq!(deadline_ms(1_000, Duration::MAX), 1_000 + MAX_LEASE_TTL_MS);
+    }
+
+    #[test]
+    fn counters_round_trip_in_field_order() {
+        let c = Counters {
+            requests: 1,
+            input_tokens: 2,
+            output_tokens: 3,
+            cache_creation_input_tokens: 4,
+            cache_creation_5m_input_tokens: 5,
+            cache_creation_1h_input_tokens: 6,
+            cache_read_input_tokens: 7,
+            cost_nanousd: 8,
+        };
+        assert_eq!(counters_from(counter_values(&c)), c);
+    }
+}

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use switchyard::config::RedisConfig;
 use switchyard::store::embedded::EmbeddedStore;
+use switchyard::store::redis::RedisStore;
 use switchyard::store::{
     AccountRecord, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters, Dimension,
     KeyRecord, Lease, Provider, RequestLogEntry, Store, StoreError, UsageBatch, UsageQuery,
@@ -52,6 +54,47 @@ fn make_embedded() -> Option<Embedded> {
     })
 }
 
+/// A namespace of its own (a random prefix) on a shared Redis or Redis Cluster: every store opened
+/// from it sees the same data, and parallel tests never see each other's.
+struct Redis {
+    url: String,
+    prefix: String,
+}
+
+impl Backend for Redis {
+    async fn open(&self) -> Arc<dyn Store> {
+        Arc::new(
+            RedisStore::connect(&self.url, &redis_config(&self.prefix), REQUEST_LOG_MAX)
+                .await
+                .expect("connect to redis"),
+        )
+    }
+}
+
+fn redis_config(prefix: &str) -> RedisConfig {
+    RedisConfig {
+        prefix: prefix.to_owned(),
+        ..RedisConfig::default()
+    }
+}
+
+fn redis_backend(url_var: &str) -> Option<Redis> {
+    Some(Redis {
+        url: std::env::var(url_var).ok()?,
+        prefix: format!("sy-test-{:016x}:", rand::random::<u64>()),
+    })
+}
+
+/// Skipped unless `REDIS_URL` is set (see scripts/redis-test-servers.sh).
+fn make_redis() -> Option<Redis> {
+    redis_backend("REDIS_URL")
+}
+
+/// Skipped unless `REDIS_CLUSTER_URL` is set.
+fn make_redis_cluster() -> Option<Redis> {
+    redis_backend("REDIS_CLUSTER_URL")
+}
+
 /// One `#[tokio::test]` per case for a backend: `conformance_tests!(module_name, constructor)`,
 /// where `constructor()` returns a fresh [`Backend`], or `None` to skip. Multi-threaded, so that concurrent calls really
 /// race.
@@ -84,6 +127,8 @@ macro_rules! conformance_tests {
 }
 
 conformance_tests!(embedded, make_embedded);
+conformance_tests!(redis, make_redis);
+conformance_tests!(redis_cluster, make_redis_cluster);
 
 #[tokio::test]
 async fn embedded_second_open_is_locked() {
@@ -777,5 +822,598 @@ mod cases {
         // And it keeps adding on top of what was there.
         store.record_usage(&batch(&counted, vec![])).await.unwrap();
         assert_eq!(store.usage(&query).await.unwrap(), vec![counters(8)]);
+    }
+}
+
+// --- Redis only -------------------------------------------------------------------------------
+
+/// What only the Redis store has: key TTLs, the script cache, the change feed between instances,
+/// and surviving a Redis restart. Each runs on standalone Redis and on the cluster when set.
+mod redis_only {
+    use super::*;
+
+    use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface, LuaInterface};
+    use futures_util::TryStreamExt;
+    use switchyard::store::Change;
+
+    /// A plain fred client on the server behind `url` (the first seed of a cluster list).
+    async fn raw_client(url: &str) -> Client {
+        let first = url.split(',').next().unwrap();
+        let client = Builder::from_config(Config::from_url(first).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.unwrap();
+        client
+    }
+
+    /// Every key under the test's own prefix. SCAN is for tests only, and only ever on a prefix
+    /// no one else uses.
+    async fn keys_under(client: &Client, prefix: &str) -> Vec<String> {
+        let pattern = format!("{prefix}*");
+        let keys: Vec<fred::types::Key> = if client.is_clustered() {
+            client
+                .scan_cluster_buffered(pattern, Some(100), None)
+                .try_collect()
+                .await
+                .unwrap()
+        } else {
+            client
+                .scan_buffered(pattern, Some(100), None)
+                .try_collect()
+                .await
+                .unwrap()
+        };
+        let mut keys: Vec<String> = keys.into_iter().map(|k| k.into_string().unwrap()).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Durable by design (docs/redis-keys.md): records, the pick counter, all-time totals, and the
+    /// request log (bounded by count, not time).
+    fn is_durable(rest: &str) -> bool {
+        matches!(
+            rest,
+            "{rec}:keys"
+                | "{rec}:keyhash"
+                | "{rec}:accounts"
+                | "{acct}:seq"
+                | "{log}:all"
+                | "{log}:entries"
+        ) || rest.starts_with("{log}:key:")
+            || (rest.starts_with("{u:") && rest.ends_with("}:total"))
+    }
+
+    async fn every_ephemeral_key_has_a_ttl(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        store.insert_key(&key("k1", 1)).await.unwrap();
+        store.insert_account(&account("a1", 1)).await.unwrap();
+        let held = lease("held");
+        store.admit(&admission("k1", Some(5)), &held).await.unwrap();
+        store
+            .pick_account(&[candidate("a1", 0, Some(5))], &held)
+            .await
+            .unwrap();
+        let k1 = Dimension::Key("k1".to_owned());
+        store
+            .record_usage(&batch(
+                &[
+                    (
+                        (k1.clone(), Bucket::Hour("2026-11-22T08".into())),
+                        counters(1),
+                    ),
+                    ((k1.clone(), Bucket::Day("2026-11-22".into())), counters(1)),
+                    ((k1.clone(), Bucket::Month("2026-11".into())), counters(1)),
+                    ((k1.clone(), Bucket::Total), counters(1)),
+                    ((Dimension::All, Bucket::Total), counters(1)),
+                ],
+                vec![log_entry(1, "k1")],
+            ))
+            .await
+            .unwrap();
+
+        let raw = raw_client(&backend.url).await;
+        let keys = keys_under(&raw, &backend.prefix).await;
+        let mut ephemeral = Vec::new();
+        for name in &keys {
+            let rest = &name[backend.prefix.len()..];
+            let pttl: i64 = raw.pttl(name.as_str()).await.unwrap();
+            if is_durable(rest) {
+                assert_eq!(pttl, -1, "{name} is documented as durable");
+            } else {
+                assert!(pttl > 0, "{name} has no TTL ({pttl})");
+                ephemeral.push(rest.to_owned());
+            }
+        }
+        // The test did touch every kind of ephemeral key.
+        for kind in [
+            "{k:k1}:leases",
+            "{acct}:leases:a1",
+            "{acct}:rt:a1",
+            "{u:key:k1}:h:2026-11-22T08",
+            "{u:key:k1}:d:2026-11-22",
+            "{u:key:k1}:m:2026-11",
+        ] {
+            assert!(
+                ephemeral.iter().any(|e| e == kind),
+                "{kind} missing: {keys:?}"
+            );
+        }
+        assert!(
+            ephemeral
+                .iter()
+                .any(|e| e.starts_with("{u:key:k1}:applied:"))
+        );
+        assert!(ephemeral.iter().any(|e| e.starts_with("{log}:applied:")));
+        // Hour buckets live 35 days; leases no longer than their longest lease.
+        let hour: i64 = raw
+            .pttl(format!("{}{{u:key:k1}}:h:2026-11-22T08", backend.prefix))
+            .await
+            .unwrap();
+        assert!(hour > 34 * 86_400_000 && hour <= 35 * 86_400_000, "{hour}");
+        let leases: i64 = raw
+            .pttl(format!("{}{{k:k1}}:leases", backend.prefix))
+            .await
+            .unwrap();
+        assert!(leases > 0 && leases <= 60_000, "{leases}");
+        // Released, the lease sets go away entirely.
+        store.release("k1", Some("a1"), &held).await.unwrap();
+        let left = keys_under(&raw, &backend.prefix).await;
+        assert!(
+            !left
+                .iter()
+                .any(|k| k.ends_with(":leases") || k.contains(":leases:")),
+            "{left:?}"
+        );
+        raw.quit().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_ephemeral_key_has_a_ttl_standalone() {
+        every_ephemeral_key_has_a_ttl("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_ephemeral_key_has_a_ttl_cluster() {
+        every_ephemeral_key_has_a_ttl("REDIS_CLUSTER_URL").await;
+    }
+
+    async fn scripts_are_reloaded_after_a_script_flush(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        store.insert_key(&key("k1", 1)).await.unwrap();
+        let raw = raw_client(&backend.url).await;
+        // Other tests running now just take the NOSCRIPT path once more.
+        if raw.is_clustered() {
+            raw.script_flush_cluster(false).await.unwrap();
+        } else {
+            raw.script_flush(false).await.unwrap();
+        }
+        // One call per kind: a single script, and a pipeline of scripts.
+        assert_eq!(
+            store.key_by_hash("hash-of-k1").await.unwrap(),
+            Some(key("k1", 1))
+        );
+        assert_eq!(
+            store
+                .admit(&admission("k1", Some(1)), &lease("l1"))
+                .await
+                .unwrap(),
+            Admit::Granted
+        );
+        let model = Dimension::Model("m".to_owned());
+        store
+            .record_usage(&batch(
+                &[
+                    ((model.clone(), Bucket::Total), counters(2)),
+                    ((Dimension::All, Bucket::Total), counters(2)),
+                ],
+                vec![log_entry(1, "k1")],
+            ))
+            .await
+            .unwrap();
+        let got = store
+            .usage(&UsageQuery {
+                dimension: model,
+                buckets: vec![Bucket::Total],
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, vec![counters(2)]);
+        assert_eq!(store.recent_requests(None, 5).await.unwrap().len(), 1);
+        raw.quit().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn scripts_are_reloaded_after_a_script_flush_standalone() {
+        scripts_are_reloaded_after_a_script_flush("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn scripts_are_reloaded_after_a_script_flush_cluster() {
+        scripts_are_reloaded_after_a_script_flush("REDIS_CLUSTER_URL").await;
+    }
+
+    /// The next change on `rx` that is not a `Resync`, within five seconds (a loaded machine).
+    async fn next_change(rx: &mut tokio::sync::broadcast::Receiver<Change>) -> Change {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match rx.recv().await.unwrap() {
+                    Change::Resync => continue,
+                    change => return change,
+                }
+            }
+        })
+        .await
+        .expect("a change within 5 s")
+    }
+
+    async fn writes_reach_other_instances(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let a = backend.open().await;
+        let b = backend.open().await;
+        let mut feed = b.changes().expect("a shared store has a change feed");
+
+        a.insert_key(&key("k1", 1)).await.unwrap();
+        assert_eq!(
+            next_change(&mut feed).await,
+            Change::Key {
+                hash: "hash-of-k1".to_owned()
+            }
+        );
+        // A rotated secret announces both hashes: caches hold the old one.
+        let rotated = KeyRecord {
+            hash: "hash-new".to_owned(),
+            ..key("k1", 1)
+        };
+        a.update_key(&rotated).await.unwrap();
+        let mut hashes = vec![next_change(&mut feed).await, next_change(&mut feed).await];
+        hashes.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(
+            hashes,
+            vec![
+                Change::Key {
+                    hash: "hash-new".to_owned()
+                },
+                Change::Key {
+                    hash: "hash-of-k1".to_owned()
+                },
+            ]
+        );
+        a.delete_key("k1").await.unwrap();
+        assert_eq!(
+            next_change(&mut feed).await,
+            Change::Key {
+                hash: "hash-new".to_owned()
+            }
+        );
+        a.insert_account(&account("a1", 1)).await.unwrap();
+        assert_eq!(next_change(&mut feed).await, Change::Accounts);
+        a.update_account(&account("a1", 2)).await.unwrap();
+        assert_eq!(next_change(&mut feed).await, Change::Accounts);
+        a.delete_account("a1").await.unwrap();
+        assert_eq!(next_change(&mut feed).await, Change::Accounts);
+        // Nothing else: a no-op write announces nothing.
+        assert!(!a.delete_account("a1").await.unwrap());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), next_change(&mut feed))
+                .await
+                .is_err(),
+            "a failed delete announced a change"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writes_reach_other_instances_standalone() {
+        writes_reach_other_instances("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writes_reach_other_instances_cluster() {
+        writes_reach_other_instances("REDIS_CLUSTER_URL").await;
+    }
+
+    async fn a_retried_batch_counts_once(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        let k1 = Dimension::Key("k1".to_owned());
+        let once = batch(
+            &[
+                ((k1.clone(), Bucket::Total), counters(1)),
+                ((Dimension::All, Bucket::Total), counters(1)),
+            ],
+            vec![log_entry(1, "k1")],
+        );
+        // As the stats task does after a write that failed part way: the same batch, same id.
+        store.record_usage(&once).await.unwrap();
+        store.record_usage(&once).await.unwrap();
+        let query = |dimension: Dimension| UsageQuery {
+            dimension,
+            buckets: vec![Bucket::Total],
+        };
+        assert_eq!(
+            store.usage(&query(k1.clone())).await.unwrap(),
+            vec![counters(1)]
+        );
+        assert_eq!(
+            store.usage(&query(Dimension::All)).await.unwrap(),
+            vec![counters(1)]
+        );
+        assert_eq!(store.recent_requests(None, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store.recent_requests(None, usize::MAX).await.unwrap().len(),
+            1,
+            "no limit is too large"
+        );
+        // Another batch (another id) with the same content counts again.
+        store
+            .record_usage(&UsageBatch {
+                id: once.id.wrapping_add(1),
+                ..once.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.usage(&query(k1)).await.unwrap(), vec![counters(2)]);
+        // Batches without an id (0) are never mistaken for retries of each other.
+        let unnamed = UsageBatch {
+            id: 0,
+            ..once.clone()
+        };
+        store.record_usage(&unnamed).await.unwrap();
+        store.record_usage(&unnamed).await.unwrap();
+        assert_eq!(
+            store.usage(&query(Dimension::All)).await.unwrap(),
+            vec![counters(4)]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_retried_batch_counts_once_standalone() {
+        a_retried_batch_counts_once("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_retried_batch_counts_once_cluster() {
+        a_retried_batch_counts_once("REDIS_CLUSTER_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn odd_ids_keep_their_own_keys() {
+        let Some(backend) =
+            redis_backend("REDIS_CLUSTER_URL").or_else(|| redis_backend("REDIS_URL"))
+        else {
+            return;
+        };
+        let store = backend.open().await;
+        // Braces would end a hash tag early; `%` is the escape character itself.
+        let ids = ["a}b", "a{b", "a%7Db", "a", "a:b"];
+        for (i, id) in ids.iter().enumerate() {
+            let n = i as u64 + 1;
+            store
+                .record_usage(&batch(
+                    &[(
+                        (Dimension::Key((*id).to_owned()), Bucket::Total),
+                        counters(n),
+                    )],
+                    vec![log_entry(i as i64, id)],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(
+                store
+                    .admit(&admission(id, Some(1)), &lease(&format!("l{i}")))
+                    .await
+                    .unwrap(),
+                Admit::Granted
+            );
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let n = i as u64 + 1;
+            let got = store
+                .usage(&UsageQuery {
+                    dimension: Dimension::Key((*id).to_owned()),
+                    buckets: vec![Bucket::Total],
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, vec![counters(n)], "{id}");
+            assert_eq!(
+                store
+                    .admit(&admission(id, Some(1)), &lease("another"))
+                    .await
+                    .unwrap(),
+                Admit::ConcurrencyExceeded { limit: 1 },
+                "{id}"
+            );
+            let log = store.recent_requests(Some(id), 10).await.unwrap();
+            assert_eq!(ids_of(&log), [format!("req-{i}")], "{id}");
+        }
+    }
+
+    fn ids_of(entries: &[RequestLogEntry]) -> Vec<String> {
+        entries.iter().map(|e| e.request_id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn connect_errors_do_not_show_the_password() {
+        // Nothing listens on port 1: the connection is refused at once.
+        let mut cfg = redis_config("sy:");
+        cfg.connect_timeout_ms = 500;
+        let err = RedisStore::connect("redis://user:hunter2@127.0.0.1:1/0", &cfg, 5)
+            .await
+            .err()
+            .expect("nothing listens there");
+        let message = err.to_string();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        let err = RedisStore::connect(
+            "redis-cluster://user:hunter2@127.0.0.1:1,127.0.0.1:2",
+            &cfg,
+            5,
+        )
+        .await
+        .err()
+        .expect("nothing listens there");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let braces = RedisStore::connect("redis://127.0.0.1:1/0", &redis_config("a{b}:"), 5).await;
+        assert!(
+            braces.is_err(),
+            "a prefix with braces would pin every key to one slot"
+        );
+    }
+
+    /// A redis-server of this test's own on a free port, so that it can be killed.
+    struct OwnRedis {
+        port: u16,
+        child: Option<std::process::Child>,
+    }
+
+    impl OwnRedis {
+        fn start() -> OwnRedis {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut redis = OwnRedis { port, child: None };
+            redis.spawn();
+            redis
+        }
+
+        fn spawn(&mut self) {
+            let child = std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH (REDIS_URL is set)");
+            self.child = Some(child);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+            }
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_redis_restart_fails_fast_then_recovers() {
+        if std::env::var("REDIS_URL").is_err() {
+            return;
+        }
+        let mut redis = OwnRedis::start();
+        let mut cfg = redis_config("sy:");
+        cfg.command_timeout_ms = 300;
+        cfg.reconnect_max_delay_ms = 200;
+        let store = RedisStore::connect(&format!("redis://127.0.0.1:{}/0", redis.port), &cfg, 5)
+            .await
+            .unwrap();
+        let mut feed = store.changes().unwrap();
+        store.insert_key(&key("k1", 1)).await.unwrap();
+        assert_eq!(
+            next_change(&mut feed).await,
+            Change::Key {
+                hash: "hash-of-k1".to_owned()
+            }
+        );
+
+        redis.kill();
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let err = store
+                .admit(&admission("k1", Some(1)), &lease("down"))
+                .await
+                .expect_err("redis is down");
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+            assert!(
+                started.elapsed() < Duration::from_millis(1_500),
+                "took {:?}",
+                started.elapsed()
+            );
+        }
+        assert!(store.ping().await.is_err());
+
+        // Back (empty: no persistence), and served again without a new store.
+        redis.spawn();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.ping().await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "no recovery");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            store
+                .admit(&admission("k1", Some(1)), &lease("up"))
+                .await
+                .unwrap(),
+            Admit::Granted
+        );
+        // The scripts were lost with the server: they came back through NOSCRIPT.
+        store.insert_key(&key("k2", 1)).await.unwrap();
+        // The feed announced the gap, then resumed.
+        let mut seen = Vec::new();
+        let resynced = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let change = feed.recv().await.unwrap();
+                seen.push(change.clone());
+                if change == Change::Resync {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(resynced.is_ok(), "no Resync after the reconnect: {seen:?}");
+        // And the feed works again. Writes are repeated: a reconnect can come in several steps
+        // (each followed by its own Resync), and a write between two is rightly missed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut n = 3;
+        loop {
+            let id = format!("k{n}");
+            store.insert_key(&key(&id, 1)).await.unwrap();
+            let wanted = Change::Key {
+                hash: format!("hash-of-{id}"),
+            };
+            let got = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Ok(change) = feed.recv().await {
+                    seen.push(change.clone());
+                    if change == wanted {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if got.is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the feed did not resume: {seen:?}"
+            );
+            n += 1;
+        }
     }
 }

@@ -1,0 +1,123 @@
+//! Building and starting the fred clients: URL, timeouts, reconnect policy, scripts.
+
+use std::time::Duration;
+
+use fred::prelude::{Builder, Client, ClientLike, Config, Pool, PubsubInterface, ReconnectPolicy};
+use fred::types::config::UnresponsiveConfig;
+
+use super::feed::Streams;
+use super::names::Names;
+use super::scripts::Scripts;
+use super::{feed, url};
+use crate::config::RedisConfig;
+use crate::store::{StoreError, StoreResult};
+
+/// Everything `RedisStore` runs on, connected.
+pub(super) struct Connected {
+    pub(super) pool: Pool,
+    pub(super) subscriber: Client,
+    pub(super) streams: Streams,
+    pub(super) scripts: Scripts,
+}
+
+/// Connects the command pool and the subscriber, subscribes to the change channel and loads the
+/// scripts. Fails when Redis cannot be reached within the connect timeout (and then closes
+/// whatever it opened); once connected, the clients reconnect on their own, forever.
+pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connected> {
+    if url.starts_with("rediss") {
+        // fred builds its TLS config from the process default provider; ring is the one
+        // compiled in. Installing it twice is harmless (the second call is refused).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let config = Config::from_url(&url::to_fred(url)).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "invalid redis url {}: {}",
+            url::redact(url),
+            url::scrub(e.details(), url)
+        ))
+    })?;
+    let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+    let command_timeout = Duration::from_millis(cfg.command_timeout_ms.max(1));
+    let min_delay = u32::try_from(cfg.reconnect_min_delay_ms.max(1)).unwrap_or(u32::MAX);
+    let max_delay = u32::try_from(cfg.reconnect_max_delay_ms)
+        .unwrap_or(u32::MAX)
+        .max(min_delay);
+    // An answer overdue by this much means a dead connection (a paused server, a silent
+    // network partition): fred closes it and reconnects rather than waiting for TCP.
+    let unresponsive = (command_timeout * 2).max(Duration::from_secs(1));
+
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout.max(command_timeout);
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(unresponsive),
+                interval: (unresponsive / 4).max(Duration::from_millis(50)),
+            };
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = command_timeout;
+        })
+        // Zero attempts: never give up.
+        .set_policy(ReconnectPolicy::new_exponential(0, min_delay, max_delay, 2));
+    let fail = |what: &str, e: fred::error::Error| {
+        StoreError::Unavailable(format!(
+            "redis {what} ({}): {}",
+            url::redact(url),
+            url::scrub(&e.to_string(), url)
+        ))
+    };
+    let pool = builder
+        .build_pool(cfg.pool_size.max(1))
+        .map_err(|e| fail("config", e))?;
+    let subscriber = builder.build().map_err(|e| fail("config", e))?;
+
+    // `init` fails fast on a refused connection; the timeout bounds a cluster handshake
+    // that keeps following nodes.
+    let init_within = connect_timeout * 3 + command_timeout;
+    let started = async {
+        tokio::time::timeout(init_within, pool.init())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("redis connect ({}): timed out", url::redact(url)))
+            })?
+            .map_err(|e| fail("connect", e))?;
+        tokio::time::timeout(init_within, subscriber.init())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("redis connect ({}): timed out", url::redact(url)))
+            })?
+            .map_err(|e| fail("connect", e))?;
+        let streams = feed::Streams::of(&subscriber);
+        let channel = Names::new(&cfg.prefix).changes_channel();
+        subscriber
+            .subscribe(channel.as_str())
+            .await
+            .map_err(|e| fail("subscribe", e))?;
+        Ok((Scripts::load(pool.next()).await?, streams))
+    };
+    match started.await {
+        Ok((scripts, streams)) => Ok(Connected {
+            pool,
+            subscriber,
+            streams,
+            scripts,
+        }),
+        Err(e) => {
+            close(pool, subscriber);
+            Err(e)
+        }
+    }
+}
+
+/// Closes the connections in the background. fred's connection tasks live until `QUIT`, not
+/// until the last handle goes, so a store dropped without this would leak its sockets.
+pub(super) fn close(pool: Pool, subscriber: Client) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = subscriber.quit().await;
+            let _ = pool.quit().await;
+        });
+    }
+}

@@ -1,0 +1,188 @@
+//! Every Redis key name and the pub/sub channel, in one place (documented in docs/redis-keys.md).
+//!
+//! A name is `<prefix><{tag}><rest>`. Redis Cluster hashes only the part between the first `{`
+//! and the next `}`, so every key one script touches is built with the same tag, and the prefix
+//! (checked at connect) may not contain braces. Ids that go *inside* a tag are escaped so that
+//! they cannot close it early; ids after the tag need no escaping, the rest of the name is theirs.
+
+use crate::store::{Bucket, Dimension};
+
+/// Escapes `%`, `{` and `}`, so that an id inside a tag neither ends it nor makes two names equal.
+pub(super) fn escape(part: &str) -> String {
+    if !part.contains(['%', '{', '}']) {
+        return part.to_owned();
+    }
+    part.replace('%', "%25")
+        .replace('{', "%7B")
+        .replace('}', "%7D")
+}
+
+/// Key names under one installation's prefix.
+#[derive(Debug, Clone)]
+pub(super) struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub(super) fn new(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    // --- records: one tag, so that a record, its index and its listing change in one script ---
+
+    /// Hash: key id -> JSON `KeyRecord`.
+    pub(super) fn key_records(&self) -> String {
+        format!("{}{{rec}}:keys", self.prefix)
+    }
+
+    /// Hash: secret hash -> key id.
+    pub(super) fn key_hashes(&self) -> String {
+        format!("{}{{rec}}:keyhash", self.prefix)
+    }
+
+    /// Hash: account id -> JSON `AccountRecord`.
+    pub(super) fn account_records(&self) -> String {
+        format!("{}{{rec}}:accounts", self.prefix)
+    }
+
+    /// The pub/sub channel of `Change`s. Channels are not keys (no slot), but it carries the
+    /// prefix so that installations sharing a Redis do not hear each other.
+    pub(super) fn changes_channel(&self) -> String {
+        format!("{}changes", self.prefix)
+    }
+
+    // --- key leases: one tag per key, so admissions of different keys spread over the cluster ---
+
+    /// Sorted set: lease id -> deadline (unix ms).
+    pub(super) fn key_leases(&self, key_id: &str) -> String {
+        format!("{}{{k:{}}}:leases", self.prefix, escape(key_id))
+    }
+
+    // --- account runtime: one tag, so that one script can weigh every candidate ---
+
+    /// String counter behind `pick seq`.
+    pub(super) fn pick_seq(&self) -> String {
+        format!("{}{{acct}}:seq", self.prefix)
+    }
+
+    /// Sorted set: lease id -> deadline (unix ms).
+    pub(super) fn account_leases(&self, account_id: &str) -> String {
+        format!("{}{{acct}}:leases:{account_id}", self.prefix)
+    }
+
+    /// Hash: `seq` (last pick's sequence number), `last` (last pick, unix ms).
+    pub(super) fn account_runtime(&self, account_id: &str) -> String {
+        format!("{}{{acct}}:rt:{account_id}", self.prefix)
+    }
+
+    // --- usage counters: one tag per dimension; its buckets and its marker share it ---
+
+    fn usage_tag(&self, dimension: &Dimension) -> String {
+        match dimension {
+            Dimension::All => format!("{}{{u:all}}", self.prefix),
+            Dimension::Key(id) => format!("{}{{u:key:{}}}", self.prefix, escape(id)),
+            Dimension::Account(id) => format!("{}{{u:acct:{}}}", self.prefix, escape(id)),
+            Dimension::Model(name) => format!("{}{{u:model:{}}}", self.prefix, escape(name)),
+        }
+    }
+
+    /// Hash: `Counters` field -> value.
+    pub(super) fn usage_counter(&self, dimension: &Dimension, bucket: &Bucket) -> String {
+        let tag = self.usage_tag(dimension);
+        match bucket {
+            Bucket::Hour(h) => format!("{tag}:h:{}", escape(h)),
+            Bucket::Day(d) => format!("{tag}:d:{}", escape(d)),
+            Bucket::Month(m) => format!("{tag}:m:{}", escape(m)),
+            Bucket::Total => format!("{tag}:total"),
+        }
+    }
+
+    /// String: the batch ids this writer last applied to this dimension (see `usage_add.lua`).
+    pub(super) fn usage_applied(&self, dimension: &Dimension, writer: &str) -> String {
+        format!("{}:applied:{writer}", self.usage_tag(dimension))
+    }
+
+    // --- request log: one tag, so that trimming the whole log also trims the per-key indexes ---
+
+    /// Sorted set: `<at>:<request id>` -> at (unix ms).
+    pub(super) fn log_all(&self) -> String {
+        format!("{}{{log}}:all", self.prefix)
+    }
+
+    /// Hash: `<at>:<request id>` -> JSON `RequestLogEntry`.
+    pub(super) fn log_entries(&self) -> String {
+        format!("{}{{log}}:entries", self.prefix)
+    }
+
+    /// What `log_key` puts before the key id; `log_add.lua` builds names of trimmed entries' keys
+    /// from it.
+    pub(super) fn log_key_prefix(&self) -> String {
+        format!("{}{{log}}:key:", self.prefix)
+    }
+
+    /// Sorted set like `log_all`, only this key's entries.
+    pub(super) fn log_key(&self, key_id: &str) -> String {
+        format!("{}{key_id}", self.log_key_prefix())
+    }
+
+    /// String: the batch ids this writer last applied to the log.
+    pub(super) fn log_applied(&self, writer: &str) -> String {
+        format!("{}{{log}}:applied:{writer}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The part of a key name that Redis Cluster hashes.
+    fn tag(name: &str) -> &str {
+        let Some(open) = name.find('{') else {
+            return name;
+        };
+        match name[open + 1..].find('}') {
+            Some(0) | None => name,
+            Some(len) => &name[open + 1..open + 1 + len],
+        }
+    }
+
+    #[test]
+    fn ids_cannot_break_out_of_their_tag() {
+        let n = Names::new("sy:");
+        let odd = Dimension::Key("a}:h:x{".to_owned());
+        let counter = n.usage_counter(&odd, &Bucket::Total);
+        let marker = n.usage_applied(&odd, "w");
+        assert_eq!(tag(&counter), "u:key:a%7D:h:x%7B");
+        assert_eq!(tag(&counter), tag(&marker));
+        assert_ne!(
+            counter,
+            n.usage_counter(
+                &Dimension::Key("a".to_owned()),
+                &Bucket::Hour("x}:total".to_owned())
+            )
+        );
+        assert_eq!(tag(&n.key_leases("x}y")), "k:x%7Dy");
+    }
+
+    #[test]
+    fn each_script_s_keys_share_one_tag() {
+        let n = Names::new("sy:");
+        assert_eq!(tag(&n.key_records()), "rec");
+        assert_eq!(tag(&n.key_hashes()), "rec");
+        assert_eq!(tag(&n.account_records()), "rec");
+        assert_eq!(tag(&n.pick_seq()), "acct");
+        assert_eq!(tag(&n.account_leases("a}{b")), "acct");
+        assert_eq!(tag(&n.account_runtime("a}{b")), "acct");
+        assert_eq!(tag(&n.log_all()), "log");
+        assert_eq!(tag(&n.log_entries()), "log");
+        assert_eq!(tag(&n.log_key("k}{")), "log");
+        assert_eq!(tag(&n.log_applied("w")), "log");
+        let model = Dimension::Model("claude-*".to_owned());
+        assert_eq!(
+            tag(&n.usage_counter(&model, &Bucket::Day("2026-11-22".to_owned()))),
+            "u:model:claude-*"
+        );
+    }
+}

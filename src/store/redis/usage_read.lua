@@ -1,0 +1,9 @@
+-- Counters of each key, in FIELDS order (the same as usage_add.lua), nil where absent.
+-- KEYS[k] <p>{u:<dim>}:<bucket>
+local out = {}
+for k = 1, #KEYS do
+  out[k] = redis.call('HMGET', KEYS[k], 'requests', 'input_tokens', 'output_tokens',
+    'cache_creation_input_tokens', 'cache_creation_5m_input_tokens',
+    'cache_creation_1h_input_tokens', 'cache_read_input_tokens', 'cost_nanousd')
+end
+return out
