@@ -52,6 +52,7 @@ where
             accounts::patch(app, id, parse(&body)?).await
         }
         (&Method::DELETE, ["admin", "accounts", id]) => accounts::delete(app, id).await,
+        (&Method::POST, ["admin", "accounts", id, "reset"]) => accounts::reset(app, id).await,
         (&Method::GET, ["admin", "usage"]) => usage::usage(app, &query).await,
         (&Method::GET, ["admin", "requests"]) => usage::requests(app, &query).await,
         (&Method::POST, ["admin", "pricing", "import"]) => usage::import_pricing(app, &body).await,

@@ -24,6 +24,16 @@ pub const UNKNOWN_MODEL_PRICE: &str = "switchyard_unknown_model_price_total";
 /// Request-log entries lost: recorded after the stats task stopped, or dropped from a full
 /// backlog while the store was unavailable.
 pub const USAGE_DROPPED: &str = "switchyard_usage_dropped_total";
+/// Account health reports written, by `kind` (success, rate_limited, overloaded, failure,
+/// unauthorized).
+pub const ACCOUNT_REPORTS: &str = "switchyard_account_reports_total";
+/// 1 for each account's current `status` (ok, rate_limited, cooling_down, unauthorized), else 0;
+/// by `account_id`, read from the store at scrape time.
+pub const ACCOUNT_STATUS: &str = "switchyard_account_status";
+/// Requests in flight per `account_id`, across every instance.
+pub const ACCOUNT_IN_FLIGHT: &str = "switchyard_account_in_flight";
+/// Consecutive upstream failures per `account_id`.
+pub const ACCOUNT_FAILURES: &str = "switchyard_account_consecutive_failures";
 /// Attempts abandoned for another account before the first byte.
 pub const FAILOVERS: &str = "switchyard_failovers_total";
 /// Upstream requests that failed before a response head, by `reason`.

@@ -28,7 +28,7 @@ use crate::error::{ApiError, ErrorKind, Surface};
 use crate::limits::{self, AccountLease, KeyLease};
 use crate::metrics as m;
 use crate::providers::{self, anthropic};
-use crate::scheduler::{self, health, health::Outcome};
+use crate::scheduler::{self, health, health::Outcome, session};
 use crate::store::{KeyRecord, Provider, RequestLogEntry};
 use crate::stream::anthropic::AnthropicUsage;
 use crate::stream::tap::{End, Observer, Tap};
@@ -92,9 +92,13 @@ where
     let key = authenticate(app, req.headers()).await?;
     let (parts, body) = req.into_parts();
     let body = read_body(body, app.config.server.body_limit_bytes).await?;
-    let model = match endpoint {
-        Endpoint::Models => None,
-        Endpoint::Messages | Endpoint::CountTokens => Some(anthropic::inspect(&body)?.model),
+    let (model, session) = match endpoint {
+        Endpoint::Models => (None, None),
+        Endpoint::Messages | Endpoint::CountTokens => {
+            let ask = anthropic::inspect(&body)?;
+            let session = session::identify(&key.id, &parts.headers, &ask.session);
+            (Some(ask.model), session)
+        }
     };
 
     let lease_ttl = Duration::from_secs(app.config.relay.lease_ttl_secs);
@@ -112,10 +116,12 @@ where
         let ask = scheduler::Ask {
             provider: Provider::Anthropic,
             model: model.as_deref(),
+            session: session.as_deref(),
+            binding: key.binding.as_ref(),
             exclude: &tried,
             attempt,
         };
-        let picked = match scheduler::pick(&app.catalog, &ask, &key_lease).await {
+        let picked = match scheduler::pick(&app.catalog, policy, &ask, &key_lease).await {
             Ok(picked) => picked,
             // Nobody else can take it: the client gets what the last attempt got.
             Err(unavailable) => {
@@ -170,6 +176,12 @@ where
             now_ms,
             Duration::from_secs(policy.rate_limit_cooldown_secs),
         );
+        scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
+            Ok(resp) => format!("upstream answered {}", resp.status()),
+            Err(SendError::Timeout(limit)) => format!("no response within {} s", limit.as_secs()),
+            Err(SendError::Failed(e)) => format!("request failed: {e}"),
+        })
+        .await;
         let may_retry = verdict.may_fail_over()
             && tried.len() + 1 < policy.max_attempts as usize
             && Instant::now() < deadline;

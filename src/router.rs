@@ -27,7 +27,7 @@ where
     match (req.method(), path.as_str()) {
         (&Method::GET | &Method::HEAD, "/") => return root(req.method()),
         (&Method::GET, "/health") => return health(&app).await,
-        (&Method::GET, "/metrics") => return metrics(),
+        (&Method::GET, "/metrics") => return metrics(&app).await,
         _ => {}
     }
     let vendor_path = ANTHROPIC_PREFIXES
@@ -89,11 +89,39 @@ async fn health(app: &App) -> Response<Body> {
     )
 }
 
-fn metrics() -> Response<Body> {
+async fn metrics(app: &App) -> Response<Body> {
+    account_gauges(app).await;
     let mut resp = Response::new(body::full(crate::metrics::render()));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     resp
+}
+
+/// Each account's status and load, read at scrape time (the store is the truth, shared by every
+/// instance).
+async fn account_gauges(app: &App) {
+    use crate::scheduler::policy::Status;
+    let now = jiff::Timestamp::now().as_millisecond();
+    for account in app.catalog.accounts().iter() {
+        let Ok(runtime) = app.store().account_runtime(account.id()).await else {
+            return;
+        };
+        let current = runtime.health.status_at(now);
+        for (status, name) in [
+            (Status::Ok, "ok"),
+            (Status::RateLimited, "rate_limited"),
+            (Status::CoolingDown, "cooling_down"),
+            (Status::Unauthorized, "unauthorized"),
+        ] {
+            let value = if status == current { 1.0 } else { 0.0 };
+            metrics::gauge!(crate::metrics::ACCOUNT_STATUS, "account_id" => account.id().to_owned(), "status" => name)
+                .set(value);
+        }
+        metrics::gauge!(crate::metrics::ACCOUNT_IN_FLIGHT, "account_id" => account.id().to_owned())
+            .set(f64::from(runtime.in_flight));
+        metrics::gauge!(crate::metrics::ACCOUNT_FAILURES, "account_id" => account.id().to_owned())
+            .set(f64::from(runtime.health.consecutive_failures));
+    }
 }

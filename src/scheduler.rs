@@ -2,25 +2,33 @@
 //!
 //! Candidates are the enabled, schedulable accounts of the right provider whose model globs
 //! admit the model (any account, when there is no model), less those this request already
-//! tried. The store makes the choice atomically (lowest priority number, then least recently
-//! used, never one at its concurrency cap) and takes the account's lease with it. See
-//! docs/scheduler.md.
+//! tried. The store makes the choice atomically by `policy::choose` (health, caps, the session's
+//! binding, priority, relative load, least recently picked) and takes the account's lease with it;
+//! `report` feeds upstream answers back into the account's health. See docs/scheduler.md.
 
 pub mod health;
 pub mod policy;
 pub mod session;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::catalog::{Account, Catalog};
+use crate::config::{SchedulerConfig, StickyOverflow};
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::{AccountLease, KeyLease};
-use crate::store::{Candidate, Provider};
+use crate::store::{self, Candidate, KeyBinding, PickRequest, Provider, SessionPick};
+
+use self::health::Verdict;
+use self::policy::{Report, Sticky};
 
 /// The account serving one attempt, and its lease.
 pub struct Picked {
     pub account: Arc<Account>,
     pub lease: AccountLease,
+    pub sticky: Sticky,
+    /// The account's health was not clean: its outcome must be reported even on success.
+    pub degraded: bool,
 }
 
 /// What a request asks of the scheduler.
@@ -28,30 +36,78 @@ pub struct Ask<'a> {
     pub provider: Provider,
     /// `None`: any account of the provider (e.g. listing models).
     pub model: Option<&'a str>,
+    /// The request's session (`session::identify`), if any.
+    pub session: Option<&'a str>,
+    /// The key's dedicated accounts, if it has any.
+    pub binding: Option<&'a KeyBinding>,
     /// Accounts already tried by this request.
     pub exclude: &'a [String],
     /// 1 for the first attempt.
     pub attempt: u32,
 }
 
-pub async fn pick(catalog: &Catalog, ask: &Ask<'_>, key: &KeyLease) -> Result<Picked, ApiError> {
+pub async fn pick(
+    catalog: &Catalog,
+    policy: &SchedulerConfig,
+    ask: &Ask<'_>,
+    key: &KeyLease,
+) -> Result<Picked, ApiError> {
+    let Some(binding) = ask.binding else {
+        return pick_from(catalog, policy, ask, key, |_| true).await;
+    };
+    let bound = |a: &Account| {
+        binding.accounts.iter().any(|id| id == a.id())
+            || (binding.group.is_some() && a.record.group == binding.group)
+    };
+    match pick_from(catalog, policy, ask, key, bound).await {
+        // The dedicated accounts cannot serve (or all failed): the shared pool, if allowed.
+        Err(e) if binding.fallback && e.kind == ErrorKind::Unavailable => {
+            pick_from(catalog, policy, ask, key, |_| true).await
+        }
+        Err(mut e) if e.kind == ErrorKind::Unavailable => {
+            e.message = format!("{} (this key is bound to dedicated accounts)", e.message);
+            Err(e)
+        }
+        other => other,
+    }
+}
+
+/// Picks among the accounts `allowed` admits.
+async fn pick_from(
+    catalog: &Catalog,
+    policy: &SchedulerConfig,
+    ask: &Ask<'_>,
+    key: &KeyLease,
+    allowed: impl Fn(&Account) -> bool,
+) -> Result<Picked, ApiError> {
     let accounts = catalog.accounts();
     let serving: Vec<&Arc<Account>> = accounts
         .iter()
         .filter(|a| a.record.provider == ask.provider && ask.model.is_none_or(|m| a.serves(m)))
+        .filter(|a| allowed(a))
         .collect();
     let candidates: Vec<Candidate> = serving
         .iter()
         .filter(|a| a.record.enabled && a.record.schedulable)
-        .filter(|a| !ask.exclude.iter().any(|id| id == a.id()))
-        .map(|a| Candidate {
-            account_id: a.record.id.clone(),
-            priority: a.record.priority,
-            max_concurrency: a.record.max_concurrency,
+        .map(|a| {
+            // An account this request already tried stays a candidate without capacity: it
+            // cannot serve again, but a session bound to it is recognised (it escapes or moves
+            // by the policy) instead of being treated as bound to an account that is gone.
+            let tried = ask.exclude.iter().any(|id| id == a.id());
+            Candidate {
+                account_id: a.record.id.clone(),
+                priority: a.record.priority,
+                max_concurrency: if tried {
+                    Some(0)
+                } else {
+                    a.record.max_concurrency
+                },
+                weight: a.record.weight,
+            }
         })
         .collect();
     let model = ask.model.unwrap_or("(any)");
-    if candidates.is_empty() {
+    if candidates.iter().all(|c| c.max_concurrency == Some(0)) {
         let message = if serving.is_empty() {
             format!("no upstream account serves model {model}")
         } else if ask.exclude.is_empty() {
@@ -63,10 +119,21 @@ pub async fn pick(catalog: &Catalog, ask: &Ask<'_>, key: &KeyLease) -> Result<Pi
         };
         return Err(ApiError::new(ErrorKind::Unavailable, message));
     }
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let request = PickRequest {
+        candidates: &candidates,
+        family: ask.model.and_then(health::family_of),
+        session: ask.session.map(|id| SessionPick {
+            id,
+            ttl: Duration::from_secs(policy.sticky_ttl_secs),
+            move_on_overflow: policy.sticky_overflow == StickyOverflow::Move,
+        }),
+        now_ms,
+    };
     let lease = key.attempt_lease(ask.attempt);
     let picked = catalog
         .store()
-        .pick_account(&candidates, &lease)
+        .pick_account(&request, &lease)
         .await
         .map_err(|e| {
             ApiError::new(
@@ -74,14 +141,25 @@ pub async fn pick(catalog: &Catalog, ask: &Ask<'_>, key: &KeyLease) -> Result<Pi
                 format!("the store is unavailable: {e}"),
             )
         })?;
-    let Some(id) = picked else {
-        return Err(ApiError::new(
-            ErrorKind::Unavailable,
-            format!(
-                "no upstream account for model {model} is available now: every one is at its concurrency limit"
-            ),
-        )
-        .with_retry_after(1));
+    let (id, sticky, degraded) = match picked {
+        store::Picked::Account {
+            id,
+            sticky,
+            degraded,
+        } => (id, sticky, degraded),
+        store::Picked::Unavailable { retry_at } => {
+            let mut err = ApiError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "no upstream account for model {model} can take a request now (rate limited, cooling down or at capacity)"
+                ),
+            );
+            if let Some(at) = retry_at {
+                let secs = ((at - now_ms).max(0) + 999) / 1000;
+                err = err.with_retry_after(u64::try_from(secs).unwrap_or(1).max(1));
+            }
+            return Err(err);
+        }
     };
     let lease = key.account_lease(&id, lease);
     let account = serving
@@ -89,5 +167,67 @@ pub async fn pick(catalog: &Catalog, ask: &Ask<'_>, key: &KeyLease) -> Result<Pi
         .find(|a| a.record.id == id)
         .cloned()
         .ok_or_else(|| ApiError::internal("the store picked an unknown account"))?;
-    Ok(Picked { account, lease })
+    Ok(Picked {
+        account,
+        lease,
+        sticky,
+        degraded,
+    })
+}
+
+/// Records what an upstream answer says about the account. Successes of clean accounts are not
+/// written: nothing would change, and the hot path stays at one store call after the response.
+pub async fn report(
+    catalog: &Catalog,
+    policy: &SchedulerConfig,
+    picked: &Picked,
+    verdict: &Verdict,
+    error: impl FnOnce() -> String,
+) {
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let report = match verdict {
+        Verdict::Healthy if picked.degraded => Report::Success,
+        Verdict::Healthy | Verdict::ClientFault => return,
+        Verdict::RateLimited { until_ms, family } => Report::RateLimited {
+            until: *until_ms,
+            family: family.map(str::to_owned),
+            error: error(),
+        },
+        Verdict::Overloaded => Report::Overloaded {
+            until: now_ms.saturating_add(secs_ms(policy.overload_cooldown_secs)),
+            error: error(),
+        },
+        Verdict::Failing => Report::Failure {
+            base_ms: policy.failure_cooldown_secs.saturating_mul(1000),
+            max_ms: policy.failure_cooldown_max_secs.saturating_mul(1000),
+            error: error(),
+        },
+        Verdict::Unauthorized => Report::Unauthorized { error: error() },
+    };
+    let account_id = picked.account.id();
+    if !matches!(report, Report::Success) {
+        tracing::warn!(account_id, ?verdict, "upstream account marked");
+    }
+    metrics::counter!(crate::metrics::ACCOUNT_REPORTS, "kind" => report_kind(&report)).increment(1);
+    if let Err(e) = catalog
+        .store()
+        .report_health(account_id, &report, now_ms)
+        .await
+    {
+        tracing::warn!(account_id, error = %e, "could not record the account's health");
+    }
+}
+
+fn report_kind(report: &Report) -> &'static str {
+    match report {
+        Report::Success => "success",
+        Report::RateLimited { .. } => "rate_limited",
+        Report::Overloaded { .. } => "overloaded",
+        Report::Failure { .. } => "failure",
+        Report::Unauthorized { .. } => "unauthorized",
+    }
+}
+
+fn secs_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 4)
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::scheduler::policy::{Health, Report, Sticky};
 use crate::usage::TokenUsage;
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -57,6 +58,23 @@ pub struct KeyRecord {
     pub enabled: bool,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// Dedicated accounts: this key is served only by these, unless they cannot serve and the
+    /// binding allows falling back to the shared pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<KeyBinding>,
+}
+
+/// The accounts a key is bound to: listed by id, or every account of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBinding {
+    #[serde(default)]
+    pub accounts: Vec<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    /// When none of the bound accounts can serve: use the shared pool (`true`) or answer 503.
+    #[serde(default)]
+    pub fallback: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -91,7 +109,17 @@ pub struct AccountRecord {
     pub models: Vec<String>,
     /// At most this many requests in flight at once; `None` is unbounded.
     pub max_concurrency: Option<u32>,
+    /// Share of load relative to the other accounts of the same priority.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// A group keys can be bound to (`KeyBinding::group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub created_at: i64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Identifies one in-flight request's hold on the store's counters.
@@ -120,13 +148,51 @@ pub enum Admit {
     },
 }
 
-/// One account the scheduler may use, in the order of the caller's preference is not assumed:
-/// `pick_account` applies the policy (lowest priority, then least recently used, skipping full ones).
+/// One account the scheduler may use. `pick_account` applies `scheduler::policy::choose`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub account_id: String,
     pub priority: i32,
     pub max_concurrency: Option<u32>,
+    /// Share of load relative to the others of the same priority (at least 1).
+    pub weight: u32,
+}
+
+/// What `pick_account` is asked: `scheduler::policy::choose` over these candidates.
+#[derive(Debug, Clone)]
+pub struct PickRequest<'a> {
+    pub candidates: &'a [Candidate],
+    /// The requested model's family, for family-scoped rate limits.
+    pub family: Option<&'a str>,
+    /// The request's session, when it has one.
+    pub session: Option<SessionPick<'a>>,
+    /// Unix ms, the caller's clock (as for leases).
+    pub now_ms: i64,
+}
+
+/// A session's binding to an account, kept in the store with a TTL renewed on every pick.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPick<'a> {
+    /// Opaque, already scoped to the key (`scheduler::session::identify`).
+    pub id: &'a str,
+    pub ttl: Duration,
+    /// When the bound account cannot serve: move the binding (`true`) or let this request
+    /// escape once and keep it (`false`).
+    pub move_on_overflow: bool,
+}
+
+/// The answer of `pick_account`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Picked {
+    Account {
+        id: String,
+        sticky: Sticky,
+        /// The account's health was not clean (failures counted or a cooldown recorded): the
+        /// caller should report the outcome even when it is a success.
+        degraded: bool,
+    },
+    /// No candidate can serve now; the earliest one recovers on its own at `retry_at` (unix ms).
+    Unavailable { retry_at: Option<i64> },
 }
 
 /// Hot, shared state of one account.
@@ -135,6 +201,7 @@ pub struct AccountRuntime {
     pub in_flight: u32,
     /// Unix milliseconds of the last pick, 0 if never.
     pub last_used_at: i64,
+    pub health: Health,
 }
 
 /// Additive counters for one dimension over one time bucket.
@@ -273,14 +340,20 @@ pub trait Store: Send + Sync + 'static {
     // --- the hot path: at most two calls before the upstream request, one after ---
     /// Atomically checks the key's limits and takes a lease on them.
     async fn admit(&self, admission: &Admission, lease: &Lease) -> StoreResult<Admit>;
-    /// Atomically picks one of `candidates` (lowest `priority`, then least recently used; never one
-    /// whose in-flight count is at its `max_concurrency`), takes a lease on it and marks it used now.
-    /// `None` when every candidate is full.
-    async fn pick_account(
+    /// Atomically chooses one candidate by `scheduler::policy::choose` (health, concurrency caps,
+    /// the session's binding, priority, relative load, least recently picked), takes a lease on
+    /// it, marks it used, and creates, renews or moves the session's binding as the choice says.
+    async fn pick_account(&self, request: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked>;
+    /// Applies one upstream outcome to the account's health (`Health::apply`), atomically with
+    /// respect to other instances' reports.
+    async fn report_health(
         &self,
-        candidates: &[Candidate],
-        lease: &Lease,
-    ) -> StoreResult<Option<String>>;
+        account_id: &str,
+        report: &Report,
+        now_ms: i64,
+    ) -> StoreResult<()>;
+    /// Clears the account's health (an admin's reset): it serves again at once.
+    async fn reset_health(&self, account_id: &str) -> StoreResult<()>;
     /// Ends a lease taken by `admit` (and by `pick_account` when `account_id` is given). Idempotent.
     async fn release(
         &self,

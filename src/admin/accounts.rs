@@ -13,6 +13,7 @@ use crate::auth;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::providers::anthropic;
+use crate::scheduler::policy::Status;
 use crate::store::{AccountRecord, AccountRuntime, Provider};
 
 const DEFAULT_PRIORITY: i32 = 50;
@@ -30,6 +31,8 @@ pub struct CreateAccount {
     #[serde(default)]
     models: Vec<String>,
     max_concurrency: Option<u32>,
+    weight: Option<u32>,
+    group: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -44,9 +47,26 @@ pub struct PatchAccount {
     models: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
     max_concurrency: Option<Option<u32>>,
+    weight: Option<u32>,
+    /// `null` takes the account out of its group.
+    #[serde(default, deserialize_with = "nullable")]
+    group: Option<Option<String>>,
 }
 
 fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
+    let now = jiff::Timestamp::now().as_millisecond();
+    let health = &runtime.health;
+    let status = health.status_at(now);
+    let until = match status {
+        Status::RateLimited | Status::CoolingDown => Some(rfc3339(health.until)),
+        Status::Ok | Status::Unauthorized => None,
+    };
+    let family_limits: serde_json::Map<String, Value> = health
+        .family_until
+        .iter()
+        .filter(|(_, until)| **until > now)
+        .map(|(family, until)| (family.clone(), json!(rfc3339(*until))))
+        .collect();
     json!({
         "id": account.id,
         "name": account.name,
@@ -57,8 +77,16 @@ fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         "enabled": account.enabled,
         "models": account.models,
         "max_concurrency": account.max_concurrency,
+        "weight": account.weight,
+        "group": account.group,
         "created_at": rfc3339(account.created_at),
         "state": {
+            "status": status,
+            "until": until,
+            "rate_limited_families": family_limits,
+            "consecutive_failures": health.consecutive_failures,
+            "last_error": health.last_error,
+            "last_error_at": (health.last_error_at > 0).then(|| rfc3339(health.last_error_at)),
             "in_flight": runtime.in_flight,
             "last_used_at": (runtime.last_used_at > 0).then(|| rfc3339(runtime.last_used_at)),
         },
@@ -115,6 +143,13 @@ fn valid_concurrency(n: Option<u32>) -> Result<Option<u32>, ApiError> {
     Ok(n)
 }
 
+fn valid_weight(w: u32) -> Result<u32, ApiError> {
+    if !(1..=1_000).contains(&w) {
+        return Err(ApiError::invalid("weight: must be 1 to 1000"));
+    }
+    Ok(w)
+}
+
 fn seal(app: &App, id: &str, api_key: &str) -> Result<String, ApiError> {
     app.catalog
         .master_key()
@@ -138,6 +173,8 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         enabled: req.enabled.unwrap_or(true),
         models: valid_models(req.models)?,
         max_concurrency: valid_concurrency(req.max_concurrency)?,
+        weight: valid_weight(req.weight.unwrap_or(1))?,
+        group: req.group.filter(|g| !g.trim().is_empty()),
         created_at: now_ms(),
         id,
     };
@@ -210,6 +247,12 @@ pub async fn patch(
     if let Some(n) = req.max_concurrency {
         record.max_concurrency = valid_concurrency(n)?;
     }
+    if let Some(w) = req.weight {
+        record.weight = valid_weight(w)?;
+    }
+    if let Some(group) = req.group {
+        record.group = group.filter(|g| !g.trim().is_empty());
+    }
     if !app
         .store()
         .update_account(&record)
@@ -229,4 +272,13 @@ pub async fn delete(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError
     }
     app.catalog.reload_accounts().await.map_err(store_error)?;
     ok(StatusCode::OK, &json!({ "id": id, "deleted": true }))
+}
+
+/// Clears the account's health (rate limits, cooldowns, an unauthorized mark): it serves again.
+pub async fn reset(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
+    let account = find(app, id).await?;
+    app.store().reset_health(id).await.map_err(store_error)?;
+    tracing::info!(account_id = id, "account health reset by an admin");
+    let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
+    ok(StatusCode::OK, &view(&account, &runtime))
 }

@@ -6,12 +6,12 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{now_ms, ok, rfc3339, store_error, valid_name};
+use super::{now_ms, nullable, ok, rfc3339, store_error, valid_name};
 use crate::app::App;
 use crate::auth;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::store::KeyRecord;
+use crate::store::{KeyBinding, KeyRecord};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +19,7 @@ pub struct CreateKey {
     name: String,
     #[serde(default = "yes")]
     enabled: bool,
+    binding: Option<KeyBinding>,
 }
 
 #[derive(Deserialize)]
@@ -26,10 +27,22 @@ pub struct CreateKey {
 pub struct PatchKey {
     name: Option<String>,
     enabled: Option<bool>,
+    /// `null` removes the binding.
+    #[serde(default, deserialize_with = "nullable")]
+    binding: Option<Option<KeyBinding>>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn valid_binding(binding: Option<KeyBinding>) -> Result<Option<KeyBinding>, ApiError> {
+    match &binding {
+        Some(b) if b.accounts.is_empty() && b.group.as_deref().is_none_or(str::is_empty) => Err(
+            ApiError::invalid("binding: give `accounts` (account ids) or a `group`"),
+        ),
+        _ => Ok(binding),
+    }
 }
 
 fn view(key: &KeyRecord) -> Value {
@@ -39,6 +52,7 @@ fn view(key: &KeyRecord) -> Value {
         "prefix": key.prefix,
         "enabled": key.enabled,
         "created_at": rfc3339(key.created_at),
+        "binding": key.binding,
     })
 }
 
@@ -51,6 +65,7 @@ pub async fn create(app: &Arc<App>, req: CreateKey) -> Result<Response<Body>, Ap
         prefix: auth::display_prefix(&secret),
         enabled: req.enabled,
         created_at: now_ms(),
+        binding: valid_binding(req.binding)?,
     };
     app.store().insert_key(&record).await.map_err(store_error)?;
     let mut body = view(&record);
@@ -85,6 +100,9 @@ pub async fn patch(app: &Arc<App>, id: &str, req: PatchKey) -> Result<Response<B
     }
     if let Some(enabled) = req.enabled {
         record.enabled = enabled;
+    }
+    if let Some(binding) = req.binding {
+        record.binding = valid_binding(binding)?;
     }
     let updated = app.store().update_key(&record).await.map_err(store_error)?;
     // After the write too: a lookup that read the old record during the write may have cached it.

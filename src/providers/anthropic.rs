@@ -1,34 +1,73 @@
 //! Anthropic Messages API: the upstream request, and what the relay needs to know of the body.
 
 use http::{HeaderMap, HeaderValue, header};
+use std::borrow::Cow;
+
 use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::catalog::Account;
 use crate::error::ApiError;
+use crate::scheduler::session;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 
 /// What the relay reads of a Messages request body; the body itself goes upstream untouched.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ask {
+#[derive(Debug, Clone)]
+pub struct Ask<'a> {
     pub model: String,
     pub stream: bool,
+    /// What the body says about the conversation, for sticky sessions.
+    pub session: session::Hints<'a>,
 }
 
 #[derive(Deserialize)]
-struct Peek {
+struct Peek<'a> {
     model: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
-    // Named so serde skips them without building values.
-    #[serde(default, rename = "messages")]
-    _messages: IgnoredAny,
+    #[serde(default, borrow)]
+    metadata: Option<Metadata<'a>>,
+    #[serde(default, borrow)]
+    system: Option<&'a RawValue>,
+    /// Only the first message is kept; serde still walks the rest without building values.
+    #[serde(default, borrow, deserialize_with = "first_of")]
+    messages: Option<&'a RawValue>,
 }
 
-/// Reads `model` and `stream` from a Messages (or count_tokens) body.
-pub fn inspect(body: &[u8]) -> Result<Ask, ApiError> {
-    let peek: Peek = serde_json::from_slice(body)
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(default, borrow)]
+    user_id: Option<Cow<'a, str>>,
+}
+
+/// The first element of a JSON array, as raw JSON.
+fn first_of<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct First;
+    impl<'de> Visitor<'de> for First {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let first = seq.next_element::<&'de RawValue>()?;
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(first)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(First)
+}
+
+/// Reads `model`, `stream` and the session hints from a Messages (or count_tokens) body.
+pub fn inspect(body: &[u8]) -> Result<Ask<'_>, ApiError> {
+    let peek: Peek<'_> = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
     let model = peek
         .model
@@ -37,6 +76,12 @@ pub fn inspect(body: &[u8]) -> Result<Ask, ApiError> {
     Ok(Ask {
         model,
         stream: peek.stream.unwrap_or(false),
+        session: session::Hints {
+            metadata_user_id: peek.metadata.and_then(|m| m.user_id),
+            prompt_cache_key: None,
+            system: peek.system,
+            first_message: peek.messages,
+        },
     })
 }
 
@@ -89,17 +134,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inspect_reads_model_and_stream_only() {
-        let ask = inspect(
-            br#"{"model":"claude-x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        )
-        .unwrap();
+    fn inspect_reads_model_stream_and_session_hints() {
+        let body = br#"{"model":"claude-x","stream":true,"system":"be brief","metadata":{"user_id":"u_session_s1"},"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}"#;
+        let ask = inspect(body).unwrap();
+        assert_eq!((ask.model.as_str(), ask.stream), ("claude-x", true));
+        assert_eq!(ask.session.system.unwrap().get(), r#""be brief""#);
         assert_eq!(
-            ask,
-            Ask {
-                model: "claude-x".into(),
-                stream: true
-            }
+            ask.session.first_message.unwrap().get(),
+            r#"{"role":"user","content":"hi"}"#
+        );
+        assert_eq!(
+            ask.session.metadata_user_id.as_deref(),
+            Some("u_session_s1")
         );
         let ask = inspect(br#"{"model":"claude-x","max_tokens":5}"#).unwrap();
         assert!(!ask.stream);

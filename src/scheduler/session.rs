@@ -12,15 +12,17 @@
 //! The result is hashed with the key id: two keys never share a session, and the store never
 //! sees what the client sent.
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 /// What the body says about the session; borrowed from the request body.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Hints<'a> {
-    /// `metadata.user_id` (a JSON string in Claude Code's requests).
-    pub metadata_user_id: Option<&'a str>,
+    /// `metadata.user_id` (a JSON string in Claude Code's requests; escaped, so maybe owned).
+    pub metadata_user_id: Option<Cow<'a, str>>,
     /// Codex's `prompt_cache_key`.
     pub prompt_cache_key: Option<&'a str>,
     /// The raw `system` field.
@@ -40,7 +42,12 @@ pub fn identify(key_id: &str, headers: &HeaderMap, hints: &Hints<'_>) -> Option<
     };
     let explicit = header("x-session-id")
         .or_else(|| header("x-claude-code-session-id"))
-        .or_else(|| hints.metadata_user_id.and_then(claude_code_session))
+        .or_else(|| {
+            hints
+                .metadata_user_id
+                .as_deref()
+                .and_then(claude_code_session)
+        })
         .or_else(|| header("session-id"))
         .or_else(|| hints.prompt_cache_key.filter(|k| !k.is_empty()));
     let mut hasher = Sha256::new();
@@ -100,7 +107,7 @@ mod tests {
             "k",
             &HeaderMap::new(),
             &Hints {
-                metadata_user_id: Some(user_id),
+                metadata_user_id: Some(user_id.into()),
                 ..Hints::default()
             },
         );

@@ -19,9 +19,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
+
 use super::{
-    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters, Dimension,
-    KeyRecord, Lease, RequestLogEntry, Store, StoreError, StoreResult, UsageBatch, UsageQuery,
+    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Counters, Dimension, KeyRecord, Lease,
+    PickRequest, Picked, RequestLogEntry, Store, StoreError, StoreResult, UsageBatch, UsageQuery,
 };
 
 /// Key id -> JSON `KeyRecord`.
@@ -106,7 +108,12 @@ struct Hot {
     accounts: HashMap<String, AccountHot>,
     /// The last `AccountHot::pick_seq` handed out.
     pick_seq: u64,
+    /// Session id -> (bound account id, when the binding expires).
+    sessions: HashMap<String, (String, Instant)>,
 }
+
+/// Expired session bindings are swept when the map reaches this size.
+const SESSIONS_PRUNE_AT: usize = 10_000;
 
 #[derive(Default)]
 struct AccountHot {
@@ -116,6 +123,9 @@ struct AccountHot {
     /// would tie, and the caller's order would then pick the same account twice in a row while
     /// another waited longer.
     pick_seq: u64,
+    /// In memory only: a restart forgets cooldowns and rate limits (they end on their own) and
+    /// an unauthorized mark (the next request finds out again).
+    health: Health,
 }
 
 /// Drops expired leases and returns how many remain; expiry is checked only when someone counts.
@@ -126,10 +136,6 @@ fn live_count(leases: &mut Leases, now: Instant) -> u32 {
 
 fn deadline(lease: &Lease, now: Instant) -> Option<Instant> {
     now.checked_add(lease.ttl)
-}
-
-fn is_full(in_flight: u32, max: Option<u32>) -> bool {
-    max.is_some_and(|max| in_flight >= max)
 }
 
 fn now_ms() -> i64 {
@@ -394,6 +400,7 @@ impl Store for EmbeddedStore {
             Some(account) => AccountRuntime {
                 in_flight: live_count(&mut account.leases, Instant::now()),
                 last_used_at: account.last_used_at,
+                health: account.health.clone(),
             },
             None => AccountRuntime::default(),
         })
@@ -417,35 +424,52 @@ impl Store for EmbeddedStore {
         Ok(Admit::Granted)
     }
 
-    async fn pick_account(
-        &self,
-        candidates: &[Candidate],
-        lease: &Lease,
-    ) -> StoreResult<Option<String>> {
+    async fn pick_account(&self, req: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked> {
         let now = Instant::now();
-        let mut hot = self.hot();
-        let mut best: Option<(&Candidate, u64)> = None;
-        for candidate in candidates {
-            let (in_flight, pick_seq) = match hot.accounts.get_mut(&candidate.account_id) {
-                Some(account) => (live_count(&mut account.leases, now), account.pick_seq),
-                None => (0, 0),
-            };
-            if is_full(in_flight, candidate.max_concurrency) {
-                continue;
-            }
-            // Strictly better only, so that among never-picked ones the caller's order decides.
-            let better =
-                best.is_none_or(|(b, b_seq)| (candidate.priority, pick_seq) < (b.priority, b_seq));
-            if better {
-                best = Some((candidate, pick_seq));
-            }
-        }
-        let Some((chosen, _)) = best else {
-            return Ok(None);
+        let mut guard = self.hot();
+        let hot = &mut *guard;
+        let bound = req.session.and_then(|s| {
+            hot.sessions
+                .get(s.id)
+                .filter(|(_, expires)| *expires > now)
+                .map(|(a, _)| a.clone())
+        });
+        let in_flight: Vec<u32> = req
+            .candidates
+            .iter()
+            .map(|c| {
+                hot.accounts
+                    .get_mut(&c.account_id)
+                    .map_or(0, |a| live_count(&mut a.leases, now))
+            })
+            .collect();
+        let clean = Health::default();
+        let contenders: Vec<Contender<'_>> = req
+            .candidates
+            .iter()
+            .zip(&in_flight)
+            .map(|(c, &in_flight)| {
+                let account = hot.accounts.get(&c.account_id);
+                Contender {
+                    id: &c.account_id,
+                    priority: c.priority,
+                    max_concurrency: c.max_concurrency,
+                    weight: c.weight,
+                    in_flight,
+                    pick_seq: account.map_or(0, |a| a.pick_seq),
+                    health: account.map_or(&clean, |a| &a.health),
+                }
+            })
+            .collect();
+        let session = req.session.map(|s| (bound.as_deref(), s.move_on_overflow));
+        let (id, sticky) = match policy::choose(&contenders, req.family, req.now_ms, session) {
+            Choice::Take { id, sticky } => (id.to_owned(), sticky),
+            Choice::Unavailable { retry_at } => return Ok(Picked::Unavailable { retry_at }),
         };
+        drop(contenders);
         hot.pick_seq += 1;
         let pick_seq = hot.pick_seq;
-        let account = hot.accounts.entry(chosen.account_id.clone()).or_default();
+        let account = hot.accounts.entry(id.clone()).or_default();
         account
             .leases
             .insert(lease.id.clone(), deadline(lease, now));
@@ -453,7 +477,48 @@ impl Store for EmbeddedStore {
         // Informational only (the order comes from `pick_seq`), so it stays a true wall-clock time
         // rather than being pushed ahead to break ties; `max` keeps it from going back in time.
         account.last_used_at = now_ms().max(account.last_used_at);
-        Ok(Some(chosen.account_id.clone()))
+        let degraded = account.health != Health::default();
+        if let Some(session) = req.session {
+            let expires = now.checked_add(session.ttl).unwrap_or(now);
+            match sticky {
+                Sticky::Hit | Sticky::Bound | Sticky::Moved => {
+                    if hot.sessions.len() >= SESSIONS_PRUNE_AT {
+                        hot.sessions.retain(|_, (_, e)| *e > now);
+                    }
+                    hot.sessions
+                        .insert(session.id.to_owned(), (id.clone(), expires));
+                }
+                // The binding stays where it is, for when its account can serve again.
+                Sticky::Escaped | Sticky::None => {}
+            }
+        }
+        Ok(Picked::Account {
+            id,
+            sticky,
+            degraded,
+        })
+    }
+
+    async fn report_health(
+        &self,
+        account_id: &str,
+        report: &Report,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        self.hot()
+            .accounts
+            .entry(account_id.to_owned())
+            .or_default()
+            .health
+            .apply(report, now_ms);
+        Ok(())
+    }
+
+    async fn reset_health(&self, account_id: &str) -> StoreResult<()> {
+        if let Some(account) = self.hot().accounts.get_mut(account_id) {
+            account.health = Health::default();
+        }
+        Ok(())
     }
 
     async fn release(

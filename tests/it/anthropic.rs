@@ -379,6 +379,15 @@ async fn upstream_errors_reach_the_client_with_their_status_body_and_headers() {
     mock.push_behavior(Behavior::rate_limited(17));
     mock.push_behavior(Behavior::error(500, "api_error", "boom"));
     for (status, retry_after) in [(400, None), (429, Some("17")), (500, None)] {
+        // A 429 or 500 takes the only account out of rotation (the scheduler's job, tested in
+        // scheduler.rs); here each error is one request on a healthy account.
+        relay
+            .admin(
+                Method::POST,
+                &format!("/admin/accounts/{account_id}/reset"),
+                None,
+            )
+            .await;
         let resp = relay
             .messages(&key, &messages_body("claude-sonnet-4-5", true))
             .send()

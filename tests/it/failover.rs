@@ -19,23 +19,23 @@ fn usage(input: u64, output: u64) -> MockUsage {
 /// A relay whose first choice is `a` (priority 1) with `b` behind it (priority 2).
 async fn relay_a_then_b(
     configure: impl FnOnce(&mut switchyard::config::Config),
-) -> (Relay, MockUpstream, MockUpstream, String) {
+) -> (Relay, MockUpstream, MockUpstream, String, String) {
     let a = MockUpstream::start().await;
     let b = MockUpstream::start().await;
     let relay = Relay::start_configured(configure).await;
-    relay
+    let a_id = relay
         .add_account(&a, "sk-a", json!({ "priority": 1 }))
         .await;
     relay
         .add_account(&b, "sk-b", json!({ "priority": 2 }))
         .await;
     let (_, key) = relay.create_key("k").await;
-    (relay, a, b, key)
+    (relay, a, b, a_id, key)
 }
 
 #[tokio::test]
 async fn each_failure_before_the_first_byte_is_served_by_another_account() {
-    let (relay, a, b, key) = relay_a_then_b(|c| c.upstream.first_byte_timeout_secs = 1).await;
+    let (relay, a, b, a_id, key) = relay_a_then_b(|c| c.upstream.first_byte_timeout_secs = 1).await;
     b.set_default(Behavior::Ok(usage(6, 9)));
     let failures = [
         Behavior::error(500, "api_error", "boom"),
@@ -46,6 +46,14 @@ async fn each_failure_before_the_first_byte_is_served_by_another_account() {
     ];
     let n = failures.len();
     for (i, failure) in failures.into_iter().enumerate() {
+        // Each failure also takes A out of rotation for a while; put it back for the next case.
+        relay
+            .admin(
+                reqwest::Method::POST,
+                &format!("/admin/accounts/{a_id}/reset"),
+                None,
+            )
+            .await;
         a.push_behavior(failure);
         let resp = relay
             .messages(&key, &messages_body("claude-sonnet-4-5", true))
@@ -93,7 +101,7 @@ async fn a_connect_error_fails_over_too() {
 
 #[tokio::test]
 async fn client_errors_are_not_retried_and_the_last_upstream_error_is_returned() {
-    let (relay, a, b, key) = relay_a_then_b(|c| c.scheduler.max_attempts = 2).await;
+    let (relay, a, b, _, key) = relay_a_then_b(|c| c.scheduler.max_attempts = 2).await;
     // 400 is the client's fault: no failover.
     a.push_behavior(Behavior::error(400, "invalid_request_error", "bad"));
     let resp = relay
@@ -154,7 +162,7 @@ async fn client_errors_are_not_retried_and_the_last_upstream_error_is_returned()
 
 #[tokio::test]
 async fn a_failure_after_the_first_byte_is_not_retried_and_ends_with_an_error_event() {
-    let (relay, a, b, key) = relay_a_then_b(|_| {}).await;
+    let (relay, a, b, _, key) = relay_a_then_b(|_| {}).await;
     a.push_behavior(Behavior::ResetAfterStart(usage(8, 9)));
     let resp = relay
         .messages(&key, &messages_body("claude-sonnet-4-5", true))

@@ -3,5 +3,6 @@ mod anthropic;
 mod cli;
 mod failover;
 mod redis;
+mod scheduler;
 mod store_conformance;
 mod support;

@@ -48,8 +48,18 @@ impl Relay {
 
     /// Starts on a fresh data dir with the test configuration, changed by `configure`.
     pub async fn start_configured(configure: impl FnOnce(&mut Config)) -> Relay {
+        Relay::start_on(&Backend::Embedded, configure).await
+    }
+
+    /// Starts on `backend` (a Redis one under a prefix of its own), configured by `configure`.
+    pub async fn start_on(backend: &Backend, configure: impl FnOnce(&mut Config)) -> Relay {
         let tmp = Arc::new(tempfile::tempdir().unwrap());
         let mut config = test_config(tmp.path());
+        if let Backend::Redis(url) = backend {
+            config.store = url.clone();
+            config.redis.prefix = format!("sy-test-{:016x}:", rand::random::<u64>());
+            config.master_key = Some("ab".repeat(32));
+        }
         configure(&mut config);
         Relay::start_with(config, Some(tmp)).await
     }
@@ -218,6 +228,22 @@ impl Drop for Relay {
             let _ = stop.send(());
         }
     }
+}
+
+/// A store the relay runs on in tests.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Embedded,
+    Redis(String),
+}
+
+/// The embedded store, and Redis when `REDIS_URL` is set.
+pub fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend::Embedded];
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        all.push(Backend::Redis(url));
+    }
+    all
 }
 
 pub fn messages_body(model: &str, stream: bool) -> Value {

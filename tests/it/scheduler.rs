@@ -1,0 +1,446 @@
+//! The scheduler end to end, on every store: account health from upstream answers, sticky
+//! sessions, Retry-After when nothing can serve, and no lease left behind.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::mock::{Behavior, MockUpstream, MockUsage};
+use crate::support::relay::{Backend, Relay, backends, messages_body};
+
+fn usage() -> MockUsage {
+    MockUsage {
+        input: 2,
+        output: 3,
+        ..MockUsage::default()
+    }
+}
+
+async fn state(relay: &Relay, account_id: &str) -> Value {
+    let (status, v) = relay
+        .admin(Method::GET, &format!("/admin/accounts/{account_id}"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["state"].clone()
+}
+
+/// `a` preferred (priority 1), `b` behind it; short cooldowns.
+async fn a_and_b(backend: &Backend) -> (Relay, MockUpstream, MockUpstream, String, String) {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    let relay = Relay::start_on(backend, |c| {
+        c.scheduler.overload_cooldown_secs = 1;
+        c.scheduler.failure_cooldown_secs = 1;
+        c.scheduler.rate_limit_cooldown_secs = 1;
+    })
+    .await;
+    let a_id = relay
+        .add_account(&a, "sk-a", json!({ "priority": 1 }))
+        .await;
+    relay
+        .add_account(&b, "sk-b", json!({ "priority": 2 }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    (relay, a, b, a_id, key)
+}
+
+async fn send(relay: &Relay, key: &str) -> u16 {
+    let resp = relay
+        .messages(key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    resp.bytes().await.unwrap();
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_moves_the_account_to_the_right_state_and_it_returns_on_its_own() {
+    for backend in backends() {
+        let (relay, a, b, a_id, key) = a_and_b(&backend).await;
+        // (behaviour of a, expected status, how long it stays out)
+        let cases = [
+            (
+                Behavior::rate_limited(2),
+                "rate_limited",
+                Duration::from_secs(2),
+            ),
+            (
+                Behavior::overloaded(),
+                "cooling_down",
+                Duration::from_secs(1),
+            ),
+            (
+                Behavior::error(500, "api_error", "boom"),
+                "cooling_down",
+                Duration::from_secs(1),
+            ),
+        ];
+        for (behavior, expected, out_for) in cases {
+            a.push_behavior(behavior);
+            let marked = Instant::now();
+            assert_eq!(
+                send(&relay, &key).await,
+                200,
+                "{backend:?}: b serves instead"
+            );
+            let s = state(&relay, &a_id).await;
+            assert_eq!(s["status"], expected, "{backend:?}: {s}");
+            assert!(s["until"].is_string() && s["last_error"].is_string(), "{s}");
+            // While out, b serves.
+            let served_by_a = a.requests().len();
+            assert_eq!(send(&relay, &key).await, 200);
+            assert_eq!(
+                a.requests().len(),
+                served_by_a,
+                "{backend:?}: {expected} account skipped"
+            );
+            // Then it returns on its own.
+            tokio::time::sleep(
+                out_for.saturating_sub(marked.elapsed()) + Duration::from_millis(150),
+            )
+            .await;
+            assert_eq!(send(&relay, &key).await, 200);
+            assert_eq!(
+                a.requests().len(),
+                served_by_a + 1,
+                "{backend:?}: back after {expected}"
+            );
+            assert_eq!(state(&relay, &a_id).await["status"], "ok");
+        }
+        // Consecutive failures grow the cooldown; a success resets the streak.
+        a.push_behavior(Behavior::error(502, "api_error", "x"));
+        send(&relay, &key).await;
+        assert_eq!(state(&relay, &a_id).await["consecutive_failures"], 1);
+        tokio::time::sleep(Duration::from_millis(1_150)).await;
+        a.push_behavior(Behavior::error(502, "api_error", "x"));
+        send(&relay, &key).await;
+        let s = state(&relay, &a_id).await;
+        assert_eq!(s["consecutive_failures"], 2, "{s}");
+        tokio::time::sleep(Duration::from_millis(2_150)).await;
+        assert_eq!(send(&relay, &key).await, 200);
+        assert_eq!(
+            state(&relay, &a_id).await["consecutive_failures"],
+            0,
+            "a success resets the streak"
+        );
+
+        // 401: out until an admin resets it.
+        a.push_behavior(Behavior::error(
+            401,
+            "authentication_error",
+            "invalid x-api-key",
+        ));
+        assert_eq!(
+            send(&relay, &key).await,
+            401,
+            "{backend:?}: 401 is not failed over"
+        );
+        assert_eq!(state(&relay, &a_id).await["status"], "unauthorized");
+        let before = a.requests().len();
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert_eq!(send(&relay, &key).await, 200);
+        assert_eq!(a.requests().len(), before, "still out");
+        let (status, v) = relay
+            .admin(Method::POST, &format!("/admin/accounts/{a_id}/reset"), None)
+            .await;
+        assert_eq!((status, v["state"]["status"].as_str()), (200, Some("ok")));
+        assert_eq!(send(&relay, &key).await, 200);
+        assert_eq!(
+            a.requests().len(),
+            before + 1,
+            "serves again after the reset"
+        );
+
+        // 400: the client's fault, the account is untouched.
+        a.push_behavior(Behavior::error(400, "invalid_request_error", "bad"));
+        assert_eq!(send(&relay, &key).await, 400);
+        assert_eq!(state(&relay, &a_id).await["status"], "ok");
+        assert!(b.requests().len() >= 5);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_nothing_can_serve_503_says_when_to_retry() {
+    for backend in backends() {
+        let (relay, a, b, _, key) = a_and_b(&backend).await;
+        a.push_behavior(Behavior::rate_limited(30));
+        b.push_behavior(Behavior::rate_limited(9));
+        assert_eq!(send(&relay, &key).await, 429, "the last upstream answer");
+        let resp = relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (7..=9).contains(&retry),
+            "{backend:?}: retry-after {retry}: the earliest recovery"
+        );
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], "error");
+        let text = crate::support::mock::http_client()
+            .get(relay.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains("switchyard_account_status{account_id="),
+            "account states in /metrics"
+        );
+        assert!(text.contains("status=\"rate_limited\"} 1"), "{backend:?}");
+    }
+}
+
+/// A Claude Code request with its session header.
+async fn claude_code(relay: &Relay, key: &str, session: &str) -> u16 {
+    let resp = relay
+        .messages(key, &messages_body("claude-sonnet-4-5", true))
+        .header("x-claude-code-session-id", session)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    resp.bytes().await.unwrap();
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stays_on_one_account_and_moves_per_the_policy() {
+    for backend in backends() {
+        for overflow in ["escape", "move"] {
+            let mocks = [
+                MockUpstream::start().await,
+                MockUpstream::start().await,
+                MockUpstream::start().await,
+            ];
+            let relay = Relay::start_on(&backend, |c| {
+                c.scheduler.sticky_overflow = if overflow == "move" {
+                    switchyard::config::StickyOverflow::Move
+                } else {
+                    switchyard::config::StickyOverflow::Escape
+                };
+            })
+            .await;
+            for (i, m) in mocks.iter().enumerate() {
+                relay.add_account(m, &format!("sk-{i}"), json!({})).await;
+            }
+            let (_, key) = relay.create_key("k").await;
+            for _ in 0..20 {
+                assert_eq!(claude_code(&relay, &key, "session-1").await, 200);
+            }
+            let counts: Vec<usize> = mocks.iter().map(|m| m.requests().len()).collect();
+            let home = counts
+                .iter()
+                .position(|&n| n == 20)
+                .unwrap_or_else(|| panic!("{backend:?}: session spread: {counts:?}"));
+            // Without a session, requests rotate.
+            for _ in 0..3 {
+                send(&relay, &key).await;
+            }
+            assert!(mocks.iter().filter(|m| !m.requests().is_empty()).count() >= 2);
+
+            // The home account gets rate limited for 2 s.
+            mocks[home].push_behavior(Behavior::rate_limited(2));
+            let limited_at = Instant::now();
+            assert_eq!(claude_code(&relay, &key, "session-1").await, 200);
+            let after_limit: Vec<usize> = mocks.iter().map(|m| m.requests().len()).collect();
+            assert_eq!(claude_code(&relay, &key, "session-1").await, 200);
+            let moved_to = (0..3)
+                .find(|&i| i != home && mocks[i].requests().len() > after_limit[i])
+                .unwrap_or_else(|| panic!("{backend:?} {overflow}: went nowhere"));
+            tokio::time::sleep(
+                Duration::from_secs(2).saturating_sub(limited_at.elapsed())
+                    + Duration::from_millis(200),
+            )
+            .await;
+            let before: Vec<usize> = mocks.iter().map(|m| m.requests().len()).collect();
+            for _ in 0..3 {
+                assert_eq!(claude_code(&relay, &key, "session-1").await, 200);
+            }
+            let went: Vec<usize> = (0..3)
+                .map(|i| mocks[i].requests().len() - before[i])
+                .collect();
+            if overflow == "escape" {
+                assert_eq!(
+                    went[home], 3,
+                    "{backend:?}: escape keeps the binding: back home {went:?}"
+                );
+            } else {
+                assert_eq!(
+                    went[moved_to], 3,
+                    "{backend:?}: move rebinds: stays on the new account {went:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_thousand_mixed_requests_nothing_is_left_in_flight() {
+    for backend in backends() {
+        let mocks = [MockUpstream::start().await, MockUpstream::start().await];
+        let relay = Arc::new(
+            Relay::start_on(&backend, |c| {
+                c.scheduler.failure_cooldown_secs = 0;
+                c.scheduler.overload_cooldown_secs = 0;
+                c.scheduler.rate_limit_cooldown_secs = 0;
+            })
+            .await,
+        );
+        let mut ids = Vec::new();
+        for (i, m) in mocks.iter().enumerate() {
+            ids.push(
+                relay
+                    .add_account(m, &format!("sk-{i}"), json!({ "max_concurrency": 50 }))
+                    .await,
+            );
+        }
+        let (_, key) = relay.create_key("k").await;
+        for i in 0..1000u32 {
+            let behavior = match i % 10 {
+                0 => Behavior::error(500, "api_error", "x"),
+                1 => Behavior::error(400, "invalid_request_error", "x"),
+                2 => Behavior::rate_limited(0),
+                3 => Behavior::overloaded(),
+                4 => Behavior::Slow {
+                    usage: usage(),
+                    delay: Duration::from_millis(5),
+                },
+                _ => Behavior::Ok(usage()),
+            };
+            mocks[(i % 2) as usize].push_behavior(behavior);
+        }
+        let mut workers = Vec::new();
+        for w in 0..16u32 {
+            let relay = Arc::clone(&relay);
+            let key = key.clone();
+            workers.push(tokio::spawn(async move {
+                for i in 0..(1000 / 16 + 1) {
+                    let stream = (i + w) % 2 == 0;
+                    let resp = relay
+                        .messages(&key, &messages_body("claude-sonnet-4-5", stream))
+                        .send()
+                        .await
+                        .unwrap();
+                    if (i + w) % 7 == 0 {
+                        drop(resp); // the client goes away
+                    } else {
+                        let _ = resp.bytes().await;
+                    }
+                }
+            }));
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        for id in &ids {
+            let mut in_flight = u32::MAX;
+            for _ in 0..300 {
+                in_flight = relay
+                    .app
+                    .store()
+                    .account_runtime(id)
+                    .await
+                    .unwrap()
+                    .in_flight;
+                if in_flight == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(in_flight, 0, "{backend:?}: account {id} still has leases");
+        }
+        assert!(mocks.iter().all(|m| m.in_flight() == 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_bound_to_dedicated_accounts_fails_or_falls_back_as_configured() {
+    for backend in backends() {
+        let shared = MockUpstream::start().await;
+        let team = MockUpstream::start().await;
+        let relay = Relay::start_on(&backend, |_| {}).await;
+        relay
+            .add_account(&shared, "sk-shared", json!({ "priority": 1 }))
+            .await;
+        let team_id = relay
+            .add_account(&team, "sk-team", json!({ "priority": 9, "group": "team" }))
+            .await;
+        let (strict_id, strict) = relay.create_key("strict").await;
+        let (loose_id, loose) = relay.create_key("loose").await;
+        let (status, v) = relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/keys/{strict_id}"),
+                Some(json!({ "binding": { "group": "team" } })),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["binding"]["group"], "team");
+        relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/keys/{loose_id}"),
+                Some(json!({ "binding": { "accounts": [team_id], "fallback": true } })),
+            )
+            .await;
+        // Bound keys go to their account although the shared one has a better priority.
+        for key in [&strict, &loose] {
+            assert_eq!(send(&relay, key).await, 200);
+        }
+        assert_eq!(
+            (team.requests().len(), shared.requests().len()),
+            (2, 0),
+            "{backend:?}"
+        );
+        // The team account goes out: strict keys get 503, loose ones the shared pool.
+        relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/accounts/{team_id}"),
+                Some(json!({ "schedulable": false })),
+            )
+            .await;
+        let resp = relay
+            .messages(&strict, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("dedicated"),
+            "{v}"
+        );
+        assert_eq!(send(&relay, &loose).await, 200);
+        assert_eq!(
+            shared.requests().len(),
+            1,
+            "{backend:?}: fell back to the shared pool"
+        );
+        let (status, _) = relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/keys/{strict_id}"),
+                Some(json!({ "binding": {} })),
+            )
+            .await;
+        assert_eq!(status, 400, "an empty binding is refused");
+    }
+}
