@@ -12,7 +12,8 @@ use crate::auth::new_id;
 use crate::error::{ApiError, ErrorKind};
 use crate::store::{Admission, Admit, KeyRecord, Lease, Store};
 
-/// The key's lease of one request; released on drop.
+/// The key's lease of one request; released on drop. A key without limits holds none (nothing
+/// would read it), so its requests skip the store here.
 pub struct KeyLease(Release);
 
 impl KeyLease {
@@ -36,6 +37,7 @@ impl KeyLease {
     /// Guards `lease`, which the store gave `account_id` for this request.
     pub fn account_lease(&self, account_id: &str, lease: Lease) -> AccountLease {
         AccountLease(Release {
+            held: true,
             store: Arc::clone(&self.0.store),
             key_id: self.0.key_id.clone(),
             account_id: Some(account_id.to_owned()),
@@ -54,6 +56,8 @@ impl AccountLease {
 }
 
 struct Release {
+    /// `false` for a key lease that was never taken: dropping it calls nothing.
+    held: bool,
     store: Arc<dyn Store>,
     key_id: String,
     /// Set for account leases: the lease is the account's, not the key's (the key holds no lease
@@ -64,6 +68,9 @@ struct Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime left (process exit): the leases expire on their own.
             return;
@@ -109,13 +116,19 @@ pub async fn admit(
         key_id: key.id.clone(),
         max_concurrency: None,
     };
+    let release = |held| Release {
+        held,
+        store: Arc::clone(store),
+        key_id: key.id.clone(),
+        account_id: None,
+        lease: lease.clone(),
+    };
+    // Nothing to check or count: no store call on the request path.
+    if admission.max_concurrency.is_none() {
+        return Ok(KeyLease(release(false)));
+    }
     match store.admit(&admission, &lease).await {
-        Ok(Admit::Granted) => Ok(KeyLease(Release {
-            store: Arc::clone(store),
-            key_id: key.id.clone(),
-            account_id: None,
-            lease,
-        })),
+        Ok(Admit::Granted) => Ok(KeyLease(release(true))),
         Ok(Admit::ConcurrencyExceeded { limit }) => Err(ApiError::new(
             ErrorKind::RateLimited,
             format!("this key allows {limit} concurrent requests; wait for one to finish"),
