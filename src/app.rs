@@ -73,6 +73,7 @@ impl App {
         );
         let http = upstream_client(&config)?;
         crate::metrics::install();
+        crate::metrics::spawn_upkeep();
         Ok(Arc::new(App {
             config,
             catalog,
@@ -135,6 +136,8 @@ fn upstream_client(config: &Config) -> anyhow::Result<reqwest::Client> {
         .pool_idle_timeout(Duration::from_secs(up.pool_idle_timeout_secs))
         .pool_max_idle_per_host(up.pool_max_idle_per_host)
         .tcp_nodelay(true)
+        // A relay passes redirects to the client; following them would resend credentials.
+        .redirect(reqwest::redirect::Policy::none())
         .build()?)
 }
 

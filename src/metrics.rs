@@ -77,3 +77,20 @@ pub fn install() -> &'static PrometheusHandle {
 pub fn render() -> String {
     install().render()
 }
+
+/// Histograms keep their samples until upkeep folds them in; without a scrape they would grow
+/// without bound, so upkeep runs on a timer of its own. Started once per process.
+pub fn spawn_upkeep() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let handle = install().clone();
+        // Stopped by: the runtime shutting down (it holds nothing that needs flushing).
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    });
+}
