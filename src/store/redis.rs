@@ -37,9 +37,8 @@ use tokio::task::JoinHandle;
 use self::names::Names;
 use self::scripts::{Call, Scripts};
 use super::{
-    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Candidate, Change, Counters,
-    Dimension, KeyRecord, Lease, RequestLogEntry, Store, StoreError, StoreResult, UsageBatch,
-    UsageQuery,
+    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Change, Counters, Dimension,
+    KeyRecord, Lease, RequestLogEntry, Store, StoreError, StoreResult, UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
 
@@ -414,6 +413,8 @@ impl Store for RedisStore {
             last_used_at: last
                 .parse()
                 .map_err(|e| StoreError::Corrupt(format!("last_used_at {last:?}: {e}")))?,
+            // TEMP(issue 5): health is not stored in Redis yet.
+            health: crate::scheduler::policy::Health::default(),
         })
     }
 
@@ -442,40 +443,67 @@ impl Store for RedisStore {
         }
     }
 
+    // TEMP(issue 5): the pre-health pick (priority, then least recently picked, caps); health,
+    // sessions and load are not applied on Redis yet.
+    async fn report_health(
+        &self,
+        _account_id: &str,
+        _report: &crate::scheduler::policy::Report,
+        _now_ms: i64,
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn reset_health(&self, _account_id: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn pick_account(
         &self,
-        candidates: &[Candidate],
+        request: &crate::store::PickRequest<'_>,
         lease: &Lease,
-    ) -> StoreResult<Option<String>> {
-        if candidates.is_empty() {
-            return Ok(None);
+    ) -> StoreResult<crate::store::Picked> {
+        let candidates = request.candidates;
+        let picked: StoreResult<Option<String>> = async {
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            let now = now_ms();
+            let mut keys = Vec::with_capacity(1 + 2 * candidates.len());
+            let mut args = Vec::with_capacity(4 + 2 * candidates.len());
+            keys.push(self.names.pick_seq());
+            args.extend([
+                lease.id.clone(),
+                now.to_string(),
+                deadline_ms(now, lease.ttl).to_string(),
+                ms(RUNTIME_TTL),
+            ]);
+            for candidate in candidates {
+                keys.push(self.names.account_leases(&candidate.account_id));
+                keys.push(self.names.account_runtime(&candidate.account_id));
+                args.push(candidate.priority.to_string());
+                args.push(cap_arg(candidate.max_concurrency));
+            }
+            let reply = self.scripts.pick.run(self.client(), keys, args).await?;
+            let chosen = integer(&reply, "pick")?;
+            if chosen == 0 {
+                return Ok(None);
+            }
+            usize::try_from(chosen - 1)
+                .ok()
+                .and_then(|i| candidates.get(i))
+                .map(|c| Some(c.account_id.clone()))
+                .ok_or_else(|| StoreError::Corrupt(format!("pick chose candidate {chosen}")))
         }
-        let now = now_ms();
-        let mut keys = Vec::with_capacity(1 + 2 * candidates.len());
-        let mut args = Vec::with_capacity(4 + 2 * candidates.len());
-        keys.push(self.names.pick_seq());
-        args.extend([
-            lease.id.clone(),
-            now.to_string(),
-            deadline_ms(now, lease.ttl).to_string(),
-            ms(RUNTIME_TTL),
-        ]);
-        for candidate in candidates {
-            keys.push(self.names.account_leases(&candidate.account_id));
-            keys.push(self.names.account_runtime(&candidate.account_id));
-            args.push(candidate.priority.to_string());
-            args.push(cap_arg(candidate.max_concurrency));
-        }
-        let reply = self.scripts.pick.run(self.client(), keys, args).await?;
-        let chosen = integer(&reply, "pick")?;
-        if chosen == 0 {
-            return Ok(None);
-        }
-        usize::try_from(chosen - 1)
-            .ok()
-            .and_then(|i| candidates.get(i))
-            .map(|c| Some(c.account_id.clone()))
-            .ok_or_else(|| StoreError::Corrupt(format!("pick chose candidate {chosen}")))
+        .await;
+        Ok(match picked? {
+            Some(id) => crate::store::Picked::Account {
+                id,
+                sticky: crate::scheduler::policy::Sticky::None,
+                degraded: false,
+            },
+            None => crate::store::Picked::Unavailable { retry_at: None },
+        })
     }
 
     async fn release(

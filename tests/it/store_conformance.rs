@@ -15,7 +15,8 @@ use switchyard::store::embedded::EmbeddedStore;
 use switchyard::store::redis::RedisStore;
 use switchyard::store::{
     AccountRecord, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters, Dimension,
-    KeyRecord, Lease, Provider, RequestLogEntry, Store, StoreError, UsageBatch, UsageQuery,
+    KeyRecord, Lease, PickRequest, Picked, Provider, RequestLogEntry, Store, StoreError,
+    StoreResult, UsageBatch, UsageQuery,
 };
 use switchyard::usage::TokenUsage;
 use tempfile::TempDir;
@@ -162,6 +163,7 @@ fn key(id: &str, created_at: i64) -> KeyRecord {
         prefix: "sy-AbCd".to_owned(),
         enabled: true,
         created_at,
+        binding: None,
     }
 }
 
@@ -177,6 +179,8 @@ fn account(id: &str, created_at: i64) -> AccountRecord {
         enabled: true,
         models: vec!["claude-*".to_owned()],
         max_concurrency: Some(3),
+        weight: 1,
+        group: None,
         created_at,
     }
 }
@@ -193,6 +197,35 @@ fn candidate(id: &str, priority: i32, max_concurrency: Option<u32>) -> Candidate
         account_id: id.to_owned(),
         priority,
         max_concurrency,
+        weight: 1,
+    }
+}
+
+/// The pick without session or family: the chosen id, or `None` when nothing can serve.
+trait PickSimple {
+    async fn pick_simple(
+        &self,
+        candidates: &[Candidate],
+        lease: &Lease,
+    ) -> StoreResult<Option<String>>;
+}
+
+impl<S: Store + ?Sized> PickSimple for S {
+    async fn pick_simple(
+        &self,
+        candidates: &[Candidate],
+        lease: &Lease,
+    ) -> StoreResult<Option<String>> {
+        let request = PickRequest {
+            candidates,
+            family: None,
+            session: None,
+            now_ms: now_ms(),
+        };
+        Ok(match self.pick_account(&request, lease).await? {
+            Picked::Account { id, .. } => Some(id),
+            Picked::Unavailable { .. } => None,
+        })
     }
 }
 
@@ -344,7 +377,7 @@ mod cases {
 
         // Give the account runtime state, then delete it: the state must go with it.
         let picked = store
-            .pick_account(&[candidate("a-newer", 0, Some(5))], &lease("l1"))
+            .pick_simple(&[candidate("a-newer", 0, Some(5))], &lease("l1"))
             .await
             .unwrap();
         assert_eq!(picked.as_deref(), Some("a-newer"));
@@ -464,7 +497,7 @@ mod cases {
             Admit::Granted
         );
         let picked = store
-            .pick_account(&[candidate("acc", 0, Some(1))], &short)
+            .pick_simple(&[candidate("acc", 0, Some(1))], &short)
             .await
             .unwrap();
         assert_eq!(picked.as_deref(), Some("acc"));
@@ -478,7 +511,7 @@ mod cases {
         assert_eq!(store.account_runtime("acc").await.unwrap().in_flight, 1);
         assert_eq!(
             store
-                .pick_account(&[candidate("acc", 0, Some(1))], &lease("long"))
+                .pick_simple(&[candidate("acc", 0, Some(1))], &lease("long"))
                 .await
                 .unwrap(),
             None
@@ -499,7 +532,7 @@ mod cases {
             Admit::Granted
         );
         let picked = store
-            .pick_account(&[candidate("acc", 0, Some(1))], &lease("long"))
+            .pick_simple(&[candidate("acc", 0, Some(1))], &lease("long"))
             .await
             .unwrap();
         assert_eq!(picked.as_deref(), Some("acc"));
@@ -524,7 +557,7 @@ mod cases {
         ];
         for i in 0..4 {
             let picked = store
-                .pick_account(&candidates, &lease(&format!("l{i}")))
+                .pick_simple(&candidates, &lease(&format!("l{i}")))
                 .await
                 .unwrap();
             assert_eq!(picked.as_deref(), Some("best"), "pick {i}");
@@ -547,7 +580,7 @@ mod cases {
         // Back to back, so several picks land in the same millisecond.
         for i in 0..6 {
             let picked = store
-                .pick_account(&candidates, &lease(&format!("l{i}")))
+                .pick_simple(&candidates, &lease(&format!("l{i}")))
                 .await
                 .unwrap();
             picks.push(picked.expect("an account"));
@@ -585,7 +618,7 @@ mod cases {
             .enumerate()
         {
             let picked = store
-                .pick_account(among, &lease(&format!("m{i}")))
+                .pick_simple(among, &lease(&format!("m{i}")))
                 .await
                 .unwrap();
             picks.push(picked.expect("an account"));
@@ -603,7 +636,7 @@ mod cases {
         let l3 = lease("l3");
         assert_eq!(
             store
-                .pick_account(&candidates, &l1)
+                .pick_simple(&candidates, &l1)
                 .await
                 .unwrap()
                 .as_deref(),
@@ -611,24 +644,24 @@ mod cases {
         );
         assert_eq!(
             store
-                .pick_account(&candidates, &l2)
+                .pick_simple(&candidates, &l2)
                 .await
                 .unwrap()
                 .as_deref(),
             Some("second")
         );
-        assert_eq!(store.pick_account(&candidates, &l3).await.unwrap(), None);
+        assert_eq!(store.pick_simple(&candidates, &l3).await.unwrap(), None);
         assert_eq!(store.account_runtime("first").await.unwrap().in_flight, 1);
         assert_eq!(store.account_runtime("second").await.unwrap().in_flight, 1);
         // A zero cap is always full.
         assert_eq!(
             store
-                .pick_account(&[candidate("zero", 0, Some(0))], &l3)
+                .pick_simple(&[candidate("zero", 0, Some(0))], &l3)
                 .await
                 .unwrap(),
             None
         );
-        assert_eq!(store.pick_account(&[], &l3).await.unwrap(), None);
+        assert_eq!(store.pick_simple(&[], &l3).await.unwrap(), None);
 
         // Releasing the account lease frees the account; releasing it again changes nothing.
         store.release("k1", Some("first"), &l1).await.unwrap();
@@ -637,14 +670,14 @@ mod cases {
         assert_eq!(store.account_runtime("second").await.unwrap().in_flight, 1);
         assert_eq!(
             store
-                .pick_account(&candidates, &l3)
+                .pick_simple(&candidates, &l3)
                 .await
                 .unwrap()
                 .as_deref(),
             Some("first")
         );
         assert_eq!(
-            store.pick_account(&candidates, &lease("l4")).await.unwrap(),
+            store.pick_simple(&candidates, &lease("l4")).await.unwrap(),
             None
         );
 
@@ -893,7 +926,7 @@ mod redis_only {
         let held = lease("held");
         store.admit(&admission("k1", Some(5)), &held).await.unwrap();
         store
-            .pick_account(&[candidate("a1", 0, Some(5))], &held)
+            .pick_simple(&[candidate("a1", 0, Some(5))], &held)
             .await
             .unwrap();
         let k1 = Dimension::Key("k1".to_owned());
