@@ -38,9 +38,11 @@ use self::names::Names;
 use self::scripts::{Call, Scripts};
 use super::{
     AccountRecord, AccountRuntime, Admission, Admit, Bucket, Change, Counters, Dimension,
-    KeyRecord, Lease, RequestLogEntry, Store, StoreError, StoreResult, UsageBatch, UsageQuery,
+    KeyRecord, Lease, PickRequest, Picked, RequestLogEntry, Store, StoreError, StoreResult,
+    UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
+use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 
 /// Hour buckets are kept 35 days, day buckets 400, month buckets five years; totals forever.
 const HOUR_TTL: Duration = Duration::from_secs(35 * 86_400);
@@ -62,6 +64,10 @@ const MARKER_KEEP: usize = 64;
 const LOG_CHUNK: usize = 1_000;
 /// Lease TTLs are capped here (a century), keeping deadlines exact in Lua's doubles.
 const MAX_LEASE_TTL_MS: i64 = 100 * 365 * 86_400_000;
+/// A health report re-reads and retries this often when other instances keep changing it.
+const HEALTH_CAS_ATTEMPTS: usize = 64;
+/// A pick re-reads this often when the chosen account filled up between read and commit.
+const PICK_ATTEMPTS: usize = 3;
 /// Capacity of the `changes()` broadcast; a receiver that lags sees `Lagged` and must resync.
 const CHANGES_CAPACITY: usize = 1_024;
 
@@ -384,6 +390,7 @@ impl Store for RedisStore {
             .del(vec![
                 self.names.account_leases(id),
                 self.names.account_runtime(id),
+                self.names.account_health(id),
             ])
             .await
             .map_err(|e| unavailable("delete account runtime", &e))?;
@@ -399,22 +406,24 @@ impl Store for RedisStore {
                 vec![
                     self.names.account_leases(id),
                     self.names.account_runtime(id),
+                    self.names.account_health(id),
                 ],
                 vec![now_ms().to_string()],
             )
             .await?;
         let mut parts = reply.into_array().into_iter();
-        let (Some(live), Some(last)) = (parts.next(), parts.next()) else {
+        let (Some(live), Some(last), Some(health)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(StoreError::Corrupt("account_runtime: short reply".into()));
         };
+        let health = optional_string(health, "health")?.unwrap_or_default();
         let last = optional_string(last, "last_used_at")?.unwrap_or_default();
         Ok(AccountRuntime {
             in_flight: u32::try_from(integer(&live, "in_flight")?).unwrap_or(u32::MAX),
             last_used_at: last
                 .parse()
                 .map_err(|e| StoreError::Corrupt(format!("last_used_at {last:?}: {e}")))?,
-            // TEMP(issue 5): health is not stored in Redis yet.
-            health: crate::scheduler::policy::Health::default(),
+            health: parse_health(&health)?,
         })
     }
 
@@ -443,66 +452,173 @@ impl Store for RedisStore {
         }
     }
 
-    // TEMP(issue 5): the pre-health pick (priority, then least recently picked, caps); health,
-    // sessions and load are not applied on Redis yet.
+    /// GET, `Health::apply` in Rust (the one implementation of the policy), then a
+    /// compare-and-set: a report racing another instance's re-reads and applies again.
     async fn report_health(
         &self,
-        _account_id: &str,
-        _report: &crate::scheduler::policy::Report,
-        _now_ms: i64,
+        account_id: &str,
+        report: &Report,
+        now_ms: i64,
     ) -> StoreResult<()> {
-        Ok(())
-    }
-
-    async fn reset_health(&self, _account_id: &str) -> StoreResult<()> {
-        Ok(())
-    }
-
-    async fn pick_account(
-        &self,
-        request: &crate::store::PickRequest<'_>,
-        lease: &Lease,
-    ) -> StoreResult<crate::store::Picked> {
-        let candidates = request.candidates;
-        let picked: StoreResult<Option<String>> = async {
-            if candidates.is_empty() {
-                return Ok(None);
+        let key = self.names.account_health(account_id);
+        for _ in 0..HEALTH_CAS_ATTEMPTS {
+            let old: Option<String> = self
+                .client()
+                .get(key.as_str())
+                .await
+                .map_err(|e| unavailable("read account health", &e))?;
+            let old = old.unwrap_or_default();
+            let mut health = parse_health(&old)?;
+            health.apply(report, now_ms);
+            let new = if health == Health::default() {
+                String::new()
+            } else {
+                encode(&health)?
+            };
+            if new == old {
+                return Ok(());
             }
-            let now = now_ms();
-            let mut keys = Vec::with_capacity(1 + 2 * candidates.len());
-            let mut args = Vec::with_capacity(4 + 2 * candidates.len());
-            keys.push(self.names.pick_seq());
-            args.extend([
-                lease.id.clone(),
-                now.to_string(),
-                deadline_ms(now, lease.ttl).to_string(),
-                ms(RUNTIME_TTL),
-            ]);
-            for candidate in candidates {
-                keys.push(self.names.account_leases(&candidate.account_id));
-                keys.push(self.names.account_runtime(&candidate.account_id));
-                args.push(candidate.priority.to_string());
-                args.push(cap_arg(candidate.max_concurrency));
+            let written = self
+                .scripts
+                .health_cas
+                .run(self.client(), vec![key.clone()], vec![old, new])
+                .await?;
+            if integer(&written, "health_cas")? == 1 {
+                return Ok(());
             }
-            let reply = self.scripts.pick.run(self.client(), keys, args).await?;
-            let chosen = integer(&reply, "pick")?;
-            if chosen == 0 {
-                return Ok(None);
-            }
-            usize::try_from(chosen - 1)
-                .ok()
-                .and_then(|i| candidates.get(i))
-                .map(|c| Some(c.account_id.clone()))
-                .ok_or_else(|| StoreError::Corrupt(format!("pick chose candidate {chosen}")))
+            // Someone else won this round: back off a little, at random, so racers spread out.
+            tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % 2_000)).await;
         }
-        .await;
-        Ok(match picked? {
-            Some(id) => crate::store::Picked::Account {
-                id,
-                sticky: crate::scheduler::policy::Sticky::None,
-                degraded: false,
-            },
-            None => crate::store::Picked::Unavailable { retry_at: None },
+        Err(StoreError::Unavailable(
+            "account health kept changing under this report".into(),
+        ))
+    }
+
+    async fn reset_health(&self, account_id: &str) -> StoreResult<()> {
+        let _: i64 = self
+            .client()
+            .del(self.names.account_health(account_id))
+            .await
+            .map_err(|e| unavailable("reset account health", &e))?;
+        Ok(())
+    }
+
+    /// Optimistic: `pick_read.lua` reads every candidate (one round trip), `policy::choose`
+    /// decides exactly as on the embedded store, and `pick_commit.lua` takes the lease only if
+    /// the account still has room; if another instance filled it meanwhile, read again.
+    async fn pick_account(&self, request: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked> {
+        let candidates = request.candidates;
+        if candidates.is_empty() {
+            return Ok(Picked::Unavailable { retry_at: None });
+        }
+        for _ in 0..PICK_ATTEMPTS {
+            let now = now_ms();
+            let mut keys = Vec::with_capacity(3 * candidates.len() + 1);
+            for c in candidates {
+                keys.push(self.names.account_leases(&c.account_id));
+                keys.push(self.names.account_runtime(&c.account_id));
+                keys.push(self.names.account_health(&c.account_id));
+            }
+            if let Some(session) = &request.session {
+                keys.push(self.names.session(session.id));
+            }
+            let flag = if request.session.is_some() { "1" } else { "0" };
+            let reply = self
+                .scripts
+                .pick_read
+                .run(self.client(), keys, vec![now.to_string(), flag.to_owned()])
+                .await?;
+            let mut parts = reply.into_array().into_iter();
+            let mut states = Vec::with_capacity(candidates.len());
+            for _ in candidates {
+                let (Some(live), Some(seq), Some(health)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(StoreError::Corrupt("pick_read: short reply".into()));
+                };
+                let seq = optional_string(seq, "pick seq")?.unwrap_or_default();
+                let health = optional_string(health, "health")?.unwrap_or_default();
+                states.push((
+                    u32::try_from(integer(&live, "live leases")?).unwrap_or(u32::MAX),
+                    seq.parse::<u64>().unwrap_or(0),
+                    parse_health(&health)?,
+                ));
+            }
+            let bound = match parts.next() {
+                Some(v) => optional_string(v, "session")?.filter(|s| !s.is_empty()),
+                None => None,
+            };
+            let contenders: Vec<Contender<'_>> = candidates
+                .iter()
+                .zip(&states)
+                .map(|(c, (in_flight, pick_seq, health))| Contender {
+                    id: &c.account_id,
+                    priority: c.priority,
+                    max_concurrency: c.max_concurrency,
+                    weight: c.weight,
+                    in_flight: *in_flight,
+                    pick_seq: *pick_seq,
+                    health,
+                })
+                .collect();
+            let session = request
+                .session
+                .map(|s| (bound.as_deref(), s.move_on_overflow));
+            let (id, sticky) =
+                match policy::choose(&contenders, request.family, request.now_ms, session) {
+                    Choice::Take { id, sticky } => (id.to_owned(), sticky),
+                    Choice::Unavailable { retry_at } => {
+                        return Ok(Picked::Unavailable { retry_at });
+                    }
+                };
+            let Some((chosen, (_, _, health))) = candidates
+                .iter()
+                .zip(&states)
+                .find(|(c, _)| c.account_id == id)
+            else {
+                return Err(StoreError::Corrupt("pick chose an unknown account".into()));
+            };
+            let mut keys = vec![
+                self.names.pick_seq(),
+                self.names.account_leases(&id),
+                self.names.account_runtime(&id),
+            ];
+            let mut session_ttl = "0".to_owned();
+            if let Some(session) = &request.session
+                && matches!(sticky, Sticky::Hit | Sticky::Bound | Sticky::Moved)
+            {
+                keys.push(self.names.session(session.id));
+                session_ttl = ms(session.ttl);
+            }
+            let taken = self
+                .scripts
+                .pick_commit
+                .run(
+                    self.client(),
+                    keys,
+                    vec![
+                        lease.id.clone(),
+                        now.to_string(),
+                        deadline_ms(now, lease.ttl).to_string(),
+                        ms(RUNTIME_TTL),
+                        cap_arg(chosen.max_concurrency),
+                        session_ttl,
+                        id.clone(),
+                    ],
+                )
+                .await?;
+            if integer(&taken, "pick_commit")? == 1 {
+                let degraded = *health != Health::default();
+                return Ok(Picked::Account {
+                    id,
+                    sticky,
+                    degraded,
+                });
+            }
+        }
+        // Every read found room that was gone by the commit: the accounts are at capacity.
+        Ok(Picked::Unavailable {
+            retry_at: Some(now_ms() + 1_000),
         })
     }
 
@@ -710,6 +826,14 @@ impl RedisStore {
             .await?;
         Ok(integer(&reply, "account_put")? == 1)
     }
+}
+
+/// An account's health as stored: JSON, or empty for a clean account.
+fn parse_health(json: &str) -> StoreResult<Health> {
+    if json.is_empty() {
+        return Ok(Health::default());
+    }
+    decode(json, "account health")
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ async fn send(relay: &Relay, key: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failure_moves_the_account_to_the_right_state_and_it_returns_on_its_own() {
-    for backend in health_backends() {
+    for backend in backends() {
         let (relay, a, b, a_id, key) = a_and_b(&backend).await;
         // (behaviour of a, expected status, how long it stays out)
         let cases = [
@@ -166,7 +166,7 @@ async fn each_failure_moves_the_account_to_the_right_state_and_it_returns_on_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_nothing_can_serve_503_says_when_to_retry() {
-    for backend in health_backends() {
+    for backend in backends() {
         let (relay, a, b, _, key) = a_and_b(&backend).await;
         a.push_behavior(Behavior::rate_limited(30));
         b.push_behavior(Behavior::rate_limited(9));
@@ -204,13 +204,6 @@ async fn when_nothing_can_serve_503_says_when_to_retry() {
     }
 }
 
-/// The stores that keep account health and session bindings. The Redis store does not yet:
-/// its pick is the pre-health one (priority, least recently picked, caps), see the note on
-/// issue 5; add `Backend::Redis` here when it does.
-fn health_backends() -> Vec<Backend> {
-    vec![Backend::Embedded]
-}
-
 /// A Claude Code request with its session header.
 async fn claude_code(relay: &Relay, key: &str, session: &str) -> u16 {
     let resp = relay
@@ -226,7 +219,7 @@ async fn claude_code(relay: &Relay, key: &str, session: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_stays_on_one_account_and_moves_per_the_policy() {
-    for backend in health_backends() {
+    for backend in backends() {
         for overflow in ["escape", "move"] {
             let mocks = [
                 MockUpstream::start().await,

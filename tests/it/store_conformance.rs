@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use switchyard::config::RedisConfig;
+use switchyard::scheduler::policy::{Health, Report, Status, Sticky};
 use switchyard::store::embedded::EmbeddedStore;
 use switchyard::store::redis::RedisStore;
 use switchyard::store::{
     AccountRecord, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters, Dimension,
-    KeyRecord, Lease, PickRequest, Picked, Provider, RequestLogEntry, Store, StoreError,
-    StoreResult, UsageBatch, UsageQuery,
+    KeyRecord, Lease, PickRequest, Picked, Provider, RequestLogEntry, SessionPick, Store,
+    StoreError, StoreResult, UsageBatch, UsageQuery,
 };
 use switchyard::usage::TokenUsage;
 use tempfile::TempDir;
@@ -103,7 +104,9 @@ macro_rules! conformance_tests {
     ($backend:ident, $make:ident) => {
         conformance_tests!(@cases $backend, $make;
             key_crud, account_crud, admit_caps_concurrency, lease_expires, pick_by_priority,
-            pick_rotates_equals, pick_skips_full_accounts, usage_adds_batches, request_log;
+            pick_rotates_equals, pick_skips_full_accounts, usage_adds_batches, request_log,
+            health_reports_and_recovery, concurrent_health_reports, sessions_stick_escape_and_move,
+            pick_weighs_relative_load;
             records_survive_reopen, usage_survives_reopen);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
@@ -624,6 +627,288 @@ mod cases {
             picks.push(picked.expect("an account"));
         }
         assert_eq!(picks, ["y", "z", "x", "y", "z"]);
+    }
+
+    fn request<'a>(
+        candidates: &'a [Candidate],
+        now_ms: i64,
+        session: Option<SessionPick<'a>>,
+    ) -> PickRequest<'a> {
+        PickRequest {
+            candidates,
+            family: Some("sonnet"),
+            session,
+            now_ms,
+        }
+    }
+
+    async fn picked(store: &Arc<dyn Store>, req: &PickRequest<'_>, lease_id: &str) -> Picked {
+        store.pick_account(req, &lease(lease_id)).await.unwrap()
+    }
+
+    fn id_of(p: &Picked) -> &str {
+        match p {
+            Picked::Account { id, .. } => id,
+            Picked::Unavailable { .. } => panic!("nothing picked: {p:?}"),
+        }
+    }
+
+    pub async fn health_reports_and_recovery(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let cands = [candidate("h1", 0, None), candidate("h2", 1, None)];
+        let fail = Report::Failure {
+            base_ms: 1_000,
+            max_ms: 8_000,
+            error: "502".into(),
+        };
+        store.report_health("h1", &fail, now).await.unwrap();
+        store.report_health("h1", &fail, now).await.unwrap();
+        let rt = store.account_runtime("h1").await.unwrap();
+        assert_eq!(rt.health.consecutive_failures, 2);
+        assert_eq!(
+            (rt.health.status, rt.health.until),
+            (Status::CoolingDown, now + 2_000)
+        );
+        // Out while cooling down, back on its own at the end; degraded until a success is reported.
+        assert_eq!(
+            id_of(&picked(&store, &request(&cands, now + 1_999, None), "l1").await),
+            "h2"
+        );
+        let back = picked(&store, &request(&cands, now + 2_000, None), "l2").await;
+        assert_eq!(
+            back,
+            Picked::Account {
+                id: "h1".into(),
+                sticky: Sticky::None,
+                degraded: true
+            }
+        );
+        store
+            .report_health("h1", &Report::Success, now + 2_001)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .account_runtime("h1")
+                .await
+                .unwrap()
+                .health
+                .consecutive_failures,
+            0
+        );
+        // A family limit leaves other families alone.
+        let opus = Report::RateLimited {
+            until: now + 60_000,
+            family: Some("opus".into()),
+            error: "429".into(),
+        };
+        store.report_health("h1", &opus, now).await.unwrap();
+        let mut req = request(&cands, now + 3_000, None);
+        assert_eq!(
+            id_of(&picked(&store, &req, "l3").await),
+            "h1",
+            "sonnet still served"
+        );
+        req.family = Some("opus");
+        assert_eq!(id_of(&picked(&store, &req, "l4").await), "h2");
+        // Unauthorized until reset; with both out, retry_at is the earliest recovery.
+        store
+            .report_health(
+                "h1",
+                &Report::Unauthorized {
+                    error: "401".into(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let limited = Report::RateLimited {
+            until: now + 9_000,
+            family: None,
+            error: "429".into(),
+        };
+        store.report_health("h2", &limited, now).await.unwrap();
+        let req = request(&cands, now + 5_000, None);
+        assert_eq!(
+            picked(&store, &req, "l5").await,
+            Picked::Unavailable {
+                retry_at: Some(now + 9_000)
+            }
+        );
+        store.reset_health("h1").await.unwrap();
+        assert_eq!(
+            store.account_runtime("h1").await.unwrap().health,
+            Health::default()
+        );
+        assert_eq!(id_of(&picked(&store, &req, "l6").await), "h1");
+    }
+
+    pub async fn concurrent_health_reports(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let fail = Report::Failure {
+                    base_ms: 10,
+                    max_ms: 1_000,
+                    error: "500".into(),
+                };
+                store.report_health("racy", &fail, now).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            store
+                .account_runtime("racy")
+                .await
+                .unwrap()
+                .health
+                .consecutive_failures,
+            20
+        );
+    }
+
+    pub async fn sessions_stick_escape_and_move(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let cands = [
+            candidate("s1", 0, None),
+            candidate("s2", 0, None),
+            candidate("s3", 0, None),
+        ];
+        let session = |id, move_on_overflow| {
+            Some(SessionPick {
+                id,
+                ttl: Duration::from_secs(60),
+                move_on_overflow,
+            })
+        };
+        let first = picked(&store, &request(&cands, now, session("sess", false)), "a").await;
+        let home = id_of(&first).to_owned();
+        assert!(matches!(
+            first,
+            Picked::Account {
+                sticky: Sticky::Bound,
+                ..
+            }
+        ));
+        for i in 0..5 {
+            let p = picked(
+                &store,
+                &request(&cands, now, session("sess", false)),
+                &format!("b{i}"),
+            )
+            .await;
+            assert_eq!(
+                (id_of(&p), &p),
+                (
+                    home.as_str(),
+                    &Picked::Account {
+                        id: home.clone(),
+                        sticky: Sticky::Hit,
+                        degraded: false
+                    }
+                )
+            );
+        }
+        let out = Report::Overloaded {
+            until: now + 10_000,
+            error: "529".into(),
+        };
+        store.report_health(&home, &out, now).await.unwrap();
+        let p = picked(
+            &store,
+            &request(&cands, now + 1, session("sess", false)),
+            "c",
+        )
+        .await;
+        assert!(matches!(&p, Picked::Account { id, sticky: Sticky::Escaped, .. } if *id != home));
+        // Escape kept the binding: home again once it recovers.
+        let p = picked(
+            &store,
+            &request(&cands, now + 10_000, session("sess", false)),
+            "d",
+        )
+        .await;
+        assert_eq!(id_of(&p), home);
+        let out_again = Report::Overloaded {
+            until: now + 20_000,
+            error: "529".into(),
+        };
+        store
+            .report_health(&home, &out_again, now + 10_000)
+            .await
+            .unwrap();
+        let moved = picked(
+            &store,
+            &request(&cands, now + 10_001, session("sess", true)),
+            "e",
+        )
+        .await;
+        assert!(matches!(
+            &moved,
+            Picked::Account {
+                sticky: Sticky::Moved,
+                ..
+            }
+        ));
+        let p = picked(
+            &store,
+            &request(&cands, now + 30_000, session("sess", true)),
+            "f",
+        )
+        .await;
+        assert_eq!(
+            (id_of(&p), id_of(&moved)),
+            (id_of(&moved), id_of(&p)),
+            "the binding moved"
+        );
+        // A binding expires with its ttl.
+        let short = Some(SessionPick {
+            id: "brief",
+            ttl: Duration::from_millis(100),
+            move_on_overflow: false,
+        });
+        picked(&store, &request(&cands, now, short), "g").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let p = picked(&store, &request(&cands, now, short), "h").await;
+        assert!(
+            matches!(
+                p,
+                Picked::Account {
+                    sticky: Sticky::Bound,
+                    ..
+                }
+            ),
+            "{p:?}"
+        );
+    }
+
+    pub async fn pick_weighs_relative_load(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let mut big = candidate("big", 0, Some(10));
+        big.weight = 1;
+        let small = candidate("small", 0, Some(4));
+        // Two requests in flight on each: 2/10 beats 2/4.
+        for (id, i) in [("big", 0), ("big", 1), ("small", 2), ("small", 3)] {
+            let only = [candidate(id, 0, None)];
+            picked(&store, &request(&only, now, None), &format!("w{i}")).await;
+        }
+        let both = [big.clone(), small.clone()];
+        assert_eq!(
+            id_of(&picked(&store, &request(&both, now, None), "w4").await),
+            "big"
+        );
+        // Weight scales capacity: small with weight 10 (2/40) beats big (3/10).
+        let mut heavy = small;
+        heavy.weight = 10;
+        let both = [big, heavy];
+        assert_eq!(
+            id_of(&picked(&store, &request(&both, now, None), "w5").await),
+            "small"
+        );
     }
 
     pub async fn pick_skips_full_accounts(store: Arc<dyn Store>) {

@@ -77,6 +77,16 @@ impl Names {
         format!("{}{{acct}}:rt:{account_id}", self.prefix)
     }
 
+    /// String: the account's `scheduler::policy::Health` as JSON; absent when clean.
+    pub(super) fn account_health(&self, account_id: &str) -> String {
+        format!("{}{{acct}}:health:{account_id}", self.prefix)
+    }
+
+    /// String: the account a session is bound to; expires `scheduler.sticky_ttl_secs` after use.
+    pub(super) fn session(&self, session_id: &str) -> String {
+        format!("{}{{acct}}:sess:{session_id}", self.prefix)
+    }
+
     // --- usage counters: one tag per dimension; its buckets and its marker share it ---
 
     fn usage_tag(&self, dimension: &Dimension) -> String {
