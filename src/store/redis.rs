@@ -89,6 +89,20 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// Every record of a `{rec}` hash, decoded (unordered).
+    async fn all_records<T: DeserializeOwned>(
+        &self,
+        hash: String,
+        what: &str,
+    ) -> StoreResult<Vec<T>> {
+        let all: Vec<String> = self
+            .client()
+            .hvals(hash)
+            .await
+            .map_err(|e| unavailable(what, &e))?;
+        all.iter().map(|j| decode::<T>(j, what)).collect()
+    }
+
     /// Connects to `url` (`redis://host:port/db`, `rediss://…`, `redis-cluster://h1:p1,h2:p2,…`
     /// or `rediss-cluster://…`), loads the scripts and starts the change feed. Fails when Redis
     /// cannot be reached within the connect timeout; after that, outages are survived.
@@ -312,15 +326,9 @@ impl Store for RedisStore {
     }
 
     async fn keys(&self) -> StoreResult<Vec<KeyRecord>> {
-        let all: Vec<String> = self
-            .client()
-            .hvals(self.names.key_records())
-            .await
-            .map_err(|e| unavailable("keys", &e))?;
-        let mut keys = all
-            .iter()
-            .map(|j| decode::<KeyRecord>(j, "key record"))
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut keys: Vec<KeyRecord> = self
+            .all_records(self.names.key_records(), "key record")
+            .await?;
         keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(keys)
     }
@@ -356,15 +364,9 @@ impl Store for RedisStore {
     }
 
     async fn accounts(&self) -> StoreResult<Vec<AccountRecord>> {
-        let all: Vec<String> = self
-            .client()
-            .hvals(self.names.account_records())
-            .await
-            .map_err(|e| unavailable("accounts", &e))?;
-        let mut accounts = all
-            .iter()
-            .map(|j| decode::<AccountRecord>(j, "account record"))
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut accounts: Vec<AccountRecord> = self
+            .all_records(self.names.account_records(), "account record")
+            .await?;
         accounts.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(accounts)
     }
