@@ -13,6 +13,7 @@
 //! - [`stream`]: SSE framing, usage extraction, and the tap body.
 //! - [`pricing`]: prices and integer nano-dollar cost; [`stats`]: batched usage writes.
 //! - [`store`]: the `Store` trait and its embedded implementation.
+//! - [`translate`]: one protocol to another (OpenAI chat ⇄ Anthropic, Gemini).
 //! - [`admin`]: the admin API; [`config`], [`crypto`], [`metrics`], [`error`], [`body`]: support.
 pub mod admin;
 pub mod app;
@@ -33,4 +34,5 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod stream;
+pub mod translate;
 pub mod usage;
