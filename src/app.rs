@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::catalog::Catalog;
+use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::crypto::{self, MasterKey};
 use crate::pricing::{PriceTable, Pricing};
@@ -26,6 +27,10 @@ pub struct App {
     /// token, is shown to the operator).
     pub admin_token_file: Option<PathBuf>,
     pub started: Instant,
+    /// What limits are judged by (tests move it).
+    pub clock: Clock,
+    /// `config.limits.timezone`, resolved once.
+    pub timezone: jiff::tz::TimeZone,
     pricing: RwLock<Arc<Pricing>>,
 }
 
@@ -64,6 +69,8 @@ impl App {
             }
         };
         let pricing = load_pricing(&config)?;
+        let timezone = jiff::tz::TimeZone::get(&config.limits.timezone)
+            .map_err(|e| anyhow::anyhow!("limits.timezone: {e}"))?;
         let catalog = Arc::new(Catalog::load(Arc::clone(&store), master_key).await?);
         catalog.follow_changes();
         let stats = Stats::spawn(
@@ -82,6 +89,8 @@ impl App {
             admin_token,
             admin_token_file,
             started: Instant::now(),
+            clock: Clock::default(),
+            timezone,
             pricing: RwLock::new(Arc::new(pricing)),
         }))
     }

@@ -35,6 +35,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub relay: RelayConfig,
+    pub limits: LimitsConfig,
     pub scheduler: SchedulerConfig,
     pub stats: StatsConfig,
     pub redis: RedisConfig,
@@ -53,6 +54,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
             relay: RelayConfig::default(),
+            limits: LimitsConfig::default(),
             scheduler: SchedulerConfig::default(),
             stats: StatsConfig::default(),
             redis: RedisConfig::default(),
@@ -145,6 +147,28 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             lease_ttl_secs: 900,
+        }
+    }
+}
+
+/// How per-key limits count (docs/limits.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// IANA time zone whose midnight starts a day (and Monday a week) for daily and weekly limits.
+    pub timezone: String,
+    /// Output tokens a cost reservation assumes when a request does not say (`max_tokens`).
+    pub default_max_tokens: u64,
+    /// Request body bytes per input token when estimating a reservation (lower reserves more).
+    pub bytes_per_token: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            timezone: "UTC".to_owned(),
+            default_max_tokens: 4096,
+            bytes_per_token: 3,
         }
     }
 }
@@ -359,6 +383,16 @@ impl Config {
         if self.relay.lease_ttl_secs == 0 {
             return Err(ConfigError(
                 "invalid option `relay.lease_ttl_secs`: must be > 0".into(),
+            ));
+        }
+        if let Err(e) = jiff::tz::TimeZone::get(&self.limits.timezone) {
+            return Err(ConfigError(format!(
+                "invalid option `limits.timezone`: {e}"
+            )));
+        }
+        if self.limits.bytes_per_token == 0 {
+            return Err(ConfigError(
+                "invalid option `limits.bytes_per_token`: must be > 0".into(),
             ));
         }
         if let Some(token) = &self.admin_token

@@ -37,6 +37,8 @@ pub enum ErrorKind {
     NotFound,
     RequestTooLarge,
     RateLimited,
+    /// A budget of the key is spent (it resets later, or never): retrying now cannot help.
+    QuotaExceeded,
     /// Switchyard or its store failed.
     Internal,
     /// The upstream could not be reached or broke.
@@ -54,6 +56,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds the client should wait before retrying.
     pub retry_after: Option<u64>,
+    /// A machine-readable reason (OpenAI's `error.code`), e.g. `daily_cost_limit`.
+    pub code: Option<&'static str>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -73,6 +77,8 @@ impl ApiError {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            // Not 429: every SDK retries a 429, and a spent budget stays spent.
+            ErrorKind::QuotaExceeded => StatusCode::FORBIDDEN,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -83,6 +89,7 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after: None,
+            code: None,
         }
     }
 
@@ -103,12 +110,17 @@ impl ApiError {
         self
     }
 
+    pub fn with_code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
     /// Anthropic's `error.type` for this error.
     fn anthropic_type(&self) -> &'static str {
         match self.kind {
             ErrorKind::InvalidRequest => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
-            ErrorKind::Permission => "permission_error",
+            ErrorKind::Permission | ErrorKind::QuotaExceeded => "permission_error",
             ErrorKind::NotFound => "not_found_error",
             ErrorKind::RequestTooLarge => "request_too_large",
             ErrorKind::RateLimited => "rate_limit_error",
@@ -126,6 +138,7 @@ impl ApiError {
             }
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
+            ErrorKind::QuotaExceeded => "insufficient_quota",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Internal
             | ErrorKind::BadGateway
@@ -139,7 +152,7 @@ impl ApiError {
         match self.kind {
             ErrorKind::InvalidRequest | ErrorKind::RequestTooLarge => "INVALID_ARGUMENT",
             ErrorKind::Authentication => "UNAUTHENTICATED",
-            ErrorKind::Permission => "PERMISSION_DENIED",
+            ErrorKind::Permission | ErrorKind::QuotaExceeded => "PERMISSION_DENIED",
             ErrorKind::NotFound => "NOT_FOUND",
             ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
             ErrorKind::Internal => "INTERNAL",
@@ -159,7 +172,7 @@ impl ApiError {
                     "message": self.message,
                     "type": self.openai_type(),
                     "param": null,
-                    "code": null,
+                    "code": self.code,
                 },
             }),
             Surface::Gemini => json!({

@@ -20,6 +20,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;

@@ -25,7 +25,7 @@ use crate::auth::{self, new_id};
 use crate::body::{Body, BoxError};
 use crate::catalog::Account;
 use crate::error::{ApiError, ErrorKind, Surface};
-use crate::limits::{self, AccountLease, KeyLease};
+use crate::limits::{self, AccountLease, KeyLease, Spent};
 use crate::metrics as m;
 use crate::providers::{self, anthropic};
 use crate::scheduler::{self, health, health::Outcome, session};
@@ -92,17 +92,28 @@ where
     let key = authenticate(app, req.headers()).await?;
     let (parts, body) = req.into_parts();
     let body = read_body(body, app.config.server.body_limit_bytes).await?;
-    let (model, session) = match endpoint {
-        Endpoint::Models => (None, None),
+    let (model, max_tokens, session) = match endpoint {
+        Endpoint::Models => (None, None, None),
         Endpoint::Messages | Endpoint::CountTokens => {
             let ask = anthropic::inspect(&body)?;
             let session = session::identify(&key.id, &parts.headers, &ask.session);
-            (Some(ask.model), session)
+            (Some(ask.model), ask.max_tokens, session)
         }
     };
 
-    let lease_ttl = Duration::from_secs(app.config.relay.lease_ttl_secs);
-    let key_lease = limits::admit(app.store(), &key, lease_ttl).await?;
+    let key_lease = limits::admit(
+        app,
+        &key,
+        &limits::Request {
+            surface: Surface::Anthropic.as_str(),
+            client: limits::access::client_of(&parts.headers),
+            model: model.as_deref(),
+            max_tokens,
+            body_len: body.len(),
+            billed: endpoint == Endpoint::Messages,
+        },
+    )
+    .await?;
 
     // Attempts: another account takes over while nothing has reached the client.
     let policy = &app.config.scheduler;
@@ -244,7 +255,11 @@ where
     Ok(Response::from_parts(head, body))
 }
 
-async fn authenticate(app: &App, headers: &http::HeaderMap) -> Result<Arc<KeyRecord>, ApiError> {
+/// The enabled key record behind the presented key, or a 401.
+pub async fn authenticate(
+    app: &App,
+    headers: &http::HeaderMap,
+) -> Result<Arc<KeyRecord>, ApiError> {
     let presented = auth::presented_key(headers).ok_or_else(|| {
         ApiError::new(
             ErrorKind::Authentication,
@@ -443,8 +458,7 @@ impl Observer for Settle {
     }
 
     fn on_end(&mut self, end: End) {
-        // Release first: the counters must return whatever happens below.
-        drop(self.leases.take());
+        let leases = self.leases.take();
         metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
         let latency_ms = self.started.elapsed().as_millis() as u64;
         metrics::histogram!(m::UPSTREAM_LATENCY).record(self.sent_at.elapsed().as_secs_f64());
@@ -456,6 +470,10 @@ impl Observer for Settle {
             .map(AnthropicUsage::usage)
             .unwrap_or_default();
         let cost = self.app.pricing().cost(&self.model, &usage);
+        if let Some((key_lease, account_lease)) = leases {
+            drop(account_lease);
+            key_lease.settle(Spent::of(&usage, cost.nanousd));
+        }
         if self.usage.is_some() {
             if !cost.known_model {
                 metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => self.model.clone())

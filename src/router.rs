@@ -35,6 +35,11 @@ where
         .find_map(|p| path.strip_prefix(p).filter(|rest| rest.starts_with("/v1/")))
         .unwrap_or(&path)
         .to_owned();
+    if vendor_path == "/v1/key-info" && req.method() == Method::GET {
+        return key_info(&app, req.headers())
+            .await
+            .unwrap_or_else(|e| e.render(Surface::Anthropic));
+    }
     let endpoint = match vendor_path.as_str() {
         "/v1/messages" => (Method::POST, Endpoint::Messages),
         "/v1/messages/count_tokens" => (Method::POST, Endpoint::CountTokens),
@@ -54,6 +59,14 @@ where
         return resp;
     }
     relay::relay(&app, endpoint.1, &vendor_path, req).await
+}
+
+/// `GET /v1/key-info`: the presented key's limits, use and expiry, for its holder.
+async fn key_info(app: &App, headers: &http::HeaderMap) -> Result<Response<Body>, ApiError> {
+    let key = relay::authenticate(app, headers).await?;
+    let base = json!({ "id": key.id, "name": key.name, "enabled": key.enabled });
+    let view = crate::limits::info::view(app, &key, base).await?;
+    Ok(body::json(StatusCode::OK, &view))
 }
 
 /// Claude Code probes the root with HEAD before its first request.

@@ -62,6 +62,74 @@ pub struct KeyRecord {
     /// binding allows falling back to the shared pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<KeyBinding>,
+    /// What the key may do and spend; the default limits nothing.
+    #[serde(default, skip_serializing_if = "KeyLimits::is_unlimited")]
+    pub limits: KeyLimits,
+}
+
+/// Limits of one key, under `limits` in the admin API. Every field absent (or `null`, or an empty
+/// list) limits nothing. Checked by `limits::admit`; the counters live in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimits {
+    /// Requests of this key in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Requests, tokens and cost per fixed window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowLimit>,
+    /// Cost per calendar day in `limits.timezone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_cost_nanousd: Option<u64>,
+    /// Cost per calendar week (Monday to Sunday) in `limits.timezone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekly_cost_nanousd: Option<u64>,
+    /// Cost over the key's whole life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_cost_nanousd: Option<u64>,
+    /// Weekly cost per model family (`opus`, `sonnet`, `haiku`): family -> limit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weekly_family_cost_nanousd: BTreeMap<String, u64>,
+    /// The key is refused before this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<jiff::Timestamp>,
+    /// The key is refused from this instant on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<jiff::Timestamp>,
+    /// The key is valid this many days from its first request (activation on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_days: Option<u32>,
+    /// Model globs the key may use; empty allows every model not blocked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_models: Vec<String>,
+    /// Model globs the key may not use; wins over `allowed_models`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_models: Vec<String>,
+    /// Clients the key may be used from (`claude-code`, `gemini-cli`, `codex`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_clients: Vec<String>,
+    /// Surfaces the key may call (`anthropic`, `openai`, `gemini`, `images`); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_surfaces: Vec<String>,
+}
+
+impl KeyLimits {
+    pub fn is_unlimited(&self) -> bool {
+        *self == KeyLimits::default()
+    }
+}
+
+/// Limits per fixed window of `seconds` (aligned to multiples of its length since the Unix epoch).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowLimit {
+    pub seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_nanousd: Option<u64>,
 }
 
 /// The accounts a key is bound to: listed by id, or every account of a group.
@@ -137,6 +205,48 @@ pub struct Admission {
     pub key_id: String,
     /// Maximum requests of this key in flight; `None` is unbounded.
     pub max_concurrency: Option<u32>,
+    /// Counters the request is checked against and holds a reservation on until it settles.
+    pub meters: Vec<Meter>,
+    /// Activation on first use: the key is valid for this many ms from its first admission,
+    /// which this admission records when it is the first.
+    pub valid_after_first_use_ms: Option<i64>,
+    /// Unix ms, the caller's clock: lease deadlines, lease expiry, activation.
+    pub now_ms: i64,
+}
+
+/// One counter of a key (a window's requests, a day's cost, ...). A request is admitted when
+/// `used + held + reserve <= limit`, or when nothing is held and `used < limit` (so a request
+/// whose estimate alone exceeds what is left still gets through when it is the only one: the
+/// budget is then overshot by at most that request's estimate error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meter {
+    /// Names the counter and its period, unique within the key: `win:600:2941337:req`,
+    /// `day:2026-11-22`, `week:2026-11-16:opus`, `total`. Made of `[A-Za-z0-9:._-]`.
+    pub bucket: String,
+    pub limit: u64,
+    /// What this request holds until it settles (its estimate; 1 for a request count).
+    pub reserve: u64,
+    /// Unix ms after which the counter is no longer needed (its period is over, plus the
+    /// longest lease); `None` keeps it forever.
+    pub expires_at: Option<i64>,
+}
+
+impl Meter {
+    /// Whether a request reserving `self.reserve` fits next to `now`.
+    pub fn admits(&self, now: MeterUse) -> bool {
+        let wanted = now
+            .used
+            .saturating_add(now.held)
+            .saturating_add(self.reserve);
+        wanted <= self.limit || (now.held == 0 && now.used < self.limit)
+    }
+}
+
+/// A counter's state: settled use, and what requests in flight hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeterUse {
+    pub used: u64,
+    pub held: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +256,26 @@ pub enum Admit {
     ConcurrencyExceeded {
         limit: u32,
     },
+    /// `Admission::meters[meter]` has no room for this request.
+    MeterFull {
+        meter: usize,
+        usage: MeterUse,
+    },
+    /// The key was first used at this unix ms, and its validity from then has run out.
+    Expired {
+        first_used_at: i64,
+    },
+}
+
+/// What `key_state` reads for the key-info view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyState {
+    /// Leases in flight (live ones only).
+    pub in_flight: u32,
+    /// One per bucket asked for, in order (zero where nothing was counted).
+    pub meters: Vec<MeterUse>,
+    /// Unix ms of the key's first admission with activation on first use, if any.
+    pub first_used_at: Option<i64>,
 }
 
 /// One account the scheduler may use. `pick_account` applies `scheduler::policy::choose`.
@@ -354,6 +484,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Clears the account's health (an admin's reset): it serves again at once.
     async fn reset_health(&self, account_id: &str) -> StoreResult<()>;
+    /// Ends a key's lease taken by `admit`, atomically returning what it held on each meter and
+    /// adding what the request really used (`(bucket, amount)`, the buckets of its admission).
+    /// Idempotent: settling the same lease twice counts once. A lease that expired before it was
+    /// settled already returned its holds; its use is still added.
+    async fn settle(&self, key_id: &str, lease: &Lease, used: &[(String, u64)]) -> StoreResult<()>;
+    /// The key's live state for these buckets (the key-info view).
+    async fn key_state(&self, key_id: &str, buckets: &[String]) -> StoreResult<KeyState>;
     /// Ends a lease taken by `admit` (and by `pick_account` when `account_id` is given). Idempotent.
     async fn release(
         &self,

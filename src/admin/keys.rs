@@ -11,7 +11,8 @@ use crate::app::App;
 use crate::auth;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::store::{KeyBinding, KeyRecord};
+use crate::limits;
+use crate::store::{KeyBinding, KeyLimits, KeyRecord};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +21,9 @@ pub struct CreateKey {
     #[serde(default = "yes")]
     enabled: bool,
     binding: Option<KeyBinding>,
+    /// Absent or `null`: no limits.
+    #[serde(default)]
+    limits: Option<KeyLimits>,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +34,35 @@ pub struct PatchKey {
     /// `null` removes the binding.
     #[serde(default, deserialize_with = "nullable")]
     binding: Option<Option<KeyBinding>>,
+    /// A JSON merge patch (RFC 7396) of the limits: fields given replace those set, `null`
+    /// removes one; `limits: null` removes them all.
+    #[serde(default, deserialize_with = "nullable")]
+    limits: Option<Option<Value>>,
+}
+
+/// Applies `patch` to `target` as RFC 7396 says.
+fn merge_patch(target: &mut Value, patch: Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(map) = target {
+        for (name, value) in fields {
+            if value.is_null() {
+                map.remove(&name);
+            } else {
+                merge_patch(map.entry(name).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+fn valid_limits(limits: KeyLimits) -> Result<KeyLimits, ApiError> {
+    limits::access::validate(&limits)?;
+    Ok(limits)
 }
 
 fn yes() -> bool {
@@ -53,6 +86,7 @@ fn view(key: &KeyRecord) -> Value {
         "enabled": key.enabled,
         "created_at": rfc3339(key.created_at),
         "binding": key.binding,
+        "limits": key.limits,
     })
 }
 
@@ -66,6 +100,7 @@ pub async fn create(app: &Arc<App>, req: CreateKey) -> Result<Response<Body>, Ap
         enabled: req.enabled,
         created_at: now_ms(),
         binding: valid_binding(req.binding)?,
+        limits: valid_limits(req.limits.unwrap_or_default())?,
     };
     app.store().insert_key(&record).await.map_err(store_error)?;
     let mut body = view(&record);
@@ -89,8 +124,13 @@ async fn find(app: &Arc<App>, id: &str) -> Result<KeyRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no key with id {id}")))
 }
 
+/// The key with its limits' current use (the same view as the key's own `/v1/key-info`).
 pub async fn get(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
-    ok(StatusCode::OK, &view(&find(app, id).await?))
+    let key = find(app, id).await?;
+    ok(
+        StatusCode::OK,
+        &limits::info::view(app, &key, view(&key)).await?,
+    )
 }
 
 pub async fn patch(app: &Arc<App>, id: &str, req: PatchKey) -> Result<Response<Body>, ApiError> {
@@ -103,6 +143,17 @@ pub async fn patch(app: &Arc<App>, id: &str, req: PatchKey) -> Result<Response<B
     }
     if let Some(binding) = req.binding {
         record.binding = valid_binding(binding)?;
+    }
+    if let Some(patch) = req.limits {
+        let mut current = serde_json::to_value(&record.limits)
+            .map_err(|e| ApiError::internal(format!("encoding limits: {e}")))?;
+        merge_patch(&mut current, patch.unwrap_or(Value::Null));
+        if current.is_null() {
+            current = json!({});
+        }
+        let limits = serde_path_to_error::deserialize(current)
+            .map_err(|e| ApiError::invalid(format!("limits.{}: {}", e.path(), e.inner())))?;
+        record.limits = valid_limits(limits)?;
     }
     let updated = app.store().update_key(&record).await.map_err(store_error)?;
     // After the write too: a lookup that read the old record during the write may have cached it.

@@ -18,6 +18,7 @@ pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 pub struct Ask<'a> {
     pub model: String,
     pub stream: bool,
+    pub max_tokens: Option<u64>,
     /// What the body says about the conversation, for sticky sessions.
     pub session: session::Hints<'a>,
 }
@@ -27,6 +28,8 @@ struct Peek<'a> {
     model: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
     #[serde(default, borrow)]
     metadata: Option<Metadata<'a>>,
     #[serde(default, borrow)]
@@ -76,6 +79,7 @@ pub fn inspect(body: &[u8]) -> Result<Ask<'_>, ApiError> {
     Ok(Ask {
         model,
         stream: peek.stream.unwrap_or(false),
+        max_tokens: peek.max_tokens,
         session: session::Hints {
             metadata_user_id: peek.metadata.and_then(|m| m.user_id),
             prompt_cache_key: None,

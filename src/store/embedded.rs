@@ -9,7 +9,7 @@
 //! single node there is nobody to share it with, and a restart forgets every in-flight request
 //! anyway. The mutex is never held across an await, and the hot-path methods never touch the file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -22,8 +22,9 @@ use serde::de::DeserializeOwned;
 use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 
 use super::{
-    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Counters, Dimension, KeyRecord, Lease,
-    PickRequest, Picked, RequestLogEntry, Store, StoreError, StoreResult, UsageBatch, UsageQuery,
+    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Counters, Dimension, KeyRecord,
+    KeyState, Lease, MeterUse, PickRequest, Picked, RequestLogEntry, Store, StoreError,
+    StoreResult, UsageBatch, UsageQuery,
 };
 
 /// Key id -> JSON `KeyRecord`.
@@ -38,6 +39,10 @@ const USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("usage");
 /// append order so that a long stream finishing late still sorts where it started; the request id
 /// makes the key unique and re-recording the same request idempotent.
 const REQUEST_LOG: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("request_log");
+/// (key id, bucket) -> JSON `StoredMeter`: the settled use of each limit counter.
+const METERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("meters");
+/// Key id -> unix ms of its first use (activation on first use).
+const FIRST_USE: TableDefinition<&str, i64> = TableDefinition::new("first_use");
 
 const FILE_NAME: &str = "switchyard.redb";
 
@@ -67,11 +72,17 @@ impl EmbeddedStore {
         txn.open_table(ACCOUNTS).map_err(db_err)?;
         txn.open_table(USAGE).map_err(db_err)?;
         txn.open_table(REQUEST_LOG).map_err(db_err)?;
+        txn.open_table(METERS).map_err(db_err)?;
+        txn.open_table(FIRST_USE).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
+        let limits = load_limits(&db, now_ms())?;
         Ok(EmbeddedStore {
             db: Arc::new(db),
             request_log_max,
-            hot: Mutex::new(Hot::default()),
+            hot: Mutex::new(Hot {
+                limits,
+                ..Hot::default()
+            }),
         })
     }
 
@@ -86,6 +97,75 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// Takes what changed in the limit counters, to be written; `restore_limits_write` puts it
+    /// back when the write failed.
+    fn take_limits_write(&self) -> StoreResult<LimitsWrite> {
+        let mut hot = self.hot();
+        let limits = &mut hot.limits;
+        limits.prune(now_ms());
+        let mut write = LimitsWrite::default();
+        for k in std::mem::take(&mut limits.dirty_meters) {
+            let value = limits.meters.get(&k).map(encode).transpose()?;
+            write.meters.push((k, value));
+        }
+        for key_id in std::mem::take(&mut limits.dirty_first_use) {
+            if let Some(at) = limits.first_use.get(&key_id) {
+                write.first_use.push((key_id, *at));
+            }
+        }
+        Ok(write)
+    }
+
+    fn restore_limits_write(&self, (meters, first_use): LimitsKeys) {
+        let mut hot = self.hot();
+        hot.limits.dirty_meters.extend(meters);
+        hot.limits.dirty_first_use.extend(first_use);
+    }
+
+    /// Adds a usage batch and writes the changed limit counters, in one transaction.
+    async fn write_usage(&self, batch: &UsageBatch, limits: LimitsWrite) -> StoreResult<()> {
+        let mut counters = Vec::with_capacity(batch.counters.len());
+        for ((dimension, bucket), add) in &batch.counters {
+            counters.push((counter_key(dimension, bucket), *add));
+        }
+        let mut entries = Vec::with_capacity(batch.requests.len());
+        for entry in &batch.requests {
+            entries.push((entry.at, entry.request_id.clone(), encode(entry)?));
+        }
+        let max = u64::try_from(self.request_log_max).unwrap_or(u64::MAX);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            limits.apply(&txn)?;
+            {
+                let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+                for (key, add) in &counters {
+                    let mut total = match usage.get(key.as_str()).map_err(db_err)? {
+                        Some(v) => decode::<Counters>(v.value(), "counters")?,
+                        None => Counters::default(),
+                    };
+                    total.add(add);
+                    usage
+                        .insert(key.as_str(), encode(&total)?.as_slice())
+                        .map_err(db_err)?;
+                }
+                let mut log = txn.open_table(REQUEST_LOG).map_err(db_err)?;
+                for (at, request_id, bytes) in &entries {
+                    log.insert((*at, request_id.as_str()), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+                // Trimmed on write, so reads never pay for it and the file stays bounded.
+                while log.len().map_err(db_err)? > max {
+                    if log.pop_first().map_err(db_err)?.is_none() {
+                        break;
+                    }
+                }
+            }
+            // Dropping the transaction on any `?` above aborts it: all or nothing.
+            txn.commit().map_err(db_err)
+        })
+        .await
     }
 
     /// A poisoned lock is recovered rather than propagated: no code path panics while holding it,
@@ -104,12 +184,181 @@ type Leases = HashMap<String, Option<Instant>>;
 #[derive(Default)]
 struct Hot {
     /// Key id -> its in-flight leases.
-    keys: HashMap<String, Leases>,
+    keys: HashMap<String, KeyLeases>,
+    /// Limit counters and first uses: in memory, written to the file with each usage batch.
+    limits: Limits,
     accounts: HashMap<String, AccountHot>,
     /// The last `AccountHot::pick_seq` handed out.
     pick_seq: u64,
     /// Session id -> (bound account id, when the binding expires).
     sessions: HashMap<String, (String, Instant)>,
+}
+
+/// A key's leases in flight: lease id -> its deadline (unix ms, the caller's clock) and holds.
+type KeyLeases = HashMap<String, KeyLeaseHot>;
+
+struct KeyLeaseHot {
+    deadline: i64,
+    /// (bucket, amount) held on the key's meters until the lease settles or expires.
+    holds: Vec<(String, u64)>,
+}
+
+/// The limit counters of every key. `used` is durable (written with the next usage batch or
+/// flush: a crash loses at most one flush interval of it, as it does usage); `held` lives and
+/// dies with the leases, which a restart forgets anyway.
+#[derive(Default)]
+struct Limits {
+    /// (key id, bucket) -> counter.
+    meters: HashMap<(String, String), MeterHot>,
+    /// Key id -> unix ms of its first use.
+    first_use: HashMap<String, i64>,
+    /// Counters and first uses changed since the last write.
+    dirty_meters: HashSet<(String, String)>,
+    dirty_first_use: HashSet<String>,
+    /// Lease id -> unix ms it was settled: a second settle of the same lease is ignored.
+    settled: HashMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+struct MeterHot {
+    used: u64,
+    #[serde(skip)]
+    held: u64,
+    expires_at: Option<i64>,
+}
+
+/// Settled lease ids are remembered this long (past any retry of a settle).
+const SETTLED_MEMORY_MS: i64 = 10 * 60 * 1000;
+/// ... and swept when the map reaches this size.
+const SETTLED_PRUNE_AT: usize = 10_000;
+
+impl Limits {
+    fn use_of(&self, key_id: &str, bucket: &str) -> MeterUse {
+        self.meters
+            .get(&(key_id.to_owned(), bucket.to_owned()))
+            .map_or(MeterUse::default(), |m| MeterUse {
+                used: m.used,
+                held: m.held,
+            })
+    }
+
+    /// Returns what `lease` held on each meter.
+    fn unhold(&mut self, key_id: &str, holds: &[(String, u64)]) {
+        for (bucket, amount) in holds {
+            if let Some(m) = self.meters.get_mut(&(key_id.to_owned(), bucket.clone())) {
+                m.held = m.held.saturating_sub(*amount);
+            }
+        }
+    }
+
+    /// Drops the expired leases of a key, returning their holds.
+    fn sweep(&mut self, key_id: &str, leases: &mut KeyLeases, now_ms: i64) {
+        let expired: Vec<String> = leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(lease) = leases.remove(&id) {
+                self.unhold(key_id, &lease.holds);
+            }
+        }
+    }
+
+    /// Counters whose period ended are dropped from memory, and from the file at the next write;
+    /// settled lease ids are forgotten after a while.
+    fn prune(&mut self, now_ms: i64) {
+        let gone: Vec<(String, String)> = self
+            .meters
+            .iter()
+            .filter(|(_, m)| m.held == 0 && m.expires_at.is_some_and(|e| e <= now_ms))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            self.meters.remove(&k);
+            self.dirty_meters.insert(k);
+        }
+        if self.settled.len() >= SETTLED_PRUNE_AT {
+            self.settled
+                .retain(|_, at| *at > now_ms.saturating_sub(SETTLED_MEMORY_MS));
+        }
+    }
+}
+
+fn load_limits(db: &Database, now_ms: i64) -> StoreResult<Limits> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let mut limits = Limits::default();
+    for row in txn
+        .open_table(METERS)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = row.map_err(db_err)?;
+        let (key_id, bucket) = k.value();
+        let meter: MeterHot = decode(v.value(), "meter")?;
+        if meter.expires_at.is_none_or(|e| e > now_ms) {
+            limits
+                .meters
+                .insert((key_id.to_owned(), bucket.to_owned()), meter);
+        }
+    }
+    for row in txn
+        .open_table(FIRST_USE)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = row.map_err(db_err)?;
+        limits.first_use.insert(k.value().to_owned(), v.value());
+    }
+    Ok(limits)
+}
+
+/// What of `Limits` must reach the file: counters by value (absolute, so a write can be retried).
+#[derive(Default)]
+struct LimitsWrite {
+    meters: Vec<((String, String), Option<Vec<u8>>)>,
+    first_use: Vec<(String, i64)>,
+}
+
+/// What a `LimitsWrite` covers, to mark dirty again when it failed.
+type LimitsKeys = (Vec<(String, String)>, Vec<String>);
+
+impl LimitsWrite {
+    fn keys(&self) -> LimitsKeys {
+        (
+            self.meters.iter().map(|(k, _)| k.clone()).collect(),
+            self.first_use.iter().map(|(k, _)| k.clone()).collect(),
+        )
+    }
+
+    fn is_empty(&self) -> bool {
+        self.meters.is_empty() && self.first_use.is_empty()
+    }
+
+    fn apply(&self, txn: &redb::WriteTransaction) -> StoreResult<()> {
+        let mut meters = txn.open_table(METERS).map_err(db_err)?;
+        for ((key_id, bucket), value) in &self.meters {
+            match value {
+                Some(bytes) => {
+                    meters
+                        .insert((key_id.as_str(), bucket.as_str()), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+                None => {
+                    meters
+                        .remove((key_id.as_str(), bucket.as_str()))
+                        .map_err(db_err)?;
+                }
+            }
+        }
+        let mut first = txn.open_table(FIRST_USE).map_err(db_err)?;
+        for (key_id, at) in &self.first_use {
+            first.insert(key_id.as_str(), *at).map_err(db_err)?;
+        }
+        Ok(())
+    }
 }
 
 /// Expired session bindings are swept when the map reaches this size.
@@ -407,21 +656,111 @@ impl Store for EmbeddedStore {
     }
 
     async fn admit(&self, admission: &Admission, lease: &Lease) -> StoreResult<Admit> {
-        let now = Instant::now();
-        let mut hot = self.hot();
-        let leases = hot.keys.entry(admission.key_id.clone()).or_default();
-        // Pruned even when unbounded, so that leases never released do not pile up.
-        let in_flight = live_count(leases, now);
-        // Re-admitting a lease already held renews it; it is not another request in flight.
-        let renewing = leases.contains_key(&lease.id);
-        match admission.max_concurrency {
-            Some(limit) if in_flight >= limit && !renewing => {
-                return Ok(Admit::ConcurrencyExceeded { limit });
+        let now = admission.now_ms;
+        let mut guard = self.hot();
+        let hot = &mut *guard;
+        let key_id = admission.key_id.as_str();
+        let leases = hot.keys.entry(key_id.to_owned()).or_default();
+        // Swept even when unbounded, so that leases never settled do not pile up.
+        hot.limits.sweep(key_id, leases, now);
+        if let Some(valid) = admission.valid_after_first_use_ms {
+            match hot.limits.first_use.get(key_id) {
+                Some(&first) if first.saturating_add(valid) <= now => {
+                    return Ok(Admit::Expired {
+                        first_used_at: first,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    hot.limits.first_use.insert(key_id.to_owned(), now);
+                    hot.limits.dirty_first_use.insert(key_id.to_owned());
+                }
             }
-            _ => {}
         }
-        leases.insert(lease.id.clone(), deadline(lease, now));
+        // Re-admitting a lease already held renews it; it is not another request in flight.
+        let renewing = leases.remove(&lease.id);
+        if let Some(previous) = &renewing {
+            hot.limits.unhold(key_id, &previous.holds);
+        }
+        if let Some(limit) = admission.max_concurrency
+            && renewing.is_none()
+            && u32::try_from(leases.len()).unwrap_or(u32::MAX) >= limit
+        {
+            return Ok(Admit::ConcurrencyExceeded { limit });
+        }
+        for (i, meter) in admission.meters.iter().enumerate() {
+            let usage = hot.limits.use_of(key_id, &meter.bucket);
+            if !meter.admits(usage) {
+                return Ok(Admit::MeterFull { meter: i, usage });
+            }
+        }
+        let mut holds = Vec::with_capacity(admission.meters.len());
+        for meter in &admission.meters {
+            let counter = hot
+                .limits
+                .meters
+                .entry((key_id.to_owned(), meter.bucket.clone()))
+                .or_default();
+            counter.held = counter.held.saturating_add(meter.reserve);
+            counter.expires_at = meter.expires_at;
+            holds.push((meter.bucket.clone(), meter.reserve));
+        }
+        let ttl = i64::try_from(lease.ttl.as_millis()).unwrap_or(i64::MAX);
+        leases.insert(
+            lease.id.clone(),
+            KeyLeaseHot {
+                deadline: now.saturating_add(ttl),
+                holds,
+            },
+        );
         Ok(Admit::Granted)
+    }
+
+    async fn settle(&self, key_id: &str, lease: &Lease, used: &[(String, u64)]) -> StoreResult<()> {
+        let mut guard = self.hot();
+        let hot = &mut *guard;
+        if hot.limits.settled.contains_key(&lease.id) {
+            return Ok(());
+        }
+        if let Some(leases) = hot.keys.get_mut(key_id) {
+            if let Some(taken) = leases.remove(&lease.id) {
+                hot.limits.unhold(key_id, &taken.holds);
+            }
+            if leases.is_empty() {
+                hot.keys.remove(key_id);
+            }
+        }
+        for (bucket, amount) in used {
+            let k = (key_id.to_owned(), bucket.clone());
+            let counter = hot.limits.meters.entry(k.clone()).or_default();
+            counter.used = counter.used.saturating_add(*amount);
+            hot.limits.dirty_meters.insert(k);
+        }
+        if !used.is_empty() {
+            hot.limits.settled.insert(lease.id.clone(), now_ms());
+        }
+        Ok(())
+    }
+
+    async fn key_state(&self, key_id: &str, buckets: &[String]) -> StoreResult<KeyState> {
+        let now = now_ms();
+        let mut guard = self.hot();
+        let hot = &mut *guard;
+        let in_flight = match hot.keys.get_mut(key_id) {
+            Some(leases) => {
+                hot.limits.sweep(key_id, leases, now);
+                u32::try_from(leases.len()).unwrap_or(u32::MAX)
+            }
+            None => 0,
+        };
+        Ok(KeyState {
+            in_flight,
+            meters: buckets
+                .iter()
+                .map(|b| hot.limits.use_of(key_id, b))
+                .collect(),
+            first_used_at: hot.limits.first_use.get(key_id).copied(),
+        })
     }
 
     async fn pick_account(&self, req: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked> {
@@ -527,9 +866,14 @@ impl Store for EmbeddedStore {
         account_id: Option<&str>,
         lease: &Lease,
     ) -> StoreResult<()> {
-        let mut hot = self.hot();
-        if let Some(leases) = hot.keys.get_mut(key_id) {
-            leases.remove(&lease.id);
+        let mut guard = self.hot();
+        let hot = &mut *guard;
+        if account_id.is_none()
+            && let Some(leases) = hot.keys.get_mut(key_id)
+        {
+            if let Some(taken) = leases.remove(&lease.id) {
+                hot.limits.unhold(key_id, &taken.holds);
+            }
             if leases.is_empty() {
                 hot.keys.remove(key_id);
             }
@@ -542,48 +886,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
-        if batch.is_empty() {
+        let limits = self.take_limits_write()?;
+        if batch.is_empty() && limits.is_empty() {
             return Ok(());
         }
-        let mut counters = Vec::with_capacity(batch.counters.len());
-        for ((dimension, bucket), add) in &batch.counters {
-            counters.push((counter_key(dimension, bucket), *add));
+        let keys = limits.keys();
+        let result = self.write_usage(batch, limits).await;
+        if result.is_err() {
+            self.restore_limits_write(keys);
         }
-        let mut entries = Vec::with_capacity(batch.requests.len());
-        for entry in &batch.requests {
-            entries.push((entry.at, entry.request_id.clone(), encode(entry)?));
-        }
-        let max = u64::try_from(self.request_log_max).unwrap_or(u64::MAX);
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut usage = txn.open_table(USAGE).map_err(db_err)?;
-                for (key, add) in &counters {
-                    let mut total = match usage.get(key.as_str()).map_err(db_err)? {
-                        Some(v) => decode::<Counters>(v.value(), "counters")?,
-                        None => Counters::default(),
-                    };
-                    total.add(add);
-                    usage
-                        .insert(key.as_str(), encode(&total)?.as_slice())
-                        .map_err(db_err)?;
-                }
-                let mut log = txn.open_table(REQUEST_LOG).map_err(db_err)?;
-                for (at, request_id, bytes) in &entries {
-                    log.insert((*at, request_id.as_str()), bytes.as_slice())
-                        .map_err(db_err)?;
-                }
-                // Trimmed on write, so reads never pay for it and the file stays bounded.
-                while log.len().map_err(db_err)? > max {
-                    if log.pop_first().map_err(db_err)?.is_none() {
-                        break;
-                    }
-                }
-            }
-            // Dropping the transaction on any `?` above aborts it: all or nothing.
-            txn.commit().map_err(db_err)
-        })
-        .await
+        result
     }
 
     async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<Counters>> {
@@ -633,8 +945,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn flush(&self) -> StoreResult<()> {
-        // Every write above commits with immediate durability before it returns, and the hot state
-        // is deliberately not persisted, so there is nothing left to write.
-        Ok(())
+        // Every write above commits with immediate durability before it returns; what is left is
+        // the limit counters changed since the last usage batch. The rest of the hot state is
+        // deliberately not persisted.
+        self.record_usage(&UsageBatch::default()).await
     }
 }

@@ -38,8 +38,8 @@ use self::names::Names;
 use self::scripts::{Call, Scripts};
 use super::{
     AccountRecord, AccountRuntime, Admission, Admit, Bucket, Change, Counters, Dimension,
-    KeyRecord, Lease, PickRequest, Picked, RequestLogEntry, Store, StoreError, StoreResult,
-    UsageBatch, UsageQuery,
+    KeyRecord, KeyState, Lease, MeterUse, PickRequest, Picked, RequestLogEntry, Store, StoreError,
+    StoreResult, UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
 use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
@@ -205,6 +205,9 @@ fn deadline_ms(now: i64, ttl: Duration) -> i64 {
     let ttl = i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX);
     now.saturating_add(ttl.min(MAX_LEASE_TTL_MS))
 }
+
+/// A settled lease is remembered this long, past any retry of its settle.
+const SETTLED_MARK_TTL: Duration = Duration::from_secs(600);
 
 fn cap_arg(cap: Option<u32>) -> String {
     cap.map_or_else(|| "-1".to_owned(), |c| c.to_string())
@@ -430,28 +433,125 @@ impl Store for RedisStore {
     }
 
     async fn admit(&self, admission: &Admission, lease: &Lease) -> StoreResult<Admit> {
-        let now = now_ms();
+        let key_id = admission.key_id.as_str();
+        let now = admission.now_ms;
+        let mut keys = vec![
+            self.names.key_leases(key_id),
+            self.names.key_holds(key_id),
+            self.names.key_first_use(key_id),
+        ];
+        let mut args = vec![
+            lease.id.clone(),
+            now.to_string(),
+            deadline_ms(now, lease.ttl).to_string(),
+            cap_arg(admission.max_concurrency),
+            admission
+                .valid_after_first_use_ms
+                .map_or_else(|| "-1".to_owned(), |v| v.to_string()),
+        ];
+        for meter in &admission.meters {
+            keys.push(self.names.key_meter(key_id, &meter.bucket));
+            args.push(meter.limit.to_string());
+            args.push(meter.reserve.to_string());
+            args.push(
+                meter
+                    .expires_at
+                    .map_or_else(|| "-1".to_owned(), |e| e.to_string()),
+            );
+        }
+        let reply = self.scripts.admit.run(self.client(), keys, args).await?;
+        let parts = reply.into_array();
+        let code = parts.first().map_or(Ok(-1), |v| integer(v, "admit"))?;
+        let number = |i: usize, what: &str| -> StoreResult<u64> {
+            let text = parts
+                .get(i)
+                .and_then(Value::as_string)
+                .ok_or_else(|| StoreError::Corrupt(format!("admit: no {what}")))?;
+            text.parse()
+                .map_err(|e| StoreError::Corrupt(format!("admit: {what} {text:?}: {e}")))
+        };
+        match (code, admission.max_concurrency) {
+            (0, _) => Ok(Admit::Granted),
+            (1, Some(limit)) => Ok(Admit::ConcurrencyExceeded { limit }),
+            (2, _) => Ok(Admit::MeterFull {
+                meter: usize::try_from(number(1, "meter")?).unwrap_or(usize::MAX),
+                usage: MeterUse {
+                    used: number(2, "used")?,
+                    held: number(3, "held")?,
+                },
+            }),
+            (3, _) => Ok(Admit::Expired {
+                first_used_at: i64::try_from(number(1, "first use")?).unwrap_or(i64::MAX),
+            }),
+            (other, _) => Err(StoreError::Corrupt(format!(
+                "admit: unexpected answer {other}"
+            ))),
+        }
+    }
+
+    async fn settle(&self, key_id: &str, lease: &Lease, used: &[(String, u64)]) -> StoreResult<()> {
+        let mut keys = vec![
+            self.names.key_leases(key_id),
+            self.names.key_holds(key_id),
+            self.names.key_settled(key_id, &lease.id),
+        ];
+        let mut args = vec![lease.id.clone(), ms(SETTLED_MARK_TTL)];
+        for (bucket, amount) in used {
+            keys.push(self.names.key_meter(key_id, bucket));
+            args.push(amount.to_string());
+        }
+        self.scripts
+            .settle
+            .run(self.client(), keys, args)
+            .await
+            .map(drop)
+    }
+
+    async fn key_state(&self, key_id: &str, buckets: &[String]) -> StoreResult<KeyState> {
+        let mut keys = vec![
+            self.names.key_leases(key_id),
+            self.names.key_first_use(key_id),
+        ];
+        keys.extend(buckets.iter().map(|b| self.names.key_meter(key_id, b)));
         let reply = self
             .scripts
-            .admit
-            .run(
-                self.client(),
-                vec![self.names.key_leases(&admission.key_id)],
-                vec![
-                    lease.id.clone(),
-                    now.to_string(),
-                    deadline_ms(now, lease.ttl).to_string(),
-                    cap_arg(admission.max_concurrency),
-                ],
-            )
+            .key_state
+            .run(self.client(), keys, vec![now_ms().to_string()])
             .await?;
-        match (integer(&reply, "admit")?, admission.max_concurrency) {
-            (1, _) => Ok(Admit::Granted),
-            (_, Some(limit)) => Ok(Admit::ConcurrencyExceeded { limit }),
-            (_, None) => Err(StoreError::Corrupt(
-                "admit refused a key without a cap".into(),
-            )),
+        let parts = reply.into_array();
+        let text = |i: usize| -> StoreResult<String> {
+            parts
+                .get(i)
+                .and_then(Value::as_string)
+                .ok_or_else(|| StoreError::Corrupt("key_state: short reply".into()))
+        };
+        let number = |i: usize| -> StoreResult<u64> {
+            let t = text(i)?;
+            t.parse()
+                .map_err(|e| StoreError::Corrupt(format!("key_state: {t:?}: {e}")))
+        };
+        let in_flight = parts.first().map_or(Ok(0), |v| integer(v, "key_state"))?;
+        let first = text(1)?;
+        let mut meters = Vec::with_capacity(buckets.len());
+        for i in 0..buckets.len() {
+            meters.push(MeterUse {
+                used: number(2 + 2 * i)?,
+                held: number(3 + 2 * i)?,
+            });
         }
+        Ok(KeyState {
+            in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
+            meters,
+            first_used_at: if first.is_empty() {
+                None
+            } else {
+                Some(
+                    first
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("first use {first:?}: {e}")))?,
+                )
+            },
+        })
     }
 
     /// GET, `Health::apply` in Rust (the one implementation of the policy), then a
@@ -630,19 +730,19 @@ impl Store for RedisStore {
         account_id: Option<&str>,
         lease: &Lease,
     ) -> StoreResult<()> {
+        // A key's own lease may hold reservations: settling returns them.
+        let Some(account_id) = account_id else {
+            return self.settle(key_id, lease, &[]).await;
+        };
         // Two slots (the key's tag and `{acct}`), so two commands; sent together on one
         // connection, each idempotent.
         let client = self.client();
         let key = client.zrem::<i64, _, _>(self.names.key_leases(key_id), lease.id.as_str());
-        match account_id {
-            Some(account_id) => {
-                let account = client
-                    .zrem::<i64, _, _>(self.names.account_leases(account_id), lease.id.as_str());
-                tokio::try_join!(key, account).map(drop)
-            }
-            None => key.await.map(drop),
-        }
-        .map_err(|e| unavailable("release", &e))
+        let account =
+            client.zrem::<i64, _, _>(self.names.account_leases(account_id), lease.id.as_str());
+        tokio::try_join!(key, account)
+            .map(drop)
+            .map_err(|e| unavailable("release", &e))
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {

@@ -16,8 +16,8 @@ use switchyard::store::embedded::EmbeddedStore;
 use switchyard::store::redis::RedisStore;
 use switchyard::store::{
     AccountRecord, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters, Dimension,
-    KeyRecord, Lease, PickRequest, Picked, Provider, RequestLogEntry, SessionPick, Store,
-    StoreError, StoreResult, UsageBatch, UsageQuery,
+    KeyRecord, KeyState, Lease, Meter, MeterUse, PickRequest, Picked, Provider, RequestLogEntry,
+    SessionPick, Store, StoreError, StoreResult, UsageBatch, UsageQuery,
 };
 use switchyard::usage::TokenUsage;
 use tempfile::TempDir;
@@ -106,7 +106,8 @@ macro_rules! conformance_tests {
             key_crud, account_crud, admit_caps_concurrency, lease_expires, pick_by_priority,
             pick_rotates_equals, pick_skips_full_accounts, usage_adds_batches, request_log,
             health_reports_and_recovery, concurrent_health_reports, sessions_stick_escape_and_move,
-            pick_weighs_relative_load;
+            pick_weighs_relative_load, meters_reserve_and_settle, meters_admit_atomically,
+            meters_return_holds_of_expired_leases, activation_on_first_use;
             records_survive_reopen, usage_survives_reopen);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
@@ -167,6 +168,7 @@ fn key(id: &str, created_at: i64) -> KeyRecord {
         enabled: true,
         created_at,
         binding: None,
+        limits: Default::default(),
     }
 }
 
@@ -236,7 +238,33 @@ fn admission(key_id: &str, max_concurrency: Option<u32>) -> Admission {
     Admission {
         key_id: key_id.to_owned(),
         max_concurrency,
+        meters: Vec::new(),
+        valid_after_first_use_ms: None,
+        now_ms: now_ms(),
     }
+}
+
+/// An admission at `now_ms` reserving on `meters` (bucket, limit, reserve).
+fn metered(key_id: &str, now_ms: i64, meters: &[(&str, u64, u64)]) -> Admission {
+    Admission {
+        key_id: key_id.to_owned(),
+        max_concurrency: None,
+        meters: meters
+            .iter()
+            .map(|&(bucket, limit, reserve)| Meter {
+                bucket: bucket.to_owned(),
+                limit,
+                reserve,
+                expires_at: Some(now_ms + 3_600_000),
+            })
+            .collect(),
+        valid_after_first_use_ms: None,
+        now_ms,
+    }
+}
+
+fn used(meters: &[(&str, u64)]) -> Vec<(String, u64)> {
+    meters.iter().map(|&(b, n)| (b.to_owned(), n)).collect()
 }
 
 fn counters(n: u64) -> Counters {
@@ -424,6 +452,7 @@ mod cases {
             match task.await.unwrap() {
                 (i, Admit::Granted) => granted.push(i),
                 (_, Admit::ConcurrencyExceeded { limit }) => assert_eq!(limit, CAP),
+                (_, other) => panic!("unexpected {other:?}"),
             }
         }
         assert_eq!(granted.len(), CAP as usize, "granted: {granted:?}");
@@ -548,6 +577,250 @@ mod cases {
                 .await
                 .unwrap(),
             Admit::ConcurrencyExceeded { limit: 1 }
+        );
+    }
+
+    pub async fn meters_reserve_and_settle(store: Arc<dyn Store>) {
+        let t = now_ms();
+        let m = [("day:x", 100, 30), ("win:req", 10, 1)];
+        for i in 0..3 {
+            let got = store
+                .admit(&metered("k1", t, &m), &lease(&format!("l{i}")))
+                .await
+                .unwrap();
+            assert_eq!(got, Admit::Granted, "admission {i}");
+        }
+        // 90 held: a fourth does not fit, and says which counter is full and why.
+        assert_eq!(
+            store
+                .admit(&metered("k1", t, &m), &lease("l3"))
+                .await
+                .unwrap(),
+            Admit::MeterFull {
+                meter: 0,
+                usage: MeterUse { used: 0, held: 90 }
+            }
+        );
+        let state = |s: Arc<dyn Store>| async move {
+            s.key_state(
+                "k1",
+                &["day:x".to_owned(), "win:req".to_owned(), "none".to_owned()],
+            )
+            .await
+            .unwrap()
+        };
+        assert_eq!(
+            state(Arc::clone(&store)).await,
+            KeyState {
+                in_flight: 3,
+                meters: vec![
+                    MeterUse { used: 0, held: 90 },
+                    MeterUse { used: 0, held: 3 },
+                    MeterUse::default()
+                ],
+                first_used_at: None,
+            }
+        );
+        // Settling replaces the reservation by the real use; twice counts once.
+        let spent = used(&[("day:x", 10), ("win:req", 1)]);
+        store.settle("k1", &lease("l0"), &spent).await.unwrap();
+        store.settle("k1", &lease("l0"), &spent).await.unwrap();
+        assert_eq!(
+            state(Arc::clone(&store)).await.meters[..2],
+            [
+                MeterUse { used: 10, held: 60 },
+                MeterUse { used: 1, held: 2 }
+            ]
+        );
+        // 10 + 60 + 30 = 100 fits exactly.
+        assert_eq!(
+            store
+                .admit(&metered("k1", t, &m), &lease("l4"))
+                .await
+                .unwrap(),
+            Admit::Granted
+        );
+        for l in ["l1", "l2", "l4"] {
+            store
+                .settle("k1", &lease(l), &used(&[("day:x", 25), ("win:req", 1)]))
+                .await
+                .unwrap();
+        }
+        let s = state(Arc::clone(&store)).await;
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(
+            s.meters[..2],
+            [
+                MeterUse { used: 85, held: 0 },
+                MeterUse { used: 4, held: 0 }
+            ]
+        );
+        // Nothing held and some budget left: a request whose estimate exceeds what is left still
+        // gets through (the overshoot is bounded by one estimate); with it in flight, no other.
+        assert_eq!(
+            store
+                .admit(&metered("k1", t, &m), &lease("l5"))
+                .await
+                .unwrap(),
+            Admit::Granted
+        );
+        assert!(matches!(
+            store
+                .admit(&metered("k1", t, &m), &lease("l6"))
+                .await
+                .unwrap(),
+            Admit::MeterFull { meter: 0, .. }
+        ));
+        store
+            .settle("k1", &lease("l5"), &used(&[("day:x", 20), ("win:req", 1)]))
+            .await
+            .unwrap();
+        // Spent: refused whatever the reservation, with the use as it is.
+        assert_eq!(
+            store
+                .admit(&metered("k1", t, &[("day:x", 100, 0)]), &lease("l7"))
+                .await
+                .unwrap(),
+            Admit::MeterFull {
+                meter: 0,
+                usage: MeterUse { used: 105, held: 0 }
+            }
+        );
+        // A dropped request (nothing used) only returns its hold; other keys count apart.
+        assert_eq!(
+            store
+                .admit(&metered("k2", t, &m), &lease("m1"))
+                .await
+                .unwrap(),
+            Admit::Granted
+        );
+        store.settle("k2", &lease("m1"), &[]).await.unwrap();
+        let s = store.key_state("k2", &["day:x".to_owned()]).await.unwrap();
+        assert_eq!(s.meters, vec![MeterUse::default()]);
+        // A refused concurrency check reserves nothing.
+        let mut capped = metered("k3", t, &m);
+        capped.max_concurrency = Some(1);
+        assert_eq!(
+            store.admit(&capped, &lease("c1")).await.unwrap(),
+            Admit::Granted
+        );
+        assert_eq!(
+            store.admit(&capped, &lease("c2")).await.unwrap(),
+            Admit::ConcurrencyExceeded { limit: 1 }
+        );
+        let s = store.key_state("k3", &["day:x".to_owned()]).await.unwrap();
+        assert_eq!(
+            (s.in_flight, s.meters[0]),
+            (1, MeterUse { used: 0, held: 30 })
+        );
+    }
+
+    pub async fn meters_admit_atomically(store: Arc<dyn Store>) {
+        // 50 at once against a budget that holds 10 reservations: exactly 10 get through.
+        const TASKS: usize = 50;
+        let t = now_ms();
+        let barrier = Arc::new(Barrier::new(TASKS));
+        let mut tasks = Vec::new();
+        for i in 0..TASKS {
+            let store = Arc::clone(&store);
+            let barrier = Arc::clone(&barrier);
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let m = [("total", 1_000, 100), ("week:w", 5_000, 100)];
+                store
+                    .admit(&metered("k1", t, &m), &lease(&format!("l{i}")))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut granted = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Admit::Granted => granted += 1,
+                Admit::MeterFull { meter: 0, .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(granted, 10);
+        let s = store
+            .key_state("k1", &["total".to_owned(), "week:w".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.meters,
+            vec![
+                MeterUse {
+                    used: 0,
+                    held: 1_000
+                },
+                MeterUse {
+                    used: 0,
+                    held: 1_000
+                }
+            ]
+        );
+    }
+
+    pub async fn meters_return_holds_of_expired_leases(store: Arc<dyn Store>) {
+        // Lease expiry is judged by the caller's clock: no sleeping.
+        let t = now_ms();
+        let short = Lease {
+            id: "short".to_owned(),
+            ttl: Duration::from_secs(60),
+        };
+        let m = [("day:x", 100, 80)];
+        assert_eq!(
+            store.admit(&metered("k1", t, &m), &short).await.unwrap(),
+            Admit::Granted
+        );
+        assert!(matches!(
+            store
+                .admit(&metered("k1", t + 59_000, &m), &lease("l1"))
+                .await
+                .unwrap(),
+            Admit::MeterFull { .. }
+        ));
+        // A minute later the crashed instance's lease is gone, and its hold with it.
+        assert_eq!(
+            store
+                .admit(&metered("k1", t + 60_001, &m), &lease("l1"))
+                .await
+                .unwrap(),
+            Admit::Granted
+        );
+        let s = store.key_state("k1", &["day:x".to_owned()]).await.unwrap();
+        assert_eq!(s.meters, vec![MeterUse { used: 0, held: 80 }]);
+        // Its late settle still counts what it used, and returns no hold twice.
+        store
+            .settle("k1", &short, &used(&[("day:x", 7)]))
+            .await
+            .unwrap();
+        let s = store.key_state("k1", &["day:x".to_owned()]).await.unwrap();
+        assert_eq!(s.meters, vec![MeterUse { used: 7, held: 80 }]);
+    }
+
+    pub async fn activation_on_first_use(store: Arc<dyn Store>) {
+        let t = now_ms();
+        let mut a = metered("k1", t, &[]);
+        a.valid_after_first_use_ms = Some(1_000);
+        let s = store.key_state("k1", &[]).await.unwrap();
+        assert_eq!(s.first_used_at, None);
+        assert_eq!(store.admit(&a, &lease("l1")).await.unwrap(), Admit::Granted);
+        assert_eq!(
+            store.key_state("k1", &[]).await.unwrap().first_used_at,
+            Some(t)
+        );
+        a.now_ms = t + 999;
+        assert_eq!(store.admit(&a, &lease("l2")).await.unwrap(), Admit::Granted);
+        a.now_ms = t + 1_000;
+        assert_eq!(
+            store.admit(&a, &lease("l3")).await.unwrap(),
+            Admit::Expired { first_used_at: t }
+        );
+        // The clock started at the first request, not at this one.
+        assert_eq!(
+            store.key_state("k1", &[]).await.unwrap().first_used_at,
+            Some(t)
         );
     }
 

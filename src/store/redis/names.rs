@@ -60,6 +60,36 @@ impl Names {
         format!("{}{{k:{}}}:leases", self.prefix, escape(key_id))
     }
 
+    /// Hash: lease id -> what it holds on the key's meters.
+    pub(super) fn key_holds(&self, key_id: &str) -> String {
+        format!("{}{{k:{}}}:holds", self.prefix, escape(key_id))
+    }
+
+    /// String: unix ms of the key's first use.
+    pub(super) fn key_first_use(&self, key_id: &str) -> String {
+        format!("{}{{k:{}}}:first", self.prefix, escape(key_id))
+    }
+
+    /// Hash: used, held of one limit counter (`Meter::bucket`).
+    pub(super) fn key_meter(&self, key_id: &str, bucket: &str) -> String {
+        format!(
+            "{}{{k:{}}}:m:{}",
+            self.prefix,
+            escape(key_id),
+            escape(bucket)
+        )
+    }
+
+    /// String: present for a while after the lease settled, so a retried settle counts once.
+    pub(super) fn key_settled(&self, key_id: &str, lease_id: &str) -> String {
+        format!(
+            "{}{{k:{}}}:settled:{}",
+            self.prefix,
+            escape(key_id),
+            escape(lease_id)
+        )
+    }
+
     // --- account runtime: one tag, so that one script can weigh every candidate ---
 
     /// String counter behind `pick seq`.
@@ -182,6 +212,10 @@ mod tests {
         assert_eq!(tag(&n.key_records()), "rec");
         assert_eq!(tag(&n.key_hashes()), "rec");
         assert_eq!(tag(&n.account_records()), "rec");
+        assert_eq!(tag(&n.key_meter("a}b", "x}{")), "k:a%7Db");
+        assert_eq!(tag(&n.key_holds("a}b")), "k:a%7Db");
+        assert_eq!(tag(&n.key_settled("a}b", "l}")), "k:a%7Db");
+        assert_eq!(tag(&n.key_first_use("a}b")), "k:a%7Db");
         assert_eq!(tag(&n.pick_seq()), "acct");
         assert_eq!(tag(&n.account_leases("a}{b")), "acct");
         assert_eq!(tag(&n.account_runtime("a}{b")), "acct");

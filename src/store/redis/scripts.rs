@@ -28,6 +28,8 @@ pub(super) struct Scripts {
     pub(super) account_delete: Script,
     pub(super) account_runtime: Script,
     pub(super) admit: Script,
+    pub(super) settle: Script,
+    pub(super) key_state: Script,
     pub(super) pick_read: Script,
     pub(super) pick_commit: Script,
     pub(super) health_cas: Script,
@@ -37,7 +39,7 @@ pub(super) struct Scripts {
     pub(super) log_read: Script,
 }
 
-const SOURCES: [(&str, &str); 14] = [
+const SOURCES: [(&str, &str); 16] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
     ("key_by_hash", include_str!("key_by_hash.lua")),
@@ -45,6 +47,8 @@ const SOURCES: [(&str, &str); 14] = [
     ("account_delete", include_str!("account_delete.lua")),
     ("account_runtime", include_str!("account_runtime.lua")),
     ("admit", include_str!("admit.lua")),
+    ("settle", include_str!("settle.lua")),
+    ("key_state", include_str!("key_state.lua")),
     ("pick_read", include_str!("pick_read.lua")),
     ("pick_commit", include_str!("pick_commit.lua")),
     ("health_cas", include_str!("health_cas.lua")),
@@ -77,6 +81,8 @@ impl Scripts {
             account_delete: next()?,
             account_runtime: next()?,
             admit: next()?,
+            settle: next()?,
+            key_state: next()?,
             pick_read: next()?,
             pick_commit: next()?,
             health_cas: next()?,

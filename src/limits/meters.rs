@@ -1,0 +1,295 @@
+//! The counters a key's limits need for one request: which period each counts, when it resets,
+//! and what the request reserves on it.
+//!
+//! Windows are fixed, aligned to multiples of their length since the Unix epoch: one counter per
+//! window, incremented atomically, identical on every instance, with a reset time a client can be
+//! told (`Retry-After`). A sliding window would need a log of every request (and of its tokens
+//! and cost) per key; fixed windows trade that for allowing up to twice the limit across one
+//! boundary, which the daily and weekly budgets bound anyway. Days start at midnight and weeks on
+//! Monday at midnight in the configured time zone.
+
+use jiff::tz::TimeZone;
+use jiff::{Span, Timestamp, civil::Date};
+
+use crate::error::ApiError;
+use crate::store::{KeyLimits, Meter};
+
+pub const MIN_WINDOW_SECS: u64 = 60;
+pub const MAX_WINDOW_SECS: u64 = 30 * 86_400;
+
+/// What a counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    Requests,
+    Tokens,
+    Cost,
+}
+
+/// One counter with what the caller needs to explain it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub meter: Meter,
+    pub measure: Measure,
+    /// Names the limit in messages and in the key-info view: `window_requests`, `daily_cost`,
+    /// `weekly_cost`, `weekly_opus_cost`, `total_cost`.
+    pub name: String,
+    /// When the period started and when it resets (unix ms); `None` for the total.
+    pub period: Option<(i64, i64)>,
+}
+
+/// What one request is expected to use at most, reserved at admission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Estimate {
+    pub tokens: u64,
+    pub cost_nanousd: u64,
+}
+
+/// Which per-family counters to plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Families<'a> {
+    /// Those of a request for a model of this family (none without one).
+    Of(Option<&'a str>),
+    /// Every family the key limits (the key-info view).
+    All,
+}
+
+/// The counters of `limits` for a request at `now_ms`. A counter is kept past its period's end
+/// for as long as a lease admitted in it may still settle (`lease_ttl_ms`).
+pub fn plan(
+    limits: &KeyLimits,
+    now_ms: i64,
+    tz: &TimeZone,
+    family: Families<'_>,
+    estimate: Estimate,
+    lease_ttl_ms: i64,
+) -> Result<Vec<Planned>, ApiError> {
+    let mut out = Vec::new();
+    let keep = |end: i64| Some(end.saturating_add(lease_ttl_ms));
+    let mut push = |name: String, bucket: String, measure, limit, period: Option<(i64, i64)>| {
+        let reserve = match measure {
+            Measure::Requests => 1,
+            Measure::Tokens => estimate.tokens,
+            Measure::Cost => estimate.cost_nanousd,
+        };
+        out.push(Planned {
+            meter: Meter {
+                bucket,
+                limit,
+                reserve,
+                expires_at: period.and_then(|(_, end)| keep(end)),
+            },
+            measure,
+            name,
+            period,
+        });
+    };
+    if let Some(window) = &limits.window {
+        let len_ms = i64::try_from(window.seconds.clamp(MIN_WINDOW_SECS, MAX_WINDOW_SECS))
+            .unwrap_or(i64::MAX)
+            * 1000;
+        let index = now_ms.div_euclid(len_ms);
+        let period = Some((index * len_ms, (index + 1) * len_ms));
+        let base = format!("win:{}:{index}", window.seconds);
+        for (suffix, measure, limit) in [
+            ("req", Measure::Requests, window.requests),
+            ("tok", Measure::Tokens, window.tokens),
+            ("cost", Measure::Cost, window.cost_nanousd),
+        ] {
+            if let Some(limit) = limit {
+                let name = match measure {
+                    Measure::Requests => "window_requests",
+                    Measure::Tokens => "window_tokens",
+                    Measure::Cost => "window_cost",
+                };
+                push(
+                    name.into(),
+                    format!("{base}:{suffix}"),
+                    measure,
+                    limit,
+                    period,
+                );
+            }
+        }
+    }
+    let needs_calendar = limits.daily_cost_nanousd.is_some()
+        || limits.weekly_cost_nanousd.is_some()
+        || !limits.weekly_family_cost_nanousd.is_empty();
+    if needs_calendar {
+        let today = local_date(now_ms, tz)?;
+        if let Some(limit) = limits.daily_cost_nanousd {
+            let period = (midnight(today, tz)?, midnight(add_days(today, 1)?, tz)?);
+            push(
+                "daily_cost".into(),
+                format!("day:{today}"),
+                Measure::Cost,
+                limit,
+                Some(period),
+            );
+        }
+        let monday = add_days(today, -i64::from(today.weekday().to_monday_zero_offset()))?;
+        let week = (midnight(monday, tz)?, midnight(add_days(monday, 7)?, tz)?);
+        if let Some(limit) = limits.weekly_cost_nanousd {
+            push(
+                "weekly_cost".into(),
+                format!("week:{monday}"),
+                Measure::Cost,
+                limit,
+                Some(week),
+            );
+        }
+        for (fam, limit) in &limits.weekly_family_cost_nanousd {
+            if family == Families::All || family == Families::Of(Some(fam.as_str())) {
+                push(
+                    format!("weekly_{fam}_cost"),
+                    format!("week:{monday}:{fam}"),
+                    Measure::Cost,
+                    *limit,
+                    Some(week),
+                );
+            }
+        }
+    }
+    if let Some(limit) = limits.total_cost_nanousd {
+        push(
+            "total_cost".into(),
+            "total".into(),
+            Measure::Cost,
+            limit,
+            None,
+        );
+    }
+    Ok(out)
+}
+
+fn time_error(e: jiff::Error) -> ApiError {
+    ApiError::internal(format!("date arithmetic failed: {e}"))
+}
+
+fn local_date(now_ms: i64, tz: &TimeZone) -> Result<Date, ApiError> {
+    Ok(Timestamp::from_millisecond(now_ms)
+        .map_err(time_error)?
+        .to_zoned(tz.clone())
+        .date())
+}
+
+fn add_days(date: Date, days: i64) -> Result<Date, ApiError> {
+    date.checked_add(Span::new().days(days)).map_err(time_error)
+}
+
+/// Unix ms of the first instant of `date` in `tz` (which is not always 00:00 on a DST change).
+fn midnight(date: Date, tz: &TimeZone) -> Result<i64, ApiError> {
+    Ok(date
+        .to_zoned(tz.clone())
+        .map_err(time_error)?
+        .start_of_day()
+        .map_err(time_error)?
+        .timestamp()
+        .as_millisecond())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::WindowLimit;
+
+    fn ms(at: &str) -> i64 {
+        at.parse::<Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn windows_are_aligned_and_roll_over() {
+        let limits = KeyLimits {
+            window: Some(WindowLimit {
+                seconds: 600,
+                requests: Some(5),
+                tokens: None,
+                cost_nanousd: Some(9),
+            }),
+            ..KeyLimits::default()
+        };
+        let est = Estimate {
+            tokens: 10,
+            cost_nanousd: 7,
+        };
+        let a = plan(
+            &limits,
+            ms("2026-11-22T12:09:59Z"),
+            &TimeZone::UTC,
+            Families::Of(None),
+            est,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].name, "window_requests");
+        assert_eq!((a[0].meter.reserve, a[1].meter.reserve), (1, 7));
+        assert_eq!(
+            a[0].period,
+            Some((ms("2026-11-22T12:00:00Z"), ms("2026-11-22T12:10:00Z")))
+        );
+        assert_eq!(a[0].meter.expires_at, Some(ms("2026-11-22T12:10:01Z")));
+        let b = plan(
+            &limits,
+            ms("2026-11-22T12:10:00Z"),
+            &TimeZone::UTC,
+            Families::Of(None),
+            est,
+            0,
+        )
+        .unwrap();
+        assert_ne!(a[0].meter.bucket, b[0].meter.bucket);
+    }
+
+    #[test]
+    fn days_and_weeks_follow_the_time_zone() {
+        let limits = KeyLimits {
+            daily_cost_nanousd: Some(100),
+            weekly_cost_nanousd: Some(500),
+            weekly_family_cost_nanousd: [("opus".to_owned(), 50)].into(),
+            total_cost_nanousd: Some(1000),
+            ..KeyLimits::default()
+        };
+        let tokyo = TimeZone::get("Asia/Tokyo").unwrap();
+        // 2026-11-22T16:30Z is Monday 23 November 01:30 in Tokyo.
+        let p = plan(
+            &limits,
+            ms("2026-11-22T16:30:00Z"),
+            &tokyo,
+            Families::Of(Some("opus")),
+            Estimate::default(),
+            0,
+        )
+        .unwrap();
+        let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "daily_cost",
+                "weekly_cost",
+                "weekly_opus_cost",
+                "total_cost"
+            ]
+        );
+        assert_eq!(p[0].meter.bucket, "day:2026-11-23");
+        assert_eq!(
+            p[0].period,
+            Some((ms("2026-11-22T15:00:00Z"), ms("2026-11-23T15:00:00Z")))
+        );
+        assert_eq!(p[1].meter.bucket, "week:2026-11-23");
+        assert_eq!(p[2].meter.bucket, "week:2026-11-23:opus");
+        assert_eq!(p[3].meter.expires_at, None);
+        // The same instant in UTC is still Sunday the 22nd, in the week of Monday the 16th.
+        let utc = plan(
+            &limits,
+            ms("2026-11-22T16:30:00Z"),
+            &TimeZone::UTC,
+            Families::Of(Some("sonnet")),
+            Estimate::default(),
+            0,
+        )
+        .unwrap();
+        let buckets: Vec<&str> = utc.iter().map(|p| p.meter.bucket.as_str()).collect();
+        assert_eq!(buckets, ["day:2026-11-22", "week:2026-11-16", "total"]);
+    }
+}
