@@ -62,17 +62,16 @@ where
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are dropped: the translated body has none to give.
+                    if let Ok(data) = frame.into_data() {
                         let mut out = BytesMut::new();
                         this.translate.feed(&data, &mut out);
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
                         }
                     }
-                    // Trailers: the translated body has none to give.
-                    Err(_) => {}
-                },
+                }
                 Poll::Ready(None) => {
                     this.done = true;
                     let mut out = BytesMut::new();

@@ -318,12 +318,16 @@ fn load_limits(db: &Database, now_ms: i64) -> StoreResult<Limits> {
 /// What of `Limits` must reach the file: counters by value (absolute, so a write can be retried).
 #[derive(Default)]
 struct LimitsWrite {
-    meters: Vec<((String, String), Option<Vec<u8>>)>,
+    /// (key id, bucket) -> the encoded counter, or `None` to delete its row.
+    meters: Vec<(MeterId, Option<Vec<u8>>)>,
     first_use: Vec<(String, i64)>,
 }
 
+/// (key id, bucket).
+type MeterId = (String, String);
+
 /// What a `LimitsWrite` covers, to mark dirty again when it failed.
-type LimitsKeys = (Vec<(String, String)>, Vec<String>);
+type LimitsKeys = (Vec<MeterId>, Vec<String>);
 
 impl LimitsWrite {
     fn keys(&self) -> LimitsKeys {
