@@ -67,8 +67,21 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         name: String,
+        /// Limits as JSON, e.g. '{"max_concurrency": 4, "daily_cost_nanousd": 5000000000}'.
+        #[arg(long)]
+        limits: Option<String>,
     },
     List,
+    /// A key with its limits, their current use and its expiry.
+    Show {
+        id: String,
+    },
+    /// Change a key's limits with a JSON merge patch: given fields replace, `null` removes,
+    /// e.g. '{"window": {"seconds": 3600, "requests": 100}, "max_concurrency": null}'.
+    Limits {
+        id: String,
+        patch: String,
+    },
     Enable {
         id: String,
     },
@@ -352,16 +365,37 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
     let result = match command {
         Command::Serve { .. } => Ok(Value::Null),
         Command::Keys(cmd) => match cmd {
-            KeysCommand::Create { name } => {
+            KeysCommand::Create { name, limits } => {
+                let limits = match limits.as_deref().map(serde_json::from_str::<Value>) {
+                    None => Value::Null,
+                    Some(Ok(v)) => v,
+                    Some(Err(e)) => anyhow::bail!("--limits is not valid JSON: {e}"),
+                };
                 admin
                     .call(
                         Method::POST,
                         "/admin/keys",
-                        json_body(json!({ "name": name })),
+                        json_body(json!({ "name": name, "limits": limits })),
                     )
                     .await
             }
             KeysCommand::List => admin.call(Method::GET, "/admin/keys", None).await,
+            KeysCommand::Show { id } => {
+                admin
+                    .call(Method::GET, &format!("/admin/keys/{id}"), None)
+                    .await
+            }
+            KeysCommand::Limits { id, patch } => {
+                let patch: Value = serde_json::from_str(&patch)
+                    .map_err(|e| anyhow::anyhow!("the limits patch is not valid JSON: {e}"))?;
+                admin
+                    .call(
+                        Method::PATCH,
+                        &format!("/admin/keys/{id}"),
+                        json_body(json!({ "limits": patch })),
+                    )
+                    .await
+            }
             KeysCommand::Enable { id } => {
                 admin
                     .call(

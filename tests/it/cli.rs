@@ -68,6 +68,37 @@ fn keys_and_accounts_through_the_cli_on_a_data_dir() {
     let listed = json_of(&switchyard(dir.path(), &["keys", "list"]));
     assert_eq!(listed["data"][0]["id"], id.as_str());
     assert!(listed["data"][0].get("key").is_none());
+    // Limits: set at creation, changed by a merge patch, shown with their use.
+    let limited = json_of(&switchyard(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--name",
+            "team",
+            "--limits",
+            r#"{"max_concurrency": 2, "daily_cost_nanousd": 5000000000}"#,
+        ],
+    ));
+    let limited_id = limited["id"].as_str().unwrap().to_owned();
+    assert_eq!(limited["limits"]["max_concurrency"], 2);
+    let patched = json_of(&switchyard(
+        dir.path(),
+        &[
+            "keys",
+            "limits",
+            &limited_id,
+            r#"{"max_concurrency": null, "window": {"seconds": 3600, "requests": 10}}"#,
+        ],
+    ));
+    assert_eq!(
+        patched["limits"],
+        serde_json::json!({ "daily_cost_nanousd": 5_000_000_000u64, "window": { "seconds": 3600, "requests": 10 } })
+    );
+    let shown = json_of(&switchyard(dir.path(), &["keys", "show", &limited_id]));
+    assert_eq!(shown["usage"]["daily_cost"]["remaining"], 5_000_000_000u64);
+    assert_eq!(shown["usage"]["window_requests"]["used"], 0);
+    json_of(&switchyard(dir.path(), &["keys", "delete", &limited_id]));
     let disabled = json_of(&switchyard(dir.path(), &["keys", "disable", &id]));
     assert_eq!(disabled["enabled"], false);
     json_of(&switchyard(dir.path(), &["keys", "delete", &id]));

@@ -1,0 +1,586 @@
+//! Per-key limits end to end, on every store: budgets reserved at admission and settled at the
+//! end, concurrency, windows and days on a controllable clock, activation on first use, the
+//! key-info view, and the same limits held in total by two instances on one Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use switchyard::limits::{self, Request};
+
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, http_client, wait_until};
+use crate::support::relay::{Backend, Relay, backends, messages_body};
+
+const MODEL: &str = "claude-sonnet-4-5";
+
+/// A relay on `backend` with one account on a fresh mock, and a key with `limits`.
+async fn relay_with_key(backend: &Backend, limits: Value) -> (Relay, MockUpstream, String, String) {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start_on(backend, |_| {}).await;
+    relay.add_account(&mock, "sk-a", json!({})).await;
+    let (id, key) = create_key(&relay, limits).await;
+    (relay, mock, id, key)
+}
+
+async fn create_key(relay: &Relay, limits: Value) -> (String, String) {
+    let (status, v) = relay
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({ "name": "limited", "limits": limits })),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Sends one request; returns the status, the Retry-After header and the body.
+async fn call(relay: &Relay, key: &str, stream: bool) -> (u16, Option<u64>, Value) {
+    let resp = relay
+        .messages(key, &messages_body(MODEL, stream))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    let bytes = resp.bytes().await.unwrap();
+    (
+        status,
+        retry,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// What admission reserves for one `messages_body(MODEL, _)` request.
+fn estimate(relay: &Relay) -> u64 {
+    let body = serde_json::to_vec(&messages_body(MODEL, false)).unwrap();
+    limits::estimate(
+        &relay.app,
+        &Request {
+            surface: "anthropic",
+            client: None,
+            model: Some(MODEL),
+            max_tokens: Some(64),
+            body_len: body.len(),
+            billed: true,
+        },
+    )
+    .cost_nanousd
+}
+
+async fn key_info(relay: &Relay, key: &str) -> Value {
+    let resp = http_client()
+        .get(relay.url("/v1/key-info"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+/// Waits until every request of the key settled: nothing in flight, nothing reserved.
+async fn settled(relay: &Relay, key: &str) -> Value {
+    for _ in 0..300 {
+        let info = key_info(relay, key).await;
+        let reserved: u64 = info["usage"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|u| u["reserved"].as_u64().unwrap())
+            .sum();
+        if info["in_flight"] == 0 && reserved == 0 {
+            return info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the key's leases never settled: {}",
+        key_info(relay, key).await
+    );
+}
+
+/// The key's recorded cost in the usage statistics.
+async fn recorded_cost(relay: &Relay, key_id: &str) -> u64 {
+    relay.app.stats.flush().await;
+    relay.usage(&format!("key_id={key_id}")).await["cost_nanousd"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_budget_admits_what_fits_and_never_overshoots_by_more_than_one_estimate() {
+    for backend in backends() {
+        let mock = MockUpstream::start().await;
+        let relay = Arc::new(Relay::start_on(&backend, |_| {}).await);
+        relay.add_account(&mock, "sk-a", json!({})).await;
+        let e = estimate(&relay);
+        let budget = 10 * e;
+        let (key_id, key) = create_key(&relay, json!({ "total_cost_nanousd": budget })).await;
+        // Each answer costs a little less than its reservation.
+        let usage = MockUsage::new(2, 60);
+        mock.set_default(Behavior::Slow {
+            usage,
+            delay: Duration::from_millis(40),
+        });
+
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let relay = Arc::clone(&relay);
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move { call(&relay, &key, true).await }));
+        }
+        let mut admitted = 0;
+        for t in tasks {
+            let (status, retry, body) = t.await.unwrap();
+            match status {
+                200 => admitted += 1,
+                429 => {
+                    assert!(retry.is_some(), "{body}");
+                    assert_eq!(body["error"]["type"], "rate_limit_error");
+                    assert!(
+                        body["error"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("total_cost"),
+                        "{body}"
+                    );
+                }
+                other => panic!("{backend:?}: unexpected {other}: {body}"),
+            }
+        }
+        assert!(
+            admitted <= 10,
+            "{backend:?}: {admitted} admitted against a budget of 10"
+        );
+        assert!(admitted >= 1);
+
+        // Keep spending until the budget says no: then it is spent, and stays so.
+        let mut last = (0, None, Value::Null);
+        for _ in 0..40 {
+            settled(&relay, &key).await;
+            last = call(&relay, &key, false).await;
+            if last.0 != 200 {
+                break;
+            }
+        }
+        let (status, retry, body) = last;
+        assert_eq!(status, 403, "{backend:?}: {body}");
+        assert_eq!(retry, None);
+        assert_eq!(body["error"]["type"], "permission_error");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("total_cost") && message.contains("does not reset"),
+            "{message}"
+        );
+        let info = settled(&relay, &key).await;
+        let spent = info["usage"]["total_cost"]["used"].as_u64().unwrap();
+        assert!(
+            spent >= budget,
+            "refused before the budget was spent: {spent} < {budget}"
+        );
+        assert!(
+            spent <= budget + e,
+            "{backend:?}: {spent} overshoots {budget} by more than one estimate {e}"
+        );
+        assert_eq!(spent, recorded_cost(&relay, &key_id).await, "{backend:?}");
+        assert_eq!(info["usage"]["total_cost"]["remaining"], 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_of_three_holds_for_twenty_parallel_streams() {
+    for backend in backends() {
+        let (relay, mock, _, key) = relay_with_key(&backend, json!({ "max_concurrency": 3 })).await;
+        let relay = Arc::new(relay);
+        mock.set_default(Behavior::Slow {
+            usage: MockUsage::new(1, 1),
+            delay: Duration::from_millis(30),
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let relay = Arc::clone(&relay);
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move { call(&relay, &key, true).await }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            let (status, retry, body) = t.await.unwrap();
+            match status {
+                200 => ok += 1,
+                429 => {
+                    assert_eq!(retry, Some(1));
+                    assert!(
+                        body["error"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("3 concurrent")
+                    );
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        assert!(ok >= 3, "{backend:?}: only {ok} served");
+        assert!(
+            mock.max_in_flight() <= 3,
+            "{backend:?}: {} upstream at once",
+            mock.max_in_flight()
+        );
+        settled(&relay, &key).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_roll_over_on_the_clock_and_say_when() {
+    for backend in backends() {
+        let (relay, _mock, _, key) = relay_with_key(
+            &backend,
+            json!({ "window": { "seconds": 60, "requests": 2 } }),
+        )
+        .await;
+        // Start at the beginning of a minute so the two requests share a window.
+        let now = relay.app.clock.now_ms();
+        relay.app.clock.advance(Duration::from_millis(
+            (60_000 - now.rem_euclid(60_000)) as u64,
+        ));
+        assert_eq!(call(&relay, &key, false).await.0, 200);
+        assert_eq!(call(&relay, &key, true).await.0, 200);
+        settled(&relay, &key).await;
+        let (status, retry, body) = call(&relay, &key, false).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("window_requests")
+        );
+        let retry = retry.unwrap();
+        assert!((55..=60).contains(&retry), "retry-after {retry}");
+        let info = key_info(&relay, &key).await;
+        assert_eq!(info["usage"]["window_requests"]["used"], 2);
+        assert_eq!(info["usage"]["window_requests"]["remaining"], 0);
+
+        relay.app.clock.advance(Duration::from_secs(retry));
+        assert_eq!(
+            call(&relay, &key, false).await.0,
+            200,
+            "{backend:?}: a new window"
+        );
+        settled(&relay, &key).await;
+        assert_eq!(
+            key_info(&relay, &key).await["usage"]["window_requests"]["used"],
+            1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_budget_resets_at_midnight_in_the_configured_time_zone() {
+    for backend in backends() {
+        let mock = MockUpstream::start().await;
+        let relay = Relay::start_on(&backend, |c| c.limits.timezone = "Asia/Tokyo".into()).await;
+        relay.add_account(&mock, "sk-a", json!({})).await;
+        // One request spends it all.
+        let (_, key) = create_key(&relay, json!({ "daily_cost_nanousd": 1 })).await;
+        // 23:58 in Tokyo is 14:58 UTC.
+        relay.app.clock.set("2026-12-01T14:58:00Z".parse().unwrap());
+        assert_eq!(call(&relay, &key, false).await.0, 200);
+        settled(&relay, &key).await;
+        let (status, _, body) = call(&relay, &key, false).await;
+        assert_eq!(status, 403, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("daily_cost"), "{message}");
+        assert!(
+            message.contains("resets at 2026-12-02T00:00:00+09:00"),
+            "{message}"
+        );
+        // Still the same Tokyo day at 23:59:59.
+        relay.app.clock.set("2026-12-01T14:59:59Z".parse().unwrap());
+        assert_eq!(call(&relay, &key, false).await.0, 403);
+        relay.app.clock.set("2026-12-01T15:00:00Z".parse().unwrap());
+        assert_eq!(
+            call(&relay, &key, false).await.0,
+            200,
+            "{backend:?}: a new day in Tokyo"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_starts_the_clock_at_the_first_request() {
+    for backend in backends() {
+        let (relay, _mock, key_id, key) =
+            relay_with_key(&backend, json!({ "active_days": 2 })).await;
+        let info = key_info(&relay, &key).await;
+        assert_eq!(info["first_used_at"], Value::Null);
+        assert_eq!(info["expires_at"], Value::Null);
+        // Unused for a month: the clock has not started.
+        relay.app.clock.advance(Duration::from_secs(30 * 86_400));
+        assert_eq!(call(&relay, &key, false).await.0, 200);
+        let first = relay.app.clock.now_ms();
+        let info = key_info(&relay, &key).await;
+        assert!(info["first_used_at"].is_string());
+        relay
+            .app
+            .clock
+            .advance(Duration::from_secs(2 * 86_400 - 60));
+        assert_eq!(call(&relay, &key, false).await.0, 200);
+        relay.app.clock.advance(Duration::from_secs(120));
+        let (status, _, body) = call(&relay, &key, false).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["type"], "permission_error");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("2 days from its first use")
+        );
+        // The admin sees the same.
+        let (_, admin) = relay
+            .admin(Method::GET, &format!("/admin/keys/{key_id}"), None)
+            .await;
+        assert_eq!(admin["expired"], true);
+        assert_eq!(admin["first_used_at"], info["first_used_at"]);
+        assert!(relay.app.clock.now_ms() - first >= 2 * 86_400_000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_refuse_in_each_surface_s_shape_and_change_live() {
+    let (relay, mock, key_id, key) = relay_with_key(
+        &Backend::Embedded,
+        json!({ "blocked_models": ["claude-opus-*"], "allowed_clients": ["claude-code"] }),
+    )
+    .await;
+    // Not Claude Code.
+    let (status, _, body) = call(&relay, &key, false).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("claude-code")
+    );
+    let claude_code = |model: &str| {
+        relay
+            .messages(&key, &messages_body(model, false))
+            .header("user-agent", "claude-cli/2.1.197 (external, sdk-cli)")
+            .header("x-app", "cli")
+    };
+    assert_eq!(claude_code(MODEL).send().await.unwrap().status(), 200);
+    let resp = claude_code("claude-opus-4-5").send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "permission_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("claude-opus-4-5")
+    );
+    assert_eq!(mock.served(), 1, "refused requests never reach upstream");
+
+    // A merge patch changes one field and keeps the other; the next request sees it.
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{key_id}"),
+            Some(json!({ "limits": { "allowed_clients": null, "max_concurrency": 5 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["limits"],
+        json!({ "max_concurrency": 5, "blocked_models": ["claude-opus-*"] })
+    );
+    assert_eq!(call(&relay, &key, false).await.0, 200);
+    // Bad limits are refused with the field named.
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{key_id}"),
+            Some(json!({ "limits": { "window": { "seconds": 5 } } })),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("window.seconds"),
+        "{v}"
+    );
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{key_id}"),
+            Some(json!({ "limits": { "daily_cost_nanousd": "lots" } })),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("daily_cost_nanousd"),
+        "{v}"
+    );
+    // Expired keys are refused, in the Anthropic shape.
+    relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{key_id}"),
+            Some(json!({ "limits": { "expires_at": "2020-01-01T00:00:00Z" } })),
+        )
+        .await;
+    let (status, _, body) = call(&relay, &key, false).await;
+    assert_eq!(status, 403);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired at 2020-01-01T00:00:00Z")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_thousand_mixed_requests_no_lease_is_left_and_spend_equals_settled_costs() {
+    for backend in backends() {
+        let (relay, mock, key_id, key) = relay_with_key(
+            &backend,
+            json!({
+                "max_concurrency": 64,
+                "daily_cost_nanousd": 1_000_000_000_000u64,
+                "total_cost_nanousd": 1_000_000_000_000u64,
+                "window": { "seconds": 3600, "requests": 100_000, "tokens": 100_000_000 },
+            }),
+        )
+        .await;
+        let relay = Arc::new(relay);
+        for i in 0..1000u32 {
+            mock.push_behavior(match i % 8 {
+                0 => Behavior::error(500, "api_error", "x"),
+                1 => Behavior::error(400, "invalid_request_error", "x"),
+                2 => Behavior::Slow {
+                    usage: MockUsage::new(7, 5),
+                    delay: Duration::from_millis(3),
+                },
+                _ => Behavior::Ok(MockUsage::new(3, 4)),
+            });
+        }
+        let mut workers = Vec::new();
+        for w in 0..16u32 {
+            let relay = Arc::clone(&relay);
+            let key = key.clone();
+            workers.push(tokio::spawn(async move {
+                for i in 0..(1000 / 16 + 1) {
+                    let stream = (i + w) % 2 == 0;
+                    let resp = relay
+                        .messages(&key, &messages_body(MODEL, stream))
+                        .send()
+                        .await
+                        .unwrap();
+                    if (i + w) % 7 == 0 {
+                        drop(resp); // the client goes away
+                    } else {
+                        let _ = resp.bytes().await;
+                    }
+                }
+            }));
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        wait_until("the mock finished", || mock.in_flight() == 0).await;
+        let info = settled(&relay, &key).await;
+        let spent = info["usage"]["total_cost"]["used"].as_u64().unwrap();
+        assert!(spent > 0);
+        assert_eq!(info["usage"]["daily_cost"]["used"].as_u64().unwrap(), spent);
+        assert_eq!(spent, recorded_cost(&relay, &key_id).await, "{backend:?}");
+        let requests = info["usage"]["window_requests"]["used"].as_u64().unwrap();
+        assert!(requests > 0 && requests <= 1008, "{requests}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_share_the_limits() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        return;
+    };
+    let backend = Backend::Redis(url);
+    let prefix = format!("sy-test-{:016x}:", rand::random::<u64>());
+    let mock = MockUpstream::start().await;
+    let a = Arc::new(Relay::start_on(&backend, |c| c.redis.prefix = prefix.clone()).await);
+    let b = Arc::new(Relay::start_on(&backend, |c| c.redis.prefix = prefix.clone()).await);
+    a.add_account(&mock, "sk-a", json!({})).await;
+    let e = estimate(&a);
+    let (_, key) = create_key(
+        &a,
+        json!({ "max_concurrency": 3, "total_cost_nanousd": 6 * e }),
+    )
+    .await;
+    mock.set_default(Behavior::Slow {
+        usage: MockUsage::new(1, 1),
+        delay: Duration::from_millis(30),
+    });
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let relay = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        let key = key.clone();
+        tasks.push(tokio::spawn(
+            async move { call(&relay, &key, true).await.0 },
+        ));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(ok >= 3);
+    assert!(
+        mock.max_in_flight() <= 3,
+        "{} upstream at once across two instances",
+        mock.max_in_flight()
+    );
+    // The budget: 6 reservations in total, whichever instance asks.
+    let (_, key) = create_key(&b, json!({ "total_cost_nanousd": 4 * e })).await;
+    mock.set_default(Behavior::Slow {
+        usage: MockUsage::new(1, 1),
+        delay: Duration::from_millis(80),
+    });
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let relay = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        let key = key.clone();
+        tasks.push(tokio::spawn(
+            async move { call(&relay, &key, true).await.0 },
+        ));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap() == 200 {
+            admitted += 1;
+        }
+    }
+    assert!(
+        (1..=4).contains(&admitted),
+        "{admitted} admitted across two instances against 4"
+    );
+    let info = settled(&b, &key).await;
+    assert_eq!(
+        info["usage"]["total_cost"]["used"],
+        key_info(&a, &key).await["usage"]["total_cost"]["used"]
+    );
+}
