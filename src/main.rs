@@ -99,6 +99,7 @@ enum AccountsCommand {
     Add {
         #[arg(long)]
         name: String,
+        /// anthropic, openai (or any OpenAI-compatible vendor), azure-openai, gemini.
         #[arg(long, default_value = "anthropic")]
         provider: String,
         /// The account's API key (or set SWITCHYARD_ACCOUNT_API_KEY to keep it out of the shell history).
@@ -117,6 +118,12 @@ enum AccountsCommand {
         /// Add it out of rotation.
         #[arg(long)]
         unschedulable: bool,
+        /// Azure OpenAI: the api-version.
+        #[arg(long)]
+        api_version: Option<String>,
+        /// Azure OpenAI: MODEL=DEPLOYMENT (repeatable).
+        #[arg(long = "deployment")]
+        deployments: Vec<String>,
     },
     List,
     Remove {
@@ -430,8 +437,17 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 models,
                 max_concurrency,
                 unschedulable,
+                api_version,
+                deployments,
             } => {
-                let body = json!({
+                let mut map = serde_json::Map::new();
+                for d in &deployments {
+                    let Some((model, deployment)) = d.split_once('=') else {
+                        anyhow::bail!("--deployment {d:?}: expected MODEL=DEPLOYMENT");
+                    };
+                    map.insert(model.to_owned(), Value::String(deployment.to_owned()));
+                }
+                let mut body = json!({
                     "name": name,
                     "provider": provider,
                     "api_key": api_key,
@@ -441,6 +457,12 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                     "max_concurrency": max_concurrency,
                     "schedulable": !unschedulable,
                 });
+                if api_version.is_some() {
+                    body["api_version"] = json!(api_version);
+                }
+                if !map.is_empty() {
+                    body["deployments"] = Value::Object(map);
+                }
                 admin
                     .call(Method::POST, "/admin/accounts", json_body(body))
                     .await

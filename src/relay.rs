@@ -2,16 +2,24 @@
 //!
 //! ```text
 //! auth      hash the presented key → key record (catalog cache)
-//! body      read it whole, within the size limit; learn model and stream flag
-//! admit     limits::admit: the key's lease, one atomic store call
+//! body      read it whole, within the size limit
+//! call      what it means upstream: accounts of which protocol, what to send (translated or
+//!           not), how to read usage and hand the answer back (relay::call)
+//! admit     limits::admit: access rules, the key's lease and reservations, one store call
 //! pick      scheduler::pick: the account and its lease, one atomic store call
-//! send      the body unchanged, the account's credentials, identity encoding
-//! respond   the upstream head, hop-by-hop headers dropped; body = Tap(upstream body, Settle)
-//! settle    at body end or drop: usage → cost → stats; leases released
+//! send      the body, the account's credentials, identity encoding (relay::upstream)
+//! respond   the upstream head, hop-by-hop headers dropped; body = Tap(upstream body, Settle),
+//!           translated for the client when it speaks another protocol (relay::respond)
+//! settle    at body end or drop: usage → cost → stats and the key's counters (relay::settle)
 //! ```
 //!
-//! Every step is a plain call in `relay`; an error on the way renders in the surface's shape and
-//! drops whatever leases were taken.
+//! Every step is a plain call in `forward`; an error on the way renders in the surface's shape
+//! and drops whatever leases were taken.
+
+pub mod call;
+mod respond;
+mod settle;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,34 +31,26 @@ use http_body_util::{BodyExt, Limited};
 use crate::app::App;
 use crate::auth::{self, new_id};
 use crate::body::{Body, BoxError};
-use crate::catalog::Account;
-use crate::error::{ApiError, ErrorKind, Surface};
-use crate::limits::{self, AccountLease, KeyLease, Spent};
+use crate::error::{ApiError, ErrorKind};
+use crate::limits;
 use crate::metrics as m;
-use crate::providers::{self, anthropic};
+use crate::providers::{self, gemini};
 use crate::scheduler::{self, health, health::Outcome, session};
-use crate::store::{KeyRecord, Provider, RequestLogEntry};
-use crate::stream::anthropic::AnthropicUsage;
-use crate::stream::tap::{End, Observer, Tap};
+use crate::store::{KeyRecord, RequestLogEntry};
+use crate::stream::tap::Tap;
+use crate::stream::usage::UsageReader;
 use crate::usage::TokenUsage;
 
-/// Which Anthropic endpoint a request is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `POST /v1/messages`: billed, logged.
-    Messages,
-    /// `POST /v1/messages/count_tokens`: relayed, not billed.
-    CountTokens,
-    /// `GET /v1/models[/{id}]`: relayed to any account.
-    Models,
-}
+pub use call::Endpoint;
+use settle::Settle;
+use upstream::{Failure, SendError, buffer_failure, send};
 
-/// Relays one Anthropic request. `upstream_path` is the vendor path (`/v1/messages`), without
-/// any prefix the client's base URL added.
+/// Relays one request. `vendor_path` is the vendor's path (`/v1/messages`), without any prefix
+/// the client's base URL added.
 pub async fn relay<B>(
     app: &Arc<App>,
     endpoint: Endpoint,
-    upstream_path: &str,
+    vendor_path: &str,
     req: Request<B>,
 ) -> Response<Body>
 where
@@ -59,10 +59,11 @@ where
 {
     let started = Instant::now();
     let request_id = new_id("req");
-    match forward(app, endpoint, upstream_path, req, started, &request_id).await {
+    let surface = endpoint.surface();
+    match forward(app, endpoint, vendor_path, req, started, &request_id).await {
         Ok(resp) => resp,
         Err(err) => {
-            metrics::counter!(m::REQUESTS, "surface" => "anthropic", "status" => err.status.as_str().to_owned())
+            metrics::counter!(m::REQUESTS, "surface" => surface.as_str(), "status" => err.status.as_str().to_owned())
                 .increment(1);
             tracing::info!(
                 request_id = %request_id,
@@ -71,7 +72,7 @@ where
                 error = %err.message,
                 "request refused"
             );
-            err.render(Surface::Anthropic)
+            err.render(surface)
         }
     }
 }
@@ -79,7 +80,7 @@ where
 async fn forward<B>(
     app: &Arc<App>,
     endpoint: Endpoint,
-    upstream_path: &str,
+    vendor_path: &str,
     req: Request<B>,
     started: Instant,
     request_id: &str,
@@ -89,28 +90,32 @@ where
     B::Error: Into<BoxError>,
 {
     let at_ms = jiff::Timestamp::now().as_millisecond();
-    let key = authenticate(app, req.headers()).await?;
+    let key = authenticate_with(app, req.headers(), req.uri().query()).await?;
     let (parts, body) = req.into_parts();
     let body = read_body(body, app.config.server.body_limit_bytes).await?;
-    let (model, max_tokens, session) = match endpoint {
-        Endpoint::Models => (None, None, None),
-        Endpoint::Messages | Endpoint::CountTokens => {
-            let ask = anthropic::inspect(&body)?;
-            let session = session::identify(&key.id, &parts.headers, &ask.session);
-            (Some(ask.model), ask.max_tokens, session)
-        }
-    };
+    let (mut call, hints) = call::build(
+        &endpoint,
+        vendor_path,
+        parts.uri.query(),
+        &body,
+        app.config.limits.default_max_tokens,
+    )?;
+    if call.billed() {
+        call.session = session::identify(&key.id, &parts.headers, &hints);
+    }
+    drop(hints);
+    let model = call.model.clone();
 
     let key_lease = limits::admit(
         app,
         &key,
         &limits::Request {
-            surface: Surface::Anthropic.as_str(),
+            surface: call.surface.as_str(),
             client: limits::access::client_of(&parts.headers),
             model: model.as_deref(),
-            max_tokens,
+            max_tokens: call.max_tokens,
             body_len: body.len(),
-            billed: endpoint == Endpoint::Messages,
+            billed: call.billed(),
         },
     )
     .await?;
@@ -125,9 +130,9 @@ where
             .unwrap_or(u32::MAX)
             .saturating_add(1);
         let ask = scheduler::Ask {
-            provider: Provider::Anthropic,
+            protocol: call.target.protocol(),
             model: model.as_deref(),
-            session: session.as_deref(),
+            session: call.session.as_deref(),
             binding: key.binding.as_ref(),
             exclude: &tried,
             attempt,
@@ -146,7 +151,7 @@ where
                         key_id: key.id.clone(),
                         account_id: tried.last().cloned(),
                         model: model.clone().unwrap_or_default(),
-                        surface: Surface::Anthropic.as_str().to_owned(),
+                        surface: call.surface.as_str().to_owned(),
                         status: b.status.as_u16(),
                         latency_ms: started.elapsed().as_millis() as u64,
                         ttfb_ms: None,
@@ -163,15 +168,15 @@ where
                         attempts = tried.len(),
                         "request failed upstream on every account tried"
                     );
-                    if endpoint == Endpoint::Messages {
+                    if call.billed() {
                         app.stats.record(entry, false);
                     }
                 }
-                return failure.respond();
+                return failure.respond(&call);
             }
         };
         let sent_at = Instant::now();
-        let sent = send(app, &parts, upstream_path, &picked.account, body.clone()).await;
+        let sent = send(app, &call, &parts.headers, &picked.account).await;
         let head_at = Instant::now();
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let outcome = match &sent {
@@ -180,7 +185,7 @@ where
                 headers: resp.headers(),
             },
             Err(SendError::Timeout(_)) => Outcome::Timeout,
-            Err(SendError::Failed(_)) => Outcome::ConnectError,
+            Err(SendError::Failed(_) | SendError::Mismatch(_)) => Outcome::ConnectError,
         };
         let verdict = health::judge(
             outcome,
@@ -189,8 +194,7 @@ where
         );
         scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
             Ok(resp) => format!("upstream answered {}", resp.status()),
-            Err(SendError::Timeout(limit)) => format!("no response within {} s", limit.as_secs()),
-            Err(SendError::Failed(e)) => format!("request failed: {e}"),
+            Err(e) => e.describe(),
         })
         .await;
         let may_retry = verdict.may_fail_over()
@@ -222,13 +226,9 @@ where
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let usage = (endpoint == Endpoint::Messages).then(|| {
-        if streaming {
-            AnthropicUsage::streaming()
-        } else {
-            AnthropicUsage::json()
-        }
-    });
+    let usage = call
+        .usage
+        .and_then(|kind| UsageReader::new(kind, streaming));
     metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
     let settle = Settle {
         app: Arc::clone(app),
@@ -236,19 +236,19 @@ where
         key_id: key.id.clone(),
         account_id: account.id().to_owned(),
         model: model.unwrap_or_default(),
+        surface: call.surface,
         status: head.status.as_u16(),
         at_ms,
         started,
         sent_at,
         ttfb_ms: (head_at - sent_at).as_millis() as u64,
         usage,
-        streaming,
+        error_event: streaming.then(|| respond::error_event(&call)),
         leases: Some((key_lease, picked.lease)),
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
-    let body = Tap::new(upstream_body.map_err(BoxError::from), settle)
-        .with_idle_timeout(idle)
-        .boxed();
+    let tapped = Tap::new(upstream_body.map_err(BoxError::from), settle).with_idle_timeout(idle);
+    let body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
     metrics::histogram!(m::UPSTREAM_TTFB).record((head_at - sent_at).as_secs_f64());
     metrics::histogram!(m::RELAY_OVERHEAD)
         .record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
@@ -260,12 +260,24 @@ pub async fn authenticate(
     app: &App,
     headers: &http::HeaderMap,
 ) -> Result<Arc<KeyRecord>, ApiError> {
-    let presented = auth::presented_key(headers).ok_or_else(|| {
-        ApiError::new(
-            ErrorKind::Authentication,
-            "missing API key: send it as x-api-key or Authorization: Bearer",
-        )
-    })?;
+    authenticate_with(app, headers, None).await
+}
+
+/// As `authenticate`, also taking the key from the query's `key=` (Google's SDKs may send it so).
+async fn authenticate_with(
+    app: &App,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Result<Arc<KeyRecord>, ApiError> {
+    let from_query = gemini::query_key(query);
+    let presented = auth::presented_key(headers)
+        .or(from_query.as_deref())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Authentication,
+                "missing API key: send it as x-api-key, Authorization: Bearer or x-goog-api-key",
+            )
+        })?;
     let key = app
         .catalog
         .key_by_hash(&auth::hash_key(presented))
@@ -311,223 +323,4 @@ where
             "could not read the request body: {e}"
         ))),
     }
-}
-
-/// Sends the request to one account, waiting at most the first-byte timeout for the head.
-async fn send(
-    app: &App,
-    parts: &http::request::Parts,
-    upstream_path: &str,
-    account: &Account,
-    body: Bytes,
-) -> Result<reqwest::Response, SendError> {
-    let url = anthropic::upstream_url(account, upstream_path, parts.uri.query());
-    let headers = anthropic::upstream_headers(&parts.headers, account);
-    let first_byte = Duration::from_secs(app.config.upstream.first_byte_timeout_secs);
-    let send = app
-        .http
-        .request(parts.method.clone(), url)
-        .headers(headers)
-        .body(body)
-        .send();
-    match tokio::time::timeout(first_byte, send).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(SendError::Failed(e)),
-        Err(_) => Err(SendError::Timeout(first_byte)),
-    }
-}
-
-/// An upstream attempt that produced no response head.
-enum SendError {
-    Failed(reqwest::Error),
-    Timeout(Duration),
-}
-
-impl SendError {
-    fn into_api_error(self) -> ApiError {
-        match self {
-            SendError::Failed(e) => {
-                let reason = if e.is_connect() {
-                    "connect"
-                } else if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "other"
-                };
-                metrics::counter!(m::UPSTREAM_ERRORS, "reason" => reason).increment(1);
-                // reqwest's message names the URL (the account's base URL, not a secret) and the cause.
-                ApiError::new(
-                    ErrorKind::BadGateway,
-                    format!("the upstream request failed ({reason}): {e}"),
-                )
-            }
-            SendError::Timeout(limit) => {
-                metrics::counter!(m::UPSTREAM_ERRORS, "reason" => "first_byte_timeout")
-                    .increment(1);
-                ApiError::new(
-                    ErrorKind::GatewayTimeout,
-                    format!("the upstream sent no response within {} s", limit.as_secs()),
-                )
-            }
-        }
-    }
-}
-
-/// What a failed attempt left, to hand to the client if no other account can do better.
-enum Failure {
-    Response(Buffered),
-    Error(ApiError),
-}
-
-/// An upstream error answer, read whole (error bodies are small; at most `MAX_ERROR_BODY`).
-struct Buffered {
-    status: http::StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-const MAX_ERROR_BODY: usize = 64 * 1024;
-
-async fn buffer_failure(resp: reqwest::Response) -> Buffered {
-    let status = resp.status();
-    let mut headers = providers::response_headers(resp.headers().clone());
-    let mut body = Vec::new();
-    let mut stream = http_body_util::BodyDataStream::new(reqwest::Body::from(resp));
-    let read = async {
-        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
-            let room = MAX_ERROR_BODY.saturating_sub(body.len());
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() >= MAX_ERROR_BODY {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    headers.remove(http::header::CONTENT_LENGTH);
-    Buffered {
-        status,
-        headers,
-        body: Bytes::from(body),
-    }
-}
-
-impl Failure {
-    fn respond(self) -> Result<Response<Body>, ApiError> {
-        match self {
-            Failure::Error(e) => Err(e),
-            Failure::Response(b) => {
-                metrics::counter!(m::REQUESTS, "surface" => "anthropic", "status" => b.status.as_str().to_owned()).increment(1);
-                let mut resp = Response::new(crate::body::full(b.body));
-                *resp.status_mut() = b.status;
-                *resp.headers_mut() = b.headers;
-                Ok(resp)
-            }
-        }
-    }
-}
-
-/// Settles a request when its response body ends or is dropped.
-struct Settle {
-    app: Arc<App>,
-    request_id: String,
-    key_id: String,
-    account_id: String,
-    model: String,
-    status: u16,
-    at_ms: i64,
-    started: Instant,
-    sent_at: Instant,
-    ttfb_ms: u64,
-    /// `None` for endpoints that are not billed.
-    usage: Option<AnthropicUsage>,
-    /// An SSE response: a cut is told to the client as an error event.
-    streaming: bool,
-    leases: Option<(KeyLease, AccountLease)>,
-}
-
-impl Observer for Settle {
-    fn on_data(&mut self, data: &Bytes) {
-        if let Some(usage) = &mut self.usage {
-            usage.observe(data);
-        }
-    }
-
-    fn error_event(&self, message: &str) -> Option<Bytes> {
-        self.streaming
-            .then(|| anthropic::error_event("api_error", message))
-    }
-
-    fn on_end(&mut self, end: End) {
-        let leases = self.leases.take();
-        metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
-        let latency_ms = self.started.elapsed().as_millis() as u64;
-        metrics::histogram!(m::UPSTREAM_LATENCY).record(self.sent_at.elapsed().as_secs_f64());
-        metrics::counter!(m::REQUESTS, "surface" => "anthropic", "status" => self.status.to_string())
-            .increment(1);
-        let usage = self
-            .usage
-            .as_ref()
-            .map(AnthropicUsage::usage)
-            .unwrap_or_default();
-        let cost = self.app.pricing().cost(&self.model, &usage);
-        if let Some((key_lease, account_lease)) = leases {
-            drop(account_lease);
-            key_lease.settle(Spent::of(&usage, cost.nanousd));
-        }
-        if self.usage.is_some() {
-            if !cost.known_model {
-                metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => self.model.clone())
-                    .increment(1);
-            }
-            record_token_metrics(&self.model, &usage, cost.nanousd);
-            let billed = self.status < 400 || !usage.is_empty();
-            let entry = RequestLogEntry {
-                request_id: self.request_id.clone(),
-                at: self.at_ms,
-                key_id: self.key_id.clone(),
-                account_id: Some(self.account_id.clone()),
-                model: self.model.clone(),
-                surface: Surface::Anthropic.as_str().to_owned(),
-                status: self.status,
-                latency_ms,
-                ttfb_ms: Some(self.ttfb_ms),
-                usage,
-                cost_nanousd: cost.nanousd,
-            };
-            self.app.stats.record(entry, billed);
-        }
-        let end = match &end {
-            End::Complete => "complete",
-            End::Failed(_) => "upstream_failed",
-            End::Dropped => "client_disconnected",
-        };
-        tracing::info!(
-            request_id = %self.request_id,
-            key_id = %self.key_id,
-            account_id = %self.account_id,
-            model = %self.model,
-            status = self.status,
-            latency_ms,
-            ttfb_ms = self.ttfb_ms,
-            input_tokens = usage.input_tokens,
-            output_tokens = usage.output_tokens,
-            cost_nanousd = cost.nanousd,
-            end,
-            "request"
-        );
-    }
-}
-
-fn record_token_metrics(model: &str, usage: &TokenUsage, cost_nanousd: u64) {
-    for (kind, n) in [
-        ("input", usage.input_tokens),
-        ("output", usage.output_tokens),
-        ("cache_creation", usage.cache_creation_input_tokens),
-        ("cache_read", usage.cache_read_input_tokens),
-    ] {
-        if n > 0 {
-            metrics::counter!(m::TOKENS, "model" => model.to_owned(), "kind" => kind).increment(n);
-        }
-    }
-    metrics::counter!(m::COST, "model" => model.to_owned()).increment(cost_nanousd);
 }

@@ -9,11 +9,8 @@ use serde_json::json;
 use crate::app::App;
 use crate::body::{self, Body, BoxError};
 use crate::error::{ApiError, ErrorKind, Surface};
+use crate::providers::gemini;
 use crate::relay::{self, Endpoint};
-
-/// Prefixes under which the Anthropic API is also served, so `ANTHROPIC_BASE_URL` may be the
-/// root, `/api` or `/claude`.
-const ANTHROPIC_PREFIXES: &[&str] = &["/api", "/claude"];
 
 pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<Body>
 where
@@ -30,35 +27,129 @@ where
         (&Method::GET, "/metrics") => return metrics(&app).await,
         _ => {}
     }
-    let vendor_path = ANTHROPIC_PREFIXES
-        .iter()
-        .find_map(|p| path.strip_prefix(p).filter(|rest| rest.starts_with("/v1/")))
-        .unwrap_or(&path)
-        .to_owned();
+    let Some((surface, vendor_path)) = surface_of(&path, req.headers(), req.uri().query()) else {
+        return ApiError::not_found(format!("no route for {} {path}", req.method()))
+            .render(Surface::Anthropic);
+    };
     if vendor_path == "/v1/key-info" && req.method() == Method::GET {
         return key_info(&app, req.headers())
             .await
-            .unwrap_or_else(|e| e.render(Surface::Anthropic));
+            .unwrap_or_else(|e| e.render(surface));
     }
-    let endpoint = match vendor_path.as_str() {
-        "/v1/messages" => (Method::POST, Endpoint::Messages),
-        "/v1/messages/count_tokens" => (Method::POST, Endpoint::CountTokens),
-        p if p == "/v1/models" || p.starts_with("/v1/models/") => (Method::GET, Endpoint::Models),
-        _ => {
-            return ApiError::not_found(format!("no route for {} {path}", req.method()))
-                .render(Surface::Anthropic);
-        }
+    let Some(endpoint) = endpoint_of(surface, &vendor_path) else {
+        return ApiError::not_found(format!("no route for {} {path}", req.method()))
+            .render(surface);
     };
-    if req.method() != endpoint.0 {
+    let method = endpoint.method();
+    if req.method() != method {
         let mut resp = ApiError::new(
             ErrorKind::InvalidRequest,
-            format!("{} {path} is not allowed; use {}", req.method(), endpoint.0),
+            format!("{} {path} is not allowed; use {method}", req.method()),
         )
-        .render(Surface::Anthropic);
+        .render(surface);
         *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         return resp;
     }
-    relay::relay(&app, endpoint.1, &vendor_path, req).await
+    relay::relay(&app, endpoint, &vendor_path, req).await
+}
+
+/// Prefixes a client's base URL may carry, and the surface each names.
+const PREFIXES: &[(&str, Surface)] = &[
+    ("/api", Surface::Anthropic),
+    ("/claude", Surface::Anthropic),
+    ("/openai", Surface::OpenAi),
+    ("/gemini", Surface::Gemini),
+];
+
+/// Which surface a path belongs to, and the vendor's path without Switchyard's prefix. Without a
+/// prefix the path decides, and for `/v1/models` (every vendor has one) the credentials do:
+/// `anthropic-version` or `x-api-key` is Anthropic's SDK, `x-goog-api-key`, `?key=` or
+/// `x-goog-api-client` Google's, anything else OpenAI's.
+fn surface_of(
+    path: &str,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Option<(Surface, String)> {
+    for (prefix, surface) in PREFIXES {
+        if let Some(rest) = path.strip_prefix(prefix)
+            && rest.starts_with('/')
+        {
+            return Some((*surface, rest.to_owned()));
+        }
+    }
+    let surface = if path.starts_with("/v1beta/")
+        || (path.starts_with("/v1/models/") && path.contains(':'))
+    {
+        Surface::Gemini
+    } else if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+        Surface::Anthropic
+    } else if path == "/v1/models" || path.starts_with("/v1/models/") || path == "/v1/key-info" {
+        if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
+            Surface::Anthropic
+        } else if headers.contains_key("x-goog-api-key")
+            || headers.contains_key("x-goog-api-client")
+            || gemini::query_key(query).is_some()
+        {
+            Surface::Gemini
+        } else {
+            Surface::OpenAi
+        }
+    } else if path.starts_with("/v1/") {
+        Surface::OpenAi
+    } else {
+        return None;
+    };
+    Some((surface, path.to_owned()))
+}
+
+/// The endpoint a vendor path names on a surface.
+fn endpoint_of(surface: Surface, path: &str) -> Option<Endpoint> {
+    match surface {
+        Surface::Anthropic => match path {
+            "/v1/messages" => Some(Endpoint::Messages),
+            "/v1/messages/count_tokens" => Some(Endpoint::CountTokens),
+            p if p == "/v1/models" || p.starts_with("/v1/models/") => {
+                Some(Endpoint::AnthropicModels)
+            }
+            _ => None,
+        },
+        Surface::OpenAi => {
+            let rest = path.strip_prefix("/v1")?;
+            match rest {
+                "/chat/completions" => Some(Endpoint::ChatCompletions),
+                "/responses" => Some(Endpoint::Responses),
+                "/embeddings" => Some(Endpoint::Embeddings),
+                p if p == "/models" || p.starts_with("/models/") => {
+                    Some(Endpoint::OpenAiModels { path: p.to_owned() })
+                }
+                _ => None,
+            }
+        }
+        Surface::Gemini => {
+            let (version, rest) = path.strip_prefix('/')?.split_once('/')?;
+            if !matches!(version, "v1beta" | "v1" | "v1alpha") {
+                return None;
+            }
+            let version = version.to_owned();
+            let model_path = rest.strip_prefix("models/");
+            match model_path.and_then(|m| m.rsplit_once(':')) {
+                Some((model, method)) if !model.is_empty() && !method.is_empty() => {
+                    Some(Endpoint::Gemini {
+                        version,
+                        model: model.to_owned(),
+                        method: method.to_owned(),
+                    })
+                }
+                Some(_) => None,
+                None if rest == "models" || model_path.is_some() => Some(Endpoint::GeminiModels {
+                    version,
+                    rest: rest.to_owned(),
+                }),
+                None => None,
+            }
+        }
+        Surface::Admin => None,
+    }
 }
 
 /// `GET /v1/key-info`: the presented key's limits, use and expiry, for its holder.

@@ -17,7 +17,7 @@ use crate::catalog::{Account, Catalog};
 use crate::config::{SchedulerConfig, StickyOverflow};
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::{AccountLease, KeyLease};
-use crate::store::{self, Candidate, KeyBinding, PickRequest, Provider, SessionPick};
+use crate::store::{self, Candidate, KeyBinding, PickRequest, Protocol, SessionPick};
 
 use self::health::Verdict;
 use self::policy::{Report, Sticky};
@@ -33,8 +33,9 @@ pub struct Picked {
 
 /// What a request asks of the scheduler.
 pub struct Ask<'a> {
-    pub provider: Provider,
-    /// `None`: any account of the provider (e.g. listing models).
+    /// Accounts speaking this protocol can serve.
+    pub protocol: Protocol,
+    /// `None`: any account of the protocol (e.g. listing models).
     pub model: Option<&'a str>,
     /// The request's session (`session::identify`), if any.
     pub session: Option<&'a str>,
@@ -83,7 +84,9 @@ async fn pick_from(
     let accounts = catalog.accounts();
     let serving: Vec<&Arc<Account>> = accounts
         .iter()
-        .filter(|a| a.record.provider == ask.provider && ask.model.is_none_or(|m| a.serves(m)))
+        .filter(|a| {
+            a.record.provider.protocol() == ask.protocol && ask.model.is_none_or(|m| a.serves(m))
+        })
         .filter(|a| allowed(a))
         .collect();
     let candidates: Vec<Candidate> = serving

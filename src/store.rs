@@ -149,12 +149,38 @@ pub struct KeyBinding {
 #[serde(rename_all = "kebab-case")]
 pub enum Provider {
     Anthropic,
+    /// OpenAI, or any vendor with an OpenAI-compatible API (DeepSeek, DashScope's compatible mode, ...).
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Azure OpenAI: deployments per model, `api-key` header, `api-version` query.
+    #[serde(rename = "azure-openai")]
+    AzureOpenAi,
+    Gemini,
+}
+
+/// The wire protocol an account speaks: which requests it can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Anthropic,
+    OpenAi,
+    Gemini,
 }
 
 impl Provider {
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Anthropic => "anthropic",
+            Provider::OpenAi => "openai",
+            Provider::AzureOpenAi => "azure-openai",
+            Provider::Gemini => "gemini",
+        }
+    }
+
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Provider::Anthropic => Protocol::Anthropic,
+            Provider::OpenAi | Provider::AzureOpenAi => Protocol::OpenAi,
+            Provider::Gemini => Protocol::Gemini,
         }
     }
 }
@@ -183,6 +209,12 @@ pub struct AccountRecord {
     /// A group keys can be bound to (`KeyBinding::group`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Azure OpenAI: the `api-version` query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Azure OpenAI: model name -> deployment name (a model without one is its own deployment).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployments: BTreeMap<String, String>,
     pub created_at: i64,
 }
 

@@ -3,3 +3,4 @@
 pub mod anthropic;
 pub mod sse;
 pub mod tap;
+pub mod usage;

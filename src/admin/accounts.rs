@@ -1,6 +1,7 @@
 //! `/admin/accounts`: upstream vendor accounts. The api key is sealed on the way in and never
 //! shown again.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::{Response, StatusCode};
@@ -12,7 +13,7 @@ use crate::app::App;
 use crate::auth;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::providers::anthropic;
+use crate::providers;
 use crate::scheduler::policy::Status;
 use crate::store::{AccountRecord, AccountRuntime, Provider};
 
@@ -33,6 +34,11 @@ pub struct CreateAccount {
     max_concurrency: Option<u32>,
     weight: Option<u32>,
     group: Option<String>,
+    /// Azure OpenAI only.
+    api_version: Option<String>,
+    /// Azure OpenAI only: model -> deployment.
+    #[serde(default)]
+    deployments: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +57,8 @@ pub struct PatchAccount {
     /// `null` takes the account out of its group.
     #[serde(default, deserialize_with = "nullable")]
     group: Option<Option<String>>,
+    api_version: Option<String>,
+    deployments: Option<BTreeMap<String, String>>,
 }
 
 fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
@@ -79,6 +87,8 @@ fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         "max_concurrency": account.max_concurrency,
         "weight": account.weight,
         "group": account.group,
+        "api_version": account.api_version,
+        "deployments": account.deployments,
         "created_at": rfc3339(account.created_at),
         "state": {
             "status": status,
@@ -93,10 +103,36 @@ fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
     })
 }
 
-fn default_base_url(provider: Provider) -> &'static str {
+/// The vendor's default, as its SDK has it: OpenAI's includes the version path, Anthropic's and
+/// Gemini's do not. Azure has no default: every resource has its own endpoint.
+fn default_base_url(provider: Provider) -> Result<&'static str, ApiError> {
     match provider {
-        Provider::Anthropic => anthropic::DEFAULT_BASE_URL,
+        Provider::Anthropic => Ok(providers::anthropic::DEFAULT_BASE_URL),
+        Provider::OpenAi => Ok(providers::openai::DEFAULT_BASE_URL),
+        Provider::Gemini => Ok(providers::gemini::DEFAULT_BASE_URL),
+        Provider::AzureOpenAi => Err(ApiError::invalid(
+            "base_url: required for azure-openai (https://<resource>.openai.azure.com)",
+        )),
     }
+}
+
+/// Azure needs an api-version; the other providers take none.
+fn valid_azure(
+    provider: Provider,
+    api_version: Option<String>,
+    deployments: &BTreeMap<String, String>,
+) -> Result<Option<String>, ApiError> {
+    if provider != Provider::AzureOpenAi {
+        if api_version.is_some() || !deployments.is_empty() {
+            return Err(ApiError::invalid(
+                "api_version and deployments are for azure-openai accounts only",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(api_version.unwrap_or_else(|| {
+        providers::azure::DEFAULT_API_VERSION.to_owned()
+    })))
 }
 
 fn valid_base_url(url: &str) -> Result<String, ApiError> {
@@ -161,8 +197,9 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
     let id = auth::new_id("acct");
     let base_url = match &req.base_url {
         Some(url) => valid_base_url(url)?,
-        None => default_base_url(req.provider).to_owned(),
+        None => default_base_url(req.provider)?.to_owned(),
     };
+    let api_version = valid_azure(req.provider, req.api_version, &req.deployments)?;
     let record = AccountRecord {
         name: valid_name(&req.name)?,
         provider: req.provider,
@@ -175,6 +212,8 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         max_concurrency: valid_concurrency(req.max_concurrency)?,
         weight: valid_weight(req.weight.unwrap_or(1))?,
         group: req.group.filter(|g| !g.trim().is_empty()),
+        api_version,
+        deployments: req.deployments,
         created_at: now_ms(),
         id,
     };
@@ -252,6 +291,16 @@ pub async fn patch(
     }
     if let Some(group) = req.group {
         record.group = group.filter(|g| !g.trim().is_empty());
+    }
+    if let Some(deployments) = req.deployments {
+        record.deployments = deployments;
+    }
+    if req.api_version.is_some() || record.provider == Provider::AzureOpenAi {
+        record.api_version = valid_azure(
+            record.provider,
+            req.api_version.or(record.api_version.take()),
+            &record.deployments,
+        )?;
     }
     if !app
         .store()

@@ -1,6 +1,6 @@
 //! Anthropic Messages API: the upstream request, and what the relay needs to know of the body.
 
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderValue};
 use std::borrow::Cow;
 
 use serde::Deserialize;
@@ -89,26 +89,10 @@ pub fn inspect(body: &[u8]) -> Result<Ask<'_>, ApiError> {
     })
 }
 
-/// Client headers that must not go upstream besides hop-by-hop ones: the client's own
-/// credentials (replaced by the account's), and those the upstream request sets itself.
-const CLIENT_ONLY: &[&str] = &["x-api-key", "x-goog-api-key", "cookie"];
-
 /// The upstream request's headers: the client's end-to-end headers (`anthropic-version`,
-/// `anthropic-beta`, …) with its credentials replaced by the account's, asking for an
-/// uncompressed body so usage can be read.
+/// `anthropic-beta`, …) with its credentials replaced by the account's.
 pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
-    let mut headers = client.clone();
-    super::strip_hop_by_hop(&mut headers);
-    for name in CLIENT_ONLY {
-        headers.remove(*name);
-    }
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
+    let mut headers = super::forward_headers(client);
     headers.insert("x-api-key", account.api_key.clone());
     if !headers.contains_key("anthropic-version") {
         headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
@@ -118,15 +102,16 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
 
 /// `base_url` + the client's path (without Switchyard's `/api` or `/claude` prefix) + its query.
 pub fn upstream_url(account: &Account, path: &str, query: Option<&str>) -> String {
-    let base = account.record.base_url.trim_end_matches('/');
-    match query {
-        Some(q) => format!("{base}{path}?{q}"),
-        None => format!("{base}{path}"),
-    }
+    super::join(&account.record.base_url, path, query)
 }
 
 /// An SSE `error` event as Anthropic sends one mid-stream; clients surface its message.
-pub fn error_event(kind: &str, message: &str) -> bytes::Bytes {
+pub fn error_event(message: &str) -> bytes::Bytes {
+    typed_error_event("api_error", message)
+}
+
+/// An SSE `error` event of the given Anthropic error type.
+pub fn typed_error_event(kind: &str, message: &str) -> bytes::Bytes {
     let data =
         serde_json::json!({ "type": "error", "error": { "type": kind, "message": message } });
     bytes::Bytes::from(format!("event: error\ndata: {data}\n\n"))

@@ -527,10 +527,23 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing_behind() {
         .admin(
             Method::POST,
             "/admin/accounts",
-            Some(json!({ "name": "x", "provider": "openai", "api_key": "k" })),
+            Some(json!({ "name": "x", "provider": "cohere", "api_key": "k" })),
         )
         .await;
     assert_eq!(status, 400, "{v}");
+    // Azure needs its resource's endpoint.
+    let (status, v) = relay
+        .admin(
+            Method::POST,
+            "/admin/accounts",
+            Some(json!({ "name": "x", "provider": "azure-openai", "api_key": "k" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("base_url"),
+        "{v}"
+    );
     let (status, _) = relay
         .admin(
             Method::POST,

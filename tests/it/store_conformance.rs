@@ -186,6 +186,8 @@ fn account(id: &str, created_at: i64) -> AccountRecord {
         max_concurrency: Some(3),
         weight: 1,
         group: None,
+        api_version: None,
+        deployments: Default::default(),
         created_at,
     }
 }

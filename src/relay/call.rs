@@ -1,0 +1,365 @@
+//! What one client request means upstream: which accounts can serve it, what to send them, how to
+//! read the usage from their answer and how to hand the answer back. Each surface reads its own
+//! request shape here; everything after (limits, scheduling, sending, settling) is shared.
+
+use bytes::Bytes;
+use http::Method;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::{ApiError, Surface};
+use crate::providers::anthropic;
+use crate::scheduler::session::Hints;
+use crate::store::Protocol;
+
+/// Which API operation a request is for, by surface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/messages`: billed.
+    Messages,
+    /// `POST /v1/messages/count_tokens`: relayed, not billed.
+    CountTokens,
+    /// `GET /v1/models[/{id}]` (Anthropic): relayed to any Anthropic account.
+    AnthropicModels,
+    /// `POST /v1/chat/completions`: native for OpenAI models, translated for Claude and Gemini.
+    ChatCompletions,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `GET /v1/models[/{id}]` (OpenAI): `path` after the version.
+    OpenAiModels { path: String },
+    /// `POST /{version}/models/{model}:{method}` (Gemini): `generateContent`,
+    /// `streamGenerateContent`, `countTokens`, `embedContent`, ...
+    Gemini {
+        version: String,
+        model: String,
+        method: String,
+    },
+    /// `GET /{version}/models[/{model}]` (Gemini).
+    GeminiModels { version: String, rest: String },
+}
+
+impl Endpoint {
+    pub fn surface(&self) -> Surface {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens | Endpoint::AnthropicModels => {
+                Surface::Anthropic
+            }
+            Endpoint::ChatCompletions
+            | Endpoint::Responses
+            | Endpoint::Embeddings
+            | Endpoint::OpenAiModels { .. } => Surface::OpenAi,
+            Endpoint::Gemini { .. } | Endpoint::GeminiModels { .. } => Surface::Gemini,
+        }
+    }
+
+    pub fn method(&self) -> Method {
+        match self {
+            Endpoint::AnthropicModels
+            | Endpoint::OpenAiModels { .. }
+            | Endpoint::GeminiModels { .. } => Method::GET,
+            _ => Method::POST,
+        }
+    }
+}
+
+/// Where a request goes upstream, relative to the serving account's base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Anthropic: the vendor path (`/v1/messages`).
+    Anthropic { path: String },
+    /// The OpenAI protocol: the path after the version (`/chat/completions`).
+    OpenAi { path: String },
+    /// Gemini: the version and the path after it (`models/gemini-2.5-flash:generateContent`).
+    Gemini { version: String, path: String },
+}
+
+impl Target {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Target::Anthropic { .. } => Protocol::Anthropic,
+            Target::OpenAi { .. } => Protocol::OpenAi,
+            Target::Gemini { .. } => Protocol::Gemini,
+        }
+    }
+}
+
+/// How to read the usage of the upstream answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageKind {
+    AnthropicMessages,
+    OpenAiChat,
+    OpenAiResponses,
+    OpenAiEmbeddings,
+    GeminiGenerate,
+}
+
+/// How the upstream answer reaches the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Respond {
+    /// Byte for byte.
+    Passthrough,
+    /// Byte for byte, but for the usage-only chunk Switchyard asked for on the client's behalf.
+    HideUsageChunk,
+    /// An Anthropic answer, as OpenAI chat completions (for the client's model name).
+    ChatFromAnthropic { model: String, include_usage: bool },
+    /// A Gemini answer, as OpenAI chat completions.
+    ChatFromGemini { model: String, include_usage: bool },
+}
+
+/// One client request, ready to be relayed.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub surface: Surface,
+    pub target: Target,
+    pub method: Method,
+    /// The model asked for (what accounts are chosen by and usage is priced at).
+    pub model: Option<String>,
+    pub max_tokens: Option<u64>,
+    /// What to send upstream: the client's body, or its translation.
+    pub body: Bytes,
+    /// `Some` for billed requests.
+    pub usage: Option<UsageKind>,
+    pub respond: Respond,
+    /// The upstream query (the client's for native calls; `alt=sse` for translated streams).
+    pub query: Option<String>,
+    /// The session hints' result (`session::identify`), filled in by the relay.
+    pub session: Option<String>,
+}
+
+impl Call {
+    pub fn billed(&self) -> bool {
+        self.usage.is_some()
+    }
+}
+
+/// Fields every surface's generation request may carry, read without building the body.
+#[derive(Deserialize, Default)]
+struct Peek<'a> {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(default, borrow)]
+    prompt_cache_key: Option<&'a str>,
+    #[serde(default, borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    instructions: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    contents: Option<&'a RawValue>,
+    #[serde(default, rename = "systemInstruction", borrow)]
+    system_instruction: Option<&'a RawValue>,
+    #[serde(default, rename = "generationConfig")]
+    generation_config: Option<GenerationConfig>,
+}
+
+#[derive(Deserialize, Default)]
+struct GenerationConfig {
+    #[serde(default, rename = "maxOutputTokens")]
+    max_output_tokens: Option<u64>,
+}
+
+fn peek(body: &[u8]) -> Result<Peek<'_>, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))
+}
+
+fn required_model(model: Option<String>) -> Result<String, ApiError> {
+    model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::invalid("model: field required"))
+}
+
+/// The raw first element of a JSON array (the conversation's first message), for sessions.
+fn first_of(raw: Option<&RawValue>) -> Option<&RawValue> {
+    let items: Vec<&RawValue> = serde_json::from_str(raw?.get()).ok()?;
+    items.into_iter().next()
+}
+
+/// Builds the call for `endpoint` from the client's body; `default_max_tokens` fills in what a
+/// translation to Anthropic needs. Returns the session hints beside it.
+pub fn build<'a>(
+    endpoint: &Endpoint,
+    vendor_path: &str,
+    query: Option<&str>,
+    body: &'a Bytes,
+    default_max_tokens: u64,
+) -> Result<(Call, Hints<'a>), ApiError> {
+    let surface = endpoint.surface();
+    let call = |target, model, max_tokens, body, usage, respond| Call {
+        surface,
+        target,
+        method: endpoint.method(),
+        model,
+        max_tokens,
+        body,
+        usage,
+        respond,
+        query: query.map(str::to_owned),
+        session: None,
+    };
+    match endpoint {
+        Endpoint::Messages | Endpoint::CountTokens => {
+            let ask = anthropic::inspect(body)?;
+            let usage = (*endpoint == Endpoint::Messages).then_some(UsageKind::AnthropicMessages);
+            let target = Target::Anthropic {
+                path: vendor_path.to_owned(),
+            };
+            Ok((
+                call(
+                    target,
+                    Some(ask.model),
+                    ask.max_tokens,
+                    body.clone(),
+                    usage,
+                    Respond::Passthrough,
+                ),
+                ask.session,
+            ))
+        }
+        Endpoint::AnthropicModels => Ok((
+            call(
+                Target::Anthropic {
+                    path: vendor_path.to_owned(),
+                },
+                None,
+                None,
+                Bytes::new(),
+                None,
+                Respond::Passthrough,
+            ),
+            Hints::default(),
+        )),
+        Endpoint::OpenAiModels { path } => Ok((
+            call(
+                Target::OpenAi { path: path.clone() },
+                None,
+                None,
+                Bytes::new(),
+                None,
+                Respond::Passthrough,
+            ),
+            Hints::default(),
+        )),
+        Endpoint::GeminiModels { version, rest } => Ok((
+            call(
+                Target::Gemini {
+                    version: version.clone(),
+                    path: rest.clone(),
+                },
+                None,
+                None,
+                Bytes::new(),
+                None,
+                Respond::Passthrough,
+            ),
+            Hints::default(),
+        )),
+        Endpoint::ChatCompletions => chat(body, query, default_max_tokens, surface),
+        Endpoint::Responses | Endpoint::Embeddings => {
+            let p = peek(body)?;
+            let model = required_model(p.model)?;
+            let (path, usage) = if *endpoint == Endpoint::Responses {
+                ("/responses", UsageKind::OpenAiResponses)
+            } else {
+                ("/embeddings", UsageKind::OpenAiEmbeddings)
+            };
+            let hints = Hints {
+                prompt_cache_key: p.prompt_cache_key,
+                system: p.instructions,
+                first_message: first_of(p.input),
+                ..Hints::default()
+            };
+            Ok((
+                call(
+                    Target::OpenAi {
+                        path: path.to_owned(),
+                    },
+                    Some(model),
+                    p.max_output_tokens,
+                    body.clone(),
+                    Some(usage),
+                    Respond::Passthrough,
+                ),
+                hints,
+            ))
+        }
+        Endpoint::Gemini {
+            version,
+            model,
+            method,
+        } => {
+            let billed = matches!(method.as_str(), "generateContent" | "streamGenerateContent");
+            let p = if billed { peek(body)? } else { Peek::default() };
+            let hints = Hints {
+                system: p.system_instruction,
+                first_message: first_of(p.contents),
+                ..Hints::default()
+            };
+            Ok((
+                call(
+                    Target::Gemini {
+                        version: version.clone(),
+                        path: format!("models/{model}:{method}"),
+                    },
+                    Some(model.clone()),
+                    p.generation_config.and_then(|g| g.max_output_tokens),
+                    body.clone(),
+                    billed.then_some(UsageKind::GeminiGenerate),
+                    Respond::Passthrough,
+                ),
+                hints,
+            ))
+        }
+    }
+}
+
+/// Chat completions: native to OpenAI accounts, or translated for a Claude or Gemini model.
+fn chat<'a>(
+    body: &'a Bytes,
+    query: Option<&str>,
+    default_max_tokens: u64,
+    surface: Surface,
+) -> Result<(Call, Hints<'a>), ApiError> {
+    let p = peek(body)?;
+    let model = required_model(p.model.clone())?;
+    let hints = Hints {
+        prompt_cache_key: p.prompt_cache_key,
+        first_message: first_of(p.messages),
+        ..Hints::default()
+    };
+    let max_tokens = p.max_completion_tokens.or(p.max_tokens);
+    let call = |target, body, usage, respond| Call {
+        surface,
+        target,
+        method: Method::POST,
+        model: Some(model.clone()),
+        max_tokens,
+        body,
+        usage: Some(usage),
+        respond,
+        query: query.map(str::to_owned),
+        session: None,
+    };
+    let _ = default_max_tokens;
+    let native = call(
+        Target::OpenAi {
+            path: "/chat/completions".to_owned(),
+        },
+        body.clone(),
+        UsageKind::OpenAiChat,
+        Respond::Passthrough,
+    );
+    let _ = p.stream;
+    Ok((native, hints))
+}

@@ -1,0 +1,121 @@
+//! The end of a relayed request: usage → cost → stats and the key's counters; leases released.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::app::App;
+use crate::error::Surface;
+use crate::limits::{AccountLease, KeyLease, Spent};
+use crate::metrics as m;
+use crate::store::RequestLogEntry;
+use crate::stream::tap::{End, Observer};
+use crate::stream::usage::UsageReader;
+use crate::usage::TokenUsage;
+
+/// Settles a request when its response body ends or is dropped.
+pub(super) struct Settle {
+    pub(super) app: Arc<App>,
+    pub(super) request_id: String,
+    pub(super) key_id: String,
+    pub(super) account_id: String,
+    pub(super) model: String,
+    pub(super) surface: Surface,
+    pub(super) status: u16,
+    pub(super) at_ms: i64,
+    pub(super) started: Instant,
+    pub(super) sent_at: Instant,
+    pub(super) ttfb_ms: u64,
+    /// `None` for endpoints that are not billed.
+    pub(super) usage: Option<UsageReader>,
+    /// For a streamed answer: the upstream protocol's error event, to end a cut stream with.
+    pub(super) error_event: Option<fn(&str) -> Bytes>,
+    pub(super) leases: Option<(KeyLease, AccountLease)>,
+}
+
+impl Observer for Settle {
+    fn on_data(&mut self, data: &Bytes) {
+        if let Some(usage) = &mut self.usage {
+            usage.observe(data);
+        }
+    }
+
+    fn error_event(&self, message: &str) -> Option<Bytes> {
+        self.error_event.map(|event| event(message))
+    }
+
+    fn on_end(&mut self, end: End) {
+        let leases = self.leases.take();
+        metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
+        let latency_ms = self.started.elapsed().as_millis() as u64;
+        metrics::histogram!(m::UPSTREAM_LATENCY).record(self.sent_at.elapsed().as_secs_f64());
+        metrics::counter!(m::REQUESTS, "surface" => self.surface.as_str(), "status" => self.status.to_string())
+            .increment(1);
+        let usage = self
+            .usage
+            .as_ref()
+            .map(UsageReader::usage)
+            .unwrap_or_default();
+        let cost = self.app.pricing().cost(&self.model, &usage);
+        if let Some((key_lease, account_lease)) = leases {
+            drop(account_lease);
+            key_lease.settle(Spent::of(&usage, cost.nanousd));
+        }
+        if self.usage.is_some() {
+            if !cost.known_model {
+                metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => self.model.clone())
+                    .increment(1);
+            }
+            record_token_metrics(&self.model, &usage, cost.nanousd);
+            let billed = self.status < 400 || !usage.is_empty();
+            let entry = RequestLogEntry {
+                request_id: self.request_id.clone(),
+                at: self.at_ms,
+                key_id: self.key_id.clone(),
+                account_id: Some(self.account_id.clone()),
+                model: self.model.clone(),
+                surface: self.surface.as_str().to_owned(),
+                status: self.status,
+                latency_ms,
+                ttfb_ms: Some(self.ttfb_ms),
+                usage,
+                cost_nanousd: cost.nanousd,
+            };
+            self.app.stats.record(entry, billed);
+        }
+        let end = match &end {
+            End::Complete => "complete",
+            End::Failed(_) => "upstream_failed",
+            End::Dropped => "client_disconnected",
+        };
+        tracing::info!(
+            request_id = %self.request_id,
+            key_id = %self.key_id,
+            account_id = %self.account_id,
+            model = %self.model,
+            status = self.status,
+            latency_ms,
+            ttfb_ms = self.ttfb_ms,
+            input_tokens = usage.input_tokens,
+            output_tokens = usage.output_tokens,
+            cost_nanousd = cost.nanousd,
+            end,
+            "request"
+        );
+    }
+}
+
+fn record_token_metrics(model: &str, usage: &TokenUsage, cost_nanousd: u64) {
+    for (kind, n) in [
+        ("input", usage.input_tokens),
+        ("output", usage.output_tokens),
+        ("cache_creation", usage.cache_creation_input_tokens),
+        ("cache_read", usage.cache_read_input_tokens),
+    ] {
+        if n > 0 {
+            metrics::counter!(m::TOKENS, "model" => model.to_owned(), "kind" => kind).increment(n);
+        }
+    }
+    metrics::counter!(m::COST, "model" => model.to_owned()).increment(cost_nanousd);
+}

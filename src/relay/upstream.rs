@@ -1,0 +1,177 @@
+//! Sending one attempt upstream, and what a failed attempt leaves for the client.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+
+use super::call::{Call, Target};
+use super::respond;
+use crate::app::App;
+use crate::body::Body;
+use crate::catalog::Account;
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics as m;
+use crate::providers::{self, anthropic, azure, gemini, openai};
+use crate::store::Provider;
+
+/// The URL and headers of `call` for `account`, in its vendor's convention.
+fn request_for(
+    call: &Call,
+    client: &http::HeaderMap,
+    account: &Account,
+) -> Option<(String, http::HeaderMap)> {
+    let query = call.query.as_deref();
+    Some(match (&call.target, account.record.provider) {
+        (Target::Anthropic { path }, Provider::Anthropic) => (
+            anthropic::upstream_url(account, path, query),
+            anthropic::upstream_headers(client, account),
+        ),
+        (Target::OpenAi { path }, Provider::OpenAi) => (
+            openai::upstream_url(account, path, query),
+            openai::upstream_headers(client, account),
+        ),
+        (Target::OpenAi { path }, Provider::AzureOpenAi) => (
+            azure::upstream_url(account, path, call.model.as_deref()),
+            azure::upstream_headers(client, account),
+        ),
+        (Target::Gemini { version, path }, Provider::Gemini) => (
+            gemini::upstream_url(account, version, path, query),
+            gemini::upstream_headers(client, account),
+        ),
+        // The scheduler only offers accounts of the call's protocol.
+        _ => return None,
+    })
+}
+
+/// Sends the request to one account, waiting at most the first-byte timeout for the head.
+pub(super) async fn send(
+    app: &App,
+    call: &Call,
+    client: &http::HeaderMap,
+    account: &Account,
+) -> Result<reqwest::Response, SendError> {
+    let Some((url, headers)) = request_for(call, client, account) else {
+        return Err(SendError::Mismatch(account.record.provider));
+    };
+    let first_byte = Duration::from_secs(app.config.upstream.first_byte_timeout_secs);
+    let body = call.body.clone();
+    let send = app
+        .http
+        .request(call.method.clone(), url)
+        .headers(headers)
+        .body(body)
+        .send();
+    match tokio::time::timeout(first_byte, send).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(SendError::Failed(e)),
+        Err(_) => Err(SendError::Timeout(first_byte)),
+    }
+}
+
+/// An upstream attempt that produced no response head.
+pub(super) enum SendError {
+    Failed(reqwest::Error),
+    Timeout(Duration),
+    /// The account does not speak the call's protocol (a scheduler bug; never retried).
+    Mismatch(Provider),
+}
+
+impl SendError {
+    pub(super) fn describe(&self) -> String {
+        match self {
+            SendError::Timeout(limit) => format!("no response within {} s", limit.as_secs()),
+            SendError::Failed(e) => format!("request failed: {e}"),
+            SendError::Mismatch(p) => format!("a {} account cannot serve this", p.as_str()),
+        }
+    }
+
+    pub(super) fn into_api_error(self) -> ApiError {
+        match self {
+            SendError::Mismatch(p) => ApiError::internal(format!(
+                "a {} account was chosen for a request it cannot serve",
+                p.as_str()
+            )),
+            SendError::Failed(e) => {
+                let reason = if e.is_connect() {
+                    "connect"
+                } else if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "other"
+                };
+                metrics::counter!(m::UPSTREAM_ERRORS, "reason" => reason).increment(1);
+                // reqwest's message names the URL (the account's base URL, not a secret) and the cause.
+                ApiError::new(
+                    ErrorKind::BadGateway,
+                    format!("the upstream request failed ({reason}): {e}"),
+                )
+            }
+            SendError::Timeout(limit) => {
+                metrics::counter!(m::UPSTREAM_ERRORS, "reason" => "first_byte_timeout")
+                    .increment(1);
+                ApiError::new(
+                    ErrorKind::GatewayTimeout,
+                    format!("the upstream sent no response within {} s", limit.as_secs()),
+                )
+            }
+        }
+    }
+}
+
+/// What a failed attempt left, to hand to the client if no other account can do better.
+pub(super) enum Failure {
+    Response(Buffered),
+    Error(ApiError),
+}
+
+/// An upstream error answer, read whole (error bodies are small; at most `MAX_ERROR_BODY`).
+pub(super) struct Buffered {
+    pub(super) status: http::StatusCode,
+    pub(super) headers: http::HeaderMap,
+    pub(super) body: Bytes,
+}
+
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub(super) async fn buffer_failure(resp: reqwest::Response) -> Buffered {
+    let status = resp.status();
+    let mut headers = providers::response_headers(resp.headers().clone());
+    let mut body = Vec::new();
+    let mut stream = http_body_util::BodyDataStream::new(reqwest::Body::from(resp));
+    let read = async {
+        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+            let room = MAX_ERROR_BODY.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= MAX_ERROR_BODY {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    headers.remove(http::header::CONTENT_LENGTH);
+    Buffered {
+        status,
+        headers,
+        body: Bytes::from(body),
+    }
+}
+
+impl Failure {
+    /// The failure as the client's answer: an upstream error as it was (translated when the
+    /// client speaks another protocol), or Switchyard's own error.
+    pub(super) fn respond(self, call: &Call) -> Result<Response<Body>, ApiError> {
+        match self {
+            Failure::Error(e) => Err(e),
+            Failure::Response(b) => {
+                metrics::counter!(m::REQUESTS, "surface" => call.surface.as_str(), "status" => b.status.as_str().to_owned()).increment(1);
+                let (headers, body) =
+                    respond::error_body(&call.respond, b.status, b.headers, b.body);
+                let mut resp = Response::new(crate::body::full(body));
+                *resp.status_mut() = b.status;
+                *resp.headers_mut() = headers;
+                Ok(resp)
+            }
+        }
+    }
+}
