@@ -39,6 +39,14 @@ pub fn query_key(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// How a Gemini SSE stream reports an error mid-stream.
+pub fn error_event(message: &str) -> bytes::Bytes {
+    let data = serde_json::json!({
+        "error": { "code": 500, "message": message, "status": "INTERNAL" }
+    });
+    bytes::Bytes::from(format!("data: {data}\n\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,12 +58,4 @@ mod tests {
         assert_eq!(query_key(Some("alt=sse&key=sy-x")).as_deref(), Some("sy-x"));
         assert_eq!(query_key(Some("alt=sse")), None);
     }
-}
-
-/// How a Gemini SSE stream reports an error mid-stream.
-pub fn error_event(message: &str) -> bytes::Bytes {
-    let data = serde_json::json!({
-        "error": { "code": 500, "message": message, "status": "INTERNAL" }
-    });
-    bytes::Bytes::from(format!("data: {data}\n\n"))
 }
