@@ -17,6 +17,7 @@
 //! and drops whatever leases were taken.
 
 pub mod call;
+mod failover;
 mod respond;
 mod settle;
 mod upstream;
@@ -35,15 +36,14 @@ use crate::error::{ApiError, ErrorKind};
 use crate::limits;
 use crate::metrics as m;
 use crate::providers::{self, gemini};
-use crate::scheduler::{self, health, health::Outcome, session};
-use crate::store::{KeyRecord, RequestLogEntry};
+use crate::scheduler::session;
+use crate::store::KeyRecord;
 use crate::stream::tap::Tap;
 use crate::stream::usage::UsageReader;
-use crate::usage::TokenUsage;
 
 pub use call::Endpoint;
+use failover::{Attempts, Ctx, Served};
 use settle::Settle;
-use upstream::{Failure, SendError, buffer_failure, send};
 
 /// Relays one request. `vendor_path` is the vendor's path (`/v1/messages`), without any prefix
 /// the client's base URL added.
@@ -120,102 +120,19 @@ where
     )
     .await?;
 
-    // Attempts: another account takes over while nothing has reached the client.
-    let policy = &app.config.scheduler;
-    let deadline = started + Duration::from_secs(policy.attempt_deadline_secs);
-    let mut tried: Vec<String> = Vec::new();
-    let mut last_failure: Option<Failure> = None;
-    let (picked, upstream, sent_at, head_at) = loop {
-        let attempt = u32::try_from(tried.len())
-            .unwrap_or(u32::MAX)
-            .saturating_add(1);
-        let ask = scheduler::Ask {
-            protocol: call.target.protocol(),
-            model: model.as_deref(),
-            session: call.session.as_deref(),
-            binding: key.binding.as_ref(),
-            exclude: &tried,
-            attempt,
-        };
-        let picked = match scheduler::pick(&app.catalog, policy, &ask, &key_lease).await {
-            Ok(picked) => picked,
-            // Nobody else can take it: the client gets what the last attempt got.
-            Err(unavailable) => {
-                let Some(failure) = last_failure else {
-                    return Err(unavailable);
-                };
-                if let Failure::Response(b) = &failure {
-                    let entry = RequestLogEntry {
-                        request_id: request_id.to_owned(),
-                        at: at_ms,
-                        key_id: key.id.clone(),
-                        account_id: tried.last().cloned(),
-                        model: model.clone().unwrap_or_default(),
-                        surface: call.surface.as_str().to_owned(),
-                        status: b.status.as_u16(),
-                        latency_ms: started.elapsed().as_millis() as u64,
-                        ttfb_ms: None,
-                        usage: TokenUsage::default(),
-                        cost_nanousd: 0,
-                    };
-                    tracing::info!(
-                        request_id,
-                        key_id = %key.id,
-                        account_id = ?entry.account_id,
-                        model = %entry.model,
-                        status = entry.status,
-                        latency_ms = entry.latency_ms,
-                        attempts = tried.len(),
-                        "request failed upstream on every account tried"
-                    );
-                    if call.billed() {
-                        app.stats.record(entry, false);
-                    }
-                }
-                return failure.respond(&call);
-            }
-        };
-        let sent_at = Instant::now();
-        let sent = send(app, &call, &parts.headers, &picked.account).await;
-        let head_at = Instant::now();
-        let now_ms = jiff::Timestamp::now().as_millisecond();
-        let outcome = match &sent {
-            Ok(resp) => Outcome::Response {
-                status: resp.status().as_u16(),
-                headers: resp.headers(),
-            },
-            Err(SendError::Timeout(_)) => Outcome::Timeout,
-            Err(SendError::Failed(_) | SendError::Mismatch(_)) => Outcome::ConnectError,
-        };
-        let verdict = health::judge(
-            outcome,
-            now_ms,
-            Duration::from_secs(policy.rate_limit_cooldown_secs),
-        );
-        scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
-            Ok(resp) => format!("upstream answered {}", resp.status()),
-            Err(e) => e.describe(),
-        })
-        .await;
-        let may_retry = verdict.may_fail_over()
-            && tried.len() + 1 < policy.max_attempts as usize
-            && Instant::now() < deadline;
-        match sent {
-            Ok(resp) if !may_retry => break (picked, resp, sent_at, head_at),
-            Ok(resp) => {
-                tracing::info!(request_id, account_id = %picked.account.id(), status = resp.status().as_u16(), "upstream failed before the first byte; trying another account");
-                last_failure = Some(Failure::Response(buffer_failure(resp).await));
-            }
-            Err(e) if !may_retry => return Err(e.into_api_error()),
-            Err(e) => {
-                let err = e.into_api_error();
-                tracing::info!(request_id, account_id = %picked.account.id(), error = %err.message, "upstream failed before the first byte; trying another account");
-                last_failure = Some(Failure::Error(err));
-            }
-        }
-        metrics::counter!(m::FAILOVERS).increment(1);
-        tried.push(picked.account.id().to_owned());
-        // `picked` drops here: the failed attempt's account lease is released.
+    let ctx = Ctx {
+        request_id,
+        at_ms,
+        started,
+    };
+    let Served {
+        picked,
+        upstream,
+        sent_at,
+        head_at,
+    } = match failover::attempts(app, &call, &parts.headers, &key, &key_lease, &ctx).await? {
+        Attempts::Served(served) => served,
+        Attempts::Failed(answer) => return Ok(answer),
     };
     let account = picked.account;
 

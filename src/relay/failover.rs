@@ -1,0 +1,155 @@
+//! The attempts of one request: another account takes over while nothing has reached the client.
+
+use std::time::{Duration, Instant};
+
+use http::Response;
+
+use super::call::Call;
+use super::upstream::{Failure, SendError, buffer_failure, send};
+use crate::app::App;
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::limits::KeyLease;
+use crate::metrics as m;
+use crate::scheduler::{self, Picked, health, health::Outcome};
+use crate::store::{KeyRecord, RequestLogEntry};
+use crate::usage::TokenUsage;
+
+/// Who a request is, for logs and records.
+pub(crate) struct Ctx<'a> {
+    pub(crate) request_id: &'a str,
+    /// Unix ms when it arrived.
+    pub(crate) at_ms: i64,
+    pub(crate) started: Instant,
+}
+
+/// The attempt whose answer goes to the client.
+pub(crate) struct Served {
+    pub(crate) picked: Picked,
+    pub(crate) upstream: reqwest::Response,
+    pub(crate) sent_at: Instant,
+    pub(crate) head_at: Instant,
+}
+
+pub(crate) enum Attempts {
+    Served(Served),
+    /// Every account tried failed: the last upstream answer, as the client gets it.
+    Failed(Response<Body>),
+}
+
+/// Picks an account and sends; on a failure that another account may not have (connect error,
+/// 429, 529, 5xx, first-byte timeout) reports it and tries another, up to the scheduler's
+/// attempts and deadline.
+pub(crate) async fn attempts(
+    app: &App,
+    call: &Call,
+    client: &http::HeaderMap,
+    key: &KeyRecord,
+    key_lease: &KeyLease,
+    ctx: &Ctx<'_>,
+) -> Result<Attempts, ApiError> {
+    // Attempts: another account takes over while nothing has reached the client.
+    let policy = &app.config.scheduler;
+    let deadline = ctx.started + Duration::from_secs(policy.attempt_deadline_secs);
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_failure: Option<Failure> = None;
+    loop {
+        let attempt = u32::try_from(tried.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let ask = scheduler::Ask {
+            protocol: call.target.protocol(),
+            model: call.model.as_deref(),
+            session: call.session.as_deref(),
+            binding: key.binding.as_ref(),
+            exclude: &tried,
+            attempt,
+        };
+        let picked = match scheduler::pick(&app.catalog, policy, &ask, key_lease).await {
+            Ok(picked) => picked,
+            // Nobody else can take it: the client gets what the last attempt got.
+            Err(unavailable) => {
+                let Some(failure) = last_failure else {
+                    return Err(unavailable);
+                };
+                if let Failure::Response(b) = &failure {
+                    let entry = RequestLogEntry {
+                        request_id: ctx.request_id.to_owned(),
+                        at: ctx.at_ms,
+                        key_id: key.id.clone(),
+                        account_id: tried.last().cloned(),
+                        model: call.model.clone().unwrap_or_default(),
+                        surface: call.surface.as_str().to_owned(),
+                        status: b.status.as_u16(),
+                        latency_ms: ctx.started.elapsed().as_millis() as u64,
+                        ttfb_ms: None,
+                        usage: TokenUsage::default(),
+                        cost_nanousd: 0,
+                    };
+                    tracing::info!(
+                        request_id = ctx.request_id,
+                        key_id = %key.id,
+                        account_id = ?entry.account_id,
+                        model = %entry.model,
+                        status = entry.status,
+                        latency_ms = entry.latency_ms,
+                        attempts = tried.len(),
+                        "request failed upstream on every account tried"
+                    );
+                    if call.billed() {
+                        app.stats.record(entry, false);
+                    }
+                }
+                return failure.respond(call).map(Attempts::Failed);
+            }
+        };
+        let sent_at = Instant::now();
+        let sent = send(app, call, client, &picked.account).await;
+        let head_at = Instant::now();
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let outcome = match &sent {
+            Ok(resp) => Outcome::Response {
+                status: resp.status().as_u16(),
+                headers: resp.headers(),
+            },
+            Err(SendError::Timeout(_)) => Outcome::Timeout,
+            Err(SendError::Failed(_) | SendError::Mismatch(_)) => Outcome::ConnectError,
+        };
+        let verdict = health::judge(
+            outcome,
+            now_ms,
+            Duration::from_secs(policy.rate_limit_cooldown_secs),
+        );
+        scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
+            Ok(resp) => format!("upstream answered {}", resp.status()),
+            Err(e) => e.describe(),
+        })
+        .await;
+        let may_retry = verdict.may_fail_over()
+            && tried.len() + 1 < policy.max_attempts as usize
+            && Instant::now() < deadline;
+        match sent {
+            Ok(upstream) if !may_retry => {
+                return Ok(Attempts::Served(Served {
+                    picked,
+                    upstream,
+                    sent_at,
+                    head_at,
+                }));
+            }
+            Ok(resp) => {
+                tracing::info!(request_id = ctx.request_id, account_id = %picked.account.id(), status = resp.status().as_u16(), "upstream failed before the first byte; trying another account");
+                last_failure = Some(Failure::Response(buffer_failure(resp).await));
+            }
+            Err(e) if !may_retry => return Err(e.into_api_error()),
+            Err(e) => {
+                let err = e.into_api_error();
+                tracing::info!(request_id = ctx.request_id, account_id = %picked.account.id(), error = %err.message, "upstream failed before the first byte; trying another account");
+                last_failure = Some(Failure::Error(err));
+            }
+        }
+        metrics::counter!(m::FAILOVERS).increment(1);
+        tried.push(picked.account.id().to_owned());
+        // `picked` drops here: the failed attempt's account lease is released.
+    }
+}
