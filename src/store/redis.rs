@@ -6,6 +6,14 @@
 //! tag, so the same code runs on a cluster. The key layout, with each key's type, TTL, writer and
 //! reader, is in docs/redis-keys.md; the names are built in `names.rs` only.
 //!
+//! Scheduling: `pick.lua` is `scheduler::policy::choose` in Lua (health, caps, the session's
+//! binding, priority, relative load, pick order), so that the choice and the lease it takes are
+//! one atomic step across instances; the conformance suite holds it to the embedded store, which
+//! calls `choose` itself. Health changes the other way round: `Health::apply` runs in Rust only,
+//! on the JSON read from Redis, and the result is written back by compare-and-set
+//! (`health_cas.lua`), re-read and re-applied when another report got there first. Health is
+//! reported only on failures and on degraded accounts, so it is off the common path.
+//!
 //! Time: leases and `last_used_at` use the *caller's* clock (unix ms passed to the scripts), as
 //! the embedded store does. Instances sharing a Redis must keep their clocks in step (NTP): a
 //! skew of `d` makes another instance's leases look `d` longer or shorter lived.
@@ -42,7 +50,7 @@ use super::{
     StoreResult, UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
-use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
+use crate::scheduler::policy::{Health, Report, Sticky};
 
 /// Hour buckets are kept 35 days, day buckets 400, month buckets five years; totals forever.
 const HOUR_TTL: Duration = Duration::from_secs(35 * 86_400);
@@ -62,12 +70,12 @@ const MARKER_KEEP: usize = 64;
 /// Request log entries per script call, so that a backlog written after an outage neither blocks
 /// Redis for long nor builds one huge command.
 const LOG_CHUNK: usize = 1_000;
-/// Lease TTLs are capped here (a century), keeping deadlines exact in Lua's doubles.
+/// Lease and session binding TTLs are capped here (a century), keeping deadlines exact in Lua's
+/// doubles.
 const MAX_LEASE_TTL_MS: i64 = 100 * 365 * 86_400_000;
-/// A health report re-reads and retries this often when other instances keep changing it.
+/// A health report re-reads and retries this often when other reports keep changing it. Every
+/// lost round is another report's win, so this many reporters at once all get through.
 const HEALTH_CAS_ATTEMPTS: usize = 64;
-/// A pick re-reads this often when the chosen account filled up between read and commit.
-const PICK_ATTEMPTS: usize = 3;
 /// Capacity of the `changes()` broadcast; a receiver that lags sees `Lagged` and must resync.
 const CHANGES_CAPACITY: usize = 1_024;
 
@@ -200,10 +208,17 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// `now + ttl` in unix ms, the ttl rounded up (a sub-millisecond lease still lives) and capped.
+/// `now + ttl` in unix ms, the ttl rounded up and capped (`ttl_ms`).
 fn deadline_ms(now: i64, ttl: Duration) -> i64 {
-    let ttl = i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX);
-    now.saturating_add(ttl.min(MAX_LEASE_TTL_MS))
+    now.saturating_add(ttl_ms(ttl))
+}
+
+/// A TTL in whole ms, rounded up (a sub-millisecond lease or binding still lives) and capped at
+/// a century, keeping deadlines exact in Lua's doubles; 0 only for a zero TTL.
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(i64::MAX)
+        .min(MAX_LEASE_TTL_MS)
 }
 
 /// A settled lease is remembered this long, past any retry of its settle.
@@ -563,7 +578,7 @@ impl Store for RedisStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let key = self.names.account_health(account_id);
-        for _ in 0..HEALTH_CAS_ATTEMPTS {
+        for attempt in 0..HEALTH_CAS_ATTEMPTS {
             let old: Option<String> = self
                 .client()
                 .get(key.as_str())
@@ -588,8 +603,10 @@ impl Store for RedisStore {
             if integer(&written, "health_cas")? == 1 {
                 return Ok(());
             }
-            // Someone else won this round: back off a little, at random, so racers spread out.
-            tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % 2_000)).await;
+            // Someone else won this round: back off at random, longer each time (up to 8 ms), so
+            // that racers spread out.
+            let window = 250u64 << attempt.min(5);
+            tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % window)).await;
         }
         Err(StoreError::Unavailable(
             "account health kept changing under this report".into(),
@@ -605,123 +622,89 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    /// Optimistic: `pick_read.lua` reads every candidate (one round trip), `policy::choose`
-    /// decides exactly as on the embedded store, and `pick_commit.lua` takes the lease only if
-    /// the account still has room; if another instance filled it meanwhile, read again.
+    /// One `pick.lua` call: the script applies `scheduler::policy::choose` (mirrored in Lua) to
+    /// every candidate's live leases, pick order and health and to the session's binding, then
+    /// takes the lease and sets or renews the binding, all atomically.
     async fn pick_account(&self, request: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked> {
         let candidates = request.candidates;
         if candidates.is_empty() {
             return Ok(Picked::Unavailable { retry_at: None });
         }
-        for _ in 0..PICK_ATTEMPTS {
-            let now = now_ms();
-            let mut keys = Vec::with_capacity(3 * candidates.len() + 1);
-            for c in candidates {
-                keys.push(self.names.account_leases(&c.account_id));
-                keys.push(self.names.account_runtime(&c.account_id));
-                keys.push(self.names.account_health(&c.account_id));
-            }
-            if let Some(session) = &request.session {
-                keys.push(self.names.session(session.id));
-            }
-            let flag = if request.session.is_some() { "1" } else { "0" };
-            let reply = self
-                .scripts
-                .pick_read
-                .run(self.client(), keys, vec![now.to_string(), flag.to_owned()])
-                .await?;
-            let mut parts = reply.into_array().into_iter();
-            let mut states = Vec::with_capacity(candidates.len());
-            for _ in candidates {
-                let (Some(live), Some(seq), Some(health)) =
-                    (parts.next(), parts.next(), parts.next())
-                else {
-                    return Err(StoreError::Corrupt("pick_read: short reply".into()));
-                };
-                let seq = optional_string(seq, "pick seq")?.unwrap_or_default();
-                let health = optional_string(health, "health")?.unwrap_or_default();
-                states.push((
-                    u32::try_from(integer(&live, "live leases")?).unwrap_or(u32::MAX),
-                    seq.parse::<u64>().unwrap_or(0),
-                    parse_health(&health)?,
-                ));
-            }
-            let bound = match parts.next() {
-                Some(v) => optional_string(v, "session")?.filter(|s| !s.is_empty()),
-                None => None,
-            };
-            let contenders: Vec<Contender<'_>> = candidates
-                .iter()
-                .zip(&states)
-                .map(|(c, (in_flight, pick_seq, health))| Contender {
-                    id: &c.account_id,
-                    priority: c.priority,
-                    max_concurrency: c.max_concurrency,
-                    weight: c.weight,
-                    in_flight: *in_flight,
-                    pick_seq: *pick_seq,
-                    health,
-                })
-                .collect();
-            let session = request
-                .session
-                .map(|s| (bound.as_deref(), s.move_on_overflow));
-            let (id, sticky) =
-                match policy::choose(&contenders, request.family, request.now_ms, session) {
-                    Choice::Take { id, sticky } => (id.to_owned(), sticky),
-                    Choice::Unavailable { retry_at } => {
-                        return Ok(Picked::Unavailable { retry_at });
-                    }
-                };
-            let Some((chosen, (_, _, health))) = candidates
-                .iter()
-                .zip(&states)
-                .find(|(c, _)| c.account_id == id)
-            else {
-                return Err(StoreError::Corrupt("pick chose an unknown account".into()));
-            };
-            let mut keys = vec![
-                self.names.pick_seq(),
-                self.names.account_leases(&id),
-                self.names.account_runtime(&id),
-            ];
-            let mut session_ttl = "0".to_owned();
-            if let Some(session) = &request.session
-                && matches!(sticky, Sticky::Hit | Sticky::Bound | Sticky::Moved)
-            {
-                keys.push(self.names.session(session.id));
-                session_ttl = ms(session.ttl);
-            }
-            let taken = self
-                .scripts
-                .pick_commit
-                .run(
-                    self.client(),
-                    keys,
-                    vec![
-                        lease.id.clone(),
-                        now.to_string(),
-                        deadline_ms(now, lease.ttl).to_string(),
-                        ms(RUNTIME_TTL),
-                        cap_arg(chosen.max_concurrency),
-                        session_ttl,
-                        id.clone(),
-                    ],
-                )
-                .await?;
-            if integer(&taken, "pick_commit")? == 1 {
-                let degraded = *health != Health::default();
-                return Ok(Picked::Account {
-                    id,
-                    sticky,
-                    degraded,
-                });
-            }
+        let clock = now_ms();
+        let mut keys = Vec::with_capacity(3 * candidates.len() + 2);
+        keys.push(self.names.pick_seq());
+        for c in candidates {
+            keys.push(self.names.account_leases(&c.account_id));
+            keys.push(self.names.account_runtime(&c.account_id));
+            keys.push(self.names.account_health(&c.account_id));
         }
-        // Every read found room that was gone by the commit: the accounts are at capacity.
-        Ok(Picked::Unavailable {
-            retry_at: Some(now_ms() + 1_000),
-        })
+        let mut args = Vec::with_capacity(9 + 4 * candidates.len());
+        args.extend([
+            lease.id.clone(),
+            clock.to_string(),
+            deadline_ms(clock, lease.ttl).to_string(),
+            ms(RUNTIME_TTL),
+            request.now_ms.to_string(),
+        ]);
+        match request.family {
+            Some(family) => args.extend(["1".to_owned(), family.to_owned()]),
+            None => args.extend(["0".to_owned(), String::new()]),
+        }
+        match &request.session {
+            Some(session) => {
+                keys.push(self.names.session(session.id));
+                let mode = if session.move_on_overflow { "2" } else { "1" };
+                args.extend([mode.to_owned(), ttl_ms(session.ttl).to_string()]);
+            }
+            None => args.extend(["0".to_owned(), "0".to_owned()]),
+        }
+        for c in candidates {
+            args.extend([
+                c.account_id.clone(),
+                c.priority.to_string(),
+                cap_arg(c.max_concurrency),
+                c.weight.to_string(),
+            ]);
+        }
+        let reply = self
+            .scripts
+            .pick
+            .run(self.client(), keys, args)
+            .await?
+            .into_array();
+        match reply.as_slice() {
+            [kind, index, sticky, degraded] if integer(kind, "pick")? == 1 => {
+                let index = integer(index, "pick index")?;
+                let chosen = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| candidates.get(i))
+                    .ok_or_else(|| StoreError::Corrupt(format!("pick: index {index}")))?;
+                Ok(Picked::Account {
+                    id: chosen.account_id.clone(),
+                    sticky: sticky_of(integer(sticky, "pick sticky")?)?,
+                    degraded: integer(degraded, "pick degraded")? == 1,
+                })
+            }
+            [kind, retry_at] if integer(kind, "pick")? == 0 => {
+                let retry_at = optional_string(retry_at.clone(), "pick retry_at")?
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        // Formatted from a double: clamp rather than fail past i64's range.
+                        s.parse::<i128>()
+                            .map(|v| {
+                                i64::try_from(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)))
+                                    .unwrap_or(i64::MAX)
+                            })
+                            .map_err(|e| StoreError::Corrupt(format!("pick retry_at {s:?}: {e}")))
+                    })
+                    .transpose()?;
+                Ok(Picked::Unavailable { retry_at })
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "pick: unexpected reply {other:?}"
+            ))),
+        }
     }
 
     async fn release(
@@ -930,6 +913,18 @@ impl RedisStore {
     }
 }
 
+/// `pick.lua`'s sticky code.
+fn sticky_of(code: i64) -> StoreResult<Sticky> {
+    Ok(match code {
+        0 => Sticky::None,
+        1 => Sticky::Hit,
+        2 => Sticky::Bound,
+        3 => Sticky::Escaped,
+        4 => Sticky::Moved,
+        other => return Err(StoreError::Corrupt(format!("pick: sticky code {other}"))),
+    })
+}
+
 /// An account's health as stored: JSON, or empty for a clean account.
 fn parse_health(json: &str) -> StoreResult<Health> {
     if json.is_empty() {
@@ -947,6 +942,8 @@ mod tests {
         assert_eq!(deadline_ms(1_000, Duration::from_micros(1)), 1_001);
         assert_eq!(deadline_ms(1_000, Duration::from_millis(5)), 1_005);
         assert_eq!(deadline_ms(1_000, Duration::MAX), 1_000 + MAX_LEASE_TTL_MS);
+        assert_eq!(ttl_ms(Duration::ZERO), 0);
+        assert_eq!(ttl_ms(Duration::from_nanos(1)), 1);
     }
 
     #[test]

@@ -107,7 +107,10 @@ macro_rules! conformance_tests {
             pick_rotates_equals, pick_skips_full_accounts, usage_adds_batches, request_log,
             health_reports_and_recovery, concurrent_health_reports, sessions_stick_escape_and_move,
             pick_weighs_relative_load, meters_reserve_and_settle, meters_admit_atomically,
-            meters_return_holds_of_expired_leases, activation_on_first_use;
+            meters_return_holds_of_expired_leases, activation_on_first_use,
+            each_report_kind_and_its_recovery, family_scoped_rate_limit,
+            retry_at_is_the_earliest_recovery, degraded_flag, sessions_renew_escape_and_rebind,
+            concurrent_picks_respect_caps;
             records_survive_reopen, usage_survives_reopen);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
@@ -1184,6 +1187,35 @@ mod cases {
             id_of(&picked(&store, &request(&both, now, None), "w5").await),
             "small"
         );
+        // No cap counts as a cap of 1000: 3 in flight (3/1000) loses to 1 of a cap of 500
+        // (1/500), wins against 1 of a cap of 200.
+        for i in 0..3 {
+            let only = [candidate("open", 0, None)];
+            picked(&store, &request(&only, now, None), &format!("o{i}")).await;
+        }
+        for (id, i) in [("c500", 0), ("c200", 1)] {
+            let only = [candidate(id, 0, None)];
+            picked(&store, &request(&only, now, None), &format!("c{i}")).await;
+        }
+        let open = candidate("open", 0, None);
+        let c500 = candidate("c500", 0, Some(500));
+        let c200 = candidate("c200", 0, Some(200));
+        for (among, want) in [([open.clone(), c500], "c500"), ([c200, open], "open")] {
+            let p = probe(&store, &among, None, now).await;
+            assert_eq!(id_of(&p), want, "{among:?}");
+        }
+        // Loads compare in whole millionths (integer division): 1/600 and 1/1000 of capacity
+        // are both 1, so the one picked longer ago wins, whatever the exact fractions.
+        for id in ["frac-a", "frac-b"] {
+            let only = [candidate(id, 0, None)];
+            picked(&store, &request(&only, now, None), &format!("{id}-0")).await;
+        }
+        let mut frac_a = candidate("frac-a", 0, Some(600));
+        frac_a.weight = 1_000;
+        let mut frac_b = candidate("frac-b", 0, None);
+        frac_b.weight = 1_000;
+        let p = probe(&store, &[frac_b, frac_a], None, now).await;
+        assert_eq!(id_of(&p), "frac-a");
     }
 
     pub async fn pick_skips_full_accounts(store: Arc<dyn Store>) {
@@ -1244,6 +1276,520 @@ mod cases {
         // Without an account id, release leaves accounts alone.
         store.release("k1", None, &l2).await.unwrap();
         assert_eq!(store.account_runtime("second").await.unwrap().in_flight, 1);
+    }
+
+    /// A lease id no other pick of the test uses.
+    fn fresh_lease() -> Lease {
+        lease(&format!("r{:016x}", rand::random::<u64>()))
+    }
+
+    /// Picks among `cands` for `family` at `now` (no session) and releases the lease at once, so
+    /// that repeated probes do not change the accounts' load.
+    async fn probe(
+        store: &Arc<dyn Store>,
+        cands: &[Candidate],
+        family: Option<&str>,
+        now: i64,
+    ) -> Picked {
+        let held = fresh_lease();
+        let req = PickRequest {
+            candidates: cands,
+            family,
+            session: None,
+            now_ms: now,
+        };
+        let p = store.pick_account(&req, &held).await.unwrap();
+        if let Picked::Account { id, .. } = &p {
+            store.release("k", Some(id), &held).await.unwrap();
+        }
+        p
+    }
+
+    /// Whether `id`, alone, can serve `family` at `now`.
+    async fn serves(store: &Arc<dyn Store>, id: &str, family: Option<&str>, now: i64) -> bool {
+        match probe(store, &[candidate(id, 0, None)], family, now).await {
+            Picked::Account { id: got, .. } => {
+                assert_eq!(got, id);
+                true
+            }
+            Picked::Unavailable { .. } => false,
+        }
+    }
+
+    async fn health(store: &Arc<dyn Store>, id: &str) -> Health {
+        store.account_runtime(id).await.unwrap().health
+    }
+
+    pub async fn each_report_kind_and_its_recovery(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let s = &store;
+        // 5xx / connect error / timeout: a cooldown doubling per consecutive failure, capped.
+        let fail = Report::Failure {
+            base_ms: 1_000,
+            max_ms: 4_000,
+            error: "502 bad gateway".into(),
+        };
+        store.report_health("fail", &fail, now).await.unwrap();
+        let h = health(s, "fail").await;
+        assert_eq!(
+            (h.status, h.until, h.consecutive_failures),
+            (Status::CoolingDown, now + 1_000, 1)
+        );
+        assert_eq!(
+            (h.last_error.as_deref(), h.last_error_at),
+            (Some("502 bad gateway"), now)
+        );
+        assert!(!serves(s, "fail", None, now + 999).await);
+        assert!(
+            serves(s, "fail", None, now + 1_000).await,
+            "back on its own"
+        );
+        for (n, until) in [(2, 2_000), (3, 4_000), (4, 4_000)] {
+            store.report_health("fail", &fail, now).await.unwrap();
+            let h = health(s, "fail").await;
+            assert_eq!((h.consecutive_failures, h.until), (n, now + until), "{n}");
+        }
+        assert_eq!(
+            probe(s, &[candidate("fail", 0, None)], None, now + 3_999).await,
+            Picked::Unavailable {
+                retry_at: Some(now + 4_000)
+            }
+        );
+        // A success ends the streak and the cooldown at once.
+        store
+            .report_health("fail", &Report::Success, now + 1)
+            .await
+            .unwrap();
+        let h = health(s, "fail").await;
+        assert_eq!(
+            (h.status, h.until, h.consecutive_failures),
+            (Status::Ok, 0, 0)
+        );
+        assert!(serves(s, "fail", None, now + 1).await);
+
+        // 429 for every family: out until the reset, which a success does not bring forward.
+        let limited = Report::RateLimited {
+            until: now + 5_000,
+            family: None,
+            error: "429".into(),
+        };
+        store.report_health("limited", &limited, now).await.unwrap();
+        let h = health(s, "limited").await;
+        assert_eq!((h.status, h.until), (Status::RateLimited, now + 5_000));
+        store
+            .report_health("limited", &Report::Success, now + 1)
+            .await
+            .unwrap();
+        assert!(!serves(s, "limited", Some("sonnet"), now + 4_999).await);
+        assert!(serves(s, "limited", Some("sonnet"), now + 5_000).await);
+
+        // 529: cooling down; a shorter one later does not shorten it.
+        let overloaded = |until| Report::Overloaded {
+            until,
+            error: "529".into(),
+        };
+        store
+            .report_health("busy", &overloaded(now + 7_000), now)
+            .await
+            .unwrap();
+        store
+            .report_health("busy", &overloaded(now + 100), now)
+            .await
+            .unwrap();
+        let h = health(s, "busy").await;
+        assert_eq!((h.status, h.until), (Status::CoolingDown, now + 7_000));
+        assert!(!serves(s, "busy", None, now + 6_999).await);
+        assert!(serves(s, "busy", None, now + 7_000).await);
+
+        // 401/403: out until an admin resets it, whatever comes after and however long it waits.
+        let unauthorized = Report::Unauthorized {
+            error: "401".into(),
+        };
+        store
+            .report_health("revoked", &unauthorized, now)
+            .await
+            .unwrap();
+        store.report_health("revoked", &fail, now).await.unwrap();
+        store
+            .report_health("revoked", &Report::Success, now)
+            .await
+            .unwrap();
+        assert_eq!(health(s, "revoked").await.status, Status::Unauthorized);
+        let far = now + 1_000_000_000;
+        assert_eq!(
+            probe(s, &[candidate("revoked", 0, None)], None, far).await,
+            Picked::Unavailable { retry_at: None }
+        );
+        store.reset_health("revoked").await.unwrap();
+        assert_eq!(health(s, "revoked").await, Health::default());
+        assert!(serves(s, "revoked", None, now).await);
+        // Resetting a clean or unknown account is harmless.
+        store.reset_health("revoked").await.unwrap();
+        store.reset_health("never-seen").await.unwrap();
+        assert_eq!(health(s, "never-seen").await, Health::default());
+
+        // Deleting an account forgets its health.
+        store
+            .report_health("gone", &unauthorized, now)
+            .await
+            .unwrap();
+        store.delete_account("gone").await.unwrap();
+        assert_eq!(health(s, "gone").await, Health::default());
+        assert!(serves(s, "gone", None, now).await);
+    }
+
+    pub async fn family_scoped_rate_limit(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let s = &store;
+        let opus = Report::RateLimited {
+            until: now + 60_000,
+            family: Some("opus".into()),
+            error: "429 opus".into(),
+        };
+        store.report_health("f", &opus, now).await.unwrap();
+        let h = health(s, "f").await;
+        assert_eq!(h.status, Status::Ok);
+        assert_eq!(
+            h.family_until,
+            BTreeMap::from([("opus".to_owned(), now + 60_000)])
+        );
+        assert!(serves(s, "f", Some("sonnet"), now).await);
+        assert!(
+            serves(s, "f", None, now).await,
+            "no family: no family limit"
+        );
+        assert_eq!(
+            probe(s, &[candidate("f", 0, None)], Some("opus"), now).await,
+            Picked::Unavailable {
+                retry_at: Some(now + 60_000)
+            }
+        );
+        assert!(serves(s, "f", Some("opus"), now + 60_000).await);
+        // Another account serves the limited family meanwhile.
+        let both = [candidate("f", 0, None), candidate("g", 1, None)];
+        assert_eq!(id_of(&probe(s, &both, Some("opus"), now).await), "g");
+        assert_eq!(id_of(&probe(s, &both, Some("sonnet"), now).await), "f");
+        // With a general cooldown on top, each family recovers at the later of the two.
+        store
+            .report_health(
+                "f",
+                &Report::Overloaded {
+                    until: now + 10_000,
+                    error: "529".into(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let only = [candidate("f", 0, None)];
+        assert_eq!(
+            probe(s, &only, Some("opus"), now + 1).await,
+            Picked::Unavailable {
+                retry_at: Some(now + 60_000)
+            }
+        );
+        assert_eq!(
+            probe(s, &only, Some("sonnet"), now + 1).await,
+            Picked::Unavailable {
+                retry_at: Some(now + 10_000)
+            }
+        );
+        // A later family limit forgets the ones that have passed.
+        let haiku = Report::RateLimited {
+            until: now + 80_000,
+            family: Some("haiku".into()),
+            error: "429 haiku".into(),
+        };
+        store
+            .report_health("f", &haiku, now + 70_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            health(s, "f").await.family_until,
+            BTreeMap::from([("haiku".to_owned(), now + 80_000)])
+        );
+        assert!(serves(s, "f", Some("opus"), now + 70_000).await);
+        assert!(!serves(s, "f", Some("haiku"), now + 70_000).await);
+    }
+
+    pub async fn retry_at_is_the_earliest_recovery(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let s = &store;
+        let report = |id: &'static str, r: Report| {
+            let store = Arc::clone(&store);
+            async move { store.report_health(id, &r, now).await.unwrap() }
+        };
+        report(
+            "cool",
+            Report::Overloaded {
+                until: now + 3_000,
+                error: "529".into(),
+            },
+        )
+        .await;
+        report(
+            "limited",
+            Report::RateLimited {
+                until: now + 9_000,
+                family: None,
+                error: "429".into(),
+            },
+        )
+        .await;
+        report(
+            "dead",
+            Report::Unauthorized {
+                error: "403".into(),
+            },
+        )
+        .await;
+        // Healthy but full: it frees up when a request ends, which is soon but unknown.
+        let full = candidate("full", 0, Some(1));
+        assert_eq!(id_of(&probe_keep(s, &full).await), "full");
+        let c = |id| candidate(id, 0, None);
+        let unavailable = |at: Option<i64>| Picked::Unavailable { retry_at: at };
+        assert_eq!(
+            probe(s, &[c("limited"), c("cool"), c("dead")], None, now).await,
+            unavailable(Some(now + 3_000))
+        );
+        assert_eq!(probe(s, &[c("dead")], None, now).await, unavailable(None));
+        assert_eq!(
+            probe(s, &[c("limited"), full.clone(), c("dead")], None, now).await,
+            unavailable(Some(now + 1_000))
+        );
+        // Judged at the request's time.
+        assert_eq!(
+            probe(s, &[c("limited"), c("dead")], None, now + 8_000).await,
+            unavailable(Some(now + 9_000))
+        );
+        assert_eq!(
+            id_of(&probe(s, &[c("limited"), c("cool"), c("dead")], None, now + 3_000).await),
+            "cool"
+        );
+        // Full and rate limited: the limit's end, not "soon".
+        report(
+            "full",
+            Report::RateLimited {
+                until: now + 5_000,
+                family: None,
+                error: "429".into(),
+            },
+        )
+        .await;
+        assert_eq!(
+            probe(s, &[c("limited"), full], None, now).await,
+            unavailable(Some(now + 5_000))
+        );
+    }
+
+    /// Picks `c` alone and keeps the lease.
+    async fn probe_keep(store: &Arc<dyn Store>, c: &Candidate) -> Picked {
+        let req = PickRequest {
+            candidates: std::slice::from_ref(c),
+            family: None,
+            session: None,
+            now_ms: now_ms(),
+        };
+        store.pick_account(&req, &fresh_lease()).await.unwrap()
+    }
+
+    pub async fn degraded_flag(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let s = &store;
+        let only = [candidate("d", 0, None)];
+        let taken = |degraded| Picked::Account {
+            id: "d".into(),
+            sticky: Sticky::None,
+            degraded,
+        };
+        assert_eq!(probe(s, &only, None, now).await, taken(false));
+        let fail = Report::Failure {
+            base_ms: 10,
+            max_ms: 10,
+            error: "timeout".into(),
+        };
+        store.report_health("d", &fail, now).await.unwrap();
+        // Served again once the cooldown passed, but not clean: the caller must report.
+        assert_eq!(probe(s, &only, None, now + 10).await, taken(true));
+        store.reset_health("d").await.unwrap();
+        assert_eq!(probe(s, &only, None, now + 10).await, taken(false));
+        // A limit on another family also leaves it degraded.
+        let opus = Report::RateLimited {
+            until: now + 60_000,
+            family: Some("opus".into()),
+            error: "429".into(),
+        };
+        store.report_health("d", &opus, now).await.unwrap();
+        assert_eq!(probe(s, &only, Some("sonnet"), now).await, taken(true));
+        // A session's hit reports it too.
+        let session = Some(SessionPick {
+            id: "deg",
+            ttl: Duration::from_secs(60),
+            move_on_overflow: false,
+        });
+        let req = PickRequest {
+            candidates: &only,
+            family: Some("sonnet"),
+            session,
+            now_ms: now,
+        };
+        let first = store.pick_account(&req, &fresh_lease()).await.unwrap();
+        let again = store.pick_account(&req, &fresh_lease()).await.unwrap();
+        assert_eq!(
+            (first, again),
+            (
+                Picked::Account {
+                    id: "d".into(),
+                    sticky: Sticky::Bound,
+                    degraded: true
+                },
+                Picked::Account {
+                    id: "d".into(),
+                    sticky: Sticky::Hit,
+                    degraded: true
+                }
+            )
+        );
+    }
+
+    pub async fn sessions_renew_escape_and_rebind(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let cands = [
+            candidate("r1", 0, Some(1)),
+            candidate("r2", 0, Some(1)),
+            candidate("r3", 0, None),
+        ];
+        let ttl = Duration::from_millis(400);
+        let session = |id| {
+            Some(SessionPick {
+                id,
+                ttl,
+                move_on_overflow: false,
+            })
+        };
+        let sticky_of = |p: &Picked| match p {
+            Picked::Account { sticky, .. } => *sticky,
+            Picked::Unavailable { .. } => panic!("nothing picked: {p:?}"),
+        };
+
+        // A bound account at its cap: this request escapes, the binding stays; once the lease
+        // ends, the session is back home.
+        let held = fresh_lease();
+        let req = request(&cands, now, session("full"));
+        let first = store.pick_account(&req, &held).await.unwrap();
+        assert_eq!((id_of(&first), sticky_of(&first)), ("r1", Sticky::Bound));
+        let p = picked(&store, &req, "full-2").await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("r2", Sticky::Escaped));
+        store.release("k", Some("r1"), &held).await.unwrap();
+        let p = store.pick_account(&req, &held).await.unwrap();
+        assert_eq!((id_of(&p), sticky_of(&p)), ("r1", Sticky::Hit));
+        store.release("k", Some("r1"), &held).await.unwrap();
+        store
+            .release("k", Some("r2"), &lease("full-2"))
+            .await
+            .unwrap();
+
+        // A binding to an account that is no longer a candidate is replaced.
+        let only_r3 = [candidate("r3", 0, None)];
+        let p = picked(&store, &request(&only_r3, now, session("full")), "x1").await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("r3", Sticky::Bound));
+        let p = picked(&store, &request(&cands, now, session("full")), "x2").await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("r3", Sticky::Hit));
+
+        // Every hit renews the TTL: hits 250 ms apart outlive a 400 ms TTL; an escape does not
+        // renew it. Uncapped accounts, so that only health decides.
+        let tt = [candidate("t1", 0, None), candidate("t2", 0, None)];
+        let started = tokio::time::Instant::now();
+        let p = picked(&store, &request(&tt, now, session("renew")), "y0").await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("t1", Sticky::Bound));
+        let q = picked(&store, &request(&tt, now, session("kept")), "z0").await;
+        assert_eq!((id_of(&q), sticky_of(&q)), ("t2", Sticky::Bound));
+        // `kept`'s account is out from now on (until now + 1 s, the request's clock).
+        store
+            .report_health(
+                "t2",
+                &Report::Overloaded {
+                    until: now + 1_000,
+                    error: "529".into(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        // Each pick must come before the binding it renews expired (a loaded machine fails here
+        // rather than with a wrong answer below).
+        let mut renewed = started;
+        for step in 1..=2 {
+            tokio::time::sleep_until(started + Duration::from_millis(250 * step)).await;
+            let at = tokio::time::Instant::now();
+            assert!(
+                at < renewed + ttl,
+                "too slow: step {step} came after the TTL"
+            );
+            let p = picked(
+                &store,
+                &request(&tt, now, session("renew")),
+                &format!("y{step}"),
+            )
+            .await;
+            assert_eq!(
+                (id_of(&p), sticky_of(&p)),
+                ("t1", Sticky::Hit),
+                "step {step}"
+            );
+            renewed = at;
+            if step == 1 {
+                assert!(started.elapsed() < ttl, "too slow: `kept` expired already");
+                let q = picked(&store, &request(&tt, now, session("kept")), "z1").await;
+                assert_eq!((id_of(&q), sticky_of(&q)), ("t1", Sticky::Escaped));
+            }
+        }
+        // `renew` lives on; `kept`, set at 0 and not renewed by the escape, is gone by 500 ms.
+        let q = picked(&store, &request(&tt, now + 1_000, session("kept")), "z2").await;
+        assert_eq!(sticky_of(&q), Sticky::Bound, "{q:?}");
+        // Without use, `renew` expires too.
+        tokio::time::sleep_until(renewed + ttl + Duration::from_millis(100)).await;
+        let p = picked(&store, &request(&tt, now, session("renew")), "y3").await;
+        assert_eq!(sticky_of(&p), Sticky::Bound, "{p:?}");
+    }
+
+    pub async fn concurrent_picks_respect_caps(store: Arc<dyn Store>) {
+        const TASKS: usize = 40;
+        let now = now_ms();
+        let cands = Arc::new([candidate("p1", 0, Some(3)), candidate("p2", 1, Some(2))]);
+        let barrier = Arc::new(Barrier::new(TASKS));
+        let mut tasks = Vec::new();
+        for i in 0..TASKS {
+            let store = Arc::clone(&store);
+            let barrier = Arc::clone(&barrier);
+            let cands = Arc::clone(&cands);
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let req = PickRequest {
+                    candidates: &cands[..],
+                    family: None,
+                    session: None,
+                    now_ms: now,
+                };
+                store
+                    .pick_account(&req, &lease(&format!("c{i}")))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Picked::Account { id, .. } => *taken.entry(id).or_default() += 1,
+                Picked::Unavailable { retry_at } => assert_eq!(retry_at, Some(now + 1_000)),
+            }
+        }
+        assert_eq!(
+            taken,
+            HashMap::from([("p1".to_owned(), 3), ("p2".to_owned(), 2)])
+        );
+        assert_eq!(store.account_runtime("p1").await.unwrap().in_flight, 3);
+        assert_eq!(store.account_runtime("p2").await.unwrap().in_flight, 2);
     }
 
     pub async fn usage_adds_batches(store: Arc<dyn Store>) {

@@ -219,6 +219,8 @@ mod tests {
         assert_eq!(tag(&n.pick_seq()), "acct");
         assert_eq!(tag(&n.account_leases("a}{b")), "acct");
         assert_eq!(tag(&n.account_runtime("a}{b")), "acct");
+        assert_eq!(tag(&n.account_health("a}{b")), "acct");
+        assert_eq!(tag(&n.session("s}{t")), "acct");
         assert_eq!(tag(&n.log_all()), "log");
         assert_eq!(tag(&n.log_entries()), "log");
         assert_eq!(tag(&n.log_key("k}{")), "log");

@@ -30,8 +30,7 @@ pub(super) struct Scripts {
     pub(super) admit: Script,
     pub(super) settle: Script,
     pub(super) key_state: Script,
-    pub(super) pick_read: Script,
-    pub(super) pick_commit: Script,
+    pub(super) pick: Script,
     pub(super) health_cas: Script,
     pub(super) usage_add: Script,
     pub(super) usage_read: Script,
@@ -39,7 +38,7 @@ pub(super) struct Scripts {
     pub(super) log_read: Script,
 }
 
-const SOURCES: [(&str, &str); 16] = [
+const SOURCES: [(&str, &str); 15] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
     ("key_by_hash", include_str!("key_by_hash.lua")),
@@ -49,8 +48,7 @@ const SOURCES: [(&str, &str); 16] = [
     ("admit", include_str!("admit.lua")),
     ("settle", include_str!("settle.lua")),
     ("key_state", include_str!("key_state.lua")),
-    ("pick_read", include_str!("pick_read.lua")),
-    ("pick_commit", include_str!("pick_commit.lua")),
+    ("pick", include_str!("pick.lua")),
     ("health_cas", include_str!("health_cas.lua")),
     ("usage_add", include_str!("usage_add.lua")),
     ("usage_read", include_str!("usage_read.lua")),
@@ -83,8 +81,7 @@ impl Scripts {
             admit: next()?,
             settle: next()?,
             key_state: next()?,
-            pick_read: next()?,
-            pick_commit: next()?,
+            pick: next()?,
             health_cas: next()?,
             usage_add: next()?,
             usage_read: next()?,
