@@ -523,7 +523,8 @@ pub trait Store: Send + Sync + 'static {
     async fn settle(&self, key_id: &str, lease: &Lease, used: &[(String, u64)]) -> StoreResult<()>;
     /// The key's live state for these buckets (the key-info view).
     async fn key_state(&self, key_id: &str, buckets: &[String]) -> StoreResult<KeyState>;
-    /// Ends a lease taken by `admit` (and by `pick_account` when `account_id` is given). Idempotent.
+    /// Ends a lease: the key's own (taken by `admit`, as `settle` with nothing used) when
+    /// `account_id` is `None`, else the account's (taken by `pick_account`). Idempotent.
     async fn release(
         &self,
         key_id: &str,

@@ -717,13 +717,10 @@ impl Store for RedisStore {
         let Some(account_id) = account_id else {
             return self.settle(key_id, lease, &[]).await;
         };
-        // Two slots (the key's tag and `{acct}`), so two commands; sent together on one
-        // connection, each idempotent.
-        let client = self.client();
-        let key = client.zrem::<i64, _, _>(self.names.key_leases(key_id), lease.id.as_str());
-        let account =
-            client.zrem::<i64, _, _>(self.names.account_leases(account_id), lease.id.as_str());
-        tokio::try_join!(key, account)
+        // An account's lease is the account's alone (each attempt has its own id): one `ZREM`.
+        self.client()
+            .zrem::<i64, _, _>(self.names.account_leases(account_id), lease.id.as_str())
+            .await
             .map(drop)
             .map_err(|e| unavailable("release", &e))
     }

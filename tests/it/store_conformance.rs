@@ -2018,6 +2018,8 @@ mod redis_only {
                 | "{acct}:seq"
                 | "{log}:all"
                 | "{log}:entries"
+                | "{k:k1}:first"
+                | "{k:k1}:m:total"
         ) || rest.starts_with("{log}:key:")
             || (rest.starts_with("{u:") && rest.ends_with("}:total"))
     }
@@ -2030,7 +2032,18 @@ mod redis_only {
         store.insert_key(&key("k1", 1)).await.unwrap();
         store.insert_account(&account("a1", 1)).await.unwrap();
         let held = lease("held");
-        store.admit(&admission("k1", Some(5)), &held).await.unwrap();
+        let mut limited = metered("k1", now_ms(), &[("day:x", 100, 10), ("total", 100, 10)]);
+        limited.max_concurrency = Some(5);
+        limited.valid_after_first_use_ms = Some(86_400_000);
+        // The total never expires (as `limits::meters::plan` makes it).
+        limited.meters[1].expires_at = None;
+        assert_eq!(store.admit(&limited, &held).await.unwrap(), Admit::Granted);
+        let settled = lease("settled");
+        store.admit(&limited, &settled).await.unwrap();
+        store
+            .settle("k1", &settled, &used(&[("day:x", 3), ("total", 3)]))
+            .await
+            .unwrap();
         store
             .pick_simple(&[candidate("a1", 0, Some(5))], &held)
             .await
@@ -2069,6 +2082,9 @@ mod redis_only {
         // The test did touch every kind of ephemeral key.
         for kind in [
             "{k:k1}:leases",
+            "{k:k1}:holds",
+            "{k:k1}:m:day:x",
+            "{k:k1}:settled:settled",
             "{acct}:leases:a1",
             "{acct}:rt:a1",
             "{u:key:k1}:h:2026-11-22T08",
@@ -2097,13 +2113,14 @@ mod redis_only {
             .await
             .unwrap();
         assert!(leases > 0 && leases <= 60_000, "{leases}");
-        // Released, the lease sets go away entirely.
+        // Released, the lease sets (and the holds) go away entirely.
+        store.release("k1", None, &held).await.unwrap();
         store.release("k1", Some("a1"), &held).await.unwrap();
         let left = keys_under(&raw, &backend.prefix).await;
         assert!(
             !left
                 .iter()
-                .any(|k| k.ends_with(":leases") || k.contains(":leases:")),
+                .any(|k| k.ends_with(":leases") || k.contains(":leases:") || k.ends_with(":holds")),
             "{left:?}"
         );
         raw.quit().await.unwrap();
