@@ -120,6 +120,15 @@ where
     )
     .await?;
 
+    if endpoint
+        == (Endpoint::OpenAiModels {
+            path: "/models".into(),
+        })
+        && let Some(list) = model_list_without_openai_accounts(app)
+    {
+        return Ok(crate::body::json(http::StatusCode::OK, &list));
+    }
+
     let ctx = Ctx {
         request_id,
         at_ms,
@@ -170,6 +179,31 @@ where
     metrics::histogram!(m::RELAY_OVERHEAD)
         .record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
     Ok(Response::from_parts(head, body))
+}
+
+/// `GET /v1/models` on the OpenAI surface when no OpenAI-protocol account exists to ask: the
+/// models the other accounts name exactly (globs cannot be listed), in OpenAI's list shape, so
+/// that OpenAI-format tools can discover the Claude and Gemini models they may call.
+fn model_list_without_openai_accounts(app: &App) -> Option<serde_json::Value> {
+    let accounts = app.catalog.accounts();
+    let usable = || accounts.iter().filter(|a| a.record.enabled);
+    if usable().any(|a| a.record.provider.protocol() == crate::store::Protocol::OpenAi) {
+        return None;
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for account in usable() {
+        for model in &account.record.models {
+            if !model.contains(['*', '?', '[']) {
+                seen.entry(model.clone())
+                    .or_insert(account.record.provider.as_str());
+            }
+        }
+    }
+    let data: Vec<serde_json::Value> = seen
+        .into_iter()
+        .map(|(id, owner)| serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": owner }))
+        .collect();
+    Some(serde_json::json!({ "object": "list", "data": data }))
 }
 
 /// The enabled key record behind the presented key, or a 401.
