@@ -2,6 +2,7 @@
 mod anthropic;
 mod cli;
 mod failover;
+mod mocks;
 mod redis;
 mod scheduler;
 mod store_conformance;
