@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::HeaderMap;
 use serde_json::{Value, json};
 
@@ -227,6 +229,14 @@ async fn openai_streams_cover_the_fixtures() {
         &fixture("openai_responses_stream_function_call.txt"),
         std::str::from_utf8(&body).unwrap(),
     );
+
+    // The check is not vacuous: a chat stream does not cover the Responses fixture.
+    let chat_text =
+        String::from_utf8(openai::expected_chat_stream_bytes("m", usage(), &opts).to_vec())
+            .unwrap();
+    let wrong =
+        std::panic::catch_unwind(|| covers(&fixture("openai_responses_stream.txt"), &chat_text));
+    assert!(wrong.is_err());
 
     // JSON answers and embeddings.
     let (_, _, body) = call(
@@ -693,4 +703,50 @@ async fn image_routes() {
         json!({"modality": "IMAGE", "tokenCount": 4160})
     );
     wait_until("served", || mock.served() == 6).await;
+}
+
+#[tokio::test]
+async fn vendor_streams_stall_and_reset_at_the_documented_event() {
+    let mock = MockUpstream::start().await;
+    mock.push_behavior(Behavior::StallAfterStart(usage()));
+    mock.push_behavior(Behavior::ResetAfterStart(usage()));
+    let chat =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = http_client()
+        .post(format!("{}/v1/chat/completions", mock.base_url()))
+        .header(BEARER.0, BEARER.1)
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut got = Vec::new();
+    while sse(std::str::from_utf8(&got).unwrap()).len() < openai::CHAT_EVENTS_BEFORE_STALL {
+        got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    let more = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+    assert!(more.is_err(), "the stream should hang");
+    let full = openai::chat_stream_events("m", usage(), &AnswerOpts::default());
+    assert_eq!(got, full[..openai::CHAT_EVENTS_BEFORE_STALL].concat());
+    drop(stream);
+    wait_until("cancelled", || mock.cancelled() == 1).await;
+
+    let gem = json!({"contents": [{"parts": [{"text": "hi"}]}]});
+    let resp = http_client()
+        .post(format!(
+            "{}/v1beta/models/g:streamGenerateContent?alt=sse",
+            mock.base_url()
+        ))
+        .header(GOOG.0, GOOG.1)
+        .json(&gem)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.is_err());
+    wait_until("in flight 0", || mock.in_flight() == 0).await;
+    let sent = &mock.responses()[1];
+    let events = gemini::stream_events("g", usage(), &AnswerOpts::default(), true);
+    assert_eq!(sent, &events[..gemini::EVENTS_BEFORE_STALL].concat());
+    assert_eq!((mock.served(), mock.cancelled()), (0, 1));
 }

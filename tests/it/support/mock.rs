@@ -29,13 +29,7 @@
 //! Bodies are deterministic functions of (model, usage, [`AnswerOpts`]); see each vendor's
 //! `expected_*` helpers. Every request and every response body (as handed to hyper, partial ones
 //! included) is recorded, in arrival order.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    dead_code,
-    unused_imports
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 pub mod anthropic;
 mod body;
@@ -47,11 +41,15 @@ mod route;
 mod tests;
 mod wire;
 
+// Re-exported for tests that use them (the existing ones name these from `mock`).
+#[allow(unused_imports)]
 pub use anthropic::{
     EVENTS_BEFORE_STALL, MESSAGE_ID, MODELS, anthropic_error, expected_json_bytes,
     expected_stream_bytes, stream_events,
 };
+#[allow(unused_imports)]
 pub use images::FormPart;
+#[allow(unused_imports)]
 pub use wire::{base64_decode, base64_encode};
 
 use std::collections::{HashMap, VecDeque};
@@ -62,7 +60,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -136,8 +134,9 @@ pub enum Vendor {
 pub enum Behavior {
     /// A normal answer: a stream if the request asked for one, else JSON.
     Ok(MockUsage),
-    /// This status, body and extra headers, verbatim on every route.
-    /// `content-type: application/json` unless given.
+    /// This status, body and extra headers, verbatim on every route. `content-type`: the
+    /// route's JSON type (`application/json`; Gemini: `application/json; charset=UTF-8`) unless
+    /// given.
     Error {
         status: u16,
         body: String,
