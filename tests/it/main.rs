@@ -3,6 +3,7 @@ mod anthropic;
 mod cli;
 mod failover;
 mod limits;
+mod mocks;
 mod redis;
 mod scheduler;
 mod store_conformance;
