@@ -8,3 +8,4 @@ mod redis;
 mod scheduler;
 mod store_conformance;
 mod support;
+mod surfaces;

@@ -1,0 +1,490 @@
+//! The OpenAI, Azure OpenAI and Gemini surfaces, native: byte-identical pass-through, usage read
+//! from each vendor's answer, errors in each surface's shape, failover and limits as on the
+//! Anthropic surface, and the real clients' captured requests passing unchanged.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::captured;
+use crate::support::mock::{
+    AnswerOpts, Behavior, MockUpstream, MockUsage, gemini, http_client, openai,
+};
+use crate::support::relay::Relay;
+
+/// Usage with cached input, to check each vendor's normalisation.
+fn cached_usage() -> MockUsage {
+    MockUsage {
+        input: 100,
+        output: 20,
+        cache_read: 30,
+        ..MockUsage::default()
+    }
+}
+
+async fn add(relay: &Relay, mock: &MockUpstream, provider: &str, extra: Value) -> String {
+    let base = match provider {
+        "openai" => format!("{}/v1", mock.base_url()),
+        _ => mock.base_url(),
+    };
+    let mut body = json!({ "provider": provider, "base_url": base });
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    relay.add_account(mock, "sk-upstream", body).await
+}
+
+fn post(relay: &Relay, path: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
+    http_client()
+        .post(relay.url(path))
+        .bearer_auth(key)
+        .json(body)
+}
+
+/// The one request log entry, once it is recorded.
+async fn logged(relay: &Relay) -> Value {
+    for _ in 0..200 {
+        relay.app.stats.flush().await;
+        if let Some(e) = relay.requests("limit=1").await.into_iter().next() {
+            return e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no request was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_chat_passes_through_and_bills_every_stream() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(cached_usage()));
+    let relay = Relay::start().await;
+    add(&relay, &mock, "openai", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let model = "gpt-4o-mini";
+
+    // Streaming without asking for usage: Switchyard asks upstream, the client never sees it.
+    let body = json!({ "model": model, "stream": true, "messages": [{ "role": "user", "content": "hi" }] });
+    let resp = post(&relay, "/v1/chat/completions", &key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let got = resp.bytes().await.unwrap();
+    let want = openai::expected_chat_stream_bytes(model, cached_usage(), &AnswerOpts::default());
+    assert_eq!(
+        got, want,
+        "the client gets exactly what it would have got without Switchyard"
+    );
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.json()["stream_options"]["include_usage"], true);
+    assert_eq!(sent.header("authorization"), Some("Bearer sk-upstream"));
+    assert_eq!(sent.path, "/v1/chat/completions");
+    // OpenAI's prompt_tokens include the cached ones; the record keeps them apart.
+    let e = logged(&relay).await;
+    assert_eq!(
+        (
+            e["input_tokens"].as_u64(),
+            e["cache_read_input_tokens"].as_u64()
+        ),
+        (Some(100), Some(30))
+    );
+    assert_eq!(e["output_tokens"], 20);
+    assert_eq!(e["surface"], "openai");
+    assert!(e["cost_nanousd"].as_u64().unwrap() > 0);
+
+    // Asking for usage: the stream is untouched, usage chunk included.
+    let body = json!({ "model": model, "stream": true, "stream_options": { "include_usage": true }, "messages": [{ "role": "user", "content": "hi" }] });
+    let got = post(&relay, "/openai/v1/chat/completions", &key, &body)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let opts = AnswerOpts {
+        include_usage: true,
+        ..AnswerOpts::default()
+    };
+    assert_eq!(
+        got,
+        openai::expected_chat_stream_bytes(model, cached_usage(), &opts)
+    );
+
+    // JSON.
+    let body = json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }] });
+    let got = post(&relay, "/v1/chat/completions", &key, &body)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        openai::expected_chat_json_bytes(model, cached_usage(), &AnswerOpts::default())
+    );
+    relay.app.stats.flush().await;
+    let u = relay.usage("").await;
+    assert_eq!(u["requests"], 3);
+    assert_eq!(u["input_tokens"], 300);
+    assert_eq!(u["cache_read_input_tokens"], 90);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_requests_pass_unchanged_to_the_responses_api() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(cached_usage()));
+    mock.set_reasoning_tokens(8);
+    let relay = Relay::start().await;
+    add(&relay, &mock, "openai", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    for c in captured("codex-cli.requests.jsonl")
+        .into_iter()
+        .filter(|c| c.path == "/v1/responses")
+    {
+        let body = c.body.clone().unwrap();
+        let raw = serde_json::to_vec(&body).unwrap();
+        let mut req = http_client()
+            .post(relay.url("/v1/responses"))
+            .bearer_auth(&key)
+            .body(raw.clone());
+        for (name, value) in &c.headers {
+            let lower = name.to_ascii_lowercase();
+            if ![
+                "host",
+                "authorization",
+                "content-length",
+                "connection",
+                "accept-encoding",
+            ]
+            .contains(&lower.as_str())
+            {
+                req = req.header(name.as_str(), value.as_str());
+            }
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let got = resp.bytes().await.unwrap();
+        let model = body["model"].as_str().unwrap();
+        let opts = AnswerOpts {
+            reasoning: 8,
+            ..AnswerOpts::default()
+        };
+        let want = if body["stream"] == true {
+            openai::expected_responses_stream_bytes(model, cached_usage(), &opts)
+        } else {
+            openai::expected_responses_json_bytes(model, cached_usage(), &opts)
+        };
+        assert_eq!(got, want);
+        // The body went upstream byte for byte: developer role, store: false, namespace tools,
+        // prompt_cache_key and all.
+        let sent = mock.requests().pop().unwrap();
+        assert_eq!(sent.body.as_ref(), raw.as_slice());
+        assert_eq!(sent.header("originator"), Some("codex_exec"));
+    }
+    let e = logged(&relay).await;
+    assert_eq!(
+        (
+            e["input_tokens"].as_u64(),
+            e["cache_read_input_tokens"].as_u64()
+        ),
+        (Some(100), Some(30))
+    );
+    assert_eq!(e["output_tokens"], 20, "reasoning tokens are inside output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_and_models_on_the_openai_surface() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage::new(9, 0)));
+    let relay = Relay::start().await;
+    add(&relay, &mock, "openai", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let body = json!({ "model": "text-embedding-3-small", "input": ["a", "b"] });
+    let resp = post(&relay, "/v1/embeddings", &key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    let e = logged(&relay).await;
+    assert_eq!(e["input_tokens"], 9);
+    let models: Value = http_client()
+        .get(relay.url("/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"].as_str().unwrap().starts_with("gpt"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_uses_the_deployment_api_version_and_api_key() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(cached_usage()));
+    let relay = Relay::start().await;
+    add(
+        &relay,
+        &mock,
+        "azure-openai",
+        json!({ "api_version": "2024-10-21", "deployments": { "gpt-4o": "prod-4o" } }),
+    )
+    .await;
+    let (_, key) = relay.create_key("k").await;
+    let body = json!({ "model": "gpt-4o", "stream": true, "messages": [{ "role": "user", "content": "hi" }] });
+    let resp = post(&relay, "/v1/chat/completions", &key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.unwrap();
+    let opts = AnswerOpts {
+        azure: true,
+        ..AnswerOpts::default()
+    };
+    assert_eq!(
+        got,
+        openai::expected_chat_stream_bytes("gpt-4o", cached_usage(), &opts)
+    );
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.azure_deployment().as_deref(), Some("prod-4o"));
+    assert_eq!(
+        sent.query_param("api-version").as_deref(),
+        Some("2024-10-21")
+    );
+    assert_eq!(sent.header("api-key"), Some("sk-upstream"));
+    assert_eq!(sent.header("authorization"), None);
+    let e = logged(&relay).await;
+    assert_eq!(
+        (
+            e["input_tokens"].as_u64(),
+            e["cache_read_input_tokens"].as_u64()
+        ),
+        (Some(100), Some(30))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_cli_requests_pass_unchanged_with_the_key_in_any_place() {
+    let mock = MockUpstream::start().await;
+    let usage = MockUsage {
+        input: 50,
+        output: 12,
+        cache_read: 10,
+        ..MockUsage::default()
+    };
+    mock.set_default(Behavior::Ok(usage));
+    mock.set_reasoning_tokens(5);
+    let relay = Relay::start().await;
+    add(&relay, &mock, "gemini", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let opts = AnswerOpts {
+        reasoning: 5,
+        ..AnswerOpts::default()
+    };
+    for c in captured("gemini-cli.requests.jsonl")
+        .into_iter()
+        .filter(|c| c.method == "POST")
+    {
+        let raw = serde_json::to_vec(c.body.as_ref().unwrap()).unwrap();
+        let url = relay.url(&format!("{}?{}", c.path, c.query));
+        let mut req = http_client().post(url).body(raw.clone());
+        for (name, value) in &c.headers {
+            let lower = name.to_ascii_lowercase();
+            if lower == "x-goog-api-key" {
+                req = req.header("x-goog-api-key", key.as_str());
+            } else if !["host", "content-length", "connection", "accept-encoding"]
+                .contains(&lower.as_str())
+            {
+                req = req.header(name.as_str(), value.as_str());
+            }
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let got = resp.bytes().await.unwrap();
+        assert_eq!(
+            got,
+            gemini::expected_sse_bytes("gemini-2.5-flash", usage, &opts)
+        );
+        let sent = mock.requests().pop().unwrap();
+        assert_eq!(sent.body.as_ref(), raw.as_slice());
+        assert_eq!(sent.query_param("alt").as_deref(), Some("sse"));
+        assert_eq!(sent.header("x-goog-api-key"), Some("sk-upstream"));
+    }
+    let e = logged(&relay).await;
+    // promptTokenCount includes the cached tokens; thoughts are output.
+    assert_eq!(
+        (
+            e["input_tokens"].as_u64(),
+            e["cache_read_input_tokens"].as_u64()
+        ),
+        (Some(50), Some(10))
+    );
+    assert_eq!(e["output_tokens"], 12);
+    assert_eq!(e["surface"], "gemini");
+
+    // The key as ?key= (never forwarded) and as Bearer, under /v1 and /gemini; JSON answers.
+    let body = json!({ "contents": [{ "role": "user", "parts": [{ "text": "hi" }] }] });
+    for (path, bearer) in [
+        (
+            format!("/v1beta/models/gemini-2.5-flash:generateContent?key={key}"),
+            false,
+        ),
+        (
+            "/v1/models/gemini-2.5-flash:generateContent".to_owned(),
+            true,
+        ),
+        (
+            "/gemini/v1beta/models/gemini-2.5-flash:generateContent".to_owned(),
+            true,
+        ),
+    ] {
+        let mut req = http_client().post(relay.url(&path)).json(&body);
+        if bearer {
+            req = req.bearer_auth(&key);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(
+            resp.bytes().await.unwrap(),
+            gemini::expected_json_bytes("gemini-2.5-flash", usage, &opts)
+        );
+        let sent = mock.requests().pop().unwrap();
+        assert_eq!(
+            sent.query_param("key"),
+            None,
+            "{path}: the client's key went upstream"
+        );
+    }
+    // countTokens is relayed and not billed.
+    relay.app.stats.flush().await;
+    let before = relay.usage("").await["requests"].as_u64().unwrap();
+    let resp = http_client()
+        .post(relay.url("/v1beta/models/gemini-2.5-flash:countTokens"))
+        .header("x-goog-api-key", &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    relay.app.stats.flush().await;
+    assert_eq!(relay.usage("").await["requests"].as_u64().unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_failover_and_limits_on_the_other_surfaces() {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    let relay = Relay::start_configured(|c| c.scheduler.rate_limit_cooldown_secs = 1).await;
+    add(&relay, &a, "openai", json!({ "priority": 1 })).await;
+    add(&relay, &b, "openai", json!({ "priority": 2 })).await;
+    let (key_id, key) = relay.create_key("k").await;
+    let model = "gpt-4o";
+    let body = json!({ "model": model, "stream": true, "stream_options": { "include_usage": true }, "messages": [{ "role": "user", "content": "hi" }] });
+
+    // A rate-limited account before the first byte: the other one serves, byte for byte.
+    a.push_behavior(Behavior::rate_limited(30));
+    let got = post(&relay, "/v1/chat/completions", &key, &body)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let opts = AnswerOpts {
+        include_usage: true,
+        ..AnswerOpts::default()
+    };
+    assert_eq!(
+        got,
+        openai::expected_chat_stream_bytes(model, MockUsage::new(10, 7), &opts)
+    );
+    assert_eq!((a.requests().len(), b.served()), (1, 1));
+
+    // Both fail: the last upstream error, in OpenAI's shape, as it was.
+    a.push_behavior(Behavior::error(500, "server_error", "boom a"));
+    b.push_behavior(Behavior::error(500, "server_error", "boom b"));
+    let resp = post(&relay, "/v1/chat/completions", &key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_server_error());
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"]["message"].is_string(), "{v}");
+
+    // Switchyard's own errors, in each surface's shape.
+    let resp = http_client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let resp = http_client()
+        .post(relay.url("/v1beta/models/gemini-2.5-flash:generateContent"))
+        .header("x-goog-api-key", "sy-wrong")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
+    // No Gemini account: 503 in Gemini's shape.
+    let resp = http_client()
+        .post(relay.url("/v1beta/models/gemini-2.5-flash:generateContent"))
+        .header("x-goog-api-key", &key)
+        .json(&json!({ "contents": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "UNAVAILABLE");
+
+    // Limits apply unchanged: a key kept to the Anthropic surface is refused here.
+    relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{key_id}"),
+            Some(json!({ "limits": { "allowed_surfaces": ["anthropic"] } })),
+        )
+        .await;
+    let resp = post(&relay, "/v1/chat/completions", &key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "surface_not_allowed");
+    let info: Value = http_client()
+        .get(relay.url("/openai/v1/key-info"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["limits"]["allowed_surfaces"], json!(["anthropic"]));
+}
