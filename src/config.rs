@@ -290,7 +290,7 @@ pub struct ImagesConfig {
     pub max_response_bytes: u64,
     /// Where generated images are kept and served from (`/files/{id}`): `none`, `local` or `s3`.
     pub storage: ImageStorage,
-    /// `local` storage: the directory; unset: `<data_dir>/files`.
+    /// `local` storage: the directory; unset: `<data_dir>/images`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_dir: Option<PathBuf>,
     /// The base of the URLs handed out (`https://relay.example.com`); unset: the request's `Host`.

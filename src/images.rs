@@ -177,6 +177,7 @@ where
             max_tokens: None,
             body_len: body.len(),
             billed: true,
+            cost_nanousd: Some(reservation(app, &ask, body.len())),
         },
     )
     .await?;
@@ -326,6 +327,29 @@ where
     );
     finish(app, entry, true);
     Ok(json_response(status, headers, body))
+}
+
+/// What admission reserves for an image request: its images at their per-image price, or, for
+/// token-billed models, the body as input and `limits.default_max_tokens` output tokens per
+/// image (gpt-image-1 makes about 4,000 for a large high-quality image).
+fn reservation(app: &App, ask: &ImageRequest, body_len: usize) -> u64 {
+    let limits = &app.config.limits;
+    let usage = TokenUsage {
+        input_tokens: u64::try_from(body_len)
+            .unwrap_or(u64::MAX)
+            .div_ceil(limits.bytes_per_token.max(1)),
+        output_tokens: limits.default_max_tokens.saturating_mul(ask.n),
+        ..TokenUsage::default()
+    };
+    let pricing = app.pricing();
+    let per_image = pricing
+        .images()
+        .price(&ask.model)
+        .and_then(|p| p.per_image(ask.size.as_deref(), ask.quality.as_deref()));
+    match per_image {
+        Some(price) => price.saturating_mul(ask.n),
+        None => pricing.cost(&ask.model, &usage).nanousd,
+    }
 }
 
 /// Counts the request and hands its record to stats.

@@ -116,6 +116,7 @@ where
             max_tokens: call.max_tokens,
             body_len: body.len(),
             billed: call.billed(),
+            cost_nanousd: None,
         },
     )
     .await?;

@@ -37,7 +37,7 @@ impl Storage {
                 let dir = cfg
                     .local_dir
                     .clone()
-                    .unwrap_or_else(|| data_dir.join("files"));
+                    .unwrap_or_else(|| data_dir.join("images"));
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| StorageError(format!("cannot create {}: {e}", dir.display())))?;
                 Ok(Some(Storage::local(dir)))
@@ -195,6 +195,8 @@ fn io_error(what: &str, name: &str, e: &std::io::Error) -> StorageError {
 #[cfg(feature = "s3")]
 fn s3(cfg: &crate::config::S3Config) -> StorageResult<Arc<dyn object_store::ObjectStore>> {
     use object_store::aws::AmazonS3Builder;
+    // object_store builds its own reqwest client, which needs the process's rustls provider.
+    crate::app::install_crypto_provider();
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(cfg.bucket.clone().unwrap_or_default())
         .with_allow_http(cfg.allow_http);
