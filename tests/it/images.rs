@@ -570,19 +570,26 @@ async fn limits_apply_to_images() {
         "{v}"
     );
     assert!(mock.seen().is_empty());
-    // A budget of $0.05: one $0.04 image, then no more.
+    // A budget of $0.05 and $0.04 images: the second is admitted while $0.01 is left and
+    // nothing is in flight (docs/limits.md), the third is refused: the budget counts images.
     let budget = create(json!({ "total_cost_nanousd": 50_000_000 })).await;
-    let (status, _) = generate(&relay, &budget, ask.clone()).await;
-    assert_eq!(status, 200);
-    let mut refused = 0;
-    for _ in 0..3 {
-        let (status, _) = generate(&relay, &budget, ask.clone()).await;
-        if status != 200 {
-            refused += 1;
-        }
+    let mut statuses = Vec::new();
+    let mut last = Value::Null;
+    for _ in 0..4 {
+        let (status, v) = generate(&relay, &budget, ask.clone()).await;
+        statuses.push(status);
+        last = v;
     }
-    assert_eq!(refused, 3);
-    assert_eq!(mock.seen().len(), 1);
+    assert_eq!(statuses, [200, 200, 403, 403], "{last}");
+    assert_eq!(last["error"]["code"], "budget_exceeded", "{last}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$0.080000 used"),
+        "{last}"
+    );
+    assert_eq!(mock.seen().len(), 2);
 }
 
 #[tokio::test]
