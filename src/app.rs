@@ -32,6 +32,8 @@ pub struct App {
     /// `config.limits.timezone`, resolved once.
     pub timezone: jiff::tz::TimeZone,
     pricing: RwLock<Arc<Pricing>>,
+    /// Where generated images are kept (`images.storage`); `None` when not configured.
+    pub image_storage: Option<Arc<crate::images::storage::Storage>>,
 }
 
 impl App {
@@ -79,9 +81,11 @@ impl App {
             config.stats.max_pending_requests,
         );
         let http = upstream_client(&config)?;
+        let image_storage =
+            crate::images::storage::Storage::open(&config.images, &config.data_dir)?.map(Arc::new);
         crate::metrics::install();
         crate::metrics::spawn_upkeep();
-        Ok(Arc::new(App {
+        let app = Arc::new(App {
             config,
             catalog,
             stats,
@@ -92,7 +96,10 @@ impl App {
             clock: Clock::default(),
             timezone,
             pricing: RwLock::new(Arc::new(pricing)),
-        }))
+            image_storage,
+        });
+        crate::images::spawn_sweeper(&app);
+        Ok(app)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

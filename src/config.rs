@@ -40,6 +40,7 @@ pub struct Config {
     pub stats: StatsConfig,
     pub redis: RedisConfig,
     pub pricing: PricingConfig,
+    pub images: ImagesConfig,
 }
 
 impl Default for Config {
@@ -59,6 +60,7 @@ impl Default for Config {
             stats: StatsConfig::default(),
             redis: RedisConfig::default(),
             pricing: PricingConfig::default(),
+            images: ImagesConfig::default(),
         }
     }
 }
@@ -275,6 +277,153 @@ impl Default for RedisConfig {
     }
 }
 
+/// Image generation (docs/images.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// An image upstream's response head must arrive within this time: generation takes tens of
+    /// seconds, so image calls do not share `upstream.first_byte_timeout_secs`.
+    pub first_byte_timeout_secs: u64,
+    /// After the head, the whole image answer must arrive within this time.
+    pub read_timeout_secs: u64,
+    /// The largest image answer read from an upstream; larger ones fail with 502.
+    pub max_response_bytes: u64,
+    /// Where generated images are kept and served from (`/files/{id}`): `none`, `local` or `s3`.
+    pub storage: ImageStorage,
+    /// `local` storage: the directory; unset: `<data_dir>/images`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_dir: Option<PathBuf>,
+    /// The base of the URLs handed out (`https://relay.example.com`); unset: the request's `Host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// A file URL answers for this long after the image was made, then 404.
+    pub url_ttl_secs: u64,
+    /// Stored images are deleted this long after they were made (at least `url_ttl_secs`).
+    pub retention_secs: u64,
+    /// How often expired images are looked for and deleted.
+    pub sweep_interval_secs: u64,
+    /// With storage on, answer with URLs when the client did not ask for a `response_format`
+    /// (else the model's own default, `b64_json` for gpt-image-1).
+    pub return_url_by_default: bool,
+    pub s3: S3Config,
+    pub cache: ImageCacheConfig,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            first_byte_timeout_secs: 300,
+            read_timeout_secs: 300,
+            max_response_bytes: 128 * 1024 * 1024,
+            storage: ImageStorage::None,
+            local_dir: None,
+            public_url: None,
+            url_ttl_secs: 3_600,
+            retention_secs: 86_400,
+            sweep_interval_secs: 300,
+            return_url_by_default: false,
+            s3: S3Config::default(),
+            cache: ImageCacheConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageStorage {
+    None,
+    Local,
+    S3,
+}
+
+/// S3-compatible storage for images. Credentials unset here come from the standard `AWS_*`
+/// environment variables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// For S3-compatible services (MinIO, R2, …): their endpoint URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Every object name starts with this.
+    pub prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Allow a plain `http://` endpoint (a local MinIO).
+    pub allow_http: bool,
+}
+
+/// Identical image requests answered from storage without calling upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageCacheConfig {
+    pub enabled: bool,
+    /// A cached result answers identical requests for this long.
+    pub ttl_secs: u64,
+}
+
+impl Default for ImageCacheConfig {
+    fn default() -> Self {
+        ImageCacheConfig {
+            enabled: false,
+            ttl_secs: 3_600,
+        }
+    }
+}
+
+impl ImagesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |option: &str, why: &str| {
+            Err(ConfigError(format!(
+                "invalid option `images.{option}`: {why}"
+            )))
+        };
+        if self.first_byte_timeout_secs == 0 || self.read_timeout_secs == 0 {
+            return bad("first_byte_timeout_secs", "timeouts must be > 0");
+        }
+        if self.url_ttl_secs == 0 || self.sweep_interval_secs == 0 {
+            return bad(
+                "url_ttl_secs",
+                "url_ttl_secs and sweep_interval_secs must be > 0",
+            );
+        }
+        if self.retention_secs < self.url_ttl_secs {
+            return bad("retention_secs", "must be at least url_ttl_secs");
+        }
+        if self.cache.enabled && self.storage == ImageStorage::None {
+            return bad(
+                "cache.enabled",
+                "the cache keeps its results in storage: set images.storage to \"local\" or \"s3\"",
+            );
+        }
+        if self.cache.enabled && self.cache.ttl_secs == 0 {
+            return bad("cache.ttl_secs", "must be > 0");
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad("public_url", "must start with http:// or https://");
+        }
+        if self.storage == ImageStorage::S3 {
+            if !cfg!(feature = "s3") {
+                return bad(
+                    "storage",
+                    "\"s3\" needs a build with the `s3` cargo feature",
+                );
+            }
+            if self.s3.bucket.as_deref().is_none_or(str::is_empty) {
+                return bad("s3.bucket", "required when images.storage = \"s3\"");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Which store a `store` value selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
@@ -412,7 +561,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError(format!("invalid option `log.level`: {e}")));
         }
-        Ok(())
+        self.images.validate()
     }
 }
 
@@ -589,5 +738,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("`store`"), "{err}");
+    }
+
+    #[test]
+    fn image_options_are_checked() {
+        let load = |pairs: &[(&str, &str)]| {
+            Config::load(None, env(pairs), &Flags::default()).map_err(|e| e.to_string())
+        };
+        let c = load(&[("SWITCHYARD_IMAGES__STORAGE", "local")]).unwrap();
+        assert_eq!(c.images.storage, ImageStorage::Local);
+        let err = load(&[("SWITCHYARD_IMAGES__CACHE__ENABLED", "true")]).unwrap_err();
+        assert!(err.contains("images.cache.enabled"), "{err}");
+        let err = load(&[
+            ("SWITCHYARD_IMAGES__STORAGE", "local"),
+            ("SWITCHYARD_IMAGES__RETENTION_SECS", "10"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("images.retention_secs"), "{err}");
+        if cfg!(feature = "s3") {
+            let err = load(&[("SWITCHYARD_IMAGES__STORAGE", "s3")]).unwrap_err();
+            assert!(err.contains("images.s3.bucket"), "{err}");
+        }
+        let err = load(&[("SWITCHYARD_IMAGES__STORAGE", "ftp")]).unwrap_err();
+        assert!(err.contains("images.storage"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 }

@@ -11,6 +11,7 @@
 //! - [`limits`]: admission and the lease guard; [`scheduler`]: choosing the account.
 //! - [`providers`]: one file per vendor: the upstream request.
 //! - [`stream`]: SSE framing, usage extraction, and the tap body.
+//! - [`images`]: image generation: its own buffered path, storage, `/files/{id}`, result cache.
 //! - [`pricing`]: prices and integer nano-dollar cost; [`stats`]: batched usage writes.
 //! - [`store`]: the `Store` trait and its embedded implementation.
 //! - [`translate`]: one protocol to another (OpenAI chat ⇄ Anthropic, Gemini).
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod images;
 pub mod limits;
 pub mod metrics;
 pub mod pricing;

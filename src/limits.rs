@@ -36,6 +36,9 @@ pub struct Request<'a> {
     /// Billed requests take a lease and count against the key's counters; the others (token
     /// counting, model lists) only pass the access checks.
     pub billed: bool,
+    /// The cost to reserve when the caller knows better than the token estimate (image requests:
+    /// images × their price).
+    pub cost_nanousd: Option<u64>,
 }
 
 /// What a settled request really used.
@@ -194,9 +197,11 @@ pub fn estimate(app: &App, request: &Request<'_>) -> Estimate {
     };
     Estimate {
         tokens: input.saturating_add(output),
-        cost_nanousd: request
-            .model
-            .map_or(0, |m| app.pricing().cost(m, &usage).nanousd),
+        cost_nanousd: request.cost_nanousd.unwrap_or_else(|| {
+            request
+                .model
+                .map_or(0, |m| app.pricing().cost(m, &usage).nanousd)
+        }),
     }
 }
 

@@ -39,6 +39,13 @@ pub const FAILOVERS: &str = "switchyard_failovers_total";
 /// Upstream requests that failed before a response head, by `reason`.
 pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";
 
+/// Images generated, by `model`.
+pub const IMAGES: &str = "switchyard_images_generated_total";
+/// Image requests answered from the result cache, by `model`.
+pub const IMAGE_CACHE_HITS: &str = "switchyard_image_cache_hits_total";
+/// Image requests the result cache could not answer, by `model` (counted only with the cache on).
+pub const IMAGE_CACHE_MISSES: &str = "switchyard_image_cache_misses_total";
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];

@@ -11,12 +11,15 @@
 //! glob, or the normalised name) wins over everything below it, so an operator's
 //! `"claude-sonnet-4-5*"` override also covers the dated names a LiteLLM file lists exactly.
 
+pub mod images;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::usage::TokenUsage;
+use images::{ImageTable, UsdImagePrices};
 
 /// The built-in price table; its header explains the format.
 const BUILTIN_PRICES_TOML: &str = include_str!("../assets/prices.toml");
@@ -60,6 +63,12 @@ impl ModelPrice {
     /// response into kinds never adds rounding error per kind. Saturates instead of overflowing:
     /// an absurd count must not wrap around into a small bill.
     pub fn cost_nanousd(&self, u: &TokenUsage) -> u64 {
+        self.cost_with_nanousd(u, &[])
+    }
+
+    /// As `cost_nanousd`, with `extra` `(tokens, nano-USD per million)` terms in the same sum (image
+    /// input tokens, priced apart from text input), so rounding still happens once.
+    pub fn cost_with_nanousd(&self, u: &TokenUsage, extra: &[(u64, u64)]) -> u64 {
         let terms = [
             (u.input_tokens, self.input),
             (u.output_tokens, self.output),
@@ -69,9 +78,12 @@ impl ModelPrice {
             (u.cache_read_input_tokens, self.cache_read),
         ];
         // A u64 × u64 product always fits in u128; only the sum can overflow.
-        let total = terms.iter().fold(0u128, |acc, &(tokens, price)| {
-            acc.saturating_add(u128::from(tokens) * u128::from(price))
-        });
+        let total = terms
+            .iter()
+            .chain(extra)
+            .fold(0u128, |acc, &(tokens, price)| {
+                acc.saturating_add(u128::from(tokens) * u128::from(price))
+            });
         let rounded = total.saturating_add(TOKENS_PER_PRICE_UNIT / 2) / TOKENS_PER_PRICE_UNIT;
         u64::try_from(rounded).unwrap_or(u64::MAX)
     }
@@ -215,6 +227,9 @@ pub struct PricingConfig {
     /// changes without a Switchyard release.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// Image prices by model name or glob (docs/images.md); they win over the built-in ones.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, UsdImagePrices>,
 }
 
 impl Default for PricingConfig {
@@ -223,6 +238,7 @@ impl Default for PricingConfig {
             default: UsdPrices::SONNET,
             models: BTreeMap::new(),
             file: None,
+            images: BTreeMap::new(),
         }
     }
 }
@@ -233,6 +249,8 @@ impl Default for PricingConfig {
 struct PriceFile {
     #[serde(default)]
     models: BTreeMap<String, UsdPrices>,
+    #[serde(default)]
+    images: BTreeMap<String, UsdImagePrices>,
 }
 
 /// A glob entry, with what ranks it against other matching globs.
@@ -509,11 +527,68 @@ fn is_digits(s: &str) -> bool {
 pub struct Pricing {
     table: PriceTable,
     default: ModelPrice,
+    images: ImageTable,
+}
+
+/// What an image request's per-image price depends on, beyond its model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImageAsk<'a> {
+    pub size: Option<&'a str>,
+    pub quality: Option<&'a str>,
+    /// Of `TokenUsage::input_tokens`, how many were image input (priced apart).
+    pub image_input_tokens: u64,
 }
 
 impl Pricing {
     pub fn new(table: PriceTable, default: ModelPrice) -> Pricing {
-        Pricing { table, default }
+        Pricing {
+            table,
+            default,
+            images: ImageTable::default(),
+        }
+    }
+
+    /// The built-in image prices (`[images.…]` in `assets/prices.toml`).
+    pub fn builtin_images() -> Result<ImageTable, PricingError> {
+        let file: PriceFile = toml::from_str(BUILTIN_PRICES_TOML)?;
+        ImageTable::from_usd(&file.images)
+    }
+
+    pub fn images(&self) -> &ImageTable {
+        &self.images
+    }
+
+    /// The cost of an image request: `usage.images` at the model's per-image price for `ask`'s
+    /// size and quality (when it has one), plus its tokens at the model's token prices (when the
+    /// upstream reported any), image input tokens at the model's `image_input` price. The model
+    /// is known when either price applied; with neither, tokens cost the default price.
+    pub fn image_cost(&self, model: &str, ask: &ImageAsk<'_>, usage: &TokenUsage) -> Cost {
+        let image = self.images.price(model);
+        let per_image = image.and_then(|p| p.per_image(ask.size, ask.quality));
+        let images_nanousd = per_image.map_or(0, |p| p.saturating_mul(usage.images));
+        let tokens = TokenUsage {
+            images: 0,
+            ..*usage
+        };
+        let (tokens_nanousd, tokens_known) = if tokens.is_empty() {
+            (0, false)
+        } else {
+            let (price, known) = self.price(model);
+            let image_input = ask.image_input_tokens.min(tokens.input_tokens);
+            let text = TokenUsage {
+                input_tokens: tokens.input_tokens - image_input,
+                ..tokens
+            };
+            let image_input_price = image.and_then(|p| p.image_input).unwrap_or(price.input);
+            (
+                price.cost_with_nanousd(&text, &[(image_input, image_input_price)]),
+                known,
+            )
+        };
+        Cost {
+            nanousd: images_nanousd.saturating_add(tokens_nanousd),
+            known_model: per_image.is_some() || tokens_known,
+        }
     }
 
     /// Layers, lowest first: built-in < `imported` (e.g. a LiteLLM file imported earlier into the
@@ -539,7 +614,13 @@ impl Pricing {
         }
         table.overlay(PriceTable::from_usd(&cfg.models)?);
         let default = cfg.default.to_model_price("pricing.default")?;
-        Ok(Pricing { table, default })
+        let mut images = Pricing::builtin_images()?;
+        images.overlay(ImageTable::from_usd(&cfg.images)?);
+        Ok(Pricing {
+            table,
+            default,
+            images,
+        })
     }
 
     pub fn table(&self) -> &PriceTable {
@@ -624,7 +705,74 @@ mod tests {
     #[test]
     fn builtin_parses() {
         let table = PriceTable::builtin().unwrap();
-        assert_eq!(table.len(), 13);
+        assert_eq!(table.len(), 16);
+    }
+
+    #[test]
+    fn images_are_priced_per_image_or_per_token() {
+        let p = Pricing::from_config(&PricingConfig::default(), None).unwrap();
+        let images = |n| TokenUsage {
+            images: n,
+            ..TokenUsage::default()
+        };
+        let ask = |size, quality| ImageAsk {
+            size,
+            quality,
+            image_input_tokens: 0,
+        };
+        // DALL-E 3: per image by size and quality.
+        let c = p.image_cost(
+            "dall-e-3",
+            &ask(Some("1024x1024"), Some("standard")),
+            &images(2),
+        );
+        assert_eq!(
+            c,
+            Cost {
+                nanousd: 80_000_000,
+                known_model: true
+            }
+        );
+        let c = p.image_cost("dall-e-3", &ask(Some("1792x1024"), Some("hd")), &images(1));
+        assert_eq!(c.nanousd, 120_000_000);
+        assert_eq!(
+            p.image_cost("dall-e-3", &ask(None, None), &images(1))
+                .nanousd,
+            40_000_000
+        );
+        assert_eq!(
+            p.image_cost("imagen-4.0-generate-001", &ask(None, None), &images(3))
+                .nanousd,
+            120_000_000
+        );
+        // gpt-image-1: 10 text + 40 image input tokens, 50 output tokens; no per-image price.
+        let u = TokenUsage {
+            input_tokens: 50,
+            output_tokens: 50,
+            images: 1,
+            ..TokenUsage::default()
+        };
+        let edit = ImageAsk {
+            image_input_tokens: 40,
+            ..ImageAsk::default()
+        };
+        // (10 × $5 + 40 × $10 + 50 × $40) per million tokens = $0.00245.
+        assert_eq!(
+            p.image_cost("gpt-image-1", &edit, &u),
+            Cost {
+                nanousd: 2_450_000,
+                known_model: true
+            }
+        );
+        // Nothing priced: the images cost nothing and the model is unknown.
+        let c = p.image_cost("unknown-painter", &ask(None, None), &images(1));
+        assert_eq!(
+            c,
+            Cost {
+                nanousd: 0,
+                known_model: false
+            }
+        );
     }
 
     #[test]
@@ -1106,6 +1254,7 @@ mod tests {
                 cache_creation_5m_input_tokens: w5,
                 cache_creation_1h_input_tokens: w1,
                 cache_read_input_tokens: read,
+                images: 0,
             },
         )
     }
@@ -1127,6 +1276,7 @@ mod tests {
             cache_creation_1h_input_tokens: a.cache_creation_1h_input_tokens
                 + b.cache_creation_1h_input_tokens,
             cache_read_input_tokens: a.cache_read_input_tokens + b.cache_read_input_tokens,
+            images: a.images + b.images,
         }
     }
 

@@ -17,7 +17,7 @@
 //! and drops whatever leases were taken.
 
 pub mod call;
-mod failover;
+pub(crate) mod failover;
 mod respond;
 mod settle;
 mod upstream;
@@ -116,6 +116,7 @@ where
             max_tokens: call.max_tokens,
             body_len: body.len(),
             billed: call.billed(),
+            cost_nanousd: None,
         },
     )
     .await?;
@@ -215,7 +216,7 @@ pub async fn authenticate(
 }
 
 /// As `authenticate`, also taking the key from the query's `key=` (Google's SDKs may send it so).
-async fn authenticate_with(
+pub(crate) async fn authenticate_with(
     app: &App,
     headers: &http::HeaderMap,
     query: Option<&str>,

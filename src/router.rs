@@ -25,6 +25,9 @@ where
         (&Method::GET | &Method::HEAD, "/") => return root(req.method()),
         (&Method::GET, "/health") => return health(&app).await,
         (&Method::GET, "/metrics") => return metrics(&app).await,
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/files/") => {
+            return crate::images::serve_file(&app, &p["/files/".len()..]).await;
+        }
         _ => {}
     }
     let Some((surface, vendor_path)) = surface_of(&path, req.headers(), req.uri().query()) else {
@@ -35,6 +38,18 @@ where
         return key_info(&app, req.headers())
             .await
             .unwrap_or_else(|e| e.render(surface));
+    }
+    if let Some(op) = image_operation(surface, &vendor_path) {
+        if req.method() != Method::POST {
+            let mut resp = ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("{} {path} is not allowed; use POST", req.method()),
+            )
+            .render(surface);
+            *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            return resp;
+        }
+        return crate::images::relay(&app, op, req).await;
     }
     let Some(endpoint) = endpoint_of(surface, &vendor_path) else {
         return ApiError::not_found(format!("no route for {} {path}", req.method()))
@@ -100,6 +115,28 @@ fn surface_of(
         return None;
     };
     Some((surface, path.to_owned()))
+}
+
+/// The image operation a vendor path names: OpenAI's images endpoints, and Imagen's native
+/// `:predict` (billed per image, so it takes the image path rather than the text one).
+fn image_operation(surface: Surface, path: &str) -> Option<crate::images::Operation> {
+    use crate::images::Operation;
+    match (surface, endpoint_of(surface, path)) {
+        (Surface::OpenAi, _) => match path {
+            "/v1/images/generations" => Some(Operation::Generations),
+            "/v1/images/edits" => Some(Operation::Edits),
+            _ => None,
+        },
+        (
+            Surface::Gemini,
+            Some(Endpoint::Gemini {
+                version,
+                model,
+                method,
+            }),
+        ) if method == "predict" => Some(Operation::Predict { version, model }),
+        _ => None,
+    }
 }
 
 /// The endpoint a vendor path names on a surface.

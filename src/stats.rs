@@ -274,6 +274,7 @@ mod tests {
                 ..Default::default()
             },
             cost_nanousd: 9,
+            cache_hit: false,
         };
         add(&mut batch, entry.clone(), true);
         add(&mut batch, entry.clone(), false);

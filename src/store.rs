@@ -377,6 +377,9 @@ pub struct Counters {
     pub cache_creation_1h_input_tokens: u64,
     pub cache_read_input_tokens: u64,
     pub cost_nanousd: u64,
+    /// Images generated; absent in counters written before image generation existed.
+    #[serde(default)]
+    pub images: u64,
 }
 
 impl Counters {
@@ -390,6 +393,7 @@ impl Counters {
             cache_creation_1h_input_tokens: usage.cache_creation_1h_input_tokens,
             cache_read_input_tokens: usage.cache_read_input_tokens,
             cost_nanousd,
+            images: usage.images,
         }
     }
 
@@ -402,6 +406,7 @@ impl Counters {
         self.cache_creation_1h_input_tokens += other.cache_creation_1h_input_tokens;
         self.cache_read_input_tokens += other.cache_read_input_tokens;
         self.cost_nanousd += other.cost_nanousd;
+        self.images += other.images;
     }
 }
 
@@ -464,6 +469,9 @@ pub struct RequestLogEntry {
     pub ttfb_ms: Option<u64>,
     pub usage: TokenUsage,
     pub cost_nanousd: u64,
+    /// Answered from the image result cache, without an upstream call.
+    #[serde(default)]
+    pub cache_hit: bool,
 }
 
 /// `bucket_keys` of a query: which buckets to read for `dimension`.

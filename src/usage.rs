@@ -19,6 +19,9 @@ pub struct TokenUsage {
     pub cache_creation_5m_input_tokens: u64,
     pub cache_creation_1h_input_tokens: u64,
     pub cache_read_input_tokens: u64,
+    /// Images generated (image endpoints); priced per image where the price table says so.
+    #[serde(default)]
+    pub images: u64,
 }
 
 impl TokenUsage {

@@ -127,6 +127,7 @@ fn counters_json(c: &Counters) -> Value {
         "cache_creation_1h_input_tokens": c.cache_creation_1h_input_tokens,
         "cache_read_input_tokens": c.cache_read_input_tokens,
         "cost_nanousd": c.cost_nanousd,
+        "images": c.images,
     })
 }
 
@@ -262,6 +263,8 @@ pub async fn requests(
                 "cache_creation_input_tokens": e.usage.cache_creation_input_tokens,
                 "cache_read_input_tokens": e.usage.cache_read_input_tokens,
                 "cost_nanousd": e.cost_nanousd,
+                "images": e.usage.images,
+                "cache_hit": e.cache_hit,
             })
         })
         .collect();

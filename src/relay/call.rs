@@ -126,6 +126,9 @@ pub struct Call {
     pub query: Option<String>,
     /// The session hints' result (`session::identify`), filled in by the relay.
     pub session: Option<String>,
+    /// The wait for the upstream's response head when not `upstream.first_byte_timeout_secs`
+    /// (image calls: `images.first_byte_timeout_secs`).
+    pub first_byte_timeout: Option<std::time::Duration>,
 }
 
 impl Call {
@@ -207,6 +210,7 @@ pub fn build<'a>(
         respond,
         query: query.map(str::to_owned),
         session: None,
+        first_byte_timeout: None,
     };
     match endpoint {
         Endpoint::Messages | Endpoint::CountTokens => {
@@ -350,6 +354,7 @@ fn chat<'a>(
         respond,
         query: query.map(str::to_owned),
         session: None,
+        first_byte_timeout: None,
     };
     let _ = default_max_tokens;
     let native = call(

@@ -85,6 +85,7 @@ pub(crate) async fn attempts(
                         ttfb_ms: None,
                         usage: TokenUsage::default(),
                         cost_nanousd: 0,
+                        cache_hit: false,
                     };
                     tracing::info!(
                         request_id = ctx.request_id,

@@ -81,6 +81,7 @@ impl Observer for Settle {
                 ttfb_ms: Some(self.ttfb_ms),
                 usage,
                 cost_nanousd: cost.nanousd,
+                cache_hit: false,
             };
             self.app.stats.record(entry, billed);
         }

@@ -54,7 +54,9 @@ pub(super) async fn send(
     let Some((url, headers)) = request_for(call, client, account) else {
         return Err(SendError::Mismatch(account.record.provider));
     };
-    let first_byte = Duration::from_secs(app.config.upstream.first_byte_timeout_secs);
+    let first_byte = call.first_byte_timeout.unwrap_or(Duration::from_secs(
+        app.config.upstream.first_byte_timeout_secs,
+    ));
     let body = call.body.clone();
     let send = app
         .http

@@ -242,7 +242,7 @@ fn bucket_ttl(bucket: &Bucket) -> Option<Duration> {
 }
 
 /// The counters in the order of `FIELDS` in `usage_add.lua` and `usage_read.lua`.
-fn counter_values(c: &Counters) -> [u64; 8] {
+fn counter_values(c: &Counters) -> [u64; 9] {
     [
         c.requests,
         c.input_tokens,
@@ -252,10 +252,11 @@ fn counter_values(c: &Counters) -> [u64; 8] {
         c.cache_creation_1h_input_tokens,
         c.cache_read_input_tokens,
         c.cost_nanousd,
+        c.images,
     ]
 }
 
-fn counters_from(values: [u64; 8]) -> Counters {
+fn counters_from(values: [u64; 9]) -> Counters {
     let [
         requests,
         input_tokens,
@@ -265,6 +266,7 @@ fn counters_from(values: [u64; 8]) -> Counters {
         cache_creation_1h_input_tokens,
         cache_read_input_tokens,
         cost_nanousd,
+        images,
     ] = values;
     Counters {
         requests,
@@ -275,13 +277,14 @@ fn counters_from(values: [u64; 8]) -> Counters {
         cache_creation_1h_input_tokens,
         cache_read_input_tokens,
         cost_nanousd,
+        images,
     }
 }
 
 /// One `HMGET` answer of `usage_read.lua`.
 fn parse_counters(value: Value) -> StoreResult<Counters> {
     let fields = value.into_array();
-    let mut values = [0u64; 8];
+    let mut values = [0u64; 9];
     if fields.len() != values.len() {
         return Err(StoreError::Corrupt(format!(
             "usage counters: {} fields",
@@ -745,7 +748,7 @@ impl Store for RedisStore {
         let mut calls = Vec::new();
         for (dimension, buckets) in by_dimension {
             let mut keys = Vec::with_capacity(1 + buckets.len());
-            let mut args = Vec::with_capacity(3 + 9 * buckets.len());
+            let mut args = Vec::with_capacity(3 + 10 * buckets.len());
             keys.push(self.names.usage_applied(dimension, &self.writer));
             args.extend([
                 batch_id.to_string(),
@@ -954,6 +957,7 @@ mod tests {
             cache_creation_1h_input_tokens: 6,
             cache_read_input_tokens: 7,
             cost_nanousd: 8,
+            images: 9,
         };
         assert_eq!(counters_from(counter_values(&c)), c);
     }

@@ -366,6 +366,7 @@ mod tests {
                 cache_creation_5m_input_tokens: 100,
                 cache_creation_1h_input_tokens: 200,
                 cache_read_input_tokens: 1000,
+                images: 0,
             }
         );
         assert_eq!(o.model(), Some("claude-sonnet-4-5-20250929"));

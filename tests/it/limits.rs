@@ -71,6 +71,7 @@ fn estimate(relay: &Relay) -> u64 {
             max_tokens: Some(64),
             body_len: body.len(),
             billed: true,
+            cost_nanousd: None,
         },
     )
     .cost_nanousd

@@ -2,6 +2,7 @@
 mod anthropic;
 mod cli;
 mod failover;
+mod images;
 mod limits;
 mod mocks;
 mod redis;

@@ -282,6 +282,7 @@ fn counters(n: u64) -> Counters {
         cache_creation_1h_input_tokens: 20 * n,
         cache_read_input_tokens: 40 * n,
         cost_nanousd: 1_000 * n,
+        images: 2 * n,
     }
 }
 
@@ -302,6 +303,7 @@ fn log_entry(n: i64, key_id: &str) -> RequestLogEntry {
             ..TokenUsage::default()
         },
         cost_nanousd: 42,
+        cache_hit: n % 2 == 0,
     }
 }
 

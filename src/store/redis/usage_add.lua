@@ -2,12 +2,12 @@
 -- KEYS[1]  <p>{u:<dim>}:applied:<writer>  string: batch ids this writer applied here, newest first
 -- KEYS[k]  <p>{u:<dim>}:<bucket>          hash: Counters field -> value   (k >= 2)
 -- ARGV[1] batch id, ARGV[2] marker TTL (ms), ARGV[3] how many batch ids the marker keeps,
--- then per counter key: its TTL in ms ('0' = none) and 8 increments in FIELDS order.
+-- then per counter key: its TTL in ms ('0' = none) and 9 increments in FIELDS order.
 -- Returns 1 when applied, 0 when this batch was applied before (a retry).
 local FIELDS = {
   'requests', 'input_tokens', 'output_tokens', 'cache_creation_input_tokens',
   'cache_creation_5m_input_tokens', 'cache_creation_1h_input_tokens',
-  'cache_read_input_tokens', 'cost_nanousd',
+  'cache_read_input_tokens', 'cost_nanousd', 'images',
 }
 local marker = KEYS[1]
 local seen = redis.call('GET', marker)

@@ -1,0 +1,373 @@
+//! What an image request asks for, read from its JSON body (generations) or its
+//! `multipart/form-data` body (edits). The body itself goes upstream as the client sent it (a
+//! JSON body may get its `response_format` changed); only the fields below are read.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// The answer's form: the images inline or as links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    B64Json,
+    Url,
+}
+
+impl Format {
+    fn parse(s: &str) -> Result<Format, ApiError> {
+        match s {
+            "b64_json" => Ok(Format::B64Json),
+            "url" => Ok(Format::Url),
+            other => Err(ApiError::invalid(format!(
+                "response_format: {other:?} is not one of \"url\", \"b64_json\""
+            ))),
+        }
+    }
+}
+
+/// The fields of an image request that Switchyard acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRequest {
+    pub model: String,
+    pub prompt: String,
+    /// Images asked for (1 to 10).
+    pub n: u64,
+    pub size: Option<String>,
+    pub quality: Option<String>,
+    pub response_format: Option<Format>,
+    /// gpt-image's `output_format` (`png`, `jpeg`, `webp`).
+    pub output_format: Option<String>,
+    /// A digest of everything that shapes the images (every field but `response_format` and
+    /// `user`, and for edits every file), for the result cache.
+    pub fingerprint: [u8; 32],
+}
+
+/// Most images one request may ask for (OpenAI's limit).
+const MAX_N: u64 = 10;
+
+/// Fields that change the answer's form or bookkeeping, not its images.
+const NOT_IN_FINGERPRINT: &[&str] = &["response_format", "user", "stream"];
+
+/// Reads a JSON generations body.
+pub fn parse_json(body: &[u8]) -> Result<ImageRequest, ApiError> {
+    let fields: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("request body is not a JSON object: {e}")))?;
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        match fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::invalid(format!("{name}: expected a string"))),
+        }
+    };
+    let n = match fields.get("n") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| ApiError::invalid("n: expected an integer"))?,
+        ),
+    };
+    let mut sorted: Vec<(&String, &Value)> = fields
+        .iter()
+        .filter(|(k, _)| !NOT_IN_FINGERPRINT.contains(&k.as_str()))
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut digest = Sha256::new();
+    digest.update(b"json\0");
+    for (k, v) in sorted {
+        frame(&mut digest, k.as_bytes());
+        frame(&mut digest, v.to_string().as_bytes());
+    }
+    finish(
+        text("model")?,
+        text("prompt")?,
+        n,
+        text("size")?,
+        text("quality")?,
+        text("response_format")?,
+        text("output_format")?,
+        digest.finalize().into(),
+    )
+}
+
+/// Reads a `multipart/form-data` edits body: its text fields, and every part into the fingerprint.
+pub fn parse_multipart(content_type: &str, body: &[u8]) -> Result<ImageRequest, ApiError> {
+    let boundary = boundary_of(content_type).ok_or_else(|| {
+        ApiError::invalid("content-type: expected multipart/form-data with a boundary")
+    })?;
+    let parts = parts(body, boundary.as_bytes())?;
+    let mut digest = Sha256::new();
+    digest.update(b"multipart\0");
+    let field = |name: &str| -> Result<Option<String>, ApiError> {
+        parts
+            .iter()
+            .find(|p| p.name == name && p.filename.is_none())
+            .map(|p| {
+                String::from_utf8(p.data.to_vec())
+                    .map_err(|_| ApiError::invalid(format!("{name}: not UTF-8")))
+            })
+            .transpose()
+    };
+    let model = field("model")?;
+    let prompt = field("prompt")?;
+    let n = field("n")?
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid("n: expected an integer"))
+        })
+        .transpose()?;
+    let size = field("size")?;
+    let quality = field("quality")?;
+    let format = field("response_format")?;
+    let output_format = field("output_format")?;
+    for p in parts
+        .iter()
+        .filter(|p| !NOT_IN_FINGERPRINT.contains(&p.name.as_str()))
+    {
+        frame(&mut digest, p.name.as_bytes());
+        frame(&mut digest, p.filename.as_deref().unwrap_or("").as_bytes());
+        frame(
+            &mut digest,
+            p.content_type.as_deref().unwrap_or("").as_bytes(),
+        );
+        frame(&mut digest, p.data);
+    }
+    finish(
+        model,
+        prompt,
+        n,
+        size,
+        quality,
+        format,
+        output_format,
+        digest.finalize().into(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    model: Option<String>,
+    prompt: Option<String>,
+    n: Option<u64>,
+    size: Option<String>,
+    quality: Option<String>,
+    response_format: Option<String>,
+    output_format: Option<String>,
+    fingerprint: [u8; 32],
+) -> Result<ImageRequest, ApiError> {
+    let model = model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::invalid("model: field required"))?;
+    let prompt = prompt
+        .filter(|p| !p.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid("prompt: field required"))?;
+    let n = n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::invalid(format!(
+            "n: must be between 1 and {MAX_N}"
+        )));
+    }
+    Ok(ImageRequest {
+        model,
+        prompt,
+        n,
+        size: size.filter(|s| s != "auto"),
+        quality: quality.filter(|q| q != "auto"),
+        response_format: response_format.as_deref().map(Format::parse).transpose()?,
+        output_format,
+        fingerprint,
+    })
+}
+
+/// Length-prefixed, so that no two different field lists hash alike.
+fn frame(digest: &mut Sha256, bytes: &[u8]) {
+    digest.update((bytes.len() as u64).to_be_bytes());
+    digest.update(bytes);
+}
+
+/// The `boundary` parameter of a `multipart/form-data` content type.
+pub fn boundary_of(content_type: &str) -> Option<String> {
+    let mut params = content_type.split(';');
+    let mime = params.next()?.trim();
+    if !mime.eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    params.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"').to_owned())
+            .filter(|b| !b.is_empty() && b.len() <= 200)
+    })
+}
+
+/// One part of a multipart body.
+#[derive(Debug)]
+struct Part<'a> {
+    name: String,
+    filename: Option<String>,
+    content_type: Option<String>,
+    data: &'a [u8],
+}
+
+/// The parts between `--boundary` lines (RFC 7578), up to the closing `--boundary--`.
+fn parts<'a>(body: &'a [u8], boundary: &[u8]) -> Result<Vec<Part<'a>>, ApiError> {
+    let bad = |why: &str| ApiError::invalid(format!("multipart body: {why}"));
+    let mut delimiter = b"--".to_vec();
+    delimiter.extend_from_slice(boundary);
+    let start = find(body, &delimiter).ok_or_else(|| bad("no boundary line"))?;
+    let mut rest = &body[start + delimiter.len()..];
+    // Every later delimiter follows a line break.
+    let mut next = b"\r\n".to_vec();
+    next.extend_from_slice(&delimiter);
+    let mut out = Vec::new();
+    loop {
+        if rest.starts_with(b"--") {
+            return Ok(out);
+        }
+        rest = rest
+            .strip_prefix(b"\r\n")
+            .ok_or_else(|| bad("expected a line break after the boundary"))?;
+        let head_end = find(rest, b"\r\n\r\n").ok_or_else(|| bad("a part has no headers end"))?;
+        let head = std::str::from_utf8(&rest[..head_end])
+            .map_err(|_| bad("part headers are not UTF-8"))?;
+        let data_start = head_end + 4;
+        let data_len =
+            find(&rest[data_start..], &next).ok_or_else(|| bad("no closing boundary"))?;
+        let data = &rest[data_start..data_start + data_len];
+        let (mut name, mut filename, mut content_type) = (None, None, None);
+        for line in head.split("\r\n") {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            if k.trim().eq_ignore_ascii_case("content-disposition") {
+                for param in v.split(';').skip(1) {
+                    if let Some((pk, pv)) = param.split_once('=') {
+                        let pv = pv.trim().trim_matches('"').to_owned();
+                        match pk.trim() {
+                            "name" => name = Some(pv),
+                            "filename" => filename = Some(pv),
+                            _ => {}
+                        }
+                    }
+                }
+            } else if k.trim().eq_ignore_ascii_case("content-type") {
+                content_type = Some(v.trim().to_owned());
+            }
+        }
+        out.push(Part {
+            name: name.ok_or_else(|| bad("a part has no name"))?,
+            filename,
+            content_type,
+            data,
+        });
+        rest = &rest[data_start + data_len + next.len()..];
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A multipart body as an SDK sends it.
+    pub fn multipart(boundary: &str, fields: &[(&str, &str)], image: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (k, v) in fields {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"in.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+        body.extend_from_slice(image);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        body
+    }
+
+    #[test]
+    fn json_fields_and_defaults() {
+        let r = parse_json(br#"{"model":"dall-e-3","prompt":"a fox","size":"1024x1024","quality":"hd","response_format":"url"}"#).unwrap();
+        assert_eq!(r.model, "dall-e-3");
+        assert_eq!(r.n, 1);
+        assert_eq!(r.size.as_deref(), Some("1024x1024"));
+        assert_eq!(r.quality.as_deref(), Some("hd"));
+        assert_eq!(r.response_format, Some(Format::Url));
+        let e = parse_json(br#"{"model":"dall-e-3"}"#).unwrap_err();
+        assert!(e.message.contains("prompt"), "{}", e.message);
+        let e = parse_json(br#"{"model":"m","prompt":"p","n":11}"#).unwrap_err();
+        assert!(e.message.contains("n:"), "{}", e.message);
+        let e = parse_json(br#"{"model":"m","prompt":"p","response_format":"png"}"#).unwrap_err();
+        assert!(e.message.contains("response_format"), "{}", e.message);
+        assert!(parse_json(b"[1]").is_err());
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_form_and_order_but_not_parameters() {
+        let a =
+            parse_json(br#"{"model":"m","prompt":"p","size":"1024x1024","response_format":"url"}"#)
+                .unwrap();
+        let b = parse_json(br#"{"size":"1024x1024","prompt":"p","model":"m","user":"u"}"#).unwrap();
+        let c = parse_json(br#"{"model":"m","prompt":"p","size":"512x512"}"#).unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, c.fingerprint);
+    }
+
+    #[test]
+    fn multipart_fields_files_and_fingerprint() {
+        let body = multipart(
+            "xyz123",
+            &[
+                ("model", "gpt-image-1"),
+                ("prompt", "add a hat"),
+                ("n", "2"),
+                ("size", "1024x1024"),
+            ],
+            b"\x89PNG\r\n--not-a-boundary\r\n",
+        );
+        let r = parse_multipart("multipart/form-data; boundary=xyz123", &body).unwrap();
+        assert_eq!(r.model, "gpt-image-1");
+        assert_eq!(r.prompt, "add a hat");
+        assert_eq!(r.n, 2);
+        // Another boundary, same content: same fingerprint; another image: another.
+        let same = multipart(
+            "other",
+            &[
+                ("model", "gpt-image-1"),
+                ("prompt", "add a hat"),
+                ("n", "2"),
+                ("size", "1024x1024"),
+            ],
+            b"\x89PNG\r\n--not-a-boundary\r\n",
+        );
+        let same = parse_multipart("multipart/form-data; boundary=\"other\"", &same).unwrap();
+        assert_eq!(r.fingerprint, same.fingerprint);
+        let other = multipart(
+            "xyz123",
+            &[
+                ("model", "gpt-image-1"),
+                ("prompt", "add a hat"),
+                ("n", "2"),
+                ("size", "1024x1024"),
+            ],
+            b"GIF89a",
+        );
+        let other = parse_multipart("multipart/form-data; boundary=xyz123", &other).unwrap();
+        assert_ne!(r.fingerprint, other.fingerprint);
+    }
+
+    #[test]
+    fn broken_multipart_is_a_client_error() {
+        assert!(parse_multipart("application/json", b"{}").is_err());
+        assert!(parse_multipart("multipart/form-data; boundary=b", b"--b\r\nno end").is_err());
+        let e = parse_multipart("multipart/form-data; boundary=b", b"--b--\r\n").unwrap_err();
+        assert!(e.message.contains("model"), "{}", e.message);
+    }
+}
