@@ -7,6 +7,8 @@
 //! as the upstream events that cause them are complete, a JSON translator collects the body and
 //! converts it at the end.
 
+pub mod gemini;
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 

@@ -1,0 +1,249 @@
+//! The Gemini response shapes read, the OpenAI shapes written, and the mappings between them
+//! that the JSON and the stream translator share.
+//!
+//! Gemini fields are all optional and unknown ones ignored: a new field upstream must not break
+//! a translation. OpenAI output is typed so that fields come out in the order OpenAI sends them.
+
+use bytes::{BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::GeminiError;
+
+/// One `GenerateContentResponse` (a whole JSON answer, or one stream event).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub(super) struct GenResponse {
+    pub candidates: Vec<Candidate>,
+    pub usage_metadata: Option<UsageMetadata>,
+    pub prompt_feedback: Option<PromptFeedback>,
+    pub response_id: Option<String>,
+    /// Present instead of the rest when the upstream failed.
+    pub error: Option<GeminiError>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub(super) struct Candidate {
+    pub content: Option<Content>,
+    pub finish_reason: Option<String>,
+    pub index: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct Content {
+    pub parts: Vec<Part>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub(super) struct Part {
+    pub text: Option<String>,
+    /// A thought summary: reasoning, not answer text.
+    pub thought: bool,
+    pub function_call: Option<FunctionCall>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct FunctionCall {
+    pub id: Option<String>,
+    pub name: String,
+    pub args: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "camelCase", default)]
+pub(super) struct UsageMetadata {
+    pub prompt_token_count: u64,
+    pub candidates_token_count: u64,
+    pub thoughts_token_count: u64,
+    pub cached_content_token_count: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub(super) struct PromptFeedback {
+    pub block_reason: Option<String>,
+}
+
+impl Candidate {
+    /// The position this candidate answers for; Gemini leaves `index` out for the first.
+    pub fn choice_index(&self, position: usize) -> usize {
+        self.index.unwrap_or(position)
+    }
+
+    pub fn parts(&self) -> &[Part] {
+        self.content.as_ref().map_or(&[], |c| &c.parts)
+    }
+}
+
+impl Part {
+    /// Answer text: thought parts are the model's reasoning and are not shown as content.
+    pub fn answer_text(&self) -> Option<&str> {
+        self.text
+            .as_deref()
+            .filter(|t| !t.is_empty() && !self.thought)
+    }
+}
+
+impl GenResponse {
+    /// A prompt Gemini refused to answer at all: no candidates, a block reason.
+    pub fn prompt_blocked(&self) -> bool {
+        self.candidates.is_empty()
+            && self
+                .prompt_feedback
+                .as_ref()
+                .is_some_and(|f| f.block_reason.is_some())
+    }
+}
+
+/// OpenAI's `finish_reason` for a Gemini one. A stop that produced function calls is
+/// `tool_calls`, which is what OpenAI clients check before running tools.
+pub(super) fn finish_reason(gemini: &str, has_tool_calls: bool) -> &'static str {
+    match gemini {
+        "MAX_TOKENS" => "length",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
+            "content_filter"
+        }
+        _ if has_tool_calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub prompt_tokens_details: PromptDetails,
+    pub completion_tokens_details: CompletionDetails,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PromptDetails {
+    pub cached_tokens: u64,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CompletionDetails {
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    /// Gemini's `promptTokenCount` already includes cached tokens, as OpenAI's `prompt_tokens`
+    /// does; thinking tokens are billed as output, so they belong to `completion_tokens`.
+    pub fn from_gemini(u: &UsageMetadata) -> Usage {
+        let completion = u.candidates_token_count + u.thoughts_token_count;
+        Usage {
+            prompt_tokens: u.prompt_token_count,
+            completion_tokens: completion,
+            total_tokens: u.prompt_token_count + completion,
+            prompt_tokens_details: PromptDetails {
+                cached_tokens: u.cached_content_token_count,
+            },
+            completion_tokens_details: CompletionDetails {
+                reasoning_tokens: u.thoughts_token_count,
+            },
+        }
+    }
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub(super) struct ToolCall {
+    /// Stream deltas carry the call's position; a whole message does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionOut,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub(super) struct FunctionOut {
+    pub name: String,
+    /// The arguments as a JSON string, as OpenAI sends them.
+    pub arguments: String,
+}
+
+impl ToolCall {
+    pub fn from_gemini(call: &FunctionCall, index: Option<usize>) -> ToolCall {
+        let arguments = match &call.args {
+            Some(args) if !args.is_null() => args.to_string(),
+            _ => "{}".to_owned(),
+        };
+        ToolCall {
+            index,
+            id: call
+                .id
+                .clone()
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(super::new_call_id),
+            kind: "function",
+            function: FunctionOut {
+                name: call.name.clone(),
+                arguments,
+            },
+        }
+    }
+}
+
+/// Appends `value` as JSON. The types written here always serialize; a failure would be a bug,
+/// logged rather than allowed to take the response down.
+pub(super) fn write_json(out: &mut BytesMut, value: &impl Serialize) {
+    if let Err(e) = serde_json::to_writer(out.writer(), value) {
+        tracing::error!(error = %e, "encoding a translated OpenAI response");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_reasons() {
+        assert_eq!(finish_reason("STOP", false), "stop");
+        assert_eq!(finish_reason("STOP", true), "tool_calls");
+        assert_eq!(finish_reason("MAX_TOKENS", true), "length");
+        for r in [
+            "SAFETY",
+            "RECITATION",
+            "BLOCKLIST",
+            "PROHIBITED_CONTENT",
+            "SPII",
+        ] {
+            assert_eq!(finish_reason(r, false), "content_filter");
+        }
+        assert_eq!(finish_reason("OTHER", false), "stop");
+    }
+
+    #[test]
+    fn usage_counts_thoughts_as_completion() {
+        let meta: UsageMetadata = serde_json::from_str(
+            r#"{"promptTokenCount":100,"candidatesTokenCount":7,"thoughtsTokenCount":30,
+                "cachedContentTokenCount":64,"totalTokenCount":137}"#,
+        )
+        .unwrap();
+        let usage = Usage::from_gemini(&meta);
+        assert_eq!(
+            serde_json::to_value(usage).unwrap(),
+            serde_json::json!({
+                "prompt_tokens": 100, "completion_tokens": 37, "total_tokens": 137,
+                "prompt_tokens_details": { "cached_tokens": 64 },
+                "completion_tokens_details": { "reasoning_tokens": 30 },
+            })
+        );
+    }
+
+    #[test]
+    fn thought_and_empty_parts_are_not_text() {
+        let parts: Vec<Part> = serde_json::from_str(
+            r#"[{"text":"hm","thought":true},{"text":""},{"text":"yes","thoughtSignature":"x"}]"#,
+        )
+        .unwrap();
+        let texts: Vec<_> = parts.iter().filter_map(Part::answer_text).collect();
+        assert_eq!(texts, ["yes"]);
+    }
+}
