@@ -131,6 +131,17 @@ impl Catalog {
     }
 
     /// The current accounts, oldest first.
+    /// Whether an enabled OpenAI-protocol account lists `model` in its `models` (an account
+    /// without a list serves anything, but does not claim Claude or Gemini models).
+    pub fn openai_lists(&self, model: &str) -> bool {
+        self.accounts().iter().any(|a| {
+            a.record.enabled
+                && a.record.provider.protocol() == crate::store::Protocol::OpenAi
+                && !a.models.is_empty()
+                && a.serves(model)
+        })
+    }
+
     pub fn accounts(&self) -> Arc<Vec<Arc<Account>>> {
         match self.accounts.read() {
             Ok(guard) => Arc::clone(&guard),

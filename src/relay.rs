@@ -99,6 +99,7 @@ where
         parts.uri.query(),
         &body,
         app.config.limits.default_max_tokens,
+        &|model| app.catalog.openai_lists(model),
     )?;
     if call.billed() {
         call.session = session::identify(&key.id, &parts.headers, &hints);
@@ -153,9 +154,7 @@ where
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let usage = call
-        .usage
-        .and_then(|kind| UsageReader::new(kind, streaming));
+    let usage = call.usage.map(|kind| UsageReader::new(kind, streaming));
     metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
     let settle = Settle {
         app: Arc::clone(app),

@@ -7,6 +7,7 @@
 //! as the upstream events that cause them are complete, a JSON translator collects the body and
 //! converts it at the end.
 
+pub mod anthropic;
 pub mod gemini;
 
 use std::pin::Pin;

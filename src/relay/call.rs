@@ -11,6 +11,8 @@ use crate::error::{ApiError, Surface};
 use crate::providers::anthropic;
 use crate::scheduler::session::Hints;
 use crate::store::Protocol;
+use crate::stream::openai;
+use crate::translate;
 
 /// Which API operation a request is for, by surface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,9 +105,20 @@ pub enum Respond {
     /// Byte for byte, but for the usage-only chunk Switchyard asked for on the client's behalf.
     HideUsageChunk,
     /// An Anthropic answer, as OpenAI chat completions (for the client's model name).
-    ChatFromAnthropic { model: String, include_usage: bool },
+    ChatFromAnthropic {
+        model: String,
+        stream: bool,
+        include_usage: bool,
+        /// Unix seconds, the chunks' `created`.
+        created: i64,
+    },
     /// A Gemini answer, as OpenAI chat completions.
-    ChatFromGemini { model: String, include_usage: bool },
+    ChatFromGemini {
+        model: String,
+        stream: bool,
+        include_usage: bool,
+        created: i64,
+    },
 }
 
 /// One client request, ready to be relayed.
@@ -142,8 +155,6 @@ impl Call {
 struct Peek<'a> {
     #[serde(default)]
     model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
     #[serde(default)]
     max_tokens: Option<u64>,
     #[serde(default)]
@@ -197,6 +208,7 @@ pub fn build<'a>(
     query: Option<&str>,
     body: &'a Bytes,
     default_max_tokens: u64,
+    native: &dyn Fn(&str) -> bool,
 ) -> Result<(Call, Hints<'a>), ApiError> {
     let surface = endpoint.surface();
     let call = |target, model, max_tokens, body, usage, respond| Call {
@@ -269,7 +281,7 @@ pub fn build<'a>(
             ),
             Hints::default(),
         )),
-        Endpoint::ChatCompletions => chat(body, query, default_max_tokens, surface),
+        Endpoint::ChatCompletions => chat(body, query, default_max_tokens, surface, native),
         Endpoint::Responses | Endpoint::Embeddings => {
             let p = peek(body)?;
             let model = required_model(p.model)?;
@@ -328,12 +340,28 @@ pub fn build<'a>(
     }
 }
 
+/// Which accounts serve a chat completions request for `model`: an OpenAI-protocol account that
+/// lists it by name or glob (`native`), else Claude models go to Anthropic accounts and Gemini
+/// models to Gemini accounts, by translation; any other model is OpenAI's.
+pub fn chat_protocol(model: &str, native: bool) -> Protocol {
+    if native {
+        Protocol::OpenAi
+    } else if model.starts_with("claude") {
+        Protocol::Anthropic
+    } else if model.starts_with("gemini") || model.starts_with("models/gemini") {
+        Protocol::Gemini
+    } else {
+        Protocol::OpenAi
+    }
+}
+
 /// Chat completions: native to OpenAI accounts, or translated for a Claude or Gemini model.
 fn chat<'a>(
     body: &'a Bytes,
     query: Option<&str>,
     default_max_tokens: u64,
     surface: Surface,
+    native: &dyn Fn(&str) -> bool,
 ) -> Result<(Call, Hints<'a>), ApiError> {
     let p = peek(body)?;
     let model = required_model(p.model.clone())?;
@@ -343,7 +371,7 @@ fn chat<'a>(
         ..Hints::default()
     };
     let max_tokens = p.max_completion_tokens.or(p.max_tokens);
-    let call = |target, body, usage, respond| Call {
+    let call = |target, body, usage, respond, query: Option<String>| Call {
         surface,
         target,
         method: Method::POST,
@@ -352,19 +380,74 @@ fn chat<'a>(
         body,
         usage: Some(usage),
         respond,
-        query: query.map(str::to_owned),
+        query,
         session: None,
         first_byte_timeout: None,
     };
-    let _ = default_max_tokens;
-    let native = call(
-        Target::OpenAi {
-            path: "/chat/completions".to_owned(),
+    let now = jiff::Timestamp::now().as_second();
+    let call = match chat_protocol(&model, native(&model)) {
+        Protocol::OpenAi => match openai::ask_for_usage(body) {
+            // A stream that did not ask for usage: asked for it, and the extra chunk hidden.
+            Some(asking) => call(
+                Target::OpenAi {
+                    path: "/chat/completions".to_owned(),
+                },
+                asking,
+                UsageKind::OpenAiChat,
+                Respond::HideUsageChunk,
+                query.map(str::to_owned),
+            ),
+            None => call(
+                Target::OpenAi {
+                    path: "/chat/completions".to_owned(),
+                },
+                body.clone(),
+                UsageKind::OpenAiChat,
+                Respond::Passthrough,
+                query.map(str::to_owned),
+            ),
         },
-        body.clone(),
-        UsageKind::OpenAiChat,
-        Respond::Passthrough,
-    );
-    let _ = p.stream;
-    Ok((native, hints))
+        Protocol::Anthropic => {
+            let t = translate::anthropic::request(body, default_max_tokens)?;
+            call(
+                Target::Anthropic {
+                    path: "/v1/messages".to_owned(),
+                },
+                t.body,
+                UsageKind::AnthropicMessages,
+                Respond::ChatFromAnthropic {
+                    model: model.clone(),
+                    stream: t.stream,
+                    include_usage: t.include_usage,
+                    created: now,
+                },
+                None,
+            )
+        }
+        Protocol::Gemini => {
+            let t = translate::gemini::request(body)?;
+            let name = t.model.strip_prefix("models/").unwrap_or(&t.model);
+            let method = if t.stream {
+                "streamGenerateContent"
+            } else {
+                "generateContent"
+            };
+            call(
+                Target::Gemini {
+                    version: "v1beta".to_owned(),
+                    path: format!("models/{name}:{method}"),
+                },
+                t.body,
+                UsageKind::GeminiGenerate,
+                Respond::ChatFromGemini {
+                    model: model.clone(),
+                    stream: t.stream,
+                    include_usage: t.include_usage,
+                    created: now,
+                },
+                t.stream.then(|| "alt=sse".to_owned()),
+            )
+        }
+    };
+    Ok((call, hints))
 }

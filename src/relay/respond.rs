@@ -1,13 +1,15 @@
 //! The upstream answer on its way to the client: passed through, or translated into the
 //! client's protocol.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 
 use super::call::{Call, Respond, Target, UsageKind};
 use crate::body::{Body, BoxError};
 use crate::providers::{anthropic, gemini, openai};
+use crate::stream::openai::HideUsageChunk;
+use crate::translate::{self, Translate, Translated};
 
 /// The error event of the upstream protocol, to end a streamed answer that was cut.
 pub fn error_event(call: &Call) -> fn(&str) -> Bytes {
@@ -24,13 +26,64 @@ pub fn body<B>(respond: &Respond, status: StatusCode, headers: &mut HeaderMap, t
 where
     B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync + Unpin + 'static,
 {
-    match respond {
-        Respond::Passthrough => tapped.boxed(),
-        // Translations and filters change the length.
-        _ => {
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let (model, stream, include_usage, created, from_gemini) = match respond {
+        Respond::Passthrough => return tapped.boxed(),
+        Respond::HideUsageChunk => {
             headers.remove(header::CONTENT_LENGTH);
-            let _ = status;
-            tapped.boxed()
+            return Translated::new(tapped, HideUsageChunk::default()).boxed();
+        }
+        Respond::ChatFromAnthropic {
+            model,
+            stream,
+            include_usage,
+            created,
+        } => (model, *stream, *include_usage, *created, false),
+        Respond::ChatFromGemini {
+            model,
+            stream,
+            include_usage,
+            created,
+        } => (model, *stream, *include_usage, *created, true),
+    };
+    // Translated: a different length, and the content type of what the client asked for.
+    headers.remove(header::CONTENT_LENGTH);
+    let sse = status.is_success() && stream && event_stream;
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if sse {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
+    );
+    if !status.is_success() {
+        let convert: fn(u16, &[u8]) -> Bytes = if from_gemini {
+            translate::gemini::error_body
+        } else {
+            translate::anthropic::error_body
+        };
+        return Translated::new(tapped, WholeBody::new(status, convert)).boxed();
+    }
+    match (from_gemini, sse) {
+        (true, true) => Translated::new(
+            tapped,
+            translate::gemini::ToChatStream::new(model, include_usage, created),
+        )
+        .boxed(),
+        (true, false) => {
+            Translated::new(tapped, translate::gemini::ToChatJson::new(model, created)).boxed()
+        }
+        (false, true) => Translated::new(
+            tapped,
+            translate::anthropic::ToChatStream::new(model, include_usage, created),
+        )
+        .boxed(),
+        (false, false) => {
+            Translated::new(tapped, translate::anthropic::ToChatJson::new(model)).boxed()
         }
     }
 }
@@ -42,16 +95,46 @@ pub fn error_body(
     mut headers: HeaderMap,
     body: Bytes,
 ) -> (HeaderMap, Bytes) {
-    match respond {
-        Respond::Passthrough | Respond::HideUsageChunk => (headers, body),
-        Respond::ChatFromAnthropic { .. } | Respond::ChatFromGemini { .. } => {
-            headers.remove(header::CONTENT_LENGTH);
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            let _ = status;
-            (headers, body)
+    let convert: fn(u16, &[u8]) -> Bytes = match respond {
+        Respond::Passthrough | Respond::HideUsageChunk => return (headers, body),
+        Respond::ChatFromAnthropic { .. } => translate::anthropic::error_body,
+        Respond::ChatFromGemini { .. } => translate::gemini::error_body,
+    };
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    (headers, convert(status.as_u16(), &body))
+}
+
+/// Collects a whole (error) body and converts it at its end. Error bodies are small; past
+/// `MAX` bytes the rest is dropped before conversion.
+struct WholeBody {
+    status: u16,
+    body: Vec<u8>,
+    convert: fn(u16, &[u8]) -> Bytes,
+}
+
+impl WholeBody {
+    const MAX: usize = 64 * 1024;
+
+    fn new(status: StatusCode, convert: fn(u16, &[u8]) -> Bytes) -> WholeBody {
+        WholeBody {
+            status: status.as_u16(),
+            body: Vec::new(),
+            convert,
         }
+    }
+}
+
+impl Translate for WholeBody {
+    fn feed(&mut self, chunk: &[u8], _out: &mut BytesMut) {
+        let room = Self::MAX.saturating_sub(self.body.len());
+        self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        out.extend_from_slice(&(self.convert)(self.status, &self.body));
     }
 }

@@ -256,7 +256,7 @@ async fn azure_uses_the_deployment_api_version_and_api_key() {
         openai::expected_chat_stream_bytes("gpt-4o", cached_usage(), &opts)
     );
     let sent = mock.requests().pop().unwrap();
-    assert_eq!(sent.azure_deployment().as_deref(), Some("prod-4o"));
+    assert_eq!(sent.azure_deployment(), Some("prod-4o"));
     assert_eq!(
         sent.query_param("api-version").as_deref(),
         Some("2024-10-21")

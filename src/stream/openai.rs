@@ -1,0 +1,432 @@
+//! Usage of OpenAI answers: chat completions (SSE and JSON), the Responses API (SSE and JSON) and
+//! embeddings; and the one change Switchyard makes to a native chat stream.
+//!
+//! OpenAI's `prompt_tokens` / `input_tokens` *include* the cached tokens
+//! (`…_details.cached_tokens`); [`TokenUsage`] keeps them apart, so `input = prompt − cached` and
+//! `cache_read = cached`, here and nowhere else. Reasoning tokens are already inside the output
+//! count. DeepSeek's `prompt_cache_hit_tokens` is read as the cached count when present.
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+
+use super::sse::{SseEvent, SseFramer};
+use crate::translate::Translate;
+use crate::usage::TokenUsage;
+
+/// A JSON answer larger than this is passed on but not read for usage.
+const MAX_JSON_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Which OpenAI operation answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Chat,
+    Responses,
+    Embeddings,
+}
+
+/// Watches one OpenAI answer for its usage.
+#[derive(Debug)]
+pub struct OpenAiUsage {
+    operation: Operation,
+    /// `Some` for an SSE answer.
+    framer: Option<SseFramer>,
+    json: Vec<u8>,
+    gave_up: bool,
+    seen: Option<WireUsage>,
+}
+
+impl OpenAiUsage {
+    pub fn new(operation: Operation, streaming: bool) -> OpenAiUsage {
+        OpenAiUsage {
+            operation,
+            framer: streaming.then(SseFramer::new),
+            json: Vec::new(),
+            gave_up: false,
+            seen: None,
+        }
+    }
+
+    pub fn observe(&mut self, chunk: &[u8]) {
+        let operation = self.operation;
+        let seen = &mut self.seen;
+        match &mut self.framer {
+            Some(framer) => framer.feed(chunk, |ev| {
+                if let Some(usage) = usage_of_event(operation, ev) {
+                    *seen = Some(usage);
+                }
+            }),
+            None if self.gave_up => {}
+            None if self.json.len() + chunk.len() > MAX_JSON_BODY_BYTES => {
+                tracing::warn!("OpenAI JSON answer too large to read usage from; it is not billed");
+                self.gave_up = true;
+                self.json = Vec::new();
+            }
+            None => self.json.extend_from_slice(chunk),
+        }
+    }
+
+    /// The usage reported so far (zero when none was).
+    pub fn usage(&self) -> TokenUsage {
+        self.wire().map(|w| w.normalised()).unwrap_or_default()
+    }
+
+    /// Reasoning tokens reported (inside the output count), for logs.
+    pub fn reasoning_tokens(&self) -> u64 {
+        self.wire().map_or(0, |w| w.reasoning())
+    }
+
+    fn wire(&self) -> Option<WireUsage> {
+        if self.framer.is_some() {
+            return self.seen;
+        }
+        let body: JsonAnswer = serde_json::from_slice(&self.json).ok()?;
+        body.usage
+    }
+}
+
+/// The usage an SSE event carries: a chat chunk with a `usage` object, or a Responses
+/// `response.completed` (also `incomplete` and `failed`, which are billed too).
+fn usage_of_event(operation: Operation, ev: SseEvent<'_>) -> Option<WireUsage> {
+    match operation {
+        Operation::Chat | Operation::Embeddings => {
+            // Nearly every chunk is a delta without usage (or with `"usage": null`): a scan
+            // decides before any parse.
+            if !has_usage_object(ev.data) {
+                return None;
+            }
+            serde_json::from_str::<JsonAnswer>(ev.data).ok()?.usage
+        }
+        Operation::Responses => {
+            let named = ev.event.unwrap_or("");
+            let ends = [
+                "response.completed",
+                "response.incomplete",
+                "response.failed",
+            ];
+            if !ends.contains(&named) && !ends.iter().any(|e| ev.data.contains(e)) {
+                return None;
+            }
+            serde_json::from_str::<ResponsesEvent>(ev.data)
+                .ok()?
+                .response?
+                .usage
+        }
+    }
+}
+
+/// Whether `data` has `"usage"` followed by an object (not `null`).
+fn has_usage_object(data: &str) -> bool {
+    data.match_indices("\"usage\"").any(|(at, found)| {
+        let rest = data[at + found.len()..].trim_start();
+        rest.strip_prefix(':')
+            .is_some_and(|r| r.trim_start().starts_with('{'))
+    })
+}
+
+#[derive(Deserialize)]
+struct JsonAnswer {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesEvent {
+    #[serde(default)]
+    response: Option<JsonAnswer>,
+}
+
+/// Chat, Responses and embeddings usage in one: each names the fields its own way.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+struct WireUsage {
+    #[serde(default, alias = "input_tokens")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, alias = "output_tokens")]
+    completion_tokens: Option<u64>,
+    #[serde(default, alias = "input_tokens_details")]
+    prompt_tokens_details: Option<Details>,
+    #[serde(default, alias = "output_tokens_details")]
+    completion_tokens_details: Option<Details>,
+    /// DeepSeek.
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn normalised(&self) -> TokenUsage {
+        let prompt = self.prompt_tokens.unwrap_or(0);
+        let cached = self
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .or(self.prompt_cache_hit_tokens)
+            .unwrap_or(0)
+            .min(prompt);
+        TokenUsage {
+            input_tokens: prompt - cached,
+            output_tokens: self.completion_tokens.unwrap_or(0),
+            cache_read_input_tokens: cached,
+            ..TokenUsage::default()
+        }
+    }
+
+    fn reasoning(&self) -> u64 {
+        self.completion_tokens_details
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0)
+    }
+}
+
+/// For a streamed chat request that did not ask for usage, the body asking for it (so every
+/// stream can be billed); `None` when the body already asks or is not a stream. The field is
+/// inserted at the front of the object, leaving every other byte as the client sent it.
+pub fn ask_for_usage(body: &[u8]) -> Option<Bytes> {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(default)]
+        stream: Option<bool>,
+        #[serde(default)]
+        stream_options: Option<serde_json::Value>,
+    }
+    let peek: Peek = serde_json::from_slice(body).ok()?;
+    if peek.stream != Some(true) {
+        return None;
+    }
+    match peek.stream_options {
+        Some(options) if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) => {
+            None
+        }
+        // Present but not asking: rewrite it (key order may change; the upstream does not care).
+        Some(_) => {
+            let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+            value["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+            serde_json::to_vec(&value).ok().map(Bytes::from)
+        }
+        None => {
+            let open = body.iter().position(|b| *b == b'{')?;
+            let mut out = Vec::with_capacity(body.len() + 40);
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(&body[open + 1..]);
+            Some(Bytes::from(out))
+        }
+    }
+}
+
+/// Passes a chat stream through byte for byte, but for the usage-only chunk (`choices: []` with
+/// a `usage` object) that Switchyard asked for on the client's behalf. Events are held only
+/// until the blank line that ends them.
+#[derive(Debug, Default)]
+pub struct HideUsageChunk {
+    pending: BytesMut,
+}
+
+impl Translate for HideUsageChunk {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) {
+        self.pending.extend_from_slice(chunk);
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end);
+            if !is_usage_only(&event) {
+                out.extend_from_slice(&event);
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        let rest = std::mem::take(&mut self.pending);
+        if !is_usage_only(&rest) {
+            out.extend_from_slice(&rest);
+        }
+    }
+}
+
+/// The end (exclusive) of the first complete event in `buf`: after its blank line.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            let next = &buf[i + 1..];
+            if next.starts_with(b"\n") {
+                return Some(i + 2);
+            }
+            if next.starts_with(b"\r\n") {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn is_usage_only(event: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+        #[serde(default)]
+        usage: Option<serde_json::Value>,
+    }
+    let Ok(text) = std::str::from_utf8(event) else {
+        return false;
+    };
+    if !has_usage_object(text) {
+        return false;
+    }
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n");
+    serde_json::from_str::<Chunk>(&data).is_ok_and(|c| {
+        c.choices.is_some_and(|c| c.is_empty()) && c.usage.is_some_and(|u| u.is_object())
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/clients/responses/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(path).unwrap()
+    }
+
+    fn read(op: Operation, streaming: bool, body: &[u8], split: usize) -> OpenAiUsage {
+        let mut u = OpenAiUsage::new(op, streaming);
+        for part in body.chunks(split.max(1)) {
+            u.observe(part);
+        }
+        u
+    }
+
+    #[test]
+    fn chat_stream_usage_is_normalised_whatever_the_chunking() {
+        let body = fixture("openai_chat_stream.txt");
+        let whole = read(Operation::Chat, true, &body, body.len()).usage();
+        assert!(
+            whole.input_tokens + whole.cache_read_input_tokens > 0,
+            "{whole:?}"
+        );
+        for split in [1, 7, 64] {
+            assert_eq!(read(Operation::Chat, true, &body, split).usage(), whole);
+        }
+        let tools = fixture("openai_chat_stream_tool_calls.txt");
+        assert!(read(Operation::Chat, true, &tools, 5).usage().output_tokens > 0);
+    }
+
+    #[test]
+    fn cached_tokens_are_taken_out_of_the_prompt() {
+        let chat = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":100,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":30},"completion_tokens_details":{"reasoning_tokens":8}}}"#;
+        let u = read(Operation::Chat, false, chat, 9);
+        assert_eq!(
+            u.usage(),
+            TokenUsage {
+                input_tokens: 70,
+                output_tokens: 20,
+                cache_read_input_tokens: 30,
+                ..TokenUsage::default()
+            }
+        );
+        assert_eq!(u.reasoning_tokens(), 8);
+        let responses = br#"{"id":"r","usage":{"input_tokens":50,"input_tokens_details":{"cached_tokens":50},"output_tokens":5}}"#;
+        assert_eq!(
+            read(Operation::Responses, false, responses, 4)
+                .usage()
+                .input_tokens,
+            0
+        );
+        let deepseek = br#"{"usage":{"prompt_tokens":40,"completion_tokens":2,"prompt_cache_hit_tokens":32,"prompt_cache_miss_tokens":8}}"#;
+        let u = read(Operation::Chat, false, deepseek, 3).usage();
+        assert_eq!((u.input_tokens, u.cache_read_input_tokens), (8, 32));
+        let embeddings =
+            br#"{"object":"list","data":[],"usage":{"prompt_tokens":9,"total_tokens":9}}"#;
+        assert_eq!(
+            read(Operation::Embeddings, false, embeddings, 2)
+                .usage()
+                .input_tokens,
+            9
+        );
+        assert_eq!(
+            read(Operation::Chat, false, b"{\"error\":{}}", 3).usage(),
+            TokenUsage::default()
+        );
+    }
+
+    #[test]
+    fn responses_streams_are_billed_from_their_last_event() {
+        for name in [
+            "openai_responses_stream.txt",
+            "openai_responses_stream_function_call.txt",
+        ] {
+            let body = fixture(name);
+            let whole = read(Operation::Responses, true, &body, body.len()).usage();
+            assert!(whole.output_tokens > 0, "{name}: {whole:?}");
+            assert_eq!(
+                read(Operation::Responses, true, &body, 3).usage(),
+                whole,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_is_asked_for_without_touching_the_rest() {
+        let body = br#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+        let asked = ask_for_usage(body).unwrap();
+        assert_eq!(
+            asked.as_ref(),
+            br#"{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[]}"#
+        );
+        assert!(ask_for_usage(br#"{"stream":false}"#).is_none());
+        assert!(
+            ask_for_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#).is_none()
+        );
+        let rewritten =
+            ask_for_usage(br#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#)
+                .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({ "include_usage": true, "x": 1 })
+        );
+    }
+
+    #[test]
+    fn the_usage_chunk_is_hidden_at_every_split() {
+        let events = [
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        let all = events.concat();
+        let want = [events[0], events[1], events[3]].concat();
+        for split in 1..all.len() {
+            let mut hide = HideUsageChunk::default();
+            let mut out = BytesMut::new();
+            hide.feed(&all.as_bytes()[..split], &mut out);
+            hide.feed(&all.as_bytes()[split..], &mut out);
+            hide.finish(&mut out);
+            assert_eq!(out.as_ref(), want.as_bytes(), "split at {split}");
+        }
+        // CRLF framing too, and a stream without the chunk is untouched.
+        let crlf =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\n\r\ndata: [DONE]\r\n\r\n";
+        let mut out = BytesMut::new();
+        let mut hide = HideUsageChunk::default();
+        hide.feed(crlf.as_bytes(), &mut out);
+        hide.finish(&mut out);
+        assert_eq!(out.as_ref(), b"data: [DONE]\r\n\r\n");
+    }
+}
