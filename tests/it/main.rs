@@ -10,3 +10,4 @@ mod scheduler;
 mod store_conformance;
 mod support;
 mod surfaces;
+mod translate;

@@ -1,0 +1,293 @@
+//! OpenAI chat completions for Claude and Gemini models, end to end: the upstream gets its own
+//! wire format, the client exactly OpenAI's, usage is what the upstream reported, errors come
+//! back in OpenAI's shape, and failover and limits work as for native requests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, TOOL_TRIGGER, http_client};
+use crate::support::relay::Relay;
+
+fn chat(model: &str, stream: bool, include_usage: bool) -> Value {
+    let mut body = json!({
+        "model": model,
+        "stream": stream,
+        "max_tokens": 50,
+        "messages": [
+            { "role": "system", "content": "be brief" },
+            { "role": "user", "content": [
+                { "type": "text", "text": "what is in this image?" },
+                { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBORw0KGgo=" } }
+            ] }
+        ],
+    });
+    if include_usage {
+        body["stream_options"] = json!({ "include_usage": true });
+    }
+    body
+}
+
+async fn send(relay: &Relay, key: &str, body: &Value) -> (u16, String, String) {
+    let resp = http_client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, resp.text().await.unwrap())
+}
+
+/// The chunks of an OpenAI SSE answer, and whether it ended with `[DONE]`.
+fn chunks(sse: &str) -> (Vec<Value>, bool) {
+    let payloads: Vec<&str> = sse
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    let done = payloads.last() == Some(&"[DONE]");
+    let chunks = payloads
+        .iter()
+        .filter(|p| **p != "[DONE]")
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    (chunks, done)
+}
+
+fn text_of(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+async fn logged(relay: &Relay, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        relay.app.stats.flush().await;
+        let rows = relay.requests("limit=50").await;
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {n} requests logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_on_claude_models_speak_messages_upstream_and_openai_back() {
+    let mock = MockUpstream::start().await;
+    let usage = MockUsage {
+        input: 40,
+        output: 9,
+        cache_read: 100,
+        ..MockUsage::default()
+    };
+    mock.set_default(Behavior::Ok(usage));
+    let relay = Relay::start().await;
+    relay.add_account(&mock, "sk-ant", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let model = "claude-sonnet-4-5";
+
+    let (status, content_type, body) = send(&relay, &key, &chat(model, true, true)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(content_type.starts_with("text/event-stream"));
+    let (chunks, done) = chunks(&body);
+    assert!(done, "{body}");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(!text_of(&chunks).is_empty());
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["model"] == model && c["object"] == "chat.completion.chunk")
+    );
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    // OpenAI counts cached tokens inside the prompt.
+    assert_eq!(usage_chunk["usage"]["prompt_tokens"], 140);
+    assert_eq!(
+        usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"],
+        100
+    );
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], 9);
+
+    // What went upstream is a Messages request.
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.header("x-api-key"), Some("sk-ant"));
+    let messages = sent.json();
+    assert_eq!(messages["system"], "be brief");
+    assert_eq!(messages["max_tokens"], 50);
+    assert_eq!(messages["stream"], true);
+    assert_eq!(messages["messages"][0]["content"][1]["type"], "image");
+
+    // JSON.
+    let (status, content_type, body) = send(&relay, &key, &chat(model, false, false)).await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/json"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["prompt_tokens"], 140);
+
+    // Usage as Anthropic reported it, priced at the Claude model.
+    let rows = logged(&relay, 2).await;
+    for row in &rows {
+        assert_eq!(row["surface"], "openai");
+        assert_eq!(row["model"], model);
+        assert_eq!(
+            (
+                row["input_tokens"].as_u64(),
+                row["cache_read_input_tokens"].as_u64()
+            ),
+            (Some(40), Some(100))
+        );
+        // $3 in, $15 out, $0.30 cache read per MTok.
+        assert_eq!(row["cost_nanousd"], 40 * 3_000 + 9 * 15_000 + 100 * 300);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_on_gemini_models_with_tools() {
+    let mock = MockUpstream::start().await;
+    let usage = MockUsage {
+        input: 30,
+        output: 6,
+        cache_read: 10,
+        ..MockUsage::default()
+    };
+    mock.set_default(Behavior::Ok(usage));
+    let relay = Relay::start().await;
+    relay
+        .add_account(
+            &mock,
+            "gem-key",
+            json!({ "provider": "gemini", "base_url": mock.base_url() }),
+        )
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    let model = "gemini-2.5-flash";
+
+    let (status, _, body) = send(&relay, &key, &chat(model, true, true)).await;
+    assert_eq!(status, 200, "{body}");
+    let (chunks, done) = chunks(&body);
+    assert!(done);
+    assert!(!text_of(&chunks).is_empty());
+    assert_eq!(chunks.last().unwrap()["usage"]["prompt_tokens"], 40);
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(
+        sent.path,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    );
+    assert_eq!(sent.query_param("alt").as_deref(), Some("sse"));
+    assert_eq!(sent.header("x-goog-api-key"), Some("gem-key"));
+    assert_eq!(
+        sent.json()["systemInstruction"]["parts"][0]["text"],
+        "be brief"
+    );
+
+    // A tool call comes back as OpenAI tool_calls.
+    let body = json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": format!("run it {TOOL_TRIGGER}") }],
+        "tools": [{ "type": "function", "function": { "name": "run", "parameters": { "type": "object", "properties": { "command": { "type": "string" } } } } }],
+    });
+    let (status, _, answer) = send(&relay, &key, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "run");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args.is_object());
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+
+    let rows = logged(&relay, 2).await;
+    assert!(
+        rows.iter()
+            .all(|r| r["input_tokens"] == 30 && r["cache_read_input_tokens"] == 10)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn translated_errors_failover_limits_and_cuts() {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    let relay = Relay::start_configured(|c| {
+        c.upstream.idle_timeout_secs = 1;
+        c.scheduler.overload_cooldown_secs = 1;
+        c.scheduler.failure_cooldown_secs = 1;
+    })
+    .await;
+    relay
+        .add_account(&a, "sk-a", json!({ "priority": 1 }))
+        .await;
+    relay
+        .add_account(&b, "sk-b", json!({ "priority": 2 }))
+        .await;
+    let (key_id, key) = relay.create_key("k").await;
+    let model = "claude-sonnet-4-5";
+
+    // Overloaded before the first byte: the other account answers, translated.
+    a.push_behavior(Behavior::overloaded());
+    let (status, _, body) = send(&relay, &key, &chat(model, true, false)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(chunks(&body).1);
+    assert_eq!(b.served(), 1);
+
+    // An upstream 400 comes back with its status, in OpenAI's shape (once `a` is back).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.push_behavior(Behavior::error(
+        400,
+        "invalid_request_error",
+        "max_tokens too big",
+    ));
+    let (status, content_type, body) = send(&relay, &key, &chat(model, true, false)).await;
+    assert_eq!(status, 400);
+    assert!(content_type.starts_with("application/json"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["message"], "max_tokens too big");
+
+    // Every account failing: the last failure, translated.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.push_behavior(Behavior::error(500, "api_error", "a down"));
+    b.push_behavior(Behavior::error(500, "api_error", "b down"));
+    let (status, _, body) = send(&relay, &key, &chat(model, false, false)).await;
+    assert_eq!(status, 500, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "server_error");
+
+    // A stream that stalls after it started ends with an OpenAI error chunk, not [DONE].
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.push_behavior(Behavior::StallAfterStart(MockUsage::new(5, 5)));
+    let (status, _, body) = send(&relay, &key, &chat(model, true, false)).await;
+    assert_eq!(status, 200);
+    let (chunks, done) = chunks(&body);
+    assert!(!done, "{body}");
+    assert!(
+        chunks.last().unwrap()["error"]["message"].is_string(),
+        "{body}"
+    );
+
+    // Limits apply to translated requests as to any other.
+    relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{key_id}"),
+            Some(json!({ "limits": { "blocked_models": ["claude-*"] } })),
+        )
+        .await;
+    let (status, _, body) = send(&relay, &key, &chat(model, false, false)).await;
+    assert_eq!(status, 403);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "model_not_allowed");
+}
