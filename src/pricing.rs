@@ -705,7 +705,34 @@ mod tests {
     #[test]
     fn builtin_parses() {
         let table = PriceTable::builtin().unwrap();
-        assert_eq!(table.len(), 16);
+        assert_eq!(table.len(), 39);
+    }
+
+    #[test]
+    fn openai_gemini_and_deepseek_models_are_priced() {
+        let p = Pricing::from_config(&PricingConfig::default(), None).unwrap();
+        let u = TokenUsage {
+            input_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            cache_read_input_tokens: 1_000_000,
+            ..TokenUsage::default()
+        };
+        let usd = |model: &str| {
+            let c = p.cost(model, &u);
+            assert!(c.known_model, "{model}");
+            c.nanousd
+        };
+        // in + out + cached input, per million each.
+        assert_eq!(usd("gpt-4o-2024-08-06"), 13_750_000_000);
+        assert_eq!(usd("gpt-4o-mini"), 825_000_000);
+        assert_eq!(usd("gpt-5-codex"), 11_375_000_000);
+        assert_eq!(usd("gpt-5-mini"), 2_275_000_000);
+        assert_eq!(usd("o4-mini"), 5_775_000_000);
+        assert_eq!(usd("gemini-2.5-flash"), 2_875_000_000);
+        assert_eq!(usd("gemini-2.5-flash-lite"), 525_000_000);
+        assert_eq!(usd("gemini-2.5-pro"), 11_560_000_000);
+        assert_eq!(usd("deepseek-chat"), 728_000_000);
+        assert_eq!(usd("text-embedding-3-small"), 40_000_000);
     }
 
     #[test]
@@ -804,7 +831,7 @@ mod tests {
                 30_000_000
             ))
         );
-        assert_eq!(t.price("gpt-4o"), None);
+        assert_eq!(t.price("llama-3-70b"), None);
         assert_eq!(t.price("claude-2.1"), None);
     }
 
