@@ -1,9 +1,14 @@
 //! A response body that shows every chunk to an observer and passes it on unchanged.
 //!
-//! Nothing is buffered or reordered: each frame the upstream yields is handed to the client in
-//! the same poll. The observer hears how the body ended exactly once: when the upstream body
-//! finished, when it failed, or when the tap was dropped first (the client went away; dropping
-//! the inner body cancels the upstream request).
+//! Nothing is reordered or held back for long: the observer sees each frame the moment the
+//! upstream yields it. Frames that arrive back to back are handed on merged (at most
+//! `COALESCE_MAX` bytes, after at most `COALESCE_YIELDS` turns of the scheduler): hyper's client
+//! body delivers one frame per poll and the server writes whenever the body is not ready, so
+//! passing frames one by one costs one `writev` per SSE event, which dominated a streamed
+//! answer's CPU (docs/benchmarks.md). A frame that arrives after a quiet moment goes out as soon
+//! as the scheduler comes back to this task. The observer hears how the body ended exactly once:
+//! when the upstream body finished, when it failed, or when the tap was dropped first (the client
+//! went away; dropping the inner body cancels the upstream request).
 //!
 //! A stream that stalls (nothing for the idle timeout) or fails is cut; when the observer can
 //! say so in the client's protocol (an SSE error event), the client gets that event and a clean
@@ -14,7 +19,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
@@ -40,7 +45,7 @@ pub trait Observer: Send + 'static {
     }
 }
 
-pub struct Tap<B, O: Observer> {
+pub struct Tap<B: Body, O: Observer> {
     inner: B,
     /// `None` once the end was reported.
     observer: Option<O>,
@@ -50,14 +55,26 @@ pub struct Tap<B, O: Observer> {
     trailer: Option<Bytes>,
     /// Set after a cut: the inner body is not polled again.
     cut: bool,
+    /// Data received and observed but not yet handed on (coalescing).
+    held: BytesMut,
+    /// Times this task yielded with `held` waiting for a next frame.
+    yields: u8,
+    /// What the inner body said after `held` began (its end, an error, trailers): handed on
+    /// right after `held`.
+    stashed: Option<Option<Result<Frame<Bytes>, B::Error>>>,
 }
+
+/// Merged frames are handed on at this size at the latest.
+const COALESCE_MAX: usize = 64 * 1024;
+/// Held data is handed on after this many turns of the scheduler without a new frame.
+const COALESCE_YIELDS: u8 = 3;
 
 struct Idle {
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
 }
 
-impl<B, O: Observer> Tap<B, O> {
+impl<B: Body, O: Observer> Tap<B, O> {
     pub fn new(inner: B, observer: O) -> Tap<B, O> {
         Tap {
             inner,
@@ -65,7 +82,22 @@ impl<B, O: Observer> Tap<B, O> {
             idle: None,
             trailer: None,
             cut: false,
+            held: BytesMut::new(),
+            yields: 0,
+            stashed: None,
         }
+    }
+
+    /// Hands on `next` now, or after the held data when there is some.
+    fn after_held(
+        &mut self,
+        next: Option<Result<Frame<Bytes>, B::Error>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if self.held.is_empty() {
+            return Poll::Ready(next);
+        }
+        self.stashed = Some(next);
+        Poll::Ready(Some(Ok(Frame::data(self.held.split().freeze()))))
     }
 
     /// Cuts the body when the upstream sends nothing for `timeout`.
@@ -96,7 +128,7 @@ impl<B, O: Observer> Tap<B, O> {
 impl<B, O> Body for Tap<B, O>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display + From<std::io::Error>,
+    B::Error: std::fmt::Display + From<std::io::Error> + Unpin,
     O: Observer + Unpin,
 {
     type Data = Bytes;
@@ -110,63 +142,98 @@ where
         if let Some(event) = this.trailer.take() {
             return Poll::Ready(Some(Ok(Frame::data(event))));
         }
+        if let Some(next) = this.stashed.take() {
+            return Poll::Ready(next);
+        }
         if this.cut {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(idle) = &mut this.idle {
-                    let deadline = tokio::time::Instant::now() + idle.timeout;
-                    idle.timer.as_mut().reset(deadline);
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(idle) = &mut this.idle {
+                        let deadline = tokio::time::Instant::now() + idle.timeout;
+                        idle.timer.as_mut().reset(deadline);
+                    }
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        // Trailers.
+                        Err(frame) => return this.after_held(Some(Ok(frame))),
+                    };
+                    if let Some(observer) = this.observer.as_mut() {
+                        observer.on_data(&data);
+                    }
+                    // Report the end before handing on the last bytes, so that whoever reads
+                    // the whole response can rely on it having been accounted.
+                    let end = this.inner.is_end_stream();
+                    if end {
+                        this.end(End::Complete);
+                    }
+                    if this.held.is_empty() && (end || data.len() >= COALESCE_MAX) {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    this.held.extend_from_slice(&data);
+                    this.yields = 0;
+                    if end || this.held.len() >= COALESCE_MAX {
+                        return Poll::Ready(Some(Ok(Frame::data(this.held.split().freeze()))));
+                    }
+                    // More may be ready already: keep reading.
                 }
-                if let (Some(data), Some(observer)) = (frame.data_ref(), this.observer.as_mut()) {
-                    observer.on_data(data);
+                Poll::Ready(Some(Err(e))) => {
+                    let next = match this.fail(e.to_string()) {
+                        Some(event) => Ok(Frame::data(event)),
+                        None => Err(e),
+                    };
+                    return this.after_held(Some(next));
                 }
-                // Report the end before handing on the last bytes, so that whoever reads the
-                // whole response can rely on it having been accounted.
-                if this.inner.is_end_stream() {
+                Poll::Ready(None) => {
                     this.end(End::Complete);
+                    return this.after_held(None);
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => match this.fail(e.to_string()) {
-                Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
-                None => Poll::Ready(Some(Err(e))),
-            },
-            Poll::Ready(None) => {
-                this.end(End::Complete);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let stalled = this
-                    .idle
-                    .as_mut()
-                    .is_some_and(|i| i.timer.as_mut().poll(cx).is_ready());
-                if !stalled {
-                    return Poll::Pending;
+                Poll::Pending if !this.held.is_empty() => {
+                    if this.yields < COALESCE_YIELDS {
+                        // Let the task that reads the upstream run; come back right after.
+                        this.yields += 1;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    this.yields = 0;
+                    return Poll::Ready(Some(Ok(Frame::data(this.held.split().freeze()))));
                 }
-                let timeout = this.idle.as_ref().map_or(Duration::ZERO, |i| i.timeout);
-                let message = format!(
-                    "the upstream sent nothing for {} s; the stream was cut",
-                    timeout.as_secs()
-                );
-                match this.fail(message.clone()) {
-                    Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
-                    None => Poll::Ready(Some(Err(B::Error::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        message,
-                    ))))),
+                Poll::Pending => {
+                    let stalled = this
+                        .idle
+                        .as_mut()
+                        .is_some_and(|i| i.timer.as_mut().poll(cx).is_ready());
+                    if !stalled {
+                        return Poll::Pending;
+                    }
+                    let timeout = this.idle.as_ref().map_or(Duration::ZERO, |i| i.timeout);
+                    let message = format!(
+                        "the upstream sent nothing for {} s; the stream was cut",
+                        timeout.as_secs()
+                    );
+                    return match this.fail(message.clone()) {
+                        Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+                        None => Poll::Ready(Some(Err(B::Error::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            message,
+                        ))))),
+                    };
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.trailer.is_none() && (self.cut || self.inner.is_end_stream())
+        self.trailer.is_none()
+            && self.held.is_empty()
+            && self.stashed.is_none()
+            && (self.cut || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.cut || self.trailer.is_some() {
+        if self.cut || self.trailer.is_some() || !self.held.is_empty() || self.stashed.is_some() {
             SizeHint::default()
         } else {
             self.inner.size_hint()
@@ -174,14 +241,14 @@ where
     }
 }
 
-impl<B, O: Observer> Drop for Tap<B, O> {
+impl<B: Body, O: Observer> Drop for Tap<B, O> {
     fn drop(&mut self) {
         self.end(End::Dropped);
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
@@ -209,6 +276,19 @@ mod tests {
                 .map_err(BoxError::from)
         });
         StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    /// A body fed by the test, frame by frame.
+    fn channel_body() -> (
+        tokio::sync::mpsc::Sender<&'static str>,
+        impl Body<Data = Bytes, Error = BoxError> + Unpin,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(1);
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+                .map(|c| c.map(|s| Ok::<_, BoxError>(Frame::data(Bytes::from(s)))))
+        });
+        (tx, StreamBody::new(stream))
     }
 
     /// An observer that can say "cut" in SSE.
@@ -276,12 +356,67 @@ mod tests {
         assert_eq!(seen.0.lock().unwrap().1, vec![End::Failed("reset".into())]);
 
         let seen = Seen::default();
-        let mut tap = Tap::new(body_of(vec![Ok("ab"), Ok("cd")]), seen.clone());
+        let (tx, body) = channel_body();
+        let mut tap = Tap::new(body, seen.clone());
+        tx.send("ab").await.unwrap();
         let first = tap.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "ab");
+        tx.send("cd").await.unwrap();
         drop(tap);
         let s = seen.0.lock().unwrap();
         assert_eq!(s.0, b"ab");
         assert_eq!(s.1, vec![End::Dropped]);
+    }
+
+    #[tokio::test]
+    async fn frames_ready_together_go_out_merged_and_the_observer_sees_each() {
+        let seen = Seen::default();
+        let mut tap = Tap::new(
+            body_of(vec![Ok("a"), Ok("b"), Ok("c"), Ok("d")]),
+            seen.clone(),
+        );
+        let mut frames = Vec::new();
+        while let Some(frame) = tap.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(frames, vec![Bytes::from_static(b"abcd")]);
+        let (data, ends) = seen.0.lock().unwrap().clone();
+        assert_eq!((data.as_slice(), ends), (&b"abcd"[..], vec![End::Complete]));
+    }
+
+    #[tokio::test]
+    async fn a_frame_after_a_quiet_moment_is_not_held_for_the_next() {
+        let (tx, body) = channel_body();
+        let seen = Seen::default();
+        let mut tap = Tap::new(body, seen.clone());
+        tx.send("first").await.unwrap();
+        // Nothing else comes until the client got the first frame: it must not wait for more.
+        let first = tokio::time::timeout(Duration::from_secs(5), tap.frame())
+            .await
+            .expect("the first frame was held back");
+        assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "first");
+        tx.send("second").await.unwrap();
+        drop(tx);
+        let second = tap.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(second, "second");
+        assert!(tap.frame().await.is_none());
+        assert_eq!(seen.0.lock().unwrap().1, vec![End::Complete]);
+    }
+
+    #[tokio::test]
+    async fn held_data_goes_out_before_a_failure() {
+        let seen = Sse::default();
+        let mut tap = Tap::new(body_of(vec![Ok("x"), Ok("y"), Err("reset")]), seen.clone());
+        let mut out = Vec::new();
+        while let Some(frame) = tap.frame().await {
+            out.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(out[0], "xy");
+        assert!(out[1].starts_with(b"event: error"));
+        assert_eq!(out.len(), 2);
+        assert!(matches!(
+            seen.0.0.lock().unwrap().1.as_slice(),
+            [End::Failed(_)]
+        ));
     }
 }
