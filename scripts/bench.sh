@@ -228,7 +228,10 @@ admin() {
 # setup_switchyard NAME: one key and two accounts, both on the mock.
 setup_switchyard() {
   local name=$1
-  SY_KEY[$name]=$(admin "$name" /admin/keys '{"name": "bench"}' |
+  # Limits on, as a team would set them: every request is admitted against a concurrency cap, an
+  # hourly request window and a daily budget (none of them binding at this load), and settled.
+  SY_KEY[$name]=$(admin "$name" /admin/keys '{"name": "bench", "limits": {"max_concurrency": 4096,
+    "daily_cost_nanousd": 1000000000000000, "window": {"seconds": 3600, "requests": 1000000000}}}' |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
   for n in a b; do
     admin "$name" /admin/accounts "{\"name\": \"mock-$n\", \"provider\": \"anthropic\",
