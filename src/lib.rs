@@ -39,3 +39,17 @@ pub mod store;
 pub mod stream;
 pub mod translate;
 pub mod usage;
+
+/// Helpers for the unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A captured upstream answer from `tests/fixtures/clients/responses/`.
+    #[allow(clippy::panic)]
+    pub fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/clients/responses/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+}

@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use super::Collected;
 use super::sse::SseFramer;
 use crate::usage::TokenUsage;
 
@@ -18,8 +19,7 @@ const MAX_JSON_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub struct GeminiUsage {
     /// `Some` for an SSE answer.
     framer: Option<SseFramer>,
-    json: Vec<u8>,
-    gave_up: bool,
+    json: Collected,
     last: Option<Metadata>,
     /// Image parts seen in an SSE answer.
     images: u64,
@@ -29,8 +29,7 @@ impl GeminiUsage {
     pub fn new(streaming: bool) -> GeminiUsage {
         GeminiUsage {
             framer: streaming.then(SseFramer::new),
-            json: Vec::new(),
-            gave_up: false,
+            json: Collected::new(MAX_JSON_BODY_BYTES, "Gemini answer"),
             last: None,
             images: 0,
         }
@@ -50,13 +49,7 @@ impl GeminiUsage {
                     }
                 }
             }),
-            None if self.gave_up => {}
-            None if self.json.len() + chunk.len() > MAX_JSON_BODY_BYTES => {
-                tracing::warn!("Gemini answer too large to read usage from; it is not billed");
-                self.gave_up = true;
-                self.json = Vec::new();
-            }
-            None => self.json.extend_from_slice(chunk),
+            None => self.json.push(chunk),
         }
     }
 
@@ -73,7 +66,7 @@ impl GeminiUsage {
 
     /// A JSON object, or the array a stream without `alt=sse` is.
     fn parse_json(&self) -> (Option<Metadata>, u64) {
-        let body = self.json.as_slice();
+        let body = self.json.bytes();
         let trimmed = body.trim_ascii_start();
         if trimmed.starts_with(b"[") {
             let Ok(chunks) = serde_json::from_slice::<Vec<Chunk>>(trimmed) else {
@@ -173,14 +166,7 @@ impl Metadata {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/tests/fixtures/clients/responses/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(path).unwrap()
-    }
+    use crate::testing::fixture;
 
     fn read(streaming: bool, body: &[u8], split: usize) -> TokenUsage {
         let mut u = GeminiUsage::new(streaming);

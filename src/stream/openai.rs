@@ -9,6 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
+use super::Collected;
 use super::sse::{SseEvent, SseFramer};
 use crate::translate::Translate;
 use crate::usage::TokenUsage;
@@ -30,8 +31,7 @@ pub struct OpenAiUsage {
     operation: Operation,
     /// `Some` for an SSE answer.
     framer: Option<SseFramer>,
-    json: Vec<u8>,
-    gave_up: bool,
+    json: Collected,
     seen: Option<WireUsage>,
 }
 
@@ -40,8 +40,7 @@ impl OpenAiUsage {
         OpenAiUsage {
             operation,
             framer: streaming.then(SseFramer::new),
-            json: Vec::new(),
-            gave_up: false,
+            json: Collected::new(MAX_JSON_BODY_BYTES, "OpenAI JSON answer"),
             seen: None,
         }
     }
@@ -55,13 +54,7 @@ impl OpenAiUsage {
                     *seen = Some(usage);
                 }
             }),
-            None if self.gave_up => {}
-            None if self.json.len() + chunk.len() > MAX_JSON_BODY_BYTES => {
-                tracing::warn!("OpenAI JSON answer too large to read usage from; it is not billed");
-                self.gave_up = true;
-                self.json = Vec::new();
-            }
-            None => self.json.extend_from_slice(chunk),
+            None => self.json.push(chunk),
         }
     }
 
@@ -79,7 +72,7 @@ impl OpenAiUsage {
         if self.framer.is_some() {
             return self.seen;
         }
-        let body: JsonAnswer = serde_json::from_slice(&self.json).ok()?;
+        let body: JsonAnswer = serde_json::from_slice(self.json.bytes()).ok()?;
         body.usage
     }
 }
@@ -293,14 +286,7 @@ fn is_usage_only(event: &[u8]) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/tests/fixtures/clients/responses/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(path).unwrap()
-    }
+    use crate::testing::fixture;
 
     fn read(op: Operation, streaming: bool, body: &[u8], split: usize) -> OpenAiUsage {
         let mut u = OpenAiUsage::new(op, streaming);

@@ -221,17 +221,10 @@ impl SseFramer {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::testing::fixture;
     use proptest::prelude::*;
 
     type Owned = (Option<String>, String);
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/tests/fixtures/clients/responses/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     fn collect(framer: &mut SseFramer, chunks: &[&[u8]]) -> Vec<Owned> {
         let mut out = Vec::new();

@@ -364,14 +364,7 @@ pub fn error_body(status: u16, anthropic_body: &[u8]) -> Bytes {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/tests/fixtures/clients/responses/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(path).unwrap()
-    }
+    use crate::testing::fixture;
 
     fn run(t: &mut impl Translate, body: &[u8], split: usize) -> String {
         let mut out = BytesMut::new();

@@ -160,15 +160,8 @@ impl Translate for ToChatJson {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::testing::fixture;
     use serde_json::{Value, json};
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/tests/fixtures/clients/responses/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     fn translate(chunks: &[&[u8]]) -> Value {
         let mut t = ToChatJson::new("my-model", 1_700_000_000);

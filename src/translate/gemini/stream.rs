@@ -284,15 +284,8 @@ impl State {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::testing::fixture;
     use serde_json::{Value, json};
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/tests/fixtures/clients/responses/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     fn run(include_usage: bool, chunks: &[&[u8]]) -> Vec<u8> {
         let mut t = ToChatStream::new("my-model", include_usage, 1_700_000_000);
