@@ -29,8 +29,8 @@ pub struct App {
     pub started: Instant,
     /// What limits are judged by (tests move it).
     pub clock: Clock,
-    /// `config.limits.timezone`, resolved once.
-    pub timezone: jiff::tz::TimeZone,
+    /// Days and weeks in `config.limits.timezone`.
+    pub calendar: crate::limits::meters::Calendar,
     pricing: RwLock<Arc<Pricing>>,
     /// Where generated images are kept (`images.storage`); `None` when not configured.
     pub image_storage: Option<Arc<crate::images::storage::Storage>>,
@@ -94,7 +94,7 @@ impl App {
             admin_token_file,
             started: Instant::now(),
             clock: Clock::default(),
-            timezone,
+            calendar: crate::limits::meters::Calendar::new(timezone),
             pricing: RwLock::new(Arc::new(pricing)),
             image_storage,
         });

@@ -14,6 +14,8 @@ pub mod meters;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use crate::app::App;
 use crate::auth::new_id;
 use crate::error::{ApiError, ErrorKind};
@@ -146,15 +148,25 @@ impl Drop for Release {
         if !self.held {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime left (process exit): the leases expire on their own.
-            return;
-        };
         let store = Arc::clone(&self.store);
         let key_id = std::mem::take(&mut self.key_id);
         let account_id = self.account_id.take();
         let used = std::mem::take(&mut self.used);
         let lease = self.lease.clone();
+        if store.is_local() {
+            // In memory: done in one poll, no task to spawn on the request path.
+            let done = match &account_id {
+                Some(account) => store.release(&key_id, Some(account), &lease).now_or_never(),
+                None => store.settle(&key_id, &lease, &used).now_or_never(),
+            };
+            if matches!(done, Some(Ok(()))) {
+                return;
+            }
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime left (process exit): the leases expire on their own.
+            return;
+        };
         // Stopped by: success, or the last retry (a few seconds); past that the lease expires
         // on its own after its ttl (and a settle's use is lost: logged).
         runtime.spawn(async move {
@@ -246,7 +258,7 @@ pub async fn admit(
     let planned = meters::plan(
         limits,
         now_ms,
-        &app.timezone,
+        &app.calendar,
         Families::Of(family),
         estimate(app, request),
         ttl_ms,
@@ -300,7 +312,7 @@ pub async fn admit(
                 ErrorKind::Permission,
                 format!(
                     "this API key was valid for {days} days from its first use ({}); it expired",
-                    show_time(first_used_at, &app.timezone)
+                    show_time(first_used_at, app.calendar.tz())
                 ),
             )
             .with_code("key_expired"))
@@ -338,7 +350,7 @@ fn refusal(app: &App, planned: Option<&Planned>, usage: MeterUse, now_ms: i64) -
     }
     let when = resets.map_or_else(
         || "it does not reset".to_owned(),
-        |at| format!("it resets at {}", show_time(at, &app.timezone)),
+        |at| format!("it resets at {}", show_time(at, app.calendar.tz())),
     );
     let message = format!(
         "this key's {} limit of {limit} is reached ({used} used); {when}",

@@ -528,7 +528,14 @@ pub struct Pricing {
     table: PriceTable,
     default: ModelPrice,
     images: ImageTable,
+    /// Resolved prices by model name: a lookup tries every glob of every layer, and the same few
+    /// models are priced twice per request (the reservation and the settle). Bounded: names past
+    /// `RESOLVED_MAX` are resolved every time.
+    resolved: std::sync::Arc<dashmap::DashMap<String, (ModelPrice, bool)>>,
 }
+
+/// How many model names `Pricing` remembers the price of.
+const RESOLVED_MAX: usize = 1024;
 
 /// What an image request's per-image price depends on, beyond its model.
 #[derive(Debug, Clone, Copy, Default)]
@@ -545,6 +552,7 @@ impl Pricing {
             table,
             default,
             images: ImageTable::default(),
+            resolved: Default::default(),
         }
     }
 
@@ -620,6 +628,7 @@ impl Pricing {
             table,
             default,
             images,
+            resolved: Default::default(),
         })
     }
 
@@ -639,8 +648,20 @@ impl Pricing {
         }
     }
 
+    /// `price`, remembered per model name.
+    fn resolved(&self, model: &str) -> (ModelPrice, bool) {
+        if let Some(hit) = self.resolved.get(model) {
+            return *hit;
+        }
+        let (price, known) = self.price(model);
+        if self.resolved.len() < RESOLVED_MAX {
+            self.resolved.insert(model.to_owned(), (*price, known));
+        }
+        (*price, known)
+    }
+
     pub fn cost(&self, model: &str, usage: &TokenUsage) -> Cost {
-        let (price, known_model) = self.price(model);
+        let (price, known_model) = self.resolved(model);
         Cost {
             nanousd: price.cost_nanousd(usage),
             known_model,

@@ -487,6 +487,12 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap liveness check (used by `/health`).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Whether the hot-path calls (`settle`, `release`) complete without waiting on anything
+    /// (in-memory state): the caller may then run them in place instead of on a task of their own.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     // --- key records (admin path) ---
     async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()>;
     async fn key(&self, id: &str) -> StoreResult<Option<KeyRecord>>;

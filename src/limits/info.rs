@@ -15,7 +15,7 @@ pub async fn view(app: &App, key: &KeyRecord, mut base: Value) -> Result<Value, 
     let planned = meters::plan(
         &key.limits,
         now_ms,
-        &app.timezone,
+        &app.calendar,
         Families::All,
         Estimate::default(),
         0,
@@ -31,7 +31,7 @@ pub async fn view(app: &App, key: &KeyRecord, mut base: Value) -> Result<Value, 
                 format!("the store is unavailable: {e}"),
             )
         })?;
-    let tz = &app.timezone;
+    let tz = app.calendar.tz();
     let mut usage = serde_json::Map::new();
     for (p, used) in planned.iter().zip(&state.meters) {
         let unit = match p.measure {

@@ -58,7 +58,7 @@ pub enum Families<'a> {
 pub fn plan(
     limits: &KeyLimits,
     now_ms: i64,
-    tz: &TimeZone,
+    calendar: &Calendar,
     family: Families<'_>,
     estimate: Estimate,
     lease_ttl_ms: i64,
@@ -115,9 +115,13 @@ pub fn plan(
         || limits.weekly_cost_nanousd.is_some()
         || !limits.weekly_family_cost_nanousd.is_empty();
     if needs_calendar {
-        let today = local_date(now_ms, tz)?;
+        let Day {
+            date: today,
+            period,
+            monday,
+            week,
+        } = calendar.day(now_ms)?;
         if let Some(limit) = limits.daily_cost_nanousd {
-            let period = (midnight(today, tz)?, midnight(add_days(today, 1)?, tz)?);
             push(
                 "daily_cost".into(),
                 format!("day:{today}"),
@@ -126,8 +130,6 @@ pub fn plan(
                 Some(period),
             );
         }
-        let monday = add_days(today, -i64::from(today.weekday().to_monday_zero_offset()))?;
-        let week = (midnight(monday, tz)?, midnight(add_days(monday, 7)?, tz)?);
         if let Some(limit) = limits.weekly_cost_nanousd {
             push(
                 "weekly_cost".into(),
@@ -159,6 +161,59 @@ pub fn plan(
         );
     }
     Ok(out)
+}
+
+/// Day and week boundaries in the limits' time zone, computed once per day (time-zone
+/// arithmetic is the dearest part of planning a request's counters).
+#[derive(Debug)]
+pub struct Calendar {
+    tz: TimeZone,
+    today: std::sync::RwLock<Option<Day>>,
+}
+
+/// One local day: its date, its span, and its week's Monday and span (unix ms, end exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Day {
+    date: Date,
+    period: (i64, i64),
+    monday: Date,
+    week: (i64, i64),
+}
+
+impl Calendar {
+    pub fn new(tz: TimeZone) -> Calendar {
+        Calendar {
+            tz,
+            today: std::sync::RwLock::new(None),
+        }
+    }
+
+    pub fn tz(&self) -> &TimeZone {
+        &self.tz
+    }
+
+    fn day(&self, now_ms: i64) -> Result<Day, ApiError> {
+        let within = |d: &Day| d.period.0 <= now_ms && now_ms < d.period.1;
+        if let Ok(cached) = self.today.read()
+            && let Some(day) = cached.as_ref().filter(|d| within(d))
+        {
+            return Ok(*day);
+        }
+        let tz = &self.tz;
+        let date = local_date(now_ms, tz)?;
+        let monday = add_days(date, -i64::from(date.weekday().to_monday_zero_offset()))?;
+        let day = Day {
+            date,
+            period: (midnight(date, tz)?, midnight(add_days(date, 1)?, tz)?),
+            monday,
+            week: (midnight(monday, tz)?, midnight(add_days(monday, 7)?, tz)?),
+        };
+        // Only the current day is kept; a clock moved backwards (tests) recomputes.
+        if let Ok(mut cached) = self.today.write() {
+            *cached = Some(day);
+        }
+        Ok(day)
+    }
 }
 
 fn time_error(e: jiff::Error) -> ApiError {
@@ -215,7 +270,7 @@ mod tests {
         let a = plan(
             &limits,
             ms("2026-11-22T12:09:59Z"),
-            &TimeZone::UTC,
+            &Calendar::new(TimeZone::UTC),
             Families::Of(None),
             est,
             1000,
@@ -232,7 +287,7 @@ mod tests {
         let b = plan(
             &limits,
             ms("2026-11-22T12:10:00Z"),
-            &TimeZone::UTC,
+            &Calendar::new(TimeZone::UTC),
             Families::Of(None),
             est,
             0,
@@ -255,7 +310,7 @@ mod tests {
         let p = plan(
             &limits,
             ms("2026-11-22T16:30:00Z"),
-            &tokyo,
+            &Calendar::new(tokyo.clone()),
             Families::Of(Some("opus")),
             Estimate::default(),
             0,
@@ -283,7 +338,7 @@ mod tests {
         let utc = plan(
             &limits,
             ms("2026-11-22T16:30:00Z"),
-            &TimeZone::UTC,
+            &Calendar::new(TimeZone::UTC),
             Families::Of(Some("sonnet")),
             Estimate::default(),
             0,

@@ -538,6 +538,10 @@ fn put_account(db: &Database, account: &AccountRecord, must_exist: bool) -> Stor
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    fn is_local(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         // Starting a read transaction surfaces a database that hit an I/O error or was closed.
         self.blocking(|db| db.begin_read().map(drop).map_err(db_err))
