@@ -363,6 +363,25 @@ async fn gemini_cli_requests_pass_unchanged_with_the_key_in_any_place() {
             "{path}: the client's key went upstream"
         );
     }
+    // Model lists: Gemini's, by path or by the Google credential on /v1/models.
+    for (path, header) in [
+        ("/v1beta/models", "x-goog-api-key"),
+        ("/v1/models", "x-goog-api-key"),
+    ] {
+        let resp = http_client()
+            .get(relay.url(path))
+            .header(header, &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["models"].as_array().is_some_and(|m| !m.is_empty()),
+            "{path}: {v}"
+        );
+        assert_eq!(mock.requests().pop().unwrap().path, path);
+    }
     // countTokens is relayed and not billed.
     relay.app.stats.flush().await;
     let before = relay.usage("").await["requests"].as_u64().unwrap();
