@@ -454,6 +454,7 @@ fn build_call(
         method: http::Method::POST,
         model: Some(ask.model.clone()),
         max_tokens: None,
+        client_body: body.clone(),
         body: upstream_body,
         usage: None,
         respond: Respond::Passthrough,

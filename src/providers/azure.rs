@@ -24,6 +24,17 @@ pub fn upstream_url(account: &Account, path: &str, model: Option<&str>) -> Strin
     )
 }
 
+/// Whether the account's api-version accepts `stream_options` (2024-09-01-preview and later;
+/// versions are dates, so they compare as strings).
+pub fn takes_stream_options(account: &Account) -> bool {
+    account
+        .record
+        .api_version
+        .as_deref()
+        .unwrap_or(DEFAULT_API_VERSION)
+        >= "2024-09-01"
+}
+
 pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
     let mut headers = super::forward_headers(client);
     headers.insert("api-key", account.api_key.clone());

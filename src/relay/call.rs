@@ -132,6 +132,8 @@ pub struct Call {
     pub max_tokens: Option<u64>,
     /// What to send upstream: the client's body, or its translation.
     pub body: Bytes,
+    /// The body as the client sent it (for an account that cannot take what `body` added).
+    pub client_body: Bytes,
     /// `Some` for billed requests.
     pub usage: Option<UsageKind>,
     pub respond: Respond,
@@ -211,6 +213,7 @@ pub fn build<'a>(
     native: &dyn Fn(&str) -> bool,
 ) -> Result<(Call, Hints<'a>), ApiError> {
     let surface = endpoint.surface();
+    let client_body = body;
     let call = |target, model, max_tokens, body, usage, respond| Call {
         surface,
         target,
@@ -218,6 +221,7 @@ pub fn build<'a>(
         model,
         max_tokens,
         body,
+        client_body: client_body.clone(),
         usage,
         respond,
         query: query.map(str::to_owned),
@@ -371,6 +375,7 @@ fn chat<'a>(
         ..Hints::default()
     };
     let max_tokens = p.max_completion_tokens.or(p.max_tokens);
+    let client = body;
     let call = |target, body, usage, respond, query: Option<String>| Call {
         surface,
         target,
@@ -378,6 +383,7 @@ fn chat<'a>(
         model: Some(model.clone()),
         max_tokens,
         body,
+        client_body: client.clone(),
         usage: Some(usage),
         respond,
         query,

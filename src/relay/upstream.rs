@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Response;
 
-use super::call::{Call, Target};
+use super::call::{Call, Respond, Target};
 use super::respond;
 use crate::app::App;
 use crate::body::Body;
@@ -57,7 +57,16 @@ pub(super) async fn send(
     let first_byte = call.first_byte_timeout.unwrap_or(Duration::from_secs(
         app.config.upstream.first_byte_timeout_secs,
     ));
-    let body = call.body.clone();
+    let body = match (&call.respond, account.record.provider) {
+        // Azure api-versions before 2024-09 refuse `stream_options`: such an account gets the
+        // client's body as it was (its stream then carries no usage to bill).
+        (Respond::HideUsageChunk, Provider::AzureOpenAi)
+            if !azure::takes_stream_options(account) =>
+        {
+            call.client_body.clone()
+        }
+        _ => call.body.clone(),
+    };
     let send = app
         .http
         .request(call.method.clone(), url)

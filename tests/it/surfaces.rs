@@ -271,6 +271,30 @@ async fn azure_uses_the_deployment_api_version_and_api_key() {
         ),
         (Some(100), Some(30))
     );
+
+    // An api-version from before `stream_options` gets the client's body as it was.
+    let old = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    add(
+        &relay,
+        &old,
+        "azure-openai",
+        json!({ "api_version": "2024-06-01" }),
+    )
+    .await;
+    let (_, key) = relay.create_key("k").await;
+    let raw = serde_json::to_vec(&body).unwrap();
+    let resp = http_client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), old.responses().pop().unwrap());
+    assert_eq!(old.requests().pop().unwrap().body.as_ref(), raw.as_slice());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
