@@ -19,17 +19,27 @@ const MAX_JSON_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub struct GeminiUsage {
     /// `Some` for an SSE answer.
     framer: Option<SseFramer>,
-    json: Collected,
+    /// A JSON answer: an object (collected whole), or an array (a stream without `alt=sse`),
+    /// read element by element so that a cut stream is billed for what it reported.
+    json: Json,
     last: Option<Metadata>,
-    /// Image parts seen in an SSE answer.
+    /// Image parts seen in streamed chunks.
     images: u64,
+}
+
+#[derive(Debug)]
+enum Json {
+    /// Nothing but whitespace yet.
+    Undecided(Collected),
+    Object(Collected),
+    Array(ArraySplitter),
 }
 
 impl GeminiUsage {
     pub fn new(streaming: bool) -> GeminiUsage {
         GeminiUsage {
             framer: streaming.then(SseFramer::new),
-            json: Collected::new(MAX_JSON_BODY_BYTES, "Gemini answer"),
+            json: Json::Undecided(Collected::new(MAX_JSON_BODY_BYTES, "Gemini answer")),
             last: None,
             images: 0,
         }
@@ -37,48 +47,152 @@ impl GeminiUsage {
 
     pub fn observe(&mut self, chunk: &[u8]) {
         let (last, images) = (&mut self.last, &mut self.images);
-        match &mut self.framer {
-            Some(framer) => framer.feed(chunk, |ev| {
-                if !ev.data.contains("usageMetadata") && !ev.data.contains("inlineData") {
+        let mut on_chunk = |data: &[u8]| {
+            if let Ok(c) = serde_json::from_slice::<Chunk>(data) {
+                *images += c.images();
+                if c.usage_metadata.is_some() {
+                    *last = c.usage_metadata;
+                }
+            }
+        };
+        if let Some(framer) = &mut self.framer {
+            framer.feed(chunk, |ev| {
+                if ev.data.contains("usageMetadata") || ev.data.contains("inlineData") {
+                    on_chunk(ev.data.as_bytes());
+                }
+            });
+            return;
+        }
+        if let Json::Undecided(collected) = &mut self.json {
+            collected.push(chunk);
+            match collected.bytes().trim_ascii_start().first() {
+                None => return,
+                Some(b'[') => {
+                    let mut array = ArraySplitter::new(MAX_JSON_BODY_BYTES);
+                    array.feed(collected.bytes(), &mut on_chunk);
+                    self.json = Json::Array(array);
                     return;
                 }
-                if let Ok(c) = serde_json::from_str::<Chunk>(ev.data) {
-                    *images += c.images();
-                    if c.usage_metadata.is_some() {
-                        *last = c.usage_metadata;
-                    }
+                Some(_) => {
+                    let collected = std::mem::replace(collected, Collected::new(0, ""));
+                    self.json = Json::Object(collected);
+                    return;
                 }
-            }),
-            None => self.json.push(chunk),
+            }
+        }
+        match &mut self.json {
+            Json::Array(array) => array.feed(chunk, &mut on_chunk),
+            Json::Object(collected) | Json::Undecided(collected) => collected.push(chunk),
         }
     }
 
     /// The usage reported so far (zero when none was).
     pub fn usage(&self) -> TokenUsage {
-        let (metadata, images) = match &self.framer {
-            Some(_) => (self.last, self.images),
-            None => self.parse_json(),
+        let (metadata, images) = match &self.json {
+            Json::Object(collected) if self.framer.is_none() => parse_object(collected.bytes()),
+            _ => (self.last, self.images),
         };
         let mut usage = metadata.map(|m| m.normalised()).unwrap_or_default();
         usage.images = images;
         usage
     }
+}
 
-    /// A JSON object, or the array a stream without `alt=sse` is.
-    fn parse_json(&self) -> (Option<Metadata>, u64) {
-        let body = self.json.bytes();
-        let trimmed = body.trim_ascii_start();
-        if trimmed.starts_with(b"[") {
-            let Ok(chunks) = serde_json::from_slice::<Vec<Chunk>>(trimmed) else {
-                return (None, 0);
-            };
-            let last = chunks.iter().rev().find_map(|c| c.usage_metadata);
-            (last, chunks.iter().map(Chunk::images).sum())
-        } else {
-            match serde_json::from_slice::<Chunk>(trimmed) {
-                Ok(c) => (c.usage_metadata, c.images()),
-                Err(_) => (None, 0),
+/// A JSON answer's usage and image count.
+fn parse_object(body: &[u8]) -> (Option<Metadata>, u64) {
+    match serde_json::from_slice::<Chunk>(body) {
+        Ok(c) => (c.usage_metadata, c.images()),
+        Err(_) => (None, 0),
+    }
+}
+
+/// Cuts a streamed JSON array into its elements as they complete, holding at most one element.
+/// Only object elements are reported; an element over the cap is skipped whole.
+#[derive(Debug)]
+struct ArraySplitter {
+    max_element_bytes: usize,
+    /// Open `[` and `{` outside strings; the array itself is depth 1.
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    element: Vec<u8>,
+    /// An object element is open and being collected.
+    capturing: bool,
+    /// The current element outgrew the cap.
+    skipping: bool,
+}
+
+impl ArraySplitter {
+    fn new(max_element_bytes: usize) -> ArraySplitter {
+        ArraySplitter {
+            max_element_bytes,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            element: Vec::new(),
+            capturing: false,
+            skipping: false,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8], mut on_element: impl FnMut(&[u8])) {
+        // Start of the part of `chunk` inside the current element, if one is open.
+        let mut start = self.capturing.then_some(0);
+        for (i, &b) in chunk.iter().enumerate() {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
             }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => {
+                    self.depth = self.depth.saturating_add(1);
+                    if self.depth == 2 && b == b'{' {
+                        self.capturing = true;
+                        start = Some(i);
+                    }
+                }
+                b'}' | b']' => {
+                    if self.depth == 2
+                        && let Some(from) = start.take()
+                    {
+                        self.append(&chunk[from..=i]);
+                        if !self.skipping {
+                            on_element(&self.element);
+                        }
+                        self.element.clear();
+                        self.capturing = false;
+                        self.skipping = false;
+                    }
+                    self.depth = self.depth.saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = start {
+            self.append(&chunk[from..]);
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        if self.skipping {
+            return;
+        }
+        if self.element.len().saturating_add(bytes.len()) > self.max_element_bytes {
+            tracing::warn!(
+                max_bytes = self.max_element_bytes,
+                "Gemini stream chunk over the size cap; its usage is skipped"
+            );
+            self.skipping = true;
+            self.element = Vec::new();
+        } else {
+            self.element.extend_from_slice(bytes);
         }
     }
 }
@@ -204,11 +318,23 @@ mod tests {
             ),
             (52, 10, 12, 1)
         );
-        // The array form of a stream: the last metadata counts.
+        // The array form of a stream: the last metadata counts, also when the stream is cut.
         let array = br#"[{"usageMetadata":{"promptTokenCount":5}},
 {"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":3}}]"#;
-        let u = read(false, array, 4);
-        assert_eq!((u.input_tokens, u.output_tokens), (5, 3));
+        for split in [1, 4, 200] {
+            let u = read(false, array, split);
+            assert_eq!((u.input_tokens, u.output_tokens), (5, 3), "split {split}");
+        }
+        let cut = &array[..array.len() - 10];
+        let u = read(false, cut, 7);
+        assert_eq!(
+            (u.input_tokens, u.output_tokens),
+            (5, 0),
+            "billed up to the last whole chunk"
+        );
+        // Braces inside strings do not confuse the split.
+        let tricky = br#"[{"candidates":[{"content":{"parts":[{"text":"} ] {"}]}}],"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":1}}]"#;
+        assert_eq!(read(false, tricky, 3).output_tokens, 1);
         assert_eq!(
             read(false, br#"{"error":{"code":400}}"#, 2),
             TokenUsage::default()

@@ -387,6 +387,25 @@ async fn gemini_cli_requests_pass_unchanged_with_the_key_in_any_place() {
             "{path}: the client's key went upstream"
         );
     }
+    // A stream without alt=sse is a JSON array: relayed as it comes, billed from its chunks.
+    relay.app.stats.flush().await;
+    let before = relay.usage("").await["input_tokens"].as_u64().unwrap();
+    let resp = http_client()
+        .post(relay.url("/v1beta/models/gemini-2.5-flash:streamGenerateContent"))
+        .header("x-goog-api-key", &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.unwrap();
+    assert!(got.starts_with(b"["));
+    assert_eq!(got, mock.responses().pop().unwrap());
+    relay.app.stats.flush().await;
+    assert_eq!(
+        relay.usage("").await["input_tokens"].as_u64().unwrap(),
+        before + 50
+    );
     // Model lists: Gemini's, by path or by the Google credential on /v1/models.
     for (path, header) in [
         ("/v1beta/models", "x-goog-api-key"),
