@@ -414,7 +414,8 @@ fn chat<'a>(
             ),
         },
         Protocol::Anthropic => {
-            let t = translate::anthropic::request(body, default_max_tokens)?;
+            let max = u32::try_from(default_max_tokens).unwrap_or(u32::MAX);
+            let t = translate::anthropic::request(body, max)?;
             call(
                 Target::Anthropic {
                     path: "/v1/messages".to_owned(),

@@ -123,7 +123,7 @@ async fn chat_completions_on_claude_models_speak_messages_upstream_and_openai_ba
     assert_eq!(sent.path, "/v1/messages");
     assert_eq!(sent.header("x-api-key"), Some("sk-ant"));
     let messages = sent.json();
-    assert_eq!(messages["system"], "be brief");
+    assert_eq!(messages["system"][0]["text"], "be brief");
     assert_eq!(messages["max_tokens"], 50);
     assert_eq!(messages["stream"], true);
     assert_eq!(messages["messages"][0]["content"][1]["type"], "image");

@@ -1,129 +1,112 @@
-//! A chat completions request as an Anthropic Messages request.
+//! Chat Completions request → Anthropic Messages request.
+//!
+//! The chat body is read as a `serde_json::Value` rather than typed structs: clients send many
+//! optional and loosely typed fields, unknown ones must be ignored, and errors must name the
+//! offending field (`messages[2].tool_calls[0]`), which is easier walking the value by hand.
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 
-/// What the relay needs of a translated request.
-#[derive(Debug, Clone)]
+/// What the relay needs from a translated chat request.
+#[derive(Debug, Clone, PartialEq)]
 pub struct MessagesRequest {
-    /// The model as the client named it (Anthropic's own name).
+    /// The model the client asked for, as it asked (also the `model` of the body).
     pub model: String,
     pub stream: bool,
-    /// The client asked for the final usage chunk (`stream_options.include_usage`).
+    /// `stream_options.include_usage`: the client wants a final usage chunk.
     pub include_usage: bool,
-    /// The Messages request body.
+    /// The Anthropic Messages JSON.
     pub body: Bytes,
 }
 
-/// Maps a chat completions body onto the Messages API: system and developer messages become
-/// `system`, tool calls `tool_use` blocks, tool messages `tool_result` blocks, images image
-/// blocks; consecutive messages of one role are merged, as Anthropic wants roles to alternate.
-/// `default_max_tokens` fills in the `max_tokens` that Anthropic requires.
-pub fn request(chat: &[u8], default_max_tokens: u64) -> Result<MessagesRequest, ApiError> {
-    let value: Value = serde_json::from_slice(chat)
-        .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(chat) = value else {
-        return Err(ApiError::invalid("request body must be a JSON object"));
+type Object = Map<String, Value>;
+
+/// Translates an OpenAI Chat Completions body. `default_max_tokens` fills Anthropic's required
+/// `max_tokens` when the client set neither `max_completion_tokens` nor `max_tokens`.
+pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequest, ApiError> {
+    let chat: Value = serde_json::from_slice(chat_body)
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))?;
+    let Some(chat) = chat.as_object() else {
+        return Err(ApiError::invalid("the request body must be a JSON object"));
     };
-    let model = chat
-        .get("model")
-        .and_then(Value::as_str)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::invalid("model: field required"))?
-        .to_owned();
-    let input = chat
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::invalid("messages: field required (an array)"))?;
-    if chat.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+    let model = match chat.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => {
+            return Err(ApiError::invalid(
+                "`model` is required and must be a string",
+            ));
+        }
+    };
+    let Some(Value::Array(messages)) = chat.get("messages") else {
         return Err(ApiError::invalid(
-            "n: only 1 choice is supported for Claude models",
+            "`messages` is required and must be an array",
         ));
+    };
+    if let Some(n) = present(chat, "n") {
+        match n.as_u64() {
+            Some(0 | 1) => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "`n` greater than 1 is not supported for Claude models; send separate requests",
+                ));
+            }
+            None => return Err(ApiError::invalid("`n` must be a positive integer")),
+        }
     }
-    let stream = chat.get("stream").and_then(Value::as_bool) == Some(true);
+
+    let mut out = Object::new();
+    out.insert("model".into(), json!(model));
+    let (system, messages) = convert_messages(messages)?;
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    out.insert(
+        "max_tokens".into(),
+        json!(max_tokens(chat, default_max_tokens)?),
+    );
+    if let Some(t) = present(chat, "temperature") {
+        let t = t
+            .as_f64()
+            .ok_or_else(|| ApiError::invalid("`temperature` must be a number"))?;
+        // OpenAI accepts 0..=2, Anthropic 0..=1.
+        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
+    if let Some(p) = present(chat, "top_p") {
+        if !p.is_number() {
+            return Err(ApiError::invalid("`top_p` must be a number"));
+        }
+        out.insert("top_p".into(), p.clone());
+    }
+    if let Some(stops) = stop_sequences(chat)? {
+        out.insert("stop_sequences".into(), stops);
+    }
+    let stream = match present(chat, "stream") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
+    };
+    if stream {
+        out.insert("stream".into(), json!(true));
+    }
     let include_usage = stream
         && chat
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
-            == Some(true);
-
-    let mut system: Vec<String> = Vec::new();
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for (i, message) in input.iter().enumerate() {
-        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
-        let content = message.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                system.extend(texts(content, i)?);
-                continue;
-            }
-            "user" => ("user", blocks(content, i)?),
-            "assistant" => ("assistant", assistant_blocks(message, content, i)?),
-            "tool" | "function" => ("user", vec![tool_result(message, content, i)?]),
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "messages[{i}].role: unsupported role {other:?}"
-                )));
-            }
-        };
-        match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => turns.push((role, blocks)),
-        }
-    }
-    let messages: Vec<Value> = turns
-        .into_iter()
-        .filter(|(_, blocks)| !blocks.is_empty())
-        .map(|(role, content)| json!({ "role": role, "content": content }))
-        .collect();
-
-    let max_tokens = chat
-        .get("max_completion_tokens")
-        .or_else(|| chat.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(default_max_tokens);
-    let mut out = Map::new();
-    out.insert("model".into(), json!(model));
-    out.insert("max_tokens".into(), json!(max_tokens));
-    out.insert("messages".into(), Value::Array(messages));
-    if !system.is_empty() {
-        out.insert("system".into(), json!(system.join("\n\n")));
-    }
-    if stream {
-        out.insert("stream".into(), json!(true));
-    }
-    if let Some(t) = chat.get("temperature").and_then(Value::as_f64) {
-        // OpenAI allows 0..=2, Anthropic 0..=1.
-        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
-    }
-    if let Some(p) = chat.get("top_p").and_then(Value::as_f64) {
-        out.insert("top_p".into(), json!(p));
-    }
-    match chat.get("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if !a.is_empty() => {
-            out.insert("stop_sequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
-    }
-    if let Some(user) = chat.get("user").and_then(Value::as_str) {
+            .unwrap_or(false);
+    if let Some(user) = present(chat, "user") {
+        let user = user
+            .as_str()
+            .ok_or_else(|| ApiError::invalid("`user` must be a string"))?;
         out.insert("metadata".into(), json!({ "user_id": user }));
     }
-    let tools = tools(&chat)?;
-    let has_tools = !tools.is_empty();
-    if has_tools {
-        out.insert("tools".into(), Value::Array(tools));
-    }
-    if let Some(choice) = tool_choice(&chat, has_tools)? {
-        out.insert("tool_choice".into(), choice);
-    }
+    tools(chat, &mut out)?;
+
     let body = serde_json::to_vec(&Value::Object(out))
-        .map_err(|e| ApiError::internal(format!("encoding the translated request: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("encoding the Messages request: {e}")))?;
     Ok(MessagesRequest {
         model,
         stream,
@@ -132,359 +115,487 @@ pub fn request(chat: &[u8], default_max_tokens: u64) -> Result<MessagesRequest, 
     })
 }
 
-/// The texts of a system message's content (a string or text parts).
-fn texts(content: &Value, i: usize) -> Result<Vec<String>, ApiError> {
-    match content {
-        Value::String(s) => Ok(vec![s.clone()]),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|p| {
-                p.get("text")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .ok_or_else(|| {
-                        ApiError::invalid(format!("messages[{i}]: system content must be text"))
-                    })
-            })
-            .collect(),
-        Value::Null => Ok(Vec::new()),
+/// A field that is present and not `null` (clients send `null` for "not set").
+fn present<'a>(obj: &'a Object, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+fn max_tokens(chat: &Object, default: u32) -> Result<u64, ApiError> {
+    let (name, value) = match present(chat, "max_completion_tokens") {
+        Some(v) => ("max_completion_tokens", v),
+        None => match present(chat, "max_tokens") {
+            Some(v) => ("max_tokens", v),
+            None => return Ok(u64::from(default)),
+        },
+    };
+    match value.as_u64() {
+        Some(n) if n > 0 => Ok(n),
         _ => Err(ApiError::invalid(format!(
-            "messages[{i}].content: expected a string or an array of parts"
+            "`{name}` must be a positive integer"
         ))),
     }
 }
 
-/// A user or assistant message's content as Anthropic blocks; empty texts are dropped (Anthropic
-/// refuses them).
-fn blocks(content: &Value, i: usize) -> Result<Vec<Value>, ApiError> {
+fn stop_sequences(chat: &Object) -> Result<Option<Value>, ApiError> {
+    let bad = || ApiError::invalid("`stop` must be a string or an array of strings");
+    match present(chat, "stop") {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(json!([s]))),
+        Some(Value::Array(items)) => {
+            if !items.iter().all(Value::is_string) {
+                return Err(bad());
+            }
+            Ok((!items.is_empty()).then(|| Value::Array(items.clone())))
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    User,
+    Assistant,
+}
+
+/// The chat messages as Anthropic's `system` blocks and alternating `messages`.
+fn convert_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
+    let mut system = Vec::new();
+    let mut turns: Vec<(Role, Vec<Value>)> = Vec::new();
+    // Legacy `function_call`s carry no id; each gets one, and a later `function` message
+    // answers the most recent call of its name.
+    let mut legacy_calls: Vec<(String, String)> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let Some(message) = message.as_object() else {
+            return Err(ApiError::invalid(format!("{at} must be an object")));
+        };
+        let content = present(message, "content");
+        match message.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => {
+                for text in texts(content, &at)? {
+                    system.push(json!({ "type": "text", "text": text }));
+                }
+            }
+            Some("user") => turns.push((Role::User, user_content(content, &at)?)),
+            Some("assistant") => {
+                let blocks = assistant_content(message, &at, &mut legacy_calls)?;
+                turns.push((Role::Assistant, blocks));
+            }
+            Some("tool") => {
+                let Some(id) = message.get("tool_call_id").and_then(Value::as_str) else {
+                    return Err(ApiError::invalid(format!(
+                        "{at}: a tool message needs a string `tool_call_id`"
+                    )));
+                };
+                turns.push((Role::User, vec![tool_result(id, content, &at)?]));
+            }
+            Some("function") => {
+                let name = message.get("name").and_then(Value::as_str).unwrap_or("");
+                let Some((_, id)) = legacy_calls.iter().rev().find(|(n, _)| n == name) else {
+                    return Err(ApiError::invalid(format!(
+                        "{at}: no earlier assistant `function_call` named `{name}`"
+                    )));
+                };
+                let id = id.clone();
+                turns.push((Role::User, vec![tool_result(&id, content, &at)?]));
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(format!(
+                    "{at}: role `{other}` is not supported"
+                )));
+            }
+            None => return Err(ApiError::invalid(format!("{at}: `role` is required"))),
+        }
+    }
+
+    // Anthropic requires alternating roles and non-empty content.
+    let mut merged: Vec<(Role, Vec<Value>)> = Vec::new();
+    for (role, blocks) in turns {
+        if blocks.is_empty() {
+            continue;
+        }
+        match merged.last_mut() {
+            Some((last, last_blocks)) if *last == role => last_blocks.extend(blocks),
+            _ => merged.push((role, blocks)),
+        }
+    }
+    if merged.is_empty() {
+        return Err(ApiError::invalid(
+            "`messages` must contain at least one user or assistant message with content",
+        ));
+    }
+    let messages = merged
+        .into_iter()
+        .map(|(role, mut blocks)| {
+            let role = match role {
+                Role::User => {
+                    // Tool results must open the user message that carries them.
+                    blocks.sort_by_key(|b| b["type"] != "tool_result");
+                    "user"
+                }
+                Role::Assistant => "assistant",
+            };
+            json!({ "role": role, "content": blocks })
+        })
+        .collect();
+    Ok((system, messages))
+}
+
+/// The texts of a string or text-parts content (system, developer, tool); empty ones dropped,
+/// as Anthropic rejects empty text blocks.
+fn texts(content: Option<&Value>, at: &str) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
     match content {
-        Value::String(s) if s.is_empty() => Ok(Vec::new()),
-        Value::String(s) => Ok(vec![json!({ "type": "text", "text": s })]),
-        Value::Null => Ok(Vec::new()),
-        Value::Array(parts) => {
-            let mut out = Vec::with_capacity(parts.len());
-            for part in parts {
-                match part.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        let text = part.get("text").and_then(Value::as_str).unwrap_or("");
-                        if !text.is_empty() {
-                            out.push(json!({ "type": "text", "text": text }));
-                        }
-                    }
-                    Some("image_url") => out.push(image(part, i)?),
+        None => {}
+        Some(Value::String(s)) => out.push(s.clone()),
+        Some(Value::Array(parts)) => {
+            for (j, part) in parts.iter().enumerate() {
+                match part_type(part) {
+                    Some("text") => out.push(part_text(part, &format!("{at}.content[{j}]"))?),
                     other => {
                         return Err(ApiError::invalid(format!(
-                            "messages[{i}].content: part type {} is not supported for Claude models",
-                            other.unwrap_or("(none)")
+                            "{at}.content[{j}]: only text parts are allowed here, not `{}`",
+                            other.unwrap_or("?")
                         )));
                     }
                 }
             }
-            Ok(out)
         }
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "{at}.content must be a string or an array of parts"
+            )));
+        }
+    }
+    out.retain(|t| !t.is_empty());
+    Ok(out)
+}
+
+fn part_type(part: &Value) -> Option<&str> {
+    part.get("type").and_then(Value::as_str)
+}
+
+fn part_text(part: &Value, at: &str) -> Result<String, ApiError> {
+    match part.get("text") {
+        Some(Value::String(s)) => Ok(s.clone()),
         _ => Err(ApiError::invalid(format!(
-            "messages[{i}].content: expected a string or an array of parts"
+            "{at}: a text part needs a string `text`"
         ))),
     }
 }
 
-/// `image_url` (a `data:` URL or an http(s) URL) as an image block.
-fn image(part: &Value, i: usize) -> Result<Value, ApiError> {
-    let url = part
-        .get("image_url")
-        .and_then(|u| u.get("url").or(Some(u)))
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid(format!("messages[{i}]: image_url.url required")))?;
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest
-            .split_once(',')
-            .ok_or_else(|| ApiError::invalid(format!("messages[{i}]: malformed data: URL")))?;
-        let media_type = meta.strip_suffix(";base64").ok_or_else(|| {
-            ApiError::invalid(format!(
-                "messages[{i}]: only base64 data: URLs are supported"
-            ))
-        })?;
-        return Ok(json!({
-            "type": "image",
-            "source": { "type": "base64", "media_type": media_type, "data": data },
-        }));
+fn text_block(text: &str) -> Value {
+    json!({ "type": "text", "text": text })
+}
+
+fn user_content(content: Option<&Value>, at: &str) -> Result<Vec<Value>, ApiError> {
+    let parts = match content {
+        None => return Ok(Vec::new()),
+        Some(Value::String(s)) if s.is_empty() => return Ok(Vec::new()),
+        Some(Value::String(s)) => return Ok(vec![text_block(s)]),
+        Some(Value::Array(parts)) => parts,
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "{at}.content must be a string or an array of parts"
+            )));
+        }
+    };
+    let mut blocks = Vec::new();
+    for (j, part) in parts.iter().enumerate() {
+        let at = format!("{at}.content[{j}]");
+        match part_type(part) {
+            Some("text") => {
+                let text = part_text(part, &at)?;
+                if !text.is_empty() {
+                    blocks.push(text_block(&text));
+                }
+            }
+            Some("image_url") => {
+                // `image_url` is `{"url": ..}`, or a bare string in some clients.
+                let url = match part.get("image_url") {
+                    Some(Value::String(u)) => Some(u.as_str()),
+                    Some(v) => v.get("url").and_then(Value::as_str),
+                    None => None,
+                };
+                let Some(url) = url else {
+                    return Err(ApiError::invalid(format!(
+                        "{at}: an image_url part needs `image_url.url`"
+                    )));
+                };
+                blocks.push(json!({ "type": "image", "source": image_source(url, &at)? }));
+            }
+            Some("file") => {
+                let data = part
+                    .get("file")
+                    .and_then(|f| f.get("file_data"))
+                    .and_then(Value::as_str);
+                let Some(data) = data else {
+                    return Err(ApiError::invalid(format!(
+                        "{at}: only inline `file.file_data` is supported for Claude models, not file ids"
+                    )));
+                };
+                let Some((media_type, data)) = data_url(data) else {
+                    return Err(ApiError::invalid(format!(
+                        "{at}: `file_data` must be a base64 data URL"
+                    )));
+                };
+                blocks.push(json!({
+                    "type": "document",
+                    "source": { "type": "base64", "media_type": media_type, "data": data },
+                }));
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "{at}: content part type `{}` is not supported for Claude models",
+                    other.unwrap_or("?")
+                )));
+            }
+        }
+    }
+    Ok(blocks)
+}
+
+/// `data:<mime>[;params];base64,<data>` → `(mime, data)`.
+fn data_url(url: &str) -> Option<(&str, &str)> {
+    let (meta, data) = url.strip_prefix("data:")?.split_once(',')?;
+    let meta = meta.strip_suffix(";base64")?;
+    let mime = meta.split(';').next().unwrap_or(meta);
+    (!mime.is_empty()).then_some((mime, data))
+}
+
+fn image_source(url: &str, at: &str) -> Result<Value, ApiError> {
+    if url.starts_with("data:") {
+        let Some((media_type, data)) = data_url(url) else {
+            return Err(ApiError::invalid(format!(
+                "{at}: an image data URL must be `data:<type>;base64,<data>`"
+            )));
+        };
+        return Ok(json!({ "type": "base64", "media_type": media_type, "data": data }));
     }
     if url.starts_with("https://") || url.starts_with("http://") {
-        return Ok(json!({ "type": "image", "source": { "type": "url", "url": url } }));
+        return Ok(json!({ "type": "url", "url": url }));
     }
     Err(ApiError::invalid(format!(
-        "messages[{i}]: image_url must be a data: or http(s) URL"
+        "{at}: an image URL must be http(s) or a base64 data URL"
     )))
 }
 
-/// An assistant message: its text, then its tool calls as `tool_use` blocks.
-fn assistant_blocks(message: &Value, content: &Value, i: usize) -> Result<Vec<Value>, ApiError> {
-    let mut out = blocks(content, i)?;
-    let calls = message.get("tool_calls").and_then(Value::as_array);
-    for (j, call) in calls.into_iter().flatten().enumerate() {
-        let function = call.get("function").unwrap_or(&Value::Null);
-        let name = function
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "messages[{i}].tool_calls[{j}].function.name required"
-                ))
-            })?;
-        let id = call
-            .get("id")
-            .and_then(Value::as_str)
-            .map_or_else(|| format!("call_{i}_{j}"), str::to_owned);
-        out.push(json!({
-            "type": "tool_use",
-            "id": id,
-            "name": name,
-            "input": arguments(function, i, j)?,
-        }));
-    }
-    // The legacy single `function_call`.
-    if let Some(function) = message.get("function_call") {
-        let name = function.get("name").and_then(Value::as_str).unwrap_or("");
-        out.push(json!({
-            "type": "tool_use",
-            "id": format!("call_{name}"),
-            "name": name,
-            "input": arguments(function, i, 0)?,
-        }));
-    }
-    Ok(out)
-}
-
-/// A tool call's `arguments` (a JSON string) as the object Anthropic takes.
-fn arguments(function: &Value, i: usize, j: usize) -> Result<Value, ApiError> {
-    let raw = function
-        .get("arguments")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if raw.trim().is_empty() {
-        return Ok(json!({}));
-    }
-    serde_json::from_str::<Value>(raw)
-        .ok()
-        .filter(Value::is_object)
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "messages[{i}].tool_calls[{j}].function.arguments is not a JSON object"
-            ))
+/// Anthropic ids must match `[a-zA-Z0-9_-]+`; OpenAI ids from other sources may not. The same
+/// mapping is applied to `tool_calls[].id` and `tool_call_id`, so pairs still match.
+fn tool_id(id: &str) -> String {
+    let id: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
         })
+        .collect();
+    if id.is_empty() { "_".to_owned() } else { id }
 }
 
-/// A `tool` message (or a legacy `function` one) as a `tool_result` block.
-fn tool_result(message: &Value, content: &Value, i: usize) -> Result<Value, ApiError> {
-    let id = message
-        .get("tool_call_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| {
-            message
-                .get("name")
-                .and_then(Value::as_str)
-                .map(|n| format!("call_{n}"))
-        })
-        .ok_or_else(|| ApiError::invalid(format!("messages[{i}].tool_call_id required")))?;
-    let content = match content {
-        Value::String(s) => json!(s),
-        Value::Array(_) => Value::Array(blocks(content, i)?),
-        Value::Null => json!(""),
-        other => json!(other.to_string()),
-    };
-    Ok(json!({ "type": "tool_result", "tool_use_id": id, "content": content }))
-}
-
-/// `tools` (functions; also the legacy `functions`) as Anthropic tools.
-fn tools(chat: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
-    let mut out = Vec::new();
-    let listed = chat.get("tools").and_then(Value::as_array);
-    for (i, tool) in listed.into_iter().flatten().enumerate() {
-        if tool.get("type").and_then(Value::as_str) != Some("function") {
+fn assistant_content(
+    message: &Object,
+    at: &str,
+    legacy_calls: &mut Vec<(String, String)>,
+) -> Result<Vec<Value>, ApiError> {
+    let mut blocks = Vec::new();
+    match present(message, "content") {
+        None => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(Value::String(s)) => blocks.push(text_block(s)),
+        Some(Value::Array(parts)) => {
+            for (j, part) in parts.iter().enumerate() {
+                let field = match part_type(part) {
+                    Some("text") => "text",
+                    Some("refusal") => "refusal",
+                    other => {
+                        return Err(ApiError::invalid(format!(
+                            "{at}.content[{j}]: assistant content part type `{}` is not supported",
+                            other.unwrap_or("?")
+                        )));
+                    }
+                };
+                if let Some(text) = part.get(field).and_then(Value::as_str)
+                    && !text.is_empty()
+                {
+                    blocks.push(text_block(text));
+                }
+            }
+        }
+        Some(_) => {
             return Err(ApiError::invalid(format!(
-                "tools[{i}]: only function tools are supported for Claude models"
+                "{at}.content must be a string, an array of parts or null"
             )));
         }
-        out.push(function_tool(
-            tool.get("function").unwrap_or(&Value::Null),
-            i,
-        )?);
     }
-    let legacy = chat.get("functions").and_then(Value::as_array);
-    for (i, function) in legacy.into_iter().flatten().enumerate() {
-        out.push(function_tool(function, i)?);
+    if let Some(calls) = present(message, "tool_calls") {
+        let Some(calls) = calls.as_array() else {
+            return Err(ApiError::invalid(format!(
+                "{at}.tool_calls must be an array"
+            )));
+        };
+        for (k, call) in calls.iter().enumerate() {
+            let at = format!("{at}.tool_calls[{k}]");
+            let Some(id) = call.get("id").and_then(Value::as_str) else {
+                return Err(ApiError::invalid(format!(
+                    "{at}: a tool call needs a string `id`"
+                )));
+            };
+            let function = call.get("function").unwrap_or(&Value::Null);
+            blocks.push(tool_use(&tool_id(id), function, &at)?);
+        }
     }
-    Ok(out)
+    if let Some(function) = present(message, "function_call") {
+        let id = format!("call_legacy_{}", legacy_calls.len());
+        let block = tool_use(&id, function, &format!("{at}.function_call"))?;
+        let name = block["name"].as_str().unwrap_or("").to_owned();
+        legacy_calls.push((name, id));
+        blocks.push(block);
+    }
+    Ok(blocks)
 }
 
-fn function_tool(function: &Value, i: usize) -> Result<Value, ApiError> {
-    let name = function
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid(format!("tools[{i}].function.name required")))?;
-    let mut tool = json!({
-        "name": name,
-        "input_schema": function
-            .get("parameters")
-            .cloned()
-            .unwrap_or_else(|| json!({ "type": "object", "properties": {} })),
-    });
-    if let Some(description) = function.get("description").and_then(Value::as_str) {
-        tool["description"] = json!(description);
+/// `{"name", "arguments": "<json>"}` → a `tool_use` block with the arguments as an object.
+fn tool_use(id: &str, function: &Value, at: &str) -> Result<Value, ApiError> {
+    let Some(name) = function.get("name").and_then(Value::as_str) else {
+        return Err(ApiError::invalid(format!(
+            "{at}: `function.name` is required"
+        )));
+    };
+    let input = match function.get("arguments") {
+        None | Some(Value::Null) => json!({}),
+        Some(Value::String(s)) if s.trim().is_empty() => json!({}),
+        Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
+            ApiError::invalid(format!(
+                "{at} (id `{id}`, function `{name}`): `arguments` is not valid JSON: {e}"
+            ))
+        })?,
+        Some(v) => v.clone(),
+    };
+    if !input.is_object() {
+        return Err(ApiError::invalid(format!(
+            "{at} (id `{id}`, function `{name}`): `arguments` must be a JSON object"
+        )));
+    }
+    Ok(json!({ "type": "tool_use", "id": id, "name": name, "input": input }))
+}
+
+fn tool_result(id: &str, content: Option<&Value>, at: &str) -> Result<Value, ApiError> {
+    let mut block = json!({ "type": "tool_result", "tool_use_id": tool_id(id) });
+    let texts = texts(content, at)?;
+    match texts.as_slice() {
+        [] => {}
+        [one] => block["content"] = json!(one),
+        many => {
+            block["content"] = Value::Array(many.iter().map(|t| text_block(t)).collect());
+        }
+    }
+    Ok(block)
+}
+
+/// `tools`/`functions` and `tool_choice`/`function_call`/`parallel_tool_calls`.
+fn tools(chat: &Object, out: &mut Object) -> Result<(), ApiError> {
+    let mut tools = Vec::new();
+    if let Some(list) = present(chat, "tools") {
+        let Some(list) = list.as_array() else {
+            return Err(ApiError::invalid("`tools` must be an array"));
+        };
+        for (i, tool) in list.iter().enumerate() {
+            let at = format!("tools[{i}]");
+            match tool.get("type").and_then(Value::as_str) {
+                Some("function") => {}
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "{at}: tool type `{}` is not supported for Claude models",
+                        other.unwrap_or("?")
+                    )));
+                }
+            }
+            tools.push(tool_definition(tool.get("function"), &at)?);
+        }
+    } else if let Some(list) = present(chat, "functions") {
+        let Some(list) = list.as_array() else {
+            return Err(ApiError::invalid("`functions` must be an array"));
+        };
+        for (i, function) in list.iter().enumerate() {
+            tools.push(tool_definition(Some(function), &format!("functions[{i}]"))?);
+        }
+    }
+
+    let choice = match present(chat, "tool_choice") {
+        Some(c) => tool_choice(c, "tool_choice")?,
+        None => match present(chat, "function_call") {
+            Some(c) => tool_choice(c, "function_call")?,
+            None => None,
+        },
+    };
+    // Anthropic rejects a tool_choice without tools; with no tools there is nothing to choose.
+    if tools.is_empty() {
+        return Ok(());
+    }
+    out.insert("tools".into(), Value::Array(tools));
+    let parallel = chat
+        .get("parallel_tool_calls")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let mut choice = match choice {
+        Some(c) => c,
+        None if parallel => return Ok(()),
+        None => json!({ "type": "auto" }),
+    };
+    if !parallel && choice["type"] != "none" {
+        choice["disable_parallel_tool_use"] = json!(true);
+    }
+    out.insert("tool_choice".into(), choice);
+    Ok(())
+}
+
+fn tool_definition(function: Option<&Value>, at: &str) -> Result<Value, ApiError> {
+    let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
+        return Err(ApiError::invalid(format!("{at}: `name` is required")));
+    };
+    let function = function.unwrap_or(&Value::Null);
+    let schema = match function.get("parameters") {
+        Some(p) if p.is_object() => p.clone(),
+        // A function without parameters takes none.
+        _ => json!({ "type": "object", "properties": {} }),
+    };
+    let mut tool = json!({ "name": name, "input_schema": schema });
+    if let Some(d) = function.get("description").and_then(Value::as_str) {
+        tool["description"] = json!(d);
     }
     Ok(tool)
 }
 
-/// `tool_choice` and `parallel_tool_calls` as Anthropic's `tool_choice`.
-fn tool_choice(chat: &Map<String, Value>, has_tools: bool) -> Result<Option<Value>, ApiError> {
-    if !has_tools {
-        return Ok(None);
-    }
-    let mut choice = match chat.get("tool_choice") {
-        None | Some(Value::Null) => json!({ "type": "auto" }),
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => json!({ "type": "auto" }),
-            "none" => json!({ "type": "none" }),
-            "required" => json!({ "type": "any" }),
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "tool_choice: unsupported value {other:?}"
-                )));
-            }
-        },
-        Some(v) => {
-            let name = v
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::invalid("tool_choice.function.name required"))?;
-            json!({ "type": "tool", "name": name })
-        }
+/// OpenAI's `tool_choice` (or legacy `function_call`) as Anthropic's.
+fn tool_choice(choice: &Value, field: &str) -> Result<Option<Value>, ApiError> {
+    let named = |name: Option<&str>| match name {
+        Some(n) => Ok(Some(json!({ "type": "tool", "name": n }))),
+        None => Err(ApiError::invalid(format!("`{field}` names no function"))),
     };
-    if chat.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false)
-        && choice["type"] != "none"
-    {
-        choice["disable_parallel_tool_use"] = json!(true);
+    match choice {
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(Some(json!({ "type": "auto" }))),
+            "none" => Ok(Some(json!({ "type": "none" }))),
+            "required" if field == "tool_choice" => Ok(Some(json!({ "type": "any" }))),
+            other => Err(ApiError::invalid(format!(
+                "`{field}` value `{other}` is not supported"
+            ))),
+        },
+        Value::Object(o) if field == "tool_choice" => named(
+            o.get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str),
+        ),
+        Value::Object(o) => named(o.get("name").and_then(Value::as_str)),
+        _ => Err(ApiError::invalid(format!(
+            "`{field}` must be a string or an object"
+        ))),
     }
-    Ok(Some(choice))
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn translate(chat: Value) -> Value {
-        let t = request(&serde_json::to_vec(&chat).unwrap(), 1024).unwrap();
-        serde_json::from_slice(&t.body).unwrap()
-    }
-
-    #[test]
-    fn maps_system_roles_tools_and_parameters() {
-        let out = translate(json!({
-            "model": "claude-sonnet-4-5",
-            "max_completion_tokens": 300,
-            "temperature": 1.7,
-            "top_p": 0.9,
-            "stop": "END",
-            "user": "u1",
-            "messages": [
-                { "role": "system", "content": "be brief" },
-                { "role": "developer", "content": [{ "type": "text", "text": "use tools" }] },
-                { "role": "user", "content": "weather?" },
-                { "role": "user", "content": [
-                    { "type": "image_url", "image_url": { "url": "data:image/png;base64,AAAA" } },
-                    { "type": "image_url", "image_url": { "url": "https://x/y.jpg" } }
-                ] },
-                { "role": "assistant", "content": null, "tool_calls": [
-                    { "id": "call_1", "type": "function", "function": { "name": "get", "arguments": "{\"city\":\"Oslo\"}" } },
-                    { "id": "call_2", "type": "function", "function": { "name": "get", "arguments": "{\"city\":\"Rome\"}" } }
-                ] },
-                { "role": "tool", "tool_call_id": "call_1", "content": "cold" },
-                { "role": "tool", "tool_call_id": "call_2", "content": "warm" },
-                { "role": "assistant", "content": "" }
-            ],
-            "tools": [{ "type": "function", "function": { "name": "get", "description": "d", "parameters": { "type": "object" } } }],
-            "tool_choice": "required",
-            "parallel_tool_calls": false
-        }));
-        assert_eq!(out["system"], "be brief\n\nuse tools");
-        assert_eq!(out["max_tokens"], 300);
-        assert_eq!(out["temperature"], 1.0);
-        assert_eq!(out["stop_sequences"], json!(["END"]));
-        assert_eq!(out["metadata"]["user_id"], "u1");
-        let messages = out["messages"].as_array().unwrap();
-        // Two user turns merged; two tool results merged into one user turn; the empty
-        // assistant turn dropped.
-        assert_eq!(messages.len(), 3);
-        assert_eq!(messages[0]["content"].as_array().unwrap().len(), 3);
-        assert_eq!(
-            messages[0]["content"][1]["source"],
-            json!({ "type": "base64", "media_type": "image/png", "data": "AAAA" })
-        );
-        assert_eq!(
-            messages[0]["content"][2]["source"],
-            json!({ "type": "url", "url": "https://x/y.jpg" })
-        );
-        assert_eq!(
-            messages[1]["content"][0],
-            json!({ "type": "tool_use", "id": "call_1", "name": "get", "input": { "city": "Oslo" } })
-        );
-        assert_eq!(
-            messages[2]["content"][1],
-            json!({ "type": "tool_result", "tool_use_id": "call_2", "content": "warm" })
-        );
-        assert_eq!(
-            out["tools"][0],
-            json!({ "name": "get", "description": "d", "input_schema": { "type": "object" } })
-        );
-        assert_eq!(
-            out["tool_choice"],
-            json!({ "type": "any", "disable_parallel_tool_use": true })
-        );
-        assert!(out.get("stream").is_none());
-    }
-
-    #[test]
-    fn stream_flags_and_defaults() {
-        let t = request(
-            br#"{"model":"claude-x","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#,
-            777,
-        )
-        .unwrap();
-        assert!(t.stream && t.include_usage);
-        let v: Value = serde_json::from_slice(&t.body).unwrap();
-        assert_eq!(
-            (v["max_tokens"].as_u64(), v["stream"].as_bool()),
-            (Some(777), Some(true))
-        );
-        let choice = |c: Value| {
-            translate(json!({ "model": "m", "messages": [], "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": c }))["tool_choice"].clone()
-        };
-        assert_eq!(choice(json!("none")), json!({ "type": "none" }));
-        assert_eq!(
-            choice(json!({ "type": "function", "function": { "name": "f" } })),
-            json!({ "type": "tool", "name": "f" })
-        );
-    }
-
-    #[test]
-    fn bad_requests_say_what_is_wrong() {
-        let err = |body: &[u8]| request(body, 1).unwrap_err().message;
-        assert!(err(b"{").contains("not valid JSON"));
-        assert!(err(br#"{"messages":[]}"#).contains("model"));
-        assert!(err(br#"{"model":"m"}"#).contains("messages"));
-        assert!(err(br#"{"model":"m","n":2,"messages":[]}"#).contains("n:"));
-        assert!(err(br#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{oops"}}]}]}"#).contains("arguments"));
-        assert!(
-            err(
-                br#"{"model":"m","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}"#
-            )
-            .contains("input_audio")
-        );
-        assert!(
-            err(br#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#).contains("robot")
-        );
-    }
-}
+mod tests;

@@ -1,75 +1,36 @@
-//! Anthropic answers as OpenAI chat completions: the JSON message, the SSE stream, errors.
+//! Anthropic Messages JSON response → one `chat.completion` JSON.
 
-use std::collections::HashMap;
-
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::stream::sse::SseFramer;
+use super::{ChatUsage, WireUsage, finish_reason, openai_error, parse_error};
 use crate::translate::Translate;
 
-/// A Messages JSON body larger than this is not translated (an error is sent instead).
-const MAX_JSON_BYTES: usize = 32 * 1024 * 1024;
+/// A Messages response far larger than any real one is not held: the client gets an error.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
-fn finish_reason(stop: &str) -> &'static str {
-    match stop {
-        "max_tokens" | "model_context_window_exceeded" => "length",
-        "tool_use" => "tool_calls",
-        "refusal" => "content_filter",
-        // end_turn, stop_sequence, pause_turn
-        _ => "stop",
-    }
-}
-
-/// Token counts as OpenAI reports them: the prompt includes cached tokens.
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    input: u64,
-    output: u64,
-    cache_read: u64,
-    cache_write: u64,
-}
-
-impl Counts {
-    fn update(&mut self, usage: &Value) {
-        let field = |name: &str| usage.get(name).and_then(Value::as_u64);
-        if let Some(n) = field("input_tokens") {
-            self.input = n;
-        }
-        if let Some(n) = field("output_tokens") {
-            self.output = n;
-        }
-        if let Some(n) = field("cache_read_input_tokens") {
-            self.cache_read = n;
-        }
-        if let Some(n) = field("cache_creation_input_tokens") {
-            self.cache_write = n;
-        }
-    }
-
-    fn openai(&self) -> Value {
-        let prompt = self.input + self.cache_read + self.cache_write;
-        json!({
-            "prompt_tokens": prompt,
-            "completion_tokens": self.output,
-            "total_tokens": prompt + self.output,
-            "prompt_tokens_details": { "cached_tokens": self.cache_read },
-        })
-    }
-}
-
-/// Collects a Messages JSON answer and emits one `chat.completion` at its end.
+/// Collects an Anthropic JSON body and emits the `chat.completion` at the end (a JSON value
+/// cannot be converted before it is complete).
 #[derive(Debug)]
 pub struct ToChatJson {
     model: String,
+    created: i64,
     body: Vec<u8>,
     too_large: bool,
 }
 
 impl ToChatJson {
+    /// `client_model` is the model the client asked for; OpenAI echoes it back.
     pub fn new(client_model: &str) -> ToChatJson {
+        ToChatJson::with_created(client_model, jiff::Timestamp::now().as_second())
+    }
+
+    /// As [`ToChatJson::new`], with a fixed `created` (Unix seconds).
+    pub fn with_created(client_model: &str, created_unix: i64) -> ToChatJson {
         ToChatJson {
             model: client_model.to_owned(),
+            created: created_unix,
             body: Vec::new(),
             too_large: false,
         }
@@ -77,437 +38,308 @@ impl ToChatJson {
 
     fn convert(&self) -> Value {
         if self.too_large {
-            return openai_error(
-                "the upstream answer was too large to translate",
-                "server_error",
-                None,
-            );
+            return server_error("the upstream response was too large to translate");
         }
-        let Ok(message) = serde_json::from_slice::<Value>(&self.body) else {
-            return openai_error(
-                "the upstream answer was not valid JSON",
-                "server_error",
-                None,
-            );
+        if let Some(error) = parse_error(&self.body) {
+            return json!({ "error": openai_error(&error, None) });
+        }
+        let message: WireMessage = match serde_json::from_slice(&self.body) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable Anthropic response body");
+                return server_error("the upstream response could not be read");
+            }
         };
-        if message.get("type").and_then(Value::as_str) == Some("error") {
-            return error_value(&message);
-        }
-        let mut text = String::new();
-        let mut calls = Vec::new();
-        for block in message["content"].as_array().into_iter().flatten() {
-            match block.get("type").and_then(Value::as_str) {
-                Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
-                Some("tool_use") => calls.push(json!({
-                    "id": block["id"],
-                    "type": "function",
-                    "function": {
-                        "name": block["name"],
-                        "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
+        let mut text: Option<String> = None;
+        let mut reasoning: Option<String> = None;
+        let mut tool_calls = Vec::new();
+        for block in message.content {
+            match block {
+                Block::Text { text: t } => text.get_or_insert_with(String::new).push_str(&t),
+                Block::Thinking { thinking } => reasoning
+                    .get_or_insert_with(String::new)
+                    .push_str(&thinking),
+                Block::ToolUse { id, name, input } => tool_calls.push(ToolCall {
+                    id,
+                    kind: "function",
+                    function: Function {
+                        name,
+                        arguments: input.to_string(),
                     },
-                })),
-                _ => {}
+                }),
+                Block::Other => {}
             }
         }
-        let mut counts = Counts::default();
-        counts.update(&message["usage"]);
-        let mut reply = json!({
-            "role": "assistant",
-            "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) },
-        });
-        if !calls.is_empty() {
-            reply["tool_calls"] = Value::Array(calls);
-        }
-        json!({
-            "id": format!("chatcmpl-{}", message["id"].as_str().unwrap_or("")),
-            "object": "chat.completion",
-            "created": jiff::Timestamp::now().as_second(),
-            "model": self.model,
-            "choices": [{
-                "index": 0,
-                "message": reply,
-                "logprobs": null,
-                "finish_reason": finish_reason(message["stop_reason"].as_str().unwrap_or("end_turn")),
+        let completion = Completion {
+            id: format!("chatcmpl-{}", message.id),
+            object: "chat.completion",
+            created: self.created,
+            model: &self.model,
+            choices: [Choice {
+                index: 0,
+                message: Message {
+                    role: "assistant",
+                    content: text,
+                    reasoning_content: reasoning,
+                    refusal: None,
+                    tool_calls,
+                },
+                logprobs: None,
+                finish_reason: finish_reason(message.stop_reason.as_deref().unwrap_or("")),
             }],
-            "usage": counts.openai(),
-        })
+            usage: message.usage.unwrap_or_default().to_chat(),
+        };
+        serde_json::to_value(completion)
+            .unwrap_or_else(|_| server_error("the response could not be encoded"))
     }
+}
+
+fn server_error(message: &str) -> Value {
+    json!({ "error": { "message": message, "type": "server_error", "param": null, "code": null } })
 }
 
 impl Translate for ToChatJson {
     fn feed(&mut self, chunk: &[u8], _out: &mut BytesMut) {
-        if self.body.len() + chunk.len() > MAX_JSON_BYTES {
+        if self.too_large {
+            return;
+        }
+        if self.body.len() + chunk.len() > MAX_BODY_BYTES {
             self.too_large = true;
             self.body = Vec::new();
-        } else if !self.too_large {
-            self.body.extend_from_slice(chunk);
+            return;
         }
+        self.body.extend_from_slice(chunk);
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
         out.extend_from_slice(self.convert().to_string().as_bytes());
+        self.body = Vec::new();
     }
 }
 
-/// Anthropic SSE events as `chat.completion.chunk` events, each sent as soon as the event that
-/// causes it is complete; ends with `data: [DONE]`.
-#[derive(Debug)]
-pub struct ToChatStream {
-    framer: SseFramer,
+/// The parts of a Messages response that the chat completion carries.
+#[derive(Deserialize)]
+struct WireMessage {
     id: String,
-    model: String,
+    content: Vec<Block>,
+    stop_reason: Option<String>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Text {
+        text: String,
+    },
+    Thinking {
+        thinking: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    /// Redacted thinking, server tool blocks and whatever comes next: no chat equivalent.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: String,
+    object: &'static str,
     created: i64,
-    include_usage: bool,
-    counts: Counts,
-    /// Content block index → tool call index.
-    tools: HashMap<u64, usize>,
-    finish: Option<&'static str>,
-    started: bool,
-    /// `[DONE]` or an error was sent: nothing more.
-    ended: bool,
+    model: &'a str,
+    choices: [Choice; 1],
+    usage: ChatUsage,
 }
 
-impl ToChatStream {
-    pub fn new(client_model: &str, include_usage: bool, created_unix: i64) -> ToChatStream {
-        ToChatStream {
-            framer: SseFramer::new(),
-            id: "chatcmpl-".to_owned(),
-            model: client_model.to_owned(),
-            created: created_unix,
-            include_usage,
-            counts: Counts::default(),
-            tools: HashMap::new(),
-            finish: None,
-            started: false,
-            ended: false,
-        }
-    }
-
-    fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut BytesMut) {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        data(&chunk, out);
-    }
-
-    fn on_event(&mut self, event: &Value, out: &mut BytesMut) {
-        match event.get("type").and_then(Value::as_str).unwrap_or("") {
-            "message_start" => {
-                let message = &event["message"];
-                if let Some(id) = message.get("id").and_then(Value::as_str) {
-                    self.id = format!("chatcmpl-{id}");
-                }
-                self.counts.update(&message["usage"]);
-                self.started = true;
-                self.chunk(json!({ "role": "assistant", "content": "" }), None, out);
-            }
-            "content_block_start" => {
-                let block = &event["content_block"];
-                match block.get("type").and_then(Value::as_str) {
-                    Some("tool_use") => {
-                        let index = self.tools.len();
-                        if let Some(at) = event.get("index").and_then(Value::as_u64) {
-                            self.tools.insert(at, index);
-                        }
-                        let call = json!({
-                            "index": index,
-                            "id": block["id"],
-                            "type": "function",
-                            "function": { "name": block["name"], "arguments": "" },
-                        });
-                        self.chunk(json!({ "tool_calls": [call] }), None, out);
-                    }
-                    Some("text") => {
-                        if let Some(text) = block["text"].as_str().filter(|t| !t.is_empty()) {
-                            self.chunk(json!({ "content": text }), None, out);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            "content_block_delta" => {
-                let delta = &event["delta"];
-                match delta.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => {
-                        self.chunk(json!({ "content": delta["text"] }), None, out);
-                    }
-                    Some("input_json_delta") => {
-                        let at = event.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        if let Some(index) = self.tools.get(&at) {
-                            let call = json!({
-                                "index": index,
-                                "function": { "arguments": delta["partial_json"] },
-                            });
-                            self.chunk(json!({ "tool_calls": [call] }), None, out);
-                        }
-                    }
-                    // Thinking is not part of the chat completions format.
-                    _ => {}
-                }
-            }
-            "message_delta" => {
-                if let Some(stop) = event["delta"].get("stop_reason").and_then(Value::as_str) {
-                    self.finish = Some(finish_reason(stop));
-                }
-                self.counts.update(&event["usage"]);
-            }
-            "message_stop" => self.end(out),
-            "error" => {
-                data(&error_value(event), out);
-                self.ended = true;
-            }
-            _ => {}
-        }
-    }
-
-    /// The finish chunk, the usage chunk when asked for, `[DONE]`.
-    fn end(&mut self, out: &mut BytesMut) {
-        self.chunk(json!({}), Some(self.finish.unwrap_or("stop")), out);
-        if self.include_usage {
-            let usage = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": self.counts.openai(),
-            });
-            data(&usage, out);
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
-        self.ended = true;
-    }
+#[derive(Serialize)]
+struct Choice {
+    index: u32,
+    message: Message,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
 }
 
-impl Translate for ToChatStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) {
-        let mut events = Vec::new();
-        self.framer.feed(chunk, |ev| {
-            if let Ok(v) = serde_json::from_str::<Value>(ev.data) {
-                events.push(v);
-            }
-        });
-        for event in events {
-            if self.ended {
-                return;
-            }
-            self.on_event(&event, out);
-        }
-    }
-
-    fn finish(&mut self, out: &mut BytesMut) {
-        if !self.ended {
-            // Ended without message_stop: say so rather than pass a cut answer off as complete.
-            let message = if self.started {
-                "the upstream stream ended before the message was complete"
-            } else {
-                "the upstream sent no message"
-            };
-            data(&openai_error(message, "server_error", None), out);
-            self.ended = true;
-        }
-    }
+#[derive(Serialize)]
+struct Message {
+    role: &'static str,
+    /// `null` when the model only called tools, as OpenAI does.
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+    refusal: Option<()>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCall>,
 }
 
-fn data(value: &Value, out: &mut BytesMut) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(value.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
+#[derive(Serialize)]
+struct ToolCall {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: Function,
 }
 
-fn openai_error(message: &str, kind: &str, code: Option<&str>) -> Value {
-    json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })
-}
-
-/// An Anthropic error (`{"type":"error","error":{"type","message"}}`, or a stream's `error`
-/// event) in OpenAI's shape.
-fn error_value(anthropic: &Value) -> Value {
-    let error = &anthropic["error"];
-    let message = error["message"].as_str().unwrap_or("upstream error");
-    let (kind, code) = match error["type"].as_str().unwrap_or("") {
-        "invalid_request_error" | "request_too_large" => ("invalid_request_error", None),
-        "authentication_error" => ("authentication_error", Some("invalid_api_key")),
-        "permission_error" => ("permission_error", None),
-        "not_found_error" => ("invalid_request_error", Some("model_not_found")),
-        "rate_limit_error" => ("rate_limit_error", Some("rate_limit_exceeded")),
-        "overloaded_error" => ("server_error", Some("overloaded")),
-        _ => ("server_error", None),
-    };
-    openai_error(message, kind, code)
-}
-
-/// An Anthropic error answer's body as the OpenAI error body; the status stays the upstream's.
-pub fn error_body(status: u16, anthropic_body: &[u8]) -> Bytes {
-    let value = match serde_json::from_slice::<Value>(anthropic_body) {
-        Ok(v) if v.get("error").is_some() => error_value(&v),
-        _ => openai_error(
-            &format!("the upstream answered {status}"),
-            if status >= 500 {
-                "server_error"
-            } else {
-                "invalid_request_error"
-            },
-            None,
-        ),
-    };
-    Bytes::from(value.to_string())
+#[derive(Serialize)]
+struct Function {
+    name: String,
+    /// A JSON string, not an object: that is OpenAI's wire format.
+    arguments: String,
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::testing::fixture;
 
-    fn run(t: &mut impl Translate, body: &[u8], split: usize) -> String {
+    fn convert(chunks: &[&[u8]]) -> Value {
+        let mut t = ToChatJson::with_created("gpt-4o", 1_700_000_000);
         let mut out = BytesMut::new();
-        for part in body.chunks(split.max(1)) {
-            t.feed(part, &mut out);
+        for chunk in chunks {
+            t.feed(chunk, &mut out);
+            assert!(out.is_empty(), "nothing before the end");
         }
         t.finish(&mut out);
-        String::from_utf8(out.to_vec()).unwrap()
+        serde_json::from_slice(&out).unwrap()
     }
 
-    /// The `data:` payloads of an SSE text.
-    fn payloads(sse: &str) -> Vec<String> {
-        sse.split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .map(str::to_owned)
-            .collect()
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/clients/responses/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     #[test]
-    fn a_text_stream_becomes_chunks_ending_with_done() {
-        let body = fixture("anthropic_stream.txt");
-        let whole = run(
-            &mut ToChatStream::new("claude-x", true, 7),
-            &body,
-            body.len(),
-        );
-        for split in [1, 3, 50] {
-            assert_eq!(
-                run(&mut ToChatStream::new("claude-x", true, 7), &body, split),
-                whole
-            );
+    fn fixture_becomes_a_chat_completion() {
+        let raw = fixture("anthropic_json.txt");
+        let want = json!({
+            "id": "chatcmpl-msg_mockb7b0a8a093df49d99f0a",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": "gpt-4o",
+            "choices": [{
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Hi! This is the mock upstream.",
+                    "refusal": null,
+                },
+                "logprobs": null,
+                "finish_reason": "stop",
+            }],
+            "usage": {
+                "prompt_tokens": 10,
+                "completion_tokens": 7,
+                "total_tokens": 17,
+                "prompt_tokens_details": { "cached_tokens": 0 },
+            },
+        });
+        assert_eq!(convert(&[&raw]), want);
+        for at in 0..=raw.len() {
+            let (a, b) = raw.split_at(at);
+            assert_eq!(convert(&[a, b]), want, "split at {at}");
         }
-        let events = payloads(&whole);
-        assert_eq!(events.last().unwrap(), "[DONE]");
-        let chunks: Vec<Value> = events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
-        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-        let text: String = chunks
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-            .collect();
-        assert!(!text.is_empty());
-        let usage = chunks.last().unwrap();
-        assert_eq!(usage["choices"], json!([]));
-        assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
-        let finish = &chunks[chunks.len() - 2];
-        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-        assert!(
-            chunks[..chunks.len() - 1]
-                .iter()
-                .all(|c| c["usage"].is_null())
-        );
-        assert!(
-            chunks
-                .iter()
-                .all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "claude-x")
-        );
-        // Without include_usage: no usage field, no usage chunk.
-        let plain = run(&mut ToChatStream::new("claude-x", false, 7), &body, 11);
-        assert!(!plain.contains("\"usage\""));
     }
 
     #[test]
-    fn tool_use_becomes_streamed_tool_calls() {
-        let body = fixture("anthropic_stream_tool_use.txt");
-        let out = run(&mut ToChatStream::new("claude-x", false, 7), &body, 5);
-        let chunks: Vec<Value> = payloads(&out)
-            .iter()
-            .filter(|p| *p != "[DONE]")
-            .map(|p| serde_json::from_str(p).unwrap())
-            .collect();
-        let calls: Vec<&Value> = chunks
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
-            .flatten()
-            .collect();
-        assert_eq!(calls[0]["function"]["name"], "Bash");
-        assert_eq!(calls[0]["index"], 0);
-        let arguments: String = calls
-            .iter()
-            .filter_map(|c| c["function"]["arguments"].as_str())
-            .collect();
-        let parsed: Value = serde_json::from_str(&arguments).unwrap();
-        assert_eq!(parsed["command"], "echo mock-tool-ok");
-        let finish = chunks
-            .iter()
-            .rev()
-            .find_map(|c| c["choices"][0]["finish_reason"].as_str());
-        assert_eq!(finish, Some("tool_calls"));
-    }
-
-    #[test]
-    fn json_answers_and_errors() {
-        let body = fixture("anthropic_json.txt");
-        let v: Value =
-            serde_json::from_str(&run(&mut ToChatJson::new("claude-x"), &body, 9)).unwrap();
-        assert_eq!(v["object"], "chat.completion");
-        assert_eq!(v["model"], "claude-x");
-        assert!(
-            v["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .len()
-                > 1
-        );
-        assert_eq!(v["choices"][0]["finish_reason"], "stop");
-        assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
-        let tool = br#"{"id":"m1","type":"message","content":[{"type":"tool_use","id":"t1","name":"f","input":{"a":1}}],"stop_reason":"tool_use","usage":{"input_tokens":5,"output_tokens":2,"cache_read_input_tokens":3}}"#;
-        let v: Value = serde_json::from_str(&run(&mut ToChatJson::new("c"), tool, 4)).unwrap();
-        assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
-        assert_eq!(
-            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
-            "{\"a\":1}"
-        );
+    fn tool_calls_thinking_and_cache_usage() {
+        let body = json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [
+                { "type": "thinking", "thinking": "let me see", "signature": "sig" },
+                { "type": "redacted_thinking", "data": "xyz" },
+                { "type": "text", "text": "Checking " },
+                { "type": "text", "text": "both." },
+                { "type": "tool_use", "id": "toolu_a", "name": "weather", "input": { "city": "Paris", "days": [1, 2] } },
+                { "type": "tool_use", "id": "toolu_b", "name": "now", "input": {} },
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": { "input_tokens": 5, "output_tokens": 40, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 1000 },
+        });
+        let v = convert(&[body.to_string().as_bytes()]);
+        let message = &v["choices"][0]["message"];
+        assert_eq!(message["content"], "Checking both.");
+        assert_eq!(message["reasoning_content"], "let me see");
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(v["usage"]["prompt_tokens"], 8);
-        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 3);
-        let err = error_body(
-            429,
-            br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#,
-        );
-        let v: Value = serde_json::from_slice(&err).unwrap();
+        let calls = message["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["id"], "toolu_a");
+        assert_eq!(calls[0]["type"], "function");
+        assert_eq!(calls[0]["function"]["name"], "weather");
+        let args: Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({ "city": "Paris", "days": [1, 2] }));
+        assert_eq!(calls[1]["function"]["arguments"], "{}");
         assert_eq!(
-            v["error"],
-            json!({ "message": "slow", "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded" })
+            v["usage"],
+            json!({
+                "prompt_tokens": 1305, "completion_tokens": 40, "total_tokens": 1345,
+                "prompt_tokens_details": { "cached_tokens": 1000 },
+            })
         );
-        let v: Value = serde_json::from_slice(&error_body(502, b"<html>")).unwrap();
+    }
+
+    #[test]
+    fn tool_only_answer_has_null_content_and_other_stop_reasons_map() {
+        for (stop, want) in [
+            ("max_tokens", "length"),
+            ("refusal", "content_filter"),
+            ("stop_sequence", "stop"),
+        ] {
+            let body = json!({
+                "id": "msg_2", "type": "message", "content": [
+                    { "type": "tool_use", "id": "t", "name": "f", "input": {} },
+                ],
+                "stop_reason": stop, "usage": { "input_tokens": 1, "output_tokens": 2 },
+            });
+            let v = convert(&[body.to_string().as_bytes()]);
+            assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+            assert!(
+                v["choices"][0]["message"]
+                    .get("reasoning_content")
+                    .is_none()
+            );
+            assert_eq!(v["choices"][0]["finish_reason"], want);
+            assert_eq!(v["usage"]["total_tokens"], 3);
+        }
+    }
+
+    #[test]
+    fn error_bodies_and_garbage_become_openai_errors() {
+        let v = convert(&[
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        ]);
+        assert_eq!(
+            v,
+            json!({ "error": { "message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded" } })
+        );
+        let v = convert(&[b"{\"id\": \"msg_1\", \"content\": ["]);
+        assert_eq!(v["error"]["type"], "server_error");
+        assert!(v.get("choices").is_none());
+        let v = convert(&[]);
         assert_eq!(v["error"]["type"], "server_error");
     }
 
     #[test]
-    fn a_cut_or_failed_stream_ends_with_an_error_not_done() {
-        let cut = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1}}}\n\n";
-        let out = run(&mut ToChatStream::new("c", false, 1), cut, 7);
+    fn an_oversized_body_is_dropped_not_held() {
+        let mut t = ToChatJson::with_created("m", 0);
+        let mut out = BytesMut::new();
+        let big = vec![b' '; MAX_BODY_BYTES / 2 + 1];
+        t.feed(&big, &mut out);
+        t.feed(&big, &mut out);
+        assert_eq!(t.body.capacity(), 0);
+        t.finish(&mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
         assert!(
-            out.contains("\"error\"") && !out.contains("[DONE]"),
-            "{out}"
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("too large")
         );
-        let failed = b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
-        let out = run(&mut ToChatStream::new("c", false, 1), failed, 3);
-        assert_eq!(payloads(&out).len(), 1);
-        assert!(out.contains("\"overloaded\""));
     }
 }

@@ -1,0 +1,453 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::error::ErrorKind;
+
+/// Translates `chat` (with a default max_tokens of 1024) and returns the Messages JSON.
+fn translate(chat: Value) -> Value {
+    let req = request(chat.to_string().as_bytes(), 1024).unwrap();
+    serde_json::from_slice(&req.body).unwrap()
+}
+
+fn rejected(chat: Value) -> ApiError {
+    let err = request(chat.to_string().as_bytes(), 1024).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidRequest);
+    assert_eq!(err.status, 400);
+    err
+}
+
+fn with_messages(messages: Value) -> Value {
+    json!({ "model": "claude-sonnet-4-5", "messages": messages })
+}
+
+#[test]
+fn python_sdk_requests_from_the_fixture() {
+    let path = format!(
+        "{}/tests/fixtures/clients/python-sdks.requests.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let captures = std::fs::read_to_string(&path).unwrap();
+    let mut seen = 0;
+    for line in captures.lines() {
+        let capture: Value = serde_json::from_str(line).unwrap();
+        if capture["path"] != "/v1/chat/completions" {
+            continue;
+        }
+        seen += 1;
+        let chat = &capture["body"];
+        let req = request(chat.to_string().as_bytes(), 4096).unwrap();
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(req.model, chat["model"].as_str().unwrap());
+        assert_eq!(body["model"], chat["model"]);
+        assert_eq!(req.stream, chat["stream"] == true);
+        assert_eq!(body.get("stream").is_some(), req.stream);
+        assert_eq!(
+            req.include_usage,
+            chat["stream_options"]["include_usage"] == true
+        );
+        assert_eq!(body["max_tokens"], 4096);
+        assert_eq!(body["messages"][0]["role"], "user");
+        assert_eq!(
+            body["messages"][0]["content"][0]["text"],
+            chat["messages"][0]["content"]
+        );
+        if chat.get("tools").is_some() {
+            assert_eq!(
+                body["tools"],
+                json!([{ "name": "run", "input_schema": { "type": "object" } }])
+            );
+        }
+    }
+    assert!(seen >= 4, "only {seen} chat captures");
+}
+
+#[test]
+fn missing_model_or_messages_is_a_clear_400() {
+    let err = rejected(json!({ "messages": [] }));
+    assert!(err.message.contains("`model`"), "{}", err.message);
+    let err = rejected(json!({ "model": "m" }));
+    assert!(err.message.contains("`messages`"), "{}", err.message);
+    let err = rejected(json!({ "model": "m", "messages": "hi" }));
+    assert!(err.message.contains("`messages`"), "{}", err.message);
+    let err = request(b"{not json", 1).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidRequest);
+    rejected(json!([1, 2]));
+    let err = rejected(with_messages(
+        json!([{ "role": "system", "content": "only" }]),
+    ));
+    assert!(err.message.contains("at least one"), "{}", err.message);
+}
+
+#[test]
+fn system_and_developer_messages_become_the_system_blocks_in_order() {
+    let body = translate(with_messages(json!([
+        { "role": "system", "content": "first" },
+        { "role": "user", "content": "hi" },
+        { "role": "developer", "content": [
+            { "type": "text", "text": "second" },
+            { "type": "text", "text": "" },
+            { "type": "text", "text": "third" },
+        ]},
+    ])));
+    assert_eq!(
+        body["system"],
+        json!([
+            { "type": "text", "text": "first" },
+            { "type": "text", "text": "second" },
+            { "type": "text", "text": "third" },
+        ])
+    );
+    assert_eq!(
+        body["messages"],
+        json!([{ "role": "user", "content": [{ "type": "text", "text": "hi" }] }])
+    );
+    // No system message, no system field.
+    let body = translate(with_messages(json!([{ "role": "user", "content": "hi" }])));
+    assert!(body.get("system").is_none());
+    // An image in a system message is refused.
+    rejected(with_messages(json!([
+        { "role": "system", "content": [{ "type": "image_url", "image_url": { "url": "https://x/y.png" } }] },
+        { "role": "user", "content": "hi" },
+    ])));
+}
+
+#[test]
+fn user_content_parts_text_and_images() {
+    let body = translate(with_messages(json!([{ "role": "user", "content": [
+        { "type": "text", "text": "look" },
+        { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBORw0K", "detail": "high" } },
+        { "type": "image_url", "image_url": { "url": "https://example.com/cat.jpg" } },
+        { "type": "image_url", "image_url": "http://example.com/dog.gif" },
+        { "type": "file", "file": { "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0" } },
+    ]}])));
+    assert_eq!(
+        body["messages"][0]["content"],
+        json!([
+            { "type": "text", "text": "look" },
+            { "type": "image", "source": { "type": "base64", "media_type": "image/png", "data": "iVBORw0K" } },
+            { "type": "image", "source": { "type": "url", "url": "https://example.com/cat.jpg" } },
+            { "type": "image", "source": { "type": "url", "url": "http://example.com/dog.gif" } },
+            { "type": "document", "source": { "type": "base64", "media_type": "application/pdf", "data": "JVBERi0" } },
+        ])
+    );
+    for bad in [
+        json!({ "type": "image_url", "image_url": { "url": "ftp://x/y.png" } }),
+        json!({ "type": "image_url", "image_url": { "url": "data:image/png,rawbytes" } }),
+        json!({ "type": "image_url" }),
+        json!({ "type": "input_audio", "input_audio": { "data": "", "format": "wav" } }),
+        json!({ "type": "file", "file": { "file_id": "file-1" } }),
+    ] {
+        let err = rejected(with_messages(json!([{ "role": "user", "content": [bad] }])));
+        assert!(
+            err.message.contains("messages[0].content[0]"),
+            "{}",
+            err.message
+        );
+    }
+}
+
+#[test]
+fn assistant_tool_calls_become_tool_use_and_tool_messages_merge_into_one_user_turn() {
+    let body = translate(with_messages(json!([
+        { "role": "user", "content": "weather in Paris and Oslo?" },
+        { "role": "assistant", "content": null, "tool_calls": [
+            { "id": "call_1", "type": "function", "function": { "name": "weather", "arguments": "{\"city\":\"Paris\"}" } },
+            { "id": "call.2", "type": "function", "function": { "name": "weather", "arguments": "{\"city\":\"Oslo\"}" } },
+            { "id": "call_3", "type": "function", "function": { "name": "now", "arguments": "" } },
+        ]},
+        { "role": "tool", "tool_call_id": "call_1", "content": "sunny" },
+        { "role": "tool", "tool_call_id": "call.2", "content": [{ "type": "text", "text": "rain" }, { "type": "text", "text": "cold" }] },
+        { "role": "tool", "tool_call_id": "call_3", "content": "" },
+        { "role": "user", "content": "thanks" },
+    ])));
+    assert_eq!(
+        body["messages"],
+        json!([
+            { "role": "user", "content": [{ "type": "text", "text": "weather in Paris and Oslo?" }] },
+            { "role": "assistant", "content": [
+                { "type": "tool_use", "id": "call_1", "name": "weather", "input": { "city": "Paris" } },
+                { "type": "tool_use", "id": "call_2", "name": "weather", "input": { "city": "Oslo" } },
+                { "type": "tool_use", "id": "call_3", "name": "now", "input": {} },
+            ]},
+            { "role": "user", "content": [
+                { "type": "tool_result", "tool_use_id": "call_1", "content": "sunny" },
+                { "type": "tool_result", "tool_use_id": "call_2", "content": [
+                    { "type": "text", "text": "rain" }, { "type": "text", "text": "cold" },
+                ]},
+                { "type": "tool_result", "tool_use_id": "call_3" },
+                { "type": "text", "text": "thanks" },
+            ]},
+        ])
+    );
+}
+
+#[test]
+fn assistant_text_and_tool_calls_share_one_message() {
+    let body = translate(with_messages(json!([
+        { "role": "user", "content": "go" },
+        { "role": "assistant", "content": [{ "type": "text", "text": "on it" }, { "type": "refusal", "refusal": "" }],
+          "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "{}" } }] },
+    ])));
+    assert_eq!(
+        body["messages"][1]["content"],
+        json!([
+            { "type": "text", "text": "on it" },
+            { "type": "tool_use", "id": "c", "name": "f", "input": {} },
+        ])
+    );
+}
+
+#[test]
+fn invalid_tool_call_arguments_name_the_call() {
+    let err = rejected(with_messages(json!([
+        { "role": "user", "content": "go" },
+        { "role": "assistant", "tool_calls": [
+            { "id": "call_ok", "type": "function", "function": { "name": "f", "arguments": "{}" } },
+            { "id": "call_bad", "type": "function", "function": { "name": "g", "arguments": "{\"a\":" } },
+        ]},
+    ])));
+    assert!(
+        err.message.contains("messages[1].tool_calls[1]"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("call_bad"), "{}", err.message);
+    assert!(err.message.contains("`g`"), "{}", err.message);
+    let err = rejected(with_messages(json!([
+        { "role": "user", "content": "go" },
+        { "role": "assistant", "tool_calls": [
+            { "id": "c", "type": "function", "function": { "name": "f", "arguments": "[1]" } },
+        ]},
+    ])));
+    assert!(err.message.contains("JSON object"), "{}", err.message);
+    let err = rejected(with_messages(json!([{ "role": "tool", "content": "x" }])));
+    assert!(err.message.contains("tool_call_id"), "{}", err.message);
+}
+
+#[test]
+fn consecutive_same_role_messages_merge() {
+    let body = translate(with_messages(json!([
+        { "role": "user", "content": "a" },
+        { "role": "system", "content": "sys" },
+        { "role": "user", "content": "b" },
+        { "role": "assistant", "content": "c" },
+        { "role": "assistant", "content": "" },
+        { "role": "assistant", "content": "d" },
+        { "role": "user", "content": "" },
+    ])));
+    assert_eq!(
+        body["messages"],
+        json!([
+            { "role": "user", "content": [{ "type": "text", "text": "a" }, { "type": "text", "text": "b" }] },
+            { "role": "assistant", "content": [{ "type": "text", "text": "c" }, { "type": "text", "text": "d" }] },
+        ])
+    );
+}
+
+#[test]
+fn tool_results_open_their_user_message() {
+    let body = translate(with_messages(json!([
+        { "role": "user", "content": "go" },
+        { "role": "assistant", "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "{}" } }] },
+        { "role": "user", "content": "also this" },
+        { "role": "tool", "tool_call_id": "c", "content": "done" },
+    ])));
+    assert_eq!(
+        body["messages"][2]["content"],
+        json!([
+            { "type": "tool_result", "tool_use_id": "c", "content": "done" },
+            { "type": "text", "text": "also this" },
+        ])
+    );
+}
+
+#[test]
+fn legacy_functions_and_function_call() {
+    let body = translate(json!({
+        "model": "m",
+        "functions": [{ "name": "lookup", "description": "finds", "parameters": { "type": "object", "properties": { "q": { "type": "string" } } } }],
+        "function_call": { "name": "lookup" },
+        "messages": [
+            { "role": "user", "content": "find x" },
+            { "role": "assistant", "content": null, "function_call": { "name": "lookup", "arguments": "{\"q\":\"x\"}" } },
+            { "role": "function", "name": "lookup", "content": "found" },
+        ],
+    }));
+    assert_eq!(
+        body["tools"],
+        json!([{ "name": "lookup", "description": "finds", "input_schema": { "type": "object", "properties": { "q": { "type": "string" } } } }])
+    );
+    assert_eq!(
+        body["tool_choice"],
+        json!({ "type": "tool", "name": "lookup" })
+    );
+    let call = &body["messages"][1]["content"][0];
+    assert_eq!(call["type"], "tool_use");
+    assert_eq!(call["input"], json!({ "q": "x" }));
+    assert_eq!(
+        body["messages"][2]["content"][0],
+        json!({ "type": "tool_result", "tool_use_id": call["id"], "content": "found" })
+    );
+    let err = rejected(with_messages(
+        json!([{ "role": "function", "name": "nope", "content": "x" }]),
+    ));
+    assert!(err.message.contains("nope"), "{}", err.message);
+}
+
+#[test]
+fn tools_and_tool_choice() {
+    let tools = json!([
+        { "type": "function", "function": { "name": "a", "description": "does a", "parameters": { "type": "object", "properties": {} }, "strict": true } },
+        { "type": "function", "function": { "name": "b" } },
+    ]);
+    let translated = |choice: Value, parallel: Value| {
+        let mut chat = with_messages(json!([{ "role": "user", "content": "hi" }]));
+        chat["tools"] = tools.clone();
+        chat["tool_choice"] = choice;
+        chat["parallel_tool_calls"] = parallel;
+        translate(chat)
+    };
+    let body = translated(Value::Null, Value::Null);
+    assert_eq!(
+        body["tools"],
+        json!([
+            { "name": "a", "description": "does a", "input_schema": { "type": "object", "properties": {} } },
+            { "name": "b", "input_schema": { "type": "object", "properties": {} } },
+        ])
+    );
+    assert!(body.get("tool_choice").is_none());
+    for (choice, want) in [
+        (json!("auto"), json!({ "type": "auto" })),
+        (json!("none"), json!({ "type": "none" })),
+        (json!("required"), json!({ "type": "any" })),
+        (
+            json!({ "type": "function", "function": { "name": "b" } }),
+            json!({ "type": "tool", "name": "b" }),
+        ),
+    ] {
+        assert_eq!(
+            translated(choice.clone(), Value::Null)["tool_choice"],
+            want,
+            "{choice}"
+        );
+    }
+    // parallel_tool_calls: false.
+    assert_eq!(
+        translated(Value::Null, json!(false))["tool_choice"],
+        json!({ "type": "auto", "disable_parallel_tool_use": true })
+    );
+    assert_eq!(
+        translated(json!("required"), json!(false))["tool_choice"],
+        json!({ "type": "any", "disable_parallel_tool_use": true })
+    );
+    assert_eq!(
+        translated(json!("none"), json!(false))["tool_choice"],
+        json!({ "type": "none" })
+    );
+    assert!(
+        translated(json!("auto"), json!(true))["tool_choice"]["disable_parallel_tool_use"]
+            .is_null()
+    );
+    // No tools: no tools and no tool_choice.
+    let mut chat = with_messages(json!([{ "role": "user", "content": "hi" }]));
+    chat["tool_choice"] = json!("required");
+    let body = translate(chat.clone());
+    assert!(body.get("tools").is_none() && body.get("tool_choice").is_none());
+    // Unsupported shapes.
+    chat["tools"] = json!([{ "type": "web_search" }]);
+    assert!(rejected(chat.clone()).message.contains("tools[0]"));
+    chat["tools"] = tools;
+    chat["tool_choice"] = json!("sometimes");
+    assert!(rejected(chat.clone()).message.contains("tool_choice"));
+    chat["tool_choice"] = json!({ "type": "function" });
+    assert!(rejected(chat).message.contains("tool_choice"));
+}
+
+#[test]
+fn max_tokens_from_either_field_or_the_default() {
+    let mut chat = with_messages(json!([{ "role": "user", "content": "hi" }]));
+    assert_eq!(translate(chat.clone())["max_tokens"], 1024);
+    chat["max_tokens"] = json!(100);
+    assert_eq!(translate(chat.clone())["max_tokens"], 100);
+    chat["max_completion_tokens"] = json!(200);
+    assert_eq!(translate(chat.clone())["max_tokens"], 200);
+    chat["max_completion_tokens"] = Value::Null;
+    assert_eq!(translate(chat.clone())["max_tokens"], 100);
+    chat["max_tokens"] = json!(0);
+    assert!(rejected(chat.clone()).message.contains("max_tokens"));
+    chat["max_tokens"] = json!("many");
+    rejected(chat);
+}
+
+#[test]
+fn sampling_and_stop_and_user() {
+    let mut chat = with_messages(json!([{ "role": "user", "content": "hi" }]));
+    chat["temperature"] = json!(1.6);
+    chat["top_p"] = json!(0.9);
+    chat["stop"] = json!("END");
+    chat["user"] = json!("user-42");
+    chat["logprobs"] = json!(false);
+    chat["some_future_field"] = json!({ "x": 1 });
+    let body = translate(chat.clone());
+    assert_eq!(body["temperature"], json!(1.0));
+    assert_eq!(body["top_p"], json!(0.9));
+    assert_eq!(body["stop_sequences"], json!(["END"]));
+    assert_eq!(body["metadata"], json!({ "user_id": "user-42" }));
+    assert!(body.get("some_future_field").is_none() && body.get("logprobs").is_none());
+    chat["temperature"] = json!(0.3);
+    chat["stop"] = json!(["a", "b"]);
+    let body = translate(chat.clone());
+    assert_eq!(body["temperature"], json!(0.3));
+    assert_eq!(body["stop_sequences"], json!(["a", "b"]));
+    chat["temperature"] = json!(-1);
+    assert_eq!(translate(chat.clone())["temperature"], json!(0.0));
+    chat["stop"] = json!([]);
+    assert!(translate(chat.clone()).get("stop_sequences").is_none());
+    chat["stop"] = json!([1]);
+    rejected(chat.clone());
+    chat["stop"] = Value::Null;
+    chat["temperature"] = json!("hot");
+    rejected(chat);
+}
+
+#[test]
+fn stream_and_include_usage() {
+    let mut chat = with_messages(json!([{ "role": "user", "content": "hi" }]));
+    let req = request(chat.to_string().as_bytes(), 1).unwrap();
+    assert!(!req.stream && !req.include_usage);
+    // include_usage means nothing without stream.
+    chat["stream_options"] = json!({ "include_usage": true });
+    let req = request(chat.to_string().as_bytes(), 1).unwrap();
+    assert!(!req.stream && !req.include_usage);
+    chat["stream"] = json!(true);
+    let req = request(chat.to_string().as_bytes(), 1).unwrap();
+    assert!(req.stream && req.include_usage);
+    let body: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(body["stream"], true);
+    assert!(body.get("stream_options").is_none());
+    chat["stream_options"] = json!({ "include_usage": false });
+    let req = request(chat.to_string().as_bytes(), 1).unwrap();
+    assert!(req.stream && !req.include_usage);
+}
+
+#[test]
+fn n_above_one_is_refused() {
+    let mut chat = with_messages(json!([{ "role": "user", "content": "hi" }]));
+    chat["n"] = json!(1);
+    translate(chat.clone());
+    chat["n"] = json!(3);
+    let err = rejected(chat);
+    assert!(err.message.contains("`n`"), "{}", err.message);
+    assert!(err.message.contains("not supported"), "{}", err.message);
+}
+
+#[test]
+fn unknown_roles_and_bad_content_are_refused() {
+    let err = rejected(with_messages(
+        json!([{ "role": "wizard", "content": "hi" }]),
+    ));
+    assert!(err.message.contains("wizard"));
+    let err = rejected(with_messages(json!([{ "content": "hi" }])));
+    assert!(err.message.contains("messages[0]"));
+    rejected(with_messages(json!([{ "role": "user", "content": 7 }])));
+}
