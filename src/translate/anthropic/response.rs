@@ -194,6 +194,7 @@ struct Function {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::testing::fixture;
 
     fn convert(chunks: &[&[u8]]) -> Value {
         let mut t = ToChatJson::with_created("gpt-4o", 1_700_000_000);
@@ -204,14 +205,6 @@ mod tests {
         }
         t.finish(&mut out);
         serde_json::from_slice(&out).unwrap()
-    }
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/tests/fixtures/clients/responses/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     #[test]

@@ -3,17 +3,10 @@
 use std::collections::BTreeSet;
 
 use super::*;
+use crate::testing::fixture;
 use proptest::prelude::*;
 
 const CREATED: i64 = 1_795_331_914;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/tests/fixtures/clients/responses/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
 
 /// Feeds `chunks` and finishes; the whole client body.
 fn run(include_usage: bool, chunks: &[&[u8]]) -> Vec<u8> {
