@@ -167,7 +167,7 @@ where
             ask.model
         )));
     }
-    let key_lease = limits::admit(
+    let mut key_lease = limits::admit(
         app,
         &key,
         &limits::Request {
@@ -239,7 +239,7 @@ where
         upstream,
         sent_at,
         head_at,
-    } = match failover::attempts(app, &call, &parts.headers, &key, &key_lease, &ctx).await? {
+    } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await? {
         Attempts::Served(served) => served,
         Attempts::Failed(answer) => return Ok(answer),
     };

@@ -20,7 +20,9 @@ use crate::app::App;
 use crate::auth::new_id;
 use crate::error::{ApiError, ErrorKind};
 use crate::scheduler::health::family_of;
-use crate::store::{Admission, Admit, KeyRecord, Lease, MeterUse, Store};
+use crate::store::{
+    AccountRelease, Admission, Admit, KeyRecord, KeySettle, Lease, MeterUse, Picked, Store, Taken,
+};
 use crate::usage::TokenUsage;
 use meters::{Estimate, Families, Measure, Planned};
 
@@ -69,126 +71,245 @@ impl Spent {
 /// The key's lease of one request; settled explicitly with what the request used, or on drop
 /// with nothing used (it never reached an upstream).
 pub struct KeyLease {
-    release: Release,
-    /// The counters the lease reserved on, to settle.
-    meters: Vec<(String, Measure)>,
+    store: Arc<dyn Store>,
+    key_id: String,
+    lease: Lease,
+    state: State,
+    /// The counters it reserves on: bucket, what it measures, the reservation.
+    meters: Vec<(String, Measure, u64)>,
+}
+
+enum State {
+    /// Nothing to give back: an unbilled request, or a key whose limits count nothing.
+    Free,
+    /// Checked here, not yet taken in the store: the first pick takes it with the account
+    /// (`Store::admit_and_pick`, one round trip for both), or `take` alone.
+    Pending(Box<Pending>),
+    /// Taken in the store: given back when settled or dropped.
+    Held,
+}
+
+/// What taking a pending lease needs, and what a refusal says.
+struct Pending {
+    admission: Admission,
+    planned: Vec<Planned>,
+    active_days: Option<u32>,
+    tz: jiff::tz::TimeZone,
 }
 
 impl KeyLease {
     pub fn lease(&self) -> &Lease {
-        &self.release.lease
+        &self.lease
     }
 
     pub fn key_id(&self) -> &str {
-        &self.release.key_id
+        &self.key_id
     }
 
     /// The lease an account takes for one attempt of this request. Each attempt has its own id,
     /// so a failed attempt gives back its account without touching the key's lease.
     pub fn attempt_lease(&self, attempt: u32) -> Lease {
         Lease {
-            id: format!("{}.{attempt}", self.release.lease.id),
-            ttl: self.release.lease.ttl,
+            id: format!("{}.{attempt}", self.lease.id),
+            ttl: self.lease.ttl,
+        }
+    }
+
+    /// The admission still to take in the store, if any: `Store::admit_and_pick` takes it with
+    /// the first account, and then `taken` records the answer.
+    pub fn pending(&self) -> Option<&Admission> {
+        match &self.state {
+            State::Pending(p) => Some(&p.admission),
+            _ => None,
+        }
+    }
+
+    /// Records what the store answered to the pending admission: `Ok` once it is held (the
+    /// store granted it and kept it), the refusal in the API's terms otherwise. An admission
+    /// granted but not kept (no account could serve) stays pending.
+    pub fn taken(&mut self, answer: &Taken) -> Result<(), ApiError> {
+        let State::Pending(pending) = &self.state else {
+            return Ok(());
+        };
+        match answer {
+            Taken::Refused(admit) => Err(pending.refusal(admit)),
+            Taken::Picked(Picked::Account { .. }) => {
+                self.state = State::Held;
+                Ok(())
+            }
+            Taken::Picked(Picked::Unavailable { .. }) => Ok(()),
+        }
+    }
+
+    /// Takes a pending admission on its own (a request that may end without an account).
+    pub async fn take(&mut self) -> Result<(), ApiError> {
+        let State::Pending(pending) = &self.state else {
+            return Ok(());
+        };
+        let answer = self
+            .store
+            .admit(&pending.admission, &self.lease)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorKind::Unavailable,
+                    format!("the store is unavailable: {e}"),
+                )
+            })?;
+        match answer {
+            Admit::Granted => {
+                self.state = State::Held;
+                Ok(())
+            }
+            refused => Err(pending.refusal(&refused)),
         }
     }
 
     /// Guards `lease`, which the store gave `account_id` for this request.
     pub fn account_lease(&self, account_id: &str, lease: Lease) -> AccountLease {
-        AccountLease(Release {
-            held: true,
-            store: Arc::clone(&self.release.store),
-            key_id: self.release.key_id.clone(),
-            account_id: Some(account_id.to_owned()),
-            lease,
-            used: Vec::new(),
-        })
+        AccountLease {
+            store: Arc::clone(&self.store),
+            release: Some(AccountRelease {
+                key_id: self.key_id.clone(),
+                account_id: account_id.to_owned(),
+                lease,
+            }),
+        }
     }
 
     /// Ends the lease, counting what the request used on every counter it reserved on.
-    pub fn settle(mut self, spent: Spent) {
-        self.release.used = self
+    pub fn settle(self, spent: Spent) {
+        self.finish(None, spent);
+    }
+
+    /// Ends the lease and the account's in one store call.
+    pub fn settle_with(self, account: AccountLease, spent: Spent) {
+        self.finish(Some(account), spent);
+    }
+
+    fn finish(mut self, account: Option<AccountLease>, spent: Spent) {
+        let key = self.give_back(spent);
+        let account = account.and_then(|mut a| a.release.take());
+        give_back(&self.store, key, account);
+    }
+
+    /// What to give back of a held lease (it is then no longer held).
+    fn give_back(&mut self, spent: Spent) -> Option<KeySettle> {
+        if !matches!(self.state, State::Held) {
+            return None;
+        }
+        self.state = State::Free;
+        let (reserved, used) = self
             .meters
             .iter()
-            .map(|(bucket, measure)| {
+            .map(|(bucket, measure, reserve)| {
                 let amount = match measure {
                     Measure::Requests => spent.requests,
                     Measure::Tokens => spent.tokens,
                     Measure::Cost => spent.cost_nanousd,
                 };
-                (bucket.clone(), amount)
+                ((bucket.clone(), *reserve), (bucket.clone(), amount))
             })
-            .collect();
-        // Dropping `self` settles.
+            .unzip();
+        Some(KeySettle {
+            key_id: self.key_id.clone(),
+            lease: self.lease.clone(),
+            reserved,
+            used,
+        })
+    }
+}
+
+impl Drop for KeyLease {
+    fn drop(&mut self) {
+        let key = self.give_back(Spent::default());
+        give_back(&self.store, key, None);
+    }
+}
+
+impl Pending {
+    fn refusal(&self, admit: &Admit) -> ApiError {
+        let now_ms = self.admission.now_ms;
+        match admit {
+            Admit::Granted => ApiError::internal("a granted admission read as a refusal"),
+            Admit::ConcurrencyExceeded { limit } => ApiError::new(
+                ErrorKind::RateLimited,
+                format!("this key allows {limit} concurrent requests; wait for one to finish"),
+            )
+            .with_retry_after(1)
+            .with_code("concurrency_limit"),
+            Admit::Expired { first_used_at } => {
+                let days = self.active_days.unwrap_or(0);
+                ApiError::new(
+                    ErrorKind::Permission,
+                    format!(
+                        "this API key was valid for {days} days from its first use ({}); it expired",
+                        show_time(*first_used_at, &self.tz)
+                    ),
+                )
+                .with_code("key_expired")
+            }
+            Admit::MeterFull { meter, usage } => {
+                refusal(&self.tz, self.planned.get(*meter), *usage, now_ms)
+            }
+        }
     }
 }
 
 /// An account's lease for one attempt; released on drop.
-pub struct AccountLease(Release);
+pub struct AccountLease {
+    store: Arc<dyn Store>,
+    /// `None` once given back.
+    release: Option<AccountRelease>,
+}
 
 impl AccountLease {
-    pub fn lease(&self) -> &Lease {
-        &self.0.lease
+    pub fn lease(&self) -> Option<&Lease> {
+        self.release.as_ref().map(|r| &r.lease)
     }
 }
 
-struct Release {
-    /// `false` for a key lease that was never taken: dropping it calls nothing.
-    held: bool,
-    store: Arc<dyn Store>,
-    key_id: String,
-    /// Set for account leases: the lease is the account's, not the key's.
-    account_id: Option<String>,
-    lease: Lease,
-    /// For a key lease: what to add to each counter when it settles.
-    used: Vec<(String, u64)>,
+impl Drop for AccountLease {
+    fn drop(&mut self) {
+        give_back(&self.store, None, self.release.take());
+    }
 }
 
-impl Drop for Release {
-    fn drop(&mut self) {
-        if !self.held {
+/// Gives leases back to the store: in place when the store is in memory, else on a task that
+/// retries a few times while the store is unreachable (past that the leases expire on their
+/// own after their ttl, and a settle's use is lost: logged).
+fn give_back(store: &Arc<dyn Store>, key: Option<KeySettle>, account: Option<AccountRelease>) {
+    if key.is_none() && account.is_none() {
+        return;
+    }
+    if store.is_local() {
+        // In memory: done in one poll, no task to spawn on the request path.
+        let done = store.finish(key.as_ref(), account.as_ref()).now_or_never();
+        if matches!(done, Some(Ok(()))) {
             return;
         }
-        let store = Arc::clone(&self.store);
-        let key_id = std::mem::take(&mut self.key_id);
-        let account_id = self.account_id.take();
-        let used = std::mem::take(&mut self.used);
-        let lease = self.lease.clone();
-        if store.is_local() {
-            // In memory: done in one poll, no task to spawn on the request path.
-            let done = match &account_id {
-                Some(account) => store.release(&key_id, Some(account), &lease).now_or_never(),
-                None => store.settle(&key_id, &lease, &used).now_or_never(),
-            };
-            if matches!(done, Some(Ok(()))) {
-                return;
-            }
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime left (process exit): the leases expire on their own.
-            return;
-        };
-        // Stopped by: success, or the last retry (a few seconds); past that the lease expires
-        // on its own after its ttl (and a settle's use is lost: logged).
-        runtime.spawn(async move {
-            let mut delay = Duration::from_millis(200);
-            for attempt in 1..=RELEASE_ATTEMPTS {
-                let done = match &account_id {
-                    Some(account) => store.release(&key_id, Some(account), &lease).await,
-                    None => store.settle(&key_id, &lease, &used).await,
-                };
-                match done {
-                    Ok(()) => return,
-                    Err(e) if attempt == RELEASE_ATTEMPTS => {
-                        tracing::warn!(error = %e, lease = %lease.id, key_id = %key_id, used = ?used, "lease release failed; it will expire on its own");
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // No runtime left (process exit): the leases expire on their own.
+        return;
+    };
+    let store = Arc::clone(store);
+    // Stopped by: success, or the last retry (a few seconds).
+    runtime.spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=RELEASE_ATTEMPTS {
+            match store.finish(key.as_ref(), account.as_ref()).await {
+                Ok(()) => return,
+                Err(e) if attempt == RELEASE_ATTEMPTS => {
+                    tracing::warn!(error = %e, key = ?key, account = ?account, "lease release failed; it will expire on its own");
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 /// Tries to release a lease this many times (over about 6 s) while the store is unreachable.
@@ -224,6 +345,15 @@ pub async fn admit(
     key: &KeyRecord,
     request: &Request<'_>,
 ) -> Result<KeyLease, ApiError> {
+    let mut lease = check(app, key, request)?;
+    lease.take().await?;
+    Ok(lease)
+}
+
+/// Checks what the key may do and plans, for a billed request, its lease and a reservation of
+/// its estimated use on every counter of its limits, without a store call: the lease is taken
+/// with the request's first account (`scheduler::pick`), or by `KeyLease::take`.
+pub fn check(app: &App, key: &KeyRecord, request: &Request<'_>) -> Result<KeyLease, ApiError> {
     let limits = &key.limits;
     let now_ms = app.clock.now_ms();
     access::check(
@@ -234,24 +364,18 @@ pub async fn admit(
         request.model,
     )?;
     let ttl = Duration::from_secs(app.config.relay.lease_ttl_secs);
-    let lease = Lease {
-        id: new_id("lease"),
-        ttl,
-    };
-    let store = app.store();
-    let unheld = |lease: Lease| KeyLease {
-        release: Release {
-            held: false,
-            store: Arc::clone(store),
-            key_id: key.id.clone(),
-            account_id: None,
-            lease,
-            used: Vec::new(),
+    let mut lease = KeyLease {
+        store: Arc::clone(app.store()),
+        key_id: key.id.clone(),
+        lease: Lease {
+            id: new_id("lease"),
+            ttl,
         },
+        state: State::Free,
         meters: Vec::new(),
     };
     if !request.billed {
-        return Ok(unheld(lease));
+        return Ok(lease);
     }
     let family = request.model.and_then(family_of);
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
@@ -277,54 +401,30 @@ pub async fn admit(
         && admission.meters.is_empty()
         && admission.valid_after_first_use_ms.is_none()
     {
-        return Ok(unheld(lease));
+        return Ok(lease);
     }
-    let answer = store.admit(&admission, &lease).await.map_err(|e| {
-        ApiError::new(
-            ErrorKind::Unavailable,
-            format!("the store is unavailable: {e}"),
-        )
-    })?;
-    match answer {
-        Admit::Granted => Ok(KeyLease {
-            release: Release {
-                held: true,
-                store: Arc::clone(store),
-                key_id: key.id.clone(),
-                account_id: None,
-                lease,
-                used: Vec::new(),
-            },
-            meters: planned
-                .into_iter()
-                .map(|p| (p.meter.bucket, p.measure))
-                .collect(),
-        }),
-        Admit::ConcurrencyExceeded { limit } => Err(ApiError::new(
-            ErrorKind::RateLimited,
-            format!("this key allows {limit} concurrent requests; wait for one to finish"),
-        )
-        .with_retry_after(1)
-        .with_code("concurrency_limit")),
-        Admit::Expired { first_used_at } => {
-            let days = limits.active_days.unwrap_or(0);
-            Err(ApiError::new(
-                ErrorKind::Permission,
-                format!(
-                    "this API key was valid for {days} days from its first use ({}); it expired",
-                    show_time(first_used_at, app.calendar.tz())
-                ),
-            )
-            .with_code("key_expired"))
-        }
-        Admit::MeterFull { meter, usage } => Err(refusal(app, planned.get(meter), usage, now_ms)),
-    }
+    lease.meters = planned
+        .iter()
+        .map(|p| (p.meter.bucket.clone(), p.measure, p.meter.reserve))
+        .collect();
+    lease.state = State::Pending(Box::new(Pending {
+        admission,
+        planned,
+        active_days: limits.active_days,
+        tz: app.calendar.tz().clone(),
+    }));
+    Ok(lease)
 }
 
 /// The error for a counter without room: 429 while it resets soon or requests in flight hold
 /// the rest, a budget error (not retried by clients) when it is spent until a day, week or
 /// never.
-fn refusal(app: &App, planned: Option<&Planned>, usage: MeterUse, now_ms: i64) -> ApiError {
+fn refusal(
+    tz: &jiff::tz::TimeZone,
+    planned: Option<&Planned>,
+    usage: MeterUse,
+    now_ms: i64,
+) -> ApiError {
     let Some(p) = planned else {
         return ApiError::internal("admission refused by an unknown counter");
     };
@@ -350,7 +450,7 @@ fn refusal(app: &App, planned: Option<&Planned>, usage: MeterUse, now_ms: i64) -
     }
     let when = resets.map_or_else(
         || "it does not reset".to_owned(),
-        |at| format!("it resets at {}", show_time(at, app.calendar.tz())),
+        |at| format!("it resets at {}", show_time(at, tz)),
     );
     let message = format!(
         "this key's {} limit of {limit} is reached ({used} used); {when}",

@@ -5,8 +5,9 @@
 //! body      read it whole, within the size limit
 //! call      what it means upstream: accounts of which protocol, what to send (translated or
 //!           not), how to read usage and hand the answer back (relay::call)
-//! admit     limits::admit: access rules, the key's lease and reservations, one store call
-//! pick      scheduler::pick: the account and its lease, one atomic store call
+//! check     limits::check: access rules, the key's lease and reservations planned (no I/O)
+//! pick      scheduler::pick: the account and its lease, taken with the key's admission in one
+//!           atomic store call
 //! send      the body, the account's credentials, identity encoding (relay::upstream)
 //! respond   the upstream head, hop-by-hop headers dropped; body = Tap(upstream body, Settle),
 //!           translated for the client when it speaks another protocol (relay::respond)
@@ -107,7 +108,7 @@ where
     drop(hints);
     let model = call.model.clone();
 
-    let key_lease = limits::admit(
+    let mut key_lease = limits::check(
         app,
         &key,
         &limits::Request {
@@ -119,8 +120,7 @@ where
             billed: call.billed(),
             cost_nanousd: None,
         },
-    )
-    .await?;
+    )?;
 
     if endpoint
         == (Endpoint::OpenAiModels {
@@ -141,7 +141,7 @@ where
         upstream,
         sent_at,
         head_at,
-    } = match failover::attempts(app, &call, &parts.headers, &key, &key_lease, &ctx).await? {
+    } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await? {
         Attempts::Served(served) => served,
         Attempts::Failed(answer) => return Ok(answer),
     };

@@ -51,7 +51,7 @@ pub async fn pick(
     catalog: &Catalog,
     policy: &SchedulerConfig,
     ask: &Ask<'_>,
-    key: &KeyLease,
+    key: &mut KeyLease,
 ) -> Result<Picked, ApiError> {
     let Some(binding) = ask.binding else {
         return pick_from(catalog, policy, ask, key, |_| true).await;
@@ -78,7 +78,7 @@ async fn pick_from(
     catalog: &Catalog,
     policy: &SchedulerConfig,
     ask: &Ask<'_>,
-    key: &KeyLease,
+    key: &mut KeyLease,
     allowed: impl Fn(&Account) -> bool,
 ) -> Result<Picked, ApiError> {
     let accounts = catalog.accounts();
@@ -134,16 +134,34 @@ async fn pick_from(
         now_ms,
     };
     let lease = key.attempt_lease(ask.attempt);
-    let picked = catalog
-        .store()
-        .pick_account(&request, &lease)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorKind::Unavailable,
-                format!("the store is unavailable: {e}"),
-            )
-        })?;
+    let unavailable = |e: crate::store::StoreError| {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            format!("the store is unavailable: {e}"),
+        )
+    };
+    let store = catalog.store();
+    // The key's admission, still pending on the first attempt, is taken with the account: one
+    // store call for both.
+    let picked = match key.pending() {
+        Some(admission) => {
+            let taken = store
+                .admit_and_pick(admission, key.lease(), &request, &lease)
+                .await
+                .map_err(unavailable)?;
+            key.taken(&taken)?;
+            match taken {
+                store::Taken::Picked(picked) => picked,
+                store::Taken::Refused(_) => {
+                    return Err(ApiError::internal("a refused admission was not reported"));
+                }
+            }
+        }
+        None => store
+            .pick_account(&request, &lease)
+            .await
+            .map_err(unavailable)?,
+    };
     let (id, sticky, degraded) = match picked {
         store::Picked::Account {
             id,

@@ -357,6 +357,34 @@ pub enum Picked {
     Unavailable { retry_at: Option<i64> },
 }
 
+/// What `admit_and_pick` took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// The admission was refused (never `Admit::Granted`): nothing was taken.
+    Refused(Admit),
+    /// Admitted; the pick's answer. The key's lease is held only with `Picked::Account`.
+    Picked(Picked),
+}
+
+/// A key lease to give back in `finish`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySettle {
+    pub key_id: String,
+    pub lease: Lease,
+    /// What it reserved, as admitted: `(bucket, reserve)` in the admission's order.
+    pub reserved: Vec<(String, u64)>,
+    /// What the request used: `(bucket, amount)` (as `settle`).
+    pub used: Vec<(String, u64)>,
+}
+
+/// An account lease to give back in `finish`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRelease {
+    pub key_id: String,
+    pub account_id: String,
+    pub lease: Lease,
+}
+
 /// Hot, shared state of one account.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRuntime {
@@ -520,6 +548,25 @@ pub trait Store: Send + Sync + 'static {
     /// the session's binding, priority, relative load, least recently picked), takes a lease on
     /// it, marks it used, and creates, renews or moves the session's binding as the choice says.
     async fn pick_account(&self, request: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked>;
+    /// `admit`, then `pick_account` once admitted, as one call: a store that can do both in one
+    /// round trip does so (Redis: one script). Nothing stays taken unless an account was picked.
+    async fn admit_and_pick(
+        &self,
+        admission: &Admission,
+        key_lease: &Lease,
+        request: &PickRequest<'_>,
+        account_lease: &Lease,
+    ) -> StoreResult<Taken> {
+        let admit = self.admit(admission, key_lease).await?;
+        if admit != Admit::Granted {
+            return Ok(Taken::Refused(admit));
+        }
+        let picked = self.pick_account(request, account_lease).await;
+        if !matches!(picked, Ok(Picked::Account { .. })) {
+            self.settle(&admission.key_id, key_lease, &[]).await?;
+        }
+        picked.map(Taken::Picked)
+    }
     /// Applies one upstream outcome to the account's health (`Health::apply`), atomically with
     /// respect to other instances' reports.
     async fn report_health(
@@ -545,6 +592,23 @@ pub trait Store: Send + Sync + 'static {
         account_id: Option<&str>,
         lease: &Lease,
     ) -> StoreResult<()>;
+
+    /// `settle` of the key's lease and `release` of the account's, as one call: a store that can
+    /// do both in one round trip does so (Redis: one script). Idempotent, as they are.
+    async fn finish(
+        &self,
+        key: Option<&KeySettle>,
+        account: Option<&AccountRelease>,
+    ) -> StoreResult<()> {
+        if let Some(a) = account {
+            self.release(&a.key_id, Some(&a.account_id), &a.lease)
+                .await?;
+        }
+        if let Some(k) = key {
+            self.settle(&k.key_id, &k.lease, &k.used).await?;
+        }
+        Ok(())
+    }
 
     // --- usage ---
     /// Adds every counter of the batch and appends its request log entries, all or nothing.

@@ -45,7 +45,7 @@ pub(crate) async fn attempts(
     call: &Call,
     client: &http::HeaderMap,
     key: &KeyRecord,
-    key_lease: &KeyLease,
+    key_lease: &mut KeyLease,
     ctx: &Ctx<'_>,
 ) -> Result<Attempts, ApiError> {
     // Attempts: another account takes over while nothing has reached the client.

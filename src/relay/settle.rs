@@ -59,8 +59,7 @@ impl Observer for Settle {
             .unwrap_or_default();
         let cost = self.app.pricing().cost(&self.model, &usage);
         if let Some((key_lease, account_lease)) = leases {
-            drop(account_lease);
-            key_lease.settle(Spent::of(&usage, cost.nanousd));
+            key_lease.settle_with(account_lease, Spent::of(&usage, cost.nanousd));
         }
         if self.usage.is_some() {
             if !cost.known_model {

@@ -1,12 +1,15 @@
 //! The Redis store (fred): many Switchyard instances sharing one Redis or Redis Cluster.
 //!
-//! Every operation is one command, one Lua script or one pipeline, so the hot path costs what
-//! DESIGN.md allows: `admit` and `pick_account` are one `EVALSHA` each, `release` two `ZREM`s
-//! (sent together). Scripts keep multi-step changes atomic; all keys of one script share one hash
-//! tag, so the same code runs on a cluster. The key layout, with each key's type, TTL, writer and
-//! reader, is in docs/redis-keys.md; the names are built in `names.rs` only.
+//! Every operation is one command, one Lua script or one pipeline. The hot path is two scripts a
+//! request: `take.lua` before the upstream call (the key's admission and the account's pick, one
+//! `EVALSHA`) and `give.lua` after it (both leases back, one `EVALSHA`). Everything they touch
+//! lives under the `{live}` tag, mostly in one hash, so each reads with one `HMGET` and writes
+//! with one `HSET` (about ten Redis commands a request, those inside the scripts included).
+//! Scripts keep multi-step changes atomic; all keys of one script share one hash tag, so the same
+//! code runs on a cluster. The key layout, with each key's type, TTL, writer and reader, is in
+//! docs/redis-keys.md; the names are built in `names.rs` only.
 //!
-//! Scheduling: `pick.lua` is `scheduler::policy::choose` in Lua (health, caps, the session's
+//! Scheduling: `take.lua` is `scheduler::policy::choose` in Lua (health, caps, the session's
 //! binding, priority, relative load, pick order), so that the choice and the lease it takes are
 //! one atomic step across instances; the conformance suite holds it to the embedded store, which
 //! calls `choose` itself. Health changes the other way round: `Health::apply` runs in Rust only,
@@ -33,9 +36,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use fred::prelude::{
-    Client, ClientLike, HashesInterface, KeysInterface, Pool, SortedSetsInterface,
-};
+use fred::prelude::{Client, ClientLike, HashesInterface, Pool};
 use fred::types::Value;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -45,9 +46,9 @@ use tokio::task::JoinHandle;
 use self::names::Names;
 use self::scripts::{Call, Scripts};
 use super::{
-    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Change, Counters, Dimension,
-    KeyRecord, KeyState, Lease, MeterUse, PickRequest, Picked, RequestLogEntry, Store, StoreError,
-    StoreResult, UsageBatch, UsageQuery,
+    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Change, Counters,
+    Dimension, KeyRecord, KeySettle, KeyState, Lease, MeterUse, PickRequest, Picked,
+    RequestLogEntry, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
 use crate::scheduler::policy::{Health, Report, Sticky};
@@ -56,9 +57,6 @@ use crate::scheduler::policy::{Health, Report, Sticky};
 const HOUR_TTL: Duration = Duration::from_secs(35 * 86_400);
 const DAY_TTL: Duration = Duration::from_secs(400 * 86_400);
 const MONTH_TTL: Duration = Duration::from_secs(1_827 * 86_400);
-/// An account's pick order and last use are forgotten after a month without picks (it then
-/// counts as never picked, which only moves it to the front of its priority).
-const RUNTIME_TTL: Duration = Duration::from_secs(30 * 86_400);
 /// How long a usage marker remembers a batch after its last attempt; a retry that comes later
 /// than this after the previous attempt could count twice. The stats task retries every flush
 /// interval, and every retry renews the marker, so in practice only a day-long silence expires it.
@@ -221,9 +219,6 @@ fn ttl_ms(ttl: Duration) -> i64 {
         .min(MAX_LEASE_TTL_MS)
 }
 
-/// A settled lease is remembered this long, past any retry of its settle.
-const SETTLED_MARK_TTL: Duration = Duration::from_secs(600);
-
 fn cap_arg(cap: Option<u32>) -> String {
     cap.map_or_else(|| "-1".to_owned(), |c| c.to_string())
 }
@@ -301,9 +296,10 @@ fn parse_counters(value: Value) -> StoreResult<Counters> {
     Ok(counters_from(values))
 }
 
-/// The request log member of an entry: arrival first, so that equal scores sort by request id.
+/// The request log member of an entry: arrival first, so that equal scores sort by request id;
+/// the key id last, so that trimming the log finds each entry's key index without decoding it.
 fn log_member(entry: &RequestLogEntry) -> String {
-    format!("{}:{}", entry.at, entry.request_id)
+    format!("{}:{}\n{}", entry.at, entry.request_id, entry.key_id)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -406,17 +402,16 @@ impl Store for RedisStore {
                 vec![self.channel(), id.to_owned()],
             )
             .await?;
-        // Cleared even when the record was already gone: runtime state without a record is junk.
-        // A second command: the runtime lives under the `{acct}` tag, the record under `{rec}`.
-        let _: i64 = self
-            .client()
-            .del(vec![
-                self.names.account_leases(id),
-                self.names.account_runtime(id),
-                self.names.account_health(id),
-            ])
-            .await
-            .map_err(|e| unavailable("delete account runtime", &e))?;
+        // Cleared even when the record was already gone: live state without a record is junk.
+        // A second call: the live state has the `{live}` tag, the record `{rec}`.
+        self.scripts
+            .account_forget
+            .run(
+                self.client(),
+                self.names.live(),
+                vec![String::new(), id.to_owned()],
+            )
+            .await?;
         Ok(integer(&reply, "account_delete")? == 1)
     }
 
@@ -426,12 +421,12 @@ impl Store for RedisStore {
             .account_runtime
             .run(
                 self.client(),
+                self.names.live(),
                 vec![
-                    self.names.account_leases(id),
-                    self.names.account_runtime(id),
-                    self.names.account_health(id),
+                    self.names.swept_prefix(),
+                    now_ms().to_string(),
+                    id.to_owned(),
                 ],
-                vec![now_ms().to_string()],
             )
             .await?;
         let mut parts = reply.into_array().into_iter();
@@ -451,90 +446,34 @@ impl Store for RedisStore {
     }
 
     async fn admit(&self, admission: &Admission, lease: &Lease) -> StoreResult<Admit> {
-        let key_id = admission.key_id.as_str();
-        let now = admission.now_ms;
-        let mut keys = vec![
-            self.names.key_leases(key_id),
-            self.names.key_holds(key_id),
-            self.names.key_first_use(key_id),
-        ];
-        let mut args = vec![
-            lease.id.clone(),
-            now.to_string(),
-            deadline_ms(now, lease.ttl).to_string(),
-            cap_arg(admission.max_concurrency),
-            admission
-                .valid_after_first_use_ms
-                .map_or_else(|| "-1".to_owned(), |v| v.to_string()),
-        ];
-        for meter in &admission.meters {
-            keys.push(self.names.key_meter(key_id, &meter.bucket));
-            args.push(meter.limit.to_string());
-            args.push(meter.reserve.to_string());
-            args.push(
-                meter
-                    .expires_at
-                    .map_or_else(|| "-1".to_owned(), |e| e.to_string()),
-            );
-        }
-        let reply = self.scripts.admit.run(self.client(), keys, args).await?;
-        let parts = reply.into_array();
-        let code = parts.first().map_or(Ok(-1), |v| integer(v, "admit"))?;
-        let number = |i: usize, what: &str| -> StoreResult<u64> {
-            let text = parts
-                .get(i)
-                .and_then(Value::as_string)
-                .ok_or_else(|| StoreError::Corrupt(format!("admit: no {what}")))?;
-            text.parse()
-                .map_err(|e| StoreError::Corrupt(format!("admit: {what} {text:?}: {e}")))
-        };
-        match (code, admission.max_concurrency) {
-            (0, _) => Ok(Admit::Granted),
-            (1, Some(limit)) => Ok(Admit::ConcurrencyExceeded { limit }),
-            (2, _) => Ok(Admit::MeterFull {
-                meter: usize::try_from(number(1, "meter")?).unwrap_or(usize::MAX),
-                usage: MeterUse {
-                    used: number(2, "used")?,
-                    held: number(3, "held")?,
-                },
-            }),
-            (3, _) => Ok(Admit::Expired {
-                first_used_at: i64::try_from(number(1, "first use")?).unwrap_or(i64::MAX),
-            }),
-            (other, _) => Err(StoreError::Corrupt(format!(
-                "admit: unexpected answer {other}"
-            ))),
+        match self.take(Some((admission, lease)), None).await? {
+            Taken::Refused(admit) => Ok(admit),
+            Taken::Picked(_) => Ok(Admit::Granted),
         }
     }
 
     async fn settle(&self, key_id: &str, lease: &Lease, used: &[(String, u64)]) -> StoreResult<()> {
-        let mut keys = vec![
-            self.names.key_leases(key_id),
-            self.names.key_holds(key_id),
-            self.names.key_settled(key_id, &lease.id),
-        ];
-        let mut args = vec![lease.id.clone(), ms(SETTLED_MARK_TTL)];
-        for (bucket, amount) in used {
-            keys.push(self.names.key_meter(key_id, bucket));
-            args.push(amount.to_string());
-        }
-        self.scripts
-            .settle
-            .run(self.client(), keys, args)
-            .await
-            .map(drop)
+        let key = GiveKey {
+            key_id,
+            lease,
+            reserved: None,
+            used,
+        };
+        self.give(Some(key), None).await
     }
 
     async fn key_state(&self, key_id: &str, buckets: &[String]) -> StoreResult<KeyState> {
-        let mut keys = vec![
-            self.names.key_leases(key_id),
-            self.names.key_first_use(key_id),
-        ];
-        keys.extend(buckets.iter().map(|b| self.names.key_meter(key_id, b)));
+        let mut args = Vec::with_capacity(3 + buckets.len());
+        args.extend([
+            self.names.swept_prefix(),
+            now_ms().to_string(),
+            key_id.to_owned(),
+        ]);
+        args.extend(buckets.iter().cloned());
         let reply = self
             .scripts
             .key_state
-            .run(self.client(), keys, vec![now_ms().to_string()])
+            .run(self.client(), self.names.live(), args)
             .await?;
         let parts = reply.into_array();
         let text = |i: usize| -> StoreResult<String> {
@@ -572,7 +511,7 @@ impl Store for RedisStore {
         })
     }
 
-    /// GET, `Health::apply` in Rust (the one implementation of the policy), then a
+    /// HGET, `Health::apply` in Rust (the one implementation of the policy), then a
     /// compare-and-set: a report racing another instance's re-reads and applies again.
     async fn report_health(
         &self,
@@ -580,11 +519,11 @@ impl Store for RedisStore {
         report: &Report,
         now_ms: i64,
     ) -> StoreResult<()> {
-        let key = self.names.account_health(account_id);
+        let field = names::account_field(account_id, "h");
         for attempt in 0..HEALTH_CAS_ATTEMPTS {
             let old: Option<String> = self
                 .client()
-                .get(key.as_str())
+                .hget(self.names.live_state(), field.as_str())
                 .await
                 .map_err(|e| unavailable("read account health", &e))?;
             let old = old.unwrap_or_default();
@@ -601,7 +540,11 @@ impl Store for RedisStore {
             let written = self
                 .scripts
                 .health_cas
-                .run(self.client(), vec![key.clone()], vec![old, new])
+                .run(
+                    self.client(),
+                    self.names.live(),
+                    vec![String::new(), account_id.to_owned(), old, new],
+                )
                 .await?;
             if integer(&written, "health_cas")? == 1 {
                 return Ok(());
@@ -619,95 +562,34 @@ impl Store for RedisStore {
     async fn reset_health(&self, account_id: &str) -> StoreResult<()> {
         let _: i64 = self
             .client()
-            .del(self.names.account_health(account_id))
+            .hdel(
+                self.names.live_state(),
+                names::account_field(account_id, "h"),
+            )
             .await
             .map_err(|e| unavailable("reset account health", &e))?;
         Ok(())
     }
 
-    /// One `pick.lua` call: the script applies `scheduler::policy::choose` (mirrored in Lua) to
-    /// every candidate's live leases, pick order and health and to the session's binding, then
-    /// takes the lease and sets or renews the binding, all atomically.
     async fn pick_account(&self, request: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked> {
-        let candidates = request.candidates;
-        if candidates.is_empty() {
-            return Ok(Picked::Unavailable { retry_at: None });
-        }
-        let clock = now_ms();
-        let mut keys = Vec::with_capacity(3 * candidates.len() + 2);
-        keys.push(self.names.pick_seq());
-        for c in candidates {
-            keys.push(self.names.account_leases(&c.account_id));
-            keys.push(self.names.account_runtime(&c.account_id));
-            keys.push(self.names.account_health(&c.account_id));
-        }
-        let mut args = Vec::with_capacity(9 + 4 * candidates.len());
-        args.extend([
-            lease.id.clone(),
-            clock.to_string(),
-            deadline_ms(clock, lease.ttl).to_string(),
-            ms(RUNTIME_TTL),
-            request.now_ms.to_string(),
-        ]);
-        match request.family {
-            Some(family) => args.extend(["1".to_owned(), family.to_owned()]),
-            None => args.extend(["0".to_owned(), String::new()]),
-        }
-        match &request.session {
-            Some(session) => {
-                keys.push(self.names.session(session.id));
-                let mode = if session.move_on_overflow { "2" } else { "1" };
-                args.extend([mode.to_owned(), ttl_ms(session.ttl).to_string()]);
-            }
-            None => args.extend(["0".to_owned(), "0".to_owned()]),
-        }
-        for c in candidates {
-            args.extend([
-                c.account_id.clone(),
-                c.priority.to_string(),
-                cap_arg(c.max_concurrency),
-                c.weight.to_string(),
-            ]);
-        }
-        let reply = self
-            .scripts
-            .pick
-            .run(self.client(), keys, args)
-            .await?
-            .into_array();
-        match reply.as_slice() {
-            [kind, index, sticky, degraded] if integer(kind, "pick")? == 1 => {
-                let index = integer(index, "pick index")?;
-                let chosen = usize::try_from(index)
-                    .ok()
-                    .and_then(|i| i.checked_sub(1))
-                    .and_then(|i| candidates.get(i))
-                    .ok_or_else(|| StoreError::Corrupt(format!("pick: index {index}")))?;
-                Ok(Picked::Account {
-                    id: chosen.account_id.clone(),
-                    sticky: sticky_of(integer(sticky, "pick sticky")?)?,
-                    degraded: integer(degraded, "pick degraded")? == 1,
-                })
-            }
-            [kind, retry_at] if integer(kind, "pick")? == 0 => {
-                let retry_at = optional_string(retry_at.clone(), "pick retry_at")?
-                    .filter(|s| !s.is_empty())
-                    .map(|s| {
-                        // Formatted from a double: clamp rather than fail past i64's range.
-                        s.parse::<i128>()
-                            .map(|v| {
-                                i64::try_from(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)))
-                                    .unwrap_or(i64::MAX)
-                            })
-                            .map_err(|e| StoreError::Corrupt(format!("pick retry_at {s:?}: {e}")))
-                    })
-                    .transpose()?;
-                Ok(Picked::Unavailable { retry_at })
-            }
-            other => Err(StoreError::Corrupt(format!(
-                "pick: unexpected reply {other:?}"
+        match self.take(None, Some((request, lease))).await? {
+            Taken::Picked(picked) => Ok(picked),
+            Taken::Refused(admit) => Err(StoreError::Corrupt(format!(
+                "take: an admission answer {admit:?} without an admission"
             ))),
         }
+    }
+
+    /// One `take.lua` call: the admission and the pick in one round trip.
+    async fn admit_and_pick(
+        &self,
+        admission: &Admission,
+        key_lease: &Lease,
+        request: &PickRequest<'_>,
+        account_lease: &Lease,
+    ) -> StoreResult<Taken> {
+        self.take(Some((admission, key_lease)), Some((request, account_lease)))
+            .await
     }
 
     async fn release(
@@ -716,16 +598,29 @@ impl Store for RedisStore {
         account_id: Option<&str>,
         lease: &Lease,
     ) -> StoreResult<()> {
-        // A key's own lease may hold reservations: settling returns them.
-        let Some(account_id) = account_id else {
-            return self.settle(key_id, lease, &[]).await;
-        };
-        // An account's lease is the account's alone (each attempt has its own id): one `ZREM`.
-        self.client()
-            .zrem::<i64, _, _>(self.names.account_leases(account_id), lease.id.as_str())
-            .await
-            .map(drop)
-            .map_err(|e| unavailable("release", &e))
+        match account_id {
+            // A key's own lease may hold reservations: settling returns them.
+            None => self.settle(key_id, lease, &[]).await,
+            Some(account_id) => self.give(None, Some((account_id, lease))).await,
+        }
+    }
+
+    /// One `give.lua` call for both leases.
+    async fn finish(
+        &self,
+        key: Option<&KeySettle>,
+        account: Option<&AccountRelease>,
+    ) -> StoreResult<()> {
+        self.give(
+            key.map(|k| GiveKey {
+                key_id: &k.key_id,
+                lease: &k.lease,
+                reserved: Some(&k.reserved),
+                used: &k.used,
+            }),
+            account.map(|a| (a.account_id.as_str(), &a.lease)),
+        )
+        .await
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
@@ -775,8 +670,8 @@ impl Store for RedisStore {
             });
         }
         for (chunk_no, chunk) in batch.requests.chunks(LOG_CHUNK).enumerate() {
-            let mut keys = Vec::with_capacity(3 + chunk.len());
-            let mut args = Vec::with_capacity(5 + 3 * chunk.len());
+            let mut keys = Vec::with_capacity(3);
+            let mut args = Vec::with_capacity(5 + 4 * chunk.len());
             keys.extend([
                 self.names.log_applied(&self.writer),
                 self.names.log_all(),
@@ -790,8 +685,12 @@ impl Store for RedisStore {
                 self.names.log_key_prefix(),
             ]);
             for entry in chunk {
-                keys.push(self.names.log_key(&entry.key_id));
-                args.extend([entry.at.to_string(), log_member(entry), encode(entry)?]);
+                args.extend([
+                    entry.at.to_string(),
+                    log_member(entry),
+                    entry.key_id.clone(),
+                    encode(entry)?,
+                ]);
             }
             calls.push(Call {
                 script: &self.scripts.log_add,
@@ -913,7 +812,216 @@ impl RedisStore {
     }
 }
 
-/// `pick.lua`'s sticky code.
+impl RedisStore {
+    /// `take.lua`: an admission, a pick, or both at once (see the script's header).
+    async fn take(
+        &self,
+        admission: Option<(&Admission, &Lease)>,
+        pick: Option<(&PickRequest<'_>, &Lease)>,
+    ) -> StoreResult<Taken> {
+        let mut keys = self.names.live();
+        let mut args = vec![self.names.swept_prefix()];
+        match admission {
+            None => args.push("0".to_owned()),
+            Some((admission, lease)) => {
+                let now = admission.now_ms;
+                args.extend([
+                    "1".to_owned(),
+                    admission.key_id.clone(),
+                    lease.id.clone(),
+                    now.to_string(),
+                    deadline_ms(now, lease.ttl).to_string(),
+                    cap_arg(admission.max_concurrency),
+                    admission
+                        .valid_after_first_use_ms
+                        .map_or_else(|| "-1".to_owned(), |v| v.to_string()),
+                    admission.meters.len().to_string(),
+                ]);
+                for meter in &admission.meters {
+                    args.extend([
+                        meter.bucket.clone(),
+                        meter.limit.to_string(),
+                        meter.reserve.to_string(),
+                        meter
+                            .expires_at
+                            .map_or_else(|| "-1".to_owned(), |e| e.to_string()),
+                    ]);
+                }
+            }
+        }
+        let candidates = pick.map_or(&[][..], |(request, _)| request.candidates);
+        match pick {
+            None => args.push("0".to_owned()),
+            // Nothing to choose from: no lease, and no admission either (all or nothing).
+            Some(_) if candidates.is_empty() => {
+                return Ok(Taken::Picked(Picked::Unavailable { retry_at: None }));
+            }
+            Some((request, lease)) => {
+                let clock = now_ms();
+                args.extend([
+                    "1".to_owned(),
+                    lease.id.clone(),
+                    clock.to_string(),
+                    deadline_ms(clock, lease.ttl).to_string(),
+                    request.now_ms.to_string(),
+                    request.family.unwrap_or_default().to_owned(),
+                ]);
+                match &request.session {
+                    Some(session) => {
+                        keys.push(self.names.session(session.id));
+                        let mode = if session.move_on_overflow { "2" } else { "1" };
+                        args.extend([mode.to_owned(), ttl_ms(session.ttl).to_string()]);
+                    }
+                    None => args.extend(["0".to_owned(), "0".to_owned()]),
+                }
+                args.push(candidates.len().to_string());
+                for c in candidates {
+                    args.extend([
+                        c.account_id.clone(),
+                        c.priority.to_string(),
+                        cap_arg(c.max_concurrency),
+                        c.weight.to_string(),
+                    ]);
+                }
+            }
+        }
+        let reply = self
+            .scripts
+            .take
+            .run(self.client(), keys, args)
+            .await?
+            .into_array();
+        let number = |i: usize, what: &str| -> StoreResult<u64> {
+            let text = reply
+                .get(i)
+                .and_then(Value::as_string)
+                .ok_or_else(|| StoreError::Corrupt(format!("take: no {what}")))?;
+            text.parse()
+                .map_err(|e| StoreError::Corrupt(format!("take: {what} {text:?}: {e}")))
+        };
+        let code = reply.first().map_or(Ok(-1), |v| integer(v, "take"))?;
+        let max_concurrency = admission.and_then(|(a, _)| a.max_concurrency);
+        let refused = match (code, max_concurrency) {
+            (0, _) => None,
+            (1, Some(limit)) => Some(Admit::ConcurrencyExceeded { limit }),
+            (2, _) => Some(Admit::MeterFull {
+                meter: usize::try_from(number(1, "meter")?).unwrap_or(usize::MAX),
+                usage: MeterUse {
+                    used: number(2, "used")?,
+                    held: number(3, "held")?,
+                },
+            }),
+            (3, _) => Some(Admit::Expired {
+                first_used_at: i64::try_from(number(1, "first use")?).unwrap_or(i64::MAX),
+            }),
+            (other, _) => {
+                return Err(StoreError::Corrupt(format!(
+                    "take: unexpected answer {other}"
+                )));
+            }
+        };
+        if let Some(admit) = refused {
+            return Ok(Taken::Refused(admit));
+        }
+        let picked = match reply.get(1..).unwrap_or_default() {
+            [] => Picked::Unavailable { retry_at: None },
+            [kind, index, sticky, degraded] if integer(kind, "take")? == 1 => {
+                let index = integer(index, "pick index")?;
+                let chosen = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| candidates.get(i))
+                    .ok_or_else(|| StoreError::Corrupt(format!("pick: index {index}")))?;
+                Picked::Account {
+                    id: chosen.account_id.clone(),
+                    sticky: sticky_of(integer(sticky, "pick sticky")?)?,
+                    degraded: integer(degraded, "pick degraded")? == 1,
+                }
+            }
+            [kind, retry_at] if integer(kind, "take")? == 0 => {
+                let retry_at = optional_string(retry_at.clone(), "pick retry_at")?
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        // Formatted from a double: clamp rather than fail past i64's range.
+                        s.parse::<i128>()
+                            .map(|v| {
+                                i64::try_from(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)))
+                                    .unwrap_or(i64::MAX)
+                            })
+                            .map_err(|e| StoreError::Corrupt(format!("pick retry_at {s:?}: {e}")))
+                    })
+                    .transpose()?;
+                Picked::Unavailable { retry_at }
+            }
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "take: unexpected reply {other:?}"
+                )));
+            }
+        };
+        Ok(Taken::Picked(picked))
+    }
+
+    /// `give.lua`: a key's lease (with its holds as admitted when the caller knows them), an
+    /// account's lease, or both at once.
+    async fn give(
+        &self,
+        key: Option<GiveKey<'_>>,
+        account: Option<(&str, &Lease)>,
+    ) -> StoreResult<()> {
+        let mut args = vec![self.names.swept_prefix()];
+        match key {
+            None => args.push("0".to_owned()),
+            Some(GiveKey {
+                key_id,
+                lease,
+                reserved,
+                used,
+            }) => {
+                let holds = reserved.map_or_else(
+                    || "?".to_owned(),
+                    |r| {
+                        r.iter()
+                            .map(|(bucket, amount)| format!("{bucket}={amount};"))
+                            .collect()
+                    },
+                );
+                args.extend([
+                    "1".to_owned(),
+                    key_id.to_owned(),
+                    lease.id.clone(),
+                    holds,
+                    used.len().to_string(),
+                ]);
+                for (bucket, amount) in used {
+                    args.extend([bucket.clone(), amount.to_string()]);
+                }
+            }
+        }
+        match account {
+            None => args.push("0".to_owned()),
+            Some((account_id, lease)) => {
+                args.extend(["1".to_owned(), account_id.to_owned(), lease.id.clone()]);
+            }
+        }
+        self.scripts
+            .give
+            .run(self.client(), self.names.live(), args)
+            .await
+            .map(drop)
+    }
+}
+
+/// A key lease for `give.lua`.
+struct GiveKey<'a> {
+    key_id: &'a str,
+    lease: &'a Lease,
+    /// Its holds as admitted; `None` makes the script look them up.
+    reserved: Option<&'a [(String, u64)]>,
+    used: &'a [(String, u64)],
+}
+
+/// `take.lua`'s sticky code.
 fn sticky_of(code: i64) -> StoreResult<Sticky> {
     Ok(match code {
         0 => Sticky::None,

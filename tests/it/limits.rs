@@ -293,7 +293,7 @@ async fn a_daily_budget_resets_at_midnight_in_the_configured_time_zone() {
         // One request spends it all.
         let (_, key) = create_key(&relay, json!({ "daily_cost_nanousd": 1 })).await;
         // 23:58 in Tokyo is 14:58 UTC.
-        relay.app.clock.set("2026-12-01T14:58:00Z".parse().unwrap());
+        relay.app.clock.set("2099-12-01T14:58:00Z".parse().unwrap());
         assert_eq!(call(&relay, &key, false).await.0, 200);
         settled(&relay, &key).await;
         let (status, _, body) = call(&relay, &key, false).await;
@@ -301,13 +301,13 @@ async fn a_daily_budget_resets_at_midnight_in_the_configured_time_zone() {
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("daily_cost"), "{message}");
         assert!(
-            message.contains("resets at 2026-12-02T00:00:00+09:00"),
+            message.contains("resets at 2099-12-02T00:00:00+09:00"),
             "{message}"
         );
         // Still the same Tokyo day at 23:59:59.
-        relay.app.clock.set("2026-12-01T14:59:59Z".parse().unwrap());
+        relay.app.clock.set("2099-12-01T14:59:59Z".parse().unwrap());
         assert_eq!(call(&relay, &key, false).await.0, 403);
-        relay.app.clock.set("2026-12-01T15:00:00Z".parse().unwrap());
+        relay.app.clock.set("2099-12-01T15:00:00Z".parse().unwrap());
         assert_eq!(
             call(&relay, &key, false).await.0,
             200,

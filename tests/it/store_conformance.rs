@@ -15,9 +15,10 @@ use switchyard::scheduler::policy::{Health, Report, Status, Sticky};
 use switchyard::store::embedded::EmbeddedStore;
 use switchyard::store::redis::RedisStore;
 use switchyard::store::{
-    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters, Dimension,
-    KeyRecord, KeyState, Lease, Meter, MeterUse, PickRequest, Picked, Provider, RequestLogEntry,
-    SessionPick, Store, StoreError, StoreResult, UsageBatch, UsageQuery,
+    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters,
+    Dimension, KeyRecord, KeySettle, KeyState, Lease, Meter, MeterUse, PickRequest, Picked,
+    Provider, RequestLogEntry, SessionPick, Store, StoreError, StoreResult, Taken, UsageBatch,
+    UsageQuery,
 };
 use switchyard::usage::TokenUsage;
 use tempfile::TempDir;
@@ -110,7 +111,7 @@ macro_rules! conformance_tests {
             meters_return_holds_of_expired_leases, activation_on_first_use,
             each_report_kind_and_its_recovery, family_scoped_rate_limit,
             retry_at_is_the_earliest_recovery, degraded_flag, sessions_renew_escape_and_rebind,
-            concurrent_picks_respect_caps;
+            concurrent_picks_respect_caps, admit_and_pick_then_finish;
             records_survive_reopen, usage_survives_reopen);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
@@ -764,6 +765,147 @@ mod cases {
                     used: 0,
                     held: 1_000
                 }
+            ]
+        );
+    }
+
+    /// The hot path's two calls: the admission and the pick taken together, all or nothing, and
+    /// both leases given back together, once.
+    pub async fn admit_and_pick_then_finish(store: Arc<dyn Store>) {
+        let t = now_ms();
+        let mut admission = metered("k1", t, &[("day:x", 100, 30), ("win:req", 2, 1)]);
+        admission.max_concurrency = Some(5);
+        let capped = [candidate("a1", 0, Some(1))];
+        let request = |candidates| PickRequest {
+            candidates,
+            family: None,
+            session: None,
+            now_ms: t,
+        };
+        let key_state = |s: Arc<dyn Store>| async move {
+            s.key_state("k1", &["day:x".to_owned(), "win:req".to_owned()])
+                .await
+                .unwrap()
+        };
+
+        // Both taken.
+        let taken = store
+            .admit_and_pick(
+                &admission,
+                &lease("k-1"),
+                &request(&capped),
+                &lease("k-1.1"),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&taken, Taken::Picked(Picked::Account { id, .. }) if id == "a1"),
+            "{taken:?}"
+        );
+        let s = key_state(Arc::clone(&store)).await;
+        assert_eq!(s.in_flight, 1);
+        assert_eq!(
+            s.meters,
+            [
+                MeterUse { used: 0, held: 30 },
+                MeterUse { used: 0, held: 1 }
+            ]
+        );
+        assert_eq!(store.account_runtime("a1").await.unwrap().in_flight, 1);
+
+        // The account is full: nothing is taken, the key's lease neither.
+        let taken = store
+            .admit_and_pick(
+                &admission,
+                &lease("k-2"),
+                &request(&capped),
+                &lease("k-2.1"),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(taken, Taken::Picked(Picked::Unavailable { .. })),
+            "{taken:?}"
+        );
+        assert_eq!(key_state(Arc::clone(&store)).await, s);
+
+        // A refused admission takes no account.
+        let free = [candidate("a2", 0, None)];
+        let mut full = admission.clone();
+        full.meters[1].limit = 1;
+        let taken = store
+            .admit_and_pick(&full, &lease("k-3"), &request(&free), &lease("k-3.1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            taken,
+            Taken::Refused(Admit::MeterFull {
+                meter: 1,
+                usage: MeterUse { used: 0, held: 1 }
+            })
+        );
+        assert_eq!(store.account_runtime("a2").await.unwrap().in_flight, 0);
+
+        // Both given back in one call, counted once however often it is repeated.
+        let key = KeySettle {
+            key_id: "k1".to_owned(),
+            lease: lease("k-1"),
+            reserved: used(&[("day:x", 30), ("win:req", 1)]),
+            used: used(&[("day:x", 12), ("win:req", 1)]),
+        };
+        let account = AccountRelease {
+            key_id: "k1".to_owned(),
+            account_id: "a1".to_owned(),
+            lease: lease("k-1.1"),
+        };
+        for _ in 0..2 {
+            store.finish(Some(&key), Some(&account)).await.unwrap();
+        }
+        let s = key_state(Arc::clone(&store)).await;
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(
+            s.meters,
+            [
+                MeterUse { used: 12, held: 0 },
+                MeterUse { used: 1, held: 0 }
+            ]
+        );
+        assert_eq!(store.account_runtime("a1").await.unwrap().in_flight, 0);
+
+        // The account serves again; finishing only the account leaves the key's lease held.
+        let taken = store
+            .admit_and_pick(
+                &admission,
+                &lease("k-4"),
+                &request(&capped),
+                &lease("k-4.1"),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(taken, Taken::Picked(Picked::Account { .. })),
+            "{taken:?}"
+        );
+        let account = AccountRelease {
+            lease: lease("k-4.1"),
+            ..account
+        };
+        store.finish(None, Some(&account)).await.unwrap();
+        assert_eq!(store.account_runtime("a1").await.unwrap().in_flight, 0);
+        assert_eq!(key_state(Arc::clone(&store)).await.in_flight, 1);
+        let key = KeySettle {
+            lease: lease("k-4"),
+            used: used(&[("day:x", 0), ("win:req", 0)]),
+            ..key
+        };
+        store.finish(Some(&key), None).await.unwrap();
+        let s = key_state(Arc::clone(&store)).await;
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(
+            s.meters,
+            [
+                MeterUse { used: 12, held: 0 },
+                MeterUse { used: 1, held: 0 }
             ]
         );
     }
@@ -2017,11 +2159,11 @@ mod redis_only {
             "{rec}:keys"
                 | "{rec}:keyhash"
                 | "{rec}:accounts"
-                | "{acct}:seq"
+                | "{live}:state"
+                | "{live}:kl"
+                | "{live}:al"
                 | "{log}:all"
                 | "{log}:entries"
-                | "{k:k1}:first"
-                | "{k:k1}:m:total"
         ) || rest.starts_with("{log}:key:")
             || (rest.starts_with("{u:") && rest.ends_with("}:total"))
     }
@@ -2083,12 +2225,6 @@ mod redis_only {
         }
         // The test did touch every kind of ephemeral key.
         for kind in [
-            "{k:k1}:leases",
-            "{k:k1}:holds",
-            "{k:k1}:m:day:x",
-            "{k:k1}:settled:settled",
-            "{acct}:leases:a1",
-            "{acct}:rt:a1",
             "{u:key:k1}:h:2026-11-22T08",
             "{u:key:k1}:d:2026-11-22",
             "{u:key:k1}:m:2026-11",
@@ -2104,25 +2240,23 @@ mod redis_only {
                 .any(|e| e.starts_with("{u:key:k1}:applied:"))
         );
         assert!(ephemeral.iter().any(|e| e.starts_with("{log}:applied:")));
-        // Hour buckets live 35 days; leases no longer than their longest lease.
+        // Hour buckets live 35 days.
         let hour: i64 = raw
             .pttl(format!("{}{{u:key:k1}}:h:2026-11-22T08", backend.prefix))
             .await
             .unwrap();
         assert!(hour > 34 * 86_400_000 && hour <= 35 * 86_400_000, "{hour}");
-        let leases: i64 = raw
-            .pttl(format!("{}{{k:k1}}:leases", backend.prefix))
-            .await
-            .unwrap();
-        assert!(leases > 0 && leases <= 60_000, "{leases}");
-        // Released, the lease sets (and the holds) go away entirely.
+        // The lease sets are durable while leases are in flight (each lease leaves them when it
+        // is given back or swept after its deadline); released, they go away entirely.
+        assert!(keys.iter().any(|k| k.ends_with("{live}:kl")), "{keys:?}");
+        assert!(keys.iter().any(|k| k.ends_with("{live}:al")), "{keys:?}");
         store.release("k1", None, &held).await.unwrap();
         store.release("k1", Some("a1"), &held).await.unwrap();
         let left = keys_under(&raw, &backend.prefix).await;
         assert!(
             !left
                 .iter()
-                .any(|k| k.ends_with(":leases") || k.contains(":leases:") || k.ends_with(":holds")),
+                .any(|k| k.ends_with("{live}:kl") || k.ends_with("{live}:al")),
             "{left:?}"
         );
         raw.quit().await.unwrap();

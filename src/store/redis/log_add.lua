@@ -1,11 +1,11 @@
--- Appends request log entries, at most once per batch id, and trims the log to its bound.
+-- Appends request log entries, at most once per batch id, and trims the log to its bound: a
+-- handful of commands per call, whatever the number of entries.
 -- KEYS[1]    <p>{log}:applied:<writer>  string: batch ids this writer applied, newest first
--- KEYS[2]    <p>{log}:all               sorted set: '<at>:<request id>' -> at
--- KEYS[3]    <p>{log}:entries           hash: '<at>:<request id>' -> JSON entry
--- KEYS[3+i]  <p>{log}:key:<key id>      sorted set like KEYS[2], entry i's key only
+-- KEYS[2]    <p>{log}:all               sorted set: '<at>:<request id>\n<key id>' -> at
+-- KEYS[3]    <p>{log}:entries           hash: member -> JSON entry
 -- ARGV[1] batch id, ARGV[2] marker TTL (ms), ARGV[3] how many batch ids the marker keeps,
--- ARGV[4] the most entries kept, ARGV[5] '<p>{log}:key:' (to name a trimmed entry's key index),
--- then per entry i: at, member, JSON.
+-- ARGV[4] the most entries kept, ARGV[5] '<p>{log}:key:' (each key's own index, a sorted set
+-- like KEYS[2], is ARGV[5] .. key id), then per entry: at, member, key id, JSON.
 -- Ordered like the embedded store: by arrival (at), then request id. Entries with equal `at`
 -- share the member prefix '<at>:', so Redis's order among equal scores is the request id's.
 -- Returns 1 when applied, 0 when this batch was applied before (a retry).
@@ -23,26 +23,56 @@ if seen then
     end
   end
 end
-local all, entries = KEYS[2], KEYS[3]
-for i = 1, #KEYS - 3 do
-  local at, member, json = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-  redis.call('ZADD', all, at, member)
-  redis.call('HSET', entries, member, json)
-  redis.call('ZADD', KEYS[3 + i], at, member)
+
+-- Runs `command key args...` in slices, within what unpack takes at once.
+local function sliced(command, key, args, step)
+  for i = 1, #args, step do
+    redis.call(command, key, unpack(args, i, math.min(i + step - 1, #args)))
+  end
 end
+
+local all, entries, by_key_prefix = KEYS[2], KEYS[3], ARGV[5]
+local scored, stored, by_key = {}, {}, {}
+for i = 6, #ARGV, 4 do
+  local at, member, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  scored[#scored + 1] = at
+  scored[#scored + 1] = member
+  stored[#stored + 1] = member
+  stored[#stored + 1] = json
+  local list = by_key[key]
+  if not list then
+    list = {}
+    by_key[key] = list
+  end
+  list[#list + 1] = at
+  list[#list + 1] = member
+end
+sliced('ZADD', all, scored, 2000)
+sliced('HSET', entries, stored, 2000)
+for key, list in pairs(by_key) do
+  sliced('ZADD', by_key_prefix .. key, list, 2000)
+end
+
 local excess = redis.call('ZCARD', all) - tonumber(ARGV[4])
 if excess > 0 then
   local oldest = redis.call('ZRANGE', all, 0, excess - 1)
+  local gone = {}
   for _, member in ipairs(oldest) do
-    local json = redis.call('HGET', entries, member)
-    if json then
-      local ok, entry = pcall(cjson.decode, json)
-      if ok and type(entry) == 'table' and type(entry.key_id) == 'string' then
-        redis.call('ZREM', ARGV[5] .. entry.key_id, member)
+    local nl = string.find(member, '\n', 1, true)
+    if nl then
+      local key = string.sub(member, nl + 1)
+      local list = gone[key]
+      if not list then
+        list = {}
+        gone[key] = list
       end
-      redis.call('HDEL', entries, member)
+      list[#list + 1] = member
     end
   end
+  for key, list in pairs(gone) do
+    sliced('ZREM', by_key_prefix .. key, list, 1000)
+  end
+  sliced('HDEL', entries, oldest, 1000)
   redis.call('ZREMRANGEBYRANK', all, 0, excess - 1)
 end
 redis.call('SET', marker, table.concat(ids, ','), 'PX', ARGV[2])

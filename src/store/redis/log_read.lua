@@ -1,10 +1,13 @@
--- The newest entries of a log index, newest first (nil for an entry gone meanwhile).
+-- The newest entries of a log index, newest first (false for an entry gone meanwhile).
 -- KEYS[1] <p>{log}:all or <p>{log}:key:<key id>, KEYS[2] <p>{log}:entries
 -- ARGV[1] the index of the last entry wanted (limit - 1, computed by the caller: no arithmetic on
 -- big numbers in Lua)
 local members = redis.call('ZREVRANGE', KEYS[1], 0, ARGV[1])
 local out = {}
-for i, member in ipairs(members) do
-  out[i] = redis.call('HGET', KEYS[2], member)
+for i = 1, #members, 1000 do
+  local part = redis.call('HMGET', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
+  for _, json in ipairs(part) do
+    out[#out + 1] = json
+  end
 end
 return out

@@ -17,6 +17,12 @@ pub(super) fn escape(part: &str) -> String {
         .replace('}', "%7D")
 }
 
+/// The field of `live_state` that holds `field` of an account (live.lua's `af`): the id is
+/// length-prefixed, so that no id can end where another begins.
+pub(super) fn account_field(account_id: &str, field: &str) -> String {
+    format!("a{}:{account_id}{field}", account_id.len())
+}
+
 /// Key names under one installation's prefix.
 #[derive(Debug, Clone)]
 pub(super) struct Names {
@@ -53,68 +59,37 @@ impl Names {
         format!("{}changes", self.prefix)
     }
 
-    // --- key leases: one tag per key, so admissions of different keys spread over the cluster ---
+    // --- the live state: one tag, so that one script admits a request and picks its account ---
 
-    /// Sorted set: lease id -> deadline (unix ms).
-    pub(super) fn key_leases(&self, key_id: &str) -> String {
-        format!("{}{{k:{}}}:leases", self.prefix, escape(key_id))
+    /// Hash: every key's and account's live counters, pick order and health (see live.lua).
+    pub(super) fn live_state(&self) -> String {
+        format!("{}{{live}}:state", self.prefix)
     }
 
-    /// Hash: lease id -> what it holds on the key's meters.
-    pub(super) fn key_holds(&self, key_id: &str) -> String {
-        format!("{}{{k:{}}}:holds", self.prefix, escape(key_id))
+    /// Sorted set: key leases -> deadline (unix ms, the admission's clock).
+    pub(super) fn key_leases(&self) -> String {
+        format!("{}{{live}}:kl", self.prefix)
     }
 
-    /// String: unix ms of the key's first use.
-    pub(super) fn key_first_use(&self, key_id: &str) -> String {
-        format!("{}{{k:{}}}:first", self.prefix, escape(key_id))
+    /// Sorted set: account leases -> deadline (unix ms, wall clock).
+    pub(super) fn account_leases(&self) -> String {
+        format!("{}{{live}}:al", self.prefix)
     }
 
-    /// Hash: used, held of one limit counter (`Meter::bucket`).
-    pub(super) fn key_meter(&self, key_id: &str, bucket: &str) -> String {
-        format!(
-            "{}{{k:{}}}:m:{}",
-            self.prefix,
-            escape(key_id),
-            escape(bucket)
-        )
+    /// The three keys every live-state script gets first, in live.lua's order.
+    pub(super) fn live(&self) -> Vec<String> {
+        vec![self.live_state(), self.key_leases(), self.account_leases()]
     }
 
-    /// String: present for a while after the lease settled, so a retried settle counts once.
-    pub(super) fn key_settled(&self, key_id: &str, lease_id: &str) -> String {
-        format!(
-            "{}{{k:{}}}:settled:{}",
-            self.prefix,
-            escape(key_id),
-            escape(lease_id)
-        )
+    /// Prefix of the strings that mark a key lease swept after its deadline (+ lp(key) lease).
+    pub(super) fn swept_prefix(&self) -> String {
+        format!("{}{{live}}:swept:", self.prefix)
     }
 
-    // --- account runtime: one tag, so that one script can weigh every candidate ---
-
-    /// String counter behind `pick seq`.
-    pub(super) fn pick_seq(&self) -> String {
-        format!("{}{{acct}}:seq", self.prefix)
-    }
-
-    /// Sorted set: lease id -> deadline (unix ms).
-    pub(super) fn account_leases(&self, account_id: &str) -> String {
-        format!("{}{{acct}}:leases:{account_id}", self.prefix)
-    }
-
-    /// Hash: `seq` (last pick's sequence number), `last` (last pick, unix ms).
-    pub(super) fn account_runtime(&self, account_id: &str) -> String {
-        format!("{}{{acct}}:rt:{account_id}", self.prefix)
-    }
-
-    /// String: the account's `scheduler::policy::Health` as JSON; absent when clean.
-    pub(super) fn account_health(&self, account_id: &str) -> String {
-        format!("{}{{acct}}:health:{account_id}", self.prefix)
-    }
-
-    /// String: the account a session is bound to; expires `scheduler.sticky_ttl_secs` after use.
+    /// String: the account a session is bound to, `\n`, when the binding was last written;
+    /// expires `scheduler.sticky_ttl_secs` after that.
     pub(super) fn session(&self, session_id: &str) -> String {
-        format!("{}{{acct}}:sess:{session_id}", self.prefix)
+        format!("{}{{live}}:sess:{session_id}", self.prefix)
     }
 
     // --- usage counters: one tag per dimension; its buckets and its marker share it ---
@@ -203,7 +178,6 @@ mod tests {
                 &Bucket::Hour("x}:total".to_owned())
             )
         );
-        assert_eq!(tag(&n.key_leases("x}y")), "k:x%7Dy");
     }
 
     #[test]
@@ -212,15 +186,11 @@ mod tests {
         assert_eq!(tag(&n.key_records()), "rec");
         assert_eq!(tag(&n.key_hashes()), "rec");
         assert_eq!(tag(&n.account_records()), "rec");
-        assert_eq!(tag(&n.key_meter("a}b", "x}{")), "k:a%7Db");
-        assert_eq!(tag(&n.key_holds("a}b")), "k:a%7Db");
-        assert_eq!(tag(&n.key_settled("a}b", "l}")), "k:a%7Db");
-        assert_eq!(tag(&n.key_first_use("a}b")), "k:a%7Db");
-        assert_eq!(tag(&n.pick_seq()), "acct");
-        assert_eq!(tag(&n.account_leases("a}{b")), "acct");
-        assert_eq!(tag(&n.account_runtime("a}{b")), "acct");
-        assert_eq!(tag(&n.account_health("a}{b")), "acct");
-        assert_eq!(tag(&n.session("s}{t")), "acct");
+        for name in n.live() {
+            assert_eq!(tag(&name), "live");
+        }
+        assert_eq!(tag(&n.swept_prefix()), "live");
+        assert_eq!(tag(&n.session("s}{t")), "live");
         assert_eq!(tag(&n.log_all()), "log");
         assert_eq!(tag(&n.log_entries()), "log");
         assert_eq!(tag(&n.log_key("k}{")), "log");

@@ -26,16 +26,23 @@ pub(super) struct Scripts {
     pub(super) key_by_hash: Script,
     pub(super) account_put: Script,
     pub(super) account_delete: Script,
+    pub(super) account_forget: Script,
     pub(super) account_runtime: Script,
-    pub(super) admit: Script,
-    pub(super) settle: Script,
+    pub(super) take: Script,
+    pub(super) give: Script,
     pub(super) key_state: Script,
-    pub(super) pick: Script,
     pub(super) health_cas: Script,
     pub(super) usage_add: Script,
     pub(super) usage_read: Script,
     pub(super) log_add: Script,
     pub(super) log_read: Script,
+}
+
+/// The scripts of the live state start with live.lua: its names, helpers and sweeps.
+macro_rules! live {
+    ($file:literal) => {
+        concat!(include_str!("live.lua"), include_str!($file))
+    };
 }
 
 const SOURCES: [(&str, &str); 15] = [
@@ -44,12 +51,12 @@ const SOURCES: [(&str, &str); 15] = [
     ("key_by_hash", include_str!("key_by_hash.lua")),
     ("account_put", include_str!("account_put.lua")),
     ("account_delete", include_str!("account_delete.lua")),
-    ("account_runtime", include_str!("account_runtime.lua")),
-    ("admit", include_str!("admit.lua")),
-    ("settle", include_str!("settle.lua")),
-    ("key_state", include_str!("key_state.lua")),
-    ("pick", include_str!("pick.lua")),
-    ("health_cas", include_str!("health_cas.lua")),
+    ("account_forget", live!("account_forget.lua")),
+    ("account_runtime", live!("account_runtime.lua")),
+    ("take", live!("take.lua")),
+    ("give", live!("give.lua")),
+    ("key_state", live!("key_state.lua")),
+    ("health_cas", live!("health_cas.lua")),
     ("usage_add", include_str!("usage_add.lua")),
     ("usage_read", include_str!("usage_read.lua")),
     ("log_add", include_str!("log_add.lua")),
@@ -77,11 +84,11 @@ impl Scripts {
             key_by_hash: next()?,
             account_put: next()?,
             account_delete: next()?,
+            account_forget: next()?,
             account_runtime: next()?,
-            admit: next()?,
-            settle: next()?,
+            take: next()?,
+            give: next()?,
             key_state: next()?,
-            pick: next()?,
             health_cas: next()?,
             usage_add: next()?,
             usage_read: next()?,
