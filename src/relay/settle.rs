@@ -47,11 +47,10 @@ impl Observer for Settle {
 
     fn on_end(&mut self, end: End) {
         let leases = self.leases.take();
-        metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
+        m::active_streams().decrement(1.0);
         let latency_ms = self.started.elapsed().as_millis() as u64;
-        metrics::histogram!(m::UPSTREAM_LATENCY).record(self.sent_at.elapsed().as_secs_f64());
-        metrics::counter!(m::REQUESTS, "surface" => self.surface.as_str(), "status" => self.status.to_string())
-            .increment(1);
+        m::upstream_latency().record(self.sent_at.elapsed().as_secs_f64());
+        m::count_request(self.surface.as_str(), self.status);
         let usage = self
             .usage
             .as_ref()
@@ -108,15 +107,12 @@ impl Observer for Settle {
 }
 
 fn record_token_metrics(model: &str, usage: &TokenUsage, cost_nanousd: u64) {
-    for (kind, n) in [
-        ("input", usage.input_tokens),
-        ("output", usage.output_tokens),
-        ("cache_creation", usage.cache_creation_input_tokens),
-        ("cache_read", usage.cache_read_input_tokens),
-    ] {
-        if n > 0 {
-            metrics::counter!(m::TOKENS, "model" => model.to_owned(), "kind" => kind).increment(n);
-        }
-    }
-    metrics::counter!(m::COST, "model" => model.to_owned()).increment(cost_nanousd);
+    // In the order of `m::TOKEN_KINDS`.
+    let tokens = [
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
+    ];
+    m::record_model_usage(model, tokens, cost_nanousd);
 }

@@ -175,7 +175,7 @@ impl Failure {
         match self {
             Failure::Error(e) => Err(e),
             Failure::Response(b) => {
-                metrics::counter!(m::REQUESTS, "surface" => call.surface.as_str(), "status" => b.status.as_str().to_owned()).increment(1);
+                m::count_request(call.surface.as_str(), b.status.as_u16());
                 let (headers, body) =
                     respond::error_body(&call.respond, b.status, b.headers, b.body);
                 let mut resp = Response::new(crate::body::full(body));
