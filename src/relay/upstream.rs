@@ -67,12 +67,11 @@ pub(super) async fn send(
         }
         _ => call.body.clone(),
     };
-    let send = app
-        .http
-        .request(call.method.clone(), url)
-        .headers(headers)
-        .body(body)
-        .send();
+    let request = match account.parsed_url(&url) {
+        Some(parsed) => app.http.request(call.method.clone(), parsed),
+        None => app.http.request(call.method.clone(), url),
+    };
+    let send = request.headers(headers).body(body).send();
     match tokio::time::timeout(first_byte, send).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(SendError::Failed(e)),
