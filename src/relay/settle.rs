@@ -61,29 +61,6 @@ impl Observer for Settle {
             drop(account_lease);
             key_lease.settle(Spent::of(&usage, cost.nanousd));
         }
-        if self.usage.is_some() {
-            if !cost.known_model {
-                metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => self.model.clone())
-                    .increment(1);
-            }
-            record_token_metrics(&self.model, &usage, cost.nanousd);
-            let billed = self.status < 400 || !usage.is_empty();
-            let entry = RequestLogEntry {
-                request_id: self.request_id.clone(),
-                at: self.at_ms,
-                key_id: self.key_id.clone(),
-                account_id: Some(self.account_id.clone()),
-                model: self.model.clone(),
-                surface: self.surface.as_str().to_owned(),
-                status: self.status,
-                latency_ms,
-                ttfb_ms: Some(self.ttfb_ms),
-                usage,
-                cost_nanousd: cost.nanousd,
-                cache_hit: false,
-            };
-            self.app.stats.record(entry, billed);
-        }
         let end = match &end {
             End::Complete => "complete",
             End::Failed(_) => "upstream_failed",
@@ -103,6 +80,30 @@ impl Observer for Settle {
             end,
             "request"
         );
+        if self.usage.is_some() {
+            if !cost.known_model {
+                metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => self.model.clone())
+                    .increment(1);
+            }
+            record_token_metrics(&self.model, &usage, cost.nanousd);
+            let billed = self.status < 400 || !usage.is_empty();
+            // `on_end` is the last use of these: they move into the log entry.
+            let entry = RequestLogEntry {
+                request_id: std::mem::take(&mut self.request_id),
+                at: self.at_ms,
+                key_id: std::mem::take(&mut self.key_id),
+                account_id: Some(std::mem::take(&mut self.account_id)),
+                model: std::mem::take(&mut self.model),
+                surface: self.surface.as_str().to_owned(),
+                status: self.status,
+                latency_ms,
+                ttfb_ms: Some(self.ttfb_ms),
+                usage,
+                cost_nanousd: cost.nanousd,
+                cache_hit: false,
+            };
+            self.app.stats.record(entry, billed);
+        }
     }
 }
 
