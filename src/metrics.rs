@@ -2,6 +2,8 @@
 
 use std::sync::OnceLock;
 
+use dashmap::DashMap;
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Requests answered, by `surface` and `status`.
@@ -100,4 +102,121 @@ pub fn spawn_upkeep() {
             }
         });
     });
+}
+
+/// The handles of the metrics recorded on every relayed request. `metrics::counter!` and its kin
+/// build the key (allocating label values) and look it up in the recorder on every call; these
+/// are looked up once and then recorded into directly. Names and labels are the same as the
+/// macros would give.
+struct Handles {
+    active_streams: Gauge,
+    upstream_latency: Histogram,
+    upstream_ttfb: Histogram,
+    relay_overhead: Histogram,
+    /// `REQUESTS` by (surface, status).
+    requests: DashMap<(&'static str, u16), Counter>,
+    /// `TOKENS` and `COST` by model; at most `MAX_CACHED_MODELS` (the model is the client's word).
+    models: DashMap<String, ModelCounters>,
+}
+
+/// Beyond this many models, the counters of new ones are looked up on every request instead.
+const MAX_CACHED_MODELS: usize = 1024;
+
+/// The `kind` label of `TOKENS`, in the order `record_model_usage` takes the counts.
+pub const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_creation", "cache_read"];
+
+fn handles() -> &'static Handles {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    HANDLES.get_or_init(|| {
+        // Handles taken before the recorder is installed would record into nothing.
+        install();
+        Handles {
+            active_streams: metrics::gauge!(ACTIVE_STREAMS),
+            upstream_latency: metrics::histogram!(UPSTREAM_LATENCY),
+            upstream_ttfb: metrics::histogram!(UPSTREAM_TTFB),
+            relay_overhead: metrics::histogram!(RELAY_OVERHEAD),
+            requests: DashMap::new(),
+            models: DashMap::new(),
+        }
+    })
+}
+
+/// `ACTIVE_STREAMS`.
+pub fn active_streams() -> &'static Gauge {
+    &handles().active_streams
+}
+
+/// `UPSTREAM_LATENCY`.
+pub fn upstream_latency() -> &'static Histogram {
+    &handles().upstream_latency
+}
+
+/// `UPSTREAM_TTFB`.
+pub fn upstream_ttfb() -> &'static Histogram {
+    &handles().upstream_ttfb
+}
+
+/// `RELAY_OVERHEAD`.
+pub fn relay_overhead() -> &'static Histogram {
+    &handles().relay_overhead
+}
+
+/// Counts one answered request in `REQUESTS`.
+pub fn count_request(surface: &'static str, status: u16) {
+    let requests = &handles().requests;
+    if let Some(counter) = requests.get(&(surface, status)) {
+        counter.increment(1);
+        return;
+    }
+    requests
+        .entry((surface, status))
+        .or_insert_with(
+            || metrics::counter!(REQUESTS, "surface" => surface, "status" => status.to_string()),
+        )
+        .increment(1);
+}
+
+/// Adds a request's tokens (in `TOKEN_KINDS` order; kinds with none are not touched) and cost
+/// to `TOKENS` and `COST` of its model.
+pub fn record_model_usage(model: &str, tokens: [u64; 4], cost_nanousd: u64) {
+    let models = &handles().models;
+    if let Some(counters) = models.get(model) {
+        counters.record(model, tokens, cost_nanousd);
+    } else if models.len() < MAX_CACHED_MODELS {
+        models
+            .entry(model.to_owned())
+            .or_insert_with(|| ModelCounters::new(model))
+            .record(model, tokens, cost_nanousd);
+    } else {
+        ModelCounters::new(model).record(model, tokens, cost_nanousd);
+    }
+}
+
+/// One model's counters. A token kind's series appears once it counted something, as it did
+/// when every request called `metrics::counter!` only for the kinds it used.
+struct ModelCounters {
+    tokens: [OnceLock<Counter>; 4],
+    cost: Counter,
+}
+
+impl ModelCounters {
+    fn new(model: &str) -> ModelCounters {
+        ModelCounters {
+            tokens: Default::default(),
+            cost: metrics::counter!(COST, "model" => model.to_owned()),
+        }
+    }
+
+    fn record(&self, model: &str, tokens: [u64; 4], cost_nanousd: u64) {
+        for ((counter, kind), n) in self.tokens.iter().zip(TOKEN_KINDS).zip(tokens) {
+            if n > 0 {
+                counter
+                    .get_or_init(
+                        || metrics::counter!(TOKENS, "model" => model.to_owned(), "kind" => kind),
+                    )
+                    .increment(n);
+            }
+        }
+        self.cost.increment(cost_nanousd);
+    }
 }

@@ -20,20 +20,33 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// Hop-by-hop headers that are not standard names; named once, not parsed per request.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The header names that the `Connection` header lists (hop-by-hop too).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+        .collect()
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
     for name in named.iter().chain(HOP_BY_HOP) {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
 }
 
 /// Response headers from upstream, ready for the client.
@@ -44,19 +57,33 @@ pub fn response_headers(mut headers: HeaderMap) -> HeaderMap {
 
 /// Client headers that must not go upstream besides hop-by-hop ones: the client's own
 /// credentials (replaced by the account's), and those the upstream request sets itself.
-const CLIENT_ONLY: &[&str] = &["x-api-key", "x-goog-api-key", "api-key", "cookie"];
+fn is_client_only(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-api-key"
+            | "x-goog-api-key"
+            | "api-key"
+            | "cookie"
+            | "authorization"
+            | "host"
+            | "content-length"
+            // Set by `forward_headers`.
+            | "accept-encoding"
+    )
+}
 
 /// The client's end-to-end headers without its credentials, asking for an uncompressed body so
 /// usage can be read.
 pub fn forward_headers(client: &HeaderMap) -> HeaderMap {
-    let mut headers = client.clone();
-    strip_hop_by_hop(&mut headers);
-    for name in CLIENT_ONLY {
-        headers.remove(*name);
+    // One pass copying what may go, rather than a copy of everything and a lookup per name to
+    // remove; the client's order is kept.
+    let named = connection_named(client);
+    let mut headers = HeaderMap::with_capacity(client.len() + 1);
+    for (name, value) in client {
+        if !is_hop_by_hop(name) && !is_client_only(name) && !named.contains(name) {
+            headers.append(name.clone(), value.clone());
+        }
     }
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
     headers.insert(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
@@ -70,5 +97,99 @@ pub fn join(base: &str, path: &str, query: Option<&str>) -> String {
     match query.filter(|q| !q.is_empty()) {
         Some(q) => format!("{base}{path}?{q}"),
         None => format!("{base}{path}"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// What `forward_headers` did before it copied in one pass: clone, then remove.
+    fn forward_headers_by_removal(client: &HeaderMap) -> HeaderMap {
+        let mut headers = client.clone();
+        strip_hop_by_hop(&mut headers);
+        for name in ["x-api-key", "x-goog-api-key", "api-key", "cookie"] {
+            headers.remove(name);
+        }
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::HOST);
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        headers
+    }
+
+    fn by_name(headers: &HeaderMap) -> Vec<(String, Vec<Vec<u8>>)> {
+        let mut names: Vec<String> = headers.keys().map(|n| n.as_str().to_owned()).collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let values = headers
+                    .get_all(n.as_str())
+                    .iter()
+                    .map(|v| v.as_bytes().to_vec())
+                    .collect();
+                (n, values)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forward_headers_drops_hop_by_hop_credentials_and_what_the_request_sets() {
+        let mut client = HeaderMap::new();
+        for (name, value) in [
+            ("host", "relay.example"),
+            ("connection", "keep-alive, x-trace-hop"),
+            ("connection", "Upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("x-trace-hop", "1"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("x-api-key", "sk-client"),
+            ("x-goog-api-key", "g-client"),
+            ("api-key", "az-client"),
+            ("authorization", "Bearer sk-client"),
+            ("cookie", "a=b"),
+            ("content-length", "12"),
+            ("accept-encoding", "gzip, br"),
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", "one"),
+            ("anthropic-beta", "two"),
+            ("content-type", "application/json"),
+            ("user-agent", "claude-cli/1.0"),
+        ] {
+            client.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let forwarded = forward_headers(&client);
+        assert_eq!(
+            by_name(&forwarded),
+            by_name(&forward_headers_by_removal(&client))
+        );
+        let names: Vec<&str> = forwarded.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "anthropic-version",
+                "anthropic-beta",
+                "content-type",
+                "user-agent",
+                "accept-encoding"
+            ]
+        );
+        assert_eq!(forwarded.get_all("anthropic-beta").iter().count(), 2);
+        assert_eq!(forwarded["accept-encoding"], "identity");
+        assert_eq!(
+            by_name(&forward_headers(&HeaderMap::new())),
+            by_name(&forward_headers_by_removal(&HeaderMap::new()))
+        );
     }
 }

@@ -64,8 +64,7 @@ where
     match forward(app, endpoint, vendor_path, req, started, &request_id).await {
         Ok(resp) => resp,
         Err(err) => {
-            metrics::counter!(m::REQUESTS, "surface" => surface.as_str(), "status" => err.status.as_str().to_owned())
-                .increment(1);
+            m::count_request(surface.as_str(), err.status.as_u16());
             tracing::info!(
                 request_id = %request_id,
                 status = err.status.as_u16(),
@@ -155,7 +154,7 @@ where
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let usage = call.usage.map(|kind| UsageReader::new(kind, streaming));
-    metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
+    m::active_streams().increment(1.0);
     let settle = Settle {
         app: Arc::clone(app),
         request_id: request_id.to_owned(),
@@ -175,9 +174,8 @@ where
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
     let tapped = Tap::new(upstream_body.map_err(BoxError::from), settle).with_idle_timeout(idle);
     let body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
-    metrics::histogram!(m::UPSTREAM_TTFB).record((head_at - sent_at).as_secs_f64());
-    metrics::histogram!(m::RELAY_OVERHEAD)
-        .record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
+    m::upstream_ttfb().record((head_at - sent_at).as_secs_f64());
+    m::relay_overhead().record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
     Ok(Response::from_parts(head, body))
 }
 

@@ -7,6 +7,7 @@
 //! the same id, so acknowledged usage is neither lost nor counted twice while the store is
 //! unavailable; see `Writer`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +86,7 @@ async fn run(store: Arc<dyn Store>, cfg: Limits, mut rx: mpsc::UnboundedReceiver
     let mut w = Writer {
         store,
         cfg,
-        pending: UsageBatch::default(),
+        pending: Pending::default(),
         sealed: None,
     };
     let mut ticker = tokio::time::interval(cfg.interval);
@@ -127,19 +128,20 @@ struct Limits {
 }
 
 /// At most two batches: `sealed`, written (or tried) at least once and retried unchanged under
-/// its id, and `pending`, aggregating everything since. New usage never merges into a batch the
+/// its id, and `pending`, aggregating everything since (in its compact form, expanded when
+/// sealed). New usage never merges into a batch the
 /// store may have partly applied, so a retry cannot count anything twice; and memory stays
 /// bounded by the number of distinct counters plus `max_pending_requests` log entries.
 struct Writer {
     store: Arc<dyn Store>,
     cfg: Limits,
-    pending: UsageBatch,
+    pending: Pending,
     sealed: Option<UsageBatch>,
 }
 
 impl Writer {
     fn add(&mut self, entry: RequestLogEntry, billed: bool) {
-        add(&mut self.pending, entry, billed);
+        self.pending.add(entry, billed);
         let queued =
             self.pending.requests.len() + self.sealed.as_ref().map_or(0, |b| b.requests.len());
         if queued > self.cfg.max_pending_requests {
@@ -163,7 +165,7 @@ impl Writer {
                 if self.pending.is_empty() {
                     return;
                 }
-                let mut batch = std::mem::take(&mut self.pending);
+                let mut batch = std::mem::take(&mut self.pending).into_batch();
                 batch.id = rand::random();
                 self.sealed = Some(batch);
             }
@@ -205,26 +207,110 @@ impl Writer {
 /// How long a stopping relay keeps retrying usage writes.
 const SHUTDOWN_RETRY: Duration = Duration::from_secs(5);
 
-fn add(batch: &mut UsageBatch, entry: RequestLogEntry, billed: bool) {
-    if billed {
-        let counters = Counters::of(&entry.usage, entry.cost_nanousd);
-        let mut dims = vec![Dimension::All, Dimension::Key(entry.key_id.clone())];
-        if let Some(account) = &entry.account_id {
-            dims.push(Dimension::Account(account.clone()));
+/// Usage since the last seal, in the form that is cheap to add to: one set of counters per
+/// (key, account, model, UTC hour), the names interned. `into_batch` expands each group into
+/// every dimension (all, key, account, model) and every bucket (hour, day, month, total), which
+/// gives the same counters as adding each request to all of them would.
+#[derive(Default)]
+struct Pending {
+    groups: HashMap<Group, Counters>,
+    names: Names,
+    requests: Vec<RequestLogEntry>,
+}
+
+/// Interned key, account and model: the index of the name in `Names::list`.
+type Name = u32;
+
+/// (key, account, model, hour since the epoch).
+type Group = (Name, Option<Name>, Name, i64);
+
+#[derive(Default)]
+struct Names {
+    ids: HashMap<String, Name>,
+    list: Vec<String>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> Name {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
         }
-        dims.push(Dimension::Model(entry.model.clone()));
-        let buckets = buckets_of(entry.at);
-        for dim in dims {
-            for bucket in &buckets {
-                batch
-                    .counters
-                    .entry((dim.clone(), bucket.clone()))
-                    .or_default()
-                    .add(&counters);
+        let id = self.list.len() as Name;
+        self.list.push(name.to_owned());
+        self.ids.insert(name.to_owned(), id);
+        id
+    }
+
+    fn name(&self, id: Name) -> String {
+        self.list.get(id as usize).cloned().unwrap_or_default()
+    }
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// An instant in the hour `hour` (counted from the epoch) that `buckets_of` accepts: its start,
+/// or for the first hour of the range (which does not start on an hour) the range's start.
+fn hour_start(hour: i64) -> i64 {
+    (hour * HOUR_MS).max(Timestamp::MIN.as_millisecond())
+}
+
+impl Pending {
+    fn add(&mut self, entry: RequestLogEntry, billed: bool) {
+        if billed {
+            // What `buckets_of` does with an instant out of range, done here: the hour then
+            // names the same buckets as the instant itself (see `hour_start`).
+            let at = if Timestamp::from_millisecond(entry.at).is_ok() {
+                entry.at
+            } else {
+                0
+            };
+            let group = (
+                self.names.id(&entry.key_id),
+                entry.account_id.as_deref().map(|a| self.names.id(a)),
+                self.names.id(&entry.model),
+                at.div_euclid(HOUR_MS),
+            );
+            self.groups
+                .entry(group)
+                .or_default()
+                .add(&Counters::of(&entry.usage, entry.cost_nanousd));
+        }
+        self.requests.push(entry);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.requests.is_empty()
+    }
+
+    /// The batch for the store (its `id` left for the caller to set).
+    fn into_batch(self) -> UsageBatch {
+        let mut counters: BTreeMap<(Dimension, Bucket), Counters> = BTreeMap::new();
+        let mut buckets: HashMap<i64, [Bucket; 4]> = HashMap::new();
+        for ((key, account, model, hour), sum) in self.groups {
+            let buckets = buckets
+                .entry(hour)
+                .or_insert_with(|| buckets_of(hour_start(hour)));
+            let dims = [
+                Some(Dimension::All),
+                Some(Dimension::Key(self.names.name(key))),
+                account.map(|a| Dimension::Account(self.names.name(a))),
+                Some(Dimension::Model(self.names.name(model))),
+            ];
+            for dim in dims.into_iter().flatten() {
+                for bucket in buckets.iter() {
+                    counters
+                        .entry((dim.clone(), bucket.clone()))
+                        .or_default()
+                        .add(&sum);
+                }
             }
         }
+        UsageBatch {
+            id: 0,
+            counters,
+            requests: self.requests,
+        }
     }
-    batch.requests.push(entry);
 }
 
 /// The hour, day, month and all-time buckets that the instant `at_ms` (unix ms) falls in, in UTC.
@@ -255,40 +341,134 @@ mod tests {
         assert_eq!(b[3], Bucket::Total);
     }
 
-    #[test]
-    fn a_billed_request_counts_in_every_dimension_and_bucket() {
-        let mut batch = UsageBatch::default();
-        let entry = RequestLogEntry {
-            request_id: "r1".into(),
-            at: 1_795_336_200_000,
-            key_id: "k".into(),
-            account_id: Some("a".into()),
-            model: "m".into(),
+    fn entry(
+        id: &str,
+        at: i64,
+        key: &str,
+        account: Option<&str>,
+        model: &str,
+        n: u64,
+    ) -> RequestLogEntry {
+        RequestLogEntry {
+            request_id: id.into(),
+            at,
+            key_id: key.into(),
+            account_id: account.map(Into::into),
+            model: model.into(),
             surface: "anthropic".into(),
             status: 200,
             latency_ms: 5,
             ttfb_ms: Some(1),
             usage: crate::usage::TokenUsage {
-                input_tokens: 3,
-                output_tokens: 4,
-                ..Default::default()
+                input_tokens: n,
+                output_tokens: 2 * n,
+                cache_creation_input_tokens: n % 3,
+                cache_creation_5m_input_tokens: n % 2,
+                cache_creation_1h_input_tokens: n % 5,
+                cache_read_input_tokens: n % 7,
+                images: n % 4,
             },
-            cost_nanousd: 9,
+            cost_nanousd: 10 * n + 1,
             cache_hit: false,
-        };
-        add(&mut batch, entry.clone(), true);
-        add(&mut batch, entry.clone(), false);
+        }
+    }
+
+    fn batch_of(entries: &[(RequestLogEntry, bool)]) -> UsageBatch {
+        let mut pending = Pending::default();
+        for (e, billed) in entries {
+            pending.add(e.clone(), *billed);
+        }
+        pending.into_batch()
+    }
+
+    /// What each request used to add: every dimension times every bucket of its instant.
+    fn reference_batch(entries: &[(RequestLogEntry, bool)]) -> UsageBatch {
+        let mut batch = UsageBatch::default();
+        for (entry, billed) in entries {
+            if *billed {
+                let counters = Counters::of(&entry.usage, entry.cost_nanousd);
+                let mut dims = vec![Dimension::All, Dimension::Key(entry.key_id.clone())];
+                if let Some(account) = &entry.account_id {
+                    dims.push(Dimension::Account(account.clone()));
+                }
+                dims.push(Dimension::Model(entry.model.clone()));
+                for dim in dims {
+                    for bucket in buckets_of(entry.at) {
+                        batch
+                            .counters
+                            .entry((dim.clone(), bucket))
+                            .or_default()
+                            .add(&counters);
+                    }
+                }
+            }
+            batch.requests.push(entry.clone());
+        }
+        batch
+    }
+
+    #[test]
+    fn a_billed_request_counts_in_every_dimension_and_bucket() {
+        let e = entry("r1", 1_795_336_200_000, "k", Some("a"), "m", 3);
+        let batch = batch_of(&[(e.clone(), true), (e, false)]);
         assert_eq!(batch.counters.len(), 4 * 4);
         let total = batch.counters[&(Dimension::Key("k".into()), Bucket::Total)];
         assert_eq!(
             (total.requests, total.input_tokens, total.output_tokens),
-            (1, 3, 4)
+            (1, 3, 6)
         );
-        assert_eq!(total.cost_nanousd, 9);
+        assert_eq!(total.cost_nanousd, 31);
         assert_eq!(
             batch.requests.len(),
             2,
             "unbilled requests are still logged"
         );
+    }
+
+    #[test]
+    fn the_batch_is_what_adding_each_request_to_every_bucket_gives() {
+        // 2026-11-30T23:59:59.999Z, then the next month, day and hour; and an hour later.
+        let end_of_month = 1_796_083_199_999;
+        let instants = [
+            end_of_month - 3_600_000,
+            end_of_month,
+            end_of_month + 1,
+            end_of_month + 3_600_001,
+            1_795_336_200_000,
+            0,
+            -1,
+            // Out of jiff's range (counted at the epoch), and the range's ends.
+            i64::MAX,
+            i64::MIN,
+            Timestamp::MIN.as_millisecond(),
+            Timestamp::MAX.as_millisecond(),
+            Timestamp::MAX.as_millisecond() - 999,
+        ];
+        let mut entries = Vec::new();
+        let mut n = 0;
+        for (i, at) in instants.into_iter().enumerate() {
+            for key in ["k1", "k2"] {
+                for account in [Some("a1"), Some("a2"), None] {
+                    for model in ["m1", "m2", "k1"] {
+                        n += 1;
+                        let e = entry(&format!("r{n}"), at, key, account, model, n);
+                        entries.push((e, (n + i as u64) % 5 != 0));
+                    }
+                }
+            }
+        }
+        let batch = batch_of(&entries);
+        let reference = reference_batch(&entries);
+        for (k, v) in &reference.counters {
+            assert_eq!(batch.counters.get(k), Some(v), "{k:?}");
+        }
+        assert_eq!(batch.counters.len(), reference.counters.len());
+        assert_eq!(batch, reference);
+        assert!(batch.counters.contains_key(&(
+            Dimension::Account("a2".into()),
+            Bucket::Month("2026-12".into())
+        )));
+        assert_eq!(batch_of(&[]), UsageBatch::default());
+        assert!(Pending::default().is_empty());
     }
 }

@@ -47,11 +47,10 @@ impl Observer for Settle {
 
     fn on_end(&mut self, end: End) {
         let leases = self.leases.take();
-        metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
+        m::active_streams().decrement(1.0);
         let latency_ms = self.started.elapsed().as_millis() as u64;
-        metrics::histogram!(m::UPSTREAM_LATENCY).record(self.sent_at.elapsed().as_secs_f64());
-        metrics::counter!(m::REQUESTS, "surface" => self.surface.as_str(), "status" => self.status.to_string())
-            .increment(1);
+        m::upstream_latency().record(self.sent_at.elapsed().as_secs_f64());
+        m::count_request(self.surface.as_str(), self.status);
         let usage = self
             .usage
             .as_ref()
@@ -60,29 +59,6 @@ impl Observer for Settle {
         let cost = self.app.pricing().cost(&self.model, &usage);
         if let Some((key_lease, account_lease)) = leases {
             key_lease.settle_with(account_lease, Spent::of(&usage, cost.nanousd));
-        }
-        if self.usage.is_some() {
-            if !cost.known_model {
-                metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => self.model.clone())
-                    .increment(1);
-            }
-            record_token_metrics(&self.model, &usage, cost.nanousd);
-            let billed = self.status < 400 || !usage.is_empty();
-            let entry = RequestLogEntry {
-                request_id: self.request_id.clone(),
-                at: self.at_ms,
-                key_id: self.key_id.clone(),
-                account_id: Some(self.account_id.clone()),
-                model: self.model.clone(),
-                surface: self.surface.as_str().to_owned(),
-                status: self.status,
-                latency_ms,
-                ttfb_ms: Some(self.ttfb_ms),
-                usage,
-                cost_nanousd: cost.nanousd,
-                cache_hit: false,
-            };
-            self.app.stats.record(entry, billed);
         }
         let end = match &end {
             End::Complete => "complete",
@@ -103,19 +79,40 @@ impl Observer for Settle {
             end,
             "request"
         );
+        if self.usage.is_some() {
+            if !cost.known_model {
+                metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => self.model.clone())
+                    .increment(1);
+            }
+            record_token_metrics(&self.model, &usage, cost.nanousd);
+            let billed = self.status < 400 || !usage.is_empty();
+            // `on_end` is the last use of these: they move into the log entry.
+            let entry = RequestLogEntry {
+                request_id: std::mem::take(&mut self.request_id),
+                at: self.at_ms,
+                key_id: std::mem::take(&mut self.key_id),
+                account_id: Some(std::mem::take(&mut self.account_id)),
+                model: std::mem::take(&mut self.model),
+                surface: self.surface.as_str().to_owned(),
+                status: self.status,
+                latency_ms,
+                ttfb_ms: Some(self.ttfb_ms),
+                usage,
+                cost_nanousd: cost.nanousd,
+                cache_hit: false,
+            };
+            self.app.stats.record(entry, billed);
+        }
     }
 }
 
 fn record_token_metrics(model: &str, usage: &TokenUsage, cost_nanousd: u64) {
-    for (kind, n) in [
-        ("input", usage.input_tokens),
-        ("output", usage.output_tokens),
-        ("cache_creation", usage.cache_creation_input_tokens),
-        ("cache_read", usage.cache_read_input_tokens),
-    ] {
-        if n > 0 {
-            metrics::counter!(m::TOKENS, "model" => model.to_owned(), "kind" => kind).increment(n);
-        }
-    }
-    metrics::counter!(m::COST, "model" => model.to_owned()).increment(cost_nanousd);
+    // In the order of `m::TOKEN_KINDS`.
+    let tokens = [
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
+    ];
+    m::record_model_usage(model, tokens, cost_nanousd);
 }

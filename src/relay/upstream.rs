@@ -67,12 +67,11 @@ pub(super) async fn send(
         }
         _ => call.body.clone(),
     };
-    let send = app
-        .http
-        .request(call.method.clone(), url)
-        .headers(headers)
-        .body(body)
-        .send();
+    let request = match account.parsed_url(&url) {
+        Some(parsed) => app.http.request(call.method.clone(), parsed),
+        None => app.http.request(call.method.clone(), url),
+    };
+    let send = request.headers(headers).body(body).send();
     match tokio::time::timeout(first_byte, send).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(SendError::Failed(e)),
@@ -175,7 +174,7 @@ impl Failure {
         match self {
             Failure::Error(e) => Err(e),
             Failure::Response(b) => {
-                metrics::counter!(m::REQUESTS, "surface" => call.surface.as_str(), "status" => b.status.as_str().to_owned()).increment(1);
+                m::count_request(call.surface.as_str(), b.status.as_u16());
                 let (headers, body) =
                     respond::error_body(&call.respond, b.status, b.headers, b.body);
                 let mut resp = Response::new(crate::body::full(body));
