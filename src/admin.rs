@@ -102,10 +102,7 @@ fn ok(status: StatusCode, value: &serde_json::Value) -> Result<Response<Body>, A
 }
 
 fn store_error(e: crate::store::StoreError) -> ApiError {
-    ApiError::new(
-        ErrorKind::Unavailable,
-        format!("the store is unavailable: {e}"),
-    )
+    ApiError::store(e)
 }
 
 /// A record's display name, trimmed.

@@ -105,6 +105,14 @@ impl ApiError {
         ApiError::new(ErrorKind::Internal, message)
     }
 
+    /// A store call failed: 503, in the API's shape.
+    pub fn store(error: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            format!("the store is unavailable: {error}"),
+        )
+    }
+
     pub fn with_retry_after(mut self, secs: u64) -> ApiError {
         self.retry_after = Some(secs);
         self

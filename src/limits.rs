@@ -150,12 +150,7 @@ impl KeyLease {
             .store
             .admit(&pending.admission, &self.lease)
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorKind::Unavailable,
-                    format!("the store is unavailable: {e}"),
-                )
-            })?;
+            .map_err(ApiError::store)?;
         match answer {
             Admit::Granted => {
                 self.state = State::Held;

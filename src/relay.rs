@@ -231,12 +231,7 @@ pub(crate) async fn authenticate_with(
         .catalog
         .key_by_hash(&auth::hash_key(presented))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorKind::Unavailable,
-                format!("the store is unavailable: {e}"),
-            )
-        })?
+        .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::new(ErrorKind::Authentication, "invalid API key"))?;
     if !key.enabled {
         return Err(ApiError::new(

@@ -134,12 +134,6 @@ async fn pick_from(
         now_ms,
     };
     let lease = key.attempt_lease(ask.attempt);
-    let unavailable = |e: crate::store::StoreError| {
-        ApiError::new(
-            ErrorKind::Unavailable,
-            format!("the store is unavailable: {e}"),
-        )
-    };
     let store = catalog.store();
     // The key's admission, still pending on the first attempt, is taken with the account: one
     // store call for both.
@@ -148,7 +142,7 @@ async fn pick_from(
             let taken = store
                 .admit_and_pick(admission, key.lease(), &request, &lease)
                 .await
-                .map_err(unavailable)?;
+                .map_err(ApiError::store)?;
             key.taken(&taken)?;
             match taken {
                 store::Taken::Picked(picked) => picked,
@@ -160,7 +154,7 @@ async fn pick_from(
         None => store
             .pick_account(&request, &lease)
             .await
-            .map_err(unavailable)?,
+            .map_err(ApiError::store)?,
     };
     let (id, sticky, degraded) = match picked {
         store::Picked::Account {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::meters::{self, Estimate, Families, Measure};
 use super::show_time;
 use crate::app::App;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::ApiError;
 use crate::store::KeyRecord;
 
 /// The view of `key` now; `base` is the key's own JSON (without secrets), extended here.
@@ -25,12 +25,7 @@ pub async fn view(app: &App, key: &KeyRecord, mut base: Value) -> Result<Value, 
         .store()
         .key_state(&key.id, &buckets)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorKind::Unavailable,
-                format!("the store is unavailable: {e}"),
-            )
-        })?;
+        .map_err(ApiError::store)?;
     let tz = app.calendar.tz();
     let mut usage = serde_json::Map::new();
     for (p, used) in planned.iter().zip(&state.meters) {

@@ -10,12 +10,6 @@
 -- not recreated. Idempotent: a lease given back twice counts once. A key lease swept after its deadline already
 -- returned its holds; its use is still added (once).
 -- Returns {key lease given back (0/1), account lease given back (0/1)}.
-local at = 2
-local function arg()
-  local v = ARGV[at]
-  at = at + 1
-  return v
-end
 
 local key = nil
 if arg() == '1' then

@@ -35,6 +35,14 @@ local STATE, KL, AL = KEYS[1], KEYS[2], KEYS[3]
 local SWEPT = ARGV[1]
 local SWEPT_TTL = 600000
 
+-- Reads ARGV in order after ARGV[1] (take.lua and give.lua pass structured arguments).
+local at = 2
+local function arg()
+  local v = ARGV[at]
+  at = at + 1
+  return v
+end
+
 local function lp(id)
   return #id .. ':' .. id
 end

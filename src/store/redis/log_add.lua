@@ -24,6 +24,18 @@ if seen then
   end
 end
 
+-- Appends values to the list of `key` in `lists` (created on first use).
+local function push(lists, key, ...)
+  local list = lists[key]
+  if not list then
+    list = {}
+    lists[key] = list
+  end
+  for _, v in ipairs({ ... }) do
+    list[#list + 1] = v
+  end
+end
+
 -- Runs `command key args...` in slices, within what unpack takes at once.
 local function sliced(command, key, args, step)
   for i = 1, #args, step do
@@ -39,13 +51,7 @@ for i = 6, #ARGV, 4 do
   scored[#scored + 1] = member
   stored[#stored + 1] = member
   stored[#stored + 1] = json
-  local list = by_key[key]
-  if not list then
-    list = {}
-    by_key[key] = list
-  end
-  list[#list + 1] = at
-  list[#list + 1] = member
+  push(by_key, key, at, member)
 end
 sliced('ZADD', all, scored, 2000)
 sliced('HSET', entries, stored, 2000)
@@ -60,13 +66,7 @@ if excess > 0 then
   for _, member in ipairs(oldest) do
     local nl = string.find(member, '\n', 1, true)
     if nl then
-      local key = string.sub(member, nl + 1)
-      local list = gone[key]
-      if not list then
-        list = {}
-        gone[key] = list
-      end
-      list[#list + 1] = member
+      push(gone, string.sub(member, nl + 1), member)
     end
   end
   for key, list in pairs(gone) do

@@ -23,12 +23,6 @@
 -- 1 Hit, 2 Bound, 3 Escaped, 4 Moved, or {0, 0, retry_at} when no candidate can serve (retry_at:
 -- unix ms as a decimal string, '' when none recovers on its own). Nothing is written unless the
 -- whole call succeeds: a refused admission or an unavailable pick leaves no lease.
-local at = 2
-local function arg()
-  local v = ARGV[at]
-  at = at + 1
-  return v
-end
 
 local admission = nil
 if arg() == '1' then
