@@ -124,20 +124,21 @@ impl KeyLease {
         }
     }
 
-    /// Records what the store answered to the pending admission: `Ok` once it is held (the
-    /// store granted it and kept it), the refusal in the API's terms otherwise. An admission
-    /// granted but not kept (no account could serve) stays pending.
-    pub fn taken(&mut self, answer: &Taken) -> Result<(), ApiError> {
-        let State::Pending(pending) = &self.state else {
-            return Ok(());
-        };
+    /// Records what the store answered to the pending admission (`Store::admit_and_pick`) and
+    /// hands on the pick: the lease is held once an account was picked; a refusal becomes the
+    /// API's error; an admission granted but not kept (no account could serve) stays pending.
+    pub fn taken(&mut self, answer: Taken) -> Result<Picked, ApiError> {
         match answer {
-            Taken::Refused(admit) => Err(pending.refusal(admit)),
-            Taken::Picked(Picked::Account { .. }) => {
-                self.state = State::Held;
-                Ok(())
+            Taken::Refused(admit) => Err(match &self.state {
+                State::Pending(pending) => pending.refusal(&admit),
+                _ => ApiError::internal("an admission was refused that was not pending"),
+            }),
+            Taken::Picked(picked) => {
+                if matches!(picked, Picked::Account { .. }) {
+                    self.state = State::Held;
+                }
+                Ok(picked)
             }
-            Taken::Picked(Picked::Unavailable { .. }) => Ok(()),
         }
     }
 
@@ -256,12 +257,6 @@ pub struct AccountLease {
     store: Arc<dyn Store>,
     /// `None` once given back.
     release: Option<AccountRelease>,
-}
-
-impl AccountLease {
-    pub fn lease(&self) -> Option<&Lease> {
-        self.release.as_ref().map(|r| &r.lease)
-    }
 }
 
 impl Drop for AccountLease {

@@ -143,13 +143,7 @@ async fn pick_from(
                 .admit_and_pick(admission, key.lease(), &request, &lease)
                 .await
                 .map_err(ApiError::store)?;
-            key.taken(&taken)?;
-            match taken {
-                store::Taken::Picked(picked) => picked,
-                store::Taken::Refused(_) => {
-                    return Err(ApiError::internal("a refused admission was not reported"));
-                }
-            }
+            key.taken(taken)?
         }
         None => store
             .pick_account(&request, &lease)
