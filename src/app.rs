@@ -1,6 +1,7 @@
 //! Everything a request handler needs, built once at start.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,8 @@ pub struct App {
     pub config: Config,
     pub catalog: Arc<Catalog>,
     pub stats: Stats,
-    pub http: reqwest::Client,
+    /// What each server worker (src/server.rs) has of its own; never empty.
+    pub workers: Box<[WorkerSlot]>,
     pub admin_token: String,
     /// Where the admin token was read from when it was not configured (its path, never the
     /// token, is shown to the operator).
@@ -34,6 +36,15 @@ pub struct App {
     pricing: RwLock<Arc<Pricing>>,
     /// Where generated images are kept (`images.storage`); `None` when not configured.
     pub image_storage: Option<Arc<crate::images::storage::Storage>>,
+}
+
+/// What one server worker has of its own.
+pub struct WorkerSlot {
+    /// The upstream client. A pooled connection's task runs on the runtime that opened it, so
+    /// a worker that borrowed another's connection would hand every request across threads.
+    pub http: reqwest::Client,
+    /// Client connections open on the worker.
+    pub connections: AtomicUsize,
 }
 
 impl App {
@@ -80,7 +91,14 @@ impl App {
             Duration::from_millis(config.stats.flush_interval_ms),
             config.stats.max_pending_requests,
         );
-        let http = upstream_client(&config)?;
+        let workers = (0..config.server.worker_count())
+            .map(|_| {
+                Ok(WorkerSlot {
+                    http: upstream_client(&config)?,
+                    connections: AtomicUsize::new(0),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
         let image_storage =
             crate::images::storage::Storage::open(&config.images, &config.data_dir)?.map(Arc::new);
         crate::metrics::install();
@@ -89,7 +107,7 @@ impl App {
             config,
             catalog,
             stats,
-            http,
+            workers,
             admin_token,
             admin_token_file,
             started: Instant::now(),
@@ -100,6 +118,12 @@ impl App {
         });
         crate::images::spawn_sweeper(&app);
         Ok(app)
+    }
+
+    /// The upstream client of the calling thread's server worker.
+    pub fn http(&self) -> &reqwest::Client {
+        let i = crate::server::worker_index();
+        &self.workers[i % self.workers.len()].http
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

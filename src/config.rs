@@ -99,6 +99,19 @@ pub struct ServerConfig {
     /// On SIGINT/SIGTERM, in-flight requests and streams get this long to finish.
     pub shutdown_grace_secs: u64,
     pub keep_alive: bool,
+    /// Threads serving connections, each with a runtime and an upstream client of its own
+    /// (0: one per CPU the process may use).
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// `workers`, with 0 resolved to the CPUs available.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -108,6 +121,7 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 30,
             shutdown_grace_secs: 30,
             keep_alive: true,
+            workers: 0,
         }
     }
 }
@@ -508,6 +522,11 @@ impl Config {
                  redis://host:port/db, rediss://… or redis-cluster://host:port,host:port)",
                 self.store
             )));
+        }
+        if self.server.workers > 256 {
+            return Err(ConfigError(
+                "invalid option `server.workers`: at most 256 (0: one per CPU)".into(),
+            ));
         }
         if self.redis.pool_size == 0 || self.redis.command_timeout_ms == 0 {
             return Err(ConfigError(

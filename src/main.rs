@@ -173,7 +173,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config, matches!(cli.command, Command::Serve { .. }));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // Worker 0 of the server (src/server.rs); the other workers start their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -41,6 +41,9 @@ pub const FAILOVERS: &str = "switchyard_failovers_total";
 /// Upstream requests that failed before a response head, by `reason`.
 pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";
 
+/// Client connections open on each server `worker`.
+pub const WORKER_CONNECTIONS: &str = "switchyard_worker_connections";
+
 /// Images generated, by `model`.
 pub const IMAGES: &str = "switchyard_images_generated_total";
 /// Image requests answered from the result cache, by `model`.
@@ -144,6 +147,12 @@ fn handles() -> &'static Handles {
 /// `ACTIVE_STREAMS`.
 pub fn active_streams() -> &'static Gauge {
     &handles().active_streams
+}
+
+/// `WORKER_CONNECTIONS` of one worker (looked up once per worker, at start).
+pub fn worker_connections(worker: usize) -> Gauge {
+    install();
+    metrics::gauge!(WORKER_CONNECTIONS, "worker" => worker.to_string())
 }
 
 /// `UPSTREAM_LATENCY`.

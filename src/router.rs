@@ -226,6 +226,11 @@ async fn health(app: &App) -> Response<Body> {
             "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_secs": app.started.elapsed().as_secs(),
+            "worker_connections": app
+                .workers
+                .iter()
+                .map(|w| w.connections.load(std::sync::atomic::Ordering::Relaxed))
+                .collect::<Vec<_>>(),
         }),
     )
 }

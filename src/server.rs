@@ -1,29 +1,62 @@
 //! The accept loop: HTTP/1.1 and h2c on one port, keep-alive, a header read timeout, and a
 //! graceful stop that lets in-flight requests and streams finish within a grace period.
+//!
+//! Connections are served by `server.workers` workers, each a single-threaded tokio runtime on
+//! a thread of its own (worker 0 is the caller's runtime). Worker 0 accepts and hands each new
+//! connection to the worker with the fewest open ones; from then on everything that connection
+//! does (the request task, its upstream connection from the worker's own client, the response
+//! stream) stays on that worker's thread. On a work-stealing runtime these tasks hand each
+//! other the request and the answer across threads, which cost about 100 µs a request
+//! (docs/benchmarks.md).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::app::App;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The worker serving the calling thread (0 outside the extra workers' threads).
+pub fn worker_index() -> usize {
+    WORKER.get()
+}
 
 pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
+    /// Runtimes for workers 1.., started by `run`.
+    extra: Vec<tokio::runtime::Runtime>,
 }
 
 impl Server {
-    /// Binds the configured address (port 0 picks a free one).
+    /// Binds the configured address (port 0 picks a free one) and builds the workers' runtimes.
     pub async fn bind(app: Arc<App>) -> std::io::Result<Server> {
         let listener = TcpListener::bind(app.config.listen).await?;
-        Ok(Server { listener, app })
+        let extra = (1..app.config.server.worker_count())
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Server {
+            listener,
+            app,
+            extra,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -31,9 +64,209 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, waits up to the grace period for
-    /// open connections, and flushes usage and the store.
+    /// open connections on every worker, and flushes usage and the store.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, app } = self;
+        let Server {
+            listener,
+            app,
+            extra,
+        } = self;
+        let (stop, stopping) = watch::channel(false);
+        let (exit, exiting) = watch::channel(false);
+        let mut workers = vec![Worker::new(0, None)];
+        let mut drained = Vec::new();
+        for (i, runtime) in extra.into_iter().enumerate() {
+            let index = i + 1;
+            let (send, receive) = mpsc::unbounded_channel();
+            let (done, wait) = oneshot::channel();
+            let worker = Worker::new(index, Some(send));
+            let (app, stopping, mut exiting) =
+                (Arc::clone(&app), stopping.clone(), exiting.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("switchyard-worker-{index}"))
+                .spawn(move || {
+                    WORKER.set(index);
+                    runtime.block_on(async move {
+                        serve_handed(receive, &app, wait_for(stopping)).await;
+                        let _ = done.send(());
+                        // Tasks the requests left (lease releases being retried) run until the
+                        // whole server is done.
+                        let _ = exiting.wait_for(|exit| *exit).await;
+                    });
+                });
+            match spawned {
+                Ok(_) => {
+                    workers.push(worker);
+                    drained.push(wait);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, worker = index, "cannot start a worker thread; serving with fewer")
+                }
+            }
+        }
+        let stop_all = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        accept(listener, &app, &workers, stop_all).await;
+        for wait in drained {
+            let _ = wait.await;
+        }
+        app.shutdown().await;
+        let _ = exit.send(true);
+        tracing::info!("stopped");
+    }
+}
+
+/// One worker as the acceptor sees it: where to hand it a new connection (`None`: worker 0,
+/// which serves on the acceptor's own runtime).
+struct Worker {
+    index: usize,
+    gauge: metrics::Gauge,
+    hand: Option<mpsc::UnboundedSender<Handed>>,
+}
+
+/// A connection on its way to another worker.
+type Handed = (std::net::TcpStream, SocketAddr, Open);
+
+impl Worker {
+    fn new(index: usize, hand: Option<mpsc::UnboundedSender<Handed>>) -> Worker {
+        Worker {
+            index,
+            gauge: crate::metrics::worker_connections(index),
+            hand,
+        }
+    }
+}
+
+/// One open connection in its worker's count (`WorkerSlot::connections`), from dispatch to
+/// the connection's end.
+struct Open {
+    app: Arc<App>,
+    index: usize,
+    gauge: metrics::Gauge,
+}
+
+impl Open {
+    fn of(app: &Arc<App>, worker: &Worker) -> Open {
+        if let Some(slot) = app.workers.get(worker.index) {
+            slot.connections.fetch_add(1, Ordering::Relaxed);
+        }
+        worker.gauge.increment(1.0);
+        Open {
+            app: Arc::clone(app),
+            index: worker.index,
+            gauge: worker.gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(slot) = self.app.workers.get(self.index) {
+            slot.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.gauge.decrement(1.0);
+    }
+}
+
+/// The worker with the fewest open connections; ties go round the workers in turn.
+fn least_busy<'w>(app: &App, workers: &'w [Worker], turn: usize) -> Option<&'w Worker> {
+    let n = workers.len();
+    (0..n)
+        .filter_map(|i| workers.get((turn + i) % n))
+        .min_by_key(|w| {
+            app.workers
+                .get(w.index)
+                .map_or(usize::MAX, |slot| slot.connections.load(Ordering::Relaxed))
+        })
+}
+
+/// Worker 0: accepts until `stop`, serves its share of the connections, hands the others on.
+async fn accept(
+    listener: TcpListener,
+    app: &Arc<App>,
+    workers: &[Worker],
+    stop: impl Future<Output = ()>,
+) {
+    let connections = Connections::new(app);
+    tokio::pin!(stop);
+    let mut turn = 0usize;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        turn = turn.wrapping_add(1);
+        let Some(worker) = least_busy(app, workers, turn) else {
+            continue;
+        };
+        let open = Open::of(app, worker);
+        let Some(hand) = &worker.hand else {
+            connections.serve(stream, peer, open);
+            continue;
+        };
+        // Leaves this runtime's reactor for the other worker's. Should that worker be gone, the
+        // connection closes unanswered (and `open` uncounts it).
+        match stream.into_std() {
+            Ok(std) => {
+                let _ = hand.send((std, peer, open));
+            }
+            Err(e) => tracing::debug!(peer = %peer, error = %e, "connection lost before serving"),
+        }
+    }
+    drop(listener);
+    connections.drain().await;
+}
+
+/// Workers 1..: serve the connections worker 0 hands over, until `stop`.
+async fn serve_handed(
+    mut handed: mpsc::UnboundedReceiver<Handed>,
+    app: &Arc<App>,
+    stop: impl Future<Output = ()>,
+) {
+    let connections = Connections::new(app);
+    tokio::pin!(stop);
+    loop {
+        let (std, peer, open) = tokio::select! {
+            handed = handed.recv() => match handed {
+                Some(conn) => conn,
+                None => break,
+            },
+            () = &mut stop => break,
+        };
+        match TcpStream::from_std(std) {
+            Ok(stream) => connections.serve(stream, peer, open),
+            Err(e) => tracing::warn!(peer = %peer, error = %e, "cannot serve a connection"),
+        }
+    }
+    // Connections handed over but not taken yet close unanswered, as unaccepted ones do.
+    handed.close();
+    connections.drain().await;
+}
+
+async fn wait_for(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// The connections of one worker, and how they are served.
+struct Connections {
+    app: Arc<App>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+}
+
+impl Connections {
+    fn new(app: &Arc<App>) -> Connections {
         let server = &app.config.server;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -42,53 +275,47 @@ impl Server {
             .header_read_timeout(Duration::from_secs(server.header_read_timeout_secs))
             .keep_alive(server.keep_alive);
         builder.http2().timer(TokioTimer::new());
-        let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let app = Arc::clone(&app);
-            let service = service_fn(move |req| {
-                let app = Arc::clone(&app);
-                async move { Ok::<_, std::convert::Infallible>(crate::router::handle(app, req).await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            // Stopped by: the connection closing, or the graceful shutdown below.
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                }
-            });
+        Connections {
+            app: Arc::clone(app),
+            builder,
+            graceful: GracefulShutdown::new(),
         }
-        drop(listener);
-        let grace = Duration::from_secs(server.shutdown_grace_secs);
+    }
+
+    /// Serves one connection on a task of the current runtime.
+    fn serve(&self, stream: TcpStream, peer: SocketAddr, open: Open) {
+        let app = Arc::clone(&self.app);
+        let service = service_fn(move |req| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, std::convert::Infallible>(crate::router::handle(app, req).await) }
+        });
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = self.graceful.watch(conn);
+        // Stopped by: the connection closing, or the graceful shutdown of `drain`.
+        tokio::spawn(async move {
+            let _open = open;
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+
+    /// Waits up to the grace period for the open connections to finish.
+    async fn drain(self) {
+        let grace = Duration::from_secs(self.app.config.server.shutdown_grace_secs);
         tracing::info!(
             grace_secs = grace.as_secs(),
             "stopping: waiting for open requests to finish"
         );
-        if tokio::time::timeout(grace, graceful.shutdown())
+        if tokio::time::timeout(grace, self.graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("grace period over; closing the remaining connections");
         }
-        app.shutdown().await;
-        tracing::info!("stopped");
     }
 }
 

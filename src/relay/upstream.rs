@@ -68,8 +68,8 @@ pub(super) async fn send(
         _ => call.body.clone(),
     };
     let request = match account.parsed_url(&url) {
-        Some(parsed) => app.http.request(call.method.clone(), parsed),
-        None => app.http.request(call.method.clone(), url),
+        Some(parsed) => app.http().request(call.method.clone(), parsed),
+        None => app.http().request(call.method.clone(), url),
     };
     let send = request.headers(headers).body(body).send();
     match tokio::time::timeout(first_byte, send).await {

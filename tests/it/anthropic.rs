@@ -725,6 +725,75 @@ async fn graceful_stop_lets_an_open_stream_finish() {
 }
 
 #[tokio::test]
+async fn connections_spread_over_the_workers_and_every_worker_drains_on_stop() {
+    let mock = MockUpstream::start().await;
+    let mut relay = Relay::start_configured(|c| c.server.workers = 2).await;
+    relay.add_account(&mock, ACCOUNT_KEY, json!({})).await;
+    let (_, key) = relay.create_key("alice").await;
+    mock.set_default(Behavior::Slow {
+        usage: usage(5, 6),
+        delay: Duration::from_millis(60),
+    });
+    // Four streams, each on a connection of its own, held open.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let resp = http_client()
+            .post(relay.url("/v1/messages"))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&messages_body("claude-sonnet-4-5", true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut stream = resp.bytes_stream();
+        let first = stream.next().await.unwrap().unwrap().to_vec();
+        streams.push((first, stream));
+    }
+    // The health check is a fifth connection; the least busy worker takes each new one.
+    let health: Value = http_client()
+        .get(relay.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let open: Vec<u64> = health["worker_connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(open.len(), 2, "{health}");
+    assert_eq!(open.iter().sum::<u64>(), 5, "{health}");
+    assert!(open.iter().all(|&n| n >= 2), "both workers serve: {health}");
+    // Stop while all four stream: each worker lets its own finish.
+    let task = relay.begin_stop().unwrap();
+    let mut received = Vec::new();
+    for (mut got, mut stream) in streams {
+        while let Some(chunk) = stream.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        received.push(got);
+    }
+    task.await.unwrap();
+    let mut sent: Vec<Vec<u8>> = mock.responses().iter().map(|r| r.to_vec()).collect();
+    sent.sort();
+    received.sort();
+    assert_eq!(received, sent, "every stream arrived whole during the stop");
+    let data_dir = relay.data_dir.clone();
+    let _tmp = relay.tmp();
+    drop(relay);
+    let store = crate::support::relay::reopen_store(&data_dir).await;
+    let logged = switchyard::store::Store::recent_requests(&store, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 4, "every stream was billed, on either worker");
+    assert!(logged.iter().all(|r| r.usage.output_tokens == 6));
+}
+
+#[tokio::test]
 async fn chunks_are_forwarded_as_they_come_and_h2c_works() {
     let (relay, mock, key, _) = relay_with_account().await;
     mock.set_default(Behavior::Slow {
