@@ -223,7 +223,8 @@ stopped at its end:
   the mock (priority 10, `max_concurrency` 2000), usage recording on (the default: request log
   and counters written every 250 ms), on the embedded store (its own data dir) and on Redis
   (`store = "redis://127.0.0.1:<port>/0"`, a `redis-server` of its own, no persistence).
-  Tokio's default runtime: 2 worker threads.
+  `server.workers` at its default, one per CPU: 2 workers, each a single-threaded tokio runtime
+  on its own thread with its own upstream connection pool (`src/server.rs`).
 
 Clients send `x-api-key` and `anthropic-version` to every target (the mock and nginx ignore the key).
 
