@@ -760,6 +760,21 @@ mod tests {
     }
 
     #[test]
+    fn server_workers_default_to_the_cpus_and_are_bounded() {
+        let load = |pairs: &[(&str, &str)]| {
+            Config::load(None, env(pairs), &Flags::default()).map_err(|e| e.to_string())
+        };
+        let auto = load(&[]).unwrap();
+        assert_eq!(auto.server.workers, 0);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(auto.server.worker_count(), cpus);
+        let three = load(&[("SWITCHYARD_SERVER__WORKERS", "3")]).unwrap();
+        assert_eq!(three.server.worker_count(), 3);
+        let err = load(&[("SWITCHYARD_SERVER__WORKERS", "300")]).unwrap_err();
+        assert!(err.contains("server.workers"), "{err}");
+    }
+
+    #[test]
     fn image_options_are_checked() {
         let load = |pairs: &[(&str, &str)]| {
             Config::load(None, env(pairs), &Flags::default()).map_err(|e| e.to_string())
