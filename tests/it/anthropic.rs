@@ -688,6 +688,17 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The request log of a stopped relay, read from its data dir.
+async fn logged_after_stop(relay: Relay) -> Vec<switchyard::store::RequestLogEntry> {
+    let data_dir = relay.data_dir.clone();
+    let _tmp = relay.tmp();
+    drop(relay);
+    let store = crate::support::relay::reopen_store(&data_dir).await;
+    switchyard::store::Store::recent_requests(&store, None, 10)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn graceful_stop_lets_an_open_stream_finish() {
     let (mut relay, mock, key, _) = relay_with_account().await;
@@ -712,14 +723,8 @@ async fn graceful_stop_lets_an_open_stream_finish() {
         "the whole stream arrived during the stop"
     );
     task.await.unwrap();
-    let data_dir = relay.data_dir.clone();
-    let _tmp = relay.tmp();
-    drop(relay);
     // The final flush recorded it.
-    let store = crate::support::relay::reopen_store(&data_dir).await;
-    let logged = switchyard::store::Store::recent_requests(&store, None, 10)
-        .await
-        .unwrap();
+    let logged = logged_after_stop(relay).await;
     assert_eq!(logged.len(), 1);
     assert_eq!(logged[0].usage.output_tokens, 6);
 }
@@ -751,14 +756,7 @@ async fn connections_spread_over_the_workers_and_every_worker_drains_on_stop() {
         streams.push((first, stream));
     }
     // The health check is a fifth connection; the least busy worker takes each new one.
-    let health: Value = http_client()
-        .get(relay.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = relay.health().await;
     let open: Vec<u64> = health["worker_connections"]
         .as_array()
         .unwrap()
@@ -782,13 +780,7 @@ async fn connections_spread_over_the_workers_and_every_worker_drains_on_stop() {
     sent.sort();
     received.sort();
     assert_eq!(received, sent, "every stream arrived whole during the stop");
-    let data_dir = relay.data_dir.clone();
-    let _tmp = relay.tmp();
-    drop(relay);
-    let store = crate::support::relay::reopen_store(&data_dir).await;
-    let logged = switchyard::store::Store::recent_requests(&store, None, 10)
-        .await
-        .unwrap();
+    let logged = logged_after_stop(relay).await;
     assert_eq!(logged.len(), 4, "every stream was billed, on either worker");
     assert!(logged.iter().all(|r| r.usage.output_tokens == 6));
 }
@@ -839,14 +831,7 @@ async fn health_and_metrics_report() {
         .await
         .unwrap();
     logged(&relay, 1).await;
-    let health: Value = http_client()
-        .get(relay.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = relay.health().await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     let text = http_client()

@@ -109,6 +109,18 @@ impl Relay {
         self.task.take()
     }
 
+    /// `GET /health`, parsed.
+    pub async fn health(&self) -> Value {
+        http_client()
+            .get(self.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn admin(
         &self,
         method: reqwest::Method,
