@@ -170,16 +170,14 @@ impl Drop for Open {
     }
 }
 
-/// The worker with the fewest open connections; ties go round the workers in turn.
-fn least_busy<'w>(app: &App, workers: &'w [Worker], turn: usize) -> Option<&'w Worker> {
+/// The worker with the fewest open connections; ties go round the workers in turn. A worker
+/// whose thread has ended (its receiver is gone) is passed over; worker 0 always serves.
+fn least_busy(workers: &[Worker], turn: usize, open: impl Fn(usize) -> usize) -> Option<&Worker> {
     let n = workers.len();
     (0..n)
         .filter_map(|i| workers.get((turn + i) % n))
-        .min_by_key(|w| {
-            app.workers
-                .get(w.index)
-                .map_or(usize::MAX, |slot| slot.connections.load(Ordering::Relaxed))
-        })
+        .filter(|w| w.hand.as_ref().is_none_or(|hand| !hand.is_closed()))
+        .min_by_key(|w| open(w.index))
 }
 
 /// Worker 0: accepts until `stop`, serves its share of the connections, hands the others on.
@@ -207,7 +205,12 @@ async fn accept(
         };
         let _ = stream.set_nodelay(true);
         turn = turn.wrapping_add(1);
-        let Some(worker) = least_busy(app, workers, turn) else {
+        let open_on = |i: usize| {
+            app.workers
+                .get(i)
+                .map_or(usize::MAX, |slot| slot.connections.load(Ordering::Relaxed))
+        };
+        let Some(worker) = least_busy(workers, turn, open_on) else {
             continue;
         };
         let open = Open::of(app, worker);
@@ -215,8 +218,8 @@ async fn accept(
             connections.serve(stream, peer, open);
             continue;
         };
-        // Leaves this runtime's reactor for the other worker's. Should that worker be gone, the
-        // connection closes unanswered (and `open` uncounts it).
+        // Leaves this runtime's reactor for the other worker's. Should that worker end in
+        // between, the connection closes unanswered (and `open` uncounts it).
         match stream.into_std() {
             Ok(std) => {
                 let _ = hand.send((std, peer, open));
@@ -340,5 +343,33 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pick(workers: &[Worker], turn: usize, open: &[usize]) -> Option<usize> {
+        least_busy(workers, turn, |i| open[i]).map(|w| w.index)
+    }
+
+    #[test]
+    fn new_connections_go_to_the_least_busy_live_worker_and_ties_take_turns() {
+        let (hand1, gone1) = mpsc::unbounded_channel();
+        let (hand2, _alive2) = mpsc::unbounded_channel();
+        let workers = [
+            Worker::new(0, None),
+            Worker::new(1, Some(hand1)),
+            Worker::new(2, Some(hand2)),
+        ];
+        assert_eq!(pick(&workers, 0, &[3, 1, 2]), Some(1));
+        assert_eq!(pick(&workers, 5, &[0, 4, 4]), Some(0));
+        let turns: Vec<_> = (0..3).map(|t| pick(&workers, t, &[2, 2, 2])).collect();
+        assert_eq!(turns, [Some(0), Some(1), Some(2)], "ties go round");
+        // Worker 1's thread ended: passed over even when it has the fewest.
+        drop(gone1);
+        assert_eq!(pick(&workers, 1, &[3, 0, 2]), Some(2));
+        assert_eq!(pick(&workers, 1, &[0, 0, 2]), Some(0));
     }
 }
