@@ -104,11 +104,16 @@ pub struct ServerConfig {
     pub workers: usize,
 }
 
+/// The most `server.workers` a config may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 impl ServerConfig {
-    /// `workers`, with 0 resolved to the CPUs available.
+    /// `workers`, with 0 resolved to the CPUs available (at most `MAX_WORKERS`).
     pub fn worker_count(&self) -> usize {
         match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            0 => std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(MAX_WORKERS),
             n => n,
         }
     }
@@ -523,10 +528,10 @@ impl Config {
                 self.store
             )));
         }
-        if self.server.workers > 256 {
-            return Err(ConfigError(
-                "invalid option `server.workers`: at most 256 (0: one per CPU)".into(),
-            ));
+        if self.server.workers > MAX_WORKERS {
+            return Err(ConfigError(format!(
+                "invalid option `server.workers`: at most {MAX_WORKERS} (0: one per CPU)"
+            )));
         }
         if self.redis.pool_size == 0 || self.redis.command_timeout_ms == 0 {
             return Err(ConfigError(

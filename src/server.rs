@@ -87,6 +87,16 @@ impl Server {
                 .spawn(move || {
                     WORKER.set(index);
                     runtime.block_on(async move {
+                        // Serves at once; the store's connections of this worker come when
+                        // ready (until then it uses worker 0's).
+                        let store = Arc::clone(app.store());
+                        // Stopped by: the pool started, or given up on (bounded by the
+                        // store's connect timeout).
+                        tokio::spawn(async move {
+                            if let Err(e) = store.start_worker(index).await {
+                                tracing::warn!(worker = index, error = %e, "the worker uses the first worker's store connections");
+                            }
+                        });
                         serve_handed(receive, &app, wait_for(stopping)).await;
                         let _ = done.send(());
                         // Tasks the requests left (lease releases being retried) run until the

@@ -515,6 +515,14 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap liveness check (used by `/health`).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Called on server worker `worker`'s own runtime as it starts (src/server.rs), so a store
+    /// with network connections can open some there for that worker's requests. Until it
+    /// returns, and if it fails, the worker uses the store's first connections.
+    async fn start_worker(&self, worker: usize) -> StoreResult<()> {
+        let _ = worker;
+        Ok(())
+    }
+
     /// Whether the hot-path calls (`settle`, `release`) complete without waiting on anything
     /// (in-memory state): the caller may then run them in place instead of on a task of their own.
     fn is_local(&self) -> bool {

@@ -33,6 +33,7 @@ mod scripts;
 mod url;
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -80,8 +81,12 @@ const CHANGES_CAPACITY: usize = 1_024;
 /// The Redis store. Cheap to share behind an `Arc`; dropping it stops the change feed and closes
 /// the connections.
 pub struct RedisStore {
-    /// Commands and scripts (each client multiplexes many concurrent requests).
+    /// Commands and scripts (each client multiplexes many concurrent requests), on worker 0's
+    /// runtime; the other server workers use pools of their own once started.
     pool: Pool,
+    workers: connect::WorkerPools,
+    /// Indexed by server worker; empty until `start_worker` filled it.
+    worker_pools: Box<[OnceLock<Pool>]>,
     /// The pub/sub connection of the change feed (a subscribed connection can send nothing else).
     subscriber: Client,
     names: Names,
@@ -125,6 +130,7 @@ impl RedisStore {
         }
         let connect::Connected {
             pool,
+            workers,
             subscriber,
             streams,
             scripts,
@@ -140,6 +146,10 @@ impl RedisStore {
         ));
         Ok(RedisStore {
             pool,
+            workers,
+            worker_pools: (0..crate::config::MAX_WORKERS)
+                .map(|_| OnceLock::new())
+                .collect(),
             subscriber,
             names,
             scripts,
@@ -152,7 +162,11 @@ impl RedisStore {
 
     /// The pool client for the next command, preferring one that is connected.
     fn client(&self) -> &Client {
-        self.pool.next_connected()
+        self.worker_pools
+            .get(crate::server::worker_index())
+            .and_then(OnceLock::get)
+            .unwrap_or(&self.pool)
+            .next_connected()
     }
 
     fn channel(&self) -> String {
@@ -164,6 +178,9 @@ impl Drop for RedisStore {
     fn drop(&mut self) {
         self.feed.abort();
         connect::close(self.pool.clone(), self.subscriber.clone());
+        for pool in self.worker_pools.iter().filter_map(OnceLock::get) {
+            connect::close_pool(pool.clone());
+        }
     }
 }
 
@@ -312,6 +329,18 @@ impl Store for RedisStore {
             .await
             .map(drop)
             .map_err(|e| unavailable("ping", &e))
+    }
+
+    async fn start_worker(&self, worker: usize) -> StoreResult<()> {
+        // Worker 0 runs the store's first pool already.
+        let Some(slot) = self.worker_pools.get(worker).filter(|_| worker > 0) else {
+            return Ok(());
+        };
+        let pool = self.workers.start().await?;
+        if let Err(extra) = slot.set(pool) {
+            connect::close_pool(extra);
+        }
+        Ok(())
     }
 
     async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {

@@ -15,6 +15,8 @@ use crate::store::{StoreError, StoreResult};
 /// Everything `RedisStore` runs on, connected.
 pub(super) struct Connected {
     pub(super) pool: Pool,
+    /// For the server workers' own pools (`start_worker`).
+    pub(super) workers: WorkerPools,
     pub(super) subscriber: Client,
     pub(super) streams: Streams,
     pub(super) scripts: Scripts,
@@ -99,6 +101,12 @@ pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connect
     };
     match started.await {
         Ok((scripts, streams)) => Ok(Connected {
+            workers: WorkerPools {
+                builder,
+                size: cfg.pool_size.max(1),
+                init_within,
+                url: url.to_owned(),
+            },
             pool,
             subscriber,
             streams,
@@ -111,12 +119,59 @@ pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connect
     }
 }
 
+/// How a server worker gets a command pool of its own. A fred client's connection task runs on
+/// the runtime that started it; the store's first pool runs on worker 0, so the other workers'
+/// commands would each cross to worker 0's thread and back.
+pub(super) struct WorkerPools {
+    builder: Builder,
+    size: usize,
+    init_within: Duration,
+    /// As configured, secrets included: errors are scrubbed of it before they are shown.
+    url: String,
+}
+
+impl WorkerPools {
+    /// A pool started on the current runtime.
+    pub(super) async fn start(&self) -> StoreResult<Pool> {
+        let fail = |e: String| {
+            StoreError::Unavailable(format!(
+                "redis connect ({}): {}",
+                url::redact(&self.url),
+                url::scrub(&e, &self.url)
+            ))
+        };
+        let pool = self
+            .builder
+            .build_pool(self.size)
+            .map_err(|e| fail(e.to_string()))?;
+        match tokio::time::timeout(self.init_within, pool.init()).await {
+            Ok(Ok(_)) => Ok(pool),
+            outcome => {
+                let _ = pool.quit().await;
+                Err(fail(match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                }))
+            }
+        }
+    }
+}
+
 /// Closes the connections in the background. fred's connection tasks live until `QUIT`, not
 /// until the last handle goes, so a store dropped without this would leak its sockets.
 pub(super) fn close(pool: Pool, subscriber: Client) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
             let _ = subscriber.quit().await;
+            let _ = pool.quit().await;
+        });
+    }
+}
+
+/// Closes one pool's connections in the background (see `close`).
+pub(super) fn close_pool(pool: Pool) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
             let _ = pool.quit().await;
         });
     }
