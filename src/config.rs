@@ -270,7 +270,7 @@ pub struct RedisConfig {
     /// Every key starts with this (documented in docs/redis-keys.md). Several installations can
     /// share one Redis under different prefixes.
     pub prefix: String,
-    /// Connections in the pool (each multiplexes many requests).
+    /// Connections in the pool (each multiplexes many requests); each server worker has a pool.
     pub pool_size: usize,
     /// Establishing a connection must succeed within this time.
     pub connect_timeout_ms: u64,

@@ -24,6 +24,8 @@ fn redis_config(url: &str, prefix: &str) -> (switchyard::config::Config, Arc<tem
     config.redis.prefix = prefix.to_owned();
     // Instances sharing a store must share the master key: sealed credentials live in the store.
     config.master_key = Some(MASTER_KEY.to_owned());
+    // Two workers whatever the machine, so requests also go through a worker's own Redis pool.
+    config.server.workers = 2;
     (config, tmp)
 }
 
