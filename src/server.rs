@@ -80,29 +80,11 @@ impl Server {
             let (send, receive) = mpsc::unbounded_channel();
             let (done, wait) = oneshot::channel();
             let worker = Worker::new(index, Some(send));
-            let (app, stopping, mut exiting) =
-                (Arc::clone(&app), stopping.clone(), exiting.clone());
+            let (app, stopping, exiting) = (Arc::clone(&app), stopping.clone(), exiting.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("switchyard-worker-{index}"))
                 .spawn(move || {
-                    WORKER.set(index);
-                    runtime.block_on(async move {
-                        // Serves at once; the store's connections of this worker come when
-                        // ready (until then it uses worker 0's).
-                        let store = Arc::clone(app.store());
-                        // Stopped by: the pool started, or given up on (bounded by the
-                        // store's connect timeout).
-                        tokio::spawn(async move {
-                            if let Err(e) = store.start_worker(index).await {
-                                tracing::warn!(worker = index, error = %e, "the worker uses the first worker's store connections");
-                            }
-                        });
-                        serve_handed(receive, &app, wait_for(stopping)).await;
-                        let _ = done.send(());
-                        // Tasks the requests left (lease releases being retried) run until the
-                        // whole server is done.
-                        let _ = exiting.wait_for(|exit| *exit).await;
-                    });
+                    worker_thread(index, runtime, app, receive, stopping, exiting, done);
                 });
             match spawned {
                 Ok(_) => {
@@ -126,6 +108,36 @@ impl Server {
         let _ = exit.send(true);
         tracing::info!("stopped");
     }
+}
+
+/// Worker `index` (1..), on a thread of its own: serves what worker 0 hands it until the stop,
+/// says when it has drained, and keeps its runtime turning until the whole server is done (tasks
+/// the requests left, such as lease releases being retried, still run).
+fn worker_thread(
+    index: usize,
+    runtime: tokio::runtime::Runtime,
+    app: Arc<App>,
+    handed: mpsc::UnboundedReceiver<Handed>,
+    stopping: watch::Receiver<bool>,
+    mut exiting: watch::Receiver<bool>,
+    drained: oneshot::Sender<()>,
+) {
+    WORKER.set(index);
+    runtime.block_on(async move {
+        // Serves at once; the worker's own store connections come when ready (until then, and
+        // if they cannot be opened, it uses worker 0's).
+        let store = Arc::clone(app.store());
+        // Stopped by: the connections opened, or given up on (bounded by the store's connect
+        // timeout).
+        tokio::spawn(async move {
+            if let Err(e) = store.start_worker(index).await {
+                tracing::warn!(worker = index, error = %e, "the worker uses the first worker's store connections");
+            }
+        });
+        serve_handed(handed, &app, wait_for(stopping)).await;
+        let _ = drained.send(());
+        let _ = exiting.wait_for(|exit| *exit).await;
+    });
 }
 
 /// One worker as the acceptor sees it: where to hand it a new connection (`None`: worker 0,
