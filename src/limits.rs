@@ -4,8 +4,9 @@
 //!
 //! Leases are held by guards that give them back when dropped: on every path out of the relay
 //! (an error before the upstream call, a failed attempt moving to another account, the end of
-//! the response body, a client that went away) the counters return, exactly once. A key whose
-//! limits count nothing skips the store entirely.
+//! the response body, a client that went away) the counters return, exactly once. A client that
+//! goes away while a lease is being taken is covered too (`run_to_end`). A key whose limits count
+//! nothing skips the store entirely.
 
 pub mod access;
 pub mod info;
@@ -21,7 +22,8 @@ use crate::auth::new_id;
 use crate::error::{ApiError, ErrorKind};
 use crate::scheduler::health::family_of;
 use crate::store::{
-    AccountRelease, Admission, Admit, KeyRecord, KeySettle, Lease, MeterUse, Picked, Store, Taken,
+    AccountRelease, Admission, Admit, KeyRecord, KeySettle, Lease, MeterUse, Picked, Store,
+    StoreError, StoreResult, Taken,
 };
 use crate::usage::TokenUsage;
 use meters::{Estimate, Families, Measure, Planned};
@@ -147,11 +149,16 @@ impl KeyLease {
         let State::Pending(pending) = &self.state else {
             return Ok(());
         };
-        let answer = self
-            .store
-            .admit(&pending.admission, &self.lease)
-            .await
-            .map_err(ApiError::store)?;
+        let store = Arc::clone(&self.store);
+        let (admission, lease) = (pending.admission.clone(), self.lease.clone());
+        let unused = self.unused();
+        let answer = run_to_end(
+            &self.store,
+            async move { store.admit(&admission, &lease).await },
+            move |admit| (matches!(admit, Admit::Granted).then_some(unused), None),
+        )
+        .await
+        .map_err(ApiError::store)?;
         match answer {
             Admit::Granted => {
                 self.state = State::Held;
@@ -159,6 +166,12 @@ impl KeyLease {
             }
             refused => Err(pending.refusal(&refused)),
         }
+    }
+
+    /// What giving back the lease with nothing used sends: for a lease being taken, in case
+    /// nobody is left to hold it (`run_to_end`).
+    pub fn unused(&self) -> KeySettle {
+        self.settlement(Spent::default())
     }
 
     /// Guards `lease`, which the store gave `account_id` for this request.
@@ -195,6 +208,11 @@ impl KeyLease {
             return None;
         }
         self.state = State::Free;
+        Some(self.settlement(spent))
+    }
+
+    /// The settle of this lease with `spent` used.
+    fn settlement(&self, spent: Spent) -> KeySettle {
         let (reserved, used) = self
             .meters
             .iter()
@@ -207,12 +225,12 @@ impl KeyLease {
                 ((bucket.clone(), *reserve), (bucket.clone(), amount))
             })
             .unzip();
-        Some(KeySettle {
+        KeySettle {
             key_id: self.key_id.clone(),
             lease: self.lease.clone(),
             reserved,
             used,
-        })
+        }
     }
 }
 
@@ -300,6 +318,39 @@ fn give_back(store: &Arc<dyn Store>, key: Option<KeySettle>, account: Option<Acc
             }
         }
     });
+}
+
+/// What a lease-taking store call took, to give back when nobody is left to hold it.
+pub type Leftover = (Option<KeySettle>, Option<AccountRelease>);
+
+/// Runs `call`, a store call that takes leases, to its end even if the request awaiting it is
+/// dropped meanwhile (its client hung up). A remote store's call runs on a task of its own; when
+/// its answer finds nobody waiting, what it took (`leftover` of the answer) is given back at
+/// once. Otherwise a lease taken in Redis just as the client left would be held until its
+/// deadline, counting against the key's and the account's concurrency caps all that time.
+/// An in-memory store answers in one poll, with nothing to cut short: awaited in place.
+pub async fn run_to_end<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    call: impl Future<Output = StoreResult<T>> + Send + 'static,
+    leftover: impl FnOnce(&T) -> Leftover + Send + 'static,
+) -> StoreResult<T> {
+    if store.is_local() {
+        return call.await;
+    }
+    let (answer, wait) = tokio::sync::oneshot::channel();
+    let store = Arc::clone(store);
+    // Stopped by: the call's end (the store's own timeouts bound it).
+    tokio::spawn(async move {
+        if let Err(Ok(taken)) = answer.send(call.await) {
+            let (key, account) = leftover(&taken);
+            give_back(&store, key, account);
+        }
+    });
+    wait.await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(
+            "the store call was cut short".into(),
+        ))
+    })
 }
 
 /// Tries to release a lease this many times (over about 6 s) while the store is unreachable.

@@ -16,8 +16,10 @@ use std::time::Duration;
 use crate::catalog::{Account, Catalog};
 use crate::config::{SchedulerConfig, StickyOverflow};
 use crate::error::{ApiError, ErrorKind};
-use crate::limits::{AccountLease, KeyLease};
-use crate::store::{self, Candidate, KeyBinding, PickRequest, Protocol, SessionPick};
+use crate::limits::{AccountLease, KeyLease, run_to_end};
+use crate::store::{
+    self, AccountRelease, Candidate, KeyBinding, PickRequest, Protocol, SessionPick, Taken,
+};
 
 use self::health::Verdict;
 use self::policy::{Report, Sticky};
@@ -123,32 +125,69 @@ async fn pick_from(
         return Err(ApiError::new(ErrorKind::Unavailable, message));
     }
     let now_ms = jiff::Timestamp::now().as_millisecond();
-    let request = PickRequest {
-        candidates: &candidates,
+    let order = PickOrder {
+        candidates,
         family: ask.model.and_then(health::family_of),
-        session: ask.session.map(|id| SessionPick {
-            id,
-            ttl: Duration::from_secs(policy.sticky_ttl_secs),
-            move_on_overflow: policy.sticky_overflow == StickyOverflow::Move,
+        session: ask.session.map(|id| {
+            (
+                id.to_owned(),
+                Duration::from_secs(policy.sticky_ttl_secs),
+                policy.sticky_overflow == StickyOverflow::Move,
+            )
         }),
         now_ms,
     };
     let lease = key.attempt_lease(ask.attempt);
     let store = catalog.store();
+    // What is left to give back should this request be gone when the store answers.
+    let account = {
+        let (key_id, lease) = (key.key_id().to_owned(), lease.clone());
+        move |picked: &store::Picked| match picked {
+            store::Picked::Account { id, .. } => Some(AccountRelease {
+                key_id,
+                account_id: id.clone(),
+                lease,
+            }),
+            store::Picked::Unavailable { .. } => None,
+        }
+    };
     // The key's admission, still pending on the first attempt, is taken with the account: one
     // store call for both.
     let picked = match key.pending() {
         Some(admission) => {
-            let taken = store
-                .admit_and_pick(admission, key.lease(), &request, &lease)
-                .await
-                .map_err(ApiError::store)?;
+            let (admission, key_lease, unused) =
+                (admission.clone(), key.lease().clone(), key.unused());
+            let (shared, account_lease) = (Arc::clone(store), lease.clone());
+            let taken = run_to_end(
+                store,
+                async move {
+                    let request = order.request();
+                    shared
+                        .admit_and_pick(&admission, &key_lease, &request, &account_lease)
+                        .await
+                },
+                move |taken| match taken {
+                    Taken::Picked(picked) => match account(picked) {
+                        Some(release) => (Some(unused), Some(release)),
+                        None => (None, None),
+                    },
+                    Taken::Refused(_) => (None, None),
+                },
+            )
+            .await
+            .map_err(ApiError::store)?;
             key.taken(taken)?
         }
-        None => store
-            .pick_account(&request, &lease)
+        None => {
+            let (shared, account_lease) = (Arc::clone(store), lease.clone());
+            run_to_end(
+                store,
+                async move { shared.pick_account(&order.request(), &account_lease).await },
+                move |picked| (None, account(picked)),
+            )
             .await
-            .map_err(ApiError::store)?,
+            .map_err(ApiError::store)?
+        }
     };
     let (id, sticky, degraded) = match picked {
         store::Picked::Account {
@@ -182,6 +221,34 @@ async fn pick_from(
         sticky,
         degraded,
     })
+}
+
+/// A `PickRequest` that owns what it asks, so that the store call can outlive the request
+/// (`limits::run_to_end`).
+struct PickOrder {
+    candidates: Vec<Candidate>,
+    family: Option<&'static str>,
+    /// The session's id, binding TTL and whether it moves on overflow.
+    session: Option<(String, Duration, bool)>,
+    now_ms: i64,
+}
+
+impl PickOrder {
+    fn request(&self) -> PickRequest<'_> {
+        PickRequest {
+            candidates: &self.candidates,
+            family: self.family,
+            session: self
+                .session
+                .as_ref()
+                .map(|(id, ttl, move_on_overflow)| SessionPick {
+                    id,
+                    ttl: *ttl,
+                    move_on_overflow: *move_on_overflow,
+                }),
+            now_ms: self.now_ms,
+        }
+    }
 }
 
 /// Records what an upstream answer says about the account. Successes of clean accounts are not

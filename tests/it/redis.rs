@@ -263,6 +263,23 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
+    /// CLIENT PAUSE ALL: Redis holds every client's commands for `time`.
+    async fn pause(&self, time: Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let ms = time.as_millis().to_string();
+        let command = format!(
+            "*4\r\n$6\r\nCLIENT\r\n$5\r\nPAUSE\r\n${}\r\n{ms}\r\n$3\r\nALL\r\n",
+            ms.len()
+        );
+        conn.write_all(command.as_bytes()).await.unwrap();
+        let mut reply = [0; 5];
+        conn.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"+OK\r\n");
+    }
+
     fn start() -> OwnRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -318,6 +335,90 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A client that hangs up while its leases are being taken in Redis leaves nothing held: the
+/// take runs to its end on a task of its own, and what it took is given back at once, not at its
+/// deadline (15 minutes later; meanwhile the key and the account would sit at their caps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_its_leases_are_taken_leaves_none_held() {
+    if std::env::var("REDIS_URL").is_err() {
+        return;
+    }
+    // Its own redis-server: pausing it must not stall the other tests.
+    let redis = OwnRedis::start();
+    let (config, tmp) = redis_config(&format!("redis://127.0.0.1:{}/0", redis.port), "sy:");
+    let relay = Relay::start_with(config, Some(tmp)).await;
+    let mock = MockUpstream::start().await;
+    let account_id = relay
+        .add_account(&mock, "sk-gone", json!({ "max_concurrency": 1 }))
+        .await;
+    let (status, created) = relay
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({ "name": "gone", "limits": { "max_concurrency": 1 } })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let send = || relay.messages(&key, &messages_body("claude-sonnet-4-5", false));
+    // The key and the account are cached now: the next request's only Redis call is the take.
+    let resp = send().send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+
+    // Redis holds every command for a while; the client gives up while its take waits there.
+    redis.pause(Duration::from_millis(600)).await;
+    let cut = send().timeout(Duration::from_millis(150)).send().await;
+    assert!(
+        cut.is_err_and(|e| e.is_timeout()),
+        "the request was not cut short"
+    );
+
+    // Once Redis runs the take, its leases come back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let in_flight = || async {
+        let runtime = relay
+            .app
+            .store()
+            .account_runtime(&account_id)
+            .await
+            .unwrap();
+        let info: Value = key_info(&relay, &key).await;
+        (runtime.in_flight, info["in_flight"].as_u64().unwrap())
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    loop {
+        let held = in_flight().await;
+        if held == (0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leases held (account, key) after the client left: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both caps are free: the next request is served.
+    let resp = send().send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert_eq!(
+        mock.served(),
+        2,
+        "the request cut short reached the upstream"
+    );
+}
+
+async fn key_info(relay: &Relay, key: &str) -> Value {
+    let resp = crate::support::mock::http_client()
+        .get(relay.url("/v1/key-info"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
