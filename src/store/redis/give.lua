@@ -68,19 +68,23 @@ if key_given == 0 and account_given == 0 and not add_used then
   return { 0, 0 }
 end
 
+-- Each field's name is built once: p[3] is a hold's or a use's.
 local fields = {}
+local function field(name)
+  fields[#fields + 1] = name
+  return name
+end
 if key and (key_given == 1 or add_used) then
-  fields[#fields + 1] = kf(key.id, 'n')
-  fields[#fields + 1] = kf(key.id, 'b')
+  key.n, key.b = field(kf(key.id, 'n')), field(kf(key.id, 'b'))
   for _, p in ipairs(holds) do
-    fields[#fields + 1] = kf(key.id, 'h:' .. p[1])
+    p[3] = field(kf(key.id, 'h:' .. p[1]))
   end
   for _, p in ipairs(key.used) do
-    fields[#fields + 1] = kf(key.id, 'u:' .. p[1])
+    p[3] = field(kf(key.id, 'u:' .. p[1]))
   end
 end
 if account_given == 1 then
-  fields[#fields + 1] = af(account.id, 'n')
+  account.n = field(af(account.id, 'n'))
 end
 local v = read(fields)
 local set = {}
@@ -92,23 +96,23 @@ local function add(field, delta)
   set[field] = int(x)
 end
 if key_given == 1 then
-  add(kf(key.id, 'n'), -1)
+  add(key.n, -1)
 end
 if add_used then
-  local reg = registry(v[kf(key.id, 'b')])
+  local reg = registry(v[key.b])
   for _, p in ipairs(holds) do
     if reg[p[1]] ~= nil then
-      add(kf(key.id, 'h:' .. p[1]), -tonumber(p[2]))
+      add(p[3], -tonumber(p[2]))
     end
   end
   for _, p in ipairs(key.used) do
     if p[2] ~= '0' and reg[p[1]] ~= nil then
-      add(kf(key.id, 'u:' .. p[1]), tonumber(p[2]))
+      add(p[3], tonumber(p[2]))
     end
   end
 end
 if account_given == 1 then
-  add(af(account.id, 'n'), -1)
+  add(account.n, -1)
 end
 write(set)
 return { key_given, account_given }

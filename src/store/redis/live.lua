@@ -47,12 +47,25 @@ local function lp(id)
   return #id .. ':' .. id
 end
 
+-- A script names the same key's and accounts' fields many times: each prefix is built once.
+local prefixes = {}
+
 local function kf(key, field)
-  return 'k' .. lp(key) .. field
+  local p = prefixes['k' .. key]
+  if not p then
+    p = 'k' .. lp(key)
+    prefixes['k' .. key] = p
+  end
+  return p .. field
 end
 
 local function af(account, field)
-  return 'a' .. lp(account) .. field
+  local p = prefixes['a' .. account]
+  if not p then
+    p = 'a' .. lp(account)
+    prefixes['a' .. account] = p
+  end
+  return p .. field
 end
 
 local function int(v)

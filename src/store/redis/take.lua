@@ -56,24 +56,25 @@ if arg() == '1' then
   end
 end
 
--- One read of everything this call decides on.
+-- One read of everything this call decides on; each field's name is built once.
 local fields = { 'seq', 'kl:sweep', 'al:sweep' }
+local function field(name)
+  fields[#fields + 1] = name
+  return name
+end
 if admission then
   local key = admission.key
-  fields[#fields + 1] = kf(key, 'n')
-  fields[#fields + 1] = kf(key, 'first')
-  fields[#fields + 1] = kf(key, 'b')
+  admission.n, admission.first, admission.b = field(kf(key, 'n')), field(kf(key, 'first')),
+      field(kf(key, 'b'))
   for _, m in ipairs(admission.meters) do
-    fields[#fields + 1] = kf(key, 'u:' .. m.bucket)
-    fields[#fields + 1] = kf(key, 'h:' .. m.bucket)
+    m.u, m.h = field(kf(key, 'u:' .. m.bucket)), field(kf(key, 'h:' .. m.bucket))
   end
 end
 if pick then
-  for _, id in ipairs(pick.ids) do
-    fields[#fields + 1] = af(id, 'n')
-    fields[#fields + 1] = af(id, 'seq')
-    fields[#fields + 1] = af(id, 'last')
-    fields[#fields + 1] = af(id, 'h')
+  pick.n, pick.seq, pick.last, pick.h = {}, {}, {}, {}
+  for i, id in ipairs(pick.ids) do
+    pick.n[i], pick.seq[i] = field(af(id, 'n')), field(af(id, 'seq'))
+    pick.last[i], pick.h[i] = field(af(id, 'last')), field(af(id, 'h'))
   end
 end
 local v = read(fields)
@@ -97,27 +98,27 @@ local member = nil
 if admission then
   local key, now = admission.key, admission.now
   if admission.valid >= 0 then
-    local first = v[kf(key, 'first')]
+    local first = v[admission.first]
     if not first then
-      set[kf(key, 'first')] = int(now)
+      set[admission.first] = int(now)
     elseif tonumber(first) + admission.valid <= now then
       return { 3, first }
     end
   end
-  local n = tonumber(v[kf(key, 'n')] or '0')
+  local n = tonumber(v[admission.n] or '0')
   if admission.cap >= 0 and n >= admission.cap then
     return { 1 }
   end
   for i, m in ipairs(admission.meters) do
-    local used = tonumber(v[kf(key, 'u:' .. m.bucket)] or '0')
-    local held = tonumber(v[kf(key, 'h:' .. m.bucket)] or '0')
+    local used = tonumber(v[m.u] or '0')
+    local held = tonumber(v[m.h] or '0')
     if not (used + held + tonumber(m.reserve) <= m.limit or (held == 0 and used < m.limit)) then
       return { 2, i - 1, int(used), int(held) }
     end
   end
   -- The meters' registry: this admission's buckets (their expiry renewed), the others dropped
   -- once their period is over, with their fields.
-  local old = v[kf(key, 'b')]
+  local old = v[admission.b]
   local reg = registry(old)
   local stale = {}
   for bucket, expires in pairs(reg) do
@@ -127,21 +128,28 @@ if admission then
       stale[#stale + 1] = kf(key, 'h:' .. bucket)
     end
   end
+  -- Rewritten only when it changed: most admissions find their meters registered as they were.
+  local changed = #stale > 0
   local holds = {}
   for i, m in ipairs(admission.meters) do
-    reg[m.bucket] = tonumber(m.expires)
-    local held = tonumber(v[kf(key, 'h:' .. m.bucket)] or '0')
-    set[kf(key, 'h:' .. m.bucket)] = int(held + tonumber(m.reserve))
+    local expires = tonumber(m.expires)
+    if reg[m.bucket] ~= expires then
+      reg[m.bucket] = expires
+      changed = true
+    end
+    set[m.h] = int(tonumber(v[m.h] or '0') + tonumber(m.reserve))
     holds[i] = m.bucket .. '=' .. m.reserve .. ';'
   end
-  local new = registry_string(reg)
-  if new ~= (old or '') then
-    set[kf(key, 'b')] = new
+  if changed then
+    local new = registry_string(reg)
+    if new ~= (old or '') then
+      set[admission.b] = new
+    end
   end
   if #stale > 0 then
     redis.call('HDEL', STATE, unpack(stale))
   end
-  set[kf(key, 'n')] = int(n + 1)
+  set[admission.n] = int(n + 1)
   member = lp(key) .. lp(admission.lease) .. table.concat(holds)
   note_deadline(set, 'kl:sweep', v['kl:sweep'], admission.deadline)
 end
@@ -272,9 +280,9 @@ end
 local ids, priority, cap = pick.ids, pick.priority, pick.cap
 local live, load, seq, health, eligible = {}, {}, {}, {}, {}
 for i = 1, n do
-  live[i] = tonumber(v[af(ids[i], 'n')] or '0')
-  seq[i] = tonumber(v[af(ids[i], 'seq')] or '0')
-  health[i] = health_of(v[af(ids[i], 'h')])
+  live[i] = tonumber(v[pick.n[i]] or '0')
+  seq[i] = tonumber(v[pick.seq[i]] or '0')
+  health[i] = health_of(v[pick.h[i]])
   -- Contender::load: in flight relative to cap x weight (no cap counts as 1000), in millionths.
   local capacity = cap[i]
   if capacity < 0 then
@@ -361,12 +369,12 @@ end
 local id = ids[chosen]
 local next_seq = tonumber(v['seq'] or '0') + 1
 set['seq'] = int(next_seq)
-set[af(id, 'seq')] = int(next_seq)
-set[af(id, 'n')] = int(live[chosen] + 1)
+set[pick.seq[chosen]] = int(next_seq)
+set[pick.n[chosen]] = int(live[chosen] + 1)
 -- Informational only (the order comes from seq): a wall-clock time that never goes back.
-local last = tonumber(v[af(id, 'last')] or '0')
+local last = tonumber(v[pick.last[chosen]] or '0')
 if pick.clock > last then
-  set[af(id, 'last')] = int(pick.clock)
+  set[pick.last[chosen]] = int(pick.clock)
 end
 note_deadline(set, 'al:sweep', v['al:sweep'], pick.deadline)
 commit()
