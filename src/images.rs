@@ -129,6 +129,7 @@ impl Record<'_> {
             usage: TokenUsage::default(),
             cost_nanousd: 0,
             cache_hit: false,
+            estimated: false,
         }
     }
 }

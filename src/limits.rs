@@ -359,11 +359,10 @@ const RELEASE_ATTEMPTS: u32 = 5;
 /// What `request` is expected to use at most: the body's size as input tokens (at
 /// `bytes_per_token`) plus the output it allows, at the model's prices.
 pub fn estimate(app: &App, request: &Request<'_>) -> Estimate {
-    let limits = &app.config.limits;
-    let input = u64::try_from(request.body_len)
-        .unwrap_or(u64::MAX)
-        .div_ceil(limits.bytes_per_token.max(1));
-    let output = request.max_tokens.unwrap_or(limits.default_max_tokens);
+    let input = input_estimate(app, request.body_len);
+    let output = request
+        .max_tokens
+        .unwrap_or(app.config.limits.default_max_tokens);
     let usage = TokenUsage {
         input_tokens: input,
         output_tokens: output,
@@ -377,6 +376,13 @@ pub fn estimate(app: &App, request: &Request<'_>) -> Estimate {
                 .map_or(0, |m| app.pricing().cost(m, &usage).nanousd)
         }),
     }
+}
+
+/// The input tokens a request body of `body_len` bytes is taken to hold (`bytes_per_token`).
+pub fn input_estimate(app: &App, body_len: usize) -> u64 {
+    u64::try_from(body_len)
+        .unwrap_or(u64::MAX)
+        .div_ceil(app.config.limits.bytes_per_token.max(1))
 }
 
 /// Checks what the key may do and, for a billed request, takes its lease and reserves its

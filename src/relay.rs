@@ -168,6 +168,7 @@ where
         sent_at,
         ttfb_ms: (head_at - sent_at).as_millis() as u64,
         usage,
+        input_estimate: limits::input_estimate(app, body.len()),
         error_event: streaming.then(|| respond::error_event(&call)),
         leases: Some((key_lease, picked.lease)),
     };

@@ -370,6 +370,7 @@ mod tests {
             },
             cost_nanousd: 10 * n + 1,
             cache_hit: false,
+            estimated: false,
         }
     }
 

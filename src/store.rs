@@ -500,6 +500,10 @@ pub struct RequestLogEntry {
     /// Answered from the image result cache, without an upstream call.
     #[serde(default)]
     pub cache_hit: bool,
+    /// A count in `usage` is Switchyard's estimate: the answer's final count never came
+    /// (`UsageReader::billed`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 /// `bucket_keys` of a query: which buckets to read for `dimension`.

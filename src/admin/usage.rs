@@ -265,6 +265,7 @@ pub async fn requests(
                 "cost_nanousd": e.cost_nanousd,
                 "images": e.usage.images,
                 "cache_hit": e.cache_hit,
+                "estimated": e.estimated,
             })
         })
         .collect();

@@ -86,6 +86,7 @@ pub(crate) async fn attempts(
                         usage: TokenUsage::default(),
                         cost_nanousd: 0,
                         cache_hit: false,
+                        estimated: false,
                     };
                     tracing::info!(
                         request_id = ctx.request_id,

@@ -29,6 +29,8 @@ pub(super) struct Settle {
     pub(super) ttfb_ms: u64,
     /// `None` for endpoints that are not billed.
     pub(super) usage: Option<UsageReader>,
+    /// The request's input tokens judged by its size, for an answer that never reported them.
+    pub(super) input_estimate: u64,
     /// For a streamed answer: the upstream protocol's error event, to end a cut stream with.
     pub(super) error_event: Option<fn(&str) -> Bytes>,
     pub(super) leases: Option<(KeyLease, AccountLease)>,
@@ -51,11 +53,12 @@ impl Observer for Settle {
         let latency_ms = self.started.elapsed().as_millis() as u64;
         m::upstream_latency().record(self.sent_at.elapsed().as_secs_f64());
         m::count_request(self.surface.as_str(), self.status);
-        let usage = self
-            .usage
-            .as_ref()
-            .map(UsageReader::usage)
-            .unwrap_or_default();
+        // An error answer is billed only what it reported.
+        let (usage, estimated) = match &self.usage {
+            Some(u) if self.status < 400 => u.billed(self.input_estimate),
+            Some(u) => (u.usage(), false),
+            None => (TokenUsage::default(), false),
+        };
         let cost = self.app.pricing().cost(&self.model, &usage);
         if let Some((key_lease, account_lease)) = leases {
             key_lease.settle_with(account_lease, Spent::of(&usage, cost.nanousd));
@@ -76,6 +79,7 @@ impl Observer for Settle {
             input_tokens = usage.input_tokens,
             output_tokens = usage.output_tokens,
             cost_nanousd = cost.nanousd,
+            estimated,
             end,
             "request"
         );
@@ -100,6 +104,7 @@ impl Observer for Settle {
                 usage,
                 cost_nanousd: cost.nanousd,
                 cache_hit: false,
+                estimated,
             };
             self.app.stats.record(entry, billed);
         }

@@ -36,6 +36,10 @@ enum Mode {
 struct Seen {
     usage: TokenUsage,
     model: Option<String>,
+    /// `content_block_delta` events: a few tokens of the answer each.
+    deltas: u64,
+    /// A `message_delta` reported the final counts.
+    finished: bool,
     /// How many events were JSON-parsed; tests check that bulk deltas are not.
     #[cfg(test)]
     parses: usize,
@@ -90,6 +94,15 @@ impl AnthropicUsage {
         self.seen().normalised_usage()
     }
 
+    /// For a stream whose final counts never came (no `message_delta` with usage): the
+    /// `content_block_delta` events seen, each a few tokens of the answer.
+    pub fn unreported_deltas(&self) -> Option<u64> {
+        match &self.mode {
+            Mode::Streaming { seen, .. } if !seen.finished => Some(seen.deltas),
+            _ => None,
+        }
+    }
+
     /// The model that answered, as the response names it.
     pub fn model(&self) -> Option<&str> {
         self.seen().model.as_deref()
@@ -109,8 +122,15 @@ impl Seen {
         // (or, for a stream without names, a substring scan) and never JSON-parse them.
         let candidate = match ev.event {
             Some("message_start" | "message_delta") => true,
-            Some(_) => false,
-            None => names_usage_event(ev.data),
+            Some(name) => {
+                self.deltas += u64::from(name == "content_block_delta");
+                false
+            }
+            None if names_usage_event(ev.data) => true,
+            None => {
+                self.deltas += u64::from(ev.data.contains("\"content_block_delta\""));
+                false
+            }
         };
         if !candidate {
             return;
@@ -140,6 +160,7 @@ impl Seen {
             "message_delta" => {
                 if let Some(usage) = &event.usage {
                     self.apply(usage);
+                    self.finished = true;
                 }
             }
             _ => {}

@@ -33,6 +33,8 @@ pub struct OpenAiUsage {
     framer: Option<SseFramer>,
     json: Collected,
     seen: Option<WireUsage>,
+    /// Streamed chunks of the answer itself (not `[DONE]`, not the usage): about one token each.
+    chunks: u64,
 }
 
 impl OpenAiUsage {
@@ -42,16 +44,19 @@ impl OpenAiUsage {
             framer: streaming.then(SseFramer::new),
             json: Collected::new(MAX_JSON_BODY_BYTES, "OpenAI JSON answer"),
             seen: None,
+            chunks: 0,
         }
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
         let operation = self.operation;
-        let seen = &mut self.seen;
+        let (seen, chunks) = (&mut self.seen, &mut self.chunks);
         match &mut self.framer {
             Some(framer) => framer.feed(chunk, |ev| {
                 if let Some(usage) = usage_of_event(operation, ev) {
                     *seen = Some(usage);
+                } else if is_delta(operation, ev) {
+                    *chunks += 1;
                 }
             }),
             None => self.json.push(chunk),
@@ -66,6 +71,12 @@ impl OpenAiUsage {
     /// Reasoning tokens reported (inside the output count), for logs.
     pub fn reasoning_tokens(&self) -> u64 {
         self.wire().map_or(0, |w| w.reasoning())
+    }
+
+    /// For a stream: the chunks of the answer seen so far, when no usage was reported (the
+    /// stream was cut before its usage chunk, or the upstream ignored `include_usage`).
+    pub fn unreported_chunks(&self) -> Option<u64> {
+        (self.framer.is_some() && self.seen.is_none()).then_some(self.chunks)
     }
 
     fn wire(&self) -> Option<WireUsage> {
@@ -104,6 +115,18 @@ fn usage_of_event(operation: Operation, ev: SseEvent<'_>) -> Option<WireUsage> {
                 .response?
                 .usage
         }
+    }
+}
+
+/// Whether an event without usage carries a piece of the answer: any chat chunk but `[DONE]`;
+/// a Responses `*.delta` event.
+fn is_delta(operation: Operation, ev: SseEvent<'_>) -> bool {
+    match operation {
+        Operation::Chat | Operation::Embeddings => ev.data != "[DONE]",
+        Operation::Responses => match ev.event {
+            Some(name) => name.ends_with(".delta"),
+            None => ev.data.contains(".delta\""),
+        },
     }
 }
 

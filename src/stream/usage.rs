@@ -50,4 +50,137 @@ impl UsageReader {
             UsageReader::Gemini(u) => u.usage(),
         }
     }
+
+    /// What to bill once the answer is over, and whether a count in it is an estimate. What the
+    /// upstream reported, except where its final count never came:
+    /// - an OpenAI stream that streamed part of an answer but reported no usage (cut before its
+    ///   usage chunk, or an upstream that ignores `include_usage`): `input_estimate` in, one
+    ///   token per chunk out;
+    /// - an Anthropic stream cut before its final `message_delta`: at least one token per
+    ///   `content_block_delta` out (the input came with `message_start`).
+    ///
+    /// Both are lower bounds of what the vendor bills for the answer it started, so that a
+    /// client cannot get answers unbilled by hanging up before their end.
+    pub fn billed(&self, input_estimate: u64) -> (TokenUsage, bool) {
+        let mut usage = self.usage();
+        let estimated = match self {
+            UsageReader::OpenAi(u) => match u.unreported_chunks() {
+                Some(chunks) if chunks > 0 => {
+                    usage.input_tokens = input_estimate;
+                    usage.output_tokens = chunks;
+                    true
+                }
+                _ => false,
+            },
+            UsageReader::Anthropic(u) => match u.unreported_deltas() {
+                Some(deltas) if deltas > usage.output_tokens => {
+                    usage.output_tokens = deltas;
+                    true
+                }
+                _ => false,
+            },
+            UsageReader::Gemini(_) => false,
+        };
+        (usage, estimated)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::fixture;
+
+    fn reader(kind: UsageKind, body: &[u8]) -> UsageReader {
+        let mut reader = UsageReader::new(kind, true);
+        reader.observe(body);
+        reader
+    }
+
+    /// The stream up to (not including) the first event that reports usage after its start.
+    fn cut_before(body: &[u8], marker: &str) -> Vec<u8> {
+        let text = std::str::from_utf8(body).unwrap();
+        let at = text.find(marker).unwrap();
+        // Back to the start of that event.
+        let start = text[..at].rfind("\n\n").map_or(0, |i| i + 2);
+        body[..start].to_vec()
+    }
+
+    #[test]
+    fn an_openai_stream_cut_before_its_usage_is_billed_by_size_and_chunks() {
+        let body = fixture("openai_chat_stream.txt");
+        let whole = reader(UsageKind::OpenAiChat, &body);
+        let (reported, estimated) = whole.billed(999);
+        assert!(!estimated);
+        assert_eq!(reported, whole.usage());
+        assert_ne!(reported.input_tokens, 999);
+
+        let cut = cut_before(&body, "\"usage\": {");
+        let chunks = std::str::from_utf8(&cut).unwrap().matches("data: ").count() as u64;
+        assert!(chunks > 0);
+        let (billed, estimated) = reader(UsageKind::OpenAiChat, &cut).billed(999);
+        assert!(estimated);
+        assert_eq!((billed.input_tokens, billed.output_tokens), (999, chunks));
+        // Nothing streamed yet: nothing to bill.
+        let (billed, estimated) = reader(UsageKind::OpenAiChat, b"").billed(999);
+        assert!(!estimated);
+        assert!(billed.is_empty());
+    }
+
+    #[test]
+    fn a_responses_stream_cut_before_its_end_is_billed_a_token_per_delta() {
+        let body = fixture("openai_responses_stream.txt");
+        assert!(!reader(UsageKind::OpenAiResponses, &body).billed(5).1);
+        let cut = cut_before(&body, "response.completed");
+        let deltas = std::str::from_utf8(&cut)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("event: ") && l.ends_with(".delta"))
+            .count() as u64;
+        assert!(deltas > 0);
+        let (billed, estimated) = reader(UsageKind::OpenAiResponses, &cut).billed(5);
+        assert!(estimated);
+        assert_eq!((billed.input_tokens, billed.output_tokens), (5, deltas));
+    }
+
+    #[test]
+    fn an_anthropic_stream_cut_before_its_final_count_is_billed_a_token_per_delta() {
+        let mut body = String::from(concat!(
+            "event: message_start\n",
+            r#"data: {"type":"message_start","message":{"model":"m","usage":{"input_tokens":40,"output_tokens":1}}}"#,
+            "\n\n",
+        ));
+        for _ in 0..6 {
+            body.push_str(concat!(
+                "event: content_block_delta\n",
+                r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"ab"}}"#,
+                "\n\n",
+            ));
+        }
+        let (billed, estimated) = reader(UsageKind::AnthropicMessages, body.as_bytes()).billed(999);
+        assert!(estimated);
+        assert_eq!((billed.input_tokens, billed.output_tokens), (40, 6));
+        // Unnamed events count the same.
+        let unnamed: String = body
+            .lines()
+            .filter(|l| !l.starts_with("event:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            reader(UsageKind::AnthropicMessages, unnamed.as_bytes())
+                .billed(999)
+                .0
+                .output_tokens,
+            6
+        );
+        // The final count, once it came, is billed as it is.
+        body.push_str(concat!(
+            "event: message_delta\n",
+            r#"data: {"type":"message_delta","usage":{"output_tokens":4}}"#,
+            "\n\n",
+        ));
+        let (billed, estimated) = reader(UsageKind::AnthropicMessages, body.as_bytes()).billed(999);
+        assert!(!estimated);
+        assert_eq!(billed.output_tokens, 4);
+    }
 }

@@ -305,6 +305,7 @@ fn log_entry(n: i64, key_id: &str) -> RequestLogEntry {
         },
         cost_nanousd: 42,
         cache_hit: n % 2 == 0,
+        estimated: n % 3 == 0,
     }
 }
 

@@ -136,6 +136,88 @@ async fn openai_chat_passes_through_and_bills_every_stream() {
     assert_eq!(u["cache_read_input_tokens"], 90);
 }
 
+/// An OpenAI stream that never reports its usage is billed an estimate, not nothing: the prompt
+/// by its size (`limits.bytes_per_token`, 3 by default), a token per chunk of the answer. Both
+/// a client that hangs up before the usage chunk and an upstream that never sends one (Azure
+/// before `stream_options`) are covered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_streams_that_never_report_usage_are_billed_an_estimate() {
+    use futures_util::StreamExt;
+
+    let body = json!({ "model": "gpt-4o", "stream": true, "messages": [{ "role": "user", "content": "hi" }] });
+    let raw = serde_json::to_vec(&body).unwrap();
+    let input = (raw.len() as u64).div_ceil(3);
+    let send = |relay: &Relay, key: &str| {
+        http_client()
+            .post(relay.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(raw.clone())
+            .send()
+    };
+    let chunks = |bytes: &[u8]| {
+        let text = std::str::from_utf8(bytes).unwrap();
+        text.matches("data: ").count() - text.matches("data: [DONE]").count()
+    };
+
+    // The client hangs up after the first chunks, before the usage chunk.
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::StallAfterStart(cached_usage()));
+    let relay = Relay::start().await;
+    add(&relay, &mock, "openai", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let resp = send(&relay, &key).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut got = Vec::new();
+    while chunks(&got) < openai::CHAT_EVENTS_BEFORE_STALL {
+        got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    drop(stream);
+    let e = logged(&relay).await;
+    assert_eq!(e["estimated"], true, "{e}");
+    assert_eq!(e["input_tokens"], input);
+    assert_eq!(e["output_tokens"], openai::CHAT_EVENTS_BEFORE_STALL);
+    assert!(e["cost_nanousd"].as_u64().unwrap() > 0);
+    assert_eq!(
+        relay.usage("").await["output_tokens"],
+        openai::CHAT_EVENTS_BEFORE_STALL
+    );
+
+    // An upstream that streams a whole answer without usage.
+    let old = MockUpstream::start().await;
+    old.set_default(Behavior::Ok(cached_usage()));
+    let relay = Relay::start().await;
+    add(
+        &relay,
+        &old,
+        "azure-openai",
+        json!({ "api_version": "2024-06-01" }),
+    )
+    .await;
+    let (_, key) = relay.create_key("k").await;
+    let got = send(&relay, &key).await.unwrap().bytes().await.unwrap();
+    assert!(!String::from_utf8_lossy(&got).contains("\"usage\""));
+    let e = logged(&relay).await;
+    assert_eq!(e["estimated"], true, "{e}");
+    assert_eq!(e["input_tokens"], input);
+    assert_eq!(e["output_tokens"], chunks(&got));
+
+    // With its usage chunk, a stream is billed exactly as reported.
+    let fine = MockUpstream::start().await;
+    fine.set_default(Behavior::Ok(cached_usage()));
+    let relay = Relay::start().await;
+    add(&relay, &fine, "openai", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    send(&relay, &key).await.unwrap().bytes().await.unwrap();
+    let e = logged(&relay).await;
+    assert_eq!(e["estimated"], false, "{e}");
+    assert_eq!(
+        (e["input_tokens"].as_u64(), e["output_tokens"].as_u64()),
+        (Some(100), Some(20))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_requests_pass_unchanged_to_the_responses_api() {
     let mock = MockUpstream::start().await;
