@@ -25,6 +25,8 @@ pub struct GeminiUsage {
     last: Option<Metadata>,
     /// Image parts seen in streamed chunks.
     images: u64,
+    /// Streamed chunks with parts of the answer: a few tokens each.
+    chunks: u64,
 }
 
 #[derive(Debug)]
@@ -42,13 +44,19 @@ impl GeminiUsage {
             json: Json::Undecided(Collected::new(MAX_JSON_BODY_BYTES, "Gemini answer")),
             last: None,
             images: 0,
+            chunks: 0,
         }
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
-        let (last, images) = (&mut self.last, &mut self.images);
-        let mut on_chunk = |data: &[u8]| {
-            if let Ok(c) = serde_json::from_slice::<Chunk>(data) {
+        let (last, images, chunks) = (&mut self.last, &mut self.images, &mut self.chunks);
+        let mut on_chunk = |data: &str| {
+            *chunks += u64::from(data.contains("\"parts\""));
+            // Only a chunk that reports usage or carries an image is parsed.
+            if !data.contains("usageMetadata") && !data.contains("inlineData") {
+                return;
+            }
+            if let Ok(c) = serde_json::from_str::<Chunk>(data) {
                 *images += c.images();
                 if c.usage_metadata.is_some() {
                     *last = c.usage_metadata;
@@ -56,20 +64,22 @@ impl GeminiUsage {
             }
         };
         if let Some(framer) = &mut self.framer {
-            framer.feed(chunk, |ev| {
-                if ev.data.contains("usageMetadata") || ev.data.contains("inlineData") {
-                    on_chunk(ev.data.as_bytes());
-                }
-            });
+            framer.feed(chunk, |ev| on_chunk(ev.data));
             return;
         }
+        // Array elements arrive as bytes; one that is not UTF-8 is not JSON either.
+        let mut on_element = |data: &[u8]| {
+            if let Ok(text) = std::str::from_utf8(data) {
+                on_chunk(text);
+            }
+        };
         if let Json::Undecided(collected) = &mut self.json {
             collected.push(chunk);
             match collected.bytes().trim_ascii_start().first() {
                 None => return,
                 Some(b'[') => {
                     let mut array = ArraySplitter::new(MAX_JSON_BODY_BYTES);
-                    array.feed(collected.bytes(), &mut on_chunk);
+                    array.feed(collected.bytes(), &mut on_element);
                     self.json = Json::Array(array);
                     return;
                 }
@@ -81,9 +91,15 @@ impl GeminiUsage {
             }
         }
         match &mut self.json {
-            Json::Array(array) => array.feed(chunk, &mut on_chunk),
+            Json::Array(array) => array.feed(chunk, &mut on_element),
             Json::Object(collected) | Json::Undecided(collected) => collected.push(chunk),
         }
+    }
+
+    /// For a stream: the chunks that carried parts of the answer (Gemini reports the output
+    /// count only in the last chunk; a cut stream's is missing).
+    pub fn answer_chunks(&self) -> Option<u64> {
+        (self.framer.is_some() || matches!(self.json, Json::Array(_))).then_some(self.chunks)
     }
 
     /// The usage reported so far (zero when none was).

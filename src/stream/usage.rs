@@ -57,7 +57,9 @@ impl UsageReader {
     ///   usage chunk, or an upstream that ignores `include_usage`): `input_estimate` in, one
     ///   token per chunk out;
     /// - an Anthropic stream cut before its final `message_delta`: at least one token per
-    ///   `content_block_delta` out (the input came with `message_start`).
+    ///   `content_block_delta` out (the input came with `message_start`);
+    /// - a Gemini stream cut before its last chunk (the only one with the output count): at
+    ///   least one token per chunk with parts of the answer (the input came with the first).
     ///
     /// Both are lower bounds of what the vendor bills for the answer it started, so that a
     /// client cannot get answers unbilled by hanging up before their end.
@@ -79,7 +81,13 @@ impl UsageReader {
                 }
                 _ => false,
             },
-            UsageReader::Gemini(_) => false,
+            UsageReader::Gemini(u) => match u.answer_chunks() {
+                Some(chunks) if chunks > usage.output_tokens => {
+                    usage.output_tokens = chunks;
+                    true
+                }
+                _ => false,
+            },
         };
         (usage, estimated)
     }
@@ -101,8 +109,13 @@ mod tests {
     fn cut_before(body: &[u8], marker: &str) -> Vec<u8> {
         let text = std::str::from_utf8(body).unwrap();
         let at = text.find(marker).unwrap();
-        // Back to the start of that event.
-        let start = text[..at].rfind("\n\n").map_or(0, |i| i + 2);
+        // Back to the start of that event (after a blank line: LF or CRLF).
+        let before = &text[..at];
+        let start = [("\n\n", 2), ("\r\n\r\n", 4)]
+            .iter()
+            .filter_map(|(blank, len)| before.rfind(blank).map(|i| i + len))
+            .max()
+            .unwrap_or(0);
         body[..start].to_vec()
     }
 
@@ -141,6 +154,28 @@ mod tests {
         let (billed, estimated) = reader(UsageKind::OpenAiResponses, &cut).billed(5);
         assert!(estimated);
         assert_eq!((billed.input_tokens, billed.output_tokens), (5, deltas));
+    }
+
+    #[test]
+    fn a_gemini_stream_cut_before_its_last_chunk_is_billed_a_token_per_chunk() {
+        let body = fixture("gemini_stream_sse.txt");
+        let whole = reader(UsageKind::GeminiGenerate, &body);
+        assert_eq!(whole.billed(999), (whole.usage(), false));
+        assert_eq!(whole.usage().output_tokens, 3);
+        let cut = cut_before(&body, "candidatesTokenCount");
+        let (billed, estimated) = reader(UsageKind::GeminiGenerate, &cut).billed(999);
+        assert!(estimated);
+        assert_eq!((billed.input_tokens, billed.output_tokens), (13, 1));
+        // The same stream as a JSON array (no `alt=sse`).
+        let elements: Vec<&str> = std::str::from_utf8(&cut)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        let array = format!("[{}", elements.join(",\n"));
+        let mut json = UsageReader::new(UsageKind::GeminiGenerate, false);
+        json.observe(array.as_bytes());
+        assert_eq!(json.billed(999), (billed, true));
     }
 
     #[test]
