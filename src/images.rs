@@ -37,7 +37,7 @@ use crate::limits::{self, Spent};
 use crate::metrics as m;
 use crate::pricing::ImageAsk;
 use crate::providers;
-use crate::relay::call::{Call, Respond, Target};
+use crate::relay::call::{Call, Respond, Target, WholeAnswer};
 use crate::relay::failover::{self, Attempts, Ctx, Served};
 use crate::relay::{authenticate_with, read_body};
 use crate::store::{KeyRecord, RequestLogEntry};
@@ -464,6 +464,10 @@ fn build_call(
         first_byte_timeout: Some(Duration::from_secs(
             app.config.images.first_byte_timeout_secs,
         )),
+        whole_answer: Some(WholeAnswer {
+            within: Duration::from_secs(app.config.images.read_timeout_secs),
+            max_bytes: app.config.images.max_response_bytes,
+        }),
     }
 }
 

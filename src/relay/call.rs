@@ -144,6 +144,16 @@ pub struct Call {
     /// The wait for the upstream's response head when not `upstream.first_byte_timeout_secs`
     /// (image calls: `images.first_byte_timeout_secs`).
     pub first_byte_timeout: Option<std::time::Duration>,
+    /// Image calls: a successful answer is read whole within these bounds as part of its
+    /// attempt, so that one that stalls or is cut half-way fails over like a missing head.
+    pub whole_answer: Option<WholeAnswer>,
+}
+
+/// How long, and how much, a call reads of an answer it takes whole.
+#[derive(Debug, Clone, Copy)]
+pub struct WholeAnswer {
+    pub within: std::time::Duration,
+    pub max_bytes: u64,
 }
 
 impl Call {
@@ -227,6 +237,7 @@ pub fn build<'a>(
         query: query.map(str::to_owned),
         session: None,
         first_byte_timeout: None,
+        whole_answer: None,
     };
     match endpoint {
         Endpoint::Messages | Endpoint::CountTokens => {
@@ -389,6 +400,7 @@ fn chat<'a>(
         query,
         session: None,
         first_byte_timeout: None,
+        whole_answer: None,
     };
     let now = jiff::Timestamp::now().as_second();
     let call = match chat_protocol(&model, native(&model)) {

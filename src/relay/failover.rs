@@ -114,8 +114,19 @@ pub(crate) async fn attempts(
                 status: resp.status().as_u16(),
                 headers: resp.headers(),
             },
-            Err(SendError::Timeout(_)) => Outcome::Timeout,
-            Err(SendError::Failed(_) | SendError::Mismatch(_)) => Outcome::ConnectError,
+            Err(
+                SendError::Timeout(_)
+                | SendError::Unfinished {
+                    timed_out: true, ..
+                },
+            ) => Outcome::Timeout,
+            Err(
+                SendError::Failed(_)
+                | SendError::Mismatch(_)
+                | SendError::Unfinished {
+                    timed_out: false, ..
+                },
+            ) => Outcome::ConnectError,
         };
         let verdict = health::judge(
             outcome,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Response;
 
-use super::call::{Call, Respond, Target};
+use super::call::{Call, Respond, Target, WholeAnswer};
 use super::respond;
 use crate::app::App;
 use crate::body::Body;
@@ -72,10 +72,45 @@ pub(super) async fn send(
         None => app.http().request(call.method.clone(), url),
     };
     let send = request.headers(headers).body(body).send();
-    match tokio::time::timeout(first_byte, send).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(SendError::Failed(e)),
-        Err(_) => Err(SendError::Timeout(first_byte)),
+    let resp = match tokio::time::timeout(first_byte, send).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return Err(SendError::Failed(e)),
+        Err(_) => return Err(SendError::Timeout(first_byte)),
+    };
+    match call.whole_answer {
+        Some(whole) if resp.status().is_success() => read_whole(resp, whole).await,
+        _ => Ok(resp),
+    }
+}
+
+/// Reads a successful answer whole, and hands it on as a response with that body in memory.
+async fn read_whole(
+    resp: reqwest::Response,
+    whole: WholeAnswer,
+) -> Result<reqwest::Response, SendError> {
+    let (head, body) = http::Response::from(resp).into_parts();
+    let limited =
+        http_body_util::Limited::new(body, usize::try_from(whole.max_bytes).unwrap_or(usize::MAX));
+    match tokio::time::timeout(whole.within, http_body_util::BodyExt::collect(limited)).await {
+        Ok(Ok(collected)) => Ok(reqwest::Response::from(http::Response::from_parts(
+            head,
+            collected.to_bytes(),
+        ))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(SendError::Unfinished {
+            why: format!("its answer is larger than {} bytes", whole.max_bytes),
+            timed_out: false,
+        }),
+        Ok(Err(e)) => Err(SendError::Unfinished {
+            why: format!("its answer was cut: {e}"),
+            timed_out: false,
+        }),
+        Err(_) => Err(SendError::Unfinished {
+            why: format!(
+                "its answer did not arrive whole within {} s",
+                whole.within.as_secs()
+            ),
+            timed_out: true,
+        }),
     }
 }
 
@@ -83,6 +118,12 @@ pub(super) async fn send(
 pub(super) enum SendError {
     Failed(reqwest::Error),
     Timeout(Duration),
+    /// A head came, but an answer taken whole (`Call::whole_answer`) did not: why, and whether
+    /// for lack of time.
+    Unfinished {
+        why: String,
+        timed_out: bool,
+    },
     /// The account does not speak the call's protocol (a scheduler bug; never retried).
     Mismatch(Provider),
 }
@@ -92,6 +133,7 @@ impl SendError {
         match self {
             SendError::Timeout(limit) => format!("no response within {} s", limit.as_secs()),
             SendError::Failed(e) => format!("request failed: {e}"),
+            SendError::Unfinished { why, .. } => why.clone(),
             SendError::Mismatch(p) => format!("a {} account cannot serve this", p.as_str()),
         }
     }
@@ -116,6 +158,15 @@ impl SendError {
                     ErrorKind::BadGateway,
                     format!("the upstream request failed ({reason}): {e}"),
                 )
+            }
+            SendError::Unfinished { why, timed_out } => {
+                let (reason, kind) = if timed_out {
+                    ("read_timeout", ErrorKind::GatewayTimeout)
+                } else {
+                    ("unfinished_answer", ErrorKind::BadGateway)
+                };
+                metrics::counter!(m::UPSTREAM_ERRORS, "reason" => reason).increment(1);
+                ApiError::new(kind, format!("the upstream failed: {why}"))
             }
             SendError::Timeout(limit) => {
                 metrics::counter!(m::UPSTREAM_ERRORS, "reason" => "first_byte_timeout")

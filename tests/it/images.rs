@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use futures_util::StreamExt;
+
 use crate::support::mock::http_client;
 use crate::support::relay::Relay;
 use switchyard::config::{Config, ImageStorage};
@@ -40,9 +42,14 @@ struct Seen {
 #[derive(Clone, Default)]
 struct MockState {
     seen: Arc<Mutex<Vec<Seen>>>,
-    /// Statuses to fail the next requests with.
+    /// Statuses to fail the next requests with; `STALL`: a 200 head and half a body, then
+    /// nothing.
     fail: Arc<Mutex<VecDeque<u16>>>,
 }
+
+const STALL: u16 = 0;
+
+type MockBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 /// An image upstream on 127.0.0.1:0.
 struct ImageMock {
@@ -77,6 +84,11 @@ impl ImageMock {
         self.state.seen.lock().unwrap().clone()
     }
 
+    /// The next answer: a 200 head and the first half of its body, then a stall.
+    fn stall_next(&self) {
+        self.fail_next(STALL);
+    }
+
     fn fail_next(&self, status: u16) {
         self.state.fail.lock().unwrap().push_back(status);
     }
@@ -86,7 +98,7 @@ async fn answer(
     state: MockState,
     addr: SocketAddr,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<MockBody>, std::convert::Infallible> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     let path = parts.uri.path().to_owned();
@@ -99,10 +111,21 @@ async fn answer(
         Ok(Response::builder()
             .status(status)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(v.to_string())))
+            .body(Full::new(Bytes::from(v.to_string())).boxed())
             .unwrap())
     };
-    if let Some(status) = state.fail.lock().unwrap().pop_front() {
+    let failure = state.fail.lock().unwrap().pop_front();
+    if failure == Some(STALL) {
+        let half = Bytes::from_static(br#"{"created": 1700000000, "data": [{"b64_j"#);
+        let frames = futures_util::stream::iter([Ok(http_body::Frame::data(half))])
+            .chain(futures_util::stream::pending());
+        return Ok(Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+            .unwrap());
+    }
+    if let Some(status) = failure {
         return reply(
             status,
             json!({ "error": { "message": "mock failure", "type": "server_error" } }),
@@ -625,4 +648,47 @@ async fn a_failing_account_hands_over_and_azure_uses_its_deployment() {
     )
     .await;
     assert_eq!(status, 503);
+}
+
+/// An answer that stalls after its head is a failed attempt like a missing head: nothing has
+/// reached the client yet, so another account takes over. With no other account the client gets
+/// a 504 in OpenAI's error shape, and nothing is billed.
+#[tokio::test]
+async fn an_answer_that_stalls_after_its_head_hands_over_to_another_account() {
+    let (relay, first, _, key) = setup("openai", |c| {
+        c.scheduler.max_attempts = 2;
+        c.images.read_timeout_secs = 1;
+    })
+    .await;
+    let second = ImageMock::start().await;
+    let second_id = add(&relay, &second, "openai", 2).await;
+    first.stall_next();
+    let ask = json!({ "model": "dall-e-3", "prompt": "a fox", "response_format": "b64_json" });
+    let (status, v) = generate(&relay, &key, ask.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        B64.decode(v["data"][0]["b64_json"].as_str().unwrap())
+            .unwrap(),
+        png(0)
+    );
+    assert_eq!((first.seen().len(), second.seen().len()), (1, 1));
+    let r = last_request(&relay).await;
+    assert_eq!(
+        (r["status"].as_u64(), r["images"].as_u64()),
+        (Some(200), Some(1))
+    );
+    assert_eq!(r["account_id"], second_id.as_str());
+
+    // One account, stalling.
+    let (relay, only, _, key) = setup("openai", |c| c.images.read_timeout_secs = 1).await;
+    only.stall_next();
+    let (status, v) = generate(&relay, &key, ask).await;
+    assert_eq!(status, 504, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("did not arrive whole within 1 s"),
+        "{message}"
+    );
+    relay.app.stats.flush().await;
+    assert_eq!(relay.usage("").await["images"], 0);
 }
