@@ -271,15 +271,7 @@ async fn a_client_that_disconnects_mid_stream_is_billed_for_what_passed_and_upst
 /// Waits until the account has nothing in flight.
 async fn released(relay: &Relay, account_id: &str) {
     for _ in 0..250 {
-        if relay
-            .app
-            .store()
-            .account_runtime(account_id)
-            .await
-            .unwrap()
-            .in_flight
-            == 0
-        {
+        if relay.account_in_flight(account_id).await == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -418,13 +410,8 @@ async fn upstream_errors_reach_the_client_with_their_status_body_and_headers() {
         0,
         "errors without usage are not billed"
     );
-    let runtime = relay
-        .app
-        .store()
-        .account_runtime(&account_id)
-        .await
-        .unwrap();
-    assert_eq!(runtime.in_flight, 0);
+    let in_flight = relay.account_in_flight(&account_id).await;
+    assert_eq!(in_flight, 0);
 }
 
 #[tokio::test]
@@ -512,16 +499,7 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing_behind() {
     assert!(mock.requests().is_empty());
     assert!(relay.requests("").await.is_empty(), "no usage record");
     assert_eq!(relay.usage("").await["requests"], 0);
-    assert_eq!(
-        relay
-            .app
-            .store()
-            .account_runtime(&account_id)
-            .await
-            .unwrap()
-            .in_flight,
-        0
-    );
+    assert_eq!(relay.account_in_flight(&account_id).await, 0);
 
     let (status, v) = relay
         .admin(

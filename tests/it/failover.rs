@@ -134,29 +134,12 @@ async fn client_errors_are_not_retried_and_the_last_upstream_error_is_returned()
     {
         let id = id["id"].as_str().unwrap();
         for _ in 0..100 {
-            if relay
-                .app
-                .store()
-                .account_runtime(id)
-                .await
-                .unwrap()
-                .in_flight
-                == 0
-            {
+            if relay.account_in_flight(id).await == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(
-            relay
-                .app
-                .store()
-                .account_runtime(id)
-                .await
-                .unwrap()
-                .in_flight,
-            0
-        );
+        assert_eq!(relay.account_in_flight(id).await, 0);
     }
 }
 

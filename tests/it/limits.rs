@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use switchyard::limits::{self, Request};
 
-use crate::support::mock::{Behavior, MockUpstream, MockUsage, http_client, wait_until};
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, wait_until};
 use crate::support::relay::{Backend, Relay, backends, messages_body};
 
 const MODEL: &str = "claude-sonnet-4-5";
@@ -77,21 +77,10 @@ fn estimate(relay: &Relay) -> u64 {
     .cost_nanousd
 }
 
-async fn key_info(relay: &Relay, key: &str) -> Value {
-    let resp = http_client()
-        .get(relay.url("/v1/key-info"))
-        .header("x-api-key", key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
-}
-
 /// Waits until every request of the key settled: nothing in flight, nothing reserved.
 async fn settled(relay: &Relay, key: &str) -> Value {
     for _ in 0..300 {
-        let info = key_info(relay, key).await;
+        let info = relay.key_info(key).await;
         let reserved: u64 = info["usage"]
             .as_object()
             .unwrap()
@@ -105,7 +94,7 @@ async fn settled(relay: &Relay, key: &str) -> Value {
     }
     panic!(
         "the key's leases never settled: {}",
-        key_info(relay, key).await
+        relay.key_info(key).await
     );
 }
 
@@ -266,7 +255,7 @@ async fn windows_roll_over_on_the_clock_and_say_when() {
         );
         let retry = retry.unwrap();
         assert!((55..=60).contains(&retry), "retry-after {retry}");
-        let info = key_info(&relay, &key).await;
+        let info = relay.key_info(&key).await;
         assert_eq!(info["usage"]["window_requests"]["used"], 2);
         assert_eq!(info["usage"]["window_requests"]["remaining"], 0);
 
@@ -278,7 +267,7 @@ async fn windows_roll_over_on_the_clock_and_say_when() {
         );
         settled(&relay, &key).await;
         assert_eq!(
-            key_info(&relay, &key).await["usage"]["window_requests"]["used"],
+            relay.key_info(&key).await["usage"]["window_requests"]["used"],
             1
         );
     }
@@ -321,14 +310,14 @@ async fn activation_starts_the_clock_at_the_first_request() {
     for backend in backends() {
         let (relay, _mock, key_id, key) =
             relay_with_key(&backend, json!({ "active_days": 2 })).await;
-        let info = key_info(&relay, &key).await;
+        let info = relay.key_info(&key).await;
         assert_eq!(info["first_used_at"], Value::Null);
         assert_eq!(info["expires_at"], Value::Null);
         // Unused for a month: the clock has not started.
         relay.app.clock.advance(Duration::from_secs(30 * 86_400));
         assert_eq!(call(&relay, &key, false).await.0, 200);
         let first = relay.app.clock.now_ms();
-        let info = key_info(&relay, &key).await;
+        let info = relay.key_info(&key).await;
         assert!(info["first_used_at"].is_string());
         relay
             .app
@@ -582,6 +571,6 @@ async fn two_instances_on_one_redis_share_the_limits() {
     let info = settled(&b, &key).await;
     assert_eq!(
         info["usage"]["total_cost"]["used"],
-        key_info(&a, &key).await["usage"]["total_cost"]["used"]
+        a.key_info(&key).await["usage"]["total_cost"]["used"]
     );
 }

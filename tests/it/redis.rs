@@ -246,13 +246,8 @@ async fn usage_totals_over_two_instances_equal_what_the_upstream_reported() {
         );
         assert_eq!(u["cache_read_input_tokens"], expected.cache_read);
     }
-    let runtime = relays[0]
-        .app
-        .store()
-        .account_runtime(&account)
-        .await
-        .unwrap();
-    assert_eq!(runtime.in_flight, 0, "no lease left");
+    let in_flight = relays[0].account_in_flight(&account).await;
+    assert_eq!(in_flight, 0, "no lease left");
 }
 
 /// A redis-server of this test's own, so it can be killed without disturbing other tests.
@@ -379,14 +374,8 @@ async fn a_client_gone_while_its_leases_are_taken_leaves_none_held() {
     // Once Redis runs the take, its leases come back.
     let deadline = Instant::now() + Duration::from_secs(5);
     let in_flight = || async {
-        let runtime = relay
-            .app
-            .store()
-            .account_runtime(&account_id)
-            .await
-            .unwrap();
-        let info: Value = key_info(&relay, &key).await;
-        (runtime.in_flight, info["in_flight"].as_u64().unwrap())
+        let key_in_flight = relay.key_info(&key).await["in_flight"].as_u64().unwrap();
+        (relay.account_in_flight(&account_id).await, key_in_flight)
     };
     tokio::time::sleep(Duration::from_millis(600)).await;
     loop {
@@ -408,17 +397,6 @@ async fn a_client_gone_while_its_leases_are_taken_leaves_none_held() {
         2,
         "the request cut short reached the upstream"
     );
-}
-
-async fn key_info(relay: &Relay, key: &str) -> Value {
-    let resp = crate::support::mock::http_client()
-        .get(relay.url("/v1/key-info"))
-        .header("x-api-key", key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

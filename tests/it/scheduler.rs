@@ -349,13 +349,7 @@ async fn after_a_thousand_mixed_requests_nothing_is_left_in_flight() {
         for id in &ids {
             let mut in_flight = u32::MAX;
             for _ in 0..300 {
-                in_flight = relay
-                    .app
-                    .store()
-                    .account_runtime(id)
-                    .await
-                    .unwrap()
-                    .in_flight;
+                in_flight = relay.account_in_flight(id).await;
                 if in_flight == 0 {
                     break;
                 }

@@ -34,6 +34,14 @@ async fn add(relay: &Relay, mock: &MockUpstream, provider: &str, extra: Value) -
     relay.add_account(mock, "sk-upstream", body).await
 }
 
+/// A relay with one account of `provider` on `mock`, and a key for it.
+async fn relay_with(mock: &MockUpstream, provider: &str, extra: Value) -> (Relay, String) {
+    let relay = Relay::start().await;
+    add(&relay, mock, provider, extra).await;
+    let (_, key) = relay.create_key("k").await;
+    (relay, key)
+}
+
 fn post(relay: &Relay, path: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
     http_client()
         .post(relay.url(path))
@@ -163,9 +171,7 @@ async fn openai_streams_that_never_report_usage_are_billed_an_estimate() {
     // The client hangs up after the first chunks, before the usage chunk.
     let mock = MockUpstream::start().await;
     mock.set_default(Behavior::StallAfterStart(cached_usage()));
-    let relay = Relay::start().await;
-    add(&relay, &mock, "openai", json!({})).await;
-    let (_, key) = relay.create_key("k").await;
+    let (relay, key) = relay_with(&mock, "openai", json!({})).await;
     let resp = send(&relay, &key).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
@@ -187,15 +193,8 @@ async fn openai_streams_that_never_report_usage_are_billed_an_estimate() {
     // An upstream that streams a whole answer without usage.
     let old = MockUpstream::start().await;
     old.set_default(Behavior::Ok(cached_usage()));
-    let relay = Relay::start().await;
-    add(
-        &relay,
-        &old,
-        "azure-openai",
-        json!({ "api_version": "2024-06-01" }),
-    )
-    .await;
-    let (_, key) = relay.create_key("k").await;
+    let (relay, key) =
+        relay_with(&old, "azure-openai", json!({ "api_version": "2024-06-01" })).await;
     let got = send(&relay, &key).await.unwrap().bytes().await.unwrap();
     assert!(!String::from_utf8_lossy(&got).contains("\"usage\""));
     let e = logged(&relay).await;
@@ -206,9 +205,7 @@ async fn openai_streams_that_never_report_usage_are_billed_an_estimate() {
     // With its usage chunk, a stream is billed exactly as reported.
     let fine = MockUpstream::start().await;
     fine.set_default(Behavior::Ok(cached_usage()));
-    let relay = Relay::start().await;
-    add(&relay, &fine, "openai", json!({})).await;
-    let (_, key) = relay.create_key("k").await;
+    let (relay, key) = relay_with(&fine, "openai", json!({})).await;
     send(&relay, &key).await.unwrap().bytes().await.unwrap();
     let e = logged(&relay).await;
     assert_eq!(e["estimated"], false, "{e}");
@@ -356,15 +353,8 @@ async fn azure_uses_the_deployment_api_version_and_api_key() {
 
     // An api-version from before `stream_options` gets the client's body as it was.
     let old = MockUpstream::start().await;
-    let relay = Relay::start().await;
-    add(
-        &relay,
-        &old,
-        "azure-openai",
-        json!({ "api_version": "2024-06-01" }),
-    )
-    .await;
-    let (_, key) = relay.create_key("k").await;
+    let (relay, key) =
+        relay_with(&old, "azure-openai", json!({ "api_version": "2024-06-01" })).await;
     let raw = serde_json::to_vec(&body).unwrap();
     let resp = http_client()
         .post(relay.url("/v1/chat/completions"))

@@ -50,22 +50,23 @@ end
 -- A script names the same key's and accounts' fields many times: each prefix is built once.
 local prefixes = {}
 
-local function kf(key, field)
-  local p = prefixes['k' .. key]
+-- A field of a key (kind 'k') or an account ('a').
+local function named(kind, id, field)
+  local slot = kind .. id
+  local p = prefixes[slot]
   if not p then
-    p = 'k' .. lp(key)
-    prefixes['k' .. key] = p
+    p = kind .. lp(id)
+    prefixes[slot] = p
   end
   return p .. field
 end
 
+local function kf(key, field)
+  return named('k', key, field)
+end
+
 local function af(account, field)
-  local p = prefixes['a' .. account]
-  if not p then
-    p = 'a' .. lp(account)
-    prefixes['a' .. account] = p
-  end
-  return p .. field
+  return named('a', account, field)
 end
 
 local function int(v)

@@ -196,6 +196,28 @@ impl Relay {
         v["data"].as_array().unwrap().clone()
     }
 
+    /// The account's leases in flight, as the store counts them.
+    pub async fn account_in_flight(&self, account_id: &str) -> u32 {
+        self.app
+            .store()
+            .account_runtime(account_id)
+            .await
+            .unwrap()
+            .in_flight
+    }
+
+    /// `GET /v1/key-info` with the key (asserting 200).
+    pub async fn key_info(&self, key: &str) -> Value {
+        let resp = http_client()
+            .get(self.url("/v1/key-info"))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
     /// A Messages request with the key as `x-api-key`.
     pub fn messages(&self, key: &str, body: &Value) -> reqwest::RequestBuilder {
         http_client()
