@@ -155,7 +155,11 @@ impl KeyLease {
         let answer = run_to_end(
             &self.store,
             async move { store.admit(&admission, &lease).await },
-            move |admit| (matches!(admit, Admit::Granted).then_some(unused), None),
+            // Granted, or perhaps granted (an error).
+            move |admit| {
+                let held = admit.is_none_or(|a| matches!(a, Admit::Granted));
+                (held.then_some(unused), Vec::new())
+            },
         )
         .await
         .map_err(ApiError::store)?;
@@ -321,18 +325,21 @@ fn give_back(store: &Arc<dyn Store>, key: Option<KeySettle>, account: Option<Acc
 }
 
 /// What a lease-taking store call took, to give back when nobody is left to hold it.
-pub type Leftover = (Option<KeySettle>, Option<AccountRelease>);
+/// The key's lease and the account leases.
+pub type Leftover = (Option<KeySettle>, Vec<AccountRelease>);
 
 /// Runs `call`, a store call that takes leases, to its end even if the request awaiting it is
 /// dropped meanwhile (its client hung up). A remote store's call runs on a task of its own; when
-/// its answer finds nobody waiting, what it took (`leftover` of the answer) is given back at
+/// its answer finds nobody waiting, what it took (`leftover(Some(answer))`) is given back at
 /// once. Otherwise a lease taken in Redis just as the client left would be held until its
 /// deadline, counting against the key's and the account's concurrency caps all that time.
+/// A call that failed (a command timeout) may have been run all the same: everything it could
+/// have taken (`leftover(None)`) is given back; giving back a lease not held changes nothing.
 /// An in-memory store answers in one poll, with nothing to cut short: awaited in place.
 pub async fn run_to_end<T: Send + 'static>(
     store: &Arc<dyn Store>,
     call: impl Future<Output = StoreResult<T>> + Send + 'static,
-    leftover: impl FnOnce(&T) -> Leftover + Send + 'static,
+    leftover: impl FnOnce(Option<&T>) -> Leftover + Send + 'static,
 ) -> StoreResult<T> {
     if store.is_local() {
         return call.await;
@@ -341,9 +348,12 @@ pub async fn run_to_end<T: Send + 'static>(
     let store = Arc::clone(store);
     // Stopped by: the call's end (the store's own timeouts bound it).
     tokio::spawn(async move {
-        if let Err(Ok(taken)) = answer.send(call.await) {
-            let (key, account) = leftover(&taken);
-            give_back(&store, key, account);
+        let result = call.await;
+        if result.is_err() {
+            give_back_all(&store, leftover(None));
+            let _ = answer.send(result);
+        } else if let Err(Ok(taken)) = answer.send(result) {
+            give_back_all(&store, leftover(Some(&taken)));
         }
     });
     wait.await.unwrap_or_else(|_| {
@@ -351,6 +361,14 @@ pub async fn run_to_end<T: Send + 'static>(
             "the store call was cut short".into(),
         ))
     })
+}
+
+fn give_back_all(store: &Arc<dyn Store>, (key, accounts): Leftover) {
+    let mut accounts = accounts.into_iter();
+    give_back(store, key, accounts.next());
+    for account in accounts {
+        give_back(store, None, Some(account));
+    }
 }
 
 /// Tries to release a lease this many times (over about 6 s) while the store is unreachable.

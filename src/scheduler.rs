@@ -139,16 +139,26 @@ async fn pick_from(
     };
     let lease = key.attempt_lease(ask.attempt);
     let store = catalog.store();
-    // What is left to give back should this request be gone when the store answers.
+    // What is left to give back should this request be gone when the store answers: the picked
+    // account's lease; if the call failed, a lease on any candidate it may have picked.
+    let order = Arc::new(order);
     let account = {
-        let (key_id, lease) = (key.key_id().to_owned(), lease.clone());
-        move |picked: &store::Picked| match picked {
-            store::Picked::Account { id, .. } => Some(AccountRelease {
-                key_id,
-                account_id: id.clone(),
-                lease,
-            }),
-            store::Picked::Unavailable { .. } => None,
+        let (key_id, lease, order) = (key.key_id().to_owned(), lease.clone(), Arc::clone(&order));
+        move |picked: Option<&store::Picked>| {
+            let release = |account_id: &str| AccountRelease {
+                key_id: key_id.clone(),
+                account_id: account_id.to_owned(),
+                lease: lease.clone(),
+            };
+            match picked {
+                Some(store::Picked::Account { id, .. }) => vec![release(id)],
+                Some(store::Picked::Unavailable { .. }) => Vec::new(),
+                None => order
+                    .candidates
+                    .iter()
+                    .map(|c| release(&c.account_id))
+                    .collect(),
+            }
         }
     };
     // The key's admission, still pending on the first attempt, is taken with the account: one
@@ -167,11 +177,12 @@ async fn pick_from(
                         .await
                 },
                 move |taken| match taken {
-                    Taken::Picked(picked) => match account(picked) {
-                        Some(release) => (Some(unused), Some(release)),
-                        None => (None, None),
+                    Some(Taken::Picked(picked)) => match account(Some(picked)) {
+                        accounts if accounts.is_empty() => (None, accounts),
+                        accounts => (Some(unused), accounts),
                     },
-                    Taken::Refused(_) => (None, None),
+                    Some(Taken::Refused(_)) => (None, Vec::new()),
+                    None => (Some(unused), account(None)),
                 },
             )
             .await

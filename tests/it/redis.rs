@@ -399,6 +399,59 @@ async fn a_client_gone_while_its_leases_are_taken_leaves_none_held() {
     );
 }
 
+/// A take that timed out in Switchyard may still run in Redis: the request gets a 503, and
+/// whatever the take could have held (the key's lease, a lease on any candidate account) is
+/// given back, so that nothing stays held once Redis ran it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_that_timed_out_but_ran_leaves_no_lease() {
+    if std::env::var("REDIS_URL").is_err() {
+        return;
+    }
+    let redis = OwnRedis::start();
+    let (mut config, tmp) = redis_config(&format!("redis://127.0.0.1:{}/0", redis.port), "sy:");
+    config.redis.command_timeout_ms = 200;
+    let relay = Relay::start_with(config, Some(tmp)).await;
+    let mock = MockUpstream::start().await;
+    let account_id = relay.add_account(&mock, "sk-slow", json!({})).await;
+    let (status, created) = relay
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({ "name": "slow", "limits": { "max_concurrency": 1 } })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let send = || relay.messages(&key, &messages_body("claude-sonnet-4-5", false));
+    let resp = send().send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+
+    // Redis holds the take past the command timeout, then runs it.
+    redis.pause(Duration::from_millis(600)).await;
+    let resp = send().send().await.unwrap();
+    assert_eq!(resp.status(), 503, "{}", resp.text().await.unwrap());
+
+    // Once the pause is over, Redis runs the take; the leases it took come back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let key_in_flight = relay.key_info(&key).await["in_flight"].as_u64().unwrap();
+        let held = (relay.account_in_flight(&account_id).await, key_in_flight);
+        if held == (0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leases held (account, key) after the timed-out take ran: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = send().send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert_eq!(mock.served(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_gets_prompt_503s_and_loses_no_acknowledged_usage() {
     if std::env::var("REDIS_URL").is_err() {
