@@ -61,8 +61,9 @@ impl UsageReader {
     /// - a Gemini stream cut before its last chunk (the only one with the output count): at
     ///   least one token per chunk with parts of the answer (the input came with the first).
     ///
-    /// Both are lower bounds of what the vendor bills for the answer it started, so that a
-    /// client cannot get answers unbilled by hanging up before their end.
+    /// The output counts are lower bounds of what the vendor bills for the answer it started;
+    /// the input estimate is the one admission reserved with. Either way a client cannot get
+    /// answers unbilled by hanging up before their end.
     pub fn billed(&self, input_estimate: u64) -> (TokenUsage, bool) {
         let mut usage = self.usage();
         let estimated = match self {
