@@ -8,6 +8,7 @@
 //! converts it at the end.
 
 pub mod anthropic;
+mod chat;
 pub mod gemini;
 
 use std::pin::Pin;

@@ -23,8 +23,10 @@ pub use response::ToChatJson;
 pub use stream::ToChatStream;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
+
+use super::chat::{PromptDetails, Usage};
 
 /// OpenAI's `finish_reason` for an Anthropic `stop_reason`.
 fn finish_reason(stop_reason: &str) -> &'static str {
@@ -69,7 +71,7 @@ impl WireUsage {
         }
     }
 
-    fn to_chat(self) -> ChatUsage {
+    fn to_chat(self) -> Usage {
         let cache_read = self.cache_read_input_tokens.unwrap_or(0);
         let prompt = self
             .input_tokens
@@ -77,29 +79,16 @@ impl WireUsage {
             .saturating_add(cache_read)
             .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
         let completion = self.output_tokens.unwrap_or(0);
-        ChatUsage {
+        Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt.saturating_add(completion),
-            prompt_tokens_details: PromptTokensDetails {
+            prompt_tokens_details: PromptDetails {
                 cached_tokens: cache_read,
             },
+            completion_tokens_details: None,
         }
     }
-}
-
-/// OpenAI's `usage` object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-struct ChatUsage {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
-    prompt_tokens_details: PromptTokensDetails,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-struct PromptTokensDetails {
-    cached_tokens: u64,
 }
 
 /// `{"type":"error","error":{"type","message"}}`, the shape of every Anthropic error.
@@ -274,13 +263,14 @@ mod tests {
         });
         assert_eq!(
             u.to_chat(),
-            ChatUsage {
+            Usage {
                 prompt_tokens: 1305,
                 completion_tokens: 50,
                 total_tokens: 1355,
-                prompt_tokens_details: PromptTokensDetails {
+                prompt_tokens_details: PromptDetails {
                     cached_tokens: 1000
                 },
+                completion_tokens_details: None,
             }
         );
     }

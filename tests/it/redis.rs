@@ -332,68 +332,103 @@ impl Drop for OwnRedis {
     }
 }
 
+/// Leases of one key and one account, both capped at one request in flight, on a redis-server
+/// of its own (pausing it must not stall the other tests).
+struct Capped {
+    redis: OwnRedis,
+    relay: Relay,
+    mock: MockUpstream,
+    account_id: String,
+    key: String,
+}
+
+impl Capped {
+    /// `None` without `REDIS_URL`. One request has been served: the key and the account are
+    /// cached, so a request's only Redis call before its upstream is the take.
+    async fn start(command_timeout_ms: u64) -> Option<Capped> {
+        std::env::var("REDIS_URL").ok()?;
+        let redis = OwnRedis::start();
+        let (mut config, tmp) = redis_config(&format!("redis://127.0.0.1:{}/0", redis.port), "sy:");
+        config.redis.command_timeout_ms = command_timeout_ms;
+        let relay = Relay::start_with(config, Some(tmp)).await;
+        let mock = MockUpstream::start().await;
+        let account_id = relay
+            .add_account(&mock, "sk-capped", json!({ "max_concurrency": 1 }))
+            .await;
+        let (status, created) = relay
+            .admin(
+                Method::POST,
+                "/admin/keys",
+                Some(json!({ "name": "capped", "limits": { "max_concurrency": 1 } })),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let key = created["key"].as_str().unwrap().to_owned();
+        let capped = Capped {
+            redis,
+            relay,
+            mock,
+            account_id,
+            key,
+        };
+        capped.served().await;
+        Some(capped)
+    }
+
+    fn send(&self) -> reqwest::RequestBuilder {
+        self.relay
+            .messages(&self.key, &messages_body("claude-sonnet-4-5", false))
+    }
+
+    /// A request is served (200).
+    async fn served(&self) {
+        let resp = self.send().send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+
+    /// Waits until neither the account nor the key holds a lease.
+    async fn none_held(&self, after: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let key = self.relay.key_info(&self.key).await["in_flight"].as_u64();
+            let held = (self.relay.account_in_flight(&self.account_id).await, key);
+            if held == (0, Some(0)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leases held (account, key) after {after}: {held:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// A client that hangs up while its leases are being taken in Redis leaves nothing held: the
 /// take runs to its end on a task of its own, and what it took is given back at once, not at its
 /// deadline (15 minutes later; meanwhile the key and the account would sit at their caps).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_while_its_leases_are_taken_leaves_none_held() {
-    if std::env::var("REDIS_URL").is_err() {
+    let Some(capped) = Capped::start(1_000).await else {
         return;
-    }
-    // Its own redis-server: pausing it must not stall the other tests.
-    let redis = OwnRedis::start();
-    let (config, tmp) = redis_config(&format!("redis://127.0.0.1:{}/0", redis.port), "sy:");
-    let relay = Relay::start_with(config, Some(tmp)).await;
-    let mock = MockUpstream::start().await;
-    let account_id = relay
-        .add_account(&mock, "sk-gone", json!({ "max_concurrency": 1 }))
-        .await;
-    let (status, created) = relay
-        .admin(
-            Method::POST,
-            "/admin/keys",
-            Some(json!({ "name": "gone", "limits": { "max_concurrency": 1 } })),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let key = created["key"].as_str().unwrap().to_owned();
-    let send = || relay.messages(&key, &messages_body("claude-sonnet-4-5", false));
-    // The key and the account are cached now: the next request's only Redis call is the take.
-    let resp = send().send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.bytes().await.unwrap();
-
+    };
     // Redis holds every command for a while; the client gives up while its take waits there.
-    redis.pause(Duration::from_millis(600)).await;
-    let cut = send().timeout(Duration::from_millis(150)).send().await;
+    capped.redis.pause(Duration::from_millis(600)).await;
+    let cut = capped
+        .send()
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
     assert!(
         cut.is_err_and(|e| e.is_timeout()),
         "the request was not cut short"
     );
-
-    // Once Redis runs the take, its leases come back.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let in_flight = || async {
-        let key_in_flight = relay.key_info(&key).await["in_flight"].as_u64().unwrap();
-        (relay.account_in_flight(&account_id).await, key_in_flight)
-    };
+    // Once Redis runs the take, its leases come back, and both caps are free again.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    loop {
-        let held = in_flight().await;
-        if held == (0, 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leases held (account, key) after the client left: {held:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Both caps are free: the next request is served.
-    let resp = send().send().await.unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    capped.none_held("the client left").await;
+    capped.served().await;
     assert_eq!(
-        mock.served(),
+        capped.mock.served(),
         2,
         "the request cut short reached the upstream"
     );
@@ -404,52 +439,17 @@ async fn a_client_gone_while_its_leases_are_taken_leaves_none_held() {
 /// given back, so that nothing stays held once Redis ran it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_that_timed_out_but_ran_leaves_no_lease() {
-    if std::env::var("REDIS_URL").is_err() {
+    let Some(capped) = Capped::start(200).await else {
         return;
-    }
-    let redis = OwnRedis::start();
-    let (mut config, tmp) = redis_config(&format!("redis://127.0.0.1:{}/0", redis.port), "sy:");
-    config.redis.command_timeout_ms = 200;
-    let relay = Relay::start_with(config, Some(tmp)).await;
-    let mock = MockUpstream::start().await;
-    let account_id = relay.add_account(&mock, "sk-slow", json!({})).await;
-    let (status, created) = relay
-        .admin(
-            Method::POST,
-            "/admin/keys",
-            Some(json!({ "name": "slow", "limits": { "max_concurrency": 1 } })),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let key = created["key"].as_str().unwrap().to_owned();
-    let send = || relay.messages(&key, &messages_body("claude-sonnet-4-5", false));
-    let resp = send().send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.bytes().await.unwrap();
-
+    };
     // Redis holds the take past the command timeout, then runs it.
-    redis.pause(Duration::from_millis(600)).await;
-    let resp = send().send().await.unwrap();
+    capped.redis.pause(Duration::from_millis(600)).await;
+    let resp = capped.send().send().await.unwrap();
     assert_eq!(resp.status(), 503, "{}", resp.text().await.unwrap());
-
-    // Once the pause is over, Redis runs the take; the leases it took come back.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let key_in_flight = relay.key_info(&key).await["in_flight"].as_u64().unwrap();
-        let held = (relay.account_in_flight(&account_id).await, key_in_flight);
-        if held == (0, 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leases held (account, key) after the timed-out take ran: {held:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let resp = send().send().await.unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    assert_eq!(mock.served(), 2);
+    capped.none_held("the timed-out take ran").await;
+    capped.served().await;
+    assert_eq!(capped.mock.served(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,12 @@
 //! Anthropic Messages JSON response → one `chat.completion` JSON.
 
 use bytes::BytesMut;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ChatUsage, WireUsage, finish_reason, openai_error, parse_error};
+use super::{WireUsage, finish_reason, openai_error, parse_error};
 use crate::translate::Translate;
+use crate::translate::chat::{Choice, Completion, Function, Message, ToolCall};
 
 /// A Messages response far larger than any real one is not held: the client gets an error.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -60,6 +61,7 @@ impl ToChatJson {
                     .get_or_insert_with(String::new)
                     .push_str(&thinking),
                 Block::ToolUse { id, name, input } => tool_calls.push(ToolCall {
+                    index: None,
                     id,
                     kind: "function",
                     function: Function {
@@ -75,7 +77,7 @@ impl ToChatJson {
             object: "chat.completion",
             created: self.created,
             model: &self.model,
-            choices: [Choice {
+            choices: vec![Choice {
                 index: 0,
                 message: Message {
                     role: "assistant",
@@ -143,51 +145,6 @@ enum Block {
     /// Redacted thinking, server tool blocks and whatever comes next: no chat equivalent.
     #[serde(other)]
     Other,
-}
-
-#[derive(Serialize)]
-struct Completion<'a> {
-    id: String,
-    object: &'static str,
-    created: i64,
-    model: &'a str,
-    choices: [Choice; 1],
-    usage: ChatUsage,
-}
-
-#[derive(Serialize)]
-struct Choice {
-    index: u32,
-    message: Message,
-    logprobs: Option<()>,
-    finish_reason: &'static str,
-}
-
-#[derive(Serialize)]
-struct Message {
-    role: &'static str,
-    /// `null` when the model only called tools, as OpenAI does.
-    content: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_content: Option<String>,
-    refusal: Option<()>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<ToolCall>,
-}
-
-#[derive(Serialize)]
-struct ToolCall {
-    id: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    function: Function,
-}
-
-#[derive(Serialize)]
-struct Function {
-    name: String,
-    /// A JSON string, not an object: that is OpenAI's wire format.
-    arguments: String,
 }
 
 #[cfg(test)]

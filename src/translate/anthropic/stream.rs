@@ -20,9 +20,10 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ChatUsage, WireError, WireUsage, finish_reason, openai_error};
+use super::{WireError, WireUsage, finish_reason, openai_error};
 use crate::stream::sse::{SseEvent, SseFramer};
 use crate::translate::Translate;
+use crate::translate::chat::Usage;
 
 /// Translates an Anthropic Messages event stream into Chat Completions chunks.
 #[derive(Debug)]
@@ -315,7 +316,7 @@ struct Chunk<'a> {
     choices: &'a [ChunkChoice<'a>],
     /// Absent unless the client asked for usage; then `null` on every chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Option<ChatUsage>>,
+    usage: Option<Option<Usage>>,
 }
 
 #[derive(Serialize)]

@@ -1,11 +1,11 @@
 //! A whole Gemini `generateContent` answer → one OpenAI `chat.completion`.
 
 use bytes::BytesMut;
-use serde::Serialize;
 
-use super::wire::{GenResponse, ToolCall, Usage, finish_reason, write_json};
+use super::wire::{GenResponse, finish_reason, write_json};
 use super::{GeminiError, openai_error};
 use crate::translate::Translate;
+use crate::translate::chat::{Choice, Completion, Message, ToolCall, Usage};
 
 /// A JSON answer bigger than this is not converted (a chat answer is kilobytes; this only stops
 /// a broken upstream from growing the buffer without bound).
@@ -17,34 +17,6 @@ pub struct ToChatJson {
     created: i64,
     body: Vec<u8>,
     too_large: bool,
-}
-
-#[derive(Serialize)]
-struct Completion<'a> {
-    id: String,
-    object: &'static str,
-    created: i64,
-    model: &'a str,
-    choices: Vec<Choice>,
-    usage: Usage,
-}
-
-#[derive(Serialize)]
-struct Choice {
-    index: usize,
-    message: Message,
-    logprobs: Option<()>,
-    finish_reason: &'static str,
-}
-
-#[derive(Serialize)]
-struct Message {
-    role: &'static str,
-    /// `null` when the answer is only tool calls, as OpenAI sends it.
-    content: Option<String>,
-    refusal: Option<()>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<ToolCall>,
 }
 
 impl ToChatJson {
@@ -81,6 +53,7 @@ impl ToChatJson {
                     message: Message {
                         role: "assistant",
                         content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
+                        reasoning_content: None,
                         refusal: None,
                         tool_calls,
                     },
@@ -95,6 +68,7 @@ impl ToChatJson {
                 message: Message {
                     role: "assistant",
                     content: Some(String::new()),
+                    reasoning_content: None,
                     refusal: None,
                     tool_calls: Vec::new(),
                 },

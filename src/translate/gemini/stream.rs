@@ -12,9 +12,10 @@ use bytes::BytesMut;
 use serde::Serialize;
 
 use super::openai_error;
-use super::wire::{GenResponse, Part, ToolCall, Usage, UsageMetadata, finish_reason, write_json};
+use super::wire::{GenResponse, Part, UsageMetadata, finish_reason, write_json};
 use crate::stream::sse::SseFramer;
 use crate::translate::Translate;
+use crate::translate::chat::{ToolCall, Usage};
 
 /// Translates the stream event by event.
 pub struct ToChatStream {

@@ -1,13 +1,14 @@
-//! The Gemini response shapes read, the OpenAI shapes written, and the mappings between them
-//! that the JSON and the stream translator share.
+//! The Gemini response shapes read, and their mappings to the OpenAI shapes written
+//! (`translate::chat`) that the JSON and the stream translator share.
 //!
 //! Gemini fields are all optional and unknown ones ignored: a new field upstream must not break
-//! a translation. OpenAI output is typed so that fields come out in the order OpenAI sends them.
+//! a translation.
 
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::GeminiError;
+use crate::translate::chat::{CompletionDetails, Function, PromptDetails, ToolCall, Usage};
 
 /// One `GenerateContentResponse` (a whole JSON answer, or one stream event).
 #[derive(Deserialize, Default)]
@@ -111,29 +112,10 @@ pub(super) fn finish_reason(gemini: &str, has_tool_calls: bool) -> &'static str 
     }
 }
 
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-    pub prompt_tokens_details: PromptDetails,
-    pub completion_tokens_details: CompletionDetails,
-}
-
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct PromptDetails {
-    pub cached_tokens: u64,
-}
-
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct CompletionDetails {
-    pub reasoning_tokens: u64,
-}
-
 impl Usage {
     /// Gemini's `promptTokenCount` already includes cached tokens, as OpenAI's `prompt_tokens`
     /// does; thinking tokens are billed as output, so they belong to `completion_tokens`.
-    pub fn from_gemini(u: &UsageMetadata) -> Usage {
+    pub(super) fn from_gemini(u: &UsageMetadata) -> Usage {
         let completion = u.candidates_token_count + u.thoughts_token_count;
         Usage {
             prompt_tokens: u.prompt_token_count,
@@ -142,33 +124,15 @@ impl Usage {
             prompt_tokens_details: PromptDetails {
                 cached_tokens: u.cached_content_token_count,
             },
-            completion_tokens_details: CompletionDetails {
+            completion_tokens_details: Some(CompletionDetails {
                 reasoning_tokens: u.thoughts_token_count,
-            },
+            }),
         }
     }
 }
 
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
-pub(super) struct ToolCall {
-    /// Stream deltas carry the call's position; a whole message does not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub index: Option<usize>,
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub function: FunctionOut,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
-pub(super) struct FunctionOut {
-    pub name: String,
-    /// The arguments as a JSON string, as OpenAI sends them.
-    pub arguments: String,
-}
-
 impl ToolCall {
-    pub fn from_gemini(call: &FunctionCall, index: Option<usize>) -> ToolCall {
+    pub(super) fn from_gemini(call: &FunctionCall, index: Option<usize>) -> ToolCall {
         let arguments = match &call.args {
             Some(args) if !args.is_null() => args.to_string(),
             _ => "{}".to_owned(),
@@ -181,7 +145,7 @@ impl ToolCall {
                 .filter(|id| !id.is_empty())
                 .unwrap_or_else(super::new_call_id),
             kind: "function",
-            function: FunctionOut {
+            function: Function {
                 name: call.name.clone(),
                 arguments,
             },
