@@ -106,8 +106,10 @@ pub(crate) async fn attempts(
             }
         };
         let sent_at = Instant::now();
-        let sent = send(app, call, client, &picked.account).await;
-        let head_at = Instant::now();
+        let (sent, head_at) = match send(app, call, client, &picked.account).await {
+            Ok((resp, head_at)) => (Ok(resp), head_at),
+            Err(e) => (Err(e), Instant::now()),
+        };
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let outcome = match &sent {
             Ok(resp) => Outcome::Response {

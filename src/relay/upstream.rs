@@ -1,6 +1,6 @@
 //! Sending one attempt upstream, and what a failed attempt leaves for the client.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
@@ -44,13 +44,15 @@ fn request_for(
     })
 }
 
-/// Sends the request to one account, waiting at most the first-byte timeout for the head.
+/// Sends the request to one account, waiting at most the first-byte timeout for the head (and,
+/// for a call that takes its answer whole, the read timeout for the rest). The response, and
+/// when its head came.
 pub(super) async fn send(
     app: &App,
     call: &Call,
     client: &http::HeaderMap,
     account: &Account,
-) -> Result<reqwest::Response, SendError> {
+) -> Result<(reqwest::Response, Instant), SendError> {
     let Some((url, headers)) = request_for(call, client, account) else {
         return Err(SendError::Mismatch(account.record.provider));
     };
@@ -77,10 +79,12 @@ pub(super) async fn send(
         Ok(Err(e)) => return Err(SendError::Failed(e)),
         Err(_) => return Err(SendError::Timeout(first_byte)),
     };
-    match call.whole_answer {
-        Some(whole) if resp.status().is_success() => read_whole(resp, whole).await,
-        _ => Ok(resp),
-    }
+    let head_at = Instant::now();
+    let resp = match call.whole_answer {
+        Some(whole) if resp.status().is_success() => read_whole(resp, whole).await?,
+        _ => resp,
+    };
+    Ok((resp, head_at))
 }
 
 /// Reads a successful answer whole, and hands it on as a response with that body in memory.
