@@ -32,12 +32,13 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use crate::app::App;
 use crate::auth::new_id;
 use crate::body::{self, Body, BoxError};
+use crate::config::ImagesConfig;
 use crate::error::{ApiError, ErrorKind, Surface};
 use crate::limits::{self, Spent};
 use crate::metrics as m;
 use crate::pricing::ImageAsk;
 use crate::providers;
-use crate::relay::call::{Call, Respond, Target, WholeAnswer};
+use crate::relay::call::{Call, Respond, Target, Unread, WholeAnswer};
 use crate::relay::failover::{self, Attempts, Ctx, Served};
 use crate::relay::{authenticate_with, read_body};
 use crate::store::{KeyRecord, RequestLogEntry};
@@ -248,12 +249,7 @@ where
     let ttfb_ms = Some((head_at - sent_at).as_millis() as u64);
     let status = upstream.status();
     let headers = providers::response_headers(upstream.headers().clone());
-    let raw = read_all(
-        upstream,
-        Duration::from_secs(cfg.read_timeout_secs),
-        cfg.max_response_bytes,
-    )
-    .await?;
+    let raw = read_all(upstream, whole_answer(cfg)).await?;
     drop(picked);
     if !status.is_success() {
         // The upstream's own answer (a refused prompt, a bad size): passed on, not billed.
@@ -464,10 +460,7 @@ fn build_call(
         first_byte_timeout: Some(Duration::from_secs(
             app.config.images.first_byte_timeout_secs,
         )),
-        whole_answer: Some(WholeAnswer {
-            within: Duration::from_secs(app.config.images.read_timeout_secs),
-            max_bytes: app.config.images.max_response_bytes,
-        }),
+        whole_answer: Some(whole_answer(&app.config.images)),
     }
 }
 
@@ -485,33 +478,38 @@ fn ask_inline(body: &Bytes, model: &str) -> Bytes {
     Bytes::from(serde_json::Value::Object(v).to_string())
 }
 
-/// Reads the whole upstream answer within `timeout` and `limit` bytes.
-async fn read_all(
-    upstream: reqwest::Response,
-    timeout: Duration,
-    limit: u64,
-) -> Result<Bytes, ApiError> {
-    let body = http_body_util::Limited::new(
-        reqwest::Body::from(upstream),
-        usize::try_from(limit).unwrap_or(usize::MAX),
-    );
-    match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(body)).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+/// How image answers are read: whole, within `images.read_timeout_secs` and
+/// `images.max_response_bytes`.
+fn whole_answer(cfg: &ImagesConfig) -> WholeAnswer {
+    WholeAnswer {
+        within: Duration::from_secs(cfg.read_timeout_secs),
+        max_bytes: cfg.max_response_bytes,
+    }
+}
+
+/// Reads the whole upstream answer. A successful one is already in memory (the attempt read it:
+/// `Call::whole_answer`); an error answer is read here.
+async fn read_all(upstream: reqwest::Response, whole: WholeAnswer) -> Result<Bytes, ApiError> {
+    match whole.read(upstream).await {
+        Ok((_, body)) => Ok(body),
+        Err(Unread::TooLarge) => Err(ApiError::new(
             ErrorKind::BadGateway,
-            format!("the upstream's image answer is larger than {limit} bytes"),
+            format!(
+                "the upstream's image answer is larger than {} bytes",
+                whole.max_bytes
+            ),
         )),
-        Ok(Err(e)) => Err(ApiError::new(
+        Err(Unread::Cut(e)) => Err(ApiError::new(
             ErrorKind::BadGateway,
             format!("the upstream's image answer was cut: {e}"),
         )),
-        Err(_) => {
+        Err(Unread::TimedOut) => {
             metrics::counter!(m::UPSTREAM_ERRORS, "reason" => "image_read_timeout").increment(1);
             Err(ApiError::new(
                 ErrorKind::GatewayTimeout,
                 format!(
                     "the upstream's image answer did not arrive within {} s",
-                    timeout.as_secs()
+                    whole.within.as_secs()
                 ),
             ))
         }

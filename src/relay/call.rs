@@ -156,6 +156,35 @@ pub struct WholeAnswer {
     pub max_bytes: u64,
 }
 
+/// Why an answer taken whole did not arrive.
+#[derive(Debug)]
+pub enum Unread {
+    /// It is larger than `max_bytes`.
+    TooLarge,
+    /// The body failed half-way: the error.
+    Cut(String),
+    /// It took longer than `within`.
+    TimedOut,
+}
+
+impl WholeAnswer {
+    /// Reads `resp`'s body whole within these bounds: its head, and the body.
+    pub async fn read(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<(http::response::Parts, Bytes), Unread> {
+        let (head, body) = http::Response::from(resp).into_parts();
+        let limit = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        let collect = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+        match tokio::time::timeout(self.within, collect).await {
+            Ok(Ok(collected)) => Ok((head, collected.to_bytes())),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Unread::TooLarge),
+            Ok(Err(e)) => Err(Unread::Cut(e.to_string())),
+            Err(_) => Err(Unread::TimedOut),
+        }
+    }
+}
+
 impl Call {
     pub fn billed(&self) -> bool {
         self.usage.is_some()

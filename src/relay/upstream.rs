@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Response;
 
-use super::call::{Call, Respond, Target, WholeAnswer};
+use super::call::{Call, Respond, Target, Unread, WholeAnswer};
 use super::respond;
 use crate::app::App;
 use crate::body::Body;
@@ -92,30 +92,22 @@ async fn read_whole(
     resp: reqwest::Response,
     whole: WholeAnswer,
 ) -> Result<reqwest::Response, SendError> {
-    let (head, body) = http::Response::from(resp).into_parts();
-    let limited =
-        http_body_util::Limited::new(body, usize::try_from(whole.max_bytes).unwrap_or(usize::MAX));
-    match tokio::time::timeout(whole.within, http_body_util::BodyExt::collect(limited)).await {
-        Ok(Ok(collected)) => Ok(reqwest::Response::from(http::Response::from_parts(
-            head,
-            collected.to_bytes(),
-        ))),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(SendError::Unfinished {
-            why: format!("its answer is larger than {} bytes", whole.max_bytes),
-            timed_out: false,
-        }),
-        Ok(Err(e)) => Err(SendError::Unfinished {
-            why: format!("its answer was cut: {e}"),
-            timed_out: false,
-        }),
-        Err(_) => Err(SendError::Unfinished {
-            why: format!(
+    let (why, timed_out) = match whole.read(resp).await {
+        Ok((head, body)) => return Ok(reqwest::Response::from(Response::from_parts(head, body))),
+        Err(Unread::TooLarge) => (
+            format!("its answer is larger than {} bytes", whole.max_bytes),
+            false,
+        ),
+        Err(Unread::Cut(e)) => (format!("its answer was cut: {e}"), false),
+        Err(Unread::TimedOut) => (
+            format!(
                 "its answer did not arrive whole within {} s",
                 whole.within.as_secs()
             ),
-            timed_out: true,
-        }),
-    }
+            true,
+        ),
+    };
+    Err(SendError::Unfinished { why, timed_out })
 }
 
 /// An upstream attempt that produced no response head.
