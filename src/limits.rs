@@ -324,8 +324,8 @@ fn give_back(store: &Arc<dyn Store>, key: Option<KeySettle>, account: Option<Acc
     });
 }
 
-/// What a lease-taking store call took, to give back when nobody is left to hold it.
-/// The key's lease and the account leases.
+/// What a lease-taking store call took, to give back when nobody is left to hold it: the key's
+/// lease and the account leases.
 pub type Leftover = (Option<KeySettle>, Vec<AccountRelease>);
 
 /// Runs `call`, a store call that takes leases, to its end even if the request awaiting it is

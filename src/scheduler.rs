@@ -125,7 +125,7 @@ async fn pick_from(
         return Err(ApiError::new(ErrorKind::Unavailable, message));
     }
     let now_ms = jiff::Timestamp::now().as_millisecond();
-    let order = PickOrder {
+    let order = Arc::new(PickOrder {
         candidates,
         family: ask.model.and_then(health::family_of),
         session: ask.session.map(|id| {
@@ -136,12 +136,11 @@ async fn pick_from(
             )
         }),
         now_ms,
-    };
+    });
     let lease = key.attempt_lease(ask.attempt);
     let store = catalog.store();
     // What is left to give back should this request be gone when the store answers: the picked
     // account's lease; if the call failed, a lease on any candidate it may have picked.
-    let order = Arc::new(order);
     let account = {
         let (key_id, lease, order) = (key.key_id().to_owned(), lease.clone(), Arc::clone(&order));
         move |picked: Option<&store::Picked>| {

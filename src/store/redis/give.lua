@@ -71,8 +71,7 @@ end
 -- Each field's name is built once: p[3] is a hold's or a use's.
 local fields = {}
 local function field(name)
-  fields[#fields + 1] = name
-  return name
+  return listed(fields, name)
 end
 if key and (key_given == 1 or add_used) then
   key.n, key.b = field(kf(key.id, 'n')), field(kf(key.id, 'b'))

@@ -166,6 +166,13 @@ local function due(sweep, now)
   return sweep and sweep ~= '' and tonumber(sweep) <= now
 end
 
+-- Appends a field's name to a list for `read` and returns it, so that a script builds each
+-- name once and keeps it.
+local function listed(fields, name)
+  fields[#fields + 1] = name
+  return name
+end
+
 -- HMGET of a list of fields, as field -> value (nil when absent).
 local function read(fields)
   local values = redis.call('HMGET', STATE, unpack(fields))

@@ -59,8 +59,7 @@ end
 -- One read of everything this call decides on; each field's name is built once.
 local fields = { 'seq', 'kl:sweep', 'al:sweep' }
 local function field(name)
-  fields[#fields + 1] = name
-  return name
+  return listed(fields, name)
 end
 if admission then
   local key = admission.key
