@@ -812,14 +812,7 @@ async fn health_and_metrics_report() {
     let health = relay.health().await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
-    let text = http_client()
-        .get(relay.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = relay.metrics().await;
     for name in [
         "switchyard_requests_total",
         "switchyard_upstream_ttfb_seconds_bucket",

@@ -373,14 +373,7 @@ async fn identical_requests_hit_the_cache_and_others_miss() {
     let (_, again) = generate(&relay, &key, ask.clone()).await;
     assert_eq!(again["data"][0]["url"], first["data"][0]["url"]);
     assert_eq!(mock.seen().len(), 1);
-    let metrics = http_client()
-        .get(relay.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(
         metrics
             .lines()

@@ -188,14 +188,7 @@ async fn when_nothing_can_serve_503_says_when_to_retry() {
         );
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["type"], "error");
-        let text = crate::support::mock::http_client()
-            .get(relay.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = relay.metrics().await;
         assert!(
             text.contains("switchyard_account_status{account_id="),
             "account states in /metrics"

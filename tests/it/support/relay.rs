@@ -109,6 +109,18 @@ impl Relay {
         self.task.take()
     }
 
+    /// `GET /metrics`, the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        http_client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `GET /health`, parsed.
     pub async fn health(&self) -> Value {
         http_client()
