@@ -7,7 +7,8 @@
 # Everything listens on 127.0.0.1 and every load run is bounded in time. It installs what it
 # needs (Debian's nginx, wrk, redis-server, linux-perf; as root), builds the release binaries,
 # and starts its own processes in a temp dir: the mock upstream (src/bin/mock-upstream.rs),
-# nginx in the foreground with its own config and prefix, a redis-server of its own on a free
+# the bare forwarder (src/bin/bench-forwarder.rs: the same stack with nothing on top), nginx in
+# the foreground with its own config and prefix, a redis-server of its own on a free
 # port, and Switchyard on the embedded store and on that Redis. It stops them all on exit.
 #
 # Environment:
@@ -87,10 +88,11 @@ install_tools() {
 
 install_tools
 log "building release binaries"
-cargo build --release --bin switchyard --bin mock-upstream >"$WORK/build.log" 2>&1 ||
+cargo build --release --bin switchyard --bin mock-upstream --bin bench-forwarder >"$WORK/build.log" 2>&1 ||
   { tail -30 "$WORK/build.log"; die "cargo build failed"; }
 SY=$ROOT/target/release/switchyard
 MOCK=$ROOT/target/release/mock-upstream
+BARE=$ROOT/target/release/bench-forwarder
 
 python3 "$HERE/bodies.py" "$WORK/bodies" >/dev/null
 BODIES=$WORK/bodies
@@ -189,6 +191,12 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 PID[nginx]=$!
 wait_ready nginx "http://127.0.0.1:$NGINX_PORT/stats" || die "nginx did not start: $(cat "$NG/error.log")"
 
+# The bare forwarder: Switchyard's stack (tokio, hyper, reqwest) doing nothing but forward.
+BARE_PORT=$(free_port)
+"$BARE" --listen "127.0.0.1:$BARE_PORT" --upstream "$MOCK_URL" >"$WORK/bare.log" 2>&1 &
+PID[bare]=$!
+wait_ready bare "http://127.0.0.1:$BARE_PORT/stats" || die "the bare forwarder did not start: $(cat "$WORK/bare.log")"
+
 ADMIN_TOKEN=bench-admin-token-$(python3 -c 'import secrets; print(secrets.token_hex(12))')
 MASTER_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 declare -A SY_PORT=() SY_KEY=() SY_ERR=()
@@ -240,12 +248,13 @@ setup_switchyard() {
   done
 }
 
-TARGETS=(direct nginx)
-declare -A URL=([direct]=$MOCK_URL [nginx]=http://127.0.0.1:$NGINX_PORT)
-declare -A KEY=([direct]=none [nginx]=none)
+TARGETS=(direct nginx bare)
+declare -A URL=([direct]=$MOCK_URL [nginx]=http://127.0.0.1:$NGINX_PORT [bare]=http://127.0.0.1:$BARE_PORT)
+declare -A KEY=([direct]=none [nginx]=none [bare]=none)
 declare -A LABEL=(
   [direct]="direct to the mock"
   [nginx]="nginx (reverse proxy)"
+  [bare]="bare forwarder (tokio + hyper + reqwest)"
   [sy_embedded]="Switchyard, embedded store"
   [sy_redis]="Switchyard, Redis store"
   [sy_embedded_info]="Switchyard, embedded, log level info"

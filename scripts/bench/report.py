@@ -17,6 +17,7 @@ OUT = Path(sys.argv[2])
 LABEL = {
     "direct": "direct to the mock",
     "nginx": "nginx",
+    "bare": "bare forwarder (tokio + hyper + reqwest)",
     "sy_embedded": "Switchyard, embedded store",
     "sy_redis": "Switchyard, Redis store",
     "sy_embedded_info": "Switchyard, embedded, `log.level = info`",
@@ -35,7 +36,7 @@ SEQ_BODY = {
     "small-stream": "streamed answer (10 deltas), small body",
     "cc-stream": "streamed answer, Claude Code body (76 KB)",
 }
-TARGETS = ["direct", "nginx", "sy_embedded", "sy_redis", "sy_embedded_info"]
+TARGETS = ["direct", "nginx", "bare", "sy_embedded", "sy_redis", "sy_embedded_info"]
 RPS_FLOOR = {"sy_embedded": 0.8, "sy_redis": 0.5}
 ANALYSIS_START = "<!-- analysis:start -->"
 ANALYSIS_END = "<!-- analysis:end -->"
@@ -187,6 +188,42 @@ w(
 )
 w("")
 
+# --- the stack's own cost ----------------------------------------------------------------------
+if any(loads[(s, "bare")] for s in JUDGED):
+    w("## What the stack itself costs: the bare forwarder")
+    w("")
+    w(
+        "The bare forwarder (`src/bin/bench-forwarder.rs`) is a reverse proxy built from Switchyard's "
+        "own stack (tokio, hyper's server, reqwest; one single-threaded runtime per worker, the "
+        "request body read whole) that does nothing but forward: no key, no limits, no scheduling, "
+        "no usage. Its ratio to nginx is the most any relay on this stack can reach; Switchyard's "
+        "ratio to it is the cost of Switchyard's own work. On streamed answers it is slower than "
+        "Switchyard: hyper's client body hands over one chunk per wake-up, and Switchyard's stream "
+        "tap merges chunks that arrive back to back (docs/benchmarks.md, analysis)."
+    )
+    w("")
+    w("| scenario | nginx | bare forwarder | bare vs nginx | Switchyard, embedded | vs bare | Switchyard, Redis | vs bare |")
+    w("|---|---|---|---|---|---|---|---|")
+    for s in JUDGED:
+        ng, bare = loads[(s, "nginx")], loads[(s, "bare")]
+        emb, red = loads[(s, "sy_embedded")], loads[(s, "sy_redis")]
+        rps = lambda r: f"{r['rps']:,.0f}/s" if r else "–"
+        rel = lambda a, b: fmt_ratio(ratio(a and a["rps"], b and b["rps"]))
+        w(
+            f"| {SCENARIO[s]} | {rps(ng)} | {rps(bare)} | {rel(bare, ng)} | {rps(emb)} | "
+            f"{rel(emb, bare)} | {rps(red)} | {rel(red, bare)} |"
+        )
+    bare_lat = added_median("small", "bare")
+    if bare_lat is not None:
+        parts = [f"bare forwarder {us(bare_lat)} ({fmt_ratio(ratio(bare_lat, nginx_lat))} nginx's)"]
+        for t in ("sy_embedded", "sy_redis"):
+            a = added_median("small", t)
+            if a is not None:
+                parts.append(f"{LABEL[t]} {us(a)} ({us(a - bare_lat)} above the bare forwarder)")
+        w("")
+        w("Sequential added latency, small JSON request, median: " + "; ".join(parts) + ".")
+    w("")
+
 # --- analysis (kept) -----------------------------------------------------------------------------
 kept = None
 if OUT.exists():
@@ -217,6 +254,9 @@ stopped at its end:
   `proxy_http_version 1.1`, `proxy_set_header Connection ""`, `proxy_buffering off`,
   `access_log off`, `client_body_buffer_size 1m` (request bodies stay in memory, as in
   Switchyard), `keepalive_requests 1000000` on both sides.
+- **bare forwarder** (`target/release/bench-forwarder`, this repo, `src/bin/bench-forwarder.rs`):
+  Switchyard's stack with nothing on top, the floor for any relay built from it (see "What the
+  stack itself costs").
 - **Switchyard** (`target/release/switchyard`, release profile of `Cargo.toml`) with a config
   file: `log.level = "warn"` (so that one log line per request does not dominate; a run at the
   default `info` is measured beside it, see "Cost of logging"), one key, two accounts both on
