@@ -22,8 +22,8 @@ use crate::auth::new_id;
 use crate::error::{ApiError, ErrorKind};
 use crate::scheduler::health::family_of;
 use crate::store::{
-    AccountRelease, Admission, Admit, KeyRecord, KeySettle, Lease, MeterUse, Picked, Store,
-    StoreError, StoreResult, Taken,
+    AccountRelease, Admission, Admit, KeyRecord, KeySettle, Lease, MeterUse, Picked, SmolStr,
+    Store, StoreError, StoreResult, Taken,
 };
 use crate::usage::TokenUsage;
 use meters::{Estimate, Families, Measure, Planned};
@@ -78,7 +78,7 @@ pub struct KeyLease {
     lease: Lease,
     state: State,
     /// The counters it reserves on: bucket, what it measures, the reservation.
-    meters: Vec<(String, Measure, u64)>,
+    meters: Vec<(SmolStr, Measure, u64)>,
 }
 
 enum State {

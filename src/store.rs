@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+pub use smol_str::SmolStr;
 
 use crate::scheduler::policy::{Health, Report, Sticky};
 use crate::usage::TokenUsage;
@@ -254,7 +255,7 @@ pub struct Admission {
 pub struct Meter {
     /// Names the counter and its period, unique within the key: `win:600:2941337:req`,
     /// `day:2026-11-22`, `week:2026-11-16:opus`, `total`. Made of `[A-Za-z0-9:._-]`.
-    pub bucket: String,
+    pub bucket: SmolStr,
     pub limit: u64,
     /// What this request holds until it settles (its estimate; 1 for a request count).
     pub reserve: u64,
@@ -372,9 +373,9 @@ pub struct KeySettle {
     pub key_id: String,
     pub lease: Lease,
     /// What it reserved, as admitted: `(bucket, reserve)` in the admission's order.
-    pub reserved: Vec<(String, u64)>,
+    pub reserved: Vec<(SmolStr, u64)>,
     /// What the request used: `(bucket, amount)` (as `settle`).
-    pub used: Vec<(String, u64)>,
+    pub used: Vec<(SmolStr, u64)>,
 }
 
 /// An account lease to give back in `finish`.
@@ -593,9 +594,10 @@ pub trait Store: Send + Sync + 'static {
     /// adding what the request really used (`(bucket, amount)`, the buckets of its admission).
     /// Idempotent: settling the same lease twice counts once. A lease that expired before it was
     /// settled already returned its holds; its use is still added.
-    async fn settle(&self, key_id: &str, lease: &Lease, used: &[(String, u64)]) -> StoreResult<()>;
+    async fn settle(&self, key_id: &str, lease: &Lease, used: &[(SmolStr, u64)])
+    -> StoreResult<()>;
     /// The key's live state for these buckets (the key-info view).
-    async fn key_state(&self, key_id: &str, buckets: &[String]) -> StoreResult<KeyState>;
+    async fn key_state(&self, key_id: &str, buckets: &[SmolStr]) -> StoreResult<KeyState>;
     /// Ends a lease: the key's own (taken by `admit`, as `settle` with nothing used) when
     /// `account_id` is `None`, else the account's (taken by `pick_account`). Idempotent.
     async fn release(

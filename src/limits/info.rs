@@ -7,7 +7,7 @@ use super::meters::{self, Estimate, Families, Measure};
 use super::show_time;
 use crate::app::App;
 use crate::error::ApiError;
-use crate::store::KeyRecord;
+use crate::store::{KeyRecord, SmolStr};
 
 /// The view of `key` now; `base` is the key's own JSON (without secrets), extended here.
 pub async fn view(app: &App, key: &KeyRecord, mut base: Value) -> Result<Value, ApiError> {
@@ -20,7 +20,7 @@ pub async fn view(app: &App, key: &KeyRecord, mut base: Value) -> Result<Value, 
         Estimate::default(),
         0,
     )?;
-    let buckets: Vec<String> = planned.iter().map(|p| p.meter.bucket.clone()).collect();
+    let buckets: Vec<SmolStr> = planned.iter().map(|p| p.meter.bucket.clone()).collect();
     let state = app
         .store()
         .key_state(&key.id, &buckets)
@@ -35,7 +35,7 @@ pub async fn view(app: &App, key: &KeyRecord, mut base: Value) -> Result<Value, 
             Measure::Cost => "nanousd",
         };
         usage.insert(
-            p.name.clone(),
+            p.name.to_string(),
             json!({
                 "unit": unit,
                 "limit": p.meter.limit,

@@ -11,6 +11,8 @@
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, civil::Date};
 
+use smol_str::{SmolStr, format_smolstr};
+
 use crate::error::ApiError;
 use crate::store::{KeyLimits, Meter};
 
@@ -32,7 +34,7 @@ pub struct Planned {
     pub measure: Measure,
     /// Names the limit in messages and in the key-info view: `window_requests`, `daily_cost`,
     /// `weekly_cost`, `weekly_opus_cost`, `total_cost`.
-    pub name: String,
+    pub name: SmolStr,
     /// When the period started and when it resets (unix ms); `None` for the total.
     pub period: Option<(i64, i64)>,
 }
@@ -65,7 +67,7 @@ pub fn plan(
 ) -> Result<Vec<Planned>, ApiError> {
     let mut out = Vec::new();
     let keep = |end: i64| Some(end.saturating_add(lease_ttl_ms));
-    let mut push = |name: String, bucket: String, measure, limit, period: Option<(i64, i64)>| {
+    let mut push = |name: SmolStr, bucket: SmolStr, measure, limit, period: Option<(i64, i64)>| {
         let reserve = match measure {
             Measure::Requests => 1,
             Measure::Tokens => estimate.tokens,
@@ -89,7 +91,7 @@ pub fn plan(
             * 1000;
         let index = now_ms.div_euclid(len_ms);
         let period = Some((index * len_ms, (index + 1) * len_ms));
-        let base = format!("win:{}:{index}", window.seconds);
+
         for (suffix, measure, limit) in [
             ("req", Measure::Requests, window.requests),
             ("tok", Measure::Tokens, window.tokens),
@@ -102,8 +104,8 @@ pub fn plan(
                     Measure::Cost => "window_cost",
                 };
                 push(
-                    name.into(),
-                    format!("{base}:{suffix}"),
+                    SmolStr::new_static(name),
+                    format_smolstr!("win:{}:{index}:{suffix}", window.seconds),
                     measure,
                     limit,
                     period,
@@ -123,8 +125,8 @@ pub fn plan(
         } = calendar.day(now_ms)?;
         if let Some(limit) = limits.daily_cost_nanousd {
             push(
-                "daily_cost".into(),
-                format!("day:{today}"),
+                SmolStr::new_static("daily_cost"),
+                format_smolstr!("day:{today}"),
                 Measure::Cost,
                 limit,
                 Some(period),
@@ -132,8 +134,8 @@ pub fn plan(
         }
         if let Some(limit) = limits.weekly_cost_nanousd {
             push(
-                "weekly_cost".into(),
-                format!("week:{monday}"),
+                SmolStr::new_static("weekly_cost"),
+                format_smolstr!("week:{monday}"),
                 Measure::Cost,
                 limit,
                 Some(week),
@@ -142,8 +144,8 @@ pub fn plan(
         for (fam, limit) in &limits.weekly_family_cost_nanousd {
             if family == Families::All || family == Families::Of(Some(fam.as_str())) {
                 push(
-                    format!("weekly_{fam}_cost"),
-                    format!("week:{monday}:{fam}"),
+                    format_smolstr!("weekly_{fam}_cost"),
+                    format_smolstr!("week:{monday}:{fam}"),
                     Measure::Cost,
                     *limit,
                     Some(week),
@@ -153,8 +155,8 @@ pub fn plan(
     }
     if let Some(limit) = limits.total_cost_nanousd {
         push(
-            "total_cost".into(),
-            "total".into(),
+            SmolStr::new_static("total_cost"),
+            SmolStr::new_static("total"),
             Measure::Cost,
             limit,
             None,

@@ -23,7 +23,7 @@ use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 
 use super::{
     AccountRecord, AccountRuntime, Admission, Admit, Bucket, Counters, Dimension, KeyRecord,
-    KeyState, Lease, MeterUse, PickRequest, Picked, RequestLogEntry, Store, StoreError,
+    KeyState, Lease, MeterUse, PickRequest, Picked, RequestLogEntry, SmolStr, Store, StoreError,
     StoreResult, UsageBatch, UsageQuery,
 };
 
@@ -114,7 +114,7 @@ impl EmbeddedStore {
         limits.prune(now_ms());
         let mut write = LimitsWrite::default();
         for k in std::mem::take(&mut limits.dirty_meters) {
-            let value = limits.meters.get(&k).map(encode).transpose()?;
+            let value = limits.meter((&k.0, &k.1)).map(encode).transpose()?;
             write.meters.push((k, value));
         }
         for key_id in std::mem::take(&mut limits.dirty_first_use) {
@@ -207,7 +207,7 @@ type KeyLeases = HashMap<String, KeyLeaseHot>;
 struct KeyLeaseHot {
     deadline: i64,
     /// (bucket, amount) held on the key's meters until the lease settles or expires.
-    holds: Vec<(String, u64)>,
+    holds: Vec<(SmolStr, u64)>,
 }
 
 /// The limit counters of every key. `used` is durable (written with the next usage batch or
@@ -215,12 +215,12 @@ struct KeyLeaseHot {
 /// dies with the leases, which a restart forgets anyway.
 #[derive(Default)]
 struct Limits {
-    /// (key id, bucket) -> counter.
-    meters: HashMap<(String, String), MeterHot>,
+    /// Key id -> bucket -> counter (nested, so that a lookup by `&str` allocates nothing).
+    meters: HashMap<String, HashMap<SmolStr, MeterHot>>,
     /// Key id -> unix ms of its first use.
     first_use: HashMap<String, i64>,
     /// Counters and first uses changed since the last write.
-    dirty_meters: HashSet<(String, String)>,
+    dirty_meters: HashSet<MeterId>,
     dirty_first_use: HashSet<String>,
     /// Lease id -> unix ms it was settled: a second settle of the same lease is ignored.
     settled: HashMap<String, i64>,
@@ -240,9 +240,22 @@ const SETTLED_MEMORY_MS: i64 = 10 * 60 * 1000;
 const SETTLED_PRUNE_AT: usize = 10_000;
 
 impl Limits {
+    fn meter(&self, (key_id, bucket): (&str, &str)) -> Option<&MeterHot> {
+        self.meters.get(key_id)?.get(bucket)
+    }
+
+    /// Changes the counter of (key, bucket), created when missing.
+    fn change(&mut self, key_id: &str, bucket: &SmolStr, f: impl FnOnce(&mut MeterHot)) {
+        if !self.meters.contains_key(key_id) {
+            self.meters.insert(key_id.to_owned(), HashMap::new());
+        }
+        if let Some(of_key) = self.meters.get_mut(key_id) {
+            f(of_key.entry(bucket.clone()).or_default());
+        }
+    }
+
     fn use_of(&self, key_id: &str, bucket: &str) -> MeterUse {
-        self.meters
-            .get(&(key_id.to_owned(), bucket.to_owned()))
+        self.meter((key_id, bucket))
             .map_or(MeterUse::default(), |m| MeterUse {
                 used: m.used,
                 held: m.held,
@@ -250,9 +263,12 @@ impl Limits {
     }
 
     /// Returns what `lease` held on each meter.
-    fn unhold(&mut self, key_id: &str, holds: &[(String, u64)]) {
+    fn unhold(&mut self, key_id: &str, holds: &[(SmolStr, u64)]) {
+        let Some(of_key) = self.meters.get_mut(key_id) else {
+            return;
+        };
         for (bucket, amount) in holds {
-            if let Some(m) = self.meters.get_mut(&(key_id.to_owned(), bucket.clone())) {
+            if let Some(m) = of_key.get_mut(bucket) {
                 m.held = m.held.saturating_sub(*amount);
             }
         }
@@ -275,16 +291,16 @@ impl Limits {
     /// Counters whose period ended are dropped from memory, and from the file at the next write;
     /// settled lease ids are forgotten after a while.
     fn prune(&mut self, now_ms: i64) {
-        let gone: Vec<(String, String)> = self
-            .meters
-            .iter()
-            .filter(|(_, m)| m.held == 0 && m.expires_at.is_some_and(|e| e <= now_ms))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            self.meters.remove(&k);
-            self.dirty_meters.insert(k);
+        for (key_id, of_key) in &mut self.meters {
+            of_key.retain(|bucket, m| {
+                let over = m.held == 0 && m.expires_at.is_some_and(|e| e <= now_ms);
+                if over {
+                    self.dirty_meters.insert((key_id.clone(), bucket.clone()));
+                }
+                !over
+            });
         }
+        self.meters.retain(|_, of_key| !of_key.is_empty());
         if self.settled.len() >= SETTLED_PRUNE_AT {
             self.settled
                 .retain(|_, at| *at > now_ms.saturating_sub(SETTLED_MEMORY_MS));
@@ -307,7 +323,9 @@ fn load_limits(db: &Database, now_ms: i64) -> StoreResult<Limits> {
         if meter.expires_at.is_none_or(|e| e > now_ms) {
             limits
                 .meters
-                .insert((key_id.to_owned(), bucket.to_owned()), meter);
+                .entry(key_id.to_owned())
+                .or_default()
+                .insert(SmolStr::new(bucket), meter);
         }
     }
     for row in txn
@@ -331,7 +349,7 @@ struct LimitsWrite {
 }
 
 /// (key id, bucket).
-type MeterId = (String, String);
+type MeterId = (String, SmolStr);
 
 /// What a `LimitsWrite` covers, to mark dirty again when it failed.
 type LimitsKeys = (Vec<MeterId>, Vec<String>);
@@ -711,13 +729,10 @@ impl Store for EmbeddedStore {
         }
         let mut holds = Vec::with_capacity(admission.meters.len());
         for meter in &admission.meters {
-            let counter = hot
-                .limits
-                .meters
-                .entry((key_id.to_owned(), meter.bucket.clone()))
-                .or_default();
-            counter.held = counter.held.saturating_add(meter.reserve);
-            counter.expires_at = meter.expires_at;
+            hot.limits.change(key_id, &meter.bucket, |counter| {
+                counter.held = counter.held.saturating_add(meter.reserve);
+                counter.expires_at = meter.expires_at;
+            });
             holds.push((meter.bucket.clone(), meter.reserve));
         }
         let ttl = i64::try_from(lease.ttl.as_millis()).unwrap_or(i64::MAX);
@@ -731,7 +746,12 @@ impl Store for EmbeddedStore {
         Ok(Admit::Granted)
     }
 
-    async fn settle(&self, key_id: &str, lease: &Lease, used: &[(String, u64)]) -> StoreResult<()> {
+    async fn settle(
+        &self,
+        key_id: &str,
+        lease: &Lease,
+        used: &[(SmolStr, u64)],
+    ) -> StoreResult<()> {
         let mut guard = self.hot();
         let hot = &mut *guard;
         if hot.limits.settled.contains_key(&lease.id) {
@@ -746,10 +766,12 @@ impl Store for EmbeddedStore {
             }
         }
         for (bucket, amount) in used {
-            let k = (key_id.to_owned(), bucket.clone());
-            let counter = hot.limits.meters.entry(k.clone()).or_default();
-            counter.used = counter.used.saturating_add(*amount);
-            hot.limits.dirty_meters.insert(k);
+            hot.limits.change(key_id, bucket, |counter| {
+                counter.used = counter.used.saturating_add(*amount);
+            });
+            hot.limits
+                .dirty_meters
+                .insert((key_id.to_owned(), bucket.clone()));
         }
         if !used.is_empty() {
             hot.limits.settled.insert(lease.id.clone(), now_ms());
@@ -757,7 +779,7 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    async fn key_state(&self, key_id: &str, buckets: &[String]) -> StoreResult<KeyState> {
+    async fn key_state(&self, key_id: &str, buckets: &[SmolStr]) -> StoreResult<KeyState> {
         let now = now_ms();
         let mut guard = self.hot();
         let hot = &mut *guard;

@@ -49,7 +49,7 @@ use self::scripts::{Call, Scripts};
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Change, Counters,
     Dimension, KeyRecord, KeySettle, KeyState, Lease, MeterUse, PickRequest, Picked,
-    RequestLogEntry, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
+    RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
 use crate::scheduler::policy::{Health, Report, Sticky};
@@ -481,7 +481,12 @@ impl Store for RedisStore {
         }
     }
 
-    async fn settle(&self, key_id: &str, lease: &Lease, used: &[(String, u64)]) -> StoreResult<()> {
+    async fn settle(
+        &self,
+        key_id: &str,
+        lease: &Lease,
+        used: &[(SmolStr, u64)],
+    ) -> StoreResult<()> {
         let key = GiveKey {
             key_id,
             lease,
@@ -491,14 +496,14 @@ impl Store for RedisStore {
         self.give(Some(key), None).await
     }
 
-    async fn key_state(&self, key_id: &str, buckets: &[String]) -> StoreResult<KeyState> {
+    async fn key_state(&self, key_id: &str, buckets: &[SmolStr]) -> StoreResult<KeyState> {
         let mut args = Vec::with_capacity(3 + buckets.len());
         args.extend([
             self.names.swept_prefix(),
             now_ms().to_string(),
             key_id.to_owned(),
         ]);
-        args.extend(buckets.iter().cloned());
+        args.extend(buckets.iter().map(SmolStr::to_string));
         let reply = self
             .scripts
             .key_state
@@ -868,7 +873,7 @@ impl RedisStore {
                 ]);
                 for meter in &admission.meters {
                     args.extend([
-                        meter.bucket.clone(),
+                        meter.bucket.to_string(),
                         meter.limit.to_string(),
                         meter.reserve.to_string(),
                         meter
@@ -1023,7 +1028,7 @@ impl RedisStore {
                     used.len().to_string(),
                 ]);
                 for (bucket, amount) in used {
-                    args.extend([bucket.clone(), amount.to_string()]);
+                    args.extend([bucket.to_string(), amount.to_string()]);
                 }
             }
         }
@@ -1046,8 +1051,8 @@ struct GiveKey<'a> {
     key_id: &'a str,
     lease: &'a Lease,
     /// Its holds as admitted; `None` makes the script look them up.
-    reserved: Option<&'a [(String, u64)]>,
-    used: &'a [(String, u64)],
+    reserved: Option<&'a [(SmolStr, u64)]>,
+    used: &'a [(SmolStr, u64)],
 }
 
 /// `take.lua`'s sticky code.

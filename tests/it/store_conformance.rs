@@ -17,8 +17,8 @@ use switchyard::store::redis::RedisStore;
 use switchyard::store::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters,
     Dimension, KeyRecord, KeySettle, KeyState, Lease, Meter, MeterUse, PickRequest, Picked,
-    Provider, RequestLogEntry, SessionPick, Store, StoreError, StoreResult, Taken, UsageBatch,
-    UsageQuery,
+    Provider, RequestLogEntry, SessionPick, SmolStr, Store, StoreError, StoreResult, Taken,
+    UsageBatch, UsageQuery,
 };
 use switchyard::usage::TokenUsage;
 use tempfile::TempDir;
@@ -258,7 +258,7 @@ fn metered(key_id: &str, now_ms: i64, meters: &[(&str, u64, u64)]) -> Admission 
         meters: meters
             .iter()
             .map(|&(bucket, limit, reserve)| Meter {
-                bucket: bucket.to_owned(),
+                bucket: bucket.into(),
                 limit,
                 reserve,
                 expires_at: Some(now_ms + 3_600_000),
@@ -269,8 +269,8 @@ fn metered(key_id: &str, now_ms: i64, meters: &[(&str, u64, u64)]) -> Admission 
     }
 }
 
-fn used(meters: &[(&str, u64)]) -> Vec<(String, u64)> {
-    meters.iter().map(|&(b, n)| (b.to_owned(), n)).collect()
+fn used(meters: &[(&str, u64)]) -> Vec<(SmolStr, u64)> {
+    meters.iter().map(|&(b, n)| (SmolStr::new(b), n)).collect()
 }
 
 fn counters(n: u64) -> Counters {
@@ -613,7 +613,11 @@ mod cases {
         let state = |s: Arc<dyn Store>| async move {
             s.key_state(
                 "k1",
-                &["day:x".to_owned(), "win:req".to_owned(), "none".to_owned()],
+                &[
+                    SmolStr::new_static("day:x"),
+                    SmolStr::new_static("win:req"),
+                    SmolStr::new_static("none"),
+                ],
             )
             .await
             .unwrap()
@@ -704,7 +708,10 @@ mod cases {
             Admit::Granted
         );
         store.settle("k2", &lease("m1"), &[]).await.unwrap();
-        let s = store.key_state("k2", &["day:x".to_owned()]).await.unwrap();
+        let s = store
+            .key_state("k2", &[SmolStr::new_static("day:x")])
+            .await
+            .unwrap();
         assert_eq!(s.meters, vec![MeterUse::default()]);
         // A refused concurrency check reserves nothing.
         let mut capped = metered("k3", t, &m);
@@ -717,7 +724,10 @@ mod cases {
             store.admit(&capped, &lease("c2")).await.unwrap(),
             Admit::ConcurrencyExceeded { limit: 1 }
         );
-        let s = store.key_state("k3", &["day:x".to_owned()]).await.unwrap();
+        let s = store
+            .key_state("k3", &[SmolStr::new_static("day:x")])
+            .await
+            .unwrap();
         assert_eq!(
             (s.in_flight, s.meters[0]),
             (1, MeterUse { used: 0, held: 30 })
@@ -752,7 +762,10 @@ mod cases {
         }
         assert_eq!(granted, 10);
         let s = store
-            .key_state("k1", &["total".to_owned(), "week:w".to_owned()])
+            .key_state(
+                "k1",
+                &[SmolStr::new_static("total"), SmolStr::new_static("week:w")],
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -784,9 +797,12 @@ mod cases {
             now_ms: t,
         };
         let key_state = |s: Arc<dyn Store>| async move {
-            s.key_state("k1", &["day:x".to_owned(), "win:req".to_owned()])
-                .await
-                .unwrap()
+            s.key_state(
+                "k1",
+                &[SmolStr::new_static("day:x"), SmolStr::new_static("win:req")],
+            )
+            .await
+            .unwrap()
         };
 
         // Both taken.
@@ -938,14 +954,20 @@ mod cases {
                 .unwrap(),
             Admit::Granted
         );
-        let s = store.key_state("k1", &["day:x".to_owned()]).await.unwrap();
+        let s = store
+            .key_state("k1", &[SmolStr::new_static("day:x")])
+            .await
+            .unwrap();
         assert_eq!(s.meters, vec![MeterUse { used: 0, held: 80 }]);
         // Its late settle still counts what it used, and returns no hold twice.
         store
             .settle("k1", &short, &used(&[("day:x", 7)]))
             .await
             .unwrap();
-        let s = store.key_state("k1", &["day:x".to_owned()]).await.unwrap();
+        let s = store
+            .key_state("k1", &[SmolStr::new_static("day:x")])
+            .await
+            .unwrap();
         assert_eq!(s.meters, vec![MeterUse { used: 7, held: 80 }]);
     }
 
