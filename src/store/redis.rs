@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fred::prelude::{Client, ClientLike, HashesInterface, Pool};
-use fred::types::Value;
+use fred::types::{Key, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
@@ -90,6 +90,10 @@ pub struct RedisStore {
     /// The pub/sub connection of the change feed (a subscribed connection can send nothing else).
     subscriber: Client,
     names: Names,
+    /// The keys and first argument of every `live.lua` script, built once (their bytes are
+    /// shared by every call).
+    live_keys: [Key; 3],
+    swept_prefix: Value,
     scripts: Scripts,
     /// This store's identity in usage markers: with one writer per store, the batch ids it last
     /// applied are all a retry needs to be checked against.
@@ -151,6 +155,12 @@ impl RedisStore {
                 .map(|_| OnceLock::new())
                 .collect(),
             subscriber,
+            live_keys: [
+                Key::from(names.live_state()),
+                Key::from(names.key_leases()),
+                Key::from(names.account_leases()),
+            ],
+            swept_prefix: Value::from(names.swept_prefix()),
             names,
             scripts,
             writer: format!("{:016x}", rand::random::<u64>()),
@@ -236,8 +246,15 @@ fn ttl_ms(ttl: Duration) -> i64 {
         .min(MAX_LEASE_TTL_MS)
 }
 
-fn cap_arg(cap: Option<u32>) -> String {
-    cap.map_or_else(|| "-1".to_owned(), |c| c.to_string())
+/// A concurrency cap for a script: -1 for none.
+fn cap_arg(cap: Option<u32>) -> Value {
+    Value::Integer(cap.map_or(-1, i64::from))
+}
+
+/// A count or amount for a script (sent as its decimal digits, as every integer argument is).
+fn uint(n: impl TryInto<i64> + ToString + Copy) -> Value {
+    n.try_into()
+        .map_or_else(|_| Value::from(n.to_string()), Value::Integer)
 }
 
 fn ms(duration: Duration) -> String {
@@ -742,12 +759,11 @@ impl Store for RedisStore {
         let keys = query
             .buckets
             .iter()
-            .map(|bucket| self.names.usage_counter(&query.dimension, bucket))
-            .collect();
+            .map(|bucket| self.names.usage_counter(&query.dimension, bucket));
         let reply = self
             .scripts
             .usage_read
-            .run(self.client(), keys, Vec::new())
+            .run(self.client(), keys, Vec::<Value>::new())
             .await?;
         let rows = reply.into_array();
         if rows.len() != query.buckets.len() {
@@ -853,39 +869,35 @@ impl RedisStore {
         admission: Option<(&Admission, &Lease)>,
         pick: Option<(&PickRequest<'_>, &Lease)>,
     ) -> StoreResult<Taken> {
-        let mut keys = self.names.live();
-        let mut args = vec![self.names.swept_prefix()];
+        let mut keys = self.live_keys.to_vec();
+        let mut args = vec![self.swept_prefix.clone()];
         match admission {
-            None => args.push("0".to_owned()),
+            None => args.push(Value::Integer(0)),
             Some((admission, lease)) => {
                 let now = admission.now_ms;
                 args.extend([
-                    "1".to_owned(),
-                    admission.key_id.clone(),
-                    lease.id.clone(),
-                    now.to_string(),
-                    deadline_ms(now, lease.ttl).to_string(),
+                    Value::Integer(1),
+                    Value::from(admission.key_id.as_str()),
+                    Value::from(lease.id.as_str()),
+                    Value::Integer(now),
+                    Value::Integer(deadline_ms(now, lease.ttl)),
                     cap_arg(admission.max_concurrency),
-                    admission
-                        .valid_after_first_use_ms
-                        .map_or_else(|| "-1".to_owned(), |v| v.to_string()),
-                    admission.meters.len().to_string(),
+                    Value::Integer(admission.valid_after_first_use_ms.unwrap_or(-1)),
+                    uint(admission.meters.len()),
                 ]);
                 for meter in &admission.meters {
                     args.extend([
-                        meter.bucket.to_string(),
-                        meter.limit.to_string(),
-                        meter.reserve.to_string(),
-                        meter
-                            .expires_at
-                            .map_or_else(|| "-1".to_owned(), |e| e.to_string()),
+                        Value::from(meter.bucket.as_str()),
+                        uint(meter.limit),
+                        uint(meter.reserve),
+                        Value::Integer(meter.expires_at.unwrap_or(-1)),
                     ]);
                 }
             }
         }
         let candidates = pick.map_or(&[][..], |(request, _)| request.candidates);
         match pick {
-            None => args.push("0".to_owned()),
+            None => args.push(Value::Integer(0)),
             // Nothing to choose from: no lease, and no admission either (all or nothing).
             Some(_) if candidates.is_empty() => {
                 return Ok(Taken::Picked(Picked::Unavailable { retry_at: None }));
@@ -893,28 +905,28 @@ impl RedisStore {
             Some((request, lease)) => {
                 let clock = now_ms();
                 args.extend([
-                    "1".to_owned(),
-                    lease.id.clone(),
-                    clock.to_string(),
-                    deadline_ms(clock, lease.ttl).to_string(),
-                    request.now_ms.to_string(),
-                    request.family.unwrap_or_default().to_owned(),
+                    Value::Integer(1),
+                    Value::from(lease.id.as_str()),
+                    Value::Integer(clock),
+                    Value::Integer(deadline_ms(clock, lease.ttl)),
+                    Value::Integer(request.now_ms),
+                    Value::from(request.family.unwrap_or_default()),
                 ]);
                 match &request.session {
                     Some(session) => {
-                        keys.push(self.names.session(session.id));
-                        let mode = if session.move_on_overflow { "2" } else { "1" };
-                        args.extend([mode.to_owned(), ttl_ms(session.ttl).to_string()]);
+                        keys.push(Key::from(self.names.session(session.id)));
+                        let mode = if session.move_on_overflow { 2 } else { 1 };
+                        args.extend([Value::Integer(mode), Value::Integer(ttl_ms(session.ttl))]);
                     }
-                    None => args.extend(["0".to_owned(), "0".to_owned()]),
+                    None => args.extend([Value::Integer(0), Value::Integer(0)]),
                 }
-                args.push(candidates.len().to_string());
+                args.push(uint(candidates.len()));
                 for c in candidates {
                     args.extend([
-                        c.account_id.clone(),
-                        c.priority.to_string(),
+                        Value::from(c.account_id.as_str()),
+                        Value::Integer(c.priority.into()),
                         cap_arg(c.max_concurrency),
-                        c.weight.to_string(),
+                        Value::Integer(c.weight.into()),
                     ]);
                 }
             }
@@ -1003,9 +1015,9 @@ impl RedisStore {
         key: Option<GiveKey<'_>>,
         account: Option<(&str, &Lease)>,
     ) -> StoreResult<()> {
-        let mut args = vec![self.names.swept_prefix()];
+        let mut args = vec![self.swept_prefix.clone()];
         match key {
-            None => args.push("0".to_owned()),
+            None => args.push(Value::Integer(0)),
             Some(GiveKey {
                 key_id,
                 lease,
@@ -1021,26 +1033,30 @@ impl RedisStore {
                     },
                 );
                 args.extend([
-                    "1".to_owned(),
-                    key_id.to_owned(),
-                    lease.id.clone(),
-                    holds,
-                    used.len().to_string(),
+                    Value::Integer(1),
+                    Value::from(key_id),
+                    Value::from(lease.id.as_str()),
+                    Value::from(holds),
+                    uint(used.len()),
                 ]);
                 for (bucket, amount) in used {
-                    args.extend([bucket.to_string(), amount.to_string()]);
+                    args.extend([Value::from(bucket.as_str()), uint(*amount)]);
                 }
             }
         }
         match account {
-            None => args.push("0".to_owned()),
+            None => args.push(Value::Integer(0)),
             Some((account_id, lease)) => {
-                args.extend(["1".to_owned(), account_id.to_owned(), lease.id.clone()]);
+                args.extend([
+                    Value::Integer(1),
+                    Value::from(account_id),
+                    Value::from(lease.id.as_str()),
+                ]);
             }
         }
         self.scripts
             .give
-            .run(self.client(), self.names.live(), args)
+            .run(self.client(), self.live_keys.clone(), args)
             .await
             .map(drop)
     }

@@ -7,7 +7,7 @@
 //! nothing ran, so the repeat cannot apply anything twice.
 
 use fred::prelude::{Client, ClientLike, ClusterInterface, Error, LuaInterface};
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::{ClusterHash, CustomCommand, Key, Value};
 
 use super::unavailable;
 use crate::store::StoreResult;
@@ -139,13 +139,16 @@ impl Script {
         self.name
     }
 
-    /// Runs the script: `EVALSHA`, or `EVAL` when the node does not know it.
-    pub(super) async fn run(
+    /// Runs the script: `EVALSHA`, or `EVAL` when the node does not know it. Keys and arguments
+    /// are converted once; the copy kept for the `EVAL` fallback shares their bytes.
+    pub(super) async fn run<K: Into<Key>, V: Into<Value>>(
         &self,
         client: &Client,
-        keys: Vec<String>,
-        args: Vec<String>,
+        keys: impl IntoIterator<Item = K>,
+        args: impl IntoIterator<Item = V>,
     ) -> StoreResult<Value> {
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let args: Vec<Value> = args.into_iter().map(Into::into).collect();
         let first = client
             .evalsha::<Value, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
             .await;
@@ -156,12 +159,14 @@ impl Script {
     }
 
     /// Runs the script from its source (and so caches it on the node that runs it).
-    pub(super) async fn eval(
+    pub(super) async fn eval<K: Into<Key>, V: Into<Value>>(
         &self,
         client: &Client,
-        keys: Vec<String>,
-        args: Vec<String>,
+        keys: impl IntoIterator<Item = K>,
+        args: impl IntoIterator<Item = V>,
     ) -> StoreResult<Value> {
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let args: Vec<Value> = args.into_iter().map(Into::into).collect();
         client
             .eval::<Value, _, _, _>(self.source, keys, args)
             .await
