@@ -199,7 +199,7 @@ if any(loads[(s, "bare")] for s in JUDGED):
         "no usage. Its ratio to nginx is the most any relay on this stack can reach; Switchyard's "
         "ratio to it is the cost of Switchyard's own work. On streamed answers it is slower than "
         "Switchyard: hyper's client body hands over one chunk per wake-up, and Switchyard's stream "
-        "tap merges chunks that arrive back to back (docs/benchmarks.md, analysis)."
+        "tap merges chunks that arrive back to back (see the analysis below)."
     )
     w("")
     w("| scenario | nginx | bare forwarder | bare vs nginx | Switchyard, embedded | vs bare | Switchyard, Redis | vs bare |")
