@@ -131,29 +131,37 @@ w("")
 w("| target | measured | limit | result |")
 w("|---|---|---|---|")
 nginx_lat = added_median("small", "nginx")
-for t in ("sy_embedded", "sy_redis"):
-    a = added_median("small", t)
-    if a is None:
-        w(f"| sequential added latency, median, {LABEL[t]} vs nginx | not measured | ≤ 1.5× | – |")
-        continue
-    r = ratio(a, nginx_lat)
-    w(
-        f"| sequential added latency, median, {LABEL[t]} vs nginx | {us(a)} vs {us(nginx_lat)} = "
-        f"{fmt_ratio(r)} | ≤ 1.5× | {verdict(r is not None and r <= 1.5)} |"
-    )
-for t in ("sy_embedded", "sy_redis"):
-    for s in JUDGED:
-        mine, ref = loads[(s, t)], loads[(s, "nginx")]
-        floor = RPS_FLOOR[t]
-        if not mine or not ref:
-            w(f"| requests/s, {SCENARIO[s]}, {LABEL[t]} vs nginx | not measured | ≥ {floor}× | – |")
+
+
+def ratio_rows(ref, versus):
+    """Issue 4's latency and throughput limits for both Switchyard targets, against `ref`."""
+    ref_lat = added_median("small", ref)
+    for t in ("sy_embedded", "sy_redis"):
+        a = added_median("small", t)
+        if a is None:
+            w(f"| sequential added latency, median, {LABEL[t]} vs {versus} | not measured | ≤ 1.5× | – |")
             continue
-        r = ratio(mine["rps"], ref["rps"])
-        ok = r >= floor and mine["errors"] == 0
+        r = ratio(a, ref_lat)
         w(
-            f"| requests/s, {SCENARIO[s]}, {LABEL[t]} vs nginx | {mine['rps']:,.0f} vs "
-            f"{ref['rps']:,.0f} = {fmt_ratio(r)} | ≥ {floor}× | {verdict(ok)} |"
+            f"| sequential added latency, median, {LABEL[t]} vs {versus} | {us(a)} vs {us(ref_lat)} = "
+            f"{fmt_ratio(r)} | ≤ 1.5× | {verdict(r is not None and r <= 1.5)} |"
         )
+    for t in ("sy_embedded", "sy_redis"):
+        for s in JUDGED:
+            mine, theirs = loads[(s, t)], loads[(s, ref)]
+            floor = RPS_FLOOR[t]
+            if not mine or not theirs:
+                w(f"| requests/s, {SCENARIO[s]}, {LABEL[t]} vs {versus} | not measured | ≥ {floor}× | – |")
+                continue
+            r = ratio(mine["rps"], theirs["rps"])
+            ok = r >= floor and mine["errors"] == 0
+            w(
+                f"| requests/s, {SCENARIO[s]}, {LABEL[t]} vs {versus} | {mine['rps']:,.0f} vs "
+                f"{theirs['rps']:,.0f} = {fmt_ratio(r)} | ≥ {floor}× | {verdict(ok)} |"
+            )
+
+
+ratio_rows("nginx", "nginx")
 for t in ("sy_embedded", "sy_redis"):
     h = holds[("small-stream", t)]
     if not h:
@@ -227,27 +235,9 @@ if any(loads[(s, "bare")] for s in JUDGED):
     # the analysis; reported beside the verdict above, which stays as the issue states it).
     w("The same limits held against the bare forwarder instead of nginx (a proposal, see the analysis):")
     w("")
-    w("| against the bare forwarder | measured | limit | result |")
+    w("| target | measured | limit | result |")
     w("|---|---|---|---|")
-    for t in ("sy_embedded", "sy_redis"):
-        a = added_median("small", t)
-        if a is not None and bare_lat:
-            r = ratio(a, bare_lat)
-            w(
-                f"| sequential added latency, median, {LABEL[t]} | {us(a)} vs {us(bare_lat)} = "
-                f"{fmt_ratio(r)} | ≤ 1.5× | {verdict(r is not None and r <= 1.5)} |"
-            )
-    for t in ("sy_embedded", "sy_redis"):
-        for s in JUDGED:
-            mine, ref = loads[(s, t)], loads[(s, "bare")]
-            if not mine or not ref:
-                continue
-            r = ratio(mine["rps"], ref["rps"])
-            floor = RPS_FLOOR[t]
-            w(
-                f"| requests/s, {SCENARIO[s]}, {LABEL[t]} | {mine['rps']:,.0f} vs {ref['rps']:,.0f} = "
-                f"{fmt_ratio(r)} | ≥ {floor}× | {verdict(r is not None and r >= floor and mine['errors'] == 0)} |"
-            )
+    ratio_rows("bare", "the bare forwarder")
     w("")
 
 # --- analysis (kept) -----------------------------------------------------------------------------
