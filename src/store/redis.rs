@@ -90,9 +90,9 @@ pub struct RedisStore {
     /// The pub/sub connection of the change feed (a subscribed connection can send nothing else).
     subscriber: Client,
     names: Names,
-    /// The keys and first argument of every `live.lua` script, built once (their bytes are
-    /// shared by every call).
-    live_keys: [Key; 3],
+    /// `Names::live()` and `Names::swept_prefix()` as script arguments, built once: every call
+    /// of a `live.lua` script shares their bytes.
+    live_keys: Vec<Key>,
     swept_prefix: Value,
     scripts: Scripts,
     /// This store's identity in usage markers: with one writer per store, the batch ids it last
@@ -155,11 +155,7 @@ impl RedisStore {
                 .map(|_| OnceLock::new())
                 .collect(),
             subscriber,
-            live_keys: [
-                Key::from(names.live_state()),
-                Key::from(names.key_leases()),
-                Key::from(names.account_leases()),
-            ],
+            live_keys: names.live().into_iter().map(Key::from).collect(),
             swept_prefix: Value::from(names.swept_prefix()),
             names,
             scripts,
@@ -454,7 +450,7 @@ impl Store for RedisStore {
             .account_forget
             .run(
                 self.client(),
-                self.names.live(),
+                self.live_keys.clone(),
                 vec![String::new(), id.to_owned()],
             )
             .await?;
@@ -467,11 +463,11 @@ impl Store for RedisStore {
             .account_runtime
             .run(
                 self.client(),
-                self.names.live(),
-                vec![
-                    self.names.swept_prefix(),
-                    now_ms().to_string(),
-                    id.to_owned(),
+                self.live_keys.clone(),
+                [
+                    self.swept_prefix.clone(),
+                    Value::Integer(now_ms()),
+                    Value::from(id),
                 ],
             )
             .await?;
@@ -516,15 +512,15 @@ impl Store for RedisStore {
     async fn key_state(&self, key_id: &str, buckets: &[SmolStr]) -> StoreResult<KeyState> {
         let mut args = Vec::with_capacity(3 + buckets.len());
         args.extend([
-            self.names.swept_prefix(),
-            now_ms().to_string(),
-            key_id.to_owned(),
+            self.swept_prefix.clone(),
+            Value::Integer(now_ms()),
+            Value::from(key_id),
         ]);
-        args.extend(buckets.iter().map(SmolStr::to_string));
+        args.extend(buckets.iter().map(|b| Value::from(b.as_str())));
         let reply = self
             .scripts
             .key_state
-            .run(self.client(), self.names.live(), args)
+            .run(self.client(), self.live_keys.clone(), args)
             .await?;
         let parts = reply.into_array();
         let text = |i: usize| -> StoreResult<String> {
@@ -593,7 +589,7 @@ impl Store for RedisStore {
                 .health_cas
                 .run(
                     self.client(),
-                    self.names.live(),
+                    self.live_keys.clone(),
                     vec![String::new(), account_id.to_owned(), old, new],
                 )
                 .await?;
@@ -869,7 +865,7 @@ impl RedisStore {
         admission: Option<(&Admission, &Lease)>,
         pick: Option<(&PickRequest<'_>, &Lease)>,
     ) -> StoreResult<Taken> {
-        let mut keys = self.live_keys.to_vec();
+        let mut keys = self.live_keys.clone();
         let mut args = vec![self.swept_prefix.clone()];
         match admission {
             None => args.push(Value::Integer(0)),
