@@ -21,13 +21,14 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::Parser;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use switchyard::providers::{response_headers, strip_hop_by_hop};
 use tokio::net::TcpSocket;
 
 #[derive(Parser, Debug)]
@@ -47,26 +48,6 @@ struct Args {
     workers: Option<usize>,
 }
 
-/// Headers that belong to one connection and are not forwarded (RFC 9110, section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-fn forwarded(from: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(from.len());
-    for (name, value) in from {
-        if name != header::HOST && !HOP_BY_HOP.contains(name) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
-}
-
 type Answer = Response<Either<reqwest::Body, Full<Bytes>>>;
 
 fn bad_gateway(why: impl std::fmt::Display) -> Answer {
@@ -76,22 +57,26 @@ fn bad_gateway(why: impl std::fmt::Display) -> Answer {
 }
 
 async fn forward(client: &reqwest::Client, upstream: &str, req: Request<Incoming>) -> Answer {
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => return bad_gateway(e),
     };
     let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{upstream}{path}");
+    // Switchyard's own hop-by-hop rules, both ways; the upstream's host comes from the URL.
+    strip_hop_by_hop(&mut head.headers);
+    head.headers.remove(header::HOST);
     let sent = client
-        .request(head.method, format!("{upstream}{path}"))
-        .headers(forwarded(&head.headers))
+        .request(head.method, url)
+        .headers(head.headers)
         .body(body)
         .send()
         .await;
     match sent {
         Ok(answer) => {
             let (mut head, body) = http::Response::<reqwest::Body>::from(answer).into_parts();
-            head.headers = forwarded(&head.headers);
+            head.headers = response_headers(head.headers);
             Response::from_parts(head, Either::Left(body))
         }
         Err(e) => bad_gateway(e),
