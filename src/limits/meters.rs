@@ -91,7 +91,6 @@ pub fn plan(
             * 1000;
         let index = now_ms.div_euclid(len_ms);
         let period = Some((index * len_ms, (index + 1) * len_ms));
-
         for (suffix, measure, limit) in [
             ("req", Measure::Requests, window.requests),
             ("tok", Measure::Tokens, window.tokens),

@@ -114,7 +114,7 @@ impl EmbeddedStore {
         limits.prune(now_ms());
         let mut write = LimitsWrite::default();
         for k in std::mem::take(&mut limits.dirty_meters) {
-            let value = limits.meter((&k.0, &k.1)).map(encode).transpose()?;
+            let value = limits.meter(&k.0, &k.1).map(encode).transpose()?;
             write.meters.push((k, value));
         }
         for key_id in std::mem::take(&mut limits.dirty_first_use) {
@@ -240,7 +240,7 @@ const SETTLED_MEMORY_MS: i64 = 10 * 60 * 1000;
 const SETTLED_PRUNE_AT: usize = 10_000;
 
 impl Limits {
-    fn meter(&self, (key_id, bucket): (&str, &str)) -> Option<&MeterHot> {
+    fn meter(&self, key_id: &str, bucket: &str) -> Option<&MeterHot> {
         self.meters.get(key_id)?.get(bucket)
     }
 
@@ -255,7 +255,7 @@ impl Limits {
     }
 
     fn use_of(&self, key_id: &str, bucket: &str) -> MeterUse {
-        self.meter((key_id, bucket))
+        self.meter(key_id, bucket)
             .map_or(MeterUse::default(), |m| MeterUse {
                 used: m.used,
                 held: m.held,
