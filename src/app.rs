@@ -14,6 +14,7 @@ use crate::stats::Stats;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
+use crate::upstream_client::UpstreamClient;
 
 /// The LiteLLM-format price file last imported with `switchyard pricing import`.
 pub const IMPORTED_PRICES_FILE: &str = "imported-prices.json";
@@ -42,7 +43,7 @@ pub struct App {
 pub struct WorkerSlot {
     /// The upstream client. A pooled connection's task runs on the runtime that opened it, so
     /// a worker that borrowed another's connection would hand every request across threads.
-    pub http: reqwest::Client,
+    pub http: UpstreamClient,
     /// Client connections open on the worker.
     pub connections: AtomicUsize,
 }
@@ -91,14 +92,22 @@ impl App {
             Duration::from_millis(config.stats.flush_interval_ms),
             config.stats.max_pending_requests,
         );
-        let workers = (0..config.server.worker_count())
+        install_crypto_provider();
+        let workers: Box<[WorkerSlot]> = (0..config.server.worker_count())
             .map(|_| {
                 Ok(WorkerSlot {
-                    http: upstream_client(&config)?,
+                    http: UpstreamClient::new(&config.upstream)?,
                     connections: AtomicUsize::new(0),
                 })
             })
             .collect::<anyhow::Result<_>>()?;
+        if workers.first().is_some_and(|w| w.http.proxied()) {
+            let from = match config.upstream.proxy {
+                Some(_) => "upstream.proxy",
+                None => "the environment",
+            };
+            tracing::info!("upstream calls go through the proxy named by {from}");
+        }
         let image_storage =
             crate::images::storage::Storage::open(&config.images, &config.data_dir)?.map(Arc::new);
         crate::metrics::install();
@@ -121,7 +130,7 @@ impl App {
     }
 
     /// The upstream client of the calling thread's server worker.
-    pub fn http(&self) -> &reqwest::Client {
+    pub fn http(&self) -> &UpstreamClient {
         let i = crate::server::worker_index();
         &self.workers[i % self.workers.len()].http
     }
@@ -163,22 +172,6 @@ pub fn load_pricing(config: &Config) -> anyhow::Result<Pricing> {
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     };
     Ok(Pricing::from_config(&config.pricing, imported)?)
-}
-
-/// The client for upstream calls. No decompression (bodies pass through as sent), rustls with
-/// the ring provider, the platform's trust roots. Timeouts after connecting are the relay's
-/// (first byte) and the tap's (idle), so each can answer in the client's protocol.
-fn upstream_client(config: &Config) -> anyhow::Result<reqwest::Client> {
-    install_crypto_provider();
-    let up = &config.upstream;
-    Ok(reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(up.connect_timeout_secs))
-        .pool_idle_timeout(Duration::from_secs(up.pool_idle_timeout_secs))
-        .pool_max_idle_per_host(up.pool_max_idle_per_host)
-        .tcp_nodelay(true)
-        // A relay passes redirects to the client; following them would resend credentials.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?)
 }
 
 /// rustls needs one process-wide crypto provider before any TLS client is built; ours is ring.

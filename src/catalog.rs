@@ -21,13 +21,7 @@ pub struct Account {
     pub api_key: HeaderValue,
     /// `record.models` compiled once.
     models: Vec<glob::Pattern>,
-    /// Upstream URLs built for this account, parsed: requests go to the same few URLs, and
-    /// parsing one (host and all) costs more than copying it. At most `MAX_CACHED_URLS`.
-    urls: DashMap<String, reqwest::Url>,
 }
-
-/// Beyond this many distinct URLs (client queries vary), an account's URLs are parsed per request.
-const MAX_CACHED_URLS: usize = 64;
 
 impl std::fmt::Debug for Account {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,19 +39,6 @@ impl Account {
     /// Whether this account's `models` globs admit `model` (no globs: every model).
     pub fn serves(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|p| p.matches(model))
-    }
-
-    /// `url` parsed as reqwest would parse it, from this account's cache when it was built
-    /// before. `None` when it does not parse (reqwest then reports the error as it would).
-    pub fn parsed_url(&self, url: &str) -> Option<reqwest::Url> {
-        if let Some(parsed) = self.urls.get(url) {
-            return Some(parsed.clone());
-        }
-        let parsed = reqwest::Url::parse(url).ok()?;
-        if self.urls.len() < MAX_CACHED_URLS {
-            self.urls.insert(url.to_owned(), parsed.clone());
-        }
-        Some(parsed)
     }
 }
 
@@ -209,61 +190,6 @@ impl Catalog {
             record,
             api_key,
             models,
-            urls: DashMap::new(),
         })
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::store::Provider;
-
-    fn account() -> Account {
-        Account {
-            record: AccountRecord {
-                id: "acc".to_owned(),
-                name: "acc".to_owned(),
-                provider: Provider::Anthropic,
-                base_url: "https://api.example.com".to_owned(),
-                sealed_api_key: "sealed".to_owned(),
-                priority: 0,
-                schedulable: true,
-                enabled: true,
-                models: Vec::new(),
-                max_concurrency: None,
-                weight: 1,
-                group: None,
-                api_version: None,
-                deployments: Default::default(),
-                created_at: 0,
-            },
-            api_key: HeaderValue::from_static("k"),
-            models: Vec::new(),
-            urls: DashMap::new(),
-        }
-    }
-
-    #[test]
-    fn parsed_urls_are_what_parsing_gives_cached_up_to_a_limit() {
-        let a = account();
-        for url in [
-            "https://api.example.com/v1/messages",
-            "https://api.example.com/v1/messages?beta=true",
-            "http://127.0.0.1:8080/v1beta/models/g:streamGenerateContent?alt=sse",
-        ] {
-            let expected = reqwest::Url::parse(url).unwrap();
-            assert_eq!(a.parsed_url(url).unwrap(), expected);
-            assert_eq!(a.parsed_url(url).unwrap(), expected, "from the cache");
-        }
-        assert_eq!(a.urls.len(), 3);
-        assert!(a.parsed_url("not a url").is_none());
-        assert!(a.parsed_url("https://bad host/").is_none());
-        for i in 0..2 * MAX_CACHED_URLS {
-            let url = format!("https://api.example.com/v1/messages?n={i}");
-            assert_eq!(a.parsed_url(&url).unwrap().as_str(), url);
-        }
-        assert_eq!(a.urls.len(), MAX_CACHED_URLS);
     }
 }

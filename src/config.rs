@@ -142,6 +142,10 @@ pub struct UpstreamConfig {
     /// Idle upstream connections are kept this long for reuse.
     pub pool_idle_timeout_secs: u64,
     pub pool_max_idle_per_host: usize,
+    /// Send every upstream call through this proxy (`http://`, `https://`; credentials may go in
+    /// the URL). Unset, `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` and `NO_PROXY` from the
+    /// environment apply.
+    pub proxy: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -152,6 +156,7 @@ impl Default for UpstreamConfig {
             idle_timeout_secs: 300,
             pool_idle_timeout_secs: 90,
             pool_max_idle_per_host: 256,
+            proxy: None,
         }
     }
 }

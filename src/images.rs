@@ -489,7 +489,10 @@ fn whole_answer(cfg: &ImagesConfig) -> WholeAnswer {
 
 /// Reads the whole upstream answer. A successful one is already in memory (the attempt read it:
 /// `Call::whole_answer`); an error answer is read here.
-async fn read_all(upstream: reqwest::Response, whole: WholeAnswer) -> Result<Bytes, ApiError> {
+async fn read_all(
+    upstream: crate::upstream_client::UpstreamResponse,
+    whole: WholeAnswer,
+) -> Result<Bytes, ApiError> {
     match whole.read(upstream).await {
         Ok((_, body)) => Ok(body),
         Err(Unread::TooLarge) => Err(ApiError::new(

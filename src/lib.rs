@@ -38,6 +38,7 @@ pub mod stats;
 pub mod store;
 pub mod stream;
 pub mod translate;
+pub mod upstream_client;
 pub mod usage;
 
 /// Helpers for the unit tests.

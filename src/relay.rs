@@ -146,7 +146,7 @@ where
     };
     let account = picked.account;
 
-    let (mut head, upstream_body) = http::Response::<reqwest::Body>::from(upstream).into_parts();
+    let (mut head, upstream_body) = upstream.into_parts();
     head.headers = providers::response_headers(head.headers);
     let streaming = head
         .headers
@@ -173,7 +173,7 @@ where
         leases: Some((key_lease, picked.lease)),
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
-    let tapped = Tap::new(upstream_body.map_err(BoxError::from), settle).with_idle_timeout(idle);
+    let tapped = Tap::new(upstream_body, settle).with_idle_timeout(idle);
     let body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
     m::upstream_ttfb().record((head_at - sent_at).as_secs_f64());
     m::relay_overhead().record(((sent_at - started) + head_at.elapsed()).as_secs_f64());

@@ -149,6 +149,12 @@ fn valid_base_url(url: &str) -> Result<String, ApiError> {
             "base_url: must not carry credentials or a query",
         ));
     }
+    // Requests go out to the URL as written, which must then be a URI as hyper reads it too.
+    if !url.is_ascii() || http::Uri::try_from(url).is_err() {
+        return Err(ApiError::invalid(
+            "base_url: must not contain characters that need percent-encoding",
+        ));
+    }
     Ok(url.to_owned())
 }
 
@@ -330,4 +336,33 @@ pub async fn reset(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError>
     tracing::info!(account_id = id, "account health reset by an admin");
     let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
     ok(StatusCode::OK, &view(&account, &runtime))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::valid_base_url;
+
+    #[test]
+    fn base_urls_are_http_urls_that_go_out_as_written() {
+        assert_eq!(
+            valid_base_url(" https://api.example.com/ ").unwrap(),
+            "https://api.example.com"
+        );
+        assert_eq!(
+            valid_base_url("http://127.0.0.1:8080/proxy/v1").unwrap(),
+            "http://127.0.0.1:8080/proxy/v1"
+        );
+        for bad in [
+            "api.example.com",
+            "ftp://api.example.com",
+            "https://user:pw@api.example.com",
+            "https://api.example.com/?x=1",
+            "https://api.example.com/a b",
+            "https://api.example.com/ü",
+        ] {
+            let e = valid_base_url(bad).unwrap_err();
+            assert!(e.to_string().contains("base_url"), "{bad}: {e}");
+        }
+    }
 }

@@ -171,15 +171,26 @@ impl WholeAnswer {
     /// Reads `resp`'s body whole within these bounds: its head, and the body.
     pub async fn read(
         &self,
-        resp: reqwest::Response,
+        resp: crate::upstream_client::UpstreamResponse,
     ) -> Result<(http::response::Parts, Bytes), Unread> {
-        let (head, body) = http::Response::from(resp).into_parts();
+        let (head, mut body) = resp.into_parts();
         let limit = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
-        let collect = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
-        match tokio::time::timeout(self.within, collect).await {
-            Ok(Ok(collected)) => Ok((head, collected.to_bytes())),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Unread::TooLarge),
-            Ok(Err(e)) => Err(Unread::Cut(e.to_string())),
+        let read = async {
+            let mut whole = bytes::BytesMut::new();
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                let frame = frame.map_err(|e| Unread::Cut(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    if whole.len().saturating_add(data.len()) > limit {
+                        return Err(Unread::TooLarge);
+                    }
+                    whole.extend_from_slice(&data);
+                }
+            }
+            Ok(whole.freeze())
+        };
+        match tokio::time::timeout(self.within, read).await {
+            Ok(Ok(whole)) => Ok((head, whole)),
+            Ok(Err(unread)) => Err(unread),
             Err(_) => Err(Unread::TimedOut),
         }
     }

@@ -26,7 +26,7 @@ pub(crate) struct Ctx<'a> {
 /// The attempt whose answer goes to the client.
 pub(crate) struct Served {
     pub(crate) picked: Picked,
-    pub(crate) upstream: reqwest::Response,
+    pub(crate) upstream: crate::upstream_client::UpstreamResponse,
     pub(crate) sent_at: Instant,
     pub(crate) head_at: Instant,
 }

@@ -14,6 +14,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::metrics as m;
 use crate::providers::{self, anthropic, azure, gemini, openai};
 use crate::store::Provider;
+use crate::upstream_client::{UpstreamError, UpstreamResponse};
 
 /// The URL and headers of `call` for `account`, in its vendor's convention.
 fn request_for(
@@ -52,7 +53,7 @@ pub(super) async fn send(
     call: &Call,
     client: &http::HeaderMap,
     account: &Account,
-) -> Result<(reqwest::Response, Instant), SendError> {
+) -> Result<(UpstreamResponse, Instant), SendError> {
     let Some((url, headers)) = request_for(call, client, account) else {
         return Err(SendError::Mismatch(account.record.provider));
     };
@@ -69,11 +70,7 @@ pub(super) async fn send(
         }
         _ => call.body.clone(),
     };
-    let request = match account.parsed_url(&url) {
-        Some(parsed) => app.http().request(call.method.clone(), parsed),
-        None => app.http().request(call.method.clone(), url),
-    };
-    let send = request.headers(headers).body(body).send();
+    let send = app.http().send(call.method.clone(), url, headers, body);
     let resp = match tokio::time::timeout(first_byte, send).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => return Err(SendError::Failed(e)),
@@ -89,11 +86,14 @@ pub(super) async fn send(
 
 /// Reads a successful answer whole, and hands it on as a response with that body in memory.
 async fn read_whole(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     whole: WholeAnswer,
-) -> Result<reqwest::Response, SendError> {
+) -> Result<UpstreamResponse, SendError> {
     let (why, timed_out) = match whole.read(resp).await {
-        Ok((head, body)) => return Ok(reqwest::Response::from(Response::from_parts(head, body))),
+        Ok((head, body)) => {
+            let body = http_body_util::Either::Right(crate::body::full(body));
+            return Ok(Response::from_parts(head, body));
+        }
         Err(Unread::TooLarge) => (
             format!("its answer is larger than {} bytes", whole.max_bytes),
             false,
@@ -112,7 +112,7 @@ async fn read_whole(
 
 /// An upstream attempt that produced no response head.
 pub(super) enum SendError {
-    Failed(reqwest::Error),
+    Failed(UpstreamError),
     Timeout(Duration),
     /// A head came, but an answer taken whole (`Call::whole_answer`) did not: why, and whether
     /// for lack of time.
@@ -128,7 +128,7 @@ impl SendError {
     pub(super) fn describe(&self) -> String {
         match self {
             SendError::Timeout(limit) => format!("no response within {} s", limit.as_secs()),
-            SendError::Failed(e) => format!("request failed: {e}"),
+            SendError::Failed(e) => format!("request failed: {}", e.message),
             SendError::Unfinished { why, .. } => why.clone(),
             SendError::Mismatch(p) => format!("a {} account cannot serve this", p.as_str()),
         }
@@ -141,18 +141,12 @@ impl SendError {
                 p.as_str()
             )),
             SendError::Failed(e) => {
-                let reason = if e.is_connect() {
-                    "connect"
-                } else if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "other"
-                };
-                metrics::counter!(m::UPSTREAM_ERRORS, "reason" => reason).increment(1);
-                // reqwest's message names the URL (the account's base URL, not a secret) and the cause.
+                metrics::counter!(m::UPSTREAM_ERRORS, "reason" => e.reason).increment(1);
+                // The message names the URL without its query (the account's base URL, not a
+                // secret) and the cause.
                 ApiError::new(
                     ErrorKind::BadGateway,
-                    format!("the upstream request failed ({reason}): {e}"),
+                    format!("the upstream request failed ({}): {}", e.reason, e.message),
                 )
             }
             SendError::Unfinished { why, timed_out } => {
@@ -191,11 +185,12 @@ pub(super) struct Buffered {
 
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-pub(super) async fn buffer_failure(resp: reqwest::Response) -> Buffered {
-    let status = resp.status();
-    let mut headers = providers::response_headers(resp.headers().clone());
+pub(super) async fn buffer_failure(resp: UpstreamResponse) -> Buffered {
+    let (head, upstream_body) = resp.into_parts();
+    let status = head.status;
+    let mut headers = providers::response_headers(head.headers);
     let mut body = Vec::new();
-    let mut stream = http_body_util::BodyDataStream::new(reqwest::Body::from(resp));
+    let mut stream = http_body_util::BodyDataStream::new(upstream_body);
     let read = async {
         while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
             let room = MAX_ERROR_BODY.saturating_sub(body.len());

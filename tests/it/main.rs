@@ -5,6 +5,7 @@ mod failover;
 mod images;
 mod limits;
 mod mocks;
+mod proxy;
 mod redis;
 mod scheduler;
 mod store_conformance;
