@@ -191,7 +191,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 PID[nginx]=$!
 wait_ready nginx "http://127.0.0.1:$NGINX_PORT/stats" || die "nginx did not start: $(cat "$NG/error.log")"
 
-# The bare forwarder: Switchyard's stack (tokio, hyper, reqwest) doing nothing but forward.
+# The bare forwarder: Switchyard's stack (tokio, hyper, hyper-util's client) doing nothing but forward.
 BARE_PORT=$(free_port)
 "$BARE" --listen "127.0.0.1:$BARE_PORT" --upstream "$MOCK_URL" >"$WORK/bare.log" 2>&1 &
 PID[bare]=$!
@@ -254,7 +254,7 @@ declare -A KEY=([direct]=none [nginx]=none [bare]=none)
 declare -A LABEL=(
   [direct]="direct to the mock"
   [nginx]="nginx (reverse proxy)"
-  [bare]="bare forwarder (tokio + hyper + reqwest)"
+  [bare]="bare forwarder (tokio + hyper + hyper-util)"
   [sy_embedded]="Switchyard, embedded store"
   [sy_redis]="Switchyard, Redis store"
   [sy_embedded_info]="Switchyard, embedded, log level info"

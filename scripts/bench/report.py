@@ -17,7 +17,7 @@ OUT = Path(sys.argv[2])
 LABEL = {
     "direct": "direct to the mock",
     "nginx": "nginx",
-    "bare": "bare forwarder (tokio + hyper + reqwest)",
+    "bare": "bare forwarder (tokio + hyper + hyper-util)",
     "sy_embedded": "Switchyard, embedded store",
     "sy_redis": "Switchyard, Redis store",
     "sy_embedded_info": "Switchyard, embedded, `log.level = info`",
@@ -202,7 +202,7 @@ if any(loads[(s, "bare")] for s in JUDGED):
     w("")
     w(
         "The bare forwarder (`src/bin/bench-forwarder.rs`) is a reverse proxy built from Switchyard's "
-        "own stack (tokio, hyper's server, reqwest; one single-threaded runtime per worker, the "
+        "own stack (tokio, hyper's server, hyper-util's client; one single-threaded runtime per worker, the "
         "request body read whole) that does nothing but forward: no key, no limits, no scheduling, "
         "no usage. Its ratio to nginx is the most any relay on this stack can reach; Switchyard's "
         "ratio to it is the cost of Switchyard's own work. On streamed answers it is slower than "

@@ -1,5 +1,5 @@
 //! The floor for the benchmark: a reverse proxy built from Switchyard's own stack (tokio,
-//! hyper's server, reqwest) that does nothing but forward. No keys, no limits, no scheduling,
+//! hyper's server, hyper-util's pooled client) that does nothing but forward. No keys, no limits, no scheduling,
 //! no usage: what a request costs on this stack before Switchyard does any of its work.
 //!
 //! It serves the way Switchyard does: one single-threaded runtime per worker, each with its own
@@ -27,7 +27,8 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use switchyard::providers::{response_headers, strip_hop_by_hop};
 use tokio::net::TcpSocket;
 
@@ -48,7 +49,8 @@ struct Args {
     workers: Option<usize>,
 }
 
-type Answer = Response<Either<reqwest::Body, Full<Bytes>>>;
+type Answer = Response<Either<Incoming, Full<Bytes>>>;
+type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
 fn bad_gateway(why: impl std::fmt::Display) -> Answer {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!("{why}\n")))));
@@ -56,26 +58,26 @@ fn bad_gateway(why: impl std::fmt::Display) -> Answer {
     resp
 }
 
-async fn forward(client: &reqwest::Client, upstream: &str, req: Request<Incoming>) -> Answer {
+async fn forward(client: &Client, upstream: &str, req: Request<Incoming>) -> Answer {
     let (mut head, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => return bad_gateway(e),
     };
     let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("{upstream}{path}");
+    head.uri = match format!("{upstream}{path}").parse() {
+        Ok(uri) => uri,
+        Err(e) => return bad_gateway(e),
+    };
     // Switchyard's own hop-by-hop rules, both ways; the upstream's host comes from the URL.
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::HOST);
-    let sent = client
-        .request(head.method, url)
-        .headers(head.headers)
-        .body(body)
-        .send()
-        .await;
-    match sent {
+    match client
+        .request(Request::from_parts(head, Full::new(body)))
+        .await
+    {
         Ok(answer) => {
-            let (mut head, body) = http::Response::<reqwest::Body>::from(answer).into_parts();
+            let (mut head, body) = answer.into_parts();
             head.headers = response_headers(head.headers);
             Response::from_parts(head, Either::Left(body))
         }
@@ -93,10 +95,11 @@ fn worker(listen: SocketAddr, upstream: Arc<str>) -> anyhow::Result<()> {
         socket.set_reuseport(true)?;
         socket.bind(listen)?;
         let listener = socket.listen(1024)?;
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
@@ -119,7 +122,6 @@ fn main() -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
         bail!("refusing to listen on {}: loopback only", args.listen);
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
     // Port 0: the first bind picks the port and the other workers join it.
     let probe = std::net::TcpListener::bind(args.listen).context("binding the listen address")?;
     let listen = probe.local_addr()?;
