@@ -222,8 +222,11 @@ struct Limits {
     /// Counters and first uses changed since the last write.
     dirty_meters: HashSet<MeterId>,
     dirty_first_use: HashSet<String>,
-    /// Lease id -> unix ms it was settled: a second settle of the same lease is ignored.
-    settled: HashMap<String, i64>,
+    /// Lease id -> unix ms it was swept: a lease that passed its deadline before it was settled
+    /// gave its holds back then, and its late settle still adds its use (once). A settle of a
+    /// lease neither held nor swept (given back already) is ignored, as in the Redis store.
+    /// Nothing is remembered of the leases settled in time: that would be every request.
+    swept: HashMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
@@ -234,10 +237,8 @@ struct MeterHot {
     expires_at: Option<i64>,
 }
 
-/// Settled lease ids are remembered this long (past any retry of a settle).
-const SETTLED_MEMORY_MS: i64 = 10 * 60 * 1000;
-/// ... and swept when the map reaches this size.
-const SETTLED_PRUNE_AT: usize = 10_000;
+/// Swept leases are remembered this long for their late settle (the Redis store's `SWEPT_TTL`).
+const SWEPT_MEMORY_MS: i64 = 10 * 60 * 1000;
 
 impl Limits {
     fn meter(&self, key_id: &str, bucket: &str) -> Option<&MeterHot> {
@@ -284,12 +285,13 @@ impl Limits {
         for id in expired {
             if let Some(lease) = leases.remove(&id) {
                 self.unhold(key_id, &lease.holds);
+                self.swept.insert(id, now_ms);
             }
         }
     }
 
     /// Counters whose period ended are dropped from memory, and from the file at the next write;
-    /// settled lease ids are forgotten after a while.
+    /// swept lease ids are forgotten after a while.
     fn prune(&mut self, now_ms: i64) {
         for (key_id, of_key) in &mut self.meters {
             of_key.retain(|bucket, m| {
@@ -301,9 +303,9 @@ impl Limits {
             });
         }
         self.meters.retain(|_, of_key| !of_key.is_empty());
-        if self.settled.len() >= SETTLED_PRUNE_AT {
-            self.settled
-                .retain(|_, at| *at > now_ms.saturating_sub(SETTLED_MEMORY_MS));
+        if !self.swept.is_empty() {
+            self.swept
+                .retain(|_, at| *at > now_ms.saturating_sub(SWEPT_MEMORY_MS));
         }
     }
 }
@@ -754,16 +756,19 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<()> {
         let mut guard = self.hot();
         let hot = &mut *guard;
-        if hot.limits.settled.contains_key(&lease.id) {
-            return Ok(());
-        }
+        let mut held = false;
         if let Some(leases) = hot.keys.get_mut(key_id) {
             if let Some(taken) = leases.remove(&lease.id) {
                 hot.limits.unhold(key_id, &taken.holds);
+                held = true;
             }
             if leases.is_empty() {
                 hot.keys.remove(key_id);
             }
+        }
+        // Neither held nor swept: given back before; its use was counted then.
+        if !held && hot.limits.swept.remove(&lease.id).is_none() {
+            return Ok(());
         }
         for (bucket, amount) in used {
             hot.limits.change(key_id, bucket, |counter| {
@@ -772,9 +777,6 @@ impl Store for EmbeddedStore {
             hot.limits
                 .dirty_meters
                 .insert((key_id.to_owned(), bucket.clone()));
-        }
-        if !used.is_empty() {
-            hot.limits.settled.insert(lease.id.clone(), now_ms());
         }
         Ok(())
     }
@@ -986,5 +988,52 @@ impl Store for EmbeddedStore {
         // the limit counters changed since the last usage batch. The rest of the hot state is
         // deliberately not persisted.
         self.record_usage(&UsageBatch::default()).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{Admission, Meter};
+    use std::time::Duration;
+
+    /// Settling in time leaves nothing behind: memory does not grow with the requests served.
+    #[tokio::test]
+    async fn settled_leases_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 100).unwrap();
+        let now = now_ms();
+        let admission = Admission {
+            key_id: "k".to_owned(),
+            max_concurrency: Some(10),
+            meters: vec![Meter {
+                bucket: SmolStr::new_static("day:x"),
+                limit: 1_000_000,
+                reserve: 5,
+                expires_at: Some(now + 3_600_000),
+            }],
+            valid_after_first_use_ms: None,
+            now_ms: now,
+        };
+        for i in 0..1_000 {
+            let lease = Lease {
+                id: format!("l{i}"),
+                ttl: Duration::from_secs(60),
+            };
+            assert_eq!(
+                store.admit(&admission, &lease).await.unwrap(),
+                Admit::Granted
+            );
+            let used = [(SmolStr::new_static("day:x"), 2)];
+            store.settle("k", &lease, &used).await.unwrap();
+            // A second settle (a retried give-back) counts nothing.
+            store.settle("k", &lease, &used).await.unwrap();
+        }
+        let hot = store.hot();
+        assert!(hot.keys.is_empty());
+        assert!(hot.limits.swept.is_empty());
+        let meter = hot.limits.meter("k", "day:x").unwrap();
+        assert_eq!((meter.used, meter.held), (2_000, 0));
     }
 }
