@@ -2087,6 +2087,13 @@ mod cases {
                 .unwrap()
                 .is_empty()
         );
+        // A batch that overflows the log by several entries trims as many of the oldest.
+        let third: Vec<_> = (7..=10).map(|n| log_entry(n, "k1")).collect();
+        store.record_usage(&batch(&[], third)).await.unwrap();
+        assert_eq!(
+            ids(&store.recent_requests(None, 100).await.unwrap()),
+            ["req-10", "req-9", "req-8", "req-7", "req-6"]
+        );
     }
 
     pub async fn records_survive_reopen(backend: &impl Backend) {
