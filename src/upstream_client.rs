@@ -2,8 +2,8 @@
 //!
 //! Straight to the vendor, the request goes through hyper-util's pooled client over rustls
 //! (HTTP/1.1, or h2 where the vendor offers it by ALPN): the least work per request this stack
-//! allows. reqwest on the same path spent about 10 µs more of CPU per request, a third of what
-//! the whole forward costs (docs/benchmarks.md, session 7).
+//! allows. reqwest on the same path spent 10–20 µs more of CPU per small request, a third of
+//! what a bare forward costs (docs/benchmarks.md, session 7).
 //!
 //! Through a proxy (`upstream.proxy`, or `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` in the
 //! environment), the request goes through reqwest instead, which speaks to HTTP and HTTPS
@@ -127,12 +127,13 @@ impl UpstreamClient {
                 Err(e) => Pending::Invalid(e),
             },
             UpstreamClient::Proxied(client) => {
+                let target = url.split('?').next().unwrap_or_default().to_owned();
                 let sent = client
                     .request(method, url)
                     .headers(headers)
                     .body(body)
                     .send();
-                Pending::Proxied(Box::pin(sent))
+                Pending::Proxied(target, Box::pin(sent))
             }
         };
         async move {
@@ -144,13 +145,13 @@ impl UpstreamClient {
                         message: format!("{target}: {}", chain(&e)),
                     }),
                 },
-                Pending::Proxied(sent) => match sent.await {
+                Pending::Proxied(target, sent) => match sent.await {
                     Ok(resp) => Ok(http::Response::<reqwest::Body>::from(resp)
                         .map(|body| Either::Right(body.map_err(BoxError::from).boxed()))),
                     Err(e) => Err(UpstreamError {
                         reason: if e.is_connect() { "connect" } else { "other" },
-                        // reqwest names the URL, without its query, and the cause.
-                        message: chain(&e),
+                        // reqwest's own message would name the URL with its query.
+                        message: format!("{target}: {}", chain(&e.without_url())),
                     }),
                 },
                 Pending::Invalid(e) => Err(UpstreamError {
@@ -166,7 +167,10 @@ impl UpstreamClient {
 enum Pending {
     Direct(String, ResponseFuture),
     /// Boxed: reqwest does not name its future, and this path is not the fast one.
-    Proxied(Pin<Box<dyn Future<Output = reqwest::Result<reqwest::Response>> + Send>>),
+    Proxied(
+        String,
+        Pin<Box<dyn Future<Output = reqwest::Result<reqwest::Response>> + Send>>,
+    ),
     Invalid(http::uri::InvalidUri),
 }
 

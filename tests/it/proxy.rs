@@ -131,8 +131,11 @@ async fn a_dead_proxy_is_a_bad_gateway_that_names_no_credential() {
     .await;
     let account = relay.add_account(&mock, "sk-a", json!({})).await;
     let (_, key) = relay.create_key("k").await;
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+    let resp = crate::support::mock::http_client()
+        .post(relay.url("/v1/messages?beta=true"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&messages_body("claude-sonnet-4-5", false))
         .send()
         .await
         .unwrap();
@@ -141,6 +144,14 @@ async fn a_dead_proxy_is_a_bad_gateway_that_names_no_credential() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "api_error");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("(connect)"), "{message}");
+    // Where it went (without the query), but no credential of the proxy's or the account's.
+    assert!(
+        message.contains(&format!("{}/v1/messages:", mock.base_url())),
+        "{message}"
+    );
+    assert!(!text.contains("beta=true"), "{text}");
     assert!(!text.contains("s3cret") && !text.contains("sk-a"), "{text}");
     assert!(mock.requests().is_empty());
     assert_eq!(relay.account_in_flight(&account).await, 0);
