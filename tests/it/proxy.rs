@@ -71,6 +71,36 @@ async fn forward_proxy() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
     (addr, seen)
 }
 
+/// Sends a request (with a query) that cannot reach its upstream: a 502 in Anthropic's shape
+/// whose message says it could not connect and names `base` + the path, never the query. The
+/// whole answer, for more checks.
+async fn cannot_connect(relay: &Relay, key: &str, base: &str) -> String {
+    let resp = relay
+        .messages_at(
+            "/v1/messages?beta=true",
+            key,
+            &messages_body("claude-sonnet-4-5", false),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (&v["type"], &v["error"]["type"]),
+        (&json!("error"), &json!("api_error"))
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("(connect)"), "{message}");
+    assert!(
+        message.contains(&format!("{base}/v1/messages:")),
+        "{message}"
+    );
+    assert!(!text.contains("beta=true"), "{text}");
+    text
+}
+
 fn closed_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -131,27 +161,8 @@ async fn a_dead_proxy_is_a_bad_gateway_that_names_no_credential() {
     .await;
     let account = relay.add_account(&mock, "sk-a", json!({})).await;
     let (_, key) = relay.create_key("k").await;
-    let resp = crate::support::mock::http_client()
-        .post(relay.url("/v1/messages?beta=true"))
-        .header("x-api-key", &key)
-        .header("anthropic-version", "2023-06-01")
-        .json(&messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    let text = resp.text().await.unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["type"], "error");
-    assert_eq!(v["error"]["type"], "api_error");
-    let message = v["error"]["message"].as_str().unwrap();
-    assert!(message.contains("(connect)"), "{message}");
-    // Where it went (without the query), but no credential of the proxy's or the account's.
-    assert!(
-        message.contains(&format!("{}/v1/messages:", mock.base_url())),
-        "{message}"
-    );
-    assert!(!text.contains("beta=true"), "{text}");
+    let text = cannot_connect(&relay, &key, &mock.base_url()).await;
+    // No credential of the proxy's or the account's.
     assert!(!text.contains("s3cret") && !text.contains("sk-a"), "{text}");
     assert!(mock.requests().is_empty());
     assert_eq!(relay.account_in_flight(&account).await, 0);
@@ -183,24 +194,6 @@ async fn a_direct_call_that_cannot_connect_names_the_url_without_its_query() {
         .await;
     assert_eq!(status, 201, "{v}");
     let (_, key) = relay.create_key("k").await;
-    let resp = crate::support::mock::http_client()
-        .post(relay.url("/v1/messages?beta=true"))
-        .header("x-api-key", &key)
-        .header("anthropic-version", "2023-06-01")
-        .json(&messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    let v: Value = resp.json().await.unwrap();
-    let message = v["error"]["message"].as_str().unwrap();
-    assert!(message.contains("(connect)"), "{message}");
-    assert!(
-        message.contains(&format!("http://{dead}/v1/messages:")),
-        "{message}"
-    );
-    assert!(
-        !message.contains("beta=true") && !message.contains("sk-x"),
-        "{message}"
-    );
+    let text = cannot_connect(&relay, &key, &format!("http://{dead}")).await;
+    assert!(!text.contains("sk-x"), "{text}");
 }

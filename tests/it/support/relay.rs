@@ -232,8 +232,13 @@ impl Relay {
 
     /// A Messages request with the key as `x-api-key`.
     pub fn messages(&self, key: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.messages_at("/v1/messages", key, body)
+    }
+
+    /// The same, to `path` (e.g. with a query).
+    pub fn messages_at(&self, path: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
         http_client()
-            .post(self.url("/v1/messages"))
+            .post(self.url(path))
             .header("x-api-key", key)
             .header("anthropic-version", "2023-06-01")
             .json(body)
