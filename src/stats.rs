@@ -1,14 +1,14 @@
 //! Usage statistics: aggregated in memory, written to the store in one batch per interval.
 //!
-//! The relay hands each finished request to `Stats::record`, which only sends it down a channel:
-//! nothing on the request path waits for the store. One task owns the aggregate; every
-//! `flush_interval` (and on `flush`, and at shutdown) it writes what accumulated in one
-//! `Store::record_usage` call. A failed write keeps the batch and retries it, unchanged and under
+//! The relay hands each finished request to `Stats::record`, which only appends it to a shared
+//! inbox: nothing on the request path waits for the store, or wakes another thread. One task
+//! owns the aggregate; every `flush_interval` (and on `flush`, and at shutdown) it empties the
+//! inbox into it and writes what accumulated in one `Store::record_usage` call. A failed write keeps the batch and retries it, unchanged and under
 //! the same id, so acknowledged usage is neither lost nor counted twice while the store is
 //! unavailable; see `Writer`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -18,10 +18,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::{Bucket, Counters, Dimension, RequestLogEntry, Store, UsageBatch};
 
 enum Msg {
-    Request {
-        entry: Box<RequestLogEntry>,
-        billed: bool,
-    },
     Flush(oneshot::Sender<()>),
     /// Flush, then stop: the task lets go of the store.
     Stop(oneshot::Sender<()>),
@@ -31,6 +27,33 @@ enum Msg {
 #[derive(Clone)]
 pub struct Stats {
     tx: mpsc::UnboundedSender<Msg>,
+    inbox: Arc<Inbox>,
+}
+
+/// Finished requests not yet taken by the task. A channel would wake the task (on another
+/// thread, most of the time) once per request; the inbox is emptied on the task's own schedule.
+#[derive(Default)]
+struct Inbox(Mutex<Queued>);
+
+#[derive(Default)]
+struct Queued {
+    /// False once the task stopped taking: what comes after is lost (and counted).
+    closed: bool,
+    requests: Vec<(RequestLogEntry, bool)>,
+}
+
+impl Inbox {
+    /// A poisoned lock is recovered: no code panics while holding it.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Everything queued so far; with `close`, nothing is accepted afterwards.
+    fn take(&self, close: bool) -> Vec<(RequestLogEntry, bool)> {
+        let mut queued = self.lock();
+        queued.closed |= close;
+        std::mem::take(&mut queued.requests)
+    }
 }
 
 impl Stats {
@@ -42,25 +65,26 @@ impl Stats {
             interval,
             max_pending_requests,
         };
+        let inbox = Arc::new(Inbox::default());
         // Stopped by: `Stats::stop` at shutdown, or the last handle being dropped.
-        tokio::spawn(run(store, cfg, rx));
-        Stats { tx }
+        tokio::spawn(run(store, cfg, rx, Arc::clone(&inbox)));
+        Stats { tx, inbox }
     }
 
     /// Counts a finished request. `billed` requests add to the usage counters; every request
     /// goes to the request log.
     pub fn record(&self, entry: RequestLogEntry, billed: bool) {
-        if self
-            .tx
-            .send(Msg::Request {
-                entry: Box::new(entry),
-                billed,
-            })
-            .is_err()
         {
-            tracing::error!("usage recorded after the stats task stopped; it is lost");
-            metrics::counter!(crate::metrics::USAGE_DROPPED).increment(1);
+            let mut queued = self.inbox.lock();
+            // A task that ended without closing the inbox (its runtime went away) drops its
+            // receiver: nothing would ever take the entry.
+            if !queued.closed && !self.tx.is_closed() {
+                queued.requests.push((entry, billed));
+                return;
+            }
         }
+        tracing::error!("usage recorded after the stats task stopped; it is lost");
+        metrics::counter!(crate::metrics::USAGE_DROPPED).increment(1);
     }
 
     /// Returns once everything recorded before this call has been written to the store (or the
@@ -82,7 +106,12 @@ impl Stats {
     }
 }
 
-async fn run(store: Arc<dyn Store>, cfg: Limits, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn run(
+    store: Arc<dyn Store>,
+    cfg: Limits,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    inbox: Arc<Inbox>,
+) {
     let mut w = Writer {
         store,
         cfg,
@@ -94,19 +123,17 @@ async fn run(store: Arc<dyn Store>, cfg: Limits, mut rx: mpsc::UnboundedReceiver
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(Msg::Request { entry, billed }) => w.add(*entry, billed),
                 Some(Msg::Flush(done)) => {
+                    w.take(&inbox, false);
                     w.write().await;
                     let _ = done.send(());
                 }
                 Some(Msg::Stop(done)) => {
+                    // Whatever was recorded before the stop still counts; nothing after it.
+                    w.take(&inbox, true);
                     rx.close();
-                    // Whatever was queued before the stop still counts.
-                    while let Some(msg) = rx.recv().await {
-                        match msg {
-                            Msg::Request { entry, billed } => w.add(*entry, billed),
-                            Msg::Flush(other) | Msg::Stop(other) => { let _ = other.send(()); }
-                        }
+                    while let Some(Msg::Flush(other) | Msg::Stop(other)) = rx.recv().await {
+                        let _ = other.send(());
                     }
                     w.finish().await;
                     let _ = done.send(());
@@ -114,9 +141,13 @@ async fn run(store: Arc<dyn Store>, cfg: Limits, mut rx: mpsc::UnboundedReceiver
                 }
                 None => break,
             },
-            _ = ticker.tick() => w.write().await,
+            _ = ticker.tick() => {
+                w.take(&inbox, false);
+                w.write().await;
+            }
         }
     }
+    w.take(&inbox, true);
     w.finish().await;
 }
 
@@ -140,6 +171,13 @@ struct Writer {
 }
 
 impl Writer {
+    /// Adds what the inbox holds.
+    fn take(&mut self, inbox: &Inbox, close: bool) {
+        for (entry, billed) in inbox.take(close) {
+            self.add(entry, billed);
+        }
+    }
+
     fn add(&mut self, entry: RequestLogEntry, billed: bool) {
         self.pending.add(entry, billed);
         let queued =
@@ -471,5 +509,41 @@ mod tests {
         )));
         assert_eq!(batch_of(&[]), UsageBatch::default());
         assert!(Pending::default().is_empty());
+    }
+
+    /// The inbox is taken by `flush` and by `stop` without the task being woken per request;
+    /// what comes after the stop is not written.
+    #[tokio::test]
+    async fn flush_and_stop_write_what_was_recorded_before_them_and_nothing_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path(), 100).unwrap());
+        // No tick during the test: only `flush` and `stop` write.
+        let stats = Stats::spawn(Arc::clone(&store), Duration::from_secs(3600), 1_000);
+        let logged = || async {
+            let mut ids: Vec<String> = store
+                .recent_requests(None, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.request_id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let at = 1_795_336_200_000;
+        stats.record(entry("a", at, "k", Some("acc"), "m", 1), true);
+        stats.flush().await;
+        assert_eq!(logged().await, ["a"]);
+        stats.record(entry("b", at + 1, "k", Some("acc"), "m", 2), true);
+        stats.stop().await;
+        assert_eq!(logged().await, ["a", "b"]);
+        stats.record(entry("c", at + 2, "k", Some("acc"), "m", 3), true);
+        stats.flush().await;
+        assert_eq!(logged().await, ["a", "b"]);
+        assert!(
+            stats.inbox.lock().requests.is_empty(),
+            "nothing kept after the stop"
+        );
     }
 }
