@@ -176,17 +176,30 @@ impl WholeAnswer {
         let (head, mut body) = resp.into_parts();
         let limit = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
         let read = async {
-            let mut whole = bytes::BytesMut::new();
+            // The chunks as they came; joined once at the end, and not at all when there is one
+            // (an answer already in memory, or a small one).
+            let (mut chunks, mut len) = (Vec::new(), 0usize);
             while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
                 let frame = frame.map_err(|e| Unread::Cut(e.to_string()))?;
                 if let Ok(data) = frame.into_data() {
-                    if whole.len().saturating_add(data.len()) > limit {
+                    len = len.saturating_add(data.len());
+                    if len > limit {
                         return Err(Unread::TooLarge);
                     }
-                    whole.extend_from_slice(&data);
+                    chunks.push(data);
                 }
             }
-            Ok(whole.freeze())
+            Ok(match chunks.len() {
+                0 => Bytes::new(),
+                1 => chunks.swap_remove(0),
+                _ => {
+                    let mut whole = bytes::BytesMut::with_capacity(len);
+                    for chunk in &chunks {
+                        whole.extend_from_slice(chunk);
+                    }
+                    whole.freeze()
+                }
+            })
         };
         match tokio::time::timeout(self.within, read).await {
             Ok(Ok(whole)) => Ok((head, whole)),
