@@ -117,12 +117,12 @@ impl UpstreamClient {
         let pending = match self {
             UpstreamClient::Direct(client) => match http::Uri::try_from(url) {
                 Ok(uri) => {
-                    let target = describe(&uri);
                     let mut request = http::Request::new(Full::new(body));
                     *request.method_mut() = method;
-                    *request.uri_mut() = uri;
+                    // Kept for an error message: a clone shares the parsed URI's bytes.
+                    *request.uri_mut() = uri.clone();
                     *request.headers_mut() = headers;
-                    Pending::Direct(target, client.request(request))
+                    Pending::Direct(uri, client.request(request))
                 }
                 Err(e) => Pending::Invalid(e),
             },
@@ -138,11 +138,11 @@ impl UpstreamClient {
         };
         async move {
             match pending {
-                Pending::Direct(target, sent) => match sent.await {
+                Pending::Direct(uri, sent) => match sent.await {
                     Ok(resp) => Ok(resp.map(Either::Left)),
                     Err(e) => Err(UpstreamError {
                         reason: if e.is_connect() { "connect" } else { "other" },
-                        message: format!("{target}: {}", chain(&e)),
+                        message: format!("{}: {}", describe(&uri), chain(&e)),
                     }),
                 },
                 Pending::Proxied(target, sent) => match sent.await {
@@ -165,7 +165,7 @@ impl UpstreamClient {
 
 /// A request on its way, before its head came back.
 enum Pending {
-    Direct(String, ResponseFuture),
+    Direct(http::Uri, ResponseFuture),
     /// Boxed: reqwest does not name its future, and this path is not the fast one.
     Proxied(
         String,
