@@ -3,9 +3,9 @@
 //! The relay hands each finished request to `Stats::record`, which only appends it to a shared
 //! inbox: nothing on the request path waits for the store, or wakes another thread. One task
 //! owns the aggregate; every `flush_interval` (and on `flush`, and at shutdown) it empties the
-//! inbox into it and writes what accumulated in one `Store::record_usage` call. A failed write keeps the batch and retries it, unchanged and under
-//! the same id, so acknowledged usage is neither lost nor counted twice while the store is
-//! unavailable; see `Writer`.
+//! inbox into it and writes what accumulated in one `Store::record_usage` call. A failed write
+//! keeps the batch and retries it, unchanged and under the same id, so acknowledged usage is
+//! neither lost nor counted twice while the store is unavailable; see `Writer`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};

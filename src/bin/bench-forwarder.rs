@@ -1,6 +1,7 @@
 //! The floor for the benchmark: a reverse proxy built from Switchyard's own stack (tokio,
-//! hyper's server, hyper-util's pooled client) that does nothing but forward. No keys, no limits, no scheduling,
-//! no usage: what a request costs on this stack before Switchyard does any of its work.
+//! hyper's server, hyper-util's pooled client) that does nothing but forward. No keys, no
+//! limits, no scheduling, no usage: what a request costs on this stack before Switchyard does
+//! any of its work.
 //!
 //! It serves the way Switchyard does: one single-threaded runtime per worker, each with its own
 //! upstream client (so a request never leaves its thread), and it reads the request body whole
