@@ -48,7 +48,7 @@ use self::names::Names;
 use self::scripts::{Call, Scripts};
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Change, Counters,
-    Dimension, KeyRecord, KeySettle, KeyState, Lease, MeterUse, PickRequest, Picked,
+    Dimension, KeyRecord, KeySettle, KeyState, Lease, Meter, MeterUse, PickRequest, Picked,
     RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
@@ -240,6 +240,17 @@ fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_nanos().div_ceil(1_000_000))
         .unwrap_or(i64::MAX)
         .min(MAX_LEASE_TTL_MS)
+}
+
+/// A key's meter registry as `take.lua` writes it when the key holds exactly these meters: each
+/// `bucket=expires_at;` (-1: never), sorted.
+fn registry(meters: &[Meter]) -> String {
+    let mut parts: Vec<String> = meters
+        .iter()
+        .map(|m| format!("{}={};", m.bucket, m.expires_at.unwrap_or(-1)))
+        .collect();
+    parts.sort_unstable();
+    parts.concat()
 }
 
 /// A concurrency cap for a script: -1 for none.
@@ -871,14 +882,23 @@ impl RedisStore {
             None => args.push(Value::Integer(0)),
             Some((admission, lease)) => {
                 let now = admission.now_ms;
+                let mut member = names::lp(&admission.key_id);
+                names::push_lp(&mut member, &lease.id);
+                for meter in &admission.meters {
+                    member.push_str(&meter.bucket);
+                    member.push('=');
+                    member.push_str(&meter.reserve.to_string());
+                    member.push(';');
+                }
                 args.extend([
                     Value::Integer(1),
-                    Value::from(admission.key_id.as_str()),
-                    Value::from(lease.id.as_str()),
+                    Value::from(names::key_prefix(&admission.key_id)),
+                    Value::from(member),
                     Value::Integer(now),
                     Value::Integer(deadline_ms(now, lease.ttl)),
                     cap_arg(admission.max_concurrency),
                     Value::Integer(admission.valid_after_first_use_ms.unwrap_or(-1)),
+                    Value::from(registry(&admission.meters)),
                     uint(admission.meters.len()),
                 ]);
                 for meter in &admission.meters {
@@ -902,7 +922,7 @@ impl RedisStore {
                 let clock = now_ms();
                 args.extend([
                     Value::Integer(1),
-                    Value::from(lease.id.as_str()),
+                    Value::from(names::lp(&lease.id)),
                     Value::Integer(clock),
                     Value::Integer(deadline_ms(clock, lease.ttl)),
                     Value::Integer(request.now_ms),
@@ -920,6 +940,7 @@ impl RedisStore {
                 for c in candidates {
                     args.extend([
                         Value::from(c.account_id.as_str()),
+                        Value::from(names::account_prefix(&c.account_id)),
                         Value::Integer(c.priority.into()),
                         cap_arg(c.max_concurrency),
                         Value::Integer(c.weight.into()),
@@ -1028,10 +1049,12 @@ impl RedisStore {
                             .collect()
                     },
                 );
+                let mut member = names::lp(key_id);
+                names::push_lp(&mut member, &lease.id);
                 args.extend([
                     Value::Integer(1),
-                    Value::from(key_id),
-                    Value::from(lease.id.as_str()),
+                    Value::from(names::key_prefix(key_id)),
+                    Value::from(member),
                     Value::from(holds),
                     uint(used.len()),
                 ]);
@@ -1043,10 +1066,12 @@ impl RedisStore {
         match account {
             None => args.push(Value::Integer(0)),
             Some((account_id, lease)) => {
+                let mut member = names::lp(account_id);
+                names::push_lp(&mut member, &lease.id);
                 args.extend([
                     Value::Integer(1),
-                    Value::from(account_id),
-                    Value::from(lease.id.as_str()),
+                    Value::from(names::account_prefix(account_id)),
+                    Value::from(member),
                 ]);
             }
         }

@@ -2148,7 +2148,9 @@ mod cases {
 mod redis_only {
     use super::*;
 
-    use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface, LuaInterface};
+    use fred::prelude::{
+        Builder, Client, ClientLike, Config, HashesInterface, KeysInterface, LuaInterface,
+    };
     use futures_util::TryStreamExt;
     use switchyard::store::Change;
 
@@ -2561,6 +2563,103 @@ mod redis_only {
             let log = store.recent_requests(Some(id), 10).await.unwrap();
             assert_eq!(ids_of(&log), [format!("req-{i}")], "{id}");
         }
+    }
+
+    /// A key's meter registry (`take.lua`): an admission whose meters are registered as it
+    /// would write them changes nothing about them; one whose period ended is dropped with its
+    /// counters by the next admission; a late settle on it does not bring it back.
+    #[tokio::test]
+    async fn meters_whose_period_ended_are_dropped() {
+        let Some(backend) = redis_backend("REDIS_URL") else {
+            return;
+        };
+        let store = backend.open().await;
+        let raw = raw_client(&backend.url).await;
+        let state = format!("{}{{live}}:state", backend.prefix);
+        let field = |name: &str| format!("k2:k1{name}");
+        let t0 = now_ms();
+        let at = |now: i64, day: &str| {
+            let mut a = metered("k1", now, &[(day, 100, 10), ("total", 1_000, 10)]);
+            a.meters[0].expires_at = Some(now + 1_000);
+            a.meters[1].expires_at = None;
+            a
+        };
+        let first = at(t0, "day:1");
+        assert_eq!(
+            store.admit(&first, &lease("l1")).await.unwrap(),
+            Admit::Granted
+        );
+        let registry = format!("day:1={};total=-1;", t0 + 1_000);
+        let b: Option<String> = raw.hget(&state, field("b")).await.unwrap();
+        assert_eq!(b.as_deref(), Some(registry.as_str()));
+        store
+            .settle("k1", &lease("l1"), &used(&[("day:1", 3), ("total", 3)]))
+            .await
+            .unwrap();
+
+        // The same meters again: the registry stays as it is, the holds add up.
+        assert_eq!(
+            store.admit(&first, &lease("l2")).await.unwrap(),
+            Admit::Granted
+        );
+        let b: Option<String> = raw.hget(&state, field("b")).await.unwrap();
+        assert_eq!(b.as_deref(), Some(registry.as_str()));
+        let s = store
+            .key_state("k1", &["day:1".into(), "total".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.meters,
+            [
+                MeterUse { used: 3, held: 10 },
+                MeterUse { used: 3, held: 10 }
+            ]
+        );
+
+        // The next day: day:1 is over, dropped from the registry with its counters.
+        let t1 = t0 + 2_000;
+        assert_eq!(
+            store.admit(&at(t1, "day:2"), &lease("l3")).await.unwrap(),
+            Admit::Granted
+        );
+        let b: Option<String> = raw.hget(&state, field("b")).await.unwrap();
+        assert_eq!(b, Some(format!("day:2={};total=-1;", t1 + 1_000)));
+        for gone in ["u:day:1", "h:day:1"] {
+            let exists: bool = raw.hexists(&state, field(gone)).await.unwrap();
+            assert!(!exists, "{gone}");
+        }
+
+        // l2 settles late, its holds as admitted: day:1 stays gone, the total counts it.
+        store
+            .finish(
+                Some(&KeySettle {
+                    key_id: "k1".to_owned(),
+                    lease: lease("l2"),
+                    reserved: used(&[("day:1", 10), ("total", 10)]),
+                    used: used(&[("day:1", 5), ("total", 5)]),
+                }),
+                None,
+            )
+            .await
+            .unwrap();
+        for gone in ["u:day:1", "h:day:1"] {
+            let exists: bool = raw.hexists(&state, field(gone)).await.unwrap();
+            assert!(!exists, "{gone} came back");
+        }
+        let s = store
+            .key_state("k1", &["day:1".into(), "day:2".into(), "total".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.meters,
+            [
+                MeterUse { used: 0, held: 0 },
+                MeterUse { used: 0, held: 10 },
+                MeterUse { used: 8, held: 10 },
+            ]
+        );
+        assert_eq!(s.in_flight, 1);
+        raw.quit().await.unwrap();
     }
 
     fn ids_of(entries: &[RequestLogEntry]) -> Vec<String> {

@@ -17,10 +17,40 @@ pub(super) fn escape(part: &str) -> String {
         .replace('}', "%7D")
 }
 
-/// The field of `live_state` that holds `field` of an account (live.lua's `af`): the id is
-/// length-prefixed, so that no id can end where another begins.
+/// An id length-prefixed (live.lua's `lp`): `<byte length>:<id>`, so that no id can end where
+/// another begins.
+pub(super) fn lp(id: &str) -> String {
+    let mut out = String::with_capacity(id.len() + 4);
+    push_lp(&mut out, id);
+    out
+}
+
+/// Appends `lp(id)` to `out`.
+pub(super) fn push_lp(out: &mut String, id: &str) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{}:", id.len());
+    out.push_str(id);
+}
+
+/// What every field of `live_state` that belongs to a key starts with (live.lua's `kf`).
+pub(super) fn key_prefix(key_id: &str) -> String {
+    let mut out = String::with_capacity(key_id.len() + 5);
+    out.push('k');
+    push_lp(&mut out, key_id);
+    out
+}
+
+/// What every field of `live_state` that belongs to an account starts with (live.lua's `af`).
+pub(super) fn account_prefix(account_id: &str) -> String {
+    let mut out = String::with_capacity(account_id.len() + 5);
+    out.push('a');
+    push_lp(&mut out, account_id);
+    out
+}
+
+/// The field of `live_state` that holds `field` of an account (live.lua's `af`).
 pub(super) fn account_field(account_id: &str, field: &str) -> String {
-    format!("a{}:{account_id}{field}", account_id.len())
+    account_prefix(account_id) + field
 }
 
 /// Key names under one installation's prefix.
@@ -161,6 +191,17 @@ mod tests {
             Some(0) | None => name,
             Some(len) => &name[open + 1..open + 1 + len],
         }
+    }
+
+    #[test]
+    fn live_state_names_length_prefix_ids_in_bytes() {
+        assert_eq!(lp("k1"), "2:k1");
+        assert_eq!(lp("é"), "2:é");
+        assert_eq!(key_prefix("k1"), "k2:k1");
+        assert_eq!(account_prefix("acc:9"), "a5:acc:9");
+        assert_eq!(account_field("acc:9", "n"), "a5:acc:9n");
+        // "1:a" + "2:bc" and "2:1:" + ... can never meet: the length says where an id ends.
+        assert_ne!(lp("a") + &lp("bc"), lp("a2:bc"));
     }
 
     #[test]

@@ -7,15 +7,24 @@
 -- Contender::load, choose) line for line; a change there must be made here too (the
 -- conformance suite runs the same cases on both stores).
 --
+-- Written to allocate little: every string and table a call makes is garbage that Redis's Lua
+-- must collect, and that collection (which walks every loaded script) is most of what a script
+-- costs. So the caller builds the names it can (field prefixes, lease members, the registry as
+-- this admission would write it), arguments are read where they lie in ARGV instead of being
+-- copied into tables, and values are taken from the HMGET reply by position.
+--
 -- KEYS[1..3] as live.lua; KEYS[4] <p>{live}:sess:<session> (only read with a session): the bound
 -- account id, then '\n' and the unix ms it was last written.
--- ARGV[1] '<p>{live}:swept:', then the admission: '0' none, or '1', key id, lease id, now (unix
--- ms, the admission clock), deadline, cap or -1, validity after first use (ms) or -1, meter
--- count, and per meter: bucket, limit, reserve, expires_at or -1;
--- then the pick: '0' none, or '1', lease id, clock (unix ms: lease liveness and deadline, `last`),
--- deadline, now (unix ms: health is judged at this time), family or '', session mode ('0' none,
--- '1' escape on overflow, '2' move on overflow), session TTL (ms; '0' drops the binding instead
--- of setting it), candidate count, and per candidate: id, priority, cap or -1, weight.
+-- ARGV[1] '<p>{live}:swept:', then the admission: '0' none, or '1', the key's field prefix
+-- ('k' lp(key)), its lease's member in the key lease set (lp(key) lp(lease) 'bucket=reserve;'...),
+-- now (unix ms, the admission clock), deadline, cap or -1, validity after first use (ms) or -1,
+-- the meter registry as this admission writes it when it holds exactly its meters (sorted
+-- 'bucket=expires_at;'...), meter count, and per meter: bucket, limit, reserve, expires_at or -1;
+-- then the pick: '0' none, or '1', lp(lease), clock (unix ms: lease liveness and deadline,
+-- `last`), deadline, now (unix ms: health is judged at this time), family or '', session mode
+-- ('0' none, '1' escape on overflow, '2' move on overflow), session TTL (ms; '0' drops the
+-- binding instead of setting it), candidate count, and per candidate: id, field prefix
+-- ('a' lp(id)), priority, cap or -1, weight.
 --
 -- Returns {1} at the key's concurrency cap, {2, meter (0-based), used, held} a meter is full,
 -- {3, first use} the key's validity since its first use has run out; else {0} without a pick,
@@ -24,153 +33,164 @@
 -- unix ms as a decimal string, '' when none recovers on its own). Nothing is written unless the
 -- whole call succeeds: a refused admission or an unavailable pick leaves no lease.
 
-local admission = nil
-if arg() == '1' then
-  admission = {
-    key = arg(), lease = arg(), now = tonumber(arg()), deadline = arg(), cap = tonumber(arg()),
-    valid = tonumber(arg()), meters = {},
-  }
-  for i = 1, tonumber(arg()) do
-    admission.meters[i] = { bucket = arg(), limit = tonumber(arg()), reserve = arg(), expires = arg() }
-  end
+-- Where each part's arguments start in ARGV (0: absent).
+local A, M, P, C = 0, 0, 0, 0
+local meters, n = 0, 0
+if ARGV[2] == '1' then
+  A = 3
+  meters = tonumber(ARGV[A + 7])
+  M = A + 8
+  P = M + 4 * meters
+else
+  P = 3
 end
-local pick = nil
-if arg() == '1' then
-  pick = {
-    lease = arg(), clock = tonumber(arg()), deadline = arg(), now = tonumber(arg()),
-    family = arg(), session = arg(), session_ttl = arg(), ids = {}, priority = {}, cap = {},
-    weight = {},
-  }
-  if pick.family == '' then
-    pick.family = nil
-  end
-  for i = 1, tonumber(arg()) do
-    pick.ids[i] = arg()
-    pick.priority[i] = tonumber(arg())
-    pick.cap[i] = tonumber(arg())
-    local w = tonumber(arg())
-    if w < 1 then
-      w = 1
-    end
-    pick.weight[i] = w
-  end
+if ARGV[P] == '1' then
+  n = tonumber(ARGV[P + 8])
+  C = P + 9
+else
+  P = 0
 end
+-- Per meter i: bucket M+4(i-1), limit +1, reserve +2, expires +3. Per candidate i: id
+-- C+5(i-1), prefix +1, priority +2, cap +3, weight +4.
 
--- One read of everything this call decides on; each field's name is built once.
+-- One HMGET of everything this call decides on, in this order: seq, kl:sweep, al:sweep; the
+-- key's n, first, b, then per meter u, h; then per candidate n, seq, last, h.
 local fields = { 'seq', 'kl:sweep', 'al:sweep' }
-local function field(name)
-  return listed(fields, name)
-end
-if admission then
-  local key = admission.key
-  admission.n, admission.first, admission.b = field(kf(key, 'n')), field(kf(key, 'first')),
-      field(kf(key, 'b'))
-  for _, m in ipairs(admission.meters) do
-    m.u, m.h = field(kf(key, 'u:' .. m.bucket)), field(kf(key, 'h:' .. m.bucket))
+local KV, CV = 0, 0 -- where the key's and the candidates' values start in the reply
+if A > 0 then
+  local kp = ARGV[A]
+  KV = 4
+  fields[4], fields[5], fields[6] = kp .. 'n', kp .. 'first', kp .. 'b'
+  for i = 0, meters - 1 do
+    local bucket = ARGV[M + 4 * i]
+    fields[7 + 2 * i], fields[8 + 2 * i] = kp .. 'u:' .. bucket, kp .. 'h:' .. bucket
   end
 end
-if pick then
-  pick.n, pick.seq, pick.last, pick.h = {}, {}, {}, {}
-  for i, id in ipairs(pick.ids) do
-    pick.n[i], pick.seq[i] = field(af(id, 'n')), field(af(id, 'seq'))
-    pick.last[i], pick.h[i] = field(af(id, 'last')), field(af(id, 'h'))
+if P > 0 then
+  CV = #fields + 1
+  for i = 0, n - 1 do
+    local ap, at = ARGV[C + 5 * i + 1], CV + 4 * i
+    fields[at], fields[at + 1], fields[at + 2], fields[at + 3] =
+        ap .. 'n', ap .. 'seq', ap .. 'last', ap .. 'h'
   end
 end
-local v = read(fields)
+local v = redis.call('HMGET', STATE, unpack(fields))
 local swept = false
-if admission and due(v['kl:sweep'], admission.now) then
-  sweep_keys(admission.now)
+if A > 0 and due(v[2], tonumber(ARGV[A + 2])) then
+  sweep_keys(tonumber(ARGV[A + 2]))
   swept = true
 end
-if pick and due(v['al:sweep'], pick.clock) then
-  sweep_accounts(pick.clock)
+if P > 0 and due(v[3], tonumber(ARGV[P + 2])) then
+  sweep_accounts(tonumber(ARGV[P + 2]))
   swept = true
 end
 if swept then
-  v = read(fields)
+  v = redis.call('HMGET', STATE, unpack(fields))
 end
 
-local set = {}
+-- HSET's arguments, field then value.
+local hset = {}
+local function set(field, value)
+  hset[#hset + 1] = field
+  hset[#hset + 1] = value
+end
 
 -- The admission.
-local member = nil
-if admission then
-  local key, now = admission.key, admission.now
-  if admission.valid >= 0 then
-    local first = v[admission.first]
+if A > 0 then
+  local kp, now = ARGV[A], tonumber(ARGV[A + 2])
+  local valid = tonumber(ARGV[A + 5])
+  if valid >= 0 then
+    local first = v[KV + 1]
     if not first then
-      set[admission.first] = int(now)
-    elseif tonumber(first) + admission.valid <= now then
+      set(fields[KV + 1], ARGV[A + 2])
+    elseif tonumber(first) + valid <= now then
       return { 3, first }
     end
   end
-  local n = tonumber(v[admission.n] or '0')
-  if admission.cap >= 0 and n >= admission.cap then
+  local inflight = tonumber(v[KV] or '0')
+  local cap = tonumber(ARGV[A + 4])
+  if cap >= 0 and inflight >= cap then
     return { 1 }
   end
-  for i, m in ipairs(admission.meters) do
-    local used = tonumber(v[m.u] or '0')
-    local held = tonumber(v[m.h] or '0')
-    if not (used + held + tonumber(m.reserve) <= m.limit or (held == 0 and used < m.limit)) then
-      return { 2, i - 1, int(used), int(held) }
+  -- Whether every meter's period is still running (then none of them can be stale).
+  local current = true
+  for i = 0, meters - 1 do
+    local m = M + 4 * i
+    local used = tonumber(v[KV + 3 + 2 * i] or '0')
+    local held = tonumber(v[KV + 4 + 2 * i] or '0')
+    local limit = tonumber(ARGV[m + 1])
+    if not (used + held + tonumber(ARGV[m + 2]) <= limit or (held == 0 and used < limit)) then
+      return { 2, i, int(used), int(held) }
     end
-  end
-  -- The meters' registry: this admission's buckets (their expiry renewed), the others dropped
-  -- once their period is over, with their fields.
-  local old = v[admission.b]
-  local reg = registry(old)
-  local stale = {}
-  for bucket, expires in pairs(reg) do
+    local expires = tonumber(ARGV[m + 3])
     if expires >= 0 and expires <= now then
-      reg[bucket] = nil
-      stale[#stale + 1] = kf(key, 'u:' .. bucket)
-      stale[#stale + 1] = kf(key, 'h:' .. bucket)
+      current = false
     end
   end
-  -- Rewritten only when it changed: most admissions find their meters registered as they were.
-  local changed = #stale > 0
-  local holds = {}
-  for i, m in ipairs(admission.meters) do
-    local expires = tonumber(m.expires)
-    if reg[m.bucket] ~= expires then
-      reg[m.bucket] = expires
-      changed = true
+  local old = v[KV + 2]
+  -- The meters' registry: this admission's buckets (their expiry renewed), the others dropped
+  -- once their period is over, with their fields. Most admissions find it exactly as this one
+  -- would write it, and then nothing about it changes.
+  if not (current and old == ARGV[A + 6]) then
+    local reg = registry(old)
+    local stale = {}
+    for bucket, expires in pairs(reg) do
+      if expires >= 0 and expires <= now then
+        reg[bucket] = nil
+        stale[#stale + 1] = kp .. 'u:' .. bucket
+        stale[#stale + 1] = kp .. 'h:' .. bucket
+      end
     end
-    set[m.h] = int(tonumber(v[m.h] or '0') + tonumber(m.reserve))
-    holds[i] = m.bucket .. '=' .. m.reserve .. ';'
-  end
-  if changed then
-    local new = registry_string(reg)
-    if new ~= (old or '') then
-      set[admission.b] = new
+    local changed = #stale > 0
+    for i = 0, meters - 1 do
+      local m = M + 4 * i
+      local expires = tonumber(ARGV[m + 3])
+      if reg[ARGV[m]] ~= expires then
+        reg[ARGV[m]] = expires
+        changed = true
+      end
+    end
+    if changed then
+      local new = registry_string(reg)
+      if new ~= (old or '') then
+        set(fields[KV + 2], new)
+      end
+    end
+    if #stale > 0 then
+      redis.call('HDEL', STATE, unpack(stale))
     end
   end
-  if #stale > 0 then
-    redis.call('HDEL', STATE, unpack(stale))
+  for i = 0, meters - 1 do
+    set(fields[KV + 4 + 2 * i], int(tonumber(v[KV + 4 + 2 * i] or '0') + tonumber(ARGV[M + 4 * i + 2])))
   end
-  set[admission.n] = int(n + 1)
-  member = lp(key) .. lp(admission.lease) .. table.concat(holds)
-  note_deadline(set, 'kl:sweep', v['kl:sweep'], admission.deadline)
+  set(fields[KV], int(inflight + 1))
+  if v[2] == false or v[2] == '' or tonumber(ARGV[A + 3]) < tonumber(v[2]) then
+    set('kl:sweep', ARGV[A + 3])
+  end
 end
 
 local function commit()
-  write(set)
-  if member then
-    redis.call('ZADD', KL, admission.deadline, member)
+  if #hset > 0 then
+    redis.call('HSET', STATE, unpack(hset))
+  end
+  if A > 0 then
+    redis.call('ZADD', KL, ARGV[A + 3], ARGV[A + 1])
   end
 end
 
-if not pick then
+if P == 0 then
   commit()
   return { 0 }
 end
 
 -- The pick.
-local now = pick.now
-local family = pick.family
-local session = pick.session
+local now = tonumber(ARGV[P + 4])
+local family = ARGV[P + 5]
+if family == '' then
+  family = nil
+end
+local session = ARGV[P + 6]
 local has_session = session ~= '0'
-local n = #pick.ids
 
 local function number(x)
   if type(x) == 'number' then
@@ -275,23 +295,25 @@ local function is_clean(h)
       and number(h['last_error_at']) == 0
 end
 
--- Every candidate as the policy sees it.
-local ids, priority, cap = pick.ids, pick.priority, pick.cap
-local live, load, seq, health, eligible = {}, {}, {}, {}, {}
-for i = 1, n do
-  live[i] = tonumber(v[pick.n[i]] or '0')
-  seq[i] = tonumber(v[pick.seq[i]] or '0')
-  health[i] = health_of(v[pick.h[i]])
-  -- Contender::load: in flight relative to cap x weight (no cap counts as 1000), in millionths.
-  local capacity = cap[i]
+-- Candidate i as the policy sees it: in flight, Contender::load (in flight relative to cap x
+-- weight, no cap counting as 1000, in millionths), its pick order, and whether it is eligible.
+local function contender(i)
+  local c, at = C + 5 * (i - 1), CV + 4 * (i - 1)
+  local live = tonumber(v[at] or '0')
+  local cap = tonumber(ARGV[c + 3])
+  local capacity = cap
   if capacity < 0 then
     capacity = 1000
   elseif capacity < 1 then
     capacity = 1
   end
-  load[i] = math.floor(live[i] * 1000000 / (capacity * pick.weight[i]))
-  -- Contender::eligible
-  eligible[i] = (cap[i] < 0 or live[i] < cap[i]) and can_serve(health[i])
+  local weight = tonumber(ARGV[c + 4])
+  if weight < 1 then
+    weight = 1
+  end
+  local load = math.floor(live * 1000000 / (capacity * weight))
+  local eligible = (cap < 0 or live < cap) and can_serve(health_of(v[at + 3]))
+  return eligible, live, load, tonumber(v[at + 1] or '0')
 end
 
 -- choose: the session's bound account first, if it can serve.
@@ -307,24 +329,32 @@ if has_session then
     end
   end
 end
-local chosen, sticky = nil, nil
+local chosen, sticky, live = nil, nil, 0
+local bound_listed = false
 if bound then
   for i = 1, n do
-    if ids[i] == bound and eligible[i] then
-      chosen, sticky = i, 1
-      break
+    if ARGV[C + 5 * (i - 1)] == bound then
+      bound_listed = true
+      local eligible, l = contender(i)
+      if eligible then
+        chosen, sticky, live = i, 1, l
+        break
+      end
     end
   end
 end
 if not chosen then
   -- Then the lowest (priority, load, seq); strictly lower only, so that among equals the
   -- caller's order decides.
+  local best_priority, best_load, best_seq
   for i = 1, n do
-    if eligible[i] then
-      if not chosen or priority[i] < priority[chosen]
-          or (priority[i] == priority[chosen] and (load[i] < load[chosen]
-            or (load[i] == load[chosen] and seq[i] < seq[chosen]))) then
-        chosen = i
+    local eligible, l, load, seq = contender(i)
+    if eligible then
+      local priority = tonumber(ARGV[C + 5 * (i - 1) + 2])
+      if not chosen or priority < best_priority
+          or (priority == best_priority and (load < best_load
+            or (load == best_load and seq < best_seq))) then
+        chosen, live, best_priority, best_load, best_seq = i, l, priority, load, seq
       end
     end
   end
@@ -332,7 +362,7 @@ if not chosen then
     -- Nothing can serve: the earliest recovery; a healthy but full account frees up soon.
     local retry_at = nil
     for i = 1, n do
-      local r = recovers_at(health[i])
+      local r = recovers_at(health_of(v[CV + 4 * (i - 1) + 3]))
       if r ~= nil then
         if r <= now then
           r = now + 1000
@@ -353,44 +383,44 @@ if not chosen then
     sticky = 2
   elseif session == '2' then
     sticky = 4
+  elseif bound_listed then
+    sticky = 3
   else
     sticky = 2
-    for i = 1, n do
-      if ids[i] == bound then
-        sticky = 3
-        break
-      end
-    end
   end
 end
 
 -- Take the lease, record the pick.
-local id = ids[chosen]
-local next_seq = tonumber(v['seq'] or '0') + 1
-set['seq'] = int(next_seq)
-set[pick.seq[chosen]] = int(next_seq)
-set[pick.n[chosen]] = int(live[chosen] + 1)
+local id, ap, at = ARGV[C + 5 * (chosen - 1)], ARGV[C + 5 * (chosen - 1) + 1], CV + 4 * (chosen - 1)
+local clock = tonumber(ARGV[P + 2])
+local next_seq = int(tonumber(v[1] or '0') + 1)
+set('seq', next_seq)
+set(fields[at + 1], next_seq)
+set(fields[at], int(live + 1))
 -- Informational only (the order comes from seq): a wall-clock time that never goes back.
-local last = tonumber(v[pick.last[chosen]] or '0')
-if pick.clock > last then
-  set[pick.last[chosen]] = int(pick.clock)
+if clock > tonumber(v[at + 2] or '0') then
+  set(fields[at + 2], ARGV[P + 2])
 end
-note_deadline(set, 'al:sweep', v['al:sweep'], pick.deadline)
+if v[3] == false or v[3] == '' or tonumber(ARGV[P + 3]) < tonumber(v[3]) then
+  set('al:sweep', ARGV[P + 3])
+end
 commit()
-redis.call('ZADD', AL, pick.deadline, lp(id) .. lp(pick.lease))
+-- The account lease's member, lp(account) lp(lease): the prefix without its 'a'.
+redis.call('ZADD', AL, ARGV[P + 3], string.sub(ap, 2) .. ARGV[P + 1])
 
 -- The binding: set (Bound, Moved) or renewed (Hit: once an eighth of its TTL has passed, so that
 -- a busy session does not rewrite it on every request); an escape leaves it where it is.
 if sticky == 1 or sticky == 2 or sticky == 4 then
-  if pick.session_ttl == '0' then
+  local ttl = ARGV[P + 7]
+  if ttl == '0' then
     redis.call('DEL', KEYS[4])
-  elseif sticky ~= 1 or pick.clock - bound_at >= tonumber(pick.session_ttl) / 8 then
-    redis.call('SET', KEYS[4], id .. '\n' .. int(pick.clock), 'PX', pick.session_ttl)
+  elseif sticky ~= 1 or clock - bound_at >= tonumber(ttl) / 8 then
+    redis.call('SET', KEYS[4], id .. '\n' .. ARGV[P + 2], 'PX', ttl)
   end
 end
 
 local degraded = 0
-if not is_clean(health[chosen]) then
+if not is_clean(health_of(v[at + 3])) then
   degraded = 1
 end
 return { 0, 1, chosen, sticky, degraded }
