@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use switchyard::app::App;
-use switchyard::config::{Config, Flags, LogFormat};
+use switchyard::config::{Config, Flags};
 use switchyard::server::{self, Server};
 use switchyard::store::StoreError;
 
@@ -177,7 +177,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config, matches!(cli.command, Command::Serve { .. }));
+    let log = switchyard::logging::init(&config, matches!(cli.command, Command::Serve { .. }));
     // Worker 0 of the server (src/server.rs); the other workers start their own.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -195,34 +195,15 @@ fn main() -> ExitCode {
             command => run_cli(config, command).await,
         }
     });
+    // The last log lines go out before anything printed below.
+    drop(runtime);
+    drop(log);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(config: &Config, serving: bool) {
-    let filter = std::env::var("SWITCHYARD_LOG")
-        .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| {
-            let level = if serving {
-                config.log.level.as_str()
-            } else {
-                "warn"
-            };
-            tracing_subscriber::EnvFilter::new(level)
-        });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
     }
 }
 

@@ -268,5 +268,7 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
         "a secret leaked into the log"
     );
     assert!(log.contains("request_id"), "one line per request: {log}");
+    // Lines are buffered (src/logging.rs); the last one, logged just before exit, is there.
+    assert!(log.trim_end().ends_with("stopped"), "{log}");
     assert!(!dir.path().join("serve.addr").exists());
 }
