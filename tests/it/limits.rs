@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use switchyard::config::Config;
 use switchyard::limits::{self, Request};
 
 use crate::support::mock::{Behavior, MockUpstream, MockUsage, wait_until};
@@ -17,8 +18,17 @@ const MODEL: &str = "claude-sonnet-4-5";
 
 /// A relay on `backend` with one account on a fresh mock, and a key with `limits`.
 async fn relay_with_key(backend: &Backend, limits: Value) -> (Relay, MockUpstream, String, String) {
+    relay_with_key_on(backend, |_| {}, limits).await
+}
+
+/// [`relay_with_key`] on a relay whose config `configure` changes first.
+async fn relay_with_key_on(
+    backend: &Backend,
+    configure: impl FnOnce(&mut Config),
+    limits: Value,
+) -> (Relay, MockUpstream, String, String) {
     let mock = MockUpstream::start().await;
-    let relay = Relay::start_on(backend, |_| {}).await;
+    let relay = Relay::start_on(backend, configure).await;
     relay.add_account(&mock, "sk-a", json!({})).await;
     let (id, key) = create_key(&relay, limits).await;
     (relay, mock, id, key)
@@ -276,11 +286,13 @@ async fn windows_roll_over_on_the_clock_and_say_when() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_budget_resets_at_midnight_in_the_configured_time_zone() {
     for backend in backends() {
-        let mock = MockUpstream::start().await;
-        let relay = Relay::start_on(&backend, |c| c.limits.timezone = "Asia/Tokyo".into()).await;
-        relay.add_account(&mock, "sk-a", json!({})).await;
         // One request spends it all.
-        let (_, key) = create_key(&relay, json!({ "daily_cost_nanousd": 1 })).await;
+        let (relay, _mock, _, key) = relay_with_key_on(
+            &backend,
+            |c| c.limits.timezone = "Asia/Tokyo".into(),
+            json!({ "daily_cost_nanousd": 1 }),
+        )
+        .await;
         // 23:58 in Tokyo is 14:58 UTC.
         relay.app.clock.set("2099-12-01T14:58:00Z".parse().unwrap());
         assert_eq!(call(&relay, &key, false).await.0, 200);
@@ -447,11 +459,9 @@ async fn after_a_thousand_mixed_requests_no_lease_is_left_and_spend_equals_settl
     for backend in backends() {
         // Accounting is under test, not health: with the default cooldown, a 500 reported
         // before any success cools the only account for 5 s, and the rest are 503s.
-        let mock = MockUpstream::start().await;
-        let relay = Relay::start_on(&backend, |c| c.scheduler.failure_cooldown_secs = 0).await;
-        relay.add_account(&mock, "sk-a", json!({})).await;
-        let (key_id, key) = create_key(
-            &relay,
+        let (relay, mock, key_id, key) = relay_with_key_on(
+            &backend,
+            |c| c.scheduler.failure_cooldown_secs = 0,
             json!({
                 "max_concurrency": 64,
                 "daily_cost_nanousd": 1_000_000_000_000u64,
