@@ -286,24 +286,44 @@ async fn wait_for(mut stopping: watch::Receiver<bool>) {
 /// The connections of one worker, and how they are served.
 struct Connections {
     app: Arc<App>,
-    builder: auto::Builder<TokioExecutor>,
+    versions: Arc<Versions>,
     graceful: GracefulShutdown,
+    /// Set when the stop begins: connections still deciding their version close at once.
+    closing: watch::Sender<bool>,
+}
+
+/// One builder per HTTP version, chosen by what the client sends first. hyper-util's
+/// version-detecting builder reads the first 24 bytes on their own and hands them back to the
+/// HTTP/1 parser as a prefix, which makes hyper double every connection's 8 KiB read buffer on
+/// its next read (16 KiB held per open connection, docs/benchmarks.md); peeking at the socket
+/// instead leaves the bytes where they are.
+struct Versions {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+    /// How long a new connection may stay silent.
+    first_bytes_timeout: Duration,
 }
 
 impl Connections {
     fn new(app: &Arc<App>) -> Connections {
         let server = &app.config.server;
+        let header_read_timeout = Duration::from_secs(server.header_read_timeout_secs);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(server.header_read_timeout_secs))
+            .header_read_timeout(header_read_timeout)
             .keep_alive(server.keep_alive);
         builder.http2().timer(TokioTimer::new());
         Connections {
             app: Arc::clone(app),
-            builder,
+            versions: Arc::new(Versions {
+                http1: builder.clone().http1_only(),
+                http2: builder.http2_only(),
+                first_bytes_timeout: header_read_timeout,
+            }),
             graceful: GracefulShutdown::new(),
+            closing: watch::channel(false).0,
         }
     }
 
@@ -311,17 +331,35 @@ impl Connections {
     fn serve(&self, stream: TcpStream, peer: SocketAddr, open: Open) {
         let app = Arc::clone(&self.app);
         let service = service_fn(move |req| {
-            let app = Arc::clone(&app);
-            async move { Ok::<_, std::convert::Infallible>(crate::router::handle(app, req).await) }
+            // Boxed: hyper keeps a slot the size of this future for the whole life of the
+            // connection, and the relay's future is several KiB.
+            let handled = Box::pin(crate::router::handle(Arc::clone(&app), req));
+            async move { Ok::<_, std::convert::Infallible>(handled.await) }
         });
-        let conn = self
-            .builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = self.graceful.watch(conn);
-        // Stopped by: the connection closing, or the graceful shutdown of `drain`.
+        let versions = Arc::clone(&self.versions);
+        let watcher = self.graceful.watcher();
+        let mut closing = self.closing.subscribe();
+        // Stopped by: the connection closing, silence past the header timeout, or the stop
+        // (at once while the version is undecided, else gracefully through `watcher`).
         tokio::spawn(async move {
             let _open = open;
+            let sniffed = tokio::select! {
+                sniffed = tokio::time::timeout(versions.first_bytes_timeout, opens_with_h2_preface(&stream)) => sniffed,
+                _ = closing.wait_for(|closing| *closing) => return,
+            };
+            let builder = match sniffed {
+                Ok(Ok(false)) => &versions.http1,
+                Ok(Ok(true)) => &versions.http2,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "connection closed before a request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "connection silent past the header timeout");
+                    return;
+                }
+            };
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = conn.await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
@@ -335,12 +373,37 @@ impl Connections {
             grace_secs = grace.as_secs(),
             "stopping: waiting for open requests to finish"
         );
+        self.closing.send_replace(true);
         if tokio::time::timeout(grace, self.graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("grace period over; closing the remaining connections");
         }
+    }
+}
+
+/// HTTP/2's connection preface: a client that opens with it speaks h2c with prior knowledge.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client's first bytes are HTTP/2's preface, looked at without taking them off the
+/// socket. An error when the client closes before sending anything.
+async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if first[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // The start of the preface and nothing more yet: peeking again at once would find the
+        // same bytes (the socket stays readable), so wait a moment for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

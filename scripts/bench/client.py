@@ -342,6 +342,9 @@ async def hold(args):
         writer.transport.abort()
     await asyncio.sleep(2)
     after = mock_stats(args.mock_stats)
+    # The relay settles every dropped stream at once (leases given back, usage recorded): the
+    # process's peak may come then, not while the streams are held.
+    hwm_after = read_status(args.pid)
     print(
         json.dumps(
             {
@@ -354,6 +357,7 @@ async def hold(args):
                 "rss_kb_before": rss_before.get("VmRSS"),
                 "rss_kb_max_during": max(samples) if samples else None,
                 "hwm_kb": hwm.get("VmHWM"),
+                "hwm_kb_after_close": hwm_after.get("VmHWM"),
                 "mock_open_streams_during": during and during.get("open_streams"),
                 "mock_cancelled": after
                 and before

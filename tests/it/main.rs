@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link) for the whole suite.
 mod anthropic;
 mod cli;
+mod connections;
 mod failover;
 mod images;
 mod limits;

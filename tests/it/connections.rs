@@ -1,0 +1,104 @@
+//! What happens on a connection before its first request: choosing HTTP/1.1 or h2c from the first
+//! bytes (looked at, not taken), the header timeout for a client that sends nothing, and the stop.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::mock::{Behavior, MockUpstream, MockUsage};
+use crate::support::relay::{Relay, messages_body};
+
+/// Bounds every wait below, so that a regression fails instead of hanging.
+const BOUND: Duration = Duration::from_secs(15);
+
+async fn read_to_end(conn: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(BOUND, conn.read_to_end(&mut got))
+        .await
+        .expect("the relay closed the connection in time")
+        .unwrap();
+    got
+}
+
+#[tokio::test]
+async fn an_http1_request_whose_first_byte_could_begin_the_h2_preface_is_served() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    relay
+        .add_account(&mock, "sk-ant-upstream-secret-0001", json!({}))
+        .await;
+    let (_, key) = relay.create_key("alice").await;
+    mock.set_default(Behavior::Ok(MockUsage {
+        input: 3,
+        output: 4,
+        ..MockUsage::default()
+    }));
+    let body = messages_body("claude-sonnet-4-5", false).to_string();
+    let head = format!(
+        "OST /v1/messages HTTP/1.1\r\nhost: relay\r\nx-api-key: {key}\r\n\
+         anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut conn = TcpStream::connect(relay.addr).await.unwrap();
+    // "P" is also how HTTP/2's preface ("PRI * HTTP/2.0…") starts: the relay must wait for more.
+    conn.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let answer = String::from_utf8(read_to_end(&mut conn).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let sent = String::from_utf8(mock.responses()[0].to_vec()).unwrap();
+    assert!(
+        answer.contains(&sent),
+        "the upstream's answer, unchanged: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn an_h2_preface_split_over_two_writes_gets_an_h2_answer() {
+    let relay = Relay::start().await;
+    let mut conn = TcpStream::connect(relay.addr).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    conn.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    conn.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame_head = [0u8; 9];
+    tokio::time::timeout(BOUND, conn.read_exact(&mut frame_head))
+        .await
+        .expect("the relay answered in time")
+        .unwrap();
+    assert_eq!(
+        frame_head[3], 4,
+        "the server's preface is a SETTINGS frame: {frame_head:?}"
+    );
+    assert_eq!(&frame_head[5..9], &[0, 0, 0, 0], "on stream 0");
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let relay = Relay::start_configured(|c| c.server.header_read_timeout_secs = 1).await;
+    let mut conn = TcpStream::connect(relay.addr).await.unwrap();
+    let got = read_to_end(&mut conn).await;
+    assert!(got.is_empty(), "closed without an answer: {got:?}");
+    // The relay still serves.
+    assert_eq!(relay.health().await["status"], "ok");
+}
+
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_up_the_stop() {
+    let mut relay = Relay::start_configured(|c| c.server.shutdown_grace_secs = 60).await;
+    let mut conn = TcpStream::connect(relay.addr).await.unwrap();
+    // The relay has taken the connection and is waiting for its first bytes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let task = relay.begin_stop().unwrap();
+    tokio::time::timeout(BOUND, task)
+        .await
+        .expect("the stop did not wait out the 60 s grace period for a connection with no request")
+        .unwrap();
+    assert!(read_to_end(&mut conn).await.is_empty());
+}
