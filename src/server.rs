@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -298,8 +298,8 @@ struct Connections {
 /// its next read (16 KiB held per open connection, docs/benchmarks.md); peeking at the socket
 /// instead leaves the bytes where they are.
 struct Versions {
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     /// How long a new connection may stay silent.
     first_bytes_timeout: Duration,
 }
@@ -308,18 +308,18 @@ impl Connections {
     fn new(app: &Arc<App>) -> Connections {
         let server = &app.config.server;
         let header_read_timeout = Duration::from_secs(server.header_read_timeout_secs);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
             .keep_alive(server.keep_alive);
-        builder.http2().timer(TokioTimer::new());
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
         Connections {
             app: Arc::clone(app),
             versions: Arc::new(Versions {
-                http1: builder.clone().http1_only(),
-                http2: builder.http2_only(),
+                http1,
+                http2,
                 first_bytes_timeout: header_read_timeout,
             }),
             graceful: GracefulShutdown::new(),
@@ -347,9 +347,18 @@ impl Connections {
                 sniffed = tokio::time::timeout(versions.first_bytes_timeout, opens_with_h2_preface(&stream)) => sniffed,
                 _ = closing.wait_for(|closing| *closing) => return,
             };
-            let builder = match sniffed {
-                Ok(Ok(false)) => &versions.http1,
-                Ok(Ok(true)) => &versions.http2,
+            let io = TokioIo::new(stream);
+            let served = match sniffed {
+                Ok(Ok(false)) => {
+                    watcher
+                        .watch(versions.http1.serve_connection(io, service))
+                        .await
+                }
+                // h2c with prior knowledge is rare; its larger connection state gets a box of
+                // its own, so that the task of every HTTP/1.1 connection stays small.
+                Ok(Ok(true)) => {
+                    Box::pin(watcher.watch(versions.http2.serve_connection(io, service))).await
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %peer, error = %e, "connection closed before a request");
                     return;
@@ -359,8 +368,7 @@ impl Connections {
                     return;
                 }
             };
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-            if let Err(e) = conn.await {
+            if let Err(e) = served {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
         });
