@@ -460,6 +460,15 @@ hold sy_embedded cc-stream
 if ((REDIS_AVAILABLE)); then
   hold sy_redis small-stream
 fi
+# The same on the bare forwarder, restarted fresh: what the stack alone holds per stream.
+stop bare
+"$BARE" --listen "127.0.0.1:$BARE_PORT" --upstream "$MOCK_URL" >>"$WORK/bare.log" 2>&1 &
+PID[bare]=$!
+wait_ready bare "http://127.0.0.1:$BARE_PORT/stats" || die "the bare forwarder did not restart: $(cat "$WORK/bare.log")"
+log "1,000 open streams: bare, small-stream"
+python3 "$HERE/client.py" hold --target "${URL[bare]}/v1/messages" --body "$BODIES/small-stream.json" \
+  --pid "${PID[bare]}" --streams 1000 --hold-secs 10 --mock-stats "$MOCK_URL/stats" \
+  --header "anthropic-version: 2023-06-01" >"$RES/hold-small-stream-bare.json"
 
 # --- the report ---------------------------------------------------------------------------------
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)

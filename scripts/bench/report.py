@@ -438,16 +438,23 @@ for t in TARGETS:
 w("")
 w("1,000 concurrent open streams, each on its own connection, on a freshly started process:")
 w("")
-w("| process | request body | established | RSS before | RSS max while held | VmHWM while held | VmHWM after the clients dropped them | upstream streams cancelled by the relay after the drop |")
-w("|---|---|---|---|---|---|---|---|")
+w("| process | request body | established | RSS before | RSS max while held | per stream held | VmHWM while held | VmHWM after the clients dropped them | upstream streams cancelled by the relay after the drop |")
+w("|---|---|---|---|---|---|---|---|---|")
 for (body, t), h in holds.items():
     if not h:
         continue
+    per_stream = (h["rss_kb_max_during"] - h["rss_kb_before"]) / max(1, h["established"])
     w(
         f"| {LABEL[t]} | {'small' if body == 'small-stream' else 'Claude Code, 76 KB'} | "
         f"{h['established']} of {h['streams']} | {mib(h['rss_kb_before'])} | {mib(h['rss_kb_max_during'])} | "
-        f"{mib(h['hwm_kb'])} | {mib(h.get('hwm_kb_after_close'))} | {h['mock_cancelled']} |"
+        f"{per_stream:.1f} KiB | {mib(h['hwm_kb'])} | {mib(h.get('hwm_kb_after_close'))} | {h['mock_cancelled']} |"
     )
+w("")
+w(
+    "The bare forwarder's row is the stack's own share: what hyper's server and client keep for a "
+    "connection on each side (their read and write buffers, the client's dispatch channel) and "
+    "tokio's task and socket registration. Switchyard's row minus it is what Switchyard adds."
+)
 w("")
 
 # --- redis --------------------------------------------------------------------------------------
