@@ -398,6 +398,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// socket. An error when the client closes before sending anything.
 async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
     let mut first = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
     loop {
         let n = stream.peek(&mut first).await?;
         if n == 0 {
@@ -410,8 +411,10 @@ async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
             return Ok(true);
         }
         // The start of the preface and nothing more yet: peeking again at once would find the
-        // same bytes (the socket stays readable), so wait a moment for the rest.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // same bytes (the socket stays readable), so wait a moment for the rest, longer each time
+        // (a client that stalls here on purpose costs a wake-up every 64 ms, until the timeout).
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(64));
     }
 }
 

@@ -14,12 +14,18 @@ use crate::support::relay::{Relay, messages_body};
 /// Bounds every wait below, so that a regression fails instead of hanging.
 const BOUND: Duration = Duration::from_secs(15);
 
+/// What the relay sent before it closed the connection. A close with bytes of ours still unread
+/// arrives as a reset, which is a close all the same.
 async fn read_to_end(conn: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
-    tokio::time::timeout(BOUND, conn.read_to_end(&mut got))
+    let read = tokio::time::timeout(BOUND, conn.read_to_end(&mut got))
         .await
-        .expect("the relay closed the connection in time")
-        .unwrap();
+        .expect("the relay closed the connection in time");
+    match read {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("reading failed: {e}"),
+    }
     got
 }
 
@@ -80,11 +86,15 @@ async fn an_h2_preface_split_over_two_writes_gets_an_h2_answer() {
 }
 
 #[tokio::test]
-async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+async fn a_connection_that_sends_nothing_or_half_a_preface_is_closed_after_the_header_timeout() {
     let relay = Relay::start_configured(|c| c.server.header_read_timeout_secs = 1).await;
-    let mut conn = TcpStream::connect(relay.addr).await.unwrap();
-    let got = read_to_end(&mut conn).await;
-    assert!(got.is_empty(), "closed without an answer: {got:?}");
+    let mut silent = TcpStream::connect(relay.addr).await.unwrap();
+    let mut stalled = TcpStream::connect(relay.addr).await.unwrap();
+    stalled.write_all(b"PRI * HTTP").await.unwrap();
+    for conn in [&mut silent, &mut stalled] {
+        let got = read_to_end(conn).await;
+        assert!(got.is_empty(), "closed without an answer: {got:?}");
+    }
     // The relay still serves.
     assert_eq!(relay.health().await["status"], "ok");
 }
