@@ -332,15 +332,18 @@ for name in "${TARGETS[@]}" sy_embedded_info; do
 done
 
 # --- sequential added latency ---------------------------------------------------------------
+# Every target in one run per request kind, interleaved pair by pair: measured one after another,
+# the targets' figures moved with the host between their runs by more than they differ.
+SEQ_TARGETS=()
 for name in "${TARGETS[@]}" sy_embedded_info; do
   [[ $name == direct ]] && continue
-  for mode in small small-stream cc-stream; do
-    log "sequential latency: $name, $mode"
-    python3 "$HERE/client.py" seq --direct "$MOCK_URL/v1/messages" --target "${URL[$name]}/v1/messages" \
-      --body "$BODIES/$mode.json" --pairs "$([[ $mode == small ]] && echo 2000 || echo 1000)" \
-      --header "x-api-key: ${KEY[$name]}" --header "anthropic-version: 2023-06-01" \
-      >"$RES/seq-$mode-$name.json"
-  done
+  SEQ_TARGETS+=(--target "$name" "${URL[$name]}/v1/messages" "${KEY[$name]}")
+done
+for mode in small small-stream cc-stream; do
+  log "sequential latency, every target interleaved: $mode"
+  python3 "$HERE/client.py" seq-many --direct "$MOCK_URL/v1/messages" "${SEQ_TARGETS[@]}" \
+    --body "$BODIES/$mode.json" --pairs "$([[ $mode == small ]] && echo 2000 || echo 1000)" \
+    --header "anthropic-version: 2023-06-01" --out "$RES/seq-$mode-{name}.json"
 done
 
 # --- streaming: time to first byte, chunk spacing ----------------------------------------------

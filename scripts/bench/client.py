@@ -6,6 +6,12 @@
       connection; the figure is the per-pair difference (target - direct) of the time from sending
       the request to reading the whole response, and of the time to the first body byte.
 
+  client.py seq-many --direct URL --target NAME URL KEY [--target ...] --body FILE --out PATTERN
+      As seq, for several targets in one run, interleaved: each round takes one pair from every
+      target, in an order that rotates, so that the host getting faster or slower during the run
+      falls on every target alike. KEY goes in x-api-key ("none": no key). Writes one file per
+      target, PATTERN with {name} replaced, each holding what seq prints.
+
   client.py chunks --direct URL --target URL --body FILE [--rounds N] [--chunks 10] [--delay-ms 50]
       Streamed requests whose content deltas the mock spaces --delay-ms apart (asked per request
       with x-mock-* headers): when each delta reaches the client, through the target and direct.
@@ -166,42 +172,73 @@ class Conn:
         return status, t_send, t_first, t
 
 
+def seq_pairs(direct_url, targets, body, headers, pairs, warmup):
+    """Pairs of requests, direct and through each target; `targets` is [(name, url, headers)].
+    Returns {name: summary}."""
+    direct = Conn(direct_url)
+    raw_direct = build_request(direct_url, body, headers)
+    runs = [
+        {
+            "name": name,
+            "conn": Conn(url),
+            "raw": build_request(url, body, headers + extra),
+            "total": [],
+            "ttfb": [],
+            "direct": [],
+            "through": [],
+            "errors": 0,
+        }
+        for name, url, extra in targets
+    ]
+    for i in range(warmup + pairs):
+        for j in range(len(runs)):
+            run = runs[(i + j) % len(runs)]
+            order = [("d", direct, raw_direct), ("t", run["conn"], run["raw"])]
+            if i % 2:
+                order.reverse()
+            took = {}
+            for name, conn, raw in order:
+                status, t0, t_first, t_end = conn.request(raw)
+                if status != 200:
+                    run["errors"] += 1
+                took[name] = (t_end - t0, (t_first or t_end) - t0)
+            if i < warmup:
+                continue
+            d, t = took["d"], took["t"]
+            run["total"].append(t[0] - d[0])
+            run["ttfb"].append(t[1] - d[1])
+            run["direct"].append(d[0])
+            run["through"].append(t[0])
+    return {
+        run["name"]: {
+            "pairs": pairs,
+            "errors": run["errors"],
+            "added_total_us": summary(run["total"]),
+            "added_ttfb_us": summary(run["ttfb"]),
+            "direct_total_us": summary(run["direct"]),
+            "target_total_us": summary(run["through"]),
+        }
+        for run in runs
+    }
+
+
 def cmd_seq(args):
     body = open(args.body, "rb").read()
     headers = parse_headers(args.header)
-    direct, target = Conn(args.direct), Conn(args.target)
-    raw_direct = build_request(args.direct, body, headers)
-    raw_target = build_request(args.target, body, headers)
-    total_diff, ttfb_diff, d_tot, t_tot, errors = [], [], [], [], 0
-    for i in range(args.warmup + args.pairs):
-        runs = {}
-        order = [("d", direct, raw_direct), ("t", target, raw_target)]
-        if i % 2:
-            order.reverse()
-        for name, conn, raw in order:
-            status, t0, t_first, t_end = conn.request(raw)
-            if status != 200:
-                errors += 1
-            runs[name] = (t_end - t0, (t_first or t_end) - t0)
-        if i < args.warmup:
-            continue
-        d, t = runs["d"], runs["t"]
-        total_diff.append(t[0] - d[0])
-        ttfb_diff.append(t[1] - d[1])
-        d_tot.append(d[0])
-        t_tot.append(t[0])
-    print(
-        json.dumps(
-            {
-                "pairs": args.pairs,
-                "errors": errors,
-                "added_total_us": summary(total_diff),
-                "added_ttfb_us": summary(ttfb_diff),
-                "direct_total_us": summary(d_tot),
-                "target_total_us": summary(t_tot),
-            }
-        )
-    )
+    result = seq_pairs(args.direct, [("target", args.target, [])], body, headers, args.pairs, args.warmup)
+    print(json.dumps(result["target"]))
+
+
+def cmd_seq_many(args):
+    body = open(args.body, "rb").read()
+    headers = parse_headers(args.header)
+    targets = [
+        (name, url, [] if key == "none" else [("x-api-key", key)]) for name, url, key in args.target
+    ]
+    results = seq_pairs(args.direct, targets, body, headers, args.pairs, args.warmup)
+    for name, result in results.items():
+        with open(args.out.replace("{name}", name), "w") as f:
+            f.write(json.dumps(result) + "\n")
 
 
 def delta_arrivals(conn, raw):
@@ -377,9 +414,16 @@ def main():
         s.add_argument("--header", action="append", help="K: V (repeatable)")
         if name != "hold":
             s.add_argument("--direct", required=True)
-    s = sub.choices["seq"]
-    s.add_argument("--pairs", type=int, default=2000)
-    s.add_argument("--warmup", type=int, default=100)
+    s = sub.add_parser("seq-many")
+    s.add_argument("--direct", required=True)
+    s.add_argument("--target", required=True, nargs=3, action="append", metavar=("NAME", "URL", "KEY"))
+    s.add_argument("--body", required=True)
+    s.add_argument("--header", action="append", help="K: V (repeatable), sent to every target")
+    s.add_argument("--out", required=True, help="file per target, {name} replaced")
+    for name in ("seq", "seq-many"):
+        s = sub.choices[name]
+        s.add_argument("--pairs", type=int, default=2000)
+        s.add_argument("--warmup", type=int, default=100)
     s = sub.choices["chunks"]
     s.add_argument("--rounds", type=int, default=6)
     s.add_argument("--chunks", type=int, default=10)
@@ -393,6 +437,8 @@ def main():
     args = p.parse_args()
     if args.cmd == "seq":
         cmd_seq(args)
+    elif args.cmd == "seq-many":
+        cmd_seq_many(args)
     elif args.cmd == "chunks":
         cmd_chunks(args)
     else:

@@ -290,11 +290,14 @@ stopped at its end:
 
 Clients send `x-api-key` and `anthropic-version` to every target (the mock and nginx ignore the key).
 
-- **Sequential added latency** (`scripts/bench/client.py seq`): one kept-alive connection to
-  the mock and one to the target; requests alternate between them (which goes first alternates
-  too), 2,000 pairs for the small JSON request and 1,000 for the streamed ones, after 100 pairs
-  of warm-up. The figure is the distribution of the per-pair difference (target − direct) of the
-  time from sending the request to having read the whole response.
+- **Sequential added latency** (`scripts/bench/client.py seq-many`): one kept-alive connection to
+  the mock and one to each target; each pair is a request direct and one through a target, back
+  to back (which goes first alternates), 2,000 pairs per target for the small JSON request and
+  1,000 for the streamed ones, after 100 of warm-up. All targets are measured in the same run,
+  interleaved: each round takes one pair from every target, in a rotating order, so that the
+  host's speed drifting during the run falls on every target alike. The figure is the
+  distribution of the per-pair difference (target − direct) of the time from sending the request
+  to having read the whole response.
 - **Streaming**: the same pairing, with the mock asked for 10 deltas 50 ms apart
   (`client.py chunks`, 10 pairs): added time to the first body byte, the spacing of the deltas
   as the client receives them through the target, and how many distinct socket reads carried
