@@ -339,7 +339,7 @@ w("")
 # --- sequential ------------------------------------------------------------------------------------
 w("## Sequential added latency")
 w("")
-w("Per-pair difference (target − direct), one request at a time on kept-alive connections.")
+w("Per-pair difference (target − direct), one request at a time on kept-alive connections; every target in the same run, interleaved pair by pair.")
 w("")
 w("| target | request | added p50 | added p90 | added p99 | direct p50 | through target p50 | added p50 vs nginx |")
 w("|---|---|---|---|---|---|---|---|")
