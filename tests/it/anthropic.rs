@@ -9,17 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::captured;
 use crate::support::mock::{Behavior, MockUpstream, MockUsage, http_client, wait_until};
-use crate::support::relay::{Relay, messages_body};
-
-const ACCOUNT_KEY: &str = "sk-ant-upstream-secret-0001";
-
-async fn relay_with_account() -> (Relay, MockUpstream, String, String) {
-    let mock = MockUpstream::start().await;
-    let relay = Relay::start().await;
-    let account_id = relay.add_account(&mock, ACCOUNT_KEY, json!({})).await;
-    let (_, key) = relay.create_key("alice").await;
-    (relay, mock, key, account_id)
-}
+use crate::support::relay::{ACCOUNT_KEY, Relay, messages_body, relay_with_account};
 
 fn usage(input: u64, output: u64) -> MockUsage {
     MockUsage {

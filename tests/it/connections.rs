@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::mock::{Behavior, MockUpstream, MockUsage};
-use crate::support::relay::{Relay, messages_body};
+use crate::support::relay::{Relay, messages_body, relay_with_account};
 
 /// Bounds every wait below, so that a regression fails instead of hanging.
 const BOUND: Duration = Duration::from_secs(15);
@@ -31,17 +29,7 @@ async fn read_to_end(conn: &mut TcpStream) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_http1_request_whose_first_byte_could_begin_the_h2_preface_is_served() {
-    let mock = MockUpstream::start().await;
-    let relay = Relay::start().await;
-    relay
-        .add_account(&mock, "sk-ant-upstream-secret-0001", json!({}))
-        .await;
-    let (_, key) = relay.create_key("alice").await;
-    mock.set_default(Behavior::Ok(MockUsage {
-        input: 3,
-        output: 4,
-        ..MockUsage::default()
-    }));
+    let (relay, mock, key, _) = relay_with_account().await;
     let body = messages_body("claude-sonnet-4-5", false).to_string();
     let head = format!(
         "OST /v1/messages HTTP/1.1\r\nhost: relay\r\nx-api-key: {key}\r\n\

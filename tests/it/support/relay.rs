@@ -17,6 +17,17 @@ use switchyard::store::StoreError;
 use super::mock::{MockUpstream, http_client};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The upstream secret of the account [`relay_with_account`] adds.
+pub const ACCOUNT_KEY: &str = "sk-ant-upstream-secret-0001";
+
+/// A relay with one Anthropic account on a fresh mock and one key: (relay, mock, key, account id).
+pub async fn relay_with_account() -> (Relay, MockUpstream, String, String) {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let account_id = relay.add_account(&mock, ACCOUNT_KEY, json!({})).await;
+    let (_, key) = relay.create_key("alice").await;
+    (relay, mock, key, account_id)
+}
 
 pub struct Relay {
     pub addr: SocketAddr,
