@@ -193,9 +193,12 @@ wait_ready nginx "http://127.0.0.1:$NGINX_PORT/stats" || die "nginx did not star
 
 # The bare forwarder: Switchyard's stack (tokio, hyper, hyper-util's client) doing nothing but forward.
 BARE_PORT=$(free_port)
-"$BARE" --listen "127.0.0.1:$BARE_PORT" --upstream "$MOCK_URL" >"$WORK/bare.log" 2>&1 &
-PID[bare]=$!
-wait_ready bare "http://127.0.0.1:$BARE_PORT/stats" || die "the bare forwarder did not start: $(cat "$WORK/bare.log")"
+start_bare() {
+  "$BARE" --listen "127.0.0.1:$BARE_PORT" --upstream "$MOCK_URL" >>"$WORK/bare.log" 2>&1 &
+  PID[bare]=$!
+  wait_ready bare "http://127.0.0.1:$BARE_PORT/stats" || die "the bare forwarder did not start: $(cat "$WORK/bare.log")"
+}
+start_bare
 
 ADMIN_TOKEN=bench-admin-token-$(python3 -c 'import secrets; print(secrets.token_hex(12))')
 MASTER_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
@@ -448,9 +451,13 @@ fi
 hold() {
   local name=$1 body=$2
   stop "$name"
-  local store=embedded
-  [[ $name == sy_redis ]] && store="redis://127.0.0.1:$REDIS_PORT/0"
-  start_switchyard "$name" "$store" warn || die "Switchyard ($name) did not restart: ${SY_ERR[$name]}"
+  if [[ $name == bare ]]; then
+    start_bare
+  else
+    local store=embedded
+    [[ $name == sy_redis ]] && store="redis://127.0.0.1:$REDIS_PORT/0"
+    start_switchyard "$name" "$store" warn || die "Switchyard ($name) did not restart: ${SY_ERR[$name]}"
+  fi
   log "1,000 open streams: $name, $body"
   python3 "$HERE/client.py" hold --target "${URL[$name]}/v1/messages" --body "$BODIES/$body.json" \
     --pid "${PID[$name]}" --streams 1000 --hold-secs 10 --mock-stats "$MOCK_URL/stats" \
@@ -463,15 +470,8 @@ hold sy_embedded cc-stream
 if ((REDIS_AVAILABLE)); then
   hold sy_redis small-stream
 fi
-# The same on the bare forwarder, restarted fresh: what the stack alone holds per stream.
-stop bare
-"$BARE" --listen "127.0.0.1:$BARE_PORT" --upstream "$MOCK_URL" >>"$WORK/bare.log" 2>&1 &
-PID[bare]=$!
-wait_ready bare "http://127.0.0.1:$BARE_PORT/stats" || die "the bare forwarder did not restart: $(cat "$WORK/bare.log")"
-log "1,000 open streams: bare, small-stream"
-python3 "$HERE/client.py" hold --target "${URL[bare]}/v1/messages" --body "$BODIES/small-stream.json" \
-  --pid "${PID[bare]}" --streams 1000 --hold-secs 10 --mock-stats "$MOCK_URL/stats" \
-  --header "anthropic-version: 2023-06-01" >"$RES/hold-small-stream-bare.json"
+# The same on the bare forwarder: what the stack alone holds per stream.
+hold bare small-stream
 
 # --- the report ---------------------------------------------------------------------------------
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
