@@ -276,6 +276,8 @@ pub struct RedisConfig {
     /// share one Redis under different prefixes.
     pub prefix: String,
     /// Connections in the pool (each multiplexes many requests); each server worker has a pool.
+    /// One by default: a worker's commands then share one socket and its syscalls, which
+    /// measured 5-14% more requests/s than four (docs/benchmarks.md).
     pub pool_size: usize,
     /// Establishing a connection must succeed within this time.
     pub connect_timeout_ms: u64,
@@ -292,7 +294,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             prefix: "sy:".to_owned(),
-            pool_size: 4,
+            pool_size: 1,
             connect_timeout_ms: 2_000,
             command_timeout_ms: 1_000,
             reconnect_min_delay_ms: 50,

@@ -20,11 +20,6 @@ use switchyard::config::{Config, Flags};
 use switchyard::server::{self, Server};
 use switchyard::store::StoreError;
 
-/// With the `mimalloc` feature: less CPU per request, a little more memory (docs/benchmarks.md).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Where a running relay writes its address, for the CLI.
 const ADDR_FILE: &str = "serve.addr";
 
