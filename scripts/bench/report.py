@@ -429,6 +429,55 @@ if per_event:
         )
     w("")
 
+
+def per_request_us(r, seconds):
+    served = r.get("mock_requests") or 0
+    return None if seconds is None or not served else seconds * 1e6 / served
+
+
+budget = [(t, loads[("small", t)]) for t in TARGETS if loads[("small", t)] and t != "direct"]
+if budget:
+    w("### Where the machine's CPU went, small JSON")
+    w("")
+    w(
+        "The same runs as the table \"Non-streaming, small body\", CPU time of each process of the "
+        "benchmark (and the machine's idle time) divided by the requests the mock served. Every "
+        "process shares the two cores, so a target's requests/s is about the machine's capacity "
+        "divided by the row's total."
+    )
+    w("")
+    w("| target | requests/s | proxy | redis-server | mock | wrk | idle | total |")
+    w("|---|---|---|---|---|---|---|---|")
+    for t, r in budget:
+        idle = (1 - r["machine_busy_share"]) * r["cpu_capacity_s"]
+        parts = [
+            per_request_us(r, r.get("proxy_cpu_s")),
+            per_request_us(r, r.get("other_ours_cpu_s")),
+            per_request_us(r, r.get("mock_cpu_s")),
+            per_request_us(r, r.get("wrk_cpu_s")),
+            per_request_us(r, idle),
+        ]
+        total = sum(p for p in parts if p is not None)
+        w(f"| {LABEL[t]} | {r['rps']:,.0f} | " + " | ".join(us(p) for p in parts) + f" | {us(total)} |")
+    w("")
+    ref, red = loads[("small", "nginx")], loads[("small", "sy_redis")]
+    if ref and red and red.get("mock_requests"):
+        floor = RPS_FLOOR["sy_redis"]
+        allowed = red["cpu_capacity_s"] * 1e6 / (floor * ref["rps"] * red["duration_s"])
+        own = sum(
+            p or 0
+            for p in (
+                per_request_us(red, red.get("proxy_cpu_s")),
+                per_request_us(red, red.get("other_ours_cpu_s")),
+            )
+        )
+        w(
+            f"At {floor}× nginx's requests/s, the whole machine would have {allowed:,.0f} µs per "
+            f"request for every process; on the Redis target, Switchyard and redis-server alone "
+            f"took {own:,.0f} µs."
+        )
+        w("")
+
 # --- memory -------------------------------------------------------------------------------------
 w("## Memory")
 w("")
