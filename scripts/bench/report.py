@@ -451,7 +451,7 @@ if budget:
     for t, r in budget:
         idle = (1 - r["machine_busy_share"]) * r["cpu_capacity_s"]
         parts = [
-            per_request_us(r, r.get("proxy_cpu_s")),
+            r.get("proxy_cpu_us_per_request"),
             per_request_us(r, r.get("other_ours_cpu_s")),
             per_request_us(r, r.get("mock_cpu_s")),
             per_request_us(r, r.get("wrk_cpu_s")),
@@ -464,12 +464,8 @@ if budget:
     if ref and red and red.get("mock_requests"):
         floor = RPS_FLOOR["sy_redis"]
         allowed = red["cpu_capacity_s"] * 1e6 / (floor * ref["rps"] * red["duration_s"])
-        own = sum(
-            p or 0
-            for p in (
-                per_request_us(red, red.get("proxy_cpu_s")),
-                per_request_us(red, red.get("other_ours_cpu_s")),
-            )
+        own = (red.get("proxy_cpu_us_per_request") or 0) + (
+            per_request_us(red, red.get("other_ours_cpu_s")) or 0
         )
         w(
             f"At {floor}× nginx's requests/s, the whole machine would have {allowed:,.0f} µs per "
