@@ -67,6 +67,7 @@ install_tools() {
   command -v redis-server >/dev/null || need+=(redis-server)
   command -v redis-cli >/dev/null || need+=(redis-tools)
   command -v perf >/dev/null || need+=(linux-perf)
+  command -v valgrind >/dev/null || need+=(valgrind)
   command -v python3 >/dev/null || need+=(python3)
   command -v curl >/dev/null || need+=(curl)
   ((${#need[@]})) || return 0
@@ -472,6 +473,55 @@ if ((REDIS_AVAILABLE)); then
 fi
 # The same on the bare forwarder: what the stack alone holds per stream.
 hold bare small-stream
+
+# --- instructions per relayed request ----------------------------------------------------------
+# CPU time per request moves with the host by up to ±10% between runs; the instructions a target
+# executes for a request do not, so they tell a change in the code from the host's drift. Each
+# target runs under valgrind's cachegrind twice, for COUNT_FEW and for COUNT_MANY requests one
+# after another on one connection; the difference of the two totals over the difference of the
+# counts is one request's user-space instructions, start-up and warm-up cancelled out. The kernel's
+# share (the sockets) is not counted: it is about the same for every target.
+COUNT_FEW=100
+COUNT_MANY=600
+# count_instructions NAME BODY REQUESTS: the target's total instructions for that many requests.
+count_instructions() {
+  local name=$1 body=$2 n=$3 port out cmd ready key=()
+  port=$(free_port)
+  out=$WORK/cg-$name-$body-$n.out
+  if [[ $name == bare ]]; then
+    cmd=("$BARE" --listen "127.0.0.1:$port" --upstream "$MOCK_URL")
+    ready=/stats
+  else
+    sed "s#^listen = .*#listen = \"127.0.0.1:$port\"#" "$WORK/$name/config.toml" >"$WORK/$name/config-cg.toml"
+    cmd=("$SY" --config "$WORK/$name/config-cg.toml" serve)
+    ready=/health
+    key=(--header "x-api-key: ${KEY[$name]}")
+  fi
+  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" "${cmd[@]}" \
+    >>"$WORK/cg-$name.log" 2>&1 &
+  PID[cg]=$!
+  wait_ready cg "http://127.0.0.1:$port$ready" || die "$name did not start under valgrind: $(tail -5 "$WORK/cg-$name.log")"
+  python3 "$HERE/client.py" count --target "http://127.0.0.1:$port/v1/messages" --body "$BODIES/$body.json" \
+    --requests "$n" "${key[@]}" --header "anthropic-version: 2023-06-01" >/dev/null ||
+    die "$name answered errors under valgrind"
+  stop cg
+  awk '/^summary:/ {print $2}' "$out"
+}
+if command -v valgrind >/dev/null; then
+  for name in bare sy_embedded sy_redis; do
+    [[ $name == sy_redis ]] && ((!REDIS_AVAILABLE)) && continue
+    # The target's data dir is locked by its process: this is its last test.
+    stop "$name"
+    for body in small small-stream cc; do
+      log "instructions per request: $name, $body"
+      few=$(count_instructions "$name" "$body" "$COUNT_FEW")
+      many=$(count_instructions "$name" "$body" "$COUNT_MANY")
+      [[ $few =~ ^[0-9]+$ && $many =~ ^[0-9]+$ ]] || die "no instruction count for $name, $body"
+      echo "{\"target\": \"$name\", \"body\": \"$body\", \"few\": [$COUNT_FEW, $few], \"many\": [$COUNT_MANY, $many]}" \
+        >>"$RES/instructions.jsonl"
+    done
+  done
+fi
 
 # --- the report ---------------------------------------------------------------------------------
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)

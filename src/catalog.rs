@@ -47,7 +47,7 @@ pub struct Catalog {
     master_key: MasterKey,
     /// Key records by hash. Only hits are cached: a miss goes to the store every time, so a key
     /// created by another process is usable at once.
-    keys: DashMap<String, Arc<KeyRecord>>,
+    keys: DashMap<String, Arc<KeyRecord>, foldhash::fast::RandomState>,
     accounts: RwLock<Arc<Vec<Arc<Account>>>>,
 }
 
@@ -56,7 +56,7 @@ impl Catalog {
         let catalog = Catalog {
             store,
             master_key,
-            keys: DashMap::new(),
+            keys: DashMap::default(),
             accounts: RwLock::new(Arc::new(Vec::new())),
         };
         catalog.reload_accounts().await?;

@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -117,9 +118,9 @@ struct Handles {
     upstream_ttfb: Histogram,
     relay_overhead: Histogram,
     /// `REQUESTS` by (surface, status).
-    requests: DashMap<(&'static str, u16), Counter>,
+    requests: DashMap<(&'static str, u16), Counter, RandomState>,
     /// `TOKENS` and `COST` by model; at most `MAX_CACHED_MODELS` (the model is the client's word).
-    models: DashMap<String, ModelCounters>,
+    models: DashMap<String, ModelCounters, RandomState>,
 }
 
 /// Beyond this many models, the counters of new ones are looked up on every request instead.
@@ -138,8 +139,8 @@ fn handles() -> &'static Handles {
             upstream_latency: metrics::histogram!(UPSTREAM_LATENCY),
             upstream_ttfb: metrics::histogram!(UPSTREAM_TTFB),
             relay_overhead: metrics::histogram!(RELAY_OVERHEAD),
-            requests: DashMap::new(),
-            models: DashMap::new(),
+            requests: DashMap::default(),
+            models: DashMap::default(),
         }
     })
 }

@@ -13,7 +13,7 @@
 
 pub mod images;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -268,7 +268,7 @@ struct GlobEntry {
 /// Prices from one source.
 #[derive(Debug, Clone, Default)]
 struct Layer {
-    exact: HashMap<String, ModelPrice>,
+    exact: foldhash::HashMap<String, ModelPrice>,
     /// Most specific first, so the first match is the answer.
     globs: Vec<GlobEntry>,
 }
@@ -531,7 +531,8 @@ pub struct Pricing {
     /// Resolved prices by model name: a lookup tries every glob of every layer, and the same few
     /// models are priced twice per request (the reservation and the settle). Bounded: names past
     /// `RESOLVED_MAX` are resolved every time.
-    resolved: std::sync::Arc<dashmap::DashMap<String, (ModelPrice, bool)>>,
+    resolved:
+        std::sync::Arc<dashmap::DashMap<String, (ModelPrice, bool), foldhash::fast::RandomState>>,
 }
 
 /// How many model names `Pricing` remembers the price of.

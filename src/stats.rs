@@ -7,10 +7,11 @@
 //! keeps the batch and retries it, unchanged and under the same id, so acknowledged usage is
 //! neither lost nor counted twice while the store is unavailable; see `Writer`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use foldhash::HashMap;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use tokio::sync::{mpsc, oneshot};
@@ -323,7 +324,7 @@ impl Pending {
     /// The batch for the store (its `id` left for the caller to set).
     fn into_batch(self) -> UsageBatch {
         let mut counters: BTreeMap<(Dimension, Bucket), Counters> = BTreeMap::new();
-        let mut buckets: HashMap<i64, [Bucket; 4]> = HashMap::new();
+        let mut buckets: HashMap<i64, [Bucket; 4]> = HashMap::default();
         for ((key, account, model, hour), sum) in self.groups {
             let buckets = buckets
                 .entry(hour)

@@ -20,6 +20,11 @@
       Opens that many concurrent streams (which the mock keeps open with a delta a second), holds
       them while sampling VmRSS / VmHWM of PID, then drops them all.
 
+  client.py count  --target URL --body FILE --requests N
+      N requests one after another on one kept-alive connection, nothing measured: the load that
+      scripts/bench.sh counts instructions under (valgrind's cachegrind, which slows the target
+      about fifty times, so the load must be small and fixed).
+
 Every result is one JSON object on stdout. Times are in microseconds unless named otherwise.
 """
 
@@ -241,6 +246,18 @@ def cmd_seq_many(args):
             f.write(json.dumps(result) + "\n")
 
 
+def cmd_count(args):
+    body = open(args.body, "rb").read()
+    raw = build_request(args.target, body, parse_headers(args.header))
+    conn = Conn(args.target)
+    errors = 0
+    for _ in range(args.requests):
+        status, _, _, _ = conn.request(raw)
+        errors += not 200 <= status < 300
+    print(json.dumps({"requests": args.requests, "errors": errors}))
+    return 1 if errors else 0
+
+
 def delta_arrivals(conn, raw):
     """Sends one streamed request; returns (ttfb_us, [arrival of each content delta, us from send],
     number of distinct reads that carried deltas)."""
@@ -407,12 +424,12 @@ async def hold(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("seq", "chunks", "hold"):
+    for name in ("seq", "chunks", "hold", "count"):
         s = sub.add_parser(name)
         s.add_argument("--target", required=True)
         s.add_argument("--body", required=True)
         s.add_argument("--header", action="append", help="K: V (repeatable)")
-        if name != "hold":
+        if name in ("seq", "chunks"):
             s.add_argument("--direct", required=True)
     s = sub.add_parser("seq-many")
     s.add_argument("--direct", required=True)
@@ -434,6 +451,7 @@ def main():
     s.add_argument("--hold-secs", type=float, default=10)
     s.add_argument("--open-concurrency", type=int, default=100)
     s.add_argument("--mock-stats", help="the mock's /stats URL")
+    sub.choices["count"].add_argument("--requests", required=True, type=int)
     args = p.parse_args()
     if args.cmd == "seq":
         cmd_seq(args)
@@ -441,6 +459,8 @@ def main():
         cmd_seq_many(args)
     elif args.cmd == "chunks":
         cmd_chunks(args)
+    elif args.cmd == "count":
+        return cmd_count(args)
     else:
         asyncio.run(hold(args))
 

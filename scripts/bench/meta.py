@@ -45,6 +45,7 @@ meta = {
         "redis": sh("redis-server --version"),
         "python": sh("python3 --version"),
         "perf": sh("perf --version"),
+        "valgrind": sh("valgrind --version 2>/dev/null || echo none"),
         "kernel": sh("uname -sr"),
         "os": sh(". /etc/os-release && echo $PRETTY_NAME"),
         "cpu": sh("lscpu | grep -m1 'Model name' | cut -d: -f2"),

@@ -246,6 +246,42 @@ if any(loads[(s, "bare")] for s in JUDGED):
     ratio_rows("bare", "the bare forwarder")
     w("")
 
+# --- instructions per request ----------------------------------------------------------------------
+INSTR_BODIES = ["small", "small-stream", "cc"]
+instr = {}
+p = RES / "instructions.jsonl"
+if p.exists():
+    for line in p.read_text().splitlines():
+        r = json.loads(line)
+        (n1, i1), (n2, i2) = r["few"], r["many"]
+        instr[(r["body"], r["target"])] = (i2 - i1) / (n2 - n1)
+if instr:
+    w("### Instructions per relayed request")
+    w("")
+    w(
+        "What each target executes in user space for one request, counted by valgrind's cachegrind "
+        "(one request at a time on one connection; the difference between a run of "
+        "few and a run of many requests, so that start-up and warm-up cancel out). Unlike CPU time, "
+        "this does not move with the host between runs: it is the figure to compare two versions of "
+        "the code by. The kernel's work (the sockets, about the same for every target) is not in it."
+    )
+    w("")
+    cols = [b for b in INSTR_BODIES if any((b, t) in instr for t in TARGETS)]
+    w("| target | " + " | ".join(SCENARIO[b] for b in cols) + " |")
+    w("|---|" + "---|" * len(cols))
+    for t in ("bare", "sy_embedded", "sy_redis"):
+        if not any((b, t) in instr for b in cols):
+            continue
+        cells = []
+        for b in cols:
+            v, base = instr.get((b, t)), instr.get((b, "bare"))
+            cell = "–" if v is None else f"{v / 1000:,.1f}k"
+            if v is not None and base and t != "bare":
+                cell += f" ({v / base:.2f}× bare)"
+            cells.append(cell)
+        w(f"| {LABEL[t]} | " + " | ".join(cells) + " |")
+    w("")
+
 # --- analysis (kept) -----------------------------------------------------------------------------
 kept = None
 if OUT.exists():

@@ -9,7 +9,7 @@
 //! single node there is nobody to share it with, and a restart forgets every in-flight request
 //! anyway. The mutex is never held across an await, and the hot-path methods never touch the file.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -109,13 +109,18 @@ impl EmbeddedStore {
     /// Takes what changed in the limit counters, to be written; `restore_limits_write` puts it
     /// back when the write failed.
     fn take_limits_write(&self) -> StoreResult<LimitsWrite> {
-        let mut hot = self.hot();
+        let mut guard = self.hot();
+        let hot = &mut *guard;
+        // Key lease maps are kept while empty (the next admission reuses them); here they go.
+        hot.keys.retain(|_, leases| !leases.is_empty());
         let limits = &mut hot.limits;
         limits.prune(now_ms());
         let mut write = LimitsWrite::default();
-        for k in std::mem::take(&mut limits.dirty_meters) {
-            let value = limits.meter(&k.0, &k.1).map(encode).transpose()?;
-            write.meters.push((k, value));
+        for (key_id, buckets) in std::mem::take(&mut limits.dirty_meters) {
+            for bucket in buckets {
+                let value = limits.meter(&key_id, &bucket).map(encode).transpose()?;
+                write.meters.push(((key_id.clone(), bucket), value));
+            }
         }
         for key_id in std::mem::take(&mut limits.dirty_first_use) {
             if let Some(at) = limits.first_use.get(&key_id) {
@@ -127,7 +132,9 @@ impl EmbeddedStore {
 
     fn restore_limits_write(&self, (meters, first_use): LimitsKeys) {
         let mut hot = self.hot();
-        hot.limits.dirty_meters.extend(meters);
+        for (key_id, bucket) in &meters {
+            hot.limits.mark_dirty(key_id, bucket);
+        }
         hot.limits.dirty_first_use.extend(first_use);
     }
 
@@ -137,9 +144,15 @@ impl EmbeddedStore {
         for ((dimension, bucket), add) in &batch.counters {
             counters.push((counter_key(dimension, bucket), *add));
         }
+        // Every entry encoded into one buffer: one allocation per batch rather than a few (the
+        // growing `Vec` of each `to_vec`) per request.
+        let mut encoded = Vec::with_capacity(batch.requests.len() * 512);
         let mut entries = Vec::with_capacity(batch.requests.len());
         for entry in &batch.requests {
-            entries.push((entry.at, entry.request_id.clone(), encode(entry)?));
+            let start = encoded.len();
+            serde_json::to_writer(&mut encoded, entry)
+                .map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))?;
+            entries.push((entry.at, entry.request_id.clone(), start..encoded.len()));
         }
         let max = u64::try_from(self.request_log_max).unwrap_or(u64::MAX);
         self.blocking(move |db| {
@@ -158,8 +171,8 @@ impl EmbeddedStore {
                         .map_err(db_err)?;
                 }
                 let mut log = txn.open_table(REQUEST_LOG).map_err(db_err)?;
-                for (at, request_id, bytes) in &entries {
-                    log.insert((*at, request_id.as_str()), bytes.as_slice())
+                for (at, request_id, range) in &entries {
+                    log.insert((*at, request_id.as_str()), &encoded[range.clone()])
                         .map_err(db_err)?;
                 }
                 // Trimmed on write, so reads never pay for it and the file stays bounded: the
@@ -223,8 +236,8 @@ struct Limits {
     meters: HashMap<String, HashMap<SmolStr, MeterHot>>,
     /// Key id -> unix ms of its first use.
     first_use: HashMap<String, i64>,
-    /// Counters and first uses changed since the last write.
-    dirty_meters: HashSet<MeterId>,
+    /// Counters and first uses changed since the last write (meters: key id -> buckets).
+    dirty_meters: HashMap<String, HashSet<SmolStr>>,
     dirty_first_use: HashSet<String>,
     /// Lease id -> unix ms it was swept: a lease that passed its deadline before it was settled
     /// gave its holds back then, and its late settle still adds its use (once). A settle of a
@@ -252,10 +265,25 @@ impl Limits {
     /// Changes the counter of (key, bucket), created when missing.
     fn change(&mut self, key_id: &str, bucket: &SmolStr, f: impl FnOnce(&mut MeterHot)) {
         if !self.meters.contains_key(key_id) {
-            self.meters.insert(key_id.to_owned(), HashMap::new());
+            self.meters.insert(key_id.to_owned(), HashMap::default());
         }
         if let Some(of_key) = self.meters.get_mut(key_id) {
             f(of_key.entry(bucket.clone()).or_default());
+        }
+    }
+
+    /// Notes that the counter of (key, bucket) must be written.
+    fn mark_dirty(&mut self, key_id: &str, bucket: &SmolStr) {
+        match self.dirty_meters.get_mut(key_id) {
+            Some(buckets) => {
+                if !buckets.contains(bucket) {
+                    buckets.insert(bucket.clone());
+                }
+            }
+            None => {
+                let buckets = HashSet::from_iter([bucket.clone()]);
+                self.dirty_meters.insert(key_id.to_owned(), buckets);
+            }
         }
     }
 
@@ -297,14 +325,18 @@ impl Limits {
     /// Counters whose period ended are dropped from memory, and from the file at the next write;
     /// swept lease ids are forgotten after a while.
     fn prune(&mut self, now_ms: i64) {
+        let mut stale = Vec::new();
         for (key_id, of_key) in &mut self.meters {
             of_key.retain(|bucket, m| {
                 let over = m.held == 0 && m.expires_at.is_some_and(|e| e <= now_ms);
                 if over {
-                    self.dirty_meters.insert((key_id.clone(), bucket.clone()));
+                    stale.push((key_id.clone(), bucket.clone()));
                 }
                 !over
             });
+        }
+        for (key_id, bucket) in &stale {
+            self.mark_dirty(key_id, bucket);
         }
         self.meters.retain(|_, of_key| !of_key.is_empty());
         if !self.swept.is_empty() {
@@ -699,7 +731,11 @@ impl Store for EmbeddedStore {
         let mut guard = self.hot();
         let hot = &mut *guard;
         let key_id = admission.key_id.as_str();
-        let leases = hot.keys.entry(key_id.to_owned()).or_default();
+        // Looked up by `&str` first: the owned id is made only for a key's first lease.
+        let leases = match hot.keys.get_mut(key_id) {
+            Some(leases) => leases,
+            None => hot.keys.entry(key_id.to_owned()).or_default(),
+        };
         // Swept even when unbounded, so that leases never settled do not pile up.
         hot.limits.sweep(key_id, leases, now);
         if let Some(valid) = admission.valid_after_first_use_ms {
@@ -766,9 +802,6 @@ impl Store for EmbeddedStore {
                 hot.limits.unhold(key_id, &taken.holds);
                 held = true;
             }
-            if leases.is_empty() {
-                hot.keys.remove(key_id);
-            }
         }
         // Neither held nor swept: given back before; its use was counted then.
         if !held && hot.limits.swept.remove(&lease.id).is_none() {
@@ -778,9 +811,7 @@ impl Store for EmbeddedStore {
             hot.limits.change(key_id, bucket, |counter| {
                 counter.used = counter.used.saturating_add(*amount);
             });
-            hot.limits
-                .dirty_meters
-                .insert((key_id.to_owned(), bucket.clone()));
+            hot.limits.mark_dirty(key_id, bucket);
         }
         Ok(())
     }
@@ -851,7 +882,10 @@ impl Store for EmbeddedStore {
         drop(contenders);
         hot.pick_seq += 1;
         let pick_seq = hot.pick_seq;
-        let account = hot.accounts.entry(id.clone()).or_default();
+        let account = match hot.accounts.get_mut(&id) {
+            Some(account) => account,
+            None => hot.accounts.entry(id.clone()).or_default(),
+        };
         account
             .leases
             .insert(lease.id.clone(), deadline(lease, now));
@@ -867,8 +901,18 @@ impl Store for EmbeddedStore {
                     if hot.sessions.len() >= SESSIONS_PRUNE_AT {
                         hot.sessions.retain(|_, (_, e)| *e > now);
                     }
-                    hot.sessions
-                        .insert(session.id.to_owned(), (id.clone(), expires));
+                    match hot.sessions.get_mut(session.id) {
+                        Some(binding) => {
+                            if binding.0 != id {
+                                binding.0.clone_from(&id);
+                            }
+                            binding.1 = expires;
+                        }
+                        None => {
+                            hot.sessions
+                                .insert(session.id.to_owned(), (id.clone(), expires));
+                        }
+                    }
                 }
                 // The binding stays where it is, for when its account can serve again.
                 Sticky::Escaped | Sticky::None => {}
@@ -916,9 +960,6 @@ impl Store for EmbeddedStore {
         {
             if let Some(taken) = leases.remove(&lease.id) {
                 hot.limits.unhold(key_id, &taken.holds);
-            }
-            if leases.is_empty() {
-                hot.keys.remove(key_id);
             }
         }
         if let Some(account) = account_id.and_then(|id| hot.accounts.get_mut(id)) {
@@ -1034,10 +1075,17 @@ mod tests {
             // A second settle (a retried give-back) counts nothing.
             store.settle("k", &lease, &used).await.unwrap();
         }
-        let hot = store.hot();
-        assert!(hot.keys.is_empty());
-        assert!(hot.limits.swept.is_empty());
-        let meter = hot.limits.meter("k", "day:x").unwrap();
-        assert_eq!((meter.used, meter.held), (2_000, 0));
+        {
+            let hot = store.hot();
+            // The key's lease map stays, empty, for its next admission...
+            assert!(hot.keys.values().all(|leases| leases.is_empty()));
+            assert!(hot.limits.swept.is_empty());
+            let meter = hot.limits.meter("k", "day:x").unwrap();
+            assert_eq!((meter.used, meter.held), (2_000, 0));
+        }
+        // ...until the next write of the counters drops it.
+        let write = store.take_limits_write().unwrap();
+        assert_eq!(write.meters.len(), 1);
+        assert!(store.hot().keys.is_empty());
     }
 }
