@@ -481,8 +481,8 @@ hold bare small-stream
 # after another on one connection; the difference of the two totals over the difference of the
 # counts is one request's user-space instructions, start-up and warm-up cancelled out. The kernel's
 # share (the sockets) is not counted: it is about the same for every target.
-COUNT_FEW=100
-COUNT_MANY=600
+COUNT_FEW=200
+COUNT_MANY=2200
 # count_instructions NAME BODY REQUESTS: the target's total instructions for that many requests.
 count_instructions() {
   local name=$1 body=$2 n=$3 port out cmd ready key=()
