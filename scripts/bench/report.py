@@ -249,12 +249,15 @@ if any(loads[(s, "bare")] for s in JUDGED):
 # --- instructions per request ----------------------------------------------------------------------
 INSTR_BODIES = ["small", "small-stream", "cc"]
 instr = {}
+# The request counts of the two runs, as scripts/bench.sh recorded them (for the method).
+instr_runs = None
 p = RES / "instructions.jsonl"
 if p.exists():
     for line in p.read_text().splitlines():
         r = json.loads(line)
         (n1, i1), (n2, i2) = r["few"], r["many"]
         instr[(r["body"], r["target"])] = (i2 - i1) / (n2 - n1)
+        instr_runs = (n1, n2)
 if instr:
     w("### Instructions per relayed request")
     w("")
@@ -296,6 +299,10 @@ w("")
 
 # --- method ------------------------------------------------------------------------------------
 b = meta["bodies"]
+if instr_runs:
+    few, many, diff = (f"{n:,}" for n in (*instr_runs, instr_runs[1] - instr_runs[0]))
+else:
+    few, many, diff = "a few", "many", "the difference of the counts"
 w("## Method")
 w("")
 w(
@@ -363,10 +370,10 @@ Clients send `x-api-key` and `anthropic-version` to every target (the mock and n
   cpu-clock software event).
 - **Instructions per request** (last, each target stopped first): the bare forwarder and both
   Switchyard targets, each started on its own config and data dir under `valgrind
-  --tool=cachegrind --cache-sim=no`, twice per body: once for 200 requests and, in a fresh process,
-  once for 2,200 (`client.py count`: one after another on one kept-alive connection, every answer
-  checked for 2xx). The figure is the difference of the two runs' totals (the `summary:` line of
-  cachegrind's output) over 2,000. Two such measurements of one binary agree to about 1%; what
+  --tool=cachegrind --cache-sim=no`, twice per body: once for {few} requests and, in a fresh
+  process, once for {many} (`client.py count`: one after another on one kept-alive connection,
+  every answer checked for 2xx). The figure is the difference of the two runs' totals (the
+  `summary:` line of cachegrind's output) over {diff}. Two such measurements of one binary agree to about 1%; what
   still moves is time-bound work, a clock calibration at start-up and the stats flush every
   250 ms."""
 )
