@@ -150,8 +150,7 @@ impl EmbeddedStore {
         let mut entries = Vec::with_capacity(batch.requests.len());
         for entry in &batch.requests {
             let start = encoded.len();
-            serde_json::to_writer(&mut encoded, entry)
-                .map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))?;
+            encode_into(&mut encoded, entry)?;
             entries.push((entry.at, entry.request_id.clone(), start..encoded.len()));
         }
         let max = u64::try_from(self.request_log_max).unwrap_or(u64::MAX);
@@ -472,7 +471,16 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
 }
 
 fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
+    serde_json::to_vec(value).map_err(encoding_err)
+}
+
+/// As `encode`, appending to `out`.
+fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> StoreResult<()> {
+    serde_json::to_writer(out, value).map_err(encoding_err)
+}
+
+fn encoding_err(e: serde_json::Error) -> StoreError {
+    StoreError::Unavailable(format!("encoding: {e}"))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> StoreResult<T> {
