@@ -8,16 +8,11 @@
 //! Anthropic's `input_tokens` already excludes cache reads and writes, which is the
 //! [`TokenUsage`] convention, so the counts are taken as they are.
 
-use std::sync::OnceLock;
-
 use serde::Deserialize;
 
+use super::fields::TopFields;
 use super::sse::{SseEvent, SseFramer};
 use crate::usage::TokenUsage;
-
-/// A JSON response larger than this is passed on but not read for usage. Messages responses are
-/// far smaller; anything bigger is not worth holding a copy of.
-const MAX_JSON_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Watches one Anthropic Messages response body for token usage.
 #[derive(Debug)]
@@ -27,8 +22,12 @@ pub struct AnthropicUsage {
 
 #[derive(Debug)]
 enum Mode {
-    Streaming { framer: SseFramer, seen: Seen },
-    Json(JsonBody),
+    Streaming {
+        framer: SseFramer,
+        seen: Seen,
+    },
+    /// A JSON body: its `type`, `model` and `usage`, read as they pass.
+    Json(TopFields<3>),
 }
 
 /// What the response has reported so far.
@@ -45,15 +44,6 @@ struct Seen {
     parses: usize,
 }
 
-#[derive(Debug)]
-struct JsonBody {
-    body: Vec<u8>,
-    max_bytes: usize,
-    gave_up: bool,
-    /// Parsed on first demand and kept until more bytes arrive.
-    parsed: OnceLock<Seen>,
-}
-
 impl AnthropicUsage {
     /// For `text/event-stream` responses.
     pub fn streaming() -> AnthropicUsage {
@@ -67,17 +57,8 @@ impl AnthropicUsage {
 
     /// For `application/json` responses.
     pub fn json() -> AnthropicUsage {
-        AnthropicUsage::json_with_max_bytes(MAX_JSON_BODY_BYTES)
-    }
-
-    fn json_with_max_bytes(max_bytes: usize) -> AnthropicUsage {
         AnthropicUsage {
-            mode: Mode::Json(JsonBody {
-                body: Vec::new(),
-                max_bytes,
-                gave_up: false,
-                parsed: OnceLock::new(),
-            }),
+            mode: Mode::Json(TopFields::new(["type", "model", "usage"])),
         }
     }
 
@@ -85,13 +66,22 @@ impl AnthropicUsage {
     pub fn observe(&mut self, chunk: &[u8]) {
         match &mut self.mode {
             Mode::Streaming { framer, seen } => framer.feed(chunk, |ev| seen.on_event(ev)),
-            Mode::Json(json) => json.observe(chunk),
+            Mode::Json(fields) => fields.feed(chunk),
         }
     }
 
     /// The usage reported so far; zero if nothing (or an error) was reported.
     pub fn usage(&self) -> TokenUsage {
-        self.seen().normalised_usage()
+        match &self.mode {
+            Mode::Streaming { seen, .. } => seen.normalised_usage(),
+            Mode::Json(fields) => answer_field::<WireUsage>(fields, "usage")
+                .map(|usage| {
+                    let mut seen = Seen::default();
+                    seen.apply(&usage);
+                    seen.normalised_usage()
+                })
+                .unwrap_or_default(),
+        }
     }
 
     /// For a stream whose final counts never came (no `message_delta` with usage): the
@@ -104,16 +94,25 @@ impl AnthropicUsage {
     }
 
     /// The model that answered, as the response names it.
-    pub fn model(&self) -> Option<&str> {
-        self.seen().model.as_deref()
-    }
-
-    fn seen(&self) -> &Seen {
+    pub fn model(&self) -> Option<String> {
         match &self.mode {
-            Mode::Streaming { seen, .. } => seen,
-            Mode::Json(json) => json.parsed.get_or_init(|| json.parse()),
+            Mode::Streaming { seen, .. } => seen.model.clone(),
+            Mode::Json(fields) => answer_field(fields, "model"),
         }
     }
+}
+
+/// A field of a complete JSON answer; `None` for an error (`"type": "error"`), an unreadable or
+/// unfinished body, or a field that is absent or not of the expected shape.
+fn answer_field<T: serde::de::DeserializeOwned>(fields: &TopFields<3>, name: &str) -> Option<T> {
+    if !fields.complete() {
+        tracing::debug!("Anthropic JSON response incomplete or unreadable; no usage");
+        return None;
+    }
+    if fields.get("type") == Some(br#""error""#) {
+        return None;
+    }
+    serde_json::from_slice(fields.get(name)?).ok()
 }
 
 impl Seen {
@@ -215,47 +214,6 @@ fn names_usage_event(data: &str) -> bool {
     })
 }
 
-impl JsonBody {
-    fn observe(&mut self, chunk: &[u8]) {
-        if self.gave_up || chunk.is_empty() {
-            return;
-        }
-        if self.body.len() + chunk.len() > self.max_bytes {
-            tracing::warn!(
-                max_bytes = self.max_bytes,
-                "Anthropic JSON response too large to read usage from; it is not billed"
-            );
-            self.gave_up = true;
-            self.body = Vec::new();
-        } else {
-            self.body.extend_from_slice(chunk);
-        }
-        self.parsed.take();
-    }
-
-    fn parse(&self) -> Seen {
-        let mut seen = Seen::default();
-        if self.gave_up || self.body.is_empty() {
-            return seen;
-        }
-        let message: WireMessage = match serde_json::from_slice(&self.body) {
-            Ok(message) => message,
-            Err(error) => {
-                tracing::debug!(%error, "Anthropic JSON response unreadable; no usage");
-                return seen;
-            }
-        };
-        if message.kind.as_deref() == Some("error") {
-            return seen;
-        }
-        seen.model = message.model;
-        if let Some(usage) = &message.usage {
-            seen.apply(usage);
-        }
-        seen
-    }
-}
-
 /// The parts of a stream event that carry usage. Unknown fields are skipped by serde.
 #[derive(Deserialize)]
 struct WireEvent {
@@ -265,11 +223,9 @@ struct WireEvent {
     usage: Option<WireUsage>,
 }
 
-/// A Messages response (the JSON body, or `message_start`'s `message`).
+/// `message_start`'s `message`.
 #[derive(Deserialize)]
 struct WireMessage {
-    #[serde(rename = "type")]
-    kind: Option<String>,
     model: Option<String>,
     usage: Option<WireUsage>,
 }
@@ -327,7 +283,7 @@ mod tests {
             &[&fixture("anthropic_stream.txt")],
         );
         assert_eq!(o.usage(), io(10, 7));
-        assert_eq!(o.model(), Some("claude-opus-4-8"));
+        assert_eq!(o.model().as_deref(), Some("claude-opus-4-8"));
         // Only message_start and message_delta were parsed.
         assert_eq!(parses(&o), 2);
     }
@@ -339,7 +295,7 @@ mod tests {
             &[&fixture("anthropic_stream_tool_use.txt")],
         );
         assert_eq!(o.usage(), io(11, 20));
-        assert_eq!(o.model(), Some("claude-opus-4-8"));
+        assert_eq!(o.model().as_deref(), Some("claude-opus-4-8"));
         assert_eq!(parses(&o), 2);
     }
 
@@ -347,7 +303,7 @@ mod tests {
     fn json_fixture() {
         let o = observe_all(AnthropicUsage::json(), &[&fixture("anthropic_json.txt")]);
         assert_eq!(o.usage(), io(10, 7));
-        assert_eq!(o.model(), Some("claude-opus-4-8"));
+        assert_eq!(o.model().as_deref(), Some("claude-opus-4-8"));
     }
 
     const CACHED_STREAM: &str = concat!(
@@ -383,7 +339,7 @@ mod tests {
                 images: 0,
             }
         );
-        assert_eq!(o.model(), Some("claude-sonnet-4-5-20250929"));
+        assert_eq!(o.model().as_deref(), Some("claude-sonnet-4-5-20250929"));
         assert_eq!(parses(&o), 2);
     }
 
@@ -434,7 +390,7 @@ mod tests {
         let after_start = text.find("event: ping").unwrap();
         let o = observe_all(AnthropicUsage::streaming(), &[&raw[..after_start]]);
         assert_eq!(o.usage(), io(10, 1));
-        assert_eq!(o.model(), Some("claude-opus-4-8"));
+        assert_eq!(o.model().as_deref(), Some("claude-opus-4-8"));
         // Cut inside message_delta: its event never completed.
         let mid_delta = text.find(r#""output_tokens": 7"#).unwrap();
         let o = observe_all(AnthropicUsage::streaming(), &[&raw[..mid_delta]]);
@@ -442,7 +398,7 @@ mod tests {
         // Cut before message_start completed: nothing.
         let o = observe_all(AnthropicUsage::streaming(), &[&raw[..40]]);
         assert_eq!(o.usage(), TokenUsage::default());
-        assert_eq!(o.model(), None);
+        assert_eq!(o.model(), None::<String>);
         // Usage can be read mid-stream and keeps growing.
         let mut o = AnthropicUsage::streaming();
         o.observe(&raw[..after_start]);
@@ -468,7 +424,11 @@ mod tests {
                 };
                 let o = observe_all(observer, &[a, b]);
                 assert_eq!(o.usage(), want, "{name} split at {at}");
-                assert_eq!(o.model(), Some("claude-opus-4-8"), "{name} split at {at}");
+                assert_eq!(
+                    o.model().as_deref(),
+                    Some("claude-opus-4-8"),
+                    "{name} split at {at}"
+                );
             }
         }
     }
@@ -482,12 +442,12 @@ mod tests {
         );
         let o = observe_all(AnthropicUsage::streaming(), &[stream.as_bytes()]);
         assert!(o.usage().is_empty());
-        assert_eq!(o.model(), None);
+        assert_eq!(o.model(), None::<String>);
 
         let body = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"},"usage":{"input_tokens":3}}"#;
         let o = observe_all(AnthropicUsage::json(), &[body]);
         assert!(o.usage().is_empty());
-        assert_eq!(o.model(), None);
+        assert_eq!(o.model(), None::<String>);
 
         // An error after message_start keeps what message_start reported.
         let raw = fixture("anthropic_stream.txt");
@@ -523,21 +483,21 @@ mod tests {
         assert!(o.usage().is_empty());
         o.observe(&raw[raw.len() / 2..]);
         assert_eq!(o.usage(), io(10, 7));
-        assert_eq!(o.model(), Some("claude-opus-4-8"));
+        assert_eq!(o.model().as_deref(), Some("claude-opus-4-8"));
     }
 
     #[test]
-    fn oversized_json_gives_up() {
+    fn a_json_answer_is_read_without_a_copy() {
         let raw = fixture("anthropic_json.txt");
-        let o = observe_all(AnthropicUsage::json_with_max_bytes(raw.len()), &[&raw]);
+        let o = observe_all(AnthropicUsage::json(), &[&raw[..10], &raw[10..]]);
         assert_eq!(o.usage(), io(10, 7));
-        let o = observe_all(
-            AnthropicUsage::json_with_max_bytes(raw.len() - 1),
-            &[&raw[..10], &raw[10..]],
-        );
-        assert!(o.usage().is_empty());
         match &o.mode {
-            Mode::Json(json) => assert_eq!(json.body.capacity(), 0),
+            Mode::Json(fields) => {
+                let usage: serde_json::Value =
+                    serde_json::from_slice(fields.get("usage").unwrap()).unwrap();
+                assert_eq!(usage["input_tokens"], 10);
+                assert_eq!(fields.get("content"), None, "the answer itself is not kept");
+            }
             Mode::Streaming { .. } => panic!("json mode expected"),
         }
     }

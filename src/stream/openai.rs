@@ -9,13 +9,10 @@
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::Collected;
+use super::fields::TopFields;
 use super::sse::{SseEvent, SseFramer};
 use crate::translate::Translate;
 use crate::usage::TokenUsage;
-
-/// A JSON answer larger than this is passed on but not read for usage.
-const MAX_JSON_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Which OpenAI operation answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +28,8 @@ pub struct OpenAiUsage {
     operation: Operation,
     /// `Some` for an SSE answer.
     framer: Option<SseFramer>,
-    json: Collected,
+    /// A JSON answer's `usage`, read as it passes.
+    json: TopFields<1>,
     seen: Option<WireUsage>,
     /// Streamed chunks of the answer itself (not `[DONE]`, not the usage): about one token each.
     chunks: u64,
@@ -42,7 +40,7 @@ impl OpenAiUsage {
         OpenAiUsage {
             operation,
             framer: streaming.then(SseFramer::new),
-            json: Collected::new(MAX_JSON_BODY_BYTES, "OpenAI JSON answer"),
+            json: TopFields::new(["usage"]),
             seen: None,
             chunks: 0,
         }
@@ -59,7 +57,7 @@ impl OpenAiUsage {
                     *chunks += 1;
                 }
             }),
-            None => self.json.push(chunk),
+            None => self.json.feed(chunk),
         }
     }
 
@@ -83,8 +81,7 @@ impl OpenAiUsage {
         if self.framer.is_some() {
             return self.seen;
         }
-        let body: JsonAnswer = serde_json::from_slice(self.json.bytes()).ok()?;
-        body.usage
+        serde_json::from_slice(self.json.get("usage")?).ok()
     }
 }
 

@@ -306,6 +306,45 @@ async fn embeddings_and_models_on_the_openai_surface() {
     );
 }
 
+/// A batch of embeddings runs to tens of megabytes; its usage comes last. It is billed all the
+/// same (a copy of the answer, capped at 16 MiB, was once kept to read it, and past the cap the
+/// answer went unbilled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embeddings_answer_of_any_size_is_billed() {
+    let mock = MockUpstream::start().await;
+    let item = r#"{"object":"embedding","index":0,"embedding":"AACAPAAAAL0AAIA9AAAAvg=="}"#;
+    let mut answer = String::from(r#"{"object":"list","data":["#);
+    while answer.len() < 20 << 20 {
+        answer.push_str(item);
+        answer.push(',');
+    }
+    answer.push_str(item);
+    answer.push_str(
+        r#"],"model":"text-embedding-3-small","usage":{"prompt_tokens":4242,"total_tokens":4242}}"#,
+    );
+    mock.set_default(Behavior::Error {
+        status: 200,
+        body: answer.clone(),
+        headers: Vec::new(),
+    });
+    let relay = Relay::start().await;
+    add(&relay, &mock, "openai", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let body = json!({ "model": "text-embedding-3-small", "input": ["a", "b"] });
+    let resp = post(&relay, "/v1/embeddings", &key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.unwrap();
+    assert!(got == answer.as_bytes(), "passed on unchanged");
+    let e = logged(&relay).await;
+    assert_eq!(
+        (e["input_tokens"].as_u64(), e["status"].as_u64()),
+        (Some(4242), Some(200))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_uses_the_deployment_api_version_and_api_key() {
     let mock = MockUpstream::start().await;
