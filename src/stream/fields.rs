@@ -8,6 +8,10 @@
 //! which checks them. The rest of the answer is not validated: a field is reported once the
 //! top-level object has closed, and a body whose structure breaks (not an object, a stray byte
 //! between members, text after the end) reports nothing.
+//!
+//! A reader can also be told to keep the long strings inside the values it keeps as `""`:
+//! Gemini's `candidates` say how many images an answer holds by their `mimeType`, beside
+//! megabytes of base64 per image that nothing here needs.
 
 use memchr::memchr2;
 
@@ -34,6 +38,13 @@ pub(crate) struct TopFields<const N: usize> {
     escaped: bool,
     /// The wanted field whose value is being read, with its bytes so far.
     capture: Option<(usize, Vec<u8>)>,
+    /// Strings (keys too) inside kept values longer than this, in bytes of JSON text, are kept
+    /// as `""`.
+    max_string: usize,
+    /// Where the kept value's current string begins (after its opening quote), while eliding.
+    string_at: usize,
+    /// The current string is too long: nothing more of it is kept.
+    elided: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +82,16 @@ impl<const N: usize> TopFields<N> {
             in_string: false,
             escaped: false,
             capture: None,
+            max_string: usize::MAX,
+            string_at: 0,
+            elided: false,
         }
+    }
+
+    /// Keeps strings longer than `max` bytes, inside the wanted values, as `""`.
+    pub(crate) fn eliding_strings_over(mut self, max: usize) -> TopFields<N> {
+        self.max_string = max;
+        self
     }
 
     /// The raw JSON of a wanted field (its last occurrence), once the object is complete.
@@ -91,19 +111,14 @@ impl<const N: usize> TopFields<N> {
     /// Reads the next piece of the body.
     pub(crate) fn feed(&mut self, chunk: &[u8]) {
         let mut i = 0;
-        // Where the part of `chunk` inside a kept value begins.
-        let mut kept_from = (self.state == State::InValue && self.capture.is_some()).then_some(0);
         while i < chunk.len() {
             let b = chunk[i];
             match self.state {
                 State::InValue => {
                     match self.value_end(chunk, i) {
-                        Some((end, next)) => {
-                            if let Some(from) = kept_from.take() {
-                                self.keep(&chunk[from..end]);
-                            }
+                        Some(end) => {
                             self.finish_value();
-                            self.state = next;
+                            self.state = State::Next;
                             i = end;
                         }
                         None => i = chunk.len(),
@@ -141,10 +156,8 @@ impl<const N: usize> TopFields<N> {
                     self.depth = 0;
                     self.in_string = false;
                     self.escaped = false;
+                    self.elided = false;
                     self.state = State::InValue;
-                    if self.capture.is_some() {
-                        kept_from = Some(i);
-                    }
                     continue;
                 }
                 State::Next if b == b',' => self.state = State::Key,
@@ -159,16 +172,19 @@ impl<const N: usize> TopFields<N> {
             }
             i += 1;
         }
-        if let Some(from) = kept_from {
-            self.keep(&chunk[from..]);
-        }
     }
 
-    /// Scans a member's value from `chunk[from]` for its end: the index just past it and the
-    /// state after it, or `None` when it goes on past this chunk.
-    fn value_end(&mut self, chunk: &[u8], from: usize) -> Option<(usize, State)> {
+    /// Scans a member's value from `chunk[from]` for its end, keeping its bytes when it is
+    /// wanted: the index just past the value, or `None` when it goes on past this chunk.
+    fn value_end(&mut self, chunk: &[u8], from: usize) -> Option<usize> {
+        let eliding = self.max_string != usize::MAX;
+        // Where the part of `chunk` still to keep begins.
+        let mut kept = (self.capture.is_some() && !self.elided).then_some(from);
         let mut i = from;
-        while i < chunk.len() {
+        let end = loop {
+            if i >= chunk.len() {
+                break None;
+            }
             if self.in_string {
                 if self.escaped {
                     self.escaped = false;
@@ -176,36 +192,78 @@ impl<const N: usize> TopFields<N> {
                     continue;
                 }
                 // Strings are most of an answer: jump to the next quote or backslash.
-                let at = i + memchr2(b'"', b'\\', &chunk[i..])?;
+                let Some(found) = memchr2(b'"', b'\\', &chunk[i..]) else {
+                    i = chunk.len();
+                    continue;
+                };
+                let at = i + found;
+                i = at + 1;
                 if chunk[at] == b'\\' {
                     self.escaped = true;
                 } else {
                     self.in_string = false;
+                    let too_long = kept.is_some_and(|from| self.string_too_long(at - from));
+                    if self.elided || too_long {
+                        // Keep the closing quote only: the string reads `""`.
+                        self.cut_string();
+                        self.elided = false;
+                        kept = self.capture.is_some().then_some(at);
+                    }
                     if self.depth == 0 {
-                        return Some((at + 1, State::Next));
+                        break Some(i);
                     }
                 }
-                i = at + 1;
                 continue;
             }
             match chunk[i] {
-                b'"' => self.in_string = true,
+                b'"' => {
+                    self.in_string = true;
+                    if eliding && let Some(from) = kept {
+                        self.keep(&chunk[from..=i]);
+                        self.string_at = self.capture.as_ref().map_or(0, |(_, v)| v.len());
+                        kept = self.capture.is_some().then_some(i + 1);
+                    }
+                }
                 b'{' | b'[' => self.depth += 1,
                 b'}' | b']' if self.depth > 0 => {
                     self.depth -= 1;
                     if self.depth == 0 {
-                        return Some((i + 1, State::Next));
+                        break Some(i + 1);
                     }
                 }
                 // A number, `true`, `false` or `null` ends at what follows it.
                 b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r' if self.depth == 0 => {
-                    return Some((i, State::Next));
+                    break Some(i);
                 }
                 _ => {}
             }
             i += 1;
+        };
+        if let Some(from) = kept {
+            if end.is_none() && self.in_string && self.string_too_long(chunk.len() - from) {
+                // Nothing more of this string is kept, up to its closing quote.
+                self.cut_string();
+                self.elided = true;
+            } else {
+                self.keep(&chunk[from..end.unwrap_or(chunk.len())]);
+            }
         }
-        None
+        end
+    }
+
+    /// Whether the kept value's current string, with `more` bytes of it, is over the limit.
+    fn string_too_long(&self, more: usize) -> bool {
+        self.max_string != usize::MAX
+            && self.capture.as_ref().is_some_and(|(_, v)| {
+                (v.len() - self.string_at).saturating_add(more) > self.max_string
+            })
+    }
+
+    /// Cuts the kept value back to its current string's opening quote.
+    fn cut_string(&mut self) {
+        if let Some((_, value)) = &mut self.capture {
+            value.truncate(self.string_at);
+        }
     }
 
     fn push_key(&mut self, b: u8) {
@@ -369,13 +427,68 @@ mod tests {
         })
     }
 
+    #[test]
+    fn long_strings_in_kept_values_can_be_left_out() {
+        let image = "QUJD".repeat(1 << 20);
+        let body = format!(
+            r#"{{"candidates": [{{"content": {{"parts": [{{"text": "{}"}}, {{"inlineData":
+            {{"mimeType": "image/png", "data": "{image}"}}}}, {{"text": "a\"b"}}]}}}}],
+            "usageMetadata": {{"promptTokenCount": 3}}}}"#,
+            "x".repeat(300)
+        );
+        let want = serde_json::json!([{"content": {"parts": [{"text": ""}, {"inlineData":
+            {"mimeType": "image/png", "data": ""}}, {"text": "a\"b"}]}}]);
+        for piece in [7, 300, 65536, body.len()] {
+            let mut f = TopFields::new(["candidates", "usageMetadata"]).eliding_strings_over(256);
+            for chunk in body.as_bytes().chunks(piece) {
+                f.feed(chunk);
+            }
+            let got: Value = serde_json::from_slice(f.get("candidates").unwrap()).unwrap();
+            assert_eq!(got, want, "pieces of {piece}");
+            assert!(f.values.iter().flatten().all(|v| v.capacity() < 64 << 10));
+            assert_eq!(
+                f.get("usageMetadata"),
+                Some(&br#"{"promptTokenCount": 3}"#[..])
+            );
+        }
+        // A string of exactly the limit is kept; a wanted value that is itself a string is
+        // left out like any other.
+        let mut f = TopFields::new(["model", "n"]).eliding_strings_over(4);
+        f.feed(br#"{"model": "abcd", "n": ["abcde", "ab"]}"#);
+        assert_eq!(f.get("model"), Some(&br#""abcd""#[..]));
+        assert_eq!(f.get("n"), Some(&br#"["", "ab"]"#[..]));
+        let mut f = TopFields::new(["model"]).eliding_strings_over(3);
+        f.feed(br#"{"model": "abcd"}"#);
+        assert_eq!(f.get("model"), Some(&br#""""#[..]));
+    }
+
+    /// `value` as read with strings (keys too) over `max` bytes of JSON text left out.
+    fn elided(value: &Value, max: usize) -> Value {
+        let long = |s: &str| serde_json::to_string(s).unwrap().len() - 2 > max;
+        match value {
+            Value::String(s) if long(s) => Value::from(""),
+            Value::Array(items) => items.iter().map(|v| elided(v, max)).collect(),
+            Value::Object(members) => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in members {
+                    let k = if long(k) { String::new() } else { k.clone() };
+                    out.insert(k, elided(v, max));
+                }
+                Value::Object(out)
+            }
+            other => other.clone(),
+        }
+    }
+
     proptest! {
-        /// Any object, pretty or compact, cut anywhere: each wanted field reads as serde reads it.
+        /// Any object, pretty or compact, cut anywhere: each wanted field reads as serde reads it
+        /// (with long strings left out when asked).
         #[test]
         fn every_object_reads_as_serde_reads_it(
             members in proptest::collection::btree_map("[a-z]{1,3}|usage|model", json(), 0..8),
             pretty in any::<bool>(),
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+            max in prop_oneof![Just(usize::MAX), 0usize..8],
         ) {
             let object = Value::Object(members.into_iter().collect());
             let text = if pretty {
@@ -385,7 +498,7 @@ mod tests {
             };
             let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(text.len() + 1)).collect();
             cuts.sort_unstable();
-            let mut f = TopFields::new(["usage", "model"]);
+            let mut f = TopFields::new(["usage", "model"]).eliding_strings_over(max);
             let mut prev = 0;
             for c in cuts {
                 f.feed(&text[prev..c]);
@@ -397,7 +510,7 @@ mod tests {
             let whole: Value = serde_json::from_slice(&text).unwrap();
             for name in ["usage", "model"] {
                 let got = f.get(name).map(|v| serde_json::from_slice::<Value>(v).unwrap());
-                prop_assert_eq!(got.as_ref(), whole.get(name));
+                prop_assert_eq!(got, whole.get(name).map(|v| elided(v, max)));
             }
         }
     }

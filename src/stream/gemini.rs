@@ -8,19 +8,23 @@
 
 use serde::Deserialize;
 
-use super::Collected;
+use super::fields::TopFields;
 use super::sse::SseFramer;
 use crate::usage::TokenUsage;
 
-/// A JSON answer (or array stream) larger than this is passed on but not read for usage.
-const MAX_JSON_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// An element of an array stream larger than this is passed on but not read for usage.
+const MAX_ELEMENT_BYTES: usize = 32 * 1024 * 1024;
+/// Strings longer than this inside a JSON answer's `candidates` (text, an image's base64) are not
+/// kept: only the parts' shape and `mimeType` count.
+const MAX_CANDIDATE_STRING_BYTES: usize = 256;
 
 #[derive(Debug)]
 pub struct GeminiUsage {
     /// `Some` for an SSE answer.
     framer: Option<SseFramer>,
-    /// A JSON answer: an object (collected whole), or an array (a stream without `alt=sse`),
-    /// read element by element so that a cut stream is billed for what it reported.
+    /// A JSON answer: an object (its `candidates` and `usageMetadata` read as they pass), or an
+    /// array (a stream without `alt=sse`), read element by element so that a cut stream is billed
+    /// for what it reported.
     json: Json,
     last: Option<Metadata>,
     /// Image parts seen in streamed chunks.
@@ -32,8 +36,8 @@ pub struct GeminiUsage {
 #[derive(Debug)]
 enum Json {
     /// Nothing but whitespace yet.
-    Undecided(Collected),
-    Object(Collected),
+    Undecided,
+    Object(TopFields<2>),
     Array(ArraySplitter),
 }
 
@@ -41,7 +45,7 @@ impl GeminiUsage {
     pub fn new(streaming: bool) -> GeminiUsage {
         GeminiUsage {
             framer: streaming.then(SseFramer::new),
-            json: Json::Undecided(Collected::new(MAX_JSON_BODY_BYTES, "Gemini answer")),
+            json: Json::Undecided,
             last: None,
             images: 0,
             chunks: 0,
@@ -73,26 +77,20 @@ impl GeminiUsage {
                 on_chunk(text);
             }
         };
-        if let Json::Undecided(collected) = &mut self.json {
-            collected.push(chunk);
-            match collected.bytes().trim_ascii_start().first() {
+        if let Json::Undecided = self.json {
+            self.json = match chunk.trim_ascii_start().first() {
                 None => return,
-                Some(b'[') => {
-                    let mut array = ArraySplitter::new(MAX_JSON_BODY_BYTES);
-                    array.feed(collected.bytes(), &mut on_element);
-                    self.json = Json::Array(array);
-                    return;
-                }
-                Some(_) => {
-                    let collected = std::mem::replace(collected, Collected::new(0, ""));
-                    self.json = Json::Object(collected);
-                    return;
-                }
-            }
+                Some(b'[') => Json::Array(ArraySplitter::new(MAX_ELEMENT_BYTES)),
+                Some(_) => Json::Object(
+                    TopFields::new(["candidates", "usageMetadata"])
+                        .eliding_strings_over(MAX_CANDIDATE_STRING_BYTES),
+                ),
+            };
         }
         match &mut self.json {
             Json::Array(array) => array.feed(chunk, &mut on_element),
-            Json::Object(collected) | Json::Undecided(collected) => collected.push(chunk),
+            Json::Object(fields) => fields.feed(chunk),
+            Json::Undecided => {}
         }
     }
 
@@ -105,7 +103,7 @@ impl GeminiUsage {
     /// The usage reported so far (zero when none was).
     pub fn usage(&self) -> TokenUsage {
         let (metadata, images) = match &self.json {
-            Json::Object(collected) if self.framer.is_none() => parse_object(collected.bytes()),
+            Json::Object(fields) if self.framer.is_none() => read_object(fields),
             _ => (self.last, self.images),
         };
         let mut usage = metadata.map(|m| m.normalised()).unwrap_or_default();
@@ -114,12 +112,18 @@ impl GeminiUsage {
     }
 }
 
-/// A JSON answer's usage and image count.
-fn parse_object(body: &[u8]) -> (Option<Metadata>, u64) {
-    match serde_json::from_slice::<Chunk>(body) {
-        Ok(c) => (c.usage_metadata, c.images()),
-        Err(_) => (None, 0),
-    }
+/// A JSON answer's usage and image count (none unless the answer is whole and readable).
+fn read_object(fields: &TopFields<2>) -> (Option<Metadata>, u64) {
+    let chunk = Chunk {
+        usage_metadata: fields
+            .get("usageMetadata")
+            .and_then(|m| serde_json::from_slice(m).ok()),
+        candidates: fields
+            .get("candidates")
+            .and_then(|c| serde_json::from_slice(c).ok())
+            .unwrap_or_default(),
+    };
+    (chunk.usage_metadata, chunk.images())
 }
 
 /// Cuts a streamed JSON array into its elements as they complete, holding at most one element.
@@ -293,7 +297,7 @@ impl Metadata {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::testing::fixture;
@@ -355,5 +359,40 @@ mod tests {
             read(false, br#"{"error":{"code":400}}"#, 2),
             TokenUsage::default()
         );
+    }
+
+    #[test]
+    fn an_answer_with_images_is_read_without_holding_them() {
+        let image = "iVBORw0KGgo".repeat(400_000);
+        let body = format!(
+            r#"{{"candidates": [{{"content": {{"role": "model", "parts": [{{"text": "Here:"}},
+            {{"inlineData": {{"mimeType": "image/png", "data": "{image}"}}}},
+            {{"inlineData": {{"mimeType": "image/jpeg", "data": "{image}"}}}},
+            {{"inlineData": {{"mimeType": "audio/wav", "data": "AAAA"}}}}]}}}}],
+            "usageMetadata": {{"promptTokenCount": 9, "candidatesTokenCount": 2580}},
+            "modelVersion": "gemini-2.5-flash-image"}}"#
+        );
+        for split in [4096, 65536, body.len()] {
+            let mut u = GeminiUsage::new(false);
+            for part in body.as_bytes().chunks(split) {
+                u.observe(part);
+            }
+            let usage = u.usage();
+            assert_eq!(
+                (usage.input_tokens, usage.output_tokens, usage.images),
+                (9, 2580, 2),
+                "split {split}"
+            );
+            match &u.json {
+                Json::Object(fields) => {
+                    assert!(fields.get("candidates").unwrap().len() < 512);
+                }
+                _ => panic!("an object answer"),
+            }
+        }
+        // Cut before its end: nothing is read.
+        let mut u = GeminiUsage::new(false);
+        u.observe(&body.as_bytes()[..body.len() - 2]);
+        assert_eq!(u.usage(), TokenUsage::default());
     }
 }
