@@ -480,7 +480,9 @@ hold bare small-stream
 # target runs under valgrind's cachegrind twice, for COUNT_FEW and for COUNT_MANY requests one
 # after another on one connection; the difference of the two totals over the difference of the
 # counts is one request's user-space instructions, start-up and warm-up cancelled out. The kernel's
-# share (the sockets) is not counted: it is about the same for every target.
+# share (the sockets) is not counted: it is about the same for every target. Each Switchyard run
+# starts from an empty store (a new data dir; Redis flushed) set up as for the load runs: the
+# state the load runs left (a long request log) changes the count by several percent.
 COUNT_FEW=200
 COUNT_MANY=2200
 # count_instructions NAME BODY REQUESTS: the target's total instructions for that many requests.
@@ -492,15 +494,24 @@ count_instructions() {
     cmd=("$BARE" --listen "127.0.0.1:$port" --upstream "$MOCK_URL")
     ready=/stats
   else
-    sed "s#^listen = .*#listen = \"127.0.0.1:$port\"#" "$WORK/$name/config.toml" >"$WORK/$name/config-cg.toml"
+    rm -rf "$WORK/cg-data"
+    mkdir -p "$WORK/cg-data"
+    [[ $name == sy_redis ]] && { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" flushall >/dev/null || die "FLUSHALL failed"; }
+    sed -e "s#^listen = .*#listen = \"127.0.0.1:$port\"#" -e "s#^data_dir = .*#data_dir = \"$WORK/cg-data\"#" \
+      "$WORK/$name/config.toml" >"$WORK/$name/config-cg.toml"
     cmd=("$SY" --config "$WORK/$name/config-cg.toml" serve)
     ready=/health
-    key=(--header "x-api-key: ${KEY[$name]}")
   fi
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" "${cmd[@]}" \
     >>"$WORK/cg-$name.log" 2>&1 &
   PID[cg]=$!
   wait_ready cg "http://127.0.0.1:$port$ready" || die "$name did not start under valgrind: $(tail -5 "$WORK/cg-$name.log")"
+  if [[ $name != bare ]]; then
+    # The same setup in every run: its instructions cancel out in the difference.
+    SY_PORT[cg]=$port
+    setup_switchyard cg
+    key=(--header "x-api-key: ${SY_KEY[cg]}")
+  fi
   python3 "$HERE/client.py" count --target "http://127.0.0.1:$port/v1/messages" --body "$BODIES/$body.json" \
     --requests "$n" "${key[@]}" --header "anthropic-version: 2023-06-01" >/dev/null ||
     die "$name answered errors under valgrind"
