@@ -239,7 +239,7 @@ admin() {
 
 # setup_switchyard NAME: one key and two accounts, both on the mock.
 setup_switchyard() {
-  local name=$1
+  local name=$1 n
   # Limits on, as a team would set them: every request is admitted against a concurrency cap, an
   # hourly request window and a daily budget (none of them binding at this load), and settled.
   SY_KEY[$name]=$(admin "$name" /admin/keys '{"name": "bench", "limits": {"max_concurrency": 4096,
@@ -505,7 +505,8 @@ count_instructions() {
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" "${cmd[@]}" \
     >>"$WORK/cg-$name.log" 2>&1 &
   PID[cg]=$!
-  wait_ready cg "http://127.0.0.1:$port$ready" || die "$name did not start under valgrind: $(tail -5 "$WORK/cg-$name.log")"
+  wait_ready cg "http://127.0.0.1:$port$ready" ||
+    { stop cg; die "$name did not start under valgrind: $(tail -5 "$WORK/cg-$name.log")"; }
   if [[ $name != bare ]]; then
     # The same setup in every run: its instructions cancel out in the difference.
     SY_PORT[cg]=$port
@@ -514,7 +515,7 @@ count_instructions() {
   fi
   python3 "$HERE/client.py" count --target "http://127.0.0.1:$port/v1/messages" --body "$BODIES/$body.json" \
     --requests "$n" "${key[@]}" --header "anthropic-version: 2023-06-01" >/dev/null ||
-    die "$name answered errors under valgrind"
+    { stop cg; die "$name answered errors under valgrind"; }
   stop cg
   awk '/^summary:/ {print $2}' "$out"
 }
