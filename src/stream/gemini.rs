@@ -12,8 +12,6 @@ use super::fields::TopFields;
 use super::sse::SseFramer;
 use crate::usage::TokenUsage;
 
-/// An element of an array stream larger than this is passed on but not read for usage.
-const MAX_ELEMENT_BYTES: usize = 32 * 1024 * 1024;
 /// Strings longer than this inside a JSON answer's `candidates` (text, an image's base64) are not
 /// kept: only the parts' shape and `mimeType` count.
 const MAX_CANDIDATE_STRING_BYTES: usize = 256;
@@ -23,8 +21,8 @@ pub struct GeminiUsage {
     /// `Some` for an SSE answer.
     framer: Option<SseFramer>,
     /// A JSON answer: an object (its `candidates` and `usageMetadata` read as they pass), or an
-    /// array (a stream without `alt=sse`), read element by element so that a cut stream is billed
-    /// for what it reported.
+    /// array (a stream without `alt=sse`) whose elements are read the same way one by one, so
+    /// that a cut stream is billed for what it reported.
     json: Json,
     last: Option<Metadata>,
     /// Image parts seen in streamed chunks.
@@ -71,20 +69,20 @@ impl GeminiUsage {
             framer.feed(chunk, |ev| on_chunk(ev.data));
             return;
         }
-        // Array elements arrive as bytes; one that is not UTF-8 is not JSON either.
-        let mut on_element = |data: &[u8]| {
-            if let Ok(text) = std::str::from_utf8(data) {
-                on_chunk(text);
+        let mut on_element = |element: &TopFields<2>| {
+            let candidates = element.get("candidates").unwrap_or_default();
+            *chunks += u64::from(memchr::memmem::find(candidates, b"\"parts\"").is_some());
+            let (metadata, found) = read_object(element);
+            *images += found;
+            if metadata.is_some() {
+                *last = metadata;
             }
         };
         if let Json::Undecided = self.json {
             self.json = match chunk.trim_ascii_start().first() {
                 None => return,
-                Some(b'[') => Json::Array(ArraySplitter::new(MAX_ELEMENT_BYTES)),
-                Some(_) => Json::Object(
-                    TopFields::new(["candidates", "usageMetadata"])
-                        .eliding_strings_over(MAX_CANDIDATE_STRING_BYTES),
-                ),
+                Some(b'[') => Json::Array(ArraySplitter::default()),
+                Some(_) => Json::Object(reader()),
             };
         }
         match &mut self.json {
@@ -112,6 +110,11 @@ impl GeminiUsage {
     }
 }
 
+/// Reads a JSON answer's (or an array stream element's) `candidates` and `usageMetadata`.
+fn reader() -> TopFields<2> {
+    TopFields::new(["candidates", "usageMetadata"]).eliding_strings_over(MAX_CANDIDATE_STRING_BYTES)
+}
+
 /// A JSON answer's usage and image count (none unless the answer is whole and readable).
 fn read_object(fields: &TopFields<2>) -> (Option<Metadata>, u64) {
     let chunk = Chunk {
@@ -126,38 +129,23 @@ fn read_object(fields: &TopFields<2>) -> (Option<Metadata>, u64) {
     (chunk.usage_metadata, chunk.images())
 }
 
-/// Cuts a streamed JSON array into its elements as they complete, holding at most one element.
-/// Only object elements are reported; an element over the cap is skipped whole.
-#[derive(Debug)]
+/// Cuts a streamed JSON array into its elements as they complete, each read by its own
+/// [`reader`]: only the fields that bill it are held, whatever its size. Only object elements
+/// are reported.
+#[derive(Debug, Default)]
 struct ArraySplitter {
-    max_element_bytes: usize,
     /// Open `[` and `{` outside strings; the array itself is depth 1.
     depth: usize,
     in_string: bool,
     escaped: bool,
-    element: Vec<u8>,
-    /// An object element is open and being collected.
-    capturing: bool,
-    /// The current element outgrew the cap.
-    skipping: bool,
+    /// The object element being read.
+    element: Option<TopFields<2>>,
 }
 
 impl ArraySplitter {
-    fn new(max_element_bytes: usize) -> ArraySplitter {
-        ArraySplitter {
-            max_element_bytes,
-            depth: 0,
-            in_string: false,
-            escaped: false,
-            element: Vec::new(),
-            capturing: false,
-            skipping: false,
-        }
-    }
-
-    fn feed(&mut self, chunk: &[u8], mut on_element: impl FnMut(&[u8])) {
+    fn feed(&mut self, chunk: &[u8], mut on_element: impl FnMut(&TopFields<2>)) {
         // Start of the part of `chunk` inside the current element, if one is open.
-        let mut start = self.capturing.then_some(0);
+        let mut start = self.element.is_some().then_some(0);
         for (i, &b) in chunk.iter().enumerate() {
             if self.in_string {
                 if self.escaped {
@@ -174,45 +162,25 @@ impl ArraySplitter {
                 b'{' | b'[' => {
                     self.depth = self.depth.saturating_add(1);
                     if self.depth == 2 && b == b'{' {
-                        self.capturing = true;
+                        self.element = Some(reader());
                         start = Some(i);
                     }
                 }
                 b'}' | b']' => {
                     if self.depth == 2
                         && let Some(from) = start.take()
+                        && let Some(mut element) = self.element.take()
                     {
-                        self.append(&chunk[from..=i]);
-                        if !self.skipping {
-                            on_element(&self.element);
-                        }
-                        self.element.clear();
-                        self.capturing = false;
-                        self.skipping = false;
+                        element.feed(&chunk[from..=i]);
+                        on_element(&element);
                     }
                     self.depth = self.depth.saturating_sub(1);
                 }
                 _ => {}
             }
         }
-        if let Some(from) = start {
-            self.append(&chunk[from..]);
-        }
-    }
-
-    fn append(&mut self, bytes: &[u8]) {
-        if self.skipping {
-            return;
-        }
-        if self.element.len().saturating_add(bytes.len()) > self.max_element_bytes {
-            tracing::warn!(
-                max_bytes = self.max_element_bytes,
-                "Gemini stream chunk over the size cap; its usage is skipped"
-            );
-            self.skipping = true;
-            self.element = Vec::new();
-        } else {
-            self.element.extend_from_slice(bytes);
+        if let (Some(from), Some(element)) = (start, &mut self.element) {
+            element.feed(&chunk[from..]);
         }
     }
 }
@@ -394,5 +362,29 @@ mod tests {
         let mut u = GeminiUsage::new(false);
         u.observe(&body.as_bytes()[..body.len() - 2]);
         assert_eq!(u.usage(), TokenUsage::default());
+
+        // The same answer as the second element of an array stream.
+        let array = format!(
+            r#"[{{"candidates": [{{"content": {{"parts": [{{"text": "Here"}}]}}}}],
+            "usageMetadata": {{"promptTokenCount": 9}}}},
+            {body}]"#
+        );
+        for split in [4096, array.len()] {
+            let mut u = GeminiUsage::new(false);
+            for part in array.as_bytes().chunks(split) {
+                u.observe(part);
+            }
+            let usage = u.usage();
+            assert_eq!(
+                (usage.input_tokens, usage.output_tokens, usage.images),
+                (9, 2580, 2),
+                "split {split}"
+            );
+            assert_eq!(u.answer_chunks(), Some(2));
+            match &u.json {
+                Json::Array(splitter) => assert!(splitter.element.is_none()),
+                _ => panic!("an array answer"),
+            }
+        }
     }
 }
