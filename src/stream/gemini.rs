@@ -52,31 +52,38 @@ impl GeminiUsage {
 
     pub fn observe(&mut self, chunk: &[u8]) {
         let (last, images, chunks) = (&mut self.last, &mut self.images, &mut self.chunks);
-        let mut on_chunk = |data: &str| {
-            *chunks += u64::from(data.contains("\"parts\""));
-            // Only a chunk that reports usage or carries an image is parsed.
-            if !data.contains("usageMetadata") && !data.contains("inlineData") {
-                return;
-            }
-            if let Ok(c) = serde_json::from_str::<Chunk>(data) {
-                *images += c.images();
-                if c.usage_metadata.is_some() {
-                    *last = c.usage_metadata;
-                }
-            }
-        };
-        if let Some(framer) = &mut self.framer {
-            framer.feed(chunk, |ev| on_chunk(ev.data));
-            return;
-        }
-        let mut on_element = |element: &TopFields<2>| {
-            let candidates = element.get("candidates").unwrap_or_default();
-            *chunks += u64::from(memchr::memmem::find(candidates, b"\"parts\"").is_some());
-            let (metadata, found) = read_object(element);
+        // What one chunk of a stream reported: whether it carried parts of the answer, its usage
+        // so far, the images in it.
+        let mut record = |parts: bool, metadata: Option<Metadata>, found: u64| {
+            *chunks += u64::from(parts);
             *images += found;
             if metadata.is_some() {
                 *last = metadata;
             }
+        };
+        if let Some(framer) = &mut self.framer {
+            framer.feed(chunk, |ev| {
+                let data = ev.data;
+                // Only a chunk that reports usage or carries an image is parsed.
+                let parsed = (data.contains("usageMetadata") || data.contains("inlineData"))
+                    .then(|| serde_json::from_str::<Chunk>(data).ok())
+                    .flatten();
+                let (metadata, found) = parsed.map_or((None, 0), |c| {
+                    let found = c.images();
+                    (c.usage_metadata, found)
+                });
+                record(data.contains("\"parts\""), metadata, found);
+            });
+            return;
+        }
+        let mut on_element = |element: &TopFields<2>| {
+            let candidates = element.get("candidates").unwrap_or_default();
+            let (metadata, found) = read_object(element);
+            record(
+                memchr::memmem::find(candidates, b"\"parts\"").is_some(),
+                metadata,
+                found,
+            );
         };
         if let Json::Undecided = self.json {
             self.json = match chunk.trim_ascii_start().first() {
@@ -270,12 +277,17 @@ mod tests {
     use super::*;
     use crate::testing::fixture;
 
-    fn read(streaming: bool, body: &[u8], split: usize) -> TokenUsage {
+    /// `body` observed in pieces of `split` bytes.
+    fn observed(streaming: bool, body: &[u8], split: usize) -> GeminiUsage {
         let mut u = GeminiUsage::new(streaming);
         for part in body.chunks(split.max(1)) {
             u.observe(part);
         }
-        u.usage()
+        u
+    }
+
+    fn read(streaming: bool, body: &[u8], split: usize) -> TokenUsage {
+        observed(streaming, body, split).usage()
     }
 
     #[test]
@@ -341,10 +353,7 @@ mod tests {
             "modelVersion": "gemini-2.5-flash-image"}}"#
         );
         for split in [4096, 65536, body.len()] {
-            let mut u = GeminiUsage::new(false);
-            for part in body.as_bytes().chunks(split) {
-                u.observe(part);
-            }
+            let u = observed(false, body.as_bytes(), split);
             let usage = u.usage();
             assert_eq!(
                 (usage.input_tokens, usage.output_tokens, usage.images),
@@ -370,10 +379,7 @@ mod tests {
             {body}]"#
         );
         for split in [4096, array.len()] {
-            let mut u = GeminiUsage::new(false);
-            for part in array.as_bytes().chunks(split) {
-                u.observe(part);
-            }
+            let u = observed(false, array.as_bytes(), split);
             let usage = u.usage();
             assert_eq!(
                 (usage.input_tokens, usage.output_tokens, usage.images),

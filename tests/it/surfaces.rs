@@ -274,9 +274,7 @@ async fn codex_requests_pass_unchanged_to_the_responses_api() {
 async fn embeddings_and_models_on_the_openai_surface() {
     let mock = MockUpstream::start().await;
     mock.set_default(Behavior::Ok(MockUsage::new(9, 0)));
-    let relay = Relay::start().await;
-    add(&relay, &mock, "openai", json!({})).await;
-    let (_, key) = relay.create_key("k").await;
+    let (relay, key) = relay_with(&mock, "openai", json!({})).await;
     let body = json!({ "model": "text-embedding-3-small", "input": ["a", "b"] });
     let resp = post(&relay, "/v1/embeddings", &key, &body)
         .send()
@@ -327,9 +325,7 @@ async fn an_embeddings_answer_of_any_size_is_billed() {
         body: answer.clone(),
         headers: Vec::new(),
     });
-    let relay = Relay::start().await;
-    add(&relay, &mock, "openai", json!({})).await;
-    let (_, key) = relay.create_key("k").await;
+    let (relay, key) = relay_with(&mock, "openai", json!({})).await;
     let body = json!({ "model": "text-embedding-3-small", "input": ["a", "b"] });
     let resp = post(&relay, "/v1/embeddings", &key, &body)
         .send()
