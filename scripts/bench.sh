@@ -99,30 +99,11 @@ python3 "$HERE/bodies.py" "$WORK/bodies" >/dev/null
 BODIES=$WORK/bodies
 
 # --- processes ----------------------------------------------------------------------------------
-free_port() {
-  python3 - <<'EOF'
-import socket
-while True:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    if port not in (6390, 7101, 7102, 7103, 9100):
-        print(port)
-        break
-EOF
-}
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
-# wait_ready NAME URL: until URL answers 2xx, or the process died, or 20 s passed.
-wait_ready() {
-  local name=$1 url=$2
-  for _ in $(seq 200); do
-    kill -0 "${PID[$name]}" 2>/dev/null || return 1
-    curl -sf -o /dev/null --max-time 1 "$url" && return 0
-    sleep 0.1
-  done
-  return 1
-}
+# wait_ready NAME URL: until URL answers 2xx, or the process died, or 30 s passed.
+wait_ready() { wait_url "$2" "${PID[$1]}"; }
 
 stop() {
   local name=$1
@@ -232,24 +213,10 @@ EOF
   fi
 }
 
-admin() {
-  curl -sf --max-time 5 -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
-    "http://127.0.0.1:${SY_PORT[$1]}$2" -d "$3"
-}
-
-# setup_switchyard NAME: one key and two accounts, both on the mock.
+# setup_switchyard NAME: one key and two accounts, both on the mock (scripts/bench/lib.sh).
 setup_switchyard() {
-  local name=$1 n
-  # Limits on, as a team would set them: every request is admitted against a concurrency cap, an
-  # hourly request window and a daily budget (none of them binding at this load), and settled.
-  SY_KEY[$name]=$(admin "$name" /admin/keys '{"name": "bench", "limits": {"max_concurrency": 4096,
-    "daily_cost_nanousd": 1000000000000000, "window": {"seconds": 3600, "requests": 1000000000}}}' |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
-  for n in a b; do
-    admin "$name" /admin/accounts "{\"name\": \"mock-$n\", \"provider\": \"anthropic\",
-      \"api_key\": \"sk-mock-$n\", \"base_url\": \"$MOCK_URL\", \"priority\": 10,
-      \"max_concurrency\": 2000}" >/dev/null
-  done
+  SY_KEY[$1]=$(relay_setup "http://127.0.0.1:${SY_PORT[$1]}" "$ADMIN_TOKEN" "$MOCK_URL") ||
+    die "could not set up $1"
 }
 
 TARGETS=(direct nginx bare)

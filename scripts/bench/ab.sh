@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compares two builds of Switchyard on the embedded store, alternated, on one data dir (a key with
-# limits, two accounts on the mock upstream, as scripts/bench.sh sets them up):
+# limits, two accounts on the mock upstream: scripts/bench/lib.sh's setup, as in scripts/bench.sh):
 #
 #   scripts/bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]
 #
@@ -33,17 +33,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_up() { # URL PID
-  for _ in $(seq 300); do
-    kill -0 "$2" 2>/dev/null || return 1
-    curl -sf -o /dev/null --max-time 1 "$1" && return 0
-    sleep 0.1
-  done
-  return 1
-}
+# shellcheck source=lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 
 python3 "$ROOT/scripts/bench/bodies.py" "$WORK/bodies" >/dev/null
 
@@ -55,7 +46,7 @@ mock() {
   "$MOCK" --listen "127.0.0.1:$port" --chunks "$2" >"$WORK/mock-$1.log" 2>&1 &
   PIDS+=("$!")
   MOCK_URL[$1]=http://127.0.0.1:$port
-  wait_up "${MOCK_URL[$1]}/stats" "$!" || { echo "the mock did not start" >&2; exit 1; }
+  wait_url "${MOCK_URL[$1]}/stats" "$!" || { echo "the mock did not start" >&2; exit 1; }
 }
 mock small 10
 mock big 93000
@@ -77,18 +68,9 @@ level = "warn"
 EOF
   "${BIN[new]}" --config "$dir/config.toml" serve >"$dir/setup.log" 2>&1 &
   pid=$!
-  wait_up "http://127.0.0.1:$port/health" "$pid" || { cat "$dir/setup.log" >&2; exit 1; }
-  call() {
-    curl -sf -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
-      "http://127.0.0.1:$port$1" -d "$2"
-  }
-  call /admin/keys '{"name": "ab", "limits": {"max_concurrency": 4096,
-    "daily_cost_nanousd": 1000000000000000, "window": {"seconds": 3600, "requests": 1000000000}}}' |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])' >"$dir/key"
-  for n in a b; do
-    call /admin/accounts "{\"name\": \"mock-$n\", \"provider\": \"anthropic\", \"api_key\": \"sk-$n\",
-      \"base_url\": \"${MOCK_URL[$1]}\", \"priority\": 10, \"max_concurrency\": 2000}" >/dev/null
-  done
+  wait_url "http://127.0.0.1:$port/health" "$pid" || { cat "$dir/setup.log" >&2; exit 1; }
+  relay_setup "http://127.0.0.1:$port" "$admin" "${MOCK_URL[$1]}" >"$dir/key" ||
+    { echo "could not set up $1" >&2; exit 1; }
   kill "$pid"
   wait "$pid" || true
 }
@@ -107,7 +89,7 @@ start() {
   "$@" "${BIN[$which]}" --config "$run/config.toml" serve >"$run/log" 2>&1 &
   PID=$!
   PIDS+=("$PID")
-  wait_up "http://127.0.0.1:$PORT/health" "$PID" || { cat "$run/log" >&2; exit 1; }
+  wait_url "http://127.0.0.1:$PORT/health" "$PID" || { cat "$run/log" >&2; exit 1; }
 }
 
 # count WHICH BODY N: instructions for N requests.
