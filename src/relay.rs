@@ -23,7 +23,10 @@ mod respond;
 mod settle;
 mod upstream;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,6 +44,7 @@ use crate::scheduler::session;
 use crate::store::KeyRecord;
 use crate::stream::tap::Tap;
 use crate::stream::usage::UsageReader;
+use crate::upstream_client::UpstreamBody;
 
 pub use call::Endpoint;
 use failover::{Attempts, Ctx, Served};
@@ -173,11 +177,42 @@ where
         leases: Some((key_lease, picked.lease)),
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
-    let tapped = Tap::new(upstream_body, settle).with_idle_timeout(idle);
+    let tapped = primed(Tap::new(upstream_body, settle).with_idle_timeout(idle)).await;
     let body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
     m::upstream_ttfb().record((head_at - sent_at).as_secs_f64());
     m::relay_overhead().record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
     Ok(Response::from_parts(head, body))
+}
+
+type Tapped = Tap<UpstreamBody, Settle>;
+
+/// The tap with its first frame read ([`Tap::poll_prime`]).
+fn primed(tap: Tapped) -> Priming {
+    Priming {
+        tap: Some(tap),
+        quiet: 0,
+    }
+}
+
+/// A future of its own rather than an `async` block: the tap's body type (`Either`, whose error
+/// is converted under a `From` bound) fails the server's `Send` check inside an `async` block,
+/// where rustc erases the lifetimes it would need.
+struct Priming {
+    tap: Option<Tapped>,
+    quiet: u8,
+}
+
+impl Future for Priming {
+    type Output = Tapped;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Tapped> {
+        let this = self.get_mut();
+        let Some(tap) = this.tap.as_mut() else {
+            return Poll::Pending;
+        };
+        std::task::ready!(tap.poll_prime(cx, &mut this.quiet));
+        this.tap.take().map_or(Poll::Pending, Poll::Ready)
+    }
 }
 
 /// `GET /v1/models` on the OpenAI surface when no OpenAI-protocol account exists to ask: the

@@ -6,7 +6,9 @@
 //! body delivers one frame per poll and the server writes whenever the body is not ready, so
 //! passing frames one by one costs one `writev` per SSE event, which dominated a streamed
 //! answer's CPU (docs/benchmarks.md). A frame that arrives after a quiet moment goes out as soon
-//! as the scheduler comes back to this task. The observer hears how the body ended exactly once:
+//! as the scheduler comes back to this task. The first frame can be read before the response head
+//! is handed on (`poll_prime`), so that head and first bytes go out in one write, but never
+//! waited for. The observer hears how the body ended exactly once:
 //! when the upstream body finished, when it failed, or when the tap was dropped first (the client
 //! went away; dropping the inner body cancels the upstream request).
 //!
@@ -62,12 +64,16 @@ pub struct Tap<B: Body, O: Observer> {
     /// What the inner body said after `held` began (its end, an error, trailers): handed on
     /// right after `held`.
     stashed: Option<Option<Result<Frame<Bytes>, B::Error>>>,
+    /// The first frame, read by [`Tap::poll_prime`] before the response head was handed on.
+    primed: Option<Option<Result<Frame<Bytes>, B::Error>>>,
 }
 
 /// Merged frames are handed on at this size at the latest.
 const COALESCE_MAX: usize = 64 * 1024;
 /// Held data is handed on after this many turns of the scheduler without a new frame.
 const COALESCE_YIELDS: u8 = 3;
+/// [`Tap::poll_prime`] gives up after this many turns of the scheduler without a first frame.
+const PRIME_YIELDS: u8 = 2;
 
 struct Idle {
     timeout: Duration,
@@ -85,6 +91,7 @@ impl<B: Body, O: Observer> Tap<B, O> {
             held: BytesMut::new(),
             yields: 0,
             stashed: None,
+            primed: None,
         }
     }
 
@@ -125,6 +132,39 @@ impl<B: Body, O: Observer> Tap<B, O> {
     }
 }
 
+impl<B, O> Tap<B, O>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display + From<std::io::Error> + Unpin,
+    O: Observer + Unpin,
+{
+    /// Reads the first frame (merged as any other) before the response head is handed on, so
+    /// that the server writes head and first bytes in one go: hyper flushes the head alone when
+    /// the body's first poll finds nothing, which costs a second write to the client, and a
+    /// second wake-up of the client, on nearly every streamed answer (the upstream's head and its
+    /// first event come together, but the upstream connection's task hands the event over only
+    /// after this one has the head). Gives up after a few turns of the scheduler when the
+    /// upstream has sent nothing yet: the head is never held back waiting for the upstream.
+    ///
+    /// A poll function (`quiet` counts the turns given so far) rather than an `async fn`: the
+    /// relay drives it from a future of its own (`relay::Priming` says why).
+    pub fn poll_prime(&mut self, cx: &mut Context<'_>, quiet: &mut u8) -> Poll<()> {
+        let first = match Pin::new(&mut *self).poll_frame(cx) {
+            Poll::Ready(frame) => Some(frame),
+            // Coalescing: the tap comes back by itself.
+            Poll::Pending if !self.held.is_empty() => return Poll::Pending,
+            Poll::Pending if *quiet < PRIME_YIELDS => {
+                *quiet += 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Pending => None,
+        };
+        self.primed = first;
+        Poll::Ready(())
+    }
+}
+
 impl<B, O> Body for Tap<B, O>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -139,6 +179,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
+        if let Some(first) = this.primed.take() {
+            return Poll::Ready(first);
+        }
         if let Some(event) = this.trailer.take() {
             return Poll::Ready(Some(Ok(Frame::data(event))));
         }
@@ -226,14 +269,20 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.trailer.is_none()
+        self.primed.is_none()
+            && self.trailer.is_none()
             && self.held.is_empty()
             && self.stashed.is_none()
             && (self.cut || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.cut || self.trailer.is_some() || !self.held.is_empty() || self.stashed.is_some() {
+        if self.primed.is_some()
+            || self.cut
+            || self.trailer.is_some()
+            || !self.held.is_empty()
+            || self.stashed.is_some()
+        {
             SizeHint::default()
         } else {
             self.inner.size_hint()
@@ -418,5 +467,84 @@ mod tests {
             seen.0.0.lock().unwrap().1.as_slice(),
             [End::Failed(_)]
         ));
+    }
+
+    async fn prime<B, O>(tap: &mut Tap<B, O>)
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display + From<std::io::Error> + Unpin,
+        O: Observer + Unpin,
+    {
+        let mut quiet = 0;
+        std::future::poll_fn(|cx| tap.poll_prime(cx, &mut quiet)).await;
+    }
+
+    #[tokio::test]
+    async fn priming_reads_what_is_ready_and_hands_it_on_first() {
+        let seen = Seen::default();
+        let mut tap = Tap::new(body_of(vec![Ok("ab"), Ok("cd")]), seen.clone());
+        prime(&mut tap).await;
+        // Read, observed and reported before the server asks for the first frame.
+        assert_eq!(
+            seen.0.lock().unwrap().clone(),
+            (b"abcd".to_vec(), vec![End::Complete])
+        );
+        assert!(!tap.is_end_stream());
+        let mut frames = Vec::new();
+        while let Some(frame) = tap.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(frames, vec![Bytes::from_static(b"abcd")]);
+        assert_eq!(seen.0.lock().unwrap().1, vec![End::Complete]);
+    }
+
+    #[tokio::test]
+    async fn priming_gives_up_on_an_upstream_that_sent_nothing_yet() {
+        let seen = Seen::default();
+        let (tx, body) = channel_body();
+        let mut tap = Tap::new(body, seen.clone());
+        tokio::time::timeout(Duration::from_secs(5), prime(&mut tap))
+            .await
+            .expect("priming waited for the upstream");
+        assert!(seen.0.lock().unwrap().0.is_empty());
+        tx.send("late").await.unwrap();
+        drop(tx);
+        let first = tap.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "late");
+        assert!(tap.frame().await.is_none());
+        assert_eq!(seen.0.lock().unwrap().1, vec![End::Complete]);
+    }
+
+    #[tokio::test]
+    async fn a_primed_failure_still_reaches_the_client() {
+        let seen = Sse::default();
+        let mut tap = Tap::new(body_of(vec![Ok("x"), Err("reset")]), seen.clone());
+        prime(&mut tap).await;
+        let out = tap.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"xevent: error\ndata: reset\n\n");
+        assert_eq!(
+            seen.0.0.lock().unwrap().1,
+            vec![End::Failed("reset".into())]
+        );
+
+        let seen = Seen::default();
+        let mut tap = Tap::new(body_of(vec![Err("reset")]), seen.clone());
+        prime(&mut tap).await;
+        assert!(tap.collect().await.is_err());
+        assert_eq!(seen.0.lock().unwrap().1, vec![End::Failed("reset".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_tap_dropped_after_priming_reports_the_drop() {
+        let seen = Seen::default();
+        let (tx, body) = channel_body();
+        let mut tap = Tap::new(body, seen.clone());
+        tx.send("ab").await.unwrap();
+        prime(&mut tap).await;
+        drop(tap);
+        assert_eq!(
+            seen.0.lock().unwrap().clone(),
+            (b"ab".to_vec(), vec![End::Dropped])
+        );
     }
 }
