@@ -177,7 +177,11 @@ where
         leases: Some((key_lease, picked.lease)),
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
-    let tapped = primed(Tap::new(upstream_body, settle).with_idle_timeout(idle)).await;
+    let mut tapped = Tap::new(upstream_body, settle).with_idle_timeout(idle);
+    // A JSON answer's body is ready when its head is (one frame): hyper writes them together.
+    if streaming {
+        tapped = primed(tapped).await;
+    }
     let body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
     m::upstream_ttfb().record((head_at - sent_at).as_secs_f64());
     m::relay_overhead().record(((sent_at - started) + head_at.elapsed()).as_secs_f64());

@@ -786,34 +786,33 @@ async fn chunks_are_forwarded_as_they_come_and_h2c_works() {
     );
 }
 
-/// The relay reads the answer's first bytes before it hands on the head, so that both go out in
+/// The relay reads a stream's first events before it hands on the head, so that both go out in
 /// one write; an upstream that sends its head and then nothing for a while must not hold the
 /// client's head back.
 #[tokio::test]
-async fn the_head_is_not_held_back_while_the_upstream_has_sent_no_body_yet() {
+async fn the_head_is_not_held_back_while_the_upstream_has_sent_no_event_yet() {
     let (relay, mock, key, _) = relay_with_account().await;
-    let delay = Duration::from_secs(3);
-    mock.set_default(Behavior::Slow {
-        usage: usage(5, 6),
-        delay,
-    });
+    let quiet = Duration::from_secs(3);
+    mock.set_default(Behavior::QuietStart(quiet, usage(5, 6)));
     let started = std::time::Instant::now();
     let resp = http_client()
         .post(relay.url("/v1/messages"))
         .header("x-api-key", &key)
-        .json(&messages_body("claude-sonnet-4-5", false))
+        .json(&messages_body("claude-sonnet-4-5", true))
         .send()
         .await
         .unwrap();
     let head_after = started.elapsed();
     assert_eq!(resp.status(), 200);
     assert!(
-        head_after < delay / 2,
-        "the head waited for the body: {head_after:?}"
+        head_after < quiet / 2,
+        "the head waited for the first event: {head_after:?}"
     );
     let body = resp.bytes().await.unwrap();
-    assert!(started.elapsed() >= delay);
+    assert!(started.elapsed() >= quiet);
     assert_eq!(body, mock.responses()[0]);
+    let logged = logged(&relay, 1).await;
+    assert_eq!(logged[0]["output_tokens"], 6);
 }
 
 #[tokio::test]

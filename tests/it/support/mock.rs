@@ -164,6 +164,8 @@ pub enum Behavior {
     StallAfterStart(MockUsage),
     /// Sleep this long before sending response headers, then answer as `Ok`.
     DelayHeaders(Duration, MockUsage),
+    /// Send the response headers at once, then nothing for this long, then the whole answer.
+    QuietStart(Duration, MockUsage),
     /// Like `StallAfterStart`, but 50 ms after the leading events abort the body with an error
     /// (hyper closes the HTTP/1 connection without the final chunk, or resets the h2 stream).
     /// Counted neither as served nor as cancelled.
@@ -197,6 +199,7 @@ impl Behavior {
             | Behavior::Slow { usage: u, .. }
             | Behavior::StallAfterStart(u)
             | Behavior::DelayHeaders(_, u)
+            | Behavior::QuietStart(_, u)
             | Behavior::ResetAfterStart(u) => Some(*u),
             Behavior::Error { .. }
             | Behavior::VendorError { .. }
@@ -605,6 +608,10 @@ async fn play(behavior: &Behavior, shape: Shape, guard: Guard) -> Response<MockB
         }
         _ => None,
     };
+    let mut steps = VecDeque::new();
+    if let Behavior::QuietStart(d, _) = behavior {
+        steps.push_back(Step::Sleep(*d));
+    }
     let cut = matches!(
         behavior,
         Behavior::StallAfterStart(_) | Behavior::ResetAfterStart(_)
@@ -614,7 +621,6 @@ async fn play(behavior: &Behavior, shape: Shape, guard: Guard) -> Response<MockB
     } else {
         Step::Hang
     };
-    let mut steps = VecDeque::new();
     match shape {
         Shape::Stream {
             content_type,

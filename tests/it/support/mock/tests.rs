@@ -367,6 +367,20 @@ async fn delay_headers_waits_before_the_head() {
 }
 
 #[tokio::test]
+async fn quiet_start_sends_the_head_at_once_and_the_stream_after_the_wait() {
+    let mock = MockUpstream::start().await;
+    mock.push_behavior(Behavior::QuietStart(Duration::from_millis(300), usage()));
+    let started = std::time::Instant::now();
+    let resp = post(&mock, "m", true).await;
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(
+        resp.bytes().await.unwrap(),
+        expected_stream_bytes("m", usage())
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
 async fn max_in_flight_with_parallel_slow_requests() {
     let mock = Arc::new(MockUpstream::start().await);
     mock.set_default(Behavior::Slow {
