@@ -340,6 +340,19 @@ mod tests {
         (tx, StreamBody::new(stream))
     }
 
+    /// Every frame the tap hands on, to its end; each must be data.
+    async fn data_frames<B>(tap: &mut B) -> Vec<Bytes>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Debug,
+    {
+        let mut frames = Vec::new();
+        while let Some(frame) = tap.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        frames
+    }
+
     /// An observer that can say "cut" in SSE.
     #[derive(Clone, Default)]
     struct Sse(Seen);
@@ -424,10 +437,7 @@ mod tests {
             body_of(vec![Ok("a"), Ok("b"), Ok("c"), Ok("d")]),
             seen.clone(),
         );
-        let mut frames = Vec::new();
-        while let Some(frame) = tap.frame().await {
-            frames.push(frame.unwrap().into_data().unwrap());
-        }
+        let frames = data_frames(&mut tap).await;
         assert_eq!(frames, vec![Bytes::from_static(b"abcd")]);
         let (data, ends) = seen.0.lock().unwrap().clone();
         assert_eq!((data.as_slice(), ends), (&b"abcd"[..], vec![End::Complete]));
@@ -456,10 +466,7 @@ mod tests {
     async fn held_data_goes_out_before_a_failure() {
         let seen = Sse::default();
         let mut tap = Tap::new(body_of(vec![Ok("x"), Ok("y"), Err("reset")]), seen.clone());
-        let mut out = Vec::new();
-        while let Some(frame) = tap.frame().await {
-            out.push(frame.unwrap().into_data().unwrap());
-        }
+        let out = data_frames(&mut tap).await;
         assert_eq!(out[0], "xy");
         assert!(out[1].starts_with(b"event: error"));
         assert_eq!(out.len(), 2);
@@ -490,10 +497,7 @@ mod tests {
             (b"abcd".to_vec(), vec![End::Complete])
         );
         assert!(!tap.is_end_stream());
-        let mut frames = Vec::new();
-        while let Some(frame) = tap.frame().await {
-            frames.push(frame.unwrap().into_data().unwrap());
-        }
+        let frames = data_frames(&mut tap).await;
         assert_eq!(frames, vec![Bytes::from_static(b"abcd")]);
         assert_eq!(seen.0.lock().unwrap().1, vec![End::Complete]);
     }

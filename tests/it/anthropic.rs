@@ -795,10 +795,8 @@ async fn the_head_is_not_held_back_while_the_upstream_has_sent_no_event_yet() {
     let quiet = Duration::from_secs(3);
     mock.set_default(Behavior::QuietStart(quiet, usage(5, 6)));
     let started = std::time::Instant::now();
-    let resp = http_client()
-        .post(relay.url("/v1/messages"))
-        .header("x-api-key", &key)
-        .json(&messages_body("claude-sonnet-4-5", true))
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
         .send()
         .await
         .unwrap();
