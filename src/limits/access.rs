@@ -1,6 +1,6 @@
 //! What a key may call, checked without the store: validity dates, surfaces, clients, models.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, header};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::store::KeyLimits;
@@ -12,17 +12,20 @@ pub const CLIENTS: [&str; 3] = ["claude-code", "gemini-cli", "codex"];
 /// Surfaces a key can be restricted to.
 pub const SURFACES: [&str; 4] = ["anthropic", "openai", "gemini", "images"];
 
+static X_APP: HeaderName = HeaderName::from_static("x-app");
+static ORIGINATOR: HeaderName = HeaderName::from_static("originator");
+
 /// Which known client sent these headers: Claude Code (`User-Agent: claude-cli/…`, `x-app: cli`),
 /// Gemini CLI (`User-Agent: GeminiCLI…`), Codex CLI (`User-Agent: codex_…`, `originator: codex_…`).
 pub fn client_of(headers: &HeaderMap) -> Option<&'static str> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let agent = header("user-agent").unwrap_or("");
-    if agent.starts_with("claude-cli/") || header("x-app") == Some("cli") {
+    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let agent = header(&header::USER_AGENT).unwrap_or("");
+    if agent.starts_with("claude-cli/") || header(&X_APP) == Some("cli") {
         Some("claude-code")
     } else if agent.starts_with("GeminiCLI") {
         Some("gemini-cli")
     } else if agent.starts_with("codex")
-        || header("originator").is_some_and(|o| o.starts_with("codex"))
+        || header(&ORIGINATOR).is_some_and(|o| o.starts_with("codex"))
     {
         Some("codex")
     } else {

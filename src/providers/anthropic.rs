@@ -1,6 +1,6 @@
 //! Anthropic Messages API: the upstream request, and what the relay needs to know of the body.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
 
 use serde::Deserialize;
@@ -92,10 +92,14 @@ pub fn inspect(body: &[u8]) -> Result<Ask<'_>, ApiError> {
 /// The upstream request's headers: the client's end-to-end headers (`anthropic-version`,
 /// `anthropic-beta`, …) with its credentials replaced by the account's.
 pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
+    static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
     let mut headers = super::forward_headers(client);
-    headers.insert("x-api-key", account.api_key.clone());
-    if !headers.contains_key("anthropic-version") {
-        headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    headers.insert(crate::auth::X_API_KEY.clone(), account.api_key.clone());
+    if !headers.contains_key(&ANTHROPIC_VERSION) {
+        headers.insert(
+            ANTHROPIC_VERSION.clone(),
+            HeaderValue::from_static("2023-06-01"),
+        );
     }
     headers
 }

@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
@@ -31,24 +31,28 @@ pub struct Hints<'a> {
     pub first_message: Option<&'a RawValue>,
 }
 
+static X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+static X_CLAUDE_CODE_SESSION_ID: HeaderName = HeaderName::from_static("x-claude-code-session-id");
+static SESSION_ID: HeaderName = HeaderName::from_static("session-id");
+
 /// The session of a request, as an opaque 32-hex-character id scoped to `key_id`.
 pub fn identify(key_id: &str, headers: &HeaderMap, hints: &Hints<'_>) -> Option<String> {
-    let header = |name: &str| {
+    let header = |name: &HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
     };
-    let explicit = header("x-session-id")
-        .or_else(|| header("x-claude-code-session-id"))
+    let explicit = header(&X_SESSION_ID)
+        .or_else(|| header(&X_CLAUDE_CODE_SESSION_ID))
         .or_else(|| {
             hints
                 .metadata_user_id
                 .as_deref()
                 .and_then(claude_code_session)
         })
-        .or_else(|| header("session-id"))
+        .or_else(|| header(&SESSION_ID))
         .or_else(|| hints.prompt_cache_key.filter(|k| !k.is_empty()));
     let mut hasher = Sha256::new();
     hasher.update(key_id.as_bytes());
@@ -68,7 +72,7 @@ pub fn identify(key_id: &str, headers: &HeaderMap, hints: &Hints<'_>) -> Option<
             hasher.update(hints.first_message.map_or("", RawValue::get).as_bytes());
         }
     }
-    Some(hex::encode(&hasher.finalize()[..16]))
+    Some(crate::auth::hex_lower(&hasher.finalize()[..16]))
 }
 
 /// `session_id` from Claude Code's `metadata.user_id`: a JSON object in a string
