@@ -146,11 +146,11 @@ impl EmbeddedStore {
         }
         // Every entry encoded into one buffer: one allocation per batch rather than a few (the
         // growing `Vec` of each `to_vec`) per request.
-        let mut encoded = Vec::with_capacity(batch.requests.len() * 512);
+        let mut encoded = String::with_capacity(batch.requests.len() * 512);
         let mut entries = Vec::with_capacity(batch.requests.len());
         for entry in &batch.requests {
             let start = encoded.len();
-            encode_into(&mut encoded, entry)?;
+            entry.write_json(&mut encoded);
             entries.push((entry.at, entry.request_id.clone(), start..encoded.len()));
         }
         let max = u64::try_from(self.request_log_max).unwrap_or(u64::MAX);
@@ -171,8 +171,11 @@ impl EmbeddedStore {
                 }
                 let mut log = txn.open_table(REQUEST_LOG).map_err(db_err)?;
                 for (at, request_id, range) in &entries {
-                    log.insert((*at, request_id.as_str()), &encoded[range.clone()])
-                        .map_err(db_err)?;
+                    log.insert(
+                        (*at, request_id.as_str()),
+                        &encoded.as_bytes()[range.clone()],
+                    )
+                    .map_err(db_err)?;
                 }
                 // Trimmed on write, so reads never pay for it and the file stays bounded: the
                 // oldest entries go in one cursor walk (a `pop_first` each descended the tree
@@ -472,11 +475,6 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
 
 fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(encoding_err)
-}
-
-/// As `encode`, appending to `out`.
-fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> StoreResult<()> {
-    serde_json::to_writer(out, value).map_err(encoding_err)
 }
 
 fn encoding_err(e: serde_json::Error) -> StoreError {

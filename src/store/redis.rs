@@ -747,7 +747,11 @@ impl Store for RedisStore {
                     entry.at.to_string(),
                     log_member(entry),
                     entry.key_id.clone(),
-                    encode(entry)?,
+                    {
+                        let mut json = String::with_capacity(512);
+                        entry.write_json(&mut json);
+                        json
+                    },
                 ]);
             }
             calls.push(Call {
