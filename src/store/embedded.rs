@@ -146,11 +146,11 @@ impl EmbeddedStore {
         }
         // Every entry encoded into one buffer: one allocation per batch rather than a few (the
         // growing `Vec` of each `to_vec`) per request.
-        let mut encoded = String::with_capacity(batch.requests.len() * 512);
+        let mut encoded = Vec::with_capacity(batch.requests.len() * 512);
         let mut entries = Vec::with_capacity(batch.requests.len());
         for entry in &batch.requests {
             let start = encoded.len();
-            entry.write_json(&mut encoded);
+            entry.write_json(&mut encoded).map_err(encoding_err)?;
             entries.push((entry.at, entry.request_id.clone(), start..encoded.len()));
         }
         let max = u64::try_from(self.request_log_max).unwrap_or(u64::MAX);
@@ -171,11 +171,8 @@ impl EmbeddedStore {
                 }
                 let mut log = txn.open_table(REQUEST_LOG).map_err(db_err)?;
                 for (at, request_id, range) in &entries {
-                    log.insert(
-                        (*at, request_id.as_str()),
-                        &encoded.as_bytes()[range.clone()],
-                    )
-                    .map_err(db_err)?;
+                    log.insert((*at, request_id.as_str()), &encoded[range.clone()])
+                        .map_err(db_err)?;
                 }
                 // Trimmed on write, so reads never pay for it and the file stays bounded: the
                 // oldest entries go in one cursor walk (a `pop_first` each descended the tree

@@ -198,7 +198,11 @@ fn unavailable(what: &str, e: &fred::error::Error) -> StoreError {
 }
 
 fn encode<T: Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
+    serde_json::to_string(value).map_err(encoding_err)
+}
+
+fn encoding_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("encoding: {e}"))
 }
 
 fn decode<T: DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
@@ -335,6 +339,13 @@ fn parse_counters(value: Value) -> StoreResult<Counters> {
         }
     }
     Ok(counters_from(values))
+}
+
+/// The request log entry's JSON (`RequestLogEntry::write_json`), as a script argument.
+fn log_json(entry: &RequestLogEntry) -> StoreResult<String> {
+    let mut json = Vec::with_capacity(512);
+    entry.write_json(&mut json).map_err(encoding_err)?;
+    String::from_utf8(json).map_err(encoding_err)
 }
 
 /// The request log member of an entry: arrival first, so that equal scores sort by request id;
@@ -747,11 +758,7 @@ impl Store for RedisStore {
                     entry.at.to_string(),
                     log_member(entry),
                     entry.key_id.clone(),
-                    {
-                        let mut json = String::with_capacity(512);
-                        entry.write_json(&mut json);
-                        json
-                    },
+                    log_json(entry)?,
                 ]);
             }
             calls.push(Call {
