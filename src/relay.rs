@@ -308,3 +308,18 @@ where
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tapped body is boxed once per request (`respond::body`). glibc serves boxes of up to
+    /// 1,032 bytes from its per-thread cache; a larger one goes through its shared bins, after a
+    /// consolidation of the small free chunks, on every request (`UsageReader` boxes its larger
+    /// readers for this).
+    #[test]
+    fn the_tapped_body_fits_the_allocators_thread_cache() {
+        let size = std::mem::size_of::<Tapped>();
+        assert!(size <= 1032, "the tapped body is {size} bytes");
+    }
+}

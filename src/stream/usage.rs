@@ -7,10 +7,18 @@ use crate::stream::openai::{OpenAiUsage, Operation};
 use crate::usage::TokenUsage;
 
 /// Reads the usage of one upstream answer as its chunks pass.
+///
+/// The larger readers are boxed: the reader lives in the response body's tap, which is boxed
+/// once per request, and glibc serves a box of up to 1,032 bytes from its per-thread cache but a
+/// larger one from its shared bins, with a consolidation of the small free chunks first.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the Anthropic reader, the one most requests use, stays inline: no box of its own"
+)]
 pub enum UsageReader {
     Anthropic(AnthropicUsage),
-    OpenAi(OpenAiUsage),
-    Gemini(GeminiUsage),
+    OpenAi(Box<OpenAiUsage>),
+    Gemini(Box<GeminiUsage>),
 }
 
 impl UsageReader {
@@ -23,15 +31,15 @@ impl UsageReader {
                 AnthropicUsage::json()
             }),
             UsageKind::OpenAiChat => {
-                UsageReader::OpenAi(OpenAiUsage::new(Operation::Chat, streaming))
+                UsageReader::OpenAi(Box::new(OpenAiUsage::new(Operation::Chat, streaming)))
             }
             UsageKind::OpenAiResponses => {
-                UsageReader::OpenAi(OpenAiUsage::new(Operation::Responses, streaming))
+                UsageReader::OpenAi(Box::new(OpenAiUsage::new(Operation::Responses, streaming)))
             }
             UsageKind::OpenAiEmbeddings => {
-                UsageReader::OpenAi(OpenAiUsage::new(Operation::Embeddings, streaming))
+                UsageReader::OpenAi(Box::new(OpenAiUsage::new(Operation::Embeddings, streaming)))
             }
-            UsageKind::GeminiGenerate => UsageReader::Gemini(GeminiUsage::new(streaming)),
+            UsageKind::GeminiGenerate => UsageReader::Gemini(Box::new(GeminiUsage::new(streaming))),
         }
     }
 
