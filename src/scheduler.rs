@@ -18,7 +18,7 @@ use crate::config::{SchedulerConfig, StickyOverflow};
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::{AccountLease, KeyLease, run_to_end};
 use crate::store::{
-    self, AccountRelease, Candidate, KeyBinding, PickRequest, Protocol, SessionPick, Taken,
+    self, AccountRelease, Candidate, KeyBinding, Lease, PickRequest, Protocol, SessionPick, Taken,
 };
 
 use self::health::Verdict;
@@ -125,7 +125,7 @@ async fn pick_from(
         return Err(ApiError::new(ErrorKind::Unavailable, message));
     }
     let now_ms = jiff::Timestamp::now().as_millisecond();
-    let order = Arc::new(PickOrder {
+    let order = PickOrder {
         candidates,
         family: ask.model.and_then(health::family_of),
         session: ask.session.map(|id| {
@@ -136,68 +136,26 @@ async fn pick_from(
             )
         }),
         now_ms,
-    });
+    };
     let lease = key.attempt_lease(ask.attempt);
     let store = catalog.store();
-    // What is left to give back should this request be gone when the store answers: the picked
-    // account's lease; if the call failed, a lease on any candidate it may have picked.
-    let account = {
-        let (key_id, lease, order) = (key.key_id().to_owned(), lease.clone(), Arc::clone(&order));
-        move |picked: Option<&store::Picked>| {
-            let release = |account_id: &str| AccountRelease {
-                key_id: key_id.clone(),
-                account_id: account_id.to_owned(),
-                lease: lease.clone(),
-            };
-            match picked {
-                Some(store::Picked::Account { id, .. }) => vec![release(id)],
-                Some(store::Picked::Unavailable { .. }) => Vec::new(),
-                None => order
-                    .candidates
-                    .iter()
-                    .map(|c| release(&c.account_id))
-                    .collect(),
+    let picked = if store.is_local() {
+        // In memory: answered in one poll, nothing to cut short, nothing to clone.
+        match key.pending() {
+            Some(admission) => {
+                let taken = store
+                    .admit_and_pick(admission, key.lease(), &order.request(), &lease)
+                    .await
+                    .map_err(ApiError::store)?;
+                key.taken(taken)?
             }
+            None => store
+                .pick_account(&order.request(), &lease)
+                .await
+                .map_err(ApiError::store)?,
         }
-    };
-    // The key's admission, still pending on the first attempt, is taken with the account: one
-    // store call for both.
-    let picked = match key.pending() {
-        Some(admission) => {
-            let (admission, key_lease, unused) =
-                (admission.clone(), key.lease().clone(), key.unused());
-            let (shared, account_lease) = (Arc::clone(store), lease.clone());
-            let taken = run_to_end(
-                store,
-                async move {
-                    let request = order.request();
-                    shared
-                        .admit_and_pick(&admission, &key_lease, &request, &account_lease)
-                        .await
-                },
-                move |taken| match taken {
-                    Some(Taken::Picked(picked)) => match account(Some(picked)) {
-                        accounts if accounts.is_empty() => (None, accounts),
-                        accounts => (Some(unused), accounts),
-                    },
-                    Some(Taken::Refused(_)) => (None, Vec::new()),
-                    None => (Some(unused), account(None)),
-                },
-            )
-            .await
-            .map_err(ApiError::store)?;
-            key.taken(taken)?
-        }
-        None => {
-            let (shared, account_lease) = (Arc::clone(store), lease.clone());
-            run_to_end(
-                store,
-                async move { shared.pick_account(&order.request(), &account_lease).await },
-                move |picked| (None, account(picked)),
-            )
-            .await
-            .map_err(ApiError::store)?
-        }
+    } else {
+        pick_remote(store, key, order, &lease).await?
     };
     let (id, sticky, degraded) = match picked {
         store::Picked::Account {
@@ -233,7 +191,75 @@ async fn pick_from(
     })
 }
 
-/// A `PickRequest` that owns what it asks, so that the store call can outlive the request
+/// The store call of a pick on a remote store, run to its end even if the request is dropped
+/// meanwhile (`limits::run_to_end`): it owns what it asks.
+async fn pick_remote(
+    store: &Arc<dyn store::Store>,
+    key: &mut KeyLease,
+    order: PickOrder,
+    lease: &Lease,
+) -> Result<store::Picked, ApiError> {
+    let order = Arc::new(order);
+    // What is left to give back should this request be gone when the store answers: the picked
+    // account's lease; if the call failed, a lease on any candidate it may have picked.
+    let account = {
+        let (key_id, lease, order) = (key.key_id().to_owned(), lease.clone(), Arc::clone(&order));
+        move |picked: Option<&store::Picked>| {
+            let release = |account_id: &str| AccountRelease {
+                key_id: key_id.clone(),
+                account_id: account_id.to_owned(),
+                lease: lease.clone(),
+            };
+            match picked {
+                Some(store::Picked::Account { id, .. }) => vec![release(id)],
+                Some(store::Picked::Unavailable { .. }) => Vec::new(),
+                None => order
+                    .candidates
+                    .iter()
+                    .map(|c| release(&c.account_id))
+                    .collect(),
+            }
+        }
+    };
+    let (shared, account_lease) = (Arc::clone(store), lease.clone());
+    // The key's admission, still pending on the first attempt, is taken with the account: one
+    // store call for both.
+    match key.pending() {
+        Some(admission) => {
+            let (admission, key_lease, unused) =
+                (admission.clone(), key.lease().clone(), key.unused());
+            let taken = run_to_end(
+                store,
+                async move {
+                    let request = order.request();
+                    shared
+                        .admit_and_pick(&admission, &key_lease, &request, &account_lease)
+                        .await
+                },
+                move |taken| match taken {
+                    Some(Taken::Picked(picked)) => match account(Some(picked)) {
+                        accounts if accounts.is_empty() => (None, accounts),
+                        accounts => (Some(unused), accounts),
+                    },
+                    Some(Taken::Refused(_)) => (None, Vec::new()),
+                    None => (Some(unused), account(None)),
+                },
+            )
+            .await
+            .map_err(ApiError::store)?;
+            key.taken(taken)
+        }
+        None => run_to_end(
+            store,
+            async move { shared.pick_account(&order.request(), &account_lease).await },
+            move |picked| (None, account(picked)),
+        )
+        .await
+        .map_err(ApiError::store),
+    }
+}
+
+/// What a pick asks, owned, so that a remote store's call can outlive the request
 /// (`limits::run_to_end`).
 struct PickOrder {
     candidates: Vec<Candidate>,
