@@ -6,6 +6,9 @@
 #
 # - instructions per request (valgrind's cachegrind; the difference between 200 and 2,200
 #   requests, so that start-up cancels out) for the small JSON body and the 76 KB Claude Code body;
+# - instructions per request under load (cachegrind again, the small JSON body from wrk at 64
+#   connections, the difference between a run of 8 s and one of 24 s): the allocator's work with
+#   64 requests in flight, which one request at a time does not show (AB_LOADED=0 skips it);
 # - 4 MB JSON answers at 32 connections for 8 s (wrk): requests, CPU per request, peak RSS.
 #
 # Build the old one first, e.g. `git worktree add /tmp/old <rev>` and
@@ -103,6 +106,21 @@ count() {
   awk '/^summary:/ {print $2}' "$WORK/cg.out"
 }
 
+# loaded WHICH SECS: "REQUESTS INSTRUCTIONS" for a 2 s warm-up and SECS at 64 connections.
+loaded() {
+  start "$1" small valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$WORK/cg.out"
+  for secs in 2 "$2"; do
+    BENCH_BODY=$WORK/bodies/small.json BENCH_KEY=$(cat "$WORK/small/key") \
+      wrk -t2 -c64 -d"${secs}s" --timeout 10s -s "$ROOT/scripts/bench/post.lua" \
+      "http://127.0.0.1:$PORT/v1/messages" | sed -n 's/^BENCH_JSON //p' >"$WORK/wrk-$secs.json"
+  done
+  kill "$PID"
+  wait "$PID" || true
+  python3 -c 'import json, sys; print(sum(json.load(open(f))["requests"] for f in sys.argv[1:]), end=" ")' \
+    "$WORK/wrk-2.json" "$WORK/wrk-$2.json"
+  awk '/^summary:/ {print $2}' "$WORK/cg.out"
+}
+
 # big WHICH: 4 MB JSON answers, 32 connections, 8 s.
 big() {
   local u0 s0 u1 s1 out
@@ -130,6 +148,11 @@ for round in $(seq "$ROUNDS"); do
       many=$(count "$which" "$body" 2200)
       echo "round $round, $which, $body: $(((many - few) / 2000)) instructions per request"
     done
+    if [[ ${AB_LOADED:-1} != 0 ]]; then
+      read -r n0 i0 < <(loaded "$which" 8)
+      read -r n1 i1 < <(loaded "$which" 24)
+      echo "round $round, $which, small at 64 connections: $(((i1 - i0) / (n1 - n0))) instructions per request ($n0 and $n1 requests)"
+    fi
     echo "round $round, $which, 4 MB JSON answers: $(big "$which")"
   done
 done
