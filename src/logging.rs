@@ -7,12 +7,16 @@
 //! once, with whatever came before it. A line is copied whole, so lines never interleave. On a
 //! terminal every line is written at once.
 
+use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tracing::field::{Field, Visit};
 use tracing::{Level, Metadata};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{FormatFields, Writer};
 
 use crate::config::{Config, LogFormat};
 
@@ -168,12 +172,122 @@ pub fn init(config: &Config, serving: bool) -> LogGuard {
         .with_writer(sink.clone());
     match config.log.format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+        LogFormat::Human if terminal => builder.init(),
+        LogFormat::Human => builder.fmt_fields(PlainFields).init(),
     }
     if let Some(e) = flusher_error {
         tracing::warn!(error = %e, "cannot start the log flusher; every line is written at once");
     }
     LogGuard(sink)
+}
+
+/// A human-format line's fields without colours: the very text tracing's default writes with
+/// ANSI off (the message, then `name=value` for each field, space-separated; `log.` fields left
+/// out; an error followed by its sources; terminal control sequences escaped), with two
+/// differences:
+/// - each name and `=` is written as it is, where the default passes them through two (empty)
+///   ANSI styles: about 7k of the 17k instructions of a request's `info` line;
+/// - control characters are escaped in every value, not only in the message and errors, so a
+///   `Display` value that came from a client (a model's name) can neither break its line in two
+///   nor forge one.
+pub struct PlainFields;
+
+impl<'w> FormatFields<'w> for PlainFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        let mut visitor = PlainVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct PlainVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let mut text = String::new();
+        escape_into(&mut text, &value.to_string());
+        if let Some(first) = value.source() {
+            text.push(' ');
+            text.push_str(field.name());
+            text.push_str(".sources=[");
+            let mut source = Some(first);
+            while let Some(error) = source {
+                if !std::ptr::eq(error, first) {
+                    text.push_str(", ");
+                }
+                escape_into(&mut text, &error.to_string());
+                source = error.source();
+            }
+            text.push(']');
+        }
+        self.record_debug(field, &format_args!("{text}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        if !std::mem::take(&mut self.first) {
+            self.result = self.writer.write_char(' ');
+        }
+        self.result = self.result.and_then(|()| match name {
+            "message" => write!(Escaping(&mut self.writer), "{value:?}"),
+            name => {
+                let name = name.strip_prefix("r#").unwrap_or(name);
+                write!(self.writer, "{name}=")?;
+                write!(Escaping(&mut self.writer), "{value:?}")
+            }
+        });
+    }
+}
+
+/// Writes through to the line, escaping control characters (`escape_into`).
+struct Escaping<'a, 'w>(&'a mut Writer<'w>);
+
+impl std::fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        // A control character is below 0x20 or 0x7f; a C1 control (U+0080 to U+009F) is encoded
+        // as 0xc2 and a second byte: nearly every value is written at once.
+        if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+            return self.0.write_str(s);
+        }
+        let mut escaped = String::with_capacity(s.len() + 8);
+        escape_into(&mut escaped, s);
+        self.0.write_str(&escaped)
+    }
+}
+
+/// `text` with its control characters escaped: those a terminal takes for the start of a sequence
+/// as tracing's default writes them (`\x1b`, `\u{9b}`), line ends and tabs as `\n`, `\r`, `\t`,
+/// the other C0 controls as `\x..`.
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0'..='\x1f' | '\x7f' => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            '\u{80}'..='\u{9f}' => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -212,7 +326,109 @@ mod tests {
             .with_ansi(false)
             .without_time()
             .with_writer(sink)
+            .fmt_fields(PlainFields)
             .finish()
+    }
+
+    #[derive(Debug)]
+    struct Failed(&'static str, Option<Box<Failed>>);
+
+    impl std::fmt::Display for Failed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Failed {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    /// Every kind of field a line can carry, as the relay and its dependencies log them.
+    fn events() {
+        tracing::info!(n = 1, "request");
+        tracing::info!(
+            request_id = %"req_1",
+            model = %"claude-sonnet-4",
+            status = 200u16,
+            latency_ms = 5u64,
+            cost_nanousd = 0u64,
+            estimated = false,
+            end = "complete",
+            "request"
+        );
+        tracing::info!(r#type = "raw", "a raw identifier");
+        tracing::info!(a = 1i64, b = "two", c = 2.5f64);
+        tracing::info!(list = ?vec![1, 2], text = ?"quoted \"x\"", "debug values");
+        tracing::warn!("a message with \x1b[31m an escape, \x07 a bell and \u{9b} a C1 control");
+        let chain = Failed(
+            "outer",
+            Some(Box::new(Failed(
+                "middle \x1b",
+                Some(Box::new(Failed("inner", None))),
+            ))),
+        );
+        tracing::warn!(
+            error = &chain as &(dyn std::error::Error + 'static),
+            "failed"
+        );
+        let alone = Failed("alone", None);
+        tracing::warn!(
+            error = &alone as &(dyn std::error::Error + 'static),
+            "failed"
+        );
+        let span = tracing::info_span!("work", job = 7, name = "batch");
+        span.in_scope(|| tracing::info!(step = 2, "inside a span"));
+    }
+
+    #[test]
+    fn plain_fields_write_what_the_default_writes_without_colours() {
+        let (plain, default) = (Recorder::default(), Recorder::default());
+        let build = || {
+            tracing_subscriber::fmt()
+                .with_env_filter("info")
+                .with_ansi(false)
+                .without_time()
+        };
+        let with_plain = build()
+            .with_writer(Sink::new(plain.clone(), true))
+            .fmt_fields(PlainFields)
+            .finish();
+        tracing::subscriber::with_default(with_plain, events);
+        let with_default = build()
+            .with_writer(Sink::new(default.clone(), true))
+            .finish();
+        tracing::subscriber::with_default(with_default, events);
+        let (plain, default) = (plain.text(), default.text());
+        assert_eq!(plain.lines().count(), 9, "{plain}");
+        assert!(
+            plain.contains(r"an escape, \x07 a bell and \u{9b}"),
+            "{plain}"
+        );
+        assert!(plain.contains("error.sources=[middle"), "{plain}");
+        assert_eq!(plain, default);
+    }
+
+    #[test]
+    fn a_value_cannot_break_its_line_or_send_a_terminal_sequence() {
+        let out = Recorder::default();
+        let plain = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_writer(Sink::new(out.clone(), true))
+            .fmt_fields(PlainFields)
+            .finish();
+        tracing::subscriber::with_default(plain, || {
+            let model = "claude\n2026-12-06T00:00:00Z  INFO forged: request\r\t\x1b[2J\u{9b}\0";
+            tracing::info!(model = %model, status = 200, "request");
+        });
+        let text = out.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let expected = r"request model=claude\n2026-12-06T00:00:00Z  INFO forged: request\r\t\x1b[2J\u{9b}\x00 status=200";
+        assert!(text.ends_with(&format!("{expected}\n")), "{text}");
     }
 
     #[test]
