@@ -239,22 +239,53 @@ impl Visit for PlainVisitor<'_> {
         self.record_debug(field, &format_args!("{text}"));
     }
 
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record_plain(field, itoa::Buffer::new().format(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_plain(field, itoa::Buffer::new().format(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.record_plain(field, if value { "true" } else { "false" });
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if self.begin(field) {
+            self.result = write!(Escaping(&mut self.writer), "{value:?}");
+        }
+    }
+}
+
+impl PlainVisitor<'_> {
+    /// Writes what comes before a field's value (the space after the previous field, the name and
+    /// `=`, nothing for the message); false when the field is not written.
+    fn begin(&mut self, field: &Field) -> bool {
         let name = field.name();
         if self.result.is_err() || name.starts_with("log.") {
-            return;
+            return false;
         }
+        let mut begun = Ok(());
         if !std::mem::take(&mut self.first) {
-            self.result = self.writer.write_char(' ');
+            begun = self.writer.write_char(' ');
         }
-        self.result = self.result.and_then(|()| match name {
-            "message" => write!(Escaping(&mut self.writer), "{value:?}"),
-            name => {
-                let name = name.strip_prefix("r#").unwrap_or(name);
-                write!(self.writer, "{name}=")?;
-                write!(Escaping(&mut self.writer), "{value:?}")
-            }
-        });
+        if name != "message" {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            begun = begun
+                .and_then(|()| self.writer.write_str(name))
+                .and_then(|()| self.writer.write_char('='));
+        }
+        self.result = begun;
+        begun.is_ok()
+    }
+
+    /// A number's or a bool's text, written as it is: what its `Debug` writes, without the
+    /// formatting machinery, for most of a request line's fields.
+    fn record_plain(&mut self, field: &Field, text: &str) {
+        if self.begin(field) {
+            self.result = self.writer.write_str(text);
+        }
     }
 }
 
@@ -361,7 +392,14 @@ mod tests {
             "request"
         );
         tracing::info!(r#type = "raw", "a raw identifier");
-        tracing::info!(a = 1i64, b = "two", c = 2.5f64);
+        tracing::info!(
+            a = 1i64,
+            b = "two",
+            c = 2.5f64,
+            d = -3i64,
+            e = u64::MAX,
+            f = true
+        );
         tracing::info!(list = ?vec![1, 2], text = ?"quoted \"x\"", "debug values");
         tracing::warn!("a message with \x1b[31m an escape, \x07 a bell and \u{9b} a C1 control");
         let chain = Failed(
