@@ -387,6 +387,23 @@ mod tests {
         assert!(matches!(&s.1[..], [End::Failed(m)] if m.contains("30 s")));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn each_frame_pushes_the_idle_deadline_back() {
+        use futures_util::StreamExt;
+        // Frames at 0 s, 20 s and 45 s, then nothing: cut 30 s after the last, at 75 s.
+        let frames = futures_util::stream::iter([0u64, 20, 25]).then(|wait| async move {
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            Ok::<_, BoxError>(Frame::data(Bytes::from("ab")))
+        });
+        let stalled = Box::pin(frames.chain(futures_util::stream::pending()));
+        let tap = Tap::new(StreamBody::new(stalled), Sse::default())
+            .with_idle_timeout(Duration::from_secs(30));
+        let started = tokio::time::Instant::now();
+        let out = tap.collect().await.unwrap().to_bytes();
+        assert_eq!(started.elapsed(), Duration::from_secs(75));
+        assert!(out.starts_with(b"ababab"), "{out:?}");
+    }
+
     #[tokio::test]
     async fn a_failed_stream_ends_with_the_error_event_when_the_observer_has_one() {
         let seen = Sse::default();
