@@ -55,4 +55,20 @@ pub(crate) mod testing {
         );
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
+
+    /// An error with a chain of sources: `Layer("outer", Some(Box::new(Layer("inner", None))))`.
+    #[derive(Debug)]
+    pub struct Layer(pub &'static str, pub Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
 }

@@ -376,6 +376,7 @@ fn escape_into(out: &mut String, text: &str) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::testing::Layer;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Records what reaches the underlying writer, and how many writes it took.
@@ -412,23 +413,6 @@ mod tests {
             .finish()
     }
 
-    #[derive(Debug)]
-    struct Failed(&'static str, Option<Box<Failed>>);
-
-    impl std::fmt::Display for Failed {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-
-    impl std::error::Error for Failed {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            self.1
-                .as_deref()
-                .map(|e| e as &(dyn std::error::Error + 'static))
-        }
-    }
-
     /// Every kind of field a line can carry, as the relay and its dependencies log them.
     fn events() {
         tracing::info!(n = 1, "request");
@@ -453,18 +437,18 @@ mod tests {
         );
         tracing::info!(list = ?vec![1, 2], text = ?"quoted \"x\"", "debug values");
         tracing::warn!("a message with \x1b[31m an escape, \x07 a bell and \u{9b} a C1 control");
-        let chain = Failed(
+        let chain = Layer(
             "outer",
-            Some(Box::new(Failed(
+            Some(Box::new(Layer(
                 "middle \x1b",
-                Some(Box::new(Failed("inner", None))),
+                Some(Box::new(Layer("inner", None))),
             ))),
         );
         tracing::warn!(
             error = &chain as &(dyn std::error::Error + 'static),
             "failed"
         );
-        let alone = Failed("alone", None);
+        let alone = Layer("alone", None);
         tracing::warn!(
             error = &alone as &(dyn std::error::Error + 'static),
             "failed"
@@ -539,13 +523,7 @@ mod tests {
     #[test]
     fn a_value_cannot_break_its_line_or_send_a_terminal_sequence() {
         let out = Recorder::default();
-        let plain = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .without_time()
-            .with_writer(Sink::new(out.clone(), true))
-            .fmt_fields(PlainFields)
-            .finish();
-        tracing::subscriber::with_default(plain, || {
+        tracing::subscriber::with_default(subscriber(Sink::new(out.clone(), true)), || {
             let model = "claude\n2026-12-06T00:00:00Z  INFO forged: request\r\t\x1b[2J\u{9b}\0";
             tracing::info!(model = %model, status = 200, "request");
         });
