@@ -22,9 +22,9 @@ use serde::de::DeserializeOwned;
 use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 
 use super::{
-    AccountRecord, AccountRuntime, Admission, Admit, Bucket, Counters, Dimension, KeyRecord,
-    KeyState, Lease, MeterUse, PickRequest, Picked, RequestLogEntry, SmolStr, Store, StoreError,
-    StoreResult, UsageBatch, UsageQuery,
+    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Counters, Dimension,
+    KeyRecord, KeySettle, KeyState, Lease, MeterUse, PickRequest, Picked, RequestLogEntry, SmolStr,
+    Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 
 /// Key id -> JSON `KeyRecord`.
@@ -443,6 +443,193 @@ struct AccountHot {
     health: Health,
 }
 
+/// The hot path's operations, each under one hold of the store's mutex (`admit_and_pick` and
+/// `finish` run two of them under one).
+impl Hot {
+    fn admit(&mut self, admission: &Admission, lease: &Lease) -> Admit {
+        let now = admission.now_ms;
+        let key_id = admission.key_id.as_str();
+        // Looked up by `&str` first: the owned id is made only for a key's first lease.
+        let leases = match self.keys.get_mut(key_id) {
+            Some(leases) => leases,
+            None => self.keys.entry(key_id.to_owned()).or_default(),
+        };
+        // Swept even when unbounded, so that leases never settled do not pile up.
+        self.limits.sweep(key_id, leases, now);
+        let starts_clock = match admission.valid_after_first_use_ms {
+            Some(valid) => match self.limits.first_use.get(key_id) {
+                Some(&first) if first.saturating_add(valid) <= now => {
+                    return Admit::Expired {
+                        first_used_at: first,
+                    };
+                }
+                Some(_) => false,
+                None => true,
+            },
+            None => false,
+        };
+        // Re-admitting a lease already held renews it; it is not another request in flight.
+        let renewing = leases.remove(&lease.id);
+        if let Some(previous) = &renewing {
+            self.limits.unhold(key_id, &previous.holds);
+        }
+        if let Some(limit) = admission.max_concurrency
+            && renewing.is_none()
+            && u32::try_from(leases.len()).unwrap_or(u32::MAX) >= limit
+        {
+            return Admit::ConcurrencyExceeded { limit };
+        }
+        for (i, meter) in admission.meters.iter().enumerate() {
+            let usage = self.limits.use_of(key_id, &meter.bucket);
+            if !meter.admits(usage) {
+                return Admit::MeterFull { meter: i, usage };
+            }
+        }
+        let mut holds = Vec::with_capacity(admission.meters.len());
+        for meter in &admission.meters {
+            self.limits.change(key_id, &meter.bucket, |counter| {
+                counter.held = counter.held.saturating_add(meter.reserve);
+                counter.expires_at = meter.expires_at;
+            });
+            holds.push((meter.bucket.clone(), meter.reserve));
+        }
+        // The clock starts with the first request admitted, not with one refused.
+        if starts_clock {
+            self.limits.first_use.insert(key_id.to_owned(), now);
+            self.limits.dirty_first_use.insert(key_id.to_owned());
+        }
+        let ttl = i64::try_from(lease.ttl.as_millis()).unwrap_or(i64::MAX);
+        leases.insert(
+            lease.id.clone(),
+            KeyLeaseHot {
+                deadline: now.saturating_add(ttl),
+                holds,
+            },
+        );
+        Admit::Granted
+    }
+
+    fn pick_account(&mut self, req: &PickRequest<'_>, lease: &Lease) -> Picked {
+        let now = Instant::now();
+        let bound = req.session.and_then(|s| {
+            self.sessions
+                .get(s.id)
+                .filter(|(_, expires)| *expires > now)
+                .map(|(a, _)| a.clone())
+        });
+        let in_flight: Vec<u32> = req
+            .candidates
+            .iter()
+            .map(|c| {
+                self.accounts
+                    .get_mut(&c.account_id)
+                    .map_or(0, |a| live_count(&mut a.leases, now))
+            })
+            .collect();
+        let clean = Health::default();
+        let contenders: Vec<Contender<'_>> = req
+            .candidates
+            .iter()
+            .zip(&in_flight)
+            .map(|(c, &in_flight)| {
+                let account = self.accounts.get(&c.account_id);
+                Contender {
+                    id: &c.account_id,
+                    priority: c.priority,
+                    max_concurrency: c.max_concurrency,
+                    weight: c.weight,
+                    in_flight,
+                    pick_seq: account.map_or(0, |a| a.pick_seq),
+                    health: account.map_or(&clean, |a| &a.health),
+                }
+            })
+            .collect();
+        let session = req.session.map(|s| (bound.as_deref(), s.move_on_overflow));
+        let (id, sticky) = match policy::choose(&contenders, req.family, req.now_ms, session) {
+            Choice::Take { id, sticky } => (id.to_owned(), sticky),
+            Choice::Unavailable { retry_at } => return Picked::Unavailable { retry_at },
+        };
+        drop(contenders);
+        self.pick_seq += 1;
+        let pick_seq = self.pick_seq;
+        let account = match self.accounts.get_mut(&id) {
+            Some(account) => account,
+            None => self.accounts.entry(id.clone()).or_default(),
+        };
+        account
+            .leases
+            .insert(lease.id.clone(), deadline(lease, now));
+        account.pick_seq = pick_seq;
+        // Informational only (the order comes from `pick_seq`), so it stays a true wall-clock time
+        // rather than being pushed ahead to break ties; `max` keeps it from going back in time.
+        account.last_used_at = now_ms().max(account.last_used_at);
+        let degraded = account.health != Health::default();
+        if let Some(session) = req.session {
+            let expires = now.checked_add(session.ttl).unwrap_or(now);
+            match sticky {
+                Sticky::Hit | Sticky::Bound | Sticky::Moved => {
+                    if self.sessions.len() >= SESSIONS_PRUNE_AT {
+                        self.sessions.retain(|_, (_, e)| *e > now);
+                    }
+                    match self.sessions.get_mut(session.id) {
+                        Some(binding) => {
+                            if binding.0 != id {
+                                binding.0.clone_from(&id);
+                            }
+                            binding.1 = expires;
+                        }
+                        None => {
+                            self.sessions
+                                .insert(session.id.to_owned(), (id.clone(), expires));
+                        }
+                    }
+                }
+                // The binding stays where it is, for when its account can serve again.
+                Sticky::Escaped | Sticky::None => {}
+            }
+        }
+        Picked::Account {
+            id,
+            sticky,
+            degraded,
+        }
+    }
+
+    fn settle(&mut self, key_id: &str, lease: &Lease, used: &[(SmolStr, u64)]) {
+        let mut held = false;
+        if let Some(leases) = self.keys.get_mut(key_id) {
+            if let Some(taken) = leases.remove(&lease.id) {
+                self.limits.unhold(key_id, &taken.holds);
+                held = true;
+            }
+        }
+        // Neither held nor swept: given back before; its use was counted then.
+        if !held && self.limits.swept.remove(&lease.id).is_none() {
+            return;
+        }
+        for (bucket, amount) in used {
+            self.limits.change(key_id, bucket, |counter| {
+                counter.used = counter.used.saturating_add(*amount);
+            });
+            self.limits.mark_dirty(key_id, bucket);
+        }
+    }
+
+    fn release(&mut self, key_id: &str, account_id: Option<&str>, lease: &Lease) {
+        if account_id.is_none()
+            && let Some(leases) = self.keys.get_mut(key_id)
+        {
+            if let Some(taken) = leases.remove(&lease.id) {
+                self.limits.unhold(key_id, &taken.holds);
+            }
+        }
+        if let Some(account) = account_id.and_then(|id| self.accounts.get_mut(id)) {
+            // The entry stays: it carries `last_used_at`.
+            account.leases.remove(&lease.id);
+        }
+    }
+}
+
 /// Drops expired leases and returns how many remain; expiry is checked only when someone counts.
 fn live_count(leases: &mut Leases, now: Instant) -> u32 {
     leases.retain(|_, deadline| deadline.is_none_or(|d| d > now));
@@ -730,65 +917,37 @@ impl Store for EmbeddedStore {
     }
 
     async fn admit(&self, admission: &Admission, lease: &Lease) -> StoreResult<Admit> {
-        let now = admission.now_ms;
-        let mut guard = self.hot();
-        let hot = &mut *guard;
-        let key_id = admission.key_id.as_str();
-        // Looked up by `&str` first: the owned id is made only for a key's first lease.
-        let leases = match hot.keys.get_mut(key_id) {
-            Some(leases) => leases,
-            None => hot.keys.entry(key_id.to_owned()).or_default(),
-        };
-        // Swept even when unbounded, so that leases never settled do not pile up.
-        hot.limits.sweep(key_id, leases, now);
-        if let Some(valid) = admission.valid_after_first_use_ms {
-            match hot.limits.first_use.get(key_id) {
-                Some(&first) if first.saturating_add(valid) <= now => {
-                    return Ok(Admit::Expired {
-                        first_used_at: first,
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    hot.limits.first_use.insert(key_id.to_owned(), now);
-                    hot.limits.dirty_first_use.insert(key_id.to_owned());
-                }
+        Ok(self.hot().admit(admission, lease))
+    }
+
+    async fn pick_account(&self, request: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked> {
+        Ok(self.hot().pick_account(request, lease))
+    }
+
+    /// The trait's sequence, under one hold of the mutex and without a future per step.
+    async fn admit_and_pick(
+        &self,
+        admission: &Admission,
+        key_lease: &Lease,
+        request: &PickRequest<'_>,
+        account_lease: &Lease,
+    ) -> StoreResult<Taken> {
+        let mut hot = self.hot();
+        let clock_running = hot.limits.first_use.contains_key(&admission.key_id);
+        let admit = hot.admit(admission, key_lease);
+        if admit != Admit::Granted {
+            return Ok(Taken::Refused(admit));
+        }
+        let picked = hot.pick_account(request, account_lease);
+        if !matches!(picked, Picked::Account { .. }) {
+            hot.settle(&admission.key_id, key_lease, &[]);
+            // Nothing stays taken, the start of the key's clock neither (its dirty mark is
+            // harmless: a write skips a key without a first use).
+            if !clock_running {
+                hot.limits.first_use.remove(&admission.key_id);
             }
         }
-        // Re-admitting a lease already held renews it; it is not another request in flight.
-        let renewing = leases.remove(&lease.id);
-        if let Some(previous) = &renewing {
-            hot.limits.unhold(key_id, &previous.holds);
-        }
-        if let Some(limit) = admission.max_concurrency
-            && renewing.is_none()
-            && u32::try_from(leases.len()).unwrap_or(u32::MAX) >= limit
-        {
-            return Ok(Admit::ConcurrencyExceeded { limit });
-        }
-        for (i, meter) in admission.meters.iter().enumerate() {
-            let usage = hot.limits.use_of(key_id, &meter.bucket);
-            if !meter.admits(usage) {
-                return Ok(Admit::MeterFull { meter: i, usage });
-            }
-        }
-        let mut holds = Vec::with_capacity(admission.meters.len());
-        for meter in &admission.meters {
-            hot.limits.change(key_id, &meter.bucket, |counter| {
-                counter.held = counter.held.saturating_add(meter.reserve);
-                counter.expires_at = meter.expires_at;
-            });
-            holds.push((meter.bucket.clone(), meter.reserve));
-        }
-        let ttl = i64::try_from(lease.ttl.as_millis()).unwrap_or(i64::MAX);
-        leases.insert(
-            lease.id.clone(),
-            KeyLeaseHot {
-                deadline: now.saturating_add(ttl),
-                holds,
-            },
-        );
-        Ok(Admit::Granted)
+        Ok(Taken::Picked(picked))
     }
 
     async fn settle(
@@ -797,24 +956,32 @@ impl Store for EmbeddedStore {
         lease: &Lease,
         used: &[(SmolStr, u64)],
     ) -> StoreResult<()> {
-        let mut guard = self.hot();
-        let hot = &mut *guard;
-        let mut held = false;
-        if let Some(leases) = hot.keys.get_mut(key_id) {
-            if let Some(taken) = leases.remove(&lease.id) {
-                hot.limits.unhold(key_id, &taken.holds);
-                held = true;
-            }
+        self.hot().settle(key_id, lease, used);
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        key_id: &str,
+        account_id: Option<&str>,
+        lease: &Lease,
+    ) -> StoreResult<()> {
+        self.hot().release(key_id, account_id, lease);
+        Ok(())
+    }
+
+    /// The trait's sequence, under one hold of the mutex and without a future per step.
+    async fn finish(
+        &self,
+        key: Option<&KeySettle>,
+        account: Option<&AccountRelease>,
+    ) -> StoreResult<()> {
+        let mut hot = self.hot();
+        if let Some(a) = account {
+            hot.release(&a.key_id, Some(&a.account_id), &a.lease);
         }
-        // Neither held nor swept: given back before; its use was counted then.
-        if !held && hot.limits.swept.remove(&lease.id).is_none() {
-            return Ok(());
-        }
-        for (bucket, amount) in used {
-            hot.limits.change(key_id, bucket, |counter| {
-                counter.used = counter.used.saturating_add(*amount);
-            });
-            hot.limits.mark_dirty(key_id, bucket);
+        if let Some(k) = key {
+            hot.settle(&k.key_id, &k.lease, &k.used);
         }
         Ok(())
     }
@@ -840,94 +1007,6 @@ impl Store for EmbeddedStore {
         })
     }
 
-    async fn pick_account(&self, req: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked> {
-        let now = Instant::now();
-        let mut guard = self.hot();
-        let hot = &mut *guard;
-        let bound = req.session.and_then(|s| {
-            hot.sessions
-                .get(s.id)
-                .filter(|(_, expires)| *expires > now)
-                .map(|(a, _)| a.clone())
-        });
-        let in_flight: Vec<u32> = req
-            .candidates
-            .iter()
-            .map(|c| {
-                hot.accounts
-                    .get_mut(&c.account_id)
-                    .map_or(0, |a| live_count(&mut a.leases, now))
-            })
-            .collect();
-        let clean = Health::default();
-        let contenders: Vec<Contender<'_>> = req
-            .candidates
-            .iter()
-            .zip(&in_flight)
-            .map(|(c, &in_flight)| {
-                let account = hot.accounts.get(&c.account_id);
-                Contender {
-                    id: &c.account_id,
-                    priority: c.priority,
-                    max_concurrency: c.max_concurrency,
-                    weight: c.weight,
-                    in_flight,
-                    pick_seq: account.map_or(0, |a| a.pick_seq),
-                    health: account.map_or(&clean, |a| &a.health),
-                }
-            })
-            .collect();
-        let session = req.session.map(|s| (bound.as_deref(), s.move_on_overflow));
-        let (id, sticky) = match policy::choose(&contenders, req.family, req.now_ms, session) {
-            Choice::Take { id, sticky } => (id.to_owned(), sticky),
-            Choice::Unavailable { retry_at } => return Ok(Picked::Unavailable { retry_at }),
-        };
-        drop(contenders);
-        hot.pick_seq += 1;
-        let pick_seq = hot.pick_seq;
-        let account = match hot.accounts.get_mut(&id) {
-            Some(account) => account,
-            None => hot.accounts.entry(id.clone()).or_default(),
-        };
-        account
-            .leases
-            .insert(lease.id.clone(), deadline(lease, now));
-        account.pick_seq = pick_seq;
-        // Informational only (the order comes from `pick_seq`), so it stays a true wall-clock time
-        // rather than being pushed ahead to break ties; `max` keeps it from going back in time.
-        account.last_used_at = now_ms().max(account.last_used_at);
-        let degraded = account.health != Health::default();
-        if let Some(session) = req.session {
-            let expires = now.checked_add(session.ttl).unwrap_or(now);
-            match sticky {
-                Sticky::Hit | Sticky::Bound | Sticky::Moved => {
-                    if hot.sessions.len() >= SESSIONS_PRUNE_AT {
-                        hot.sessions.retain(|_, (_, e)| *e > now);
-                    }
-                    match hot.sessions.get_mut(session.id) {
-                        Some(binding) => {
-                            if binding.0 != id {
-                                binding.0.clone_from(&id);
-                            }
-                            binding.1 = expires;
-                        }
-                        None => {
-                            hot.sessions
-                                .insert(session.id.to_owned(), (id.clone(), expires));
-                        }
-                    }
-                }
-                // The binding stays where it is, for when its account can serve again.
-                Sticky::Escaped | Sticky::None => {}
-            }
-        }
-        Ok(Picked::Account {
-            id,
-            sticky,
-            degraded,
-        })
-    }
-
     async fn report_health(
         &self,
         account_id: &str,
@@ -946,28 +1025,6 @@ impl Store for EmbeddedStore {
     async fn reset_health(&self, account_id: &str) -> StoreResult<()> {
         if let Some(account) = self.hot().accounts.get_mut(account_id) {
             account.health = Health::default();
-        }
-        Ok(())
-    }
-
-    async fn release(
-        &self,
-        key_id: &str,
-        account_id: Option<&str>,
-        lease: &Lease,
-    ) -> StoreResult<()> {
-        let mut guard = self.hot();
-        let hot = &mut *guard;
-        if account_id.is_none()
-            && let Some(leases) = hot.keys.get_mut(key_id)
-        {
-            if let Some(taken) = leases.remove(&lease.id) {
-                hot.limits.unhold(key_id, &taken.holds);
-            }
-        }
-        if let Some(account) = account_id.and_then(|id| hot.accounts.get_mut(id)) {
-            // The entry stays: it carries `last_used_at`.
-            account.leases.remove(&lease.id);
         }
         Ok(())
     }

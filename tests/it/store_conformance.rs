@@ -980,6 +980,31 @@ mod cases {
         a.valid_after_first_use_ms = Some(1_000);
         let s = store.key_state("k1", &[]).await.unwrap();
         assert_eq!(s.first_used_at, None);
+        // Requests that were refused, or that no account could serve, do not start the clock.
+        let mut full = metered("k1", t - 500, &[("day:x", 0, 1)]);
+        full.valid_after_first_use_ms = Some(1_000);
+        assert!(matches!(
+            store.admit(&full, &lease("l0")).await.unwrap(),
+            Admit::MeterFull { .. }
+        ));
+        let mut early = a.clone();
+        early.now_ms = t - 500;
+        let none = PickRequest {
+            candidates: &[],
+            family: None,
+            session: None,
+            now_ms: t - 500,
+        };
+        let taken = store
+            .admit_and_pick(&early, &lease("l0"), &none, &lease("l0.1"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(taken, Taken::Picked(Picked::Unavailable { .. })),
+            "{taken:?}"
+        );
+        let s = store.key_state("k1", &[]).await.unwrap();
+        assert_eq!((s.first_used_at, s.in_flight), (None, 0));
         assert_eq!(store.admit(&a, &lease("l1")).await.unwrap(), Admit::Granted);
         assert_eq!(
             store.key_state("k1", &[]).await.unwrap().first_used_at,
