@@ -204,8 +204,13 @@ pub fn ask_for_usage(body: &[u8]) -> Option<Bytes> {
     struct Peek {
         #[serde(default)]
         stream: Option<bool>,
-        #[serde(default)]
+        /// `Some(Null)` for `"stream_options": null`, which must be replaced rather than sent
+        /// alongside a second `stream_options` key.
+        #[serde(default, deserialize_with = "sent")]
         stream_options: Option<serde_json::Value>,
+    }
+    fn sent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+        serde_json::Value::deserialize(d).map(Some)
     }
     let peek: Peek = serde_json::from_slice(body).ok()?;
     if peek.stream != Some(true) {
@@ -215,12 +220,27 @@ pub fn ask_for_usage(body: &[u8]) -> Option<Bytes> {
         Some(options) if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) => {
             None
         }
-        // Present but not asking: rewrite it (key order may change; the upstream does not care).
-        Some(_) => {
+        // Present but not asking, or `null`: rewrite it (key order may change; the upstream does
+        // not care).
+        Some(serde_json::Value::Object(_) | serde_json::Value::Null) => {
             let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-            value["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+            // A JSON array can also fill `Peek` (serde reads a struct from a sequence): then
+            // there is no object to rewrite and the body goes as sent.
+            let options = value
+                .as_object_mut()?
+                .entry("stream_options")
+                .or_insert(serde_json::Value::Null);
+            if options.is_null() {
+                *options = serde_json::Value::Object(serde_json::Map::new());
+            }
+            options
+                .as_object_mut()?
+                .insert("include_usage".into(), serde_json::Value::Bool(true));
             serde_json::to_vec(&value).ok().map(Bytes::from)
         }
+        // Any other value is the client's mistake: sent as is, for the vendor to answer with its
+        // own 400.
+        Some(_) => None,
         None => {
             let open = body.iter().position(|b| *b == b'{')?;
             let mut out = Vec::with_capacity(body.len() + 40);
@@ -405,6 +425,41 @@ mod tests {
         assert_eq!(
             v["stream_options"],
             serde_json::json!({ "include_usage": true, "x": 1 })
+        );
+    }
+
+    #[test]
+    fn stream_options_of_the_wrong_type_are_left_for_the_vendor() {
+        // Each of these once panicked in serde_json's `IndexMut`; `None` sends the body as is.
+        for options in ["5", "true", "\"x\"", "[]", "[1]", "{\"a\":1}"] {
+            let body = format!(r#"{{"stream":true,"stream_options":{options},"model":"m"}}"#);
+            let asked = ask_for_usage(body.as_bytes());
+            if options.starts_with('{') {
+                assert!(asked.is_some(), "{options}");
+            } else {
+                assert!(asked.is_none(), "{options}");
+            }
+        }
+        // A body that is an array still reads as a `Peek`: nothing to rewrite.
+        assert!(ask_for_usage(br#"[true,{}]"#).is_none());
+        assert!(ask_for_usage(br#"[true,null]"#).is_none());
+    }
+
+    #[test]
+    fn a_null_stream_options_is_replaced_not_duplicated() {
+        let body = br#"{"model":"m","stream":true,"stream_options":null,"messages":[]}"#;
+        let asked = ask_for_usage(body).unwrap();
+        let text = std::str::from_utf8(&asked).unwrap();
+        assert_eq!(text.matches("\"stream_options\"").count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_slice(&asked).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "model": "m",
+                "stream": true,
+                "stream_options": { "include_usage": true },
+                "messages": [],
+            })
         );
     }
 

@@ -67,7 +67,8 @@ pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequ
         "max_tokens".into(),
         json!(max_tokens(chat, default_max_tokens)?),
     );
-    if let Some(t) = present(chat, "temperature") {
+    let temperature = present(chat, "temperature");
+    if let Some(t) = temperature {
         let t = t
             .as_f64()
             .ok_or_else(|| ApiError::invalid("`temperature` must be a number"))?;
@@ -78,7 +79,11 @@ pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequ
         if !p.is_number() {
             return Err(ApiError::invalid("`top_p` must be a number"));
         }
-        out.insert("top_p".into(), p.clone());
+        // Current Claude models answer 400 when both are set, and many OpenAI clients send
+        // both by default (often `top_p: 1`): the temperature is kept, as the usual knob.
+        if temperature.is_none() {
+            out.insert("top_p".into(), p.clone());
+        }
     }
     if let Some(stops) = stop_sequences(chat)? {
         out.insert("stop_sequences".into(), stops);
@@ -559,7 +564,17 @@ fn tool_definition(function: Option<&Value>, at: &str) -> Result<Value, ApiError
     };
     let function = function.unwrap_or(&Value::Null);
     let schema = match function.get("parameters") {
-        Some(p) if p.is_object() => p.clone(),
+        Some(Value::Object(p)) => {
+            let mut schema = p.clone();
+            // Anthropic requires `"type": "object"`, which OpenAI clients often leave out (a
+            // function without arguments is commonly `"parameters": {}`): filled in as for a
+            // function without parameters.
+            if present(&schema, "type").is_none() {
+                schema.insert("type".into(), json!("object"));
+                schema.entry("properties").or_insert_with(|| json!({}));
+            }
+            Value::Object(schema)
+        }
         // A function without parameters takes none.
         _ => json!({ "type": "object", "properties": {} }),
     };

@@ -316,6 +316,32 @@ fn tools_and_tool_choice() {
         ])
     );
     assert!(body.get("tool_choice").is_none());
+    // Parameters without a `type` get `"type": "object"`, which Anthropic requires; `{}` reads
+    // as no parameters, and a schema that has its `type` goes unchanged.
+    for (parameters, want) in [
+        (json!({}), json!({ "type": "object", "properties": {} })),
+        (
+            json!({ "properties": { "q": { "type": "string" } }, "required": ["q"] }),
+            json!({ "type": "object", "properties": { "q": { "type": "string" } }, "required": ["q"] }),
+        ),
+        (
+            json!({ "type": null, "properties": {} }),
+            json!({ "type": "object", "properties": {} }),
+        ),
+        (
+            json!({ "type": "object", "additionalProperties": false }),
+            json!({ "type": "object", "additionalProperties": false }),
+        ),
+    ] {
+        let mut chat = with_messages(json!([{ "role": "user", "content": "hi" }]));
+        chat["tools"] =
+            json!([{ "type": "function", "function": { "name": "c", "parameters": parameters } }]);
+        assert_eq!(
+            translate(chat)["tools"],
+            json!([{ "name": "c", "input_schema": want }]),
+            "{parameters}"
+        );
+    }
     for (choice, want) in [
         (json!("auto"), json!({ "type": "auto" })),
         (json!("none"), json!({ "type": "none" })),
@@ -390,7 +416,8 @@ fn sampling_and_stop_and_user() {
     chat["some_future_field"] = json!({ "x": 1 });
     let body = translate(chat.clone());
     assert_eq!(body["temperature"], json!(1.0));
-    assert_eq!(body["top_p"], json!(0.9));
+    // Claude refuses both at once: the temperature wins.
+    assert!(body.get("top_p").is_none());
     assert_eq!(body["stop_sequences"], json!(["END"]));
     assert_eq!(body["metadata"], json!({ "user_id": "user-42" }));
     assert!(body.get("some_future_field").is_none() && body.get("logprobs").is_none());
@@ -406,6 +433,16 @@ fn sampling_and_stop_and_user() {
     chat["stop"] = json!([1]);
     rejected(chat.clone());
     chat["stop"] = Value::Null;
+    // top_p alone (or with a null temperature) is kept; a bad one is refused even beside a
+    // temperature.
+    chat["temperature"] = Value::Null;
+    let body = translate(chat.clone());
+    assert_eq!(body["top_p"], json!(0.9));
+    assert!(body.get("temperature").is_none());
+    chat["temperature"] = json!(0.5);
+    chat["top_p"] = json!("wide");
+    assert!(rejected(chat.clone()).message.contains("top_p"));
+    chat["top_p"] = Value::Null;
     chat["temperature"] = json!("hot");
     rejected(chat);
 }
