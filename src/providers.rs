@@ -6,6 +6,8 @@ pub mod azure;
 pub mod gemini;
 pub mod openai;
 
+use std::borrow::Cow;
+
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 
@@ -91,19 +93,64 @@ pub fn forward_headers(client: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// `base` + `path` + `?query`.
+/// `base` + `path` + `?query`, without the query's `key=…`: a client may present its Switchyard
+/// key there on every surface (`relay::authenticate_with`), and it must not reach any vendor.
 pub fn join(base: &str, path: &str, query: Option<&str>) -> String {
     let base = base.trim_end_matches('/');
+    let query = query.map(|q| {
+        if form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "key") {
+            Cow::Owned(without_key(q))
+        } else {
+            Cow::Borrowed(q)
+        }
+    });
     match query.filter(|q| !q.is_empty()) {
         Some(q) => format!("{base}{path}?{q}"),
         None => format!("{base}{path}"),
     }
 }
 
+/// The query without `key=…` (names compared decoded, as `query_key` reads them).
+pub fn without_key(query: &str) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "key"))
+        .finish()
+}
+
+/// The client's key when it came as `?key=`.
+pub fn query_key(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "key")
+        .map(|(_, v)| v.into_owned())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_key_never_goes_upstream() {
+        assert_eq!(without_key("alt=sse&key=sy-secret"), "alt=sse");
+        assert_eq!(without_key("key=sy-secret"), "");
+        assert_eq!(query_key(Some("alt=sse&key=sy-x")).as_deref(), Some("sy-x"));
+        assert_eq!(query_key(Some("k%65y=sy-x")).as_deref(), Some("sy-x"));
+        assert_eq!(query_key(Some("alt=sse")), None);
+        // Every vendor's URL goes through `join`, with the key presented in any spelling.
+        for (query, sent) in [
+            (
+                Some("beta=true&key=sy-secret"),
+                "https://v.example/v1/messages?beta=true",
+            ),
+            (Some("k%65y=sy-secret"), "https://v.example/v1/messages"),
+            (Some("key=sy-secret"), "https://v.example/v1/messages"),
+            (Some("beta=true"), "https://v.example/v1/messages?beta=true"),
+            (Some("monkey=1"), "https://v.example/v1/messages?monkey=1"),
+            (None, "https://v.example/v1/messages"),
+        ] {
+            assert_eq!(join("https://v.example/", "/v1/messages", query), sent);
+        }
+    }
 
     /// What `forward_headers` did before it copied in one pass: clone, then remove.
     fn forward_headers_by_removal(client: &HeaderMap) -> HeaderMap {

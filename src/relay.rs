@@ -39,7 +39,7 @@ use crate::body::{Body, BoxError};
 use crate::error::{ApiError, ErrorKind};
 use crate::limits;
 use crate::metrics as m;
-use crate::providers::{self, gemini};
+use crate::providers;
 use crate::scheduler::session;
 use crate::store::KeyRecord;
 use crate::stream::tap::Tap;
@@ -258,7 +258,7 @@ pub(crate) async fn authenticate_with(
     headers: &http::HeaderMap,
     query: Option<&str>,
 ) -> Result<Arc<KeyRecord>, ApiError> {
-    let from_query = gemini::query_key(query);
+    let from_query = providers::query_key(query);
     let presented = auth::presented_key(headers)
         .or(from_query.as_deref())
         .ok_or_else(|| {

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::body::{self, Body, BoxError};
 use crate::error::{ApiError, ErrorKind, Surface};
-use crate::providers::gemini;
+use crate::providers;
 use crate::relay::{self, Endpoint};
 
 pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<Body>
@@ -103,7 +103,7 @@ fn surface_of(
             Surface::Anthropic
         } else if headers.contains_key("x-goog-api-key")
             || headers.contains_key("x-goog-api-client")
-            || gemini::query_key(query).is_some()
+            || providers::query_key(query).is_some()
         {
             Surface::Gemini
         } else {

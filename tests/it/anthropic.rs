@@ -918,3 +918,24 @@ async fn a_stalled_stream_is_cut_with_an_error_event_and_what_passed_is_recorded
     assert_eq!(anthropic_error(resp).await, (504, "api_error".into()));
     released(&relay, &account_id).await;
 }
+
+#[tokio::test]
+async fn a_key_in_the_query_authenticates_but_never_goes_upstream() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    mock.set_default(Behavior::Ok(usage(3, 4)));
+    for query in [
+        format!("beta=true&key={key}"),
+        format!("k%65y={key}&beta=true"),
+    ] {
+        let resp = http_client()
+            .post(relay.url(&format!("/v1/messages?{query}")))
+            .json(&messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{query}");
+        let sent = mock.requests().pop().unwrap();
+        assert_eq!(sent.query.as_deref(), Some("beta=true"), "{query}");
+        assert_eq!(sent.headers["x-api-key"], ACCOUNT_KEY);
+    }
+}
