@@ -57,6 +57,9 @@ pub struct Tap<B: Body, O: Observer> {
     trailer: Option<Bytes>,
     /// Set after a cut: the inner body is not polled again.
     cut: bool,
+    /// The last two bytes observed (`\n\n` before any): whether a cut falls between two SSE
+    /// events, or inside one that its error event must not run into.
+    tail: [u8; 2],
     /// Data received and observed but not yet handed on (coalescing).
     held: BytesMut,
     /// Times this task yielded with `held` waiting for a next frame.
@@ -88,6 +91,7 @@ impl<B: Body, O: Observer> Tap<B, O> {
             idle: None,
             trailer: None,
             cut: false,
+            tail: *b"\n\n",
             held: BytesMut::new(),
             yields: 0,
             stashed: None,
@@ -123,9 +127,19 @@ impl<B: Body, O: Observer> Tap<B, O> {
     }
 
     /// Ends the body after a failure: reports it, then either sends the observer's error event
-    /// or lets `Err` through.
+    /// or lets `Err` through. A cut inside an event (a partial line, or lines without their
+    /// blank line) first ends that event, so that the error arrives as an event of its own
+    /// rather than glued to the broken one (`\r\n\r\n` reads as inside: one blank line more
+    /// is a no-op in SSE).
     fn fail(&mut self, message: String) -> Option<Bytes> {
-        let event = self.observer.as_ref().and_then(|o| o.error_event(&message));
+        let event = self
+            .observer
+            .as_ref()
+            .and_then(|o| o.error_event(&message))
+            .map(|event| match &self.tail {
+                b"\n\n" | b"\r\r" => event,
+                _ => [&b"\n\n"[..], &event].concat().into(),
+            });
         self.end(End::Failed(message));
         self.cut = event.is_some();
         event
@@ -205,6 +219,11 @@ where
                     };
                     if let Some(observer) = this.observer.as_mut() {
                         observer.on_data(&data);
+                    }
+                    match data[..] {
+                        [] => {}
+                        [last] => this.tail = [this.tail[1], last],
+                        [.., a, b] => this.tail = [a, b],
                     }
                     // Report the end before handing on the last bytes, so that whoever reads
                     // the whole response can rely on it having been accounted.
@@ -381,7 +400,7 @@ mod tests {
         let out = tap.collect().await.unwrap().to_bytes();
         assert_eq!(started.elapsed(), Duration::from_secs(30));
         let text = std::str::from_utf8(&out).unwrap();
-        assert!(text.starts_with("abevent: error\n"), "{text}");
+        assert!(text.starts_with("ab\n\nevent: error\n"), "{text}");
         let s = seen.0.0.lock().unwrap();
         assert_eq!(s.0, b"ab", "what passed is what is accounted");
         assert!(matches!(&s.1[..], [End::Failed(m)] if m.contains("30 s")));
@@ -409,11 +428,30 @@ mod tests {
         let seen = Sse::default();
         let tap = Tap::new(body_of(vec![Ok("ab"), Err("reset")]), seen.clone());
         let out = tap.collect().await.unwrap().to_bytes();
-        assert_eq!(&out[..], b"abevent: error\ndata: reset\n\n");
+        // Cut inside an event: that event is ended first, so the error is an event of its own.
+        assert_eq!(&out[..], b"ab\n\nevent: error\ndata: reset\n\n");
         assert_eq!(
             seen.0.0.lock().unwrap().1,
             vec![End::Failed("reset".into())]
         );
+        // Between events (either line end, the last one in a frame of one byte): nothing added.
+        for sent in [
+            vec![Ok("data: a\n\n"), Err("reset")],
+            vec![Ok("data: a\r\r"), Err("reset")],
+            vec![Ok("data: a\n"), Ok("\n"), Err("reset")],
+            vec![Err("reset")],
+        ] {
+            let passed: String = sent.iter().filter_map(|c| c.ok()).collect();
+            let tap = Tap::new(body_of(sent), Sse::default());
+            let out = tap.collect().await.unwrap().to_bytes();
+            assert_eq!(out, format!("{passed}event: error\ndata: reset\n\n"));
+        }
+        // Inside one: a data line without its blank line, and a line cut short.
+        for sent in ["data: a\n", "data: {\"te"] {
+            let tap = Tap::new(body_of(vec![Ok(sent), Err("reset")]), Sse::default());
+            let out = tap.collect().await.unwrap().to_bytes();
+            assert_eq!(out, format!("{sent}\n\nevent: error\ndata: reset\n\n"));
+        }
     }
 
     #[tokio::test]
@@ -485,7 +523,7 @@ mod tests {
         let mut tap = Tap::new(body_of(vec![Ok("x"), Ok("y"), Err("reset")]), seen.clone());
         let out = data_frames(&mut tap).await;
         assert_eq!(out[0], "xy");
-        assert!(out[1].starts_with(b"event: error"));
+        assert!(out[1].starts_with(b"\n\nevent: error"));
         assert_eq!(out.len(), 2);
         assert!(matches!(
             seen.0.0.lock().unwrap().1.as_slice(),
@@ -542,7 +580,7 @@ mod tests {
         let mut tap = Tap::new(body_of(vec![Ok("x"), Err("reset")]), seen.clone());
         prime(&mut tap).await;
         let out = tap.collect().await.unwrap().to_bytes();
-        assert_eq!(&out[..], b"xevent: error\ndata: reset\n\n");
+        assert_eq!(&out[..], b"x\n\nevent: error\ndata: reset\n\n");
         assert_eq!(
             seen.0.0.lock().unwrap().1,
             vec![End::Failed("reset".into())]

@@ -277,6 +277,16 @@ async fn translated_errors_failover_limits_and_cuts() {
         chunks.last().unwrap()["error"]["message"].is_string(),
         "{body}"
     );
+    // So does one cut inside an event: the half event is dropped, the error still comes.
+    a.push_behavior(Behavior::ResetMidEvent(MockUsage::new(5, 5)));
+    let (status, _, body) = send(&relay, &key, &chat(model, true, false)).await;
+    assert_eq!(status, 200);
+    let (cut, done) = self::chunks(&body);
+    assert!(!done, "{body}");
+    assert!(
+        cut.last().unwrap()["error"]["message"].is_string(),
+        "{body}"
+    );
 
     // Limits apply to translated requests as to any other.
     relay

@@ -170,6 +170,9 @@ pub enum Behavior {
     /// (hyper closes the HTTP/1 connection without the final chunk, or resets the h2 stream).
     /// Counted neither as served nor as cancelled.
     ResetAfterStart(MockUsage),
+    /// Like `ResetAfterStart`, with the first half of the next event sent before the abort: a
+    /// stream cut inside an event.
+    ResetMidEvent(MockUsage),
 }
 
 impl Behavior {
@@ -200,7 +203,8 @@ impl Behavior {
             | Behavior::StallAfterStart(u)
             | Behavior::DelayHeaders(_, u)
             | Behavior::QuietStart(_, u)
-            | Behavior::ResetAfterStart(u) => Some(*u),
+            | Behavior::ResetAfterStart(u)
+            | Behavior::ResetMidEvent(u) => Some(*u),
             Behavior::Error { .. }
             | Behavior::VendorError { .. }
             | Behavior::RateLimited { .. }
@@ -612,11 +616,16 @@ async fn play(behavior: &Behavior, shape: Shape, guard: Guard) -> Response<MockB
     if let Behavior::QuietStart(d, _) = behavior {
         steps.push_back(Step::Sleep(*d));
     }
-    let cut = matches!(
+    let mid_event = matches!(behavior, Behavior::ResetMidEvent(_));
+    let cut = mid_event
+        || matches!(
+            behavior,
+            Behavior::StallAfterStart(_) | Behavior::ResetAfterStart(_)
+        );
+    let tail = if matches!(
         behavior,
-        Behavior::StallAfterStart(_) | Behavior::ResetAfterStart(_)
-    );
-    let tail = if matches!(behavior, Behavior::ResetAfterStart(_)) {
+        Behavior::ResetAfterStart(_) | Behavior::ResetMidEvent(_)
+    ) {
         Step::Fail
     } else {
         Step::Hang
@@ -628,12 +637,17 @@ async fn play(behavior: &Behavior, shape: Shape, guard: Guard) -> Response<MockB
             before_stall,
         } => {
             let count = if cut { before_stall } else { events.len() };
+            let half = events
+                .get(count)
+                .filter(|_| mid_event)
+                .map(|next| next.slice(..next.len() / 2));
             for (i, event) in events.into_iter().take(count).enumerate() {
                 if let (Some(d), true) = (delay, i > 0) {
                     steps.push_back(Step::Sleep(d));
                 }
                 steps.push_back(Step::Data(event));
             }
+            steps.extend(half.map(Step::Data));
             if cut {
                 // Let hyper flush the head and the leading events before stalling or failing.
                 steps.push_back(Step::Sleep(Duration::from_millis(50)));
