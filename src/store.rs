@@ -427,15 +427,23 @@ impl Counters {
     }
 
     pub fn add(&mut self, other: &Counters) {
-        self.requests += other.requests;
-        self.input_tokens += other.input_tokens;
-        self.output_tokens += other.output_tokens;
-        self.cache_creation_input_tokens += other.cache_creation_input_tokens;
-        self.cache_creation_5m_input_tokens += other.cache_creation_5m_input_tokens;
-        self.cache_creation_1h_input_tokens += other.cache_creation_1h_input_tokens;
-        self.cache_read_input_tokens += other.cache_read_input_tokens;
-        self.cost_nanousd += other.cost_nanousd;
-        self.images += other.images;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cache_creation_input_tokens = self
+            .cache_creation_input_tokens
+            .saturating_add(other.cache_creation_input_tokens);
+        self.cache_creation_5m_input_tokens = self
+            .cache_creation_5m_input_tokens
+            .saturating_add(other.cache_creation_5m_input_tokens);
+        self.cache_creation_1h_input_tokens = self
+            .cache_creation_1h_input_tokens
+            .saturating_add(other.cache_creation_1h_input_tokens);
+        self.cache_read_input_tokens = self
+            .cache_read_input_tokens
+            .saturating_add(other.cache_read_input_tokens);
+        self.cost_nanousd = self.cost_nanousd.saturating_add(other.cost_nanousd);
+        self.images = self.images.saturating_add(other.images);
     }
 }
 

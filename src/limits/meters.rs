@@ -39,6 +39,12 @@ pub struct Planned {
     pub period: Option<(i64, i64)>,
 }
 
+/// The most one request reserves on a counter: the counter's limit (a request estimated past it
+/// is admitted alone, and holding the limit shuts the others out as holding more would), and
+/// at most 2^53, which Redis's Lua numbers (doubles) hold exactly. A client's `max_tokens` is
+/// any u64: uncapped, a reservation of 2^64 - 1 wrapped to a negative hold in `take.lua`.
+const MAX_RESERVE: u64 = 1 << 53;
+
 /// What one request is expected to use at most, reserved at admission.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Estimate {
@@ -72,7 +78,9 @@ pub fn plan(
             Measure::Requests => 1,
             Measure::Tokens => estimate.tokens,
             Measure::Cost => estimate.cost_nanousd,
-        };
+        }
+        .min(limit)
+        .min(MAX_RESERVE);
         out.push(Planned {
             meter: Meter {
                 bucket,
@@ -251,6 +259,35 @@ mod tests {
 
     fn ms(at: &str) -> i64 {
         at.parse::<Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn a_reservation_is_capped_at_the_limit_and_at_2_pow_53() {
+        let limits = |tokens| KeyLimits {
+            window: Some(WindowLimit {
+                seconds: 600,
+                requests: None,
+                tokens: Some(tokens),
+                cost_nanousd: None,
+            }),
+            ..KeyLimits::default()
+        };
+        let est = Estimate {
+            tokens: u64::MAX,
+            cost_nanousd: 0,
+        };
+        for (limit, reserved) in [(1_000, 1_000), (u64::MAX, 1 << 53), (5, 5)] {
+            let planned = plan(
+                &limits(limit),
+                ms("2026-11-22T12:09:59Z"),
+                &Calendar::new(TimeZone::UTC),
+                Families::Of(None),
+                est,
+                0,
+            )
+            .unwrap();
+            assert_eq!(planned[0].meter.reserve, reserved, "{limit}");
+        }
     }
 
     #[test]

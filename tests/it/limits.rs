@@ -239,6 +239,50 @@ async fn a_concurrency_limit_of_three_holds_for_twenty_parallel_streams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_max_tokens_reserves_no_more_than_the_limit() {
+    for backend in backends() {
+        let (relay, mock, _, key) = relay_with_key(
+            &backend,
+            json!({ "window": { "seconds": 3600, "tokens": 1_000_000 } }),
+        )
+        .await;
+        mock.set_default(Behavior::Slow {
+            usage: MockUsage::new(1, 1),
+            delay: Duration::from_millis(400),
+        });
+        // The client's max_tokens is any u64; the store must never see more than the limit.
+        let mut body = messages_body(MODEL, true);
+        body["max_tokens"] = json!(u64::MAX);
+        let relay = Arc::new(relay);
+        let first = {
+            let (relay, key, body) = (Arc::clone(&relay), key.clone(), body.clone());
+            tokio::spawn(async move {
+                let resp = relay.messages(&key, &body).send().await.unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap())
+            })
+        };
+        wait_until("the first request upstream", || mock.in_flight() == 1).await;
+        let info = relay.key_info(&key).await;
+        assert_eq!(
+            info["usage"]["window_tokens"]["reserved"], 1_000_000,
+            "{backend:?}: {info}"
+        );
+        // The window is full while it runs: a second request is refused, in Anthropic's shape.
+        let (status, _, refused) = call(&relay, &key, false).await;
+        assert_eq!(status, 429, "{backend:?}: {refused}");
+        let (status, text) = first.await.unwrap();
+        assert_eq!(status, 200, "{backend:?}: {text}");
+        let info = settled(&relay, &key).await;
+        assert_eq!(
+            info["usage"]["window_tokens"]["used"], 2,
+            "{backend:?}: {info}"
+        );
+        // And the key goes on working.
+        assert_eq!(call(&relay, &key, false).await.0, 200, "{backend:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_roll_over_on_the_clock_and_say_when() {
     for backend in backends() {
         let (relay, _mock, _, key) = relay_with_key(
