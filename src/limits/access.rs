@@ -144,7 +144,9 @@ pub fn validate(limits: &KeyLimits) -> Result<(), ApiError> {
     if let Some(family) = limits
         .weekly_family_cost_nanousd
         .keys()
-        .find(|f| crate::scheduler::health::family_of(f).is_none())
+        // The exact name: a request's family is `family_of(model)`, so `claude-opus` (which
+        // contains a family) would be accepted and never met.
+        .find(|f| crate::scheduler::health::family_of(f) != Some(f.as_str()))
     {
         return Err(ApiError::invalid(format!(
             "limits.weekly_family_cost_nanousd: unknown model family {family:?} (known: opus, sonnet, haiku)"
@@ -276,11 +278,18 @@ mod tests {
                 .message
                 .contains("window.seconds")
         );
-        let bad = KeyLimits {
-            weekly_family_cost_nanousd: [("gpt".to_owned(), 1)].into(),
+        for family in ["gpt", "claude-opus", "opus-4", "Opus", "opus;h=1"] {
+            let bad = KeyLimits {
+                weekly_family_cost_nanousd: [(family.to_owned(), 1)].into(),
+                ..KeyLimits::default()
+            };
+            assert!(validate(&bad).is_err(), "{family}");
+        }
+        let good = KeyLimits {
+            weekly_family_cost_nanousd: [("opus".to_owned(), 1), ("haiku".to_owned(), 2)].into(),
             ..KeyLimits::default()
         };
-        assert!(validate(&bad).is_err());
+        assert!(validate(&good).is_ok());
         assert!(validate(&KeyLimits::default()).is_ok());
     }
 }
