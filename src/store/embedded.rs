@@ -215,6 +215,8 @@ struct Hot {
     pick_seq: u64,
     /// Session id -> (bound account id, when the binding expires).
     sessions: HashMap<String, (String, Instant)>,
+    /// The size at which `sessions` is swept next (`SESSIONS_PRUNE_AT` at least).
+    sessions_prune_at: usize,
 }
 
 /// A key's leases in flight: lease id -> its deadline (unix ms, the caller's clock) and holds.
@@ -427,7 +429,9 @@ impl LimitsWrite {
     }
 }
 
-/// Expired session bindings are swept when the map reaches this size.
+/// Expired session bindings are swept when the map reaches this size, or twice the number of
+/// bindings left by the last sweep if more: with more live sessions than this, a sweep at a fixed
+/// size would scan them all on every pick.
 const SESSIONS_PRUNE_AT: usize = 10_000;
 
 #[derive(Default)]
@@ -568,8 +572,9 @@ impl Hot {
             let expires = now.checked_add(session.ttl).unwrap_or(now);
             match sticky {
                 Sticky::Hit | Sticky::Bound | Sticky::Moved => {
-                    if self.sessions.len() >= SESSIONS_PRUNE_AT {
+                    if self.sessions.len() >= self.sessions_prune_at.max(SESSIONS_PRUNE_AT) {
                         self.sessions.retain(|_, (_, e)| *e > now);
+                        self.sessions_prune_at = self.sessions.len().saturating_mul(2);
                     }
                     match self.sessions.get_mut(session.id) {
                         Some(binding) => {
@@ -1102,6 +1107,57 @@ mod tests {
     use super::*;
     use crate::store::{Admission, Meter};
     use std::time::Duration;
+
+    /// With more live sessions than `SESSIONS_PRUNE_AT`, a pick does not scan them all each time,
+    /// and expired bindings are still swept.
+    #[test]
+    fn live_sessions_are_not_scanned_on_every_pick() {
+        use crate::store::{Candidate, SessionPick};
+        let mut hot = Hot::default();
+        let candidates = [Candidate {
+            account_id: "a".to_owned(),
+            priority: 0,
+            max_concurrency: None,
+            weight: 1,
+        }];
+        let pick = |hot: &mut Hot, id: &str, ttl: Duration| {
+            let request = PickRequest {
+                candidates: &candidates,
+                family: None,
+                session: Some(SessionPick {
+                    id,
+                    ttl,
+                    move_on_overflow: true,
+                }),
+                now_ms: now_ms(),
+            };
+            let lease = Lease {
+                id: format!("l-{id}"),
+                ttl: Duration::from_secs(60),
+            };
+            assert!(matches!(
+                hot.pick_account(&request, &lease),
+                Picked::Account { .. }
+            ));
+        };
+        for i in 0..100 {
+            pick(&mut hot, &format!("gone{i}"), Duration::ZERO);
+        }
+        for i in 0..SESSIONS_PRUNE_AT {
+            pick(&mut hot, &format!("s{i}"), Duration::from_secs(3600));
+        }
+        // The sweep at the limit dropped the expired bindings and moved the next sweep on.
+        assert_eq!(hot.sessions.len(), SESSIONS_PRUNE_AT);
+        assert_eq!(hot.sessions_prune_at, 2 * (SESSIONS_PRUNE_AT - 100));
+        let at = hot.sessions_prune_at;
+        for i in 0..100 {
+            pick(&mut hot, &format!("t{i}"), Duration::from_secs(3600));
+        }
+        assert_eq!(
+            hot.sessions_prune_at, at,
+            "swept again before the next limit"
+        );
+    }
 
     /// Settling in time leaves nothing behind: memory does not grow with the requests served.
     #[tokio::test]
