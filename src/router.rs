@@ -34,6 +34,19 @@ where
         return ApiError::not_found(format!("no route for {} {path}", req.method()))
             .render(Surface::Anthropic);
     };
+    if leaves_its_directory(&vendor_path) {
+        return ApiError::invalid(format!(
+            "{path}: a path with `.` or `..` segments, or an encoded `.`, `/` or `\\`, is refused"
+        ))
+        .render(surface);
+    }
+    // A Gemini path names the model, which the key's model rules, the scheduler and the price
+    // table read as written: an escaped name (`gemini-2.5-pr%6F`) would pass them as another
+    // model than the one the vendor decodes. No model name needs escaping.
+    if surface == Surface::Gemini && vendor_path.contains('%') {
+        return ApiError::invalid(format!("{path}: model names are not percent-encoded"))
+            .render(surface);
+    }
     if vendor_path == "/v1/key-info" && req.method() == Method::GET {
         return key_info(&app, req.headers())
             .await
@@ -115,6 +128,21 @@ fn surface_of(
         return None;
     };
     Some((surface, path.to_owned()))
+}
+
+/// Whether a path could name another endpoint than it seems to once a server resolves it: dot
+/// segments, or an escaped dot, slash or backslash. The vendor path goes upstream with the
+/// account's credentials, so `/v1/models/../files` must not reach a vendor that resolves it.
+fn leaves_its_directory(path: &str) -> bool {
+    path.split('/').any(|s| s == "." || s == "..")
+        || path.contains('\\')
+        || path.as_bytes().windows(3).any(|w| {
+            w[0] == b'%'
+                && matches!(
+                    (w[1], w[2].to_ascii_lowercase()),
+                    (b'2', b'e' | b'f') | (b'5', b'c')
+                )
+        })
 }
 
 /// The image operation a vendor path names: OpenAI's images endpoints, and Imagen's native

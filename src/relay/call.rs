@@ -2,6 +2,8 @@
 //! read the usage from their answer and how to hand the answer back. Each surface reads its own
 //! request shape here; everything after (limits, scheduling, sending, settling) is shared.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::Method;
 use serde::Deserialize;
@@ -226,8 +228,9 @@ struct Peek<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     max_output_tokens: Option<u64>,
+    /// Owned only when escaped (`json.dumps` escapes every non-ASCII character).
     #[serde(default, borrow)]
-    prompt_cache_key: Option<&'a str>,
+    prompt_cache_key: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     messages: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -416,7 +419,7 @@ pub fn chat_protocol(model: &str, native: bool) -> Protocol {
         Protocol::OpenAi
     } else if model.starts_with("claude") {
         Protocol::Anthropic
-    } else if model.starts_with("gemini") || model.starts_with("models/gemini") {
+    } else if model.starts_with("gemini") {
         Protocol::Gemini
     } else {
         Protocol::OpenAi
@@ -432,7 +435,11 @@ fn chat<'a>(
     native: &dyn Fn(&str) -> bool,
 ) -> Result<(Call, Hints<'a>), ApiError> {
     let p = peek(body)?;
+    // As sent, for the answer's `model`.
     let model = required_model(p.model.clone())?;
+    // The name the key's model rules, the scheduler and the prices read: Google's OpenAI-style
+    // `models/gemini-…` is the same model as `gemini-…`.
+    let name = model.strip_prefix("models/").unwrap_or(&model).to_owned();
     let hints = Hints {
         prompt_cache_key: p.prompt_cache_key,
         first_message: first_of(p.messages),
@@ -444,7 +451,7 @@ fn chat<'a>(
         surface,
         target,
         method: Method::POST,
-        model: Some(model.clone()),
+        model: Some(name.clone()),
         max_tokens,
         body,
         client_body: client.clone(),
@@ -456,7 +463,7 @@ fn chat<'a>(
         whole_answer: None,
     };
     let now = jiff::Timestamp::now().as_second();
-    let call = match chat_protocol(&model, native(&model)) {
+    let call = match chat_protocol(&name, native(&name)) {
         Protocol::OpenAi => match openai::ask_for_usage(body) {
             // A stream that did not ask for usage: asked for it, and the extra chunk hidden.
             Some(asking) => call(

@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 pub struct Hints<'a> {
     /// `metadata.user_id` (a JSON string in Claude Code's requests; escaped, so maybe owned).
     pub metadata_user_id: Option<Cow<'a, str>>,
-    /// Codex's `prompt_cache_key`.
-    pub prompt_cache_key: Option<&'a str>,
+    /// Codex's `prompt_cache_key` (escaped, so maybe owned).
+    pub prompt_cache_key: Option<Cow<'a, str>>,
     /// The raw `system` field.
     pub system: Option<&'a RawValue>,
     /// The raw first entry of `messages` (or `input`).
@@ -53,7 +53,7 @@ pub fn identify(key_id: &str, headers: &HeaderMap, hints: &Hints<'_>) -> Option<
                 .and_then(claude_code_session)
         })
         .or_else(|| header(&SESSION_ID))
-        .or_else(|| hints.prompt_cache_key.filter(|k| !k.is_empty()));
+        .or_else(|| hints.prompt_cache_key.as_deref().filter(|k| !k.is_empty()));
     let mut hasher = Sha256::new();
     hasher.update(key_id.as_bytes());
     hasher.update([0]);
@@ -137,7 +137,7 @@ mod tests {
             "k",
             &HeaderMap::new(),
             &Hints {
-                prompt_cache_key: Some("codex-1"),
+                prompt_cache_key: Some("codex-1".into()),
                 ..Hints::default()
             },
         );

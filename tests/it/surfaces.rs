@@ -647,3 +647,109 @@ async fn errors_failover_and_limits_on_the_other_surfaces() {
         .unwrap();
     assert_eq!(info["limits"]["allowed_surfaces"], json!(["anthropic"]));
 }
+
+/// Sends `head` (request line and headers, `connection: close`) as written, with no client
+/// between to resolve its path; returns the status and the body.
+async fn raw_get(relay: &Relay, target: &str, header: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let head =
+        format!("GET {target} HTTP/1.1\r\nhost: relay\r\n{header}\r\nconnection: close\r\n\r\n");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        conn.read_to_end(&mut got),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8(got).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_resolve_elsewhere_and_disguised_model_names_are_refused() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    add(&relay, &mock, "openai", json!({})).await;
+    add(&relay, &mock, "anthropic", json!({})).await;
+    add(&relay, &mock, "gemini", json!({})).await;
+    let (key_id, key) = relay.create_key("k").await;
+    let bearer = format!("authorization: Bearer {key}");
+    let x_api_key = format!("x-api-key: {key}");
+    // A model lookup that would list the account's files where the vendor resolves dot segments.
+    for (target, header, shape) in [
+        ("/v1/models/../files", &bearer, "openai"),
+        ("/v1/models/%2e%2e/files", &bearer, "openai"),
+        ("/v1/models/%2E./files", &bearer, "openai"),
+        ("/v1/models/x%2Ffiles", &bearer, "openai"),
+        ("/v1/models/./x", &x_api_key, "anthropic"),
+        ("/v1beta/models/../files", &bearer, "gemini"),
+    ] {
+        let (status, v) = raw_get(&relay, target, header).await;
+        assert_eq!(status, 400, "{target}: {v}");
+        match shape {
+            "gemini" => assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{target}: {v}"),
+            "anthropic" => assert_eq!(v["type"], "error", "{target}: {v}"),
+            _ => assert_eq!(v["error"]["type"], "invalid_request_error", "{target}: {v}"),
+        }
+    }
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests());
+    // An ordinary model lookup still goes through.
+    raw_get(&relay, "/v1/models/gpt-4o", &bearer).await;
+    assert_eq!(mock.requests().pop().unwrap().path, "/v1/models/gpt-4o");
+
+    // A blocked model stays blocked however it is spelt.
+    relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{key_id}"),
+            Some(json!({ "limits": { "blocked_models": ["gemini-2.5-pro*"] } })),
+        )
+        .await;
+    let chat = json!({ "model": "models/gemini-2.5-pro", "messages": [{ "role": "user", "content": "hi" }] });
+    let resp = post(&relay, "/v1/chat/completions", &key, &chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let escaped = json!({ "contents": [{ "role": "user", "parts": [{ "text": "hi" }] }] });
+    let resp = post(
+        &relay,
+        "/v1beta/models/gemini-2.5-pr%6F:generateContent",
+        &key,
+        &escaped,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{v}");
+    let served = mock.requests().len();
+    assert_eq!(served, 1, "only the ordinary lookup went upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escaped_prompt_cache_key_is_read_as_any_other() {
+    let mock = MockUpstream::start().await;
+    let (relay, key) = relay_with(&mock, "openai", json!({})).await;
+    // Python's json.dumps escapes every non-ASCII character; a string with an escape cannot be
+    // borrowed from the body, and once made the whole request a 400.
+    let body = br#"{"model":"gpt-4o","prompt_cache_key":"caf\u00e9 \/ 1","messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..2 {
+        let resp = http_client()
+            .post(relay.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(&body[..])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+    assert_eq!(mock.requests().pop().unwrap().body, &body[..]);
+}
