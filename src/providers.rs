@@ -58,7 +58,10 @@ pub fn response_headers(mut headers: HeaderMap) -> HeaderMap {
 }
 
 /// Client headers that must not go upstream besides hop-by-hop ones: the client's own
-/// credentials (replaced by the account's), and those the upstream request sets itself.
+/// credentials (replaced by the account's), the organisation or project they would bill (the
+/// OpenAI SDKs send `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID` so; the vendor refuses one the
+/// account's key does not belong to with a 401, which would mark the account unauthorized),
+/// and those the upstream request sets itself.
 fn is_client_only(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -67,6 +70,9 @@ fn is_client_only(name: &HeaderName) -> bool {
             | "api-key"
             | "cookie"
             | "authorization"
+            | "openai-organization"
+            | "openai-project"
+            | "x-goog-user-project"
             | "host"
             | "content-length"
             // Set by `forward_headers`.
@@ -156,7 +162,15 @@ mod tests {
     fn forward_headers_by_removal(client: &HeaderMap) -> HeaderMap {
         let mut headers = client.clone();
         strip_hop_by_hop(&mut headers);
-        for name in ["x-api-key", "x-goog-api-key", "api-key", "cookie"] {
+        for name in [
+            "x-api-key",
+            "x-goog-api-key",
+            "api-key",
+            "cookie",
+            "openai-organization",
+            "openai-project",
+            "x-goog-user-project",
+        ] {
             headers.remove(name);
         }
         headers.remove(header::AUTHORIZATION);
@@ -203,6 +217,9 @@ mod tests {
             ("api-key", "az-client"),
             ("authorization", "Bearer sk-client"),
             ("cookie", "a=b"),
+            ("openai-organization", "org-client"),
+            ("openai-project", "proj_client"),
+            ("x-goog-user-project", "client-project"),
             ("content-length", "12"),
             ("accept-encoding", "gzip, br"),
             ("anthropic-version", "2023-06-01"),
