@@ -71,6 +71,16 @@ impl Health {
         }
     }
 
+    /// Whether nothing is in force and no failure streak runs: a success would change nothing,
+    /// so none is reported (`Picked::Account::degraded` is the opposite). The last error is
+    /// history for the admin's view and does not count.
+    pub fn is_clean(&self) -> bool {
+        self.status == Status::Ok
+            && self.until == 0
+            && self.family_until.is_empty()
+            && self.consecutive_failures == 0
+    }
+
     /// Whether the account may serve a request for `family` at `now`.
     pub fn can_serve(&self, family: Option<&str>, now: i64) -> bool {
         self.status_at(now) == Status::Ok
@@ -96,12 +106,14 @@ impl Health {
         match report {
             Report::Success => {
                 self.consecutive_failures = 0;
-                // A success ends a failure cooldown; a rate limit runs until its reset (a request
-                // that started before the limit may still finish well).
-                if self.status == Status::CoolingDown {
+                // A success ends a failure cooldown, and clears a rate limit that has run out; one
+                // still in force runs until its reset (a request that started before the limit
+                // may still finish well).
+                if self.status == Status::CoolingDown || self.status_at(now) == Status::Ok {
                     self.status = Status::Ok;
                     self.until = 0;
                 }
+                self.family_until.retain(|_, u| *u > now);
             }
             Report::RateLimited {
                 until,
@@ -436,9 +448,12 @@ mod tests {
             h.apply(&fail, NOW);
         }
         assert_eq!(h.until, NOW + 10_000, "capped");
+        assert!(!h.is_clean());
         h.apply(&Report::Success, NOW);
         assert_eq!((h.status_at(NOW), h.consecutive_failures), (Status::Ok, 0));
         assert_eq!(h.last_error.as_deref(), Some("500"));
+        // Clean again, its last error kept: the next successes need no report.
+        assert!(h.is_clean());
 
         // A family limit leaves other families alone.
         let rl = Report::RateLimited {
@@ -460,6 +475,10 @@ mod tests {
         h.apply(&Report::Success, NOW + 1);
         assert!(!h.can_serve(None, NOW + 1));
         assert!(h.can_serve(None, NOW + 5_000));
+        assert!(!h.is_clean());
+        // Once both limits ran out, a success makes the account clean again.
+        h.apply(&Report::Success, NOW + 60_000);
+        assert!(h.is_clean(), "{h:?}");
         // A shorter cooldown never shortens a longer limit.
         h.apply(&rl, NOW);
         h.apply(

@@ -1806,6 +1806,15 @@ mod cases {
         store.report_health("d", &fail, now).await.unwrap();
         // Served again once the cooldown passed, but not clean: the caller must report.
         assert_eq!(probe(s, &only, None, now + 10).await, taken(true));
+        // Its success makes it clean again, the last error kept for the admin's view.
+        store
+            .report_health("d", &Report::Success, now + 10)
+            .await
+            .unwrap();
+        assert_eq!(probe(s, &only, None, now + 10).await, taken(false));
+        let health = store.account_runtime("d").await.unwrap().health;
+        assert_eq!(health.last_error.as_deref(), Some("timeout"));
+        store.report_health("d", &fail, now).await.unwrap();
         store.reset_health("d").await.unwrap();
         assert_eq!(probe(s, &only, None, now + 10).await, taken(false));
         // A limit on another family also leaves it degraded.

@@ -277,8 +277,8 @@ local function recovers_at(h)
   return general
 end
 
--- Whether the health equals Health::default() (a report that makes it clean deletes the field,
--- so a stored value is normally not clean; checked field by field all the same).
+-- Health::is_clean: nothing in force and no failure streak (the last error is history and does
+-- not count), so a success would change nothing and is not reported.
 local function is_clean(h)
   if h == nil then
     return true
@@ -287,12 +287,9 @@ local function is_clean(h)
     return false
   end
   local limits = h['family_until']
-  local err = h['last_error']
   return h['status'] == 'ok' and number(h['until']) == 0
       and (limits == nil or (type(limits) == 'table' and next(limits) == nil))
       and number(h['consecutive_failures']) == 0
-      and (err == nil or err == cjson.null)
-      and number(h['last_error_at']) == 0
 end
 
 -- Candidate i as the policy sees it: in flight, Contender::load (in flight relative to cap x
