@@ -97,6 +97,9 @@ pub enum UsageKind {
     OpenAiResponses,
     OpenAiEmbeddings,
     GeminiGenerate,
+    /// Gemini's `embedContent` / `batchEmbedContents`, whose answers report no usage: billed the
+    /// input admission estimated from the body.
+    GeminiEmbed,
 }
 
 /// How the upstream answer reaches the client.
@@ -386,8 +389,25 @@ pub fn build<'a>(
             model,
             method,
         } => {
-            let billed = matches!(method.as_str(), "generateContent" | "streamGenerateContent");
-            let p = if billed { peek(body)? } else { Peek::default() };
+            // The methods relayed, billed or not. Any other (`predictLongRunning` for video,
+            // `batchGenerateContent`, …) would spend the account's money outside every limit
+            // and the bill, so it is refused.
+            let usage = match method.as_str() {
+                "generateContent" | "streamGenerateContent" => Some(UsageKind::GeminiGenerate),
+                "embedContent" | "batchEmbedContents" => Some(UsageKind::GeminiEmbed),
+                "countTokens" => None,
+                _ => {
+                    return Err(ApiError::not_found(format!(
+                        "models/{model}:{method} is not relayed (relayed: generateContent, \
+                         streamGenerateContent, countTokens, embedContent, batchEmbedContents)"
+                    )));
+                }
+            };
+            let p = if usage.is_some() {
+                peek(body)?
+            } else {
+                Peek::default()
+            };
             let hints = Hints {
                 system: p.system_instruction,
                 first_message: first_of(p.contents),
@@ -402,7 +422,7 @@ pub fn build<'a>(
                     Some(model.clone()),
                     p.generation_config.and_then(|g| g.max_output_tokens),
                     body.clone(),
-                    billed.then_some(UsageKind::GeminiGenerate),
+                    usage,
                     Respond::Passthrough,
                 ),
                 hints,

@@ -29,6 +29,8 @@ pub struct GeminiUsage {
     images: u64,
     /// Streamed chunks with parts of the answer: a few tokens each.
     chunks: u64,
+    /// An embeddings answer (`UsageKind::GeminiEmbed`): it reports no usage.
+    embedding: bool,
 }
 
 #[derive(Debug)]
@@ -47,7 +49,20 @@ impl GeminiUsage {
             last: None,
             images: 0,
             chunks: 0,
+            embedding: false,
         }
+    }
+
+    /// For an embeddings answer (JSON, without usage).
+    pub fn embedding() -> GeminiUsage {
+        GeminiUsage {
+            embedding: true,
+            ..GeminiUsage::new(false)
+        }
+    }
+
+    pub fn is_embedding(&self) -> bool {
+        self.embedding
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {

@@ -40,6 +40,7 @@ impl UsageReader {
                 UsageReader::OpenAi(Box::new(OpenAiUsage::new(Operation::Embeddings, streaming)))
             }
             UsageKind::GeminiGenerate => UsageReader::Gemini(Box::new(GeminiUsage::new(streaming))),
+            UsageKind::GeminiEmbed => UsageReader::Gemini(Box::new(GeminiUsage::embedding())),
         }
     }
 
@@ -67,7 +68,8 @@ impl UsageReader {
     /// - an Anthropic stream cut before its final `message_delta`: at least one token per
     ///   `content_block_delta` out (the input came with `message_start`);
     /// - a Gemini stream cut before its last chunk (the only one with the output count): at
-    ///   least one token per chunk with parts of the answer (the input came with the first).
+    ///   least one token per chunk with parts of the answer (the input came with the first);
+    /// - a Gemini embeddings answer, which reports no usage: `input_estimate` in.
     ///
     /// The output counts are lower bounds of what the vendor bills for the answer it started;
     /// the input estimate is the one admission reserved with. Either way a client cannot get
@@ -90,6 +92,13 @@ impl UsageReader {
                 }
                 _ => false,
             },
+            UsageReader::Gemini(u) if u.is_embedding() => {
+                let unreported = usage.input_tokens == 0;
+                if unreported {
+                    usage.input_tokens = input_estimate;
+                }
+                unreported
+            }
             UsageReader::Gemini(u) => match u.answer_chunks() {
                 Some(chunks) if chunks > usage.output_tokens => {
                     usage.output_tokens = chunks;

@@ -753,3 +753,44 @@ async fn an_escaped_prompt_cache_key_is_read_as_any_other() {
     }
     assert_eq!(mock.requests().pop().unwrap().body, &body[..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_embeddings_are_billed_and_unknown_methods_refused() {
+    let mock = MockUpstream::start().await;
+    let (relay, key) = relay_with(&mock, "gemini", json!({})).await;
+    let body = json!({ "content": { "parts": [{ "text": "a sentence to embed" }] } });
+    let resp = post(
+        &relay,
+        "/v1beta/models/gemini-embedding-001:embedContent",
+        &key,
+        &body,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), mock.responses().pop().unwrap());
+    // Google reports no usage for embeddings: the input is billed as admission estimated it.
+    let e = logged(&relay).await;
+    assert_eq!(e["model"], "gemini-embedding-001");
+    assert_eq!(e["estimated"], true, "{e}");
+    let estimate = switchyard::limits::input_estimate(&relay.app, body.to_string().len());
+    assert_eq!(e["input_tokens"].as_u64(), Some(estimate), "{e}");
+
+    // A method outside the relayed ones spends the account's money outside every limit: refused.
+    for method in ["predictLongRunning", "batchGenerateContent"] {
+        let resp = post(
+            &relay,
+            &format!("/v1beta/models/gemini-2.5-flash:{method}"),
+            &key,
+            &body,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 404, "{method}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["status"], "NOT_FOUND", "{method}: {v}");
+    }
+    assert_eq!(mock.requests().len(), 1);
+}

@@ -18,7 +18,7 @@
 //!
 //! Gemini ([`gemini`]; `x-goog-api-key` or `?key=` required), under `/v1beta/` and `/v1/`:
 //! - `POST models/{model}:generateContent`, `:streamGenerateContent` (`alt=sse`: SSE, else a
-//!   streamed JSON array), `:countTokens`, `:predict` (Imagen, see [`images`]).
+//!   streamed JSON array), `:countTokens`, `:embedContent`, `:predict` (Imagen, see [`images`]).
 //! - `GET /v1beta/models` (and `GET /v1/models` with `x-goog-api-key` or `?key=`).
 //!
 //! `GET /mock-files/{id}` serves the images that `response_format: "url"` answers point to.

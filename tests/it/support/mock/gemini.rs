@@ -1,4 +1,4 @@
-//! Gemini `generateContent`, `streamGenerateContent` and `countTokens`, in the byte format of
+//! Gemini `generateContent`, `streamGenerateContent`, `countTokens` and `embedContent`, in the byte format of
 //! `tests/fixtures/clients/responses/gemini_*.txt`.
 //!
 //! A text answer streams one chunk per text delta; intermediate chunks carry
@@ -62,6 +62,10 @@ pub(super) async fn handle(
         GeminiOp::Predict => return images::imagen(&obj, behavior, guard).await,
         GeminiOp::CountTokens => {
             let render = |u: MockUsage| o! {"totalTokens": u.input}.render();
+            return count(Vendor::Gemini, behavior, render, guard).await;
+        }
+        GeminiOp::Embed => {
+            let render = |_| r#"{"embedding":{"values":[0.25,-0.5,0.125]}}"#.to_owned();
             return count(Vendor::Gemini, behavior, render, guard).await;
         }
         GeminiOp::Generate | GeminiOp::Stream => {}

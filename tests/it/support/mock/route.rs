@@ -20,6 +20,8 @@ pub(super) enum GeminiOp {
     Generate,
     Stream,
     CountTokens,
+    /// `embedContent`: one embedding, no usage (as Google answers).
+    Embed,
     Predict,
 }
 
@@ -129,6 +131,7 @@ fn gemini_op(op: &str) -> Option<GeminiOp> {
         "generateContent" => GeminiOp::Generate,
         "streamGenerateContent" => GeminiOp::Stream,
         "countTokens" => GeminiOp::CountTokens,
+        "embedContent" => GeminiOp::Embed,
         "predict" => GeminiOp::Predict,
         _ => return None,
     })
