@@ -255,8 +255,10 @@ struct MeterHot {
     expires_at: Option<i64>,
 }
 
-/// Swept leases are remembered this long for their late settle (the Redis store's `SWEPT_TTL`).
-const SWEPT_MEMORY_MS: i64 = 10 * 60 * 1000;
+/// Swept leases are remembered this long for their late settle (the Redis store's `SWEPT_TTL`):
+/// a stream that outlives its lease (`relay.lease_ttl_secs`) is still billed when it ends, up to
+/// a day later. Swept leases are rare (a dead instance's, and such streams), so this costs little.
+const SWEPT_MEMORY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Limits {
     fn meter(&self, key_id: &str, bucket: &str) -> Option<&MeterHot> {
@@ -612,10 +614,19 @@ impl Hot {
         if !held && self.limits.swept.remove(&lease.id).is_none() {
             return;
         }
+        // Only to counters that still exist: a swept lease settling after its period ended
+        // (the counter pruned) would bring the counter back without an expiry, for good. Redis
+        // skips a bucket no longer registered the same way.
         for (bucket, amount) in used {
-            self.limits.change(key_id, bucket, |counter| {
-                counter.used = counter.used.saturating_add(*amount);
-            });
+            let Some(counter) = self
+                .limits
+                .meters
+                .get_mut(key_id)
+                .and_then(|of_key| of_key.get_mut(bucket))
+            else {
+                continue;
+            };
+            counter.used = counter.used.saturating_add(*amount);
             self.limits.mark_dirty(key_id, bucket);
         }
     }
@@ -1157,6 +1168,53 @@ mod tests {
             hot.sessions_prune_at, at,
             "swept again before the next limit"
         );
+    }
+
+    /// A stream that outlives its lease is billed when it ends, long after the sweep; a counter
+    /// whose period ended meanwhile is not brought back.
+    #[test]
+    fn a_late_settle_counts_once_on_the_counters_still_running() {
+        let mut hot = Hot::default();
+        let t = now_ms();
+        let admission = |now: i64| Admission {
+            key_id: "k".to_owned(),
+            max_concurrency: None,
+            meters: vec![
+                Meter {
+                    bucket: SmolStr::new_static("total"),
+                    limit: 1_000,
+                    reserve: 10,
+                    expires_at: None,
+                },
+                Meter {
+                    bucket: SmolStr::new_static("day:x"),
+                    limit: 1_000,
+                    reserve: 10,
+                    expires_at: Some(t + 60_000),
+                },
+            ],
+            valid_after_first_use_ms: None,
+            now_ms: now,
+        };
+        let lease = |id: &str| Lease {
+            id: id.to_owned(),
+            ttl: Duration::from_secs(1),
+        };
+        assert_eq!(hot.admit(&admission(t), &lease("long")), Admit::Granted);
+        // Swept by the next admission after its deadline; the day's counter ends; an hour later
+        // another admission prunes it.
+        hot.admit(&admission(t + 2_000), &lease("b"));
+        hot.settle("k", &lease("b"), &[]);
+        hot.limits.prune(t + 3_600_000);
+        assert!(hot.limits.meter("k", "day:x").is_none());
+        let used = [
+            (SmolStr::new_static("total"), 7),
+            (SmolStr::new_static("day:x"), 7),
+        ];
+        hot.settle("k", &lease("long"), &used);
+        hot.settle("k", &lease("long"), &used);
+        assert_eq!(hot.limits.use_of("k", "total").used, 7);
+        assert!(hot.limits.meter("k", "day:x").is_none());
     }
 
     /// Settling in time leaves nothing behind: memory does not grow with the requests served.

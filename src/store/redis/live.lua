@@ -33,7 +33,7 @@
 -- exactly; they are written back with '%d' (64-bit).
 local STATE, KL, AL = KEYS[1], KEYS[2], KEYS[3]
 local SWEPT = ARGV[1]
-local SWEPT_TTL = 600000
+local SWEPT_TTL = 86400000
 
 -- Reads ARGV in order after ARGV[1] (take.lua and give.lua pass structured arguments).
 local at = 2
