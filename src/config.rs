@@ -135,8 +135,12 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub connect_timeout_secs: u64,
-    /// The upstream's response head must arrive within this time.
+    /// The upstream's response head must arrive within this time (a streamed answer's).
     pub first_byte_timeout_secs: u64,
+    /// An answer that is not streamed sends its head only once it is whole: it must arrive
+    /// within this time (at least `first_byte_timeout_secs`). Long generations and reasoning
+    /// models take minutes; the vendors' own SDKs wait 10.
+    pub answer_timeout_secs: u64,
     /// A response body that sends nothing for this long is cut (streams end with an error event).
     pub idle_timeout_secs: u64,
     /// Idle upstream connections are kept this long for reuse.
@@ -153,6 +157,7 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             connect_timeout_secs: 10,
             first_byte_timeout_secs: 120,
+            answer_timeout_secs: 600,
             idle_timeout_secs: 300,
             pool_idle_timeout_secs: 90,
             pool_max_idle_per_host: 256,
@@ -543,6 +548,13 @@ impl Config {
         if self.redis.pool_size == 0 || self.redis.command_timeout_ms == 0 {
             return Err(ConfigError(
                 "invalid option `redis`: pool_size and command_timeout_ms must be > 0".into(),
+            ));
+        }
+        if self.upstream.first_byte_timeout_secs == 0 || self.upstream.answer_timeout_secs == 0 {
+            return Err(ConfigError(
+                "invalid option `upstream`: first_byte_timeout_secs and answer_timeout_secs \
+                 must be > 0"
+                    .into(),
             ));
         }
         if self.server.body_limit_bytes == 0 {

@@ -457,6 +457,7 @@ fn build_call(
         respond: Respond::Passthrough,
         query,
         session: None,
+        streams: false,
         first_byte_timeout: Some(Duration::from_secs(
             app.config.images.first_byte_timeout_secs,
         )),

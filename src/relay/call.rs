@@ -146,7 +146,10 @@ pub struct Call {
     pub query: Option<String>,
     /// The session hints' result (`session::identify`), filled in by the relay.
     pub session: Option<String>,
-    /// The wait for the upstream's response head when not `upstream.first_byte_timeout_secs`
+    /// Whether the client asked for a streamed answer. A non-streamed answer's head comes only
+    /// once the answer is whole, so it is waited for longer (`upstream.answer_timeout_secs`).
+    pub streams: bool,
+    /// The wait for the upstream's response head when not the `upstream` one
     /// (image calls: `images.first_byte_timeout_secs`).
     pub first_byte_timeout: Option<std::time::Duration>,
     /// Image calls: a successful answer is read whole within these bounds as part of its
@@ -226,6 +229,8 @@ struct Peek<'a> {
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
@@ -295,6 +300,7 @@ pub fn build<'a>(
         respond,
         query: query.map(str::to_owned),
         session: None,
+        streams: false,
         first_byte_timeout: None,
         whole_answer: None,
     };
@@ -305,15 +311,19 @@ pub fn build<'a>(
             let target = Target::Anthropic {
                 path: vendor_path.to_owned(),
             };
+            let streams = ask.stream;
             Ok((
-                call(
-                    target,
-                    Some(ask.model),
-                    ask.max_tokens,
-                    body.clone(),
-                    usage,
-                    Respond::Passthrough,
-                ),
+                Call {
+                    streams,
+                    ..call(
+                        target,
+                        Some(ask.model),
+                        ask.max_tokens,
+                        body.clone(),
+                        usage,
+                        Respond::Passthrough,
+                    )
+                },
                 ask.session,
             ))
         }
@@ -371,16 +381,19 @@ pub fn build<'a>(
                 ..Hints::default()
             };
             Ok((
-                call(
-                    Target::OpenAi {
-                        path: path.to_owned(),
-                    },
-                    Some(model),
-                    p.max_output_tokens,
-                    body.clone(),
-                    Some(usage),
-                    Respond::Passthrough,
-                ),
+                Call {
+                    streams: p.stream == Some(true),
+                    ..call(
+                        Target::OpenAi {
+                            path: path.to_owned(),
+                        },
+                        Some(model),
+                        p.max_output_tokens,
+                        body.clone(),
+                        Some(usage),
+                        Respond::Passthrough,
+                    )
+                },
                 hints,
             ))
         }
@@ -414,17 +427,20 @@ pub fn build<'a>(
                 ..Hints::default()
             };
             Ok((
-                call(
-                    Target::Gemini {
-                        version: version.clone(),
-                        path: format!("models/{model}:{method}"),
-                    },
-                    Some(model.clone()),
-                    p.generation_config.and_then(|g| g.max_output_tokens),
-                    body.clone(),
-                    usage,
-                    Respond::Passthrough,
-                ),
+                Call {
+                    streams: method == "streamGenerateContent",
+                    ..call(
+                        Target::Gemini {
+                            version: version.clone(),
+                            path: format!("models/{model}:{method}"),
+                        },
+                        Some(model.clone()),
+                        p.generation_config.and_then(|g| g.max_output_tokens),
+                        body.clone(),
+                        usage,
+                        Respond::Passthrough,
+                    )
+                },
                 hints,
             ))
         }
@@ -479,6 +495,8 @@ fn chat<'a>(
         respond,
         query,
         session: None,
+        // Translations stream when the chat body asks to, as the native call does.
+        streams: p.stream == Some(true),
         first_byte_timeout: None,
         whole_answer: None,
     };
@@ -549,4 +567,64 @@ fn chat<'a>(
         }
     };
     Ok((call, hints))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Whether each surface's call says the client asked for a stream (the answer timeout
+    /// depends on it).
+    #[test]
+    fn every_surface_says_whether_its_answer_streams() {
+        let gemini = |method: &str| Endpoint::Gemini {
+            version: "v1beta".to_owned(),
+            model: "gemini-2.5-flash".to_owned(),
+            method: method.to_owned(),
+        };
+        let contents = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+        let chat = |model: &str, stream: bool| {
+            format!(
+                r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+            )
+        };
+        let messages = |stream: bool| {
+            format!(
+                r#"{{"model":"claude-sonnet-4-5","max_tokens":9,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+            )
+        };
+        let cases = [
+            (Endpoint::Messages, messages(true), true),
+            (Endpoint::Messages, messages(false), false),
+            (
+                Endpoint::Responses,
+                r#"{"model":"gpt-5","stream":true,"input":"hi"}"#.to_owned(),
+                true,
+            ),
+            (
+                Endpoint::Responses,
+                r#"{"model":"gpt-5","input":"hi"}"#.to_owned(),
+                false,
+            ),
+            (gemini("streamGenerateContent"), contents.to_owned(), true),
+            (gemini("generateContent"), contents.to_owned(), false),
+            (Endpoint::ChatCompletions, chat("gpt-4o", true), true),
+            (
+                Endpoint::ChatCompletions,
+                chat("claude-sonnet-4-5", true),
+                true,
+            ),
+            (
+                Endpoint::ChatCompletions,
+                chat("gemini-2.5-pro", false),
+                false,
+            ),
+        ];
+        for (endpoint, body, streams) in cases {
+            let body = Bytes::from(body);
+            let (call, _) = build(&endpoint, "/v1/x", None, &body, 64, &|_| false).unwrap();
+            assert_eq!(call.streams, streams, "{endpoint:?} {body:?}");
+        }
+    }
 }

@@ -45,7 +45,8 @@ fn request_for(
     })
 }
 
-/// Sends the request to one account, waiting at most the first-byte timeout for the head (and,
+/// Sends the request to one account, waiting at most the first-byte timeout for the head (the
+/// answer timeout for an answer that is not streamed, whose head comes when it is whole; and,
 /// for a call that takes its answer whole, the read timeout for the rest). The response, and
 /// when its head came.
 pub(super) async fn send(
@@ -57,9 +58,16 @@ pub(super) async fn send(
     let Some((url, headers)) = request_for(call, client, account) else {
         return Err(SendError::Mismatch(account.record.provider));
     };
-    let first_byte = call.first_byte_timeout.unwrap_or(Duration::from_secs(
-        app.config.upstream.first_byte_timeout_secs,
-    ));
+    let first_byte = call.first_byte_timeout.unwrap_or_else(|| {
+        let upstream = &app.config.upstream;
+        Duration::from_secs(if call.streams {
+            upstream.first_byte_timeout_secs
+        } else {
+            upstream
+                .answer_timeout_secs
+                .max(upstream.first_byte_timeout_secs)
+        })
+    });
     let body = match (&call.respond, account.record.provider) {
         // Azure api-versions before 2024-09 refuse `stream_options`: such an account gets the
         // client's body as it was (its stream then carries no usage to bill).

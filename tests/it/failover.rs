@@ -75,6 +75,35 @@ async fn each_failure_before_the_first_byte_is_served_by_another_account() {
 }
 
 #[tokio::test]
+async fn an_answer_that_is_not_streamed_is_waited_for_longer_than_a_stream_s_head() {
+    let (relay, a, b, _, key) = relay_a_then_b(|c| {
+        c.upstream.first_byte_timeout_secs = 1;
+        c.upstream.answer_timeout_secs = 4;
+    })
+    .await;
+    b.set_default(Behavior::Ok(usage(6, 9)));
+    // A JSON answer's head comes when the answer is whole: 2 s is within its 4 s, A serves it.
+    a.push_behavior(Behavior::DelayHeaders(Duration::from_secs(2), usage(3, 4)));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), *a.responses().last().unwrap());
+    assert_eq!(b.requests().len(), 0);
+    // A stream's head 2 s late is past its 1 s: B serves it.
+    a.push_behavior(Behavior::DelayHeaders(Duration::from_secs(2), usage(3, 4)));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), *b.responses().last().unwrap());
+}
+
+#[tokio::test]
 async fn a_connect_error_fails_over_too() {
     let b = MockUpstream::start().await;
     let relay = Relay::start().await;
