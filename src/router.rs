@@ -105,9 +105,7 @@ fn surface_of(
             return Some((*surface, rest.to_owned()));
         }
     }
-    let surface = if path.starts_with("/v1beta/")
-        || (path.starts_with("/v1/models/") && path.contains(':'))
-    {
+    let surface = if path.starts_with("/v1beta/") || is_gemini_call(path) {
         Surface::Gemini
     } else if path == "/v1/messages" || path.starts_with("/v1/messages/") {
         Surface::Anthropic
@@ -128,6 +126,13 @@ fn surface_of(
         return None;
     };
     Some((surface, path.to_owned()))
+}
+
+/// `/v1/models/{model}:{method}`: a Gemini model name has no colon, so one colon in the last
+/// segment is a method; OpenAI's fine-tuned ids (`ft:gpt-4o-mini:org::id`) have several.
+fn is_gemini_call(path: &str) -> bool {
+    path.strip_prefix("/v1/models/")
+        .is_some_and(|rest| rest.bytes().filter(|&b| b == b':').count() == 1)
 }
 
 /// Whether a path could name another endpoint than it seems to once a server resolves it: dot
@@ -297,5 +302,66 @@ async fn account_gauges(app: &App) {
             .set(f64::from(runtime.in_flight));
         metrics::gauge!(crate::metrics::ACCOUNT_FAILURES, "account_id" => account.id().to_owned())
             .set(f64::from(runtime.health.consecutive_failures));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_colon_in_a_model_path_is_gemini_only_as_its_one_method() {
+        let bearer = {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_static("Bearer sy-x"),
+            );
+            h
+        };
+        for (path, surface) in [
+            (
+                "/v1/models/gemini-2.5-flash:generateContent",
+                Surface::Gemini,
+            ),
+            ("/v1/models/ft:gpt-4o-mini:org::abc123", Surface::OpenAi),
+            (
+                "/v1/models/ft:gpt-4o-mini:org:suffix:abc123",
+                Surface::OpenAi,
+            ),
+            ("/v1/models/gpt-4o", Surface::OpenAi),
+        ] {
+            assert_eq!(
+                surface_of(path, &bearer, None).map(|(s, _)| s),
+                Some(surface),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_that_leave_their_directory() {
+        for path in [
+            "/v1/models/../files",
+            "/v1/models/./x",
+            "/v1/models/..",
+            "/v1/models/%2e%2e/files",
+            "/v1/models/%2E%2E/files",
+            "/v1/models/x%2ffiles",
+            "/v1/models/x%5Cfiles",
+            "/v1/models/x\\files",
+        ] {
+            assert!(leaves_its_directory(path), "{path}");
+        }
+        for path in [
+            "/v1/messages",
+            "/v1/models/claude-sonnet-4.5",
+            "/v1/models/ft:gpt-4o-mini:org::abc",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            "/v1/models/a..b",
+            "/v1/models/%20",
+        ] {
+            assert!(!leaves_its_directory(path), "{path}");
+        }
     }
 }

@@ -294,6 +294,8 @@ fn media_part(url: &str, at: &str) -> Result<Value, ApiError> {
                 "{at}: only base64 data URLs are supported"
             )));
         };
+        // Parameters (`;name=a.png`, `;charset=…`) are not part of Gemini's `mimeType`.
+        let mime = mime.split(';').next().unwrap_or(mime);
         let mime = if mime.is_empty() { "image/jpeg" } else { mime };
         return Ok(json!({ "inlineData": { "mimeType": mime, "data": data } }));
     }
@@ -531,6 +533,7 @@ mod tests {
             { "type": "image_url", "image_url": "https://example.com/photo" },
             { "type": "input_audio", "input_audio": { "data": "UklG", "format": "wav" } },
             { "type": "file", "file": { "file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf" } },
+            { "type": "image_url", "image_url": { "url": "data:image/png;name=a.png;base64,iVBO" } },
         ]}])));
         assert_eq!(
             body["contents"][0]["parts"],
@@ -541,6 +544,7 @@ mod tests {
                 { "fileData": { "mimeType": "image/jpeg", "fileUri": "https://example.com/photo" } },
                 { "inlineData": { "mimeType": "audio/wav", "data": "UklG" } },
                 { "inlineData": { "mimeType": "application/pdf", "data": "JVBE" } },
+                { "inlineData": { "mimeType": "image/png", "data": "iVBO" } },
             ])
         );
         let image = |url: &str| {

@@ -60,6 +60,8 @@ pub(super) struct UsageMetadata {
     pub candidates_token_count: u64,
     pub thoughts_token_count: u64,
     pub cached_content_token_count: u64,
+    /// What the results of Gemini's own tools (search, code execution) added to the prompt.
+    pub tool_use_prompt_token_count: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -114,13 +116,20 @@ pub(super) fn finish_reason(gemini: &str, has_tool_calls: bool) -> &'static str 
 
 impl Usage {
     /// Gemini's `promptTokenCount` already includes cached tokens, as OpenAI's `prompt_tokens`
-    /// does; thinking tokens are billed as output, so they belong to `completion_tokens`.
+    /// does, but not what its own tools added to the prompt, which is billed as input too (as
+    /// the relay bills it); thinking tokens are billed as output, so they belong to
+    /// `completion_tokens`.
     pub(super) fn from_gemini(u: &UsageMetadata) -> Usage {
-        let completion = u.candidates_token_count + u.thoughts_token_count;
+        let prompt = u
+            .prompt_token_count
+            .saturating_add(u.tool_use_prompt_token_count);
+        let completion = u
+            .candidates_token_count
+            .saturating_add(u.thoughts_token_count);
         Usage {
-            prompt_tokens: u.prompt_token_count,
+            prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: u.prompt_token_count + completion,
+            total_tokens: prompt.saturating_add(completion),
             prompt_tokens_details: PromptDetails {
                 cached_tokens: u.cached_content_token_count,
             },
@@ -198,6 +207,16 @@ mod tests {
                 "prompt_tokens_details": { "cached_tokens": 64 },
                 "completion_tokens_details": { "reasoning_tokens": 30 },
             })
+        );
+        // What Gemini's own tools added to the prompt is input, as the relay bills it.
+        let meta: UsageMetadata = serde_json::from_str(
+            r#"{"promptTokenCount":100,"candidatesTokenCount":7,"toolUsePromptTokenCount":40}"#,
+        )
+        .unwrap();
+        let usage = serde_json::to_value(Usage::from_gemini(&meta)).unwrap();
+        assert_eq!(
+            (&usage["prompt_tokens"], &usage["total_tokens"]),
+            (&serde_json::json!(140), &serde_json::json!(147))
         );
     }
 
