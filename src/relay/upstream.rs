@@ -68,13 +68,18 @@ pub(super) async fn send(
                 .max(upstream.first_byte_timeout_secs)
         })
     });
-    let body = match (&call.respond, account.record.provider) {
+    let body = match (&call.respond, &call.target, account.record.provider) {
         // Azure api-versions before 2024-09 refuse `stream_options`: such an account gets the
         // client's body as it was (its stream then carries no usage to bill).
-        (Respond::HideUsageChunk, Provider::AzureOpenAi)
+        (Respond::HideUsageChunk, _, Provider::AzureOpenAi)
             if !azure::takes_stream_options(account) =>
         {
             call.client_body.clone()
+        }
+        // Azure's Responses API takes the deployment as the model.
+        (_, Target::OpenAi { path }, Provider::AzureOpenAi) if path.starts_with("/responses") => {
+            azure::responses_body(account, &call.body, call.model.as_deref())
+                .unwrap_or_else(|| call.body.clone())
         }
         _ => call.body.clone(),
     };

@@ -386,6 +386,25 @@ async fn azure_uses_the_deployment_api_version_and_api_key() {
         (Some(100), Some(30))
     );
 
+    // The Responses API is on Azure's v1 API: not per deployment, no api-version, the
+    // deployment as the body's model.
+    let responses = json!({ "model": "gpt-4o", "input": "hi", "stream": true });
+    let resp = post(&relay, "/v1/responses", &key, &responses)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), mock.responses().pop().unwrap());
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.path, "/openai/v1/responses");
+    assert_eq!(sent.query_param("api-version"), None);
+    assert_eq!(sent.header("api-key"), Some("sk-upstream"));
+    let body: Value = serde_json::from_slice(&sent.body).unwrap();
+    assert_eq!(
+        body,
+        json!({ "model": "prod-4o", "input": "hi", "stream": true })
+    );
+
     // An api-version from before `stream_options` gets the client's body as it was.
     let old = MockUpstream::start().await;
     let (relay, key) =

@@ -30,7 +30,7 @@ pub(super) enum Route {
     Messages,
     CountTokens,
     Models(Vendor),
-    /// `azure`: the deployment.
+    /// `azure`: the deployment (empty on Azure's v1 API, whose body names it as the model).
     OpenAi(OpenAiOp, Option<String>),
     Gemini(GeminiOp, String),
     File(String),
@@ -53,6 +53,12 @@ impl Route {
                 }
             }
             return Route::NotFound(Vendor::Azure);
+        }
+        // Azure's v1 API: OpenAI's paths, no api-version, the deployment as the body's model.
+        if let Some(op) = path.strip_prefix("/openai/v1/").and_then(openai_op) {
+            if post && op == OpenAiOp::Responses {
+                return Route::OpenAi(op, Some(String::new()));
+            }
         }
         if path.starts_with("/openai/") {
             return Route::NotFound(Vendor::Azure);
@@ -194,7 +200,8 @@ pub(super) fn precheck(
             Vendor::Gemini => gemini::auth_error(missing),
         });
     }
-    if vendor == Vendor::Azure && query_param(query, "api-version").is_none() {
+    let v1 = matches!(route, Route::OpenAi(_, Some(d)) if d.is_empty());
+    if vendor == Vendor::Azure && !v1 && query_param(query, "api-version").is_none() {
         return Some(openai::azure_missing_api_version());
     }
     None
