@@ -531,6 +531,16 @@ fn tools(chat: &Object, out: &mut Object) -> Result<(), ApiError> {
     }
 
     let choice = match present(chat, "tool_choice") {
+        Some(c) if c.get("type").and_then(Value::as_str) == Some("allowed_tools") => {
+            // Claude has no list of allowed tools: only those are offered.
+            let (choice, allowed) = allowed_tools(c)?;
+            tools.retain(|t| {
+                t.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| allowed.iter().any(|a| a == n))
+            });
+            Some(choice)
+        }
         Some(c) => tool_choice(c, "tool_choice")?,
         None => match present(chat, "function_call") {
             Some(c) => tool_choice(c, "function_call")?,
@@ -583,6 +593,36 @@ fn tool_definition(function: Option<&Value>, at: &str) -> Result<Value, ApiError
         tool["description"] = json!(d);
     }
     Ok(tool)
+}
+
+/// `{"type": "allowed_tools", "allowed_tools": {"mode": "auto" | "required", "tools": [...]}}`:
+/// Anthropic's choice for the mode, and the names of the tools allowed.
+fn allowed_tools(choice: &Value) -> Result<(Value, Vec<String>), ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "`tool_choice.allowed_tools` must have a `mode` (auto or required) and `tools`",
+        )
+    };
+    let spec = choice.get("allowed_tools").ok_or_else(bad)?;
+    let names = spec
+        .get("tools")
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?
+        .iter()
+        .filter_map(|t| {
+            t.get("function")
+                .and_then(|f| f.get("name"))
+                .or_else(|| t.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    let choice = match spec.get("mode").and_then(Value::as_str) {
+        Some("auto") => json!({ "type": "auto" }),
+        Some("required") => json!({ "type": "any" }),
+        _ => return Err(bad()),
+    };
+    Ok((choice, names))
 }
 
 /// OpenAI's `tool_choice` (or legacy `function_call`) as Anthropic's.

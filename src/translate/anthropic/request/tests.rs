@@ -357,6 +357,24 @@ fn tools_and_tool_choice() {
             "{choice}"
         );
     }
+    // allowed_tools: only those are offered, with the mode as the choice.
+    for (mode, want) in [("auto", "auto"), ("required", "any")] {
+        let choice = json!({ "type": "allowed_tools", "allowed_tools": {
+            "mode": mode, "tools": [{ "type": "function", "function": { "name": "b" } }],
+        } });
+        let body = translated(choice, Value::Null);
+        assert_eq!(body["tool_choice"], json!({ "type": want }), "{mode}");
+        assert_eq!(
+            body["tools"],
+            json!([{ "name": "b", "input_schema": { "type": "object", "properties": {} } }]),
+            "{mode}"
+        );
+    }
+    let mut chat = with_messages(json!([{ "role": "user", "content": "hi" }]));
+    chat["tools"] = tools.clone();
+    chat["tool_choice"] =
+        json!({ "type": "allowed_tools", "allowed_tools": { "mode": "sometimes", "tools": [] } });
+    assert!(super::request(&serde_json::to_vec(&chat).unwrap(), 64).is_err());
     // parallel_tool_calls: false.
     assert_eq!(
         translated(Value::Null, json!(false))["tool_choice"],
