@@ -13,8 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::pricing::PricingConfig;
 
 const ENV_PREFIX: &str = "SWITCHYARD_";
-/// Environment variables with the prefix that are not options.
-const ENV_NOT_OPTIONS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG"];
+/// Environment variables with the prefix that are not options: the config file, the log filter,
+/// and the CLI's `accounts add --api-key` (kept out of the shell history).
+const ENV_NOT_OPTIONS: &[&str] = &[
+    "SWITCHYARD_CONFIG",
+    "SWITCHYARD_LOG",
+    "SWITCHYARD_ACCOUNT_API_KEY",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -715,6 +720,8 @@ mod tests {
                 ("SWITCHYARD_SERVER__BODY_LIMIT_BYTES", "20"),
                 ("SWITCHYARD_ADMIN_TOKEN", "1234567890123456"),
                 ("SWITCHYARD_LOG__FORMAT", "json"),
+                // The CLI's own variable, not an option.
+                ("SWITCHYARD_ACCOUNT_API_KEY", "sk-x"),
                 ("OTHER", "x"),
             ]),
             &Flags {
