@@ -105,6 +105,10 @@ fn saturate(x: u128) -> u64 {
     u64::try_from(x).unwrap_or(u64::MAX)
 }
 
+/// What an image costs when its model has no per-image price and its answer reported no
+/// tokens: a standard 1024×1024 image (DALL·E 3, Imagen), $0.04.
+const DEFAULT_IMAGE_NANOUSD: u64 = 40_000_000;
+
 /// What a request cost, and whether its model was in the table (else the default price was used,
 /// which callers surface so that operators notice unpriced models).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -574,11 +578,15 @@ impl Pricing {
     pub fn image_cost(&self, model: &str, ask: &ImageAsk<'_>, usage: &TokenUsage) -> Cost {
         let image = self.images.price(model);
         let per_image = image.and_then(|p| p.per_image(ask.size, ask.quality));
-        let images_nanousd = per_image.map_or(0, |p| p.saturating_mul(usage.images));
         let tokens = TokenUsage {
             images: 0,
             ..*usage
         };
+        // An image model without a per-image price that reported no tokens either is priced as
+        // a standard image, not free: a cost budget must still see it.
+        let images_nanousd = per_image
+            .or(tokens.is_empty().then_some(DEFAULT_IMAGE_NANOUSD))
+            .map_or(0, |p| p.saturating_mul(usage.images));
         let (tokens_nanousd, tokens_known) = if tokens.is_empty() {
             (0, false)
         } else {
@@ -813,12 +821,23 @@ mod tests {
                 known_model: true
             }
         );
-        // Nothing priced: the images cost nothing and the model is unknown.
-        let c = p.image_cost("unknown-painter", &ask(None, None), &images(1));
+        // HD without a size: the default size's HD price, not the standard one.
+        assert_eq!(
+            p.image_cost("dall-e-3", &ask(None, Some("hd")), &images(1))
+                .nanousd,
+            80_000_000
+        );
+        assert_eq!(
+            p.image_cost("imagen-3.0-fast-generate-001", &ask(None, None), &images(2))
+                .nanousd,
+            40_000_000
+        );
+        // Nothing priced: each image at the default price (not free), the model unknown.
+        let c = p.image_cost("unknown-painter", &ask(None, None), &images(2));
         assert_eq!(
             c,
             Cost {
-                nanousd: 0,
+                nanousd: 2 * DEFAULT_IMAGE_NANOUSD,
                 known_model: false
             }
         );

@@ -49,6 +49,13 @@ const MAX_N: u64 = 10;
 /// Fields that change the answer's form or bookkeeping, not its images.
 const NOT_IN_FINGERPRINT: &[&str] = &["response_format", "user", "stream"];
 
+/// A streamed image answer (gpt-image's `stream`, with `partial_images`) is SSE, which the relay,
+/// reading the answer whole to bill and store its images, cannot read: the vendor would bill
+/// images the relay never could.
+fn refuse_stream() -> ApiError {
+    ApiError::invalid("stream: image answers are relayed whole; leave `stream` out or false")
+}
+
 /// Reads a JSON generations body.
 pub fn parse_json(body: &[u8]) -> Result<ImageRequest, ApiError> {
     let fields: Map<String, Value> = serde_json::from_slice(body)
@@ -60,6 +67,12 @@ pub fn parse_json(body: &[u8]) -> Result<ImageRequest, ApiError> {
             Some(_) => Err(ApiError::invalid(format!("{name}: expected a string"))),
         }
     };
+    if fields
+        .get("stream")
+        .is_some_and(|s| s != &Value::Bool(false) && !s.is_null())
+    {
+        return Err(refuse_stream());
+    }
     let n = match fields.get("n") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -98,16 +111,26 @@ pub fn parse_multipart(content_type: &str, body: &[u8]) -> Result<ImageRequest, 
     let parts = parts(body, boundary.as_bytes())?;
     let mut digest = Sha256::new();
     digest.update(b"multipart\0");
+    // A text field given twice is refused: the relay would read one and the vendor perhaps the
+    // other (admitted and priced as one model, run as another).
     let field = |name: &str| -> Result<Option<String>, ApiError> {
-        parts
+        let mut given = parts
             .iter()
-            .find(|p| p.name == name && p.filename.is_none())
+            .filter(|p| p.name == name && p.filename.is_none());
+        let first = given.next();
+        if given.next().is_some() {
+            return Err(ApiError::invalid(format!("{name}: given more than once")));
+        }
+        first
             .map(|p| {
                 String::from_utf8(p.data.to_vec())
                     .map_err(|_| ApiError::invalid(format!("{name}: not UTF-8")))
             })
             .transpose()
     };
+    if field("stream")?.is_some_and(|s| s.trim() != "false") {
+        return Err(refuse_stream());
+    }
     let model = field("model")?;
     let prompt = field("prompt")?;
     let n = field("n")?
@@ -159,6 +182,17 @@ fn finish(
     let model = model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::invalid("model: field required"))?;
+    // The name goes into the upstream URL for Imagen and Gemini (`models/{model}:predict`), and
+    // into metrics labels: a space made every Gemini account's request fail as a connect error
+    // (and cool the account down), a `#` or `/../` could name another model or method.
+    if !model
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(ApiError::invalid(format!(
+            "model: {model:?} is not a model name (letters, digits, `-`, `_` and `.`)"
+        )));
+    }
     let prompt = prompt
         .filter(|p| !p.trim().is_empty())
         .ok_or_else(|| ApiError::invalid("prompt: field required"))?;
@@ -307,6 +341,21 @@ mod tests {
         let e = parse_json(br#"{"model":"m","prompt":"p","response_format":"png"}"#).unwrap_err();
         assert!(e.message.contains("response_format"), "{}", e.message);
         assert!(parse_json(b"[1]").is_err());
+        // A name that would change the upstream URL, or a streamed answer, is refused.
+        for model in [
+            "imagen- x",
+            "imagen-4.0:predict#",
+            "imagen/../veo-3",
+            "a%2fb",
+            "",
+        ] {
+            let body = serde_json::json!({ "model": model, "prompt": "p" }).to_string();
+            let e = parse_json(body.as_bytes()).unwrap_err();
+            assert!(e.message.contains("model"), "{model}: {}", e.message);
+        }
+        let e = parse_json(br#"{"model":"gpt-image-1","prompt":"p","stream":true}"#).unwrap_err();
+        assert!(e.message.contains("stream"), "{}", e.message);
+        assert!(parse_json(br#"{"model":"gpt-image-1","prompt":"p","stream":false}"#).is_ok());
     }
 
     #[test]
@@ -369,5 +418,28 @@ mod tests {
         assert!(parse_multipart("multipart/form-data; boundary=b", b"--b\r\nno end").is_err());
         let e = parse_multipart("multipart/form-data; boundary=b", b"--b--\r\n").unwrap_err();
         assert!(e.message.contains("model"), "{}", e.message);
+        // A field given twice (read as one model here, perhaps as the other upstream).
+        let twice = multipart(
+            "b",
+            &[
+                ("model", "dall-e-2"),
+                ("model", "gpt-image-1"),
+                ("prompt", "p"),
+            ],
+            b"\x89PNG",
+        );
+        let e = parse_multipart("multipart/form-data; boundary=b", &twice).unwrap_err();
+        assert!(e.message.contains("more than once"), "{}", e.message);
+        let streamed = multipart(
+            "b",
+            &[
+                ("model", "gpt-image-1"),
+                ("prompt", "p"),
+                ("stream", "true"),
+            ],
+            b"\x89PNG",
+        );
+        let e = parse_multipart("multipart/form-data; boundary=b", &streamed).unwrap_err();
+        assert!(e.message.contains("stream"), "{}", e.message);
     }
 }
