@@ -154,8 +154,11 @@ impl App {
         }
     }
 
-    /// At shutdown: writes out usage aggregates and stops the stats task, then flushes the store.
+    /// At shutdown, once the connections are closed: lets the leases being given back on tasks
+    /// of their own finish (they also add what the requests used to the limit counters), writes
+    /// out usage aggregates and stops the stats task, then flushes the store.
     pub async fn shutdown(&self) {
+        crate::limits::give_backs_done(Duration::from_secs(10)).await;
         self.stats.stop().await;
         if let Err(e) = self.store().flush().await {
             tracing::error!(error = %e, "store flush failed");

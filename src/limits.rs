@@ -13,6 +13,7 @@ pub mod info;
 pub mod meters;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -306,8 +307,10 @@ fn give_back(store: &Arc<dyn Store>, key: Option<KeySettle>, account: Option<Acc
         return;
     };
     let store = Arc::clone(store);
+    let counted = InFlight::enter();
     // Stopped by: success, or the last retry (a few seconds).
     runtime.spawn(async move {
+        let _counted = counted;
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=RELEASE_ATTEMPTS {
             match store.finish(key.as_ref(), account.as_ref()).await {
@@ -322,6 +325,34 @@ fn give_back(store: &Arc<dyn Store>, key: Option<KeySettle>, account: Option<Acc
             }
         }
     });
+}
+
+/// Give-backs running on a task of their own (a remote store's), in this process: a stopping
+/// server waits for them (`give_backs_done`) before its runtimes end, or their leases would stay
+/// held until their deadline.
+static GIVE_BACKS: AtomicUsize = AtomicUsize::new(0);
+
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        GIVE_BACKS.fetch_add(1, Ordering::Relaxed);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        GIVE_BACKS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits, at most `within`, until no give-back is running (their retries last a few seconds).
+pub async fn give_backs_done(within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while GIVE_BACKS.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// What a lease-taking store call took, to give back when nobody is left to hold it: the key's

@@ -288,8 +288,18 @@ struct Connections {
     app: Arc<App>,
     versions: Arc<Versions>,
     graceful: GracefulShutdown,
-    /// Set when the stop begins: connections still deciding their version close at once.
-    closing: watch::Sender<bool>,
+    /// Where the stop is: connections still deciding their version close when it begins, the
+    /// others when the grace period is over.
+    closing: watch::Sender<Stop>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Serving,
+    /// Finish what is open, take nothing new.
+    Draining,
+    /// The grace period is over: close what is still open.
+    Cut,
 }
 
 /// One builder per HTTP version, chosen by what the client sends first. hyper-util's
@@ -323,7 +333,7 @@ impl Connections {
                 first_bytes_timeout: header_read_timeout,
             }),
             graceful: GracefulShutdown::new(),
-            closing: watch::channel(false).0,
+            closing: watch::channel(Stop::Serving).0,
         }
     }
 
@@ -340,24 +350,39 @@ impl Connections {
         let watcher = self.graceful.watcher();
         let mut closing = self.closing.subscribe();
         // Stopped by: the connection closing, silence past the header timeout, or the stop
-        // (at once while the version is undecided, else gracefully through `watcher`).
+        // (at once while the version is undecided, else gracefully through `watcher`, and at the
+        // end of the grace period by `cut`).
         tokio::spawn(async move {
             let _open = open;
             let sniffed = tokio::select! {
                 sniffed = tokio::time::timeout(versions.first_bytes_timeout, opens_with_h2_preface(&stream)) => sniffed,
-                _ = closing.wait_for(|closing| *closing) => return,
+                _ = closing.wait_for(|stop| *stop != Stop::Serving) => return,
             };
             let io = TokioIo::new(stream);
+            // Dropping a connection drops its request: the relay settles it as one whose client
+            // hung up (what passed is billed, the leases are given back).
+            let cut = async move {
+                let _ = closing.wait_for(|stop| *stop == Stop::Cut).await;
+                tracing::debug!(peer = %peer, "connection closed at the end of the grace period");
+                Ok(())
+            };
             let served = match sniffed {
                 Ok(Ok(false)) => {
-                    watcher
-                        .watch(versions.http1.serve_connection(io, service))
-                        .await
+                    let serve = watcher.watch(versions.http1.serve_connection(io, service));
+                    tokio::select! {
+                        served = serve => served,
+                        cut = cut => cut,
+                    }
                 }
                 // h2c with prior knowledge is rare; its larger connection state gets a box of
                 // its own, so that the task of every HTTP/1.1 connection stays small.
                 Ok(Ok(true)) => {
-                    Box::pin(watcher.watch(versions.http2.serve_connection(io, service))).await
+                    let serve =
+                        Box::pin(watcher.watch(versions.http2.serve_connection(io, service)));
+                    tokio::select! {
+                        served = serve => served,
+                        cut = cut => cut,
+                    }
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %peer, error = %e, "connection closed before a request");
@@ -381,12 +406,14 @@ impl Connections {
             grace_secs = grace.as_secs(),
             "stopping: waiting for open requests to finish"
         );
-        self.closing.send_replace(true);
-        if tokio::time::timeout(grace, self.graceful.shutdown())
-            .await
-            .is_err()
-        {
+        self.closing.send_replace(Stop::Draining);
+        let drained = self.graceful.shutdown();
+        tokio::pin!(drained);
+        if tokio::time::timeout(grace, &mut drained).await.is_err() {
             tracing::warn!("grace period over; closing the remaining connections");
+            self.closing.send_replace(Stop::Cut);
+            // Each closed connection's request settles as it drops; their tasks end at once.
+            let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
         }
     }
 }

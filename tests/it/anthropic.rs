@@ -698,6 +698,41 @@ async fn graceful_stop_lets_an_open_stream_finish() {
 }
 
 #[tokio::test]
+async fn a_stream_still_open_when_the_grace_period_ends_is_closed_and_billed() {
+    let mock = MockUpstream::start().await;
+    let mut relay = Relay::start_configured(|c| c.server.shutdown_grace_secs = 1).await;
+    relay.add_account(&mock, ACCOUNT_KEY, json!({})).await;
+    let (_, key) = relay.create_key("alice").await;
+    // About 20 s of stream: far past the grace period.
+    mock.set_default(Behavior::Slow {
+        usage: usage(5, 6),
+        delay: Duration::from_secs(2),
+    });
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"event: message_start"));
+    let started = std::time::Instant::now();
+    let task = relay.begin_stop().unwrap();
+    // The client sees its connection close once the grace period is over.
+    while let Some(Ok(_)) = stream.next().await {}
+    task.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // Billed as a client that hung up: the input message_start reported, before the last flush.
+    let logged = logged_after_stop(relay).await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0].usage.input_tokens, 5);
+}
+
+#[tokio::test]
 async fn connections_spread_over_the_workers_and_every_worker_drains_on_stop() {
     let mock = MockUpstream::start().await;
     let mut relay = Relay::start_configured(|c| c.server.workers = 2).await;
