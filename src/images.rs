@@ -264,7 +264,7 @@ where
         _ if to_gemini => gemini::from_generate(&raw),
         _ => answer::from_openai(&raw),
     };
-    let generated = match generated {
+    let mut generated = match generated {
         Ok(g) => g,
         Err(e) => {
             let entry = record.entry(Some(account_id), StatusCode::BAD_GATEWAY.as_u16(), ttfb_ms);
@@ -273,6 +273,7 @@ where
             return Err(e);
         }
     };
+    generated.usage = generated.usage.capped();
     let pricing = app.pricing();
     let cost = pricing.image_cost(
         &ask.model,

@@ -24,12 +24,33 @@ pub struct TokenUsage {
     pub images: u64,
 }
 
+/// The most tokens of one kind one request is billed: a trillion, far past any real answer. An
+/// upstream reporting more (broken, or not the vendor it claims to be) would otherwise push the
+/// usage counters past what Redis counts (i64), and the batch holding them could never be
+/// written.
+pub const MAX_TOKENS_PER_REQUEST: u64 = 1 << 40;
+
 impl TokenUsage {
     /// Cache-write tokens that the upstream did not attribute to either TTL; priced as 5-minute writes.
     pub fn cache_creation_unsplit(&self) -> u64 {
         self.cache_creation_input_tokens.saturating_sub(
-            self.cache_creation_5m_input_tokens + self.cache_creation_1h_input_tokens,
+            self.cache_creation_5m_input_tokens
+                .saturating_add(self.cache_creation_1h_input_tokens),
         )
+    }
+
+    /// Every count at most `MAX_TOKENS_PER_REQUEST`.
+    pub fn capped(self) -> TokenUsage {
+        let cap = |n: u64| n.min(MAX_TOKENS_PER_REQUEST);
+        TokenUsage {
+            input_tokens: cap(self.input_tokens),
+            output_tokens: cap(self.output_tokens),
+            cache_creation_input_tokens: cap(self.cache_creation_input_tokens),
+            cache_creation_5m_input_tokens: cap(self.cache_creation_5m_input_tokens),
+            cache_creation_1h_input_tokens: cap(self.cache_creation_1h_input_tokens),
+            cache_read_input_tokens: cap(self.cache_read_input_tokens),
+            images: cap(self.images),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

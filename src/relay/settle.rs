@@ -59,6 +59,7 @@ impl Observer for Settle {
             Some(u) => (u.usage(), false),
             None => (TokenUsage::default(), false),
         };
+        let usage = usage.capped();
         let cost = self.app.pricing().cost(&self.model, &usage);
         if let Some((key_lease, account_lease)) = leases {
             key_lease.settle_with(account_lease, Spent::of(&usage, cost.nanousd));

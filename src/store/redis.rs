@@ -723,13 +723,10 @@ impl Store for RedisStore {
                 keys.push(self.names.usage_counter(dimension, bucket));
                 args.push(bucket_ttl(bucket).map_or_else(|| "0".to_owned(), ms));
                 for value in counter_values(counters) {
-                    // HINCRBY takes a signed 64-bit increment.
-                    if i64::try_from(value).is_err() {
-                        return Err(StoreError::Unavailable(format!(
-                            "usage counter increment {value} is beyond what redis counts"
-                        )));
-                    }
-                    args.push(value.to_string());
+                    // HINCRBY takes a signed 64-bit increment. Refusing a larger one would make
+                    // the batch unwritable for good, and every batch after it wait behind it:
+                    // it is held at the largest (per-request usage is capped far below it).
+                    args.push(value.min(i64::MAX as u64).to_string());
                 }
             }
             calls.push(Call {

@@ -283,6 +283,27 @@ async fn a_huge_max_tokens_reserves_no_more_than_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_usage_report_is_capped_and_recording_goes_on() {
+    for backend in backends() {
+        let (relay, mock, key_id, key) = relay_with_key(&backend, json!({})).await;
+        // An upstream reporting more output than any answer has (more than Redis counts, once
+        // priced): billed at the cap, and the usage after it is still written.
+        mock.push_behavior(Behavior::Ok(MockUsage::new(5, u64::MAX)));
+        assert_eq!(call(&relay, &key, false).await.0, 200, "{backend:?}");
+        mock.set_default(Behavior::Ok(MockUsage::new(5, 6)));
+        assert_eq!(call(&relay, &key, false).await.0, 200, "{backend:?}");
+        relay.app.stats.flush().await;
+        let usage = relay.usage(&format!("key_id={key_id}")).await;
+        assert_eq!(
+            usage["output_tokens"].as_u64(),
+            Some(switchyard::usage::MAX_TOKENS_PER_REQUEST + 6),
+            "{backend:?}: {usage}"
+        );
+        assert_eq!(usage["requests"], 2, "{backend:?}: {usage}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_roll_over_on_the_clock_and_say_when() {
     for backend in backends() {
         let (relay, _mock, _, key) = relay_with_key(
