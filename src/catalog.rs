@@ -4,7 +4,9 @@
 //! immutable snapshot, swapped whole on change, with their credentials already opened: the
 //! scheduler scans it without locks held across awaits and without decrypting per request.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use http::HeaderValue;
@@ -42,12 +44,18 @@ impl Account {
     }
 }
 
+/// Tries to reload the accounts after a change, over about 20 s.
+const RELOAD_ATTEMPTS: u32 = 8;
+
 pub struct Catalog {
     store: Arc<dyn Store>,
     master_key: MasterKey,
     /// Key records by hash. Only hits are cached: a miss goes to the store every time, so a key
     /// created by another process is usable at once.
     keys: DashMap<String, Arc<KeyRecord>, foldhash::fast::RandomState>,
+    /// Counts key invalidations: a record read from the store is cached only if none happened
+    /// while it was read (else a record changed meanwhile could be cached for good).
+    key_changes: AtomicU64,
     accounts: RwLock<Arc<Vec<Arc<Account>>>>,
 }
 
@@ -57,6 +65,7 @@ impl Catalog {
             store,
             master_key,
             keys: DashMap::default(),
+            key_changes: AtomicU64::new(0),
             accounts: RwLock::new(Arc::new(Vec::new())),
         };
         catalog.reload_accounts().await?;
@@ -76,16 +85,20 @@ impl Catalog {
         if let Some(hit) = self.keys.get(hash) {
             return Ok(Some(Arc::clone(hit.value())));
         }
+        let changes = self.key_changes.load(Ordering::Acquire);
         let Some(record) = self.store.key_by_hash(hash).await? else {
             return Ok(None);
         };
         let record = Arc::new(record);
-        self.keys.insert(hash.to_owned(), Arc::clone(&record));
+        if self.key_changes.load(Ordering::Acquire) == changes {
+            self.keys.insert(hash.to_owned(), Arc::clone(&record));
+        }
         Ok(Some(record))
     }
 
     /// Forgets a cached key after it changed.
     pub fn invalidate_key(&self, hash: &str) {
+        self.key_changes.fetch_add(1, Ordering::AcqRel);
         self.keys.remove(hash);
     }
 
@@ -117,16 +130,30 @@ impl Catalog {
             Change::Key { hash } => self.invalidate_key(&hash),
             Change::Accounts => self.reload_accounts_logged().await,
             Change::Resync => {
+                self.key_changes.fetch_add(1, Ordering::AcqRel);
                 self.keys.clear();
                 self.reload_accounts_logged().await;
             }
         }
     }
 
+    /// Retried for a while: after a reconnect the change feed may be back before the store's
+    /// command connections, and a change missed here would leave this instance serving a
+    /// disabled or deleted account until the next change.
     async fn reload_accounts_logged(&self) {
-        if let Err(e) = self.reload_accounts().await {
-            // The next change or resync tries again.
-            tracing::warn!(error = %e, "reloading accounts after a change failed");
+        let mut pause = Duration::from_millis(250);
+        for attempt in 1..=RELOAD_ATTEMPTS {
+            match self.reload_accounts().await {
+                Ok(()) => return,
+                Err(e) if attempt == RELOAD_ATTEMPTS => {
+                    // The next change or resync tries again.
+                    tracing::warn!(error = %e, "reloading accounts after a change failed");
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(4));
+                }
+            }
         }
     }
 
