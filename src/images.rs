@@ -724,6 +724,7 @@ pub fn spawn_sweeper(app: &Arc<App>) {
     let every = Duration::from_secs(app.config.images.sweep_interval_secs);
     // Stopped by: the app being dropped (the next tick finds no app), or the runtime's end.
     tokio::spawn(async move {
+        let mut at = files::Sweep::default();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -734,7 +735,7 @@ pub fn spawn_sweeper(app: &Arc<App>) {
             };
             let now = app.clock.now_ms();
             drop(app);
-            match files::sweep(&storage, now).await {
+            match files::sweep(&storage, now, &mut at).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "expired images deleted"),
                 Err(e) => tracing::warn!(error = %e, "image sweep failed; retried next round"),
@@ -746,7 +747,19 @@ pub fn spawn_sweeper(app: &Arc<App>) {
 /// One sweep now (tests, and an admin who wants space back at once).
 pub async fn sweep_now(app: &App) -> usize {
     match &app.image_storage {
-        Some(storage) => files::sweep(storage, app.clock.now_ms()).await.unwrap_or(0),
+        Some(storage) => {
+            // Round after round until the listing wrapped around: every name looked at once.
+            let (mut at, mut deleted) = (files::Sweep::default(), 0);
+            loop {
+                match files::sweep(storage, app.clock.now_ms(), &mut at).await {
+                    Ok(n) => deleted += n,
+                    Err(_) => return deleted,
+                }
+                if at.is_at_start() {
+                    return deleted;
+                }
+            }
+        }
         None => 0,
     }
 }

@@ -62,27 +62,33 @@ pub async fn put(storage: &Storage, key: &str, entry: &Entry) -> StorageResult<(
     storage.put(&name(key), Bytes::from(raw)).await
 }
 
-/// Deletes up to `max_delete` entries past their end, of the first `max_list` listed.
+/// Deletes up to `max_delete` entries past their end, of `max_list` listed after `after`.
+/// Returns how many, and where the next round starts (`files::next_start`).
 pub async fn sweep(
     storage: &Storage,
     now_ms: i64,
+    after: Option<&str>,
     max_list: usize,
     max_delete: usize,
-) -> StorageResult<usize> {
+) -> StorageResult<(usize, Option<String>)> {
     let mut deleted = 0;
-    for name in storage.list("cache", ".json", max_list).await? {
+    let listed = storage.list("cache", ".json", after, max_list).await?;
+    let mut looked = 0;
+    for name in &listed {
         if deleted >= max_delete {
             break;
         }
-        let Some(raw) = storage.get(&name).await? else {
+        looked += 1;
+        let Some(raw) = storage.get(name).await? else {
             continue;
         };
         if serde_json::from_slice::<Entry>(&raw).is_ok_and(|e| now_ms >= e.expires_ms) {
-            storage.delete(&name).await?;
+            storage.delete(name).await?;
             deleted += 1;
         }
     }
-    Ok(deleted)
+    let next = super::files::next_start(&listed, looked, listed.len() < max_list);
+    Ok((deleted, next))
 }
 
 #[cfg(test)]
@@ -120,8 +126,8 @@ mod tests {
         assert_eq!(lookup(&storage, "k", 99).await.unwrap(), Some(entry));
         assert_eq!(lookup(&storage, "k", 100).await.unwrap(), None);
         assert_eq!(lookup(&storage, "other", 0).await.unwrap(), None);
-        assert_eq!(sweep(&storage, 99, 10, 10).await.unwrap(), 0);
-        assert_eq!(sweep(&storage, 100, 10, 10).await.unwrap(), 1);
+        assert_eq!(sweep(&storage, 99, None, 10, 10).await.unwrap(), (0, None));
+        assert_eq!(sweep(&storage, 100, None, 10, 10).await.unwrap(), (1, None));
         assert!(storage.get("cache/k.json").await.unwrap().is_none());
     }
 }

@@ -78,15 +78,38 @@ pub async fn open(
 const SWEEP_LIST: usize = 10_000;
 const SWEEP_DELETE: usize = 1_000;
 
-/// Deletes images past their `delete_ms` and cache entries past their end. Returns how many
-/// were deleted.
-pub async fn sweep(storage: &Storage, now_ms: i64) -> StorageResult<usize> {
+/// Where the periodic sweep goes on from: each round looks at `SWEEP_LIST` names of each kind
+/// after where the last one stopped, wrapping around at the end, so that every name is looked at
+/// however many there are (with a fixed first window, more live images than it holds hid every
+/// expired one behind them).
+#[derive(Debug, Default)]
+pub struct Sweep {
+    files_after: Option<String>,
+    cache_after: Option<String>,
+}
+
+impl Sweep {
+    /// Whether the next round starts from the beginning (the last one reached the end).
+    pub fn is_at_start(&self) -> bool {
+        self.files_after.is_none() && self.cache_after.is_none()
+    }
+}
+
+/// Deletes images past their `delete_ms` and cache entries past their end, from where `at` says
+/// the last round stopped. Returns how many were deleted.
+pub async fn sweep(storage: &Storage, now_ms: i64, at: &mut Sweep) -> StorageResult<usize> {
     let mut deleted = 0;
-    for name in storage.list("files", ".json", SWEEP_LIST).await? {
+    let listed = storage
+        .list("files", ".json", at.files_after.as_deref(), SWEEP_LIST)
+        .await?;
+    let complete = listed.len() < SWEEP_LIST;
+    let mut looked = 0;
+    for name in &listed {
         if deleted >= SWEEP_DELETE {
             break;
         }
-        let Some(raw) = storage.get(&name).await? else {
+        looked += 1;
+        let Some(raw) = storage.get(name).await? else {
             continue;
         };
         // An unreadable record is not ours to judge: left alone.
@@ -98,18 +121,31 @@ pub async fn sweep(storage: &Storage, now_ms: i64) -> StorageResult<usize> {
             if let Some(data) = name.strip_suffix(".json") {
                 storage.delete(data).await?;
             }
-            storage.delete(&name).await?;
+            storage.delete(name).await?;
             deleted += 1;
         }
     }
-    deleted += super::cache::sweep(
+    at.files_after = next_start(&listed, looked, complete);
+    let (cached, after) = super::cache::sweep(
         storage,
         now_ms,
+        at.cache_after.as_deref(),
         SWEEP_LIST,
         SWEEP_DELETE - deleted.min(SWEEP_DELETE),
     )
     .await?;
-    Ok(deleted)
+    at.cache_after = after;
+    Ok(deleted + cached)
+}
+
+/// Where the next round starts: after the last name looked at, or from the start once the end
+/// of the listing was reached.
+pub(super) fn next_start(listed: &[String], looked: usize, complete: bool) -> Option<String> {
+    if complete && looked == listed.len() {
+        None
+    } else {
+        looked.checked_sub(1).map(|last| listed[last].clone())
+    }
 }
 
 #[cfg(test)]
@@ -135,12 +171,55 @@ mod tests {
         assert_eq!((got, &bytes[..]), (meta.clone(), &b"img"[..]));
         // Past its URL's end: not served, still kept.
         assert_eq!(open(&storage, &id, 2_000).await.unwrap(), None);
-        assert_eq!(sweep(&storage, 2_500).await.unwrap(), 0);
+        let mut at = Sweep::default();
+        assert_eq!(sweep(&storage, 2_500, &mut at).await.unwrap(), 0);
+        assert!(at.is_at_start(), "one round reached the end");
         assert!(storage.get(&data_name(&id)).await.unwrap().is_some());
         // Past its retention: deleted.
-        assert_eq!(sweep(&storage, 3_000).await.unwrap(), 1);
+        assert_eq!(sweep(&storage, 3_000, &mut at).await.unwrap(), 1);
         assert!(storage.get(&data_name(&id)).await.unwrap().is_none());
         assert!(storage.get(&meta_name(&id)).await.unwrap().is_none());
+    }
+
+    /// A round goes on from where the last stopped: a full listing leaves the cursor at its last
+    /// name, one that reached the end (or stopped early at the deletion cap) says so.
+    #[tokio::test]
+    async fn each_round_goes_on_from_the_last() {
+        let names =
+            |n: usize| -> Vec<String> { (0..n).map(|i| format!("files/{i}.json")).collect() };
+        // Full window, all looked at: on from the last.
+        assert_eq!(
+            next_start(&names(3), 3, false).as_deref(),
+            Some("files/2.json")
+        );
+        // The end was reached: from the start again.
+        assert_eq!(next_start(&names(2), 2, true), None);
+        // Stopped at the deletion cap: on from the last one looked at, even at the end.
+        assert_eq!(
+            next_start(&names(3), 2, true).as_deref(),
+            Some("files/1.json")
+        );
+        assert_eq!(next_start(&[], 0, true), None);
+
+        // A cursor past an expired image skips it this round; the wrap finds it the next.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::local(dir.path().to_owned());
+        let meta = FileMeta {
+            mime: "image/png".into(),
+            created_ms: 1_000,
+            expires_ms: 2_000,
+            delete_ms: 3_000,
+        };
+        let id = save(&storage, Bytes::from_static(b"img"), &meta)
+            .await
+            .unwrap();
+        let mut at = Sweep {
+            files_after: Some(meta_name(&id)),
+            cache_after: None,
+        };
+        assert_eq!(sweep(&storage, 3_000, &mut at).await.unwrap(), 0);
+        assert!(at.is_at_start());
+        assert_eq!(sweep(&storage, 3_000, &mut at).await.unwrap(), 1);
     }
 
     #[tokio::test]

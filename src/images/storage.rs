@@ -139,8 +139,16 @@ impl Storage {
         }
     }
 
-    /// Up to `limit` names under `dir` (`files`) ending in `suffix`, as `dir/<name>`.
-    pub async fn list(&self, dir: &str, suffix: &str, limit: usize) -> StorageResult<Vec<String>> {
+    /// Up to `limit` names under `dir` (`files`) ending in `suffix`, as `dir/<name>`, in name
+    /// order, after `after` (a name this returned before) when given: a sweep goes on from where
+    /// the last one stopped, so names past the first `limit` are reached too.
+    pub async fn list(
+        &self,
+        dir: &str,
+        suffix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StorageResult<Vec<String>> {
         match &self.backend {
             Backend::Local(root) => {
                 let mut out = Vec::new();
@@ -149,27 +157,36 @@ impl Storage {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
                     Err(e) => return Err(io_error("list", dir, &e)),
                 };
-                while out.len() < limit {
-                    let Some(entry) = entries
-                        .next_entry()
-                        .await
-                        .map_err(|e| io_error("list", dir, &e))?
-                    else {
-                        break;
-                    };
+                // A directory lists in no useful order: all of it is read, the first `limit`
+                // after `after` kept.
+                while let Some(entry) = entries
+                    .next_entry()
+                    .await
+                    .map_err(|e| io_error("list", dir, &e))?
+                {
                     if let Some(name) = entry.file_name().to_str()
                         && name.ends_with(suffix)
                     {
-                        out.push(format!("{dir}/{name}"));
+                        let name = format!("{dir}/{name}");
+                        if after.is_none_or(|a| name.as_str() > a) {
+                            out.push(name);
+                        }
                     }
                 }
+                out.sort_unstable();
+                out.truncate(limit);
                 Ok(out)
             }
             #[cfg(feature = "s3")]
             Backend::Object(store) => {
                 use futures_util::StreamExt;
                 let prefix = object_store::path::Path::from(dir);
-                let mut listed = store.list(Some(&prefix));
+                // Object stores list in name order.
+                let mut listed = match after {
+                    Some(after) => store
+                        .list_with_offset(Some(&prefix), &object_store::path::Path::from(after)),
+                    None => store.list(Some(&prefix)),
+                };
                 let mut out = Vec::new();
                 while out.len() < limit {
                     let Some(meta) = listed.next().await else {
@@ -250,9 +267,32 @@ mod tests {
             storage.get("files/a").await.unwrap().as_deref(),
             Some(&b"two"[..])
         );
-        let listed = storage.list("files", ".json", 10).await.unwrap();
-        assert_eq!(listed, vec!["files/a.json".to_owned()]);
-        assert!(storage.list("cache", ".json", 10).await.unwrap().is_empty());
+        storage
+            .put("files/b.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let listed = storage.list("files", ".json", None, 10).await.unwrap();
+        assert_eq!(listed, ["files/a.json", "files/b.json"]);
+        let first = storage.list("files", ".json", None, 1).await.unwrap();
+        assert_eq!(first, ["files/a.json"]);
+        let next = storage
+            .list("files", ".json", Some(&first[0]), 1)
+            .await
+            .unwrap();
+        assert_eq!(next, ["files/b.json"]);
+        let past = storage
+            .list("files", ".json", Some(&next[0]), 1)
+            .await
+            .unwrap();
+        assert!(past.is_empty());
+        storage.delete("files/b.json").await.unwrap();
+        assert!(
+            storage
+                .list("cache", ".json", None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         storage.delete("files/a").await.unwrap();
         storage.delete("files/a").await.unwrap();
         assert_eq!(storage.get("files/a").await.unwrap(), None);
