@@ -79,6 +79,16 @@ impl App {
                 let token = crypto::read_or_create_secret(&path, || {
                     crate::auth::generate_key().replacen(crate::auth::KEY_PREFIX, "sya-", 1)
                 })?;
+                // An empty file (a crash while it was written, an editor) would be an empty
+                // token: the admin API shut to everyone with no word of why.
+                if token.len() < crate::config::MIN_ADMIN_TOKEN_LEN {
+                    anyhow::bail!(
+                        "{} holds no admin token of at least {} characters; delete it to have one \
+                         generated, or set admin_token",
+                        path.display(),
+                        crate::config::MIN_ADMIN_TOKEN_LEN
+                    );
+                }
                 (token, Some(path))
             }
         };

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::pricing::PricingConfig;
 
 const ENV_PREFIX: &str = "SWITCHYARD_";
+/// The shortest admin token taken, configured or read from the data dir's `admin-token`.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// Environment variables with the prefix that are not options: the config file, the log filter,
 /// and the CLI's `accounts add --api-key` (kept out of the shell history).
 const ENV_NOT_OPTIONS: &[&str] = &[
@@ -593,7 +595,7 @@ impl Config {
             ));
         }
         if let Some(token) = &self.admin_token
-            && token.len() < 16
+            && token.len() < MIN_ADMIN_TOKEN_LEN
         {
             return Err(ConfigError(
                 "invalid option `admin_token`: must be at least 16 characters".into(),

@@ -298,10 +298,11 @@ pub async fn patch(
     if let Some(group) = req.group {
         record.group = group.filter(|g| !g.trim().is_empty());
     }
+    let deployments_given = req.deployments.is_some();
     if let Some(deployments) = req.deployments {
         record.deployments = deployments;
     }
-    if req.api_version.is_some() || record.provider == Provider::AzureOpenAi {
+    if req.api_version.is_some() || deployments_given || record.provider == Provider::AzureOpenAi {
         record.api_version = valid_azure(
             record.provider,
             req.api_version.or(record.api_version.take()),

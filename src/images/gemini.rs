@@ -78,6 +78,23 @@ pub fn request(req: &ImageRequest) -> (String, Bytes) {
     }
 }
 
+/// An image's media type by its bytes, as for OpenAI's answers; the upstream's word only when
+/// they say nothing known, and only an `image/` type: a stored image is served from the relay's
+/// own origin with this type, which must never be `text/html`.
+fn media_type(bytes: &[u8], declared: Option<&str>) -> String {
+    let fallback = declared
+        .filter(|m| {
+            m.strip_prefix("image/").is_some_and(|sub| {
+                !sub.is_empty()
+                    && sub
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-'))
+            })
+        })
+        .unwrap_or("image/png");
+    sniff(bytes, fallback)
+}
+
 /// Imagen's `:predict` answer: `predictions[]` of `bytesBase64Encoded` and `mimeType` (filtered
 /// ones carry neither and are skipped).
 pub fn from_predict(body: &[u8]) -> Result<Generated, ApiError> {
@@ -89,9 +106,7 @@ pub fn from_predict(body: &[u8]) -> Result<Generated, ApiError> {
             continue;
         };
         let bytes = decode_b64(b64)?;
-        let mime = p["mimeType"]
-            .as_str()
-            .map_or_else(|| sniff(&bytes, "image/png"), str::to_owned);
+        let mime = media_type(&bytes, p["mimeType"].as_str());
         images.push(Image {
             data: Data::Bytes { bytes, mime },
             revised_prompt: p["prompt"].as_str().map(str::to_owned),
@@ -126,10 +141,8 @@ pub fn from_generate(body: &[u8]) -> Result<Generated, ApiError> {
                 continue;
             };
             let bytes = decode_b64(b64)?;
-            let mime = inline["mimeType"]
-                .as_str()
-                .or(inline["mime_type"].as_str())
-                .map_or_else(|| sniff(&bytes, "image/png"), str::to_owned);
+            let declared = inline["mimeType"].as_str().or(inline["mime_type"].as_str());
+            let mime = media_type(&bytes, declared);
             images.push(Image {
                 data: Data::Bytes { bytes, mime },
                 revised_prompt: None,
@@ -177,6 +190,17 @@ mod tests {
     use super::*;
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as B64;
+
+    #[test]
+    fn the_media_type_comes_from_the_bytes_and_is_always_an_image() {
+        let png = b"\x89PNG\r\n\x1a\nrest";
+        assert_eq!(media_type(png, Some("text/html")), "image/png");
+        assert_eq!(media_type(png, Some("image/jpeg")), "image/png");
+        assert_eq!(media_type(b"????", Some("text/html")), "image/png");
+        assert_eq!(media_type(b"????", Some("image/avif")), "image/avif");
+        assert_eq!(media_type(b"????", Some("image/x;y")), "image/png");
+        assert_eq!(media_type(b"????", None), "image/png");
+    }
 
     fn ask(model: &str, n: u64, size: Option<&str>) -> ImageRequest {
         ImageRequest {

@@ -463,6 +463,19 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing_behind() {
         "{v}"
     );
 
+    // Azure's settings on an Anthropic account are refused on update as on create.
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{account_id}"),
+            Some(json!({ "deployments": { "claude-sonnet-4-5": "d" } })),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("azure"),
+        "{v}"
+    );
     // A disabled account: available accounts exist, none can serve now.
     relay
         .admin(

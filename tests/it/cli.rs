@@ -147,6 +147,36 @@ fn keys_and_accounts_through_the_cli_on_a_data_dir() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+#[test]
+fn an_empty_admin_token_file_stops_serve_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), "\n").unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut serving = Serving { child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = serving.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve started with an empty admin token"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(serving.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("admin-token"), "{err}");
+}
+
 struct Serving {
     child: Child,
 }
