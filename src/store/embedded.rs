@@ -669,6 +669,11 @@ fn now_ms() -> i64 {
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
         redb::Error::Corrupted(msg) => StoreError::Corrupt(msg),
+        redb::Error::PreviousIo => StoreError::Unavailable(
+            "a write to the data file failed earlier (a full disk?); nothing more is written \
+             until switchyard restarts and reopens it"
+                .into(),
+        ),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -812,9 +817,19 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        // Starting a read transaction surfaces a database that hit an I/O error or was closed.
-        self.blocking(|db| db.begin_read().map(drop).map_err(db_err))
-            .await
+        // A read transaction surfaces a closed database; only a write transaction checks for an
+        // earlier failed write (disk full), after which redb takes no more writes until the file
+        // is reopened: then `/health` says so. Begun and aborted, it writes nothing; one that
+        // would wait for a commit in progress means the writes still go through.
+        self.blocking(|db| {
+            db.begin_read().map(drop).map_err(db_err)?;
+            match db.try_begin_write() {
+                Ok(txn) => txn.abort().map_err(db_err),
+                Err(redb::TransactionError::WouldBlock) => Ok(()),
+                Err(e) => Err(db_err(e)),
+            }
+        })
+        .await
     }
 
     async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
@@ -1215,6 +1230,25 @@ mod tests {
         hot.settle("k", &lease("long"), &used);
         assert_eq!(hot.limits.use_of("k", "total").used, 7);
         assert!(hot.limits.meter("k", "day:x").is_none());
+    }
+
+    /// A latched I/O failure reads as what it is, and a healthy file pings without writing.
+    #[tokio::test]
+    async fn ping_checks_that_writes_still_go_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 100).unwrap();
+        let before = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        store.ping().await.unwrap();
+        store.ping().await.unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),
+            before
+        );
+        let err = db_err(redb::Error::PreviousIo);
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("restarts")),
+            "{err}"
+        );
     }
 
     /// Settling in time leaves nothing behind: memory does not grow with the requests served.
