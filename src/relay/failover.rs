@@ -72,35 +72,39 @@ pub(crate) async fn attempts(
                 let Some(failure) = last_failure else {
                     return Err(unavailable);
                 };
-                if let Failure::Response(b) = &failure {
-                    let entry = RequestLogEntry {
-                        request_id: ctx.request_id.to_owned(),
-                        at: ctx.at_ms,
-                        key_id: key.id.clone(),
-                        account_id: tried.last().cloned(),
-                        model: call.model.clone().unwrap_or_default(),
-                        surface: call.surface.as_str().to_owned(),
-                        status: b.status.as_u16(),
-                        latency_ms: ctx.started.elapsed().as_millis() as u64,
-                        ttfb_ms: None,
-                        usage: TokenUsage::default(),
-                        cost_nanousd: 0,
-                        cache_hit: false,
-                        estimated: false,
-                    };
-                    tracing::info!(
-                        request_id = ctx.request_id,
-                        key_id = %key.id,
-                        account_id = ?entry.account_id,
-                        model = %entry.model,
-                        status = entry.status,
-                        latency_ms = entry.latency_ms,
-                        attempts = tried.len(),
-                        "request failed upstream on every account tried"
-                    );
-                    if call.billed() {
-                        app.stats.record(entry, false);
-                    }
+                // Logged whether the last attempt got an answer or none (a connect error, a
+                // timeout), with the status the client gets, so that the request log shows it.
+                let status = match &failure {
+                    Failure::Response(b) => b.status,
+                    Failure::Error(e) => e.status,
+                };
+                let entry = RequestLogEntry {
+                    request_id: ctx.request_id.to_owned(),
+                    at: ctx.at_ms,
+                    key_id: key.id.clone(),
+                    account_id: tried.last().cloned(),
+                    model: call.model.clone().unwrap_or_default(),
+                    surface: call.surface.as_str().to_owned(),
+                    status: status.as_u16(),
+                    latency_ms: ctx.started.elapsed().as_millis() as u64,
+                    ttfb_ms: None,
+                    usage: TokenUsage::default(),
+                    cost_nanousd: 0,
+                    cache_hit: false,
+                    estimated: false,
+                };
+                tracing::info!(
+                    request_id = ctx.request_id,
+                    key_id = %key.id,
+                    account_id = ?entry.account_id,
+                    model = %entry.model,
+                    status = entry.status,
+                    latency_ms = entry.latency_ms,
+                    attempts = tried.len(),
+                    "request failed upstream on every account tried"
+                );
+                if call.billed() {
+                    app.stats.record(entry, false);
                 }
                 return failure.respond(call).map(Attempts::Failed);
             }

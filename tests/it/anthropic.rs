@@ -916,7 +916,15 @@ async fn an_unreachable_upstream_gets_502_in_anthropics_shape_and_returns_the_le
     let (status, kind) = anthropic_error(resp).await;
     assert_eq!((status, kind.as_str()), (502, "api_error"));
     released(&relay, &account_id).await;
-    assert!(relay.requests("").await.is_empty(), "nothing was billed");
+    // The request log shows the failure, billed nothing; the usage counters count nothing.
+    relay.app.stats.flush().await;
+    let logged = relay.requests("").await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(
+        (&logged[0]["status"], &logged[0]["cost_nanousd"]),
+        (&json!(502), &json!(0))
+    );
+    assert_eq!(relay.usage("").await["requests"], 0);
 }
 
 #[tokio::test]
