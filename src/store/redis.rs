@@ -69,6 +69,8 @@ const MARKER_KEEP: usize = 64;
 /// Request log entries per script call, so that a backlog written after an outage neither blocks
 /// Redis for long nor builds one huge command.
 const LOG_CHUNK: usize = 1_000;
+/// Script calls per pipeline when writing usage: at most a few MB of log entries each.
+const CALLS_PER_PIPELINE: usize = 4;
 /// Lease and session binding TTLs are capped here (a century), keeping deadlines exact in Lua's
 /// doubles.
 const MAX_LEASE_TTL_MS: i64 = 100 * 365 * 86_400_000;
@@ -764,7 +766,19 @@ impl Store for RedisStore {
                 args,
             });
         }
-        scripts::run_all(self.client(), calls).await.map(drop)
+        // A few calls per pipeline, one pipeline after the other: a backlog left by an outage
+        // (up to `stats.max_pending_requests` log entries, tens of MB) in one pipeline had one
+        // command timeout for all of it, which a slow link could never meet, and held up the
+        // requests sharing the connection meanwhile. Each call is idempotent (its marker), so a
+        // retry skips what an earlier pipeline applied.
+        let mut calls = calls.into_iter();
+        loop {
+            let group: Vec<Call<'_>> = calls.by_ref().take(CALLS_PER_PIPELINE).collect();
+            if group.is_empty() {
+                return Ok(());
+            }
+            scripts::run_all(self.client(), group).await?;
+        }
     }
 
     async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<Counters>> {

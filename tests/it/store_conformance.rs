@@ -111,7 +111,7 @@ macro_rules! conformance_tests {
             meters_return_holds_of_expired_leases, activation_on_first_use,
             each_report_kind_and_its_recovery, family_scoped_rate_limit,
             retry_at_is_the_earliest_recovery, degraded_flag, sessions_renew_escape_and_rebind,
-            concurrent_picks_respect_caps, admit_and_pick_then_finish;
+            concurrent_picks_respect_caps, admit_and_pick_then_finish, a_large_backlog_is_written_whole;
             records_survive_reopen, usage_survives_reopen);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
@@ -2080,6 +2080,42 @@ mod cases {
             .await
             .unwrap();
         assert!(none.is_empty());
+    }
+
+    /// A backlog after an outage: several dimensions' counters and thousands of log entries in
+    /// one batch (written in several pipelines on Redis), all of it applied.
+    pub async fn a_large_backlog_is_written_whole(store: Arc<dyn Store>) {
+        let totals: Vec<_> = ["k1", "k2", "k3"]
+            .iter()
+            .map(|k| {
+                (
+                    (Dimension::Key((*k).to_owned()), Bucket::Total),
+                    counters(7),
+                )
+            })
+            .chain([((Dimension::All, Bucket::Total), counters(21))])
+            .collect();
+        let requests: Vec<_> = (1..=5_500).map(|n| log_entry(n, "k1")).collect();
+        let backlog = batch(&totals, requests);
+        store.record_usage(&backlog).await.unwrap();
+        let newest = store.recent_requests(None, 100).await.unwrap();
+        assert_eq!(
+            ids(&newest),
+            ["req-5500", "req-5499", "req-5498", "req-5497", "req-5496"]
+        );
+        for (dimension, want) in [
+            (Dimension::Key("k3".to_owned()), counters(7)),
+            (Dimension::All, counters(21)),
+        ] {
+            let got = store
+                .usage(&UsageQuery {
+                    dimension,
+                    buckets: vec![Bucket::Total],
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, vec![want]);
+        }
     }
 
     pub async fn request_log(store: Arc<dyn Store>) {
