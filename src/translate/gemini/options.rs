@@ -180,10 +180,14 @@ pub(super) fn generation_config(
 }
 
 /// Gemini 3 takes a level (and cannot turn thinking off: `none` is its lowest level); earlier
-/// models take a token budget.
+/// models take a token budget. Gemini 3's Pro models take only `low` and `high`: the other
+/// efforts go to the nearer of the two, as Google's own OpenAI-compatible endpoint does.
 fn thinking(effort: &str, model: &str) -> Result<Value, ApiError> {
     if model.starts_with("gemini-3") {
+        let pro = model.contains("-pro");
         let level = match effort {
+            "none" | "minimal" if pro => "low",
+            "medium" if pro => "high",
             "none" | "minimal" => "minimal",
             "low" => "low",
             "medium" => "medium",
@@ -193,6 +197,8 @@ fn thinking(effort: &str, model: &str) -> Result<Value, ApiError> {
         return Ok(json!({ "thinkingLevel": level }));
     }
     let budget = match effort {
+        // 2.5 Pro cannot think less than 128 tokens, nor not at all.
+        "none" if model.contains("-pro") => 128,
         "none" => 0,
         "minimal" | "low" => 1024,
         "medium" => 8192,
@@ -388,6 +394,27 @@ mod tests {
         assert_eq!(
             effort("gemini-3-flash-preview", "none"),
             json!({ "thinkingLevel": "minimal" })
+        );
+        assert_eq!(
+            effort("gemini-3-flash-preview", "medium"),
+            json!({ "thinkingLevel": "medium" })
+        );
+        // Gemini 3 Pro takes only low and high; 2.5 Pro cannot turn thinking off.
+        for (level, want) in [
+            ("none", "low"),
+            ("minimal", "low"),
+            ("low", "low"),
+            ("medium", "high"),
+        ] {
+            assert_eq!(
+                effort("gemini-3-pro-preview", level),
+                json!({ "thinkingLevel": want }),
+                "{level}"
+            );
+        }
+        assert_eq!(
+            effort("gemini-2.5-pro", "none"),
+            json!({ "thinkingBudget": 128 })
         );
         rejects(
             json!({ "model": "gemini-2.5-flash", "messages": [{ "role": "user", "content": "x" }], "reasoning_effort": "max" }),
