@@ -193,6 +193,11 @@ where
     let cfg = &app.config.images;
     let storage = app.image_storage.clone();
     let native = matches!(op, Operation::Predict { .. });
+    let label = {
+        let pricing = app.pricing();
+        let known = pricing.images().price(&ask.model).is_some() || pricing.price(&ask.model).1;
+        m::model_label(&ask.model, known)
+    };
     let format = answer_format(app, &ask, storage.is_some());
     let links = Links::of(app, &parts.headers);
 
@@ -204,7 +209,7 @@ where
     if let (Some(storage), Some(ck)) = (&storage, &cache_key) {
         match cached(app, storage, ck, format, &links).await {
             Some(body) => {
-                metrics::counter!(m::IMAGE_CACHE_HITS, "model" => ask.model.clone()).increment(1);
+                metrics::counter!(m::IMAGE_CACHE_HITS, "model" => label).increment(1);
                 let images = body.1;
                 let mut entry = record.entry(None, 200, None);
                 entry.usage.images = images;
@@ -217,7 +222,7 @@ where
                 return Ok(json_response(StatusCode::OK, HeaderMap::new(), body.0));
             }
             None => {
-                metrics::counter!(m::IMAGE_CACHE_MISSES, "model" => ask.model.clone()).increment(1);
+                metrics::counter!(m::IMAGE_CACHE_MISSES, "model" => label.clone()).increment(1);
             }
         }
     }
@@ -285,10 +290,10 @@ where
         &generated.usage,
     );
     if !cost.known_model {
-        metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => ask.model.clone()).increment(1);
+        metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => label.clone()).increment(1);
     }
-    metrics::counter!(m::IMAGES, "model" => ask.model.clone()).increment(generated.usage.images);
-    metrics::counter!(m::COST, "model" => ask.model.clone()).increment(cost.nanousd);
+    metrics::counter!(m::IMAGES, "model" => label.clone()).increment(generated.usage.images);
+    metrics::counter!(m::COST, "model" => label).increment(cost.nanousd);
 
     let body = if native {
         raw

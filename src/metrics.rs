@@ -126,6 +126,34 @@ struct Handles {
 /// Beyond this many models, the counters of new ones are looked up on every request instead.
 const MAX_CACHED_MODELS: usize = 1024;
 
+/// Models the price table does not know that get a `model` label of their own.
+const MAX_UNKNOWN_MODELS: usize = 100;
+
+/// The `model` label of a series. The client names the model (an account without model globs
+/// takes any name), and each label value is a series the recorder keeps for good: a label per
+/// name sent would let one key grow the process's memory without bound. A model the price table
+/// knows (`known`) keeps its name; another gets its own only among the first
+/// `MAX_UNKNOWN_MODELS` seen, then `other`.
+pub fn model_label(model: &str, known: bool) -> String {
+    static UNKNOWN: OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        OnceLock::new();
+    if known {
+        return model.to_owned();
+    }
+    let mut seen = UNKNOWN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if seen.contains(model) {
+        return model.to_owned();
+    }
+    if seen.len() < MAX_UNKNOWN_MODELS {
+        seen.insert(model.to_owned());
+        return model.to_owned();
+    }
+    "other".to_owned()
+}
+
 /// The `kind` label of `TOKENS`, in the order `record_model_usage` takes the counts.
 pub const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_creation", "cache_read"];
 
@@ -228,5 +256,24 @@ impl ModelCounters {
             }
         }
         self.cost.increment(cost_nanousd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_are_bounded_by_what_the_client_sends() {
+        assert_eq!(model_label("claude-sonnet-4-5", true), "claude-sonnet-4-5");
+        // Stable for a name once labelled, whichever it got.
+        let first = model_label("label-test-first", false);
+        for i in 0..2 * MAX_UNKNOWN_MODELS {
+            model_label(&format!("label-test-{i}"), false);
+        }
+        assert_eq!(model_label("label-test-first", false), first);
+        assert_eq!(model_label("label-test-never-seen", false), "other");
+        // Known models keep their names however many unknown ones came.
+        assert_eq!(model_label("gpt-4o", true), "gpt-4o");
     }
 }
