@@ -135,8 +135,7 @@ const MAX_UNKNOWN_MODELS: usize = 100;
 /// knows (`known`) keeps its name; another gets its own only among the first
 /// `MAX_UNKNOWN_MODELS` seen, then `other`.
 pub fn model_label(model: &str, known: bool) -> String {
-    static UNKNOWN: OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
-        OnceLock::new();
+    static UNKNOWN: OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = OnceLock::new();
     if known {
         return model.to_owned();
     }

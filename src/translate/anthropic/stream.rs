@@ -59,11 +59,23 @@ impl Translate for ToChatStream {
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        // A stream cut before `message_stop` still ends the way clients expect, with what was
-        // learned; no finish_reason is invented, so a client can tell it was cut.
-        if !self.state.ended {
-            self.state.end(out);
+        if self.state.ended {
+            return;
         }
+        // Cut after its stop reason (only `message_stop` missing): the answer is whole.
+        if self.state.finished {
+            self.state.end(out);
+            return;
+        }
+        // A clean end before the stop reason is a cut upstream: an error chunk and no `[DONE]`,
+        // as the Gemini translation does, so that a client does not take a partial answer (a
+        // half-written tool call) for a whole one.
+        let cut = WireError {
+            kind: Some("api_error".to_owned()),
+            message: Some("upstream stream ended before the answer was complete".to_owned()),
+        };
+        write_data(out, &json!({ "error": openai_error(&cut, Some(502)) }));
+        self.state.ended = true;
     }
 }
 

@@ -360,24 +360,44 @@ fn error_event_ends_the_stream_without_done() {
 }
 
 #[test]
-fn a_cut_stream_still_ends_cleanly_with_what_was_learned() {
+fn a_stream_cut_before_its_stop_reason_ends_with_an_error_not_done() {
     let raw = fixture("anthropic_stream.txt");
     let text = std::str::from_utf8(&raw).unwrap();
     // Cut inside the message_delta event: the text arrived, the stop reason did not.
     let cut = text.find(r#""stop_reason": "end_turn""#).unwrap();
+    let out = run(true, &[&raw[..cut]]);
+    let parsed = parse(&out);
+    assert!(!parsed.done, "{}", String::from_utf8_lossy(&out));
+    let (errors, chunks): (Vec<Value>, Vec<Value>) = parsed
+        .chunks
+        .into_iter()
+        .partition(|c| c.get("error").is_some());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let a = assemble(&Parsed {
+        chunks,
+        done: false,
+    });
+    assert_eq!(a.content, "Hi! This is the mock upstream.");
+    assert_eq!(a.finish_reason, None);
+    assert_eq!(errors[0]["error"]["type"], "server_error", "{errors:?}");
+    let text_out = String::from_utf8(out).unwrap();
+    let last = text_out.trim_end().rsplit("\n\n").next().unwrap();
+    let last: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert!(
+        last.get("error").is_some(),
+        "the error comes last: {text_out}"
+    );
+    // Cut after message_delta but before message_stop: the answer is whole.
+    let cut = text.find("event: message_stop").unwrap();
     let parsed = parse(&run(true, &[&raw[..cut]]));
     assert!(parsed.done);
     let a = assemble(&parsed);
-    assert_eq!(a.content, "Hi! This is the mock upstream.");
-    assert_eq!(a.finish_reason, None);
-    assert_eq!(a.usage.unwrap()["completion_tokens"], 1);
-    // Cut after message_delta but before message_stop: finish reason and full usage.
-    let cut = text.find("event: message_stop").unwrap();
-    let a = assemble(&parse(&run(true, &[&raw[..cut]])));
     assert_eq!(a.finish_reason.as_deref(), Some("stop"));
     assert_eq!(a.usage.unwrap()["completion_tokens"], 7);
-    // Nothing at all: just [DONE].
-    assert_eq!(run(true, &[]), b"data: [DONE]\n\n");
+    // Nothing at all: an error too.
+    let out = String::from_utf8(run(true, &[])).unwrap();
+    assert!(out.starts_with("data: {\"error\""), "{out}");
+    assert!(!out.contains("[DONE]"));
 }
 
 #[test]
