@@ -13,9 +13,10 @@ use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -340,18 +341,12 @@ impl Connections {
     /// Serves one connection on a task of the current runtime.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, open: Open) {
         let app = Arc::clone(&self.app);
-        let service = service_fn(move |req| {
-            // Boxed: hyper keeps a slot the size of this future for the whole life of the
-            // connection, and the relay's future is several KiB.
-            let handled = Box::pin(crate::router::handle(Arc::clone(&app), req));
-            async move { Ok::<_, std::convert::Infallible>(handled.await) }
-        });
         let versions = Arc::clone(&self.versions);
         let watcher = self.graceful.watcher();
         let mut closing = self.closing.subscribe();
         // Stopped by: the connection closing, silence past the header timeout, or the stop
-        // (at once while the version is undecided, else gracefully through `watcher`, and at the
-        // end of the grace period by `cut`).
+        // (at once while the version is undecided, else gracefully, and at the end of the grace
+        // period by `Stop::Cut`).
         tokio::spawn(async move {
             let _open = open;
             let sniffed = tokio::select! {
@@ -359,30 +354,40 @@ impl Connections {
                 _ = closing.wait_for(|stop| *stop != Stop::Serving) => return,
             };
             let io = TokioIo::new(stream);
-            // Dropping a connection drops its request: the relay settles it as one whose client
-            // hung up (what passed is billed, the leases are given back).
-            let cut = async move {
-                let _ = closing.wait_for(|stop| *stop == Stop::Cut).await;
-                tracing::debug!(peer = %peer, "connection closed at the end of the grace period");
-                Ok(())
-            };
             let served = match sniffed {
                 Ok(Ok(false)) => {
+                    let service = service_fn(move |req| handle(&app, req));
                     let serve = watcher.watch(versions.http1.serve_connection(io, service));
+                    // Dropping a connection drops its request: the relay settles it as one whose
+                    // client hung up (what passed is billed, the leases are given back).
                     tokio::select! {
                         served = serve => served,
-                        cut = cut => cut,
+                        _ = closing.wait_for(|stop| *stop == Stop::Cut) => Ok(()),
                     }
                 }
                 // h2c with prior knowledge is rare; its larger connection state gets a box of
                 // its own, so that the task of every HTTP/1.1 connection stays small.
                 Ok(Ok(true)) => {
-                    let serve =
-                        Box::pin(watcher.watch(versions.http2.serve_connection(io, service)));
-                    tokio::select! {
-                        served = serve => served,
-                        cut = cut => cut,
-                    }
+                    // Counted by the stop's drain until the connection ends.
+                    let _watched = watcher;
+                    let activity = Arc::new(Activity::default());
+                    let seen = Arc::clone(&activity);
+                    let service = service_fn(move |req| {
+                        let during = seen.begin();
+                        let handled = handle(&app, req);
+                        async move {
+                            let resp = handled.await?;
+                            Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                                During {
+                                    body,
+                                    _during: during,
+                                }
+                                .boxed()
+                            }))
+                        }
+                    });
+                    let conn = Box::pin(versions.http2.serve_connection(io, service));
+                    serve_h2(conn, &activity, closing, versions.first_bytes_timeout).await
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %peer, error = %e, "connection closed before a request");
@@ -414,6 +419,123 @@ impl Connections {
             self.closing.send_replace(Stop::Cut);
             // Each closed connection's request settles as it drops; their tasks end at once.
             let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
+        }
+    }
+}
+
+/// One request through the relay. Boxed: hyper keeps a slot the size of this future for the
+/// whole life of the connection, and the relay's future is several KiB.
+fn handle(
+    app: &Arc<App>,
+    req: http::Request<hyper::body::Incoming>,
+) -> impl Future<Output = Result<http::Response<crate::body::Body>, std::convert::Infallible>> + use<>
+{
+    let handled = Box::pin(crate::router::handle(Arc::clone(app), req));
+    async move { Ok(handled.await) }
+}
+
+/// What an h2c connection's requests are doing: how many began, how many are in flight (until
+/// their response body ends or is dropped).
+#[derive(Default)]
+struct Activity {
+    begun: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    fn is_quiet(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// One request in flight on an h2c connection.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that counts as its request in flight until it ends or is dropped.
+struct During {
+    body: crate::body::Body,
+    _during: InFlight,
+}
+
+impl http_body::Body for During {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Serves an h2c connection. hyper's h2 server closes none that stays open without requests,
+/// so one where no request began nor ran for `idle` is shut, gracefully (GOAWAY: the client
+/// opens another connection for more), as an idle HTTP/1.1 connection is closed after the
+/// header timeout; and dropped if it is still open with nothing in flight `idle` later (a
+/// client that does not answer the shutdown's PING keeps it open otherwise). The stop shuts it
+/// the same way, and `Stop::Cut` drops it.
+async fn serve_h2<C>(
+    mut conn: std::pin::Pin<Box<C>>,
+    activity: &Activity,
+    mut closing: watch::Receiver<Stop>,
+    idle: Duration,
+) -> Result<(), hyper::Error>
+where
+    C: hyper_util::server::graceful::GracefulConnection<Error = hyper::Error>,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    let mut seen = activity.begun.load(Ordering::Relaxed);
+    let mut shutting = false;
+    loop {
+        let stop = *closing.borrow_and_update();
+        if stop == Stop::Cut {
+            return Ok(());
+        }
+        if stop == Stop::Draining && !shutting {
+            conn.as_mut().graceful_shutdown();
+            shutting = true;
+        }
+        tokio::select! {
+            served = conn.as_mut() => return served,
+            changed = closing.changed() => {
+                if changed.is_err() {
+                    // The server is gone: nothing will signal the stop any more.
+                    return conn.await;
+                }
+            }
+            _ = tick.tick() => {
+                let begun = activity.begun.load(Ordering::Relaxed);
+                let quiet = begun == seen && activity.is_quiet();
+                seen = begun;
+                if quiet && shutting {
+                    return Ok(());
+                }
+                if quiet {
+                    conn.as_mut().graceful_shutdown();
+                    shutting = true;
+                }
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::mock::{Behavior, MockUpstream, MockUsage};
 use crate::support::relay::{Relay, messages_body, relay_with_account};
 
 /// Bounds every wait below, so that a regression fails instead of hanging.
@@ -85,6 +86,68 @@ async fn a_connection_that_sends_nothing_or_half_a_preface_is_closed_after_the_h
     }
     // The relay still serves.
     assert_eq!(relay.health().await["status"], "ok");
+}
+
+#[tokio::test]
+async fn an_h2c_connection_without_requests_is_shut_after_the_idle_time() {
+    let relay = Relay::start_configured(|c| c.server.header_read_timeout_secs = 1).await;
+    let mut conn = TcpStream::connect(relay.addr).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    conn.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let started = std::time::Instant::now();
+    // Its SETTINGS, then a GOAWAY (type 7) once no request began for a second, then the close.
+    let got = read_to_end(&mut conn).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut frames = Vec::new();
+    let mut rest = &got[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        frames.push(rest[3]);
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert!(frames.contains(&7), "a GOAWAY before the close: {frames:?}");
+    assert_eq!(relay.health().await["status"], "ok");
+}
+
+/// A stream running past the idle time keeps its h2c connection; a request after it still works.
+#[tokio::test]
+async fn an_h2c_stream_longer_than_the_idle_time_runs_to_its_end() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start_configured(|c| c.server.header_read_timeout_secs = 1).await;
+    relay
+        .add_account(&mock, "sk-a", serde_json::json!({}))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    // About 2.5 s of stream.
+    mock.set_default(Behavior::Slow {
+        usage: MockUsage::new(5, 6),
+        delay: Duration::from_millis(500),
+    });
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let resp = h2
+            .post(relay.url("/v1/messages"))
+            .header("x-api-key", &key)
+            .json(&messages_body("claude-sonnet-4-5", true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        let got = tokio::time::timeout(BOUND, resp.bytes())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, mock.responses().pop().unwrap());
+    }
 }
 
 #[tokio::test]
