@@ -185,6 +185,12 @@ fn finish(
     // The name goes into the upstream URL for Imagen and Gemini (`models/{model}:predict`), and
     // into metrics labels: a space made every Gemini account's request fail as a connect error
     // (and cool the account down), a `#` or `/../` could name another model or method.
+    if model.len() > crate::relay::MAX_MODEL_NAME {
+        return Err(ApiError::invalid(format!(
+            "model: a model name is at most {} bytes",
+            crate::relay::MAX_MODEL_NAME
+        )));
+    }
     if !model
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -342,7 +348,9 @@ mod tests {
         assert!(e.message.contains("response_format"), "{}", e.message);
         assert!(parse_json(b"[1]").is_err());
         // A name that would change the upstream URL, or a streamed answer, is refused.
+        let long = "m".repeat(300);
         for model in [
+            long.as_str(),
             "imagen- x",
             "imagen-4.0:predict#",
             "imagen/../veo-3",

@@ -270,10 +270,32 @@ fn required_model(model: Option<String>) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::invalid("model: field required"))
 }
 
-/// The raw first element of a JSON array (the conversation's first message), for sessions.
+/// The raw first element of a JSON array (the conversation's first message), for sessions:
+/// the rest is skipped, not collected (a vector of every message was a pointer per element of a
+/// body of up to 32 MiB, on every request).
 fn first_of(raw: Option<&RawValue>) -> Option<&RawValue> {
-    let items: Vec<&RawValue> = serde_json::from_str(raw?.get()).ok()?;
-    items.into_iter().next()
+    struct First<'a>(Option<&'a RawValue>);
+    impl<'de> Deserialize<'de> for First<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = First<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an array")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<First<'de>, A::Error> {
+                    let first = seq.next_element::<&'de RawValue>()?;
+                    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                    Ok(First(first))
+                }
+            }
+            d.deserialize_seq(Visit)
+        }
+    }
+    serde_json::from_str::<First<'_>>(raw?.get()).ok()?.0
 }
 
 /// Builds the call for `endpoint` from the client's body; `default_max_tokens` fills in what a
@@ -573,6 +595,20 @@ fn chat<'a>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_message_is_read_without_the_rest() {
+        let raw = |s: &str| serde_json::value::RawValue::from_string(s.to_owned()).unwrap();
+        let many = raw(r#"[{"role":"user","content":"hi"}, {"a":[1,2,{"b":"]"}]}, 3]"#);
+        assert_eq!(
+            first_of(Some(&many)).map(RawValue::get),
+            Some(r#"{"role":"user","content":"hi"}"#)
+        );
+        for none in ["[]", r#"{"not":"an array"}"#, r#""text""#] {
+            assert!(first_of(Some(&raw(none))).is_none(), "{none}");
+        }
+        assert!(first_of(None).is_none());
+    }
 
     /// Whether each surface's call says the client asked for a stream (the answer timeout
     /// depends on it).

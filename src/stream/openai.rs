@@ -254,47 +254,77 @@ pub fn ask_for_usage(body: &[u8]) -> Option<Bytes> {
 
 /// Passes a chat stream through byte for byte, but for the usage-only chunk (`choices: []` with
 /// a `usage` object) that Switchyard asked for on the client's behalf. Events are held only
-/// until the blank line that ends them.
+/// until the blank line that ends them, and at most `MAX_HELD` bytes: a usage chunk is a few
+/// hundred, so a longer event is not one and goes on before its end.
 #[derive(Debug, Default)]
 pub struct HideUsageChunk {
     pending: BytesMut,
+    /// Where the line being read begins in `pending` (the search for a blank line goes on from
+    /// there rather than from the start each time).
+    line: usize,
 }
+
+/// The most of one event held back.
+const MAX_HELD: usize = 64 * 1024;
 
 impl Translate for HideUsageChunk {
     fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) {
         self.pending.extend_from_slice(chunk);
-        while let Some(end) = event_end(&self.pending) {
-            let event = self.pending.split_to(end);
-            if !is_usage_only(&event) {
-                out.extend_from_slice(&event);
+        loop {
+            match event_end(&self.pending, self.line) {
+                Ok(end) => {
+                    let event = self.pending.split_to(end);
+                    self.line = 0;
+                    if !is_usage_only(&event) {
+                        out.extend_from_slice(&event);
+                    }
+                }
+                Err(line) if self.pending.len() > MAX_HELD => {
+                    let _ = line;
+                    out.extend_from_slice(&self.pending.split());
+                    self.line = 0;
+                    return;
+                }
+                Err(line) => {
+                    self.line = line;
+                    return;
+                }
             }
         }
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
         let rest = std::mem::take(&mut self.pending);
+        self.line = 0;
         if !is_usage_only(&rest) {
             out.extend_from_slice(&rest);
         }
     }
 }
 
-/// The end (exclusive) of the first complete event in `buf`: after its blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            let next = &buf[i + 1..];
-            if next.starts_with(b"\n") {
-                return Some(i + 2);
-            }
-            if next.starts_with(b"\r\n") {
-                return Some(i + 3);
-            }
+/// The end (exclusive) of the first complete event in `buf`, after its blank line, reading
+/// lines from `line` (a line's start); else where the line being read begins. A line ends with
+/// `\n`, `\r\n` or `\r`, as SSE has it (a `\r` last in `buf` waits for what follows).
+fn event_end(buf: &[u8], line: usize) -> Result<usize, usize> {
+    let mut line = line;
+    while let Some(found) = buf
+        .get(line..)
+        .and_then(|rest| memchr::memchr2(b'\n', b'\r', rest))
+    {
+        let at = line + found;
+        let len = match (buf[at], buf.get(at + 1)) {
+            (b'\r', Some(b'\n')) => 2,
+            // The blank line is whole (a `\n` after it would be a blank line of its own, which
+            // changes nothing); another line's `\r` may be the start of its `\r\n`.
+            (b'\r', None) if found > 0 => return Err(line),
+            _ => 1,
+        };
+        if found == 0 {
+            return Ok(at + len);
         }
-        i += 1;
+        line = at + len;
     }
-    None
+    Err(line)
 }
 
 fn is_usage_only(event: &[u8]) -> bool {
@@ -489,5 +519,37 @@ mod tests {
         hide.feed(crlf.as_bytes(), &mut out);
         hide.finish(&mut out);
         assert_eq!(out.as_ref(), b"data: [DONE]\r\n\r\n");
+        // CR framing: each event goes on as it ends, not at the stream's end.
+        let mut out = BytesMut::new();
+        let mut hide = HideUsageChunk::default();
+        hide.feed(b"data: {\"choices\":[{}]}\r\r", &mut out);
+        assert_eq!(out.as_ref(), b"data: {\"choices\":[{}]}\r\r");
+        hide.feed(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\r",
+            &mut out,
+        );
+        hide.feed(b"data: [DONE]\r", &mut out);
+        hide.feed(b"\r", &mut out);
+        assert_eq!(
+            out.as_ref(),
+            b"data: {\"choices\":[{}]}\r\rdata: [DONE]\r\r"
+        );
+    }
+
+    #[test]
+    fn a_long_event_goes_on_before_its_end() {
+        let mut hide = HideUsageChunk::default();
+        let mut out = BytesMut::new();
+        let big = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}",
+            "x".repeat(MAX_HELD)
+        );
+        hide.feed(big.as_bytes(), &mut out);
+        assert_eq!(out.len(), big.len(), "held no more than MAX_HELD");
+        let tail = b"\"}}]}\n\ndata: [DONE]\n\n";
+        hide.feed(tail, &mut out);
+        hide.finish(&mut out);
+        assert_eq!(out.len(), big.len() + tail.len());
+        assert!(out.ends_with(b"data: [DONE]\n\n"));
     }
 }

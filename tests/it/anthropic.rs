@@ -995,3 +995,26 @@ async fn a_key_in_the_query_authenticates_but_never_goes_upstream() {
         assert_eq!(sent.headers["x-api-key"], ACCOUNT_KEY);
     }
 }
+
+#[tokio::test]
+async fn a_model_name_longer_than_any_is_refused_without_being_echoed() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    let long = "claude-".to_owned() + &"x".repeat(100_000);
+    let resp = relay
+        .messages(&key, &messages_body(&long, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.len() < 500,
+        "the name is not echoed: {} bytes",
+        body.len()
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(mock.requests().is_empty());
+    relay.app.stats.flush().await;
+    assert!(relay.requests("").await.is_empty());
+}
