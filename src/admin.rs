@@ -35,7 +35,7 @@ where
 {
     authorize(app, req.headers())?;
     let (parts, body) = req.into_parts();
-    let body = crate::relay::read_body(body, app.config.server.body_limit_bytes).await?;
+    let body = crate::relay::read_body(body, &app.config.server).await?;
     let query = parse_query(parts.uri.query());
     let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
     let method = &parts.method;

@@ -103,6 +103,9 @@ pub struct ServerConfig {
     pub body_limit_bytes: u64,
     /// A client must send its request headers within this time.
     pub header_read_timeout_secs: u64,
+    /// And its request body within this time (else 408): a body sent slowly holds memory and a
+    /// connection before the key's limits count the request.
+    pub body_read_timeout_secs: u64,
     /// On SIGINT/SIGTERM, in-flight requests and streams get this long to finish.
     pub shutdown_grace_secs: u64,
     pub keep_alive: bool,
@@ -131,6 +134,7 @@ impl Default for ServerConfig {
         ServerConfig {
             body_limit_bytes: 32 * 1024 * 1024,
             header_read_timeout_secs: 30,
+            body_read_timeout_secs: 120,
             shutdown_grace_secs: 30,
             keep_alive: true,
             workers: 0,
@@ -562,6 +566,11 @@ impl Config {
                 "invalid option `upstream`: first_byte_timeout_secs and answer_timeout_secs \
                  must be > 0"
                     .into(),
+            ));
+        }
+        if self.server.body_read_timeout_secs == 0 {
+            return Err(ConfigError(
+                "invalid option `server.body_read_timeout_secs`: must be > 0".into(),
             ));
         }
         if self.server.body_limit_bytes == 0 {

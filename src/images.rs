@@ -149,7 +149,7 @@ where
     let at_ms = jiff::Timestamp::now().as_millisecond();
     let key = authenticate_with(app, req.headers(), req.uri().query()).await?;
     let (parts, body) = req.into_parts();
-    let body = read_body(body, app.config.server.body_limit_bytes).await?;
+    let body = read_body(body, &app.config.server).await?;
     let ask = match op {
         Operation::Generations => request::parse_json(&body)?,
         Operation::Edits => {

@@ -96,7 +96,7 @@ where
     let at_ms = jiff::Timestamp::now().as_millisecond();
     let key = authenticate_with(app, req.headers(), req.uri().query()).await?;
     let (parts, body) = req.into_parts();
-    let body = read_body(body, app.config.server.body_limit_bytes).await?;
+    let body = read_body(body, &app.config.server).await?;
     let (mut call, hints) = call::build(
         &endpoint,
         vendor_path,
@@ -296,8 +296,28 @@ pub(crate) async fn authenticate_with(
     Ok(key)
 }
 
-/// Reads a request body whole, refusing more than `limit` bytes with 413.
-pub async fn read_body<B>(body: B, limit: u64) -> Result<Bytes, ApiError>
+/// Reads a request body whole within `server.body_read_timeout_secs` (else 408), refusing more
+/// than `server.body_limit_bytes` with 413.
+pub async fn read_body<B>(body: B, server: &crate::config::ServerConfig) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let within = Duration::from_secs(server.body_read_timeout_secs);
+    match tokio::time::timeout(within, read_limited(body, server.body_limit_bytes)).await {
+        Ok(read) => read,
+        Err(_) => {
+            let mut e = ApiError::invalid(format!(
+                "the request body did not arrive within {} s",
+                within.as_secs()
+            ));
+            e.status = http::StatusCode::REQUEST_TIMEOUT;
+            Err(e)
+        }
+    }
+}
+
+async fn read_limited<B>(body: B, limit: u64) -> Result<Bytes, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,

@@ -151,6 +151,27 @@ async fn an_h2c_stream_longer_than_the_idle_time_runs_to_its_end() {
 }
 
 #[tokio::test]
+async fn a_body_sent_too_slowly_gets_408_in_the_surface_s_shape() {
+    let relay = Relay::start_configured(|c| c.server.body_read_timeout_secs = 1).await;
+    let (_, key) = relay.create_key("k").await;
+    let mut conn = TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: relay\r\nx-api-key: {key}\r\n\
+         anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n\
+         content-length: 1000\r\nconnection: close\r\n\r\n{{\"model\":"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = String::from_utf8(read_to_end(&mut conn).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains(r#""type":"invalid_request_error""#),
+        "{answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn a_silent_connection_does_not_hold_up_the_stop() {
     let mut relay = Relay::start_configured(|c| c.server.shutdown_grace_secs = 60).await;
     let mut conn = TcpStream::connect(relay.addr).await.unwrap();
