@@ -740,14 +740,30 @@ pub fn spawn_sweeper(app: &Arc<App>) {
             };
             let now = app.clock.now_ms();
             drop(app);
-            match files::sweep(&storage, now, &mut at).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "expired images deleted"),
-                Err(e) => tracing::warn!(error = %e, "image sweep failed; retried next round"),
+            // Round after round until the listing wrapped: a round deletes at most a thousand,
+            // and more than that may expire between two ticks.
+            let mut deleted = 0;
+            for _ in 0..ROUNDS_PER_TICK {
+                match files::sweep(&storage, now, &mut at).await {
+                    Ok(n) => deleted += n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "image sweep failed; retried next round");
+                        break;
+                    }
+                }
+                if at.is_at_start() {
+                    break;
+                }
+            }
+            if deleted > 0 {
+                tracing::info!(deleted, "expired images deleted");
             }
         }
     });
 }
+
+/// Sweep rounds per tick at most (a round looks at 10,000 names of each kind).
+const ROUNDS_PER_TICK: usize = 100;
 
 /// One sweep now (tests, and an admin who wants space back at once).
 pub async fn sweep_now(app: &App) -> usize {
