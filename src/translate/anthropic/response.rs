@@ -72,6 +72,10 @@ impl ToChatJson {
                 Block::Other => {}
             }
         }
+        // OpenAI leaves `content` null only beside tool calls; an empty answer is "".
+        if tool_calls.is_empty() {
+            text.get_or_insert_with(String::new);
+        }
         let completion = Completion {
             id: format!("chatcmpl-{}", message.id),
             object: "chat.completion",
@@ -256,6 +260,15 @@ mod tests {
             );
             assert_eq!(v["choices"][0]["finish_reason"], want);
             assert_eq!(v["usage"]["total_tokens"], 3);
+        }
+        // No text and no tool call (only thinking, or nothing): "" as OpenAI answers, not null.
+        for content in [json!([]), json!([{ "type": "thinking", "thinking": "hm" }])] {
+            let body = json!({
+                "id": "msg_3", "type": "message", "content": content,
+                "stop_reason": "end_turn", "usage": { "input_tokens": 1, "output_tokens": 0 },
+            });
+            let v = convert(&[body.to_string().as_bytes()]);
+            assert_eq!(v["choices"][0]["message"]["content"], "", "{content}");
         }
     }
 
