@@ -188,14 +188,45 @@ where
         leases: Some((key_lease, picked.lease)),
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
-    let mut tapped = Tap::new(upstream_body, settle).with_idle_timeout(idle);
-    // A JSON answer's body is ready when its head is (one frame): hyper writes them together.
-    if streaming {
-        tapped = primed(tapped).await;
-    }
-    let body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
+    let tapped = {
+        let tapped = Tap::new(upstream_body, settle).with_idle_timeout(idle);
+        // A JSON answer's body is ready when its head is (one frame): hyper writes them
+        // together.
+        if streaming {
+            primed(tapped).await
+        } else {
+            tapped
+        }
+    };
+    let translated_json = !streaming
+        && head.status.is_success()
+        && matches!(
+            call.respond,
+            call::Respond::ChatFromAnthropic { .. } | call::Respond::ChatFromGemini { .. }
+        );
+    let mut body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
     m::upstream_ttfb().record((head_at - sent_at).as_secs_f64());
     m::relay_overhead().record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
+    if translated_json {
+        // Read whole before the head goes: an answer that could not be translated (unreadable,
+        // over the cap, an error sent with 200) must reach the client as a 502, which its SDK
+        // raises and retries, not as a 200 whose body is an error.
+        let whole = ReadWhole {
+            body,
+            read: bytes::BytesMut::new(),
+        }
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::BadGateway,
+                format!("the upstream's answer could not be read: {e}"),
+            )
+        })?;
+        if whole.starts_with(b"{\"error\"") {
+            head.status = http::StatusCode::BAD_GATEWAY;
+        }
+        body = crate::body::full(whole);
+    }
     Ok(Response::from_parts(head, body))
 }
 
@@ -227,6 +258,31 @@ impl Future for Priming {
         };
         std::task::ready!(tap.poll_prime(cx, &mut this.quiet));
         this.tap.take().map_or(Poll::Pending, Poll::Ready)
+    }
+}
+
+/// Reads a response body whole; a future of its own for the reason `Priming` gives.
+struct ReadWhole {
+    body: Body,
+    read: bytes::BytesMut,
+}
+
+impl Future for ReadWhole {
+    type Output = Result<Bytes, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match std::task::ready!(http_body::Body::poll_frame(Pin::new(&mut this.body), cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.read.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(this.read.split().freeze())),
+            }
+        }
     }
 }
 

@@ -257,6 +257,19 @@ async fn translated_errors_failover_limits_and_cuts() {
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert_eq!(v["error"]["message"], "max_tokens too big");
 
+    // A 200 whose body cannot be translated reaches the client as a 502, not a 200 with an
+    // error inside (which the SDKs would take for a completion).
+    a.push_behavior(Behavior::Error {
+        status: 200,
+        body: "not json at all".to_owned(),
+        headers: Vec::new(),
+    });
+    let (status, content_type, body) = send(&relay, &key, &chat(model, false, false)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(content_type.starts_with("application/json"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "server_error", "{v}");
+
     // Every account failing: the last failure, translated.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     a.push_behavior(Behavior::error(500, "api_error", "a down"));
