@@ -106,6 +106,9 @@ pub struct ServerConfig {
     /// And its request body within this time (else 408): a body sent slowly holds memory and a
     /// connection before the key's limits count the request.
     pub body_read_timeout_secs: u64,
+    /// A write to a client that does not read may wait this long before the connection is
+    /// closed (its request then settles as one whose client went away).
+    pub write_timeout_secs: u64,
     /// On SIGINT/SIGTERM, in-flight requests and streams get this long to finish.
     pub shutdown_grace_secs: u64,
     pub keep_alive: bool,
@@ -135,6 +138,7 @@ impl Default for ServerConfig {
             body_limit_bytes: 32 * 1024 * 1024,
             header_read_timeout_secs: 30,
             body_read_timeout_secs: 120,
+            write_timeout_secs: 300,
             shutdown_grace_secs: 30,
             keep_alive: true,
             workers: 0,
@@ -568,9 +572,10 @@ impl Config {
                     .into(),
             ));
         }
-        if self.server.body_read_timeout_secs == 0 {
+        if self.server.body_read_timeout_secs == 0 || self.server.write_timeout_secs == 0 {
             return Err(ConfigError(
-                "invalid option `server.body_read_timeout_secs`: must be > 0".into(),
+                "invalid option `server`: body_read_timeout_secs and write_timeout_secs must be > 0"
+                    .into(),
             ));
         }
         if self.server.body_limit_bytes == 0 {

@@ -313,6 +313,8 @@ struct Versions {
     http2: http2::Builder<TokioExecutor>,
     /// How long a new connection may stay silent.
     first_bytes_timeout: Duration,
+    /// How long a write to the client may wait (`server.write_timeout_secs`).
+    write_timeout: Duration,
 }
 
 impl Connections {
@@ -332,6 +334,7 @@ impl Connections {
                 http1,
                 http2,
                 first_bytes_timeout: header_read_timeout,
+                write_timeout: Duration::from_secs(server.write_timeout_secs),
             }),
             graceful: GracefulShutdown::new(),
             closing: watch::channel(Stop::Serving).0,
@@ -353,7 +356,7 @@ impl Connections {
                 sniffed = tokio::time::timeout(versions.first_bytes_timeout, opens_with_h2_preface(&stream)) => sniffed,
                 _ = closing.wait_for(|stop| *stop != Stop::Serving) => return,
             };
-            let io = TokioIo::new(stream);
+            let io = TokioIo::new(WriteDeadline::new(stream, versions.write_timeout));
             let served = match sniffed {
                 Ok(Ok(false)) => {
                     let service = service_fn(move |req| handle(&app, req));
@@ -537,6 +540,105 @@ where
                 }
             }
         }
+    }
+}
+
+/// A client connection whose writes may wait at most `limit`. hyper has no write timeout and
+/// polls a response body only when it can write, so a client that stops reading would hold its
+/// request, the upstream connection and its leases for as long as it likes (the tap's idle timer
+/// is not polled either); past the limit the write fails, hyper closes the connection, and the
+/// request settles as one whose client went away. The timer is made on the first write that
+/// has to wait, and reset by each write that goes through.
+struct WriteDeadline {
+    stream: TcpStream,
+    limit: Duration,
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(stream: TcpStream, limit: Duration) -> WriteDeadline {
+        WriteDeadline {
+            stream,
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// After a write that could not go through now: fails once it has waited `limit`.
+    fn wait(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<usize>> {
+        let limit = self.limit;
+        let timer = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client has not read for the write timeout",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn wrote(
+        &mut self,
+        written: std::task::Poll<std::io::Result<usize>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match written {
+            std::task::Poll::Pending => self.wait(cx),
+            done => {
+                self.waiting = None;
+                done
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for WriteDeadline {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WriteDeadline {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(written, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(written, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -171,6 +171,57 @@ async fn a_body_sent_too_slowly_gets_408_in_the_surface_s_shape() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A client that stops reading is disconnected once a write has waited the write timeout; its
+/// request settles (leases given back) instead of holding them for as long as it likes.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start_configured(|c| c.server.write_timeout_secs = 1).await;
+    let account_id = relay
+        .add_account(&mock, "sk-a", serde_json::json!({}))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    // An answer far larger than the sockets' buffers.
+    mock.set_default(Behavior::Error {
+        status: 200,
+        body: format!("{{\"pad\":\"{}\"}}", "x".repeat(32 << 20)),
+        headers: Vec::new(),
+    });
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(relay.addr).await.unwrap();
+    let body = messages_body("claude-sonnet-4-5", false).to_string();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: relay\r\nx-api-key: {key}\r\n\
+         anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // Never read. The request holds its account while the relay writes...
+    let started = std::time::Instant::now();
+    while relay.account_in_flight(&account_id).await == 0 {
+        assert!(started.elapsed() < BOUND, "the request never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held = std::time::Instant::now();
+    // ...until a write has waited a second: then the relay gives up and releases it.
+    while relay.account_in_flight(&account_id).await > 0 {
+        assert!(
+            held.elapsed() < BOUND,
+            "the request still holds its account"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        held.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        held.elapsed()
+    );
+    assert_eq!(mock.served(), 1, "the upstream was asked");
+    drop(conn);
+}
+
 #[tokio::test]
 async fn a_silent_connection_does_not_hold_up_the_stop() {
     let mut relay = Relay::start_configured(|c| c.server.shutdown_grace_secs = 60).await;
