@@ -1,7 +1,7 @@
 //! Everything a request handler needs, built once at start.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicI64, AtomicUsize};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ pub struct App {
     pricing: RwLock<Arc<Pricing>>,
     /// Where generated images are kept (`images.storage`); `None` when not configured.
     pub image_storage: Option<Arc<crate::images::storage::Storage>>,
+    /// When `/metrics` last read the accounts' state from the store (unix ms).
+    pub accounts_scraped_ms: AtomicI64,
 }
 
 /// What one server worker has of its own.
@@ -134,6 +136,7 @@ impl App {
             calendar: crate::limits::meters::Calendar::new(timezone),
             pricing: RwLock::new(Arc::new(pricing)),
             image_storage,
+            accounts_scraped_ms: AtomicI64::new(0),
         });
         crate::images::spawn_sweeper(&app);
         Ok(app)

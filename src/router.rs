@@ -269,7 +269,25 @@ async fn health(app: &App) -> Response<Body> {
 }
 
 async fn metrics(app: &App) -> Response<Body> {
-    account_gauges(app).await;
+    // The accounts' state is read from the store at most once a second: `/metrics` takes no
+    // credential, and a store call per account per scrape was the store's load to set.
+    let now = jiff::Timestamp::now().as_millisecond();
+    let last = app
+        .accounts_scraped_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1_000
+        && app
+            .accounts_scraped_ms
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        account_gauges(app).await;
+    }
     let mut resp = Response::new(body::full(crate::metrics::render()));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

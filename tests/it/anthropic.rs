@@ -888,6 +888,34 @@ async fn health_and_metrics_report() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
+    // The accounts' state is read from the store at most once a second, however often scraped.
+    let in_flight = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("switchyard_account_in_flight{"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    assert_eq!(in_flight(&text).as_deref(), Some("0"));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    relay.metrics().await;
+    let scraped = std::time::Instant::now();
+    mock.set_default(Behavior::DelayHeaders(Duration::from_secs(3), usage(1, 2)));
+    let slow = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send();
+    let slow = tokio::spawn(slow);
+    wait_until("the slow request upstream", || mock.in_flight() == 1).await;
+    let again = relay.metrics().await;
+    // (Unless this machine took the whole second to get here.)
+    if scraped.elapsed() < Duration::from_millis(900) {
+        assert_eq!(
+            in_flight(&again).as_deref(),
+            Some("0"),
+            "read again at once"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(in_flight(&relay.metrics().await).as_deref(), Some("1"));
+    slow.await.unwrap().unwrap();
 }
 
 #[tokio::test]
