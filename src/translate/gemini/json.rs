@@ -118,6 +118,14 @@ impl Translate for ToChatJson {
             Ok(GenResponse {
                 error: Some(error), ..
             }) => write_json(out, &openai_error(error.code.unwrap_or(500), &error)),
+            // No candidate and no blocked prompt: nothing to answer with (`choices: []` would
+            // fail every client at `choices[0]`); the stream translation ends the same way.
+            Ok(response) if response.candidates.is_empty() && !response.prompt_blocked() => {
+                write_json(
+                    out,
+                    &openai_error(502, &unreadable("upstream returned no candidate")),
+                );
+            }
             Ok(response) => write_json(out, &self.convert(&response)),
             Err(e) => {
                 tracing::warn!(error = %e, "Gemini answer is not a GenerateContentResponse");
@@ -271,6 +279,14 @@ mod tests {
             v["error"]["message"],
             "upstream returned an unreadable response"
         );
+        // No candidate, no blocked prompt: an error, not `choices: []`.
+        for empty in [&br#"{"candidates":[]}"#[..], br#"{"usageMetadata":{}}"#] {
+            let v = translate(&[empty]);
+            assert_eq!(
+                v["error"]["message"], "upstream returned no candidate",
+                "{v}"
+            );
+        }
     }
 
     #[test]
