@@ -248,7 +248,15 @@ where
         head_at,
     } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await? {
         Attempts::Served(served) => served,
-        Attempts::Failed(answer) => return Ok(answer),
+        // Every account failed with an answer: counted and logged as an image request.
+        Attempts::Failed(answer) => {
+            finish(
+                app,
+                record.entry(None, answer.status().as_u16(), None),
+                false,
+            );
+            return Ok(answer);
+        }
     };
     let account_id = picked.account.id().to_owned();
     let ttfb_ms = Some((head_at - sent_at).as_millis() as u64);

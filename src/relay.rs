@@ -157,7 +157,10 @@ where
         head_at,
     } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await? {
         Attempts::Served(served) => served,
-        Attempts::Failed(answer) => return Ok(answer),
+        Attempts::Failed(answer) => {
+            m::count_request(call.surface.as_str(), answer.status().as_u16());
+            return Ok(answer);
+        }
     };
     let account = picked.account;
 

@@ -229,7 +229,6 @@ impl Failure {
         match self {
             Failure::Error(e) => Err(e),
             Failure::Response(b) => {
-                m::count_request(call.surface.as_str(), b.status.as_u16());
                 let (headers, body) =
                     respond::error_body(&call.respond, b.status, b.headers, b.body);
                 let mut resp = Response::new(crate::body::full(body));

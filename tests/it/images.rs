@@ -641,6 +641,17 @@ async fn a_failing_account_hands_over_and_azure_uses_its_deployment() {
     )
     .await;
     assert_eq!(status, 503);
+    // Logged and counted as an image request that failed, billed nothing.
+    let r = last_request(&relay).await;
+    assert_eq!(
+        (r["status"].as_u64(), r["images"].as_u64()),
+        (Some(503), Some(0))
+    );
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics.contains(r#"switchyard_requests_total{surface="images",status="503"} 1"#),
+        "{metrics}"
+    );
 }
 
 /// An answer that stalls after its head is a failed attempt like a missing head: nothing has
