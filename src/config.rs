@@ -551,7 +551,7 @@ impl Config {
         if self.store != "embedded" && !redis_schemes.iter().any(|s| self.store.starts_with(s)) {
             return Err(ConfigError(format!(
                 "invalid option `store`: unsupported value {:?} (expected \"embedded\", \
-                 redis://host:port/db, rediss://… or redis-cluster://host:port,host:port)",
+                 redis://host:port/db, rediss://…, redis-cluster://host:port,host:port or rediss-cluster://…)",
                 self.store
             )));
         }
