@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 
-use super::wire::{GenResponse, finish_reason, write_json};
+use super::wire::{GenResponse, failed_finish, finish_reason, write_json};
 use super::{GeminiError, openai_error};
 use crate::translate::Translate;
 use crate::translate::chat::{Choice, Completion, Message, ToolCall, Usage};
@@ -120,6 +120,27 @@ impl Translate for ToChatJson {
             }) => write_json(out, &openai_error(error.code.unwrap_or(500), &error)),
             // No candidate and no blocked prompt: nothing to answer with (`choices: []` would
             // fail every client at `choices[0]`); the stream translation ends the same way.
+            // Every candidate failed (see `failed_finish`): an error, not a `stop`.
+            Ok(response)
+                if !response.candidates.is_empty()
+                    && response
+                        .candidates
+                        .iter()
+                        .all(|c| c.finish_reason.as_deref().is_some_and(failed_finish)) =>
+            {
+                let reason = response
+                    .candidates
+                    .first()
+                    .and_then(|c| c.finish_reason.as_deref())
+                    .unwrap_or("");
+                write_json(
+                    out,
+                    &openai_error(
+                        502,
+                        &unreadable(&format!("the model's answer failed: {reason}")),
+                    ),
+                );
+            }
             Ok(response) if response.candidates.is_empty() && !response.prompt_blocked() => {
                 write_json(
                     out,
@@ -278,6 +299,14 @@ mod tests {
         assert_eq!(
             v["error"]["message"],
             "upstream returned an unreadable response"
+        );
+        // A function call the model could not form: an error, not a `stop`.
+        let v = translate(&[
+            br#"{"candidates":[{"content":{"parts":[]},"finishReason":"UNEXPECTED_TOOL_CALL"}]}"#,
+        ]);
+        assert_eq!(
+            v["error"]["message"],
+            "the model's answer failed: UNEXPECTED_TOOL_CALL"
         );
         // No candidate, no blocked prompt: an error, not `choices: []`.
         for empty in [&br#"{"candidates":[]}"#[..], br#"{"usageMetadata":{}}"#] {

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use serde::Serialize;
 
 use super::openai_error;
-use super::wire::{GenResponse, Part, UsageMetadata, finish_reason, write_json};
+use super::wire::{GenResponse, Part, UsageMetadata, failed_finish, finish_reason, write_json};
 use crate::stream::sse::SseFramer;
 use crate::translate::Translate;
 use crate::translate::chat::{ToolCall, Usage};
@@ -153,6 +153,15 @@ impl State {
             self.flush_text(index, &mut text, out);
             self.flush_calls(index, &mut calls, out);
             if let Some(reason) = &candidate.finish_reason {
+                if failed_finish(reason) {
+                    let error = super::GeminiError {
+                        code: None,
+                        message: Some(format!("the model's answer failed: {reason}")),
+                        status: Some("INTERNAL".into()),
+                    };
+                    self.fail(out, &openai_error(502, &error));
+                    return;
+                }
                 let has_calls = self.choices.get(&index).is_some_and(|c| c.tool_calls > 0);
                 self.end_choice(index, finish_reason(reason, has_calls), out);
             }
@@ -584,6 +593,19 @@ data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"more\"}]},\"finishRe
                 .get("error")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_failed_function_call_is_an_error_not_a_stop() {
+        let ev = json!({ "candidates": [{ "content": { "parts": [] },
+                                          "finishReason": "MALFORMED_FUNCTION_CALL" }] });
+        let evs = events(&run(true, &[format!("data: {ev}\n\n").as_bytes()]));
+        let last = evs.last().unwrap();
+        assert_eq!(
+            last["error"]["message"],
+            "the model's answer failed: MALFORMED_FUNCTION_CALL"
+        );
+        assert!(!evs.iter().any(|e| e == "[DONE]"));
     }
 
     #[test]

@@ -101,6 +101,16 @@ impl GenResponse {
     }
 }
 
+/// Finish reasons that say the model's answer failed (a function call it could not form, or
+/// one it may not make): OpenAI has no such finish reason, and `stop` with whatever came would
+/// end a client's tool loop as if the model were done, so the client gets an error instead.
+pub(super) fn failed_finish(gemini: &str) -> bool {
+    matches!(
+        gemini,
+        "MALFORMED_FUNCTION_CALL" | "UNEXPECTED_TOOL_CALL" | "TOO_MANY_TOOL_CALLS"
+    )
+}
+
 /// OpenAI's `finish_reason` for a Gemini one. A stop that produced function calls is
 /// `tool_calls`, which is what OpenAI clients check before running tools.
 pub(super) fn finish_reason(gemini: &str, has_tool_calls: bool) -> &'static str {
