@@ -193,11 +193,7 @@ where
     let cfg = &app.config.images;
     let storage = app.image_storage.clone();
     let native = matches!(op, Operation::Predict { .. });
-    let label = {
-        let pricing = app.pricing();
-        let known = pricing.images().price(&ask.model).is_some() || pricing.price(&ask.model).1;
-        m::model_label(&ask.model, known)
-    };
+    let label = m::model_label(&ask.model).to_owned();
     let format = answer_format(app, &ask, storage.is_some());
     let links = Links::of(app, &parts.headers);
 

@@ -126,31 +126,32 @@ struct Handles {
 /// Beyond this many models, the counters of new ones are looked up on every request instead.
 const MAX_CACHED_MODELS: usize = 1024;
 
-/// Models the price table does not know that get a `model` label of their own.
-const MAX_UNKNOWN_MODELS: usize = 100;
+/// Model names that get a `model` label of their own; later ones share `other`.
+const MAX_MODEL_LABELS: usize = 256;
 
 /// The `model` label of a series. The client names the model (an account without model globs
-/// takes any name), and each label value is a series the recorder keeps for good: a label per
-/// name sent would let one key grow the process's memory without bound. A model the price table
-/// knows (`known`) keeps its name; another gets its own only among the first
-/// `MAX_UNKNOWN_MODELS` seen, then `other`.
-pub fn model_label(model: &str, known: bool) -> String {
-    static UNKNOWN: OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+/// takes any name, and the price table matches globs and strips date suffixes, so a known price
+/// says nothing of how many names there are), and each label value is a series the recorder
+/// keeps for good: a label per name sent would let one key grow the process's memory without
+/// bound. The first `MAX_MODEL_LABELS` names seen keep theirs, later ones get `other`.
+pub fn model_label(model: &str) -> &str {
+    static SEEN: OnceLock<std::sync::RwLock<std::collections::HashSet<String>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    let known = seen
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(model);
     if known {
-        return model.to_owned();
+        return model;
     }
-    let mut seen = UNKNOWN
-        .get_or_init(Default::default)
-        .lock()
+    let mut seen = seen
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if seen.contains(model) {
-        return model.to_owned();
-    }
-    if seen.len() < MAX_UNKNOWN_MODELS {
+    if seen.len() < MAX_MODEL_LABELS {
         seen.insert(model.to_owned());
-        return model.to_owned();
+        return model;
     }
-    "other".to_owned()
+    if seen.contains(model) { model } else { "other" }
 }
 
 /// The `kind` label of `TOKENS`, in the order `record_model_usage` takes the counts.
@@ -264,15 +265,14 @@ mod tests {
 
     #[test]
     fn model_labels_are_bounded_by_what_the_client_sends() {
-        assert_eq!(model_label("claude-sonnet-4-5", true), "claude-sonnet-4-5");
         // Stable for a name once labelled, whichever it got.
-        let first = model_label("label-test-first", false);
-        for i in 0..2 * MAX_UNKNOWN_MODELS {
-            model_label(&format!("label-test-{i}"), false);
+        let first = model_label("label-test-first").to_owned();
+        for i in 0..2 * MAX_MODEL_LABELS {
+            model_label(&format!("label-test-{i}"));
         }
-        assert_eq!(model_label("label-test-first", false), first);
-        assert_eq!(model_label("label-test-never-seen", false), "other");
-        // Known models keep their names however many unknown ones came.
-        assert_eq!(model_label("gpt-4o", true), "gpt-4o");
+        assert_eq!(model_label("label-test-first"), first);
+        assert_eq!(model_label("label-test-never-seen"), "other");
+        // However the name looks: a price-table glob does not make it its own label.
+        assert_eq!(model_label("claude-sonnet-4-label-test-random"), "other");
     }
 }

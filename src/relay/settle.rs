@@ -85,13 +85,11 @@ impl Observer for Settle {
             "request"
         );
         if self.usage.is_some() {
-            if cost.known_model {
-                record_token_metrics(&self.model, &usage, cost.nanousd);
-            } else {
-                let label = m::model_label(&self.model, false);
-                metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => label.clone()).increment(1);
-                record_token_metrics(&label, &usage, cost.nanousd);
+            let label = m::model_label(&self.model);
+            if !cost.known_model {
+                metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => label.to_owned()).increment(1);
             }
+            record_token_metrics(label, &usage, cost.nanousd);
             let billed = self.status < 400 || !usage.is_empty();
             // `on_end` is the last use of these: they move into the log entry.
             let entry = RequestLogEntry {
