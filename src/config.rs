@@ -572,9 +572,13 @@ impl Config {
                     .into(),
             ));
         }
-        if self.server.body_read_timeout_secs == 0 || self.server.write_timeout_secs == 0 {
+        if self.server.header_read_timeout_secs == 0
+            || self.server.body_read_timeout_secs == 0
+            || self.server.write_timeout_secs == 0
+        {
             return Err(ConfigError(
-                "invalid option `server`: body_read_timeout_secs and write_timeout_secs must be > 0"
+                "invalid option `server`: header_read_timeout_secs, body_read_timeout_secs and \
+                 write_timeout_secs must be > 0"
                     .into(),
             ));
         }

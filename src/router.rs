@@ -105,26 +105,28 @@ fn surface_of(
             return Some((*surface, rest.to_owned()));
         }
     }
-    let surface = if path.starts_with("/v1beta/") || is_gemini_call(path) {
-        Surface::Gemini
-    } else if path == "/v1/messages" || path.starts_with("/v1/messages/") {
-        Surface::Anthropic
-    } else if path == "/v1/models" || path.starts_with("/v1/models/") || path == "/v1/key-info" {
-        if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
-            Surface::Anthropic
-        } else if headers.contains_key("x-goog-api-key")
-            || headers.contains_key("x-goog-api-client")
-            || providers::query_key(query).is_some()
-        {
+    let surface =
+        if path.starts_with("/v1beta/") || path.starts_with("/v1alpha/") || is_gemini_call(path) {
             Surface::Gemini
-        } else {
+        } else if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Surface::Anthropic
+        } else if path == "/v1/models" || path.starts_with("/v1/models/") || path == "/v1/key-info"
+        {
+            if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
+                Surface::Anthropic
+            } else if headers.contains_key("x-goog-api-key")
+                || headers.contains_key("x-goog-api-client")
+                || providers::query_key(query).is_some()
+            {
+                Surface::Gemini
+            } else {
+                Surface::OpenAi
+            }
+        } else if path.starts_with("/v1/") {
             Surface::OpenAi
-        }
-    } else if path.starts_with("/v1/") {
-        Surface::OpenAi
-    } else {
-        return None;
-    };
+        } else {
+            return None;
+        };
     Some((surface, path.to_owned()))
 }
 
@@ -135,19 +137,26 @@ fn is_gemini_call(path: &str) -> bool {
         .is_some_and(|rest| rest.bytes().filter(|&b| b == b':').count() == 1)
 }
 
-/// Whether a path could name another endpoint than it seems to once a server resolves it: dot
-/// segments, or an escaped dot, slash or backslash. The vendor path goes upstream with the
-/// account's credentials, so `/v1/models/../files` must not reach a vendor that resolves it.
+/// Whether a path could name another endpoint than it seems to once a server resolves it: a dot
+/// segment, also one made by escaped slashes or backslashes (`x%2F..%2Ffiles`), or an escaped
+/// dot. The vendor path goes upstream with the account's credentials, so `/v1/models/../files`
+/// must not reach a vendor that resolves it. An escaped slash alone is fine: OpenAI SDKs send
+/// `models/Qwen%2FQwen2.5-7B` for an OpenAI-compatible vendor's model id.
 fn leaves_its_directory(path: &str) -> bool {
-    path.split('/').any(|s| s == "." || s == "..")
-        || path.contains('\\')
-        || path.as_bytes().windows(3).any(|w| {
-            w[0] == b'%'
-                && matches!(
-                    (w[1], w[2].to_ascii_lowercase()),
-                    (b'2', b'e' | b'f') | (b'5', b'c')
-                )
-        })
+    let escaped_dot = path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'e'));
+    if escaped_dot {
+        return true;
+    }
+    let unescaped = path
+        .replace("%2F", "/")
+        .replace("%2f", "/")
+        .replace("%5C", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    unescaped.split('/').any(|s| s == "." || s == "..")
 }
 
 /// The image operation a vendor path names: OpenAI's images endpoints, and Imagen's native
@@ -348,6 +357,10 @@ mod tests {
                 Surface::OpenAi,
             ),
             ("/v1/models/gpt-4o", Surface::OpenAi),
+            (
+                "/v1alpha/models/gemini-2.5-flash:generateContent",
+                Surface::Gemini,
+            ),
         ] {
             assert_eq!(
                 surface_of(path, &bearer, None).map(|(s, _)| s),
@@ -365,9 +378,9 @@ mod tests {
             "/v1/models/..",
             "/v1/models/%2e%2e/files",
             "/v1/models/%2E%2E/files",
-            "/v1/models/x%2ffiles",
-            "/v1/models/x%5Cfiles",
-            "/v1/models/x\\files",
+            "/v1/models/x%2F..%2Ffiles",
+            "/v1/models/x%5C..%5Cfiles",
+            "/v1/models/x\\..\\files",
         ] {
             assert!(leaves_its_directory(path), "{path}");
         }
@@ -378,6 +391,7 @@ mod tests {
             "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
             "/v1/models/a..b",
             "/v1/models/%20",
+            "/v1/models/Qwen%2FQwen2.5-7B",
         ] {
             assert!(!leaves_its_directory(path), "{path}");
         }

@@ -60,7 +60,8 @@ pub(super) async fn send(
     };
     let first_byte = call.first_byte_timeout.unwrap_or_else(|| {
         let upstream = &app.config.upstream;
-        Duration::from_secs(if call.streams {
+        // Only a generation waits long for its head: a model list or a token count is quick.
+        Duration::from_secs(if call.streams || !call.billed() {
             upstream.first_byte_timeout_secs
         } else {
             upstream

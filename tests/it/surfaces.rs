@@ -704,7 +704,7 @@ async fn paths_that_resolve_elsewhere_and_disguised_model_names_are_refused() {
         ("/v1/models/../files", &bearer, "openai"),
         ("/v1/models/%2e%2e/files", &bearer, "openai"),
         ("/v1/models/%2E./files", &bearer, "openai"),
-        ("/v1/models/x%2Ffiles", &bearer, "openai"),
+        ("/v1/models/x%2F..%2Ffiles", &bearer, "openai"),
         ("/v1/models/./x", &x_api_key, "anthropic"),
         ("/v1beta/models/../files", &bearer, "gemini"),
     ] {
@@ -717,9 +717,14 @@ async fn paths_that_resolve_elsewhere_and_disguised_model_names_are_refused() {
         }
     }
     assert!(mock.requests().is_empty(), "{:?}", mock.requests());
-    // An ordinary model lookup still goes through.
+    // An ordinary model lookup still goes through, a model id with an escaped slash too.
     raw_get(&relay, "/v1/models/gpt-4o", &bearer).await;
     assert_eq!(mock.requests().pop().unwrap().path, "/v1/models/gpt-4o");
+    raw_get(&relay, "/v1/models/Qwen%2FQwen2.5-7B", &bearer).await;
+    assert_eq!(
+        mock.requests().pop().unwrap().path,
+        "/v1/models/Qwen%2FQwen2.5-7B"
+    );
 
     // A blocked model stays blocked however it is spelt.
     relay
@@ -749,7 +754,7 @@ async fn paths_that_resolve_elsewhere_and_disguised_model_names_are_refused() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{v}");
     let served = mock.requests().len();
-    assert_eq!(served, 1, "only the ordinary lookup went upstream");
+    assert_eq!(served, 2, "only the ordinary lookups went upstream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
