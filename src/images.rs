@@ -753,6 +753,7 @@ pub fn spawn_sweeper(app: &Arc<App>) {
             // Round after round until the listing wrapped: a round deletes at most a thousand,
             // and more than that may expire between two ticks.
             let mut deleted = 0;
+            at.start_lap();
             for _ in 0..ROUNDS_PER_TICK {
                 match files::sweep(&storage, now, &mut at).await {
                     Ok(n) => deleted += n,
@@ -761,7 +762,7 @@ pub fn spawn_sweeper(app: &Arc<App>) {
                         break;
                     }
                 }
-                if at.is_at_start() {
+                if at.went_round() {
                     break;
                 }
             }
@@ -774,22 +775,25 @@ pub fn spawn_sweeper(app: &Arc<App>) {
 
 /// Sweep rounds per tick at most (a round looks at 10,000 names of each kind).
 const ROUNDS_PER_TICK: usize = 100;
+/// And for one sweep now.
+const SWEEP_NOW_ROUNDS: usize = 1_000;
 
 /// One sweep now (tests, and an admin who wants space back at once).
 pub async fn sweep_now(app: &App) -> usize {
     match &app.image_storage {
         Some(storage) => {
-            // Round after round until the listing wrapped around: every name looked at once.
+            // Round after round until both listings went round: every name looked at once.
             let (mut at, mut deleted) = (files::Sweep::default(), 0);
-            loop {
+            for _ in 0..SWEEP_NOW_ROUNDS {
                 match files::sweep(storage, app.clock.now_ms(), &mut at).await {
                     Ok(n) => deleted += n,
                     Err(_) => return deleted,
                 }
-                if at.is_at_start() {
-                    return deleted;
+                if at.went_round() {
+                    break;
                 }
             }
+            deleted
         }
         None => 0,
     }

@@ -63,16 +63,19 @@ pub async fn put(storage: &Storage, key: &str, entry: &Entry) -> StorageResult<(
 }
 
 /// Deletes up to `max_delete` entries past their end, of `max_list` listed after `after`.
-/// Returns how many, and where the next round starts (`files::next_start`).
+/// Returns how many, where the next round starts and whether this one reached the end
+/// (`files::next_start`).
 pub async fn sweep(
     storage: &Storage,
     now_ms: i64,
-    after: Option<&str>,
+    after: Option<String>,
     max_list: usize,
     max_delete: usize,
-) -> StorageResult<(usize, Option<String>)> {
+) -> StorageResult<(usize, Option<String>, bool)> {
     let mut deleted = 0;
-    let listed = storage.list("cache", ".json", after, max_list).await?;
+    let listed = storage
+        .list("cache", ".json", after.as_deref(), max_list)
+        .await?;
     let mut looked = 0;
     for name in &listed {
         if deleted >= max_delete {
@@ -87,8 +90,9 @@ pub async fn sweep(
             deleted += 1;
         }
     }
-    let next = super::files::next_start(&listed, looked, listed.len() < max_list);
-    Ok((deleted, next))
+    let complete = listed.len() < max_list;
+    let (next, wrapped) = super::files::next_start(&listed, looked, complete, after);
+    Ok((deleted, next, wrapped))
 }
 
 #[cfg(test)]
@@ -126,8 +130,14 @@ mod tests {
         assert_eq!(lookup(&storage, "k", 99).await.unwrap(), Some(entry));
         assert_eq!(lookup(&storage, "k", 100).await.unwrap(), None);
         assert_eq!(lookup(&storage, "other", 0).await.unwrap(), None);
-        assert_eq!(sweep(&storage, 99, None, 10, 10).await.unwrap(), (0, None));
-        assert_eq!(sweep(&storage, 100, None, 10, 10).await.unwrap(), (1, None));
+        assert_eq!(
+            sweep(&storage, 99, None, 10, 10).await.unwrap(),
+            (0, None, true)
+        );
+        assert_eq!(
+            sweep(&storage, 100, None, 10, 10).await.unwrap(),
+            (1, None, true)
+        );
         assert!(storage.get("cache/k.json").await.unwrap().is_none());
     }
 }

@@ -86,12 +86,21 @@ const SWEEP_DELETE: usize = 1_000;
 pub struct Sweep {
     files_after: Option<String>,
     cache_after: Option<String>,
+    /// Whether each kind's listing reached its end since `start_lap`.
+    files_wrapped: bool,
+    cache_wrapped: bool,
 }
 
 impl Sweep {
-    /// Whether the next round starts from the beginning (the last one reached the end).
-    pub fn is_at_start(&self) -> bool {
-        self.files_after.is_none() && self.cache_after.is_none()
+    /// Begins a lap: `went_round` says when both kinds' listings have since reached their end
+    /// (each at its own pace: one may wrap many times before the other does once).
+    pub fn start_lap(&mut self) {
+        self.files_wrapped = false;
+        self.cache_wrapped = false;
+    }
+
+    pub fn went_round(&self) -> bool {
+        self.files_wrapped && self.cache_wrapped
     }
 }
 
@@ -125,26 +134,37 @@ pub async fn sweep(storage: &Storage, now_ms: i64, at: &mut Sweep) -> StorageRes
             deleted += 1;
         }
     }
-    at.files_after = next_start(&listed, looked, complete);
-    let (cached, after) = super::cache::sweep(
+    let (after, wrapped) = next_start(&listed, looked, complete, at.files_after.take());
+    at.files_after = after;
+    at.files_wrapped |= wrapped;
+    let (cached, after, wrapped) = super::cache::sweep(
         storage,
         now_ms,
-        at.cache_after.as_deref(),
+        at.cache_after.take(),
         SWEEP_LIST,
         SWEEP_DELETE - deleted.min(SWEEP_DELETE),
     )
     .await?;
     at.cache_after = after;
+    at.cache_wrapped |= wrapped;
     Ok(deleted + cached)
 }
 
-/// Where the next round starts: after the last name looked at, or from the start once the end
-/// of the listing was reached.
-pub(super) fn next_start(listed: &[String], looked: usize, complete: bool) -> Option<String> {
+/// Where the next round starts, and whether this one reached the end of the listing: after the
+/// last name looked at; from the start once the end was reached; where it was if this round
+/// looked at nothing (the deletions were used up before it began).
+pub(super) fn next_start(
+    listed: &[String],
+    looked: usize,
+    complete: bool,
+    was: Option<String>,
+) -> (Option<String>, bool) {
     if complete && looked == listed.len() {
-        None
+        (None, true)
+    } else if looked == 0 {
+        (was, false)
     } else {
-        looked.checked_sub(1).map(|last| listed[last].clone())
+        (listed.get(looked - 1).cloned(), false)
     }
 }
 
@@ -173,7 +193,10 @@ mod tests {
         assert_eq!(open(&storage, &id, 2_000).await.unwrap(), None);
         let mut at = Sweep::default();
         assert_eq!(sweep(&storage, 2_500, &mut at).await.unwrap(), 0);
-        assert!(at.is_at_start(), "one round reached the end");
+        assert!(
+            at.went_round(),
+            "one round reached the end of both listings"
+        );
         assert!(storage.get(&data_name(&id)).await.unwrap().is_some());
         // Past its retention: deleted.
         assert_eq!(sweep(&storage, 3_000, &mut at).await.unwrap(), 1);
@@ -187,19 +210,22 @@ mod tests {
     async fn each_round_goes_on_from_the_last() {
         let names =
             |n: usize| -> Vec<String> { (0..n).map(|i| format!("files/{i}.json")).collect() };
+        let was = || Some("files/x.json".to_owned());
         // Full window, all looked at: on from the last.
         assert_eq!(
-            next_start(&names(3), 3, false).as_deref(),
-            Some("files/2.json")
+            next_start(&names(3), 3, false, was()),
+            (Some("files/2.json".to_owned()), false)
         );
         // The end was reached: from the start again.
-        assert_eq!(next_start(&names(2), 2, true), None);
+        assert_eq!(next_start(&names(2), 2, true, was()), (None, true));
+        assert_eq!(next_start(&[], 0, true, was()), (None, true));
         // Stopped at the deletion cap: on from the last one looked at, even at the end.
         assert_eq!(
-            next_start(&names(3), 2, true).as_deref(),
-            Some("files/1.json")
+            next_start(&names(3), 2, true, was()),
+            (Some("files/1.json".to_owned()), false)
         );
-        assert_eq!(next_start(&[], 0, true), None);
+        // Nothing looked at (the cap used up before): where it was.
+        assert_eq!(next_start(&names(3), 0, false, was()), (was(), false));
 
         // A cursor past an expired image skips it this round; the wrap finds it the next.
         let dir = tempfile::tempdir().unwrap();
@@ -215,10 +241,10 @@ mod tests {
             .unwrap();
         let mut at = Sweep {
             files_after: Some(meta_name(&id)),
-            cache_after: None,
+            ..Sweep::default()
         };
         assert_eq!(sweep(&storage, 3_000, &mut at).await.unwrap(), 0);
-        assert!(at.is_at_start());
+        assert!(at.went_round());
         assert_eq!(sweep(&storage, 3_000, &mut at).await.unwrap(), 1);
     }
 
