@@ -92,6 +92,10 @@ impl Catalog {
         let record = Arc::new(record);
         if self.key_changes.load(Ordering::Acquire) == changes {
             self.keys.insert(hash.to_owned(), Arc::clone(&record));
+            // An invalidation between the check and the insert: undone.
+            if self.key_changes.load(Ordering::Acquire) != changes {
+                self.keys.remove(hash);
+            }
         }
         Ok(Some(record))
     }
