@@ -116,6 +116,8 @@ pub enum Respond {
         include_usage: bool,
         /// Unix seconds, the chunks' `created`.
         created: i64,
+        /// The request declared legacy `functions`: a call goes back as `function_call`.
+        functions: bool,
     },
     /// A Gemini answer, as OpenAI chat completions.
     ChatFromGemini {
@@ -559,6 +561,7 @@ fn chat<'a>(
                     stream: t.stream,
                     include_usage: t.include_usage,
                     created: now,
+                    functions: t.functions,
                 },
                 None,
             )

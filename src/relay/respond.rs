@@ -30,7 +30,7 @@ where
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let (model, stream, include_usage, created, from_gemini) = match respond {
+    let (model, stream, include_usage, created, from_gemini, functions) = match respond {
         Respond::Passthrough => return tapped.boxed(),
         Respond::HideUsageChunk => {
             headers.remove(header::CONTENT_LENGTH);
@@ -41,13 +41,14 @@ where
             stream,
             include_usage,
             created,
-        } => (model, *stream, *include_usage, *created, false),
+            functions,
+        } => (model, *stream, *include_usage, *created, false, *functions),
         Respond::ChatFromGemini {
             model,
             stream,
             include_usage,
             created,
-        } => (model, *stream, *include_usage, *created, true),
+        } => (model, *stream, *include_usage, *created, true, false),
     };
     // Translated: a different length, and the content type of what the client asked for.
     headers.remove(header::CONTENT_LENGTH);
@@ -79,12 +80,15 @@ where
         }
         (false, true) => Translated::new(
             tapped,
-            translate::anthropic::ToChatStream::new(model, include_usage, created),
+            translate::anthropic::ToChatStream::new(model, include_usage, created)
+                .with_functions(functions),
         )
         .boxed(),
-        (false, false) => {
-            Translated::new(tapped, translate::anthropic::ToChatJson::new(model)).boxed()
-        }
+        (false, false) => Translated::new(
+            tapped,
+            translate::anthropic::ToChatJson::new(model).with_functions(functions),
+        )
+        .boxed(),
     }
 }
 

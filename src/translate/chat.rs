@@ -33,6 +33,9 @@ pub(super) struct Message {
     pub refusal: Option<()>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
+    /// The legacy API's one call, for a request that declared `functions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<Function>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]

@@ -314,3 +314,90 @@ async fn translated_errors_failover_limits_and_cuts() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "model_not_allowed");
 }
+
+/// A client of the legacy API declares `functions` and reads `function_call`: a Claude tool call
+/// goes back in that shape, in JSON and in a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_functions_get_function_call_back_from_claude() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    relay.add_account(&mock, "sk-ant", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let body = |stream: bool| {
+        json!({
+            "model": "claude-sonnet-4-5",
+            "stream": stream,
+            "messages": [{ "role": "user", "content": "run it" }],
+            "functions": [{ "name": "run", "parameters": { "type": "object", "properties": { "command": { "type": "string" } } } }],
+        })
+    };
+    // Claude's answers, as Anthropic sends them: a tool call.
+    let answer = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [
+            { "type": "tool_use", "id": "toolu_1", "name": "run", "input": { "command": "ls" } },
+        ],
+        "stop_reason": "tool_use",
+        "usage": { "input_tokens": 10, "output_tokens": 5 },
+    });
+    mock.push_behavior(Behavior::Error {
+        status: 200,
+        body: answer.to_string(),
+        headers: Vec::new(),
+    });
+    let (status, _, answer) = send(&relay, &key, &body(false)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(mock.requests().pop().unwrap().json()["tools"].is_array());
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let message = &v["choices"][0]["message"];
+    assert_eq!(message["function_call"]["name"], "run", "{v}");
+    assert_eq!(message["function_call"]["arguments"], r#"{"command":"ls"}"#);
+    assert!(message.get("tool_calls").is_none(), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "function_call");
+
+    let events = [
+        json!({ "type": "message_start", "message": { "id": "msg_2", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [], "usage": { "input_tokens": 10, "output_tokens": 1 } } }),
+        json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "tool_use", "id": "toolu_2", "name": "run", "input": {} } }),
+        json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "input_json_delta", "partial_json": "{\"command\":" } }),
+        json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "input_json_delta", "partial_json": "\"ls\"}" } }),
+        json!({ "type": "content_block_stop", "index": 0 }),
+        json!({ "type": "content_block_start", "index": 1, "content_block": { "type": "tool_use", "id": "toolu_3", "name": "other", "input": {} } }),
+        json!({ "type": "content_block_stop", "index": 1 }),
+        json!({ "type": "message_delta", "delta": { "stop_reason": "tool_use" }, "usage": { "output_tokens": 5 } }),
+        json!({ "type": "message_stop" }),
+    ];
+    let sse: String = events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect();
+    mock.push_behavior(Behavior::Error {
+        status: 200,
+        body: sse,
+        headers: vec![("content-type".to_owned(), "text/event-stream".to_owned())],
+    });
+    let (status, _, answer) = send(&relay, &key, &body(true)).await;
+    assert_eq!(status, 200, "{answer}");
+    let (chunks, done) = chunks(&answer);
+    assert!(done, "{answer}");
+    let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+    assert!(
+        deltas.iter().all(|d| d.get("tool_calls").is_none()),
+        "{answer}"
+    );
+    let names: Vec<&str> = deltas
+        .iter()
+        .filter_map(|d| d["function_call"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["run"], "one call, the first: {answer}");
+    let arguments: String = deltas
+        .iter()
+        .filter_map(|d| d["function_call"]["arguments"].as_str())
+        .collect();
+    assert_eq!(arguments, r#"{"command":"ls"}"#);
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "function_call"),
+        "{answer}"
+    );
+}

@@ -17,6 +17,9 @@ pub struct MessagesRequest {
     pub stream: bool,
     /// `stream_options.include_usage`: the client wants a final usage chunk.
     pub include_usage: bool,
+    /// The client declared legacy `functions` (not `tools`): it reads a call from
+    /// `function_call`, not `tool_calls`.
+    pub functions: bool,
     /// The Anthropic Messages JSON.
     pub body: Bytes,
 }
@@ -109,6 +112,7 @@ pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequ
         out.insert("metadata".into(), json!({ "user_id": user }));
     }
     tools(chat, &mut out)?;
+    let functions = present(chat, "tools").is_none() && present(chat, "functions").is_some();
 
     let body = serde_json::to_vec(&Value::Object(out))
         .map_err(|e| ApiError::internal(format!("encoding the Messages request: {e}")))?;
@@ -116,6 +120,7 @@ pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequ
         model,
         stream,
         include_usage,
+        functions,
         body: Bytes::from(body),
     })
 }

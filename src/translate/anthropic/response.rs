@@ -19,6 +19,8 @@ pub struct ToChatJson {
     created: i64,
     body: Vec<u8>,
     too_large: bool,
+    /// Answer a call as the legacy `function_call` (the request declared `functions`).
+    functions: bool,
 }
 
 impl ToChatJson {
@@ -34,7 +36,15 @@ impl ToChatJson {
             created: created_unix,
             body: Vec::new(),
             too_large: false,
+            functions: false,
         }
+    }
+
+    /// For a request that declared legacy `functions`: the first call goes back as
+    /// `function_call`, with `finish_reason: "function_call"` (the legacy API has one call).
+    pub fn with_functions(mut self, functions: bool) -> ToChatJson {
+        self.functions = functions;
+        self
     }
 
     fn convert(&self) -> Value {
@@ -76,6 +86,16 @@ impl ToChatJson {
         if tool_calls.is_empty() {
             text.get_or_insert_with(String::new);
         }
+        let mut finish = finish_reason(message.stop_reason.as_deref().unwrap_or(""));
+        let function_call = if self.functions {
+            let first = tool_calls.drain(..).next().map(|call| call.function);
+            if first.is_some() && finish == "tool_calls" {
+                finish = "function_call";
+            }
+            first
+        } else {
+            None
+        };
         let completion = Completion {
             id: format!("chatcmpl-{}", message.id),
             object: "chat.completion",
@@ -89,9 +109,10 @@ impl ToChatJson {
                     reasoning_content: reasoning,
                     refusal: None,
                     tool_calls,
+                    function_call,
                 },
                 logprobs: None,
-                finish_reason: finish_reason(message.stop_reason.as_deref().unwrap_or("")),
+                finish_reason: finish,
             }],
             usage: message.usage.unwrap_or_default().to_chat(),
         };

@@ -47,8 +47,17 @@ impl ToChatStream {
                 usage: WireUsage::default(),
                 finished: false,
                 ended: false,
+                functions: false,
             },
         }
+    }
+
+    /// For a request that declared legacy `functions`: the first call goes out as
+    /// `delta.function_call` (the legacy API has one call per answer; later ones are dropped),
+    /// and a tool-use stop as `finish_reason: "function_call"`.
+    pub fn with_functions(mut self, functions: bool) -> ToChatStream {
+        self.state.functions = functions;
+        self
     }
 }
 
@@ -94,6 +103,8 @@ struct State {
     finished: bool,
     /// `[DONE]` or an error event was sent; nothing more goes out.
     ended: bool,
+    /// Calls go out as the legacy `function_call` (`ToChatStream::with_functions`).
+    functions: bool,
 }
 
 #[derive(Debug)]
@@ -156,7 +167,11 @@ impl State {
                     && !self.finished
                 {
                     self.finished = true;
-                    self.chunk(out, Delta::default(), Some(finish_reason(&stop)));
+                    let finish = match finish_reason(&stop) {
+                        "tool_calls" if self.functions => "function_call",
+                        other => other,
+                    };
+                    self.chunk(out, Delta::default(), Some(finish));
                 }
             }
             Event::MessageStop => self.end(out),
@@ -173,6 +188,10 @@ impl State {
             StartBlock::Text { text } => self.text(&text, out),
             StartBlock::Thinking { thinking } => self.reasoning(&thinking, out),
             StartBlock::ToolUse { id, name, input } => {
+                // The legacy API answers one call: the others are not followed.
+                if self.functions && !self.tools.is_empty() {
+                    return;
+                }
                 // Streams start tool inputs as `{}` and send them in deltas; a non-empty one
                 // is sent whole now.
                 let arguments = match &input {
@@ -184,23 +203,27 @@ impl State {
                     block: index,
                     sent_arguments: !arguments.is_empty(),
                 });
-                let call = ToolCallDelta {
-                    index: tool_index,
-                    id: Some(&id),
-                    kind: Some("function"),
-                    function: FunctionDelta {
-                        name: Some(&name),
-                        arguments: &arguments,
-                    },
+                let function = FunctionDelta {
+                    name: Some(&name),
+                    arguments: &arguments,
                 };
-                self.chunk(
-                    out,
+                let delta = if self.functions {
                     Delta {
-                        tool_calls: Some([call]),
+                        function_call: Some(function),
                         ..Delta::default()
-                    },
-                    None,
-                );
+                    }
+                } else {
+                    Delta {
+                        tool_calls: Some([ToolCallDelta {
+                            index: tool_index,
+                            id: Some(&id),
+                            kind: Some("function"),
+                            function,
+                        }]),
+                        ..Delta::default()
+                    }
+                };
+                self.chunk(out, delta, None);
             }
             StartBlock::Other => {}
         }
@@ -236,18 +259,25 @@ impl State {
         if let Some(tool) = self.tools.get_mut(tool_index) {
             tool.sent_arguments = true;
         }
-        let call = ToolCallDelta {
-            index: tool_index,
-            id: None,
-            kind: None,
-            function: FunctionDelta {
-                name: None,
-                arguments: partial,
-            },
+        let function = FunctionDelta {
+            name: None,
+            arguments: partial,
         };
-        let delta = Delta {
-            tool_calls: Some([call]),
-            ..Delta::default()
+        let delta = if self.functions {
+            Delta {
+                function_call: Some(function),
+                ..Delta::default()
+            }
+        } else {
+            Delta {
+                tool_calls: Some([ToolCallDelta {
+                    index: tool_index,
+                    id: None,
+                    kind: None,
+                    function,
+                }]),
+                ..Delta::default()
+            }
         };
         self.chunk(out, delta, None);
     }
@@ -349,6 +379,8 @@ struct Delta<'a> {
     reasoning_content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<[ToolCallDelta<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<FunctionDelta<'a>>,
 }
 
 #[derive(Serialize)]

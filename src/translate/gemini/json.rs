@@ -56,6 +56,7 @@ impl ToChatJson {
                         reasoning_content: None,
                         refusal: None,
                         tool_calls,
+                        function_call: None,
                     },
                     logprobs: None,
                 }
@@ -71,6 +72,7 @@ impl ToChatJson {
                     reasoning_content: None,
                     refusal: None,
                     tool_calls: Vec::new(),
+                    function_call: None,
                 },
                 logprobs: None,
                 finish_reason: "content_filter",
