@@ -385,12 +385,7 @@ fn answer_format(app: &App, ask: &ImageRequest, storage: bool) -> Format {
 
 /// Imagen's native request: the model from the path, the image count from `sampleCount`.
 fn predict_request(model: &str, body: &[u8]) -> Result<ImageRequest, ApiError> {
-    if model.len() > crate::relay::MAX_MODEL_NAME {
-        return Err(ApiError::invalid(format!(
-            "model: a model name is at most {} bytes",
-            crate::relay::MAX_MODEL_NAME
-        )));
-    }
+    crate::relay::check_model_name(model)?;
     let v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
     let instances = v["instances"].as_array().map_or(1, Vec::len).max(1) as u64;

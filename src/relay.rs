@@ -105,16 +105,8 @@ where
         app.config.limits.default_max_tokens,
         &|model| app.catalog.openai_lists(model),
     )?;
-    // Model names are short; the client's goes into prices' cache, metrics, logs and the request
-    // log, so a long one is refused before any of them sees it.
-    if call
-        .model
-        .as_ref()
-        .is_some_and(|m| m.len() > MAX_MODEL_NAME)
-    {
-        return Err(ApiError::invalid(format!(
-            "model: a model name is at most {MAX_MODEL_NAME} bytes"
-        )));
+    if let Some(model) = &call.model {
+        check_model_name(model)?;
     }
     if call.billed() {
         call.session = session::identify(&key.id, &parts.headers, &hints);
@@ -316,6 +308,17 @@ fn model_list_without_openai_accounts(app: &App) -> Option<serde_json::Value> {
 
 /// The longest model name taken (vendors' are under 100 bytes).
 pub const MAX_MODEL_NAME: usize = 256;
+
+/// Model names are short; the client's goes into the price cache, metrics, logs and the request
+/// log, so a long one is refused (without being echoed) before any of them sees it.
+pub fn check_model_name(model: &str) -> Result<(), ApiError> {
+    if model.len() > MAX_MODEL_NAME {
+        return Err(ApiError::invalid(format!(
+            "model: a model name is at most {MAX_MODEL_NAME} bytes"
+        )));
+    }
+    Ok(())
+}
 
 /// The enabled key record behind the presented key, or a 401.
 pub async fn authenticate(

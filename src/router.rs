@@ -150,13 +150,18 @@ fn leaves_its_directory(path: &str) -> bool {
     if escaped_dot {
         return true;
     }
+    let dot_segment = |p: &str| p.split('/').any(|s| s == "." || s == "..");
+    // The common path has neither escapes nor backslashes: read as it is.
+    if !path.contains(['%', '\\']) {
+        return dot_segment(path);
+    }
     let unescaped = path
         .replace("%2F", "/")
         .replace("%2f", "/")
         .replace("%5C", "/")
         .replace("%5c", "/")
         .replace('\\', "/");
-    unescaped.split('/').any(|s| s == "." || s == "..")
+    dot_segment(&unescaped)
 }
 
 /// The image operation a vendor path names: OpenAI's images endpoints, and Imagen's native

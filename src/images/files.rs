@@ -173,8 +173,8 @@ pub(super) fn next_start(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn files_expire_then_are_swept() {
+    /// Local storage holding one image: served until 2,000 ms, deleted from 3,000 ms.
+    async fn one_image() -> (tempfile::TempDir, Storage, FileMeta, String) {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::local(dir.path().to_owned());
         let meta = FileMeta {
@@ -186,6 +186,12 @@ mod tests {
         let id = save(&storage, Bytes::from_static(b"img"), &meta)
             .await
             .unwrap();
+        (dir, storage, meta, id)
+    }
+
+    #[tokio::test]
+    async fn files_expire_then_are_swept() {
+        let (_dir, storage, meta, id) = one_image().await;
         assert!(valid_id(&id));
         let (got, bytes) = open(&storage, &id, 1_500).await.unwrap().unwrap();
         assert_eq!((got, &bytes[..]), (meta.clone(), &b"img"[..]));
@@ -228,17 +234,7 @@ mod tests {
         assert_eq!(next_start(&names(3), 0, false, was()), (was(), false));
 
         // A cursor past an expired image skips it this round; the wrap finds it the next.
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::local(dir.path().to_owned());
-        let meta = FileMeta {
-            mime: "image/png".into(),
-            created_ms: 1_000,
-            expires_ms: 2_000,
-            delete_ms: 3_000,
-        };
-        let id = save(&storage, Bytes::from_static(b"img"), &meta)
-            .await
-            .unwrap();
+        let (_dir, storage, _, id) = one_image().await;
         let mut at = Sweep {
             files_after: Some(meta_name(&id)),
             ..Sweep::default()

@@ -185,12 +185,7 @@ fn finish(
     // The name goes into the upstream URL for Imagen and Gemini (`models/{model}:predict`), and
     // into metrics labels: a space made every Gemini account's request fail as a connect error
     // (and cool the account down), a `#` or `/../` could name another model or method.
-    if model.len() > crate::relay::MAX_MODEL_NAME {
-        return Err(ApiError::invalid(format!(
-            "model: a model name is at most {} bytes",
-            crate::relay::MAX_MODEL_NAME
-        )));
-    }
+    crate::relay::check_model_name(&model)?;
     if !model
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))

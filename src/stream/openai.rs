@@ -279,8 +279,7 @@ impl Translate for HideUsageChunk {
                         out.extend_from_slice(&event);
                     }
                 }
-                Err(line) if self.pending.len() > MAX_HELD => {
-                    let _ = line;
+                Err(_) if self.pending.len() > MAX_HELD => {
                     out.extend_from_slice(&self.pending.split());
                     self.line = 0;
                     return;

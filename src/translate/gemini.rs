@@ -53,6 +53,17 @@ struct GeminiError {
     status: Option<String>,
 }
 
+impl GeminiError {
+    /// An error of the relay's own about a Gemini answer (status `INTERNAL`).
+    fn internal(message: impl Into<String>) -> GeminiError {
+        GeminiError {
+            code: None,
+            message: Some(message.into()),
+            status: Some("INTERNAL".to_owned()),
+        }
+    }
+}
+
 /// A Gemini error answer (status and body) as an OpenAI error body; the caller keeps the status.
 /// Gemini sends `{"error":{...}}`, or a one-element array of it on a stream without `alt=sse`;
 /// anything else gets a message made from the status alone.

@@ -203,26 +203,16 @@ impl State {
                     block: index,
                     sent_arguments: !arguments.is_empty(),
                 });
-                let function = FunctionDelta {
-                    name: Some(&name),
-                    arguments: &arguments,
+                let call = ToolCallDelta {
+                    index: tool_index,
+                    id: Some(&id),
+                    kind: Some("function"),
+                    function: FunctionDelta {
+                        name: Some(&name),
+                        arguments: &arguments,
+                    },
                 };
-                let delta = if self.functions {
-                    Delta {
-                        function_call: Some(function),
-                        ..Delta::default()
-                    }
-                } else {
-                    Delta {
-                        tool_calls: Some([ToolCallDelta {
-                            index: tool_index,
-                            id: Some(&id),
-                            kind: Some("function"),
-                            function,
-                        }]),
-                        ..Delta::default()
-                    }
-                };
+                let delta = self.call_delta(call);
                 self.chunk(out, delta, None);
             }
             StartBlock::Other => {}
@@ -259,27 +249,33 @@ impl State {
         if let Some(tool) = self.tools.get_mut(tool_index) {
             tool.sent_arguments = true;
         }
-        let function = FunctionDelta {
-            name: None,
-            arguments: partial,
+        let call = ToolCallDelta {
+            index: tool_index,
+            id: None,
+            kind: None,
+            function: FunctionDelta {
+                name: None,
+                arguments: partial,
+            },
         };
-        let delta = if self.functions {
+        let delta = self.call_delta(call);
+        self.chunk(out, delta, None);
+    }
+
+    /// A tool call's delta as the client reads it: in `tool_calls`, or as the legacy
+    /// `function_call` (which has no index, id or type).
+    fn call_delta<'a>(&self, call: ToolCallDelta<'a>) -> Delta<'a> {
+        if self.functions {
             Delta {
-                function_call: Some(function),
+                function_call: Some(call.function),
                 ..Delta::default()
             }
         } else {
             Delta {
-                tool_calls: Some([ToolCallDelta {
-                    index: tool_index,
-                    id: None,
-                    kind: None,
-                    function,
-                }]),
+                tool_calls: Some([call]),
                 ..Delta::default()
             }
-        };
-        self.chunk(out, delta, None);
+        }
     }
 
     /// The usage chunk if the client asked for it, then `[DONE]`.

@@ -104,11 +104,7 @@ impl Translate for ToChatJson {
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        let unreadable = |message: &str| GeminiError {
-            code: None,
-            message: Some(message.to_owned()),
-            status: Some("INTERNAL".to_owned()),
-        };
+        let unreadable = GeminiError::internal;
         if self.too_large {
             write_json(
                 out,

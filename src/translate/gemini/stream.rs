@@ -154,11 +154,9 @@ impl State {
             self.flush_calls(index, &mut calls, out);
             if let Some(reason) = &candidate.finish_reason {
                 if failed_finish(reason) {
-                    let error = super::GeminiError {
-                        code: None,
-                        message: Some(format!("the model's answer failed: {reason}")),
-                        status: Some("INTERNAL".into()),
-                    };
+                    let error = super::GeminiError::internal(format!(
+                        "the model's answer failed: {reason}"
+                    ));
                     self.fail(out, &openai_error(502, &error));
                     return;
                 }
@@ -274,11 +272,9 @@ impl State {
         if !self.choices.values().any(|c| c.finished) {
             // A clean end without a finish reason is a cut upstream: say so rather than let
             // the client take a partial answer for a whole one.
-            let error = super::GeminiError {
-                code: None,
-                message: Some("upstream stream ended before the answer was complete".into()),
-                status: Some("INTERNAL".into()),
-            };
+            let error = super::GeminiError::internal(
+                "upstream stream ended before the answer was complete",
+            );
             self.fail(out, &openai_error(502, &error));
             return;
         }
