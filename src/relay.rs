@@ -193,36 +193,44 @@ where
             tapped
         }
     };
-    let translated_json = !streaming
-        && head.status.is_success()
-        && matches!(
-            call.respond,
-            call::Respond::ChatFromAnthropic { .. } | call::Respond::ChatFromGemini { .. }
-        );
-    let mut body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
     m::upstream_ttfb().record((head_at - sent_at).as_secs_f64());
     m::relay_overhead().record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
-    if translated_json {
-        // Read whole before the head goes: an answer that could not be translated (unreadable,
-        // over the cap, an error sent with 200) must reach the client as a 502, which its SDK
-        // raises and retries, not as a 200 whose body is an error.
-        let whole = ReadWhole {
-            body,
-            read: bytes::BytesMut::new(),
-        }
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorKind::BadGateway,
-                format!("the upstream's answer could not be read: {e}"),
-            )
-        })?;
-        if whole.starts_with(b"{\"error\"") {
-            head.status = http::StatusCode::BAD_GATEWAY;
-        }
-        body = crate::body::full(whole);
+    let whole = respond::whole_json(&call.respond, head.status, streaming, &mut head.headers);
+    if let Some(translate) = whole {
+        let read = ReadWhole::new(tapped, translate).await;
+        return Ok(translated_whole(head, read, call.surface));
     }
+    let body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
     Ok(Response::from_parts(head, body))
+}
+
+/// A JSON answer translated for the client, read whole before its head goes: one that could not
+/// be translated (unreadable, over the cap, an error sent with 200) reaches the client as a 502,
+/// which its SDK raises and retries, not as a 200 whose body is an error. The request is settled
+/// (logged, counted) with the status the client got.
+fn translated_whole(
+    mut head: http::response::Parts,
+    Read { json, mut tap }: Read,
+    surface: crate::error::Surface,
+) -> Response<Body> {
+    let answer = match json {
+        Ok(json) => {
+            if json.starts_with(b"{\"error\"") {
+                head.status = http::StatusCode::BAD_GATEWAY;
+            }
+            Response::from_parts(head, crate::body::full(json))
+        }
+        Err(e) => ApiError::new(
+            ErrorKind::BadGateway,
+            format!("the upstream's answer could not be read: {e}"),
+        )
+        .render(surface),
+    };
+    if let Some(settle) = tap.observer_mut() {
+        settle.status = answer.status().as_u16();
+    }
+    drop(tap);
+    answer
 }
 
 type Tapped = Tap<UpstreamBody, Settle>;
@@ -256,28 +264,60 @@ impl Future for Priming {
     }
 }
 
-/// Reads a response body whole; a future of its own for the reason `Priming` gives.
+/// What [`ReadWhole`] read, and the tap it read from.
+struct Read {
+    /// The error as its message.
+    json: Result<Bytes, String>,
+    tap: Tapped,
+}
+
+/// Reads the tapped answer whole through its translator into one JSON body, then hands the tap
+/// back; a future of its own, and not generic, for the reason `Priming` gives.
 struct ReadWhole {
-    body: Body,
-    read: bytes::BytesMut,
+    /// `None` once read.
+    tap: Option<Tapped>,
+    translate: Box<dyn crate::translate::Translate + Sync>,
+    out: bytes::BytesMut,
+}
+
+impl ReadWhole {
+    /// A plain function: the tap's methods called in the relay's `async fn` fail the server's
+    /// `Send` check as an `async` block does (`Priming`).
+    fn new(mut tap: Tapped, translate: Box<dyn crate::translate::Translate + Sync>) -> ReadWhole {
+        tap.defer_end();
+        ReadWhole {
+            tap: Some(tap),
+            translate,
+            out: bytes::BytesMut::new(),
+        }
+    }
 }
 
 impl Future for ReadWhole {
-    type Output = Result<Bytes, BoxError>;
+    type Output = Read;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        loop {
-            match std::task::ready!(http_body::Body::poll_frame(Pin::new(&mut this.body), cx)) {
+        let Some(tap) = this.tap.as_mut() else {
+            return Poll::Pending;
+        };
+        let read = loop {
+            match std::task::ready!(http_body::Body::poll_frame(Pin::new(&mut *tap), cx)) {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        this.read.extend_from_slice(&data);
+                        this.translate.feed(&data, &mut this.out);
                     }
                 }
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                None => return Poll::Ready(Ok(this.read.split().freeze())),
+                Some(Err(e)) => break Err(e.to_string()),
+                None => {
+                    this.translate.finish(&mut this.out);
+                    break Ok(this.out.split().freeze());
+                }
             }
-        }
+        };
+        this.tap
+            .take()
+            .map_or(Poll::Pending, |tap| Poll::Ready(Read { json: read, tap }))
     }
 }
 

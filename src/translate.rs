@@ -27,6 +27,16 @@ pub trait Translate: Send + Unpin + 'static {
     fn finish(&mut self, out: &mut BytesMut);
 }
 
+impl<T: Translate + ?Sized> Translate for Box<T> {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) {
+        (**self).feed(chunk, out);
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        (**self).finish(out);
+    }
+}
+
 /// `inner` with every data frame passed through `T`. Frames that translate to nothing are
 /// skipped without yielding an empty frame; the end of `inner` flushes `T::finish`.
 pub struct Translated<B, T> {

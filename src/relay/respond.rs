@@ -50,9 +50,42 @@ where
             created,
         } => (model, *stream, *include_usage, *created, true, false),
     };
-    // Translated: a different length, and the content type of what the client asked for.
+    if !status.is_success() {
+        fix_translated_headers(headers, false);
+        let convert: fn(u16, &[u8]) -> Bytes = if from_gemini {
+            translate::gemini::error_body
+        } else {
+            translate::anthropic::error_body
+        };
+        return Translated::new(tapped, WholeBody::new(status, convert)).boxed();
+    }
+    if !(stream && event_stream) {
+        // Not reached from the relay, which reads these whole (`whole_json`).
+        return match whole_json(respond, status, event_stream, headers) {
+            Some(translate) => Translated::new(tapped, translate).boxed(),
+            None => tapped.boxed(),
+        };
+    }
+    fix_translated_headers(headers, true);
+    if from_gemini {
+        Translated::new(
+            tapped,
+            translate::gemini::ToChatStream::new(model, include_usage, created),
+        )
+        .boxed()
+    } else {
+        Translated::new(
+            tapped,
+            translate::anthropic::ToChatStream::new(model, include_usage, created)
+                .with_functions(functions),
+        )
+        .boxed()
+    }
+}
+
+/// A translated body has a length of its own, and the content type of what the client asked for.
+fn fix_translated_headers(headers: &mut HeaderMap, sse: bool) {
     headers.remove(header::CONTENT_LENGTH);
-    let sse = status.is_success() && stream && event_stream;
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(if sse {
@@ -61,35 +94,40 @@ where
             "application/json"
         }),
     );
+}
+
+/// For a successful answer that the client gets as one JSON body translated from the upstream's
+/// (not as a stream): its translator, the headers fixed for it. `None` for every other answer.
+pub fn whole_json(
+    respond: &Respond,
+    status: StatusCode,
+    event_stream: bool,
+    headers: &mut HeaderMap,
+) -> Option<Box<dyn Translate + Sync>> {
     if !status.is_success() {
-        let convert: fn(u16, &[u8]) -> Bytes = if from_gemini {
-            translate::gemini::error_body
-        } else {
-            translate::anthropic::error_body
-        };
-        return Translated::new(tapped, WholeBody::new(status, convert)).boxed();
+        return None;
     }
-    match (from_gemini, sse) {
-        (true, true) => Translated::new(
-            tapped,
-            translate::gemini::ToChatStream::new(model, include_usage, created),
-        )
-        .boxed(),
-        (true, false) => {
-            Translated::new(tapped, translate::gemini::ToChatJson::new(model, created)).boxed()
+    let translate: Box<dyn Translate + Sync> = match respond {
+        Respond::ChatFromAnthropic {
+            model,
+            stream,
+            functions,
+            ..
+        } if !(*stream && event_stream) => {
+            Box::new(translate::anthropic::ToChatJson::new(model).with_functions(*functions))
         }
-        (false, true) => Translated::new(
-            tapped,
-            translate::anthropic::ToChatStream::new(model, include_usage, created)
-                .with_functions(functions),
-        )
-        .boxed(),
-        (false, false) => Translated::new(
-            tapped,
-            translate::anthropic::ToChatJson::new(model).with_functions(functions),
-        )
-        .boxed(),
-    }
+        Respond::ChatFromGemini {
+            model,
+            stream,
+            created,
+            ..
+        } if !(*stream && event_stream) => {
+            Box::new(translate::gemini::ToChatJson::new(model, *created))
+        }
+        _ => return None,
+    };
+    fix_translated_headers(headers, false);
+    Some(translate)
 }
 
 /// An upstream error answer (read whole) for the client: as it was, or translated.

@@ -69,6 +69,9 @@ pub struct Tap<B: Body, O: Observer> {
     stashed: Option<Option<Result<Frame<Bytes>, B::Error>>>,
     /// The first frame, read by [`Tap::poll_prime`] before the response head was handed on.
     primed: Option<Option<Result<Frame<Bytes>, B::Error>>>,
+    /// Set by [`Tap::defer_end`]: how the body ended, kept to be reported when the tap is
+    /// dropped (`Some(None)` while it has not ended).
+    deferred: Option<Option<End>>,
 }
 
 /// Merged frames are handed on at this size at the latest.
@@ -96,7 +99,20 @@ impl<B: Body, O: Observer> Tap<B, O> {
             yields: 0,
             stashed: None,
             primed: None,
+            deferred: None,
         }
+    }
+
+    /// Reports the end only when the tap is dropped, not when the body ends: for a body read
+    /// whole by its owner, who may change the observer ([`Tap::observer_mut`]) once it has
+    /// judged what it read.
+    pub fn defer_end(&mut self) {
+        self.deferred.get_or_insert(None);
+    }
+
+    /// The observer, until the end was reported.
+    pub fn observer_mut(&mut self) -> Option<&mut O> {
+        self.observer.as_mut()
     }
 
     /// Hands on `next` now, or after the held data when there is some.
@@ -121,6 +137,10 @@ impl<B: Body, O: Observer> Tap<B, O> {
     }
 
     fn end(&mut self, end: End) {
+        if let Some(deferred) = &mut self.deferred {
+            deferred.get_or_insert(end);
+            return;
+        }
         if let Some(mut observer) = self.observer.take() {
             observer.on_end(end);
         }
@@ -311,7 +331,8 @@ where
 
 impl<B: Body, O: Observer> Drop for Tap<B, O> {
     fn drop(&mut self) {
-        self.end(End::Dropped);
+        let end = self.deferred.take().flatten().unwrap_or(End::Dropped);
+        self.end(end);
     }
 }
 
@@ -483,6 +504,32 @@ mod tests {
         let s = seen.0.lock().unwrap();
         assert_eq!(s.0, b"ab");
         assert_eq!(s.1, vec![End::Dropped]);
+    }
+
+    #[tokio::test]
+    async fn a_deferred_end_is_reported_once_when_the_tap_is_dropped() {
+        for (chunks, data, end) in [
+            (vec![Ok("ab"), Ok("cd")], &b"abcd"[..], End::Complete),
+            (
+                vec![Ok("ab"), Err("reset")],
+                &b"ab"[..],
+                End::Failed("reset".into()),
+            ),
+        ] {
+            let seen = Seen::default();
+            let mut tap = Tap::new(body_of(chunks), seen.clone());
+            tap.defer_end();
+            while let Some(frame) = tap.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+            assert!(tap.observer_mut().is_some());
+            assert_eq!(seen.0.lock().unwrap().1, vec![], "reported before the drop");
+            drop(tap);
+            let s = seen.0.lock().unwrap();
+            assert_eq!((&s.0[..], &s.1), (data, &vec![end]));
+        }
     }
 
     #[tokio::test]

@@ -269,6 +269,10 @@ async fn translated_errors_failover_limits_and_cuts() {
     assert!(content_type.starts_with("application/json"));
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "server_error", "{v}");
+    // The request log and the metrics say what the client got, not the upstream's 200.
+    relay.app.stats.flush().await;
+    let newest = relay.requests("limit=1").await;
+    assert_eq!(newest[0]["status"], 502, "{newest:?}");
 
     // Every account failing: the last failure, translated.
     tokio::time::sleep(Duration::from_millis(1100)).await;
