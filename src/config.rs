@@ -225,7 +225,9 @@ impl Default for LimitsConfig {
 pub struct SchedulerConfig {
     /// At most this many accounts try one request (failover before the first byte).
     pub max_attempts: u32,
-    /// Failover stops once the request is this old.
+    /// No new attempt starts once the request is this old. Above the upstream timeouts (120 s
+    /// for a head, 300 s for an image), so that an attempt that timed out is still followed by
+    /// another; the SDKs' own timeout is 600 s.
     pub attempt_deadline_secs: u64,
     /// A session stays bound to its account this long after its last request.
     pub sticky_ttl_secs: u64,
@@ -247,7 +249,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             max_attempts: 3,
-            attempt_deadline_secs: 120,
+            attempt_deadline_secs: 540,
             sticky_ttl_secs: 3_600,
             sticky_overflow: StickyOverflow::Escape,
             rate_limit_cooldown_secs: 60,
@@ -723,6 +725,10 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.store, "embedded");
         assert_eq!(c.server.body_limit_bytes, 32 * 1024 * 1024);
+        // An attempt that timed out waiting for a head (text or image) is followed by another.
+        let deadline = c.scheduler.attempt_deadline_secs;
+        assert!(deadline > c.upstream.first_byte_timeout_secs);
+        assert!(deadline > c.images.first_byte_timeout_secs);
     }
 
     #[test]

@@ -299,7 +299,7 @@ pub async fn report(
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let report = match verdict {
         Verdict::Healthy if picked.degraded => Report::Success,
-        Verdict::Healthy | Verdict::ClientFault => return,
+        Verdict::Healthy | Verdict::ClientFault | Verdict::Refused => return,
         Verdict::RateLimited { until_ms, family } => Report::RateLimited {
             until: *until_ms,
             family: family.map(str::to_owned),
@@ -307,6 +307,11 @@ pub async fn report(
         },
         Verdict::Overloaded => Report::Overloaded {
             until: now_ms.saturating_add(secs_ms(policy.overload_cooldown_secs)),
+            error: error(),
+        },
+        // Out of credit: the longest cooldown, then tried again (someone may have paid).
+        Verdict::Exhausted => Report::Overloaded {
+            until: now_ms.saturating_add(secs_ms(policy.failure_cooldown_max_secs)),
             error: error(),
         },
         Verdict::Failing => Report::Failure {

@@ -8,7 +8,7 @@ use super::call::Call;
 use super::upstream::{Failure, SendError, buffer_failure, send};
 use crate::app::App;
 use crate::body::Body;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::limits::KeyLease;
 use crate::metrics as m;
 use crate::scheduler::{self, Picked, health, health::Outcome};
@@ -72,41 +72,7 @@ pub(crate) async fn attempts(
                 let Some(failure) = last_failure else {
                     return Err(unavailable);
                 };
-                // Logged whether the last attempt got an answer or none (a connect error, a
-                // timeout), with the status the client gets, so that the request log shows it.
-                let status = match &failure {
-                    Failure::Response(b) => b.status,
-                    Failure::Error(e) => e.status,
-                };
-                let entry = RequestLogEntry {
-                    request_id: ctx.request_id.to_owned(),
-                    at: ctx.at_ms,
-                    key_id: key.id.clone(),
-                    account_id: tried.last().cloned(),
-                    model: call.model.clone().unwrap_or_default(),
-                    surface: call.surface.as_str().to_owned(),
-                    status: status.as_u16(),
-                    latency_ms: ctx.started.elapsed().as_millis() as u64,
-                    ttfb_ms: None,
-                    usage: TokenUsage::default(),
-                    cost_nanousd: 0,
-                    cache_hit: false,
-                    estimated: false,
-                };
-                tracing::info!(
-                    request_id = ctx.request_id,
-                    key_id = %key.id,
-                    account_id = ?entry.account_id,
-                    model = %entry.model,
-                    status = entry.status,
-                    latency_ms = entry.latency_ms,
-                    attempts = tried.len(),
-                    "request failed upstream on every account tried"
-                );
-                if call.billed() {
-                    app.stats.record(entry, false);
-                }
-                return failure.respond(call).map(Attempts::Failed);
+                return failed(app, call, key, ctx, &tried, failure);
             }
         };
         let sent_at = Instant::now();
@@ -114,11 +80,21 @@ pub(crate) async fn attempts(
             Ok((resp, head_at)) => (Ok(resp), head_at),
             Err(e) => (Err(e), Instant::now()),
         };
+        // An error answer whose meaning depends on its body is read whole first (it is small).
+        let (sent, error_body) = match sent {
+            Ok(resp) if health::reads_body(resp.status().as_u16()) => {
+                let read = buffer_failure(resp).await;
+                let body = read.body.clone();
+                (Ok(read.into_response()), body)
+            }
+            sent => (sent, bytes::Bytes::new()),
+        };
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let outcome = match &sent {
             Ok(resp) => Outcome::Response {
                 status: resp.status().as_u16(),
                 headers: resp.headers(),
+                body: &error_body,
             },
             Err(
                 SendError::Timeout(_)
@@ -147,7 +123,13 @@ pub(crate) async fn attempts(
         let may_retry = verdict.may_fail_over()
             && tried.len() + 1 < policy.max_attempts as usize
             && Instant::now() < deadline;
-        match sent {
+        let failure = match sent {
+            // The vendor's answer to a refused credential is not the client's business (it
+            // would read as its own key refused, and may quote the account's key).
+            Ok(_) if verdict == health::Verdict::Unauthorized => Failure::Error(ApiError::new(
+                ErrorKind::BadGateway,
+                "the upstream refused this account's credentials; an admin must fix the account",
+            )),
             Ok(upstream) if !may_retry => {
                 return Ok(Attempts::Served(Served {
                     picked,
@@ -156,19 +138,65 @@ pub(crate) async fn attempts(
                     head_at,
                 }));
             }
-            Ok(resp) => {
-                tracing::info!(request_id = ctx.request_id, account_id = %picked.account.id(), status = resp.status().as_u16(), "upstream failed before the first byte; trying another account");
-                last_failure = Some(Failure::Response(buffer_failure(resp).await));
-            }
-            Err(e) if !may_retry => return Err(e.into_api_error()),
-            Err(e) => {
-                let err = e.into_api_error();
-                tracing::info!(request_id = ctx.request_id, account_id = %picked.account.id(), error = %err.message, "upstream failed before the first byte; trying another account");
-                last_failure = Some(Failure::Error(err));
-            }
-        }
-        metrics::counter!(m::FAILOVERS).increment(1);
+            Ok(resp) => Failure::Response(buffer_failure(resp).await),
+            Err(e) => Failure::Error(e.into_api_error()),
+        };
         tried.push(picked.account.id().to_owned());
+        if !may_retry {
+            return failed(app, call, key, ctx, &tried, failure);
+        }
+        let (status, error) = match &failure {
+            Failure::Response(b) => (b.status.as_u16(), String::new()),
+            Failure::Error(e) => (e.status.as_u16(), e.message.clone()),
+        };
+        tracing::info!(request_id = ctx.request_id, account_id = %picked.account.id(), status, error, "upstream failed before the first byte; trying another account");
+        last_failure = Some(failure);
+        metrics::counter!(m::FAILOVERS).increment(1);
         // `picked` drops here: the failed attempt's account lease is released.
     }
+}
+
+/// No attempt served: the request is logged (with the status the client gets, whether the last
+/// attempt got an answer or none) and the client gets the last failure.
+fn failed(
+    app: &App,
+    call: &Call,
+    key: &KeyRecord,
+    ctx: &Ctx<'_>,
+    tried: &[String],
+    failure: Failure,
+) -> Result<Attempts, ApiError> {
+    let status = match &failure {
+        Failure::Response(b) => b.status,
+        Failure::Error(e) => e.status,
+    };
+    let entry = RequestLogEntry {
+        request_id: ctx.request_id.to_owned(),
+        at: ctx.at_ms,
+        key_id: key.id.clone(),
+        account_id: tried.last().cloned(),
+        model: call.model.clone().unwrap_or_default(),
+        surface: call.surface.as_str().to_owned(),
+        status: status.as_u16(),
+        latency_ms: ctx.started.elapsed().as_millis() as u64,
+        ttfb_ms: None,
+        usage: TokenUsage::default(),
+        cost_nanousd: 0,
+        cache_hit: false,
+        estimated: false,
+    };
+    tracing::info!(
+        request_id = ctx.request_id,
+        key_id = %key.id,
+        account_id = ?entry.account_id,
+        model = %entry.model,
+        status = entry.status,
+        latency_ms = entry.latency_ms,
+        attempts = tried.len(),
+        "request failed upstream on every account tried"
+    );
+    if call.billed() {
+        app.stats.record(entry, false);
+    }
+    failure.respond(call).map(Attempts::Failed)
 }

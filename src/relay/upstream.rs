@@ -223,6 +223,16 @@ pub(super) async fn buffer_failure(resp: UpstreamResponse) -> Buffered {
     }
 }
 
+impl Buffered {
+    /// The answer again, its body the bytes read.
+    pub(super) fn into_response(self) -> UpstreamResponse {
+        let mut resp = Response::new(http_body_util::Either::Right(crate::body::full(self.body)));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
 impl Failure {
     /// The failure as the client's answer: an upstream error as it was (translated when the
     /// client speaks another protocol), or Switchyard's own error.

@@ -14,6 +14,9 @@ pub enum Outcome<'a> {
     Response {
         status: u16,
         headers: &'a HeaderMap,
+        /// The error body, read whole for the statuses whose meaning depends on it
+        /// ([`reads_body`]); empty for the others.
+        body: &'a [u8],
     },
     /// Connecting failed, or the connection broke before a response head.
     ConnectError,
@@ -28,6 +31,9 @@ pub enum Verdict {
     Healthy,
     /// The request was at fault (400, 404, 413, 422, …): the account is untouched.
     ClientFault,
+    /// 403 that names nothing wrong with the account (a file of another project, a model this
+    /// account has no access to): untouched, and another account may serve the request.
+    Refused,
     /// 429: out until `until_ms` (unix ms), for one model family when the headers say so.
     RateLimited {
         until_ms: i64,
@@ -35,41 +41,185 @@ pub enum Verdict {
     },
     /// 529 or `overloaded_error`: a fixed cooldown.
     Overloaded,
+    /// Out of credit or quota (402, Anthropic's "credit balance is too low", OpenAI's
+    /// `insufficient_quota`, Google's `BILLING_DISABLED`): out for the longest failure cooldown,
+    /// then tried again, since someone may have paid meanwhile.
+    Exhausted,
     /// 5xx, connect errors, timeouts: a cooldown that grows with consecutive failures.
     Failing,
-    /// 401/403: out of rotation until an admin resets it.
+    /// 401, or a 400/403 that says the credential itself was refused (Google's
+    /// `API_KEY_INVALID`, `SERVICE_DISABLED`, …): out of rotation until an admin resets it.
     Unauthorized,
 }
 
 impl Verdict {
     /// Whether the request may go to another account (nothing has reached the client yet).
     pub fn may_fail_over(&self) -> bool {
-        matches!(
-            self,
-            Verdict::RateLimited { .. } | Verdict::Overloaded | Verdict::Failing
-        )
+        !matches!(self, Verdict::Healthy | Verdict::ClientFault)
     }
 }
 
+/// Whether the verdict on an answer of this status depends on its body, which the relay then
+/// reads whole before judging (error bodies are small).
+pub fn reads_body(status: u16) -> bool {
+    matches!(status, 400 | 402 | 403 | 429)
+}
+
 pub fn judge(outcome: Outcome<'_>, now_ms: i64, default_rate_limit: Duration) -> Verdict {
-    match outcome {
-        Outcome::ConnectError | Outcome::Timeout => Verdict::Failing,
-        Outcome::Response { status, headers } => match status {
-            200..=399 => Verdict::Healthy,
-            401 | 403 => Verdict::Unauthorized,
-            429 => {
-                let (until_ms, family) = rate_limit_reset(headers, now_ms)
-                    .unwrap_or((now_ms + millis(default_rate_limit), None));
-                Verdict::RateLimited {
-                    until_ms: until_ms.max(now_ms),
-                    family,
-                }
+    let (status, headers, body) = match outcome {
+        Outcome::ConnectError | Outcome::Timeout => return Verdict::Failing,
+        Outcome::Response {
+            status,
+            headers,
+            body,
+        } => (status, headers, body),
+    };
+    let account = || account_fault(body);
+    match status {
+        200..=399 => Verdict::Healthy,
+        401 => Verdict::Unauthorized,
+        402 => Verdict::Exhausted,
+        400 => account().unwrap_or(Verdict::ClientFault),
+        403 => account().unwrap_or(Verdict::Refused),
+        429 => {
+            if let Some(Verdict::Exhausted) = account() {
+                return Verdict::Exhausted;
             }
-            529 => Verdict::Overloaded,
-            500..=599 => Verdict::Failing,
-            _ => Verdict::ClientFault,
-        },
+            let (until_ms, family) = rate_limit_reset(headers, now_ms)
+                .or_else(|| retry_delay(body).map(|delay| (now_ms.saturating_add(delay), None)))
+                .unwrap_or((now_ms + millis(default_rate_limit), None));
+            Verdict::RateLimited {
+                until_ms: until_ms.max(now_ms),
+                family,
+            }
+        }
+        529 => Verdict::Overloaded,
+        500..=599 => Verdict::Failing,
+        _ => Verdict::ClientFault,
     }
+}
+
+/// The parts of an error body, in any of the three vendors' shapes, that say whether the
+/// account is at fault.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct ErrorDetail {
+    /// Anthropic's and OpenAI's error type.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    /// OpenAI's code (a string); Google's is the status number and is not read.
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+    #[serde(default)]
+    message: Option<String>,
+    /// Google's `ErrorInfo` (`reason`) and `RetryInfo` (`retryDelay`).
+    #[serde(default)]
+    details: Vec<GoogleDetail>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct GoogleDetail {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default, rename = "retryDelay")]
+    retry_delay: Option<String>,
+}
+
+fn error_detail(body: &[u8]) -> Option<ErrorDetail> {
+    let body = body.trim_ascii_start();
+    // Google answers some streamed calls' errors as a one-element array.
+    let parsed = if body.starts_with(b"[") {
+        serde_json::from_slice::<Vec<ErrorBody>>(body)
+            .ok()?
+            .into_iter()
+            .next()?
+    } else {
+        serde_json::from_slice::<ErrorBody>(body).ok()?
+    };
+    parsed.error
+}
+
+/// Google's reasons that mean the credential or its project cannot be used at all.
+const CREDENTIAL_REASONS: [&str; 9] = [
+    "API_KEY_INVALID",
+    "API_KEY_SERVICE_BLOCKED",
+    "API_KEY_HTTP_REFERRER_BLOCKED",
+    "API_KEY_IP_ADDRESS_BLOCKED",
+    "API_KEY_ANDROID_APP_BLOCKED",
+    "API_KEY_IOS_APP_BLOCKED",
+    "SERVICE_DISABLED",
+    "CONSUMER_SUSPENDED",
+    "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+];
+
+/// OpenAI's codes (and error types) for an account that cannot be used at all, and for one
+/// out of money.
+const CREDENTIAL_CODES: [&str; 4] = [
+    "invalid_api_key",
+    "account_deactivated",
+    "organization_deactivated",
+    "unsupported_country_region_territory",
+];
+const EXHAUSTED_CODES: [&str; 3] = [
+    "insufficient_quota",
+    "billing_hard_limit_reached",
+    "billing_not_active",
+];
+
+/// What an error body says about the account, when it says the account is at fault.
+fn account_fault(body: &[u8]) -> Option<Verdict> {
+    let detail = error_detail(body)?;
+    let code = detail.code.as_ref().and_then(|c| c.as_str());
+    let kind = detail.kind.as_deref();
+    let named = |list: &[&str]| {
+        [code, kind]
+            .into_iter()
+            .flatten()
+            .any(|c| list.contains(&c))
+    };
+    let reason = |list: &[&str]| {
+        detail
+            .details
+            .iter()
+            .filter_map(|d| d.reason.as_deref())
+            .any(|r| list.contains(&r))
+    };
+    let message = detail
+        .message
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if named(&EXHAUSTED_CODES)
+        || reason(&["BILLING_DISABLED"])
+        || message.contains("credit balance is too low")
+    {
+        return Some(Verdict::Exhausted);
+    }
+    if named(&CREDENTIAL_CODES)
+        || reason(&CREDENTIAL_REASONS)
+        || message.contains("organization has been disabled")
+    {
+        return Some(Verdict::Unauthorized);
+    }
+    None
+}
+
+/// Google's `RetryInfo.retryDelay` (`"30s"`, `"1.5s"`), in ms.
+fn retry_delay(body: &[u8]) -> Option<i64> {
+    error_detail(body)?
+        .details
+        .iter()
+        .filter_map(|d| d.retry_delay.as_deref())
+        .find_map(|d| {
+            let secs = d.trim().strip_suffix('s')?.parse::<f64>().ok()?;
+            (secs.is_finite() && secs >= 0.0)
+                .then(|| (secs * 1000.0).min(i64::MAX as f64 / 4.0) as i64)
+        })
 }
 
 /// The cooldown after `consecutive` failures in a row: `base`, doubling each time, at most `max`.
@@ -87,9 +237,10 @@ pub fn family_of(model: &str) -> Option<&'static str> {
     FAMILIES.into_iter().find(|f| model.contains(f))
 }
 
-/// When a 429 ends, from its headers: the latest reset among the limits that are exhausted
-/// (`anthropic-ratelimit-<limit>-remaining: 0` or `-status: rejected`), else `retry-after`,
-/// else the earliest reset given. A limit whose name carries a model family (`…7d_opus…`)
+/// When a 429 ends, from its headers: the latest reset among Anthropic's limits that are
+/// exhausted (`anthropic-ratelimit-<limit>-remaining: 0` or `-status: rejected`), else
+/// `retry-after-ms` or `retry-after`, else OpenAI's `x-ratelimit-reset-*`, else the earliest of
+/// Anthropic's resets given. A limit whose name carries a model family (`…7d_opus…`)
 /// scopes the verdict to that family when it is the only exhausted one.
 fn rate_limit_reset(headers: &HeaderMap, now_ms: i64) -> Option<(i64, Option<&'static str>)> {
     let mut exhausted: Vec<(i64, Option<&'static str>)> = Vec::new();
@@ -120,10 +271,70 @@ fn rate_limit_reset(headers: &HeaderMap, now_ms: i64) -> Option<(i64, Option<&'s
         };
         return Some((until, family));
     }
-    if let Some(after) = header(headers, "retry-after").and_then(|v| parse_retry_after(v, now_ms)) {
+    // Azure's milliseconds first: its `retry-after` rounds them up to whole seconds.
+    let after = header(headers, "retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| now_ms.saturating_add(ms.min(i64::MAX as f64 / 4.0) as i64))
+        .or_else(|| header(headers, "retry-after").and_then(|v| parse_retry_after(v, now_ms)));
+    if let Some(after) = after {
         return Some((after, None));
     }
+    if let Some(reset) = openai_reset(headers) {
+        return Some((now_ms.saturating_add(reset), None));
+    }
     any_reset.map(|r| (r, None))
+}
+
+/// OpenAI's `x-ratelimit-reset-requests` / `-tokens` (durations: `1s`, `6m0s`, `20ms`), in ms
+/// from now: the later of the exhausted limits (`x-ratelimit-remaining-…: 0`), else the later of
+/// those given.
+fn openai_reset(headers: &HeaderMap) -> Option<i64> {
+    let mut exhausted = None;
+    let mut any = None;
+    for limit in ["requests", "tokens"] {
+        let Some(reset) =
+            header(headers, &format!("x-ratelimit-reset-{limit}")).and_then(parse_duration_ms)
+        else {
+            continue;
+        };
+        any = any.max(Some(reset));
+        if header(headers, &format!("x-ratelimit-remaining-{limit}")) == Some("0") {
+            exhausted = exhausted.max(Some(reset));
+        }
+    }
+    exhausted.or(any)
+}
+
+/// A duration in Go's notation (`1h2m3.5s`, `6m0s`, `20ms`), in ms.
+fn parse_duration_ms(v: &str) -> Option<i64> {
+    let mut rest = v.trim();
+    let mut total = 0.0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3_600_000.0,
+            "m" => 60_000.0,
+            "s" => 1_000.0,
+            "ms" => 1.0,
+            "us" | "µs" => 0.001,
+            "ns" => 0.000_001,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * scale;
+    }
+    (total.is_finite() && total >= 0.0).then(|| total.min(i64::MAX as f64 / 4.0).ceil() as i64)
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -179,8 +390,16 @@ mod tests {
     }
 
     fn judge_status(status: u16, h: &HeaderMap) -> Verdict {
+        judge_answer(status, h, "")
+    }
+
+    fn judge_answer(status: u16, h: &HeaderMap, body: &str) -> Verdict {
         judge(
-            Outcome::Response { status, headers: h },
+            Outcome::Response {
+                status,
+                headers: h,
+                body: body.as_bytes(),
+            },
             NOW,
             Duration::from_secs(60),
         )
@@ -195,7 +414,11 @@ mod tests {
             assert!(!judge_status(s, &h).may_fail_over());
         }
         assert_eq!(judge_status(401, &h), Verdict::Unauthorized);
-        assert_eq!(judge_status(403, &h), Verdict::Unauthorized);
+        assert_eq!(judge_status(403, &h), Verdict::Refused);
+        assert_eq!(judge_status(402, &h), Verdict::Exhausted);
+        for v in [Verdict::Unauthorized, Verdict::Refused, Verdict::Exhausted] {
+            assert!(v.may_fail_over(), "{v:?}");
+        }
         assert_eq!(judge_status(529, &h), Verdict::Overloaded);
         assert_eq!(judge_status(500, &h), Verdict::Failing);
         assert_eq!(judge_status(503, &h), Verdict::Failing);
@@ -250,6 +473,98 @@ mod tests {
                 family: None
             }
         );
+    }
+
+    #[test]
+    fn error_bodies_that_blame_the_account_are_told_from_the_clients_faults() {
+        let h = HeaderMap::new();
+        let cases = [
+            // Anthropic, out of credit (sent as a 400).
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#,
+                Verdict::Exhausted,
+            ),
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: 100000 > 64000"}}"#,
+                Verdict::ClientFault,
+            ),
+            // Google: a key that is no longer valid (400), a project with the API disabled (403),
+            // a file of another project (403, the request's doing), billing off.
+            (
+                400,
+                r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#,
+                Verdict::Unauthorized,
+            ),
+            (
+                403,
+                r#"[{"error":{"code":403,"message":"disabled","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"SERVICE_DISABLED"}]}}]"#,
+                Verdict::Unauthorized,
+            ),
+            (
+                403,
+                r#"{"error":{"code":403,"message":"You do not have permission to access the File abc or it may not exist.","status":"PERMISSION_DENIED"}}"#,
+                Verdict::Refused,
+            ),
+            (
+                403,
+                r#"{"error":{"code":403,"status":"PERMISSION_DENIED","details":[{"reason":"BILLING_DISABLED"}]}}"#,
+                Verdict::Exhausted,
+            ),
+            // OpenAI: out of quota (sent as a 429), a revoked key's organisation.
+            (
+                429,
+                r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+                Verdict::Exhausted,
+            ),
+            (
+                403,
+                r#"{"error":{"message":"Country, region, or territory not supported","type":"request_forbidden","code":"unsupported_country_region_territory"}}"#,
+                Verdict::Unauthorized,
+            ),
+            (400, "not json", Verdict::ClientFault),
+        ];
+        for (status, body, verdict) in cases {
+            assert_eq!(judge_answer(status, &h, body), verdict, "{body}");
+        }
+    }
+
+    #[test]
+    fn other_vendors_reset_hints_end_a_429() {
+        // Google: only in the body.
+        let body = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure"},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"30s"}]}}"#;
+        let limited = |until_ms| Verdict::RateLimited {
+            until_ms,
+            family: None,
+        };
+        assert_eq!(
+            judge_answer(429, &HeaderMap::new(), body),
+            limited(NOW + 30_000)
+        );
+        // OpenAI: the exhausted limit's reset, as a Go duration.
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "12"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+        ]);
+        assert_eq!(judge_status(429, &h), limited(NOW + 360_000));
+        let h = headers(&[("x-ratelimit-reset-requests", "20ms")]);
+        assert_eq!(judge_status(429, &h), limited(NOW + 20));
+        // Azure: milliseconds before the rounded seconds.
+        let h = headers(&[("retry-after-ms", "1500"), ("retry-after", "2")]);
+        assert_eq!(judge_status(429, &h), limited(NOW + 1_500));
+        for (v, ms) in [
+            ("1h2m3.5s", Some(3_723_500)),
+            ("0s", Some(0)),
+            ("250ms", Some(250)),
+            ("", None),
+            ("5 minutes", None),
+            ("-1s", None),
+        ] {
+            assert_eq!(parse_duration_ms(v), ms, "{v}");
+        }
     }
 
     #[test]

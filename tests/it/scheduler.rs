@@ -129,7 +129,7 @@ async fn each_failure_moves_the_account_to_the_right_state_and_it_returns_on_its
             "a success resets the streak"
         );
 
-        // 401: out until an admin resets it.
+        // 401: out until an admin resets it; the request goes to b (the client's key was fine).
         a.push_behavior(Behavior::error(
             401,
             "authentication_error",
@@ -137,8 +137,8 @@ async fn each_failure_moves_the_account_to_the_right_state_and_it_returns_on_its
         ));
         assert_eq!(
             send(&relay, &key).await,
-            401,
-            "{backend:?}: 401 is not failed over"
+            200,
+            "{backend:?}: a 401 is failed over"
         );
         assert_eq!(state(&relay, &a_id).await["status"], "unauthorized");
         let before = a.requests().len();
@@ -156,12 +156,68 @@ async fn each_failure_moves_the_account_to_the_right_state_and_it_returns_on_its
             "serves again after the reset"
         );
 
+        // Out of credit (Anthropic says so with a 400): failed over, and out for the longest
+        // failure cooldown, not left in rotation to fail every request.
+        a.push_behavior(Behavior::error(
+            400,
+            "invalid_request_error",
+            "Your credit balance is too low to access the Anthropic API.",
+        ));
+        assert_eq!(send(&relay, &key).await, 200, "{backend:?}: b serves");
+        let s = state(&relay, &a_id).await;
+        assert_eq!(s["status"], "cooling_down", "{backend:?}: {s}");
+        relay
+            .admin(Method::POST, &format!("/admin/accounts/{a_id}/reset"), None)
+            .await;
+        // A 403 about what the request asks for: another account tries, this one is untouched.
+        let before = a.requests().len();
+        a.push_behavior(Behavior::error(
+            403,
+            "permission_error",
+            "no access to this file",
+        ));
+        assert_eq!(send(&relay, &key).await, 200, "{backend:?}: b serves");
+        assert_eq!(a.requests().len(), before + 1);
+        assert_eq!(state(&relay, &a_id).await["status"], "ok");
+
         // 400: the client's fault, the account is untouched.
         a.push_behavior(Behavior::error(400, "invalid_request_error", "bad"));
         assert_eq!(send(&relay, &key).await, 400);
         assert_eq!(state(&relay, &a_id).await["status"], "ok");
         assert!(b.requests().len() >= 5);
     }
+}
+
+#[tokio::test]
+async fn a_refused_credential_is_not_passed_to_the_client_as_its_own() {
+    let a = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let a_id = relay.add_account(&a, "sk-a", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    // OpenAI's wording quotes part of the account's key.
+    a.push_behavior(Behavior::error(
+        401,
+        "authentication_error",
+        "Incorrect API key provided: sk-a****xyz",
+    ));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "api_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("credentials") && !message.contains("sk-a"),
+        "{message}"
+    );
+    assert_eq!(state(&relay, &a_id).await["status"], "unauthorized");
+    // Logged with the status the client got.
+    relay.app.stats.flush().await;
+    let logged = relay.requests("").await;
+    assert_eq!(logged[0]["status"], 502, "{logged:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
