@@ -51,9 +51,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(PROXY_CONNECTION);
 }
 
-/// Response headers from upstream, ready for the client.
+/// Response headers from upstream, ready for the client: hop-by-hop ones dropped, and those
+/// that name the account behind the relay (its organisation or project) or would set a cookie
+/// of the vendor's on the relay's origin.
 pub fn response_headers(mut headers: HeaderMap) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
+    for name in [
+        "anthropic-organization-id",
+        "openai-organization",
+        "openai-project",
+        "set-cookie",
+    ] {
+        headers.remove(name);
+    }
     headers
 }
 
@@ -134,6 +144,26 @@ pub fn query_key(query: Option<&str>) -> Option<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_accounts_organisation_and_cookies_do_not_reach_the_client() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("anthropic-organization-id", "org-1"),
+            ("openai-organization", "org-2"),
+            ("openai-project", "proj_3"),
+            ("set-cookie", "__cf_bm=x"),
+            ("connection", "keep-alive"),
+            ("request-id", "req_1"),
+            ("x-ratelimit-remaining-requests", "9"),
+        ] {
+            h.insert(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        let out = response_headers(h);
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["request-id", "x-ratelimit-remaining-requests"]);
+    }
 
     #[test]
     fn the_client_key_never_goes_upstream() {
