@@ -105,13 +105,17 @@ impl ApiError {
         ApiError::new(ErrorKind::Internal, message)
     }
 
-    /// A store call failed: 503, in the API's shape.
+    /// A store call failed: 503, in the API's shape, with the code [`ApiError::STORE_CODE`].
     pub fn store(error: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             ErrorKind::Unavailable,
             format!("the store is unavailable: {error}"),
         )
+        .with_code(ApiError::STORE_CODE)
     }
+
+    /// The code of [`ApiError::store`]'s errors.
+    pub const STORE_CODE: &'static str = "store_unavailable";
 
     pub fn with_retry_after(mut self, secs: u64) -> ApiError {
         self.retry_after = Some(secs);

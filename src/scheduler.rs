@@ -62,12 +62,18 @@ pub async fn pick(
         binding.accounts.iter().any(|id| id == a.id())
             || (binding.group.is_some() && a.record.group == binding.group)
     };
+    // Not after a store error: the call may have taken leases under the same ids, which are
+    // being given back; a second call with those ids would lose its own to that give-back.
+    let cannot_serve = |e: &ApiError| {
+        matches!(e.kind, ErrorKind::Unavailable | ErrorKind::NotFound)
+            && e.code != Some(ApiError::STORE_CODE)
+    };
     match pick_from(catalog, policy, ask, key, bound).await {
         // The dedicated accounts cannot serve (or all failed): the shared pool, if allowed.
-        Err(e) if binding.fallback && e.kind == ErrorKind::Unavailable => {
+        Err(e) if binding.fallback && cannot_serve(&e) => {
             pick_from(catalog, policy, ask, key, |_| true).await
         }
-        Err(mut e) if e.kind == ErrorKind::Unavailable => {
+        Err(mut e) if cannot_serve(&e) => {
             e.message = format!("{} (this key is bound to dedicated accounts)", e.message);
             Err(e)
         }
@@ -112,10 +118,15 @@ async fn pick_from(
         })
         .collect();
     let model = ask.model.unwrap_or("(any)");
+    if serving.is_empty() {
+        // As the vendor answers a model it does not have: a 404, which clients do not retry
+        // (a 503 they would, for as long as no account is added).
+        return Err(ApiError::not_found(format!(
+            "no upstream account serves model {model}"
+        )));
+    }
     if candidates.iter().all(|c| c.max_concurrency == Some(0)) {
-        let message = if serving.is_empty() {
-            format!("no upstream account serves model {model}")
-        } else if ask.exclude.is_empty() {
+        let message = if ask.exclude.is_empty() {
             format!(
                 "no upstream account for model {model} is available now: every one is disabled or unschedulable"
             )

@@ -999,6 +999,13 @@ impl RedisStore {
             (3, _) => Some(Admit::Expired {
                 first_used_at: i64::try_from(number(1, "first use")?).unwrap_or(i64::MAX),
             }),
+            // Sent again after a lost reply: the first run's leases are given back by the
+            // caller, as after any failed call.
+            (4, _) => {
+                return Err(StoreError::Unavailable(
+                    "take: the call ran twice (sent again after a lost reply)".into(),
+                ));
+            }
             (other, _) => {
                 return Err(StoreError::Corrupt(format!(
                     "take: unexpected answer {other}"

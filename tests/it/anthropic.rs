@@ -446,15 +446,17 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing_behind() {
         (400, "invalid_request_error".into())
     );
 
-    // No account serves this model: 503 that says so.
+    // No account serves this model: 404 that says so, as the vendor answers a model it does
+    // not have (clients retry a 503).
     let resp = relay
         .messages(&key, &messages_body("claude-opus-4-8", false))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "not_found_error");
     assert!(
         v["error"]["message"]
             .as_str()

@@ -104,7 +104,8 @@ fn make_redis_cluster() -> Option<Redis> {
 macro_rules! conformance_tests {
     ($backend:ident, $make:ident) => {
         conformance_tests!(@cases $backend, $make;
-            key_crud, account_crud, admit_caps_concurrency, lease_expires, pick_by_priority,
+            key_crud, account_crud, admit_caps_concurrency, a_lease_admitted_twice_counts_once,
+            lease_expires, pick_by_priority,
             pick_rotates_equals, pick_skips_full_accounts, usage_adds_batches, request_log,
             health_reports_and_recovery, concurrent_health_reports, sessions_stick_escape_and_move,
             pick_weighs_relative_load, meters_reserve_and_settle, meters_admit_atomically,
@@ -518,6 +519,27 @@ mod cases {
                     .await
                     .unwrap(),
                 Admit::Granted
+            );
+        }
+    }
+
+    /// The same admission sent twice (Redis: fred sends a call again when its reply was lost,
+    /// after the first run took effect) holds one slot, which one release frees: the embedded
+    /// store renews the lease, Redis refuses the second call.
+    pub async fn a_lease_admitted_twice_counts_once(store: Arc<dyn Store>) {
+        let two = admission("k1", Some(2));
+        let held = lease("r1");
+        assert_eq!(store.admit(&two, &held).await.unwrap(), Admit::Granted);
+        match store.admit(&two, &held).await {
+            Ok(Admit::Granted) | Err(_) => {}
+            Ok(other) => panic!("the second run: {other:?}"),
+        }
+        store.release("k1", None, &held).await.unwrap();
+        for other in ["r2", "r3"] {
+            assert_eq!(
+                store.admit(&two, &lease(other)).await.unwrap(),
+                Admit::Granted,
+                "both slots are free after one release"
             );
         }
     }

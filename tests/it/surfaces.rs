@@ -628,7 +628,7 @@ async fn errors_failover_and_limits_on_the_other_surfaces() {
     assert_eq!(resp.status(), 401);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
-    // No Gemini account: 503 in Gemini's shape.
+    // No Gemini account: 404 in Gemini's shape (a model nobody serves).
     let resp = http_client()
         .post(relay.url("/v1beta/models/gemini-2.5-flash:generateContent"))
         .header("x-goog-api-key", &key)
@@ -636,9 +636,9 @@ async fn errors_failover_and_limits_on_the_other_surfaces() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["status"], "UNAVAILABLE");
+    assert_eq!(v["error"]["status"], "NOT_FOUND");
 
     // Limits apply unchanged: a key kept to the Anthropic surface is refused here.
     relay

@@ -27,7 +27,8 @@
 -- ('a' lp(id)), priority, cap or -1, weight.
 --
 -- Returns {1} at the key's concurrency cap, {2, meter (0-based), used, held} a meter is full,
--- {3, first use} the key's validity since its first use has run out; else {0} without a pick,
+-- {3, first use} the key's validity since its first use has run out, {4} the call ran before
+-- (its key lease is there already: nothing is counted twice); else {0} without a pick,
 -- {0, 1, index of the chosen candidate (1-based), sticky, degraded} where sticky is 0 None,
 -- 1 Hit, 2 Bound, 3 Escaped, 4 Moved, or {0, 0, retry_at} when no candidate can serve (retry_at:
 -- unix ms as a decimal string, '' when none recovers on its own). Nothing is written unless the
@@ -169,17 +170,24 @@ if A > 0 then
   end
 end
 
+-- Writes what the call counted; false, writing nothing, when the key's lease is in its set
+-- already: the call ran before (fred sends a call again when its reply was lost, and the first
+-- run took effect), and counting it again would hold a concurrency slot and a reservation that
+-- no give-back returns (the set has one member for both runs).
 local function commit()
+  if A > 0 and redis.call('ZADD', KL, 'NX', ARGV[A + 3], ARGV[A + 1]) == 0 then
+    return false
+  end
   if #hset > 0 then
     redis.call('HSET', STATE, unpack(hset))
   end
-  if A > 0 then
-    redis.call('ZADD', KL, ARGV[A + 3], ARGV[A + 1])
-  end
+  return true
 end
 
 if P == 0 then
-  commit()
+  if not commit() then
+    return { 4 }
+  end
   return { 0 }
 end
 
@@ -401,7 +409,9 @@ end
 if v[3] == false or v[3] == '' or tonumber(ARGV[P + 3]) < tonumber(v[3]) then
   set('al:sweep', ARGV[P + 3])
 end
-commit()
+if not commit() then
+  return { 4 }
+end
 -- The account lease's member, lp(account) lp(lease): the prefix without its 'a'.
 redis.call('ZADD', AL, ARGV[P + 3], string.sub(ap, 2) .. ARGV[P + 1])
 
