@@ -300,6 +300,58 @@ fn first_of(raw: Option<&RawValue>) -> Option<&RawValue> {
     serde_json::from_str::<First<'_>>(raw?.get()).ok()?.0
 }
 
+/// The opening of an OpenAI conversation, for sessions: its first system (or developer)
+/// message and its first other message. Chat and Responses clients put the system prompt in the
+/// list, so the list's first element alone is the same for every conversation of an app (which
+/// bound all of them to one account). A string (a Responses `input`) is the first message
+/// itself. Elements after the first other message are skipped, not collected.
+fn opening(raw: Option<&RawValue>) -> (Option<&RawValue>, Option<&RawValue>) {
+    struct Opening<'a>(Option<&'a RawValue>, Option<&'a RawValue>);
+    #[derive(Deserialize)]
+    struct Role<'a> {
+        #[serde(borrow, default)]
+        role: Option<std::borrow::Cow<'a, str>>,
+    }
+    impl<'de> Deserialize<'de> for Opening<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Opening<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an array")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Opening<'de>, A::Error> {
+                    let mut opening = Opening(None, None);
+                    while let Some(message) = seq.next_element::<&'de RawValue>()? {
+                        let role = serde_json::from_str::<Role<'_>>(message.get())
+                            .ok()
+                            .and_then(|r| r.role);
+                        if matches!(role.as_deref(), Some("system" | "developer")) {
+                            opening.0.get_or_insert(message);
+                        } else {
+                            opening.1 = Some(message);
+                            break;
+                        }
+                    }
+                    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                    Ok(opening)
+                }
+            }
+            d.deserialize_seq(Visit)
+        }
+    }
+    let Some(raw) = raw else {
+        return (None, None);
+    };
+    if raw.get().trim_start().starts_with('"') {
+        return (None, Some(raw));
+    }
+    serde_json::from_str::<Opening<'_>>(raw.get()).map_or((None, None), |o| (o.0, o.1))
+}
+
 /// Builds the call for `endpoint` from the client's body; `default_max_tokens` fills in what a
 /// translation to Anthropic needs. Returns the session hints beside it.
 pub fn build<'a>(
@@ -398,10 +450,11 @@ pub fn build<'a>(
             } else {
                 ("/embeddings", UsageKind::OpenAiEmbeddings)
             };
+            let (system, first_message) = opening(p.input);
             let hints = Hints {
                 prompt_cache_key: p.prompt_cache_key,
-                system: p.instructions,
-                first_message: first_of(p.input),
+                system: p.instructions.or(system),
+                first_message,
                 ..Hints::default()
             };
             Ok((
@@ -500,9 +553,11 @@ fn chat<'a>(
     // The name the key's model rules, the scheduler and the prices read: Google's OpenAI-style
     // `models/gemini-…` is the same model as `gemini-…`.
     let name = model.strip_prefix("models/").unwrap_or(&model).to_owned();
+    let (system, first_message) = opening(p.messages);
     let hints = Hints {
         prompt_cache_key: p.prompt_cache_key,
-        first_message: first_of(p.messages),
+        system,
+        first_message,
         ..Hints::default()
     };
     let max_tokens = p.max_completion_tokens.or(p.max_tokens);
@@ -611,6 +666,50 @@ mod tests {
             assert!(first_of(Some(&raw(none))).is_none(), "{none}");
         }
         assert!(first_of(None).is_none());
+    }
+
+    /// Two conversations of one app (one system prompt) are two sessions; a conversation's
+    /// later turns are its own.
+    #[test]
+    fn an_openai_conversation_is_known_by_its_system_prompt_and_first_user_message() {
+        let session = |endpoint: Endpoint, body: &str| {
+            let body = Bytes::from(body.to_owned());
+            let (_, hints) = build(&endpoint, "/x", None, &body, 4096, &|_| true).unwrap();
+            crate::scheduler::session::identify("key_1", &http::HeaderMap::new(), &hints)
+        };
+        let chat = |messages: &str| {
+            session(
+                Endpoint::ChatCompletions,
+                &format!(r#"{{"model":"gpt-5","messages":{messages}}}"#),
+            )
+        };
+        let sys = r#"{"role":"system","content":"You are the app."}"#;
+        let one = chat(&format!(
+            r#"[{sys},{{"role":"user","content":"plan a trip"}}]"#
+        ));
+        let later = chat(&format!(
+            r#"[{sys},{{"role":"user","content":"plan a trip"}},{{"role":"assistant","content":"ok"}},{{"role":"user","content":"to Rome"}}]"#
+        ));
+        let other = chat(&format!(
+            r#"[{sys},{{"role":"user","content":"fix my code"}}]"#
+        ));
+        assert!(one.is_some());
+        assert_eq!(one, later);
+        assert_ne!(one, other);
+
+        let responses = |input: &str| {
+            session(
+                Endpoint::Responses,
+                &format!(r#"{{"model":"gpt-5","input":{input}}}"#),
+            )
+        };
+        let a = responses(r#""plan a trip""#);
+        assert!(a.is_some(), "a string input is the first message");
+        assert_ne!(a, responses(r#""fix my code""#));
+        assert_ne!(
+            responses(r#"[{"role":"developer","content":"d"},{"role":"user","content":"a"}]"#),
+            responses(r#"[{"role":"developer","content":"d"},{"role":"user","content":"b"}]"#)
+        );
     }
 
     /// Whether each surface's call says the client asked for a stream (the answer timeout
