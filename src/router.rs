@@ -64,7 +64,7 @@ where
         }
         return crate::images::relay(&app, op, req).await;
     }
-    let Some(endpoint) = endpoint_of(surface, &vendor_path) else {
+    let Some(endpoint) = endpoint_of(surface, &vendor_path, req.method()) else {
         return ApiError::not_found(format!("no route for {} {path}", req.method()))
             .render(surface);
     };
@@ -168,7 +168,7 @@ fn leaves_its_directory(path: &str) -> bool {
 /// `:predict` (billed per image, so it takes the image path rather than the text one).
 fn image_operation(surface: Surface, path: &str) -> Option<crate::images::Operation> {
     use crate::images::Operation;
-    match (surface, endpoint_of(surface, path)) {
+    match (surface, endpoint_of(surface, path, &Method::POST)) {
         (Surface::OpenAi, _) => match path {
             "/v1/images/generations" => Some(Operation::Generations),
             "/v1/images/edits" => Some(Operation::Edits),
@@ -186,8 +186,9 @@ fn image_operation(surface: Surface, path: &str) -> Option<crate::images::Operat
     }
 }
 
-/// The endpoint a vendor path names on a surface.
-fn endpoint_of(surface: Surface, path: &str) -> Option<Endpoint> {
+/// The endpoint a vendor path names on a surface; `method` is the request's, for the paths that
+/// take several.
+fn endpoint_of(surface: Surface, path: &str, method: &Method) -> Option<Endpoint> {
     match surface {
         Surface::Anthropic => match path {
             "/v1/messages" => Some(Endpoint::Messages),
@@ -201,7 +202,10 @@ fn endpoint_of(surface: Surface, path: &str) -> Option<Endpoint> {
             let rest = path.strip_prefix("/v1")?;
             match rest {
                 "/chat/completions" => Some(Endpoint::ChatCompletions),
-                "/responses" => Some(Endpoint::Responses),
+                "/responses" | "/responses/compact" => Some(Endpoint::Responses {
+                    path: rest.to_owned(),
+                }),
+                p if p.starts_with("/responses/") => stored_response(p, method),
                 "/embeddings" => Some(Endpoint::Embeddings),
                 p if p == "/models" || p.starts_with("/models/") => {
                     Some(Endpoint::OpenAiModels { path: p.to_owned() })
@@ -234,6 +238,27 @@ fn endpoint_of(surface: Surface, path: &str) -> Option<Endpoint> {
         }
         Surface::Admin => None,
     }
+}
+
+/// `/responses/{id}` (GET, DELETE), `/responses/{id}/cancel` (POST),
+/// `/responses/{id}/input_items` (GET). Another method gets the endpoint with the expected one,
+/// which the router answers with 405.
+fn stored_response(path: &str, method: &Method) -> Option<Endpoint> {
+    let rest = path.strip_prefix("/responses/")?;
+    let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+    if id.is_empty() {
+        return None;
+    }
+    let expected = match action {
+        "" if *method == Method::DELETE => Method::DELETE,
+        "" | "input_items" => Method::GET,
+        "cancel" => Method::POST,
+        _ => return None,
+    };
+    Some(Endpoint::StoredResponse {
+        path: path.to_owned(),
+        method: expected,
+    })
 }
 
 /// `GET /v1/key-info`: the presented key's limits, use and expiry, for its holder.

@@ -27,8 +27,12 @@ pub enum Endpoint {
     AnthropicModels,
     /// `POST /v1/chat/completions`: native for OpenAI models, translated for Claude and Gemini.
     ChatCompletions,
-    /// `POST /v1/responses`.
-    Responses,
+    /// `POST /v1/responses`, and `POST /v1/responses/compact` (`path` after the version).
+    Responses { path: String },
+    /// A stored response: `GET` / `DELETE /v1/responses/{id}`, `POST …/{id}/cancel`,
+    /// `GET …/{id}/input_items` (`path` after the version). Relayed, not billed; the account
+    /// that holds it is found by trying the accounts in turn (a 404 fails over).
+    StoredResponse { path: String, method: Method },
     /// `POST /v1/embeddings`.
     Embeddings,
     /// `GET /v1/models[/{id}]` (OpenAI): `path` after the version.
@@ -51,7 +55,8 @@ impl Endpoint {
                 Surface::Anthropic
             }
             Endpoint::ChatCompletions
-            | Endpoint::Responses
+            | Endpoint::Responses { .. }
+            | Endpoint::StoredResponse { .. }
             | Endpoint::Embeddings
             | Endpoint::OpenAiModels { .. } => Surface::OpenAi,
             Endpoint::Gemini { .. } | Endpoint::GeminiModels { .. } => Surface::Gemini,
@@ -63,6 +68,7 @@ impl Endpoint {
             Endpoint::AnthropicModels
             | Endpoint::OpenAiModels { .. }
             | Endpoint::GeminiModels { .. } => Method::GET,
+            Endpoint::StoredResponse { method, .. } => method.clone(),
             _ => Method::POST,
         }
     }
@@ -159,6 +165,14 @@ pub struct Call {
     pub whole_answer: Option<WholeAnswer>,
 }
 
+impl Call {
+    /// Whether the call names a stored object one account holds (a stored response): a 404
+    /// from one account sends it to the next.
+    pub fn names_a_stored_object(&self) -> bool {
+        matches!(&self.target, Target::OpenAi { path } if path.starts_with("/responses/") && path != "/responses/compact")
+    }
+}
+
 /// How long, and how much, a call reads of an answer it takes whole.
 #[derive(Debug, Clone, Copy)]
 pub struct WholeAnswer {
@@ -238,6 +252,9 @@ struct Peek<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     max_output_tokens: Option<u64>,
+    /// Responses: run in the background, answered before it is generated.
+    #[serde(default)]
+    background: Option<bool>,
     /// Owned only when escaped (`json.dumps` escapes every non-ASCII character).
     #[serde(default, borrow)]
     prompt_cache_key: Option<Cow<'a, str>>,
@@ -442,14 +459,32 @@ pub fn build<'a>(
             Hints::default(),
         )),
         Endpoint::ChatCompletions => chat(body, query, default_max_tokens, surface, native),
-        Endpoint::Responses | Endpoint::Embeddings => {
+        Endpoint::StoredResponse { path, .. } => Ok((
+            call(
+                Target::OpenAi { path: path.clone() },
+                None,
+                None,
+                body.clone(),
+                None,
+                Respond::Passthrough,
+            ),
+            Hints::default(),
+        )),
+        Endpoint::Responses { .. } | Endpoint::Embeddings => {
             let p = peek(body)?;
             let model = required_model(p.model)?;
-            let (path, usage) = if *endpoint == Endpoint::Responses {
-                ("/responses", UsageKind::OpenAiResponses)
-            } else {
-                ("/embeddings", UsageKind::OpenAiEmbeddings)
+            let (path, usage) = match endpoint {
+                Endpoint::Responses { path } => (path.as_str(), UsageKind::OpenAiResponses),
+                _ => ("/embeddings", UsageKind::OpenAiEmbeddings),
             };
+            if p.background == Some(true) {
+                // Answered `queued` with no usage: what it then generates would be spent
+                // outside every limit and bill.
+                return Err(ApiError::invalid(
+                    "background: background responses are not relayed (their usage is not \
+                     known when the request ends); send the request without it",
+                ));
+            }
             let (system, first_message) = opening(p.input);
             let hints = Hints {
                 prompt_cache_key: p.prompt_cache_key,
@@ -699,7 +734,9 @@ mod tests {
 
         let responses = |input: &str| {
             session(
-                Endpoint::Responses,
+                Endpoint::Responses {
+                    path: "/responses".into(),
+                },
                 &format!(r#"{{"model":"gpt-5","input":{input}}}"#),
             )
         };
@@ -736,12 +773,16 @@ mod tests {
             (Endpoint::Messages, messages(true), true),
             (Endpoint::Messages, messages(false), false),
             (
-                Endpoint::Responses,
+                Endpoint::Responses {
+                    path: "/responses".into(),
+                },
                 r#"{"model":"gpt-5","stream":true,"input":"hi"}"#.to_owned(),
                 true,
             ),
             (
-                Endpoint::Responses,
+                Endpoint::Responses {
+                    path: "/responses".into(),
+                },
                 r#"{"model":"gpt-5","input":"hi"}"#.to_owned(),
                 false,
             ),

@@ -110,11 +110,20 @@ pub(crate) async fn attempts(
                 },
             ) => Outcome::ConnectError,
         };
-        let verdict = health::judge(
+        let verdict = match health::judge(
             outcome,
             now_ms,
             Duration::from_secs(policy.rate_limit_cooldown_secs),
-        );
+        ) {
+            // A stored response lives on the account that made it: a 404 sends the call on.
+            health::Verdict::ClientFault
+                if call.names_a_stored_object()
+                    && matches!(&sent, Ok(r) if r.status() == http::StatusCode::NOT_FOUND) =>
+            {
+                health::Verdict::Refused
+            }
+            verdict => verdict,
+        };
         scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
             Ok(resp) => format!("upstream answered {}", resp.status()),
             Err(e) => e.describe(),

@@ -79,6 +79,7 @@ pub fn judge(outcome: Outcome<'_>, now_ms: i64, default_rate_limit: Duration) ->
         200..=399 => Verdict::Healthy,
         401 => Verdict::Unauthorized,
         402 => Verdict::Exhausted,
+        400 if held_elsewhere(body) => Verdict::Refused,
         400 => account().unwrap_or(Verdict::ClientFault),
         403 => account().unwrap_or(Verdict::Refused),
         429 => {
@@ -207,6 +208,14 @@ fn account_fault(body: &[u8]) -> Option<Verdict> {
         return Some(Verdict::Unauthorized);
     }
     None
+}
+
+/// Whether the error says the request names something another account may hold: OpenAI's
+/// `previous_response_not_found` (a stored response lives on the account that made it).
+fn held_elsewhere(body: &[u8]) -> bool {
+    error_detail(body).is_some_and(|d| {
+        d.code.as_ref().and_then(|c| c.as_str()) == Some("previous_response_not_found")
+    })
 }
 
 /// Google's `RetryInfo.retryDelay` (`"30s"`, `"1.5s"`), in ms.
@@ -524,6 +533,12 @@ mod tests {
                 Verdict::Unauthorized,
             ),
             (400, "not json", Verdict::ClientFault),
+            // A follow-up turn whose stored response another account holds.
+            (
+                400,
+                r#"{"error":{"message":"Previous response with id 'resp_1' not found.","type":"invalid_request_error","param":"previous_response_id","code":"previous_response_not_found"}}"#,
+                Verdict::Refused,
+            ),
         ];
         for (status, body, verdict) in cases {
             assert_eq!(judge_answer(status, &h, body), verdict, "{body}");

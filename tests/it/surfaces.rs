@@ -270,6 +270,128 @@ async fn codex_requests_pass_unchanged_to_the_responses_api() {
     assert_eq!(e["output_tokens"], 20, "reasoning tokens are inside output");
 }
 
+/// A stored response lives on the account that made it: its follow-up turns and its own paths
+/// find it by trying the accounts in turn, and neither account is marked for the misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_responses_are_found_on_the_account_that_holds_them() {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let a_id = add(&relay, &a, "openai", json!({ "priority": 1 })).await;
+    add(&relay, &b, "openai", json!({ "priority": 2 })).await;
+    let (_, key) = relay.create_key("k").await;
+
+    // A follow-up turn: a does not hold the previous response, b does.
+    a.push_behavior(Behavior::Error {
+        status: 400,
+        body: json!({ "error": { "message": "Previous response with id 'resp_b1' not found.", "type": "invalid_request_error", "param": "previous_response_id", "code": "previous_response_not_found" } }).to_string(),
+        headers: Vec::new(),
+    });
+    b.push_behavior(Behavior::Ok(cached_usage()));
+    let turn = json!({ "model": "gpt-5", "input": "and then?", "previous_response_id": "resp_b1" });
+    let resp = post(&relay, "/v1/responses", &key, &turn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!((a.requests().len(), b.requests().len()), (1, 1));
+
+    // Its own paths: GET (a 404 on a, found on b), DELETE, cancel, input items.
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/responses/resp_b1"),
+        (reqwest::Method::DELETE, "/v1/responses/resp_b1"),
+        (reqwest::Method::POST, "/v1/responses/resp_b1/cancel"),
+        (reqwest::Method::GET, "/v1/responses/resp_b1/input_items"),
+    ] {
+        let (a_seen, b_seen) = (a.requests().len(), b.requests().len());
+        b.push_behavior(Behavior::Error {
+            status: 200,
+            body: r#"{"id":"resp_b1","object":"response"}"#.to_owned(),
+            headers: Vec::new(),
+        });
+        let resp = http_client()
+            .request(method.clone(), relay.url(path))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{method} {path}");
+        assert_eq!(resp.json::<Value>().await.unwrap()["id"], "resp_b1");
+        let sent = b.requests().pop().unwrap();
+        assert_eq!(
+            (sent.method.as_str(), sent.path.as_str()),
+            (method.as_str(), path)
+        );
+        assert_eq!(
+            (a.requests().len(), b.requests().len()),
+            (a_seen + 1, b_seen + 1)
+        );
+    }
+    // Nowhere: the last 404, in OpenAI's shape. A method the path does not take: 405.
+    let resp = http_client()
+        .get(relay.url("/v1/responses/resp_none"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.json::<Value>().await.unwrap()["error"]["message"].is_string());
+    let resp = http_client()
+        .put(relay.url("/v1/responses/resp_b1"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let (status, v) = relay
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/accounts/{a_id}"),
+            None,
+        )
+        .await;
+    assert_eq!((status, &v["state"]["status"]), (200, &json!("ok")), "{v}");
+
+    // Compaction is a Responses call, billed as one.
+    let before = relay.usage("").await["requests"].as_u64().unwrap();
+    let compact = json!({ "model": "gpt-5", "input": [{ "role": "user", "content": "hi" }] });
+    let resp = post(&relay, "/v1/responses/compact", &key, &compact)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!(a.requests().pop().unwrap().path, "/v1/responses/compact");
+    relay.app.stats.flush().await;
+    assert_eq!(
+        relay.usage("").await["requests"].as_u64().unwrap(),
+        before + 1
+    );
+
+    // Background responses would run outside every limit: refused before any account.
+    let served = a.requests().len() + b.requests().len();
+    let resp = post(
+        &relay,
+        "/v1/responses",
+        &key,
+        &json!({ "model": "gpt-5", "input": "hi", "background": true }),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("background"),
+        "{v}"
+    );
+    assert_eq!(a.requests().len() + b.requests().len(), served);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_and_models_on_the_openai_surface() {
     let mock = MockUpstream::start().await;

@@ -61,6 +61,11 @@ pub(super) async fn handle(
     if behavior.usage().is_none() {
         return error_response(vendor, &behavior, guard);
     }
+    if op == OpenAiOp::StoredResponse {
+        let message = "No response found with this id.";
+        let body = error_json(message, "invalid_request_error", None, None);
+        return vendor_json(vendor, 404, body, guard);
+    }
     if matches!(op, OpenAiOp::ImagesGenerate | OpenAiOp::ImagesEdit) {
         return images::openai(op, vendor, behavior, ctx, guard).await;
     }

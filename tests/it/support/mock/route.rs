@@ -13,6 +13,9 @@ pub(super) enum OpenAiOp {
     Embeddings,
     ImagesGenerate,
     ImagesEdit,
+    /// `/v1/responses/{id}[/…]`, any method: none is stored here, so a 404 unless the
+    /// behaviour says otherwise.
+    StoredResponse,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +96,9 @@ impl Route {
                 return Route::OpenAi(op, None);
             }
         }
+        if path.starts_with("/v1/responses/") {
+            return Route::OpenAi(OpenAiOp::StoredResponse, None);
+        }
         if let (true, Some(id)) = (get, path.strip_prefix("/mock-files/")) {
             return Route::File(id.to_owned());
         }
@@ -124,7 +130,7 @@ impl Route {
 fn openai_op(path: &str) -> Option<OpenAiOp> {
     Some(match path {
         "chat/completions" => OpenAiOp::Chat,
-        "responses" => OpenAiOp::Responses,
+        "responses" | "responses/compact" => OpenAiOp::Responses,
         "embeddings" => OpenAiOp::Embeddings,
         "images/generations" => OpenAiOp::ImagesGenerate,
         "images/edits" => OpenAiOp::ImagesEdit,
