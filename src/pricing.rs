@@ -735,7 +735,57 @@ mod tests {
     #[test]
     fn builtin_parses() {
         let table = PriceTable::builtin().unwrap();
-        assert_eq!(table.len(), 39);
+        assert_eq!(table.len(), 49);
+    }
+
+    #[test]
+    fn dedicated_models_are_not_priced_by_a_broader_glob() {
+        let p = Pricing::from_config(&PricingConfig::default(), None).unwrap();
+        // A million tokens in and a million out: input + output price.
+        let u = TokenUsage {
+            input_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            ..TokenUsage::default()
+        };
+        for (model, nanousd) in [
+            // `o1*`, `o3*`, `o4-mini*`, `gpt-5*`, `gpt-4o*` match all of these too.
+            ("o1-pro", 750 * USD),
+            ("o1-pro-2025-03-19", 750 * USD),
+            ("o1", 75 * USD),
+            ("o1-2024-12-17", 75 * USD),
+            ("o1-mini", 5_500_000_000),
+            ("o3-pro", 100 * USD),
+            ("o3-pro-2025-06-10", 100 * USD),
+            ("o3-deep-research", 50 * USD),
+            ("o3-deep-research-2025-06-26", 50 * USD),
+            ("o3", 10 * USD),
+            ("o3-mini", 5_500_000_000),
+            ("o4-mini-deep-research", 10 * USD),
+            ("o4-mini-deep-research-2025-06-26", 10 * USD),
+            ("o4-mini", 5_500_000_000),
+            ("gpt-5-pro", 135 * USD),
+            ("gpt-5-pro-2025-10-06", 135 * USD),
+            ("gpt-5.2-pro", 189 * USD),
+            ("gpt-5.4-pro", 210 * USD),
+            ("gpt-5.5-pro", 210 * USD),
+            ("gpt-5", 11_250_000_000),
+            ("gpt-5-mini", 2_250_000_000),
+            ("gpt-4o-2024-05-13", 20 * USD),
+            ("gpt-4o", 12_500_000_000),
+            ("gpt-4o-2024-08-06", 12_500_000_000),
+            ("gpt-4o-mini", 750_000_000),
+        ] {
+            let c = p.cost(model, &u);
+            assert!(c.known_model, "{model}");
+            assert_eq!(c.nanousd, nanousd, "{model}");
+        }
+        // The dedicated models bill no discount for cached input.
+        let cached = TokenUsage {
+            cache_read_input_tokens: 1_000_000,
+            ..TokenUsage::default()
+        };
+        assert_eq!(p.cost("o1-pro", &cached).nanousd, 150 * USD);
+        assert_eq!(p.cost("o3-deep-research", &cached).nanousd, 2_500_000_000);
     }
 
     #[test]
