@@ -53,6 +53,15 @@ impl TokenUsage {
         }
     }
 
+    /// The prompt as vendors measure it for their long-context prices: every input kind, cached
+    /// or not (Anthropic: input + cache reads + cache writes; Gemini: `promptTokenCount`, plus
+    /// tool-use prompt tokens, which the reader counts as input).
+    pub fn prompt_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.cache_creation_input_tokens)
+            .saturating_add(self.cache_read_input_tokens)
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == TokenUsage::default()
     }

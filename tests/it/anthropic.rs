@@ -222,6 +222,36 @@ async fn recorded_usage_and_cost_follow_the_upstream_and_the_price_table() {
 }
 
 #[tokio::test]
+async fn a_prompt_above_200k_tokens_is_billed_at_the_long_context_price() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    for (input, cache_read) in [(150_000, 50_000), (150_001, 50_000)] {
+        mock.push_behavior(Behavior::Ok(MockUsage {
+            input,
+            output: 1_000,
+            cache_read,
+            ..MockUsage::default()
+        }));
+        let resp = relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let rows = logged(&relay, 2).await;
+    let costs: Vec<&Value> = rows.iter().rev().map(|r| &r["cost_nanousd"]).collect();
+    // Input + cache reads = 200,000: $3 / $0.30 / $15 per MTok; one more: $6 / $0.60 / $22.50.
+    assert_eq!(
+        costs,
+        [
+            &json!(450_000_000 + 15_000_000 + 15_000_000),
+            &json!(900_006_000 + 30_000_000 + 22_500_000)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_disconnects_mid_stream_is_billed_for_what_passed_and_upstream_is_cancelled()
 {
     let (relay, mock, key, account_id) = relay_with_account().await;
