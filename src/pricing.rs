@@ -9,6 +9,7 @@
 //! A model may have a second set of token prices for long prompts: when a request's prompt (every
 //! input kind, cached or not) is above [`LONG_CONTEXT_THRESHOLD`] tokens, the whole request is
 //! priced at them, as Anthropic and Google bill Claude Sonnet 4 / 4.5 and Gemini 2.5 / 3 Pro.
+//! Web searches that Anthropic runs for an answer are priced per search, in the same sum.
 //!
 //! Lookup is layered: built-in table < an imported LiteLLM table < the configured LiteLLM file <
 //! `[pricing.models]` in the config. A higher layer that matches a model in any way (exact name,
@@ -34,13 +35,18 @@ const TOKENS_PER_PRICE_UNIT: u128 = 1_000_000;
 const NANOUSD_PER_USD: f64 = 1e9;
 /// USD per token (LiteLLM) → nano-USD per million tokens.
 const NANOUSD_PER_MTOK_PER_USD_PER_TOKEN: f64 = 1e15;
+/// USD per 1,000 searches → nano-USD per million searches.
+const NANOUSD_PER_MSEARCH_PER_USD_PER_1K: f64 = 1e12;
 /// A request whose prompt has more tokens than this is priced at its model's long-context prices,
 /// if it has any (`above_200k`).
 pub const LONG_CONTEXT_THRESHOLD: u64 = 200_000;
+/// Anthropic's web search price, $10 per 1,000 searches, in nano-USD per million searches: what a
+/// search costs where a price does not say. Only Anthropic answers report searches.
+const DEFAULT_WEB_SEARCH: u64 = 10_000_000_000_000;
 /// LiteLLM's placeholder entry that documents its schema; its values are not prices.
 const LITELLM_SAMPLE_SPEC: &str = "sample_spec";
 
-/// Prices of one model, in nano-USD per million tokens.
+/// Prices of one model, in nano-USD per million tokens (per million searches for `web_search`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelPrice {
     pub input: u64,
@@ -53,6 +59,9 @@ pub struct ModelPrice {
     /// tokens, for models whose vendor charges more for a long prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above_200k: Option<TokenPrices>,
+    /// Web searches (`TokenUsage::web_search_requests`).
+    #[serde(default)]
+    pub web_search: u64,
 }
 
 /// One set of token prices, in nano-USD per million tokens: a model's long-context prices.
@@ -82,12 +91,13 @@ impl ModelPrice {
     /// Builds a price from input and output alone, filling the cache prices with Anthropic's
     /// ratios (5-minute write = 1.25 × input, 1-hour write = 2 × input, read = 0.1 × input):
     /// sources that omit cache prices are mostly models whose vendor prices caching that way, and
-    /// a plausible price beats charging nothing for cached tokens. No long-context prices.
+    /// a plausible price beats charging nothing for cached tokens. No long-context prices; web
+    /// searches at Anthropic's price.
     pub fn with_anthropic_cache_ratios(input: u64, output: u64) -> ModelPrice {
         ModelPrice::of(TokenPrices::with_anthropic_cache_ratios(input, output))
     }
 
-    /// `tokens` at every prompt length.
+    /// `tokens` at every prompt length; web searches at Anthropic's price.
     pub fn of(tokens: TokenPrices) -> ModelPrice {
         let TokenPrices {
             input,
@@ -103,6 +113,7 @@ impl ModelPrice {
             cache_write_1h,
             cache_read,
             above_200k: None,
+            web_search: DEFAULT_WEB_SEARCH,
         }
     }
 
@@ -139,6 +150,7 @@ impl ModelPrice {
             (u.cache_creation_unsplit(), p.cache_write_5m),
             (u.cache_creation_1h_input_tokens, p.cache_write_1h),
             (u.cache_read_input_tokens, p.cache_read),
+            (u.web_search_requests, self.web_search),
         ];
         // A u64 × u64 product always fits in u128; only the sum can overflow.
         let total = terms
@@ -254,6 +266,9 @@ pub struct UsdPrices {
     /// 200,000 tokens; none: the same prices at every length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above_200k: Option<UsdTokenPrices>,
+    /// USD per 1,000 web searches (Anthropic's web search tool); defaults to $10, Anthropic's price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_search_per_1k: Option<f64>,
 }
 
 /// `above_200k` of [`UsdPrices`]: USD per million tokens, cache prices defaulting to Anthropic's
@@ -321,6 +336,7 @@ impl UsdPrices {
         cache_write_1h: Some(6.0),
         cache_read: Some(0.30),
         above_200k: None,
+        web_search_per_1k: None,
     };
 
     /// `model` only names the entry in error messages.
@@ -337,6 +353,14 @@ impl UsdPrices {
             .above_200k
             .map(|long| long.to_token_prices(model, &ABOVE_200K_FIELDS))
             .transpose()?;
+        if let Some(v) = self.web_search_per_1k {
+            price.web_search = to_nano(
+                v,
+                NANOUSD_PER_MSEARCH_PER_USD_PER_1K,
+                model,
+                "web_search_per_1k",
+            )?;
+        }
         Ok(price)
     }
 }
@@ -847,6 +871,7 @@ mod tests {
         cache_write_1h: 30 * USD,
         cache_read: 1_500_000_000,
         above_200k: None,
+        web_search: DEFAULT_WEB_SEARCH,
     };
     const OPUS_4_5: ModelPrice = ModelPrice {
         input: 5 * USD,
@@ -855,6 +880,7 @@ mod tests {
         cache_write_1h: 10 * USD,
         cache_read: 500_000_000,
         above_200k: None,
+        web_search: DEFAULT_WEB_SEARCH,
     };
     const SONNET: ModelPrice = ModelPrice {
         input: 3 * USD,
@@ -863,6 +889,7 @@ mod tests {
         cache_write_1h: 6 * USD,
         cache_read: 300_000_000,
         above_200k: None,
+        web_search: DEFAULT_WEB_SEARCH,
     };
     /// Sonnet 4 and 4.5: twice the input price and 1.5 × the output price above 200k prompt
     /// tokens, cache prices at the same ratios of the higher input price.
@@ -883,6 +910,7 @@ mod tests {
         cache_write_1h: 2 * USD,
         cache_read: 100_000_000,
         above_200k: None,
+        web_search: DEFAULT_WEB_SEARCH,
     };
 
     fn input(n: u64) -> TokenUsage {
@@ -1029,6 +1057,46 @@ mod tests {
     }
 
     #[test]
+    fn web_searches_cost_ten_dollars_a_thousand_unless_priced() {
+        let p = Pricing::from_config(&PricingConfig::default(), None).unwrap();
+        let searches = |n| TokenUsage {
+            web_search_requests: n,
+            ..TokenUsage::default()
+        };
+        assert_eq!(
+            p.cost("claude-haiku-4-5", &searches(1_000)).nanousd,
+            10 * USD
+        );
+        assert_eq!(
+            p.cost("claude-sonnet-4-5", &searches(1)).nanousd,
+            10_000_000
+        );
+        // With tokens: one sum, one rounding.
+        let u = TokenUsage {
+            input_tokens: 1_000,
+            output_tokens: 100,
+            web_search_requests: 3,
+            ..TokenUsage::default()
+        };
+        assert_eq!(
+            p.cost("claude-sonnet-4-5", &u).nanousd,
+            3_000_000 + 1_500_000 + 30_000_000
+        );
+        // An unknown model's default price, too.
+        assert_eq!(p.cost("mystery", &searches(2)).nanousd, 20_000_000);
+        // A price of its own, in the config.
+        let cfg: PricingConfig = toml::from_str(
+            "[models.\"claude-haiku-4-5*\"]\ninput = 1.0\noutput = 5.0\nweb_search_per_1k = 25.0\n",
+        )
+        .unwrap();
+        let p = Pricing::from_config(&cfg, None).unwrap();
+        assert_eq!(
+            p.cost("claude-haiku-4-5", &searches(4)).nanousd,
+            100_000_000
+        );
+    }
+
+    #[test]
     fn long_context_prices_in_the_config() {
         let cfg: PricingConfig = toml::from_str(
             r#"
@@ -1069,11 +1137,17 @@ mod tests {
         .to_string();
         assert!(err.contains("above_200k.cache_read"), "{err}");
         let err = PriceTable::from_toml_str(
-            "[models.m]\ninput = 1.0\noutput = 1.0\n[models.m.above_200k]\ninput = 2.0\noutput = 2.0\nspeed = 1.0\n",
+            "[models.m]\ninput = 1.0\noutput = 1.0\n[models.m.above_200k]\ninput = 2.0\noutput = 2.0\nweb_search_per_1k = 1.0\n",
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("speed"), "{err}");
+        assert!(err.contains("web_search_per_1k"), "{err}");
+        let err = PriceTable::from_toml_str(
+            "[models.m]\ninput = 1.0\noutput = 1.0\nweb_search_per_1k = nan\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("web_search_per_1k"), "{err}");
     }
 
     #[test]
@@ -1281,6 +1355,7 @@ mod tests {
             cache_write_1h: None,
             cache_read: None,
             above_200k: None,
+            web_search_per_1k: None,
         }
         .to_model_price("x")
         .unwrap();
@@ -1702,24 +1777,38 @@ mod tests {
     // about 1.8 × 10^19 nanousd), which `saturates_instead_of_overflowing` covers instead.
     fn usage_strategy() -> impl Strategy<Value = TokenUsage> {
         let n = 0u64..100_000_000_000;
-        (n.clone(), n.clone(), n.clone(), n.clone(), n.clone(), n).prop_map(
-            |(input, output, w5, w1, extra, read)| TokenUsage {
-                input_tokens: input,
-                output_tokens: output,
-                cache_creation_input_tokens: w5 + w1 + extra,
-                cache_creation_5m_input_tokens: w5,
-                cache_creation_1h_input_tokens: w1,
-                cache_read_input_tokens: read,
-                images: 0,
-            },
+        (
+            n.clone(),
+            n.clone(),
+            n.clone(),
+            n.clone(),
+            n.clone(),
+            n,
+            0u64..1_000_000,
         )
+            .prop_map(
+                |(input, output, w5, w1, extra, read, searches)| TokenUsage {
+                    input_tokens: input,
+                    output_tokens: output,
+                    cache_creation_input_tokens: w5 + w1 + extra,
+                    cache_creation_5m_input_tokens: w5,
+                    cache_creation_1h_input_tokens: w1,
+                    cache_read_input_tokens: read,
+                    images: 0,
+                    web_search_requests: searches,
+                },
+            )
     }
 
     /// Prices the same at every prompt length (a long-context price makes a cost non-additive).
     fn price_strategy() -> impl Strategy<Value = ModelPrice> {
         let p = 0u64..1_000_000_000_000;
-        (p.clone(), p.clone(), p.clone(), p.clone(), p)
-            .prop_map(|(a, b, c, d, e)| price(a, b, c, d, e))
+        (p.clone(), p.clone(), p.clone(), p.clone(), p.clone(), p).prop_map(
+            |(a, b, c, d, e, search)| ModelPrice {
+                web_search: search,
+                ..price(a, b, c, d, e)
+            },
+        )
     }
 
     /// Long-context prices at least the base ones, as every vendor's are.
@@ -1757,6 +1846,7 @@ mod tests {
                 + b.cache_creation_1h_input_tokens,
             cache_read_input_tokens: a.cache_read_input_tokens + b.cache_read_input_tokens,
             images: a.images + b.images,
+            web_search_requests: a.web_search_requests + b.web_search_requests,
         }
     }
 
@@ -1776,7 +1866,7 @@ mod tests {
             p in prop_oneof![price_strategy(), tiered_price_strategy()],
             u in usage_strategy(),
             extra in 0u64..1_000_000_000,
-            kind in 0usize..5
+            kind in 0usize..6
         ) {
             let mut more = u;
             match kind {
@@ -1790,7 +1880,8 @@ mod tests {
                     more.cache_creation_1h_input_tokens += extra;
                     more.cache_creation_input_tokens += extra;
                 }
-                _ => more.cache_read_input_tokens += extra,
+                4 => more.cache_read_input_tokens += extra,
+                _ => more.web_search_requests += extra,
             }
             prop_assert!(p.cost_nanousd(&more) >= p.cost_nanousd(&u));
         }
