@@ -6,6 +6,11 @@
 //! even $0.03/MTok (a Haiku 3 cache read) is a whole number of nano-dollars, and a cost is divided
 //! by one million only once, after summing, so rounding happens once per request.
 //!
+//! A model may have a second set of token prices for long prompts: when a request's prompt (every
+//! input kind, cached or not) is above [`LONG_CONTEXT_THRESHOLD`] tokens, the whole request is
+//! priced at them, as Anthropic and Google bill Claude Sonnet 4 / 4.5 and Gemini 2.5 / 3 Pro.
+//! Web searches that Anthropic runs for an answer are priced per search, in the same sum.
+//!
 //! Lookup is layered: built-in table < an imported LiteLLM table < the configured LiteLLM file <
 //! `[pricing.models]` in the config. A higher layer that matches a model in any way (exact name,
 //! glob, or the normalised name) wins over everything below it, so an operator's
@@ -30,10 +35,18 @@ const TOKENS_PER_PRICE_UNIT: u128 = 1_000_000;
 const NANOUSD_PER_USD: f64 = 1e9;
 /// USD per token (LiteLLM) → nano-USD per million tokens.
 const NANOUSD_PER_MTOK_PER_USD_PER_TOKEN: f64 = 1e15;
+/// USD per 1,000 searches → nano-USD per million searches.
+const NANOUSD_PER_MSEARCH_PER_USD_PER_1K: f64 = 1e12;
+/// A request whose prompt has more tokens than this is priced at its model's long-context prices,
+/// if it has any (`above_200k`).
+pub const LONG_CONTEXT_THRESHOLD: u64 = 200_000;
+/// Anthropic's web search price, $10 per 1,000 searches, in nano-USD per million searches: what a
+/// search costs where a price does not say. Only Anthropic answers report searches.
+const DEFAULT_WEB_SEARCH: u64 = 10_000_000_000_000;
 /// LiteLLM's placeholder entry that documents its schema; its values are not prices.
 const LITELLM_SAMPLE_SPEC: &str = "sample_spec";
 
-/// Prices of one model, in nano-USD per million tokens.
+/// Prices of one model, in nano-USD per million tokens (per million searches for `web_search`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelPrice {
     pub input: u64,
@@ -42,20 +55,80 @@ pub struct ModelPrice {
     pub cache_write_5m: u64,
     pub cache_write_1h: u64,
     pub cache_read: u64,
+    /// The token prices of a whole request whose prompt is above [`LONG_CONTEXT_THRESHOLD`]
+    /// tokens, for models whose vendor charges more for a long prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above_200k: Option<TokenPrices>,
+    /// Web searches (`TokenUsage::web_search_requests`).
+    #[serde(default)]
+    pub web_search: u64,
+}
+
+/// One set of token prices, in nano-USD per million tokens: a model's long-context prices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenPrices {
+    pub input: u64,
+    pub output: u64,
+    pub cache_write_5m: u64,
+    pub cache_write_1h: u64,
+    pub cache_read: u64,
+}
+
+impl TokenPrices {
+    /// See [`ModelPrice::with_anthropic_cache_ratios`].
+    pub fn with_anthropic_cache_ratios(input: u64, output: u64) -> TokenPrices {
+        TokenPrices {
+            input,
+            output,
+            cache_write_5m: fallback_cache_write_5m(input),
+            cache_write_1h: fallback_cache_write_1h(input),
+            cache_read: fallback_cache_read(input),
+        }
+    }
 }
 
 impl ModelPrice {
     /// Builds a price from input and output alone, filling the cache prices with Anthropic's
     /// ratios (5-minute write = 1.25 × input, 1-hour write = 2 × input, read = 0.1 × input):
     /// sources that omit cache prices are mostly models whose vendor prices caching that way, and
-    /// a plausible price beats charging nothing for cached tokens.
+    /// a plausible price beats charging nothing for cached tokens. No long-context prices; web
+    /// searches at Anthropic's price.
     pub fn with_anthropic_cache_ratios(input: u64, output: u64) -> ModelPrice {
+        ModelPrice::of(TokenPrices::with_anthropic_cache_ratios(input, output))
+    }
+
+    /// `tokens` at every prompt length; web searches at Anthropic's price.
+    pub fn of(tokens: TokenPrices) -> ModelPrice {
+        let TokenPrices {
+            input,
+            output,
+            cache_write_5m,
+            cache_write_1h,
+            cache_read,
+        } = tokens;
         ModelPrice {
             input,
             output,
-            cache_write_5m: fallback_cache_write_5m(input),
-            cache_write_1h: fallback_cache_write_1h(input),
-            cache_read: fallback_cache_read(input),
+            cache_write_5m,
+            cache_write_1h,
+            cache_read,
+            above_200k: None,
+            web_search: DEFAULT_WEB_SEARCH,
+        }
+    }
+
+    /// The token prices `u` is charged: the long-context ones when its prompt is above the
+    /// threshold and the model has them.
+    pub fn token_prices(&self, u: &TokenUsage) -> TokenPrices {
+        match self.above_200k {
+            Some(long) if u.prompt_tokens() > LONG_CONTEXT_THRESHOLD => long,
+            _ => TokenPrices {
+                input: self.input,
+                output: self.output,
+                cache_write_5m: self.cache_write_5m,
+                cache_write_1h: self.cache_write_1h,
+                cache_read: self.cache_read,
+            },
         }
     }
 
@@ -69,13 +142,15 @@ impl ModelPrice {
     /// As `cost_nanousd`, with `extra` `(tokens, nano-USD per million)` terms in the same sum (image
     /// input tokens, priced apart from text input), so rounding still happens once.
     pub fn cost_with_nanousd(&self, u: &TokenUsage, extra: &[(u64, u64)]) -> u64 {
+        let p = self.token_prices(u);
         let terms = [
-            (u.input_tokens, self.input),
-            (u.output_tokens, self.output),
-            (u.cache_creation_5m_input_tokens, self.cache_write_5m),
-            (u.cache_creation_unsplit(), self.cache_write_5m),
-            (u.cache_creation_1h_input_tokens, self.cache_write_1h),
-            (u.cache_read_input_tokens, self.cache_read),
+            (u.input_tokens, p.input),
+            (u.output_tokens, p.output),
+            (u.cache_creation_5m_input_tokens, p.cache_write_5m),
+            (u.cache_creation_unsplit(), p.cache_write_5m),
+            (u.cache_creation_1h_input_tokens, p.cache_write_1h),
+            (u.cache_read_input_tokens, p.cache_read),
+            (u.web_search_requests, self.web_search),
         ];
         // A u64 × u64 product always fits in u128; only the sum can overflow.
         let total = terms
@@ -187,6 +262,69 @@ pub struct UsdPrices {
     /// Defaults to 0.1 × input (Anthropic's ratio).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_read: Option<f64>,
+    /// The prices of a whole request whose prompt (input + cache reads + cache writes) is above
+    /// 200,000 tokens; none: the same prices at every length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above_200k: Option<UsdTokenPrices>,
+    /// USD per 1,000 web searches (Anthropic's web search tool); defaults to $10, Anthropic's price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_search_per_1k: Option<f64>,
+}
+
+/// `above_200k` of [`UsdPrices`]: USD per million tokens, cache prices defaulting to Anthropic's
+/// ratios of this `input`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsdTokenPrices {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_5m: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
+}
+
+/// The names of `UsdTokenPrices`' fields in error messages: at the top of an entry, and under
+/// `above_200k`.
+const BASE_FIELDS: [&str; 5] = [
+    "input",
+    "output",
+    "cache_write_5m",
+    "cache_write_1h",
+    "cache_read",
+];
+const ABOVE_200K_FIELDS: [&str; 5] = [
+    "above_200k.input",
+    "above_200k.output",
+    "above_200k.cache_write_5m",
+    "above_200k.cache_write_1h",
+    "above_200k.cache_read",
+];
+
+impl UsdTokenPrices {
+    fn to_token_prices(
+        self,
+        model: &str,
+        fields: &[&'static str; 5],
+    ) -> Result<TokenPrices, PricingError> {
+        let conv = |v, field| to_nano(v, NANOUSD_PER_USD, model, field);
+        let mut prices = TokenPrices::with_anthropic_cache_ratios(
+            conv(self.input, fields[0])?,
+            conv(self.output, fields[1])?,
+        );
+        if let Some(v) = self.cache_write_5m {
+            prices.cache_write_5m = conv(v, fields[2])?;
+        }
+        if let Some(v) = self.cache_write_1h {
+            prices.cache_write_1h = conv(v, fields[3])?;
+        }
+        if let Some(v) = self.cache_read {
+            prices.cache_read = conv(v, fields[4])?;
+        }
+        Ok(prices)
+    }
 }
 
 impl UsdPrices {
@@ -197,23 +335,31 @@ impl UsdPrices {
         cache_write_5m: Some(3.75),
         cache_write_1h: Some(6.0),
         cache_read: Some(0.30),
+        above_200k: None,
+        web_search_per_1k: None,
     };
 
     /// `model` only names the entry in error messages.
     pub fn to_model_price(&self, model: &str) -> Result<ModelPrice, PricingError> {
-        let conv = |v, field| to_nano(v, NANOUSD_PER_USD, model, field);
-        let mut price = ModelPrice::with_anthropic_cache_ratios(
-            conv(self.input, "input")?,
-            conv(self.output, "output")?,
-        );
-        if let Some(v) = self.cache_write_5m {
-            price.cache_write_5m = conv(v, "cache_write_5m")?;
-        }
-        if let Some(v) = self.cache_write_1h {
-            price.cache_write_1h = conv(v, "cache_write_1h")?;
-        }
-        if let Some(v) = self.cache_read {
-            price.cache_read = conv(v, "cache_read")?;
+        let base = UsdTokenPrices {
+            input: self.input,
+            output: self.output,
+            cache_write_5m: self.cache_write_5m,
+            cache_write_1h: self.cache_write_1h,
+            cache_read: self.cache_read,
+        };
+        let mut price = ModelPrice::of(base.to_token_prices(model, &BASE_FIELDS)?);
+        price.above_200k = self
+            .above_200k
+            .map(|long| long.to_token_prices(model, &ABOVE_200K_FIELDS))
+            .transpose()?;
+        if let Some(v) = self.web_search_per_1k {
+            price.web_search = to_nano(
+                v,
+                NANOUSD_PER_MSEARCH_PER_USD_PER_1K,
+                model,
+                "web_search_per_1k",
+            )?;
         }
         Ok(price)
     }
@@ -368,8 +514,10 @@ impl PriceTable {
     ///
     /// Entries without both `input_cost_per_token` and `output_cost_per_token` (images, audio,
     /// the `sample_spec` placeholder) are skipped. Missing cache prices fall back to Anthropic's
-    /// ratios (see [`ModelPrice::with_anthropic_cache_ratios`]). Tiered prices (e.g.
-    /// `*_above_200k_tokens`) are ignored. Names carrying their own provider as a prefix
+    /// ratios (see [`ModelPrice::with_anthropic_cache_ratios`]). The `*_above_200k_tokens` prices
+    /// become the long-context prices (a missing input or output one is the base price, missing
+    /// cache ones Anthropic's ratios of the long-context input); other tiers (`_above_128k_`,
+    /// `_above_272k_`, `_priority`, …) are ignored. Names carrying their own provider as a prefix
     /// (`anthropic/claude-x` with `litellm_provider = "anthropic"`) are also stored under the bare
     /// name, because clients send the bare name, unless an entry already has that bare name.
     pub fn from_litellm_json(text: &str) -> Result<PriceTable, PricingError> {
@@ -468,6 +616,26 @@ fn litellm_price(
     }
     if let Some(v) = field("cache_read_input_token_cost")? {
         price.cache_read = v;
+    }
+    let (long_input, long_output) = (
+        field("input_cost_per_token_above_200k_tokens")?,
+        field("output_cost_per_token_above_200k_tokens")?,
+    );
+    if long_input.is_some() || long_output.is_some() {
+        let mut long = TokenPrices::with_anthropic_cache_ratios(
+            long_input.unwrap_or(input),
+            long_output.unwrap_or(output),
+        );
+        if let Some(v) = field("cache_creation_input_token_cost_above_200k_tokens")? {
+            long.cache_write_5m = v;
+        }
+        if let Some(v) = field("cache_creation_input_token_cost_above_1hr_above_200k_tokens")? {
+            long.cache_write_1h = v;
+        }
+        if let Some(v) = field("cache_read_input_token_cost_above_200k_tokens")? {
+            long.cache_read = v;
+        }
+        price.above_200k = Some(long);
     }
     Ok(Some(price))
 }
@@ -687,13 +855,13 @@ mod tests {
     const USD: u64 = 1_000_000_000;
 
     fn price(input: u64, output: u64, w5: u64, w1: u64, read: u64) -> ModelPrice {
-        ModelPrice {
+        ModelPrice::of(TokenPrices {
             input,
             output,
             cache_write_5m: w5,
             cache_write_1h: w1,
             cache_read: read,
-        }
+        })
     }
 
     const OPUS_4: ModelPrice = ModelPrice {
@@ -702,6 +870,8 @@ mod tests {
         cache_write_5m: 18_750_000_000,
         cache_write_1h: 30 * USD,
         cache_read: 1_500_000_000,
+        above_200k: None,
+        web_search: DEFAULT_WEB_SEARCH,
     };
     const OPUS_4_5: ModelPrice = ModelPrice {
         input: 5 * USD,
@@ -709,6 +879,8 @@ mod tests {
         cache_write_5m: 6_250_000_000,
         cache_write_1h: 10 * USD,
         cache_read: 500_000_000,
+        above_200k: None,
+        web_search: DEFAULT_WEB_SEARCH,
     };
     const SONNET: ModelPrice = ModelPrice {
         input: 3 * USD,
@@ -716,6 +888,20 @@ mod tests {
         cache_write_5m: 3_750_000_000,
         cache_write_1h: 6 * USD,
         cache_read: 300_000_000,
+        above_200k: None,
+        web_search: DEFAULT_WEB_SEARCH,
+    };
+    /// Sonnet 4 and 4.5: twice the input price and 1.5 × the output price above 200k prompt
+    /// tokens, cache prices at the same ratios of the higher input price.
+    const SONNET_1M: ModelPrice = ModelPrice {
+        above_200k: Some(TokenPrices {
+            input: 6 * USD,
+            output: 22_500_000_000,
+            cache_write_5m: 7_500_000_000,
+            cache_write_1h: 12 * USD,
+            cache_read: 600_000_000,
+        }),
+        ..SONNET
     };
     const HAIKU_4_5: ModelPrice = ModelPrice {
         input: USD,
@@ -723,6 +909,8 @@ mod tests {
         cache_write_5m: 1_250_000_000,
         cache_write_1h: 2 * USD,
         cache_read: 100_000_000,
+        above_200k: None,
+        web_search: DEFAULT_WEB_SEARCH,
     };
 
     fn input(n: u64) -> TokenUsage {
@@ -735,7 +923,231 @@ mod tests {
     #[test]
     fn builtin_parses() {
         let table = PriceTable::builtin().unwrap();
-        assert_eq!(table.len(), 39);
+        assert_eq!(table.len(), 51);
+    }
+
+    #[test]
+    fn dedicated_models_are_not_priced_by_a_broader_glob() {
+        let p = Pricing::from_config(&PricingConfig::default(), None).unwrap();
+        // A million tokens in and a million out: input + output price.
+        let u = TokenUsage {
+            input_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            ..TokenUsage::default()
+        };
+        for (model, nanousd) in [
+            // `o1*`, `o3*`, `o4-mini*`, `gpt-5*`, `gpt-4o*` match all of these too.
+            ("o1-pro", 750 * USD),
+            ("o1-pro-2025-03-19", 750 * USD),
+            ("o1", 75 * USD),
+            ("o1-2024-12-17", 75 * USD),
+            ("o1-mini", 5_500_000_000),
+            ("o3-pro", 100 * USD),
+            ("o3-pro-2025-06-10", 100 * USD),
+            ("o3-deep-research", 50 * USD),
+            ("o3-deep-research-2025-06-26", 50 * USD),
+            ("o3", 10 * USD),
+            ("o3-mini", 5_500_000_000),
+            ("o4-mini-deep-research", 10 * USD),
+            ("o4-mini-deep-research-2025-06-26", 10 * USD),
+            ("o4-mini", 5_500_000_000),
+            ("gpt-5-pro", 135 * USD),
+            ("gpt-5-pro-2025-10-06", 135 * USD),
+            ("gpt-5.2-pro", 189 * USD),
+            ("gpt-5.4-pro", 210 * USD),
+            ("gpt-5.5-pro", 210 * USD),
+            ("gpt-5", 11_250_000_000),
+            ("gpt-5-mini", 2_250_000_000),
+            ("gpt-4o-2024-05-13", 20 * USD),
+            ("gpt-4o", 12_500_000_000),
+            ("gpt-4o-2024-08-06", 12_500_000_000),
+            ("gpt-4o-mini", 750_000_000),
+        ] {
+            let c = p.cost(model, &u);
+            assert!(c.known_model, "{model}");
+            assert_eq!(c.nanousd, nanousd, "{model}");
+        }
+        // The dedicated models bill no discount for cached input.
+        let cached = TokenUsage {
+            cache_read_input_tokens: 1_000_000,
+            ..TokenUsage::default()
+        };
+        assert_eq!(p.cost("o1-pro", &cached).nanousd, 150 * USD);
+        assert_eq!(p.cost("o3-deep-research", &cached).nanousd, 2_500_000_000);
+    }
+
+    #[test]
+    fn long_prompts_pay_the_long_context_prices() {
+        let p = Pricing::from_config(&PricingConfig::default(), None).unwrap();
+        // Anthropic: input + cache reads + cache writes, 200,000 at most at the base prices.
+        let claude = |input| TokenUsage {
+            input_tokens: input,
+            output_tokens: 1_000,
+            cache_creation_input_tokens: 50_000,
+            cache_creation_5m_input_tokens: 50_000,
+            cache_read_input_tokens: 50_000,
+            ..TokenUsage::default()
+        };
+        let (at, above) = (claude(100_000), claude(100_001));
+        assert_eq!(at.prompt_tokens(), LONG_CONTEXT_THRESHOLD);
+        // 100k × $3 + 50k × $3.75 + 50k × $0.30 + 1k × $15.
+        let base = 300_000_000 + 187_500_000 + 15_000_000 + 15_000_000;
+        // 100,001 × $6 + 50k × $7.50 + 50k × $0.60 + 1k × $22.50.
+        let long = 600_006_000 + 375_000_000 + 30_000_000 + 22_500_000;
+        for model in [
+            "claude-sonnet-4-5",
+            "claude-sonnet-4-5-20250929",
+            "claude-sonnet-4-20250514",
+            "claude-sonnet-4-0",
+            "us.anthropic.claude-sonnet-4-20250514-v1:0",
+            "claude-sonnet-4-5@20250929",
+        ] {
+            assert_eq!(p.cost(model, &at).nanousd, base, "{model}");
+            assert_eq!(p.cost(model, &above).nanousd, long, "{model}");
+        }
+        // A 1-hour write above the threshold: $12 (2 × $6).
+        let hour = TokenUsage {
+            cache_creation_input_tokens: 200_001,
+            cache_creation_1h_input_tokens: 200_001,
+            ..TokenUsage::default()
+        };
+        assert_eq!(p.cost("claude-sonnet-4-5", &hour).nanousd, 2_400_012_000);
+        // Sonnet 4.6 and Opus 4.6 serve the 1M context at their usual prices.
+        let flat = 100_001 * 3_000 + 187_500_000 + 15_000_000 + 15_000_000;
+        assert_eq!(p.cost("claude-sonnet-4-6", &above).nanousd, flat);
+        assert_eq!(
+            p.cost("claude-opus-4-6", &above).nanousd,
+            100_001 * 5_000 + 312_500_000 + 25_000_000 + 25_000_000
+        );
+
+        // Gemini: the prompt, cached tokens included.
+        let gemini = |input| TokenUsage {
+            input_tokens: input,
+            output_tokens: 1_000,
+            cache_read_input_tokens: 50_000,
+            ..TokenUsage::default()
+        };
+        // 150k × $1.25 + 50k × $0.125 + 1k × $10, then 150,001 × $2.50 + 50k × $0.25 + 1k × $15.
+        assert_eq!(
+            p.cost("gemini-2.5-pro", &gemini(150_000)).nanousd,
+            187_500_000 + 6_250_000 + 10_000_000
+        );
+        assert_eq!(
+            p.cost("gemini-2.5-pro", &gemini(150_001)).nanousd,
+            375_002_500 + 12_500_000 + 15_000_000
+        );
+        for model in ["gemini-3-pro-preview", "gemini-3.1-pro-preview"] {
+            // 150k × $2 + 50k × $0.20 + 1k × $12, then 150,001 × $4 + 50k × $0.40 + 1k × $18.
+            assert_eq!(
+                p.cost(model, &gemini(150_000)).nanousd,
+                300_000_000 + 10_000_000 + 12_000_000,
+                "{model}"
+            );
+            assert_eq!(
+                p.cost(model, &gemini(150_001)).nanousd,
+                600_004_000 + 20_000_000 + 18_000_000,
+                "{model}"
+            );
+        }
+        // No long-context price: the same at every length.
+        assert_eq!(
+            p.cost("gemini-2.5-flash", &gemini(150_001)).nanousd,
+            p.cost("gemini-2.5-flash", &gemini(150_000)).nanousd + 300
+        );
+    }
+
+    #[test]
+    fn web_searches_cost_ten_dollars_a_thousand_unless_priced() {
+        let p = Pricing::from_config(&PricingConfig::default(), None).unwrap();
+        let searches = |n| TokenUsage {
+            web_search_requests: n,
+            ..TokenUsage::default()
+        };
+        assert_eq!(
+            p.cost("claude-haiku-4-5", &searches(1_000)).nanousd,
+            10 * USD
+        );
+        assert_eq!(
+            p.cost("claude-sonnet-4-5", &searches(1)).nanousd,
+            10_000_000
+        );
+        // With tokens: one sum, one rounding.
+        let u = TokenUsage {
+            input_tokens: 1_000,
+            output_tokens: 100,
+            web_search_requests: 3,
+            ..TokenUsage::default()
+        };
+        assert_eq!(
+            p.cost("claude-sonnet-4-5", &u).nanousd,
+            3_000_000 + 1_500_000 + 30_000_000
+        );
+        // An unknown model's default price, too.
+        assert_eq!(p.cost("mystery", &searches(2)).nanousd, 20_000_000);
+        // A price of its own, in the config.
+        let cfg: PricingConfig = toml::from_str(
+            "[models.\"claude-haiku-4-5*\"]\ninput = 1.0\noutput = 5.0\nweb_search_per_1k = 25.0\n",
+        )
+        .unwrap();
+        let p = Pricing::from_config(&cfg, None).unwrap();
+        assert_eq!(
+            p.cost("claude-haiku-4-5", &searches(4)).nanousd,
+            100_000_000
+        );
+    }
+
+    #[test]
+    fn long_context_prices_in_the_config() {
+        let cfg: PricingConfig = toml::from_str(
+            r#"
+            [models."my-model"]
+            input = 1.0
+            output = 2.0
+            [models."my-model".above_200k]
+            input = 2.0
+            output = 3.0
+            cache_read = 0.5
+            "#,
+        )
+        .unwrap();
+        let p = Pricing::from_config(&cfg, None).unwrap();
+        let (price, known) = p.price("my-model");
+        assert!(known);
+        assert_eq!(
+            price.above_200k,
+            Some(TokenPrices {
+                input: 2 * USD,
+                output: 3 * USD,
+                // Anthropic's ratios of the long-context input, where not given.
+                cache_write_5m: 2_500_000_000,
+                cache_write_1h: 4 * USD,
+                cache_read: USD / 2,
+            })
+        );
+        assert_eq!(p.cost("my-model", &input(200_000)).nanousd, 200_000_000);
+        assert_eq!(p.cost("my-model", &input(200_001)).nanousd, 400_002_000);
+        // Printed by `switchyard config` and read back alike.
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(toml::from_str::<PricingConfig>(&text).unwrap(), cfg);
+
+        let err = PriceTable::from_toml_str(
+            "[models.m]\ninput = 1.0\noutput = 1.0\n[models.m.above_200k]\ninput = 2.0\noutput = 2.0\ncache_read = -1.0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("above_200k.cache_read"), "{err}");
+        let err = PriceTable::from_toml_str(
+            "[models.m]\ninput = 1.0\noutput = 1.0\n[models.m.above_200k]\ninput = 2.0\noutput = 2.0\nweb_search_per_1k = 1.0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("web_search_per_1k"), "{err}");
+        let err = PriceTable::from_toml_str(
+            "[models.m]\ninput = 1.0\noutput = 1.0\nweb_search_per_1k = nan\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("web_search_per_1k"), "{err}");
     }
 
     #[test]
@@ -752,7 +1164,8 @@ mod tests {
             assert!(c.known_model, "{model}");
             c.nanousd
         };
-        // in + out + cached input, per million each.
+        // in + out + cached input, per million each (a 2M-token prompt: long-context prices
+        // where a model has them).
         assert_eq!(usd("gpt-4o-2024-08-06"), 13_750_000_000);
         assert_eq!(usd("gpt-4o-mini"), 825_000_000);
         assert_eq!(usd("gpt-5-codex"), 11_375_000_000);
@@ -760,7 +1173,7 @@ mod tests {
         assert_eq!(usd("o4-mini"), 5_775_000_000);
         assert_eq!(usd("gemini-2.5-flash"), 2_875_000_000);
         assert_eq!(usd("gemini-2.5-flash-lite"), 525_000_000);
-        assert_eq!(usd("gemini-2.5-pro"), 11_560_000_000);
+        assert_eq!(usd("gemini-2.5-pro"), 17_750_000_000);
         assert_eq!(usd("deepseek-chat"), 728_000_000);
         assert_eq!(usd("text-embedding-3-small"), 40_000_000);
     }
@@ -852,8 +1265,9 @@ mod tests {
         assert_eq!(t.price("claude-opus-4-1-20250805"), Some(&OPUS_4));
         assert_eq!(t.price("claude-opus-4-20250514"), Some(&OPUS_4));
         assert_eq!(t.price("claude-opus-4-0"), Some(&OPUS_4));
-        assert_eq!(t.price("claude-sonnet-4-5-20250929"), Some(&SONNET));
-        assert_eq!(t.price("claude-sonnet-4-20250514"), Some(&SONNET));
+        assert_eq!(t.price("claude-sonnet-4-5-20250929"), Some(&SONNET_1M));
+        assert_eq!(t.price("claude-sonnet-4-20250514"), Some(&SONNET_1M));
+        assert_eq!(t.price("claude-sonnet-4-6"), Some(&SONNET));
         assert_eq!(t.price("claude-3-7-sonnet-latest"), Some(&SONNET));
         assert_eq!(t.price("claude-3-5-sonnet-20241022"), Some(&SONNET));
         assert_eq!(t.price("claude-haiku-4-5"), Some(&HAIKU_4_5));
@@ -879,10 +1293,10 @@ mod tests {
     #[test]
     fn vendor_spellings_resolve() {
         let t = PriceTable::builtin().unwrap();
-        assert_eq!(t.price("claude-sonnet-4-5@20250929"), Some(&SONNET));
+        assert_eq!(t.price("claude-sonnet-4-5@20250929"), Some(&SONNET_1M));
         assert_eq!(
             t.price("us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
-            Some(&SONNET)
+            Some(&SONNET_1M)
         );
         assert_eq!(
             t.price("global.anthropic.claude-opus-4-5-20251101-v1:0"),
@@ -940,6 +1354,8 @@ mod tests {
             cache_write_5m: None,
             cache_write_1h: None,
             cache_read: None,
+            above_200k: None,
+            web_search_per_1k: None,
         }
         .to_model_price("x")
         .unwrap();
@@ -1113,7 +1529,10 @@ mod tests {
         "claude-sonnet-4-5": {
             "cache_creation_input_token_cost": 3.75e-06,
             "cache_creation_input_token_cost_above_1hr": 6e-06,
+            "cache_creation_input_token_cost_above_200k_tokens": 7.5e-06,
+            "cache_creation_input_token_cost_above_1hr_above_200k_tokens": 1.2e-05,
             "cache_read_input_token_cost": 3e-07,
+            "cache_read_input_token_cost_above_200k_tokens": 6e-07,
             "input_cost_per_token": 3e-06,
             "input_cost_per_token_above_200k_tokens": 6e-06,
             "litellm_provider": "anthropic",
@@ -1121,6 +1540,7 @@ mod tests {
             "max_output_tokens": 64000,
             "mode": "chat",
             "output_cost_per_token": 1.5e-05,
+            "output_cost_per_token_above_200k_tokens": 2.25e-05,
             "supports_prompt_caching": true
         },
         "anthropic/claude-sonnet-4-5": {
@@ -1159,9 +1579,10 @@ mod tests {
     #[test]
     fn imports_litellm_json() {
         let t = PriceTable::from_litellm_json(LITELLM_SAMPLE).unwrap();
-        assert_eq!(t.price("claude-sonnet-4-5"), Some(&SONNET));
+        // The `_above_200k_tokens` prices are the long-context ones.
+        assert_eq!(t.price("claude-sonnet-4-5"), Some(&SONNET_1M));
         // Dated names reach the bare entry through normalisation.
-        assert_eq!(t.price("claude-sonnet-4-5-20250929"), Some(&SONNET));
+        assert_eq!(t.price("claude-sonnet-4-5-20250929"), Some(&SONNET_1M));
         // The prefixed twin keeps its own price under its own name, but does not shadow the
         // bare entry.
         assert_eq!(
@@ -1194,6 +1615,48 @@ mod tests {
         assert_eq!(
             ModelPrice::with_anthropic_cache_ratios(15 * USD, 75 * USD),
             OPUS_4
+        );
+    }
+
+    #[test]
+    fn litellm_long_context_prices_fill_in_what_is_missing() {
+        let t = PriceTable::from_litellm_json(
+            r#"{
+                "gemini-2.5-pro": {"input_cost_per_token": 1.25e-06, "output_cost_per_token": 1e-05,
+                    "cache_read_input_token_cost": 1.25e-07,
+                    "input_cost_per_token_above_200k_tokens": 2.5e-06,
+                    "output_cost_per_token_above_200k_tokens": 1.5e-05},
+                "input-only": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06,
+                    "input_cost_per_token_above_200k_tokens": 3e-06},
+                "flat": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06,
+                    "input_cost_per_token_above_128k_tokens": 3e-06}
+            }"#,
+        )
+        .unwrap();
+        // Cache prices not given for the long context: Anthropic's ratios of its input.
+        assert_eq!(
+            t.price("gemini-2.5-pro").and_then(|p| p.above_200k),
+            Some(TokenPrices::with_anthropic_cache_ratios(
+                2_500_000_000,
+                15 * USD
+            ))
+        );
+        // An output price not given for the long context: the base one.
+        assert_eq!(
+            t.price("input-only").and_then(|p| p.above_200k),
+            Some(TokenPrices::with_anthropic_cache_ratios(3 * USD, 2 * USD))
+        );
+        // Other tiers are not read.
+        assert_eq!(t.price("flat").and_then(|p| p.above_200k), None);
+        let err = PriceTable::from_litellm_json(
+            r#"{"m": {"input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06,
+                "output_cost_per_token_above_200k_tokens": -1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("output_cost_per_token_above_200k_tokens"),
+            "{err}"
         );
     }
 
@@ -1261,11 +1724,11 @@ mod tests {
                 known_model: false
             }
         );
-        let cost = pricing.cost("claude-sonnet-4-5", &input(1_000_000));
+        let cost = pricing.cost("claude-sonnet-4-5", &input(100_000));
         assert_eq!(
             cost,
             Cost {
-                nanousd: 3 * USD,
+                nanousd: 300_000_000,
                 known_model: true
             }
         );
@@ -1314,23 +1777,61 @@ mod tests {
     // about 1.8 × 10^19 nanousd), which `saturates_instead_of_overflowing` covers instead.
     fn usage_strategy() -> impl Strategy<Value = TokenUsage> {
         let n = 0u64..100_000_000_000;
-        (n.clone(), n.clone(), n.clone(), n.clone(), n.clone(), n).prop_map(
-            |(input, output, w5, w1, extra, read)| TokenUsage {
-                input_tokens: input,
-                output_tokens: output,
-                cache_creation_input_tokens: w5 + w1 + extra,
-                cache_creation_5m_input_tokens: w5,
-                cache_creation_1h_input_tokens: w1,
-                cache_read_input_tokens: read,
-                images: 0,
+        (
+            n.clone(),
+            n.clone(),
+            n.clone(),
+            n.clone(),
+            n.clone(),
+            n,
+            0u64..1_000_000,
+        )
+            .prop_map(
+                |(input, output, w5, w1, extra, read, searches)| TokenUsage {
+                    input_tokens: input,
+                    output_tokens: output,
+                    cache_creation_input_tokens: w5 + w1 + extra,
+                    cache_creation_5m_input_tokens: w5,
+                    cache_creation_1h_input_tokens: w1,
+                    cache_read_input_tokens: read,
+                    images: 0,
+                    web_search_requests: searches,
+                },
+            )
+    }
+
+    /// Prices the same at every prompt length (a long-context price makes a cost non-additive).
+    fn price_strategy() -> impl Strategy<Value = ModelPrice> {
+        let p = 0u64..1_000_000_000_000;
+        (p.clone(), p.clone(), p.clone(), p.clone(), p.clone(), p).prop_map(
+            |(a, b, c, d, e, search)| ModelPrice {
+                web_search: search,
+                ..price(a, b, c, d, e)
             },
         )
     }
 
-    fn price_strategy() -> impl Strategy<Value = ModelPrice> {
+    /// Long-context prices at least the base ones, as every vendor's are.
+    fn tiered_price_strategy() -> impl Strategy<Value = ModelPrice> {
         let p = 0u64..1_000_000_000_000;
-        (p.clone(), p.clone(), p.clone(), p.clone(), p)
-            .prop_map(|(a, b, c, d, e)| price(a, b, c, d, e))
+        (
+            price_strategy(),
+            p.clone(),
+            p.clone(),
+            p.clone(),
+            p.clone(),
+            p,
+        )
+            .prop_map(|(base, a, b, c, d, e)| ModelPrice {
+                above_200k: Some(TokenPrices {
+                    input: base.input + a,
+                    output: base.output + b,
+                    cache_write_5m: base.cache_write_5m + c,
+                    cache_write_1h: base.cache_write_1h + d,
+                    cache_read: base.cache_read + e,
+                }),
+                ..base
+            })
     }
 
     fn add(a: &TokenUsage, b: &TokenUsage) -> TokenUsage {
@@ -1345,6 +1846,7 @@ mod tests {
                 + b.cache_creation_1h_input_tokens,
             cache_read_input_tokens: a.cache_read_input_tokens + b.cache_read_input_tokens,
             images: a.images + b.images,
+            web_search_requests: a.web_search_requests + b.web_search_requests,
         }
     }
 
@@ -1361,7 +1863,10 @@ mod tests {
 
         #[test]
         fn cost_is_monotone_in_each_kind(
-            p in price_strategy(), u in usage_strategy(), extra in 0u64..1_000_000_000, kind in 0usize..5
+            p in prop_oneof![price_strategy(), tiered_price_strategy()],
+            u in usage_strategy(),
+            extra in 0u64..1_000_000_000,
+            kind in 0usize..6
         ) {
             let mut more = u;
             match kind {
@@ -1375,7 +1880,8 @@ mod tests {
                     more.cache_creation_1h_input_tokens += extra;
                     more.cache_creation_input_tokens += extra;
                 }
-                _ => more.cache_read_input_tokens += extra,
+                4 => more.cache_read_input_tokens += extra,
+                _ => more.web_search_requests += extra,
             }
             prop_assert!(p.cost_nanousd(&more) >= p.cost_nanousd(&u));
         }

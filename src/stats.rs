@@ -406,6 +406,7 @@ mod tests {
                 cache_creation_1h_input_tokens: n % 5,
                 cache_read_input_tokens: n % 7,
                 images: n % 4,
+                web_search_requests: 0,
             },
             cost_nanousd: 10 * n + 1,
             cache_hit: false,

@@ -565,11 +565,17 @@ impl RequestLogEntry {
             ),
             (r#","cache_read_input_tokens":"#, u.cache_read_input_tokens),
             (r#","images":"#, u.images),
-            (r#"},"cost_nanousd":"#, self.cost_nanousd),
         ] {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(n.format(count).as_bytes());
         }
+        // Only when there were some, as serde skips it.
+        if u.web_search_requests != 0 {
+            out.extend_from_slice(br#","web_search_requests":"#);
+            out.extend_from_slice(n.format(u.web_search_requests).as_bytes());
+        }
+        out.extend_from_slice(br#"},"cost_nanousd":"#);
+        out.extend_from_slice(n.format(self.cost_nanousd).as_bytes());
         let cache_hit: &[u8] = if self.cache_hit {
             br#","cache_hit":true"#
         } else {
@@ -731,15 +737,20 @@ mod tests {
 
     fn entry() -> impl Strategy<Value = RequestLogEntry> {
         let text = || any::<String>();
-        let usage = proptest::array::uniform7(any::<u64>()).prop_map(|n| TokenUsage {
-            input_tokens: n[0],
-            output_tokens: n[1],
-            cache_creation_input_tokens: n[2],
-            cache_creation_5m_input_tokens: n[3],
-            cache_creation_1h_input_tokens: n[4],
-            cache_read_input_tokens: n[5],
-            images: n[6],
-        });
+        let usage = (
+            proptest::array::uniform7(any::<u64>()),
+            prop_oneof![Just(0), any::<u64>()],
+        )
+            .prop_map(|(n, web_search_requests)| TokenUsage {
+                input_tokens: n[0],
+                output_tokens: n[1],
+                cache_creation_input_tokens: n[2],
+                cache_creation_5m_input_tokens: n[3],
+                cache_creation_1h_input_tokens: n[4],
+                cache_read_input_tokens: n[5],
+                images: n[6],
+                web_search_requests,
+            });
         (
             (
                 text(),

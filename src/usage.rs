@@ -22,6 +22,15 @@ pub struct TokenUsage {
     /// Images generated (image endpoints); priced per image where the price table says so.
     #[serde(default)]
     pub images: u64,
+    /// Web searches Anthropic ran for the answer (`usage.server_tool_use.web_search_requests`),
+    /// billed per search on top of the tokens. Written only when there were some, so request
+    /// log entries without any keep their size.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub web_search_requests: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The most tokens of one kind one request is billed: a trillion, far past any real answer. An
@@ -50,7 +59,17 @@ impl TokenUsage {
             cache_creation_1h_input_tokens: cap(self.cache_creation_1h_input_tokens),
             cache_read_input_tokens: cap(self.cache_read_input_tokens),
             images: cap(self.images),
+            web_search_requests: cap(self.web_search_requests),
         }
+    }
+
+    /// The prompt as vendors measure it for their long-context prices: every input kind, cached
+    /// or not (Anthropic: input + cache reads + cache writes; Gemini: `promptTokenCount`, plus
+    /// tool-use prompt tokens, which the reader counts as input).
+    pub fn prompt_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.cache_creation_input_tokens)
+            .saturating_add(self.cache_read_input_tokens)
     }
 
     pub fn is_empty(&self) -> bool {

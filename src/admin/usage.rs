@@ -264,6 +264,7 @@ pub async fn requests(
                 "cache_read_input_tokens": e.usage.cache_read_input_tokens,
                 "cost_nanousd": e.cost_nanousd,
                 "images": e.usage.images,
+                "web_search_requests": e.usage.web_search_requests,
                 "cache_hit": e.cache_hit,
                 "estimated": e.estimated,
             })

@@ -6,7 +6,9 @@
 //! `message_delta` reported.
 //!
 //! Anthropic's `input_tokens` already excludes cache reads and writes, which is the
-//! [`TokenUsage`] convention, so the counts are taken as they are.
+//! [`TokenUsage`] convention, so the counts are taken as they are. Web searches run by Anthropic's
+//! server tool come in `usage.server_tool_use.web_search_requests` (cumulative in `message_delta`,
+//! like the other counts) and are billed per search.
 
 use serde::Deserialize;
 
@@ -192,6 +194,13 @@ impl Seen {
                 u.cache_creation_1h_input_tokens = n;
             }
         }
+        if let Some(n) = wire
+            .server_tool_use
+            .as_ref()
+            .and_then(|tools| tools.web_search_requests)
+        {
+            u.web_search_requests = n;
+        }
     }
 
     /// Keeps `TokenUsage`'s promise that the total covers the split, whatever the upstream sent.
@@ -239,6 +248,12 @@ struct WireUsage {
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
     cache_creation: Option<WireCacheCreation>,
+    server_tool_use: Option<WireServerToolUse>,
+}
+
+#[derive(Deserialize)]
+struct WireServerToolUse {
+    web_search_requests: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -337,6 +352,7 @@ mod tests {
                 cache_creation_1h_input_tokens: 200,
                 cache_read_input_tokens: 1000,
                 images: 0,
+                web_search_requests: 0,
             }
         );
         assert_eq!(o.model().as_deref(), Some("claude-sonnet-4-5-20250929"));
@@ -513,6 +529,54 @@ mod tests {
         let u = observe_all(AnthropicUsage::streaming(), &[stream.as_bytes()]).usage();
         assert_eq!(u.cache_creation_input_tokens, 7);
         assert_eq!(u.cache_creation_unsplit(), 0);
+    }
+
+    #[test]
+    fn web_searches_are_counted_in_a_stream_and_in_json() {
+        // As Anthropic sends them: the count so far in message_start, the final one in
+        // message_delta.
+        let stream = concat!(
+            "event: message_start\n",
+            r#"data: {"type":"message_start","message":{"model":"claude-sonnet-4-5","usage":{"input_tokens":2000,"output_tokens":1,"server_tool_use":{"web_search_requests":0}}}}"#,
+            "\n\n",
+            "event: message_delta\n",
+            r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":9000,"output_tokens":400,"server_tool_use":{"web_search_requests":3,"web_fetch_requests":1}}}"#,
+            "\n\n",
+        );
+        let o = observe_all(AnthropicUsage::streaming(), &[stream.as_bytes()]);
+        let want = TokenUsage {
+            input_tokens: 9000,
+            output_tokens: 400,
+            web_search_requests: 3,
+            ..TokenUsage::default()
+        };
+        assert_eq!(o.usage(), want);
+        // A message_delta without server_tool_use keeps the count.
+        let more = concat!(
+            "event: message_delta\n",
+            r#"data: {"type":"message_delta","usage":{"output_tokens":401}}"#,
+            "\n\n",
+        );
+        let o = observe_all(
+            AnthropicUsage::streaming(),
+            &[stream.as_bytes(), more.as_bytes()],
+        );
+        assert_eq!(o.usage().web_search_requests, 3);
+
+        let json = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":"end_turn","usage":{"input_tokens":9000,"output_tokens":400,"server_tool_use":{"web_search_requests":3}}}"#;
+        let o = observe_all(AnthropicUsage::json(), &[json]);
+        assert_eq!(o.usage(), want);
+        // At $10 per 1,000 searches, on top of the tokens.
+        let tokens = TokenUsage {
+            web_search_requests: 0,
+            ..want
+        };
+        let price =
+            crate::pricing::ModelPrice::with_anthropic_cache_ratios(3_000_000_000, 15_000_000_000);
+        assert_eq!(
+            price.cost_nanousd(&want) - price.cost_nanousd(&tokens),
+            30_000_000
+        );
     }
 
     proptest! {

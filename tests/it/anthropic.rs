@@ -31,6 +31,17 @@ async fn logged(relay: &Relay, n: usize) -> Vec<Value> {
     panic!("the request log never reached {n} entries");
 }
 
+/// Asks for a `model` answer and reads all of it.
+async fn answered(relay: &Relay, key: &str, model: &str, stream: bool) {
+    let resp = relay
+        .messages(key, &messages_body(model, stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+}
+
 #[tokio::test]
 async fn claude_code_request_reaches_upstream_unchanged_and_stream_comes_back_byte_identical() {
     let (relay, mock, key, _) = relay_with_account().await;
@@ -178,13 +189,7 @@ async fn recorded_usage_and_cost_follow_the_upstream_and_the_price_table() {
     };
     mock.set_default(Behavior::Ok(reported));
     for stream in [true, false] {
-        let resp = relay
-            .messages(&key, &messages_body("claude-sonnet-4-5", stream))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.bytes().await.unwrap();
+        answered(&relay, &key, "claude-sonnet-4-5", stream).await;
     }
     logged(&relay, 2).await;
     // claude-sonnet-4-5: $3 in, $15 out, $3.75 5m write, $6 1h write, $0.30 read per MTok.
@@ -219,6 +224,70 @@ async fn recorded_usage_and_cost_follow_the_upstream_and_the_price_table() {
     assert_eq!(key_rows[0]["cost_nanousd"], one);
     assert_eq!(key_rows[0]["status"], 200);
     assert!(key_rows[0]["ttfb_ms"].is_u64());
+}
+
+#[tokio::test]
+async fn web_searches_are_billed_per_search_in_json_and_in_a_stream() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    // Two searches by Anthropic's web search tool, as the answer reports them.
+    let usage = r#"{"input_tokens": 1000, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 100, "server_tool_use": {"web_search_requests": 2}}"#;
+    let json_answer = format!(
+        r#"{{"id": "msg_ws", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [{{"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {{"query": "q"}}}}, {{"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []}}, {{"type": "text", "text": "ok"}}], "stop_reason": "end_turn", "stop_sequence": null, "usage": {usage}}}"#
+    );
+    let stream_answer = format!(
+        "event: message_start\ndata: {{\"type\": \"message_start\", \"message\": {{\"id\": \"msg_ws\", \"type\": \"message\", \"role\": \"assistant\", \"model\": \"claude-sonnet-4-5\", \"content\": [], \"stop_reason\": null, \"stop_sequence\": null, \"usage\": {{\"input_tokens\": 1000, \"output_tokens\": 1, \"server_tool_use\": {{\"web_search_requests\": 0}}}}}}}}\n\n\
+         event: content_block_start\ndata: {{\"type\": \"content_block_start\", \"index\": 0, \"content_block\": {{\"type\": \"text\", \"text\": \"\"}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {{\"type\": \"text_delta\", \"text\": \"ok\"}}}}\n\n\
+         event: content_block_stop\ndata: {{\"type\": \"content_block_stop\", \"index\": 0}}\n\n\
+         event: message_delta\ndata: {{\"type\": \"message_delta\", \"delta\": {{\"stop_reason\": \"end_turn\", \"stop_sequence\": null}}, \"usage\": {usage}}}\n\n\
+         event: message_stop\ndata: {{\"type\": \"message_stop\"}}\n\n"
+    );
+    mock.push_behavior(Behavior::Error {
+        status: 200,
+        body: json_answer,
+        headers: Vec::new(),
+    });
+    mock.push_behavior(Behavior::Error {
+        status: 200,
+        body: stream_answer,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+    });
+    for stream in [false, true] {
+        answered(&relay, &key, "claude-sonnet-4-5", stream).await;
+    }
+    let rows = logged(&relay, 2).await;
+    // 1000 in × $3 + 100 out × $15 per MTok, and 2 searches × $0.01.
+    let one = 3_000_000 + 1_500_000 + 20_000_000;
+    for row in &rows {
+        assert_eq!(row["web_search_requests"], 2, "{row}");
+        assert_eq!(row["cost_nanousd"], one, "{row}");
+    }
+    // The usage counters, which budgets are kept on, saw the same cost.
+    assert_eq!(relay.usage("").await["cost_nanousd"], 2 * one);
+}
+
+#[tokio::test]
+async fn a_prompt_above_200k_tokens_is_billed_at_the_long_context_price() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    for (input, cache_read) in [(150_000, 50_000), (150_001, 50_000)] {
+        mock.push_behavior(Behavior::Ok(MockUsage {
+            input,
+            output: 1_000,
+            cache_read,
+            ..MockUsage::default()
+        }));
+        answered(&relay, &key, "claude-sonnet-4-5", true).await;
+    }
+    let rows = logged(&relay, 2).await;
+    let costs: Vec<&Value> = rows.iter().rev().map(|r| &r["cost_nanousd"]).collect();
+    // Input + cache reads = 200,000: $3 / $0.30 / $15 per MTok; one more: $6 / $0.60 / $22.50.
+    assert_eq!(
+        costs,
+        [
+            &json!(450_000_000 + 15_000_000 + 15_000_000),
+            &json!(900_006_000 + 30_000_000 + 22_500_000)
+        ]
+    );
 }
 
 #[tokio::test]
