@@ -214,7 +214,7 @@ fn bucket_starts(from: &Zoned, to: &Zoned, g: Granularity) -> Result<Vec<Zoned>,
 }
 
 fn bucket_of(start: &Zoned, g: Granularity) -> Bucket {
-    let [hour, day, month, _] = crate::stats::buckets_of(start.timestamp().as_millisecond());
+    let [hour, day, month, _] = crate::store::buckets_of(start.timestamp().as_millisecond());
     match g {
         Granularity::Hour => hour,
         Granularity::Day => day,
