@@ -5,7 +5,8 @@
 //! owns the aggregate; every `flush_interval` (and on `flush`, and at shutdown) it empties the
 //! inbox into it and writes what accumulated in one `Store::record_usage` call. A failed write
 //! keeps the batch and retries it, unchanged and under the same id, so acknowledged usage is
-//! neither lost nor counted twice while the store is unavailable; see `Writer`.
+//! neither lost nor counted twice while the store is unavailable; see `Writer`. Each tick also
+//! lets the store delete some usage buckets past their retention (`Store::prune_usage`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,10 +14,9 @@ use std::time::Duration;
 
 use foldhash::HashMap;
 use jiff::Timestamp;
-use jiff::tz::TimeZone;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Bucket, Counters, Dimension, RequestLogEntry, Store, UsageBatch};
+use crate::store::{Bucket, Counters, Dimension, RequestLogEntry, Store, UsageBatch, buckets_of};
 
 enum Msg {
     Flush(oneshot::Sender<()>),
@@ -145,6 +145,7 @@ async fn run(
             _ = ticker.tick() => {
                 w.take(&inbox, false);
                 w.write().await;
+                w.prune().await;
             }
         }
     }
@@ -221,6 +222,19 @@ impl Writer {
 
     fn is_empty(&self) -> bool {
         self.sealed.is_none() && self.pending.is_empty()
+    }
+
+    /// Lets the store delete a few usage buckets past their retention.
+    async fn prune(&self) {
+        match self
+            .store
+            .prune_usage(Timestamp::now().as_millisecond())
+            .await
+        {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "expired usage buckets deleted"),
+            Err(e) => tracing::warn!(error = %e, "usage prune failed; tried again next tick"),
+        }
     }
 
     /// At shutdown: keeps trying for a short while (the store may be restarting), then gives up
@@ -350,18 +364,6 @@ impl Pending {
             requests: self.requests,
         }
     }
-}
-
-/// The hour, day, month and all-time buckets that the instant `at_ms` (unix ms) falls in, in UTC.
-pub fn buckets_of(at_ms: i64) -> [Bucket; 4] {
-    let ts = Timestamp::from_millisecond(at_ms).unwrap_or(Timestamp::UNIX_EPOCH);
-    let zoned = ts.to_zoned(TimeZone::UTC);
-    [
-        Bucket::Hour(zoned.strftime("%Y-%m-%dT%H").to_string()),
-        Bucket::Day(zoned.strftime("%Y-%m-%d").to_string()),
-        Bucket::Month(zoned.strftime("%Y-%m").to_string()),
-        Bucket::Total,
-    ]
 }
 
 #[cfg(test)]

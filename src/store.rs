@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 pub use smol_str::SmolStr;
 
@@ -474,6 +476,25 @@ pub enum Bucket {
     Total,
 }
 
+/// The hour, day, month and all-time buckets that the instant `at_ms` (unix ms) falls in, in UTC.
+pub fn buckets_of(at_ms: i64) -> [Bucket; 4] {
+    let ts = Timestamp::from_millisecond(at_ms).unwrap_or(Timestamp::UNIX_EPOCH);
+    let zoned = ts.to_zoned(TimeZone::UTC);
+    [
+        Bucket::Hour(zoned.strftime("%Y-%m-%dT%H").to_string()),
+        Bucket::Day(zoned.strftime("%Y-%m-%d").to_string()),
+        Bucket::Month(zoned.strftime("%Y-%m").to_string()),
+        Bucket::Total,
+    ]
+}
+
+/// How long hour buckets are kept, on every store: on Redis by a TTL from their last write, on
+/// the embedded store from the end of their hour (`Store::prune_usage`).
+pub const HOUR_BUCKETS_KEPT: Duration = Duration::from_secs(35 * 86_400);
+/// The same for day buckets. Month buckets are kept five years on Redis and for good on the
+/// embedded store; totals for good on both.
+pub const DAY_BUCKETS_KEPT: Duration = Duration::from_secs(400 * 86_400);
+
 /// Usage aggregated in memory by `stats`, written in one store call.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UsageBatch {
@@ -712,6 +733,12 @@ pub trait Store: Send + Sync + 'static {
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()>;
     /// Counters for each bucket of the query, in the query's order.
     async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<Counters>>;
+    /// Deletes hour and day buckets older than `HOUR_BUCKETS_KEPT` and `DAY_BUCKETS_KEPT` at
+    /// `now_ms`, a bounded amount of work per call (the stats task calls it every flush
+    /// interval); returns how many it deleted. Redis expires them by TTL: nothing to do there.
+    async fn prune_usage(&self, _now_ms: i64) -> StoreResult<usize> {
+        Ok(0)
+    }
     /// The most recent requests, newest first, optionally only those of one key.
     async fn recent_requests(
         &self,

@@ -64,17 +64,27 @@ pub async fn usage(
             .copied()
             .unwrap_or_default()
     } else {
-        let g = granularity.unwrap_or(Granularity::Hour);
         let to = to.unwrap_or_else(|| Timestamp::now().to_zoned(TimeZone::UTC));
         let from = match from {
             Some(f) => f,
-            None => default_from(&to, g)?,
+            None => default_from(&to, granularity.unwrap_or(Granularity::Hour))?,
         };
         if from >= to {
             return Err(ApiError::invalid("from: must be before to"));
         }
-        let starts = bucket_starts(&from, &to, g)?;
-        let buckets = starts.iter().map(|z| bucket_of(z, g)).collect();
+        // A series reads one bucket per step; totals alone read the coarsest buckets that cover
+        // the range, which are few and kept longest.
+        let starts = match granularity {
+            Some(g) => bucket_starts(&from, &to, g)?
+                .into_iter()
+                .map(|start| (start, g))
+                .collect(),
+            None => tiling(&from, &to)?,
+        };
+        let buckets = starts
+            .iter()
+            .map(|(start, g)| bucket_of(start, *g))
+            .collect();
         let counters = app
             .store()
             .usage(&UsageQuery {
@@ -92,7 +102,7 @@ pub async fn usage(
             body["series"] = starts
                 .iter()
                 .zip(&counters)
-                .map(|(start, c)| {
+                .map(|((start, _), c)| {
                     let mut point = counters_json(c);
                     point["start"] = json!(start.timestamp().to_string());
                     point
@@ -190,31 +200,96 @@ fn floor(z: &Zoned, g: Granularity) -> Result<Zoned, jiff::Error> {
     }
 }
 
-/// Starts of every bucket overlapping `[from, to)`.
-fn bucket_starts(from: &Zoned, to: &Zoned, g: Granularity) -> Result<Vec<Zoned>, ApiError> {
-    let bad = |e: jiff::Error| ApiError::invalid(format!("time range: {e}"));
-    let step = match g {
+/// The start of the first bucket that starts at or after `z`.
+fn ceil(z: &Zoned, g: Granularity) -> Result<Zoned, jiff::Error> {
+    let start = floor(z, g)?;
+    if start == *z {
+        Ok(start)
+    } else {
+        start.checked_add(step(g))
+    }
+}
+
+fn step(g: Granularity) -> jiff::Span {
+    match g {
         Granularity::Hour => 1.hour(),
         Granularity::Day => 1.day(),
         Granularity::Month => 1.month(),
-    };
+    }
+}
+
+fn bad_range(e: jiff::Error) -> ApiError {
+    ApiError::invalid(format!("time range: {e}"))
+}
+
+/// Starts of every bucket overlapping `[from, to)`.
+fn bucket_starts(from: &Zoned, to: &Zoned, g: Granularity) -> Result<Vec<Zoned>, ApiError> {
     let mut starts = Vec::new();
-    let mut at = floor(from, g).map_err(bad)?;
+    let mut at = floor(from, g).map_err(bad_range)?;
     while at < *to {
         if starts.len() == MAX_BUCKETS {
             return Err(ApiError::invalid(format!(
                 "time range: more than {MAX_BUCKETS} buckets; use a coarser granularity"
             )));
         }
-        let next = at.checked_add(step).map_err(bad)?;
+        let next = at.checked_add(step(g)).map_err(bad_range)?;
         starts.push(at);
         at = next;
     }
     Ok(starts)
 }
 
+/// The buckets whose union is exactly `[from, to)` with both ends moved out to whole hours (an
+/// hour the range only touches counts whole, as it does in a series): the whole months inside
+/// it, whole days in what is left at either end, hours in what is left of those. Coarser buckets
+/// are kept longer (README, after the admin API), so the totals of a range long past come from
+/// buckets that are still there, as long as its ends are on days (or on months).
+fn tiling(from: &Zoned, to: &Zoned) -> Result<Vec<(Zoned, Granularity)>, ApiError> {
+    let from = floor(from, Granularity::Hour).map_err(bad_range)?;
+    let to = ceil(to, Granularity::Hour).map_err(bad_range)?;
+    let mut tiles = Vec::new();
+    tile(&from, &to, Granularity::Month, &mut tiles).map_err(bad_range)?;
+    if tiles.len() > MAX_BUCKETS {
+        return Err(ApiError::invalid(format!(
+            "time range: more than {MAX_BUCKETS} buckets"
+        )));
+    }
+    Ok(tiles)
+}
+
+/// Adds the buckets of `g` and finer that tile `[from, to)` (both on whole hours) to `tiles`, in
+/// time order.
+fn tile(
+    from: &Zoned,
+    to: &Zoned,
+    g: Granularity,
+    tiles: &mut Vec<(Zoned, Granularity)>,
+) -> Result<(), jiff::Error> {
+    let finer = match g {
+        Granularity::Month => Some(Granularity::Day),
+        Granularity::Day => Some(Granularity::Hour),
+        Granularity::Hour => None,
+    };
+    let (first, end) = (ceil(from, g)?, floor(to, g)?);
+    match finer {
+        Some(finer) if first >= end => return tile(from, to, finer, tiles),
+        Some(finer) => tile(from, &first, finer, tiles)?,
+        None => {}
+    }
+    let mut at = first;
+    while at < end {
+        let next = at.checked_add(step(g))?;
+        tiles.push((at, g));
+        at = next;
+    }
+    match finer {
+        Some(finer) => tile(&end, to, finer, tiles),
+        None => Ok(()),
+    }
+}
+
 fn bucket_of(start: &Zoned, g: Granularity) -> Bucket {
-    let [hour, day, month, _] = crate::stats::buckets_of(start.timestamp().as_millisecond());
+    let [hour, day, month, _] = crate::store::buckets_of(start.timestamp().as_millisecond());
     match g {
         Granularity::Hour => hour,
         Granularity::Day => day,
@@ -294,4 +369,85 @@ pub async fn import_pricing(app: &Arc<App>, body: &[u8]) -> Result<Response<Body
         crate::app::load_pricing(&app.config).map_err(|e| ApiError::invalid(e.to_string()))?;
     app.set_pricing(pricing);
     ok(StatusCode::OK, &json!({ "imported_models": models }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Zoned {
+        parse_time(s, "t").unwrap()
+    }
+
+    /// The tiles of `[from, to)`, checked to follow each other without a gap or an overlap from
+    /// the hour of `from` to the end of the hour of `to`; as bucket names.
+    fn tiles(from: &str, to: &str) -> Vec<Bucket> {
+        let tiles = tiling(&at(from), &at(to)).unwrap();
+        let mut end = floor(&at(from), Granularity::Hour).unwrap();
+        for (start, g) in &tiles {
+            assert_eq!(*start, end, "{from}..{to}: {tiles:?}");
+            end = start.checked_add(step(*g)).unwrap();
+        }
+        assert_eq!(end, ceil(&at(to), Granularity::Hour).unwrap());
+        tiles
+            .iter()
+            .map(|(start, g)| bucket_of(start, *g))
+            .collect()
+    }
+
+    fn hour(s: &str) -> Bucket {
+        Bucket::Hour(s.to_owned())
+    }
+
+    fn day(s: &str) -> Bucket {
+        Bucket::Day(s.to_owned())
+    }
+
+    fn month(s: &str) -> Bucket {
+        Bucket::Month(s.to_owned())
+    }
+
+    /// Totals read whole months inside the range, then whole days at its ends, then hours.
+    #[test]
+    fn totals_read_the_coarsest_buckets_that_tile_the_range() {
+        assert_eq!(
+            tiles("2026-01-30T22:00:00Z", "2026-04-02T03:00:00Z"),
+            [
+                hour("2026-01-30T22"),
+                hour("2026-01-30T23"),
+                day("2026-01-31"),
+                month("2026-02"),
+                month("2026-03"),
+                day("2026-04-01"),
+                hour("2026-04-02T00"),
+                hour("2026-04-02T01"),
+                hour("2026-04-02T02"),
+            ]
+        );
+        // Dates: days and months only.
+        assert_eq!(tiles("2026-08-01", "2026-09-01"), [month("2026-08")]);
+        assert_eq!(
+            tiles("2028-02-27", "2028-03-02"),
+            [
+                day("2028-02-27"),
+                day("2028-02-28"),
+                day("2028-02-29"),
+                day("2028-03-01"),
+            ]
+        );
+        // Within one day: hours; an hour the range only touches counts whole, as in a series.
+        assert_eq!(
+            tiles("2026-11-22T08:30:00Z", "2026-11-22T10:15:00Z"),
+            [
+                hour("2026-11-22T08"),
+                hour("2026-11-22T09"),
+                hour("2026-11-22T10"),
+            ]
+        );
+        // Longer than 10,000 hours: a few hundred buckets.
+        let long = tiles("2000-01-01", "2026-12-07T05:00:00Z");
+        assert_eq!(long.len(), 323 + 6 + 5);
+        assert_eq!(long[0], month("2000-01"));
+    }
 }

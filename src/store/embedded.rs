@@ -10,6 +10,7 @@
 //! anyway. The mutex is never held across an await, and the hot-path methods never touch the file.
 
 use foldhash::{HashMap, HashSet};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -22,9 +23,10 @@ use serde::de::DeserializeOwned;
 use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 
 use super::{
-    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Counters, Dimension,
-    KeyRecord, KeySettle, KeyState, Lease, MeterUse, PickRequest, Picked, RequestLogEntry, SmolStr,
-    Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
+    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Counters,
+    DAY_BUCKETS_KEPT, Dimension, HOUR_BUCKETS_KEPT, KeyRecord, KeySettle, KeyState, Lease,
+    MeterUse, PickRequest, Picked, RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken,
+    UsageBatch, UsageQuery, buckets_of,
 };
 
 /// Key id -> JSON `KeyRecord`.
@@ -33,7 +35,8 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const KEY_HASHES: TableDefinition<&str, &str> = TableDefinition::new("key_hashes");
 /// Account id -> JSON `AccountRecord`.
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
-/// `counter_key(dimension, bucket)` -> JSON `Counters`.
+/// `counter_key(dimension, bucket)` -> JSON `Counters`. Hour and day rows past their retention
+/// are deleted by `prune_usage`.
 const USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("usage");
 /// (arrival unix ms, request id) -> JSON `RequestLogEntry`. Keyed by arrival rather than by
 /// append order so that a long stream finishing late still sorts where it started; the request id
@@ -49,12 +52,29 @@ const FILE_NAME: &str = "switchyard.redb";
 /// buckets fills over a few hundred thousand requests (136 MiB resident after the benchmark's
 /// load runs); the working set (records, meters, the current buckets, the log's tail) is a few MiB.
 const CACHE_BYTES: usize = 16 << 20;
+/// Usage rows one `prune_usage` call looks at, in key order from where the last one stopped: one
+/// short read per flush interval, and a pass over a million rows in about four minutes at the
+/// default interval.
+const PRUNE_ROWS: usize = 1_000;
+/// A pass over the usage table starts at most this often once the last one reached its end:
+/// buckets expire by the hour.
+const PRUNE_PASS_EVERY_MS: i64 = 3_600_000;
 
 pub struct EmbeddedStore {
     /// Shared with `spawn_blocking` closures, which must own what they use.
     db: Arc<Database>,
     request_log_max: usize,
     hot: Mutex<Hot>,
+    prune: Mutex<UsagePrune>,
+}
+
+/// Where `prune_usage` is in its pass over the usage table.
+#[derive(Default)]
+struct UsagePrune {
+    /// The last row looked at; `None` between passes.
+    after: Option<String>,
+    /// When the next pass may start (unix ms).
+    next_pass_ms: i64,
 }
 
 impl EmbeddedStore {
@@ -90,6 +110,7 @@ impl EmbeddedStore {
                 limits,
                 ..Hot::default()
             }),
+            prune: Mutex::default(),
         })
     }
 
@@ -195,6 +216,11 @@ impl EmbeddedStore {
     /// and every update below leaves the maps consistent at each step.
     fn hot(&self) -> MutexGuard<'_, Hot> {
         self.hot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Recovered as `hot` is.
+    fn prune(&self) -> MutexGuard<'_, UsagePrune> {
+        self.prune.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -705,13 +731,78 @@ fn counter_key(dimension: &Dimension, bucket: &Bucket) -> String {
         Dimension::Account(id) => format!("account:{}", escape(id)),
         Dimension::Model(name) => format!("model:{}", escape(name)),
     };
-    let bucket = match bucket {
+    format!("{dimension}|{}", bucket_key(bucket))
+}
+
+/// The part of a `counter_key` after the last `|` (the dimension's own are escaped).
+fn bucket_key(bucket: &Bucket) -> String {
+    match bucket {
         Bucket::Hour(h) => format!("h:{}", escape(h)),
         Bucket::Day(d) => format!("d:{}", escape(d)),
         Bucket::Month(m) => format!("m:{}", escape(m)),
         Bucket::Total => "total".to_owned(),
+    }
+}
+
+/// Deletes the hour and day rows past their retention at `now_ms` among the first `max` usage
+/// rows after `after`: a read finds them, a write (only when there are some) deletes them.
+/// Returns how many it deleted and the last row it looked at (`None` when it reached the end).
+fn prune_usage_rows(
+    db: &Database,
+    after: Option<&str>,
+    now_ms: i64,
+    max: usize,
+) -> StoreResult<(usize, Option<String>)> {
+    let before = |kept: std::time::Duration| {
+        let kept = i64::try_from(kept.as_millis()).unwrap_or(i64::MAX);
+        buckets_of(now_ms.saturating_sub(kept))
     };
-    format!("{dimension}|{bucket}")
+    // Names sort as times: a row is expired when its bucket sorts before the one that holds the
+    // instant its retention reaches back to (that bucket ended less than the retention ago).
+    let [oldest_hour, ..] = before(HOUR_BUCKETS_KEPT);
+    let [_, oldest_day, ..] = before(DAY_BUCKETS_KEPT);
+    let (oldest_hour, oldest_day) = (bucket_key(&oldest_hour), bucket_key(&oldest_day));
+    let mut expired = Vec::new();
+    let (mut looked, mut last) = (0, None);
+    {
+        let txn = db.begin_read().map_err(db_err)?;
+        let usage = txn.open_table(USAGE).map_err(db_err)?;
+        let rows = match after {
+            Some(after) => usage.range::<&str>((Bound::Excluded(after), Bound::Unbounded)),
+            None => usage.range::<&str>(..),
+        }
+        .map_err(db_err)?;
+        for row in rows.take(max) {
+            let (key, _) = row.map_err(db_err)?;
+            let key = key.value();
+            let bucket = key.rsplit('|').next().unwrap_or_default();
+            let oldest = match bucket.as_bytes().first() {
+                Some(b'h') => oldest_hour.as_str(),
+                Some(b'd') => oldest_day.as_str(),
+                _ => "",
+            };
+            if bucket < oldest {
+                expired.push(key.to_owned());
+            }
+            looked += 1;
+            last = Some(key.to_owned());
+        }
+    }
+    // Fewer rows than asked for: the pass reached the end of the table.
+    if looked < max {
+        last = None;
+    }
+    if !expired.is_empty() {
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+            for key in &expired {
+                usage.remove(key.as_str()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+    }
+    Ok((expired.len(), last))
 }
 
 /// Every record of a table of JSON values, oldest first by `(created_at, id)`.
@@ -1092,6 +1183,25 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn prune_usage(&self, now_ms: i64) -> StoreResult<usize> {
+        let after = {
+            let prune = self.prune();
+            if prune.after.is_none() && now_ms < prune.next_pass_ms {
+                return Ok(0);
+            }
+            prune.after.clone()
+        };
+        let (deleted, last) = self
+            .blocking(move |db| prune_usage_rows(db, after.as_deref(), now_ms, PRUNE_ROWS))
+            .await?;
+        let mut prune = self.prune();
+        if last.is_none() {
+            prune.next_pass_ms = now_ms.saturating_add(PRUNE_PASS_EVERY_MS);
+        }
+        prune.after = last;
+        Ok(deleted)
+    }
+
     async fn recent_requests(
         &self,
         key_id: Option<&str>,
@@ -1250,6 +1360,92 @@ mod tests {
             matches!(&err, StoreError::Unavailable(m) if m.contains("restarts")),
             "{err}"
         );
+    }
+
+    /// Hour buckets go 35 days after their hour ends and day buckets 400 days after their day
+    /// (as on Redis); month and total buckets stay. One call looks at a bounded number of rows,
+    /// and a pass that reached the end starts again an hour later.
+    #[tokio::test]
+    async fn usage_prune_deletes_hours_and_days_past_their_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 100).unwrap();
+        let now = "2026-06-15T12:30:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        let counters = Counters {
+            requests: 1,
+            ..Counters::default()
+        };
+        // 35 days before `now` is 2026-05-11T12:30, 400 days before 2025-05-11T12:30.
+        let buckets = [
+            Bucket::Hour("2026-05-11T11".to_owned()),
+            Bucket::Hour("2026-05-11T12".to_owned()),
+            Bucket::Day("2025-05-10".to_owned()),
+            Bucket::Day("2025-05-11".to_owned()),
+            Bucket::Month("2001-01".to_owned()),
+            Bucket::Total,
+        ];
+        // A `|` in an id is escaped: the bucket is still what follows the last one.
+        let dimensions = [Dimension::All, Dimension::Key("k|1".to_owned())];
+        let batch = UsageBatch {
+            id: 1,
+            counters: dimensions
+                .iter()
+                .flat_map(|d| buckets.iter().map(|b| ((d.clone(), b.clone()), counters)))
+                .collect(),
+            requests: vec![],
+        };
+        store.record_usage(&batch).await.unwrap();
+        let read = |dimension: &Dimension| {
+            let query = UsageQuery {
+                dimension: dimension.clone(),
+                buckets: buckets.to_vec(),
+            };
+            let store = &store;
+            async move {
+                let counts = store.usage(&query).await.unwrap();
+                counts.iter().map(|c| c.requests).collect::<Vec<_>>()
+            }
+        };
+
+        // Five rows a call (of twelve): the pass goes on where the last call stopped.
+        let (mut after, mut deleted, mut calls) = (None, 0, 0);
+        loop {
+            let (n, last) = prune_usage_rows(&store.db, after.as_deref(), now, 5).unwrap();
+            (deleted, calls) = (deleted + n, calls + 1);
+            after = last;
+            if after.is_none() {
+                break;
+            }
+        }
+        assert_eq!((deleted, calls), (4, 3));
+        for dimension in &dimensions {
+            assert_eq!(read(dimension).await, [0, 1, 0, 1, 1, 1]);
+        }
+
+        // Kept until exactly their retention after their end.
+        let hour_end = "2026-05-11T13:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        let kept_for = i64::try_from(HOUR_BUCKETS_KEPT.as_millis()).unwrap();
+        let (n, _) = prune_usage_rows(&store.db, None, hour_end + kept_for - 1, 100).unwrap();
+        assert_eq!(n, 0);
+        let (n, _) = prune_usage_rows(&store.db, None, hour_end + kept_for, 100).unwrap();
+        assert_eq!(n, 2);
+
+        // Through the store: a whole pass, then none for an hour.
+        store.record_usage(&batch).await.unwrap();
+        assert_eq!(store.prune_usage(now).await.unwrap(), 4);
+        store.record_usage(&batch).await.unwrap();
+        assert_eq!(store.prune_usage(now + 60_000).await.unwrap(), 0);
+        // An hour later the hour that ended at 13:00 35 days ago has gone too.
+        assert_eq!(
+            store.prune_usage(now + PRUNE_PASS_EVERY_MS).await.unwrap(),
+            6
+        );
+        assert_eq!(read(&Dimension::All).await, [0, 0, 0, 3, 3, 3]);
     }
 
     /// Settling in time leaves nothing behind: memory does not grow with the requests served.

@@ -54,9 +54,10 @@ use super::{
 use crate::config::RedisConfig;
 use crate::scheduler::policy::{Health, Report, Sticky};
 
-/// Hour buckets are kept 35 days, day buckets 400, month buckets five years; totals forever.
-const HOUR_TTL: Duration = Duration::from_secs(35 * 86_400);
-const DAY_TTL: Duration = Duration::from_secs(400 * 86_400);
+/// Hour buckets are kept 35 days, day buckets 400 (as on the embedded store), month buckets five
+/// years; totals forever. Each from the bucket's last write.
+const HOUR_TTL: Duration = super::HOUR_BUCKETS_KEPT;
+const DAY_TTL: Duration = super::DAY_BUCKETS_KEPT;
 const MONTH_TTL: Duration = Duration::from_secs(1_827 * 86_400);
 /// How long a usage marker remembers a batch after its last attempt; a retry that comes later
 /// than this after the previous attempt could count twice. The stats task retries every flush

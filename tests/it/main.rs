@@ -13,3 +13,4 @@ mod store_conformance;
 mod support;
 mod surfaces;
 mod translate;
+mod usage;

@@ -1,0 +1,114 @@
+//! `GET /admin/usage` over long ranges, on every store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan, Zoned};
+use switchyard::store::{Bucket, Dimension, RequestLogEntry, UsageQuery};
+use switchyard::usage::TokenUsage;
+
+use crate::support::relay::{Backend, Relay, backends};
+
+fn entry(n: u64, at: &Zoned) -> RequestLogEntry {
+    RequestLogEntry {
+        request_id: format!("req-{n}"),
+        at: at.timestamp().as_millisecond(),
+        key_id: "key_old".to_owned(),
+        account_id: None,
+        model: "claude-sonnet-4-5".to_owned(),
+        surface: "messages".to_owned(),
+        status: 200,
+        latency_ms: 10,
+        ttfb_ms: None,
+        usage: TokenUsage {
+            input_tokens: n,
+            ..TokenUsage::default()
+        },
+        cost_nanousd: 0,
+        cache_hit: false,
+        estimated: false,
+    }
+}
+
+fn rfc3339(z: &Zoned) -> String {
+    z.timestamp().to_string()
+}
+
+/// Totals with no series over a range of months are what was recorded in it: read from whole
+/// months, days and hours, not from hour buckets the store has already let go (35 days), and
+/// not refused for spanning more than 10,000 hours.
+#[tokio::test]
+async fn totals_over_months_are_what_was_recorded_in_the_range() {
+    for backend in backends() {
+        let relay = Relay::start_on(&backend, |_| {}).await;
+        let now = Timestamp::now().to_zoned(TimeZone::UTC);
+        // From a day about three months ago to an hour of the day before yesterday.
+        let from = now
+            .first_of_month()
+            .unwrap()
+            .start_of_day()
+            .unwrap()
+            .checked_sub(3.months())
+            .unwrap()
+            .checked_add(9.days())
+            .unwrap();
+        let to = now
+            .start_of_day()
+            .unwrap()
+            .checked_add(i64::from(now.hour()).hours())
+            .unwrap()
+            .checked_sub(50.hours())
+            .unwrap();
+        let just_before = |z: &Zoned| z.checked_sub(1.millisecond()).unwrap();
+        let recorded = [
+            (1, just_before(&from)),
+            (2, from.clone()),
+            (
+                4,
+                from.checked_add(40.days())
+                    .unwrap()
+                    .checked_add(5.hours())
+                    .unwrap(),
+            ),
+            (8, just_before(&to)),
+            (16, to.clone()),
+        ];
+        for (n, at) in &recorded {
+            relay.app.stats.record(entry(*n, at), true);
+        }
+        relay.app.stats.flush().await;
+        if matches!(backend, Backend::Embedded) {
+            // A day on, as the stats task would have done by then: the hours of the range's
+            // first weeks are gone, its last days' are not.
+            let later = now.timestamp().as_millisecond() + 86_400_000;
+            relay.app.store().prune_usage(later).await.unwrap();
+            let hours = relay
+                .app
+                .store()
+                .usage(&UsageQuery {
+                    dimension: Dimension::Key("key_old".to_owned()),
+                    buckets: [&from, &just_before(&to)]
+                        .map(|z| {
+                            let hour = z.strftime("%Y-%m-%dT%H").to_string();
+                            Bucket::Hour(hour)
+                        })
+                        .to_vec(),
+                })
+                .await
+                .unwrap();
+            assert_eq!((hours[0].requests, hours[1].requests), (0, 1));
+        }
+
+        let query = format!("key_id=key_old&from={}&to={}", rfc3339(&from), rfc3339(&to));
+        let u = relay.usage(&query).await;
+        assert_eq!(u["input_tokens"], 2 + 4 + 8, "{backend:?} {query}: {u}");
+        assert_eq!(u["requests"], 3);
+        assert!(u.get("series").is_none());
+        // Dates: from midnight to midnight.
+        let day = |z: &Zoned| z.strftime("%Y-%m-%d").to_string();
+        let query = format!("key_id=key_old&from={}&to={}", day(&from), day(&to));
+        assert_eq!(relay.usage(&query).await["input_tokens"], 2 + 4, "{query}");
+        // More than 10,000 hours.
+        let query = format!("key_id=key_old&from=2000-01-01&to={}", rfc3339(&to));
+        assert_eq!(relay.usage(&query).await["input_tokens"], 1 + 2 + 4 + 8);
+    }
+}
