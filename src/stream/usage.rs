@@ -69,7 +69,11 @@ impl UsageReader {
     ///   `content_block_delta` out (the input came with `message_start`);
     /// - a Gemini stream cut before its last chunk (the only one with the output count): at
     ///   least one token per chunk with parts of the answer (the input came with the first);
-    /// - a Gemini embeddings answer, which reports no usage: `input_estimate` in.
+    /// - a Gemini embeddings answer, which reports no usage: `input_estimate` in;
+    /// - any answer whose input count never came (a stream cut before its first event with
+    ///   usage, a reasoning model's stream cut while it thought, a JSON answer whose client left
+    ///   before its end, where the usage is): `input_estimate` in. The upstream took the prompt
+    ///   when it sent its head, and bills it.
     ///
     /// The output counts are lower bounds of what the vendor bills for the answer it started;
     /// the input estimate is the one admission reserved with. Either way a client cannot get
@@ -107,6 +111,10 @@ impl UsageReader {
                 _ => false,
             },
         };
+        if usage.prompt_tokens() == 0 && input_estimate > 0 {
+            usage.input_tokens = input_estimate;
+            return (usage, true);
+        }
         (usage, estimated)
     }
 }
@@ -152,10 +160,39 @@ mod tests {
         let (billed, estimated) = reader(UsageKind::OpenAiChat, &cut).billed(999);
         assert!(estimated);
         assert_eq!((billed.input_tokens, billed.output_tokens), (999, chunks));
-        // Nothing streamed yet: nothing to bill.
+        // Nothing streamed yet (a reasoning model still thinking when the client left): the
+        // prompt, which the upstream took when it answered.
         let (billed, estimated) = reader(UsageKind::OpenAiChat, b"").billed(999);
-        assert!(!estimated);
-        assert!(billed.is_empty());
+        assert!(estimated);
+        assert_eq!((billed.input_tokens, billed.output_tokens), (999, 0));
+    }
+
+    /// Whatever the vendor, an answer whose input count never came bills the estimate: a
+    /// Responses stream cut after `response.created`, JSON answers whose clients left before the
+    /// usage at their end.
+    #[test]
+    fn an_answer_without_its_input_count_is_billed_the_input_estimate() {
+        let body = fixture("openai_responses_stream.txt");
+        let started = cut_before(&body, ".delta");
+        let cases = [
+            reader(UsageKind::OpenAiResponses, &started),
+            UsageReader::new(UsageKind::OpenAiChat, false),
+            UsageReader::new(UsageKind::AnthropicMessages, false),
+            UsageReader::new(UsageKind::GeminiGenerate, false),
+        ];
+        for (i, mut cut) in cases.into_iter().enumerate() {
+            cut.observe(br#"{"id":"x","choices":[{"message":{"content":"half an ans"#);
+            let (billed, estimated) = cut.billed(77);
+            assert!(estimated, "case {i}");
+            assert_eq!(billed.input_tokens, 77, "case {i}");
+        }
+        // Nothing to estimate from: nothing billed.
+        assert!(
+            UsageReader::new(UsageKind::OpenAiChat, false)
+                .billed(0)
+                .0
+                .is_empty()
+        );
     }
 
     #[test]
