@@ -131,10 +131,19 @@ fn surface_of(
 }
 
 /// `/v1/models/{model}:{method}`: a Gemini model name has no colon, so one colon in the last
-/// segment is a method; OpenAI's fine-tuned ids (`ft:gpt-4o-mini:org::id`) have several.
+/// segment, before a method's name (camel case: `generateContent`, `countTokens`; or
+/// `predict`), is a call. OpenAI's fine-tuned ids (`ft:gpt-4o-mini:org::id`) have several
+/// colons, an OpenAI-compatible vendor's tagged ids (`llama3.1:8b`, `qwen:latest`) no method.
 fn is_gemini_call(path: &str) -> bool {
-    path.strip_prefix("/v1/models/")
-        .is_some_and(|rest| rest.bytes().filter(|&b| b == b':').count() == 1)
+    let Some(rest) = path.strip_prefix("/v1/models/") else {
+        return false;
+    };
+    let mut parts = rest.split(':');
+    let (Some(_), Some(method), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    method.bytes().all(|b| b.is_ascii_alphabetic())
+        && (method.bytes().any(|b| b.is_ascii_uppercase()) || method == "predict")
 }
 
 /// Whether a path could name another endpoint than it seems to once a server resolves it: a dot
@@ -387,6 +396,13 @@ mod tests {
                 Surface::OpenAi,
             ),
             ("/v1/models/gpt-4o", Surface::OpenAi),
+            ("/v1/models/llama3.1:8b", Surface::OpenAi),
+            ("/v1/models/qwen:latest", Surface::OpenAi),
+            (
+                "/v1/models/imagen-4.0-generate-001:predict",
+                Surface::Gemini,
+            ),
+            ("/v1/models/gemini-2.5-flash:countTokens", Surface::Gemini),
             (
                 "/v1alpha/models/gemini-2.5-flash:generateContent",
                 Surface::Gemini,
