@@ -47,6 +47,11 @@ pub struct Ask<'a> {
     pub exclude: &'a [String],
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// An earlier attempt of this request bound the session (it had none, or it moved): the
+    /// binding follows the request to the account that serves it, whatever
+    /// `scheduler.sticky_overflow` says (an escape would leave a new session bound to the
+    /// account that just failed it, and its prompt cache built elsewhere).
+    pub rebind: bool,
 }
 
 pub async fn pick(
@@ -143,7 +148,7 @@ async fn pick_from(
             (
                 id.to_owned(),
                 Duration::from_secs(policy.sticky_ttl_secs),
-                policy.sticky_overflow == StickyOverflow::Move,
+                policy.sticky_overflow == StickyOverflow::Move || ask.rebind,
             )
         }),
         now_ms,

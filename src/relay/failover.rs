@@ -11,6 +11,7 @@ use crate::body::Body;
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::KeyLease;
 use crate::metrics as m;
+use crate::scheduler::policy::Sticky;
 use crate::scheduler::{self, Picked, health, health::Outcome};
 use crate::store::{KeyRecord, RequestLogEntry};
 use crate::usage::TokenUsage;
@@ -53,6 +54,7 @@ pub(crate) async fn attempts(
     let deadline = ctx.started + Duration::from_secs(policy.attempt_deadline_secs);
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure: Option<Failure> = None;
+    let mut rebind = false;
     loop {
         let attempt = u32::try_from(tried.len())
             .unwrap_or(u32::MAX)
@@ -64,6 +66,7 @@ pub(crate) async fn attempts(
             binding: key.binding.as_ref(),
             exclude: &tried,
             attempt,
+            rebind,
         };
         let picked = match scheduler::pick(&app.catalog, policy, &ask, key_lease).await {
             Ok(picked) => picked,
@@ -75,6 +78,7 @@ pub(crate) async fn attempts(
                 return failed(app, call, key, ctx, &tried, failure);
             }
         };
+        rebind |= matches!(picked.sticky, Sticky::Bound | Sticky::Moved);
         let sent_at = Instant::now();
         let (sent, head_at) = match send(app, call, client, &picked.account).await {
             Ok((resp, head_at)) => (Ok(resp), head_at),

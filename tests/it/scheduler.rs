@@ -47,9 +47,14 @@ async fn a_and_b(backend: &Backend) -> (Relay, MockUpstream, MockUpstream, Strin
     (relay, a, b, a_id, key)
 }
 
+/// A request of a session of its own (the same body every time would make one session of all,
+/// bound to the account that served it).
 async fn send(relay: &Relay, key: &str) -> u16 {
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let resp = relay
         .messages(key, &messages_body("claude-sonnet-4-5", false))
+        .header("x-session-id", format!("one-off-{session}"))
         .send()
         .await
         .unwrap();
@@ -334,6 +339,28 @@ async fn a_session_stays_on_one_account_and_moves_per_the_policy() {
                 );
             }
         }
+    }
+}
+
+/// A new session whose first account fails it is bound where it was served (its prompt cache
+/// is there), also under `escape`, which keeps an existing binding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_failed_over_is_bound_where_it_was_served() {
+    for backend in backends() {
+        let (relay, a, b, _, key) = a_and_b(&backend).await;
+        a.push_behavior(Behavior::error(500, "api_error", "boom"));
+        assert_eq!(claude_code(&relay, &key, "fresh-session").await, 200);
+        assert_eq!((a.requests().len(), b.requests().len()), (1, 1));
+        // a is back (1 s cooldown) and preferred, but the session stays on b.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        for _ in 0..3 {
+            assert_eq!(claude_code(&relay, &key, "fresh-session").await, 200);
+        }
+        assert_eq!(
+            (a.requests().len(), b.requests().len()),
+            (1, 4),
+            "{backend:?}"
+        );
     }
 }
 
