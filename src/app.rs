@@ -39,6 +39,9 @@ pub struct App {
     pub image_storage: Option<Arc<crate::images::storage::Storage>>,
     /// When `/metrics` last read the accounts' state from the store (unix ms).
     pub accounts_scraped_ms: AtomicI64,
+    /// The accounts `/metrics` last showed, so that one deleted since reads as gone (zeros) and
+    /// not as it last was.
+    pub accounts_shown: std::sync::Mutex<Vec<String>>,
 }
 
 /// What one server worker has of its own.
@@ -137,6 +140,7 @@ impl App {
             pricing: RwLock::new(Arc::new(pricing)),
             image_storage,
             accounts_scraped_ms: AtomicI64::new(0),
+            accounts_shown: std::sync::Mutex::new(Vec::new()),
         });
         crate::images::spawn_sweeper(&app);
         Ok(app)

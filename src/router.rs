@@ -345,29 +345,52 @@ async fn metrics(app: &App) -> Response<Body> {
 }
 
 /// Each account's status and load, read at scrape time (the store is the truth, shared by every
-/// instance).
+/// instance). An account deleted since the last scrape reads all zeros: no status, nothing in
+/// flight (the exporter cannot drop a series).
 async fn account_gauges(app: &App) {
     use crate::scheduler::policy::Status;
     let now = jiff::Timestamp::now().as_millisecond();
-    for account in app.catalog.accounts().iter() {
-        let Ok(runtime) = app.store().account_runtime(account.id()).await else {
-            return;
-        };
-        let current = runtime.health.status_at(now);
+    let accounts = app.catalog.accounts();
+    let gone: Vec<String> = {
+        let mut shown = app
+            .accounts_shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current: Vec<String> = accounts.iter().map(|a| a.id().to_owned()).collect();
+        std::mem::replace(&mut *shown, current)
+            .into_iter()
+            .filter(|id| accounts.iter().all(|a| a.id() != id))
+            .collect()
+    };
+    let set = |id: &str, current: Option<Status>, in_flight: u32, failures: u32| {
         for (status, name) in [
             (Status::Ok, "ok"),
             (Status::RateLimited, "rate_limited"),
             (Status::CoolingDown, "cooling_down"),
             (Status::Unauthorized, "unauthorized"),
         ] {
-            let value = if status == current { 1.0 } else { 0.0 };
-            metrics::gauge!(crate::metrics::ACCOUNT_STATUS, "account_id" => account.id().to_owned(), "status" => name)
+            let value = if Some(status) == current { 1.0 } else { 0.0 };
+            metrics::gauge!(crate::metrics::ACCOUNT_STATUS, "account_id" => id.to_owned(), "status" => name)
                 .set(value);
         }
-        metrics::gauge!(crate::metrics::ACCOUNT_IN_FLIGHT, "account_id" => account.id().to_owned())
-            .set(f64::from(runtime.in_flight));
-        metrics::gauge!(crate::metrics::ACCOUNT_FAILURES, "account_id" => account.id().to_owned())
-            .set(f64::from(runtime.health.consecutive_failures));
+        metrics::gauge!(crate::metrics::ACCOUNT_IN_FLIGHT, "account_id" => id.to_owned())
+            .set(f64::from(in_flight));
+        metrics::gauge!(crate::metrics::ACCOUNT_FAILURES, "account_id" => id.to_owned())
+            .set(f64::from(failures));
+    };
+    for id in &gone {
+        set(id, None, 0, 0);
+    }
+    for account in accounts.iter() {
+        let Ok(runtime) = app.store().account_runtime(account.id()).await else {
+            return;
+        };
+        set(
+            account.id(),
+            Some(runtime.health.status_at(now)),
+            runtime.in_flight,
+            runtime.health.consecutive_failures,
+        );
     }
 }
 

@@ -258,6 +258,27 @@ async fn when_nothing_can_serve_503_says_when_to_retry() {
     }
 }
 
+/// A deleted account's series in `/metrics` read as gone (zeros), not as it last was.
+#[tokio::test]
+async fn a_deleted_account_is_no_longer_shown_serving_in_metrics() {
+    let a = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let id = relay.add_account(&a, "sk-a", json!({})).await;
+    let ok = |value: u8| {
+        format!("switchyard_account_status{{account_id=\"{id}\",status=\"ok\"}} {value}")
+    };
+    let text = relay.metrics().await;
+    assert!(text.contains(&ok(1)), "{text}");
+    let (status, _) = relay
+        .admin(Method::DELETE, &format!("/admin/accounts/{id}"), None)
+        .await;
+    assert!((200..300).contains(&status), "{status}");
+    // The accounts' state is read at most once a second.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let text = relay.metrics().await;
+    assert!(text.contains(&ok(0)) && !text.contains(&ok(1)), "{text}");
+}
+
 /// A Claude Code request with its session header.
 async fn claude_code(relay: &Relay, key: &str, session: &str) -> u16 {
     let resp = relay
