@@ -51,17 +51,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(PROXY_CONNECTION);
 }
 
+/// Response headers of the account's that the client does not get (constants: not parsed per
+/// response).
+const ACCOUNT_ONLY: [HeaderName; 4] = [
+    HeaderName::from_static("anthropic-organization-id"),
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    http::header::SET_COOKIE,
+];
+
 /// Response headers from upstream, ready for the client: hop-by-hop ones dropped, and those
 /// that name the account behind the relay (its organisation or project) or would set a cookie
 /// of the vendor's on the relay's origin.
 pub fn response_headers(mut headers: HeaderMap) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
-    for name in [
-        "anthropic-organization-id",
-        "openai-organization",
-        "openai-project",
-        "set-cookie",
-    ] {
+    for name in ACCOUNT_ONLY {
         headers.remove(name);
     }
     headers

@@ -312,10 +312,38 @@ pub async fn report(
     verdict: &Verdict,
     error: impl FnOnce() -> String,
 ) {
+    report_for(
+        catalog,
+        policy,
+        picked.account.id(),
+        picked.degraded,
+        verdict,
+        error,
+    )
+    .await;
+}
+
+/// An account refused a request (a 403) that another account then served: the refusal was the
+/// account's, and it is reported failing.
+pub async fn report_refusal(catalog: &Catalog, policy: &SchedulerConfig, account_id: &str) {
+    report_for(catalog, policy, account_id, true, &Verdict::Failing, || {
+        "refused (403) a request that another account served".to_owned()
+    })
+    .await;
+}
+
+async fn report_for(
+    catalog: &Catalog,
+    policy: &SchedulerConfig,
+    account_id: &str,
+    degraded: bool,
+    verdict: &Verdict,
+    error: impl FnOnce() -> String,
+) {
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let report = match verdict {
-        Verdict::Healthy if picked.degraded => Report::Success,
-        Verdict::Healthy | Verdict::ClientFault | Verdict::Refused => return,
+        Verdict::Healthy if degraded => Report::Success,
+        Verdict::Healthy | Verdict::ClientFault | Verdict::Refused | Verdict::Elsewhere => return,
         Verdict::RateLimited { until_ms, family } => Report::RateLimited {
             until: *until_ms,
             family: family.map(str::to_owned),
@@ -337,7 +365,6 @@ pub async fn report(
         },
         Verdict::Unauthorized => Report::Unauthorized { error: error() },
     };
-    let account_id = picked.account.id();
     if !matches!(report, Report::Success) {
         tracing::warn!(account_id, ?verdict, "upstream account marked");
     }

@@ -55,6 +55,8 @@ pub(crate) async fn attempts(
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure: Option<Failure> = None;
     let mut rebind = false;
+    // Accounts that refused this request (403) while another may serve it.
+    let mut refused: Vec<String> = Vec::new();
     loop {
         let attempt = u32::try_from(tried.len())
             .unwrap_or(u32::MAX)
@@ -124,7 +126,7 @@ pub(crate) async fn attempts(
                 if call.names_a_stored_object()
                     && matches!(&sent, Ok(r) if r.status() == http::StatusCode::NOT_FOUND) =>
             {
-                health::Verdict::Refused
+                health::Verdict::Elsewhere
             }
             verdict => verdict,
         };
@@ -133,6 +135,15 @@ pub(crate) async fn attempts(
             Err(e) => e.describe(),
         })
         .await;
+        match verdict {
+            health::Verdict::Refused => refused.push(picked.account.id().to_owned()),
+            health::Verdict::Healthy => {
+                for account_id in refused.drain(..) {
+                    scheduler::report_refusal(&app.catalog, policy, &account_id).await;
+                }
+            }
+            _ => {}
+        }
         let may_retry = verdict.may_fail_over()
             && tried.len() + 1 < policy.max_attempts as usize
             && Instant::now() < deadline;
@@ -143,6 +154,14 @@ pub(crate) async fn attempts(
                 ErrorKind::BadGateway,
                 "the upstream refused this account's credentials; an admin must fix the account",
             )),
+            // Nor is its word that the account is out of money (it would read as the client's).
+            Ok(_) if verdict == health::Verdict::Exhausted => Failure::Error(
+                ApiError::new(
+                    ErrorKind::Unavailable,
+                    "the upstream account is out of credit or quota; it is tried again later",
+                )
+                .with_retry_after(policy.failure_cooldown_max_secs.max(1)),
+            ),
             Ok(upstream) if !may_retry => {
                 return Ok(Attempts::Served(Served {
                     picked,

@@ -55,7 +55,7 @@ impl Observer for Settle {
         m::count_request(self.surface.as_str(), self.status);
         // An error answer is billed only what it reported.
         let (usage, estimated) = match &self.usage {
-            Some(u) if self.status < 400 => u.billed(self.input_estimate),
+            Some(u) if self.status < 400 => u.billed(self.input_estimate, end == End::Complete),
             Some(u) => (u.usage(), false),
             None => (TokenUsage::default(), false),
         };

@@ -32,8 +32,12 @@ pub enum Verdict {
     /// The request was at fault (400, 404, 413, 422, …): the account is untouched.
     ClientFault,
     /// 403 that names nothing wrong with the account (a file of another project, a model this
-    /// account has no access to): untouched, and another account may serve the request.
+    /// account has no access to): another account may serve the request. The account is
+    /// reported failing only if one does (the request was not the cause, this account was).
     Refused,
+    /// The request names something another account holds (OpenAI's `previous_response_not_found`,
+    /// a stored response's 404): another account may serve it; this one is untouched.
+    Elsewhere,
     /// 429: out until `until_ms` (unix ms), for one model family when the headers say so.
     RateLimited {
         until_ms: i64,
@@ -74,12 +78,19 @@ pub fn judge(outcome: Outcome<'_>, now_ms: i64, default_rate_limit: Duration) ->
             body,
         } => (status, headers, body),
     };
-    let account = || account_fault(body);
+    // Read once, for the statuses that depend on it.
+    let detail = if reads_body(status) {
+        error_detail(body)
+    } else {
+        None
+    };
+    let detail = detail.as_ref();
+    let account = || detail.and_then(account_fault);
     match status {
         200..=399 => Verdict::Healthy,
         401 => Verdict::Unauthorized,
         402 => Verdict::Exhausted,
-        400 if held_elsewhere(body) => Verdict::Refused,
+        400 if detail.is_some_and(held_elsewhere) => Verdict::Elsewhere,
         400 => account().unwrap_or(Verdict::ClientFault),
         403 => account().unwrap_or(Verdict::Refused),
         429 => {
@@ -87,7 +98,10 @@ pub fn judge(outcome: Outcome<'_>, now_ms: i64, default_rate_limit: Duration) ->
                 return Verdict::Exhausted;
             }
             let (until_ms, family) = rate_limit_reset(headers, now_ms)
-                .or_else(|| retry_delay(body).map(|delay| (now_ms.saturating_add(delay), None)))
+                .or_else(|| {
+                    let delay = detail.and_then(retry_delay)?;
+                    Some((now_ms.saturating_add(delay), None))
+                })
                 .unwrap_or((now_ms + millis(default_rate_limit), None));
             Verdict::RateLimited {
                 until_ms: until_ms.max(now_ms),
@@ -145,14 +159,13 @@ fn error_detail(body: &[u8]) -> Option<ErrorDetail> {
     parsed.error
 }
 
-/// Google's reasons that mean the credential or its project cannot be used at all.
-const CREDENTIAL_REASONS: [&str; 9] = [
+/// Google's reasons that mean the credential or its project cannot be used at all. Not the
+/// key restrictions that depend on headers the client sends and the relay forwards (`Referer`,
+/// `X-Android-Package`, `X-Ios-Bundle-Identifier`): a key holder could set those off at will.
+const CREDENTIAL_REASONS: [&str; 6] = [
     "API_KEY_INVALID",
     "API_KEY_SERVICE_BLOCKED",
-    "API_KEY_HTTP_REFERRER_BLOCKED",
     "API_KEY_IP_ADDRESS_BLOCKED",
-    "API_KEY_ANDROID_APP_BLOCKED",
-    "API_KEY_IOS_APP_BLOCKED",
     "SERVICE_DISABLED",
     "CONSUMER_SUSPENDED",
     "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
@@ -173,8 +186,7 @@ const EXHAUSTED_CODES: [&str; 3] = [
 ];
 
 /// What an error body says about the account, when it says the account is at fault.
-fn account_fault(body: &[u8]) -> Option<Verdict> {
-    let detail = error_detail(body)?;
+fn account_fault(detail: &ErrorDetail) -> Option<Verdict> {
     let code = detail.code.as_ref().and_then(|c| c.as_str());
     let kind = detail.kind.as_deref();
     let named = |list: &[&str]| {
@@ -190,20 +202,24 @@ fn account_fault(body: &[u8]) -> Option<Verdict> {
             .filter_map(|d| d.reason.as_deref())
             .any(|r| list.contains(&r))
     };
-    let message = detail
-        .message
-        .as_deref()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    // Anthropic says these in words only. Vendors quote the client's own text in other errors
+    // (an unknown field's name opens the message, a model name ends it), so a whole sentence of
+    // the vendor's, start and end, is required: no key holder can write both.
+    let message = detail.message.as_deref().unwrap_or_default();
+    let anthropic_says = |opening: &str, end: &str| {
+        kind == Some("invalid_request_error")
+            && message.starts_with(opening)
+            && message.ends_with(end)
+    };
     if named(&EXHAUSTED_CODES)
         || reason(&["BILLING_DISABLED"])
-        || message.contains("credit balance is too low")
+        || anthropic_says("Your credit balance is too low", "purchase credits.")
     {
         return Some(Verdict::Exhausted);
     }
     if named(&CREDENTIAL_CODES)
         || reason(&CREDENTIAL_REASONS)
-        || message.contains("organization has been disabled")
+        || anthropic_says("This organization has been disabled", "disabled.")
     {
         return Some(Verdict::Unauthorized);
     }
@@ -212,23 +228,17 @@ fn account_fault(body: &[u8]) -> Option<Verdict> {
 
 /// Whether the error says the request names something another account may hold: OpenAI's
 /// `previous_response_not_found` (a stored response lives on the account that made it).
-fn held_elsewhere(body: &[u8]) -> bool {
-    error_detail(body).is_some_and(|d| {
-        d.code.as_ref().and_then(|c| c.as_str()) == Some("previous_response_not_found")
-    })
+fn held_elsewhere(detail: &ErrorDetail) -> bool {
+    detail.code.as_ref().and_then(|c| c.as_str()) == Some("previous_response_not_found")
 }
 
 /// Google's `RetryInfo.retryDelay` (`"30s"`, `"1.5s"`), in ms.
-fn retry_delay(body: &[u8]) -> Option<i64> {
-    error_detail(body)?
+fn retry_delay(detail: &ErrorDetail) -> Option<i64> {
+    detail
         .details
         .iter()
         .filter_map(|d| d.retry_delay.as_deref())
-        .find_map(|d| {
-            let secs = d.trim().strip_suffix('s')?.parse::<f64>().ok()?;
-            (secs.is_finite() && secs >= 0.0)
-                .then(|| (secs * 1000.0).min(i64::MAX as f64 / 4.0) as i64)
-        })
+        .find_map(parse_duration_ms)
 }
 
 /// The cooldown after `consecutive` failures in a row: `base`, doubling each time, at most `max`.
@@ -425,7 +435,12 @@ mod tests {
         assert_eq!(judge_status(401, &h), Verdict::Unauthorized);
         assert_eq!(judge_status(403, &h), Verdict::Refused);
         assert_eq!(judge_status(402, &h), Verdict::Exhausted);
-        for v in [Verdict::Unauthorized, Verdict::Refused, Verdict::Exhausted] {
+        for v in [
+            Verdict::Unauthorized,
+            Verdict::Refused,
+            Verdict::Elsewhere,
+            Verdict::Exhausted,
+        ] {
             assert!(v.may_fail_over(), "{v:?}");
         }
         assert_eq!(judge_status(529, &h), Verdict::Overloaded);
@@ -533,11 +548,44 @@ mod tests {
                 Verdict::Unauthorized,
             ),
             (400, "not json", Verdict::ClientFault),
+            // The vendors quote a client's unknown field names: a key holder must not be able to
+            // write an account out of rotation.
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.: Extra inputs are not permitted"}}"#,
+                Verdict::ClientFault,
+            ),
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"This organization has been disabled.: Extra inputs are not permitted"}}"#,
+                Verdict::ClientFault,
+            ),
+            (
+                400,
+                r#"{"error":{"code":400,"message":"Invalid JSON payload received. Unknown name \"credit balance is too low\": Cannot find field.","status":"INVALID_ARGUMENT"}}"#,
+                Verdict::ClientFault,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"Unrecognized request argument supplied: organization has been disabled","type":"invalid_request_error","code":null}}"#,
+                Verdict::ClientFault,
+            ),
+            // A key restricted by referrer answers the client's own Referer.
+            (
+                403,
+                r#"{"error":{"code":403,"status":"PERMISSION_DENIED","details":[{"reason":"API_KEY_HTTP_REFERRER_BLOCKED"}]}}"#,
+                Verdict::Refused,
+            ),
+            (
+                403,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"This organization has been disabled."}}"#,
+                Verdict::Unauthorized,
+            ),
             // A follow-up turn whose stored response another account holds.
             (
                 400,
                 r#"{"error":{"message":"Previous response with id 'resp_1' not found.","type":"invalid_request_error","param":"previous_response_id","code":"previous_response_not_found"}}"#,
-                Verdict::Refused,
+                Verdict::Elsewhere,
             ),
         ];
         for (status, body, verdict) in cases {

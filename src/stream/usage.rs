@@ -70,15 +70,16 @@ impl UsageReader {
     /// - a Gemini stream cut before its last chunk (the only one with the output count): at
     ///   least one token per chunk with parts of the answer (the input came with the first);
     /// - a Gemini embeddings answer, which reports no usage: `input_estimate` in;
-    /// - any answer whose input count never came (a stream cut before its first event with
+    /// - an answer cut before its input count came (a stream cut before its first event with
     ///   usage, a reasoning model's stream cut while it thought, a JSON answer whose client left
     ///   before its end, where the usage is): `input_estimate` in. The upstream took the prompt
-    ///   when it sent its head, and bills it.
+    ///   when it sent its head, and bills it. Not an answer that ended as it meant to (`complete`)
+    ///   without one: an error sent as its first event is not billed by the vendor.
     ///
     /// The output counts are lower bounds of what the vendor bills for the answer it started;
     /// the input estimate is the one admission reserved with. Either way a client cannot get
     /// answers unbilled by hanging up before their end.
-    pub fn billed(&self, input_estimate: u64) -> (TokenUsage, bool) {
+    pub fn billed(&self, input_estimate: u64, complete: bool) -> (TokenUsage, bool) {
         let mut usage = self.usage();
         let estimated = match self {
             UsageReader::OpenAi(u) => match u.unreported_chunks() {
@@ -111,7 +112,7 @@ impl UsageReader {
                 _ => false,
             },
         };
-        if usage.prompt_tokens() == 0 && input_estimate > 0 {
+        if !complete && usage.prompt_tokens() == 0 && input_estimate > 0 {
             usage.input_tokens = input_estimate;
             return (usage, true);
         }
@@ -149,7 +150,7 @@ mod tests {
     fn an_openai_stream_cut_before_its_usage_is_billed_by_size_and_chunks() {
         let body = fixture("openai_chat_stream.txt");
         let whole = reader(UsageKind::OpenAiChat, &body);
-        let (reported, estimated) = whole.billed(999);
+        let (reported, estimated) = whole.billed(999, true);
         assert!(!estimated);
         assert_eq!(reported, whole.usage());
         assert_ne!(reported.input_tokens, 999);
@@ -157,12 +158,12 @@ mod tests {
         let cut = cut_before(&body, "\"usage\": {");
         let chunks = std::str::from_utf8(&cut).unwrap().matches("data: ").count() as u64;
         assert!(chunks > 0);
-        let (billed, estimated) = reader(UsageKind::OpenAiChat, &cut).billed(999);
+        let (billed, estimated) = reader(UsageKind::OpenAiChat, &cut).billed(999, false);
         assert!(estimated);
         assert_eq!((billed.input_tokens, billed.output_tokens), (999, chunks));
         // Nothing streamed yet (a reasoning model still thinking when the client left): the
         // prompt, which the upstream took when it answered.
-        let (billed, estimated) = reader(UsageKind::OpenAiChat, b"").billed(999);
+        let (billed, estimated) = reader(UsageKind::OpenAiChat, b"").billed(999, false);
         assert!(estimated);
         assert_eq!((billed.input_tokens, billed.output_tokens), (999, 0));
     }
@@ -182,23 +183,29 @@ mod tests {
         ];
         for (i, mut cut) in cases.into_iter().enumerate() {
             cut.observe(br#"{"id":"x","choices":[{"message":{"content":"half an ans"#);
-            let (billed, estimated) = cut.billed(77);
+            let (billed, estimated) = cut.billed(77, false);
             assert!(estimated, "case {i}");
             assert_eq!(billed.input_tokens, 77, "case {i}");
         }
         // Nothing to estimate from: nothing billed.
         assert!(
             UsageReader::new(UsageKind::OpenAiChat, false)
-                .billed(0)
+                .billed(0, false)
                 .0
                 .is_empty()
         );
+        // An answer that ended as it meant to without a count (an error as its first event):
+        // the vendor bills nothing, nor does the relay.
+        let error_first =
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n";
+        let (billed, _) = reader(UsageKind::AnthropicMessages, error_first).billed(77, true);
+        assert!(billed.is_empty(), "{billed:?}");
     }
 
     #[test]
     fn a_responses_stream_cut_before_its_end_is_billed_a_token_per_delta() {
         let body = fixture("openai_responses_stream.txt");
-        assert!(!reader(UsageKind::OpenAiResponses, &body).billed(5).1);
+        assert!(!reader(UsageKind::OpenAiResponses, &body).billed(5, true).1);
         let cut = cut_before(&body, "response.completed");
         let deltas = std::str::from_utf8(&cut)
             .unwrap()
@@ -206,7 +213,7 @@ mod tests {
             .filter(|l| l.starts_with("event: ") && l.ends_with(".delta"))
             .count() as u64;
         assert!(deltas > 0);
-        let (billed, estimated) = reader(UsageKind::OpenAiResponses, &cut).billed(5);
+        let (billed, estimated) = reader(UsageKind::OpenAiResponses, &cut).billed(5, false);
         assert!(estimated);
         assert_eq!((billed.input_tokens, billed.output_tokens), (5, deltas));
     }
@@ -215,10 +222,10 @@ mod tests {
     fn a_gemini_stream_cut_before_its_last_chunk_is_billed_a_token_per_chunk() {
         let body = fixture("gemini_stream_sse.txt");
         let whole = reader(UsageKind::GeminiGenerate, &body);
-        assert_eq!(whole.billed(999), (whole.usage(), false));
+        assert_eq!(whole.billed(999, true), (whole.usage(), false));
         assert_eq!(whole.usage().output_tokens, 3);
         let cut = cut_before(&body, "candidatesTokenCount");
-        let (billed, estimated) = reader(UsageKind::GeminiGenerate, &cut).billed(999);
+        let (billed, estimated) = reader(UsageKind::GeminiGenerate, &cut).billed(999, false);
         assert!(estimated);
         assert_eq!((billed.input_tokens, billed.output_tokens), (13, 1));
         // The same stream as a JSON array (no `alt=sse`).
@@ -230,7 +237,7 @@ mod tests {
         let array = format!("[{}", elements.join(",\n"));
         let mut json = UsageReader::new(UsageKind::GeminiGenerate, false);
         json.observe(array.as_bytes());
-        assert_eq!(json.billed(999), (billed, true));
+        assert_eq!(json.billed(999, false), (billed, true));
     }
 
     #[test]
@@ -247,7 +254,8 @@ mod tests {
                 "\n\n",
             ));
         }
-        let (billed, estimated) = reader(UsageKind::AnthropicMessages, body.as_bytes()).billed(999);
+        let (billed, estimated) =
+            reader(UsageKind::AnthropicMessages, body.as_bytes()).billed(999, false);
         assert!(estimated);
         assert_eq!((billed.input_tokens, billed.output_tokens), (40, 6));
         // Unnamed events count the same.
@@ -258,7 +266,7 @@ mod tests {
             .collect();
         assert_eq!(
             reader(UsageKind::AnthropicMessages, unnamed.as_bytes())
-                .billed(999)
+                .billed(999, false)
                 .0
                 .output_tokens,
             6
@@ -269,7 +277,8 @@ mod tests {
             r#"data: {"type":"message_delta","usage":{"output_tokens":4}}"#,
             "\n\n",
         ));
-        let (billed, estimated) = reader(UsageKind::AnthropicMessages, body.as_bytes()).billed(999);
+        let (billed, estimated) =
+            reader(UsageKind::AnthropicMessages, body.as_bytes()).billed(999, false);
         assert!(!estimated);
         assert_eq!(billed.output_tokens, 4);
     }

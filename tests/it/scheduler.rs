@@ -166,7 +166,7 @@ async fn each_failure_moves_the_account_to_the_right_state_and_it_returns_on_its
         a.push_behavior(Behavior::error(
             400,
             "invalid_request_error",
-            "Your credit balance is too low to access the Anthropic API.",
+            "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
         ));
         assert_eq!(send(&relay, &key).await, 200, "{backend:?}: b serves");
         let s = state(&relay, &a_id).await;
@@ -174,15 +174,25 @@ async fn each_failure_moves_the_account_to_the_right_state_and_it_returns_on_its
         relay
             .admin(Method::POST, &format!("/admin/accounts/{a_id}/reset"), None)
             .await;
-        // A 403 about what the request asks for: another account tries, this one is untouched.
+        // A 403 another account does not give: the refusal was a's, which cools down (it would
+        // otherwise fail at once, hold nothing in flight and be everyone's first pick).
         let before = a.requests().len();
         a.push_behavior(Behavior::error(
             403,
             "permission_error",
-            "no access to this file",
+            "no access to this model",
         ));
         assert_eq!(send(&relay, &key).await, 200, "{backend:?}: b serves");
         assert_eq!(a.requests().len(), before + 1);
+        assert_eq!(state(&relay, &a_id).await["status"], "cooling_down");
+        relay
+            .admin(Method::POST, &format!("/admin/accounts/{a_id}/reset"), None)
+            .await;
+        // A 403 every account gives (a file nobody here holds): the request's doing, and no
+        // account is marked for it.
+        a.push_behavior(Behavior::error(403, "permission_error", "no such file"));
+        b.push_behavior(Behavior::error(403, "permission_error", "no such file"));
+        assert_eq!(send(&relay, &key).await, 403, "{backend:?}");
         assert_eq!(state(&relay, &a_id).await["status"], "ok");
 
         // 400: the client's fault, the account is untouched.
@@ -223,6 +233,27 @@ async fn a_refused_credential_is_not_passed_to_the_client_as_its_own() {
     relay.app.stats.flush().await;
     let logged = relay.requests("").await;
     assert_eq!(logged[0]["status"], 502, "{logged:?}");
+
+    // Nor is the vendor's word that the account is out of money: a 503 that says when to retry.
+    relay
+        .admin(Method::POST, &format!("/admin/accounts/{a_id}/reset"), None)
+        .await;
+    a.push_behavior(Behavior::error(
+        400,
+        "invalid_request_error",
+        "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+    ));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("out of credit"), "{message}");
+    assert_eq!(state(&relay, &a_id).await["status"], "cooling_down");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -542,6 +542,20 @@ mod cases {
                 "both slots are free after one release"
             );
         }
+        // A replay that the first run's own count refuses (the key's last slot) is not a
+        // refusal the caller would give nothing back after.
+        let one = admission("k2", Some(1));
+        let held = lease("s1");
+        assert_eq!(store.admit(&one, &held).await.unwrap(), Admit::Granted);
+        match store.admit(&one, &held).await {
+            Ok(Admit::Granted) | Err(_) => {}
+            Ok(other) => panic!("the second run: {other:?}"),
+        }
+        store.release("k2", None, &held).await.unwrap();
+        assert_eq!(
+            store.admit(&one, &lease("s2")).await.unwrap(),
+            Admit::Granted
+        );
     }
 
     pub async fn lease_expires(store: Arc<dyn Store>) {

@@ -110,8 +110,16 @@ if A > 0 then
   end
   local inflight = tonumber(v[KV] or '0')
   local cap = tonumber(ARGV[A + 4])
+  -- A refusal checks for a replay (see commit()) first: a replay is refused by its own first
+  -- run's count, and the caller gives back nothing after a refusal. Only refusals pay for it.
+  local function refuse(answer)
+    if redis.call('ZSCORE', KL, ARGV[A + 1]) then
+      return { 4 }
+    end
+    return answer
+  end
   if cap >= 0 and inflight >= cap then
-    return { 1 }
+    return refuse({ 1 })
   end
   -- Whether every meter's period is still running (then none of them can be stale).
   local current = true
@@ -121,7 +129,7 @@ if A > 0 then
     local held = tonumber(v[KV + 4 + 2 * i] or '0')
     local limit = tonumber(ARGV[m + 1])
     if not (used + held + tonumber(ARGV[m + 2]) <= limit or (held == 0 and used < limit)) then
-      return { 2, i, int(used), int(held) }
+      return refuse({ 2, i, int(used), int(held) })
     end
     local expires = tonumber(ARGV[m + 3])
     if expires >= 0 and expires <= now then
