@@ -486,6 +486,14 @@ impl Config {
             StoreKind::Redis(self.store.clone())
         }
     }
+
+    /// `store` as it may be shown (logs, messages): a Redis URL without its user and password.
+    pub fn store_for_display(&self) -> String {
+        match self.store_kind() {
+            StoreKind::Embedded => self.store.clone(),
+            StoreKind::Redis(url) => crate::store::redis::redact_url(&url),
+        }
+    }
 }
 
 /// Flags given on the command line; they win over everything else.
@@ -808,6 +816,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("`store`"), "{err}");
+    }
+
+    #[test]
+    fn the_store_is_shown_without_its_credentials() {
+        let shown = |store: &str| {
+            let config = Config {
+                store: store.to_owned(),
+                ..Config::default()
+            };
+            config.store_for_display()
+        };
+        assert_eq!(shown("embedded"), "embedded");
+        assert_eq!(shown("rediss://user:s3cret@host/0"), "rediss://***@host/0");
+        assert_eq!(
+            shown("redis-cluster://:s3cret@h1:7001,h2:7002"),
+            "redis-cluster://***@h1:7001,h2:7002"
+        );
+        assert_eq!(shown("redis://host:6379/0"), "redis://host:6379/0");
     }
 
     #[test]

@@ -224,7 +224,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr_file = data_dir.join(ADDR_FILE);
     std::fs::write(&addr_file, addr.to_string())
         .with_context(|| format!("cannot write {}", addr_file.display()))?;
-    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), store = %app.config.store, "switchyard listening");
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), store = %app.config.store_for_display(), "switchyard listening");
     server.run(server::shutdown_signal()).await;
     let _ = std::fs::remove_file(&addr_file);
     Ok(())
