@@ -3,7 +3,8 @@
 //!
 //! Environment variables map onto option paths: `SWITCHYARD_LISTEN` is `listen`,
 //! `SWITCHYARD_SERVER__BODY_LIMIT_BYTES` is `server.body_limit_bytes` (a double underscore separates
-//! levels). A value is read as the type of the option it sets.
+//! levels). A value is read as the type of the option it sets. An unknown name is an error, except
+//! the variables Kubernetes sets for a Service named `switchyard…` (`is_service_link`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -650,7 +651,11 @@ fn apply_env(
         .map_err(|e| ConfigError(format!("internal: default configuration: {e}")))?;
     let mut vars: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_OPTIONS.contains(&k.as_str()))
+        .filter(|(k, v)| {
+            k.starts_with(ENV_PREFIX)
+                && !ENV_NOT_OPTIONS.contains(&k.as_str())
+                && !is_service_link(k, v)
+        })
         .collect();
     vars.sort();
     for (name, raw) in vars {
@@ -664,6 +669,37 @@ fn apply_env(
             .map_err(|()| ConfigError(format!("invalid {name}: `{}` is not a table", path[0])))?;
     }
     Ok(())
+}
+
+/// Whether `name=value` is one of the variables Kubernetes puts into every pod for each Service
+/// in its namespace (service links): a Service named `switchyard` or `switchyard-…` brings
+/// `SWITCHYARD_SERVICE_HOST`, `SWITCHYARD_SERVICE_PORT[_<port name>]`, `SWITCHYARD_PORT=tcp://…`
+/// and `SWITCHYARD_PORT_8080_TCP[_ADDR|_PORT|_PROTO]`. They are not options, and refusing them
+/// would stop every pod; no option's variable has these shapes (a test checks).
+fn is_service_link(name: &str, value: &str) -> bool {
+    let port_and_protocol = |name: &str| {
+        ["_TCP", "_UDP", "_SCTP"]
+            .iter()
+            .find_map(|p| name.strip_suffix(p))
+            .and_then(|rest| rest.rsplit_once('_'))
+            .is_some_and(|(head, port)| {
+                head.ends_with("_PORT")
+                    && !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+            })
+    };
+    name.ends_with("_SERVICE_HOST")
+        || name.ends_with("_SERVICE_PORT")
+        || name.contains("_SERVICE_PORT_")
+        || (name.ends_with("_PORT")
+            && ["tcp://", "udp://", "sctp://"]
+                .iter()
+                .any(|scheme| value.starts_with(scheme)))
+        || port_and_protocol(name)
+        || ["_ADDR", "_PORT", "_PROTO"]
+            .iter()
+            .filter_map(|field| name.strip_suffix(field))
+            .any(port_and_protocol)
 }
 
 fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
@@ -787,6 +823,78 @@ mod tests {
         let err =
             Config::load(None, env(&[("SWITCHYARD_LISTN", "x")]), &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_options() {
+        let links = [
+            ("SWITCHYARD_SERVICE_HOST", "10.0.0.7"),
+            ("SWITCHYARD_SERVICE_PORT", "8080"),
+            ("SWITCHYARD_SERVICE_PORT_HTTP", "8080"),
+            ("SWITCHYARD_PORT", "tcp://10.0.0.7:8080"),
+            ("SWITCHYARD_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+            ("SWITCHYARD_PORT_8080_TCP_ADDR", "10.0.0.7"),
+            ("SWITCHYARD_PORT_8080_TCP_PORT", "8080"),
+            ("SWITCHYARD_PORT_8080_TCP_PROTO", "tcp"),
+            ("SWITCHYARD_REDIS_SERVICE_HOST", "10.0.0.8"),
+            ("SWITCHYARD_REDIS_SERVICE_PORT", "6379"),
+            ("SWITCHYARD_REDIS_PORT", "tcp://10.0.0.8:6379"),
+            ("SWITCHYARD_REDIS_PORT_6379_TCP", "tcp://10.0.0.8:6379"),
+            ("SWITCHYARD_REDIS_PORT_6379_TCP_ADDR", "10.0.0.8"),
+            ("SWITCHYARD_REDIS_PORT_6379_TCP_PORT", "6379"),
+            ("SWITCHYARD_REDIS_PORT_6379_TCP_PROTO", "tcp"),
+            ("SWITCHYARD_DNS_PORT_53_UDP", "udp://10.0.0.9:53"),
+            ("SWITCHYARD_DNS_PORT_53_SCTP_ADDR", "10.0.0.9"),
+        ];
+        let c = Config::load(None, env(&links), &Flags::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        // Typos, and look-alikes that are not service links, are still refused.
+        for (name, value) in [
+            ("SWITCHYARD_LISTN", "0.0.0.0:8080"),
+            ("SWITCHYARD_PORT", "8080"),
+            ("SWITCHYARD_PORT_HTTP_TCP", "tcp://10.0.0.7:8080"),
+            ("SWITCHYARD_SERVICE_HOSTNAME", "x"),
+        ] {
+            let err = Config::load(None, env(&[(name, value)]), &Flags::default()).unwrap_err();
+            let option = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+            assert!(err.to_string().contains(&option), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_option_looks_like_a_service_link() {
+        let mut c = Config {
+            admin_token: Some("x".into()),
+            master_key: Some("x".into()),
+            ..Config::default()
+        };
+        c.upstream.proxy = Some("x".into());
+        c.pricing.file = Some("x".into());
+        c.images.local_dir = Some("x".into());
+        c.images.public_url = Some("x".into());
+        c.images.s3 = S3Config {
+            bucket: Some("x".into()),
+            region: Some("x".into()),
+            endpoint: Some("x".into()),
+            access_key_id: Some("x".into()),
+            secret_access_key: Some("x".into()),
+            ..S3Config::default()
+        };
+        fn names(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+            for (k, v) in table {
+                let name = format!("{prefix}{}", k.to_ascii_uppercase());
+                match v {
+                    toml::Value::Table(t) => names(t, &format!("{name}__"), out),
+                    _ => out.push(name),
+                }
+            }
+        }
+        let mut all = Vec::new();
+        names(&toml::Table::try_from(&c).unwrap(), ENV_PREFIX, &mut all);
+        assert!(all.len() > 50, "{all:?}");
+        for name in all {
+            assert!(!is_service_link(&name, "tcp://10.0.0.7:8080"), "{name}");
+        }
     }
 
     #[test]
