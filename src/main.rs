@@ -270,7 +270,7 @@ impl Admin {
                 Ok(Admin::Remote {
                     base: format!("http://{host}"),
                     token,
-                    client: reqwest::Client::new(),
+                    client: admin_client(host)?,
                 })
             }
             Err(e) => Err(e),
@@ -337,6 +337,18 @@ impl Admin {
         if let Admin::Local(app) = self {
             app.shutdown().await;
         }
+    }
+}
+
+/// The client for a running relay's admin API. One on this host is called directly: through an
+/// HTTP proxy of the environment (`HTTP_PROXY`, `ALL_PROXY`), the admin token would go to the
+/// proxy, which cannot reach our loopback anyway. A remote relay is reached as the environment says.
+fn admin_client(relay: SocketAddr) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder();
+    if relay.ip().to_canonical().is_loopback() {
+        builder.no_proxy().build()
+    } else {
+        builder.build()
     }
 }
 

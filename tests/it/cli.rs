@@ -23,6 +23,26 @@ fn switchyard(data_dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// As `switchyard`, with the environment's HTTP proxy pointing at a closed port.
+fn switchyard_behind_a_dead_proxy(data_dir: &Path, args: &[&str]) -> Output {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HTTP_PROXY", &proxy)
+        .env("http_proxy", &proxy)
+        .env("ALL_PROXY", &proxy)
+        .env("all_proxy", &proxy)
+        .output()
+        .unwrap()
+}
+
 fn json_of(out: &Output) -> Value {
     assert!(
         out.status.success(),
@@ -255,10 +275,13 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
     assert_eq!(mock.requests()[0].header("x-api-key"), Some("sk-ant-live"));
     assert!(account["id"].as_str().unwrap().starts_with("acct_"));
 
+    // The admin token does not go through the environment's proxy to a relay on this host.
     let d = dir.path().to_owned();
-    let usage = tokio::task::spawn_blocking(move || json_of(&switchyard(&d, &["usage"])))
-        .await
-        .unwrap();
+    let usage = tokio::task::spawn_blocking(move || {
+        json_of(&switchyard_behind_a_dead_proxy(&d, &["usage"]))
+    })
+    .await
+    .unwrap();
     assert_eq!(
         (
             usage["input_tokens"].as_u64(),
