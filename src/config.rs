@@ -118,6 +118,43 @@ pub struct ServerConfig {
     pub workers: usize,
 }
 
+/// The longest any duration option (`*_secs`, `*_ms`) may be. Longer is a mistake, and far longer
+/// overflows the clock arithmetic it feeds (an `Instant` plus such a timeout panics).
+pub const MAX_DURATION_SECS: u64 = 366 * 86_400;
+
+const TIMEOUT: &str = "a timeout of 0 expires at once";
+
+/// Duration options that 0 would break, and how (the others take 0: no grace, no cooldown, no
+/// sticky sessions, …).
+const NOT_ZERO: &[(&str, &str)] = &[
+    ("server.header_read_timeout_secs", TIMEOUT),
+    ("server.body_read_timeout_secs", TIMEOUT),
+    ("server.write_timeout_secs", TIMEOUT),
+    ("upstream.connect_timeout_secs", "every connect would fail"),
+    ("upstream.first_byte_timeout_secs", TIMEOUT),
+    ("upstream.answer_timeout_secs", TIMEOUT),
+    (
+        "upstream.idle_timeout_secs",
+        "every stream would be cut after its first chunk",
+    ),
+    (
+        "relay.lease_ttl_secs",
+        "a lease would expire as it is taken",
+    ),
+    (
+        "stats.flush_interval_ms",
+        "the usage writer would never rest",
+    ),
+    ("redis.command_timeout_ms", TIMEOUT),
+    ("images.first_byte_timeout_secs", TIMEOUT),
+    ("images.read_timeout_secs", TIMEOUT),
+    (
+        "images.url_ttl_secs",
+        "an image URL would expire as it is handed out",
+    ),
+    ("images.sweep_interval_secs", "the sweep would never rest"),
+];
+
 /// The most `server.workers` a config may ask for.
 pub const MAX_WORKERS: usize = 256;
 
@@ -430,15 +467,6 @@ impl ImagesConfig {
                 "invalid option `images.{option}`: {why}"
             )))
         };
-        if self.first_byte_timeout_secs == 0 || self.read_timeout_secs == 0 {
-            return bad("first_byte_timeout_secs", "timeouts must be > 0");
-        }
-        if self.url_ttl_secs == 0 || self.sweep_interval_secs == 0 {
-            return bad(
-                "url_ttl_secs",
-                "url_ttl_secs and sweep_interval_secs must be > 0",
-            );
-        }
         if self.retention_secs < self.url_ttl_secs {
             return bad("retention_secs", "must be at least url_ttl_secs");
         }
@@ -569,46 +597,20 @@ impl Config {
                 "invalid option `server.workers`: at most {MAX_WORKERS} (0: one per CPU)"
             )));
         }
-        if self.redis.pool_size == 0 || self.redis.command_timeout_ms == 0 {
+        if self.redis.pool_size == 0 {
             return Err(ConfigError(
-                "invalid option `redis`: pool_size and command_timeout_ms must be > 0".into(),
+                "invalid option `redis.pool_size`: must be > 0".into(),
             ));
         }
-        if self.upstream.first_byte_timeout_secs == 0 || self.upstream.answer_timeout_secs == 0 {
-            return Err(ConfigError(
-                "invalid option `upstream`: first_byte_timeout_secs and answer_timeout_secs \
-                 must be > 0"
-                    .into(),
-            ));
-        }
-        if self.server.header_read_timeout_secs == 0
-            || self.server.body_read_timeout_secs == 0
-            || self.server.write_timeout_secs == 0
-        {
-            return Err(ConfigError(
-                "invalid option `server`: header_read_timeout_secs, body_read_timeout_secs and \
-                 write_timeout_secs must be > 0"
-                    .into(),
-            ));
-        }
+        self.check_durations()?;
         if self.server.body_limit_bytes == 0 {
             return Err(ConfigError(
                 "invalid option `server.body_limit_bytes`: must be > 0".into(),
             ));
         }
-        if self.stats.flush_interval_ms == 0 {
-            return Err(ConfigError(
-                "invalid option `stats.flush_interval_ms`: must be > 0".into(),
-            ));
-        }
         if self.scheduler.max_attempts == 0 {
             return Err(ConfigError(
                 "invalid option `scheduler.max_attempts`: must be >= 1".into(),
-            ));
-        }
-        if self.relay.lease_ttl_secs == 0 {
-            return Err(ConfigError(
-                "invalid option `relay.lease_ttl_secs`: must be > 0".into(),
             ));
         }
         if let Err(e) = jiff::tz::TimeZone::get(&self.limits.timezone) {
@@ -639,6 +641,50 @@ impl Config {
             return Err(ConfigError(format!("invalid option `log.level`: {e}")));
         }
         self.images.validate()
+    }
+
+    /// Every duration option (`*_secs`, `*_ms`) is at most [`MAX_DURATION_SECS`]; those 0 would
+    /// break ([`NOT_ZERO`]) are more than 0. Found by name, so that an option added later is
+    /// bounded too.
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let table = toml::Table::try_from(self)
+            .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        let mut durations = Vec::new();
+        durations_in(&table, "", &mut durations);
+        for (option, value) in durations {
+            if value == 0
+                && let Some((_, why)) = NOT_ZERO.iter().find(|(name, _)| *name == option)
+            {
+                return Err(ConfigError(format!(
+                    "invalid option `{option}`: must be > 0 ({why})"
+                )));
+            }
+            let (max, unit) = if option.ends_with("_ms") {
+                (MAX_DURATION_SECS * 1000, "ms")
+            } else {
+                (MAX_DURATION_SECS, "s")
+            };
+            if !u64::try_from(value).is_ok_and(|v| v <= max) {
+                return Err(ConfigError(format!(
+                    "invalid option `{option}`: {value} is more than {max} {unit} (366 days), \
+                     the longest a duration may be"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The duration options (`*_secs`, `*_ms`) under `table`, by path.
+fn durations_in(table: &toml::Table, prefix: &str, out: &mut Vec<(String, i64)>) {
+    for (name, value) in table {
+        match value {
+            toml::Value::Table(t) => durations_in(t, &format!("{prefix}{name}."), out),
+            toml::Value::Integer(v) if name.ends_with("_secs") || name.ends_with("_ms") => {
+                out.push((format!("{prefix}{name}"), *v));
+            }
+            _ => {}
+        }
     }
 }
 
@@ -957,6 +1003,75 @@ mod tests {
         assert_eq!(three.server.worker_count(), 3);
         let err = load(&[("SWITCHYARD_SERVER__WORKERS", "300")]).unwrap_err();
         assert!(err.contains("server.workers"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_more_than_0_where_0_breaks_and_at_most_366_days() {
+        let load = |pairs: &[(&str, &str)]| {
+            Config::load(None, env(pairs), &Flags::default()).map_err(|e| e.to_string())
+        };
+        for option in [
+            "SWITCHYARD_UPSTREAM__IDLE_TIMEOUT_SECS",
+            "SWITCHYARD_UPSTREAM__CONNECT_TIMEOUT_SECS",
+            "SWITCHYARD_SERVER__HEADER_READ_TIMEOUT_SECS",
+            "SWITCHYARD_IMAGES__READ_TIMEOUT_SECS",
+        ] {
+            let err = load(&[(option, "0")]).unwrap_err();
+            let path = option[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            assert!(err.contains(&format!("`{path}`: must be > 0")), "{err}");
+        }
+        // 0 means something for these: no grace, no failover after the first attempt, no
+        // cooldown, no sticky sessions.
+        let zeros = load(&[
+            ("SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS", "0"),
+            ("SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS", "0"),
+            ("SWITCHYARD_SCHEDULER__FAILURE_COOLDOWN_SECS", "0"),
+            ("SWITCHYARD_SCHEDULER__STICKY_TTL_SECS", "0"),
+        ]);
+        assert!(zeros.is_ok(), "{zeros:?}");
+
+        let huge = i64::MAX.to_string();
+        for option in [
+            "SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS",
+            "SWITCHYARD_UPSTREAM__IDLE_TIMEOUT_SECS",
+            "SWITCHYARD_SERVER__HEADER_READ_TIMEOUT_SECS",
+            "SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS",
+            "SWITCHYARD_STATS__FLUSH_INTERVAL_MS",
+            "SWITCHYARD_IMAGES__CACHE__TTL_SECS",
+        ] {
+            let err = load(&[(option, &huge)]).unwrap_err();
+            let path = option[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            assert!(err.contains(&format!("`{path}`")), "{err}");
+            assert!(err.contains("366 days"), "{err}");
+        }
+        let year = MAX_DURATION_SECS.to_string();
+        let c = load(&[
+            ("SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS", &year),
+            ("SWITCHYARD_IMAGES__RETENTION_SECS", &year),
+        ])
+        .unwrap();
+        assert_eq!(c.scheduler.attempt_deadline_secs, MAX_DURATION_SECS);
+        let err = load(&[(
+            "SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS",
+            &(MAX_DURATION_SECS + 1).to_string(),
+        )])
+        .unwrap_err();
+        assert!(err.contains("scheduler.attempt_deadline_secs"), "{err}");
+
+        // Every name the zero check knows is an option.
+        let mut durations = Vec::new();
+        durations_in(
+            &toml::Table::try_from(Config::default()).unwrap(),
+            "",
+            &mut durations,
+        );
+        for (option, _) in NOT_ZERO {
+            assert!(durations.iter().any(|(d, _)| d == option), "{option}");
+        }
     }
 
     #[test]

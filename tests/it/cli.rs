@@ -77,6 +77,18 @@ fn an_invalid_option_is_one_line_naming_it_and_exit_status_2() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS")
     );
+
+    // A duration out of range is a configuration error too.
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env(
+            "SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS",
+            "9223372036854775807",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scheduler.attempt_deadline_secs"));
 }
 
 #[test]
