@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pricing::PricingConfig;
+use crate::pricing::{PricingConfig, PricingError};
 
 const ENV_PREFIX: &str = "SWITCHYARD_";
 /// The shortest admin token taken, configured or read from the data dir's `admin-token`.
@@ -640,6 +640,25 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError(format!("invalid option `log.level`: {e}")));
         }
+        if let Some(url) = &self.upstream.proxy
+            && let Err(e) = reqwest::Proxy::all(url.as_str())
+        {
+            return Err(ConfigError(format!(
+                "invalid option `upstream.proxy`: {}",
+                crate::upstream_client::chain(&e)
+            )));
+        }
+        // The prices, and `pricing.file` read, as the start will.
+        if let Err(e) = crate::pricing::Pricing::from_config(&self.pricing, None) {
+            let option = match e {
+                PricingError::ReadFile { .. } | PricingError::InFile { .. } => "pricing.file",
+                _ => "pricing",
+            };
+            return Err(ConfigError(format!(
+                "invalid option `{option}`: {}",
+                crate::upstream_client::chain(&e)
+            )));
+        }
         self.images.validate()
     }
 
@@ -1072,6 +1091,52 @@ mod tests {
         for (option, _) in NOT_ZERO {
             assert!(durations.iter().any(|(d, _)| d == option), "{option}");
         }
+    }
+
+    #[test]
+    fn prices_the_price_file_and_the_proxy_are_checked_with_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let load_file = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Some(&file), env(&[]), &Flags::default()).map_err(|e| e.to_string())
+        };
+        let err = load_file("[pricing.models.\"x\"]\ninput = -1.0\noutput = 1.0\n").unwrap_err();
+        assert!(err.contains("`pricing`") && err.contains("`x`"), "{err}");
+        assert!(err.contains("input"), "{err}");
+        let missing = dir.path().join("prices.json");
+        let err = load_file(&format!(
+            "[pricing]\nfile = {:?}\n",
+            missing.display().to_string()
+        ))
+        .unwrap_err();
+        assert!(err.contains("`pricing.file`"), "{err}");
+        assert!(err.contains("prices.json"), "{err}");
+        std::fs::write(&missing, "[1, 2]").unwrap();
+        let err = load_file(&format!(
+            "[pricing]\nfile = {:?}\n",
+            missing.display().to_string()
+        ))
+        .unwrap_err();
+        assert!(err.contains("`pricing.file`"), "{err}");
+
+        let err = Config::load(
+            None,
+            env(&[("SWITCHYARD_UPSTREAM__PROXY", "http://u:s3cret@proxy:port")]),
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`upstream.proxy`"), "{err}");
+        // Why, not only reqwest's "builder error"; and never the proxy's password.
+        assert!(err.contains("port"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let ok = Config::load(
+            None,
+            env(&[("SWITCHYARD_UPSTREAM__PROXY", "http://u:p@proxy:3128")]),
+            &Flags::default(),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

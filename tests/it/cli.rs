@@ -89,6 +89,18 @@ fn an_invalid_option_is_one_line_naming_it_and_exit_status_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("scheduler.attempt_deadline_secs"));
+
+    // So is a price file that cannot be read, before any store is opened.
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env(
+            "SWITCHYARD_PRICING__FILE",
+            dir.path().join("no-such-prices.json"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pricing.file"));
 }
 
 #[test]
