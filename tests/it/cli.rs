@@ -267,8 +267,19 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
     // The relay holds the data dir; the CLI goes through its admin API.
     let d = dir.path().to_owned();
     let base_url = mock.base_url();
-    let (key, account) = tokio::task::spawn_blocking(move || {
+    let (key, limited, account) = tokio::task::spawn_blocking(move || {
         let key = json_of(&switchyard(&d, &["keys", "create", "--name", "live"]));
+        let limited = json_of(&switchyard(
+            &d,
+            &[
+                "keys",
+                "create",
+                "--name",
+                "haiku only",
+                "--limits",
+                r#"{"allowed_models": ["claude-haiku-*"]}"#,
+            ],
+        ));
         let account = json_of(&switchyard(
             &d,
             &[
@@ -282,7 +293,7 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
                 &base_url,
             ],
         ));
-        (key, account)
+        (key, limited, account)
     })
     .await
     .unwrap();
@@ -297,6 +308,15 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
     assert_eq!(mock.requests()[0].header("x-api-key"), Some("sk-ant-live"));
+    // A refused request's line names its key and model too.
+    let resp = http_client()
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", limited["key"].as_str().unwrap())
+        .json(&messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
     assert!(account["id"].as_str().unwrap().starts_with("acct_"));
 
     // The admin token does not go through the environment's proxy to a relay on this host.
@@ -345,6 +365,16 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
         "a secret leaked into the log"
     );
     assert!(log.contains("request_id"), "one line per request: {log}");
+    let refused = log
+        .lines()
+        .find(|l| l.contains("request refused"))
+        .unwrap_or_else(|| panic!("no refusal logged: {log}"));
+    assert!(
+        refused.contains(&format!("key_id={}", limited["id"].as_str().unwrap()))
+            && refused.contains("model=claude-sonnet-4-5")
+            && refused.contains("status=403"),
+        "{refused}"
+    );
     // Lines are buffered (src/logging.rs); the last one, logged just before exit, is there.
     assert!(log.trim_end().ends_with("stopped"), "{log}");
     assert!(!dir.path().join("serve.addr").exists());
