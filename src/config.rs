@@ -921,8 +921,7 @@ mod tests {
             ("SWITCHYARD_SERVICE_HOSTNAME", "x"),
         ] {
             let err = Config::load(None, env(&[(name, value)]), &Flags::default()).unwrap_err();
-            let option = name[ENV_PREFIX.len()..].to_ascii_lowercase();
-            assert!(err.to_string().contains(&option), "{name}: {err}");
+            assert!(err.to_string().contains(&option_of(name)), "{name}: {err}");
         }
     }
 
@@ -1024,6 +1023,13 @@ mod tests {
         assert!(err.contains("server.workers"), "{err}");
     }
 
+    /// The option a variable sets: `SWITCHYARD_A__B` is `a.b`.
+    fn option_of(var: &str) -> String {
+        var[ENV_PREFIX.len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".")
+    }
+
     #[test]
     fn durations_are_more_than_0_where_0_breaks_and_at_most_366_days() {
         let load = |pairs: &[(&str, &str)]| {
@@ -1036,9 +1042,7 @@ mod tests {
             "SWITCHYARD_IMAGES__READ_TIMEOUT_SECS",
         ] {
             let err = load(&[(option, "0")]).unwrap_err();
-            let path = option[ENV_PREFIX.len()..]
-                .to_ascii_lowercase()
-                .replace("__", ".");
+            let path = option_of(option);
             assert!(err.contains(&format!("`{path}`: must be > 0")), "{err}");
         }
         // 0 means something for these: no grace, no failover after the first attempt, no
@@ -1061,9 +1065,7 @@ mod tests {
             "SWITCHYARD_IMAGES__CACHE__TTL_SECS",
         ] {
             let err = load(&[(option, &huge)]).unwrap_err();
-            let path = option[ENV_PREFIX.len()..]
-                .to_ascii_lowercase()
-                .replace("__", ".");
+            let path = option_of(option);
             assert!(err.contains(&format!("`{path}`")), "{err}");
             assert!(err.contains("366 days"), "{err}");
         }

@@ -13,14 +13,18 @@ use crate::support::relay::messages_body;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-fn switchyard(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+fn command(data_dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
-        .env_remove("SWITCHYARD_ADMIN_TOKEN")
-        .output()
-        .unwrap()
+        .env_remove("SWITCHYARD_ADMIN_TOKEN");
+    command
+}
+
+fn switchyard(data_dir: &Path, args: &[&str]) -> Output {
+    command(data_dir, args).output().unwrap()
 }
 
 /// As `switchyard`, with the environment's HTTP proxy pointing at a closed port.
@@ -28,11 +32,7 @@ fn switchyard_behind_a_dead_proxy(data_dir: &Path, args: &[&str]) -> Output {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+    command(data_dir, args)
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
         .env("HTTP_PROXY", &proxy)
