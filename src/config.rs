@@ -3,14 +3,15 @@
 //!
 //! Environment variables map onto option paths: `SWITCHYARD_LISTEN` is `listen`,
 //! `SWITCHYARD_SERVER__BODY_LIMIT_BYTES` is `server.body_limit_bytes` (a double underscore separates
-//! levels). A value is read as the type of the option it sets.
+//! levels). A value is read as the type of the option it sets. An unknown name is an error, except
+//! the variables Kubernetes sets for a Service named `switchyard…` (`is_service_link`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pricing::PricingConfig;
+use crate::pricing::{PricingConfig, PricingError};
 
 const ENV_PREFIX: &str = "SWITCHYARD_";
 /// The shortest admin token taken, configured or read from the data dir's `admin-token`.
@@ -116,6 +117,43 @@ pub struct ServerConfig {
     /// (0: one per CPU the process may use).
     pub workers: usize,
 }
+
+/// The longest any duration option (`*_secs`, `*_ms`) may be. Longer is a mistake, and far longer
+/// overflows the clock arithmetic it feeds (an `Instant` plus such a timeout panics).
+pub const MAX_DURATION_SECS: u64 = 366 * 86_400;
+
+const TIMEOUT: &str = "a timeout of 0 expires at once";
+
+/// Duration options that 0 would break, and how (the others take 0: no grace, no cooldown, no
+/// sticky sessions, …).
+const NOT_ZERO: &[(&str, &str)] = &[
+    ("server.header_read_timeout_secs", TIMEOUT),
+    ("server.body_read_timeout_secs", TIMEOUT),
+    ("server.write_timeout_secs", TIMEOUT),
+    ("upstream.connect_timeout_secs", "every connect would fail"),
+    ("upstream.first_byte_timeout_secs", TIMEOUT),
+    ("upstream.answer_timeout_secs", TIMEOUT),
+    (
+        "upstream.idle_timeout_secs",
+        "every stream would be cut after its first chunk",
+    ),
+    (
+        "relay.lease_ttl_secs",
+        "a lease would expire as it is taken",
+    ),
+    (
+        "stats.flush_interval_ms",
+        "the usage writer would never rest",
+    ),
+    ("redis.command_timeout_ms", TIMEOUT),
+    ("images.first_byte_timeout_secs", TIMEOUT),
+    ("images.read_timeout_secs", TIMEOUT),
+    (
+        "images.url_ttl_secs",
+        "an image URL would expire as it is handed out",
+    ),
+    ("images.sweep_interval_secs", "the sweep would never rest"),
+];
 
 /// The most `server.workers` a config may ask for.
 pub const MAX_WORKERS: usize = 256;
@@ -431,15 +469,6 @@ impl ImagesConfig {
                 "invalid option `images.{option}`: {why}"
             )))
         };
-        if self.first_byte_timeout_secs == 0 || self.read_timeout_secs == 0 {
-            return bad("first_byte_timeout_secs", "timeouts must be > 0");
-        }
-        if self.url_ttl_secs == 0 || self.sweep_interval_secs == 0 {
-            return bad(
-                "url_ttl_secs",
-                "url_ttl_secs and sweep_interval_secs must be > 0",
-            );
-        }
         if self.retention_secs < self.url_ttl_secs {
             return bad("retention_secs", "must be at least url_ttl_secs");
         }
@@ -486,6 +515,14 @@ impl Config {
             StoreKind::Embedded
         } else {
             StoreKind::Redis(self.store.clone())
+        }
+    }
+
+    /// `store` as it may be shown (logs, messages): a Redis URL without its user and password.
+    pub fn store_for_display(&self) -> String {
+        match self.store_kind() {
+            StoreKind::Embedded => self.store.clone(),
+            StoreKind::Redis(url) => crate::store::redis::redact_url(&url),
         }
     }
 }
@@ -562,46 +599,20 @@ impl Config {
                 "invalid option `server.workers`: at most {MAX_WORKERS} (0: one per CPU)"
             )));
         }
-        if self.redis.pool_size == 0 || self.redis.command_timeout_ms == 0 {
+        if self.redis.pool_size == 0 {
             return Err(ConfigError(
-                "invalid option `redis`: pool_size and command_timeout_ms must be > 0".into(),
+                "invalid option `redis.pool_size`: must be > 0".into(),
             ));
         }
-        if self.upstream.first_byte_timeout_secs == 0 || self.upstream.answer_timeout_secs == 0 {
-            return Err(ConfigError(
-                "invalid option `upstream`: first_byte_timeout_secs and answer_timeout_secs \
-                 must be > 0"
-                    .into(),
-            ));
-        }
-        if self.server.header_read_timeout_secs == 0
-            || self.server.body_read_timeout_secs == 0
-            || self.server.write_timeout_secs == 0
-        {
-            return Err(ConfigError(
-                "invalid option `server`: header_read_timeout_secs, body_read_timeout_secs and \
-                 write_timeout_secs must be > 0"
-                    .into(),
-            ));
-        }
+        self.check_durations()?;
         if self.server.body_limit_bytes == 0 {
             return Err(ConfigError(
                 "invalid option `server.body_limit_bytes`: must be > 0".into(),
             ));
         }
-        if self.stats.flush_interval_ms == 0 {
-            return Err(ConfigError(
-                "invalid option `stats.flush_interval_ms`: must be > 0".into(),
-            ));
-        }
         if self.scheduler.max_attempts == 0 {
             return Err(ConfigError(
                 "invalid option `scheduler.max_attempts`: must be >= 1".into(),
-            ));
-        }
-        if self.relay.lease_ttl_secs == 0 {
-            return Err(ConfigError(
-                "invalid option `relay.lease_ttl_secs`: must be > 0".into(),
             ));
         }
         if let Err(e) = jiff::tz::TimeZone::get(&self.limits.timezone) {
@@ -631,7 +642,70 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError(format!("invalid option `log.level`: {e}")));
         }
+        if let Some(url) = &self.upstream.proxy
+            && let Err(e) = reqwest::Proxy::all(url.as_str())
+        {
+            return Err(ConfigError(format!(
+                "invalid option `upstream.proxy`: {}",
+                crate::upstream_client::chain(&e)
+            )));
+        }
+        // The prices, and `pricing.file` read, as the start will.
+        if let Err(e) = crate::pricing::Pricing::from_config(&self.pricing, None) {
+            let option = match e {
+                PricingError::ReadFile { .. } | PricingError::InFile { .. } => "pricing.file",
+                _ => "pricing",
+            };
+            return Err(ConfigError(format!(
+                "invalid option `{option}`: {}",
+                crate::upstream_client::chain(&e)
+            )));
+        }
         self.images.validate()
+    }
+
+    /// Every duration option (`*_secs`, `*_ms`) is at most [`MAX_DURATION_SECS`]; those 0 would
+    /// break ([`NOT_ZERO`]) are more than 0. Found by name, so that an option added later is
+    /// bounded too.
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let table = toml::Table::try_from(self)
+            .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        let mut durations = Vec::new();
+        durations_in(&table, "", &mut durations);
+        for (option, value) in durations {
+            if value == 0
+                && let Some((_, why)) = NOT_ZERO.iter().find(|(name, _)| *name == option)
+            {
+                return Err(ConfigError(format!(
+                    "invalid option `{option}`: must be > 0 ({why})"
+                )));
+            }
+            let (max, unit) = if option.ends_with("_ms") {
+                (MAX_DURATION_SECS * 1000, "ms")
+            } else {
+                (MAX_DURATION_SECS, "s")
+            };
+            if !u64::try_from(value).is_ok_and(|v| v <= max) {
+                return Err(ConfigError(format!(
+                    "invalid option `{option}`: {value} is more than {max} {unit} (366 days), \
+                     the longest a duration may be"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The duration options (`*_secs`, `*_ms`) under `table`, by path.
+fn durations_in(table: &toml::Table, prefix: &str, out: &mut Vec<(String, i64)>) {
+    for (name, value) in table {
+        match value {
+            toml::Value::Table(t) => durations_in(t, &format!("{prefix}{name}."), out),
+            toml::Value::Integer(v) if name.ends_with("_secs") || name.ends_with("_ms") => {
+                out.push((format!("{prefix}{name}"), *v));
+            }
+            _ => {}
+        }
     }
 }
 
@@ -644,7 +718,11 @@ fn apply_env(
         .map_err(|e| ConfigError(format!("internal: default configuration: {e}")))?;
     let mut vars: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_OPTIONS.contains(&k.as_str()))
+        .filter(|(k, v)| {
+            k.starts_with(ENV_PREFIX)
+                && !ENV_NOT_OPTIONS.contains(&k.as_str())
+                && !is_service_link(k, v)
+        })
         .collect();
     vars.sort();
     for (name, raw) in vars {
@@ -658,6 +736,37 @@ fn apply_env(
             .map_err(|()| ConfigError(format!("invalid {name}: `{}` is not a table", path[0])))?;
     }
     Ok(())
+}
+
+/// Whether `name=value` is one of the variables Kubernetes puts into every pod for each Service
+/// in its namespace (service links): a Service named `switchyard` or `switchyard-…` brings
+/// `SWITCHYARD_SERVICE_HOST`, `SWITCHYARD_SERVICE_PORT[_<port name>]`, `SWITCHYARD_PORT=tcp://…`
+/// and `SWITCHYARD_PORT_8080_TCP[_ADDR|_PORT|_PROTO]`. They are not options, and refusing them
+/// would stop every pod; no option's variable has these shapes (a test checks).
+fn is_service_link(name: &str, value: &str) -> bool {
+    let port_and_protocol = |name: &str| {
+        ["_TCP", "_UDP", "_SCTP"]
+            .iter()
+            .find_map(|p| name.strip_suffix(p))
+            .and_then(|rest| rest.rsplit_once('_'))
+            .is_some_and(|(head, port)| {
+                head.ends_with("_PORT")
+                    && !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+            })
+    };
+    name.ends_with("_SERVICE_HOST")
+        || name.ends_with("_SERVICE_PORT")
+        || name.contains("_SERVICE_PORT_")
+        || (name.ends_with("_PORT")
+            && ["tcp://", "udp://", "sctp://"]
+                .iter()
+                .any(|scheme| value.starts_with(scheme)))
+        || port_and_protocol(name)
+        || ["_ADDR", "_PORT", "_PROTO"]
+            .iter()
+            .filter_map(|field| name.strip_suffix(field))
+            .any(port_and_protocol)
 }
 
 fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
@@ -788,6 +897,77 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_service_links_are_not_options() {
+        let links = [
+            ("SWITCHYARD_SERVICE_HOST", "10.0.0.7"),
+            ("SWITCHYARD_SERVICE_PORT", "8080"),
+            ("SWITCHYARD_SERVICE_PORT_HTTP", "8080"),
+            ("SWITCHYARD_PORT", "tcp://10.0.0.7:8080"),
+            ("SWITCHYARD_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+            ("SWITCHYARD_PORT_8080_TCP_ADDR", "10.0.0.7"),
+            ("SWITCHYARD_PORT_8080_TCP_PORT", "8080"),
+            ("SWITCHYARD_PORT_8080_TCP_PROTO", "tcp"),
+            ("SWITCHYARD_REDIS_SERVICE_HOST", "10.0.0.8"),
+            ("SWITCHYARD_REDIS_SERVICE_PORT", "6379"),
+            ("SWITCHYARD_REDIS_PORT", "tcp://10.0.0.8:6379"),
+            ("SWITCHYARD_REDIS_PORT_6379_TCP", "tcp://10.0.0.8:6379"),
+            ("SWITCHYARD_REDIS_PORT_6379_TCP_ADDR", "10.0.0.8"),
+            ("SWITCHYARD_REDIS_PORT_6379_TCP_PORT", "6379"),
+            ("SWITCHYARD_REDIS_PORT_6379_TCP_PROTO", "tcp"),
+            ("SWITCHYARD_DNS_PORT_53_UDP", "udp://10.0.0.9:53"),
+            ("SWITCHYARD_DNS_PORT_53_SCTP_ADDR", "10.0.0.9"),
+        ];
+        let c = Config::load(None, env(&links), &Flags::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        // Typos, and look-alikes that are not service links, are still refused.
+        for (name, value) in [
+            ("SWITCHYARD_LISTN", "0.0.0.0:8080"),
+            ("SWITCHYARD_PORT", "8080"),
+            ("SWITCHYARD_PORT_HTTP_TCP", "tcp://10.0.0.7:8080"),
+            ("SWITCHYARD_SERVICE_HOSTNAME", "x"),
+        ] {
+            let err = Config::load(None, env(&[(name, value)]), &Flags::default()).unwrap_err();
+            assert!(err.to_string().contains(&option_of(name)), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_option_looks_like_a_service_link() {
+        let mut c = Config {
+            admin_token: Some("x".into()),
+            master_key: Some("x".into()),
+            ..Config::default()
+        };
+        c.upstream.proxy = Some("x".into());
+        c.pricing.file = Some("x".into());
+        c.images.local_dir = Some("x".into());
+        c.images.public_url = Some("x".into());
+        c.images.s3 = S3Config {
+            bucket: Some("x".into()),
+            region: Some("x".into()),
+            endpoint: Some("x".into()),
+            access_key_id: Some("x".into()),
+            secret_access_key: Some("x".into()),
+            ..S3Config::default()
+        };
+        fn names(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+            for (k, v) in table {
+                let name = format!("{prefix}{}", k.to_ascii_uppercase());
+                match v {
+                    toml::Value::Table(t) => names(t, &format!("{name}__"), out),
+                    _ => out.push(name),
+                }
+            }
+        }
+        let mut all = Vec::new();
+        names(&toml::Table::try_from(&c).unwrap(), ENV_PREFIX, &mut all);
+        assert!(all.len() > 50, "{all:?}");
+        for name in all {
+            assert!(!is_service_link(&name, "tcp://10.0.0.7:8080"), "{name}");
+        }
+    }
+
+    #[test]
     fn a_badly_typed_value_is_named() {
         let err = Config::load(
             None,
@@ -817,6 +997,24 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_shown_without_its_credentials() {
+        let shown = |store: &str| {
+            let config = Config {
+                store: store.to_owned(),
+                ..Config::default()
+            };
+            config.store_for_display()
+        };
+        assert_eq!(shown("embedded"), "embedded");
+        assert_eq!(shown("rediss://user:s3cret@host/0"), "rediss://***@host/0");
+        assert_eq!(
+            shown("redis-cluster://:s3cret@h1:7001,h2:7002"),
+            "redis-cluster://***@h1:7001,h2:7002"
+        );
+        assert_eq!(shown("redis://host:6379/0"), "redis://host:6379/0");
+    }
+
+    #[test]
     fn server_workers_default_to_the_cpus_and_are_bounded() {
         let load = |pairs: &[(&str, &str)]| {
             Config::load(None, env(pairs), &Flags::default()).map_err(|e| e.to_string())
@@ -829,6 +1027,124 @@ mod tests {
         assert_eq!(three.server.worker_count(), 3);
         let err = load(&[("SWITCHYARD_SERVER__WORKERS", "300")]).unwrap_err();
         assert!(err.contains("server.workers"), "{err}");
+    }
+
+    /// The option a variable sets: `SWITCHYARD_A__B` is `a.b`.
+    fn option_of(var: &str) -> String {
+        var[ENV_PREFIX.len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".")
+    }
+
+    #[test]
+    fn durations_are_more_than_0_where_0_breaks_and_at_most_366_days() {
+        let load = |pairs: &[(&str, &str)]| {
+            Config::load(None, env(pairs), &Flags::default()).map_err(|e| e.to_string())
+        };
+        for option in [
+            "SWITCHYARD_UPSTREAM__IDLE_TIMEOUT_SECS",
+            "SWITCHYARD_UPSTREAM__CONNECT_TIMEOUT_SECS",
+            "SWITCHYARD_SERVER__HEADER_READ_TIMEOUT_SECS",
+            "SWITCHYARD_IMAGES__READ_TIMEOUT_SECS",
+        ] {
+            let err = load(&[(option, "0")]).unwrap_err();
+            let path = option_of(option);
+            assert!(err.contains(&format!("`{path}`: must be > 0")), "{err}");
+        }
+        // 0 means something for these: no grace, no failover after the first attempt, no
+        // cooldown, no sticky sessions.
+        let zeros = load(&[
+            ("SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS", "0"),
+            ("SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS", "0"),
+            ("SWITCHYARD_SCHEDULER__FAILURE_COOLDOWN_SECS", "0"),
+            ("SWITCHYARD_SCHEDULER__STICKY_TTL_SECS", "0"),
+        ]);
+        assert!(zeros.is_ok(), "{zeros:?}");
+
+        let huge = i64::MAX.to_string();
+        for option in [
+            "SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS",
+            "SWITCHYARD_UPSTREAM__IDLE_TIMEOUT_SECS",
+            "SWITCHYARD_SERVER__HEADER_READ_TIMEOUT_SECS",
+            "SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS",
+            "SWITCHYARD_STATS__FLUSH_INTERVAL_MS",
+            "SWITCHYARD_IMAGES__CACHE__TTL_SECS",
+        ] {
+            let err = load(&[(option, &huge)]).unwrap_err();
+            let path = option_of(option);
+            assert!(err.contains(&format!("`{path}`")), "{err}");
+            assert!(err.contains("366 days"), "{err}");
+        }
+        let year = MAX_DURATION_SECS.to_string();
+        let c = load(&[
+            ("SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS", &year),
+            ("SWITCHYARD_IMAGES__RETENTION_SECS", &year),
+        ])
+        .unwrap();
+        assert_eq!(c.scheduler.attempt_deadline_secs, MAX_DURATION_SECS);
+        let err = load(&[(
+            "SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS",
+            &(MAX_DURATION_SECS + 1).to_string(),
+        )])
+        .unwrap_err();
+        assert!(err.contains("scheduler.attempt_deadline_secs"), "{err}");
+
+        // Every name the zero check knows is an option.
+        let mut durations = Vec::new();
+        durations_in(
+            &toml::Table::try_from(Config::default()).unwrap(),
+            "",
+            &mut durations,
+        );
+        for (option, _) in NOT_ZERO {
+            assert!(durations.iter().any(|(d, _)| d == option), "{option}");
+        }
+    }
+
+    #[test]
+    fn prices_the_price_file_and_the_proxy_are_checked_with_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let load_file = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Some(&file), env(&[]), &Flags::default()).map_err(|e| e.to_string())
+        };
+        let err = load_file("[pricing.models.\"x\"]\ninput = -1.0\noutput = 1.0\n").unwrap_err();
+        assert!(err.contains("`pricing`") && err.contains("`x`"), "{err}");
+        assert!(err.contains("input"), "{err}");
+        let missing = dir.path().join("prices.json");
+        let err = load_file(&format!(
+            "[pricing]\nfile = {:?}\n",
+            missing.display().to_string()
+        ))
+        .unwrap_err();
+        assert!(err.contains("`pricing.file`"), "{err}");
+        assert!(err.contains("prices.json"), "{err}");
+        std::fs::write(&missing, "[1, 2]").unwrap();
+        let err = load_file(&format!(
+            "[pricing]\nfile = {:?}\n",
+            missing.display().to_string()
+        ))
+        .unwrap_err();
+        assert!(err.contains("`pricing.file`"), "{err}");
+
+        let err = Config::load(
+            None,
+            env(&[("SWITCHYARD_UPSTREAM__PROXY", "http://u:s3cret@proxy:port")]),
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`upstream.proxy`"), "{err}");
+        // Why, not only reqwest's "builder error"; and never the proxy's password.
+        assert!(err.contains("port"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let ok = Config::load(
+            None,
+            env(&[("SWITCHYARD_UPSTREAM__PROXY", "http://u:p@proxy:3128")]),
+            &Flags::default(),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

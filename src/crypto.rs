@@ -20,6 +20,12 @@ const NONCE_LEN: usize = 12;
 pub enum CryptoError {
     #[error("the master key must be 64 hex characters")]
     BadMasterKey,
+    #[error(
+        "{path} holds no master key (64 hex characters): restore it from a backup. Deleting it \
+         makes a new key, under which no stored account credential opens (each account would \
+         have to be added again)"
+    )]
+    BadMasterKeyFile { path: String },
     #[error("a sealed credential could not be opened (wrong master key or corrupt data)")]
     Open,
     #[error("sealing failed")]
@@ -54,7 +60,9 @@ impl MasterKey {
             rand::rng().fill_bytes(&mut key);
             hex::encode(key)
         })?;
-        MasterKey::from_hex(&hex_key)
+        MasterKey::from_hex(&hex_key).map_err(|_| CryptoError::BadMasterKeyFile {
+            path: path.display().to_string(),
+        })
     }
 
     pub fn seal(&self, account_id: &str, plaintext: &str) -> Result<String, CryptoError> {
@@ -159,6 +167,22 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_damaged_master_key_file_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master-key");
+        for content in ["", "\n", "not a key", &"ab".repeat(31)] {
+            std::fs::write(&path, content).unwrap();
+            let msg = MasterKey::resolve(None, dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("restore it from a backup"), "{msg}");
+        }
+        // The file is left as it was, for the operator to restore.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ab".repeat(31));
     }
 
     #[test]

@@ -224,7 +224,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr_file = data_dir.join(ADDR_FILE);
     std::fs::write(&addr_file, addr.to_string())
         .with_context(|| format!("cannot write {}", addr_file.display()))?;
-    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), store = %app.config.store, "switchyard listening");
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), store = %app.config.store_for_display(), "switchyard listening");
     server.run(server::shutdown_signal()).await;
     let _ = std::fs::remove_file(&addr_file);
     Ok(())
@@ -270,7 +270,7 @@ impl Admin {
                 Ok(Admin::Remote {
                     base: format!("http://{host}"),
                     token,
-                    client: reqwest::Client::new(),
+                    client: admin_client(host)?,
                 })
             }
             Err(e) => Err(e),
@@ -337,6 +337,18 @@ impl Admin {
         if let Admin::Local(app) = self {
             app.shutdown().await;
         }
+    }
+}
+
+/// The client for a running relay's admin API. One on this host is called directly: through an
+/// HTTP proxy of the environment (`HTTP_PROXY`, `ALL_PROXY`), the admin token would go to the
+/// proxy, which cannot reach our loopback anyway. A remote relay is reached as the environment says.
+fn admin_client(relay: SocketAddr) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder();
+    if relay.ip().to_canonical().is_loopback() {
+        builder.no_proxy().build()
+    } else {
+        builder.build()
     }
 }
 

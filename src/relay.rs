@@ -65,12 +65,25 @@ where
     let started = Instant::now();
     let request_id = new_id("req");
     let surface = endpoint.surface();
-    match forward(app, endpoint, vendor_path, req, started, &request_id).await {
+    let mut known = Known::default();
+    match forward(
+        app,
+        endpoint,
+        vendor_path,
+        req,
+        started,
+        &request_id,
+        &mut known,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(err) => {
             m::count_request(surface.as_str(), err.status.as_u16());
             tracing::info!(
                 request_id = %request_id,
+                key_id = known.key.as_ref().map(|k| display(&k.id)),
+                model = known.model.as_deref().map(display),
                 status = err.status.as_u16(),
                 latency_ms = started.elapsed().as_millis() as u64,
                 error = %err.message,
@@ -81,6 +94,14 @@ where
     }
 }
 
+/// What `forward` learned of a request, for the line that logs its refusal: the key once
+/// authenticated, the model once read (and not refused as too long to show).
+#[derive(Default)]
+struct Known {
+    key: Option<Arc<KeyRecord>>,
+    model: Option<String>,
+}
+
 async fn forward<B>(
     app: &Arc<App>,
     endpoint: Endpoint,
@@ -88,6 +109,7 @@ async fn forward<B>(
     req: Request<B>,
     started: Instant,
     request_id: &str,
+    known: &mut Known,
 ) -> Result<Response<Body>, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
@@ -95,6 +117,7 @@ where
 {
     let at_ms = jiff::Timestamp::now().as_millisecond();
     let key = authenticate_with(app, req.headers(), req.uri().query()).await?;
+    known.key = Some(Arc::clone(&key));
     let (parts, body) = req.into_parts();
     let body = read_body(body, &app.config.server).await?;
     let (mut call, hints) = call::build(
@@ -112,7 +135,7 @@ where
         call.session = session::identify(&key.id, &parts.headers, &hints);
     }
     drop(hints);
-    let model = call.model.clone();
+    known.model.clone_from(&call.model);
 
     let mut key_lease = limits::check(
         app,
@@ -120,7 +143,7 @@ where
         &limits::Request {
             surface: call.surface.as_str(),
             client: limits::access::client_of(&parts.headers),
-            model: model.as_deref(),
+            model: known.model.as_deref(),
             max_tokens: call.max_tokens,
             body_len: body.len(),
             billed: call.billed(),
@@ -170,7 +193,7 @@ where
         request_id: request_id.to_owned(),
         key_id: key.id.clone(),
         account_id: account.id().to_owned(),
-        model: model.unwrap_or_default(),
+        model: known.model.take().unwrap_or_default(),
         surface: call.surface,
         status: head.status.as_u16(),
         at_ms,

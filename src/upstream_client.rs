@@ -62,7 +62,7 @@ impl UpstreamClient {
         let proxy = match &config.proxy {
             Some(url) => Some(
                 reqwest::Proxy::all(url.as_str())
-                    .map_err(|e| anyhow::anyhow!("upstream.proxy: {e}"))?
+                    .map_err(|e| anyhow::anyhow!("upstream.proxy: {}", chain(&e)))?
                     .no_proxy(reqwest::NoProxy::from_env()),
             ),
             None => None,
@@ -190,8 +190,9 @@ fn describe(uri: &http::Uri) -> String {
     )
 }
 
-/// An error and its causes on one line: hyper-util's own message only names the stage.
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes on one line: hyper-util's own message only names the stage, reqwest's
+/// only "builder error".
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

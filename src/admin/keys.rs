@@ -69,13 +69,42 @@ fn yes() -> bool {
     true
 }
 
-fn valid_binding(binding: Option<KeyBinding>) -> Result<Option<KeyBinding>, ApiError> {
-    match &binding {
-        Some(b) if b.accounts.is_empty() && b.group.as_deref().is_none_or(str::is_empty) => Err(
-            ApiError::invalid("binding: give `accounts` (account ids) or a `group`"),
-        ),
-        _ => Ok(binding),
+/// A binding names accounts that exist, or a group that has accounts: a key bound to nothing
+/// would be answered 503 on every request.
+async fn valid_binding(
+    app: &App,
+    binding: Option<KeyBinding>,
+) -> Result<Option<KeyBinding>, ApiError> {
+    let Some(b) = &binding else {
+        return Ok(binding);
+    };
+    let group = b.group.as_deref().filter(|g| !g.is_empty());
+    if b.accounts.is_empty() && group.is_none() {
+        return Err(ApiError::invalid(
+            "binding: give `accounts` (account ids) or a `group`",
+        ));
     }
+    let accounts = app.store().accounts().await.map_err(store_error)?;
+    let unknown: Vec<&str> = b
+        .accounts
+        .iter()
+        .filter(|id| !accounts.iter().any(|a| a.id == **id))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "binding.accounts: no account with id {}",
+            unknown.join(", ")
+        )));
+    }
+    if let Some(group) = group
+        && !accounts.iter().any(|a| a.group.as_deref() == Some(group))
+    {
+        return Err(ApiError::invalid(format!(
+            "binding.group: no account is in group {group:?}; add accounts to it first"
+        )));
+    }
+    Ok(binding)
 }
 
 fn view(key: &KeyRecord) -> Value {
@@ -99,7 +128,7 @@ pub async fn create(app: &Arc<App>, req: CreateKey) -> Result<Response<Body>, Ap
         prefix: auth::display_prefix(&secret),
         enabled: req.enabled,
         created_at: now_ms(),
-        binding: valid_binding(req.binding)?,
+        binding: valid_binding(app, req.binding).await?,
         limits: valid_limits(req.limits.unwrap_or_default())?,
     };
     app.store().insert_key(&record).await.map_err(store_error)?;
@@ -142,7 +171,7 @@ pub async fn patch(app: &Arc<App>, id: &str, req: PatchKey) -> Result<Response<B
         record.enabled = enabled;
     }
     if let Some(binding) = req.binding {
-        record.binding = valid_binding(binding)?;
+        record.binding = valid_binding(app, binding).await?;
     }
     if let Some(patch) = req.limits {
         let mut current = serde_json::to_value(&record.limits)

@@ -107,7 +107,8 @@ fn matches(glob: &str, model: &str) -> bool {
     glob::Pattern::new(glob).is_ok_and(|p| p.matches(model))
 }
 
-/// Checks limits an admin is about to save: globs, clients, surfaces and the window length.
+/// Checks limits an admin is about to save: globs, clients, surfaces, the window length, and no
+/// limit of 0.
 pub fn validate(limits: &KeyLimits) -> Result<(), ApiError> {
     for glob in limits.allowed_models.iter().chain(&limits.blocked_models) {
         glob::Pattern::new(glob)
@@ -154,6 +155,35 @@ pub fn validate(limits: &KeyLimits) -> Result<(), ApiError> {
     }
     if limits.active_days == Some(0) {
         return Err(ApiError::invalid("limits.active_days: must be at least 1"));
+    }
+    // A limit of 0 blocks nothing cleanly: no concurrency refuses every request with a 429 that
+    // clients retry forever, and a counter reserves at most its limit, so with 0 the first
+    // request of each period still passes before the rest are refused.
+    let window = limits.window.as_ref();
+    let zero = [
+        ("max_concurrency", limits.max_concurrency.map(u64::from)),
+        ("window.requests", window.and_then(|w| w.requests)),
+        ("window.tokens", window.and_then(|w| w.tokens)),
+        ("window.cost_nanousd", window.and_then(|w| w.cost_nanousd)),
+        ("daily_cost_nanousd", limits.daily_cost_nanousd),
+        ("weekly_cost_nanousd", limits.weekly_cost_nanousd),
+        ("total_cost_nanousd", limits.total_cost_nanousd),
+    ]
+    .into_iter()
+    .find(|(_, limit)| *limit == Some(0))
+    .map(|(field, _)| field.to_owned())
+    .or_else(|| {
+        limits
+            .weekly_family_cost_nanousd
+            .iter()
+            .find(|(_, limit)| **limit == 0)
+            .map(|(family, _)| format!("weekly_family_cost_nanousd.{family}"))
+    });
+    if let Some(field) = zero {
+        return Err(ApiError::invalid(format!(
+            "limits.{field}: must be at least 1; to block the key, set `enabled: false` \
+             (to block models, `blocked_models`)"
+        )));
     }
     Ok(())
 }
@@ -284,6 +314,48 @@ mod tests {
                 ..KeyLimits::default()
             };
             assert!(validate(&bad).is_err(), "{family}");
+        }
+        let zeros = [
+            KeyLimits {
+                max_concurrency: Some(0),
+                ..KeyLimits::default()
+            },
+            KeyLimits {
+                window: Some(crate::store::WindowLimit {
+                    seconds: 60,
+                    requests: Some(0),
+                    ..Default::default()
+                }),
+                ..KeyLimits::default()
+            },
+            KeyLimits {
+                window: Some(crate::store::WindowLimit {
+                    seconds: 60,
+                    tokens: Some(0),
+                    ..Default::default()
+                }),
+                ..KeyLimits::default()
+            },
+            KeyLimits {
+                daily_cost_nanousd: Some(0),
+                ..KeyLimits::default()
+            },
+            KeyLimits {
+                weekly_family_cost_nanousd: [("opus".to_owned(), 0)].into(),
+                ..KeyLimits::default()
+            },
+        ];
+        for (limits, field) in zeros.iter().zip([
+            "limits.max_concurrency",
+            "limits.window.requests",
+            "limits.window.tokens",
+            "limits.daily_cost_nanousd",
+            "limits.weekly_family_cost_nanousd.opus",
+        ]) {
+            let e = validate(limits).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400);
+            assert!(e.message.contains(field), "{}", e.message);
+            assert!(e.message.contains("enabled: false"), "{}", e.message);
         }
         let good = KeyLimits {
             weekly_family_cost_nanousd: [("opus".to_owned(), 1), ("haiku".to_owned(), 2)].into(),

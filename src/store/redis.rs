@@ -32,6 +32,8 @@ mod names;
 mod scripts;
 mod url;
 
+pub(crate) use self::url::redact as redact_url;
+
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -13,12 +13,32 @@ use crate::support::relay::messages_body;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-fn switchyard(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+fn command(data_dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
-        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .env_remove("SWITCHYARD_ADMIN_TOKEN");
+    command
+}
+
+fn switchyard(data_dir: &Path, args: &[&str]) -> Output {
+    command(data_dir, args).output().unwrap()
+}
+
+/// As `switchyard`, with the environment's HTTP proxy pointing at a closed port.
+fn switchyard_behind_a_dead_proxy(data_dir: &Path, args: &[&str]) -> Output {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    command(data_dir, args)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HTTP_PROXY", &proxy)
+        .env("http_proxy", &proxy)
+        .env("ALL_PROXY", &proxy)
+        .env("all_proxy", &proxy)
         .output()
         .unwrap()
 }
@@ -57,6 +77,30 @@ fn an_invalid_option_is_one_line_naming_it_and_exit_status_2() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS")
     );
+
+    // A duration out of range is a configuration error too.
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env(
+            "SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS",
+            "9223372036854775807",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scheduler.attempt_deadline_secs"));
+
+    // So is a price file that cannot be read, before any store is opened.
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env(
+            "SWITCHYARD_PRICING__FILE",
+            dir.path().join("no-such-prices.json"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pricing.file"));
 }
 
 #[test]
@@ -223,8 +267,19 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
     // The relay holds the data dir; the CLI goes through its admin API.
     let d = dir.path().to_owned();
     let base_url = mock.base_url();
-    let (key, account) = tokio::task::spawn_blocking(move || {
+    let (key, limited, account) = tokio::task::spawn_blocking(move || {
         let key = json_of(&switchyard(&d, &["keys", "create", "--name", "live"]));
+        let limited = json_of(&switchyard(
+            &d,
+            &[
+                "keys",
+                "create",
+                "--name",
+                "haiku only",
+                "--limits",
+                r#"{"allowed_models": ["claude-haiku-*"]}"#,
+            ],
+        ));
         let account = json_of(&switchyard(
             &d,
             &[
@@ -238,7 +293,7 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
                 &base_url,
             ],
         ));
-        (key, account)
+        (key, limited, account)
     })
     .await
     .unwrap();
@@ -253,12 +308,24 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
     assert_eq!(mock.requests()[0].header("x-api-key"), Some("sk-ant-live"));
-    assert!(account["id"].as_str().unwrap().starts_with("acct_"));
-
-    let d = dir.path().to_owned();
-    let usage = tokio::task::spawn_blocking(move || json_of(&switchyard(&d, &["usage"])))
+    // A refused request's line names its key and model too.
+    let resp = http_client()
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", limited["key"].as_str().unwrap())
+        .json(&messages_body("claude-sonnet-4-5", false))
+        .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(account["id"].as_str().unwrap().starts_with("acct_"));
+
+    // The admin token does not go through the environment's proxy to a relay on this host.
+    let d = dir.path().to_owned();
+    let usage = tokio::task::spawn_blocking(move || {
+        json_of(&switchyard_behind_a_dead_proxy(&d, &["usage"]))
+    })
+    .await
+    .unwrap();
     assert_eq!(
         (
             usage["input_tokens"].as_u64(),
@@ -298,6 +365,16 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
         "a secret leaked into the log"
     );
     assert!(log.contains("request_id"), "one line per request: {log}");
+    let refused = log
+        .lines()
+        .find(|l| l.contains("request refused"))
+        .unwrap_or_else(|| panic!("no refusal logged: {log}"));
+    assert!(
+        refused.contains(&format!("key_id={}", limited["id"].as_str().unwrap()))
+            && refused.contains("model=claude-sonnet-4-5")
+            && refused.contains("status=403"),
+        "{refused}"
+    );
     // Lines are buffered (src/logging.rs); the last one, logged just before exit, is there.
     assert!(log.trim_end().ends_with("stopped"), "{log}");
     assert!(!dir.path().join("serve.addr").exists());

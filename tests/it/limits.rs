@@ -486,6 +486,35 @@ async fn access_rules_refuse_in_each_surface_s_shape_and_change_live() {
             .contains("window.seconds"),
         "{v}"
     );
+    // A limit of 0 would refuse every request (or let one a period through): refused, with
+    // the way to block a key.
+    for (patch, field) in [
+        (json!({ "max_concurrency": 0 }), "max_concurrency"),
+        (
+            json!({ "window": { "seconds": 60, "requests": 0 } }),
+            "window.requests",
+        ),
+    ] {
+        let (status, v) = relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/keys/{key_id}"),
+                Some(json!({ "limits": patch })),
+            )
+            .await;
+        assert_eq!(status, 400, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{v}");
+        assert!(message.contains("enabled: false"), "{v}");
+    }
+    let (status, v) = relay
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({ "name": "blocked", "limits": { "max_concurrency": 0 } })),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
     let (status, v) = relay
         .admin(
             Method::PATCH,

@@ -564,5 +564,32 @@ async fn a_key_bound_to_dedicated_accounts_fails_or_falls_back_as_configured() {
             )
             .await;
         assert_eq!(status, 400, "an empty binding is refused");
+        // So is one to accounts or a group that do not exist: the key would get 503 forever.
+        for (binding, named) in [
+            (json!({ "accounts": [team_id, "acct_nope"] }), "acct_nope"),
+            (json!({ "group": "teem" }), "teem"),
+        ] {
+            let (status, v) = relay
+                .admin(
+                    Method::PATCH,
+                    &format!("/admin/keys/{strict_id}"),
+                    Some(json!({ "binding": binding })),
+                )
+                .await;
+            assert_eq!(status, 400, "{v}");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.contains(named), "{v}");
+            assert!(!message.contains(&team_id), "only the unknown: {v}");
+        }
+        let (status, v) = relay
+            .admin(
+                Method::POST,
+                "/admin/keys",
+                Some(json!({ "name": "lost", "binding": { "accounts": ["acct_nope"] } })),
+            )
+            .await;
+        assert_eq!(status, 400, "{v}");
+        let (_, keys) = relay.admin(Method::GET, "/admin/keys", None).await;
+        assert_eq!(keys["data"].as_array().unwrap().len(), 2, "{keys}");
     }
 }

@@ -38,8 +38,8 @@ pub(super) fn to_fred(url: &str) -> String {
     format!("{scheme}://{userinfo}{first}?{}", query_parts.join("&"))
 }
 
-/// `url` without its credentials, for messages.
-pub(super) fn redact(url: &str) -> String {
+/// `url` without its credentials, for messages and logs.
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparsable url>".to_owned();
     };
