@@ -55,8 +55,10 @@ async fn each_failure_before_the_first_byte_is_served_by_another_account() {
             )
             .await;
         a.push_behavior(failure);
+        // A session of its own: one failed over would stay where it was served.
         let resp = relay
             .messages(&key, &messages_body("claude-sonnet-4-5", true))
+            .header("x-session-id", format!("case-{i}"))
             .send()
             .await
             .unwrap();

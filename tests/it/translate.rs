@@ -30,10 +30,15 @@ fn chat(model: &str, stream: bool, include_usage: bool) -> Value {
     body
 }
 
+/// Each request a session of its own: the same body every time would be one session, bound to
+/// the account that first served it.
 async fn send(relay: &Relay, key: &str, body: &Value) -> (u16, String, String) {
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let resp = http_client()
         .post(relay.url("/v1/chat/completions"))
         .bearer_auth(key)
+        .header("x-session-id", format!("one-off-{session}"))
         .json(body)
         .send()
         .await

@@ -51,12 +51,14 @@ async fn totals_over_months_are_what_was_recorded_in_the_range() {
             .unwrap()
             .checked_add(9.days())
             .unwrap();
+        // 13:00 two days ago: inside its day whatever the time now (at midnight, the record
+        // just before it would fall on the day before).
         let to = now
             .start_of_day()
             .unwrap()
-            .checked_add(i64::from(now.hour()).hours())
+            .checked_sub(2.days())
             .unwrap()
-            .checked_sub(50.hours())
+            .checked_add(13.hours())
             .unwrap();
         let just_before = |z: &Zoned| z.checked_sub(1.millisecond()).unwrap();
         let recorded = [
