@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use http::Response;
 
 use super::call::Call;
-use super::upstream::{Failure, SendError, buffer_failure, send};
+use super::upstream::{Answer, Failure, SendError, send};
 use crate::app::App;
 use crate::body::Body;
 use crate::error::{ApiError, ErrorKind};
@@ -82,25 +82,17 @@ pub(crate) async fn attempts(
         };
         rebind |= matches!(picked.sticky, Sticky::Bound | Sticky::Moved);
         let sent_at = Instant::now();
-        let (sent, head_at) = match send(app, call, client, &picked.account).await {
-            Ok((resp, head_at)) => (Ok(resp), head_at),
-            Err(e) => (Err(e), Instant::now()),
-        };
         // An error answer whose meaning depends on its body is read whole first (it is small).
-        let (sent, error_body) = match sent {
-            Ok(resp) if health::reads_body(resp.status().as_u16()) => {
-                let read = buffer_failure(resp).await;
-                let body = read.body.clone();
-                (Ok(read.into_response()), body)
-            }
-            sent => (sent, bytes::Bytes::new()),
+        let (sent, head_at) = match send(app, call, client, &picked.account).await {
+            Ok((resp, head_at)) => (Ok(Answer::of(resp).await), head_at),
+            Err(e) => (Err(e), Instant::now()),
         };
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let outcome = match &sent {
-            Ok(resp) => Outcome::Response {
-                status: resp.status().as_u16(),
-                headers: resp.headers(),
-                body: &error_body,
+            Ok(answer) => Outcome::Response {
+                status: answer.status().as_u16(),
+                headers: answer.headers(),
+                body: answer.body(),
             },
             Err(
                 SendError::Timeout(_)
@@ -124,14 +116,14 @@ pub(crate) async fn attempts(
             // A stored response lives on the account that made it: a 404 sends the call on.
             health::Verdict::ClientFault
                 if call.names_a_stored_object()
-                    && matches!(&sent, Ok(r) if r.status() == http::StatusCode::NOT_FOUND) =>
+                    && matches!(&sent, Ok(a) if a.status() == http::StatusCode::NOT_FOUND) =>
             {
                 health::Verdict::Elsewhere
             }
             verdict => verdict,
         };
         scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
-            Ok(resp) => format!("upstream answered {}", resp.status()),
+            Ok(answer) => format!("upstream answered {}", answer.status()),
             Err(e) => e.describe(),
         })
         .await;
@@ -162,15 +154,15 @@ pub(crate) async fn attempts(
                 )
                 .with_retry_after(policy.failure_cooldown_max_secs.max(1)),
             ),
-            Ok(upstream) if !may_retry => {
+            Ok(answer) if !may_retry => {
                 return Ok(Attempts::Served(Served {
                     picked,
-                    upstream,
+                    upstream: answer.into_response(),
                     sent_at,
                     head_at,
                 }));
             }
-            Ok(resp) => Failure::Response(buffer_failure(resp).await),
+            Ok(answer) => Failure::Response(answer.into_failure().await),
             Err(e) => Failure::Error(e.into_api_error()),
         };
         tried.push(picked.account.id().to_owned());

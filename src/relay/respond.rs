@@ -50,13 +50,10 @@ where
             created,
         } => (model, *stream, *include_usage, *created, true, false),
     };
-    if !status.is_success() {
+    if !status.is_success()
+        && let Some(convert) = error_converter(respond)
+    {
         fix_translated_headers(headers, false);
-        let convert: fn(u16, &[u8]) -> Bytes = if from_gemini {
-            translate::gemini::error_body
-        } else {
-            translate::anthropic::error_body
-        };
         return Translated::new(tapped, WholeBody::new(status, convert)).boxed();
     }
     if !(stream && event_stream) {
@@ -137,17 +134,21 @@ pub fn error_body(
     mut headers: HeaderMap,
     body: Bytes,
 ) -> (HeaderMap, Bytes) {
-    let convert: fn(u16, &[u8]) -> Bytes = match respond {
-        Respond::Passthrough | Respond::HideUsageChunk => return (headers, body),
-        Respond::ChatFromAnthropic { .. } => translate::anthropic::error_body,
-        Respond::ChatFromGemini { .. } => translate::gemini::error_body,
+    let Some(convert) = error_converter(respond) else {
+        return (headers, body);
     };
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    fix_translated_headers(&mut headers, false);
     (headers, convert(status.as_u16(), &body))
+}
+
+/// The conversion of an upstream error body into the client's protocol; `None` when the client
+/// speaks the upstream's.
+fn error_converter(respond: &Respond) -> Option<fn(u16, &[u8]) -> Bytes> {
+    match respond {
+        Respond::Passthrough | Respond::HideUsageChunk => None,
+        Respond::ChatFromAnthropic { .. } => Some(translate::anthropic::error_body),
+        Respond::ChatFromGemini { .. } => Some(translate::gemini::error_body),
+    }
 }
 
 /// Collects a whole (error) body and converts it at its end. Error bodies are small; past

@@ -223,13 +223,64 @@ pub(super) async fn buffer_failure(resp: UpstreamResponse) -> Buffered {
     }
 }
 
-impl Buffered {
-    /// The answer again, its body the bytes read.
+/// An attempt's answer: its head with the body still to come, or, for the statuses whose
+/// verdict reads the body (`health::reads_body`), read whole.
+pub(super) enum Answer {
+    Head(UpstreamResponse),
+    Read(Buffered),
+}
+
+impl Answer {
+    pub(super) async fn of(resp: UpstreamResponse) -> Answer {
+        if crate::scheduler::health::reads_body(resp.status().as_u16()) {
+            Answer::Read(buffer_failure(resp).await)
+        } else {
+            Answer::Head(resp)
+        }
+    }
+
+    pub(super) fn status(&self) -> http::StatusCode {
+        match self {
+            Answer::Head(r) => r.status(),
+            Answer::Read(b) => b.status,
+        }
+    }
+
+    pub(super) fn headers(&self) -> &http::HeaderMap {
+        match self {
+            Answer::Head(r) => r.headers(),
+            Answer::Read(b) => &b.headers,
+        }
+    }
+
+    /// The body when it was read; empty otherwise.
+    pub(super) fn body(&self) -> &[u8] {
+        match self {
+            Answer::Head(_) => &[],
+            Answer::Read(b) => &b.body,
+        }
+    }
+
+    /// The answer for the client, its body the bytes read when they were.
     pub(super) fn into_response(self) -> UpstreamResponse {
-        let mut resp = Response::new(http_body_util::Either::Right(crate::body::full(self.body)));
-        *resp.status_mut() = self.status;
-        *resp.headers_mut() = self.headers;
-        resp
+        match self {
+            Answer::Head(r) => r,
+            Answer::Read(b) => {
+                let mut resp =
+                    Response::new(http_body_util::Either::Right(crate::body::full(b.body)));
+                *resp.status_mut() = b.status;
+                *resp.headers_mut() = b.headers;
+                resp
+            }
+        }
+    }
+
+    /// What a failed attempt leaves for the client: the answer read whole.
+    pub(super) async fn into_failure(self) -> Buffered {
+        match self {
+            Answer::Head(r) => buffer_failure(r).await,
+            Answer::Read(b) => b,
+        }
     }
 }
 

@@ -293,8 +293,8 @@ fn rate_limit_reset(headers: &HeaderMap, now_ms: i64) -> Option<(i64, Option<&'s
     // Azure's milliseconds first: its `retry-after` rounds them up to whole seconds.
     let after = header(headers, "retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
-        .map(|ms| now_ms.saturating_add(ms.min(i64::MAX as f64 / 4.0) as i64))
+        .and_then(whole_ms)
+        .map(|ms| now_ms.saturating_add(ms))
         .or_else(|| header(headers, "retry-after").and_then(|v| parse_retry_after(v, now_ms)));
     if let Some(after) = after {
         return Some((after, None));
@@ -353,7 +353,13 @@ fn parse_duration_ms(v: &str) -> Option<i64> {
         rest = &rest[unit_len..];
         total += number * scale;
     }
-    (total.is_finite() && total >= 0.0).then(|| total.min(i64::MAX as f64 / 4.0).ceil() as i64)
+    whole_ms(total.ceil())
+}
+
+/// A count of milliseconds read as a float: none when negative or not a number, at most a
+/// quarter of `i64::MAX` (so that adding it to a time cannot overflow).
+fn whole_ms(ms: f64) -> Option<i64> {
+    (ms.is_finite() && ms >= 0.0).then(|| ms.min(i64::MAX as f64 / 4.0) as i64)
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -366,7 +372,7 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// `retry-after`: delay seconds, or an HTTP date.
 fn parse_retry_after(v: &str, now_ms: i64) -> Option<i64> {
     if let Ok(secs) = v.trim().parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| now_ms + (secs * 1000.0) as i64);
+        return whole_ms(secs * 1000.0).map(|ms| now_ms.saturating_add(ms));
     }
     jiff::fmt::rfc2822::parse(v.trim())
         .ok()
