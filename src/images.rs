@@ -240,6 +240,7 @@ where
     let Served {
         picked,
         upstream,
+        read: _,
         sent_at,
         head_at,
     } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await? {

@@ -168,6 +168,7 @@ where
     let Served {
         picked,
         upstream,
+        read,
         sent_at,
         head_at,
     } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await? {
@@ -209,11 +210,11 @@ where
     let tapped = {
         let tapped = Tap::new(upstream_body, settle).with_idle_timeout(idle);
         // A JSON answer's body is ready when its head is (one frame): hyper writes them
-        // together.
-        if streaming {
-            primed(tapped).await
-        } else {
-            tapped
+        // together. A stream whose first event was judged hands that on first.
+        match read {
+            Some(read) => prepended(tapped, read),
+            None if streaming => primed(tapped).await,
+            None => tapped,
         }
     };
     m::upstream_ttfb().record((head_at - sent_at).as_secs_f64());
@@ -257,6 +258,13 @@ fn translated_whole(
 }
 
 type Tapped = Tap<UpstreamBody, Settle>;
+
+/// The tap with the first bytes of its body, read before it was made, handed on first; a plain
+/// function for the reason `ReadWhole::new` gives.
+fn prepended(mut tap: Tapped, read: Bytes) -> Tapped {
+    tap.prepend(read);
+    tap
+}
 
 /// The tap with its first frame read ([`Tap::poll_prime`]).
 fn primed(tap: Tapped) -> Priming {

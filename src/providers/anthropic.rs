@@ -121,10 +121,63 @@ pub fn typed_error_event(kind: &str, message: &str) -> bytes::Bytes {
     bytes::Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
 
+/// The HTTP status an Anthropic error (`{"type": "error", "error": {"type": …}}`, as an error
+/// event's data) stands for, by its type as Anthropic's error documentation pairs them; `None`
+/// for a type it does not list or data that is not such an error.
+pub fn error_status(error: &[u8]) -> Option<http::StatusCode> {
+    #[derive(Deserialize)]
+    struct Error<'a> {
+        #[serde(borrow)]
+        error: Kind<'a>,
+    }
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+    }
+    let status = match &*serde_json::from_slice::<Error<'_>>(error).ok()?.error.kind {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "billing_error" => 402,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "api_error" => 500,
+        "timeout_error" => 504,
+        "overloaded_error" => 529,
+        _ => return None,
+    };
+    http::StatusCode::from_u16(status).ok()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_s_type_stands_for_its_status() {
+        let status = |data: &str| error_status(data.as_bytes()).map(|s| s.as_u16());
+        assert_eq!(
+            status(
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            ),
+            Some(529)
+        );
+        assert_eq!(
+            status(r#"{"type":"error","error":{"message":"x","type":"rate_limit_error"}}"#),
+            Some(429)
+        );
+        assert_eq!(status(r#"{"error":{"type":"api_error"}}"#), Some(500));
+        assert_eq!(
+            status(r#"{"error":{"type":"invalid_request_error"}}"#),
+            Some(400)
+        );
+        assert_eq!(status(r#"{"error":{"type":"something_new"}}"#), None);
+        assert_eq!(status(r#"{"type":"message_start"}"#), None);
+        assert_eq!(status("not json"), None);
+    }
 
     #[test]
     fn inspect_reads_model_stream_and_session_hints() {

@@ -28,10 +28,16 @@ pub(crate) struct Ctx<'a> {
 pub(crate) struct Served {
     pub(crate) picked: Picked,
     pub(crate) upstream: crate::upstream_client::UpstreamResponse,
+    /// What was read of a stream to judge its first event: handed on before the rest.
+    pub(crate) read: Option<bytes::Bytes>,
     pub(crate) sent_at: Instant,
     pub(crate) head_at: Instant,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per request and taken apart at once: a box would be an allocation more"
+)]
 pub(crate) enum Attempts {
     Served(Served),
     /// Every account tried failed: the last upstream answer, as the client gets it.
@@ -39,8 +45,8 @@ pub(crate) enum Attempts {
 }
 
 /// Picks an account and sends; on a failure that another account may not have (connect error,
-/// 429, 529, 5xx, first-byte timeout) reports it and tries another, up to the scheduler's
-/// attempts and deadline.
+/// 429, 529, 5xx, first-byte timeout, an Anthropic stream that opens with such an error)
+/// reports it and tries another, up to the scheduler's attempts and deadline.
 pub(crate) async fn attempts(
     app: &App,
     call: &Call,
@@ -57,6 +63,10 @@ pub(crate) async fn attempts(
     let mut rebind = false;
     // Accounts that refused this request (403) while another may serve it.
     let mut refused: Vec<String> = Vec::new();
+    // An Anthropic stream may open with an error event after its 200 head (an overload): its
+    // first event is read before the answer is taken, within the first-byte timeout.
+    let first_event = matches!(call.target, super::call::Target::Anthropic { .. })
+        .then(|| Duration::from_secs(app.config.upstream.first_byte_timeout_secs));
     loop {
         let attempt = u32::try_from(tried.len())
             .unwrap_or(u32::MAX)
@@ -84,16 +94,16 @@ pub(crate) async fn attempts(
         let sent_at = Instant::now();
         // An error answer whose meaning depends on its body is read whole first (it is small).
         let (sent, head_at) = match send(app, call, client, &picked.account).await {
-            Ok((resp, head_at)) => (Ok(Answer::of(resp).await), head_at),
+            Ok((resp, head_at)) => {
+                // The first event counts as the first byte: within the same time of sending.
+                let within = first_event.map(|t| t.saturating_sub(sent_at.elapsed()));
+                (Answer::of(resp, within).await, head_at)
+            }
             Err(e) => (Err(e), Instant::now()),
         };
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let outcome = match &sent {
-            Ok(answer) => Outcome::Response {
-                status: answer.status().as_u16(),
-                headers: answer.headers(),
-                body: answer.body(),
-            },
+            Ok(answer) => answer.outcome(),
             Err(
                 SendError::Timeout(_)
                 | SendError::Unfinished {
@@ -123,7 +133,7 @@ pub(crate) async fn attempts(
             verdict => verdict,
         };
         scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
-            Ok(answer) => format!("upstream answered {}", answer.status()),
+            Ok(answer) => answer.describe(),
             Err(e) => e.describe(),
         })
         .await;
@@ -155,9 +165,11 @@ pub(crate) async fn attempts(
                 .with_retry_after(policy.failure_cooldown_max_secs.max(1)),
             ),
             Ok(answer) if !may_retry => {
+                let (upstream, read) = answer.into_served();
                 return Ok(Attempts::Served(Served {
                     picked,
-                    upstream: answer.into_response(),
+                    upstream,
+                    read,
                     sent_at,
                     head_at,
                 }));

@@ -13,8 +13,10 @@ use crate::catalog::Account;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics as m;
 use crate::providers::{self, anthropic, azure, gemini, openai};
+use crate::scheduler::health::Outcome;
 use crate::store::Provider;
 use crate::upstream_client::{UpstreamError, UpstreamResponse};
+use http_body_util::BodyExt;
 
 /// The URL and headers of `call` for `account`, in its vendor's convention.
 fn request_for(
@@ -223,65 +225,188 @@ pub(super) async fn buffer_failure(resp: UpstreamResponse) -> Buffered {
     }
 }
 
-/// An attempt's answer: its head with the body still to come, or, for the statuses whose
-/// verdict reads the body (`health::reads_body`), read whole.
+/// An attempt's answer: its head with the body still to come; for the statuses whose verdict
+/// reads the body (`health::reads_body`), read whole; for a stream that opens with an error
+/// (`Call::opens_with_event`), its first event read.
 pub(super) enum Answer {
     Head(UpstreamResponse),
     Read(Buffered),
+    /// A stream with its first event read: the response with the rest to come, the bytes read,
+    /// and, when that event was an error, that error as the answer it stands for.
+    Opened {
+        resp: UpstreamResponse,
+        read: Bytes,
+        error: Option<Buffered>,
+    },
 }
 
 impl Answer {
-    pub(super) async fn of(resp: UpstreamResponse) -> Answer {
+    /// The answer to `resp`. `first_event`: the stream's first event is read (within this time)
+    /// to see whether it is an error.
+    pub(super) async fn of(
+        resp: UpstreamResponse,
+        first_event: Option<Duration>,
+    ) -> Result<Answer, SendError> {
         if crate::scheduler::health::reads_body(resp.status().as_u16()) {
-            Answer::Read(buffer_failure(resp).await)
-        } else {
-            Answer::Head(resp)
+            return Ok(Answer::Read(buffer_failure(resp).await));
+        }
+        match first_event {
+            Some(within) if resp.status().is_success() && is_event_stream(resp.headers()) => {
+                open(resp, within).await
+            }
+            _ => Ok(Answer::Head(resp)),
         }
     }
 
     pub(super) fn status(&self) -> http::StatusCode {
         match self {
-            Answer::Head(r) => r.status(),
+            Answer::Head(r) | Answer::Opened { resp: r, .. } => r.status(),
             Answer::Read(b) => b.status,
         }
     }
 
-    pub(super) fn headers(&self) -> &http::HeaderMap {
-        match self {
-            Answer::Head(r) => r.headers(),
-            Answer::Read(b) => &b.headers,
+    /// What the account's health is judged by: an error event that opened a stream counts as
+    /// the status its type stands for.
+    pub(super) fn outcome(&self) -> Outcome<'_> {
+        let (status, headers, body): (_, _, &[u8]) = match self {
+            Answer::Head(r)
+            | Answer::Opened {
+                resp: r,
+                error: None,
+                ..
+            } => (r.status(), r.headers(), &[]),
+            Answer::Read(b) | Answer::Opened { error: Some(b), .. } => {
+                (b.status, &b.headers, &b.body)
+            }
+        };
+        Outcome::Response {
+            status: status.as_u16(),
+            headers,
+            body,
         }
     }
 
-    /// The body when it was read; empty otherwise.
-    pub(super) fn body(&self) -> &[u8] {
+    /// For the log.
+    pub(super) fn describe(&self) -> String {
         match self {
-            Answer::Head(_) => &[],
-            Answer::Read(b) => &b.body,
+            Answer::Opened { error: Some(b), .. } => format!(
+                "upstream answered {} with an error event that stands for {}",
+                self.status(),
+                b.status
+            ),
+            _ => format!("upstream answered {}", self.status()),
         }
     }
 
-    /// The answer for the client, its body the bytes read when they were.
-    pub(super) fn into_response(self) -> UpstreamResponse {
+    /// The answer for the client, its body the bytes read when they were; and, for an opened
+    /// stream, what was read of it (the tap hands it on first).
+    pub(super) fn into_served(self) -> (UpstreamResponse, Option<Bytes>) {
         match self {
-            Answer::Head(r) => r,
+            Answer::Head(r) => (r, None),
+            Answer::Opened { resp, read, .. } => (resp, Some(read)),
             Answer::Read(b) => {
                 let mut resp =
                     Response::new(http_body_util::Either::Right(crate::body::full(b.body)));
                 *resp.status_mut() = b.status;
                 *resp.headers_mut() = b.headers;
-                resp
+                (resp, None)
             }
         }
     }
 
-    /// What a failed attempt leaves for the client: the answer read whole.
+    /// What a failed attempt leaves for the client: the answer read whole (for a stream that
+    /// opened with an error, that error as a JSON answer).
     pub(super) async fn into_failure(self) -> Buffered {
         match self {
             Answer::Head(r) => buffer_failure(r).await,
-            Answer::Read(b) => b,
+            Answer::Read(b) | Answer::Opened { error: Some(b), .. } => b,
+            Answer::Opened {
+                resp,
+                read,
+                error: None,
+            } => {
+                let mut rest = buffer_failure(resp).await;
+                let mut body = read.to_vec();
+                body.extend_from_slice(&rest.body);
+                rest.body = Bytes::from(body);
+                rest
+            }
         }
     }
+}
+
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+/// Reads a stream up to its first event (at most `MAX_ERROR_BODY` bytes, within `within`). An
+/// Anthropic stream can open with an `error` event instead of `message_start` (an overload
+/// after the 200 head): that one fails over as the status it stands for would.
+async fn open(resp: UpstreamResponse, within: Duration) -> Result<Answer, SendError> {
+    let (head, mut body) = resp.into_parts();
+    let mut read = bytes::BytesMut::new();
+    let mut framer = crate::stream::sse::SseFramer::with_max_event_bytes(MAX_ERROR_BODY);
+    // The first event's data, when the event is an error.
+    let mut first: Option<Option<Bytes>> = None;
+    let reading = async {
+        while first.is_none() && read.len() < MAX_ERROR_BODY {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    // Trailers (never sent with a stream by the vendors) end the reading.
+                    let Ok(data) = frame.into_data() else { break };
+                    framer.feed(&data, |event| {
+                        if first.is_none() {
+                            first = Some(
+                                (event.event == Some("error"))
+                                    .then(|| Bytes::copy_from_slice(event.data.as_bytes())),
+                            );
+                        }
+                    });
+                    read.extend_from_slice(&data);
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => break,
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(within, reading).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(SendError::Unfinished {
+                why: format!("its stream broke before its first event: {e}"),
+                timed_out: false,
+            });
+        }
+        Err(_) => {
+            return Err(SendError::Unfinished {
+                why: "its stream sent no event within the first-byte timeout".to_owned(),
+                timed_out: true,
+            });
+        }
+    }
+    let error = first.flatten().and_then(|data| {
+        let status = anthropic::error_status(&data)?;
+        let mut headers = providers::response_headers(head.headers.clone());
+        headers.remove(http::header::CONTENT_LENGTH);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Some(Buffered {
+            status,
+            headers,
+            body: data,
+        })
+    });
+    Ok(Answer::Opened {
+        resp: Response::from_parts(head, body),
+        read: read.freeze(),
+        error,
+    })
 }
 
 impl Failure {
@@ -299,5 +424,100 @@ impl Failure {
                 Ok(resp)
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+
+    /// A 200 event stream whose body yields `chunks` (an `Err` fails the body there).
+    fn stream(chunks: Vec<Result<&'static str, &'static str>>) -> UpstreamResponse {
+        let frames = chunks.into_iter().map(|c| {
+            c.map(|s| Frame::data(Bytes::from(s)))
+                .map_err(crate::body::BoxError::from)
+        });
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut resp = Response::new(http_body_util::Either::Right(
+            http_body_util::BodyExt::boxed(body),
+        ));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        resp
+    }
+
+    async fn opened(chunks: Vec<Result<&'static str, &'static str>>) -> Answer {
+        match Answer::of(stream(chunks), Some(Duration::from_secs(5))).await {
+            Ok(answer) => answer,
+            Err(e) => panic!("not opened: {}", e.describe()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_opening_with_an_error_split_across_frames_stands_for_its_status() {
+        let answer = opened(vec![
+            Ok("event: err"),
+            Ok("or\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_"),
+            Ok("error\",\"message\":\"Overloaded\"}}\n"),
+            Ok("\nevent: ping\ndata: {}\n\n"),
+        ])
+        .await;
+        let Outcome::Response { status, body, .. } = answer.outcome() else {
+            panic!("an answer")
+        };
+        assert_eq!(status, 529);
+        assert_eq!(
+            crate::providers::anthropic::error_status(body).unwrap(),
+            529
+        );
+        let failure = answer.into_failure().await;
+        assert_eq!(failure.status, 529);
+        assert_eq!(
+            failure.headers[http::header::CONTENT_TYPE],
+            "application/json"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_opening_with_its_answer_is_handed_on_with_what_was_read() {
+        let answer = opened(vec![
+            Ok(": comment\n\n"),
+            Ok("event: message_start\ndata: {\"type\":\"message_start\"}\n\n"),
+            Ok("event: ping\ndata: {}\n\n"),
+        ])
+        .await;
+        assert!(matches!(
+            answer.outcome(),
+            Outcome::Response { status: 200, .. }
+        ));
+        let (resp, read) = answer.into_served();
+        let read = read.unwrap();
+        assert_eq!(
+            &read[..],
+            b": comment\n\nevent: message_start\ndata: {\"type\":\"message_start\"}\n\n",
+            "read up to the first event, no further"
+        );
+        let rest = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"event: ping\ndata: {}\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_breaks_before_its_first_event_is_a_failed_attempt() {
+        let sent = Answer::of(
+            stream(vec![Ok("event: message_st"), Err("reset")]),
+            Some(Duration::from_secs(5)),
+        )
+        .await;
+        assert!(matches!(
+            sent,
+            Err(SendError::Unfinished {
+                timed_out: false,
+                ..
+            })
+        ));
     }
 }

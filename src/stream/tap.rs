@@ -136,6 +136,31 @@ impl<B: Body, O: Observer> Tap<B, O> {
         self
     }
 
+    /// Hands `read`, the first bytes of the inner body read by the caller before the tap was
+    /// made (a stream's first event, judged before the answer was taken), on first: observed
+    /// now, as the tap observes every frame.
+    pub fn prepend(&mut self, read: Bytes) {
+        self.observe(&read);
+        if self.inner.is_end_stream() {
+            self.end(End::Complete);
+        }
+        if !read.is_empty() {
+            self.primed = Some(Some(Ok(Frame::data(read))));
+        }
+    }
+
+    /// Shows `data` to the observer and keeps its last two bytes.
+    fn observe(&mut self, data: &Bytes) {
+        if let Some(observer) = self.observer.as_mut() {
+            observer.on_data(data);
+        }
+        match data[..] {
+            [] => {}
+            [last] => self.tail = [self.tail[1], last],
+            [.., a, b] => self.tail = [a, b],
+        }
+    }
+
     fn end(&mut self, end: End) {
         if let Some(deferred) = &mut self.deferred {
             deferred.get_or_insert(end);
@@ -237,14 +262,7 @@ where
                         // Trailers.
                         Err(frame) => return this.after_held(Some(Ok(frame))),
                     };
-                    if let Some(observer) = this.observer.as_mut() {
-                        observer.on_data(&data);
-                    }
-                    match data[..] {
-                        [] => {}
-                        [last] => this.tail = [this.tail[1], last],
-                        [.., a, b] => this.tail = [a, b],
-                    }
+                    this.observe(&data);
                     // Report the end before handing on the last bytes, so that whoever reads
                     // the whole response can rely on it having been accounted.
                     let end = this.inner.is_end_stream();
@@ -652,5 +670,37 @@ mod tests {
             seen.0.lock().unwrap().clone(),
             (b"ab".to_vec(), vec![End::Dropped])
         );
+    }
+
+    #[tokio::test]
+    async fn bytes_read_before_the_tap_are_observed_and_handed_on_first() {
+        let seen = Seen::default();
+        let (tx, body) = channel_body();
+        let mut tap = Tap::new(body, seen.clone());
+        tap.prepend(Bytes::from_static(b"event: a\n\n"));
+        assert_eq!(seen.0.lock().unwrap().0, b"event: a\n\n");
+        assert!(!tap.is_end_stream());
+        tx.send("rest").await.unwrap();
+        drop(tx);
+        let frames = data_frames(&mut tap).await;
+        assert_eq!(frames.concat(), b"event: a\n\nrest");
+        assert_eq!(frames[0], "event: a\n\n", "handed on as read, first");
+        assert_eq!(
+            seen.0.lock().unwrap().clone(),
+            (b"event: a\n\nrest".to_vec(), vec![End::Complete])
+        );
+
+        // A body that ended in what was read: reported complete once.
+        let seen = Seen::default();
+        let ended = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never: std::convert::Infallible| -> BoxError { match never {} });
+        let mut tap = Tap::new(ended, seen.clone());
+        tap.prepend(Bytes::from_static(b"all"));
+        assert_eq!(seen.0.lock().unwrap().1, vec![End::Complete]);
+        assert_eq!(
+            data_frames(&mut tap).await,
+            vec![Bytes::from_static(b"all")]
+        );
+        assert_eq!(seen.0.lock().unwrap().1, vec![End::Complete]);
     }
 }

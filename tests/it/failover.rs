@@ -200,3 +200,130 @@ async fn a_failure_after_the_first_byte_is_not_retried_and_ends_with_an_error_ev
         "never retried after the first byte"
     );
 }
+
+/// A 200 stream that opens with an error event in place of `message_start`, as Anthropic sends
+/// an overload that came after its head.
+fn opens_with(kind: &str, message: &str) -> Behavior {
+    let data = json!({ "type": "error", "error": { "type": kind, "message": message } });
+    Behavior::Error {
+        status: 200,
+        body: format!("event: error\ndata: {data}\n\n"),
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+    }
+}
+
+async fn account_status(relay: &Relay, account_id: &str) -> Value {
+    let (status, v) = relay
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/accounts/{account_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["state"]["status"].clone()
+}
+
+#[tokio::test]
+async fn a_stream_that_opens_with_an_overload_is_served_by_another_account() {
+    let (relay, a, b, a_id, key) = relay_a_then_b(|_| {}).await;
+    b.set_default(Behavior::Ok(usage(6, 9)));
+    a.push_behavior(opens_with("overloaded_error", "Overloaded"));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.unwrap();
+    assert_eq!(got, *b.responses().last().unwrap(), "B's stream, intact");
+    assert_eq!((a.requests().len(), b.requests().len()), (1, 1));
+    // A is judged as a 529 would have it.
+    assert_eq!(account_status(&relay, &a_id).await, "cooling_down");
+    // One request, served by B, billed once.
+    let logged = relay.logged(1).await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["status"], 200);
+    assert_eq!(logged[0]["output_tokens"], 9);
+}
+
+#[tokio::test]
+async fn a_stream_that_opens_with_the_client_s_error_is_passed_on_as_it_came() {
+    let (relay, a, b, a_id, key) = relay_a_then_b(|_| {}).await;
+    a.push_behavior(opens_with("invalid_request_error", "prompt is too long"));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/event-stream",
+        "the stream as it came"
+    );
+    let got = resp.bytes().await.unwrap();
+    assert_eq!(got, *a.responses().last().unwrap());
+    assert!(b.requests().is_empty());
+    assert_eq!(account_status(&relay, &a_id).await, "ok");
+}
+
+#[tokio::test]
+async fn an_overload_opening_the_last_attempt_s_stream_reaches_the_client_as_it_came() {
+    let (relay, a, b, _, key) = relay_a_then_b(|c| c.scheduler.max_attempts = 1).await;
+    a.push_behavior(opens_with("overloaded_error", "Overloaded"));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.unwrap();
+    assert_eq!(got, *a.responses().last().unwrap());
+    assert!(b.requests().is_empty());
+}
+
+#[tokio::test]
+async fn when_every_stream_opens_with_an_overload_the_client_gets_it_as_an_answer() {
+    let (relay, a, b, _, key) = relay_a_then_b(|_| {}).await;
+    a.push_behavior(opens_with("overloaded_error", "Overloaded"));
+    b.push_behavior(opens_with("api_error", "Internal server error"));
+    // Two accounts, both failed: the last failure is the client's answer, as the status its
+    // error stands for, in Anthropic's error shape.
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "api_error");
+    assert_eq!((a.requests().len(), b.requests().len()), (1, 1));
+    // Nothing billed, nothing left in flight.
+    let logged = relay.logged(1).await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["status"], 500);
+    assert_eq!(logged[0]["output_tokens"], 0);
+}
+
+#[tokio::test]
+async fn a_stream_whose_first_event_does_not_come_in_time_fails_over() {
+    let (relay, a, b, _, key) = relay_a_then_b(|c| c.upstream.first_byte_timeout_secs = 1).await;
+    b.set_default(Behavior::Ok(usage(6, 9)));
+    a.push_behavior(Behavior::QuietStart(Duration::from_secs(3), usage(1, 1)));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), *b.responses().last().unwrap());
+    assert_eq!((a.requests().len(), b.requests().len()), (1, 1));
+}

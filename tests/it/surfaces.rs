@@ -215,6 +215,35 @@ async fn openai_streams_that_never_report_usage_are_billed_an_estimate() {
     );
 }
 
+/// The relay reads a stream's first frame before it hands on the head, so that both go out in
+/// one write; an upstream that sends its head and then nothing for a while must not hold the
+/// client's head back (only Anthropic streams wait for their first event: see
+/// `an_anthropic_stream_s_head_waits_for_its_first_event`).
+#[tokio::test]
+async fn an_openai_stream_s_head_is_not_held_back_while_the_upstream_sends_no_event() {
+    let mock = MockUpstream::start().await;
+    let quiet = std::time::Duration::from_secs(3);
+    mock.set_default(Behavior::QuietStart(quiet, cached_usage()));
+    let (relay, key) = relay_with(&mock, "openai", json!({})).await;
+    let model = "gpt-4o-mini";
+    let body = json!({ "model": model, "stream": true, "messages": [{ "role": "user", "content": "hi" }] });
+    let started = std::time::Instant::now();
+    let resp = post(&relay, "/v1/chat/completions", &key, &body)
+        .send()
+        .await
+        .unwrap();
+    let head_after = started.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        head_after < quiet / 2,
+        "the head waited for the first event: {head_after:?}"
+    );
+    let got = resp.bytes().await.unwrap();
+    assert!(started.elapsed() >= quiet);
+    let want = openai::expected_chat_stream_bytes(model, cached_usage(), &AnswerOpts::default());
+    assert_eq!(got, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_requests_pass_unchanged_to_the_responses_api() {
     let mock = MockUpstream::start().await;

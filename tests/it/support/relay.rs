@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -217,6 +218,18 @@ impl Relay {
             .await;
         assert_eq!(status, 200, "{v}");
         v["data"].as_array().unwrap().clone()
+    }
+
+    /// The request log once it holds at least `n` entries (it is written in the background).
+    pub async fn logged(&self, n: usize) -> Vec<Value> {
+        for _ in 0..250 {
+            let entries = self.requests("limit=1000").await;
+            if entries.len() >= n {
+                return entries;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the request log never reached {n} entries");
     }
 
     /// The account's leases in flight, as the store counts them.
