@@ -10,6 +10,7 @@ pub mod health;
 pub mod policy;
 pub mod session;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,7 +144,7 @@ async fn pick_from(
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let order = PickOrder {
         candidates,
-        family: ask.model.and_then(health::family_of),
+        family: limit_scope(ask.protocol, ask.model),
         session: ask.session.map(|id| {
             (
                 id.to_owned(),
@@ -205,6 +206,33 @@ async fn pick_from(
         sticky,
         degraded,
     })
+}
+
+/// What a rate limit of a request for `model` may be scoped to besides the whole account (the
+/// `family` a pick asks about): Anthropic's limits are the account's, some named for a model
+/// family (`opus`); OpenAI's and Google's are each model's own.
+fn limit_scope(protocol: Protocol, model: Option<&str>) -> Option<Cow<'static, str>> {
+    let model = model?;
+    match protocol {
+        Protocol::Anthropic => health::family_of(model).map(Cow::Borrowed),
+        Protocol::OpenAi | Protocol::Gemini => Some(Cow::Owned(model.to_owned())),
+    }
+}
+
+/// A verdict scoped as the vendor scopes its limits: an OpenAI or Google 429 holds for the
+/// model asked for only (another model of the account has limits of its own; Gemini CLI falls
+/// back from Pro to Flash on one), an Anthropic one as its headers say.
+pub fn scoped(verdict: Verdict, protocol: Protocol, model: Option<&str>) -> Verdict {
+    match verdict {
+        Verdict::RateLimited {
+            until_ms,
+            family: None,
+        } if protocol != Protocol::Anthropic => Verdict::RateLimited {
+            until_ms,
+            family: limit_scope(protocol, model),
+        },
+        verdict => verdict,
+    }
 }
 
 /// The store call of a pick on a remote store, run to its end even if the request is dropped
@@ -279,7 +307,7 @@ async fn pick_remote(
 /// (`limits::run_to_end`).
 struct PickOrder {
     candidates: Vec<Candidate>,
-    family: Option<&'static str>,
+    family: Option<Cow<'static, str>>,
     /// The session's id, binding TTL and whether it moves on overflow.
     session: Option<(String, Duration, bool)>,
     now_ms: i64,
@@ -289,7 +317,7 @@ impl PickOrder {
     fn request(&self) -> PickRequest<'_> {
         PickRequest {
             candidates: &self.candidates,
-            family: self.family,
+            family: self.family.as_deref(),
             session: self
                 .session
                 .as_ref()
@@ -346,7 +374,7 @@ async fn report_for(
         Verdict::Healthy | Verdict::ClientFault | Verdict::Refused | Verdict::Elsewhere => return,
         Verdict::RateLimited { until_ms, family } => Report::RateLimited {
             until: *until_ms,
-            family: family.map(str::to_owned),
+            family: family.as_deref().map(str::to_owned),
             error: error(),
         },
         Verdict::Overloaded => Report::Overloaded {

@@ -130,7 +130,7 @@ pub(crate) async fn attempts(
             {
                 health::Verdict::Elsewhere
             }
-            verdict => verdict,
+            verdict => scheduler::scoped(verdict, call.target.protocol(), call.model.as_deref()),
         };
         scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
             Ok(answer) => answer.describe(),

@@ -4,6 +4,7 @@
 //! stores the account's resulting state. Kept apart so every status and header shape is tested
 //! without a server.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -38,10 +39,11 @@ pub enum Verdict {
     /// The request names something another account holds (OpenAI's `previous_response_not_found`,
     /// a stored response's 404): another account may serve it; this one is untouched.
     Elsewhere,
-    /// 429: out until `until_ms` (unix ms), for one model family when the headers say so.
+    /// 429: out until `until_ms` (unix ms), for one model family when the headers say so (or
+    /// one model: `scheduler::scoped`).
     RateLimited {
         until_ms: i64,
-        family: Option<&'static str>,
+        family: Option<Cow<'static, str>>,
     },
     /// 529 or `overloaded_error`: a fixed cooldown.
     Overloaded,
@@ -105,7 +107,7 @@ pub fn judge(outcome: Outcome<'_>, now_ms: i64, default_rate_limit: Duration) ->
                 .unwrap_or((now_ms + millis(default_rate_limit), None));
             Verdict::RateLimited {
                 until_ms: until_ms.max(now_ms),
-                family,
+                family: family.map(Cow::Borrowed),
             }
         }
         529 => Verdict::Overloaded,
@@ -646,7 +648,7 @@ mod tests {
             judge_status(429, &h),
             Verdict::RateLimited {
                 until_ms: 1_795_340_000_000,
-                family: Some("opus")
+                family: Some("opus".into())
             }
         );
         assert_eq!(family_of("claude-opus-4-8"), Some("opus"));

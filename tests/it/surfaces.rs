@@ -969,3 +969,64 @@ async fn gemini_embeddings_are_billed_and_unknown_methods_refused() {
     }
     assert_eq!(mock.requests().len(), 1);
 }
+
+/// OpenAI's and Google's rate limits are each model's own: a 429 on one model leaves the
+/// account serving the others (Gemini CLI falls back from Pro to Flash on a 429), while the
+/// limited model waits for its reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_one_model_leaves_the_account_serving_the_others() {
+    for provider in ["openai", "gemini"] {
+        let mock = MockUpstream::start().await;
+        mock.set_default(Behavior::Ok(cached_usage()));
+        let relay = Relay::start().await;
+        let account = add(&relay, &mock, provider, json!({})).await;
+        let (_, key) = relay.create_key("k").await;
+        let (limited, other) = match provider {
+            "openai" => ("gpt-4o", "gpt-4o-mini"),
+            _ => ("gemini-2.5-pro", "gemini-2.5-flash"),
+        };
+        let ask = |model: &str| match provider {
+            "openai" => post(
+                &relay,
+                "/v1/chat/completions",
+                &key,
+                &json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }] }),
+            ),
+            _ => http_client()
+                .post(relay.url(&format!("/v1beta/models/{model}:generateContent")))
+                .header("x-goog-api-key", &key)
+                .json(&json!({ "contents": [{ "role": "user", "parts": [{ "text": "hi" }] }] })),
+        };
+
+        mock.push_behavior(Behavior::rate_limited(60));
+        let resp = ask(limited).send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            429,
+            "{provider}: the vendor's 429, passed on"
+        );
+        let resp = ask(other).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{provider}: another model is served");
+        assert_eq!(mock.requests().len(), 2);
+        // The limited model is not sent until its reset.
+        let resp = ask(limited).send().await.unwrap();
+        assert_eq!(resp.status(), 503, "{provider}");
+        let wait: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((50..=60).contains(&wait), "{provider}: retry after {wait}");
+        assert_eq!(mock.requests().len(), 2, "{provider}");
+
+        let (status, v) = relay
+            .admin(Method::GET, &format!("/admin/accounts/{account}"), None)
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(v["state"]["status"], "ok", "{provider}: {v}");
+        assert!(
+            v["state"]["rate_limited_families"][limited].is_string(),
+            "{provider}: {v}"
+        );
+    }
+}
