@@ -1290,6 +1290,161 @@ mod tests {
         assert_eq!(t.price("claude-2.1"), None);
     }
 
+    /// The entries of `[pricing.models]` and `assets/prices.toml`, in USD, as read.
+    const USD_ENTRIES: &str = r#"
+[models."m*"]
+input = 3
+output = 15.0
+cache_write_5m = 3.75
+cache_write_1h = 6
+cache_read = 0.3
+web_search_per_1k = 25
+
+[models."m*".above_200k]
+input = 6
+output = 22.5
+cache_write_5m = 7.5
+cache_write_1h = 12
+cache_read = 0.6
+
+[models.short]
+input = 1
+output = 2.5
+"#;
+
+    /// The format of a price entry (the config's `[pricing.default]` and `[pricing.models."…"]`,
+    /// and `assets/prices.toml`), pinned: every field's name, integers read as numbers, what is
+    /// printed back, and what is refused in what words.
+    #[test]
+    fn the_usd_price_format_is_pinned() {
+        let long = TokenUsage {
+            input_tokens: LONG_CONTEXT_THRESHOLD + 1,
+            ..TokenUsage::default()
+        };
+        let check = |p: &ModelPrice| {
+            assert_eq!(
+                p.token_prices(&input(1)),
+                TokenPrices {
+                    input: 3 * USD,
+                    output: 15 * USD,
+                    cache_write_5m: 3_750_000_000,
+                    cache_write_1h: 6 * USD,
+                    cache_read: 300_000_000,
+                }
+            );
+            assert_eq!(
+                p.token_prices(&long),
+                TokenPrices {
+                    input: 6 * USD,
+                    output: 22_500_000_000,
+                    cache_write_5m: 7_500_000_000,
+                    cache_write_1h: 12 * USD,
+                    cache_read: 600_000_000,
+                }
+            );
+            assert_eq!(p.web_search, 25_000_000_000_000);
+        };
+        let short = |p: &ModelPrice| {
+            assert_eq!(
+                p.token_prices(&long),
+                TokenPrices::with_anthropic_cache_ratios(USD, 2_500_000_000)
+            );
+            assert_eq!(p.web_search, DEFAULT_WEB_SEARCH);
+        };
+
+        // The price file.
+        let table = PriceTable::from_toml_str(USD_ENTRIES).unwrap();
+        check(table.price("m1").unwrap());
+        short(table.price("short").unwrap());
+
+        // The config, and what it prints (`toml::to_string`, as `switchyard config` does).
+        let cfg: PricingConfig = toml::from_str(&format!(
+            "[default]\ninput = 1\noutput = 2.5\n{USD_ENTRIES}"
+        ))
+        .unwrap();
+        let pricing = Pricing::from_config(&cfg, None).unwrap();
+        check(pricing.price("m1").0);
+        short(pricing.default_price());
+        let printed = toml::to_string(&cfg).unwrap();
+        assert_eq!(
+            printed,
+            r#"[default]
+input = 1.0
+output = 2.5
+
+[models."m*"]
+input = 3.0
+output = 15.0
+cache_write_5m = 3.75
+cache_write_1h = 6.0
+cache_read = 0.3
+web_search_per_1k = 25.0
+
+[models."m*".above_200k]
+input = 6.0
+output = 22.5
+cache_write_5m = 7.5
+cache_write_1h = 12.0
+cache_read = 0.6
+
+[models.short]
+input = 1.0
+output = 2.5
+"#
+        );
+        assert_eq!(toml::from_str::<PricingConfig>(&printed).unwrap(), cfg);
+        // Into a TOML table (how the config's defaults type `SWITCHYARD_*` variables): the same
+        // names, floats.
+        let table = toml::Table::try_from(&cfg).unwrap();
+        assert_eq!(
+            toml::Value::Table(table).to_string(),
+            toml::Value::Table(toml::from_str(&printed).unwrap()).to_string()
+        );
+
+        // Refused, in these words.
+        let refused = |text: &str| toml::from_str::<PricingConfig>(text).unwrap_err();
+        let message = |text: &str| refused(text).message().to_owned();
+        assert_eq!(
+            message("[models.m]\ninput = 1\noutput = 1\nsurcharge = 1\n"),
+            "unknown field `surcharge`, expected one of `input`, `output`, `cache_write_5m`, \
+             `cache_write_1h`, `cache_read`, `above_200k`, `web_search_per_1k`"
+        );
+        assert_eq!(
+            message(
+                "[models.m]\ninput = 1\noutput = 1\n[models.m.above_200k]\ninput = 1\noutput = 1\nweb_search_per_1k = 1\n"
+            ),
+            "unknown field `web_search_per_1k`, expected one of `input`, `output`, \
+             `cache_write_5m`, `cache_write_1h`, `cache_read`"
+        );
+        assert_eq!(message("[models.m]\ninput = 1\n"), "missing field `output`");
+        assert_eq!(
+            message("[models.m]\ninput = \"3\"\noutput = 1\n"),
+            "invalid type: string \"3\", expected f64"
+        );
+        assert_eq!(
+            message("[models.m]\ninput = 1\noutput = 1\nabove_200k = 2\n"),
+            "invalid type: integer `2`, expected struct UsdTokenPrices"
+        );
+        // Where: the span the error shows.
+        assert_eq!(
+            refused("[models.m]\ninput = 1\noutput = 1\nsurcharge = 1\n").span(),
+            Some(32..41)
+        );
+        assert_eq!(
+            refused("[models.m]\ninput = \"3\"\noutput = 1\n").span(),
+            Some(19..22)
+        );
+        assert_eq!(refused("[models.m]\ninput = 1\n").span(), Some(0..10));
+        // The price file, likewise.
+        let err = PriceTable::from_toml_str("[models.m]\ninput = 1\noutput = 1\ncache_reads = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `cache_reads`, expected one of `input`"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn vendor_spellings_resolve() {
         let t = PriceTable::builtin().unwrap();
@@ -1616,6 +1771,49 @@ mod tests {
             ModelPrice::with_anthropic_cache_ratios(15 * USD, 75 * USD),
             OPUS_4
         );
+    }
+
+    /// Every LiteLLM field read, each at a price none of the fallbacks would give, so that a
+    /// field read into the wrong price (or not at all) shows.
+    #[test]
+    fn the_litellm_fields_are_pinned() {
+        let t = PriceTable::from_litellm_json(
+            r#"{"m": {
+                "input_cost_per_token": 1e-06,
+                "output_cost_per_token": 2e-06,
+                "cache_creation_input_token_cost": 3e-06,
+                "cache_creation_input_token_cost_above_1hr": 4e-06,
+                "cache_read_input_token_cost": 5e-06,
+                "input_cost_per_token_above_200k_tokens": 6e-06,
+                "output_cost_per_token_above_200k_tokens": 7e-06,
+                "cache_creation_input_token_cost_above_200k_tokens": 8e-06,
+                "cache_creation_input_token_cost_above_1hr_above_200k_tokens": 9e-06,
+                "cache_read_input_token_cost_above_200k_tokens": 1.1e-05
+            }}"#,
+        )
+        .unwrap();
+        let p = t.price("m").unwrap();
+        assert_eq!(
+            p.token_prices(&input(1)),
+            TokenPrices {
+                input: USD,
+                output: 2 * USD,
+                cache_write_5m: 3 * USD,
+                cache_write_1h: 4 * USD,
+                cache_read: 5 * USD,
+            }
+        );
+        assert_eq!(
+            p.token_prices(&input(LONG_CONTEXT_THRESHOLD + 1)),
+            TokenPrices {
+                input: 6 * USD,
+                output: 7 * USD,
+                cache_write_5m: 8 * USD,
+                cache_write_1h: 9 * USD,
+                cache_read: 11 * USD,
+            }
+        );
+        assert_eq!(p.web_search, DEFAULT_WEB_SEARCH);
     }
 
     #[test]
