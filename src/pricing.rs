@@ -47,28 +47,24 @@ const DEFAULT_WEB_SEARCH: u64 = 10_000_000_000_000;
 const LITELLM_SAMPLE_SPEC: &str = "sample_spec";
 
 /// Prices of one model, in nano-USD per million tokens (per million searches for `web_search`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ModelPrice {
-    pub input: u64,
-    pub output: u64,
-    /// Cache writes with the default 5-minute TTL, and cache writes whose TTL the upstream did not say.
-    pub cache_write_5m: u64,
-    pub cache_write_1h: u64,
-    pub cache_read: u64,
+    /// The token prices of a request whose prompt is at most [`LONG_CONTEXT_THRESHOLD`] tokens,
+    /// and of every request when `above_200k` is none.
+    pub base: TokenPrices,
     /// The token prices of a whole request whose prompt is above [`LONG_CONTEXT_THRESHOLD`]
     /// tokens, for models whose vendor charges more for a long prompt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above_200k: Option<TokenPrices>,
     /// Web searches (`TokenUsage::web_search_requests`).
-    #[serde(default)]
     pub web_search: u64,
 }
 
-/// One set of token prices, in nano-USD per million tokens: a model's long-context prices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One set of token prices, in nano-USD per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenPrices {
     pub input: u64,
     pub output: u64,
+    /// Cache writes with the default 5-minute TTL, and cache writes whose TTL the upstream did not say.
     pub cache_write_5m: u64,
     pub cache_write_1h: u64,
     pub cache_read: u64,
@@ -97,21 +93,10 @@ impl ModelPrice {
         ModelPrice::of(TokenPrices::with_anthropic_cache_ratios(input, output))
     }
 
-    /// `tokens` at every prompt length; web searches at Anthropic's price.
-    pub fn of(tokens: TokenPrices) -> ModelPrice {
-        let TokenPrices {
-            input,
-            output,
-            cache_write_5m,
-            cache_write_1h,
-            cache_read,
-        } = tokens;
+    /// `base` at every prompt length; web searches at Anthropic's price.
+    pub fn of(base: TokenPrices) -> ModelPrice {
         ModelPrice {
-            input,
-            output,
-            cache_write_5m,
-            cache_write_1h,
-            cache_read,
+            base,
             above_200k: None,
             web_search: DEFAULT_WEB_SEARCH,
         }
@@ -122,13 +107,7 @@ impl ModelPrice {
     pub fn token_prices(&self, u: &TokenUsage) -> TokenPrices {
         match self.above_200k {
             Some(long) if u.prompt_tokens() > LONG_CONTEXT_THRESHOLD => long,
-            _ => TokenPrices {
-                input: self.input,
-                output: self.output,
-                cache_write_5m: self.cache_write_5m,
-                cache_write_1h: self.cache_write_1h,
-                cache_read: self.cache_read,
-            },
+            _ => self.base,
         }
     }
 
@@ -248,6 +227,11 @@ fn to_nano(value: f64, scale: f64, model: &str, field: &'static str) -> Result<u
 }
 
 /// Prices as written in the config and in `assets/prices.toml`: USD per million tokens.
+///
+/// The five token prices repeat [`UsdTokenPrices`]' rather than `#[serde(flatten)]` one: through
+/// flatten's buffer, an invalid value is reported at the entry (`pricing.models.m`) instead of
+/// the option (`pricing.models.m.input`), and an unknown field without the list of known ones
+/// (`price_options_are_pinned` in config.rs and `the_usd_price_format_is_pinned` check both).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsdPrices {
@@ -609,13 +593,13 @@ fn litellm_price(
     };
     let mut price = ModelPrice::with_anthropic_cache_ratios(input, output);
     if let Some(v) = field("cache_creation_input_token_cost")? {
-        price.cache_write_5m = v;
+        price.base.cache_write_5m = v;
     }
     if let Some(v) = field("cache_creation_input_token_cost_above_1hr")? {
-        price.cache_write_1h = v;
+        price.base.cache_write_1h = v;
     }
     if let Some(v) = field("cache_read_input_token_cost")? {
-        price.cache_read = v;
+        price.base.cache_read = v;
     }
     let (long_input, long_output) = (
         field("input_cost_per_token_above_200k_tokens")?,
@@ -764,7 +748,9 @@ impl Pricing {
                 input_tokens: tokens.input_tokens - image_input,
                 ..tokens
             };
-            let image_input_price = image.and_then(|p| p.image_input).unwrap_or(price.input);
+            let image_input_price = image
+                .and_then(|p| p.image_input)
+                .unwrap_or(price.base.input);
             (
                 price.cost_with_nanousd(&text, &[(image_input, image_input_price)]),
                 known,
@@ -865,29 +851,35 @@ mod tests {
     }
 
     const OPUS_4: ModelPrice = ModelPrice {
-        input: 15 * USD,
-        output: 75 * USD,
-        cache_write_5m: 18_750_000_000,
-        cache_write_1h: 30 * USD,
-        cache_read: 1_500_000_000,
+        base: TokenPrices {
+            input: 15 * USD,
+            output: 75 * USD,
+            cache_write_5m: 18_750_000_000,
+            cache_write_1h: 30 * USD,
+            cache_read: 1_500_000_000,
+        },
         above_200k: None,
         web_search: DEFAULT_WEB_SEARCH,
     };
     const OPUS_4_5: ModelPrice = ModelPrice {
-        input: 5 * USD,
-        output: 25 * USD,
-        cache_write_5m: 6_250_000_000,
-        cache_write_1h: 10 * USD,
-        cache_read: 500_000_000,
+        base: TokenPrices {
+            input: 5 * USD,
+            output: 25 * USD,
+            cache_write_5m: 6_250_000_000,
+            cache_write_1h: 10 * USD,
+            cache_read: 500_000_000,
+        },
         above_200k: None,
         web_search: DEFAULT_WEB_SEARCH,
     };
     const SONNET: ModelPrice = ModelPrice {
-        input: 3 * USD,
-        output: 15 * USD,
-        cache_write_5m: 3_750_000_000,
-        cache_write_1h: 6 * USD,
-        cache_read: 300_000_000,
+        base: TokenPrices {
+            input: 3 * USD,
+            output: 15 * USD,
+            cache_write_5m: 3_750_000_000,
+            cache_write_1h: 6 * USD,
+            cache_read: 300_000_000,
+        },
         above_200k: None,
         web_search: DEFAULT_WEB_SEARCH,
     };
@@ -904,11 +896,13 @@ mod tests {
         ..SONNET
     };
     const HAIKU_4_5: ModelPrice = ModelPrice {
-        input: USD,
-        output: 5 * USD,
-        cache_write_5m: 1_250_000_000,
-        cache_write_1h: 2 * USD,
-        cache_read: 100_000_000,
+        base: TokenPrices {
+            input: USD,
+            output: 5 * USD,
+            cache_write_5m: 1_250_000_000,
+            cache_write_1h: 2 * USD,
+            cache_read: 100_000_000,
+        },
         above_200k: None,
         web_search: DEFAULT_WEB_SEARCH,
     };
@@ -1514,7 +1508,7 @@ output = 2.5
         }
         .to_model_price("x")
         .unwrap();
-        assert_eq!(p.input, 37_500_000);
+        assert_eq!(p.base.input, 37_500_000);
         assert_eq!(p.cost_nanousd(&input(1_000_000)), 37_500_000);
         // A whole request: 1000 in, 500 out, 2000 read, 100 written on sonnet.
         let u = TokenUsage {
@@ -1638,7 +1632,7 @@ output = 2.5
             "#,
         )
         .unwrap();
-        let input_price = |m: &str| t.price(m).map(|p| p.input / USD);
+        let input_price = |m: &str| t.price(m).map(|p| p.base.input / USD);
         assert_eq!(input_price("claude-haiku"), Some(1));
         assert_eq!(input_price("claude-opus-3"), Some(2));
         assert_eq!(input_price("claude-opus-4-5-20251101"), Some(3));
@@ -1664,10 +1658,11 @@ output = 2.5
         // The top layer's bare name covers the dated name via normalisation, even though the
         // lower layer lists the dated name exactly.
         assert_eq!(
-            base.price("claude-sonnet-4-5-20250929").map(|p| p.input),
+            base.price("claude-sonnet-4-5-20250929")
+                .map(|p| p.base.input),
             Some(2 * USD)
         );
-        assert_eq!(base.price("other").map(|p| p.input), Some(7 * USD));
+        assert_eq!(base.price("other").map(|p| p.base.input), Some(7 * USD));
         assert_eq!(base.len(), 3);
         base.overlay(PriceTable::default());
         assert_eq!(base.len(), 3);
@@ -1741,7 +1736,7 @@ output = 2.5
         // The prefixed twin keeps its own price under its own name, but does not shadow the
         // bare entry.
         assert_eq!(
-            t.price("anthropic/claude-sonnet-4-5").map(|p| p.input),
+            t.price("anthropic/claude-sonnet-4-5").map(|p| p.base.input),
             Some(9 * USD)
         );
         // Prefixed-only entries resolve both ways; a missing 1h price falls back to 2 × input.
@@ -1908,7 +1903,7 @@ output = 2.5
         ))
         .unwrap();
         let pricing = Pricing::from_config(&cfg, Some(imported)).unwrap();
-        let input_price = |m: &str| pricing.price(m).0.input;
+        let input_price = |m: &str| pricing.price(m).0.base.input;
         assert_eq!(input_price("claude-sonnet-4-5"), 3 * USD); // builtin
         assert_eq!(input_price("imported-only"), 8 * USD); // imported
         assert_eq!(input_price("my-model"), USD); // file beats imported
@@ -2020,15 +2015,15 @@ output = 2.5
             p.clone(),
             p,
         )
-            .prop_map(|(base, a, b, c, d, e)| ModelPrice {
+            .prop_map(|(price, a, b, c, d, e)| ModelPrice {
                 above_200k: Some(TokenPrices {
-                    input: base.input + a,
-                    output: base.output + b,
-                    cache_write_5m: base.cache_write_5m + c,
-                    cache_write_1h: base.cache_write_1h + d,
-                    cache_read: base.cache_read + e,
+                    input: price.base.input + a,
+                    output: price.base.output + b,
+                    cache_write_5m: price.base.cache_write_5m + c,
+                    cache_write_1h: price.base.cache_write_1h + d,
+                    cache_read: price.base.cache_read + e,
                 }),
-                ..base
+                ..price
             })
     }
 
