@@ -57,6 +57,15 @@ impl App {
     /// Opens the store, the master key, the admin token and the price table, and starts the
     /// stats task.
     pub async fn open(config: Config) -> anyhow::Result<Arc<App>> {
+        App::open_with(config, |store| store).await
+    }
+
+    /// `open`, on the store `wrap` makes of the configured one: tests put one around it that
+    /// fails when told to, for store errors the real store cannot be made to have on cue.
+    pub async fn open_with(
+        config: Config,
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> anyhow::Result<Arc<App>> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
         })?;
@@ -69,6 +78,7 @@ impl App {
                 RedisStore::connect(&url, &config.redis, config.stats.request_log_max).await?,
             ),
         };
+        let store = wrap(store);
         if config.store_kind() != StoreKind::Embedded && config.master_key.is_none() {
             tracing::warn!(
                 "a shared store without a configured master_key: every instance must use the same \

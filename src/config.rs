@@ -1101,6 +1101,93 @@ mod tests {
         }
     }
 
+    /// Price options as the config reads them, pinned: set by the environment (typed by the
+    /// default's fields), and refused with the option's whole path.
+    #[test]
+    fn price_options_are_pinned() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("SWITCHYARD_PRICING__DEFAULT__INPUT", "4"),
+                ("SWITCHYARD_PRICING__DEFAULT__OUTPUT", "16"),
+                ("SWITCHYARD_PRICING__DEFAULT__CACHE_READ", "0.5"),
+            ]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            toml::to_string(&c.pricing.default).unwrap(),
+            "input = 4.0\noutput = 16.0\ncache_read = 0.5\n"
+        );
+        // A variable sets one field of a price, not the rest of the default's: `output` is
+        // still needed.
+        let err = Config::load(
+            None,
+            env(&[("SWITCHYARD_PRICING__DEFAULT__INPUT", "4")]),
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid option `pricing.default`: missing field `output`"
+        );
+        let err = Config::load(
+            None,
+            env(&[("SWITCHYARD_PRICING__DEFAULT__OUTPUT", "x")]),
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid SWITCHYARD_PRICING__DEFAULT__OUTPUT: expected a number"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let load_file = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Some(&file), env(&[]), &Flags::default()).map_err(|e| e.to_string())
+        };
+        let c = load_file(
+            "[pricing.models.\"m\"]\ninput = 3\noutput = 15\n[pricing.models.\"m\".above_200k]\ninput = 6\noutput = 22.5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            toml::to_string(&c.pricing.models["m"]).unwrap(),
+            "input = 3.0\noutput = 15.0\n\n[above_200k]\ninput = 6.0\noutput = 22.5\n"
+        );
+        for (text, expected) in [
+            (
+                "[pricing.models.\"m\"]\ninput = \"3\"\noutput = 1\n",
+                "invalid option `pricing.models.m.input`: invalid type: string \"3\", expected f64",
+            ),
+            (
+                "[pricing.default]\ninput = 1\noutput = 1\nsurcharge = 1\n",
+                "invalid option `pricing.default.surcharge`: unknown field `surcharge`, expected \
+                 one of `input`, `output`, `cache_write_5m`, `cache_write_1h`, `cache_read`, \
+                 `above_200k`, `web_search_per_1k`",
+            ),
+            (
+                "[pricing.models.\"m\"]\ninput = 1\n",
+                "invalid option `pricing.models.m`: missing field `output`",
+            ),
+            (
+                "[pricing.models.\"m\"]\ninput = 1\noutput = 1\n[pricing.models.\"m\".above_200k]\ninput = 1\noutput = true\n",
+                "invalid option `pricing.models.m.above_200k.output`: invalid type: boolean \
+                 `true`, expected f64",
+            ),
+            (
+                "[pricing.models.\"m\"]\ninput = 1\noutput = 1\nweb_search_per_1k = \"x\"\n",
+                "invalid option `pricing.models.m.web_search_per_1k`: invalid type: string \
+                 \"x\", expected f64",
+            ),
+        ] {
+            assert_eq!(load_file(text).unwrap_err(), expected, "{text}");
+        }
+    }
+
     #[test]
     fn prices_the_price_file_and_the_proxy_are_checked_with_the_config() {
         let dir = tempfile::tempdir().unwrap();

@@ -47,28 +47,24 @@ const DEFAULT_WEB_SEARCH: u64 = 10_000_000_000_000;
 const LITELLM_SAMPLE_SPEC: &str = "sample_spec";
 
 /// Prices of one model, in nano-USD per million tokens (per million searches for `web_search`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ModelPrice {
-    pub input: u64,
-    pub output: u64,
-    /// Cache writes with the default 5-minute TTL, and cache writes whose TTL the upstream did not say.
-    pub cache_write_5m: u64,
-    pub cache_write_1h: u64,
-    pub cache_read: u64,
+    /// The token prices of a request whose prompt is at most [`LONG_CONTEXT_THRESHOLD`] tokens,
+    /// and of every request when `above_200k` is none.
+    pub base: TokenPrices,
     /// The token prices of a whole request whose prompt is above [`LONG_CONTEXT_THRESHOLD`]
     /// tokens, for models whose vendor charges more for a long prompt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above_200k: Option<TokenPrices>,
     /// Web searches (`TokenUsage::web_search_requests`).
-    #[serde(default)]
     pub web_search: u64,
 }
 
-/// One set of token prices, in nano-USD per million tokens: a model's long-context prices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One set of token prices, in nano-USD per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenPrices {
     pub input: u64,
     pub output: u64,
+    /// Cache writes with the default 5-minute TTL, and cache writes whose TTL the upstream did not say.
     pub cache_write_5m: u64,
     pub cache_write_1h: u64,
     pub cache_read: u64,
@@ -97,21 +93,10 @@ impl ModelPrice {
         ModelPrice::of(TokenPrices::with_anthropic_cache_ratios(input, output))
     }
 
-    /// `tokens` at every prompt length; web searches at Anthropic's price.
-    pub fn of(tokens: TokenPrices) -> ModelPrice {
-        let TokenPrices {
-            input,
-            output,
-            cache_write_5m,
-            cache_write_1h,
-            cache_read,
-        } = tokens;
+    /// `base` at every prompt length; web searches at Anthropic's price.
+    pub fn of(base: TokenPrices) -> ModelPrice {
         ModelPrice {
-            input,
-            output,
-            cache_write_5m,
-            cache_write_1h,
-            cache_read,
+            base,
             above_200k: None,
             web_search: DEFAULT_WEB_SEARCH,
         }
@@ -122,13 +107,7 @@ impl ModelPrice {
     pub fn token_prices(&self, u: &TokenUsage) -> TokenPrices {
         match self.above_200k {
             Some(long) if u.prompt_tokens() > LONG_CONTEXT_THRESHOLD => long,
-            _ => TokenPrices {
-                input: self.input,
-                output: self.output,
-                cache_write_5m: self.cache_write_5m,
-                cache_write_1h: self.cache_write_1h,
-                cache_read: self.cache_read,
-            },
+            _ => self.base,
         }
     }
 
@@ -248,6 +227,11 @@ fn to_nano(value: f64, scale: f64, model: &str, field: &'static str) -> Result<u
 }
 
 /// Prices as written in the config and in `assets/prices.toml`: USD per million tokens.
+///
+/// The five token prices repeat [`UsdTokenPrices`]' rather than `#[serde(flatten)]` one: through
+/// flatten's buffer, an invalid value is reported at the entry (`pricing.models.m`) instead of
+/// the option (`pricing.models.m.input`), and an unknown field without the list of known ones
+/// (`price_options_are_pinned` in config.rs and `the_usd_price_format_is_pinned` check both).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsdPrices {
@@ -609,13 +593,13 @@ fn litellm_price(
     };
     let mut price = ModelPrice::with_anthropic_cache_ratios(input, output);
     if let Some(v) = field("cache_creation_input_token_cost")? {
-        price.cache_write_5m = v;
+        price.base.cache_write_5m = v;
     }
     if let Some(v) = field("cache_creation_input_token_cost_above_1hr")? {
-        price.cache_write_1h = v;
+        price.base.cache_write_1h = v;
     }
     if let Some(v) = field("cache_read_input_token_cost")? {
-        price.cache_read = v;
+        price.base.cache_read = v;
     }
     let (long_input, long_output) = (
         field("input_cost_per_token_above_200k_tokens")?,
@@ -764,7 +748,9 @@ impl Pricing {
                 input_tokens: tokens.input_tokens - image_input,
                 ..tokens
             };
-            let image_input_price = image.and_then(|p| p.image_input).unwrap_or(price.input);
+            let image_input_price = image
+                .and_then(|p| p.image_input)
+                .unwrap_or(price.base.input);
             (
                 price.cost_with_nanousd(&text, &[(image_input, image_input_price)]),
                 known,
@@ -865,29 +851,35 @@ mod tests {
     }
 
     const OPUS_4: ModelPrice = ModelPrice {
-        input: 15 * USD,
-        output: 75 * USD,
-        cache_write_5m: 18_750_000_000,
-        cache_write_1h: 30 * USD,
-        cache_read: 1_500_000_000,
+        base: TokenPrices {
+            input: 15 * USD,
+            output: 75 * USD,
+            cache_write_5m: 18_750_000_000,
+            cache_write_1h: 30 * USD,
+            cache_read: 1_500_000_000,
+        },
         above_200k: None,
         web_search: DEFAULT_WEB_SEARCH,
     };
     const OPUS_4_5: ModelPrice = ModelPrice {
-        input: 5 * USD,
-        output: 25 * USD,
-        cache_write_5m: 6_250_000_000,
-        cache_write_1h: 10 * USD,
-        cache_read: 500_000_000,
+        base: TokenPrices {
+            input: 5 * USD,
+            output: 25 * USD,
+            cache_write_5m: 6_250_000_000,
+            cache_write_1h: 10 * USD,
+            cache_read: 500_000_000,
+        },
         above_200k: None,
         web_search: DEFAULT_WEB_SEARCH,
     };
     const SONNET: ModelPrice = ModelPrice {
-        input: 3 * USD,
-        output: 15 * USD,
-        cache_write_5m: 3_750_000_000,
-        cache_write_1h: 6 * USD,
-        cache_read: 300_000_000,
+        base: TokenPrices {
+            input: 3 * USD,
+            output: 15 * USD,
+            cache_write_5m: 3_750_000_000,
+            cache_write_1h: 6 * USD,
+            cache_read: 300_000_000,
+        },
         above_200k: None,
         web_search: DEFAULT_WEB_SEARCH,
     };
@@ -904,11 +896,13 @@ mod tests {
         ..SONNET
     };
     const HAIKU_4_5: ModelPrice = ModelPrice {
-        input: USD,
-        output: 5 * USD,
-        cache_write_5m: 1_250_000_000,
-        cache_write_1h: 2 * USD,
-        cache_read: 100_000_000,
+        base: TokenPrices {
+            input: USD,
+            output: 5 * USD,
+            cache_write_5m: 1_250_000_000,
+            cache_write_1h: 2 * USD,
+            cache_read: 100_000_000,
+        },
         above_200k: None,
         web_search: DEFAULT_WEB_SEARCH,
     };
@@ -1290,6 +1284,161 @@ mod tests {
         assert_eq!(t.price("claude-2.1"), None);
     }
 
+    /// The entries of `[pricing.models]` and `assets/prices.toml`, in USD, as read.
+    const USD_ENTRIES: &str = r#"
+[models."m*"]
+input = 3
+output = 15.0
+cache_write_5m = 3.75
+cache_write_1h = 6
+cache_read = 0.3
+web_search_per_1k = 25
+
+[models."m*".above_200k]
+input = 6
+output = 22.5
+cache_write_5m = 7.5
+cache_write_1h = 12
+cache_read = 0.6
+
+[models.short]
+input = 1
+output = 2.5
+"#;
+
+    /// The format of a price entry (the config's `[pricing.default]` and `[pricing.models."…"]`,
+    /// and `assets/prices.toml`), pinned: every field's name, integers read as numbers, what is
+    /// printed back, and what is refused in what words.
+    #[test]
+    fn the_usd_price_format_is_pinned() {
+        let long = TokenUsage {
+            input_tokens: LONG_CONTEXT_THRESHOLD + 1,
+            ..TokenUsage::default()
+        };
+        let check = |p: &ModelPrice| {
+            assert_eq!(
+                p.token_prices(&input(1)),
+                TokenPrices {
+                    input: 3 * USD,
+                    output: 15 * USD,
+                    cache_write_5m: 3_750_000_000,
+                    cache_write_1h: 6 * USD,
+                    cache_read: 300_000_000,
+                }
+            );
+            assert_eq!(
+                p.token_prices(&long),
+                TokenPrices {
+                    input: 6 * USD,
+                    output: 22_500_000_000,
+                    cache_write_5m: 7_500_000_000,
+                    cache_write_1h: 12 * USD,
+                    cache_read: 600_000_000,
+                }
+            );
+            assert_eq!(p.web_search, 25_000_000_000_000);
+        };
+        let short = |p: &ModelPrice| {
+            assert_eq!(
+                p.token_prices(&long),
+                TokenPrices::with_anthropic_cache_ratios(USD, 2_500_000_000)
+            );
+            assert_eq!(p.web_search, DEFAULT_WEB_SEARCH);
+        };
+
+        // The price file.
+        let table = PriceTable::from_toml_str(USD_ENTRIES).unwrap();
+        check(table.price("m1").unwrap());
+        short(table.price("short").unwrap());
+
+        // The config, and what it prints (`toml::to_string`, as `switchyard config` does).
+        let cfg: PricingConfig = toml::from_str(&format!(
+            "[default]\ninput = 1\noutput = 2.5\n{USD_ENTRIES}"
+        ))
+        .unwrap();
+        let pricing = Pricing::from_config(&cfg, None).unwrap();
+        check(pricing.price("m1").0);
+        short(pricing.default_price());
+        let printed = toml::to_string(&cfg).unwrap();
+        assert_eq!(
+            printed,
+            r#"[default]
+input = 1.0
+output = 2.5
+
+[models."m*"]
+input = 3.0
+output = 15.0
+cache_write_5m = 3.75
+cache_write_1h = 6.0
+cache_read = 0.3
+web_search_per_1k = 25.0
+
+[models."m*".above_200k]
+input = 6.0
+output = 22.5
+cache_write_5m = 7.5
+cache_write_1h = 12.0
+cache_read = 0.6
+
+[models.short]
+input = 1.0
+output = 2.5
+"#
+        );
+        assert_eq!(toml::from_str::<PricingConfig>(&printed).unwrap(), cfg);
+        // Into a TOML table (how the config's defaults type `SWITCHYARD_*` variables): the same
+        // names, floats.
+        let table = toml::Table::try_from(&cfg).unwrap();
+        assert_eq!(
+            toml::Value::Table(table).to_string(),
+            toml::Value::Table(toml::from_str(&printed).unwrap()).to_string()
+        );
+
+        // Refused, in these words.
+        let refused = |text: &str| toml::from_str::<PricingConfig>(text).unwrap_err();
+        let message = |text: &str| refused(text).message().to_owned();
+        assert_eq!(
+            message("[models.m]\ninput = 1\noutput = 1\nsurcharge = 1\n"),
+            "unknown field `surcharge`, expected one of `input`, `output`, `cache_write_5m`, \
+             `cache_write_1h`, `cache_read`, `above_200k`, `web_search_per_1k`"
+        );
+        assert_eq!(
+            message(
+                "[models.m]\ninput = 1\noutput = 1\n[models.m.above_200k]\ninput = 1\noutput = 1\nweb_search_per_1k = 1\n"
+            ),
+            "unknown field `web_search_per_1k`, expected one of `input`, `output`, \
+             `cache_write_5m`, `cache_write_1h`, `cache_read`"
+        );
+        assert_eq!(message("[models.m]\ninput = 1\n"), "missing field `output`");
+        assert_eq!(
+            message("[models.m]\ninput = \"3\"\noutput = 1\n"),
+            "invalid type: string \"3\", expected f64"
+        );
+        assert_eq!(
+            message("[models.m]\ninput = 1\noutput = 1\nabove_200k = 2\n"),
+            "invalid type: integer `2`, expected struct UsdTokenPrices"
+        );
+        // Where: the span the error shows.
+        assert_eq!(
+            refused("[models.m]\ninput = 1\noutput = 1\nsurcharge = 1\n").span(),
+            Some(32..41)
+        );
+        assert_eq!(
+            refused("[models.m]\ninput = \"3\"\noutput = 1\n").span(),
+            Some(19..22)
+        );
+        assert_eq!(refused("[models.m]\ninput = 1\n").span(), Some(0..10));
+        // The price file, likewise.
+        let err = PriceTable::from_toml_str("[models.m]\ninput = 1\noutput = 1\ncache_reads = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `cache_reads`, expected one of `input`"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn vendor_spellings_resolve() {
         let t = PriceTable::builtin().unwrap();
@@ -1359,7 +1508,7 @@ mod tests {
         }
         .to_model_price("x")
         .unwrap();
-        assert_eq!(p.input, 37_500_000);
+        assert_eq!(p.base.input, 37_500_000);
         assert_eq!(p.cost_nanousd(&input(1_000_000)), 37_500_000);
         // A whole request: 1000 in, 500 out, 2000 read, 100 written on sonnet.
         let u = TokenUsage {
@@ -1483,7 +1632,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let input_price = |m: &str| t.price(m).map(|p| p.input / USD);
+        let input_price = |m: &str| t.price(m).map(|p| p.base.input / USD);
         assert_eq!(input_price("claude-haiku"), Some(1));
         assert_eq!(input_price("claude-opus-3"), Some(2));
         assert_eq!(input_price("claude-opus-4-5-20251101"), Some(3));
@@ -1509,10 +1658,11 @@ mod tests {
         // The top layer's bare name covers the dated name via normalisation, even though the
         // lower layer lists the dated name exactly.
         assert_eq!(
-            base.price("claude-sonnet-4-5-20250929").map(|p| p.input),
+            base.price("claude-sonnet-4-5-20250929")
+                .map(|p| p.base.input),
             Some(2 * USD)
         );
-        assert_eq!(base.price("other").map(|p| p.input), Some(7 * USD));
+        assert_eq!(base.price("other").map(|p| p.base.input), Some(7 * USD));
         assert_eq!(base.len(), 3);
         base.overlay(PriceTable::default());
         assert_eq!(base.len(), 3);
@@ -1586,7 +1736,7 @@ mod tests {
         // The prefixed twin keeps its own price under its own name, but does not shadow the
         // bare entry.
         assert_eq!(
-            t.price("anthropic/claude-sonnet-4-5").map(|p| p.input),
+            t.price("anthropic/claude-sonnet-4-5").map(|p| p.base.input),
             Some(9 * USD)
         );
         // Prefixed-only entries resolve both ways; a missing 1h price falls back to 2 × input.
@@ -1616,6 +1766,49 @@ mod tests {
             ModelPrice::with_anthropic_cache_ratios(15 * USD, 75 * USD),
             OPUS_4
         );
+    }
+
+    /// Every LiteLLM field read, each at a price none of the fallbacks would give, so that a
+    /// field read into the wrong price (or not at all) shows.
+    #[test]
+    fn the_litellm_fields_are_pinned() {
+        let t = PriceTable::from_litellm_json(
+            r#"{"m": {
+                "input_cost_per_token": 1e-06,
+                "output_cost_per_token": 2e-06,
+                "cache_creation_input_token_cost": 3e-06,
+                "cache_creation_input_token_cost_above_1hr": 4e-06,
+                "cache_read_input_token_cost": 5e-06,
+                "input_cost_per_token_above_200k_tokens": 6e-06,
+                "output_cost_per_token_above_200k_tokens": 7e-06,
+                "cache_creation_input_token_cost_above_200k_tokens": 8e-06,
+                "cache_creation_input_token_cost_above_1hr_above_200k_tokens": 9e-06,
+                "cache_read_input_token_cost_above_200k_tokens": 1.1e-05
+            }}"#,
+        )
+        .unwrap();
+        let p = t.price("m").unwrap();
+        assert_eq!(
+            p.token_prices(&input(1)),
+            TokenPrices {
+                input: USD,
+                output: 2 * USD,
+                cache_write_5m: 3 * USD,
+                cache_write_1h: 4 * USD,
+                cache_read: 5 * USD,
+            }
+        );
+        assert_eq!(
+            p.token_prices(&input(LONG_CONTEXT_THRESHOLD + 1)),
+            TokenPrices {
+                input: 6 * USD,
+                output: 7 * USD,
+                cache_write_5m: 8 * USD,
+                cache_write_1h: 9 * USD,
+                cache_read: 11 * USD,
+            }
+        );
+        assert_eq!(p.web_search, DEFAULT_WEB_SEARCH);
     }
 
     #[test]
@@ -1710,7 +1903,7 @@ mod tests {
         ))
         .unwrap();
         let pricing = Pricing::from_config(&cfg, Some(imported)).unwrap();
-        let input_price = |m: &str| pricing.price(m).0.input;
+        let input_price = |m: &str| pricing.price(m).0.base.input;
         assert_eq!(input_price("claude-sonnet-4-5"), 3 * USD); // builtin
         assert_eq!(input_price("imported-only"), 8 * USD); // imported
         assert_eq!(input_price("my-model"), USD); // file beats imported
@@ -1822,15 +2015,15 @@ mod tests {
             p.clone(),
             p,
         )
-            .prop_map(|(base, a, b, c, d, e)| ModelPrice {
+            .prop_map(|(price, a, b, c, d, e)| ModelPrice {
                 above_200k: Some(TokenPrices {
-                    input: base.input + a,
-                    output: base.output + b,
-                    cache_write_5m: base.cache_write_5m + c,
-                    cache_write_1h: base.cache_write_1h + d,
-                    cache_read: base.cache_read + e,
+                    input: price.base.input + a,
+                    output: price.base.output + b,
+                    cache_write_5m: price.base.cache_write_5m + c,
+                    cache_write_1h: price.base.cache_write_1h + d,
+                    cache_read: price.base.cache_read + e,
                 }),
-                ..base
+                ..price
             })
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::support::faulty_store::{Faults, FaultyStore};
 use crate::support::mock::{Behavior, MockUpstream, MockUsage};
 use crate::support::relay::{Backend, Relay, backends, messages_body};
 
@@ -591,5 +592,117 @@ async fn a_key_bound_to_dedicated_accounts_fails_or_falls_back_as_configured() {
         assert_eq!(status, 400, "{v}");
         let (_, keys) = relay.admin(Method::GET, "/admin/keys", None).await;
         assert_eq!(keys["data"].as_array().unwrap().len(), 2, "{keys}");
+    }
+}
+
+/// A bound key whose pick failed on a store error gets that error: no fallback to the shared
+/// pool (the failed call's leases are given back under the ids a fallback would take its own
+/// with), and no word of its dedicated accounts being unavailable. The store error is injected
+/// before the real store is asked, so a fallback, were one made, would be served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_key_does_not_fall_back_after_a_store_error() {
+    for backend in backends() {
+        let faults = Arc::new(Faults::default());
+        let shared = MockUpstream::start().await;
+        let team = MockUpstream::start().await;
+        let relay = Relay::start_on_wrapped(
+            &backend,
+            |_| {},
+            |store| FaultyStore::wrap(store, Arc::clone(&faults)),
+        )
+        .await;
+        // The shared account is preferred: a fallback would go to it.
+        let shared_id = relay
+            .add_account(&shared, "sk-shared", json!({ "priority": 1 }))
+            .await;
+        let team_id = relay
+            .add_account(&team, "sk-team", json!({ "priority": 9, "group": "team" }))
+            .await;
+        // One request at a time and a daily budget: a lease or a reservation left behind shows.
+        let limits = json!({ "max_concurrency": 1, "daily_cost_nanousd": 1_000_000_000 });
+        let mut keys = Vec::new();
+        for (name, binding) in [
+            ("loose", json!({ "accounts": [team_id], "fallback": true })),
+            ("strict", json!({ "group": "team" })),
+        ] {
+            let (status, v) = relay
+                .admin(
+                    Method::POST,
+                    "/admin/keys",
+                    Some(json!({ "name": name, "limits": limits, "binding": binding })),
+                )
+                .await;
+            assert_eq!(status, 201, "{v}");
+            keys.push(v["key"].as_str().unwrap().to_owned());
+        }
+
+        for key in &keys {
+            faults.fail_next_pick();
+            let picks = faults.picks();
+            let resp = relay
+                .messages(key, &messages_body("claude-sonnet-4-5", false))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 503, "{backend:?}");
+            assert!(resp.headers().get("retry-after").is_none(), "{backend:?}");
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(
+                v,
+                json!({
+                    "type": "error",
+                    "error": {
+                        "type": "api_error",
+                        "message": "the store is unavailable: store unavailable: injected by the \
+                                    test: the pick failed",
+                    },
+                }),
+                "{backend:?}"
+            );
+            assert_eq!(
+                faults.picks(),
+                picks + 1,
+                "{backend:?}: one pick, no fallback"
+            );
+        }
+        assert_eq!(
+            (shared.requests().len(), team.requests().len()),
+            (0, 0),
+            "{backend:?}: no account was called"
+        );
+
+        // Nothing left behind: no account lease, no key lease or reservation, no usage record.
+        for id in [&shared_id, &team_id] {
+            assert_eq!(relay.account_in_flight(id).await, 0, "{backend:?}: {id}");
+        }
+        for key in &keys {
+            let mut info = relay.key_info(key).await;
+            // A remote store's give-back of a failed call runs on a task of its own.
+            for _ in 0..100 {
+                if info["in_flight"] == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                info = relay.key_info(key).await;
+            }
+            assert_eq!(info["in_flight"], 0, "{backend:?}: {info}");
+            for (bucket, usage) in info["usage"].as_object().unwrap() {
+                assert_eq!(usage["reserved"], 0, "{backend:?}: {bucket}: {info}");
+                assert_eq!(usage["used"], 0, "{backend:?}: {bucket}: {info}");
+            }
+        }
+        relay.app.stats.flush().await;
+        assert!(relay.requests("").await.is_empty(), "{backend:?}");
+        assert_eq!(relay.usage("").await["requests"], 0, "{backend:?}");
+
+        // The store answers again: each key is served by its own account.
+        for key in &keys {
+            assert_eq!(send(&relay, key).await, 200, "{backend:?}");
+        }
+        assert_eq!(
+            (team.requests().len(), shared.requests().len()),
+            (2, 0),
+            "{backend:?}"
+        );
     }
 }

@@ -1,4 +1,5 @@
 //! Test support: mock upstreams, the relay under test, client fixtures.
+pub mod faulty_store;
 pub mod mock;
 pub mod relay;
 

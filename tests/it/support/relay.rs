@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use switchyard::app::App;
 use switchyard::config::Config;
 use switchyard::server::Server;
-use switchyard::store::StoreError;
+use switchyard::store::{Store, StoreError};
 
 use super::mock::{MockUpstream, http_client};
 
@@ -65,6 +65,15 @@ impl Relay {
 
     /// Starts on `backend` (a Redis one under a prefix of its own), configured by `configure`.
     pub async fn start_on(backend: &Backend, configure: impl FnOnce(&mut Config)) -> Relay {
+        Relay::start_on_wrapped(backend, configure, |store| store).await
+    }
+
+    /// `start_on`, on the store `wrap` makes of the backend's (`App::open_with`).
+    pub async fn start_on_wrapped(
+        backend: &Backend,
+        configure: impl FnOnce(&mut Config),
+        wrap: impl Fn(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> Relay {
         let tmp = Arc::new(tempfile::tempdir().unwrap());
         let mut config = test_config(tmp.path());
         if let Backend::Redis(url) = backend {
@@ -73,13 +82,21 @@ impl Relay {
             config.master_key = Some("ab".repeat(32));
         }
         configure(&mut config);
-        Relay::start_with(config, Some(tmp)).await
+        Relay::start_with_wrapped(config, Some(tmp), wrap).await
     }
 
     /// Starts on `config`; `tmp` is kept alive as long as the relay.
     pub async fn start_with(config: Config, tmp: Option<Arc<tempfile::TempDir>>) -> Relay {
+        Relay::start_with_wrapped(config, tmp, |store| store).await
+    }
+
+    async fn start_with_wrapped(
+        config: Config,
+        tmp: Option<Arc<tempfile::TempDir>>,
+        wrap: impl Fn(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> Relay {
         let data_dir = config.data_dir.clone();
-        let app = open_app(config).await;
+        let app = open_app(config, wrap).await;
         let server = Server::bind(Arc::clone(&app)).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -269,10 +286,11 @@ impl Relay {
     }
 }
 
-/// Opens the app, waiting briefly while a just-stopped relay's last tasks let go of the store.
-async fn open_app(config: Config) -> Arc<App> {
+/// Opens the app on the store `wrap` makes of the configured one, waiting briefly while a
+/// just-stopped relay's last tasks let go of the store.
+async fn open_app(config: Config, wrap: impl Fn(Arc<dyn Store>) -> Arc<dyn Store>) -> Arc<App> {
     for _ in 0..100 {
-        match App::open(config.clone()).await {
+        match App::open_with(config.clone(), &wrap).await {
             Ok(app) => return app,
             Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked)) => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
