@@ -221,6 +221,8 @@ impl<B: Body, O: Observer> Tap<B, O> {
     /// with the first frame at or after each due time, or when it is due while the upstream is
     /// silent.
     pub fn with_renewal(mut self, first: Instant, every: Duration) -> Tap<B, O> {
+        // A zero period would be due again at once, and the tap would renew in a loop.
+        let every = every.max(Duration::from_millis(1));
         let timer = self.timer.get_or_insert_with(Timer::new);
         timer.renew = Some((every, first));
         timer.arm();
