@@ -222,8 +222,9 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
-    /// A request's hold on concurrency counters expires after this long even if never released
-    /// (an instance that dies mid-request leaks nothing for longer).
+    /// A request's hold on concurrency counters and reservations expires after this long unless
+    /// renewed (an instance that dies mid-request leaks nothing for longer). A request still
+    /// running renews it every third of this, however long its stream (`relay::settle`).
     pub lease_ttl_secs: u64,
 }
 

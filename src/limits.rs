@@ -6,7 +6,8 @@
 //! (an error before the upstream call, a failed attempt moving to another account, the end of
 //! the response body, a client that went away) the counters return, exactly once. A client that
 //! goes away while a lease is being taken is covered too (`run_to_end`). A key whose limits count
-//! nothing skips the store entirely.
+//! nothing skips the store entirely. A request still in progress renews its leases before they
+//! expire (`KeyLease::renew_with`), so a stream longer than their ttl keeps counting.
 
 pub mod access;
 pub mod info;
@@ -23,8 +24,8 @@ use crate::auth::new_id;
 use crate::error::{ApiError, ErrorKind};
 use crate::scheduler::health::family_of;
 use crate::store::{
-    AccountRelease, Admission, Admit, KeyRecord, KeySettle, Lease, MeterUse, Picked, SmolStr,
-    Store, StoreError, StoreResult, Taken,
+    AccountRelease, Admission, Admit, KeyRecord, KeyRenewal, KeySettle, Lease, MeterUse, Picked,
+    Renewed, SmolStr, Store, StoreError, StoreResult, Taken,
 };
 use crate::usage::TokenUsage;
 use meters::{Estimate, Families, Measure, Planned};
@@ -191,6 +192,25 @@ impl KeyLease {
         }
     }
 
+    /// Keeps this lease and `account`'s from expiring while the request is still in progress
+    /// (a stream that runs longer than their ttl): each one still held is extended to `now_ms`
+    /// (this lease's clock, as at admission) + its ttl. In place on an in-memory store, else on a
+    /// task of its own: the response body never waits on the store. A renewal that fails is not
+    /// retried here: the caller renews well before the deadline (`relay::settle::renewal_period`), so the
+    /// next one still comes in time.
+    pub fn renew_with(&self, account: &AccountLease, now_ms: i64) {
+        let key = matches!(self.state, State::Held).then(|| KeyRenewal {
+            key_id: self.key_id.clone(),
+            lease: self.lease.clone(),
+            reserved: self
+                .meters
+                .iter()
+                .map(|(bucket, _, reserve)| (bucket.clone(), *reserve))
+                .collect(),
+        });
+        renew(&self.store, key, account.release.clone(), now_ms);
+    }
+
     /// Ends the lease, counting what the request used on every counter it reserved on.
     pub fn settle(self, spent: Spent) {
         self.finish(None, spent);
@@ -325,6 +345,61 @@ fn give_back(store: &Arc<dyn Store>, key: Option<KeySettle>, account: Option<Acc
             }
         }
     });
+}
+
+/// Renews the leases of a request in progress (`KeyLease::renew_with`).
+fn renew(
+    store: &Arc<dyn Store>,
+    key: Option<KeyRenewal>,
+    account: Option<AccountRelease>,
+    now_ms: i64,
+) {
+    if key.is_none() && account.is_none() {
+        return;
+    }
+    if store.is_local() {
+        // In memory: done in one poll, no task to spawn.
+        if let Some(answer) = store
+            .renew(key.as_ref(), account.as_ref(), now_ms)
+            .now_or_never()
+        {
+            renewed(answer, key.as_ref(), account.as_ref());
+            return;
+        }
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let store = Arc::clone(store);
+    // Stopped by: the end of the one store call (the store's own timeouts bound it).
+    runtime.spawn(async move {
+        let answer = store.renew(key.as_ref(), account.as_ref(), now_ms).await;
+        renewed(answer, key.as_ref(), account.as_ref());
+    });
+}
+
+/// Logs a renewal that did not extend every lease it was given.
+fn renewed(
+    answer: StoreResult<Renewed>,
+    key: Option<&KeyRenewal>,
+    account: Option<&AccountRelease>,
+) {
+    match answer {
+        Ok(r) if r.key == key.is_some() && r.account == account.is_some() => {}
+        Ok(r) => tracing::warn!(
+            key = ?key.map(|k| (&k.key_id, &k.lease.id)),
+            account = ?account.map(|a| (&a.account_id, &a.lease.id)),
+            key_renewed = r.key,
+            account_renewed = r.account,
+            "a request still in progress lost a lease (it expired before it was renewed): it no longer counts against that concurrency limit"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            key = ?key.map(|k| (&k.key_id, &k.lease.id)),
+            account = ?account.map(|a| (&a.account_id, &a.lease.id)),
+            "renewing the leases of a request in progress failed; the next renewal tries again"
+        ),
+    }
 }
 
 /// Give-backs running on a task of their own (a remote store's), in this process: a stopping

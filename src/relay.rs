@@ -10,7 +10,8 @@
 //!           atomic store call
 //! send      the body, the account's credentials, identity encoding (relay::upstream)
 //! respond   the upstream head, hop-by-hop headers dropped; body = Tap(upstream body, Settle),
-//!           translated for the client when it speaks another protocol (relay::respond)
+//!           translated for the client when it speaks another protocol (relay::respond); while
+//!           it runs, the leases are renewed every third of their ttl (relay::settle)
 //! settle    at body end or drop: usage → cost → stats and the key's counters (relay::settle)
 //! ```
 //!
@@ -207,8 +208,13 @@ where
         leases: Some((key_lease, picked.lease)),
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
+    let renew = settle::renewal_period(Duration::from_secs(app.config.relay.lease_ttl_secs));
     let tapped = {
-        let tapped = Tap::new(upstream_body, settle).with_idle_timeout(idle);
+        // The leases were taken after `started`: renewing from then on is in time for both.
+        let first_renewal = tokio::time::Instant::from_std(started) + renew;
+        let tapped = Tap::new(upstream_body, settle)
+            .with_idle_timeout(idle)
+            .with_renewal(first_renewal, renew);
         // A JSON answer's body is ready when its head is (one frame): hyper writes them
         // together. A stream whose first event was judged hands that on first.
         match read {

@@ -230,7 +230,8 @@ fn one() -> u32 {
 pub struct Lease {
     /// Unique per request.
     pub id: String,
-    /// A lease not released within this time expires on its own (a crashed instance leaks nothing).
+    /// A lease not released within this time expires on its own (a crashed instance leaks
+    /// nothing); a request still in progress renews it (`Store::renew`).
     pub ttl: Duration,
 }
 
@@ -386,6 +387,23 @@ pub struct AccountRelease {
     pub key_id: String,
     pub account_id: String,
     pub lease: Lease,
+}
+
+/// A key lease to renew in `renew`: what `admit` took for a request still in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRenewal {
+    pub key_id: String,
+    pub lease: Lease,
+    /// What it reserved, as admitted: `(bucket, reserve)` in the admission's order (as
+    /// `KeySettle::reserved`).
+    pub reserved: Vec<(SmolStr, u64)>,
+}
+
+/// What `renew` found still held, and extended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Renewed {
+    pub key: bool,
+    pub account: bool,
 }
 
 /// Hot, shared state of one account.
@@ -727,6 +745,20 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Keeps the leases of a request still in progress (a stream that runs longer than their
+    /// ttl) from expiring: each one still held and live is extended to now + its ttl (never
+    /// shortened), in one call. The key's lease and what it holds on each meter are judged and
+    /// extended by `now_ms` (the caller's clock, as `Admission::now_ms`); the account's by the
+    /// clock its pick used. A lease given back, or past its deadline (swept or about to be), is
+    /// not brought back: its holds went back, or are about to, and others may have taken its
+    /// place. Off the hot path: only requests that outlast a fraction of their ttl call it.
+    async fn renew(
+        &self,
+        key: Option<&KeyRenewal>,
+        account: Option<&AccountRelease>,
+        now_ms: i64,
+    ) -> StoreResult<Renewed>;
 
     // --- usage ---
     /// Adds every counter of the batch and appends its request log entries, all or nothing.

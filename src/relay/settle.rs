@@ -1,7 +1,7 @@
 //! The end of a relayed request: usage → cost → stats and the key's counters; leases released.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -14,7 +14,14 @@ use crate::stream::tap::{End, Observer};
 use crate::stream::usage::UsageReader;
 use crate::usage::TokenUsage;
 
-/// Settles a request when its response body ends or is dropped.
+/// How often the leases of a request still in progress are renewed: a third of their ttl, so
+/// that a renewal lost to an unreachable store is made up by the next one before they expire.
+pub(super) fn renewal_period(lease_ttl: Duration) -> Duration {
+    lease_ttl / 3
+}
+
+/// Settles a request when its response body ends or is dropped, and keeps its leases alive
+/// while it runs (a stream can outlast their ttl).
 pub(super) struct Settle {
     pub(super) app: Arc<App>,
     pub(super) request_id: String,
@@ -45,6 +52,12 @@ impl Observer for Settle {
 
     fn error_event(&self, message: &str) -> Option<Bytes> {
         self.error_event.map(|event| event(message))
+    }
+
+    fn renew(&mut self) {
+        if let Some((key_lease, account_lease)) = &self.leases {
+            key_lease.renew_with(account_lease, self.app.clock.now_ms());
+        }
     }
 
     fn on_end(&mut self, end: End) {

@@ -24,9 +24,9 @@ use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Counters,
-    DAY_BUCKETS_KEPT, Dimension, HOUR_BUCKETS_KEPT, KeyRecord, KeySettle, KeyState, Lease,
-    MeterUse, PickRequest, Picked, RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken,
-    UsageBatch, UsageQuery, buckets_of,
+    DAY_BUCKETS_KEPT, Dimension, HOUR_BUCKETS_KEPT, KeyRecord, KeyRenewal, KeySettle, KeyState,
+    Lease, MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, Store, StoreError,
+    StoreResult, Taken, UsageBatch, UsageQuery, buckets_of,
 };
 
 /// Key id -> JSON `KeyRecord`.
@@ -282,8 +282,9 @@ struct MeterHot {
 }
 
 /// Swept leases are remembered this long for their late settle (the Redis store's `SWEPT_TTL`):
-/// a stream that outlives its lease (`relay.lease_ttl_secs`) is still billed when it ends, up to
-/// a day later. Swept leases are rare (a dead instance's, and such streams), so this costs little.
+/// a request that outlives its lease (`relay.lease_ttl_secs`: its renewals failed, or it waited
+/// longer than that for its answer to start) is still billed when it ends, up to a day later.
+/// Swept leases are rare (a dead instance's, and such requests), so this costs little.
 const SWEPT_MEMORY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Limits {
@@ -669,6 +670,50 @@ impl Hot {
             // The entry stays: it carries `last_used_at`.
             account.leases.remove(&lease.id);
         }
+    }
+}
+
+impl Hot {
+    /// Extends the leases of a request in progress that are still held and live: the key's by
+    /// the caller's clock (`now_ms`, as its admission), the account's by `Instant` (as its pick).
+    /// An expired lease not swept yet is left to its sweep: renewing it would take back a slot
+    /// and holds that a count or an admission may already have treated as free.
+    fn renew(
+        &mut self,
+        key: Option<&KeyRenewal>,
+        account: Option<&AccountRelease>,
+        now_ms: i64,
+    ) -> Renewed {
+        let mut renewed = Renewed::default();
+        if let Some(k) = key
+            && let Some(held) = self
+                .keys
+                .get_mut(&k.key_id)
+                .and_then(|leases| leases.get_mut(&k.lease.id))
+            && held.deadline > now_ms
+        {
+            let ttl = i64::try_from(k.lease.ttl.as_millis()).unwrap_or(i64::MAX);
+            held.deadline = held.deadline.max(now_ms.saturating_add(ttl));
+            renewed.key = true;
+        }
+        if let Some(a) = account
+            && let Some(held) = self
+                .accounts
+                .get_mut(&a.account_id)
+                .and_then(|account| account.leases.get_mut(&a.lease.id))
+        {
+            let now = Instant::now();
+            match *held {
+                // Never expires: nothing to extend.
+                None => renewed.account = true,
+                Some(old) if old > now => {
+                    *held = deadline(&a.lease, now).map(|new| new.max(old));
+                    renewed.account = true;
+                }
+                Some(_) => {}
+            }
+        }
+        renewed
     }
 }
 
@@ -1106,6 +1151,15 @@ impl Store for EmbeddedStore {
             hot.settle(&k.key_id, &k.lease, &k.used);
         }
         Ok(())
+    }
+
+    async fn renew(
+        &self,
+        key: Option<&KeyRenewal>,
+        account: Option<&AccountRelease>,
+        now_ms: i64,
+    ) -> StoreResult<Renewed> {
+        Ok(self.hot().renew(key, account, now_ms))
     }
 
     async fn key_state(&self, key_id: &str, buckets: &[SmolStr]) -> StoreResult<KeyState> {

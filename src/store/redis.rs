@@ -50,8 +50,9 @@ use self::names::Names;
 use self::scripts::{Call, Scripts};
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Change, Counters,
-    Dimension, KeyRecord, KeySettle, KeyState, Lease, Meter, MeterUse, PickRequest, Picked,
-    RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
+    Dimension, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter, MeterUse, PickRequest,
+    Picked, Renewed, RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken, UsageBatch,
+    UsageQuery,
 };
 use crate::config::RedisConfig;
 use crate::scheduler::policy::{Health, Report, Sticky};
@@ -695,6 +696,64 @@ impl Store for RedisStore {
             account.map(|a| (a.account_id.as_str(), &a.lease)),
         )
         .await
+    }
+
+    /// One `renew.lua` call for both leases.
+    async fn renew(
+        &self,
+        key: Option<&KeyRenewal>,
+        account: Option<&AccountRelease>,
+        now: i64,
+    ) -> StoreResult<Renewed> {
+        let mut args = Vec::with_capacity(6);
+        match key {
+            None => args.extend([Value::from(""), Value::Integer(0), Value::Integer(0)]),
+            Some(k) => {
+                // The member exactly as take.lua added it: the holds are part of it.
+                let mut member = names::lp(&k.key_id);
+                names::push_lp(&mut member, &k.lease.id);
+                for (bucket, reserve) in &k.reserved {
+                    member.push_str(bucket);
+                    member.push('=');
+                    member.push_str(&reserve.to_string());
+                    member.push(';');
+                }
+                args.extend([
+                    Value::from(member),
+                    Value::Integer(now),
+                    Value::Integer(deadline_ms(now, k.lease.ttl)),
+                ]);
+            }
+        }
+        match account {
+            None => args.extend([Value::from(""), Value::Integer(0), Value::Integer(0)]),
+            Some(a) => {
+                let mut member = names::lp(&a.account_id);
+                names::push_lp(&mut member, &a.lease.id);
+                // The clock `take` judged the account lease by.
+                let clock = now_ms();
+                args.extend([
+                    Value::from(member),
+                    Value::Integer(clock),
+                    Value::Integer(deadline_ms(clock, a.lease.ttl)),
+                ]);
+            }
+        }
+        let reply = self
+            .scripts
+            .renew
+            .run(self.client(), self.live_keys.clone(), args)
+            .await?
+            .into_array();
+        match reply.as_slice() {
+            [key, account] => Ok(Renewed {
+                key: integer(key, "renew")? == 1,
+                account: integer(account, "renew")? == 1,
+            }),
+            other => Err(StoreError::Corrupt(format!(
+                "renew: unexpected reply {other:?}"
+            ))),
+        }
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {

@@ -15,6 +15,12 @@
 //! A stream that stalls (nothing for the idle timeout) or fails is cut; when the observer can
 //! say so in the client's protocol (an SSE error event), the client gets that event and a clean
 //! end instead of a broken connection.
+//!
+//! While the body runs, the observer is asked every renewal period to keep what the request holds
+//! alive (`Observer::renew`: its leases, which would expire on their own). One timer serves both:
+//! it is set to the earlier of the idle cut and the next renewal, so a renewal comes also while
+//! the upstream is silent (an idle timeout at or beyond the leases' ttl), and a short body pays
+//! one comparison per frame for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,7 +29,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// How a tapped body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,14 +51,17 @@ pub trait Observer: Send + 'static {
     fn error_event(&self, _message: &str) -> Option<Bytes> {
         None
     }
+    /// The body is still running: whatever the request holds that would expire on its own must be
+    /// kept (its leases). Called every [`Tap::with_renewal`] period until the end; must not wait.
+    fn renew(&mut self) {}
 }
 
 pub struct Tap<B: Body, O: Observer> {
     inner: B,
     /// `None` once the end was reported.
     observer: Option<O>,
-    /// A stream that yields nothing for this long is cut.
-    idle: Option<Idle>,
+    /// The idle cut and the renewals, when either was asked for.
+    timer: Option<Timer>,
     /// The error event to send after a cut; then the body ends.
     trailer: Option<Bytes>,
     /// Set after a cut: the inner body is not polled again.
@@ -81,9 +90,82 @@ const COALESCE_YIELDS: u8 = 3;
 /// [`Tap::poll_prime`] gives up after this many turns of the scheduler without a first frame.
 const PRIME_YIELDS: u8 = 2;
 
-struct Idle {
-    timeout: Duration,
-    timer: Pin<Box<Sleep>>,
+/// The tap's one timer: it fires at the idle cut or at the next renewal, whichever comes first.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    /// A stream that yields nothing for this long is cut; and when, if nothing comes before.
+    idle: Option<(Duration, Instant)>,
+    /// `Observer::renew` is due this often while the body runs; and when next.
+    renew: Option<(Duration, Instant)>,
+}
+
+/// What the timer says when it fires.
+enum Tick {
+    Renew,
+    /// Nothing came for this long.
+    Stalled(Duration),
+}
+
+impl Timer {
+    fn new() -> Timer {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            idle: None,
+            renew: None,
+        }
+    }
+
+    /// Sets the sleep to the earlier of the idle cut and the next renewal.
+    fn arm(&mut self) {
+        let next = match (self.idle, self.renew) {
+            (Some((_, cut)), Some((_, renew))) => cut.min(renew),
+            (Some((_, at)), None) | (None, Some((_, at))) => at,
+            (None, None) => return,
+        };
+        self.sleep.as_mut().reset(next);
+    }
+
+    /// A frame arrived: the idle cut moves back. Returns whether a renewal is due.
+    fn on_frame(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some((timeout, cut)) = &mut self.idle {
+            *cut = now + *timeout;
+        }
+        let due = match &mut self.renew {
+            Some((every, at)) if *at <= now => {
+                *at = now + *every;
+                true
+            }
+            _ => false,
+        };
+        self.arm();
+        due
+    }
+
+    /// Polled while the upstream has nothing to hand on.
+    fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<Tick> {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if let Some((timeout, cut)) = self.idle
+                && cut <= now
+            {
+                return Poll::Ready(Tick::Stalled(timeout));
+            }
+            if let Some((every, at)) = &mut self.renew
+                && *at <= now
+            {
+                *at = now + *every;
+                self.arm();
+                return Poll::Ready(Tick::Renew);
+            }
+            // The sleep ends at the earlier of the two, so one of them is due; should the clock
+            // say otherwise, wait for it again.
+            self.arm();
+        }
+    }
 }
 
 impl<B: Body, O: Observer> Tap<B, O> {
@@ -91,7 +173,7 @@ impl<B: Body, O: Observer> Tap<B, O> {
         Tap {
             inner,
             observer: Some(observer),
-            idle: None,
+            timer: None,
             trailer: None,
             cut: false,
             tail: *b"\n\n",
@@ -129,11 +211,29 @@ impl<B: Body, O: Observer> Tap<B, O> {
 
     /// Cuts the body when the upstream sends nothing for `timeout`.
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Tap<B, O> {
-        self.idle = Some(Idle {
-            timeout,
-            timer: Box::pin(tokio::time::sleep(timeout)),
-        });
+        let timer = self.timer.get_or_insert_with(Timer::new);
+        timer.idle = Some((timeout, Instant::now() + timeout));
+        timer.arm();
         self
+    }
+
+    /// Calls `Observer::renew` at `first`, then every `every`, for as long as the body runs:
+    /// with the first frame at or after each due time, or when it is due while the upstream is
+    /// silent.
+    pub fn with_renewal(mut self, first: Instant, every: Duration) -> Tap<B, O> {
+        // A zero period would be due again at once, and the tap would renew in a loop.
+        let every = every.max(Duration::from_millis(1));
+        let timer = self.timer.get_or_insert_with(Timer::new);
+        timer.renew = Some((every, first));
+        timer.arm();
+        self
+    }
+
+    /// Asks the observer to renew what the request holds.
+    fn renew(&mut self) {
+        if let Some(observer) = self.observer.as_mut() {
+            observer.renew();
+        }
     }
 
     /// Hands `read`, the first bytes of the inner body read by the caller before the tap was
@@ -253,9 +353,8 @@ where
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(idle) = &mut this.idle {
-                        let deadline = tokio::time::Instant::now() + idle.timeout;
-                        idle.timer.as_mut().reset(deadline);
+                    if this.timer.as_mut().is_some_and(Timer::on_frame) {
+                        this.renew();
                     }
                     let data = match frame.into_data() {
                         Ok(data) => data,
@@ -301,14 +400,20 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(this.held.split().freeze()))));
                 }
                 Poll::Pending => {
-                    let stalled = this
-                        .idle
-                        .as_mut()
-                        .is_some_and(|i| i.timer.as_mut().poll(cx).is_ready());
-                    if !stalled {
-                        return Poll::Pending;
-                    }
-                    let timeout = this.idle.as_ref().map_or(Duration::ZERO, |i| i.timeout);
+                    let tick = match &mut this.timer {
+                        Some(timer) => timer.poll_tick(cx),
+                        None => Poll::Pending,
+                    };
+                    let timeout = match tick {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Tick::Renew) => {
+                            this.renew();
+                            // Polls the upstream and the re-armed timer again, so that this task
+                            // is woken by whichever comes first.
+                            continue;
+                        }
+                        Poll::Ready(Tick::Stalled(timeout)) => timeout,
+                    };
                     let message = format!(
                         "the upstream sent nothing for {} s; the stream was cut",
                         timeout.as_secs()
@@ -460,6 +565,137 @@ mod tests {
         let out = tap.collect().await.unwrap().to_bytes();
         assert_eq!(started.elapsed(), Duration::from_secs(75));
         assert!(out.starts_with(b"ababab"), "{out:?}");
+    }
+
+    /// Records when (since `started`) it was asked to renew, and how the body ended.
+    #[derive(Clone)]
+    struct Renews {
+        started: tokio::time::Instant,
+        seen: Arc<Mutex<(Vec<Duration>, Vec<End>)>>,
+    }
+
+    impl Renews {
+        fn new() -> Renews {
+            Renews {
+                started: tokio::time::Instant::now(),
+                seen: Arc::default(),
+            }
+        }
+
+        fn renewals(&self) -> Vec<u64> {
+            let seen = self.seen.lock().unwrap();
+            seen.0.iter().map(Duration::as_secs).collect()
+        }
+
+        fn ends(&self) -> Vec<End> {
+            self.seen.lock().unwrap().1.clone()
+        }
+    }
+
+    impl Observer for Renews {
+        fn on_data(&mut self, _: &Bytes) {}
+        fn on_end(&mut self, end: End) {
+            self.seen.lock().unwrap().1.push(end);
+        }
+        fn error_event(&self, message: &str) -> Option<Bytes> {
+            Some(Bytes::from(format!("event: error\ndata: {message}\n\n")))
+        }
+        fn renew(&mut self) {
+            let at = self.started.elapsed();
+            self.seen.lock().unwrap().0.push(at);
+        }
+    }
+
+    /// A body of one frame after each wait (seconds), then its end; `None` instead of the end:
+    /// it then stays silent for good.
+    fn timed_body(
+        waits: &'static [u64],
+        end: Option<()>,
+    ) -> impl Body<Data = Bytes, Error = BoxError> + Unpin {
+        use futures_util::StreamExt;
+        let frames = futures_util::stream::iter(waits.iter().copied()).then(|wait| async move {
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            Ok::<_, BoxError>(Frame::data(Bytes::from("ab\n\n")))
+        });
+        let tail = match end {
+            Some(()) => futures_util::stream::empty().boxed(),
+            None => futures_util::stream::pending().boxed(),
+        };
+        StreamBody::new(Box::pin(frames.chain(tail)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_come_every_period_while_frames_flow() {
+        let renews = Renews::new();
+        let first = renews.started + Duration::from_secs(10);
+        // A frame every 3 s for 36 s.
+        let waits: &'static [u64] = &[0, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3];
+        let tap = Tap::new(timed_body(waits, Some(())), renews.clone())
+            .with_idle_timeout(Duration::from_secs(300))
+            .with_renewal(first, Duration::from_secs(10));
+        let out = tap.collect().await.unwrap().to_bytes();
+        assert_eq!(out.len(), 4 * waits.len());
+        assert_eq!(renews.renewals(), [10, 20, 30]);
+        assert_eq!(renews.ends(), [End::Complete]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_come_while_the_upstream_is_silent() {
+        // The idle timeout is longer than the renewal period (a lease ttl below it): silence
+        // between two frames must not let the leases expire.
+        let renews = Renews::new();
+        let first = renews.started + Duration::from_secs(10);
+        let tap = Tap::new(timed_body(&[0, 45], Some(())), renews.clone())
+            .with_idle_timeout(Duration::from_secs(100))
+            .with_renewal(first, Duration::from_secs(10));
+        let out = tap.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"ab\n\nab\n\n");
+        assert_eq!(renews.renewals(), [10, 20, 30, 40]);
+        assert_eq!(renews.ends(), [End::Complete]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_stream_is_renewed_until_it_is_cut_and_no_longer() {
+        let renews = Renews::new();
+        let first = renews.started + Duration::from_secs(10);
+        let mut tap = Tap::new(timed_body(&[0], None), renews.clone())
+            .with_idle_timeout(Duration::from_secs(30))
+            .with_renewal(first, Duration::from_secs(10));
+        let frames = data_frames(&mut tap).await;
+        assert_eq!(renews.started.elapsed(), Duration::from_secs(30));
+        assert!(frames.last().unwrap().starts_with(b"event: error"));
+        // Due at 30 s too, but the cut wins: nothing is renewed for a body that is over.
+        assert_eq!(renews.renewals(), [10, 20]);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(tap);
+        assert_eq!(renews.renewals(), [10, 20]);
+        assert!(matches!(&renews.ends()[..], [End::Failed(_)]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_body_is_never_renewed_and_a_late_one_at_its_first_frame() {
+        let renews = Renews::new();
+        let first = renews.started + Duration::from_secs(10);
+        let tap = Tap::new(timed_body(&[0, 2, 2], Some(())), renews.clone())
+            .with_idle_timeout(Duration::from_secs(300))
+            .with_renewal(first, Duration::from_secs(10));
+        tap.collect().await.unwrap();
+        assert_eq!(renews.renewals(), Vec::<u64>::new());
+
+        // Its leases taken long before (a slow failover): renewed with its first frame, once
+        // for frames that come back to back.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let tap = Tap::new(body_of(vec![Ok("ab"), Ok("cd"), Ok("ef")]), renews.clone())
+            .with_idle_timeout(Duration::from_secs(300))
+            .with_renewal(first, Duration::from_secs(10));
+        assert_eq!(&tap.collect().await.unwrap().to_bytes()[..], b"abcdef");
+        assert_eq!(renews.renewals(), [24]);
+        // One that starts late and runs on: renewed at once, then every period.
+        let tap = Tap::new(timed_body(&[0, 6, 6], Some(())), renews.clone())
+            .with_idle_timeout(Duration::from_secs(300))
+            .with_renewal(first, Duration::from_secs(10));
+        tap.collect().await.unwrap();
+        assert_eq!(renews.renewals(), [24, 24, 34]);
     }
 
     #[tokio::test]

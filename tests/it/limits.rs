@@ -238,6 +238,97 @@ async fn a_concurrency_limit_of_three_holds_for_twenty_parallel_streams() {
     }
 }
 
+/// A relay on `backend` whose leases live 2 s, a key allowed one request at a time, and a first
+/// request whose answer `behavior` makes last well past that: while it runs, past the ttl, a
+/// second request is refused and the key and the account count it in flight; when it ends, both
+/// are free at once.
+async fn a_stream_outliving_its_lease_ttl_counts_until_it_ends(
+    backend: &Backend,
+    behavior: Behavior,
+    configure: impl FnOnce(&mut Config),
+) {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start_on(backend, |c| {
+        c.relay.lease_ttl_secs = 2;
+        configure(c);
+    })
+    .await;
+    let account_id = relay.add_account(&mock, "sk-a", json!({})).await;
+    let (_, key) = create_key(&relay, json!({ "max_concurrency": 1 })).await;
+    mock.set_default(behavior);
+    let relay = Arc::new(relay);
+    let started = tokio::time::Instant::now();
+    let first = {
+        let (relay, key) = (Arc::clone(&relay), key.clone());
+        tokio::spawn(async move {
+            let resp = relay
+                .messages(&key, &messages_body(MODEL, true))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    wait_until("the first request upstream", || mock.in_flight() == 1).await;
+    // Past the ttl, and past twice it: the leases were renewed, not swept.
+    for at in [2_500, 4_500] {
+        tokio::time::sleep_until(started + Duration::from_millis(at)).await;
+        let (status, _, body) = call(&relay, &key, false).await;
+        assert_eq!(status, 429, "{backend:?} at {at} ms: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("1 concurrent"),
+            "{body}"
+        );
+        assert_eq!(relay.key_info(&key).await["in_flight"], 1, "{backend:?}");
+        assert_eq!(relay.account_in_flight(&account_id).await, 1, "{backend:?}");
+    }
+    assert_eq!(
+        mock.in_flight(),
+        1,
+        "{backend:?}: too slow, the first stream ended before the checks"
+    );
+    let (status, text) = first.await.unwrap();
+    assert_eq!(status, 200, "{backend:?}: {text}");
+    assert!(text.contains("message_stop"), "{backend:?}: {text}");
+    assert!(
+        started.elapsed() > Duration::from_secs(5),
+        "{backend:?}: the stream did not outlast the ttl"
+    );
+    // Given back when it ends: the key and the account serve the next request.
+    settled(&relay, &key).await;
+    assert_eq!(relay.account_in_flight(&account_id).await, 0, "{backend:?}");
+    mock.set_default(Behavior::Ok(MockUsage::new(1, 1)));
+    assert_eq!(call(&relay, &key, false).await.0, 200, "{backend:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dribbling_past_its_lease_ttl_still_counts_against_max_concurrency() {
+    for backend in backends() {
+        // 9 events 800 ms apart: about 6.4 s.
+        let dribble = Behavior::Slow {
+            usage: MockUsage::new(1, 1),
+            delay: Duration::from_millis(800),
+        };
+        a_stream_outliving_its_lease_ttl_counts_until_it_ends(&backend, dribble, |_| {}).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_keeps_its_leases_when_the_idle_timeout_is_beyond_their_ttl() {
+    for backend in backends() {
+        // The head and the first events at once, then nothing for 6 s (no frame to renew
+        // with), then the rest.
+        let quiet = Behavior::PauseAfterStart(Duration::from_secs(6), MockUsage::new(1, 1));
+        a_stream_outliving_its_lease_ttl_counts_until_it_ends(&backend, quiet, |c| {
+            c.upstream.idle_timeout_secs = 10;
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_max_tokens_reserves_no_more_than_the_limit() {
     for backend in backends() {

@@ -16,9 +16,9 @@ use switchyard::store::embedded::EmbeddedStore;
 use switchyard::store::redis::RedisStore;
 use switchyard::store::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters,
-    Dimension, KeyRecord, KeySettle, KeyState, Lease, Meter, MeterUse, PickRequest, Picked,
-    Provider, RequestLogEntry, SessionPick, SmolStr, Store, StoreError, StoreResult, Taken,
-    UsageBatch, UsageQuery,
+    Dimension, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter, MeterUse, PickRequest,
+    Picked, Provider, Renewed, RequestLogEntry, SessionPick, SmolStr, Store, StoreError,
+    StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use switchyard::usage::TokenUsage;
 use tempfile::TempDir;
@@ -112,7 +112,8 @@ macro_rules! conformance_tests {
             meters_return_holds_of_expired_leases, activation_on_first_use,
             each_report_kind_and_its_recovery, family_scoped_rate_limit,
             retry_at_is_the_earliest_recovery, degraded_flag, sessions_renew_escape_and_rebind,
-            concurrent_picks_respect_caps, admit_and_pick_then_finish, a_large_backlog_is_written_whole;
+            concurrent_picks_respect_caps, admit_and_pick_then_finish, a_large_backlog_is_written_whole,
+            a_renewed_lease_outlives_its_ttl, renewing_a_lease_given_back_or_expired_does_nothing;
             records_survive_reopen, usage_survives_reopen);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
@@ -961,6 +962,248 @@ mod cases {
                 MeterUse { used: 1, held: 0 }
             ]
         );
+    }
+
+    /// A request still in progress keeps its leases past their ttl by renewing them: the key's
+    /// concurrency slot and its reservations, and the account's slot.
+    pub async fn a_renewed_lease_outlives_its_ttl(store: Arc<dyn Store>) {
+        // The key's lease is judged by the caller's clock: no sleeping.
+        let t = now_ms();
+        let m = [("day:x", 100, 80)];
+        let at = |now: i64| {
+            let mut a = metered("k1", now, &m);
+            a.max_concurrency = Some(1);
+            a
+        };
+        assert_eq!(
+            store.admit(&at(t), &lease("k-1")).await.unwrap(),
+            Admit::Granted
+        );
+        let key = KeyRenewal {
+            key_id: "k1".to_owned(),
+            lease: lease("k-1"),
+            reserved: used(&[("day:x", 80)]),
+        };
+        let only_key = Renewed {
+            key: true,
+            account: false,
+        };
+        // Renewed 40 s in, the 60 s lease runs to 100 s; a renewal with an older clock does not
+        // shorten it.
+        assert_eq!(
+            store.renew(Some(&key), None, t + 40_000).await.unwrap(),
+            only_key
+        );
+        assert_eq!(
+            store.renew(Some(&key), None, t + 10_000).await.unwrap(),
+            only_key
+        );
+        // Past its first deadline it still holds its slot, and its reservation with it.
+        for now in [t + 60_001, t + 99_999] {
+            assert_eq!(
+                store.admit(&at(now), &lease("k-2")).await.unwrap(),
+                Admit::ConcurrencyExceeded { limit: 1 },
+                "at +{} ms",
+                now - t
+            );
+            let mut uncapped = at(now);
+            uncapped.max_concurrency = None;
+            assert!(
+                matches!(
+                    store.admit(&uncapped, &lease("k-2")).await.unwrap(),
+                    Admit::MeterFull { .. }
+                ),
+                "at +{} ms",
+                now - t
+            );
+        }
+        // Past the renewed deadline it is gone.
+        assert_eq!(
+            store.admit(&at(t + 100_001), &lease("k-2")).await.unwrap(),
+            Admit::Granted
+        );
+        let s = store
+            .key_state("k1", &[SmolStr::new_static("day:x")])
+            .await
+            .unwrap();
+        assert_eq!(s.in_flight, 1);
+        assert_eq!(s.meters, vec![MeterUse { used: 0, held: 80 }]);
+
+        // The account's lease runs on the store's own clock: a short ttl, and real time.
+        let ttl = Duration::from_millis(600);
+        let short = Lease {
+            id: "a-1".to_owned(),
+            ttl,
+        };
+        let capped = [candidate("acc", 0, Some(1))];
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            store.pick_simple(&capped, &short).await.unwrap().as_deref(),
+            Some("acc")
+        );
+        tokio::time::sleep(ttl / 2).await;
+        let account = AccountRelease {
+            key_id: "k1".to_owned(),
+            account_id: "acc".to_owned(),
+            lease: short.clone(),
+        };
+        let renewed_at = tokio::time::Instant::now();
+        assert_eq!(
+            store.renew(None, Some(&account), now_ms()).await.unwrap(),
+            Renewed {
+                key: false,
+                account: true
+            }
+        );
+        assert!(
+            renewed_at < started + ttl,
+            "too slow: the renewal came after the lease expired"
+        );
+        tokio::time::sleep_until(started + ttl + Duration::from_millis(100)).await;
+        assert_eq!(store.account_runtime("acc").await.unwrap().in_flight, 1);
+        assert_eq!(
+            store.pick_simple(&capped, &lease("a-2")).await.unwrap(),
+            None
+        );
+        assert!(
+            renewed_at.elapsed() < ttl,
+            "too slow: the checks above ran after the renewed lease expired"
+        );
+        // Not renewed again, it expires in its turn.
+        tokio::time::sleep_until(renewed_at + ttl + Duration::from_millis(100)).await;
+        assert_eq!(store.account_runtime("acc").await.unwrap().in_flight, 0);
+    }
+
+    /// A renewal never brings back a lease that was given back, nor one past its deadline: its
+    /// slot and holds went back (or are about to), and others may have taken them since.
+    pub async fn renewing_a_lease_given_back_or_expired_does_nothing(store: Arc<dyn Store>) {
+        let t = now_ms();
+        let mut admission = metered("k1", t, &[("day:x", 100, 80)]);
+        admission.max_concurrency = Some(1);
+        let capped = [candidate("acc", 0, Some(1))];
+        let request = PickRequest {
+            candidates: &capped,
+            family: None,
+            session: None,
+            now_ms: t,
+        };
+        let taken = store
+            .admit_and_pick(&admission, &lease("k-1"), &request, &lease("k-1.1"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(taken, Taken::Picked(Picked::Account { .. })),
+            "{taken:?}"
+        );
+        let settle = KeySettle {
+            key_id: "k1".to_owned(),
+            lease: lease("k-1"),
+            reserved: used(&[("day:x", 80)]),
+            used: used(&[("day:x", 5)]),
+        };
+        let key = KeyRenewal {
+            key_id: "k1".to_owned(),
+            lease: lease("k-1"),
+            reserved: used(&[("day:x", 80)]),
+        };
+        let account = AccountRelease {
+            key_id: "k1".to_owned(),
+            account_id: "acc".to_owned(),
+            lease: lease("k-1.1"),
+        };
+        store.finish(Some(&settle), Some(&account)).await.unwrap();
+
+        // Given back: nothing to renew, and nothing comes back.
+        assert_eq!(
+            store
+                .renew(Some(&key), Some(&account), t + 1_000)
+                .await
+                .unwrap(),
+            Renewed::default()
+        );
+        let s = store
+            .key_state("k1", &[SmolStr::new_static("day:x")])
+            .await
+            .unwrap();
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(s.meters, vec![MeterUse { used: 5, held: 0 }]);
+        assert_eq!(store.account_runtime("acc").await.unwrap().in_flight, 0);
+        // Leases never taken neither.
+        let unknown = KeyRenewal {
+            key_id: "k9".to_owned(),
+            ..key.clone()
+        };
+        let elsewhere = AccountRelease {
+            account_id: "nowhere".to_owned(),
+            ..account.clone()
+        };
+        assert_eq!(
+            store
+                .renew(Some(&unknown), Some(&elsewhere), t + 1_000)
+                .await
+                .unwrap(),
+            Renewed::default()
+        );
+
+        // A key lease at its deadline, not swept yet, is not renewed: the next admission finds
+        // it expired and takes its place.
+        assert_eq!(
+            store.admit(&admission, &lease("k-2")).await.unwrap(),
+            Admit::Granted
+        );
+        let second = KeyRenewal {
+            lease: lease("k-2"),
+            ..key.clone()
+        };
+        assert_eq!(
+            store.renew(Some(&second), None, t + 60_000).await.unwrap(),
+            Renewed::default()
+        );
+        let mut later = admission.clone();
+        later.now_ms = t + 60_001;
+        assert_eq!(
+            store.admit(&later, &lease("k-3")).await.unwrap(),
+            Admit::Granted
+        );
+        // Swept now: still nothing to renew, and its late settle still counts its use, once.
+        assert_eq!(
+            store.renew(Some(&second), None, t + 60_002).await.unwrap(),
+            Renewed::default()
+        );
+        for _ in 0..2 {
+            store
+                .settle("k1", &lease("k-2"), &used(&[("day:x", 7)]))
+                .await
+                .unwrap();
+        }
+        let s = store
+            .key_state("k1", &[SmolStr::new_static("day:x")])
+            .await
+            .unwrap();
+        assert_eq!(s.in_flight, 1);
+        assert_eq!(s.meters, vec![MeterUse { used: 12, held: 80 }]);
+
+        // An account lease past its deadline is not renewed either.
+        let short = Lease {
+            id: "a-short".to_owned(),
+            ttl: Duration::from_millis(100),
+        };
+        let free = [candidate("acc2", 0, Some(1))];
+        assert_eq!(
+            store.pick_simple(&free, &short).await.unwrap().as_deref(),
+            Some("acc2")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let expired = AccountRelease {
+            key_id: "k1".to_owned(),
+            account_id: "acc2".to_owned(),
+            lease: short,
+        };
+        assert_eq!(
+            store.renew(None, Some(&expired), now_ms()).await.unwrap(),
+            Renewed::default()
+        );
+        assert_eq!(store.account_runtime("acc2").await.unwrap().in_flight, 0);
     }
 
     pub async fn meters_return_holds_of_expired_leases(store: Arc<dyn Store>) {

@@ -23,7 +23,8 @@
 --                           ms, the caller's wall clock)
 --
 -- The counters in the hash and the members of the lease sets change together, in the same
--- script: a lease in a set is counted in `n` and holds what its member says. A lease that was
+-- script: a lease in a set is counted in `n` and holds what its member says. (renew.lua moves only
+-- the deadline of a live lease, later: it needs none of this file.) A lease that was
 -- not given back by its deadline (a crashed instance) is swept by the next script that finds
 -- the set's earliest deadline passed; a key lease swept so leaves a mark
 -- <p>{live}:swept:<lp key><lp lease> (ARGV[1] is '<p>{live}:swept:') so that its late settle still

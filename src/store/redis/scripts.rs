@@ -30,6 +30,7 @@ pub(super) struct Scripts {
     pub(super) account_runtime: Script,
     pub(super) take: Script,
     pub(super) give: Script,
+    pub(super) renew: Script,
     pub(super) key_state: Script,
     pub(super) health_cas: Script,
     pub(super) usage_add: Script,
@@ -45,7 +46,7 @@ macro_rules! live {
     };
 }
 
-const SOURCES: [(&str, &str); 15] = [
+const SOURCES: [(&str, &str); 16] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
     ("key_by_hash", include_str!("key_by_hash.lua")),
@@ -55,6 +56,7 @@ const SOURCES: [(&str, &str); 15] = [
     ("account_runtime", live!("account_runtime.lua")),
     ("take", live!("take.lua")),
     ("give", live!("give.lua")),
+    ("renew", include_str!("renew.lua")),
     ("key_state", live!("key_state.lua")),
     ("health_cas", live!("health_cas.lua")),
     ("usage_add", include_str!("usage_add.lua")),
@@ -88,6 +90,7 @@ impl Scripts {
             account_runtime: next()?,
             take: next()?,
             give: next()?,
+            renew: next()?,
             key_state: next()?,
             health_cas: next()?,
             usage_add: next()?,

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use switchyard::scheduler::policy::Report;
 use switchyard::store::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Change, Counters, KeyRecord,
-    KeySettle, KeyState, Lease, PickRequest, Picked, RequestLogEntry, SmolStr, Store, StoreError,
-    StoreResult, Taken, UsageBatch, UsageQuery,
+    KeyRenewal, KeySettle, KeyState, Lease, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr,
+    Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 
 /// What the test tells the store and reads back; shared with the store the relay runs on.
@@ -157,6 +157,14 @@ impl Store for FaultyStore {
         lease: &Lease,
     ) -> StoreResult<()> {
         self.inner.release(key_id, account_id, lease).await
+    }
+    async fn renew(
+        &self,
+        key: Option<&KeyRenewal>,
+        account: Option<&AccountRelease>,
+        now_ms: i64,
+    ) -> StoreResult<Renewed> {
+        self.inner.renew(key, account, now_ms).await
     }
     async fn finish(
         &self,

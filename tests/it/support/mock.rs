@@ -166,6 +166,9 @@ pub enum Behavior {
     DelayHeaders(Duration, MockUsage),
     /// Send the response headers at once, then nothing for this long, then the whole answer.
     QuietStart(Duration, MockUsage),
+    /// Send the leading events (as `StallAfterStart`), then nothing for this long, then the
+    /// rest of the answer (JSON: as `Ok`).
+    PauseAfterStart(Duration, MockUsage),
     /// Like `StallAfterStart`, but 50 ms after the leading events abort the body with an error
     /// (hyper closes the HTTP/1 connection without the final chunk, or resets the h2 stream).
     /// Counted neither as served nor as cancelled.
@@ -203,6 +206,7 @@ impl Behavior {
             | Behavior::StallAfterStart(u)
             | Behavior::DelayHeaders(_, u)
             | Behavior::QuietStart(_, u)
+            | Behavior::PauseAfterStart(_, u)
             | Behavior::ResetAfterStart(u)
             | Behavior::ResetMidEvent(u) => Some(*u),
             Behavior::Error { .. }
@@ -641,8 +645,15 @@ async fn play(behavior: &Behavior, shape: Shape, guard: Guard) -> Response<MockB
                 .get(count)
                 .filter(|_| mid_event)
                 .map(|next| next.slice(..next.len() / 2));
+            let pause = match behavior {
+                Behavior::PauseAfterStart(d, _) => Some(*d),
+                _ => None,
+            };
             for (i, event) in events.into_iter().take(count).enumerate() {
                 if let (Some(d), true) = (delay, i > 0) {
+                    steps.push_back(Step::Sleep(d));
+                }
+                if let (Some(d), true) = (pause, i == before_stall) {
                     steps.push_back(Step::Sleep(d));
                 }
                 steps.push_back(Step::Data(event));
