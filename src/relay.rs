@@ -216,9 +216,10 @@ where
             .with_idle_timeout(idle)
             .with_renewal(first_renewal, renew);
         // A JSON answer's body is ready when its head is (one frame): hyper writes them
-        // together. A stream whose first event was judged hands that on first.
+        // together. A stream whose first event was judged hands that on first, merged with
+        // what came after it.
         match read {
-            Some(read) => prepended(tapped, read),
+            Some(read) => primed(prepended(tapped, read)).await,
             None if streaming => primed(tapped).await,
             None => tapped,
         }

@@ -238,15 +238,14 @@ impl<B: Body, O: Observer> Tap<B, O> {
 
     /// Hands `read`, the first bytes of the inner body read by the caller before the tap was
     /// made (a stream's first event, judged before the answer was taken), on first: observed
-    /// now, as the tap observes every frame.
+    /// now, as the tap observes every frame, and held to go out merged with what the upstream
+    /// has ready after it.
     pub fn prepend(&mut self, read: Bytes) {
         self.observe(&read);
         if self.inner.is_end_stream() {
             self.end(End::Complete);
         }
-        if !read.is_empty() {
-            self.primed = Some(Some(Ok(Frame::data(read))));
-        }
+        self.held.extend_from_slice(&read);
     }
 
     /// Shows `data` to the observer and keeps its last two bytes.
@@ -919,8 +918,7 @@ mod tests {
         tx.send("rest").await.unwrap();
         drop(tx);
         let frames = data_frames(&mut tap).await;
-        assert_eq!(frames.concat(), b"event: a\n\nrest");
-        assert_eq!(frames[0], "event: a\n\n", "handed on as read, first");
+        assert_eq!(frames, ["event: a\n\nrest"], "merged with what was ready");
         assert_eq!(
             seen.0.lock().unwrap().clone(),
             (b"event: a\n\nrest".to_vec(), vec![End::Complete])
