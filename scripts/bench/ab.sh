@@ -5,7 +5,8 @@
 #   scripts/bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]
 #
 # - instructions per request (valgrind's cachegrind; the difference between 200 and 2,200
-#   requests, so that start-up cancels out) for the small JSON body and the 76 KB Claude Code body;
+#   requests, so that start-up cancels out) for the small JSON body, the small streamed one and
+#   the 76 KB Claude Code body (AB_BODIES="small cc" keeps to some of them);
 # - instructions per request under load (cachegrind again, the small JSON body from wrk at 64
 #   connections, the difference between a run of 8 s and one of 24 s): the allocator's work with
 #   64 requests in flight, which one request at a time does not show (AB_LOADED=0 skips it);
@@ -143,7 +144,7 @@ EOF
 
 for round in $(seq "$ROUNDS"); do
   for which in old new; do
-    for body in small cc; do
+    for body in ${AB_BODIES:-small small-stream cc}; do
       few=$(count "$which" "$body" 200)
       many=$(count "$which" "$body" 2200)
       echo "round $round, $which, $body: $(((many - few) / 2000)) instructions per request"
