@@ -352,9 +352,7 @@ where
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if this.timer.as_mut().is_some_and(Timer::on_frame) {
-                        this.renew();
-                    }
+                    let renewal_due = this.timer.as_mut().is_some_and(Timer::on_frame);
                     let data = match frame.into_data() {
                         Ok(data) => data,
                         // Trailers.
@@ -362,10 +360,13 @@ where
                     };
                     this.observe(&data);
                     // Report the end before handing on the last bytes, so that whoever reads
-                    // the whole response can rely on it having been accounted.
+                    // the whole response can rely on it having been accounted. The last frame
+                    // renews nothing: the leases go back with the end.
                     let end = this.inner.is_end_stream();
                     if end {
                         this.end(End::Complete);
+                    } else if renewal_due {
+                        this.renew();
                     }
                     if this.held.is_empty() && (end || data.len() >= COALESCE_MAX) {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -695,6 +696,23 @@ mod tests {
             .with_renewal(first, Duration::from_secs(10));
         tap.collect().await.unwrap();
         assert_eq!(renews.renewals(), [24, 24, 34]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_frame_that_ends_the_body_renews_nothing() {
+        // A JSON answer whose head came after a renewal was due: its one frame ends it, and
+        // its leases go back with that end rather than being renewed just before.
+        let renews = Renews::new();
+        let first = renews.started + Duration::from_secs(10);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let whole = http_body_util::Full::new(Bytes::from_static(b"{}"))
+            .map_err(|never: std::convert::Infallible| -> BoxError { match never {} });
+        let tap = Tap::new(whole, renews.clone())
+            .with_idle_timeout(Duration::from_secs(300))
+            .with_renewal(first, Duration::from_secs(10));
+        assert_eq!(&tap.collect().await.unwrap().to_bytes()[..], b"{}");
+        assert_eq!(renews.renewals(), Vec::<u64>::new());
+        assert_eq!(renews.ends(), [End::Complete]);
     }
 
     #[tokio::test]
