@@ -392,6 +392,16 @@ async fn open(resp: UpstreamResponse, within: Duration) -> Result<Answer, SendEr
         let status = anthropic::error_status(&data)?;
         let mut headers = providers::response_headers(head.headers.clone());
         headers.remove(http::header::CONTENT_LENGTH);
+        // The 200's rate-limit headers describe limits that let the request through: neither
+        // the verdict (a reset hours away) nor the client may read them as this error's.
+        let limits: Vec<_> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("anthropic-ratelimit-"))
+            .cloned()
+            .collect();
+        for name in limits {
+            headers.remove(name);
+        }
         headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
@@ -479,6 +489,45 @@ mod tests {
         assert_eq!(
             failure.headers[http::header::CONTENT_TYPE],
             "application/json"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_opening_rate_limit_error_is_judged_without_the_200_s_limit_headers() {
+        let mut resp = stream(vec![Ok(
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"x\"}}\n\n",
+        )]);
+        // Limits that let the 200 through: the 5-hour window resets hours away.
+        let h = resp.headers_mut();
+        h.insert(
+            "anthropic-ratelimit-unified-5h-reset",
+            http::HeaderValue::from_static("2099-01-01T00:00:00Z"),
+        );
+        h.insert(
+            "anthropic-ratelimit-unified-5h-status",
+            http::HeaderValue::from_static("allowed"),
+        );
+        let answer = match Answer::of(resp, Some(Duration::from_secs(5))).await {
+            Ok(answer) => answer,
+            Err(e) => panic!("not opened: {}", e.describe()),
+        };
+        let now_ms = 1_000_000;
+        let verdict =
+            crate::scheduler::health::judge(answer.outcome(), now_ms, Duration::from_secs(30));
+        assert_eq!(
+            verdict,
+            crate::scheduler::health::Verdict::RateLimited {
+                until_ms: now_ms + 30_000,
+                family: None,
+                per_model: false,
+            }
+        );
+        let failure = answer.into_failure().await;
+        assert!(
+            failure
+                .headers
+                .keys()
+                .all(|n| !n.as_str().starts_with("anthropic-ratelimit-"))
         );
     }
 
