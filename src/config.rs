@@ -231,7 +231,9 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
-            lease_ttl_secs: 900,
+            // Above the longest wait for an answer's start with the default timeouts (1,140 s:
+            // `Config::longest_wait_secs`), before which nothing renews the leases.
+            lease_ttl_secs: 1_200,
         }
     }
 }
@@ -579,6 +581,19 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The longest a request can wait before its answer's body starts: the last attempt starts
+    /// at the attempt deadline, then waits for its head (an image call for its whole answer).
+    /// Leases are renewed only from then on (`relay::settle`), so `relay.lease_ttl_secs` must
+    /// outlast it.
+    pub fn longest_wait_secs(&self) -> u64 {
+        let head = (self.upstream.answer_timeout_secs).max(self.upstream.first_byte_timeout_secs);
+        let image =
+            (self.images.first_byte_timeout_secs).saturating_add(self.images.read_timeout_secs);
+        self.scheduler
+            .attempt_deadline_secs
+            .saturating_add(head.max(image))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -1100,6 +1115,13 @@ mod tests {
         for (option, _) in NOT_ZERO {
             assert!(durations.iter().any(|(d, _)| d == option), "{option}");
         }
+    }
+
+    #[test]
+    fn the_default_leases_outlast_the_longest_wait_for_an_answer() {
+        let c = Config::default();
+        assert_eq!(c.longest_wait_secs(), 540 + 600);
+        assert!(c.relay.lease_ttl_secs > c.longest_wait_secs());
     }
 
     /// Price options as the config reads them, pinned: set by the environment (typed by the
