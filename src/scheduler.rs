@@ -19,7 +19,8 @@ use crate::config::{SchedulerConfig, StickyOverflow};
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::{AccountLease, KeyLease, run_to_end};
 use crate::store::{
-    self, AccountRelease, Candidate, KeyBinding, Lease, PickRequest, Protocol, SessionPick, Taken,
+    self, AccountRelease, Candidate, KeyBinding, Lease, PickRequest, Protocol, Provider,
+    SessionPick, Taken,
 };
 
 use self::health::Verdict;
@@ -219,18 +220,26 @@ fn limit_scope(protocol: Protocol, model: Option<&str>) -> Option<Cow<'static, s
     }
 }
 
-/// A verdict scoped as the vendor scopes its limits: an OpenAI or Google 429 holds for the
-/// model asked for only (another model of the account has limits of its own; Gemini CLI falls
-/// back from Pro to Flash on one), an Anthropic one as its headers say.
-pub fn scoped(verdict: Verdict, protocol: Protocol, model: Option<&str>) -> Verdict {
+/// A verdict scoped as the vendor scopes its limits: a 429 whose answer names a limit of the
+/// model asked for (OpenAI's, Google's: `Verdict::RateLimited::per_model`), and any Azure 429
+/// (its limits are each deployment's), holds for that model only: the account goes on serving
+/// its other models (Gemini CLI falls back from Pro to Flash on a 429). An Anthropic 429 is
+/// scoped as its headers say; any other holds for the whole account.
+pub fn scoped(verdict: Verdict, provider: Provider, model: Option<&str>) -> Verdict {
     match verdict {
         Verdict::RateLimited {
             until_ms,
             family: None,
-        } if protocol != Protocol::Anthropic => Verdict::RateLimited {
-            until_ms,
-            family: limit_scope(protocol, model),
-        },
+            per_model,
+        } if provider.protocol() != Protocol::Anthropic
+            && (per_model || provider == Provider::AzureOpenAi) =>
+        {
+            Verdict::RateLimited {
+                until_ms,
+                family: limit_scope(provider.protocol(), model),
+                per_model,
+            }
+        }
         verdict => verdict,
     }
 }
@@ -372,7 +381,9 @@ async fn report_for(
     let report = match verdict {
         Verdict::Healthy if degraded => Report::Success,
         Verdict::Healthy | Verdict::ClientFault | Verdict::Refused | Verdict::Elsewhere => return,
-        Verdict::RateLimited { until_ms, family } => Report::RateLimited {
+        Verdict::RateLimited {
+            until_ms, family, ..
+        } => Report::RateLimited {
             until: *until_ms,
             family: family.as_deref().map(str::to_owned),
             error: error(),
@@ -418,4 +429,54 @@ fn report_kind(report: &Report) -> &'static str {
 
 fn secs_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 4)
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn limited(per_model: bool) -> Verdict {
+        Verdict::RateLimited {
+            until_ms: 5,
+            family: None,
+            per_model,
+        }
+    }
+
+    fn family(verdict: Verdict) -> Option<String> {
+        match verdict {
+            Verdict::RateLimited { family, .. } => family.map(Cow::into_owned),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_429_holds_for_the_model_where_the_vendor_limits_each_model() {
+        let model = Some("m-1");
+        let scope = |v, p| family(scoped(v, p, model));
+        assert_eq!(scope(limited(true), Provider::OpenAi), Some("m-1".into()));
+        assert_eq!(scope(limited(true), Provider::Gemini), Some("m-1".into()));
+        // Azure's limits are each deployment's, whatever its answer says.
+        assert_eq!(
+            scope(limited(false), Provider::AzureOpenAi),
+            Some("m-1".into())
+        );
+        // Nothing names the model: the whole account.
+        assert_eq!(scope(limited(false), Provider::OpenAi), None);
+        assert_eq!(scope(limited(false), Provider::Gemini), None);
+        // Anthropic: as its headers said (here: for all).
+        assert_eq!(scope(limited(true), Provider::Anthropic), None);
+        // A family already named stays.
+        let opus = Verdict::RateLimited {
+            until_ms: 5,
+            family: Some("opus".into()),
+            per_model: false,
+        };
+        assert_eq!(scope(opus, Provider::Anthropic), Some("opus".into()));
+        assert_eq!(
+            scoped(Verdict::Failing, Provider::OpenAi, model),
+            Verdict::Failing
+        );
+    }
 }

@@ -130,7 +130,11 @@ pub(crate) async fn attempts(
             {
                 health::Verdict::Elsewhere
             }
-            verdict => scheduler::scoped(verdict, call.target.protocol(), call.model.as_deref()),
+            verdict => scheduler::scoped(
+                verdict,
+                picked.account.record.provider,
+                call.model.as_deref(),
+            ),
         };
         scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
             Ok(answer) => answer.describe(),

@@ -44,6 +44,10 @@ pub enum Verdict {
     RateLimited {
         until_ms: i64,
         family: Option<Cow<'static, str>>,
+        /// The answer names a limit of the model asked for (OpenAI's "Rate limit reached for
+        /// <model> in organization …", a Google quota per model): `scheduler::scoped` holds it
+        /// for that model only.
+        per_model: bool,
     },
     /// 529 or `overloaded_error`: a fixed cooldown.
     Overloaded,
@@ -108,6 +112,7 @@ pub fn judge(outcome: Outcome<'_>, now_ms: i64, default_rate_limit: Duration) ->
             Verdict::RateLimited {
                 until_ms: until_ms.max(now_ms),
                 family: family.map(Cow::Borrowed),
+                per_model: detail.is_some_and(names_a_model_limit),
             }
         }
         529 => Verdict::Overloaded,
@@ -145,6 +150,43 @@ struct GoogleDetail {
     reason: Option<String>,
     #[serde(default, rename = "retryDelay")]
     retry_delay: Option<String>,
+    /// `QuotaFailure`'s quotas exceeded.
+    #[serde(default)]
+    violations: Vec<QuotaViolation>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct QuotaViolation {
+    /// `GenerateRequestsPerMinutePerProjectPerModel-FreeTier`, …
+    #[serde(default, rename = "quotaId")]
+    quota_id: Option<String>,
+    #[serde(default, rename = "quotaDimensions")]
+    quota_dimensions: Option<QuotaDimensions>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct QuotaDimensions {
+    #[serde(default)]
+    model: Option<serde::de::IgnoredAny>,
+}
+
+/// Whether a 429's body names a limit of one model: OpenAI's "Rate limit reached for <model>
+/// in organization <org> on …" (whose limits are each model's), a Google quota with a model
+/// dimension or a per-model id. Other OpenAI-compatible vendors may limit the whole account.
+fn names_a_model_limit(detail: &ErrorDetail) -> bool {
+    let openai = detail.message.as_deref().is_some_and(|m| {
+        m.strip_prefix("Rate limit reached for ")
+            .is_some_and(|rest| rest.contains(" in organization "))
+    });
+    openai
+        || detail.details.iter().flat_map(|d| &d.violations).any(|v| {
+            v.quota_dimensions
+                .as_ref()
+                .is_some_and(|d| d.model.is_some())
+                || v.quota_id
+                    .as_deref()
+                    .is_some_and(|id| id.contains("PerModel"))
+        })
 }
 
 fn error_detail(body: &[u8]) -> Option<ErrorDetail> {
@@ -389,9 +431,10 @@ fn parse_reset(v: &str, now_ms: i64) -> Option<i64> {
     }
     let secs = v.parse::<i64>().ok()?;
     // Unix seconds; a small number would be a delay, which the reset headers are not.
+    let ms = secs.saturating_mul(1000);
     (secs > 1_000_000_000)
-        .then_some(secs * 1000)
-        .or(Some(now_ms + secs * 1000))
+        .then_some(ms)
+        .or(Some(now_ms.saturating_add(ms)))
 }
 
 fn millis(d: Duration) -> i64 {
@@ -399,7 +442,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -468,8 +511,18 @@ mod tests {
             judge_status(429, &h),
             Verdict::RateLimited {
                 until_ms: NOW + 60_000,
-                family: None
+                family: None,
+                per_model: false
             }
+        );
+    }
+
+    #[test]
+    fn a_reset_beyond_any_clock_saturates() {
+        assert_eq!(parse_reset("99999999999999999", NOW), Some(i64::MAX));
+        assert_eq!(
+            parse_reset("-99999999999999999", NOW),
+            Some(NOW.saturating_add(i64::MIN))
         );
     }
 
@@ -480,7 +533,8 @@ mod tests {
             judge_status(429, &h),
             Verdict::RateLimited {
                 until_ms: NOW + 17_000,
-                family: None
+                family: None,
+                per_model: false
             }
         );
         let h = headers(&[
@@ -494,7 +548,8 @@ mod tests {
             judge_status(429, &h),
             Verdict::RateLimited {
                 until_ms: NOW + 60_000,
-                family: None
+                family: None,
+                per_model: false
             }
         );
         let h = headers(&[("retry-after", "Sun, 22 Nov 2026 08:32:00 GMT")]);
@@ -502,7 +557,8 @@ mod tests {
             judge_status(429, &h),
             Verdict::RateLimited {
                 until_ms: NOW + 120_000,
-                family: None
+                family: None,
+                per_model: false
             }
         );
     }
@@ -602,12 +658,43 @@ mod tests {
     }
 
     #[test]
+    fn a_429_naming_one_model_s_limit_is_told_from_an_account_wide_one() {
+        let per_model = |body: &str| match judge_answer(429, &HeaderMap::new(), body) {
+            Verdict::RateLimited { per_model, .. } => per_model,
+            other => panic!("{other:?}"),
+        };
+        // OpenAI: the model and the organisation named.
+        assert!(per_model(
+            r#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-abc on requests per min (RPM): Limit 500, Used 500, Requested 1. Please try again in 120ms.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
+        ));
+        // Google: a quota with a model dimension, or a per-model quota id.
+        assert!(per_model(
+            r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier","quotaDimensions":{"location":"global","model":"gemini-2.5-pro"},"quotaValue":"5"}]}]}}"#
+        ));
+        assert!(per_model(
+            r#"{"error":{"details":[{"violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel"}]}]}}"#
+        ));
+        // Nothing says so: the whole account.
+        assert!(!per_model(
+            r#"{"error":{"message":"Requests rate limit exceeded","type":"rate_limit"}}"#
+        ));
+        assert!(!per_model(
+            r#"{"error":{"message":"Rate limit reached for requests","code":"rate_limit_exceeded"}}"#
+        ));
+        assert!(!per_model(
+            r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"violations":[{"quotaId":"GenerateRequestsPerMinutePerProject"}]}]}}"#
+        ));
+        assert!(!per_model(""));
+    }
+
+    #[test]
     fn other_vendors_reset_hints_end_a_429() {
         // Google: only in the body.
         let body = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure"},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"30s"}]}}"#;
         let limited = |until_ms| Verdict::RateLimited {
             until_ms,
             family: None,
+            per_model: false,
         };
         assert_eq!(
             judge_answer(429, &HeaderMap::new(), body),
@@ -648,7 +735,8 @@ mod tests {
             judge_status(429, &h),
             Verdict::RateLimited {
                 until_ms: 1_795_340_000_000,
-                family: Some("opus".into())
+                family: Some("opus".into()),
+                per_model: false
             }
         );
         assert_eq!(family_of("claude-opus-4-8"), Some("opus"));

@@ -75,9 +75,16 @@ impl Health {
     /// so none is reported (`Picked::Account::degraded` is the opposite). The last error is
     /// history for the admin's view and does not count.
     pub fn is_clean(&self) -> bool {
+        self.is_clean_for(None) && self.family_until.is_empty()
+    }
+
+    /// As [`Health::is_clean`] for a request of `family`: another family's (or model's) limit
+    /// does not count, since this request's success would not lift it. An account with a limit
+    /// on one model goes on serving the others without a report after each.
+    pub fn is_clean_for(&self, family: Option<&str>) -> bool {
         self.status == Status::Ok
             && self.until == 0
-            && self.family_until.is_empty()
+            && family.is_none_or(|f| !self.family_until.contains_key(f))
             && self.consecutive_failures == 0
     }
 
@@ -464,6 +471,10 @@ mod tests {
         h.apply(&rl, NOW);
         assert!(!h.can_serve(Some("opus"), NOW));
         assert!(h.can_serve(Some("sonnet"), NOW));
+        // Its success needs no report: it would not lift opus's limit.
+        assert!(h.is_clean_for(Some("sonnet")));
+        assert!(!h.is_clean_for(Some("opus")));
+        assert!(!h.is_clean());
         assert!(h.can_serve(Some("opus"), NOW + 60_000));
         // A success does not lift a rate limit; the reset does.
         let rl = Report::RateLimited {

@@ -596,7 +596,7 @@ impl Hot {
         // Informational only (the order comes from `pick_seq`), so it stays a true wall-clock time
         // rather than being pushed ahead to break ties; `max` keeps it from going back in time.
         account.last_used_at = now_ms().max(account.last_used_at);
-        let degraded = !account.health.is_clean();
+        let degraded = !account.health.is_clean_for(req.family);
         if let Some(session) = req.session {
             let expires = now.checked_add(session.ttl).unwrap_or(now);
             match sticky {

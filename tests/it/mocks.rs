@@ -412,6 +412,12 @@ async fn one_queue_renders_faults_per_vendor() {
             .unwrap()
             .contains_key("param")
     );
+    assert!(
+        json_of(&b)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rate limit reached for gpt-4o in organization ")
+    );
     let (s, h, b) = call(&mock, azure, &[("api-key", "az")], Some(chat.clone())).await;
     assert_eq!(
         (
@@ -433,7 +439,11 @@ async fn one_queue_renders_faults_per_vendor() {
         (s, e["code"].as_u64(), e["status"].as_str()),
         (429, Some(429), Some("RESOURCE_EXHAUSTED"))
     );
-    assert_eq!(e["details"][0]["retryDelay"], "75s");
+    assert_eq!(
+        e["details"][0]["violations"][0]["quotaDimensions"]["model"],
+        "gemini-2.5-pro"
+    );
+    assert_eq!(e["details"][1]["retryDelay"], "75s");
     assert!(h.get("retry-after").is_none());
     let (s, _, b) = call(
         &mock,

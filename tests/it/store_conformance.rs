@@ -1029,8 +1029,9 @@ mod cases {
         assert_eq!(s.in_flight, 1);
         assert_eq!(s.meters, vec![MeterUse { used: 0, held: 80 }]);
 
-        // The account's lease runs on the store's own clock: a short ttl, and real time.
-        let ttl = Duration::from_millis(600);
+        // The account's lease runs on the store's own clock: a short ttl, and real time (long
+        // enough for a loaded machine: the checks have most of a second to run).
+        let ttl = Duration::from_millis(2_000);
         let short = Lease {
             id: "a-1".to_owned(),
             ttl,
@@ -1059,7 +1060,7 @@ mod cases {
             renewed_at < started + ttl,
             "too slow: the renewal came after the lease expired"
         );
-        tokio::time::sleep_until(started + ttl + Duration::from_millis(100)).await;
+        tokio::time::sleep_until(started + ttl + Duration::from_millis(200)).await;
         assert_eq!(store.account_runtime("acc").await.unwrap().in_flight, 1);
         assert_eq!(
             store.pick_simple(&capped, &lease("a-2")).await.unwrap(),
@@ -1070,7 +1071,7 @@ mod cases {
             "too slow: the checks above ran after the renewed lease expired"
         );
         // Not renewed again, it expires in its turn.
-        tokio::time::sleep_until(renewed_at + ttl + Duration::from_millis(100)).await;
+        tokio::time::sleep_until(renewed_at + ttl + Duration::from_millis(200)).await;
         assert_eq!(store.account_runtime("acc").await.unwrap().in_flight, 0);
     }
 
@@ -2096,14 +2097,21 @@ mod cases {
         store.report_health("d", &fail, now).await.unwrap();
         store.reset_health("d").await.unwrap();
         assert_eq!(probe(s, &only, None, now + 10).await, taken(false));
-        // A limit on another family also leaves it degraded.
+        // A limit on another family (or model) leaves it clean for this one: this one's success
+        // would not lift that limit, so none is reported.
         let opus = Report::RateLimited {
             until: now + 60_000,
             family: Some("opus".into()),
             error: "429".into(),
         };
         store.report_health("d", &opus, now).await.unwrap();
-        assert_eq!(probe(s, &only, Some("sonnet"), now).await, taken(true));
+        assert_eq!(probe(s, &only, Some("sonnet"), now).await, taken(false));
+        assert_eq!(probe(s, &only, None, now).await, taken(false));
+        // Its own family once the limit ran out: degraded until a success is reported.
+        assert_eq!(
+            probe(s, &only, Some("opus"), now + 60_000).await,
+            taken(true)
+        );
         // A session's hit reports it too.
         let session = Some(SessionPick {
             id: "deg",
@@ -2112,9 +2120,9 @@ mod cases {
         });
         let req = PickRequest {
             candidates: &only,
-            family: Some("sonnet"),
+            family: Some("opus"),
             session,
-            now_ms: now,
+            now_ms: now + 60_000,
         };
         let first = store.pick_account(&req, &fresh_lease()).await.unwrap();
         let again = store.pick_account(&req, &fresh_lease()).await.unwrap();

@@ -970,9 +970,9 @@ async fn gemini_embeddings_are_billed_and_unknown_methods_refused() {
     assert_eq!(mock.requests().len(), 1);
 }
 
-/// OpenAI's and Google's rate limits are each model's own: a 429 on one model leaves the
-/// account serving the others (Gemini CLI falls back from Pro to Flash on a 429), while the
-/// limited model waits for its reset.
+/// OpenAI's and Google's rate limits are each model's own: a 429 that names the model's limit
+/// leaves the account serving the others (Gemini CLI falls back from Pro to Flash on a 429),
+/// while the limited model waits for its reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_on_one_model_leaves_the_account_serving_the_others() {
     for provider in ["openai", "gemini"] {
@@ -1029,4 +1029,31 @@ async fn a_429_on_one_model_leaves_the_account_serving_the_others() {
             "{provider}: {v}"
         );
     }
+}
+
+/// An OpenAI-compatible vendor's 429 that names no model's limit holds for the whole account
+/// (some limit the account, not each model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_naming_no_model_s_limit_holds_for_the_whole_account() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(cached_usage()));
+    let (relay, key) = relay_with(&mock, "openai", json!({})).await;
+    let ask = |model: &str| {
+        post(
+            &relay,
+            "/v1/chat/completions",
+            &key,
+            &json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }] }),
+        )
+    };
+    mock.push_behavior(Behavior::Error {
+        status: 429,
+        body: json!({ "error": { "message": "Requests rate limit exceeded", "type": "rate_limit_error" } })
+            .to_string(),
+        headers: vec![("retry-after".into(), "60".into())],
+    });
+    assert_eq!(ask("gpt-4o").send().await.unwrap().status(), 429);
+    let resp = ask("gpt-4o-mini").send().await.unwrap();
+    assert_eq!(resp.status(), 503, "the account is out for every model");
+    assert_eq!(mock.requests().len(), 1);
 }

@@ -293,8 +293,9 @@ local function recovers_at(h)
   return general
 end
 
--- Health::is_clean: nothing in force and no failure streak (the last error is history and does
--- not count), so a success would change nothing and is not reported.
+-- Health::is_clean_for(family): nothing in force for this request's family and no failure streak
+-- (the last error is history and does not count), so a success would change nothing and is not
+-- reported.
 local function is_clean(h)
   if h == nil then
     return true
@@ -304,7 +305,7 @@ local function is_clean(h)
   end
   local limits = h['family_until']
   return h['status'] == 'ok' and number(h['until']) == 0
-      and (limits == nil or (type(limits) == 'table' and next(limits) == nil))
+      and (family == nil or type(limits) ~= 'table' or limits[family] == nil)
       and number(h['consecutive_failures']) == 0
 end
 

@@ -161,12 +161,20 @@ pub fn error_json(code: u16, message: &str, details: Option<J>) -> String {
 pub(super) fn render_fault(behavior: &Behavior) -> ErrorParts {
     match behavior {
         Behavior::RateLimited { retry_after_secs } => {
+            // As Google's free tier answers: the quota exceeded is the model's own.
+            let quota = o! {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": J::Arr(vec![o! {
+                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                "quotaDimensions": o! {"location": "global", "model": "gemini-2.5-pro"},
+                "quotaValue": "5"
+            }])};
             let retry = o! {"@type": "type.googleapis.com/google.rpc.RetryInfo",
             "retryDelay": format!("{retry_after_secs}s")};
             let body = error_json(
                 429,
                 "You exceeded your current quota, please check your plan and billing details.",
-                Some(J::Arr(vec![retry])),
+                Some(J::Arr(vec![quota, retry])),
             );
             (429, body, Vec::new())
         }

@@ -200,7 +200,10 @@ pub(super) fn render_fault(behavior: &Behavior, azure: bool) -> ErrorParts {
         ) => (
             429,
             error_json(
-                &format!("Rate limit reached for requests. Please try again in {n}s."),
+                &format!(
+                    "Rate limit reached for gpt-4o in organization org-mock on requests per min \
+                     (RPM): Limit 500, Used 500, Requested 1. Please try again in {n}s."
+                ),
                 "requests",
                 None,
                 Some("rate_limit_exceeded"),
