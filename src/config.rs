@@ -275,6 +275,10 @@ pub struct SchedulerConfig {
     /// When the bound account cannot serve: `escape` (this request goes elsewhere, the binding
     /// stays) or `move` (the binding moves to the account that served).
     pub sticky_overflow: StickyOverflow,
+    /// A stored OpenAI response stays bound to the account that made it this long after it was
+    /// made or last named: a follow-up turn (`previous_response_id`) or a fetch of it goes to
+    /// that account first. 0: not remembered (such requests try the accounts in turn).
+    pub response_binding_ttl_secs: u64,
     /// A 429 without reset headers keeps the account out this long.
     pub rate_limit_cooldown_secs: u64,
     /// A 529 (overloaded) keeps the account out this long.
@@ -293,6 +297,11 @@ impl Default for SchedulerConfig {
             attempt_deadline_secs: 540,
             sticky_ttl_secs: 3_600,
             sticky_overflow: StickyOverflow::Escape,
+            // A day: a conversation's later turns come within hours (an overnight pause
+            // included), and each one renews it. The vendor keeps a response 30 days, but a
+            // binding per stored response for that long would hold 30 times the memory (Redis
+            // and the embedded store keep one small key per response made within the TTL).
+            response_binding_ttl_secs: 86_400,
             rate_limit_cooldown_secs: 60,
             overload_cooldown_secs: 30,
             failure_cooldown_secs: 5,
@@ -1068,12 +1077,13 @@ mod tests {
             assert!(err.contains(&format!("`{path}`: must be > 0")), "{err}");
         }
         // 0 means something for these: no grace, no failover after the first attempt, no
-        // cooldown, no sticky sessions.
+        // cooldown, no sticky sessions, no stored responses remembered.
         let zeros = load(&[
             ("SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS", "0"),
             ("SWITCHYARD_SCHEDULER__ATTEMPT_DEADLINE_SECS", "0"),
             ("SWITCHYARD_SCHEDULER__FAILURE_COOLDOWN_SECS", "0"),
             ("SWITCHYARD_SCHEDULER__STICKY_TTL_SECS", "0"),
+            ("SWITCHYARD_SCHEDULER__RESPONSE_BINDING_TTL_SECS", "0"),
         ]);
         assert!(zeros.is_ok(), "{zeros:?}");
 

@@ -24,8 +24,8 @@ use crate::auth::new_id;
 use crate::error::{ApiError, ErrorKind};
 use crate::scheduler::health::family_of;
 use crate::store::{
-    AccountRelease, Admission, Admit, KeyRecord, KeyRenewal, KeySettle, Lease, MeterUse, Picked,
-    Renewed, SmolStr, Store, StoreError, StoreResult, Taken,
+    AccountRelease, Admission, Admit, Binding, KeyRecord, KeyRenewal, KeySettle, Lease, MeterUse,
+    Picked, Renewed, SmolStr, Store, StoreError, StoreResult, Taken,
 };
 use crate::usage::TokenUsage;
 use meters::{Estimate, Families, Measure, Planned};
@@ -213,18 +213,19 @@ impl KeyLease {
 
     /// Ends the lease, counting what the request used on every counter it reserved on.
     pub fn settle(self, spent: Spent) {
-        self.finish(None, spent);
+        self.finish(None, spent, None);
     }
 
-    /// Ends the lease and the account's in one store call.
-    pub fn settle_with(self, account: AccountLease, spent: Spent) {
-        self.finish(Some(account), spent);
+    /// Ends the lease and the account's in one store call, which also writes `bind` for that
+    /// account: the answer made something only it holds (a stored response).
+    pub fn settle_with(self, account: AccountLease, spent: Spent, bind: Option<Binding>) {
+        self.finish(Some(account), spent, bind);
     }
 
-    fn finish(mut self, account: Option<AccountLease>, spent: Spent) {
+    fn finish(mut self, account: Option<AccountLease>, spent: Spent, bind: Option<Binding>) {
         let key = self.give_back(spent);
         let account = account.and_then(|mut a| a.release.take());
-        give_back(&self.store, key, account);
+        give_back(&self.store, key, account, bind);
     }
 
     /// What to give back of a held lease (it is then no longer held).
@@ -262,7 +263,7 @@ impl KeyLease {
 impl Drop for KeyLease {
     fn drop(&mut self) {
         let key = self.give_back(Spent::default());
-        give_back(&self.store, key, None);
+        give_back(&self.store, key, None, None);
     }
 }
 
@@ -304,20 +305,28 @@ pub struct AccountLease {
 
 impl Drop for AccountLease {
     fn drop(&mut self) {
-        give_back(&self.store, None, self.release.take());
+        give_back(&self.store, None, self.release.take(), None);
     }
 }
 
-/// Gives leases back to the store: in place when the store is in memory, else on a task that
-/// retries a few times while the store is unreachable (past that the leases expire on their
-/// own after their ttl, and a settle's use is lost: logged).
-fn give_back(store: &Arc<dyn Store>, key: Option<KeySettle>, account: Option<AccountRelease>) {
+/// Gives leases back to the store (and binds `bind` to the account's): in place when the store
+/// is in memory, else on a task that retries a few times while the store is unreachable (past
+/// that the leases expire on their own after their ttl, and a settle's use and the binding are
+/// lost: logged).
+fn give_back(
+    store: &Arc<dyn Store>,
+    key: Option<KeySettle>,
+    account: Option<AccountRelease>,
+    bind: Option<Binding>,
+) {
     if key.is_none() && account.is_none() {
         return;
     }
     if store.is_local() {
         // In memory: done in one poll, no task to spawn on the request path.
-        let done = store.finish(key.as_ref(), account.as_ref()).now_or_never();
+        let done = store
+            .finish(key.as_ref(), account.as_ref(), bind.as_ref())
+            .now_or_never();
         if matches!(done, Some(Ok(()))) {
             return;
         }
@@ -333,10 +342,13 @@ fn give_back(store: &Arc<dyn Store>, key: Option<KeySettle>, account: Option<Acc
         let _counted = counted;
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=RELEASE_ATTEMPTS {
-            match store.finish(key.as_ref(), account.as_ref()).await {
+            match store
+                .finish(key.as_ref(), account.as_ref(), bind.as_ref())
+                .await
+            {
                 Ok(()) => return,
                 Err(e) if attempt == RELEASE_ATTEMPTS => {
-                    tracing::warn!(error = %e, key = ?key, account = ?account, "lease release failed; it will expire on its own");
+                    tracing::warn!(error = %e, key = ?key, account = ?account, bind = ?bind, "lease release failed; it will expire on its own");
                 }
                 Err(_) => {
                     tokio::time::sleep(delay).await;
@@ -471,9 +483,9 @@ pub async fn run_to_end<T: Send + 'static>(
 
 fn give_back_all(store: &Arc<dyn Store>, (key, accounts): Leftover) {
     let mut accounts = accounts.into_iter();
-    give_back(store, key, accounts.next());
+    give_back(store, key, accounts.next(), None);
     for account in accounts {
-        give_back(store, None, Some(account));
+        give_back(store, None, Some(account), None);
     }
 }
 

@@ -121,7 +121,7 @@ where
     known.key = Some(Arc::clone(&key));
     let (parts, body) = req.into_parts();
     let body = read_body(body, &app.config.server).await?;
-    let (mut call, hints) = call::build(
+    let (mut call, mut hints) = call::build(
         &endpoint,
         vendor_path,
         parts.uri.query(),
@@ -132,7 +132,14 @@ where
     if let Some(model) = &call.model {
         check_model_name(model)?;
     }
-    if call.billed() {
+    // With no stored response remembered, a request naming one has the session it would have
+    // without the name.
+    if app.config.scheduler.response_binding_ttl_secs == 0 {
+        hints.response_id = None;
+    }
+    // Unbilled calls have no session, but a stored response's own paths: theirs finds the
+    // account that holds it.
+    if call.billed() || hints.response_id.is_some() {
         call.session = session::identify(&key.id, &parts.headers, &hints);
     }
     drop(hints);

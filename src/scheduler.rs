@@ -42,7 +42,7 @@ pub struct Ask<'a> {
     /// `None`: any account of the protocol (e.g. listing models).
     pub model: Option<&'a str>,
     /// The request's session (`session::identify`), if any.
-    pub session: Option<&'a str>,
+    pub session: Option<&'a session::Session>,
     /// The key's dedicated accounts, if it has any.
     pub binding: Option<&'a KeyBinding>,
     /// Accounts already tried by this request.
@@ -104,18 +104,23 @@ async fn pick_from(
         })
         .filter(|a| allowed(a))
         .collect();
+    // A stored response stays on its account while an admin takes that one out of rotation:
+    // the binding must outlive it.
+    let holds_a_response = ask.session.is_some_and(|s| s.stored_response);
     let candidates: Vec<Candidate> = serving
         .iter()
-        .filter(|a| a.record.enabled && a.record.schedulable)
-        .map(|a| {
+        .map(|a| (a, a.record.enabled && a.record.schedulable))
+        .filter(|(_, usable)| *usable || holds_a_response)
+        .map(|(a, usable)| {
             // An account this request already tried stays a candidate without capacity: it
             // cannot serve again, but a session bound to it is recognised (it escapes or moves
-            // by the policy) instead of being treated as bound to an account that is gone.
+            // by the policy) instead of being treated as bound to an account that is gone. So
+            // does a disabled one, for a stored response's session.
             let tried = ask.exclude.iter().any(|id| id == a.id());
             Candidate {
                 account_id: a.record.id.clone(),
                 priority: a.record.priority,
-                max_concurrency: if tried {
+                max_concurrency: if tried || !usable {
                     Some(0)
                 } else {
                     a.record.max_concurrency
@@ -146,11 +151,22 @@ async fn pick_from(
     let order = PickOrder {
         candidates,
         family: limit_scope(ask.protocol, ask.model),
-        session: ask.session.map(|id| {
+        session: ask.session.map(|session| {
+            // A stored response stays bound to the account that holds it when that one cannot
+            // serve now (it does not move with the request); but a binding this request made
+            // follows it until an account answers, as any new session's does.
+            let (ttl, moves) = if session.stored_response {
+                (policy.response_binding_ttl_secs, false)
+            } else {
+                (
+                    policy.sticky_ttl_secs,
+                    policy.sticky_overflow == StickyOverflow::Move,
+                )
+            };
             (
-                id.to_owned(),
-                Duration::from_secs(policy.sticky_ttl_secs),
-                policy.sticky_overflow == StickyOverflow::Move || ask.rebind,
+                session.id.clone(),
+                Duration::from_secs(ttl),
+                moves || ask.rebind,
             )
         }),
         now_ms,

@@ -389,6 +389,17 @@ pub struct AccountRelease {
     pub lease: Lease,
 }
 
+/// A session binding written once an answer is known (`finish`), as a pick writes one
+/// (`SessionPick`): created, or moved to the account, with the TTL from now. The answer made
+/// something that only this account holds (a stored response).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// Opaque, already scoped to the key (`scheduler::session::Session`).
+    pub session: String,
+    /// Zero removes the binding.
+    pub ttl: Duration,
+}
+
 /// A key lease to renew in `renew`: what `admit` took for a request still in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRenewal {
@@ -729,22 +740,15 @@ pub trait Store: Send + Sync + 'static {
         lease: &Lease,
     ) -> StoreResult<()>;
 
-    /// `settle` of the key's lease and `release` of the account's, as one call: a store that can
-    /// do both in one round trip does so (Redis: one script). Idempotent, as they are.
+    /// `settle` of the key's lease and `release` of the account's, and `bind` of a session to
+    /// that account (written whether its lease was still held or not; ignored without an
+    /// account), as one call and one round trip (Redis: one script). Idempotent, as they are.
     async fn finish(
         &self,
         key: Option<&KeySettle>,
         account: Option<&AccountRelease>,
-    ) -> StoreResult<()> {
-        if let Some(a) = account {
-            self.release(&a.key_id, Some(&a.account_id), &a.lease)
-                .await?;
-        }
-        if let Some(k) = key {
-            self.settle(&k.key_id, &k.lease, &k.used).await?;
-        }
-        Ok(())
-    }
+        bind: Option<&Binding>,
+    ) -> StoreResult<()>;
 
     /// Keeps the leases of a request still in progress (a stream that runs longer than their
     /// ttl) from expiring: each one still held and live is extended to now + its ttl (never

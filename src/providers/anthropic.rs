@@ -81,6 +81,7 @@ pub fn inspect(body: &[u8]) -> Result<Ask<'_>, ApiError> {
         stream: peek.stream.unwrap_or(false),
         max_tokens: peek.max_tokens,
         session: session::Hints {
+            response_id: None,
             metadata_user_id: peek.metadata.and_then(|m| m.user_id),
             prompt_cache_key: None,
             system: peek.system,

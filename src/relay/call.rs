@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{ApiError, Surface};
 use crate::providers::anthropic;
-use crate::scheduler::session::Hints;
+use crate::scheduler::session::{Hints, Session};
 use crate::store::Protocol;
 use crate::stream::openai;
 use crate::translate;
@@ -30,8 +30,9 @@ pub enum Endpoint {
     /// `POST /v1/responses`, and `POST /v1/responses/compact` (`path` after the version).
     Responses { path: String },
     /// A stored response: `GET` / `DELETE /v1/responses/{id}`, `POST …/{id}/cancel`,
-    /// `GET …/{id}/input_items` (`path` after the version). Relayed, not billed; the account
-    /// that holds it is found by trying the accounts in turn (a 404 fails over).
+    /// `GET …/{id}/input_items` (`path` after the version). Relayed, not billed; sent first to
+    /// the account remembered as holding it, and from there to the others in turn (a 404 fails
+    /// over).
     StoredResponse { path: String, method: Method },
     /// `POST /v1/embeddings`.
     Embeddings,
@@ -100,7 +101,11 @@ impl Target {
 pub enum UsageKind {
     AnthropicMessages,
     OpenAiChat,
-    OpenAiResponses,
+    /// `stored`: the vendor keeps the response (a `/responses` call without `store: false`), so
+    /// the answer's response id is read too, for the account that holds it.
+    OpenAiResponses {
+        stored: bool,
+    },
     OpenAiEmbeddings,
     GeminiGenerate,
     /// Gemini's `embedContent` / `batchEmbedContents`, whose answers report no usage: billed the
@@ -153,7 +158,7 @@ pub struct Call {
     /// The upstream query (the client's for native calls; `alt=sse` for translated streams).
     pub query: Option<String>,
     /// The session hints' result (`session::identify`), filled in by the relay.
-    pub session: Option<String>,
+    pub session: Option<Session>,
     /// Whether the client asked for a streamed answer. A non-streamed answer's head comes only
     /// once the answer is whole, so it is waited for longer (`upstream.answer_timeout_secs`).
     pub streams: bool,
@@ -255,6 +260,12 @@ struct Peek<'a> {
     /// Responses: run in the background, answered before it is generated.
     #[serde(default)]
     background: Option<bool>,
+    /// Responses: `false` asks the vendor not to keep the response.
+    #[serde(default)]
+    store: Option<bool>,
+    /// Responses: the stored response this turn follows (owned only when escaped).
+    #[serde(default, borrow)]
+    previous_response_id: Option<Cow<'a, str>>,
     /// Owned only when escaped (`json.dumps` escapes every non-ASCII character).
     #[serde(default, borrow)]
     prompt_cache_key: Option<Cow<'a, str>>,
@@ -468,13 +479,22 @@ pub fn build<'a>(
                 None,
                 Respond::Passthrough,
             ),
-            Hints::default(),
+            Hints {
+                response_id: stored_response_id(path).map(|id| Cow::Owned(id.to_owned())),
+                ..Hints::default()
+            },
         )),
         Endpoint::Responses { .. } | Endpoint::Embeddings => {
             let p = peek(body)?;
             let model = required_model(p.model)?;
             let (path, usage) = match endpoint {
-                Endpoint::Responses { path } => (path.as_str(), UsageKind::OpenAiResponses),
+                // Compaction answers with items to send back, not a response to name later.
+                Endpoint::Responses { path } => (
+                    path.as_str(),
+                    UsageKind::OpenAiResponses {
+                        stored: path == "/responses" && p.store != Some(false),
+                    },
+                ),
                 _ => ("/embeddings", UsageKind::OpenAiEmbeddings),
             };
             if p.background == Some(true) {
@@ -487,6 +507,7 @@ pub fn build<'a>(
             }
             let (system, first_message) = opening(p.input);
             let hints = Hints {
+                response_id: p.previous_response_id,
                 prompt_cache_key: p.prompt_cache_key,
                 system: p.instructions.or(system),
                 first_message,
@@ -557,6 +578,13 @@ pub fn build<'a>(
             ))
         }
     }
+}
+
+/// The id of the stored response a stored-response path names: `/responses/{id}[/…]`.
+fn stored_response_id(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/responses/")?;
+    let id = rest.split_once('/').map_or(rest, |(id, _)| id);
+    (!id.is_empty()).then_some(id)
 }
 
 /// Which accounts serve a chat completions request for `model`: an OpenAI-protocol account that
@@ -747,6 +775,57 @@ mod tests {
             responses(r#"[{"role":"developer","content":"d"},{"role":"user","content":"a"}]"#),
             responses(r#"[{"role":"developer","content":"d"},{"role":"user","content":"b"}]"#)
         );
+    }
+
+    /// A Responses turn names the stored response it follows, a stored response's path names
+    /// its own; the answer's id is read (for the account that made it) only when the vendor
+    /// stores it.
+    #[test]
+    fn stored_responses_are_named_and_read_only_when_the_vendor_keeps_them() {
+        let responses = |path: &str, body: &str| {
+            let endpoint = Endpoint::Responses { path: path.into() };
+            let body = Bytes::from(body.to_owned());
+            let (call, hints) = build(&endpoint, "/x", None, &body, 64, &|_| true).unwrap();
+            (call.usage, hints.response_id.map(Cow::into_owned))
+        };
+        let stored = |stored| Some(UsageKind::OpenAiResponses { stored });
+        assert_eq!(
+            responses("/responses", r#"{"model":"gpt-5","input":"hi"}"#),
+            (stored(true), None)
+        );
+        assert_eq!(
+            responses(
+                "/responses",
+                r#"{"model":"gpt-5","input":"hi","store":true,"previous_response_id":"resp_1"}"#
+            ),
+            (stored(true), Some("resp_1".to_owned()))
+        );
+        assert_eq!(
+            responses(
+                "/responses",
+                r#"{"model":"gpt-5","input":"hi","store":false}"#
+            ),
+            (stored(false), None)
+        );
+        assert_eq!(
+            responses("/responses/compact", r#"{"model":"gpt-5","input":"hi"}"#),
+            (stored(false), None)
+        );
+        for (path, id) in [
+            ("/responses/resp_2", Some("resp_2")),
+            ("/responses/resp_2/input_items", Some("resp_2")),
+            ("/responses/resp_2/cancel", Some("resp_2")),
+            ("/responses/", None),
+        ] {
+            let endpoint = Endpoint::StoredResponse {
+                path: path.into(),
+                method: Method::GET,
+            };
+            let empty = Bytes::new();
+            let (call, hints) = build(&endpoint, "/x", None, &empty, 64, &|_| true).unwrap();
+            assert_eq!(hints.response_id.as_deref(), id, "{path}");
+            assert!(!call.billed());
+        }
     }
 
     /// Whether each surface's call says the client asked for a stream (the answer timeout

@@ -74,7 +74,7 @@ pub(crate) async fn attempts(
         let ask = scheduler::Ask {
             protocol: call.target.protocol(),
             model: call.model.as_deref(),
-            session: call.session.as_deref(),
+            session: call.session.as_ref(),
             binding: key.binding.as_ref(),
             exclude: &tried,
             attempt,

@@ -15,7 +15,9 @@ use crate::translate::{self, Translate, Translated};
 pub fn error_event(call: &Call) -> fn(&str) -> Bytes {
     match (&call.target, call.usage) {
         (Target::Anthropic { .. }, _) => anthropic::error_event,
-        (Target::OpenAi { .. }, Some(UsageKind::OpenAiResponses)) => openai::responses_error_event,
+        (Target::OpenAi { .. }, Some(UsageKind::OpenAiResponses { .. })) => {
+            openai::responses_error_event
+        }
         (Target::OpenAi { .. }, _) => openai::chat_error_event,
         (Target::Gemini { .. }, _) => gemini::error_event,
     }

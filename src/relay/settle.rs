@@ -9,7 +9,8 @@ use crate::app::App;
 use crate::error::Surface;
 use crate::limits::{AccountLease, KeyLease, Spent};
 use crate::metrics as m;
-use crate::store::RequestLogEntry;
+use crate::scheduler::session::Session;
+use crate::store::{Binding, RequestLogEntry};
 use crate::stream::tap::{End, Observer};
 use crate::stream::usage::UsageReader;
 use crate::usage::TokenUsage;
@@ -75,7 +76,9 @@ impl Observer for Settle {
         let usage = usage.capped();
         let cost = self.app.pricing().cost(&self.model, &usage);
         if let Some((key_lease, account_lease)) = leases {
-            key_lease.settle_with(account_lease, Spent::of(&usage, cost.nanousd));
+            // In the same store call as the leases: nothing more on the request's way.
+            let bind = self.stored_response();
+            key_lease.settle_with(account_lease, Spent::of(&usage, cost.nanousd), bind);
         }
         let end = match &end {
             End::Complete => "complete",
@@ -122,6 +125,24 @@ impl Observer for Settle {
             };
             self.app.stats.record(entry, billed);
         }
+    }
+}
+
+impl Settle {
+    /// The session of the stored response this answer made (its id seen, the request not
+    /// `store: false`), with its TTL: bound to the account that made it, where a follow-up turn
+    /// or a fetch of it must go. Whatever the stream's end: the vendor keeps a response cut
+    /// short too, as `incomplete`.
+    fn stored_response(&self) -> Option<Binding> {
+        let ttl = self.app.config.scheduler.response_binding_ttl_secs;
+        if self.status >= 400 || ttl == 0 {
+            return None;
+        }
+        let id = self.usage.as_ref()?.response_id()?;
+        Some(Binding {
+            session: Session::of_response(&self.key_id, &id).id,
+            ttl: Duration::from_secs(ttl),
+        })
     }
 }
 

@@ -2,11 +2,14 @@
 //!
 //! Clients say it in different ways; the first that is present wins:
 //!
-//! 1. `x-session-id`: an explicit header, for any client;
-//! 2. Claude Code: the `X-Claude-Code-Session-Id` header, or `session_id` inside the JSON string
+//! 1. a stored OpenAI response the request names (`previous_response_id`, or the id in
+//!    `/v1/responses/{id}`): it lives on the account that made it, so that response is the
+//!    session, whatever else the request says (see [`Session::stored_response`]);
+//! 2. `x-session-id`: an explicit header, for any client;
+//! 3. Claude Code: the `X-Claude-Code-Session-Id` header, or `session_id` inside the JSON string
 //!    `metadata.user_id` (older versions: `…_session_<uuid>`);
-//! 3. Codex CLI: the `session-id` header, else the body's `prompt_cache_key`;
-//! 4. otherwise a hash of the system prompt and the first message, which stays the same for every
+//! 4. Codex CLI: the `session-id` header, else the body's `prompt_cache_key`;
+//! 5. otherwise a hash of the system prompt and the first message, which stays the same for every
 //!    turn of one conversation.
 //!
 //! The result is hashed with the key id: two keys never share a session, and the store never
@@ -21,6 +24,9 @@ use sha2::{Digest, Sha256};
 /// What the body says about the session; borrowed from the request body.
 #[derive(Debug, Default, Clone)]
 pub struct Hints<'a> {
+    /// The stored response the request names: its `previous_response_id`, or the id in a
+    /// stored response's path (escaped in a body, so maybe owned).
+    pub response_id: Option<Cow<'a, str>>,
     /// `metadata.user_id` (a JSON string in Claude Code's requests; escaped, so maybe owned).
     pub metadata_user_id: Option<Cow<'a, str>>,
     /// Codex's `prompt_cache_key` (escaped, so maybe owned).
@@ -31,12 +37,44 @@ pub struct Hints<'a> {
     pub first_message: Option<&'a RawValue>,
 }
 
+/// A request's session: the binding its pick reads, makes or renews.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Opaque (32 hex characters), scoped to the key.
+    pub id: String,
+    /// The session of a stored response (`response_id`), not of a conversation: its binding
+    /// names the account that holds the response. It lasts `scheduler.response_binding_ttl_secs`
+    /// and stays where it is when that account cannot serve now, whatever
+    /// `scheduler.sticky_overflow` says: the response does not move with the request.
+    pub stored_response: bool,
+}
+
+impl Session {
+    /// The session of the stored response `response_id`, as seen by key `key_id`. Scoped to the
+    /// key like every session: another key naming the same response finds no binding (it tries
+    /// the accounts in turn, as before bindings), and cannot move this key's.
+    pub fn of_response(key_id: &str, response_id: &str) -> Session {
+        let mut hasher = Sha256::new();
+        hasher.update(key_id.as_bytes());
+        hasher.update([0]);
+        hasher.update(b"response\0");
+        hasher.update(response_id.as_bytes());
+        Session {
+            id: crate::auth::hex_lower(&hasher.finalize()[..16]),
+            stored_response: true,
+        }
+    }
+}
+
 static X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 static X_CLAUDE_CODE_SESSION_ID: HeaderName = HeaderName::from_static("x-claude-code-session-id");
 static SESSION_ID: HeaderName = HeaderName::from_static("session-id");
 
 /// The session of a request, as an opaque 32-hex-character id scoped to `key_id`.
-pub fn identify(key_id: &str, headers: &HeaderMap, hints: &Hints<'_>) -> Option<String> {
+pub fn identify(key_id: &str, headers: &HeaderMap, hints: &Hints<'_>) -> Option<Session> {
+    if let Some(response_id) = hints.response_id.as_deref().filter(|id| !id.is_empty()) {
+        return Some(Session::of_response(key_id, response_id));
+    }
     let header = |name: &HeaderName| {
         headers
             .get(name)
@@ -72,7 +110,10 @@ pub fn identify(key_id: &str, headers: &HeaderMap, hints: &Hints<'_>) -> Option<
             hasher.update(hints.first_message.map_or("", RawValue::get).as_bytes());
         }
     }
-    Some(crate::auth::hex_lower(&hasher.finalize()[..16]))
+    Some(Session {
+        id: crate::auth::hex_lower(&hasher.finalize()[..16]),
+        stored_response: false,
+    })
 }
 
 /// `session_id` from Claude Code's `metadata.user_id`: a JSON object in a string
@@ -144,6 +185,40 @@ mod tests {
         assert_eq!(codex, by_cache_key);
         h.insert("x-session-id", "mine".parse().unwrap());
         assert_ne!(identify("k", &h, &Hints::default()), codex);
+    }
+
+    /// A named stored response is the session, whatever else the request says: the binding of
+    /// the response the relay saw made. Scoped to the key, and never a conversation's.
+    #[test]
+    fn a_named_stored_response_is_the_session() {
+        let mut h = HeaderMap::new();
+        h.insert("x-session-id", "mine".parse().unwrap());
+        let hints = Hints {
+            response_id: Some("resp_1".into()),
+            prompt_cache_key: Some("codex-1".into()),
+            ..Hints::default()
+        };
+        let session = identify("k", &h, &hints).unwrap();
+        assert!(session.stored_response);
+        assert_eq!(session, Session::of_response("k", "resp_1"));
+        assert_eq!(session.id.len(), 32);
+        assert_ne!(session, Session::of_response("k2", "resp_1"));
+        assert_ne!(session.id, Session::of_response("k", "resp_2").id);
+        // An explicit session named `resp_1` is another one.
+        let mut same_text = HeaderMap::new();
+        same_text.insert("x-session-id", "resp_1".parse().unwrap());
+        let conversation = identify("k", &same_text, &Hints::default()).unwrap();
+        assert!(!conversation.stored_response);
+        assert_ne!(conversation.id, session.id);
+        // An empty id names nothing.
+        let empty = Hints {
+            response_id: Some("".into()),
+            ..Hints::default()
+        };
+        assert_eq!(
+            identify("k", &h, &empty),
+            identify("k", &h, &Hints::default())
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use foldhash::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 
 use super::{
-    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Counters,
+    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Counters,
     DAY_BUCKETS_KEPT, Dimension, HOUR_BUCKETS_KEPT, KeyRecord, KeyRenewal, KeySettle, KeyState,
     Lease, MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, Store, StoreError,
     StoreResult, Taken, UsageBatch, UsageQuery, buckets_of,
@@ -598,25 +598,9 @@ impl Hot {
         account.last_used_at = now_ms().max(account.last_used_at);
         let degraded = !account.health.is_clean_for(req.family);
         if let Some(session) = req.session {
-            let expires = now.checked_add(session.ttl).unwrap_or(now);
             match sticky {
                 Sticky::Hit | Sticky::Bound | Sticky::Moved => {
-                    if self.sessions.len() >= self.sessions_prune_at.max(SESSIONS_PRUNE_AT) {
-                        self.sessions.retain(|_, (_, e)| *e > now);
-                        self.sessions_prune_at = self.sessions.len().saturating_mul(2);
-                    }
-                    match self.sessions.get_mut(session.id) {
-                        Some(binding) => {
-                            if binding.0 != id {
-                                binding.0.clone_from(&id);
-                            }
-                            binding.1 = expires;
-                        }
-                        None => {
-                            self.sessions
-                                .insert(session.id.to_owned(), (id.clone(), expires));
-                        }
-                    }
+                    self.bind(session.id, &id, session.ttl, now);
                 }
                 // The binding stays where it is, for when its account can serve again.
                 Sticky::Escaped | Sticky::None => {}
@@ -626,6 +610,27 @@ impl Hot {
             id,
             sticky,
             degraded,
+        }
+    }
+
+    /// Binds `session` to `account_id` until `now + ttl` (a zero TTL leaves it expired).
+    fn bind(&mut self, session: &str, account_id: &str, ttl: Duration, now: Instant) {
+        let expires = now.checked_add(ttl).unwrap_or(now);
+        if self.sessions.len() >= self.sessions_prune_at.max(SESSIONS_PRUNE_AT) {
+            self.sessions.retain(|_, (_, e)| *e > now);
+            self.sessions_prune_at = self.sessions.len().saturating_mul(2);
+        }
+        match self.sessions.get_mut(session) {
+            Some(binding) => {
+                if binding.0 != account_id {
+                    account_id.clone_into(&mut binding.0);
+                }
+                binding.1 = expires;
+            }
+            None => {
+                self.sessions
+                    .insert(session.to_owned(), (account_id.to_owned(), expires));
+            }
         }
     }
 
@@ -1142,10 +1147,14 @@ impl Store for EmbeddedStore {
         &self,
         key: Option<&KeySettle>,
         account: Option<&AccountRelease>,
+        bind: Option<&Binding>,
     ) -> StoreResult<()> {
         let mut hot = self.hot();
         if let Some(a) = account {
             hot.release(&a.key_id, Some(&a.account_id), &a.lease);
+            if let Some(bind) = bind {
+                hot.bind(&bind.session, &a.account_id, bind.ttl, Instant::now());
+            }
         }
         if let Some(k) = key {
             hot.settle(&k.key_id, &k.lease, &k.used);
@@ -1296,7 +1305,6 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::store::{Admission, Meter};
-    use std::time::Duration;
 
     /// With more live sessions than `SESSIONS_PRUNE_AT`, a pick does not scan them all each time,
     /// and expired bindings are still swept.

@@ -49,10 +49,10 @@ use tokio::task::JoinHandle;
 use self::names::Names;
 use self::scripts::{Call, Scripts};
 use super::{
-    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Change, Counters,
-    Dimension, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter, MeterUse, PickRequest,
-    Picked, Renewed, RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken, UsageBatch,
-    UsageQuery,
+    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Change,
+    Counters, Dimension, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter, MeterUse,
+    PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken,
+    UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
 use crate::scheduler::policy::{Health, Report, Sticky};
@@ -676,15 +676,23 @@ impl Store for RedisStore {
         match account_id {
             // A key's own lease may hold reservations: settling returns them.
             None => self.settle(key_id, lease, &[]).await,
-            Some(account_id) => self.give(None, Some((account_id, lease))).await,
+            Some(account_id) => {
+                let account = GiveAccount {
+                    account_id,
+                    lease,
+                    bind: None,
+                };
+                self.give(None, Some(account)).await
+            }
         }
     }
 
-    /// One `give.lua` call for both leases.
+    /// One `give.lua` call for both leases and the binding.
     async fn finish(
         &self,
         key: Option<&KeySettle>,
         account: Option<&AccountRelease>,
+        bind: Option<&Binding>,
     ) -> StoreResult<()> {
         self.give(
             key.map(|k| GiveKey {
@@ -693,7 +701,11 @@ impl Store for RedisStore {
                 reserved: Some(&k.reserved),
                 used: &k.used,
             }),
-            account.map(|a| (a.account_id.as_str(), &a.lease)),
+            account.map(|a| GiveAccount {
+                account_id: &a.account_id,
+                lease: &a.lease,
+                bind,
+            }),
         )
         .await
     }
@@ -1121,8 +1133,9 @@ impl RedisStore {
     async fn give(
         &self,
         key: Option<GiveKey<'_>>,
-        account: Option<(&str, &Lease)>,
+        account: Option<GiveAccount<'_>>,
     ) -> StoreResult<()> {
+        let mut keys = self.live_keys.clone();
         let mut args = vec![self.swept_prefix.clone()];
         match key {
             None => args.push(Value::Integer(0)),
@@ -1156,7 +1169,11 @@ impl RedisStore {
         }
         match account {
             None => args.push(Value::Integer(0)),
-            Some((account_id, lease)) => {
+            Some(GiveAccount {
+                account_id,
+                lease,
+                bind,
+            }) => {
                 let mut member = names::lp(account_id);
                 names::push_lp(&mut member, &lease.id);
                 args.extend([
@@ -1164,14 +1181,28 @@ impl RedisStore {
                     Value::from(names::account_prefix(account_id)),
                     Value::from(member),
                 ]);
+                if let Some(bind) = bind {
+                    keys.push(Key::from(self.names.session(&bind.session)));
+                    args.extend([
+                        Value::Integer(ttl_ms(bind.ttl)),
+                        Value::from(format!("{account_id}\n{}", now_ms())),
+                    ]);
+                }
             }
         }
         self.scripts
             .give
-            .run(self.client(), self.live_keys.clone(), args)
+            .run(self.client(), keys, args)
             .await
             .map(drop)
     }
+}
+
+/// An account lease for `give.lua`, and the session to bind to its account.
+struct GiveAccount<'a> {
+    account_id: &'a str,
+    lease: &'a Lease,
+    bind: Option<&'a Binding>,
 }
 
 /// A key lease for `give.lua`.

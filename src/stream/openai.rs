@@ -1,10 +1,13 @@
 //! Usage of OpenAI answers: chat completions (SSE and JSON), the Responses API (SSE and JSON) and
-//! embeddings; and the one change Switchyard makes to a native chat stream.
+//! embeddings, and the id of a stored response, read in the same pass; and the one change
+//! Switchyard makes to a native chat stream.
 //!
 //! OpenAI's `prompt_tokens` / `input_tokens` *include* the cached tokens
 //! (`…_details.cached_tokens`); [`TokenUsage`] keeps them apart, so `input = prompt − cached` and
 //! `cache_read = cached`, here and nowhere else. Reasoning tokens are already inside the output
 //! count. DeepSeek's `prompt_cache_hit_tokens` is read as the cached count when present.
+
+use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -28,11 +31,15 @@ pub struct OpenAiUsage {
     operation: Operation,
     /// `Some` for an SSE answer.
     framer: Option<SseFramer>,
-    /// A JSON answer's `usage`, read as it passes.
-    json: TopFields<1>,
+    /// A JSON answer's `usage` and `id`, read as they pass.
+    json: TopFields<2>,
     seen: Option<WireUsage>,
     /// Streamed chunks of the answer itself (not `[DONE]`, not the usage): about one token each.
     chunks: u64,
+    /// Whether the response's id is wanted (`reading_response_id`).
+    reads_id: bool,
+    /// A Responses stream's response id, once an event named it.
+    response_id: Option<String>,
 }
 
 impl OpenAiUsage {
@@ -40,18 +47,32 @@ impl OpenAiUsage {
         OpenAiUsage {
             operation,
             framer: streaming.then(SseFramer::new),
-            json: TopFields::new(["usage"]),
+            json: TopFields::new(["usage", "id"]),
             seen: None,
             chunks: 0,
+            reads_id: false,
+            response_id: None,
         }
+    }
+
+    /// Also reads the id of the response the answer made (Responses): a stream's
+    /// `response.created` (or, failing that, its last event), a JSON answer's `id`.
+    pub fn reading_response_id(mut self) -> OpenAiUsage {
+        self.reads_id = self.operation == Operation::Responses;
+        self
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
         let operation = self.operation;
-        let (seen, chunks) = (&mut self.seen, &mut self.chunks);
+        let (seen, chunks, id) = (&mut self.seen, &mut self.chunks, &mut self.response_id);
+        let reads_id = self.reads_id;
         match &mut self.framer {
             Some(framer) => framer.feed(chunk, |ev| {
-                if let Some(usage) = usage_of_event(operation, ev) {
+                let read = read_event(operation, ev, reads_id && id.is_none());
+                if read.id.is_some() {
+                    *id = read.id;
+                }
+                if let Some(usage) = read.usage {
                     *seen = Some(usage);
                 } else if is_delta(operation, ev) {
                     *chunks += 1;
@@ -59,6 +80,20 @@ impl OpenAiUsage {
             }),
             None => self.json.feed(chunk),
         }
+    }
+
+    /// The id of the response the answer made, when asked for (`reading_response_id`) and
+    /// seen: of a stream, as soon as its first event; of a JSON answer, once it is whole.
+    pub fn response_id(&self) -> Option<Cow<'_, str>> {
+        if !self.reads_id {
+            return None;
+        }
+        if self.framer.is_some() {
+            return self.response_id.as_deref().map(Cow::Borrowed);
+        }
+        serde_json::from_slice::<Cow<'_, str>>(self.json.get("id")?)
+            .ok()
+            .filter(|id| !id.is_empty())
     }
 
     /// The usage reported so far (zero when none was).
@@ -85,17 +120,30 @@ impl OpenAiUsage {
     }
 }
 
+/// What one SSE event says.
+#[derive(Default)]
+struct EventRead {
+    usage: Option<WireUsage>,
+    /// The response's id, when it was asked for.
+    id: Option<String>,
+}
+
 /// The usage an SSE event carries: a chat chunk with a `usage` object, or a Responses
-/// `response.completed` (also `incomplete` and `failed`, which are billed too).
-fn usage_of_event(operation: Operation, ev: SseEvent<'_>) -> Option<WireUsage> {
+/// `response.completed` (also `incomplete` and `failed`, which are billed too); and with
+/// `want_id`, the response id of a Responses `response.created` or of one of those (parsed
+/// once for both).
+fn read_event(operation: Operation, ev: SseEvent<'_>, want_id: bool) -> EventRead {
     match operation {
         Operation::Chat | Operation::Embeddings => {
             // Nearly every chunk is a delta without usage (or with `"usage": null`): a scan
             // decides before any parse.
             if !has_usage_object(ev.data) {
-                return None;
+                return EventRead::default();
             }
-            serde_json::from_str::<JsonAnswer>(ev.data).ok()?.usage
+            let usage = serde_json::from_str::<JsonAnswer>(ev.data)
+                .ok()
+                .and_then(|a| a.usage);
+            EventRead { usage, id: None }
         }
         Operation::Responses => {
             let named = ev.event.unwrap_or("");
@@ -104,13 +152,25 @@ fn usage_of_event(operation: Operation, ev: SseEvent<'_>) -> Option<WireUsage> {
                 "response.incomplete",
                 "response.failed",
             ];
-            if !ends.contains(&named) && !ends.iter().any(|e| ev.data.contains(e)) {
-                return None;
+            let created = "response.created";
+            let opens =
+                want_id && (named == created || (ev.event.is_none() && ev.data.contains(created)));
+            if !opens && !ends.contains(&named) && !ends.iter().any(|e| ev.data.contains(e)) {
+                return EventRead::default();
             }
-            serde_json::from_str::<ResponsesEvent>(ev.data)
-                .ok()?
-                .response?
-                .usage
+            let Some(response) = serde_json::from_str::<ResponsesEvent<'_>>(ev.data)
+                .ok()
+                .and_then(|e| e.response)
+            else {
+                return EventRead::default();
+            };
+            EventRead {
+                usage: response.usage,
+                id: response
+                    .id
+                    .filter(|id| want_id && !id.is_empty())
+                    .map(Cow::into_owned),
+            }
         }
     }
 }
@@ -143,9 +203,19 @@ struct JsonAnswer {
 }
 
 #[derive(Deserialize)]
-struct ResponsesEvent {
+struct ResponsesEvent<'a> {
+    #[serde(default, borrow)]
+    response: Option<ResponseObject<'a>>,
+}
+
+/// What a Responses event's `response` says: its id (escaped, so maybe owned) and, once it
+/// ended, its usage.
+#[derive(Deserialize)]
+struct ResponseObject<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
     #[serde(default)]
-    response: Option<JsonAnswer>,
+    usage: Option<WireUsage>,
 }
 
 /// Chat, Responses and embeddings usage in one: each names the fields its own way.
@@ -433,6 +503,88 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// A stored response's id, read in the pass that reads the usage: a stream's from its first
+    /// event (so a stream cut after it still has it), else from its last; a JSON answer's once
+    /// it is whole. Only when asked for, and only of a Responses answer.
+    #[test]
+    fn the_response_id_is_read_with_the_usage_whatever_the_chunking() {
+        let id = |reader: &OpenAiUsage| reader.response_id().map(Cow::into_owned);
+        let stored =
+            |streaming| OpenAiUsage::new(Operation::Responses, streaming).reading_response_id();
+        let body = fixture("openai_responses_stream.txt");
+        let text = std::str::from_utf8(&body).unwrap();
+        let want = Some("resp_mockadcb6f249dd44fc4".to_owned());
+        for split in [1, 7, 64, body.len()] {
+            let mut reader = stored(true);
+            for part in body.chunks(split) {
+                reader.observe(part);
+            }
+            assert_eq!(id(&reader), want, "split {split}");
+            assert!(reader.usage().output_tokens > 0);
+        }
+        // Cut right after `response.created`.
+        let first = text
+            .find(
+                "
+
+",
+            )
+            .unwrap()
+            + 2;
+        let mut reader = stored(true);
+        reader.observe(&body[..first]);
+        assert_eq!(id(&reader), want);
+        // Without a `response.created` (nor event names): from the last event.
+        let last: String = text
+            .split(
+                "
+
+",
+            )
+            .filter(|e| e.contains("response.completed"))
+            .map(|e| {
+                format!(
+                    "{}
+
+",
+                    e.lines()
+                        .filter(|l| l.starts_with("data:"))
+                        .collect::<Vec<_>>()
+                        .join(
+                            "
+"
+                        )
+                )
+            })
+            .collect();
+        let mut reader = stored(true);
+        reader.observe(last.as_bytes());
+        assert_eq!(id(&reader), want);
+        assert!(reader.usage().output_tokens > 0);
+        // Not asked for, or not a Responses answer: none.
+        let mut reader = OpenAiUsage::new(Operation::Responses, true);
+        reader.observe(&body);
+        assert_eq!(id(&reader), None);
+        assert_eq!(
+            id(&OpenAiUsage::new(Operation::Chat, false).reading_response_id()),
+            None
+        );
+
+        let json = br#"{"id": "resp_1x", "object": "response", "output": [{"id": "msg_1", "content": [{"text": "{"id": "no"}"}]}], "usage": {"input_tokens": 5, "output_tokens": 2}}"#;
+        for split in [1, 5, json.len()] {
+            let mut reader = stored(false);
+            for part in json.chunks(split) {
+                reader.observe(part);
+            }
+            assert_eq!(id(&reader).as_deref(), Some("resp_1x"), "split {split}");
+            assert_eq!(reader.usage().input_tokens, 5);
+        }
+        // Not whole: not known yet.
+        let mut reader = stored(false);
+        reader.observe(&json[..json.len() - 1]);
+        assert_eq!(id(&reader), None);
     }
 
     #[test]

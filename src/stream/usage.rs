@@ -33,8 +33,13 @@ impl UsageReader {
             UsageKind::OpenAiChat => {
                 UsageReader::OpenAi(Box::new(OpenAiUsage::new(Operation::Chat, streaming)))
             }
-            UsageKind::OpenAiResponses => {
-                UsageReader::OpenAi(Box::new(OpenAiUsage::new(Operation::Responses, streaming)))
+            UsageKind::OpenAiResponses { stored } => {
+                let reader = OpenAiUsage::new(Operation::Responses, streaming);
+                UsageReader::OpenAi(Box::new(if stored {
+                    reader.reading_response_id()
+                } else {
+                    reader
+                }))
             }
             UsageKind::OpenAiEmbeddings => {
                 UsageReader::OpenAi(Box::new(OpenAiUsage::new(Operation::Embeddings, streaming)))
@@ -49,6 +54,15 @@ impl UsageReader {
             UsageReader::Anthropic(u) => u.observe(chunk),
             UsageReader::OpenAi(u) => u.observe(chunk),
             UsageReader::Gemini(u) => u.observe(chunk),
+        }
+    }
+
+    /// The id of the stored response the answer made (a Responses answer whose kind says
+    /// `stored`), once seen.
+    pub fn response_id(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            UsageReader::OpenAi(u) => u.response_id(),
+            UsageReader::Anthropic(_) | UsageReader::Gemini(_) => None,
         }
     }
 
@@ -176,7 +190,7 @@ mod tests {
         let body = fixture("openai_responses_stream.txt");
         let started = cut_before(&body, ".delta");
         let cases = [
-            reader(UsageKind::OpenAiResponses, &started),
+            reader(UsageKind::OpenAiResponses { stored: true }, &started),
             UsageReader::new(UsageKind::OpenAiChat, false),
             UsageReader::new(UsageKind::AnthropicMessages, false),
             UsageReader::new(UsageKind::GeminiGenerate, false),
@@ -205,7 +219,11 @@ mod tests {
     #[test]
     fn a_responses_stream_cut_before_its_end_is_billed_a_token_per_delta() {
         let body = fixture("openai_responses_stream.txt");
-        assert!(!reader(UsageKind::OpenAiResponses, &body).billed(5, true).1);
+        assert!(
+            !reader(UsageKind::OpenAiResponses { stored: true }, &body)
+                .billed(5, true)
+                .1
+        );
         let cut = cut_before(&body, "response.completed");
         let deltas = std::str::from_utf8(&cut)
             .unwrap()
@@ -213,7 +231,8 @@ mod tests {
             .filter(|l| l.starts_with("event: ") && l.ends_with(".delta"))
             .count() as u64;
         assert!(deltas > 0);
-        let (billed, estimated) = reader(UsageKind::OpenAiResponses, &cut).billed(5, false);
+        let (billed, estimated) =
+            reader(UsageKind::OpenAiResponses { stored: true }, &cut).billed(5, false);
         assert!(estimated);
         assert_eq!((billed.input_tokens, billed.output_tokens), (5, deltas));
     }

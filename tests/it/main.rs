@@ -8,6 +8,7 @@ mod limits;
 mod mocks;
 mod proxy;
 mod redis;
+mod responses;
 mod scheduler;
 mod store_conformance;
 mod support;

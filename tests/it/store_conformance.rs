@@ -15,10 +15,10 @@ use switchyard::scheduler::policy::{Health, Report, Status, Sticky};
 use switchyard::store::embedded::EmbeddedStore;
 use switchyard::store::redis::RedisStore;
 use switchyard::store::{
-    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Bucket, Candidate, Counters,
-    Dimension, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter, MeterUse, PickRequest,
-    Picked, Provider, Renewed, RequestLogEntry, SessionPick, SmolStr, Store, StoreError,
-    StoreResult, Taken, UsageBatch, UsageQuery,
+    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Candidate,
+    Counters, Dimension, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter, MeterUse,
+    PickRequest, Picked, Provider, Renewed, RequestLogEntry, SessionPick, SmolStr, Store,
+    StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use switchyard::usage::TokenUsage;
 use tempfile::TempDir;
@@ -113,7 +113,8 @@ macro_rules! conformance_tests {
             each_report_kind_and_its_recovery, family_scoped_rate_limit,
             retry_at_is_the_earliest_recovery, degraded_flag, sessions_renew_escape_and_rebind,
             concurrent_picks_respect_caps, admit_and_pick_then_finish, a_large_backlog_is_written_whole,
-            a_renewed_lease_outlives_its_ttl, renewing_a_lease_given_back_or_expired_does_nothing;
+            a_renewed_lease_outlives_its_ttl, renewing_a_lease_given_back_or_expired_does_nothing,
+            finish_binds_a_session;
             records_survive_reopen, usage_survives_reopen);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
@@ -913,7 +914,10 @@ mod cases {
             lease: lease("k-1.1"),
         };
         for _ in 0..2 {
-            store.finish(Some(&key), Some(&account)).await.unwrap();
+            store
+                .finish(Some(&key), Some(&account), None)
+                .await
+                .unwrap();
         }
         let s = key_state(Arc::clone(&store)).await;
         assert_eq!(s.in_flight, 0);
@@ -944,7 +948,7 @@ mod cases {
             lease: lease("k-4.1"),
             ..account
         };
-        store.finish(None, Some(&account)).await.unwrap();
+        store.finish(None, Some(&account), None).await.unwrap();
         assert_eq!(store.account_runtime("a1").await.unwrap().in_flight, 0);
         assert_eq!(key_state(Arc::clone(&store)).await.in_flight, 1);
         let key = KeySettle {
@@ -952,7 +956,7 @@ mod cases {
             used: used(&[("day:x", 0), ("win:req", 0)]),
             ..key
         };
-        store.finish(Some(&key), None).await.unwrap();
+        store.finish(Some(&key), None, None).await.unwrap();
         let s = key_state(Arc::clone(&store)).await;
         assert_eq!(s.in_flight, 0);
         assert_eq!(
@@ -1112,7 +1116,10 @@ mod cases {
             account_id: "acc".to_owned(),
             lease: lease("k-1.1"),
         };
-        store.finish(Some(&settle), Some(&account)).await.unwrap();
+        store
+            .finish(Some(&settle), Some(&account), None)
+            .await
+            .unwrap();
 
         // Given back: nothing to renew, and nothing comes back.
         assert_eq!(
@@ -2244,6 +2251,128 @@ mod cases {
         assert_eq!(sticky_of(&p), Sticky::Bound, "{p:?}");
     }
 
+    /// `finish` binds a session to the account whose lease it gives back (the answer made a
+    /// stored response there), in the same call as both leases: a later pick with that session
+    /// goes there first. Written whether the lease was still held or not (a repeat changes
+    /// nothing else), moved by a later binding, gone after its own TTL, dropped by a zero one.
+    pub async fn finish_binds_a_session(store: Arc<dyn Store>) {
+        let t = now_ms();
+        let three = [
+            candidate("f1", 0, None),
+            candidate("f2", 0, None),
+            candidate("f3", 0, None),
+        ];
+        let session = |id| {
+            Some(SessionPick {
+                id,
+                ttl: Duration::from_secs(60),
+                move_on_overflow: false,
+            })
+        };
+        let sticky_of = |p: &Picked| match p {
+            Picked::Account { sticky, .. } => *sticky,
+            Picked::Unavailable { .. } => panic!("nothing picked: {p:?}"),
+        };
+        let binding = |session: &str, ttl| Binding {
+            session: session.to_owned(),
+            ttl,
+        };
+
+        // A request served by f3 (its key's lease with a meter), given back with a binding.
+        let admission = metered("k1", t, &[("day:x", 100, 30)]);
+        let taken = store
+            .admit_and_pick(
+                &admission,
+                &lease("k-1"),
+                &request(&three[2..], t, None),
+                &lease("k-1.1"),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&taken, Taken::Picked(Picked::Account { id, .. }) if id == "f3"),
+            "{taken:?}"
+        );
+        let key = KeySettle {
+            key_id: "k1".to_owned(),
+            lease: lease("k-1"),
+            reserved: used(&[("day:x", 30)]),
+            used: used(&[("day:x", 12)]),
+        };
+        let account = AccountRelease {
+            key_id: "k1".to_owned(),
+            account_id: "f3".to_owned(),
+            lease: lease("k-1.1"),
+        };
+        let made = binding("made", Duration::from_secs(60));
+        for _ in 0..2 {
+            store
+                .finish(Some(&key), Some(&account), Some(&made))
+                .await
+                .unwrap();
+        }
+        let s = store
+            .key_state("k1", &[SmolStr::new_static("day:x")])
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.in_flight, s.meters[0]),
+            (0, MeterUse { used: 12, held: 0 })
+        );
+        assert_eq!(store.account_runtime("f3").await.unwrap().in_flight, 0);
+        // f3 was picked last of the three, yet the session goes there.
+        let p = picked(&store, &request(&three, t, session("made")), "p1").await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("f3", Sticky::Hit));
+        // A session nobody bound goes by the order (f1, never picked), and is bound there.
+        let p = picked(&store, &request(&three, t, session("other")), "p2").await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("f1", Sticky::Bound));
+
+        // Bound anew on a lease that is not held: the binding moves; the lease held on f1 (p2)
+        // stays held.
+        let on = |account_id: &str, lease_id: &str| AccountRelease {
+            key_id: "k1".to_owned(),
+            account_id: account_id.to_owned(),
+            lease: lease(lease_id),
+        };
+        store
+            .finish(None, Some(&on("f1", "never")), Some(&made))
+            .await
+            .unwrap();
+        assert_eq!(store.account_runtime("f1").await.unwrap().in_flight, 1);
+        let p = picked(&store, &request(&three, t, session("made")), "p3").await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("f1", Sticky::Hit));
+
+        // Each binding keeps its own TTL.
+        let brief = binding("brief", Duration::from_millis(300));
+        let lasting = binding("lasting", Duration::from_secs(60));
+        for bind in [&brief, &lasting] {
+            store
+                .finish(None, Some(&on("f2", "never-2")), Some(bind))
+                .await
+                .unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        let p = picked(&store, &request(&three, t, session("lasting")), "p4").await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("f2", Sticky::Hit));
+        tokio::time::sleep_until(started + Duration::from_millis(450)).await;
+        let p = picked(&store, &request(&three, t, session("brief")), "p5").await;
+        assert_eq!(sticky_of(&p), Sticky::Bound, "{p:?}");
+        let p = picked(&store, &request(&three, t, session("lasting")), "p6").await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("f2", Sticky::Hit));
+
+        // A zero TTL drops it.
+        store
+            .finish(
+                None,
+                Some(&on("f3", "never-3")),
+                Some(&binding("made", Duration::ZERO)),
+            )
+            .await
+            .unwrap();
+        let p = picked(&store, &request(&three, t, session("made")), "p7").await;
+        assert_eq!(sticky_of(&p), Sticky::Bound, "{p:?}");
+    }
+
     pub async fn concurrent_picks_respect_caps(store: Arc<dyn Store>) {
         const TASKS: usize = 40;
         let now = now_ms();
@@ -2995,6 +3124,7 @@ mod redis_only {
                     reserved: used(&[("day:1", 10), ("total", 10)]),
                     used: used(&[("day:1", 5), ("total", 5)]),
                 }),
+                None,
                 None,
             )
             .await

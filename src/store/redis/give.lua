@@ -1,15 +1,18 @@
 -- Gives back what one request took, atomically: the key's lease (what it held on each meter
--- returns, what the request used is added) and/or the account's lease.
+-- returns, what the request used is added) and/or the account's lease, binding a session to that
+-- account when the answer made something only it holds (a stored response).
 --
 -- Written to allocate little, as take.lua is (see there why): the caller builds the prefixes
 -- and members, and arguments are read where they lie in ARGV.
 --
--- KEYS[1..3] as live.lua.
+-- KEYS[1..3] as live.lua; KEYS[4] <p>{live}:sess:<session> when the account's part binds one.
 -- ARGV[1] '<p>{live}:swept:', then the key's lease: '0' none, or '1', the key's field prefix
 -- ('k' lp(key)), lp(key) lp(lease), its holds as admitted ('bucket=reserve;'..., exactly as
 -- take.lua wrote them) or '?' when the caller does not know them (the lease is then looked up),
 -- the count of used amounts, and per amount: bucket, amount; then the account's lease: '0' none,
--- or '1', the account's field prefix ('a' lp(account)), lp(account) lp(lease).
+-- or '1', the account's field prefix ('a' lp(account)), lp(account) lp(lease), and, when it binds
+-- a session, the binding's TTL (ms; '0' drops it) and value (as take.lua writes it: the account,
+-- '\n', unix ms now).
 -- A meter no longer in the key's registry (its period ended and the next admission dropped it) is
 -- not recreated. Idempotent: a lease given back twice counts once. A key lease swept after its
 -- deadline already returned its holds; its use is still added (once).
@@ -70,6 +73,15 @@ if K > 0 then
 end
 if AC > 0 and redis.call('ZREM', AL, ARGV[AC + 2]) == 1 then
   account_given = 1
+end
+-- The binding, whether the lease was still held or not: it says where the answer was made, and
+-- setting it again changes nothing.
+if AC > 0 and ARGV[AC + 3] then
+  if ARGV[AC + 3] == '0' then
+    redis.call('DEL', KEYS[4])
+  else
+    redis.call('SET', KEYS[4], ARGV[AC + 4], 'PX', ARGV[AC + 3])
+  end
 end
 if key_given == 0 and account_given == 0 and not add_used then
   return { 0, 0 }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_trait::async_trait;
 use switchyard::scheduler::policy::Report;
 use switchyard::store::{
-    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Change, Counters, KeyRecord,
-    KeyRenewal, KeySettle, KeyState, Lease, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr,
-    Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
+    AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Change, Counters,
+    KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, PickRequest, Picked, Renewed,
+    RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 
 /// What the test tells the store and reads back; shared with the store the relay runs on.
@@ -170,8 +170,9 @@ impl Store for FaultyStore {
         &self,
         key: Option<&KeySettle>,
         account: Option<&AccountRelease>,
+        bind: Option<&Binding>,
     ) -> StoreResult<()> {
-        self.inner.finish(key, account).await
+        self.inner.finish(key, account, bind).await
     }
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
         self.inner.record_usage(batch).await

@@ -22,6 +22,14 @@
 //! - `GET /v1beta/models` (and `GET /v1/models` with `x-goog-api-key` or `?key=`).
 //!
 //! `GET /mock-files/{id}` serves the images that `response_format: "url"` answers point to.
+//!
+//! Stored responses: by default none is held (`/v1/responses/{id}[/…]` answers 404, a
+//! `previous_response_id` is not checked) and every Responses answer has the id
+//! [`openai::RESPONSE_ID`]. A mock told to [`MockUpstream::hold_responses`] acts as one vendor
+//! account: its answers have ids of their own (`resp_<tag>_<n>`), it keeps each one unless the
+//! request said `store: false`, answers the paths of those it holds (GET: the response) and 404
+//! for others, and refuses a `previous_response_id` it does not hold with
+//! `previous_response_not_found`.
 //! Anything else: 404 in the vendor shape its prefix suggests (Anthropic by default).
 //!
 //! Auth failures (and Azure's missing `api-version`) are answered before the queue is consulted:
@@ -52,7 +60,7 @@ pub use images::FormPart;
 #[allow(unused_imports)]
 pub use wire::{base64_decode, base64_encode};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -222,6 +230,8 @@ impl Behavior {
 pub struct AnswerOpts {
     /// OpenAI chat stream: the request had `stream_options.include_usage: true`.
     pub include_usage: bool,
+    /// A Responses answer's id, when not [`openai::RESPONSE_ID`].
+    pub response_id: Option<String>,
     /// A tool-call answer calling this function (see [`TOOL_TRIGGER`]).
     pub tool: Option<String>,
     /// Azure flavour: chat answers carry `prompt_filter_results` (a stream opens with a
@@ -240,6 +250,8 @@ pub struct MockOptions {
     /// Reasoning tokens reported inside `output` (OpenAI `reasoning_tokens`, Gemini
     /// `thoughtsTokenCount`, which Gemini reports beside, not inside, `candidatesTokenCount`).
     pub reasoning_tokens: u64,
+    /// Holds the Responses it makes, naming them `resp_<tag>_<n>` ([`MockUpstream::hold_responses`]).
+    pub holds_responses: Option<String>,
     /// Image input tokens of `gpt-image-*` edits (`input_tokens_details.image_tokens`).
     pub image_input_tokens: u64,
     /// When set, every credential presented must equal it (all vendors, Anthropic included).
@@ -327,6 +339,9 @@ struct State {
     /// Images served at `/mock-files/{id}` (answers with `response_format: "url"`).
     files: HashMap<String, Bytes>,
     base_url: String,
+    /// Responses made (with `holds_responses`), and the ids of those held.
+    responses_made: usize,
+    held_responses: HashSet<String>,
 }
 
 fn lock(shared: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -354,6 +369,8 @@ impl MockUpstream {
             options: MockOptions::default(),
             files: HashMap::new(),
             base_url: format!("http://{addr}"),
+            responses_made: 0,
+            held_responses: HashSet::new(),
         }));
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         MockUpstream { addr, shared, task }
@@ -424,6 +441,19 @@ impl MockUpstream {
         lock(&self.shared).options.image_input_tokens = n;
     }
 
+    /// From now on the mock acts as one vendor account holding the Responses it makes (see the
+    /// module's doc): their ids are `resp_<tag>_<n>`.
+    pub fn hold_responses(&self, tag: &str) {
+        lock(&self.shared).options.holds_responses = Some(tag.to_owned());
+    }
+
+    /// The stored responses held, sorted.
+    pub fn held_responses(&self) -> Vec<String> {
+        let mut held: Vec<String> = lock(&self.shared).held_responses.iter().cloned().collect();
+        held.sort();
+        held
+    }
+
     /// From now on every credential must equal `key` (401/400 in the vendor's shape otherwise).
     pub fn require_api_key(&self, key: &str) {
         lock(&self.shared).options.api_key = Some(key.to_owned());
@@ -469,6 +499,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Mutex<State>>) {
 
 /// What a vendor handler gets besides the behaviour and the guard.
 struct Ctx {
+    method: http::Method,
+    path: String,
     body: Bytes,
     headers: HeaderMap,
     query: Option<String>,
@@ -534,6 +566,8 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<M
     let request_id = format!("req_mock_{:04}", index + 1);
     let vendor = route.vendor();
     let ctx = Ctx {
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
         body,
         headers: parts.headers,
         query,

@@ -62,6 +62,9 @@ pub(super) async fn handle(
         return error_response(vendor, &behavior, guard);
     }
     if op == OpenAiOp::StoredResponse {
+        if let Some(body) = stored_response(ctx) {
+            return vendor_json(vendor, 200, body, guard);
+        }
         let message = "No response found with this id.";
         let body = error_json(message, "invalid_request_error", None, None);
         return vendor_json(vendor, 404, body, guard);
@@ -110,6 +113,21 @@ pub(super) async fn handle(
             }
         }
         OpenAiOp::Responses => {
+            if let Some(tag) = &ctx.options.holds_responses {
+                match hold_response(ctx, tag, &obj) {
+                    Ok(id) => opts.response_id = Some(id),
+                    Err(missing) => {
+                        let message = format!("Previous response with id '{missing}' not found.");
+                        let body = error_json(
+                            &message,
+                            "invalid_request_error",
+                            Some("previous_response_id"),
+                            Some("previous_response_not_found"),
+                        );
+                        return vendor_json(vendor, 400, body, guard);
+                    }
+                }
+            }
             opts.tool = tool_name(obj.get("tools"), obj.get("input"));
             if stream {
                 let events = responses_stream_events(&model, usage, &opts);
@@ -134,6 +152,56 @@ pub(super) async fn handle(
         }
     };
     play(&behavior, shape, guard).await
+}
+
+/// A mock holding responses: the id of the one this request makes (kept unless it says
+/// `store: false`), or the `previous_response_id` it names that is not held.
+fn hold_response(
+    ctx: &Ctx,
+    tag: &str,
+    request: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, String> {
+    let mut st = super::lock(&ctx.shared);
+    if let Some(previous) = request.get("previous_response_id").and_then(|p| p.as_str()) {
+        if !st.held_responses.contains(previous) {
+            return Err(previous.to_owned());
+        }
+    }
+    st.responses_made += 1;
+    let id = format!("resp_{tag}_{}", st.responses_made);
+    if request.get("store") != Some(&serde_json::Value::Bool(false)) {
+        st.held_responses.insert(id.clone());
+    }
+    Ok(id)
+}
+
+/// A mock holding responses: its answer on a stored response's path (`/v1/responses/{id}[/…]`)
+/// when it holds that response. GET: the response; DELETE: deleted (no longer held); the other
+/// paths: the response's id and object.
+fn stored_response(ctx: &Ctx) -> Option<String> {
+    ctx.options.holds_responses.as_ref()?;
+    let rest = ctx.path.strip_prefix("/v1/responses/")?;
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut st = super::lock(&ctx.shared);
+    if !st.held_responses.contains(id) {
+        return None;
+    }
+    let body = match (&ctx.method, tail) {
+        (&http::Method::GET, "") => {
+            let opts = AnswerOpts {
+                response_id: Some(id.to_owned()),
+                ..AnswerOpts::default()
+            };
+            let usage = MockUsage::new(10, 7);
+            return Some(response_object("gpt-5", Some((usage, 0)), &opts).render());
+        }
+        (&http::Method::DELETE, "") => {
+            st.held_responses.remove(id);
+            o! {"id": id, "object": "response.deleted", "deleted": true}
+        }
+        _ => o! {"id": id, "object": "response"},
+    };
+    Some(body.render())
 }
 
 fn stream_shape(events: Vec<Bytes>, before_stall: usize) -> Shape {
@@ -525,7 +593,7 @@ fn response_object(model: &str, usage: Option<(MockUsage, u64)>, opts: &AnswerOp
         Vec::new()
     };
     o! {
-        "id": RESPONSE_ID,
+        "id": opts.response_id.as_deref().unwrap_or(RESPONSE_ID),
         "object": "response",
         "created_at": CREATED,
         "status": if done { "completed" } else { "in_progress" },
