@@ -276,7 +276,7 @@ pub struct SchedulerConfig {
     /// stays) or `move` (the binding moves to the account that served).
     pub sticky_overflow: StickyOverflow,
     /// A stored OpenAI response stays bound to the account that made it this long after it was
-    /// made or last named: a follow-up turn (`previous_response_id`) or a fetch of it goes to
+    /// made: a follow-up turn (`previous_response_id`) or a fetch of it goes to
     /// that account first. 0: not remembered (such requests try the accounts in turn).
     pub response_binding_ttl_secs: u64,
     /// A 429 without reset headers keeps the account out this long.

@@ -152,22 +152,20 @@ async fn pick_from(
         candidates,
         family: limit_scope(ask.protocol, ask.model),
         session: ask.session.map(|session| {
-            // A stored response stays bound to the account that holds it when that one cannot
-            // serve now (it does not move with the request); but a binding this request made
+            // A stored response's binding is written for `response_binding_ttl_secs` when an
+            // answer made the response (`relay::settle`); a pick only learns where one it did not
+            // see made lives, for as long as any session's (so that naming ids nobody made leaves
+            // nothing behind for longer), and never cuts a made one's time short. It stays with
+            // the account that holds it when that one cannot serve now; one this request made
             // follows it until an account answers, as any new session's does.
-            let (ttl, moves) = if session.stored_response {
-                (policy.response_binding_ttl_secs, false)
-            } else {
-                (
-                    policy.sticky_ttl_secs,
-                    policy.sticky_overflow == StickyOverflow::Move,
-                )
-            };
-            (
-                session.id.clone(),
-                Duration::from_secs(ttl),
-                moves || ask.rebind,
-            )
+            let stored = session.stored_response;
+            OrderSession {
+                id: session.id.clone(),
+                ttl: Duration::from_secs(policy.sticky_ttl_secs),
+                move_on_overflow: ask.rebind
+                    || (!stored && policy.sticky_overflow == StickyOverflow::Move),
+                renew: !stored,
+            }
         }),
         now_ms,
     };
@@ -333,9 +331,16 @@ async fn pick_remote(
 struct PickOrder {
     candidates: Vec<Candidate>,
     family: Option<Cow<'static, str>>,
-    /// The session's id, binding TTL and whether it moves on overflow.
-    session: Option<(String, Duration, bool)>,
+    session: Option<OrderSession>,
     now_ms: i64,
+}
+
+/// `SessionPick`, owned.
+struct OrderSession {
+    id: String,
+    ttl: Duration,
+    move_on_overflow: bool,
+    renew: bool,
 }
 
 impl PickOrder {
@@ -343,14 +348,12 @@ impl PickOrder {
         PickRequest {
             candidates: &self.candidates,
             family: self.family.as_deref(),
-            session: self
-                .session
-                .as_ref()
-                .map(|(id, ttl, move_on_overflow)| SessionPick {
-                    id,
-                    ttl: *ttl,
-                    move_on_overflow: *move_on_overflow,
-                }),
+            session: self.session.as_ref().map(|s| SessionPick {
+                id: &s.id,
+                ttl: s.ttl,
+                move_on_overflow: s.move_on_overflow,
+                renew: s.renew,
+            }),
             now_ms: self.now_ms,
         }
     }

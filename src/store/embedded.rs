@@ -599,6 +599,7 @@ impl Hot {
         let degraded = !account.health.is_clean_for(req.family);
         if let Some(session) = req.session {
             match sticky {
+                Sticky::Hit if !session.renew => {}
                 Sticky::Hit | Sticky::Bound | Sticky::Moved => {
                     self.bind(session.id, &id, session.ttl, now);
                 }
@@ -1326,6 +1327,7 @@ mod tests {
                     id,
                     ttl,
                     move_on_overflow: true,
+                    renew: true,
                 }),
                 now_ms: now_ms(),
             };

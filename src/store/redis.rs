@@ -1027,7 +1027,12 @@ impl RedisStore {
                 match &request.session {
                     Some(session) => {
                         keys.push(Key::from(self.names.session(session.id)));
-                        let mode = if session.move_on_overflow { 2 } else { 1 };
+                        let mode = match (session.renew, session.move_on_overflow) {
+                            (true, false) => 1,
+                            (true, true) => 2,
+                            (false, false) => 3,
+                            (false, true) => 4,
+                        };
                         args.extend([Value::Integer(mode), Value::Integer(ttl_ms(session.ttl))]);
                     }
                     None => args.extend([Value::Integer(0), Value::Integer(0)]),

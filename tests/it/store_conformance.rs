@@ -1543,6 +1543,7 @@ mod cases {
                 id,
                 ttl: Duration::from_secs(60),
                 move_on_overflow,
+                renew: true,
             })
         };
         let first = picked(&store, &request(&cands, now, session("sess", false)), "a").await;
@@ -1630,6 +1631,7 @@ mod cases {
             id: "brief",
             ttl: Duration::from_millis(100),
             move_on_overflow: false,
+            renew: true,
         });
         picked(&store, &request(&cands, now, short), "g").await;
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -2124,6 +2126,7 @@ mod cases {
             id: "deg",
             ttl: Duration::from_secs(60),
             move_on_overflow: false,
+            renew: true,
         });
         let req = PickRequest {
             candidates: &only,
@@ -2163,6 +2166,7 @@ mod cases {
                 id,
                 ttl,
                 move_on_overflow: false,
+                renew: true,
             })
         };
         let sticky_of = |p: &Picked| match p {
@@ -2267,6 +2271,7 @@ mod cases {
                 id,
                 ttl: Duration::from_secs(60),
                 move_on_overflow: false,
+                renew: true,
             })
         };
         let sticky_of = |p: &Picked| match p {
@@ -2371,6 +2376,56 @@ mod cases {
             .unwrap();
         let p = picked(&store, &request(&three, t, session("made")), "p7").await;
         assert_eq!(sticky_of(&p), Sticky::Bound, "{p:?}");
+
+        // A pick that does not renew (a stored response's) makes a binding with its TTL, and
+        // leaves one it hits with the time it had.
+        let keeping = |id, ttl| {
+            Some(SessionPick {
+                id,
+                ttl,
+                move_on_overflow: false,
+                renew: false,
+            })
+        };
+        let p = picked(
+            &store,
+            &request(&three, t, keeping("learnt", Duration::from_secs(60))),
+            "r1",
+        )
+        .await;
+        assert_eq!(sticky_of(&p), Sticky::Bound, "{p:?}");
+        let home = id_of(&p).to_owned();
+        let p = picked(
+            &store,
+            &request(&three, t, keeping("learnt", Duration::from_secs(60))),
+            "r2",
+        )
+        .await;
+        assert_eq!((id_of(&p), sticky_of(&p)), (home.as_str(), Sticky::Hit));
+        store
+            .finish(None, Some(&on("f2", "never-4")), Some(&brief))
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let p = picked(
+            &store,
+            &request(&three, t, keeping("brief", Duration::from_secs(60))),
+            "r3",
+        )
+        .await;
+        assert_eq!((id_of(&p), sticky_of(&p)), ("f2", Sticky::Hit));
+        tokio::time::sleep_until(started + Duration::from_millis(450)).await;
+        let p = picked(
+            &store,
+            &request(&three, t, keeping("brief", Duration::from_secs(60))),
+            "r4",
+        )
+        .await;
+        assert_eq!(
+            sticky_of(&p),
+            Sticky::Bound,
+            "the hit did not renew it: {p:?}"
+        );
     }
 
     pub async fn concurrent_picks_respect_caps(store: Arc<dyn Store>) {
