@@ -104,23 +104,18 @@ async fn pick_from(
         })
         .filter(|a| allowed(a))
         .collect();
-    // A stored response stays on its account while an admin takes that one out of rotation:
-    // the binding must outlive it.
-    let holds_a_response = ask.session.is_some_and(|s| s.stored_response);
     let candidates: Vec<Candidate> = serving
         .iter()
-        .map(|a| (a, a.record.enabled && a.record.schedulable))
-        .filter(|(_, usable)| *usable || holds_a_response)
-        .map(|(a, usable)| {
+        .filter(|a| a.record.enabled && a.record.schedulable)
+        .map(|a| {
             // An account this request already tried stays a candidate without capacity: it
             // cannot serve again, but a session bound to it is recognised (it escapes or moves
-            // by the policy) instead of being treated as bound to an account that is gone. So
-            // does a disabled one, for a stored response's session.
+            // by the policy) instead of being treated as bound to an account that is gone.
             let tried = ask.exclude.iter().any(|id| id == a.id());
             Candidate {
                 account_id: a.record.id.clone(),
                 priority: a.record.priority,
-                max_concurrency: if tried || !usable {
+                max_concurrency: if tried {
                     Some(0)
                 } else {
                     a.record.max_concurrency
@@ -152,19 +147,17 @@ async fn pick_from(
         candidates,
         family: limit_scope(ask.protocol, ask.model),
         session: ask.session.map(|session| {
-            // A stored response's binding is written for `response_binding_ttl_secs` when an
-            // answer made the response (`relay::settle`); a pick only learns where one it did not
-            // see made lives, for as long as any session's (so that naming ids nobody made leaves
-            // nothing behind for longer), and never cuts a made one's time short. It stays with
-            // the account that holds it when that one cannot serve now; one this request made
-            // follows it until an account answers, as any new session's does.
+            // A stored response's binding is written when an answer made the response
+            // (`relay::settle`), and only read by a pick: naming ids costs a key holder nothing
+            // (a fetch is not billed), so it leaves nothing behind, and it never moves or
+            // shortens the binding of the account that holds the response.
             let stored = session.stored_response;
             OrderSession {
                 id: session.id.clone(),
                 ttl: Duration::from_secs(policy.sticky_ttl_secs),
-                move_on_overflow: ask.rebind
-                    || (!stored && policy.sticky_overflow == StickyOverflow::Move),
-                renew: !stored,
+                move_on_overflow: !stored
+                    && (policy.sticky_overflow == StickyOverflow::Move || ask.rebind),
+                write: !stored,
             }
         }),
         now_ms,
@@ -340,7 +333,7 @@ struct OrderSession {
     id: String,
     ttl: Duration,
     move_on_overflow: bool,
-    renew: bool,
+    write: bool,
 }
 
 impl PickOrder {
@@ -352,7 +345,7 @@ impl PickOrder {
                 id: &s.id,
                 ttl: s.ttl,
                 move_on_overflow: s.move_on_overflow,
-                renew: s.renew,
+                write: s.write,
             }),
             now_ms: self.now_ms,
         }

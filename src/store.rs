@@ -345,10 +345,10 @@ pub struct SessionPick<'a> {
     /// When the bound account cannot serve: move the binding (`true`) or let this request
     /// escape once and keep it (`false`).
     pub move_on_overflow: bool,
-    /// Whether a hit renews the binding to `ttl` (`false`: it keeps the time it was given: a
-    /// stored response's, written for a longer time when an answer made the response, must not
-    /// be cut to the `ttl` of one a pick makes).
-    pub renew: bool,
+    /// Whether the pick writes the binding (makes, moves or renews it). `false`: it is only read
+    /// (a stored response's, written when an answer made the response: naming ids, which costs
+    /// a key holder nothing, must leave nothing behind, nor move or shorten a binding).
+    pub write: bool,
 }
 
 /// The answer of `pick_account`.

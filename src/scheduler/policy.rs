@@ -259,8 +259,11 @@ pub fn choose<'a>(
         .filter(|o| o.eligible(family, now))
         .min_by_key(|o| (o.priority, o.load(), o.pick_seq));
     let Some(best) = best else {
+        // A candidate without capacity (tried by this request, or kept only for a session bound
+        // to it) never frees up for it.
         let retry_at = options
             .iter()
+            .filter(|o| o.max_concurrency != Some(0))
             .filter_map(|o| {
                 let at = o.health.recovers_at(family, now)?;
                 // A full but healthy account frees up when a request ends: soon, not knowable.

@@ -44,10 +44,9 @@ pub struct Session {
     pub id: String,
     /// The session of a stored response (`response_id`), not of a conversation: its binding
     /// names the account that holds the response. Written when an answer made the response, for
-    /// `scheduler.response_binding_ttl_secs` (a pick that finds none makes one for
-    /// `scheduler.sticky_ttl_secs`, and a hit does not renew it); it stays where it is when that
-    /// account cannot serve now, whatever `scheduler.sticky_overflow` says: the response does
-    /// not move with the request.
+    /// `scheduler.response_binding_ttl_secs`, and only read by a pick (never made, moved or
+    /// renewed there): it stays where it is when that account cannot serve now, whatever
+    /// `scheduler.sticky_overflow` says: the response does not move with the request.
     pub stored_response: bool,
 }
 

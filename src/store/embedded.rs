@@ -599,12 +599,12 @@ impl Hot {
         let degraded = !account.health.is_clean_for(req.family);
         if let Some(session) = req.session {
             match sticky {
-                Sticky::Hit if !session.renew => {}
-                Sticky::Hit | Sticky::Bound | Sticky::Moved => {
+                Sticky::Hit | Sticky::Bound | Sticky::Moved if session.write => {
                     self.bind(session.id, &id, session.ttl, now);
                 }
-                // The binding stays where it is, for when its account can serve again.
-                Sticky::Escaped | Sticky::None => {}
+                // An escape leaves the binding where it is, for when its account can serve
+                // again; a session the pick may not write is only read.
+                Sticky::Hit | Sticky::Bound | Sticky::Moved | Sticky::Escaped | Sticky::None => {}
             }
         }
         Picked::Account {
@@ -1327,7 +1327,7 @@ mod tests {
                     id,
                     ttl,
                     move_on_overflow: true,
-                    renew: true,
+                    write: true,
                 }),
                 now_ms: now_ms(),
             };

@@ -1027,11 +1027,10 @@ impl RedisStore {
                 match &request.session {
                     Some(session) => {
                         keys.push(Key::from(self.names.session(session.id)));
-                        let mode = match (session.renew, session.move_on_overflow) {
+                        let mode = match (session.write, session.move_on_overflow) {
+                            (false, _) => 3,
                             (true, false) => 1,
                             (true, true) => 2,
-                            (false, false) => 3,
-                            (false, true) => 4,
                         };
                         args.extend([Value::Integer(mode), Value::Integer(ttl_ms(session.ttl))]);
                     }

@@ -525,37 +525,21 @@ mod tests {
             assert!(reader.usage().output_tokens > 0);
         }
         // Cut right after `response.created`.
-        let first = text
-            .find(
-                "
-
-",
-            )
-            .unwrap()
-            + 2;
+        let first = text.find("\n\n").unwrap() + 2;
         let mut reader = stored(true);
         reader.observe(&body[..first]);
         assert_eq!(id(&reader), want);
         // Without a `response.created` (nor event names): from the last event.
         let last: String = text
-            .split(
-                "
-
-",
-            )
+            .split("\n\n")
             .filter(|e| e.contains("response.completed"))
             .map(|e| {
                 format!(
-                    "{}
-
-",
+                    "{}\n\n",
                     e.lines()
                         .filter(|l| l.starts_with("data:"))
                         .collect::<Vec<_>>()
-                        .join(
-                            "
-"
-                        )
+                        .join("\n")
                 )
             })
             .collect();
@@ -572,7 +556,7 @@ mod tests {
             None
         );
 
-        let json = br#"{"id": "resp_1x", "object": "response", "output": [{"id": "msg_1", "content": [{"text": "{"id": "no"}"}]}], "usage": {"input_tokens": 5, "output_tokens": 2}}"#;
+        let json = br#"{"id": "resp_1x", "object": "response", "output": [{"id": "msg_1", "content": [{"text": "{\"id\": \"no\"}"}]}], "usage": {"input_tokens": 5, "output_tokens": 2}}"#;
         for split in [1, 5, json.len()] {
             let mut reader = stored(false);
             for part in json.chunks(split) {

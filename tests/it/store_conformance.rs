@@ -1543,7 +1543,7 @@ mod cases {
                 id,
                 ttl: Duration::from_secs(60),
                 move_on_overflow,
-                renew: true,
+                write: true,
             })
         };
         let first = picked(&store, &request(&cands, now, session("sess", false)), "a").await;
@@ -1631,7 +1631,7 @@ mod cases {
             id: "brief",
             ttl: Duration::from_millis(100),
             move_on_overflow: false,
-            renew: true,
+            write: true,
         });
         picked(&store, &request(&cands, now, short), "g").await;
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -2041,6 +2041,18 @@ mod cases {
             probe(s, &[c("limited"), full.clone(), c("dead")], None, now).await,
             unavailable(Some(now + 1_000))
         );
+        // A candidate without capacity (tried, or kept for a session bound to it) never frees up
+        // for this request: the others' recovery.
+        assert_eq!(
+            probe(
+                s,
+                &[c("limited"), candidate("nobody", 0, Some(0))],
+                None,
+                now
+            )
+            .await,
+            unavailable(Some(now + 9_000))
+        );
         // Judged at the request's time.
         assert_eq!(
             probe(s, &[c("limited"), c("dead")], None, now + 8_000).await,
@@ -2126,7 +2138,7 @@ mod cases {
             id: "deg",
             ttl: Duration::from_secs(60),
             move_on_overflow: false,
-            renew: true,
+            write: true,
         });
         let req = PickRequest {
             candidates: &only,
@@ -2166,7 +2178,7 @@ mod cases {
                 id,
                 ttl,
                 move_on_overflow: false,
-                renew: true,
+                write: true,
             })
         };
         let sticky_of = |p: &Picked| match p {
@@ -2271,7 +2283,7 @@ mod cases {
                 id,
                 ttl: Duration::from_secs(60),
                 move_on_overflow: false,
-                renew: true,
+                write: true,
             })
         };
         let sticky_of = |p: &Picked| match p {
@@ -2377,47 +2389,46 @@ mod cases {
         let p = picked(&store, &request(&three, t, session("made")), "p7").await;
         assert_eq!(sticky_of(&p), Sticky::Bound, "{p:?}");
 
-        // A pick that does not renew (a stored response's) makes a binding with its TTL, and
-        // leaves one it hits with the time it had.
-        let keeping = |id, ttl| {
+        // A pick that may not write (a stored response's) reads the binding, and makes, moves
+        // or renews none.
+        let read_only = |id, ttl| {
             Some(SessionPick {
                 id,
                 ttl,
                 move_on_overflow: false,
-                renew: false,
+                write: false,
             })
         };
-        let p = picked(
-            &store,
-            &request(&three, t, keeping("learnt", Duration::from_secs(60))),
-            "r1",
-        )
-        .await;
+        let long = Duration::from_secs(60);
+        let p = picked(&store, &request(&three, t, read_only("unmade", long)), "r1").await;
         assert_eq!(sticky_of(&p), Sticky::Bound, "{p:?}");
-        let home = id_of(&p).to_owned();
-        let p = picked(
-            &store,
-            &request(&three, t, keeping("learnt", Duration::from_secs(60))),
-            "r2",
-        )
-        .await;
-        assert_eq!((id_of(&p), sticky_of(&p)), (home.as_str(), Sticky::Hit));
+        let p = picked(&store, &request(&three, t, session("unmade")), "r2").await;
+        assert_eq!(sticky_of(&p), Sticky::Bound, "nothing was bound: {p:?}");
+        // A hit renews nothing, however far into the binding's time (Redis renews a hit once
+        // an eighth of the TTL has passed: 125 ms of the pick's 1 s here).
+        let short = binding("short", Duration::from_millis(500));
         store
-            .finish(None, Some(&on("f2", "never-4")), Some(&brief))
+            .finish(None, Some(&on("f2", "never-4")), Some(&short))
             .await
             .unwrap();
         let started = tokio::time::Instant::now();
+        tokio::time::sleep_until(started + Duration::from_millis(250)).await;
+        let second = Duration::from_secs(1);
         let p = picked(
             &store,
-            &request(&three, t, keeping("brief", Duration::from_secs(60))),
+            &request(&three, t, read_only("short", second)),
             "r3",
         )
         .await;
         assert_eq!((id_of(&p), sticky_of(&p)), ("f2", Sticky::Hit));
-        tokio::time::sleep_until(started + Duration::from_millis(450)).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "too slow: the hit came after the binding expired"
+        );
+        tokio::time::sleep_until(started + Duration::from_millis(650)).await;
         let p = picked(
             &store,
-            &request(&three, t, keeping("brief", Duration::from_secs(60))),
+            &request(&three, t, read_only("short", second)),
             "r4",
         )
         .await;

@@ -300,9 +300,9 @@ async fn codex_requests_pass_unchanged_to_the_responses_api() {
 }
 
 /// A stored response lives on the account that made it: a follow-up turn the relay has no
-/// binding for finds it by trying the accounts in turn, neither account marked for the miss;
-/// the account found is then bound, and the response's own paths go there at once (an unknown
-/// one tries every account). Bindings of the responses a relay makes: tests/it/responses.rs.
+/// binding for finds it by trying the accounts in turn, neither account marked for the miss, as
+/// do the response's own paths (an unknown one tries every account). Bindings of the responses
+/// a relay makes: tests/it/responses.rs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_responses_are_found_on_the_account_that_holds_them() {
     let a = MockUpstream::start().await;
@@ -328,7 +328,9 @@ async fn stored_responses_are_found_on_the_account_that_holds_them() {
     resp.bytes().await.unwrap();
     assert_eq!((a.requests().len(), b.requests().len()), (1, 1));
 
-    // Its own paths: GET, DELETE, cancel, input items, on b (found there by the turn).
+    // Its own paths: GET (a 404 on a, found on b), DELETE, cancel, input items. Finding it is
+    // not remembered: naming ids leaves nothing behind (bindings are written for the responses
+    // the relay sees made).
     for (method, path) in [
         (reqwest::Method::GET, "/v1/responses/resp_b1"),
         (reqwest::Method::DELETE, "/v1/responses/resp_b1"),
@@ -356,7 +358,7 @@ async fn stored_responses_are_found_on_the_account_that_holds_them() {
         );
         assert_eq!(
             (a.requests().len(), b.requests().len()),
-            (a_seen, b_seen + 1)
+            (a_seen + 1, b_seen + 1)
         );
     }
     // Nowhere: the last 404, in OpenAI's shape. A method the path does not take: 405.

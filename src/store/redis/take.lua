@@ -22,8 +22,8 @@
 -- 'bucket=expires_at;'...), meter count, and per meter: bucket, limit, reserve, expires_at or -1;
 -- then the pick: '0' none, or '1', lp(lease), clock (unix ms: lease liveness and deadline,
 -- `last`), deadline, now (unix ms: health is judged at this time), family or '', session mode
--- ('0' none, '1' escape on overflow, '2' move on overflow; '3', '4' as '1', '2' but a hit leaves
--- the binding's time as it is), session TTL (ms; '0' drops the
+-- ('0' none, '1' escape on overflow, '2' move on overflow, '3' escape on overflow and never write
+-- the binding: it is only read), session TTL (ms; '0' drops the
 -- binding instead of setting it), candidate count, and per candidate: id, field prefix
 -- ('a' lp(id)), priority, cap or -1, weight.
 --
@@ -374,10 +374,15 @@ if not chosen then
     end
   end
   if not chosen then
-    -- Nothing can serve: the earliest recovery; a healthy but full account frees up soon.
+    -- Nothing can serve: the earliest recovery; a healthy but full account frees up soon. A
+    -- candidate without capacity (cap 0: tried by this request, or kept only for a session bound
+    -- to it) never frees up for it.
     local retry_at = nil
     for i = 1, n do
-      local r = recovers_at(health_of(v[CV + 4 * (i - 1) + 3]))
+      local r = nil
+      if ARGV[C + 5 * (i - 1) + 3] ~= '0' then
+        r = recovers_at(health_of(v[CV + 4 * (i - 1) + 3]))
+      end
       if r ~= nil then
         if r <= now then
           r = now + 1000
@@ -396,7 +401,7 @@ if not chosen then
     sticky = 0
   elseif not bound then
     sticky = 2
-  elseif session == '2' or session == '4' then
+  elseif session == '2' then
     sticky = 4
   elseif bound_listed then
     sticky = 3
@@ -425,10 +430,10 @@ end
 -- The account lease's member, lp(account) lp(lease): the prefix without its 'a'.
 redis.call('ZADD', AL, ARGV[P + 3], string.sub(ap, 2) .. ARGV[P + 1])
 
--- The binding: set (Bound, Moved) or renewed (Hit, in modes '1' and '2': once an eighth of its TTL
--- has passed, so that a busy session does not rewrite it on every request); an escape leaves it
--- where it is.
-if (sticky == 1 and (session == '1' or session == '2')) or sticky == 2 or sticky == 4 then
+-- The binding: set (Bound, Moved) or renewed (Hit: once an eighth of its TTL has passed, so that
+-- a busy session does not rewrite it on every request); an escape leaves it where it is, and
+-- mode '3' only reads it.
+if (sticky == 1 or sticky == 2 or sticky == 4) and session ~= '3' then
   local ttl = ARGV[P + 7]
   if ttl == '0' then
     redis.call('DEL', KEYS[4])
