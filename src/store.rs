@@ -347,8 +347,23 @@ pub struct SessionPick<'a> {
     pub move_on_overflow: bool,
     /// Whether the pick writes the binding (makes, moves or renews it). `false`: it is only read
     /// (a stored response's, written when an answer made the response: naming ids, which costs
-    /// a key holder nothing, must leave nothing behind, nor move or shorten a binding).
+    /// a key holder nothing, must leave nothing behind, nor move or shorten a binding), and the
+    /// request waits for the bound account when it cannot serve now
+    /// ([`policy::Overflow::Wait`](crate::scheduler::policy::Overflow::Wait)): what it names
+    /// lives there only.
     pub write: bool,
+}
+
+impl SessionPick<'_> {
+    /// What the session does when its bound account cannot serve now.
+    pub fn overflow(&self) -> crate::scheduler::policy::Overflow {
+        use crate::scheduler::policy::Overflow;
+        match (self.write, self.move_on_overflow) {
+            (false, _) => Overflow::Wait,
+            (true, true) => Overflow::Move,
+            (true, false) => Overflow::Escape,
+        }
+    }
 }
 
 /// The answer of `pick_account`.

@@ -235,13 +235,26 @@ pub enum Sticky {
     Moved,
 }
 
+/// What a session does when its bound account cannot serve now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// This request goes elsewhere; the binding stays.
+    Escape,
+    /// The binding moves to the account chosen.
+    Move,
+    /// The request waits for the bound account (what it names lives there only: a stored
+    /// response), unless that account was tried by this request or never comes back on its own
+    /// (then it escapes).
+    Wait,
+}
+
 /// Chooses among `options` for a request of model `family`, preferring the session's `bound`
-/// account. `session` says whether the request has a session and whether an overflow moves it.
+/// account. `session` says whether the request has a session and what an overflow does.
 pub fn choose<'a>(
     options: &[Contender<'a>],
     family: Option<&str>,
     now: i64,
-    session: Option<(Option<&str>, bool)>,
+    session: Option<(Option<&str>, Overflow)>,
 ) -> Choice<'a> {
     let bound = session.and_then(|(b, _)| b);
     if let Some(b) = bound
@@ -253,6 +266,19 @@ pub fn choose<'a>(
             id: o.id,
             sticky: Sticky::Hit,
         };
+    }
+    if let Some((Some(b), Overflow::Wait)) = session
+        && let Some(o) = options.iter().find(|o| o.id == b)
+    {
+        // Tried by this request: nothing to wait for (the caller answers with its failure).
+        if o.max_concurrency == Some(0) {
+            return Choice::Unavailable { retry_at: None };
+        }
+        if let Some(at) = o.health.recovers_at(family, now) {
+            return Choice::Unavailable {
+                retry_at: Some(if at <= now { now + 1_000 } else { at }),
+            };
+        }
     }
     let best = options
         .iter()
@@ -275,9 +301,9 @@ pub fn choose<'a>(
     let sticky = match session {
         None => Sticky::None,
         Some((None, _)) => Sticky::Bound,
-        Some((Some(_), true)) => Sticky::Moved,
-        Some((Some(b), false)) if options.iter().all(|o| o.id != b) => Sticky::Bound,
-        Some((Some(_), false)) => Sticky::Escaped,
+        Some((Some(_), Overflow::Move)) => Sticky::Moved,
+        Some((Some(b), _)) if options.iter().all(|o| o.id != b) => Sticky::Bound,
+        Some((Some(_), _)) => Sticky::Escaped,
     };
     Choice::Take {
         id: best.id,
@@ -358,7 +384,7 @@ mod tests {
         };
         let a = opt("a", &ok);
         let b = opt("b", &ok);
-        let c = choose(&[a, b], None, NOW, Some((Some("b"), false)));
+        let c = choose(&[a, b], None, NOW, Some((Some("b"), Overflow::Escape)));
         assert_eq!(
             c,
             Choice::Take {
@@ -366,7 +392,7 @@ mod tests {
                 sticky: Sticky::Hit
             }
         );
-        let c = choose(&[a, b], None, NOW, Some((None, false)));
+        let c = choose(&[a, b], None, NOW, Some((None, Overflow::Escape)));
         assert_eq!(
             c,
             Choice::Take {
@@ -375,7 +401,12 @@ mod tests {
             }
         );
         let b_limited = opt("b", &limited);
-        let c = choose(&[a, b_limited], None, NOW, Some((Some("b"), false)));
+        let c = choose(
+            &[a, b_limited],
+            None,
+            NOW,
+            Some((Some("b"), Overflow::Escape)),
+        );
         assert_eq!(
             c,
             Choice::Take {
@@ -383,7 +414,12 @@ mod tests {
                 sticky: Sticky::Escaped
             }
         );
-        let c = choose(&[a, b_limited], None, NOW, Some((Some("b"), true)));
+        let c = choose(
+            &[a, b_limited],
+            None,
+            NOW,
+            Some((Some("b"), Overflow::Move)),
+        );
         assert_eq!(
             c,
             Choice::Take {
@@ -391,8 +427,50 @@ mod tests {
                 sticky: Sticky::Moved
             }
         );
+        // Waiting for it: its recovery; "soon" when it is only full; nothing when this request
+        // tried it; an escape when it never comes back on its own.
+        let wait = |b| Some((Some(b), Overflow::Wait));
+        assert_eq!(
+            choose(&[a, b_limited], None, NOW, wait("b")),
+            Choice::Unavailable {
+                retry_at: Some(NOW + 5_000)
+            }
+        );
+        let mut full = opt("b", &ok);
+        full.max_concurrency = Some(1);
+        full.in_flight = 1;
+        assert_eq!(
+            choose(&[a, full], None, NOW, wait("b")),
+            Choice::Unavailable {
+                retry_at: Some(NOW + 1_000)
+            }
+        );
+        full.max_concurrency = Some(0);
+        full.in_flight = 0;
+        assert_eq!(
+            choose(&[a, full], None, NOW, wait("b")),
+            Choice::Unavailable { retry_at: None }
+        );
+        let dead = Health {
+            status: Status::Unauthorized,
+            ..Health::default()
+        };
+        assert_eq!(
+            choose(&[a, opt("b", &dead)], None, NOW, wait("b")),
+            Choice::Take {
+                id: "a",
+                sticky: Sticky::Escaped
+            }
+        );
+        assert_eq!(
+            choose(&[a, b], None, NOW, wait("b")),
+            Choice::Take {
+                id: "b",
+                sticky: Sticky::Hit
+            }
+        );
         // A binding to an account no longer among the candidates is replaced.
-        let c = choose(&[a], None, NOW, Some((Some("gone"), false)));
+        let c = choose(&[a], None, NOW, Some((Some("gone"), Overflow::Escape)));
         assert_eq!(
             c,
             Choice::Take {

@@ -577,7 +577,7 @@ impl Hot {
                 }
             })
             .collect();
-        let session = req.session.map(|s| (bound.as_deref(), s.move_on_overflow));
+        let session = req.session.map(|s| (bound.as_deref(), s.overflow()));
         let (id, sticky) = match policy::choose(&contenders, req.family, req.now_ms, session) {
             Choice::Take { id, sticky } => (id.to_owned(), sticky),
             Choice::Unavailable { retry_at } => return Picked::Unavailable { retry_at },

@@ -250,3 +250,46 @@ async fn another_key_naming_a_response_does_not_use_or_move_its_binding() {
     assert_eq!(status, 200);
     assert_eq!(accounts.seen(), plus(&seen, home, 1));
 }
+
+/// A turn whose response's account cannot serve now waits for it, rather than going to accounts
+/// that do not hold the response (each would answer `previous_response_not_found`, a 400 that
+/// clients do not retry): the account's own failure, then a 503 with its reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_waits_for_the_account_that_holds_its_response() {
+    for backend in backends() {
+        let accounts = four_accounts(&backend).await;
+        let (status, first) = accounts
+            .respond(json!({ "model": "gpt-5", "input": "plan a trip" }))
+            .await;
+        assert_eq!(status, 200, "{first}");
+        let seen = accounts.seen();
+        let home = seen.iter().position(|&n| n == 1).unwrap();
+        let id = first["id"].as_str().unwrap().to_owned();
+        accounts.settled().await;
+
+        // Its account rate limited: the client gets that 429, no other account is asked.
+        accounts.mocks[home].push_behavior(crate::support::mock::Behavior::rate_limited(30));
+        let turn = json!({ "model": "gpt-5", "input": "and then?", "previous_response_id": id });
+        let (status, v) = accounts.respond(turn.clone()).await;
+        assert_eq!(status, 429, "{backend:?}: {v}");
+        assert_eq!(accounts.seen(), plus(&seen, home, 1), "{backend:?}");
+        accounts.settled().await;
+
+        // Until its reset: 503 with the time to wait, and no account asked.
+        let resp = http_client()
+            .post(accounts.relay.url("/v1/responses"))
+            .bearer_auth(&accounts.key)
+            .json(&turn)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{backend:?}");
+        let wait: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((20..=30).contains(&wait), "{backend:?}: retry after {wait}");
+        assert_eq!(accounts.seen(), plus(&seen, home, 1), "{backend:?}");
+    }
+}

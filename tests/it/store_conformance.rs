@@ -2437,6 +2437,41 @@ mod cases {
             Sticky::Bound,
             "the hit did not renew it: {p:?}"
         );
+
+        // When its account cannot serve now, the request waits for it (what it names lives
+        // there only): that account's recovery, not another account.
+        store
+            .finish(
+                None,
+                Some(&on("f1", "never-5")),
+                Some(&binding("wait", long)),
+            )
+            .await
+            .unwrap();
+        let limited = Report::RateLimited {
+            until: t + 5_000,
+            family: None,
+            error: "429".into(),
+        };
+        store.report_health("f1", &limited, t).await.unwrap();
+        let p = store
+            .pick_account(&request(&three, t, read_only("wait", long)), &lease("r5"))
+            .await
+            .unwrap();
+        assert_eq!(
+            p,
+            Picked::Unavailable {
+                retry_at: Some(t + 5_000)
+            }
+        );
+        // Tried by this request (no capacity left for it): nothing to wait for.
+        let tried = [candidate("f1", 0, Some(0)), candidate("f2", 0, None)];
+        store.reset_health("f1").await.unwrap();
+        let p = store
+            .pick_account(&request(&tried, t, read_only("wait", long)), &lease("r6"))
+            .await
+            .unwrap();
+        assert_eq!(p, Picked::Unavailable { retry_at: None });
     }
 
     pub async fn concurrent_picks_respect_caps(store: Arc<dyn Store>) {

@@ -22,8 +22,8 @@
 -- 'bucket=expires_at;'...), meter count, and per meter: bucket, limit, reserve, expires_at or -1;
 -- then the pick: '0' none, or '1', lp(lease), clock (unix ms: lease liveness and deadline,
 -- `last`), deadline, now (unix ms: health is judged at this time), family or '', session mode
--- ('0' none, '1' escape on overflow, '2' move on overflow, '3' escape on overflow and never write
--- the binding: it is only read), session TTL (ms; '0' drops the
+-- ('0' none, '1' escape on overflow, '2' move on overflow, '3' never write the binding, only read
+-- it, and wait for its account on overflow: policy::Overflow::Wait), session TTL (ms; '0' drops the
 -- binding instead of setting it), candidate count, and per candidate: id, field prefix
 -- ('a' lp(id)), priority, cap or -1, weight.
 --
@@ -354,6 +354,25 @@ if bound then
       if eligible then
         chosen, sticky, live = i, 1, l
         break
+      end
+    end
+  end
+end
+-- Overflow::Wait: what the request names lives on the bound account only; unless this request
+-- tried it (cap 0: the caller answers with that failure) or it never comes back on its own (then
+-- it escapes), the answer is its recovery.
+if not chosen and session == '3' and bound_listed then
+  for i = 1, n do
+    if ARGV[C + 5 * (i - 1)] == bound then
+      if ARGV[C + 5 * (i - 1) + 3] == '0' then
+        return { 0, 0, '' }
+      end
+      local r = recovers_at(health_of(v[CV + 4 * (i - 1) + 3]))
+      if r ~= nil then
+        if r <= now then
+          r = now + 1000
+        end
+        return { 0, 0, string.format('%.0f', r) }
       end
     end
   end
