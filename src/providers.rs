@@ -60,6 +60,14 @@ const ACCOUNT_ONLY: [HeaderName; 4] = [
     http::header::SET_COOKIE,
 ];
 
+/// Whether an answer's head says it is a server-sent event stream.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
 /// Response headers from upstream, ready for the client: hop-by-hop ones dropped, and those
 /// that name the account behind the relay (its organisation or project) or would set a cookie
 /// of the vendor's on the relay's origin.

@@ -190,11 +190,7 @@ where
 
     let (mut head, upstream_body) = upstream.into_parts();
     head.headers = providers::response_headers(head.headers);
-    let streaming = head
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let streaming = providers::is_event_stream(&head.headers);
     let usage = call.usage.map(|kind| UsageReader::new(kind, streaming));
     m::active_streams().increment(1.0);
     let settle = Settle {
@@ -238,7 +234,13 @@ where
         let read = ReadWhole::new(tapped, translate).await;
         return Ok(translated_whole(head, read, call.surface));
     }
-    let body = respond::body(&call.respond, head.status, &mut head.headers, tapped);
+    let body = respond::body(
+        &call.respond,
+        head.status,
+        streaming,
+        &mut head.headers,
+        tapped,
+    );
     Ok(Response::from_parts(head, body))
 }
 

@@ -24,14 +24,17 @@ pub fn error_event(call: &Call) -> fn(&str) -> Bytes {
 }
 
 /// Wraps the tapped upstream body for the client, fixing the headers that translation changes.
-pub fn body<B>(respond: &Respond, status: StatusCode, headers: &mut HeaderMap, tapped: B) -> Body
+/// `event_stream`: the answer's head says it is an event stream (`providers::is_event_stream`).
+pub fn body<B>(
+    respond: &Respond,
+    status: StatusCode,
+    event_stream: bool,
+    headers: &mut HeaderMap,
+    tapped: B,
+) -> Body
 where
     B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync + Unpin + 'static,
 {
-    let event_stream = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let (model, stream, include_usage, created, from_gemini, functions) = match respond {
         Respond::Passthrough => return tapped.boxed(),
         Respond::HideUsageChunk => {

@@ -251,7 +251,9 @@ impl Answer {
             return Ok(Answer::Read(buffer_failure(resp).await));
         }
         match first_event {
-            Some(within) if resp.status().is_success() && is_event_stream(resp.headers()) => {
+            Some(within)
+                if resp.status().is_success() && providers::is_event_stream(resp.headers()) =>
+            {
                 open(resp, within).await
             }
             _ => Ok(Answer::Head(resp)),
@@ -333,13 +335,6 @@ impl Answer {
             }
         }
     }
-}
-
-fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"))
 }
 
 /// Reads a stream up to its first event (at most `MAX_ERROR_BODY` bytes, within `within`). An
