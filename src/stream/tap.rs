@@ -245,7 +245,12 @@ impl<B: Body, O: Observer> Tap<B, O> {
         if self.inner.is_end_stream() {
             self.end(End::Complete);
         }
-        self.held.extend_from_slice(&read);
+        // Taken over without a copy when nothing else holds it (the caller's buffer, frozen).
+        match read.try_into_mut() {
+            Ok(read) if self.held.is_empty() => self.held = read,
+            Ok(read) => self.held.extend_from_slice(&read),
+            Err(read) => self.held.extend_from_slice(&read),
+        }
     }
 
     /// Shows `data` to the observer and keeps its last two bytes.
