@@ -256,28 +256,29 @@ pub fn choose<'a>(
     now: i64,
     session: Option<(Option<&str>, Overflow)>,
 ) -> Choice<'a> {
-    let bound = session.and_then(|(b, _)| b);
-    if let Some(b) = bound
-        && let Some(o) = options
-            .iter()
-            .find(|o| o.id == b && o.eligible(family, now))
-    {
-        return Choice::Take {
-            id: o.id,
-            sticky: Sticky::Hit,
-        };
-    }
-    if let Some((Some(b), Overflow::Wait)) = session
-        && let Some(o) = options.iter().find(|o| o.id == b)
-    {
-        // Tried by this request: nothing to wait for (the caller answers with its failure).
-        if o.max_concurrency == Some(0) {
-            return Choice::Unavailable { retry_at: None };
-        }
-        if let Some(at) = o.health.recovers_at(family, now) {
-            return Choice::Unavailable {
-                retry_at: Some(if at <= now { now + 1_000 } else { at }),
+    // A full but healthy account frees up when a request ends: soon, not knowable.
+    let frees_at = |at: i64| if at <= now { now + 1_000 } else { at };
+    // The session's bound account, when it is among the options.
+    let bound = session
+        .and_then(|(b, _)| b)
+        .and_then(|b| options.iter().find(|o| o.id == b));
+    if let Some(o) = bound {
+        if o.eligible(family, now) {
+            return Choice::Take {
+                id: o.id,
+                sticky: Sticky::Hit,
             };
+        }
+        if let Some((_, Overflow::Wait)) = session {
+            // Tried by this request: nothing to wait for (the caller answers with its failure).
+            if o.max_concurrency == Some(0) {
+                return Choice::Unavailable { retry_at: None };
+            }
+            if let Some(at) = o.health.recovers_at(family, now) {
+                return Choice::Unavailable {
+                    retry_at: Some(frees_at(at)),
+                };
+            }
         }
     }
     let best = options
@@ -285,16 +286,11 @@ pub fn choose<'a>(
         .filter(|o| o.eligible(family, now))
         .min_by_key(|o| (o.priority, o.load(), o.pick_seq));
     let Some(best) = best else {
-        // A candidate without capacity (tried by this request, or kept only for a session bound
-        // to it) never frees up for it.
+        // A candidate without capacity (tried by this request) never frees up for it.
         let retry_at = options
             .iter()
             .filter(|o| o.max_concurrency != Some(0))
-            .filter_map(|o| {
-                let at = o.health.recovers_at(family, now)?;
-                // A full but healthy account frees up when a request ends: soon, not knowable.
-                Some(if at <= now { now + 1_000 } else { at })
-            })
+            .filter_map(|o| o.health.recovers_at(family, now).map(frees_at))
             .min();
         return Choice::Unavailable { retry_at };
     };
@@ -302,7 +298,8 @@ pub fn choose<'a>(
         None => Sticky::None,
         Some((None, _)) => Sticky::Bound,
         Some((Some(_), Overflow::Move)) => Sticky::Moved,
-        Some((Some(b), _)) if options.iter().all(|o| o.id != b) => Sticky::Bound,
+        // Bound to an account no longer among the options: bound anew.
+        Some((Some(_), _)) if bound.is_none() => Sticky::Bound,
         Some((Some(_), _)) => Sticky::Escaped,
     };
     Choice::Take {

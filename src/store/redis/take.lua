@@ -345,11 +345,11 @@ if has_session then
   end
 end
 local chosen, sticky, live = nil, nil, 0
-local bound_listed = false
+local bound_i = nil -- the bound account's index among the candidates, if it is one
 if bound then
   for i = 1, n do
     if ARGV[C + 5 * (i - 1)] == bound then
-      bound_listed = true
+      bound_i = i
       local eligible, l = contender(i)
       if eligible then
         chosen, sticky, live = i, 1, l
@@ -361,20 +361,16 @@ end
 -- Overflow::Wait: what the request names lives on the bound account only; unless this request
 -- tried it (cap 0: the caller answers with that failure) or it never comes back on its own (then
 -- it escapes), the answer is its recovery.
-if not chosen and session == '3' and bound_listed then
-  for i = 1, n do
-    if ARGV[C + 5 * (i - 1)] == bound then
-      if ARGV[C + 5 * (i - 1) + 3] == '0' then
-        return { 0, 0, '' }
-      end
-      local r = recovers_at(health_of(v[CV + 4 * (i - 1) + 3]))
-      if r ~= nil then
-        if r <= now then
-          r = now + 1000
-        end
-        return { 0, 0, string.format('%.0f', r) }
-      end
+if not chosen and session == '3' and bound_i then
+  if ARGV[C + 5 * (bound_i - 1) + 3] == '0' then
+    return { 0, 0, '' }
+  end
+  local r = recovers_at(health_of(v[CV + 4 * (bound_i - 1) + 3]))
+  if r ~= nil then
+    if r <= now then
+      r = now + 1000
     end
+    return { 0, 0, string.format('%.0f', r) }
   end
 end
 if not chosen then
@@ -422,7 +418,7 @@ if not chosen then
     sticky = 2
   elseif session == '2' then
     sticky = 4
-  elseif bound_listed then
+  elseif bound_i then
     sticky = 3
   else
     sticky = 2
