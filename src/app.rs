@@ -86,10 +86,11 @@ impl App {
                  opened by the others"
             );
         }
-        if config.relay.lease_ttl_secs <= config.longest_wait_secs() {
+        let longest_wait_secs = config.longest_wait_secs();
+        if config.relay.lease_ttl_secs <= longest_wait_secs {
             tracing::warn!(
                 lease_ttl_secs = config.relay.lease_ttl_secs,
-                longest_wait_secs = config.longest_wait_secs(),
+                longest_wait_secs,
                 "relay.lease_ttl_secs is not above the longest a request may wait for its answer to \
                  start (scheduler.attempt_deadline_secs plus the longest timeout for a head): such a \
                  request loses its leases before it can renew them, and stops counting against \

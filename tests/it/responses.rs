@@ -99,6 +99,22 @@ impl Accounts {
         (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
+    /// A first turn, stored: the requests each mock got, the account that made it (it alone got
+    /// one) and the response's id; settled, so that its binding is written.
+    async fn first_turn(&self) -> (Vec<usize>, usize, String) {
+        let (status, first) = self
+            .respond(json!({ "model": "gpt-5", "input": "plan a trip" }))
+            .await;
+        assert_eq!(status, 200, "{first}");
+        let seen = self.seen();
+        assert_eq!(seen.iter().sum::<usize>(), 1, "{seen:?}");
+        let home = seen.iter().position(|&n| n == 1).unwrap();
+        let id = first["id"].as_str().unwrap().to_owned();
+        assert_eq!(id, format!("resp_{home}_1"));
+        self.settled().await;
+        (seen, home, id)
+    }
+
     /// Takes account `i` out of rotation (`false`) or puts it back.
     async fn schedulable(&self, i: usize, schedulable: bool) {
         let path = format!("/admin/accounts/{}", self.ids[i]);
@@ -134,16 +150,7 @@ fn streamed_id(stream: &str) -> String {
 async fn a_stored_response_is_followed_up_and_fetched_on_the_account_that_made_it() {
     for backend in backends() {
         let accounts = four_accounts(&backend).await;
-        let (status, first) = accounts
-            .respond(json!({ "model": "gpt-5", "input": "plan a trip" }))
-            .await;
-        assert_eq!(status, 200, "{first}");
-        let seen = accounts.seen();
-        let home = seen.iter().position(|&n| n == 1).unwrap();
-        assert_eq!(seen.iter().sum::<usize>(), 1, "{backend:?}");
-        let id = first["id"].as_str().unwrap().to_owned();
-        assert_eq!(id, format!("resp_{home}_1"));
-        accounts.settled().await;
+        let (seen, home, id) = accounts.first_turn().await;
 
         // A streamed turn: to the same account, and the id of what it made is read from the
         // stream.
@@ -225,13 +232,7 @@ async fn a_response_made_with_store_false_leaves_no_binding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_key_naming_a_response_does_not_use_or_move_its_binding() {
     let accounts = four_accounts(&Backend::Embedded).await;
-    let (status, first) = accounts
-        .respond(json!({ "model": "gpt-5", "input": "plan a trip" }))
-        .await;
-    assert_eq!(status, 200, "{first}");
-    let home = accounts.seen().iter().position(|&n| n == 1).unwrap();
-    let id = first["id"].as_str().unwrap().to_owned();
-    accounts.settled().await;
+    let (_, home, id) = accounts.first_turn().await;
 
     let (_, other) = accounts.relay.create_key("other").await;
     let resp = http_client()
@@ -258,14 +259,7 @@ async fn another_key_naming_a_response_does_not_use_or_move_its_binding() {
 async fn a_turn_waits_for_the_account_that_holds_its_response() {
     for backend in backends() {
         let accounts = four_accounts(&backend).await;
-        let (status, first) = accounts
-            .respond(json!({ "model": "gpt-5", "input": "plan a trip" }))
-            .await;
-        assert_eq!(status, 200, "{first}");
-        let seen = accounts.seen();
-        let home = seen.iter().position(|&n| n == 1).unwrap();
-        let id = first["id"].as_str().unwrap().to_owned();
-        accounts.settled().await;
+        let (seen, home, id) = accounts.first_turn().await;
 
         // Its account rate limited: the client gets that 429, no other account is asked.
         accounts.mocks[home].push_behavior(crate::support::mock::Behavior::rate_limited(30));
