@@ -210,10 +210,7 @@ where
                 let mut entry = record.entry(None, 200, None);
                 entry.usage.images = images;
                 entry.cache_hit = true;
-                key_lease.settle(Spent {
-                    requests: 1,
-                    ..Spent::default()
-                });
+                key_lease.settle(Spent::ONE_REQUEST);
                 finish(app, entry, true);
                 return Ok(json_response(StatusCode::OK, HeaderMap::new(), body.0));
             }
@@ -247,6 +244,7 @@ where
         Attempts::Served(served) => served,
         // Every account failed with an answer: counted and logged as an image request.
         Attempts::Failed(answer) => {
+            key_lease.settle(Spent::ONE_REQUEST);
             finish(
                 app,
                 record.entry(None, answer.status().as_u16(), None),
@@ -259,12 +257,24 @@ where
     let ttfb_ms = Some((head_at - sent_at).as_millis() as u64);
     let status = upstream.status();
     let headers = providers::response_headers(upstream.headers().clone());
-    let raw = read_all(upstream, whole_answer(cfg)).await?;
+    let raw = read_all(upstream, whole_answer(cfg)).await;
     drop(picked);
+    let raw = match raw {
+        Ok(raw) => raw,
+        // Cut, too large or too slow.
+        Err(e) => {
+            unusable(
+                app,
+                record.entry(Some(account_id), e.status.as_u16(), ttfb_ms),
+                key_lease,
+            );
+            return Err(e);
+        }
+    };
     if !status.is_success() {
         // The upstream's own answer (a refused prompt, a bad size): passed on, not billed.
         let entry = record.entry(Some(account_id), status.as_u16(), ttfb_ms);
-        key_lease.settle(Spent::of(&TokenUsage::default(), 0));
+        key_lease.settle(Spent::ONE_REQUEST);
         finish(app, entry, false);
         return Ok(passthrough(status, headers, raw));
     }
@@ -277,9 +287,11 @@ where
     let mut generated = match generated {
         Ok(g) => g,
         Err(e) => {
-            let entry = record.entry(Some(account_id), StatusCode::BAD_GATEWAY.as_u16(), ttfb_ms);
-            key_lease.settle(Spent::of(&TokenUsage::default(), 0));
-            finish(app, entry, false);
+            unusable(
+                app,
+                record.entry(Some(account_id), e.status.as_u16(), ttfb_ms),
+                key_lease,
+            );
             return Err(e);
         }
     };
@@ -361,6 +373,14 @@ fn reservation(app: &App, ask: &ImageRequest, body_len: usize) -> u64 {
 }
 
 /// Counts the request and hands its record to stats.
+/// An answer that came but cannot be used (cut, too large, too slow, unreadable): one request on
+/// the key's counters and a log entry with the status the client gets, whose count in the
+/// metrics `relay` adds with the refusal.
+fn unusable(app: &App, entry: RequestLogEntry, key_lease: limits::KeyLease) {
+    key_lease.settle(Spent::ONE_REQUEST);
+    app.stats.record(entry, false);
+}
+
 fn finish(app: &App, entry: RequestLogEntry, billed: bool) {
     metrics::counter!(m::REQUESTS, "surface" => "images", "status" => entry.status.to_string())
         .increment(1);

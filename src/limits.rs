@@ -52,13 +52,21 @@ pub struct Request<'a> {
 /// What a settled request really used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Spent {
-    /// 1 when the request reached an upstream, else 0.
+    /// 1 when the request was sent to an upstream (whatever came back, also when every account
+    /// tried failed), else 0.
     pub requests: u64,
     pub tokens: u64,
     pub cost_nanousd: u64,
 }
 
 impl Spent {
+    /// A request that reached an upstream and used nothing measured: a failure, a cached image.
+    pub const ONE_REQUEST: Spent = Spent {
+        requests: 1,
+        tokens: 0,
+        cost_nanousd: 0,
+    };
+
     pub fn of(usage: &TokenUsage, cost_nanousd: u64) -> Spent {
         Spent {
             requests: 1,

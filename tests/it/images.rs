@@ -606,6 +606,12 @@ async fn limits_apply_to_images() {
         "{last}"
     );
     assert_eq!(mock.seen().len(), 2);
+    // A request window counts every request sent upstream, also one that every account failed.
+    let window = create(json!({ "window": { "seconds": 86_400, "requests": 2 } })).await;
+    mock.fail_next(500);
+    assert_eq!(generate(&relay, &window, ask.clone()).await.0, 500);
+    let info = relay.key_info(&window).await;
+    assert_eq!(info["usage"]["window_requests"]["used"], 1, "{info}");
 }
 
 #[tokio::test]

@@ -439,6 +439,42 @@ async fn windows_roll_over_on_the_clock_and_say_when() {
     }
 }
 
+/// A request counts once against the key's request windows when it reached an upstream,
+/// whether the upstream's answer passed through (a 400) or every account tried failed (a 500 on
+/// the only account); one that reached none (refused by the limits) counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_upstream_counts_once_however_it_failed() {
+    for backend in backends() {
+        // Counting is under test, not health: the 500 does not bench the only account.
+        let (relay, mock, _, key) = relay_with_key_on(
+            &backend,
+            |c| c.scheduler.failure_cooldown_secs = 0,
+            json!({ "window": { "seconds": 3600, "requests": 3 } }),
+        )
+        .await;
+        let now = relay.app.clock.now_ms();
+        relay.app.clock.advance(Duration::from_millis(
+            (3_600_000 - now.rem_euclid(3_600_000)) as u64,
+        ));
+        mock.push_behavior(Behavior::error(500, "api_error", "boom"));
+        let (status, _, body) = call(&relay, &key, false).await;
+        assert_eq!(status, 500, "{backend:?}: {body}");
+        mock.push_behavior(Behavior::error(400, "invalid_request_error", "bad"));
+        assert_eq!(call(&relay, &key, false).await.0, 400);
+        let info = settled(&relay, &key).await;
+        assert_eq!(
+            info["usage"]["window_requests"]["used"], 2,
+            "{backend:?}: {info}"
+        );
+        assert_eq!(call(&relay, &key, false).await.0, 200, "{backend:?}");
+        let (status, _, body) = call(&relay, &key, false).await;
+        assert_eq!(status, 429, "{backend:?}: {body}");
+        assert_eq!(mock.requests().len(), 3, "{backend:?}");
+        let info = settled(&relay, &key).await;
+        assert_eq!(info["usage"]["window_requests"]["used"], 3, "{backend:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_budget_resets_at_midnight_in_the_configured_time_zone() {
     for backend in backends() {
