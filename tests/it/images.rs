@@ -658,6 +658,33 @@ async fn a_failing_account_hands_over_and_azure_uses_its_deployment() {
         metrics.contains(r#"switchyard_requests_total{surface="images",status="503"} 1"#),
         "{metrics}"
     );
+    // A 200 whose body holds no images: a 502 to the client, logged and counted once.
+    let (relay, only, _, key) = setup("openai", |_| {}).await;
+    only.fail_next(200);
+    let (status, v) = generate(
+        &relay,
+        &key,
+        json!({ "model": "dall-e-3", "prompt": "a fox 3", "response_format": "b64_json" }),
+    )
+    .await;
+    assert_eq!(status, 502, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{v}"
+    );
+    let r = last_request(&relay).await;
+    assert_eq!(
+        (r["status"].as_u64(), r["images"].as_u64()),
+        (Some(502), Some(0))
+    );
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics.contains(r#"switchyard_requests_total{surface="images",status="502"} 1"#),
+        "{metrics}"
+    );
 }
 
 /// An answer that stalls after its head is a failed attempt like a missing head: nothing has
