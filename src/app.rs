@@ -11,12 +11,14 @@ use crate::config::{Config, StoreKind};
 use crate::crypto::{self, MasterKey};
 use crate::pricing::{PriceTable, Pricing};
 use crate::stats::Stats;
-use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
+use crate::store::{Change, Store};
 use crate::upstream_client::UpstreamClient;
+use tokio::sync::broadcast;
 
-/// The LiteLLM-format price file last imported with `switchyard pricing import`.
+/// The LiteLLM-format price file last imported with `switchyard pricing import`, on a store
+/// that is not shared (a shared store keeps it for every instance: `Store::share_prices`).
 pub const IMPORTED_PRICES_FILE: &str = "imported-prices.json";
 
 pub struct App {
@@ -118,7 +120,7 @@ impl App {
                 (token, Some(path))
             }
         };
-        let pricing = load_pricing(&config)?;
+        let pricing = load_pricing(&config, store.as_ref()).await?;
         let timezone = jiff::tz::TimeZone::get(&config.limits.timezone)
             .map_err(|e| anyhow::anyhow!("limits.timezone: {e}"))?;
         let catalog = Arc::new(Catalog::load(Arc::clone(&store), master_key).await?);
@@ -164,6 +166,7 @@ impl App {
             accounts_shown: std::sync::Mutex::new(Vec::new()),
         });
         crate::images::spawn_sweeper(&app);
+        app.follow_prices();
         Ok(app)
     }
 
@@ -182,6 +185,34 @@ impl App {
             Ok(p) => Arc::clone(&p),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// When the store is shared, takes up the price files other instances import. The task
+    /// holds the app weakly and ends with the store's change feed.
+    fn follow_prices(self: &Arc<Self>) {
+        let Some(mut changes) = self.store().changes() else {
+            return;
+        };
+        let app = Arc::downgrade(self);
+        // Stopped by: the store dropping its change feed, or the app going away.
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(Change::Prices | Change::Resync)
+                    | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(Change::Key { .. } | Change::Accounts) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                let Some(app) = app.upgrade() else {
+                    return;
+                };
+                match load_pricing(&app.config, app.store().as_ref()).await {
+                    Ok(pricing) => app.set_pricing(pricing),
+                    // The prices in use stay; the next change or resync tries again.
+                    Err(e) => tracing::error!(error = %e, "cannot reload the imported prices"),
+                }
+            }
+        });
     }
 
     pub fn set_pricing(&self, pricing: Pricing) {
@@ -204,14 +235,23 @@ impl App {
     }
 }
 
-/// Built-in prices, overlaid by the last imported price file, then by the config.
-pub fn load_pricing(config: &Config) -> anyhow::Result<Pricing> {
-    let path = config.data_dir.join(IMPORTED_PRICES_FILE);
-    let imported = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(PriceTable::from_litellm_json(&text)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+/// Built-in prices, overlaid by the last imported price file (the one the shared store keeps,
+/// else the data dir's), then by the config.
+pub async fn load_pricing(config: &Config, store: &dyn Store) -> anyhow::Result<Pricing> {
+    let text = match store.shared_prices().await? {
+        Some(text) => Some(text),
+        None => {
+            let path = config.data_dir.join(IMPORTED_PRICES_FILE);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Some(text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+            }
+        }
     };
+    let imported = text
+        .map(|text| PriceTable::from_litellm_json(&text))
+        .transpose()?;
     Ok(Pricing::from_config(&config.pricing, imported)?)
 }
 

@@ -133,6 +133,8 @@ impl Catalog {
         match change {
             Change::Key { hash } => self.invalidate_key(&hash),
             Change::Accounts => self.reload_accounts_logged().await,
+            // The app follows these itself (`App::follow_prices`).
+            Change::Prices => {}
             Change::Resync => {
                 self.key_changes.fetch_add(1, Ordering::AcqRel);
                 self.keys.clear();

@@ -46,6 +46,8 @@ pub enum Change {
     },
     /// Some account record changed, was added or deleted.
     Accounts,
+    /// Another price file was imported (`Store::share_prices`).
+    Prices,
     Resync,
 }
 
@@ -803,6 +805,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable. Called on graceful shutdown.
     async fn flush(&self) -> StoreResult<()>;
+
+    /// Keeps an imported price file (LiteLLM JSON) for every instance sharing the store, and
+    /// announces it (`Change::Prices`). `false` when the store is not shared: the caller keeps
+    /// the file itself (in its data dir).
+    async fn share_prices(&self, json: &str) -> StoreResult<bool> {
+        let _ = json;
+        Ok(false)
+    }
+
+    /// The price file `share_prices` kept, if any.
+    async fn shared_prices(&self) -> StoreResult<Option<String>> {
+        Ok(None)
+    }
 
     /// Changes written by other instances, for cache invalidation; `None` when the store is not
     /// shared (the embedded store: this process made every change itself).

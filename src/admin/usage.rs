@@ -12,7 +12,7 @@ use super::{ok, rfc3339, store_error};
 use crate::app::{App, IMPORTED_PRICES_FILE};
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::pricing::PriceTable;
+use crate::pricing::{PriceTable, Pricing};
 use crate::store::{Bucket, Counters, Dimension, Granularity, UsageQuery};
 
 /// At most this many buckets in one series.
@@ -348,25 +348,28 @@ pub async fn requests(
     ok(StatusCode::OK, &json!({ "data": data }))
 }
 
-/// Imports a LiteLLM `model_prices_and_context_window.json`: kept in the data dir (so it
-/// survives restarts) and applied at once.
+/// Imports a LiteLLM `model_prices_and_context_window.json`, applied at once: kept by a shared
+/// store for every instance (each takes it up as it hears of it, and at start), else in the
+/// data dir (so it survives restarts).
 pub async fn import_pricing(app: &Arc<App>, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let text =
         std::str::from_utf8(body).map_err(|_| ApiError::invalid("the price file is not UTF-8"))?;
     let table =
         PriceTable::from_litellm_json(text).map_err(|e| ApiError::invalid(e.to_string()))?;
     let models = table.len();
-    let path = app.config.data_dir.join(IMPORTED_PRICES_FILE);
-    let tmp = path.with_extension("json.tmp");
-    let written = async {
-        tokio::fs::write(&tmp, text).await?;
-        tokio::fs::rename(&tmp, &path).await
-    };
-    written
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))?;
-    let pricing =
-        crate::app::load_pricing(&app.config).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let pricing = Pricing::from_config(&app.config.pricing, Some(table))
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    if !app.store().share_prices(text).await.map_err(store_error)? {
+        let path = app.config.data_dir.join(IMPORTED_PRICES_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let written = async {
+            tokio::fs::write(&tmp, text).await?;
+            tokio::fs::rename(&tmp, &path).await
+        };
+        written
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))?;
+    }
     app.set_pricing(pricing);
     ok(StatusCode::OK, &json!({ "imported_models": models }))
 }

@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use fred::prelude::{Client, ClientLike, HashesInterface, Pool};
+use fred::prelude::{Client, ClientLike, HashesInterface, KeysInterface, Pool};
 use fred::types::{Key, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -919,6 +919,25 @@ impl Store for RedisStore {
     async fn flush(&self) -> StoreResult<()> {
         // Every write above returns only once Redis acknowledged it; nothing is buffered here.
         Ok(())
+    }
+
+    async fn share_prices(&self, json: &str) -> StoreResult<bool> {
+        self.scripts
+            .prices_put
+            .run(
+                self.client(),
+                vec![self.names.imported_prices()],
+                vec![self.channel(), json.to_owned()],
+            )
+            .await?;
+        Ok(true)
+    }
+
+    async fn shared_prices(&self) -> StoreResult<Option<String>> {
+        self.client()
+            .get(self.names.imported_prices())
+            .await
+            .map_err(|e| unavailable("imported prices", &e))
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {

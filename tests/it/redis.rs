@@ -123,6 +123,62 @@ async fn a_key_disabled_on_one_instance_is_refused_by_the_other_within_a_second(
     }
 }
 
+/// A price file imported through one instance prices the requests of every instance at once,
+/// and of an instance started later on another data dir: Redis keeps it, not the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_import_reaches_every_instance_and_later_ones() {
+    let Some(url) = std::env::var("REDIS_URL").ok() else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let start = || {
+        let (config, tmp) = redis_config(&url, &prefix);
+        Relay::start_with(config, Some(tmp))
+    };
+    let (a, b) = (start().await, start().await);
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage::new(10, 20)));
+    a.add_account(&mock, "sk-shared", json!({})).await;
+    let (_, key) = a.create_key("priced").await;
+    let model = "claude-sonnet-4-5";
+    let built_in = b.cost_of_one(&key, model).await;
+    assert!(built_in > 0);
+
+    // $1,000 and $2,000 per million: 10 × 1,000 + 20 × 2,000 nano-dollars per token.
+    let file = json!({ model: {
+        "litellm_provider": "anthropic",
+        "input_cost_per_token": 0.001,
+        "output_cost_per_token": 0.002,
+    } });
+    let (status, v) = a
+        .admin(Method::POST, "/admin/pricing/import", Some(file))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["imported_models"], 1);
+    let expected = 10 * 1_000_000 + 20 * 2_000_000;
+    assert_eq!(a.cost_of_one(&key, model).await, expected);
+    let imported_at = Instant::now();
+    loop {
+        let cost = b.cost_of_one(&key, model).await;
+        if cost == expected {
+            break;
+        }
+        assert_eq!(cost, built_in);
+        assert!(
+            imported_at.elapsed() < Duration::from_secs(2),
+            "B still prices at the built-in prices after 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = start().await;
+    assert_eq!(c.cost_of_one(&key, model).await, expected);
+    // Nothing was written to the data dirs: the file lives in Redis.
+    for relay in [&a, &b, &c] {
+        let file = relay.app.config.data_dir.join("imported-prices.json");
+        assert!(!file.exists(), "{}", file.display());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_concurrency_cap_holds_across_instances() {
     let Some((a, b)) = two_relays().await else {

@@ -1,11 +1,13 @@
-//! `GET /admin/usage` over long ranges, on every store.
+//! `GET /admin/usage` over long ranges, on every store; imported prices.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan, Zoned};
+use serde_json::json;
 use switchyard::store::{Bucket, Dimension, RequestLogEntry, UsageQuery};
 use switchyard::usage::TokenUsage;
 
+use crate::support::mock::{Behavior, MockUpstream, MockUsage};
 use crate::support::relay::{Backend, Relay, backends};
 
 fn entry(n: u64, at: &Zoned) -> RequestLogEntry {
@@ -113,4 +115,53 @@ async fn totals_over_months_are_what_was_recorded_in_the_range() {
         let query = format!("key_id=key_old&from=2000-01-01&to={}", rfc3339(&to));
         assert_eq!(relay.usage(&query).await["input_tokens"], 1 + 2 + 4 + 8);
     }
+}
+
+/// An imported price file prices the next request, is kept in the data dir of an embedded
+/// store, and prices requests after a restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_price_file_applies_at_once_and_after_a_restart() {
+    let relay = Relay::start().await;
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage::new(10, 20)));
+    relay.add_account(&mock, "sk-a", json!({})).await;
+    let (_, key) = relay.create_key("priced").await;
+    let model = "claude-sonnet-4-5";
+    let built_in = relay.cost_of_one(&key, model).await;
+    // $1,000 and $2,000 per million: 10 × 1,000 + 20 × 2,000 nano-dollars per token.
+    let file = json!({ model: {
+        "litellm_provider": "anthropic",
+        "input_cost_per_token": 0.001,
+        "output_cost_per_token": 0.002,
+    } });
+    let (status, v) = relay
+        .admin(reqwest::Method::POST, "/admin/pricing/import", Some(file))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let expected = 10 * 1_000_000 + 20 * 2_000_000;
+    assert_ne!(built_in, expected);
+    assert_eq!(relay.cost_of_one(&key, model).await, expected);
+    assert!(
+        relay
+            .app
+            .config
+            .data_dir
+            .join("imported-prices.json")
+            .exists()
+    );
+
+    let (config, tmp) = (relay.app.config.clone(), relay.tmp());
+    relay.stop().await;
+    let relay = Relay::start_with(config, tmp).await;
+    assert_eq!(relay.cost_of_one(&key, model).await, expected);
+    // A file that is not a price table changes nothing.
+    let (status, v) = relay
+        .admin(
+            reqwest::Method::POST,
+            "/admin/pricing/import",
+            Some(json!([1, 2])),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(relay.cost_of_one(&key, model).await, expected);
 }

@@ -11,10 +11,12 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::store::Change;
 
-/// Parses one message of the channel: `key:<hash>` or `accounts`.
+/// Parses one message of the channel: `key:<hash>`, `accounts` or `prices`.
 pub(super) fn parse(message: &str) -> Option<Change> {
-    if message == "accounts" {
-        return Some(Change::Accounts);
+    match message {
+        "accounts" => return Some(Change::Accounts),
+        "prices" => return Some(Change::Prices),
+        _ => {}
     }
     message.strip_prefix("key:").map(|hash| Change::Key {
         hash: hash.to_owned(),

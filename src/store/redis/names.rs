@@ -83,6 +83,11 @@ impl Names {
         format!("{}{{rec}}:accounts", self.prefix)
     }
 
+    /// String: the price file last imported (LiteLLM JSON), shared by every instance.
+    pub(super) fn imported_prices(&self) -> String {
+        format!("{}{{rec}}:prices", self.prefix)
+    }
+
     /// The pub/sub channel of `Change`s. Channels are not keys (no slot), but it carries the
     /// prefix so that installations sharing a Redis do not hear each other.
     pub(super) fn changes_channel(&self) -> String {

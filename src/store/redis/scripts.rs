@@ -28,6 +28,7 @@ pub(super) struct Scripts {
     pub(super) account_delete: Script,
     pub(super) account_forget: Script,
     pub(super) account_runtime: Script,
+    pub(super) prices_put: Script,
     pub(super) take: Script,
     pub(super) give: Script,
     pub(super) renew: Script,
@@ -46,7 +47,7 @@ macro_rules! live {
     };
 }
 
-const SOURCES: [(&str, &str); 16] = [
+const SOURCES: [(&str, &str); 17] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
     ("key_by_hash", include_str!("key_by_hash.lua")),
@@ -54,6 +55,7 @@ const SOURCES: [(&str, &str); 16] = [
     ("account_delete", include_str!("account_delete.lua")),
     ("account_forget", live!("account_forget.lua")),
     ("account_runtime", live!("account_runtime.lua")),
+    ("prices_put", include_str!("prices_put.lua")),
     ("take", live!("take.lua")),
     ("give", live!("give.lua")),
     ("renew", include_str!("renew.lua")),
@@ -88,6 +90,7 @@ impl Scripts {
             account_delete: next()?,
             account_forget: next()?,
             account_runtime: next()?,
+            prices_put: next()?,
             take: next()?,
             give: next()?,
             renew: next()?,

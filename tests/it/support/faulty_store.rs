@@ -193,6 +193,12 @@ impl Store for FaultyStore {
     async fn flush(&self) -> StoreResult<()> {
         self.inner.flush().await
     }
+    async fn share_prices(&self, json: &str) -> StoreResult<bool> {
+        self.inner.share_prices(json).await
+    }
+    async fn shared_prices(&self) -> StoreResult<Option<String>> {
+        self.inner.shared_prices().await
+    }
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         self.inner.changes()
     }

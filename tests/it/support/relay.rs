@@ -237,6 +237,22 @@ impl Relay {
         v["data"].as_array().unwrap().clone()
     }
 
+    /// Sends one request of `model` and returns the cost the request log shows for it (the
+    /// newest entry: callers send one at a time).
+    pub async fn cost_of_one(&self, key: &str, model: &str) -> u64 {
+        let resp = self
+            .messages(key, &messages_body(model, false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+        self.app.stats.flush().await;
+        self.requests("limit=1").await[0]["cost_nanousd"]
+            .as_u64()
+            .unwrap()
+    }
+
     /// The request log once it holds at least `n` entries (it is written in the background).
     pub async fn logged(&self, n: usize) -> Vec<Value> {
         for _ in 0..250 {
