@@ -51,13 +51,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(PROXY_CONNECTION);
 }
 
-/// Response headers of the account's that the client does not get (constants: not parsed per
-/// response).
-const ACCOUNT_ONLY: [HeaderName; 4] = [
+/// Response headers of the account's, or of the vendor's origin, that the client does not get
+/// (constants: not parsed per response). `alt-svc` and `strict-transport-security` describe the
+/// origin that sent them: passed on, they would offer the relay's clients HTTP/3 on the relay's
+/// port (RFC 7838) and pin HTTPS on its domain and subdomains in browsers.
+const ACCOUNT_ONLY: [HeaderName; 6] = [
     HeaderName::from_static("anthropic-organization-id"),
     HeaderName::from_static("openai-organization"),
     HeaderName::from_static("openai-project"),
     http::header::SET_COOKIE,
+    http::header::ALT_SVC,
+    http::header::STRICT_TRANSPORT_SECURITY,
 ];
 
 /// Whether an answer's head says it is a server-sent event stream.
@@ -70,7 +74,7 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
 
 /// Response headers from upstream, ready for the client: hop-by-hop ones dropped, and those
 /// that name the account behind the relay (its organisation or project) or would set a cookie
-/// of the vendor's on the relay's origin.
+/// or a policy of the vendor's on the relay's origin.
 pub fn response_headers(mut headers: HeaderMap) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     for name in ACCOUNT_ONLY {
@@ -158,13 +162,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_accounts_organisation_and_cookies_do_not_reach_the_client() {
+    fn the_accounts_organisation_cookies_and_origin_policies_do_not_reach_the_client() {
         let mut h = HeaderMap::new();
         for (k, v) in [
             ("anthropic-organization-id", "org-1"),
             ("openai-organization", "org-2"),
             ("openai-project", "proj_3"),
             ("set-cookie", "__cf_bm=x"),
+            ("alt-svc", "h3=\":443\"; ma=2592000"),
+            (
+                "strict-transport-security",
+                "max-age=31536000; includeSubDomains",
+            ),
             ("connection", "keep-alive"),
             ("request-id", "req_1"),
             ("x-ratelimit-remaining-requests", "9"),

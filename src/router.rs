@@ -22,7 +22,7 @@ where
         return crate::admin::handle(&app, req).await;
     }
     match (req.method(), path.as_str()) {
-        (&Method::GET | &Method::HEAD, "/") => return root(req.method()),
+        (&Method::GET | &Method::HEAD, p) if is_base_url(p) => return root(req.method()),
         (&Method::GET, "/health") => return health(&app).await,
         (&Method::GET, "/metrics") => return metrics(&app).await,
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/files/") => {
@@ -88,6 +88,16 @@ const PREFIXES: &[(&str, Surface)] = &[
     ("/openai", Surface::OpenAi),
     ("/gemini", Surface::Gemini),
 ];
+
+/// The root, or a prefix alone: a base URL, which clients probe (Claude Code sends `HEAD` to
+/// its `ANTHROPIC_BASE_URL` at start).
+fn is_base_url(path: &str) -> bool {
+    path == "/"
+        || PREFIXES.iter().any(|(prefix, _)| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest == "/")
+        })
+}
 
 /// Which surface a path belongs to, and the vendor's path without Switchyard's prefix. Without a
 /// prefix the path decides, and for `/v1/models` (every vendor has one) the credentials do:

@@ -129,14 +129,23 @@ async fn json_answers_pass_through_and_every_prefix_and_probe_works() {
             "prefix stripped"
         );
     }
-    for method in [Method::HEAD, Method::GET] {
-        let resp = http_client()
-            .request(method.clone(), relay.url("/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{method} /");
+    // Claude Code probes its base URL with HEAD: the root, or a prefix alone.
+    for path in ["/", "/claude", "/api/", "/openai", "/gemini/"] {
+        for method in [Method::HEAD, Method::GET] {
+            let resp = http_client()
+                .request(method.clone(), relay.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{method} {path}");
+        }
     }
+    let resp = http_client()
+        .head(relay.url("/claudex"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
     let resp = http_client()
         .post(relay.url("/v1/messages/count_tokens"))
         .header("x-api-key", &key)
