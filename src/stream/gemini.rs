@@ -29,6 +29,9 @@ pub struct GeminiUsage {
     images: u64,
     /// Streamed chunks with parts of the answer: a few tokens each.
     chunks: u64,
+    /// A streamed chunk said why the answer ended (`finishReason`): the last one, whose usage
+    /// counts the whole answer.
+    finished: bool,
     /// An embeddings answer (`UsageKind::GeminiEmbed`): it reports no usage.
     embedding: bool,
 }
@@ -49,6 +52,7 @@ impl GeminiUsage {
             last: None,
             images: 0,
             chunks: 0,
+            finished: false,
             embedding: false,
         }
     }
@@ -66,11 +70,17 @@ impl GeminiUsage {
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
-        let (last, images, chunks) = (&mut self.last, &mut self.images, &mut self.chunks);
-        // What one chunk of a stream reported: whether it carried parts of the answer, its usage
-        // so far, the images in it.
-        let mut record = |parts: bool, metadata: Option<Metadata>, found: u64| {
+        let (last, images, chunks, finished) = (
+            &mut self.last,
+            &mut self.images,
+            &mut self.chunks,
+            &mut self.finished,
+        );
+        // What one chunk of a stream reported: whether it carried parts of the answer, whether
+        // it ended it, its usage so far, the images in it.
+        let mut record = |parts: bool, ends: bool, metadata: Option<Metadata>, found: u64| {
             *chunks += u64::from(parts);
+            *finished |= ends;
             *images += found;
             if metadata.is_some() {
                 *last = metadata;
@@ -87,7 +97,12 @@ impl GeminiUsage {
                     let found = c.images();
                     (c.usage_metadata, found)
                 });
-                record(data.contains("\"parts\""), metadata, found);
+                record(
+                    data.contains("\"parts\""),
+                    data.contains("\"finishReason\""),
+                    metadata,
+                    found,
+                );
             });
             return;
         }
@@ -96,6 +111,7 @@ impl GeminiUsage {
             let (metadata, found) = read_object(element);
             record(
                 memchr::memmem::find(candidates, b"\"parts\"").is_some(),
+                memchr::memmem::find(candidates, b"\"finishReason\"").is_some(),
                 metadata,
                 found,
             );
@@ -114,10 +130,13 @@ impl GeminiUsage {
         }
     }
 
-    /// For a stream: the chunks that carried parts of the answer (Gemini reports the output
-    /// count only in the last chunk; a cut stream's is missing).
+    /// For a stream cut before its last chunk: the chunks that carried parts of the answer
+    /// (Gemini reports the output count only in the last chunk). `None` once the last chunk
+    /// came (its count is the vendor's; a final chunk with an empty part, as a thought
+    /// signature comes, may make more chunks than tokens) and for a JSON answer.
     pub fn answer_chunks(&self) -> Option<u64> {
-        (self.framer.is_some() || matches!(self.json, Json::Array(_))).then_some(self.chunks)
+        let stream = self.framer.is_some() || matches!(self.json, Json::Array(_));
+        (stream && !self.finished).then_some(self.chunks)
     }
 
     /// The usage reported so far (zero when none was).

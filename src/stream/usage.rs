@@ -259,6 +259,25 @@ mod tests {
         assert_eq!(json.billed(999, false), (billed, true));
     }
 
+    /// A whole Gemini stream is billed its own count, even with more chunks than output tokens:
+    /// a one-token answer whose last chunk carries only an empty part (how a thought signature
+    /// comes).
+    #[test]
+    fn a_whole_gemini_stream_is_billed_its_count_whatever_its_chunks() {
+        let first = r#"data: {"candidates": [{"content": {"parts": [{"text": "Yes"}], "role": "model"}}], "usageMetadata": {"promptTokenCount": 5}}"#;
+        let last = r#"data: {"candidates": [{"content": {"parts": [{"text": "", "thoughtSignature": "c2ln"}], "role": "model"}, "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 1, "totalTokenCount": 6}}"#;
+        let body = format!("{first}\r\n\r\n{last}\r\n\r\n");
+        let whole = reader(UsageKind::GeminiGenerate, body.as_bytes());
+        let (billed, estimated) = whole.billed(999, true);
+        assert!(!estimated);
+        assert_eq!((billed.input_tokens, billed.output_tokens), (5, 1));
+        // The same answer as an array (no `alt=sse`).
+        let array = format!("[{}, {}]", &first[6..], &last[6..]);
+        let mut json = UsageReader::new(UsageKind::GeminiGenerate, false);
+        json.observe(array.as_bytes());
+        assert_eq!(json.billed(999, true), (billed, false));
+    }
+
     #[test]
     fn an_anthropic_stream_cut_before_its_final_count_is_billed_a_token_per_delta() {
         let mut body = String::from(concat!(
