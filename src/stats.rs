@@ -495,7 +495,7 @@ mod tests {
                     for model in ["m1", "m2", "k1"] {
                         n += 1;
                         let e = entry(&format!("r{n}"), at, key, account, model, n);
-                        entries.push((e, (n + i as u64) % 5 != 0));
+                        entries.push((e, !(n + i as u64).is_multiple_of(5)));
                     }
                 }
             }

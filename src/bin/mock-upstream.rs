@@ -289,16 +289,16 @@ impl Mock {
 
     /// The answers for `model`, rendered on first use.
     fn rendered(&self, model: &[u8]) -> Arc<Rendered> {
-        if let Ok(cache) = self.rendered.read() {
-            if let Some(hit) = cache.get(model) {
-                return Arc::clone(hit);
-            }
+        if let Ok(cache) = self.rendered.read()
+            && let Some(hit) = cache.get(model)
+        {
+            return Arc::clone(hit);
         }
         let rendered = Arc::new(Rendered::new(&self.args, model, self.created));
-        if let Ok(mut cache) = self.rendered.write() {
-            if cache.len() < MAX_CACHED_MODELS {
-                cache.insert(model.into(), Arc::clone(&rendered));
-            }
+        if let Ok(mut cache) = self.rendered.write()
+            && cache.len() < MAX_CACHED_MODELS
+        {
+            cache.insert(model.into(), Arc::clone(&rendered));
         }
         rendered
     }

@@ -637,11 +637,11 @@ impl Hot {
 
     fn settle(&mut self, key_id: &str, lease: &Lease, used: &[(SmolStr, u64)]) {
         let mut held = false;
-        if let Some(leases) = self.keys.get_mut(key_id) {
-            if let Some(taken) = leases.remove(&lease.id) {
-                self.limits.unhold(key_id, &taken.holds);
-                held = true;
-            }
+        if let Some(leases) = self.keys.get_mut(key_id)
+            && let Some(taken) = leases.remove(&lease.id)
+        {
+            self.limits.unhold(key_id, &taken.holds);
+            held = true;
         }
         // Neither held nor swept: given back before; its use was counted then.
         if !held && self.limits.swept.remove(&lease.id).is_none() {
@@ -667,10 +667,9 @@ impl Hot {
     fn release(&mut self, key_id: &str, account_id: Option<&str>, lease: &Lease) {
         if account_id.is_none()
             && let Some(leases) = self.keys.get_mut(key_id)
+            && let Some(taken) = leases.remove(&lease.id)
         {
-            if let Some(taken) = leases.remove(&lease.id) {
-                self.limits.unhold(key_id, &taken.holds);
-            }
+            self.limits.unhold(key_id, &taken.holds);
         }
         if let Some(account) = account_id.and_then(|id| self.accounts.get_mut(id)) {
             // The entry stays: it carries `last_used_at`.

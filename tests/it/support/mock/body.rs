@@ -36,10 +36,10 @@ impl Guard {
     }
 
     fn record(&self, data: &[u8]) {
-        if let Some(i) = self.index {
-            if let Some(r) = lock(&self.shared).responses.get_mut(i) {
-                r.extend_from_slice(data);
-            }
+        if let Some(i) = self.index
+            && let Some(r) = lock(&self.shared).responses.get_mut(i)
+        {
+            r.extend_from_slice(data);
         }
     }
 

@@ -162,10 +162,10 @@ fn hold_response(
     request: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<String, String> {
     let mut st = super::lock(&ctx.shared);
-    if let Some(previous) = request.get("previous_response_id").and_then(|p| p.as_str()) {
-        if !st.held_responses.contains(previous) {
-            return Err(previous.to_owned());
-        }
+    if let Some(previous) = request.get("previous_response_id").and_then(|p| p.as_str())
+        && !st.held_responses.contains(previous)
+    {
+        return Err(previous.to_owned());
     }
     st.responses_made += 1;
     let id = format!("resp_{tag}_{}", st.responses_made);

@@ -50,18 +50,19 @@ impl Route {
         let post = method == Method::POST;
         let get = method == Method::GET;
         if let Some(rest) = path.strip_prefix("/openai/deployments/") {
-            if let (true, Some((deployment, op))) = (post, rest.split_once('/')) {
-                if let (false, Some(op)) = (deployment.is_empty(), openai_op(op)) {
-                    return Route::OpenAi(op, Some(deployment.to_owned()));
-                }
+            if let (true, Some((deployment, op))) = (post, rest.split_once('/'))
+                && let (false, Some(op)) = (deployment.is_empty(), openai_op(op))
+            {
+                return Route::OpenAi(op, Some(deployment.to_owned()));
             }
             return Route::NotFound(Vendor::Azure);
         }
         // Azure's v1 API: OpenAI's paths, no api-version, the deployment as the body's model.
-        if let Some(op) = path.strip_prefix("/openai/v1/").and_then(openai_op) {
-            if post && op == OpenAiOp::Responses {
-                return Route::OpenAi(op, Some(String::new()));
-            }
+        if let Some(op) = path.strip_prefix("/openai/v1/").and_then(openai_op)
+            && post
+            && op == OpenAiOp::Responses
+        {
+            return Route::OpenAi(op, Some(String::new()));
         }
         if path.starts_with("/openai/") {
             return Route::NotFound(Vendor::Azure);
