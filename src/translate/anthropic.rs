@@ -14,6 +14,7 @@
 //!   `model_context_window_exceeded` → `length`, `tool_use` → `tool_calls`, `refusal` →
 //!   `content_filter`.
 
+mod model;
 mod request;
 mod response;
 mod stream;

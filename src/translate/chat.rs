@@ -1,8 +1,10 @@
 //! What both translations write: OpenAI's `chat.completion` and its `usage` object, typed so
-//! that fields come out in the order OpenAI sends them. (Stream chunks stay with each
-//! translation: their deltas borrow from different upstream shapes.)
+//! that fields come out in the order OpenAI sends them (stream chunks stay with each
+//! translation: their deltas borrow from different upstream shapes); and how both read a
+//! history call's arguments.
 
 use serde::Serialize;
+use serde_json::{Value, json};
 
 #[derive(Serialize)]
 pub(super) struct Completion<'a> {
@@ -77,3 +79,20 @@ pub(super) struct PromptDetails {
 pub(super) struct CompletionDetails {
     pub reasoning_tokens: u64,
 }
+
+/// A call's `arguments` in the history, as the object Anthropic and Gemini want. A call the
+/// model wrote before it was cut (`finish_reason: "length"`) has arguments that are not JSON,
+/// or not an object; OpenAI takes them as they are, so they go as they were written, under
+/// [`RAW_ARGUMENTS`], rather than refuse the conversation.
+pub(super) fn history_arguments(arguments: &str) -> Value {
+    if arguments.trim().is_empty() {
+        return json!({});
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v) if v.is_object() => v,
+        _ => json!({ RAW_ARGUMENTS: arguments }),
+    }
+}
+
+/// The field that carries a history call's arguments that were not a JSON object.
+pub(super) const RAW_ARGUMENTS: &str = "_raw_arguments";

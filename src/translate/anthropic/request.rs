@@ -6,8 +6,11 @@
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 
+use super::model::{Claude, NON_STREAMING_MAX_TOKENS};
 use crate::error::ApiError;
+use crate::translate::chat::history_arguments;
 
 /// What the relay needs from a translated chat request.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +29,10 @@ pub struct MessagesRequest {
 
 type Object = Map<String, Value>;
 
-/// Translates an OpenAI Chat Completions body. `default_max_tokens` fills Anthropic's required
-/// `max_tokens` when the client set neither `max_completion_tokens` nor `max_tokens`.
+/// Translates an OpenAI Chat Completions body. When the client set neither
+/// `max_completion_tokens` nor `max_tokens`, Anthropic's required `max_tokens` is the model's
+/// longest answer (OpenAI sets no limit), at most [`NON_STREAMING_MAX_TOKENS`] unless streamed;
+/// `default_max_tokens` for a model the relay does not know.
 pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequest, ApiError> {
     let chat: Value = serde_json::from_slice(chat_body)
         .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))?;
@@ -59,6 +64,12 @@ pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequ
         }
     }
 
+    let stream = match present(chat, "stream") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
+    };
+    let claude = Claude::of(&model);
     let mut out = Object::new();
     out.insert("model".into(), json!(model));
     let (system, messages) = convert_messages(messages)?;
@@ -66,39 +77,20 @@ pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequ
         out.insert("system".into(), Value::Array(system));
     }
     out.insert("messages".into(), Value::Array(messages));
-    out.insert(
-        "max_tokens".into(),
-        json!(max_tokens(chat, default_max_tokens)?),
-    );
-    let temperature = present(chat, "temperature");
-    if let Some(t) = temperature {
-        let t = t
-            .as_f64()
-            .ok_or_else(|| ApiError::invalid("`temperature` must be a number"))?;
-        // OpenAI accepts 0..=2, Anthropic 0..=1.
-        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
-    }
-    if let Some(p) = present(chat, "top_p") {
-        if !p.is_number() {
-            return Err(ApiError::invalid("`top_p` must be a number"));
-        }
-        // Current Claude models answer 400 when both are set, and many OpenAI clients send
-        // both by default (often `top_p: 1`): the temperature is kept, as the usual knob.
-        if temperature.is_none() {
-            out.insert("top_p".into(), p.clone());
-        }
-    }
+    let longest = match claude {
+        Some(c) if stream => c.max_output(),
+        Some(c) => c.max_output().min(NON_STREAMING_MAX_TOKENS),
+        None => default_max_tokens,
+    };
+    out.insert("max_tokens".into(), json!(max_tokens(chat, longest)?));
+    sampling(chat, claude, &mut out)?;
     if let Some(stops) = stop_sequences(chat)? {
         out.insert("stop_sequences".into(), stops);
     }
-    let stream = match present(chat, "stream") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
-    };
     if stream {
         out.insert("stream".into(), json!(true));
     }
+    output_format(chat, claude, &mut out)?;
     let include_usage = stream
         && chat
             .get("stream_options")
@@ -109,7 +101,10 @@ pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequ
         let user = user
             .as_str()
             .ok_or_else(|| ApiError::invalid("`user` must be a string"))?;
-        out.insert("metadata".into(), json!({ "user_id": user }));
+        // Anthropic wants an opaque id of at most 256 characters, and refuses one that looks
+        // like an email address; OpenAI takes any string. Its digest stands for the same user.
+        let digest = Sha256::digest(user.as_bytes());
+        out.insert("metadata".into(), json!({ "user_id": hex::encode(digest) }));
     }
     tools(chat, &mut out)?;
     let functions = present(chat, "tools").is_none() && present(chat, "functions").is_some();
@@ -146,19 +141,80 @@ fn max_tokens(chat: &Object, default: u32) -> Result<u64, ApiError> {
     }
 }
 
+/// `temperature` and `top_p`, for the models that take them.
+fn sampling(chat: &Object, claude: Option<Claude>, out: &mut Object) -> Result<(), ApiError> {
+    let temperature = present(chat, "temperature");
+    let top_p = present(chat, "top_p");
+    if temperature.is_some_and(|t| !t.is_number()) {
+        return Err(ApiError::invalid("`temperature` must be a number"));
+    }
+    if top_p.is_some_and(|p| !p.is_number()) {
+        return Err(ApiError::invalid("`top_p` must be a number"));
+    }
+    // Claude Opus 4.7 and later refuse both, whatever their value: they steer by prompt.
+    if claude.is_some_and(|c| !c.takes_sampling()) {
+        return Ok(());
+    }
+    if let Some(t) = temperature.and_then(Value::as_f64) {
+        // OpenAI accepts 0..=2, Anthropic 0..=1.
+        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
+    // Claude 4.5 models answer 400 when both are set, and many OpenAI clients send both by
+    // default (often `top_p: 1`): the temperature is kept, as the usual knob.
+    if let (Some(p), None) = (top_p, temperature) {
+        out.insert("top_p".into(), p.clone());
+    }
+    Ok(())
+}
+
+/// `stop` as `stop_sequences`. Anthropic refuses a sequence of whitespace only (OpenAI takes
+/// `"\n"`, which single-line completions send): such ones are left out.
 fn stop_sequences(chat: &Object) -> Result<Option<Value>, ApiError> {
     let bad = || ApiError::invalid("`stop` must be a string or an array of strings");
-    match present(chat, "stop") {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(json!([s]))),
-        Some(Value::Array(items)) => {
-            if !items.iter().all(Value::is_string) {
-                return Err(bad());
-            }
-            Ok((!items.is_empty()).then(|| Value::Array(items.clone())))
-        }
-        Some(_) => Err(bad()),
+    let items = match present(chat, "stop") {
+        None => return Ok(None),
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().ok_or_else(bad))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad()),
+    };
+    let kept: Vec<Value> = items
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| json!(s))
+        .collect();
+    Ok((!kept.is_empty()).then_some(Value::Array(kept)))
+}
+
+/// `response_format`: a JSON schema becomes `output_config.format` for the models that take
+/// it (Claude Opus 4.1, and 4.5 on); `json_object`, and a schema for an older model, are left
+/// out (docs/surfaces.md).
+fn output_format(chat: &Object, claude: Option<Claude>, out: &mut Object) -> Result<(), ApiError> {
+    let Some(format) = present(chat, "response_format") else {
+        return Ok(());
+    };
+    if format.get("type").and_then(Value::as_str) != Some("json_schema")
+        || !claude.is_some_and(Claude::takes_output_format)
+    {
+        return Ok(());
     }
+    let Some(schema) = format.get("json_schema").and_then(|s| s.get("schema")) else {
+        return Err(ApiError::invalid(
+            "`response_format.json_schema.schema` is required for a `json_schema` format",
+        ));
+    };
+    if !schema.is_object() {
+        return Err(ApiError::invalid(
+            "`response_format.json_schema.schema` must be an object",
+        ));
+    }
+    out.insert(
+        "output_config".into(),
+        json!({ "format": { "type": "json_schema", "schema": schema } }),
+    );
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,6 +436,12 @@ fn image_source(url: &str, at: &str) -> Result<Value, ApiError> {
                 "{at}: an image data URL must be `data:<type>;base64,<data>`"
             )));
         };
+        // Anthropic takes `image/jpeg`, `image/png`, `image/gif` and `image/webp` only, as
+        // written; clients also write `image/jpg` and capitals.
+        let media_type = match media_type.to_ascii_lowercase().as_str() {
+            "image/jpg" => "image/jpeg".to_owned(),
+            other => other.to_owned(),
+        };
         return Ok(json!({ "type": "base64", "media_type": media_type, "data": data }));
     }
     if url.starts_with("https://") || url.starts_with("http://") {
@@ -477,12 +539,7 @@ fn tool_use(id: &str, function: &Value, at: &str) -> Result<Value, ApiError> {
     };
     let input = match function.get("arguments") {
         None | Some(Value::Null) => json!({}),
-        Some(Value::String(s)) if s.trim().is_empty() => json!({}),
-        Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
-            ApiError::invalid(format!(
-                "{at} (id `{id}`, function `{name}`): `arguments` is not valid JSON: {e}"
-            ))
-        })?,
+        Some(Value::String(s)) => history_arguments(s),
         Some(v) => v.clone(),
     };
     if !input.is_object() {

@@ -118,14 +118,22 @@ pub(super) fn generation_config(
         Some(v) => Some(v),
         None => number("max_tokens")?,
     };
+    // Only Gemini 2.0 models take penalties: the others answer 400 ("Penalty is not enabled
+    // for this model") to any value but 0, which chat clients with penalty sliders send.
+    let penalties = model
+        .strip_prefix("models/")
+        .unwrap_or(model)
+        .starts_with("gemini-2.0");
+    let penalty =
+        |key: &str| -> Result<Option<Value>, ApiError> { Ok(number(key)?.filter(|_| penalties)) };
     for (value, gemini) in [
         (max, "maxOutputTokens"),
         (number("temperature")?, "temperature"),
         (number("top_p")?, "topP"),
         (number("n")?, "candidateCount"),
         (number("seed")?, "seed"),
-        (number("presence_penalty")?, "presencePenalty"),
-        (number("frequency_penalty")?, "frequencyPenalty"),
+        (penalty("presence_penalty")?, "presencePenalty"),
+        (penalty("frequency_penalty")?, "frequencyPenalty"),
     ] {
         if let Some(v) = value {
             config.insert(gemini.into(), v);
@@ -326,11 +334,24 @@ mod tests {
                 "stopSequences": ["END", "STOP"],
                 "candidateCount": 2,
                 "seed": 42,
-                "presencePenalty": 0.1,
-                "frequencyPenalty": -0.2,
                 "responseMimeType": "application/json",
             })
         );
+        // Penalties go to the models that take them only (Gemini 2.0); a bad one is refused.
+        for (model, taken) in [
+            ("gemini-2.0-flash", true),
+            ("models/gemini-2.0-flash-001", true),
+            ("gemini-3-pro-preview", false),
+        ] {
+            let mut chat = chat.clone();
+            chat["model"] = json!(model);
+            let config = &gemini(chat)["generationConfig"];
+            assert_eq!(config["presencePenalty"] == json!(0.1), taken, "{model}");
+            assert_eq!(config["frequencyPenalty"] == json!(-0.2), taken, "{model}");
+        }
+        let mut bad = chat.clone();
+        bad["frequency_penalty"] = json!("high");
+        rejects(bad, "frequency_penalty");
         chat.as_object_mut()
             .unwrap()
             .remove("max_completion_tokens");

@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 
 use super::options::{generation_config, tools};
 use crate::error::ApiError;
+use crate::translate::chat::history_arguments;
 
 /// A translated request: what the relay needs to route it and the Gemini body to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -383,23 +384,7 @@ fn assistant_parts(
             .and_then(|f| f.get("arguments"))
             .and_then(Value::as_str)
             .unwrap_or("");
-        let args = if raw.trim().is_empty() {
-            Value::Object(Map::new())
-        } else {
-            match serde_json::from_str::<Value>(raw) {
-                Ok(Value::Object(obj)) => Value::Object(obj),
-                Ok(_) => {
-                    return Err(ApiError::invalid(format!(
-                        "{here}.function.arguments: must encode a JSON object"
-                    )));
-                }
-                Err(e) => {
-                    return Err(ApiError::invalid(format!(
-                        "{here}.function.arguments: invalid JSON: {e}"
-                    )));
-                }
-            }
-        };
+        let args = history_arguments(raw);
         let mut function_call = json!({ "name": name, "args": args });
         if let Some(id) = call.get("id").and_then(Value::as_str) {
             call_names.insert(id.to_owned(), name.to_owned());
@@ -624,11 +609,14 @@ mod tests {
                 { "id": "c", "type": "function", "function": { "name": "f", "arguments": args } }
             ]}]))
         };
-        rejects(
-            call("{not json"),
-            "tool_calls[0].function.arguments: invalid JSON",
-        );
-        rejects(call("[1]"), "must encode a JSON object");
+        // Arguments cut short (an answer that ended at its length limit) go as they were written.
+        for raw in ["{not json", "[1]"] {
+            let body = gemini(call(raw));
+            assert_eq!(
+                body["contents"][0]["parts"][0]["functionCall"]["args"],
+                json!({ "_raw_arguments": raw })
+            );
+        }
         rejects(
             with_messages(json!([{ "role": "tool", "tool_call_id": "nope", "content": "x" }])),
             "matches no earlier assistant tool call",

@@ -119,6 +119,7 @@ fn user_content_parts_text_and_images() {
         { "type": "image_url", "image_url": { "url": "https://example.com/cat.jpg" } },
         { "type": "image_url", "image_url": "http://example.com/dog.gif" },
         { "type": "file", "file": { "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0" } },
+        { "type": "image_url", "image_url": { "url": "data:image/JPG;base64,/9j/4AAQ" } },
     ]}])));
     assert_eq!(
         body["messages"][0]["content"],
@@ -128,6 +129,8 @@ fn user_content_parts_text_and_images() {
             { "type": "image", "source": { "type": "url", "url": "https://example.com/cat.jpg" } },
             { "type": "image", "source": { "type": "url", "url": "http://example.com/dog.gif" } },
             { "type": "document", "source": { "type": "base64", "media_type": "application/pdf", "data": "JVBERi0" } },
+            // `image/jpg` (and capitals) as Anthropic names it.
+            { "type": "image", "source": { "type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ" } },
         ])
     );
     for bad in [
@@ -197,28 +200,44 @@ fn assistant_text_and_tool_calls_share_one_message() {
     );
 }
 
+/// A call cut short in the history (its answer ended at its length limit) has arguments that
+/// are not a JSON object: they go as written, as OpenAI takes them. Arguments given as a JSON
+/// value that is not an object are refused, naming the call.
 #[test]
-fn invalid_tool_call_arguments_name_the_call() {
-    let err = rejected(with_messages(json!([
+fn history_tool_call_arguments_that_are_not_an_object() {
+    let body = translate(with_messages(json!([
         { "role": "user", "content": "go" },
         { "role": "assistant", "tool_calls": [
             { "id": "call_ok", "type": "function", "function": { "name": "f", "arguments": "{}" } },
-            { "id": "call_bad", "type": "function", "function": { "name": "g", "arguments": "{\"a\":" } },
+            { "id": "call_cut", "type": "function", "function": { "name": "g", "arguments": "{\"a\":" } },
+            { "id": "call_list", "type": "function", "function": { "name": "h", "arguments": "[1]" } },
         ]},
     ])));
-    assert!(
-        err.message.contains("messages[1].tool_calls[1]"),
-        "{}",
-        err.message
+    let inputs: Vec<&Value> = body["messages"][1]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["input"])
+        .collect();
+    assert_eq!(
+        inputs,
+        [
+            &json!({}),
+            &json!({ "_raw_arguments": "{\"a\":" }),
+            &json!({ "_raw_arguments": "[1]" })
+        ]
     );
-    assert!(err.message.contains("call_bad"), "{}", err.message);
-    assert!(err.message.contains("`g`"), "{}", err.message);
     let err = rejected(with_messages(json!([
         { "role": "user", "content": "go" },
         { "role": "assistant", "tool_calls": [
-            { "id": "c", "type": "function", "function": { "name": "f", "arguments": "[1]" } },
+            { "id": "call_bad", "type": "function", "function": { "name": "g", "arguments": [1] } },
         ]},
     ])));
+    assert!(
+        err.message.contains("messages[1].tool_calls[0]") && err.message.contains("call_bad"),
+        "{}",
+        err.message
+    );
     assert!(err.message.contains("JSON object"), "{}", err.message);
     let err = rejected(with_messages(json!([{ "role": "tool", "content": "x" }])));
     assert!(err.message.contains("tool_call_id"), "{}", err.message);
@@ -407,9 +426,20 @@ fn tools_and_tool_choice() {
     assert!(rejected(chat).message.contains("tool_choice"));
 }
 
+/// Unset, `max_tokens` is the model's longest answer (OpenAI sets no limit), held to what a
+/// request that is not streamed may ask; the configured default for a model the relay does not
+/// know.
 #[test]
-fn max_tokens_from_either_field_or_the_default() {
+fn max_tokens_from_either_field_or_the_model() {
     let mut chat = with_messages(json!([{ "role": "user", "content": "hi" }]));
+    assert_eq!(translate(chat.clone())["max_tokens"], 21_333);
+    chat["stream"] = json!(true);
+    assert_eq!(translate(chat.clone())["max_tokens"], 64_000);
+    chat["model"] = json!("claude-3-haiku-20240307");
+    assert_eq!(translate(chat.clone())["max_tokens"], 4_096);
+    chat["model"] = json!("claude-opus-4-1");
+    assert_eq!(translate(chat.clone())["max_tokens"], 32_000);
+    chat["model"] = json!("team-claude");
     assert_eq!(translate(chat.clone())["max_tokens"], 1024);
     chat["max_tokens"] = json!(100);
     assert_eq!(translate(chat.clone())["max_tokens"], 100);
@@ -437,7 +467,13 @@ fn sampling_and_stop_and_user() {
     // Claude refuses both at once: the temperature wins.
     assert!(body.get("top_p").is_none());
     assert_eq!(body["stop_sequences"], json!(["END"]));
-    assert_eq!(body["metadata"], json!({ "user_id": "user-42" }));
+    // The user as an opaque id: Anthropic refuses one that looks like an email address.
+    let digest = hex::encode(Sha256::digest(b"user-42"));
+    assert_eq!(body["metadata"], json!({ "user_id": digest }));
+    chat["user"] = json!("alice@example.com");
+    let id = translate(chat.clone())["metadata"]["user_id"].clone();
+    assert_eq!(id.as_str().unwrap().len(), 64);
+    assert!(!id.as_str().unwrap().contains('@'));
     assert!(body.get("some_future_field").is_none() && body.get("logprobs").is_none());
     chat["temperature"] = json!(0.3);
     chat["stop"] = json!(["a", "b"]);
@@ -447,6 +483,11 @@ fn sampling_and_stop_and_user() {
     chat["temperature"] = json!(-1);
     assert_eq!(translate(chat.clone())["temperature"], json!(0.0));
     chat["stop"] = json!([]);
+    assert!(translate(chat.clone()).get("stop_sequences").is_none());
+    // Anthropic refuses sequences of whitespace only, which OpenAI takes: left out.
+    chat["stop"] = json!(["\n", "END", " ", ""]);
+    assert_eq!(translate(chat.clone())["stop_sequences"], json!(["END"]));
+    chat["stop"] = json!("\n\n");
     assert!(translate(chat.clone()).get("stop_sequences").is_none());
     chat["stop"] = json!([1]);
     rejected(chat.clone());
@@ -462,7 +503,42 @@ fn sampling_and_stop_and_user() {
     assert!(rejected(chat.clone()).message.contains("top_p"));
     chat["top_p"] = Value::Null;
     chat["temperature"] = json!("hot");
+    rejected(chat.clone());
+    // Claude Opus 4.7 and later refuse both, whatever their value.
+    chat["temperature"] = json!(0);
+    chat["top_p"] = json!(1);
+    for model in ["claude-opus-4-7", "claude-sonnet-5"] {
+        chat["model"] = json!(model);
+        let body = translate(chat.clone());
+        assert!(
+            body.get("temperature").is_none() && body.get("top_p").is_none(),
+            "{model}"
+        );
+    }
+    chat["temperature"] = json!("hot");
     rejected(chat);
+}
+
+/// A JSON schema asked for becomes Anthropic's structured output where the model takes it;
+/// `json_object`, and a schema for an older model, are left out (the model answers in prose).
+#[test]
+fn response_format_json_schema_becomes_the_output_format() {
+    let schema = json!({ "type": "object", "properties": { "n": { "type": "integer" } },
+        "required": ["n"], "additionalProperties": false });
+    let mut chat = with_messages(json!([{ "role": "user", "content": "count" }]));
+    chat["response_format"] = json!({ "type": "json_schema",
+        "json_schema": { "name": "count", "strict": true, "schema": schema } });
+    assert_eq!(
+        translate(chat.clone())["output_config"],
+        json!({ "format": { "type": "json_schema", "schema": schema } })
+    );
+    chat["model"] = json!("claude-3-5-haiku-latest");
+    assert!(translate(chat.clone()).get("output_config").is_none());
+    chat["model"] = json!("claude-haiku-4-5");
+    chat["response_format"] = json!({ "type": "json_object" });
+    assert!(translate(chat.clone()).get("output_config").is_none());
+    chat["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": "x" } });
+    assert!(rejected(chat).message.contains("json_schema.schema"));
 }
 
 #[test]
