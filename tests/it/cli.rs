@@ -90,6 +90,28 @@ fn an_invalid_option_is_one_line_naming_it_and_exit_status_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("scheduler.attempt_deadline_secs"));
 
+    // A Redis URL without a host, before any connection is tried; a log filter that does not
+    // parse. Each is one line naming what is wrong.
+    for (name, value, named) in [
+        ("SWITCHYARD_STORE", "redis://:6379", "`store`"),
+        (
+            "SWITCHYARD_STORE",
+            "redis-cluster://h1:7000,:7001",
+            "`store`",
+        ),
+        ("SWITCHYARD_LOG", "switchyard=loud", "SWITCHYARD_LOG"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{value}: {err}");
+        assert!(err.contains(named), "{value}: {err}");
+    }
+
     // So is a price file that cannot be read, before any store is opened.
     let out = Command::new(BIN)
         .arg("serve")
