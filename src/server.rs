@@ -108,9 +108,7 @@ impl Server {
             let _ = began.set(Instant::now());
             stop.send_replace(Stop::Draining);
             cut.await;
-            if *stop.borrow() != Stop::Cut {
-                tracing::warn!("stop asked again: closing the open connections now");
-            }
+            tracing::warn!("stop asked again: closing the open connections now");
             let _ = cut_at.set(Instant::now());
             stop.send_replace(Stop::Cut);
             std::future::pending::<()>().await;
