@@ -18,7 +18,7 @@ ENV SWITCHYARD_LISTEN=0.0.0.0:8080 \
     SWITCHYARD_DATA_DIR=/var/lib/switchyard
 VOLUME ["/var/lib/switchyard"]
 EXPOSE 8080
-# On SIGTERM open streams get server.shutdown_grace_secs (30) and the stop up to ~15 s more; docker
+# On SIGTERM open streams get server.shutdown_grace_secs (30) and the stop at most 15 s more; docker
 # stop kills after 10 s: run with --stop-timeout 45 (Compose: stop_grace_period: 45s; Kubernetes:
 # terminationGracePeriodSeconds: 45), at least the grace plus 15 s.
 ENTRYPOINT ["switchyard"]

@@ -225,15 +225,39 @@ impl App {
 
     /// At shutdown, once the connections are closed: lets the leases being given back on tasks
     /// of their own finish (they also add what the requests used to the limit counters), writes
-    /// out usage aggregates and stops the stats task, then flushes the store.
-    pub async fn shutdown(&self) {
-        crate::limits::give_backs_done(Duration::from_secs(10)).await;
-        self.stats.stop().await;
-        if let Err(e) = self.store().flush().await {
-            tracing::error!(error = %e, "store flush failed");
+    /// out usage aggregates and stops the stats task, then flushes the store; all by `deadline`
+    /// (the stop's whole tail has one, `server::STOP_TAIL`: past it the process may be killed).
+    /// The give-backs leave the usage write its retries' time.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        let now = tokio::time::Instant::now();
+        let usage_from = deadline
+            .checked_sub(USAGE_WRITE_TIME)
+            .unwrap_or(now)
+            .max(now);
+        crate::limits::give_backs_done(usage_from - now).await;
+        let flush_from = deadline.checked_sub(FLUSH_TIME).unwrap_or(deadline);
+        if tokio::time::timeout_at(flush_from, self.stats.stop())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "the stop ran out of time before the last usage was written; it is lost"
+            );
+        }
+        match tokio::time::timeout_at(deadline, self.store().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "store flush failed"),
+            Err(_) => tracing::error!("the store flush did not finish before the stop's deadline"),
         }
     }
 }
+
+/// What `App::shutdown` keeps of its time for writing the last usage (the stats task's retries
+/// last 5 s) and flushing the store.
+const USAGE_WRITE_TIME: Duration = Duration::from_secs(6);
+
+/// What `App::shutdown` keeps of its time for the store flush.
+const FLUSH_TIME: Duration = Duration::from_secs(1);
 
 /// Built-in prices, overlaid by the last imported price file (the one the shared store keeps,
 /// else the data dir's), then by the config.

@@ -16,11 +16,13 @@ use crate::pricing::{PricingConfig, PricingError};
 const ENV_PREFIX: &str = "SWITCHYARD_";
 /// The shortest admin token taken, configured or read from the data dir's `admin-token`.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// A tracing filter that overrides `log.level` (src/logging.rs); checked with the options.
+pub const LOG_FILTER_ENV: &str = "SWITCHYARD_LOG";
 /// Environment variables with the prefix that are not options: the config file, the log filter,
 /// and the CLI's `accounts add --api-key` (kept out of the shell history).
 const ENV_NOT_OPTIONS: &[&str] = &[
     "SWITCHYARD_CONFIG",
-    "SWITCHYARD_LOG",
+    LOG_FILTER_ENV,
     "SWITCHYARD_ACCOUNT_API_KEY",
 ];
 
@@ -570,18 +572,8 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        apply_env(&mut table, env)?;
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                let msg = inner.message().trim().to_owned();
-                if path == "." || path.is_empty() {
-                    ConfigError(format!("invalid configuration: {msg}"))
-                } else {
-                    ConfigError(format!("invalid option `{path}`: {msg}"))
-                }
-            })?;
+        let untyped = apply_env(&mut table, env)?;
+        let mut config = deserialize(table, untyped)?;
         if let Some(listen) = flags.listen {
             config.listen = listen;
         }
@@ -617,6 +609,14 @@ impl Config {
                 "invalid option `store`: unsupported value {:?} (expected \"embedded\", \
                  redis://host:port/db, rediss://…, redis-cluster://host:port,host:port or rediss-cluster://…)",
                 self.store
+            )));
+        }
+        if let StoreKind::Redis(url) = self.store_kind()
+            && let Err(e) = crate::store::redis::check_url(&url)
+        {
+            return Err(ConfigError(format!(
+                "invalid option `store`: {e} in {}",
+                self.store_for_display()
             )));
         }
         if self.server.workers > MAX_WORKERS {
@@ -734,13 +734,90 @@ fn durations_in(table: &toml::Table, prefix: &str, out: &mut Vec<(String, i64)>)
     }
 }
 
-/// Sets `SWITCHYARD_A__B=value` as option `a.b`, typed like the option's default.
+/// The configuration in `table`. An option set from the environment that has no default to
+/// read its type from (`untyped`: an optional one such as `pricing.default.web_search_per_1k`,
+/// or one in a map such as `pricing.models.<name>.input`) was set as a string; should the
+/// option refuse a string, it is set as the first of the value's other readings (an integer, a
+/// number, true or false, a TOML array or table) that it takes. A string option keeps its
+/// string whatever it looks like (an admin token of digits, a model named "4").
+fn deserialize(mut table: toml::Table, mut untyped: Vec<Untyped>) -> Result<Config, ConfigError> {
+    loop {
+        let e = match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+            Ok(config) => return Ok(config),
+            Err(e) => e,
+        };
+        let path = e.path().to_string();
+        let mut msg = e.into_inner().message().trim().to_owned();
+        if let Some(u) = untyped.iter_mut().find(|u| u.path.join(".") == path) {
+            if msg.starts_with("invalid type:")
+                && let Some(value) = u.readings.next()
+            {
+                u.refused.get_or_insert(msg);
+                insert(&mut table, &u.path, value)
+                    .map_err(|()| ConfigError(format!("invalid option `{path}`")))?;
+                continue;
+            }
+            // The string's own error says best what is wrong with the value.
+            if let Some(first) = u.refused.take() {
+                msg = first;
+            }
+        }
+        return Err(if path == "." || path.is_empty() {
+            ConfigError(format!("invalid configuration: {msg}"))
+        } else {
+            ConfigError(format!("invalid option `{path}`: {msg}"))
+        });
+    }
+}
+
+/// An option set from the environment without a default to type it by: set as a string, with
+/// the other readings of the value to try if the option refuses it.
+struct Untyped {
+    path: Vec<String>,
+    readings: std::vec::IntoIter<toml::Value>,
+    /// Why the option refused the string.
+    refused: Option<String>,
+}
+
+/// What `raw` may be read as besides a string, in the order they are tried.
+fn other_readings(raw: &str) -> Vec<toml::Value> {
+    let trimmed = raw.trim();
+    let mut readings = Vec::new();
+    if let Ok(n) = trimmed.parse::<i64>() {
+        readings.push(toml::Value::Integer(n));
+    }
+    if let Ok(x) = trimmed.parse::<f64>() {
+        readings.push(toml::Value::Float(x));
+    }
+    if let Ok(b) = typed_value(Some(&toml::Value::Boolean(false)), raw) {
+        readings.push(b);
+    }
+    if let Some(v) = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| v.is_array() || v.is_table())
+    {
+        readings.push(v);
+    }
+    readings
+}
+
+/// Sets `SWITCHYARD_A__B=value` as option `a.b`, typed like the option's default. Returns the
+/// options that have none (`deserialize` types them).
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<Untyped>, ConfigError> {
     let defaults = toml::Table::try_from(Config::default())
         .map_err(|e| ConfigError(format!("internal: default configuration: {e}")))?;
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    if let Some((_, filter)) = env.iter().find(|(k, _)| k == LOG_FILTER_ENV)
+        && let Err(e) = tracing_subscriber::EnvFilter::try_new(filter)
+    {
+        return Err(ConfigError(format!(
+            "invalid {LOG_FILTER_ENV}: {e} (a tracing filter, such as info or switchyard=debug)"
+        )));
+    }
     let mut vars: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, v)| {
@@ -750,17 +827,26 @@ fn apply_env(
         })
         .collect();
     vars.sort();
+    let mut untyped = Vec::new();
     for (name, raw) in vars {
         let path: Vec<String> = name[ENV_PREFIX.len()..]
             .split("__")
             .map(|s| s.to_ascii_lowercase())
             .collect();
-        let value = typed_value(lookup(&defaults, &path), &raw)
+        let default = lookup(&defaults, &path);
+        let value = typed_value(default, &raw)
             .map_err(|expected| ConfigError(format!("invalid {name}: expected {expected}")))?;
         insert(table, &path, value)
             .map_err(|()| ConfigError(format!("invalid {name}: `{}` is not a table", path[0])))?;
+        if default.is_none() {
+            untyped.push(Untyped {
+                readings: other_readings(&raw).into_iter(),
+                refused: None,
+                path,
+            });
+        }
     }
-    Ok(())
+    Ok(untyped)
 }
 
 /// Whether `name=value` is one of the variables Kubernetes puts into every pod for each Service
@@ -1019,6 +1105,100 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("`store`"), "{err}");
+    }
+
+    #[test]
+    fn an_optional_option_set_from_the_environment_is_read_as_its_type() {
+        // No default to type them by: an optional number, numbers of a map entry.
+        let c = Config::load(
+            None,
+            env(&[
+                ("SWITCHYARD_PRICING__DEFAULT__INPUT", "3"),
+                ("SWITCHYARD_PRICING__DEFAULT__OUTPUT", "15"),
+                ("SWITCHYARD_PRICING__DEFAULT__WEB_SEARCH_PER_1K", "12"),
+                ("SWITCHYARD_PRICING__MODELS__M4__INPUT", " 2 "),
+                ("SWITCHYARD_PRICING__MODELS__M4__OUTPUT", "8.5"),
+                ("SWITCHYARD_PRICING__MODELS__M4__CACHE_READ", "1e-1"),
+            ]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.pricing.default.web_search_per_1k, Some(12.0));
+        let m4 = &c.pricing.models["m4"];
+        assert_eq!((m4.input, m4.output, m4.cache_read), (2.0, 8.5, Some(0.1)));
+
+        // An optional string keeps a value that reads as a number or true: it takes a string.
+        let master_key = "1".repeat(64);
+        let c = Config::load(
+            None,
+            env(&[
+                ("SWITCHYARD_ADMIN_TOKEN", "1234567890123456"),
+                ("SWITCHYARD_MASTER_KEY", &master_key),
+                ("SWITCHYARD_IMAGES__S3__REGION", "4"),
+                ("SWITCHYARD_IMAGES__S3__BUCKET", "true"),
+                ("SWITCHYARD_IMAGES__S3__ENDPOINT", "[1]"),
+            ]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("1234567890123456"));
+        assert_eq!(c.master_key.as_deref(), Some(master_key.as_str()));
+        assert_eq!(c.images.s3.region.as_deref(), Some("4"));
+        assert_eq!(c.images.s3.bucket.as_deref(), Some("true"));
+        assert_eq!(c.images.s3.endpoint.as_deref(), Some("[1]"));
+
+        // A value the option takes in no reading: the string's refusal, naming the option.
+        for bad in ["lots", "true", "[1]"] {
+            let err = Config::load(
+                None,
+                env(&[
+                    ("SWITCHYARD_PRICING__DEFAULT__INPUT", "3"),
+                    ("SWITCHYARD_PRICING__DEFAULT__OUTPUT", "15"),
+                    ("SWITCHYARD_PRICING__DEFAULT__WEB_SEARCH_PER_1K", bad),
+                ]),
+                &Flags::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("`pricing.default.web_search_per_1k`")
+                    && err.contains(&format!("string {bad:?}")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_redis_url_names_a_host_and_the_log_filter_parses() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Flags::default());
+        for good in [
+            "redis://h:6379/0",
+            "redis://h",
+            "rediss://u:p@h:6380",
+            "redis://[::1]:6379",
+            "redis-cluster://a:1,b:2, c:3",
+        ] {
+            assert!(load(&[("SWITCHYARD_STORE", good)]).is_ok(), "{good}");
+        }
+        for bad in [
+            "redis://:6379",
+            "redis://",
+            "redis://u:secret@:6379/0",
+            "redis://[]:6379",
+            "redis-cluster://a:1,:2",
+        ] {
+            let err = load(&[("SWITCHYARD_STORE", bad)]).unwrap_err().to_string();
+            assert!(
+                err.contains("`store`") && err.contains("no host"),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains("secret"), "{err}");
+        }
+        assert!(load(&[("SWITCHYARD_LOG", "switchyard=debug,warn")]).is_ok());
+        let err = load(&[("SWITCHYARD_LOG", "switchyard=loud")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SWITCHYARD_LOG"), "{err}");
     }
 
     #[test]

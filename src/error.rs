@@ -35,6 +35,8 @@ pub enum ErrorKind {
     Authentication,
     Permission,
     NotFound,
+    /// The admin API refuses a change that would break what depends on the record (409).
+    Conflict,
     RequestTooLarge,
     RateLimited,
     /// A budget of the key is spent (it resets later, or never): retrying now cannot help.
@@ -75,6 +77,7 @@ impl ApiError {
             ErrorKind::Authentication => StatusCode::UNAUTHORIZED,
             ErrorKind::Permission => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             // Not 429: every SDK retries a 429, and a spent budget stays spent.
@@ -130,7 +133,8 @@ impl ApiError {
     /// Anthropic's `error.type` for this error.
     fn anthropic_type(&self) -> &'static str {
         match self.kind {
-            ErrorKind::InvalidRequest => "invalid_request_error",
+            // Anthropic has no type of its own for a conflict.
+            ErrorKind::InvalidRequest | ErrorKind::Conflict => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission | ErrorKind::QuotaExceeded => "permission_error",
             ErrorKind::NotFound => "not_found_error",
@@ -145,9 +149,10 @@ impl ApiError {
 
     fn openai_type(&self) -> &'static str {
         match self.kind {
-            ErrorKind::InvalidRequest | ErrorKind::RequestTooLarge | ErrorKind::NotFound => {
-                "invalid_request_error"
-            }
+            ErrorKind::InvalidRequest
+            | ErrorKind::RequestTooLarge
+            | ErrorKind::NotFound
+            | ErrorKind::Conflict => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
             ErrorKind::QuotaExceeded => "insufficient_quota",
@@ -166,6 +171,7 @@ impl ApiError {
             ErrorKind::Authentication => "UNAUTHENTICATED",
             ErrorKind::Permission | ErrorKind::QuotaExceeded => "PERMISSION_DENIED",
             ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::Conflict => "ABORTED",
             ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
             ErrorKind::Internal => "INTERNAL",
             ErrorKind::BadGateway | ErrorKind::Unavailable => "UNAVAILABLE",

@@ -422,9 +422,10 @@ fn renewed(
     }
 }
 
-/// Give-backs running on a task of their own (a remote store's), in this process: a stopping
-/// server waits for them (`give_backs_done`) before its runtimes end, or their leases would stay
-/// held until their deadline.
+/// Give-backs running on a task of their own (a remote store's), in this process, and the
+/// lease-taking calls of `run_to_end` whose give-back may follow: a stopping server waits for
+/// them (`give_backs_done`) before its runtimes end, or their leases would stay held until their
+/// deadline.
 static GIVE_BACKS: AtomicUsize = AtomicUsize::new(0);
 
 struct InFlight;
@@ -472,8 +473,13 @@ pub async fn run_to_end<T: Send + 'static>(
     }
     let (answer, wait) = tokio::sync::oneshot::channel();
     let store = Arc::clone(store);
+    // Counted while the call runs, so that a stop waits for it and for the give-back it may
+    // start (counted on its own before this count ends): its waiter may be a request closed at
+    // the end of the stop's grace period.
+    let counted = InFlight::enter();
     // Stopped by: the call's end (the store's own timeouts bound it).
     tokio::spawn(async move {
+        let _counted = counted;
         let result = call.await;
         if result.is_err() {
             give_back_all(&store, leftover(None));

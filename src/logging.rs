@@ -122,10 +122,10 @@ impl Drop for LogGuard {
     }
 }
 
-/// Installs the global subscriber: `SWITCHYARD_LOG` if it parses, else `log.level` when
-/// serving and `warn` for the CLI.
+/// Installs the global subscriber: `SWITCHYARD_LOG` if it parses (`Config::load` refuses one
+/// that does not), else `log.level` when serving and `warn` for the CLI.
 pub fn init(config: &Config, serving: bool) -> LogGuard {
-    let filter = std::env::var("SWITCHYARD_LOG")
+    let filter = std::env::var(crate::config::LOG_FILTER_ENV)
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| {

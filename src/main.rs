@@ -221,11 +221,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
     let addr = server.local_addr()?;
+    // Before the address is written: whoever reads it may signal at once.
+    let (stop, cut) = server::stop_signals();
     let addr_file = data_dir.join(ADDR_FILE);
     std::fs::write(&addr_file, addr.to_string())
         .with_context(|| format!("cannot write {}", addr_file.display()))?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), store = %app.config.store_for_display(), "switchyard listening");
-    server.run(server::shutdown_signal()).await;
+    server.run(stop, cut).await;
     let _ = std::fs::remove_file(&addr_file);
     Ok(())
 }
@@ -335,7 +337,8 @@ impl Admin {
 
     async fn close(self) {
         if let Admin::Local(app) = self {
-            app.shutdown().await;
+            app.shutdown(tokio::time::Instant::now() + server::STOP_TAIL)
+                .await;
         }
     }
 }

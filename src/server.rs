@@ -12,8 +12,8 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::app::App;
 
@@ -65,14 +66,16 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, waits up to the grace period for
-    /// open connections on every worker, and flushes usage and the store.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// open connections on every worker (less if `cut` completes meanwhile: a second stop signal
+    /// closes them at once), and flushes usage and the store, all within [`STOP_TAIL`] of the
+    /// grace period's end.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, cut: impl Future<Output = ()>) {
         let Server {
             listener,
             app,
             extra,
         } = self;
-        let (stop, stopping) = watch::channel(false);
+        let (stop, stopping) = watch::channel(Stop::Serving);
         let (exit, exiting) = watch::channel(false);
         let mut workers = vec![Worker::new(0, None)];
         let mut drained = Vec::new();
@@ -97,19 +100,52 @@ impl Server {
                 }
             }
         }
-        let stop_all = async move {
+        let began = OnceLock::new();
+        let cut_at = OnceLock::new();
+        // Never completes: it stays to send the cut while the workers drain.
+        let signals = async {
             shutdown.await;
-            let _ = stop.send(true);
+            let _ = began.set(Instant::now());
+            stop.send_replace(Stop::Draining);
+            cut.await;
+            tracing::warn!("stop asked again: closing the open connections now");
+            let _ = cut_at.set(Instant::now());
+            stop.send_replace(Stop::Cut);
+            std::future::pending::<()>().await;
         };
-        accept(listener, &app, &workers, stop_all).await;
-        for wait in drained {
-            let _ = wait.await;
+        let served = async {
+            accept(listener, &app, &workers, stopping).await;
+            for wait in drained {
+                let _ = wait.await;
+            }
+        };
+        tokio::select! {
+            () = served => {}
+            () = signals => {}
         }
-        app.shutdown().await;
+        // The tail began when the grace period ended, the stop was cut, or everything had
+        // drained, whichever came first.
+        let grace = Duration::from_secs(app.config.server.shutdown_grace_secs);
+        let now = Instant::now();
+        let tail_began = [began.get().map(|b| *b + grace), cut_at.get().copied()]
+            .into_iter()
+            .flatten()
+            .fold(now, Instant::min);
+        app.shutdown(tail_began + STOP_TAIL).await;
         let _ = exit.send(true);
         tracing::info!("stopped");
     }
 }
+
+/// The longest a stop takes after its grace period (`server.shutdown_grace_secs`) or a second
+/// signal: closing what is still open, giving leases back, writing the last usage, flushing the
+/// store. README and the Dockerfile tell operators to allow the grace plus 15 s: the second
+/// left is for the process's exit.
+pub const STOP_TAIL: Duration = Duration::from_secs(14);
+
+/// How long the connections closed at the end of the grace period get to end (their requests
+/// settle as they drop, so this is a ceiling rarely met); part of [`STOP_TAIL`].
+const CUT_WAIT: Duration = Duration::from_secs(5);
 
 /// Worker `index` (1..), on a thread of its own: serves what worker 0 hands it until the stop,
 /// says when it has drained, and keeps its runtime turning until the whole server is done (tasks
@@ -119,7 +155,7 @@ fn worker_thread(
     runtime: tokio::runtime::Runtime,
     app: Arc<App>,
     handed: mpsc::UnboundedReceiver<Handed>,
-    stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<Stop>,
     mut exiting: watch::Receiver<bool>,
     drained: oneshot::Sender<()>,
 ) {
@@ -135,7 +171,7 @@ fn worker_thread(
                 tracing::warn!(worker = index, error = %e, "the worker uses the first worker's store connections");
             }
         });
-        serve_handed(handed, &app, wait_for(stopping)).await;
+        serve_handed(handed, &app, stopping).await;
         let _ = drained.send(());
         let _ = exiting.wait_for(|exit| *exit).await;
     });
@@ -203,14 +239,15 @@ fn least_busy(workers: &[Worker], turn: usize, open: impl Fn(usize) -> usize) ->
         .min_by_key(|w| open(w.index))
 }
 
-/// Worker 0: accepts until `stop`, serves its share of the connections, hands the others on.
+/// Worker 0: accepts until the stop, serves its share of the connections, hands the others on.
 async fn accept(
     listener: TcpListener,
     app: &Arc<App>,
     workers: &[Worker],
-    stop: impl Future<Output = ()>,
+    stopping: watch::Receiver<Stop>,
 ) {
     let connections = Connections::new(app);
+    let stop = reached(stopping.clone(), Stop::Draining);
     tokio::pin!(stop);
     let mut turn = 0usize;
     loop {
@@ -251,16 +288,17 @@ async fn accept(
         }
     }
     drop(listener);
-    connections.drain().await;
+    connections.drain(stopping).await;
 }
 
-/// Workers 1..: serve the connections worker 0 hands over, until `stop`.
+/// Workers 1..: serve the connections worker 0 hands over, until the stop.
 async fn serve_handed(
     mut handed: mpsc::UnboundedReceiver<Handed>,
     app: &Arc<App>,
-    stop: impl Future<Output = ()>,
+    stopping: watch::Receiver<Stop>,
 ) {
     let connections = Connections::new(app);
+    let stop = reached(stopping.clone(), Stop::Draining);
     tokio::pin!(stop);
     loop {
         let (std, peer, open) = tokio::select! {
@@ -277,11 +315,12 @@ async fn serve_handed(
     }
     // Connections handed over but not taken yet close unanswered, as unaccepted ones do.
     handed.close();
-    connections.drain().await;
+    connections.drain(stopping).await;
 }
 
-async fn wait_for(mut stopping: watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await;
+/// Completes once the server's stop is at `stage` or past it (at once if the server is gone).
+async fn reached(mut stopping: watch::Receiver<Stop>, stage: Stop) {
+    let _ = stopping.wait_for(|stop| *stop >= stage).await;
 }
 
 /// The connections of one worker, and how they are served.
@@ -294,12 +333,13 @@ struct Connections {
     closing: watch::Sender<Stop>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Stages of the stop, in order: the server's (`Server::run`) and each worker's connections'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stop {
     Serving,
     /// Finish what is open, take nothing new.
     Draining,
-    /// The grace period is over: close what is still open.
+    /// The grace period is over, or the stop was asked again: close what is still open.
     Cut,
 }
 
@@ -407,8 +447,9 @@ impl Connections {
         });
     }
 
-    /// Waits up to the grace period for the open connections to finish.
-    async fn drain(self) {
+    /// Waits up to the grace period for the open connections to finish, less if the server's
+    /// stop (`stopping`) is cut meanwhile.
+    async fn drain(self, stopping: watch::Receiver<Stop>) {
         let grace = Duration::from_secs(self.app.config.server.shutdown_grace_secs);
         tracing::info!(
             grace_secs = grace.as_secs(),
@@ -417,12 +458,16 @@ impl Connections {
         self.closing.send_replace(Stop::Draining);
         let drained = self.graceful.shutdown();
         tokio::pin!(drained);
-        if tokio::time::timeout(grace, &mut drained).await.is_err() {
-            tracing::warn!("grace period over; closing the remaining connections");
-            self.closing.send_replace(Stop::Cut);
-            // Each closed connection's request settles as it drops; their tasks end at once.
-            let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
+        tokio::select! {
+            () = &mut drained => return,
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!("grace period over; closing the remaining connections");
+            }
+            () = reached(stopping, Stop::Cut) => {}
         }
+        self.closing.send_replace(Stop::Cut);
+        // Each closed connection's request settles as it drops; their tasks end at once.
+        let _ = tokio::time::timeout(CUT_WAIT, drained).await;
     }
 }
 
@@ -669,28 +714,70 @@ async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+/// SIGINT and SIGTERM, counted from this call on: the first completes the first future (stop
+/// gracefully), the second the second (cut the grace short: an operator who will not wait
+/// presses Ctrl-C again). Each completes at most once, and never if no signal can be listened to.
+pub fn stop_signals() -> (
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (count, counted) = watch::channel(0u32);
+    listen_for_signals(count);
+    (signalled(counted.clone(), 1), signalled(counted, 2))
+}
+
+async fn signalled(mut counted: watch::Receiver<u32>, times: u32) {
+    if counted.wait_for(|n| *n >= times).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(unix)]
+fn listen_for_signals(count: watch::Sender<u32>) {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    // Registered here, before the caller goes on: a signal from now on is not missed.
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            tracing::error!(error = %e, signal = name, "cannot listen for a stop signal");
+            None
+        }
+    };
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+    async fn next(listener: &mut Option<Signal>) -> Option<()> {
+        match listener {
+            Some(l) => l.recv().await,
+            None => std::future::pending().await,
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    // Stopped by: the end of the runtime (signals count as long as the process serves), or
+    // both listeners closing.
+    tokio::spawn(async move {
+        while interrupt.is_some() || terminate.is_some() {
+            let (got, which) = tokio::select! {
+                got = next(&mut interrupt) => (got, 0),
+                got = next(&mut terminate) => (got, 1),
+            };
+            match (got, which) {
+                (Some(()), _) => {
+                    count.send_modify(|n| *n = n.saturating_add(1));
+                }
+                (None, 0) => interrupt = None,
+                (None, _) => terminate = None,
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn listen_for_signals(count: watch::Sender<u32>) {
+    // Stopped by: the end of the runtime, or Ctrl-C becoming impossible to listen for.
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            count.send_modify(|n| *n = n.saturating_add(1));
+        }
+    });
 }
 
 #[cfg(test)]

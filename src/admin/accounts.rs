@@ -8,11 +8,11 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{now_ms, nullable, ok, rfc3339, store_error, valid_name};
+use super::{keys, now_ms, nullable, ok, rfc3339, store_error, valid_name};
 use crate::app::App;
 use crate::auth;
 use crate::body::Body;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::providers;
 use crate::scheduler::policy::Status;
 use crate::store::{AccountRecord, AccountRuntime, Provider};
@@ -267,7 +267,8 @@ pub async fn patch(
     id: &str,
     req: PatchAccount,
 ) -> Result<Response<Body>, ApiError> {
-    let mut record = find(app, id).await?;
+    let before = find(app, id).await?;
+    let mut record = before.clone();
     if let Some(name) = req.name {
         record.name = valid_name(&name)?;
     }
@@ -298,6 +299,14 @@ pub async fn patch(
     if let Some(group) = req.group {
         record.group = group.filter(|g| !g.trim().is_empty());
     }
+    if record.group != before.group {
+        keep_keys_bound(app, id, |accounts| {
+            for a in accounts.iter_mut().filter(|a| a.id == id) {
+                a.group.clone_from(&record.group);
+            }
+        })
+        .await?;
+    }
     let deployments_given = req.deployments.is_some();
     if let Some(deployments) = req.deployments {
         record.deployments = deployments;
@@ -323,11 +332,44 @@ pub async fn patch(
 }
 
 pub async fn delete(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
+    keep_keys_bound(app, id, |accounts| accounts.retain(|a| a.id != id)).await?;
     if !app.store().delete_account(id).await.map_err(store_error)? {
         return Err(ApiError::not_found(format!("no account with id {id}")));
     }
     app.catalog.reload_accounts().await.map_err(store_error)?;
     ok(StatusCode::OK, &json!({ "id": id, "deleted": true }))
+}
+
+/// Refuses (409) a change to account `id`, `change` applied to the list of accounts, that would
+/// leave keys bound to nothing: bound without `fallback` to this account, or to a group it is
+/// the last of, such a key would be answered 503 on every request, with no word of why.
+/// `POST /admin/keys` refuses to make one (`keys::valid_binding`); this keeps the accounts'
+/// side from making one either.
+///
+/// Best-effort: the keys and accounts are read, then the account written, with nothing held
+/// in between, so a key bound meanwhile (by another admin call, on this instance or another
+/// sharing the store) is not seen.
+async fn keep_keys_bound(
+    app: &App,
+    id: &str,
+    change: impl FnOnce(&mut Vec<AccountRecord>),
+) -> Result<(), ApiError> {
+    let before = app.store().accounts().await.map_err(store_error)?;
+    let mut after = before.clone();
+    change(&mut after);
+    let stranded = keys::stranded_by(app, &before, &after).await?;
+    if stranded.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorKind::Conflict,
+        format!(
+            "account {id}: keys bound to it (or to its group) without `fallback` would be left \
+             bound to no account, answered 503 on every request: {}; rebind them, or set \
+             `fallback: true` in their binding, first",
+            stranded.join(", ")
+        ),
+    ))
 }
 
 /// Clears the account's health (rate limits, cooldowns, an unauthorized mark): it serves again.

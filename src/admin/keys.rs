@@ -12,7 +12,7 @@ use crate::auth;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::limits;
-use crate::store::{KeyBinding, KeyLimits, KeyRecord};
+use crate::store::{AccountRecord, KeyBinding, KeyLimits, KeyRecord};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +105,35 @@ async fn valid_binding(
         )));
     }
     Ok(binding)
+}
+
+/// Whether `binding` names one of `accounts`, or a group one of them is in: what the scheduler
+/// picks a bound key's account among (`scheduler::pick`).
+pub(super) fn binds_any(binding: &KeyBinding, accounts: &[AccountRecord]) -> bool {
+    let group = binding.group.as_deref().filter(|g| !g.is_empty());
+    accounts.iter().any(|a| {
+        binding.accounts.contains(&a.id) || (group.is_some() && a.group.as_deref() == group)
+    })
+}
+
+/// The keys that `accounts_after` would leave bound to nothing: bound without `fallback` (a
+/// key with it goes to the shared pool), to some of `accounts_before` and to none after. A key
+/// already bound to nothing is not counted: the change does not make it so.
+pub(super) async fn stranded_by(
+    app: &App,
+    accounts_before: &[AccountRecord],
+    accounts_after: &[AccountRecord],
+) -> Result<Vec<String>, ApiError> {
+    let keys = app.store().keys().await.map_err(store_error)?;
+    Ok(keys
+        .into_iter()
+        .filter(|k| {
+            k.binding.as_ref().is_some_and(|b| {
+                !b.fallback && binds_any(b, accounts_before) && !binds_any(b, accounts_after)
+            })
+        })
+        .map(|k| k.id)
+        .collect())
 }
 
 fn view(key: &KeyRecord) -> Value {

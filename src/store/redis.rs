@@ -32,6 +32,7 @@ mod names;
 mod scripts;
 mod url;
 
+pub(crate) use self::url::check as check_url;
 pub(crate) use self::url::redact as redact_url;
 
 use std::collections::BTreeMap;

@@ -90,6 +90,28 @@ fn an_invalid_option_is_one_line_naming_it_and_exit_status_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("scheduler.attempt_deadline_secs"));
 
+    // A Redis URL without a host, before any connection is tried; a log filter that does not
+    // parse. Each is one line naming what is wrong.
+    for (name, value, named) in [
+        ("SWITCHYARD_STORE", "redis://:6379", "`store`"),
+        (
+            "SWITCHYARD_STORE",
+            "redis-cluster://h1:7000,:7001",
+            "`store`",
+        ),
+        ("SWITCHYARD_LOG", "switchyard=loud", "SWITCHYARD_LOG"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{value}: {err}");
+        assert!(err.contains(named), "{value}: {err}");
+    }
+
     // So is a price file that cannot be read, before any store is opened.
     let out = Command::new(BIN)
         .arg("serve")
@@ -233,10 +255,16 @@ impl Drop for Serving {
 }
 
 fn serve(data_dir: &Path) -> (Serving, String) {
+    serve_with(data_dir, &[])
+}
+
+/// As `serve`, with these variables in its environment.
+fn serve_with(data_dir: &Path, env: &[(&str, &str)]) -> (Serving, String) {
     let child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -378,4 +406,107 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
     // Lines are buffered (src/logging.rs); the last one, logged just before exit, is there.
     assert!(log.trim_end().ends_with("stopped"), "{log}");
     assert!(!dir.path().join("serve.addr").exists());
+}
+
+fn signal(serving: &Serving, signal: &str) {
+    let pid = serving.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// A second SIGTERM during the grace period closes what is still open at once, as the end of
+/// the grace would: the stop does not wait the grace out, and the stream it closed is billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_grace_period_at_once() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::StallAfterStart(MockUsage {
+        input: 7,
+        output: 1,
+        ..MockUsage::default()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut serving, base) = serve_with(
+        dir.path(),
+        &[("SWITCHYARD_SERVER__SHUTDOWN_GRACE_SECS", "300")],
+    );
+    let d = dir.path().to_owned();
+    let base_url = mock.base_url();
+    let key = tokio::task::spawn_blocking(move || {
+        json_of(&switchyard(
+            &d,
+            &[
+                "accounts",
+                "add",
+                "--name",
+                "mock",
+                "--api-key",
+                "sk-ant-live",
+                "--base-url",
+                &base_url,
+            ],
+        ));
+        json_of(&switchyard(&d, &["keys", "create", "--name", "live"]))
+    })
+    .await
+    .unwrap();
+    // A stream that stays open: its leading events, then nothing.
+    let mut resp = http_client()
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", key["key"].as_str().unwrap())
+        .json(&messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.chunk().await.unwrap().is_some());
+
+    // The first SIGTERM is taken (the relay stops accepting) and the stream is waited for.
+    signal(&serving, "-TERM");
+    let addr = base.trim_start_matches("http://").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "serve did not stop accepting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        serving.child.try_wait().unwrap().is_none(),
+        "the grace is 300 s"
+    );
+    // The second ends the grace: out well before it, the stream closed.
+    signal(&serving, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = serving.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve waited out the grace after a second SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    let mut rest = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("message_stop"),
+        "the stream was closed, not finished"
+    );
+    // Billed as a stream whose client hung up: the usage was written before the exit.
+    let d = dir.path().to_owned();
+    let usage = tokio::task::spawn_blocking(move || json_of(&switchyard(&d, &["usage"])))
+        .await
+        .unwrap();
+    assert_eq!(
+        (usage["requests"].as_u64(), usage["input_tokens"].as_u64()),
+        (Some(1), Some(7)),
+        "{usage}"
+    );
 }

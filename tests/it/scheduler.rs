@@ -595,6 +595,107 @@ async fn a_key_bound_to_dedicated_accounts_fails_or_falls_back_as_configured() {
     }
 }
 
+/// Deleting an account, or moving it out of a group, that would leave a key bound to nothing
+/// (no account it names left, no account in its group) is refused with 409 naming the keys, as
+/// binding a key to nothing is: every request of such a key would be answered 503. A key with
+/// `fallback` does not hold the change back; nor does one rebound elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_change_that_would_leave_a_key_bound_to_nothing_is_refused() {
+    for backend in backends() {
+        let team = MockUpstream::start().await;
+        let other = MockUpstream::start().await;
+        let relay = Relay::start_on(&backend, |_| {}).await;
+        let team_id = relay
+            .add_account(&team, "sk-team", json!({ "group": "team" }))
+            .await;
+        let other_id = relay.add_account(&other, "sk-other", json!({})).await;
+        let (by_id, by_id_secret) = relay.create_key("by id").await;
+        let (by_group, _) = relay.create_key("by group").await;
+        for (key, binding) in [
+            (&by_id, json!({ "accounts": [team_id] })),
+            (&by_group, json!({ "group": "team" })),
+        ] {
+            let (status, v) = relay
+                .admin(
+                    Method::PATCH,
+                    &format!("/admin/keys/{key}"),
+                    Some(json!({ "binding": binding })),
+                )
+                .await;
+            assert_eq!(status, 200, "{backend:?}: {v}");
+        }
+        let account = format!("/admin/accounts/{team_id}");
+        let refused = |v: &Value, named: &[&String], not: &[&String]| {
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+            let message = v["error"]["message"].as_str().unwrap();
+            for key in named {
+                assert!(message.contains(key.as_str()), "{backend:?}: {key}: {v}");
+            }
+            for key in not {
+                assert!(!message.contains(key.as_str()), "{backend:?}: {key}: {v}");
+            }
+        };
+
+        // Out of its group: the key bound by group would have none; the one by id keeps it.
+        let (status, v) = relay
+            .admin(
+                Method::PATCH,
+                &account,
+                Some(json!({ "group": "elsewhere", "priority": 7 })),
+            )
+            .await;
+        assert_eq!(status, 409, "{backend:?}: {v}");
+        refused(&v, &[&by_group], &[&by_id]);
+        let (status, v) = relay
+            .admin(Method::PATCH, &account, Some(json!({ "group": null })))
+            .await;
+        assert_eq!(status, 409, "{backend:?}: {v}");
+        // Nothing of the refused change was written.
+        let (_, v) = relay.admin(Method::GET, &account, None).await;
+        assert_eq!((&v["group"], &v["priority"]), (&json!("team"), &json!(50)));
+        // Deleted: both would have nothing.
+        let (status, v) = relay.admin(Method::DELETE, &account, None).await;
+        assert_eq!(status, 409, "{backend:?}: {v}");
+        refused(&v, &[&by_id, &by_group], &[]);
+        assert_eq!(relay.admin(Method::GET, &account, None).await.0, 200);
+        assert_eq!(send(&relay, &by_id_secret).await, 200, "{backend:?}");
+
+        // With fallback, the key bound by group goes to the shared pool: the regroup passes.
+        let (status, v) = relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/keys/{by_group}"),
+                Some(json!({ "binding": { "group": "team", "fallback": true } })),
+            )
+            .await;
+        assert_eq!(status, 200, "{backend:?}: {v}");
+        let (status, v) = relay
+            .admin(
+                Method::PATCH,
+                &account,
+                Some(json!({ "group": "elsewhere" })),
+            )
+            .await;
+        assert_eq!(status, 200, "{backend:?}: {v}");
+        // The key bound by id still holds the delete back, until it is rebound.
+        let (status, v) = relay.admin(Method::DELETE, &account, None).await;
+        assert_eq!(status, 409, "{backend:?}: {v}");
+        refused(&v, &[&by_id], &[&by_group]);
+        let (status, v) = relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/keys/{by_id}"),
+                Some(json!({ "binding": { "accounts": [team_id, other_id] } })),
+            )
+            .await;
+        assert_eq!(status, 200, "{backend:?}: {v}");
+        let (status, v) = relay.admin(Method::DELETE, &account, None).await;
+        assert_eq!(status, 200, "{backend:?}: {v}");
+        assert_eq!(send(&relay, &by_id_secret).await, 200, "{backend:?}");
+        assert_eq!(other.requests().len(), 1, "{backend:?}");
+    }
+}
+
 /// A bound key whose pick failed on a store error gets that error: no fallback to the shared
 /// pool (the failed call's leases are given back under the ids a fallback would take its own
 /// with), and no word of its dedicated accounts being unavailable. The store error is injected

@@ -38,6 +38,40 @@ pub(super) fn to_fred(url: &str) -> String {
     format!("{scheme}://{userinfo}{first}?{}", query_parts.join("&"))
 }
 
+/// Why `url` names no server to connect to, if it does not: a node (the server, or one of a
+/// cluster's seeds) without a host, or what fred's parser refuses (`connect` parses it the same
+/// way). Checked with the configuration, so that such a URL stops the start naming `store`,
+/// instead of failing to connect. The message quotes no credential.
+pub(crate) fn check(url: &str) -> Result<(), String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let hosts = authority
+        .rfind('@')
+        .map_or(authority, |at| &authority[at + 1..]);
+    let nodes: Vec<&str> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if nodes.is_empty() {
+        return Err("no host".to_owned());
+    }
+    for node in nodes {
+        // `[::1]:6379`, `host:6379` or `host`.
+        let host = match node.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').map_or("", |(host, _)| host),
+            None => node.rsplit_once(':').map_or(node, |(host, _)| host),
+        };
+        if host.is_empty() {
+            return Err(format!("no host in {node:?}"));
+        }
+    }
+    fred::prelude::Config::from_url(&to_fred(url))
+        .map(|_| ())
+        .map_err(|e| scrub(e.details(), url))
+}
+
 /// `url` without its credentials, for messages and logs.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

@@ -100,9 +100,12 @@ impl Relay {
         let server = Server::bind(Arc::clone(&app)).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(server.run(
+            async move {
+                let _ = stopped.await;
+            },
+            std::future::pending(),
+        ));
         Relay {
             addr,
             app,
