@@ -3099,6 +3099,139 @@ mod redis_only {
         a_retried_batch_counts_once("REDIS_CLUSTER_URL").await;
     }
 
+    /// fred sends a call again when its reply was lost, after the first run took effect. A replay
+    /// that its own first run leaves without an account (the account's last slot taken by that
+    /// run) must not answer "unavailable": the caller gives back nothing after that
+    /// (`scheduler::pick_remote`), so the first run's leases would stay held until their
+    /// deadline. It fails instead, and what the caller gives back after a failed call (the key's
+    /// lease, a lease on every candidate) frees everything. Redis only: the embedded store is
+    /// never called twice for one call.
+    async fn a_replayed_take_gives_no_unavailable(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        let one = [candidate("a1", 0, Some(1))];
+        let request = |session| PickRequest {
+            candidates: &one,
+            family: None,
+            session,
+            now_ms: now_ms(),
+        };
+        let in_flight = |store: Arc<dyn Store>| async move {
+            (
+                store.key_state("k1", &[]).await.unwrap().in_flight,
+                store.account_runtime("a1").await.unwrap().in_flight,
+            )
+        };
+        // What `limits::run_to_end` gives back after a failed call.
+        let give_back = |store: Arc<dyn Store>, key_lease: Option<&str>, account_lease: &str| {
+            let key = key_lease.map(|id| KeySettle {
+                key_id: "k1".to_owned(),
+                lease: lease(id),
+                reserved: Vec::new(),
+                used: Vec::new(),
+            });
+            let account = AccountRelease {
+                key_id: "k1".to_owned(),
+                account_id: "a1".to_owned(),
+                lease: lease(account_lease),
+            };
+            async move {
+                store
+                    .finish(key.as_ref(), Some(&account), None)
+                    .await
+                    .unwrap();
+            }
+        };
+        let sessions = [
+            None,
+            // A stored response's session, bound to a1: it waits for its account (mode '3').
+            Some(SessionPick {
+                id: "s1",
+                ttl: Duration::from_secs(60),
+                move_on_overflow: false,
+                write: false,
+            }),
+        ];
+        let bind = SessionPick {
+            write: true,
+            ..sessions[1].unwrap()
+        };
+        let picked = store
+            .pick_account(&request(Some(bind)), &lease("bind"))
+            .await
+            .unwrap();
+        assert!(matches!(picked, Picked::Account { .. }), "{picked:?}");
+        give_back(Arc::clone(&store), None, "bind").await;
+
+        for (n, session) in sessions.into_iter().enumerate() {
+            // The admission and the pick in one call.
+            let (key_lease, account_lease) = (lease(&format!("r{n}")), lease(&format!("r{n}.0")));
+            let admission = admission("k1", None);
+            for run in ["first", "replay"] {
+                let taken = store
+                    .admit_and_pick(&admission, &key_lease, &request(session), &account_lease)
+                    .await;
+                match (run, &taken) {
+                    ("first", Ok(Taken::Picked(Picked::Account { id, .. }))) if id == "a1" => {}
+                    ("replay", Err(StoreError::Unavailable(_))) => {}
+                    _ => panic!("{run} run of admit_and_pick ({session:?}): {taken:?}"),
+                }
+            }
+            assert_eq!(in_flight(Arc::clone(&store)).await, (1, 1));
+            give_back(Arc::clone(&store), Some(&key_lease.id), &account_lease.id).await;
+            assert_eq!(
+                in_flight(Arc::clone(&store)).await,
+                (0, 0),
+                "the caller's give-back after the replay frees both leases ({session:?})"
+            );
+
+            // A pick on its own (a later attempt), the same.
+            let account_lease = lease(&format!("r{n}.1"));
+            for run in ["first", "replay"] {
+                let picked = store.pick_account(&request(session), &account_lease).await;
+                match (run, &picked) {
+                    ("first", Ok(Picked::Account { id, .. })) if id == "a1" => {}
+                    ("replay", Err(StoreError::Unavailable(_))) => {}
+                    _ => panic!("{run} run of pick_account ({session:?}): {picked:?}"),
+                }
+            }
+            give_back(Arc::clone(&store), None, &account_lease.id).await;
+            assert_eq!(in_flight(Arc::clone(&store)).await, (0, 0), "{session:?}");
+        }
+
+        // A pick on its own whose replay finds its account still free picks it again: it is
+        // the same lease, counted once.
+        let two = [candidate("a1", 0, Some(2))];
+        let request = PickRequest {
+            candidates: &two,
+            family: None,
+            session: None,
+            now_ms: now_ms(),
+        };
+        let held = lease("r9.1");
+        let first = store.pick_account(&request, &held).await.unwrap();
+        assert!(matches!(first, Picked::Account { .. }), "{first:?}");
+        let replay = store.pick_account(&request, &held).await;
+        assert!(
+            matches!(replay, Err(StoreError::Unavailable(_))),
+            "replay of pick_account: {replay:?}"
+        );
+        give_back(Arc::clone(&store), None, &held.id).await;
+        assert_eq!(in_flight(Arc::clone(&store)).await, (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replayed_take_gives_no_unavailable_standalone() {
+        a_replayed_take_gives_no_unavailable("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replayed_take_gives_no_unavailable_cluster() {
+        a_replayed_take_gives_no_unavailable("REDIS_CLUSTER_URL").await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn odd_ids_keep_their_own_keys() {
         let Some(backend) =
