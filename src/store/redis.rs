@@ -152,7 +152,11 @@ impl RedisStore {
             streams,
             names.changes_channel(),
             changes.clone(),
-            Duration::from_millis(cfg.reconnect_min_delay_ms.max(1)),
+            feed::Timing {
+                retry_delay: Duration::from_millis(cfg.reconnect_min_delay_ms.max(1)),
+                ping_every: Duration::from_millis(cfg.feed_ping_interval_ms.max(1)),
+                ping_within: Duration::from_millis(cfg.command_timeout_ms.max(1)),
+            },
         ));
         Ok(RedisStore {
             pool,

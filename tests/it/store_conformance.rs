@@ -3561,4 +3561,206 @@ mod redis_only {
             n += 1;
         }
     }
+
+    /// A healthy feed answers its pings (a subscribed connection answers `pong` as an array; on a
+    /// cluster, the ping goes to the node holding the subscription): no reconnect, no `Resync`.
+    async fn a_healthy_feed_answers_its_pings(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let mut cfg = redis_config(&backend.prefix);
+        cfg.feed_ping_interval_ms = 50;
+        let store = RedisStore::connect(&backend.url, &cfg, REQUEST_LOG_MAX)
+            .await
+            .unwrap();
+        let mut feed = store.changes().unwrap();
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        store.insert_key(&key("k1", 1)).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+            .await
+            .expect("a change within 5 s")
+            .unwrap();
+        assert_eq!(
+            first,
+            Change::Key {
+                hash: "hash-of-k1".to_owned()
+            },
+            "about 20 pings made the feed reconnect"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_healthy_feed_answers_its_pings_standalone() {
+        a_healthy_feed_answers_its_pings("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_healthy_feed_answers_its_pings_cluster() {
+        a_healthy_feed_answers_its_pings("REDIS_CLUSTER_URL").await;
+    }
+
+    /// A TCP proxy on loopback that can be told to drop every byte silently, both ways, closing
+    /// nothing: what a NAT or load balancer that forgot a flow does. A connection made before or
+    /// while it blackholes stays dead after `heal`, as such a flow does; new ones work again.
+    struct Blackhole {
+        port: u16,
+        state: Arc<std::sync::Mutex<BlackholeState>>,
+    }
+
+    #[derive(Default)]
+    struct BlackholeState {
+        blackholed: bool,
+        /// Per connection: whether it is dead.
+        connections: Vec<Arc<std::sync::atomic::AtomicBool>>,
+    }
+
+    impl Blackhole {
+        async fn start(upstream: String) -> Blackhole {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let state = Arc::new(std::sync::Mutex::new(BlackholeState::default()));
+            let shared = Arc::clone(&state);
+            // Stopped by: the test's runtime, with every connection's pumps.
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        continue;
+                    };
+                    let dead = {
+                        let mut state = shared.lock().unwrap();
+                        let dead = Arc::new(std::sync::atomic::AtomicBool::new(state.blackholed));
+                        state.connections.push(Arc::clone(&dead));
+                        dead
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(Self::pump(client_read, server_write, Arc::clone(&dead)));
+                    tokio::spawn(Self::pump(server_read, client_write, dead));
+                }
+            });
+            Blackhole { port, state }
+        }
+
+        /// Copies `from` to `to` while the connection lives; once dead, reads and drops.
+        async fn pump(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            dead: Arc<std::sync::atomic::AtomicBool>,
+        ) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if dead.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+
+        fn blackhole(&self) {
+            let mut state = self.state.lock().unwrap();
+            state.blackholed = true;
+            for dead in &state.connections {
+                dead.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+
+        fn heal(&self) {
+            self.state.lock().unwrap().blackholed = false;
+        }
+    }
+
+    /// The change feed's connection dies silently (no reset, no close): the instance notices by
+    /// itself (its pings go unanswered), reconnects once the network is back, announces the gap
+    /// with `Resync` and gets changes again. Without the pings nothing would ever notice: a
+    /// subscribed connection awaits no answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_silently_dead_feed_is_noticed() {
+        let Some(backend) = redis_backend("REDIS_URL") else {
+            return;
+        };
+        // redis://[userinfo@]host:port/db
+        let rest = backend.url.strip_prefix("redis://").unwrap();
+        let (authority, db) = rest.split_once('/').unwrap_or((rest, "0"));
+        let (userinfo, upstream) = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => (format!("{userinfo}@"), host),
+            None => (String::new(), authority),
+        };
+        let proxy = Blackhole::start(upstream.to_owned()).await;
+        let mut cfg = redis_config(&backend.prefix);
+        cfg.connect_timeout_ms = 300;
+        cfg.command_timeout_ms = 200;
+        cfg.reconnect_max_delay_ms = 200;
+        cfg.feed_ping_interval_ms = 200;
+        let proxied = format!("redis://{userinfo}127.0.0.1:{}/{db}", proxy.port);
+        let behind = RedisStore::connect(&proxied, &cfg, REQUEST_LOG_MAX)
+            .await
+            .unwrap();
+        let direct = backend.open().await;
+        let mut feed = behind.changes().unwrap();
+        direct.insert_key(&key("k1", 1)).await.unwrap();
+        assert_eq!(
+            next_change(&mut feed).await,
+            Change::Key {
+                hash: "hash-of-k1".to_owned()
+            }
+        );
+
+        proxy.blackhole();
+        // Lost to `behind`: only the Resync below tells its caches.
+        direct.delete_key("k1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        proxy.heal();
+
+        let mut seen = Vec::new();
+        let resynced = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let change = feed.recv().await.unwrap();
+                seen.push(change.clone());
+                if change == Change::Resync {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            resynced.is_ok(),
+            "no Resync within 5 s of the network coming back: the dead feed went unnoticed \
+             (seen: {seen:?})"
+        );
+        // And the feed works again (writes repeated: a reconnect may come in several steps, and a
+        // write between two is rightly missed).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut n = 2;
+        loop {
+            let id = format!("k{n}");
+            direct.insert_key(&key(&id, 1)).await.unwrap();
+            let wanted = Change::Key {
+                hash: format!("hash-of-{id}"),
+            };
+            let got = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Ok(change) = feed.recv().await {
+                    seen.push(change.clone());
+                    if change == wanted {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if got.is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the feed did not resume: {seen:?}"
+            );
+            n += 1;
+        }
+    }
 }

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use fred::prelude::{Builder, Client, ClientLike, Config, Pool, PubsubInterface, ReconnectPolicy};
-use fred::types::config::UnresponsiveConfig;
+use fred::socket2::TcpKeepalive;
+use fred::types::config::{TcpConfig, UnresponsiveConfig};
 
 use super::feed::Streams;
 use super::names::Names;
@@ -11,6 +12,14 @@ use super::scripts::Scripts;
 use super::{feed, url};
 use crate::config::RedisConfig;
 use crate::store::{StoreError, StoreResult};
+
+/// TCP keepalive on every connection: a probe after this long without traffic, then every
+/// `KEEPALIVE_INTERVAL` (the system's count of probes). It keeps idle flows alive through NATs
+/// and load balancers that drop them silently, and finds a dead peer of an idle connection
+/// (fred's own check only watches connections with an answer overdue). The change feed's
+/// connection is also pinged (`redis.feed_ping_interval_ms`), which finds one sooner.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything `RedisStore` runs on, connected.
 pub(super) struct Connected {
@@ -56,6 +65,14 @@ pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connect
             c.unresponsive = UnresponsiveConfig {
                 max_timeout: Some(unresponsive),
                 interval: (unresponsive / 4).max(Duration::from_millis(50)),
+            };
+            c.tcp = TcpConfig {
+                keepalive: Some(
+                    TcpKeepalive::new()
+                        .with_time(KEEPALIVE_IDLE)
+                        .with_interval(KEEPALIVE_INTERVAL),
+                ),
+                ..TcpConfig::default()
             };
         })
         .with_performance_config(|p| {
