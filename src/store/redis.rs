@@ -438,6 +438,16 @@ impl Store for RedisStore {
                 vec![self.channel(), id.to_owned()],
             )
             .await?;
+        // As `delete_account`: cleared even when the record was already gone, in a second call
+        // (the live state has the `{live}` tag, the record `{rec}`).
+        self.scripts
+            .key_forget
+            .run(
+                self.client(),
+                self.live_keys.clone(),
+                vec![String::new(), id.to_owned()],
+            )
+            .await?;
         Ok(integer(&reply, "key_delete")? == 1)
     }
 

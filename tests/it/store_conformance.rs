@@ -3232,6 +3232,86 @@ mod redis_only {
         a_replayed_take_gives_no_unavailable("REDIS_CLUSTER_URL").await;
     }
 
+    /// Deleting a key forgets its live state (in-flight count, first use, meters), as deleting an
+    /// account does: nothing of it stays in `{live}:state`. Redis only: the embedded store keeps
+    /// a deleted key's limit counters (they are rows of its own, left alone here).
+    async fn deleting_a_key_forgets_its_live_state(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        let client = raw_client(&backend.url).await;
+        let state = format!("{}{{live}}:state", backend.prefix);
+        let fields_of = |client: Client, state: String| async move {
+            let fields: Vec<String> = client.hkeys(&state).await.unwrap();
+            let mut fields: Vec<String> = fields
+                .into_iter()
+                .filter(|f| f.starts_with("k2:k1"))
+                .collect();
+            fields.sort();
+            fields
+        };
+        store.insert_key(&key("k1", 1)).await.unwrap();
+        let t = now_ms();
+        let mut admission = metered("k1", t, &[("day:x", 100, 30), ("win:req", 2, 1)]);
+        admission.valid_after_first_use_ms = Some(3_600_000);
+        for id in ["done", "in-flight"] {
+            assert_eq!(
+                store.admit(&admission, &lease(id)).await.unwrap(),
+                Admit::Granted
+            );
+        }
+        store
+            .settle(
+                "k1",
+                &lease("done"),
+                &used(&[("day:x", 12), ("win:req", 1)]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            fields_of(client.clone(), state.clone()).await,
+            [
+                "k2:k1b",
+                "k2:k1first",
+                "k2:k1h:day:x",
+                "k2:k1h:win:req",
+                "k2:k1n",
+                "k2:k1u:day:x",
+                "k2:k1u:win:req"
+            ]
+        );
+
+        assert!(store.delete_key("k1").await.unwrap());
+        assert_eq!(
+            fields_of(client.clone(), state.clone()).await,
+            Vec::<String>::new(),
+            "the deleted key's live state is gone"
+        );
+        let gone = store
+            .key_state(
+                "k1",
+                &[SmolStr::new_static("day:x"), SmolStr::new_static("win:req")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(gone.in_flight, 0);
+        assert_eq!(gone.first_used_at, None);
+        assert_eq!(gone.meters, [MeterUse::default(), MeterUse::default()]);
+        // Cleared again when the record is already gone (a retried delete), answering false.
+        assert!(!store.delete_key("k1").await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn deleting_a_key_forgets_its_live_state_standalone() {
+        deleting_a_key_forgets_its_live_state("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn deleting_a_key_forgets_its_live_state_cluster() {
+        deleting_a_key_forgets_its_live_state("REDIS_CLUSTER_URL").await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn odd_ids_keep_their_own_keys() {
         let Some(backend) =

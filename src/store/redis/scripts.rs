@@ -23,6 +23,7 @@ pub(super) struct Script {
 pub(super) struct Scripts {
     pub(super) key_put: Script,
     pub(super) key_delete: Script,
+    pub(super) key_forget: Script,
     pub(super) key_by_hash: Script,
     pub(super) account_put: Script,
     pub(super) account_delete: Script,
@@ -46,9 +47,10 @@ macro_rules! live {
     };
 }
 
-const SOURCES: [(&str, &str); 16] = [
+const SOURCES: [(&str, &str); 17] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
+    ("key_forget", live!("key_forget.lua")),
     ("key_by_hash", include_str!("key_by_hash.lua")),
     ("account_put", include_str!("account_put.lua")),
     ("account_delete", include_str!("account_delete.lua")),
@@ -83,6 +85,7 @@ impl Scripts {
         Ok(Scripts {
             key_put: next()?,
             key_delete: next()?,
+            key_forget: next()?,
             key_by_hash: next()?,
             account_put: next()?,
             account_delete: next()?,
