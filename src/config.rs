@@ -148,6 +148,10 @@ const NOT_ZERO: &[(&str, &str)] = &[
         "the usage writer would never rest",
     ),
     ("redis.command_timeout_ms", TIMEOUT),
+    (
+        "redis.feed_ping_interval_ms",
+        "the change feed would ping without rest",
+    ),
     ("images.first_byte_timeout_secs", TIMEOUT),
     ("images.read_timeout_secs", TIMEOUT),
     (
@@ -362,6 +366,12 @@ pub struct RedisConfig {
     pub reconnect_min_delay_ms: u64,
     /// … and never waiting longer than this between attempts (retries never stop).
     pub reconnect_max_delay_ms: u64,
+    /// The change feed's connection sends nothing of its own while subscribed, so a connection
+    /// that died silently (a NAT or load balancer dropping an idle flow, a host lost without a
+    /// reset) would go unnoticed, and every later change with it: it is pinged this often, and
+    /// reconnected (then every cache starts over) when no answer comes within
+    /// `command_timeout_ms`.
+    pub feed_ping_interval_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -373,6 +383,7 @@ impl Default for RedisConfig {
             command_timeout_ms: 1_000,
             reconnect_min_delay_ms: 50,
             reconnect_max_delay_ms: 2_000,
+            feed_ping_interval_ms: 30_000,
         }
     }
 }

@@ -153,7 +153,11 @@ impl RedisStore {
             streams,
             names.changes_channel(),
             changes.clone(),
-            Duration::from_millis(cfg.reconnect_min_delay_ms.max(1)),
+            feed::Timing {
+                retry_delay: Duration::from_millis(cfg.reconnect_min_delay_ms.max(1)),
+                ping_every: Duration::from_millis(cfg.feed_ping_interval_ms.max(1)),
+                ping_within: Duration::from_millis(cfg.command_timeout_ms.max(1)),
+            },
         ));
         Ok(RedisStore {
             pool,
@@ -433,6 +437,16 @@ impl Store for RedisStore {
                 self.client(),
                 vec![self.names.key_records(), self.names.key_hashes()],
                 vec![self.channel(), id.to_owned()],
+            )
+            .await?;
+        // As `delete_account`: cleared even when the record was already gone, in a second call
+        // (the live state has the `{live}` tag, the record `{rec}`).
+        self.scripts
+            .key_forget
+            .run(
+                self.client(),
+                self.live_keys.clone(),
+                vec![String::new(), id.to_owned()],
             )
             .await?;
         Ok(integer(&reply, "key_delete")? == 1)

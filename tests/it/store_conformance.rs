@@ -3099,6 +3099,219 @@ mod redis_only {
         a_retried_batch_counts_once("REDIS_CLUSTER_URL").await;
     }
 
+    /// fred sends a call again when its reply was lost, after the first run took effect. A replay
+    /// that its own first run leaves without an account (the account's last slot taken by that
+    /// run) must not answer "unavailable": the caller gives back nothing after that
+    /// (`scheduler::pick_remote`), so the first run's leases would stay held until their
+    /// deadline. It fails instead, and what the caller gives back after a failed call (the key's
+    /// lease, a lease on every candidate) frees everything. Redis only: the embedded store is
+    /// never called twice for one call.
+    async fn a_replayed_take_gives_no_unavailable(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        let one = [candidate("a1", 0, Some(1))];
+        let request = |session| PickRequest {
+            candidates: &one,
+            family: None,
+            session,
+            now_ms: now_ms(),
+        };
+        let in_flight = |store: Arc<dyn Store>| async move {
+            (
+                store.key_state("k1", &[]).await.unwrap().in_flight,
+                store.account_runtime("a1").await.unwrap().in_flight,
+            )
+        };
+        // What `limits::run_to_end` gives back after a failed call.
+        let give_back = |store: Arc<dyn Store>, key_lease: Option<&str>, account_lease: &str| {
+            let key = key_lease.map(|id| KeySettle {
+                key_id: "k1".to_owned(),
+                lease: lease(id),
+                reserved: Vec::new(),
+                used: Vec::new(),
+            });
+            let account = AccountRelease {
+                key_id: "k1".to_owned(),
+                account_id: "a1".to_owned(),
+                lease: lease(account_lease),
+            };
+            async move {
+                store
+                    .finish(key.as_ref(), Some(&account), None)
+                    .await
+                    .unwrap();
+            }
+        };
+        let sessions = [
+            None,
+            // A stored response's session, bound to a1: it waits for its account (mode '3').
+            Some(SessionPick {
+                id: "s1",
+                ttl: Duration::from_secs(60),
+                move_on_overflow: false,
+                write: false,
+            }),
+        ];
+        let bind = SessionPick {
+            write: true,
+            ..sessions[1].unwrap()
+        };
+        let picked = store
+            .pick_account(&request(Some(bind)), &lease("bind"))
+            .await
+            .unwrap();
+        assert!(matches!(picked, Picked::Account { .. }), "{picked:?}");
+        give_back(Arc::clone(&store), None, "bind").await;
+
+        for (n, session) in sessions.into_iter().enumerate() {
+            // The admission and the pick in one call.
+            let (key_lease, account_lease) = (lease(&format!("r{n}")), lease(&format!("r{n}.0")));
+            let admission = admission("k1", None);
+            for run in ["first", "replay"] {
+                let taken = store
+                    .admit_and_pick(&admission, &key_lease, &request(session), &account_lease)
+                    .await;
+                match (run, &taken) {
+                    ("first", Ok(Taken::Picked(Picked::Account { id, .. }))) if id == "a1" => {}
+                    ("replay", Err(StoreError::Unavailable(_))) => {}
+                    _ => panic!("{run} run of admit_and_pick ({session:?}): {taken:?}"),
+                }
+            }
+            assert_eq!(in_flight(Arc::clone(&store)).await, (1, 1));
+            give_back(Arc::clone(&store), Some(&key_lease.id), &account_lease.id).await;
+            assert_eq!(
+                in_flight(Arc::clone(&store)).await,
+                (0, 0),
+                "the caller's give-back after the replay frees both leases ({session:?})"
+            );
+
+            // A pick on its own (a later attempt), the same.
+            let account_lease = lease(&format!("r{n}.1"));
+            for run in ["first", "replay"] {
+                let picked = store.pick_account(&request(session), &account_lease).await;
+                match (run, &picked) {
+                    ("first", Ok(Picked::Account { id, .. })) if id == "a1" => {}
+                    ("replay", Err(StoreError::Unavailable(_))) => {}
+                    _ => panic!("{run} run of pick_account ({session:?}): {picked:?}"),
+                }
+            }
+            give_back(Arc::clone(&store), None, &account_lease.id).await;
+            assert_eq!(in_flight(Arc::clone(&store)).await, (0, 0), "{session:?}");
+        }
+
+        // A pick on its own whose replay finds its account still free picks it again: it is
+        // the same lease, counted once.
+        let two = [candidate("a1", 0, Some(2))];
+        let request = PickRequest {
+            candidates: &two,
+            family: None,
+            session: None,
+            now_ms: now_ms(),
+        };
+        let held = lease("r9.1");
+        let first = store.pick_account(&request, &held).await.unwrap();
+        assert!(matches!(first, Picked::Account { .. }), "{first:?}");
+        let replay = store.pick_account(&request, &held).await;
+        assert!(
+            matches!(replay, Err(StoreError::Unavailable(_))),
+            "replay of pick_account: {replay:?}"
+        );
+        give_back(Arc::clone(&store), None, &held.id).await;
+        assert_eq!(in_flight(Arc::clone(&store)).await, (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replayed_take_gives_no_unavailable_standalone() {
+        a_replayed_take_gives_no_unavailable("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replayed_take_gives_no_unavailable_cluster() {
+        a_replayed_take_gives_no_unavailable("REDIS_CLUSTER_URL").await;
+    }
+
+    /// Deleting a key forgets its live state (in-flight count, first use, meters), as deleting an
+    /// account does: nothing of it stays in `{live}:state`. Redis only: the embedded store keeps
+    /// a deleted key's limit counters (they are rows of its own, left alone here).
+    async fn deleting_a_key_forgets_its_live_state(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        let client = raw_client(&backend.url).await;
+        let state = format!("{}{{live}}:state", backend.prefix);
+        let fields_of = |client: Client, state: String| async move {
+            let fields: Vec<String> = client.hkeys(&state).await.unwrap();
+            let mut fields: Vec<String> = fields
+                .into_iter()
+                .filter(|f| f.starts_with("k2:k1"))
+                .collect();
+            fields.sort();
+            fields
+        };
+        store.insert_key(&key("k1", 1)).await.unwrap();
+        let t = now_ms();
+        let mut admission = metered("k1", t, &[("day:x", 100, 30), ("win:req", 2, 1)]);
+        admission.valid_after_first_use_ms = Some(3_600_000);
+        for id in ["done", "in-flight"] {
+            assert_eq!(
+                store.admit(&admission, &lease(id)).await.unwrap(),
+                Admit::Granted
+            );
+        }
+        store
+            .settle(
+                "k1",
+                &lease("done"),
+                &used(&[("day:x", 12), ("win:req", 1)]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            fields_of(client.clone(), state.clone()).await,
+            [
+                "k2:k1b",
+                "k2:k1first",
+                "k2:k1h:day:x",
+                "k2:k1h:win:req",
+                "k2:k1n",
+                "k2:k1u:day:x",
+                "k2:k1u:win:req"
+            ]
+        );
+
+        assert!(store.delete_key("k1").await.unwrap());
+        assert_eq!(
+            fields_of(client.clone(), state.clone()).await,
+            Vec::<String>::new(),
+            "the deleted key's live state is gone"
+        );
+        let gone = store
+            .key_state(
+                "k1",
+                &[SmolStr::new_static("day:x"), SmolStr::new_static("win:req")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(gone.in_flight, 0);
+        assert_eq!(gone.first_used_at, None);
+        assert_eq!(gone.meters, [MeterUse::default(), MeterUse::default()]);
+        // Cleared again when the record is already gone (a retried delete), answering false.
+        assert!(!store.delete_key("k1").await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn deleting_a_key_forgets_its_live_state_standalone() {
+        deleting_a_key_forgets_its_live_state("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn deleting_a_key_forgets_its_live_state_cluster() {
+        deleting_a_key_forgets_its_live_state("REDIS_CLUSTER_URL").await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn odd_ids_keep_their_own_keys() {
         let Some(backend) =
@@ -3406,6 +3619,208 @@ mod redis_only {
         loop {
             let id = format!("k{n}");
             store.insert_key(&key(&id, 1)).await.unwrap();
+            let wanted = Change::Key {
+                hash: format!("hash-of-{id}"),
+            };
+            let got = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Ok(change) = feed.recv().await {
+                    seen.push(change.clone());
+                    if change == wanted {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if got.is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the feed did not resume: {seen:?}"
+            );
+            n += 1;
+        }
+    }
+
+    /// A healthy feed answers its pings (a subscribed connection answers `pong` as an array; on a
+    /// cluster, the ping goes to the node holding the subscription): no reconnect, no `Resync`.
+    async fn a_healthy_feed_answers_its_pings(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let mut cfg = redis_config(&backend.prefix);
+        cfg.feed_ping_interval_ms = 50;
+        let store = RedisStore::connect(&backend.url, &cfg, REQUEST_LOG_MAX)
+            .await
+            .unwrap();
+        let mut feed = store.changes().unwrap();
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        store.insert_key(&key("k1", 1)).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+            .await
+            .expect("a change within 5 s")
+            .unwrap();
+        assert_eq!(
+            first,
+            Change::Key {
+                hash: "hash-of-k1".to_owned()
+            },
+            "about 20 pings made the feed reconnect"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_healthy_feed_answers_its_pings_standalone() {
+        a_healthy_feed_answers_its_pings("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_healthy_feed_answers_its_pings_cluster() {
+        a_healthy_feed_answers_its_pings("REDIS_CLUSTER_URL").await;
+    }
+
+    /// A TCP proxy on loopback that can be told to drop every byte silently, both ways, closing
+    /// nothing: what a NAT or load balancer that forgot a flow does. A connection made before or
+    /// while it blackholes stays dead after `heal`, as such a flow does; new ones work again.
+    struct Blackhole {
+        port: u16,
+        state: Arc<std::sync::Mutex<BlackholeState>>,
+    }
+
+    #[derive(Default)]
+    struct BlackholeState {
+        blackholed: bool,
+        /// Per connection: whether it is dead.
+        connections: Vec<Arc<std::sync::atomic::AtomicBool>>,
+    }
+
+    impl Blackhole {
+        async fn start(upstream: String) -> Blackhole {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let state = Arc::new(std::sync::Mutex::new(BlackholeState::default()));
+            let shared = Arc::clone(&state);
+            // Stopped by: the test's runtime, with every connection's pumps.
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        continue;
+                    };
+                    let dead = {
+                        let mut state = shared.lock().unwrap();
+                        let dead = Arc::new(std::sync::atomic::AtomicBool::new(state.blackholed));
+                        state.connections.push(Arc::clone(&dead));
+                        dead
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(Self::pump(client_read, server_write, Arc::clone(&dead)));
+                    tokio::spawn(Self::pump(server_read, client_write, dead));
+                }
+            });
+            Blackhole { port, state }
+        }
+
+        /// Copies `from` to `to` while the connection lives; once dead, reads and drops.
+        async fn pump(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            dead: Arc<std::sync::atomic::AtomicBool>,
+        ) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if dead.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+
+        fn blackhole(&self) {
+            let mut state = self.state.lock().unwrap();
+            state.blackholed = true;
+            for dead in &state.connections {
+                dead.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+
+        fn heal(&self) {
+            self.state.lock().unwrap().blackholed = false;
+        }
+    }
+
+    /// The change feed's connection dies silently (no reset, no close): the instance notices by
+    /// itself (its pings go unanswered), reconnects once the network is back, announces the gap
+    /// with `Resync` and gets changes again. Without the pings nothing would ever notice: a
+    /// subscribed connection awaits no answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_silently_dead_feed_is_noticed() {
+        let Some(backend) = redis_backend("REDIS_URL") else {
+            return;
+        };
+        // redis://[userinfo@]host:port/db
+        let rest = backend.url.strip_prefix("redis://").unwrap();
+        let (authority, db) = rest.split_once('/').unwrap_or((rest, "0"));
+        let (userinfo, upstream) = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => (format!("{userinfo}@"), host),
+            None => (String::new(), authority),
+        };
+        let proxy = Blackhole::start(upstream.to_owned()).await;
+        let mut cfg = redis_config(&backend.prefix);
+        cfg.connect_timeout_ms = 300;
+        cfg.command_timeout_ms = 200;
+        cfg.reconnect_max_delay_ms = 200;
+        cfg.feed_ping_interval_ms = 200;
+        let proxied = format!("redis://{userinfo}127.0.0.1:{}/{db}", proxy.port);
+        let behind = RedisStore::connect(&proxied, &cfg, REQUEST_LOG_MAX)
+            .await
+            .unwrap();
+        let direct = backend.open().await;
+        let mut feed = behind.changes().unwrap();
+        direct.insert_key(&key("k1", 1)).await.unwrap();
+        assert_eq!(
+            next_change(&mut feed).await,
+            Change::Key {
+                hash: "hash-of-k1".to_owned()
+            }
+        );
+
+        proxy.blackhole();
+        // Lost to `behind`: only the Resync below tells its caches.
+        direct.delete_key("k1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        proxy.heal();
+
+        let mut seen = Vec::new();
+        let resynced = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let change = feed.recv().await.unwrap();
+                seen.push(change.clone());
+                if change == Change::Resync {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            resynced.is_ok(),
+            "no Resync within 5 s of the network coming back: the dead feed went unnoticed \
+             (seen: {seen:?})"
+        );
+        // And the feed works again (writes repeated: a reconnect may come in several steps, and a
+        // write between two is rightly missed).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut n = 2;
+        loop {
+            let id = format!("k{n}");
+            direct.insert_key(&key(&id, 1)).await.unwrap();
             let wanted = Change::Key {
                 hash: format!("hash-of-{id}"),
             };

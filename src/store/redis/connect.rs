@@ -2,8 +2,12 @@
 
 use std::time::Duration;
 
-use fred::prelude::{Builder, Client, ClientLike, Config, Pool, PubsubInterface, ReconnectPolicy};
-use fred::types::config::UnresponsiveConfig;
+use fred::prelude::{
+    Builder, Client, ClientLike, ClusterInterface, Config, Pool, PubsubInterface, ReconnectPolicy,
+};
+use fred::socket2::TcpKeepalive;
+use fred::types::InfoKind;
+use fred::types::config::{TcpConfig, UnresponsiveConfig};
 
 use super::feed::Streams;
 use super::names::Names;
@@ -11,6 +15,14 @@ use super::scripts::Scripts;
 use super::{feed, url};
 use crate::config::RedisConfig;
 use crate::store::{StoreError, StoreResult};
+
+/// TCP keepalive on every connection: a probe after this long without traffic, then every
+/// `KEEPALIVE_INTERVAL` (the system's count of probes). It keeps idle flows alive through NATs
+/// and load balancers that drop them silently, and finds a dead peer of an idle connection
+/// (fred's own check only watches connections with an answer overdue). The change feed's
+/// connection is also pinged (`redis.feed_ping_interval_ms`), which finds one sooner.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything `RedisStore` runs on, connected.
 pub(super) struct Connected {
@@ -57,6 +69,14 @@ pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connect
                 max_timeout: Some(unresponsive),
                 interval: (unresponsive / 4).max(Duration::from_millis(50)),
             };
+            c.tcp = TcpConfig {
+                keepalive: Some(
+                    TcpKeepalive::new()
+                        .with_time(KEEPALIVE_IDLE)
+                        .with_interval(KEEPALIVE_INTERVAL),
+                ),
+                ..TcpConfig::default()
+            };
         })
         .with_performance_config(|p| {
             p.default_command_timeout = command_timeout;
@@ -97,7 +117,9 @@ pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connect
             .subscribe(channel.as_str())
             .await
             .map_err(|e| fail("subscribe", e))?;
-        Ok((Scripts::load(pool.next()).await?, streams))
+        let scripts = Scripts::load(pool.next()).await?;
+        warn_if_evicting(pool.next(), url).await;
+        Ok((scripts, streams))
     };
     match started.await {
         Ok((scripts, streams)) => Ok(Connected {
@@ -117,6 +139,58 @@ pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connect
             Err(e)
         }
     }
+}
+
+/// Warns when Redis may evict keys to make room: the store's records, counters, lease sets and
+/// markers must never vanish (docs/redis.md: `maxmemory-policy noeviction`). Read from
+/// `INFO memory`, which works where `CONFIG` is disabled (managed services); on a cluster, from
+/// every primary. Never fails the connect: a Redis that does not say is not warned about.
+async fn warn_if_evicting(client: &Client, url: &str) {
+    let primaries = if client.is_clustered() {
+        client
+            .cached_cluster_state()
+            .map(|state| state.unique_primary_nodes())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let infos = if primaries.is_empty() {
+        vec![(
+            url::redact(url),
+            client.info::<String>(Some(InfoKind::Memory)).await,
+        )]
+    } else {
+        let mut infos = Vec::with_capacity(primaries.len());
+        for server in primaries {
+            let info = client
+                .with_cluster_node(&server)
+                .info::<String>(Some(InfoKind::Memory))
+                .await;
+            infos.push((server.to_string(), info));
+        }
+        infos
+    };
+    for (server, info) in infos {
+        match info {
+            Ok(info) => match maxmemory_policy(&info) {
+                Some("noeviction") | None => {}
+                Some(policy) => tracing::warn!(
+                    server,
+                    policy,
+                    "redis may evict keys (maxmemory-policy {policy}): records, limit counters and \
+                     leases can vanish; run it with maxmemory-policy noeviction (docs/redis.md)"
+                ),
+            },
+            Err(e) => tracing::debug!(server, error = %e, "INFO memory failed"),
+        }
+    }
+}
+
+/// The `maxmemory_policy` line of `INFO memory`'s answer.
+fn maxmemory_policy(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+        .map(str::trim)
 }
 
 /// How a server worker gets a command pool of its own. A fred client's connection task runs on
@@ -174,5 +248,26 @@ pub(super) fn close_pool(pool: Pool) {
         runtime.spawn(async move {
             let _ = pool.quit().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eviction_policy_is_read_from_info_memory() {
+        let info = "# Memory\r\nused_memory:1095216\r\nmaxmemory:104857600\r\n\
+                    maxmemory_human:100.00M\r\nmaxmemory_policy:allkeys-lru\r\n\
+                    allocator_frag_ratio:1.00\r\n";
+        assert_eq!(maxmemory_policy(info), Some("allkeys-lru"));
+        assert_eq!(
+            maxmemory_policy("maxmemory:0\nmaxmemory_policy:noeviction\n"),
+            Some("noeviction")
+        );
+        // Not a prefix of another field; absent (an old or unusual server): nothing to say.
+        assert_eq!(maxmemory_policy("x_maxmemory_policy:volatile-lru\n"), None);
+        assert_eq!(maxmemory_policy("# Memory\r\nused_memory:1\r\n"), None);
+        assert_eq!(maxmemory_policy(""), None);
     }
 }

@@ -3,11 +3,20 @@
 //! The record scripts publish each change themselves (so no writer can forget). A dedicated
 //! connection subscribes to the channel; while it is down, messages are lost, so after every
 //! (re)connect it subscribes again and then sends `Change::Resync`, and every cache starts over.
+//!
+//! A subscribed connection only ever receives, so nothing would notice it die silently (fred's
+//! own check watches answers overdue, and it awaits none): the feed pings it every
+//! `redis.feed_ping_interval_ms` and has it reconnect when no answer comes in time.
 
-use fred::prelude::{Client, EventInterface, PubsubInterface, Server};
-use fred::types::Message;
+use std::time::Duration;
+
+use fred::prelude::{Client, ClientLike, EventInterface, PubsubInterface, Server};
+use fred::types::config::Options;
+use fred::types::{ClusterHash, Message, Value};
+use fred::util::redis_keyslot;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::MissedTickBehavior;
 
 use crate::store::Change;
 
@@ -39,6 +48,16 @@ impl Streams {
     }
 }
 
+/// How the feed paces itself.
+pub(super) struct Timing {
+    /// Between two attempts to subscribe again.
+    pub(super) retry_delay: Duration,
+    /// Between two pings of the subscribed connection.
+    pub(super) ping_every: Duration,
+    /// A ping not answered within this time means a dead connection.
+    pub(super) ping_within: Duration,
+}
+
 /// Forwards the subscriber's messages to `tx` until aborted (the store aborts it when dropped)
 /// or the client is closed. `subscriber` must already be subscribed once.
 pub(super) async fn forward(
@@ -46,12 +65,15 @@ pub(super) async fn forward(
     streams: Streams,
     channel: String,
     tx: broadcast::Sender<Change>,
-    retry_delay: std::time::Duration,
+    timing: Timing,
 ) {
     let Streams {
         mut messages,
         mut reconnects,
     } = streams;
+    let every = timing.ping_every.max(Duration::from_millis(1));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             message = messages.recv() => match message {
@@ -72,18 +94,51 @@ pub(super) async fn forward(
             },
             reconnected = reconnects.recv() => match reconnected {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
-                    resubscribe(&subscriber, &channel, retry_delay).await;
+                    resubscribe(&subscriber, &channel, timing.retry_delay).await;
                     let _ = tx.send(Change::Resync);
                 }
                 Err(RecvError::Closed) => return,
+            },
+            _ = ping.tick() => {
+                // While fred reconnects on its own, the reconnect below comes anyway.
+                if subscriber.is_connected() && !answers_ping(&subscriber, timing.ping_within).await {
+                    tracing::warn!(
+                        "the redis change feed's connection did not answer a ping in time; reconnecting"
+                    );
+                    // Returns once connected again; the reconnect event then subscribes again
+                    // and sends `Resync` (above).
+                    if let Err(e) = subscriber.force_reconnection().await {
+                        tracing::warn!(error = %e, "reconnecting the redis change feed failed");
+                    }
+                    ping.reset();
+                }
             },
         }
     }
 }
 
+/// Whether the subscribed connection answers a `PING` within `within` (a subscribed RESP2
+/// connection answers `pong` as an array). On a cluster, sent to the node that holds the
+/// subscription: fred routes `SUBSCRIBE` by the hash slot of the client's id.
+async fn answers_ping(subscriber: &Client, within: Duration) -> bool {
+    let options = Options {
+        cluster_hash: Some(ClusterHash::Custom(redis_keyslot(
+            subscriber.id().as_bytes(),
+        ))),
+        timeout: Some(within),
+        max_attempts: Some(1),
+        ..Options::default()
+    };
+    let client = subscriber.with_options(&options);
+    matches!(
+        tokio::time::timeout(within, client.ping::<Value>(None)).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Subscribes again after a reconnect, retrying until it works: a subscriber that silently
 /// stopped listening would leave every cache stale for good.
-async fn resubscribe(subscriber: &Client, channel: &str, retry_delay: std::time::Duration) {
+async fn resubscribe(subscriber: &Client, channel: &str, retry_delay: Duration) {
     loop {
         match subscriber.subscribe(channel).await {
             Ok(()) => return,

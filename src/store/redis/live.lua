@@ -1,5 +1,6 @@
 -- The live state of keys and accounts, shared by take.lua, give.lua, key_state.lua,
--- account_runtime.lua and health_cas.lua (this file is prepended to each of them).
+-- account_runtime.lua, health_cas.lua, key_forget.lua and account_forget.lua (this file is
+-- prepended to each of them).
 --
 -- Everything a request touches before and after its upstream call lives under one hash tag, so
 -- that one script reads it with one HMGET and writes it with one HSET (docs/redis-keys.md):

@@ -23,6 +23,7 @@ pub(super) struct Script {
 pub(super) struct Scripts {
     pub(super) key_put: Script,
     pub(super) key_delete: Script,
+    pub(super) key_forget: Script,
     pub(super) key_by_hash: Script,
     pub(super) account_put: Script,
     pub(super) account_delete: Script,
@@ -47,9 +48,10 @@ macro_rules! live {
     };
 }
 
-const SOURCES: [(&str, &str); 17] = [
+const SOURCES: [(&str, &str); 18] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
+    ("key_forget", live!("key_forget.lua")),
     ("key_by_hash", include_str!("key_by_hash.lua")),
     ("account_put", include_str!("account_put.lua")),
     ("account_delete", include_str!("account_delete.lua")),
@@ -85,6 +87,7 @@ impl Scripts {
         Ok(Scripts {
             key_put: next()?,
             key_delete: next()?,
+            key_forget: next()?,
             key_by_hash: next()?,
             account_put: next()?,
             account_delete: next()?,

@@ -29,7 +29,8 @@
 --
 -- Returns {1} at the key's concurrency cap, {2, meter (0-based), used, held} a meter is full,
 -- {3, first use} the key's validity since its first use has run out, {4} the call ran before
--- (its key lease is there already: nothing is counted twice); else {0} without a pick,
+-- (its lease is there already: nothing is counted twice, and the caller gives back what the first
+-- run took, as after any failed call); else {0} without a pick,
 -- {0, 1, index of the chosen candidate (1-based), sticky, degraded} where sticky is 0 None,
 -- 1 Hit, 2 Bound, 3 Escaped, 4 Moved, or {0, 0, retry_at} when no candidate can serve (retry_at:
 -- unix ms as a decimal string, '' when none recovers on its own). Nothing is written unless the
@@ -179,12 +180,18 @@ if A > 0 then
   end
 end
 
--- Writes what the call counted; false, writing nothing, when the key's lease is in its set
--- already: the call ran before (fred sends a call again when its reply was lost, and the first
--- run took effect), and counting it again would hold a concurrency slot and a reservation that
--- no give-back returns (the set has one member for both runs).
-local function commit()
+-- Writes what the call counted, with its leases (`account`: the chosen account's lease member,
+-- nil without a pick); false, writing nothing, when this call's lease is in its set already: the
+-- call ran before (fred sends a call again when its reply was lost, and the first run took
+-- effect), and counting it again would hold a slot and a reservation that no give-back returns
+-- (the set has one member for both runs). The key's lease tells for an admission (both leases
+-- were written together); a pick without one has only the account's lease to tell, and that one
+-- only when the replay chose the same account.
+local function commit(account)
   if A > 0 and redis.call('ZADD', KL, 'NX', ARGV[A + 3], ARGV[A + 1]) == 0 then
+    return false
+  end
+  if account and redis.call('ZADD', AL, 'NX', ARGV[P + 3], account) == 0 and A == 0 then
     return false
   end
   if #hset > 0 then
@@ -194,7 +201,7 @@ local function commit()
 end
 
 if P == 0 then
-  if not commit() then
+  if not commit(nil) then
     return { 4 }
   end
   return { 0 }
@@ -208,6 +215,26 @@ if family == '' then
 end
 local session = ARGV[P + 6]
 local has_session = session ~= '0'
+
+-- Answers that nothing can serve ({0, 0, retry_at}), unless the call ran before: then {4}, as
+-- commit() would. A replay can find no account by its own first run's count (its account at its
+-- cap), and the caller gives back nothing after "unavailable": the first run's leases would stay
+-- held until their deadline. So an unavailable answer looks for this call's lease first (one
+-- ZSCORE with an admission, one per candidate without), and only an unavailable answer pays.
+local function unavailable(retry_at)
+  if A > 0 then
+    if redis.call('ZSCORE', KL, ARGV[A + 1]) then
+      return { 4 }
+    end
+  else
+    for i = 1, n do
+      if redis.call('ZSCORE', AL, string.sub(ARGV[C + 5 * (i - 1) + 1], 2) .. ARGV[P + 1]) then
+        return { 4 }
+      end
+    end
+  end
+  return { 0, 0, retry_at }
+end
 
 local function number(x)
   if type(x) == 'number' then
@@ -363,14 +390,14 @@ end
 -- it escapes), the answer is its recovery.
 if not chosen and session == '3' and bound_i then
   if ARGV[C + 5 * (bound_i - 1) + 3] == '0' then
-    return { 0, 0, '' }
+    return unavailable('')
   end
   local r = recovers_at(health_of(v[CV + 4 * (bound_i - 1) + 3]))
   if r ~= nil then
     if r <= now then
       r = now + 1000
     end
-    return { 0, 0, string.format('%.0f', r) }
+    return unavailable(string.format('%.0f', r))
   end
 end
 if not chosen then
@@ -408,9 +435,9 @@ if not chosen then
       end
     end
     if retry_at == nil then
-      return { 0, 0, '' }
+      return unavailable('')
     end
-    return { 0, 0, string.format('%.0f', retry_at) }
+    return unavailable(string.format('%.0f', retry_at))
   end
   if not has_session then
     sticky = 0
@@ -439,11 +466,10 @@ end
 if v[3] == false or v[3] == '' or tonumber(ARGV[P + 3]) < tonumber(v[3]) then
   set('al:sweep', ARGV[P + 3])
 end
-if not commit() then
+-- The account lease's member, lp(account) lp(lease): the prefix without its 'a'.
+if not commit(string.sub(ap, 2) .. ARGV[P + 1]) then
   return { 4 }
 end
--- The account lease's member, lp(account) lp(lease): the prefix without its 'a'.
-redis.call('ZADD', AL, ARGV[P + 3], string.sub(ap, 2) .. ARGV[P + 1])
 
 -- The binding: set (Bound, Moved) or renewed (Hit: once an eighth of its TTL has passed, so that
 -- a busy session does not rewrite it on every request); an escape leaves it where it is, and
