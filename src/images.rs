@@ -244,7 +244,6 @@ where
         Attempts::Served(served) => served,
         // Every account failed with an answer: counted and logged as an image request.
         Attempts::Failed(answer) => {
-            key_lease.settle(Spent::ONE_REQUEST);
             finish(
                 app,
                 record.entry(None, answer.status().as_u16(), None),

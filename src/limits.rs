@@ -81,7 +81,8 @@ impl Spent {
 }
 
 /// The key's lease of one request; settled explicitly with what the request used, or on drop
-/// with nothing used (it never reached an upstream).
+/// with what is known of it: one request once it was sent upstream (every attempt failed
+/// without an answer, or the client left before one came), else nothing.
 pub struct KeyLease {
     store: Arc<dyn Store>,
     key_id: String,
@@ -89,6 +90,8 @@ pub struct KeyLease {
     state: State,
     /// The counters it reserves on: bucket, what it measures, the reservation.
     meters: Vec<(SmolStr, Measure, u64)>,
+    /// Sent to an upstream at least once (`mark_sent`).
+    sent: bool,
 }
 
 enum State {
@@ -112,6 +115,12 @@ struct Pending {
 impl KeyLease {
     pub fn lease(&self) -> &Lease {
         &self.lease
+    }
+
+    /// The request is being sent upstream: dropped unsettled from now on, it counts as one
+    /// request (the vendor counts it, and may bill it).
+    pub fn mark_sent(&mut self) {
+        self.sent = true;
     }
 
     pub fn key_id(&self) -> &str {
@@ -270,7 +279,12 @@ impl KeyLease {
 
 impl Drop for KeyLease {
     fn drop(&mut self) {
-        let key = self.give_back(Spent::default());
+        let spent = if self.sent {
+            Spent::ONE_REQUEST
+        } else {
+            Spent::default()
+        };
+        let key = self.give_back(spent);
         give_back(&self.store, key, None, None);
     }
 }
@@ -570,6 +584,7 @@ pub fn check(app: &App, key: &KeyRecord, request: &Request<'_>) -> Result<KeyLea
         },
         state: State::Free,
         meters: Vec::new(),
+        sent: false,
     };
     if !request.billed {
         return Ok(lease);

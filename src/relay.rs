@@ -183,9 +183,7 @@ where
         Attempts::Served(served) => served,
         Attempts::Failed(answer) => {
             m::count_request(call.surface.as_str(), answer.status().as_u16());
-            // It reached an upstream, as one whose failure passed through did: one request on
-            // the key's counters, nothing else.
-            key_lease.settle(limits::Spent::ONE_REQUEST);
+            // The key's lease, dropped, counts it as one request: it was sent.
             return Ok(answer);
         }
     };

@@ -91,6 +91,7 @@ pub(crate) async fn attempts(
             }
         };
         rebind |= matches!(picked.sticky, Sticky::Bound | Sticky::Moved);
+        key_lease.mark_sent();
         let sent_at = Instant::now();
         // An error answer whose meaning depends on its body is read whole first (it is small).
         let (sent, head_at) = match send(app, call, client, &picked.account).await {

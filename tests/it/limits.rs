@@ -475,6 +475,64 @@ async fn a_request_sent_upstream_counts_once_however_it_failed() {
     }
 }
 
+/// Sent upstream without an answer coming back counts too: every attempt refused at connect
+/// (the client gets the relay's own error), or a client that leaves before the head of a long
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_upstream_counts_once_without_an_answer() {
+    for backend in backends() {
+        let (relay, mock, _, key) = relay_with_key_on(
+            &backend,
+            |c| c.scheduler.failure_cooldown_secs = 0,
+            json!({ "window": { "seconds": 3600, "requests": 10 } }),
+        )
+        .await;
+        let now = relay.app.clock.now_ms();
+        relay.app.clock.advance(Duration::from_millis(
+            (3_600_000 - now.rem_euclid(3_600_000)) as u64,
+        ));
+        // The client leaves while the upstream has not answered yet.
+        mock.push_behavior(Behavior::DelayHeaders(
+            Duration::from_secs(3),
+            MockUsage::new(3, 4),
+        ));
+        let gone = relay
+            .messages(&key, &messages_body(MODEL, false))
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        assert!(gone.is_err());
+        wait_until("the relay sees the client gone", || mock.cancelled() == 1).await;
+        let info = settled(&relay, &key).await;
+        assert_eq!(
+            info["usage"]["window_requests"]["used"], 1,
+            "{backend:?}: {info}"
+        );
+
+        // The only account refuses connections: the relay answers with its own error.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let accounts = relay.admin(Method::GET, "/admin/accounts", None).await.1;
+        let id = accounts["data"][0]["id"].as_str().unwrap().to_owned();
+        let (status, v) = relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/accounts/{id}"),
+                Some(json!({ "base_url": dead })),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        let (status, _, body) = call(&relay, &key, false).await;
+        assert!(status >= 500, "{backend:?}: {status} {body}");
+        let info = settled(&relay, &key).await;
+        assert_eq!(
+            info["usage"]["window_requests"]["used"], 2,
+            "{backend:?}: {info}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_budget_resets_at_midnight_in_the_configured_time_zone() {
     for backend in backends() {
