@@ -104,7 +104,7 @@ async fn pick_from(
         })
         .filter(|a| allowed(a))
         .collect();
-    let candidates: Vec<Candidate> = serving
+    let mut candidates: Vec<Candidate> = serving
         .iter()
         .filter(|a| a.record.enabled && a.record.schedulable)
         .map(|a| {
@@ -124,6 +124,32 @@ async fn pick_from(
             }
         })
         .collect();
+    // A session that escapes keeps its binding: one bound to an account that does not serve
+    // this model (Claude Code's small-model calls, in a session bound to an Opus-only
+    // account) must find that account too, without capacity, or the pick reads the binding
+    // as one to an account that is gone and rebinds the session, and its cache, elsewhere.
+    let escapes = ask.session.is_some_and(|s| !s.stored_response)
+        && policy.sticky_overflow == StickyOverflow::Escape
+        && !ask.rebind;
+    if escapes && let Some(model) = ask.model {
+        candidates.extend(
+            accounts
+                .iter()
+                .filter(|a| {
+                    a.record.provider.protocol() == ask.protocol
+                        && !a.serves(model)
+                        && allowed(a)
+                        && a.record.enabled
+                        && a.record.schedulable
+                })
+                .map(|a| Candidate {
+                    account_id: a.record.id.clone(),
+                    priority: a.record.priority,
+                    max_concurrency: Some(0),
+                    weight: a.record.weight,
+                }),
+        );
+    }
     let model = ask.model.unwrap_or("(any)");
     if serving.is_empty() {
         // As the vendor answers a model it does not have: a 404, which clients do not retry

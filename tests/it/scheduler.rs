@@ -395,6 +395,55 @@ async fn a_session_stays_on_one_account_and_moves_per_the_policy() {
     }
 }
 
+/// Under `escape`, a session's request for a model its account does not serve goes elsewhere
+/// and leaves the binding: Claude Code's small-model calls in a session bound to an Opus-only
+/// account do not take the session, and its prompt cache, away from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_the_bound_account_does_not_serve_leaves_the_session_where_it_is() {
+    for backend in backends() {
+        let (opus, any) = (MockUpstream::start().await, MockUpstream::start().await);
+        let relay = Relay::start_on(&backend, |_| {}).await;
+        relay
+            .add_account(
+                &opus,
+                "sk-o",
+                json!({ "models": ["claude-opus-*"], "priority": 2 }),
+            )
+            .await;
+        relay
+            .add_account(&any, "sk-a", json!({ "priority": 2 }))
+            .await;
+        let (_, key) = relay.create_key("k").await;
+        let turn = |model: &'static str| {
+            let relay = &relay;
+            let key = &key;
+            async move {
+                let resp = relay
+                    .messages(key, &messages_body(model, false))
+                    .header("x-claude-code-session-id", "session-o")
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                resp.bytes().await.unwrap();
+                status
+            }
+        };
+        // Both serve Opus, the Opus account first: the session is bound to it; only the other
+        // serves Haiku.
+        assert_eq!(turn("claude-opus-4-5").await, 200);
+        assert_eq!(turn("claude-haiku-4-5").await, 200);
+        assert_eq!(turn("claude-opus-4-5").await, 200);
+        assert_eq!(turn("claude-haiku-4-5").await, 200);
+        assert_eq!(turn("claude-opus-4-5").await, 200);
+        assert_eq!(
+            (opus.requests().len(), any.requests().len()),
+            (3, 2),
+            "{backend:?}: the Opus turns stay on the Opus account"
+        );
+    }
+}
+
 /// A new session whose first account fails it is bound where it was served (its prompt cache
 /// is there), also under `escape`, which keeps an existing binding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
