@@ -33,6 +33,9 @@ pub struct Picked {
     pub sticky: Sticky,
     /// The account's health was not clean: its outcome must be reported even on success.
     pub degraded: bool,
+    /// Unix ms of the pick, just before the request is sent: a success reported for it says
+    /// nothing of errors that came after (`Report::Success::sent_at`).
+    pub at_ms: i64,
 }
 
 /// What a request asks of the scheduler.
@@ -239,6 +242,7 @@ async fn pick_from(
         lease,
         sticky,
         degraded,
+        at_ms: now_ms,
     })
 }
 
@@ -391,7 +395,7 @@ pub async fn report(
         catalog,
         policy,
         picked.account.id(),
-        picked.degraded,
+        picked.degraded.then_some(picked.at_ms),
         verdict,
         error,
     )
@@ -401,24 +405,29 @@ pub async fn report(
 /// An account refused a request (a 403) that another account then served: the refusal was the
 /// account's, and it is reported failing.
 pub async fn report_refusal(catalog: &Catalog, policy: &SchedulerConfig, account_id: &str) {
-    report_for(catalog, policy, account_id, true, &Verdict::Failing, || {
+    report_for(catalog, policy, account_id, None, &Verdict::Failing, || {
         "refused (403) a request that another account served".to_owned()
     })
     .await;
 }
 
+/// `degraded_since`: when the request was sent, if the account's health was not clean then (a
+/// success is reported only for such an account).
 async fn report_for(
     catalog: &Catalog,
     policy: &SchedulerConfig,
     account_id: &str,
-    degraded: bool,
+    degraded_since: Option<i64>,
     verdict: &Verdict,
     error: impl FnOnce() -> String,
 ) {
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let report = match verdict {
-        Verdict::Healthy if degraded => Report::Success,
-        Verdict::Healthy | Verdict::ClientFault | Verdict::Refused | Verdict::Elsewhere => return,
+        Verdict::Healthy => match degraded_since {
+            Some(sent_at) => Report::Success { sent_at },
+            None => return,
+        },
+        Verdict::ClientFault | Verdict::Refused | Verdict::Elsewhere => return,
         Verdict::RateLimited {
             until_ms, family, ..
         } => Report::RateLimited {
@@ -442,7 +451,7 @@ async fn report_for(
         },
         Verdict::Unauthorized => Report::Unauthorized { error: error() },
     };
-    if !matches!(report, Report::Success) {
+    if !matches!(report, Report::Success { .. }) {
         tracing::warn!(account_id, ?verdict, "upstream account marked");
     }
     metrics::counter!(crate::metrics::ACCOUNT_REPORTS, "kind" => report_kind(&report)).increment(1);
@@ -457,7 +466,7 @@ async fn report_for(
 
 fn report_kind(report: &Report) -> &'static str {
     match report {
-        Report::Success => "success",
+        Report::Success { .. } => "success",
         Report::RateLimited { .. } => "rate_limited",
         Report::Overloaded { .. } => "overloaded",
         Report::Failure { .. } => "failure",

@@ -37,8 +37,11 @@ pub enum Status {
 /// What an upstream answer did to an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// It answered: a failure streak (and the cooldown it caused) ends.
-    Success,
+    /// It answered: a failure streak (and the cooldown it caused) ends, unless an error came
+    /// after the request was sent (`sent_at`, unix ms): its success says nothing of that.
+    Success {
+        sent_at: i64,
+    },
     /// 429: out until `until`, for one model family when `family` is set.
     RateLimited {
         until: i64,
@@ -111,7 +114,12 @@ impl Health {
     /// Applies one report.
     pub fn apply(&mut self, report: &Report, now: i64) {
         match report {
-            Report::Success => {
+            // Sent before the last error (a long answer, while the account ran out of credit or
+            // failed): no word on the account since, and no lifting what that error put in force.
+            Report::Success { sent_at } if *sent_at < self.last_error_at => {
+                self.family_until.retain(|_, u| *u > now);
+            }
+            Report::Success { .. } => {
                 self.consecutive_failures = 0;
                 // A success ends a failure cooldown, and clears a rate limit that has run out; one
                 // still in force runs until its reset (a request that started before the limit
@@ -534,7 +542,14 @@ mod tests {
         }
         assert_eq!(h.until, NOW + 10_000, "capped");
         assert!(!h.is_clean());
-        h.apply(&Report::Success, NOW);
+        // A success of a request sent before the last failure says nothing of the account
+        // since: the cooldown and the streak stay.
+        h.apply(&Report::Success { sent_at: NOW - 1 }, NOW);
+        assert_eq!(
+            (h.status_at(NOW), h.consecutive_failures),
+            (Status::CoolingDown, 12)
+        );
+        h.apply(&Report::Success { sent_at: NOW }, NOW);
         assert_eq!((h.status_at(NOW), h.consecutive_failures), (Status::Ok, 0));
         assert_eq!(h.last_error.as_deref(), Some("500"));
         // Clean again, its last error kept: the next successes need no report.
@@ -561,12 +576,17 @@ mod tests {
             error: "429".into(),
         };
         h.apply(&rl, NOW);
-        h.apply(&Report::Success, NOW + 1);
+        h.apply(&Report::Success { sent_at: NOW + 1 }, NOW + 1);
         assert!(!h.can_serve(None, NOW + 1));
         assert!(h.can_serve(None, NOW + 5_000));
         assert!(!h.is_clean());
         // Once both limits ran out, a success makes the account clean again.
-        h.apply(&Report::Success, NOW + 60_000);
+        h.apply(
+            &Report::Success {
+                sent_at: NOW + 60_000,
+            },
+            NOW + 60_000,
+        );
         assert!(h.is_clean(), "{h:?}");
         // A shorter cooldown never shortens a longer limit.
         h.apply(&rl, NOW);

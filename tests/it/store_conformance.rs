@@ -1444,7 +1444,13 @@ mod cases {
             }
         );
         store
-            .report_health("h1", &Report::Success, now + 2_001)
+            .report_health(
+                "h1",
+                &Report::Success {
+                    sent_at: now + 2_001,
+                },
+                now + 2_001,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -1841,7 +1847,7 @@ mod cases {
         );
         // A success ends the streak and the cooldown at once.
         store
-            .report_health("fail", &Report::Success, now + 1)
+            .report_health("fail", &Report::Success { sent_at: now + 1 }, now + 1)
             .await
             .unwrap();
         let h = health(s, "fail").await;
@@ -1861,7 +1867,7 @@ mod cases {
         let h = health(s, "limited").await;
         assert_eq!((h.status, h.until), (Status::RateLimited, now + 5_000));
         store
-            .report_health("limited", &Report::Success, now + 1)
+            .report_health("limited", &Report::Success { sent_at: now + 1 }, now + 1)
             .await
             .unwrap();
         assert!(!serves(s, "limited", Some("sonnet"), now + 4_999).await);
@@ -1895,7 +1901,7 @@ mod cases {
             .unwrap();
         store.report_health("revoked", &fail, now).await.unwrap();
         store
-            .report_health("revoked", &Report::Success, now)
+            .report_health("revoked", &Report::Success { sent_at: now }, now)
             .await
             .unwrap();
         assert_eq!(health(s, "revoked").await.status, Status::Unauthorized);
@@ -2109,7 +2115,7 @@ mod cases {
         assert_eq!(probe(s, &only, None, now + 10).await, taken(true));
         // Its success makes it clean again, the last error kept for the admin's view.
         store
-            .report_health("d", &Report::Success, now + 10)
+            .report_health("d", &Report::Success { sent_at: now + 10 }, now + 10)
             .await
             .unwrap();
         assert_eq!(probe(s, &only, None, now + 10).await, taken(false));
