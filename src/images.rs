@@ -169,6 +169,21 @@ where
             ask.model
         )));
     }
+    if to_gemini && !matches!(op, Operation::Predict { .. }) {
+        gemini::check(&ask)?;
+    }
+    // What the prompt weighs: an edit's files are images, not text (a 3 MB PNG read as text
+    // would reserve a million tokens), each estimated as IMAGE_INPUT_TOKENS.
+    let prompt_len = match ask.input_images {
+        0 => body.len(),
+        files => ask.text_len.saturating_add(
+            usize::try_from(files.saturating_mul(IMAGE_INPUT_TOKENS))
+                .unwrap_or(usize::MAX)
+                .saturating_mul(
+                    usize::try_from(app.config.limits.bytes_per_token).unwrap_or(usize::MAX),
+                ),
+        ),
+    };
     let mut key_lease = limits::admit(
         app,
         &key,
@@ -177,9 +192,9 @@ where
             client: limits::access::client_of(&parts.headers),
             model: Some(&ask.model),
             max_tokens: None,
-            body_len: body.len(),
+            body_len: prompt_len,
             billed: true,
-            cost_nanousd: Some(reservation(app, &ask, body.len())),
+            cost_nanousd: Some(reservation(app, &ask, prompt_len)),
         },
     )
     .await?;
@@ -240,10 +255,18 @@ where
         read: _,
         sent_at,
         head_at,
-    } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await? {
-        Attempts::Served(served) => served,
+    } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await {
+        Ok(Attempts::Served(served)) => served,
+        // Every account tried failed without an answer (timeouts, connect errors, answers cut
+        // or too large): logged as an image request; `relay` counts it with the refusal.
+        Err(e) if key_lease.sent() => {
+            app.stats
+                .record(record.entry(None, e.status.as_u16(), None), false);
+            return Err(e);
+        }
+        Err(e) => return Err(e),
         // Every account failed with an answer: counted and logged as an image request.
-        Attempts::Failed(answer) => {
+        Ok(Attempts::Failed(answer)) => {
             finish(
                 app,
                 record.entry(None, answer.status().as_u16(), None),
@@ -314,9 +337,13 @@ where
     let body = if native {
         raw
     } else {
+        // Kept only when a link or the cache refers to them: a file nothing names would be
+        // written (and swept) for nothing.
         let stored = match &storage {
-            Some(storage) => store(app, storage, &generated, cache_key.as_deref()).await,
-            None => Vec::new(),
+            Some(storage) if format == Format::Url || cache_key.is_some() => {
+                store(app, storage, &generated, cache_key.as_deref()).await
+            }
+            _ => Vec::new(),
         };
         let urls: Vec<Option<String>> = stored
             .iter()
@@ -371,7 +398,14 @@ fn reservation(app: &App, ask: &ImageRequest, body_len: usize) -> u64 {
     }
 }
 
-/// Counts the request and hands its record to stats.
+/// Input tokens an edit's reservation assumes per image file it sends (OpenAI counts an input
+/// image in the hundreds to a few thousand tokens, by size and fidelity); the settle bills what
+/// the answer reports.
+const IMAGE_INPUT_TOKENS: u64 = 2_000;
+
+/// Images a native `:predict` makes per prompt without `sampleCount` (Google's default).
+const IMAGEN_DEFAULT_SAMPLES: u64 = 4;
+
 /// An answer that came but cannot be used (cut, too large, too slow, unreadable): one request on
 /// the key's counters and a log entry with the status the client gets, whose count in the
 /// metrics `relay` adds with the refusal.
@@ -380,6 +414,7 @@ fn unusable(app: &App, entry: RequestLogEntry, key_lease: limits::KeyLease) {
     app.stats.record(entry, false);
 }
 
+/// Counts the request and hands its record to stats.
 fn finish(app: &App, entry: RequestLogEntry, billed: bool) {
     metrics::counter!(m::REQUESTS, "surface" => "images", "status" => entry.status.to_string())
         .increment(1);
@@ -409,7 +444,11 @@ fn predict_request(model: &str, body: &[u8]) -> Result<ImageRequest, ApiError> {
     let v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
     let instances = v["instances"].as_array().map_or(1, Vec::len).max(1) as u64;
-    let per = v["parameters"]["sampleCount"].as_u64().unwrap_or(1).max(1);
+    // Google's default is four images a prompt.
+    let per = v["parameters"]["sampleCount"]
+        .as_u64()
+        .unwrap_or(IMAGEN_DEFAULT_SAMPLES)
+        .max(1);
     Ok(ImageRequest {
         model: model.to_owned(),
         prompt: v["instances"][0]["prompt"]
@@ -422,6 +461,8 @@ fn predict_request(model: &str, body: &[u8]) -> Result<ImageRequest, ApiError> {
         response_format: None,
         output_format: None,
         fingerprint: [0; 32],
+        input_images: 0,
+        text_len: 0,
     })
 }
 

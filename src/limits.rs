@@ -123,6 +123,11 @@ impl KeyLease {
         self.sent = true;
     }
 
+    /// Whether it was sent upstream (`mark_sent`).
+    pub fn sent(&self) -> bool {
+        self.sent
+    }
+
     pub fn key_id(&self) -> &str {
         &self.key_id
     }

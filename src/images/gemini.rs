@@ -46,7 +46,28 @@ pub fn aspect_ratio(size: &str) -> Option<&'static str> {
         .map(|(name, _)| *name)
 }
 
-/// The upstream method path and body for `req`.
+/// Most images one Imagen request makes (`sampleCount`).
+const IMAGEN_MAX_N: u64 = 4;
+
+/// Refuses what Google's image models refuse, in the client's words: Gemini image models make
+/// one candidate a request ("Multiple candidates is not enabled"), Imagen at most four.
+pub fn check(req: &ImageRequest) -> Result<(), ApiError> {
+    if is_imagen(&req.model) && req.n > IMAGEN_MAX_N {
+        return Err(ApiError::invalid(format!(
+            "n: {} makes at most {IMAGEN_MAX_N} images a request",
+            req.model
+        )));
+    }
+    if !is_imagen(&req.model) && req.n > 1 {
+        return Err(ApiError::invalid(format!(
+            "n: {} makes one image a request; send {} requests",
+            req.model, req.n
+        )));
+    }
+    Ok(())
+}
+
+/// The upstream method path and body for `req` (checked by [`check`]).
 pub fn request(req: &ImageRequest) -> (String, Bytes) {
     let ratio = req.size.as_deref().and_then(aspect_ratio);
     if is_imagen(&req.model) {
@@ -61,9 +82,6 @@ pub fn request(req: &ImageRequest) -> (String, Bytes) {
         )
     } else {
         let mut config = json!({ "responseModalities": ["TEXT", "IMAGE"] });
-        if req.n > 1 {
-            config["candidateCount"] = json!(req.n);
-        }
         if let Some(r) = ratio {
             config["imageConfig"] = json!({ "aspectRatio": r });
         }
@@ -212,6 +230,8 @@ mod tests {
             response_format: None,
             output_format: None,
             fingerprint: [0; 32],
+            input_images: 0,
+            text_len: 0,
         }
     }
 

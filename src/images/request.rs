@@ -41,6 +41,10 @@ pub struct ImageRequest {
     /// A digest of everything that shapes the images (every field but `response_format` and
     /// `user`, and for edits every file), for the result cache.
     pub fingerprint: [u8; 32],
+    /// An edit's image files (`image`, `image[]`, `mask`): 0 for a JSON request.
+    pub input_images: u64,
+    /// An edit's bytes of text fields (what its files are not).
+    pub text_len: usize,
 }
 
 /// Most images one request may ask for (OpenAI's limit).
@@ -156,7 +160,7 @@ pub fn parse_multipart(content_type: &str, body: &[u8]) -> Result<ImageRequest, 
         );
         frame(&mut digest, p.data);
     }
-    finish(
+    let mut ask = finish(
         model,
         prompt,
         n,
@@ -165,7 +169,11 @@ pub fn parse_multipart(content_type: &str, body: &[u8]) -> Result<ImageRequest, 
         format,
         output_format,
         digest.finalize().into(),
-    )
+    )?;
+    let (files, texts): (Vec<&Part>, Vec<&Part>) = parts.iter().partition(|p| p.filename.is_some());
+    ask.input_images = files.len() as u64;
+    ask.text_len = texts.iter().map(|p| p.data.len()).sum();
+    Ok(ask)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -212,6 +220,8 @@ fn finish(
         response_format: response_format.as_deref().map(Format::parse).transpose()?,
         output_format,
         fingerprint,
+        input_images: 0,
+        text_len: 0,
     })
 }
 
@@ -277,16 +287,7 @@ fn parts<'a>(body: &'a [u8], boundary: &[u8]) -> Result<Vec<Part<'a>>, ApiError>
                 continue;
             };
             if k.trim().eq_ignore_ascii_case("content-disposition") {
-                for param in v.split(';').skip(1) {
-                    if let Some((pk, pv)) = param.split_once('=') {
-                        let pv = pv.trim().trim_matches('"').to_owned();
-                        match pk.trim() {
-                            "name" => name = Some(pv),
-                            "filename" => filename = Some(pv),
-                            _ => {}
-                        }
-                    }
-                }
+                (name, filename) = disposition(v).map_err(bad)?;
             } else if k.trim().eq_ignore_ascii_case("content-type") {
                 content_type = Some(v.trim().to_owned());
             }
@@ -298,6 +299,59 @@ fn parts<'a>(body: &'a [u8], boundary: &[u8]) -> Result<Vec<Part<'a>>, ApiError>
             data,
         });
         rest = &rest[data_start + data_len + next.len()..];
+    }
+}
+
+/// The `name` and `filename` of a `Content-Disposition: form-data; …` value. A quoted value is
+/// read whole, as the vendor's parser reads it: a `;` or `name=` inside the quotes is the
+/// value's (split at every `;`, `name="x; name=model"` read as the field `model` here, and
+/// was admitted and priced as a model the vendor never saw named). Either given twice is
+/// refused.
+fn disposition(value: &str) -> Result<(Option<String>, Option<String>), &'static str> {
+    let (mut name, mut filename) = (None, None);
+    let mut rest = value.split_once(';').map_or("", |(_, params)| params);
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ';']);
+        let Some(at) = rest.find(['=', ';']) else {
+            return Ok((name, filename));
+        };
+        if rest[at..].starts_with(';') {
+            // A parameter without a value: nothing of ours.
+            rest = &rest[at..];
+            continue;
+        }
+        let (key, after) = (&rest[..at], rest[at + 1..].trim_start());
+        let (text, next) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let mut text = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => text.extend(chars.next().map(|(_, c)| c)),
+                        Some((i, '"')) => break i + 1,
+                        Some((_, c)) => text.push(c),
+                        None => return Err("a quoted parameter is not closed"),
+                    }
+                };
+                (text, &quoted[end..])
+            }
+            None => {
+                let end = after.find(';').unwrap_or(after.len());
+                (after[..end].trim().to_owned(), &after[end..])
+            }
+        };
+        let slot = match key.trim().to_ascii_lowercase().as_str() {
+            "name" => Some(&mut name),
+            "filename" => Some(&mut filename),
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            if slot.is_some() {
+                return Err("a part names its `name` or `filename` twice");
+            }
+            *slot = Some(text);
+        }
+        rest = next;
     }
 }
 
@@ -413,6 +467,42 @@ mod tests {
         );
         let other = parse_multipart("multipart/form-data; boundary=xyz123", &other).unwrap();
         assert_ne!(r.fingerprint, other.fingerprint);
+        // One file; its bytes are not the text's.
+        assert_eq!(r.input_images, 1);
+        assert_eq!(
+            r.text_len,
+            "gpt-image-1".len() + "add a hat".len() + "2".len() + "1024x1024".len()
+        );
+    }
+
+    /// A part's name is read as the vendor reads it: a quoted value whole, `;` and `name=`
+    /// inside it included; escapes undone; a name given twice refused.
+    #[test]
+    fn content_disposition_is_read_with_its_quotes() {
+        let read = |v: &str| disposition(v);
+        assert_eq!(
+            read(r#"form-data; name="image"; filename="in.png""#),
+            Ok((Some("image".into()), Some("in.png".into())))
+        );
+        assert_eq!(
+            read(r#"form-data; name="x; name=model""#),
+            Ok((Some("x; name=model".into()), None))
+        );
+        assert_eq!(
+            read(r#"form-data; filename="a\"b.png"; name=prompt"#),
+            Ok((Some("prompt".into()), Some(r#"a"b.png"#.into())))
+        );
+        assert_eq!(
+            read("form-data; flag; NAME=n"),
+            Ok((Some("n".into()), None))
+        );
+        assert!(read(r#"form-data; name="a"; name="b""#).is_err());
+        assert!(read(r#"form-data; name="open"#).is_err());
+        // The relay then sees a field named `x; name=model`, not `model`: no model is given.
+        let body = "--b\r\nContent-Disposition: form-data; name=\"x; name=model\"\r\n\r\ndall-e-2\r\n\
+                    --b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\np\r\n--b--\r\n";
+        let e = parse_multipart("multipart/form-data; boundary=b", body.as_bytes()).unwrap_err();
+        assert!(e.message.contains("model"), "{}", e.message);
     }
 
     #[test]

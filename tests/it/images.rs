@@ -303,7 +303,8 @@ async fn stored_images_are_served_from_files_until_they_expire() {
     assert_eq!(got.status(), 200);
     assert_eq!(got.headers()["content-type"], "image/png");
     assert_eq!(got.bytes().await.unwrap(), png(0));
-    // The same request inline: the image itself, also stored.
+    // The same request inline: the image itself, not stored (no link or cache entry would
+    // name the file).
     let (_, v) = generate(
         &relay,
         &key,
@@ -337,7 +338,7 @@ async fn stored_images_are_served_from_files_until_they_expire() {
     assert_eq!(switchyard::images::sweep_now(&relay.app).await, 0);
     // … until retention_secs, when the sweeper deletes it.
     relay.app.clock.advance(Duration::from_secs(60));
-    assert_eq!(switchyard::images::sweep_now(&relay.app).await, 2);
+    assert_eq!(switchyard::images::sweep_now(&relay.app).await, 1);
     assert!(!file.exists());
 }
 
@@ -476,6 +477,59 @@ async fn edits_go_upstream_intact_and_are_priced_per_token() {
     assert_eq!(relay.requests("").await.len(), 1);
 }
 
+/// An edit reserves its file as an image, not its bytes as text: a 3 MB PNG read as text would
+/// hold a million tokens of the key's limits (all of them, up to the limit) while it runs.
+#[tokio::test]
+async fn an_edit_reserves_its_image_as_an_image_not_as_text() {
+    let (relay, mock, _, _) = setup("openai", |c| c.images.read_timeout_secs = 1).await;
+    let (status, created) = relay
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({ "name": "k", "limits": { "window": { "seconds": 3600, "tokens": 1_000_000 } } })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let boundary = "b0undary";
+    let mut body = Vec::new();
+    for (k, v) in [("model", "gpt-image-1"), ("prompt", "add a hat")] {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+    body.extend_from_slice(&png(1));
+    body.resize(body.len() + 3 * 1024 * 1024, 0);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    // The answer stalls, so the request is in flight while the key is read.
+    mock.stall_next();
+    let send = http_client()
+        .post(relay.url("/v1/images/edits"))
+        .bearer_auth(&key)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send();
+    let sent = tokio::spawn(send);
+    let mut reserved = 0;
+    for _ in 0..200 {
+        let info = relay.key_info(&key).await;
+        reserved = info["usage"]["window_tokens"]["reserved"].as_u64().unwrap();
+        if reserved > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A 2,000-token image, the prompt, and 4,096 output tokens: about 6,100.
+    assert!((6_000..7_000).contains(&reserved), "reserved {reserved}");
+    let resp = sent.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 504);
+}
+
 #[tokio::test]
 async fn google_models_are_translated_and_native_predict_is_billed() {
     let (relay, mock, _, key) = setup("gemini", |_| {}).await;
@@ -544,6 +598,24 @@ async fn google_models_are_translated_and_native_predict_is_billed() {
         (r["images"].clone(), r["cost_nanousd"].clone()),
         (json!(3), json!(60_000_000))
     );
+    // Gemini image models make one image a request, Imagen at most four: 400, nothing sent.
+    for (model, n) in [
+        ("gemini-2.5-flash-image", 2),
+        ("imagen-4.0-generate-001", 5),
+    ] {
+        let (status, v) = generate(
+            &relay,
+            &key,
+            json!({ "model": model, "prompt": "a boat", "n": n }),
+        )
+        .await;
+        assert_eq!(status, 400, "{model}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().starts_with("n: "),
+            "{v}"
+        );
+    }
+    assert_eq!(mock.seen().len(), 3);
     // Edits are OpenAI's only: 400, nothing sent.
     let resp = http_client()
         .post(relay.url("/v1/images/edits"))
@@ -728,4 +800,14 @@ async fn an_answer_that_stalls_after_its_head_hands_over_to_another_account() {
     );
     relay.app.stats.flush().await;
     assert_eq!(relay.usage("").await["images"], 0);
+    // Logged as an image request that failed, as one that failed with an answer is.
+    let r = last_request(&relay).await;
+    assert_eq!(
+        (
+            r["status"].as_u64(),
+            r["surface"].as_str(),
+            r["images"].as_u64()
+        ),
+        (Some(504), Some("images"), Some(0))
+    );
 }
