@@ -56,6 +56,18 @@ pub struct UpstreamError {
     pub message: String,
 }
 
+/// HTTP/2 flow control of the upstream connections (vendors that offer HTTP/2 get it). Every
+/// stream of a worker to one vendor shares one connection, whose window a stream holds as long
+/// as its client does not read (the body is polled only when the client can take more). With
+/// hyper's defaults (2 MiB a stream, 5 MiB a connection), three stalled clients froze every
+/// other stream on the connection: their answers stopped, and new ones timed out waiting for
+/// their first event, which marked a healthy account failing. A smaller stream window and a
+/// larger connection window take sixteen stalled streams to do that (the write deadline cuts
+/// an HTTP/1 client that stopped reading); 1 MiB a stream still carries several MB/s at a
+/// long round trip.
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+
 impl UpstreamClient {
     /// Needs the process's rustls provider (`app::install_crypto_provider`).
     pub fn new(config: &UpstreamConfig) -> anyhow::Result<UpstreamClient> {
@@ -97,6 +109,8 @@ impl UpstreamClient {
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
             .build(https);
         Ok(UpstreamClient::Direct(Box::new(client)))
     }

@@ -435,8 +435,12 @@ where
         }
     }
 
+    /// Not before the observer heard of the end: a server drops a body that says it is at its
+    /// end without polling it (an empty answer, a 502 with `content-length: 0`), which would
+    /// read as a client that went away.
     fn is_end_stream(&self) -> bool {
-        self.primed.is_none()
+        self.observer.is_none()
+            && self.primed.is_none()
             && self.trailer.is_none()
             && self.held.is_empty()
             && self.stashed.is_none()
@@ -862,6 +866,21 @@ mod tests {
     {
         let mut quiet = 0;
         std::future::poll_fn(|cx| tap.poll_prime(cx, &mut quiet)).await;
+    }
+
+    #[tokio::test]
+    async fn an_empty_answer_is_reported_complete_not_dropped() {
+        let seen = Seen::default();
+        let body =
+            http_body_util::Empty::<Bytes>::new().map_err(|never| -> BoxError { match never {} });
+        let mut tap = Tap::new(body, seen.clone());
+        // Not at its end until polled once: a server then hears the end as it came.
+        assert!(!tap.is_end_stream());
+        assert!(tap.frame().await.is_none());
+        assert_eq!(seen.0.lock().unwrap().1, vec![End::Complete]);
+        assert!(tap.is_end_stream());
+        drop(tap);
+        assert_eq!(seen.0.lock().unwrap().1, vec![End::Complete]);
     }
 
     #[tokio::test]
