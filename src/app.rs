@@ -99,6 +99,19 @@ impl App {
                  max_concurrency"
             );
         }
+        // A response renews its leases when the client takes its frames: a client that stops
+        // reading is cut after the write timeout, which must come before the leases run out
+        // (two thirds of the ttl after the last renewal).
+        let ttl = config.relay.lease_ttl_secs;
+        if config.server.write_timeout_secs >= ttl - ttl / 3 {
+            tracing::warn!(
+                lease_ttl_secs = ttl,
+                write_timeout_secs = config.server.write_timeout_secs,
+                "server.write_timeout_secs is not below two thirds of relay.lease_ttl_secs: a \
+                 response whose client stops reading can lose its leases before it is cut, and \
+                 stop counting against max_concurrency"
+            );
+        }
         let master_key = MasterKey::resolve(config.master_key.as_deref(), &config.data_dir)?;
         let (admin_token, admin_token_file) = match &config.admin_token {
             Some(token) => (token.clone(), None),
