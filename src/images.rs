@@ -793,9 +793,9 @@ pub fn spawn_sweeper(app: &Arc<App>) {
     }
     let weak: Weak<App> = Arc::downgrade(app);
     let every = Duration::from_secs(app.config.images.sweep_interval_secs);
+    let mut at = min_ages(&app.config.images);
     // Stopped by: the app being dropped (the next tick finds no app), or the runtime's end.
     tokio::spawn(async move {
-        let mut at = files::Sweep::default();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -829,6 +829,11 @@ pub fn spawn_sweeper(app: &Arc<App>) {
     });
 }
 
+/// A sweep that reads only the records old enough to be due.
+fn min_ages(cfg: &ImagesConfig) -> files::Sweep {
+    files::Sweep::with_min_ages(cfg.retention_secs, cfg.cache.ttl_secs)
+}
+
 /// Sweep rounds per tick at most (a round looks at 10,000 names of each kind).
 const ROUNDS_PER_TICK: usize = 100;
 /// And for one sweep now.
@@ -839,7 +844,7 @@ pub async fn sweep_now(app: &App) -> usize {
     match &app.image_storage {
         Some(storage) => {
             // Round after round until both listings went round: every name looked at once.
-            let (mut at, mut deleted) = (files::Sweep::default(), 0);
+            let (mut at, mut deleted) = (min_ages(&app.config.images), 0);
             for _ in 0..SWEEP_NOW_ROUNDS {
                 match files::sweep(storage, app.clock.now_ms(), &mut at).await {
                     Ok(n) => deleted += n,

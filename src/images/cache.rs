@@ -69,6 +69,7 @@ pub async fn sweep(
     storage: &Storage,
     now_ms: i64,
     after: Option<String>,
+    min_age_ms: Option<i64>,
     max_list: usize,
     max_delete: usize,
 ) -> StorageResult<(usize, Option<String>, bool)> {
@@ -77,11 +78,15 @@ pub async fn sweep(
         .list("cache", ".json", after.as_deref(), max_list)
         .await?;
     let mut looked = 0;
-    for name in &listed {
+    for listed in &listed {
         if deleted >= max_delete {
             break;
         }
         looked += 1;
+        if super::files::too_young(listed, min_age_ms, now_ms) {
+            continue;
+        }
+        let name = &listed.name;
         let Some(raw) = storage.get(name).await? else {
             continue;
         };
@@ -131,11 +136,11 @@ mod tests {
         assert_eq!(lookup(&storage, "k", 100).await.unwrap(), None);
         assert_eq!(lookup(&storage, "other", 0).await.unwrap(), None);
         assert_eq!(
-            sweep(&storage, 99, None, 10, 10).await.unwrap(),
+            sweep(&storage, 99, None, None, 10, 10).await.unwrap(),
             (0, None, true)
         );
         assert_eq!(
-            sweep(&storage, 100, None, 10, 10).await.unwrap(),
+            sweep(&storage, 100, None, None, 10, 10).await.unwrap(),
             (1, None, true)
         );
         assert!(storage.get("cache/k.json").await.unwrap().is_none());

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::storage::{Storage, StorageResult};
+use super::storage::{Listed, Storage, StorageResult};
 
 /// What is known of one stored image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,9 +89,26 @@ pub struct Sweep {
     /// Whether each kind's listing reached its end since `start_lap`.
     files_wrapped: bool,
     cache_wrapped: bool,
+    /// How long after its record was written each kind can be due at the earliest (a file's
+    /// retention, a cache entry's TTL): a record younger than that is not read. Without them
+    /// every record was read on every tick, due or not (on S3, a GET per image kept, every
+    /// five minutes). `None`: every record is read.
+    files_min_age_ms: Option<i64>,
+    cache_min_age_ms: Option<i64>,
 }
 
 impl Sweep {
+    /// A sweep that reads only records old enough to be due: images are deleted no sooner than
+    /// `retention_secs` after they were made, cache entries end `cache_ttl_secs` after.
+    pub fn with_min_ages(retention_secs: u64, cache_ttl_secs: u64) -> Sweep {
+        let ms = |s: u64| i64::try_from(s.saturating_mul(1_000)).ok();
+        Sweep {
+            files_min_age_ms: ms(retention_secs),
+            cache_min_age_ms: ms(cache_ttl_secs),
+            ..Sweep::default()
+        }
+    }
+
     /// Begins a lap: `went_round` says when both kinds' listings have since reached their end
     /// (each at its own pace: one may wrap many times before the other does once).
     pub fn start_lap(&mut self) {
@@ -113,11 +130,15 @@ pub async fn sweep(storage: &Storage, now_ms: i64, at: &mut Sweep) -> StorageRes
         .await?;
     let complete = listed.len() < SWEEP_LIST;
     let mut looked = 0;
-    for name in &listed {
+    for listed in &listed {
         if deleted >= SWEEP_DELETE {
             break;
         }
         looked += 1;
+        if too_young(listed, at.files_min_age_ms, now_ms) {
+            continue;
+        }
+        let name = &listed.name;
         let Some(raw) = storage.get(name).await? else {
             continue;
         };
@@ -141,6 +162,7 @@ pub async fn sweep(storage: &Storage, now_ms: i64, at: &mut Sweep) -> StorageRes
         storage,
         now_ms,
         at.cache_after.take(),
+        at.cache_min_age_ms,
         SWEEP_LIST,
         SWEEP_DELETE - deleted.min(SWEEP_DELETE),
     )
@@ -150,11 +172,19 @@ pub async fn sweep(storage: &Storage, now_ms: i64, at: &mut Sweep) -> StorageRes
     Ok(deleted + cached)
 }
 
+/// Whether a listed record was written too recently to be due (`min_age_ms` after its write).
+pub(super) fn too_young(listed: &Listed, min_age_ms: Option<i64>, now_ms: i64) -> bool {
+    match (listed.written_ms, min_age_ms) {
+        (Some(written), Some(age)) => written.saturating_add(age) > now_ms,
+        _ => false,
+    }
+}
+
 /// Where the next round starts, and whether this one reached the end of the listing: after the
 /// last name looked at; from the start once the end was reached; where it was if this round
 /// looked at nothing (the deletions were used up before it began).
 pub(super) fn next_start(
-    listed: &[String],
+    listed: &[Listed],
     looked: usize,
     complete: bool,
     was: Option<String>,
@@ -164,7 +194,7 @@ pub(super) fn next_start(
     } else if looked == 0 {
         (was, false)
     } else {
-        (listed.get(looked - 1).cloned(), false)
+        (listed.get(looked - 1).map(|l| l.name.clone()), false)
     }
 }
 
@@ -210,12 +240,66 @@ mod tests {
         assert!(storage.get(&meta_name(&id)).await.unwrap().is_none());
     }
 
+    /// A sweep with the kinds' least ages reads no record younger than them (a GET each on
+    /// S3), and still deletes what is due.
+    #[tokio::test]
+    async fn records_too_young_to_be_due_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::local(dir.path().to_owned());
+        let now = jiff::Timestamp::now().as_millisecond();
+        let meta = FileMeta {
+            mime: "image/png".into(),
+            created_ms: now,
+            expires_ms: now + 1_000,
+            delete_ms: now + 60_000,
+        };
+        let id = save(&storage, Bytes::from_static(b"img"), &meta)
+            .await
+            .unwrap();
+        // A record that says it is due while its write is younger than the retention is not
+        // read: it cannot be (a record is written with its image).
+        let early = FileMeta {
+            delete_ms: now,
+            ..meta.clone()
+        };
+        storage
+            .put(
+                &meta_name(&id),
+                Bytes::from(serde_json::to_vec(&early).unwrap()),
+            )
+            .await
+            .unwrap();
+        let mut at = Sweep::with_min_ages(60, 60);
+        assert_eq!(sweep(&storage, now + 1_000, &mut at).await.unwrap(), 0);
+        assert!(storage.get(&data_name(&id)).await.unwrap().is_some());
+        // Without least ages, the record is read and believed.
+        assert_eq!(
+            sweep(&storage, now + 1_000, &mut Sweep::default())
+                .await
+                .unwrap(),
+            1
+        );
+        // Past the retention, a sweep with least ages reads and deletes.
+        let id = save(&storage, Bytes::from_static(b"img"), &meta)
+            .await
+            .unwrap();
+        let mut at = Sweep::with_min_ages(60, 60);
+        assert_eq!(sweep(&storage, now + 61_000, &mut at).await.unwrap(), 1);
+        assert!(storage.get(&data_name(&id)).await.unwrap().is_none());
+    }
+
     /// A round goes on from where the last stopped: a full listing leaves the cursor at its last
     /// name, one that reached the end (or stopped early at the deletion cap) says so.
     #[tokio::test]
     async fn each_round_goes_on_from_the_last() {
-        let names =
-            |n: usize| -> Vec<String> { (0..n).map(|i| format!("files/{i}.json")).collect() };
+        let names = |n: usize| -> Vec<Listed> {
+            (0..n)
+                .map(|i| Listed {
+                    name: format!("files/{i}.json"),
+                    written_ms: None,
+                })
+                .collect()
+        };
         let was = || Some("files/x.json".to_owned());
         // Full window, all looked at: on from the last.
         assert_eq!(

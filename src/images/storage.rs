@@ -141,20 +141,21 @@ impl Storage {
 
     /// Up to `limit` names under `dir` (`files`) ending in `suffix`, as `dir/<name>`, in name
     /// order, after `after` (a name this returned before) when given: a sweep goes on from where
-    /// the last one stopped, so names past the first `limit` are reached too.
+    /// the last one stopped, so names past the first `limit` are reached too. Each with when it
+    /// was last written, when the storage says.
     pub async fn list(
         &self,
         dir: &str,
         suffix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> StorageResult<Vec<String>> {
+    ) -> StorageResult<Vec<Listed>> {
         match &self.backend {
             Backend::Local(root) => {
                 let mut out = Vec::new();
                 let mut entries = match tokio::fs::read_dir(root.join(dir)).await {
                     Ok(entries) => entries,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
                     Err(e) => return Err(io_error("list", dir, &e)),
                 };
                 // A directory lists in no useful order: all of it is read, the first `limit`
@@ -169,13 +170,24 @@ impl Storage {
                     {
                         let name = format!("{dir}/{name}");
                         if after.is_none_or(|a| name.as_str() > a) {
-                            out.push(name);
+                            out.push((name, entry));
                         }
                     }
                 }
-                out.sort_unstable();
+                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 out.truncate(limit);
-                Ok(out)
+                let mut listed = Vec::with_capacity(out.len());
+                for (name, entry) in out {
+                    let modified = entry.metadata().await.ok().and_then(|m| m.modified().ok());
+                    listed.push(Listed {
+                        name,
+                        written_ms: modified.and_then(|t| {
+                            let since = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+                            i64::try_from(since.as_millis()).ok()
+                        }),
+                    });
+                }
+                Ok(listed)
             }
             #[cfg(feature = "s3")]
             Backend::Object(store) => {
@@ -195,13 +207,24 @@ impl Storage {
                     let meta = meta.map_err(|e| StorageError(format!("list {dir}: {e}")))?;
                     let name = meta.location.to_string();
                     if name.ends_with(suffix) {
-                        out.push(name);
+                        out.push(Listed {
+                            name,
+                            written_ms: Some(meta.last_modified.timestamp_millis()),
+                        });
                     }
                 }
                 Ok(out)
             }
         }
     }
+}
+
+/// A name `Storage::list` found.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    /// Unix ms of its last write, when the storage says.
+    pub written_ms: Option<i64>,
 }
 
 fn io_error(what: &str, name: &str, e: &std::io::Error) -> StorageError {
@@ -271,17 +294,25 @@ mod tests {
             .put("files/b.json", Bytes::from_static(b"{}"))
             .await
             .unwrap();
+        let names =
+            |listed: &[Listed]| -> Vec<String> { listed.iter().map(|l| l.name.clone()).collect() };
         let listed = storage.list("files", ".json", None, 10).await.unwrap();
-        assert_eq!(listed, ["files/a.json", "files/b.json"]);
+        assert_eq!(names(&listed), ["files/a.json", "files/b.json"]);
+        // Each with when it was written: just now.
+        let now = jiff::Timestamp::now().as_millisecond();
+        for l in &listed {
+            let written = l.written_ms.unwrap();
+            assert!((now - 60_000..=now + 1_000).contains(&written), "{l:?}");
+        }
         let first = storage.list("files", ".json", None, 1).await.unwrap();
-        assert_eq!(first, ["files/a.json"]);
+        assert_eq!(names(&first), ["files/a.json"]);
         let next = storage
-            .list("files", ".json", Some(&first[0]), 1)
+            .list("files", ".json", Some(&first[0].name), 1)
             .await
             .unwrap();
-        assert_eq!(next, ["files/b.json"]);
+        assert_eq!(names(&next), ["files/b.json"]);
         let past = storage
-            .list("files", ".json", Some(&next[0]), 1)
+            .list("files", ".json", Some(&next[0].name), 1)
             .await
             .unwrap();
         assert!(past.is_empty());
