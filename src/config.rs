@@ -330,9 +330,9 @@ pub struct StatsConfig {
     pub flush_interval_ms: u64,
     /// How many recent requests the request log keeps.
     pub request_log_max: usize,
-    /// While the store cannot be written, at most this many request-log entries wait in memory;
-    /// beyond it the oldest are dropped and counted (`switchyard_usage_dropped_total`). Usage
-    /// counters are never dropped.
+    /// While the store cannot be written, at most this many request-log entries wait in memory
+    /// besides the batch being retried; beyond it the oldest are dropped and counted
+    /// (`switchyard_usage_dropped_total`). Usage counters are never dropped.
     pub max_pending_requests: usize,
 }
 

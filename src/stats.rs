@@ -164,7 +164,8 @@ struct Limits {
 /// its id, and `pending`, aggregating everything since (in its compact form, expanded when
 /// sealed). New usage never merges into a batch the
 /// store may have partly applied, so a retry cannot count anything twice; and memory stays
-/// bounded by the number of distinct counters plus `max_pending_requests` log entries.
+/// bounded by the number of distinct counters plus `max_pending_requests` log entries in each
+/// batch.
 struct Writer {
     store: Arc<dyn Store>,
     cfg: Limits,
@@ -182,12 +183,13 @@ impl Writer {
 
     fn add(&mut self, entry: RequestLogEntry, billed: bool) {
         self.pending.add(entry, billed);
-        let queued =
-            self.pending.requests.len() + self.sealed.as_ref().map_or(0, |b| b.requests.len());
+        // The counters (what is billed) are kept; only the pending batch's oldest log lines go
+        // (the sealed batch is retried unchanged). Counting the sealed batch's lines too would
+        // drop every new line once it was full: the log would keep the outage's start and
+        // lose the rest.
+        let queued = self.pending.requests.len();
         if queued > self.cfg.max_pending_requests {
-            // The counters (what is billed) are kept; only the oldest log lines go.
-            let excess = queued - self.cfg.max_pending_requests;
-            let n = excess.min(self.pending.requests.len());
+            let n = queued - self.cfg.max_pending_requests;
             self.pending.requests.drain(..n);
             metrics::counter!(crate::metrics::USAGE_DROPPED).increment(n as u64);
             tracing::error!(
@@ -448,6 +450,40 @@ mod tests {
             batch.requests.push(entry.clone());
         }
         batch
+    }
+
+    /// While the store is out, the newest log lines are kept: the sealed batch's lines stay
+    /// (it is retried as it was), the pending batch keeps its last `max_pending_requests`.
+    #[tokio::test]
+    async fn a_full_backlog_drops_the_oldest_pending_lines_not_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path(), 100).unwrap());
+        let at = 1_795_336_200_000;
+        let mut w = Writer {
+            store,
+            cfg: Limits {
+                interval: Duration::from_secs(1),
+                max_pending_requests: 2,
+            },
+            pending: Pending::default(),
+            sealed: Some(batch_of(&[
+                (entry("s1", at, "k", None, "m", 1), true),
+                (entry("s2", at, "k", None, "m", 1), true),
+            ])),
+        };
+        for id in ["p1", "p2", "p3", "p4"] {
+            w.add(entry(id, at, "k", None, "m", 1), true);
+        }
+        let ids = |requests: &[RequestLogEntry]| -> Vec<String> {
+            requests.iter().map(|e| e.request_id.clone()).collect()
+        };
+        assert_eq!(ids(&w.pending.requests), ["p3", "p4"]);
+        assert_eq!(ids(&w.sealed.as_ref().unwrap().requests), ["s1", "s2"]);
+        // Every request is still counted.
+        let total =
+            w.pending.into_batch().counters[&(Dimension::Key("k".into()), Bucket::Total)].requests;
+        assert_eq!(total, 4);
     }
 
     #[test]
