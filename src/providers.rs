@@ -99,6 +99,11 @@ fn is_client_only(name: &HeaderName) -> bool {
             | "openai-organization"
             | "openai-project"
             | "x-goog-user-project"
+            // The relay decides the method: an override would make the vendor run another call
+            // than the one admitted and billed.
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
             | "host"
             | "content-length"
             // Set by `forward_headers`.

@@ -8,18 +8,47 @@ use crate::catalog::Account;
 
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 
-/// `base_url` + `/{version}/{path}` + the client's query (without its `key`, as every
-/// upstream URL: `super::join`).
+/// `base_url` + `/{version}/{path}` + what the client's query may carry upstream
+/// ([`upstream_query`]).
 pub fn upstream_url(account: &Account, version: &str, path: &str, query: Option<&str>) -> String {
+    let query = query.map(upstream_query);
     super::join(
         &account.record.base_url,
         &format!("/{version}/{path}"),
-        query,
+        query.as_deref(),
     )
 }
 
+/// The client's query parameters that go to Google: `alt=sse` or `alt=json` (the answer's
+/// form), and a listing's `pageSize` and `pageToken`. Every Google API also reads "system
+/// parameters" from the query, which a client must not set on the account's behalf: `fields`
+/// (an answer without `usageMetadata` would be billed nothing), `access_token` or `$key` (a bad
+/// credential beside the account's key is a 401 that takes the account out of rotation),
+/// `alt=proto`, `quotaUser` …; names are compared decoded (`%24key` is `$key`).
+pub fn upstream_query(query: &str) -> String {
+    let kept = form_urlencoded::parse(query.as_bytes()).filter(|(k, v)| match k.as_ref() {
+        "alt" => v == "sse" || v == "json",
+        "pageSize" | "pageToken" => true,
+        _ => false,
+    });
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(kept)
+        .finish()
+}
+
+/// The client's headers, less Google's system parameters (`x-goog-fieldmask` would leave the
+/// usage out of the answer, `x-goog-user-project` bill another project …): of the `x-goog-*`
+/// headers only the SDK's `x-goog-api-client` goes.
 pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
     let mut headers = super::forward_headers(client);
+    let system: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-goog-") && name.as_str() != "x-goog-api-client")
+        .cloned()
+        .collect();
+    for name in system {
+        headers.remove(name);
+    }
     headers.insert("x-goog-api-key", account.api_key.clone());
     headers
 }

@@ -721,6 +721,60 @@ async fn gemini_cli_requests_pass_unchanged_with_the_key_in_any_place() {
     assert_eq!(relay.usage("").await["requests"].as_u64().unwrap(), before);
 }
 
+/// Google reads "system parameters" from any request's query and headers; from a client they
+/// would act on the account's behalf: `fields` or `X-Goog-FieldMask` can leave the usage out of
+/// the answer (billed nothing), `access_token` or `$key` beside the account's key make a 401
+/// that takes the account out of rotation. Only `alt` and a listing's paging go, and of the
+/// `x-goog-*` headers only the SDK's `x-goog-api-client`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_system_parameters_from_the_client_do_not_reach_the_account() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage::new(20, 7)));
+    let (relay, key) = relay_with(&mock, "gemini", json!({})).await;
+    let body = json!({ "contents": [{ "role": "user", "parts": [{ "text": "hi" }] }] });
+    let resp = http_client()
+        .post(relay.url(
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent\
+             ?alt=sse&fields=candidates&%24key=AIzaBogus&access_token=x&alt=proto&quotaUser=u",
+        ))
+        .header("x-goog-api-key", &key)
+        .header("x-goog-fieldmask", "candidates")
+        .header("x-goog-user-project", "other-project")
+        .header("x-http-method-override", "GET")
+        .header("x-goog-api-client", "gl-node/22 gemini-cli")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.query.as_deref(), Some("alt=sse"));
+    for dropped in [
+        "x-goog-fieldmask",
+        "x-goog-user-project",
+        "x-http-method-override",
+    ] {
+        assert_eq!(sent.header(dropped), None, "{dropped}");
+    }
+    assert_eq!(
+        sent.header("x-goog-api-client"),
+        Some("gl-node/22 gemini-cli")
+    );
+    assert_eq!(sent.header("x-goog-api-key"), Some("sk-upstream"));
+    assert_eq!(logged(&relay).await["output_tokens"], 7);
+    // A listing keeps its paging.
+    let resp = http_client()
+        .get(relay.url("/v1beta/models?pageSize=5&pageToken=abc&access_token=x"))
+        .header("x-goog-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.query.as_deref(), Some("pageSize=5&pageToken=abc"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_failover_and_limits_on_the_other_surfaces() {
     let a = MockUpstream::start().await;
