@@ -110,7 +110,8 @@ pub struct ServerConfig {
     /// connection before the key's limits count the request.
     pub body_read_timeout_secs: u64,
     /// A write to a client that does not read may wait this long before the connection is
-    /// closed (its request then settles as one whose client went away).
+    /// closed (its request then settles as one whose client went away); on h2c, a stream's
+    /// frame waiting for its window.
     pub write_timeout_secs: u64,
     /// On SIGINT/SIGTERM, in-flight requests and streams get this long to finish.
     pub shutdown_grace_secs: u64,

@@ -413,7 +413,7 @@ impl Connections {
                 Ok(Ok(true)) => {
                     // Counted by the stop's drain until the connection ends.
                     let _watched = watcher;
-                    let activity = Arc::new(Activity::default());
+                    let activity = Arc::new(Activity::new());
                     let seen = Arc::clone(&activity);
                     let service = service_fn(move |req| {
                         let during = seen.begin();
@@ -421,16 +421,22 @@ impl Connections {
                         async move {
                             let resp = handled.await?;
                             Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                                let stall = during.0.stall_probe();
                                 During {
                                     body,
-                                    _during: during,
+                                    during,
+                                    stall,
                                 }
                                 .boxed()
                             }))
                         }
                     });
                     let conn = Box::pin(versions.http2.serve_connection(io, service));
-                    serve_h2(conn, &activity, closing, versions.first_bytes_timeout).await
+                    let limits = H2Limits {
+                        idle: versions.first_bytes_timeout,
+                        stalled: versions.write_timeout,
+                    };
+                    serve_h2(conn, &activity, closing, limits).await
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %peer, error = %e, "connection closed before a request");
@@ -483,14 +489,61 @@ fn handle(
 }
 
 /// What an h2c connection's requests are doing: how many began, how many are in flight (until
-/// their response body ends or is dropped).
-#[derive(Default)]
+/// their response body ends or is dropped), and whether one's response waits for its window.
 struct Activity {
     begun: AtomicU64,
     in_flight: AtomicU64,
+    /// The connection's start: the streams' stall probes count from it.
+    origin: std::time::Instant,
+    /// Each response body's stall probe: since when (ms after `origin`, 0: not) its last frame
+    /// has waited for hyper to ask for the next.
+    stalls: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
 }
 
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            begun: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            origin: std::time::Instant::now(),
+            stalls: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// A stall probe for one response body, watched by `stalled_for`.
+    fn stall_probe(&self) -> Arc<AtomicU64> {
+        let probe = Arc::new(AtomicU64::new(0));
+        let mut stalls = match self.stalls.lock() {
+            Ok(stalls) => stalls,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        stalls.retain(|s| s.strong_count() > 0);
+        stalls.push(Arc::downgrade(&probe));
+        probe
+    }
+
+    /// Whether some body's frame has waited `limit` for hyper to take the next: its client
+    /// gives the stream no window (an HTTP/2 client that stops reading one stream while it
+    /// reads the others; the socket stays writable, so the write deadline never sees it).
+    fn stalled_for(&self, limit: Duration) -> bool {
+        let now = self.now_ms();
+        let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let stalls = match self.stalls.lock() {
+            Ok(stalls) => stalls,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        stalls.iter().filter_map(std::sync::Weak::upgrade).any(|s| {
+            let since = s.load(Ordering::Relaxed);
+            since != 0 && now.saturating_sub(since) >= limit
+        })
+    }
+
     fn begin(self: &Arc<Self>) -> InFlight {
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -511,10 +564,12 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that counts as its request in flight until it ends or is dropped.
+/// A response body that counts as its request in flight until it ends or is dropped, and
+/// notes how long a frame it handed over waits for the next poll (`Activity::stalled_for`).
 struct During {
     body: crate::body::Body,
-    _during: InFlight,
+    during: InFlight,
+    stall: Arc<AtomicU64>,
 }
 
 impl http_body::Body for During {
@@ -525,7 +580,15 @@ impl http_body::Body for During {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        // A frame handed over is sent as the client's window allows; hyper asks for the next
+        // once it is. Waiting on the upstream (pending) is not a stall.
+        let since = match &polled {
+            std::task::Poll::Ready(Some(Ok(_))) => self.during.0.now_ms(),
+            _ => 0,
+        };
+        self.stall.store(since, Ordering::Relaxed);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -537,22 +600,37 @@ impl http_body::Body for During {
     }
 }
 
+/// The times an h2c connection is held to.
+#[derive(Clone, Copy)]
+struct H2Limits {
+    /// Without a request begun or running (the header timeout).
+    idle: Duration,
+    /// A response's frame waiting for its stream's window (the write timeout).
+    stalled: Duration,
+}
+
 /// Serves an h2c connection. hyper's h2 server closes none that stays open without requests,
 /// so one where no request began nor ran for `idle` is shut, gracefully (GOAWAY: the client
 /// opens another connection for more), as an idle HTTP/1.1 connection is closed after the
 /// header timeout; and dropped if it is still open with nothing in flight `idle` later (a
-/// client that does not answer the shutdown's PING keeps it open otherwise). The stop shuts it
-/// the same way, and `Stop::Cut` drops it.
+/// client that does not answer the shutdown's PING keeps it open otherwise). A connection
+/// where a response's frame has waited `stalled` for its stream's window is dropped, as an
+/// HTTP/1.1 client that stops reading is cut by the write deadline (its requests settle as
+/// ones whose client went away). The stop shuts it the same way, and `Stop::Cut` drops it.
 async fn serve_h2<C>(
     mut conn: std::pin::Pin<Box<C>>,
     activity: &Activity,
     mut closing: watch::Receiver<Stop>,
-    idle: Duration,
+    limits: H2Limits,
 ) -> Result<(), hyper::Error>
 where
     C: hyper_util::server::graceful::GracefulConnection<Error = hyper::Error>,
 {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    let H2Limits { idle, stalled } = limits;
+    // Often enough to notice a stall within a fraction of its limit past it.
+    let every = idle.min(stalled / 4).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut quiet_for = Duration::ZERO;
     let mut seen = activity.begun.load(Ordering::Relaxed);
     let mut shutting = false;
     loop {
@@ -573,16 +651,26 @@ where
                 }
             }
             _ = tick.tick() => {
-                let begun = activity.begun.load(Ordering::Relaxed);
-                let quiet = begun == seen && activity.is_quiet();
-                seen = begun;
-                if quiet && shutting {
+                if activity.stalled_for(stalled) {
+                    tracing::debug!("h2c stream without window past the write timeout; connection dropped");
                     return Ok(());
                 }
-                if quiet {
-                    conn.as_mut().graceful_shutdown();
-                    shutting = true;
+                let begun = activity.begun.load(Ordering::Relaxed);
+                quiet_for = if begun == seen && activity.is_quiet() {
+                    quiet_for + every
+                } else {
+                    Duration::ZERO
+                };
+                seen = begun;
+                if quiet_for < idle {
+                    continue;
                 }
+                quiet_for = Duration::ZERO;
+                if shutting {
+                    return Ok(());
+                }
+                conn.as_mut().graceful_shutdown();
+                shutting = true;
             }
         }
     }

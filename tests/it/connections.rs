@@ -222,6 +222,57 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     drop(conn);
 }
 
+/// An h2c client that gives one stream no window (it goes on reading the connection, so its
+/// socket stays writable) is disconnected once a frame has waited the write timeout, as an
+/// HTTP/1.1 client that stops reading is; its request settles.
+#[tokio::test]
+async fn an_h2c_stream_without_window_is_dropped_after_the_write_timeout() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start_configured(|c| c.server.write_timeout_secs = 1).await;
+    let account_id = relay
+        .add_account(&mock, "sk-a", serde_json::json!({}))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    mock.set_default(Behavior::Error {
+        status: 200,
+        body: format!("{{\"pad\":\"{}\"}}", "x".repeat(1 << 20)),
+        headers: Vec::new(),
+    });
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(16 * 1024)
+        .build()
+        .unwrap();
+    let resp = h2
+        .post(relay.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .json(&messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    // The body is never read: the stream's window stays shut.
+    let started = std::time::Instant::now();
+    while relay.account_in_flight(&account_id).await == 0 {
+        assert!(started.elapsed() < BOUND, "the request never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held = std::time::Instant::now();
+    while relay.account_in_flight(&account_id).await > 0 {
+        assert!(
+            held.elapsed() < BOUND,
+            "the request still holds its account"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        held.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        held.elapsed()
+    );
+    drop(resp);
+}
+
 #[tokio::test]
 async fn a_silent_connection_does_not_hold_up_the_stop() {
     let mut relay = Relay::start_configured(|c| c.server.shutdown_grace_secs = 60).await;
