@@ -403,9 +403,6 @@ fn reservation(app: &App, ask: &ImageRequest, body_len: usize) -> u64 {
 /// the answer reports.
 const IMAGE_INPUT_TOKENS: u64 = 2_000;
 
-/// Images a native `:predict` makes per prompt without `sampleCount` (Google's default).
-const IMAGEN_DEFAULT_SAMPLES: u64 = 4;
-
 /// An answer that came but cannot be used (cut, too large, too slow, unreadable): one request on
 /// the key's counters and a log entry with the status the client gets, whose count in the
 /// metrics `relay` adds with the refusal.
@@ -444,10 +441,10 @@ fn predict_request(model: &str, body: &[u8]) -> Result<ImageRequest, ApiError> {
     let v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
     let instances = v["instances"].as_array().map_or(1, Vec::len).max(1) as u64;
-    // Google's default is four images a prompt.
+    // Google's default is as many as the model makes (four; Imagen Ultra one).
     let per = v["parameters"]["sampleCount"]
         .as_u64()
-        .unwrap_or(IMAGEN_DEFAULT_SAMPLES)
+        .unwrap_or_else(|| gemini::imagen_max_n(model))
         .max(1);
     Ok(ImageRequest {
         model: model.to_owned(),

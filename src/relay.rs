@@ -213,6 +213,10 @@ where
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
     let renew = settle::renewal_period(Duration::from_secs(app.config.relay.lease_ttl_secs));
+    let whole = respond::whole_json(&call.respond, head.status, streaming, &mut head.headers);
+    // An empty answer (a 502 with `content-length: 0`): hyper writes its head and never polls
+    // its body, which would read as a client gone; its end is reported before the head goes.
+    let empty = whole.is_none() && http_body::Body::is_end_stream(&upstream_body);
     let tapped = {
         // The leases were taken after `started`: renewing from then on is in time for both.
         let first_renewal = tokio::time::Instant::from_std(started) + renew;
@@ -224,13 +228,12 @@ where
         // what came after it.
         match read {
             Some(read) => primed(prepended(tapped, read)).await,
-            None if streaming => primed(tapped).await,
+            None if streaming || empty => primed(tapped).await,
             None => tapped,
         }
     };
     m::upstream_ttfb().record((head_at - sent_at).as_secs_f64());
     m::relay_overhead().record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
-    let whole = respond::whole_json(&call.respond, head.status, streaming, &mut head.headers);
     if let Some(translate) = whole {
         let read = ReadWhole::new(tapped, translate).await;
         return Ok(translated_whole(head, read, call.surface));

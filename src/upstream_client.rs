@@ -85,6 +85,8 @@ impl UpstreamClient {
                 .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs))
                 .pool_max_idle_per_host(config.pool_max_idle_per_host)
                 .tcp_nodelay(true)
+                .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+                .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
                 // A relay passes redirects to the client; following them would resend credentials.
                 .redirect(reqwest::redirect::Policy::none());
             if let Some(proxy) = proxy {

@@ -46,16 +46,22 @@ pub fn aspect_ratio(size: &str) -> Option<&'static str> {
         .map(|(name, _)| *name)
 }
 
-/// Most images one Imagen request makes (`sampleCount`).
-const IMAGEN_MAX_N: u64 = 4;
+/// Most images one Imagen request makes (`sampleCount`): four, one for the Ultra models; also
+/// how many it makes when the request does not say.
+pub fn imagen_max_n(model: &str) -> u64 {
+    if model.contains("-ultra") { 1 } else { 4 }
+}
 
 /// Refuses what Google's image models refuse, in the client's words: Gemini image models make
-/// one candidate a request ("Multiple candidates is not enabled"), Imagen at most four.
+/// one candidate a request ("Multiple candidates is not enabled"), Imagen at most four (Imagen
+/// Ultra one).
 pub fn check(req: &ImageRequest) -> Result<(), ApiError> {
-    if is_imagen(&req.model) && req.n > IMAGEN_MAX_N {
+    let most = imagen_max_n(&req.model);
+    if is_imagen(&req.model) && req.n > most {
         return Err(ApiError::invalid(format!(
-            "n: {} makes at most {IMAGEN_MAX_N} images a request",
-            req.model
+            "n: {} makes at most {most} image{} a request",
+            req.model,
+            if most == 1 { "" } else { "s" }
         )));
     }
     if !is_imagen(&req.model) && req.n > 1 {

@@ -1114,3 +1114,26 @@ async fn a_model_name_longer_than_any_is_refused_without_being_echoed() {
     relay.app.stats.flush().await;
     assert!(relay.requests("").await.is_empty());
 }
+
+/// An answer with an empty body (here a 200 with `content-length: 0`) is settled as complete:
+/// hyper writes the head of an empty body and never polls it, which read as a client that went
+/// away (billed an estimate of its prompt).
+#[tokio::test]
+async fn an_empty_answer_is_settled_as_complete() {
+    let (relay, mock, key, _) = relay_with_account().await;
+    mock.push_behavior(Behavior::Error {
+        status: 200,
+        body: String::new(),
+        headers: Vec::new(),
+    });
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let entry = relay.logged(1).await.remove(0);
+    assert_eq!(entry["estimated"], false, "{entry}");
+    assert_eq!(entry["input_tokens"], 0, "{entry}");
+}

@@ -598,10 +598,12 @@ async fn google_models_are_translated_and_native_predict_is_billed() {
         (r["images"].clone(), r["cost_nanousd"].clone()),
         (json!(3), json!(60_000_000))
     );
-    // Gemini image models make one image a request, Imagen at most four: 400, nothing sent.
+    // Gemini image models make one image a request, Imagen at most four (Ultra one): 400,
+    // nothing sent.
     for (model, n) in [
         ("gemini-2.5-flash-image", 2),
         ("imagen-4.0-generate-001", 5),
+        ("imagen-4.0-ultra-generate-001", 2),
     ] {
         let (status, v) = generate(
             &relay,
