@@ -133,6 +133,8 @@ impl App {
                 (token, Some(path))
             }
         };
+        // Subscribed before the prices are read: an import announced meanwhile is heard.
+        let price_changes = store.changes();
         let pricing = load_pricing(&config, store.as_ref()).await?;
         let timezone = jiff::tz::TimeZone::get(&config.limits.timezone)
             .map_err(|e| anyhow::anyhow!("limits.timezone: {e}"))?;
@@ -179,7 +181,7 @@ impl App {
             accounts_shown: std::sync::Mutex::new(Vec::new()),
         });
         crate::images::spawn_sweeper(&app);
-        app.follow_prices();
+        app.follow_prices(price_changes);
         Ok(app)
     }
 
@@ -202,8 +204,8 @@ impl App {
 
     /// When the store is shared, takes up the price files other instances import. The task
     /// holds the app weakly and ends with the store's change feed.
-    fn follow_prices(self: &Arc<Self>) {
-        let Some(mut changes) = self.store().changes() else {
+    fn follow_prices(self: &Arc<Self>, changes: Option<broadcast::Receiver<Change>>) {
+        let Some(mut changes) = changes else {
             return;
         };
         let app = Arc::downgrade(self);

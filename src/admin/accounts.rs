@@ -365,8 +365,10 @@ async fn keep_keys_bound(
         ErrorKind::Conflict,
         format!(
             "account {id}: keys bound to it (or to its group) without `fallback` would be left \
-             bound to no account, answered 503 on every request: {}; rebind them, or set \
-             `fallback: true` in their binding, first",
+             bound to no account, answered 503 on every request: {}; rebind them first (to move \
+             a group's last account to another group: bind them to the account by \
+             id, move it, then bind them to the new group), or set `fallback: true` in their \
+             binding",
             stranded.join(", ")
         ),
     ))

@@ -127,10 +127,12 @@ pub(super) async fn stranded_by(
     let keys = app.store().keys().await.map_err(store_error)?;
     Ok(keys
         .into_iter()
+        // A disabled key is refused before any pick: nothing of its binding is answered.
         .filter(|k| {
-            k.binding.as_ref().is_some_and(|b| {
-                !b.fallback && binds_any(b, accounts_before) && !binds_any(b, accounts_after)
-            })
+            k.enabled
+                && k.binding.as_ref().is_some_and(|b| {
+                    !b.fallback && binds_any(b, accounts_before) && !binds_any(b, accounts_after)
+                })
         })
         .map(|k| k.id)
         .collect())

@@ -660,9 +660,12 @@ async fn an_account_change_that_would_leave_a_key_bound_to_nothing_is_refused() 
         let other_id = relay.add_account(&other, "sk-other", json!({})).await;
         let (by_id, by_id_secret) = relay.create_key("by id").await;
         let (by_group, _) = relay.create_key("by group").await;
+        // A disabled key is refused before any pick: it holds nothing back.
+        let (disabled, _) = relay.create_key("disabled").await;
         for (key, binding) in [
             (&by_id, json!({ "accounts": [team_id] })),
             (&by_group, json!({ "group": "team" })),
+            (&disabled, json!({ "accounts": [team_id] })),
         ] {
             let (status, v) = relay
                 .admin(
@@ -673,6 +676,14 @@ async fn an_account_change_that_would_leave_a_key_bound_to_nothing_is_refused() 
                 .await;
             assert_eq!(status, 200, "{backend:?}: {v}");
         }
+        let (status, v) = relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/keys/{disabled}"),
+                Some(json!({ "enabled": false })),
+            )
+            .await;
+        assert_eq!(status, 200, "{backend:?}: {v}");
         let account = format!("/admin/accounts/{team_id}");
         let refused = |v: &Value, named: &[&String], not: &[&String]| {
             assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
@@ -729,7 +740,7 @@ async fn an_account_change_that_would_leave_a_key_bound_to_nothing_is_refused() 
         // The key bound by id still holds the delete back, until it is rebound.
         let (status, v) = relay.admin(Method::DELETE, &account, None).await;
         assert_eq!(status, 409, "{backend:?}: {v}");
-        refused(&v, &[&by_id], &[&by_group]);
+        refused(&v, &[&by_id], &[&by_group, &disabled]);
         let (status, v) = relay
             .admin(
                 Method::PATCH,

@@ -172,8 +172,8 @@ async fn warn_if_evicting(client: &Client, url: &str) {
     };
     for (server, info) in infos {
         match info {
-            Ok(info) => match maxmemory_policy(&info) {
-                Some("noeviction") | None => {}
+            Ok(info) => match evicting_policy(&info) {
+                None => {}
                 Some(policy) => tracing::warn!(
                     server,
                     policy,
@@ -186,11 +186,19 @@ async fn warn_if_evicting(client: &Client, url: &str) {
     }
 }
 
-/// The `maxmemory_policy` line of `INFO memory`'s answer.
-fn maxmemory_policy(info: &str) -> Option<&str> {
+/// A field of `INFO memory`'s answer.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines()
-        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
         .map(str::trim)
+}
+
+/// The eviction policy, when the server may evict: a policy other than `noeviction` with a
+/// memory limit (`maxmemory: 0` is none: a 64-bit server then never evicts).
+fn evicting_policy(info: &str) -> Option<&str> {
+    let policy = info_field(info, "maxmemory_policy")?;
+    let unlimited = info_field(info, "maxmemory") == Some("0");
+    (policy != "noeviction" && !unlimited).then_some(policy)
 }
 
 /// How a server worker gets a command pool of its own. A fred client's connection task runs on
@@ -260,14 +268,19 @@ mod tests {
         let info = "# Memory\r\nused_memory:1095216\r\nmaxmemory:104857600\r\n\
                     maxmemory_human:100.00M\r\nmaxmemory_policy:allkeys-lru\r\n\
                     allocator_frag_ratio:1.00\r\n";
-        assert_eq!(maxmemory_policy(info), Some("allkeys-lru"));
+        assert_eq!(evicting_policy(info), Some("allkeys-lru"));
         assert_eq!(
-            maxmemory_policy("maxmemory:0\nmaxmemory_policy:noeviction\n"),
-            Some("noeviction")
+            evicting_policy("maxmemory:100\nmaxmemory_policy:noeviction\n"),
+            None
+        );
+        // No memory limit: nothing is evicted, whatever the policy.
+        assert_eq!(
+            evicting_policy("maxmemory:0\nmaxmemory_policy:allkeys-lru\n"),
+            None
         );
         // Not a prefix of another field; absent (an old or unusual server): nothing to say.
-        assert_eq!(maxmemory_policy("x_maxmemory_policy:volatile-lru\n"), None);
-        assert_eq!(maxmemory_policy("# Memory\r\nused_memory:1\r\n"), None);
-        assert_eq!(maxmemory_policy(""), None);
+        assert_eq!(evicting_policy("x_maxmemory_policy:volatile-lru\n"), None);
+        assert_eq!(evicting_policy("# Memory\r\nused_memory:1\r\n"), None);
+        assert_eq!(evicting_policy(""), None);
     }
 }
