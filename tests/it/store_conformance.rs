@@ -3226,6 +3226,40 @@ mod redis_only {
         );
         give_back(Arc::clone(&store), None, &held.id).await;
         assert_eq!(in_flight(Arc::clone(&store)).await, (0, 0));
+
+        // With another account free, the replay of a pick on its own would choose it (the
+        // first run raised its own account's load): it finds its lease first and fails, and the
+        // caller's give-back on every candidate frees the first run's.
+        let both = [candidate("a1", 0, None), candidate("a2", 0, None)];
+        let request = PickRequest {
+            candidates: &both,
+            family: None,
+            session: None,
+            now_ms: now_ms(),
+        };
+        let held = lease("r10.1");
+        let first = store.pick_account(&request, &held).await.unwrap();
+        assert!(matches!(first, Picked::Account { .. }), "{first:?}");
+        let replay = store.pick_account(&request, &held).await;
+        assert!(
+            matches!(replay, Err(StoreError::Unavailable(_))),
+            "replay of pick_account with another account free: {replay:?}"
+        );
+        for account_id in ["a1", "a2"] {
+            let release = AccountRelease {
+                key_id: "k1".to_owned(),
+                account_id: account_id.to_owned(),
+                lease: held.clone(),
+            };
+            store.finish(None, Some(&release), None).await.unwrap();
+        }
+        for account_id in ["a1", "a2"] {
+            assert_eq!(
+                store.account_runtime(account_id).await.unwrap().in_flight,
+                0,
+                "{account_id}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

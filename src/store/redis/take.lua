@@ -216,22 +216,26 @@ end
 local session = ARGV[P + 6]
 local has_session = session ~= '0'
 
--- Answers that nothing can serve ({0, 0, retry_at}), unless the call ran before: then {4}, as
--- commit() would. A replay can find no account by its own first run's count (its account at its
--- cap), and the caller gives back nothing after "unavailable": the first run's leases would stay
--- held until their deadline. So an unavailable answer looks for this call's lease first (one
--- ZSCORE with an admission, one per candidate without), and only an unavailable answer pays.
-local function unavailable(retry_at)
-  if A > 0 then
-    if redis.call('ZSCORE', KL, ARGV[A + 1]) then
+-- A pick without an admission (a failover attempt, an image request) can tell a replay only by
+-- its account lease, and a replay seldom picks the account its first run did (that run raised
+-- its load and its pick order): this call's lease is looked for on every candidate first, one
+-- ZSCORE each, and found, the call ran before ({4}: the caller gives back what it took).
+if A == 0 then
+  for i = 1, n do
+    if redis.call('ZSCORE', AL, string.sub(ARGV[C + 5 * (i - 1) + 1], 2) .. ARGV[P + 1]) then
       return { 4 }
     end
-  else
-    for i = 1, n do
-      if redis.call('ZSCORE', AL, string.sub(ARGV[C + 5 * (i - 1) + 1], 2) .. ARGV[P + 1]) then
-        return { 4 }
-      end
-    end
+  end
+end
+
+-- Answers that nothing can serve ({0, 0, retry_at}), unless the call ran before: then {4}, as
+-- commit() would. A replay with an admission can find no account by its own first run's count
+-- (its account at its cap), and the caller gives back nothing after "unavailable": the first
+-- run's leases would stay held until their deadline. So an unavailable answer looks for the key
+-- lease first (one ZSCORE), and only an unavailable answer pays.
+local function unavailable(retry_at)
+  if A > 0 and redis.call('ZSCORE', KL, ARGV[A + 1]) then
+    return { 4 }
   end
   return { 0, 0, retry_at }
 end
