@@ -62,10 +62,10 @@ impl<'a> Claude<'a> {
         }
     }
 
-    /// Whether it takes `output_config.format` (structured JSON outputs): Claude Opus 4.1,
-    /// and every model from 4.5 on.
+    /// Whether it takes `output_config.format` (structured JSON outputs, generally available
+    /// from the 4.5 models on; Opus 4.1 had them only as a beta, under another field).
     pub fn takes_output_format(self) -> bool {
-        self.version >= (4, 5) || (self.family == "opus" && self.version >= (4, 1))
+        self.version >= (4, 5)
     }
 }
 
@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(max("claude-haiku-4-5"), 64_000);
         assert!(!claude("claude-sonnet-4-0").takes_output_format());
         assert!(!claude("claude-opus-4-0").takes_output_format());
-        assert!(claude("claude-opus-4-1").takes_output_format());
+        assert!(!claude("claude-opus-4-1").takes_output_format());
         assert!(claude("claude-haiku-4-5").takes_output_format());
         assert!(claude("claude-sonnet-5").takes_output_format());
     }

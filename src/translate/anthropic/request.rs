@@ -189,8 +189,8 @@ fn stop_sequences(chat: &Object) -> Result<Option<Value>, ApiError> {
 }
 
 /// `response_format`: a JSON schema becomes `output_config.format` for the models that take
-/// it (Claude Opus 4.1, and 4.5 on); `json_object`, and a schema for an older model, are left
-/// out (docs/surfaces.md).
+/// it (Claude 4.5 on) when Claude takes the schema as it is ([`claude_takes_schema`]);
+/// `json_object`, and any other schema, are left out, as before (docs/surfaces.md).
 fn output_format(chat: &Object, claude: Option<Claude>, out: &mut Object) -> Result<(), ApiError> {
     let Some(format) = present(chat, "response_format") else {
         return Ok(());
@@ -209,6 +209,9 @@ fn output_format(chat: &Object, claude: Option<Claude>, out: &mut Object) -> Res
         return Err(ApiError::invalid(
             "`response_format.json_schema.schema` must be an object",
         ));
+    }
+    if !claude_takes_schema(schema) {
+        return Ok(());
     }
     out.insert(
         "output_config".into(),
@@ -427,6 +430,38 @@ fn data_url(url: &str) -> Option<(&str, &str)> {
     let meta = meta.strip_suffix(";base64")?;
     let mime = meta.split(';').next().unwrap_or(meta);
     (!mime.is_empty()).then_some((mime, data))
+}
+
+/// Whether Claude's structured outputs take `schema` as it is: made of the keywords a strict
+/// OpenAI schema uses (types, properties, required, items, enum, const, anyOf, references,
+/// descriptions), every object closed (`additionalProperties: false`). Claude refuses the
+/// others (`minimum`, `maxLength`, `pattern`, an open object …) with a 400, where a request
+/// without the format is answered in prose; OpenAI takes them.
+fn claude_takes_schema(schema: &Value) -> bool {
+    let Some(obj) = schema.as_object() else {
+        return schema.is_boolean();
+    };
+    let nested = |v: &Value| -> bool {
+        match v {
+            Value::Object(map) => map.values().all(claude_takes_schema),
+            _ => false,
+        }
+    };
+    let object =
+        obj.get("type").and_then(Value::as_str) == Some("object") || obj.contains_key("properties");
+    if object && obj.get("additionalProperties") != Some(&Value::Bool(false)) {
+        return false;
+    }
+    obj.iter().all(|(key, value)| match key.as_str() {
+        "type" | "required" | "enum" | "const" | "description" | "title" | "$ref" => true,
+        "additionalProperties" => value == &Value::Bool(false),
+        "properties" | "$defs" | "definitions" => nested(value),
+        "items" => claude_takes_schema(value),
+        "anyOf" => value
+            .as_array()
+            .is_some_and(|all| all.iter().all(claude_takes_schema)),
+        _ => false,
+    })
 }
 
 fn image_source(url: &str, at: &str) -> Result<Value, ApiError> {

@@ -532,7 +532,33 @@ fn response_format_json_schema_becomes_the_output_format() {
         translate(chat.clone())["output_config"],
         json!({ "format": { "type": "json_schema", "schema": schema } })
     );
+    // A schema Claude refuses (a bound, an open object): left out, as before.
+    for refused in [
+        json!({ "type": "object", "properties": { "n": { "type": "integer", "minimum": 1 } },
+            "required": ["n"], "additionalProperties": false }),
+        json!({ "type": "object", "properties": { "n": { "type": "integer" } } }),
+        json!({ "type": "object", "properties": { "s": { "type": "string", "pattern": "^a" } },
+            "additionalProperties": false }),
+    ] {
+        let mut asked = chat.clone();
+        asked["response_format"]["json_schema"]["schema"] = refused.clone();
+        assert!(translate(asked).get("output_config").is_none(), "{refused}");
+    }
+    // Nested objects, arrays, unions and references, each closed: taken.
+    let nested = json!({ "type": "object", "additionalProperties": false, "required": ["items"],
+        "properties": { "items": { "type": "array", "items": { "$ref": "#/$defs/item" } },
+            "note": { "anyOf": [{ "type": "string" }, { "type": "null" }] } },
+        "$defs": { "item": { "type": "object", "additionalProperties": false,
+            "properties": { "kind": { "enum": ["a", "b"], "description": "which" } } } } });
+    let mut asked = chat.clone();
+    asked["response_format"]["json_schema"]["schema"] = nested.clone();
+    assert_eq!(
+        translate(asked)["output_config"]["format"]["schema"],
+        nested
+    );
     chat["model"] = json!("claude-3-5-haiku-latest");
+    assert!(translate(chat.clone()).get("output_config").is_none());
+    chat["model"] = json!("claude-opus-4-1");
     assert!(translate(chat.clone()).get("output_config").is_none());
     chat["model"] = json!("claude-haiku-4-5");
     chat["response_format"] = json!({ "type": "json_object" });
