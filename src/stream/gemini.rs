@@ -29,8 +29,8 @@ pub struct GeminiUsage {
     images: u64,
     /// Streamed chunks with parts of the answer: a few tokens each.
     chunks: u64,
-    /// A streamed chunk said why the answer ended (`finishReason`): the last one, whose usage
-    /// counts the whole answer.
+    /// A streamed chunk said why the answer ended (`finishReason`) with the output count: the
+    /// last one, whose usage counts the whole answer.
     finished: bool,
     /// An embeddings answer (`UsageKind::GeminiEmbed`): it reports no usage.
     embedding: bool,
@@ -80,7 +80,9 @@ impl GeminiUsage {
         // it ended it, its usage so far, the images in it.
         let mut record = |parts: bool, ends: bool, metadata: Option<Metadata>, found: u64| {
             *chunks += u64::from(parts);
-            *finished |= ends;
+            // The last chunk: an end, with the output count (with several candidates, one may
+            // end before the others, whose chunks carry no output count yet).
+            *finished |= ends && metadata.is_some_and(|m| m.candidates_token_count > 0);
             *images += found;
             if metadata.is_some() {
                 *last = metadata;

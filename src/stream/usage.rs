@@ -276,6 +276,16 @@ mod tests {
         let mut json = UsageReader::new(UsageKind::GeminiGenerate, false);
         json.observe(array.as_bytes());
         assert_eq!(json.billed(999, true), (billed, false));
+
+        // Two candidates, the first ended before the other: a stream cut then is cut before its
+        // last chunk (the one with the output count), and billed a token per chunk.
+        let ended_one = r#"data: {"candidates": [{"content": {"parts": [{"text": "A"}]}, "finishReason": "STOP", "index": 0}], "usageMetadata": {"promptTokenCount": 5}}"#;
+        let other = r#"data: {"candidates": [{"content": {"parts": [{"text": "B"}]}, "index": 1}], "usageMetadata": {"promptTokenCount": 5}}"#;
+        let cut = format!("{first}\r\n\r\n{ended_one}\r\n\r\n{other}\r\n\r\n");
+        let (billed, estimated) =
+            reader(UsageKind::GeminiGenerate, cut.as_bytes()).billed(999, false);
+        assert!(estimated);
+        assert_eq!((billed.input_tokens, billed.output_tokens), (5, 3));
     }
 
     #[test]
