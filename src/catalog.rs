@@ -69,52 +69,7 @@ impl Catalog {
             accounts: RwLock::new(Arc::new(Vec::new())),
         };
         catalog.reload_accounts().await?;
-        catalog.reseal_legacy().await;
         Ok(catalog)
-    }
-
-    /// Seals again, bound to where they go, the credentials sealed to their account id alone
-    /// (`v1.`, before the seal covered the provider and base URL: such a record's base URL can
-    /// be changed in the store to send its credential elsewhere). Each record is written back
-    /// as an update; one that fails is tried again at the next start.
-    async fn reseal_legacy(&self) {
-        let records = match self.store.accounts().await {
-            Ok(records) => records,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list accounts to seal their credentials again");
-                return;
-            }
-        };
-        let mut resealed = 0;
-        for mut record in records {
-            if !crate::crypto::is_legacy(&record.sealed_api_key) {
-                continue;
-            }
-            let sealed = self
-                .master_key
-                .open(&record.sealed_for(), &record.sealed_api_key)
-                .and_then(|plain| self.master_key.seal(&record.sealed_for(), &plain));
-            let Ok(sealed) = sealed else {
-                // Not served either (`reload_accounts` said why).
-                continue;
-            };
-            record.sealed_api_key = sealed;
-            match self.store.update_account(&record).await {
-                Ok(_) => resealed += 1,
-                Err(e) => {
-                    tracing::warn!(account_id = %record.id, error = %e, "cannot seal the account's credential again")
-                }
-            }
-        }
-        if resealed > 0 {
-            tracing::info!(
-                resealed,
-                "account credentials sealed again, bound to their base URL"
-            );
-            if let Err(e) = self.reload_accounts().await {
-                tracing::warn!(error = %e, "cannot reload the accounts");
-            }
-        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -252,7 +207,7 @@ impl Catalog {
     fn prepare(&self, record: AccountRecord) -> Result<Account, String> {
         let plain = self
             .master_key
-            .open(&record.sealed_for(), &record.sealed_api_key)
+            .open(&record.id, &record.sealed_api_key)
             .map_err(|_| record.id.clone())?;
         let mut api_key = HeaderValue::from_str(&plain).map_err(|_| record.id.clone())?;
         api_key.set_sensitive(true);

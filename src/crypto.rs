@@ -1,11 +1,8 @@
 //! Sealing upstream credentials, and the secret files Switchyard generates.
 //!
 //! Credentials are sealed with AES-256-GCM under the master key: a random 96-bit nonce per seal,
-//! and as associated data the account id, its provider and its base URL ([`Bound`]): a sealed
-//! key copied onto another account does not open, nor one whose record was changed to send it
-//! elsewhere by whoever can write the store but has no master key.
-//! Sealed form: `v2.` + hex(nonce ‖ ciphertext ‖ tag). `v1.` seals (the account id alone) still
-//! open; the catalog seals them again as `v2.` when it loads them (`Catalog::reseal_legacy`).
+//! the account id as associated data (a sealed key copied onto another account does not open).
+//! Sealed form: `v1.` + hex(nonce ‖ ciphertext ‖ tag).
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -16,34 +13,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 
-const SEALED_PREFIX: &str = "v2.";
-const LEGACY_PREFIX: &str = "v1.";
-
-/// What a sealed credential is for: the account, and where it goes.
-#[derive(Debug, Clone, Copy)]
-pub struct Bound<'a> {
-    pub account_id: &'a str,
-    pub provider: &'a str,
-    pub base_url: &'a str,
-}
-
-impl Bound<'_> {
-    /// The associated data of a `v2.` seal: each part length-prefixed, so that no two
-    /// different triples read alike.
-    fn associated_data(&self) -> Vec<u8> {
-        let mut aad = b"v2".to_vec();
-        for part in [self.account_id, self.provider, self.base_url] {
-            aad.extend_from_slice(&(part.len() as u64).to_be_bytes());
-            aad.extend_from_slice(part.as_bytes());
-        }
-        aad
-    }
-}
-
-/// Whether a sealed credential is of the older form, bound to its account id alone.
-pub fn is_legacy(sealed: &str) -> bool {
-    sealed.starts_with(LEGACY_PREFIX)
-}
+const SEALED_PREFIX: &str = "v1.";
 const NONCE_LEN: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,13 +65,12 @@ impl MasterKey {
         })
     }
 
-    pub fn seal(&self, to: &Bound<'_>, plaintext: &str) -> Result<String, CryptoError> {
+    pub fn seal(&self, account_id: &str, plaintext: &str) -> Result<String, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let aad = to.associated_data();
         let payload = Payload {
             msg: plaintext.as_bytes(),
-            aad: &aad,
+            aad: account_id.as_bytes(),
         };
         let sealed = self
             .0
@@ -113,24 +82,16 @@ impl MasterKey {
         Ok(format!("{SEALED_PREFIX}{}", hex::encode(out)))
     }
 
-    pub fn open(&self, to: &Bound<'_>, sealed: &str) -> Result<String, CryptoError> {
-        let (hex_part, aad) = match sealed.strip_prefix(SEALED_PREFIX) {
-            Some(h) => (h, to.associated_data()),
-            None => (
-                sealed
-                    .strip_prefix(LEGACY_PREFIX)
-                    .ok_or(CryptoError::Open)?,
-                to.account_id.as_bytes().to_vec(),
-            ),
-        };
-        let raw = hex::decode(hex_part)
-            .ok()
+    pub fn open(&self, account_id: &str, sealed: &str) -> Result<String, CryptoError> {
+        let raw = sealed
+            .strip_prefix(SEALED_PREFIX)
+            .and_then(|h| hex::decode(h).ok())
             .filter(|raw| raw.len() > NONCE_LEN)
             .ok_or(CryptoError::Open)?;
         let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
         let payload = Payload {
             msg: ciphertext,
-            aad: &aad,
+            aad: account_id.as_bytes(),
         };
         let plain = self
             .0
@@ -184,39 +145,22 @@ pub fn read_or_create_secret(
 mod tests {
     use super::*;
 
-    fn bound<'a>(account_id: &'a str, base_url: &'a str) -> Bound<'a> {
-        Bound {
-            account_id,
-            provider: "anthropic",
-            base_url,
-        }
-    }
-
     #[test]
     fn seal_then_open_round_trips_and_binds_the_account() {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::resolve(None, dir.path()).unwrap();
-        let to = bound("acct_1", "https://api.anthropic.com");
-        let sealed = key.seal(&to, "sk-ant-secret").unwrap();
-        assert!(sealed.starts_with("v2.") && !is_legacy(&sealed));
+        let sealed = key.seal("acct_1", "sk-ant-secret").unwrap();
         assert!(!sealed.contains("sk-ant-secret"));
-        assert_eq!(key.open(&to, &sealed).unwrap(), "sk-ant-secret");
-        // Associated data binds the account, and where its credential goes.
-        for other in [
-            bound("acct_2", "https://api.anthropic.com"),
-            bound("acct_1", "https://evil.example"),
-            Bound {
-                provider: "openai",
-                ..to
-            },
-        ] {
-            assert!(key.open(&other, &sealed).is_err(), "{other:?}");
-        }
+        assert_eq!(key.open("acct_1", &sealed).unwrap(), "sk-ant-secret");
+        assert!(
+            key.open("acct_2", &sealed).is_err(),
+            "associated data binds the account"
+        );
         // Two seals of the same secret differ (random nonce).
-        assert_ne!(sealed, key.seal(&to, "sk-ant-secret").unwrap());
+        assert_ne!(sealed, key.seal("acct_1", "sk-ant-secret").unwrap());
         // The generated key file persists and is private.
         let again = MasterKey::resolve(None, dir.path()).unwrap();
-        assert_eq!(again.open(&to, &sealed).unwrap(), "sk-ant-secret");
+        assert_eq!(again.open("acct_1", &sealed).unwrap(), "sk-ant-secret");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("master-key"))
             .unwrap()
@@ -245,32 +189,8 @@ mod tests {
     fn a_different_master_key_cannot_open() {
         let a = MasterKey::from_hex(&"11".repeat(32)).unwrap();
         let b = MasterKey::from_hex(&"22".repeat(32)).unwrap();
-        let to = bound("x", "https://v.example");
-        let sealed = a.seal(&to, "secret").unwrap();
-        assert!(b.open(&to, &sealed).is_err());
+        let sealed = a.seal("x", "secret").unwrap();
+        assert!(b.open("x", &sealed).is_err());
         assert!(MasterKey::from_hex("abcd").is_err());
-    }
-
-    /// A `v1.` seal (bound to the account id alone, as made before) still opens, whatever its
-    /// record says of where it goes: the catalog seals it again as `v2.`.
-    #[test]
-    fn a_legacy_seal_opens_by_its_account_id() {
-        let key = MasterKey::from_hex(&"11".repeat(32)).unwrap();
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
-        let payload = Payload {
-            msg: b"sk-old".as_slice(),
-            aad: b"acct_1".as_slice(),
-        };
-        let sealed = key.0.encrypt(Nonce::from_slice(&nonce), payload).unwrap();
-        let legacy = format!("v1.{}{}", hex::encode(nonce), hex::encode(sealed));
-        assert!(is_legacy(&legacy));
-        let to = bound("acct_1", "https://anywhere.example");
-        assert_eq!(key.open(&to, &legacy).unwrap(), "sk-old");
-        assert!(
-            key.open(&bound("acct_2", "https://anywhere.example"), &legacy)
-                .is_err()
-        );
-        assert!(key.open(&to, "v3.00").is_err());
     }
 }

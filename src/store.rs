@@ -223,17 +223,6 @@ pub struct AccountRecord {
     pub created_at: i64,
 }
 
-impl AccountRecord {
-    /// What its credential is sealed to: the account, and where the credential goes.
-    pub fn sealed_for(&self) -> crate::crypto::Bound<'_> {
-        crate::crypto::Bound {
-            account_id: &self.id,
-            provider: self.provider.as_str(),
-            base_url: &self.base_url,
-        }
-    }
-}
-
 fn one() -> u32 {
     1
 }

@@ -192,11 +192,10 @@ fn valid_weight(w: u32) -> Result<u32, ApiError> {
     Ok(w)
 }
 
-/// The credential sealed to `record`: its account, provider and base URL.
-fn seal(app: &App, record: &AccountRecord, api_key: &str) -> Result<String, ApiError> {
+fn seal(app: &App, id: &str, api_key: &str) -> Result<String, ApiError> {
     app.catalog
         .master_key()
-        .seal(&record.sealed_for(), api_key)
+        .seal(id, api_key)
         .map_err(|_| ApiError::internal("could not seal the api key"))
 }
 
@@ -207,12 +206,11 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         None => default_base_url(req.provider)?.to_owned(),
     };
     let api_version = valid_azure(req.provider, req.api_version, &req.deployments)?;
-    let api_key = valid_api_key(&req.api_key)?;
-    let mut record = AccountRecord {
+    let record = AccountRecord {
         name: valid_name(&req.name)?,
         provider: req.provider,
         base_url,
-        sealed_api_key: String::new(),
+        sealed_api_key: seal(app, &id, &valid_api_key(&req.api_key)?)?,
         priority: req.priority.unwrap_or(DEFAULT_PRIORITY),
         schedulable: req.schedulable.unwrap_or(true),
         enabled: req.enabled.unwrap_or(true),
@@ -225,7 +223,6 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         created_at: now_ms(),
         id,
     };
-    record.sealed_api_key = seal(app, &record, &api_key)?;
     app.store()
         .insert_account(&record)
         .await
@@ -278,7 +275,9 @@ pub async fn patch(
     if let Some(url) = req.base_url {
         record.base_url = valid_base_url(&url)?;
     }
-    let api_key = req.api_key.as_deref().map(valid_api_key).transpose()?;
+    if let Some(key) = req.api_key {
+        record.sealed_api_key = seal(app, id, &valid_api_key(&key)?)?;
+    }
     if let Some(p) = req.priority {
         record.priority = p;
     }
@@ -318,25 +317,6 @@ pub async fn patch(
             req.api_version.or(record.api_version.take()),
             &record.deployments,
         )?;
-    }
-    // The credential is sealed to where it goes: a new one, or the old one again when the base
-    // URL moved.
-    match api_key {
-        Some(key) => record.sealed_api_key = seal(app, &record, &key)?,
-        None if record.base_url != before.base_url => {
-            let key = app
-                .catalog
-                .master_key()
-                .open(&before.sealed_for(), &before.sealed_api_key)
-                .map_err(|_| {
-                    ApiError::invalid(
-                        "the account's stored credential does not open (was the master key \
-                         changed?): give its api_key with the new base_url",
-                    )
-                })?;
-            record.sealed_api_key = seal(app, &record, &key)?;
-        }
-        None => {}
     }
     if !app
         .store()

@@ -10,7 +10,6 @@ mod proxy;
 mod redis;
 mod responses;
 mod scheduler;
-mod sealing;
 mod store_conformance;
 mod support;
 mod surfaces;
