@@ -127,12 +127,12 @@ pub(super) async fn stranded_by(
     let keys = app.store().keys().await.map_err(store_error)?;
     Ok(keys
         .into_iter()
-        // A disabled key is refused before any pick: nothing of its binding is answered.
+        // A disabled key counts too: enabled again (nothing checks its binding then), it would
+        // be answered 503 on every request.
         .filter(|k| {
-            k.enabled
-                && k.binding.as_ref().is_some_and(|b| {
-                    !b.fallback && binds_any(b, accounts_before) && !binds_any(b, accounts_after)
-                })
+            k.binding.as_ref().is_some_and(|b| {
+                !b.fallback && binds_any(b, accounts_before) && !binds_any(b, accounts_after)
+            })
         })
         .map(|k| k.id)
         .collect())
