@@ -210,7 +210,7 @@ fn output_format(chat: &Object, claude: Option<Claude>, out: &mut Object) -> Res
             "`response_format.json_schema.schema` must be an object",
         ));
     }
-    if !claude_takes_schema(schema) {
+    if !claude_takes_schema(schema) || recursive(schema) {
         return Ok(());
     }
     out.insert(
@@ -462,6 +462,58 @@ fn claude_takes_schema(schema: &Value) -> bool {
             .is_some_and(|all| all.iter().all(claude_takes_schema)),
         _ => false,
     })
+}
+
+/// Whether a schema refers to itself (`"$ref": "#"`, or definitions that lead back to one
+/// another), or to anything but its own definitions: Claude's structured outputs take neither,
+/// where OpenAI takes recursive schemas.
+fn recursive(schema: &Value) -> bool {
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        // Definitions are followed through their references, not walked here.
+                        ("$defs" | "definitions", _) => {}
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            Value::Array(all) => all.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let definition = |r: &str| -> Option<&Value> {
+        let name = r
+            .strip_prefix("#/$defs/")
+            .or_else(|| r.strip_prefix("#/definitions/"))?;
+        let defs = schema.get("$defs").or_else(|| schema.get("definitions"))?;
+        defs.get(name)
+    };
+    // Depth-first from the root, with the definitions on the current path.
+    fn leads_back<'a>(
+        v: &'a Value,
+        path: &mut Vec<&'a str>,
+        definition: &dyn Fn(&str) -> Option<&'a Value>,
+    ) -> bool {
+        let mut found = Vec::new();
+        refs(v, &mut found);
+        found.into_iter().any(|r| {
+            if path.contains(&r) {
+                return true;
+            }
+            let Some(def) = definition(r) else {
+                // `#` itself, or what is not one of its definitions.
+                return true;
+            };
+            path.push(r);
+            let back = leads_back(def, path, definition);
+            path.pop();
+            back
+        })
+    }
+    leads_back(schema, &mut Vec::new(), &definition)
 }
 
 fn image_source(url: &str, at: &str) -> Result<Value, ApiError> {

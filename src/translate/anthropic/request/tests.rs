@@ -544,6 +544,24 @@ fn response_format_json_schema_becomes_the_output_format() {
         asked["response_format"]["json_schema"]["schema"] = refused.clone();
         assert!(translate(asked).get("output_config").is_none(), "{refused}");
     }
+    // A schema that refers to itself, directly or through its definitions: left out.
+    for recursive in [
+        json!({ "type": "object", "additionalProperties": false,
+            "properties": { "children": { "type": "array", "items": { "$ref": "#" } } } }),
+        json!({ "type": "object", "additionalProperties": false,
+            "properties": { "root": { "$ref": "#/$defs/node" } },
+            "$defs": { "node": { "type": "object", "additionalProperties": false,
+                "properties": { "next": { "anyOf": [{ "$ref": "#/$defs/node" }, { "type": "null" }] } } } } }),
+        json!({ "type": "object", "additionalProperties": false,
+            "properties": { "x": { "$ref": "https://example.com/schema" } } }),
+    ] {
+        let mut asked = chat.clone();
+        asked["response_format"]["json_schema"]["schema"] = recursive.clone();
+        assert!(
+            translate(asked).get("output_config").is_none(),
+            "{recursive}"
+        );
+    }
     // Nested objects, arrays, unions and references, each closed: taken.
     let nested = json!({ "type": "object", "additionalProperties": false, "required": ["items"],
         "properties": { "items": { "type": "array", "items": { "$ref": "#/$defs/item" } },
