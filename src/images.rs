@@ -258,10 +258,9 @@ where
     } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await {
         Ok(Attempts::Served(served)) => served,
         // Every account tried failed without an answer (timeouts, connect errors, answers cut
-        // or too large): logged as an image request; `relay` counts it with the refusal.
+        // or too large).
         Err(e) if key_lease.sent() => {
-            app.stats
-                .record(record.entry(None, e.status.as_u16(), None), false);
+            unusable(app, record.entry(None, e.status.as_u16(), None));
             return Err(e);
         }
         Err(e) => return Err(e),
@@ -288,7 +287,6 @@ where
             unusable(
                 app,
                 record.entry(Some(account_id), e.status.as_u16(), ttfb_ms),
-                key_lease,
             );
             return Err(e);
         }
@@ -312,7 +310,6 @@ where
             unusable(
                 app,
                 record.entry(Some(account_id), e.status.as_u16(), ttfb_ms),
-                key_lease,
             );
             return Err(e);
         }
@@ -403,11 +400,10 @@ fn reservation(app: &App, ask: &ImageRequest, body_len: usize) -> u64 {
 /// the answer reports.
 const IMAGE_INPUT_TOKENS: u64 = 2_000;
 
-/// An answer that came but cannot be used (cut, too large, too slow, unreadable): one request on
-/// the key's counters and a log entry with the status the client gets, whose count in the
-/// metrics `relay` adds with the refusal.
-fn unusable(app: &App, entry: RequestLogEntry, key_lease: limits::KeyLease) {
-    key_lease.settle(Spent::ONE_REQUEST);
+/// A request sent upstream whose answer never came whole or could not be read: logged with the
+/// status the client gets, whose count in the metrics `relay` adds with the refusal. Its key
+/// lease, dropped with the request, counts one request (`KeyLease::mark_sent`).
+fn unusable(app: &App, entry: RequestLogEntry) {
     app.stats.record(entry, false);
 }
 
