@@ -171,6 +171,29 @@ async fn a_body_sent_too_slowly_gets_408_in_the_surface_s_shape() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// Waits for a request to take the account, then for it to give it back: the relay holds it
+/// while it waits on the client, and lets it go after the write timeout (1 s), not before.
+async fn held_about_a_second(relay: &Relay, account_id: &str) {
+    let started = std::time::Instant::now();
+    while relay.account_in_flight(account_id).await == 0 {
+        assert!(started.elapsed() < BOUND, "the request never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held = std::time::Instant::now();
+    while relay.account_in_flight(account_id).await > 0 {
+        assert!(
+            held.elapsed() < BOUND,
+            "the request still holds its account"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        held.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        held.elapsed()
+    );
+}
+
 /// A client that stops reading is disconnected once a write has waited the write timeout; its
 /// request settles (leases given back) instead of holding them for as long as it likes.
 #[tokio::test]
@@ -198,26 +221,8 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
         body.len()
     );
     conn.write_all(head.as_bytes()).await.unwrap();
-    // Never read. The request holds its account while the relay writes...
-    let started = std::time::Instant::now();
-    while relay.account_in_flight(&account_id).await == 0 {
-        assert!(started.elapsed() < BOUND, "the request never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let held = std::time::Instant::now();
-    // ...until a write has waited a second: then the relay gives up and releases it.
-    while relay.account_in_flight(&account_id).await > 0 {
-        assert!(
-            held.elapsed() < BOUND,
-            "the request still holds its account"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        held.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        held.elapsed()
-    );
+    // Never read: the request holds its account until a write has waited a second.
+    held_about_a_second(&relay, &account_id).await;
     assert_eq!(mock.served(), 1, "the upstream was asked");
     drop(conn);
 }
@@ -252,24 +257,7 @@ async fn an_h2c_stream_without_window_is_dropped_after_the_write_timeout() {
         .unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     // The body is never read: the stream's window stays shut.
-    let started = std::time::Instant::now();
-    while relay.account_in_flight(&account_id).await == 0 {
-        assert!(started.elapsed() < BOUND, "the request never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let held = std::time::Instant::now();
-    while relay.account_in_flight(&account_id).await > 0 {
-        assert!(
-            held.elapsed() < BOUND,
-            "the request still holds its account"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        held.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        held.elapsed()
-    );
+    held_about_a_second(&relay, &account_id).await;
     drop(resp);
 }
 

@@ -144,18 +144,7 @@ async fn a_price_import_reaches_every_instance_and_later_ones() {
     let built_in = b.cost_of_one(&key, model).await;
     assert!(built_in > 0);
 
-    // $1,000 and $2,000 per million: 10 × 1,000 + 20 × 2,000 nano-dollars per token.
-    let file = json!({ model: {
-        "litellm_provider": "anthropic",
-        "input_cost_per_token": 0.001,
-        "output_cost_per_token": 0.002,
-    } });
-    let (status, v) = a
-        .admin(Method::POST, "/admin/pricing/import", Some(file))
-        .await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["imported_models"], 1);
-    let expected = 10 * 1_000_000 + 20 * 2_000_000;
+    let expected = a.import_test_prices(model).await;
     assert_eq!(a.cost_of_one(&key, model).await, expected);
     let imported_at = Instant::now();
     loop {

@@ -128,17 +128,7 @@ async fn an_imported_price_file_applies_at_once_and_after_a_restart() {
     let (_, key) = relay.create_key("priced").await;
     let model = "claude-sonnet-4-5";
     let built_in = relay.cost_of_one(&key, model).await;
-    // $1,000 and $2,000 per million: 10 × 1,000 + 20 × 2,000 nano-dollars per token.
-    let file = json!({ model: {
-        "litellm_provider": "anthropic",
-        "input_cost_per_token": 0.001,
-        "output_cost_per_token": 0.002,
-    } });
-    let (status, v) = relay
-        .admin(reqwest::Method::POST, "/admin/pricing/import", Some(file))
-        .await;
-    assert_eq!(status, 200, "{v}");
-    let expected = 10 * 1_000_000 + 20 * 2_000_000;
+    let expected = relay.import_test_prices(model).await;
     assert_ne!(built_in, expected);
     assert_eq!(relay.cost_of_one(&key, model).await, expected);
     assert!(

@@ -240,6 +240,23 @@ impl Relay {
         v["data"].as_array().unwrap().clone()
     }
 
+    /// Imports a LiteLLM price file pricing `model` at $1,000 and $2,000 per million input and
+    /// output tokens; returns what an answer of 10 input and 20 output tokens then costs.
+    pub async fn import_test_prices(&self, model: &str) -> u64 {
+        let file = json!({ model: {
+            "litellm_provider": "anthropic",
+            "input_cost_per_token": 0.001,
+            "output_cost_per_token": 0.002,
+        } });
+        let (status, v) = self
+            .admin(reqwest::Method::POST, "/admin/pricing/import", Some(file))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["imported_models"], 1);
+        // Nano-dollars per token: 1,000 in, 2,000 out.
+        10 * 1_000_000 + 20 * 2_000_000
+    }
+
     /// Sends one request of `model` and returns the cost the request log shows for it (the
     /// newest entry: callers send one at a time).
     pub async fn cost_of_one(&self, key: &str, model: &str) -> u64 {
