@@ -6,6 +6,9 @@
 //! is not done here: the relay taps the upstream Anthropic bytes before they are translated.
 //!
 //! Choices worth knowing:
+//! - `reasoning_effort` asks for thinking as each model takes it (adaptive at an effort from
+//!   Claude 4.6, a token budget before), except where Claude would refuse it: a forced tool, or
+//!   a tool loop's next turn, whose signed thinking chat history cannot carry back.
 //! - `thinking` blocks become `reasoning_content` (the field OpenAI-compatible clients read for
 //!   reasoning text); redacted thinking and signatures are dropped.
 //! - OpenAI's `prompt_tokens` includes cached tokens, Anthropic's `input_tokens` does not, so

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::mock::{Behavior, MockUpstream, MockUsage, TOOL_TRIGGER, http_client};
+use crate::support::mock::{self, Behavior, MockUpstream, MockUsage, TOOL_TRIGGER, http_client};
 use crate::support::relay::Relay;
 
 fn chat(model: &str, stream: bool, include_usage: bool) -> Value {
@@ -409,4 +409,102 @@ async fn legacy_functions_get_function_call_back_from_claude() {
             .any(|c| c["choices"][0]["finish_reason"] == "function_call"),
         "{answer}"
     );
+}
+
+/// `reasoning_effort` turns Claude's thinking on in the form the model takes, where Anthropic
+/// would take it (the mock refuses a request that breaks its rules, as Anthropic does), and the
+/// thinking comes back as `reasoning_content`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_effort_thinks_on_claude_and_answers_reasoning_content() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    relay.add_account(&mock, "sk-ant", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let tools = json!([{ "type": "function", "function": { "name": "f", "parameters": {} } }]);
+    let question = json!({ "role": "user", "content": "what is 6 times 7?" });
+    let ask = |model: &str, stream: bool, messages: Value| {
+        json!({
+            "model": model, "stream": stream, "messages": messages, "tools": tools,
+            "reasoning_effort": "high", "temperature": 0.3,
+        })
+    };
+
+    // Claude 4.6: adaptive thinking at an effort; the thinking streams as reasoning_content.
+    let body = ask("claude-sonnet-4-6", true, json!([question]));
+    let (status, _, answer) = send(&relay, &key, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = mock.requests().pop().unwrap().json();
+    assert_eq!(sent["thinking"], json!({ "type": "adaptive" }));
+    assert_eq!(sent["output_config"], json!({ "effort": "high" }));
+    assert!(sent.get("temperature").is_none(), "{sent}");
+    let (chunks, done) = chunks(&answer);
+    assert!(done, "{answer}");
+    let reasoning: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(reasoning, mock::THINKING_TEXT);
+    assert!(!text_of(&chunks).is_empty());
+
+    // Claude 4.5, JSON: a budget under the longest non-streamed answer.
+    let body = ask("claude-sonnet-4-5", false, json!([question]));
+    let (status, _, answer) = send(&relay, &key, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = mock.requests().pop().unwrap().json();
+    assert_eq!(sent["thinking"]["type"], "enabled");
+    assert!(
+        sent["thinking"]["budget_tokens"].as_u64().unwrap() < sent["max_tokens"].as_u64().unwrap()
+    );
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning_content"],
+        mock::THINKING_TEXT
+    );
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
+
+    // The tool loop's next turn: Claude would want the call's signed thinking back, which the
+    // chat history does not hold; it goes without thinking, with the client's temperature.
+    let call = json!({ "role": "assistant", "content": null, "tool_calls": [{ "id": "call_1",
+        "type": "function", "function": { "name": "f", "arguments": "{}" } }] });
+    let result = json!({ "role": "tool", "tool_call_id": "call_1", "content": "42" });
+    for model in ["claude-sonnet-4-5", "claude-sonnet-4-6"] {
+        let body = ask(model, true, json!([question, call, result]));
+        let (status, _, answer) = send(&relay, &key, &body).await;
+        assert_eq!(status, 200, "{model}: {answer}");
+        let sent = mock.requests().pop().unwrap().json();
+        assert!(sent.get("thinking").is_none(), "{sent}");
+        assert_eq!(sent["temperature"], 0.3);
+    }
+
+    // Anthropic's own `thinking`, as the OpenAI SDK sends it in `extra_body`, goes as sent.
+    let mut body = ask("claude-sonnet-4-5", false, json!([question]));
+    body["max_tokens"] = json!(3000);
+    body["thinking"] = json!({ "type": "enabled", "budget_tokens": 2000 });
+    let (status, _, answer) = send(&relay, &key, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = mock.requests().pop().unwrap().json();
+    assert_eq!(
+        sent["thinking"],
+        json!({ "type": "enabled", "budget_tokens": 2000 })
+    );
+
+    // An effort OpenAI does not name is the client's error, in OpenAI's shape; nothing is sent.
+    let served = mock.requests().len();
+    let mut body = ask("claude-sonnet-4-5", false, json!([question]));
+    body["reasoning_effort"] = json!("extreme");
+    let (status, _, answer) = send(&relay, &key, &body).await;
+    assert_eq!(status, 400);
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reasoning_effort")
+    );
+    assert_eq!(mock.requests().len(), served);
 }

@@ -67,6 +67,31 @@ impl<'a> Claude<'a> {
     pub fn takes_output_format(self) -> bool {
         self.version >= (4, 5)
     }
+
+    /// How it thinks when asked to: not at all before Claude 3.7; within a token budget
+    /// (`thinking.budget_tokens`) up to 4.5; adaptively, steered by `output_config.effort`,
+    /// from 4.6 on (Opus 4.7 and later refuse a budget).
+    pub fn thinking(self) -> Option<Thinking> {
+        match self.version {
+            v if v < (3, 7) => None,
+            v if v < (4, 6) => Some(Thinking::Budget),
+            _ => Some(Thinking::Adaptive),
+        }
+    }
+
+    /// Whether it takes the `xhigh` effort (Opus 4.7 and later; the others take up to `high`).
+    pub fn takes_xhigh_effort(self) -> bool {
+        self.family == "opus" && self.version >= (4, 7)
+    }
+}
+
+/// How a model is asked to think.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thinking {
+    /// `{"type": "enabled", "budget_tokens": n}`.
+    Budget,
+    /// `{"type": "adaptive"}`, with `output_config.effort`.
+    Adaptive,
 }
 
 /// A version number: one or two digits (a date has eight).
@@ -129,5 +154,14 @@ mod tests {
         assert!(!claude("claude-opus-4-1").takes_output_format());
         assert!(claude("claude-haiku-4-5").takes_output_format());
         assert!(claude("claude-sonnet-5").takes_output_format());
+        let thinks = |m| claude(m).thinking();
+        assert_eq!(thinks("claude-3-5-sonnet-20241022"), None);
+        assert_eq!(thinks("claude-3-7-sonnet-latest"), Some(Thinking::Budget));
+        assert_eq!(thinks("claude-haiku-4-5"), Some(Thinking::Budget));
+        assert_eq!(thinks("claude-sonnet-4-6"), Some(Thinking::Adaptive));
+        assert_eq!(thinks("claude-opus-4-7"), Some(Thinking::Adaptive));
+        assert!(claude("claude-opus-4-7").takes_xhigh_effort());
+        assert!(!claude("claude-opus-4-6").takes_xhigh_effort());
+        assert!(!claude("claude-sonnet-4-6").takes_xhigh_effort());
     }
 }

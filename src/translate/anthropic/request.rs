@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::model::{Claude, NON_STREAMING_MAX_TOKENS};
+use super::model::{Claude, NON_STREAMING_MAX_TOKENS, Thinking};
 use crate::error::ApiError;
 use crate::translate::chat::history_arguments;
 
@@ -107,6 +107,7 @@ pub fn request(chat_body: &[u8], default_max_tokens: u32) -> Result<MessagesRequ
         out.insert("metadata".into(), json!({ "user_id": hex::encode(digest) }));
     }
     tools(chat, &mut out)?;
+    thinking(chat, claude, &mut out)?;
     let functions = present(chat, "tools").is_none() && present(chat, "functions").is_some();
 
     let body = serde_json::to_vec(&Value::Object(out))
@@ -218,6 +219,116 @@ fn output_format(chat: &Object, claude: Option<Claude>, out: &mut Object) -> Res
         json!({ "format": { "type": "json_schema", "schema": schema } }),
     );
     Ok(())
+}
+
+/// The smallest thinking budget Claude takes.
+const MIN_THINKING_BUDGET: u64 = 1024;
+
+/// `reasoning_effort` as Claude's thinking, or Anthropic's own `thinking` object as sent (the
+/// OpenAI SDK sends it in `extra_body`, as Anthropic's OpenAI-compatible endpoint documents).
+/// An effort asks Claude 4.6 and later for adaptive thinking at that `output_config.effort`,
+/// earlier models from 3.7 on for a token budget (at most `max_tokens` less one; none under
+/// 1,024), older and unknown models for nothing. Thinking is left out where Claude would refuse
+/// the request for it: when `tool_choice` forces a tool, and in a tool loop (the last assistant
+/// turn called tools), where Claude wants that turn's signed thinking back, which chat history
+/// cannot carry. With thinking on, `temperature` and `top_p` are left out: thinking takes
+/// neither.
+fn thinking(chat: &Object, claude: Option<Claude>, out: &mut Object) -> Result<(), ApiError> {
+    let (thinking, effort) = match (present(chat, "thinking"), present(chat, "reasoning_effort")) {
+        (Some(sent @ Value::Object(_)), _) => (sent.clone(), None),
+        (Some(_), _) => return Err(ApiError::invalid("`thinking` must be an object")),
+        (None, Some(Value::String(effort))) => {
+            let effort = effort_level(effort)?;
+            let Some(asked) = effort.zip(claude.and_then(Claude::thinking)) else {
+                return Ok(());
+            };
+            match asked {
+                (effort, Thinking::Adaptive) => {
+                    let effort = match effort {
+                        "minimal" => "low",
+                        "xhigh" if !claude.is_some_and(Claude::takes_xhigh_effort) => "high",
+                        other => other,
+                    };
+                    (json!({ "type": "adaptive" }), Some(effort))
+                }
+                (effort, Thinking::Budget) => {
+                    let wanted: u64 = match effort {
+                        "minimal" => 1024,
+                        "low" => 4096,
+                        "medium" => 8192,
+                        "high" => 24_576,
+                        _ => 32_000,
+                    };
+                    let max_tokens = out.get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
+                    let budget = wanted.min(max_tokens.saturating_sub(1));
+                    if budget < MIN_THINKING_BUDGET {
+                        return Ok(());
+                    }
+                    (json!({ "type": "enabled", "budget_tokens": budget }), None)
+                }
+            }
+        }
+        (None, Some(_)) => return Err(ApiError::invalid("`reasoning_effort` must be a string")),
+        (None, None) => return Ok(()),
+    };
+    if thinking.get("type").and_then(Value::as_str) != Some("disabled") {
+        if forces_a_tool(out) || in_a_tool_loop(out) {
+            return Ok(());
+        }
+        out.remove("temperature");
+        out.remove("top_p");
+    }
+    if let Some(effort) = effort
+        && let Value::Object(config) = out.entry("output_config").or_insert_with(|| json!({}))
+    {
+        config.insert("effort".into(), json!(effort));
+    }
+    out.insert("thinking".into(), thinking);
+    Ok(())
+}
+
+/// A `reasoning_effort`, checked: `None` for `none`, else the effort as OpenAI names it.
+fn effort_level(effort: &str) -> Result<Option<&'static str>, ApiError> {
+    Ok(Some(match effort {
+        "none" => return Ok(None),
+        "minimal" => "minimal",
+        "low" => "low",
+        "medium" => "medium",
+        "high" => "high",
+        "xhigh" => "xhigh",
+        other => {
+            return Err(ApiError::invalid(format!(
+                "`reasoning_effort` {other:?} is not one of none, minimal, low, medium, high, xhigh"
+            )));
+        }
+    }))
+}
+
+/// Whether the translated `tool_choice` makes Claude call a tool (`any`, or a named one).
+fn forces_a_tool(out: &Object) -> bool {
+    let kind = out
+        .get("tool_choice")
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str);
+    matches!(kind, Some("any" | "tool"))
+}
+
+/// Whether the last assistant turn of the translated messages called a tool.
+fn in_a_tool_loop(out: &Object) -> bool {
+    let Some(Value::Array(messages)) = out.get("messages") else {
+        return false;
+    };
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array)
+        .is_some_and(|blocks| {
+            blocks
+                .iter()
+                .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -218,7 +218,7 @@ fn thinking(effort: &str, model: &str) -> Result<Value, ApiError> {
 
 fn bad_effort(effort: &str) -> ApiError {
     ApiError::invalid(format!(
-        "reasoning_effort: {effort:?} is not one of none, minimal, low, medium, high"
+        "reasoning_effort: {effort:?} is not one of none, minimal, low, medium, high, xhigh"
     ))
 }
 

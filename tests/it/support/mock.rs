@@ -52,7 +52,7 @@ mod wire;
 // Re-exported for tests that use them (the existing ones name these from `mock`).
 #[allow(unused_imports)]
 pub use anthropic::{
-    EVENTS_BEFORE_STALL, MESSAGE_ID, MODELS, anthropic_error, expected_json_bytes,
+    EVENTS_BEFORE_STALL, MESSAGE_ID, MODELS, THINKING_TEXT, anthropic_error, expected_json_bytes,
     expected_stream_bytes, stream_events,
 };
 #[allow(unused_imports)]

@@ -626,3 +626,139 @@ fn unknown_roles_and_bad_content_are_refused() {
     assert!(err.message.contains("messages[0]"));
     rejected(with_messages(json!([{ "role": "user", "content": 7 }])));
 }
+
+/// `reasoning_effort` asks each generation for thinking the way it takes it, and is left out
+/// where Claude would refuse the request for it.
+#[test]
+fn reasoning_effort_becomes_thinking() {
+    let mut chat = with_messages(json!([{ "role": "user", "content": "think" }]));
+    chat["temperature"] = json!(0.2);
+    chat["top_p"] = json!(0.5);
+    chat["max_tokens"] = json!(30_000);
+    // Up to Claude 4.5: a token budget, under max_tokens; sampling is left out.
+    for (effort, budget) in [
+        ("minimal", 1024),
+        ("low", 4096),
+        ("medium", 8192),
+        ("high", 24_576),
+        ("xhigh", 29_999),
+    ] {
+        chat["reasoning_effort"] = json!(effort);
+        let body = translate(chat.clone());
+        assert_eq!(
+            body["thinking"],
+            json!({ "type": "enabled", "budget_tokens": budget }),
+            "{effort}"
+        );
+        assert!(body.get("temperature").is_none() && body.get("top_p").is_none());
+        assert!(body.get("output_config").is_none(), "{effort}");
+    }
+    // A budget must be at least 1,024 and below max_tokens: without room, no thinking.
+    chat["reasoning_effort"] = json!("high");
+    chat["max_tokens"] = json!(1024);
+    let body = translate(chat.clone());
+    assert!(body.get("thinking").is_none());
+    assert_eq!(body["temperature"], json!(0.2));
+    chat["max_tokens"] = json!(1025);
+    assert_eq!(
+        translate(chat.clone())["thinking"]["budget_tokens"],
+        json!(1024)
+    );
+    // Without max_tokens, the budget fits under the model's longest non-streamed answer.
+    chat["max_tokens"] = Value::Null;
+    assert_eq!(
+        translate(chat.clone())["thinking"]["budget_tokens"],
+        json!(21_332)
+    );
+    chat["max_tokens"] = json!(30_000);
+
+    // Claude 4.6 and later: adaptive thinking at an effort, beside a structured output.
+    chat["model"] = json!("claude-sonnet-4-6");
+    chat["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": "n",
+        "schema": { "type": "object", "properties": {}, "additionalProperties": false } } });
+    for (model, effort, sent) in [
+        ("claude-sonnet-4-6", "minimal", "low"),
+        ("claude-sonnet-4-6", "medium", "medium"),
+        ("claude-sonnet-4-6", "xhigh", "high"),
+        ("claude-opus-4-7", "high", "high"),
+        ("claude-opus-4-7", "xhigh", "xhigh"),
+    ] {
+        chat["model"] = json!(model);
+        chat["reasoning_effort"] = json!(effort);
+        let body = translate(chat.clone());
+        assert_eq!(
+            body["thinking"],
+            json!({ "type": "adaptive" }),
+            "{model} {effort}"
+        );
+        assert_eq!(
+            body["output_config"]["effort"],
+            json!(sent),
+            "{model} {effort}"
+        );
+        assert_eq!(
+            body["output_config"]["format"]["type"],
+            json!("json_schema")
+        );
+        assert!(body.get("temperature").is_none() && body.get("top_p").is_none());
+    }
+    chat["response_format"] = Value::Null;
+
+    // `none`, and models that do not think, ask for nothing.
+    for (model, effort) in [
+        ("claude-sonnet-4-5", "none"),
+        ("claude-opus-4-7", "none"),
+        ("claude-3-5-haiku-latest", "high"),
+    ] {
+        chat["model"] = json!(model);
+        chat["reasoning_effort"] = json!(effort);
+        let body = translate(chat.clone());
+        assert!(body.get("thinking").is_none() && body.get("output_config").is_none());
+    }
+    chat["model"] = json!("claude-sonnet-4-5");
+    chat["reasoning_effort"] = json!("max");
+    assert!(rejected(chat.clone()).message.contains("reasoning_effort"));
+    chat["reasoning_effort"] = json!(2);
+    assert!(rejected(chat.clone()).message.contains("reasoning_effort"));
+    chat["reasoning_effort"] = json!("medium");
+
+    // A forced tool, and a tool loop's next turn, go without thinking.
+    let tools = json!([{ "type": "function", "function": { "name": "f", "parameters": {} } }]);
+    chat["tools"] = tools;
+    chat["tool_choice"] = json!("required");
+    assert!(translate(chat.clone()).get("thinking").is_none());
+    chat["tool_choice"] = json!({ "type": "function", "function": { "name": "f" } });
+    assert!(translate(chat.clone()).get("thinking").is_none());
+    chat["tool_choice"] = json!("auto");
+    assert!(translate(chat.clone()).get("thinking").is_some());
+    let call = json!({ "role": "assistant", "content": null, "tool_calls": [{ "id": "c1",
+        "type": "function", "function": { "name": "f", "arguments": "{}" } }] });
+    let result = json!({ "role": "tool", "tool_call_id": "c1", "content": "42" });
+    chat["messages"] = json!([{ "role": "user", "content": "think" }, call, result]);
+    let body = translate(chat.clone());
+    assert!(body.get("thinking").is_none());
+    assert_eq!(body["temperature"], json!(0.2));
+    // Once the loop has ended in an answer, the next question thinks again.
+    let answer = json!({ "role": "assistant", "content": "It is 42." });
+    let next = json!({ "role": "user", "content": "why?" });
+    chat["messages"] = json!([{ "role": "user", "content": "think" }, call, result, answer, next]);
+    assert_eq!(
+        translate(chat.clone())["thinking"]["type"],
+        json!("enabled")
+    );
+
+    // Anthropic's own `thinking` goes as sent, before any effort, under the same rules.
+    chat["thinking"] = json!({ "type": "enabled", "budget_tokens": 2000 });
+    let body = translate(chat.clone());
+    assert_eq!(
+        body["thinking"],
+        json!({ "type": "enabled", "budget_tokens": 2000 })
+    );
+    assert!(body.get("temperature").is_none());
+    chat["thinking"] = json!({ "type": "disabled" });
+    let body = translate(chat.clone());
+    assert_eq!(body["thinking"], json!({ "type": "disabled" }));
+    assert_eq!(body["temperature"], json!(0.2));
+    chat["thinking"] = json!("on");
+    assert!(rejected(chat).message.contains("thinking"));
+}

@@ -39,20 +39,109 @@ pub(super) async fn messages(behavior: Behavior, body: &[u8], guard: Guard) -> R
         let body = anthropic_error("invalid_request_error", "model: Field required");
         return vendor_json(Vendor::Anthropic, 400, body, guard);
     };
+    let thinks = match thinking(obj) {
+        Ok(thinks) => thinks,
+        Err(message) => {
+            let body = anthropic_error("invalid_request_error", &message);
+            return vendor_json(Vendor::Anthropic, 400, body, guard);
+        }
+    };
     let usage = behavior.usage().unwrap_or_default();
     let shape = if obj.get("stream").and_then(|s| s.as_bool()).unwrap_or(false) {
         Shape::Stream {
             content_type: "text/event-stream",
-            events: stream_events(model, usage),
+            events: answer_events(model, usage, thinks),
             before_stall: EVENTS_BEFORE_STALL,
         }
     } else {
         Shape::Sized {
             content_type: "application/json",
-            body: expected_json_bytes(model, usage),
+            body: answer_json(model, usage, thinks),
         }
     };
     play(&behavior, shape, guard).await
+}
+
+/// The text of the thinking block an answer opens with when the request turned thinking on.
+pub const THINKING_TEXT: &str = "The user asks; I answer.";
+
+/// Whether the request turns thinking on, checked as Anthropic checks it (`Err`: the message
+/// of its 400): a budget of at least 1,024 below `max_tokens`; no `temperature` but 1 and no
+/// `top_p` under 0.95; no forced tool; a last assistant turn that called tools must open with
+/// its thinking; an `output_config.effort` Claude knows.
+fn thinking(obj: &serde_json::Map<String, serde_json::Value>) -> Result<bool, String> {
+    use serde_json::Value;
+    if let Some(effort) = obj.get("output_config").and_then(|c| c.get("effort")) {
+        let known = ["low", "medium", "high", "xhigh", "max"];
+        if !effort.as_str().is_some_and(|e| known.contains(&e)) {
+            return Err(format!("output_config.effort: unknown effort {effort}"));
+        }
+    }
+    let Some(thinking) = obj.get("thinking") else {
+        return Ok(false);
+    };
+    match thinking.get("type").and_then(Value::as_str) {
+        Some("disabled") => return Ok(false),
+        Some("adaptive") => {}
+        Some("enabled") => {
+            let budget = thinking.get("budget_tokens").and_then(Value::as_u64);
+            let max_tokens = obj.get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
+            match budget {
+                Some(b) if b < 1024 => {
+                    return Err("thinking.budget_tokens: must be at least 1024".into());
+                }
+                Some(b) if b >= max_tokens => {
+                    return Err("`max_tokens` must be greater than `thinking.budget_tokens`".into());
+                }
+                Some(_) => {}
+                None => return Err("thinking.budget_tokens: Field required".into()),
+            }
+        }
+        _ => return Err("thinking.type: must be enabled, adaptive or disabled".into()),
+    }
+    if obj
+        .get("temperature")
+        .is_some_and(|t| t.as_f64() != Some(1.0))
+    {
+        return Err(
+            "`temperature` may only be set to 1 when thinking is enabled or in adaptive mode."
+                .into(),
+        );
+    }
+    if obj
+        .get("top_p")
+        .is_some_and(|p| p.as_f64().is_none_or(|p| p < 0.95))
+    {
+        return Err("`top_p` must be greater than or equal to 0.95 or unset when thinking is enabled or in adaptive mode.".into());
+    }
+    let forced = obj
+        .get("tool_choice")
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str);
+    if matches!(forced, Some("any" | "tool")) {
+        return Err("Thinking may not be enabled when tool_choice forces tool use.".into());
+    }
+    let last_assistant = obj
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "assistant"))
+        .and_then(|m| m["content"].as_array());
+    if let Some(blocks) = last_assistant
+        && blocks.iter().any(|b| b["type"] == "tool_use")
+    {
+        let first = blocks
+            .first()
+            .and_then(|b| b["type"].as_str())
+            .unwrap_or("");
+        if first != "thinking" && first != "redacted_thinking" {
+            return Err(format!(
+                "Expected `thinking` or `redacted_thinking`, but found `{first}`. When `thinking` \
+                 is enabled, a final `assistant` message must start with a thinking block \
+                 (preceeding the lastmost set of `tool_use` and `tool_result` blocks)."
+            ));
+        }
+    }
+    Ok(true)
 }
 
 /// A fault behaviour in Anthropic's shape.
@@ -159,7 +248,13 @@ fn event(name: &str, data: &str) -> Bytes {
 /// message_start, ping, content_block_start, 3 × content_block_delta, content_block_stop,
 /// message_delta (usage.output_tokens = `usage.output`), message_stop.
 pub fn stream_events(model: &str, usage: MockUsage) -> Vec<Bytes> {
-    let mut events = Vec::with_capacity(6 + TEXT_DELTAS.len());
+    answer_events(model, usage, false)
+}
+
+/// [`stream_events`], opening with a thinking block (its text, then its signature) when
+/// `thinks`.
+fn answer_events(model: &str, usage: MockUsage, thinks: bool) -> Vec<Bytes> {
+    let mut events = Vec::with_capacity(10 + TEXT_DELTAS.len());
     events.push(event(
         "message_start",
         &format!(
@@ -171,22 +266,44 @@ pub fn stream_events(model: &str, usage: MockUsage) -> Vec<Bytes> {
         ),
     ));
     events.push(event("ping", "{\"type\": \"ping\"}"));
+    if thinks {
+        events.push(event(
+            "content_block_start",
+            "{\"type\": \"content_block_start\", \"index\": 0, \"content_block\": {\"type\": \"thinking\", \"thinking\": \"\", \"signature\": \"\"}}",
+        ));
+        events.push(event(
+            "content_block_delta",
+            &format!(
+                "{{\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {{\"type\": \"thinking_delta\", \"thinking\": {}}}}}",
+                json_str(THINKING_TEXT)
+            ),
+        ));
+        events.push(event(
+            "content_block_delta",
+            "{\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"signature_delta\", \"signature\": \"c2lnbmVk\"}}",
+        ));
+        events.push(event(
+            "content_block_stop",
+            "{\"type\": \"content_block_stop\", \"index\": 0}",
+        ));
+    }
+    let index = u8::from(thinks);
     events.push(event(
         "content_block_start",
-        "{\"type\": \"content_block_start\", \"index\": 0, \"content_block\": {\"type\": \"text\", \"text\": \"\"}}",
+        &format!("{{\"type\": \"content_block_start\", \"index\": {index}, \"content_block\": {{\"type\": \"text\", \"text\": \"\"}}}}"),
     ));
     for text in TEXT_DELTAS {
         events.push(event(
             "content_block_delta",
             &format!(
-                "{{\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {{\"type\": \"text_delta\", \"text\": {}}}}}",
+                "{{\"type\": \"content_block_delta\", \"index\": {index}, \"delta\": {{\"type\": \"text_delta\", \"text\": {}}}}}",
                 json_str(text)
             ),
         ));
     }
     events.push(event(
         "content_block_stop",
-        "{\"type\": \"content_block_stop\", \"index\": 0}",
+        &format!("{{\"type\": \"content_block_stop\", \"index\": {index}}}"),
     ));
     events.push(event(
         "message_delta",
@@ -207,9 +324,22 @@ pub fn expected_stream_bytes(model: &str, usage: MockUsage) -> Bytes {
 
 /// The full body of a JSON (non-streamed) answer.
 pub fn expected_json_bytes(model: &str, usage: MockUsage) -> Bytes {
+    answer_json(model, usage, false)
+}
+
+/// [`expected_json_bytes`], opening with a thinking block when `thinks`.
+fn answer_json(model: &str, usage: MockUsage, thinks: bool) -> Bytes {
+    let thinking = if thinks {
+        format!(
+            "{{\"type\": \"thinking\", \"thinking\": {}, \"signature\": \"c2lnbmVk\"}}, ",
+            json_str(THINKING_TEXT)
+        )
+    } else {
+        String::new()
+    };
     Bytes::from(format!(
         "{{\"id\": \"{MESSAGE_ID}\", \"type\": \"message\", \"role\": \"assistant\", \"model\": {}, \
-         \"content\": [{{\"type\": \"text\", \"text\": {}}}], \"stop_reason\": \"end_turn\", \
+         \"content\": [{thinking}{{\"type\": \"text\", \"text\": {}}}], \"stop_reason\": \"end_turn\", \
          \"stop_sequence\": null, \"usage\": {}}}",
         json_str(model),
         json_str(&TEXT_DELTAS.concat()),
