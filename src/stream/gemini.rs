@@ -32,6 +32,10 @@ pub struct GeminiUsage {
     /// A streamed chunk said why the answer ended (`finishReason`) with the output count: the
     /// last one, whose usage counts the whole answer.
     finished: bool,
+    /// A streamed chunk said why an answer ended, with usage but perhaps without the output
+    /// count: the last chunk of an answer stopped with no output (a `SAFETY` stop), or, with
+    /// several candidates, one that ended before the others.
+    ended: bool,
     /// An embeddings answer (`UsageKind::GeminiEmbed`): it reports no usage.
     embedding: bool,
 }
@@ -53,6 +57,7 @@ impl GeminiUsage {
             images: 0,
             chunks: 0,
             finished: false,
+            ended: false,
             embedding: false,
         }
     }
@@ -70,11 +75,12 @@ impl GeminiUsage {
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
-        let (last, images, chunks, finished) = (
+        let (last, images, chunks, finished, ended) = (
             &mut self.last,
             &mut self.images,
             &mut self.chunks,
             &mut self.finished,
+            &mut self.ended,
         );
         // What one chunk of a stream reported: whether it carried parts of the answer, whether
         // it ended it, its usage so far, the images in it.
@@ -83,6 +89,7 @@ impl GeminiUsage {
             // The last chunk: an end, with the output count (with several candidates, one may
             // end before the others, whose chunks carry no output count yet).
             *finished |= ends && metadata.is_some_and(|m| m.candidates_token_count > 0);
+            *ended |= ends && metadata.is_some();
             *images += found;
             if metadata.is_some() {
                 *last = metadata;
@@ -135,10 +142,13 @@ impl GeminiUsage {
     /// For a stream cut before its last chunk: the chunks that carried parts of the answer
     /// (Gemini reports the output count only in the last chunk). `None` once the last chunk
     /// came (its count is the vendor's; a final chunk with an empty part, as a thought
-    /// signature comes, may make more chunks than tokens) and for a JSON answer.
-    pub fn answer_chunks(&self) -> Option<u64> {
+    /// signature comes, may make more chunks than tokens), for a `complete` stream (one that
+    /// ran to its end) that ended with a reason and usage but no output count (a `SAFETY` stop
+    /// reports none: the vendor's usage counts), and for a JSON answer.
+    pub fn answer_chunks(&self, complete: bool) -> Option<u64> {
         let stream = self.framer.is_some() || matches!(self.json, Json::Array(_));
-        (stream && !self.finished).then_some(self.chunks)
+        let counted = self.finished || (complete && self.ended);
+        (stream && !counted).then_some(self.chunks)
     }
 
     /// The usage reported so far (zero when none was).
@@ -422,7 +432,7 @@ mod tests {
                 (9, 2580, 2),
                 "split {split}"
             );
-            assert_eq!(u.answer_chunks(), Some(2));
+            assert_eq!(u.answer_chunks(false), Some(2));
             match &u.json {
                 Json::Array(splitter) => assert!(splitter.element.is_none()),
                 _ => panic!("an array answer"),

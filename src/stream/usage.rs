@@ -82,7 +82,9 @@ impl UsageReader {
     /// - an Anthropic stream cut before its final `message_delta`: at least one token per
     ///   `content_block_delta` out (the input came with `message_start`);
     /// - a Gemini stream cut before its last chunk (the only one with the output count): at
-    ///   least one token per chunk with parts of the answer (the input came with the first);
+    ///   least one token per chunk with parts of the answer (the input came with the first); not
+    ///   one that ran to its end on a chunk with a `finishReason` and usage but no output count
+    ///   (a `SAFETY` stop), which is billed as reported;
     /// - a Gemini embeddings answer, which reports no usage: `input_estimate` in;
     /// - an answer cut before its input count came (a stream cut before its first event with
     ///   usage, a reasoning model's stream cut while it thought, a JSON answer whose client left
@@ -118,7 +120,7 @@ impl UsageReader {
                 }
                 unreported
             }
-            UsageReader::Gemini(u) => match u.answer_chunks() {
+            UsageReader::Gemini(u) => match u.answer_chunks(complete) {
                 Some(chunks) if chunks > usage.output_tokens => {
                     usage.output_tokens = chunks;
                     true
@@ -286,6 +288,23 @@ mod tests {
             reader(UsageKind::GeminiGenerate, cut.as_bytes()).billed(999, false);
         assert!(estimated);
         assert_eq!((billed.input_tokens, billed.output_tokens), (5, 3));
+
+        // A stream stopped for safety after a part of its answer: its last chunk says why, with
+        // usage but no output count. Run to its end, it is billed as reported; cut there (the
+        // connection lost before its end), still a token per chunk.
+        let safety = r#"data: {"candidates": [{"finishReason": "SAFETY", "index": 0, "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true}]}], "usageMetadata": {"promptTokenCount": 5, "totalTokenCount": 5}}"#;
+        let body = format!("{first}\r\n\r\n{safety}\r\n\r\n");
+        let stopped = reader(UsageKind::GeminiGenerate, body.as_bytes());
+        let (billed, estimated) = stopped.billed(999, true);
+        assert!(!estimated);
+        assert_eq!((billed.input_tokens, billed.output_tokens), (5, 0));
+        let (billed, estimated) = stopped.billed(999, false);
+        assert!(estimated);
+        assert_eq!((billed.input_tokens, billed.output_tokens), (5, 1));
+        let array = format!("[{}, {}]", &first[6..], &safety[6..]);
+        let mut json = UsageReader::new(UsageKind::GeminiGenerate, false);
+        json.observe(array.as_bytes());
+        assert_eq!(json.billed(999, true).0.output_tokens, 0);
     }
 
     #[test]
