@@ -376,8 +376,13 @@ impl Limits {
     }
 }
 
+/// The limit counters and first uses in the file, of keys that exist (a counter write that
+/// raced a key's deletion may have left a row of it behind).
 fn load_limits(db: &Database, now_ms: i64) -> StoreResult<Limits> {
     let txn = db.begin_read().map_err(db_err)?;
+    let keys = txn.open_table(KEYS).map_err(db_err)?;
+    let exists =
+        |key_id: &str| -> StoreResult<bool> { Ok(keys.get(key_id).map_err(db_err)?.is_some()) };
     let mut limits = Limits::default();
     for row in txn
         .open_table(METERS)
@@ -388,7 +393,7 @@ fn load_limits(db: &Database, now_ms: i64) -> StoreResult<Limits> {
         let (k, v) = row.map_err(db_err)?;
         let (key_id, bucket) = k.value();
         let meter: MeterHot = decode(v.value(), "meter")?;
-        if meter.expires_at.is_none_or(|e| e > now_ms) {
+        if meter.expires_at.is_none_or(|e| e > now_ms) && exists(key_id)? {
             limits
                 .meters
                 .entry(key_id.to_owned())
@@ -403,7 +408,9 @@ fn load_limits(db: &Database, now_ms: i64) -> StoreResult<Limits> {
         .map_err(db_err)?
     {
         let (k, v) = row.map_err(db_err)?;
-        limits.first_use.insert(k.value().to_owned(), v.value());
+        if exists(k.value())? {
+            limits.first_use.insert(k.value().to_owned(), v.value());
+        }
     }
     Ok(limits)
 }
@@ -633,6 +640,16 @@ impl Hot {
                     .insert(session.to_owned(), (account_id.to_owned(), expires));
             }
         }
+    }
+
+    /// Forgets a deleted key's leases, counters and first use.
+    fn forget_key(&mut self, key_id: &str) {
+        self.keys.remove(key_id);
+        let limits = &mut self.limits;
+        limits.meters.remove(key_id);
+        limits.first_use.remove(key_id);
+        limits.dirty_meters.remove(key_id);
+        limits.dirty_first_use.remove(key_id);
     }
 
     fn settle(&mut self, key_id: &str, lease: &Lease, used: &[(SmolStr, u64)]) {
@@ -916,6 +933,29 @@ fn put_key(db: &Database, key: &KeyRecord, must_exist: bool) -> StoreResult<bool
     Ok(true)
 }
 
+/// Deletes a key's limit counters and first use from the file.
+fn forget_key_limits(txn: &redb::WriteTransaction, key_id: &str) -> StoreResult<()> {
+    let mut meters = txn.open_table(METERS).map_err(db_err)?;
+    let mut buckets = Vec::new();
+    // Rows are ordered by (key id, bucket): the key's are those from (key id, "") on.
+    for row in meters.range((key_id, "")..).map_err(db_err)? {
+        let (k, _) = row.map_err(db_err)?;
+        let (of_key, bucket) = k.value();
+        if of_key != key_id {
+            break;
+        }
+        buckets.push(bucket.to_owned());
+    }
+    for bucket in &buckets {
+        meters.remove((key_id, bucket.as_str())).map_err(db_err)?;
+    }
+    txn.open_table(FIRST_USE)
+        .map_err(db_err)?
+        .remove(key_id)
+        .map_err(db_err)?;
+    Ok(())
+}
+
 /// Another key may have taken the hash since (it should not, secrets are unique), and its index
 /// entry must not be lost then.
 fn remove_hash_if_points_at(
@@ -1010,26 +1050,34 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete_key(&self, id: &str) -> StoreResult<bool> {
-        let id = id.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut keys = txn.open_table(KEYS).map_err(db_err)?;
-                let removed = keys
-                    .remove(id.as_str())
-                    .map_err(db_err)?
-                    .map(|v| decode::<KeyRecord>(v.value(), "key record"))
-                    .transpose()?;
-                let Some(removed) = removed else {
-                    return Ok(false);
-                };
-                let mut hashes = txn.open_table(KEY_HASHES).map_err(db_err)?;
-                remove_hash_if_points_at(&mut hashes, &removed.hash, &id)?;
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(true)
-        })
-        .await
+        let owned = id.to_owned();
+        let deleted = self
+            .blocking(move |db| {
+                let id = owned;
+                let txn = db.begin_write().map_err(db_err)?;
+                {
+                    let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+                    let removed = keys
+                        .remove(id.as_str())
+                        .map_err(db_err)?
+                        .map(|v| decode::<KeyRecord>(v.value(), "key record"))
+                        .transpose()?;
+                    let Some(removed) = removed else {
+                        return Ok(false);
+                    };
+                    let mut hashes = txn.open_table(KEY_HASHES).map_err(db_err)?;
+                    remove_hash_if_points_at(&mut hashes, &removed.hash, &id)?;
+                    forget_key_limits(&txn, &id)?;
+                }
+                txn.commit().map_err(db_err)?;
+                Ok(true)
+            })
+            .await?;
+        // Its counters, first use and leases in memory too, even when the record was gone
+        // already (as the Redis store's `key_forget.lua`): the leases still in flight then
+        // settle into nothing.
+        self.hot().forget_key(id);
+        Ok(deleted)
     }
 
     async fn insert_account(&self, account: &AccountRecord) -> StoreResult<()> {

@@ -115,7 +115,7 @@ macro_rules! conformance_tests {
             concurrent_picks_respect_caps, admit_and_pick_then_finish, a_large_backlog_is_written_whole,
             a_renewed_lease_outlives_its_ttl, renewing_a_lease_given_back_or_expired_does_nothing,
             finish_binds_a_session;
-            records_survive_reopen, usage_survives_reopen);
+            records_survive_reopen, usage_survives_reopen, a_deleted_key_leaves_no_limits_behind);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
         mod $backend {
@@ -2703,6 +2703,60 @@ mod cases {
             Some(key("k1", 1))
         );
         assert_eq!(store.accounts().await.unwrap(), vec![account("a1", 1)]);
+    }
+
+    /// A deleted key's counters, first use and leases go with it, from memory and from the
+    /// file: a lease still in flight settles into nothing, and a key made again under the same
+    /// id (an import, a restore) starts afresh, also after a restart.
+    pub async fn a_deleted_key_leaves_no_limits_behind(backend: &impl Backend) {
+        let buckets = [SmolStr::new_static("day:x"), SmolStr::new_static("win:req")];
+        let fresh = |s: &KeyState| {
+            s.in_flight == 0
+                && s.first_used_at.is_none()
+                && s.meters == [MeterUse::default(), MeterUse::default()]
+        };
+        let store = backend.open().await;
+        store.insert_key(&key("k1", 1)).await.unwrap();
+        let t = now_ms();
+        let mut admission = metered("k1", t, &[("day:x", 100, 30), ("win:req", 2, 1)]);
+        admission.valid_after_first_use_ms = Some(3_600_000);
+        for id in ["done", "in-flight"] {
+            assert_eq!(
+                store.admit(&admission, &lease(id)).await.unwrap(),
+                Admit::Granted
+            );
+        }
+        let done = used(&[("day:x", 12), ("win:req", 1)]);
+        store.settle("k1", &lease("done"), &done).await.unwrap();
+        store.flush().await.unwrap();
+        let before = store.key_state("k1", &buckets).await.unwrap();
+        assert!(!fresh(&before), "{before:?}");
+
+        assert!(store.delete_key("k1").await.unwrap());
+        let state = store.key_state("k1", &buckets).await.unwrap();
+        assert!(fresh(&state), "{state:?}");
+        store
+            .settle("k1", &lease("in-flight"), &done)
+            .await
+            .unwrap();
+        let state = store.key_state("k1", &buckets).await.unwrap();
+        assert!(fresh(&state), "a late settle brought back {state:?}");
+
+        store.insert_key(&key("k1", 2)).await.unwrap();
+        let state = store.key_state("k1", &buckets).await.unwrap();
+        assert!(fresh(&state), "{state:?}");
+        store.flush().await.unwrap();
+        drop(store);
+        let store = backend.open().await;
+        let state = store.key_state("k1", &buckets).await.unwrap();
+        assert!(fresh(&state), "after a restart: {state:?}");
+        // Its whole window is there again.
+        for id in ["again-1", "again-2"] {
+            assert_eq!(
+                store.admit(&admission, &lease(id)).await.unwrap(),
+                Admit::Granted
+            );
+        }
     }
 
     pub async fn usage_survives_reopen(backend: &impl Backend) {
