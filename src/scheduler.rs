@@ -124,17 +124,17 @@ async fn pick_from(
                     a.record.max_concurrency
                 },
                 weight: a.record.weight,
+                serves: true,
             }
         })
         .collect();
-    // A session that escapes keeps its binding: one bound to an account that does not serve
-    // this model (Claude Code's small-model calls, in a session bound to an Opus-only
-    // account) must find that account too, without capacity, or the pick reads the binding
+    // A session bound to an account that does not serve this model (Claude Code's small-model
+    // calls, in a session bound to an Opus-only account) keeps its binding, under either
+    // policy: the pick must find that account too, without capacity, or it reads the binding
     // as one to an account that is gone and rebinds the session, and its cache, elsewhere.
-    let escapes = ask.session.is_some_and(|s| !s.stored_response)
-        && policy.sticky_overflow == StickyOverflow::Escape
-        && !ask.rebind;
-    if escapes && let Some(model) = ask.model {
+    if ask.session.is_some_and(|s| !s.stored_response)
+        && let Some(model) = ask.model
+    {
         candidates.extend(
             accounts
                 .iter()
@@ -150,6 +150,7 @@ async fn pick_from(
                     priority: a.record.priority,
                     max_concurrency: Some(0),
                     weight: a.record.weight,
+                    serves: false,
                 }),
         );
     }

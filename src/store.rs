@@ -324,6 +324,12 @@ pub struct Candidate {
     pub max_concurrency: Option<u32>,
     /// Share of load relative to the others of the same priority (at least 1).
     pub weight: u32,
+    /// Whether it serves the request's model. One that does not is a candidate only so that a
+    /// session bound to it is recognised: it has no capacity (`max_concurrency: Some(0)`), and
+    /// that session escapes, whatever `sticky_overflow` says, keeping its binding for the
+    /// requests its account serves (Claude Code's small-model calls in a session bound to an
+    /// Opus-only account).
+    pub serves: bool,
 }
 
 /// What `pick_account` is asked: `scheduler::policy::choose` over these candidates.

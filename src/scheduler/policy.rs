@@ -197,6 +197,8 @@ pub struct Contender<'a> {
     pub priority: i32,
     pub max_concurrency: Option<u32>,
     pub weight: u32,
+    /// `store::Candidate::serves`.
+    pub serves: bool,
     pub in_flight: u32,
     /// Increases with every pick of any account: lower was picked longer ago (0: never).
     pub pick_seq: u64,
@@ -208,7 +210,8 @@ const UNCAPPED: u64 = 1_000;
 
 impl Contender<'_> {
     fn eligible(&self, family: Option<&str>, now: i64) -> bool {
-        self.max_concurrency.is_none_or(|cap| self.in_flight < cap)
+        self.serves
+            && self.max_concurrency.is_none_or(|cap| self.in_flight < cap)
             && self.health.can_serve(family, now)
     }
 
@@ -305,6 +308,9 @@ pub fn choose<'a>(
     let sticky = match session {
         None => Sticky::None,
         Some((None, _)) => Sticky::Bound,
+        // Bound to an account that does not serve this model: it still serves the session's
+        // other requests, which it keeps.
+        Some((Some(_), _)) if bound.is_some_and(|b| !b.serves) => Sticky::Escaped,
         Some((Some(_), Overflow::Move)) => Sticky::Moved,
         // Bound to an account no longer among the options: bound anew.
         Some((Some(_), _)) if bound.is_none() => Sticky::Bound,
@@ -329,6 +335,7 @@ mod tests {
             priority: 1,
             max_concurrency: None,
             weight: 1,
+            serves: true,
             in_flight: 0,
             pick_seq: 0,
             health,

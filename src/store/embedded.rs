@@ -578,6 +578,7 @@ impl Hot {
                     priority: c.priority,
                     max_concurrency: c.max_concurrency,
                     weight: c.weight,
+                    serves: c.serves,
                     in_flight,
                     pick_seq: account.map_or(0, |a| a.pick_seq),
                     health: account.map_or(&clean, |a| &a.health),
@@ -1365,6 +1366,7 @@ mod tests {
             priority: 0,
             max_concurrency: None,
             weight: 1,
+            serves: true,
         }];
         let pick = |hot: &mut Hot, id: &str, ttl: Duration| {
             let request = PickRequest {

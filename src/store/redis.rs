@@ -269,6 +269,10 @@ fn registry(meters: &[Meter]) -> String {
 }
 
 /// A concurrency cap for a script: -1 for none.
+/// The cap `take.lua` gets for a candidate that does not serve the request's model
+/// (`Candidate::serves`): no capacity, and a session bound to it escapes.
+const NOT_SERVING: i64 = -2;
+
 fn cap_arg(cap: Option<u32>) -> Value {
     Value::Integer(cap.map_or(-1, i64::from))
 }
@@ -1076,7 +1080,11 @@ impl RedisStore {
                         Value::from(c.account_id.as_str()),
                         Value::from(names::account_prefix(&c.account_id)),
                         Value::Integer(c.priority.into()),
-                        cap_arg(c.max_concurrency),
+                        if c.serves {
+                            cap_arg(c.max_concurrency)
+                        } else {
+                            Value::Integer(NOT_SERVING)
+                        },
                         Value::Integer(c.weight.into()),
                     ]);
                 }

@@ -395,14 +395,21 @@ async fn a_session_stays_on_one_account_and_moves_per_the_policy() {
     }
 }
 
-/// Under `escape`, a session's request for a model its account does not serve goes elsewhere
-/// and leaves the binding: Claude Code's small-model calls in a session bound to an Opus-only
-/// account do not take the session, and its prompt cache, away from it.
+/// Under either policy, a session's request for a model its account does not serve goes
+/// elsewhere and leaves the binding: Claude Code's small-model calls in a session bound to an
+/// Opus-only account do not take the session, and its prompt cache, away from it (`move` moves
+/// a session only from an account that cannot serve what it serves).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_the_bound_account_does_not_serve_leaves_the_session_where_it_is() {
-    for backend in backends() {
+    use switchyard::config::StickyOverflow;
+    for (backend, overflow) in backends().into_iter().flat_map(|b| {
+        [
+            (b.clone(), StickyOverflow::Escape),
+            (b, StickyOverflow::Move),
+        ]
+    }) {
         let (opus, any) = (MockUpstream::start().await, MockUpstream::start().await);
-        let relay = Relay::start_on(&backend, |_| {}).await;
+        let relay = Relay::start_on(&backend, |c| c.scheduler.sticky_overflow = overflow).await;
         relay
             .add_account(
                 &opus,
@@ -439,7 +446,7 @@ async fn a_model_the_bound_account_does_not_serve_leaves_the_session_where_it_is
         assert_eq!(
             (opus.requests().len(), any.requests().len()),
             (3, 2),
-            "{backend:?}: the Opus turns stay on the Opus account"
+            "{backend:?} {overflow:?}: the Opus turns stay on the Opus account"
         );
     }
 }

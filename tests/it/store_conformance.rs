@@ -212,6 +212,7 @@ fn candidate(id: &str, priority: i32, max_concurrency: Option<u32>) -> Candidate
         priority,
         max_concurrency,
         weight: 1,
+        serves: true,
     }
 }
 

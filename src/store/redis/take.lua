@@ -25,7 +25,8 @@
 -- ('0' none, '1' escape on overflow, '2' move on overflow, '3' never write the binding, only read
 -- it, and wait for its account on overflow: policy::Overflow::Wait), session TTL (ms; '0' drops the
 -- binding instead of setting it), candidate count, and per candidate: id, field prefix
--- ('a' lp(id)), priority, cap or -1, weight.
+-- ('a' lp(id)), priority, cap or -1 (none) or -2 (it does not serve the request's model: no
+-- capacity, and a session bound to it escapes whatever the policy), weight.
 --
 -- Returns {1} at the key's concurrency cap, {2, meter (0-based), used, held} a meter is full,
 -- {3, first use} the key's validity since its first use has run out, {4} the call ran before
@@ -358,7 +359,7 @@ local function contender(i)
     weight = 1
   end
   local load = math.floor(live * 1000000 / (capacity * weight))
-  local eligible = (cap < 0 or live < cap) and can_serve(health_of(v[at + 3]))
+  local eligible = (cap == -1 or (cap >= 0 and live < cap)) and can_serve(health_of(v[at + 3]))
   return eligible, live, load, tonumber(v[at + 1] or '0')
 end
 
@@ -393,7 +394,8 @@ end
 -- tried it (cap 0: the caller answers with that failure) or it never comes back on its own (then
 -- it escapes), the answer is its recovery.
 if not chosen and session == '3' and bound_i then
-  if ARGV[C + 5 * (bound_i - 1) + 3] == '0' then
+  local cap = ARGV[C + 5 * (bound_i - 1) + 3]
+  if cap == '0' or cap == '-2' then
     return unavailable('')
   end
   local r = recovers_at(health_of(v[CV + 4 * (bound_i - 1) + 3]))
@@ -421,12 +423,13 @@ if not chosen then
   end
   if not chosen then
     -- Nothing can serve: the earliest recovery; a healthy but full account frees up soon. A
-    -- candidate without capacity (cap 0: tried by this request, or kept only for a session bound
-    -- to it) never frees up for it.
+    -- candidate without capacity (cap 0: tried by this request; -2: kept only for a session
+    -- bound to it) never frees up for it.
     local retry_at = nil
     for i = 1, n do
       local r = nil
-      if ARGV[C + 5 * (i - 1) + 3] ~= '0' then
+      local cap = ARGV[C + 5 * (i - 1) + 3]
+      if cap ~= '0' and cap ~= '-2' then
         r = recovers_at(health_of(v[CV + 4 * (i - 1) + 3]))
       end
       if r ~= nil then
@@ -447,7 +450,7 @@ if not chosen then
     sticky = 0
   elseif not bound then
     sticky = 2
-  elseif session == '2' then
+  elseif session == '2' and not (bound_i and ARGV[C + 5 * (bound_i - 1) + 3] == '-2') then
     sticky = 4
   elseif bound_i then
     sticky = 3
