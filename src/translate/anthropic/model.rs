@@ -79,6 +79,12 @@ impl<'a> Claude<'a> {
         }
     }
 
+    /// Whether it sends its thinking empty unless asked for a summary (`display: "summarized"`):
+    /// Opus 4.7 and later.
+    pub fn omits_thinking_by_default(self) -> bool {
+        self.family == "opus" && self.version >= (4, 7)
+    }
+
     /// Whether it takes the `xhigh` effort (Opus 4.7 and later; the others take up to `high`).
     pub fn takes_xhigh_effort(self) -> bool {
         self.family == "opus" && self.version >= (4, 7)

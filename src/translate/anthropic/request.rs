@@ -226,65 +226,87 @@ const MIN_THINKING_BUDGET: u64 = 1024;
 
 /// `reasoning_effort` as Claude's thinking, or Anthropic's own `thinking` object as sent (the
 /// OpenAI SDK sends it in `extra_body`, as Anthropic's OpenAI-compatible endpoint documents).
-/// An effort asks Claude 4.6 and later for adaptive thinking at that `output_config.effort`,
-/// earlier models from 3.7 on for a token budget (at most `max_tokens` less one; none under
-/// 1,024), older and unknown models for nothing. Thinking is left out where Claude would refuse
-/// the request for it: when `tool_choice` forces a tool, and in a tool loop (the last assistant
-/// turn called tools), where Claude wants that turn's signed thinking back, which chat history
-/// cannot carry. With thinking on, `temperature` and `top_p` are left out: thinking takes
-/// neither.
+/// An effort asks Claude 4.6 and later for adaptive thinking at that `output_config.effort`
+/// (summarized on Opus 4.7 and later, which otherwise send their thinking empty), earlier
+/// models from 3.7 on for a token budget (below `max_tokens`, at most half of it when the client
+/// set none, so that the answer has room; none under 1,024), older and unknown models for
+/// nothing. Thinking is left out where Claude would refuse the request for it: when
+/// `tool_choice` forces a tool, when the last message is the assistant's (a prefill), and in a
+/// tool loop (the last assistant turn called tools), where Claude wants that turn's signed
+/// thinking back, which chat history cannot carry; the effort stays. With thinking on,
+/// `temperature` and `top_p` are left out: thinking takes neither.
 fn thinking(chat: &Object, claude: Option<Claude>, out: &mut Object) -> Result<(), ApiError> {
-    let (thinking, effort) = match (present(chat, "thinking"), present(chat, "reasoning_effort")) {
-        (Some(sent @ Value::Object(_)), _) => (sent.clone(), None),
-        (Some(_), _) => return Err(ApiError::invalid("`thinking` must be an object")),
-        (None, Some(Value::String(effort))) => {
-            let effort = effort_level(effort)?;
-            let Some(asked) = effort.zip(claude.and_then(Claude::thinking)) else {
-                return Ok(());
-            };
-            match asked {
-                (effort, Thinking::Adaptive) => {
-                    let effort = match effort {
-                        "minimal" => "low",
-                        "xhigh" if !claude.is_some_and(Claude::takes_xhigh_effort) => "high",
-                        other => other,
-                    };
-                    (json!({ "type": "adaptive" }), Some(effort))
+    let effort = match present(chat, "reasoning_effort") {
+        None => None,
+        Some(Value::String(effort)) => effort_level(effort)?,
+        Some(_) => return Err(ApiError::invalid("`reasoning_effort` must be a string")),
+    };
+    let mode = claude.and_then(Claude::thinking);
+    // The effort as `output_config.effort`, for the models that think adaptively.
+    let adaptive_effort = effort
+        .filter(|_| mode == Some(Thinking::Adaptive))
+        .map(|e| match e {
+            "minimal" => "low",
+            "xhigh" if !claude.is_some_and(Claude::takes_xhigh_effort) => "high",
+            other => other,
+        });
+    let thinking = match present(chat, "thinking") {
+        Some(sent @ Value::Object(_)) => Some(sent.clone()),
+        Some(_) => return Err(ApiError::invalid("`thinking` must be an object")),
+        None => match (effort, mode) {
+            (Some(_), Some(Thinking::Adaptive)) => {
+                let mut adaptive = json!({ "type": "adaptive" });
+                if claude.is_some_and(Claude::omits_thinking_by_default) {
+                    adaptive["display"] = json!("summarized");
                 }
-                (effort, Thinking::Budget) => {
-                    let wanted: u64 = match effort {
-                        "minimal" => 1024,
-                        "low" => 4096,
-                        "medium" => 8192,
-                        "high" => 24_576,
-                        _ => 32_000,
-                    };
-                    let max_tokens = out.get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
-                    let budget = wanted.min(max_tokens.saturating_sub(1));
-                    if budget < MIN_THINKING_BUDGET {
-                        return Ok(());
-                    }
-                    (json!({ "type": "enabled", "budget_tokens": budget }), None)
-                }
+                Some(adaptive)
             }
-        }
-        (None, Some(_)) => return Err(ApiError::invalid("`reasoning_effort` must be a string")),
-        (None, None) => return Ok(()),
+            (Some(effort), Some(Thinking::Budget)) => budget(chat, effort, out)
+                .map(|budget| json!({ "type": "enabled", "budget_tokens": budget })),
+            _ => None,
+        },
+    };
+    if let Some(effort) = adaptive_effort
+        && let Value::Object(config) = out.entry("output_config").or_insert_with(|| json!({}))
+    {
+        config.insert("effort".into(), json!(effort));
+    }
+    let Some(thinking) = thinking else {
+        return Ok(());
     };
     if thinking.get("type").and_then(Value::as_str) != Some("disabled") {
-        if forces_a_tool(out) || in_a_tool_loop(out) {
+        if forces_a_tool(out) || ends_with_the_assistant(out) || in_a_tool_loop(out) {
             return Ok(());
         }
         out.remove("temperature");
         out.remove("top_p");
     }
-    if let Some(effort) = effort
-        && let Value::Object(config) = out.entry("output_config").or_insert_with(|| json!({}))
-    {
-        config.insert("effort".into(), json!(effort));
-    }
     out.insert("thinking".into(), thinking);
     Ok(())
+}
+
+/// The thinking budget for an effort: below `max_tokens` (at most half of it when the client
+/// set none: the default is the model's longest answer, and the answer needs room too);
+/// `None` when that leaves less than Claude's least budget.
+fn budget(chat: &Object, effort: &str, out: &Object) -> Option<u64> {
+    let wanted: u64 = match effort {
+        "minimal" => 1024,
+        "low" => 4096,
+        "medium" => 8192,
+        "high" => 24_576,
+        _ => 32_000,
+    };
+    let max_tokens = out.get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
+    let client_set = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .any(|f| present(chat, f).is_some());
+    let room = if client_set {
+        max_tokens.saturating_sub(1)
+    } else {
+        max_tokens / 2
+    };
+    let budget = wanted.min(room);
+    (budget >= MIN_THINKING_BUDGET).then_some(budget)
 }
 
 /// A `reasoning_effort`, checked: `None` for `none`, else the effort as OpenAI names it.
@@ -311,6 +333,15 @@ fn forces_a_tool(out: &Object) -> bool {
         .and_then(|c| c.get("type"))
         .and_then(Value::as_str);
     matches!(kind, Some("any" | "tool"))
+}
+
+/// Whether the translated messages end with the assistant's (a prefill of its answer).
+fn ends_with_the_assistant(out: &Object) -> bool {
+    let last = match out.get("messages") {
+        Some(Value::Array(messages)) => messages.last(),
+        _ => None,
+    };
+    last.and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant")
 }
 
 /// Whether the last assistant turn of the translated messages called a tool.

@@ -160,6 +160,7 @@ enum Block {
         text: String,
     },
     Thinking {
+        #[serde(default)]
         thinking: String,
     },
     ToolUse {

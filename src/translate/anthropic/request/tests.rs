@@ -664,11 +664,12 @@ fn reasoning_effort_becomes_thinking() {
         translate(chat.clone())["thinking"]["budget_tokens"],
         json!(1024)
     );
-    // Without max_tokens, the budget fits under the model's longest non-streamed answer.
+    // Without max_tokens (the model's longest non-streamed answer, 21,333), at most half of it:
+    // the answer needs room too.
     chat["max_tokens"] = Value::Null;
     assert_eq!(
         translate(chat.clone())["thinking"]["budget_tokens"],
-        json!(21_332)
+        json!(10_666)
     );
     chat["max_tokens"] = json!(30_000);
 
@@ -686,11 +687,13 @@ fn reasoning_effort_becomes_thinking() {
         chat["model"] = json!(model);
         chat["reasoning_effort"] = json!(effort);
         let body = translate(chat.clone());
-        assert_eq!(
-            body["thinking"],
-            json!({ "type": "adaptive" }),
-            "{model} {effort}"
-        );
+        // Opus 4.7 and later send their thinking empty unless asked for a summary.
+        let thinking = if model == "claude-opus-4-7" {
+            json!({ "type": "adaptive", "display": "summarized" })
+        } else {
+            json!({ "type": "adaptive" })
+        };
+        assert_eq!(body["thinking"], thinking, "{model} {effort}");
         assert_eq!(
             body["output_config"]["effort"],
             json!(sent),
@@ -738,14 +741,25 @@ fn reasoning_effort_becomes_thinking() {
     let body = translate(chat.clone());
     assert!(body.get("thinking").is_none());
     assert_eq!(body["temperature"], json!(0.2));
+    // On a model that thinks adaptively, the effort stays without the thinking.
+    chat["model"] = json!("claude-sonnet-4-6");
+    let body = translate(chat.clone());
+    assert!(body.get("thinking").is_none());
+    assert_eq!(body["output_config"], json!({ "effort": "medium" }));
+    chat["model"] = json!("claude-sonnet-4-5");
     // Once the loop has ended in an answer, the next question thinks again.
     let answer = json!({ "role": "assistant", "content": "It is 42." });
     let next = json!({ "role": "user", "content": "why?" });
-    chat["messages"] = json!([{ "role": "user", "content": "think" }, call, result, answer, next]);
+    chat["messages"] =
+        json!([{ "role": "user", "content": "think" }, call, result, answer.clone(), next]);
     assert_eq!(
         translate(chat.clone())["thinking"]["type"],
         json!("enabled")
     );
+    // An answer begun by the client (a prefill): Claude refuses thinking before it.
+    chat["messages"] = json!([{ "role": "user", "content": "think" }, answer]);
+    assert!(translate(chat.clone()).get("thinking").is_none());
+    chat["messages"] = json!([{ "role": "user", "content": "think" }]);
 
     // Anthropic's own `thinking` goes as sent, before any effort, under the same rules.
     chat["thinking"] = json!({ "type": "enabled", "budget_tokens": 2000 });
@@ -759,6 +773,12 @@ fn reasoning_effort_becomes_thinking() {
     let body = translate(chat.clone());
     assert_eq!(body["thinking"], json!({ "type": "disabled" }));
     assert_eq!(body["temperature"], json!(0.2));
+    // Beside an adaptive one, the effort still goes.
+    chat["model"] = json!("claude-opus-4-7");
+    chat["thinking"] = json!({ "type": "adaptive" });
+    let body = translate(chat.clone());
+    assert_eq!(body["thinking"], json!({ "type": "adaptive" }));
+    assert_eq!(body["output_config"], json!({ "effort": "medium" }));
     chat["thinking"] = json!("on");
     assert!(rejected(chat).message.contains("thinking"));
 }

@@ -68,7 +68,8 @@ pub const THINKING_TEXT: &str = "The user asks; I answer.";
 /// Whether the request turns thinking on, checked as Anthropic checks it (`Err`: the message
 /// of its 400): a budget of at least 1,024 below `max_tokens`; no `temperature` but 1 and no
 /// `top_p` under 0.95; no forced tool; a last assistant turn that called tools must open with
-/// its thinking; an `output_config.effort` Claude knows.
+/// its thinking, and the last message must not be the assistant's (a prefill); an
+/// `output_config.effort` Claude knows.
 fn thinking(obj: &serde_json::Map<String, serde_json::Value>) -> Result<bool, String> {
     use serde_json::Value;
     if let Some(effort) = obj.get("output_config").and_then(|c| c.get("effort")) {
@@ -120,6 +121,16 @@ fn thinking(obj: &serde_json::Map<String, serde_json::Value>) -> Result<bool, St
         .and_then(Value::as_str);
     if matches!(forced, Some("any" | "tool")) {
         return Err("Thinking may not be enabled when tool_choice forces tool use.".into());
+    }
+    let messages = obj.get("messages").and_then(Value::as_array);
+    if messages
+        .and_then(|m| m.last())
+        .is_some_and(|m| m["role"] == "assistant")
+    {
+        return Err(
+            "This model does not support assistant message prefill when thinking is enabled."
+                .into(),
+        );
     }
     let last_assistant = obj
         .get("messages")
