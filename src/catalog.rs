@@ -34,6 +34,25 @@ impl std::fmt::Debug for Account {
 }
 
 impl Account {
+    /// An account with its opened credential; `None` when the credential cannot be a header
+    /// value or a model glob no longer compiles (globs are validated when written: such an
+    /// account serves nothing rather than everything).
+    pub fn new(record: AccountRecord, api_key: &str) -> Option<Account> {
+        let mut api_key = HeaderValue::from_str(api_key).ok()?;
+        api_key.set_sensitive(true);
+        let models = record
+            .models
+            .iter()
+            .map(|m| glob::Pattern::new(m))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some(Account {
+            record,
+            api_key,
+            models,
+        })
+    }
+
     pub fn id(&self) -> &str {
         &self.record.id
     }
@@ -209,20 +228,7 @@ impl Catalog {
             .master_key
             .open(&record.id, &record.sealed_api_key)
             .map_err(|_| record.id.clone())?;
-        let mut api_key = HeaderValue::from_str(&plain).map_err(|_| record.id.clone())?;
-        api_key.set_sensitive(true);
-        // Globs are validated when written; one that no longer compiles makes the account serve
-        // nothing rather than everything.
-        let models = record
-            .models
-            .iter()
-            .map(|m| glob::Pattern::new(m))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| record.id.clone())?;
-        Ok(Account {
-            record,
-            api_key,
-            models,
-        })
+        let id = record.id.clone();
+        Account::new(record, &plain).ok_or(id)
     }
 }

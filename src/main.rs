@@ -93,13 +93,15 @@ enum KeysCommand {
     },
 }
 
+// Parsed once per run: the size of the `Add` variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum AccountsCommand {
     /// Add an upstream account.
     Add {
         #[arg(long)]
         name: String,
-        /// anthropic, openai (or any OpenAI-compatible vendor), azure-openai, gemini.
+        /// anthropic, openai (or any OpenAI-compatible vendor), azure-openai, gemini, bedrock.
         #[arg(long, default_value = "anthropic")]
         provider: String,
         /// The account's API key (or set SWITCHYARD_ACCOUNT_API_KEY to keep it out of the shell history).
@@ -121,9 +123,17 @@ enum AccountsCommand {
         /// Azure OpenAI: the api-version.
         #[arg(long)]
         api_version: Option<String>,
-        /// Azure OpenAI: MODEL=DEPLOYMENT (repeatable).
+        /// Azure OpenAI: MODEL=DEPLOYMENT; Bedrock: MODEL=MODEL_ID or inference profile
+        /// (repeatable).
         #[arg(long = "deployment")]
         deployments: Vec<String>,
+        /// Bedrock: the AWS region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Bedrock: sign requests with this access key id, the api key being its secret access
+        /// key (without it, the api key is a Bedrock API key).
+        #[arg(long)]
+        aws_access_key_id: Option<String>,
     },
     List,
     Remove {
@@ -436,6 +446,8 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 unschedulable,
                 api_version,
                 deployments,
+                region,
+                aws_access_key_id,
             } => {
                 let mut map = serde_json::Map::new();
                 for d in &deployments {
@@ -459,6 +471,12 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 }
                 if !map.is_empty() {
                     body["deployments"] = Value::Object(map);
+                }
+                if region.is_some() {
+                    body["region"] = json!(region);
+                }
+                if aws_access_key_id.is_some() {
+                    body["aws_access_key_id"] = json!(aws_access_key_id);
                 }
                 admin
                     .call(Method::POST, "/admin/accounts", json_body(body))

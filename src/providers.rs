@@ -3,6 +3,7 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 

@@ -103,7 +103,12 @@ async fn pick_from(
     let serving: Vec<&Arc<Account>> = accounts
         .iter()
         .filter(|a| {
-            a.record.provider.protocol() == ask.protocol && ask.model.is_none_or(|m| a.serves(m))
+            a.record.provider.protocol() == ask.protocol
+                && match ask.model {
+                    Some(m) => a.serves(m),
+                    // Bedrock has Anthropic's model calls, not its other endpoints (the list).
+                    None => a.record.provider != Provider::Bedrock,
+                }
         })
         .filter(|a| allowed(a))
         .collect();

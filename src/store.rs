@@ -161,6 +161,9 @@ pub enum Provider {
     #[serde(rename = "azure-openai")]
     AzureOpenAi,
     Gemini,
+    /// Amazon Bedrock: Claude models through `bedrock-runtime`, for Anthropic clients
+    /// (`providers::bedrock`).
+    Bedrock,
 }
 
 /// The wire protocol an account speaks: which requests it can serve.
@@ -178,12 +181,13 @@ impl Provider {
             Provider::OpenAi => "openai",
             Provider::AzureOpenAi => "azure-openai",
             Provider::Gemini => "gemini",
+            Provider::Bedrock => "bedrock",
         }
     }
 
     pub fn protocol(self) -> Protocol {
         match self {
-            Provider::Anthropic => Protocol::Anthropic,
+            Provider::Anthropic | Provider::Bedrock => Protocol::Anthropic,
             Provider::OpenAi | Provider::AzureOpenAi => Protocol::OpenAi,
             Provider::Gemini => Protocol::Gemini,
         }
@@ -218,8 +222,17 @@ pub struct AccountRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
     /// Azure OpenAI: model name -> deployment name (a model without one is its own deployment).
+    /// Bedrock: model name -> model id or inference profile (`providers::bedrock::model_id`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployments: BTreeMap<String, String>,
+    /// Bedrock: the AWS region, which requests are signed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Bedrock: the AWS access key id when requests are signed (SigV4) with it and the secret
+    /// access key, which is then the sealed api key; without it, the api key is a Bedrock API
+    /// key, sent as a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<String>,
     pub created_at: i64,
 }
 

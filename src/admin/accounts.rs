@@ -36,9 +36,13 @@ pub struct CreateAccount {
     group: Option<String>,
     /// Azure OpenAI only.
     api_version: Option<String>,
-    /// Azure OpenAI only: model -> deployment.
+    /// Azure OpenAI: model -> deployment; Bedrock: model -> model id or inference profile.
     #[serde(default)]
     deployments: BTreeMap<String, String>,
+    /// Bedrock only: the AWS region.
+    region: Option<String>,
+    /// Bedrock only: sign with this access key id and the api key as its secret.
+    aws_access_key_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +63,10 @@ pub struct PatchAccount {
     group: Option<Option<String>>,
     api_version: Option<String>,
     deployments: Option<BTreeMap<String, String>>,
+    region: Option<String>,
+    /// `null` turns signing off: the api key is then a Bedrock API key.
+    #[serde(default, deserialize_with = "nullable")]
+    aws_access_key_id: Option<Option<String>>,
 }
 
 fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
@@ -89,6 +97,8 @@ fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         "group": account.group,
         "api_version": account.api_version,
         "deployments": account.deployments,
+        "region": account.region,
+        "aws_access_key_id": account.aws_access_key_id,
         "created_at": rfc3339(account.created_at),
         "state": {
             "status": status,
@@ -104,35 +114,75 @@ fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
 }
 
 /// The vendor's default, as its SDK has it: OpenAI's includes the version path, Anthropic's and
-/// Gemini's do not. Azure has no default: every resource has its own endpoint.
-fn default_base_url(provider: Provider) -> Result<&'static str, ApiError> {
+/// Gemini's do not; Bedrock's is its region's runtime endpoint. Azure has no default: every
+/// resource has its own endpoint.
+fn default_base_url(provider: Provider, region: Option<&str>) -> Result<String, ApiError> {
     match provider {
-        Provider::Anthropic => Ok(providers::anthropic::DEFAULT_BASE_URL),
-        Provider::OpenAi => Ok(providers::openai::DEFAULT_BASE_URL),
-        Provider::Gemini => Ok(providers::gemini::DEFAULT_BASE_URL),
+        Provider::Anthropic => Ok(providers::anthropic::DEFAULT_BASE_URL.to_owned()),
+        Provider::OpenAi => Ok(providers::openai::DEFAULT_BASE_URL.to_owned()),
+        Provider::Gemini => Ok(providers::gemini::DEFAULT_BASE_URL.to_owned()),
+        Provider::Bedrock => Ok(providers::bedrock::default_base_url(
+            region.unwrap_or_default(),
+        )),
         Provider::AzureOpenAi => Err(ApiError::invalid(
             "base_url: required for azure-openai (https://<resource>.openai.azure.com)",
         )),
     }
 }
 
-/// Azure needs an api-version; the other providers take none.
-fn valid_azure(
-    provider: Provider,
+/// The fields only some providers take.
+struct VendorFields {
     api_version: Option<String>,
-    deployments: &BTreeMap<String, String>,
-) -> Result<Option<String>, ApiError> {
-    if provider != Provider::AzureOpenAi {
-        if api_version.is_some() || !deployments.is_empty() {
+    deployments: BTreeMap<String, String>,
+    region: Option<String>,
+    aws_access_key_id: Option<String>,
+}
+
+/// Azure needs an api-version and may name deployments; Bedrock needs a region and may name
+/// model ids and an access key id; the other providers take none of these.
+fn valid_vendor(provider: Provider, mut f: VendorFields) -> Result<VendorFields, ApiError> {
+    let azure = provider == Provider::AzureOpenAi;
+    let bedrock = provider == Provider::Bedrock;
+    if f.api_version.is_some() && !azure {
+        return Err(ApiError::invalid(
+            "api_version is for azure-openai accounts only",
+        ));
+    }
+    if !f.deployments.is_empty() && !azure && !bedrock {
+        return Err(ApiError::invalid(
+            "deployments are for azure-openai and bedrock accounts only",
+        ));
+    }
+    if (f.region.is_some() || f.aws_access_key_id.is_some()) && !bedrock {
+        return Err(ApiError::invalid(
+            "region and aws_access_key_id are for bedrock accounts only",
+        ));
+    }
+    if azure {
+        f.api_version
+            .get_or_insert_with(|| providers::azure::DEFAULT_API_VERSION.to_owned());
+    }
+    if bedrock {
+        let region = f.region.as_deref().unwrap_or_default();
+        let valid = !region.is_empty()
+            && region.len() <= 32
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
             return Err(ApiError::invalid(
-                "api_version and deployments are for azure-openai accounts only",
+                "region: required for bedrock accounts (such as us-east-1)",
             ));
         }
-        return Ok(None);
+        if let Some(id) = &f.aws_access_key_id
+            && (!(16..=128).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err(ApiError::invalid(
+                "aws_access_key_id: 16 to 128 letters and digits",
+            ));
+        }
     }
-    Ok(Some(api_version.unwrap_or_else(|| {
-        providers::azure::DEFAULT_API_VERSION.to_owned()
-    })))
+    Ok(f)
 }
 
 fn valid_base_url(url: &str) -> Result<String, ApiError> {
@@ -201,11 +251,19 @@ fn seal(app: &App, id: &str, api_key: &str) -> Result<String, ApiError> {
 
 pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>, ApiError> {
     let id = auth::new_id("acct");
+    let vendor = valid_vendor(
+        req.provider,
+        VendorFields {
+            api_version: req.api_version,
+            deployments: req.deployments,
+            region: req.region,
+            aws_access_key_id: req.aws_access_key_id,
+        },
+    )?;
     let base_url = match &req.base_url {
         Some(url) => valid_base_url(url)?,
-        None => default_base_url(req.provider)?.to_owned(),
+        None => default_base_url(req.provider, vendor.region.as_deref())?,
     };
-    let api_version = valid_azure(req.provider, req.api_version, &req.deployments)?;
     let record = AccountRecord {
         name: valid_name(&req.name)?,
         provider: req.provider,
@@ -218,8 +276,10 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         max_concurrency: valid_concurrency(req.max_concurrency)?,
         weight: valid_weight(req.weight.unwrap_or(1))?,
         group: req.group.filter(|g| !g.trim().is_empty()),
-        api_version,
-        deployments: req.deployments,
+        api_version: vendor.api_version,
+        deployments: vendor.deployments,
+        region: vendor.region,
+        aws_access_key_id: vendor.aws_access_key_id,
         created_at: now_ms(),
         id,
     };
@@ -307,16 +367,30 @@ pub async fn patch(
         })
         .await?;
     }
-    let deployments_given = req.deployments.is_some();
-    if let Some(deployments) = req.deployments {
-        record.deployments = deployments;
-    }
-    if req.api_version.is_some() || deployments_given || record.provider == Provider::AzureOpenAi {
-        record.api_version = valid_azure(
-            record.provider,
-            req.api_version.or(record.api_version.take()),
-            &record.deployments,
-        )?;
+    // A Bedrock account on its region's default endpoint follows a change of region.
+    let default_endpoint = record.provider == Provider::Bedrock
+        && record.base_url
+            == providers::bedrock::default_base_url(record.region.as_deref().unwrap_or_default());
+    let vendor = valid_vendor(
+        record.provider,
+        VendorFields {
+            api_version: req.api_version.or(record.api_version.take()),
+            deployments: req
+                .deployments
+                .unwrap_or(std::mem::take(&mut record.deployments)),
+            region: req.region.or(record.region.take()),
+            aws_access_key_id: req
+                .aws_access_key_id
+                .unwrap_or(record.aws_access_key_id.take()),
+        },
+    )?;
+    record.api_version = vendor.api_version;
+    record.deployments = vendor.deployments;
+    record.region = vendor.region;
+    record.aws_access_key_id = vendor.aws_access_key_id;
+    if default_endpoint && record.base_url == before.base_url {
+        record.base_url =
+            providers::bedrock::default_base_url(record.region.as_deref().unwrap_or_default());
     }
     if !app
         .store()

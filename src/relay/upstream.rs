@@ -12,7 +12,7 @@ use crate::body::Body;
 use crate::catalog::Account;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics as m;
-use crate::providers::{self, anthropic, azure, gemini, openai};
+use crate::providers::{self, anthropic, azure, bedrock, gemini, openai};
 use crate::scheduler::health::Outcome;
 use crate::store::Provider;
 use crate::upstream_client::{UpstreamError, UpstreamResponse};
@@ -57,20 +57,13 @@ pub(super) async fn send(
     client: &http::HeaderMap,
     account: &Account,
 ) -> Result<(UpstreamResponse, Instant), SendError> {
+    if account.record.provider == Provider::Bedrock {
+        return send_bedrock(app, call, client, account).await;
+    }
     let Some((url, headers)) = request_for(call, client, account) else {
         return Err(SendError::Mismatch(account.record.provider));
     };
-    let first_byte = call.first_byte_timeout.unwrap_or_else(|| {
-        let upstream = &app.config.upstream;
-        // Only a generation waits long for its head: a model list or a token count is quick.
-        Duration::from_secs(if call.streams || !call.billed() {
-            upstream.first_byte_timeout_secs
-        } else {
-            upstream
-                .answer_timeout_secs
-                .max(upstream.first_byte_timeout_secs)
-        })
-    });
+    let first_byte = first_byte_timeout(app, call);
     let body = match (&call.respond, &call.target, account.record.provider) {
         // Azure api-versions before 2024-09 refuse `stream_options`: such an account gets the
         // client's body as it was (its stream then carries no usage to bill).
@@ -93,6 +86,72 @@ pub(super) async fn send(
         Err(_) => return Err(SendError::Timeout(first_byte)),
     };
     let head_at = Instant::now();
+    let resp = match call.whole_answer {
+        Some(whole) if resp.status().is_success() => read_whole(resp, whole).await?,
+        _ => resp,
+    };
+    Ok((resp, head_at))
+}
+
+/// How long `call` waits for its head (the answer timeout for an answer that is not streamed).
+fn first_byte_timeout(app: &App, call: &Call) -> Duration {
+    call.first_byte_timeout.unwrap_or_else(|| {
+        let upstream = &app.config.upstream;
+        // Only a generation waits long for its head: a model list or a token count is quick.
+        Duration::from_secs(if call.streams || !call.billed() {
+            upstream.first_byte_timeout_secs
+        } else {
+            upstream
+                .answer_timeout_secs
+                .max(upstream.first_byte_timeout_secs)
+        })
+    })
+}
+
+/// [`send`] to a Bedrock account: the Anthropic call as Bedrock's operation, and its answer as
+/// Anthropic's (`providers::bedrock`), before anything reads it.
+async fn send_bedrock(
+    app: &App,
+    call: &Call,
+    client: &http::HeaderMap,
+    account: &Account,
+) -> Result<(UpstreamResponse, Instant), SendError> {
+    let op = match &call.target {
+        Target::Anthropic { path } => bedrock::Operation::of(path, call.streams),
+        _ => None,
+    };
+    let (Some(op), Some(model)) = (op, call.model.as_deref()) else {
+        return Err(SendError::Mismatch(account.record.provider));
+    };
+    let url = bedrock::upstream_url(account, op, model);
+    let first_byte = first_byte_timeout(app, call);
+    let mut with_betas = true;
+    let (resp, head_at) = loop {
+        let body = bedrock::request_body(&call.body, client, op, with_betas)
+            .unwrap_or_else(|| call.body.clone());
+        let headers = bedrock::upstream_headers(account, op, &url, &body).map_err(|why| {
+            SendError::Unfinished {
+                why,
+                timed_out: false,
+            }
+        })?;
+        let send = app
+            .http()
+            .send(http::Method::POST, url.clone(), headers, body);
+        let resp = match tokio::time::timeout(first_byte, send).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(SendError::Failed(e)),
+            Err(_) => return Err(SendError::Timeout(first_byte)),
+        };
+        let head_at = Instant::now();
+        let (resp, error) = bedrock::answer(resp, op).await;
+        // Some models take fewer betas than others: once more without them.
+        if with_betas && bedrock::refuses_a_beta(error.as_deref()) {
+            with_betas = false;
+            continue;
+        }
+        break (resp, head_at);
+    };
     let resp = match call.whole_answer {
         Some(whole) if resp.status().is_success() => read_whole(resp, whole).await?,
         _ => resp,

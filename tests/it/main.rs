@@ -1,5 +1,6 @@
 //! Integration tests: one binary (one link) for the whole suite.
 mod anthropic;
+mod bedrock;
 mod cli;
 mod connections;
 mod failover;

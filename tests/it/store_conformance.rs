@@ -195,6 +195,8 @@ fn account(id: &str, created_at: i64) -> AccountRecord {
         group: None,
         api_version: None,
         deployments: Default::default(),
+        region: None,
+        aws_access_key_id: None,
         created_at,
     }
 }

@@ -485,7 +485,14 @@ async fn reasoning_effort_thinks_on_claude_and_answers_reasoning_content() {
     let body = ask("claude-sonnet-4-5", false, json!([question, begun]));
     let (status, _, answer) = send(&relay, &key, &body).await;
     assert_eq!(status, 200, "{answer}");
-    assert!(mock.requests().pop().unwrap().json().get("thinking").is_none());
+    assert!(
+        mock.requests()
+            .pop()
+            .unwrap()
+            .json()
+            .get("thinking")
+            .is_none()
+    );
 
     // Anthropic's own `thinking`, as the OpenAI SDK sends it in `extra_body`, goes as sent.
     let mut body = ask("claude-sonnet-4-5", false, json!([question]));

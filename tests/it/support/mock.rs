@@ -40,6 +40,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 pub mod anthropic;
+mod bedrock;
 mod body;
 pub mod gemini;
 pub mod images;
@@ -135,6 +136,7 @@ pub enum Vendor {
     OpenAi,
     Azure,
     Gemini,
+    Bedrock,
 }
 
 /// How the mock answers one request (any answering route: not models lists or files).
@@ -593,10 +595,14 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<M
                 Vendor::Anthropic => anthropic::models_json(),
                 Vendor::OpenAi | Vendor::Azure => openai::models_json(),
                 Vendor::Gemini => gemini::models_json(),
+                Vendor::Bedrock => unreachable!("Bedrock routes no model list"),
             };
             vendor_json(v, 200, body, guard)
         }
         (Route::OpenAi(op, azure), Some(b), _) => openai::handle(op, azure, b, &ctx, guard).await,
+        (Route::Bedrock(op, model), Some(b), _) => {
+            bedrock::handle(op, &model, b, &ctx, guard).await
+        }
         (Route::Gemini(op, model), Some(b), _) => gemini::handle(op, &model, b, &ctx, guard).await,
         (Route::File(id), _, _) => images::file(&id, &ctx, guard),
         (route, _, _) => {
@@ -607,6 +613,9 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<M
                 }
                 Vendor::OpenAi | Vendor::Azure => openai::not_found(vendor == Vendor::Azure, path),
                 Vendor::Gemini => gemini::error_json(404, &format!("Not found: {path}"), None),
+                Vendor::Bedrock => {
+                    serde_json::json!({ "message": format!("Not found: {path}") }).to_string()
+                }
             };
             vendor_json(vendor, 404, body, guard)
         }
@@ -756,6 +765,7 @@ pub fn render_error(vendor: Vendor, behavior: &Behavior) -> Option<ErrorParts> {
                 Vendor::OpenAi => openai::render_fault(behavior, false),
                 Vendor::Azure => openai::render_fault(behavior, true),
                 Vendor::Gemini => gemini::render_fault(behavior),
+                Vendor::Bedrock => bedrock::render_fault(behavior),
             })
         }
         _ => None,

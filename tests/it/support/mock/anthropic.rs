@@ -70,7 +70,7 @@ pub const THINKING_TEXT: &str = "The user asks; I answer.";
 /// `top_p` under 0.95; no forced tool; a last assistant turn that called tools must open with
 /// its thinking, and the last message must not be the assistant's (a prefill); an
 /// `output_config.effort` Claude knows.
-fn thinking(obj: &serde_json::Map<String, serde_json::Value>) -> Result<bool, String> {
+pub(super) fn thinking(obj: &serde_json::Map<String, serde_json::Value>) -> Result<bool, String> {
     use serde_json::Value;
     if let Some(effort) = obj.get("output_config").and_then(|c| c.get("effort")) {
         let known = ["low", "medium", "high", "xhigh", "max"];
@@ -264,7 +264,7 @@ pub fn stream_events(model: &str, usage: MockUsage) -> Vec<Bytes> {
 
 /// [`stream_events`], opening with a thinking block (its text, then its signature) when
 /// `thinks`.
-fn answer_events(model: &str, usage: MockUsage, thinks: bool) -> Vec<Bytes> {
+pub(super) fn answer_events(model: &str, usage: MockUsage, thinks: bool) -> Vec<Bytes> {
     let mut events = Vec::with_capacity(10 + TEXT_DELTAS.len());
     events.push(event(
         "message_start",
@@ -339,7 +339,7 @@ pub fn expected_json_bytes(model: &str, usage: MockUsage) -> Bytes {
 }
 
 /// [`expected_json_bytes`], opening with a thinking block when `thinks`.
-fn answer_json(model: &str, usage: MockUsage, thinks: bool) -> Bytes {
+pub(super) fn answer_json(model: &str, usage: MockUsage, thinks: bool) -> Bytes {
     let thinking = if thinks {
         format!(
             "{{\"type\": \"thinking\", \"thinking\": {}, \"signature\": \"c2lnbmVk\"}}, ",

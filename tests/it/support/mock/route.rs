@@ -3,6 +3,7 @@
 
 use http::{HeaderMap, Method};
 
+use super::bedrock::{self, BedrockOp};
 use super::{Vendor, anthropic, credential, gemini, openai, query_param};
 
 /// An OpenAI-shaped operation (on `/v1/…` or an Azure deployment).
@@ -36,6 +37,8 @@ pub(super) enum Route {
     /// `azure`: the deployment (empty on Azure's v1 API, whose body names it as the model).
     OpenAi(OpenAiOp, Option<String>),
     Gemini(GeminiOp, String),
+    /// Bedrock's runtime: the operation and the model id.
+    Bedrock(BedrockOp, String),
     File(String),
     NotFound(Vendor),
 }
@@ -49,6 +52,12 @@ impl Route {
     ) -> Route {
         let post = method == Method::POST;
         let get = method == Method::GET;
+        if path.starts_with("/model/") {
+            return match bedrock::route(path) {
+                Some((op, model)) if post => Route::Bedrock(op, model),
+                _ => Route::NotFound(Vendor::Bedrock),
+            };
+        }
         if let Some(rest) = path.strip_prefix("/openai/deployments/") {
             if let (true, Some((deployment, op))) = (post, rest.split_once('/'))
                 && let (false, Some(op)) = (deployment.is_empty(), openai_op(op))
@@ -116,6 +125,7 @@ impl Route {
             Route::OpenAi(_, Some(_)) => Vendor::Azure,
             Route::OpenAi(_, None) | Route::File(_) => Vendor::OpenAi,
             Route::Gemini(..) => Vendor::Gemini,
+            Route::Bedrock(..) => Vendor::Bedrock,
         }
     }
 
@@ -123,7 +133,11 @@ impl Route {
     pub(super) fn takes_behavior(&self) -> bool {
         matches!(
             self,
-            Route::Messages | Route::CountTokens | Route::OpenAi(..) | Route::Gemini(..)
+            Route::Messages
+                | Route::CountTokens
+                | Route::OpenAi(..)
+                | Route::Gemini(..)
+                | Route::Bedrock(..)
         )
     }
 }
@@ -174,7 +188,11 @@ pub(super) fn precheck(
     key: Option<&str>,
 ) -> Option<(u16, String)> {
     let vendor = route.vendor();
-    if matches!(route, Route::File(_) | Route::NotFound(_)) {
+    // Bedrock's credentials are checked with the body they sign (`bedrock::handle`).
+    if matches!(
+        route,
+        Route::File(_) | Route::NotFound(_) | Route::Bedrock(..)
+    ) {
         return None;
     }
     let presented = match vendor {
@@ -193,6 +211,7 @@ pub(super) fn precheck(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .or_else(|| query_param(query, "key")),
+        Vendor::Bedrock => None,
     };
     let wrong = match (&presented, key) {
         (Some(p), Some(k)) => p != k,
@@ -205,6 +224,7 @@ pub(super) fn precheck(
             Vendor::Anthropic => anthropic::auth_error(missing),
             Vendor::OpenAi | Vendor::Azure => openai::auth_error(vendor == Vendor::Azure, missing),
             Vendor::Gemini => gemini::auth_error(missing),
+            Vendor::Bedrock => unreachable!("checked in bedrock::handle"),
         });
     }
     let v1 = matches!(route, Route::OpenAi(_, Some(d)) if d.is_empty());

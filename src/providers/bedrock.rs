@@ -1,0 +1,517 @@
+//! Amazon Bedrock: Claude models for Anthropic clients, through `bedrock-runtime`.
+//!
+//! A Messages request becomes `POST {base}/model/{model id}/invoke`
+//! (`invoke-with-response-stream` when streamed; `count-tokens` for a token count) with the body
+//! less `model` and `stream`, plus `anthropic_version` and the client's `anthropic-beta` header
+//! as `anthropic_beta`. It is signed with SigV4 when the account has an access key id (the api
+//! key is then the secret access key), else the api key is a Bedrock API key, sent as a bearer
+//! token.
+//!
+//! The answer is made Anthropic's before anything else reads it ([`answer`]): a stream's binary
+//! event-stream frames become the SSE events they carry, an error becomes Anthropic's error JSON
+//! with the status its kind stands for (a throttle 429, an unavailable model 529, a refused
+//! credential 401), a token count `{"input_tokens": n}`. From there on, the relay handles a
+//! Bedrock answer as an Anthropic one: usage, failover on the first event, health.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+use aws_smithy_types::event_stream::{HeaderValue as FrameHeader, Message};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use serde_json::{Map, Value, json};
+
+use crate::body::BoxError;
+use crate::catalog::Account;
+use crate::upstream_client::{UpstreamBody, UpstreamResponse};
+
+/// The `anthropic_version` Bedrock's Claude models take in the body.
+pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
+
+/// The betas Bedrock's Claude models take (AWS's documentation): any other in the body fails the
+/// request with "invalid beta flag", and Anthropic's clients send many (Claude Code sends
+/// `claude-code-20250219`, `prompt-caching-scope-…` and others on every request).
+const BETAS: [&str; 11] = [
+    "computer-use-2024-10-22",
+    "computer-use-2025-01-24",
+    "token-efficient-tools-2025-02-19",
+    "interleaved-thinking-2025-05-14",
+    "output-128k-2025-02-19",
+    "dev-full-thinking-2025-05-14",
+    "context-1m-2025-08-07",
+    "context-management-2025-06-27",
+    "effort-2025-11-24",
+    "tool-search-tool-2025-10-19",
+    "tool-examples-2025-10-29",
+];
+
+/// The SigV4 service name.
+const SERVICE: &str = "bedrock";
+
+/// An error body is read up to this size; the rest is not needed to say what went wrong.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// How long an error or token-count body may take once its head came.
+const SMALL_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The region's runtime endpoint.
+pub fn default_base_url(region: &str) -> String {
+    format!("https://bedrock-runtime.{region}.amazonaws.com")
+}
+
+/// What a request asks of Bedrock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Invoke,
+    InvokeStream,
+    CountTokens,
+}
+
+impl Operation {
+    /// The operation for an Anthropic path: Messages and its token count only.
+    pub fn of(path: &str, stream: bool) -> Option<Operation> {
+        match path {
+            "/v1/messages" if stream => Some(Operation::InvokeStream),
+            "/v1/messages" => Some(Operation::Invoke),
+            "/v1/messages/count_tokens" => Some(Operation::CountTokens),
+            _ => None,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Operation::Invoke => "invoke",
+            Operation::InvokeStream => "invoke-with-response-stream",
+            Operation::CountTokens => "count-tokens",
+        }
+    }
+}
+
+/// The Bedrock model id for a model name: the account's own (`deployments`: an inference
+/// profile such as `us.anthropic.claude-sonnet-4-5-20250929-v1:0`, or its ARN), a name that is
+/// already a Bedrock id (it has a dot or is an ARN), else `anthropic.<model>-v1:0`.
+pub fn model_id<'a>(account: &'a Account, model: &'a str) -> Cow<'a, str> {
+    if let Some(id) = account.record.deployments.get(model) {
+        return Cow::Borrowed(id);
+    }
+    if model.contains('.') || model.starts_with("arn:") {
+        return Cow::Borrowed(model);
+    }
+    Cow::Owned(format!("anthropic.{model}-v1:0"))
+}
+
+/// `{base}/model/{model id}/{operation}`, the id percent-encoded (`:` and an ARN's `/`).
+pub fn upstream_url(account: &Account, op: Operation, model: &str) -> String {
+    let id: String = form_urlencoded::byte_serialize(model_id(account, model).as_bytes()).collect();
+    format!(
+        "{}/model/{id}/{}",
+        account.record.base_url.trim_end_matches('/'),
+        op.path()
+    )
+}
+
+/// The Bedrock body for an Anthropic Messages (or count_tokens) body, with the client's betas
+/// that Bedrock takes ([`BETAS`]) unless `with_betas` is false; `None` when it is not a JSON object
+/// (the relay read it already, so it is).
+pub fn request_body(
+    body: &[u8],
+    client: &HeaderMap,
+    op: Operation,
+    with_betas: bool,
+) -> Option<Bytes> {
+    let mut map: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    map.remove("model");
+    map.remove("stream");
+    map.entry("anthropic_version")
+        .or_insert_with(|| json!(ANTHROPIC_VERSION));
+    let betas: Vec<Value> = client
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|b| BETAS.contains(b))
+        .map(|b| json!(b))
+        .collect();
+    if with_betas && !betas.is_empty() {
+        map.entry("anthropic_beta")
+            .or_insert_with(|| Value::Array(betas));
+    }
+    if !with_betas {
+        map.remove("anthropic_beta");
+    }
+    if op == Operation::CountTokens {
+        // The count takes an invocation's body, which needs a `max_tokens`.
+        map.entry("max_tokens").or_insert_with(|| json!(1));
+        let invocation = serde_json::to_vec(&map).ok()?;
+        let body = base64::engine::general_purpose::STANDARD.encode(invocation);
+        let wrapped = json!({ "input": { "invokeModel": { "body": body } } });
+        return serde_json::to_vec(&wrapped).ok().map(Bytes::from);
+    }
+    serde_json::to_vec(&map).ok().map(Bytes::from)
+}
+
+/// The request's headers: its content type, what it accepts, and its credentials (a SigV4
+/// signature over the URL and body, or the Bedrock API key). The client's headers are not
+/// forwarded: Bedrock takes nothing of them but the betas, which go in the body.
+pub fn upstream_headers(
+    account: &Account,
+    op: Operation,
+    url: &str,
+    body: &[u8],
+) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let accept = match op {
+        Operation::InvokeStream => "application/vnd.amazon.eventstream",
+        Operation::Invoke | Operation::CountTokens => "application/json",
+    };
+    headers.insert(ACCEPT, HeaderValue::from_static(accept));
+    match &account.record.aws_access_key_id {
+        Some(access_key_id) => sign_v4(account, access_key_id, url, body, &mut headers)?,
+        None => {
+            let key = account
+                .api_key
+                .to_str()
+                .map_err(|_| "the Bedrock API key is not valid text".to_owned())?;
+            let mut bearer = HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| "the Bedrock API key is not valid in a header".to_owned())?;
+            bearer.set_sensitive(true);
+            headers.insert(AUTHORIZATION, bearer);
+        }
+    }
+    Ok(headers)
+}
+
+/// Adds the SigV4 headers (`x-amz-date`, `authorization`) for a POST of `body` to `url`.
+fn sign_v4(
+    account: &Account,
+    access_key_id: &str,
+    url: &str,
+    body: &[u8],
+    headers: &mut HeaderMap,
+) -> Result<(), String> {
+    let secret = account
+        .api_key
+        .to_str()
+        .map_err(|_| "the secret access key is not valid text".to_owned())?;
+    let region = account.record.region.as_deref().unwrap_or_default();
+    let identity = Credentials::new(access_key_id, secret, None, None, "switchyard").into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(SERVICE)
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| format!("signing the request: {e}"))?
+        .into();
+    let signed: Vec<(&str, &str)> = headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .collect();
+    let request = SignableRequest::new("POST", url, signed.into_iter(), SignableBody::Bytes(body))
+        .map_err(|e| format!("signing the request: {e}"))?;
+    let (instructions, _) = sign(request, &params)
+        .map_err(|e| format!("signing the request: {e}"))?
+        .into_parts();
+    let mut added = Vec::new();
+    for (name, value) in instructions.headers() {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let mut value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
+        value.set_sensitive(name == AUTHORIZATION);
+        added.push((name, value));
+    }
+    headers.extend(added);
+    Ok(())
+}
+
+/// Whether an answer (as [`answer`] made it) refuses a beta the body named: Bedrock takes
+/// fewer on some models than on others (Opus 4.7 only `interleaved-thinking-…`).
+pub fn refuses_a_beta(error: Option<&str>) -> bool {
+    error.is_some_and(|message| message.contains("invalid beta flag"))
+}
+
+/// Bedrock's answer as Anthropic's (see the module's documentation), and an error's message.
+pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse, Option<String>) {
+    let (mut head, body) = resp.into_parts();
+    if !head.status.is_success() {
+        let kind = head
+            .headers
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(':').next().unwrap_or(v).to_owned());
+        let bytes = read_small(body).await.unwrap_or_default();
+        let message = error_message(&bytes);
+        let (status, body) = anthropic_error(head.status, kind.as_deref(), &message);
+        head.status = status;
+        return (json_answer(head, body), Some(message));
+    }
+    let resp = match op {
+        Operation::Invoke => Response::from_parts(head, body),
+        Operation::CountTokens => {
+            let bytes = read_small(body).await.unwrap_or_default();
+            let count = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("inputTokens").and_then(Value::as_u64));
+            let body = match count {
+                Some(n) => json!({ "input_tokens": n }),
+                None => {
+                    head.status = StatusCode::BAD_GATEWAY;
+                    json!({ "type": "error", "error": { "type": "api_error",
+                        "message": "Bedrock answered a token count without `inputTokens`" } })
+                }
+            };
+            json_answer(head, body)
+        }
+        Operation::InvokeStream => {
+            head.headers.remove(CONTENT_LENGTH);
+            head.headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream; charset=utf-8"),
+            );
+            let sse = EventStreamToSse {
+                inner: body,
+                buffer: BytesMut::new(),
+                decoder: MessageFrameDecoder::new(),
+                ended: false,
+            };
+            Response::from_parts(head, http_body_util::Either::Right(sse.boxed()))
+        }
+    };
+    (resp, None)
+}
+
+/// A JSON answer with this head (its length and type rewritten).
+fn json_answer(mut head: http::response::Parts, body: Value) -> UpstreamResponse {
+    let bytes = Bytes::from(body.to_string());
+    head.headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    head.headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Response::from_parts(
+        head,
+        http_body_util::Either::Right(crate::body::full(bytes)),
+    )
+}
+
+/// A small body read whole (an error, a token count), within a time and a size.
+async fn read_small(mut body: UpstreamBody) -> Option<Bytes> {
+    let read = async {
+        let mut out = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.ok()?.into_data() {
+                out.extend_from_slice(&data);
+                if out.len() > MAX_ERROR_BYTES {
+                    out.truncate(MAX_ERROR_BYTES);
+                    break;
+                }
+            }
+        }
+        Some(out.freeze())
+    };
+    tokio::time::timeout(SMALL_BODY_TIMEOUT, read).await.ok()?
+}
+
+/// The message of a Bedrock error body (`{"message": …}`, some services `{"Message": …}`).
+fn error_message(body: &[u8]) -> String {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    parsed
+        .as_ref()
+        .and_then(|v| v.get("message").or_else(|| v.get("Message")))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect())
+}
+
+/// Anthropic's error type for a Bedrock error kind (`ThrottlingException`; in a stream
+/// `throttlingException`), else for the status.
+fn anthropic_kind(status: StatusCode, kind: Option<&str>) -> &'static str {
+    let kind = kind.unwrap_or_default();
+    let is = |name: &str| kind.eq_ignore_ascii_case(name);
+    if is("ValidationException") {
+        "invalid_request_error"
+    } else if is("AccessDeniedException") {
+        "permission_error"
+    } else if [
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "ExpiredTokenException",
+        "MissingAuthenticationTokenException",
+    ]
+    .iter()
+    .any(|k| is(k))
+    {
+        "authentication_error"
+    } else if is("ResourceNotFoundException") {
+        "not_found_error"
+    } else if [
+        "ThrottlingException",
+        "ServiceQuotaExceededException",
+        "TooManyRequestsException",
+    ]
+    .iter()
+    .any(|k| is(k))
+    {
+        "rate_limit_error"
+    } else if is("ServiceUnavailableException") || is("ModelNotReadyException") {
+        "overloaded_error"
+    } else if is("ModelTimeoutException") {
+        "timeout_error"
+    } else {
+        match status.as_u16() {
+            400 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            _ => "api_error",
+        }
+    }
+}
+
+/// An Anthropic error body, and the status its type stands for.
+fn anthropic_error(status: StatusCode, kind: Option<&str>, message: &str) -> (StatusCode, Value) {
+    let kind = anthropic_kind(status, kind);
+    let body = json!({ "type": "error", "error": { "type": kind, "message": message } });
+    let status = super::anthropic::error_status(body.to_string().as_bytes()).unwrap_or(status);
+    (status, body)
+}
+
+/// A stream's event-stream frames as the SSE events they carry: each `chunk` event's payload,
+/// `{"bytes": "<base64 of an Anthropic event>"}`, becomes `event: <its type>` and `data: <it>`;
+/// an exception becomes an Anthropic `error` event, after which the stream ends.
+struct EventStreamToSse {
+    inner: UpstreamBody,
+    buffer: BytesMut,
+    decoder: MessageFrameDecoder,
+    ended: bool,
+}
+
+impl EventStreamToSse {
+    /// The SSE of every whole frame in the buffer.
+    fn drain(&mut self) -> Result<BytesMut, BoxError> {
+        let mut out = BytesMut::new();
+        while !self.ended {
+            match self.decoder.decode_frame(&mut self.buffer)? {
+                DecodedFrame::Complete(message) => self.ended = sse_of(&message, &mut out)?,
+                DecodedFrame::Incomplete => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl http_body::Body for EventStreamToSse {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    if !this.buffer.is_empty() {
+                        return Poll::Ready(Some(Err(
+                            "the event stream ended inside a frame".into()
+                        )));
+                    }
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    this.buffer.extend_from_slice(&data);
+                    let out = match this.drain() {
+                        Ok(out) => out,
+                        Err(e) => {
+                            this.ended = true;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    };
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+/// Writes the SSE event `message` stands for; `true` when it ends the stream (an exception).
+fn sse_of(message: &Message, out: &mut BytesMut) -> Result<bool, BoxError> {
+    let header = |name: &str| {
+        message
+            .headers()
+            .iter()
+            .find(|h| h.name().as_str() == name)
+            .and_then(|h| match h.value() {
+                FrameHeader::String(s) => Some(s.as_str()),
+                _ => None,
+            })
+    };
+    match header(":message-type") {
+        Some("event") => {
+            if header(":event-type") != Some("chunk") {
+                return Ok(false);
+            }
+            #[derive(serde::Deserialize)]
+            struct Chunk {
+                bytes: String,
+            }
+            let chunk: Chunk = serde_json::from_slice(message.payload())?;
+            let event = base64::engine::general_purpose::STANDARD.decode(chunk.bytes)?;
+            #[derive(serde::Deserialize)]
+            struct Typed<'a> {
+                #[serde(rename = "type", borrow)]
+                kind: Cow<'a, str>,
+            }
+            let typed: Typed<'_> = serde_json::from_slice(&event)?;
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(typed.kind.as_bytes());
+            out.extend_from_slice(b"\ndata: ");
+            out.extend_from_slice(&event);
+            out.extend_from_slice(b"\n\n");
+            Ok(false)
+        }
+        Some("exception") | Some("error") => {
+            let kind = header(":exception-type").or_else(|| header(":error-code"));
+            let text = error_message(message.payload());
+            let kind = anthropic_kind(StatusCode::INTERNAL_SERVER_ERROR, kind);
+            out.extend_from_slice(&super::anthropic::typed_error_event(kind, &text));
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
