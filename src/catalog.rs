@@ -16,11 +16,18 @@ use tokio::sync::broadcast;
 
 use crate::store::{AccountRecord, Change, KeyRecord, Store, StoreError};
 
+/// How an Anthropic OAuth access token begins (an API key begins `sk-ant-api`).
+const OAUTH_TOKEN_PREFIX: &str = "sk-ant-oat";
+
 /// An account ready to serve: its record and its opened credential.
 pub struct Account {
     pub record: AccountRecord,
     /// The upstream credential, marked sensitive so it never shows in debug output.
     pub api_key: HeaderValue,
+    /// An Anthropic account whose credential is an OAuth token of a Claude subscription
+    /// (`sk-ant-oat…`, as `claude setup-token` makes): `Bearer <token>`, sent in place of
+    /// `x-api-key`.
+    pub oauth_bearer: Option<HeaderValue>,
     /// `record.models` compiled once.
     models: Vec<glob::Pattern>,
 }
@@ -38,6 +45,14 @@ impl Account {
     /// value or a model glob no longer compiles (globs are validated when written: such an
     /// account serves nothing rather than everything).
     pub fn new(record: AccountRecord, api_key: &str) -> Option<Account> {
+        let oauth_bearer = match record.provider {
+            crate::store::Provider::Anthropic if api_key.starts_with(OAUTH_TOKEN_PREFIX) => {
+                let mut bearer = HeaderValue::from_str(&format!("Bearer {api_key}")).ok()?;
+                bearer.set_sensitive(true);
+                Some(bearer)
+            }
+            _ => None,
+        };
         let mut api_key = HeaderValue::from_str(api_key).ok()?;
         api_key.set_sensitive(true);
         let models = record
@@ -49,6 +64,7 @@ impl Account {
         Some(Account {
             record,
             api_key,
+            oauth_bearer,
             models,
         })
     }

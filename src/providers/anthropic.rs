@@ -90,12 +90,44 @@ pub fn inspect(body: &[u8]) -> Result<Ask<'_>, ApiError> {
     })
 }
 
+/// The beta an OAuth token of a Claude subscription must name to be taken by the API.
+pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+
 /// The upstream request's headers: the client's end-to-end headers (`anthropic-version`,
-/// `anthropic-beta`, …) with its credentials replaced by the account's.
+/// `anthropic-beta`, …) with its credentials replaced by the account's: its API key as
+/// `x-api-key`, or its subscription's OAuth token as a bearer token, with [`OAUTH_BETA`] among
+/// the client's betas.
 pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
     static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+    static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
     let mut headers = super::forward_headers(client);
-    headers.insert(crate::auth::X_API_KEY.clone(), account.api_key.clone());
+    match &account.oauth_bearer {
+        Some(bearer) => {
+            headers.insert(http::header::AUTHORIZATION, bearer.clone());
+            let betas: Vec<&str> = headers
+                .get_all(&ANTHROPIC_BETA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|b| !b.is_empty())
+                .collect();
+            if !betas.contains(&OAUTH_BETA) {
+                let joined = betas
+                    .iter()
+                    .copied()
+                    .chain([OAUTH_BETA])
+                    .collect::<Vec<_>>()
+                    .join(",");
+                if let Ok(value) = HeaderValue::from_str(&joined) {
+                    headers.insert(ANTHROPIC_BETA.clone(), value);
+                }
+            }
+        }
+        None => {
+            headers.insert(crate::auth::X_API_KEY.clone(), account.api_key.clone());
+        }
+    }
     if !headers.contains_key(&ANTHROPIC_VERSION) {
         headers.insert(
             ANTHROPIC_VERSION.clone(),

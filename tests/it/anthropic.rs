@@ -1137,3 +1137,81 @@ async fn an_empty_answer_is_settled_as_complete() {
     assert_eq!(entry["estimated"], false, "{entry}");
     assert_eq!(entry["input_tokens"], 0, "{entry}");
 }
+
+/// A Claude subscription's OAuth token (`claude setup-token`) as an account's credential: sent
+/// as a bearer token with the OAuth beta beside the client's, never as `x-api-key`; its
+/// subscription's 5-hour limit, when spent, rests the account until its reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_s_oauth_token_is_a_bearer_token_with_its_beta() {
+    let token = "sk-ant-oat01-abcdefghijklmnop";
+    let (mock, other) = (MockUpstream::start().await, MockUpstream::start().await);
+    mock.require_api_key(token);
+    let relay = Relay::start().await;
+    let account = relay
+        .add_account(&mock, token, json!({ "priority": 1 }))
+        .await;
+    relay
+        .add_account(&other, "sk-ant-api03-x", json!({ "priority": 2 }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .header(
+            "anthropic-beta",
+            "claude-code-20250219,interleaved-thinking-2025-05-14",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert!(sent.header("x-api-key").is_none());
+    assert_eq!(
+        sent.header("anthropic-beta"),
+        Some("claude-code-20250219,interleaved-thinking-2025-05-14,oauth-2025-04-20")
+    );
+    // Without betas of the client's, the OAuth one alone; an API key goes as before.
+    answered(&relay, &key, "claude-sonnet-4-5", false).await;
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.header("anthropic-beta"), Some("oauth-2025-04-20"));
+
+    // The subscription's 5-hour window spent: the account rests until it resets, and the
+    // request goes to the other account.
+    let reset = jiff::Timestamp::now().as_second() + 3 * 3600;
+    mock.push_behavior(Behavior::Error {
+        status: 429,
+        body: json!({ "type": "error", "error": { "type": "rate_limit_error",
+            "message": "This request would exceed your account's rate limit." } })
+        .to_string(),
+        headers: vec![
+            (
+                "anthropic-ratelimit-unified-status".into(),
+                "rejected".into(),
+            ),
+            (
+                "anthropic-ratelimit-unified-5h-status".into(),
+                "rejected".into(),
+            ),
+            (
+                "anthropic-ratelimit-unified-5h-reset".into(),
+                reset.to_string(),
+            ),
+        ],
+    });
+    answered(&relay, &key, "claude-sonnet-4-5", false).await;
+    assert_eq!(other.requests().len(), 1);
+    let sent = other.requests().pop().unwrap();
+    assert_eq!(sent.header("x-api-key"), Some("sk-ant-api03-x"));
+    assert!(sent.header("authorization").is_none());
+    let (_, v) = relay
+        .admin(Method::GET, &format!("/admin/accounts/{account}"), None)
+        .await;
+    assert_eq!(v["state"]["status"], "rate_limited", "{v}");
+    let until: jiff::Timestamp = v["state"]["until"].as_str().unwrap().parse().unwrap();
+    assert_eq!(until.as_second(), reset, "{v}");
+}
