@@ -28,6 +28,9 @@ pub struct Account {
     /// (`sk-ant-oat…`, as `claude setup-token` makes): `Bearer <token>`, sent in place of
     /// `x-api-key`.
     pub oauth_bearer: Option<HeaderValue>,
+    /// A Bedrock account's models that refused a beta the client named: their requests go
+    /// without betas from then on (until the accounts are reloaded).
+    pub refuses_betas: dashmap::DashSet<String>,
     /// `record.models` compiled once.
     models: Vec<glob::Pattern>,
 }
@@ -65,6 +68,7 @@ impl Account {
             record,
             api_key,
             oauth_bearer,
+            refuses_betas: dashmap::DashSet::new(),
             models,
         })
     }

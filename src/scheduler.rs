@@ -266,10 +266,21 @@ fn limit_scope(protocol: Protocol, model: Option<&str>) -> Option<Cow<'static, s
 /// A verdict scoped as the vendor scopes its limits: a 429 whose answer names a limit of the
 /// model asked for (OpenAI's, Google's: `Verdict::RateLimited::per_model`), and any Azure 429
 /// (its limits are each deployment's), holds for that model only: the account goes on serving
-/// its other models (Gemini CLI falls back from Pro to Flash on a 429). An Anthropic 429 is
-/// scoped as its headers say; any other holds for the whole account.
+/// its other models (Gemini CLI falls back from Pro to Flash on a 429). A Bedrock throttle holds
+/// for the model's family (its quotas are each model's: a spent Sonnet quota leaves Claude
+/// Code's Haiku calls served). An Anthropic 429 is scoped as its headers say; any other holds
+/// for the whole account.
 pub fn scoped(verdict: Verdict, provider: Provider, model: Option<&str>) -> Verdict {
     match verdict {
+        Verdict::RateLimited {
+            until_ms,
+            family: None,
+            per_model,
+        } if provider == Provider::Bedrock => Verdict::RateLimited {
+            until_ms,
+            family: limit_scope(Protocol::Anthropic, model),
+            per_model,
+        },
         Verdict::RateLimited {
             until_ms,
             family: None,

@@ -335,6 +335,15 @@ pub async fn patch(
     if let Some(url) = req.base_url {
         record.base_url = valid_base_url(&url)?;
     }
+    // Signing turned off: the secret access key would become a bearer token.
+    if matches!(req.aws_access_key_id, Some(None))
+        && before.aws_access_key_id.is_some()
+        && req.api_key.is_none()
+    {
+        return Err(ApiError::invalid(
+            "aws_access_key_id: taken off only with a new api_key (the Bedrock API key)",
+        ));
+    }
     if let Some(key) = req.api_key {
         record.sealed_api_key = seal(app, id, &valid_api_key(&key)?)?;
     }

@@ -99,7 +99,9 @@ impl Operation {
 
 /// The Bedrock model id for a model name: the account's own (`deployments`: an inference
 /// profile such as `us.anthropic.claude-sonnet-4-5-20250929-v1:0`, or its ARN), a name that is
-/// already a Bedrock id (it has a dot or is an ARN), else `anthropic.<model>-v1:0`.
+/// already a Bedrock id (it has a dot or is an ARN), else the cross-region inference profile of
+/// the account's geography, `<geo>.anthropic.<model>-v1:0` (Claude 4 models take no on-demand
+/// call by their bare id).
 pub fn model_id<'a>(account: &'a Account, model: &'a str) -> Cow<'a, str> {
     if let Some(id) = account.record.deployments.get(model) {
         return Cow::Borrowed(id);
@@ -107,12 +109,41 @@ pub fn model_id<'a>(account: &'a Account, model: &'a str) -> Cow<'a, str> {
     if model.contains('.') || model.starts_with("arn:") {
         return Cow::Borrowed(model);
     }
-    Cow::Owned(format!("anthropic.{model}-v1:0"))
+    let region = account.record.region.as_deref().unwrap_or_default();
+    Cow::Owned(format!("{}anthropic.{model}-v1:0", geography(region)))
+}
+
+/// The prefix of a region's cross-region inference profiles.
+fn geography(region: &str) -> &'static str {
+    [
+        ("us-gov-", "us-gov."),
+        ("us-", "us."),
+        ("eu-", "eu."),
+        ("ap-", "apac."),
+    ]
+    .iter()
+    .find(|(start, _)| region.starts_with(start))
+    .map_or("global.", |(_, geo)| geo)
+}
+
+/// The model id a token count goes to: a token count takes the model, not a cross-region
+/// profile (`us.anthropic.…` counts as `anthropic.…`).
+fn counted_model(id: &str) -> &str {
+    ["us-gov.", "us.", "eu.", "apac.", "jp.", "au.", "global."]
+        .iter()
+        .find_map(|geo| id.strip_prefix(geo))
+        .filter(|rest| rest.starts_with("anthropic."))
+        .unwrap_or(id)
 }
 
 /// `{base}/model/{model id}/{operation}`, the id percent-encoded (`:` and an ARN's `/`).
 pub fn upstream_url(account: &Account, op: Operation, model: &str) -> String {
-    let id: String = form_urlencoded::byte_serialize(model_id(account, model).as_bytes()).collect();
+    let id = model_id(account, model);
+    let id = match op {
+        Operation::CountTokens => counted_model(&id),
+        Operation::Invoke | Operation::InvokeStream => &id,
+    };
+    let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
     format!(
         "{}/model/{id}/{}",
         account.record.base_url.trim_end_matches('/'),
@@ -148,11 +179,20 @@ pub fn request_body(
             .or_insert_with(|| Value::Array(betas));
     }
     if !with_betas {
+        // And the field that needs a beta (Claude Code sends it on every request).
         map.remove("anthropic_beta");
+        map.remove("context_management");
     }
     if op == Operation::CountTokens {
-        // The count takes an invocation's body, which needs a `max_tokens`.
-        map.entry("max_tokens").or_insert_with(|| json!(1));
+        // The count takes an invocation's body, which needs a `max_tokens` (above a thinking
+        // budget).
+        let budget = map
+            .get("thinking")
+            .and_then(|t| t.get("budget_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        map.entry("max_tokens")
+            .or_insert_with(|| json!(budget.saturating_add(1)));
         let invocation = serde_json::to_vec(&map).ok()?;
         let body = base64::engine::general_purpose::STANDARD.encode(invocation);
         let wrapped = json!({ "input": { "invokeModel": { "body": body } } });
@@ -170,15 +210,28 @@ pub fn upstream_headers(
     url: &str,
     body: &[u8],
 ) -> Result<HeaderMap, String> {
+    headers_at(account, op, url, body, SystemTime::now())
+}
+
+/// [`upstream_headers`] signed at `time`.
+fn headers_at(
+    account: &Account,
+    op: Operation,
+    url: &str,
+    body: &[u8],
+    time: SystemTime,
+) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let accept = match op {
-        Operation::InvokeStream => "application/vnd.amazon.eventstream",
+        Operation::InvokeStream => EVENT_STREAM,
         Operation::Invoke | Operation::CountTokens => "application/json",
     };
     headers.insert(ACCEPT, HeaderValue::from_static(accept));
     match &account.record.aws_access_key_id {
-        Some(access_key_id) => sign_v4(account, access_key_id, url, body, &mut headers)?,
+        Some(access_key_id) => {
+            sign_v4(account, access_key_id, url, body, time, &mut headers)?;
+        }
         None => {
             let key = account
                 .api_key
@@ -199,6 +252,7 @@ fn sign_v4(
     access_key_id: &str,
     url: &str,
     body: &[u8],
+    time: SystemTime,
     headers: &mut HeaderMap,
 ) -> Result<(), String> {
     let secret = account
@@ -211,7 +265,7 @@ fn sign_v4(
         .identity(&identity)
         .region(region)
         .name(SERVICE)
-        .time(SystemTime::now())
+        .time(time)
         .settings(SigningSettings::default())
         .build()
         .map_err(|e| format!("signing the request: {e}"))?
@@ -236,8 +290,8 @@ fn sign_v4(
     Ok(())
 }
 
-/// Whether an answer (as [`answer`] made it) refuses a beta the body named: Bedrock takes
-/// fewer on some models than on others (Opus 4.7 only `interleaved-thinking-…`).
+/// Whether an error's message (from [`answer`]) refuses a beta the body named: Bedrock takes
+/// fewer on some models than on others.
 pub fn refuses_a_beta(error: Option<&str>) -> bool {
     error.is_some_and(|message| message.contains("invalid beta flag"))
 }
@@ -268,13 +322,25 @@ pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse,
                 Some(n) => json!({ "input_tokens": n }),
                 None => {
                     head.status = StatusCode::BAD_GATEWAY;
-                    json!({ "type": "error", "error": { "type": "api_error",
-                        "message": "Bedrock answered a token count without `inputTokens`" } })
+                    upstream_fault("Bedrock answered a token count without `inputTokens`")
                 }
             };
             json_answer(head, body)
         }
         Operation::InvokeStream => {
+            let content_type = head
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !content_type.starts_with(EVENT_STREAM) {
+                // Not a stream of frames (a proxy's page, a JSON answer): nothing to convert,
+                // nor to buffer waiting for a frame's end.
+                let message =
+                    format!("Bedrock answered a stream with content type {content_type:?}");
+                head.status = StatusCode::BAD_GATEWAY;
+                return (json_answer(head, upstream_fault(&message)), Some(message));
+            }
             head.headers.remove(CONTENT_LENGTH);
             head.headers.insert(
                 CONTENT_TYPE,
@@ -284,12 +350,19 @@ pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse,
                 inner: body,
                 buffer: BytesMut::new(),
                 decoder: MessageFrameDecoder::new(),
+                in_frame: false,
+                failed: None,
                 ended: false,
             };
             Response::from_parts(head, http_body_util::Either::Right(sse.boxed()))
         }
     };
     (resp, None)
+}
+
+/// An `api_error` of the relay's: what Bedrock answered cannot be read as an answer.
+fn upstream_fault(message: &str) -> Value {
+    json!({ "type": "error", "error": { "type": "api_error", "message": message } })
 }
 
 /// A JSON answer with this head (its length and type rewritten).
@@ -335,14 +408,24 @@ fn error_message(body: &[u8]) -> String {
 }
 
 /// Anthropic's error type for a Bedrock error kind (`ThrottlingException`; in a stream
-/// `throttlingException`), else for the status.
-fn anthropic_kind(status: StatusCode, kind: Option<&str>) -> &'static str {
+/// `throttlingException`) and message, else for the status.
+fn anthropic_kind(status: StatusCode, kind: Option<&str>, message: &str) -> &'static str {
     let kind = kind.unwrap_or_default();
     let is = |name: &str| kind.eq_ignore_ascii_case(name);
-    if is("ValidationException") {
+    let says = |words: &str| message.to_ascii_lowercase().contains(words);
+    if is("ValidationException")
+        && (says("on-demand throughput") || says("model identifier is invalid"))
+    {
+        // A model this account cannot call so (it needs an inference profile, or has none):
+        // another account may serve it.
+        "permission_error"
+    } else if is("ValidationException") {
         "invalid_request_error"
     } else if is("AccessDeniedException") {
         "permission_error"
+    } else if is("InvalidSignatureException") && (says("expired") || says("not yet current")) {
+        // The relay's clock, not the credential: transient, not a refused key.
+        "api_error"
     } else if [
         "UnrecognizedClientException",
         "InvalidSignatureException",
@@ -385,11 +468,18 @@ fn anthropic_kind(status: StatusCode, kind: Option<&str>) -> &'static str {
 
 /// An Anthropic error body, and the status its type stands for.
 fn anthropic_error(status: StatusCode, kind: Option<&str>, message: &str) -> (StatusCode, Value) {
-    let kind = anthropic_kind(status, kind);
+    let kind = anthropic_kind(status, kind, message);
     let body = json!({ "type": "error", "error": { "type": kind, "message": message } });
     let status = super::anthropic::error_status(body.to_string().as_bytes()).unwrap_or(status);
     (status, body)
 }
+
+/// The content type of Bedrock's streamed answers.
+const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
+
+/// The largest frame of an event stream (its specification's limit): a prelude announcing more
+/// is not a frame, and nothing more is buffered waiting for its end.
+const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 /// A stream's event-stream frames as the SSE events they carry: each `chunk` event's payload,
 /// `{"bytes": "<base64 of an Anthropic event>"}`, becomes `event: <its type>` and `data: <it>`;
@@ -398,21 +488,71 @@ struct EventStreamToSse {
     inner: UpstreamBody,
     buffer: BytesMut,
     decoder: MessageFrameDecoder,
+    /// A frame is under way: its prelude was checked (the decoder may hold it already).
+    in_frame: bool,
+    /// An error met after events of the same chunk: given after them.
+    failed: Option<BoxError>,
     ended: bool,
 }
 
 impl EventStreamToSse {
-    /// The SSE of every whole frame in the buffer.
-    fn drain(&mut self) -> Result<BytesMut, BoxError> {
+    /// The SSE of every whole frame in the buffer; a fault is kept in `failed`, to be given
+    /// after what came before it.
+    fn drain(&mut self) -> BytesMut {
         let mut out = BytesMut::new();
         while !self.ended {
-            match self.decoder.decode_frame(&mut self.buffer)? {
-                DecodedFrame::Complete(message) => self.ended = sse_of(&message, &mut out)?,
-                DecodedFrame::Incomplete => break,
+            match self.next_frame(&mut out) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.failed = Some(e);
+                    break;
+                }
             }
         }
-        Ok(out)
+        out
     }
+
+    /// Converts the next frame when the buffer holds it whole; `Ok(false)` while it waits for
+    /// the rest. A frame's prelude is checked before anything of it is buffered.
+    fn next_frame(&mut self, out: &mut BytesMut) -> Result<bool, BoxError> {
+        if !self.in_frame {
+            let Some(prelude) = self.buffer.get(..12) else {
+                return Ok(false);
+            };
+            checked_prelude(prelude)?;
+            self.in_frame = true;
+        }
+        match self.decoder.decode_frame(&mut self.buffer)? {
+            DecodedFrame::Complete(message) => {
+                self.in_frame = false;
+                self.ended = sse_of(&message, out)?;
+                Ok(true)
+            }
+            DecodedFrame::Incomplete => Ok(false),
+        }
+    }
+}
+
+/// A frame's prelude (total length, headers length, CRC of the two), checked: its length.
+fn checked_prelude(prelude: &[u8]) -> Result<usize, BoxError> {
+    let word = |at: usize| {
+        prelude
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_be_bytes)
+    };
+    let (total, headers, crc) = (word(0) as usize, word(4) as usize, word(8));
+    if crc32fast::hash(prelude.get(..8).unwrap_or_default()) != crc {
+        return Err(
+            "the event stream is not made of frames (a prelude's checksum is wrong)".into(),
+        );
+    }
+    // Prelude (12) + headers + message CRC (4) at least.
+    if total > MAX_FRAME_BYTES || total < 16 + headers {
+        return Err(format!("an event-stream frame of {total} bytes").into());
+    }
+    Ok(total)
 }
 
 impl http_body::Body for EventStreamToSse {
@@ -425,33 +565,35 @@ impl http_body::Body for EventStreamToSse {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if let Some(e) = this.failed.take() {
+                this.ended = true;
+                return Poll::Ready(Some(Err(e)));
+            }
             if this.ended {
                 return Poll::Ready(None);
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
-                    if !this.buffer.is_empty() {
+                    this.ended = true;
+                    if !this.buffer.is_empty() || this.in_frame {
                         return Poll::Ready(Some(Err(
                             "the event stream ended inside a frame".into()
                         )));
                     }
-                    this.ended = true;
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
                     this.buffer.extend_from_slice(&data);
-                    let out = match this.drain() {
-                        Ok(out) => out,
-                        Err(e) => {
-                            this.ended = true;
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                    };
+                    // What came before a fault goes out first.
+                    let out = this.drain();
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
                     }
@@ -461,7 +603,7 @@ impl http_body::Body for EventStreamToSse {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended
+        self.ended && self.failed.is_none()
     }
 }
 
@@ -494,17 +636,34 @@ fn sse_of(message: &Message, out: &mut BytesMut) -> Result<bool, BoxError> {
                 kind: Cow<'a, str>,
             }
             let typed: Typed<'_> = serde_json::from_slice(&event)?;
+            // Written into the SSE framing: nothing in them may break it.
+            if !typed
+                .kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
+                return Err("an event Bedrock streamed has a type SSE cannot carry".into());
+            }
             out.extend_from_slice(b"event: ");
             out.extend_from_slice(typed.kind.as_bytes());
             out.extend_from_slice(b"\ndata: ");
-            out.extend_from_slice(&event);
+            if event.contains(&b'\n') || event.contains(&b'\r') {
+                // JSON written over several lines: on one.
+                let value: Value = serde_json::from_slice(&event)?;
+                out.extend_from_slice(value.to_string().as_bytes());
+            } else {
+                out.extend_from_slice(&event);
+            }
             out.extend_from_slice(b"\n\n");
             Ok(false)
         }
         Some("exception") | Some("error") => {
             let kind = header(":exception-type").or_else(|| header(":error-code"));
-            let text = error_message(message.payload());
-            let kind = anthropic_kind(StatusCode::INTERNAL_SERVER_ERROR, kind);
+            let text = match header(":error-message") {
+                Some(text) => text.to_owned(),
+                None => error_message(message.payload()),
+            };
+            let kind = anthropic_kind(StatusCode::INTERNAL_SERVER_ERROR, kind, &text);
             out.extend_from_slice(&super::anthropic::typed_error_event(kind, &text));
             Ok(true)
         }

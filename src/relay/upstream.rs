@@ -125,7 +125,7 @@ async fn send_bedrock(
     };
     let url = bedrock::upstream_url(account, op, model);
     let first_byte = first_byte_timeout(app, call);
-    let mut with_betas = true;
+    let mut with_betas = !account.refuses_betas.contains(model);
     let (resp, head_at) = loop {
         let body = bedrock::request_body(&call.body, client, op, with_betas)
             .unwrap_or_else(|| call.body.clone());
@@ -147,6 +147,7 @@ async fn send_bedrock(
         let (resp, error) = bedrock::answer(resp, op).await;
         // Some models take fewer betas than others: once more without them.
         if with_betas && bedrock::refuses_a_beta(error.as_deref()) {
+            account.refuses_betas.insert(model.to_owned());
             with_betas = false;
             continue;
         }

@@ -48,14 +48,15 @@ async fn anthropic_clients_are_served_through_bedrock() {
             .starts_with("text/event-stream")
     );
     let streamed = resp.bytes().await.unwrap();
-    let expected = expected_stream_bytes(&format!("anthropic.{model}-v1:0"), MockUsage::new(21, 9));
+    let expected =
+        expected_stream_bytes(&format!("us.anthropic.{model}-v1:0"), MockUsage::new(21, 9));
     // The mock's events carry spaces after the colons; the relay writes each as Bedrock's
     // frame carried it.
     assert_eq!(streamed, expected, "{}", String::from_utf8_lossy(&streamed));
     let sent = mock.requests().pop().unwrap();
     assert_eq!(
         sent.path,
-        format!("/model/anthropic.{model}-v1%3A0/invoke-with-response-stream")
+        format!("/model/us.anthropic.{model}-v1%3A0/invoke-with-response-stream")
     );
     assert_eq!(sent.header("authorization"), Some("Bearer bedrock-api-key"));
     assert!(sent.header("x-api-key").is_none() && sent.header("anthropic-version").is_none());
@@ -72,21 +73,33 @@ async fn anthropic_clients_are_served_through_bedrock() {
         ])
     );
 
-    // A model that takes fewer of them: refused for a beta, sent again without any.
-    let before = mock.requests().len();
-    let resp = relay
-        .messages(&key, &messages_body("claude-opus-4-7", true))
-        .header("anthropic-beta", CLAUDE_CODE_BETAS)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.bytes().await.unwrap();
-    let sent = mock.requests();
-    assert_eq!(sent.len(), before + 2);
-    assert!(sent[before].json()["anthropic_beta"].is_array());
-    assert!(sent[before + 1].json().get("anthropic_beta").is_none());
     assert!(body.get("model").is_none() && body.get("stream").is_none());
+
+    // A model that takes fewer of them: refused for a beta, sent again without any, nor the
+    // field that needs one (Claude Code's `context_management`); its next request goes without
+    // them at once.
+    let mut claude_code = messages_body("claude-opus-4-7", true);
+    claude_code["context_management"] =
+        json!({ "edits": [{ "type": "clear_thinking_20251015", "keep": "all" }] });
+    let before = mock.requests().len();
+    for _ in 0..2 {
+        let resp = relay
+            .messages(&key, &claude_code)
+            .header("anthropic-beta", CLAUDE_CODE_BETAS)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let sent = mock.requests();
+    assert_eq!(sent.len(), before + 3);
+    assert!(sent[before].json()["anthropic_beta"].is_array());
+    assert!(sent[before].json()["context_management"].is_object());
+    for retried in &sent[before + 1..] {
+        let body = retried.json();
+        assert!(body.get("anthropic_beta").is_none() && body.get("context_management").is_none());
+    }
 
     // JSON, and a token count.
     let resp = relay
@@ -112,12 +125,10 @@ async fn anthropic_clients_are_served_through_bedrock() {
         resp.json::<Value>().await.unwrap(),
         json!({ "input_tokens": 21 })
     );
-    assert!(
-        mock.requests()
-            .pop()
-            .unwrap()
-            .path
-            .ends_with("/count-tokens")
+    // A count goes to the model itself: Bedrock counts for no cross-region profile.
+    assert_eq!(
+        mock.requests().pop().unwrap().path,
+        format!("/model/anthropic.{model}-v1%3A0/count-tokens")
     );
 
     // An OpenAI chat client on the same Claude model, translated over Bedrock.
@@ -137,13 +148,13 @@ async fn anthropic_clients_are_served_through_bedrock() {
     assert!(sse.contains("\"prompt_tokens\":21"), "{sse}");
 
     // Billed as Anthropic reported it, on every surface.
-    let rows = relay.logged(4).await;
+    let rows = relay.logged(5).await;
     let billed: Vec<_> = rows
         .iter()
         .filter(|r| r["output_tokens"].as_u64() == Some(9))
         .map(|r| r["input_tokens"].as_u64())
         .collect();
-    assert_eq!(billed, [Some(21); 4], "{rows:?}");
+    assert_eq!(billed, [Some(21); 5], "{rows:?}");
 }
 
 /// An account with an access key signs with SigV4 (the mock signs again with the secret and
@@ -213,7 +224,8 @@ async fn signed_requests_and_failover_from_bedrock() {
         .await;
     assert_eq!(v["state"]["status"], "unauthorized", "{v}");
 
-    // Throttled (another Bedrock account, preferred): rate limited, and failed over.
+    // Throttled (another Bedrock account, preferred): its quota for that model's family spent,
+    // the request fails over; the account goes on serving the other families.
     let throttled = MockUpstream::start().await;
     let second = bedrock_account(&relay, &throttled, "api-key", json!({ "priority": 2 })).await;
     throttled.push_behavior(Behavior::rate_limited(30));
@@ -232,7 +244,18 @@ async fn signed_requests_and_failover_from_bedrock() {
             None,
         )
         .await;
-    assert_eq!(v["state"]["status"], "rate_limited", "{v}");
+    assert_eq!(v["state"]["status"], "ok", "{v}");
+    assert!(
+        v["state"]["rate_limited_families"]["haiku"].is_string(),
+        "{v}"
+    );
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!((throttled.requests().len(), other.requests().len()), (2, 2));
 }
 
 /// What only a Bedrock account can get wrong is refused when it is written, in the admin
@@ -295,4 +318,33 @@ async fn bedrock_accounts_are_checked_when_written() {
         v["base_url"],
         "https://bedrock-runtime.us-west-2.amazonaws.com"
     );
+    // Signing turned off only with a new key: the secret access key is no bearer token.
+    let (status, v) = relay
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            Some(json!({ "aws_access_key_id": "AKIAIOSFODNN7EXAMPLE" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let off = json!({ "aws_access_key_id": null });
+    let (status, v) = relay
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            Some(off.clone()),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let mut with_key = off;
+    with_key["api_key"] = json!("a-bedrock-api-key");
+    let (status, v) = relay
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            Some(with_key),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["aws_access_key_id"].is_null(), "{v}");
 }

@@ -4,6 +4,8 @@ use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::Header;
 use http_body_util::{Either, StreamBody};
 
+use std::time::UNIX_EPOCH;
+
 use super::*;
 use crate::store::{AccountRecord, Provider};
 
@@ -48,8 +50,23 @@ fn models_map_to_bedrock_ids_in_the_url() {
     );
     assert_eq!(
         upstream_url(&a, Operation::Invoke, "claude-haiku-4-5-20251001"),
-        "https://bedrock-runtime.us-west-2.amazonaws.com/model/anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke"
+        "https://bedrock-runtime.us-west-2.amazonaws.com/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke"
     );
+    // The region's cross-region profile by default; a count takes the model itself.
+    assert_eq!(
+        upstream_url(&a, Operation::CountTokens, "claude-sonnet-4-5"),
+        "https://bedrock-runtime.us-west-2.amazonaws.com/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/count-tokens"
+    );
+    for (region, geo) in [
+        ("eu-central-1", "eu."),
+        ("ap-northeast-1", "apac."),
+        ("us-gov-west-1", "us-gov."),
+        ("sa-east-1", "global."),
+    ] {
+        assert_eq!(geography(region), geo, "{region}");
+    }
+    assert_eq!(counted_model("global.anthropic.x-v1:0"), "anthropic.x-v1:0");
+    assert_eq!(counted_model("us.meta.llama"), "us.meta.llama");
     // A Bedrock id, or an ARN, as the client named it.
     assert_eq!(
         model_id(&a, "global.anthropic.claude-opus-4-5-20251101-v1:0"),
@@ -150,18 +167,19 @@ fn credentials_are_a_bearer_api_key_or_a_sigv4_signature() {
         "{auth}"
     );
     assert!(headers[AUTHORIZATION].is_sensitive());
-    // The signature covers the body.
-    let other = upstream_headers(
-        &signed,
-        Operation::InvokeStream,
-        &url,
-        br#"{"max_tokens":2}"#,
-    )
-    .unwrap();
-    if other["x-amz-date"] == headers["x-amz-date"] {
-        assert_ne!(other[AUTHORIZATION], headers[AUTHORIZATION]);
-    }
+    // The signature covers the body, the URL and the time, and nothing else varies it.
+    let at = UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+    let sign = |url: &str, body: &[u8], at| {
+        headers_at(&signed, Operation::Invoke, url, body, at).unwrap()[AUTHORIZATION].clone()
+    };
+    let first = sign(&url, body, at);
+    assert_eq!(sign(&url, body, at), first);
+    assert_ne!(sign(&url, br#"{"max_tokens":2}"#, at), first);
+    assert_ne!(sign(&format!("{url}x"), body, at), first);
+    assert_ne!(sign(&url, body, at + Duration::from_secs(1)), first);
 }
+
+const STREAM: &[(&str, &str)] = &[("content-type", "application/vnd.amazon.eventstream")];
 
 fn upstream(status: u16, headers: &[(&str, &str)], chunks: Vec<Bytes>) -> UpstreamResponse {
     let frames = futures_util::stream::iter(
@@ -210,6 +228,7 @@ async fn errors_become_anthropic_s_with_the_status_their_kind_stands_for() {
         (400, "ValidationException", 400, "invalid_request_error"),
         (404, "ResourceNotFoundException", 404, "not_found_error"),
         (500, "InternalServerException", 500, "api_error"),
+        (408, "ModelTimeoutException", 504, "timeout_error"),
     ] {
         let resp = upstream(
             status,
@@ -233,6 +252,33 @@ async fn errors_become_anthropic_s_with_the_status_their_kind_stands_for() {
             headers[CONTENT_LENGTH],
             body.to_string().len().to_string().as_str()
         );
+    }
+    // A model the account cannot call so is another account's to serve (403), a clock that is
+    // off is no refused credential (500).
+    for (status, kind, message, sent) in [
+        (
+            400,
+            "ValidationException",
+            "Invocation of model ID anthropic.claude-sonnet-4-5-20250929-v1:0 with on-demand throughput isn't supported. Retry your request with the ID or ARN of an inference profile that contains this model.",
+            403,
+        ),
+        (
+            400,
+            "ValidationException",
+            "The provided model identifier is invalid.",
+            403,
+        ),
+        (
+            403,
+            "InvalidSignatureException",
+            "Signature expired: 20261207T120000Z is now earlier than 20261207T121500Z",
+            500,
+        ),
+    ] {
+        let body = Bytes::from(json!({ "message": message }).to_string());
+        let resp = upstream(status, &[("x-amzn-errortype", kind)], vec![body]);
+        let (got, _, _) = read(answer(resp, Operation::Invoke).await.0).await;
+        assert_eq!(got.as_u16(), sent, "{message}");
     }
     // Without a kind, by the status; a body that is not JSON is the message.
     let resp = upstream(429, &[], vec![Bytes::from_static(b"slow down")]);
@@ -330,7 +376,7 @@ async fn a_stream_s_frames_become_the_sse_events_they_carry() {
         br#"{"message":"Too many tokens, please wait before trying again."}"#,
     ));
     cut.extend_from_slice(&chunk(&events[1]));
-    let resp = upstream(200, &[], vec![Bytes::from(cut)]);
+    let resp = upstream(200, STREAM, vec![Bytes::from(cut)]);
     let (_, _, body) = read(answer(resp, Operation::InvokeStream).await.0).await;
     let text = String::from_utf8(body.unwrap().to_vec()).unwrap();
     assert!(text.starts_with("event: message_start\n"), "{text}");
@@ -339,7 +385,104 @@ async fn a_stream_s_frames_become_the_sse_events_they_carry() {
 
     // A stream that ends inside a frame is cut, not complete.
     let half = whole[..whole.len() - 3].to_vec();
-    let resp = upstream(200, &[], vec![Bytes::from(half)]);
+    let resp = upstream(200, STREAM, vec![Bytes::from(half)]);
     let (_, _, body) = read(answer(resp, Operation::InvokeStream).await.0).await;
     assert!(body.is_err());
+}
+
+#[test]
+fn a_count_has_room_above_a_thinking_budget() {
+    let body = br#"{"model":"m","thinking":{"type":"enabled","budget_tokens":2048},"messages":[]}"#;
+    let sent: Value = serde_json::from_slice(
+        &request_body(body, &HeaderMap::new(), Operation::CountTokens, true).unwrap(),
+    )
+    .unwrap();
+    let inner = sent["input"]["invokeModel"]["body"].as_str().unwrap();
+    let inner: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(inner)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(inner["max_tokens"], 2049);
+}
+
+/// What is not a stream of frames is refused before it is buffered: another content type, a
+/// prelude whose checksum is wrong or that announces more than a frame may hold.
+#[tokio::test]
+async fn what_is_not_an_event_stream_is_refused_at_once() {
+    let json = upstream(
+        200,
+        &[("content-type", "application/json")],
+        vec![Bytes::from_static(b"{\"type\":\"message\"}")],
+    );
+    let (resp, message) = answer(json, Operation::InvokeStream).await;
+    assert!(message.unwrap().contains("application/json"));
+    let (status, _, body) = read(resp).await;
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8(body.unwrap().to_vec())
+            .unwrap()
+            .contains("api_error")
+    );
+
+    let mut huge = Vec::new();
+    huge.extend_from_slice(&(64u32 * 1024 * 1024).to_be_bytes());
+    huge.extend_from_slice(&0u32.to_be_bytes());
+    let crc = crc32fast::hash(&huge);
+    huge.extend_from_slice(&crc.to_be_bytes());
+    let mut garbage = b"{\"type\":\"message_start\"} and more".to_vec();
+    garbage.resize(64, b' ');
+    for (name, bytes) in [("a frame too large", huge), ("not frames", garbage)] {
+        let resp = upstream(200, STREAM, vec![Bytes::from(bytes)]);
+        let (_, _, body) = read(answer(resp, Operation::InvokeStream).await.0).await;
+        assert!(body.is_err(), "{name}");
+    }
+
+    // The events before a bad frame reach the client, then the fault.
+    let event = json!({ "type": "ping" });
+    let mut bytes = chunk(&event).to_vec();
+    bytes.extend_from_slice(&[0u8; 16]);
+    let resp = upstream(200, STREAM, vec![Bytes::from(bytes)]);
+    let (_, body) = answer(resp, Operation::InvokeStream).await.0.into_parts();
+    let mut body = body;
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"event: ping\ndata: {\"type\":\"ping\"}\n\n");
+    assert!(body.frame().await.unwrap().is_err());
+    assert!(body.frame().await.is_none());
+
+    // A stream cut right after a frame's prelude is cut, not whole.
+    let whole = chunk(&event);
+    let resp = upstream(200, STREAM, vec![whole.slice(..12)]);
+    let (_, _, body) = read(answer(resp, Operation::InvokeStream).await.0).await;
+    assert!(body.is_err());
+}
+
+/// Frames other than chunks pass unseen; an `error` frame carries its text in a header.
+#[tokio::test]
+async fn other_frames_and_error_frames() {
+    let mut bytes = frame(
+        &[
+            (":message-type", "event"),
+            (":event-type", "initial-response"),
+        ],
+        b"{}",
+    )
+    .to_vec();
+    bytes.extend_from_slice(&chunk(&json!({ "type": "ping" })));
+    bytes.extend_from_slice(&frame(
+        &[
+            (":message-type", "error"),
+            (":error-code", "ServiceUnavailableException"),
+            (":error-message", "Try again."),
+        ],
+        b"",
+    ));
+    let resp = upstream(200, STREAM, vec![Bytes::from(bytes)]);
+    let (_, _, body) = read(answer(resp, Operation::InvokeStream).await.0).await;
+    let text = String::from_utf8(body.unwrap().to_vec()).unwrap();
+    assert_eq!(
+        text,
+        "event: ping\ndata: {\"type\":\"ping\"}\n\nevent: error\ndata: {\"error\":{\"message\":\"Try again.\",\"type\":\"overloaded_error\"},\"type\":\"error\"}\n\n"
+    );
 }

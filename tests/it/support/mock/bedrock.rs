@@ -209,6 +209,25 @@ pub(super) async fn handle(
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok()),
         _ => parsed,
     };
+    // Claude 4 models take no on-demand call by their bare id, only through an inference profile;
+    // a count takes the model's own id, not a profile.
+    let profile = ["us.", "eu.", "apac.", "global.", "us-gov."]
+        .iter()
+        .any(|geo| model.starts_with(geo));
+    if op != BedrockOp::CountTokens
+        && model.starts_with("anthropic.claude-")
+        && model.contains("-4")
+    {
+        return invalid(
+            &format!(
+                "Invocation of model ID {model} with on-demand throughput isn't supported. Retry your request with the ID or ARN of an inference profile that contains this model."
+            ),
+            guard,
+        );
+    }
+    if op == BedrockOp::CountTokens && profile {
+        return invalid("The provided model doesn't support counting tokens.", guard);
+    }
     let Some(Value::Object(obj)) = body else {
         return invalid(
             "Malformed input request, please reformat your input and try again.",
@@ -255,6 +274,11 @@ pub(super) async fn handle(
         if !all_taken {
             return invalid("invalid beta flag", guard);
         }
+    }
+    let betas = obj.get("anthropic_beta").and_then(Value::as_array);
+    let named = |beta: &str| betas.is_some_and(|b| b.iter().any(|x| x == beta));
+    if obj.contains_key("context_management") && !named("context-management-2025-06-27") {
+        return invalid("context_management: Extra inputs are not permitted", guard);
     }
     let thinks = match anthropic::thinking(&obj) {
         Ok(thinks) => thinks,
