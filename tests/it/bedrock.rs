@@ -15,6 +15,16 @@ const CLAUDE_CODE_BETAS: &str = "claude-code-20250219,context-1m-2025-08-07,inte
 
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
+async fn patch(relay: &Relay, account: &str, body: Value) -> (u16, Value) {
+    relay
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/accounts/{account}"),
+            Some(body),
+        )
+        .await
+}
+
 async fn bedrock_account(relay: &Relay, mock: &MockUpstream, key: &str, extra: Value) -> String {
     let mut fields = json!({ "provider": "bedrock", "region": "us-east-1" });
     if let (Value::Object(f), Value::Object(e)) = (&mut fields, extra) {
@@ -200,13 +210,7 @@ async fn signed_requests_and_failover_from_bedrock() {
     relay
         .add_account(&other, "sk-ant", json!({ "priority": 3 }))
         .await;
-    let (status, v) = relay
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/admin/accounts/{account}"),
-            Some(json!({ "api_key": "not-the-secret" })),
-        )
-        .await;
+    let (status, v) = patch(&relay, &account, json!({ "api_key": "not-the-secret" })).await;
     assert_eq!(status, 200, "{v}");
     let resp = relay
         .messages(&key, &messages_body("claude-haiku-4-5", false))
@@ -306,45 +310,26 @@ async fn bedrock_accounts_are_checked_when_written() {
     assert!(v.get("api_key").is_none() && !v.to_string().contains("\"k\""));
     // A new region moves an account on its region's endpoint.
     let id = v["id"].as_str().unwrap();
-    let (status, v) = relay
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/admin/accounts/{id}"),
-            Some(json!({ "region": "us-west-2" })),
-        )
-        .await;
+    let (status, v) = patch(&relay, id, json!({ "region": "us-west-2" })).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(
         v["base_url"],
         "https://bedrock-runtime.us-west-2.amazonaws.com"
     );
     // Signing turned off only with a new key: the secret access key is no bearer token.
-    let (status, v) = relay
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/admin/accounts/{id}"),
-            Some(json!({ "aws_access_key_id": "AKIAIOSFODNN7EXAMPLE" })),
-        )
-        .await;
+    let (status, v) = patch(
+        &relay,
+        id,
+        json!({ "aws_access_key_id": "AKIAIOSFODNN7EXAMPLE" }),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     let off = json!({ "aws_access_key_id": null });
-    let (status, v) = relay
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/admin/accounts/{id}"),
-            Some(off.clone()),
-        )
-        .await;
+    let (status, v) = patch(&relay, id, off.clone()).await;
     assert_eq!(status, 400, "{v}");
     let mut with_key = off;
     with_key["api_key"] = json!("a-bedrock-api-key");
-    let (status, v) = relay
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/admin/accounts/{id}"),
-            Some(with_key),
-        )
-        .await;
+    let (status, v) = patch(&relay, id, with_key).await;
     assert_eq!(status, 200, "{v}");
     assert!(v["aws_access_key_id"].is_null(), "{v}");
 }

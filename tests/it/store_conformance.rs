@@ -275,6 +275,21 @@ fn metered(key_id: &str, now_ms: i64, meters: &[(&str, u64, u64)]) -> Admission 
     }
 }
 
+/// Key `k1` with a day meter, a request window and activation on first use, and two requests
+/// admitted on it (leases `done` and `in-flight`): their admission.
+async fn k1_with_two_requests(store: &dyn Store) -> Admission {
+    store.insert_key(&key("k1", 1)).await.unwrap();
+    let mut admission = metered("k1", now_ms(), &[("day:x", 100, 30), ("win:req", 2, 1)]);
+    admission.valid_after_first_use_ms = Some(3_600_000);
+    for id in ["done", "in-flight"] {
+        assert_eq!(
+            store.admit(&admission, &lease(id)).await.unwrap(),
+            Admit::Granted
+        );
+    }
+    admission
+}
+
 fn used(meters: &[(&str, u64)]) -> Vec<(SmolStr, u64)> {
     meters.iter().map(|&(b, n)| (SmolStr::new(b), n)).collect()
 }
@@ -2719,16 +2734,7 @@ mod cases {
                 && s.meters == [MeterUse::default(), MeterUse::default()]
         };
         let store = backend.open().await;
-        store.insert_key(&key("k1", 1)).await.unwrap();
-        let t = now_ms();
-        let mut admission = metered("k1", t, &[("day:x", 100, 30), ("win:req", 2, 1)]);
-        admission.valid_after_first_use_ms = Some(3_600_000);
-        for id in ["done", "in-flight"] {
-            assert_eq!(
-                store.admit(&admission, &lease(id)).await.unwrap(),
-                Admit::Granted
-            );
-        }
+        let admission = k1_with_two_requests(&*store).await;
         let done = used(&[("day:x", 12), ("win:req", 1)]);
         store.settle("k1", &lease("done"), &done).await.unwrap();
         store.flush().await.unwrap();
@@ -3348,16 +3354,7 @@ mod redis_only {
             fields.sort();
             fields
         };
-        store.insert_key(&key("k1", 1)).await.unwrap();
-        let t = now_ms();
-        let mut admission = metered("k1", t, &[("day:x", 100, 30), ("win:req", 2, 1)]);
-        admission.valid_after_first_use_ms = Some(3_600_000);
-        for id in ["done", "in-flight"] {
-            assert_eq!(
-                store.admit(&admission, &lease(id)).await.unwrap(),
-                Admit::Granted
-            );
-        }
+        k1_with_two_requests(&*store).await;
         store
             .settle(
                 "k1",

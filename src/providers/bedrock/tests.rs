@@ -87,6 +87,21 @@ fn models_map_to_bedrock_ids_in_the_url() {
     assert_eq!(Operation::of("/v1/models", false), None);
 }
 
+/// The invocation body a token count of `body` wraps.
+fn counted(body: &[u8]) -> Value {
+    let sent: Value = serde_json::from_slice(
+        &request_body(body, &HeaderMap::new(), Operation::CountTokens, true).unwrap(),
+    )
+    .unwrap();
+    let inner = sent["input"]["invokeModel"]["body"].as_str().unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(inner)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn the_body_loses_model_and_stream_and_carries_version_and_betas() {
     let mut client = HeaderMap::new();
@@ -117,17 +132,7 @@ fn the_body_loses_model_and_stream_and_carries_version_and_betas() {
     );
     // A count wraps an invocation's body, which needs a max_tokens.
     let count = br#"{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]}"#;
-    let sent: Value = serde_json::from_slice(
-        &request_body(count, &HeaderMap::new(), Operation::CountTokens, true).unwrap(),
-    )
-    .unwrap();
-    let inner = sent["input"]["invokeModel"]["body"].as_str().unwrap();
-    let inner: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::STANDARD
-            .decode(inner)
-            .unwrap(),
-    )
-    .unwrap();
+    let inner = counted(count);
     assert_eq!(inner["max_tokens"], 1);
     assert_eq!(inner["anthropic_version"], ANTHROPIC_VERSION);
     assert!(inner.get("model").is_none() && inner.get("anthropic_beta").is_none());
@@ -393,18 +398,7 @@ async fn a_stream_s_frames_become_the_sse_events_they_carry() {
 #[test]
 fn a_count_has_room_above_a_thinking_budget() {
     let body = br#"{"model":"m","thinking":{"type":"enabled","budget_tokens":2048},"messages":[]}"#;
-    let sent: Value = serde_json::from_slice(
-        &request_body(body, &HeaderMap::new(), Operation::CountTokens, true).unwrap(),
-    )
-    .unwrap();
-    let inner = sent["input"]["invokeModel"]["body"].as_str().unwrap();
-    let inner: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::STANDARD
-            .decode(inner)
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(inner["max_tokens"], 2049);
+    assert_eq!(counted(body)["max_tokens"], 2049);
 }
 
 /// What is not a stream of frames is refused before it is buffered: another content type, a
