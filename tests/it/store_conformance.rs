@@ -3392,8 +3392,54 @@ mod redis_only {
         assert_eq!(gone.in_flight, 0);
         assert_eq!(gone.first_used_at, None);
         assert_eq!(gone.meters, [MeterUse::default(), MeterUse::default()]);
+        // The request still in flight ends: nothing of the key comes back.
+        store
+            .settle("k1", &lease("in-flight"), &used(&[("day:x", 5)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            fields_of(client.clone(), state.clone()).await,
+            Vec::<String>::new(),
+            "a late settle wrote the deleted key's fields back"
+        );
         // Cleared again when the record is already gone (a retried delete), answering false.
         assert!(!store.delete_key("k1").await.unwrap());
+    }
+
+    /// An account deleted while a request of its is in flight: the request's end writes no
+    /// in-flight count back for it.
+    async fn a_deleted_account_s_last_request_leaves_nothing(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        let client = raw_client(&backend.url).await;
+        let state = format!("{}{{live}}:state", backend.prefix);
+        let fields = || async {
+            let all: Vec<String> = client.hkeys(&state).await.unwrap();
+            all.into_iter()
+                .filter(|f| f.starts_with("a2:a1"))
+                .collect::<Vec<_>>()
+        };
+        store.insert_account(&account("a1", 1)).await.unwrap();
+        let candidates = [candidate("a1", 0, None)];
+        let picked = store.pick_simple(&candidates, &lease("l1")).await.unwrap();
+        assert_eq!(picked.as_deref(), Some("a1"));
+        assert!(fields().await.contains(&"a2:a1n".to_owned()));
+        assert!(store.delete_account("a1").await.unwrap());
+        assert_eq!(fields().await, Vec::<String>::new());
+        store.release("k1", Some("a1"), &lease("l1")).await.unwrap();
+        assert_eq!(fields().await, Vec::<String>::new(), "written back");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_deleted_account_s_last_request_leaves_nothing_standalone() {
+        a_deleted_account_s_last_request_leaves_nothing("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_deleted_account_s_last_request_leaves_nothing_cluster() {
+        a_deleted_account_s_last_request_leaves_nothing("REDIS_CLUSTER_URL").await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -137,7 +137,9 @@ local function add(i, delta)
   end
   set[field] = int(x)
 end
-if key_given == 1 then
+-- Not an in-flight count its key's or account's deletion forgot (key_forget.lua,
+-- account_forget.lua): written back as 0, it would outlive them.
+if key_given == 1 and v[1] then
   add(1, -1)
 end
 if add_used then
@@ -154,7 +156,7 @@ if add_used then
     end
   end
 end
-if account_given == 1 then
+if account_given == 1 and v[#fields] then
   add(#fields, -1)
 end
 write(set)
