@@ -104,25 +104,24 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
     match &account.oauth_bearer {
         Some(bearer) => {
             headers.insert(http::header::AUTHORIZATION, bearer.clone());
-            let betas: Vec<&str> = headers
+            let mut betas: Vec<&str> = Vec::new();
+            for beta in headers
                 .get_all(&ANTHROPIC_BETA)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .map(str::trim)
-                .filter(|b| !b.is_empty())
-                .collect();
-            if !betas.contains(&OAUTH_BETA) {
-                let joined = betas
-                    .iter()
-                    .copied()
-                    .chain([OAUTH_BETA])
-                    .collect::<Vec<_>>()
-                    .join(",");
-                if let Ok(value) = HeaderValue::from_str(&joined) {
-                    headers.insert(ANTHROPIC_BETA.clone(), value);
+                .chain([OAUTH_BETA])
+            {
+                if !beta.is_empty() && !betas.contains(&beta) {
+                    betas.push(beta);
                 }
             }
+            // Without the OAuth beta the token is refused (and the account marked
+            // unauthorized): it alone, should the client's betas not make a header.
+            let value = HeaderValue::from_str(&betas.join(","))
+                .unwrap_or_else(|_| HeaderValue::from_static(OAUTH_BETA));
+            headers.insert(ANTHROPIC_BETA.clone(), value);
         }
         None => {
             headers.insert(crate::auth::X_API_KEY.clone(), account.api_key.clone());

@@ -215,6 +215,12 @@ impl Contender<'_> {
             && self.health.can_serve(family, now)
     }
 
+    /// A candidate only so that a session bound to it is recognised (tried by this request, or
+    /// not serving its model): it never frees up for this request. `take.lua`'s caps 0 and -2.
+    fn no_capacity(&self) -> bool {
+        !self.serves || self.max_concurrency == Some(0)
+    }
+
     /// In-flight requests relative to capacity (cap × weight), in millionths.
     fn load(&self) -> u64 {
         let cap = self.max_concurrency.map_or(UNCAPPED, u64::from).max(1);
@@ -282,7 +288,7 @@ pub fn choose<'a>(
         }
         if let Some((_, Overflow::Wait)) = session {
             // Tried by this request: nothing to wait for (the caller answers with its failure).
-            if o.max_concurrency == Some(0) {
+            if o.no_capacity() {
                 return Choice::Unavailable { retry_at: None };
             }
             if let Some(at) = o.health.recovers_at(family, now) {
@@ -300,7 +306,7 @@ pub fn choose<'a>(
         // A candidate without capacity (tried by this request) never frees up for it.
         let retry_at = options
             .iter()
-            .filter(|o| o.max_concurrency != Some(0))
+            .filter(|o| !o.no_capacity())
             .filter_map(|o| o.health.recovers_at(family, now).map(frees_at))
             .min();
         return Choice::Unavailable { retry_at };

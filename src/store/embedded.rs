@@ -441,10 +441,17 @@ impl LimitsWrite {
         self.meters.is_empty() && self.first_use.is_empty()
     }
 
+    /// Writes the counters, but none of a key deleted since they were taken (`delete_key` ran
+    /// between `take_limits_write` and this transaction: write transactions run one at a time,
+    /// so the check cannot race it).
     fn apply(&self, txn: &redb::WriteTransaction) -> StoreResult<()> {
+        let keys = txn.open_table(KEYS).map_err(db_err)?;
+        let exists =
+            |key_id: &str| -> StoreResult<bool> { Ok(keys.get(key_id).map_err(db_err)?.is_some()) };
         let mut meters = txn.open_table(METERS).map_err(db_err)?;
         for ((key_id, bucket), value) in &self.meters {
             match value {
+                Some(_) if !exists(key_id)? => {}
                 Some(bytes) => {
                     meters
                         .insert((key_id.as_str(), bucket.as_str()), bytes.as_slice())
@@ -459,7 +466,9 @@ impl LimitsWrite {
         }
         let mut first = txn.open_table(FIRST_USE).map_err(db_err)?;
         for (key_id, at) in &self.first_use {
-            first.insert(key_id.as_str(), *at).map_err(db_err)?;
+            if exists(key_id)? {
+                first.insert(key_id.as_str(), *at).map_err(db_err)?;
+            }
         }
         Ok(())
     }
@@ -1605,5 +1614,60 @@ mod tests {
         let write = store.take_limits_write().unwrap();
         assert_eq!(write.meters.len(), 1);
         assert!(store.hot().keys.is_empty());
+    }
+
+    /// A counter write taken before a key's deletion and committed after it brings none of the
+    /// key's rows back.
+    #[tokio::test]
+    async fn a_counter_write_racing_a_deletion_leaves_no_rows() {
+        use crate::store::KeyRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 100).unwrap();
+        let key = KeyRecord {
+            id: "k".into(),
+            name: "k".into(),
+            hash: "h".into(),
+            prefix: "sy-".into(),
+            enabled: true,
+            created_at: 0,
+            binding: None,
+            limits: Default::default(),
+        };
+        store.insert_key(&key).await.unwrap();
+        let now = now_ms();
+        let admission = Admission {
+            key_id: "k".to_owned(),
+            max_concurrency: None,
+            meters: vec![Meter {
+                bucket: SmolStr::new_static("day:x"),
+                limit: 100,
+                reserve: 5,
+                expires_at: Some(now + 3_600_000),
+            }],
+            valid_after_first_use_ms: Some(3_600_000),
+            now_ms: now,
+        };
+        let lease = Lease {
+            id: "l".into(),
+            ttl: Duration::from_secs(60),
+        };
+        assert_eq!(
+            store.admit(&admission, &lease).await.unwrap(),
+            Admit::Granted
+        );
+        let used = [(SmolStr::new_static("day:x"), 3)];
+        store.settle("k", &lease, &used).await.unwrap();
+        let taken = store.take_limits_write().unwrap();
+        assert_eq!((taken.meters.len(), taken.first_use.len()), (1, 1));
+        assert!(store.delete_key("k").await.unwrap());
+        let batch = UsageBatch {
+            id: 1,
+            counters: Default::default(),
+            requests: Vec::new(),
+        };
+        store.write_usage(&batch, taken).await.unwrap();
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(METERS).unwrap().len().unwrap(), 0);
+        assert_eq!(txn.open_table(FIRST_USE).unwrap().len().unwrap(), 0);
     }
 }

@@ -89,7 +89,8 @@ impl GeminiUsage {
             // The last chunk: an end, with the output count (with several candidates, one may
             // end before the others, whose chunks carry no output count yet).
             *finished |= ends && metadata.is_some_and(|m| m.candidates_token_count > 0);
-            *ended |= ends && metadata.is_some();
+            // Of the last chunk only: with several candidates, one may end before the others.
+            *ended = ends && metadata.is_some();
             *images += found;
             if metadata.is_some() {
                 *last = metadata;

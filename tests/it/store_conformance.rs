@@ -114,7 +114,7 @@ macro_rules! conformance_tests {
             retry_at_is_the_earliest_recovery, degraded_flag, sessions_renew_escape_and_rebind,
             concurrent_picks_respect_caps, admit_and_pick_then_finish, a_large_backlog_is_written_whole,
             a_renewed_lease_outlives_its_ttl, renewing_a_lease_given_back_or_expired_does_nothing,
-            finish_binds_a_session;
+            finish_binds_a_session, a_session_escapes_an_account_not_serving_its_model;
             records_survive_reopen, usage_survives_reopen, a_deleted_key_leaves_no_limits_behind);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
@@ -1553,6 +1553,70 @@ mod cases {
                 .consecutive_failures,
             20
         );
+    }
+
+    /// A session bound to an account that does not serve the model asked for goes elsewhere
+    /// and keeps its binding, under either policy; one whose account was tried by the request
+    /// moves under `move`. Both stores decide alike.
+    pub async fn a_session_escapes_an_account_not_serving_its_model(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let session = |move_on_overflow| {
+            Some(SessionPick {
+                id: "sess-n",
+                ttl: Duration::from_secs(60),
+                move_on_overflow,
+                write: true,
+            })
+        };
+        let both = [candidate("n1", 0, None), candidate("n2", 1, None)];
+        let first = picked(&store, &request(&both, now, session(true)), "a").await;
+        assert_eq!(id_of(&first), "n1");
+        let not_serving = [
+            Candidate {
+                serves: false,
+                ..candidate("n1", 0, Some(0))
+            },
+            candidate("n2", 1, None),
+        ];
+        for (i, move_on_overflow) in [false, true].into_iter().enumerate() {
+            let p = picked(
+                &store,
+                &request(&not_serving, now, session(move_on_overflow)),
+                &format!("b{i}"),
+            )
+            .await;
+            assert!(
+                matches!(&p, Picked::Account { id, sticky: Sticky::Escaped, .. } if id == "n2"),
+                "move {move_on_overflow}: {p:?}"
+            );
+            let p = picked(
+                &store,
+                &request(&both, now, session(true)),
+                &format!("c{i}"),
+            )
+            .await;
+            assert!(
+                matches!(&p, Picked::Account { id, sticky: Sticky::Hit, .. } if id == "n1"),
+                "move {move_on_overflow}: the binding moved: {p:?}"
+            );
+        }
+        // Tried by this request (no capacity, but serving): `move` moves it.
+        let tried = [candidate("n1", 0, Some(0)), candidate("n2", 1, None)];
+        let p = picked(&store, &request(&tried, now, session(true)), "d").await;
+        assert!(
+            matches!(&p, Picked::Account { id, sticky: Sticky::Moved, .. } if id == "n2"),
+            "{p:?}"
+        );
+        // Nothing else serves: unavailable, with no recovery to wait for.
+        let alone = [Candidate {
+            serves: false,
+            ..candidate("n2", 0, Some(0))
+        }];
+        let p = store
+            .pick_account(&request(&alone, now, session(true)), &lease("e"))
+            .await
+            .unwrap();
+        assert_eq!(p, Picked::Unavailable { retry_at: None });
     }
 
     pub async fn sessions_stick_escape_and_move(store: Arc<dyn Store>) {
