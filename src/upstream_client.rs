@@ -32,6 +32,26 @@ use crate::config::UpstreamConfig;
 pub type UpstreamBody = Either<Incoming, crate::body::Body>;
 pub type UpstreamResponse = http::Response<UpstreamBody>;
 
+/// The start of a small answer's body (an error, a token count): at most `max` bytes, of what
+/// came within `within` and before the body failed, if it did.
+pub async fn read_capped(mut body: UpstreamBody, max: usize, within: Duration) -> Bytes {
+    let mut read = Vec::new();
+    let reading = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            let room = max.saturating_sub(read.len());
+            read.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if read.len() >= max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, reading).await;
+    Bytes::from(read)
+}
+
 /// The environment variables reqwest reads its proxies from.
 const PROXY_VARS: [&str; 6] = [
     "HTTPS_PROXY",

@@ -90,6 +90,18 @@ pub fn inspect(body: &[u8]) -> Result<Ask<'_>, ApiError> {
     })
 }
 
+/// The betas named in `anthropic-beta` headers (each a comma-separated list), trimmed, empty
+/// ones left out.
+pub fn client_betas(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+}
+
 /// The beta an OAuth token of a Claude subscription must name to be taken by the API.
 pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 
@@ -105,15 +117,8 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
         Some(bearer) => {
             headers.insert(http::header::AUTHORIZATION, bearer.clone());
             let mut betas: Vec<&str> = Vec::new();
-            for beta in headers
-                .get_all(&ANTHROPIC_BETA)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .chain([OAUTH_BETA])
-            {
-                if !beta.is_empty() && !betas.contains(&beta) {
+            for beta in client_betas(&headers).chain([OAUTH_BETA]) {
+                if !betas.contains(&beta) {
                     betas.push(beta);
                 }
             }

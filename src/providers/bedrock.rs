@@ -33,7 +33,7 @@ use serde_json::{Map, Value, json};
 
 use crate::body::BoxError;
 use crate::catalog::Account;
-use crate::upstream_client::{UpstreamBody, UpstreamResponse};
+use crate::upstream_client::{UpstreamBody, UpstreamResponse, read_capped};
 
 /// The `anthropic_version` Bedrock's Claude models take in the body.
 pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
@@ -165,12 +165,7 @@ pub fn request_body(
     map.remove("stream");
     map.entry("anthropic_version")
         .or_insert_with(|| json!(ANTHROPIC_VERSION));
-    let betas: Vec<Value> = client
-        .get_all("anthropic-beta")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let betas: Vec<Value> = super::anthropic::client_betas(client)
         .filter(|b| BETAS.contains(b))
         .map(|b| json!(b))
         .collect();
@@ -305,7 +300,7 @@ pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse,
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(':').next().unwrap_or(v).to_owned());
-        let bytes = read_small(body).await.unwrap_or_default();
+        let bytes = read_small(body).await;
         let message = error_message(&bytes);
         let (status, body) = anthropic_error(head.status, kind.as_deref(), &message);
         head.status = status;
@@ -314,7 +309,7 @@ pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse,
     let resp = match op {
         Operation::Invoke => Response::from_parts(head, body),
         Operation::CountTokens => {
-            let bytes = read_small(body).await.unwrap_or_default();
+            let bytes = read_small(body).await;
             let count = serde_json::from_slice::<Value>(&bytes)
                 .ok()
                 .and_then(|v| v.get("inputTokens").and_then(Value::as_u64));
@@ -378,22 +373,9 @@ fn json_answer(mut head: http::response::Parts, body: Value) -> UpstreamResponse
     )
 }
 
-/// A small body read whole (an error, a token count), within a time and a size.
-async fn read_small(mut body: UpstreamBody) -> Option<Bytes> {
-    let read = async {
-        let mut out = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.ok()?.into_data() {
-                out.extend_from_slice(&data);
-                if out.len() > MAX_ERROR_BYTES {
-                    out.truncate(MAX_ERROR_BYTES);
-                    break;
-                }
-            }
-        }
-        Some(out.freeze())
-    };
-    tokio::time::timeout(SMALL_BODY_TIMEOUT, read).await.ok()?
+/// A small body (an error, a token count), within a time and a size.
+async fn read_small(body: UpstreamBody) -> Bytes {
+    read_capped(body, MAX_ERROR_BYTES, SMALL_BODY_TIMEOUT).await
 }
 
 /// The message of a Bedrock error body (`{"message": …}`, some services `{"Message": …}`).

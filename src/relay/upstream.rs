@@ -15,7 +15,7 @@ use crate::metrics as m;
 use crate::providers::{self, anthropic, azure, bedrock, gemini, openai};
 use crate::scheduler::health::Outcome;
 use crate::store::Provider;
-use crate::upstream_client::{UpstreamError, UpstreamResponse};
+use crate::upstream_client::{UpstreamError, UpstreamResponse, read_capped};
 use http_body_util::BodyExt;
 
 /// The URL and headers of `call` for `account`, in its vendor's convention.
@@ -63,7 +63,6 @@ pub(super) async fn send(
     let Some((url, headers)) = request_for(call, client, account) else {
         return Err(SendError::Mismatch(account.record.provider));
     };
-    let first_byte = first_byte_timeout(app, call);
     let body = match (&call.respond, &call.target, account.record.provider) {
         // Azure api-versions before 2024-09 refuse `stream_options`: such an account gets the
         // client's body as it was (its stream then carries no usage to bill).
@@ -79,23 +78,22 @@ pub(super) async fn send(
         }
         _ => call.body.clone(),
     };
-    let send = app.http().send(call.method.clone(), url, headers, body);
-    let resp = match tokio::time::timeout(first_byte, send).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(SendError::Failed(e)),
-        Err(_) => return Err(SendError::Timeout(first_byte)),
-    };
-    let head_at = Instant::now();
-    let resp = match call.whole_answer {
-        Some(whole) if resp.status().is_success() => read_whole(resp, whole).await?,
-        _ => resp,
-    };
-    Ok((resp, head_at))
+    let sent = send_within(app, call, call.method.clone(), url, headers, body);
+    let (resp, head_at) = sent.await?;
+    Ok((take_whole(call, resp).await?, head_at))
 }
 
-/// How long `call` waits for its head (the answer timeout for an answer that is not streamed).
-fn first_byte_timeout(app: &App, call: &Call) -> Duration {
-    call.first_byte_timeout.unwrap_or_else(|| {
+/// Sends one request of `call`'s, waiting at most the first-byte timeout for its head (the
+/// answer timeout for an answer that is not streamed): the response, and when its head came.
+async fn send_within(
+    app: &App,
+    call: &Call,
+    method: http::Method,
+    url: String,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> Result<(UpstreamResponse, Instant), SendError> {
+    let first_byte = call.first_byte_timeout.unwrap_or_else(|| {
         let upstream = &app.config.upstream;
         // Only a generation waits long for its head: a model list or a token count is quick.
         Duration::from_secs(if call.streams || !call.billed() {
@@ -105,7 +103,21 @@ fn first_byte_timeout(app: &App, call: &Call) -> Duration {
                 .answer_timeout_secs
                 .max(upstream.first_byte_timeout_secs)
         })
-    })
+    });
+    let send = app.http().send(method, url, headers, body);
+    match tokio::time::timeout(first_byte, send).await {
+        Ok(Ok(resp)) => Ok((resp, Instant::now())),
+        Ok(Err(e)) => Err(SendError::Failed(e)),
+        Err(_) => Err(SendError::Timeout(first_byte)),
+    }
+}
+
+/// The answer as the caller takes it: read whole first when `call` takes a successful one so.
+async fn take_whole(call: &Call, resp: UpstreamResponse) -> Result<UpstreamResponse, SendError> {
+    match call.whole_answer {
+        Some(whole) if resp.status().is_success() => read_whole(resp, whole).await,
+        _ => Ok(resp),
+    }
 }
 
 /// [`send`] to a Bedrock account: the Anthropic call as Bedrock's operation, and its answer as
@@ -124,9 +136,8 @@ async fn send_bedrock(
         return Err(SendError::Mismatch(account.record.provider));
     };
     let url = bedrock::upstream_url(account, op, model);
-    let first_byte = first_byte_timeout(app, call);
     let mut with_betas = !account.refuses_betas.contains(model);
-    let (resp, head_at) = loop {
+    loop {
         let body = bedrock::request_body(&call.body, client, op, with_betas)
             .unwrap_or_else(|| call.body.clone());
         let headers = bedrock::upstream_headers(account, op, &url, &body).map_err(|why| {
@@ -135,15 +146,8 @@ async fn send_bedrock(
                 timed_out: false,
             }
         })?;
-        let send = app
-            .http()
-            .send(http::Method::POST, url.clone(), headers, body);
-        let resp = match tokio::time::timeout(first_byte, send).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(SendError::Failed(e)),
-            Err(_) => return Err(SendError::Timeout(first_byte)),
-        };
-        let head_at = Instant::now();
+        let sent = send_within(app, call, http::Method::POST, url.clone(), headers, body);
+        let (resp, head_at) = sent.await?;
         let (resp, error) = bedrock::answer(resp, op).await;
         // Some models take fewer betas than others: once more without them.
         if with_betas && bedrock::refuses_a_beta(error.as_deref()) {
@@ -151,13 +155,8 @@ async fn send_bedrock(
             with_betas = false;
             continue;
         }
-        break (resp, head_at);
-    };
-    let resp = match call.whole_answer {
-        Some(whole) if resp.status().is_success() => read_whole(resp, whole).await?,
-        _ => resp,
-    };
-    Ok((resp, head_at))
+        return Ok((take_whole(call, resp).await?, head_at));
+    }
 }
 
 /// Reads a successful answer whole, and hands it on as a response with that body in memory.
@@ -265,23 +264,12 @@ pub(super) async fn buffer_failure(resp: UpstreamResponse) -> Buffered {
     let (head, upstream_body) = resp.into_parts();
     let status = head.status;
     let mut headers = providers::response_headers(head.headers);
-    let mut body = Vec::new();
-    let mut stream = http_body_util::BodyDataStream::new(upstream_body);
-    let read = async {
-        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
-            let room = MAX_ERROR_BODY.saturating_sub(body.len());
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() >= MAX_ERROR_BODY {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    let body = read_capped(upstream_body, MAX_ERROR_BODY, Duration::from_secs(5)).await;
     headers.remove(http::header::CONTENT_LENGTH);
     Buffered {
         status,
         headers,
-        body: Bytes::from(body),
+        body,
     }
 }
 

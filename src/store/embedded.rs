@@ -381,8 +381,7 @@ impl Limits {
 fn load_limits(db: &Database, now_ms: i64) -> StoreResult<Limits> {
     let txn = db.begin_read().map_err(db_err)?;
     let keys = txn.open_table(KEYS).map_err(db_err)?;
-    let exists =
-        |key_id: &str| -> StoreResult<bool> { Ok(keys.get(key_id).map_err(db_err)?.is_some()) };
+    let exists = |key_id: &str| key_exists(&keys, key_id);
     let mut limits = Limits::default();
     for row in txn
         .open_table(METERS)
@@ -446,8 +445,7 @@ impl LimitsWrite {
     /// so the check cannot race it).
     fn apply(&self, txn: &redb::WriteTransaction) -> StoreResult<()> {
         let keys = txn.open_table(KEYS).map_err(db_err)?;
-        let exists =
-            |key_id: &str| -> StoreResult<bool> { Ok(keys.get(key_id).map_err(db_err)?.is_some()) };
+        let exists = |key_id: &str| key_exists(&keys, key_id);
         let mut meters = txn.open_table(METERS).map_err(db_err)?;
         for ((key_id, bucket), value) in &self.meters {
             match value {
@@ -941,6 +939,14 @@ fn put_key(db: &Database, key: &KeyRecord, must_exist: bool) -> StoreResult<bool
     }
     txn.commit().map_err(db_err)?;
     Ok(true)
+}
+
+/// Whether the key has a record: its limit counters are loaded and written only then.
+fn key_exists(
+    keys: &impl ReadableTable<&'static str, &'static [u8]>,
+    key_id: &str,
+) -> StoreResult<bool> {
+    Ok(keys.get(key_id).map_err(db_err)?.is_some())
 }
 
 /// Deletes a key's limit counters and first use from the file.

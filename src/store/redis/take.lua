@@ -363,6 +363,16 @@ local function contender(i)
   return eligible, live, load, tonumber(v[at + 1] or '0')
 end
 
+-- Candidate i does not serve the request's model (cap -2: kept for a session bound to it).
+local function not_serving(i)
+  return ARGV[C + 5 * (i - 1) + 3] == '-2'
+end
+
+-- Candidate i never frees up for this request: tried by it (cap 0), or not serving its model.
+local function no_capacity(i)
+  return ARGV[C + 5 * (i - 1) + 3] == '0' or not_serving(i)
+end
+
 -- choose: the session's bound account first, if it can serve.
 local bound, bound_at = false, 0
 if has_session then
@@ -394,8 +404,7 @@ end
 -- tried it (cap 0: the caller answers with that failure) or it never comes back on its own (then
 -- it escapes), the answer is its recovery.
 if not chosen and session == '3' and bound_i then
-  local cap = ARGV[C + 5 * (bound_i - 1) + 3]
-  if cap == '0' or cap == '-2' then
+  if no_capacity(bound_i) then
     return unavailable('')
   end
   local r = recovers_at(health_of(v[CV + 4 * (bound_i - 1) + 3]))
@@ -428,8 +437,7 @@ if not chosen then
     local retry_at = nil
     for i = 1, n do
       local r = nil
-      local cap = ARGV[C + 5 * (i - 1) + 3]
-      if cap ~= '0' and cap ~= '-2' then
+      if not no_capacity(i) then
         r = recovers_at(health_of(v[CV + 4 * (i - 1) + 3]))
       end
       if r ~= nil then
@@ -450,7 +458,7 @@ if not chosen then
     sticky = 0
   elseif not bound then
     sticky = 2
-  elseif session == '2' and not (bound_i and ARGV[C + 5 * (bound_i - 1) + 3] == '-2') then
+  elseif session == '2' and not (bound_i and not_serving(bound_i)) then
     sticky = 4
   elseif bound_i then
     sticky = 3
