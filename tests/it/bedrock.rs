@@ -51,12 +51,7 @@ async fn anthropic_clients_are_served_through_bedrock() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert!(switchyard::providers::is_event_stream(resp.headers()));
     let streamed = resp.bytes().await.unwrap();
     let expected =
         expected_stream_bytes(&format!("us.anthropic.{model}-v1:0"), MockUsage::new(21, 9));
