@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::mock::{Behavior, MockUpstream, MockUsage};
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, wait_until};
 use crate::support::relay::{Relay, messages_body, test_config};
 
 const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -44,13 +44,30 @@ async fn two_relays() -> Option<(Relay, Relay)> {
     ))
 }
 
+/// An account added on `a`, once `b` has learnt of it through Redis (its change feed: a
+/// request to `b` before then finds no account for the model).
+async fn add_shared_account(
+    a: &Relay,
+    b: &Relay,
+    mock: &MockUpstream,
+    api_key: &str,
+    extra: Value,
+) -> String {
+    let id = a.add_account(mock, api_key, extra).await;
+    wait_until("the other instance learns of the account", || {
+        b.app.catalog.accounts().iter().any(|x| x.id() == id)
+    })
+    .await;
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_disabled_on_one_instance_is_refused_by_the_other_within_a_second() {
     let Some((a, b)) = two_relays().await else {
         return;
     };
     let mock = MockUpstream::start().await;
-    a.add_account(&mock, "sk-shared", json!({})).await;
+    add_shared_account(&a, &b, &mock, "sk-shared", json!({})).await;
     let (id, key) = a.create_key("shared").await;
     // B learns of the account and the key through Redis.
     let resp = b
@@ -138,7 +155,7 @@ async fn a_price_import_reaches_every_instance_and_later_ones() {
     let (a, b) = (start().await, start().await);
     let mock = MockUpstream::start().await;
     mock.set_default(Behavior::Ok(MockUsage::new(10, 20)));
-    a.add_account(&mock, "sk-shared", json!({})).await;
+    add_shared_account(&a, &b, &mock, "sk-shared", json!({})).await;
     let (_, key) = a.create_key("priced").await;
     let model = "claude-sonnet-4-5";
     let built_in = b.cost_of_one(&key, model).await;
@@ -182,8 +199,7 @@ async fn an_account_concurrency_cap_holds_across_instances() {
         },
         delay: Duration::from_millis(40),
     });
-    a.add_account(&mock, "sk-capped", json!({ "max_concurrency": 2 }))
-        .await;
+    add_shared_account(&a, &b, &mock, "sk-capped", json!({ "max_concurrency": 2 })).await;
     let (_, key) = a.create_key("k").await;
     let a = Arc::new(a);
     let b = Arc::new(b);
@@ -228,7 +244,7 @@ async fn usage_totals_over_two_instances_equal_what_the_upstream_reported() {
         return;
     };
     let mock = MockUpstream::start().await;
-    let account = a.add_account(&mock, "sk-sum", json!({})).await;
+    let account = add_shared_account(&a, &b, &mock, "sk-sum", json!({})).await;
     let (key_id, key) = a.create_key("sum").await;
     let mut expected = MockUsage::default();
     for i in 0..500u64 {
