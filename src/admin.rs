@@ -53,6 +53,7 @@ where
         }
         (&Method::DELETE, ["admin", "accounts", id]) => accounts::delete(app, id).await,
         (&Method::POST, ["admin", "accounts", id, "reset"]) => accounts::reset(app, id).await,
+        (&Method::POST, ["admin", "accounts", id, "refresh"]) => accounts::refresh(app, id).await,
         (&Method::GET, ["admin", "usage"]) => usage::usage(app, &query).await,
         (&Method::GET, ["admin", "requests"]) => usage::requests(app, &query).await,
         (&Method::POST, ["admin", "pricing", "import"]) => usage::import_pricing(app, &body).await,

@@ -44,6 +44,8 @@ pub struct App {
     /// The accounts `/metrics` last showed, so that one deleted since reads as gone (zeros) and
     /// not as it last was.
     pub accounts_shown: std::sync::Mutex<Vec<String>>,
+    /// Renewals of subscription accounts' OAuth tokens.
+    pub oauth: crate::oauth::Renewer,
 }
 
 /// What one server worker has of its own.
@@ -179,8 +181,10 @@ impl App {
             image_storage,
             accounts_scraped_ms: AtomicI64::new(0),
             accounts_shown: std::sync::Mutex::new(Vec::new()),
+            oauth: crate::oauth::Renewer::default(),
         });
         crate::images::spawn_sweeper(&app);
+        crate::oauth::spawn(&app);
         app.follow_prices(price_changes);
         Ok(app)
     }

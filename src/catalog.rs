@@ -28,6 +28,8 @@ pub struct Account {
     /// (`sk-ant-oat…`, as `claude setup-token` makes): `Bearer <token>`, sent in place of
     /// `x-api-key`.
     pub oauth_bearer: Option<HeaderValue>,
+    /// A ChatGPT account's `chatgpt-account-id`: the workspace its access token was issued for.
+    pub chatgpt_account: Option<HeaderValue>,
     /// A Bedrock account's models that refused a beta the client named: their requests go
     /// without betas from then on (until the accounts are reloaded).
     pub refuses_betas: dashmap::DashSet<String>,
@@ -49,11 +51,18 @@ impl Account {
     /// account serves nothing rather than everything).
     pub fn new(record: AccountRecord, api_key: &str) -> Option<Account> {
         let oauth_bearer = match record.provider {
-            crate::store::Provider::Anthropic if api_key.starts_with(OAUTH_TOKEN_PREFIX) => {
+            crate::store::Provider::Anthropic
+                if api_key.starts_with(OAUTH_TOKEN_PREFIX) || record.oauth.is_some() =>
+            {
                 let mut bearer = HeaderValue::from_str(&format!("Bearer {api_key}")).ok()?;
                 bearer.set_sensitive(true);
                 Some(bearer)
             }
+            _ => None,
+        };
+        let chatgpt_account = match record.provider {
+            crate::store::Provider::ChatGpt => crate::providers::chatgpt::account_id(api_key)
+                .and_then(|id| HeaderValue::from_str(&id).ok()),
             _ => None,
         };
         let mut api_key = HeaderValue::from_str(api_key).ok()?;
@@ -68,6 +77,7 @@ impl Account {
             record,
             api_key,
             oauth_bearer,
+            chatgpt_account,
             refuses_betas: dashmap::DashSet::new(),
             models,
         })

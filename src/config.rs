@@ -210,6 +210,11 @@ pub struct UpstreamConfig {
     /// the URL). Unset, `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` and `NO_PROXY` from the
     /// environment apply.
     pub proxy: Option<String>,
+    /// How often each instance looks for subscription accounts whose OAuth token is due for
+    /// renewal (`crate::oauth`).
+    pub oauth_check_ms: u64,
+    /// A token is renewed this long before it expires.
+    pub oauth_refresh_before_secs: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -222,6 +227,8 @@ impl Default for UpstreamConfig {
             pool_idle_timeout_secs: 90,
             pool_max_idle_per_host: 256,
             proxy: None,
+            oauth_check_ms: 30_000,
+            oauth_refresh_before_secs: 600,
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod images;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod oauth;
 pub mod pricing;
 pub mod providers;
 pub mod relay;

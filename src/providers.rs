@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+pub mod chatgpt;
 pub mod gemini;
 pub mod openai;
 

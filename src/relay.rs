@@ -42,12 +42,13 @@ use crate::limits;
 use crate::metrics as m;
 use crate::providers;
 use crate::scheduler::session;
-use crate::store::KeyRecord;
+use crate::store::{KeyRecord, Provider};
 use crate::stream::tap::Tap;
 use crate::stream::usage::UsageReader;
 use crate::upstream_client::UpstreamBody;
 
 pub use call::Endpoint;
+use call::UsageKind;
 use failover::{Attempts, Ctx, Served};
 use settle::Settle;
 
@@ -192,7 +193,15 @@ where
     let (mut head, upstream_body) = upstream.into_parts();
     head.headers = providers::response_headers(head.headers);
     let streaming = providers::is_event_stream(&head.headers);
-    let usage = call.usage.map(|kind| UsageReader::new(kind, streaming));
+    let usage = call
+        .usage
+        .map(|kind| match (kind, account.record.provider) {
+            // The Codex backend keeps no response (it is sent `store: false`): none to bind.
+            (UsageKind::OpenAiResponses { .. }, Provider::ChatGpt) => {
+                UsageReader::new(UsageKind::OpenAiResponses { stored: false }, streaming)
+            }
+            (kind, _) => UsageReader::new(kind, streaming),
+        });
     m::active_streams().increment(1.0);
     let settle = Settle {
         app: Arc::clone(app),

@@ -52,6 +52,9 @@ pub struct Ask<'a> {
     pub exclude: &'a [String],
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// ChatGPT accounts may serve the call (`providers::chatgpt::serves`): they are offered for
+    /// no other.
+    pub chatgpt: bool,
     /// An earlier attempt of this request bound the session (it had none, or it moved): the
     /// binding follows the request to the account that serves it, whatever
     /// `scheduler.sticky_overflow` says (an escape would leave a new session bound to the
@@ -109,6 +112,7 @@ async fn pick_from(
                     // Bedrock has Anthropic's model calls, not its other endpoints (the list).
                     None => a.record.provider != Provider::Bedrock,
                 }
+                && (ask.chatgpt || a.record.provider != Provider::ChatGpt)
         })
         .filter(|a| allowed(a))
         .collect();

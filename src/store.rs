@@ -164,6 +164,10 @@ pub enum Provider {
     /// Amazon Bedrock: Claude models through `bedrock-runtime`, for Anthropic clients
     /// (`providers::bedrock`).
     Bedrock,
+    /// A ChatGPT subscription through the Codex backend: streamed Responses calls only
+    /// (`providers::chatgpt`).
+    #[serde(rename = "chatgpt")]
+    ChatGpt,
 }
 
 /// The wire protocol an account speaks: which requests it can serve.
@@ -182,13 +186,14 @@ impl Provider {
             Provider::AzureOpenAi => "azure-openai",
             Provider::Gemini => "gemini",
             Provider::Bedrock => "bedrock",
+            Provider::ChatGpt => "chatgpt",
         }
     }
 
     pub fn protocol(self) -> Protocol {
         match self {
             Provider::Anthropic | Provider::Bedrock => Protocol::Anthropic,
-            Provider::OpenAi | Provider::AzureOpenAi => Protocol::OpenAi,
+            Provider::OpenAi | Provider::AzureOpenAi | Provider::ChatGpt => Protocol::OpenAi,
             Provider::Gemini => Protocol::Gemini,
         }
     }
@@ -233,7 +238,33 @@ pub struct AccountRecord {
     /// key, sent as a bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_access_key_id: Option<String>,
+    /// A subscription account's OAuth grant: the sealed api key is then its access token, which
+    /// the relay renews with the refresh token before it expires (`crate::oauth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthGrant>,
     pub created_at: i64,
+}
+
+/// How an account's access token is renewed: the OAuth 2.0 refresh-token grant (RFC 6749 §6)
+/// at the vendor's token endpoint, as the client the tokens were issued to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthGrant {
+    /// The token endpoint (`https://auth.openai.com/oauth/token`, ...).
+    pub token_url: String,
+    /// The OAuth client the tokens were issued to (the CLI that logged in).
+    pub client_id: String,
+    /// The refresh token sealed by `crypto::MasterKey::seal` under `oauth::refresh_aad` (never
+    /// the plain text). A vendor that rotates refresh tokens gets the new one kept here.
+    pub sealed_refresh_token: String,
+    /// Unix ms the access token expires at; 0 when unknown (it is then renewed at once).
+    pub expires_at: i64,
+    /// Unix ms of the last renewal; 0 before the first.
+    #[serde(default)]
+    pub refreshed_at: i64,
+    /// Why the last renewal failed for good (the grant was refused): the relay does not try
+    /// that refresh token again. Cleared by a renewal or a new grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 fn one() -> u32 {
@@ -836,6 +867,16 @@ pub trait Store: Send + Sync + 'static {
     /// The price file `share_prices` kept, if any.
     async fn shared_prices(&self) -> StoreResult<Option<String>> {
         Ok(None)
+    }
+
+    /// Claims `name` for `ttl` among every instance sharing the store: `true` for the one caller
+    /// that gets it until then (whoever asks again before it lapses, itself included, gets
+    /// `false`). Off the hot path: a renewal of an account's OAuth token claims it first, so
+    /// that one refresh token is spent once. The embedded store has one process, whose callers
+    /// serialise themselves: every claim is granted.
+    async fn claim(&self, name: &str, ttl: Duration) -> StoreResult<bool> {
+        let _ = (name, ttl);
+        Ok(true)
     }
 
     /// Changes written by other instances, for cache invalidation; `None` when the store is not

@@ -13,9 +13,10 @@ use crate::app::App;
 use crate::auth;
 use crate::body::Body;
 use crate::error::{ApiError, ErrorKind};
+use crate::oauth::{self, RenewError, Renewed};
 use crate::providers;
 use crate::scheduler::policy::Status;
-use crate::store::{AccountRecord, AccountRuntime, Provider};
+use crate::store::{AccountRecord, AccountRuntime, OAuthGrant, Provider};
 
 const DEFAULT_PRIORITY: i32 = 50;
 
@@ -43,6 +44,21 @@ pub struct CreateAccount {
     region: Option<String>,
     /// Bedrock only: sign with this access key id and the api key as its secret.
     aws_access_key_id: Option<String>,
+    /// A subscription's OAuth grant: the api key is its access token, renewed with it.
+    oauth: Option<OAuthInput>,
+}
+
+/// An OAuth grant as an admin gives it: what the CLI that logged in keeps beside the access
+/// token (`~/.codex/auth.json`, Claude Code's credentials).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthInput {
+    refresh_token: String,
+    token_url: String,
+    client_id: String,
+    /// When the access token expires; unset, read from the token when it is a JWT, else the
+    /// token is renewed at once (which also tells when the next one expires).
+    expires_at: Option<jiff::Timestamp>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +83,9 @@ pub struct PatchAccount {
     /// `null` turns signing off: the api key is then a Bedrock API key.
     #[serde(default, deserialize_with = "nullable")]
     aws_access_key_id: Option<Option<String>>,
+    /// A new grant; `null` takes it away (the api key is then used until it expires).
+    #[serde(default, deserialize_with = "nullable")]
+    oauth: Option<Option<OAuthInput>>,
 }
 
 fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
@@ -99,6 +118,13 @@ fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         "deployments": account.deployments,
         "region": account.region,
         "aws_access_key_id": account.aws_access_key_id,
+        "oauth": account.oauth.as_ref().map(|g| json!({
+            "token_url": g.token_url,
+            "client_id": g.client_id,
+            "expires_at": (g.expires_at > 0).then(|| rfc3339(g.expires_at)),
+            "refreshed_at": (g.refreshed_at > 0).then(|| rfc3339(g.refreshed_at)),
+            "failure": g.failure,
+        })),
         "created_at": rfc3339(account.created_at),
         "state": {
             "status": status,
@@ -121,6 +147,7 @@ fn default_base_url(provider: Provider, region: Option<&str>) -> Result<String, 
         Provider::Anthropic => Ok(providers::anthropic::DEFAULT_BASE_URL.to_owned()),
         Provider::OpenAi => Ok(providers::openai::DEFAULT_BASE_URL.to_owned()),
         Provider::Gemini => Ok(providers::gemini::DEFAULT_BASE_URL.to_owned()),
+        Provider::ChatGpt => Ok(providers::chatgpt::DEFAULT_BASE_URL.to_owned()),
         Provider::Bedrock => Ok(providers::bedrock::default_base_url(
             region.unwrap_or_default(),
         )),
@@ -226,6 +253,18 @@ fn valid_api_key(key: &str) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
+/// A ChatGPT account's api key must be a ChatGPT access token (a JWT), which names the ChatGPT
+/// account its requests are for.
+fn valid_for_provider(provider: Provider, api_key: String) -> Result<String, ApiError> {
+    if provider == Provider::ChatGpt && providers::chatgpt::account_id(&api_key).is_none() {
+        return Err(ApiError::invalid(
+            "api_key: a chatgpt account takes a ChatGPT access token (`tokens.access_token` in \
+             Codex CLI's auth.json), a JWT that names the ChatGPT account",
+        ));
+    }
+    Ok(api_key)
+}
+
 fn valid_concurrency(n: Option<u32>) -> Result<Option<u32>, ApiError> {
     if n == Some(0) {
         return Err(ApiError::invalid(
@@ -249,6 +288,53 @@ fn seal(app: &App, id: &str, api_key: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::internal("could not seal the api key"))
 }
 
+/// The grant of account `id` (of `provider`, whose access token is `api_key`) as stored.
+fn grant(
+    app: &App,
+    id: &str,
+    provider: Provider,
+    input: OAuthInput,
+    api_key: &str,
+) -> Result<OAuthGrant, ApiError> {
+    if !matches!(provider, Provider::Anthropic | Provider::ChatGpt) {
+        return Err(ApiError::invalid(
+            "oauth: for subscription accounts only (anthropic, chatgpt)",
+        ));
+    }
+    let token_url = valid_base_url(&input.token_url)
+        .map_err(|e| ApiError::invalid(e.message.replacen("base_url", "oauth.token_url", 1)))?;
+    let client_id = input.client_id.trim();
+    if client_id.is_empty()
+        || client_id.len() > 256
+        || !client_id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::invalid(
+            "oauth.client_id: 1 to 256 visible ASCII characters",
+        ));
+    }
+    let refresh_token = valid_api_key(&input.refresh_token).map_err(|_| {
+        ApiError::invalid(
+            "oauth.refresh_token: must be a non-empty string of visible ASCII characters",
+        )
+    })?;
+    let sealed_refresh_token = app
+        .catalog
+        .master_key()
+        .seal(&oauth::refresh_aad(id), &refresh_token)
+        .map_err(|_| ApiError::internal("could not seal the refresh token"))?;
+    Ok(OAuthGrant {
+        token_url,
+        client_id: client_id.to_owned(),
+        sealed_refresh_token,
+        expires_at: match input.expires_at {
+            Some(at) => at.as_millisecond(),
+            None => oauth::jwt_expiry_ms(api_key).unwrap_or(0),
+        },
+        refreshed_at: 0,
+        failure: None,
+    })
+}
+
 pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>, ApiError> {
     let id = auth::new_id("acct");
     let vendor = valid_vendor(
@@ -264,11 +350,16 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         Some(url) => valid_base_url(url)?,
         None => default_base_url(req.provider, vendor.region.as_deref())?,
     };
+    let api_key = valid_for_provider(req.provider, valid_api_key(&req.api_key)?)?;
+    let oauth = req
+        .oauth
+        .map(|input| grant(app, &id, req.provider, input, &api_key))
+        .transpose()?;
     let record = AccountRecord {
         name: valid_name(&req.name)?,
         provider: req.provider,
         base_url,
-        sealed_api_key: seal(app, &id, &valid_api_key(&req.api_key)?)?,
+        sealed_api_key: seal(app, &id, &api_key)?,
         priority: req.priority.unwrap_or(DEFAULT_PRIORITY),
         schedulable: req.schedulable.unwrap_or(true),
         enabled: req.enabled.unwrap_or(true),
@@ -280,6 +371,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         deployments: vendor.deployments,
         region: vendor.region,
         aws_access_key_id: vendor.aws_access_key_id,
+        oauth,
         created_at: now_ms(),
         id,
     };
@@ -344,8 +436,28 @@ pub async fn patch(
             "aws_access_key_id: taken off only with a new api_key (the Bedrock API key)",
         ));
     }
-    if let Some(key) = req.api_key {
-        record.sealed_api_key = seal(app, id, &valid_api_key(&key)?)?;
+    if let Some(key) = &req.api_key {
+        let key = valid_for_provider(record.provider, valid_api_key(key)?)?;
+        record.sealed_api_key = seal(app, id, &key)?;
+        // A new access token: its own expiry, or renewed at once.
+        if let Some(g) = &mut record.oauth {
+            g.expires_at = oauth::jwt_expiry_ms(&key).unwrap_or(0);
+        }
+    }
+    match req.oauth {
+        None => {}
+        Some(None) => record.oauth = None,
+        Some(Some(input)) => {
+            let access = match &req.api_key {
+                Some(key) => key.trim().to_owned(),
+                None => app
+                    .catalog
+                    .master_key()
+                    .open(id, &record.sealed_api_key)
+                    .map_err(|_| ApiError::internal("could not open the api key"))?,
+            };
+            record.oauth = Some(grant(app, id, record.provider, input, &access)?);
+        }
     }
     if let Some(p) = req.priority {
         record.priority = p;
@@ -455,6 +567,28 @@ async fn keep_keys_bound(
             stranded.join(", ")
         ),
     ))
+}
+
+/// Renews the account's OAuth access token now (`crate::oauth`).
+pub async fn refresh(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
+    let conflict = |message: &str| ApiError::new(ErrorKind::Conflict, message);
+    match app.oauth.renew(app, id, true).await {
+        Ok(Renewed::Done { .. } | Renewed::NotDue) => get(app, id).await,
+        Ok(Renewed::Busy) => Err(conflict(
+            "another instance is renewing this account's token now; it is renewed within a minute",
+        )),
+        Ok(Renewed::Superseded) => Err(conflict(
+            "the account changed while its token was renewed; the change was kept",
+        )),
+        Err(RenewError::NotFound(_)) => {
+            Err(ApiError::not_found(format!("no account with id {id}")))
+        }
+        Err(e @ RenewError::NoGrant(_)) => Err(ApiError::invalid(e.to_string())),
+        Err(e @ (RenewError::Refused(_) | RenewError::Failed(_))) => {
+            Err(ApiError::new(ErrorKind::BadGateway, e.to_string()))
+        }
+        Err(RenewError::Store(e)) => Err(store_error(e)),
+    }
 }
 
 /// Clears the account's health (rate limits, cooldowns, an unauthorized mark): it serves again.

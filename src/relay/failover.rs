@@ -79,6 +79,8 @@ pub(crate) async fn attempts(
             exclude: &tried,
             attempt,
             rebind,
+            chatgpt: matches!(&call.target, super::call::Target::OpenAi { path }
+                if crate::providers::chatgpt::serves(path, call.streams)),
         };
         let picked = match scheduler::pick(&app.catalog, policy, &ask, key_lease).await {
             Ok(picked) => picked,

@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Response;
 
-use super::call::{Call, Respond, Target, Unread, WholeAnswer};
+use super::call::{Call, Respond, Target, Unread, UsageKind, WholeAnswer};
 use super::respond;
 use crate::app::App;
 use crate::body::Body;
 use crate::catalog::Account;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics as m;
-use crate::providers::{self, anthropic, azure, bedrock, gemini, openai};
+use crate::providers::{self, anthropic, azure, bedrock, chatgpt, gemini, openai};
 use crate::scheduler::health::Outcome;
 use crate::store::Provider;
 use crate::upstream_client::{UpstreamError, UpstreamResponse, read_capped};
@@ -33,6 +33,10 @@ fn request_for(
         (Target::OpenAi { path }, Provider::OpenAi) => (
             openai::upstream_url(account, path, query),
             openai::upstream_headers(client, account),
+        ),
+        (Target::OpenAi { path }, Provider::ChatGpt) => (
+            chatgpt::upstream_url(account, path),
+            chatgpt::upstream_headers(client, account),
         ),
         (Target::OpenAi { path }, Provider::AzureOpenAi) => (
             azure::upstream_url(account, path, call.model.as_deref()),
@@ -75,6 +79,14 @@ pub(super) async fn send(
         (_, Target::OpenAi { path }, Provider::AzureOpenAi) if path.starts_with("/responses") => {
             azure::responses_body(account, &call.body, call.model.as_deref())
                 .unwrap_or_else(|| call.body.clone())
+        }
+        // The Codex backend keeps nothing: it refuses a request that asks it to.
+        (_, _, Provider::ChatGpt) => {
+            let stores = matches!(
+                call.usage,
+                Some(UsageKind::OpenAiResponses { stored: true })
+            );
+            chatgpt::request_body(&call.body, stores).unwrap_or_else(|| call.body.clone())
         }
         _ => call.body.clone(),
     };

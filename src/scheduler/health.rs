@@ -105,7 +105,7 @@ pub fn judge(outcome: Outcome<'_>, now_ms: i64, default_rate_limit: Duration) ->
             }
             let (until_ms, family) = rate_limit_reset(headers, now_ms)
                 .or_else(|| {
-                    let delay = detail.and_then(retry_delay)?;
+                    let delay = detail.and_then(|d| retry_delay(d, now_ms))?;
                     Some((now_ms.saturating_add(delay), None))
                 })
                 .unwrap_or((now_ms + millis(default_rate_limit), None));
@@ -142,6 +142,12 @@ struct ErrorDetail {
     /// Google's `ErrorInfo` (`reason`) and `RetryInfo` (`retryDelay`).
     #[serde(default)]
     details: Vec<GoogleDetail>,
+    /// The Codex backend's `usage_limit_reached`: when the subscription's spent window resets,
+    /// in seconds from now or as unix seconds.
+    #[serde(default)]
+    resets_in_seconds: Option<f64>,
+    #[serde(default)]
+    resets_at: Option<f64>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -276,13 +282,17 @@ fn held_elsewhere(detail: &ErrorDetail) -> bool {
     detail.code.as_ref().and_then(|c| c.as_str()) == Some("previous_response_not_found")
 }
 
-/// Google's `RetryInfo.retryDelay` (`"30s"`, `"1.5s"`), in ms.
-fn retry_delay(detail: &ErrorDetail) -> Option<i64> {
-    detail
+/// Google's `RetryInfo.retryDelay` (`"30s"`, `"1.5s"`), else the Codex backend's
+/// `resets_in_seconds` or `resets_at` (a subscription's spent window), in ms from `now_ms`.
+fn retry_delay(detail: &ErrorDetail, now_ms: i64) -> Option<i64> {
+    let google = detail
         .details
         .iter()
         .filter_map(|d| d.retry_delay.as_deref())
-        .find_map(parse_duration_ms)
+        .find_map(parse_duration_ms);
+    google
+        .or_else(|| whole_ms(detail.resets_in_seconds? * 1000.0))
+        .or_else(|| whole_ms(detail.resets_at? * 1000.0 - now_ms as f64))
 }
 
 /// The cooldown after `consecutive` failures in a row: `base`, doubling each time, at most `max`.
@@ -699,6 +709,20 @@ mod tests {
         assert_eq!(
             judge_answer(429, &HeaderMap::new(), body),
             limited(NOW + 30_000)
+        );
+        // The Codex backend: when the subscription's spent window resets.
+        let chatgpt = r#"{"error":{"type":"usage_limit_reached","message":"The usage limit has been reached","plan_type":"plus","resets_in_seconds":5400}}"#;
+        assert_eq!(
+            judge_answer(429, &HeaderMap::new(), chatgpt),
+            limited(NOW + 5_400_000)
+        );
+        let at = format!(
+            r#"{{"error":{{"type":"usage_limit_reached","resets_at":{}}}}}"#,
+            NOW / 1000 + 7200
+        );
+        assert_eq!(
+            judge_answer(429, &HeaderMap::new(), &at),
+            limited((NOW / 1000 + 7200) * 1000)
         );
         // OpenAI: the exhausted limit's reset, as a Go duration.
         let h = headers(&[

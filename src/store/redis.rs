@@ -481,6 +481,22 @@ impl Store for RedisStore {
         self.put_account(account, true).await
     }
 
+    async fn claim(&self, name: &str, ttl: Duration) -> StoreResult<bool> {
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let set: Option<String> = self
+            .client()
+            .set(
+                self.names.claim(name),
+                "1",
+                Some(fred::types::Expiration::PX(ms)),
+                Some(fred::types::SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(|e| unavailable("claim", &e))?;
+        Ok(set.is_some())
+    }
+
     async fn delete_account(&self, id: &str) -> StoreResult<bool> {
         let reply = self
             .scripts

@@ -197,6 +197,7 @@ fn account(id: &str, created_at: i64) -> AccountRecord {
         deployments: Default::default(),
         region: None,
         aws_access_key_id: None,
+        oauth: None,
         created_at,
     }
 }

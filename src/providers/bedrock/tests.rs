@@ -30,6 +30,7 @@ fn account(access_key_id: Option<&str>, deployments: &[(&str, &str)]) -> Account
             .collect::<BTreeMap<_, _>>(),
         region: Some("us-west-2".into()),
         aws_access_key_id: access_key_id.map(str::to_owned),
+        oauth: None,
         created_at: 0,
     };
     Account::new(record, "secret-or-api-key").unwrap()

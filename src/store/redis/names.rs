@@ -78,6 +78,11 @@ impl Names {
         format!("{}{{rec}}:keyhash", self.prefix)
     }
 
+    /// String with a TTL: `Store::claim` of `name` (`oauth:<account id>`).
+    pub(super) fn claim(&self, name: &str) -> String {
+        format!("{}{{rec}}:claim:{name}", self.prefix)
+    }
+
     /// Hash: account id -> JSON `AccountRecord`.
     pub(super) fn account_records(&self) -> String {
         format!("{}{{rec}}:accounts", self.prefix)
