@@ -184,7 +184,6 @@ impl App {
             oauth: crate::oauth::Renewer::default(),
         });
         crate::images::spawn_sweeper(&app);
-        crate::oauth::spawn(&app);
         app.follow_prices(price_changes);
         Ok(app)
     }

@@ -40,6 +40,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run, as `AccountsCommand`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay.
@@ -101,12 +103,42 @@ enum AccountsCommand {
     Add {
         #[arg(long)]
         name: String,
-        /// anthropic, openai (or any OpenAI-compatible vendor), azure-openai, gemini, bedrock.
-        #[arg(long, default_value = "anthropic")]
-        provider: String,
-        /// The account's API key (or set SWITCHYARD_ACCOUNT_API_KEY to keep it out of the shell history).
-        #[arg(long, env = "SWITCHYARD_ACCOUNT_API_KEY", hide_env_values = true)]
-        api_key: String,
+        /// anthropic, openai (or any OpenAI-compatible vendor), azure-openai, gemini, bedrock,
+        /// chatgpt (a ChatGPT subscription, through the Codex backend). Default: anthropic, or
+        /// chatgpt with --codex-auth.
+        #[arg(long)]
+        provider: Option<String>,
+        /// The account's API key, or a subscription's access token (or set
+        /// SWITCHYARD_ACCOUNT_API_KEY to keep it out of the shell history).
+        #[arg(
+            long,
+            env = "SWITCHYARD_ACCOUNT_API_KEY",
+            hide_env_values = true,
+            required_unless_present = "codex_auth"
+        )]
+        api_key: Option<String>,
+        /// A subscription's OAuth refresh token, which renews the access token (or set
+        /// SWITCHYARD_ACCOUNT_REFRESH_TOKEN); with --token-url and --client-id.
+        #[arg(
+            long,
+            env = "SWITCHYARD_ACCOUNT_REFRESH_TOKEN",
+            hide_env_values = true,
+            requires_all = ["token_url", "client_id"]
+        )]
+        refresh_token: Option<String>,
+        /// The token endpoint of the subscription's OAuth login.
+        #[arg(long)]
+        token_url: Option<String>,
+        /// The OAuth client the tokens were issued to (the CLI that logged in).
+        #[arg(long)]
+        client_id: Option<String>,
+        /// When the access token expires (RFC 3339); read from it when it is a JWT.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// A ChatGPT subscription from Codex CLI's login file (~/.codex/auth.json): its access
+        /// token, refresh token and OAuth client (a chatgpt account).
+        #[arg(long, conflicts_with_all = ["api_key", "refresh_token", "token_url", "client_id"])]
+        codex_auth: Option<std::path::PathBuf>,
         #[arg(long)]
         base_url: Option<String>,
         /// Lower is preferred.
@@ -448,7 +480,33 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 deployments,
                 region,
                 aws_access_key_id,
+                refresh_token,
+                token_url,
+                client_id,
+                expires_at,
+                codex_auth,
             } => {
+                let (api_key, oauth) = match &codex_auth {
+                    Some(path) => codex_login(path)?,
+                    None => {
+                        let oauth = refresh_token.map(|refresh_token| {
+                            json!({
+                                "refresh_token": refresh_token,
+                                "token_url": token_url,
+                                "client_id": client_id,
+                            })
+                        });
+                        (api_key.unwrap_or_default(), oauth)
+                    }
+                };
+                let provider = provider.unwrap_or_else(|| {
+                    if codex_auth.is_some() {
+                        "chatgpt"
+                    } else {
+                        "anthropic"
+                    }
+                    .to_owned()
+                });
                 let mut map = serde_json::Map::new();
                 for d in &deployments {
                     let Some((model, deployment)) = d.split_once('=') else {
@@ -477,6 +535,12 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 }
                 if aws_access_key_id.is_some() {
                     body["aws_access_key_id"] = json!(aws_access_key_id);
+                }
+                if let Some(mut oauth) = oauth {
+                    if expires_at.is_some() {
+                        oauth["expires_at"] = json!(expires_at);
+                    }
+                    body["oauth"] = oauth;
                 }
                 admin
                     .call(Method::POST, "/admin/accounts", json_body(body))
@@ -523,4 +587,48 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
     admin.close().await;
     println!("{}", serde_json::to_string_pretty(&result?)?);
     Ok(())
+}
+
+/// The ChatGPT token endpoint Codex CLI's login renews its tokens at.
+const CODEX_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
+
+/// The access token and OAuth grant in Codex CLI's login file (`~/.codex/auth.json`, written by
+/// `codex login`): `tokens.access_token`, `tokens.refresh_token`, and the OAuth client they were
+/// issued to, the audience of `tokens.id_token`.
+fn codex_login(path: &std::path::Path) -> anyhow::Result<(String, Option<Value>)> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let file: Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
+    let tokens = &file["tokens"];
+    let field = |name: &str| {
+        tokens[name]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no tokens.{name} (log in to Codex CLI with a ChatGPT account first)",
+                    path.display()
+                )
+            })
+    };
+    let (access, refresh, id_token) = (
+        field("access_token")?,
+        field("refresh_token")?,
+        field("id_token")?,
+    );
+    let claims = switchyard::oauth::jwt_claims(&id_token).unwrap_or_default();
+    let client_id = match &claims.get("aud") {
+        Some(Value::String(aud)) => Some(aud.clone()),
+        Some(Value::Array(aud)) => aud.first().and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+    .ok_or_else(|| anyhow::anyhow!("{}: tokens.id_token names no client", path.display()))?;
+    let grant = json!({
+        "refresh_token": refresh,
+        "token_url": CODEX_TOKEN_URL,
+        "client_id": client_id,
+    });
+    Ok((access, Some(grant)))
 }

@@ -47,6 +47,9 @@ impl Server {
     /// Binds the configured address (port 0 picks a free one) and builds the workers' runtimes.
     pub async fn bind(app: Arc<App>) -> std::io::Result<Server> {
         let listener = TcpListener::bind(app.config.listen).await?;
+        // A serving instance renews its subscription accounts' tokens; a CLI run on the data
+        // dir does not (it would spend their refresh tokens behind the server's back).
+        crate::oauth::spawn(&app);
         let extra = (1..app.config.server.worker_count())
             .map(|_| {
                 tokio::runtime::Builder::new_current_thread()

@@ -510,3 +510,83 @@ async fn a_second_sigterm_ends_the_grace_period_at_once() {
         "{usage}"
     );
 }
+
+#[test]
+fn a_chatgpt_subscription_is_added_from_codex_clis_login_file() {
+    use crate::support::token_endpoint::{chatgpt_token, jwt};
+    let dir = tempfile::tempdir().unwrap();
+    let login = dir.path().join("auth.json");
+    let access = chatgpt_token("ws-cli", 3600, 0);
+    std::fs::write(
+        &login,
+        serde_json::json!({
+            "OPENAI_API_KEY": null,
+            "tokens": {
+                "id_token": jwt(&serde_json::json!({ "aud": ["app_test_client"], "email": "a@b.c" })),
+                "access_token": access,
+                "refresh_token": "rt-cli",
+                "account_id": "ws-cli",
+            },
+            "last_refresh": "2026-12-07T00:00:00Z",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let login_arg = login.to_str().unwrap();
+    let account = json_of(&switchyard(
+        dir.path(),
+        &[
+            "accounts",
+            "add",
+            "--name",
+            "pro",
+            "--codex-auth",
+            login_arg,
+        ],
+    ));
+    assert_eq!(account["provider"], "chatgpt");
+    assert_eq!(account["base_url"], "https://chatgpt.com/backend-api/codex");
+    assert_eq!(account["oauth"]["client_id"], "app_test_client");
+    assert_eq!(
+        account["oauth"]["token_url"],
+        "https://auth.openai.com/oauth/token"
+    );
+    assert!(account["oauth"]["expires_at"].is_string());
+    let shown = account.to_string();
+    assert!(!shown.contains("rt-cli") && !shown.contains(&access));
+
+    // A login file without a ChatGPT login says so.
+    std::fs::write(&login, r#"{"OPENAI_API_KEY": "sk-x", "tokens": null}"#).unwrap();
+    let out = switchyard(
+        dir.path(),
+        &[
+            "accounts",
+            "add",
+            "--name",
+            "pro",
+            "--codex-auth",
+            login_arg,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no tokens.access_token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A grant given by hand needs its endpoint and client.
+    let out = switchyard(
+        dir.path(),
+        &[
+            "accounts",
+            "add",
+            "--name",
+            "max",
+            "--api-key",
+            "sk-ant-oat01-x",
+            "--refresh-token",
+            "rt",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}

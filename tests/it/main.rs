@@ -7,6 +7,7 @@ mod failover;
 mod images;
 mod limits;
 mod mocks;
+mod oauth;
 mod proxy;
 mod redis;
 mod responses;

@@ -605,3 +605,63 @@ async fn a_redis_outage_gets_prompt_503s_and_loses_no_acknowledged_usage() {
     assert_eq!(u["input_tokens"], 3 * n);
     assert_eq!(u["output_tokens"], 5 * n);
 }
+
+/// Two instances on one Redis, each looking for tokens to renew every 50 ms, meet an account
+/// whose token is about to expire: one renews it, once (the vendor's refresh token is spent by
+/// its first use: a second renewal with it would be refused and lose the grant), and both use
+/// the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_store_renew_an_account_once() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let start = |prefix: &str| {
+        let (mut config, tmp) = redis_config(&url, prefix);
+        config.upstream.oauth_check_ms = 50;
+        Relay::start_with(config, Some(tmp))
+    };
+    let a = start(&prefix).await;
+    let b = start(&prefix).await;
+    let mock = MockUpstream::start().await;
+    let tokens = crate::support::token_endpoint::TokenEndpoint::start().await;
+    tokens.serve_for(&mock, "at-0");
+    // Slow to answer: both instances find the account due while the first renewal runs.
+    tokens.set_delay(Duration::from_millis(300));
+    let mut grant = tokens.grant();
+    grant["expires_at"] =
+        json!((jiff::Timestamp::now() + jiff::SignedDuration::from_mins(2)).to_string());
+    let id = add_shared_account(&a, &b, &mock, "at-0", json!({ "oauth": grant })).await;
+    wait_until("the token is renewed", || tokens.granted() == 1).await;
+    let (_, key) = a.create_key("k").await;
+    // The instance that did not renew learns of the new token through the change feed.
+    for relay in [&a, &b] {
+        wait_until("both instances hold the renewed token", || {
+            relay
+                .app
+                .catalog
+                .accounts()
+                .iter()
+                .any(|x| x.id() == id && x.api_key.to_str().ok() == Some("at-1"))
+        })
+        .await;
+    }
+    for relay in [&a, &b] {
+        let resp = relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let sent = mock.requests().pop().unwrap();
+        assert_eq!(sent.header("authorization"), Some("Bearer at-1"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tokens.requests().len(), 1, "renewed by one instance, once");
+    let (status, v) = b
+        .admin(Method::GET, &format!("/admin/accounts/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(v["oauth"]["failure"].is_null(), "{v}");
+    assert!(v["oauth"]["refreshed_at"].is_string(), "{v}");
+}

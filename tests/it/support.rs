@@ -2,6 +2,7 @@
 pub mod faulty_store;
 pub mod mock;
 pub mod relay;
+pub mod token_endpoint;
 
 use serde_json::Value;
 

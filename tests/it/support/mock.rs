@@ -21,6 +21,11 @@
 //!   streamed JSON array), `:countTokens`, `:embedContent`, `:predict` (Imagen, see [`images`]).
 //! - `GET /v1beta/models` (and `GET /v1/models` with `x-goog-api-key` or `?key=`).
 //!
+//! ChatGPT's Codex backend (`Authorization: Bearer` required): `POST
+//! /backend-api/codex/responses` and `/responses/compact`, as OpenAI's Responses, refusing a
+//! request without `chatgpt-account-id`, or one that asks to store the response or (but for a
+//! compaction) not to stream, as that backend does.
+//!
 //! `GET /mock-files/{id}` serves the images that `response_format: "url"` answers point to.
 //!
 //! Stored responses: by default none is held (`/v1/responses/{id}[/…]` answers 404, a
@@ -459,6 +464,12 @@ impl MockUpstream {
     /// From now on every credential must equal `key` (401/400 in the vendor's shape otherwise).
     pub fn require_api_key(&self, key: &str) {
         lock(&self.shared).options.api_key = Some(key.to_owned());
+    }
+
+    /// [`MockUpstream::require_api_key`] from elsewhere (a token endpoint issuing keys).
+    pub fn credential_setter(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move |key| lock(&shared).options.api_key = Some(key.to_owned())
     }
 
     pub fn options(&self) -> MockOptions {

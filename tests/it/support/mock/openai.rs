@@ -92,6 +92,14 @@ pub(super) async fn handle(
     };
     let usage = behavior.usage().unwrap_or_default();
     let stream = obj.get("stream").and_then(|s| s.as_bool()).unwrap_or(false);
+    if let Some(refusal) = codex_backend_refusal(ctx, &obj, stream) {
+        return vendor_json(
+            vendor,
+            400,
+            serde_json::json!({ "detail": refusal }).to_string(),
+            guard,
+        );
+    }
     let mut opts = AnswerOpts {
         azure: vendor == Vendor::Azure,
         reasoning: ctx.options.reasoning_tokens,
@@ -722,4 +730,24 @@ pub fn expected_embeddings_bytes(
     let tokens = usage.prompt_with_cached();
     let usage = o! {"prompt_tokens": tokens, "total_tokens": tokens};
     Bytes::from(o! {"object": "list", "data": data, "model": model, "usage": usage}.render())
+}
+
+/// What ChatGPT's Codex backend refuses (on its path only): a request without the ChatGPT
+/// account, or one asking it to keep the response, or (but a compaction) not to stream.
+fn codex_backend_refusal(
+    ctx: &Ctx,
+    obj: &serde_json::Map<String, serde_json::Value>,
+    stream: bool,
+) -> Option<&'static str> {
+    let path = ctx.path.strip_prefix("/backend-api/codex/")?;
+    if ctx.headers.get("chatgpt-account-id").is_none() {
+        return Some("Missing chatgpt-account-id");
+    }
+    if obj.get("store").and_then(|s| s.as_bool()) != Some(false) {
+        return Some("Store must be set to false");
+    }
+    if path == "responses" && !stream {
+        return Some("Stream must be set to true");
+    }
+    None
 }

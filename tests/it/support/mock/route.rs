@@ -76,6 +76,13 @@ impl Route {
         if path.starts_with("/openai/") {
             return Route::NotFound(Vendor::Azure);
         }
+        // ChatGPT's Codex backend: the Responses API only (checked in `openai::handle`).
+        if let Some(op) = path.strip_prefix("/backend-api/codex/") {
+            return match openai_op(op) {
+                Some(op @ OpenAiOp::Responses) if post => Route::OpenAi(op, None),
+                _ => Route::NotFound(Vendor::OpenAi),
+            };
+        }
         for prefix in ["/v1beta/models", "/v1/models"] {
             let Some(rest) = path.strip_prefix(prefix) else {
                 continue;

@@ -1,0 +1,566 @@
+//! Subscription accounts: OAuth access tokens renewed with their grant before they expire (or
+//! once the vendor refuses them), against a token endpoint that rotates refresh tokens as the
+//! vendors do; and ChatGPT subscriptions serving Codex CLI through the Codex backend.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::captured;
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, http_client, wait_until};
+use crate::support::relay::{Relay, messages_body};
+use crate::support::token_endpoint::{TokenEndpoint, TokenShape, chatgpt_token};
+
+/// A relay that looks for tokens to renew every 50 ms.
+async fn relay() -> Relay {
+    Relay::start_configured(|c| c.upstream.oauth_check_ms = 50).await
+}
+
+async fn account(relay: &Relay, id: &str) -> Value {
+    let (status, v) = relay
+        .admin(Method::GET, &format!("/admin/accounts/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Until the token endpoint has answered `n` grants, and the relay has the new token.
+async fn renewed(tokens: &TokenEndpoint, relay: &Relay, id: &str, n: usize) {
+    wait_until("the token is renewed", || tokens.granted() >= n).await;
+    for _ in 0..250 {
+        if account(relay, id).await["oauth"]["refreshed_at"].is_string() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the renewal was never written");
+}
+
+fn in_minutes(minutes: i64) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(minutes)).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_is_renewed_once_and_the_rotated_refresh_token_is_kept() {
+    let mock = MockUpstream::start().await;
+    let tokens = TokenEndpoint::start().await;
+    tokens.serve_for(&mock, "at-0");
+    let (tmp, id) = {
+        let relay = relay().await;
+        // Five minutes left: within the ten before expiry when renewals happen.
+        let mut grant = tokens.grant();
+        grant["expires_at"] = json!(in_minutes(5));
+        let id = relay
+            .add_account(&mock, "at-0", json!({ "oauth": grant }))
+            .await;
+        let (_, key) = relay.create_key("k").await;
+        renewed(&tokens, &relay, &id, 1).await;
+
+        // The grant as RFC 6749 §6 has it, as JSON.
+        let sent = tokens.requests();
+        assert_eq!(
+            sent[0],
+            json!({ "grant_type": "refresh_token", "refresh_token": "rt-0", "client_id": "test-cli-client" })
+        );
+        // Requests go with the new token, as a subscription's (a bearer token and the beta).
+        let resp = relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let upstream = mock.requests().pop().unwrap();
+        assert_eq!(upstream.header("authorization"), Some("Bearer at-1"));
+        assert!(upstream.header("x-api-key").is_none());
+        assert!(
+            upstream
+                .header("anthropic-beta")
+                .unwrap()
+                .contains("oauth-2025-04-20")
+        );
+
+        // The view tells when, never what.
+        let view = account(&relay, &id).await;
+        let expires_at: jiff::Timestamp = view["oauth"]["expires_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let left = expires_at - jiff::Timestamp::now();
+        assert!(
+            (3500.0..=3600.0).contains(&left.total(jiff::Unit::Second).unwrap()),
+            "{view}"
+        );
+        assert_eq!(view["oauth"]["client_id"], "test-cli-client");
+        assert!(view["oauth"]["failure"].is_null());
+        let shown = view.to_string();
+        assert!(!shown.contains("rt-") && !shown.contains("at-1"), "{shown}");
+
+        // An hour left: nothing more to do, however many checks pass.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(tokens.requests().len(), 1);
+        let tmp = relay.tmp();
+        relay.stop().await;
+        (tmp, id)
+    };
+
+    // A restart on the same data dir renews with the rotated refresh token it kept.
+    let mut config = crate::support::relay::test_config(tmp.as_ref().unwrap().path());
+    config.upstream.oauth_check_ms = 50;
+    let relay = Relay::start_with(config, tmp).await;
+    let (status, v) = relay
+        .admin(Method::POST, &format!("/admin/accounts/{id}/refresh"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(tokens.granted(), 2);
+    assert_eq!(tokens.requests()[1]["refresh_token"], "rt-1");
+    let (_, key) = relay.create_key("k2").await;
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!(
+        mock.requests().pop().unwrap().header("authorization"),
+        Some("Bearer at-2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_vendor_refuses_is_renewed_and_the_account_serves_again() {
+    let mock = MockUpstream::start().await;
+    let tokens = TokenEndpoint::start().await;
+    // The vendor already takes only the next token: the account's own is refused (revoked).
+    tokens.serve_for(&mock, "at-1");
+    let relay = relay().await;
+    let mut grant = tokens.grant();
+    grant["expires_at"] = json!(in_minutes(600));
+    let id = relay
+        .add_account(&mock, "at-0", json!({ "oauth": grant }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(tokens.granted(), 0, "not due: hours left");
+
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 200);
+    // The 401 took the account out of rotation; the renewal brings it back.
+    renewed(&tokens, &relay, &id, 1).await;
+    let mut status = Value::Null;
+    for _ in 0..250 {
+        status = account(&relay, &id).await["state"]["status"].clone();
+        if status == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "ok");
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        mock.requests().pop().unwrap().header("authorization"),
+        Some("Bearer at-1")
+    );
+    // Renewed once: the refusal of the renewed token would not be renewed again for minutes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tokens.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_grant_is_recorded_and_not_tried_again_until_a_new_one_is_given() {
+    let mock = MockUpstream::start().await;
+    let tokens = TokenEndpoint::start().await;
+    let relay = relay().await;
+    // A token of unknown expiry is renewed at once; this grant's refresh token is spent.
+    let mut grant = tokens.grant();
+    grant["refresh_token"] = json!("rt-spent");
+    let id = relay
+        .add_account(&mock, "at-0", json!({ "oauth": grant }))
+        .await;
+    wait_until("the grant is tried", || !tokens.requests().is_empty()).await;
+    let mut failure = Value::Null;
+    for _ in 0..250 {
+        failure = account(&relay, &id).await["oauth"]["failure"].clone();
+        if failure.is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        failure,
+        "400 Bad Request: invalid_grant: refresh token already used"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(tokens.requests().len(), 1, "a refused grant is not retried");
+
+    // Asked for, a renewal says why it cannot be done.
+    let (status, v) = relay
+        .admin(Method::POST, &format!("/admin/accounts/{id}/refresh"), None)
+        .await;
+    assert_eq!(status, 502, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_grant"),
+        "{v}"
+    );
+
+    // A new grant clears the failure and is used at once.
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            Some(json!({ "oauth": tokens.grant() })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["oauth"]["failure"].is_null(), "{v}");
+    renewed(&tokens, &relay, &id, 1).await;
+    assert!(account(&relay, &id).await["oauth"]["failure"].is_null());
+
+    // A grant taken away: the account keeps its token, and nothing renews it.
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            Some(json!({ "oauth": null })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["oauth"].is_null());
+    let (status, _) = relay
+        .admin(Method::POST, &format!("/admin/accounts/{id}/refresh"), None)
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_that_fails_is_tried_again_later_without_losing_the_grant() {
+    let mock = MockUpstream::start().await;
+    let tokens = TokenEndpoint::start().await;
+    tokens.serve_for(&mock, "at-0");
+    let relay = relay().await;
+    tokens.script(503, json!({ "error": "temporarily_unavailable" }));
+    let id = relay
+        .add_account(&mock, "at-0", json!({ "oauth": tokens.grant() }))
+        .await;
+    wait_until("the renewal is tried", || !tokens.requests().is_empty()).await;
+    // Held off ten seconds after a failure that may pass; a forced renewal goes now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tokens.requests().len(), 1);
+    let view = account(&relay, &id).await;
+    assert!(view["oauth"]["failure"].is_null(), "{view}");
+    let (status, v) = relay
+        .admin(Method::POST, &format!("/admin/accounts/{id}/refresh"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(tokens.granted(), 1);
+    assert_eq!(tokens.requests()[1]["refresh_token"], "rt-0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_and_subscription_keys_are_validated() {
+    let mock = MockUpstream::start().await;
+    let tokens = TokenEndpoint::start().await;
+    let relay = Relay::start().await;
+    let post = |body: Value| {
+        let relay = &relay;
+        async move {
+            relay
+                .admin(Method::POST, "/admin/accounts", Some(body))
+                .await
+        }
+    };
+    let base = |provider: &str, key: &str| json!({ "name": "sub", "provider": provider, "base_url": mock.base_url(), "api_key": key });
+    let with = |mut body: Value, field: &str, value: Value| {
+        body[field] = value;
+        body
+    };
+    let cases = [
+        (
+            with(base("openai", "sk-x"), "oauth", tokens.grant()),
+            "oauth: for subscription accounts only",
+        ),
+        (
+            with(
+                base("anthropic", "at-0"),
+                "oauth",
+                json!({ "refresh_token": "rt", "token_url": "ftp://x", "client_id": "c" }),
+            ),
+            "oauth.token_url",
+        ),
+        (
+            with(
+                base("anthropic", "at-0"),
+                "oauth",
+                json!({ "refresh_token": "rt", "token_url": tokens.url(), "client_id": "" }),
+            ),
+            "oauth.client_id",
+        ),
+        (
+            with(
+                base("anthropic", "at-0"),
+                "oauth",
+                json!({ "refresh_token": "rt", "token_url": tokens.url() }),
+            ),
+            "client_id",
+        ),
+        (base("chatgpt", "sk-proj-abc"), "ChatGPT access token"),
+    ];
+    for (body, says) in cases {
+        let (status, v) = post(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(v.to_string().contains(says), "{body}: {v}");
+    }
+    let (status, v) = relay.admin(Method::GET, "/admin/accounts", None).await;
+    assert_eq!((status, v["data"].as_array().unwrap().len()), (200, 0));
+
+    // A ChatGPT token's expiry is read from it; the default endpoint is the Codex backend.
+    let token = chatgpt_token("ws-1", 7200, 0);
+    let (status, v) = post(json!({
+        "name": "sub", "provider": "chatgpt", "api_key": token, "oauth": tokens.grant()
+    }))
+    .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["base_url"], "https://chatgpt.com/backend-api/codex");
+    let expires_at: jiff::Timestamp = v["oauth"]["expires_at"].as_str().unwrap().parse().unwrap();
+    let left = (expires_at - jiff::Timestamp::now())
+        .total(jiff::Unit::Second)
+        .unwrap();
+    assert!((7100.0..=7200.0).contains(&left), "{v}");
+}
+
+/// A ChatGPT account at the mock's Codex backend, its token for ChatGPT account `ws-1`.
+async fn chatgpt_account(relay: &Relay, mock: &MockUpstream, token: &str, extra: Value) -> String {
+    let mut body = json!({
+        "provider": "chatgpt",
+        "base_url": format!("{}/backend-api/codex", mock.base_url()),
+    });
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    relay.add_account(mock, token, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_cli_is_served_by_a_chatgpt_subscription() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage::new(120, 30)));
+    let token = chatgpt_token("ws-1", 3600, 0);
+    mock.require_api_key(&token);
+    let relay = Relay::start().await;
+    let id = chatgpt_account(&relay, &mock, &token, json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+
+    let c = captured("codex-cli.requests.jsonl")
+        .into_iter()
+        .find(|c| c.path == "/v1/responses")
+        .unwrap();
+    let raw = serde_json::to_vec(&c.body.clone().unwrap()).unwrap();
+    let mut req = http_client()
+        .post(relay.url("/v1/responses"))
+        .bearer_auth(&key)
+        .body(raw.clone());
+    for (name, value) in &c.headers {
+        let lower = name.to_ascii_lowercase();
+        if !["host", "authorization", "content-length", "accept-encoding"].contains(&lower.as_str())
+        {
+            req = req.header(name.as_str(), value.as_str());
+        }
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.unwrap();
+    assert_eq!(got, mock.responses().pop().unwrap());
+
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.path, "/backend-api/codex/responses");
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert_eq!(sent.header("chatgpt-account-id"), Some("ws-1"));
+    assert_eq!(sent.header("openai-beta"), Some("responses=experimental"));
+    // Codex's own headers go as they came; its body (`store: false`) byte for byte.
+    assert_eq!(sent.header("originator"), Some("codex_exec"));
+    assert_eq!(
+        sent.header("session-id"),
+        Some("01a2021e-9fbe-7e43-88b5-1a0f26f0a7d7")
+    );
+    assert_eq!(sent.body.as_ref(), raw.as_slice());
+
+    let e = &relay.logged(1).await[0];
+    assert_eq!(e["account_id"], id.as_str());
+    assert_eq!(
+        (e["input_tokens"].as_u64(), e["status"].as_u64()),
+        (Some(120), Some(200))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatgpt_accounts_serve_streamed_responses_only() {
+    let codex = MockUpstream::start().await;
+    let api = MockUpstream::start().await;
+    let token = chatgpt_token("ws-1", 3600, 0);
+    let relay = Relay::start().await;
+    chatgpt_account(&relay, &codex, &token, json!({ "priority": 10 })).await;
+    let (_, key) = relay.create_key("k").await;
+    let responses = |stream: bool| {
+        http_client()
+            .post(relay.url("/v1/responses"))
+            .bearer_auth(&key)
+            // Apart from each other: the same first message would be one session, bound to
+            // the account of its first answer.
+            .json(
+                &json!({ "model": "gpt-5", "input": format!("stream {stream}"), "stream": stream }),
+            )
+    };
+
+    // A stream that did not say `store: false` goes with it: the backend keeps nothing.
+    let resp = responses(true).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let sent = codex.requests().pop().unwrap().json();
+    assert_eq!(
+        (sent["store"].clone(), sent["stream"].clone()),
+        (json!(false), json!(true))
+    );
+    // Nothing else is the backend's to serve: with only this account, nobody serves them.
+    let chat = http_client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({ "model": "gpt-5", "messages": [{ "role": "user", "content": "hi" }] }));
+    for req in [responses(false), chat] {
+        let resp = req.send().await.unwrap();
+        assert!(resp.status().is_client_error() || resp.status().is_server_error());
+    }
+    assert_eq!(codex.requests().len(), 1);
+
+    // Beside an API account, they go there; the streams stay on the subscription.
+    relay
+        .add_account(
+            &api,
+            "sk-api",
+            json!({ "provider": "openai", "priority": 50, "base_url": format!("{}/v1", api.base_url()) }),
+        )
+        .await;
+    assert_eq!(responses(false).send().await.unwrap().status(), 200);
+    let chat = http_client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({ "model": "gpt-5", "messages": [{ "role": "user", "content": "hi" }] }));
+    assert_eq!(chat.send().await.unwrap().status(), 200);
+    let models = http_client()
+        .get(relay.url("/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    let resp = responses(true).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!(codex.requests().len(), 2);
+    assert_eq!(api.requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_chatgpt_window_rests_the_account_until_its_reset() {
+    let codex = MockUpstream::start().await;
+    let api = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let token = chatgpt_token("ws-1", 3600, 0);
+    let id = chatgpt_account(&relay, &codex, &token, json!({ "priority": 10 })).await;
+    relay
+        .add_account(
+            &api,
+            "sk-api",
+            json!({ "provider": "openai", "priority": 50, "base_url": format!("{}/v1", api.base_url()) }),
+        )
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    codex.push_behavior(Behavior::Error {
+        status: 429,
+        body: json!({ "error": {
+            "type": "usage_limit_reached",
+            "message": "The usage limit has been reached",
+            "plan_type": "plus",
+            "resets_in_seconds": 7200,
+        }})
+        .to_string(),
+        headers: Vec::new(),
+    });
+    let responses = || {
+        http_client()
+            .post(relay.url("/v1/responses"))
+            .bearer_auth(&key)
+            .json(&json!({ "model": "gpt-5", "input": "hi", "stream": true, "store": false }))
+    };
+    // The spent window fails over to the API account, and the subscription rests until it resets.
+    for _ in 0..2 {
+        let resp = responses().send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!((codex.requests().len(), api.requests().len()), (1, 2));
+    let view = account(&relay, &id).await;
+    assert_eq!(view["state"]["status"], "rate_limited", "{view}");
+    let until: jiff::Timestamp = view["state"]["until"].as_str().unwrap().parse().unwrap();
+    let left = (until - jiff::Timestamp::now())
+        .total(jiff::Unit::Second)
+        .unwrap();
+    assert!((7100.0..=7200.0).contains(&left), "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatgpt_token_is_renewed_with_its_grant() {
+    let codex = MockUpstream::start().await;
+    let tokens = TokenEndpoint::start().await;
+    tokens.set_shape(TokenShape::ChatGpt {
+        account_id: "ws-2".into(),
+    });
+    // No `expires_in`: the new token's own expiry counts.
+    tokens.set_expires_in(None);
+    let first = chatgpt_token("ws-2", 120, 0);
+    tokens.serve_for(&codex, &first);
+    let relay = relay().await;
+    let id = chatgpt_account(&relay, &codex, &first, json!({ "oauth": tokens.grant() })).await;
+    renewed(&tokens, &relay, &id, 1).await;
+    let (_, key) = relay.create_key("k").await;
+    let resp = http_client()
+        .post(relay.url("/v1/responses"))
+        .bearer_auth(&key)
+        .json(&json!({ "model": "gpt-5", "input": "hi", "stream": true, "store": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let sent = codex.requests().pop().unwrap();
+    let bearer = sent.header("authorization").unwrap().to_owned();
+    assert_ne!(bearer, format!("Bearer {first}"));
+    assert_eq!(sent.header("chatgpt-account-id"), Some("ws-2"));
+    let view = account(&relay, &id).await;
+    let expires_at: jiff::Timestamp = view["oauth"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let left = (expires_at - jiff::Timestamp::now())
+        .total(jiff::Unit::Second)
+        .unwrap();
+    assert!((3500.0..=3600.0).contains(&left), "{view}");
+}
