@@ -9,7 +9,7 @@
 //! (`crate::oauth`).
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::catalog::Account;
 
@@ -53,14 +53,7 @@ pub fn upstream_url(account: &Account, path: &str) -> String {
 /// access token as a bearer token, the ChatGPT account, and the Responses beta the backend
 /// wants; `originator` says Codex's own name when the client gave none.
 pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
-    let mut headers = super::forward_headers(client);
-    if let Ok(mut bearer) = HeaderValue::from_str(&format!(
-        "Bearer {}",
-        account.api_key.to_str().unwrap_or("")
-    )) {
-        bearer.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, bearer);
-    }
+    let mut headers = super::openai::upstream_headers(client, account);
     if let Some(id) = &account.chatgpt_account {
         headers.insert(ACCOUNT_ID.clone(), id.clone());
     }
