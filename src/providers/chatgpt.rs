@@ -3,15 +3,22 @@
 //! Responses API at `{base}/responses` (and `/responses/compact`), with the login's access token
 //! as a bearer token and the ChatGPT account (workspace) it was issued for in
 //! `chatgpt-account-id`. It keeps no response (`store` must be `false`) and answers only as a
-//! stream, so it serves streamed Responses calls and compactions, nothing else (not chat
-//! completions, embeddings, images or the model list: the scheduler offers such accounts for no
-//! other call). The access token lasts days; the account's OAuth grant renews it
+//! stream: a Responses call that is not streamed is sent as one, and the stream's final
+//! `response` is the JSON answer ([`whole_answer`]). It serves Responses calls and compactions,
+//! nothing else (not chat completions, embeddings, images or the model list: the scheduler
+//! offers such accounts for no other call). The access token lasts days; the account's OAuth grant renews it
 //! (`crate::oauth`).
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
 
 use crate::catalog::Account;
+use crate::stream::sse::{SseEvent, SseFramer};
+use crate::upstream_client::UpstreamResponse;
 
 pub const DEFAULT_BASE_URL: &str = "https://chatgpt.com/backend-api/codex";
 
@@ -34,14 +41,16 @@ pub fn account_id(access_token: &str) -> Option<String> {
     (!id.is_empty()).then(|| id.to_owned())
 }
 
-/// Whether a ChatGPT account serves an OpenAI call on `path` (after the version): a streamed
-/// Responses generation, or a compaction.
-pub fn serves(path: &str, streams: bool) -> bool {
-    match path {
-        "/responses" => streams,
-        "/responses/compact" => true,
-        _ => false,
-    }
+/// Whether a ChatGPT account serves an OpenAI call on `path` (after the version): a Responses
+/// generation, or a compaction.
+pub fn serves(path: &str) -> bool {
+    matches!(path, "/responses" | "/responses/compact")
+}
+
+/// Whether a call on `path` that did not ask for a stream is sent as one, its answer then made
+/// whole ([`whole_answer`]): a generation (a compaction answers JSON).
+pub fn streams_for_client(path: &str, streams: bool) -> bool {
+    path == "/responses" && !streams
 }
 
 /// `base_url` + the Responses path. The client's query does not go: the backend takes none.
@@ -68,16 +77,140 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
 }
 
 /// A Responses body as the backend takes it: `store: false` when the client asked the vendor to
-/// keep the response (the default), which the backend refuses to do. `None` when it goes as it
-/// is (Codex CLI's say `store: false` already), or is not a JSON object.
-pub fn request_body(body: &Bytes, stores: bool) -> Option<Bytes> {
-    if !stores {
+/// keep the response (the default), which the backend refuses to do, and `stream: true` when
+/// `to_stream` (a generation the client did not stream). `None` when it goes as it is (Codex
+/// CLI's say both already), or is not a JSON object.
+pub fn request_body(body: &Bytes, stores: bool, to_stream: bool) -> Option<Bytes> {
+    if !stores && !to_stream {
         return None;
     }
-    let mut object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(body).ok()?;
-    object.insert("store".to_owned(), serde_json::Value::Bool(false));
+    let mut object: serde_json::Map<String, Value> = serde_json::from_slice(body).ok()?;
+    object.insert("store".to_owned(), Value::Bool(false));
+    if to_stream {
+        object.insert("stream".to_owned(), Value::Bool(true));
+    }
     serde_json::to_vec(&object).ok().map(Bytes::from)
+}
+
+/// The largest stream read for a JSON answer (its final event holds the whole response).
+const MAX_WHOLE_BYTES: usize = 64 << 20;
+
+/// A successful answer to a generation the client did not stream, which went as a stream: the
+/// final `response` of its `response.completed` (or `response.incomplete`) event, the JSON the
+/// Responses API answers when not streamed; a response that failed (`response.failed`, an
+/// `error` event), OpenAI's error JSON with the status its code stands for; a stream that ends
+/// without either, or does not end within `within`, a 502 or a 504. Anything but a 200 event
+/// stream goes as it came (the backend's errors are JSON already).
+pub async fn whole_answer(resp: UpstreamResponse, within: Duration) -> UpstreamResponse {
+    let (mut head, mut body) = resp.into_parts();
+    if !head.status.is_success() || !super::is_event_stream(&head.headers) {
+        return Response::from_parts(head, body);
+    }
+    let mut framer = SseFramer::with_max_event_bytes(MAX_WHOLE_BYTES);
+    let mut end: Option<(StatusCode, Value)> = None;
+    let mut read = 0usize;
+    let reading = async {
+        while end.is_none() {
+            let Some(Ok(frame)) = body.frame().await else {
+                break;
+            };
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            read += chunk.len();
+            if read > MAX_WHOLE_BYTES {
+                break;
+            }
+            framer.feed(&chunk, |event| {
+                if end.is_none() {
+                    end = final_event(event);
+                }
+            });
+        }
+    };
+    let timed_out = tokio::time::timeout(within, reading).await.is_err();
+    let (status, json) = end.unwrap_or_else(|| {
+        let (status, why) = if timed_out {
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the response did not end within {} s", within.as_secs()),
+            )
+        } else {
+            (
+                StatusCode::BAD_GATEWAY,
+                "the response's stream ended before the response did".to_owned(),
+            )
+        };
+        (status, error_json(&why, "server_error", None))
+    });
+    head.status = status;
+    let bytes = Bytes::from(json.to_string());
+    head.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    head.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    head.headers.remove(header::TRANSFER_ENCODING);
+    Response::from_parts(
+        head,
+        http_body_util::Either::Right(crate::body::full(bytes)),
+    )
+}
+
+/// The answer an event ends the response with, if it does: (status, JSON body).
+fn final_event(event: SseEvent<'_>) -> Option<(StatusCode, Value)> {
+    // Only the events that can end it are parsed (not every delta), by the `event:` line; one
+    // without it by its data's `type`.
+    let named = event.event;
+    if named.is_some_and(|e| {
+        !matches!(
+            e,
+            "response.completed" | "response.incomplete" | "response.failed" | "error"
+        )
+    }) {
+        return None;
+    }
+    let data: Value = serde_json::from_str(event.data).ok()?;
+    let kind = named.or_else(|| data.get("type")?.as_str())?;
+    match kind {
+        "response.completed" | "response.incomplete" => {
+            Some((StatusCode::OK, data.get("response")?.clone()))
+        }
+        "response.failed" => {
+            let error = data.get("response").and_then(|r| r.get("error"));
+            Some(failure(error))
+        }
+        "error" => Some(failure(Some(data.get("error").unwrap_or(&data)))),
+        _ => None,
+    }
+}
+
+/// A failed response's error (`{code, message}`) as OpenAI's error JSON, with the status its
+/// code stands for: a rate or usage limit 429, a request the model refuses 400, else 500.
+fn failure(error: Option<&Value>) -> (StatusCode, Value) {
+    let field = |name: &str| error.and_then(|e| e.get(name)).and_then(Value::as_str);
+    let code = field("code").or_else(|| field("type"));
+    let message = field("message").unwrap_or("the response failed");
+    let status = match code {
+        Some(c) if c.contains("rate_limit") || c.contains("usage_limit") => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        Some(c) if c.contains("invalid") || c.contains("context_length") => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let kind = if status == StatusCode::BAD_REQUEST {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    (status, error_json(message, kind, code))
+}
+
+fn error_json(message: &str, kind: &str, code: Option<&str>) -> Value {
+    serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": code }
+    })
 }
 
 #[cfg(test)]
@@ -85,6 +218,7 @@ pub fn request_body(body: &Bytes, stores: bool) -> Option<Bytes> {
 mod tests {
     use super::*;
     use base64::Engine as _;
+    use serde_json::json;
 
     fn jwt(claims: serde_json::Value) -> String {
         let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
@@ -114,10 +248,11 @@ mod tests {
     }
 
     #[test]
-    fn only_streamed_responses_and_compactions_are_served() {
-        assert!(serves("/responses", true));
-        assert!(!serves("/responses", false));
-        assert!(serves("/responses/compact", false));
+    fn only_responses_and_compactions_are_served() {
+        assert!(serves("/responses") && serves("/responses/compact"));
+        assert!(streams_for_client("/responses", false));
+        assert!(!streams_for_client("/responses", true));
+        assert!(!streams_for_client("/responses/compact", false));
         for path in [
             "/chat/completions",
             "/embeddings",
@@ -125,7 +260,7 @@ mod tests {
             "/responses/resp_1",
             "/images/generations",
         ] {
-            assert!(!serves(path, true), "{path}");
+            assert!(!serves(path), "{path}");
         }
     }
 
@@ -133,9 +268,100 @@ mod tests {
     fn a_body_that_asks_to_store_goes_with_store_false() {
         let body = Bytes::from_static(br#"{"model":"gpt-5","input":"hi","stream":true}"#);
         let sent: serde_json::Value =
-            serde_json::from_slice(&request_body(&body, true).unwrap()).unwrap();
+            serde_json::from_slice(&request_body(&body, true, false).unwrap()).unwrap();
         assert_eq!(sent["store"], false);
         assert_eq!(sent["input"], "hi");
-        assert_eq!(request_body(&body, false), None);
+        assert_eq!(request_body(&body, false, false), None);
+        // A generation the client did not stream goes as a stream.
+        let body = Bytes::from_static(br#"{"model":"gpt-5","input":"hi","store":false}"#);
+        let sent: serde_json::Value =
+            serde_json::from_slice(&request_body(&body, false, true).unwrap()).unwrap();
+        assert_eq!(
+            (sent["store"].clone(), sent["stream"].clone()),
+            (json!(false), json!(true))
+        );
+    }
+
+    fn stream(events: &str) -> UpstreamResponse {
+        http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(http_body_util::Either::Right(crate::body::full(
+                Bytes::from(events.to_owned()),
+            )))
+            .unwrap()
+    }
+
+    async fn whole(events: &str) -> (u16, Value) {
+        let resp = whole_answer(stream(events), Duration::from_secs(5)).await;
+        let status = resp.status().as_u16();
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let length = resp.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(length, body.len().to_string());
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_is_made_the_json_answer_of_its_final_response() {
+        let completed = concat!(
+            "event: response.created\n",
+            "data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\"}}\n\n",
+            "event: response.output_text.delta\n",
+            "data: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n",
+            "event: response.completed\n",
+            "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":5,\"output_tokens\":2,\"total_tokens\":7}}}\n\n",
+        );
+        let (status, body) = whole(completed).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            json!({"id": "resp_1", "status": "completed", "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}})
+        );
+        // Without `event:` lines, by the data's type; an incomplete response is still one.
+        let (status, body) = whole(
+            "data: {\"type\":\"response.incomplete\",\"response\":{\"id\":\"r\",\"status\":\"incomplete\"}}\n\n",
+        )
+        .await;
+        assert_eq!((status, body["status"].clone()), (200, json!("incomplete")));
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_cut_stream_is_an_error_in_openais_shape() {
+        let (status, body) = whole(concat!(
+            "event: response.failed\n",
+            "data: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"boom\"}}}\n\n",
+        ))
+        .await;
+        assert_eq!(
+            (status, body["error"]["message"].clone()),
+            (500, json!("boom"))
+        );
+        let (status, body) = whole(
+            "event: error\ndata: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"slow down\"}\n\n",
+        )
+        .await;
+        assert_eq!(status, 429);
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        let (status, body) = whole(
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{}}\n\n",
+        )
+        .await;
+        assert_eq!(status, 502);
+        assert_eq!(body["error"]["type"], "server_error");
+        // An answer that is not a 200 stream goes as it came.
+        let refused = http::Response::builder()
+            .status(400)
+            .header("content-type", "application/json")
+            .body(http_body_util::Either::Right(crate::body::full(
+                Bytes::from_static(br#"{"detail":"Unsupported parameter"}"#),
+            )))
+            .unwrap();
+        let resp = whole_answer(refused, Duration::from_secs(5)).await;
+        assert_eq!(resp.status(), 400);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"detail":"Unsupported parameter"}"#);
     }
 }

@@ -80,7 +80,7 @@ pub(crate) async fn attempts(
             attempt,
             rebind,
             chatgpt: matches!(&call.target, super::call::Target::OpenAi { path }
-                if crate::providers::chatgpt::serves(path, call.streams)),
+                if crate::providers::chatgpt::serves(path)),
         };
         let picked = match scheduler::pick(&app.catalog, policy, &ask, key_lease).await {
             Ok(picked) => picked,

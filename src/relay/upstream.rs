@@ -80,18 +80,30 @@ pub(super) async fn send(
             azure::responses_body(account, &call.body, call.model.as_deref())
                 .unwrap_or_else(|| call.body.clone())
         }
-        // The Codex backend keeps nothing: it refuses a request that asks it to.
-        (_, _, Provider::ChatGpt) => {
+        // The Codex backend keeps nothing (it refuses a request that asks it to), and answers
+        // only as a stream.
+        (_, Target::OpenAi { path }, Provider::ChatGpt) => {
             let stores = matches!(
                 call.usage,
                 Some(UsageKind::OpenAiResponses { stored: true })
             );
-            chatgpt::request_body(&call.body, stores).unwrap_or_else(|| call.body.clone())
+            let to_stream = chatgpt::streams_for_client(path, call.streams);
+            chatgpt::request_body(&call.body, stores, to_stream)
+                .unwrap_or_else(|| call.body.clone())
         }
         _ => call.body.clone(),
     };
     let sent = send_within(app, call, call.method.clone(), url, headers, body);
-    let (resp, head_at) = sent.await?;
+    let (mut resp, head_at) = sent.await?;
+    // A generation the client did not stream went as a stream: its answer is made whole, within
+    // what is left of the answer's time.
+    if let (Target::OpenAi { path }, Provider::ChatGpt) = (&call.target, account.record.provider)
+        && chatgpt::streams_for_client(path, call.streams)
+    {
+        let within = Duration::from_secs(app.config.upstream.answer_timeout_secs)
+            .saturating_sub(head_at.elapsed());
+        resp = chatgpt::whole_answer(resp, within).await;
+    }
     Ok((take_whole(call, resp).await?, head_at))
 }
 

@@ -411,12 +411,13 @@ async fn codex_cli_is_served_by_a_chatgpt_subscription() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chatgpt_accounts_serve_streamed_responses_only() {
+async fn chatgpt_accounts_serve_responses_only_and_answer_json_from_the_stream() {
     let codex = MockUpstream::start().await;
+    codex.set_default(Behavior::Ok(MockUsage::new(40, 12)));
     let api = MockUpstream::start().await;
     let token = chatgpt_token("ws-1", 3600, 0);
     let relay = Relay::start().await;
-    chatgpt_account(&relay, &codex, &token, json!({ "priority": 10 })).await;
+    let id = chatgpt_account(&relay, &codex, &token, json!({ "priority": 10 })).await;
     let (_, key) = relay.create_key("k").await;
     let responses = |stream: bool| {
         http_client()
@@ -438,18 +439,43 @@ async fn chatgpt_accounts_serve_streamed_responses_only() {
         (sent["store"].clone(), sent["stream"].clone()),
         (json!(false), json!(true))
     );
+    // A call that is not streamed goes as a stream; its final response is the JSON answer.
+    let resp = responses(false).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["object"], "response", "{answer}");
+    assert_eq!(answer["status"], "completed");
+    assert_eq!(answer["usage"]["input_tokens"], 40);
+    let sent = codex.requests().pop().unwrap().json();
+    assert_eq!(
+        (sent["store"].clone(), sent["stream"].clone()),
+        (json!(false), json!(true))
+    );
+    let logged = relay.logged(2).await;
+    assert!(
+        logged.iter().all(|e| e["account_id"] == id.as_str()
+            && e["input_tokens"] == 40
+            && e["output_tokens"] == 12),
+        "{logged:?}"
+    );
     // Nothing else is the backend's to serve: with only this account, nobody serves them.
-    let chat = http_client()
-        .post(relay.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&json!({ "model": "gpt-5", "messages": [{ "role": "user", "content": "hi" }] }));
-    for req in [responses(false), chat] {
-        let resp = req.send().await.unwrap();
-        assert!(resp.status().is_client_error() || resp.status().is_server_error());
-    }
-    assert_eq!(codex.requests().len(), 1);
+    let chat = || {
+        http_client()
+            .post(relay.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({ "model": "gpt-5", "messages": [{ "role": "user", "content": "hi" }] }))
+    };
+    let resp = chat().send().await.unwrap();
+    assert!(resp.status().is_client_error() || resp.status().is_server_error());
+    assert_eq!(codex.requests().len(), 2);
 
-    // Beside an API account, they go there; the streams stay on the subscription.
+    // Beside an API account, they go there; the Responses calls stay on the subscription.
     relay
         .add_account(
             &api,
@@ -457,12 +483,7 @@ async fn chatgpt_accounts_serve_streamed_responses_only() {
             json!({ "provider": "openai", "priority": 50, "base_url": format!("{}/v1", api.base_url()) }),
         )
         .await;
-    assert_eq!(responses(false).send().await.unwrap().status(), 200);
-    let chat = http_client()
-        .post(relay.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&json!({ "model": "gpt-5", "messages": [{ "role": "user", "content": "hi" }] }));
-    assert_eq!(chat.send().await.unwrap().status(), 200);
+    assert_eq!(chat().send().await.unwrap().status(), 200);
     let models = http_client()
         .get(relay.url("/v1/models"))
         .bearer_auth(&key)
@@ -473,8 +494,8 @@ async fn chatgpt_accounts_serve_streamed_responses_only() {
     let resp = responses(true).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
-    assert_eq!(codex.requests().len(), 2);
-    assert_eq!(api.requests().len(), 3);
+    assert_eq!(codex.requests().len(), 3);
+    assert_eq!(api.requests().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
