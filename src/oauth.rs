@@ -142,9 +142,17 @@ pub struct Renewer {
     running: tokio::sync::Mutex<()>,
     /// Account id → (unix ms before which it is not tried again, failures in a row).
     retry: std::sync::Mutex<HashMap<String, (i64, u32)>>,
+    /// Wakes the task of [`spawn`] before its next check.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Renewer {
+    /// Has the accounts looked at now rather than at the next check: the vendor refused an
+    /// account's token (the request path calls it, so it only signals).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Renews account `id`'s token if it is due (always when `force`), as the module says.
     pub async fn renew(&self, app: &App, id: &str, force: bool) -> Result<Renewed, RenewError> {
         let _one_at_a_time = self.running.lock().await;
@@ -377,17 +385,21 @@ fn judge(status: http::StatusCode, body: &[u8]) -> Result<Tokens, RenewError> {
     }
 }
 
-/// Starts this instance's renewals: every `upstream.oauth_check_ms`, each enabled account with
-/// a grant not refused for good is renewed if due. Stopped by the app being dropped (the next
+/// Starts this instance's renewals: every `upstream.oauth_check_ms`, and when woken
+/// ([`Renewer::wake`]), each enabled account with a grant not refused for good is renewed if due. Stopped by the app being dropped (the next
 /// tick finds no app), or the runtime's end.
 pub fn spawn(app: &Arc<App>) {
     let weak = Arc::downgrade(app);
     let every = Duration::from_millis(app.config.upstream.oauth_check_ms.max(10));
+    let wake = Arc::clone(&app.oauth.wake);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+            }
             let Some(app) = weak.upgrade() else { return };
             let ids: Vec<String> = app
                 .catalog

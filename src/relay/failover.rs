@@ -146,6 +146,10 @@ pub(crate) async fn attempts(
         .await;
         match verdict {
             health::Verdict::Refused => refused.push(picked.account.id().to_owned()),
+            // A subscription's token refused: renewed now, not at the next check.
+            health::Verdict::Unauthorized if picked.account.record.oauth.is_some() => {
+                app.oauth.wake();
+            }
             health::Verdict::Healthy => {
                 for account_id in refused.drain(..) {
                     scheduler::report_refusal(&app.catalog, policy, &account_id).await;

@@ -136,7 +136,8 @@ async fn a_token_the_vendor_refuses_is_renewed_and_the_account_serves_again() {
     let tokens = TokenEndpoint::start().await;
     // The vendor already takes only the next token: the account's own is refused (revoked).
     tokens.serve_for(&mock, "at-1");
-    let relay = relay().await;
+    // Checks a minute apart: the refusal itself has the token renewed at once.
+    let relay = Relay::start_configured(|c| c.upstream.oauth_check_ms = 60_000).await;
     let mut grant = tokens.grant();
     grant["expires_at"] = json!(in_minutes(600));
     let id = relay
