@@ -219,6 +219,8 @@ impl Catalog {
         self.accounts().iter().any(|a| {
             a.record.enabled
                 && a.record.provider.protocol() == crate::store::Protocol::OpenAi
+                // The Codex backend serves no chat completion.
+                && a.record.provider != crate::store::Provider::ChatGpt
                 && !a.models.is_empty()
                 && a.serves(model)
         })

@@ -117,27 +117,23 @@ enum AccountsCommand {
             required_unless_present = "codex_auth"
         )]
         api_key: Option<String>,
-        /// A subscription's OAuth refresh token, which renews the access token (or set
-        /// SWITCHYARD_ACCOUNT_REFRESH_TOKEN); with --token-url and --client-id.
-        #[arg(
-            long,
-            env = "SWITCHYARD_ACCOUNT_REFRESH_TOKEN",
-            hide_env_values = true,
-            requires_all = ["token_url", "client_id"]
-        )]
+        /// A subscription's OAuth refresh token, which renews the access token; with
+        /// --token-url and --client-id.
+        #[arg(long, requires_all = ["token_url", "client_id"])]
         refresh_token: Option<String>,
         /// The token endpoint of the subscription's OAuth login.
-        #[arg(long)]
+        #[arg(long, requires = "refresh_token")]
         token_url: Option<String>,
         /// The OAuth client the tokens were issued to (the CLI that logged in).
-        #[arg(long)]
+        #[arg(long, requires = "refresh_token")]
         client_id: Option<String>,
         /// When the access token expires (RFC 3339); read from it when it is a JWT.
-        #[arg(long)]
+        #[arg(long, requires = "refresh_token")]
         expires_at: Option<String>,
         /// A ChatGPT subscription from Codex CLI's login file (~/.codex/auth.json): its access
-        /// token, refresh token and OAuth client (a chatgpt account).
-        #[arg(long, conflicts_with_all = ["api_key", "refresh_token", "token_url", "client_id"])]
+        /// token, refresh token and OAuth client (a chatgpt account). It wins over --api-key and
+        /// SWITCHYARD_ACCOUNT_API_KEY.
+        #[arg(long, conflicts_with = "refresh_token")]
         codex_auth: Option<std::path::PathBuf>,
         #[arg(long)]
         base_url: Option<String>,

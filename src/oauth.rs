@@ -22,21 +22,20 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
-use serde::Deserialize;
 
 use crate::app::App;
 use crate::scheduler::policy::Status;
 use crate::store::{AccountRecord, OAuthGrant, StoreError};
 
-/// How long a token endpoint has to answer.
-const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a token endpoint has to send its answer's head, and then its body: a renewal
+/// ends well within its claim.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(20);
+const TOKEN_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a token endpoint's answer that is read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// How long an account stays claimed by the instance renewing it: longer than a renewal takes.
-const CLAIM_TTL: Duration = Duration::from_secs(60);
-/// A token the vendor refused is renewed at most this often: a vendor that also refuses the
-/// renewed one leaves the account unauthorized instead of renewed on every check.
-const MIN_GAP_AFTER_REFUSAL_MS: i64 = 5 * 60 * 1000;
+/// How long an account stays claimed by the instance renewing it (unless it gives the claim
+/// up): longer than a renewal takes (the endpoint's 30 s at most, and a few store calls).
+const CLAIM_TTL: Duration = Duration::from_secs(120);
 /// A token whose expiry neither the endpoint nor the token says is taken to last this long.
 const ASSUMED_LIFETIME_MS: i64 = 60 * 60 * 1000;
 /// After a renewal failed for a reason that may pass (the endpoint down, a timeout), the next
@@ -71,38 +70,68 @@ pub fn jwt_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Val
     }
 }
 
-/// Whether `grant`'s token is to be renewed at `now`: it expires within `before_ms` or its
-/// expiry is unknown, or the vendor refused it (`refused_at`, unix ms of the 401 that marked
-/// the account unauthorized) after its last renewal and not within minutes of it. Never once
-/// the grant was refused for good.
+/// Whether `grant`'s token is to be renewed at `now`: it expires within `before_ms` (or half its
+/// lifetime, when that is shorter: a token that lasts less than the margin is not renewed at
+/// every check), or its expiry is unknown, or the vendor refused it (`refused_at`, unix ms of
+/// the 401 that marked the account unauthorized) after its last renewal. Never once the grant
+/// was refused for good.
 pub fn due(grant: &OAuthGrant, refused_at: Option<i64>, now: i64, before_ms: i64) -> bool {
     if grant.failure.is_some() {
         return false;
     }
-    let expiring = grant.expires_at == 0 || grant.expires_at - now <= before_ms;
-    let refused = refused_at.is_some_and(|at| {
-        at >= grant.refreshed_at && now - grant.refreshed_at >= MIN_GAP_AFTER_REFUSAL_MS
-    });
+    let lifetime = grant.expires_at - grant.refreshed_at;
+    let margin = if grant.refreshed_at > 0 && lifetime > 0 {
+        before_ms.min(lifetime / 2)
+    } else {
+        before_ms
+    };
+    let expiring = grant.expires_at == 0 || grant.expires_at.saturating_sub(now) <= margin;
+    let refused = refused_at.is_some_and(|at| at >= grant.refreshed_at);
     expiring || refused
 }
 
-/// A token endpoint's successful answer.
-#[derive(Debug, Deserialize)]
+/// A token endpoint's successful answer. Not `Debug`: it holds the tokens in the clear.
 struct Tokens {
     access_token: String,
-    #[serde(default)]
     refresh_token: Option<String>,
-    /// Seconds; some endpoints send a number with a fraction.
-    #[serde(default)]
+    /// Seconds, when the endpoint says (a number, with a fraction or not, or a numeric string).
     expires_in: Option<f64>,
 }
 
-/// A token endpoint's error (RFC 6749 §5.2), where it follows the RFC.
-#[derive(Debug, Deserialize)]
-struct TokenError {
-    error: serde_json::Value,
-    #[serde(default)]
-    error_description: Option<String>,
+impl Tokens {
+    /// Read leniently: once the endpoint answered, the old refresh token may be spent, so
+    /// anything that holds an access token is taken.
+    fn read(body: &[u8]) -> Option<Tokens> {
+        let answer: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let text = |name: &str| {
+            answer
+                .get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let expires_in = answer.get("expires_in").and_then(|v| match v {
+            serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+            v => v.as_f64(),
+        });
+        Some(Tokens {
+            access_token: text("access_token")?,
+            refresh_token: text("refresh_token"),
+            expires_in,
+        })
+    }
+
+    /// Unix ms the access token expires at: `expires_in` from `now` (at most ten years), else
+    /// the token's own expiry, else an hour.
+    fn expires_at(&self, now: i64) -> i64 {
+        const MAX_SECS: f64 = 10.0 * 365.0 * 86_400.0;
+        match self.expires_in {
+            Some(secs) if secs.is_finite() && secs > 0.0 => {
+                now.saturating_add((secs.min(MAX_SECS) * 1000.0) as i64)
+            }
+            _ => jwt_expiry_ms(&self.access_token).unwrap_or(now + ASSUMED_LIFETIME_MS),
+        }
+    }
 }
 
 /// What a renewal did.
@@ -114,8 +143,8 @@ pub enum Renewed {
     NotDue,
     /// Another instance is renewing it now.
     Busy,
-    /// The record changed while the renewal ran (an admin gave it a new grant or key): the
-    /// renewal's tokens were dropped, the admin's kept.
+    /// The record changed while the renewal ran (an admin gave it a new grant or took it
+    /// away): the renewal's tokens were dropped, the admin's kept.
     Superseded,
 }
 
@@ -125,15 +154,30 @@ pub enum RenewError {
     NoGrant(String),
     #[error("no account with id {0}")]
     NotFound(String),
-    /// The endpoint refused the grant (`invalid_grant`, a revoked or spent refresh token, an
-    /// unknown client): it is not tried again until the account is given a new one.
-    #[error("the token endpoint refused the grant: {0}")]
+    /// The grant cannot be used again (the endpoint refused it: `invalid_grant`, a revoked or
+    /// spent refresh token, an unknown client; or the vendor refused a token renewed after a
+    /// refusal too): it is not tried again until the account is given a new one.
+    #[error("the grant was refused: {0}")]
     Refused(String),
-    /// It may pass: the endpoint unreachable, slow or failing, an answer without a token.
+    /// It may pass: the endpoint unreachable, slow or failing, an answer without a token, the
+    /// store failing to take the new tokens (kept, and written at the next try).
     #[error("renewing the token failed: {0}")]
     Failed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// New tokens the endpoint issued for a grant, sealed, that the store has not taken yet: the
+/// refresh token they replace is spent, so they are written at the next try instead of asking
+/// the endpoint again.
+#[derive(Clone)]
+struct Issued {
+    /// The sealed refresh token they were issued for.
+    for_grant: String,
+    sealed_access: String,
+    sealed_refresh: String,
+    expires_at: i64,
+    at: i64,
 }
 
 /// The renewals of one process: one at a time, and a pause after each failure that may pass.
@@ -142,6 +186,8 @@ pub struct Renewer {
     running: tokio::sync::Mutex<()>,
     /// Account id → (unix ms before which it is not tried again, failures in a row).
     retry: std::sync::Mutex<HashMap<String, (i64, u32)>>,
+    /// Account id → tokens issued but not yet written.
+    pending: std::sync::Mutex<HashMap<String, Issued>>,
     /// Wakes the task of [`spawn`] before its next check.
     wake: Arc<tokio::sync::Notify>,
 }
@@ -157,6 +203,39 @@ impl Renewer {
     pub async fn renew(&self, app: &App, id: &str, force: bool) -> Result<Renewed, RenewError> {
         let _one_at_a_time = self.running.lock().await;
         let now = app.clock.now_ms();
+        let (_, grant) = self.grant_of(app, id).await?;
+        let refused = refused_at(app, id, now).await?;
+        if !force && (!self.is_due(app, id, &grant, refused, now) || self.waiting(id, now)) {
+            return Ok(Renewed::NotDue);
+        }
+        let claim = format!("oauth:{id}");
+        let owner = crate::auth::new_id("renewal");
+        if !app.store().claim(&claim, &owner, CLAIM_TTL).await? {
+            return Ok(Renewed::Busy);
+        }
+        let result = async {
+            // Read again under the claim: another instance may have renewed it meanwhile.
+            let (record, grant) = self.grant_of(app, id).await?;
+            let refused = refused_at(app, id, now).await?;
+            if !force && !self.is_due(app, id, &grant, refused, now) {
+                return Ok(Renewed::NotDue);
+            }
+            self.exchange(app, &record, &grant, refused).await
+        }
+        .await;
+        // Given up for the next renewal to go at once; a claim left behind lapses by itself.
+        if let Err(e) = app.store().unclaim(&claim, &owner).await {
+            tracing::debug!(account_id = %id, error = %e, "could not give up a renewal's claim");
+        }
+        self.note(id, &result, app.clock.now_ms());
+        result
+    }
+
+    async fn grant_of(
+        &self,
+        app: &App,
+        id: &str,
+    ) -> Result<(AccountRecord, OAuthGrant), RenewError> {
         let record = app
             .store()
             .account(id)
@@ -166,21 +245,28 @@ impl Renewer {
             .oauth
             .clone()
             .ok_or_else(|| RenewError::NoGrant(id.to_owned()))?;
-        let refused = refused_at(app, id, now).await?;
-        if !force {
-            let before_ms = i64::try_from(app.config.upstream.oauth_refresh_before_secs)
-                .unwrap_or(i64::MAX / 2)
-                .saturating_mul(1000);
-            if !due(&grant, refused, now, before_ms) || self.waiting(id, now) {
-                return Ok(Renewed::NotDue);
-            }
-        }
-        if !app.store().claim(&format!("oauth:{id}"), CLAIM_TTL).await? {
-            return Ok(Renewed::Busy);
-        }
-        let result = self.exchange(app, &record, &grant, refused.is_some()).await;
-        self.note(id, &result, app.clock.now_ms());
-        result
+        Ok((record, grant))
+    }
+
+    /// Whether account `id` is to be renewed now: its grant is due, or tokens issued for it
+    /// wait to be written.
+    fn is_due(
+        &self,
+        app: &App,
+        id: &str,
+        grant: &OAuthGrant,
+        refused: Option<i64>,
+        now: i64,
+    ) -> bool {
+        let before_ms = i64::try_from(app.config.upstream.oauth_refresh_before_secs)
+            .unwrap_or(i64::MAX / 2)
+            .saturating_mul(1000);
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id);
+        pending || due(grant, refused, now, before_ms)
     }
 
     /// Whether a failure that may pass still holds off account `id`'s next try.
@@ -192,7 +278,7 @@ impl Renewer {
     fn note(&self, id: &str, result: &Result<Renewed, RenewError>, now: i64) {
         let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
         match result {
-            Err(RenewError::Failed(_)) => {
+            Err(RenewError::Failed(_) | RenewError::Store(_)) => {
                 let fails = retry.get(id).map_or(0, |(_, n)| *n) + 1;
                 let pause = FIRST_RETRY_MS
                     .saturating_mul(1 << (fails - 1).min(16))
@@ -205,101 +291,192 @@ impl Renewer {
         }
     }
 
-    /// The grant exchanged for new tokens, written into the account's record.
+    /// The grant exchanged for new tokens (or the tokens it was issued already, not yet
+    /// written), written into the account's record.
     async fn exchange(
         &self,
         app: &App,
         record: &AccountRecord,
         grant: &OAuthGrant,
-        was_refused: bool,
+        refused: Option<i64>,
     ) -> Result<Renewed, RenewError> {
+        let id = &record.id;
+        // The vendor refused the token a renewal made after its refusal of the one before: a
+        // third would fare no better, and each costs a client request.
+        if let Some(at) = refused
+            && grant.after_refusal
+            && at >= grant.refreshed_at
+        {
+            let why = "the vendor refused the token renewed after its refusal too".to_owned();
+            return Err(self.refused(app, record, grant, why).await);
+        }
+        let issued = self.pending_for(id, grant);
+        let issued = match issued {
+            Some(issued) => issued,
+            None => match self.ask(app, record, grant).await {
+                Ok(issued) => issued,
+                Err(RenewError::Refused(why)) => {
+                    return Err(self.refused(app, record, grant, why).await);
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let renew = |record: &mut AccountRecord| {
+            record.sealed_api_key.clone_from(&issued.sealed_access);
+            if let Some(g) = &mut record.oauth {
+                g.sealed_refresh_token.clone_from(&issued.sealed_refresh);
+                g.expires_at = issued.expires_at;
+                g.refreshed_at = issued.at;
+                g.after_refusal = refused.is_some();
+                g.failure = None;
+            }
+        };
+        let written = match write(app, id, &grant.sealed_refresh_token, renew).await {
+            Ok(written) => written,
+            Err(e) => {
+                // Spent at the endpoint: kept until the store takes them.
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), issued);
+                return Err(RenewError::Failed(format!(
+                    "the store did not take the new tokens (kept, written at the next try): {e}"
+                )));
+            }
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id.as_str());
+        if !written {
+            tracing::warn!(account_id = %id, "the account was given a new grant while its OAuth token was renewed; the renewed token was dropped");
+            return Ok(Renewed::Superseded);
+        }
+        if refused.is_some() {
+            app.store().reset_health(id).await?;
+        }
+        reload(app).await;
+        tracing::info!(account_id = %id, expires_at = issued.expires_at, "renewed the account's OAuth access token");
+        Ok(Renewed::Done {
+            expires_at: issued.expires_at,
+        })
+    }
+
+    /// Tokens issued for `grant` and not yet written, if any.
+    fn pending_for(&self, id: &str, grant: &OAuthGrant) -> Option<Issued> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.get(id) {
+            Some(issued) if issued.for_grant == grant.sealed_refresh_token => Some(issued.clone()),
+            // Issued for a grant the account no longer has.
+            Some(_) => {
+                pending.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The refresh-token grant at the endpoint, its tokens sealed.
+    async fn ask(
+        &self,
+        app: &App,
+        record: &AccountRecord,
+        grant: &OAuthGrant,
+    ) -> Result<Issued, RenewError> {
         let id = &record.id;
         let master = app.catalog.master_key();
         let refresh_token = master
             .open(&refresh_aad(id), &grant.sealed_refresh_token)
-            .map_err(|_| RenewError::Refused("the sealed refresh token cannot be opened".into()))?;
-        let answer = match request_tokens(app, grant, &refresh_token).await {
-            Ok(tokens) => tokens,
-            Err(RenewError::Refused(why)) => {
-                tracing::warn!(account_id = %id, reason = %why, "the token endpoint refused the account's OAuth grant; it needs a new one");
-                let failure = why.clone();
-                write(app, id, &grant.sealed_refresh_token, |record| {
-                    if let Some(g) = &mut record.oauth {
-                        g.failure = Some(failure);
-                    }
-                })
-                .await?;
-                return Err(RenewError::Refused(why));
-            }
-            Err(e) => return Err(e),
-        };
-        let now = app.clock.now_ms();
-        let expires_at = match answer.expires_in {
-            Some(secs) if secs.is_finite() && secs > 0.0 => now + (secs * 1000.0) as i64,
-            _ => jwt_expiry_ms(&answer.access_token).unwrap_or(now + ASSUMED_LIFETIME_MS),
-        };
+            .map_err(|_| {
+                RenewError::Refused(
+                    "the sealed refresh token cannot be opened (the master key changed?)".into(),
+                )
+            })?;
+        let answer = request_tokens(app, grant, &refresh_token).await?;
+        let at = app.clock.now_ms();
         let seal = |aad: &str, plain: &str| {
             master
                 .seal(aad, plain)
                 .map_err(|_| RenewError::Failed("the new token could not be sealed".into()))
         };
-        let sealed_access = seal(id, &answer.access_token)?;
-        let sealed_refresh = match &answer.refresh_token {
-            Some(rotated) if !rotated.is_empty() => seal(&refresh_aad(id), rotated)?,
-            _ => grant.sealed_refresh_token.clone(),
-        };
-        let written = write(app, id, &grant.sealed_refresh_token, |record| {
-            record.sealed_api_key = sealed_access;
-            if let Some(g) = &mut record.oauth {
-                g.sealed_refresh_token = sealed_refresh;
-                g.expires_at = expires_at;
-                g.refreshed_at = now;
-                g.failure = None;
-            }
+        Ok(Issued {
+            for_grant: grant.sealed_refresh_token.clone(),
+            sealed_access: seal(id, &answer.access_token)?,
+            sealed_refresh: match &answer.refresh_token {
+                Some(rotated) => seal(&refresh_aad(id), rotated)?,
+                None => grant.sealed_refresh_token.clone(),
+            },
+            expires_at: answer.expires_at(at),
+            at,
         })
-        .await?;
-        if !written {
-            tracing::warn!(account_id = %id, "the account changed while its OAuth token was renewed; the renewed token was dropped");
-            return Ok(Renewed::Superseded);
+    }
+
+    /// Records why the grant cannot be used again, on the grant (if it is still the account's),
+    /// and logs it: nothing renews the account until it is given a new grant.
+    async fn refused(
+        &self,
+        app: &App,
+        record: &AccountRecord,
+        grant: &OAuthGrant,
+        why: String,
+    ) -> RenewError {
+        tracing::warn!(account_id = %record.id, reason = %why, "the account's OAuth grant cannot be used again; it needs a new login");
+        let fail = |record: &mut AccountRecord| {
+            if let Some(g) = &mut record.oauth {
+                g.failure = Some(why.clone());
+            }
+        };
+        match write(app, &record.id, &grant.sealed_refresh_token, fail).await {
+            Ok(true) => reload(app).await,
+            Ok(false) => {}
+            Err(e) => return RenewError::Store(e),
         }
-        if was_refused {
-            app.store().reset_health(id).await?;
-        }
-        tracing::info!(account_id = %id, expires_at, "renewed the account's OAuth access token");
-        Ok(Renewed::Done { expires_at })
+        RenewError::Refused(why)
     }
 }
 
-/// Applies `change` to account `id`'s record as the store has it now, unless its grant is no
-/// longer the one renewed (`renewed`, the sealed refresh token used): an admin gave the account
-/// a new grant or took it away meanwhile, and theirs wins. Then this instance's accounts are
-/// reloaded (the others follow the store's change feed). `false` when nothing was written.
-///
-/// Read, then written: an admin's change of another field landing between the two is lost.
-/// The window is one store round trip; admin changes of a subscription account are rare.
+/// How often a write is made again to a record that changed while it was made.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// Applies `change` to account `id`'s record as the store has it now and writes it over that
+/// read only (`Store::update_account_checked`: an admin's change of another field landing in
+/// between is not lost; the change is made again to it), as long as the record still holds the
+/// grant renewed (`renewed`, its sealed refresh token): an admin who gave the account a new
+/// grant or took it away meanwhile wins. `false` when nothing was written for that reason.
 async fn write(
     app: &App,
     id: &str,
     renewed: &str,
-    change: impl FnOnce(&mut AccountRecord),
+    change: impl Fn(&mut AccountRecord),
 ) -> Result<bool, StoreError> {
-    let Some(mut record) = app.store().account(id).await? else {
-        return Ok(false);
-    };
-    if record
-        .oauth
-        .as_ref()
-        .map(|g| g.sealed_refresh_token.as_str())
-        != Some(renewed)
-    {
-        return Ok(false);
+    for _ in 0..WRITE_ATTEMPTS {
+        let Some(mut record) = app.store().account(id).await? else {
+            return Ok(false);
+        };
+        let held = record
+            .oauth
+            .as_ref()
+            .map(|g| g.sealed_refresh_token.as_str());
+        if held != Some(renewed) {
+            return Ok(false);
+        }
+        change(&mut record);
+        if app.store().update_account_checked(&record).await? {
+            return Ok(true);
+        }
     }
-    change(&mut record);
-    if !app.store().update_account(&record).await? {
-        return Ok(false);
+    Err(StoreError::Unavailable(
+        "the account kept changing while its token was written".into(),
+    ))
+}
+
+/// This instance's accounts reloaded after a write (the others follow the store's change
+/// feed). A failure here is not the renewal's: the record is written, and the next change or
+/// resync reloads it.
+async fn reload(app: &App) {
+    if let Err(e) = app.catalog.reload_accounts().await {
+        tracing::warn!(error = %e, "reloading the accounts after a token renewal failed");
     }
-    app.catalog.reload_accounts().await?;
-    Ok(true)
 }
 
 /// Unix ms the vendor last refused the account's token, when that left it unauthorized now.
@@ -345,40 +522,41 @@ async fn request_tokens(
     };
     let status = resp.status();
     let body =
-        crate::upstream_client::read_capped(resp.into_body(), MAX_ANSWER_BYTES, TOKEN_TIMEOUT)
+        crate::upstream_client::read_capped(resp.into_body(), MAX_ANSWER_BYTES, TOKEN_BODY_TIMEOUT)
             .await;
     judge(status, &body)
 }
 
-/// A token endpoint's answer: the tokens, or why not. A 400 or 401 refuses the grant for good
-/// (RFC 6749 §5.2: `invalid_grant`, `invalid_client`, ...); anything else may pass.
+/// A token endpoint's answer: the tokens, or why not. A 400 or 401 that names an OAuth error
+/// (RFC 6749 §5.2's `error`: `invalid_grant`, `invalid_client`, ...; OpenAI's auth server nests
+/// it as `{"error": {"code", "message"}}`) refuses the grant for good; anything else may pass
+/// (a proxy's or firewall's page, a 403, a 5xx).
 fn judge(status: http::StatusCode, body: &[u8]) -> Result<Tokens, RenewError> {
     if status.is_success() {
-        return match serde_json::from_slice::<Tokens>(body) {
-            Ok(tokens) if !tokens.access_token.is_empty() => Ok(tokens),
-            _ => Err(RenewError::Failed(format!(
+        return Tokens::read(body).ok_or_else(|| {
+            RenewError::Failed(format!(
                 "the token endpoint answered {status} without an access token"
-            ))),
-        };
+            ))
+        });
     }
-    let reason = match serde_json::from_slice::<TokenError>(body) {
-        Ok(TokenError {
-            error,
-            error_description,
-        }) => {
-            let error = match error {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            match error_description {
-                Some(d) => format!("{error}: {d}"),
-                None => error,
-            }
-        }
-        Err(_) => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    let code = match error {
+        Some(serde_json::Value::Object(e)) => text(e.get("code")).or_else(|| text(e.get("type"))),
+        other => text(other),
     };
-    let reason = format!("{status}: {reason}");
-    if matches!(status.as_u16(), 400 | 401 | 403) {
+    let description = text(parsed.as_ref().and_then(|v| v.get("error_description")))
+        .or_else(|| text(error.and_then(|e| e.get("message"))));
+    let reason = match (&code, description) {
+        (Some(code), Some(d)) => format!("{status}: {code}: {d}"),
+        (Some(code), None) => format!("{status}: {code}"),
+        (None, _) => format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ),
+    };
+    if matches!(status.as_u16(), 400 | 401) && code.is_some() {
         Err(RenewError::Refused(reason))
     } else {
         Err(RenewError::Failed(reason))
@@ -432,6 +610,7 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
     const BEFORE: i64 = 600_000;
+    const HOUR: i64 = 3_600_000;
 
     fn grant(expires_at: i64, refreshed_at: i64) -> OAuthGrant {
         OAuthGrant {
@@ -440,6 +619,7 @@ mod tests {
             sealed_refresh_token: "sealed".into(),
             expires_at,
             refreshed_at,
+            after_refusal: false,
             failure: None,
         }
     }
@@ -447,21 +627,35 @@ mod tests {
     #[test]
     fn a_token_is_renewed_before_it_expires_or_after_the_vendor_refused_it() {
         // Far from its expiry: not due; within the margin, unknown or past: due.
-        assert!(!due(&grant(NOW + 3_600_000, 0), None, NOW, BEFORE));
+        assert!(!due(&grant(NOW + HOUR, 0), None, NOW, BEFORE));
         assert!(due(&grant(NOW + BEFORE, 0), None, NOW, BEFORE));
         assert!(due(&grant(NOW - 1, 0), None, NOW, BEFORE));
         assert!(due(&grant(0, 0), None, NOW, BEFORE));
-        // Refused (a 401) after the last renewal: due, unless that renewal was minutes ago.
-        let renewed_long_ago = grant(NOW + 3_600_000, NOW - 3_600_000);
-        assert!(due(&renewed_long_ago, Some(NOW - 1_000), NOW, BEFORE));
-        let renewed_just_now = grant(NOW + 3_600_000, NOW - 1_000);
-        assert!(!due(&renewed_just_now, Some(NOW - 500), NOW, BEFORE));
-        // A refusal from before the last renewal was about the old token.
-        assert!(!due(&renewed_long_ago, Some(NOW - 7_200_000), NOW, BEFORE));
+        // Refused (a 401) after the last renewal: due; a refusal from before it was about the
+        // token it replaced.
+        let renewed = grant(NOW + HOUR, NOW - HOUR);
+        assert!(due(&renewed, Some(NOW - 1_000), NOW, BEFORE));
+        assert!(!due(&renewed, Some(NOW - 2 * HOUR), NOW, BEFORE));
+        // A token that lasts less than the margin is renewed at half its life, not at every
+        // check: renewed 2 minutes ago for 5, it is due in half a minute.
+        let short = grant(NOW + 180_000, NOW - 120_000);
+        assert!(!due(&short, None, NOW, BEFORE));
+        assert!(due(&short, None, NOW + 31_000, BEFORE));
         // A grant refused for good is not tried again, however expired.
         let mut spent = grant(NOW - 1, 0);
         spent.failure = Some("400: invalid_grant".into());
         assert!(!due(&spent, Some(NOW), NOW, BEFORE));
+    }
+
+    fn refused(result: Result<Tokens, RenewError>) -> Option<String> {
+        match result {
+            Err(RenewError::Refused(why)) => Some(why),
+            _ => None,
+        }
+    }
+
+    fn failed(result: Result<Tokens, RenewError>) -> bool {
+        matches!(result, Err(RenewError::Failed(_)))
     }
 
     #[test]
@@ -473,44 +667,58 @@ mod tests {
         .unwrap();
         assert_eq!(ok.access_token, "at-2");
         assert_eq!(ok.refresh_token.as_deref(), Some("rt-2"));
-        assert_eq!(ok.expires_in, Some(28_800.0));
-        // Without a new refresh token (the old one stays) or an expiry (read from the token).
-        let bare = judge(http::StatusCode::OK, br#"{"access_token":"at-3"}"#).unwrap();
-        assert_eq!((bare.refresh_token, bare.expires_in), (None, None));
-        // A success without a token may pass; so may a 5xx or a 429.
+        assert_eq!(ok.expires_at(NOW), NOW + 28_800_000);
+        // Read leniently: the endpoint has spent the old refresh token by now.
+        let lenient = judge(
+            http::StatusCode::OK,
+            br#"{"access_token":"at-3","expires_in":"3600","refresh_token":null}"#,
+        )
+        .unwrap();
+        assert_eq!(lenient.refresh_token, None);
+        assert_eq!(lenient.expires_at(NOW), NOW + HOUR);
+        // Without an expiry: the token's own (a JWT's), else an hour; an absurd one is capped.
+        let bare = judge(http::StatusCode::OK, br#"{"access_token":"at-4"}"#).unwrap();
+        assert_eq!(bare.expires_at(NOW), NOW + ASSUMED_LIFETIME_MS);
+        let absurd = judge(
+            http::StatusCode::OK,
+            br#"{"access_token":"at-5","expires_in":1e300}"#,
+        )
+        .unwrap();
+        assert!(
+            absurd.expires_at(NOW) > NOW && absurd.expires_at(NOW) < NOW + 11 * 365 * 24 * HOUR
+        );
+        // A success without a token may pass; so may a 5xx, a 429, a 403, a page that is not
+        // OAuth's (a proxy's, a firewall's).
         for (status, body) in [
             (200, &br#"{"access_token":""}"#[..]),
             (200, b"<html>"),
             (500, b"oops"),
             (429, br#"{"error":"slow_down"}"#),
+            (403, br#"{"error":"access_denied"}"#),
+            (400, b"<html>Bad Request</html>"),
         ] {
             let status = http::StatusCode::from_u16(status).unwrap();
-            assert!(
-                matches!(judge(status, body), Err(RenewError::Failed(_))),
-                "{status}"
-            );
+            assert!(failed(judge(status, body)), "{status}");
         }
         // The grant refused: for good, with the endpoint's reason.
-        let refused = judge(
+        let why = refused(judge(
             http::StatusCode::BAD_REQUEST,
             br#"{"error":"invalid_grant","error_description":"Refresh token already used"}"#,
+        ));
+        assert_eq!(
+            why.as_deref(),
+            Some("400 Bad Request: invalid_grant: Refresh token already used")
         );
-        match refused {
-            Err(RenewError::Refused(why)) => {
-                assert_eq!(
-                    why,
-                    "400 Bad Request: invalid_grant: Refresh token already used"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
         // OpenAI's auth server nests its error.
-        let nested = judge(
+        let why = refused(judge(
             http::StatusCode::UNAUTHORIZED,
             br#"{"error":{"message":"Your refresh token has already been used","code":"refresh_token_reused"}}"#,
-        );
-        assert!(
-            matches!(nested, Err(RenewError::Refused(why)) if why.contains("refresh_token_reused"))
+        ));
+        assert_eq!(
+            why.as_deref(),
+            Some(
+                "401 Unauthorized: refresh_token_reused: Your refresh token has already been used"
+            )
         );
     }
 

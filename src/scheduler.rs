@@ -141,6 +141,7 @@ async fn pick_from(
     // calls, in a session bound to an Opus-only account) keeps its binding, under either
     // policy: the pick must find that account too, without capacity, or it reads the binding
     // as one to an account that is gone and rebinds the session, and its cache, elsewhere.
+    // So too a session bound to a ChatGPT account, for a call that account does not serve.
     if ask.session.is_some_and(|s| !s.stored_response)
         && let Some(model) = ask.model
     {
@@ -149,7 +150,8 @@ async fn pick_from(
                 .iter()
                 .filter(|a| {
                     a.record.provider.protocol() == ask.protocol
-                        && !a.serves(model)
+                        && (!a.serves(model)
+                            || (!ask.chatgpt && a.record.provider == Provider::ChatGpt))
                         && allowed(a)
                         && a.record.enabled
                         && a.record.schedulable

@@ -243,6 +243,10 @@ pub struct AccountRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth: Option<OAuthGrant>,
     pub created_at: i64,
+    /// How many times the record was written by `Store::update_account_checked`: a write made
+    /// from an older read is refused.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// How an account's access token is renewed: the OAuth 2.0 refresh-token grant (RFC 6749 §6)
@@ -261,6 +265,10 @@ pub struct OAuthGrant {
     /// Unix ms of the last renewal; 0 before the first.
     #[serde(default)]
     pub refreshed_at: i64,
+    /// The last renewal was made because the vendor refused the token before it: should it
+    /// refuse this one too, the grant is not tried again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_refusal: bool,
     /// Why the last renewal failed for good (the grant was refused): the relay does not try
     /// that refresh token again. Cleared by a renewal or a new grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -754,6 +762,12 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest first.
     async fn accounts(&self) -> StoreResult<Vec<AccountRecord>>;
     async fn update_account(&self, account: &AccountRecord) -> StoreResult<bool>;
+    /// Writes `account`, changed from a record read at `account.revision`, only while the
+    /// stored record is still at that revision, and then at the next one, checked and written
+    /// atomically: two writers that read the same record (a renewal of its OAuth token, an
+    /// admin's change) cannot write one over the other (a refresh token spent by the renewal
+    /// would come back). `false` when the record changed meanwhile, or is gone: read it again.
+    async fn update_account_checked(&self, account: &AccountRecord) -> StoreResult<bool>;
     /// Also forgets the account's runtime state.
     async fn delete_account(&self, id: &str) -> StoreResult<bool>;
     async fn account_runtime(&self, id: &str) -> StoreResult<AccountRuntime>;
@@ -869,14 +883,21 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Claims `name` for `ttl` among every instance sharing the store: `true` for the one caller
-    /// that gets it until then (whoever asks again before it lapses, itself included, gets
-    /// `false`). Off the hot path: a renewal of an account's OAuth token claims it first, so
-    /// that one refresh token is spent once. The embedded store has one process, whose callers
-    /// serialise themselves: every claim is granted.
-    async fn claim(&self, name: &str, ttl: Duration) -> StoreResult<bool> {
-        let _ = (name, ttl);
+    /// Claims `name` for `owner` (unique per claim) for at most `ttl` among every instance
+    /// sharing the store: `true` for the one caller that gets it, until it lapses or its owner
+    /// gives it up (`unclaim`); meanwhile every other caller gets `false`. Off the hot path: a
+    /// renewal of an account's OAuth token claims it first, so that one refresh token is spent
+    /// once. The embedded store has one process, whose callers serialise themselves: every
+    /// claim is granted.
+    async fn claim(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        let _ = (name, owner, ttl);
         Ok(true)
+    }
+
+    /// Gives up `owner`'s claim of `name`, if it still holds it.
+    async fn unclaim(&self, name: &str, owner: &str) -> StoreResult<()> {
+        let _ = (name, owner);
+        Ok(())
     }
 
     /// Changes written by other instances, for cache invalidation; `None` when the store is not

@@ -50,7 +50,7 @@ pub struct CreateAccount {
 
 /// An OAuth grant as an admin gives it: what the CLI that logged in keeps beside the access
 /// token (`~/.codex/auth.json`, Claude Code's credentials).
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuthInput {
     refresh_token: String,
@@ -61,7 +61,7 @@ pub struct OAuthInput {
     expires_at: Option<jiff::Timestamp>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchAccount {
     name: Option<String>,
@@ -331,6 +331,7 @@ fn grant(
             None => oauth::jwt_expiry_ms(api_key).unwrap_or(0),
         },
         refreshed_at: 0,
+        after_refusal: false,
         failure: None,
     })
 }
@@ -373,6 +374,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         aws_access_key_id: vendor.aws_access_key_id,
         oauth,
         created_at: now_ms(),
+        revision: 0,
         id,
     };
     app.store()
@@ -419,7 +421,39 @@ pub async fn patch(
     id: &str,
     req: PatchAccount,
 ) -> Result<Response<Body>, ApiError> {
-    let before = find(app, id).await?;
+    // Read, changed, written only over the record read (`update_account_checked`): a renewal
+    // of the account's token (`crate::oauth`) or another admin's change written meanwhile is
+    // not lost; the change is made again to what they wrote.
+    for _ in 0..WRITE_ATTEMPTS {
+        let before = find(app, id).await?;
+        let record = apply(app, &before, req.clone()).await?;
+        if app
+            .store()
+            .update_account_checked(&record)
+            .await
+            .map_err(store_error)?
+        {
+            app.catalog.reload_accounts().await.map_err(store_error)?;
+            let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
+            return ok(StatusCode::OK, &view(&record, &runtime));
+        }
+    }
+    Err(ApiError::new(
+        ErrorKind::Conflict,
+        "the account kept changing while it was written; try again",
+    ))
+}
+
+/// How often a change is made again to a record that changed while it was made.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// `req` applied to `before`.
+async fn apply(
+    app: &App,
+    before: &AccountRecord,
+    req: PatchAccount,
+) -> Result<AccountRecord, ApiError> {
+    let id = before.id.as_str();
     let mut record = before.clone();
     if let Some(name) = req.name {
         record.name = valid_name(&name)?;
@@ -513,17 +547,7 @@ pub async fn patch(
         record.base_url =
             providers::bedrock::default_base_url(record.region.as_deref().unwrap_or_default());
     }
-    if !app
-        .store()
-        .update_account(&record)
-        .await
-        .map_err(store_error)?
-    {
-        return Err(ApiError::not_found(format!("no account with id {id}")));
-    }
-    app.catalog.reload_accounts().await.map_err(store_error)?;
-    let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
-    ok(StatusCode::OK, &view(&record, &runtime))
+    Ok(record)
 }
 
 pub async fn delete(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {

@@ -989,12 +989,31 @@ fn remove_hash_if_points_at(
     Ok(())
 }
 
-fn put_account(db: &Database, account: &AccountRecord, must_exist: bool) -> StoreResult<bool> {
+/// Whether an account must exist to be written, and at which revision.
+enum Exists {
+    No,
+    Yes,
+    /// At this revision (`Store::update_account_checked`).
+    At(u64),
+}
+
+fn put_account(db: &Database, account: &AccountRecord, must: Exists) -> StoreResult<bool> {
     let bytes = encode(account)?;
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
-        if must_exist && accounts.get(account.id.as_str()).map_err(db_err)?.is_none() {
+        let revision = match must {
+            Exists::No => None,
+            Exists::Yes | Exists::At(_) => {
+                let Some(current) = accounts.get(account.id.as_str()).map_err(db_err)? else {
+                    return Ok(false);
+                };
+                Some(decode::<AccountRecord>(current.value(), "account record")?.revision)
+            }
+        };
+        if let (Exists::At(read), Some(revision)) = (&must, revision)
+            && revision != *read
+        {
             return Ok(false);
         }
         accounts
@@ -1098,7 +1117,7 @@ impl Store for EmbeddedStore {
 
     async fn insert_account(&self, account: &AccountRecord) -> StoreResult<()> {
         let account = account.clone();
-        self.blocking(move |db| put_account(db, &account, false).map(drop))
+        self.blocking(move |db| put_account(db, &account, Exists::No).map(drop))
             .await
     }
 
@@ -1118,7 +1137,15 @@ impl Store for EmbeddedStore {
 
     async fn update_account(&self, account: &AccountRecord) -> StoreResult<bool> {
         let account = account.clone();
-        self.blocking(move |db| put_account(db, &account, true))
+        self.blocking(move |db| put_account(db, &account, Exists::Yes))
+            .await
+    }
+
+    async fn update_account_checked(&self, account: &AccountRecord) -> StoreResult<bool> {
+        let read = account.revision;
+        let mut next = account.clone();
+        next.revision = read + 1;
+        self.blocking(move |db| put_account(db, &next, Exists::At(read)))
             .await
     }
 

@@ -481,13 +481,20 @@ impl Store for RedisStore {
         self.put_account(account, true).await
     }
 
-    async fn claim(&self, name: &str, ttl: Duration) -> StoreResult<bool> {
+    async fn update_account_checked(&self, account: &AccountRecord) -> StoreResult<bool> {
+        let read = account.revision;
+        let mut next = account.clone();
+        next.revision = read + 1;
+        self.write_account(&next, true, Some(read)).await
+    }
+
+    async fn claim(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let set: Option<String> = self
             .client()
             .set(
                 self.names.claim(name),
-                "1",
+                owner,
                 Some(fred::types::Expiration::PX(ms)),
                 Some(fred::types::SetOptions::NX),
                 false,
@@ -495,6 +502,18 @@ impl Store for RedisStore {
             .await
             .map_err(|e| unavailable("claim", &e))?;
         Ok(set.is_some())
+    }
+
+    async fn unclaim(&self, name: &str, owner: &str) -> StoreResult<()> {
+        self.scripts
+            .unclaim
+            .run(
+                self.client(),
+                vec![self.names.claim(name)],
+                vec![owner.to_owned()],
+            )
+            .await
+            .map(drop)
     }
 
     async fn delete_account(&self, id: &str) -> StoreResult<bool> {
@@ -1001,19 +1020,27 @@ impl RedisStore {
     }
 
     async fn put_account(&self, account: &AccountRecord, must_exist: bool) -> StoreResult<bool> {
+        self.write_account(account, must_exist, None).await
+    }
+
+    /// `account_put.lua`, with the revision the record must be at (its ARGV[5]) when given.
+    async fn write_account(
+        &self,
+        account: &AccountRecord,
+        must_exist: bool,
+        revision: Option<u64>,
+    ) -> StoreResult<bool> {
+        let mut args = vec![
+            self.channel(),
+            account.id.clone(),
+            encode(account)?,
+            if must_exist { "1" } else { "0" }.to_owned(),
+        ];
+        args.extend(revision.map(|r| r.to_string()));
         let reply = self
             .scripts
             .account_put
-            .run(
-                self.client(),
-                vec![self.names.account_records()],
-                vec![
-                    self.channel(),
-                    account.id.clone(),
-                    encode(account)?,
-                    if must_exist { "1" } else { "0" }.to_owned(),
-                ],
-            )
+            .run(self.client(), vec![self.names.account_records()], args)
             .await?;
         Ok(integer(&reply, "account_put")? == 1)
     }

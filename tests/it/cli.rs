@@ -533,17 +533,23 @@ fn a_chatgpt_subscription_is_added_from_codex_clis_login_file() {
     )
     .unwrap();
     let login_arg = login.to_str().unwrap();
-    let account = json_of(&switchyard(
-        dir.path(),
-        &[
-            "accounts",
-            "add",
-            "--name",
-            "pro",
-            "--codex-auth",
-            login_arg,
-        ],
-    ));
+    // An api key in the environment does not stand in the way.
+    let account = json_of(
+        &command(
+            dir.path(),
+            &[
+                "accounts",
+                "add",
+                "--name",
+                "pro",
+                "--codex-auth",
+                login_arg,
+            ],
+        )
+        .env("SWITCHYARD_ACCOUNT_API_KEY", "sk-elsewhere")
+        .output()
+        .unwrap(),
+    );
     assert_eq!(account["provider"], "chatgpt");
     assert_eq!(account["base_url"], "https://chatgpt.com/backend-api/codex");
     assert_eq!(account["oauth"]["client_id"], "app_test_client");
@@ -589,4 +595,18 @@ fn a_chatgpt_subscription_is_added_from_codex_clis_login_file() {
         ],
     );
     assert_eq!(out.status.code(), Some(2));
+    let out = switchyard(
+        dir.path(),
+        &[
+            "accounts",
+            "add",
+            "--name",
+            "max",
+            "--api-key",
+            "sk-ant-oat01-x",
+            "--token-url",
+            "https://example.com/oauth/token",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "a token url without a grant");
 }

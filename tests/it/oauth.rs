@@ -174,9 +174,33 @@ async fn a_token_the_vendor_refuses_is_renewed_and_the_account_serves_again() {
         mock.requests().pop().unwrap().header("authorization"),
         Some("Bearer at-1")
     );
-    // Renewed once: the refusal of the renewed token would not be renewed again for minutes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The vendor refuses the renewed token too: a third would fare no better, so the grant is
+    // not tried again, and says why.
+    mock.require_api_key("at-elsewhere");
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 200);
+    let mut failure = Value::Null;
+    for _ in 0..250 {
+        failure = account(&relay, &id).await["oauth"]["failure"].clone();
+        if failure.is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        failure,
+        "the vendor refused the token renewed after its refusal too"
+    );
     assert_eq!(tokens.requests().len(), 1);
+    assert_eq!(
+        account(&relay, &id).await["state"]["status"],
+        "unauthorized"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,6 +433,24 @@ async fn codex_cli_is_served_by_a_chatgpt_subscription() {
         (e["input_tokens"].as_u64(), e["status"].as_u64()),
         (Some(120), Some(200))
     );
+
+    // Its compaction, as Codex CLI sends one (no `store`, no `stream`), goes as it is.
+    let compact = json!({ "model": "gpt-5", "input": [{ "type": "message", "role": "user", "content": [{ "type": "input_text", "text": "hi" }] }], "instructions": "compact" });
+    let resp = http_client()
+        .post(relay.url("/v1/responses/compact"))
+        .bearer_auth(&key)
+        .header("originator", "codex_exec")
+        .json(&compact)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["usage"]["input_tokens"], 120);
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.path, "/backend-api/codex/responses/compact");
+    assert_eq!(sent.json(), compact);
+    assert_eq!(sent.header("chatgpt-account-id"), Some("ws-1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,4 +627,49 @@ async fn a_chatgpt_token_is_renewed_with_its_grant() {
         .total(jiff::Unit::Second)
         .unwrap();
     assert!((3500.0..=3600.0).contains(&left), "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_racing_renewals_keep_the_renewed_tokens() {
+    let mock = MockUpstream::start().await;
+    let tokens = TokenEndpoint::start().await;
+    let relay = Relay::start_configured(|c| c.upstream.oauth_check_ms = 60_000).await;
+    let mut grant = tokens.grant();
+    grant["expires_at"] = json!(in_minutes(600));
+    let id = relay
+        .add_account(&mock, "at-0", json!({ "oauth": grant }))
+        .await;
+    let path = format!("/admin/accounts/{id}");
+    let refresh = format!("/admin/accounts/{id}/refresh");
+    // Each change reads the record, then writes it: a renewal in between must not be written
+    // over (its spent refresh token brought back, the next renewal refused).
+    for round in 0..20 {
+        let (changed, renewed) = tokio::join!(
+            relay.admin(
+                Method::PATCH,
+                &path,
+                Some(json!({ "priority": round, "name": format!("sub {round}") }))
+            ),
+            relay.admin(Method::POST, &refresh, None),
+        );
+        assert_eq!(changed.0, 200, "{}", changed.1);
+        assert_eq!(renewed.0, 200, "{}", renewed.1);
+    }
+    let (status, v) = relay.admin(Method::POST, &refresh, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(tokens.granted(), 21);
+    assert!(
+        tokens
+            .requests()
+            .iter()
+            .enumerate()
+            .all(|(n, r)| r["refresh_token"] == format!("rt-{n}").as_str()),
+        "each renewal used the token the one before got"
+    );
+    let view = account(&relay, &id).await;
+    assert_eq!(
+        (view["priority"].clone(), view["name"].clone()),
+        (json!(19), json!("sub 19"))
+    );
+    assert!(view["oauth"]["failure"].is_null());
 }

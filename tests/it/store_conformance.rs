@@ -114,7 +114,8 @@ macro_rules! conformance_tests {
             retry_at_is_the_earliest_recovery, degraded_flag, sessions_renew_escape_and_rebind,
             concurrent_picks_respect_caps, admit_and_pick_then_finish, a_large_backlog_is_written_whole,
             a_renewed_lease_outlives_its_ttl, renewing_a_lease_given_back_or_expired_does_nothing,
-            finish_binds_a_session, a_session_escapes_an_account_not_serving_its_model;
+            finish_binds_a_session, a_session_escapes_an_account_not_serving_its_model,
+            an_account_is_written_only_over_the_revision_it_read;
             records_survive_reopen, usage_survives_reopen, a_deleted_key_leaves_no_limits_behind);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
@@ -198,6 +199,7 @@ fn account(id: &str, created_at: i64) -> AccountRecord {
         region: None,
         aws_access_key_id: None,
         oauth: None,
+        revision: 0,
         created_at,
     }
 }
@@ -459,6 +461,80 @@ mod cases {
             store.account_runtime("never-seen").await.unwrap(),
             AccountRuntime::default()
         );
+    }
+
+    /// `update_account_checked` writes only over the revision it read (a renewal of an OAuth
+    /// token and an admin's change cannot write over each other); claims are exclusive among
+    /// instances sharing a store, until given up or lapsed.
+    pub async fn an_account_is_written_only_over_the_revision_it_read(store: Arc<dyn Store>) {
+        let a = account("a1", 1);
+        store.insert_account(&a).await.unwrap();
+        let read = store.account("a1").await.unwrap().unwrap();
+        assert_eq!(read.revision, 0);
+        // Two writers read revision 0: the first writes (revision 1), the second is refused.
+        let mut renewal = read.clone();
+        renewal.sealed_api_key = "sealed-renewed".into();
+        let mut change = read.clone();
+        change.priority = 9;
+        assert!(store.update_account_checked(&renewal).await.unwrap());
+        assert!(!store.update_account_checked(&change).await.unwrap());
+        let now = store.account("a1").await.unwrap().unwrap();
+        assert_eq!(
+            (now.revision, now.sealed_api_key.as_str(), now.priority),
+            (1, "sealed-renewed", renewal.priority)
+        );
+        // Made again to what is there now, the change goes, at the next revision.
+        let mut again = now.clone();
+        again.priority = 9;
+        assert!(store.update_account_checked(&again).await.unwrap());
+        let now = store.account("a1").await.unwrap().unwrap();
+        assert_eq!(
+            (now.revision, now.priority, now.sealed_api_key.as_str()),
+            (2, 9, "sealed-renewed")
+        );
+        // Never inserts.
+        assert!(
+            !store
+                .update_account_checked(&account("nope", 1))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.account("nope").await.unwrap(), None);
+        // Racing writers from one read: exactly one wins.
+        let wins = futures_util::future::join_all((0..8).map(|i| {
+            let store = Arc::clone(&store);
+            let mut mine = now.clone();
+            mine.weight = 10 + i;
+            async move { store.update_account_checked(&mine).await.unwrap() }
+        }))
+        .await;
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+        assert_eq!(store.account("a1").await.unwrap().unwrap().revision, 3);
+
+        let shared = store.changes().is_some();
+        let minute = Duration::from_secs(60);
+        assert!(store.claim("oauth:a1", "o1", minute).await.unwrap());
+        assert_eq!(
+            store.claim("oauth:a1", "o2", minute).await.unwrap(),
+            !shared
+        );
+        // Only its owner gives it up.
+        store.unclaim("oauth:a1", "o2").await.unwrap();
+        assert_eq!(
+            store.claim("oauth:a1", "o3", minute).await.unwrap(),
+            !shared
+        );
+        store.unclaim("oauth:a1", "o1").await.unwrap();
+        assert!(store.claim("oauth:a1", "o4", minute).await.unwrap());
+        // A claim lapses by itself.
+        assert!(
+            store
+                .claim("oauth:a2", "o1", Duration::from_millis(50))
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(store.claim("oauth:a2", "o2", minute).await.unwrap());
     }
 
     pub async fn admit_caps_concurrency(store: Arc<dyn Store>) {
@@ -2931,6 +3007,13 @@ mod redis_only {
         let store = backend.open().await;
         store.insert_key(&key("k1", 1)).await.unwrap();
         store.insert_account(&account("a1", 1)).await.unwrap();
+        // A renewal's claim (given up when the renewal ends, else it lapses).
+        assert!(
+            store
+                .claim("oauth:a1", "renewal", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
         let held = lease("held");
         let mut limited = metered("k1", now_ms(), &[("day:x", 100, 10), ("total", 100, 10)]);
         limited.max_concurrency = Some(5);

@@ -31,6 +31,7 @@ fn account(access_key_id: Option<&str>, deployments: &[(&str, &str)]) -> Account
         region: Some("us-west-2".into()),
         aws_access_key_id: access_key_id.map(str::to_owned),
         oauth: None,
+        revision: 0,
         created_at: 0,
     };
     Account::new(record, "secret-or-api-key").unwrap()

@@ -39,6 +39,7 @@ pub(super) struct Scripts {
     pub(super) usage_read: Script,
     pub(super) log_add: Script,
     pub(super) log_read: Script,
+    pub(super) unclaim: Script,
 }
 
 /// The scripts of the live state start with live.lua: its names, helpers and sweeps.
@@ -48,7 +49,7 @@ macro_rules! live {
     };
 }
 
-const SOURCES: [(&str, &str); 18] = [
+const SOURCES: [(&str, &str); 19] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
     ("key_forget", live!("key_forget.lua")),
@@ -67,6 +68,7 @@ const SOURCES: [(&str, &str); 18] = [
     ("usage_read", include_str!("usage_read.lua")),
     ("log_add", include_str!("log_add.lua")),
     ("log_read", include_str!("log_read.lua")),
+    ("unclaim", include_str!("unclaim.lua")),
 ];
 
 impl Scripts {
@@ -103,6 +105,7 @@ impl Scripts {
             usage_read: next()?,
             log_add: next()?,
             log_read: next()?,
+            unclaim: next()?,
         })
     }
 }

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use switchyard::scheduler::policy::Report;
@@ -102,6 +103,15 @@ impl Store for FaultyStore {
     }
     async fn update_account(&self, account: &AccountRecord) -> StoreResult<bool> {
         self.inner.update_account(account).await
+    }
+    async fn update_account_checked(&self, account: &AccountRecord) -> StoreResult<bool> {
+        self.inner.update_account_checked(account).await
+    }
+    async fn claim(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        self.inner.claim(name, owner, ttl).await
+    }
+    async fn unclaim(&self, name: &str, owner: &str) -> StoreResult<()> {
+        self.inner.unclaim(name, owner).await
     }
     async fn delete_account(&self, id: &str) -> StoreResult<bool> {
         self.inner.delete_account(id).await

@@ -23,8 +23,8 @@
 //!
 //! ChatGPT's Codex backend (`Authorization: Bearer` required): `POST
 //! /backend-api/codex/responses` and `/responses/compact`, as OpenAI's Responses, refusing a
-//! request without `chatgpt-account-id`, or one that asks to store the response or (but for a
-//! compaction) not to stream, as that backend does.
+//! request without `chatgpt-account-id`, or a generation that asks to store the response or
+//! not to stream, as that backend does.
 //!
 //! `GET /mock-files/{id}` serves the images that `response_format: "url"` answers point to.
 //!

@@ -743,10 +743,14 @@ fn codex_backend_refusal(
     if ctx.headers.get("chatgpt-account-id").is_none() {
         return Some("Missing chatgpt-account-id");
     }
+    // A compaction's body (Codex CLI's) says neither.
+    if path != "responses" {
+        return None;
+    }
     if obj.get("store").and_then(|s| s.as_bool()) != Some(false) {
         return Some("Store must be set to false");
     }
-    if path == "responses" && !stream {
+    if !stream {
         return Some("Stream must be set to true");
     }
     None
