@@ -673,3 +673,82 @@ async fn admin_changes_racing_renewals_keep_the_renewed_tokens() {
     );
     assert!(view["oauth"]["failure"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_a_chatgpt_account_keeps_it_across_calls_it_does_not_serve() {
+    let codex = MockUpstream::start().await;
+    let api = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let token = chatgpt_token("ws-1", 3600, 0);
+    chatgpt_account(&relay, &codex, &token, json!({ "priority": 50 })).await;
+    let (_, key) = relay.create_key("k").await;
+    let responses = || {
+        http_client()
+            .post(relay.url("/v1/responses"))
+            .bearer_auth(&key)
+            .header("x-session-id", "s-1")
+            .json(&json!({ "model": "gpt-5", "input": "hi", "stream": true, "store": false }))
+    };
+    let resp = responses().send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    // An API account comes, preferred by priority: the session stays on the subscription.
+    relay
+        .add_account(
+            &api,
+            "sk-api",
+            json!({ "provider": "openai", "priority": 10, "base_url": format!("{}/v1", api.base_url()) }),
+        )
+        .await;
+    // The session's chat completion goes to the API account, which alone serves it ...
+    let chat = http_client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("x-session-id", "s-1")
+        .json(&json!({ "model": "gpt-5", "messages": [{ "role": "user", "content": "hi" }] }));
+    assert_eq!(chat.send().await.unwrap().status(), 200);
+    assert_eq!(api.requests().len(), 1);
+    // ... and its next turn is back on the subscription, its binding kept.
+    let resp = responses().send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!((codex.requests().len(), api.requests().len()), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatgpt_account_leaves_chat_translation_and_the_model_list_as_they_were() {
+    let codex = MockUpstream::start().await;
+    let claude = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let token = chatgpt_token("ws-1", 3600, 0);
+    chatgpt_account(&relay, &codex, &token, json!({ "models": ["*"] })).await;
+    relay
+        .add_account(
+            &claude,
+            "sk-ant",
+            json!({ "models": ["claude-sonnet-4-5"] }),
+        )
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    // A chat completion for Claude is translated for the Anthropic account, as without it.
+    let chat = http_client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({ "model": "claude-sonnet-4-5", "messages": [{ "role": "user", "content": "hi" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    assert_eq!(claude.requests().pop().unwrap().path, "/v1/messages");
+    // The OpenAI model list is made from the accounts' models (the backend has none to give).
+    let models = http_client()
+        .get(relay.url("/openai/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    let list: Value = models.json().await.unwrap();
+    assert_eq!(list["data"][0]["id"], "claude-sonnet-4-5", "{list}");
+    assert!(codex.requests().is_empty());
+}
