@@ -585,8 +585,9 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The ChatGPT token endpoint Codex CLI's login renews its tokens at.
+/// The ChatGPT token endpoint Codex CLI's login renews its tokens at, and the scope it asks for.
 const CODEX_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
+const CODEX_SCOPE: &str = "openid profile email";
 
 /// The access token and OAuth grant in Codex CLI's login file (`~/.codex/auth.json`, written by
 /// `codex login`): `tokens.access_token`, `tokens.refresh_token`, and the OAuth client they were
@@ -625,6 +626,7 @@ fn codex_login(path: &std::path::Path) -> anyhow::Result<(String, Option<Value>)
         "refresh_token": refresh,
         "token_url": CODEX_TOKEN_URL,
         "client_id": client_id,
+        "scope": CODEX_SCOPE,
     });
     Ok((access, Some(grant)))
 }

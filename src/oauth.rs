@@ -169,9 +169,11 @@ pub enum RenewError {
 
 /// New tokens the endpoint issued for a grant, sealed, that the store has not taken yet: the
 /// refresh token they replace is spent, so they are written at the next try instead of asking
-/// the endpoint again.
+/// the endpoint again, and the account stays claimed by the renewal that got them (`owner`) until
+/// then, or until the claim lapses: no other instance spends the old refresh token meanwhile.
 #[derive(Clone)]
 struct Issued {
+    owner: String,
     /// The sealed refresh token they were issued for.
     for_grant: String,
     sealed_access: String,
@@ -209,7 +211,9 @@ impl Renewer {
             return Ok(Renewed::NotDue);
         }
         let claim = format!("oauth:{id}");
-        let owner = crate::auth::new_id("renewal");
+        let owner = self
+            .pending_owner(id)
+            .unwrap_or_else(|| crate::auth::new_id("renewal"));
         if !app.store().claim(&claim, &owner, CLAIM_TTL).await? {
             return Ok(Renewed::Busy);
         }
@@ -220,11 +224,14 @@ impl Renewer {
             if !force && !self.is_due(app, id, &grant, refused, now) {
                 return Ok(Renewed::NotDue);
             }
-            self.exchange(app, &record, &grant, refused).await
+            self.exchange(app, &record, &grant, refused, &owner).await
         }
         .await;
-        // Given up for the next renewal to go at once; a claim left behind lapses by itself.
-        if let Err(e) = app.store().unclaim(&claim, &owner).await {
+        // Given up for the next renewal to go at once (not while tokens it got wait to be
+        // written); a claim left behind lapses by itself.
+        if self.pending_owner(id).is_none()
+            && let Err(e) = app.store().unclaim(&claim, &owner).await
+        {
             tracing::debug!(account_id = %id, error = %e, "could not give up a renewal's claim");
         }
         self.note(id, &result, app.clock.now_ms());
@@ -299,27 +306,31 @@ impl Renewer {
         record: &AccountRecord,
         grant: &OAuthGrant,
         refused: Option<i64>,
+        owner: &str,
     ) -> Result<Renewed, RenewError> {
         let id = &record.id;
-        // The vendor refused the token a renewal made after its refusal of the one before: a
-        // third would fare no better, and each costs a client request.
-        if let Some(at) = refused
-            && grant.after_refusal
-            && at >= grant.refreshed_at
-        {
-            let why = "the vendor refused the token renewed after its refusal too".to_owned();
-            return Err(self.refused(app, record, grant, why).await);
-        }
-        let issued = self.pending_for(id, grant);
-        let issued = match issued {
+        // Tokens already issued for this grant go first: its refresh token is spent.
+        let issued = match self.pending_for(id, grant) {
             Some(issued) => issued,
-            None => match self.ask(app, record, grant).await {
-                Ok(issued) => issued,
-                Err(RenewError::Refused(why)) => {
+            None => {
+                // The vendor refused the token a renewal made after its refusal of the one
+                // before: a third would fare no better, and each costs a client request.
+                if let Some(at) = refused
+                    && grant.after_refusal
+                    && at >= grant.refreshed_at
+                {
+                    let why =
+                        "the vendor refused the token renewed after its refusal too".to_owned();
                     return Err(self.refused(app, record, grant, why).await);
                 }
-                Err(e) => return Err(e),
-            },
+                match self.ask(app, record, grant, owner).await {
+                    Ok(issued) => issued,
+                    Err(RenewError::Refused(why)) => {
+                        return Err(self.refused(app, record, grant, why).await);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         };
         let renew = |record: &mut AccountRecord| {
             record.sealed_api_key.clone_from(&issued.sealed_access);
@@ -352,14 +363,26 @@ impl Renewer {
             tracing::warn!(account_id = %id, "the account was given a new grant while its OAuth token was renewed; the renewed token was dropped");
             return Ok(Renewed::Superseded);
         }
+        // This instance serves the new token before the account is back in rotation.
+        reload(app).await;
         if refused.is_some() {
             app.store().reset_health(id).await?;
         }
-        reload(app).await;
         tracing::info!(account_id = %id, expires_at = issued.expires_at, "renewed the account's OAuth access token");
         Ok(Renewed::Done {
             expires_at: issued.expires_at,
         })
+    }
+
+    /// The claim's owner of the tokens waiting to be written for account `id`, if any.
+    fn pending_owner(&self, id: &str) -> Option<String> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.get(id).map(|issued| issued.owner.clone())
+    }
+
+    /// Whether tokens issued for account `id` wait to be written.
+    pub fn has_pending(&self, id: &str) -> bool {
+        self.pending_owner(id).is_some()
     }
 
     /// Tokens issued for `grant` and not yet written, if any.
@@ -382,6 +405,7 @@ impl Renewer {
         app: &App,
         record: &AccountRecord,
         grant: &OAuthGrant,
+        owner: &str,
     ) -> Result<Issued, RenewError> {
         let id = &record.id;
         let master = app.catalog.master_key();
@@ -400,6 +424,7 @@ impl Renewer {
                 .map_err(|_| RenewError::Failed("the new token could not be sealed".into()))
         };
         Ok(Issued {
+            owner: owner.to_owned(),
             for_grant: grant.sealed_refresh_token.clone(),
             sealed_access: seal(id, &answer.access_token)?,
             sealed_refresh: match &answer.refresh_token {
@@ -479,6 +504,15 @@ async fn reload(app: &App) {
     }
 }
 
+/// Whether the access token of `record` (as a request used it) was replaced in the store since:
+/// renewed, or given anew by an admin. On a store error, `false` (the refusal counts).
+pub async fn replaced(app: &App, record: &AccountRecord) -> bool {
+    match app.store().account(&record.id).await {
+        Ok(Some(now)) => now.sealed_api_key != record.sealed_api_key,
+        Ok(None) | Err(_) => false,
+    }
+}
+
 /// Unix ms the vendor last refused the account's token, when that left it unauthorized now.
 async fn refused_at(app: &App, id: &str, now: i64) -> Result<Option<i64>, StoreError> {
     let health = app.store().account_runtime(id).await?.health;
@@ -491,11 +525,14 @@ async fn request_tokens(
     grant: &OAuthGrant,
     refresh_token: &str,
 ) -> Result<Tokens, RenewError> {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "grant_type": "refresh_token",
         "refresh_token": refresh_token,
         "client_id": grant.client_id,
     });
+    if let Some(scope) = &grant.scope {
+        body["scope"] = serde_json::Value::String(scope.clone());
+    }
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -584,7 +621,9 @@ pub fn spawn(app: &Arc<App>) {
                 .accounts()
                 .iter()
                 .filter(|a| {
-                    a.record.enabled && a.record.oauth.as_ref().is_some_and(|g| g.failure.is_none())
+                    let grant = a.record.oauth.as_ref();
+                    (a.record.enabled && grant.is_some_and(|g| g.failure.is_none()))
+                        || (grant.is_some() && app.oauth.has_pending(a.id()))
                 })
                 .map(|a| a.id().to_owned())
                 .collect();
@@ -620,6 +659,7 @@ mod tests {
             expires_at,
             refreshed_at,
             after_refusal: false,
+            scope: None,
             failure: None,
         }
     }

@@ -262,9 +262,13 @@ pub struct OAuthGrant {
     pub sealed_refresh_token: String,
     /// Unix ms the access token expires at; 0 when unknown (it is then renewed at once).
     pub expires_at: i64,
-    /// Unix ms of the last renewal; 0 before the first.
+    /// Unix ms of the last renewal, or of the last access token an admin gave; 0 before either.
     #[serde(default)]
     pub refreshed_at: i64,
+    /// Sent with each renewal when set (`scope`: what Codex CLI asks for, `openid profile
+    /// email`); unset, the grant's own scope stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// The last renewal was made because the vendor refused the token before it: should it
     /// refuse this one too, the grant is not tried again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -761,7 +765,6 @@ pub trait Store: Send + Sync + 'static {
     async fn account(&self, id: &str) -> StoreResult<Option<AccountRecord>>;
     /// Oldest first.
     async fn accounts(&self) -> StoreResult<Vec<AccountRecord>>;
-    async fn update_account(&self, account: &AccountRecord) -> StoreResult<bool>;
     /// Writes `account`, changed from a record read at `account.revision`, only while the
     /// stored record is still at that revision, and then at the next one, checked and written
     /// atomically: two writers that read the same record (a renewal of its OAuth token, an
@@ -885,7 +888,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims `name` for `owner` (unique per claim) for at most `ttl` among every instance
     /// sharing the store: `true` for the one caller that gets it, until it lapses or its owner
-    /// gives it up (`unclaim`); meanwhile every other caller gets `false`. Off the hot path: a
+    /// gives it up (`unclaim`); meanwhile every other caller gets `false`, and the owner asking
+    /// again `true` (its claim then lasts `ttl` from then). Off the hot path: a
     /// renewal of an account's OAuth token claims it first, so that one refresh token is spent
     /// once. The embedded store has one process, whose callers serialise themselves: every
     /// claim is granted.

@@ -59,6 +59,8 @@ pub struct OAuthInput {
     /// When the access token expires; unset, read from the token when it is a JWT, else the
     /// token is renewed at once (which also tells when the next one expires).
     expires_at: Option<jiff::Timestamp>,
+    /// Sent with each renewal (some endpoints want the scope again).
+    scope: Option<String>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -332,6 +334,7 @@ fn grant(
         },
         refreshed_at: 0,
         after_refusal: false,
+        scope: input.scope.filter(|s| !s.trim().is_empty()),
         failure: None,
     })
 }
@@ -473,9 +476,12 @@ async fn apply(
     if let Some(key) = &req.api_key {
         let key = valid_for_provider(record.provider, valid_api_key(key)?)?;
         record.sealed_api_key = seal(app, id, &key)?;
-        // A new access token: its own expiry, or renewed at once.
+        // A new access token: its own expiry (or renewed at once), and none of the old one's
+        // refusals held against it.
         if let Some(g) = &mut record.oauth {
             g.expires_at = oauth::jwt_expiry_ms(&key).unwrap_or(0);
+            g.refreshed_at = now_ms();
+            g.after_refusal = false;
         }
     }
     match req.oauth {

@@ -109,9 +109,16 @@ pub async fn whole_answer(resp: UpstreamResponse, within: Duration) -> UpstreamR
     let mut framer = SseFramer::with_max_event_bytes(MAX_WHOLE_BYTES);
     let mut end: Option<(StatusCode, Value)> = None;
     let mut read = 0usize;
+    let mut too_large = false;
     let reading = async {
         while end.is_none() {
             let Some(Ok(frame)) = body.frame().await else {
+                // The stream's end completes an event that was not followed by a blank line.
+                framer.feed(b"\n\n", |event| {
+                    if end.is_none() {
+                        end = final_event(event);
+                    }
+                });
                 break;
             };
             let Ok(chunk) = frame.into_data() else {
@@ -119,6 +126,7 @@ pub async fn whole_answer(resp: UpstreamResponse, within: Duration) -> UpstreamR
             };
             read += chunk.len();
             if read > MAX_WHOLE_BYTES {
+                too_large = true;
                 break;
             }
             framer.feed(&chunk, |event| {
@@ -134,6 +142,11 @@ pub async fn whole_answer(resp: UpstreamResponse, within: Duration) -> UpstreamR
             (
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("the response did not end within {} s", within.as_secs()),
+            )
+        } else if too_large {
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("the response is larger than {MAX_WHOLE_BYTES} bytes"),
             )
         } else {
             (
@@ -186,25 +199,37 @@ fn final_event(event: SseEvent<'_>) -> Option<(StatusCode, Value)> {
     }
 }
 
-/// A failed response's error (`{code, message}`) as OpenAI's error JSON, with the status its
-/// code stands for: a rate or usage limit 429, a request the model refuses 400, else 500.
+/// A failed response's error (`{code, message, ...}`) as OpenAI's error JSON, its fields kept
+/// (the Codex backend's `resets_in_seconds` of a spent window, for the scheduler), with the
+/// status its code stands for: a rate or usage limit, or spent quota, 429; a request the model
+/// refuses 400; else 500.
 fn failure(error: Option<&Value>) -> (StatusCode, Value) {
     let field = |name: &str| error.and_then(|e| e.get(name)).and_then(Value::as_str);
     let code = field("code").or_else(|| field("type"));
-    let message = field("message").unwrap_or("the response failed");
     let status = match code {
-        Some(c) if c.contains("rate_limit") || c.contains("usage_limit") => {
+        Some(c) if c.contains("rate_limit") || c.contains("usage_limit") || c.contains("quota") => {
             StatusCode::TOO_MANY_REQUESTS
         }
         Some(c) if c.contains("invalid") || c.contains("context_length") => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let kind = if status == StatusCode::BAD_REQUEST {
-        "invalid_request_error"
-    } else {
-        "server_error"
+    let kind = match (field("type"), status) {
+        (Some(kind), _) => kind,
+        (None, StatusCode::BAD_REQUEST) => "invalid_request_error",
+        (None, _) => "server_error",
     };
-    (status, error_json(message, kind, code))
+    let mut json = error_json(
+        field("message").unwrap_or("the response failed"),
+        kind,
+        code,
+    );
+    if let (Some(Value::Object(given)), Some(Value::Object(made))) = (error, json.get_mut("error"))
+    {
+        for (name, value) in given {
+            made.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    (status, json)
 }
 
 fn error_json(message: &str, kind: &str, code: Option<&str>) -> Value {
@@ -345,6 +370,22 @@ mod tests {
         .await;
         assert_eq!(status, 429);
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        // A spent window keeps its reset, for the scheduler to rest the account until then.
+        let (status, body) = whole(
+            "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"error\":{\"type\":\"usage_limit_reached\",\"message\":\"limit\",\"resets_in_seconds\":90}}}",
+        )
+        .await;
+        assert_eq!(
+            status, 429,
+            "the last event counts without a blank line after it"
+        );
+        assert_eq!(
+            (
+                body["error"]["type"].clone(),
+                body["error"]["resets_in_seconds"].clone()
+            ),
+            (json!("usage_limit_reached"), json!(90))
+        );
         let (status, body) = whole(
             "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{}}\n\n",
         )

@@ -139,15 +139,23 @@ pub(crate) async fn attempts(
                 call.model.as_deref(),
             ),
         };
-        scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
-            Ok(answer) => answer.describe(),
-            Err(e) => e.describe(),
-        })
-        .await;
+        // A subscription's token refused after a renewal replaced it (this instance had not
+        // heard yet, or the request was sent before) says nothing of the account: not reported,
+        // or the renewed token would be taken for refused too.
+        let stale = verdict == health::Verdict::Unauthorized
+            && picked.account.record.oauth.is_some()
+            && crate::oauth::replaced(app, &picked.account.record).await;
+        if !stale {
+            scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
+                Ok(answer) => answer.describe(),
+                Err(e) => e.describe(),
+            })
+            .await;
+        }
         match verdict {
             health::Verdict::Refused => refused.push(picked.account.id().to_owned()),
             // A subscription's token refused: renewed now, not at the next check.
-            health::Verdict::Unauthorized if picked.account.record.oauth.is_some() => {
+            health::Verdict::Unauthorized if picked.account.record.oauth.is_some() && !stale => {
                 app.oauth.wake();
             }
             health::Verdict::Healthy => {

@@ -93,6 +93,7 @@ pub(super) async fn send(
         }
         _ => call.body.clone(),
     };
+    let sent_at = Instant::now();
     let sent = send_within(app, call, call.method.clone(), url, headers, body);
     let (mut resp, head_at) = sent.await?;
     // A generation the client did not stream went as a stream: its answer is made whole, within
@@ -101,7 +102,7 @@ pub(super) async fn send(
         && chatgpt::streams_for_client(path, call.streams)
     {
         let within = Duration::from_secs(app.config.upstream.answer_timeout_secs)
-            .saturating_sub(head_at.elapsed());
+            .saturating_sub(sent_at.elapsed());
         resp = chatgpt::whole_answer(resp, within).await;
     }
     Ok((take_whole(call, resp).await?, head_at))

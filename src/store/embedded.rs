@@ -989,32 +989,20 @@ fn remove_hash_if_points_at(
     Ok(())
 }
 
-/// Whether an account must exist to be written, and at which revision.
-enum Exists {
-    No,
-    Yes,
-    /// At this revision (`Store::update_account_checked`).
-    At(u64),
-}
-
-fn put_account(db: &Database, account: &AccountRecord, must: Exists) -> StoreResult<bool> {
+/// Writes an account record; with `read`, only over a stored record at that revision
+/// (`Store::update_account_checked`).
+fn put_account(db: &Database, account: &AccountRecord, read: Option<u64>) -> StoreResult<bool> {
     let bytes = encode(account)?;
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
-        let revision = match must {
-            Exists::No => None,
-            Exists::Yes | Exists::At(_) => {
-                let Some(current) = accounts.get(account.id.as_str()).map_err(db_err)? else {
-                    return Ok(false);
-                };
-                Some(decode::<AccountRecord>(current.value(), "account record")?.revision)
+        if let Some(read) = read {
+            let Some(current) = accounts.get(account.id.as_str()).map_err(db_err)? else {
+                return Ok(false);
+            };
+            if decode::<AccountRecord>(current.value(), "account record")?.revision != read {
+                return Ok(false);
             }
-        };
-        if let (Exists::At(read), Some(revision)) = (&must, revision)
-            && revision != *read
-        {
-            return Ok(false);
         }
         accounts
             .insert(account.id.as_str(), bytes.as_slice())
@@ -1117,7 +1105,7 @@ impl Store for EmbeddedStore {
 
     async fn insert_account(&self, account: &AccountRecord) -> StoreResult<()> {
         let account = account.clone();
-        self.blocking(move |db| put_account(db, &account, Exists::No).map(drop))
+        self.blocking(move |db| put_account(db, &account, None).map(drop))
             .await
     }
 
@@ -1135,17 +1123,11 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn update_account(&self, account: &AccountRecord) -> StoreResult<bool> {
-        let account = account.clone();
-        self.blocking(move |db| put_account(db, &account, Exists::Yes))
-            .await
-    }
-
     async fn update_account_checked(&self, account: &AccountRecord) -> StoreResult<bool> {
         let read = account.revision;
         let mut next = account.clone();
         next.revision = read + 1;
-        self.blocking(move |db| put_account(db, &next, Exists::At(read)))
+        self.blocking(move |db| put_account(db, &next, Some(read)))
             .await
     }
 

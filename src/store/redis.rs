@@ -457,7 +457,7 @@ impl Store for RedisStore {
     }
 
     async fn insert_account(&self, account: &AccountRecord) -> StoreResult<()> {
-        self.put_account(account, false).await.map(drop)
+        self.put_account(account, None).await.map(drop)
     }
 
     async fn account(&self, id: &str) -> StoreResult<Option<AccountRecord>> {
@@ -477,31 +477,25 @@ impl Store for RedisStore {
         Ok(accounts)
     }
 
-    async fn update_account(&self, account: &AccountRecord) -> StoreResult<bool> {
-        self.put_account(account, true).await
-    }
-
     async fn update_account_checked(&self, account: &AccountRecord) -> StoreResult<bool> {
         let read = account.revision;
         let mut next = account.clone();
         next.revision = read + 1;
-        self.write_account(&next, true, Some(read)).await
+        self.put_account(&next, Some(read)).await
     }
 
     async fn claim(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let set: Option<String> = self
-            .client()
-            .set(
-                self.names.claim(name),
-                owner,
-                Some(fred::types::Expiration::PX(ms)),
-                Some(fred::types::SetOptions::NX),
-                false,
+        let reply = self
+            .scripts
+            .claim
+            .run(
+                self.client(),
+                vec![self.names.claim(name)],
+                vec![owner.to_owned(), ms.to_string()],
             )
-            .await
-            .map_err(|e| unavailable("claim", &e))?;
-        Ok(set.is_some())
+            .await?;
+        Ok(integer(&reply, "claim")? == 1)
     }
 
     async fn unclaim(&self, name: &str, owner: &str) -> StoreResult<()> {
@@ -1019,24 +1013,16 @@ impl RedisStore {
         Ok(integer(&reply, "key_put")? == 1)
     }
 
-    async fn put_account(&self, account: &AccountRecord, must_exist: bool) -> StoreResult<bool> {
-        self.write_account(account, must_exist, None).await
-    }
-
-    /// `account_put.lua`, with the revision the record must be at (its ARGV[5]) when given.
-    async fn write_account(
-        &self,
-        account: &AccountRecord,
-        must_exist: bool,
-        revision: Option<u64>,
-    ) -> StoreResult<bool> {
+    /// `account_put.lua`: the record, and with `read` only over a stored record at that
+    /// revision (`update_account_checked`).
+    async fn put_account(&self, account: &AccountRecord, read: Option<u64>) -> StoreResult<bool> {
         let mut args = vec![
             self.channel(),
             account.id.clone(),
             encode(account)?,
-            if must_exist { "1" } else { "0" }.to_owned(),
+            if read.is_some() { "1" } else { "0" }.to_owned(),
         ];
-        args.extend(revision.map(|r| r.to_string()));
+        args.extend(read.map(|r| r.to_string()));
         let reply = self
             .scripts
             .account_put

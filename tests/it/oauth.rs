@@ -752,3 +752,39 @@ async fn a_chatgpt_account_leaves_chat_translation_and_the_model_list_as_they_we
     assert_eq!(list["data"][0]["id"], "claude-sonnet-4-5", "{list}");
     assert!(codex.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_a_token_already_replaced_leaves_the_account_alone() {
+    let mock = MockUpstream::start().await;
+    let tokens = TokenEndpoint::start().await;
+    let relay = relay().await;
+    let mut grant = tokens.grant();
+    grant["expires_at"] = json!(in_minutes(600));
+    let id = relay
+        .add_account(&mock, "at-0", json!({ "oauth": grant }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    // Another instance renewed the token after a refusal (this one has not heard yet): the
+    // vendor now takes only the new one.
+    let store = relay.app.store();
+    let mut record = store.account(&id).await.unwrap().unwrap();
+    record.sealed_api_key = relay.app.catalog.master_key().seal(&id, "at-1").unwrap();
+    let g = record.oauth.as_mut().unwrap();
+    g.refreshed_at = jiff::Timestamp::now().as_millisecond();
+    g.after_refusal = true;
+    assert!(store.update_account_checked(&record).await.unwrap());
+    mock.require_api_key("at-1");
+
+    // A request with the old token is refused: that says nothing of the new one.
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let view = account(&relay, &id).await;
+    assert_eq!(view["state"]["status"], "ok", "{view}");
+    assert!(view["oauth"]["failure"].is_null(), "{view}");
+    assert!(tokens.requests().is_empty());
+}

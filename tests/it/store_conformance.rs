@@ -427,12 +427,20 @@ mod cases {
             models: vec![],
             ..newer.clone()
         };
-        assert!(store.update_account(&changed).await.unwrap());
+        assert!(store.update_account_checked(&changed).await.unwrap());
         assert_eq!(
             store.account("a-newer").await.unwrap(),
-            Some(changed.clone())
+            Some(AccountRecord {
+                revision: 1,
+                ..changed.clone()
+            })
         );
-        assert!(!store.update_account(&account("missing", 0)).await.unwrap());
+        assert!(
+            !store
+                .update_account_checked(&account("missing", 0))
+                .await
+                .unwrap()
+        );
         assert_eq!(
             store.account("missing").await.unwrap(),
             None,
@@ -3226,7 +3234,7 @@ mod redis_only {
         );
         a.insert_account(&account("a1", 1)).await.unwrap();
         assert_eq!(next_change(&mut feed).await, Change::Accounts);
-        a.update_account(&account("a1", 2)).await.unwrap();
+        a.update_account_checked(&account("a1", 2)).await.unwrap();
         assert_eq!(next_change(&mut feed).await, Change::Accounts);
         a.delete_account("a1").await.unwrap();
         assert_eq!(next_change(&mut feed).await, Change::Accounts);

@@ -1,14 +1,15 @@
 -- Writes an account record.
 -- KEYS[1] <p>{rec}:accounts  hash: account id -> JSON record
 -- ARGV[1] change channel, ARGV[2] id, ARGV[3] JSON record, ARGV[4] '1' when it must already exist
--- ARGV[5] (optional) the revision the stored record must be at (`update_account_checked`; the
---   record written carries the next)
+-- ARGV[5] (with ARGV[4] '1') the revision the stored record must be at
+--   (`update_account_checked`; the record written carries the next)
 -- Returns 1 when written, 0 when an update found no record, or not at that revision.
-if ARGV[4] == '1' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
-  return 0
-end
-if ARGV[5] then
-  local revision = cjson.decode(redis.call('HGET', KEYS[1], ARGV[2])).revision
+if ARGV[4] == '1' then
+  local current = redis.call('HGET', KEYS[1], ARGV[2])
+  if not current then
+    return 0
+  end
+  local revision = cjson.decode(current).revision
   if type(revision) ~= 'number' then
     revision = 0
   end

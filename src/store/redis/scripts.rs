@@ -39,6 +39,7 @@ pub(super) struct Scripts {
     pub(super) usage_read: Script,
     pub(super) log_add: Script,
     pub(super) log_read: Script,
+    pub(super) claim: Script,
     pub(super) unclaim: Script,
 }
 
@@ -49,7 +50,7 @@ macro_rules! live {
     };
 }
 
-const SOURCES: [(&str, &str); 19] = [
+const SOURCES: [(&str, &str); 20] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
     ("key_forget", live!("key_forget.lua")),
@@ -68,6 +69,7 @@ const SOURCES: [(&str, &str); 19] = [
     ("usage_read", include_str!("usage_read.lua")),
     ("log_add", include_str!("log_add.lua")),
     ("log_read", include_str!("log_read.lua")),
+    ("claim", include_str!("claim.lua")),
     ("unclaim", include_str!("unclaim.lua")),
 ];
 
@@ -105,6 +107,7 @@ impl Scripts {
             usage_read: next()?,
             log_add: next()?,
             log_read: next()?,
+            claim: next()?,
             unclaim: next()?,
         })
     }

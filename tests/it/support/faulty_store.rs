@@ -101,9 +101,6 @@ impl Store for FaultyStore {
     async fn accounts(&self) -> StoreResult<Vec<AccountRecord>> {
         self.inner.accounts().await
     }
-    async fn update_account(&self, account: &AccountRecord) -> StoreResult<bool> {
-        self.inner.update_account(account).await
-    }
     async fn update_account_checked(&self, account: &AccountRecord) -> StoreResult<bool> {
         self.inner.update_account_checked(account).await
     }
