@@ -788,3 +788,54 @@ async fn a_refusal_of_a_token_already_replaced_leaves_the_account_alone() {
     assert!(view["oauth"]["failure"].is_null(), "{view}");
     assert!(tokens.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_the_store_did_not_take_are_written_later_without_asking_again() {
+    use crate::support::faulty_store::{Faults, FaultyStore};
+    use std::sync::Arc;
+    let faults = Arc::new(Faults::default());
+    let backend = crate::support::relay::backends()
+        .into_iter()
+        .next()
+        .unwrap();
+    let relay = Relay::start_on_wrapped(
+        &backend,
+        |c| c.upstream.oauth_check_ms = 60_000,
+        |store| FaultyStore::wrap(store, Arc::clone(&faults)),
+    )
+    .await;
+    let mock = MockUpstream::start().await;
+    let tokens = TokenEndpoint::start().await;
+    tokens.serve_for(&mock, "at-0");
+    let mut grant = tokens.grant();
+    grant["expires_at"] = json!(in_minutes(600));
+    let id = relay
+        .add_account(&mock, "at-0", json!({ "oauth": grant }))
+        .await;
+    let refresh = format!("/admin/accounts/{id}/refresh");
+    // The endpoint answers (spending rt-0), then the store fails to take the tokens.
+    faults.fail_next_account_write();
+    let (status, v) = relay.admin(Method::POST, &refresh, None).await;
+    assert_eq!(status, 502, "{v}");
+    assert!(v.to_string().contains("kept"), "{v}");
+    assert_eq!(tokens.granted(), 1);
+    // The next try writes them, without spending rt-1 or asking for rt-0 again.
+    let (status, v) = relay.admin(Method::POST, &refresh, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(tokens.requests().len(), 1);
+    let (_, key) = relay.create_key("k").await;
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        mock.requests().pop().unwrap().header("authorization"),
+        Some("Bearer at-1")
+    );
+    // And the grant goes on from rt-1.
+    let (status, v) = relay.admin(Method::POST, &refresh, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(tokens.requests()[1]["refresh_token"], "rt-1");
+}

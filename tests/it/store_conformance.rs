@@ -526,6 +526,8 @@ mod cases {
             store.claim("oauth:a1", "o2", minute).await.unwrap(),
             !shared
         );
+        // Its owner may claim it again.
+        assert!(store.claim("oauth:a1", "o1", minute).await.unwrap());
         // Only its owner gives it up.
         store.unclaim("oauth:a1", "o2").await.unwrap();
         assert_eq!(

@@ -22,12 +22,19 @@ pub struct Faults {
     failing_picks: AtomicU32,
     /// Picks asked of the store (`pick_account`, `admit_and_pick`), failed or not.
     picks: AtomicU32,
+    /// Account writes (`update_account_checked`) still to fail.
+    failing_account_writes: AtomicU32,
 }
 
 impl Faults {
     /// The next pick fails; the one after is answered.
     pub fn fail_next_pick(&self) {
         self.failing_picks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The next account write fails (before the real store is asked).
+    pub fn fail_next_account_write(&self) {
+        self.failing_account_writes.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn picks(&self) -> u32 {
@@ -102,6 +109,16 @@ impl Store for FaultyStore {
         self.inner.accounts().await
     }
     async fn update_account_checked(&self, account: &AccountRecord) -> StoreResult<bool> {
+        let fails = self
+            .faults
+            .failing_account_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fails {
+            return Err(StoreError::Unavailable(
+                "injected by the test: the account write failed".into(),
+            ));
+        }
         self.inner.update_account_checked(account).await
     }
     async fn claim(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
