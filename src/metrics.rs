@@ -39,6 +39,9 @@ pub const ACCOUNT_IN_FLIGHT: &str = "switchyard_account_in_flight";
 pub const ACCOUNT_FAILURES: &str = "switchyard_account_consecutive_failures";
 /// Attempts abandoned for another account before the first byte.
 pub const FAILOVERS: &str = "switchyard_failovers_total";
+/// Renewals of subscription accounts' OAuth tokens (`crate::oauth`), by outcome: `renewed`,
+/// `refused` (the grant cannot be used again), `failed` (tried again later).
+pub const OAUTH_RENEWALS: &str = "switchyard_oauth_renewals_total";
 /// Upstream requests that failed before a response head, by `reason`.
 pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";
 

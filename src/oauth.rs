@@ -283,6 +283,15 @@ impl Renewer {
     }
 
     fn note(&self, id: &str, result: &Result<Renewed, RenewError>, now: i64) {
+        let outcome = match result {
+            Ok(Renewed::Done { .. }) => Some("renewed"),
+            Err(RenewError::Refused(_)) => Some("refused"),
+            Err(RenewError::Failed(_) | RenewError::Store(_)) => Some("failed"),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            metrics::counter!(crate::metrics::OAUTH_RENEWALS, "outcome" => outcome).increment(1);
+        }
         let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Err(RenewError::Failed(_) | RenewError::Store(_)) => {

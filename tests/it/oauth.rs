@@ -101,6 +101,14 @@ async fn an_expiring_token_is_renewed_once_and_the_rotated_refresh_token_is_kept
         // An hour left: nothing more to do, however many checks pass.
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(tokens.requests().len(), 1);
+        // Counted (the recorder is the test process's: other tests' renewals count too).
+        let metrics = relay.metrics().await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("switchyard_oauth_renewals_total{outcome=\"renewed\"}")),
+            "{metrics}"
+        );
         let tmp = relay.tmp();
         relay.stop().await;
         (tmp, id)
