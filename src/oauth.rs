@@ -11,8 +11,12 @@
 //!
 //! Vendors that rotate refresh tokens take each one once: a second renewal with the same token
 //! is refused, and the grant is lost. So one renewal runs at a time per process, and across
-//! instances sharing a store only the one that claims the account (`Store::claim`) renews it;
-//! the others see the new record through the store's change feed. Nothing on the request path
+//! instances sharing a store only the one that claims the account (`Store::claim`) renews it,
+//! reading the record again under the claim; the others see the new record through the store's
+//! change feed. The renewal writes over the revision of the record it read only
+//! (`Store::update_account_checked`), as an admin's change does: neither loses the other, and a
+//! spent refresh token never comes back. Tokens the endpoint issued that the store did not take
+//! are kept, the account still claimed, and written at the next try. Nothing on the request path
 //! waits for a renewal: a request meets either the old token, still valid, or the new one.
 
 use std::collections::HashMap;
