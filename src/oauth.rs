@@ -614,8 +614,9 @@ fn judge(status: http::StatusCode, body: &[u8]) -> Result<Tokens, RenewError> {
 }
 
 /// Starts this instance's renewals: every `upstream.oauth_check_ms`, and when woken
-/// ([`Renewer::wake`]), each enabled account with a grant not refused for good is renewed if due. Stopped by the app being dropped (the next
-/// tick finds no app), or the runtime's end.
+/// ([`Renewer::wake`]), each enabled account with a grant not refused for good (or with tokens
+/// waiting to be written) is renewed if due. Stopped by the app being dropped (the next tick
+/// finds no app), or the runtime's end.
 pub fn spawn(app: &Arc<App>) {
     let weak = Arc::downgrade(app);
     let every = Duration::from_millis(app.config.upstream.oauth_check_ms.max(10));

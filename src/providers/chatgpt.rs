@@ -6,8 +6,8 @@
 //! stream: a Responses call that is not streamed is sent as one, and the stream's final
 //! `response` is the JSON answer ([`whole_answer`]). It serves Responses calls and compactions,
 //! nothing else (not chat completions, embeddings, images or the model list: the scheduler
-//! offers such accounts for no other call). The access token lasts days; the account's OAuth grant renews it
-//! (`crate::oauth`).
+//! offers such accounts for no other call). The access token lasts days; the account's OAuth
+//! grant renews it (`crate::oauth`).
 
 use std::time::Duration;
 
