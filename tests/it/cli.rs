@@ -580,33 +580,20 @@ fn a_chatgpt_subscription_is_added_from_codex_clis_login_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A grant given by hand needs its endpoint and client.
-    let out = switchyard(
-        dir.path(),
-        &[
+    // A grant given by hand needs its endpoint and client; they need the grant.
+    for (flag, value) in [
+        ("--refresh-token", "rt"),
+        ("--token-url", "https://example.com/oauth/token"),
+    ] {
+        let add = [
             "accounts",
             "add",
             "--name",
             "max",
             "--api-key",
             "sk-ant-oat01-x",
-            "--refresh-token",
-            "rt",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    let out = switchyard(
-        dir.path(),
-        &[
-            "accounts",
-            "add",
-            "--name",
-            "max",
-            "--api-key",
-            "sk-ant-oat01-x",
-            "--token-url",
-            "https://example.com/oauth/token",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2), "a token url without a grant");
+        ];
+        let out = switchyard(dir.path(), &[&add[..], &[flag, value]].concat());
+        assert_eq!(out.status.code(), Some(2), "{flag} alone");
+    }
 }

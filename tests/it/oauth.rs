@@ -26,16 +26,22 @@ async fn account(relay: &Relay, id: &str) -> Value {
     v
 }
 
-/// Until the token endpoint has answered `n` grants, and the relay has the new token.
-async fn renewed(tokens: &TokenEndpoint, relay: &Relay, id: &str, n: usize) {
-    wait_until("the token is renewed", || tokens.granted() >= n).await;
+/// The account's view once `ready` holds of it (renewals write in the background).
+async fn account_once(relay: &Relay, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..250 {
-        if account(relay, id).await["oauth"]["refreshed_at"].is_string() {
-            return;
+        let view = account(relay, id).await;
+        if ready(&view) {
+            return view;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("the renewal was never written");
+    panic!("the account never got there: {}", account(relay, id).await);
+}
+
+/// Until the token endpoint has answered `n` grants, and the relay has the new token.
+async fn renewed(tokens: &TokenEndpoint, relay: &Relay, id: &str, n: usize) {
+    wait_until("the token is renewed", || tokens.granted() >= n).await;
+    account_once(relay, id, |v| v["oauth"]["refreshed_at"].is_string()).await;
 }
 
 fn in_minutes(minutes: i64) -> String {
@@ -163,15 +169,7 @@ async fn a_token_the_vendor_refuses_is_renewed_and_the_account_serves_again() {
     assert_ne!(resp.status(), 200);
     // The 401 took the account out of rotation; the renewal brings it back.
     renewed(&tokens, &relay, &id, 1).await;
-    let mut status = Value::Null;
-    for _ in 0..250 {
-        status = account(&relay, &id).await["state"]["status"].clone();
-        if status == "ok" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, "ok");
+    account_once(&relay, &id, |v| v["state"]["status"] == "ok").await;
     let resp = relay
         .messages(&key, &messages_body("claude-sonnet-4-5", false))
         .send()
@@ -192,14 +190,9 @@ async fn a_token_the_vendor_refuses_is_renewed_and_the_account_serves_again() {
         .await
         .unwrap();
     assert_ne!(resp.status(), 200);
-    let mut failure = Value::Null;
-    for _ in 0..250 {
-        failure = account(&relay, &id).await["oauth"]["failure"].clone();
-        if failure.is_string() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let failure =
+        account_once(&relay, &id, |v| v["oauth"]["failure"].is_string()).await["oauth"]["failure"]
+            .clone();
     assert_eq!(
         failure,
         "the vendor refused the token renewed after its refusal too"
@@ -223,14 +216,9 @@ async fn a_refused_grant_is_recorded_and_not_tried_again_until_a_new_one_is_give
         .add_account(&mock, "at-0", json!({ "oauth": grant }))
         .await;
     wait_until("the grant is tried", || !tokens.requests().is_empty()).await;
-    let mut failure = Value::Null;
-    for _ in 0..250 {
-        failure = account(&relay, &id).await["oauth"]["failure"].clone();
-        if failure.is_string() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let failure =
+        account_once(&relay, &id, |v| v["oauth"]["failure"].is_string()).await["oauth"]["failure"]
+            .clone();
     assert_eq!(
         failure,
         "400 Bad Request: invalid_grant: refresh token already used"
