@@ -44,6 +44,14 @@ async fn renewed(tokens: &TokenEndpoint, relay: &Relay, id: &str, n: usize) {
     account_once(relay, id, |v| v["oauth"]["refreshed_at"].is_string()).await;
 }
 
+/// Seconds from now until the RFC 3339 instant `at` (a view's `expires_at`, `until`).
+fn secs_until(at: &Value) -> f64 {
+    let at: jiff::Timestamp = at.as_str().unwrap().parse().unwrap();
+    (at - jiff::Timestamp::now())
+        .total(jiff::Unit::Second)
+        .unwrap()
+}
+
 fn in_minutes(minutes: i64) -> String {
     (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(minutes)).to_string()
 }
@@ -89,16 +97,8 @@ async fn an_expiring_token_is_renewed_once_and_the_rotated_refresh_token_is_kept
 
         // The view tells when, never what.
         let view = account(&relay, &id).await;
-        let expires_at: jiff::Timestamp = view["oauth"]["expires_at"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let left = expires_at - jiff::Timestamp::now();
-        assert!(
-            (3500.0..=3600.0).contains(&left.total(jiff::Unit::Second).unwrap()),
-            "{view}"
-        );
+        let left = secs_until(&view["oauth"]["expires_at"]);
+        assert!((3500.0..=3600.0).contains(&left), "{view}");
         assert_eq!(view["oauth"]["client_id"], "test-cli-client");
         assert!(view["oauth"]["failure"].is_null());
         let shown = view.to_string();
@@ -357,10 +357,7 @@ async fn grants_and_subscription_keys_are_validated() {
     .await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["base_url"], "https://chatgpt.com/backend-api/codex");
-    let expires_at: jiff::Timestamp = v["oauth"]["expires_at"].as_str().unwrap().parse().unwrap();
-    let left = (expires_at - jiff::Timestamp::now())
-        .total(jiff::Unit::Second)
-        .unwrap();
+    let left = secs_until(&v["oauth"]["expires_at"]);
     assert!((7100.0..=7200.0).contains(&left), "{v}");
 }
 
@@ -578,10 +575,7 @@ async fn a_spent_chatgpt_window_rests_the_account_until_its_reset() {
     assert_eq!((codex.requests().len(), api.requests().len()), (1, 2));
     let view = account(&relay, &id).await;
     assert_eq!(view["state"]["status"], "rate_limited", "{view}");
-    let until: jiff::Timestamp = view["state"]["until"].as_str().unwrap().parse().unwrap();
-    let left = (until - jiff::Timestamp::now())
-        .total(jiff::Unit::Second)
-        .unwrap();
+    let left = secs_until(&view["state"]["until"]);
     assert!((7100.0..=7200.0).contains(&left), "{view}");
 }
 
@@ -614,14 +608,7 @@ async fn a_chatgpt_token_is_renewed_with_its_grant() {
     assert_ne!(bearer, format!("Bearer {first}"));
     assert_eq!(sent.header("chatgpt-account-id"), Some("ws-2"));
     let view = account(&relay, &id).await;
-    let expires_at: jiff::Timestamp = view["oauth"]["expires_at"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let left = (expires_at - jiff::Timestamp::now())
-        .total(jiff::Unit::Second)
-        .unwrap();
+    let left = secs_until(&view["oauth"]["expires_at"]);
     assert!((3500.0..=3600.0).contains(&left), "{view}");
 }
 
