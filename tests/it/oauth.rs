@@ -52,6 +52,21 @@ fn secs_until(at: &Value) -> f64 {
         .unwrap()
 }
 
+/// A small Messages request with `key`.
+async fn ask_claude(relay: &Relay, key: &str, stream: bool) -> reqwest::Response {
+    relay
+        .messages(key, &messages_body("claude-sonnet-4-5", stream))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The credential of the last request `mock` received.
+fn last_bearer(mock: &MockUpstream) -> String {
+    let sent = mock.requests().pop().unwrap();
+    sent.header("authorization").unwrap_or_default().to_owned()
+}
+
 fn in_minutes(minutes: i64) -> String {
     (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(minutes)).to_string()
 }
@@ -79,11 +94,7 @@ async fn an_expiring_token_is_renewed_once_and_the_rotated_refresh_token_is_kept
             json!({ "grant_type": "refresh_token", "refresh_token": "rt-0", "client_id": "test-cli-client" })
         );
         // Requests go with the new token, as a subscription's (a bearer token and the beta).
-        let resp = relay
-            .messages(&key, &messages_body("claude-sonnet-4-5", false))
-            .send()
-            .await
-            .unwrap();
+        let resp = ask_claude(&relay, &key, false).await;
         assert_eq!(resp.status(), 200);
         let upstream = mock.requests().pop().unwrap();
         assert_eq!(upstream.header("authorization"), Some("Bearer at-1"));
@@ -131,17 +142,10 @@ async fn an_expiring_token_is_renewed_once_and_the_rotated_refresh_token_is_kept
     assert_eq!(tokens.granted(), 2);
     assert_eq!(tokens.requests()[1]["refresh_token"], "rt-1");
     let (_, key) = relay.create_key("k2").await;
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_claude(&relay, &key, true).await;
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
-    assert_eq!(
-        mock.requests().pop().unwrap().header("authorization"),
-        Some("Bearer at-2")
-    );
+    assert_eq!(last_bearer(&mock), "Bearer at-2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,34 +165,19 @@ async fn a_token_the_vendor_refuses_is_renewed_and_the_account_serves_again() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(tokens.granted(), 0, "not due: hours left");
 
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_claude(&relay, &key, false).await;
     assert_ne!(resp.status(), 200);
     // The 401 took the account out of rotation; the renewal brings it back.
     renewed(&tokens, &relay, &id, 1).await;
     account_once(&relay, &id, |v| v["state"]["status"] == "ok").await;
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_claude(&relay, &key, false).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        mock.requests().pop().unwrap().header("authorization"),
-        Some("Bearer at-1")
-    );
+    assert_eq!(last_bearer(&mock), "Bearer at-1");
 
     // The vendor refuses the renewed token too: a third would fare no better, so the grant is
     // not tried again, and says why.
     mock.require_api_key("at-elsewhere");
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_claude(&relay, &key, false).await;
     assert_ne!(resp.status(), 200);
     let failure =
         account_once(&relay, &id, |v| v["oauth"]["failure"].is_string()).await["oauth"]["failure"]
@@ -759,11 +748,7 @@ async fn a_refusal_of_a_token_already_replaced_leaves_the_account_alone() {
     mock.require_api_key("at-1");
 
     // A request with the old token is refused: that says nothing of the new one.
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_claude(&relay, &key, false).await;
     assert_ne!(resp.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let view = account(&relay, &id).await;
@@ -807,16 +792,9 @@ async fn tokens_the_store_did_not_take_are_written_later_without_asking_again() 
     assert_eq!(status, 200, "{v}");
     assert_eq!(tokens.requests().len(), 1);
     let (_, key) = relay.create_key("k").await;
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_claude(&relay, &key, false).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        mock.requests().pop().unwrap().header("authorization"),
-        Some("Bearer at-1")
-    );
+    assert_eq!(last_bearer(&mock), "Bearer at-1");
     // And the grant goes on from rt-1.
     let (status, v) = relay.admin(Method::POST, &refresh, None).await;
     assert_eq!(status, 200, "{v}");
