@@ -38,8 +38,11 @@ const TOKEN_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a token endpoint's answer that is read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// How long an account stays claimed by the instance renewing it (unless it gives the claim
-/// up): longer than a renewal takes (the endpoint's 30 s at most, and a few store calls).
-const CLAIM_TTL: Duration = Duration::from_secs(120);
+/// up): longer than a renewal takes (the endpoint's 30 s at most, and a few store calls), and
+/// than three checks, so that tokens kept for the next try keep the account claimed till then.
+fn claim_ttl(app: &App) -> Duration {
+    Duration::from_secs(120).max(Duration::from_millis(app.config.upstream.oauth_check_ms) * 3)
+}
 /// A token whose expiry neither the endpoint nor the token says is taken to last this long.
 const ASSUMED_LIFETIME_MS: i64 = 60 * 60 * 1000;
 /// After a renewal failed for a reason that may pass (the endpoint down, a timeout), the next
@@ -209,16 +212,28 @@ impl Renewer {
     pub async fn renew(&self, app: &App, id: &str, force: bool) -> Result<Renewed, RenewError> {
         let _one_at_a_time = self.running.lock().await;
         let now = app.clock.now_ms();
-        let (_, grant) = self.grant_of(app, id).await?;
+        let grant = match self.grant_of(app, id).await {
+            Ok((_, grant)) => grant,
+            Err(e) => {
+                // Deleted, or its grant taken away: tokens kept for it have nowhere to go.
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                return Err(e);
+            }
+        };
         let refused = refused_at(app, id, now).await?;
-        if !force && (!self.is_due(app, id, &grant, refused, now) || self.waiting(id, now)) {
+        // Tokens kept for the next try are not held off: their claim must not lapse first.
+        let held_off = self.waiting(id, now) && !self.has_pending(id);
+        if !force && (!self.is_due(app, id, &grant, refused, now) || held_off) {
             return Ok(Renewed::NotDue);
         }
         let claim = format!("oauth:{id}");
         let owner = self
             .pending_owner(id)
             .unwrap_or_else(|| crate::auth::new_id("renewal"));
-        if !app.store().claim(&claim, &owner, CLAIM_TTL).await? {
+        if !app.store().claim(&claim, &owner, claim_ttl(app)).await? {
             return Ok(Renewed::Busy);
         }
         let result = async {
@@ -376,9 +391,11 @@ impl Renewer {
             tracing::warn!(account_id = %id, "the account was given a new grant while its OAuth token was renewed; the renewed token was dropped");
             return Ok(Renewed::Superseded);
         }
-        // This instance serves the new token before the account is back in rotation.
+        // This instance serves the new token before the account is back in rotation. Any
+        // refusal on record now was of a token this one replaced (the renewal's own, read before
+        // it, or one reported while it ran): the account serves again.
         reload(app).await;
-        if refused.is_some() {
+        if refused.is_some() || refused_at(app, id, app.clock.now_ms()).await?.is_some() {
             app.store().reset_health(id).await?;
         }
         tracing::info!(account_id = %id, expires_at = issued.expires_at, "renewed the account's OAuth access token");
@@ -574,14 +591,16 @@ async fn request_tokens(
     let body =
         crate::upstream_client::read_capped(resp.into_body(), MAX_ANSWER_BYTES, TOKEN_BODY_TIMEOUT)
             .await;
-    judge(status, &body)
+    judge(status, &body, refresh_token)
 }
 
 /// A token endpoint's answer: the tokens, or why not. A 400 or 401 that names an OAuth error
 /// (RFC 6749 §5.2's `error`: `invalid_grant`, `invalid_client`, ...; OpenAI's auth server nests
 /// it as `{"error": {"code", "message"}}`) refuses the grant for good; anything else may pass
-/// (a proxy's or firewall's page, a 403, a 5xx).
-fn judge(status: http::StatusCode, body: &[u8]) -> Result<Tokens, RenewError> {
+/// (a proxy's or firewall's page, a 403, a 5xx). The reason is logged and shown to admins: one
+/// that quotes `secret` (the refresh token sent: an endpoint or proxy echoing the request) is
+/// not quoted.
+fn judge(status: http::StatusCode, body: &[u8], secret: &str) -> Result<Tokens, RenewError> {
     if status.is_success() {
         return Tokens::read(body).ok_or_else(|| {
             RenewError::Failed(format!(
@@ -605,6 +624,12 @@ fn judge(status: http::StatusCode, body: &[u8]) -> Result<Tokens, RenewError> {
             "{status}: {}",
             String::from_utf8_lossy(&body[..body.len().min(200)])
         ),
+    };
+    let quoted = secret.get(..secret.len().min(12)).unwrap_or(secret);
+    let reason = if !quoted.is_empty() && reason.contains(quoted) {
+        format!("{status}: an answer that quotes the refresh token (left out)")
+    } else {
+        reason
     };
     if matches!(status.as_u16(), 400 | 401) && code.is_some() {
         Err(RenewError::Refused(reason))
@@ -701,6 +726,30 @@ mod tests {
         assert!(!due(&spent, Some(NOW), NOW, BEFORE));
     }
 
+    fn judge_(status: http::StatusCode, body: &[u8]) -> Result<Tokens, RenewError> {
+        judge(status, body, "rt-secret-0123456789")
+    }
+
+    #[test]
+    fn a_reason_that_quotes_the_refresh_token_is_not_quoted() {
+        let echo = judge_(
+            http::StatusCode::BAD_GATEWAY,
+            br#"<html>upstream said no to refresh_token=rt-secret-0123456789</html>"#,
+        );
+        match echo {
+            Err(RenewError::Failed(why)) => {
+                assert!(!why.contains("rt-secret"), "{why}");
+                assert!(why.starts_with("502 Bad Gateway"), "{why}");
+            }
+            _ => panic!("a 502 may pass"),
+        }
+        let described = judge_(
+            http::StatusCode::BAD_REQUEST,
+            br#"{"error":"invalid_grant","error_description":"rt-secret-0123456789 is spent"}"#,
+        );
+        assert!(matches!(described, Err(RenewError::Refused(why)) if !why.contains("rt-secret")));
+    }
+
     fn refused(result: Result<Tokens, RenewError>) -> Option<String> {
         match result {
             Err(RenewError::Refused(why)) => Some(why),
@@ -714,7 +763,7 @@ mod tests {
 
     #[test]
     fn token_answers_are_judged_as_rfc_6749_says() {
-        let ok = judge(
+        let ok = judge_(
             http::StatusCode::OK,
             br#"{"access_token":"at-2","refresh_token":"rt-2","expires_in":28800,"token_type":"Bearer"}"#,
         )
@@ -723,7 +772,7 @@ mod tests {
         assert_eq!(ok.refresh_token.as_deref(), Some("rt-2"));
         assert_eq!(ok.expires_at(NOW), NOW + 28_800_000);
         // Read leniently: the endpoint has spent the old refresh token by now.
-        let lenient = judge(
+        let lenient = judge_(
             http::StatusCode::OK,
             br#"{"access_token":"at-3","expires_in":"3600","refresh_token":null}"#,
         )
@@ -731,9 +780,9 @@ mod tests {
         assert_eq!(lenient.refresh_token, None);
         assert_eq!(lenient.expires_at(NOW), NOW + HOUR);
         // Without an expiry: the token's own (a JWT's), else an hour; an absurd one is capped.
-        let bare = judge(http::StatusCode::OK, br#"{"access_token":"at-4"}"#).unwrap();
+        let bare = judge_(http::StatusCode::OK, br#"{"access_token":"at-4"}"#).unwrap();
         assert_eq!(bare.expires_at(NOW), NOW + ASSUMED_LIFETIME_MS);
-        let absurd = judge(
+        let absurd = judge_(
             http::StatusCode::OK,
             br#"{"access_token":"at-5","expires_in":1e300}"#,
         )
@@ -752,10 +801,10 @@ mod tests {
             (400, b"<html>Bad Request</html>"),
         ] {
             let status = http::StatusCode::from_u16(status).unwrap();
-            assert!(failed(judge(status, body)), "{status}");
+            assert!(failed(judge_(status, body)), "{status}");
         }
         // The grant refused: for good, with the endpoint's reason.
-        let why = refused(judge(
+        let why = refused(judge_(
             http::StatusCode::BAD_REQUEST,
             br#"{"error":"invalid_grant","error_description":"Refresh token already used"}"#,
         ));
@@ -764,7 +813,7 @@ mod tests {
             Some("400 Bad Request: invalid_grant: Refresh token already used")
         );
         // OpenAI's auth server nests its error.
-        let why = refused(judge(
+        let why = refused(judge_(
             http::StatusCode::UNAUTHORIZED,
             br#"{"error":{"message":"Your refresh token has already been used","code":"refresh_token_reused"}}"#,
         ));

@@ -437,6 +437,13 @@ pub async fn patch(
             .map_err(store_error)?
         {
             app.catalog.reload_accounts().await.map_err(store_error)?;
+            // A new credential for an account whose last one was refused: it serves again.
+            if req.api_key.is_some() {
+                let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
+                if runtime.health.status == Status::Unauthorized {
+                    app.store().reset_health(id).await.map_err(store_error)?;
+                }
+            }
             let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
             return ok(StatusCode::OK, &view(&record, &runtime));
         }

@@ -141,16 +141,23 @@ pub(crate) async fn attempts(
         };
         // A subscription's token refused after a renewal replaced it (this instance had not
         // heard yet, or the request was sent before) says nothing of the account: not reported,
-        // or the renewed token would be taken for refused too.
-        let stale = verdict == health::Verdict::Unauthorized
-            && picked.account.record.oauth.is_some()
-            && crate::oauth::replaced(app, &picked.account.record).await;
+        // or the renewed token would be taken for refused too; and if the renewal landed while
+        // it was reported, the report is taken back.
+        let subscription =
+            verdict == health::Verdict::Unauthorized && picked.account.record.oauth.is_some();
+        let mut stale = subscription && crate::oauth::replaced(app, &picked.account.record).await;
         if !stale {
             scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
                 Ok(answer) => answer.describe(),
                 Err(e) => e.describe(),
             })
             .await;
+            if subscription && crate::oauth::replaced(app, &picked.account.record).await {
+                stale = true;
+                if let Err(e) = app.store().reset_health(picked.account.id()).await {
+                    tracing::warn!(account_id = picked.account.id(), error = %e, "could not take back a refusal of a replaced token");
+                }
+            }
         }
         match verdict {
             health::Verdict::Refused => refused.push(picked.account.id().to_owned()),

@@ -191,6 +191,19 @@ async fn a_token_the_vendor_refuses_is_renewed_and_the_account_serves_again() {
         account(&relay, &id).await["state"]["status"],
         "unauthorized"
     );
+
+    // An admin gives it a token the vendor takes: it serves again at once.
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            Some(json!({ "api_key": "at-elsewhere" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"]["status"], "ok", "{v}");
+    assert_eq!(ask_claude(&relay, &key, false).await.status(), 200);
+    assert_eq!(last_bearer(&mock), "Bearer at-elsewhere");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
