@@ -95,15 +95,16 @@ pub(super) async fn send(
     };
     let sent_at = Instant::now();
     let sent = send_within(app, call, call.method.clone(), url, headers, body);
-    let (mut resp, head_at) = sent.await?;
+    let (mut resp, mut head_at) = sent.await?;
     // A generation the client did not stream went as a stream: its answer is made whole, within
-    // what is left of the answer's time.
+    // what is left of the answer's time (its head comes then, as a JSON answer's would).
     if let (Target::OpenAi { path }, Provider::ChatGpt) = (&call.target, account.record.provider)
         && chatgpt::streams_for_client(path, call.streams)
     {
         let within = Duration::from_secs(app.config.upstream.answer_timeout_secs)
             .saturating_sub(sent_at.elapsed());
         resp = chatgpt::whole_answer(resp, within).await;
+        head_at = Instant::now();
     }
     Ok((take_whole(call, resp).await?, head_at))
 }

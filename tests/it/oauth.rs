@@ -813,3 +813,39 @@ async fn tokens_the_store_did_not_take_are_written_later_without_asking_again() 
     assert_eq!(status, 200, "{v}");
     assert_eq!(tokens.requests()[1]["refresh_token"], "rt-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_made_from_a_stream_comes_when_the_stream_ends() {
+    let codex = MockUpstream::start().await;
+    // 40 ms between the stream's events: the answer is whole only after the last.
+    codex.set_default(Behavior::Slow {
+        usage: MockUsage::new(9, 4),
+        delay: Duration::from_millis(40),
+    });
+    let relay = Relay::start().await;
+    let token = chatgpt_token("ws-1", 3600, 0);
+    chatgpt_account(&relay, &codex, &token, json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let resp = http_client()
+        .post(relay.url("/v1/responses"))
+        .bearer_auth(&key)
+        .json(&json!({ "model": "gpt-5", "input": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["usage"]["output_tokens"], 4);
+    // Its time to first byte is the whole answer's, as for any answer that is not streamed.
+    let events = codex.responses().pop().unwrap();
+    let gaps = events
+        .split(|b| *b == b'\n')
+        .filter(|l| l.starts_with(b"event:"))
+        .count()
+        - 1;
+    let e = &relay.logged(1).await[0];
+    assert!(
+        e["ttfb_ms"].as_u64().unwrap() >= 40 * gaps as u64,
+        "{e} after {gaps} gaps"
+    );
+}
