@@ -218,9 +218,7 @@ impl Catalog {
     pub fn openai_lists(&self, model: &str) -> bool {
         self.accounts().iter().any(|a| {
             a.record.enabled
-                && a.record.provider.protocol() == crate::store::Protocol::OpenAi
-                // The Codex backend serves no chat completion.
-                && a.record.provider != crate::store::Provider::ChatGpt
+                && a.record.provider.serves_openai_api()
                 && !a.models.is_empty()
                 && a.serves(model)
         })

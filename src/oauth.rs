@@ -202,6 +202,16 @@ pub struct Renewer {
 }
 
 impl Renewer {
+    /// Tokens waiting to be written, by account id (a poisoned lock still holds them).
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Issued>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Failures in a row, by account id.
+    fn retries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, u32)>> {
+        self.retry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Has the accounts looked at now rather than at the next check: the vendor refused an
     /// account's token (the request path calls it, so it only signals).
     pub fn wake(&self) {
@@ -216,10 +226,7 @@ impl Renewer {
             Ok((_, grant)) => grant,
             Err(e) => {
                 // Deleted, or its grant taken away: tokens kept for it have nowhere to go.
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
+                self.pending().remove(id);
                 return Err(e);
             }
         };
@@ -248,7 +255,7 @@ impl Renewer {
         .await;
         // Given up for the next renewal to go at once (not while tokens it got wait to be
         // written); a claim left behind lapses by itself.
-        if self.pending_owner(id).is_none()
+        if !self.has_pending(id)
             && let Err(e) = app.store().unclaim(&claim, &owner).await
         {
             tracing::debug!(account_id = %id, error = %e, "could not give up a renewal's claim");
@@ -287,17 +294,12 @@ impl Renewer {
         let before_ms = i64::try_from(app.config.upstream.oauth_refresh_before_secs)
             .unwrap_or(i64::MAX / 2)
             .saturating_mul(1000);
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(id);
-        pending || due(grant, refused, now, before_ms)
+        self.has_pending(id) || due(grant, refused, now, before_ms)
     }
 
     /// Whether a failure that may pass still holds off account `id`'s next try.
     fn waiting(&self, id: &str, now: i64) -> bool {
-        let retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        let retry = self.retries();
         retry.get(id).is_some_and(|(at, _)| now < *at)
     }
 
@@ -311,7 +313,7 @@ impl Renewer {
         if let Some(outcome) = outcome {
             metrics::counter!(crate::metrics::OAUTH_RENEWALS, "outcome" => outcome).increment(1);
         }
-        let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut retry = self.retries();
         match result {
             Err(RenewError::Failed(_) | RenewError::Store(_)) => {
                 let fails = retry.get(id).map_or(0, |(_, n)| *n) + 1;
@@ -374,19 +376,13 @@ impl Renewer {
             Ok(written) => written,
             Err(e) => {
                 // Spent at the endpoint: kept until the store takes them.
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), issued);
+                self.pending().insert(id.clone(), issued);
                 return Err(RenewError::Failed(format!(
                     "the store did not take the new tokens (kept, written at the next try): {e}"
                 )));
             }
         };
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id.as_str());
+        self.pending().remove(id.as_str());
         if !written {
             tracing::warn!(account_id = %id, "the account was given a new grant while its OAuth token was renewed; the renewed token was dropped");
             return Ok(Renewed::Superseded);
@@ -406,18 +402,18 @@ impl Renewer {
 
     /// The claim's owner of the tokens waiting to be written for account `id`, if any.
     fn pending_owner(&self, id: &str) -> Option<String> {
-        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = self.pending();
         pending.get(id).map(|issued| issued.owner.clone())
     }
 
     /// Whether tokens issued for account `id` wait to be written.
     pub fn has_pending(&self, id: &str) -> bool {
-        self.pending_owner(id).is_some()
+        self.pending().contains_key(id)
     }
 
     /// Tokens issued for `grant` and not yet written, if any.
     fn pending_for(&self, id: &str, grant: &OAuthGrant) -> Option<Issued> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending();
         match pending.get(id) {
             Some(issued) if issued.for_grant == grant.sealed_refresh_token => Some(issued.clone()),
             // Issued for a grant the account no longer has.
@@ -490,9 +486,6 @@ impl Renewer {
     }
 }
 
-/// How often a write is made again to a record that changed while it was made.
-const WRITE_ATTEMPTS: usize = 5;
-
 /// Applies `change` to account `id`'s record as the store has it now and writes it over that
 /// read only (`Store::update_account_checked`: an admin's change of another field landing in
 /// between is not lost; the change is made again to it), as long as the record still holds the
@@ -504,7 +497,7 @@ async fn write(
     renewed: &str,
     change: impl Fn(&mut AccountRecord),
 ) -> Result<bool, StoreError> {
-    for _ in 0..WRITE_ATTEMPTS {
+    for _ in 0..crate::store::ACCOUNT_WRITE_ATTEMPTS {
         let Some(mut record) = app.store().account(id).await? else {
             return Ok(false);
         };

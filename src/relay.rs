@@ -387,11 +387,7 @@ impl Future for ReadWhole {
 fn model_list_without_openai_accounts(app: &App) -> Option<serde_json::Value> {
     let accounts = app.catalog.accounts();
     let usable = || accounts.iter().filter(|a| a.record.enabled);
-    // ChatGPT's Codex backend has no model list of the API's.
-    if usable().any(|a| {
-        a.record.provider.protocol() == crate::store::Protocol::OpenAi
-            && a.record.provider != Provider::ChatGpt
-    }) {
+    if usable().any(|a| a.record.provider.serves_openai_api()) {
         return None;
     }
     let mut seen = std::collections::BTreeMap::new();

@@ -103,6 +103,8 @@ async fn pick_from(
     allowed: impl Fn(&Account) -> bool,
 ) -> Result<Picked, ApiError> {
     let accounts = catalog.accounts();
+    // A ChatGPT account takes only the calls its backend serves.
+    let takes_call = |a: &Account| ask.chatgpt || a.record.provider != Provider::ChatGpt;
     let serving: Vec<&Arc<Account>> = accounts
         .iter()
         .filter(|a| {
@@ -112,7 +114,7 @@ async fn pick_from(
                     // Bedrock has Anthropic's model calls, not its other endpoints (the list).
                     None => a.record.provider != Provider::Bedrock,
                 }
-                && (ask.chatgpt || a.record.provider != Provider::ChatGpt)
+                && takes_call(a)
         })
         .filter(|a| allowed(a))
         .collect();
@@ -150,8 +152,7 @@ async fn pick_from(
                 .iter()
                 .filter(|a| {
                     a.record.provider.protocol() == ask.protocol
-                        && (!a.serves(model)
-                            || (!ask.chatgpt && a.record.provider == Provider::ChatGpt))
+                        && (!a.serves(model) || !takes_call(a))
                         && allowed(a)
                         && a.record.enabled
                         && a.record.schedulable

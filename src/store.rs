@@ -190,6 +190,13 @@ impl Provider {
         }
     }
 
+    /// Whether the account serves OpenAI's own API (chat completions, the model list, ...):
+    /// an OpenAI(-compatible) or Azure account, not a ChatGPT subscription, whose backend has
+    /// only Responses calls.
+    pub fn serves_openai_api(self) -> bool {
+        matches!(self, Provider::OpenAi | Provider::AzureOpenAi)
+    }
+
     pub fn protocol(self) -> Protocol {
         match self {
             Provider::Anthropic | Provider::Bedrock => Protocol::Anthropic,
@@ -248,6 +255,10 @@ pub struct AccountRecord {
     #[serde(default)]
     pub revision: u64,
 }
+
+/// How often a writer of an account record (a renewal, an admin's change) makes its change again
+/// to a record that changed since it read it (`Store::update_account_checked` refused).
+pub const ACCOUNT_WRITE_ATTEMPTS: usize = 5;
 
 /// How an account's access token is renewed: the OAuth 2.0 refresh-token grant (RFC 6749 §6)
 /// at the vendor's token endpoint, as the client the tokens were issued to.

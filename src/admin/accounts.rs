@@ -427,7 +427,7 @@ pub async fn patch(
     // Read, changed, written only over the record read (`update_account_checked`): a renewal
     // of the account's token (`crate::oauth`) or another admin's change written meanwhile is
     // not lost; the change is made again to what they wrote.
-    for _ in 0..WRITE_ATTEMPTS {
+    for _ in 0..crate::store::ACCOUNT_WRITE_ATTEMPTS {
         let before = find(app, id).await?;
         let record = apply(app, &before, req.clone()).await?;
         if app
@@ -453,9 +453,6 @@ pub async fn patch(
         "the account kept changing while it was written; try again",
     ))
 }
-
-/// How often a change is made again to a record that changed while it was made.
-const WRITE_ATTEMPTS: usize = 5;
 
 /// `req` applied to `before`.
 async fn apply(

@@ -111,18 +111,18 @@ pub async fn whole_answer(resp: UpstreamResponse, within: Duration) -> UpstreamR
     let mut read = 0usize;
     let mut too_large = false;
     let reading = async {
-        while end.is_none() {
-            let Some(Ok(frame)) = body.frame().await else {
+        let mut ended = false;
+        while end.is_none() && !ended {
+            let chunk = match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => chunk,
+                    Err(_) => continue,
+                },
                 // The stream's end completes an event that was not followed by a blank line.
-                framer.feed(b"\n\n", |event| {
-                    if end.is_none() {
-                        end = final_event(event);
-                    }
-                });
-                break;
-            };
-            let Ok(chunk) = frame.into_data() else {
-                continue;
+                _ => {
+                    ended = true;
+                    Bytes::from_static(b"\n\n")
+                }
             };
             read += chunk.len();
             if read > MAX_WHOLE_BYTES {
