@@ -532,23 +532,20 @@ fn a_chatgpt_subscription_is_added_from_codex_clis_login_file() {
         .to_string(),
     )
     .unwrap();
-    let login_arg = login.to_str().unwrap();
+    let add = [
+        "accounts",
+        "add",
+        "--name",
+        "pro",
+        "--codex-auth",
+        login.to_str().unwrap(),
+    ];
     // An api key in the environment does not stand in the way.
     let account = json_of(
-        &command(
-            dir.path(),
-            &[
-                "accounts",
-                "add",
-                "--name",
-                "pro",
-                "--codex-auth",
-                login_arg,
-            ],
-        )
-        .env("SWITCHYARD_ACCOUNT_API_KEY", "sk-elsewhere")
-        .output()
-        .unwrap(),
+        &command(dir.path(), &add)
+            .env("SWITCHYARD_ACCOUNT_API_KEY", "sk-elsewhere")
+            .output()
+            .unwrap(),
     );
     assert_eq!(account["provider"], "chatgpt");
     assert_eq!(account["base_url"], "https://chatgpt.com/backend-api/codex");
@@ -563,17 +560,7 @@ fn a_chatgpt_subscription_is_added_from_codex_clis_login_file() {
 
     // A login file without a ChatGPT login says so.
     std::fs::write(&login, r#"{"OPENAI_API_KEY": "sk-x", "tokens": null}"#).unwrap();
-    let out = switchyard(
-        dir.path(),
-        &[
-            "accounts",
-            "add",
-            "--name",
-            "pro",
-            "--codex-auth",
-            login_arg,
-        ],
-    );
+    let out = switchyard(dir.path(), &add);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no tokens.access_token"),

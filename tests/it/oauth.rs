@@ -67,6 +67,21 @@ fn last_bearer(mock: &MockUpstream) -> String {
     sent.header("authorization").unwrap_or_default().to_owned()
 }
 
+/// An Anthropic account on `mock` holding `at-0` and the endpoint's grant, its token expiring
+/// in `minutes`.
+async fn subscribed(
+    relay: &Relay,
+    mock: &MockUpstream,
+    tokens: &TokenEndpoint,
+    minutes: i64,
+) -> String {
+    let mut grant = tokens.grant();
+    grant["expires_at"] = json!(in_minutes(minutes));
+    relay
+        .add_account(mock, "at-0", json!({ "oauth": grant }))
+        .await
+}
+
 fn in_minutes(minutes: i64) -> String {
     (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(minutes)).to_string()
 }
@@ -79,11 +94,7 @@ async fn an_expiring_token_is_renewed_once_and_the_rotated_refresh_token_is_kept
     let (tmp, id) = {
         let relay = relay().await;
         // Five minutes left: within the ten before expiry when renewals happen.
-        let mut grant = tokens.grant();
-        grant["expires_at"] = json!(in_minutes(5));
-        let id = relay
-            .add_account(&mock, "at-0", json!({ "oauth": grant }))
-            .await;
+        let id = subscribed(&relay, &mock, &tokens, 5).await;
         let (_, key) = relay.create_key("k").await;
         renewed(&tokens, &relay, &id, 1).await;
 
@@ -156,11 +167,7 @@ async fn a_token_the_vendor_refuses_is_renewed_and_the_account_serves_again() {
     tokens.serve_for(&mock, "at-1");
     // Checks a minute apart: the refusal itself has the token renewed at once.
     let relay = Relay::start_configured(|c| c.upstream.oauth_check_ms = 60_000).await;
-    let mut grant = tokens.grant();
-    grant["expires_at"] = json!(in_minutes(600));
-    let id = relay
-        .add_account(&mock, "at-0", json!({ "oauth": grant }))
-        .await;
+    let id = subscribed(&relay, &mock, &tokens, 600).await;
     let (_, key) = relay.create_key("k").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(tokens.granted(), 0, "not due: hours left");
@@ -619,11 +626,7 @@ async fn admin_changes_racing_renewals_keep_the_renewed_tokens() {
     let mock = MockUpstream::start().await;
     let tokens = TokenEndpoint::start().await;
     let relay = Relay::start_configured(|c| c.upstream.oauth_check_ms = 60_000).await;
-    let mut grant = tokens.grant();
-    grant["expires_at"] = json!(in_minutes(600));
-    let id = relay
-        .add_account(&mock, "at-0", json!({ "oauth": grant }))
-        .await;
+    let id = subscribed(&relay, &mock, &tokens, 600).await;
     let path = format!("/admin/accounts/{id}");
     let refresh = format!("/admin/accounts/{id}/refresh");
     // Each change reads the record, then writes it: a renewal in between must not be written
@@ -743,11 +746,7 @@ async fn a_refusal_of_a_token_already_replaced_leaves_the_account_alone() {
     let mock = MockUpstream::start().await;
     let tokens = TokenEndpoint::start().await;
     let relay = relay().await;
-    let mut grant = tokens.grant();
-    grant["expires_at"] = json!(in_minutes(600));
-    let id = relay
-        .add_account(&mock, "at-0", json!({ "oauth": grant }))
-        .await;
+    let id = subscribed(&relay, &mock, &tokens, 600).await;
     let (_, key) = relay.create_key("k").await;
     // Another instance renewed the token after a refusal (this one has not heard yet): the
     // vendor now takes only the new one.
@@ -788,11 +787,7 @@ async fn tokens_the_store_did_not_take_are_written_later_without_asking_again() 
     let mock = MockUpstream::start().await;
     let tokens = TokenEndpoint::start().await;
     tokens.serve_for(&mock, "at-0");
-    let mut grant = tokens.grant();
-    grant["expires_at"] = json!(in_minutes(600));
-    let id = relay
-        .add_account(&mock, "at-0", json!({ "oauth": grant }))
-        .await;
+    let id = subscribed(&relay, &mock, &tokens, 600).await;
     let refresh = format!("/admin/accounts/{id}/refresh");
     // The endpoint answers (spending rt-0), then the store fails to take the tokens.
     faults.fail_next_account_write();
