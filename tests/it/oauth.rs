@@ -61,6 +61,13 @@ async fn ask_claude(relay: &Relay, key: &str, stream: bool) -> reqwest::Response
         .unwrap()
 }
 
+/// A `POST /v1/responses` with `key`, its body to come.
+fn responses_call(relay: &Relay, key: &str) -> reqwest::RequestBuilder {
+    http_client()
+        .post(relay.url("/v1/responses"))
+        .bearer_auth(key)
+}
+
 /// The credential of the last request `mock` received.
 fn last_bearer(mock: &MockUpstream) -> String {
     let sent = mock.requests().pop().unwrap();
@@ -397,10 +404,7 @@ async fn codex_cli_is_served_by_a_chatgpt_subscription() {
         .find(|c| c.path == "/v1/responses")
         .unwrap();
     let raw = serde_json::to_vec(&c.body.clone().unwrap()).unwrap();
-    let mut req = http_client()
-        .post(relay.url("/v1/responses"))
-        .bearer_auth(&key)
-        .body(raw.clone());
+    let mut req = responses_call(&relay, &key).body(raw.clone());
     for (name, value) in &c.headers {
         let lower = name.to_ascii_lowercase();
         if !["host", "authorization", "content-length", "accept-encoding"].contains(&lower.as_str())
@@ -465,9 +469,7 @@ async fn chatgpt_accounts_serve_responses_only_and_answer_json_from_the_stream()
     let id = chatgpt_account(&relay, &codex, &token, json!({ "priority": 10 })).await;
     let (_, key) = relay.create_key("k").await;
     let responses = |stream: bool| {
-        http_client()
-            .post(relay.url("/v1/responses"))
-            .bearer_auth(&key)
+        responses_call(&relay, &key)
             // Apart from each other: the same first message would be one session, bound to
             // the account of its first answer.
             .json(
@@ -570,9 +572,7 @@ async fn a_spent_chatgpt_window_rests_the_account_until_its_reset() {
         headers: Vec::new(),
     });
     let responses = || {
-        http_client()
-            .post(relay.url("/v1/responses"))
-            .bearer_auth(&key)
+        responses_call(&relay, &key)
             .json(&json!({ "model": "gpt-5", "input": "hi", "stream": true, "store": false }))
     };
     // The spent window fails over to the API account, and the subscription rests until it resets.
@@ -603,9 +603,7 @@ async fn a_chatgpt_token_is_renewed_with_its_grant() {
     let id = chatgpt_account(&relay, &codex, &first, json!({ "oauth": tokens.grant() })).await;
     renewed(&tokens, &relay, &id, 1).await;
     let (_, key) = relay.create_key("k").await;
-    let resp = http_client()
-        .post(relay.url("/v1/responses"))
-        .bearer_auth(&key)
+    let resp = responses_call(&relay, &key)
         .json(&json!({ "model": "gpt-5", "input": "hi", "stream": true, "store": false }))
         .send()
         .await
@@ -671,9 +669,7 @@ async fn a_session_on_a_chatgpt_account_keeps_it_across_calls_it_does_not_serve(
     chatgpt_account(&relay, &codex, &token, json!({ "priority": 50 })).await;
     let (_, key) = relay.create_key("k").await;
     let responses = || {
-        http_client()
-            .post(relay.url("/v1/responses"))
-            .bearer_auth(&key)
+        responses_call(&relay, &key)
             .header("x-session-id", "s-1")
             .json(&json!({ "model": "gpt-5", "input": "hi", "stream": true, "store": false }))
     };
@@ -821,9 +817,7 @@ async fn a_json_answer_made_from_a_stream_comes_when_the_stream_ends() {
     let token = chatgpt_token("ws-1", 3600, 0);
     chatgpt_account(&relay, &codex, &token, json!({})).await;
     let (_, key) = relay.create_key("k").await;
-    let resp = http_client()
-        .post(relay.url("/v1/responses"))
-        .bearer_auth(&key)
+    let resp = responses_call(&relay, &key)
         .json(&json!({ "model": "gpt-5", "input": "hi" }))
         .send()
         .await
