@@ -67,6 +67,12 @@ pub(super) async fn send(
     let Some((url, headers)) = request_for(call, client, account) else {
         return Err(SendError::Mismatch(account.record.provider));
     };
+    // A generation the client did not stream, for the Codex backend, which answers only as a
+    // stream: it goes as one, and its answer is made whole.
+    let made_whole = matches!(
+        (&call.target, account.record.provider),
+        (Target::OpenAi { path }, Provider::ChatGpt) if chatgpt::streams_for_client(path, call.streams)
+    );
     let body = match (&call.respond, &call.target, account.record.provider) {
         // Azure api-versions before 2024-09 refuse `stream_options`: such an account gets the
         // client's body as it was (its stream then carries no usage to bill).
@@ -82,13 +88,12 @@ pub(super) async fn send(
         }
         // The Codex backend keeps nothing (it refuses a request that asks it to), and answers
         // only as a stream.
-        (_, Target::OpenAi { path }, Provider::ChatGpt) => {
+        (_, _, Provider::ChatGpt) => {
             let stores = matches!(
                 call.usage,
                 Some(UsageKind::OpenAiResponses { stored: true })
             );
-            let to_stream = chatgpt::streams_for_client(path, call.streams);
-            chatgpt::request_body(&call.body, stores, to_stream)
+            chatgpt::request_body(&call.body, stores, made_whole)
                 .unwrap_or_else(|| call.body.clone())
         }
         _ => call.body.clone(),
@@ -96,11 +101,9 @@ pub(super) async fn send(
     let sent_at = Instant::now();
     let sent = send_within(app, call, call.method.clone(), url, headers, body);
     let (mut resp, mut head_at) = sent.await?;
-    // A generation the client did not stream went as a stream: its answer is made whole, within
-    // what is left of the answer's time (its head comes then, as a JSON answer's would).
-    if let (Target::OpenAi { path }, Provider::ChatGpt) = (&call.target, account.record.provider)
-        && chatgpt::streams_for_client(path, call.streams)
-    {
+    // Made whole within what is left of the answer's time (its head comes then, as a JSON
+    // answer's would).
+    if made_whole {
         let within = Duration::from_secs(app.config.upstream.answer_timeout_secs)
             .saturating_sub(sent_at.elapsed());
         resp = chatgpt::whole_answer(resp, within).await;
