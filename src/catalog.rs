@@ -25,9 +25,11 @@ pub struct Account {
     /// The upstream credential, marked sensitive so it never shows in debug output.
     pub api_key: HeaderValue,
     /// An Anthropic account whose credential is an OAuth token of a Claude subscription
-    /// (`sk-ant-oat…`, as `claude setup-token` makes): `Bearer <token>`, sent in place of
-    /// `x-api-key`.
+    /// (`sk-ant-oat…`, as `claude setup-token` makes), or a Code Assist account's Google access
+    /// token: `Bearer <token>`, sent in place of `x-api-key`.
     pub oauth_bearer: Option<HeaderValue>,
+    /// A Code Assist account's project, when the API gave it (`providers::code_assist::project`).
+    pub code_assist_project: tokio::sync::OnceCell<String>,
     /// A ChatGPT account's `chatgpt-account-id`: the workspace its access token was issued for.
     pub chatgpt_account: Option<HeaderValue>,
     /// A Bedrock account's models that refused a beta the client named: their requests go
@@ -50,15 +52,20 @@ impl Account {
     /// value or a model glob no longer compiles (globs are validated when written: such an
     /// account serves nothing rather than everything).
     pub fn new(record: AccountRecord, api_key: &str) -> Option<Account> {
-        let oauth_bearer = match record.provider {
-            crate::store::Provider::Anthropic
-                if api_key.starts_with(OAUTH_TOKEN_PREFIX) || record.oauth.is_some() =>
-            {
-                let mut bearer = HeaderValue::from_str(&format!("Bearer {api_key}")).ok()?;
-                bearer.set_sensitive(true);
-                Some(bearer)
+        // A Claude subscription's token, or a Google login's (always a bearer token).
+        let bearer = match record.provider {
+            crate::store::Provider::Anthropic => {
+                api_key.starts_with(OAUTH_TOKEN_PREFIX) || record.oauth.is_some()
             }
-            _ => None,
+            crate::store::Provider::CodeAssist => true,
+            _ => false,
+        };
+        let oauth_bearer = if bearer {
+            let mut bearer = HeaderValue::from_str(&format!("Bearer {api_key}")).ok()?;
+            bearer.set_sensitive(true);
+            Some(bearer)
+        } else {
+            None
         };
         let chatgpt_account = match record.provider {
             crate::store::Provider::ChatGpt => crate::providers::chatgpt::account_id(api_key)
@@ -79,6 +86,7 @@ impl Account {
             oauth_bearer,
             chatgpt_account,
             refuses_betas: dashmap::DashSet::new(),
+            code_assist_project: tokio::sync::OnceCell::new(),
             models,
         })
     }

@@ -64,6 +64,11 @@ pub fn jwt_expiry_ms(token: &str) -> Option<i64> {
     (exp.is_finite() && exp > 0.0).then_some((exp * 1000.0) as i64)
 }
 
+/// The associated data a grant's client secret is sealed under (see [`refresh_aad`]).
+pub fn client_secret_aad(account_id: &str) -> String {
+    format!("{account_id}/oauth-client-secret")
+}
+
 /// The claims of a JWT (its payload), unverified.
 pub fn jwt_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     let mut parts = token.split('.');
@@ -442,7 +447,15 @@ impl Renewer {
                     "the sealed refresh token cannot be opened (the master key changed?)".into(),
                 )
             })?;
-        let answer = request_tokens(app, grant, &refresh_token).await?;
+        let client_secret = match &grant.sealed_client_secret {
+            Some(sealed) => Some(master.open(&client_secret_aad(id), sealed).map_err(|_| {
+                RenewError::Refused(
+                    "the sealed client secret cannot be opened (the master key changed?)".into(),
+                )
+            })?),
+            None => None,
+        };
+        let answer = request_tokens(app, grant, &refresh_token, client_secret.as_deref()).await?;
         let at = app.clock.now_ms();
         let seal = |aad: &str, plain: &str| {
             master
@@ -542,31 +555,52 @@ async fn refused_at(app: &App, id: &str, now: i64) -> Result<Option<i64>, StoreE
     Ok((health.status_at(now) == Status::Unauthorized).then_some(health.last_error_at))
 }
 
-/// The refresh-token grant at `grant.token_url`.
+/// The refresh-token grant at `grant.token_url`: as JSON, as the CLIs whose public clients
+/// these grants are send it; with a client secret (Google's installed apps), as the form of
+/// RFC 6749 §2.3.1 and §6, which Google's endpoint takes.
 async fn request_tokens(
     app: &App,
     grant: &OAuthGrant,
     refresh_token: &str,
+    client_secret: Option<&str>,
 ) -> Result<Tokens, RenewError> {
-    let mut body = serde_json::json!({
-        "grant_type": "refresh_token",
-        "refresh_token": refresh_token,
-        "client_id": grant.client_id,
-    });
-    if let Some(scope) = &grant.scope {
-        body["scope"] = serde_json::Value::String(scope.clone());
+    let mut fields = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", grant.client_id.as_str()),
+    ];
+    if let Some(secret) = client_secret {
+        fields.push(("client_secret", secret));
     }
+    if let Some(scope) = &grant.scope {
+        fields.push(("scope", scope.as_str()));
+    }
+    let (content_type, body) = match client_secret {
+        Some(_) => (
+            "application/x-www-form-urlencoded",
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&fields)
+                .finish(),
+        ),
+        None => {
+            let object: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                .collect();
+            (
+                "application/json",
+                serde_json::Value::Object(object).to_string(),
+            )
+        }
+    };
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     let send = app.http().send(
         http::Method::POST,
         grant.token_url.clone(),
         headers,
-        Bytes::from(body.to_string()),
+        Bytes::from(body),
     );
     let resp = match tokio::time::timeout(TOKEN_TIMEOUT, send).await {
         Ok(Ok(resp)) => resp,
@@ -584,16 +618,20 @@ async fn request_tokens(
     let body =
         crate::upstream_client::read_capped(resp.into_body(), MAX_ANSWER_BYTES, TOKEN_BODY_TIMEOUT)
             .await;
-    judge(status, &body, refresh_token)
+    judge(status, &body, &[Some(refresh_token), client_secret])
 }
 
 /// A token endpoint's answer: the tokens, or why not. A 400 or 401 that names an OAuth error
 /// (RFC 6749 §5.2's `error`: `invalid_grant`, `invalid_client`, ...; OpenAI's auth server nests
 /// it as `{"error": {"code", "message"}}`) refuses the grant for good; anything else may pass
 /// (a proxy's or firewall's page, a 403, a 5xx). The reason is logged and shown to admins: one
-/// that quotes `secret` (the refresh token sent: an endpoint or proxy echoing the request) is
-/// not quoted.
-fn judge(status: http::StatusCode, body: &[u8], secret: &str) -> Result<Tokens, RenewError> {
+/// that quotes one of `secrets` (the refresh token or client secret sent: an endpoint or proxy
+/// echoing the request) is not quoted.
+fn judge(
+    status: http::StatusCode,
+    body: &[u8],
+    secrets: &[Option<&str>],
+) -> Result<Tokens, RenewError> {
     if status.is_success() {
         return Tokens::read(body).ok_or_else(|| {
             RenewError::Failed(format!(
@@ -618,9 +656,12 @@ fn judge(status: http::StatusCode, body: &[u8], secret: &str) -> Result<Tokens, 
             String::from_utf8_lossy(&body[..body.len().min(200)])
         ),
     };
-    let quoted = secret.get(..secret.len().min(12)).unwrap_or(secret);
-    let reason = if !quoted.is_empty() && reason.contains(quoted) {
-        format!("{status}: an answer that quotes the refresh token (left out)")
+    let quotes = |secret: &str| {
+        let start = secret.get(..secret.len().min(12)).unwrap_or(secret);
+        !start.is_empty() && reason.contains(start)
+    };
+    let reason = if secrets.iter().flatten().any(|s| quotes(s)) {
+        format!("{status}: an answer that quotes a secret of the grant (left out)")
     } else {
         reason
     };
@@ -687,6 +728,7 @@ mod tests {
         OAuthGrant {
             token_url: "https://auth.example.com/oauth/token".into(),
             client_id: "client".into(),
+            sealed_client_secret: None,
             sealed_refresh_token: "sealed".into(),
             expires_at,
             refreshed_at,
@@ -720,11 +762,15 @@ mod tests {
     }
 
     fn judge_(status: http::StatusCode, body: &[u8]) -> Result<Tokens, RenewError> {
-        judge(status, body, "rt-secret-0123456789")
+        judge(
+            status,
+            body,
+            &[Some("rt-secret-0123456789"), Some("cs-secret-abc")],
+        )
     }
 
     #[test]
-    fn a_reason_that_quotes_the_refresh_token_is_not_quoted() {
+    fn a_reason_that_quotes_a_secret_of_the_grant_is_not_quoted() {
         let echo = judge_(
             http::StatusCode::BAD_GATEWAY,
             br#"<html>upstream said no to refresh_token=rt-secret-0123456789</html>"#,
@@ -741,6 +787,12 @@ mod tests {
             br#"{"error":"invalid_grant","error_description":"rt-secret-0123456789 is spent"}"#,
         );
         assert!(matches!(described, Err(RenewError::Refused(why)) if !why.contains("rt-secret")));
+        // The client secret (Google's grants) neither.
+        let client = judge_(
+            http::StatusCode::UNAUTHORIZED,
+            br#"{"error":"invalid_client","error_description":"client_secret=cs-secret-abc is wrong"}"#,
+        );
+        assert!(matches!(client, Err(RenewError::Refused(why)) if !why.contains("cs-secret")));
     }
 
     fn refused(result: Result<Tokens, RenewError>) -> Option<String> {

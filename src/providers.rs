@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod chatgpt;
+pub mod code_assist;
 pub mod gemini;
 pub mod openai;
 

@@ -55,6 +55,9 @@ pub struct Ask<'a> {
     /// ChatGPT accounts may serve the call (`providers::chatgpt::serves`): they are offered for
     /// no other.
     pub chatgpt: bool,
+    /// Code Assist accounts may serve the call (`providers::code_assist::serves`): they are
+    /// offered for no other.
+    pub code_assist: bool,
     /// An earlier attempt of this request bound the session (it had none, or it moved): the
     /// binding follows the request to the account that serves it, whatever
     /// `scheduler.sticky_overflow` says (an escape would leave a new session bound to the
@@ -103,8 +106,12 @@ async fn pick_from(
     allowed: impl Fn(&Account) -> bool,
 ) -> Result<Picked, ApiError> {
     let accounts = catalog.accounts();
-    // A ChatGPT account takes only the calls its backend serves.
-    let takes_call = |a: &Account| ask.chatgpt || a.record.provider != Provider::ChatGpt;
+    // A ChatGPT or Code Assist account takes only the calls its backend serves.
+    let takes_call = |a: &Account| match a.record.provider {
+        Provider::ChatGpt => ask.chatgpt,
+        Provider::CodeAssist => ask.code_assist,
+        _ => true,
+    };
     let serving: Vec<&Arc<Account>> = accounts
         .iter()
         .filter(|a| {

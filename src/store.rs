@@ -168,6 +168,10 @@ pub enum Provider {
     /// (`providers::chatgpt`).
     #[serde(rename = "chatgpt")]
     ChatGpt,
+    /// A Google login (Gemini CLI's "Login with Google": Gemini Code Assist, Google AI Pro and
+    /// Ultra) through the Code Assist API: Gemini's generation calls only
+    /// (`providers::code_assist`).
+    CodeAssist,
 }
 
 /// The wire protocol an account speaks: which requests it can serve.
@@ -187,6 +191,7 @@ impl Provider {
             Provider::Gemini => "gemini",
             Provider::Bedrock => "bedrock",
             Provider::ChatGpt => "chatgpt",
+            Provider::CodeAssist => "code-assist",
         }
     }
 
@@ -201,7 +206,7 @@ impl Provider {
         match self {
             Provider::Anthropic | Provider::Bedrock => Protocol::Anthropic,
             Provider::OpenAi | Provider::AzureOpenAi | Provider::ChatGpt => Protocol::OpenAi,
-            Provider::Gemini => Protocol::Gemini,
+            Provider::Gemini | Provider::CodeAssist => Protocol::Gemini,
         }
     }
 }
@@ -245,6 +250,10 @@ pub struct AccountRecord {
     /// key, sent as a bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_access_key_id: Option<String>,
+    /// Code Assist: the Google Cloud project its calls are made for; unset, the one the Code
+    /// Assist API gives the login (`providers::code_assist::project`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// A subscription account's OAuth grant: the sealed api key is then its access token, which
     /// the relay renews with the refresh token before it expires (`crate::oauth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,6 +277,10 @@ pub struct OAuthGrant {
     pub token_url: String,
     /// The OAuth client the tokens were issued to (the CLI that logged in).
     pub client_id: String,
+    /// The client's secret, for endpoints that want one (Google's, of an installed app's
+    /// client), sealed under `oauth::client_secret_aad`; with it, renewals are sent as a form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_client_secret: Option<String>,
     /// The refresh token sealed by `crypto::MasterKey::seal` under `oauth::refresh_aad` (never
     /// the plain text). A vendor that rotates refresh tokens gets the new one kept here.
     pub sealed_refresh_token: String,

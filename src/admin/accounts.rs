@@ -44,6 +44,8 @@ pub struct CreateAccount {
     region: Option<String>,
     /// Bedrock only: sign with this access key id and the api key as its secret.
     aws_access_key_id: Option<String>,
+    /// Code Assist only: the Google Cloud project calls are made for.
+    project: Option<String>,
     /// A subscription's OAuth grant: the api key is its access token, renewed with it.
     oauth: Option<OAuthInput>,
 }
@@ -56,6 +58,8 @@ pub struct OAuthInput {
     refresh_token: String,
     token_url: String,
     client_id: String,
+    /// The client's secret, for endpoints that want one (Google's).
+    client_secret: Option<String>,
     /// When the access token expires; unset, read from the token when it is a JWT, else the
     /// token is renewed at once (which also tells when the next one expires).
     expires_at: Option<jiff::Timestamp>,
@@ -85,6 +89,9 @@ pub struct PatchAccount {
     /// `null` turns signing off: the api key is then a Bedrock API key.
     #[serde(default, deserialize_with = "nullable")]
     aws_access_key_id: Option<Option<String>>,
+    /// `null`: the project the Code Assist API gives the login.
+    #[serde(default, deserialize_with = "nullable")]
+    project: Option<Option<String>>,
     /// A new grant; `null` takes it away (the api key is then used until it expires).
     #[serde(default, deserialize_with = "nullable")]
     oauth: Option<Option<OAuthInput>>,
@@ -120,6 +127,7 @@ fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         "deployments": account.deployments,
         "region": account.region,
         "aws_access_key_id": account.aws_access_key_id,
+        "project": account.project,
         "oauth": account.oauth.as_ref().map(|g| json!({
             "token_url": g.token_url,
             "client_id": g.client_id,
@@ -150,6 +158,7 @@ fn default_base_url(provider: Provider, region: Option<&str>) -> Result<String, 
         Provider::OpenAi => Ok(providers::openai::DEFAULT_BASE_URL.to_owned()),
         Provider::Gemini => Ok(providers::gemini::DEFAULT_BASE_URL.to_owned()),
         Provider::ChatGpt => Ok(providers::chatgpt::DEFAULT_BASE_URL.to_owned()),
+        Provider::CodeAssist => Ok(providers::code_assist::DEFAULT_BASE_URL.to_owned()),
         Provider::Bedrock => Ok(providers::bedrock::default_base_url(
             region.unwrap_or_default(),
         )),
@@ -165,10 +174,12 @@ struct VendorFields {
     deployments: BTreeMap<String, String>,
     region: Option<String>,
     aws_access_key_id: Option<String>,
+    project: Option<String>,
 }
 
 /// Azure needs an api-version and may name deployments; Bedrock needs a region and may name
-/// model ids and an access key id; the other providers take none of these.
+/// model ids and an access key id; Code Assist may name a project; the other providers take
+/// none of these.
 fn valid_vendor(provider: Provider, mut f: VendorFields) -> Result<VendorFields, ApiError> {
     let azure = provider == Provider::AzureOpenAi;
     let bedrock = provider == Provider::Bedrock;
@@ -186,6 +197,22 @@ fn valid_vendor(provider: Provider, mut f: VendorFields) -> Result<VendorFields,
         return Err(ApiError::invalid(
             "region and aws_access_key_id are for bedrock accounts only",
         ));
+    }
+    if let Some(project) = &f.project {
+        if provider != Provider::CodeAssist {
+            return Err(ApiError::invalid(
+                "project is for code-assist accounts only",
+            ));
+        }
+        let valid = (1..=128).contains(&project.len())
+            && project
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !valid {
+            return Err(ApiError::invalid(
+                "project: a Google Cloud project id (letters, digits, `-`, `_`, `.`, `:`)",
+            ));
+        }
     }
     if azure {
         f.api_version
@@ -298,9 +325,12 @@ fn grant(
     input: OAuthInput,
     api_key: &str,
 ) -> Result<OAuthGrant, ApiError> {
-    if !matches!(provider, Provider::Anthropic | Provider::ChatGpt) {
+    if !matches!(
+        provider,
+        Provider::Anthropic | Provider::ChatGpt | Provider::CodeAssist
+    ) {
         return Err(ApiError::invalid(
-            "oauth: for subscription accounts only (anthropic, chatgpt)",
+            "oauth: for subscription accounts only (anthropic, chatgpt, code-assist)",
         ));
     }
     let token_url = valid_base_url(&input.token_url)
@@ -319,14 +349,28 @@ fn grant(
             "oauth.refresh_token: must be a non-empty string of visible ASCII characters",
         )
     })?;
-    let sealed_refresh_token = app
-        .catalog
-        .master_key()
+    let master = app.catalog.master_key();
+    let sealed_refresh_token = master
         .seal(&oauth::refresh_aad(id), &refresh_token)
         .map_err(|_| ApiError::internal("could not seal the refresh token"))?;
+    let sealed_client_secret = match input.client_secret.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(secret) => {
+            if http::HeaderValue::from_str(secret).is_err() {
+                return Err(ApiError::invalid(
+                    "oauth.client_secret: visible ASCII characters",
+                ));
+            }
+            let sealed = master
+                .seal(&oauth::client_secret_aad(id), secret)
+                .map_err(|_| ApiError::internal("could not seal the client secret"))?;
+            Some(sealed)
+        }
+    };
     Ok(OAuthGrant {
         token_url,
         client_id: client_id.to_owned(),
+        sealed_client_secret,
         sealed_refresh_token,
         expires_at: match input.expires_at {
             Some(at) => at.as_millisecond(),
@@ -348,6 +392,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
             deployments: req.deployments,
             region: req.region,
             aws_access_key_id: req.aws_access_key_id,
+            project: req.project.filter(|p| !p.trim().is_empty()),
         },
     )?;
     let base_url = match &req.base_url {
@@ -375,6 +420,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         deployments: vendor.deployments,
         region: vendor.region,
         aws_access_key_id: vendor.aws_access_key_id,
+        project: vendor.project,
         oauth,
         created_at: now_ms(),
         revision: 0,
@@ -547,12 +593,17 @@ async fn apply(
             aws_access_key_id: req
                 .aws_access_key_id
                 .unwrap_or(record.aws_access_key_id.take()),
+            project: req
+                .project
+                .unwrap_or(record.project.take())
+                .filter(|p| !p.trim().is_empty()),
         },
     )?;
     record.api_version = vendor.api_version;
     record.deployments = vendor.deployments;
     record.region = vendor.region;
     record.aws_access_key_id = vendor.aws_access_key_id;
+    record.project = vendor.project;
     if default_endpoint && record.base_url == before.base_url {
         record.base_url =
             providers::bedrock::default_base_url(record.region.as_deref().unwrap_or_default());

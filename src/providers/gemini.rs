@@ -40,6 +40,13 @@ pub fn upstream_query(query: &str) -> String {
 /// usage out of the answer, `x-goog-user-project` bill another project …): of the `x-goog-*`
 /// headers only the SDK's `x-goog-api-client` goes.
 pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
+    let mut headers = client_headers(client);
+    headers.insert("x-goog-api-key", account.api_key.clone());
+    headers
+}
+
+/// The client's headers that go to Google, without a credential.
+pub fn client_headers(client: &HeaderMap) -> HeaderMap {
     let mut headers = super::forward_headers(client);
     let system: Vec<http::HeaderName> = headers
         .keys()
@@ -49,7 +56,6 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
     for name in system {
         headers.remove(name);
     }
-    headers.insert("x-goog-api-key", account.api_key.clone());
     headers
 }
 

@@ -81,6 +81,8 @@ pub(crate) async fn attempts(
             rebind,
             chatgpt: matches!(&call.target, super::call::Target::OpenAi { path }
                 if crate::providers::chatgpt::serves(path)),
+            code_assist: matches!(&call.target, super::call::Target::Gemini { path, .. }
+                if crate::providers::code_assist::serves(path)),
         };
         let picked = match scheduler::pick(&app.catalog, policy, &ask, key_lease).await {
             Ok(picked) => picked,

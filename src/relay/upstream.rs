@@ -12,7 +12,7 @@ use crate::body::Body;
 use crate::catalog::Account;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics as m;
-use crate::providers::{self, anthropic, azure, bedrock, chatgpt, gemini, openai};
+use crate::providers::{self, anthropic, azure, bedrock, chatgpt, code_assist, gemini, openai};
 use crate::scheduler::health::Outcome;
 use crate::store::Provider;
 use crate::upstream_client::{UpstreamError, UpstreamResponse, read_capped};
@@ -61,8 +61,10 @@ pub(super) async fn send(
     client: &http::HeaderMap,
     account: &Account,
 ) -> Result<(UpstreamResponse, Instant), SendError> {
-    if account.record.provider == Provider::Bedrock {
-        return send_bedrock(app, call, client, account).await;
+    match account.record.provider {
+        Provider::Bedrock => return send_bedrock(app, call, client, account).await,
+        Provider::CodeAssist => return send_code_assist(app, call, client, account).await,
+        _ => {}
     }
     let Some((url, headers)) = request_for(call, client, account) else {
         return Err(SendError::Mismatch(account.record.provider));
@@ -186,6 +188,45 @@ async fn send_bedrock(
         }
         return Ok((take_whole(call, resp).await?, head_at));
     }
+}
+
+/// [`send`] to a Code Assist account: the Gemini call wrapped for the Code Assist API, for the
+/// login's project, and its answer unwrapped (`providers::code_assist`) before anything reads
+/// it. An answer refusing the project's setup is the attempt's answer (a 401 is the token's).
+async fn send_code_assist(
+    app: &App,
+    call: &Call,
+    client: &http::HeaderMap,
+    account: &Account,
+) -> Result<(UpstreamResponse, Instant), SendError> {
+    let op = match &call.target {
+        Target::Gemini { path, .. } => code_assist::Op::of(path),
+        _ => None,
+    };
+    let Some((model, op)) = op else {
+        return Err(SendError::Mismatch(account.record.provider));
+    };
+    let project = match code_assist::project(app, account).await {
+        Ok(project) => project,
+        Err(code_assist::Setup::Answer(resp)) => return Ok((resp, Instant::now())),
+        Err(code_assist::Setup::Failed(why)) => {
+            return Err(SendError::Unfinished {
+                why,
+                timed_out: false,
+            });
+        }
+    };
+    let body = code_assist::request_body(&call.body, model, op, &project)
+        .unwrap_or_else(|| call.body.clone());
+    let url = code_assist::upstream_url(account, op);
+    let headers = code_assist::upstream_headers(client, account);
+    let sent = send_within(app, call, http::Method::POST, url, headers, body);
+    let (resp, head_at) = sent.await?;
+    let client_sse = call.query.as_deref().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "alt" && v == "sse")
+    });
+    let resp = code_assist::answer(resp, op, client_sse);
+    Ok((take_whole(call, resp).await?, head_at))
 }
 
 /// Reads a successful answer whole, and hands it on as a response with that body in memory.

@@ -198,6 +198,7 @@ fn account(id: &str, created_at: i64) -> AccountRecord {
         deployments: Default::default(),
         region: None,
         aws_access_key_id: None,
+        project: None,
         oauth: None,
         revision: 0,
         created_at,

@@ -30,6 +30,7 @@ fn account(access_key_id: Option<&str>, deployments: &[(&str, &str)]) -> Account
             .collect::<BTreeMap<_, _>>(),
         region: Some("us-west-2".into()),
         aws_access_key_id: access_key_id.map(str::to_owned),
+        project: None,
         oauth: None,
         revision: 0,
         created_at: 0,
