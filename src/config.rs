@@ -19,11 +19,12 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// A tracing filter that overrides `log.level` (src/logging.rs); checked with the options.
 pub const LOG_FILTER_ENV: &str = "SWITCHYARD_LOG";
 /// Environment variables with the prefix that are not options: the config file, the log filter,
-/// and the CLI's `accounts add --api-key` (kept out of the shell history).
+/// and the CLI's `accounts add --api-key` and `--client-secret` (kept out of the shell history).
 const ENV_NOT_OPTIONS: &[&str] = &[
     "SWITCHYARD_CONFIG",
     LOG_FILTER_ENV,
     "SWITCHYARD_ACCOUNT_API_KEY",
+    "SWITCHYARD_OAUTH_CLIENT_SECRET",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -104,8 +104,9 @@ enum AccountsCommand {
         #[arg(long)]
         name: String,
         /// anthropic, openai (or any OpenAI-compatible vendor), azure-openai, gemini, bedrock,
-        /// chatgpt (a ChatGPT subscription, through the Codex backend). Default: anthropic, or
-        /// chatgpt with --codex-auth.
+        /// chatgpt (a ChatGPT subscription, through the Codex backend), code-assist (a Google
+        /// login, through the Code Assist API). Default: anthropic, chatgpt with --codex-auth,
+        /// code-assist with --gemini-auth.
         #[arg(long)]
         provider: Option<String>,
         /// The account's API key, or a subscription's access token (or set
@@ -114,7 +115,7 @@ enum AccountsCommand {
             long,
             env = "SWITCHYARD_ACCOUNT_API_KEY",
             hide_env_values = true,
-            required_unless_present = "codex_auth"
+            required_unless_present_any = ["codex_auth", "gemini_auth"]
         )]
         api_key: Option<String>,
         /// A subscription's OAuth refresh token, which renews the access token; with
@@ -125,16 +126,30 @@ enum AccountsCommand {
         #[arg(long, requires = "refresh_token")]
         token_url: Option<String>,
         /// The OAuth client the tokens were issued to (the CLI that logged in).
-        #[arg(long, requires = "refresh_token")]
+        #[arg(long)]
         client_id: Option<String>,
+        /// The OAuth client's secret, for token endpoints that want one (Google's; or set
+        /// SWITCHYARD_OAUTH_CLIENT_SECRET).
+        #[arg(long, env = "SWITCHYARD_OAUTH_CLIENT_SECRET", hide_env_values = true)]
+        client_secret: Option<String>,
         /// When the access token expires (RFC 3339); read from it when it is a JWT.
         #[arg(long, requires = "refresh_token")]
         expires_at: Option<String>,
         /// A ChatGPT subscription from Codex CLI's login file (~/.codex/auth.json): its access
         /// token, refresh token and OAuth client (a chatgpt account). It wins over --api-key and
         /// SWITCHYARD_ACCOUNT_API_KEY.
-        #[arg(long, conflicts_with = "refresh_token")]
+        #[arg(long, conflicts_with_all = ["refresh_token", "gemini_auth"])]
         codex_auth: Option<std::path::PathBuf>,
+        /// A Google login from Gemini CLI's login file (~/.gemini/oauth_creds.json): its access
+        /// token, refresh token, expiry and OAuth client (a code-assist account); with
+        /// --client-secret, the secret of the OAuth client that logged in. It wins over
+        /// --api-key and SWITCHYARD_ACCOUNT_API_KEY.
+        #[arg(long, conflicts_with = "refresh_token", requires = "client_secret")]
+        gemini_auth: Option<std::path::PathBuf>,
+        /// Code Assist: the Google Cloud project calls are made for (unset: the one the API
+        /// gives the login).
+        #[arg(long)]
+        project: Option<String>,
         #[arg(long)]
         base_url: Option<String>,
         /// Lower is preferred.
@@ -479,12 +494,16 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 refresh_token,
                 token_url,
                 client_id,
+                client_secret,
                 expires_at,
                 codex_auth,
+                gemini_auth,
+                project,
             } => {
-                let (api_key, oauth) = match &codex_auth {
-                    Some(path) => codex_login(path)?,
-                    None => {
+                let (api_key, mut oauth) = match (&codex_auth, &gemini_auth) {
+                    (Some(path), _) => codex_login(path)?,
+                    (None, Some(path)) => gemini_login(path, client_id.as_deref())?,
+                    (None, None) => {
                         let oauth = refresh_token.map(|refresh_token| {
                             json!({
                                 "refresh_token": refresh_token,
@@ -495,9 +514,14 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                         (api_key.unwrap_or_default(), oauth)
                     }
                 };
+                if let (Some(oauth), Some(secret)) = (&mut oauth, client_secret) {
+                    oauth["client_secret"] = json!(secret);
+                }
                 let provider = provider.unwrap_or_else(|| {
                     if codex_auth.is_some() {
                         "chatgpt"
+                    } else if gemini_auth.is_some() {
+                        "code-assist"
                     } else {
                         "anthropic"
                     }
@@ -531,6 +555,9 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 }
                 if aws_access_key_id.is_some() {
                     body["aws_access_key_id"] = json!(aws_access_key_id);
+                }
+                if project.is_some() {
+                    body["project"] = json!(project);
                 }
                 if let Some(mut oauth) = oauth {
                     if expires_at.is_some() {
@@ -615,18 +642,76 @@ fn codex_login(path: &std::path::Path) -> anyhow::Result<(String, Option<Value>)
         field("refresh_token")?,
         field("id_token")?,
     );
-    let claims = switchyard::oauth::jwt_claims(&id_token).unwrap_or_default();
-    let client_id = match &claims.get("aud") {
-        Some(Value::String(aud)) => Some(aud.clone()),
-        Some(Value::Array(aud)) => aud.first().and_then(Value::as_str).map(str::to_owned),
-        _ => None,
-    }
-    .ok_or_else(|| anyhow::anyhow!("{}: tokens.id_token names no client", path.display()))?;
+    let client_id = audience(&id_token)
+        .ok_or_else(|| anyhow::anyhow!("{}: tokens.id_token names no client", path.display()))?;
     let grant = json!({
         "refresh_token": refresh,
         "token_url": CODEX_TOKEN_URL,
         "client_id": client_id,
         "scope": CODEX_SCOPE,
     });
+    Ok((access, Some(grant)))
+}
+
+/// The OAuth client an id token was issued to: its `aud`.
+fn audience(id_token: &str) -> Option<String> {
+    let claims = switchyard::oauth::jwt_claims(id_token)?;
+    match claims.get("aud")? {
+        Value::String(aud) => Some(aud.clone()),
+        Value::Array(aud) => aud.first().and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Google's token endpoint, where Gemini CLI's login renews its tokens.
+const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// The access token and OAuth grant in Gemini CLI's login file (`~/.gemini/oauth_creds.json`,
+/// written when it logs in with Google): `access_token`, `refresh_token`, `expiry_date` (unix
+/// ms), and the OAuth client they were issued to, `client_id` or else the audience of
+/// `id_token`.
+fn gemini_login(
+    path: &std::path::Path,
+    client_id: Option<&str>,
+) -> anyhow::Result<(String, Option<Value>)> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let file: Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
+    let field = |name: &str| {
+        file[name]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no {name} (log in to Gemini CLI with Google first)",
+                    path.display()
+                )
+            })
+    };
+    let (access, refresh) = (field("access_token")?, field("refresh_token")?);
+    let client_id = match client_id {
+        Some(id) => id.to_owned(),
+        None => file["id_token"]
+            .as_str()
+            .and_then(audience)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no id_token naming the OAuth client: give --client-id",
+                    path.display()
+                )
+            })?,
+    };
+    let mut grant = json!({
+        "refresh_token": refresh,
+        "token_url": GOOGLE_TOKEN_URL,
+        "client_id": client_id,
+    });
+    if let Some(ms) = file["expiry_date"].as_i64()
+        && let Ok(at) = jiff::Timestamp::from_millisecond(ms)
+    {
+        grant["expires_at"] = json!(at.to_string());
+    }
     Ok((access, Some(grant)))
 }

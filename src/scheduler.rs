@@ -278,9 +278,10 @@ fn limit_scope(protocol: Protocol, model: Option<&str>) -> Option<Cow<'static, s
 }
 
 /// A verdict scoped as the vendor scopes its limits: a 429 whose answer names a limit of the
-/// model asked for (OpenAI's, Google's: `Verdict::RateLimited::per_model`), and any Azure 429
-/// (its limits are each deployment's), holds for that model only: the account goes on serving
-/// its other models (Gemini CLI falls back from Pro to Flash on a 429). A Bedrock throttle holds
+/// model asked for (OpenAI's, Google's: `Verdict::RateLimited::per_model`), any Azure 429
+/// (its limits are each deployment's) and any Code Assist 429 (a Google login's quotas are each
+/// model's), holds for that model only: the account goes on serving its other models (Gemini
+/// CLI falls back from Pro to Flash on a 429). A Bedrock throttle holds
 /// for the model's family (its quotas are each model's: a spent Sonnet quota leaves Claude
 /// Code's Haiku calls served). An Anthropic 429 is scoped as its headers say; any other holds
 /// for the whole account.
@@ -300,7 +301,7 @@ pub fn scoped(verdict: Verdict, provider: Provider, model: Option<&str>) -> Verd
             family: None,
             per_model,
         } if provider.protocol() != Protocol::Anthropic
-            && (per_model || provider == Provider::AzureOpenAi) =>
+            && (per_model || matches!(provider, Provider::AzureOpenAi | Provider::CodeAssist)) =>
         {
             Verdict::RateLimited {
                 until_ms,
@@ -538,6 +539,11 @@ mod tests {
         // Azure's limits are each deployment's, whatever its answer says.
         assert_eq!(
             scope(limited(false), Provider::AzureOpenAi),
+            Some("m-1".into())
+        );
+        // A Google login's quotas are each model's.
+        assert_eq!(
+            scope(limited(false), Provider::CodeAssist),
             Some("m-1".into())
         );
         // Nothing names the model: the whole account.

@@ -584,3 +584,59 @@ fn a_chatgpt_subscription_is_added_from_codex_clis_login_file() {
         assert_eq!(out.status.code(), Some(2), "{flag} alone");
     }
 }
+
+#[test]
+fn a_google_login_is_added_from_gemini_clis_login_file() {
+    use crate::support::token_endpoint::jwt;
+    let dir = tempfile::tempdir().unwrap();
+    let login = dir.path().join("oauth_creds.json");
+    std::fs::write(
+        &login,
+        serde_json::json!({
+            "access_token": "ya29.access-cli",
+            "refresh_token": "1//rt-google-cli",
+            "scope": "https://www.googleapis.com/auth/cloud-platform openid",
+            "token_type": "Bearer",
+            "id_token": jwt(&serde_json::json!({ "aud": "123-test.apps.googleusercontent.com", "email": "a@b.c" })),
+            "expiry_date": 1_900_000_000_000_i64,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let add = [
+        "accounts",
+        "add",
+        "--name",
+        "google",
+        "--gemini-auth",
+        login.to_str().unwrap(),
+        "--project",
+        "my-project-1",
+    ];
+    let account = json_of(
+        &command(dir.path(), &add)
+            .env("SWITCHYARD_OAUTH_CLIENT_SECRET", "cs-cli-secret")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(account["provider"], "code-assist");
+    assert_eq!(account["base_url"], "https://cloudcode-pa.googleapis.com");
+    assert_eq!(account["project"], "my-project-1");
+    assert_eq!(
+        account["oauth"]["client_id"],
+        "123-test.apps.googleusercontent.com"
+    );
+    assert_eq!(
+        account["oauth"]["token_url"],
+        "https://oauth2.googleapis.com/token"
+    );
+    assert_eq!(account["oauth"]["expires_at"], "2030-03-17T17:46:40Z");
+    let shown = account.to_string();
+    for secret in ["rt-google-cli", "access-cli", "cs-cli-secret"] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+    }
+    // Without the client's secret its tokens could not be renewed: refused.
+    let out = switchyard(dir.path(), &add);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--client-secret"));
+}

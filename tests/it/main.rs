@@ -2,6 +2,7 @@
 mod anthropic;
 mod bedrock;
 mod cli;
+mod code_assist;
 mod connections;
 mod failover;
 mod images;

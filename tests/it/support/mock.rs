@@ -47,6 +47,7 @@
 pub mod anthropic;
 mod bedrock;
 mod body;
+pub mod code_assist;
 pub mod gemini;
 pub mod images;
 pub mod openai;
@@ -263,6 +264,11 @@ pub struct MockOptions {
     pub image_input_tokens: u64,
     /// When set, every credential presented must equal it (all vendors, Anthropic included).
     pub api_key: Option<String>,
+    /// Code Assist: the project `loadCodeAssist` names (a login set up already); unset, the
+    /// login is set up by `onboardUser` (`code_assist::ONBOARDED_PROJECT`).
+    pub code_assist_project: Option<String>,
+    /// Code Assist: how many `onboardUser` calls answer "not done" before one is.
+    pub onboard_pending: usize,
 }
 
 /// One request as received (headers exactly as they came, body raw).
@@ -448,6 +454,17 @@ impl MockUpstream {
         lock(&self.shared).options.image_input_tokens = n;
     }
 
+    /// Code Assist: the project `loadCodeAssist` names from now on (`None`: the login is not
+    /// set up; `onboardUser` sets it up with `code_assist::ONBOARDED_PROJECT`).
+    pub fn set_code_assist_project(&self, project: Option<&str>) {
+        lock(&self.shared).options.code_assist_project = project.map(str::to_owned);
+    }
+
+    /// Code Assist: `onboardUser` answers "not done" this many times before it is.
+    pub fn set_onboard_pending(&self, n: usize) {
+        lock(&self.shared).options.onboard_pending = n;
+    }
+
     /// From now on the mock acts as one vendor account holding the Responses it makes (see the
     /// module's doc): their ids are `resp_<tag>_<n>`.
     pub fn hold_responses(&self, tag: &str) {
@@ -614,7 +631,10 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<M
         (Route::Bedrock(op, model), Some(b), _) => {
             bedrock::handle(op, &model, b, &ctx, guard).await
         }
-        (Route::Gemini(op, model), Some(b), _) => gemini::handle(op, &model, b, &ctx, guard).await,
+        (Route::Gemini(op, model), Some(b), _) => {
+            gemini::handle(op, &model, b, &ctx, guard, false).await
+        }
+        (Route::CodeAssist(op), b, _) => code_assist::handle(op, b, &ctx, guard).await,
         (Route::File(id), _, _) => images::file(&id, &ctx, guard),
         (route, _, _) => {
             let path = parts.uri.path();

@@ -2,7 +2,9 @@
 //! and Codex CLI's logins use it, with the vendors' rotation: each grant answered spends the
 //! refresh token it named and issues a new one, and a spent one is refused with `invalid_grant`
 //! (so two renewals racing with one token show as a refused grant). Every access token it
-//! issues can be handed to a [`MockUpstream`], whose API then takes only that one.
+//! issues can be handed to a [`MockUpstream`], whose API then takes only that one. As Google's
+//! ([`TokenEndpoint::as_google`]) it takes the grant as a form with the client's secret, and
+//! keeps the refresh token (Google does not rotate them).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::collections::VecDeque;
@@ -52,6 +54,10 @@ struct State {
     shape: TokenShape,
     /// Told each access token issued.
     api: Option<KeySetter>,
+    /// As Google's: the client secret a grant must carry, as a form.
+    google: Option<String>,
+    /// Each request's content type, in order.
+    content_types: Vec<String>,
 }
 
 pub struct TokenEndpoint {
@@ -78,6 +84,8 @@ impl TokenEndpoint {
             scripted: VecDeque::new(),
             shape: TokenShape::Opaque,
             api: None,
+            google: None,
+            content_types: Vec::new(),
         }));
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -125,6 +133,16 @@ impl TokenEndpoint {
 
     pub fn set_delay(&self, delay: Duration) {
         lock(&self.state).delay = delay;
+    }
+
+    /// From now on the endpoint is Google's: a form with `client_secret`, refresh tokens kept.
+    pub fn as_google(&self, client_secret: &str) {
+        lock(&self.state).google = Some(client_secret.to_owned());
+    }
+
+    /// Each request's content type, in order.
+    pub fn content_types(&self) -> Vec<String> {
+        lock(&self.state).content_types.clone()
     }
 
     pub fn set_shape(&self, shape: TokenShape) {
@@ -186,18 +204,33 @@ fn token(shape: &TokenShape, n: usize, expires_in: Option<u64>) -> String {
 }
 
 async fn answer(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let json_type = req
+    let content_type = req
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .unwrap_or_default()
+        .to_owned();
     let path_ok = req.method() == http::Method::POST && req.uri().path() == "/oauth/token";
     let body = req.into_body().collect().await.unwrap().to_bytes();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let delay = {
+    let form = content_type == "application/x-www-form-urlencoded";
+    // A form is recorded as the object of its fields.
+    let body: Value = if form {
+        form_urlencoded::parse(&body)
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
+    let (delay, google) = {
         let mut st = lock(&state);
         st.requests.push(body.clone());
-        st.delay
+        st.content_types.push(content_type.clone());
+        (st.delay, st.google.clone())
+    };
+    let json_type = match &google {
+        Some(_) => form,
+        None => content_type.starts_with("application/json"),
     };
     tokio::time::sleep(delay).await;
     let mut st = lock(&state);
@@ -205,7 +238,9 @@ async fn answer(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
         scripted
     } else if !path_ok || !json_type || body["grant_type"] != "refresh_token" {
         (400, json!({ "error": "invalid_request" }))
-    } else if body["client_id"] != CLIENT_ID {
+    } else if body["client_id"] != CLIENT_ID
+        || google.is_some_and(|secret| body["client_secret"] != secret.as_str())
+    {
         (401, json!({ "error": "invalid_client" }))
     } else if body["refresh_token"] != st.refresh_token.as_str() {
         (
@@ -215,16 +250,16 @@ async fn answer(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Fu
     } else {
         st.granted += 1;
         let n = st.granted;
-        st.refresh_token = format!("rt-{n}");
         let access = token(&st.shape, n, st.expires_in);
         if let Some(api) = &st.api {
             api(&access);
         }
-        let mut reply = json!({
-            "access_token": access,
-            "refresh_token": st.refresh_token,
-            "token_type": "Bearer",
-        });
+        let mut reply = json!({ "access_token": access, "token_type": "Bearer" });
+        // Google keeps the refresh token; the others rotate it.
+        if st.google.is_none() {
+            st.refresh_token = format!("rt-{n}");
+            reply["refresh_token"] = json!(st.refresh_token);
+        }
         if let Some(secs) = st.expires_in {
             reply["expires_in"] = json!(secs);
         }

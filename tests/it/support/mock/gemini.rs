@@ -44,12 +44,15 @@ pub const MODELS: [(&str, &str, &str); 4] = [
     ("imagen-4.0-generate-001", "Imagen 4", "predict"),
 ];
 
+/// `code_assist`: answered as the Code Assist API does, each answer wrapped
+/// (`{"response": …, "traceId": …}`, [`code_assist_events`]).
 pub(super) async fn handle(
     op: GeminiOp,
     model: &str,
     behavior: Behavior,
     ctx: &Ctx,
     guard: Guard,
+    code_assist: bool,
 ) -> Response<MockBody> {
     if behavior.usage().is_none() {
         return error_response(Vendor::Gemini, &behavior, guard);
@@ -103,13 +106,22 @@ pub(super) async fn handle(
     };
     let usage = behavior.usage().unwrap_or_default();
     let shape = if op == GeminiOp::Generate {
+        let body = expected_json_bytes(model, usage, &opts);
         Shape::Sized {
             content_type: "application/json; charset=UTF-8",
-            body: expected_json_bytes(model, usage, &opts),
+            body: if code_assist {
+                Bytes::from(code_assist_wrapped(&String::from_utf8_lossy(&body)))
+            } else {
+                body
+            },
         }
     } else {
-        let sse = ctx.query_param("alt").as_deref() == Some("sse");
-        let events = stream_events(model, usage, &opts, sse);
+        let sse = code_assist || ctx.query_param("alt").as_deref() == Some("sse");
+        let events = if code_assist {
+            code_assist_events(model, usage, &opts)
+        } else {
+            stream_events(model, usage, &opts, sse)
+        };
         Shape::Stream {
             content_type: if sse {
                 "text/event-stream"
@@ -314,6 +326,23 @@ pub fn stream_events(model: &str, usage: MockUsage, opts: &AnswerOpts, sse: bool
                 format!("{open}{c}{close}")
             })
         })
+        .collect()
+}
+
+/// The trace id the Code Assist API wraps answers with.
+pub const TRACE_ID: &str = "mocktrace0001";
+
+/// One answer as the Code Assist API wraps it.
+fn code_assist_wrapped(answer: &str) -> String {
+    format!("{{\"response\": {answer}, \"traceId\": \"{TRACE_ID}\"}}")
+}
+
+/// A streamed answer as the Code Assist API sends it (`alt=sse`): each chunk wrapped, as an
+/// SSE event. Unwrapped, they are [`expected_sse_bytes`]'s.
+pub fn code_assist_events(model: &str, usage: MockUsage, opts: &AnswerOpts) -> Vec<Bytes> {
+    chunks(model, usage, opts)
+        .into_iter()
+        .map(|c| Bytes::from(format!("data: {}\r\n\r\n", code_assist_wrapped(&c))))
         .collect()
 }
 

@@ -4,6 +4,7 @@
 use http::{HeaderMap, Method};
 
 use super::bedrock::{self, BedrockOp};
+use super::code_assist::{self, CodeAssistOp};
 use super::{Vendor, anthropic, credential, gemini, openai, query_param};
 
 /// An OpenAI-shaped operation (on `/v1/…` or an Azure deployment).
@@ -39,6 +40,8 @@ pub(super) enum Route {
     Gemini(GeminiOp, String),
     /// Bedrock's runtime: the operation and the model id.
     Bedrock(BedrockOp, String),
+    /// The Code Assist API (`/v1internal:{method}`).
+    CodeAssist(CodeAssistOp),
     File(String),
     NotFound(Vendor),
 }
@@ -52,6 +55,12 @@ impl Route {
     ) -> Route {
         let post = method == Method::POST;
         let get = method == Method::GET;
+        if let Some(method) = path.strip_prefix("/v1internal:") {
+            return match CodeAssistOp::of(method) {
+                Some(op) if post => Route::CodeAssist(op),
+                _ => Route::NotFound(Vendor::Gemini),
+            };
+        }
         if path.starts_with("/model/") {
             return match bedrock::route(path) {
                 Some((op, model)) if post => Route::Bedrock(op, model),
@@ -131,7 +140,7 @@ impl Route {
             Route::Models(v) | Route::NotFound(v) => *v,
             Route::OpenAi(_, Some(_)) => Vendor::Azure,
             Route::OpenAi(_, None) | Route::File(_) => Vendor::OpenAi,
-            Route::Gemini(..) => Vendor::Gemini,
+            Route::Gemini(..) | Route::CodeAssist(_) => Vendor::Gemini,
             Route::Bedrock(..) => Vendor::Bedrock,
         }
     }
@@ -145,6 +154,7 @@ impl Route {
                 | Route::OpenAi(..)
                 | Route::Gemini(..)
                 | Route::Bedrock(..)
+                | Route::CodeAssist(CodeAssistOp::Call(_))
         )
     }
 }
@@ -195,6 +205,9 @@ pub(super) fn precheck(
     key: Option<&str>,
 ) -> Option<(u16, String)> {
     let vendor = route.vendor();
+    if let Route::CodeAssist(_) = route {
+        return code_assist::precheck(headers, key);
+    }
     // Bedrock's credentials are checked with the body they sign (`bedrock::handle`).
     if matches!(
         route,
