@@ -620,10 +620,7 @@ const CODEX_SCOPE: &str = "openid profile email";
 /// `codex login`): `tokens.access_token`, `tokens.refresh_token`, and the OAuth client they were
 /// issued to, the audience of `tokens.id_token`.
 fn codex_login(path: &std::path::Path) -> anyhow::Result<(String, Option<Value>)> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let file: Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
+    let file = login_file(path)?;
     let tokens = &file["tokens"];
     let field = |name: &str| {
         tokens[name]
@@ -653,6 +650,13 @@ fn codex_login(path: &std::path::Path) -> anyhow::Result<(String, Option<Value>)
     Ok((access, Some(grant)))
 }
 
+/// A CLI's login file, as JSON.
+fn login_file(path: &std::path::Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))
+}
+
 /// The OAuth client an id token was issued to: its `aud`.
 fn audience(id_token: &str) -> Option<String> {
     let claims = switchyard::oauth::jwt_claims(id_token)?;
@@ -674,10 +678,7 @@ fn gemini_login(
     path: &std::path::Path,
     client_id: Option<&str>,
 ) -> anyhow::Result<(String, Option<Value>)> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let file: Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
+    let file = login_file(path)?;
     let field = |name: &str| {
         file[name]
             .as_str()

@@ -8,7 +8,6 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::captured;
 use crate::support::mock::code_assist::ONBOARDED_PROJECT;
 use crate::support::mock::{
     AnswerOpts, Behavior, MockUpstream, MockUsage, gemini, http_client, wait_until,
@@ -26,11 +25,19 @@ async fn google_login(relay: &Relay, mock: &MockUpstream, token: &str, extra: Va
 }
 
 /// A Gemini call through the relay with `key`.
-fn gemini_call(relay: &Relay, path: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
+async fn gemini_call(relay: &Relay, path: &str, key: &str, body: &Value) -> reqwest::Response {
     http_client()
         .post(relay.url(path))
         .header("x-goog-api-key", key)
         .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// [`gemini_call`] with a one-line conversation.
+async fn ask(relay: &Relay, path: &str, key: &str) -> reqwest::Response {
+    gemini_call(relay, path, key, &hello()).await
 }
 
 /// The setup calls (`loadCodeAssist`, `onboardUser`) `mock` received.
@@ -65,23 +72,7 @@ async fn gemini_cli_is_served_by_a_google_login_as_by_the_gemini_api() {
     // Gemini CLI's captured requests, as it sends them with an API key: answered with the
     // bytes the Gemini API would have sent.
     let opts = AnswerOpts::default();
-    for c in captured("gemini-cli.requests.jsonl")
-        .into_iter()
-        .filter(|c| c.method == "POST")
-    {
-        let raw = serde_json::to_vec(c.body.as_ref().unwrap()).unwrap();
-        let url = relay.url(&format!("{}?{}", c.path, c.query));
-        let mut req = http_client().post(url).body(raw.clone());
-        for (name, value) in &c.headers {
-            let lower = name.to_ascii_lowercase();
-            if lower == "x-goog-api-key" {
-                req = req.header("x-goog-api-key", key.as_str());
-            } else if !["host", "content-length", "connection", "accept-encoding"]
-                .contains(&lower.as_str())
-            {
-                req = req.header(name.as_str(), value.as_str());
-            }
-        }
+    for (req, raw) in relay.gemini_cli_requests(&key) {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert!(
@@ -141,15 +132,12 @@ async fn gemini_cli_is_served_by_a_google_login_as_by_the_gemini_api() {
     );
 
     // Not streamed; streamed without `alt=sse` (Gemini's JSON array); a token count.
-    let resp = gemini_call(
+    let resp = ask(
         &relay,
         "/v1beta/models/gemini-2.5-pro:generateContent",
         &key,
-        &hello(),
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.bytes().await.unwrap(),
@@ -159,15 +147,12 @@ async fn gemini_cli_is_served_by_a_google_login_as_by_the_gemini_api() {
         mock.requests().pop().unwrap().path,
         "/v1internal:generateContent"
     );
-    let resp = gemini_call(
+    let resp = ask(
         &relay,
         "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
         &key,
-        &hello(),
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-type"]
@@ -179,15 +164,7 @@ async fn gemini_cli_is_served_by_a_google_login_as_by_the_gemini_api() {
         resp.bytes().await.unwrap(),
         gemini::expected_array_bytes("gemini-2.5-pro", usage, &opts)
     );
-    let resp = gemini_call(
-        &relay,
-        "/v1beta/models/gemini-2.5-pro:countTokens",
-        &key,
-        &hello(),
-    )
-    .send()
-    .await
-    .unwrap();
+    let resp = ask(&relay, "/v1beta/models/gemini-2.5-pro:countTokens", &key).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.json::<Value>().await.unwrap(),
@@ -223,9 +200,7 @@ async fn gemini_cli_is_served_by_a_google_login_as_by_the_gemini_api() {
         &key,
         &json!({ "content": { "parts": [{ "text": "hi" }] } }),
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status(), 404);
     let error = resp.json::<Value>().await.unwrap();
     assert_eq!(error["error"]["status"], "NOT_FOUND", "{error}");
@@ -244,10 +219,7 @@ async fn a_login_not_set_up_is_onboarded_once_and_a_given_project_is_used_as_it_
     let (_, key) = relay.create_key("k").await;
     let path = "/v1beta/models/gemini-2.5-pro:generateContent";
     for _ in 0..2 {
-        let resp = gemini_call(&relay, path, &key, &hello())
-            .send()
-            .await
-            .unwrap();
+        let resp = ask(&relay, path, &key).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(
             mock.requests().pop().unwrap().json()["project"],
@@ -281,10 +253,7 @@ async fn a_login_not_set_up_is_onboarded_once_and_a_given_project_is_used_as_it_
     )
     .await;
     let (_, key) = relay.create_key("k").await;
-    let resp = gemini_call(&relay, path, &key, &hello())
-        .send()
-        .await
-        .unwrap();
+    let resp = ask(&relay, path, &key).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(own.requests().len(), 1);
     assert_eq!(own.requests()[0].json()["project"], "my-gcp-project");
@@ -299,10 +268,7 @@ async fn a_login_not_set_up_is_onboarded_once_and_a_given_project_is_used_as_it_
     assert_eq!(status, 200, "{v}");
     assert!(v["project"].is_null());
     own.set_code_assist_project(Some("proj-loaded"));
-    let resp = gemini_call(&relay, path, &key, &hello())
-        .send()
-        .await
-        .unwrap();
+    let resp = ask(&relay, path, &key).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         own.requests().pop().unwrap().json()["project"],
@@ -318,15 +284,12 @@ async fn a_login_that_needs_a_project_of_its_own_says_so() {
     google_login(&relay, &mock, "ya29.std", json!({})).await;
     // A login on the standard tier already (`currentTier` set, no project named).
     mock.set_code_assist_project(Some(""));
-    let resp = gemini_call(
+    let resp = ask(
         &relay,
         "/v1beta/models/gemini-2.5-pro:generateContent",
         &key,
-        &hello(),
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status(), 502);
     let error = resp.json::<Value>().await.unwrap();
     let message = error["error"]["message"].as_str().unwrap();
@@ -362,10 +325,7 @@ async fn a_google_login_is_renewed_with_the_client_secret_as_a_form() {
     // The project's setup call is refused (401): the account is out of rotation and renewed
     // at once, with Google's grant.
     let path = "/v1beta/models/gemini-2.5-pro:generateContent";
-    let resp = gemini_call(&relay, path, &key, &hello())
-        .send()
-        .await
-        .unwrap();
+    let resp = ask(&relay, path, &key).await;
     // The client is told the account's credential was refused, in Gemini's shape.
     let status = resp.status();
     let error = resp.json::<Value>().await.unwrap();
@@ -390,10 +350,7 @@ async fn a_google_login_is_renewed_with_the_client_secret_as_a_form() {
     // Back in rotation with the new token.
     let mut served = None;
     for _ in 0..100 {
-        let resp = gemini_call(&relay, path, &key, &hello())
-            .send()
-            .await
-            .unwrap();
+        let resp = ask(&relay, path, &key).await;
         if resp.status() == 200 {
             served = Some(resp);
             break;
@@ -461,26 +418,17 @@ async fn a_spent_model_quota_leaves_the_login_serving_its_other_models() {
         "RESOURCE_EXHAUSTED",
         "You have exhausted your capacity on this model.",
     ));
-    let resp = gemini_call(&relay, pro, &key, &hello())
-        .send()
-        .await
-        .unwrap();
+    let resp = ask(&relay, pro, &key).await;
     assert_eq!(resp.status(), 429);
     let error = resp.json::<Value>().await.unwrap();
     assert_eq!(error["error"]["status"], "RESOURCE_EXHAUSTED", "{error}");
     let sent = mock.requests().len();
     // Pro rests; Flash is served by the same login.
-    let resp = gemini_call(&relay, pro, &key, &hello())
-        .send()
-        .await
-        .unwrap();
+    let resp = ask(&relay, pro, &key).await;
     assert_ne!(resp.status(), 200);
     assert_eq!(mock.requests().len(), sent);
     let flash = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
-    let resp = gemini_call(&relay, flash, &key, &hello())
-        .send()
-        .await
-        .unwrap();
+    let resp = ask(&relay, flash, &key).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         mock.requests().pop().unwrap().json()["model"],

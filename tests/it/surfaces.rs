@@ -596,23 +596,7 @@ async fn gemini_cli_requests_pass_unchanged_with_the_key_in_any_place() {
         reasoning: 5,
         ..AnswerOpts::default()
     };
-    for c in captured("gemini-cli.requests.jsonl")
-        .into_iter()
-        .filter(|c| c.method == "POST")
-    {
-        let raw = serde_json::to_vec(c.body.as_ref().unwrap()).unwrap();
-        let url = relay.url(&format!("{}?{}", c.path, c.query));
-        let mut req = http_client().post(url).body(raw.clone());
-        for (name, value) in &c.headers {
-            let lower = name.to_ascii_lowercase();
-            if lower == "x-goog-api-key" {
-                req = req.header("x-goog-api-key", key.as_str());
-            } else if !["host", "content-length", "connection", "accept-encoding"]
-                .contains(&lower.as_str())
-            {
-                req = req.header(name.as_str(), value.as_str());
-            }
-        }
+    for (req, raw) in relay.gemini_cli_requests(&key) {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let got = resp.bytes().await.unwrap();

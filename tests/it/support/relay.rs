@@ -308,6 +308,31 @@ impl Relay {
     }
 
     /// A Messages request with the key as `x-api-key`.
+    /// Gemini CLI's captured generation requests to this relay, each with `key` as its API
+    /// key and the captured headers otherwise as they came, and the body it sends.
+    pub fn gemini_cli_requests(&self, key: &str) -> Vec<(reqwest::RequestBuilder, Vec<u8>)> {
+        super::captured("gemini-cli.requests.jsonl")
+            .into_iter()
+            .filter(|c| c.method == "POST")
+            .map(|c| {
+                let raw = serde_json::to_vec(c.body.as_ref().unwrap()).unwrap();
+                let url = self.url(&format!("{}?{}", c.path, c.query));
+                let mut req = http_client().post(url).body(raw.clone());
+                for (name, value) in &c.headers {
+                    let lower = name.to_ascii_lowercase();
+                    if lower == "x-goog-api-key" {
+                        req = req.header("x-goog-api-key", key);
+                    } else if !["host", "content-length", "connection", "accept-encoding"]
+                        .contains(&lower.as_str())
+                    {
+                        req = req.header(name.as_str(), value.as_str());
+                    }
+                }
+                (req, raw)
+            })
+            .collect()
+    }
+
     pub fn messages(&self, key: &str, body: &Value) -> reqwest::RequestBuilder {
         self.messages_at("/v1/messages", key, body)
     }
