@@ -95,6 +95,22 @@ impl Account {
         &self.record.id
     }
 
+    /// What `old` (this account as it was before a reload) learned that still holds: the Code
+    /// Assist project of the same login (the same grant, or the same token) on the same API.
+    fn keep_learned(&self, old: &Account) {
+        let same_login = match (&self.record.oauth, &old.record.oauth) {
+            (Some(new), Some(was)) => new.sealed_refresh_token == was.sealed_refresh_token,
+            _ => self.record.sealed_api_key == old.record.sealed_api_key,
+        };
+        if same_login
+            && self.record.base_url == old.record.base_url
+            && self.record.project == old.record.project
+            && let Some(project) = old.code_assist_project.get()
+        {
+            let _ = self.code_assist_project.set(project.clone());
+        }
+    }
+
     /// Whether this account's `models` globs admit `model` (no globs: every model).
     pub fn serves(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|p| p.matches(model))
@@ -243,10 +259,16 @@ impl Catalog {
     /// cannot be opened (master key changed) is left out and logged, never served.
     pub async fn reload_accounts(&self) -> Result<(), StoreError> {
         let records = self.store.accounts().await?;
+        let before = self.accounts();
         let mut ready = Vec::with_capacity(records.len());
         for record in records {
             match self.prepare(record) {
-                Ok(account) => ready.push(Arc::new(account)),
+                Ok(account) => {
+                    if let Some(old) = before.iter().find(|a| a.id() == account.id()) {
+                        account.keep_learned(old);
+                    }
+                    ready.push(Arc::new(account));
+                }
                 Err(id) => tracing::error!(
                     account_id = %id,
                     "cannot open this account's credential (was the master key changed?); it is not served"

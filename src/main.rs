@@ -500,6 +500,18 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 gemini_auth,
                 project,
             } => {
+                // The OAuth client is that of a grant given by hand or read from Gemini CLI's
+                // login (Codex CLI's names its own, and its endpoint takes no secret).
+                let grant_given = refresh_token.is_some() || gemini_auth.is_some();
+                if client_id.is_some() && !grant_given {
+                    anyhow::bail!("--client-id goes with --refresh-token or --gemini-auth");
+                }
+                if client_secret.is_some() && !grant_given {
+                    anyhow::bail!(
+                        "--client-secret (or SWITCHYARD_OAUTH_CLIENT_SECRET) goes with \
+                         --refresh-token or --gemini-auth"
+                    );
+                }
                 let (api_key, mut oauth) = match (&codex_auth, &gemini_auth) {
                     (Some(path), _) => codex_login(path)?,
                     (None, Some(path)) => gemini_login(path, client_id.as_deref())?,

@@ -131,6 +131,7 @@ fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         "oauth": account.oauth.as_ref().map(|g| json!({
             "token_url": g.token_url,
             "client_id": g.client_id,
+            "client_secret_set": g.sealed_client_secret.is_some(),
             "expires_at": (g.expires_at > 0).then(|| rfc3339(g.expires_at)),
             "refreshed_at": (g.refreshed_at > 0).then(|| rfc3339(g.refreshed_at)),
             "failure": g.failure,

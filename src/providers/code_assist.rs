@@ -16,7 +16,8 @@
 //! The project is the account's `project` when set (a Code Assist Standard login needs its own);
 //! else the one the API gives the login ([`project`]): `loadCodeAssist` names it for a login set
 //! up already, else `onboardUser` sets the login up on its default (free) tier, as Gemini CLI
-//! does at its first start. It is asked once per account and process.
+//! does at its first start. It is asked once per login and process: a reload of the accounts
+//! keeps it for the same login (`catalog::Account::keep_learned`).
 //!
 //! Nothing else is served (embeddings, Imagen, the model list): the scheduler offers such
 //! accounts for the generation calls only ([`serves`]). The access token lasts an hour; the
@@ -95,9 +96,13 @@ pub fn upstream_url(account: &Account, op: Op) -> String {
 }
 
 /// The client's headers as a Gemini account takes them (`gemini::client_headers`), with the
-/// access token as a bearer token.
+/// access token as a bearer token; the body is the relay's, JSON.
 pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
     let mut headers = super::gemini::client_headers(client);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(bearer) = &account.oauth_bearer {
         headers.insert(header::AUTHORIZATION, bearer.clone());
     }
@@ -106,8 +111,10 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
 
 /// The client's Gemini body as the Code Assist API takes it: a generation wrapped with its model
 /// and project; a token count's contents (given as such, or inside a `generateContentRequest`)
-/// with the model. `None` when the body is not a JSON object (the caller sends it as it came,
-/// and the API refuses it).
+/// with the model (the API counts contents alone: a system instruction or tools given beside them
+/// are not counted). `None` when the body is not one JSON object (a token count's, without
+/// contents): nothing of it may go, since the API reads the project and model from the top of the
+/// body it is sent ([`invalid_body`] answers instead).
 pub fn request_body(body: &Bytes, model: &str, op: Op, project: &str) -> Option<Bytes> {
     match op {
         Op::Generate | Op::Stream => {
@@ -134,14 +141,32 @@ pub fn request_body(body: &Bytes, model: &str, op: Op, project: &str) -> Option<
                 None => object
                     .get_mut("generateContentRequest")
                     .and_then(|r| r.get_mut("contents"))
-                    .map(Value::take)
-                    .unwrap_or_else(|| json!([])),
+                    .map(Value::take)?,
             };
             let request =
                 json!({ "request": { "model": format!("models/{model}"), "contents": contents } });
             serde_json::to_vec(&request).ok().map(Bytes::from)
         }
     }
+}
+
+/// Google's 400 for a body [`request_body`] cannot wrap, answered without sending it.
+pub fn invalid_body() -> UpstreamResponse {
+    let body = json!({ "error": {
+        "code": 400,
+        "message": "Invalid JSON payload received: the request body must be one JSON object \
+                    (a token count's with its `contents`).",
+        "status": "INVALID_ARGUMENT",
+    } });
+    let mut resp = Response::new(http_body_util::Either::Right(crate::body::full(
+        body.to_string(),
+    )));
+    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    resp
 }
 
 /// The Code Assist answer as the Gemini API's (see the module's documentation): a generation's
@@ -215,7 +240,10 @@ impl Unwrapping {
             }
             Form::Sse => self.framer.feed(data, |event| {
                 out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&unwrapped(event.data.as_bytes()));
+                // An answer sent over several `data:` lines goes on one: the line breaks the
+                // framer joined them with stand between JSON tokens, where a space does as well.
+                let answer = unwrapped(event.data.as_bytes());
+                out.extend(answer.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
                 out.extend_from_slice(b"\r\n\r\n");
             }),
             Form::Array { opened } => self.framer.feed(data, |event| {
@@ -329,8 +357,9 @@ fn unwrapped(data: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// What the project could not be had for: an answer of the API's (judged as the call's would
-/// be: a 401 is the token's), or why not.
+/// What the project could not be had for: the API refusing the login (a 401 or 403, judged as
+/// the call's answer would be: a 401 is the token's), or why not (anything else: the account
+/// fails this attempt).
 pub enum Setup {
     Answer(UpstreamResponse),
     Failed(String),
@@ -375,6 +404,7 @@ async fn discover(app: &App, account: &Account) -> Result<String, Setup> {
         tracing::info!(account_id = %account.id(), project = %project, "the Code Assist API named the login's project");
         return Ok(project);
     }
+    // Google's reasons go to the log, for the admin; the client is told what to ask for.
     let needs_project = |why: &str| {
         let reasons: Vec<&str> = loaded["ineligibleTiers"]
             .as_array()
@@ -382,14 +412,11 @@ async fn discover(app: &App, account: &Account) -> Result<String, Setup> {
             .flatten()
             .filter_map(|t| t["reasonMessage"].as_str())
             .collect();
-        let mut message = format!(
-            "the Google login has no Code Assist project ({why}): set the account's `project` \
-             to a Google Cloud project it may use"
-        );
-        if !reasons.is_empty() {
-            message.push_str(&format!("; Google says: {}", reasons.join("; ")));
-        }
-        Setup::Failed(message)
+        tracing::warn!(account_id = %account.id(), why, reasons = %reasons.join("; "), "the Google login has no Code Assist project: set the account's `project`");
+        Setup::Failed(format!(
+            "the account's Google login has no Code Assist project ({why}): an admin must set \
+             the account's `project` to a Google Cloud project it may use"
+        ))
     };
     if loaded.get("currentTier").is_some_and(|t| !t.is_null()) {
         return Err(needs_project("its tier takes the user's own"));
@@ -481,11 +508,22 @@ async fn setup_call(
             )));
         }
     };
-    if !resp.status().is_success() {
+    let status = resp.status();
+    if matches!(status.as_u16(), 401 | 403) {
         return Err(Setup::Answer(resp));
     }
-    let status = resp.status();
     let body = read_capped(resp.into_body(), MAX_SETUP_BYTES, SETUP_TIMEOUT).await;
+    if !status.is_success() {
+        // A limit or fault of the setup call is the login's, not the model's: not handed on
+        // as the call's own answer (a 429 would rest one model only).
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        return Err(Setup::Failed(format!(
+            "Code Assist's {method} answered {status} {message}"
+        )));
+    }
     serde_json::from_slice(&body).map_err(|_| {
         Setup::Failed(format!(
             "Code Assist's {method} answered {status} with no JSON"

@@ -206,18 +206,31 @@ async fn send_code_assist(
     let Some((model, op)) = op else {
         return Err(SendError::Mismatch(account.record.provider));
     };
-    let project = match code_assist::project(app, account).await {
-        Ok(project) => project,
-        Err(code_assist::Setup::Answer(resp)) => return Ok((resp, Instant::now())),
-        Err(code_assist::Setup::Failed(why)) => {
+    // Within the first-byte timeout, as the call's own head would be.
+    let within = Duration::from_secs(app.config.upstream.first_byte_timeout_secs);
+    let project = match tokio::time::timeout(within, code_assist::project(app, account)).await {
+        Ok(Ok(project)) => project,
+        Ok(Err(code_assist::Setup::Answer(resp))) => return Ok((resp, Instant::now())),
+        Ok(Err(code_assist::Setup::Failed(why))) => {
             return Err(SendError::Unfinished {
                 why,
                 timed_out: false,
             });
         }
+        Err(_) => {
+            return Err(SendError::Unfinished {
+                why: format!(
+                    "the Code Assist API gave the login no project within {} s",
+                    within.as_secs()
+                ),
+                timed_out: true,
+            });
+        }
     };
-    let body = code_assist::request_body(&call.body, model, op, &project)
-        .unwrap_or_else(|| call.body.clone());
+    // Nothing unwrapped goes: the API would read a project and model from the client's body.
+    let Some(body) = code_assist::request_body(&call.body, model, op, &project) else {
+        return Ok((code_assist::invalid_body(), Instant::now()));
+    };
     let url = code_assist::upstream_url(account, op);
     let headers = code_assist::upstream_headers(client, account);
     let sent = send_within(app, call, http::Method::POST, url, headers, body);

@@ -631,6 +631,7 @@ fn a_google_login_is_added_from_gemini_clis_login_file() {
         "https://oauth2.googleapis.com/token"
     );
     assert_eq!(account["oauth"]["expires_at"], "2030-03-17T17:46:40Z");
+    assert_eq!(account["oauth"]["client_secret_set"], true);
     let shown = account.to_string();
     for secret in ["rt-google-cli", "access-cli", "cs-cli-secret"] {
         assert!(!shown.contains(secret), "{secret} shown: {shown}");
@@ -639,4 +640,24 @@ fn a_google_login_is_added_from_gemini_clis_login_file() {
     let out = switchyard(dir.path(), &add);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--client-secret"));
+    // A client or its secret without a grant to go with: refused, not dropped.
+    for flag in ["--client-id", "--client-secret"] {
+        let add = [
+            "accounts",
+            "add",
+            "--name",
+            "x",
+            "--api-key",
+            "sk-x",
+            flag,
+            "v",
+        ];
+        let out = switchyard(dir.path(), &add);
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("goes with --refresh-token"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

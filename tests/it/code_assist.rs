@@ -435,3 +435,112 @@ async fn a_spent_model_quota_leaves_the_login_serving_its_other_models() {
         "gemini-2.5-flash"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_cannot_be_wrapped_is_refused_and_nothing_of_it_is_sent() {
+    let mock = MockUpstream::start().await;
+    mock.set_code_assist_project(Some("proj-loaded"));
+    let relay = Relay::start().await;
+    google_login(&relay, &mock, "ya29.login", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    // JSON but for a byte that is not UTF-8, in a string the relay does not read: as it came,
+    // its own `project` and `model` would be what the API reads.
+    let mut smuggled =
+        br#"{"model":"gemini-2.5-pro","project":"someone-elses","request":{"contents":[{"parts":[{"text":"hi "#
+            .to_vec();
+    smuggled.push(0xff);
+    smuggled.extend_from_slice(br#""}]}]},"contents":[{"parts":[{"text":"hi"}]}]}"#);
+    for method in ["generateContent", "countTokens"] {
+        let resp = http_client()
+            .post(relay.url(&format!("/v1beta/models/gemini-2.5-flash:{method}")))
+            .header("x-goog-api-key", &key)
+            .header("content-type", "application/json")
+            .body(smuggled.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let error = resp.json::<Value>().await.unwrap();
+        assert_eq!(status, 400, "{method}: {error}");
+        assert_eq!(error["error"]["status"], "INVALID_ARGUMENT", "{error}");
+    }
+    // A token count without contents neither.
+    let resp = gemini_call(
+        &relay,
+        "/v1beta/models/gemini-2.5-flash:countTokens",
+        &key,
+        &json!({ "model": "gemini-2.5-pro", "project": "someone-elses" }),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(setup_calls(&mock).len(), mock.requests().len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_project_is_asked_for_once_by_racing_requests_and_kept_across_reloads() {
+    let mock = MockUpstream::start().await;
+    mock.set_code_assist_project(Some("proj-loaded"));
+    let relay = Relay::start().await;
+    let id = google_login(&relay, &mock, "ya29.login", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+    let racing: Vec<_> = (0..8).map(|_| ask(&relay, path, &key)).collect();
+    for resp in futures_util::future::join_all(racing).await {
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(setup_calls(&mock).len(), 1);
+    // Another field changed: the accounts reload, the login is the same.
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            Some(json!({ "priority": 3 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(ask(&relay, path, &key).await.status(), 200);
+    assert_eq!(setup_calls(&mock).len(), 1);
+    // Another login (a new token, no grant): asked again.
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            Some(json!({ "api_key": "ya29.other" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    mock.require_api_key("ya29.other");
+    assert_eq!(ask(&relay, path, &key).await.status(), 200);
+    assert_eq!(setup_calls(&mock).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_setup_call_fails_the_attempt_for_the_whole_login() {
+    let mock = MockUpstream::start().await;
+    mock.fail_code_assist_setup(Some(429));
+    let relay = Relay::start().await;
+    let id = google_login(&relay, &mock, "ya29.login", json!({})).await;
+    let (_, key) = relay.create_key("k").await;
+    let resp = ask(
+        &relay,
+        "/v1beta/models/gemini-2.5-pro:generateContent",
+        &key,
+    )
+    .await;
+    let status = resp.status();
+    let error = resp.json::<Value>().await.unwrap();
+    assert_eq!(status, 502, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("loadCodeAssist answered 429"),
+        "{error}"
+    );
+    // Counted against the account, not one model's quota.
+    let (_, view) = relay
+        .admin(Method::GET, &format!("/admin/accounts/{id}"), None)
+        .await;
+    assert_eq!(view["state"]["consecutive_failures"], 1, "{view}");
+    assert_eq!(view["state"]["rate_limited_families"], json!({}), "{view}");
+}

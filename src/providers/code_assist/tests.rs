@@ -69,6 +69,9 @@ fn a_token_count_names_the_model_and_carries_the_contents() {
     let nested = Bytes::from_static(
         br#"{"generateContentRequest":{"model":"models/gemini-2.5-flash","contents":[{"parts":[{"text":"a"}]}],"tools":[]}}"#,
     );
+    // Without contents: nothing to send.
+    let empty = Bytes::from_static(br#"{"generateContentRequest":{"model":"m"}}"#);
+    assert!(request_body(&empty, "gemini-2.5-flash", Op::CountTokens, "p").is_none());
     for body in [direct, nested] {
         let out = request_body(&body, "gemini-2.5-flash", Op::CountTokens, "p").unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
@@ -151,6 +154,20 @@ async fn a_stream_s_events_become_gemini_s() {
         body,
         "data: {\"responseId\":\"t1\",\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"He\"}]}}]}\r\n\r\n\
          data: {\"responseId\":\"r\",\"usageMetadata\":{\"totalTokenCount\":9}}\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_sent_over_several_data_lines_goes_on_one() {
+    let resp = upstream(
+        200,
+        "text/event-stream",
+        vec!["data: {\"response\": {\"candidates\": [],\ndata: \"responseId\": \"r\"}}\n\n"],
+    );
+    let (_, _, body) = read(answer(resp, Op::Stream, true)).await;
+    assert_eq!(
+        body,
+        "data: {\"candidates\": [], \"responseId\": \"r\"}\r\n\r\n"
     );
 }
 

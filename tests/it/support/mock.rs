@@ -269,6 +269,8 @@ pub struct MockOptions {
     pub code_assist_project: Option<String>,
     /// Code Assist: how many `onboardUser` calls answer "not done" before one is.
     pub onboard_pending: usize,
+    /// Code Assist: `loadCodeAssist` answers this status with Google's error.
+    pub load_fails: Option<u16>,
 }
 
 /// One request as received (headers exactly as they came, body raw).
@@ -458,6 +460,11 @@ impl MockUpstream {
     /// set up; `onboardUser` sets it up with `code_assist::ONBOARDED_PROJECT`).
     pub fn set_code_assist_project(&self, project: Option<&str>) {
         lock(&self.shared).options.code_assist_project = project.map(str::to_owned);
+    }
+
+    /// Code Assist: `loadCodeAssist` answers `status` with Google's error from now on.
+    pub fn fail_code_assist_setup(&self, status: Option<u16>) {
+        lock(&self.shared).options.load_fails = status;
     }
 
     /// Code Assist: `onboardUser` answers "not done" this many times before it is.

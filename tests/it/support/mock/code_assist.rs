@@ -97,6 +97,11 @@ pub(super) async fn handle(
             };
             gemini::handle(op, model, b, &inner, guard, true).await
         }
+        (CodeAssistOp::Load, _) if ctx.options.load_fails.is_some() => {
+            let status = ctx.options.load_fails.unwrap_or(500);
+            let body = error_json(status, "The service is currently unavailable.", None);
+            vendor_json(Vendor::Gemini, status, body, guard)
+        }
         (CodeAssistOp::Load, _) => {
             let free = serde_json::json!({
                 "id": "free-tier",
