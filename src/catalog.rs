@@ -28,8 +28,8 @@ pub struct Account {
     /// (`sk-ant-oat…`, as `claude setup-token` makes), or a Code Assist account's Google access
     /// token: `Bearer <token>`, sent in place of `x-api-key`.
     pub oauth_bearer: Option<HeaderValue>,
-    /// A Code Assist account's project, when the API gave it (`providers::code_assist::project`).
-    pub code_assist_project: tokio::sync::OnceCell<String>,
+    /// A Code Assist account's project, as the API gave it (`providers::code_assist::project`).
+    pub code_assist: crate::providers::code_assist::ProjectCell,
     /// A ChatGPT account's `chatgpt-account-id`: the workspace its access token was issued for.
     pub chatgpt_account: Option<HeaderValue>,
     /// A Bedrock account's models that refused a beta the client named: their requests go
@@ -86,7 +86,7 @@ impl Account {
             oauth_bearer,
             chatgpt_account,
             refuses_betas: dashmap::DashSet::new(),
-            code_assist_project: tokio::sync::OnceCell::new(),
+            code_assist: Default::default(),
             models,
         })
     }
@@ -96,18 +96,20 @@ impl Account {
     }
 
     /// What `old` (this account as it was before a reload) learned that still holds: the Code
-    /// Assist project of the same login (the same grant, or the same token) on the same API.
+    /// Assist project of the same login (the same grant; without one, the same token; a grant
+    /// given or taken away is another login) on the same API.
     fn keep_learned(&self, old: &Account) {
         let same_login = match (&self.record.oauth, &old.record.oauth) {
             (Some(new), Some(was)) => new.sealed_refresh_token == was.sealed_refresh_token,
-            _ => self.record.sealed_api_key == old.record.sealed_api_key,
+            (None, None) => self.record.sealed_api_key == old.record.sealed_api_key,
+            _ => false,
         };
         if same_login
             && self.record.base_url == old.record.base_url
             && self.record.project == old.record.project
-            && let Some(project) = old.code_assist_project.get()
+            && let Some(project) = old.code_assist.known()
         {
-            let _ = self.code_assist_project.set(project.clone());
+            self.code_assist.learn(project);
         }
     }
 

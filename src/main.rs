@@ -129,8 +129,8 @@ enum AccountsCommand {
         #[arg(long)]
         client_id: Option<String>,
         /// The OAuth client's secret, for token endpoints that want one (Google's; or set
-        /// SWITCHYARD_OAUTH_CLIENT_SECRET).
-        #[arg(long, env = "SWITCHYARD_OAUTH_CLIENT_SECRET", hide_env_values = true)]
+        /// SWITCHYARD_OAUTH_CLIENT_SECRET, read only for an account given a grant).
+        #[arg(long)]
         client_secret: Option<String>,
         /// When the access token expires (RFC 3339); read from it when it is a JWT.
         #[arg(long, requires = "refresh_token")]
@@ -144,7 +144,7 @@ enum AccountsCommand {
         /// token, refresh token, expiry and OAuth client (a code-assist account); with
         /// --client-secret, the secret of the OAuth client that logged in. It wins over
         /// --api-key and SWITCHYARD_ACCOUNT_API_KEY.
-        #[arg(long, conflicts_with = "refresh_token", requires = "client_secret")]
+        #[arg(long, conflicts_with = "refresh_token")]
         gemini_auth: Option<std::path::PathBuf>,
         /// Code Assist: the Google Cloud project calls are made for (unset: the one the API
         /// gives the login).
@@ -507,9 +507,18 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                     anyhow::bail!("--client-id goes with --refresh-token or --gemini-auth");
                 }
                 if client_secret.is_some() && !grant_given {
+                    anyhow::bail!("--client-secret goes with --refresh-token or --gemini-auth");
+                }
+                let client_secret = client_secret.or_else(|| {
+                    grant_given
+                        .then(|| std::env::var(CLIENT_SECRET_ENV).ok())
+                        .flatten()
+                        .filter(|s| !s.is_empty())
+                });
+                if gemini_auth.is_some() && client_secret.is_none() {
                     anyhow::bail!(
-                        "--client-secret (or SWITCHYARD_OAUTH_CLIENT_SECRET) goes with \
-                         --refresh-token or --gemini-auth"
+                        "--gemini-auth needs --client-secret (or {CLIENT_SECRET_ENV}): Google's \
+                         token endpoint wants the secret of the OAuth client that logged in"
                     );
                 }
                 let (api_key, mut oauth) = match (&codex_auth, &gemini_auth) {
@@ -678,6 +687,10 @@ fn audience(id_token: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// The environment variable `accounts add` reads an OAuth client's secret from when it is given
+/// a grant (kept out of the shell history).
+const CLIENT_SECRET_ENV: &str = "SWITCHYARD_OAUTH_CLIENT_SECRET";
 
 /// Google's token endpoint, where Gemini CLI's login renews its tokens.
 const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";

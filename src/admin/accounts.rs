@@ -318,13 +318,16 @@ fn seal(app: &App, id: &str, api_key: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::internal("could not seal the api key"))
 }
 
-/// The grant of account `id` (of `provider`, whose access token is `api_key`) as stored.
+/// The grant of account `id` (of `provider`, whose access token is `api_key`) as stored. A grant
+/// given without a client secret keeps the one of the grant it replaces (`previous`) for the
+/// same client at the same endpoint: the secret is the client's, not the login's.
 fn grant(
     app: &App,
     id: &str,
     provider: Provider,
     input: OAuthInput,
     api_key: &str,
+    previous: Option<&OAuthGrant>,
 ) -> Result<OAuthGrant, ApiError> {
     if !matches!(
         provider,
@@ -368,6 +371,17 @@ fn grant(
             Some(sealed)
         }
     };
+    let sealed_client_secret = sealed_client_secret.or_else(|| {
+        previous
+            .filter(|g| g.client_id == client_id && g.token_url == token_url)
+            .and_then(|g| g.sealed_client_secret.clone())
+    });
+    if provider == Provider::CodeAssist && sealed_client_secret.is_none() {
+        return Err(ApiError::invalid(
+            "oauth.client_secret: required for a code-assist grant (Google's token endpoint \
+             wants the secret of the OAuth client that logged in)",
+        ));
+    }
     Ok(OAuthGrant {
         token_url,
         client_id: client_id.to_owned(),
@@ -403,7 +417,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
     let api_key = valid_for_provider(req.provider, valid_api_key(&req.api_key)?)?;
     let oauth = req
         .oauth
-        .map(|input| grant(app, &id, req.provider, input, &api_key))
+        .map(|input| grant(app, &id, req.provider, input, &api_key, None))
         .transpose()?;
     let record = AccountRecord {
         name: valid_name(&req.name)?,
@@ -547,7 +561,8 @@ async fn apply(
                     .open(id, &record.sealed_api_key)
                     .map_err(|_| ApiError::internal("could not open the api key"))?,
             };
-            record.oauth = Some(grant(app, id, record.provider, input, &access)?);
+            let previous = before.oauth.as_ref();
+            record.oauth = Some(grant(app, id, record.provider, input, &access, previous)?);
         }
     }
     if let Some(p) = req.priority {

@@ -8,7 +8,7 @@
 //! the Google Cloud project it is made for (`{"model", "project", "request": {…}}`), and each
 //! answer, whole or streamed, is the Gemini answer wrapped (`{"response": {…}, "traceId"}`); a
 //! token count is `{"request": {"model": "models/…", "contents"}}`, answered as Gemini answers
-//! it. So the relay wraps the client's Gemini body ([`request_body`]) and hands the client the
+//! it. So the relay wraps the client's Gemini body ([`prepare`]) and hands the client the
 //! Gemini answer inside ([`answer`]), before anything reads it: usage, failover and translation
 //! (chat completions on Gemini models) see what a Gemini account would have answered. Errors are
 //! Google's, as the Gemini API's are.
@@ -27,7 +27,7 @@
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, header};
@@ -109,30 +109,20 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
     headers
 }
 
-/// The client's Gemini body as the Code Assist API takes it: a generation wrapped with its model
-/// and project; a token count's contents (given as such, or inside a `generateContentRequest`)
-/// with the model (the API counts contents alone: a system instruction or tools given beside them
-/// are not counted). `None` when the body is not one JSON object (a token count's, without
-/// contents): nothing of it may go, since the API reads the project and model from the top of the
-/// body it is sent ([`invalid_body`] answers instead).
-pub fn request_body(body: &Bytes, model: &str, op: Op, project: &str) -> Option<Bytes> {
+/// The client's Gemini body, checked before anything is asked of the API: a generation's whole
+/// (spliced as it came, a body that closed its object early could name another project after
+/// it, and the API reads the project and model from the top of the body it is sent), a token
+/// count's contents (given as such, or inside a `generateContentRequest`; the API counts contents
+/// alone: a system instruction or tools beside them are not counted). `None` when the body is not
+/// one JSON object, or a token count's has no contents: nothing of it may go ([`invalid_body`]
+/// answers instead).
+pub fn prepare(body: &Bytes, op: Op) -> Option<Prepared<'_>> {
     match op {
         Op::Generate | Op::Stream => {
-            // Checked whole: spliced as it came, a body that closes its object early could name
-            // another project after it.
             let raw: &RawValue = serde_json::from_slice(body).ok()?;
-            if !raw.get().starts_with('{') {
-                return None;
-            }
-            let mut out = Vec::with_capacity(body.len() + model.len() + project.len() + 48);
-            out.extend_from_slice(b"{\"model\":");
-            serde_json::to_writer(&mut out, model).ok()?;
-            out.extend_from_slice(b",\"project\":");
-            serde_json::to_writer(&mut out, project).ok()?;
-            out.extend_from_slice(b",\"request\":");
-            out.extend_from_slice(raw.get().as_bytes());
-            out.push(b'}');
-            Some(Bytes::from(out))
+            raw.get()
+                .starts_with('{')
+                .then_some(Prepared::Generation(raw))
         }
         Op::CountTokens => {
             let mut object: serde_json::Map<String, Value> = serde_json::from_slice(body).ok()?;
@@ -143,14 +133,48 @@ pub fn request_body(body: &Bytes, model: &str, op: Op, project: &str) -> Option<
                     .and_then(|r| r.get_mut("contents"))
                     .map(Value::take)?,
             };
-            let request =
-                json!({ "request": { "model": format!("models/{model}"), "contents": contents } });
-            serde_json::to_vec(&request).ok().map(Bytes::from)
+            Some(Prepared::Count(contents))
         }
     }
 }
 
-/// Google's 400 for a body [`request_body`] cannot wrap, answered without sending it.
+/// A client's body that may go ([`prepare`]).
+pub enum Prepared<'a> {
+    Generation(&'a RawValue),
+    Count(Value),
+}
+
+impl Prepared<'_> {
+    /// The body the API is sent: a generation wrapped with its model and project; a token
+    /// count's contents with the model.
+    pub fn body(&self, model: &str, project: &str) -> Bytes {
+        match self {
+            Prepared::Generation(raw) => {
+                let mut out =
+                    Vec::with_capacity(raw.get().len() + model.len() + project.len() + 48);
+                out.extend_from_slice(b"{\"model\":");
+                push_json_string(&mut out, model);
+                out.extend_from_slice(b",\"project\":");
+                push_json_string(&mut out, project);
+                out.extend_from_slice(b",\"request\":");
+                out.extend_from_slice(raw.get().as_bytes());
+                out.push(b'}');
+                Bytes::from(out)
+            }
+            Prepared::Count(contents) => {
+                let request = json!({ "request": { "model": format!("models/{model}"), "contents": contents } });
+                Bytes::from(request.to_string())
+            }
+        }
+    }
+}
+
+/// `text` as a JSON string.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(Value::from(text).to_string().as_bytes());
+}
+
+/// Google's 400 for a body that may not go ([`prepare`]), answered without sending it.
 pub fn invalid_body() -> UpstreamResponse {
     let body = json!({ "error": {
         "code": 400,
@@ -372,17 +396,80 @@ const MAX_SETUP_BYTES: usize = 256 * 1024;
 const ONBOARD_ATTEMPTS: u32 = 5;
 const ONBOARD_PAUSE: Duration = Duration::from_secs(2);
 
+/// How long a login's failure to give a project is answered without asking the API again.
+const FAILURE_KEPT: Duration = Duration::from_secs(30);
+
+/// What this process learned of a Code Assist login's project ([`project`]): one discovery at
+/// a time; its project kept until the API refuses a call for it ([`ProjectCell::forget`]); its
+/// failure kept [`FAILURE_KEPT`], so that the requests waiting on it do not each ask again.
+#[derive(Default)]
+pub struct ProjectCell(tokio::sync::Mutex<Learned>);
+
+#[derive(Default)]
+enum Learned {
+    #[default]
+    Unknown,
+    Known(String),
+    Failed {
+        why: String,
+        at: Instant,
+    },
+}
+
+impl ProjectCell {
+    /// The project learned, if any (none while a discovery is under way).
+    pub fn known(&self) -> Option<String> {
+        match &*self.0.try_lock().ok()? {
+            Learned::Known(project) => Some(project.clone()),
+            _ => None,
+        }
+    }
+
+    /// Knows `project` from the start (learned by the account's earlier self).
+    pub fn learn(&self, project: String) {
+        if let Ok(mut learned) = self.0.try_lock() {
+            *learned = Learned::Known(project);
+        }
+    }
+
+    /// Forgets the project learned: the API refused a call made for it (the project gone, or
+    /// the login moved to another tier); the next call asks again.
+    pub async fn forget(&self) {
+        let mut learned = self.0.lock().await;
+        if let Learned::Known(project) = &*learned {
+            tracing::info!(project = %project, "the Code Assist API refused a call for the login's project; asking for it again");
+            *learned = Learned::Unknown;
+        }
+    }
+}
+
 /// The Google Cloud project `account`'s calls are made for: its `project`, else the one the API
-/// gives the login, asked once per account and process (a failure is asked again next time).
+/// gives the login ([`ProjectCell`]).
 pub async fn project(app: &App, account: &Account) -> Result<String, Setup> {
     if let Some(project) = &account.record.project {
         return Ok(project.clone());
     }
-    account
-        .code_assist_project
-        .get_or_try_init(|| discover(app, account))
-        .await
-        .cloned()
+    let mut learned = account.code_assist.0.lock().await;
+    match &*learned {
+        Learned::Known(project) => return Ok(project.clone()),
+        Learned::Failed { why, at } if at.elapsed() < FAILURE_KEPT => {
+            return Err(Setup::Failed(why.clone()));
+        }
+        _ => {}
+    }
+    let found = discover(app, account).await;
+    match &found {
+        Ok(project) => *learned = Learned::Known(project.clone()),
+        Err(Setup::Failed(why)) => {
+            *learned = Learned::Failed {
+                why: why.clone(),
+                at: Instant::now(),
+            };
+        }
+        // The login refused (a 401 is renewed): asked again at the next call.
+        Err(Setup::Answer(_)) => {}
+    }
+    found
 }
 
 /// The client's metadata the setup calls carry, as Gemini CLI sends it.

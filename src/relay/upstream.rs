@@ -206,6 +206,11 @@ async fn send_code_assist(
     let Some((model, op)) = op else {
         return Err(SendError::Mismatch(account.record.provider));
     };
+    // Nothing of a body that cannot be wrapped goes (the API would read a project and model
+    // from it): refused before the API is asked anything.
+    let Some(prepared) = code_assist::prepare(&call.body, op) else {
+        return Ok((code_assist::invalid_body(), Instant::now()));
+    };
     // Within the first-byte timeout, as the call's own head would be.
     let within = Duration::from_secs(app.config.upstream.first_byte_timeout_secs);
     let project = match tokio::time::timeout(within, code_assist::project(app, account)).await {
@@ -217,24 +222,17 @@ async fn send_code_assist(
                 timed_out: false,
             });
         }
-        Err(_) => {
-            return Err(SendError::Unfinished {
-                why: format!(
-                    "the Code Assist API gave the login no project within {} s",
-                    within.as_secs()
-                ),
-                timed_out: true,
-            });
-        }
+        Err(_) => return Err(SendError::Timeout(within)),
     };
-    // Nothing unwrapped goes: the API would read a project and model from the client's body.
-    let Some(body) = code_assist::request_body(&call.body, model, op, &project) else {
-        return Ok((code_assist::invalid_body(), Instant::now()));
-    };
+    let body = prepared.body(model, &project);
     let url = code_assist::upstream_url(account, op);
     let headers = code_assist::upstream_headers(client, account);
     let sent = send_within(app, call, http::Method::POST, url, headers, body);
     let (resp, head_at) = sent.await?;
+    // Refused for the project it learned: asked for again at the next call.
+    if account.record.project.is_none() && matches!(resp.status().as_u16(), 403 | 404) {
+        account.code_assist.forget().await;
+    }
     let client_sse = call.query.as_deref().is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "alt" && v == "sse")
     });

@@ -638,8 +638,17 @@ fn a_google_login_is_added_from_gemini_clis_login_file() {
     }
     // Without the client's secret its tokens could not be renewed: refused.
     let out = switchyard(dir.path(), &add);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--client-secret"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --client-secret"));
+    // The secret in the environment stands in the way of no account without a grant.
+    let plain = ["accounts", "add", "--name", "y", "--api-key", "sk-y"];
+    let account = json_of(
+        &command(dir.path(), &plain)
+            .env("SWITCHYARD_OAUTH_CLIENT_SECRET", "cs-cli-secret")
+            .output()
+            .unwrap(),
+    );
+    assert!(account["oauth"].is_null());
     // A client or its secret without a grant to go with: refused, not dropped.
     for flag in ["--client-id", "--client-secret"] {
         let add = [

@@ -284,21 +284,19 @@ async fn a_login_that_needs_a_project_of_its_own_says_so() {
     google_login(&relay, &mock, "ya29.std", json!({})).await;
     // A login on the standard tier already (`currentTier` set, no project named).
     mock.set_code_assist_project(Some(""));
-    let resp = ask(
-        &relay,
-        "/v1beta/models/gemini-2.5-pro:generateContent",
-        &key,
-    )
-    .await;
-    assert_eq!(resp.status(), 502);
-    let error = resp.json::<Value>().await.unwrap();
-    let message = error["error"]["message"].as_str().unwrap();
-    assert!(message.contains("set the account's `project`"), "{message}");
-    assert!(
-        mock.requests()
-            .iter()
-            .all(|r| r.path == "/v1internal:loadCodeAssist")
-    );
+    // Requests at once (as Gemini CLI sends them): the API is asked once, and those waiting on
+    // it are told the same without asking again.
+    mock.delay_code_assist_setup(Duration::from_millis(300));
+    let path = "/v1beta/models/gemini-2.5-pro:generateContent";
+    let racing: Vec<_> = (0..4).map(|_| ask(&relay, path, &key)).collect();
+    for resp in futures_util::future::join_all(racing).await {
+        assert_eq!(resp.status(), 502);
+        let error = resp.json::<Value>().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("set the account's `project`"), "{message}");
+    }
+    assert_eq!(setup_calls(&mock), ["/v1internal:loadCodeAssist"]);
+    assert_eq!(mock.requests().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,6 +400,37 @@ async fn code_assist_fields_are_checked() {
     assert_eq!(status, 200);
     assert_eq!(v["provider"], "code-assist");
     assert!(v["project"].is_null());
+    // Google's token endpoint wants the client's secret: a grant without one is refused, unless
+    // it replaces one of the same client, whose secret it keeps.
+    let mut grant = json!({
+        "refresh_token": "1//rt", "token_url": "https://oauth2.googleapis.com/token",
+        "client_id": "c.apps.googleusercontent.com",
+        "expires_at": (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(60)).to_string(),
+    });
+    let path = format!("/admin/accounts/{id}");
+    let patch = |grant: &Value| json!({ "oauth": grant });
+    let (status, v) = relay.admin(Method::PATCH, &path, Some(patch(&grant))).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("client_secret")
+    );
+    grant["client_secret"] = json!("cs-1");
+    let (status, v) = relay.admin(Method::PATCH, &path, Some(patch(&grant))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["oauth"]["client_secret_set"], true);
+    grant.as_object_mut().unwrap().remove("client_secret");
+    grant["refresh_token"] = json!("1//rt-2");
+    let (status, v) = relay.admin(Method::PATCH, &path, Some(patch(&grant))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["oauth"]["client_secret_set"], true);
+    assert!(!v.to_string().contains("cs-1"));
+    // Another client: its secret is not the old one's.
+    grant["client_id"] = json!("other.apps.googleusercontent.com");
+    let (status, v) = relay.admin(Method::PATCH, &path, Some(patch(&grant))).await;
+    assert_eq!(status, 400, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,6 +541,32 @@ async fn the_project_is_asked_for_once_by_racing_requests_and_kept_across_reload
     mock.require_api_key("ya29.other");
     assert_eq!(ask(&relay, path, &key).await.status(), 200);
     assert_eq!(setup_calls(&mock).len(), 2);
+    // A grant given to it: another login too.
+    let grant = json!({
+        "refresh_token": "1//rt", "token_url": "http://127.0.0.1:9/token",
+        "client_id": "c.apps.googleusercontent.com", "client_secret": "cs",
+        "expires_at": (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(60)).to_string(),
+    });
+    let (status, v) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            Some(json!({ "oauth": grant })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(ask(&relay, path, &key).await.status(), 200);
+    assert_eq!(setup_calls(&mock).len(), 3);
+    // The API refusing a call for the project learned: asked again at the next one.
+    mock.push_behavior(Behavior::error(
+        403,
+        "PERMISSION_DENIED",
+        "Permission denied on resource project proj-loaded.",
+    ));
+    assert_eq!(ask(&relay, path, &key).await.status(), 403);
+    assert_eq!(setup_calls(&mock).len(), 3);
+    assert_eq!(ask(&relay, path, &key).await.status(), 200);
+    assert_eq!(setup_calls(&mock).len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,11 @@ use http_body_util::{Either, StreamBody};
 
 use super::*;
 
+/// The body sent for `body`, if it may go.
+fn request_body(body: &Bytes, model: &str, op: Op, project: &str) -> Option<Bytes> {
+    prepare(body, op).map(|prepared| prepared.body(model, project))
+}
+
 #[test]
 fn the_calls_served_are_gemini_s_generations_and_token_counts() {
     assert_eq!(

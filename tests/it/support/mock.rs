@@ -271,6 +271,8 @@ pub struct MockOptions {
     pub onboard_pending: usize,
     /// Code Assist: `loadCodeAssist` answers this status with Google's error.
     pub load_fails: Option<u16>,
+    /// Code Assist: `loadCodeAssist` answers after this long.
+    pub load_delay: Duration,
 }
 
 /// One request as received (headers exactly as they came, body raw).
@@ -465,6 +467,11 @@ impl MockUpstream {
     /// Code Assist: `loadCodeAssist` answers `status` with Google's error from now on.
     pub fn fail_code_assist_setup(&self, status: Option<u16>) {
         lock(&self.shared).options.load_fails = status;
+    }
+
+    /// Code Assist: `loadCodeAssist` answers after `delay` from now on.
+    pub fn delay_code_assist_setup(&self, delay: Duration) {
+        lock(&self.shared).options.load_delay = delay;
     }
 
     /// Code Assist: `onboardUser` answers "not done" this many times before it is.

@@ -61,6 +61,9 @@ pub(super) async fn handle(
     guard: Guard,
 ) -> Response<MockBody> {
     let body = ctx.json().unwrap_or_default();
+    if op == CodeAssistOp::Load {
+        tokio::time::sleep(ctx.options.load_delay).await;
+    }
     match (op, behavior) {
         (CodeAssistOp::Call(GeminiOp::CountTokens), Some(b)) => {
             let request = &body.get("request").cloned().unwrap_or_default();
