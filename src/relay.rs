@@ -168,6 +168,11 @@ where
     {
         return Ok(crate::body::json(http::StatusCode::OK, &list));
     }
+    if let Endpoint::GeminiModels { rest, .. } = &endpoint
+        && let Some(listed) = gemini_models_of_google_logins(app, rest)
+    {
+        return Ok(crate::body::json(http::StatusCode::OK, &listed));
+    }
 
     let ctx = Ctx {
         request_id,
@@ -404,6 +409,39 @@ fn model_list_without_openai_accounts(app: &App) -> Option<serde_json::Value> {
         .map(|(id, owner)| serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": owner }))
         .collect();
     Some(serde_json::json!({ "object": "list", "data": data }))
+}
+
+/// `GET /{version}/models[/{model}]` on the Gemini surface when no `gemini` account exists to
+/// ask and Google logins (`code-assist` accounts, whose API has no model list) do: the models they
+/// name exactly, in Gemini's shape (a model they do not name goes on to the usual answer).
+fn gemini_models_of_google_logins(app: &App, rest: &str) -> Option<serde_json::Value> {
+    let accounts = app.catalog.accounts();
+    let usable = || accounts.iter().filter(|a| a.record.enabled);
+    if usable().any(|a| a.record.provider == Provider::Gemini)
+        || !usable().any(|a| a.record.provider == Provider::CodeAssist)
+    {
+        return None;
+    }
+    let named: std::collections::BTreeSet<&str> = usable()
+        .filter(|a| a.record.provider == Provider::CodeAssist)
+        .flat_map(|a| &a.record.models)
+        .filter(|m| !m.contains(['*', '?', '[']))
+        .map(String::as_str)
+        .collect();
+    let model = |id: &str| {
+        serde_json::json!({
+            "name": format!("models/{id}"),
+            "displayName": id,
+            "supportedGenerationMethods": ["generateContent", "countTokens"],
+        })
+    };
+    match rest.strip_prefix("models/") {
+        Some(id) => named.contains(id).then(|| model(id)),
+        None => {
+            let models: Vec<serde_json::Value> = named.into_iter().map(model).collect();
+            Some(serde_json::json!({ "models": models }))
+        }
+    }
 }
 
 /// The longest model name taken (vendors' are under 100 bytes).

@@ -599,3 +599,46 @@ async fn a_failing_setup_call_fails_the_attempt_for_the_whole_login() {
     assert_eq!(view["state"]["consecutive_failures"], 1, "{view}");
     assert_eq!(view["state"]["rate_limited_families"], json!({}), "{view}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_logins_alone_list_the_models_they_name() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let models = json!({ "models": ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-3-*"] });
+    google_login(&relay, &mock, "ya29.login", models).await;
+    let (_, key) = relay.create_key("k").await;
+    let get = |path: &str| {
+        http_client()
+            .get(relay.url(path))
+            .header("x-goog-api-key", &key)
+            .send()
+    };
+    let list = get("/v1beta/models").await.unwrap();
+    assert_eq!(list.status(), 200);
+    let list = list.json::<Value>().await.unwrap();
+    let names: Vec<&str> = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["models/gemini-2.5-flash", "models/gemini-2.5-pro"]);
+    let one = get("/v1beta/models/gemini-2.5-pro").await.unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(
+        one.json::<Value>().await.unwrap()["supportedGenerationMethods"],
+        json!(["generateContent", "countTokens"])
+    );
+    // Nothing was asked of the API (it has no list).
+    assert!(mock.requests().is_empty());
+
+    // Beside a Gemini API account, the list is that account's.
+    let gemini = MockUpstream::start().await;
+    relay
+        .add_account(&gemini, "sk-gem", json!({ "provider": "gemini" }))
+        .await;
+    let list = get("/v1beta/models").await.unwrap();
+    assert_eq!(list.status(), 200);
+    assert_eq!(gemini.requests().len(), 1);
+    assert!(mock.requests().is_empty());
+}
