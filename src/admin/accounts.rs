@@ -97,7 +97,14 @@ pub struct PatchAccount {
     oauth: Option<Option<OAuthInput>>,
 }
 
-fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
+fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime) -> Value {
+    // The project this instance learned from the Code Assist API (`project` unset).
+    let project_learned = app
+        .catalog
+        .accounts()
+        .iter()
+        .find(|a| a.id() == account.id)
+        .and_then(|a| a.code_assist.known());
     let now = jiff::Timestamp::now().as_millisecond();
     let health = &runtime.health;
     let status = health.status_at(now);
@@ -128,6 +135,7 @@ fn view(account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         "region": account.region,
         "aws_access_key_id": account.aws_access_key_id,
         "project": account.project,
+        "project_learned": project_learned,
         "oauth": account.oauth.as_ref().map(|g| json!({
             "token_url": g.token_url,
             "client_id": g.client_id,
@@ -448,7 +456,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
     app.catalog.reload_accounts().await.map_err(store_error)?;
     ok(
         StatusCode::CREATED,
-        &view(&record, &AccountRuntime::default()),
+        &view(app, &record, &AccountRuntime::default()),
     )
 }
 
@@ -461,7 +469,7 @@ pub async fn list(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
             .account_runtime(&account.id)
             .await
             .map_err(store_error)?;
-        data.push(view(account, &runtime));
+        data.push(view(app, account, &runtime));
     }
     ok(StatusCode::OK, &json!({ "data": data }))
 }
@@ -477,7 +485,7 @@ async fn find(app: &Arc<App>, id: &str) -> Result<AccountRecord, ApiError> {
 pub async fn get(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
     let account = find(app, id).await?;
     let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
-    ok(StatusCode::OK, &view(&account, &runtime))
+    ok(StatusCode::OK, &view(app, &account, &runtime))
 }
 
 pub async fn patch(
@@ -506,7 +514,7 @@ pub async fn patch(
                 }
             }
             let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
-            return ok(StatusCode::OK, &view(&record, &runtime));
+            return ok(StatusCode::OK, &view(app, &record, &runtime));
         }
     }
     Err(ApiError::new(
@@ -698,7 +706,7 @@ pub async fn reset(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError>
     app.store().reset_health(id).await.map_err(store_error)?;
     tracing::info!(account_id = id, "account health reset by an admin");
     let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
-    ok(StatusCode::OK, &view(&account, &runtime))
+    ok(StatusCode::OK, &view(app, &account, &runtime))
 }
 
 #[cfg(test)]

@@ -527,6 +527,9 @@ async fn the_project_is_asked_for_once_by_racing_requests_and_kept_across_reload
         )
         .await;
     assert_eq!(status, 200, "{v}");
+    // The view says what was learned (the record holds no project).
+    assert_eq!(v["project_learned"], "proj-loaded", "{v}");
+    assert!(v["project"].is_null());
     assert_eq!(ask(&relay, path, &key).await.status(), 200);
     assert_eq!(setup_calls(&mock).len(), 1);
     // Another login (a new token, no grant): asked again.
