@@ -191,6 +191,35 @@ async fn gemini_cli_is_served_by_a_google_login_as_by_the_gemini_api() {
         mock.requests().pop().unwrap().path,
         "/v1internal:generateContent"
     );
+    // Streamed: the chunks made from the events unwrapped, the usage chunk asked for last.
+    let resp = http_client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({ "model": "gemini-2.5-flash", "stream": true,
+                       "stream_options": { "include_usage": true },
+                       "messages": [{ "role": "user", "content": "hi" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let said: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(said, "Hi! This is the mock upstream.");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 12);
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert_eq!(
+        mock.requests().pop().unwrap().path,
+        "/v1internal:streamGenerateContent"
+    );
 
     // What the API has not (embeddings, the model list) is not sent to the login.
     let before = mock.requests().len();
