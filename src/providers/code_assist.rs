@@ -433,9 +433,13 @@ impl ProjectCell {
     }
 
     /// Forgets the project learned: the API refused a call made for it (the project gone, or
-    /// the login moved to another tier); the next call asks again.
-    pub async fn forget(&self) {
-        let mut learned = self.0.lock().await;
+    /// the login moved to another tier); the next call asks again. Never waits: a discovery
+    /// under way (the lock held) has no project to forget, and a call's answer must not wait
+    /// for one.
+    pub fn forget(&self) {
+        let Ok(mut learned) = self.0.try_lock() else {
+            return;
+        };
         if let Learned::Known(project) = &*learned {
             tracing::info!(project = %project, "the Code Assist API refused a call for the login's project; asking for it again");
             *learned = Learned::Unknown;

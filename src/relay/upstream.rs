@@ -231,7 +231,7 @@ async fn send_code_assist(
     let (resp, head_at) = sent.await?;
     // Refused for the project it learned: asked for again at the next call.
     if account.record.project.is_none() && matches!(resp.status().as_u16(), 403 | 404) {
-        account.code_assist.forget().await;
+        account.code_assist.forget();
     }
     let client_sse = call.query.as_deref().is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "alt" && v == "sse")
