@@ -29,7 +29,7 @@ pub struct Account {
     /// token: `Bearer <token>`, sent in place of `x-api-key`.
     pub oauth_bearer: Option<HeaderValue>,
     /// A Code Assist account's project, as the API gave it (`providers::code_assist::project`).
-    pub code_assist: crate::providers::code_assist::ProjectCell,
+    pub code_assist: Arc<crate::providers::code_assist::ProjectCell>,
     /// A ChatGPT account's `chatgpt-account-id`: the workspace its access token was issued for.
     pub chatgpt_account: Option<HeaderValue>,
     /// A Bedrock account's models that refused a beta the client named: their requests go
@@ -97,8 +97,9 @@ impl Account {
 
     /// What `old` (this account as it was before a reload) learned that still holds: the Code
     /// Assist project of the same login (the same grant; without one, the same token; a grant
-    /// given or taken away is another login) on the same API.
-    fn keep_learned(&self, old: &Account) {
+    /// given or taken away is another login) on the same API, its cell shared (a discovery under
+    /// way lands in both).
+    fn keep_learned(&mut self, old: &Account) {
         let same_login = match (&self.record.oauth, &old.record.oauth) {
             (Some(new), Some(was)) => new.sealed_refresh_token == was.sealed_refresh_token,
             (None, None) => self.record.sealed_api_key == old.record.sealed_api_key,
@@ -107,9 +108,8 @@ impl Account {
         if same_login
             && self.record.base_url == old.record.base_url
             && self.record.project == old.record.project
-            && let Some(project) = old.code_assist.known()
         {
-            self.code_assist.learn(project);
+            self.code_assist = Arc::clone(&old.code_assist);
         }
     }
 
@@ -265,7 +265,7 @@ impl Catalog {
         let mut ready = Vec::with_capacity(records.len());
         for record in records {
             match self.prepare(record) {
-                Ok(account) => {
+                Ok(mut account) => {
                     if let Some(old) = before.iter().find(|a| a.id() == account.id()) {
                         account.keep_learned(old);
                     }

@@ -129,7 +129,7 @@ enum AccountsCommand {
         #[arg(long)]
         client_id: Option<String>,
         /// The OAuth client's secret, for token endpoints that want one (Google's; or set
-        /// SWITCHYARD_OAUTH_CLIENT_SECRET, read only for an account given a grant).
+        /// SWITCHYARD_OAUTH_CLIENT_SECRET, read only for a code-assist account given a grant).
         #[arg(long)]
         client_secret: Option<String>,
         /// When the access token expires (RFC 3339); read from it when it is a JWT.
@@ -509,8 +509,20 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 if client_secret.is_some() && !grant_given {
                     anyhow::bail!("--client-secret goes with --refresh-token or --gemini-auth");
                 }
+                let provider = provider.unwrap_or_else(|| {
+                    if codex_auth.is_some() {
+                        "chatgpt"
+                    } else if gemini_auth.is_some() {
+                        "code-assist"
+                    } else {
+                        "anthropic"
+                    }
+                    .to_owned()
+                });
+                // The environment's secret is Google's: only a Google login's grant takes it
+                // (sent to another vendor's endpoint, it would give Google's secret away).
                 let client_secret = client_secret.or_else(|| {
-                    grant_given
+                    (grant_given && provider == "code-assist")
                         .then(|| std::env::var(CLIENT_SECRET_ENV).ok())
                         .flatten()
                         .filter(|s| !s.is_empty())
@@ -538,16 +550,6 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 if let (Some(oauth), Some(secret)) = (&mut oauth, client_secret) {
                     oauth["client_secret"] = json!(secret);
                 }
-                let provider = provider.unwrap_or_else(|| {
-                    if codex_auth.is_some() {
-                        "chatgpt"
-                    } else if gemini_auth.is_some() {
-                        "code-assist"
-                    } else {
-                        "anthropic"
-                    }
-                    .to_owned()
-                });
                 let mut map = serde_json::Map::new();
                 for d in &deployments {
                     let Some((model, deployment)) = d.split_once('=') else {

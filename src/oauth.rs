@@ -656,9 +656,11 @@ fn judge(
             String::from_utf8_lossy(&body[..body.len().min(200)])
         ),
     };
+    // As sent, or as a form carries it (Google's refresh tokens begin `1//`, sent `1%2F%2F`).
     let quotes = |secret: &str| {
         let start = secret.get(..secret.len().min(12)).unwrap_or(secret);
-        !start.is_empty() && reason.contains(start)
+        let encoded: String = form_urlencoded::byte_serialize(start.as_bytes()).collect();
+        !start.is_empty() && (reason.contains(start) || reason.contains(&encoded))
     };
     let reason = if secrets.iter().flatten().any(|s| quotes(s)) {
         format!("{status}: an answer that quotes a secret of the grant (left out)")
@@ -793,6 +795,13 @@ mod tests {
             br#"{"error":"invalid_client","error_description":"client_secret=cs-secret-abc is wrong"}"#,
         );
         assert!(matches!(client, Err(RenewError::Refused(why)) if !why.contains("cs-secret")));
+        // Nor a Google refresh token echoed as the form carried it.
+        let google = judge(
+            http::StatusCode::BAD_GATEWAY,
+            b"<html>bad request: refresh_token=1%2F%2F0gLongGoogleToken&client_id=x</html>",
+            &[Some("1//0gLongGoogleToken")],
+        );
+        assert!(matches!(google, Err(RenewError::Failed(why)) if !why.contains("0gLong")));
     }
 
     fn refused(result: Result<Tokens, RenewError>) -> Option<String> {

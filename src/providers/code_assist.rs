@@ -398,18 +398,29 @@ const ONBOARD_PAUSE: Duration = Duration::from_secs(2);
 
 /// How long a login's failure to give a project is answered without asking the API again.
 const FAILURE_KEPT: Duration = Duration::from_secs(30);
+/// How long a project learned is kept whatever the API answers (a 403 about something else, a
+/// model the login may not use, does not make every call ask again).
+const KEPT_AT_LEAST: Duration = Duration::from_secs(60);
 
 /// What this process learned of a Code Assist login's project ([`project`]): one discovery at
-/// a time; its project kept until the API refuses a call for it ([`ProjectCell::forget`]); its
-/// failure kept [`FAILURE_KEPT`], so that the requests waiting on it do not each ask again.
+/// a time (`discovery`), its outcome read and written without waiting (`learned`): the project,
+/// kept until the API refuses a call made for it ([`ProjectCell::forget`]), or the failure, kept
+/// [`FAILURE_KEPT`] so that the requests that waited on it do not each ask again. Shared by the
+/// account's later selves for as long as they are the same login (`Account::keep_learned`).
 #[derive(Default)]
-pub struct ProjectCell(tokio::sync::Mutex<Learned>);
+pub struct ProjectCell {
+    learned: std::sync::Mutex<Learned>,
+    discovery: tokio::sync::Mutex<()>,
+}
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 enum Learned {
     #[default]
     Unknown,
-    Known(String),
+    Known {
+        project: String,
+        at: Instant,
+    },
     Failed {
         why: String,
         at: Instant,
@@ -417,30 +428,40 @@ enum Learned {
 }
 
 impl ProjectCell {
-    /// The project learned, if any (none while a discovery is under way).
+    fn learned(&self) -> std::sync::MutexGuard<'_, Learned> {
+        self.learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The project learned, if any.
     pub fn known(&self) -> Option<String> {
-        match &*self.0.try_lock().ok()? {
-            Learned::Known(project) => Some(project.clone()),
+        match &*self.learned() {
+            Learned::Known { project, .. } => Some(project.clone()),
             _ => None,
         }
     }
 
-    /// Knows `project` from the start (learned by the account's earlier self).
-    pub fn learn(&self, project: String) {
-        if let Ok(mut learned) = self.0.try_lock() {
-            *learned = Learned::Known(project);
+    /// What a call gets without asking the API: the project, or a failure still kept.
+    fn settled(&self) -> Option<Result<String, Setup>> {
+        match &*self.learned() {
+            Learned::Known { project, .. } => Some(Ok(project.clone())),
+            Learned::Failed { why, at } if at.elapsed() < FAILURE_KEPT => {
+                Some(Err(Setup::Failed(why.clone())))
+            }
+            _ => None,
         }
     }
 
-    /// Forgets the project learned: the API refused a call made for it (the project gone, or
-    /// the login moved to another tier); the next call asks again. Never waits: a discovery
-    /// under way (the lock held) has no project to forget, and a call's answer must not wait
-    /// for one.
-    pub fn forget(&self) {
-        let Ok(mut learned) = self.0.try_lock() else {
-            return;
-        };
-        if let Learned::Known(project) = &*learned {
+    /// Forgets `project`, if it is still the one learned (and was learned a while ago): the API
+    /// refused a call made for it (the project gone, the login moved to another tier); the next
+    /// call asks again.
+    pub fn forget(&self, project: &str) {
+        let mut learned = self.learned();
+        if let Learned::Known { project: p, at } = &*learned
+            && p == project
+            && at.elapsed() >= KEPT_AT_LEAST
+        {
             tracing::info!(project = %project, "the Code Assist API refused a call for the login's project; asking for it again");
             *learned = Learned::Unknown;
         }
@@ -453,21 +474,28 @@ pub async fn project(app: &App, account: &Account) -> Result<String, Setup> {
     if let Some(project) = &account.record.project {
         return Ok(project.clone());
     }
-    let mut learned = account.code_assist.0.lock().await;
-    match &*learned {
-        Learned::Known(project) => return Ok(project.clone()),
-        Learned::Failed { why, at } if at.elapsed() < FAILURE_KEPT => {
-            return Err(Setup::Failed(why.clone()));
-        }
-        _ => {}
+    let cell = &account.code_assist;
+    if let Some(settled) = cell.settled() {
+        return settled;
+    }
+    let _turn = cell.discovery.lock().await;
+    // Another request's discovery may have settled it meanwhile.
+    if let Some(settled) = cell.settled() {
+        return settled;
     }
     let found = discover(app, account).await;
+    let at = Instant::now();
     match &found {
-        Ok(project) => *learned = Learned::Known(project.clone()),
+        Ok(project) => {
+            *cell.learned() = Learned::Known {
+                project: project.clone(),
+                at,
+            };
+        }
         Err(Setup::Failed(why)) => {
-            *learned = Learned::Failed {
+            *cell.learned() = Learned::Failed {
                 why: why.clone(),
-                at: Instant::now(),
+                at,
             };
         }
         // The login refused (a 401 is renewed): asked again at the next call.

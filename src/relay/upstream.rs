@@ -230,8 +230,8 @@ async fn send_code_assist(
     let sent = send_within(app, call, http::Method::POST, url, headers, body);
     let (resp, head_at) = sent.await?;
     // Refused for the project it learned: asked for again at the next call.
-    if account.record.project.is_none() && matches!(resp.status().as_u16(), 403 | 404) {
-        account.code_assist.forget();
+    if account.record.project.is_none() && resp.status() == http::StatusCode::FORBIDDEN {
+        account.code_assist.forget(&project);
     }
     let client_sse = call.query.as_deref().is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "alt" && v == "sse")

@@ -649,6 +649,28 @@ fn a_google_login_is_added_from_gemini_clis_login_file() {
             .unwrap(),
     );
     assert!(account["oauth"].is_null());
+    // Nor is it given to another vendor's grant.
+    let claude = [
+        "accounts",
+        "add",
+        "--name",
+        "z",
+        "--api-key",
+        "sk-ant-oat01-z",
+        "--refresh-token",
+        "rt-z",
+        "--token-url",
+        "https://example.com/oauth/token",
+        "--client-id",
+        "claude-client",
+    ];
+    let account = json_of(
+        &command(dir.path(), &claude)
+            .env("SWITCHYARD_OAUTH_CLIENT_SECRET", "cs-cli-secret")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(account["oauth"]["client_secret_set"], false, "{account}");
     // A client or its secret without a grant to go with: refused, not dropped.
     for flag in ["--client-id", "--client-secret"] {
         let add = [

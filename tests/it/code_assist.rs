@@ -589,16 +589,17 @@ async fn the_project_is_asked_for_once_by_racing_requests_and_kept_across_reload
     assert_eq!(status, 200, "{v}");
     assert_eq!(ask(&relay, path, &key).await.status(), 200);
     assert_eq!(setup_calls(&mock).len(), 3);
-    // The API refusing a call for the project learned: asked again at the next one.
+    // A 403 right after the project was learned is about something else (a model the login
+    // may not use): the project stays (one learned a while ago is asked for again: the unit
+    // tests of `ProjectCell`).
     mock.push_behavior(Behavior::error(
         403,
         "PERMISSION_DENIED",
         "Permission denied on resource project proj-loaded.",
     ));
     assert_eq!(ask(&relay, path, &key).await.status(), 403);
-    assert_eq!(setup_calls(&mock).len(), 3);
     assert_eq!(ask(&relay, path, &key).await.status(), 200);
-    assert_eq!(setup_calls(&mock).len(), 4);
+    assert_eq!(setup_calls(&mock).len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

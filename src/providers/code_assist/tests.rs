@@ -220,3 +220,37 @@ async fn a_json_answer_is_unwrapped_whole_and_errors_go_as_they_came() {
     let (_, _, body) = read(answer(resp, Op::CountTokens, false)).await;
     assert_eq!(body, count);
 }
+
+#[test]
+fn a_project_is_forgotten_only_if_it_is_still_the_one_refused_and_not_just_learned() {
+    let cell = ProjectCell::default();
+    let learned = |project: &str, ago: u64| {
+        *cell.learned() = Learned::Known {
+            project: project.to_owned(),
+            at: Instant::now() - Duration::from_secs(ago),
+        };
+    };
+    // Just learned: a 403 is taken to be about something else.
+    learned("p1", 1);
+    cell.forget("p1");
+    assert_eq!(cell.known().as_deref(), Some("p1"));
+    // A refusal of a project already replaced leaves the new one.
+    learned("p2", 120);
+    cell.forget("p1");
+    assert_eq!(cell.known().as_deref(), Some("p2"));
+    // Learned a while ago and refused: forgotten.
+    cell.forget("p2");
+    assert_eq!(cell.known(), None);
+    assert!(cell.settled().is_none());
+    // A failure is answered for a while, then asked again.
+    *cell.learned() = Learned::Failed {
+        why: "no project".into(),
+        at: Instant::now(),
+    };
+    assert!(matches!(cell.settled(), Some(Err(Setup::Failed(why))) if why == "no project"));
+    *cell.learned() = Learned::Failed {
+        why: "no project".into(),
+        at: Instant::now() - FAILURE_KEPT,
+    };
+    assert!(cell.settled().is_none());
+}
