@@ -603,6 +603,15 @@ fn a_google_login_is_added_from_gemini_clis_login_file() {
         .to_string(),
     )
     .unwrap();
+    // `accounts add` with Google's client secret in the environment.
+    let with_secret = |args: &[&str]| {
+        json_of(
+            &command(dir.path(), args)
+                .env("SWITCHYARD_OAUTH_CLIENT_SECRET", "cs-cli-secret")
+                .output()
+                .unwrap(),
+        )
+    };
     let add = [
         "accounts",
         "add",
@@ -613,12 +622,7 @@ fn a_google_login_is_added_from_gemini_clis_login_file() {
         "--project",
         "my-project-1",
     ];
-    let account = json_of(
-        &command(dir.path(), &add)
-            .env("SWITCHYARD_OAUTH_CLIENT_SECRET", "cs-cli-secret")
-            .output()
-            .unwrap(),
-    );
+    let account = with_secret(&add);
     assert_eq!(account["provider"], "code-assist");
     assert_eq!(account["base_url"], "https://cloudcode-pa.googleapis.com");
     assert_eq!(account["project"], "my-project-1");
@@ -642,12 +646,7 @@ fn a_google_login_is_added_from_gemini_clis_login_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --client-secret"));
     // The secret in the environment stands in the way of no account without a grant.
     let plain = ["accounts", "add", "--name", "y", "--api-key", "sk-y"];
-    let account = json_of(
-        &command(dir.path(), &plain)
-            .env("SWITCHYARD_OAUTH_CLIENT_SECRET", "cs-cli-secret")
-            .output()
-            .unwrap(),
-    );
+    let account = with_secret(&plain);
     assert!(account["oauth"].is_null());
     // Nor is it given to another vendor's grant.
     let claude = [
@@ -664,12 +663,7 @@ fn a_google_login_is_added_from_gemini_clis_login_file() {
         "--client-id",
         "claude-client",
     ];
-    let account = json_of(
-        &command(dir.path(), &claude)
-            .env("SWITCHYARD_OAUTH_CLIENT_SECRET", "cs-cli-secret")
-            .output()
-            .unwrap(),
-    );
+    let account = with_secret(&claude);
     assert_eq!(account["oauth"]["client_secret_set"], false, "{account}");
     // A client or its secret without a grant to go with: refused, not dropped.
     for flag in ["--client-id", "--client-secret"] {
