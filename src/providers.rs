@@ -10,9 +10,17 @@ pub mod gemini;
 pub mod openai;
 
 use std::borrow::Cow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
+
+use crate::body::BoxError;
+use crate::upstream_client::UpstreamBody;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
 const HOP_BY_HOP: &[HeaderName] = &[
@@ -131,6 +139,110 @@ pub fn forward_headers(client: &HeaderMap) -> HeaderMap {
         HeaderValue::from_static("identity"),
     );
     headers
+}
+
+/// An answer's body as another vendor's format, converted chunk by chunk as it comes
+/// ([`Converted`]).
+pub trait Convert: Send + Sync + Unpin + 'static {
+    /// Writes to `out` what `data`, the next chunk, completes; `Ok(true)` when the answer is
+    /// complete (nothing more is read). An error ends the body after what was written before it.
+    fn feed(&mut self, data: &[u8], out: &mut BytesMut) -> Result<bool, BoxError>;
+
+    /// Writes what is left once the answer has ended.
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), BoxError>;
+}
+
+/// `inner` converted by `C`: each chunk's output as one frame (chunks that complete nothing
+/// yield none); a fault given after the output that came before it.
+pub struct Converted<C> {
+    inner: UpstreamBody,
+    convert: C,
+    /// A fault met after output of the same chunk: given after it.
+    failed: Option<BoxError>,
+    ended: bool,
+}
+
+impl<C: Convert> Converted<C> {
+    /// The converted body, ready for a response.
+    pub fn body(inner: UpstreamBody, convert: C) -> UpstreamBody {
+        let converted = Converted {
+            inner,
+            convert,
+            failed: None,
+            ended: false,
+        };
+        http_body_util::Either::Right(http_body_util::BodyExt::boxed(converted))
+    }
+}
+
+impl<C: Convert> http_body::Body for Converted<C> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(e) = this.failed.take() {
+                this.ended = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let mut out = BytesMut::new();
+            let converted = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    this.convert.finish(&mut out)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    this.convert.feed(&data, &mut out).map(|complete| {
+                        this.ended |= complete;
+                    })
+                }
+            };
+            if let Err(e) = converted {
+                this.failed = Some(e);
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.failed.is_none()
+    }
+}
+
+/// A JSON answer with this head, its type and length rewritten.
+pub fn json_answer(
+    mut head: http::response::Parts,
+    body: &serde_json::Value,
+) -> crate::upstream_client::UpstreamResponse {
+    let bytes = Bytes::from(body.to_string());
+    head.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    head.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    head.headers.remove(header::TRANSFER_ENCODING);
+    http::Response::from_parts(
+        head,
+        http_body_util::Either::Right(crate::body::full(bytes)),
+    )
 }
 
 /// `base` + `path` + `?query`, without the query's `key=…`: a client may present its Switchyard

@@ -14,8 +14,6 @@
 //! Bedrock answer as an Anthropic one: usage, failover on the first event, health.
 
 use std::borrow::Cow;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -27,8 +25,6 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use http_body::Frame;
-use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 
 use crate::body::BoxError;
@@ -304,7 +300,7 @@ pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse,
         let message = error_message(&bytes);
         let (status, body) = anthropic_error(head.status, kind.as_deref(), &message);
         head.status = status;
-        return (json_answer(head, body), Some(message));
+        return (super::json_answer(head, &body), Some(message));
     }
     let resp = match op {
         Operation::Invoke => Response::from_parts(head, body),
@@ -320,7 +316,7 @@ pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse,
                     upstream_fault("Bedrock answered a token count without `inputTokens`")
                 }
             };
-            json_answer(head, body)
+            super::json_answer(head, &body)
         }
         Operation::InvokeStream => {
             let content_type = head
@@ -334,7 +330,10 @@ pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse,
                 let message =
                     format!("Bedrock answered a stream with content type {content_type:?}");
                 head.status = StatusCode::BAD_GATEWAY;
-                return (json_answer(head, upstream_fault(&message)), Some(message));
+                return (
+                    super::json_answer(head, &upstream_fault(&message)),
+                    Some(message),
+                );
             }
             head.headers.remove(CONTENT_LENGTH);
             head.headers.insert(
@@ -342,14 +341,12 @@ pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse,
                 HeaderValue::from_static("text/event-stream; charset=utf-8"),
             );
             let sse = EventStreamToSse {
-                inner: body,
                 buffer: BytesMut::new(),
                 decoder: MessageFrameDecoder::new(),
                 in_frame: false,
-                failed: None,
                 ended: false,
             };
-            Response::from_parts(head, http_body_util::Either::Right(sse.boxed()))
+            Response::from_parts(head, super::Converted::body(body, sse))
         }
     };
     (resp, None)
@@ -358,19 +355,6 @@ pub async fn answer(resp: UpstreamResponse, op: Operation) -> (UpstreamResponse,
 /// An `api_error` of the relay's: what Bedrock answered cannot be read as an answer.
 fn upstream_fault(message: &str) -> Value {
     json!({ "type": "error", "error": { "type": "api_error", "message": message } })
-}
-
-/// A JSON answer with this head (its length and type rewritten).
-fn json_answer(mut head: http::response::Parts, body: Value) -> UpstreamResponse {
-    let bytes = Bytes::from(body.to_string());
-    head.headers
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    head.headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    Response::from_parts(
-        head,
-        http_body_util::Either::Right(crate::body::full(bytes)),
-    )
 }
 
 /// A small body (an error, a token count), within a time and a size.
@@ -467,34 +451,31 @@ const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// `{"bytes": "<base64 of an Anthropic event>"}`, becomes `event: <its type>` and `data: <it>`;
 /// an exception becomes an Anthropic `error` event, after which the stream ends.
 struct EventStreamToSse {
-    inner: UpstreamBody,
     buffer: BytesMut,
     decoder: MessageFrameDecoder,
     /// A frame is under way: its prelude was checked (the decoder may hold it already).
     in_frame: bool,
-    /// An error met after events of the same chunk: given after them.
-    failed: Option<BoxError>,
+    /// An exception ended the stream.
     ended: bool,
 }
 
-impl EventStreamToSse {
-    /// The SSE of every whole frame in the buffer; a fault is kept in `failed`, to be given
-    /// after what came before it.
-    fn drain(&mut self) -> BytesMut {
-        let mut out = BytesMut::new();
-        while !self.ended {
-            match self.next_frame(&mut out) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    self.failed = Some(e);
-                    break;
-                }
-            }
-        }
-        out
+impl super::Convert for EventStreamToSse {
+    /// The SSE of every whole frame in the buffer, with `data` added.
+    fn feed(&mut self, data: &[u8], out: &mut BytesMut) -> Result<bool, BoxError> {
+        self.buffer.extend_from_slice(data);
+        while !self.ended && self.next_frame(out)? {}
+        Ok(self.ended)
     }
 
+    fn finish(&mut self, _: &mut BytesMut) -> Result<(), BoxError> {
+        if !self.buffer.is_empty() || self.in_frame {
+            return Err("the event stream ended inside a frame".into());
+        }
+        Ok(())
+    }
+}
+
+impl EventStreamToSse {
     /// Converts the next frame when the buffer holds it whole; `Ok(false)` while it waits for
     /// the rest. A frame's prelude is checked before anything of it is buffered.
     fn next_frame(&mut self, out: &mut BytesMut) -> Result<bool, BoxError> {
@@ -535,58 +516,6 @@ fn checked_prelude(prelude: &[u8]) -> Result<usize, BoxError> {
         return Err(format!("an event-stream frame of {total} bytes").into());
     }
     Ok(total)
-}
-
-impl http_body::Body for EventStreamToSse {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(e) = this.failed.take() {
-                this.ended = true;
-                return Poll::Ready(Some(Err(e)));
-            }
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    if !this.buffer.is_empty() || this.in_frame {
-                        return Poll::Ready(Some(Err(
-                            "the event stream ended inside a frame".into()
-                        )));
-                    }
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    this.buffer.extend_from_slice(&data);
-                    // What came before a fault goes out first.
-                    let out = this.drain();
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-                    }
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended && self.failed.is_none()
-    }
 }
 
 /// Writes the SSE event `message` stands for; `true` when it ends the stream (an exception).

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
@@ -157,18 +157,7 @@ pub async fn whole_answer(resp: UpstreamResponse, within: Duration) -> UpstreamR
         (status, error_json(&why, "server_error", None))
     });
     head.status = status;
-    let bytes = Bytes::from(json.to_string());
-    head.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    head.headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    head.headers.remove(header::TRANSFER_ENCODING);
-    Response::from_parts(
-        head,
-        http_body_util::Either::Right(crate::body::full(bytes)),
-    )
+    super::json_answer(head, &json)
 }
 
 /// The answer an event ends the response with, if it does: (status, JSON body).

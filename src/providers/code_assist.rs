@@ -25,14 +25,10 @@
 //! secret too).
 
 use std::borrow::Cow;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, header};
-use http_body::Frame;
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
@@ -42,7 +38,7 @@ use crate::app::App;
 use crate::body::BoxError;
 use crate::catalog::Account;
 use crate::stream::sse::SseFramer;
-use crate::upstream_client::{UpstreamBody, UpstreamResponse, read_capped};
+use crate::upstream_client::{UpstreamResponse, read_capped};
 
 pub const DEFAULT_BASE_URL: &str = "https://cloudcode-pa.googleapis.com";
 
@@ -182,15 +178,9 @@ pub fn invalid_body() -> UpstreamResponse {
                     (a token count's with its `contents`).",
         "status": "INVALID_ARGUMENT",
     } });
-    let mut resp = Response::new(http_body_util::Either::Right(crate::body::full(
-        body.to_string(),
-    )));
-    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=UTF-8"),
-    );
-    resp
+    let (mut head, ()) = Response::new(()).into_parts();
+    head.status = http::StatusCode::BAD_REQUEST;
+    super::json_answer(head, &body)
 }
 
 /// The Code Assist answer as the Gemini API's (see the module's documentation): a generation's
@@ -220,13 +210,11 @@ pub fn answer(resp: UpstreamResponse, op: Op, client_sse: bool) -> UpstreamRespo
     };
     head.headers.remove(header::CONTENT_LENGTH);
     let unwrapping = Unwrapping {
-        inner: body,
         framer: SseFramer::with_max_event_bytes(MAX_ANSWER_BYTES),
         form,
         whole: BytesMut::new(),
-        ended: false,
     };
-    Response::from_parts(head, http_body_util::Either::Right(unwrapping.boxed()))
+    Response::from_parts(head, super::Converted::body(body, unwrapping))
 }
 
 /// The largest answer (or event) unwrapped.
@@ -244,17 +232,15 @@ enum Form {
 
 /// A Code Assist answer's body, unwrapped as it comes.
 struct Unwrapping {
-    inner: UpstreamBody,
     framer: SseFramer,
     form: Form,
     /// A JSON answer read so far.
     whole: BytesMut,
-    ended: bool,
 }
 
-impl Unwrapping {
+impl super::Convert for Unwrapping {
     /// What `data` (a chunk of the answer) completes, in the client's form.
-    fn feed(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), BoxError> {
+    fn feed(&mut self, data: &[u8], out: &mut BytesMut) -> Result<bool, BoxError> {
         match &mut self.form {
             Form::Json => {
                 if self.whole.len() + data.len() > MAX_ANSWER_BYTES {
@@ -276,65 +262,21 @@ impl Unwrapping {
                 out.extend_from_slice(&unwrapped(event.data.as_bytes()));
             }),
         }
-        Ok(())
+        Ok(false)
     }
 
     /// What is left when the answer ended.
-    fn finish(&mut self, out: &mut BytesMut) {
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), BoxError> {
         if matches!(self.form, Form::Json) {
             out.extend_from_slice(&unwrapped(&self.whole));
-            return;
+            return Ok(());
         }
         // An event the stream did not end with a blank line.
-        let _ = self.feed(b"\n\n", out);
+        self.feed(b"\n\n", out)?;
         if let Form::Array { opened } = self.form {
             out.extend_from_slice(if opened { b"]" } else { b"[]" });
         }
-    }
-}
-
-impl http_body::Body for Unwrapping {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            let mut out = BytesMut::new();
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    this.finish(&mut out);
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if let Err(e) = this.feed(&data, &mut out) {
-                        this.ended = true;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                }
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended
+        Ok(())
     }
 }
 

@@ -2,7 +2,8 @@ use std::collections::BTreeMap;
 
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::Header;
-use http_body_util::{Either, StreamBody};
+use http_body::Frame;
+use http_body_util::{BodyExt, Either, StreamBody};
 
 use std::time::UNIX_EPOCH;
 

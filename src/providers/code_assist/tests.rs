@@ -1,5 +1,6 @@
 use http::StatusCode;
-use http_body_util::{Either, StreamBody};
+use http_body::Frame;
+use http_body_util::{BodyExt, Either, StreamBody};
 
 use super::*;
 
