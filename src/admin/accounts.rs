@@ -365,25 +365,24 @@ fn grant(
     let sealed_refresh_token = master
         .seal(&oauth::refresh_aad(id), &refresh_token)
         .map_err(|_| ApiError::internal("could not seal the refresh token"))?;
-    let sealed_client_secret = match input.client_secret.as_deref().map(str::trim) {
-        None | Some("") => None,
+    let given_secret = input
+        .client_secret
+        .as_deref()
+        .filter(|s| !s.trim().is_empty());
+    let sealed_client_secret = match given_secret {
         Some(secret) => {
-            if http::HeaderValue::from_str(secret).is_err() {
-                return Err(ApiError::invalid(
-                    "oauth.client_secret: visible ASCII characters",
-                ));
-            }
+            let secret = valid_api_key(secret)
+                .map_err(|_| ApiError::invalid("oauth.client_secret: visible ASCII characters"))?;
             let sealed = master
-                .seal(&oauth::client_secret_aad(id), secret)
+                .seal(&oauth::client_secret_aad(id), &secret)
                 .map_err(|_| ApiError::internal("could not seal the client secret"))?;
             Some(sealed)
         }
-    };
-    let sealed_client_secret = sealed_client_secret.or_else(|| {
-        previous
+        // Kept from the grant this one replaces, for the same client at the same endpoint.
+        None => previous
             .filter(|g| g.client_id == client_id && g.token_url == token_url)
-            .and_then(|g| g.sealed_client_secret.clone())
-    });
+            .and_then(|g| g.sealed_client_secret.clone()),
+    };
     if provider == Provider::CodeAssist && sealed_client_secret.is_none() {
         return Err(ApiError::invalid(
             "oauth.client_secret: required for a code-assist grant (Google's token endpoint \
