@@ -14,7 +14,7 @@ use crate::stats::Stats;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Change, Store};
-use crate::upstream_client::UpstreamClient;
+use crate::upstream_client::{AccountProxy, UpstreamClient};
 use tokio::sync::broadcast;
 
 /// The LiteLLM-format price file last imported with `switchyard pricing import`, on a store
@@ -192,6 +192,19 @@ impl App {
     pub fn http(&self) -> &UpstreamClient {
         let i = crate::server::worker_index();
         &self.workers[i % self.workers.len()].http
+    }
+
+    /// The upstream client for a call made for an account: the worker's, or through the
+    /// account's own proxy when it has one.
+    pub fn http_via<'a>(&'a self, proxy: Option<&'a AccountProxy>) -> &'a UpstreamClient {
+        match proxy {
+            None => self.http(),
+            Some(proxy) => proxy.client(
+                crate::server::worker_index(),
+                self.workers.len(),
+                &self.config.upstream,
+            ),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

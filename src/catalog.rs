@@ -15,6 +15,7 @@ use crate::crypto::MasterKey;
 use tokio::sync::broadcast;
 
 use crate::store::{AccountRecord, Change, KeyRecord, Store, StoreError};
+use crate::upstream_client::{AccountProxy, proxy_aad};
 
 /// How an Anthropic OAuth access token begins (an API key begins `sk-ant-api`).
 const OAUTH_TOKEN_PREFIX: &str = "sk-ant-oat";
@@ -35,6 +36,9 @@ pub struct Account {
     /// A Bedrock account's models that refused a beta the client named: their requests go
     /// without betas from then on (until the accounts are reloaded).
     pub refuses_betas: dashmap::DashSet<String>,
+    /// The account's own proxy, which every call made for it goes through (`record.sealed_proxy`
+    /// opened).
+    pub proxy: Option<Arc<AccountProxy>>,
     /// `record.models` compiled once.
     models: Vec<glob::Pattern>,
 }
@@ -48,10 +52,10 @@ impl std::fmt::Debug for Account {
 }
 
 impl Account {
-    /// An account with its opened credential; `None` when the credential cannot be a header
-    /// value or a model glob no longer compiles (globs are validated when written: such an
-    /// account serves nothing rather than everything).
-    pub fn new(record: AccountRecord, api_key: &str) -> Option<Account> {
+    /// An account with its opened credential and proxy; `None` when the credential cannot be a
+    /// header value, the proxy is not one, or a model glob no longer compiles (all are validated
+    /// when written: such an account serves nothing rather than everything, or straight).
+    pub fn new(record: AccountRecord, api_key: &str, proxy: Option<&str>) -> Option<Account> {
         // A Claude subscription's token, or a Google login's (always a bearer token).
         let bearer = match record.provider {
             crate::store::Provider::Anthropic => {
@@ -80,9 +84,14 @@ impl Account {
             .map(|m| glob::Pattern::new(m))
             .collect::<Result<Vec<_>, _>>()
             .ok()?;
+        let proxy = match proxy {
+            Some(url) => Some(Arc::new(AccountProxy::new(url)?)),
+            None => None,
+        };
         Some(Account {
             record,
             api_key,
+            proxy,
             oauth_bearer,
             chatgpt_account,
             refuses_betas: dashmap::DashSet::new(),
@@ -98,8 +107,11 @@ impl Account {
     /// What `old` (this account as it was before a reload) learned that still holds: the Code
     /// Assist project of the same login (the same grant; without one, the same token; a grant
     /// given or taken away is another login) on the same API, its cell shared (a discovery under
-    /// way lands in both).
+    /// way lands in both); and the clients through the same proxy, with their open connections.
     fn keep_learned(&mut self, old: &Account) {
+        if self.record.sealed_proxy == old.record.sealed_proxy {
+            self.proxy.clone_from(&old.proxy);
+        }
         let same_login = match (&self.record.oauth, &old.record.oauth) {
             (Some(new), Some(was)) => new.sealed_refresh_token == was.sealed_refresh_token,
             (None, None) => self.record.sealed_api_key == old.record.sealed_api_key,
@@ -257,8 +269,9 @@ impl Catalog {
         }
     }
 
-    /// Re-reads every account record and opens its credential. An account whose credential
-    /// cannot be opened (master key changed) is left out and logged, never served.
+    /// Re-reads every account record and opens its credential and proxy. An account whose
+    /// credential or proxy cannot be opened (master key changed) is left out and logged, never
+    /// served.
     pub async fn reload_accounts(&self) -> Result<(), StoreError> {
         let records = self.store.accounts().await?;
         let before = self.accounts();
@@ -290,7 +303,41 @@ impl Catalog {
             .master_key
             .open(&record.id, &record.sealed_api_key)
             .map_err(|_| record.id.clone())?;
+        let proxy = self.proxy_of(&record).map_err(|_| record.id.clone())?;
         let id = record.id.clone();
-        Account::new(record, &plain).ok_or(id)
+        Account::new(record, &plain, proxy.as_deref()).ok_or(id)
+    }
+
+    /// The proxy calls made for the account of `record` go through: the one its served self
+    /// holds (with its clients' open connections) when that is the same, else one made now. An
+    /// error when the sealed URL cannot be opened: such an account is never called straight.
+    pub fn proxy_for(
+        &self,
+        record: &AccountRecord,
+    ) -> Result<Option<Arc<AccountProxy>>, &'static str> {
+        if let Some(served) = self.accounts().iter().find(|a| a.id() == record.id)
+            && served.record.sealed_proxy == record.sealed_proxy
+        {
+            return Ok(served.proxy.clone());
+        }
+        const UNUSABLE: &str = "the account's proxy cannot be opened (was the master key changed?)";
+        match self.proxy_of(record).map_err(|_| UNUSABLE)? {
+            None => Ok(None),
+            Some(url) => AccountProxy::new(&url)
+                .map(|proxy| Some(Arc::new(proxy)))
+                .ok_or(UNUSABLE),
+        }
+    }
+
+    /// The proxy URL of `record`, opened.
+    pub fn proxy_of(
+        &self,
+        record: &AccountRecord,
+    ) -> Result<Option<String>, crate::crypto::CryptoError> {
+        record
+            .sealed_proxy
+            .as_deref()
+            .map(|sealed| self.master_key.open(&proxy_aad(&record.id), sealed))
+            .transpose()
     }
 }

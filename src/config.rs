@@ -25,6 +25,7 @@ const ENV_NOT_OPTIONS: &[&str] = &[
     LOG_FILTER_ENV,
     "SWITCHYARD_ACCOUNT_API_KEY",
     "SWITCHYARD_OAUTH_CLIENT_SECRET",
+    "SWITCHYARD_ACCOUNT_PROXY",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

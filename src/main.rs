@@ -150,6 +150,11 @@ enum AccountsCommand {
         /// gives the login).
         #[arg(long)]
         project: Option<String>,
+        /// The account's own proxy, which every call made for it goes through:
+        /// http(s)://[user:password@]host[:port] or socks5(h)://… (or set
+        /// SWITCHYARD_ACCOUNT_PROXY to keep its credentials out of the shell history).
+        #[arg(long, env = "SWITCHYARD_ACCOUNT_PROXY", hide_env_values = true)]
+        proxy: Option<String>,
         #[arg(long)]
         base_url: Option<String>,
         /// Lower is preferred.
@@ -499,6 +504,7 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 codex_auth,
                 gemini_auth,
                 project,
+                proxy,
             } => {
                 // The OAuth client is that of a grant given by hand or read from Gemini CLI's
                 // login (Codex CLI's names its own, and its endpoint takes no secret).
@@ -581,6 +587,9 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 }
                 if project.is_some() {
                     body["project"] = json!(project);
+                }
+                if proxy.is_some() {
+                    body["proxy"] = json!(proxy);
                 }
                 if let Some(mut oauth) = oauth {
                     if expires_at.is_some() {

@@ -455,7 +455,14 @@ impl Renewer {
             })?),
             None => None,
         };
-        let answer = request_tokens(app, grant, &refresh_token, client_secret.as_deref()).await?;
+        // Through the account's proxy, as its requests go: a vendor sees one address for it.
+        let proxy = app
+            .catalog
+            .proxy_for(record)
+            .map_err(|why| RenewError::Failed(why.into()))?;
+        let client = app.http_via(proxy.as_deref());
+        let answer =
+            request_tokens(client, grant, &refresh_token, client_secret.as_deref()).await?;
         let at = app.clock.now_ms();
         let seal = |aad: &str, plain: &str| {
             master
@@ -559,7 +566,7 @@ async fn refused_at(app: &App, id: &str, now: i64) -> Result<Option<i64>, StoreE
 /// these grants are send it; with a client secret (Google's installed apps), as the form of
 /// RFC 6749 §2.3.1 and §6, which Google's endpoint takes.
 async fn request_tokens(
-    app: &App,
+    client: &crate::upstream_client::UpstreamClient,
     grant: &OAuthGrant,
     refresh_token: &str,
     client_secret: Option<&str>,
@@ -596,7 +603,7 @@ async fn request_tokens(
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    let send = app.http().send(
+    let send = client.send(
         http::Method::POST,
         grant.token_url.clone(),
         headers,

@@ -254,6 +254,10 @@ pub struct AccountRecord {
     /// Assist API gives the login (`providers::code_assist::project`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// The account's own proxy URL (its credentials with it), sealed under
+    /// `upstream_client::proxy_aad`: every call made for the account goes through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_proxy: Option<String>,
     /// A subscription account's OAuth grant: the sealed api key is then its access token, which
     /// the relay renews with the refresh token before it expires (`crate::oauth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

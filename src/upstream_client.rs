@@ -6,14 +6,16 @@
 //! what a bare forward costs (docs/benchmarks.md, session 7).
 //!
 //! Through a proxy (`upstream.proxy`, or `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` in the
-//! environment), the request goes through reqwest instead, which speaks to HTTP and HTTPS
-//! proxies (CONNECT for https upstreams, proxy credentials from the URL) and honours `NO_PROXY`.
+//! environment), the request goes through reqwest instead, which speaks to HTTP, HTTPS and
+//! SOCKS5 proxies (CONNECT for https upstreams, proxy credentials from the URL) and honours
+//! `NO_PROXY`. An account with a proxy of its own (`AccountProxy`) goes through that one only,
+//! for every call made for it: never straight, never through `upstream.proxy`.
 //!
 //! No decompression either way: bodies pass through as sent. Timeouts after connecting are the
 //! relay's (first byte) and the tap's (idle), so each can answer in the client's protocol.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,6 +68,8 @@ const PROXY_VARS: [&str; 6] = [
 pub enum UpstreamClient {
     Direct(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
     Proxied(reqwest::Client),
+    /// A client that could not be made (an account's proxy): every call fails with why.
+    Unusable(Arc<str>),
 }
 
 /// An attempt that produced no response head: why, as a metrics label (`connect` or `other`),
@@ -100,19 +104,7 @@ impl UpstreamClient {
             None => None,
         };
         if proxy.is_some() || proxy_in_environment() {
-            let mut builder = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
-                .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs))
-                .pool_max_idle_per_host(config.pool_max_idle_per_host)
-                .tcp_nodelay(true)
-                .http2_initial_stream_window_size(H2_STREAM_WINDOW)
-                .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
-                // A relay passes redirects to the client; following them would resend credentials.
-                .redirect(reqwest::redirect::Policy::none());
-            if let Some(proxy) = proxy {
-                builder = builder.proxy(proxy);
-            }
-            return Ok(UpstreamClient::Proxied(builder.build()?));
+            return Ok(UpstreamClient::through(config, proxy)?);
         }
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -135,6 +127,27 @@ impl UpstreamClient {
             .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
             .build(https);
         Ok(UpstreamClient::Direct(Box::new(client)))
+    }
+
+    /// reqwest's client through `proxy`; without one, through the environment's proxies.
+    fn through(
+        config: &UpstreamConfig,
+        proxy: Option<reqwest::Proxy>,
+    ) -> reqwest::Result<UpstreamClient> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
+            .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs))
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .tcp_nodelay(true)
+            .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+            // A relay passes redirects to the client; following them would resend credentials.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(proxy) = proxy {
+            // Given a proxy, reqwest no longer reads the environment's.
+            builder = builder.proxy(proxy);
+        }
+        Ok(UpstreamClient::Proxied(builder.build()?))
     }
 
     pub fn proxied(&self) -> bool {
@@ -171,6 +184,7 @@ impl UpstreamClient {
                     .send();
                 Pending::Proxied(target, Box::pin(sent))
             }
+            UpstreamClient::Unusable(why) => Pending::Unusable(Arc::clone(why)),
         };
         async move {
             match pending {
@@ -194,6 +208,10 @@ impl UpstreamClient {
                     reason: "other",
                     message: format!("the upstream URL is not valid: {e}"),
                 }),
+                Pending::Unusable(why) => Err(UpstreamError {
+                    reason: "connect",
+                    message: why.to_string(),
+                }),
             }
         }
     }
@@ -208,6 +226,99 @@ enum Pending {
         Pin<Box<dyn Future<Output = reqwest::Result<reqwest::Response>> + Send>>,
     ),
     Invalid(http::uri::InvalidUri),
+    Unusable(Arc<str>),
+}
+
+/// What the record's `proxy` of account `id` is sealed under.
+pub fn proxy_aad(account_id: &str) -> String {
+    format!("{account_id}/proxy")
+}
+
+/// The schemes an account's proxy may have: an HTTP proxy (plain or over TLS, CONNECT to https
+/// upstreams) or a SOCKS5 one (`socks5h`: the proxy resolves the vendor's host name).
+const PROXY_SCHEMES: [&str; 4] = ["http", "https", "socks5", "socks5h"];
+
+/// What shows of a proxy's credentials in a view of it.
+const MASK: &str = "***";
+
+/// An account's proxy as written (trimmed, checked): an http(s) or socks5(h) URL with a host, a
+/// port or the scheme's default, credentials or not, and nothing after the authority. A URL
+/// whose credentials are the view's mask (`***`, from `redacted`) is refused: written back, it
+/// would replace the real ones.
+pub fn valid_proxy(url: &str) -> Result<String, String> {
+    let url = url.trim();
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("proxy: {e}"))?;
+    if !PROXY_SCHEMES.contains(&parsed.scheme()) || parsed.host().is_none() {
+        return Err(
+            "proxy: must be an http://, https://, socks5:// or socks5h:// URL with a host".into(),
+        );
+    }
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() || parsed.fragment().is_some()
+    {
+        return Err("proxy: must be scheme://[user:password@]host[:port], with no path".into());
+    }
+    if parsed.username() == MASK || parsed.password() == Some(MASK) {
+        return Err(format!(
+            "proxy: the credentials are the view's mask ({MASK}); give the proxy's own"
+        ));
+    }
+    reqwest::Proxy::all(url).map_err(|e| format!("proxy: {}", chain(&e)))?;
+    Ok(url.to_owned())
+}
+
+/// A proxy's URL as views show it: its credentials, if any, masked.
+pub fn redacted(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return MASK.to_owned();
+    };
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return url.to_owned();
+    }
+    let masked = parsed.set_username(MASK).is_ok() && parsed.set_password(None).is_ok();
+    if masked {
+        parsed.to_string().trim_end_matches('/').to_owned()
+    } else {
+        MASK.to_owned()
+    }
+}
+
+/// An account's own proxy (its record's `proxy`): every call made for the account (its
+/// requests, and its token renewals and setup calls) goes through it, never straight nor through
+/// `upstream.proxy`. One client per server worker, made when the worker first calls through
+/// it (a pooled connection's task runs on the runtime that opened it, as with `WorkerSlot`'s).
+pub struct AccountProxy {
+    proxy: reqwest::Proxy,
+    clients: OnceLock<Box<[OnceLock<UpstreamClient>]>>,
+}
+
+impl AccountProxy {
+    /// `None` when `url` is not a proxy reqwest can use (it was checked by `valid_proxy` when
+    /// written).
+    pub fn new(url: &str) -> Option<AccountProxy> {
+        Some(AccountProxy {
+            proxy: reqwest::Proxy::all(url).ok()?,
+            clients: OnceLock::new(),
+        })
+    }
+
+    /// The client of worker `worker` of `workers`, made now if it is the worker's first call.
+    pub fn client(
+        &self,
+        worker: usize,
+        workers: usize,
+        config: &UpstreamConfig,
+    ) -> &UpstreamClient {
+        let clients = self
+            .clients
+            .get_or_init(|| (0..workers.max(1)).map(|_| OnceLock::new()).collect());
+        clients[worker % clients.len()].get_or_init(|| {
+            UpstreamClient::through(config, Some(self.proxy.clone())).unwrap_or_else(|e| {
+                UpstreamClient::Unusable(
+                    format!("the account's proxy cannot be used: {}", chain(&e)).into(),
+                )
+            })
+        })
+    }
 }
 
 fn proxy_in_environment() -> bool {
@@ -264,5 +375,66 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(describe(&uri), "https://api.example.com:8443/v1/messages");
+    }
+
+    #[test]
+    fn an_accounts_proxy_is_an_http_or_socks5_url_shown_without_its_credentials() {
+        crate::app::install_crypto_provider();
+        for (given, kept, shown) in [
+            (
+                " http://10.0.0.9:3128 ",
+                "http://10.0.0.9:3128",
+                "http://10.0.0.9:3128",
+            ),
+            (
+                "http://user:p%40ss@proxy.example:3128/",
+                "http://user:p%40ss@proxy.example:3128/",
+                "http://***@proxy.example:3128",
+            ),
+            (
+                "socks5://bob:pw@127.0.0.1:1080",
+                "socks5://bob:pw@127.0.0.1:1080",
+                "socks5://***@127.0.0.1:1080",
+            ),
+            (
+                "socks5h://only-user@proxy.example",
+                "socks5h://only-user@proxy.example",
+                "socks5h://***@proxy.example",
+            ),
+            (
+                "https://proxy.example",
+                "https://proxy.example",
+                "https://proxy.example",
+            ),
+        ] {
+            assert_eq!(valid_proxy(given).unwrap(), kept);
+            let proxy = AccountProxy::new(kept).unwrap();
+            assert!(matches!(
+                proxy.client(3, 2, &UpstreamConfig::default()),
+                UpstreamClient::Proxied(_)
+            ));
+            assert_eq!(redacted(kept), shown);
+        }
+        for bad in [
+            "proxy.example:3128",
+            "ftp://proxy.example",
+            "socks4://proxy.example:1080",
+            "http://proxy.example:3128/path",
+            "http://proxy.example:3128/?a=b",
+            "http://",
+            "socks5://***@127.0.0.1:1080",
+            "http://user:***@proxy.example",
+        ] {
+            let e = valid_proxy(bad).unwrap_err();
+            assert!(e.starts_with("proxy: "), "{bad}: {e}");
+            assert!(!e.contains("***@") || bad.contains("***"), "{bad}: {e}");
+        }
+        // The mask refused names itself, so an admin who wrote a view back knows why.
+        assert!(
+            valid_proxy("http://user:***@proxy.example")
+                .unwrap_err()
+                .contains("mask")
+        );
+        assert_eq!(redacted("not a url"), MASK);
     }
 }

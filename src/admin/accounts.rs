@@ -17,6 +17,7 @@ use crate::oauth::{self, RenewError, Renewed};
 use crate::providers;
 use crate::scheduler::policy::Status;
 use crate::store::{AccountRecord, AccountRuntime, OAuthGrant, Provider};
+use crate::upstream_client;
 
 const DEFAULT_PRIORITY: i32 = 50;
 
@@ -46,6 +47,8 @@ pub struct CreateAccount {
     aws_access_key_id: Option<String>,
     /// Code Assist only: the Google Cloud project calls are made for.
     project: Option<String>,
+    /// The account's own proxy (http, https, socks5, socks5h; credentials in the URL).
+    proxy: Option<String>,
     /// A subscription's OAuth grant: the api key is its access token, renewed with it.
     oauth: Option<OAuthInput>,
 }
@@ -92,6 +95,9 @@ pub struct PatchAccount {
     /// `null`: the project the Code Assist API gives the login.
     #[serde(default, deserialize_with = "nullable")]
     project: Option<Option<String>>,
+    /// `null` (or empty): the account's calls go as every other's.
+    #[serde(default, deserialize_with = "nullable")]
+    proxy: Option<Option<String>>,
     /// A new grant; `null` takes it away (the api key is then used until it expires).
     #[serde(default, deserialize_with = "nullable")]
     oauth: Option<Option<OAuthInput>>,
@@ -105,6 +111,14 @@ fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         .iter()
         .find(|a| a.id() == account.id)
         .and_then(|a| a.code_assist.known());
+    // Its credentials masked; the whole URL when it cannot be opened.
+    let proxy = account
+        .sealed_proxy
+        .as_ref()
+        .map(|_| match app.catalog.proxy_of(account) {
+            Ok(Some(url)) => upstream_client::redacted(&url),
+            _ => upstream_client::redacted(""),
+        });
     let now = jiff::Timestamp::now().as_millisecond();
     let health = &runtime.health;
     let status = health.status_at(now);
@@ -136,6 +150,7 @@ fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         "aws_access_key_id": account.aws_access_key_id,
         "project": account.project,
         "project_learned": project_learned,
+        "proxy": proxy,
         "oauth": account.oauth.as_ref().map(|g| json!({
             "token_url": g.token_url,
             "client_id": g.client_id,
@@ -326,6 +341,20 @@ fn seal(app: &App, id: &str, api_key: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::internal("could not seal the api key"))
 }
 
+/// The proxy of account `id` as stored: checked and sealed; `None` for none (or an empty one).
+fn sealed_proxy(app: &App, id: &str, url: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(url) = url.filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let url = upstream_client::valid_proxy(url).map_err(ApiError::invalid)?;
+    let sealed = app
+        .catalog
+        .master_key()
+        .seal(&upstream_client::proxy_aad(id), &url)
+        .map_err(|_| ApiError::internal("could not seal the proxy"))?;
+    Ok(Some(sealed))
+}
+
 /// The grant of account `id` (of `provider`, whose access token is `api_key`) as stored. A grant
 /// given without a client secret keeps the one of the grant it replaces (`previous`) for the
 /// same client at the same endpoint: the secret is the client's, not the login's.
@@ -443,6 +472,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         region: vendor.region,
         aws_access_key_id: vendor.aws_access_key_id,
         project: vendor.project,
+        sealed_proxy: sealed_proxy(app, &id, req.proxy.as_deref())?,
         oauth,
         created_at: now_ms(),
         revision: 0,
@@ -571,6 +601,9 @@ async fn apply(
             let previous = before.oauth.as_ref();
             record.oauth = Some(grant(app, id, record.provider, input, &access, previous)?);
         }
+    }
+    if let Some(proxy) = &req.proxy {
+        record.sealed_proxy = sealed_proxy(app, id, proxy.as_deref())?;
     }
     if let Some(p) = req.priority {
         record.priority = p;

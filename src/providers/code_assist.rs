@@ -548,7 +548,7 @@ async fn setup_call(
     if let Some(bearer) = &account.oauth_bearer {
         headers.insert(header::AUTHORIZATION, bearer.clone());
     }
-    let send = app.http().send(
+    let send = app.http_via(account.proxy.as_deref()).send(
         http::Method::POST,
         url,
         headers,

@@ -101,7 +101,7 @@ pub(super) async fn send(
         _ => call.body.clone(),
     };
     let sent_at = Instant::now();
-    let sent = send_within(app, call, call.method.clone(), url, headers, body);
+    let sent = send_within(app, call, account, call.method.clone(), url, headers, body);
     let (mut resp, mut head_at) = sent.await?;
     // Made whole within what is left of the answer's time (its head comes then, as a JSON
     // answer's would).
@@ -114,11 +114,13 @@ pub(super) async fn send(
     Ok((take_whole(call, resp).await?, head_at))
 }
 
-/// Sends one request of `call`'s, waiting at most the first-byte timeout for its head (the
-/// answer timeout for an answer that is not streamed): the response, and when its head came.
+/// Sends one request of `call`'s to `account` (through its proxy, if it has one), waiting at
+/// most the first-byte timeout for its head (the answer timeout for an answer that is not
+/// streamed): the response, and when its head came.
 async fn send_within(
     app: &App,
     call: &Call,
+    account: &Account,
     method: http::Method,
     url: String,
     headers: http::HeaderMap,
@@ -135,7 +137,9 @@ async fn send_within(
                 .max(upstream.first_byte_timeout_secs)
         })
     });
-    let send = app.http().send(method, url, headers, body);
+    let send = app
+        .http_via(account.proxy.as_deref())
+        .send(method, url, headers, body);
     match tokio::time::timeout(first_byte, send).await {
         Ok(Ok(resp)) => Ok((resp, Instant::now())),
         Ok(Err(e)) => Err(SendError::Failed(e)),
@@ -177,7 +181,15 @@ async fn send_bedrock(
                 timed_out: false,
             }
         })?;
-        let sent = send_within(app, call, http::Method::POST, url.clone(), headers, body);
+        let sent = send_within(
+            app,
+            call,
+            account,
+            http::Method::POST,
+            url.clone(),
+            headers,
+            body,
+        );
         let (resp, head_at) = sent.await?;
         let (resp, error) = bedrock::answer(resp, op).await;
         // Some models take fewer betas than others: once more without them.
@@ -227,7 +239,7 @@ async fn send_code_assist(
     let body = prepared.body(model, &project);
     let url = code_assist::upstream_url(account, op);
     let headers = code_assist::upstream_headers(client, account);
-    let sent = send_within(app, call, http::Method::POST, url, headers, body);
+    let sent = send_within(app, call, account, http::Method::POST, url, headers, body);
     let (resp, head_at) = sent.await?;
     // Refused for the project it learned: asked for again at the next call.
     if account.record.project.is_none() && resp.status() == http::StatusCode::FORBIDDEN {

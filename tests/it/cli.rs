@@ -186,11 +186,16 @@ fn keys_and_accounts_through_the_cli_on_a_data_dir() {
             "claude-*",
             "--priority",
             "5",
+            "--proxy",
+            "socks5://team:cli-proxy-pw@10.0.0.9:1080",
         ],
     ));
     assert_eq!(account["base_url"], "https://api.anthropic.com");
     assert_eq!(account["priority"], 5);
     assert!(account.get("api_key").is_none());
+    // The proxy's credentials are sealed with the key, never shown.
+    assert_eq!(account["proxy"], "socks5://***@10.0.0.9:1080");
+    assert!(!account.to_string().contains("cli-proxy-pw"));
     let listed = json_of(&switchyard(dir.path(), &["accounts", "list"]));
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     let usage = json_of(&switchyard(dir.path(), &["usage"]));

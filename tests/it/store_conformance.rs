@@ -199,6 +199,8 @@ fn account(id: &str, created_at: i64) -> AccountRecord {
         region: None,
         aws_access_key_id: None,
         project: None,
+        // A proxy too, to come back as written.
+        sealed_proxy: Some(format!("{id} sealed proxy")),
         oauth: None,
         revision: 0,
         created_at,

@@ -32,11 +32,12 @@ fn account(access_key_id: Option<&str>, deployments: &[(&str, &str)]) -> Account
         region: Some("us-west-2".into()),
         aws_access_key_id: access_key_id.map(str::to_owned),
         project: None,
+        sealed_proxy: None,
         oauth: None,
         revision: 0,
         created_at: 0,
     };
-    Account::new(record, "secret-or-api-key").unwrap()
+    Account::new(record, "secret-or-api-key", None).unwrap()
 }
 
 #[test]
