@@ -46,6 +46,8 @@ pub struct App {
     pub accounts_shown: std::sync::Mutex<Vec<String>>,
     /// Renewals of subscription accounts' OAuth tokens.
     pub oauth: crate::oauth::Renewer,
+    /// Notices to the operators about accounts (`notify.webhook_url`).
+    pub notify: crate::notify::Notifier,
 }
 
 /// What one server worker has of its own.
@@ -165,6 +167,7 @@ impl App {
         }
         let image_storage =
             crate::images::storage::Storage::open(&config.images, &config.data_dir)?.map(Arc::new);
+        let notify = crate::notify::Notifier::start(&config.notify)?;
         crate::metrics::install();
         crate::metrics::spawn_upkeep();
         let app = Arc::new(App {
@@ -182,6 +185,7 @@ impl App {
             accounts_scraped_ms: AtomicI64::new(0),
             accounts_shown: std::sync::Mutex::new(Vec::new()),
             oauth: crate::oauth::Renewer::default(),
+            notify,
         });
         crate::images::spawn_sweeper(&app);
         app.follow_prices(price_changes);

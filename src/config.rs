@@ -53,6 +53,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub pricing: PricingConfig,
     pub images: ImagesConfig,
+    pub notify: NotifyConfig,
 }
 
 impl Default for Config {
@@ -73,6 +74,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             pricing: PricingConfig::default(),
             images: ImagesConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -352,6 +354,34 @@ impl Default for StatsConfig {
             flush_interval_ms: 250,
             request_log_max: 10_000,
             max_pending_requests: 100_000,
+        }
+    }
+}
+
+/// Notices to the operators when an account needs them (`crate::notify`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Where each notice is POSTed; unset, none is sent.
+    pub webhook_url: Option<String>,
+    /// The body's shape: the notice as JSON, or a message for a Slack or Discord webhook.
+    pub format: crate::notify::Format,
+    /// The events told.
+    pub events: Vec<crate::notify::Event>,
+    /// One account's same event is told at most once within this time (by each instance).
+    pub repeat_after_secs: u64,
+    /// Failures in a row (5xx, connect errors, timeouts) that make an account `failing`.
+    pub failures: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            webhook_url: None,
+            format: crate::notify::Format::Json,
+            events: crate::notify::Event::ALL.to_vec(),
+            repeat_after_secs: 3600,
+            failures: 3,
         }
     }
 }
@@ -695,6 +725,19 @@ impl Config {
                 "invalid option `upstream.proxy`: {}",
                 crate::upstream_client::chain(&e)
             )));
+        }
+        if let Some(url) = &self.notify.webhook_url
+            && !reqwest::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        {
+            return Err(ConfigError(
+                "invalid option `notify.webhook_url`: must be an http(s) URL".into(),
+            ));
+        }
+        if self.notify.failures == 0 {
+            return Err(ConfigError(
+                "invalid option `notify.failures`: must be at least 1".into(),
+            ));
         }
         // The prices, and `pricing.file` read, as the start will.
         if let Err(e) = crate::pricing::Pricing::from_config(&self.pricing, None) {
@@ -1071,6 +1114,7 @@ mod tests {
             ..Config::default()
         };
         c.upstream.proxy = Some("x".into());
+        c.notify.webhook_url = Some("x".into());
         c.pricing.file = Some("x".into());
         c.images.local_dir = Some("x".into());
         c.images.public_url = Some("x".into());
@@ -1466,6 +1510,31 @@ mod tests {
             &Flags::default(),
         );
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn notify_options_are_checked() {
+        let load = |pairs: &[(&str, &str)]| {
+            Config::load(None, env(pairs), &Flags::default()).map_err(|e| e.to_string())
+        };
+        let c = load(&[
+            ("SWITCHYARD_NOTIFY__WEBHOOK_URL", "https://hooks.example/T0/B0/x"),
+            ("SWITCHYARD_NOTIFY__FORMAT", "discord"),
+            ("SWITCHYARD_NOTIFY__EVENTS", r#"["oauth_grant_refused"]"#),
+        ])
+        .unwrap();
+        assert_eq!(c.notify.format, crate::notify::Format::Discord);
+        assert_eq!(c.notify.events, [crate::notify::Event::OAuthGrantRefused]);
+        assert_eq!(Config::default().notify.events, crate::notify::Event::ALL);
+        for (name, value, option) in [
+            ("SWITCHYARD_NOTIFY__WEBHOOK_URL", "hooks.example", "notify.webhook_url"),
+            ("SWITCHYARD_NOTIFY__FAILURES", "0", "notify.failures"),
+            ("SWITCHYARD_NOTIFY__EVENTS", r#"["account_gone"]"#, "notify.events"),
+            ("SWITCHYARD_NOTIFY__FORMAT", "teams", "notify.format"),
+        ] {
+            let err = load(&[(name, value)]).unwrap_err();
+            assert!(err.contains(option), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! - [`pricing`]: prices and integer nano-dollar cost; [`stats`]: batched usage writes.
 //! - [`store`]: the `Store` trait and its embedded implementation.
 //! - [`translate`]: one protocol to another (OpenAI chat ⇄ Anthropic, Gemini).
-//! - [`admin`]: the admin API; [`config`], [`crypto`], [`logging`], [`metrics`], [`error`],
-//!   [`body`]: support.
+//! - [`admin`]: the admin API; [`notify`]: notices to the operators about accounts;
+//!   [`config`], [`crypto`], [`logging`], [`metrics`], [`error`], [`body`]: support.
 pub mod admin;
 pub mod app;
 pub mod auth;
@@ -30,6 +30,7 @@ pub mod images;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod oauth;
 pub mod pricing;
 pub mod providers;

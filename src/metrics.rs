@@ -42,6 +42,9 @@ pub const FAILOVERS: &str = "switchyard_failovers_total";
 /// Renewals of subscription accounts' OAuth tokens (`crate::oauth`), by outcome: `renewed`,
 /// `refused` (the grant cannot be used again), `failed` (tried again later).
 pub const OAUTH_RENEWALS: &str = "switchyard_oauth_renewals_total";
+/// Notices to the operators (`crate::notify`), by `event` and `outcome`: `sent`, `failed` (every
+/// try failed or the webhook refused it), `dropped` (the queue was full).
+pub const NOTICES: &str = "switchyard_notices_total";
 /// Upstream requests that failed before a response head, by `reason`.
 pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";
 

@@ -483,7 +483,8 @@ impl Renewer {
     }
 
     /// Records why the grant cannot be used again, on the grant (if it is still the account's),
-    /// and logs it: nothing renews the account until it is given a new grant.
+    /// logs it and tells the operators: nothing renews the account until it is given a new
+    /// grant.
     async fn refused(
         &self,
         app: &App,
@@ -498,7 +499,18 @@ impl Renewer {
             }
         };
         match write(app, &record.id, &grant.sealed_refresh_token, fail).await {
-            Ok(true) => reload(app).await,
+            Ok(true) => {
+                reload(app).await;
+                app.notify.tell(crate::notify::Notice {
+                    event: crate::notify::Event::OAuthGrantRefused,
+                    account_id: record.id.clone(),
+                    account_name: record.name.clone(),
+                    provider: record.provider.as_str(),
+                    until: None,
+                    detail: why.clone(),
+                    at: app.clock.now_ms(),
+                });
+            }
             Ok(false) => {}
             Err(e) => return RenewError::Store(e),
         }

@@ -24,7 +24,9 @@ use crate::store::{
 };
 
 use self::health::Verdict;
-use self::policy::{Report, Sticky};
+use self::policy::{Health, Report, Status, Sticky};
+use crate::app::App;
+use crate::notify::{Event, Notice};
 
 /// The account serving one attempt, and its lease.
 pub struct Picked {
@@ -417,14 +419,14 @@ impl PickOrder {
 /// Records what an upstream answer says about the account. Successes of clean accounts are not
 /// written: nothing would change, and the hot path stays at one store call after the response.
 pub async fn report(
-    catalog: &Catalog,
+    app: &App,
     policy: &SchedulerConfig,
     picked: &Picked,
     verdict: &Verdict,
     error: impl FnOnce() -> String,
 ) {
     report_for(
-        catalog,
+        app,
         policy,
         picked.account.id(),
         picked.degraded.then_some(picked.at_ms),
@@ -436,17 +438,18 @@ pub async fn report(
 
 /// An account refused a request (a 403) that another account then served: the refusal was the
 /// account's, and it is reported failing.
-pub async fn report_refusal(catalog: &Catalog, policy: &SchedulerConfig, account_id: &str) {
-    report_for(catalog, policy, account_id, None, &Verdict::Failing, || {
+pub async fn report_refusal(app: &App, policy: &SchedulerConfig, account_id: &str) {
+    report_for(app, policy, account_id, None, &Verdict::Failing, || {
         "refused (403) a request that another account served".to_owned()
     })
     .await;
 }
 
 /// `degraded_since`: when the request was sent, if the account's health was not clean then (a
-/// success is reported only for such an account).
+/// success is reported only for such an account). The change it made is told to the operators
+/// (`crate::notify`).
 async fn report_for(
-    catalog: &Catalog,
+    app: &App,
     policy: &SchedulerConfig,
     account_id: &str,
     degraded_since: Option<i64>,
@@ -487,13 +490,47 @@ async fn report_for(
         tracing::warn!(account_id, ?verdict, "upstream account marked");
     }
     metrics::counter!(crate::metrics::ACCOUNT_REPORTS, "kind" => report_kind(&report)).increment(1);
-    if let Err(e) = catalog
-        .store()
-        .report_health(account_id, &report, now_ms)
-        .await
-    {
-        tracing::warn!(account_id, error = %e, "could not record the account's health");
+    match app.store().report_health(account_id, &report, now_ms).await {
+        Ok(before) => tell(app, account_id, verdict, &report, &before, now_ms),
+        Err(e) => {
+            tracing::warn!(account_id, error = %e, "could not record the account's health");
+        }
     }
+}
+
+/// Tells the operators of the change `report` made to the account's health, if it made one
+/// they hear of.
+fn tell(
+    app: &App,
+    account_id: &str,
+    verdict: &Verdict,
+    report: &Report,
+    before: &Health,
+    now: i64,
+) {
+    let mut after = before.clone();
+    after.apply(report, now);
+    let failures = app.notify.failures();
+    let Some(event) = Event::of_report(verdict, before, &after, now, failures) else {
+        return;
+    };
+    let accounts = app.catalog.accounts();
+    let Some(account) = accounts.iter().find(|a| a.id() == account_id) else {
+        return;
+    };
+    let until = match after.status {
+        Status::RateLimited | Status::CoolingDown => Some(after.until),
+        Status::Ok | Status::Unauthorized => None,
+    };
+    app.notify.tell(Notice {
+        event,
+        account_id: account_id.to_owned(),
+        account_name: account.record.name.clone(),
+        provider: account.record.provider.as_str(),
+        until,
+        detail: after.last_error.clone().unwrap_or_default(),
+        at: now,
+    });
 }
 
 fn report_kind(report: &Report) -> &'static str {

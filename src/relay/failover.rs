@@ -149,7 +149,7 @@ pub(crate) async fn attempts(
             verdict == health::Verdict::Unauthorized && picked.account.record.oauth.is_some();
         let mut stale = subscription && crate::oauth::replaced(app, &picked.account.record).await;
         if !stale {
-            scheduler::report(&app.catalog, policy, &picked, &verdict, || match &sent {
+            scheduler::report(app, policy, &picked, &verdict, || match &sent {
                 Ok(answer) => answer.describe(),
                 Err(e) => e.describe(),
             })
@@ -169,7 +169,7 @@ pub(crate) async fn attempts(
             }
             health::Verdict::Healthy => {
                 for account_id in refused.drain(..) {
-                    scheduler::report_refusal(&app.catalog, policy, &account_id).await;
+                    scheduler::report_refusal(app, policy, &account_id).await;
                 }
             }
             _ => {}

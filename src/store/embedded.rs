@@ -1270,14 +1270,16 @@ impl Store for EmbeddedStore {
         account_id: &str,
         report: &Report,
         now_ms: i64,
-    ) -> StoreResult<()> {
-        self.hot()
+    ) -> StoreResult<Health> {
+        let mut hot = self.hot();
+        let health = &mut hot
             .accounts
             .entry(account_id.to_owned())
             .or_default()
-            .health
-            .apply(report, now_ms);
-        Ok(())
+            .health;
+        let before = health.clone();
+        health.apply(report, now_ms);
+        Ok(before)
     }
 
     async fn reset_health(&self, account_id: &str) -> StoreResult<()> {

@@ -641,7 +641,7 @@ impl Store for RedisStore {
         account_id: &str,
         report: &Report,
         now_ms: i64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Health> {
         let field = names::account_field(account_id, "h");
         for attempt in 0..HEALTH_CAS_ATTEMPTS {
             let old: Option<String> = self
@@ -650,7 +650,8 @@ impl Store for RedisStore {
                 .await
                 .map_err(|e| unavailable("read account health", &e))?;
             let old = old.unwrap_or_default();
-            let mut health = parse_health(&old)?;
+            let before = parse_health(&old)?;
+            let mut health = before.clone();
             health.apply(report, now_ms);
             let new = if health == Health::default() {
                 String::new()
@@ -658,7 +659,7 @@ impl Store for RedisStore {
                 encode(&health)?
             };
             if new == old {
-                return Ok(());
+                return Ok(before);
             }
             let written = self
                 .scripts
@@ -670,7 +671,7 @@ impl Store for RedisStore {
                 )
                 .await?;
             if integer(&written, "health_cas")? == 1 {
-                return Ok(());
+                return Ok(before);
             }
             // Someone else won this round: back off at random, longer each time (up to 8 ms), so
             // that racers spread out.

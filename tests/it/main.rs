@@ -8,6 +8,7 @@ mod failover;
 mod images;
 mod limits;
 mod mocks;
+mod notify;
 mod oauth;
 mod proxy;
 mod redis;

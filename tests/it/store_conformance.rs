@@ -1628,12 +1628,17 @@ mod cases {
                     max_ms: 1_000,
                     error: "500".into(),
                 };
-                store.report_health("racy", &fail, now).await.unwrap();
+                store.report_health("racy", &fail, now).await.unwrap()
             }));
         }
+        // Each report was applied to what the one before it left: every streak length before
+        // a report was seen by exactly one of them.
+        let mut seen = Vec::new();
         for t in tasks {
-            t.await.unwrap();
+            seen.push(t.await.unwrap().consecutive_failures);
         }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..20).collect::<Vec<u32>>());
         assert_eq!(
             store
                 .account_runtime("racy")

@@ -1,0 +1,263 @@
+//! Notices to the operators (`notify.webhook_url`): an account's credential refused, a failure
+//! streak and its end, a whole account rate limited, an OAuth grant that needs a new login;
+//! each told once, as JSON or as a chat message, and tried again when the webhook fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, wait_until};
+use crate::support::relay::{Relay, messages_body};
+use crate::support::token_endpoint::TokenEndpoint;
+
+/// A webhook on 127.0.0.1:0: records each body it is sent (JSON), and answers the statuses it
+/// is given, in turn, then 200.
+struct Hook {
+    addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<Value>>>,
+    statuses: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl Hook {
+    async fn start() -> Hook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let statuses = Arc::new(Mutex::new(VecDeque::new()));
+        let (seen, answers) = (Arc::clone(&bodies), Arc::clone(&statuses));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (seen, answers) = (Arc::clone(&seen), Arc::clone(&answers));
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<Incoming>| {
+                        let (seen, answers) = (Arc::clone(&seen), Arc::clone(&answers));
+                        async move {
+                            assert_eq!(req.uri().path(), "/hook");
+                            assert_eq!(req.headers()["content-type"], "application/json");
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            seen.lock()
+                                .unwrap()
+                                .push(serde_json::from_slice::<Value>(&body).unwrap());
+                            let status = answers.lock().unwrap().pop_front().unwrap_or(200);
+                            let mut resp = http::Response::new(Full::new(bytes::Bytes::new()));
+                            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Hook {
+            addr,
+            bodies,
+            statuses,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    /// The bodies once there are `n` of them, after a moment more in which no other came.
+    async fn exactly(&self, n: usize) -> Vec<Value> {
+        wait_until("the notices come", || self.bodies().len() >= n).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let bodies = self.bodies();
+        assert_eq!(bodies.len(), n, "{bodies:#?}");
+        bodies
+    }
+}
+
+async fn ask(relay: &Relay, key: &str) -> u16 {
+    let resp = relay
+        .messages(key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    resp.bytes().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn an_account_refused_its_credential_is_told_once_per_refusal() {
+    let hook = Hook::start().await;
+    let mock = MockUpstream::start().await;
+    mock.require_api_key("sk-right");
+    let relay = Relay::start_configured(|c| {
+        c.notify.webhook_url = Some(hook.url());
+        c.notify.repeat_after_secs = 0;
+    })
+    .await;
+    let id = relay
+        .add_account(&mock, "sk-wrong", json!({ "name": "team-main" }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    assert_eq!(ask(&relay, &key).await, 502);
+    // Out of rotation now: asked again, nothing new to tell.
+    assert_eq!(ask(&relay, &key).await, 503);
+    let bodies = hook.exactly(1).await;
+    let notice = &bodies[0];
+    assert_eq!(notice["event"], "account_unauthorized");
+    assert_eq!(
+        notice["account"],
+        json!({ "id": id, "name": "team-main", "provider": "anthropic" })
+    );
+    assert_eq!(notice["detail"], "upstream answered 401 Unauthorized");
+    assert_eq!(notice["until"], Value::Null);
+    let text = notice["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "Switchyard account \"team-main\" (anthropic, {id}): the vendor refused its credential"
+        )),
+        "{text}"
+    );
+    // The account's credential is nowhere in it.
+    assert!(!notice.to_string().contains("sk-wrong"));
+
+    // Reset, and refused again: told again.
+    let (status, _) = relay
+        .admin(Method::POST, &format!("/admin/accounts/{id}/reset"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(ask(&relay, &key).await, 502);
+    let bodies = hook.exactly(2).await;
+    assert_eq!(bodies[1]["event"], "account_unauthorized");
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                == "switchyard_notices_total{event=\"account_unauthorized\",outcome=\"sent\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_streak_and_its_end_are_told_as_slack_messages_tried_again_on_failure() {
+    let hook = Hook::start().await;
+    // The webhook fails the first try.
+    hook.statuses.lock().unwrap().push_back(503);
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::error(500, "api_error", "boom"));
+    let relay = Relay::start_configured(|c| {
+        c.notify.webhook_url = Some(hook.url());
+        c.notify.format = switchyard::notify::Format::Slack;
+        c.notify.failures = 2;
+        c.scheduler.max_attempts = 1;
+        // Each failure's cooldown over at once: the next request finds the account again.
+        c.scheduler.failure_cooldown_secs = 0;
+    })
+    .await;
+    let id = relay
+        .add_account(&mock, "sk-a", json!({ "name": "flaky" }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    for _ in 0..3 {
+        assert_eq!(ask(&relay, &key).await, 500);
+    }
+    // Told at the second failure, not the first or third; the refused try sent again.
+    let bodies = hook.exactly(2).await;
+    assert_eq!(bodies[0], bodies[1]);
+    let text = bodies[0]["text"].as_str().unwrap();
+    assert_eq!(bodies[0], json!({ "text": text }));
+    assert!(
+        text.starts_with(&format!(
+            "Switchyard account \"flaky\" (anthropic, {id}): failing (upstream answered 500 \
+             Internal Server Error); cooling down until 20"
+        )),
+        "{text}"
+    );
+
+    mock.set_default(Behavior::Ok(MockUsage::default()));
+    assert_eq!(ask(&relay, &key).await, 200);
+    let bodies = hook.exactly(3).await;
+    assert_eq!(
+        bodies[2]["text"],
+        format!(
+            "Switchyard account \"flaky\" (anthropic, {id}): serving again after a failure streak"
+        )
+    );
+    // A success with no streak before it tells nothing.
+    assert_eq!(ask(&relay, &key).await, 200);
+    hook.exactly(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_account_and_a_refused_grant_are_told_only_as_asked() {
+    let hook = Hook::start().await;
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::RateLimited {
+        retry_after_secs: 120,
+    });
+    let tokens = TokenEndpoint::start().await;
+    let relay = Relay::start_configured(|c| {
+        c.notify.webhook_url = Some(hook.url());
+        c.notify.events = vec![
+            switchyard::notify::Event::AccountRateLimited,
+            switchyard::notify::Event::OAuthGrantRefused,
+        ];
+        c.upstream.oauth_check_ms = 50;
+    })
+    .await;
+    let limited = relay
+        .add_account(&mock, "sk-a", json!({ "name": "busy" }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    let before = jiff::Timestamp::now();
+    assert_eq!(ask(&relay, &key).await, 429);
+    let notice = hook.exactly(1).await.remove(0);
+    assert_eq!(notice["event"], "account_rate_limited");
+    assert_eq!(notice["account"]["id"], limited);
+    let until: jiff::Timestamp = notice["until"].as_str().unwrap().parse().unwrap();
+    let secs = (until - before).total(jiff::Unit::Second).unwrap();
+    assert!((118.0..=122.0).contains(&secs), "{secs}");
+
+    // A grant whose refresh token is spent: a new login is needed. (Its account's requests
+    // are refused too, but that event was not asked for.)
+    let mut grant = tokens.grant();
+    grant["refresh_token"] = json!("rt-spent");
+    let other = MockUpstream::start().await;
+    other.require_api_key("at-valid");
+    let expired = relay
+        .add_account(
+            &other,
+            "at-0",
+            json!({ "name": "max-plan", "oauth": grant }),
+        )
+        .await;
+    let bodies = hook.exactly(2).await;
+    assert_eq!(bodies[1]["event"], "oauth_grant_refused");
+    assert_eq!(bodies[1]["account"]["id"], expired);
+    assert_eq!(
+        bodies[1]["detail"],
+        "400 Bad Request: invalid_grant: refresh token already used"
+    );
+    assert!(
+        bodies[1]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("it needs a new login"),
+        "{}",
+        bodies[1]
+    );
+    assert!(!bodies[1].to_string().contains("rt-spent"));
+}
