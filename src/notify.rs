@@ -143,8 +143,9 @@ impl Notice {
         let detail = &self.detail;
         match self.event {
             Event::AccountUnauthorized => format!(
-                "{who}: the vendor refused its credential ({detail}); out of rotation until it \
-                 has a new one (or an admin resets it)"
+                "{who}: the vendor refused its credential ({detail}); out of rotation until the \
+                 credential is replaced (by an admin, or by a renewal of its OAuth grant) or an \
+                 admin resets the account"
             ),
             Event::AccountOutOfCredit => format!(
                 "{who}: the vendor says its credit is spent ({detail}); tried again at {until}"
