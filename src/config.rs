@@ -1518,7 +1518,10 @@ mod tests {
             Config::load(None, env(pairs), &Flags::default()).map_err(|e| e.to_string())
         };
         let c = load(&[
-            ("SWITCHYARD_NOTIFY__WEBHOOK_URL", "https://hooks.example/T0/B0/x"),
+            (
+                "SWITCHYARD_NOTIFY__WEBHOOK_URL",
+                "https://hooks.example/T0/B0/x",
+            ),
             ("SWITCHYARD_NOTIFY__FORMAT", "discord"),
             ("SWITCHYARD_NOTIFY__EVENTS", r#"["oauth_grant_refused"]"#),
         ])
@@ -1527,9 +1530,17 @@ mod tests {
         assert_eq!(c.notify.events, [crate::notify::Event::OAuthGrantRefused]);
         assert_eq!(Config::default().notify.events, crate::notify::Event::ALL);
         for (name, value, option) in [
-            ("SWITCHYARD_NOTIFY__WEBHOOK_URL", "hooks.example", "notify.webhook_url"),
+            (
+                "SWITCHYARD_NOTIFY__WEBHOOK_URL",
+                "hooks.example",
+                "notify.webhook_url",
+            ),
             ("SWITCHYARD_NOTIFY__FAILURES", "0", "notify.failures"),
-            ("SWITCHYARD_NOTIFY__EVENTS", r#"["account_gone"]"#, "notify.events"),
+            (
+                "SWITCHYARD_NOTIFY__EVENTS",
+                r#"["account_gone"]"#,
+                "notify.events",
+            ),
             ("SWITCHYARD_NOTIFY__FORMAT", "teams", "notify.format"),
         ] {
             let err = load(&[(name, value)]).unwrap_err();

@@ -261,3 +261,49 @@ async fn a_rate_limited_account_and_a_refused_grant_are_told_only_as_asked() {
     );
     assert!(!bodies[1].to_string().contains("rt-spent"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_store_tell_a_change_once() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        return;
+    };
+    let hook = Hook::start().await;
+    let mock = MockUpstream::start().await;
+    mock.require_api_key("sk-right");
+    let prefix = crate::redis::unique_prefix();
+    let mut relays = Vec::new();
+    for _ in 0..2 {
+        let (mut config, tmp) = crate::redis::redis_config(&url, &prefix);
+        config.notify.webhook_url = Some(hook.url());
+        config.notify.repeat_after_secs = 0;
+        relays.push(Arc::new(Relay::start_with(config, Some(tmp)).await));
+    }
+    let id = relays[0].add_account(&mock, "sk-wrong", json!({})).await;
+    wait_until("the other instance learns of the account", || {
+        relays[1]
+            .app
+            .catalog
+            .accounts()
+            .iter()
+            .any(|a| a.id() == id)
+    })
+    .await;
+    let (_, key) = relays[0].create_key("k").await;
+    // Requests on both instances at once: several are refused, and reported, before the first
+    // report takes the account out of rotation.
+    let mut asks = Vec::new();
+    for i in 0..16 {
+        let (relay, key) = (Arc::clone(&relays[i % 2]), key.clone());
+        asks.push(tokio::spawn(async move { ask(&relay, &key).await }));
+    }
+    let mut refused = 0;
+    for a in asks {
+        if a.await.unwrap() == 502 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "{refused} requests reached the account");
+    let bodies = hook.exactly(1).await;
+    assert_eq!(bodies[0]["event"], "account_unauthorized");
+    assert_eq!(bodies[0]["account"]["id"], id);
+}

@@ -17,7 +17,10 @@ use crate::support::relay::{Relay, messages_body, test_config};
 const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// A relay configuration on `url` under a prefix of its own; `None` without `REDIS_URL`.
-fn redis_config(url: &str, prefix: &str) -> (switchyard::config::Config, Arc<tempfile::TempDir>) {
+pub(crate) fn redis_config(
+    url: &str,
+    prefix: &str,
+) -> (switchyard::config::Config, Arc<tempfile::TempDir>) {
     let tmp = Arc::new(tempfile::tempdir().unwrap());
     let mut config = test_config(tmp.path());
     config.store = url.to_owned();
@@ -29,7 +32,7 @@ fn redis_config(url: &str, prefix: &str) -> (switchyard::config::Config, Arc<tem
     (config, tmp)
 }
 
-fn unique_prefix() -> String {
+pub(crate) fn unique_prefix() -> String {
     format!("sy-test-{:016x}:", rand::random::<u64>())
 }
 
