@@ -167,7 +167,8 @@ impl App {
         }
         let image_storage =
             crate::images::storage::Storage::open(&config.images, &config.data_dir)?.map(Arc::new);
-        let notify = crate::notify::Notifier::start(&config.notify)?;
+        let notify =
+            crate::notify::Notifier::start(&config.notify, config.upstream.proxy.as_deref())?;
         crate::metrics::install();
         crate::metrics::spawn_upkeep();
         let app = Arc::new(App {

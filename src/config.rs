@@ -364,11 +364,13 @@ impl Default for StatsConfig {
 pub struct NotifyConfig {
     /// Where each notice is POSTed; unset, none is sent.
     pub webhook_url: Option<String>,
-    /// The body's shape: the notice as JSON, or a message for a Slack or Discord webhook.
+    /// The body's shape: the notice as JSON, or a message for a Slack or Discord webhook. Sent
+    /// through `upstream.proxy` when it is set.
     pub format: crate::notify::Format,
     /// The events told.
     pub events: Vec<crate::notify::Event>,
-    /// One account's same event is told at most once within this time (by each instance).
+    /// A rate limit or a spent credit is told of one account at most once within this time (by
+    /// each instance).
     pub repeat_after_secs: u64,
     /// Failures in a row (5xx, connect errors, timeouts) that make an account `failing`.
     pub failures: u32,

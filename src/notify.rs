@@ -5,11 +5,13 @@
 //!
 //! A notice comes from the report that changed the account's state: the store applies reports
 //! one after another, across instances too (`Store::report_health` answers the health a report
-//! was applied to), so one change is told once, by the instance whose report made it. Each
-//! instance tells one account's same event at most once per `notify.repeat_after_secs` (an
-//! account out of credit is tried again, and found so again, every cooldown). Nothing on the
-//! request path waits: notices go into a bounded queue, which a task of their own sends from,
-//! each tried three times; one that finds the queue full is dropped and counted.
+//! was applied to), so one change is told once, by the instance whose report made it. The
+//! changes that come back on their own (a rate limit, a spent credit found spent again after
+//! each cooldown) are told at most once per `notify.repeat_after_secs` per account by each
+//! instance; the others (refused, failing, recovered, a grant refused) need something to happen
+//! between two of them, and each is told. Nothing on the request path waits: notices go into a
+//! bounded queue, which a task of their own sends from, each tried three times; one that finds
+//! the queue full is dropped and counted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,7 +29,8 @@ use crate::scheduler::policy::{Health, Status};
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     /// The vendor refused the account's credential: out of rotation until an admin gives it
-    /// another (or resets it), or its OAuth grant renews its token.
+    /// another (or resets it). Not told of an account with an OAuth grant, whose refusal starts
+    /// a renewal: `OAuthGrantRefused` is, when that cannot be done.
     AccountUnauthorized,
     /// The vendor says the account's credit is spent.
     AccountOutOfCredit,
@@ -63,6 +66,13 @@ impl Event {
         }
     }
 
+    /// Whether the event comes back without anything happening in between (the vendor's
+    /// limits, a credit still spent at each retry): told at most once per
+    /// `notify.repeat_after_secs`.
+    fn recurs(self) -> bool {
+        matches!(self, Event::AccountRateLimited | Event::AccountOutOfCredit)
+    }
+
     /// The event a report made, `before` and `after` the account's health as the store had it
     /// and left it (`failures`: `notify.failures`).
     pub fn of_report(
@@ -74,11 +84,7 @@ impl Event {
     ) -> Option<Event> {
         let event = match verdict {
             Verdict::Unauthorized => Event::AccountUnauthorized,
-            // A report that moved the exclusion on: each retry after the cooldown finds it
-            // spent again (told again after `repeat_after_secs`).
-            Verdict::Exhausted if after.until > before.until => {
-                return Some(Event::AccountOutOfCredit);
-            }
+            Verdict::Exhausted => Event::AccountOutOfCredit,
             Verdict::RateLimited { .. } => Event::AccountRateLimited,
             Verdict::Failing => Event::AccountFailing,
             Verdict::Healthy => Event::AccountRecovered,
@@ -87,6 +93,10 @@ impl Event {
         let made = match event {
             Event::AccountUnauthorized => {
                 before.status != Status::Unauthorized && after.status == Status::Unauthorized
+            }
+            // From serving to out: of the reports racing when the credit ran out, the first.
+            Event::AccountOutOfCredit => {
+                before.status_at(now) == Status::Ok && after.status_at(now) == Status::CoolingDown
             }
             Event::AccountRateLimited => {
                 before.status_at(now) == Status::Ok && after.status_at(now) == Status::RateLimited
@@ -97,7 +107,7 @@ impl Event {
             Event::AccountRecovered => {
                 before.consecutive_failures >= failures && after.consecutive_failures == 0
             }
-            Event::AccountOutOfCredit | Event::OAuthGrantRefused => false,
+            Event::OAuthGrantRefused => false,
         };
         made.then_some(event)
     }
@@ -205,15 +215,20 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the task that sends notices, when there is a webhook to send them to. Needs the
-    /// process's rustls provider and a tokio runtime.
-    pub fn start(config: &NotifyConfig) -> anyhow::Result<Notifier> {
+    /// Starts the task that sends notices, when there is a webhook to send them to: through
+    /// `proxy` (`upstream.proxy`) when one is given, else the environment's. Needs the process's
+    /// rustls provider and a tokio runtime.
+    pub fn start(config: &NotifyConfig, proxy: Option<&str>) -> anyhow::Result<Notifier> {
         let queue = match &config.webhook_url {
             Some(url) => {
-                let client = reqwest::Client::builder()
+                let mut client = reqwest::Client::builder()
                     .timeout(ATTEMPT_TIMEOUT)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()?;
+                    .redirect(reqwest::redirect::Policy::none());
+                if let Some(proxy) = proxy {
+                    let proxy = reqwest::Proxy::all(proxy)?.no_proxy(reqwest::NoProxy::from_env());
+                    client = client.proxy(proxy);
+                }
+                let client = client.build()?;
                 let (tx, rx) = mpsc::channel(QUEUE);
                 // Stopped by: every sender dropped (the app with its notifier).
                 tokio::spawn(deliver(rx, client, url.clone(), config.format));
@@ -236,8 +251,8 @@ impl Notifier {
         self.failures
     }
 
-    /// Queues `notice`, unless its event is not told, or was told of its account within
-    /// `repeat_after_secs`.
+    /// Queues `notice`, unless its event is not told, or recurs and was told of its account
+    /// within `repeat_after_secs`.
     pub fn tell(&self, notice: Notice) {
         let Some(queue) = &self.queue else {
             return;
@@ -245,35 +260,45 @@ impl Notifier {
         if !self.events.contains(&notice.event) {
             return;
         }
-        {
-            let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (notice.account_id.clone(), notice.event);
-            if told
+        let recurs = notice.event.recurs();
+        let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (notice.account_id.clone(), notice.event);
+        if recurs
+            && told
                 .get(&key)
                 .is_some_and(|at| notice.at < at.saturating_add(self.repeat_after_ms))
-            {
-                return;
-            }
-            told.insert(key, notice.at);
-            // Bounded by accounts × events, less what is past its window.
-            if told.len() > 4096 {
-                let horizon = notice.at.saturating_sub(self.repeat_after_ms);
-                told.retain(|_, at| *at > horizon);
-            }
+        {
+            return;
         }
-        let event = notice.event.as_str();
+        let (event, at) = (notice.event.as_str(), notice.at);
         tracing::info!(account_id = %notice.account_id, event, "telling the operators");
-        if queue.try_send(notice).is_err() {
-            tracing::warn!(event, "the notice queue is full; a notice was dropped");
-            metrics::counter!(crate::metrics::NOTICES, "event" => event, "outcome" => "dropped")
-                .increment(1);
+        match queue.try_send(notice) {
+            Ok(()) if recurs => {
+                told.insert(key, at);
+                // Bounded by accounts × events, less what is past its window.
+                if told.len() > 4096 {
+                    let horizon = at.saturating_sub(self.repeat_after_ms);
+                    told.retain(|_, told_at| *told_at > horizon);
+                }
+            }
+            Ok(()) => {}
+            Err(e) => {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "the notice queue is full",
+                    mpsc::error::TrySendError::Closed(_) => "notices are no longer sent",
+                };
+                tracing::warn!(event, "{why}; a notice was dropped");
+                metrics::counter!(crate::metrics::NOTICES, "event" => event, "outcome" => "dropped")
+                    .increment(1);
+            }
         }
     }
 }
 
-/// Sends each notice, one at a time, tried up to [`ATTEMPTS`] times (1 and 4 s apart) unless
-/// the webhook refuses it for good (a 4xx other than 408 and 429). The URL is never logged
-/// (a Slack or Discord webhook's URL is its secret).
+/// Sends each notice, one at a time, tried up to [`ATTEMPTS`] times (1 and 4 s apart, or after
+/// a 429's `Retry-After`, up to a minute) unless the webhook refuses it for good (a 3xx, or a 4xx
+/// other than 408 and 429). The URL is never logged (a Slack or Discord webhook's URL is its
+/// secret).
 async fn deliver(
     mut queue: mpsc::Receiver<Notice>,
     client: reqwest::Client,
@@ -284,9 +309,13 @@ async fn deliver(
         let body = notice.body(format).to_string();
         let event = notice.event.as_str();
         let mut outcome = "failed";
+        let mut wait = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(4u64.pow(attempt - 1))).await;
+                let pause = wait
+                    .take()
+                    .unwrap_or_else(|| Duration::from_secs(4u64.pow(attempt - 1)));
+                tokio::time::sleep(pause).await;
             }
             let sent = client
                 .post(&url)
@@ -301,10 +330,17 @@ async fn deliver(
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let final_refusal =
-                        status.is_client_error() && !matches!(status.as_u16(), 408 | 429);
                     tracing::warn!(event, %status, "the notice webhook refused a notice");
-                    if final_refusal {
+                    if status == http::StatusCode::TOO_MANY_REQUESTS {
+                        wait = resp
+                            .headers()
+                            .get(http::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                            .map(|secs| Duration::from_secs(secs.clamp(1, 60)));
+                    }
+                    let for_good = status.is_redirection()
+                        || (status.is_client_error() && !matches!(status.as_u16(), 408 | 429));
+                    if for_good {
                         break;
                     }
                     continue;
@@ -397,17 +433,34 @@ mod tests {
         };
         assert_eq!(event(&limited, &clean, &opus), None);
 
-        // Out of credit: each report that moves the exclusion on.
-        let spent = Report::Overloaded {
-            until: now + 600_000,
+        // Out of credit: from serving to out; not the reports racing it (each moves the
+        // cooldown on), but again when a retry after the cooldown finds it spent still.
+        let spent = |at: i64| Report::Overloaded {
+            until: at + 600_000,
             error: "upstream answered 400".into(),
         };
         assert_eq!(
-            event(&Verdict::Exhausted, &clean, &spent),
+            event(&Verdict::Exhausted, &clean, &spent(now)),
             Some(Event::AccountOutOfCredit)
         );
-        let out = after(&clean, &spent, now);
-        assert_eq!(event(&Verdict::Exhausted, &out, &spent), None);
+        let out = after(&clean, &spent(now), now);
+        let racing = Event::of_report(
+            &Verdict::Exhausted,
+            &out,
+            &after(&out, &spent(now + 5), now + 5),
+            now + 5,
+            3,
+        );
+        assert_eq!(racing, None);
+        let later = now + 600_001;
+        let again = Event::of_report(
+            &Verdict::Exhausted,
+            &out,
+            &after(&out, &spent(later), later),
+            later,
+            3,
+        );
+        assert_eq!(again, Some(Event::AccountOutOfCredit));
     }
 
     fn notice(event: Event, at: i64) -> Notice {
@@ -460,26 +513,26 @@ mod tests {
         let config = NotifyConfig {
             // Nothing listens: the sends fail in the background; what is queued is the point.
             webhook_url: Some("http://127.0.0.1:9/hook".into()),
-            events: vec![Event::AccountFailing, Event::AccountRecovered],
+            events: vec![Event::AccountRateLimited, Event::AccountFailing],
             repeat_after_secs: 60,
             ..NotifyConfig::default()
         };
-        let notifier = Notifier::start(&config).unwrap();
+        let notifier = Notifier::start(&config, None).unwrap();
         let told = |n: &Notifier| n.told.lock().unwrap().clone();
-        notifier.tell(notice(Event::AccountFailing, 1_000));
-        notifier.tell(notice(Event::AccountFailing, 30_000));
-        assert_eq!(
-            told(&notifier)[&("acct_1".into(), Event::AccountFailing)],
-            1_000
-        );
-        notifier.tell(notice(Event::AccountFailing, 61_000));
-        assert_eq!(
-            told(&notifier)[&("acct_1".into(), Event::AccountFailing)],
-            61_000
-        );
-        // Another event of the account is its own; an event not asked for is not told.
-        notifier.tell(notice(Event::AccountRecovered, 62_000));
+        let limited = ("acct_1".to_owned(), Event::AccountRateLimited);
+        notifier.tell(notice(Event::AccountRateLimited, 1_000));
+        notifier.tell(notice(Event::AccountRateLimited, 30_000));
+        assert_eq!(told(&notifier)[&limited], 1_000);
+        notifier.tell(notice(Event::AccountRateLimited, 61_000));
+        assert_eq!(told(&notifier)[&limited], 61_000);
+        // What does not recur on its own is told each time: nothing to hold back.
+        notifier.tell(notice(Event::AccountFailing, 62_000));
+        notifier.tell(notice(Event::AccountFailing, 63_000));
+        assert_eq!(told(&notifier).len(), 1);
+        // An event not asked for is not told.
         notifier.tell(notice(Event::AccountUnauthorized, 62_000));
-        assert_eq!(told(&notifier).len(), 2);
+        assert_eq!(told(&notifier).len(), 1);
+        // Queued: two rate limits and both failures (the task has not run: nothing yielded).
+        assert_eq!(notifier.queue.as_ref().unwrap().capacity(), QUEUE - 4);
     }
 }

@@ -518,6 +518,12 @@ fn tell(
     let Some(account) = accounts.iter().find(|a| a.id() == account_id) else {
         return;
     };
+    // A subscription's refusal starts a renewal, which usually ends it (or may even have come
+    // before it: `relay::failover` takes such a report back); one that cannot be renewed is
+    // told as `OAuthGrantRefused`.
+    if event == Event::AccountUnauthorized && account.record.oauth.is_some() {
+        return;
+    }
     let until = match after.status {
         Status::RateLimited | Status::CoolingDown => Some(after.until),
         Status::Ok | Status::Unauthorized => None,

@@ -102,11 +102,7 @@ async fn an_account_refused_its_credential_is_told_once_per_refusal() {
     let hook = Hook::start().await;
     let mock = MockUpstream::start().await;
     mock.require_api_key("sk-right");
-    let relay = Relay::start_configured(|c| {
-        c.notify.webhook_url = Some(hook.url());
-        c.notify.repeat_after_secs = 0;
-    })
-    .await;
+    let relay = Relay::start_configured(|c| c.notify.webhook_url = Some(hook.url())).await;
     let id = relay
         .add_account(&mock, "sk-wrong", json!({ "name": "team-main" }))
         .await;
@@ -133,7 +129,7 @@ async fn an_account_refused_its_credential_is_told_once_per_refusal() {
     // The account's credential is nowhere in it.
     assert!(!notice.to_string().contains("sk-wrong"));
 
-    // Reset, and refused again: told again.
+    // Reset, and refused again: told again (a change each time, however soon).
     let (status, _) = relay
         .admin(Method::POST, &format!("/admin/accounts/{id}/reset"), None)
         .await;
@@ -171,6 +167,13 @@ async fn a_failure_streak_and_its_end_are_told_as_slack_messages_tried_again_on_
         .add_account(&mock, "sk-a", json!({ "name": "flaky" }))
         .await;
     let (_, key) = relay.create_key("k").await;
+    // A failure, and the success after it (reported: the account was not clean): no streak,
+    // nothing told.
+    assert_eq!(ask(&relay, &key).await, 500);
+    mock.set_default(Behavior::Ok(MockUsage::default()));
+    assert_eq!(ask(&relay, &key).await, 200);
+    assert!(hook.bodies().is_empty());
+    mock.set_default(Behavior::error(500, "api_error", "boom"));
     for _ in 0..3 {
         assert_eq!(ask(&relay, &key).await, 500);
     }
@@ -196,9 +199,50 @@ async fn a_failure_streak_and_its_end_are_told_as_slack_messages_tried_again_on_
             "Switchyard account \"flaky\" (anthropic, {id}): serving again after a failure streak"
         )
     );
-    // A success with no streak before it tells nothing.
-    assert_eq!(ask(&relay, &key).await, 200);
-    hook.exactly(3).await;
+    // A streak again: told again.
+    mock.set_default(Behavior::error(500, "api_error", "boom"));
+    for _ in 0..2 {
+        assert_eq!(ask(&relay, &key).await, 500);
+    }
+    let bodies = hook.exactly(4).await;
+    assert!(bodies[3]["text"].as_str().unwrap().contains("failing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_out_of_credit_is_told_once_however_many_requests_found_it_so() {
+    let hook = Hook::start().await;
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::error(
+        400,
+        "invalid_request_error",
+        "Your credit balance is too low to access the Anthropic API. Please go to Plans & \
+         Billing to upgrade or purchase credits.",
+    ));
+    let relay = Arc::new(
+        Relay::start_configured(|c| {
+            c.notify.webhook_url = Some(hook.url());
+            // Held to one by the change it is, not by the repeat window.
+            c.notify.repeat_after_secs = 0;
+        })
+        .await,
+    );
+    let id = relay
+        .add_account(&mock, "sk-a", json!({ "name": "prepaid" }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    let mut asks = Vec::new();
+    for _ in 0..8 {
+        let (relay, key) = (Arc::clone(&relay), key.clone());
+        asks.push(tokio::spawn(async move { ask(&relay, &key).await }));
+    }
+    for a in asks {
+        assert_eq!(a.await.unwrap(), 503);
+    }
+    assert!(mock.requests().len() >= 2, "the reports raced");
+    let notice = hook.exactly(1).await.remove(0);
+    assert_eq!(notice["event"], "account_out_of_credit");
+    assert_eq!(notice["account"]["id"], id);
+    assert!(notice["until"].is_string(), "{notice}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,9 +257,12 @@ async fn a_rate_limited_account_and_a_refused_grant_are_told_only_as_asked() {
         c.notify.webhook_url = Some(hook.url());
         c.notify.events = vec![
             switchyard::notify::Event::AccountRateLimited,
+            switchyard::notify::Event::AccountUnauthorized,
             switchyard::notify::Event::OAuthGrantRefused,
         ];
         c.upstream.oauth_check_ms = 50;
+        // A single failure would be a streak: not told, since not asked for.
+        c.notify.failures = 1;
     })
     .await;
     let limited = relay
@@ -231,8 +278,7 @@ async fn a_rate_limited_account_and_a_refused_grant_are_told_only_as_asked() {
     let secs = (until - before).total(jiff::Unit::Second).unwrap();
     assert!((118.0..=122.0).contains(&secs), "{secs}");
 
-    // A grant whose refresh token is spent: a new login is needed. (Its account's requests
-    // are refused too, but that event was not asked for.)
+    // A grant whose refresh token is spent: a new login is needed.
     let mut grant = tokens.grant();
     grant["refresh_token"] = json!("rt-spent");
     let other = MockUpstream::start().await;
@@ -260,6 +306,33 @@ async fn a_rate_limited_account_and_a_refused_grant_are_told_only_as_asked() {
         bodies[1]
     );
     assert!(!bodies[1].to_string().contains("rt-spent"));
+
+    // Its token refused by the vendor: a subscription's refusal is not told (it starts a
+    // renewal; the grant's refusal was).
+    assert_eq!(ask(&relay, &key).await, 502);
+    let state = &relay
+        .admin(Method::GET, &format!("/admin/accounts/{expired}"), None)
+        .await
+        .1["state"];
+    assert_eq!(state["status"], "unauthorized");
+    hook.exactly(2).await;
+
+    // An event not asked for is not told: another account's failure streak.
+    let failing = MockUpstream::start().await;
+    failing.set_default(Behavior::error(500, "api_error", "boom"));
+    let (status, _) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{expired}"),
+            Some(json!({ "enabled": false })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    relay.add_account(&failing, "sk-f", json!({})).await;
+    for _ in 0..3 {
+        ask(&relay, &key).await;
+    }
+    hook.exactly(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
