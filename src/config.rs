@@ -306,6 +306,11 @@ pub struct SchedulerConfig {
     pub failure_cooldown_secs: u64,
     /// … up to this.
     pub failure_cooldown_max_secs: u64,
+    /// A request that finds its key at its `max_concurrency`, or every account that could
+    /// serve it busy or resting for less than what is left of this, waits up to this long for
+    /// a slot (within `attempt_deadline_secs`) instead of being answered 429 or 503 at once.
+    /// 0: no waiting.
+    pub queue_wait_secs: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -324,6 +329,7 @@ impl Default for SchedulerConfig {
             overload_cooldown_secs: 30,
             failure_cooldown_secs: 5,
             failure_cooldown_max_secs: 300,
+            queue_wait_secs: 0,
         }
     }
 }

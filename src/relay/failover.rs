@@ -58,6 +58,7 @@ pub(crate) async fn attempts(
     // Attempts: another account takes over while nothing has reached the client.
     let policy = &app.config.scheduler;
     let deadline = ctx.started + Duration::from_secs(policy.attempt_deadline_secs);
+    let queue_until = (ctx.started + Duration::from_secs(policy.queue_wait_secs)).min(deadline);
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure: Option<Failure> = None;
     let mut rebind = false;
@@ -84,7 +85,7 @@ pub(crate) async fn attempts(
             code_assist: matches!(&call.target, super::call::Target::Gemini { path, .. }
                 if crate::providers::code_assist::serves(path)),
         };
-        let picked = match scheduler::pick(&app.catalog, policy, &ask, key_lease).await {
+        let picked = match pick_queued(app, &ask, key_lease, queue_until).await {
             Ok(picked) => picked,
             // Nobody else can take it: the client gets what the last attempt got.
             Err(unavailable) => {
@@ -217,6 +218,65 @@ pub(crate) async fn attempts(
         last_failure = Some(failure);
         metrics::counter!(m::FAILOVERS).increment(1);
         // `picked` drops here: the failed attempt's account lease is released.
+    }
+}
+
+/// `scheduler::pick`, waiting until `until` (`scheduler.queue_wait_secs` after the request
+/// came) for a slot when the key is at its concurrency limit or every account that could serve
+/// is busy or resting for less than the time left: asked again after 50 ms, doubling to
+/// 500 ms, with jitter (the store hands out slots as they free, so there is no line to keep:
+/// whoever asks first after a release gets it). Nothing is held while waiting (a refused
+/// admission or pick takes nothing), and a client that leaves ends the wait.
+async fn pick_queued(
+    app: &App,
+    ask: &scheduler::Ask<'_>,
+    key_lease: &mut KeyLease,
+    until: Instant,
+) -> Result<Picked, ApiError> {
+    let policy = &app.config.scheduler;
+    let mut pause = Duration::from_millis(50);
+    let mut waited: Option<Instant> = None;
+    loop {
+        let picked = scheduler::pick(&app.catalog, policy, ask, key_lease).await;
+        let err = match picked {
+            Err(e) if waits_for_a_slot(&e, until) => e,
+            other => {
+                if let Some(since) = waited {
+                    let outcome = if other.is_ok() { "served" } else { "gave_up" };
+                    metrics::counter!(m::QUEUED, "outcome" => outcome).increment(1);
+                    metrics::histogram!(m::QUEUE_WAIT).record(since.elapsed().as_secs_f64());
+                }
+                return other;
+            }
+        };
+        let jitter = Duration::from_millis(rand::random::<u64>() % 25);
+        if Instant::now() + pause + jitter > until {
+            if let Some(since) = waited {
+                metrics::counter!(m::QUEUED, "outcome" => "gave_up").increment(1);
+                metrics::histogram!(m::QUEUE_WAIT).record(since.elapsed().as_secs_f64());
+            }
+            return Err(err);
+        }
+        waited.get_or_insert_with(Instant::now);
+        tokio::time::sleep(pause + jitter).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Whether `e` is a refusal a slot freeing soon ends: the key's concurrency limit, or no
+/// account able to take the request now while one recovers on its own (`Retry-After`) before
+/// `until` (a rate limit that lasts longer is answered at once).
+fn waits_for_a_slot(e: &ApiError, until: Instant) -> bool {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    match (e.kind, e.code, e.retry_after) {
+        (ErrorKind::RateLimited, Some("concurrency_limit"), _) => true,
+        (ErrorKind::Unavailable, None, Some(secs)) => {
+            Duration::from_secs(secs) <= left.max(Duration::from_secs(1))
+        }
+        _ => false,
     }
 }
 

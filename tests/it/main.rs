@@ -11,6 +11,7 @@ mod mocks;
 mod notify;
 mod oauth;
 mod proxy;
+mod queue;
 mod redis;
 mod responses;
 mod scheduler;
