@@ -48,6 +48,8 @@ pub struct App {
     pub oauth: crate::oauth::Renewer,
     /// Notices to the operators about accounts (`notify.webhook_url`).
     pub notify: crate::notify::Notifier,
+    /// The TLS configuration of the clients through accounts' own proxies.
+    proxy_tls: rustls::ClientConfig,
 }
 
 /// What one server worker has of its own.
@@ -167,6 +169,7 @@ impl App {
         }
         let image_storage =
             crate::images::storage::Storage::open(&config.images, &config.data_dir)?.map(Arc::new);
+        let proxy_tls = crate::upstream_client::proxy_tls()?;
         let notify =
             crate::notify::Notifier::start(&config.notify, config.upstream.proxy.as_deref())?;
         crate::metrics::install();
@@ -187,6 +190,7 @@ impl App {
             accounts_shown: std::sync::Mutex::new(Vec::new()),
             oauth: crate::oauth::Renewer::default(),
             notify,
+            proxy_tls,
         });
         crate::images::spawn_sweeper(&app);
         app.follow_prices(price_changes);
@@ -208,6 +212,7 @@ impl App {
                 crate::server::worker_index(),
                 self.workers.len(),
                 &self.config.upstream,
+                &self.proxy_tls,
             ),
         }
     }

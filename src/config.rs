@@ -734,6 +734,16 @@ impl Config {
                 crate::upstream_client::chain(&e)
             )));
         }
+        // A URL with a scheme whose host the proxy client cannot read would be no proxy at all.
+        if let Some(url) = &self.upstream.proxy
+            && reqwest::Url::parse(url).is_ok_and(|u| u.scheme().starts_with("socks"))
+            && !crate::upstream_client::intercepts(url)
+        {
+            return Err(ConfigError(
+                "invalid option `upstream.proxy`: its host must be a plain host name or address"
+                    .into(),
+            ));
+        }
         if let Some(url) = &self.notify.webhook_url
             && !reqwest::Url::parse(url)
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
@@ -1512,6 +1522,18 @@ mod tests {
         // Why, not only reqwest's "builder error"; and never the proxy's password.
         assert!(err.contains("port"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
+        // A socks5 host the proxy client would not read: refused, not taken as no proxy.
+        let err = Config::load(
+            None,
+            env(&[(
+                "SWITCHYARD_UPSTREAM__PROXY",
+                "socks5://pr\u{f8}xy.example:1080",
+            )]),
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`upstream.proxy`"), "{err}");
         let ok = Config::load(
             None,
             env(&[("SWITCHYARD_UPSTREAM__PROXY", "http://u:p@proxy:3128")]),

@@ -104,7 +104,7 @@ impl UpstreamClient {
             None => None,
         };
         if proxy.is_some() || proxy_in_environment() {
-            return Ok(UpstreamClient::through(config, proxy)?);
+            return Ok(UpstreamClient::through(config, proxy, None)?);
         }
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -129,10 +129,13 @@ impl UpstreamClient {
         Ok(UpstreamClient::Direct(Box::new(client)))
     }
 
-    /// reqwest's client through `proxy`; without one, through the environment's proxies.
+    /// reqwest's client through `proxy`; without one, through the environment's proxies. With
+    /// `tls` (`proxy_tls`), on that TLS configuration rather than one of its own (which reads
+    /// the system's certificates again).
     fn through(
         config: &UpstreamConfig,
         proxy: Option<reqwest::Proxy>,
+        tls: Option<&rustls::ClientConfig>,
     ) -> reqwest::Result<UpstreamClient> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
@@ -146,6 +149,9 @@ impl UpstreamClient {
         if let Some(proxy) = proxy {
             // Given a proxy, reqwest no longer reads the environment's.
             builder = builder.proxy(proxy);
+        }
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls.clone());
         }
         Ok(UpstreamClient::Proxied(builder.build()?))
     }
@@ -229,6 +235,23 @@ enum Pending {
     Unusable(Arc<str>),
 }
 
+/// The TLS configuration of the clients through accounts' proxies, made once: as reqwest makes
+/// its own (the platform's verifier, h2 or HTTP/1.1 by ALPN), whose making reads and parses
+/// the system's certificates, which an account's first call on a worker must not wait for.
+/// Needs the process's rustls provider.
+pub fn proxy_tls() -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// What the record's `proxy` of account `id` is sealed under.
 pub fn proxy_aad(account_id: &str) -> String {
     format!("{account_id}/proxy")
@@ -263,7 +286,30 @@ pub fn valid_proxy(url: &str) -> Result<String, String> {
         ));
     }
     reqwest::Proxy::all(url).map_err(|e| format!("proxy: {}", chain(&e)))?;
+    if !intercepts(url) {
+        return Err(
+            "proxy: its host must be a plain host name or address (ASCII letters, digits, \
+             `-` and `.`: a socks5 URL's host is taken as written)"
+                .into(),
+        );
+    }
     Ok(url.to_owned())
+}
+
+/// Whether a proxy client made with `url` sends https and http calls through it. reqwest hands
+/// the URL on to hyper-util's matcher, which reads it again as an `http::Uri`; one it cannot read
+/// (a socks5 URL keeps its host as written: `%`-encoded non-ASCII, quotes) is no proxy at all,
+/// and the calls would go straight. Checked wherever a proxy is taken, so that none is used
+/// that would not be.
+pub fn intercepts(url: &str) -> bool {
+    use hyper_util::client::proxy::matcher::Matcher;
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let matcher = Matcher::builder().all(parsed.to_string()).build();
+    ["https://vendor.invalid/", "http://vendor.invalid/"]
+        .into_iter()
+        .all(|dst| matcher.intercept(&http::Uri::from_static(dst)).is_some())
 }
 
 /// A proxy's URL as views show it: its credentials, if any, masked.
@@ -286,6 +332,8 @@ pub fn redacted(url: &str) -> String {
 /// requests, and its token renewals and setup calls) goes through it, never straight nor through
 /// `upstream.proxy`. One client per server worker, made when the worker first calls through
 /// it (a pooled connection's task runs on the runtime that opened it, as with `WorkerSlot`'s).
+///
+/// No `Debug`: `reqwest::Proxy`'s prints the URL with its password.
 pub struct AccountProxy {
     proxy: reqwest::Proxy,
     clients: OnceLock<Box<[OnceLock<UpstreamClient>]>>,
@@ -295,28 +343,35 @@ impl AccountProxy {
     /// `None` when `url` is not a proxy reqwest can use (it was checked by `valid_proxy` when
     /// written).
     pub fn new(url: &str) -> Option<AccountProxy> {
+        if !intercepts(url) {
+            return None;
+        }
         Some(AccountProxy {
             proxy: reqwest::Proxy::all(url).ok()?,
             clients: OnceLock::new(),
         })
     }
 
-    /// The client of worker `worker` of `workers`, made now if it is the worker's first call.
+    /// The client of worker `worker` of `workers`, made now (on `tls`) if it is the worker's
+    /// first call.
     pub fn client(
         &self,
         worker: usize,
         workers: usize,
         config: &UpstreamConfig,
+        tls: &rustls::ClientConfig,
     ) -> &UpstreamClient {
         let clients = self
             .clients
             .get_or_init(|| (0..workers.max(1)).map(|_| OnceLock::new()).collect());
         clients[worker % clients.len()].get_or_init(|| {
-            UpstreamClient::through(config, Some(self.proxy.clone())).unwrap_or_else(|e| {
-                UpstreamClient::Unusable(
-                    format!("the account's proxy cannot be used: {}", chain(&e)).into(),
-                )
-            })
+            UpstreamClient::through(config, Some(self.proxy.clone()), Some(tls)).unwrap_or_else(
+                |e| {
+                    UpstreamClient::Unusable(
+                        format!("the account's proxy cannot be used: {}", chain(&e)).into(),
+                    )
+                },
+            )
         })
     }
 }
@@ -380,6 +435,7 @@ mod tests {
     #[test]
     fn an_accounts_proxy_is_an_http_or_socks5_url_shown_without_its_credentials() {
         crate::app::install_crypto_provider();
+        let tls = proxy_tls().unwrap();
         for (given, kept, shown) in [
             (
                 " http://10.0.0.9:3128 ",
@@ -408,9 +464,10 @@ mod tests {
             ),
         ] {
             assert_eq!(valid_proxy(given).unwrap(), kept);
+            assert!(intercepts(kept), "{kept}");
             let proxy = AccountProxy::new(kept).unwrap();
             assert!(matches!(
-                proxy.client(3, 2, &UpstreamConfig::default()),
+                proxy.client(3, 2, &UpstreamConfig::default(), &tls),
                 UpstreamClient::Proxied(_)
             ));
             assert_eq!(redacted(kept), shown);
@@ -424,6 +481,12 @@ mod tests {
             "http://",
             "socks5://***@127.0.0.1:1080",
             "http://user:***@proxy.example",
+            // Hosts a socks5 URL keeps as written, which the proxy client would not read (its
+            // calls would go straight).
+            "socks5://u:pw@pr\u{f8}xy.example:1080",
+            "socks5://pro%41xy:1080",
+            "socks5h://u:p@pro`xy:1080",
+            "socks5://pro\"xy:1080",
         ] {
             let e = valid_proxy(bad).unwrap_err();
             assert!(e.starts_with("proxy: "), "{bad}: {e}");
@@ -436,5 +499,8 @@ mod tests {
                 .contains("mask")
         );
         assert_eq!(redacted("not a url"), MASK);
+        // One stored before this check: the account is not made (never served straight).
+        assert!(AccountProxy::new("socks5://pro%41xy:1080").is_none());
+        assert!(AccountProxy::new("http://pr\u{f8}xy.example:3128").is_some());
     }
 }

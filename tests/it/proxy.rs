@@ -545,3 +545,98 @@ async fn a_google_logins_setup_goes_through_its_proxy() {
         ]
     );
 }
+
+/// An HTTP proxy that records each CONNECT it is asked for (the target, and its credentials)
+/// and refuses it.
+async fn refusing_connect_proxy() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let head = String::from_utf8(head).unwrap();
+                let mut lines = head.lines();
+                let request = lines.next().unwrap().to_owned();
+                let auth = lines
+                    .filter_map(|l| l.split_once(": "))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("proxy-authorization"))
+                    .map(|(_, v)| v.to_owned());
+                log.lock().unwrap().push(Seen {
+                    uri: request,
+                    proxy_authorization: auth,
+                });
+                let _ = stream
+                    .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn an_https_vendor_is_reached_through_the_accounts_proxy_by_connect() {
+    let (proxy, seen) = refusing_connect_proxy().await;
+    let relay = Relay::start_configured(|c| c.scheduler.max_attempts = 1).await;
+    let (status, v) = relay
+        .admin(
+            reqwest::Method::POST,
+            "/admin/accounts",
+            Some(
+                json!({ "name": "far", "provider": "anthropic", "api_key": "sk-x",
+                "base_url": "https://api.vendor.invalid",
+                "proxy": format!("http://acct:pw-5@{proxy}") }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (_, key) = relay.create_key("k").await;
+    // The proxy refused the tunnel: the call failed, and never went anywhere else (the name
+    // does not resolve: only the proxy could have reached it).
+    let (status, body) = ask(&relay, &key, false).await;
+    assert_eq!(status, 502);
+    assert!(!String::from_utf8_lossy(&body).contains("pw-5"));
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].uri, "CONNECT api.vendor.invalid:443 HTTP/1.1");
+    // base64("acct:pw-5")
+    assert_eq!(
+        asked[0].proxy_authorization.as_deref(),
+        Some("Basic YWNjdDpwdy01")
+    );
+}
+
+#[tokio::test]
+async fn an_account_whose_proxy_cannot_be_opened_is_not_served() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start().await;
+    let id = relay
+        .add_account(&mock, "sk-a", json!({ "proxy": "socks5://127.0.0.1:1080" }))
+        .await;
+    // Sealed under another key (or written by hand): it cannot be opened.
+    let store = relay.app.store();
+    let mut record = store.account(&id).await.unwrap().unwrap();
+    record.sealed_proxy = Some("not sealed by this key".into());
+    assert!(store.update_account_checked(&record).await.unwrap());
+    relay.app.catalog.reload_accounts().await.unwrap();
+    assert!(relay.app.catalog.accounts().iter().all(|a| a.id() != id));
+    let (_, key) = relay.create_key("k").await;
+    let (status, _) = ask(&relay, &key, false).await;
+    assert_eq!(status, 404);
+    assert!(mock.requests().is_empty());
+}
