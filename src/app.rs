@@ -50,6 +50,8 @@ pub struct App {
     pub notify: crate::notify::Notifier,
     /// The TLS configuration of the clients through accounts' own proxies.
     proxy_tls: rustls::ClientConfig,
+    /// Set when the server starts its graceful stop: requests waiting for a slot stop waiting.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// What one server worker has of its own.
@@ -191,10 +193,22 @@ impl App {
             oauth: crate::oauth::Renewer::default(),
             notify,
             proxy_tls,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         crate::images::spawn_sweeper(&app);
         app.follow_prices(price_changes);
         Ok(app)
+    }
+
+    /// Whether the server is stopping (`mark_stopping`).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The server began its graceful stop.
+    pub fn mark_stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The upstream client of the calling thread's server worker.

@@ -255,6 +255,7 @@ where
         read: _,
         sent_at,
         head_at,
+        queued: _,
     } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await {
         Ok(Attempts::Served(served)) => served,
         // Every account tried failed without an answer (timeouts, connect errors, answers cut

@@ -110,6 +110,10 @@ struct Pending {
     planned: Vec<Planned>,
     active_days: Option<u32>,
     tz: jiff::tz::TimeZone,
+    /// What the plan was made of, to make it again (`KeyLease::replan`).
+    family: Option<&'static str>,
+    estimate: Estimate,
+    ttl_ms: i64,
 }
 
 impl KeyLease {
@@ -139,6 +143,34 @@ impl KeyLease {
             id: format!("{}.{attempt}", self.lease.id),
             ttl: self.lease.ttl,
         }
+    }
+
+    /// The pending admission (if it is still to take) planned again for now, from the key's
+    /// `record`: a request that waited for a slot (`scheduler.queue_wait_secs`) is admitted to
+    /// the windows, days and weeks of when it is taken, and refused if the key expired
+    /// meanwhile.
+    pub fn replan(&mut self, app: &App, record: &KeyRecord) -> Result<(), ApiError> {
+        let State::Pending(pending) = &mut self.state else {
+            return Ok(());
+        };
+        access::expired(&record.limits, app.clock.now())?;
+        let now_ms = app.clock.now_ms();
+        let planned = meters::plan(
+            &record.limits,
+            now_ms,
+            &app.calendar,
+            Families::Of(pending.family),
+            pending.estimate,
+            pending.ttl_ms,
+        )?;
+        pending.admission.meters = planned.iter().map(|p| p.meter.clone()).collect();
+        pending.admission.now_ms = now_ms;
+        self.meters = planned
+            .iter()
+            .map(|p| (p.meter.bucket.clone(), p.measure, p.meter.reserve))
+            .collect();
+        pending.planned = planned;
+        Ok(())
     }
 
     /// The admission still to take in the store, if any: `Store::admit_and_pick` takes it with
@@ -596,12 +628,13 @@ pub fn check(app: &App, key: &KeyRecord, request: &Request<'_>) -> Result<KeyLea
     }
     let family = request.model.and_then(family_of);
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let request_estimate = estimate(app, request);
     let planned = meters::plan(
         limits,
         now_ms,
         &app.calendar,
         Families::Of(family),
-        estimate(app, request),
+        request_estimate,
         ttl_ms,
     )?;
     let admission = Admission {
@@ -629,6 +662,9 @@ pub fn check(app: &App, key: &KeyRecord, request: &Request<'_>) -> Result<KeyLea
         planned,
         active_days: limits.active_days,
         tz: app.calendar.tz().clone(),
+        family,
+        estimate: request_estimate,
+        ttl_ms,
     }));
     Ok(lease)
 }

@@ -39,8 +39,9 @@ pub const ACCOUNT_IN_FLIGHT: &str = "switchyard_account_in_flight";
 pub const ACCOUNT_FAILURES: &str = "switchyard_account_consecutive_failures";
 /// Attempts abandoned for another account before the first byte.
 pub const FAILOVERS: &str = "switchyard_failovers_total";
-/// Requests that waited for a slot (`scheduler.queue_wait_secs`), by `outcome`: `served` (a
-/// slot came) or `gave_up` (none within the wait); and how long they waited.
+/// Waits for a slot (`scheduler.queue_wait_secs`), by `outcome`: `served` (a
+/// slot came), `gave_up` (none within the wait) or `abandoned` (the client left); and how long
+/// they waited.
 pub const QUEUED: &str = "switchyard_queued_total";
 pub const QUEUE_WAIT: &str = "switchyard_queue_wait_seconds";
 /// Renewals of subscription accounts' OAuth tokens (`crate::oauth`), by outcome: `renewed`,

@@ -185,6 +185,7 @@ where
         read,
         sent_at,
         head_at,
+        queued,
     } = match failover::attempts(app, &call, &parts.headers, &key, &mut key_lease, &ctx).await? {
         Attempts::Served(served) => served,
         Attempts::Failed(answer) => {
@@ -247,7 +248,9 @@ where
         }
     };
     m::upstream_ttfb().record((head_at - sent_at).as_secs_f64());
-    m::relay_overhead().record(((sent_at - started) + head_at.elapsed()).as_secs_f64());
+    // Less any wait for a slot: that is the accounts', not the relay's.
+    let before_send = (sent_at - started).saturating_sub(queued);
+    m::relay_overhead().record((before_send + head_at.elapsed()).as_secs_f64());
     if let Some(translate) = whole {
         let read = ReadWhole::new(tapped, translate).await;
         return Ok(translated_whole(head, read, call.surface));

@@ -465,6 +465,7 @@ impl Connections {
             "stopping: waiting for open requests to finish"
         );
         self.closing.send_replace(Stop::Draining);
+        self.app.mark_stopping();
         let drained = self.graceful.shutdown();
         tokio::pin!(drained);
         tokio::select! {

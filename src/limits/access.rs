@@ -33,6 +33,18 @@ pub fn client_of(headers: &HeaderMap) -> Option<&'static str> {
     }
 }
 
+/// Refuses a key whose validity ended (`expires_at`) by `now`.
+pub fn expired(limits: &KeyLimits, now: jiff::Timestamp) -> Result<(), ApiError> {
+    match limits.expires_at {
+        Some(expires) if now >= expires => Err(ApiError::new(
+            ErrorKind::Permission,
+            format!("this API key expired at {expires}"),
+        )
+        .with_code("key_expired")),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a request the key may not make: outside its validity dates, on a surface, from a
 /// client or for a model it is not allowed.
 pub fn check(
@@ -53,11 +65,7 @@ pub fn check(
             format!("this API key is valid from {starts}"),
         );
     }
-    if let Some(expires) = limits.expires_at
-        && now >= expires
-    {
-        return denied("key_expired", format!("this API key expired at {expires}"));
-    }
+    expired(limits, now)?;
     if !limits.allowed_surfaces.is_empty() && !limits.allowed_surfaces.iter().any(|s| s == surface)
     {
         return denied(

@@ -32,6 +32,8 @@ pub(crate) struct Served {
     pub(crate) read: Option<bytes::Bytes>,
     pub(crate) sent_at: Instant,
     pub(crate) head_at: Instant,
+    /// How long the request waited for a slot (`scheduler.queue_wait_secs`).
+    pub(crate) queued: Duration,
 }
 
 #[expect(
@@ -59,6 +61,8 @@ pub(crate) async fn attempts(
     let policy = &app.config.scheduler;
     let deadline = ctx.started + Duration::from_secs(policy.attempt_deadline_secs);
     let queue_until = (ctx.started + Duration::from_secs(policy.queue_wait_secs)).min(deadline);
+    // Time spent waiting for a slot: not the relay's own overhead.
+    let mut queued = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure: Option<Failure> = None;
     let mut rebind = false;
@@ -85,7 +89,7 @@ pub(crate) async fn attempts(
             code_assist: matches!(&call.target, super::call::Target::Gemini { path, .. }
                 if crate::providers::code_assist::serves(path)),
         };
-        let picked = match pick_queued(app, &ask, key_lease, queue_until).await {
+        let picked = match pick_queued(app, &ask, key, key_lease, queue_until, &mut queued).await {
             Ok(picked) => picked,
             // Nobody else can take it: the client gets what the last attempt got.
             Err(unavailable) => {
@@ -201,6 +205,7 @@ pub(crate) async fn attempts(
                     read,
                     sent_at,
                     head_at,
+                    queued,
                 }));
             }
             Ok(answer) => Failure::Response(answer.into_failure().await),
@@ -223,58 +228,102 @@ pub(crate) async fn attempts(
 
 /// `scheduler::pick`, waiting until `until` (`scheduler.queue_wait_secs` after the request
 /// came) for a slot when the key is at its concurrency limit or every account that could serve
-/// is busy or resting for less than the time left: asked again after 50 ms, doubling to
-/// 500 ms, with jitter (the store hands out slots as they free, so there is no line to keep:
-/// whoever asks first after a release gets it). Nothing is held while waiting (a refused
-/// admission or pick takes nothing), and a client that leaves ends the wait.
+/// is busy or resting for less than the time left: asked again after 25–50 ms, doubling to
+/// 125–250 ms (a random pause in the upper half of each step, so that waiters spread out), and
+/// once more at `until`. There is no line: the store hands a freed slot to whoever asks first
+/// after its release. Nothing is held while waiting (a refused admission or pick takes
+/// nothing; the key's pending admission is planned again before each try, for the windows and
+/// days of then), a client that leaves ends the wait, and so does the server's stop. The time
+/// waited is added to `queued`.
 async fn pick_queued(
     app: &App,
     ask: &scheduler::Ask<'_>,
+    key: &KeyRecord,
     key_lease: &mut KeyLease,
     until: Instant,
+    queued: &mut Duration,
 ) -> Result<Picked, ApiError> {
     let policy = &app.config.scheduler;
     let mut pause = Duration::from_millis(50);
-    let mut waited: Option<Instant> = None;
+    let mut wait: Option<Waiting> = None;
     loop {
-        let picked = scheduler::pick(&app.catalog, policy, ask, key_lease).await;
-        let err = match picked {
-            Err(e) if waits_for_a_slot(&e, until) => e,
+        match scheduler::pick(&app.catalog, policy, ask, key_lease).await {
+            Err(e) if waits_for_a_slot(app, &e, until) => {}
             other => {
-                if let Some(since) = waited {
-                    let outcome = if other.is_ok() { "served" } else { "gave_up" };
-                    metrics::counter!(m::QUEUED, "outcome" => outcome).increment(1);
-                    metrics::histogram!(m::QUEUE_WAIT).record(since.elapsed().as_secs_f64());
+                if let Some(w) = wait.take() {
+                    *queued += w.end(if other.is_ok() { "served" } else { "gave_up" });
                 }
                 return other;
             }
-        };
-        let jitter = Duration::from_millis(rand::random::<u64>() % 25);
-        if Instant::now() + pause + jitter > until {
-            if let Some(since) = waited {
-                metrics::counter!(m::QUEUED, "outcome" => "gave_up").increment(1);
-                metrics::histogram!(m::QUEUE_WAIT).record(since.elapsed().as_secs_f64());
-            }
-            return Err(err);
         }
-        waited.get_or_insert_with(Instant::now);
-        tokio::time::sleep(pause + jitter).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
+        let left = until.saturating_duration_since(Instant::now());
+        wait.get_or_insert_with(Waiting::start);
+        let half = pause / 2;
+        let spread = u64::try_from(half.as_micros()).unwrap_or(0);
+        let nap = half + Duration::from_micros(rand::random::<u64>() % (spread + 1));
+        tokio::time::sleep(nap.min(left)).await;
+        pause = (pause * 2).min(MAX_QUEUE_PAUSE);
+        if let Err(e) = key_lease.replan(app, key) {
+            if let Some(w) = wait.take() {
+                *queued += w.end("gave_up");
+            }
+            return Err(e);
+        }
     }
 }
 
+/// The longest pause between two tries of a waiting request (before its spread).
+const MAX_QUEUE_PAUSE: Duration = Duration::from_millis(250);
+
+/// A request's wait for a slot, counted when it ends (`switchyard_queued_total`,
+/// `switchyard_queue_wait_seconds`); one whose request is dropped meanwhile (the client left)
+/// as `abandoned`.
+struct Waiting {
+    since: Instant,
+    ended: bool,
+}
+
+impl Waiting {
+    fn start() -> Waiting {
+        Waiting {
+            since: Instant::now(),
+            ended: false,
+        }
+    }
+
+    /// Ends it: how long it lasted.
+    fn end(mut self, outcome: &'static str) -> Duration {
+        self.ended = true;
+        record_wait(outcome, self.since.elapsed())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.ended {
+            record_wait("abandoned", self.since.elapsed());
+        }
+    }
+}
+
+fn record_wait(outcome: &'static str, waited: Duration) -> Duration {
+    metrics::counter!(m::QUEUED, "outcome" => outcome).increment(1);
+    metrics::histogram!(m::QUEUE_WAIT).record(waited.as_secs_f64());
+    waited
+}
+
 /// Whether `e` is a refusal a slot freeing soon ends: the key's concurrency limit, or no
-/// account able to take the request now while one recovers on its own (`Retry-After`) before
-/// `until` (a rate limit that lasts longer is answered at once).
-fn waits_for_a_slot(e: &ApiError, until: Instant) -> bool {
+/// account able to take the request now while one recovers on its own (`Retry-After`, whole
+/// seconds rounded up) before `until`; not once the server is stopping.
+fn waits_for_a_slot(app: &App, e: &ApiError, until: Instant) -> bool {
     let left = until.saturating_duration_since(Instant::now());
-    if left.is_zero() {
+    if left.is_zero() || app.stopping() {
         return false;
     }
     match (e.kind, e.code, e.retry_after) {
         (ErrorKind::RateLimited, Some("concurrency_limit"), _) => true,
         (ErrorKind::Unavailable, None, Some(secs)) => {
-            Duration::from_secs(secs) <= left.max(Duration::from_secs(1))
+            Duration::from_secs(secs) <= left + Duration::from_secs(1)
         }
         _ => false,
     }

@@ -43,6 +43,25 @@ fn slow() -> Behavior {
     }
 }
 
+/// The key's and the account's requests in flight, once both are 0 or after a second: the
+/// last answer's leases are given back as it ends, on their way when the client has it whole.
+async fn settled(relay: &Relay, key: &str, account: Option<&str>) -> (u64, u32) {
+    let mut held = (u64::MAX, u32::MAX);
+    for _ in 0..50 {
+        let key_held = relay.key_info(key).await["in_flight"].as_u64().unwrap();
+        let account_held = match account {
+            Some(id) => relay.account_in_flight(id).await,
+            None => 0,
+        };
+        held = (key_held, account_held);
+        if held == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held
+}
+
 async fn key_with(relay: &Relay, limits: Value) -> String {
     let (status, v) = relay
         .admin(
@@ -74,7 +93,11 @@ async fn requests_beyond_an_accounts_capacity_wait_for_it_and_are_all_served() {
         // One at a time upstream, as the account allows.
         assert_eq!(mock.max_in_flight(), 1, "{backend:?}");
         assert_eq!(mock.served(), 4, "{backend:?}");
-        assert_eq!(relay.account_in_flight(&account).await, 0, "{backend:?}");
+        assert_eq!(
+            settled(&relay, &key, Some(&account)).await,
+            (0, 0),
+            "{backend:?}"
+        );
         let metrics = relay.metrics().await;
         assert!(
             metrics
@@ -98,7 +121,7 @@ async fn requests_beyond_a_keys_concurrency_wait_for_it() {
             assert_eq!(ask.await.unwrap().0, 200, "{backend:?}");
         }
         assert_eq!(mock.max_in_flight(), 1, "{backend:?}");
-        assert_eq!(relay.key_info(&key).await["in_flight"], 0, "{backend:?}");
+        assert_eq!(settled(&relay, &key, None).await, (0, 0), "{backend:?}");
     }
 }
 
@@ -129,19 +152,15 @@ async fn a_wait_that_runs_out_is_answered_as_without_one_and_holds_nothing() {
     assert_eq!(mock.in_flight(), 1);
     assert_eq!(mock.requests().len(), 1);
 
-    // A client that leaves while it waits: nothing of it is held.
-    let gone = http_client()
-        .post(relay.url("/v1/messages"))
-        .header("x-api-key", &key)
-        .header("anthropic-version", "2023-06-01")
-        .json(&messages_body("claude-sonnet-4-5", false))
-        .timeout(Duration::from_millis(300))
-        .send()
-        .await;
-    assert!(gone.unwrap_err().is_timeout());
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_queued_total{outcome=\"gave_up\"}")),
+        "{metrics}"
+    );
     assert_eq!(first.await.unwrap().0, 200);
-    assert_eq!(relay.key_info(&key).await["in_flight"], 0);
-    assert_eq!(relay.account_in_flight(&account).await, 0);
+    assert_eq!(settled(&relay, &key, Some(&account)).await, (0, 0));
     assert_eq!(mock.requests().len(), 1);
 }
 
@@ -179,4 +198,104 @@ async fn an_account_resting_longer_than_the_wait_is_answered_at_once() {
         .unwrap();
     assert!((100..=120).contains(&retry), "{retry}");
     assert_eq!(mock.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_waits_across_a_window_is_admitted_to_the_new_one() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(slow());
+    let relay = queued_relay(&Backend::Embedded, 30).await;
+    relay.add_account(&mock, "sk-a", json!({})).await;
+    let key = key_with(
+        &relay,
+        json!({ "max_concurrency": 1, "window": { "seconds": 60, "requests": 1 } }),
+    )
+    .await;
+    // A second into a window.
+    let now = relay.app.clock.now_ms();
+    let into = u64::try_from(now.rem_euclid(60_000)).unwrap();
+    relay
+        .app
+        .clock
+        .advance(Duration::from_millis(60_000 - into + 1_000));
+    let first = spawn_ask(&relay, &key);
+    wait_until("the first request upstream", || mock.in_flight() == 1).await;
+    let second = spawn_ask(&relay, &key);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The window turns while the second waits for the key's slot: it is counted in the new
+    // one (the old one's single request is the first's).
+    relay.app.clock.advance(Duration::from_secs(60));
+    assert_eq!(first.await.unwrap().0, 200);
+    let (status, body) = second.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // And the new window is now full.
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_out_an_accounts_short_rest() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::RateLimited {
+        retry_after_secs: 2,
+    });
+    let relay = queued_relay(&Backend::Embedded, 10).await;
+    relay.add_account(&mock, "sk-a", json!({})).await;
+    let key = key_with(&relay, json!({})).await;
+    let ask = |relay: Arc<Relay>, key: String| async move {
+        relay
+            .messages(&key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ask(Arc::clone(&relay), key.clone()).await, 429);
+    mock.set_default(Behavior::Ok(MockUsage::default()));
+    // Resting two seconds, within the ten a request may wait: served once the rest is over.
+    assert_eq!(ask(Arc::clone(&relay), key.clone()).await, 200);
+    assert_eq!(mock.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_it_waits_takes_nothing_and_sends_nothing() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Slow {
+        usage: MockUsage::default(),
+        delay: Duration::from_millis(100),
+    });
+    let relay = queued_relay(&Backend::Embedded, 5).await;
+    let account = relay
+        .add_account(&mock, "sk-a", json!({ "max_concurrency": 1 }))
+        .await;
+    let key = key_with(&relay, json!({ "max_concurrency": 5 })).await;
+    let first = spawn_ask(&relay, &key);
+    wait_until("the first request upstream", || mock.in_flight() == 1).await;
+    // It leaves well within its wait, and before the slot frees.
+    let gone = http_client()
+        .post(relay.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&messages_body("claude-sonnet-4-5", false))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gone.unwrap_err().is_timeout());
+    assert_eq!(first.await.unwrap().0, 200);
+    // The slot is free now, long before the wait it left would have ended: nothing took it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(mock.requests().len(), 1);
+    assert_eq!(settled(&relay, &key, Some(&account)).await, (0, 0));
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_queued_total{outcome=\"abandoned\"}")),
+        "{metrics}"
+    );
 }
