@@ -734,10 +734,9 @@ impl Config {
                 crate::upstream_client::chain(&e)
             )));
         }
-        // A URL with a scheme whose host the proxy client cannot read would be no proxy at all.
+        // A URL whose host the proxy client cannot read would be no proxy at all.
         if let Some(url) = &self.upstream.proxy
-            && reqwest::Url::parse(url).is_ok_and(|u| u.scheme().starts_with("socks"))
-            && !crate::upstream_client::intercepts(url)
+            && !crate::upstream_client::usable_proxy(url)
         {
             return Err(ConfigError(
                 "invalid option `upstream.proxy`: its host must be a plain host name or address"
@@ -1534,6 +1533,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("`upstream.proxy`"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("SWITCHYARD_UPSTREAM__PROXY", "http://pro{xy}:3128")]),
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`upstream.proxy`"), "{err}");
+        // Without a scheme, as reqwest takes it: an http proxy.
+        for ok in ["10.0.0.1:3128", "proxy.internal:3128"] {
+            let c = Config::load(
+                None,
+                env(&[("SWITCHYARD_UPSTREAM__PROXY", ok)]),
+                &Flags::default(),
+            );
+            assert!(c.is_ok(), "{ok}: {c:?}");
+        }
         let ok = Config::load(
             None,
             env(&[("SWITCHYARD_UPSTREAM__PROXY", "http://u:p@proxy:3128")]),

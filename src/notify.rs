@@ -30,7 +30,8 @@ use crate::scheduler::policy::{Health, Status};
 pub enum Event {
     /// The vendor refused the account's credential: out of rotation until an admin gives it
     /// another (or resets it). Not told of an account with an OAuth grant, whose refusal starts
-    /// a renewal: `OAuthGrantRefused` is, when that cannot be done.
+    /// a renewal: `OAuthGrantRefused` is, when the grant is refused, and this one when three
+    /// renewals in a row fail otherwise.
     AccountUnauthorized,
     /// The vendor says the account's credit is spent.
     AccountOutOfCredit,

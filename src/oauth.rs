@@ -31,6 +31,9 @@ use crate::app::App;
 use crate::scheduler::policy::Status;
 use crate::store::{AccountRecord, OAuthGrant, StoreError};
 
+/// Renewals of a refused token failed in a row before the operators are told (`notify`).
+const FAILURES_TOLD: u32 = 3;
+
 /// How long a token endpoint has to send its answer's head, and then its body: a renewal
 /// ends well within its claim.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -227,8 +230,8 @@ impl Renewer {
     pub async fn renew(&self, app: &App, id: &str, force: bool) -> Result<Renewed, RenewError> {
         let _one_at_a_time = self.running.lock().await;
         let now = app.clock.now_ms();
-        let grant = match self.grant_of(app, id).await {
-            Ok((_, grant)) => grant,
+        let (record, grant) = match self.grant_of(app, id).await {
+            Ok(found) => found,
             Err(e) => {
                 // Deleted, or its grant taken away: tokens kept for it have nowhere to go.
                 self.pending().remove(id);
@@ -266,6 +269,28 @@ impl Renewer {
             tracing::debug!(account_id = %id, error = %e, "could not give up a renewal's claim");
         }
         self.note(id, &result, app.clock.now_ms());
+        // Refused by the vendor and not renewed, again and again (the endpoint down, the
+        // account's proxy too): out of rotation with no end in sight, which the operators hear
+        // of once (a grant the endpoint refuses is told as such).
+        if let Err(RenewError::Failed(why)) = &result
+            && refused.is_some()
+            && self
+                .retries()
+                .get(id)
+                .is_some_and(|(_, n)| *n == FAILURES_TOLD)
+        {
+            app.notify.tell(crate::notify::Notice {
+                event: crate::notify::Event::AccountUnauthorized,
+                account_id: record.id.clone(),
+                account_name: record.name.clone(),
+                provider: record.provider.as_str(),
+                until: None,
+                detail: format!(
+                    "its token was refused, and {FAILURES_TOLD} renewals in a row failed: {why}"
+                ),
+                at: app.clock.now_ms(),
+            });
+        }
         result
     }
 

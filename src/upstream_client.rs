@@ -151,7 +151,11 @@ impl UpstreamClient {
             builder = builder.proxy(proxy);
         }
         if let Some(tls) = tls {
-            builder = builder.tls_backend_preconfigured(tls.clone());
+            // Its own session cache: a ticket one account's connection got must not be shown
+            // on another's, through another proxy (the vendor would see the two are one).
+            let mut tls = tls.clone();
+            tls.resumption = rustls::client::Resumption::default();
+            builder = builder.tls_backend_preconfigured(tls);
         }
         Ok(UpstreamClient::Proxied(builder.build()?))
     }
@@ -294,6 +298,15 @@ pub fn valid_proxy(url: &str) -> Result<String, String> {
         );
     }
     Ok(url.to_owned())
+}
+
+/// Whether `url`, as reqwest reads a proxy (an http:// one when it names no scheme or host),
+/// is one its client would send calls through (`intercepts`).
+pub fn usable_proxy(url: &str) -> bool {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if parsed.has_host() => intercepts(url),
+        _ => intercepts(&format!("http://{url}")),
+    }
 }
 
 /// Whether a proxy client made with `url` sends https and http calls through it. reqwest hands

@@ -380,3 +380,46 @@ async fn instances_sharing_a_store_tell_a_change_once() {
     assert_eq!(bodies[0]["event"], "account_unauthorized");
     assert_eq!(bodies[0]["account"]["id"], id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_refused_and_not_renewed_three_times_is_told_once() {
+    let hook = Hook::start().await;
+    let mock = MockUpstream::start().await;
+    // The vendor takes only a token the endpoint never manages to issue.
+    mock.require_api_key("at-new");
+    let tokens = TokenEndpoint::start().await;
+    for _ in 0..4 {
+        tokens.script(503, json!({ "error": "temporarily_unavailable" }));
+    }
+    let relay = Relay::start_configured(|c| c.notify.webhook_url = Some(hook.url())).await;
+    let mut grant = tokens.grant();
+    grant["expires_at"] =
+        json!((jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string());
+    let id = relay
+        .add_account(&mock, "at-0", json!({ "name": "max-plan", "oauth": grant }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    // Refused: a renewal starts at once, and fails.
+    assert_eq!(ask(&relay, &key).await, 502);
+    wait_until("the renewal is tried", || !tokens.requests().is_empty()).await;
+    // Told of nothing yet: a refused subscription is usually renewed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(hook.bodies().is_empty());
+    // Two more failed renewals (asked for now, not ten seconds on).
+    for _ in 0..3 {
+        let (status, _) = relay
+            .admin(Method::POST, &format!("/admin/accounts/{id}/refresh"), None)
+            .await;
+        assert_eq!(status, 502);
+    }
+    // Told once, at the third failure, not the fourth.
+    let bodies = hook.exactly(1).await;
+    assert_eq!(bodies[0]["event"], "account_unauthorized");
+    assert_eq!(bodies[0]["account"]["id"], id);
+    let detail = bodies[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("its token was refused, and 3 renewals in a row failed"),
+        "{detail}"
+    );
+    assert!(!detail.contains("rt-0"), "{detail}");
+}
