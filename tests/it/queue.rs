@@ -62,6 +62,15 @@ async fn settled(relay: &Relay, key: &str, account: Option<&str>) -> (u64, u32) 
     held
 }
 
+/// A small JSON request.
+async fn ask_json(relay: &Relay, key: &str) -> reqwest::Response {
+    relay
+        .messages(key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn key_with(relay: &Relay, limits: Value) -> String {
     let (status, v) = relay
         .admin(
@@ -141,11 +150,7 @@ async fn a_wait_that_runs_out_is_answered_as_without_one_and_holds_nothing() {
     let key = key_with(&relay, json!({ "max_concurrency": 5 })).await;
     let first = spawn_ask(&relay, &key);
     wait_until("the first request upstream", || mock.in_flight() == 1).await;
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_json(&relay, &key).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     // Answered while the first still runs: it gave up, it did not wait for the slot.
@@ -173,11 +178,7 @@ async fn an_account_resting_longer_than_the_wait_is_answered_at_once() {
     let relay = queued_relay(&Backend::Embedded, 60).await;
     relay.add_account(&mock, "sk-a", json!({})).await;
     let key = key_with(&relay, json!({})).await;
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_json(&relay, &key).await;
     assert_eq!(resp.status(), 429);
     // Resting for two minutes, more than the minute a request may wait: answered at once (a
     // wait would not end within this test's own time).
@@ -229,11 +230,7 @@ async fn a_request_that_waits_across_a_window_is_admitted_to_the_new_one() {
     let (status, body) = second.await.unwrap();
     assert_eq!(status, 200, "{body}");
     // And the new window is now full.
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = ask_json(&relay, &key).await;
     assert_eq!(resp.status(), 429);
 }
 
@@ -246,19 +243,10 @@ async fn a_request_waits_out_an_accounts_short_rest() {
     let relay = queued_relay(&Backend::Embedded, 10).await;
     relay.add_account(&mock, "sk-a", json!({})).await;
     let key = key_with(&relay, json!({})).await;
-    let ask = |relay: Arc<Relay>, key: String| async move {
-        relay
-            .messages(&key, &messages_body("claude-sonnet-4-5", false))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    assert_eq!(ask(Arc::clone(&relay), key.clone()).await, 429);
+    assert_eq!(ask_json(&relay, &key).await.status(), 429);
     mock.set_default(Behavior::Ok(MockUsage::default()));
     // Resting two seconds, within the ten a request may wait: served once the rest is over.
-    assert_eq!(ask(Arc::clone(&relay), key.clone()).await, 200);
+    assert_eq!(ask_json(&relay, &key).await.status(), 200);
     assert_eq!(mock.requests().len(), 2);
 }
 
