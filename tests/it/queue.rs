@@ -62,6 +62,20 @@ async fn settled(relay: &Relay, key: &str, account: Option<&str>) -> (u64, u32) 
     held
 }
 
+/// A relay whose requests wait up to `wait_secs`, its one account resting `rest_secs` after
+/// the 429 its first request got, and the key.
+async fn resting(rest_secs: u64, wait_secs: u64) -> (MockUpstream, Arc<Relay>, String) {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::RateLimited {
+        retry_after_secs: rest_secs,
+    });
+    let relay = queued_relay(&Backend::Embedded, wait_secs).await;
+    relay.add_account(&mock, "sk-a", json!({})).await;
+    let key = key_with(&relay, json!({})).await;
+    assert_eq!(ask_json(&relay, &key).await.status(), 429);
+    (mock, relay, key)
+}
+
 /// A small JSON request.
 async fn ask_json(relay: &Relay, key: &str) -> reqwest::Response {
     relay
@@ -171,15 +185,7 @@ async fn a_wait_that_runs_out_is_answered_as_without_one_and_holds_nothing() {
 
 #[tokio::test]
 async fn an_account_resting_longer_than_the_wait_is_answered_at_once() {
-    let mock = MockUpstream::start().await;
-    mock.set_default(Behavior::RateLimited {
-        retry_after_secs: 120,
-    });
-    let relay = queued_relay(&Backend::Embedded, 60).await;
-    relay.add_account(&mock, "sk-a", json!({})).await;
-    let key = key_with(&relay, json!({})).await;
-    let resp = ask_json(&relay, &key).await;
-    assert_eq!(resp.status(), 429);
+    let (mock, relay, key) = resting(120, 60).await;
     // Resting for two minutes, more than the minute a request may wait: answered at once (a
     // wait would not end within this test's own time).
     let resp = tokio::time::timeout(
@@ -236,14 +242,7 @@ async fn a_request_that_waits_across_a_window_is_admitted_to_the_new_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waits_out_an_accounts_short_rest() {
-    let mock = MockUpstream::start().await;
-    mock.set_default(Behavior::RateLimited {
-        retry_after_secs: 2,
-    });
-    let relay = queued_relay(&Backend::Embedded, 10).await;
-    relay.add_account(&mock, "sk-a", json!({})).await;
-    let key = key_with(&relay, json!({})).await;
-    assert_eq!(ask_json(&relay, &key).await.status(), 429);
+    let (mock, relay, key) = resting(2, 10).await;
     mock.set_default(Behavior::Ok(MockUsage::default()));
     // Resting two seconds, within the ten a request may wait: served once the rest is over.
     assert_eq!(ask_json(&relay, &key).await.status(), 200);
