@@ -150,10 +150,14 @@ impl KeyLease {
     /// the windows, days and weeks of when it is taken, and refused if the key expired
     /// meanwhile.
     pub fn replan(&mut self, app: &App, record: &KeyRecord) -> Result<(), ApiError> {
+        // Admitted already (a later attempt): the request goes on.
+        if matches!(self.state, State::Held) {
+            return Ok(());
+        }
+        access::expired(&record.limits, app.clock.now())?;
         let State::Pending(pending) = &mut self.state else {
             return Ok(());
         };
-        access::expired(&record.limits, app.clock.now())?;
         let now_ms = app.clock.now_ms();
         let planned = meters::plan(
             &record.limits,

@@ -286,3 +286,26 @@ async fn a_client_that_leaves_while_it_waits_takes_nothing_and_sends_nothing() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_expires_while_its_request_waits_is_refused() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(slow());
+    let relay = queued_relay(&Backend::Embedded, 30).await;
+    relay
+        .add_account(&mock, "sk-a", json!({ "max_concurrency": 1 }))
+        .await;
+    // Limits that count nothing: only its end.
+    let expires = relay.app.clock.now() + jiff::SignedDuration::from_secs(30);
+    let key = key_with(&relay, json!({ "expires_at": expires.to_string() })).await;
+    let first = spawn_ask(&relay, &key);
+    wait_until("the first request upstream", || mock.in_flight() == 1).await;
+    let second = spawn_ask(&relay, &key);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    relay.app.clock.advance(Duration::from_secs(60));
+    assert_eq!(first.await.unwrap().0, 200);
+    let (status, body) = second.await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    assert_eq!(mock.requests().len(), 1);
+}
