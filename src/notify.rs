@@ -95,9 +95,14 @@ impl Event {
             Event::AccountUnauthorized => {
                 before.status != Status::Unauthorized && after.status == Status::Unauthorized
             }
-            // From serving to out: of the reports racing when the credit ran out, the first.
+            // From serving to out: of the reports racing when the credit ran out, the first
+            // (each later one moves the exclusion on by no more than the time between them).
+            // Or out already, for a shorter while (a failure's cooldown, an overload): moved
+            // on to the long one.
             Event::AccountOutOfCredit => {
-                before.status_at(now) == Status::Ok && after.status_at(now) == Status::CoolingDown
+                after.status_at(now) == Status::CoolingDown
+                    && (before.status_at(now) == Status::Ok
+                        || after.until.saturating_sub(before.until) > CREDIT_MARGIN_MS)
             }
             Event::AccountRateLimited => {
                 before.status_at(now) == Status::Ok && after.status_at(now) == Status::RateLimited
@@ -113,6 +118,10 @@ impl Event {
         made.then_some(event)
     }
 }
+
+/// How much later than before a spent credit's report must put an account's return, when the
+/// account was out already, to be told: more than reports racing each other move it.
+const CREDIT_MARGIN_MS: i64 = 60_000;
 
 /// A notice's body: the notice as JSON (with its message as `text`), or its message alone as
 /// a Slack (`{"text"}`) or Discord (`{"content"}`) webhook takes it.
@@ -462,6 +471,16 @@ mod tests {
             3,
         );
         assert_eq!(again, Some(Event::AccountOutOfCredit));
+        // Cooling down after a failure (five seconds) when the credit runs out: told.
+        let cooling = after(&clean, &fail, now);
+        let spent_while_cooling = Event::of_report(
+            &Verdict::Exhausted,
+            &cooling,
+            &after(&cooling, &spent(now), now),
+            now,
+            3,
+        );
+        assert_eq!(spent_while_cooling, Some(Event::AccountOutOfCredit));
     }
 
     fn notice(event: Event, at: i64) -> Notice {
