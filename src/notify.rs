@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use crate::config::NotifyConfig;
 use crate::scheduler::health::Verdict;
 use crate::scheduler::policy::{Health, Status};
+use crate::store::AccountRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -150,6 +151,25 @@ pub struct Notice {
 }
 
 impl Notice {
+    /// A notice of `event` about the account of `record`, at `at` (unix ms).
+    pub fn of(
+        record: &AccountRecord,
+        event: Event,
+        until: Option<i64>,
+        detail: String,
+        at: i64,
+    ) -> Notice {
+        Notice {
+            event,
+            account_id: record.id.clone(),
+            account_name: record.name.clone(),
+            provider: record.provider.as_str(),
+            until,
+            detail,
+            at,
+        }
+    }
+
     /// One line for a person.
     pub fn text(&self) -> String {
         let who = format!(

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 
 use crate::app::App;
+use crate::notify::{Event, Notice};
 use crate::scheduler::policy::Status;
 use crate::store::{AccountRecord, OAuthGrant, StoreError};
 
@@ -279,17 +280,16 @@ impl Renewer {
                 .get(id)
                 .is_some_and(|(_, n)| *n == FAILURES_TOLD)
         {
-            app.notify.tell(crate::notify::Notice {
-                event: crate::notify::Event::AccountUnauthorized,
-                account_id: record.id.clone(),
-                account_name: record.name.clone(),
-                provider: record.provider.as_str(),
-                until: None,
-                detail: format!(
-                    "its token was refused, and {FAILURES_TOLD} renewals in a row failed: {why}"
-                ),
-                at: app.clock.now_ms(),
-            });
+            let detail = format!(
+                "its token was refused, and {FAILURES_TOLD} renewals in a row failed: {why}"
+            );
+            app.notify.tell(Notice::of(
+                &record,
+                Event::AccountUnauthorized,
+                None,
+                detail,
+                app.clock.now_ms(),
+            ));
         }
         result
     }
@@ -526,15 +526,13 @@ impl Renewer {
         match write(app, &record.id, &grant.sealed_refresh_token, fail).await {
             Ok(true) => {
                 reload(app).await;
-                app.notify.tell(crate::notify::Notice {
-                    event: crate::notify::Event::OAuthGrantRefused,
-                    account_id: record.id.clone(),
-                    account_name: record.name.clone(),
-                    provider: record.provider.as_str(),
-                    until: None,
-                    detail: why.clone(),
-                    at: app.clock.now_ms(),
-                });
+                app.notify.tell(Notice::of(
+                    record,
+                    Event::OAuthGrantRefused,
+                    None,
+                    why.clone(),
+                    app.clock.now_ms(),
+                ));
             }
             Ok(false) => {}
             Err(e) => return RenewError::Store(e),

@@ -528,15 +528,9 @@ fn tell(
         Status::RateLimited | Status::CoolingDown => Some(after.until),
         Status::Ok | Status::Unauthorized => None,
     };
-    app.notify.tell(Notice {
-        event,
-        account_id: account_id.to_owned(),
-        account_name: account.record.name.clone(),
-        provider: account.record.provider.as_str(),
-        until,
-        detail: after.last_error.clone().unwrap_or_default(),
-        at: now,
-    });
+    let detail = after.last_error.clone().unwrap_or_default();
+    app.notify
+        .tell(Notice::of(&account.record, event, until, detail, now));
 }
 
 fn report_kind(report: &Report) -> &'static str {

@@ -76,6 +76,13 @@ async fn resting(rest_secs: u64, wait_secs: u64) -> (MockUpstream, Arc<Relay>, S
     (mock, relay, key)
 }
 
+/// Whether `/metrics` counts a wait that ended with `outcome` (the recorder is the process's:
+/// other tests' waits count too).
+async fn waited(relay: &Relay, outcome: &str) -> bool {
+    let line = format!("switchyard_queued_total{{outcome=\"{outcome}\"}}");
+    relay.metrics().await.lines().any(|l| l.starts_with(&line))
+}
+
 /// A small JSON request.
 async fn ask_json(relay: &Relay, key: &str) -> reqwest::Response {
     relay
@@ -121,13 +128,7 @@ async fn requests_beyond_an_accounts_capacity_wait_for_it_and_are_all_served() {
             (0, 0),
             "{backend:?}"
         );
-        let metrics = relay.metrics().await;
-        assert!(
-            metrics
-                .lines()
-                .any(|l| l.starts_with("switchyard_queued_total{outcome=\"served\"}")),
-            "{backend:?}: {metrics}"
-        );
+        assert!(waited(&relay, "served").await, "{backend:?}");
     }
 }
 
@@ -171,13 +172,7 @@ async fn a_wait_that_runs_out_is_answered_as_without_one_and_holds_nothing() {
     assert_eq!(mock.in_flight(), 1);
     assert_eq!(mock.requests().len(), 1);
 
-    let metrics = relay.metrics().await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("switchyard_queued_total{outcome=\"gave_up\"}")),
-        "{metrics}"
-    );
+    assert!(waited(&relay, "gave_up").await);
     assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(settled(&relay, &key, Some(&account)).await, (0, 0));
     assert_eq!(mock.requests().len(), 1);
@@ -278,13 +273,7 @@ async fn a_client_that_leaves_while_it_waits_takes_nothing_and_sends_nothing() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(mock.requests().len(), 1);
     assert_eq!(settled(&relay, &key, Some(&account)).await, (0, 0));
-    let metrics = relay.metrics().await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("switchyard_queued_total{outcome=\"abandoned\"}")),
-        "{metrics}"
-    );
+    assert!(waited(&relay, "abandoned").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
