@@ -5,7 +5,7 @@
 //!
 //! A notice comes from the report that changed the account's state: the store applies reports
 //! one after another, across instances too (`Store::report_health` answers the health a report
-//! was applied to), so one change is told once, by the instance whose report made it. The
+//! was applied to and what it made of it), so one change is told once, by the instance whose report made it. The
 //! changes that come back on their own (a rate limit, a spent credit found spent again after
 //! each cooldown) are told at most once per `notify.repeat_after_secs` per account by each
 //! instance; the others (refused, failing, recovered, a grant refused) need something to happen

@@ -19,12 +19,12 @@ use crate::config::{SchedulerConfig, StickyOverflow};
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::{AccountLease, KeyLease, run_to_end};
 use crate::store::{
-    self, AccountRelease, Candidate, KeyBinding, Lease, PickRequest, Protocol, Provider,
-    SessionPick, Taken,
+    self, AccountRelease, Candidate, HealthChange, KeyBinding, Lease, PickRequest, Protocol,
+    Provider, SessionPick, Taken,
 };
 
 use self::health::Verdict;
-use self::policy::{Health, Report, Status, Sticky};
+use self::policy::{Report, Status, Sticky};
 use crate::app::App;
 use crate::notify::{Event, Notice};
 
@@ -491,7 +491,7 @@ async fn report_for(
     }
     metrics::counter!(crate::metrics::ACCOUNT_REPORTS, "kind" => report_kind(&report)).increment(1);
     match app.store().report_health(account_id, &report, now_ms).await {
-        Ok(before) => tell(app, account_id, verdict, &report, &before, now_ms),
+        Ok(change) => tell(app, account_id, verdict, &change, now_ms),
         Err(e) => {
             tracing::warn!(account_id, error = %e, "could not record the account's health");
         }
@@ -500,18 +500,10 @@ async fn report_for(
 
 /// Tells the operators of the change `report` made to the account's health, if it made one
 /// they hear of.
-fn tell(
-    app: &App,
-    account_id: &str,
-    verdict: &Verdict,
-    report: &Report,
-    before: &Health,
-    now: i64,
-) {
-    let mut after = before.clone();
-    after.apply(report, now);
+fn tell(app: &App, account_id: &str, verdict: &Verdict, change: &HealthChange, now: i64) {
+    let (before, after) = (&change.before, &change.after);
     let failures = app.notify.failures();
-    let Some(event) = Event::of_report(verdict, before, &after, now, failures) else {
+    let Some(event) = Event::of_report(verdict, before, after, now, failures) else {
         return;
     };
     let accounts = app.catalog.accounts();

@@ -211,6 +211,13 @@ impl Provider {
     }
 }
 
+/// What one report did to an account's health (`Store::report_health`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChange {
+    pub before: Health,
+    pub after: Health,
+}
+
 /// An upstream vendor account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRecord {
@@ -830,15 +837,16 @@ pub trait Store: Send + Sync + 'static {
         picked.map(Taken::Picked)
     }
     /// Applies one upstream outcome to the account's health (`Health::apply`), atomically with
-    /// respect to other instances' reports: the health it was applied to. Of reports racing on
-    /// any number of instances, each is applied to the health the one before it left, so each
-    /// change of state is seen by one report only (`crate::notify` tells of it once).
+    /// respect to other instances' reports: the health it was applied to, and what it made of
+    /// it. Of reports racing on any number of instances, each is applied to the health the one
+    /// before it left, so each change of state is seen by one report only (`crate::notify`
+    /// tells of it once).
     async fn report_health(
         &self,
         account_id: &str,
         report: &Report,
         now_ms: i64,
-    ) -> StoreResult<Health>;
+    ) -> StoreResult<HealthChange>;
     /// Clears the account's health (an admin's reset): it serves again at once.
     async fn reset_health(&self, account_id: &str) -> StoreResult<()>;
     /// Ends a key's lease taken by `admit`, atomically returning what it held on each meter and

@@ -24,9 +24,9 @@ use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Counters,
-    DAY_BUCKETS_KEPT, Dimension, HOUR_BUCKETS_KEPT, KeyRecord, KeyRenewal, KeySettle, KeyState,
-    Lease, MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, Store, StoreError,
-    StoreResult, Taken, UsageBatch, UsageQuery, buckets_of,
+    DAY_BUCKETS_KEPT, Dimension, HOUR_BUCKETS_KEPT, HealthChange, KeyRecord, KeyRenewal, KeySettle,
+    KeyState, Lease, MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, Store,
+    StoreError, StoreResult, Taken, UsageBatch, UsageQuery, buckets_of,
 };
 
 /// Key id -> JSON `KeyRecord`.
@@ -1270,7 +1270,7 @@ impl Store for EmbeddedStore {
         account_id: &str,
         report: &Report,
         now_ms: i64,
-    ) -> StoreResult<Health> {
+    ) -> StoreResult<HealthChange> {
         let mut hot = self.hot();
         let health = &mut hot
             .accounts
@@ -1279,7 +1279,10 @@ impl Store for EmbeddedStore {
             .health;
         let before = health.clone();
         health.apply(report, now_ms);
-        Ok(before)
+        Ok(HealthChange {
+            before,
+            after: health.clone(),
+        })
     }
 
     async fn reset_health(&self, account_id: &str) -> StoreResult<()> {

@@ -51,9 +51,9 @@ use self::names::Names;
 use self::scripts::{Call, Scripts};
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Change,
-    Counters, Dimension, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter, MeterUse,
-    PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken,
-    UsageBatch, UsageQuery,
+    Counters, Dimension, HealthChange, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter,
+    MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, Store, StoreError,
+    StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
 use crate::scheduler::policy::{Health, Report, Sticky};
@@ -641,7 +641,7 @@ impl Store for RedisStore {
         account_id: &str,
         report: &Report,
         now_ms: i64,
-    ) -> StoreResult<Health> {
+    ) -> StoreResult<HealthChange> {
         let field = names::account_field(account_id, "h");
         for attempt in 0..HEALTH_CAS_ATTEMPTS {
             let old: Option<String> = self
@@ -651,15 +651,15 @@ impl Store for RedisStore {
                 .map_err(|e| unavailable("read account health", &e))?;
             let old = old.unwrap_or_default();
             let before = parse_health(&old)?;
-            let mut health = before.clone();
-            health.apply(report, now_ms);
-            let new = if health == Health::default() {
+            let mut after = before.clone();
+            after.apply(report, now_ms);
+            let new = if after == Health::default() {
                 String::new()
             } else {
-                encode(&health)?
+                encode(&after)?
             };
             if new == old {
-                return Ok(before);
+                return Ok(HealthChange { before, after });
             }
             let written = self
                 .scripts
@@ -671,7 +671,7 @@ impl Store for RedisStore {
                 )
                 .await?;
             if integer(&written, "health_cas")? == 1 {
-                return Ok(before);
+                return Ok(HealthChange { before, after });
             }
             // Someone else won this round: back off at random, longer each time (up to 8 ms), so
             // that racers spread out.

@@ -1635,7 +1635,7 @@ mod cases {
         // a report was seen by exactly one of them.
         let mut seen = Vec::new();
         for t in tasks {
-            seen.push(t.await.unwrap().consecutive_failures);
+            seen.push(t.await.unwrap().before.consecutive_failures);
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..20).collect::<Vec<u32>>());

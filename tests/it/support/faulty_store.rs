@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchyard::scheduler::policy::{Health, Report};
+use switchyard::scheduler::policy::Report;
 use switchyard::store::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Change, Counters,
-    KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, PickRequest, Picked, Renewed,
+    HealthChange, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, PickRequest, Picked, Renewed,
     RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 
@@ -157,7 +157,7 @@ impl Store for FaultyStore {
         account_id: &str,
         report: &Report,
         now_ms: i64,
-    ) -> StoreResult<Health> {
+    ) -> StoreResult<HealthChange> {
         self.inner.report_health(account_id, report, now_ms).await
     }
     async fn reset_health(&self, account_id: &str) -> StoreResult<()> {
