@@ -268,7 +268,7 @@ pub fn proxy_aad(account_id: &str) -> String {
 const PROXY_SCHEMES: [&str; 4] = ["http", "https", "socks5", "socks5h"];
 
 /// What shows of a proxy's credentials in a view of it.
-const MASK: &str = "***";
+pub const MASK: &str = "***";
 
 /// An account's proxy as written (trimmed, checked): an http(s) or socks5(h) URL with a host, a
 /// port or the scheme's default, credentials or not, and nothing after the authority. A URL

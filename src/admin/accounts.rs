@@ -111,13 +111,13 @@ fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         .iter()
         .find(|a| a.id() == account.id)
         .and_then(|a| a.code_assist.known());
-    // Its credentials masked; the whole URL when it cannot be opened.
+    // Its credentials masked; all of it when it cannot be opened.
     let proxy = account
         .sealed_proxy
         .as_ref()
         .map(|_| match app.catalog.proxy_of(account) {
             Ok(Some(url)) => upstream_client::redacted(&url),
-            _ => upstream_client::redacted(""),
+            _ => upstream_client::MASK.to_owned(),
         });
     let now = jiff::Timestamp::now().as_millisecond();
     let health = &runtime.health;
