@@ -104,6 +104,9 @@ enum State {
     Held,
 }
 
+/// The code of the refusal of a key at its `max_concurrency` (`relay::failover` waits on it).
+pub const CONCURRENCY_CODE: &str = "concurrency_limit";
+
 /// What taking a pending lease needs, and what a refusal says.
 struct Pending {
     admission: Admission,
@@ -167,12 +170,9 @@ impl KeyLease {
             pending.estimate,
             pending.ttl_ms,
         )?;
-        pending.admission.meters = planned.iter().map(|p| p.meter.clone()).collect();
+        pending.admission.meters = admitted(&planned);
         pending.admission.now_ms = now_ms;
-        self.meters = planned
-            .iter()
-            .map(|p| (p.meter.bucket.clone(), p.measure, p.meter.reserve))
-            .collect();
+        self.meters = held(&planned);
         pending.planned = planned;
         Ok(())
     }
@@ -340,7 +340,7 @@ impl Pending {
                 format!("this key allows {limit} concurrent requests; wait for one to finish"),
             )
             .with_retry_after(1)
-            .with_code("concurrency_limit"),
+            .with_code(CONCURRENCY_CODE),
             Admit::Expired { first_used_at } => {
                 let days = self.active_days.unwrap_or(0);
                 ApiError::new(
@@ -644,7 +644,7 @@ pub fn check(app: &App, key: &KeyRecord, request: &Request<'_>) -> Result<KeyLea
     let admission = Admission {
         key_id: key.id.clone(),
         max_concurrency: limits.max_concurrency,
-        meters: planned.iter().map(|p| p.meter.clone()).collect(),
+        meters: admitted(&planned),
         valid_after_first_use_ms: limits
             .active_days
             .map(|d| i64::from(d).saturating_mul(86_400_000)),
@@ -657,10 +657,7 @@ pub fn check(app: &App, key: &KeyRecord, request: &Request<'_>) -> Result<KeyLea
     {
         return Ok(lease);
     }
-    lease.meters = planned
-        .iter()
-        .map(|p| (p.meter.bucket.clone(), p.measure, p.meter.reserve))
-        .collect();
+    lease.meters = held(&planned);
     lease.state = State::Pending(Box::new(Pending {
         admission,
         planned,
@@ -671,6 +668,19 @@ pub fn check(app: &App, key: &KeyRecord, request: &Request<'_>) -> Result<KeyLea
         ttl_ms,
     }));
     Ok(lease)
+}
+
+/// The meters an admission of `planned` asks the store for.
+fn admitted(planned: &[Planned]) -> Vec<crate::store::Meter> {
+    planned.iter().map(|p| p.meter.clone()).collect()
+}
+
+/// What a lease of `planned` holds on each counter, to give back or settle.
+fn held(planned: &[Planned]) -> Vec<(SmolStr, Measure, u64)> {
+    planned
+        .iter()
+        .map(|p| (p.meter.bucket.clone(), p.measure, p.meter.reserve))
+        .collect()
 }
 
 /// The error for a counter without room: 429 while it resets soon or requests in flight hold

@@ -321,7 +321,7 @@ fn waits_for_a_slot(app: &App, e: &ApiError, until: Instant) -> bool {
         return false;
     }
     match (e.kind, e.code, e.retry_after) {
-        (ErrorKind::RateLimited, Some("concurrency_limit"), _) => true,
+        (ErrorKind::RateLimited, Some(crate::limits::CONCURRENCY_CODE), _) => true,
         (ErrorKind::Unavailable, None, Some(secs)) => {
             Duration::from_secs(secs) <= left + Duration::from_secs(1)
         }
