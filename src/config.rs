@@ -35,8 +35,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the embedded store, the generated admin token and master key live.
     pub data_dir: PathBuf,
-    /// `embedded` (default), `redis://host:port/db`, `rediss://…` (TLS), or
-    /// `redis-cluster://host:port,host:port,…` (seed nodes of a Redis Cluster).
+    /// `embedded` (default), `redis://host:port/db`, `rediss://…` (TLS),
+    /// `redis-cluster://host:port,host:port,…` (seed nodes of a Redis Cluster), or
+    /// `redis-sentinel://host:port,host:port,…/db?sentinelServiceName=name` (the Sentinels
+    /// of a primary and its replicas).
     pub store: String,
     /// Bearer token of the admin API; generated into `<data_dir>/admin-token` when unset.
     pub admin_token: Option<String>,
@@ -578,7 +580,7 @@ impl ImagesConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Embedded,
-    /// A `redis://`, `rediss://` or `redis-cluster://` URL, as given.
+    /// A `redis://`, `rediss://`, `redis-cluster://` or `redis-sentinel://` URL, as given.
     Redis(String),
 }
 
@@ -662,12 +664,21 @@ impl Config {
             "rediss://",
             "redis-cluster://",
             "rediss-cluster://",
+            "redis-sentinel://",
+            "rediss-sentinel://",
         ];
         if self.store != "embedded" && !redis_schemes.iter().any(|s| self.store.starts_with(s)) {
             return Err(ConfigError(format!(
                 "invalid option `store`: unsupported value {:?} (expected \"embedded\", \
-                 redis://host:port/db, rediss://…, redis-cluster://host:port,host:port or rediss-cluster://…)",
-                self.store
+                 redis://host:port/db, rediss://…, redis-cluster://host:port,host:port, \
+                 rediss-cluster://…, redis-sentinel://host:port,host:port/db?sentinelServiceName=name \
+                 or rediss-sentinel://…)",
+                // A value with credentials in it is shown without them.
+                if self.store.contains('@') {
+                    self.store_for_display()
+                } else {
+                    self.store.clone()
+                }
             )));
         }
         if let StoreKind::Redis(url) = self.store_kind()
@@ -1259,6 +1270,7 @@ mod tests {
             "rediss://u:p@h:6380",
             "redis://[::1]:6379",
             "redis-cluster://a:1,b:2, c:3",
+            "redis-sentinel://s1:26379,s2/0?sentinelServiceName=sy",
         ] {
             assert!(load(&[("SWITCHYARD_STORE", good)]).is_ok(), "{good}");
         }
@@ -1276,6 +1288,18 @@ mod tests {
             );
             assert!(!err.contains("secret"), "{err}");
         }
+        let err = load(&[("SWITCHYARD_STORE", "memcached://u:hunter2@h:1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unsupported value") && err.contains("***@h:1"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = load(&[("SWITCHYARD_STORE", "emebdded")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"emebdded\""), "{err}");
         assert!(load(&[("SWITCHYARD_LOG", "switchyard=debug,warn")]).is_ok());
         let err = load(&[("SWITCHYARD_LOG", "switchyard=loud")])
             .unwrap_err()
@@ -1299,6 +1323,10 @@ mod tests {
             "redis-cluster://***@h1:7001,h2:7002"
         );
         assert_eq!(shown("redis://host:6379/0"), "redis://host:6379/0");
+        assert_eq!(
+            shown("redis-sentinel://s1,s2/0?sentinelServiceName=sy&sentinelPassword=s3cret"),
+            "redis-sentinel://s1,s2/0?sentinelServiceName=sy&sentinelPassword=***"
+        );
     }
 
     #[test]

@@ -30,13 +30,14 @@ mod connect;
 mod feed;
 mod names;
 mod scripts;
+mod sentinel;
 mod url;
 
 pub(crate) use self::url::check as check_url;
 pub(crate) use self::url::redact as redact_url;
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -93,7 +94,7 @@ pub struct RedisStore {
     pool: Pool,
     workers: connect::WorkerPools,
     /// Indexed by server worker; empty until `start_worker` filled it.
-    worker_pools: Box<[OnceLock<Pool>]>,
+    worker_pools: Arc<[OnceLock<Pool>]>,
     /// The pub/sub connection of the change feed (a subscribed connection can send nothing else).
     subscriber: Client,
     names: Names,
@@ -108,6 +109,8 @@ pub struct RedisStore {
     request_log_max: usize,
     changes: broadcast::Sender<Change>,
     feed: JoinHandle<()>,
+    /// Behind Sentinels: their failover announcements, which have every client reconnect.
+    _failovers: Option<sentinel::Watch>,
 }
 
 impl RedisStore {
@@ -125,8 +128,9 @@ impl RedisStore {
         all.iter().map(|j| decode::<T>(j, what)).collect()
     }
 
-    /// Connects to `url` (`redis://host:port/db`, `rediss://…`, `redis-cluster://h1:p1,h2:p2,…`
-    /// or `rediss-cluster://…`), loads the scripts and starts the change feed. Fails when Redis
+    /// Connects to `url` (`redis://host:port/db`, `rediss://…`, `redis-cluster://h1:p1,h2:p2,…`,
+    /// `rediss-cluster://…`, `redis-sentinel://s1:p1,s2:p2,…/db?sentinelServiceName=name` or
+    /// `rediss-sentinel://…`), loads the scripts and starts the change feed. Fails when Redis
     /// cannot be reached within the connect timeout; after that, outages are survived.
     pub async fn connect(
         url: &str,
@@ -159,12 +163,21 @@ impl RedisStore {
                 ping_within: Duration::from_millis(cfg.command_timeout_ms.max(1)),
             },
         ));
+        let worker_pools: Arc<[OnceLock<Pool>]> = (0..crate::config::MAX_WORKERS)
+            .map(|_| OnceLock::new())
+            .collect();
+        let failovers = sentinel::watch(
+            url,
+            sentinel::Clients {
+                pool: pool.clone(),
+                subscriber: subscriber.clone(),
+                worker_pools: Arc::clone(&worker_pools),
+            },
+        );
         Ok(RedisStore {
             pool,
             workers,
-            worker_pools: (0..crate::config::MAX_WORKERS)
-                .map(|_| OnceLock::new())
-                .collect(),
+            worker_pools,
             subscriber,
             live_keys: names.live().into_iter().map(Key::from).collect(),
             swept_prefix: Value::from(names.swept_prefix()),
@@ -174,6 +187,7 @@ impl RedisStore {
             request_log_max,
             changes,
             feed,
+            _failovers: failovers,
         })
     }
 

@@ -15,6 +15,7 @@ mod queue;
 mod redis;
 mod responses;
 mod scheduler;
+mod sentinel;
 mod store_conformance;
 mod support;
 mod surfaces;

@@ -315,10 +315,12 @@ async fn usage_totals_over_two_instances_equal_what_the_upstream_reported() {
 }
 
 /// A redis-server of this test's own, so it can be killed without disturbing other tests.
-struct OwnRedis {
-    port: u16,
+pub(crate) struct OwnRedis {
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Given to redis-server after the defaults (a replica's `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl OwnRedis {
@@ -340,15 +342,15 @@ impl OwnRedis {
     }
 
     fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        OwnRedis::start_with(Vec::new())
+    }
+
+    pub(crate) fn start_with(extra: Vec<String>) -> OwnRedis {
         let mut redis = OwnRedis {
-            port,
+            port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            extra,
         };
         redis.spawn();
         redis
@@ -370,6 +372,7 @@ impl OwnRedis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -382,12 +385,21 @@ impl OwnRedis {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
         }
     }
+}
+
+/// A loopback port nothing listens on (at the time of asking).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Drop for OwnRedis {

@@ -1,16 +1,21 @@
 //! Our store URLs, and what fred reads.
 //!
-//! Switchyard lists cluster seed nodes the way operators write them,
-//! `redis-cluster://[user:pass@]h1:p1,h2:p2,…`; fred wants one host plus `?node=` parameters
-//! (`redis-cluster://[user:pass@]h1:p1?node=h2:p2&node=…`). Standalone URLs
-//! (`redis://host:port/db`, `rediss://…`) and a cluster URL with a single node pass unchanged.
+//! Switchyard lists cluster seed nodes and Sentinels the way operators write them,
+//! `redis-cluster://[user:pass@]h1:p1,h2:p2,…` and
+//! `redis-sentinel://[user:pass@]s1:p1,s2:p2,…/db?sentinelServiceName=name`; fred wants one host
+//! plus `?node=` parameters (`redis-cluster://[user:pass@]h1:p1?node=h2:p2&node=…`). Standalone
+//! URLs (`redis://host:port/db`, `rediss://…`) and a URL with a single node pass unchanged.
+
+/// A Sentinel's port where the URL gives none (fred's default for the first one too).
+const SENTINEL_PORT: u16 = 26379;
 
 /// What fred's `Config::from_url` accepts for `url`.
 pub(super) fn to_fred(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    if !scheme.ends_with("-cluster") {
+    let sentinel = scheme.ends_with("-sentinel");
+    if !sentinel && !scheme.ends_with("-cluster") {
         return url.to_owned();
     }
     // The authority ends at the first '/', '?' or '#'; a password holding one must be
@@ -25,17 +30,40 @@ pub(super) fn to_fred(url: &str) -> String {
     let Some(first) = hosts.next() else {
         return url.to_owned();
     };
-    let others: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
+    // fred wants a port on every `node`; a Sentinel's is well known.
+    let others: Vec<String> = hosts
+        .map(|h| match (sentinel, has_port(h)) {
+            (true, false) => format!("node={h}:{SENTINEL_PORT}"),
+            _ => format!("node={h}"),
+        })
+        .collect();
     if others.is_empty() {
         return url.to_owned();
     }
-    // A path means nothing to a cluster (no databases); the query is kept.
-    let query = tail.split_once('?').map(|(_, query)| query);
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    // A path means nothing to a cluster (no databases); behind Sentinels it is the database.
+    let path = if sentinel { path } else { "" };
     let mut query_parts = others;
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         query_parts.push(query.to_owned());
     }
-    format!("{scheme}://{userinfo}{first}?{}", query_parts.join("&"))
+    format!(
+        "{scheme}://{userinfo}{first}{path}?{}",
+        query_parts.join("&")
+    )
+}
+
+/// Whether a node (`host:port`, `[v6]:port`, `host`, `[v6]`) names its port.
+fn has_port(node: &str) -> bool {
+    match node.strip_prefix('[') {
+        Some(v6) => v6
+            .split_once(']')
+            .is_some_and(|(_, rest)| rest.starts_with(':')),
+        None => node.contains(':'),
+    }
 }
 
 /// Why `url` names no server to connect to, if it does not: a node (the server, or one of a
@@ -72,17 +100,32 @@ pub(crate) fn check(url: &str) -> Result<(), String> {
         .map_err(|e| scrub(e.details(), url))
 }
 
-/// `url` without its credentials, for messages and logs.
+/// `url` without its credentials (the server's, and the Sentinels' in the query), for messages
+/// and logs.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparsable url>".to_owned();
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
+    let tail = match sentinel_password(tail) {
+        Some(password) => tail.replacen(password, "***", 1),
+        None => tail.to_owned(),
+    };
     match authority.rfind('@') {
         Some(at) => format!("{scheme}://***@{}{tail}", &authority[at + 1..]),
-        None => url.to_owned(),
+        None => format!("{scheme}://{authority}{tail}"),
     }
+}
+
+/// The value of the query's `sentinelPassword` (the Sentinels' own credential), if any.
+fn sentinel_password(url: &str) -> Option<&str> {
+    let query = url.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(query, _)| query);
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("sentinelPassword="))
+        .filter(|password| !password.is_empty())
 }
 
 /// Removes the URL's password (and user) from an error message that might quote it.
@@ -90,13 +133,16 @@ pub(super) fn scrub(message: &str, url: &str) -> String {
     let Some((_, rest)) = url.split_once("://") else {
         return message.to_owned();
     };
+    let mut out = message.to_owned();
+    if let Some(password) = sentinel_password(rest) {
+        out = out.replace(password, "***");
+    }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..end];
     let Some(at) = authority.rfind('@') else {
-        return message.to_owned();
+        return out;
     };
     let userinfo = &authority[..at];
-    let mut out = message.to_owned();
     if !userinfo.is_empty() {
         out = out.replace(userinfo, "***");
     }
@@ -108,6 +154,7 @@ pub(super) fn scrub(message: &str, url: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -134,6 +181,47 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_lists_keep_their_database_and_get_the_sentinel_port() {
+        assert_eq!(
+            to_fred("redis-sentinel://u:p@s1:26380,s2,[::1]/2?sentinelServiceName=sy"),
+            "redis-sentinel://u:p@s1:26380/2?node=s2:26379&node=[::1]:26379&sentinelServiceName=sy"
+        );
+        assert_eq!(
+            to_fred("rediss-sentinel://s1:1,[::2]:3?sentinelServiceName=sy"),
+            "rediss-sentinel://s1:1?node=[::2]:3&sentinelServiceName=sy"
+        );
+        assert_eq!(
+            to_fred("redis-sentinel://s1/0?sentinelServiceName=sy"),
+            "redis-sentinel://s1/0?sentinelServiceName=sy"
+        );
+        // What fred reads from it: every Sentinel, the service, the database.
+        let config = fred::prelude::Config::from_url(&to_fred(
+            "redis-sentinel://s1:26380,s2/3?sentinelServiceName=sy",
+        ))
+        .unwrap();
+        assert_eq!(config.database, Some(3));
+        match config.server {
+            fred::types::config::ServerConfig::Sentinel {
+                hosts,
+                service_name,
+                ..
+            } => {
+                assert_eq!(service_name, "sy");
+                let mut hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+                hosts.sort();
+                assert_eq!(hosts, ["s1:26380", "s2:26379"]);
+            }
+            other => panic!("not a Sentinel configuration: {other:?}"),
+        }
+        assert!(
+            check("redis-sentinel://s1,s2/0").is_err(),
+            "no service name"
+        );
+        assert!(check("redis-sentinel://s1,,s2/0?sentinelServiceName=sy").is_ok());
+        assert!(check("redis-sentinel://s1,:1/0?sentinelServiceName=sy").is_err());
+    }
+
+    #[test]
     fn credentials_never_reach_messages() {
         assert_eq!(redact("redis://u:secret@h:1/0"), "redis://***@h:1/0");
         assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
@@ -144,6 +232,20 @@ mod tests {
         assert_eq!(
             scrub("bad password secret", "redis://u:secret@h:1"),
             "bad password ***"
+        );
+        let sentinel =
+            "redis-sentinel://u:secret@s1/0?sentinelServiceName=sy&sentinelPassword=s3nt";
+        assert_eq!(
+            redact(sentinel),
+            "redis-sentinel://***@s1/0?sentinelServiceName=sy&sentinelPassword=***"
+        );
+        assert_eq!(
+            redact("redis-sentinel://s1/0?sentinelPassword=s3nt&sentinelServiceName=sy"),
+            "redis-sentinel://s1/0?sentinelPassword=***&sentinelServiceName=sy"
+        );
+        assert_eq!(
+            scrub("auth s3nt failed for u", sentinel),
+            "auth *** failed for u"
         );
     }
 }
