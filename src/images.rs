@@ -276,6 +276,7 @@ where
         }
     };
     let account_id = picked.account.id().to_owned();
+    let budget = crate::budget::Budget::of(&picked.account.record);
     let ttfb_ms = Some((head_at - sent_at).as_millis() as u64);
     let status = upstream.status();
     let headers = providers::response_headers(upstream.headers().clone());
@@ -354,6 +355,9 @@ where
             answer::to_openai(&generated, format, &urls)
         }
     };
+    if let Some(budget) = budget {
+        crate::budget::charge(app, &account_id, budget, cost.nanousd);
+    }
     let mut entry = record.entry(Some(account_id), status.as_u16(), ttfb_ms);
     entry.usage = generated.usage;
     entry.cost_nanousd = cost.nanousd;

@@ -12,7 +12,8 @@
 //! - [`providers`]: one file per vendor: the upstream request.
 //! - [`stream`]: SSE framing, usage extraction, and the tap body.
 //! - [`images`]: image generation: its own buffered path, storage, `/files/{id}`, result cache.
-//! - [`pricing`]: prices and integer nano-dollar cost; [`stats`]: batched usage writes.
+//! - [`pricing`]: prices and integer nano-dollar cost; [`stats`]: batched usage writes;
+//!   [`budget`]: what an account may cost per day and month.
 //! - [`store`]: the `Store` trait and its embedded implementation.
 //! - [`translate`]: one protocol to another (OpenAI chat ⇄ Anthropic, Gemini).
 //! - [`admin`]: the admin API; [`notify`]: notices to the operators about accounts;
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod catalog;
 pub mod clock;
 pub mod config;

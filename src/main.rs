@@ -165,6 +165,13 @@ enum AccountsCommand {
         models: Vec<String>,
         #[arg(long)]
         max_concurrency: Option<u32>,
+        /// What the account may cost per day, in nano-dollars (reached, it rests until midnight
+        /// in `[limits] timezone`).
+        #[arg(long)]
+        daily_cost_nanousd: Option<u64>,
+        /// What the account may cost per calendar month, in nano-dollars.
+        #[arg(long)]
+        monthly_cost_nanousd: Option<u64>,
         /// Add it out of rotation.
         #[arg(long)]
         unschedulable: bool,
@@ -491,6 +498,8 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 priority,
                 models,
                 max_concurrency,
+                daily_cost_nanousd,
+                monthly_cost_nanousd,
                 unschedulable,
                 api_version,
                 deployments,
@@ -573,6 +582,12 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                     "max_concurrency": max_concurrency,
                     "schedulable": !unschedulable,
                 });
+                if daily_cost_nanousd.is_some() {
+                    body["daily_cost_nanousd"] = json!(daily_cost_nanousd);
+                }
+                if monthly_cost_nanousd.is_some() {
+                    body["monthly_cost_nanousd"] = json!(monthly_cost_nanousd);
+                }
                 if api_version.is_some() {
                     body["api_version"] = json!(api_version);
                 }

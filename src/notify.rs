@@ -45,16 +45,20 @@ pub enum Event {
     /// The account's OAuth grant cannot be used again: it needs a new login.
     #[serde(rename = "oauth_grant_refused")]
     OAuthGrantRefused,
+    /// The account reached its daily or monthly budget (`crate::budget`): it serves again
+    /// when the period ends.
+    AccountBudgetReached,
 }
 
 impl Event {
-    pub const ALL: [Event; 6] = [
+    pub const ALL: [Event; 7] = [
         Event::AccountUnauthorized,
         Event::AccountOutOfCredit,
         Event::AccountRateLimited,
         Event::AccountFailing,
         Event::AccountRecovered,
         Event::OAuthGrantRefused,
+        Event::AccountBudgetReached,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Event {
             Event::AccountFailing => "account_failing",
             Event::AccountRecovered => "account_recovered",
             Event::OAuthGrantRefused => "oauth_grant_refused",
+            Event::AccountBudgetReached => "account_budget_reached",
         }
     }
 
@@ -114,7 +119,7 @@ impl Event {
             Event::AccountRecovered => {
                 before.consecutive_failures >= failures && after.consecutive_failures == 0
             }
-            Event::OAuthGrantRefused => false,
+            Event::OAuthGrantRefused | Event::AccountBudgetReached => false,
         };
         made.then_some(event)
     }
@@ -200,6 +205,7 @@ impl Notice {
             Event::OAuthGrantRefused => format!(
                 "{who}: its OAuth grant cannot be used again ({detail}); it needs a new login"
             ),
+            Event::AccountBudgetReached => format!("{who}: {detail}"),
         }
     }
 
@@ -538,7 +544,8 @@ mod tests {
             "account_rate_limited",
             "account_failing",
             "account_recovered",
-            "oauth_grant_refused"
+            "oauth_grant_refused",
+            "account_budget_reached"
         ]))
         .unwrap();
         assert_eq!(events, Event::ALL);

@@ -225,6 +225,7 @@ where
         input_estimate: limits::input_estimate(app, body.len()),
         error_event: streaming.then(|| respond::error_event(&call)),
         leases: Some((key_lease, picked.lease)),
+        budget: crate::budget::Budget::of(&account.record),
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
     let renew = settle::renewal_period(Duration::from_secs(app.config.relay.lease_ttl_secs));

@@ -269,6 +269,12 @@ pub struct AccountRecord {
     /// the relay renews with the refresh token before it expires (`crate::oauth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth: Option<OAuthGrant>,
+    /// What the account may cost per calendar day, and per calendar month, in `[limits]
+    /// timezone` (`crate::budget`): reached, it serves no more until the period ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_cost_nanousd: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_cost_nanousd: Option<u64>,
     pub created_at: i64,
     /// How many times the record was written by `Store::update_account_checked`: a write made
     /// from an older read is refused.
@@ -341,6 +347,16 @@ pub struct Admission {
     pub valid_after_first_use_ms: Option<i64>,
     /// Unix ms, the caller's clock: lease deadlines, lease expiry, activation.
     pub now_ms: i64,
+}
+
+/// One of an owner's spend counters (`Store::add_spend`): an account's cost in one period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendBucket {
+    /// Names the period, unique within the owner: `day:2026-11-22`, `month:2026-11`. Made of
+    /// `[A-Za-z0-9:._-]`.
+    pub name: SmolStr,
+    /// Unix ms after which the counter is no longer needed.
+    pub expires_at: i64,
 }
 
 /// One counter of a key (a window's requests, a day's cost, ...). A request is admitted when
@@ -849,6 +865,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<HealthChange>;
     /// Clears the account's health (an admin's reset): it serves again at once.
     async fn reset_health(&self, account_id: &str) -> StoreResult<()>;
+    /// Adds `amount` to each of `owner`'s spend counters in `buckets` (created at 0 when
+    /// missing, kept until their `expires_at`), atomically across instances; their totals after
+    /// the addition, in order. Off the hot path: called after a request of an account with a
+    /// budget ended (`crate::budget`).
+    async fn add_spend(
+        &self,
+        owner: &str,
+        buckets: &[SpendBucket],
+        amount: u64,
+    ) -> StoreResult<Vec<u64>>;
+    /// The totals of `owner`'s spend counters named `buckets`, in order (0 for one missing or
+    /// expired).
+    async fn spend(&self, owner: &str, buckets: &[SmolStr]) -> StoreResult<Vec<u64>>;
     /// Ends a key's lease taken by `admit`, atomically returning what it held on each meter and
     /// adding what the request really used (`(bucket, amount)`, the buckets of its admission).
     /// Idempotent: settling the same lease twice counts once. A lease that expired before it was

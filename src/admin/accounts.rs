@@ -51,6 +51,9 @@ pub struct CreateAccount {
     proxy: Option<String>,
     /// A subscription's OAuth grant: the api key is its access token, renewed with it.
     oauth: Option<OAuthInput>,
+    /// What the account may cost per day and per month (`crate::budget`).
+    daily_cost_nanousd: Option<u64>,
+    monthly_cost_nanousd: Option<u64>,
 }
 
 /// An OAuth grant as an admin gives it: what the CLI that logged in keeps beside the access
@@ -101,9 +104,27 @@ pub struct PatchAccount {
     /// A new grant; `null` takes it away (the api key is then used until it expires).
     #[serde(default, deserialize_with = "nullable")]
     oauth: Option<Option<OAuthInput>>,
+    /// `null` takes the budget away.
+    #[serde(default, deserialize_with = "nullable")]
+    daily_cost_nanousd: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    monthly_cost_nanousd: Option<Option<u64>>,
 }
 
-fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime) -> Value {
+/// The account as the admin API shows it, with its live state and what it spent of its budgets.
+async fn shown(app: &App, account: &AccountRecord) -> Result<Value, ApiError> {
+    let runtime = app
+        .store()
+        .account_runtime(&account.id)
+        .await
+        .map_err(store_error)?;
+    let budget = crate::budget::view(app, account)
+        .await
+        .map_err(store_error)?;
+    Ok(view(app, account, &runtime, budget))
+}
+
+fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime, budget: Value) -> Value {
     // The project this instance learned from the Code Assist API (`project` unset).
     let project_learned = app
         .catalog
@@ -143,6 +164,9 @@ fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime) -> Value {
         "models": account.models,
         "max_concurrency": account.max_concurrency,
         "weight": account.weight,
+        "daily_cost_nanousd": account.daily_cost_nanousd,
+        "monthly_cost_nanousd": account.monthly_cost_nanousd,
+        "budget": budget,
         "group": account.group,
         "api_version": account.api_version,
         "deployments": account.deployments,
@@ -327,6 +351,18 @@ fn valid_concurrency(n: Option<u32>) -> Result<Option<u32>, ApiError> {
     Ok(n)
 }
 
+/// A budget of 0 would take the account out for good with no word of why: to keep it from
+/// serving, an admin sets `schedulable: false`.
+fn valid_budget(field: &str, n: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match n {
+        Some(0) => Err(ApiError::invalid(format!(
+            "{field}: must be at least 1 (nano-dollars), or null for no budget; to keep the \
+             account from serving, set schedulable to false"
+        ))),
+        n => Ok(n),
+    }
+}
+
 fn valid_weight(w: u32) -> Result<u32, ApiError> {
     if !(1..=1_000).contains(&w) {
         return Err(ApiError::invalid("weight: must be 1 to 1000"));
@@ -474,6 +510,8 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         project: vendor.project,
         sealed_proxy: sealed_proxy(app, &id, req.proxy.as_deref())?,
         oauth,
+        daily_cost_nanousd: valid_budget("daily_cost_nanousd", req.daily_cost_nanousd)?,
+        monthly_cost_nanousd: valid_budget("monthly_cost_nanousd", req.monthly_cost_nanousd)?,
         created_at: now_ms(),
         revision: 0,
         id,
@@ -483,22 +521,14 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         .await
         .map_err(store_error)?;
     app.catalog.reload_accounts().await.map_err(store_error)?;
-    ok(
-        StatusCode::CREATED,
-        &view(app, &record, &AccountRuntime::default()),
-    )
+    ok(StatusCode::CREATED, &shown(app, &record).await?)
 }
 
 pub async fn list(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     let accounts = app.store().accounts().await.map_err(store_error)?;
     let mut data = Vec::with_capacity(accounts.len());
     for account in &accounts {
-        let runtime = app
-            .store()
-            .account_runtime(&account.id)
-            .await
-            .map_err(store_error)?;
-        data.push(view(app, account, &runtime));
+        data.push(shown(app, account).await?);
     }
     ok(StatusCode::OK, &json!({ "data": data }))
 }
@@ -513,8 +543,7 @@ async fn find(app: &Arc<App>, id: &str) -> Result<AccountRecord, ApiError> {
 
 pub async fn get(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
     let account = find(app, id).await?;
-    let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
-    ok(StatusCode::OK, &view(app, &account, &runtime))
+    ok(StatusCode::OK, &shown(app, &account).await?)
 }
 
 pub async fn patch(
@@ -542,8 +571,13 @@ pub async fn patch(
                     app.store().reset_health(id).await.map_err(store_error)?;
                 }
             }
-            let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
-            return ok(StatusCode::OK, &view(app, &record, &runtime));
+            // A budget raised, lowered or taken away applies at once.
+            if req.daily_cost_nanousd.is_some() || req.monthly_cost_nanousd.is_some() {
+                crate::budget::review(app, &before, &record)
+                    .await
+                    .map_err(store_error)?;
+            }
+            return ok(StatusCode::OK, &shown(app, &record).await?);
         }
     }
     Err(ApiError::new(
@@ -622,6 +656,12 @@ async fn apply(
     }
     if let Some(w) = req.weight {
         record.weight = valid_weight(w)?;
+    }
+    if let Some(n) = req.daily_cost_nanousd {
+        record.daily_cost_nanousd = valid_budget("daily_cost_nanousd", n)?;
+    }
+    if let Some(n) = req.monthly_cost_nanousd {
+        record.monthly_cost_nanousd = valid_budget("monthly_cost_nanousd", n)?;
     }
     if let Some(group) = req.group {
         record.group = group.filter(|g| !g.trim().is_empty());
@@ -737,8 +777,7 @@ pub async fn reset(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError>
     let account = find(app, id).await?;
     app.store().reset_health(id).await.map_err(store_error)?;
     tracing::info!(account_id = id, "account health reset by an admin");
-    let runtime = app.store().account_runtime(id).await.map_err(store_error)?;
-    ok(StatusCode::OK, &view(app, &account, &runtime))
+    ok(StatusCode::OK, &shown(app, &account).await?)
 }
 
 #[cfg(test)]

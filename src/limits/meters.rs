@@ -129,6 +129,7 @@ pub fn plan(
             period,
             monday,
             week,
+            ..
         } = calendar.day(now_ms)?;
         if let Some(limit) = limits.daily_cost_nanousd {
             push(
@@ -187,6 +188,19 @@ struct Day {
     period: (i64, i64),
     monday: Date,
     week: (i64, i64),
+    /// Its month's first day and span.
+    first: Date,
+    month: (i64, i64),
+}
+
+/// The local day and month of an instant: their names (`2026-11-22`, `2026-11`) and spans
+/// (unix ms, end exclusive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayAndMonth {
+    pub day: SmolStr,
+    pub day_span: (i64, i64),
+    pub month: SmolStr,
+    pub month_span: (i64, i64),
 }
 
 impl Calendar {
@@ -201,6 +215,17 @@ impl Calendar {
         &self.tz
     }
 
+    /// The local day and month `now_ms` falls in.
+    pub fn day_and_month(&self, now_ms: i64) -> Result<DayAndMonth, ApiError> {
+        let day = self.day(now_ms)?;
+        Ok(DayAndMonth {
+            day: format_smolstr!("{}", day.date),
+            day_span: day.period,
+            month: format_smolstr!("{:04}-{:02}", day.first.year(), day.first.month()),
+            month_span: day.month,
+        })
+    }
+
     fn day(&self, now_ms: i64) -> Result<Day, ApiError> {
         let within = |d: &Day| d.period.0 <= now_ms && now_ms < d.period.1;
         if let Ok(cached) = self.today.read()
@@ -211,11 +236,15 @@ impl Calendar {
         let tz = &self.tz;
         let date = local_date(now_ms, tz)?;
         let monday = add_days(date, -i64::from(date.weekday().to_monday_zero_offset()))?;
+        let first = date.first_of_month();
+        let next_first = add_days(date.last_of_month(), 1)?;
         let day = Day {
             date,
             period: (midnight(date, tz)?, midnight(add_days(date, 1)?, tz)?),
             monday,
             week: (midnight(monday, tz)?, midnight(add_days(monday, 7)?, tz)?),
+            first,
+            month: (midnight(first, tz)?, midnight(next_first, tz)?),
         };
         // Only the current day is kept; a clock moved backwards (tests) recomputes.
         if let Ok(mut cached) = self.today.write() {

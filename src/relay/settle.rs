@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::app::App;
+use crate::budget::Budget;
 use crate::error::Surface;
 use crate::limits::{AccountLease, KeyLease, Spent};
 use crate::metrics as m;
@@ -42,6 +43,8 @@ pub(super) struct Settle {
     /// For a streamed answer: the upstream protocol's error event, to end a cut stream with.
     pub(super) error_event: Option<fn(&str) -> Bytes>,
     pub(super) leases: Option<(KeyLease, AccountLease)>,
+    /// The account's budgets, which its cost is added to (`crate::budget`).
+    pub(super) budget: Option<Budget>,
 }
 
 impl Observer for Settle {
@@ -75,6 +78,9 @@ impl Observer for Settle {
         };
         let usage = usage.capped();
         let cost = self.app.pricing().cost(&self.model, &usage);
+        if let Some(budget) = self.budget {
+            crate::budget::charge(&self.app, &self.account_id, budget, cost.nanousd);
+        }
         if let Some((key_lease, account_lease)) = leases {
             // In the same store call as the leases: nothing more on the request's way.
             let bind = self.stored_response();

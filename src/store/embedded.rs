@@ -25,8 +25,8 @@ use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Counters,
     DAY_BUCKETS_KEPT, Dimension, HOUR_BUCKETS_KEPT, HealthChange, KeyRecord, KeyRenewal, KeySettle,
-    KeyState, Lease, MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, Store,
-    StoreError, StoreResult, Taken, UsageBatch, UsageQuery, buckets_of,
+    KeyState, Lease, MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, SpendBucket,
+    Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery, buckets_of,
 };
 
 /// Key id -> JSON `KeyRecord`.
@@ -46,6 +46,8 @@ const REQUEST_LOG: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("r
 const METERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("meters");
 /// Key id -> unix ms of its first use (activation on first use).
 const FIRST_USE: TableDefinition<&str, i64> = TableDefinition::new("first_use");
+/// (account id, period) -> (spent in nano-dollars, unix ms it expires at): `Store::add_spend`.
+const SPEND: TableDefinition<(&str, &str), (u64, i64)> = TableDefinition::new("spend");
 
 const FILE_NAME: &str = "switchyard.redb";
 /// redb's page cache. Its default is 1 GiB, which the churn of the request log and the usage
@@ -101,6 +103,7 @@ impl EmbeddedStore {
         txn.open_table(REQUEST_LOG).map_err(db_err)?;
         txn.open_table(METERS).map_err(db_err)?;
         txn.open_table(FIRST_USE).map_err(db_err)?;
+        txn.open_table(SPEND).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         let limits = load_limits(&db, now_ms())?;
         Ok(EmbeddedStore {
@@ -148,15 +151,20 @@ impl EmbeddedStore {
                 write.first_use.push((key_id, *at));
             }
         }
+        for id in std::mem::take(&mut limits.dirty_spend) {
+            let value = limits.spend.get(&id).copied();
+            write.spend.push((id, value));
+        }
         Ok(write)
     }
 
-    fn restore_limits_write(&self, (meters, first_use): LimitsKeys) {
+    fn restore_limits_write(&self, (meters, first_use, spend): LimitsKeys) {
         let mut hot = self.hot();
         for (key_id, bucket) in &meters {
             hot.limits.mark_dirty(key_id, bucket);
         }
         hot.limits.dirty_first_use.extend(first_use);
+        hot.limits.dirty_spend.extend(spend);
     }
 
     /// Adds a usage batch and writes the changed limit counters, in one transaction.
@@ -266,6 +274,10 @@ struct Limits {
     /// Counters and first uses changed since the last write (meters: key id -> buckets).
     dirty_meters: HashMap<String, HashSet<SmolStr>>,
     dirty_first_use: HashSet<String>,
+    /// (account id, period) -> (spent, unix ms it expires at): `Store::add_spend`, written to
+    /// the file as the meters are.
+    spend: HashMap<SpendId, (u64, i64)>,
+    dirty_spend: HashSet<SpendId>,
     /// Lease id -> unix ms it was swept: a lease that passed its deadline before it was settled
     /// gave its holds back then, and its late settle still adds its use (once). A settle of a
     /// lease neither held nor swept (given back already) is ignored, as in the Redis store.
@@ -369,6 +381,14 @@ impl Limits {
             self.mark_dirty(key_id, bucket);
         }
         self.meters.retain(|_, of_key| !of_key.is_empty());
+        let dirty = &mut self.dirty_spend;
+        self.spend.retain(|id, (_, expires_at)| {
+            let live = *expires_at > now_ms;
+            if !live {
+                dirty.insert(id.clone());
+            }
+            live
+        });
         if !self.swept.is_empty() {
             self.swept
                 .retain(|_, at| *at > now_ms.saturating_sub(SWEPT_MEMORY_MS));
@@ -411,6 +431,21 @@ fn load_limits(db: &Database, now_ms: i64) -> StoreResult<Limits> {
             limits.first_use.insert(k.value().to_owned(), v.value());
         }
     }
+    let accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
+    for row in txn
+        .open_table(SPEND)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = row.map_err(db_err)?;
+        let (account_id, bucket) = k.value();
+        let (spent, expires_at) = v.value();
+        if expires_at > now_ms && accounts.get(account_id).map_err(db_err)?.is_some() {
+            let id = (account_id.to_owned(), SmolStr::new(bucket));
+            limits.spend.insert(id, (spent, expires_at));
+        }
+    }
     Ok(limits)
 }
 
@@ -420,24 +455,30 @@ struct LimitsWrite {
     /// (key id, bucket) -> the encoded counter, or `None` to delete its row.
     meters: Vec<(MeterId, Option<Vec<u8>>)>,
     first_use: Vec<(String, i64)>,
+    /// (account id, period) -> (spent, expires at), or `None` to delete its row.
+    spend: Vec<(SpendId, Option<(u64, i64)>)>,
 }
 
 /// (key id, bucket).
 type MeterId = (String, SmolStr);
 
+/// (account id, period).
+type SpendId = (String, SmolStr);
+
 /// What a `LimitsWrite` covers, to mark dirty again when it failed.
-type LimitsKeys = (Vec<MeterId>, Vec<String>);
+type LimitsKeys = (Vec<MeterId>, Vec<String>, Vec<SpendId>);
 
 impl LimitsWrite {
     fn keys(&self) -> LimitsKeys {
         (
             self.meters.iter().map(|(k, _)| k.clone()).collect(),
             self.first_use.iter().map(|(k, _)| k.clone()).collect(),
+            self.spend.iter().map(|(k, _)| k.clone()).collect(),
         )
     }
 
     fn is_empty(&self) -> bool {
-        self.meters.is_empty() && self.first_use.is_empty()
+        self.meters.is_empty() && self.first_use.is_empty() && self.spend.is_empty()
     }
 
     /// Writes the counters, but none of a key deleted since they were taken (`delete_key` ran
@@ -466,6 +507,21 @@ impl LimitsWrite {
         for (key_id, at) in &self.first_use {
             if exists(key_id)? {
                 first.insert(key_id.as_str(), *at).map_err(db_err)?;
+            }
+        }
+        // Likewise none of an account deleted since.
+        let accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
+        let mut spend = txn.open_table(SPEND).map_err(db_err)?;
+        for ((account_id, bucket), value) in &self.spend {
+            let row = (account_id.as_str(), bucket.as_str());
+            match value {
+                Some(_) if accounts.get(account_id.as_str()).map_err(db_err)?.is_none() => {}
+                Some(value) => {
+                    spend.insert(row, *value).map_err(db_err)?;
+                }
+                None => {
+                    spend.remove(row).map_err(db_err)?;
+                }
             }
         }
         Ok(())
@@ -972,6 +1028,27 @@ fn forget_key_limits(txn: &redb::WriteTransaction, key_id: &str) -> StoreResult<
     Ok(())
 }
 
+/// Deletes an account's spend counters from the file.
+fn forget_spend(txn: &redb::WriteTransaction, account_id: &str) -> StoreResult<()> {
+    let mut spend = txn.open_table(SPEND).map_err(db_err)?;
+    let mut buckets = Vec::new();
+    // Rows are ordered by (account id, bucket): the account's are those from (id, "") on.
+    for row in spend.range((account_id, "")..).map_err(db_err)? {
+        let (k, _) = row.map_err(db_err)?;
+        let (of, bucket) = k.value();
+        if of != account_id {
+            break;
+        }
+        buckets.push(bucket.to_owned());
+    }
+    for bucket in &buckets {
+        spend
+            .remove((account_id, bucket.as_str()))
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// Another key may have taken the hash since (it should not, secrets are unique), and its index
 /// entry must not be lost then.
 fn remove_hash_if_points_at(
@@ -1140,12 +1217,16 @@ impl Store for EmbeddedStore {
                     let mut accounts = txn.open_table(ACCOUNTS).map_err(db_err)?;
                     accounts.remove(owned.as_str()).map_err(db_err)?.is_some()
                 };
+                forget_spend(&txn, &owned)?;
                 txn.commit().map_err(db_err)?;
                 Ok(removed)
             })
             .await?;
         // Cleared even when the record was already gone: runtime state without a record is junk.
-        self.hot().accounts.remove(id);
+        let mut hot = self.hot();
+        hot.accounts.remove(id);
+        hot.limits.spend.retain(|(of, _), _| of != id);
+        hot.limits.dirty_spend.retain(|(of, _)| of != id);
         Ok(removed)
     }
 
@@ -1290,6 +1371,46 @@ impl Store for EmbeddedStore {
             account.health = Health::default();
         }
         Ok(())
+    }
+
+    async fn add_spend(
+        &self,
+        owner: &str,
+        buckets: &[SpendBucket],
+        amount: u64,
+    ) -> StoreResult<Vec<u64>> {
+        let now = now_ms();
+        let mut hot = self.hot();
+        let limits = &mut hot.limits;
+        let mut totals = Vec::with_capacity(buckets.len());
+        for bucket in buckets {
+            let id = (owner.to_owned(), bucket.name.clone());
+            let counter = limits.spend.entry(id.clone()).or_insert((0, 0));
+            if counter.1 <= now {
+                // Expired and not yet pruned: a period that came round again starts at 0.
+                counter.0 = 0;
+            }
+            counter.0 = counter.0.saturating_add(amount);
+            counter.1 = bucket.expires_at;
+            totals.push(counter.0);
+            limits.dirty_spend.insert(id);
+        }
+        Ok(totals)
+    }
+
+    async fn spend(&self, owner: &str, buckets: &[SmolStr]) -> StoreResult<Vec<u64>> {
+        let now = now_ms();
+        let hot = self.hot();
+        Ok(buckets
+            .iter()
+            .map(|bucket| {
+                hot.limits
+                    .spend
+                    .get(&(owner.to_owned(), bucket.clone()))
+                    .filter(|(_, expires_at)| *expires_at > now)
+                    .map_or(0, |(spent, _)| *spent)
+            })
+            .collect())
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
@@ -1482,6 +1603,43 @@ mod tests {
         hot.settle("k", &lease("long"), &used);
         assert_eq!(hot.limits.use_of("k", "total").used, 7);
         assert!(hot.limits.meter("k", "day:x").is_none());
+    }
+
+    /// An account's spend counters are deleted with it, from memory and from the file.
+    #[tokio::test]
+    async fn a_deleted_accounts_spend_goes_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 100).unwrap();
+        let record: AccountRecord = serde_json::from_value(serde_json::json!({
+            "id": "a1", "name": "a", "provider": "anthropic", "base_url": "https://x",
+            "sealed_api_key": "s", "priority": 0, "schedulable": true, "enabled": true,
+            "models": [], "max_concurrency": null, "created_at": 0
+        }))
+        .unwrap();
+        store.insert_account(&record).await.unwrap();
+        let day = [SpendBucket {
+            name: SmolStr::new_static("day:1"),
+            expires_at: now_ms() + 60_000,
+        }];
+        let names = [day[0].name.clone()];
+        store.add_spend("a1", &day, 9).await.unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(store.spend("a1", &names).await.unwrap(), [9]);
+        assert!(store.delete_account("a1").await.unwrap());
+        assert_eq!(store.spend("a1", &names).await.unwrap(), [0]);
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), 100).unwrap();
+        assert_eq!(
+            store.spend("a1", &names).await.unwrap(),
+            [0],
+            "not in the file either"
+        );
+        // An addition racing the deletion is not written either.
+        store.add_spend("a1", &day, 4).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), 100).unwrap();
+        assert_eq!(store.spend("a1", &names).await.unwrap(), [0]);
     }
 
     /// A healthy file pings without writing anything, and redb's latched I/O failure reads as

@@ -53,8 +53,8 @@ use self::scripts::{Call, Scripts};
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Change,
     Counters, Dimension, HealthChange, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter,
-    MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, Store, StoreError,
-    StoreResult, Taken, UsageBatch, UsageQuery,
+    MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, SpendBucket, Store,
+    StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
 use crate::scheduler::policy::{Health, Report, Sticky};
@@ -707,6 +707,54 @@ impl Store for RedisStore {
             .await
             .map_err(|e| unavailable("reset account health", &e))?;
         Ok(())
+    }
+
+    async fn add_spend(
+        &self,
+        owner: &str,
+        buckets: &[SpendBucket],
+        amount: u64,
+    ) -> StoreResult<Vec<u64>> {
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = buckets
+            .iter()
+            .map(|b| self.names.spend(owner, &b.name))
+            .collect();
+        let mut args = Vec::with_capacity(buckets.len() + 1);
+        args.push(amount.to_string());
+        args.extend(buckets.iter().map(|b| b.expires_at.to_string()));
+        let reply = self
+            .scripts
+            .spend_add
+            .run(self.client(), keys, args)
+            .await?;
+        let totals = match reply {
+            Value::Array(totals) => totals,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "spend_add: unexpected reply {other:?}"
+                )));
+            }
+        };
+        totals
+            .iter()
+            .map(|t| integer(t, "spend_add").map(|t| u64::try_from(t).unwrap_or(0)))
+            .collect()
+    }
+
+    async fn spend(&self, owner: &str, buckets: &[SmolStr]) -> StoreResult<Vec<u64>> {
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = buckets.iter().map(|b| self.names.spend(owner, b)).collect();
+        let totals: Vec<Option<u64>> = self
+            .client()
+            .mget(keys)
+            .await
+            .map_err(|e| unavailable("read spend", &e))?;
+        Ok(totals.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn pick_account(&self, request: &PickRequest<'_>, lease: &Lease) -> StoreResult<Picked> {

@@ -188,10 +188,15 @@ fn keys_and_accounts_through_the_cli_on_a_data_dir() {
             "5",
             "--proxy",
             "socks5://team:cli-proxy-pw@10.0.0.9:1080",
+            "--daily-cost-nanousd",
+            "20000000000",
         ],
     ));
     assert_eq!(account["base_url"], "https://api.anthropic.com");
     assert_eq!(account["priority"], 5);
+    assert_eq!(account["daily_cost_nanousd"], 20_000_000_000u64);
+    assert_eq!(account["budget"]["daily"]["spent_nanousd"], 0);
+    assert!(account["budget"].get("monthly").is_none());
     assert!(account.get("api_key").is_none());
     // The proxy's credentials are sealed with the key, never shown.
     assert_eq!(account["proxy"], "socks5://***@10.0.0.9:1080");

@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link) for the whole suite.
 mod anthropic;
 mod bedrock;
+mod budget;
 mod cli;
 mod code_assist;
 mod connections;

@@ -23,14 +23,14 @@ use crate::support::token_endpoint::TokenEndpoint;
 
 /// A webhook on 127.0.0.1:0: records each body it is sent (JSON), and answers the statuses it
 /// is given, in turn, then 200.
-struct Hook {
+pub(crate) struct Hook {
     addr: SocketAddr,
     bodies: Arc<Mutex<Vec<Value>>>,
     statuses: Arc<Mutex<VecDeque<u16>>>,
 }
 
 impl Hook {
-    async fn start() -> Hook {
+    pub(crate) async fn start() -> Hook {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -68,7 +68,7 @@ impl Hook {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
 
@@ -77,7 +77,7 @@ impl Hook {
     }
 
     /// The bodies once there are `n` of them, after a moment more in which no other came.
-    async fn exactly(&self, n: usize) -> Vec<Value> {
+    pub(crate) async fn exactly(&self, n: usize) -> Vec<Value> {
         wait_until("the notices come", || self.bodies().len() >= n).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
         let bodies = self.bodies();

@@ -17,8 +17,8 @@ use switchyard::store::redis::RedisStore;
 use switchyard::store::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Candidate,
     Counters, Dimension, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter, MeterUse,
-    PickRequest, Picked, Provider, Renewed, RequestLogEntry, SessionPick, SmolStr, Store,
-    StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
+    PickRequest, Picked, Provider, Renewed, RequestLogEntry, SessionPick, SmolStr, SpendBucket,
+    Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use switchyard::usage::TokenUsage;
 use tempfile::TempDir;
@@ -115,8 +115,9 @@ macro_rules! conformance_tests {
             concurrent_picks_respect_caps, admit_and_pick_then_finish, a_large_backlog_is_written_whole,
             a_renewed_lease_outlives_its_ttl, renewing_a_lease_given_back_or_expired_does_nothing,
             finish_binds_a_session, a_session_escapes_an_account_not_serving_its_model,
-            an_account_is_written_only_over_the_revision_it_read;
-            records_survive_reopen, usage_survives_reopen, a_deleted_key_leaves_no_limits_behind);
+            an_account_is_written_only_over_the_revision_it_read, spend_adds_up_per_period;
+            records_survive_reopen, usage_survives_reopen, a_deleted_key_leaves_no_limits_behind,
+            spend_survives_reopen);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
         mod $backend {
@@ -202,6 +203,9 @@ fn account(id: &str, created_at: i64) -> AccountRecord {
         // A proxy too, to come back as written.
         sealed_proxy: Some(format!("{id} sealed proxy")),
         oauth: None,
+        // Budgets too.
+        daily_cost_nanousd: Some(5_000_000_000),
+        monthly_cost_nanousd: None,
         revision: 0,
         created_at,
     }
@@ -2866,6 +2870,89 @@ mod cases {
         );
     }
 
+    pub(super) fn spend_buckets(now: i64) -> [SpendBucket; 2] {
+        [
+            SpendBucket {
+                name: SmolStr::new_static("day:2026-12-07"),
+                expires_at: now + 3_600_000,
+            },
+            SpendBucket {
+                name: SmolStr::new_static("month:2026-12"),
+                expires_at: now + 7_200_000,
+            },
+        ]
+    }
+
+    /// An account's spend counters: additions racing on every instance each see a total of
+    /// their own (the one that reaches a budget is told so once), per owner and period; a
+    /// counter past its expiry reads as nothing, and one never written as 0.
+    pub async fn spend_adds_up_per_period(store: Arc<dyn Store>) {
+        let now = now_ms();
+        store.insert_account(&account("sp", 1)).await.unwrap();
+        let buckets = spend_buckets(now);
+        let racers = 16u64;
+        let barrier = Arc::new(Barrier::new(racers as usize));
+        let mut tasks = Vec::new();
+        for _ in 0..racers {
+            let (store, barrier, buckets) =
+                (Arc::clone(&store), Arc::clone(&barrier), buckets.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store.add_spend("sp", &buckets, 7).await.unwrap()
+            }));
+        }
+        let mut days = Vec::new();
+        for task in tasks {
+            let totals = task.await.unwrap();
+            assert_eq!(totals.len(), 2);
+            days.push(totals[0]);
+        }
+        days.sort_unstable();
+        let expected: Vec<u64> = (1..=racers).map(|n| 7 * n).collect();
+        assert_eq!(days, expected, "each addition saw a total of its own");
+        let names: Vec<SmolStr> = buckets.iter().map(|b| b.name.clone()).collect();
+        let mut asked = names.clone();
+        asked.push(SmolStr::new_static("day:never"));
+        assert_eq!(store.spend("sp", &asked).await.unwrap(), [112, 112, 0]);
+        assert_eq!(
+            store.spend("other", &names).await.unwrap(),
+            [0, 0],
+            "per owner"
+        );
+        assert_eq!(store.spend("sp", &[]).await.unwrap(), Vec::<u64>::new());
+
+        // A period over: its counter is gone, and one written again starts afresh.
+        let over = [SpendBucket {
+            name: SmolStr::new_static("day:2026-12-06"),
+            expires_at: now - 1,
+        }];
+        store.add_spend("sp", &over, 5).await.unwrap();
+        assert_eq!(
+            store.spend("sp", &[over[0].name.clone()]).await.unwrap(),
+            [0]
+        );
+        let again = [SpendBucket {
+            expires_at: now + 60_000,
+            ..over[0].clone()
+        }];
+        assert_eq!(store.add_spend("sp", &again, 3).await.unwrap(), [3]);
+    }
+
+    /// Spend counters are durable, as usage is.
+    pub async fn spend_survives_reopen(backend: &impl Backend) {
+        let store = backend.open().await;
+        store.insert_account(&account("sp", 1)).await.unwrap();
+        let buckets = spend_buckets(now_ms());
+        store.add_spend("sp", &buckets, 40).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+
+        let store = backend.open().await;
+        let names: Vec<SmolStr> = buckets.iter().map(|b| b.name.clone()).collect();
+        assert_eq!(store.spend("sp", &names).await.unwrap(), [40, 40]);
+        assert_eq!(store.add_spend("sp", &buckets, 2).await.unwrap(), [42, 42]);
+    }
+
     pub async fn records_survive_reopen(backend: &impl Backend) {
         let store = backend.open().await;
         store.insert_key(&key("k1", 1)).await.unwrap();
@@ -3066,6 +3153,11 @@ mod redis_only {
             ))
             .await
             .unwrap();
+        // An account's spend in a budget's period.
+        store
+            .add_spend("a1", &super::cases::spend_buckets(now_ms())[..1], 5)
+            .await
+            .unwrap();
 
         let raw = raw_client(&backend.url).await;
         let keys = keys_under(&raw, &backend.prefix).await;
@@ -3085,6 +3177,7 @@ mod redis_only {
             "{u:key:k1}:h:2026-11-22T08",
             "{u:key:k1}:d:2026-11-22",
             "{u:key:k1}:m:2026-11",
+            "{spend:a1}:day:2026-12-07",
         ] {
             assert!(
                 ephemeral.iter().any(|e| e == kind),

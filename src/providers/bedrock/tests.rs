@@ -34,6 +34,8 @@ fn account(access_key_id: Option<&str>, deployments: &[(&str, &str)]) -> Account
         project: None,
         sealed_proxy: None,
         oauth: None,
+        daily_cost_nanousd: None,
+        monthly_cost_nanousd: None,
         revision: 0,
         created_at: 0,
     };

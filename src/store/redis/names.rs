@@ -159,6 +159,14 @@ impl Names {
         format!("{}:applied:{writer}", self.usage_tag(dimension))
     }
 
+    // --- spend counters: one tag per owner, so that one script adds to all of its periods ---
+
+    /// String with a TTL: what `owner` (an account) spent in the period `bucket` names, in
+    /// nano-dollars (`Store::add_spend`).
+    pub(super) fn spend(&self, owner: &str, bucket: &str) -> String {
+        format!("{}{{spend:{}}}:{bucket}", self.prefix, escape(owner))
+    }
+
     // --- request log: one tag, so that trimming the whole log also trims the per-key indexes ---
 
     /// Sorted set: `<at>:<request id>` -> at (unix ms).
@@ -246,6 +254,11 @@ mod tests {
         assert_eq!(tag(&n.log_entries()), "log");
         assert_eq!(tag(&n.log_key("k}{")), "log");
         assert_eq!(tag(&n.log_applied("w")), "log");
+        assert_eq!(tag(&n.spend("a}{", "day:2026-11-22")), "spend:a%7D%7B");
+        assert_eq!(
+            tag(&n.spend("a", "day:1")),
+            tag(&n.spend("a", "month:2026-11"))
+        );
         let model = Dimension::Model("claude-*".to_owned());
         assert_eq!(
             tag(&n.usage_counter(&model, &Bucket::Day("2026-11-22".to_owned()))),

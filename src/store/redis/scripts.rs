@@ -41,6 +41,7 @@ pub(super) struct Scripts {
     pub(super) log_read: Script,
     pub(super) claim: Script,
     pub(super) unclaim: Script,
+    pub(super) spend_add: Script,
 }
 
 /// The scripts of the live state start with live.lua: its names, helpers and sweeps.
@@ -50,7 +51,7 @@ macro_rules! live {
     };
 }
 
-const SOURCES: [(&str, &str); 20] = [
+const SOURCES: [(&str, &str); 21] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
     ("key_forget", live!("key_forget.lua")),
@@ -71,6 +72,7 @@ const SOURCES: [(&str, &str); 20] = [
     ("log_read", include_str!("log_read.lua")),
     ("claim", include_str!("claim.lua")),
     ("unclaim", include_str!("unclaim.lua")),
+    ("spend_add", include_str!("spend_add.lua")),
 ];
 
 impl Scripts {
@@ -109,6 +111,7 @@ impl Scripts {
             log_read: next()?,
             claim: next()?,
             unclaim: next()?,
+            spend_add: next()?,
         })
     }
 }

@@ -12,7 +12,8 @@ use switchyard::scheduler::policy::Report;
 use switchyard::store::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Change, Counters,
     HealthChange, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, PickRequest, Picked, Renewed,
-    RequestLogEntry, SmolStr, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
+    RequestLogEntry, SmolStr, SpendBucket, Store, StoreError, StoreResult, Taken, UsageBatch,
+    UsageQuery,
 };
 
 /// What the test tells the store and reads back; shared with the store the relay runs on.
@@ -162,6 +163,17 @@ impl Store for FaultyStore {
     }
     async fn reset_health(&self, account_id: &str) -> StoreResult<()> {
         self.inner.reset_health(account_id).await
+    }
+    async fn add_spend(
+        &self,
+        owner: &str,
+        buckets: &[SpendBucket],
+        amount: u64,
+    ) -> StoreResult<Vec<u64>> {
+        self.inner.add_spend(owner, buckets, amount).await
+    }
+    async fn spend(&self, owner: &str, buckets: &[SmolStr]) -> StoreResult<Vec<u64>> {
+        self.inner.spend(owner, buckets).await
     }
     async fn settle(
         &self,
