@@ -213,7 +213,7 @@ where
         app: Arc::clone(app),
         request_id: request_id.to_owned(),
         key_id: key.id.clone(),
-        account_id: account.id().to_owned(),
+        account,
         model: known.model.take().unwrap_or_default(),
         surface: call.surface,
         status: head.status.as_u16(),
@@ -225,7 +225,6 @@ where
         input_estimate: limits::input_estimate(app, body.len()),
         error_event: streaming.then(|| respond::error_event(&call)),
         leases: Some((key_lease, picked.lease)),
-        budget: crate::budget::Budget::of(&account.record),
     };
     let idle = Duration::from_secs(app.config.upstream.idle_timeout_secs);
     let renew = settle::renewal_period(Duration::from_secs(app.config.relay.lease_ttl_secs));

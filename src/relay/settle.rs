@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::app::App;
 use crate::budget::Budget;
+use crate::catalog::Account;
 use crate::error::Surface;
 use crate::limits::{AccountLease, KeyLease, Spent};
 use crate::metrics as m;
@@ -28,7 +29,8 @@ pub(super) struct Settle {
     pub(super) app: Arc<App>,
     pub(super) request_id: String,
     pub(super) key_id: String,
-    pub(super) account_id: String,
+    /// The account that served: its id for the log, its budgets for its spend.
+    pub(super) account: Arc<Account>,
     pub(super) model: String,
     pub(super) surface: Surface,
     pub(super) status: u16,
@@ -43,8 +45,6 @@ pub(super) struct Settle {
     /// For a streamed answer: the upstream protocol's error event, to end a cut stream with.
     pub(super) error_event: Option<fn(&str) -> Bytes>,
     pub(super) leases: Option<(KeyLease, AccountLease)>,
-    /// The account's budgets, which its cost is added to (`crate::budget`).
-    pub(super) budget: Option<Budget>,
 }
 
 impl Observer for Settle {
@@ -78,8 +78,8 @@ impl Observer for Settle {
         };
         let usage = usage.capped();
         let cost = self.app.pricing().cost(&self.model, &usage);
-        if let Some(budget) = self.budget {
-            crate::budget::charge(&self.app, &self.account_id, budget, cost.nanousd);
+        if let Some(budget) = Budget::of(&self.account.record) {
+            crate::budget::charge(&self.app, self.account.id(), budget, cost.nanousd);
         }
         if let Some((key_lease, account_lease)) = leases {
             // In the same store call as the leases: nothing more on the request's way.
@@ -94,7 +94,7 @@ impl Observer for Settle {
         tracing::info!(
             request_id = %self.request_id,
             key_id = %self.key_id,
-            account_id = %self.account_id,
+            account_id = %self.account.id(),
             model = %self.model,
             status = self.status,
             latency_ms,
@@ -118,7 +118,7 @@ impl Observer for Settle {
                 request_id: std::mem::take(&mut self.request_id),
                 at: self.at_ms,
                 key_id: std::mem::take(&mut self.key_id),
-                account_id: Some(std::mem::take(&mut self.account_id)),
+                account_id: Some(self.account.id().to_owned()),
                 model: std::mem::take(&mut self.model),
                 surface: self.surface.as_str().to_owned(),
                 status: self.status,
