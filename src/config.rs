@@ -673,8 +673,8 @@ impl Config {
                  redis://host:port/db, rediss://…, redis-cluster://host:port,host:port, \
                  rediss-cluster://…, redis-sentinel://host:port,host:port/db?sentinelServiceName=name \
                  or rediss-sentinel://…)",
-                // A value with credentials in it is shown without them.
-                if self.store.contains('@') {
+                // A value that may hold credentials is shown without them.
+                if self.store.contains('@') || self.store.contains("://") {
                     self.store_for_display()
                 } else {
                     self.store.clone()
@@ -1296,6 +1296,14 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("hunter2"), "{err}");
+        let err = load(&[(
+            "SWITCHYARD_STORE",
+            "redis-sentinal://s1/0?sentinelServiceName=x&sentinelPassword=hunter3",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sentinelPassword=***"), "{err}");
+        assert!(!err.contains("hunter3"), "{err}");
         let err = load(&[("SWITCHYARD_STORE", "emebdded")])
             .unwrap_err()
             .to_string();

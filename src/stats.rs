@@ -226,8 +226,11 @@ impl Writer {
         self.sealed.is_none() && self.pending.is_empty()
     }
 
-    /// Lets the store delete a few usage buckets past their retention.
+    /// Lets the store delete a few usage buckets past their retention, and do its upkeep.
     async fn prune(&self) {
+        if let Err(e) = self.store.upkeep().await {
+            tracing::warn!(error = %e, "store upkeep failed; tried again next tick");
+        }
         match self
             .store
             .prune_usage(Timestamp::now().as_millisecond())

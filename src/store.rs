@@ -930,6 +930,12 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_usage(&self, _now_ms: i64) -> StoreResult<usize> {
         Ok(0)
     }
+    /// Whatever the store does now and then on its own, called every flush interval by the
+    /// stats task: on Redis behind Sentinels, the last moments' writes made again after a
+    /// failover (`store::redis::sentinel`); nothing elsewhere.
+    async fn upkeep(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// The most recent requests, newest first, optionally only those of one key.
     async fn recent_requests(
         &self,

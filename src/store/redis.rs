@@ -109,8 +109,10 @@ pub struct RedisStore {
     request_log_max: usize,
     changes: broadcast::Sender<Change>,
     feed: JoinHandle<()>,
-    /// Behind Sentinels: their failover announcements, which have every client reconnect.
+    /// Behind Sentinels: their failover announcements, which move every client to the new
+    /// primary, and the last moments' writes, made again there.
     _failovers: Option<sentinel::Watch>,
+    recent: Option<Arc<sentinel::Recent>>,
 }
 
 impl RedisStore {
@@ -166,14 +168,18 @@ impl RedisStore {
         let worker_pools: Arc<[OnceLock<Pool>]> = (0..crate::config::MAX_WORKERS)
             .map(|_| OnceLock::new())
             .collect();
+        let recent = Arc::new(sentinel::Recent::default());
         let failovers = sentinel::watch(
             url,
+            cfg,
             sentinel::Clients {
                 pool: pool.clone(),
                 subscriber: subscriber.clone(),
                 worker_pools: Arc::clone(&worker_pools),
             },
+            Arc::clone(&recent),
         );
+        let recent = failovers.as_ref().map(|_| recent);
         Ok(RedisStore {
             pool,
             workers,
@@ -188,7 +194,96 @@ impl RedisStore {
             changes,
             feed,
             _failovers: failovers,
+            recent,
         })
+    }
+
+    /// `record_usage`'s writes.
+    async fn write_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Id 0 is `UsageBatch::default()`'s: a caller that set none. Treating it as an id would
+        // drop that caller's second batch as a "retry"; a fresh one only guards this call.
+        let batch_id = match batch.id {
+            0 => rand::random::<u64>().max(1),
+            id => id,
+        };
+        let mut by_dimension: BTreeMap<&Dimension, Vec<(&Bucket, &Counters)>> = BTreeMap::new();
+        for ((dimension, bucket), counters) in &batch.counters {
+            by_dimension
+                .entry(dimension)
+                .or_default()
+                .push((bucket, counters));
+        }
+        let mut calls = Vec::new();
+        for (dimension, buckets) in by_dimension {
+            let mut keys = Vec::with_capacity(1 + buckets.len());
+            let mut args = Vec::with_capacity(3 + 10 * buckets.len());
+            keys.push(self.names.usage_applied(dimension, &self.writer));
+            args.extend([
+                batch_id.to_string(),
+                ms(MARKER_TTL),
+                MARKER_KEEP.to_string(),
+            ]);
+            for (bucket, counters) in buckets {
+                keys.push(self.names.usage_counter(dimension, bucket));
+                args.push(bucket_ttl(bucket).map_or_else(|| "0".to_owned(), ms));
+                for value in counter_values(counters) {
+                    // HINCRBY takes a signed 64-bit increment. Refusing a larger one would make
+                    // the batch unwritable for good, and every batch after it wait behind it:
+                    // it is held at the largest (per-request usage is capped far below it).
+                    args.push(value.min(i64::MAX as u64).to_string());
+                }
+            }
+            calls.push(Call {
+                script: &self.scripts.usage_add,
+                keys,
+                args,
+            });
+        }
+        for (chunk_no, chunk) in batch.requests.chunks(LOG_CHUNK).enumerate() {
+            let mut keys = Vec::with_capacity(3);
+            let mut args = Vec::with_capacity(5 + 4 * chunk.len());
+            keys.extend([
+                self.names.log_applied(&self.writer),
+                self.names.log_all(),
+                self.names.log_entries(),
+            ]);
+            args.extend([
+                format!("{batch_id}.{chunk_no}"),
+                ms(MARKER_TTL),
+                MARKER_KEEP.to_string(),
+                self.request_log_max.to_string(),
+                self.names.log_key_prefix(),
+            ]);
+            for entry in chunk {
+                args.extend([
+                    entry.at.to_string(),
+                    log_member(entry),
+                    entry.key_id.clone(),
+                    log_json(entry)?,
+                ]);
+            }
+            calls.push(Call {
+                script: &self.scripts.log_add,
+                keys,
+                args,
+            });
+        }
+        // A few calls per pipeline, one pipeline after the other: a backlog left by an outage
+        // (up to `stats.max_pending_requests` log entries, tens of MB) in one pipeline had one
+        // command timeout for all of it, which a slow link could never meet, and held up the
+        // requests sharing the connection meanwhile. Each call is idempotent (its marker), so a
+        // retry skips what an earlier pipeline applied.
+        let mut calls = calls.into_iter();
+        loop {
+            let group: Vec<Call<'_>> = calls.by_ref().take(CALLS_PER_PIPELINE).collect();
+            if group.is_empty() {
+                return Ok(());
+            }
+            scripts::run_all(self.client(), group).await?;
+        }
     }
 
     /// The pool client for the next command, preferring one that is connected.
@@ -880,90 +975,45 @@ impl Store for RedisStore {
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
-        if batch.is_empty() {
+        self.write_usage(batch).await?;
+        // Made again after a failover: its id keeps it counting once.
+        if let Some(recent) = &self.recent
+            && batch.id != 0
+            && !batch.is_empty()
+        {
+            recent.note(sentinel::Write::Usage(batch.clone()));
+        }
+        Ok(())
+    }
+
+    async fn upkeep(&self) -> StoreResult<()> {
+        let Some(recent) = &self.recent else {
+            return Ok(());
+        };
+        let writes = recent.to_repeat();
+        if writes.is_empty() {
             return Ok(());
         }
-        // Id 0 is `UsageBatch::default()`'s: a caller that set none. Treating it as an id would
-        // drop that caller's second batch as a "retry"; a fresh one only guards this call.
-        let batch_id = match batch.id {
-            0 => rand::random::<u64>().max(1),
-            id => id,
-        };
-        let mut by_dimension: BTreeMap<&Dimension, Vec<(&Bucket, &Counters)>> = BTreeMap::new();
-        for ((dimension, bucket), counters) in &batch.counters {
-            by_dimension
-                .entry(dimension)
-                .or_default()
-                .push((bucket, counters));
-        }
-        let mut calls = Vec::new();
-        for (dimension, buckets) in by_dimension {
-            let mut keys = Vec::with_capacity(1 + buckets.len());
-            let mut args = Vec::with_capacity(3 + 10 * buckets.len());
-            keys.push(self.names.usage_applied(dimension, &self.writer));
-            args.extend([
-                batch_id.to_string(),
-                ms(MARKER_TTL),
-                MARKER_KEEP.to_string(),
-            ]);
-            for (bucket, counters) in buckets {
-                keys.push(self.names.usage_counter(dimension, bucket));
-                args.push(bucket_ttl(bucket).map_or_else(|| "0".to_owned(), ms));
-                for value in counter_values(counters) {
-                    // HINCRBY takes a signed 64-bit increment. Refusing a larger one would make
-                    // the batch unwritable for good, and every batch after it wait behind it:
-                    // it is held at the largest (per-request usage is capped far below it).
-                    args.push(value.min(i64::MAX as u64).to_string());
-                }
+        tracing::info!(
+            writes = writes.len(),
+            "redis: making the last writes again on the new primary"
+        );
+        for write in writes {
+            let made = match write {
+                sentinel::Write::Give { keys, args } => self
+                    .scripts
+                    .give
+                    .run(self.client(), keys, args)
+                    .await
+                    .map(drop),
+                sentinel::Write::Usage(batch) => self.write_usage(&batch).await,
+            };
+            // One lost is left (a lease expires at its deadline); the others are still made.
+            if let Err(e) = made {
+                tracing::warn!(error = %e, "redis: a write made again after a failover failed");
             }
-            calls.push(Call {
-                script: &self.scripts.usage_add,
-                keys,
-                args,
-            });
         }
-        for (chunk_no, chunk) in batch.requests.chunks(LOG_CHUNK).enumerate() {
-            let mut keys = Vec::with_capacity(3);
-            let mut args = Vec::with_capacity(5 + 4 * chunk.len());
-            keys.extend([
-                self.names.log_applied(&self.writer),
-                self.names.log_all(),
-                self.names.log_entries(),
-            ]);
-            args.extend([
-                format!("{batch_id}.{chunk_no}"),
-                ms(MARKER_TTL),
-                MARKER_KEEP.to_string(),
-                self.request_log_max.to_string(),
-                self.names.log_key_prefix(),
-            ]);
-            for entry in chunk {
-                args.extend([
-                    entry.at.to_string(),
-                    log_member(entry),
-                    entry.key_id.clone(),
-                    log_json(entry)?,
-                ]);
-            }
-            calls.push(Call {
-                script: &self.scripts.log_add,
-                keys,
-                args,
-            });
-        }
-        // A few calls per pipeline, one pipeline after the other: a backlog left by an outage
-        // (up to `stats.max_pending_requests` log entries, tens of MB) in one pipeline had one
-        // command timeout for all of it, which a slow link could never meet, and held up the
-        // requests sharing the connection meanwhile. Each call is idempotent (its marker), so a
-        // retry skips what an earlier pipeline applied.
-        let mut calls = calls.into_iter();
-        loop {
-            let group: Vec<Call<'_>> = calls.by_ref().take(CALLS_PER_PIPELINE).collect();
-            if group.is_empty() {
-                return Ok(());
-            }
-            scripts::run_all(self.client(), group).await?;
-        }
+        Ok(())
     }
 
     async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<Counters>> {
@@ -1328,11 +1378,21 @@ impl RedisStore {
                 }
             }
         }
-        self.scripts
-            .give
-            .run(self.client(), keys, args)
-            .await
-            .map(drop)
+        let Some(recent) = &self.recent else {
+            return self
+                .scripts
+                .give
+                .run(self.client(), keys, args)
+                .await
+                .map(drop);
+        };
+        let write = sentinel::Write::Give {
+            keys: keys.clone(),
+            args: args.clone(),
+        };
+        self.scripts.give.run(self.client(), keys, args).await?;
+        recent.note(write);
+        Ok(())
     }
 }
 

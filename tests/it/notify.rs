@@ -233,6 +233,8 @@ async fn an_account_out_of_credit_is_told_once_however_many_requests_found_it_so
         .add_account(&mock, "sk-a", json!({ "name": "prepaid" }))
         .await;
     let (_, key) = relay.create_key("k").await;
+    // All of them reach the account before its first answer: their reports race.
+    mock.delay_answers(Duration::from_millis(300));
     let mut asks = Vec::new();
     for _ in 0..8 {
         let (relay, key) = (Arc::clone(&relay), key.clone());

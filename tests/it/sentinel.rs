@@ -37,80 +37,112 @@ fn wait_for(what: &str, within: Duration, cond: impl Fn() -> bool) {
     }
 }
 
-/// A primary, its replica and one Sentinel watching them (a quorum of one).
+/// A primary, its replica and Sentinels watching them (each with a quorum of one).
 struct Sentinels {
     primary: OwnRedis,
     replica: OwnRedis,
+    /// The first Sentinel's port.
     port: u16,
+    ports: Vec<u16>,
     _dir: tempfile::TempDir,
-    child: Child,
+    children: Vec<Child>,
 }
 
 impl Sentinels {
     fn start() -> Sentinels {
+        Sentinels::start_many(1)
+    }
+
+    fn start_many(n: usize) -> Sentinels {
         let primary = OwnRedis::start_with(Vec::new());
         let replica = OwnRedis::start_with(vec![
             "--replicaof".to_owned(),
             "127.0.0.1".to_owned(),
             primary.port.to_string(),
         ]);
-        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        // A Sentinel rewrites its configuration file: it must be one of its own.
-        let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "bind 127.0.0.1\nport {port}\ndir {}\n\
-                 sentinel monitor {SERVICE} 127.0.0.1 {} 1\n\
-                 sentinel down-after-milliseconds {SERVICE} 500\n\
-                 sentinel failover-timeout {SERVICE} 5000\n",
-                dir.path().display(),
-                primary.port
-            ),
-        )
-        .unwrap();
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (REDIS_URL is set)");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut children = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            // A Sentinel rewrites its configuration file: it must be one of its own.
+            let conf = dir.path().join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "bind 127.0.0.1\nport {port}\ndir {}\n\
+                     sentinel monitor {SERVICE} 127.0.0.1 {} 1\n\
+                     sentinel down-after-milliseconds {SERVICE} 500\n\
+                     sentinel failover-timeout {SERVICE} 5000\n",
+                    dir.path().display(),
+                    primary.port
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH (REDIS_URL is set)");
+            children.push(child);
+        }
         let sentinels = Sentinels {
             primary,
             replica,
-            port,
+            port: ports[0],
+            ports,
             _dir: dir,
-            child,
+            children,
         };
-        // Ready when the replica is in sync and the Sentinel knows it (it learns of replicas
-        // from the primary's INFO): only then can it promote one.
+        // Ready when the replica is in sync and the Sentinels know it (they learn of replicas
+        // from the primary's INFO: only then can they promote one) and each other (they meet
+        // through the primary every two seconds).
         let replica_port = sentinels.replica.port.to_string();
         wait_for("the replica in sync", Duration::from_secs(10), || {
             cli(sentinels.replica.port, &["info", "replication"]).contains("master_link_status:up")
         });
-        wait_for(
-            "the Sentinel knows the replica",
-            Duration::from_secs(15),
-            || {
-                let replicas = cli(port, &["sentinel", "replicas", SERVICE]);
-                replicas.contains(&replica_port) && !replicas.contains("s_down")
-            },
-        );
+        for &port in &sentinels.ports {
+            wait_for(
+                "the Sentinels know the replica",
+                Duration::from_secs(15),
+                || {
+                    let replicas = cli(port, &["sentinel", "replicas", SERVICE]);
+                    replicas.contains(&replica_port) && !replicas.contains("s_down")
+                },
+            );
+            wait_for(
+                "the Sentinels know each other",
+                Duration::from_secs(15),
+                || {
+                    let others = cli(port, &["sentinel", "sentinels", SERVICE]);
+                    sentinels
+                        .ports
+                        .iter()
+                        .filter(|p| **p != port)
+                        .all(|p| others.contains(&p.to_string()))
+                },
+            );
+        }
         sentinels
     }
 
-    /// The primary's port, as the Sentinel names it.
+    /// The primary's port, as the first Sentinel names it.
     fn primary_port(&self) -> Option<u16> {
         let answer = cli(self.port, &["sentinel", "get-master-addr-by-name", SERVICE]);
         answer.lines().nth(1)?.trim().parse().ok()
     }
 
+    /// Every Sentinel, as a list.
     fn url(&self) -> String {
+        let list: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         format!(
-            "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName={SERVICE}",
-            self.port
+            "redis-sentinel://{}/0?sentinelServiceName={SERVICE}",
+            list.join(",")
         )
     }
 }
@@ -122,8 +154,10 @@ async fn recorded(relay: &Relay) -> u64 {
 
 impl Drop for Sentinels {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -275,11 +309,13 @@ async fn relays_behind_a_sentinel_follow_a_failover_and_lose_no_replicated_usage
     }
 }
 
-/// The connections to `port` other than the Sentinel's own and the one asking.
+/// The connections to `port` other than the Sentinel's own, a replica's and the one asking.
 fn clients_of(port: u16) -> Vec<String> {
     cli(port, &["client", "list"])
         .lines()
-        .filter(|c| !c.contains("name=sentinel-") && !c.contains("cmd=client"))
+        .filter(|c| {
+            !c.contains("name=sentinel-") && !c.contains("cmd=client") && !c.contains("flags=S")
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -357,4 +393,102 @@ async fn a_relay_moves_to_a_new_primary_as_soon_as_a_sentinel_announces_it() {
     }
     assert_eq!(mock.served(), 30);
     assert_eq!(relay.account_in_flight(&account).await, 0, "no lease left");
+}
+
+/// An operator's failover under load, announced by two Sentinels: the relay moves to the new
+/// primary once, and what reached the old one in the moment before it moved (give-backs of
+/// leases, usage) is made again there: every request served is recorded once, and no lease is
+/// left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_a_failover_loses_no_usage_and_leaves_no_lease() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    if std::env::var("REDIS_URL").is_err() {
+        return;
+    }
+    let sentinels = Sentinels::start_many(2);
+    let (config, tmp) = redis_config(&sentinels.url(), &unique_prefix());
+    let relay = Arc::new(Relay::start_with(config, Some(tmp)).await);
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage {
+        input: 3,
+        output: 5,
+        ..MockUsage::default()
+    }));
+    let account = relay
+        .add_account(&mock, "sk-load", json!({ "max_concurrency": 64 }))
+        .await;
+    let (_, key) = relay.create_key("under load").await;
+
+    let served = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (relay, key, served, stop) = (
+            Arc::clone(&relay),
+            key.clone(),
+            Arc::clone(&served),
+            Arc::clone(&stop),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let body = messages_body("claude-sonnet-4-5", (w + i) % 2 == 0);
+                let resp = relay.messages(&key, &body).send().await.unwrap();
+                match resp.status().as_u16() {
+                    200 => {
+                        resp.bytes().await.unwrap();
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    503 => tokio::time::sleep(Duration::from_millis(20)).await,
+                    other => panic!("unexpected status {other}: {}", resp.text().await.unwrap()),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = sentinels.primary.port;
+    assert_eq!(
+        cli(sentinels.port, &["sentinel", "failover", SERVICE]).trim(),
+        "OK"
+    );
+    let promoted = sentinels.replica.port;
+    wait_for("the promotion", Duration::from_secs(10), || {
+        sentinels.primary_port() == Some(promoted)
+    });
+    wait_for(
+        "the relay to leave the old primary",
+        Duration::from_secs(5),
+        || clients_of(old).is_empty(),
+    );
+    let during = served.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let n = served.load(Ordering::SeqCst);
+    assert!(n > during, "served after the failover");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let u = relay.usage("").await;
+        let in_flight = relay.account_in_flight(&account).await;
+        let key_in_flight = relay.key_info(&key).await["in_flight"].as_u64();
+        if u["requests"] == n && in_flight == 0 && key_in_flight == Some(0) {
+            assert_eq!(u["input_tokens"], 3 * n, "{u}");
+            assert_eq!(u["output_tokens"], 5 * n, "{u}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the failover: {} of {n} requests recorded, {in_flight} account and \
+             {key_in_flight:?} key leases held",
+            u["requests"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mock.served() as u64, n);
 }

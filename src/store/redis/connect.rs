@@ -43,46 +43,14 @@ pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connect
         // compiled in. Installing it twice is harmless (the second call is refused).
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    let config = Config::from_url(&url::to_fred(url)).map_err(|e| {
+    let config = url::config(url).map_err(|e| {
         StoreError::Unavailable(format!(
             "invalid redis url {}: {}",
             url::redact(url),
             url::scrub(e.details(), url)
         ))
     })?;
-    let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
-    let command_timeout = Duration::from_millis(cfg.command_timeout_ms.max(1));
-    let min_delay = u32::try_from(cfg.reconnect_min_delay_ms.max(1)).unwrap_or(u32::MAX);
-    let max_delay = u32::try_from(cfg.reconnect_max_delay_ms)
-        .unwrap_or(u32::MAX)
-        .max(min_delay);
-    // An answer overdue by this much means a dead connection (a paused server, a silent
-    // network partition): fred closes it and reconnects rather than waiting for TCP.
-    let unresponsive = (command_timeout * 2).max(Duration::from_secs(1));
-
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_connection_config(|c| {
-            c.connection_timeout = connect_timeout;
-            c.internal_command_timeout = connect_timeout.max(command_timeout);
-            c.unresponsive = UnresponsiveConfig {
-                max_timeout: Some(unresponsive),
-                interval: (unresponsive / 4).max(Duration::from_millis(50)),
-            };
-            c.tcp = TcpConfig {
-                keepalive: Some(
-                    TcpKeepalive::new()
-                        .with_time(KEEPALIVE_IDLE)
-                        .with_interval(KEEPALIVE_INTERVAL),
-                ),
-                ..TcpConfig::default()
-            };
-        })
-        .with_performance_config(|p| {
-            p.default_command_timeout = command_timeout;
-        })
-        // Zero attempts: never give up.
-        .set_policy(ReconnectPolicy::new_exponential(0, min_delay, max_delay, 2));
+    let builder = builder(config, cfg);
     let fail = |what: &str, e: fred::error::Error| {
         StoreError::Unavailable(format!(
             "redis {what} ({}): {}",
@@ -97,7 +65,7 @@ pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connect
 
     // `init` fails fast on a refused connection; the timeout bounds a cluster handshake
     // that keeps following nodes.
-    let init_within = connect_timeout * 3 + command_timeout;
+    let init_within = init_within(cfg);
     let started = async {
         tokio::time::timeout(init_within, pool.init())
             .await
@@ -139,6 +107,50 @@ pub(super) async fn connect(url: &str, cfg: &RedisConfig) -> StoreResult<Connect
             Err(e)
         }
     }
+}
+
+/// A builder of clients on `config` with the store's timeouts, keepalive and reconnect policy.
+pub(super) fn builder(config: Config, cfg: &RedisConfig) -> Builder {
+    let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+    let command_timeout = Duration::from_millis(cfg.command_timeout_ms.max(1));
+    let min_delay = u32::try_from(cfg.reconnect_min_delay_ms.max(1)).unwrap_or(u32::MAX);
+    let max_delay = u32::try_from(cfg.reconnect_max_delay_ms)
+        .unwrap_or(u32::MAX)
+        .max(min_delay);
+    // An answer overdue by this much means a dead connection (a paused server, a silent
+    // network partition): fred closes it and reconnects rather than waiting for TCP.
+    let unresponsive = (command_timeout * 2).max(Duration::from_secs(1));
+
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout.max(command_timeout);
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(unresponsive),
+                interval: (unresponsive / 4).max(Duration::from_millis(50)),
+            };
+            c.tcp = TcpConfig {
+                keepalive: Some(
+                    TcpKeepalive::new()
+                        .with_time(KEEPALIVE_IDLE)
+                        .with_interval(KEEPALIVE_INTERVAL),
+                ),
+                ..TcpConfig::default()
+            };
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = command_timeout;
+        })
+        // Zero attempts: never give up.
+        .set_policy(ReconnectPolicy::new_exponential(0, min_delay, max_delay, 2));
+    builder
+}
+
+/// How long a connect (and a cluster's handshake, which keeps following nodes) may take.
+pub(super) fn init_within(cfg: &RedisConfig) -> Duration {
+    let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+    connect_timeout * 3 + Duration::from_millis(cfg.command_timeout_ms.max(1))
 }
 
 /// Warns when Redis may evict keys to make room: the store's records, counters, lease sets and

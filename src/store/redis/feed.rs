@@ -49,6 +49,7 @@ impl Streams {
 }
 
 /// How the feed paces itself.
+#[derive(Debug, Clone)]
 pub(super) struct Timing {
     /// Between two attempts to subscribe again.
     pub(super) retry_delay: Duration,
@@ -120,7 +121,7 @@ pub(super) async fn forward(
 /// Whether the subscribed connection answers a `PING` within `within` (a subscribed RESP2
 /// connection answers `pong` as an array). On a cluster, sent to the node that holds the
 /// subscription: fred routes `SUBSCRIBE` by the hash slot of the client's id.
-async fn answers_ping(subscriber: &Client, within: Duration) -> bool {
+pub(super) async fn answers_ping(subscriber: &Client, within: Duration) -> bool {
     let options = Options {
         cluster_hash: Some(ClusterHash::Custom(redis_keyslot(
             subscriber.id().as_bytes(),

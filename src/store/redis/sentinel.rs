@@ -4,26 +4,105 @@
 //! does not hear of a failover while its connections stay up. When the old primary is still
 //! running (an operator's `SENTINEL FAILOVER`, a network partition healing), it keeps taking
 //! writes until the Sentinels reconfigure it as a replica, about ten seconds later, and those
-//! writes are lost with its data set when it resyncs from the new one. So each Sentinel is
-//! subscribed to on its `+switch-master` channel, and an announcement for our primary has every
-//! client of the store reconnect, which asks the Sentinels again.
+//! writes are lost with its data set when it resyncs from the new one.
+//!
+//! So every Sentinel is listened to on its `+switch-master` channel, and one task moves the
+//! store's clients (each worker's command pool, the change feed) to the primary announced:
+//! those not connected there reconnect, all at once, which asks the Sentinels again. A Sentinel
+//! not yet told may send a client back to the old primary: such a client is moved again, after
+//! a pause, until every client is on the new one (or a newer announcement comes). The same
+//! announcement from every Sentinel moves nobody twice.
+//!
+//! Between the promotion and the move (the announcement, then the reconnects: tens of
+//! milliseconds) writes still go to the old primary and are lost with it. The store keeps its
+//! last moments of writes that count once however often they are made (`Recent`: give-backs of
+//! leases, usage batches) and makes them again once every client is on the new primary: a
+//! give-back whose lease is still held there returns it, a usage batch not applied there is.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, EventInterface, Pool, PubsubInterface, ReconnectPolicy,
-    ServerConfig,
+    Client, ClientLike, Config, EventInterface, Pool, PubsubInterface, ServerConfig,
 };
+use fred::types::{Key, Value};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
 
-use super::url;
+use super::{connect, feed, url};
+use crate::config::RedisConfig;
+use crate::store::UsageBatch;
 
 /// The channel a Sentinel announces a new primary on: `<name> <old ip> <old port> <new ip>
 /// <new port>`.
 const SWITCH_MASTER: &str = "+switch-master";
 
-/// Every client of the store, reconnected together.
+/// How long the clients are moved to an announced primary before giving up (they then follow
+/// fred's own reconnects, and the next announcement).
+const FOLLOW_FOR: Duration = Duration::from_secs(60);
+
+/// How far back `Recent` keeps writes: past the longest a move to a new primary takes after
+/// its promotion (the announcement follows the promotion within a second).
+const REMEMBERED: Duration = Duration::from_secs(10);
+
+/// A write made again after a failover: one that counts once however often it is made.
+#[derive(Debug, Clone)]
+pub(super) enum Write {
+    /// A `give.lua` call, as it was sent.
+    Give { keys: Vec<Key>, args: Vec<Value> },
+    /// A usage batch (its id makes it count once).
+    Usage(UsageBatch),
+}
+
+/// The store's writes of the last `REMEMBERED`, and whether a failover was followed since they
+/// were taken.
+#[derive(Default)]
+pub(super) struct Recent(Mutex<RecentState>);
+
+#[derive(Default)]
+struct RecentState {
+    writes: VecDeque<(Instant, Write)>,
+    moved: bool,
+}
+
+impl Recent {
+    fn state(&self) -> std::sync::MutexGuard<'_, RecentState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps a write the store made (acknowledged: by the old primary, perhaps).
+    pub(super) fn note(&self, write: Write) {
+        let now = Instant::now();
+        let mut state = self.state();
+        while state
+            .writes
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > REMEMBERED)
+        {
+            state.writes.pop_front();
+        }
+        state.writes.push_back((now, write));
+    }
+
+    /// Every client is on a new primary: the writes kept are to be made again.
+    fn moved(&self) {
+        self.state().moved = true;
+    }
+
+    /// The writes to make again, once after each failover followed (none otherwise).
+    pub(super) fn to_repeat(&self) -> Vec<Write> {
+        let mut state = self.state();
+        if !std::mem::take(&mut state.moved) {
+            return Vec::new();
+        }
+        state.writes.drain(..).map(|(_, write)| write).collect()
+    }
+}
+
+/// Every client of the store.
 #[derive(Clone)]
 pub(super) struct Clients {
     pub(super) pool: Pool,
@@ -32,30 +111,60 @@ pub(super) struct Clients {
 }
 
 impl Clients {
-    async fn reconnect(&self) {
+    fn all(&self) -> Vec<Client> {
         let workers = self.worker_pools.iter().filter_map(OnceLock::get);
-        let pools = std::iter::once(&self.pool).chain(workers);
-        for pool in pools {
-            if let Err(e) = pool.force_reconnection().await {
-                tracing::warn!(error = %e, "redis: reconnecting a pool after a failover failed");
-            }
-        }
-        if let Err(e) = self.subscriber.force_reconnection().await {
-            tracing::warn!(error = %e, "redis: reconnecting the change feed after a failover failed");
-        }
+        let mut all: Vec<Client> = std::iter::once(&self.pool)
+            .chain(workers)
+            .flat_map(|pool| pool.clients().iter().cloned())
+            .collect();
+        all.push(self.subscriber.clone());
+        all
     }
 }
 
-/// The Sentinels' listeners, while the store lives (dropped, they stop and close).
+/// A primary, as a Sentinel announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Primary {
+    host: String,
+    port: u16,
+}
+
+impl Primary {
+    /// The new primary a `+switch-master` announcement names, if it is `service`'s.
+    fn announced(text: &str, service: &str) -> Option<Primary> {
+        let mut parts = text.split(' ');
+        if parts.next() != Some(service) {
+            return None;
+        }
+        let (host, port) = (parts.nth(2)?, parts.next()?);
+        Some(Primary {
+            host: host.to_owned(),
+            port: port.parse().ok()?,
+        })
+    }
+
+    fn serves(&self, client: &Client) -> bool {
+        client
+            .active_connections()
+            .iter()
+            .any(|s| s.port == self.port && *s.host == *self.host)
+    }
+}
+
+/// The Sentinels' listeners and the task that moves the clients, while the store lives
+/// (dropped, they stop and close).
 pub(super) struct Watch {
-    listeners: Vec<(Client, JoinHandle<()>)>,
+    listeners: Vec<Client>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        for (client, task) in self.listeners.drain(..) {
+        for task in &self.tasks {
             task.abort();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            for client in self.listeners.drain(..) {
                 runtime.spawn(async move {
                     let _ = client.quit().await;
                 });
@@ -64,11 +173,16 @@ impl Drop for Watch {
     }
 }
 
-/// Listens to every Sentinel `url` names (none for a URL without Sentinels) and reconnects
-/// `clients` when one announces a new primary for the service. Connects in the background:
-/// the store is already connected through them.
-pub(super) fn watch(url: &str, clients: Clients) -> Option<Watch> {
-    let config = Config::from_url(&url::to_fred(url)).ok()?;
+/// Listens to every Sentinel `url` names (none for a URL without Sentinels) and moves
+/// `clients` to the primary they announce for the service. Connects in the background: the
+/// store is already connected through them.
+pub(super) fn watch(
+    url: &str,
+    cfg: &RedisConfig,
+    clients: Clients,
+    recent: Arc<Recent>,
+) -> Option<Watch> {
+    let config = url::config(url).ok()?;
     let ServerConfig::Sentinel {
         hosts,
         service_name,
@@ -78,7 +192,14 @@ pub(super) fn watch(url: &str, clients: Clients) -> Option<Watch> {
     else {
         return None;
     };
+    let (tx, rx) = mpsc::channel(64);
     let mut listeners = Vec::with_capacity(hosts.len());
+    let mut tasks = Vec::with_capacity(hosts.len() + 1);
+    let timing = feed::Timing {
+        retry_delay: Duration::from_millis(cfg.reconnect_min_delay_ms.max(1)),
+        ping_every: Duration::from_millis(cfg.feed_ping_interval_ms.max(1)),
+        ping_within: Duration::from_millis(cfg.command_timeout_ms.max(1)),
+    };
     for host in hosts {
         let sentinel = Config {
             server: ServerConfig::new_centralized(host.host.to_string(), host.port),
@@ -89,10 +210,7 @@ pub(super) fn watch(url: &str, clients: Clients) -> Option<Watch> {
             fail_fast: false,
             ..Config::default()
         };
-        let built = Builder::from_config(sentinel)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build();
-        let client = match built {
+        let client = match connect::builder(sentinel, cfg).build() {
             Ok(client) => client,
             Err(e) => {
                 tracing::warn!(sentinel = %host, error = %url::scrub(&e.to_string(), url),
@@ -100,56 +218,145 @@ pub(super) fn watch(url: &str, clients: Clients) -> Option<Watch> {
                 continue;
             }
         };
-        let task = tokio::spawn(listen(
+        let listen = listen(
             client.clone(),
             service_name.clone(),
-            clients.clone(),
-        ));
-        listeners.push((client, task));
+            tx.clone(),
+            timing.clone(),
+        );
+        tasks.push(tokio::spawn(listen));
+        listeners.push(client);
     }
-    Some(Watch { listeners })
+    let within = connect::init_within(cfg);
+    tasks.push(tokio::spawn(follow(rx, clients, recent, within)));
+    Some(Watch { listeners, tasks })
 }
 
-/// One Sentinel's announcements, until the store drops the task.
-async fn listen(sentinel: Client, service: String, clients: Clients) {
+/// One Sentinel's announcements, until the store drops the task. Its connection is pinged as
+/// the change feed's is: a Sentinel speaks only when something happens, and a connection that
+/// died silently would miss the next failover.
+async fn listen(
+    sentinel: Client,
+    service: String,
+    tx: mpsc::Sender<Primary>,
+    timing: feed::Timing,
+) {
     let mut messages = sentinel.message_rx();
     let mut reconnects = sentinel.reconnect_rx();
-    // Returns once connected (fred keeps trying, the policy never gives up).
+    // Returns once connected (fred keeps trying, the policy never gives up); each reconnect
+    // subscribes again below.
     if let Err(e) = sentinel.init().await {
-        tracing::debug!(error = %e, "redis: a sentinel did not answer");
+        tracing::warn!(error = %e, "redis: a sentinel did not answer");
     }
-    subscribe(&sentinel).await;
+    subscribe(&sentinel, timing.retry_delay).await;
+    let every = timing.ping_every;
+    let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             message = messages.recv() => match message {
-                Ok(message) => {
+                Ok(message) if message.channel == SWITCH_MASTER => {
                     let text = message.value.as_string().unwrap_or_default();
-                    if message.channel == SWITCH_MASTER && names(&text, &service) {
+                    if let Some(primary) = Primary::announced(&text, &service) {
                         tracing::warn!(announcement = %text,
-                            "redis: a sentinel announced a new primary; reconnecting to it");
-                        clients.reconnect().await;
+                            "redis: a sentinel announced a new primary; moving to it");
+                        if tx.send(primary).await.is_err() {
+                            return;
+                        }
                     }
                 }
-                Err(RecvError::Lagged(_)) => {}
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "redis: a sentinel's announcements were dropped");
+                }
                 Err(RecvError::Closed) => return,
             },
             reconnected = reconnects.recv() => match reconnected {
-                Ok(_) | Err(RecvError::Lagged(_)) => subscribe(&sentinel).await,
+                Ok(_) | Err(RecvError::Lagged(_)) => subscribe(&sentinel, timing.retry_delay).await,
                 Err(RecvError::Closed) => return,
+            },
+            _ = ping.tick() => {
+                if sentinel.is_connected() && !feed::answers_ping(&sentinel, timing.ping_within).await {
+                    tracing::warn!("redis: a sentinel did not answer a ping in time; reconnecting");
+                    if let Err(e) = sentinel.force_reconnection().await {
+                        tracing::warn!(error = %e, "redis: reconnecting to a sentinel failed");
+                    }
+                    ping.reset();
+                }
             },
         }
     }
 }
 
-async fn subscribe(sentinel: &Client) {
-    if let Err(e) = sentinel.subscribe(SWITCH_MASTER).await {
-        tracing::debug!(error = %e, "redis: subscribing to a sentinel's failovers failed");
+/// Subscribes to the announcements, retrying until it works: a listener that silently stopped
+/// listening would miss the next failover.
+async fn subscribe(sentinel: &Client, retry_delay: Duration) {
+    while let Err(e) = sentinel.subscribe(SWITCH_MASTER).await {
+        tracing::warn!(error = %e, "redis: subscribing to a sentinel's failovers failed; retrying");
+        tokio::time::sleep(retry_delay).await;
     }
 }
 
-/// Whether a `+switch-master` announcement is of `service`.
-fn names(announcement: &str, service: &str) -> bool {
-    announcement.split(' ').next() == Some(service)
+/// Moves the clients to each primary announced, until the listeners are gone.
+async fn follow(
+    mut rx: mpsc::Receiver<Primary>,
+    clients: Clients,
+    recent: Arc<Recent>,
+    reconnect_within: Duration,
+) {
+    let mut next = None;
+    loop {
+        let primary = match next.take() {
+            Some(primary) => primary,
+            None => match rx.recv().await {
+                Some(primary) => primary,
+                None => return,
+            },
+        };
+        let deadline = Instant::now() + FOLLOW_FOR;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let away: Vec<Client> = clients
+                .all()
+                .into_iter()
+                .filter(|c| !primary.serves(c))
+                .collect();
+            if away.is_empty() {
+                tracing::info!(host = %primary.host, port = primary.port,
+                    "redis: every connection is on the new primary");
+                // The stats task's next upkeep makes the last moments' writes again.
+                recent.moved();
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(host = %primary.host, port = primary.port, away = away.len(),
+                    "redis: some connections did not reach the announced primary");
+                recent.moved();
+                break;
+            }
+            let moves = away.iter().map(|client| async move {
+                let moved = tokio::time::timeout(reconnect_within, client.force_reconnection());
+                if let Ok(Err(e)) = moved.await {
+                    tracing::debug!(error = %e, "redis: a reconnect after a failover failed");
+                }
+            });
+            futures_util::future::join_all(moves).await;
+            // Those a Sentinel not yet told sent back are moved again after a pause; a newer
+            // announcement replaces this one.
+            tokio::select! {
+                announced = rx.recv() => match announced {
+                    Some(other) if other != primary => {
+                        next = Some(other);
+                        break;
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -157,9 +364,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn announcements_are_told_apart_by_service() {
-        assert!(names("sy 127.0.0.1 6491 127.0.0.1 6492", "sy"));
-        assert!(!names("sy2 127.0.0.1 6491 127.0.0.1 6492", "sy"));
-        assert!(!names("", "sy"));
+    fn announcements_name_the_new_primary_of_their_service() {
+        let primary = |host: &str, port| {
+            Some(Primary {
+                host: host.to_owned(),
+                port,
+            })
+        };
+        assert_eq!(
+            Primary::announced("sy 127.0.0.1 6491 127.0.0.1 6492", "sy"),
+            primary("127.0.0.1", 6492)
+        );
+        assert_eq!(
+            Primary::announced("sy ::1 6491 ::2 6492", "sy"),
+            primary("::2", 6492)
+        );
+        assert_eq!(
+            Primary::announced("sy2 127.0.0.1 6491 127.0.0.1 6492", "sy"),
+            None
+        );
+        assert_eq!(Primary::announced("sy 127.0.0.1 6491", "sy"), None);
+        assert_eq!(Primary::announced("sy a 1 b x", "sy"), None);
+        assert_eq!(Primary::announced("", "sy"), None);
     }
 }

@@ -2,21 +2,27 @@
 //!
 //! Switchyard lists cluster seed nodes and Sentinels the way operators write them,
 //! `redis-cluster://[user:pass@]h1:p1,h2:p2,…` and
-//! `redis-sentinel://[user:pass@]s1:p1,s2:p2,…/db?sentinelServiceName=name`; fred wants one host
-//! plus `?node=` parameters (`redis-cluster://[user:pass@]h1:p1?node=h2:p2&node=…`). Standalone
-//! URLs (`redis://host:port/db`, `rediss://…`) and a URL with a single node pass unchanged.
+//! `redis-sentinel://[user:pass@]s1:p1,s2:p2,…/db?sentinelServiceName=name`. fred's own URL
+//! parser takes one host (and more as `?node=` parameters, which it splits at `:`, so never an
+//! IPv6 address): `config` has it read the URL with the first node only, and adds the others.
+
+use fred::error::{Error, ErrorKind};
+use fred::prelude::{Config, Server, ServerConfig};
 
 /// A Sentinel's port where the URL gives none (fred's default for the first one too).
 const SENTINEL_PORT: u16 = 26379;
+/// A cluster node's.
+const REDIS_PORT: u16 = 6379;
 
-/// What fred's `Config::from_url` accepts for `url`.
-pub(super) fn to_fred(url: &str) -> String {
+/// fred's configuration for `url`: the scheme, credentials, database, TLS and query as fred
+/// reads them, with every node the URL lists.
+pub(super) fn config(url: &str) -> Result<Config, Error> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return Config::from_url(url);
     };
     let sentinel = scheme.ends_with("-sentinel");
     if !sentinel && !scheme.ends_with("-cluster") {
-        return url.to_owned();
+        return Config::from_url(url);
     }
     // The authority ends at the first '/', '?' or '#'; a password holding one must be
     // percent-encoded anyway.
@@ -26,44 +32,55 @@ pub(super) fn to_fred(url: &str) -> String {
         Some(at) => authority.split_at(at + 1),
         None => ("", authority),
     };
-    let mut hosts = hosts.split(',').map(str::trim).filter(|h| !h.is_empty());
-    let Some(first) = hosts.next() else {
-        return url.to_owned();
-    };
-    // fred wants a port on every `node`; a Sentinel's is well known.
-    let others: Vec<String> = hosts
-        .map(|h| match (sentinel, has_port(h)) {
-            (true, false) => format!("node={h}:{SENTINEL_PORT}"),
-            _ => format!("node={h}"),
-        })
+    let nodes: Vec<&str> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
         .collect();
-    if others.is_empty() {
-        return url.to_owned();
-    }
-    let (path, query) = match tail.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (tail, None),
+    let Some(first) = nodes.first() else {
+        return Config::from_url(url);
     };
     // A path means nothing to a cluster (no databases); behind Sentinels it is the database.
-    let path = if sentinel { path } else { "" };
-    let mut query_parts = others;
-    if let Some(query) = query.filter(|q| !q.is_empty()) {
-        query_parts.push(query.to_owned());
+    let tail = match (sentinel, tail.find('?')) {
+        (true, _) => tail,
+        (false, Some(query)) => &tail[query..],
+        (false, None) => "",
+    };
+    let mut config = Config::from_url(&format!("{scheme}://{userinfo}{first}{tail}"))?;
+    let default_port = if sentinel { SENTINEL_PORT } else { REDIS_PORT };
+    let others = nodes[1..]
+        .iter()
+        .map(|node| server(node, default_port))
+        .collect::<Result<Vec<_>, _>>()?;
+    match &mut config.server {
+        ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => {
+            hosts.extend(others);
+        }
+        _ => {}
     }
-    format!(
-        "{scheme}://{userinfo}{first}{path}?{}",
-        query_parts.join("&")
-    )
+    Ok(config)
 }
 
-/// Whether a node (`host:port`, `[v6]:port`, `host`, `[v6]`) names its port.
-fn has_port(node: &str) -> bool {
-    match node.strip_prefix('[') {
-        Some(v6) => v6
-            .split_once(']')
-            .is_some_and(|(_, rest)| rest.starts_with(':')),
-        None => node.contains(':'),
-    }
+/// A node as written (`host:port`, `[v6]:port`, `host`, `[v6]`). An IPv6 address keeps its
+/// brackets: fred resolves `host:port` as one string.
+fn server(node: &str, default_port: u16) -> Result<Server, Error> {
+    let (host, port) = match node.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((address, rest)) => (format!("[{address}]"), rest.strip_prefix(':')),
+            None => return Err(Error::new(ErrorKind::Config, format!("bad node {node:?}"))),
+        },
+        None => match node.rsplit_once(':') {
+            Some((host, port)) => (host.to_owned(), Some(port)),
+            None => (node.to_owned(), None),
+        },
+    };
+    let port = match port {
+        Some(port) => port
+            .parse()
+            .map_err(|_| Error::new(ErrorKind::Config, format!("bad port in {node:?}")))?,
+        None => default_port,
+    };
+    Ok(Server::new(host, port))
 }
 
 /// Why `url` names no server to connect to, if it does not: a node (the server, or one of a
@@ -95,9 +112,13 @@ pub(crate) fn check(url: &str) -> Result<(), String> {
             return Err(format!("no host in {node:?}"));
         }
     }
-    fred::prelude::Config::from_url(&to_fred(url))
-        .map(|_| ())
-        .map_err(|e| scrub(e.details(), url))
+    let config = config(url).map_err(|e| scrub(e.details(), url))?;
+    match config.server {
+        ServerConfig::Sentinel { service_name, .. } if service_name.trim().is_empty() => {
+            Err("no sentinelServiceName".to_owned())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `url` without its credentials (the server's, and the Sentinels' in the query), for messages
@@ -108,24 +129,46 @@ pub(crate) fn redact(url: &str) -> String {
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let tail = match sentinel_password(tail) {
-        Some(password) => tail.replacen(password, "***", 1),
-        None => tail.to_owned(),
-    };
+    let tail = masked_query(tail);
     match authority.rfind('@') {
         Some(at) => format!("{scheme}://***@{}{tail}", &authority[at + 1..]),
         None => format!("{scheme}://{authority}{tail}"),
     }
 }
 
-/// The value of the query's `sentinelPassword` (the Sentinels' own credential), if any.
-fn sentinel_password(url: &str) -> Option<&str> {
-    let query = url.split_once('?')?.1;
-    let query = query.split_once('#').map_or(query, |(query, _)| query);
-    query
+/// The query parameter holding the Sentinels' own password.
+const SENTINEL_PASSWORD: &str = "sentinelPassword=";
+
+/// `tail` (the URL after its authority) with every `sentinelPassword` value, and whatever
+/// follows a `#` (a password's unencoded `#` would cut it there), shown as `***`.
+fn masked_query(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((query, _)) => (query, "#***"),
+        None => (query, ""),
+    };
+    let pairs: Vec<String> = query
         .split('&')
-        .find_map(|pair| pair.strip_prefix("sentinelPassword="))
+        .map(|pair| match pair.strip_prefix(SENTINEL_PASSWORD) {
+            Some(_) => format!("{SENTINEL_PASSWORD}***"),
+            None => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}{fragment}", pairs.join("&"))
+}
+
+/// The values of the query's `sentinelPassword` parameters (the Sentinels' own credential).
+fn sentinel_passwords(url: &str) -> Vec<&str> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split(['&', '#'])
+        .filter_map(|pair| pair.strip_prefix(SENTINEL_PASSWORD))
         .filter(|password| !password.is_empty())
+        .collect()
 }
 
 /// Removes the URL's password (and user) from an error message that might quote it.
@@ -134,7 +177,7 @@ pub(super) fn scrub(message: &str, url: &str) -> String {
         return message.to_owned();
     };
     let mut out = message.to_owned();
-    if let Some(password) = sentinel_password(rest) {
+    for password in sentinel_passwords(rest) {
         out = out.replace(password, "***");
     }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -158,67 +201,77 @@ pub(super) fn scrub(message: &str, url: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The nodes fred will connect to first (cluster seeds, Sentinels, or the server), sorted.
+    fn nodes(url: &str) -> Vec<String> {
+        let config = config(url).unwrap();
+        let mut hosts: Vec<String> = match config.server {
+            ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => hosts
+                .iter()
+                .map(|h| format!("{}:{}", h.host, h.port))
+                .collect(),
+            ServerConfig::Centralized { server } => {
+                vec![format!("{}:{}", server.host, server.port)]
+            }
+        };
+        hosts.sort();
+        hosts
+    }
+
     #[test]
-    fn cluster_seed_lists_become_node_parameters() {
+    fn cluster_seed_lists_are_read_whole() {
         assert_eq!(
-            to_fred("redis-cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"),
-            "redis-cluster://127.0.0.1:7101?node=127.0.0.1:7102&node=127.0.0.1:7103"
+            nodes("redis-cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"),
+            ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+        );
+        let tls = config("rediss-cluster://u:p%40ss@a:1,b:2/?foo=bar").unwrap();
+        assert_eq!(tls.password.as_deref(), Some("p@ss"));
+        assert!(tls.tls.is_some());
+        assert_eq!(
+            nodes("rediss-cluster://u:p%40ss@a:1,b:2/?foo=bar"),
+            ["a:1", "b:2"]
+        );
+        assert_eq!(nodes("redis-cluster://a:1"), ["a:1"]);
+        // fred's own form, and both at once.
+        assert_eq!(nodes("redis-cluster://a:1?node=b:2"), ["a:1", "b:2"]);
+        assert_eq!(
+            nodes("redis-cluster://a:1,c:3?node=b:2"),
+            ["a:1", "b:2", "c:3"]
         );
         assert_eq!(
-            to_fred("rediss-cluster://u:p%40ss@a:1,b:2/?foo=bar"),
-            "rediss-cluster://u:p%40ss@a:1?node=b:2&foo=bar"
+            nodes("redis-cluster://[::1]:7001,[::1]:7002"),
+            ["[::1]:7001", "[::1]:7002"]
         );
-        assert_eq!(
-            to_fred("redis-cluster://a:1"),
-            "redis-cluster://a:1",
-            "one seed is already fred's form"
-        );
-        assert_eq!(
-            to_fred("redis://u:p@h:6379/2"),
-            "redis://u:p@h:6379/2",
-            "standalone URLs pass unchanged"
-        );
+        assert_eq!(config("redis://u:p@h:6379/2").unwrap().database, Some(2));
+        assert_eq!(nodes("redis://u:p@h:6379/2"), ["h:6379"]);
     }
 
     #[test]
     fn sentinel_lists_keep_their_database_and_get_the_sentinel_port() {
+        let url = "redis-sentinel://u:p@s1:26380,s2,[::1],[::2]:3/2?sentinelServiceName=sy";
         assert_eq!(
-            to_fred("redis-sentinel://u:p@s1:26380,s2,[::1]/2?sentinelServiceName=sy"),
-            "redis-sentinel://u:p@s1:26380/2?node=s2:26379&node=[::1]:26379&sentinelServiceName=sy"
+            nodes(url),
+            ["[::1]:26379", "[::2]:3", "s1:26380", "s2:26379"]
         );
-        assert_eq!(
-            to_fred("rediss-sentinel://s1:1,[::2]:3?sentinelServiceName=sy"),
-            "rediss-sentinel://s1:1?node=[::2]:3&sentinelServiceName=sy"
-        );
-        assert_eq!(
-            to_fred("redis-sentinel://s1/0?sentinelServiceName=sy"),
-            "redis-sentinel://s1/0?sentinelServiceName=sy"
-        );
-        // What fred reads from it: every Sentinel, the service, the database.
-        let config = fred::prelude::Config::from_url(&to_fred(
-            "redis-sentinel://s1:26380,s2/3?sentinelServiceName=sy",
-        ))
-        .unwrap();
-        assert_eq!(config.database, Some(3));
-        match config.server {
-            fred::types::config::ServerConfig::Sentinel {
-                hosts,
-                service_name,
-                ..
-            } => {
-                assert_eq!(service_name, "sy");
-                let mut hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-                hosts.sort();
-                assert_eq!(hosts, ["s1:26380", "s2:26379"]);
-            }
+        let read = config(url).unwrap();
+        assert_eq!(read.database, Some(2));
+        assert_eq!(read.username.as_deref(), Some("u"));
+        match read.server {
+            ServerConfig::Sentinel { service_name, .. } => assert_eq!(service_name, "sy"),
             other => panic!("not a Sentinel configuration: {other:?}"),
         }
+        assert_eq!(
+            nodes("redis-sentinel://s1/0?sentinelServiceName=sy"),
+            ["s1:26379"]
+        );
+        assert!(check(url).is_ok());
         assert!(
             check("redis-sentinel://s1,s2/0").is_err(),
             "no service name"
         );
+        assert!(check("redis-sentinel://s1,s2/0?sentinelServiceName=").is_err());
         assert!(check("redis-sentinel://s1,,s2/0?sentinelServiceName=sy").is_ok());
         assert!(check("redis-sentinel://s1,:1/0?sentinelServiceName=sy").is_err());
+        assert!(check("redis-sentinel://s1,s2:x/0?sentinelServiceName=sy").is_err());
     }
 
     #[test]
@@ -242,6 +295,19 @@ mod tests {
         assert_eq!(
             redact("redis-sentinel://s1/0?sentinelPassword=s3nt&sentinelServiceName=sy"),
             "redis-sentinel://s1/0?sentinelPassword=***&sentinelServiceName=sy"
+        );
+        // The value, wherever it also appears; every such parameter; a `#` cuts it.
+        assert_eq!(
+            redact("redis-sentinel://s1/0?sentinelServiceName=sy&sentinelPassword=sy"),
+            "redis-sentinel://s1/0?sentinelServiceName=sy&sentinelPassword=***"
+        );
+        assert_eq!(
+            redact("redis-sentinel://s1/0?sentinelPassword=0&sentinelPassword=b"),
+            "redis-sentinel://s1/0?sentinelPassword=***&sentinelPassword=***"
+        );
+        assert_eq!(
+            redact("redis-sentinel://s1/0?sentinelPassword=ab#cd"),
+            "redis-sentinel://s1/0?sentinelPassword=***#***"
         );
         assert_eq!(
             scrub("auth s3nt failed for u", sentinel),

@@ -216,6 +216,9 @@ impl Store for FaultyStore {
     async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<Counters>> {
         self.inner.usage(query).await
     }
+    async fn upkeep(&self) -> StoreResult<()> {
+        self.inner.upkeep().await
+    }
     async fn prune_usage(&self, now_ms: i64) -> StoreResult<usize> {
         self.inner.prune_usage(now_ms).await
     }

@@ -273,6 +273,9 @@ pub struct MockOptions {
     pub load_fails: Option<u16>,
     /// Code Assist: `loadCodeAssist` answers after this long.
     pub load_delay: Duration,
+    /// Every answer of a route that takes a behaviour waits this long first (requests sent
+    /// together all arrive before any is answered).
+    pub answer_delay: Duration,
 }
 
 /// One request as received (headers exactly as they came, body raw).
@@ -469,6 +472,11 @@ impl MockUpstream {
         lock(&self.shared).options.load_fails = status;
     }
 
+    /// Every answer waits `delay` from now on (`MockOptions::answer_delay`).
+    pub fn delay_answers(&self, delay: Duration) {
+        lock(&self.shared).options.answer_delay = delay;
+    }
+
     /// Code Assist: `loadCodeAssist` answers after `delay` from now on.
     pub fn delay_code_assist_setup(&self, delay: Duration) {
         lock(&self.shared).options.load_delay = delay;
@@ -607,6 +615,9 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<M
         (index, behavior, rejected, st.options.clone())
     };
     guard.index = Some(index);
+    if behavior.is_some() && !options.answer_delay.is_zero() {
+        tokio::time::sleep(options.answer_delay).await;
+    }
     let request_id = format!("req_mock_{:04}", index + 1);
     let vendor = route.vendor();
     let ctx = Ctx {
