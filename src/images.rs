@@ -276,7 +276,7 @@ where
         }
     };
     let account_id = picked.account.id().to_owned();
-    let budget = crate::budget::Budget::of(&picked.account.record);
+    let budgeted = crate::budget::Budget::of(&picked.account.record).is_some();
     let ttfb_ms = Some((head_at - sent_at).as_millis() as u64);
     let status = upstream.status();
     let headers = providers::response_headers(upstream.headers().clone());
@@ -327,6 +327,12 @@ where
         },
         &generated.usage,
     );
+    if budgeted {
+        // Before the results are stored: a client leaving then does not take the charge away.
+        let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+        let start = app.clock.now_ms().saturating_sub(elapsed);
+        crate::budget::charge(app, &account_id, request_id, start, cost.nanousd);
+    }
     if !cost.known_model {
         metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => label.clone()).increment(1);
     }
@@ -355,9 +361,6 @@ where
             answer::to_openai(&generated, format, &urls)
         }
     };
-    if let Some(budget) = budget {
-        crate::budget::charge(app, &account_id, budget, cost.nanousd);
-    }
     let mut entry = record.entry(Some(account_id), status.as_u16(), ttfb_ms);
     entry.usage = generated.usage;
     entry.cost_nanousd = cost.nanousd;

@@ -532,6 +532,7 @@ fn report_kind(report: &Report) -> &'static str {
         Report::Overloaded { .. } => "overloaded",
         Report::Failure { .. } => "failure",
         Report::Unauthorized { .. } => "unauthorized",
+        Report::BudgetSpent { .. } | Report::BudgetSet { .. } => "budget",
     }
 }
 

@@ -50,6 +50,9 @@ impl Server {
         // A serving instance renews its subscription accounts' tokens; a CLI run on the data
         // dir does not (it would spend their refresh tokens behind the server's back).
         crate::oauth::spawn(&app);
+        // Accounts whose budget is spent rest again (the embedded store keeps no health).
+        let reviewing = Arc::clone(&app);
+        tokio::spawn(async move { crate::budget::review_all(&reviewing).await });
         let extra = (1..app.config.server.worker_count())
             .map(|_| {
                 tokio::runtime::Builder::new_current_thread()

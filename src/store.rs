@@ -867,14 +867,24 @@ pub trait Store: Send + Sync + 'static {
     async fn reset_health(&self, account_id: &str) -> StoreResult<()>;
     /// Adds `amount` to each of `owner`'s spend counters in `buckets` (created at 0 when
     /// missing, kept until their `expires_at`), atomically across instances; their totals after
-    /// the addition, in order. Off the hot path: called after a request of an account with a
-    /// budget ended (`crate::budget`).
+    /// the addition, in order. `charge` names the addition: made again (a call retried after its
+    /// reply was lost), it adds nothing. Off the hot path: called after a request of an account
+    /// with a budget ended (`crate::budget`).
     async fn add_spend(
         &self,
         owner: &str,
         buckets: &[SpendBucket],
         amount: u64,
+        charge: &str,
     ) -> StoreResult<Vec<u64>>;
+    /// Raises `owner`'s spend counter `bucket` to `at_least` if it is below (created when
+    /// missing, kept until its `expires_at`); its total after.
+    async fn raise_spend(
+        &self,
+        owner: &str,
+        bucket: &SpendBucket,
+        at_least: u64,
+    ) -> StoreResult<u64>;
     /// The totals of `owner`'s spend counters named `buckets`, in order (0 for one missing or
     /// expired).
     async fn spend(&self, owner: &str, buckets: &[SmolStr]) -> StoreResult<Vec<u64>>;

@@ -147,6 +147,7 @@ fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime, budget: Va
         Status::RateLimited | Status::CoolingDown => Some(rfc3339(health.until)),
         Status::Ok | Status::Unauthorized => None,
     };
+    let budget_state = crate::budget::state(health, now);
     let family_limits: serde_json::Map<String, Value> = health
         .family_until
         .iter()
@@ -185,8 +186,13 @@ fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime, budget: Va
         })),
         "created_at": rfc3339(account.created_at),
         "state": {
-            "status": status,
-            "until": until,
+            "status": match (status, budget_state) {
+                (Status::Ok, Some(_)) => json!("budget_spent"),
+                (status, _) => json!(status),
+            },
+            "until": until.or_else(|| budget_state.map(|(at, _)| rfc3339(at))),
+            "budget_until": budget_state.map(|(at, _)| rfc3339(at)),
+            "budget_reason": budget_state.map(|(_, reason)| reason),
             "rate_limited_families": family_limits,
             "consecutive_failures": health.consecutive_failures,
             "last_error": health.last_error,
@@ -355,6 +361,11 @@ fn valid_concurrency(n: Option<u32>) -> Result<Option<u32>, ApiError> {
 /// serving, an admin sets `schedulable: false`.
 fn valid_budget(field: &str, n: Option<u64>) -> Result<Option<u64>, ApiError> {
     match n {
+        // Redis counts in signed 64 bits.
+        Some(n) if n > i64::MAX as u64 => Err(ApiError::invalid(format!(
+            "{field}: at most {} nano-dollars",
+            i64::MAX
+        ))),
         Some(0) => Err(ApiError::invalid(format!(
             "{field}: must be at least 1 (nano-dollars), or null for no budget; to keep the \
              account from serving, set schedulable to false"
@@ -571,11 +582,12 @@ pub async fn patch(
                     app.store().reset_health(id).await.map_err(store_error)?;
                 }
             }
-            // A budget raised, lowered or taken away applies at once.
-            if req.daily_cost_nanousd.is_some() || req.monthly_cost_nanousd.is_some() {
-                crate::budget::review(app, &before, &record)
-                    .await
-                    .map_err(store_error)?;
+            // A budget given, raised, lowered or taken away applies at once. The change is
+            // written: a review that fails is logged, and made again at the next start.
+            let budget_changed =
+                req.daily_cost_nanousd.is_some() || req.monthly_cost_nanousd.is_some();
+            if budget_changed && let Err(e) = crate::budget::review(app, &record, true).await {
+                tracing::warn!(account_id = id, error = %e, "could not review the account's budget");
             }
             return ok(StatusCode::OK, &shown(app, &record).await?);
         }
@@ -777,6 +789,10 @@ pub async fn reset(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError>
     let account = find(app, id).await?;
     app.store().reset_health(id).await.map_err(store_error)?;
     tracing::info!(account_id = id, "account health reset by an admin");
+    // A spent budget is not the vendor's verdict: it stays until the budget changes.
+    crate::budget::review(app, &account, false)
+        .await
+        .map_err(store_error)?;
     ok(StatusCode::OK, &shown(app, &account).await?)
 }
 

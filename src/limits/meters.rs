@@ -291,6 +291,47 @@ mod tests {
     }
 
     #[test]
+    fn days_and_months_are_the_zones_own() {
+        let zone = |name| TimeZone::get(name).unwrap();
+        let of = |tz: TimeZone, at: &str| Calendar::new(tz).day_and_month(ms(at)).unwrap();
+        // The last day of a year, in UTC.
+        let d = of(TimeZone::UTC, "2026-12-31T23:59:59Z");
+        assert_eq!(
+            (d.day.as_str(), d.month.as_str()),
+            ("2026-12-31", "2026-12")
+        );
+        assert_eq!(
+            d.day_span,
+            (ms("2026-12-31T00:00:00Z"), ms("2027-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            d.month_span,
+            (ms("2026-12-01T00:00:00Z"), ms("2027-01-01T00:00:00Z"))
+        );
+        // Already the next month in Tokyo.
+        let d = of(zone("Asia/Tokyo"), "2026-11-30T15:00:00Z");
+        assert_eq!(
+            (d.day.as_str(), d.month.as_str()),
+            ("2026-12-01", "2026-12")
+        );
+        assert_eq!(d.month_span.0, ms("2026-11-30T15:00:00Z"));
+        // A day of 23 hours (spring forward in New York) and its month.
+        let d = of(zone("America/New_York"), "2026-03-08T12:00:00Z");
+        assert_eq!(d.day_span.1 - d.day_span.0, 23 * 3_600_000);
+        assert_eq!(
+            d.month_span,
+            (ms("2026-03-01T05:00:00Z"), ms("2026-04-01T04:00:00Z"))
+        );
+        // Half an hour off UTC, February of a leap year.
+        let d = of(zone("Asia/Kolkata"), "2028-02-29T20:00:00Z");
+        assert_eq!(
+            (d.day.as_str(), d.month.as_str()),
+            ("2028-03-01", "2028-03")
+        );
+        assert_eq!(d.month_span.0, ms("2028-02-29T18:30:00Z"));
+    }
+
+    #[test]
     fn a_reservation_is_capped_at_the_limit_and_at_2_pow_53() {
         let limits = |tokens| KeyLimits {
             window: Some(WindowLimit {

@@ -21,6 +21,17 @@ pub struct Health {
     pub last_error: Option<String>,
     /// Unix ms of `last_error`; 0 when none.
     pub last_error_at: i64,
+    /// Until when (unix ms) the account rests for a spent budget of its own (`crate::budget`);
+    /// 0 when none. Apart from the vendor's verdicts above: neither lifts the other.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub budget_until: i64,
+    /// Which budget, and what was spent of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_reason: Option<String>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +74,17 @@ pub enum Report {
     Unauthorized {
         error: String,
     },
+    /// A budget of the account is spent: out until `until` (a later end already set stays).
+    BudgetSpent {
+        until: i64,
+        reason: String,
+    },
+    /// The account's budgets were changed: out for them until `until` (0: not out), in place of
+    /// what they had set.
+    BudgetSet {
+        until: i64,
+        reason: Option<String>,
+    },
 }
 
 impl Health {
@@ -95,6 +117,12 @@ impl Health {
     pub fn can_serve(&self, family: Option<&str>, now: i64) -> bool {
         self.status_at(now) == Status::Ok
             && family.is_none_or(|f| self.family_until.get(f).is_none_or(|&u| u <= now))
+            && self.budget_until <= now
+    }
+
+    /// Whether a spent budget keeps the account out at `now`.
+    pub fn budget_spent_at(&self, now: i64) -> bool {
+        self.budget_until > now
     }
 
     /// When the account can serve `family` again on its own; `None` if it needs an admin.
@@ -108,7 +136,7 @@ impl Health {
             .and_then(|f| self.family_until.get(f))
             .copied()
             .unwrap_or(now);
-        Some(general.max(family))
+        Some(general.max(family).max(self.budget_until))
     }
 
     /// Applies one report.
@@ -168,6 +196,16 @@ impl Health {
                 self.status = Status::Unauthorized;
                 self.until = 0;
                 self.note(error, now);
+            }
+            Report::BudgetSpent { until, reason } => {
+                if *until > self.budget_until {
+                    self.budget_until = *until;
+                    self.budget_reason = Some(reason.clone());
+                }
+            }
+            Report::BudgetSet { until, reason } => {
+                self.budget_until = *until;
+                self.budget_reason = reason.clone().filter(|_| *until > 0);
             }
         }
     }
@@ -334,6 +372,50 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_000_000;
+
+    /// A spent budget keeps the account out until its end, apart from the vendor's verdicts:
+    /// a success does not lift it, a rate limit does not touch it, a change of the budget sets
+    /// it exactly (lowering it too) and lifts nothing else.
+    #[test]
+    fn a_budgets_rest_is_its_own() {
+        let mut h = Health::default();
+        let spent = |until| Report::BudgetSpent {
+            until,
+            reason: "daily".into(),
+        };
+        h.apply(&spent(NOW + 500), NOW);
+        assert!(!h.can_serve(None, NOW));
+        assert!(h.can_serve(None, NOW + 500));
+        assert_eq!(h.recovers_at(Some("opus"), NOW), Some(NOW + 500));
+        h.apply(&Report::Success { sent_at: NOW }, NOW);
+        assert!(!h.can_serve(None, NOW), "a success does not lift it");
+        h.apply(&spent(NOW + 100), NOW);
+        assert_eq!(
+            h.budget_until,
+            NOW + 500,
+            "a shorter one does not shorten it"
+        );
+        h.apply(
+            &Report::RateLimited {
+                until: NOW + 900,
+                family: None,
+                error: "429".into(),
+            },
+            NOW,
+        );
+        assert_eq!((h.budget_until, h.until), (NOW + 500, NOW + 900));
+        assert_eq!(h.budget_reason.as_deref(), Some("daily"));
+        h.apply(
+            &Report::BudgetSet {
+                until: 0,
+                reason: None,
+            },
+            NOW,
+        );
+        assert_eq!((h.budget_until, h.budget_reason.clone()), (0, None));
+        assert_eq!(h.status, Status::RateLimited, "the vendor's limit stays");
+        assert_eq!(h.recovers_at(None, NOW), Some(NOW + 900));
+    }
 
     fn opt<'a>(id: &'a str, health: &'a Health) -> Contender<'a> {
         Contender {

@@ -1378,7 +1378,9 @@ impl Store for EmbeddedStore {
         owner: &str,
         buckets: &[SpendBucket],
         amount: u64,
+        _charge: &str,
     ) -> StoreResult<Vec<u64>> {
+        // Nothing here is sent twice: the charge needs no checking.
         let now = now_ms();
         let mut hot = self.hot();
         let limits = &mut hot.limits;
@@ -1396,6 +1398,27 @@ impl Store for EmbeddedStore {
             limits.dirty_spend.insert(id);
         }
         Ok(totals)
+    }
+
+    async fn raise_spend(
+        &self,
+        owner: &str,
+        bucket: &SpendBucket,
+        at_least: u64,
+    ) -> StoreResult<u64> {
+        let now = now_ms();
+        let mut hot = self.hot();
+        let limits = &mut hot.limits;
+        let id = (owner.to_owned(), bucket.name.clone());
+        let counter = limits.spend.entry(id.clone()).or_insert((0, 0));
+        if counter.1 <= now {
+            counter.0 = 0;
+        }
+        counter.0 = counter.0.max(at_least);
+        counter.1 = bucket.expires_at;
+        let total = counter.0;
+        limits.dirty_spend.insert(id);
+        Ok(total)
     }
 
     async fn spend(&self, owner: &str, buckets: &[SmolStr]) -> StoreResult<Vec<u64>> {
@@ -1622,7 +1645,7 @@ mod tests {
             expires_at: now_ms() + 60_000,
         }];
         let names = [day[0].name.clone()];
-        store.add_spend("a1", &day, 9).await.unwrap();
+        store.add_spend("a1", &day, 9, "r1").await.unwrap();
         store.flush().await.unwrap();
         assert_eq!(store.spend("a1", &names).await.unwrap(), [9]);
         assert!(store.delete_account("a1").await.unwrap());
@@ -1635,7 +1658,7 @@ mod tests {
             "not in the file either"
         );
         // An addition racing the deletion is not written either.
-        store.add_spend("a1", &day, 4).await.unwrap();
+        store.add_spend("a1", &day, 4, "r2").await.unwrap();
         store.flush().await.unwrap();
         drop(store);
         let store = EmbeddedStore::open(dir.path(), 100).unwrap();

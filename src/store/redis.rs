@@ -809,14 +809,14 @@ impl Store for RedisStore {
         owner: &str,
         buckets: &[SpendBucket],
         amount: u64,
+        charge: &str,
     ) -> StoreResult<Vec<u64>> {
         if buckets.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = buckets
-            .iter()
-            .map(|b| self.names.spend(owner, &b.name))
-            .collect();
+        let mut keys = Vec::with_capacity(buckets.len() + 1);
+        keys.push(self.names.spend_charge(owner, charge));
+        keys.extend(buckets.iter().map(|b| self.names.spend(owner, &b.name)));
         let mut args = Vec::with_capacity(buckets.len() + 1);
         args.push(amount.to_string());
         args.extend(buckets.iter().map(|b| b.expires_at.to_string()));
@@ -837,6 +837,24 @@ impl Store for RedisStore {
             .iter()
             .map(|t| integer(t, "spend_add").map(|t| u64::try_from(t).unwrap_or(0)))
             .collect()
+    }
+
+    async fn raise_spend(
+        &self,
+        owner: &str,
+        bucket: &SpendBucket,
+        at_least: u64,
+    ) -> StoreResult<u64> {
+        let reply = self
+            .scripts
+            .spend_raise
+            .run(
+                self.client(),
+                vec![self.names.spend(owner, &bucket.name)],
+                vec![at_least.to_string(), bucket.expires_at.to_string()],
+            )
+            .await?;
+        Ok(u64::try_from(integer(&reply, "spend_raise")?).unwrap_or(0))
     }
 
     async fn spend(&self, owner: &str, buckets: &[SmolStr]) -> StoreResult<Vec<u64>> {

@@ -115,7 +115,8 @@ macro_rules! conformance_tests {
             concurrent_picks_respect_caps, admit_and_pick_then_finish, a_large_backlog_is_written_whole,
             a_renewed_lease_outlives_its_ttl, renewing_a_lease_given_back_or_expired_does_nothing,
             finish_binds_a_session, a_session_escapes_an_account_not_serving_its_model,
-            an_account_is_written_only_over_the_revision_it_read, spend_adds_up_per_period;
+            an_account_is_written_only_over_the_revision_it_read, spend_adds_up_per_period,
+            a_charge_made_again_counts_once;
             records_survive_reopen, usage_survives_reopen, a_deleted_key_leaves_no_limits_behind,
             spend_survives_reopen);
     };
@@ -2893,12 +2894,13 @@ mod cases {
         let racers = 16u64;
         let barrier = Arc::new(Barrier::new(racers as usize));
         let mut tasks = Vec::new();
-        for _ in 0..racers {
+        for n in 0..racers {
             let (store, barrier, buckets) =
                 (Arc::clone(&store), Arc::clone(&barrier), buckets.clone());
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
-                store.add_spend("sp", &buckets, 7).await.unwrap()
+                let charge = format!("req-{n}");
+                store.add_spend("sp", &buckets, 7, &charge).await.unwrap()
             }));
         }
         let mut days = Vec::new();
@@ -2921,12 +2923,23 @@ mod cases {
         );
         assert_eq!(store.spend("sp", &[]).await.unwrap(), Vec::<u64>::new());
 
+        // Raised to at least an amount: never lowered.
+        let day = buckets[0].clone();
+        assert_eq!(store.raise_spend("sp", &day, 100).await.unwrap(), 112);
+        assert_eq!(store.raise_spend("sp", &day, 150).await.unwrap(), 150);
+        assert_eq!(store.spend("sp", &names).await.unwrap(), [150, 112]);
+        let fresh = SpendBucket {
+            name: SmolStr::new_static("day:fresh"),
+            expires_at: now + 60_000,
+        };
+        assert_eq!(store.raise_spend("sp", &fresh, 9).await.unwrap(), 9);
+
         // A period over: its counter is gone, and one written again starts afresh.
         let over = [SpendBucket {
             name: SmolStr::new_static("day:2026-12-06"),
             expires_at: now - 1,
         }];
-        store.add_spend("sp", &over, 5).await.unwrap();
+        store.add_spend("sp", &over, 5, "late").await.unwrap();
         assert_eq!(
             store.spend("sp", &[over[0].name.clone()]).await.unwrap(),
             [0]
@@ -2935,7 +2948,28 @@ mod cases {
             expires_at: now + 60_000,
             ..over[0].clone()
         }];
-        assert_eq!(store.add_spend("sp", &again, 3).await.unwrap(), [3]);
+        assert_eq!(
+            store.add_spend("sp", &again, 3, "again").await.unwrap(),
+            [3]
+        );
+    }
+
+    /// A charge made again (a call retried after its reply was lost) adds nothing more on the
+    /// stores that could send one twice; the totals it answers are the counters'.
+    pub async fn a_charge_made_again_counts_once(store: Arc<dyn Store>) {
+        let buckets = spend_buckets(now_ms());
+        store.insert_account(&account("sp", 1)).await.unwrap();
+        assert_eq!(
+            store.add_spend("sp", &buckets, 5, "r").await.unwrap(),
+            [5, 5]
+        );
+        let again = store.add_spend("sp", &buckets, 5, "r").await.unwrap();
+        let names: Vec<SmolStr> = buckets.iter().map(|b| b.name.clone()).collect();
+        let totals = store.spend("sp", &names).await.unwrap();
+        assert_eq!(again, totals);
+        if !store.is_local() {
+            assert_eq!(totals, [5, 5], "a Redis call made again");
+        }
     }
 
     /// Spend counters are durable, as usage is.
@@ -2943,14 +2977,17 @@ mod cases {
         let store = backend.open().await;
         store.insert_account(&account("sp", 1)).await.unwrap();
         let buckets = spend_buckets(now_ms());
-        store.add_spend("sp", &buckets, 40).await.unwrap();
+        store.add_spend("sp", &buckets, 40, "r1").await.unwrap();
         store.flush().await.unwrap();
         drop(store);
 
         let store = backend.open().await;
         let names: Vec<SmolStr> = buckets.iter().map(|b| b.name.clone()).collect();
         assert_eq!(store.spend("sp", &names).await.unwrap(), [40, 40]);
-        assert_eq!(store.add_spend("sp", &buckets, 2).await.unwrap(), [42, 42]);
+        assert_eq!(
+            store.add_spend("sp", &buckets, 2, "r2").await.unwrap(),
+            [42, 42]
+        );
     }
 
     pub async fn records_survive_reopen(backend: &impl Backend) {
@@ -3155,7 +3192,7 @@ mod redis_only {
             .unwrap();
         // An account's spend in a budget's period.
         store
-            .add_spend("a1", &super::cases::spend_buckets(now_ms())[..1], 5)
+            .add_spend("a1", &super::cases::spend_buckets(now_ms())[..1], 5, "r1")
             .await
             .unwrap();
 

@@ -167,6 +167,11 @@ impl Names {
         format!("{}{{spend:{}}}:{bucket}", self.prefix, escape(owner))
     }
 
+    /// String with a TTL of a minute: `charge` was added to `owner`'s spend (`spend_add.lua`).
+    pub(super) fn spend_charge(&self, owner: &str, charge: &str) -> String {
+        format!("{}{{spend:{}}}:c:{charge}", self.prefix, escape(owner))
+    }
+
     // --- request log: one tag, so that trimming the whole log also trims the per-key indexes ---
 
     /// Sorted set: `<at>:<request id>` -> at (unix ms).

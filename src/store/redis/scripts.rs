@@ -42,6 +42,7 @@ pub(super) struct Scripts {
     pub(super) claim: Script,
     pub(super) unclaim: Script,
     pub(super) spend_add: Script,
+    pub(super) spend_raise: Script,
 }
 
 /// The scripts of the live state start with live.lua: its names, helpers and sweeps.
@@ -51,7 +52,7 @@ macro_rules! live {
     };
 }
 
-const SOURCES: [(&str, &str); 21] = [
+const SOURCES: [(&str, &str); 22] = [
     ("key_put", include_str!("key_put.lua")),
     ("key_delete", include_str!("key_delete.lua")),
     ("key_forget", live!("key_forget.lua")),
@@ -73,6 +74,7 @@ const SOURCES: [(&str, &str); 21] = [
     ("claim", include_str!("claim.lua")),
     ("unclaim", include_str!("unclaim.lua")),
     ("spend_add", include_str!("spend_add.lua")),
+    ("spend_raise", include_str!("spend_raise.lua")),
 ];
 
 impl Scripts {
@@ -112,6 +114,7 @@ impl Scripts {
             claim: next()?,
             unclaim: next()?,
             spend_add: next()?,
+            spend_raise: next()?,
         })
     }
 }

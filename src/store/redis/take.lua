@@ -299,13 +299,21 @@ local function family_until(h)
   return u
 end
 
+-- Until when a spent budget keeps the account out (unix ms; 0 none).
+local function budget_until(h)
+  if not h then
+    return 0
+  end
+  return number(h['budget_until'])
+end
+
 -- Health::can_serve
 local function can_serve(h)
   if status_at(h) ~= 'ok' then
     return false
   end
   local u = family_until(h)
-  return u == nil or u <= now
+  return (u == nil or u <= now) and budget_until(h) <= now
 end
 
 -- Health::recovers_at: when it can serve the family again on its own, nil if never.
@@ -321,7 +329,11 @@ local function recovers_at(h)
   end
   local f = family_until(h) or now
   if f > general then
-    return f
+    general = f
+  end
+  local b = budget_until(h)
+  if b > general then
+    return b
   end
   return general
 end

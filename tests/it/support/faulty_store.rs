@@ -169,8 +169,17 @@ impl Store for FaultyStore {
         owner: &str,
         buckets: &[SpendBucket],
         amount: u64,
+        charge: &str,
     ) -> StoreResult<Vec<u64>> {
-        self.inner.add_spend(owner, buckets, amount).await
+        self.inner.add_spend(owner, buckets, amount, charge).await
+    }
+    async fn raise_spend(
+        &self,
+        owner: &str,
+        bucket: &SpendBucket,
+        at_least: u64,
+    ) -> StoreResult<u64> {
+        self.inner.raise_spend(owner, bucket, at_least).await
     }
     async fn spend(&self, owner: &str, buckets: &[SmolStr]) -> StoreResult<Vec<u64>> {
         self.inner.spend(owner, buckets).await
