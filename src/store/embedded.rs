@@ -46,6 +46,11 @@ const REQUEST_LOG: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("r
 const METERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("meters");
 /// Key id -> unix ms of its first use (activation on first use).
 const FIRST_USE: TableDefinition<&str, i64> = TableDefinition::new("first_use");
+/// Session id -> (bound account id, unix ms the binding expires at): the bindings in memory,
+/// written at a graceful stop (`flush`) and read back at the next open, so that a restart (an
+/// upgrade) keeps sessions on their accounts' warm prompt caches and stored responses' follow-ups
+/// on the accounts that hold them.
+const SESSIONS: TableDefinition<&str, (&str, i64)> = TableDefinition::new("sessions");
 /// (account id, period) -> (spent in nano-dollars, unix ms it expires at): `Store::add_spend`.
 const SPEND: TableDefinition<(&str, &str), (u64, i64)> = TableDefinition::new("spend");
 
@@ -104,13 +109,16 @@ impl EmbeddedStore {
         txn.open_table(METERS).map_err(db_err)?;
         txn.open_table(FIRST_USE).map_err(db_err)?;
         txn.open_table(SPEND).map_err(db_err)?;
+        txn.open_table(SESSIONS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         let limits = load_limits(&db, now_ms())?;
+        let sessions = load_sessions(&db)?;
         Ok(EmbeddedStore {
             db: Arc::new(db),
             request_log_max,
             hot: Mutex::new(Hot {
                 limits,
+                sessions,
                 ..Hot::default()
             }),
             prune: Mutex::default(),
@@ -394,6 +402,46 @@ impl Limits {
                 .retain(|_, at| *at > now_ms.saturating_sub(SWEPT_MEMORY_MS));
         }
     }
+}
+
+/// The session bindings written at the last graceful stop, still live; taken out of the file, so
+/// that a crash later does not bring back what they were then.
+fn load_sessions(db: &Database) -> StoreResult<HashMap<String, (String, Instant)>> {
+    let (now_ms, now) = (now_ms(), Instant::now());
+    let txn = db.begin_write().map_err(db_err)?;
+    let mut sessions = HashMap::default();
+    {
+        let mut table = txn.open_table(SESSIONS).map_err(db_err)?;
+        for row in table.iter().map_err(db_err)? {
+            let (session, binding) = row.map_err(db_err)?;
+            let (account_id, expires_ms) = binding.value();
+            let left = u64::try_from(expires_ms.saturating_sub(now_ms)).unwrap_or(0);
+            if let Some(expires) = now
+                .checked_add(Duration::from_millis(left))
+                .filter(|_| left > 0)
+            {
+                sessions.insert(session.value().to_owned(), (account_id.to_owned(), expires));
+            }
+        }
+        table.retain(|_, _| false).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(sessions)
+}
+
+/// Writes the live session bindings in place of whatever the file held.
+fn write_sessions(db: &Database, sessions: &[(String, String, i64)]) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut table = txn.open_table(SESSIONS).map_err(db_err)?;
+        table.retain(|_, _| false).map_err(db_err)?;
+        for (session, account_id, expires_ms) in sessions {
+            table
+                .insert(session.as_str(), (account_id.as_str(), *expires_ms))
+                .map_err(db_err)?;
+        }
+    }
+    txn.commit().map_err(db_err)
 }
 
 /// The limit counters and first uses in the file, of keys that exist (a counter write that
@@ -1516,9 +1564,27 @@ impl Store for EmbeddedStore {
 
     async fn flush(&self) -> StoreResult<()> {
         // Every write above commits with immediate durability before it returns; what is left is
-        // the limit counters changed since the last usage batch. The rest of the hot state is
-        // deliberately not persisted.
-        self.record_usage(&UsageBatch::default()).await
+        // the limit counters changed since the last usage batch, and the session bindings (a
+        // crash loses those: one write per pick would cost every request a commit). Leases and
+        // health are deliberately not kept: a restart ends every request.
+        self.record_usage(&UsageBatch::default()).await?;
+        let (now_ms, now) = (now_ms(), Instant::now());
+        let live: Vec<(String, String, i64)> = self
+            .hot()
+            .sessions
+            .iter()
+            .filter(|(_, (_, expires))| *expires > now)
+            .map(|(session, (account_id, expires))| {
+                let left =
+                    i64::try_from(expires.duration_since(now).as_millis()).unwrap_or(i64::MAX);
+                (
+                    session.clone(),
+                    account_id.clone(),
+                    now_ms.saturating_add(left),
+                )
+            })
+            .collect();
+        self.blocking(move |db| write_sessions(db, &live)).await
     }
 }
 

@@ -118,7 +118,7 @@ macro_rules! conformance_tests {
             an_account_is_written_only_over_the_revision_it_read, spend_adds_up_per_period,
             a_charge_made_again_counts_once;
             records_survive_reopen, usage_survives_reopen, a_deleted_key_leaves_no_limits_behind,
-            spend_survives_reopen);
+            spend_survives_reopen, sessions_survive_reopen);
     };
     (@cases $backend:ident, $make:ident; $($store_case:ident),*; $($backend_case:ident),*) => {
         mod $backend {
@@ -2969,6 +2969,60 @@ mod cases {
         assert_eq!(again, totals);
         if !store.is_local() {
             assert_eq!(totals, [5, 5], "a Redis call made again");
+        }
+    }
+
+    /// A session's binding outlives a graceful restart (the embedded store writes its bindings
+    /// when flushed at the stop): the session comes back to its account and its warm cache.
+    pub async fn sessions_survive_reopen(backend: &impl Backend) {
+        let store = backend.open().await;
+        let cands = [
+            candidate("r1", 0, None),
+            candidate("r2", 0, None),
+            candidate("r3", 0, None),
+        ];
+        let session = |id| {
+            Some(SessionPick {
+                id,
+                ttl: Duration::from_secs(600),
+                move_on_overflow: false,
+                write: true,
+            })
+        };
+        // Three sessions, one on each account (each new one goes to the least loaded).
+        let mut homes = Vec::new();
+        for (i, id) in ["sa", "sb", "sc"].into_iter().enumerate() {
+            let p = picked(
+                &store,
+                &request(&cands, now_ms(), session(id)),
+                &format!("l{i}"),
+            )
+            .await;
+            homes.push(id_of(&p).to_owned());
+        }
+        store.flush().await.unwrap();
+        drop(store);
+
+        let store = backend.open().await;
+        for (i, id) in ["sa", "sb", "sc"].into_iter().enumerate() {
+            let p = picked(
+                &store,
+                &request(&cands, now_ms(), session(id)),
+                &format!("m{i}"),
+            )
+            .await;
+            assert_eq!(
+                (id_of(&p), &p),
+                (
+                    homes[i].as_str(),
+                    &Picked::Account {
+                        id: homes[i].clone(),
+                        sticky: Sticky::Hit,
+                        degraded: false
+                    }
+                ),
+                "session {id}"
+            );
         }
     }
 
