@@ -112,12 +112,18 @@ pub fn charge(app: &Arc<App>, account_id: &str, request_id: &str, at_ms: i64, co
     if cost == 0 {
         return;
     }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let app = Arc::clone(app);
     let (account_id, request_id) = (account_id.to_owned(), request_id.to_owned());
-    tokio::spawn(async move {
+    // Counted with the leases' give-backs: a graceful stop waits for it.
+    let in_flight = crate::limits::InFlight::enter();
+    runtime.spawn(async move {
         if let Err(e) = charge_now(&app, &account_id, &request_id, at_ms, cost).await {
             tracing::warn!(account_id, error = %e, "could not add to the account's spend");
         }
+        drop(in_flight);
     });
 }
 
@@ -177,6 +183,12 @@ async fn charge_now(
         let wall = jiff::Timestamp::now().as_millisecond();
         let change = app.store().report_health(account_id, &report, wall).await?;
         tell(app, &record, &change, reason, wall);
+        // A budget changed since the record was read (its review may have run before this
+        // rest was written): the review of the record as it is now sets the rest right.
+        let now = app.store().account(account_id).await?;
+        if now.as_ref().map(|r| r.revision) != Some(record.revision) {
+            review(app, account_id, true).await?;
+        }
     }
     Ok(())
 }
@@ -231,74 +243,112 @@ fn tell(app: &App, record: &AccountRecord, change: &HealthChange, reason: String
     app.notify.tell(notice);
 }
 
-/// Sets the account's exclusion from its budgets and what it spent, as they are now: a budget
-/// spent takes it out until its period ends (told when `tell`), none spent (or none left) lets
-/// it serve; the vendor's verdicts stay as they are. A budget's counter is first raised to what
-/// the account's usage shows for its period (to the hour), so that a budget given later counts
-/// what was spent before, and this can be made again at any time.
-pub async fn review(
-    app: &App,
-    record: &AccountRecord,
-    tell_operators: bool,
-) -> Result<(), StoreError> {
-    let wall = jiff::Timestamp::now().as_millisecond();
-    let health = app.store().account_runtime(&record.id).await?.health;
-    let Some(budget) = Budget::of(record) else {
-        if health.budget_until != 0 {
-            let lift = Report::BudgetSet {
-                until: 0,
-                reason: None,
-            };
-            app.store().report_health(&record.id, &lift, wall).await?;
+/// How often a review reads the account again when what it read changed under it.
+const REVIEW_ATTEMPTS: usize = 4;
+
+/// Sets the account's rest for its budgets from its record and spend as they are now (read
+/// from the store): a budget spent takes it out until its period ends (told when
+/// `tell_operators`), none spent (or none left) lets it serve; the vendor's verdicts stay as they
+/// are. Each budget's counter is first raised to what the account's usage shows for its period
+/// (to the hour), so that a budget given later counts what was spent before, and a review can
+/// be made again at any time. The rest is written only over the one the review read, and the
+/// record read again after: a charge or another review racing this one makes it start over.
+pub async fn review(app: &App, account_id: &str, tell_operators: bool) -> Result<(), StoreError> {
+    let mut raised = false;
+    for _ in 0..REVIEW_ATTEMPTS {
+        let wall = jiff::Timestamp::now().as_millisecond();
+        let record = app.store().account(account_id).await?;
+        let health = app.store().account_runtime(account_id).await?.health;
+        let (until, reason) = match record.as_ref().and_then(|r| Some((r, Budget::of(r)?))) {
+            None => (0, None),
+            Some((record, budget)) => {
+                let now = app.clock.now_ms();
+                let periods = periods(app, budget, now)?;
+                let totals = if raised {
+                    let names: Vec<SmolStr> = periods.iter().map(|p| p.bucket.clone()).collect();
+                    app.store().spend(account_id, &names).await?
+                } else {
+                    raised = true;
+                    raise_from_usage(app, &record.id, &periods, now).await?
+                };
+                match reached(&periods, &totals) {
+                    Some((period, spent)) => {
+                        let (until, reason) = exclusion(app, period, spent);
+                        (until, Some(reason))
+                    }
+                    None => (0, None),
+                }
+            }
+        };
+        let unchanged = health.budget_until.abs_diff(until) < 1_000
+            && health.budget_reason.is_some() == reason.is_some();
+        if unchanged {
+            return Ok(());
         }
-        return Ok(());
-    };
-    let now = app.clock.now_ms();
-    let periods = periods(app, budget, now)?;
+        let report = Report::BudgetSet {
+            until,
+            reason: reason.clone(),
+            was: health.budget_until,
+        };
+        let change = app.store().report_health(account_id, &report, wall).await?;
+        if change.before.budget_until != health.budget_until {
+            // Another rest was written after this review read it: read everything again.
+            continue;
+        }
+        if let (Some(record), Some(reason), true) = (&record, reason, tell_operators) {
+            tell(app, record, &change, reason, wall);
+        }
+        if until == 0 && health.budget_spent_at(wall) {
+            tracing::info!(account_id, "account back in rotation: its budget changed");
+        }
+        let again = app.store().account(account_id).await?;
+        if again.map(|r| r.revision) == record.map(|r| r.revision) {
+            return Ok(());
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "account {account_id}: its budget kept changing while it was reviewed"
+    )))
+}
+
+/// Each budget's spend raised to what the account's usage shows for its period; the totals.
+async fn raise_from_usage(
+    app: &App,
+    account_id: &str,
+    periods: &[Period],
+    now: i64,
+) -> Result<Vec<u64>, StoreError> {
     // What ended until now is in the store, not in the stats task's next batch.
     app.stats.flush().await;
     let mut totals = Vec::with_capacity(periods.len());
-    for period in &periods {
-        let so_far = spent_in(app, &record.id, period.span, now).await?;
+    for period in periods {
+        let so_far = spent_in(app, account_id, period.span, now).await?;
         let total = app
             .store()
-            .raise_spend(&record.id, &period.counter(), so_far)
+            .raise_spend(account_id, &period.counter(), so_far)
             .await?;
         totals.push(total);
     }
-    let (until, reason) = match reached(&periods, &totals) {
-        Some((period, spent)) => {
-            let (until, reason) = exclusion(app, period, spent);
-            (until, Some(reason))
-        }
-        None => (0, None),
-    };
-    let unchanged = health.budget_until.abs_diff(until) < 1_000
-        && health.budget_reason.is_some() == reason.is_some();
-    if unchanged {
-        return Ok(());
-    }
-    let report = Report::BudgetSet {
-        until,
-        reason: reason.clone(),
-    };
-    let change = app.store().report_health(&record.id, &report, wall).await?;
-    match reason {
-        Some(reason) if tell_operators => tell(app, record, &change, reason, wall),
-        _ => {}
-    }
-    if until == 0 && health.budget_spent_at(wall) {
-        tracing::info!(account_id = %record.id, "account back in rotation: its budget changed");
-    }
-    Ok(())
+    Ok(totals)
 }
 
-/// `review` of every account with a budget, without telling the operators: at start, when the
-/// embedded store has forgotten every account's health.
+/// `review` of every account with a budget or a rest for one, without telling the operators:
+/// at start, when the embedded store has forgotten every account's health, and a review that
+/// failed after a change of budget is made again.
 pub async fn review_all(app: &App) {
     let accounts = app.catalog.accounts();
-    for account in accounts.iter().filter(|a| Budget::of(&a.record).is_some()) {
-        if let Err(e) = review(app, &account.record, false).await {
+    for account in accounts.iter() {
+        let resting = match app.store().account_runtime(account.id()).await {
+            Ok(runtime) => runtime.health.budget_until != 0,
+            Err(e) => {
+                tracing::warn!(account_id = %account.id(), error = %e, "could not review the account's budget");
+                continue;
+            }
+        };
+        if Budget::of(&account.record).is_none() && !resting {
+            continue;
+        }
+        if let Err(e) = review(app, account.id(), false).await {
             tracing::warn!(account_id = %account.id(), error = %e, "could not review the account's budget");
         }
     }

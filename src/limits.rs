@@ -483,10 +483,12 @@ fn renewed(
 /// deadline.
 static GIVE_BACKS: AtomicUsize = AtomicUsize::new(0);
 
-struct InFlight;
+/// A give-back (or an account's charge: `crate::budget`) under way, which a graceful stop waits
+/// for (`give_backs_done`).
+pub(crate) struct InFlight;
 
 impl InFlight {
-    fn enter() -> InFlight {
+    pub(crate) fn enter() -> InFlight {
         GIVE_BACKS.fetch_add(1, Ordering::Relaxed);
         InFlight
     }

@@ -533,6 +533,7 @@ fn report_kind(report: &Report) -> &'static str {
         Report::Failure { .. } => "failure",
         Report::Unauthorized { .. } => "unauthorized",
         Report::BudgetSpent { .. } | Report::BudgetSet { .. } => "budget",
+        Report::Cleared => "cleared",
     }
 }
 

@@ -863,7 +863,8 @@ pub trait Store: Send + Sync + 'static {
         report: &Report,
         now_ms: i64,
     ) -> StoreResult<HealthChange>;
-    /// Clears the account's health (an admin's reset): it serves again at once.
+    /// Clears the account's health of the vendor's verdicts (an admin's reset, a new
+    /// credential): it serves again at once, unless its budget is spent (`Report::Cleared`).
     async fn reset_health(&self, account_id: &str) -> StoreResult<()>;
     /// Adds `amount` to each of `owner`'s spend counters in `buckets` (created at 0 when
     /// missing, kept until their `expires_at`), atomically across instances; their totals after

@@ -143,11 +143,17 @@ fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime, budget: Va
     let now = jiff::Timestamp::now().as_millisecond();
     let health = &runtime.health;
     let status = health.status_at(now);
-    let until = match status {
-        Status::RateLimited | Status::CoolingDown => Some(rfc3339(health.until)),
+    let budget_state = crate::budget::state(health, now);
+    // When it serves again: the later of the vendor's verdict and a spent budget's rest.
+    let vendor_until = match status {
+        Status::RateLimited | Status::CoolingDown => Some(health.until),
         Status::Ok | Status::Unauthorized => None,
     };
-    let budget_state = crate::budget::state(health, now);
+    let until = vendor_until
+        .into_iter()
+        .chain(budget_state.map(|(at, _)| at))
+        .max()
+        .map(rfc3339);
     let family_limits: serde_json::Map<String, Value> = health
         .family_until
         .iter()
@@ -190,7 +196,7 @@ fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime, budget: Va
                 (Status::Ok, Some(_)) => json!("budget_spent"),
                 (status, _) => json!(status),
             },
-            "until": until.or_else(|| budget_state.map(|(at, _)| rfc3339(at))),
+            "until": until,
             "budget_until": budget_state.map(|(at, _)| rfc3339(at)),
             "budget_reason": budget_state.map(|(_, reason)| reason),
             "rate_limited_families": family_limits,
@@ -586,7 +592,7 @@ pub async fn patch(
             // written: a review that fails is logged, and made again at the next start.
             let budget_changed =
                 req.daily_cost_nanousd.is_some() || req.monthly_cost_nanousd.is_some();
-            if budget_changed && let Err(e) = crate::budget::review(app, &record, true).await {
+            if budget_changed && let Err(e) = crate::budget::review(app, id, true).await {
                 tracing::warn!(account_id = id, error = %e, "could not review the account's budget");
             }
             return ok(StatusCode::OK, &shown(app, &record).await?);
@@ -789,10 +795,6 @@ pub async fn reset(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError>
     let account = find(app, id).await?;
     app.store().reset_health(id).await.map_err(store_error)?;
     tracing::info!(account_id = id, "account health reset by an admin");
-    // A spent budget is not the vendor's verdict: it stays until the budget changes.
-    crate::budget::review(app, &account, false)
-        .await
-        .map_err(store_error)?;
     ok(StatusCode::OK, &shown(app, &account).await?)
 }
 

@@ -79,12 +79,17 @@ pub enum Report {
         until: i64,
         reason: String,
     },
-    /// The account's budgets were changed: out for them until `until` (0: not out), in place of
-    /// what they had set.
+    /// The account's budgets were reviewed: out for them until `until` (0: not out), in place
+    /// of what they had set, if that is still `was` (else nothing: a report made meanwhile,
+    /// which the review reads again).
     BudgetSet {
         until: i64,
         reason: Option<String>,
+        was: i64,
     },
+    /// An admin's reset (or a new credential): the vendor's verdicts and the failure streak
+    /// are gone; a spent budget's rest stays.
+    Cleared,
 }
 
 impl Health {
@@ -203,9 +208,18 @@ impl Health {
                     self.budget_reason = Some(reason.clone());
                 }
             }
-            Report::BudgetSet { until, reason } => {
-                self.budget_until = *until;
-                self.budget_reason = reason.clone().filter(|_| *until > 0);
+            Report::BudgetSet { until, reason, was } => {
+                if self.budget_until == *was {
+                    self.budget_until = *until;
+                    self.budget_reason = reason.clone().filter(|_| *until > 0);
+                }
+            }
+            Report::Cleared => {
+                *self = Health {
+                    budget_until: self.budget_until,
+                    budget_reason: self.budget_reason.take(),
+                    ..Health::default()
+                };
             }
         }
     }
@@ -405,16 +419,29 @@ mod tests {
         );
         assert_eq!((h.budget_until, h.until), (NOW + 500, NOW + 900));
         assert_eq!(h.budget_reason.as_deref(), Some("daily"));
-        h.apply(
-            &Report::BudgetSet {
-                until: 0,
-                reason: None,
-            },
-            NOW,
+        let lift = |was| Report::BudgetSet {
+            until: 0,
+            reason: None,
+            was,
+        };
+        h.apply(&lift(NOW + 1), NOW);
+        assert_eq!(
+            h.budget_until,
+            NOW + 500,
+            "set over another rest than it read: nothing"
         );
+        h.apply(&lift(NOW + 500), NOW);
         assert_eq!((h.budget_until, h.budget_reason.clone()), (0, None));
         assert_eq!(h.status, Status::RateLimited, "the vendor's limit stays");
         assert_eq!(h.recovers_at(None, NOW), Some(NOW + 900));
+        // A reset lifts the vendor's verdicts only.
+        h.apply(&spent(NOW + 700), NOW);
+        h.apply(&Report::Cleared, NOW);
+        assert_eq!(
+            (h.status, h.until, h.last_error.clone()),
+            (Status::Ok, 0, None)
+        );
+        assert_eq!(h.budget_until, NOW + 700);
     }
 
     fn opt<'a>(id: &'a str, health: &'a Health) -> Contender<'a> {

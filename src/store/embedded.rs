@@ -1416,7 +1416,7 @@ impl Store for EmbeddedStore {
 
     async fn reset_health(&self, account_id: &str) -> StoreResult<()> {
         if let Some(account) = self.hot().accounts.get_mut(account_id) {
-            account.health = Health::default();
+            account.health.apply(&Report::Cleared, now_ms());
         }
         Ok(())
     }

@@ -64,6 +64,8 @@ use crate::scheduler::policy::{Health, Report, Sticky};
 const HOUR_TTL: Duration = super::HOUR_BUCKETS_KEPT;
 const DAY_TTL: Duration = super::DAY_BUCKETS_KEPT;
 const MONTH_TTL: Duration = Duration::from_secs(1_827 * 86_400);
+/// How many give-backs are made again at once after a failover (`upkeep`).
+const REPEAT_CHUNK: usize = 64;
 /// How long a usage marker remembers a batch after its last attempt; a retry that comes later
 /// than this after the previous attempt could count twice. The stats task retries every flush
 /// interval, and every retry renews the marker, so in practice only a day-long silence expires it.
@@ -793,15 +795,11 @@ impl Store for RedisStore {
     }
 
     async fn reset_health(&self, account_id: &str) -> StoreResult<()> {
-        let _: i64 = self
-            .client()
-            .hdel(
-                self.names.live_state(),
-                names::account_field(account_id, "h"),
-            )
+        // Read, cleared and written over what was read (`health_cas.lua`), as a report is: a
+        // spent budget's rest stays.
+        self.report_health(account_id, &Report::Cleared, now_ms())
             .await
-            .map_err(|e| unavailable("reset account health", &e))?;
-        Ok(())
+            .map(drop)
     }
 
     async fn add_spend(
@@ -999,36 +997,55 @@ impl Store for RedisStore {
             && batch.id != 0
             && !batch.is_empty()
         {
-            recent.note(sentinel::Write::Usage(batch.clone()));
+            recent.note_usage(batch.clone());
         }
         Ok(())
     }
 
     async fn upkeep(&self) -> StoreResult<()> {
-        let Some(recent) = &self.recent else {
+        let Some(repeat) = self.recent.as_ref().and_then(|r| r.to_repeat()) else {
             return Ok(());
         };
-        let writes = recent.to_repeat();
-        if writes.is_empty() {
-            return Ok(());
-        }
         tracing::info!(
-            writes = writes.len(),
+            give_backs = repeat.gives.len(),
+            usage_batches = repeat.usage.len(),
             "redis: making the last writes again on the new primary"
         );
-        for write in writes {
-            let made = match write {
-                sentinel::Write::Give { keys, args } => self
-                    .scripts
-                    .give
-                    .run(self.client(), keys, args)
-                    .await
-                    .map(drop),
-                sentinel::Write::Usage(batch) => self.write_usage(&batch).await,
-            };
-            // One lost is left (a lease expires at its deadline); the others are still made.
-            if let Err(e) = made {
-                tracing::warn!(error = %e, "redis: a write made again after a failover failed");
+        // Many at once (fred sends them one after another on the connection), a chunk at a
+        // time; those that fail are tried again at the next upkeep.
+        let mut failed = Vec::new();
+        let mut gives = repeat.gives.into_iter().peekable();
+        while gives.peek().is_some() {
+            let chunk: Vec<sentinel::Give> = gives.by_ref().take(REPEAT_CHUNK).collect();
+            let made = futures_util::future::join_all(chunk.iter().map(|give| {
+                let (keys, args) = (give.keys.clone(), give.args.clone());
+                self.scripts.give.run(self.client(), keys, args)
+            }))
+            .await;
+            for (give, made) in chunk.into_iter().zip(made) {
+                if made.is_err() {
+                    failed.push(give);
+                }
+            }
+        }
+        let mut usage = repeat.usage.into_iter();
+        let mut unwritten = Vec::new();
+        for batch in usage.by_ref() {
+            if let Err(e) = self.write_usage(&batch).await {
+                tracing::warn!(error = %e, "redis: a usage batch made again after a failover failed");
+                unwritten.push(batch);
+                break;
+            }
+        }
+        unwritten.extend(usage);
+        if !(failed.is_empty() && unwritten.is_empty()) {
+            tracing::warn!(
+                give_backs = failed.len(),
+                usage_batches = unwritten.len(),
+                "redis: writes made again after a failover failed; tried again next tick"
+            );
+            if let Some(recent) = &self.recent {
+                recent.put_back(failed, unwritten);
             }
         }
         Ok(())
@@ -1404,12 +1421,12 @@ impl RedisStore {
                 .await
                 .map(drop);
         };
-        let write = sentinel::Write::Give {
+        let give = sentinel::Give {
             keys: keys.clone(),
             args: args.clone(),
         };
         self.scripts.give.run(self.client(), keys, args).await?;
-        recent.note(write);
+        recent.note_give(give);
         Ok(())
     }
 }

@@ -408,7 +408,9 @@ async fn under_load_a_failover_loses_no_usage_and_leaves_no_lease() {
         return;
     }
     let sentinels = Sentinels::start_many(2);
-    let (config, tmp) = redis_config(&sentinels.url(), &unique_prefix());
+    let (mut config, tmp) = redis_config(&sentinels.url(), &unique_prefix());
+    // The default: a batch each 250 ms, of which the newest 32 are kept to be made again.
+    config.stats.flush_interval_ms = 250;
     let relay = Arc::new(Relay::start_with(config, Some(tmp)).await);
     let mock = MockUpstream::start().await;
     mock.set_default(Behavior::Ok(MockUsage {
@@ -448,7 +450,19 @@ async fn under_load_a_failover_loses_no_usage_and_leaves_no_lease() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // With the usage read every 50 ms (a dashboard; each read writes a batch first), more
+    // batches come before the failover than a marker remembers ids (64): only the newest are
+    // made again, newest first, which counts none twice.
+    let reading = {
+        let (relay, stop) = (Arc::clone(&relay), Arc::clone(&stop));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                relay.usage("").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
     let old = sentinels.primary.port;
     assert_eq!(
         cli(sentinels.port, &["sentinel", "failover", SERVICE]).trim(),
@@ -469,6 +483,7 @@ async fn under_load_a_failover_loses_no_usage_and_leaves_no_lease() {
     for w in workers {
         w.await.unwrap();
     }
+    reading.await.unwrap();
     let n = served.load(Ordering::SeqCst);
     assert!(n > during, "served after the failover");
 

@@ -48,24 +48,51 @@ const FOLLOW_FOR: Duration = Duration::from_secs(60);
 /// its promotion (the announcement follows the promotion within a second).
 const REMEMBERED: Duration = Duration::from_secs(10);
 
-/// A write made again after a failover: one that counts once however often it is made.
+/// At most this many usage batches are kept (the newest): a batch is made again only while its
+/// id is among those its markers remember (`MARKER_KEEP`, 64), with room for the batches written
+/// between the move and the repeat.
+const USAGE_KEPT: usize = 32;
+
+/// At most this many give-backs are kept (the newest): ten seconds at 2,000 requests a second,
+/// a few hundred bytes each.
+const GIVES_KEPT: usize = 20_000;
+
+/// A `give.lua` call as it was sent: made again, it counts once.
 #[derive(Debug, Clone)]
-pub(super) enum Write {
-    /// A `give.lua` call, as it was sent.
-    Give { keys: Vec<Key>, args: Vec<Value> },
-    /// A usage batch (its id makes it count once).
-    Usage(UsageBatch),
+pub(super) struct Give {
+    pub(super) keys: Vec<Key>,
+    pub(super) args: Vec<Value>,
 }
 
-/// The store's writes of the last `REMEMBERED`, and whether a failover was followed since they
-/// were taken.
+/// The store's writes of the last `REMEMBERED` that count once however often they are made, and
+/// whether a failover was followed since they were taken.
 #[derive(Default)]
 pub(super) struct Recent(Mutex<RecentState>);
 
 #[derive(Default)]
 struct RecentState {
-    writes: VecDeque<(Instant, Write)>,
+    gives: VecDeque<(Instant, Give)>,
+    /// Oldest first; each batch's id makes it count once.
+    usage: VecDeque<(Instant, UsageBatch)>,
     moved: bool,
+}
+
+/// What to make again after a failover.
+pub(super) struct Repeat {
+    pub(super) gives: Vec<Give>,
+    /// Newest first: if the new primary had a batch, it had every older one (one writer, in
+    /// order), and the ids it remembers are not pushed out by the ones made again.
+    pub(super) usage: Vec<UsageBatch>,
+}
+
+fn keep<T>(queue: &mut VecDeque<(Instant, T)>, item: T, most: usize, now: Instant) {
+    while queue
+        .front()
+        .is_some_and(|(at, _)| now.duration_since(*at) > REMEMBERED || queue.len() >= most)
+    {
+        queue.pop_front();
+    }
+    queue.push_back((now, item));
 }
 
 impl Recent {
@@ -73,18 +100,14 @@ impl Recent {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps a write the store made (acknowledged: by the old primary, perhaps).
-    pub(super) fn note(&self, write: Write) {
-        let now = Instant::now();
-        let mut state = self.state();
-        while state
-            .writes
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > REMEMBERED)
-        {
-            state.writes.pop_front();
-        }
-        state.writes.push_back((now, write));
+    /// Keeps a give-back the store made (acknowledged: by the old primary, perhaps).
+    pub(super) fn note_give(&self, give: Give) {
+        keep(&mut self.state().gives, give, GIVES_KEPT, Instant::now());
+    }
+
+    /// Keeps a usage batch the store wrote.
+    pub(super) fn note_usage(&self, batch: UsageBatch) {
+        keep(&mut self.state().usage, batch, USAGE_KEPT, Instant::now());
     }
 
     /// Every client is on a new primary: the writes kept are to be made again.
@@ -93,12 +116,33 @@ impl Recent {
     }
 
     /// The writes to make again, once after each failover followed (none otherwise).
-    pub(super) fn to_repeat(&self) -> Vec<Write> {
+    pub(super) fn to_repeat(&self) -> Option<Repeat> {
         let mut state = self.state();
         if !std::mem::take(&mut state.moved) {
-            return Vec::new();
+            return None;
         }
-        state.writes.drain(..).map(|(_, write)| write).collect()
+        let gives = state.gives.drain(..).map(|(_, give)| give).collect();
+        let usage = state
+            .usage
+            .drain(..)
+            .rev()
+            .map(|(_, batch)| batch)
+            .collect();
+        Some(Repeat { gives, usage })
+    }
+
+    /// Writes that could not be made again: tried again at the next upkeep.
+    pub(super) fn put_back(&self, gives: Vec<Give>, usage: Vec<UsageBatch>) {
+        let now = Instant::now();
+        let mut state = self.state();
+        for give in gives {
+            state.gives.push_front((now, give));
+        }
+        // Newest first: each goes before the one after it.
+        for batch in usage {
+            state.usage.push_front((now, batch));
+        }
+        state.moved = true;
     }
 }
 
