@@ -85,24 +85,31 @@ fn periods(app: &App, budget: Budget, at_ms: i64) -> Result<Vec<Period>, StoreEr
         .calendar
         .day_and_month(at_ms)
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let mut out = Vec::with_capacity(2);
-    if let Some(limit) = budget.daily {
-        out.push(Period {
-            name: "daily",
-            bucket: format_smolstr!("day:{day}"),
-            limit,
-            span: day_span,
-        });
-    }
-    if let Some(limit) = budget.monthly {
-        out.push(Period {
-            name: "monthly",
-            bucket: format_smolstr!("month:{month}"),
-            limit,
-            span: month_span,
-        });
-    }
-    Ok(out)
+    let each = [
+        (
+            "daily",
+            budget.daily,
+            format_smolstr!("day:{day}"),
+            day_span,
+        ),
+        (
+            "monthly",
+            budget.monthly,
+            format_smolstr!("month:{month}"),
+            month_span,
+        ),
+    ];
+    Ok(each
+        .into_iter()
+        .filter_map(|(name, limit, bucket, span)| {
+            Some(Period {
+                name,
+                bucket,
+                limit: limit?,
+                span,
+            })
+        })
+        .collect())
 }
 
 /// Adds what a request of the account cost (started at `at_ms`, the limits' clock; named by

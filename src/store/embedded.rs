@@ -1055,20 +1055,7 @@ fn key_exists(
 
 /// Deletes a key's limit counters and first use from the file.
 fn forget_key_limits(txn: &redb::WriteTransaction, key_id: &str) -> StoreResult<()> {
-    let mut meters = txn.open_table(METERS).map_err(db_err)?;
-    let mut buckets = Vec::new();
-    // Rows are ordered by (key id, bucket): the key's are those from (key id, "") on.
-    for row in meters.range((key_id, "")..).map_err(db_err)? {
-        let (k, _) = row.map_err(db_err)?;
-        let (of_key, bucket) = k.value();
-        if of_key != key_id {
-            break;
-        }
-        buckets.push(bucket.to_owned());
-    }
-    for bucket in &buckets {
-        meters.remove((key_id, bucket.as_str())).map_err(db_err)?;
-    }
+    forget_rows_of(txn, METERS, key_id)?;
     txn.open_table(FIRST_USE)
         .map_err(db_err)?
         .remove(key_id)
@@ -1078,21 +1065,28 @@ fn forget_key_limits(txn: &redb::WriteTransaction, key_id: &str) -> StoreResult<
 
 /// Deletes an account's spend counters from the file.
 fn forget_spend(txn: &redb::WriteTransaction, account_id: &str) -> StoreResult<()> {
-    let mut spend = txn.open_table(SPEND).map_err(db_err)?;
-    let mut buckets = Vec::new();
-    // Rows are ordered by (account id, bucket): the account's are those from (id, "") on.
-    for row in spend.range((account_id, "")..).map_err(db_err)? {
+    forget_rows_of(txn, SPEND, account_id)
+}
+
+/// Deletes the rows of `table` keyed (`owner`, anything).
+fn forget_rows_of<V: redb::Value + 'static>(
+    txn: &redb::WriteTransaction,
+    table: TableDefinition<(&str, &str), V>,
+    owner: &str,
+) -> StoreResult<()> {
+    let mut table = txn.open_table(table).map_err(db_err)?;
+    let mut rows = Vec::new();
+    // Rows are ordered by (owner, …): the owner's are those from (owner, "") on.
+    for row in table.range((owner, "")..).map_err(db_err)? {
         let (k, _) = row.map_err(db_err)?;
-        let (of, bucket) = k.value();
-        if of != account_id {
+        let (of, rest) = k.value();
+        if of != owner {
             break;
         }
-        buckets.push(bucket.to_owned());
+        rows.push(rest.to_owned());
     }
-    for bucket in &buckets {
-        spend
-            .remove((account_id, bucket.as_str()))
-            .map_err(db_err)?;
+    for rest in &rows {
+        table.remove((owner, rest.as_str())).map_err(db_err)?;
     }
     Ok(())
 }

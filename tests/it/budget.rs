@@ -16,13 +16,7 @@ const MODEL: &str = "claude-sonnet-4-5";
 /// A mock whose every answer reports 10 input and 20 output tokens (what `import_test_prices`
 /// prices).
 async fn priced_mock() -> MockUpstream {
-    let mock = MockUpstream::start().await;
-    mock.set_default(Behavior::Ok(MockUsage {
-        input: 10,
-        output: 20,
-        ..MockUsage::default()
-    }));
-    mock
+    MockUpstream::start_reporting(10, 20).await
 }
 
 async fn ask(relay: &Relay, key: &str) -> reqwest::Response {

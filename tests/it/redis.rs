@@ -47,6 +47,42 @@ async fn two_relays() -> Option<(Relay, Relay)> {
     ))
 }
 
+/// Disables key `id` (secret `key`) through `a`, and waits until `b` refuses it (401), at most
+/// `within`: the change reaches `b` through Redis's change feed.
+pub(crate) async fn disabled_on_one_refused_by_the_other(
+    a: &Relay,
+    b: &Relay,
+    id: &str,
+    key: &str,
+    within: Duration,
+) {
+    let (status, v) = a
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{id}"),
+            Some(json!({ "enabled": false })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let disabled_at = Instant::now();
+    loop {
+        let resp = b
+            .messages(key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 401 {
+            return;
+        }
+        resp.bytes().await.unwrap();
+        assert!(
+            disabled_at.elapsed() < within,
+            "the other instance still accepts the key after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An account added on `a`, once `b` has learnt of it through Redis (its change feed: a
 /// request to `b` before then finds no account for the model).
 async fn add_shared_account(
@@ -81,31 +117,7 @@ async fn a_key_disabled_on_one_instance_is_refused_by_the_other_within_a_second(
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
 
-    let (status, _) = a
-        .admin(
-            Method::PATCH,
-            &format!("/admin/keys/{id}"),
-            Some(json!({ "enabled": false })),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let disabled_at = Instant::now();
-    loop {
-        let resp = b
-            .messages(&key, &messages_body("claude-sonnet-4-5", false))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 401 {
-            break;
-        }
-        resp.bytes().await.unwrap();
-        assert!(
-            disabled_at.elapsed() < Duration::from_secs(1),
-            "B still accepts the key after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    disabled_on_one_refused_by_the_other(&a, &b, &id, &key, Duration::from_secs(1)).await;
 
     // Deleting works the same way, and account changes reach B too.
     let (_, key2) = a.create_key("second").await;
@@ -537,12 +549,7 @@ async fn a_redis_outage_gets_prompt_503s_and_loses_no_acknowledged_usage() {
     let (mut config, tmp) = redis_config(&format!("redis://127.0.0.1:{}/0", redis.port), "sy:");
     config.redis.command_timeout_ms = 500;
     let relay = Arc::new(Relay::start_with(config, Some(tmp)).await);
-    let mock = MockUpstream::start().await;
-    mock.set_default(Behavior::Ok(MockUsage {
-        input: 3,
-        output: 5,
-        ..MockUsage::default()
-    }));
+    let mock = MockUpstream::start_reporting(3, 5).await;
     relay.add_account(&mock, "sk-outage", json!({})).await;
     let (_, key) = relay.create_key("outage").await;
 

@@ -7,11 +7,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::redis::{OwnRedis, free_port, redis_config, unique_prefix};
-use crate::support::mock::{Behavior, MockUpstream, MockUsage};
+use crate::redis::{
+    OwnRedis, disabled_on_one_refused_by_the_other, free_port, redis_config, unique_prefix,
+};
+use crate::support::mock::MockUpstream;
 use crate::support::relay::{Relay, messages_body};
 
 /// The name the Sentinel knows the primary by.
@@ -184,12 +185,7 @@ async fn relays_behind_a_sentinel_follow_a_failover_and_lose_no_replicated_usage
         }
         relays
     };
-    let mock = MockUpstream::start().await;
-    mock.set_default(Behavior::Ok(MockUsage {
-        input: 3,
-        output: 5,
-        ..MockUsage::default()
-    }));
+    let mock = MockUpstream::start_reporting(3, 5).await;
     let account = relays[0].add_account(&mock, "sk-sentinel", json!({})).await;
     crate::support::mock::wait_until("the other relay learns of the account", || {
         relays[1]
@@ -282,31 +278,8 @@ async fn relays_behind_a_sentinel_follow_a_failover_and_lose_no_replicated_usage
     );
 
     // The change feed follows too: a key disabled through one relay is refused by the other.
-    let (status, v) = relays[0]
-        .admin(
-            Method::PATCH,
-            &format!("/admin/keys/{key_id}"),
-            Some(json!({ "enabled": false })),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let resp = relays[1]
-            .messages(&key, &messages_body("claude-sonnet-4-5", false))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 401 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the other relay still serves a disabled key: {}",
-            resp.status()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let within = Duration::from_secs(2);
+    disabled_on_one_refused_by_the_other(&relays[0], &relays[1], &key_id, &key, within).await;
 }
 
 /// The connections to `port` other than the Sentinel's own, a replica's and the one asking.
@@ -412,12 +385,7 @@ async fn under_load_a_failover_loses_no_usage_and_leaves_no_lease() {
     // The default: a batch each 250 ms, of which the newest 32 are kept to be made again.
     config.stats.flush_interval_ms = 250;
     let relay = Arc::new(Relay::start_with(config, Some(tmp)).await);
-    let mock = MockUpstream::start().await;
-    mock.set_default(Behavior::Ok(MockUsage {
-        input: 3,
-        output: 5,
-        ..MockUsage::default()
-    }));
+    let mock = MockUpstream::start_reporting(3, 5).await;
     let account = relay
         .add_account(&mock, "sk-load", json!({ "max_concurrency": 64 }))
         .await;

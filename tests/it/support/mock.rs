@@ -371,6 +371,17 @@ fn lock(shared: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl MockUpstream {
+    /// `start`, every answer reporting `input` and `output` tokens.
+    pub async fn start_reporting(input: u64, output: u64) -> MockUpstream {
+        let mock = MockUpstream::start().await;
+        mock.set_default(Behavior::Ok(MockUsage {
+            input,
+            output,
+            ..MockUsage::default()
+        }));
+        mock
+    }
+
     /// Starts on 127.0.0.1:0 (loopback only). Default behaviour: `Ok(MockUsage::new(10, 7))`.
     pub async fn start() -> MockUpstream {
         let listener = TcpListener::bind(("127.0.0.1", 0))
