@@ -120,6 +120,11 @@ pub fn charge(app: &Arc<App>, account_id: &str, request_id: &str, at_ms: i64, co
         return;
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            account_id,
+            request_id,
+            "no runtime to add to the account's spend"
+        );
         return;
     };
     let app = Arc::clone(app);
@@ -189,12 +194,14 @@ async fn charge_now(
         };
         let wall = jiff::Timestamp::now().as_millisecond();
         let change = app.store().report_health(account_id, &report, wall).await?;
-        tell(app, &record, &change, reason, wall);
         // A budget changed since the record was read (its review may have run before this
-        // rest was written): the review of the record as it is now sets the rest right.
+        // rest was written): the review of the record as it is now sets the rest right, and
+        // tells of it.
         let now = app.store().account(account_id).await?;
         if now.as_ref().map(|r| r.revision) != Some(record.revision) {
             review(app, account_id, true).await?;
+        } else {
+            tell(app, &record, &change, reason, wall);
         }
     }
     Ok(())

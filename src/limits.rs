@@ -480,7 +480,7 @@ fn renewed(
 /// Give-backs running on a task of their own (a remote store's), in this process, and the
 /// lease-taking calls of `run_to_end` whose give-back may follow: a stopping server waits for
 /// them (`give_backs_done`) before its runtimes end, or their leases would stay held until their
-/// deadline.
+/// deadline. Accounts' charges of their spend (`crate::budget::charge`) are counted too.
 static GIVE_BACKS: AtomicUsize = AtomicUsize::new(0);
 
 /// A give-back (or an account's charge: `crate::budget`) under way, which a graceful stop waits

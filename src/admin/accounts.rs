@@ -795,6 +795,10 @@ pub async fn reset(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError>
     let account = find(app, id).await?;
     app.store().reset_health(id).await.map_err(store_error)?;
     tracing::info!(account_id = id, "account health reset by an admin");
+    // A spent budget's rest stays (and one a failed review left wrong is set right).
+    crate::budget::review(app, id, false)
+        .await
+        .map_err(store_error)?;
     ok(StatusCode::OK, &shown(app, &account).await?)
 }
 

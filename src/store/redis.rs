@@ -71,8 +71,10 @@ const REPEAT_CHUNK: usize = 64;
 /// interval, and every retry renews the marker, so in practice only a day-long silence expires it.
 const MARKER_TTL: Duration = Duration::from_secs(86_400);
 /// Batch ids one marker keeps. The stats task applies one batch at a time (a failed batch is
-/// retried before the next one is written), so one would do; the margin covers concurrent callers
-/// and the chunks of a large request log.
+/// retried before the next one is written), so one would do; the margin covers concurrent
+/// callers and the usage batches made again after a failover (`sentinel::USAGE_KEPT`). (A large
+/// request log's chunks can be more: written twice, a chunk changes nothing, its entries and
+/// trim being the same.)
 const MARKER_KEEP: usize = 64;
 /// Request log entries per script call, so that a backlog written after an outage neither blocks
 /// Redis for long nor builds one huge command.
@@ -796,10 +798,27 @@ impl Store for RedisStore {
 
     async fn reset_health(&self, account_id: &str) -> StoreResult<()> {
         // Read, cleared and written over what was read (`health_cas.lua`), as a report is: a
-        // spent budget's rest stays.
-        self.report_health(account_id, &Report::Cleared, now_ms())
+        // spent budget's rest stays. A field that cannot be read (written by a later version)
+        // is deleted whole: the caller's review of the budgets puts a rest back.
+        match self
+            .report_health(account_id, &Report::Cleared, now_ms())
             .await
-            .map(drop)
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::Corrupt(e)) => {
+                tracing::warn!(account_id, error = %e, "unreadable account health deleted");
+                let _: i64 = self
+                    .client()
+                    .hdel(
+                        self.names.live_state(),
+                        names::account_field(account_id, "h"),
+                    )
+                    .await
+                    .map_err(|e| unavailable("reset account health", &e))?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn add_spend(
@@ -1011,41 +1030,48 @@ impl Store for RedisStore {
             usage_batches = repeat.usage.len(),
             "redis: making the last writes again on the new primary"
         );
+        let mut left = sentinel::Repeat {
+            gives: Vec::new(),
+            usage: Vec::new(),
+        };
         // Many at once (fred sends them one after another on the connection), a chunk at a
-        // time; those that fail are tried again at the next upkeep.
-        let mut failed = Vec::new();
+        // time. A chunk that fails stops the give-backs (Redis is away again: each would wait
+        // for its timeout); they and the failed ones are tried again at the next upkeep.
         let mut gives = repeat.gives.into_iter().peekable();
         while gives.peek().is_some() {
-            let chunk: Vec<sentinel::Give> = gives.by_ref().take(REPEAT_CHUNK).collect();
-            let made = futures_util::future::join_all(chunk.iter().map(|give| {
+            let chunk: Vec<_> = gives.by_ref().take(REPEAT_CHUNK).collect();
+            let made = futures_util::future::join_all(chunk.iter().map(|(_, give)| {
                 let (keys, args) = (give.keys.clone(), give.args.clone());
                 self.scripts.give.run(self.client(), keys, args)
             }))
             .await;
-            for (give, made) in chunk.into_iter().zip(made) {
+            let mut failed = false;
+            for (entry, made) in chunk.into_iter().zip(made) {
                 if made.is_err() {
-                    failed.push(give);
+                    failed = true;
+                    left.gives.push(entry);
                 }
             }
-        }
-        let mut usage = repeat.usage.into_iter();
-        let mut unwritten = Vec::new();
-        for batch in usage.by_ref() {
-            if let Err(e) = self.write_usage(&batch).await {
-                tracing::warn!(error = %e, "redis: a usage batch made again after a failover failed");
-                unwritten.push(batch);
-                break;
+            if failed {
+                left.gives.extend(gives.by_ref());
             }
         }
-        unwritten.extend(usage);
-        if !(failed.is_empty() && unwritten.is_empty()) {
+        // Every batch is tried (those the new primary has are found in its markers now, while
+        // their ids are still remembered); the failed ones are put back.
+        for (at, batch) in repeat.usage {
+            if let Err(e) = self.write_usage(&batch).await {
+                tracing::warn!(error = %e, "redis: a usage batch made again after a failover failed");
+                left.usage.push((at, batch));
+            }
+        }
+        if !(left.gives.is_empty() && left.usage.is_empty()) {
             tracing::warn!(
-                give_backs = failed.len(),
-                usage_batches = unwritten.len(),
+                give_backs = left.gives.len(),
+                usage_batches = left.usage.len(),
                 "redis: writes made again after a failover failed; tried again next tick"
             );
             if let Some(recent) = &self.recent {
-                recent.put_back(failed, unwritten);
+                recent.put_back(left);
             }
         }
         Ok(())

@@ -77,13 +77,18 @@ struct RecentState {
     moved: bool,
 }
 
-/// What to make again after a failover.
+/// What to make again after a failover, oldest first, each with when it was first made. The
+/// order does not matter within one upkeep: at most `USAGE_KEPT` batch ids are pushed into a
+/// marker that remembers 64, so none made again is forgotten before it is tried.
 pub(super) struct Repeat {
-    pub(super) gives: Vec<Give>,
-    /// Newest first: if the new primary had a batch, it had every older one (one writer, in
-    /// order), and the ids it remembers are not pushed out by the ones made again.
-    pub(super) usage: Vec<UsageBatch>,
+    pub(super) gives: Vec<(Instant, Give)>,
+    pub(super) usage: Vec<(Instant, UsageBatch)>,
 }
+
+/// A write not made again within this long of when it was first made is dropped (with an
+/// error in the log): a usage batch tried after more ids than its markers remember could count
+/// twice, and a give-back's session binding could replace one made since.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 fn keep<T>(queue: &mut VecDeque<(Instant, T)>, item: T, most: usize, now: Instant) {
     while queue
@@ -121,28 +126,36 @@ impl Recent {
         if !std::mem::take(&mut state.moved) {
             return None;
         }
-        let gives = state.gives.drain(..).map(|(_, give)| give).collect();
-        let usage = state
-            .usage
-            .drain(..)
-            .rev()
-            .map(|(_, batch)| batch)
-            .collect();
+        let gives = state.gives.drain(..).collect();
+        let usage = state.usage.drain(..).collect();
         Some(Repeat { gives, usage })
     }
 
-    /// Writes that could not be made again: tried again at the next upkeep.
-    pub(super) fn put_back(&self, gives: Vec<Give>, usage: Vec<UsageBatch>) {
+    /// Writes that could not be made again (oldest first): tried again at the next upkeep,
+    /// until `GIVE_UP_AFTER`.
+    pub(super) fn put_back(&self, repeat: Repeat) {
         let now = Instant::now();
+        let young = |at: &Instant| now.duration_since(*at) < GIVE_UP_AFTER;
+        let (gives, old_gives): (Vec<_>, Vec<_>) =
+            repeat.gives.into_iter().partition(|(at, _)| young(at));
+        let (usage, old_usage): (Vec<_>, Vec<_>) =
+            repeat.usage.into_iter().partition(|(at, _)| young(at));
+        if !(old_gives.is_empty() && old_usage.is_empty()) {
+            tracing::error!(
+                give_backs = old_gives.len(),
+                usage_batches = old_usage.len(),
+                "redis: writes lost in a failover could not be made again; given up"
+            );
+        }
         let mut state = self.state();
-        for give in gives {
-            state.gives.push_front((now, give));
+        // Before what was noted since, in their order.
+        for entry in gives.into_iter().rev() {
+            state.gives.push_front(entry);
         }
-        // Newest first: each goes before the one after it.
-        for batch in usage {
-            state.usage.push_front((now, batch));
+        for entry in usage.into_iter().rev() {
+            state.usage.push_front(entry);
         }
-        state.moved = true;
+        state.moved = !(state.gives.is_empty() && state.usage.is_empty());
     }
 }
 
