@@ -372,7 +372,7 @@ async fn account_gauges(app: &App) {
             .filter(|id| accounts.iter().all(|a| a.id() != id))
             .collect()
     };
-    let set = |id: &str, current: Option<Status>, in_flight: u32, failures: u32| {
+    let set = |id: &str, current: Option<Status>, in_flight: u32, failures: u32, spent: bool| {
         for (status, name) in [
             (Status::Ok, "ok"),
             (Status::RateLimited, "rate_limited"),
@@ -387,9 +387,11 @@ async fn account_gauges(app: &App) {
             .set(f64::from(in_flight));
         metrics::gauge!(crate::metrics::ACCOUNT_FAILURES, "account_id" => id.to_owned())
             .set(f64::from(failures));
+        metrics::gauge!(crate::metrics::ACCOUNT_BUDGET_SPENT, "account_id" => id.to_owned())
+            .set(if spent { 1.0 } else { 0.0 });
     };
     for id in &gone {
-        set(id, None, 0, 0);
+        set(id, None, 0, 0, false);
     }
     for account in accounts.iter() {
         let Ok(runtime) = app.store().account_runtime(account.id()).await else {
@@ -400,6 +402,7 @@ async fn account_gauges(app: &App) {
             Some(runtime.health.status_at(now)),
             runtime.in_flight,
             runtime.health.consecutive_failures,
+            runtime.health.budget_spent_at(now),
         );
     }
 }

@@ -134,6 +134,9 @@ async fn budget_case(backend: &Backend) {
     );
     assert!((until - resets).abs() < 2_000, "{out}");
     assert!(resets > jiff::Timestamp::now().as_millisecond());
+    let spent = format!("switchyard_account_budget_spent{{account_id=\"{a}\"}} 1");
+    let text = relay.metrics().await;
+    assert!(text.contains(&spent), "{text}");
     let notices = hook.exactly(1).await;
     assert_eq!(notices[0]["event"], "account_budget_reached");
     assert_eq!(notices[0]["account"]["id"], a.as_str());
