@@ -38,7 +38,7 @@ pub const ACCOUNT_IN_FLIGHT: &str = "switchyard_account_in_flight";
 /// Consecutive upstream failures per `account_id`.
 pub const ACCOUNT_FAILURES: &str = "switchyard_account_consecutive_failures";
 /// 1 while the account rests for a spent budget of its own (`crate::budget`), else 0.
-pub const ACCOUNT_BUDGET_SPENT: &str = "switchyard_account_budget_spent";
+pub const ACCOUNT_BUDGET_SPENT: &str = "switchyard_account_budget_exhausted";
 /// Attempts abandoned for another account before the first byte.
 pub const FAILOVERS: &str = "switchyard_failovers_total";
 /// Waits for a slot (`scheduler.queue_wait_secs`), by `outcome`: `served` (a

@@ -2,16 +2,19 @@
 //!
 //! Durable state (key and account records, usage counters, the request log) lives in a redb file
 //! under the data directory. Every write is one redb transaction committed with redb's default
-//! (immediate) durability, so nothing is pending in memory and `flush` has nothing to do. The
-//! database lock also keeps a second `switchyard serve` off the same data directory.
+//! (immediate) durability; the limit counters and spend, kept in memory, are written with each
+//! usage batch, and `flush` writes them and the session bindings. The database lock also keeps a
+//! second `switchyard serve` off the same data directory.
 //!
-//! Hot state (in-flight leases, last pick times) lives only in memory behind one mutex: with a
-//! single node there is nobody to share it with, and a restart forgets every in-flight request
-//! anyway. The mutex is never held across an await, and the hot-path methods never touch the file.
+//! Hot state (in-flight leases, health, last pick times, session bindings) lives in memory
+//! behind one mutex: with a single node there is nobody to share it with, and a restart forgets
+//! every in-flight request anyway (the bindings are written at a graceful stop and read back).
+//! The mutex is never held across an await, and the hot-path methods never touch the file.
 
 use foldhash::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,11 +49,15 @@ const REQUEST_LOG: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("r
 const METERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("meters");
 /// Key id -> unix ms of its first use (activation on first use).
 const FIRST_USE: TableDefinition<&str, i64> = TableDefinition::new("first_use");
-/// Session id -> (bound account id, unix ms the binding expires at): the bindings in memory,
-/// written at a graceful stop (`flush`) and read back at the next open, so that a restart (an
-/// upgrade) keeps sessions on their accounts' warm prompt caches and stored responses' follow-ups
-/// on the accounts that hold them.
-const SESSIONS: TableDefinition<&str, (&str, i64)> = TableDefinition::new("sessions");
+/// Session id -> (bound account id, unix ms the binding expires at, ms it had left when
+/// written): the bindings in memory, written at a graceful stop (`flush`) and read back at the
+/// next open, so that a restart (an upgrade) keeps sessions on their accounts' warm prompt caches
+/// and stored responses' follow-ups on the accounts that hold them. What was left bounds what is
+/// left after a clock that moved back.
+const SESSIONS: TableDefinition<&str, (&str, i64, i64)> = TableDefinition::new("session_bindings");
+/// At most this many bindings are written (those with the most time left): the write must fit
+/// in the stop's last second.
+const SESSIONS_KEPT: usize = 100_000;
 /// (account id, period) -> (spent in nano-dollars, unix ms it expires at): `Store::add_spend`.
 const SPEND: TableDefinition<(&str, &str), (u64, i64)> = TableDefinition::new("spend");
 
@@ -73,6 +80,9 @@ pub struct EmbeddedStore {
     request_log_max: usize,
     hot: Mutex<Hot>,
     prune: Mutex<UsagePrune>,
+    /// Whether the file may hold session bindings (a flush with none to write then has nothing
+    /// to clear either, and writes nothing).
+    sessions_in_file: AtomicBool,
 }
 
 /// Where `prune_usage` is in its pass over the usage table.
@@ -116,8 +126,11 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             db: Arc::new(db),
             request_log_max,
+            sessions_in_file: AtomicBool::new(!sessions.is_empty()),
             hot: Mutex::new(Hot {
                 limits,
+                // Swept first when twice as many (a pick must not scan them all each time).
+                sessions_prune_at: sessions.len().saturating_mul(2),
                 sessions,
                 ..Hot::default()
             }),
@@ -404,40 +417,40 @@ impl Limits {
     }
 }
 
-/// The session bindings written at the last graceful stop, still live; taken out of the file, so
-/// that a crash later does not bring back what they were then.
+/// The session bindings written at the last graceful stop, still live. They stay in the file
+/// (a run that ends before its stop's flush, a CLI command that fails, loses none of them): the
+/// next flush replaces them.
 fn load_sessions(db: &Database) -> StoreResult<HashMap<String, (String, Instant)>> {
     let (now_ms, now) = (now_ms(), Instant::now());
-    let txn = db.begin_write().map_err(db_err)?;
+    let txn = db.begin_read().map_err(db_err)?;
     let mut sessions = HashMap::default();
+    for row in txn
+        .open_table(SESSIONS)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
     {
-        let mut table = txn.open_table(SESSIONS).map_err(db_err)?;
-        for row in table.iter().map_err(db_err)? {
-            let (session, binding) = row.map_err(db_err)?;
-            let (account_id, expires_ms) = binding.value();
-            let left = u64::try_from(expires_ms.saturating_sub(now_ms)).unwrap_or(0);
-            if let Some(expires) = now
-                .checked_add(Duration::from_millis(left))
-                .filter(|_| left > 0)
-            {
-                sessions.insert(session.value().to_owned(), (account_id.to_owned(), expires));
-            }
+        let (session, binding) = row.map_err(db_err)?;
+        let (account_id, expires_ms, left_then) = binding.value();
+        let left = expires_ms.saturating_sub(now_ms).min(left_then);
+        let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+        if let Some(expires) = now.checked_add(left).filter(|_| !left.is_zero()) {
+            sessions.insert(session.value().to_owned(), (account_id.to_owned(), expires));
         }
-        table.retain(|_, _| false).map_err(db_err)?;
     }
-    txn.commit().map_err(db_err)?;
     Ok(sessions)
 }
 
-/// Writes the live session bindings in place of whatever the file held.
-fn write_sessions(db: &Database, sessions: &[(String, String, i64)]) -> StoreResult<()> {
+/// Writes the live session bindings in place of whatever the file held (sorted by session id:
+/// a B-tree takes them fastest in order).
+fn write_sessions(db: &Database, sessions: &[(String, String, i64, i64)]) -> StoreResult<()> {
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut table = txn.open_table(SESSIONS).map_err(db_err)?;
         table.retain(|_, _| false).map_err(db_err)?;
-        for (session, account_id, expires_ms) in sessions {
+        for (session, account_id, expires_ms, left) in sessions {
             table
-                .insert(session.as_str(), (account_id.as_str(), *expires_ms))
+                .insert(session.as_str(), (account_id.as_str(), *expires_ms, *left))
                 .map_err(db_err)?;
         }
     }
@@ -1559,25 +1572,34 @@ impl Store for EmbeddedStore {
     async fn flush(&self) -> StoreResult<()> {
         // Every write above commits with immediate durability before it returns; what is left is
         // the limit counters changed since the last usage batch, and the session bindings (a
-        // crash loses those: one write per pick would cost every request a commit). Leases and
-        // health are deliberately not kept: a restart ends every request.
+        // crash loses those made since the last flush: one write per pick would cost every
+        // request a commit). Leases and health are deliberately not kept: a restart ends every
+        // request.
         self.record_usage(&UsageBatch::default()).await?;
         let (now_ms, now) = (now_ms(), Instant::now());
-        let live: Vec<(String, String, i64)> = self
-            .hot()
-            .sessions
-            .iter()
-            .filter(|(_, (_, expires))| *expires > now)
-            .map(|(session, (account_id, expires))| {
-                let left =
-                    i64::try_from(expires.duration_since(now).as_millis()).unwrap_or(i64::MAX);
-                (
-                    session.clone(),
-                    account_id.clone(),
-                    now_ms.saturating_add(left),
-                )
-            })
-            .collect();
+        let mut live: Vec<(String, String, i64, i64)> = {
+            let hot = self.hot();
+            if hot.sessions.is_empty() && !self.sessions_in_file.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            hot.sessions
+                .iter()
+                .filter(|(_, (_, expires))| *expires > now)
+                .map(|(session, (account_id, expires))| {
+                    let left =
+                        i64::try_from(expires.duration_since(now).as_millis()).unwrap_or(i64::MAX);
+                    let at = now_ms.saturating_add(left);
+                    (session.clone(), account_id.clone(), at, left)
+                })
+                .collect()
+        };
+        if live.len() > SESSIONS_KEPT {
+            live.sort_unstable_by_key(|(_, _, _, left)| std::cmp::Reverse(*left));
+            live.truncate(SESSIONS_KEPT);
+        }
+        live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.sessions_in_file
+            .store(!live.is_empty(), Ordering::Relaxed);
         self.blocking(move |db| write_sessions(db, &live)).await
     }
 }

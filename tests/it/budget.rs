@@ -134,9 +134,9 @@ async fn budget_case(backend: &Backend) {
     );
     assert!((until - resets).abs() < 2_000, "{out}");
     assert!(resets > jiff::Timestamp::now().as_millisecond());
-    let spent = format!("switchyard_account_budget_spent{{account_id=\"{a}\"}} 1");
+    let spent = |v: u8| format!("switchyard_account_budget_exhausted{{account_id=\"{a}\"}} {v}");
     let text = relay.metrics().await;
-    assert!(text.contains(&spent), "{text}");
+    assert!(text.contains(&spent(1)), "{text}");
     let notices = hook.exactly(1).await;
     assert_eq!(notices[0]["event"], "account_budget_reached");
     assert_eq!(notices[0]["account"]["id"], a.as_str());
@@ -150,6 +150,12 @@ async fn budget_case(backend: &Backend) {
     // Raised: it serves again at once, counting what it spent.
     let raised = patch(&relay, &a, json!({ "daily_cost_nanousd": 10 * cost })).await;
     assert_eq!(raised["state"]["status"], "ok", "{raised}");
+    // (The accounts' gauges are read from the store at most once a second.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !relay.metrics().await.contains(&spent(0)) {
+        assert!(std::time::Instant::now() < deadline, "the gauge stays at 1");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(raised["budget"]["daily"]["remaining_nanousd"], 7 * cost);
     served(&relay, &key).await;
     assert_eq!(preferred.served(), 4);
