@@ -931,7 +931,7 @@ async fn an_anthropic_stream_s_head_waits_for_its_first_event() {
 
 #[tokio::test]
 async fn health_and_metrics_report() {
-    let (relay, mock, key, _) = relay_with_account().await;
+    let (relay, mock, key, account_id) = relay_with_account().await;
     mock.set_default(Behavior::Ok(usage(1, 2)));
     relay
         .messages(&key, &messages_body("claude-sonnet-4-5", false))
@@ -957,9 +957,11 @@ async fn health_and_metrics_report() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
     // The accounts' state is read from the store at most once a second, however often scraped.
+    // (The recorder is the process's: other tests' accounts are listed too.)
+    let series = format!("switchyard_account_in_flight{{account_id=\"{account_id}\"}}");
     let in_flight = |text: &str| {
         text.lines()
-            .find(|l| l.starts_with("switchyard_account_in_flight{"))
+            .find(|l| l.starts_with(&series))
             .map(|l| l.rsplit(' ').next().unwrap().to_owned())
     };
     assert_eq!(in_flight(&text).as_deref(), Some("0"));
