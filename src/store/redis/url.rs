@@ -14,32 +14,66 @@ const SENTINEL_PORT: u16 = 26379;
 /// A cluster node's.
 const REDIS_PORT: u16 = 6379;
 
+/// A store URL cut where its parts end: `scheme://userinfo@host,host…tail`.
+struct Parts<'a> {
+    /// `None` without `://` (then the rest is the whole URL).
+    scheme: Option<&'a str>,
+    /// Before the authority's last `@`, if it has one.
+    userinfo: Option<&'a str>,
+    hosts: &'a str,
+    /// From the first '/', '?' or '#' after the authority on.
+    tail: &'a str,
+}
+
+fn parts(url: &str) -> Parts<'_> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    // The authority ends at the first '/', '?' or '#'; a password holding one must be
+    // percent-encoded anyway.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    Parts {
+        scheme,
+        userinfo,
+        hosts,
+        tail,
+    }
+}
+
+impl<'a> Parts<'a> {
+    /// The nodes listed, comma-separated (blank ones left out).
+    fn nodes(&self) -> Vec<&'a str> {
+        self.hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+}
+
 /// fred's configuration for `url`: the scheme, credentials, database, TLS and query as fred
 /// reads them, with every node the URL lists.
 pub(super) fn config(url: &str) -> Result<Config, Error> {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let parts = parts(url);
+    let Some(scheme) = parts.scheme else {
         return Config::from_url(url);
     };
     let sentinel = scheme.ends_with("-sentinel");
     if !sentinel && !scheme.ends_with("-cluster") {
         return Config::from_url(url);
     }
-    // The authority ends at the first '/', '?' or '#'; a password holding one must be
-    // percent-encoded anyway.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (userinfo, hosts) = match authority.rfind('@') {
-        Some(at) => authority.split_at(at + 1),
-        None => ("", authority),
-    };
-    let nodes: Vec<&str> = hosts
-        .split(',')
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .collect();
+    let nodes = parts.nodes();
     let Some(first) = nodes.first() else {
         return Config::from_url(url);
     };
+    let userinfo = parts.userinfo.map_or(String::new(), |u| format!("{u}@"));
+    let tail = parts.tail;
     // A path means nothing to a cluster (no databases); behind Sentinels it is the database.
     let tail = match (sentinel, tail.find('?')) {
         (true, _) => tail,
@@ -88,17 +122,7 @@ fn server(node: &str, default_port: u16) -> Result<Server, Error> {
 /// way). Checked with the configuration, so that such a URL stops the start naming `store`,
 /// instead of failing to connect. The message quotes no credential.
 pub(crate) fn check(url: &str) -> Result<(), String> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    let hosts = authority
-        .rfind('@')
-        .map_or(authority, |at| &authority[at + 1..]);
-    let nodes: Vec<&str> = hosts
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .collect();
+    let nodes = parts(url).nodes();
     if nodes.is_empty() {
         return Err("no host".to_owned());
     }
@@ -124,15 +148,15 @@ pub(crate) fn check(url: &str) -> Result<(), String> {
 /// `url` without its credentials (the server's, and the Sentinels' in the query), for messages
 /// and logs.
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let parts = parts(url);
+    let Some(scheme) = parts.scheme else {
         return "<unparsable url>".to_owned();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let tail = masked_query(tail);
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}://***@{}{tail}", &authority[at + 1..]),
-        None => format!("{scheme}://{authority}{tail}"),
+    let tail = masked_query(parts.tail);
+    let hosts = parts.hosts;
+    match parts.userinfo {
+        Some(_) => format!("{scheme}://***@{hosts}{tail}"),
+        None => format!("{scheme}://{hosts}{tail}"),
     }
 }
 
@@ -173,19 +197,17 @@ fn sentinel_passwords(url: &str) -> Vec<&str> {
 
 /// Removes the URL's password (and user) from an error message that might quote it.
 pub(super) fn scrub(message: &str, url: &str) -> String {
-    let Some((_, rest)) = url.split_once("://") else {
+    let parts = parts(url);
+    if parts.scheme.is_none() {
         return message.to_owned();
-    };
+    }
     let mut out = message.to_owned();
-    for password in sentinel_passwords(rest) {
+    for password in sentinel_passwords(parts.tail) {
         out = out.replace(password, "***");
     }
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    let Some(at) = authority.rfind('@') else {
+    let Some(userinfo) = parts.userinfo else {
         return out;
     };
-    let userinfo = &authority[..at];
     if !userinfo.is_empty() {
         out = out.replace(userinfo, "***");
     }
