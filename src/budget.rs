@@ -17,6 +17,7 @@
 //! the period spent before the budget was given from the account's usage.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use smol_str::{SmolStr, format_smolstr};
@@ -112,13 +113,16 @@ fn periods(app: &App, budget: Budget, at_ms: i64) -> Result<Vec<Period>, StoreEr
         .collect())
 }
 
-/// Adds what a request of the account cost (started at `at_ms`, the limits' clock; named by
-/// `request_id`) to its spend, on a task of its own; a budget it reaches takes the account out
-/// of rotation until the budget's period ends.
-pub fn charge(app: &Arc<App>, account_id: &str, request_id: &str, at_ms: i64, cost: u64) {
+/// Adds what a request of the account cost (started at `started`; named by `request_id`) to
+/// its spend for the period it started in, on a task of its own; a budget it reaches takes the
+/// account out of rotation until the budget's period ends.
+pub fn charge(app: &Arc<App>, account_id: &str, request_id: &str, started: Instant, cost: u64) {
     if cost == 0 {
         return;
     }
+    // When it started, on the limits' clock.
+    let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+    let at_ms = app.clock.now_ms().saturating_sub(elapsed);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::warn!(
             account_id,

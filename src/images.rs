@@ -329,9 +329,7 @@ where
     );
     if budgeted {
         // Before the results are stored: a client leaving then does not take the charge away.
-        let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
-        let start = app.clock.now_ms().saturating_sub(elapsed);
-        crate::budget::charge(app, &account_id, request_id, start, cost.nanousd);
+        crate::budget::charge(app, &account_id, request_id, started, cost.nanousd);
     }
     if !cost.known_model {
         metrics::counter!(m::UNKNOWN_MODEL_PRICE, "model" => label.clone()).increment(1);

@@ -79,11 +79,8 @@ impl Observer for Settle {
         let usage = usage.capped();
         let cost = self.app.pricing().cost(&self.model, &usage);
         if Budget::of(&self.account.record).is_some() {
-            // The period the request started in, on the limits' clock.
-            let elapsed = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(0);
-            let started = self.app.clock.now_ms().saturating_sub(elapsed);
             let (id, request) = (self.account.id(), &self.request_id);
-            crate::budget::charge(&self.app, id, request, started, cost.nanousd);
+            crate::budget::charge(&self.app, id, request, self.started, cost.nanousd);
         }
         if let Some((key_lease, account_lease)) = leases {
             // In the same store call as the leases: nothing more on the request's way.
