@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::notify::Hook;
 use crate::support::mock::{Behavior, MockUpstream, MockUsage};
-use crate::support::relay::{Backend, Relay, backends, messages_body};
+use crate::support::relay::{Backend, Relay, backends};
 
 const MODEL: &str = "claude-sonnet-4-5";
 
@@ -19,16 +19,8 @@ async fn priced_mock() -> MockUpstream {
     MockUpstream::start_reporting(10, 20).await
 }
 
-async fn ask(relay: &Relay, key: &str) -> reqwest::Response {
-    relay
-        .messages(key, &messages_body(MODEL, false))
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn served(relay: &Relay, key: &str) {
-    let resp = ask(relay, key).await;
+    let resp = relay.ask(key).await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
 }
 
@@ -219,7 +211,7 @@ async fn a_budget_given_later_counts_what_the_period_already_spent() {
     let next_month_too = resets > first_of_next;
     assert!(resets == first_of_next || next_month_too, "{v}");
 
-    let resp = ask(&relay, &key).await;
+    let resp = relay.ask(&key).await;
     assert_eq!(resp.status(), 503);
     let retry_after: i64 = resp.headers()["retry-after"]
         .to_str()
@@ -279,7 +271,7 @@ async fn instances_sharing_a_store_share_an_accounts_spend() {
     }
     until_status(&relays[1], &a, "budget_spent").await;
     for relay in &relays {
-        assert_eq!(ask(relay, &key).await.status(), 503);
+        assert_eq!(relay.ask(&key).await.status(), 503);
         let v = account(relay, &a).await;
         assert_eq!(v["budget"]["daily"]["spent_nanousd"], 3 * cost, "{v}");
     }
@@ -317,7 +309,7 @@ async fn a_budget_and_the_vendors_limits_neither_lift_the_other() {
     ));
     let running = {
         let (relay, key) = (&relay, &key);
-        async move { ask(relay, key).await.status() }
+        async move { relay.ask(key).await.status() }
     };
     let raise = async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

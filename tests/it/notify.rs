@@ -18,7 +18,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::mock::{Behavior, MockUpstream, MockUsage, wait_until};
-use crate::support::relay::{Relay, messages_body};
+use crate::support::relay::Relay;
 use crate::support::token_endpoint::TokenEndpoint;
 
 /// A webhook on 127.0.0.1:0: records each body it is sent (JSON), and answers the statuses it
@@ -87,11 +87,7 @@ impl Hook {
 }
 
 async fn ask(relay: &Relay, key: &str) -> u16 {
-    let resp = relay
-        .messages(key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = relay.ask(key).await;
     let status = resp.status().as_u16();
     resp.bytes().await.unwrap();
     status

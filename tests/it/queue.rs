@@ -31,6 +31,23 @@ fn spawn_ask(relay: &Arc<Relay>, key: &str) -> tokio::task::JoinHandle<(u16, Str
     })
 }
 
+/// The key's first request held upstream and a second waiting for its slot, the limits' clock
+/// moved on `by` while the second waits: the first is served, the second's answer is returned.
+async fn second_after(
+    relay: &Arc<Relay>,
+    key: &str,
+    mock: &MockUpstream,
+    by: Duration,
+) -> (u16, String) {
+    let first = spawn_ask(relay, key);
+    wait_until("the first request upstream", || mock.in_flight() == 1).await;
+    let second = spawn_ask(relay, key);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    relay.app.clock.advance(by);
+    assert_eq!(first.await.unwrap().0, 200);
+    second.await.unwrap()
+}
+
 /// Answers that take a while: eight events 60 ms apart.
 fn slow() -> Behavior {
     Behavior::Slow {
@@ -72,7 +89,7 @@ async fn resting(rest_secs: u64, wait_secs: u64) -> (MockUpstream, Arc<Relay>, S
     let relay = queued_relay(&Backend::Embedded, wait_secs).await;
     relay.add_account(&mock, "sk-a", json!({})).await;
     let key = key_with(&relay, json!({})).await;
-    assert_eq!(ask_json(&relay, &key).await.status(), 429);
+    assert_eq!(relay.ask(&key).await.status(), 429);
     (mock, relay, key)
 }
 
@@ -84,14 +101,6 @@ async fn waited(relay: &Relay, outcome: &str) -> bool {
 }
 
 /// A small JSON request.
-async fn ask_json(relay: &Relay, key: &str) -> reqwest::Response {
-    relay
-        .messages(key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn key_with(relay: &Relay, limits: Value) -> String {
     let (status, v) = relay
         .admin(
@@ -165,7 +174,7 @@ async fn a_wait_that_runs_out_is_answered_as_without_one_and_holds_nothing() {
     let key = key_with(&relay, json!({ "max_concurrency": 5 })).await;
     let first = spawn_ask(&relay, &key);
     wait_until("the first request upstream", || mock.in_flight() == 1).await;
-    let resp = ask_json(&relay, &key).await;
+    let resp = relay.ask(&key).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     // Answered while the first still runs: it gave up, it did not wait for the slot.
@@ -220,18 +229,12 @@ async fn a_request_that_waits_across_a_window_is_admitted_to_the_new_one() {
         .app
         .clock
         .advance(Duration::from_millis(60_000 - into + 1_000));
-    let first = spawn_ask(&relay, &key);
-    wait_until("the first request upstream", || mock.in_flight() == 1).await;
-    let second = spawn_ask(&relay, &key);
-    tokio::time::sleep(Duration::from_millis(150)).await;
     // The window turns while the second waits for the key's slot: it is counted in the new
     // one (the old one's single request is the first's).
-    relay.app.clock.advance(Duration::from_secs(60));
-    assert_eq!(first.await.unwrap().0, 200);
-    let (status, body) = second.await.unwrap();
+    let (status, body) = second_after(&relay, &key, &mock, Duration::from_secs(60)).await;
     assert_eq!(status, 200, "{body}");
     // And the new window is now full.
-    let resp = ask_json(&relay, &key).await;
+    let resp = relay.ask(&key).await;
     assert_eq!(resp.status(), 429);
 }
 
@@ -240,7 +243,7 @@ async fn a_request_waits_out_an_accounts_short_rest() {
     let (mock, relay, key) = resting(2, 10).await;
     mock.set_default(Behavior::Ok(MockUsage::default()));
     // Resting two seconds, within the ten a request may wait: served once the rest is over.
-    assert_eq!(ask_json(&relay, &key).await.status(), 200);
+    assert_eq!(relay.ask(&key).await.status(), 200);
     assert_eq!(mock.requests().len(), 2);
 }
 
@@ -287,13 +290,7 @@ async fn a_key_that_expires_while_its_request_waits_is_refused() {
     // Limits that count nothing: only its end.
     let expires = relay.app.clock.now() + jiff::SignedDuration::from_secs(30);
     let key = key_with(&relay, json!({ "expires_at": expires.to_string() })).await;
-    let first = spawn_ask(&relay, &key);
-    wait_until("the first request upstream", || mock.in_flight() == 1).await;
-    let second = spawn_ask(&relay, &key);
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    relay.app.clock.advance(Duration::from_secs(60));
-    assert_eq!(first.await.unwrap().0, 200);
-    let (status, body) = second.await.unwrap();
+    let (status, body) = second_after(&relay, &key, &mock, Duration::from_secs(60)).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("expired"), "{body}");
     assert_eq!(mock.requests().len(), 1);

@@ -333,6 +333,14 @@ impl Relay {
             .collect()
     }
 
+    /// One non-streamed request for Claude Sonnet 4.5 with `key`, its answer.
+    pub async fn ask(&self, key: &str) -> reqwest::Response {
+        self.messages(key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn messages(&self, key: &str, body: &Value) -> reqwest::RequestBuilder {
         self.messages_at("/v1/messages", key, body)
     }
