@@ -1,9 +1,11 @@
-//! The admin API: `/admin/...`, every route behind `Authorization: Bearer <admin token>`.
+//! The admin API: `/admin/...`, every route behind `Authorization: Bearer <admin token>`, and
+//! the admin console at `/admin/ui/` (`ui`), a page that asks for the token and calls the API.
 //!
 //! The CLI drives the same handlers, in process or over HTTP, so both behave alike.
 
 mod accounts;
 mod keys;
+mod ui;
 mod usage;
 
 use std::collections::HashMap;
@@ -22,6 +24,11 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    if app.config.server.admin_console
+        && let Some(resp) = ui::serve(req.method(), req.uri().path(), req.headers())
+    {
+        return resp;
+    }
     match route(app, req).await {
         Ok(resp) => resp,
         Err(err) => err.render(Surface::Admin),

@@ -125,6 +125,10 @@ pub struct ServerConfig {
     /// Threads serving connections, each with a runtime and an upstream client of its own
     /// (0: one per CPU the process may use).
     pub workers: usize,
+    /// Serve the admin console (a web page for the admin API) at `/admin/ui/`. The page holds no
+    /// secret and asks for the admin token; turn it off where the admin API is reached only by
+    /// scripts.
+    pub admin_console: bool,
 }
 
 /// The longest any duration option (`*_secs`, `*_ms`) may be. Longer is a mistake, and far longer
@@ -193,6 +197,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             keep_alive: true,
             workers: 0,
+            admin_console: true,
         }
     }
 }

@@ -5,6 +5,7 @@ mod budget;
 mod cli;
 mod code_assist;
 mod connections;
+mod console;
 mod failover;
 mod images;
 mod limits;

@@ -1,0 +1,154 @@
+// Overview: usage today, this month and in total, cost per day, accounts by status.
+
+import { get, qs } from './api.js';
+import { h, clear, button, checkbox, messageLine } from './dom.js';
+import { fmtUsd, fmtInt, fmtCompact, fmtRel, fmtWhen, isoDateUtc } from './format.js';
+import { barChart } from './charts.js';
+import { statusOf, statusBadge, STATUS_LABELS, lastError } from './accounts.js';
+
+export async function render(main, _parts, _query, ctx) {
+  const msg = messageLine();
+  const stats = h('div', { class: 'stat-grid' });
+  const chartBox = h('div', { class: 'chart-box' });
+  const statusBox = h('div', { class: 'status-counts' });
+  const attention = h('div');
+  const metric = h('select', { 'aria-label': 'Chart shows' },
+    h('option', { value: 'cost' }, 'Cost'), h('option', { value: 'requests' }, 'Requests'),
+    h('option', { value: 'tokens' }, 'Tokens'));
+  const refresh = button('Refresh', () => load(), null);
+  const auto = checkbox('Refresh every 10 s', false);
+  let series = [];
+
+  main.append(
+    h('div', { class: 'page-head' }, h('h1', null, 'Overview'),
+      h('div', { class: 'tools' }, auto.wrap, refresh)),
+    msg.el,
+    stats,
+    h('section', { class: 'panel' },
+      h('div', { class: 'panel-head' }, h('h2', null, 'Last 30 days (UTC days)'),
+        h('div', { class: 'tools' }, h('label', { class: 'inline' }, 'Show ', metric))),
+      chartBox),
+    h('div', { class: 'two-col' },
+      h('section', { class: 'panel' }, h('div', { class: 'panel-head' }, h('h2', null, 'Accounts by status')), statusBox),
+      h('section', { class: 'panel' }, h('div', { class: 'panel-head' }, h('h2', null, 'Accounts that need attention')), attention)),
+  );
+
+  metric.addEventListener('change', drawChart);
+
+  function drawChart() {
+    clear(chartBox);
+    const m = metric.value;
+    const value = (p) => (m === 'cost' ? p.cost_nanousd : m === 'requests' ? p.requests
+      : p.input_tokens + p.output_tokens + p.cache_creation_input_tokens + p.cache_read_input_tokens);
+    const fmt = m === 'cost' ? fmtUsd : fmtCompact;
+    chartBox.append(barChart(series.map((p) => ({
+      label: p.start.slice(5, 10),
+      tip: p.start.slice(0, 10),
+      value: value(p),
+    })), { format: fmt, title: `${metric.selectedOptions[0].textContent} per day` }));
+  }
+
+  async function load() {
+    const now = new Date();
+    const midnight = new Date(now.getFullYear(), now.getMonth(), now.getDate());
+    const monthStart = new Date(now.getFullYear(), now.getMonth(), 1);
+    const from30 = new Date(Date.now() - 29 * 86_400_000);
+    refresh.disabled = true;
+    try {
+      const [today, month, total, daily, accounts] = await Promise.all([
+        get(`usage${qs({ from: midnight.toISOString() })}`),
+        get(`usage${qs({ from: monthStart.toISOString() })}`),
+        get('usage'),
+        get(`usage${qs({ granularity: 'day', from: isoDateUtc(from30) })}`),
+        get('accounts'),
+      ]);
+      if (!ctx.alive()) return;
+      msg.clear();
+      clear(stats);
+      stats.append(statCard('Today', today), statCard('This month', month), statCard('All time', total));
+      series = daily.series || [];
+      drawChart();
+      drawAccounts(accounts.data || []);
+    } catch (e) {
+      if (ctx.alive()) msg.error(`Could not load the overview: ${e.message}`);
+    } finally {
+      refresh.disabled = false;
+    }
+  }
+
+  function drawAccounts(list) {
+    clear(statusBox);
+    clear(attention);
+    const counts = new Map();
+    for (const a of list) {
+      const s = statusOf(a);
+      counts.set(s, (counts.get(s) || 0) + 1);
+    }
+    if (!list.length) {
+      statusBox.append(h('p', { class: 'muted' }, 'No accounts yet. ', h('a', { href: '#/accounts' }, 'Add one'), '.'));
+    } else {
+      statusBox.append(h('ul', { class: 'count-list' },
+        Object.keys(STATUS_LABELS).filter((s) => counts.has(s)).map((s) => h('li', null,
+          statusBadge(s), h('span', { class: 'count' }, fmtInt(counts.get(s)))))));
+    }
+    const needs = list.filter((a) => {
+      const s = statusOf(a);
+      return (s !== 'ok' && s !== 'disabled' && s !== 'paused') || a.state.consecutive_failures > 0
+        || (a.oauth && a.oauth.failure);
+    });
+    if (!needs.length) {
+      attention.append(h('p', { class: 'muted' }, list.length ? 'Every account is serving.' : 'Nothing to show.'));
+      return;
+    }
+    attention.append(h('ul', { class: 'attention' }, needs.map((a) => h('li', null,
+      h('div', { class: 'attention-head' },
+        h('a', { href: `#/accounts/${encodeURIComponent(a.id)}`, class: 'strong' }, a.name),
+        h('span', { class: 'muted small' }, a.provider),
+        statusBadge(statusOf(a)),
+        a.state.until ? h('span', { class: 'muted small', title: fmtWhen(a.state.until) }, `until ${fmtRel(a.state.until)}`) : null),
+      h('div', { class: 'small' }, lastError(a))))));
+  }
+
+  ctx.onCleanup(startAuto(auto.input, load));
+  await load();
+}
+
+function statCard(title, u) {
+  const cacheW = u.cache_creation_input_tokens || 0;
+  const cacheR = u.cache_read_input_tokens || 0;
+  return h('section', { class: 'stat' },
+    h('h2', null, title),
+    h('p', { class: 'stat-main' }, fmtUsd(u.cost_nanousd)),
+    h('dl', { class: 'stat-list' },
+      h('div', null, h('dt', null, 'Requests'), h('dd', null, fmtInt(u.requests))),
+      h('div', null, h('dt', null, 'Input tokens'), h('dd', { title: fmtInt(u.input_tokens) }, fmtCompact(u.input_tokens))),
+      h('div', null, h('dt', null, 'Output tokens'), h('dd', { title: fmtInt(u.output_tokens) }, fmtCompact(u.output_tokens))),
+      h('div', null, h('dt', null, 'Cache writes'), h('dd', { title: fmtInt(cacheW) }, fmtCompact(cacheW))),
+      h('div', null, h('dt', null, 'Cache reads'), h('dd', { title: fmtInt(cacheR) }, fmtCompact(cacheR))),
+      u.images ? h('div', null, h('dt', null, 'Images'), h('dd', null, fmtInt(u.images))) : null));
+}
+
+/** Calls `load` every 10 s while `input` is checked and the tab is visible; returns a stop. */
+function startAuto(input, load) {
+  let timer = null;
+  const tick = () => {
+    if (!document.hidden) load();
+  };
+  const sync = () => {
+    if (input.checked && !timer) timer = setInterval(tick, 10_000);
+    if (!input.checked && timer) {
+      clearInterval(timer);
+      timer = null;
+    }
+  };
+  input.addEventListener('change', sync);
+  const onVisible = () => {
+    if (!document.hidden && input.checked) load();
+  };
+  document.addEventListener('visibilitychange', onVisible);
+  return () => {
+    if (timer) clearInterval(timer);
+    document.removeEventListener('visibilitychange', onVisible);
+  };
+}
+
