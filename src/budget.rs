@@ -24,7 +24,7 @@ use smol_str::{SmolStr, format_smolstr};
 
 use crate::app::App;
 use crate::limits::meters::{DayAndMonth, Measure};
-use crate::limits::{show_amount, show_time};
+use crate::limits::{json_time, show_amount, show_time};
 use crate::notify::{Event, Notice};
 use crate::scheduler::policy::{Health, Report};
 use crate::store::{
@@ -417,8 +417,8 @@ pub async fn view(app: &App, record: &AccountRecord) -> Result<Value, StoreError
                 "limit_nanousd": p.limit,
                 "spent_nanousd": spent,
                 "remaining_nanousd": p.limit.saturating_sub(spent),
-                "period_start": show_time(p.span.0, tz),
-                "resets_at": show_time(p.span.1, tz),
+                "period_start": json_time(p.span.0, tz),
+                "resets_at": json_time(p.span.1, tz),
             }),
         );
     }

@@ -749,16 +749,49 @@ pub fn show_amount(measure: Measure, amount: u64) -> String {
     }
 }
 
-/// An instant in the limits' time zone, RFC 3339 with the zone.
+/// An instant in the limits' time zone for a message: RFC 3339 followed by the zone's name
+/// (`2026-11-23T00:00:00+09:00[Asia/Tokyo]`, RFC 9557).
 pub fn show_time(ms: i64, tz: &jiff::tz::TimeZone) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.to_zoned(tz.clone()).to_string())
         .unwrap_or_else(|_| ms.to_string())
 }
 
+/// An instant in the limits' time zone for a JSON field: plain RFC 3339 with the zone's offset
+/// (`2026-11-23T00:00:00+09:00`), which every client's date parser reads (JavaScript's `Date`
+/// and Python's `fromisoformat` refuse the zone's name in brackets).
+pub fn json_time(ms: i64, tz: &jiff::tz::TimeZone) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| {
+            let offset = tz.to_offset(t);
+            t.display_with_offset(offset).to_string()
+        })
+        .unwrap_or_else(|_| ms.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_in_json_are_plain_rfc_3339_with_the_offset() {
+        let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+        let ms = "2026-11-22T15:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        assert_eq!(json_time(ms, &tokyo), "2026-11-23T00:00:00+09:00");
+        assert_eq!(
+            show_time(ms, &tokyo),
+            "2026-11-23T00:00:00+09:00[Asia/Tokyo]"
+        );
+        assert_eq!(
+            json_time(ms, &jiff::tz::TimeZone::UTC),
+            "2026-11-22T15:00:00+00:00"
+        );
+        let back: jiff::Timestamp = json_time(ms + 250, &tokyo).parse().unwrap();
+        assert_eq!(back.as_millisecond(), ms + 250);
+    }
 
     #[test]
     fn amounts_read_as_dollars() {

@@ -357,6 +357,15 @@ pub async fn import_pricing(app: &Arc<App>, body: &[u8]) -> Result<Response<Body
     let table =
         PriceTable::from_litellm_json(text).map_err(|e| ApiError::invalid(e.to_string()))?;
     let models = table.len();
+    // An import replaces the one before: a file that prices nothing (the wrong file, `{}`) would
+    // silently put every model back on the configured prices.
+    if models == 0 {
+        return Err(ApiError::invalid(
+            "the price file prices no model (LiteLLM's model_prices_and_context_window.json maps \
+             each model to its input_cost_per_token, output_cost_per_token, …); the prices in \
+             use are unchanged",
+        ));
+    }
     let pricing = Pricing::from_config(&app.config.pricing, Some(table))
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     if !app.store().share_prices(text).await.map_err(store_error)? {

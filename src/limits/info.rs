@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
+use super::json_time;
 use super::meters::{self, Estimate, Families, Measure};
-use super::show_time;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::store::{KeyRecord, SmolStr};
@@ -42,8 +42,8 @@ pub async fn view(app: &App, key: &KeyRecord, mut base: Value) -> Result<Value, 
                 "used": used.used,
                 "reserved": used.held,
                 "remaining": p.meter.limit.saturating_sub(used.used.saturating_add(used.held)),
-                "period_start": p.period.map(|(start, _)| show_time(start, tz)),
-                "resets_at": p.period.map(|(_, end)| show_time(end, tz)),
+                "period_start": p.period.map(|(start, _)| json_time(start, tz)),
+                "resets_at": p.period.map(|(_, end)| json_time(end, tz)),
             }),
         );
     }
@@ -61,8 +61,8 @@ pub async fn view(app: &App, key: &KeyRecord, mut base: Value) -> Result<Value, 
     base["limits"] = serde_json::to_value(&key.limits).unwrap_or(Value::Null);
     base["in_flight"] = json!(state.in_flight);
     base["usage"] = Value::Object(usage);
-    base["first_used_at"] = json!(state.first_used_at.map(|ms| show_time(ms, tz)));
-    base["expires_at"] = json!(expires.map(|ms| show_time(ms, tz)));
+    base["first_used_at"] = json!(state.first_used_at.map(|ms| json_time(ms, tz)));
+    base["expires_at"] = json!(expires.map(|ms| json_time(ms, tz)));
     base["expired"] = json!(expires.is_some_and(|e| e <= now_ms));
     base["timezone"] = json!(app.config.limits.timezone);
     Ok(base)

@@ -144,14 +144,17 @@ async fn an_imported_price_file_applies_at_once_and_after_a_restart() {
     relay.stop().await;
     let relay = Relay::start_with(config, tmp).await;
     assert_eq!(relay.cost_of_one(&key, model).await, expected);
-    // A file that is not a price table changes nothing.
-    let (status, v) = relay
-        .admin(
-            reqwest::Method::POST,
-            "/admin/pricing/import",
-            Some(json!([1, 2])),
-        )
-        .await;
-    assert_eq!(status, 400, "{v}");
-    assert_eq!(relay.cost_of_one(&key, model).await, expected);
+    // A file that is not a price table, or prices no model, changes nothing.
+    for file in [
+        json!([1, 2]),
+        json!({}),
+        json!({ "sample_spec": { "mode": "chat" } }),
+    ] {
+        let (status, v) = relay
+            .admin(reqwest::Method::POST, "/admin/pricing/import", Some(file))
+            .await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert_eq!(relay.cost_of_one(&key, model).await, expected);
+    }
 }

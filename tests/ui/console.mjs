@@ -317,6 +317,10 @@ step('pricing: the import shows the API\'s answer', async () => {
   await file.setInputFiles({ name: 'prices.json', mimeType: 'application/json', buffer: Buffer.from('[]') });
   await page.getByRole('button', { name: 'Import prices' }).click();
   await page.getByRole('alert').filter({ hasText: 'must be a JSON object of model name to prices' }).waitFor({ timeout: WAIT });
+  // A file that prices no model is refused too: it would otherwise replace the imported prices.
+  await file.setInputFiles({ name: 'empty.json', mimeType: 'application/json', buffer: Buffer.from('{}') });
+  await page.getByRole('button', { name: 'Import prices' }).click();
+  await page.getByRole('alert').filter({ hasText: 'prices no model' }).waitFor({ timeout: WAIT });
 });
 
 step('delete the key after confirming: gone from the table, 404 from the API', async () => {

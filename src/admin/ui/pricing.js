@@ -38,8 +38,7 @@ export async function render(main) {
       }
       const res = await post('pricing/import', text);
       const n = res.imported_models;
-      if (n === 0) msg.error(`${f.name} held no model prices the relay could read: 0 models imported (the imported prices are now empty).`);
-      else msg.ok(`Imported prices for ${fmtInt(n)} model${n === 1 ? '' : 's'} from ${f.name}.`);
+      msg.ok(`Imported prices for ${fmtInt(n)} model${n === 1 ? '' : 's'} from ${f.name}.`);
     });
   });
 }
