@@ -774,6 +774,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn times_in_json_are_plain_rfc_3339_with_the_offset() {
         let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
         let ms = "2026-11-22T15:00:00Z"
