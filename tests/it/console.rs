@@ -124,10 +124,10 @@ async fn the_console_can_be_turned_off() {
 }
 
 /// What the browser test needs: Node.js, playwright-core installed in `tests/ui` (`npm ci`) and
-/// Chromium. Without them the test is skipped, unless `SWITCHYARD_BROWSER_TESTS=1` (CI) makes
+/// Chromium. Without them the test is skipped, unless `REQUIRE_BROWSER_TESTS=1` (CI) makes
 /// their absence a failure.
 fn browser() -> Option<String> {
-    let required = std::env::var("SWITCHYARD_BROWSER_TESTS").is_ok_and(|v| v == "1");
+    let required = std::env::var("REQUIRE_BROWSER_TESTS").is_ok_and(|v| v == "1");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     let ui = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
     let missing = [
@@ -150,7 +150,7 @@ fn browser() -> Option<String> {
     }
     assert!(
         !required,
-        "SWITCHYARD_BROWSER_TESTS=1 but missing: {missing:?}"
+        "REQUIRE_BROWSER_TESTS=1 but missing: {missing:?}"
     );
     eprintln!("skipped: the console's browser test needs {missing:?}");
     None
