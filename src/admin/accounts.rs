@@ -77,7 +77,9 @@ pub struct OAuthInput {
 #[serde(deny_unknown_fields)]
 pub struct PatchAccount {
     name: Option<String>,
-    base_url: Option<String>,
+    /// `null`: the provider's own endpoint (of the account's region, for Bedrock).
+    #[serde(default, deserialize_with = "nullable")]
+    base_url: Option<Option<String>>,
     api_key: Option<String>,
     priority: Option<i32>,
     schedulable: Option<bool>,
@@ -615,8 +617,9 @@ async fn apply(
     if let Some(name) = req.name {
         record.name = valid_name(&name)?;
     }
-    if let Some(url) = req.base_url {
-        record.base_url = valid_base_url(&url)?;
+    let to_default = matches!(req.base_url, Some(None));
+    if let Some(Some(url)) = &req.base_url {
+        record.base_url = valid_base_url(url)?;
     }
     // Signing turned off: the secret access key would become a bearer token.
     if matches!(req.aws_access_key_id, Some(None))
@@ -718,7 +721,9 @@ async fn apply(
     record.region = vendor.region;
     record.aws_access_key_id = vendor.aws_access_key_id;
     record.project = vendor.project;
-    if default_endpoint && record.base_url == before.base_url {
+    if to_default {
+        record.base_url = default_base_url(record.provider, record.region.as_deref())?;
+    } else if default_endpoint && record.base_url == before.base_url {
         record.base_url =
             providers::bedrock::default_base_url(record.region.as_deref().unwrap_or_default());
     }

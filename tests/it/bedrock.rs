@@ -327,4 +327,54 @@ async fn bedrock_accounts_are_checked_when_written() {
     let (status, v) = patch(&relay, id, with_key).await;
     assert_eq!(status, 200, "{v}");
     assert!(v["aws_access_key_id"].is_null(), "{v}");
+    // An endpoint of its own, then back to its region's (`null`), in the same PATCH as a region.
+    let (status, v) = patch(
+        &relay,
+        id,
+        json!({ "base_url": "https://vpce.example.com" }),
+    )
+    .await;
+    assert_eq!(
+        (status, v["base_url"].as_str()),
+        (200, Some("https://vpce.example.com"))
+    );
+    let (status, v) = patch(&relay, id, json!({ "region": "eu-west-3" })).await;
+    assert_eq!(
+        (status, v["base_url"].as_str()),
+        (200, Some("https://vpce.example.com"))
+    );
+    let (status, v) = patch(
+        &relay,
+        id,
+        json!({ "base_url": null, "region": "ap-south-1" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["base_url"],
+        "https://bedrock-runtime.ap-south-1.amazonaws.com"
+    );
+    // An Azure resource has no default endpoint: refused, and the account keeps its own.
+    let (status, v) = relay
+        .admin(
+            reqwest::Method::POST,
+            "/admin/accounts",
+            Some(json!({
+                "name": "az", "api_key": "k", "provider": "azure-openai",
+                "base_url": "https://res.openai.azure.com", "api_version": "2024-10-21",
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let az = v["id"].as_str().unwrap();
+    let (status, v) = patch(&relay, az, json!({ "base_url": null })).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("base_url"),
+        "{v}"
+    );
+    let (_, v) = relay
+        .admin(reqwest::Method::GET, &format!("/admin/accounts/{az}"), None)
+        .await;
+    assert_eq!(v["base_url"], "https://res.openai.azure.com");
 }
