@@ -3,7 +3,7 @@
 import { get, post, patch, del, enc, directory } from './api.js';
 import {
   h, clear, button, busy, checkbox, field, formDialog, confirmDialog, messageLine, table, facts,
-  badge, meter, nextId,
+  badge, meter, nextId, latestOnly, reportAfter,
 } from './dom.js';
 import {
   fmtUsd, fmtRel, fmtWhen, fmtTime, parseUsd, nanoToDecimal, splitList, parsePairs,
@@ -110,20 +110,20 @@ async function renderList(main, ctx) {
   const msg = messageLine();
   const box = h('div', { class: 'table-box' }, h('p', { class: 'muted' }, 'Loading...'));
   const refresh = button('Refresh', () => load());
-  const add = button('Add account', () => accountForm(null, list, async (created) => {
-    await load();
-    msg.ok(`Account "${created.name}" added.`);
-  }), 'primary');
+  const add = button('Add account', () => accountForm(null, list, (created) => reportAfter(msg, `Account "${created.name}" added.`, load)), 'primary');
+  const begin = latestOnly(ctx);
   let list = [];
   main.append(
     h('div', { class: 'page-head' }, h('h1', null, 'Accounts'), h('div', { class: 'tools' }, refresh, add)),
     msg.el, box);
 
+  /** Loads and shows the accounts; resolves to null, or what failed. */
   async function load() {
+    const live = begin();
     refresh.disabled = true;
     try {
       const res = await get('accounts');
-      if (!ctx.alive()) return;
+      if (!live()) return null;
       list = res.data || [];
       clear(box).append(table([
         {
@@ -152,22 +152,23 @@ async function renderList(main, ctx) {
           label: 'Actions',
           cls: 'actions',
           cell: (a) => [
-            button('Edit', () => accountForm(a, list, async (u) => {
-              await load();
-              msg.ok(`Account "${u.name}" saved.`);
-            }), 'small', { 'aria-label': `Edit account ${a.name}` }),
+            button('Edit', () => accountForm(a, list, (u) => reportAfter(msg, `Account "${u.name}" saved.`, load)),
+              'small', { 'aria-label': `Edit account ${a.name}` }),
             button(a.schedulable ? 'Pause' : 'Resume', (e) => busy(e.currentTarget, msg, async () => {
               await patch(`accounts/${enc(a.id)}`, { schedulable: !a.schedulable });
-              await load();
-              msg.ok(`Account "${a.name}" ${a.schedulable ? 'paused: it is no longer scheduled' : 'resumed: it is scheduled again'}.`);
+              await reportAfter(msg, `Account "${a.name}" ${a.schedulable ? 'paused: it is no longer scheduled' : 'resumed: it is scheduled again'}.`, load);
             }), 'small', { 'aria-label': `${a.schedulable ? 'Pause scheduling of' : 'Resume scheduling of'} account ${a.name}` }),
           ],
         },
       ], list, { empty: 'No accounts yet. Add one to start relaying.', caption: 'Accounts', rowClass: (a) => (statusOf(a) === 'disabled' ? 'dim' : null) }));
+      msg.clearError();
+      return null;
     } catch (e) {
-      if (ctx.alive()) msg.error(`Could not load the accounts: ${e.message}`);
+      const problem = `Could not load the accounts: ${e.message}`;
+      if (live()) msg.error(problem);
+      return problem;
     } finally {
-      refresh.disabled = false;
+      if (live()) refresh.disabled = false;
     }
   }
   await load();
@@ -178,34 +179,33 @@ async function renderDetail(main, id, ctx) {
   const headBox = h('div', { class: 'page-head' });
   const bodyBox = h('div', { class: 'detail' });
   main.append(h('p', { class: 'crumbs' }, h('a', { href: '#/accounts' }, 'Accounts'), ' / ', h('span', { class: 'mono' }, id)), headBox, msg.el, bodyBox);
+  const begin = latestOnly(ctx);
 
+  /** Loads and shows the account; resolves to null, or what failed. */
   async function load() {
+    const live = begin();
     let a;
     let dir;
     try {
       [a, dir] = await Promise.all([get(`accounts/${enc(id)}`), directory()]);
     } catch (e) {
-      if (!ctx.alive()) return;
-      msg.error(e.status === 404 ? `No account with id ${id}.` : `Could not load the account: ${e.message}`);
-      return;
+      const problem = e.status === 404 ? `No account with id ${id}.` : `Could not load the account: ${e.message}`;
+      if (live()) msg.error(problem);
+      return problem;
     }
-    if (!ctx.alive()) return;
+    if (!live()) return null;
     ctx.setTitle(`Account ${a.name}`);
     // Built aside, then shown at once: a refresh does not flicker.
     const head = h('div', { class: 'page-head' });
     const body = h('div', { class: 'detail' });
     const act = async (btn, fn, okText) => busy(btn, msg, async () => {
       await fn();
-      await load();
-      msg.ok(okText);
+      await reportAfter(msg, okText, load);
     });
     head.append(h('h1', null, a.name, ' ', statusBadge(statusOf(a))),
       h('div', { class: 'tools' },
         button('Refresh', (e) => busy(e.currentTarget, msg, load)),
-        button('Edit', () => accountForm(a, dir.accounts, async (u) => {
-          await load();
-          msg.ok(`Account "${u.name}" saved.`);
-        })),
+        button('Edit', () => accountForm(a, dir.accounts, (u) => reportAfter(msg, `Account "${u.name}" saved.`, load))),
         button(a.schedulable ? 'Pause scheduling' : 'Resume scheduling', (e) => act(e.currentTarget,
           () => patch(`accounts/${enc(id)}`, { schedulable: !a.schedulable }),
           a.schedulable ? 'Paused: the account is no longer scheduled.' : 'Resumed: the account is scheduled again.')),
@@ -289,6 +289,7 @@ async function renderDetail(main, id, ctx) {
     }
 
     body.append(await usageSummary({ account_id: a.id }, ctx));
+    if (!live()) return null;
     // The request log filters by key only: this account's among the most recent.
     const recent = h('div', null, h('p', { class: 'muted' }, 'Loading...'));
     body.append(h('section', { class: 'panel' },
@@ -297,15 +298,18 @@ async function renderDetail(main, id, ctx) {
       recent));
     try {
       const r = await get('requests?limit=500');
-      if (!ctx.alive()) return;
+      if (!live()) return null;
       const rows = (r.data || []).filter((x) => x.account_id === a.id).slice(0, 25);
       clear(recent).append(requestsTable(rows, dir, { hideAccount: true }));
     } catch (e) {
+      if (!live()) return null;
       clear(recent).append(h('p', { class: 'message error' }, e.message));
     }
-    if (!ctx.alive()) return;
     headBox.replaceChildren(...head.childNodes);
     bodyBox.replaceChildren(...body.childNodes);
+    if (dir.error) msg.error(dir.error);
+    else msg.clearError();
+    return dir.error;
   }
   await load();
 }
@@ -347,9 +351,11 @@ export function accountForm(a, accounts, done) {
   const baseUrl = h('input', { name: 'base_url', type: 'url', value: editing ? a.base_url : '', spellcheck: false });
   const models = h('textarea', { name: 'models', rows: 2, spellcheck: false, placeholder: 'claude-*, claude-sonnet-4-5 (empty: every model)' });
   models.value = editing ? a.models.join('\n') : '';
-  const priority = h('input', { name: 'priority', type: 'number', step: 1, value: editing ? String(a.priority) : '', placeholder: '50' });
-  const weight = h('input', { name: 'weight', type: 'number', min: 1, step: 1, value: editing ? String(a.weight) : '', placeholder: '1' });
-  const maxConc = h('input', { name: 'max_concurrency', type: 'number', min: 1, step: 1, value: editing && a.max_concurrency ? String(a.max_concurrency) : '', placeholder: 'no limit' });
+  // Text inputs checked by intField, not type=number: a number input reports text it cannot
+  // parse as "", which would read as "no limit" or "unchanged".
+  const priority = h('input', { name: 'priority', value: editing ? String(a.priority) : '', placeholder: '50', autocomplete: 'off' });
+  const weight = h('input', { name: 'weight', inputMode: 'numeric', value: editing ? String(a.weight) : '', placeholder: '1', autocomplete: 'off' });
+  const maxConc = h('input', { name: 'max_concurrency', inputMode: 'numeric', value: editing && a.max_concurrency ? String(a.max_concurrency) : '', placeholder: 'no limit', autocomplete: 'off' });
   const groupsId = nextId('groups');
   const group = h('input', { name: 'group', value: editing && a.group ? a.group : '', list: groupsId, autocomplete: 'off', placeholder: 'none' });
   const groups = [...new Set(accounts.map((x) => x.group).filter(Boolean))];

@@ -46,8 +46,10 @@ export function setUnauthorizedHandler(fn) {
  */
 export async function api(method, path, body, { tokenOverride } = {}) {
   const headers = { Accept: 'application/json' };
+  // The token this request is sent with: a 401 speaks of it, not of one stored since.
   const t = tokenOverride ?? token.get();
-  if (t) headers.Authorization = `Bearer ${t}`;
+  if (!t) throw new ApiError(401, 'Not signed in.', 'not_signed_in');
+  headers.Authorization = `Bearer ${t}`;
   const init = { method, headers, cache: 'no-store', credentials: 'omit' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -73,7 +75,9 @@ export async function api(method, path, body, { tokenOverride } = {}) {
     const message = (err && typeof err.message === 'string' && err.message)
       || `${res.status} ${res.statusText || 'error'}`;
     const e = new ApiError(res.status, message, err && err.type);
-    if (res.status === 401 && tokenOverride === undefined) {
+    // Signed out only when the refused token is still the one stored: an answer to a request
+    // sent before a sign-in with another token does not end the new session.
+    if (res.status === 401 && tokenOverride === undefined && token.get() === t) {
       token.clear();
       onUnauthorized(message);
     }
@@ -109,19 +113,44 @@ export async function health() {
   }
 }
 
-/** Every key and account, for names and pickers. */
-export async function directory() {
-  const [keys, accounts] = await Promise.all([get('keys'), get('accounts')]);
+function makeDirectory(keys, accounts) {
   return {
-    keys: keys.data || [],
-    accounts: accounts.data || [],
+    keys: keys || [],
+    accounts: accounts || [],
+    keysOk: !!keys,
+    accountsOk: !!accounts,
+    /** A key's name; null: no such key (deleted); undefined: the keys could not be loaded. */
     keyName(id) {
-      const k = this.keys.find((x) => x.id === id);
+      if (!keys) return undefined;
+      const k = keys.find((x) => x.id === id);
       return k ? k.name : null;
     },
+    /** An account's name; null: no such account (deleted); undefined: not loaded. */
     accountName(id) {
-      const a = this.accounts.find((x) => x.id === id);
+      if (!accounts) return undefined;
+      const a = accounts.find((x) => x.id === id);
       return a ? a.name : null;
     },
   };
+}
+
+/** A directory that knows no key or account (before one is loaded). */
+export function emptyDirectory() {
+  return makeDirectory(null, null);
+}
+
+/**
+ * Every key and account, for names and pickers. Never rejects: what could not be loaded is
+ * empty (`keysOk` / `accountsOk` false; its names resolve to undefined) and `error` tells why.
+ */
+export async function directory() {
+  const [k, a] = await Promise.allSettled([get('keys'), get('accounts')]);
+  const keys = k.status === 'fulfilled' ? (k.value && k.value.data) || [] : null;
+  const accounts = a.status === 'fulfilled' ? (a.value && a.value.data) || [] : null;
+  const dir = makeDirectory(keys, accounts);
+  const failed = [['keys', k], ['accounts', a]].filter(([, r]) => r.status === 'rejected');
+  dir.error = failed.length
+    ? `Could not load the ${failed.map(([what]) => what).join(' and ')}: ${failed[0][1].reason.message || failed[0][1].reason}`
+    : null;
+  return dir;
 }

@@ -13,6 +13,7 @@ const $ = (id) => document.getElementById(id);
 const signin = $('signin');
 const shell = $('shell');
 const main = $('main');
+const appError = $('app-error');
 
 /** Routes: first hash segment -> [view, title]. */
 const ROUTES = {
@@ -27,11 +28,33 @@ const ROUTES = {
 let generation = 0;
 let cleanups = [];
 
+/** The hash as {parts, query}; null when it cannot be decoded (such as "#/keys/%E0%A4%A"). */
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, '');
   const [path, query = ''] = raw.split('?');
-  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
-  return { parts, query: new URLSearchParams(query) };
+  try {
+    const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+    return { parts, query: new URLSearchParams(query) };
+  } catch {
+    return null;
+  }
+}
+
+/** Shows a failure nothing else reported (in the page, not only in the browser's console). */
+function showAppError(text) {
+  if (!shell.hidden) {
+    appError.textContent = text;
+    appError.hidden = false;
+  } else {
+    const err = $('signin-error');
+    err.textContent = text;
+    err.hidden = false;
+  }
+}
+
+function clearAppError() {
+  appError.hidden = true;
+  appError.textContent = '';
 }
 
 function runCleanups() {
@@ -53,15 +76,19 @@ async function route() {
   runCleanups();
   generation += 1;
   const mine = generation;
-  const { parts, query } = parseHash();
-  const name = parts[0] || 'overview';
-  const entry = ROUTES[name];
+  clearAppError();
+  const parsed = parseHash();
+  const parts = parsed ? parsed.parts : [];
+  const query = parsed ? parsed.query : new URLSearchParams();
+  const name = parsed ? parts[0] || 'overview' : null;
+  const entry = name !== null && Object.hasOwn(ROUTES, name) ? ROUTES[name] : null;
   for (const a of document.querySelectorAll('.nav a')) {
     if (a.dataset.route === name) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
   clear(main);
   if (!entry) {
+    document.title = 'Not found - Switchyard admin';
     main.append(h('h1', null, 'Not found'), h('p', null, 'No such page. ', h('a', { href: '#/overview' }, 'Go to the overview')));
     return;
   }
@@ -83,9 +110,18 @@ async function route() {
   }
 }
 
+/** Routes, reporting in the page whatever the view did not catch. */
+function navigate() {
+  route().catch((e) => {
+    if (e && e.status === 401) return;
+    showAppError(`Something went wrong: ${(e && e.message) || e}`);
+  });
+}
+
 function showSignin(message) {
   runCleanups();
   generation += 1;
+  clearAppError();
   // Nothing the API answered stays on the page.
   clear(main);
   for (const d of document.querySelectorAll('dialog')) d.remove();
@@ -130,7 +166,7 @@ $('signin-form').addEventListener('submit', async (e) => {
     input.value = '';
     showShell();
     if (!location.hash || location.hash === '#' || location.hash === '#/') location.hash = '#/overview';
-    else route();
+    else navigate();
   } catch (ex) {
     err.textContent = ex.message;
     err.hidden = false;
@@ -150,13 +186,23 @@ $('skip-link').addEventListener('click', () => main.focus());
 setUnauthorizedHandler((message) => showSignin(`Signed out: ${message}`));
 
 window.addEventListener('hashchange', () => {
-  if (token.get()) route();
+  if (token.get()) navigate();
+});
+
+// A failure no view caught is shown in the page (and still reaches the browser's console).
+window.addEventListener('unhandledrejection', (e) => {
+  const r = e.reason;
+  if (r && r.status === 401) return; // already back on sign-in
+  showAppError(`Something went wrong: ${(r && r.message) || r}`);
+});
+window.addEventListener('error', (e) => {
+  showAppError(`Something went wrong: ${e.message || e.error || 'an error'}`);
 });
 
 if (token.get()) {
   showShell();
   if (!location.hash) location.hash = '#/overview';
-  else route();
+  else navigate();
 } else {
   showSignin();
 }

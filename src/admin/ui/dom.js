@@ -101,6 +101,40 @@ export function messageLine() {
       el.hidden = true;
       el.textContent = '';
     },
+    /** Clears an error shown (a success message stays). */
+    clearError() {
+      if (el.classList.contains('error')) this.clear();
+    },
+  };
+}
+
+/**
+ * After a change the API accepted: runs `reload` (which resolves to null, or a message when it
+ * failed) and then tells `okText` — with the reload's failure next to it, so that neither hides
+ * the other ("Limits saved. Reload failed: ...").
+ */
+export async function reportAfter(msg, okText, reload) {
+  let problem;
+  try {
+    problem = await reload();
+  } catch (e) {
+    problem = e.message || String(e);
+  }
+  if (problem) msg.error(`${okText} Reload failed: ${problem}`);
+  else msg.ok(okText);
+}
+
+/**
+ * Numbers a view's loads so that only the latest one paints. Once per view:
+ * `const begin = latestOnly(ctx);`; in each load: `const live = begin();`, then after every
+ * await `if (!live()) return;`. `live()` turns false when a later load begins or the view is left.
+ */
+export function latestOnly(ctx) {
+  let seq = 0;
+  return () => {
+    seq += 1;
+    const mine = seq;
+    return () => mine === seq && ctx.alive();
   };
 }
 

@@ -55,14 +55,22 @@ export function nanoToDecimal(nano) {
 
 /**
  * A dollar amount typed by an admin, as integer nano-dollars, exactly (no float arithmetic):
- * "0.1" -> 100000000. Accepts "12", "12.5", ".5", "$1,234.56". Returns {value} or {error}.
+ * "0.1" -> 100000000. Accepts "12", "12.5", ".5", "$1,234.56". A comma only separates groups of
+ * three digits ("1,234.50"); "12,50" is refused rather than read as 1250. Returns {value} or
+ * {error}.
  */
 export function parseUsd(text) {
-  const s = String(text).trim().replace(/^\$/, '').replace(/,/g, '').trim();
+  let s = String(text ?? '').trim().replace(/^\$/, '').trim();
   if (s === '') return { error: 'enter an amount in dollars' };
+  if (s.includes(',')) {
+    if (!/^\d{1,3}(,\d{3})+(\.\d*)?$/.test(s)) {
+      return { error: `"${String(text).trim()}": use a dot for decimals (12.50); a comma only separates thousands (1,234.50)` };
+    }
+    s = s.replace(/,/g, '');
+  }
   const m = /^(\d*)(?:\.(\d*))?$/.exec(s);
   if (!m || (m[1] === '' && (m[2] === undefined || m[2] === ''))) {
-    return { error: `"${text}" is not an amount in dollars (such as 12.50)` };
+    return { error: `"${String(text).trim()}" is not an amount in dollars (such as 12.50)` };
   }
   const frac = m[2] || '';
   if (frac.length > 9) return { error: 'at most 9 decimals (a nano-dollar)' };
@@ -140,6 +148,23 @@ export function fmtSeconds(s) {
   if (s % 3_600 === 0) return `${s / 3_600} h`;
   if (s % 60 === 0) return `${s / 60} min`;
   return `${s} s`;
+}
+
+/** A time as UTC, to the minute: "2026-11-22 08:00 UTC". */
+export function fmtUtc(t) {
+  const d = parseTime(t);
+  if (!d) return '';
+  return `${d.toISOString().slice(0, 16).replace('T', ' ')} UTC`;
+}
+
+/** The start of the UTC day of `d` (default: now). */
+export function utcMidnight(d = new Date()) {
+  return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()));
+}
+
+/** The start of the UTC month of `d` (default: now). */
+export function utcMonthStart(d = new Date()) {
+  return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1));
 }
 
 /** A local date as YYYY-MM-DD (for date inputs). */

@@ -3,7 +3,7 @@
 import { get, post, patch, del, enc, qs, directory } from './api.js';
 import {
   h, clear, button, busy, checkbox, field, formDialog, confirmDialog, openDialog, messageLine,
-  table, facts, badge, meter, section, nextId,
+  table, facts, badge, meter, section, nextId, latestOnly, reportAfter,
 } from './dom.js';
 import {
   fmtUsd, fmtInt, fmtCompact, fmtRel, fmtTime, fmtWhen, fmtSeconds, parseUsd, splitList,
@@ -35,6 +35,12 @@ function limitLabel(name) {
 
 function amount(unit, n) {
   return unit === 'nanousd' ? fmtUsd(n) : fmtCompact(n);
+}
+
+/** An amount with its unit, in full: "$0.42", "1,200 tokens", "3 requests". */
+function amountWithUnit(unit, n) {
+  if (unit === 'nanousd') return fmtUsd(n);
+  return `${fmtInt(n)}${unit ? ` ${unit}` : ''}`;
 }
 
 /** Short phrases for a key's limits. */
@@ -78,7 +84,7 @@ function useLines(detail) {
       meter(detail.in_flight, detail.limits.max_concurrency, 'Concurrency used')));
   }
   for (const [name, u] of Object.entries(detail.usage || {})) {
-    lines.push(h('div', { class: 'use-line', title: `${fmtInt(u.remaining)} remaining${u.resets_at ? `, resets ${fmtTime(u.resets_at)}` : ''}` },
+    lines.push(h('div', { class: 'use-line', title: `${amountWithUnit(u.unit, u.remaining)} remaining${u.resets_at ? `, resets ${fmtTime(u.resets_at)}` : ''}` },
       h('span', { class: 'small' }, `${limitLabel(name)} ${amount(u.unit, u.used + u.reserved)} / ${amount(u.unit, u.limit)}`),
       meter(u.used + u.reserved, u.limit, `${limitLabel(name)} used`)));
   }
@@ -90,11 +96,9 @@ async function renderList(main, ctx) {
   const msg = messageLine();
   const box = h('div', null, h('p', { class: 'muted' }, 'Loading...'));
   const refresh = button('Refresh', () => load());
+  const begin = latestOnly(ctx);
   let dir = null;
-  const create = button('Create key', () => createKeyDialog(dir ? dir.accounts : [], async (k) => {
-    await load();
-    msg.ok(`Key "${k.name}" created.`);
-  }), 'primary');
+  const create = button('Create key', () => createKeyDialog(dir ? dir.accounts : [], (k) => reportAfter(msg, `Key "${k.name}" created.`, load)), 'primary');
   main.append(
     h('div', { class: 'page-head' }, h('h1', null, 'Keys'), h('div', { class: 'tools' }, refresh, create)),
     msg.el, box);
@@ -103,13 +107,22 @@ async function renderList(main, ctx) {
     flash = null;
   }
 
+  /** Loads and shows the keys; resolves to null, or what failed. */
   async function load() {
+    const live = begin();
     refresh.disabled = true;
     try {
-      dir = await directory();
-      if (!ctx.alive()) return;
+      const d = await directory();
+      if (!live()) return null;
+      if (!d.keysOk) {
+        msg.error(d.error);
+        return d.error;
+      }
+      dir = d;
+      // The keys without the accounts: shown, their bindings by account id.
+      if (d.error) msg.error(d.error);
       const useCells = new Map();
-      const keys = dir.keys;
+      const keys = d.keys;
       clear(box).append(table([
         {
           label: 'Name',
@@ -142,36 +155,37 @@ async function renderList(main, ctx) {
           cell: (k) => [
             button(k.enabled ? 'Disable' : 'Enable', (e) => busy(e.currentTarget, msg, async () => {
               await patch(`keys/${enc(k.id)}`, { enabled: !k.enabled });
-              await load();
-              msg.ok(`Key "${k.name}" ${k.enabled ? 'disabled: its requests are refused' : 'enabled'}.`);
+              await reportAfter(msg, `Key "${k.name}" ${k.enabled ? 'disabled: its requests are refused' : 'enabled'}.`, load);
             }), 'small', { 'aria-label': `${k.enabled ? 'Disable' : 'Enable'} key ${k.name}` }),
-            button('Delete', (e) => deleteKey(k, e.currentTarget, msg, async () => {
-              await load();
-              msg.ok(`Key "${k.name}" deleted.`);
-            }), 'small danger', { 'aria-label': `Delete key ${k.name}` }),
+            button('Delete', (e) => deleteKey(k, e.currentTarget, msg, () => reportAfter(msg, `Key "${k.name}" deleted.`, load)),
+              'small danger', { 'aria-label': `Delete key ${k.name}` }),
           ],
         },
       ], keys, { empty: 'No keys yet. Create one for each person or tool.', caption: 'Keys', rowClass: (k) => (k.enabled ? null : 'dim') }));
+      if (!d.error) msg.clearError();
       // Each limited key's use (GET /admin/keys lists limits, not their use): a few at a time.
       const limited = keys.filter((k) => limitsSummary(k.limits).length).slice(0, 200);
       let next = 0;
       const worker = async () => {
-        while (next < limited.length && ctx.alive()) {
+        while (next < limited.length && live()) {
           const k = limited[next];
           next += 1;
           try {
-            const d = await get(`keys/${enc(k.id)}`);
-            if (ctx.alive()) clear(useCells.get(k.id)).append(...useLines(d));
+            const detail = await get(`keys/${enc(k.id)}`);
+            if (live()) clear(useCells.get(k.id)).append(...useLines(detail));
           } catch {
-            if (ctx.alive()) clear(useCells.get(k.id)).append(h('span', { class: 'muted small' }, 'unavailable'));
+            if (live()) clear(useCells.get(k.id)).append(h('span', { class: 'muted small' }, 'unavailable'));
           }
         }
       };
       await Promise.all([worker(), worker(), worker(), worker()]);
+      return d.error;
     } catch (e) {
-      if (ctx.alive()) msg.error(`Could not load the keys: ${e.message}`);
+      const problem = `Could not load the keys: ${e.message}`;
+      if (live()) msg.error(problem);
+      return problem;
     } finally {
-      refresh.disabled = false;
+      if (live()) refresh.disabled = false;
     }
   }
   await load();
@@ -195,25 +209,26 @@ async function renderDetail(main, id, ctx) {
   const headBox = h('div', { class: 'page-head' });
   const bodyBox = h('div', { class: 'detail' });
   main.append(h('p', { class: 'crumbs' }, h('a', { href: '#/keys' }, 'Keys'), ' / ', h('span', { class: 'mono' }, id)), headBox, msg.el, bodyBox);
+  const begin = latestOnly(ctx);
 
+  /** Loads and shows the key; resolves to null, or what failed. */
   async function load() {
+    const live = begin();
     let k;
     let dir;
     try {
       [k, dir] = await Promise.all([get(`keys/${enc(id)}`), directory()]);
     } catch (e) {
-      if (ctx.alive()) msg.error(e.status === 404 ? `No key with id ${id}.` : `Could not load the key: ${e.message}`);
-      return;
+      const problem = e.status === 404 ? `No key with id ${id}.` : `Could not load the key: ${e.message}`;
+      if (live()) msg.error(problem);
+      return problem;
     }
-    if (!ctx.alive()) return;
+    if (!live()) return null;
     ctx.setTitle(`Key ${k.name}`);
     // Built aside, then shown at once: a refresh does not flicker.
     const head = h('div', { class: 'page-head' });
     const body = h('div', { class: 'detail' });
-    const saved = async (text) => {
-      await load();
-      msg.ok(text);
-    };
+    const saved = (text) => reportAfter(msg, text, load);
     head.append(h('h1', null, k.name, ' ', k.enabled ? badge('Enabled', 'good') : badge('Disabled', 'neutral'), k.expired ? badge('Expired', 'bad') : null),
       h('div', { class: 'tools' },
         button('Refresh', (e) => busy(e.currentTarget, msg, load)),
@@ -223,7 +238,11 @@ async function renderDetail(main, id, ctx) {
           await saved(k.enabled ? 'Key disabled: its requests are refused.' : 'Key enabled.');
         })),
         button('Edit limits', () => limitsDialog(k, () => saved('Limits saved.'))),
-        button('Edit binding', () => bindingDialog(k, dir.accounts, () => saved('Binding saved.'))),
+        button('Edit binding', () => {
+          // Without the accounts, the editor would offer none and could not keep the binding.
+          if (!dir.accountsOk) msg.error(`${dir.error} Refresh, then edit the binding.`);
+          else bindingDialog(k, dir.accounts, () => saved('Binding saved.'));
+        }),
         button('Delete', (e) => deleteKey(k, e.currentTarget, msg, async () => {
           flash = `Key "${k.name}" deleted.`;
           location.hash = '#/keys';
@@ -259,18 +278,22 @@ async function renderDetail(main, id, ctx) {
     ], { caption: 'Limits in use' }) : h('p', { class: 'muted' }, 'No counted limits.')));
 
     body.append(await usageSummary({ key_id: k.id }, ctx));
-    if (!ctx.alive()) return;
+    if (!live()) return null;
     const recent = h('div', null, h('p', { class: 'muted' }, 'Loading...'));
     body.append(section('Recent requests', h('a', { href: `#/requests${qs({ key_id: k.id })}` }, 'All of this key\'s requests'), recent));
     try {
       const r = await get(`requests${qs({ key_id: k.id, limit: 25 })}`);
-      if (ctx.alive()) clear(recent).append(requestsTable(r.data || [], dir, { hideKey: true }));
+      if (!live()) return null;
+      clear(recent).append(requestsTable(r.data || [], dir, { hideKey: true }));
     } catch (e) {
-      if (ctx.alive()) clear(recent).append(h('p', { class: 'message error' }, e.message));
+      if (!live()) return null;
+      clear(recent).append(h('p', { class: 'message error' }, e.message));
     }
-    if (!ctx.alive()) return;
     headBox.replaceChildren(...head.childNodes);
     bodyBox.replaceChildren(...body.childNodes);
+    if (dir.error) msg.error(dir.error);
+    else msg.clearError();
+    return dir.error;
   }
   await load();
 }
@@ -366,50 +389,63 @@ function limitsDialog(k, done) {
   });
 }
 
-/** Binding fields: none, accounts, or a group; `value()` gives the binding or null. */
+/**
+ * Binding fields: not bound, or bound to the accounts checked, to the accounts of a group, or to
+ * both (a key may name both; the scheduler picks among all of them). `value()` gives the binding
+ * or null. What the current binding names that is gone (a deleted account, a group no account is
+ * in any more) stays shown and chosen, marked: saving does not silently switch to something else.
+ */
 function bindingFields(current, accounts) {
   const name = nextId('bind');
-  const mode = current ? ((current.accounts || []).length ? 'accounts' : 'group') : 'none';
-  const radio = (value, label) => {
-    const input = h('input', { type: 'radio', name, value, checked: mode === value, id: nextId('rb') });
+  const curAccounts = (current && current.accounts) || [];
+  const curGroup = (current && current.group) || '';
+  const radio = (value, label, checked) => {
+    const input = h('input', { type: 'radio', name, value, checked, id: nextId('rb') });
     return { input, wrap: h('div', { class: 'check' }, input, h('label', { for: input.id }, label)) };
   };
-  const rNone = radio('none', 'Not bound: any account of the shared pool');
-  const rAcc = radio('accounts', 'Bound to these accounts');
-  const rGroup = radio('group', 'Bound to a group of accounts');
-  const checks = accounts.map((a) => {
-    const c = checkbox(`${a.name} (${a.provider}${a.group ? `, group ${a.group}` : ''})`, !!current && (current.accounts || []).includes(a.id));
-    c.input.value = a.id;
+  const rNone = radio('none', 'Not bound: any account of the shared pool', !current);
+  const rBound = radio('bound', 'Bound: to the accounts checked, to the accounts of a group, or both', !!current);
+  const listed = accounts.map((a) => ({ id: a.id, label: `${a.name} (${a.provider}${a.group ? `, group ${a.group}` : ''})` }));
+  for (const id of curAccounts) {
+    if (!accounts.some((a) => a.id === id)) listed.push({ id, label: `${id} (no such account any more)` });
+  }
+  const checks = listed.map(({ id, label }) => {
+    const c = checkbox(label, curAccounts.includes(id));
+    c.input.value = id;
     return c;
   });
-  const groups = [...new Set(accounts.map((a) => a.group).filter(Boolean))];
-  const group = h('select', { name: 'group', 'aria-label': 'Group' },
-    groups.length ? groups.map((g) => h('option', { value: g, selected: current && current.group === g }, g)) : h('option', { value: '' }, 'No account has a group'));
+  const counts = new Map();
+  for (const a of accounts) if (a.group) counts.set(a.group, (counts.get(a.group) || 0) + 1);
+  const groups = [...counts.keys()].sort();
+  const group = h('select', { name: 'group' },
+    h('option', { value: '' }, groups.length ? 'No group' : 'No group (no account has one)'),
+    groups.map((g) => h('option', { value: g }, `${g} (${counts.get(g)} account${counts.get(g) === 1 ? '' : 's'})`)),
+    curGroup && !counts.has(curGroup) ? h('option', { value: curGroup }, `${curGroup} (no account in it)`) : null);
+  group.value = curGroup;
   const fallback = checkbox('Fall back to the shared pool when none of the bound accounts can serve (else: 503)', !!(current && current.fallback));
   const accBox = h('div', { class: 'check-list' }, checks.length ? checks.map((c) => c.wrap) : h('p', { class: 'muted' }, 'No accounts yet.'));
-  const groupBox = h('div', { class: 'indent' }, group);
+  const accTitle = nextId('accs');
+  const boundBox = h('div', { class: 'indent' },
+    h('div', { role: 'group', 'aria-labelledby': accTitle }, h('p', { class: 'help', id: accTitle }, 'These accounts:'), accBox),
+    field('And the accounts of the group', group, 'Both parts count: a key bound to accounts and a group is served by any of them.'),
+    fallback.wrap);
   const sync = () => {
-    const m = [rNone, rAcc, rGroup].find((r) => r.input.checked).input.value;
-    accBox.hidden = m !== 'accounts';
-    groupBox.hidden = m !== 'group';
-    fallback.wrap.hidden = m === 'none';
+    boundBox.hidden = !rBound.input.checked;
   };
-  for (const r of [rNone, rAcc, rGroup]) r.input.addEventListener('change', sync);
+  for (const r of [rNone, rBound]) r.input.addEventListener('change', sync);
   sync();
   const nodes = h('fieldset', { class: 'binding' }, h('legend', null, 'Binding'),
-    rNone.wrap, rAcc.wrap, accBox, rGroup.wrap, groupBox, fallback.wrap);
+    rNone.wrap, rBound.wrap, boundBox);
   return {
     nodes,
     value() {
-      const m = [rNone, rAcc, rGroup].find((r) => r.input.checked).input.value;
-      if (m === 'none') return null;
-      if (m === 'accounts') {
-        const ids = checks.filter((c) => c.input.checked).map((c) => c.input.value);
-        if (!ids.length) throw new Error('Binding: choose at least one account.');
-        return { accounts: ids, fallback: fallback.input.checked };
-      }
-      if (!group.value) throw new Error('Binding: no group to bind to; give accounts a group first.');
-      return { group: group.value, fallback: fallback.input.checked };
+      if (!rBound.input.checked) return null;
+      const ids = checks.filter((c) => c.input.checked).map((c) => c.input.value);
+      const g = group.value;
+      if (!ids.length && !g) throw new Error('Binding: check at least one account or choose a group (or choose "Not bound").');
+      const b = { accounts: ids, fallback: fallback.input.checked };
+      if (g) b.group = g;
+      return b;
     },
   };
 }
@@ -431,7 +467,8 @@ function bindingDialog(k, accounts, done) {
 function createKeyDialog(accounts, done) {
   const name = h('input', { name: 'name', required: true, maxLength: 200, autocomplete: 'off', placeholder: 'alice, ci-bot...' });
   const enabled = checkbox('Enabled', true);
-  const conc = h('input', { name: 'max_concurrency', type: 'number', min: 1, step: 1, placeholder: 'no limit' });
+  // Text, not type=number: a number input reports unparseable text as "" (read as no limit).
+  const conc = h('input', { name: 'max_concurrency', inputMode: 'numeric', placeholder: 'no limit', autocomplete: 'off' });
   const daily = h('input', { name: 'daily', inputMode: 'decimal', placeholder: 'no budget', autocomplete: 'off' });
   const models = h('input', { name: 'allowed_models', placeholder: 'claude-*, gpt-4o (empty: every model)', spellcheck: false, autocomplete: 'off' });
   const ta = h('textarea', { name: 'limits', rows: 5, spellcheck: false, class: 'code' });
@@ -457,8 +494,9 @@ function createKeyDialog(accounts, done) {
       if (!n) throw new Error('Name: required.');
       const limits = parseLimitsJson(ta.value);
       if (conc.value.trim()) {
-        if (!/^\d+$/.test(conc.value.trim()) || Number(conc.value) < 1) throw new Error('Max concurrency: a whole number of at least 1.');
-        limits.max_concurrency = Number(conc.value);
+        const c = conc.value.trim();
+        if (!/^\d+$/.test(c) || Number(c) < 1 || Number(c) > 4294967295) throw new Error('Max concurrency: a whole number of at least 1.');
+        limits.max_concurrency = Number(c);
       }
       if (daily.value.trim()) {
         const r = parseUsd(daily.value);

@@ -1,8 +1,10 @@
 // Overview: usage today, this month and in total, cost per day, accounts by status.
 
 import { get, qs } from './api.js';
-import { h, clear, button, checkbox, messageLine } from './dom.js';
-import { fmtUsd, fmtInt, fmtCompact, fmtRel, fmtWhen, isoDateUtc } from './format.js';
+import { h, clear, button, checkbox, messageLine, latestOnly } from './dom.js';
+import {
+  fmtUsd, fmtInt, fmtCompact, fmtRel, fmtWhen, isoDateUtc, utcMidnight, utcMonthStart,
+} from './format.js';
 import { barChart } from './charts.js';
 import { statusOf, statusBadge, STATUS_LABELS, lastError } from './accounts.js';
 
@@ -48,11 +50,15 @@ export async function render(main, _parts, _query, ctx) {
     })), { format: fmt, title: `${metric.selectedOptions[0].textContent} per day` }));
   }
 
+  // The auto refresh and the button may overlap: only the latest load paints.
+  const begin = latestOnly(ctx);
   async function load() {
+    const live = begin();
+    // UTC days and months, as the server counts usage (and as the chart shows it).
     const now = new Date();
-    const midnight = new Date(now.getFullYear(), now.getMonth(), now.getDate());
-    const monthStart = new Date(now.getFullYear(), now.getMonth(), 1);
-    const from30 = new Date(Date.now() - 29 * 86_400_000);
+    const midnight = utcMidnight(now);
+    const monthStart = utcMonthStart(now);
+    const from30 = new Date(midnight.getTime() - 29 * 86_400_000);
     refresh.disabled = true;
     try {
       const [today, month, total, daily, accounts] = await Promise.all([
@@ -62,17 +68,17 @@ export async function render(main, _parts, _query, ctx) {
         get(`usage${qs({ granularity: 'day', from: isoDateUtc(from30) })}`),
         get('accounts'),
       ]);
-      if (!ctx.alive()) return;
+      if (!live()) return;
       msg.clear();
       clear(stats);
-      stats.append(statCard('Today', today), statCard('This month', month), statCard('All time', total));
+      stats.append(statCard('Today (UTC)', today), statCard('This month (UTC)', month), statCard('All time', total));
       series = daily.series || [];
       drawChart();
       drawAccounts(accounts.data || []);
     } catch (e) {
-      if (ctx.alive()) msg.error(`Could not load the overview: ${e.message}`);
+      if (live()) msg.error(`Could not load the overview: ${e.message}`);
     } finally {
-      refresh.disabled = false;
+      if (live()) refresh.disabled = false;
     }
   }
 

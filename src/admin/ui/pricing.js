@@ -15,7 +15,7 @@ export async function render(main) {
     h('div', { class: 'form-buttons' }, submit), msg.el);
   main.append(h('div', { class: 'page-head' }, h('h1', null, 'Pricing')),
     h('section', { class: 'panel' },
-      h('p', null, 'Switchyard ships prices for current Anthropic, OpenAI, Gemini, DeepSeek, embedding and image models (assets/prices.toml). Prices set in the configuration ([pricing.models]) win over imported ones; a model nothing prices is charged the configured default price.'),
+      h('p', null, 'Switchyard ships prices for current Anthropic, OpenAI, Gemini, DeepSeek, embedding and image models (assets/prices.toml). Prices set in the configuration ([pricing.models]) win over imported ones; a model nothing prices is charged the configured default price. A file that prices no model is refused (it would take the imported prices away).'),
       form));
 
   form.addEventListener('submit', (e) => {

@@ -1,7 +1,7 @@
 // Requests: the recent request log, newest first.
 
-import { get, qs, enc, directory } from './api.js';
-import { h, clear, button, field, messageLine, table, badge } from './dom.js';
+import { get, qs, enc, directory, emptyDirectory } from './api.js';
+import { h, clear, button, field, messageLine, table, badge, latestOnly } from './dom.js';
 import { fmtUsd, fmtInt, fmtMs, fmtWhen, fmtTime } from './format.js';
 
 function statusBadge(s) {
@@ -9,9 +9,11 @@ function statusBadge(s) {
   return badge(String(s), kind);
 }
 
+/** A key or account: its name as a link; null: deleted; undefined: names not loaded (the id). */
 function who(id, name, kind) {
   if (!id) return h('span', { class: 'muted' }, '-');
   if (name === null) return h('span', { class: 'mono small muted', title: `${id} (deleted)` }, `${id.slice(0, 12)}...`);
+  if (name === undefined) return h('a', { href: `#/${kind}/${enc(id)}`, title: id, class: 'mono small' }, `${id.slice(0, 12)}...`);
   return h('a', { href: `#/${kind}/${enc(id)}`, title: id }, name);
 }
 
@@ -55,7 +57,8 @@ export async function render(main, _parts, query, ctx) {
       h('div', { class: 'tools filters' }, field('Key', keySel, null, 'inline-field'), field('Show', limit, null, 'inline-field'), refresh)),
     msg.el, box);
 
-  let dir = { keys: [], accounts: [], keyName: () => null, accountName: () => null };
+  let dir = emptyDirectory();
+  const begin = latestOnly(ctx);
   const sync = () => {
     const hash = `#/requests${qs({ key_id: keySel.value, limit: limit.value === '100' ? '' : limit.value })}`;
     if (location.hash !== hash) history.replaceState(null, '', hash);
@@ -65,23 +68,27 @@ export async function render(main, _parts, query, ctx) {
   limit.addEventListener('change', sync);
 
   async function load() {
+    const live = begin();
     refresh.disabled = true;
     try {
       const [d, r] = await Promise.all([directory(), get(`requests${qs({ limit: limit.value, key_id: keySel.value })}`)]);
-      if (!ctx.alive()) return;
+      if (!live()) return;
       dir = d;
-      const chosen = keySel.value || query.get('key_id') || '';
+      // What the select shows now (before the first load: the URL's key, set below); "Every key"
+      // stays "Every key".
+      const chosen = keySel.value;
       clear(keySel).append(h('option', { value: '' }, 'Every key'), ...dir.keys.map((k) => h('option', { value: k.id }, k.name)));
       if (chosen && !dir.keys.some((k) => k.id === chosen)) keySel.append(h('option', { value: chosen }, chosen));
       keySel.value = chosen;
       const rows = r.data || [];
       clear(box).append(h('p', { class: 'muted small' }, `${fmtInt(rows.length)} most recent, newest first. Updated ${fmtWhen(new Date().toISOString())}.`),
         requestsTable(rows, dir));
-      msg.clear();
+      if (d.error) msg.error(d.error);
+      else msg.clear();
     } catch (e) {
-      if (ctx.alive()) msg.error(`Could not load the requests: ${e.message}`);
+      if (live()) msg.error(`Could not load the requests: ${e.message}`);
     } finally {
-      refresh.disabled = false;
+      if (live()) refresh.disabled = false;
     }
   }
   if (query.get('key_id')) {

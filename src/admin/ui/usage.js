@@ -1,8 +1,8 @@
 // Usage: totals and series by key, account, model or overall; chart, table and CSV.
 
 import { get, qs, directory } from './api.js';
-import { h, clear, button, field, messageLine, table, section } from './dom.js';
-import { fmtUsd, fmtInt, fmtCompact, fmtTime, isoDateUtc, nanoToDecimal } from './format.js';
+import { h, clear, button, field, messageLine, table, section, latestOnly } from './dom.js';
+import { fmtUsd, fmtInt, fmtCompact, fmtUtc, isoDateUtc, nanoToDecimal } from './format.js';
 import { barChart } from './charts.js';
 
 const METRICS = [
@@ -25,16 +25,16 @@ const COLUMNS = [
   ['cost_nanousd', 'Cost', fmtUsd],
 ];
 
-/** A bucket's start as the table shows it. */
+/** A bucket's start as the table shows it: in UTC, as the server counts (hours too). */
 function periodLabel(start, granularity) {
   if (granularity === 'month') return start.slice(0, 7);
   if (granularity === 'day') return start.slice(0, 10);
-  return fmtTime(start);
+  return fmtUtc(start);
 }
 
 function usageTable(rows, granularity, totals) {
   const cols = [
-    { label: granularity === 'hour' ? 'Hour (local)' : granularity === 'day' ? 'Day (UTC)' : granularity === 'month' ? 'Month (UTC)' : 'Range', cell: (r) => r.label },
+    { label: granularity === 'hour' ? 'Hour (UTC)' : granularity === 'day' ? 'Day (UTC)' : granularity === 'month' ? 'Month (UTC)' : 'Range (UTC)', cell: (r) => r.label },
     ...COLUMNS.map(([k, label, f]) => ({ label, cls: 'num', cell: (r) => f(r[k]) })),
   ];
   const t = table(cols, rows, { empty: 'No usage in this range.', caption: 'Usage', rowClass: (r) => (r.requests ? null : 'dim') });
@@ -123,13 +123,10 @@ export async function render(main, _parts, query, ctx) {
   scope.addEventListener('change', syncScope);
   metric.addEventListener('change', () => shown && draw());
 
-  let dir = { keys: [], accounts: [] };
-  try {
-    dir = await directory();
-  } catch (e) {
-    msg.error(`Could not load keys and accounts: ${e.message}`);
-  }
+  // Never rejects: without the keys or accounts (dir.error), names fall back to ids.
+  const dir = await directory();
   if (!ctx.alive()) return;
+  if (dir.error) msg.error(dir.error);
   keySel.append(...dir.keys.map((k) => h('option', { value: k.id }, `${k.name} (${k.id})`)));
   accSel.append(...dir.accounts.map((a) => h('option', { value: a.id }, `${a.name} (${a.id})`)));
   if (query.get('key_id')) {
@@ -170,7 +167,9 @@ export async function render(main, _parts, query, ctx) {
     return undefined;
   });
 
+  const begin = latestOnly(ctx);
   async function load() {
+    const live = begin();
     const p = params();
     const api = { key_id: p.key_id, account_id: p.account_id, model: p.model, granularity: p.granularity === 'none' ? '' : p.granularity };
     if (p.from) api.from = p.from;
@@ -181,15 +180,16 @@ export async function render(main, _parts, query, ctx) {
     }
     submit.disabled = true;
     msg.clear();
+    if (dir.error) msg.error(dir.error);
     try {
       const res = await get(`usage${qs(api)}`);
-      if (!ctx.alive()) return undefined;
+      if (!live()) return undefined;
       shown = { res, p, api };
       draw();
     } catch (e) {
-      if (ctx.alive()) msg.error(e.message);
+      if (live()) msg.error(e.message);
     } finally {
-      submit.disabled = false;
+      if (live()) submit.disabled = false;
     }
     return undefined;
   }
@@ -199,7 +199,7 @@ export async function render(main, _parts, query, ctx) {
     if (res.series) {
       return res.series.map((s) => ({ label: periodLabel(s.start, res.granularity), ...s }));
     }
-    return [{ label: `${res.from ? fmtTime(res.from) : 'All time'}${res.to ? ` to ${fmtTime(res.to)}` : ''}`, ...res.totals }];
+    return [{ label: `${res.from ? fmtUtc(res.from) : 'All time'}${res.to ? ` to ${fmtUtc(res.to)}` : ''}`, ...res.totals }];
   }
 
   function draw() {
@@ -214,7 +214,7 @@ export async function render(main, _parts, query, ctx) {
       h('strong', null, fmtUsd(res.totals.cost_nanousd)), `, ${fmtInt(res.totals.requests)} requests, `,
       `${fmtCompact(res.totals.input_tokens)} input and ${fmtCompact(res.totals.output_tokens)} output tokens.`);
     out.append(h('section', { class: 'panel' }, head,
-      res.series ? barChart(rows.map((r) => ({ label: res.granularity === 'hour' ? r.start.slice(11, 13) : res.granularity === 'day' ? r.start.slice(5, 10) : r.start.slice(0, 7), tip: r.label, value: r[k] })), { format: f, title: `${l} by ${res.granularity}` }) : null,
+      res.series ? barChart(rows.map((r) => ({ label: res.granularity === 'hour' ? r.start.slice(11, 13) : res.granularity === 'day' ? r.start.slice(5, 10) : r.start.slice(0, 7), tip: r.label, value: r[k] })), { format: f, title: `${l} by ${res.granularity} (UTC)` }) : null,
       usageTable(rows, res.granularity || null, res.totals)));
     csv.disabled = false;
   }
