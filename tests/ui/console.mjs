@@ -539,6 +539,19 @@ step('edit the account\'s priority (only the change is sent); reset its state', 
   await page.getByRole('button', { name: 'Reset state' }).click();
   await page.getByText('State reset').waitFor({ timeout: WAIT });
   await shot(page, 'e2e-account-detail');
+
+  // Emptied, the base URL goes back to the provider's own endpoint (then, through the API, to
+  // the mock again for the steps after this one).
+  await page.getByRole('button', { name: 'Edit', exact: true }).click();
+  const again = page.getByRole('dialog', { name: `Edit account ${ACCOUNT}` });
+  await again.waitFor({ timeout: WAIT });
+  await again.getByLabel(/^Base URL/).fill('');
+  const cleared = page.waitForRequest((r) => r.method() === 'PATCH' && r.url().includes(`/admin/accounts/${accountId}`), { timeout: WAIT });
+  await again.getByRole('button', { name: 'Save changes' }).click();
+  assert.deepEqual(JSON.parse((await cleared).postData()), { base_url: null });
+  await again.waitFor({ state: 'detached', timeout: NAV });
+  assert.equal((await adminApi('GET', `accounts/${accountId}`)).json.base_url, 'https://api.anthropic.com');
+  assert.equal((await adminApi('PATCH', `accounts/${accountId}`, { base_url: UPSTREAM_URL })).status, 200);
 });
 
 const USAGE_STEP = 'usage page: a series, its table and a CSV download; hours in UTC; without the accounts';

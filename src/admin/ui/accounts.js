@@ -486,8 +486,9 @@ export function accountForm(a, accounts, done) {
       body = {};
       if (nameV !== a.name) body.name = nameV;
       if (keyV) body.api_key = keyV;
-      if (!urlV && a.base_url) throw new Error('Base URL: enter the URL (an account always has one).');
-      if (urlV !== a.base_url) body.base_url = urlV;
+      // Emptied: back to the provider's own endpoint (the API refuses it for Azure, which has none).
+      if (!urlV) body.base_url = null;
+      else if (urlV !== a.base_url) body.base_url = urlV;
       if (!same(modelsV, a.models)) body.models = modelsV;
       if (prioV === null) throw new Error('Priority: enter a number.');
       if (prioV !== a.priority) body.priority = prioV;
