@@ -62,6 +62,7 @@ static ASSETS: &[Asset] = &[
     file!("usage.js", JS),
     file!("requests.js", JS),
     file!("pricing.js", JS),
+    file!("record.js", JS),
 ];
 
 /// Each asset's entity tag: its content's digest, so a browser revalidates for a few bytes and a

@@ -1,6 +1,6 @@
 // Accounts: the upstream vendor accounts, their state, budgets and usage.
 
-import { get, post, patch, del, enc, directory } from './api.js';
+import { get, post, patch, del, enc } from './api.js';
 import {
   h, clear, button, busy, checkbox, field, formDialog, confirmDialog, messageLine, table, facts,
   badge, meter, nextId, latestOnly, reportAfter,
@@ -10,7 +10,7 @@ import {
   pairsText,
 } from './format.js';
 import { usageSummary } from './usage.js';
-import { requestsTable } from './requests.js';
+import { recordPage, recentRequests } from './record.js';
 
 export const PROVIDERS = [
   ['anthropic', 'Anthropic', 'https://api.anthropic.com'],
@@ -174,30 +174,13 @@ async function renderList(main, ctx) {
   await load();
 }
 
-async function renderDetail(main, id, ctx) {
-  const msg = messageLine();
-  const headBox = h('div', { class: 'page-head' });
-  const bodyBox = h('div', { class: 'detail' });
-  main.append(h('p', { class: 'crumbs' }, h('a', { href: '#/accounts' }, 'Accounts'), ' / ', h('span', { class: 'mono' }, id)), headBox, msg.el, bodyBox);
-  const begin = latestOnly(ctx);
+function renderDetail(main, id, ctx) {
+  return recordPage(main, ctx, {
+    section: 'Accounts', href: '#/accounts', id, what: 'account', fetch: () => get(`accounts/${enc(id)}`), paint,
+  });
 
-  /** Loads and shows the account; resolves to null, or what failed. */
-  async function load() {
-    const live = begin();
-    let a;
-    let dir;
-    try {
-      [a, dir] = await Promise.all([get(`accounts/${enc(id)}`), directory()]);
-    } catch (e) {
-      const problem = e.status === 404 ? `No account with id ${id}.` : `Could not load the account: ${e.message}`;
-      if (live()) msg.error(problem);
-      return problem;
-    }
-    if (!live()) return null;
+  async function paint(a, dir, { head, body, msg, live, reload: load }) {
     ctx.setTitle(`Account ${a.name}`);
-    // Built aside, then shown at once: a refresh does not flicker.
-    const head = h('div', { class: 'page-head' });
-    const body = h('div', { class: 'detail' });
     const act = async (btn, fn, okText) => busy(btn, msg, async () => {
       await fn();
       await reportAfter(msg, okText, load);
@@ -289,29 +272,13 @@ async function renderDetail(main, id, ctx) {
     }
 
     body.append(await usageSummary({ account_id: a.id }, ctx));
-    if (!live()) return null;
+    if (!live()) return;
     // The request log filters by key only: this account's among the most recent.
-    const recent = h('div', null, h('p', { class: 'muted' }, 'Loading...'));
-    body.append(h('section', { class: 'panel' },
-      h('div', { class: 'panel-head' }, h('h2', null, 'Recent requests'),
-        h('div', { class: 'tools' }, h('span', { class: 'muted small' }, 'among the last 500 of every account'))),
-      recent));
-    try {
-      const r = await get('requests?limit=500');
-      if (!live()) return null;
-      const rows = (r.data || []).filter((x) => x.account_id === a.id).slice(0, 25);
-      clear(recent).append(requestsTable(rows, dir, { hideAccount: true }));
-    } catch (e) {
-      if (!live()) return null;
-      clear(recent).append(h('p', { class: 'message error' }, e.message));
-    }
-    headBox.replaceChildren(...head.childNodes);
-    bodyBox.replaceChildren(...body.childNodes);
-    if (dir.error) msg.error(dir.error);
-    else msg.clearError();
-    return dir.error;
+    await recentRequests(body, dir, live,
+      async () => ((await get('requests?limit=500')).data || []).filter((x) => x.account_id === a.id).slice(0, 25),
+      h('span', { class: 'muted small' }, 'among the last 500 of every account'),
+      { hideAccount: true });
   }
-  await load();
 }
 
 /** Parses an optional whole number in [min, max]; null when empty. Throws with the field's name. */

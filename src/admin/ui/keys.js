@@ -9,7 +9,7 @@ import {
   fmtUsd, fmtInt, fmtCompact, fmtRel, fmtTime, fmtWhen, fmtSeconds, parseUsd, splitList,
 } from './format.js';
 import { usageSummary } from './usage.js';
-import { requestsTable } from './requests.js';
+import { recordPage, recentRequests } from './record.js';
 
 /** A message for the next list view (after a delete from the detail view). */
 let flash = null;
@@ -204,30 +204,13 @@ async function deleteKey(k, btn, msg, after) {
   });
 }
 
-async function renderDetail(main, id, ctx) {
-  const msg = messageLine();
-  const headBox = h('div', { class: 'page-head' });
-  const bodyBox = h('div', { class: 'detail' });
-  main.append(h('p', { class: 'crumbs' }, h('a', { href: '#/keys' }, 'Keys'), ' / ', h('span', { class: 'mono' }, id)), headBox, msg.el, bodyBox);
-  const begin = latestOnly(ctx);
+function renderDetail(main, id, ctx) {
+  return recordPage(main, ctx, {
+    section: 'Keys', href: '#/keys', id, what: 'key', fetch: () => get(`keys/${enc(id)}`), paint,
+  });
 
-  /** Loads and shows the key; resolves to null, or what failed. */
-  async function load() {
-    const live = begin();
-    let k;
-    let dir;
-    try {
-      [k, dir] = await Promise.all([get(`keys/${enc(id)}`), directory()]);
-    } catch (e) {
-      const problem = e.status === 404 ? `No key with id ${id}.` : `Could not load the key: ${e.message}`;
-      if (live()) msg.error(problem);
-      return problem;
-    }
-    if (!live()) return null;
+  async function paint(k, dir, { head, body, msg, live, reload: load }) {
     ctx.setTitle(`Key ${k.name}`);
-    // Built aside, then shown at once: a refresh does not flicker.
-    const head = h('div', { class: 'page-head' });
-    const body = h('div', { class: 'detail' });
     const saved = (text) => reportAfter(msg, text, load);
     head.append(h('h1', null, k.name, ' ', k.enabled ? badge('Enabled', 'good') : badge('Disabled', 'neutral'), k.expired ? badge('Expired', 'bad') : null),
       h('div', { class: 'tools' },
@@ -278,24 +261,12 @@ async function renderDetail(main, id, ctx) {
     ], { caption: 'Limits in use' }) : h('p', { class: 'muted' }, 'No counted limits.')));
 
     body.append(await usageSummary({ key_id: k.id }, ctx));
-    if (!live()) return null;
-    const recent = h('div', null, h('p', { class: 'muted' }, 'Loading...'));
-    body.append(section('Recent requests', h('a', { href: `#/requests${qs({ key_id: k.id })}` }, 'All of this key\'s requests'), recent));
-    try {
-      const r = await get(`requests${qs({ key_id: k.id, limit: 25 })}`);
-      if (!live()) return null;
-      clear(recent).append(requestsTable(r.data || [], dir, { hideKey: true }));
-    } catch (e) {
-      if (!live()) return null;
-      clear(recent).append(h('p', { class: 'message error' }, e.message));
-    }
-    headBox.replaceChildren(...head.childNodes);
-    bodyBox.replaceChildren(...body.childNodes);
-    if (dir.error) msg.error(dir.error);
-    else msg.clearError();
-    return dir.error;
+    if (!live()) return;
+    await recentRequests(body, dir, live,
+      async () => (await get(`requests${qs({ key_id: k.id, limit: 25 })}`)).data || [],
+      h('a', { href: `#/requests${qs({ key_id: k.id })}` }, 'All of this key\'s requests'),
+      { hideKey: true });
   }
-  await load();
 }
 
 function renameDialog(k, done) {
