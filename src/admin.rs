@@ -47,7 +47,7 @@ where
     let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
     let method = &parts.method;
     match (method, segments.as_slice()) {
-        (&Method::GET, ["admin", "keys"]) => keys::list(app).await,
+        (&Method::GET, ["admin", "keys"]) => keys::list(app, &query).await,
         (&Method::POST, ["admin", "keys"]) => keys::create(app, parse(&body)?).await,
         (&Method::GET, ["admin", "keys", id]) => keys::get(app, id).await,
         (&Method::PATCH, ["admin", "keys", id]) => keys::patch(app, id, parse(&body)?).await,

@@ -1,7 +1,9 @@
 //! `/admin/keys`: client API keys. The secret is shown once, in the create answer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::{StreamExt, TryStreamExt};
 use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -168,13 +170,38 @@ pub async fn create(app: &Arc<App>, req: CreateKey) -> Result<Response<Body>, Ap
     ok(StatusCode::CREATED, &body)
 }
 
-pub async fn list(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
+/// Every key; with `?with=usage`, each with its limits' current use, as `GET /admin/keys/{id}`
+/// shows it (one store read per key, a few at a time).
+pub async fn list(
+    app: &Arc<App>,
+    query: &HashMap<String, String>,
+) -> Result<Response<Body>, ApiError> {
+    let with_usage = match query.get("with").map(String::as_str) {
+        None | Some("") => false,
+        Some("usage") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "with: `usage` or nothing, not `{other}`"
+            )));
+        }
+    };
     let keys = app.store().keys().await.map_err(store_error)?;
-    ok(
-        StatusCode::OK,
-        &json!({ "data": keys.iter().map(view).collect::<Vec<_>>() }),
-    )
+    let data: Vec<Value> = if with_usage {
+        // Owned records: a closure over borrowed ones is not `Send` for every lifetime (the
+        // server's future must be).
+        futures_util::stream::iter(keys)
+            .map(|key| async move { limits::info::view(app, &key, view(&key)).await })
+            .buffered(USAGE_READS_AT_ONCE)
+            .try_collect()
+            .await?
+    } else {
+        keys.iter().map(view).collect()
+    };
+    ok(StatusCode::OK, &json!({ "data": data }))
 }
+
+/// How many keys' use a listing reads from the store at once.
+const USAGE_READS_AT_ONCE: usize = 16;
 
 async fn find(app: &Arc<App>, id: &str) -> Result<KeyRecord, ApiError> {
     app.store()

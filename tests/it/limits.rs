@@ -606,6 +606,51 @@ async fn activation_starts_the_clock_at_the_first_request() {
     }
 }
 
+/// `GET /admin/keys?with=usage`: every key with its limits' use, as each key's own view shows it
+/// (the console's key list reads them in one call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_list_shows_each_key_s_use_on_request() {
+    for backend in backends() {
+        let (relay, _mock, limited_id, key) = relay_with_key(
+            &backend,
+            json!({ "window": { "seconds": 3600, "requests": 10 }, "max_concurrency": 2 }),
+        )
+        .await;
+        let (free_id, _) = create_key(&relay, json!({})).await;
+        assert_eq!(call(&relay, &key, false).await.0, 200);
+        settled(&relay, &key).await;
+
+        let (status, list) = relay
+            .admin(Method::GET, "/admin/keys?with=usage", None)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        let data = list["data"].as_array().unwrap();
+        let find = |id: &str| data.iter().find(|k| k["id"] == id).unwrap().clone();
+        let limited = find(&limited_id);
+        assert_eq!(limited["usage"]["window_requests"]["used"], 1, "{limited}");
+        assert_eq!(limited["usage"]["window_requests"]["remaining"], 9);
+        assert_eq!(limited["in_flight"], 0);
+        let (_, one) = relay
+            .admin(Method::GET, &format!("/admin/keys/{limited_id}"), None)
+            .await;
+        assert_eq!(limited, one, "{backend:?}");
+        assert_eq!(find(&free_id)["usage"], json!({}), "{backend:?}");
+        assert!(
+            data.iter()
+                .all(|k| k.get("hash").is_none() && k.get("key").is_none())
+        );
+
+        // Without it, the records alone; an unknown value is refused.
+        let (_, plain) = relay.admin(Method::GET, "/admin/keys", None).await;
+        assert!(plain["data"][0].get("usage").is_none(), "{plain}");
+        let (status, body) = relay
+            .admin(Method::GET, "/admin/keys?with=everything", None)
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_rules_refuse_in_each_surface_s_shape_and_change_live() {
     let (relay, mock, key_id, key) = relay_with_key(

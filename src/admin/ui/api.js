@@ -142,9 +142,10 @@ export function emptyDirectory() {
 /**
  * Every key and account, for names and pickers. Never rejects: what could not be loaded is
  * empty (`keysOk` / `accountsOk` false; its names resolve to undefined) and `error` tells why.
+ * `keyUsage`: each key with its limits' current use (`GET /admin/keys?with=usage`).
  */
-export async function directory() {
-  const [k, a] = await Promise.allSettled([get('keys'), get('accounts')]);
+export async function directory({ keyUsage = false } = {}) {
+  const [k, a] = await Promise.allSettled([get(keyUsage ? 'keys?with=usage' : 'keys'), get('accounts')]);
   const keys = k.status === 'fulfilled' ? (k.value && k.value.data) || [] : null;
   const accounts = a.status === 'fulfilled' ? (a.value && a.value.data) || [] : null;
   const dir = makeDirectory(keys, accounts);

@@ -112,7 +112,7 @@ async function renderList(main, ctx) {
     const live = begin();
     refresh.disabled = true;
     try {
-      const d = await directory();
+      const d = await directory({ keyUsage: true });
       if (!live()) return null;
       if (!d.keysOk) {
         msg.error(d.error);
@@ -121,7 +121,6 @@ async function renderList(main, ctx) {
       dir = d;
       // The keys without the accounts: shown, their bindings by account id.
       if (d.error) msg.error(d.error);
-      const useCells = new Map();
       const keys = d.keys;
       clear(box).append(table([
         {
@@ -141,11 +140,7 @@ async function renderList(main, ctx) {
         {
           label: 'Use',
           cls: 'use',
-          cell: (k) => {
-            const c = h('div', null, limitsSummary(k.limits).length ? h('span', { class: 'muted small' }, '...') : h('span', { class: 'muted' }, '-'));
-            useCells.set(k.id, c);
-            return c;
-          },
+          cell: (k) => h('div', null, limitsSummary(k.limits).length ? useLines(k) : h('span', { class: 'muted' }, '-')),
         },
         { label: 'Binding', cls: 'wrap', cell: (k) => bindingText(k.binding, dir) || h('span', { class: 'muted' }, 'shared pool') },
         { label: 'Created', cell: (k) => h('span', { title: fmtTime(k.created_at) }, fmtRel(k.created_at)) },
@@ -163,22 +158,6 @@ async function renderList(main, ctx) {
         },
       ], keys, { empty: 'No keys yet. Create one for each person or tool.', caption: 'Keys', rowClass: (k) => (k.enabled ? null : 'dim') }));
       if (!d.error) msg.clearError();
-      // Each limited key's use (GET /admin/keys lists limits, not their use): a few at a time.
-      const limited = keys.filter((k) => limitsSummary(k.limits).length).slice(0, 200);
-      let next = 0;
-      const worker = async () => {
-        while (next < limited.length && live()) {
-          const k = limited[next];
-          next += 1;
-          try {
-            const detail = await get(`keys/${enc(k.id)}`);
-            if (live()) clear(useCells.get(k.id)).append(...useLines(detail));
-          } catch {
-            if (live()) clear(useCells.get(k.id)).append(h('span', { class: 'muted small' }, 'unavailable'));
-          }
-        }
-      };
-      await Promise.all([worker(), worker(), worker(), worker()]);
       return d.error;
     } catch (e) {
       const problem = `Could not load the keys: ${e.message}`;
