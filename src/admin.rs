@@ -29,13 +29,70 @@ where
     {
         return resp;
     }
-    match route(app, req).await {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut fields = String::new();
+    let resp = match route(app, req, &mut fields).await {
         Ok(resp) => resp,
         Err(err) => err.render(Surface::Admin),
-    }
+    };
+    audit(&method, &path, &fields, &resp);
+    resp
 }
 
-async fn route<B>(app: &Arc<App>, req: Request<B>) -> Result<Response<Body>, ApiError>
+/// The id of the record a `POST` made, for the audit line (a response extension).
+#[derive(Clone)]
+struct Created(String);
+
+/// One line per change made through the admin API (target `switchyard::audit`): the method,
+/// the path (which names the record), the outcome, the record a `POST` made and the names of
+/// the fields sent, never their values (an api key, a proxy's password may be among them). And
+/// one warning per refused admin token, for whoever watches for guessing.
+fn audit(method: &Method, path: &str, fields: &str, resp: &Response<Body>) {
+    let status = resp.status().as_u16();
+    if status == 401 {
+        tracing::warn!(target: "switchyard::audit", %method, path, status, "admin token refused");
+        return;
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return;
+    }
+    let created = resp.extensions().get::<Created>().map(|c| c.0.as_str());
+    tracing::info!(
+        target: "switchyard::audit",
+        %method,
+        path,
+        status,
+        created,
+        fields,
+        "admin change"
+    );
+}
+
+/// The fields a key's or an account's JSON body sets, by name (`name,limits.daily_cost_nanousd`).
+fn field_names(body: &[u8]) -> String {
+    let Ok(serde_json::Value::Object(top)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return String::new();
+    };
+    let mut names = Vec::new();
+    for (name, value) in &top {
+        match value {
+            serde_json::Value::Object(inner) if name == "limits" && !inner.is_empty() => {
+                names.extend(inner.keys().map(|k| format!("{name}.{k}")));
+            }
+            _ => names.push(name.clone()),
+        }
+    }
+    names.truncate(64);
+    names.join(",")
+}
+
+async fn route<B>(
+    app: &Arc<App>,
+    req: Request<B>,
+    fields: &mut String,
+) -> Result<Response<Body>, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -43,6 +100,12 @@ where
     authorize(app, req.headers())?;
     let (parts, body) = req.into_parts();
     let body = crate::relay::read_body(body, &app.config.server).await?;
+    let path = parts.uri.path();
+    if matches!(parts.method, Method::POST | Method::PATCH)
+        && (path.starts_with("/admin/keys") || path.starts_with("/admin/accounts"))
+    {
+        *fields = field_names(&body);
+    }
     let query = parse_query(parts.uri.query());
     let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
     let method = &parts.method;
@@ -109,6 +172,13 @@ fn ok(status: StatusCode, value: &serde_json::Value) -> Result<Response<Body>, A
     Ok(body::json(status, value))
 }
 
+/// 201 with the record made, `id` named for the audit line.
+fn created(id: &str, value: &serde_json::Value) -> Result<Response<Body>, ApiError> {
+    let mut resp = body::json(StatusCode::CREATED, value);
+    resp.extensions_mut().insert(Created(id.to_owned()));
+    Ok(resp)
+}
+
 fn store_error(e: crate::store::StoreError) -> ApiError {
     ApiError::store(e)
 }
@@ -141,4 +211,30 @@ where
 {
     use serde::Deserialize;
     Option::<T>::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_names;
+
+    #[test]
+    fn an_audit_line_names_the_fields_sent_never_their_values() {
+        let body = br#"{"name": "ci", "api_key": "sk-ant-secret", "limits": {"max_concurrency": 2, "window": {"seconds": 60}}}"#;
+        let names = field_names(body);
+        assert_eq!(names, "api_key,limits.max_concurrency,limits.window,name");
+        assert!(!names.contains("secret"));
+        assert_eq!(field_names(br#"{"limits": null}"#), "limits");
+        assert_eq!(field_names(b"[1, 2]"), "");
+        assert_eq!(field_names(b"not json"), "");
+        let many: String = (0..100)
+            .map(|i| format!(r#""f{i}": 1"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            field_names(format!("{{{many}}}").as_bytes())
+                .split(',')
+                .count(),
+            64
+        );
+    }
 }

@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{keys, now_ms, nullable, ok, rfc3339, store_error, valid_name};
+use super::{created, keys, now_ms, nullable, ok, rfc3339, store_error, valid_name};
 use crate::app::App;
 use crate::auth;
 use crate::body::Body;
@@ -540,7 +540,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         .await
         .map_err(store_error)?;
     app.catalog.reload_accounts().await.map_err(store_error)?;
-    ok(StatusCode::CREATED, &shown(app, &record).await?)
+    created(&record.id, &shown(app, &record).await?)
 }
 
 pub async fn list(app: &Arc<App>) -> Result<Response<Body>, ApiError> {

@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{now_ms, nullable, ok, rfc3339, store_error, valid_name};
+use super::{created, now_ms, nullable, ok, rfc3339, store_error, valid_name};
 use crate::app::App;
 use crate::auth;
 use crate::body::Body;
@@ -167,7 +167,7 @@ pub async fn create(app: &Arc<App>, req: CreateKey) -> Result<Response<Body>, Ap
     app.store().insert_key(&record).await.map_err(store_error)?;
     let mut body = view(&record);
     body["key"] = Value::String(secret);
-    ok(StatusCode::CREATED, &body)
+    created(&record.id, &body)
 }
 
 /// Every key; with `?with=usage`, each with its limits' current use, as `GET /admin/keys/{id}`

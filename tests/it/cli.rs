@@ -356,6 +356,14 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
         .unwrap();
     assert_eq!(resp.status(), 403);
     assert!(account["id"].as_str().unwrap().starts_with("acct_"));
+    // An admin token guessed: refused, and told in the log.
+    let resp = http_client()
+        .get(format!("{base}/admin/keys"))
+        .bearer_auth("not-the-admin-token-at-all")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
 
     // The admin token does not go through the environment's proxy to a relay on this host.
     let d = dir.path().to_owned();
@@ -412,6 +420,33 @@ async fn the_cli_drives_a_running_relay_and_sigterm_stops_it_gracefully() {
             && refused.contains("model=claude-sonnet-4-5")
             && refused.contains("status=403"),
         "{refused}"
+    );
+    // The admin changes, each with what it made and the fields it sent (their names only).
+    let changes: Vec<&str> = log.lines().filter(|l| l.contains("admin change")).collect();
+    let made = |id: &Value| {
+        let id = id.as_str().unwrap();
+        *changes
+            .iter()
+            .find(|l| l.contains(&format!("created=\"{id}\"")))
+            .unwrap_or_else(|| panic!("no audit line for {id}: {log}"))
+    };
+    let line = made(&limited["id"]);
+    assert!(
+        line.contains("method=POST")
+            && line.contains("path=\"/admin/keys\"")
+            && line.contains("status=201")
+            && line.contains("limits.allowed_models"),
+        "{line}"
+    );
+    let line = made(&account["id"]);
+    assert!(
+        line.contains("path=\"/admin/accounts\"") && line.contains("api_key"),
+        "{line}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("admin token refused") && l.contains("\"/admin/keys\"")),
+        "{log}"
     );
     // Lines are buffered (src/logging.rs); the last one, logged just before exit, is there.
     assert!(log.trim_end().ends_with("stopped"), "{log}");
