@@ -612,6 +612,22 @@ step('pricing: the import shows the API\'s answer', async () => {
   await page.getByRole('alert').filter({ hasText: 'prices no model' }).waitFor({ timeout: WAIT });
 });
 
+step('the overview lists a key at its limit, and not one far from it', async () => {
+  // One request of a window of one: used up. The test's own key has room left.
+  const spent = await adminApi('POST', 'keys', { name: `e2e-spent-${run}`, limits: { window: { seconds: 3600, requests: 1 } } });
+  assert.equal(spent.status, 201);
+  cleanup.keys.push(spent.json.id);
+  assert.equal(await relayMessage(spent.json.key), 200);
+  await eventually('the overview names the spent key', async () => {
+    await page.goto(`${CONSOLE_URL}#/overview`, { timeout: NAV });
+    const panel = page.locator('section', { has: page.getByRole('heading', { name: 'Keys at or near a limit' }) });
+    const item = panel.locator('li', { hasText: `e2e-spent-${run}` });
+    await item.waitFor({ timeout: 2_000 });
+    assert.match(await item.textContent(), /Window requests 1 \/ 1/);
+    assert.equal(await panel.locator('li', { hasText: keyId }).count(), 0, 'the key with room left is not listed');
+  }, NAV);
+});
+
 step('delete the key after confirming: gone from the table, 404 from the API', async () => {
   await page.getByRole('link', { name: 'Keys' }).click();
   const row = page.locator('tbody tr', { hasText: KEY });

@@ -27,13 +27,13 @@ const LIMIT_LABELS = {
   window_tokens: 'Window tokens',
   window_cost: 'Window cost',
 };
-function limitLabel(name) {
+export function limitLabel(name) {
   if (LIMIT_LABELS[name]) return LIMIT_LABELS[name];
   const s = name.replace(/_/g, ' ');
   return s.charAt(0).toUpperCase() + s.slice(1);
 }
 
-function amount(unit, n) {
+export function amount(unit, n) {
   return unit === 'nanousd' ? fmtUsd(n) : fmtCompact(n);
 }
 

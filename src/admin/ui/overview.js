@@ -1,4 +1,5 @@
-// Overview: usage today, this month and in total, cost per day, accounts by status.
+// Overview: usage today, this month and in total, cost per day, accounts by status, and what
+// needs the admin: accounts out of rotation, keys at or near a limit.
 
 import { get, qs } from './api.js';
 import { h, clear, button, checkbox, messageLine, latestOnly } from './dom.js';
@@ -7,6 +8,10 @@ import {
 } from './format.js';
 import { barChart } from './charts.js';
 import { statusOf, statusBadge, STATUS_LABELS, lastError } from './accounts.js';
+import { limitLabel, amount } from './keys.js';
+
+/** A key's limit counts as near once this share of it is used or reserved. */
+const NEAR = 0.9;
 
 export async function render(main, _parts, _query, ctx) {
   const msg = messageLine();
@@ -14,6 +19,7 @@ export async function render(main, _parts, _query, ctx) {
   const chartBox = h('div', { class: 'chart-box' });
   const statusBox = h('div', { class: 'status-counts' });
   const attention = h('div');
+  const keysNear = h('div');
   const metric = h('select', { 'aria-label': 'Chart shows' },
     h('option', { value: 'cost' }, 'Cost'), h('option', { value: 'requests' }, 'Requests'),
     h('option', { value: 'tokens' }, 'Tokens'));
@@ -33,6 +39,10 @@ export async function render(main, _parts, _query, ctx) {
     h('div', { class: 'two-col' },
       h('section', { class: 'panel' }, h('div', { class: 'panel-head' }, h('h2', null, 'Accounts by status')), statusBox),
       h('section', { class: 'panel' }, h('div', { class: 'panel-head' }, h('h2', null, 'Accounts that need attention')), attention)),
+    h('section', { class: 'panel' },
+      h('div', { class: 'panel-head' }, h('h2', null, 'Keys at or near a limit'),
+        h('div', { class: 'tools' }, h('span', { class: 'muted small' }, `${Math.round(NEAR * 100)}% or more used, or expired`))),
+      keysNear),
   );
 
   metric.addEventListener('change', drawChart);
@@ -61,12 +71,13 @@ export async function render(main, _parts, _query, ctx) {
     const from30 = new Date(midnight.getTime() - 29 * 86_400_000);
     refresh.disabled = true;
     try {
-      const [today, month, total, daily, accounts] = await Promise.all([
+      const [today, month, total, daily, accounts, keys] = await Promise.all([
         get(`usage${qs({ from: midnight.toISOString() })}`),
         get(`usage${qs({ from: monthStart.toISOString() })}`),
         get('usage'),
         get(`usage${qs({ granularity: 'day', from: isoDateUtc(from30) })}`),
         get('accounts'),
+        get('keys?with=usage'),
       ]);
       if (!live()) return;
       msg.clear();
@@ -75,6 +86,7 @@ export async function render(main, _parts, _query, ctx) {
       series = daily.series || [];
       drawChart();
       drawAccounts(accounts.data || []);
+      drawKeys(keys.data || []);
     } catch (e) {
       if (live()) msg.error(`Could not load the overview: ${e.message}`);
     } finally {
@@ -113,6 +125,28 @@ export async function render(main, _parts, _query, ctx) {
         statusBadge(statusOf(a)),
         a.state.until ? h('span', { class: 'muted small', title: fmtWhen(a.state.until) }, `until ${fmtRel(a.state.until)}`) : null),
       h('div', { class: 'small' }, lastError(a))))));
+  }
+
+  function drawKeys(list) {
+    clear(keysNear);
+    const near = [];
+    for (const k of list) {
+      if (!k.enabled) continue;
+      const limits = Object.entries(k.usage || {})
+        .filter(([, u]) => u.limit > 0 && (u.used + u.reserved) / u.limit >= NEAR)
+        .map(([name, u]) => `${limitLabel(name)} ${amount(u.unit, u.used + u.reserved)} / ${amount(u.unit, u.limit)}${u.resets_at ? `, resets ${fmtRel(u.resets_at)}` : ''}`);
+      if (k.expired) limits.unshift('expired');
+      if (limits.length) near.push([k, limits]);
+    }
+    if (!near.length) {
+      keysNear.append(h('p', { class: 'muted' }, list.length ? 'No key is near its limits.' : 'No keys yet.'));
+      return;
+    }
+    keysNear.append(h('ul', { class: 'attention' }, near.map(([k, limits]) => h('li', null,
+      h('div', { class: 'attention-head' },
+        h('a', { href: `#/keys/${encodeURIComponent(k.id)}`, class: 'strong' }, k.name),
+        h('span', { class: 'mono muted small' }, k.id)),
+      h('div', { class: 'small' }, limits.join('; '))))));
   }
 
   ctx.onCleanup(startAuto(auto.input, load));
