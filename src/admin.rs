@@ -8,12 +8,14 @@ mod keys;
 mod ui;
 mod usage;
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::app::App;
 use crate::body::{self, Body, BoxError};
@@ -58,6 +60,12 @@ fn audit(method: &Method, path: &str, fields: &str, resp: &Response<Body>) {
         return;
     }
     let created = resp.extensions().get::<Created>().map(|c| c.0.as_str());
+    // Only the names of a change made: those of one refused may be anything the client sent.
+    let fields = if resp.status().is_success() {
+        fields
+    } else {
+        ""
+    };
     tracing::info!(
         target: "switchyard::audit",
         %method,
@@ -69,19 +77,41 @@ fn audit(method: &Method, path: &str, fields: &str, resp: &Response<Body>) {
     );
 }
 
-/// The fields a key's or an account's JSON body sets, by name (`name,limits.daily_cost_nanousd`).
+/// The fields a key's or an account's JSON body sets, by name (`limits.daily_cost_nanousd,name`):
+/// the names only, read past their values without building them (a body may be 32 MiB). A name
+/// that is not a plain identifier of at most 64 characters shows as `?` (a handler refuses it;
+/// it could be a secret pasted in the wrong place); at most 64 names.
 fn field_names(body: &[u8]) -> String {
-    let Ok(serde_json::Value::Object(top)) = serde_json::from_slice::<serde_json::Value>(body)
-    else {
+    type Names<'a> = BTreeMap<Cow<'a, str>, IgnoredAny>;
+    #[derive(Deserialize)]
+    struct Limits<'a> {
+        #[serde(borrow)]
+        limits: Option<Names<'a>>,
+    }
+    let Ok(top) = serde_json::from_slice::<Names>(body) else {
         return String::new();
     };
+    let limits = serde_json::from_slice::<Limits>(body)
+        .ok()
+        .and_then(|l| l.limits)
+        .filter(|l| !l.is_empty());
+    let shown = |name: &str| {
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if plain {
+            name.to_owned()
+        } else {
+            "?".to_owned()
+        }
+    };
     let mut names = Vec::new();
-    for (name, value) in &top {
-        match value {
-            serde_json::Value::Object(inner) if name == "limits" && !inner.is_empty() => {
-                names.extend(inner.keys().map(|k| format!("{name}.{k}")));
+    for name in top.keys() {
+        match &limits {
+            Some(inner) if name == "limits" => {
+                names.extend(inner.keys().map(|k| format!("limits.{}", shown(k))));
             }
-            _ => names.push(name.clone()),
+            _ => names.push(shown(name)),
         }
     }
     names.truncate(64);
@@ -209,7 +239,6 @@ where
     D: serde::Deserializer<'de>,
     T: serde::Deserialize<'de>,
 {
-    use serde::Deserialize;
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -226,6 +255,15 @@ mod tests {
         assert_eq!(field_names(br#"{"limits": null}"#), "limits");
         assert_eq!(field_names(b"[1, 2]"), "");
         assert_eq!(field_names(b"not json"), "");
+        // A name that is no plain identifier is not shown (it may be a secret pasted there).
+        assert_eq!(
+            field_names(br#"{"sk-ant-api03-xyz": 1, "limits": {"a\nb": 2}}"#),
+            "limits.?,?"
+        );
+        assert_eq!(
+            field_names(format!(r#"{{"{}": 1}}"#, "a".repeat(65)).as_bytes()),
+            "?"
+        );
         let many: String = (0..100)
             .map(|i| format!(r#""f{i}": 1"#))
             .collect::<Vec<_>>()

@@ -123,7 +123,9 @@ impl Drop for LogGuard {
 }
 
 /// Installs the global subscriber: `SWITCHYARD_LOG` if it parses (`Config::load` refuses one
-/// that does not), else `log.level` when serving and `warn` for the CLI.
+/// that does not), else `log.level` when serving and `warn` for the CLI, with its admin changes'
+/// audit lines (`switchyard::audit`) at `info`: a change made in process is told as one made
+/// through a running relay is.
 pub fn init(config: &Config, serving: bool) -> LogGuard {
     let filter = std::env::var(crate::config::LOG_FILTER_ENV)
         .ok()
@@ -132,7 +134,7 @@ pub fn init(config: &Config, serving: bool) -> LogGuard {
             let level = if serving {
                 config.log.level.as_str()
             } else {
-                "warn"
+                "warn,switchyard::audit=info"
             };
             tracing_subscriber::EnvFilter::new(level)
         });

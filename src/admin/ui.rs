@@ -88,7 +88,10 @@ pub fn serve(method: &Method, path: &str, headers: &HeaderMap) -> Option<Respons
         return Some(refused(method, path));
     }
     let Some(index) = ASSETS.iter().position(|a| a.name == name) else {
-        return Some(ApiError::not_found(format!("no console file {path}")).render(Surface::Admin));
+        let mut resp =
+            ApiError::not_found(format!("no console file {path}")).render(Surface::Admin);
+        secure(resp.headers_mut());
+        return Some(resp);
     };
     let asset = &ASSETS[index];
     let etag = &ETAGS[index];
@@ -142,11 +145,15 @@ fn secure(h: &mut HeaderMap) {
     );
 }
 
+/// A temporary redirect: a permanent one would be kept by browsers after the console is turned
+/// off.
 fn moved(to: &'static str) -> Response<Body> {
     let mut resp = Response::new(body::empty());
-    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    resp.headers_mut()
-        .insert(header::LOCATION, HeaderValue::from_static(to));
+    *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_static(to));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    secure(h);
     resp
 }
 
@@ -159,6 +166,7 @@ fn refused(method: &Method, path: &str) -> Response<Body> {
     *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    secure(resp.headers_mut());
     resp
 }
 

@@ -148,7 +148,7 @@ fn keys_and_accounts_through_the_cli_on_a_data_dir() {
     ));
     let limited_id = limited["id"].as_str().unwrap().to_owned();
     assert_eq!(limited["limits"]["max_concurrency"], 2);
-    let patched = json_of(&switchyard(
+    let out = switchyard(
         dir.path(),
         &[
             "keys",
@@ -156,7 +156,17 @@ fn keys_and_accounts_through_the_cli_on_a_data_dir() {
             &limited_id,
             r#"{"max_concurrency": null, "window": {"seconds": 3600, "requests": 10}}"#,
         ],
-    ));
+    );
+    let patched = json_of(&out);
+    // A change made in process is audited as one through a running relay is.
+    let audit = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        audit.contains("admin change")
+            && audit.contains("method=PATCH")
+            && audit.contains(&limited_id)
+            && audit.contains("limits.max_concurrency,limits.window"),
+        "{audit}"
+    );
     assert_eq!(
         patched["limits"],
         serde_json::json!({ "daily_cost_nanousd": 5_000_000_000u64, "window": { "seconds": 3600, "requests": 10 } })
