@@ -145,6 +145,7 @@ where
         (&Method::GET, ["admin", "keys", id]) => keys::get(app, id).await,
         (&Method::PATCH, ["admin", "keys", id]) => keys::patch(app, id, parse(&body)?).await,
         (&Method::DELETE, ["admin", "keys", id]) => keys::delete(app, id).await,
+        (&Method::POST, ["admin", "keys", id, "rotate"]) => keys::rotate(app, id).await,
         (&Method::GET, ["admin", "accounts"]) => accounts::list(app).await,
         (&Method::POST, ["admin", "accounts"]) => accounts::create(app, parse(&body)?).await,
         (&Method::GET, ["admin", "accounts", id]) => accounts::get(app, id).await,

@@ -93,6 +93,11 @@ enum KeysCommand {
     Delete {
         id: String,
     },
+    /// A new secret for the key (printed once); the old one is refused from now on. Its id,
+    /// limits, binding and usage stay.
+    Rotate {
+        id: String,
+    },
 }
 
 // Parsed once per run: the size of the `Add` variant costs nothing worth a box.
@@ -486,6 +491,11 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
             KeysCommand::Delete { id } => {
                 admin
                     .call(Method::DELETE, &format!("/admin/keys/{id}"), None)
+                    .await
+            }
+            KeysCommand::Rotate { id } => {
+                admin
+                    .call(Method::POST, &format!("/admin/keys/{id}/rotate"), None)
                     .await
             }
         },

@@ -807,8 +807,10 @@ pub trait Store: Send + Sync + 'static {
     async fn key_by_hash(&self, hash: &str) -> StoreResult<Option<KeyRecord>>;
     /// Oldest first.
     async fn keys(&self) -> StoreResult<Vec<KeyRecord>>;
-    /// Replaces the record with the same id; `false` if there is none.
-    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool>;
+    /// Replaces the record with the same id, if its secret's hash is still `was` (a PATCH read
+    /// before a rotation must not write the old secret back); `false` if there is no such
+    /// record. A new `key.hash` rotates the secret: the old one stops resolving.
+    async fn update_key(&self, key: &KeyRecord, was: &str) -> StoreResult<bool>;
     async fn delete_key(&self, id: &str) -> StoreResult<bool>;
 
     // --- account records (admin path) ---

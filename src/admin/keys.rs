@@ -12,7 +12,7 @@ use super::{created, now_ms, nullable, ok, rfc3339, store_error, valid_name};
 use crate::app::App;
 use crate::auth;
 use crate::body::Body;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::limits;
 use crate::store::{AccountRecord, KeyBinding, KeyLimits, KeyRecord};
 
@@ -242,13 +242,48 @@ pub async fn patch(app: &Arc<App>, id: &str, req: PatchKey) -> Result<Response<B
             .map_err(|e| ApiError::invalid(format!("limits.{}: {}", e.path(), e.inner())))?;
         record.limits = valid_limits(limits)?;
     }
-    let updated = app.store().update_key(&record).await.map_err(store_error)?;
-    // After the write too: a lookup that read the old record during the write may have cached it.
-    app.catalog.invalidate_key(&record.hash);
-    if !updated {
-        return Err(ApiError::not_found(format!("no key with id {id}")));
-    }
+    let was = record.hash.clone();
+    write(app, &record, &was).await?;
     ok(StatusCode::OK, &view(&record))
+}
+
+/// Writes `record` over the stored one, if that still has the secret whose hash is `was`: a
+/// change read before a rotation is refused rather than writing the old secret back.
+async fn write(app: &App, record: &KeyRecord, was: &str) -> Result<(), ApiError> {
+    let updated = app
+        .store()
+        .update_key(record, was)
+        .await
+        .map_err(store_error)?;
+    // After the write too: a lookup that read the old record during the write may have cached
+    // it (under the old secret's hash, for a rotation).
+    app.catalog.invalidate_key(was);
+    if updated {
+        return Ok(());
+    }
+    match app.store().key(&record.id).await.map_err(store_error)? {
+        None => Err(ApiError::not_found(format!("no key with id {}", record.id))),
+        Some(_) => Err(ApiError::new(
+            ErrorKind::Conflict,
+            "the key's secret was replaced while this change was made: read the key again and \
+             retry",
+        )),
+    }
+}
+
+/// A new secret for the key, shown once in the answer as at creation; the old one is refused
+/// from now on, on every instance (the store drops its hash and tells the others). The key
+/// keeps its id, limits, their use, binding and usage: a leaked secret is replaced without
+/// losing them.
+pub async fn rotate(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
+    let mut record = find(app, id).await?;
+    let secret = auth::generate_key();
+    let was = std::mem::replace(&mut record.hash, auth::hash_key(&secret));
+    record.prefix = auth::display_prefix(&secret);
+    write(app, &record, &was).await?;
+    let mut body = view(&record);
+    body["key"] = Value::String(secret);
+    ok(StatusCode::OK, &body)
 }
 
 pub async fn delete(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {

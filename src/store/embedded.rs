@@ -1031,7 +1031,8 @@ fn one_record<T: DeserializeOwned>(
 
 /// Writes a key record and points its hash at it, dropping the index entry of a previous hash.
 /// `must_exist` makes it an update: `false` (and no write) when there is no such id.
-fn put_key(db: &Database, key: &KeyRecord, must_exist: bool) -> StoreResult<bool> {
+/// Writes `key`; with `was`, only over a stored record whose hash is `was`.
+fn put_key(db: &Database, key: &KeyRecord, was: Option<&str>) -> StoreResult<bool> {
     let bytes = encode(key)?;
     let txn = db.begin_write().map_err(db_err)?;
     {
@@ -1042,7 +1043,9 @@ fn put_key(db: &Database, key: &KeyRecord, must_exist: bool) -> StoreResult<bool
             .map_err(db_err)?
             .map(|v| decode::<KeyRecord>(v.value(), "key record"))
             .transpose()?;
-        if previous.is_none() && must_exist {
+        if let Some(was) = was
+            && previous.as_ref().is_none_or(|p| p.hash != was)
+        {
             return Ok(false);
         }
         if let Some(previous) = previous.filter(|p| p.hash != key.hash) {
@@ -1170,7 +1173,7 @@ impl Store for EmbeddedStore {
 
     async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
         let key = key.clone();
-        self.blocking(move |db| put_key(db, &key, false).map(drop))
+        self.blocking(move |db| put_key(db, &key, None).map(drop))
             .await
     }
 
@@ -1199,9 +1202,9 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool> {
-        let key = key.clone();
-        self.blocking(move |db| put_key(db, &key, true)).await
+    async fn update_key(&self, key: &KeyRecord, was: &str) -> StoreResult<bool> {
+        let (key, was) = (key.clone(), was.to_owned());
+        self.blocking(move |db| put_key(db, &key, Some(&was))).await
     }
 
     async fn delete_key(&self, id: &str) -> StoreResult<bool> {

@@ -507,7 +507,7 @@ impl Store for RedisStore {
     }
 
     async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
-        self.put_key(key, false).await.map(drop)
+        self.put_key(key, None).await.map(drop)
     }
 
     async fn key(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
@@ -542,8 +542,8 @@ impl Store for RedisStore {
         Ok(keys)
     }
 
-    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool> {
-        self.put_key(key, true).await
+    async fn update_key(&self, key: &KeyRecord, was: &str) -> StoreResult<bool> {
+        self.put_key(key, Some(was)).await
     }
 
     async fn delete_key(&self, id: &str) -> StoreResult<bool> {
@@ -1168,20 +1168,23 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
-    async fn put_key(&self, key: &KeyRecord, must_exist: bool) -> StoreResult<bool> {
+    /// `key_put.lua`: the record, and with `was` only over a stored one whose hash is `was`.
+    async fn put_key(&self, key: &KeyRecord, was: Option<&str>) -> StoreResult<bool> {
+        let mut args = vec![
+            self.channel(),
+            key.id.clone(),
+            key.hash.clone(),
+            encode(key)?,
+            if was.is_some() { "1" } else { "0" }.to_owned(),
+        ];
+        args.extend(was.map(str::to_owned));
         let reply = self
             .scripts
             .key_put
             .run(
                 self.client(),
                 vec![self.names.key_records(), self.names.key_hashes()],
-                vec![
-                    self.channel(),
-                    key.id.clone(),
-                    key.hash.clone(),
-                    encode(key)?,
-                    if must_exist { "1" } else { "0" }.to_owned(),
-                ],
+                args,
             )
             .await?;
         Ok(integer(&reply, "key_put")? == 1)

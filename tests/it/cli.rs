@@ -177,6 +177,12 @@ fn keys_and_accounts_through_the_cli_on_a_data_dir() {
     json_of(&switchyard(dir.path(), &["keys", "delete", &limited_id]));
     let disabled = json_of(&switchyard(dir.path(), &["keys", "disable", &id]));
     assert_eq!(disabled["enabled"], false);
+    // A new secret, printed once; the key stays itself.
+    let rotated = json_of(&switchyard(dir.path(), &["keys", "rotate", &id]));
+    assert_eq!(rotated["id"], id.as_str());
+    assert_eq!(rotated["enabled"], false);
+    let new_secret = rotated["key"].as_str().unwrap();
+    assert!(new_secret.starts_with("sy-") && new_secret != created["key"].as_str().unwrap());
     json_of(&switchyard(dir.path(), &["keys", "delete", &id]));
     assert_eq!(
         json_of(&switchyard(dir.path(), &["keys", "list"]))["data"],

@@ -606,6 +606,66 @@ async fn activation_starts_the_clock_at_the_first_request() {
     }
 }
 
+/// `POST /admin/keys/{id}/rotate`: a new secret, shown once; the old one refused at once; the
+/// key keeps its id, limits and their use. A change read before the rotation is refused (409)
+/// rather than writing the old secret back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_replaces_the_old_one_and_keeps_the_key() {
+    for backend in backends() {
+        let (relay, _mock, id, old) = relay_with_key(
+            &backend,
+            json!({ "window": { "seconds": 3600, "requests": 10 } }),
+        )
+        .await;
+        assert_eq!(call(&relay, &old, false).await.0, 200);
+        settled(&relay, &old).await;
+
+        let (status, rotated) = relay
+            .admin(Method::POST, &format!("/admin/keys/{id}/rotate"), None)
+            .await;
+        assert_eq!(status, 200, "{rotated}");
+        let new = rotated["key"].as_str().unwrap().to_owned();
+        assert!(new.starts_with("sy-") && new != old, "{rotated}");
+        assert_eq!(rotated["id"], id.as_str());
+        assert_eq!(rotated["limits"]["window"]["requests"], 10);
+        // At once: no cache keeps the old secret.
+        let (status, _, body) = call(&relay, &old, false).await;
+        assert_eq!(status, 401, "{backend:?}: {body}");
+        assert_eq!(call(&relay, &new, false).await.0, 200);
+        let info = settled(&relay, &new).await;
+        assert_eq!(info["usage"]["window_requests"]["used"], 2, "{backend:?}");
+        let (_, shown) = relay
+            .admin(Method::GET, &format!("/admin/keys/{id}"), None)
+            .await;
+        assert!(shown.get("key").is_none(), "{shown}");
+        assert_eq!(shown["prefix"], rotated["prefix"]);
+
+        // A change read before a rotation does not write the old secret back.
+        let stale = relay.app.store().key(&id).await.unwrap().unwrap();
+        let (status, _) = relay
+            .admin(Method::POST, &format!("/admin/keys/{id}/rotate"), None)
+            .await;
+        assert_eq!(status, 200);
+        let renamed = switchyard::store::KeyRecord {
+            name: "stale".to_owned(),
+            ..stale.clone()
+        };
+        assert!(
+            !relay
+                .app
+                .store()
+                .update_key(&renamed, &stale.hash)
+                .await
+                .unwrap()
+        );
+        assert_eq!(call(&relay, &new, false).await.0, 401, "{backend:?}");
+        let (status, body) = relay
+            .admin(Method::POST, "/admin/keys/key_missing/rotate", None)
+            .await;
+        assert_eq!(status, 404, "{body}");
+    }
+}
+
 /// `GET /admin/keys?with=usage`: every key with its limits' use, as each key's own view shows it
 /// (the console's key list reads them in one call).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

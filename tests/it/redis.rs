@@ -117,6 +117,38 @@ async fn a_key_disabled_on_one_instance_is_refused_by_the_other_within_a_second(
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
 
+    // A secret rotated through A is refused by B (which had the old one cached), and the new
+    // one is served by B.
+    let (status, rotated) = a
+        .admin(Method::POST, &format!("/admin/keys/{id}/rotate"), None)
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let rotated_at = Instant::now();
+    loop {
+        let resp = b
+            .messages(&key, &messages_body("claude-sonnet-4-5", false))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 401 {
+            break;
+        }
+        resp.bytes().await.unwrap();
+        assert!(
+            rotated_at.elapsed() < Duration::from_secs(1),
+            "B still accepts the old secret after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let key = rotated["key"].as_str().unwrap().to_owned();
+    let resp = b
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+
     disabled_on_one_refused_by_the_other(&a, &b, &id, &key, Duration::from_secs(1)).await;
 
     // Deleting works the same way, and account changes reach B too.

@@ -388,14 +388,27 @@ mod cases {
             enabled: false,
             ..newer.clone()
         };
-        assert!(store.update_key(&rotated).await.unwrap());
+        // Only over the record as it was read: a stale change must not undo a rotation.
+        assert!(!store.update_key(&rotated, "hash-rotated").await.unwrap());
+        assert_eq!(store.key("a-newer").await.unwrap(), Some(newer.clone()));
+        assert!(store.update_key(&rotated, &newer.hash).await.unwrap());
+        let stale = KeyRecord {
+            name: "renamed from a stale read".to_owned(),
+            ..newer.clone()
+        };
+        assert!(!store.update_key(&stale, &newer.hash).await.unwrap());
         assert_eq!(store.key("a-newer").await.unwrap(), Some(rotated.clone()));
         assert_eq!(store.key_by_hash("hash-of-a-newer").await.unwrap(), None);
         assert_eq!(
             store.key_by_hash("hash-rotated").await.unwrap(),
             Some(rotated.clone())
         );
-        assert!(!store.update_key(&key("missing", 3_000)).await.unwrap());
+        assert!(
+            !store
+                .update_key(&key("missing", 3_000), "hash-of-missing")
+                .await
+                .unwrap()
+        );
         assert_eq!(
             store.key("missing").await.unwrap(),
             None,
@@ -3405,7 +3418,7 @@ mod redis_only {
             hash: "hash-new".to_owned(),
             ..key("k1", 1)
         };
-        a.update_key(&rotated).await.unwrap();
+        a.update_key(&rotated, "hash-of-k1").await.unwrap();
         let mut hashes = vec![next_change(&mut feed).await, next_change(&mut feed).await];
         hashes.sort_by_key(|c| format!("{c:?}"));
         assert_eq!(
