@@ -428,6 +428,27 @@ step('disable the key in the UI: the relay refuses it (401); enable it again', a
   await eventually('the relay takes the key again', async () => assert.equal(await relayMessage(secret), 200));
 });
 
+step('rotate the key\'s secret: the new one is shown once and served, the old one refused', async () => {
+  await page.getByRole('button', { name: 'Rotate secret' }).click();
+  const confirm = page.getByRole('dialog', { name: 'Rotate secret' });
+  await confirm.getByText(KEY).waitFor({ timeout: WAIT });
+  await confirm.getByRole('button', { name: 'Rotate secret' }).click();
+  const secretDlg = page.getByRole('dialog', { name: `New secret for "${KEY}"` });
+  await secretDlg.waitFor({ timeout: NAV });
+  const fresh = (await secretDlg.locator('code.secret').textContent()).trim();
+  assert.match(fresh, /^sy-/);
+  assert.notEqual(fresh, secret);
+  await secretDlg.getByRole('button', { name: 'I have saved it, close' }).click();
+  await page.locator('dialog code.secret').waitFor({ state: 'detached', timeout: NAV });
+  await page.getByText('New secret made').waitFor({ timeout: WAIT });
+  const inPage = await page.evaluate((s) => document.documentElement.outerHTML.includes(s), fresh);
+  assert.equal(inPage, false, 'the new secret is kept nowhere in the page');
+  assert.equal(await relayMessage(secret), 401);
+  assert.equal(await relayMessage(fresh), 200);
+  assert.equal((await adminApi('GET', `keys/${keyId}`)).json.id, keyId);
+  secret = fresh;
+});
+
 expectedRefusals.push(['edit the limits JSON: change, add, then remove a limit', 'PATCH', path(`/admin/keys/${ID}`), 400]);
 step('edit the limits JSON: change, add, then remove a limit', async () => {
   await page.getByRole('button', { name: 'Edit limits' }).click();

@@ -199,6 +199,7 @@ function renderDetail(main, id, ctx) {
           await patch(`keys/${enc(id)}`, { enabled: !k.enabled });
           await saved(k.enabled ? 'Key disabled: its requests are refused.' : 'Key enabled.');
         })),
+        button('Rotate secret', (e) => rotateKey(k, e.currentTarget, msg, () => saved('New secret made: the old one is refused from now on.'))),
         button('Edit limits', () => limitsDialog(k, () => saved('Limits saved.'))),
         button('Edit binding', () => {
           // Without the accounts, the editor would offer none and could not keep the binding.
@@ -472,8 +473,25 @@ function createKeyDialog(accounts, done) {
   });
 }
 
+/** Asks, then gives the key a new secret, shown once; the old one is refused from then on. */
+async function rotateKey(k, btn, msg, after) {
+  const yes = await confirmDialog({
+    title: 'Rotate secret',
+    message: `Give the key "${k.name}" (${k.id}) a new secret? The current one (${k.prefix}...) is refused at once; clients must be given the new one. Its limits, their use and its usage stay.`,
+    confirmLabel: 'Rotate secret',
+  });
+  if (!yes) return;
+  await busy(btn, msg, async () => {
+    const rotated = await post(`keys/${enc(k.id)}/rotate`);
+    const secret = rotated.key;
+    delete rotated.key;
+    showSecret(rotated, secret, `New secret for "${rotated.name}"`);
+    await after();
+  });
+}
+
 /** Shows a new key's secret once. It is kept nowhere: the dialog is removed when it closes. */
-function showSecret(k, secret) {
+function showSecret(k, secret, title = `Key "${k.name}" created`) {
   const code = h('code', { class: 'secret', id: 'new-key-secret' }, secret);
   const status = h('p', { class: 'message ok', role: 'status', hidden: true });
   const copy = button('Copy key', async () => {
@@ -492,7 +510,7 @@ function showSecret(k, secret) {
   }, 'primary');
   const closeBtn = button('I have saved it, close', () => d.close());
   const d = openDialog({
-    title: `Key "${k.name}" created`,
+    title,
     content: [
       h('p', { class: 'warning' }, 'Copy this key now: you will not see it again. Only its hash is stored.'),
       h('div', { class: 'secret-row' }, code, copy),
