@@ -193,6 +193,14 @@ impl Catalog {
         self.keys.remove(hash);
     }
 
+    /// Forgets a deleted key under whatever secret it was cached: a rotation between the
+    /// delete's read and its write may have cached it under a hash the delete never saw (the
+    /// embedded store has no change feed to tell). Admin path only: it walks the cache.
+    pub fn forget_key(&self, id: &str) {
+        self.key_changes.fetch_add(1, Ordering::AcqRel);
+        self.keys.retain(|_, record| record.id != id);
+    }
+
     /// When the store is shared, applies other instances' changes to these caches as they are
     /// announced. The task holds the catalog weakly and ends with the store's change feed.
     pub fn follow_changes(self: &Arc<Self>) {
@@ -339,5 +347,44 @@ impl Catalog {
             .as_deref()
             .map(|sealed| self.master_key.open(&proxy_aad(&record.id), sealed))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    /// A key deleted (here straight in the store, as when a rotation cached it under a hash the
+    /// delete never read) is forgotten by its id, under every hash it was cached by.
+    #[tokio::test]
+    async fn a_deleted_key_is_forgotten_under_any_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), 100).unwrap());
+        let key = KeyRecord {
+            id: "k".into(),
+            name: "k".into(),
+            hash: "h1".into(),
+            prefix: "sy-".into(),
+            enabled: true,
+            created_at: 0,
+            binding: None,
+            limits: Default::default(),
+            revision: 0,
+        };
+        store.insert_key(&key).await.unwrap();
+        let catalog = Catalog::load(
+            Arc::clone(&store),
+            MasterKey::from_hex(&"ab".repeat(32)).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(catalog.key_by_hash("h1").await.unwrap().is_some());
+        store.delete_key("k").await.unwrap();
+        // Cached: the store is not asked again.
+        assert!(catalog.key_by_hash("h1").await.unwrap().is_some());
+        catalog.forget_key("k");
+        assert!(catalog.key_by_hash("h1").await.unwrap().is_none());
     }
 }

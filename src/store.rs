@@ -70,6 +70,10 @@ pub struct KeyRecord {
     /// What the key may do and spend; the default limits nothing.
     #[serde(default, skip_serializing_if = "KeyLimits::is_unlimited")]
     pub limits: KeyLimits,
+    /// How many times the record was written by `Store::update_key`: a write made from an
+    /// older read is refused (a rotation and a change made at once cannot undo each other).
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// Limits of one key, under `limits` in the admin API. Every field absent (or `null`, or an empty
@@ -807,10 +811,12 @@ pub trait Store: Send + Sync + 'static {
     async fn key_by_hash(&self, hash: &str) -> StoreResult<Option<KeyRecord>>;
     /// Oldest first.
     async fn keys(&self) -> StoreResult<Vec<KeyRecord>>;
-    /// Replaces the record with the same id, if its secret's hash is still `was` (a PATCH read
-    /// before a rotation must not write the old secret back); `false` if there is no such
-    /// record. A new `key.hash` rotates the secret: the old one stops resolving.
-    async fn update_key(&self, key: &KeyRecord, was: &str) -> StoreResult<bool>;
+    /// Writes `key`, changed from a record read at `key.revision`, only while the stored record
+    /// is still at that revision, and then at the next one; `false` if there is no record or it
+    /// changed since (a change read before a rotation must not write the old secret back, nor
+    /// a rotation undo a change). A new `key.hash` rotates the secret: the old one stops
+    /// resolving.
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool>;
     async fn delete_key(&self, id: &str) -> StoreResult<bool>;
 
     // --- account records (admin path) ---

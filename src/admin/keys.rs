@@ -163,6 +163,7 @@ pub async fn create(app: &Arc<App>, req: CreateKey) -> Result<Response<Body>, Ap
         created_at: now_ms(),
         binding: valid_binding(app, req.binding).await?,
         limits: valid_limits(req.limits.unwrap_or_default())?,
+        revision: 0,
     };
     app.store().insert_key(&record).await.map_err(store_error)?;
     let mut body = view(&record);
@@ -247,14 +248,11 @@ pub async fn patch(app: &Arc<App>, id: &str, req: PatchKey) -> Result<Response<B
     ok(StatusCode::OK, &view(&record))
 }
 
-/// Writes `record` over the stored one, if that still has the secret whose hash is `was`: a
-/// change read before a rotation is refused rather than writing the old secret back.
+/// Writes `record` over the stored one, if that is still the one read (its revision): a change
+/// read before another one (a rotation, a disable) is refused rather than undoing it. `was`:
+/// the hash of the secret the read record had.
 async fn write(app: &App, record: &KeyRecord, was: &str) -> Result<(), ApiError> {
-    let updated = app
-        .store()
-        .update_key(record, was)
-        .await
-        .map_err(store_error)?;
+    let updated = app.store().update_key(record).await.map_err(store_error)?;
     // After the write too: a lookup that read the old record during the write may have cached
     // it (under the old secret's hash, for a rotation).
     app.catalog.invalidate_key(was);
@@ -265,8 +263,8 @@ async fn write(app: &App, record: &KeyRecord, was: &str) -> Result<(), ApiError>
         None => Err(ApiError::not_found(format!("no key with id {}", record.id))),
         Some(_) => Err(ApiError::new(
             ErrorKind::Conflict,
-            "the key's secret was replaced while this change was made: read the key again and \
-             retry",
+            "the key was changed (or its secret rotated) while this change was made: read it \
+             again and retry",
         )),
     }
 }
@@ -287,8 +285,8 @@ pub async fn rotate(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError
 }
 
 pub async fn delete(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
-    let record = find(app, id).await?;
+    find(app, id).await?;
     app.store().delete_key(id).await.map_err(store_error)?;
-    app.catalog.invalidate_key(&record.hash);
+    app.catalog.forget_key(id);
     ok(StatusCode::OK, &json!({ "id": id, "deleted": true }))
 }

@@ -1030,9 +1030,9 @@ fn one_record<T: DeserializeOwned>(
 }
 
 /// Writes a key record and points its hash at it, dropping the index entry of a previous hash.
-/// `must_exist` makes it an update: `false` (and no write) when there is no such id.
-/// Writes `key`; with `was`, only over a stored record whose hash is `was`.
-fn put_key(db: &Database, key: &KeyRecord, was: Option<&str>) -> StoreResult<bool> {
+/// With `read`, an update: only over a stored record at that revision (else `false`, and no
+/// write).
+fn put_key(db: &Database, key: &KeyRecord, read: Option<u64>) -> StoreResult<bool> {
     let bytes = encode(key)?;
     let txn = db.begin_write().map_err(db_err)?;
     {
@@ -1043,8 +1043,8 @@ fn put_key(db: &Database, key: &KeyRecord, was: Option<&str>) -> StoreResult<boo
             .map_err(db_err)?
             .map(|v| decode::<KeyRecord>(v.value(), "key record"))
             .transpose()?;
-        if let Some(was) = was
-            && previous.as_ref().is_none_or(|p| p.hash != was)
+        if let Some(read) = read
+            && previous.as_ref().is_none_or(|p| p.revision != read)
         {
             return Ok(false);
         }
@@ -1202,9 +1202,12 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn update_key(&self, key: &KeyRecord, was: &str) -> StoreResult<bool> {
-        let (key, was) = (key.clone(), was.to_owned());
-        self.blocking(move |db| put_key(db, &key, Some(&was))).await
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool> {
+        let read = key.revision;
+        let mut next = key.clone();
+        next.revision = read + 1;
+        self.blocking(move |db| put_key(db, &next, Some(read)))
+            .await
     }
 
     async fn delete_key(&self, id: &str) -> StoreResult<bool> {
@@ -1918,6 +1921,7 @@ mod tests {
             created_at: 0,
             binding: None,
             limits: Default::default(),
+            revision: 0,
         };
         store.insert_key(&key).await.unwrap();
         let now = now_ms();

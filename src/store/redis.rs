@@ -542,8 +542,11 @@ impl Store for RedisStore {
         Ok(keys)
     }
 
-    async fn update_key(&self, key: &KeyRecord, was: &str) -> StoreResult<bool> {
-        self.put_key(key, Some(was)).await
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool> {
+        let read = key.revision;
+        let mut next = key.clone();
+        next.revision = read + 1;
+        self.put_key(&next, Some(read)).await
     }
 
     async fn delete_key(&self, id: &str) -> StoreResult<bool> {
@@ -1168,16 +1171,16 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
-    /// `key_put.lua`: the record, and with `was` only over a stored one whose hash is `was`.
-    async fn put_key(&self, key: &KeyRecord, was: Option<&str>) -> StoreResult<bool> {
+    /// `key_put.lua`: the record, and with `read` only over a stored one at that revision.
+    async fn put_key(&self, key: &KeyRecord, read: Option<u64>) -> StoreResult<bool> {
         let mut args = vec![
             self.channel(),
             key.id.clone(),
             key.hash.clone(),
             encode(key)?,
-            if was.is_some() { "1" } else { "0" }.to_owned(),
+            if read.is_some() { "1" } else { "0" }.to_owned(),
         ];
-        args.extend(was.map(str::to_owned));
+        args.extend(read.map(|r| r.to_string()));
         let reply = self
             .scripts
             .key_put

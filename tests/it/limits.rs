@@ -640,7 +640,8 @@ async fn a_rotated_secret_replaces_the_old_one_and_keeps_the_key() {
         assert!(shown.get("key").is_none(), "{shown}");
         assert_eq!(shown["prefix"], rotated["prefix"]);
 
-        // A change read before a rotation does not write the old secret back.
+        // A change read before a rotation does not write the old secret back, and a rotation
+        // read before a change (a disable) does not undo it.
         let stale = relay.app.store().key(&id).await.unwrap().unwrap();
         let (status, _) = relay
             .admin(Method::POST, &format!("/admin/keys/{id}/rotate"), None)
@@ -650,15 +651,24 @@ async fn a_rotated_secret_replaces_the_old_one_and_keeps_the_key() {
             name: "stale".to_owned(),
             ..stale.clone()
         };
-        assert!(
-            !relay
-                .app
-                .store()
-                .update_key(&renamed, &stale.hash)
-                .await
-                .unwrap()
-        );
+        assert!(!relay.app.store().update_key(&renamed).await.unwrap());
         assert_eq!(call(&relay, &new, false).await.0, 401, "{backend:?}");
+        let before_disable = relay.app.store().key(&id).await.unwrap().unwrap();
+        let (status, _) = relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/keys/{id}"),
+                Some(json!({ "enabled": false })),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let late_rotation = switchyard::store::KeyRecord {
+            hash: "0".repeat(64),
+            ..before_disable
+        };
+        assert!(!relay.app.store().update_key(&late_rotation).await.unwrap());
+        let now = relay.app.store().key(&id).await.unwrap().unwrap();
+        assert!(!now.enabled, "{backend:?}: the disable holds");
         let (status, body) = relay
             .admin(Method::POST, "/admin/keys/key_missing/rotate", None)
             .await;

@@ -179,6 +179,7 @@ fn key(id: &str, created_at: i64) -> KeyRecord {
         created_at,
         binding: None,
         limits: Default::default(),
+        revision: 0,
     }
 }
 
@@ -388,27 +389,31 @@ mod cases {
             enabled: false,
             ..newer.clone()
         };
-        // Only over the record as it was read: a stale change must not undo a rotation.
-        assert!(!store.update_key(&rotated, "hash-rotated").await.unwrap());
+        // Written over the record as it was read, at the next revision; a change read before it
+        // (at the revision before) must not undo it.
+        let ahead = KeyRecord {
+            revision: 1,
+            ..rotated.clone()
+        };
+        assert!(!store.update_key(&ahead).await.unwrap());
         assert_eq!(store.key("a-newer").await.unwrap(), Some(newer.clone()));
-        assert!(store.update_key(&rotated, &newer.hash).await.unwrap());
+        assert!(store.update_key(&rotated).await.unwrap());
+        let rotated = KeyRecord {
+            revision: 1,
+            ..rotated
+        };
         let stale = KeyRecord {
             name: "renamed from a stale read".to_owned(),
             ..newer.clone()
         };
-        assert!(!store.update_key(&stale, &newer.hash).await.unwrap());
+        assert!(!store.update_key(&stale).await.unwrap());
         assert_eq!(store.key("a-newer").await.unwrap(), Some(rotated.clone()));
         assert_eq!(store.key_by_hash("hash-of-a-newer").await.unwrap(), None);
         assert_eq!(
             store.key_by_hash("hash-rotated").await.unwrap(),
             Some(rotated.clone())
         );
-        assert!(
-            !store
-                .update_key(&key("missing", 3_000), "hash-of-missing")
-                .await
-                .unwrap()
-        );
+        assert!(!store.update_key(&key("missing", 3_000)).await.unwrap());
         assert_eq!(
             store.key("missing").await.unwrap(),
             None,
@@ -3418,7 +3423,7 @@ mod redis_only {
             hash: "hash-new".to_owned(),
             ..key("k1", 1)
         };
-        a.update_key(&rotated, "hash-of-k1").await.unwrap();
+        a.update_key(&rotated).await.unwrap();
         let mut hashes = vec![next_change(&mut feed).await, next_change(&mut feed).await];
         hashes.sort_by_key(|c| format!("{c:?}"));
         assert_eq!(

@@ -71,13 +71,14 @@ export async function render(main, _parts, _query, ctx) {
     const from30 = new Date(midnight.getTime() - 29 * 86_400_000);
     refresh.disabled = true;
     try {
-      const [today, month, total, daily, accounts, keys] = await Promise.all([
+      // The keys' use is one store read per key: its failure shows in its own panel only.
+      const keys = get('keys?with=usage').catch((e) => ({ error: e }));
+      const [today, month, total, daily, accounts] = await Promise.all([
         get(`usage${qs({ from: midnight.toISOString() })}`),
         get(`usage${qs({ from: monthStart.toISOString() })}`),
         get('usage'),
         get(`usage${qs({ granularity: 'day', from: isoDateUtc(from30) })}`),
         get('accounts'),
-        get('keys?with=usage'),
       ]);
       if (!live()) return;
       msg.clear();
@@ -86,7 +87,10 @@ export async function render(main, _parts, _query, ctx) {
       series = daily.series || [];
       drawChart();
       drawAccounts(accounts.data || []);
-      drawKeys(keys.data || []);
+      const k = await keys;
+      if (!live()) return;
+      if (k.error) clear(keysNear).append(h('p', { class: 'message error' }, `Could not load the keys: ${k.error.message}`));
+      else drawKeys(k.data || []);
     } catch (e) {
       if (live()) msg.error(`Could not load the overview: ${e.message}`);
     } finally {

@@ -94,8 +94,8 @@ impl Store for FaultyStore {
     async fn keys(&self) -> StoreResult<Vec<KeyRecord>> {
         self.inner.keys().await
     }
-    async fn update_key(&self, key: &KeyRecord, was: &str) -> StoreResult<bool> {
-        self.inner.update_key(key, was).await
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool> {
+        self.inner.update_key(key).await
     }
     async fn delete_key(&self, id: &str) -> StoreResult<bool> {
         self.inner.delete_key(id).await
