@@ -4,12 +4,14 @@
 //! The CLI drives the same handlers, in process or over HTTP, so both behave alike.
 
 mod accounts;
+pub(crate) mod guard;
 mod keys;
 mod ui;
 mod usage;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,7 +23,9 @@ use crate::app::App;
 use crate::body::{self, Body, BoxError};
 use crate::error::{ApiError, ErrorKind, Surface};
 
-pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body>
+/// `peer`: the client's address (none for the CLI's requests made in process), by which
+/// refusals of the admin token are counted (`guard`) and changes told (`audit`).
+pub async fn handle<B>(app: &Arc<App>, req: Request<B>, peer: Option<IpAddr>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -33,12 +37,29 @@ where
     }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let now = std::time::Instant::now();
+    if let Some(ip) = peer
+        && let Err(wait) = app.admin_guard.check(ip, now)
+    {
+        tracing::warn!(target: "switchyard::audit", %method, path, peer = %ip, "admin request held back: too many refused tokens");
+        return ApiError::new(
+            ErrorKind::RateLimited,
+            "too many refused admin tokens from this address: wait, then try again",
+        )
+        .with_retry_after(wait)
+        .render(Surface::Admin);
+    }
     let mut fields = String::new();
     let resp = match route(app, req, &mut fields).await {
         Ok(resp) => resp,
         Err(err) => err.render(Surface::Admin),
     };
-    audit(&method, &path, &fields, &resp);
+    if resp.status() == StatusCode::UNAUTHORIZED
+        && let Some(ip) = peer
+    {
+        app.admin_guard.refused(ip, now);
+    }
+    audit(&method, &path, peer, &fields, &resp);
     resp
 }
 
@@ -50,10 +71,11 @@ struct Created(String);
 /// the path (which names the record), the outcome, the record a `POST` made and the names of
 /// the fields sent, never their values (an api key, a proxy's password may be among them). And
 /// one warning per refused admin token, for whoever watches for guessing.
-fn audit(method: &Method, path: &str, fields: &str, resp: &Response<Body>) {
+fn audit(method: &Method, path: &str, peer: Option<IpAddr>, fields: &str, resp: &Response<Body>) {
     let status = resp.status().as_u16();
+    let peer = peer.map(tracing::field::display);
     if status == 401 {
-        tracing::warn!(target: "switchyard::audit", %method, path, status, "admin token refused");
+        tracing::warn!(target: "switchyard::audit", %method, path, status, peer, "admin token refused");
         return;
     }
     if method == Method::GET || method == Method::HEAD {
@@ -71,6 +93,7 @@ fn audit(method: &Method, path: &str, fields: &str, resp: &Response<Body>) {
         %method,
         path,
         status,
+        peer,
         created,
         fields,
         "admin change"

@@ -52,6 +52,8 @@ pub struct App {
     proxy_tls: rustls::ClientConfig,
     /// Set when the server starts its graceful stop: requests waiting for a slot stop waiting.
     stopping: std::sync::atomic::AtomicBool,
+    /// Refusals of the admin token per client address.
+    pub admin_guard: crate::admin::guard::Guard,
 }
 
 /// What one server worker has of its own.
@@ -176,6 +178,7 @@ impl App {
             crate::notify::Notifier::start(&config.notify, config.upstream.proxy.as_deref())?;
         crate::metrics::install();
         crate::metrics::spawn_upkeep();
+        let admin_guard = crate::admin::guard::Guard::new(config.server.admin_failures_per_minute);
         let app = Arc::new(App {
             config,
             catalog,
@@ -194,6 +197,7 @@ impl App {
             notify,
             proxy_tls,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            admin_guard,
         });
         crate::images::spawn_sweeper(&app);
         app.follow_prices(price_changes);

@@ -129,6 +129,10 @@ pub struct ServerConfig {
     /// secret and asks for the admin token; turn it off where the admin API is reached only by
     /// scripts.
     pub admin_console: bool,
+    /// A client address whose admin token is refused this many times within a minute gets 429
+    /// on every admin request until the minute is over (0: never). Behind a reverse proxy every
+    /// client has the proxy's address.
+    pub admin_failures_per_minute: u32,
 }
 
 /// The longest any duration option (`*_secs`, `*_ms`) may be. Longer is a mistake, and far longer
@@ -198,6 +202,7 @@ impl Default for ServerConfig {
             keep_alive: true,
             workers: 0,
             admin_console: true,
+            admin_failures_per_minute: 10,
         }
     }
 }

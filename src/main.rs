@@ -365,7 +365,7 @@ impl Admin {
                         format!("Bearer {}", app.admin_token),
                     )
                     .body(Full::new(body.unwrap_or_default()))?;
-                let resp = switchyard::router::handle(Arc::clone(app), req).await;
+                let resp = switchyard::router::handle(Arc::clone(app), req, None).await;
                 let status = resp.status();
                 let bytes = resp
                     .into_body()

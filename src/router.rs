@@ -1,5 +1,6 @@
 //! Path → handler. Decides the surface, so every error renders in the caller's protocol.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,14 +13,15 @@ use crate::error::{ApiError, ErrorKind, Surface};
 use crate::providers;
 use crate::relay::{self, Endpoint};
 
-pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<Body>
+/// `peer`: the client's address (none for the CLI's requests made in process).
+pub async fn handle<B>(app: Arc<App>, req: Request<B>, peer: Option<IpAddr>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
 {
     let path = req.uri().path().to_owned();
     if path == "/admin" || path.starts_with("/admin/") {
-        return crate::admin::handle(&app, req).await;
+        return crate::admin::handle(&app, req, peer).await;
     }
     match (req.method(), path.as_str()) {
         (&Method::GET | &Method::HEAD, p) if is_base_url(p) => return root(req.method()),

@@ -405,7 +405,8 @@ impl Connections {
             let io = TokioIo::new(WriteDeadline::new(stream, versions.write_timeout));
             let served = match sniffed {
                 Ok(Ok(false)) => {
-                    let service = service_fn(move |req| handle(&app, req));
+                    let peer = peer.ip();
+                    let service = service_fn(move |req| handle(&app, req, peer));
                     let serve = watcher.watch(versions.http1.serve_connection(io, service));
                     // Dropping a connection drops its request: the relay settles it as one whose
                     // client hung up (what passed is billed, the leases are given back).
@@ -423,7 +424,7 @@ impl Connections {
                     let seen = Arc::clone(&activity);
                     let service = service_fn(move |req| {
                         let during = seen.begin();
-                        let handled = handle(&app, req);
+                        let handled = handle(&app, req, peer.ip());
                         async move {
                             let resp = handled.await?;
                             Ok::<_, std::convert::Infallible>(resp.map(|body| {
@@ -489,9 +490,10 @@ impl Connections {
 fn handle(
     app: &Arc<App>,
     req: http::Request<hyper::body::Incoming>,
+    peer: std::net::IpAddr,
 ) -> impl Future<Output = Result<http::Response<crate::body::Body>, std::convert::Infallible>> + use<>
 {
-    let handled = Box::pin(crate::router::handle(Arc::clone(app), req));
+    let handled = Box::pin(crate::router::handle(Arc::clone(app), req, Some(peer)));
     async move { Ok(handled.await) }
 }
 

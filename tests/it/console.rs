@@ -234,3 +234,53 @@ async fn the_console_works_in_a_browser() {
     assert!(mock.served() >= 1, "{stdout}");
     relay.stop().await;
 }
+
+/// Guessing the admin token: after `server.admin_failures_per_minute` refusals from one
+/// address, every admin request from it gets 429 for the rest of the minute, the right token
+/// too; another address is not held back, nor are the console's files.
+#[tokio::test]
+async fn guessing_the_admin_token_is_held_back_per_address() {
+    let relay = Relay::start_configured(|c| c.server.admin_failures_per_minute = 3).await;
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let guesser = from([127, 0, 0, 1]);
+    for guess in 0..3 {
+        let resp = guesser
+            .get(relay.url("/admin/keys"))
+            .bearer_auth(format!("guess-number-{guess}-of-many"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "guess {guess}");
+    }
+    let resp = guesser
+        .get(relay.url("/admin/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    let page = guesser.get(relay.url("/admin/ui/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+
+    let other = from([127, 0, 0, 2])
+        .get(relay.url("/admin/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    relay.stop().await;
+}
