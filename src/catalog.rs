@@ -41,6 +41,8 @@ pub struct Account {
     pub proxy: Option<Arc<AccountProxy>>,
     /// `record.models` compiled once.
     models: Vec<glob::Pattern>,
+    /// `record.model_map` compiled once, the most specific first (`upstream_model`).
+    model_map: Vec<(glob::Pattern, String)>,
 }
 
 impl std::fmt::Debug for Account {
@@ -84,6 +86,17 @@ impl Account {
             .map(|m| glob::Pattern::new(m))
             .collect::<Result<Vec<_>, _>>()
             .ok()?;
+        let mut model_map = record
+            .model_map
+            .iter()
+            .map(|(from, to)| Ok((glob::Pattern::new(from)?, to.clone())))
+            .collect::<Result<Vec<_>, glob::PatternError>>()
+            .ok()?;
+        // A name before any glob, a longer glob before a shorter one.
+        model_map.sort_by_key(|(from, _)| {
+            let glob = from.as_str().contains(['*', '?', '[']);
+            (glob, std::cmp::Reverse(from.as_str().len()))
+        });
         let proxy = match proxy {
             Some(url) => Some(Arc::new(AccountProxy::new(url)?)),
             None => None,
@@ -97,6 +110,7 @@ impl Account {
             refuses_betas: dashmap::DashSet::new(),
             code_assist: Default::default(),
             models,
+            model_map,
         })
     }
 
@@ -128,6 +142,17 @@ impl Account {
     /// Whether this account's `models` globs admit `model` (no globs: every model).
     pub fn serves(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|p| p.matches(model))
+    }
+
+    /// The name this account's vendor knows `model` by, when its `model_map` renames it: the
+    /// entry naming it exactly, else the longest glob matching it. `None`: sent as asked.
+    pub fn upstream_model(&self, model: Option<&str>) -> Option<&str> {
+        let model = model?;
+        self.model_map
+            .iter()
+            .find(|(from, _)| from.matches(model))
+            .map(|(_, to)| to.as_str())
+            .filter(|to| *to != model)
     }
 }
 

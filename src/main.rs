@@ -187,6 +187,10 @@ enum AccountsCommand {
         /// (repeatable).
         #[arg(long = "deployment")]
         deployments: Vec<String>,
+        /// Anthropic, OpenAI, Gemini, ChatGPT: MODEL=NAME, the vendor's name for a model (or
+        /// glob) clients ask for (repeatable).
+        #[arg(long = "model-map")]
+        model_map: Vec<String>,
         /// Bedrock: the AWS region.
         #[arg(long)]
         region: Option<String>,
@@ -513,6 +517,7 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 unschedulable,
                 api_version,
                 deployments,
+                model_map,
                 region,
                 aws_access_key_id,
                 refresh_token,
@@ -575,13 +580,18 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 if let (Some(oauth), Some(secret)) = (&mut oauth, client_secret) {
                     oauth["client_secret"] = json!(secret);
                 }
-                let mut map = serde_json::Map::new();
-                for d in &deployments {
-                    let Some((model, deployment)) = d.split_once('=') else {
-                        anyhow::bail!("--deployment {d:?}: expected MODEL=DEPLOYMENT");
-                    };
-                    map.insert(model.to_owned(), Value::String(deployment.to_owned()));
-                }
+                let pairs = |flag: &str, given: &[String]| {
+                    let mut map = serde_json::Map::new();
+                    for pair in given {
+                        let Some((model, name)) = pair.split_once('=') else {
+                            anyhow::bail!("--{flag} {pair:?}: expected MODEL=NAME");
+                        };
+                        map.insert(model.to_owned(), Value::String(name.to_owned()));
+                    }
+                    Ok(map)
+                };
+                let map = pairs("deployment", &deployments)?;
+                let model_map = pairs("model-map", &model_map)?;
                 let mut body = json!({
                     "name": name,
                     "provider": provider,
@@ -603,6 +613,9 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                 }
                 if !map.is_empty() {
                     body["deployments"] = Value::Object(map);
+                }
+                if !model_map.is_empty() {
+                    body["model_map"] = Value::Object(model_map);
                 }
                 if region.is_some() {
                     body["region"] = json!(region);

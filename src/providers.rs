@@ -7,6 +7,7 @@ pub mod bedrock;
 pub mod chatgpt;
 pub mod code_assist;
 pub mod gemini;
+pub mod json_fields;
 pub mod openai;
 
 use std::borrow::Cow;

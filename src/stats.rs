@@ -328,10 +328,11 @@ impl Pending {
                 self.names.id(&entry.model),
                 at.div_euclid(HOUR_MS),
             );
-            self.groups
-                .entry(group)
-                .or_default()
-                .add(&Counters::of(&entry.usage, entry.cost_nanousd));
+            self.groups.entry(group).or_default().add(&Counters::of(
+                &entry.usage,
+                entry.cost_nanousd,
+                entry.at,
+            ));
         }
         self.requests.push(entry);
     }
@@ -434,7 +435,7 @@ mod tests {
         let mut batch = UsageBatch::default();
         for (entry, billed) in entries {
             if *billed {
-                let counters = Counters::of(&entry.usage, entry.cost_nanousd);
+                let counters = Counters::of(&entry.usage, entry.cost_nanousd, entry.at);
                 let mut dims = vec![Dimension::All, Dimension::Key(entry.key_id.clone())];
                 if let Some(account) = &entry.account_id {
                     dims.push(Dimension::Account(account.clone()));

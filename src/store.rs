@@ -253,6 +253,10 @@ pub struct AccountRecord {
     /// Bedrock: model name -> model id or inference profile (`providers::bedrock::model_id`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployments: BTreeMap<String, String>,
+    /// Anthropic, OpenAI, Gemini and ChatGPT: the model the client asks for (a name or a glob)
+    /// -> the name this account's vendor knows it by (`catalog::Account::upstream_model`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_map: BTreeMap<String, String>,
     /// Bedrock: the AWS region, which requests are signed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
@@ -578,10 +582,15 @@ pub struct Counters {
     /// Images generated; absent in counters written before image generation existed.
     #[serde(default)]
     pub images: u64,
+    /// Arrival (unix ms) of the newest request counted here: not a sum, `add` keeps the larger.
+    /// 0 when none, or when every request counted came before the field existed.
+    #[serde(default)]
+    pub last_at: i64,
 }
 
 impl Counters {
-    pub fn of(usage: &TokenUsage, cost_nanousd: u64) -> Counters {
+    /// One request that arrived at `at` (unix ms).
+    pub fn of(usage: &TokenUsage, cost_nanousd: u64, at: i64) -> Counters {
         Counters {
             requests: 1,
             input_tokens: usage.input_tokens,
@@ -592,6 +601,7 @@ impl Counters {
             cache_read_input_tokens: usage.cache_read_input_tokens,
             cost_nanousd,
             images: usage.images,
+            last_at: at,
         }
     }
 
@@ -613,6 +623,7 @@ impl Counters {
             .saturating_add(other.cache_read_input_tokens);
         self.cost_nanousd = self.cost_nanousd.saturating_add(other.cost_nanousd);
         self.images = self.images.saturating_add(other.images);
+        self.last_at = self.last_at.max(other.last_at);
     }
 }
 

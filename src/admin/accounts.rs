@@ -41,6 +41,9 @@ pub struct CreateAccount {
     /// Azure OpenAI: model -> deployment; Bedrock: model -> model id or inference profile.
     #[serde(default)]
     deployments: BTreeMap<String, String>,
+    /// Anthropic, OpenAI, Gemini, ChatGPT: model (or glob) -> the vendor's name for it.
+    #[serde(default)]
+    model_map: BTreeMap<String, String>,
     /// Bedrock only: the AWS region.
     region: Option<String>,
     /// Bedrock only: sign with this access key id and the api key as its secret.
@@ -93,6 +96,8 @@ pub struct PatchAccount {
     group: Option<Option<String>>,
     api_version: Option<String>,
     deployments: Option<BTreeMap<String, String>>,
+    /// Replaces the whole map (`{}` empties it).
+    model_map: Option<BTreeMap<String, String>>,
     region: Option<String>,
     /// `null` turns signing off: the api key is then a Bedrock API key.
     #[serde(default, deserialize_with = "nullable")]
@@ -179,6 +184,7 @@ fn view(app: &App, account: &AccountRecord, runtime: &AccountRuntime, budget: Va
         "group": account.group,
         "api_version": account.api_version,
         "deployments": account.deployments,
+        "model_map": account.model_map,
         "region": account.region,
         "aws_access_key_id": account.aws_access_key_id,
         "project": account.project,
@@ -234,6 +240,7 @@ fn default_base_url(provider: Provider, region: Option<&str>) -> Result<String, 
 struct VendorFields {
     api_version: Option<String>,
     deployments: BTreeMap<String, String>,
+    model_map: BTreeMap<String, String>,
     region: Option<String>,
     aws_access_key_id: Option<String>,
     project: Option<String>,
@@ -254,6 +261,9 @@ fn valid_vendor(provider: Provider, mut f: VendorFields) -> Result<VendorFields,
         return Err(ApiError::invalid(
             "deployments are for azure-openai and bedrock accounts only",
         ));
+    }
+    if !f.model_map.is_empty() {
+        valid_model_map(provider, &f.model_map)?;
     }
     if (f.region.is_some() || f.aws_access_key_id.is_some()) && !bedrock {
         return Err(ApiError::invalid(
@@ -301,6 +311,56 @@ fn valid_vendor(provider: Provider, mut f: VendorFields) -> Result<VendorFields,
         }
     }
     Ok(f)
+}
+
+/// The most entries a model map takes, and the longest name on either side.
+const MODEL_MAP_MAX: usize = 256;
+const MODEL_NAME_MAX: usize = 256;
+
+/// A model map renames what a client asks for in the body's `model` (in the URL for Gemini,
+/// whose names must then stay within a path segment); Azure and Bedrock name theirs in
+/// `deployments`, and Code Assist takes Gemini's own names.
+fn valid_model_map(provider: Provider, map: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if !matches!(
+        provider,
+        Provider::Anthropic | Provider::OpenAi | Provider::Gemini | Provider::ChatGpt
+    ) {
+        return Err(ApiError::invalid(
+            "model_map is for anthropic, openai, gemini and chatgpt accounts (azure-openai and \
+             bedrock name the vendor's models in deployments)",
+        ));
+    }
+    if map.len() > MODEL_MAP_MAX {
+        return Err(ApiError::invalid(format!(
+            "model_map: at most {MODEL_MAP_MAX} entries"
+        )));
+    }
+    let fits = |name: &str| {
+        (1..=MODEL_NAME_MAX).contains(&name.len()) && !name.chars().any(char::is_control)
+    };
+    for (from, to) in map {
+        if !fits(from) || glob::Pattern::new(from).is_err() {
+            return Err(ApiError::invalid(format!(
+                "model_map: {from:?} is not a model name or glob of 1 to {MODEL_NAME_MAX} \
+                 characters"
+            )));
+        }
+        let in_a_path = to
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !fits(to) || (provider == Provider::Gemini && !in_a_path) {
+            return Err(ApiError::invalid(format!(
+                "model_map.{from}: {to:?} is not a model name of 1 to {MODEL_NAME_MAX} \
+                 characters{}",
+                if provider == Provider::Gemini {
+                    " (letters, digits, `-`, `_`, `.`)"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn valid_base_url(url: &str) -> Result<String, ApiError> {
@@ -496,6 +556,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         VendorFields {
             api_version: req.api_version,
             deployments: req.deployments,
+            model_map: req.model_map,
             region: req.region,
             aws_access_key_id: req.aws_access_key_id,
             project: req.project.filter(|p| !p.trim().is_empty()),
@@ -524,6 +585,7 @@ pub async fn create(app: &Arc<App>, req: CreateAccount) -> Result<Response<Body>
         group: req.group.filter(|g| !g.trim().is_empty()),
         api_version: vendor.api_version,
         deployments: vendor.deployments,
+        model_map: vendor.model_map,
         region: vendor.region,
         aws_access_key_id: vendor.aws_access_key_id,
         project: vendor.project,
@@ -706,6 +768,9 @@ async fn apply(
             deployments: req
                 .deployments
                 .unwrap_or(std::mem::take(&mut record.deployments)),
+            model_map: req
+                .model_map
+                .unwrap_or(std::mem::take(&mut record.model_map)),
             region: req.region.or(record.region.take()),
             aws_access_key_id: req
                 .aws_access_key_id
@@ -718,6 +783,7 @@ async fn apply(
     )?;
     record.api_version = vendor.api_version;
     record.deployments = vendor.deployments;
+    record.model_map = vendor.model_map;
     record.region = vendor.region;
     record.aws_access_key_id = vendor.aws_access_key_id;
     record.project = vendor.project;

@@ -14,7 +14,9 @@ use crate::auth;
 use crate::body::Body;
 use crate::error::{ApiError, ErrorKind};
 use crate::limits;
-use crate::store::{AccountRecord, KeyBinding, KeyLimits, KeyRecord};
+use crate::store::{
+    AccountRecord, Bucket, Dimension, KeyBinding, KeyLimits, KeyRecord, UsageQuery,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,10 +190,11 @@ pub async fn list(
     };
     let keys = app.store().keys().await.map_err(store_error)?;
     let data: Vec<Value> = if with_usage {
+        app.stats.flush().await;
         // Owned records: a closure over borrowed ones is not `Send` for every lifetime (the
         // server's future must be).
         futures_util::stream::iter(keys)
-            .map(|key| async move { limits::info::view(app, &key, view(&key)).await })
+            .map(|key| async move { used_view(app, &key).await })
             .buffered(USAGE_READS_AT_ONCE)
             .try_collect()
             .await?
@@ -212,13 +215,27 @@ async fn find(app: &Arc<App>, id: &str) -> Result<KeyRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no key with id {id}")))
 }
 
-/// The key with its limits' current use (the same view as the key's own `/v1/key-info`).
+/// The key with its limits' current use and its last request.
 pub async fn get(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
     let key = find(app, id).await?;
-    ok(
-        StatusCode::OK,
-        &limits::info::view(app, &key, view(&key)).await?,
-    )
+    app.stats.flush().await;
+    ok(StatusCode::OK, &used_view(app, &key).await?)
+}
+
+/// The key's view with its limits' current use (as its own `/v1/key-info` shows them) and
+/// `last_used_at`: the arrival of its newest request counted in usage (`null` if none), from
+/// the key's all-time usage counters, as written by the last flush.
+async fn used_view(app: &App, key: &KeyRecord) -> Result<Value, ApiError> {
+    let total = UsageQuery {
+        dimension: Dimension::Key(key.id.clone()),
+        buckets: vec![Bucket::Total],
+    };
+    let (mut body, totals) = tokio::try_join!(limits::info::view(app, key, view(key)), async {
+        app.store().usage(&total).await.map_err(store_error)
+    },)?;
+    let last = totals.first().map_or(0, |c| c.last_at);
+    body["last_used_at"] = json!((last > 0).then(|| rfc3339(last)));
+    Ok(body)
 }
 
 pub async fn patch(app: &Arc<App>, id: &str, req: PatchKey) -> Result<Response<Body>, ApiError> {

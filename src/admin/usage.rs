@@ -138,6 +138,7 @@ fn counters_json(c: &Counters) -> Value {
         "cache_read_input_tokens": c.cache_read_input_tokens,
         "cost_nanousd": c.cost_nanousd,
         "images": c.images,
+        "last_request_at": (c.last_at > 0).then(|| rfc3339(c.last_at)),
     })
 }
 

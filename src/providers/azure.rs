@@ -55,10 +55,7 @@ pub fn responses_body(account: &Account, body: &[u8], model: Option<&str>) -> Op
     if deployment == model {
         return None;
     }
-    let mut value: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(body).ok()?;
-    value.insert("model".to_owned(), serde_json::Value::from(deployment));
-    serde_json::to_vec(&value).ok().map(Bytes::from)
+    super::json_fields::with_fields(body, &[("model", serde_json::Value::from(deployment))])
 }
 
 /// Whether the account's api-version accepts `stream_options` (2024-09-01-preview and later;

@@ -77,19 +77,27 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
 }
 
 /// A Responses body as the backend takes it: `store: false` when the client asked the vendor to
-/// keep the response (the default), which the backend refuses to do, and `stream: true` when
-/// `to_stream` (a generation the client did not stream). `None` when it goes as it is (Codex
-/// CLI's say both already), or is not a JSON object.
-pub fn request_body(body: &Bytes, stores: bool, to_stream: bool) -> Option<Bytes> {
-    if !stores && !to_stream {
+/// keep the response (the default), which the backend refuses to do, `stream: true` when
+/// `to_stream` (a generation the client did not stream), and the account's name for the model
+/// when it has one (`model`). `None` when it goes as it is (Codex CLI's say both already), or is
+/// not a JSON object.
+pub fn request_body(
+    body: &Bytes,
+    stores: bool,
+    to_stream: bool,
+    model: Option<&str>,
+) -> Option<Bytes> {
+    if !stores && !to_stream && model.is_none() {
         return None;
     }
-    let mut object: serde_json::Map<String, Value> = serde_json::from_slice(body).ok()?;
-    object.insert("store".to_owned(), Value::Bool(false));
+    let mut fields = vec![("store", Value::Bool(false))];
     if to_stream {
-        object.insert("stream".to_owned(), Value::Bool(true));
+        fields.push(("stream", Value::Bool(true)));
     }
-    serde_json::to_vec(&object).ok().map(Bytes::from)
+    if let Some(model) = model {
+        fields.push(("model", Value::from(model)));
+    }
+    super::json_fields::with_fields(body, &fields)
 }
 
 /// The largest stream read for a JSON answer (its final event holds the whole response).
@@ -282,17 +290,26 @@ mod tests {
     fn a_body_that_asks_to_store_goes_with_store_false() {
         let body = Bytes::from_static(br#"{"model":"gpt-5","input":"hi","stream":true}"#);
         let sent: serde_json::Value =
-            serde_json::from_slice(&request_body(&body, true, false).unwrap()).unwrap();
+            serde_json::from_slice(&request_body(&body, true, false, None).unwrap()).unwrap();
         assert_eq!(sent["store"], false);
         assert_eq!(sent["input"], "hi");
-        assert_eq!(request_body(&body, false, false), None);
+        assert_eq!(request_body(&body, false, false, None), None);
         // A generation the client did not stream goes as a stream.
         let body = Bytes::from_static(br#"{"model":"gpt-5","input":"hi","store":false}"#);
         let sent: serde_json::Value =
-            serde_json::from_slice(&request_body(&body, false, true).unwrap()).unwrap();
+            serde_json::from_slice(&request_body(&body, false, true, None).unwrap()).unwrap();
         assert_eq!(
             (sent["store"].clone(), sent["stream"].clone()),
             (json!(false), json!(true))
+        );
+        // The account's name for the model, alone.
+        let sent: serde_json::Value = serde_json::from_slice(
+            &request_body(&body, false, false, Some("gpt-5-codex")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            sent,
+            json!({ "model": "gpt-5-codex", "input": "hi", "store": false })
         );
     }
 

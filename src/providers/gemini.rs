@@ -19,6 +19,19 @@ pub fn upstream_url(account: &Account, version: &str, path: &str, query: Option<
     )
 }
 
+/// A call's path (`models/{model}:{method}`) with the model as the account names it, when its
+/// model map renames it.
+pub fn model_path<'a>(path: &'a str, model: Option<&str>) -> std::borrow::Cow<'a, str> {
+    let method = path
+        .strip_prefix("models/")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(_, method)| method);
+    match (model, method) {
+        (Some(model), Some(method)) => format!("models/{model}:{method}").into(),
+        _ => path.into(),
+    }
+}
+
 /// The client's query parameters that go to Google: `alt=sse` or `alt=json` (the answer's
 /// form), and a listing's `pageSize` and `pageToken`. Every Google API also reads "system
 /// parameters" from the query, which a client must not set on the account's behalf: `fields`

@@ -12,7 +12,9 @@ use crate::body::Body;
 use crate::catalog::Account;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics as m;
-use crate::providers::{self, anthropic, azure, bedrock, chatgpt, code_assist, gemini, openai};
+use crate::providers::{
+    self, anthropic, azure, bedrock, chatgpt, code_assist, gemini, json_fields, openai,
+};
 use crate::scheduler::health::Outcome;
 use crate::store::Provider;
 use crate::upstream_client::{UpstreamError, UpstreamResponse, read_capped};
@@ -42,10 +44,13 @@ fn request_for(
             azure::upstream_url(account, path, call.model.as_deref()),
             azure::upstream_headers(client, account),
         ),
-        (Target::Gemini { version, path }, Provider::Gemini) => (
-            gemini::upstream_url(account, version, path, query),
-            gemini::upstream_headers(client, account),
-        ),
+        (Target::Gemini { version, path }, Provider::Gemini) => {
+            let model = account.upstream_model(call.model.as_deref());
+            (
+                gemini::upstream_url(account, version, &gemini::model_path(path, model), query),
+                gemini::upstream_headers(client, account),
+            )
+        }
         // The scheduler only offers accounts of the call's protocol.
         _ => return None,
     })
@@ -75,6 +80,9 @@ pub(super) async fn send(
         (&call.target, account.record.provider),
         (Target::OpenAi { path }, Provider::ChatGpt) if chatgpt::streams_for_client(path, call.streams)
     );
+    // What the account's vendor calls the model, when its model map renames it (Gemini's is in
+    // the URL).
+    let model = account.upstream_model(call.model.as_deref());
     let body = match (&call.respond, &call.target, account.record.provider) {
         // Azure api-versions before 2024-09 refuse `stream_options`: such an account gets the
         // client's body as it was (its stream then carries no usage to bill).
@@ -95,7 +103,12 @@ pub(super) async fn send(
                 call.usage,
                 Some(UsageKind::OpenAiResponses { stored: true })
             );
-            chatgpt::request_body(&call.body, stores, made_whole)
+            chatgpt::request_body(&call.body, stores, made_whole, model)
+                .unwrap_or_else(|| call.body.clone())
+        }
+        (_, Target::Anthropic { .. } | Target::OpenAi { .. }, _) if model.is_some() => {
+            let model = serde_json::Value::from(model);
+            json_fields::with_fields(&call.body, &[("model", model)])
                 .unwrap_or_else(|| call.body.clone())
         }
         _ => call.body.clone(),

@@ -223,7 +223,7 @@ impl RedisStore {
         let mut calls = Vec::new();
         for (dimension, buckets) in by_dimension {
             let mut keys = Vec::with_capacity(1 + buckets.len());
-            let mut args = Vec::with_capacity(3 + 10 * buckets.len());
+            let mut args = Vec::with_capacity(3 + 11 * buckets.len());
             keys.push(self.names.usage_applied(dimension, &self.writer));
             args.extend([
                 batch_id.to_string(),
@@ -239,6 +239,7 @@ impl RedisStore {
                     // it is held at the largest (per-request usage is capped far below it).
                     args.push(value.min(i64::MAX as u64).to_string());
                 }
+                args.push(counters.last_at.to_string());
             }
             calls.push(Call {
                 script: &self.scripts.usage_add,
@@ -424,7 +425,7 @@ fn counter_values(c: &Counters) -> [u64; 9] {
     ]
 }
 
-fn counters_from(values: [u64; 9]) -> Counters {
+fn counters_from(values: [u64; 9], last_at: i64) -> Counters {
     let [
         requests,
         input_tokens,
@@ -446,27 +447,34 @@ fn counters_from(values: [u64; 9]) -> Counters {
         cache_read_input_tokens,
         cost_nanousd,
         images,
+        last_at,
     }
 }
 
-/// One `HMGET` answer of `usage_read.lua`.
+/// One `HMGET` answer of `usage_read.lua`: the counters, then `last_at`.
 fn parse_counters(value: Value) -> StoreResult<Counters> {
-    let fields = value.into_array();
+    fn number<T: std::str::FromStr<Err: std::fmt::Display> + Default>(
+        field: Value,
+    ) -> StoreResult<T> {
+        let Some(text) = optional_string(field, "usage counter")? else {
+            return Ok(T::default());
+        };
+        text.parse()
+            .map_err(|e| StoreError::Corrupt(format!("usage counter {text:?}: {e}")))
+    }
+    let mut fields = value.into_array();
     let mut values = [0u64; 9];
-    if fields.len() != values.len() {
+    if fields.len() != values.len() + 1 {
         return Err(StoreError::Corrupt(format!(
             "usage counters: {} fields",
             fields.len()
         )));
     }
+    let last_at = fields.pop().map_or(Ok(0), number)?;
     for (slot, field) in values.iter_mut().zip(fields) {
-        if let Some(text) = optional_string(field, "usage counter")? {
-            *slot = text
-                .parse()
-                .map_err(|e| StoreError::Corrupt(format!("usage counter {text:?}: {e}")))?;
-        }
+        *slot = number(field)?;
     }
-    Ok(counters_from(values))
+    Ok(counters_from(values, last_at))
 }
 
 /// The request log entry's JSON (`RequestLogEntry::write_json`), as a script argument.
@@ -1524,7 +1532,8 @@ mod tests {
             cache_read_input_tokens: 7,
             cost_nanousd: 8,
             images: 9,
+            last_at: 10,
         };
-        assert_eq!(counters_from(counter_values(&c)), c);
+        assert_eq!(counters_from(counter_values(&c), c.last_at), c);
     }
 }

@@ -687,16 +687,41 @@ async fn the_key_list_shows_each_key_s_use_on_request() {
         )
         .await;
         let (free_id, _) = create_key(&relay, json!({})).await;
+        let sent = jiff::Timestamp::now();
         assert_eq!(call(&relay, &key, false).await.0, 200);
         settled(&relay, &key).await;
 
-        let (status, list) = relay
-            .admin(Method::GET, "/admin/keys?with=usage", None)
-            .await;
-        assert_eq!(status, 200, "{list}");
+        // The request's log entry is recorded just after its lease is settled.
+        let mut list = Value::Null;
+        for _ in 0..100 {
+            let (status, read) = relay
+                .admin(Method::GET, "/admin/keys?with=usage", None)
+                .await;
+            assert_eq!(status, 200, "{read}");
+            list = read;
+            let used = list["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["id"] == limited_id.as_str() && k["last_used_at"].is_string());
+            if used {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let data = list["data"].as_array().unwrap();
         let find = |id: &str| data.iter().find(|k| k["id"] == id).unwrap().clone();
         let limited = find(&limited_id);
+        let last_used: jiff::Timestamp = limited["last_used_at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            last_used
+                >= sent
+                    .checked_sub(jiff::SignedDuration::from_millis(1))
+                    .unwrap()
+                && last_used <= jiff::Timestamp::now(),
+            "{limited}"
+        );
+        assert_eq!(find(&free_id)["last_used_at"], Value::Null, "{backend:?}");
         assert_eq!(limited["usage"]["window_requests"]["used"], 1, "{limited}");
         assert_eq!(limited["usage"]["window_requests"]["remaining"], 9);
         assert_eq!(limited["in_flight"], 0);
@@ -713,6 +738,7 @@ async fn the_key_list_shows_each_key_s_use_on_request() {
         // Without it, the records alone; an unknown value is refused.
         let (_, plain) = relay.admin(Method::GET, "/admin/keys", None).await;
         assert!(plain["data"][0].get("usage").is_none(), "{plain}");
+        assert!(plain["data"][0].get("last_used_at").is_none(), "{plain}");
         let (status, body) = relay
             .admin(Method::GET, "/admin/keys?with=everything", None)
             .await;

@@ -10,6 +10,7 @@ mod failover;
 mod images;
 mod limits;
 mod mocks;
+mod model_map;
 mod notify;
 mod oauth;
 mod proxy;

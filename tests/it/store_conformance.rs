@@ -106,7 +106,8 @@ macro_rules! conformance_tests {
         conformance_tests!(@cases $backend, $make;
             key_crud, account_crud, admit_caps_concurrency, a_lease_admitted_twice_counts_once,
             lease_expires, pick_by_priority,
-            pick_rotates_equals, pick_skips_full_accounts, usage_adds_batches, request_log,
+            pick_rotates_equals, pick_skips_full_accounts, usage_adds_batches,
+            usage_keeps_the_newest_arrival, request_log,
             health_reports_and_recovery, concurrent_health_reports, sessions_stick_escape_and_move,
             pick_weighs_relative_load, meters_reserve_and_settle, meters_admit_atomically,
             meters_return_holds_of_expired_leases, activation_on_first_use,
@@ -199,6 +200,8 @@ fn account(id: &str, created_at: i64) -> AccountRecord {
         group: None,
         api_version: None,
         deployments: Default::default(),
+        // A model map too.
+        model_map: [("claude-haiku-*".to_owned(), "glm-4.5-air".to_owned())].into(),
         region: None,
         aws_access_key_id: None,
         project: None,
@@ -317,6 +320,7 @@ fn counters(n: u64) -> Counters {
         cache_read_input_tokens: 40 * n,
         cost_nanousd: 1_000 * n,
         images: 2 * n,
+        last_at: 0,
     }
 }
 
@@ -2803,6 +2807,54 @@ mod cases {
             .await
             .unwrap();
         assert!(none.is_empty());
+    }
+
+    /// `last_at` is the newest arrival counted, not a sum: a batch of older requests written
+    /// later (another instance's flush) leaves it, as do counters without one, and batches
+    /// racing each other end at the largest. Exact at millisecond timestamps of today.
+    pub async fn usage_keeps_the_newest_arrival(store: Arc<dyn Store>) {
+        let bucket = (Dimension::Key("k1".to_owned()), Bucket::Total);
+        let at = |last_at: i64| Counters {
+            last_at,
+            ..counters(1)
+        };
+        let base = 1_764_000_000_123_i64;
+        let read = || {
+            let store = Arc::clone(&store);
+            let query = UsageQuery {
+                dimension: bucket.0.clone(),
+                buckets: vec![bucket.1.clone()],
+            };
+            async move { store.usage(&query).await.unwrap()[0] }
+        };
+        for (last_at, want) in [
+            (base, base),
+            (base + 2_000, base + 2_000),
+            (base + 1, base + 2_000),
+            (0, base + 2_000),
+        ] {
+            store
+                .record_usage(&batch(&[(bucket.clone(), at(last_at))], vec![]))
+                .await
+                .unwrap();
+            assert_eq!(
+                read().await.last_at,
+                want,
+                "after a batch with last_at {last_at}"
+            );
+        }
+        assert_eq!(read().await.requests, 4);
+
+        let racing = (1..=24_i64).map(|n| {
+            let store = Arc::clone(&store);
+            let counted = [(bucket.clone(), at(base + 10_000 + n * 7 % 24 * 1_000))];
+            tokio::spawn(async move { store.record_usage(&batch(&counted, vec![])).await })
+        });
+        for made in futures_util::future::join_all(racing).await {
+            made.unwrap().unwrap();
+        }
+        let got = read().await;
+        assert_eq!((got.requests, got.last_at), (28, base + 10_000 + 23_000));
     }
 
     /// A backlog after an outage: several dimensions' counters and thousands of log entries in

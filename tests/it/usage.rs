@@ -106,11 +106,24 @@ async fn totals_over_months_are_what_was_recorded_in_the_range() {
         let u = relay.usage(&query).await;
         assert_eq!(u["input_tokens"], 2 + 4 + 8, "{backend:?} {query}: {u}");
         assert_eq!(u["requests"], 3);
+        // The newest request in the range, not the newest at all.
+        assert_eq!(u["last_request_at"], rfc3339(&just_before(&to)));
         assert!(u.get("series").is_none());
         // Dates: from midnight to midnight.
         let day = |z: &Zoned| z.strftime("%Y-%m-%d").to_string();
         let query = format!("key_id=key_old&from={}&to={}", day(&from), day(&to));
-        assert_eq!(relay.usage(&query).await["input_tokens"], 2 + 4, "{query}");
+        let u = relay.usage(&query).await;
+        assert_eq!(u["input_tokens"], 2 + 4, "{query}");
+        assert_eq!(u["last_request_at"], rfc3339(&recorded[2].1));
+        let all_time = relay.usage("key_id=key_old").await;
+        assert_eq!(all_time["last_request_at"], rfc3339(&to), "{all_time}");
+        assert_eq!(all_time["totals"]["last_request_at"], rfc3339(&to));
+        let unused = relay.usage("key_id=key_never_used").await;
+        assert_eq!(
+            unused["last_request_at"],
+            serde_json::Value::Null,
+            "{unused}"
+        );
         // More than 10,000 hours.
         let query = format!("key_id=key_old&from=2000-01-01&to={}", rfc3339(&to));
         assert_eq!(relay.usage(&query).await["input_tokens"], 1 + 2 + 4 + 8);

@@ -167,6 +167,15 @@ async function eventually(what, fn, ms = WAIT) {
 /** A link of the navigation bar (a page's own links may have the same name). */
 const nav = (name) => page.getByRole('navigation', { name: 'Sections' }).getByRole('link', { name, exact: true });
 
+/** The text of the "Last used" cell of the key list's row for the key named `name`. */
+async function lastUsedCell(name) {
+  const table = page.locator('table', { has: page.locator('th', { hasText: 'Last used' }) });
+  await table.waitFor({ timeout: WAIT });
+  const column = (await table.locator('thead th').allTextContents()).findIndex((t) => t.trim() === 'Last used');
+  assert.ok(column >= 0, 'the key list has a Last used column');
+  return (await table.locator('tbody tr', { hasText: name }).first().locator('td').nth(column).textContent()).trim();
+}
+
 /** Clicks the page's Refresh and waits for the reload to be painted (the old button replaced). */
 async function refreshed() {
   const old = await page.getByRole('button', { name: 'Refresh' }).elementHandle();
@@ -361,6 +370,7 @@ step('create a key with max concurrency 3: the secret is shown once, then kept n
   keyId = key.id;
   cleanup.keys.push(keyId);
   assert.equal(key.limits.max_concurrency, 3);
+  assert.equal(await lastUsedCell(KEY), 'never');
 });
 
 step('a request through the relay with the key is listed with its usage', async () => {
@@ -413,8 +423,17 @@ step('a request through the relay with the key is listed with its usage', async 
     await cell.waitFor({ timeout: 1000 });
     assert.equal((await cell.textContent()).trim(), '1');
   });
+  const lastUsed = page.locator('dl.facts div', { has: page.locator('dt', { hasText: 'Last used' }) }).locator('dd');
+  assert.match((await lastUsed.textContent()).trim(), /\(just now\)$/);
   await page.getByRole('heading', { name: 'Recent requests' }).waitFor();
   await shot(page, 'e2e-key-detail');
+  await nav('Keys').click();
+  await eventually('the key list shows the key used just now', async () => assert.equal(await lastUsedCell(KEY), 'just now'));
+  const listed = (await adminApi('GET', 'keys?with=usage')).json.data.find((k) => k.id === keyId);
+  const sent = Date.parse(listed.last_used_at);
+  assert.ok(Date.now() - sent < 60_000 && Date.now() - sent >= 0, listed.last_used_at);
+  await page.goto(`${CONSOLE_URL}#/keys/${keyId}`, { timeout: NAV });
+  await page.getByRole('heading', { name: 'Recent requests' }).waitFor({ timeout: WAIT });
 });
 
 step('disable the key in the UI: the relay refuses it (401); enable it again', async () => {

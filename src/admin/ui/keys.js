@@ -143,6 +143,7 @@ async function renderList(main, ctx) {
           cell: (k) => h('div', null, limitsSummary(k.limits).length ? useLines(k) : h('span', { class: 'muted' }, '-')),
         },
         { label: 'Binding', cls: 'wrap', cell: (k) => bindingText(k.binding, dir) || h('span', { class: 'muted' }, 'shared pool') },
+        { label: 'Last used', cell: (k) => (k.last_used_at ? h('span', { title: fmtTime(k.last_used_at) }, fmtRel(k.last_used_at)) : h('span', { class: 'muted' }, 'never')) },
         { label: 'Created', cell: (k) => h('span', { title: fmtTime(k.created_at) }, fmtRel(k.created_at)) },
         {
           label: 'Actions',
@@ -219,6 +220,7 @@ function renderDetail(main, id, ctx) {
           ['Secret starts with', h('span', { class: 'mono' }, `${k.prefix}...`)],
           ['Created', `${fmtTime(k.created_at)} (${fmtRel(k.created_at)})`],
           ['First used', k.first_used_at ? fmtTime(k.first_used_at) : null],
+          ['Last used', k.last_used_at ? `${fmtTime(k.last_used_at)} (${fmtRel(k.last_used_at)})` : 'never'],
           ['Expires', k.expires_at ? `${fmtTime(k.expires_at)} (${fmtRel(k.expires_at)})` : null],
           ['In flight', String(k.in_flight ?? 0)],
           ['Binding', bindingText(k.binding, dir) || 'none: the shared pool of accounts'],

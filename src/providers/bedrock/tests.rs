@@ -29,6 +29,7 @@ fn account(access_key_id: Option<&str>, deployments: &[(&str, &str)]) -> Account
             .iter()
             .map(|(m, id)| ((*m).to_owned(), (*id).to_owned()))
             .collect::<BTreeMap<_, _>>(),
+        model_map: BTreeMap::new(),
         region: Some("us-west-2".into()),
         aws_access_key_id: access_key_id.map(str::to_owned),
         project: None,

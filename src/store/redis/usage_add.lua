@@ -2,7 +2,8 @@
 -- KEYS[1]  <p>{u:<dim>}:applied:<writer>  string: batch ids this writer applied here, newest first
 -- KEYS[k]  <p>{u:<dim>}:<bucket>          hash: Counters field -> value   (k >= 2)
 -- ARGV[1] batch id, ARGV[2] marker TTL (ms), ARGV[3] how many batch ids the marker keeps,
--- then per counter key: its TTL in ms ('0' = none) and 9 increments in FIELDS order.
+-- then per counter key: its TTL in ms ('0' = none), 9 increments in FIELDS order, and the
+-- arrival (unix ms) of the newest request counted, kept in 'last_at' when newer ('0' = none).
 -- Returns 1 when applied, 0 when this batch was applied before (a retry).
 local FIELDS = {
   'requests', 'input_tokens', 'output_tokens', 'cache_creation_input_tokens',
@@ -33,6 +34,11 @@ for k = 2, #KEYS do
       redis.call('HINCRBY', KEYS[k], FIELDS[f], ARGV[a])
     end
     a = a + 1
+  end
+  local last = ARGV[a]
+  a = a + 1
+  if last ~= '0' and tonumber(last) > (tonumber(redis.call('HGET', KEYS[k], 'last_at')) or 0) then
+    redis.call('HSET', KEYS[k], 'last_at', last)
   end
   if ttl ~= '0' then
     redis.call('PEXPIRE', KEYS[k], ttl)

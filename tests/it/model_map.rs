@@ -1,0 +1,269 @@
+//! An account's model map: the model a client asks for goes to the account's vendor under the
+//! name the vendor knows it by (the body's `model`, Gemini's URL), the rest of the request as it
+//! came; usage stays counted under the client's name.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::captured;
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, http_client};
+use crate::support::relay::{Relay, messages_body};
+
+const UPSTREAM_KEY: &str = "sk-upstream";
+
+/// Sends Claude Code's captured request with `key`, its body as serialized here; the status.
+async fn claude_code(relay: &Relay, key: &str, model: &str) -> (u16, Value) {
+    let cc = captured("claude-code-prompt.requests.jsonl")
+        .into_iter()
+        .find(|c| c.method == "POST")
+        .unwrap();
+    let mut body = cc.body.unwrap();
+    body["model"] = json!(model);
+    let mut req = http_client().post(relay.url(&format!("{}?{}", cc.path, cc.query)));
+    for (name, value) in &cc.headers {
+        let lower = name.to_ascii_lowercase();
+        if ["host", "content-length", "connection", "x-api-key"].contains(&lower.as_str()) {
+            continue;
+        }
+        req = req.header(name.as_str(), value.as_str());
+    }
+    let resp = req
+        .header("x-api-key", key)
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    resp.bytes().await.unwrap();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_goes_upstream_under_the_account_s_name_for_it() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage::new(10, 5)));
+    let relay = Relay::start().await;
+    let map = json!({
+        "claude-sonnet-4-5": "glm-4.6",
+        "claude-haiku-*": "glm-4.5-air",
+        "claude-*": "glm-4.5",
+    });
+    let account = relay
+        .add_account(&mock, UPSTREAM_KEY, json!({ "model_map": map }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+
+    // Claude Code's own request: only the model changes on its way, byte for byte.
+    let (status, sent) = claude_code(&relay, &key, "claude-sonnet-4-5").await;
+    assert_eq!(status, 200);
+    let mut renamed = sent.clone();
+    renamed["model"] = json!("glm-4.6");
+    let upstream = mock.requests().pop().unwrap();
+    assert_eq!(upstream.body, serde_json::to_vec(&renamed).unwrap());
+    assert_eq!(upstream.header("x-api-key"), Some(UPSTREAM_KEY));
+
+    // A name before any glob; the longest glob before a shorter one; a model no entry names
+    // goes as asked.
+    for (asked, sent) in [
+        ("claude-haiku-4-5-20251001", "glm-4.5-air"),
+        ("claude-opus-4-1", "glm-4.5"),
+        ("claude-sonnet-4-5", "glm-4.6"),
+    ] {
+        let resp = relay
+            .messages(&key, &messages_body(asked, false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{asked}");
+        assert_eq!(mock.requests().pop().unwrap().json()["model"], sent);
+    }
+    let (status, body) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{account}"),
+            Some(json!({ "model_map": { "claude-opus-*": "glm-4.6" } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_map"], json!({ "claude-opus-*": "glm-4.6" }));
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        mock.requests().pop().unwrap().json()["model"],
+        "claude-sonnet-4-5"
+    );
+
+    // Counting tokens is renamed too.
+    let resp = relay
+        .messages_at(
+            "/v1/messages/count_tokens",
+            &key,
+            &json!({ "model": "claude-opus-4-1", "messages": [{ "role": "user", "content": "hi" }] }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.requests().pop().unwrap().json()["model"], "glm-4.6");
+
+    // Usage is the client's model's.
+    relay.app.stats.flush().await;
+    let logged = relay.requests("limit=10").await;
+    assert!(
+        logged
+            .iter()
+            .any(|e| e["model"] == "claude-haiku-4-5-20251001")
+    );
+    assert!(
+        logged
+            .iter()
+            .all(|e| !e["model"].as_str().unwrap().starts_with("glm"))
+    );
+    let sonnet = relay.usage("model=claude-sonnet-4-5").await;
+    assert_eq!(sonnet["requests"], 3, "{sonnet}");
+    assert_eq!(relay.usage("model=glm-4.6").await["requests"], 0);
+
+    // `{}` empties the map.
+    let (status, body) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{account}"),
+            Some(json!({ "model_map": {} })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_map"], json!({}));
+    let resp = relay
+        .messages(&key, &messages_body("claude-opus-4-1", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        mock.requests().pop().unwrap().json()["model"],
+        "claude-opus-4-1"
+    );
+}
+
+/// OpenAI's chat and Responses APIs take the name in the body; Gemini's in the URL, which is
+/// all that changes of Gemini CLI's requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_and_gemini_accounts_rename_too() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Ok(MockUsage::new(10, 5)));
+    let relay = Relay::start().await;
+    relay
+        .add_account(
+            &mock,
+            UPSTREAM_KEY,
+            json!({
+                "provider": "openai",
+                "base_url": format!("{}/v1", mock.base_url()),
+                "model_map": { "gpt-4o*": "deepseek-chat" },
+            }),
+        )
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({ "model": "gpt-4o", "stream": true, "messages": [{ "role": "user", "content": "hi" }] }),
+        ),
+        (
+            "/v1/responses",
+            json!({ "model": "gpt-4o-mini", "input": "hi" }),
+        ),
+    ] {
+        let resp = http_client()
+            .post(relay.url(path))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        resp.bytes().await.unwrap();
+        let sent = mock.requests().pop().unwrap().json();
+        let mut want = body.clone();
+        want["model"] = json!("deepseek-chat");
+        if path == "/v1/chat/completions" {
+            // The relay asks for the usage chunk, as for every stream.
+            want["stream_options"] = sent["stream_options"].clone();
+        }
+        assert_eq!(sent, want, "{path}");
+    }
+
+    let gemini = MockUpstream::start().await;
+    gemini.set_default(Behavior::Ok(MockUsage::new(10, 5)));
+    let relay = Relay::start().await;
+    relay
+        .add_account(
+            &gemini,
+            UPSTREAM_KEY,
+            json!({ "provider": "gemini", "model_map": { "gemini-2.5-*": "gemini-2.5-flash-lite" } }),
+        )
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    let requests = relay.gemini_cli_requests(&key);
+    assert!(!requests.is_empty());
+    for (req, raw) in requests {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+        let sent = gemini.requests().pop().unwrap();
+        assert!(
+            sent.path
+                .starts_with("/v1beta/models/gemini-2.5-flash-lite:"),
+            "{}",
+            sent.path
+        );
+        assert_eq!(
+            sent.body.as_ref(),
+            raw.as_slice(),
+            "the body goes as it came"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_model_map_the_account_cannot_use_is_refused() {
+    let relay = Relay::start().await;
+    let mock = MockUpstream::start().await;
+    for (extra, names) in [
+        (
+            json!({ "provider": "bedrock", "region": "us-east-1", "model_map": { "a": "b" } }),
+            "deployments",
+        ),
+        (
+            json!({ "provider": "gemini", "model_map": { "gemini-*": "tunedModels/x" } }),
+            "letters, digits",
+        ),
+        (json!({ "model_map": { "claude-[": "x" } }), "glob"),
+        (json!({ "model_map": { "claude-*": "" } }), "model name"),
+        (json!({ "model_map": { "claude-*": "a\nb" } }), "model name"),
+    ] {
+        let mut body = json!({
+            "name": "a",
+            "provider": "anthropic",
+            "base_url": mock.base_url(),
+            "api_key": UPSTREAM_KEY,
+        });
+        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra.clone()) {
+            b.extend(e);
+        }
+        let (status, answer) = relay
+            .admin(Method::POST, "/admin/accounts", Some(body))
+            .await;
+        assert_eq!(status, 400, "{extra}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("model_map"), "{message}");
+        assert!(message.contains(names), "{message}");
+    }
+    let (_, accounts) = relay.admin(Method::GET, "/admin/accounts", None).await;
+    assert_eq!(accounts["data"], json!([]));
+}
