@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::mock::{Behavior, MockUpstream, MockUsage, http_client};
 use crate::support::relay::messages_body;
@@ -206,8 +206,16 @@ fn keys_and_accounts_through_the_cli_on_a_data_dir() {
             "socks5://team:cli-proxy-pw@10.0.0.9:1080",
             "--daily-cost-nanousd",
             "20000000000",
+            "--model-map",
+            "claude-haiku-*=glm-4.5-air",
+            "--model-map",
+            "claude-sonnet-4-5=glm-4.6",
         ],
     ));
+    assert_eq!(
+        account["model_map"],
+        json!({ "claude-haiku-*": "glm-4.5-air", "claude-sonnet-4-5": "glm-4.6" })
+    );
     assert_eq!(account["base_url"], "https://api.anthropic.com");
     assert_eq!(account["priority"], 5);
     assert_eq!(account["daily_cost_nanousd"], 20_000_000_000u64);

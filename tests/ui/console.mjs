@@ -248,8 +248,15 @@ step('add an Anthropic account through the form (bad budget refused, then 12.5 d
   // Provider-specific fields follow the provider.
   await dlg.getByLabel('Provider').selectOption('bedrock');
   assert.ok(await dlg.getByLabel('Region').isVisible(), 'bedrock shows a region');
+  assert.equal(await dlg.getByLabel('Model map').isVisible(), false, 'bedrock has deployments, no model map');
   await dlg.getByLabel('Provider').selectOption('anthropic');
   assert.equal(await dlg.getByLabel('Region').isVisible(), false, 'anthropic shows no region');
+  await dlg.getByLabel('Model map').fill('claude-opus-*');
+  await dlg.getByLabel('Name').fill(ACCOUNT);
+  await dlg.getByLabel('API key').fill('sk-ant-test');
+  await dlg.getByRole('button', { name: 'Add account' }).click();
+  await dlg.getByRole('alert').filter({ hasText: 'Model map: "claude-opus-*" is not model=name' }).waitFor({ timeout: WAIT });
+  await dlg.getByLabel('Model map').fill('claude-opus-*=e2e-opus');
   await dlg.getByLabel('Name').fill(ACCOUNT);
   await dlg.getByLabel('API key').fill('sk-ant-test');
   await dlg.getByLabel(/^Base URL/).fill(UPSTREAM_URL);
@@ -282,6 +289,7 @@ step('add an Anthropic account through the form (bad budget refused, then 12.5 d
   assert.equal(one.json.base_url, UPSTREAM_URL);
   assert.equal(one.json.provider, 'anthropic');
   assert.equal(one.json.max_concurrency ?? null, null);
+  assert.deepEqual(one.json.model_map, { 'claude-opus-*': 'e2e-opus' });
   assert.ok((await row.textContent()).includes(accountId), 'the row shows the id');
 });
 

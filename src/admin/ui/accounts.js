@@ -22,6 +22,8 @@ export const PROVIDERS = [
   ['code-assist', 'Google login (Gemini Code Assist)', 'https://cloudcode-pa.googleapis.com'],
 ];
 const AZURE_API_VERSION = '2024-10-21';
+/** The providers whose accounts take a model map (Azure and Bedrock name theirs in deployments). */
+const MAPS_MODELS = ['anthropic', 'openai', 'gemini', 'chatgpt'];
 
 const API_KEY_HELP = {
   anthropic: 'An API key (sk-ant-api03-...), or a Claude subscription token made by `claude setup-token` (sk-ant-oat01-...).',
@@ -243,6 +245,7 @@ function renderDetail(main, id, ctx) {
           ['AWS access key id', a.aws_access_key_id],
           ['Project', a.project || (a.project_learned ? `${a.project_learned} (from the Code Assist API)` : null)],
           ['Deployments', Object.keys(a.deployments || {}).length ? h('span', { class: 'mono pre' }, pairsText(a.deployments)) : null],
+          ['Model map', Object.keys(a.model_map || {}).length ? h('span', { class: 'mono pre' }, pairsText(a.model_map)) : null],
           ['Bound keys', boundKeys.length ? boundKeys.map((k, i) => [i ? ', ' : '', h('a', { href: `#/keys/${enc(k.id)}` }, k.name)]) : null],
           ['Created', fmtTime(a.created_at)],
         ]))));
@@ -335,6 +338,8 @@ export function accountForm(a, accounts, done) {
   const apiVersion = h('input', { name: 'api_version', value: editing && a.api_version ? a.api_version : '', placeholder: AZURE_API_VERSION });
   const deployments = h('textarea', { name: 'deployments', rows: 3, spellcheck: false, placeholder: 'gpt-4o=prod-4o\nclaude-sonnet-4-5=us.anthropic.claude-sonnet-4-5-20250929-v1:0' });
   deployments.value = editing ? pairsText(a.deployments) : '';
+  const modelMap = h('textarea', { name: 'model_map', rows: 3, spellcheck: false, placeholder: 'claude-sonnet-4-5=glm-4.6\nclaude-haiku-*=glm-4.5-air' });
+  modelMap.value = editing ? pairsText(a.model_map) : '';
   const region = h('input', { name: 'region', value: editing && a.region ? a.region : '', placeholder: 'us-east-1' });
   const awsId = h('input', { name: 'aws_access_key_id', value: editing && a.aws_access_key_id ? a.aws_access_key_id : '', placeholder: 'AKIA... (empty: a Bedrock API key)', spellcheck: false, autocomplete: 'off' });
   const project = h('input', { name: 'project', value: editing && a.project ? a.project : '', placeholder: 'learned from the Code Assist API', spellcheck: false });
@@ -347,6 +352,7 @@ export function accountForm(a, accounts, done) {
   const regionF = field('Region', region, 'Bedrock: required.');
   const awsF = field('AWS access key id', awsId, 'Sign requests with this id and the API key as its secret access key.');
   const deplF = field('Deployments', deployments, 'One model=deployment (Azure) or model=model id / inference profile (Bedrock) per line.');
+  const mapF = field('Model map (optional)', modelMap, 'One model=name per line: a model clients ask for (or a glob) and the name this account\'s vendor knows it by. Usage stays under the asked name.');
   const projectF = field('Google Cloud project (optional)', project, 'Code Assist only.');
   const vendorGrid = h('div', { class: 'grid2' }, azureF, regionF, awsF, projectF);
 
@@ -360,6 +366,7 @@ export function accountForm(a, accounts, done) {
     regionF.hidden = p !== 'bedrock';
     awsF.hidden = p !== 'bedrock';
     deplF.hidden = p !== 'azure-openai' && p !== 'bedrock';
+    mapF.hidden = !MAPS_MODELS.includes(p);
     projectF.hidden = p !== 'code-assist';
     vendorGrid.hidden = [azureF, regionF, awsF, projectF].every((f) => f.hidden);
     urlField.querySelector('label').textContent = p === 'azure-openai' ? 'Base URL (the resource endpoint)' : 'Base URL (optional)';
@@ -382,6 +389,7 @@ export function accountForm(a, accounts, done) {
     urlField,
     vendorGrid,
     deplF,
+    mapF,
     field('Models', models, 'Globs the account serves, separated by commas or new lines. Empty: every model.'),
     h('div', { class: 'grid4' },
       field('Priority', priority, 'Lower is picked first.'),
@@ -423,6 +431,13 @@ export function accountForm(a, accounts, done) {
         if (r.error) throw new Error(`Deployments: ${r.error}.`);
         deplV = r.value;
       }
+      const maps = MAPS_MODELS.includes(p);
+      let mapV = {};
+      if (maps) {
+        const r = parsePairs(modelMap.value);
+        if (r.error) throw new Error(`Model map: ${r.error}.`);
+        mapV = r.value;
+      }
       if (azure && !urlV) throw new Error('Base URL: required for Azure OpenAI (https://<resource>.openai.azure.com).');
       if (bedrock && !region.value.trim()) throw new Error('Region: required for Bedrock (such as us-east-1).');
 
@@ -439,6 +454,7 @@ export function accountForm(a, accounts, done) {
         if (monthlyV !== null) body.monthly_cost_nanousd = monthlyV;
         if (azure && apiVersion.value.trim()) body.api_version = apiVersion.value.trim();
         if ((azure || bedrock) && Object.keys(deplV).length) body.deployments = deplV;
+        if (maps && Object.keys(mapV).length) body.model_map = mapV;
         if (bedrock) {
           body.region = region.value.trim();
           if (awsId.value.trim()) body.aws_access_key_id = awsId.value.trim();
@@ -470,6 +486,7 @@ export function accountForm(a, accounts, done) {
       if (enabled.input.checked !== a.enabled) body.enabled = enabled.input.checked;
       if (azure && apiVersion.value.trim() && apiVersion.value.trim() !== a.api_version) body.api_version = apiVersion.value.trim();
       if ((azure || bedrock) && !same(deplV, a.deployments || {})) body.deployments = deplV;
+      if (maps && !same(mapV, a.model_map || {})) body.model_map = mapV;
       if (bedrock) {
         if (region.value.trim() !== a.region) body.region = region.value.trim();
         if ((awsId.value.trim() || null) !== (a.aws_access_key_id ?? null)) body.aws_access_key_id = awsId.value.trim() || null;

@@ -191,7 +191,7 @@ export function parsePairs(text) {
     if (!line) continue;
     const i = line.indexOf('=');
     if (i <= 0 || i === line.length - 1) {
-      return { error: `"${line}" is not model=deployment` };
+      return { error: `"${line}" is not model=name` };
     }
     out[line.slice(0, i).trim()] = line.slice(i + 1).trim();
   }
