@@ -178,6 +178,14 @@ where
         (&Method::DELETE, ["admin", "accounts", id]) => accounts::delete(app, id).await,
         (&Method::POST, ["admin", "accounts", id, "reset"]) => accounts::reset(app, id).await,
         (&Method::POST, ["admin", "accounts", id, "refresh"]) => accounts::refresh(app, id).await,
+        (&Method::POST, ["admin", "accounts", id, "test"]) => {
+            let req = if body.is_empty() {
+                accounts::TestAccount::default()
+            } else {
+                parse(&body)?
+            };
+            accounts::test(app, id, req).await
+        }
         (&Method::GET, ["admin", "usage"]) => usage::usage(app, &query).await,
         (&Method::GET, ["admin", "requests"]) => usage::requests(app, &query).await,
         (&Method::POST, ["admin", "pricing", "import"]) => usage::import_pricing(app, &body).await,

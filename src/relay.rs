@@ -20,6 +20,7 @@
 
 pub mod call;
 pub(crate) mod failover;
+pub mod probe;
 mod respond;
 mod settle;
 mod upstream;

@@ -861,6 +861,81 @@ pub async fn refresh(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiErro
     }
 }
 
+/// What `POST /admin/accounts/{id}/test` may name.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TestAccount {
+    model: Option<String>,
+}
+
+/// Sends the account a short generation, as a client's would go, and shows what came back
+/// (`relay::probe`): nothing is reported, charged or recorded. The model: the one named, else
+/// the first the account names (its models without a glob, deployments, model map), else a
+/// small one of its provider's.
+pub async fn test(app: &Arc<App>, id: &str, req: TestAccount) -> Result<Response<Body>, ApiError> {
+    let record = find(app, id).await?;
+    let Some(account) = app
+        .catalog
+        .accounts()
+        .iter()
+        .find(|a| a.id() == id)
+        .cloned()
+    else {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "the account's credential or proxy cannot be opened (was the master key changed?); \
+             it is not served",
+        ));
+    };
+    let literal = |name: &&String| !name.contains(['*', '?', '[']);
+    let model = match req
+        .model
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty())
+    {
+        Some(model) => model,
+        None => record
+            .models
+            .iter()
+            .chain(record.deployments.keys())
+            .chain(record.model_map.keys())
+            .find(literal)
+            .cloned()
+            .unwrap_or_else(|| test_model(record.provider).to_owned()),
+    };
+    crate::relay::check_model_name(&model)?;
+    let in_a_path = model
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if record.provider.protocol() == crate::store::Protocol::Gemini && !in_a_path {
+        return Err(ApiError::invalid(
+            "model: a Gemini model name (letters, digits, `-`, `_`, `.`)",
+        ));
+    }
+    if model.chars().any(char::is_control) {
+        return Err(ApiError::invalid("model: no control characters"));
+    }
+    let shown = crate::relay::probe::probe(app, &account, &model).await?;
+    tracing::info!(
+        account_id = id,
+        model,
+        ok = shown["ok"].as_bool(),
+        status = shown["status"].as_u64(),
+        "account tested by an admin"
+    );
+    ok(StatusCode::OK, &shown)
+}
+
+/// A small model of each provider's, for a test that names none.
+fn test_model(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Anthropic | Provider::Bedrock => "claude-haiku-4-5",
+        Provider::OpenAi | Provider::AzureOpenAi => "gpt-4o-mini",
+        Provider::ChatGpt => "gpt-5",
+        Provider::Gemini | Provider::CodeAssist => "gemini-2.5-flash",
+    }
+}
+
 /// Clears the account's health (rate limits, cooldowns, an unauthorized mark): it serves again.
 pub async fn reset(app: &Arc<App>, id: &str) -> Result<Response<Body>, ApiError> {
     let account = find(app, id).await?;

@@ -1,4 +1,5 @@
 //! Integration tests: one binary (one link) for the whole suite.
+mod account_test;
 mod anthropic;
 mod bedrock;
 mod budget;

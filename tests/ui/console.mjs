@@ -586,6 +586,18 @@ step('edit the account\'s priority (only the change is sent); reset its state', 
   assert.equal((await adminApi('GET', `accounts/${accountId}`)).json.priority, 7);
   await page.getByRole('button', { name: 'Reset state' }).click();
   await page.getByText('State reset').waitFor({ timeout: WAIT });
+
+  // A test: sent to the account (under its model map's name), shown in the dialog, which stays.
+  await page.getByRole('button', { name: 'Test', exact: true }).click();
+  const test = page.getByRole('dialog', { name: `Test account ${ACCOUNT}` });
+  await test.waitFor({ timeout: WAIT });
+  await test.getByRole('button', { name: 'Send test' }).click();
+  await test.getByRole('status').filter({ hasText: 'Works: claude-haiku-4-5 answered in' }).waitFor({ timeout: WAIT });
+  await test.getByLabel('Model').fill('claude-opus-4-1');
+  await test.getByRole('button', { name: 'Send test' }).click();
+  await test.getByRole('status').filter({ hasText: 'claude-opus-4-1 (sent as e2e-opus)' }).waitFor({ timeout: WAIT });
+  await test.getByRole('button', { name: 'Cancel' }).click();
+  await test.waitFor({ state: 'detached', timeout: NAV });
   await shot(page, 'e2e-account-detail');
 
   // Emptied, the base URL goes back to the provider's own endpoint (then, through the API, to

@@ -197,6 +197,7 @@ function renderDetail(main, id, ctx) {
         button('Reset state', (e) => act(e.currentTarget, () => post(`accounts/${enc(id)}/reset`),
           'State reset: rate limits, cooldowns and an unauthorized mark are cleared (a spent budget still rests).'),
         null, { title: 'Clears rate limits, cooldowns and an unauthorized mark; not a spent budget' }),
+        button('Test', () => testDialog(a), null, { title: 'Sends the account a short request and shows the answer; nothing else changes' }),
         a.oauth ? button('Refresh token', (e) => act(e.currentTarget, () => post(`accounts/${enc(id)}/refresh`),
           'Token renewed.')) : null,
         button('Delete', async (e) => {
@@ -309,6 +310,31 @@ const same = (x, y) => JSON.stringify(x) === JSON.stringify(y);
  * The add / edit form. `a`: the account to edit, or null to add one. `accounts`: every account
  * (for the group suggestions). `done(account)` after the API accepted it.
  */
+/**
+ * Sends the account a short generation (POST accounts/{id}/test) and shows what came back, in
+ * the dialog, which stays open to try another model. Nothing is reported or recorded.
+ */
+function testDialog(a) {
+  const model = h('input', { name: 'model', spellcheck: false, autocomplete: 'off', placeholder: 'its first model, or a small one of its provider\'s' });
+  formDialog({
+    title: `Test account ${a.name}`,
+    submitLabel: 'Send test',
+    fields: [
+      h('p', { class: 'help' }, 'One short request, sent as a client\'s would go. The vendor bills its few tokens to the account; the relay records nothing and leaves the account\'s state as it is.'),
+      field('Model (optional)', model),
+    ],
+    onSubmit: async (msg) => {
+      const body = model.value.trim() ? { model: model.value.trim() } : {};
+      const r = await post(`accounts/${enc(a.id)}/test`, body);
+      const asked = r.upstream_model && r.upstream_model !== r.model ? `${r.model} (sent as ${r.upstream_model})` : r.model;
+      const took = `${r.latency_ms} ms`;
+      if (r.ok) msg.ok(`Works: ${asked} answered in ${took}${r.reply ? `: "${r.reply}"` : ''}.`);
+      else msg.error(`Failed (${r.status ?? 'no answer'}, ${r.verdict.replaceAll('_', ' ')}) for ${asked} after ${took}: ${r.error || 'no message'}`);
+      return false;
+    },
+  });
+}
+
 export function accountForm(a, accounts, done) {
   const editing = !!a;
   const provider = h('select', { name: 'provider', disabled: editing },
