@@ -203,6 +203,13 @@ enum AccountsCommand {
     Remove {
         id: String,
     },
+    /// Send the account one short request and show what came back (nothing else changes).
+    Test {
+        id: String,
+        /// The model to ask (default: the account's first, or a small one of its provider's).
+        #[arg(long)]
+        model: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -643,6 +650,12 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
             AccountsCommand::Remove { id } => {
                 admin
                     .call(Method::DELETE, &format!("/admin/accounts/{id}"), None)
+                    .await
+            }
+            AccountsCommand::Test { id, model } => {
+                let body = model.and_then(|model| json_body(json!({ "model": model })));
+                admin
+                    .call(Method::POST, &format!("/admin/accounts/{id}/test"), body)
                     .await
             }
         },

@@ -227,6 +227,42 @@ fn keys_and_accounts_through_the_cli_on_a_data_dir() {
     assert!(!account.to_string().contains("cli-proxy-pw"));
     let listed = json_of(&switchyard(dir.path(), &["accounts", "list"]));
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    // A test of an account nobody answers for: the attempt and how it failed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let unreachable = json_of(&switchyard(
+        dir.path(),
+        &[
+            "accounts",
+            "add",
+            "--name",
+            "gone",
+            "--api-key",
+            "sk-ant-gone",
+            "--base-url",
+            &nobody,
+        ],
+    ));
+    let tested = json_of(&switchyard(
+        dir.path(),
+        &[
+            "accounts",
+            "test",
+            unreachable["id"].as_str().unwrap(),
+            "--model",
+            "claude-opus-4-1",
+        ],
+    ));
+    assert_eq!(
+        (&tested["ok"], &tested["verdict"], &tested["model"]),
+        (&json!(false), &json!("failing"), &json!("claude-opus-4-1")),
+        "{tested}"
+    );
+    json_of(&switchyard(
+        dir.path(),
+        &["accounts", "remove", unreachable["id"].as_str().unwrap()],
+    ));
     let usage = json_of(&switchyard(dir.path(), &["usage"]));
     assert_eq!(usage["requests"], 0);
     json_of(&switchyard(
