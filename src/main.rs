@@ -593,7 +593,10 @@ async fn run_cli(config: Config, command: Command) -> anyhow::Result<()> {
                         let Some((model, name)) = pair.split_once('=') else {
                             anyhow::bail!("--{flag} {pair:?}: expected MODEL=NAME");
                         };
-                        map.insert(model.to_owned(), Value::String(name.to_owned()));
+                        map.insert(
+                            model.trim().to_owned(),
+                            Value::String(name.trim().to_owned()),
+                        );
                     }
                     Ok(map)
                 };

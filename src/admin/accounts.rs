@@ -336,13 +336,15 @@ fn valid_model_map(provider: Provider, map: &BTreeMap<String, String>) -> Result
         )));
     }
     let fits = |name: &str| {
-        (1..=MODEL_NAME_MAX).contains(&name.len()) && !name.chars().any(char::is_control)
+        (1..=MODEL_NAME_MAX).contains(&name.len())
+            && !name.chars().any(char::is_control)
+            && name.trim() == name
     };
     for (from, to) in map {
         if !fits(from) || glob::Pattern::new(from).is_err() {
             return Err(ApiError::invalid(format!(
                 "model_map: {from:?} is not a model name or glob of 1 to {MODEL_NAME_MAX} \
-                 characters"
+                 characters (no spaces around it)"
             )));
         }
         let in_a_path = to
@@ -351,7 +353,7 @@ fn valid_model_map(provider: Provider, map: &BTreeMap<String, String>) -> Result
         if !fits(to) || (provider == Provider::Gemini && !in_a_path) {
             return Err(ApiError::invalid(format!(
                 "model_map.{from}: {to:?} is not a model name of 1 to {MODEL_NAME_MAX} \
-                 characters{}",
+                 characters (no spaces around it){}",
                 if provider == Provider::Gemini {
                     " (letters, digits, `-`, `_`, `.`)"
                 } else {

@@ -90,7 +90,11 @@ pub fn request_body(
     if !stores && !to_stream && model.is_none() {
         return None;
     }
-    let mut fields = vec![("store", Value::Bool(false))];
+    // A compaction (neither) takes no `store`.
+    let mut fields = Vec::with_capacity(3);
+    if stores || to_stream {
+        fields.push(("store", Value::Bool(false)));
+    }
     if to_stream {
         fields.push(("stream", Value::Bool(true)));
     }
@@ -310,6 +314,12 @@ mod tests {
         assert_eq!(
             sent,
             json!({ "model": "gpt-5-codex", "input": "hi", "store": false })
+        );
+        // A compaction's: the name alone, no `store` added.
+        let compact = Bytes::from_static(br#"{"model":"gpt-5","input":[],"instructions":"c"}"#);
+        assert_eq!(
+            request_body(&compact, false, false, Some("gpt-5-codex")).unwrap(),
+            r#"{"model":"gpt-5-codex","input":[],"instructions":"c"}"#
         );
     }
 

@@ -32,6 +32,37 @@ pub fn model_path<'a>(path: &'a str, model: Option<&str>) -> std::borrow::Cow<'a
     }
 }
 
+/// The body of a call whose model the account renames, for the methods whose body names the
+/// model again (Google wants it to match the URL's): `embedContent`'s `model`, each of
+/// `batchEmbedContents`' `requests[].model`, `countTokens`' `generateContentRequest.model`.
+/// `None`: the body goes as it is.
+pub fn renamed_body(path: &str, body: &[u8], model: &str) -> Option<bytes::Bytes> {
+    let named = serde_json::Value::from(format!("models/{model}"));
+    let set = |slot: Option<&mut serde_json::Value>| {
+        if let Some(slot) = slot.filter(|s| s.is_string()) {
+            *slot = named.clone();
+        }
+    };
+    match path.rsplit_once(':')?.1 {
+        "embedContent" => super::json_fields::with_fields(body, &[("model", named.clone())]),
+        method @ ("batchEmbedContents" | "countTokens") => {
+            let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+            if method == "countTokens" {
+                set(value.pointer_mut("/generateContentRequest/model"));
+            } else if let Some(requests) = value
+                .get_mut("requests")
+                .and_then(serde_json::Value::as_array_mut)
+            {
+                for request in requests {
+                    set(request.get_mut("model"));
+                }
+            }
+            serde_json::to_vec(&value).ok().map(bytes::Bytes::from)
+        }
+        _ => None,
+    }
+}
+
 /// The client's query parameters that go to Google: `alt=sse` or `alt=json` (the answer's
 /// form), and a listing's `pageSize` and `pageToken`. Every Google API also reads "system
 /// parameters" from the query, which a client must not set on the account's behalf: `fields`

@@ -106,6 +106,9 @@ pub(super) async fn send(
             chatgpt::request_body(&call.body, stores, made_whole, model)
                 .unwrap_or_else(|| call.body.clone())
         }
+        (_, Target::Gemini { path, .. }, Provider::Gemini) if model.is_some() => model
+            .and_then(|model| gemini::renamed_body(path, &call.body, model))
+            .unwrap_or_else(|| call.body.clone()),
         (_, Target::Anthropic { .. } | Target::OpenAi { .. }, _) if model.is_some() => {
             let model = serde_json::Value::from(model);
             json_fields::with_fields(&call.body, &[("model", model)])

@@ -164,7 +164,7 @@ async fn openai_and_gemini_accounts_rename_too() {
             json!({
                 "provider": "openai",
                 "base_url": format!("{}/v1", mock.base_url()),
-                "model_map": { "gpt-4o*": "deepseek-chat" },
+                "model_map": { "gpt-4o*": "deepseek-chat", "claude-sonnet-4-5": "glm-4.6" },
             }),
         )
         .await;
@@ -178,6 +178,11 @@ async fn openai_and_gemini_accounts_rename_too() {
             "/v1/responses",
             json!({ "model": "gpt-4o-mini", "input": "hi" }),
         ),
+        // A Claude model the account renames is its own, not translated for Anthropic.
+        (
+            "/v1/chat/completions",
+            json!({ "model": "claude-sonnet-4-5", "messages": [{ "role": "user", "content": "hi" }] }),
+        ),
     ] {
         let resp = http_client()
             .post(relay.url(path))
@@ -190,8 +195,12 @@ async fn openai_and_gemini_accounts_rename_too() {
         resp.bytes().await.unwrap();
         let sent = mock.requests().pop().unwrap().json();
         let mut want = body.clone();
-        want["model"] = json!("deepseek-chat");
-        if path == "/v1/chat/completions" {
+        want["model"] = json!(if body["model"] == "claude-sonnet-4-5" {
+            "glm-4.6"
+        } else {
+            "deepseek-chat"
+        });
+        if body["stream"] == true {
             // The relay asks for the usage chunk, as for every stream.
             want["stream_options"] = sent["stream_options"].clone();
         }
@@ -205,7 +214,10 @@ async fn openai_and_gemini_accounts_rename_too() {
         .add_account(
             &gemini,
             UPSTREAM_KEY,
-            json!({ "provider": "gemini", "model_map": { "gemini-2.5-*": "gemini-2.5-flash-lite" } }),
+            json!({ "provider": "gemini", "model_map": {
+                "gemini-2.5-*": "gemini-2.5-flash-lite",
+                "gemini-embedding-001": "text-embedding-004",
+            } }),
         )
         .await;
     let (_, key) = relay.create_key("k").await;
@@ -228,6 +240,91 @@ async fn openai_and_gemini_accounts_rename_too() {
             "the body goes as it came"
         );
     }
+
+    // The methods whose body names the model again name the account's, as the URL does.
+    let content = json!({ "parts": [{ "text": "a" }] });
+    for (call, body, named) in [
+        (
+            "gemini-embedding-001:embedContent",
+            json!({ "model": "models/gemini-embedding-001", "content": content }),
+            "/model",
+        ),
+        (
+            "gemini-embedding-001:batchEmbedContents",
+            json!({ "requests": [
+                { "model": "models/gemini-embedding-001", "content": content },
+                { "model": "models/gemini-embedding-001", "content": content },
+            ] }),
+            "/requests/1/model",
+        ),
+        (
+            "gemini-2.5-pro:countTokens",
+            json!({ "generateContentRequest": {
+                "model": "models/gemini-2.5-pro",
+                "contents": [{ "role": "user", "parts": [{ "text": "a" }] }],
+            } }),
+            "/generateContentRequest/model",
+        ),
+    ] {
+        http_client()
+            .post(relay.url(&format!("/v1beta/models/{call}")))
+            .header("x-goog-api-key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let sent = gemini.requests().pop().unwrap();
+        let (model, method) = call.split_once(':').unwrap();
+        let renamed = if model.starts_with("gemini-2.5") {
+            "gemini-2.5-flash-lite"
+        } else {
+            "text-embedding-004"
+        };
+        assert_eq!(sent.path, format!("/v1beta/models/{renamed}:{method}"));
+        let sent = sent.json();
+        assert_eq!(
+            sent.pointer(named).unwrap(),
+            &json!(format!("models/{renamed}")),
+            "{sent}"
+        );
+        if method == "batchEmbedContents" {
+            assert_eq!(sent["requests"][0]["model"], format!("models/{renamed}"));
+            assert_eq!(sent["requests"][0]["content"], content);
+        }
+    }
+}
+
+/// Each attempt is sent under its own account's name: a mapped account that fails hands the
+/// request to the next, which gets the model as the client asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_sends_the_next_account_its_own_name() {
+    let mapped = MockUpstream::start().await;
+    mapped.set_default(Behavior::error(500, "api_error", "down"));
+    let plain = MockUpstream::start().await;
+    plain.set_default(Behavior::Ok(MockUsage::new(10, 5)));
+    let relay = Relay::start().await;
+    relay
+        .add_account(
+            &mapped,
+            UPSTREAM_KEY,
+            json!({ "priority": 1, "model_map": { "claude-*": "glm-4.6" } }),
+        )
+        .await;
+    relay
+        .add_account(&plain, UPSTREAM_KEY, json!({ "priority": 2 }))
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    let resp = relay
+        .messages(&key, &messages_body("claude-sonnet-4-5", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mapped.requests().pop().unwrap().json()["model"], "glm-4.6");
+    assert_eq!(
+        plain.requests().pop().unwrap().json()["model"],
+        "claude-sonnet-4-5"
+    );
 }
 
 #[tokio::test]
@@ -246,6 +343,8 @@ async fn a_model_map_the_account_cannot_use_is_refused() {
         (json!({ "model_map": { "claude-[": "x" } }), "glob"),
         (json!({ "model_map": { "claude-*": "" } }), "model name"),
         (json!({ "model_map": { "claude-*": "a\nb" } }), "model name"),
+        (json!({ "model_map": { "claude-* ": "glm" } }), "no spaces"),
+        (json!({ "model_map": { "claude-*": " glm" } }), "no spaces"),
     ] {
         let mut body = json!({
             "name": "a",
