@@ -452,12 +452,17 @@ fn gemini_models_of_google_logins(app: &App, rest: &str) -> Option<serde_json::V
 pub const MAX_MODEL_NAME: usize = 256;
 
 /// Model names are short; the client's goes into the price cache, metrics, logs and the request
-/// log, so a long one is refused (without being echoed) before any of them sees it.
+/// log, so a long one is refused (without being echoed) before any of them sees it. One made of
+/// dots alone would be a path's `.` or `..` in the URLs that carry the model (Azure's
+/// deployment, Bedrock's model id).
 pub fn check_model_name(model: &str) -> Result<(), ApiError> {
     if model.len() > MAX_MODEL_NAME {
         return Err(ApiError::invalid(format!(
             "model: a model name is at most {MAX_MODEL_NAME} bytes"
         )));
+    }
+    if !model.is_empty() && model.bytes().all(|b| b == b'.') {
+        return Err(ApiError::invalid("model: not a model name"));
     }
     Ok(())
 }

@@ -931,7 +931,9 @@ pub async fn test(app: &Arc<App>, id: &str, req: TestAccount) -> Result<Response
 /// A small model of each provider's, for a test that names none.
 fn test_model(provider: Provider) -> &'static str {
     match provider {
-        Provider::Anthropic | Provider::Bedrock => "claude-haiku-4-5",
+        Provider::Anthropic => "claude-haiku-4-5",
+        // Bedrock's ids carry the model's date.
+        Provider::Bedrock => "claude-haiku-4-5-20251001",
         Provider::OpenAi | Provider::AzureOpenAi => "gpt-4o-mini",
         Provider::ChatGpt => "gpt-5",
         Provider::Gemini | Provider::CodeAssist => "gemini-2.5-flash",

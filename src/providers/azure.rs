@@ -39,7 +39,7 @@ fn on_v1(path: &str) -> bool {
 }
 
 /// The account's deployment for `model`, or the model's own name.
-fn deployment<'a>(account: &'a Account, model: &'a str) -> &'a str {
+pub fn deployment<'a>(account: &'a Account, model: &'a str) -> &'a str {
     account
         .record
         .deployments

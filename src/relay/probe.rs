@@ -11,11 +11,12 @@ use http::HeaderMap;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 
-use super::call::{self, Endpoint};
+use super::call::{self, Endpoint, WholeAnswer};
 use super::upstream;
 use crate::app::App;
 use crate::catalog::Account;
 use crate::error::ApiError;
+use crate::providers;
 use crate::scheduler::health::{self, Outcome, Verdict};
 use crate::store::{Protocol, Provider};
 use crate::upstream_client::read_capped;
@@ -25,16 +26,17 @@ const PROMPT: &str = "Reply with the single word OK.";
 /// Claude subscriptions serve only Claude Code's requests, which open with this system prompt.
 const CLAUDE_CODE_SYSTEM: &str = "You are Claude Code, Anthropic's official CLI for Claude.";
 /// The most of the answer read, and of its text shown.
-const MAX_ANSWER: usize = 256 * 1024;
+const MAX_ANSWER: u64 = 256 * 1024;
 const MAX_SHOWN: usize = 500;
 
-/// Sends the test request for `model` to `account`; the result as the admin API shows it.
+/// Sends the test request for `model` to `account`; the result as the admin API shows it. The
+/// whole of it, answer read, within the first-byte timeout: a test is a short answer or none.
 pub async fn probe(app: &App, account: &Account, model: &str) -> Result<Value, ApiError> {
     let (endpoint, vendor_path, body) = request(account, model);
     let body = Bytes::from(body.to_string());
     // Native on the account's own protocol: an OpenAI account named for a `claude-…` model is
     // still asked in OpenAI's terms.
-    let (call, _) = call::build(
+    let (mut call, _) = call::build(
         &endpoint,
         &vendor_path,
         None,
@@ -42,6 +44,13 @@ pub async fn probe(app: &App, account: &Account, model: &str) -> Result<Value, A
         app.config.limits.default_max_tokens,
         &|_| true,
     )?;
+    let within = Duration::from_secs(app.config.upstream.first_byte_timeout_secs.max(1));
+    call.first_byte_timeout = Some(within);
+    // Read whole as part of the attempt: an answer that stalls or is cut is a failure.
+    call.whole_answer = Some(WholeAnswer {
+        within,
+        max_bytes: MAX_ANSWER,
+    });
     let mut client = HeaderMap::new();
     client.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let started = Instant::now();
@@ -50,10 +59,22 @@ pub async fn probe(app: &App, account: &Account, model: &str) -> Result<Value, A
     let mut shown = json!({
         "account_id": account.id(),
         "model": model,
-        "upstream_model": account.upstream_model(Some(model)).unwrap_or(model),
+        "upstream_model": upstream_name(account, model),
     });
-    match upstream::send(app, &call, &client, account).await {
-        Err(e) => {
+    let attempt = async {
+        let (resp, _) = upstream::send(app, &call, &client, account).await?;
+        let (head, answer) = resp.into_parts();
+        let answer = read_capped(answer, MAX_ANSWER as usize, within).await;
+        Ok::<_, upstream::SendError>((head, answer))
+    };
+    match tokio::time::timeout(within, attempt).await {
+        Err(_) => {
+            shown["ok"] = json!(false);
+            shown["status"] = Value::Null;
+            shown["verdict"] = json!(verdict_name(&Verdict::Failing));
+            shown["error"] = json!(format!("no whole answer within {} s", within.as_secs()));
+        }
+        Ok(Err(e)) => {
             let outcome = match &e {
                 upstream::SendError::Timeout(_)
                 | upstream::SendError::Unfinished {
@@ -66,10 +87,7 @@ pub async fn probe(app: &App, account: &Account, model: &str) -> Result<Value, A
             shown["verdict"] = json!(verdict_name(&health::judge(outcome, now_ms, cooldown)));
             shown["error"] = json!(e.describe());
         }
-        Ok((resp, _)) => {
-            let (head, answer) = resp.into_parts();
-            let within = Duration::from_secs(app.config.upstream.answer_timeout_secs);
-            let answer = read_capped(answer, MAX_ANSWER, within).await;
+        Ok(Ok((head, answer))) => {
             let verdict = health::judge(
                 Outcome::Response {
                     status: head.status.as_u16(),
@@ -80,22 +98,54 @@ pub async fn probe(app: &App, account: &Account, model: &str) -> Result<Value, A
                 cooldown,
             );
             let parsed: Option<Value> = serde_json::from_slice(&answer).ok();
-            shown["ok"] = json!(verdict == Verdict::Healthy);
+            let text = parsed.as_ref().and_then(reply);
+            // A redirect is no answer (the base URL is wrong); nor is a 200 without a reply.
+            let ok = verdict == Verdict::Healthy && head.status.is_success() && text.is_some();
+            shown["ok"] = json!(ok);
             shown["status"] = json!(head.status.as_u16());
             shown["verdict"] = json!(verdict_name(&verdict));
-            if verdict == Verdict::Healthy {
-                shown["reply"] = json!(parsed.as_ref().and_then(reply).map(clipped));
+            if ok {
+                shown["reply"] = json!(text.map(|t| redacted(account, &clipped(t))));
             } else {
-                let message = parsed.as_ref().and_then(error_message).map_or_else(
-                    || clipped(&String::from_utf8_lossy(&answer)),
-                    |m| clipped(&m),
-                );
-                shown["error"] = json!(message);
+                let message = match (&verdict, parsed.as_ref().and_then(error_message)) {
+                    (Verdict::Healthy, _) => format!(
+                        "the answer is not a generation{}",
+                        head.headers
+                            .get(http::header::LOCATION)
+                            .and_then(|l| l.to_str().ok())
+                            .map(|l| format!(" (it sends to {l})"))
+                            .unwrap_or_default()
+                    ),
+                    (_, Some(message)) => message,
+                    (_, None) => String::from_utf8_lossy(&answer).into_owned(),
+                };
+                shown["error"] = json!(redacted(account, &clipped(&message)));
             }
         }
     }
     shown["latency_ms"] = json!(started.elapsed().as_millis() as u64);
     Ok(shown)
+}
+
+/// The name the account's vendor is asked for `model` by: its Azure deployment, its Bedrock
+/// model id, or its model map's name.
+fn upstream_name(account: &Account, model: &str) -> String {
+    match account.record.provider {
+        Provider::AzureOpenAi => providers::azure::deployment(account, model).to_owned(),
+        Provider::Bedrock => providers::bedrock::model_id(account, model).into_owned(),
+        _ => account
+            .upstream_model(Some(model))
+            .unwrap_or(model)
+            .to_owned(),
+    }
+}
+
+/// `text` with the account's credential masked, should the vendor quote it.
+fn redacted(account: &Account, text: &str) -> String {
+    match account.api_key.to_str() {
+        Ok(key) if key.len() >= 8 => text.replace(key, "***"),
+        _ => text.to_owned(),
+    }
 }
 
 /// The endpoint, its vendor path and the body of the test request in the account's protocol.
@@ -113,13 +163,23 @@ fn request(account: &Account, model: &str) -> (Endpoint, String, Value) {
             }
             (Endpoint::Messages, "/v1/messages".to_owned(), body)
         }
-        // The Codex backend serves the Responses API only.
+        // The Codex backend serves the Responses API only, and wants instructions and the input
+        // as a list of items.
         Protocol::OpenAi if provider == Provider::ChatGpt => (
             Endpoint::Responses {
                 path: "/responses".to_owned(),
             },
             "/v1/responses".to_owned(),
-            json!({ "model": model, "input": PROMPT, "store": false }),
+            json!({
+                "model": model,
+                "instructions": "Answer briefly.",
+                "input": [{
+                    "type": "message",
+                    "role": "user",
+                    "content": [{ "type": "input_text", "text": PROMPT }],
+                }],
+                "store": false,
+            }),
         ),
         Protocol::OpenAi => (
             Endpoint::ChatCompletions,

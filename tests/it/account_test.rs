@@ -160,6 +160,28 @@ async fn each_provider_is_asked_in_its_own_terms() {
     assert_eq!(sent.json()["model"], "gpt-4o-mini");
     assert_eq!(sent.header("authorization"), Some("Bearer sk-upstream"));
 
+    // Azure: the first deployment's model, to its deployment, with the api-version.
+    let azure = relay
+        .add_account(
+            &mock,
+            UPSTREAM_KEY,
+            json!({ "provider": "azure-openai", "api_version": "2024-10-21", "deployments": { "gpt-4.1": "prod-41" } }),
+        )
+        .await;
+    let (_, shown) = test(&relay, &azure, None).await;
+    assert_eq!(
+        (&shown["ok"], &shown["model"], &shown["upstream_model"]),
+        (&json!(true), &json!("gpt-4.1"), &json!("prod-41")),
+        "{shown}"
+    );
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.azure_deployment(), Some("prod-41"));
+    assert_eq!(
+        sent.query_param("api-version").as_deref(),
+        Some("2024-10-21")
+    );
+    assert_eq!(sent.header("api-key"), Some(UPSTREAM_KEY));
+
     let gemini = relay
         .add_account(&mock, "AIza-test", json!({ "provider": "gemini" }))
         .await;
@@ -187,10 +209,14 @@ async fn each_provider_is_asked_in_its_own_terms() {
     );
     let sent = mock.requests().pop().unwrap();
     assert_eq!(sent.path, "/backend-api/codex/responses");
+    let body = sent.json();
     assert_eq!(
-        (sent.json()["stream"].clone(), sent.json()["store"].clone()),
+        (body["stream"].clone(), body["store"].clone()),
         (json!(true), json!(false))
     );
+    // The backend wants instructions, and the input as a list of items.
+    assert!(body["instructions"].is_string(), "{body}");
+    assert_eq!(body["input"][0]["content"][0]["type"], "input_text");
 
     let bedrock = relay
         .add_account(
@@ -207,8 +233,12 @@ async fn each_provider_is_asked_in_its_own_terms() {
     );
     let sent = mock.requests().pop().unwrap();
     assert_eq!(
+        shown["upstream_model"],
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+    );
+    assert_eq!(
         sent.path,
-        "/model/us.anthropic.claude-haiku-4-5-v1%3A0/invoke"
+        "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke"
     );
     assert_eq!(sent.header("authorization"), Some("Bearer bedrock-api-key"));
 
@@ -245,4 +275,59 @@ async fn each_provider_is_asked_in_its_own_terms() {
         "{shown}"
     );
     assert_eq!(status_of(&relay, &gone).await, "ok");
+}
+
+/// What is no answer is not taken for one: a redirect (a wrong base URL), an answer that stalls
+/// half-way (within the first-byte timeout, for the whole of it), and the account's own key
+/// quoted by the vendor is masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_a_stall_and_a_quoted_key_are_shown_for_what_they_are() {
+    let mock = MockUpstream::start().await;
+    let relay = Relay::start_configured(|c| c.upstream.first_byte_timeout_secs = 1).await;
+    let id = relay
+        .add_account(&mock, "sk-ant-api03-quoted-secret", json!({}))
+        .await;
+
+    mock.push_behavior(Behavior::Error {
+        status: 302,
+        body: String::new(),
+        headers: vec![("location".into(), "https://login.example.com/".into())],
+    });
+    let (_, shown) = test(&relay, &id, None).await;
+    assert_eq!(
+        (&shown["ok"], &shown["status"], &shown["verdict"]),
+        (&json!(false), &json!(302), &json!("serving")),
+        "{shown}"
+    );
+    assert!(
+        shown["error"]
+            .as_str()
+            .unwrap()
+            .contains("it sends to https://login.example.com/"),
+        "{shown}"
+    );
+
+    mock.push_behavior(Behavior::StallAfterStart(MockUsage::new(12, 3)));
+    let started = std::time::Instant::now();
+    let (_, shown) = test(&relay, &id, None).await;
+    assert_eq!(
+        (&shown["ok"], &shown["verdict"]),
+        (&json!(false), &json!("failing")),
+        "{shown}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    mock.push_behavior(Behavior::error(
+        401,
+        "authentication_error",
+        "invalid x-api-key: sk-ant-api03-quoted-secret",
+    ));
+    let (_, shown) = test(&relay, &id, None).await;
+    assert_eq!(shown["error"], "invalid x-api-key: ***", "{shown}");
+    assert!(!shown.to_string().contains("quoted-secret"));
+
+    // A model of dots alone is no model (it would be a path's `..`).
+    let (status, body) = test(&relay, &id, Some(json!({ "model": ".." }))).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(status_of(&relay, &id).await, "ok");
 }
