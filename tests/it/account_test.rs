@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::mock::{Behavior, MockUpstream, MockUsage, TEXT_DELTAS};
+use crate::support::mock::{Behavior, MockUpstream, MockUsage, Recorded, TEXT_DELTAS};
 use crate::support::relay::Relay;
 use crate::support::token_endpoint::chatgpt_token;
 
@@ -16,6 +16,23 @@ async fn test(relay: &Relay, id: &str, body: Option<Value>) -> (u16, Value) {
         .admin(Method::POST, &format!("/admin/accounts/{id}/test"), body)
         .await;
     (status, v)
+}
+
+/// A test that works: what it shows, and the request the mock got.
+async fn works(
+    relay: &Relay,
+    mock: &MockUpstream,
+    id: &str,
+    body: Option<Value>,
+) -> (Value, Recorded) {
+    let (status, shown) = test(relay, id, body).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(
+        (&shown["ok"], &shown["reply"]),
+        (&json!(true), &json!(TEXT_DELTAS.concat())),
+        "{shown}"
+    );
+    (shown, mock.requests().pop().unwrap())
 }
 
 async fn status_of(relay: &Relay, id: &str) -> Value {
@@ -117,19 +134,12 @@ async fn each_provider_is_asked_in_its_own_terms() {
     let mock = MockUpstream::start().await;
     mock.set_default(Behavior::Ok(MockUsage::new(12, 3)));
     let relay = Relay::start().await;
-    let reply = TEXT_DELTAS.concat();
 
     let claude = relay
         .add_account(&mock, "sk-ant-oat01-abcdefghijklmnop", json!({}))
         .await;
-    let (_, shown) = test(&relay, &claude, None).await;
-    assert_eq!(
-        (&shown["ok"], &shown["reply"]),
-        (&json!(true), &json!(reply)),
-        "{shown}"
-    );
+    let (shown, sent) = works(&relay, &mock, &claude, None).await;
     assert_eq!(shown["model"], "claude-haiku-4-5");
-    let sent = mock.requests().pop().unwrap();
     assert_eq!(
         sent.header("authorization"),
         Some("Bearer sk-ant-oat01-abcdefghijklmnop")
@@ -149,13 +159,7 @@ async fn each_provider_is_asked_in_its_own_terms() {
             json!({ "provider": "openai", "base_url": format!("{}/v1", mock.base_url()) }),
         )
         .await;
-    let (_, shown) = test(&relay, &openai, None).await;
-    assert_eq!(
-        (&shown["ok"], &shown["reply"]),
-        (&json!(true), &json!(reply)),
-        "{shown}"
-    );
-    let sent = mock.requests().pop().unwrap();
+    let (_, sent) = works(&relay, &mock, &openai, None).await;
     assert_eq!(sent.path, "/v1/chat/completions");
     assert_eq!(sent.json()["model"], "gpt-4o-mini");
     assert_eq!(sent.header("authorization"), Some("Bearer sk-upstream"));
@@ -185,13 +189,13 @@ async fn each_provider_is_asked_in_its_own_terms() {
     let gemini = relay
         .add_account(&mock, "AIza-test", json!({ "provider": "gemini" }))
         .await;
-    let (_, shown) = test(&relay, &gemini, Some(json!({ "model": "gemini-2.5-pro" }))).await;
-    assert_eq!(
-        (&shown["ok"], &shown["reply"]),
-        (&json!(true), &json!(reply)),
-        "{shown}"
-    );
-    let sent = mock.requests().pop().unwrap();
+    let (_, sent) = works(
+        &relay,
+        &mock,
+        &gemini,
+        Some(json!({ "model": "gemini-2.5-pro" })),
+    )
+    .await;
     assert_eq!(sent.path, "/v1beta/models/gemini-2.5-pro:generateContent");
 
     let chatgpt = relay
@@ -201,13 +205,7 @@ async fn each_provider_is_asked_in_its_own_terms() {
             json!({ "provider": "chatgpt", "base_url": format!("{}/backend-api/codex", mock.base_url()) }),
         )
         .await;
-    let (_, shown) = test(&relay, &chatgpt, None).await;
-    assert_eq!(
-        (&shown["ok"], &shown["reply"]),
-        (&json!(true), &json!(reply)),
-        "{shown}"
-    );
-    let sent = mock.requests().pop().unwrap();
+    let (_, sent) = works(&relay, &mock, &chatgpt, None).await;
     assert_eq!(sent.path, "/backend-api/codex/responses");
     let body = sent.json();
     assert_eq!(
@@ -225,13 +223,7 @@ async fn each_provider_is_asked_in_its_own_terms() {
             json!({ "provider": "bedrock", "region": "us-east-1" }),
         )
         .await;
-    let (_, shown) = test(&relay, &bedrock, None).await;
-    assert_eq!(
-        (&shown["ok"], &shown["reply"]),
-        (&json!(true), &json!(reply)),
-        "{shown}"
-    );
-    let sent = mock.requests().pop().unwrap();
+    let (shown, sent) = works(&relay, &mock, &bedrock, None).await;
     assert_eq!(
         shown["upstream_model"],
         "us.anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -246,13 +238,7 @@ async fn each_provider_is_asked_in_its_own_terms() {
     let google = relay
         .add_account(&mock, "ya29.test", json!({ "provider": "code-assist" }))
         .await;
-    let (_, shown) = test(&relay, &google, None).await;
-    assert_eq!(
-        (&shown["ok"], &shown["reply"]),
-        (&json!(true), &json!(reply)),
-        "{shown}"
-    );
-    let sent = mock.requests().pop().unwrap();
+    let (_, sent) = works(&relay, &mock, &google, None).await;
     assert_eq!(sent.path, "/v1internal:generateContent");
     assert_eq!(sent.json()["model"], "gemini-2.5-flash");
 

@@ -39,6 +39,30 @@ async fn claude_code(relay: &Relay, key: &str, model: &str) -> (u16, Value) {
     (status, body)
 }
 
+/// Asks for `asked` with `key`; the model the mock was sent.
+async fn sent_as(relay: &Relay, mock: &MockUpstream, key: &str, asked: &str) -> Value {
+    let resp = relay
+        .messages(key, &messages_body(asked, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{asked}");
+    mock.requests().pop().unwrap().json()["model"].clone()
+}
+
+/// PATCHes the account's model map; its view's map.
+async fn set_map(relay: &Relay, account: &str, map: Value) -> Value {
+    let (status, body) = relay
+        .admin(
+            Method::PATCH,
+            &format!("/admin/accounts/{account}"),
+            Some(json!({ "model_map": map })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["model_map"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_goes_upstream_under_the_account_s_name_for_it() {
     let mock = MockUpstream::start().await;
@@ -70,31 +94,12 @@ async fn the_model_goes_upstream_under_the_account_s_name_for_it() {
         ("claude-opus-4-1", "glm-4.5"),
         ("claude-sonnet-4-5", "glm-4.6"),
     ] {
-        let resp = relay
-            .messages(&key, &messages_body(asked, false))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{asked}");
-        assert_eq!(mock.requests().pop().unwrap().json()["model"], sent);
+        assert_eq!(sent_as(&relay, &mock, &key, asked).await, sent);
     }
-    let (status, body) = relay
-        .admin(
-            Method::PATCH,
-            &format!("/admin/accounts/{account}"),
-            Some(json!({ "model_map": { "claude-opus-*": "glm-4.6" } })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["model_map"], json!({ "claude-opus-*": "glm-4.6" }));
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let map = json!({ "claude-opus-*": "glm-4.6" });
+    assert_eq!(set_map(&relay, &account, map.clone()).await, map);
     assert_eq!(
-        mock.requests().pop().unwrap().json()["model"],
+        sent_as(&relay, &mock, &key, "claude-sonnet-4-5").await,
         "claude-sonnet-4-5"
     );
 
@@ -129,23 +134,9 @@ async fn the_model_goes_upstream_under_the_account_s_name_for_it() {
     assert_eq!(relay.usage("model=glm-4.6").await["requests"], 0);
 
     // `{}` empties the map.
-    let (status, body) = relay
-        .admin(
-            Method::PATCH,
-            &format!("/admin/accounts/{account}"),
-            Some(json!({ "model_map": {} })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["model_map"], json!({}));
-    let resp = relay
-        .messages(&key, &messages_body("claude-opus-4-1", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(set_map(&relay, &account, json!({})).await, json!({}));
     assert_eq!(
-        mock.requests().pop().unwrap().json()["model"],
+        sent_as(&relay, &mock, &key, "claude-opus-4-1").await,
         "claude-opus-4-1"
     );
 }
@@ -314,17 +305,11 @@ async fn a_failover_sends_the_next_account_its_own_name() {
         .add_account(&plain, UPSTREAM_KEY, json!({ "priority": 2 }))
         .await;
     let (_, key) = relay.create_key("k").await;
-    let resp = relay
-        .messages(&key, &messages_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(mapped.requests().pop().unwrap().json()["model"], "glm-4.6");
     assert_eq!(
-        plain.requests().pop().unwrap().json()["model"],
+        sent_as(&relay, &plain, &key, "claude-sonnet-4-5").await,
         "claude-sonnet-4-5"
     );
+    assert_eq!(mapped.requests().pop().unwrap().json()["model"], "glm-4.6");
 }
 
 #[tokio::test]
