@@ -284,15 +284,15 @@ impl Catalog {
     }
 
     /// The current accounts, oldest first.
-    /// Whether an enabled OpenAI-protocol account lists `model` in its `models` or renames it
-    /// in its model map (an account without either serves anything, but does not claim Claude
-    /// or Gemini models).
+    /// Whether an enabled OpenAI-protocol account lists `model` in its `models` (an account
+    /// without a list serves anything, but does not claim Claude or Gemini models; nor does a
+    /// model map, which renames what an account is sent, not what it claims).
     pub fn openai_lists(&self, model: &str) -> bool {
         self.accounts().iter().any(|a| {
             a.record.enabled
                 && a.record.provider.serves_openai_api()
+                && !a.models.is_empty()
                 && a.serves(model)
-                && (!a.models.is_empty() || a.upstream_model(Some(model)).is_some())
         })
     }
 

@@ -566,7 +566,7 @@ mod tests {
         let stats = Stats::spawn(Arc::clone(&store), Duration::from_secs(3600), 1_000);
         let logged = || async {
             let mut ids: Vec<String> = store
-                .recent_requests(None, 10)
+                .recent_requests(&crate::store::RequestFilter::ALL, 10)
                 .await
                 .unwrap()
                 .into_iter()

@@ -689,6 +689,42 @@ impl UsageBatch {
     }
 }
 
+/// Which of the request log's entries to read: every one, or those of a key, an account, or both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestFilter<'a> {
+    pub key_id: Option<&'a str>,
+    pub account_id: Option<&'a str>,
+}
+
+impl<'a> RequestFilter<'a> {
+    pub const ALL: RequestFilter<'static> = RequestFilter {
+        key_id: None,
+        account_id: None,
+    };
+
+    pub fn key(key_id: &'a str) -> RequestFilter<'a> {
+        RequestFilter {
+            key_id: Some(key_id),
+            account_id: None,
+        }
+    }
+
+    pub fn account(account_id: &'a str) -> RequestFilter<'a> {
+        RequestFilter {
+            key_id: None,
+            account_id: Some(account_id),
+        }
+    }
+
+    /// Whether `entry` passes.
+    pub fn admits(&self, entry: &RequestLogEntry) -> bool {
+        self.key_id.is_none_or(|k| k == entry.key_id)
+            && self
+                .account_id
+                .is_none_or(|a| entry.account_id.as_deref() == Some(a))
+    }
+}
+
 /// One relayed request, as the request log shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestLogEntry {
@@ -966,10 +1002,12 @@ pub trait Store: Send + Sync + 'static {
     async fn upkeep(&self) -> StoreResult<()> {
         Ok(())
     }
-    /// The most recent requests, newest first, optionally only those of one key.
+    /// The most recent requests, newest first, optionally only those of one key or one account.
+    /// With both, those of the account among its newest `limit` that are the key's (so
+    /// possibly fewer).
     async fn recent_requests(
         &self,
-        key_id: Option<&str>,
+        filter: &RequestFilter<'_>,
         limit: usize,
     ) -> StoreResult<Vec<RequestLogEntry>>;
 

@@ -13,7 +13,7 @@ use crate::app::{App, IMPORTED_PRICES_FILE};
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::pricing::{PriceTable, Pricing};
-use crate::store::{Bucket, Counters, Dimension, Granularity, UsageQuery};
+use crate::store::{Bucket, Counters, Dimension, Granularity, RequestFilter, UsageQuery};
 
 /// At most this many buckets in one series.
 const MAX_BUCKETS: usize = 10_000;
@@ -298,7 +298,7 @@ fn bucket_of(start: &Zoned, g: Granularity) -> Bucket {
     }
 }
 
-/// The most recent requests, newest first.
+/// The most recent requests, newest first; a key's, an account's (or a key's with an account).
 pub async fn requests(
     app: &Arc<App>,
     q: &HashMap<String, String>,
@@ -311,14 +311,15 @@ pub async fn requests(
             .ok_or_else(|| ApiError::invalid(format!("limit: must be 1 to {MAX_REQUESTS}")))?,
         None => DEFAULT_REQUESTS,
     };
-    let key_id = q
-        .get("key_id")
-        .map(String::as_str)
-        .filter(|s| !s.is_empty());
+    let given = |name: &str| q.get(name).map(String::as_str).filter(|s| !s.is_empty());
+    let filter = RequestFilter {
+        key_id: given("key_id"),
+        account_id: given("account_id"),
+    };
     app.stats.flush().await;
     let entries = app
         .store()
-        .recent_requests(key_id, limit)
+        .recent_requests(&filter, limit)
         .await
         .map_err(store_error)?;
     let data: Vec<Value> = entries

@@ -105,7 +105,7 @@ pub async fn probe(app: &App, account: &Account, model: &str) -> Result<Value, A
             shown["status"] = json!(head.status.as_u16());
             shown["verdict"] = json!(verdict_name(&verdict));
             if ok {
-                shown["reply"] = json!(text.map(|t| redacted(account, &clipped(t))));
+                shown["reply"] = json!(text.map(|t| clipped(&redacted(account, t))));
             } else {
                 let message = match (&verdict, parsed.as_ref().and_then(error_message)) {
                     (Verdict::Healthy, _) => format!(
@@ -119,7 +119,7 @@ pub async fn probe(app: &App, account: &Account, model: &str) -> Result<Value, A
                     (_, Some(message)) => message,
                     (_, None) => String::from_utf8_lossy(&answer).into_owned(),
                 };
-                shown["error"] = json!(redacted(account, &clipped(&message)));
+                shown["error"] = json!(clipped(&redacted(account, &message)));
             }
         }
     }

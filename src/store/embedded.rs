@@ -28,8 +28,9 @@ use crate::scheduler::policy::{self, Choice, Contender, Health, Report, Sticky};
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Counters,
     DAY_BUCKETS_KEPT, Dimension, HOUR_BUCKETS_KEPT, HealthChange, KeyRecord, KeyRenewal, KeySettle,
-    KeyState, Lease, MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, SpendBucket,
-    Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery, buckets_of,
+    KeyState, Lease, MeterUse, PickRequest, Picked, Renewed, RequestFilter, RequestLogEntry,
+    SmolStr, SpendBucket, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
+    buckets_of,
 };
 
 /// Key id -> JSON `KeyRecord`.
@@ -1550,23 +1551,29 @@ impl Store for EmbeddedStore {
 
     async fn recent_requests(
         &self,
-        key_id: Option<&str>,
+        filter: &RequestFilter<'_>,
         limit: usize,
     ) -> StoreResult<Vec<RequestLogEntry>> {
-        let key_id = key_id.map(str::to_owned);
+        let key_id = filter.key_id.map(str::to_owned);
+        let account_id = filter.account_id.map(str::to_owned);
         self.blocking(move |db| {
+            let filter = RequestFilter {
+                key_id: key_id.as_deref(),
+                account_id: account_id.as_deref(),
+            };
             let txn = db.begin_read().map_err(db_err)?;
             let log = txn.open_table(REQUEST_LOG).map_err(db_err)?;
             let mut out = Vec::new();
             // A filtered read scans the whole log; it is bounded by `request_log_max` and only
-            // the admin path asks, so a per-key index would cost every write for little.
+            // the admin path asks, so a per-key or per-account index would cost every write for
+            // little.
             for row in log.iter().map_err(db_err)?.rev() {
                 if out.len() >= limit {
                     break;
                 }
                 let (_, value) = row.map_err(db_err)?;
                 let entry: RequestLogEntry = decode(value.value(), "request log entry")?;
-                if key_id.as_deref().is_none_or(|k| k == entry.key_id) {
+                if filter.admits(&entry) {
                     out.push(entry);
                 }
             }

@@ -53,8 +53,8 @@ use self::scripts::{Call, Scripts};
 use super::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Change,
     Counters, Dimension, HealthChange, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter,
-    MeterUse, PickRequest, Picked, Renewed, RequestLogEntry, SmolStr, SpendBucket, Store,
-    StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
+    MeterUse, PickRequest, Picked, Renewed, RequestFilter, RequestLogEntry, SmolStr, SpendBucket,
+    Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use crate::config::RedisConfig;
 use crate::scheduler::policy::{Health, Report, Sticky};
@@ -249,7 +249,7 @@ impl RedisStore {
         }
         for (chunk_no, chunk) in batch.requests.chunks(LOG_CHUNK).enumerate() {
             let mut keys = Vec::with_capacity(3);
-            let mut args = Vec::with_capacity(5 + 4 * chunk.len());
+            let mut args = Vec::with_capacity(6 + 5 * chunk.len());
             keys.extend([
                 self.names.log_applied(&self.writer),
                 self.names.log_all(),
@@ -261,12 +261,14 @@ impl RedisStore {
                 MARKER_KEEP.to_string(),
                 self.request_log_max.to_string(),
                 self.names.log_key_prefix(),
+                self.names.log_account_prefix(),
             ]);
             for entry in chunk {
                 args.extend([
                     entry.at.to_string(),
                     log_member(entry),
                     entry.key_id.clone(),
+                    entry.account_id.clone().unwrap_or_default(),
                     log_json(entry)?,
                 ]);
             }
@@ -487,7 +489,13 @@ fn log_json(entry: &RequestLogEntry) -> StoreResult<String> {
 /// The request log member of an entry: arrival first, so that equal scores sort by request id;
 /// the key id last, so that trimming the log finds each entry's key index without decoding it.
 fn log_member(entry: &RequestLogEntry) -> String {
-    format!("{}:{}\n{}", entry.at, entry.request_id, entry.key_id)
+    match &entry.account_id {
+        Some(account) => format!(
+            "{}:{}\n{}\n{account}",
+            entry.at, entry.request_id, entry.key_id
+        ),
+        None => format!("{}:{}\n{}", entry.at, entry.request_id, entry.key_id),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1114,15 +1122,16 @@ impl Store for RedisStore {
 
     async fn recent_requests(
         &self,
-        key_id: Option<&str>,
+        filter: &RequestFilter<'_>,
         limit: usize,
     ) -> StoreResult<Vec<RequestLogEntry>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let index = match key_id {
-            Some(key_id) => self.names.log_key(key_id),
-            None => self.names.log_all(),
+        let index = match (filter.account_id, filter.key_id) {
+            (Some(account_id), _) => self.names.log_account(account_id),
+            (None, Some(key_id)) => self.names.log_key(key_id),
+            (None, None) => self.names.log_all(),
         };
         // Far above any log's bound, and exact wherever it is handled.
         let last = limit.min(1 << 31) - 1;
@@ -1142,7 +1151,7 @@ impl Store for RedisStore {
             };
             let entry: RequestLogEntry = decode(&json, "request log entry")?;
             // An entry re-recorded under another key leaves a stale index member behind.
-            if key_id.is_none_or(|k| k == entry.key_id) {
+            if filter.admits(&entry) {
                 out.push(entry);
             }
         }

@@ -743,7 +743,7 @@ async fn logged_after_stop(relay: Relay) -> Vec<switchyard::store::RequestLogEnt
     let _tmp = relay.tmp();
     drop(relay);
     let store = crate::support::relay::reopen_store(&data_dir).await;
-    switchyard::store::Store::recent_requests(&store, None, 10)
+    switchyard::store::Store::recent_requests(&store, &switchyard::store::RequestFilter::ALL, 10)
         .await
         .unwrap()
 }

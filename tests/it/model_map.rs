@@ -155,6 +155,9 @@ async fn openai_and_gemini_accounts_rename_too() {
             json!({
                 "provider": "openai",
                 "base_url": format!("{}/v1", mock.base_url()),
+                // Listed, a Claude name is the account's own for chat completions (not
+                // translated for Anthropic); the map renames it.
+                "models": ["gpt-4o*", "claude-sonnet-4-5"],
                 "model_map": { "gpt-4o*": "deepseek-chat", "claude-sonnet-4-5": "glm-4.6" },
             }),
         )
@@ -169,7 +172,7 @@ async fn openai_and_gemini_accounts_rename_too() {
             "/v1/responses",
             json!({ "model": "gpt-4o-mini", "input": "hi" }),
         ),
-        // A Claude model the account renames is its own, not translated for Anthropic.
+        // A Claude model the account lists and renames.
         (
             "/v1/chat/completions",
             json!({ "model": "claude-sonnet-4-5", "messages": [{ "role": "user", "content": "hi" }] }),
@@ -294,14 +297,14 @@ async fn a_failover_sends_the_next_account_its_own_name() {
     let plain = MockUpstream::start().await;
     plain.set_default(Behavior::Ok(MockUsage::new(10, 5)));
     let relay = Relay::start().await;
-    relay
+    let first = relay
         .add_account(
             &mapped,
             UPSTREAM_KEY,
             json!({ "priority": 1, "model_map": { "claude-*": "glm-4.6" } }),
         )
         .await;
-    relay
+    let second = relay
         .add_account(&plain, UPSTREAM_KEY, json!({ "priority": 2 }))
         .await;
     let (_, key) = relay.create_key("k").await;
@@ -310,6 +313,17 @@ async fn a_failover_sends_the_next_account_its_own_name() {
         "claude-sonnet-4-5"
     );
     assert_eq!(mapped.requests().pop().unwrap().json()["model"], "glm-4.6");
+    // The request log names the account that served, and lists it under that account alone.
+    relay.app.stats.flush().await;
+    let served = relay.requests(&format!("account_id={second}")).await;
+    assert_eq!(served.len(), 1, "{served:?}");
+    assert_eq!(served[0]["account_id"], second.as_str());
+    assert!(
+        relay
+            .requests(&format!("account_id={first}"))
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]

@@ -17,8 +17,8 @@ use switchyard::store::redis::RedisStore;
 use switchyard::store::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Bucket, Candidate,
     Counters, Dimension, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, Meter, MeterUse,
-    PickRequest, Picked, Provider, Renewed, RequestLogEntry, SessionPick, SmolStr, SpendBucket,
-    Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
+    PickRequest, Picked, Provider, Renewed, RequestFilter, RequestLogEntry, SessionPick, SmolStr,
+    SpendBucket, Store, StoreError, StoreResult, Taken, UsageBatch, UsageQuery,
 };
 use switchyard::usage::TokenUsage;
 use tempfile::TempDir;
@@ -107,7 +107,7 @@ macro_rules! conformance_tests {
             key_crud, account_crud, admit_caps_concurrency, a_lease_admitted_twice_counts_once,
             lease_expires, pick_by_priority,
             pick_rotates_equals, pick_skips_full_accounts, usage_adds_batches,
-            usage_keeps_the_newest_arrival, request_log,
+            usage_keeps_the_newest_arrival, request_log, request_log_by_account,
             health_reports_and_recovery, concurrent_health_reports, sessions_stick_escape_and_move,
             pick_weighs_relative_load, meters_reserve_and_settle, meters_admit_atomically,
             meters_return_holds_of_expired_leases, activation_on_first_use,
@@ -2873,7 +2873,10 @@ mod cases {
         let requests: Vec<_> = (1..=5_500).map(|n| log_entry(n, "k1")).collect();
         let backlog = batch(&totals, requests);
         store.record_usage(&backlog).await.unwrap();
-        let newest = store.recent_requests(None, 100).await.unwrap();
+        let newest = store
+            .recent_requests(&RequestFilter::ALL, 100)
+            .await
+            .unwrap();
         assert_eq!(
             ids(&newest),
             ["req-5500", "req-5499", "req-5498", "req-5497", "req-5496"]
@@ -2903,31 +2906,49 @@ mod cases {
             .collect();
         store.record_usage(&batch(&[], first)).await.unwrap();
         assert_eq!(
-            ids(&store.recent_requests(None, 10).await.unwrap()),
+            ids(&store
+                .recent_requests(&RequestFilter::ALL, 10)
+                .await
+                .unwrap()),
             ["req-3", "req-2", "req-1"]
         );
         store.record_usage(&batch(&[], second)).await.unwrap();
 
-        let all = store.recent_requests(None, 100).await.unwrap();
+        let all = store
+            .recent_requests(&RequestFilter::ALL, 100)
+            .await
+            .unwrap();
         assert_eq!(all.len(), REQUEST_LOG_MAX);
         assert_eq!(ids(&all), ["req-6", "req-5", "req-4", "req-3", "req-2"]);
         assert_eq!(all[0], log_entry(6, "k2"), "entries come back whole");
         assert_eq!(
-            ids(&store.recent_requests(None, 2).await.unwrap()),
+            ids(&store.recent_requests(&RequestFilter::ALL, 2).await.unwrap()),
             ["req-6", "req-5"]
         );
-        assert!(store.recent_requests(None, 0).await.unwrap().is_empty());
+        assert!(
+            store
+                .recent_requests(&RequestFilter::ALL, 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
-            ids(&store.recent_requests(Some("k1"), 100).await.unwrap()),
+            ids(&store
+                .recent_requests(&RequestFilter::key("k1"), 100)
+                .await
+                .unwrap()),
             ["req-5", "req-3"]
         );
         assert_eq!(
-            ids(&store.recent_requests(Some("k2"), 1).await.unwrap()),
+            ids(&store
+                .recent_requests(&RequestFilter::key("k2"), 1)
+                .await
+                .unwrap()),
             ["req-6"]
         );
         assert!(
             store
-                .recent_requests(Some("nobody"), 10)
+                .recent_requests(&RequestFilter::key("nobody"), 10)
                 .await
                 .unwrap()
                 .is_empty()
@@ -2936,8 +2957,66 @@ mod cases {
         let third: Vec<_> = (7..=10).map(|n| log_entry(n, "k1")).collect();
         store.record_usage(&batch(&[], third)).await.unwrap();
         assert_eq!(
-            ids(&store.recent_requests(None, 100).await.unwrap()),
+            ids(&store
+                .recent_requests(&RequestFilter::ALL, 100)
+                .await
+                .unwrap()),
             ["req-10", "req-9", "req-8", "req-7", "req-6"]
+        );
+    }
+
+    /// An account's entries, alone or with a key's; trimmed with the log, including an
+    /// account's last one; an entry without an account in none.
+    pub async fn request_log_by_account(store: Arc<dyn Store>) {
+        let entry = |n: i64| {
+            let mut e = log_entry(n, if n % 2 == 0 { "k2" } else { "k1" });
+            e.account_id = match n % 3 {
+                0 => None,
+                1 => Some("acc-a".to_owned()),
+                _ => Some("acc-b".to_owned()),
+            };
+            e
+        };
+        let read = |filter: RequestFilter<'static>, limit: usize| {
+            let store = Arc::clone(&store);
+            async move {
+                let got = store.recent_requests(&filter, limit).await.unwrap();
+                got.iter().map(|e| e.request_id.clone()).collect::<Vec<_>>()
+            }
+        };
+        store
+            .record_usage(&batch(&[], (1..=5).map(entry).collect()))
+            .await
+            .unwrap();
+        assert_eq!(
+            read(RequestFilter::account("acc-a"), 10).await,
+            ["req-4", "req-1"]
+        );
+        assert_eq!(
+            read(RequestFilter::account("acc-b"), 10).await,
+            ["req-5", "req-2"]
+        );
+        assert_eq!(read(RequestFilter::account("acc-b"), 1).await, ["req-5"]);
+        assert!(read(RequestFilter::account("nobody"), 10).await.is_empty());
+        let both = RequestFilter {
+            key_id: Some("k2"),
+            account_id: Some("acc-b"),
+        };
+        assert_eq!(read(both, 10).await, ["req-2"]);
+        // Two more: the log keeps five, so req-1 and req-2 go, from their accounts' too.
+        store
+            .record_usage(&batch(&[], (6..=7).map(entry).collect()))
+            .await
+            .unwrap();
+        assert_eq!(
+            read(RequestFilter::account("acc-a"), 10).await,
+            ["req-7", "req-4"]
+        );
+        assert_eq!(read(RequestFilter::account("acc-b"), 10).await, ["req-5"]);
+        assert_eq!(read(both, 10).await, Vec::<String>::new());
+        assert_eq!(
+            read(RequestFilter::ALL, 10).await,
+            ["req-7", "req-6", "req-5", "req-4", "req-3"]
         );
     }
 
@@ -3195,7 +3274,10 @@ mod cases {
         let store = backend.open().await;
         assert_eq!(store.usage(&query).await.unwrap(), vec![counters(4)]);
         assert_eq!(
-            store.recent_requests(None, 10).await.unwrap(),
+            store
+                .recent_requests(&RequestFilter::ALL, 10)
+                .await
+                .unwrap(),
             vec![log_entry(1, "k1")]
         );
         // And it keeps adding on top of what was there.
@@ -3213,6 +3295,7 @@ mod redis_only {
 
     use fred::prelude::{
         Builder, Client, ClientLike, Config, HashesInterface, KeysInterface, LuaInterface,
+        SortedSetsInterface,
     };
     use futures_util::TryStreamExt;
     use switchyard::store::Change;
@@ -3263,6 +3346,7 @@ mod redis_only {
                 | "{log}:all"
                 | "{log}:entries"
         ) || rest.starts_with("{log}:key:")
+            || rest.starts_with("{log}:account:")
             || (rest.starts_with("{u:") && rest.ends_with("}:total"))
     }
 
@@ -3373,6 +3457,62 @@ mod redis_only {
         raw.quit().await.unwrap();
     }
 
+    /// Trimming the log trims its key and account indexes with it: every member of an index is
+    /// an entry the log still holds.
+    async fn log_indexes_hold_what_the_log_holds(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        for round in 0..3_i64 {
+            let entries = (1..=4)
+                .map(|n| {
+                    let mut e = log_entry(round * 10 + n, if n % 2 == 0 { "k2" } else { "k1" });
+                    e.account_id = (n != 4).then(|| format!("acc-{}", n % 2));
+                    e
+                })
+                .collect();
+            store.record_usage(&batch(&[], entries)).await.unwrap();
+        }
+        let raw = raw_client(&backend.url).await;
+        let all = format!("{}{{log}}:all", backend.prefix);
+        let kept: Vec<String> = raw
+            .zrange(&all, 0, -1, None, false, None, false)
+            .await
+            .unwrap();
+        assert_eq!(kept.len(), REQUEST_LOG_MAX);
+        let mut indexes = 0;
+        for name in keys_under(&raw, &backend.prefix).await {
+            let rest = &name[backend.prefix.len()..];
+            if !(rest.starts_with("{log}:key:") || rest.starts_with("{log}:account:")) {
+                continue;
+            }
+            indexes += 1;
+            let members: Vec<String> = raw
+                .zrange(&name, 0, -1, None, false, None, false)
+                .await
+                .unwrap();
+            for member in members {
+                assert!(
+                    kept.contains(&member),
+                    "{name} keeps {member:?}, gone from the log"
+                );
+            }
+        }
+        assert_eq!(indexes, 4, "k1, k2, acc-0, acc-1");
+        raw.quit().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn log_indexes_hold_what_the_log_holds_standalone() {
+        log_indexes_hold_what_the_log_holds("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn log_indexes_hold_what_the_log_holds_cluster() {
+        log_indexes_hold_what_the_log_holds("REDIS_CLUSTER_URL").await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn every_ephemeral_key_has_a_ttl_standalone() {
         every_ephemeral_key_has_a_ttl("REDIS_URL").await;
@@ -3427,7 +3567,14 @@ mod redis_only {
             .await
             .unwrap();
         assert_eq!(got, vec![counters(2)]);
-        assert_eq!(store.recent_requests(None, 5).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .recent_requests(&RequestFilter::ALL, 5)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         raw.quit().await.unwrap();
     }
 
@@ -3550,9 +3697,20 @@ mod redis_only {
             store.usage(&query(Dimension::All)).await.unwrap(),
             vec![counters(1)]
         );
-        assert_eq!(store.recent_requests(None, 10).await.unwrap().len(), 1);
         assert_eq!(
-            store.recent_requests(None, usize::MAX).await.unwrap().len(),
+            store
+                .recent_requests(&RequestFilter::ALL, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .recent_requests(&RequestFilter::ALL, usize::MAX)
+                .await
+                .unwrap()
+                .len(),
             1,
             "no limit is too large"
         );
@@ -3920,7 +4078,10 @@ mod redis_only {
                 Admit::ConcurrencyExceeded { limit: 1 },
                 "{id}"
             );
-            let log = store.recent_requests(Some(id), 10).await.unwrap();
+            let log = store
+                .recent_requests(&RequestFilter::key(id), 10)
+                .await
+                .unwrap();
             assert_eq!(ids_of(&log), [format!("req-{i}")], "{id}");
         }
     }

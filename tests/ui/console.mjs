@@ -424,6 +424,13 @@ step('a request through the relay with the key is listed with its usage', async 
   } finally {
     await page.unroute(held);
   }
+  // An account's requests: the account chosen, its rows only.
+  await page.goto(`${CONSOLE_URL}#/requests?account_id=${accountId}`, { timeout: NAV });
+  await eventually('the account\'s requests alone are loaded', async () => {
+    assert.equal(await page.getByLabel('Account', { exact: true }).inputValue(), accountId);
+    assert.ok(await page.locator('tbody tr', { hasText: KEY }).count() > 0, 'the key\'s request, which the account served');
+    assert.equal(await page.locator('tbody tr', { hasText: 'e2e-hostile-model' }).count(), 0, 'only the account\'s requests');
+  });
   await page.goto(`${CONSOLE_URL}#/keys/${keyId}`, { timeout: NAV });
   await eventually('the key\'s usage shows 1 request', async () => {
     await page.getByRole('button', { name: 'Refresh' }).click();

@@ -1,6 +1,6 @@
 // Accounts: the upstream vendor accounts, their state, budgets and usage.
 
-import { get, post, patch, del, enc } from './api.js';
+import { get, post, patch, del, enc, qs } from './api.js';
 import {
   h, clear, button, busy, checkbox, field, formDialog, confirmDialog, messageLine, table, facts,
   badge, meter, nextId, latestOnly, reportAfter,
@@ -277,10 +277,9 @@ function renderDetail(main, id, ctx) {
 
     body.append(await usageSummary({ account_id: a.id }, ctx));
     if (!live()) return;
-    // The request log filters by key only: this account's among the most recent.
     await recentRequests(body, dir, live,
-      async () => ((await get('requests?limit=500')).data || []).filter((x) => x.account_id === a.id).slice(0, 25),
-      h('span', { class: 'muted small' }, 'among the last 500 of every account'),
+      async () => (await get(`requests${qs({ account_id: a.id, limit: 25 })}`)).data || [],
+      h('a', { href: `#/requests${qs({ account_id: a.id })}` }, 'All of this account\'s requests'),
       { hideAccount: true });
   }
 }

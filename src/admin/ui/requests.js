@@ -50,28 +50,30 @@ export async function render(main, _parts, query, ctx) {
   const limit = h('select', { name: 'limit' }, [25, 50, 100, 250, 500, 1000].map((n) => h('option', { value: String(n) }, String(n))));
   limit.value = query.get('limit') || '100';
   const keySel = h('select', { name: 'key_id' }, h('option', { value: '' }, 'Every key'));
+  const accountSel = h('select', { name: 'account_id' }, h('option', { value: '' }, 'Every account'));
   const refresh = button('Refresh', () => load(), 'primary');
   const box = h('div', null, h('p', { class: 'muted' }, 'Loading...'));
   main.append(
     h('div', { class: 'page-head' }, h('h1', null, 'Requests'),
-      h('div', { class: 'tools filters' }, field('Key', keySel, null, 'inline-field'), field('Show', limit, null, 'inline-field'), refresh)),
+      h('div', { class: 'tools filters' }, field('Key', keySel, null, 'inline-field'), field('Account', accountSel, null, 'inline-field'), field('Show', limit, null, 'inline-field'), refresh)),
     msg.el, box);
 
   let dir = emptyDirectory();
   const begin = latestOnly(ctx);
   const sync = () => {
-    const hash = `#/requests${qs({ key_id: keySel.value, limit: limit.value === '100' ? '' : limit.value })}`;
+    const hash = `#/requests${qs({ key_id: keySel.value, account_id: accountSel.value, limit: limit.value === '100' ? '' : limit.value })}`;
     if (location.hash !== hash) history.replaceState(null, '', hash);
     load();
   };
   keySel.addEventListener('change', sync);
+  accountSel.addEventListener('change', sync);
   limit.addEventListener('change', sync);
 
   async function load() {
     const live = begin();
     refresh.disabled = true;
     try {
-      const [d, r] = await Promise.all([directory(), get(`requests${qs({ limit: limit.value, key_id: keySel.value })}`)]);
+      const [d, r] = await Promise.all([directory(), get(`requests${qs({ limit: limit.value, key_id: keySel.value, account_id: accountSel.value })}`)]);
       if (!live()) return;
       dir = d;
       // What the select shows now (before the first load: the URL's key, set below); "Every key"
@@ -80,6 +82,10 @@ export async function render(main, _parts, query, ctx) {
       clear(keySel).append(h('option', { value: '' }, 'Every key'), ...dir.keys.map((k) => h('option', { value: k.id }, k.name)));
       if (chosen && !dir.keys.some((k) => k.id === chosen)) keySel.append(h('option', { value: chosen }, chosen));
       keySel.value = chosen;
+      const account = accountSel.value;
+      clear(accountSel).append(h('option', { value: '' }, 'Every account'), ...dir.accounts.map((a) => h('option', { value: a.id }, a.name)));
+      if (account && !dir.accounts.some((a) => a.id === account)) accountSel.append(h('option', { value: account }, account));
+      accountSel.value = account;
       const rows = r.data || [];
       clear(box).append(h('p', { class: 'muted small' }, `${fmtInt(rows.length)} most recent, newest first. Updated ${fmtWhen(new Date().toISOString())}.`),
         requestsTable(rows, dir));
@@ -94,6 +100,10 @@ export async function render(main, _parts, query, ctx) {
   if (query.get('key_id')) {
     keySel.append(h('option', { value: query.get('key_id') }, query.get('key_id')));
     keySel.value = query.get('key_id');
+  }
+  if (query.get('account_id')) {
+    accountSel.append(h('option', { value: query.get('account_id') }, query.get('account_id')));
+    accountSel.value = query.get('account_id');
   }
   await load();
 }

@@ -1,5 +1,6 @@
 -- The newest entries of a log index, newest first (false for an entry gone meanwhile).
--- KEYS[1] <p>{log}:all or <p>{log}:key:<key id>, KEYS[2] <p>{log}:entries
+-- KEYS[1] <p>{log}:all, <p>{log}:key:<key id> or <p>{log}:account:<account id>,
+-- KEYS[2] <p>{log}:entries
 -- ARGV[1] the index of the last entry wanted (limit - 1, computed by the caller: no arithmetic on
 -- big numbers in Lua)
 local members = redis.call('ZREVRANGE', KEYS[1], 0, ARGV[1])

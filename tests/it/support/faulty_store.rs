@@ -12,8 +12,8 @@ use switchyard::scheduler::policy::Report;
 use switchyard::store::{
     AccountRecord, AccountRelease, AccountRuntime, Admission, Admit, Binding, Change, Counters,
     HealthChange, KeyRecord, KeyRenewal, KeySettle, KeyState, Lease, PickRequest, Picked, Renewed,
-    RequestLogEntry, SmolStr, SpendBucket, Store, StoreError, StoreResult, Taken, UsageBatch,
-    UsageQuery,
+    RequestFilter, RequestLogEntry, SmolStr, SpendBucket, Store, StoreError, StoreResult, Taken,
+    UsageBatch, UsageQuery,
 };
 
 /// What the test tells the store and reads back; shared with the store the relay runs on.
@@ -233,10 +233,10 @@ impl Store for FaultyStore {
     }
     async fn recent_requests(
         &self,
-        key_id: Option<&str>,
+        filter: &RequestFilter<'_>,
         limit: usize,
     ) -> StoreResult<Vec<RequestLogEntry>> {
-        self.inner.recent_requests(key_id, limit).await
+        self.inner.recent_requests(filter, limit).await
     }
     async fn flush(&self) -> StoreResult<()> {
         self.inner.flush().await
