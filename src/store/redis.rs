@@ -488,10 +488,14 @@ fn log_json(entry: &RequestLogEntry) -> StoreResult<String> {
 
 /// The request log member of an entry: arrival first, so that equal scores sort by request id;
 /// the key id last, so that trimming the log finds each entry's key index without decoding it.
+///
+/// The serving account, when there is one, ends the first line (after a unit separator): what
+/// follows the first line break is the key id alone, as an earlier version's `log_add.lua`
+/// reads it when it trims the log.
 fn log_member(entry: &RequestLogEntry) -> String {
     match &entry.account_id {
         Some(account) => format!(
-            "{}:{}\n{}\n{account}",
+            "{}:{}\x1f{account}\n{}",
             entry.at, entry.request_id, entry.key_id
         ),
         None => format!("{}:{}\n{}", entry.at, entry.request_id, entry.key_id),
@@ -1135,14 +1139,15 @@ impl Store for RedisStore {
         };
         // Far above any log's bound, and exact wherever it is handled.
         let last = limit.min(1 << 31) - 1;
+        let mut args = vec![last.to_string()];
+        // An account's entries of one key: the script picks them from the account's index.
+        if let (Some(_), Some(key_id)) = (filter.account_id, filter.key_id) {
+            args.push(key_id.to_owned());
+        }
         let reply = self
             .scripts
             .log_read
-            .run(
-                self.client(),
-                vec![index, self.names.log_entries()],
-                vec![last.to_string()],
-            )
+            .run(self.client(), vec![index, self.names.log_entries()], args)
             .await?;
         let mut out = Vec::new();
         for value in reply.into_array() {

@@ -326,6 +326,43 @@ async fn a_failover_sends_the_next_account_its_own_name() {
     );
 }
 
+/// A map renames what an account is sent; it does not claim a name: chat completions for a
+/// Claude model still go to the Anthropic account, translated, beside an OpenAI account that
+/// maps `claude-*` without listing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_claims_no_model_for_chat_completions() {
+    let anthropic = MockUpstream::start().await;
+    anthropic.set_default(Behavior::Ok(MockUsage::new(10, 5)));
+    let openai = MockUpstream::start().await;
+    openai.set_default(Behavior::Ok(MockUsage::new(10, 5)));
+    let relay = Relay::start().await;
+    relay.add_account(&anthropic, UPSTREAM_KEY, json!({})).await;
+    relay
+        .add_account(
+            &openai,
+            UPSTREAM_KEY,
+            json!({
+                "provider": "openai",
+                "base_url": format!("{}/v1", openai.base_url()),
+                "model_map": { "claude-*": "glm-4.6" },
+            }),
+        )
+        .await;
+    let (_, key) = relay.create_key("k").await;
+    let resp = http_client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({ "model": "claude-sonnet-4-5", "messages": [{ "role": "user", "content": "hi" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sent = anthropic.requests().pop().unwrap();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.json()["model"], "claude-sonnet-4-5");
+    assert!(openai.requests().is_empty());
+}
+
 #[tokio::test]
 async fn a_model_map_the_account_cannot_use_is_refused() {
     let relay = Relay::start().await;

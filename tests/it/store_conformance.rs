@@ -3018,6 +3018,24 @@ mod cases {
             read(RequestFilter::ALL, 10).await,
             ["req-7", "req-6", "req-5", "req-4", "req-3"]
         );
+        // Three more of acc-a's: acc-b's last entry goes with the log's oldest.
+        store
+            .record_usage(&batch(&[], [10, 13, 16].map(entry).to_vec()))
+            .await
+            .unwrap();
+        assert!(read(RequestFilter::account("acc-b"), 10).await.is_empty());
+        assert_eq!(
+            read(RequestFilter::account("acc-a"), 10).await,
+            ["req-16", "req-13", "req-10", "req-7"]
+        );
+        // A key's entry behind the account's newer ones of another key is found, whatever the
+        // limit: not only among the account's newest `limit`.
+        let k1_of_a = RequestFilter {
+            key_id: Some("k1"),
+            account_id: Some("acc-a"),
+        };
+        assert_eq!(read(k1_of_a, 1).await, ["req-13"]);
+        assert_eq!(read(k1_of_a, 10).await, ["req-13", "req-7"]);
     }
 
     pub(super) fn spend_buckets(now: i64) -> [SpendBucket; 2] {
@@ -3501,6 +3519,97 @@ mod redis_only {
         }
         assert_eq!(indexes, 4, "k1, k2, acc-0, acc-1");
         raw.quit().await.unwrap();
+    }
+
+    /// An earlier version's `log_add.lua` (tests/fixtures/redis/log_add-v1.lua) appending to the
+    /// log this version wrote, during a rolling upgrade: the entries it trims go from their
+    /// keys' indexes as before (only the account index keeps theirs, which reads skip).
+    async fn an_earlier_instance_trims_this_one_s_entries(url_var: &str) {
+        let Some(backend) = redis_backend(url_var) else {
+            return;
+        };
+        let store = backend.open().await;
+        let entries = (1..=REQUEST_LOG_MAX as i64).map(|n| log_entry(n, "k1"));
+        store
+            .record_usage(&batch(&[], entries.collect()))
+            .await
+            .unwrap();
+        let raw = raw_client(&backend.url).await;
+        let p = &backend.prefix;
+        let keys = vec![
+            format!("{p}{{log}}:applied:earlier"),
+            format!("{p}{{log}}:all"),
+            format!("{p}{{log}}:entries"),
+        ];
+        let mut args = vec![
+            "7".to_owned(),
+            "86400000".to_owned(),
+            "64".to_owned(),
+            REQUEST_LOG_MAX.to_string(),
+            format!("{p}{{log}}:key:"),
+        ];
+        for n in [11, 12] {
+            let e = log_entry(n, "k2");
+            args.extend([
+                e.at.to_string(),
+                format!("{}:{}\n{}", e.at, e.request_id, e.key_id),
+                e.key_id.clone(),
+                serde_json::to_string(&e).unwrap(),
+            ]);
+        }
+        let applied: i64 = raw
+            .eval(include_str!("../fixtures/redis/log_add-v1.lua"), keys, args)
+            .await
+            .unwrap();
+        assert_eq!(applied, 1);
+        let kept: Vec<String> = raw
+            .zrange(format!("{p}{{log}}:all"), 0, -1, None, false, None, false)
+            .await
+            .unwrap();
+        let k1: Vec<String> = raw
+            .zrange(
+                format!("{p}{{log}}:key:k1"),
+                0,
+                -1,
+                None,
+                false,
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(k1.len(), REQUEST_LOG_MAX - 2, "{k1:?}");
+        assert!(k1.iter().all(|m| kept.contains(m)), "{k1:?} / {kept:?}");
+        let ids_of = |filter: RequestFilter<'static>| {
+            let store = Arc::clone(&store);
+            async move {
+                ids(&store.recent_requests(&filter, 10).await.unwrap())
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            ids_of(RequestFilter::key("k1")).await,
+            ["req-5", "req-4", "req-3"]
+        );
+        assert_eq!(ids_of(RequestFilter::key("k2")).await, ["req-12", "req-11"]);
+        // The account's index still names the two trimmed entries: a read skips them.
+        assert_eq!(
+            ids_of(RequestFilter::account("acc-1")).await,
+            ["req-5", "req-4", "req-3"]
+        );
+        raw.quit().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_earlier_instance_trims_this_one_s_entries_standalone() {
+        an_earlier_instance_trims_this_one_s_entries("REDIS_URL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_earlier_instance_trims_this_one_s_entries_cluster() {
+        an_earlier_instance_trims_this_one_s_entries("REDIS_CLUSTER_URL").await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

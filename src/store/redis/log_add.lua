@@ -1,7 +1,7 @@
 -- Appends request log entries, at most once per batch id, and trims the log to its bound: a
 -- handful of commands per call, whatever the number of entries.
 -- KEYS[1]    <p>{log}:applied:<writer>  string: batch ids this writer applied, newest first
--- KEYS[2]    <p>{log}:all               sorted set: '<at>:<request id>\n<key id>[\n<account id>]' -> at
+-- KEYS[2]    <p>{log}:all               sorted set: '<at>:<request id>[\x1f<account id>]\n<key id>' -> at
 -- KEYS[3]    <p>{log}:entries           hash: member -> JSON entry
 -- ARGV[1] batch id, ARGV[2] marker TTL (ms), ARGV[3] how many batch ids the marker keeps,
 -- ARGV[4] the most entries kept, ARGV[5] '<p>{log}:key:' (each key's own index, a sorted set
@@ -70,18 +70,15 @@ local excess = redis.call('ZCARD', all) - tonumber(ARGV[4])
 if excess > 0 then
   local oldest = redis.call('ZRANGE', all, 0, excess - 1)
   -- Each member names its key after its first line break, and its account (entries written
-  -- since accounts had an index) after the second.
+  -- since accounts had an index) at the end of its first line, after a unit separator.
   local gone, gone_by_account = {}, {}
   for _, member in ipairs(oldest) do
     local nl = string.find(member, '\n', 1, true)
     if nl then
-      local rest = string.sub(member, nl + 1)
-      local nl2 = string.find(rest, '\n', 1, true)
-      if nl2 then
-        push(gone, string.sub(rest, 1, nl2 - 1), member)
-        push(gone_by_account, string.sub(rest, nl2 + 1), member)
-      else
-        push(gone, rest, member)
+      push(gone, string.sub(member, nl + 1), member)
+      local us = string.find(member, '\31', 1, true)
+      if us and us < nl then
+        push(gone_by_account, string.sub(member, us + 1, nl - 1), member)
       end
     end
   end

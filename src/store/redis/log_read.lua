@@ -3,7 +3,30 @@
 -- KEYS[2] <p>{log}:entries
 -- ARGV[1] the index of the last entry wanted (limit - 1, computed by the caller: no arithmetic on
 -- big numbers in Lua)
-local members = redis.call('ZREVRANGE', KEYS[1], 0, ARGV[1])
+-- ARGV[2], with an account's index: only the entries of this key, found a page at a time.
+local members
+if ARGV[2] then
+  local want, from = tonumber(ARGV[1]) + 1, 0
+  members = {}
+  while #members < want do
+    local page = redis.call('ZREVRANGE', KEYS[1], from, from + 999)
+    if #page == 0 then
+      break
+    end
+    for _, member in ipairs(page) do
+      local nl = string.find(member, '\n', 1, true)
+      if nl and string.sub(member, nl + 1) == ARGV[2] then
+        members[#members + 1] = member
+        if #members == want then
+          break
+        end
+      end
+    end
+    from = from + 1000
+  end
+else
+  members = redis.call('ZREVRANGE', KEYS[1], 0, ARGV[1])
+end
 local out = {}
 for i = 1, #members, 1000 do
   local part = redis.call('HMGET', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
