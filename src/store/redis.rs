@@ -249,7 +249,7 @@ impl RedisStore {
         }
         for (chunk_no, chunk) in batch.requests.chunks(LOG_CHUNK).enumerate() {
             let mut keys = Vec::with_capacity(3);
-            let mut args = Vec::with_capacity(6 + 5 * chunk.len());
+            let mut args = Vec::with_capacity(5 + 4 * chunk.len());
             keys.extend([
                 self.names.log_applied(&self.writer),
                 self.names.log_all(),
@@ -261,14 +261,12 @@ impl RedisStore {
                 MARKER_KEEP.to_string(),
                 self.request_log_max.to_string(),
                 self.names.log_key_prefix(),
-                self.names.log_account_prefix(),
             ]);
             for entry in chunk {
                 args.extend([
                     entry.at.to_string(),
                     log_member(entry),
                     entry.key_id.clone(),
-                    entry.account_id.clone().unwrap_or_default(),
                     log_json(entry)?,
                 ]);
             }
@@ -489,9 +487,9 @@ fn log_json(entry: &RequestLogEntry) -> StoreResult<String> {
 /// The request log member of an entry: arrival first, so that equal scores sort by request id;
 /// the key id last, so that trimming the log finds each entry's key index without decoding it.
 ///
-/// The serving account, when there is one, ends the first line (after a unit separator): what
-/// follows the first line break is the key id alone, as an earlier version's `log_add.lua`
-/// reads it when it trims the log.
+/// The serving account, when there is one, ends the first line (after a unit separator), for
+/// reads of an account's entries (`log_read.lua`); what follows the first line break is the key
+/// id alone, as `log_add.lua` (this version's and earlier ones') reads it when it trims the log.
 fn log_member(entry: &RequestLogEntry) -> String {
     match &entry.account_id {
         Some(account) => format!(
@@ -1132,17 +1130,16 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let index = match (filter.account_id, filter.key_id) {
-            (Some(account_id), _) => self.names.log_account(account_id),
-            (None, Some(key_id)) => self.names.log_key(key_id),
-            (None, None) => self.names.log_all(),
+        let index = match filter.key_id {
+            Some(key_id) => self.names.log_key(key_id),
+            None => self.names.log_all(),
         };
         // Far above any log's bound, and exact wherever it is handled.
         let last = limit.min(1 << 31) - 1;
         let mut args = vec![last.to_string()];
-        // An account's entries of one key: the script picks them from the account's index.
-        if let (Some(_), Some(key_id)) = (filter.account_id, filter.key_id) {
-            args.push(key_id.to_owned());
+        // An account's: picked by the script from the members, which name it.
+        if let Some(account_id) = filter.account_id {
+            args.push(account_id.to_owned());
         }
         let reply = self
             .scripts

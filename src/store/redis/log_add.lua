@@ -5,8 +5,7 @@
 -- KEYS[3]    <p>{log}:entries           hash: member -> JSON entry
 -- ARGV[1] batch id, ARGV[2] marker TTL (ms), ARGV[3] how many batch ids the marker keeps,
 -- ARGV[4] the most entries kept, ARGV[5] '<p>{log}:key:' (each key's own index, a sorted set
--- like KEYS[2], is ARGV[5] .. key id), ARGV[6] '<p>{log}:account:' (each account's, the same),
--- then per entry: at, member, key id, account id ('' for none), JSON.
+-- like KEYS[2], is ARGV[5] .. key id), then per entry: at, member, key id, JSON.
 -- Ordered like the embedded store: by arrival (at), then request id. Entries with equal `at`
 -- share the member prefix '<at>:', so Redis's order among equal scores is the request id's.
 -- Returns 1 when applied, 0 when this batch was applied before (a retry).
@@ -44,49 +43,36 @@ local function sliced(command, key, args, step)
   end
 end
 
-local all, entries, by_key_prefix, by_account_prefix = KEYS[2], KEYS[3], ARGV[5], ARGV[6]
-local scored, stored, by_key, by_account = {}, {}, {}, {}
-for i = 7, #ARGV, 5 do
-  local at, member, key, account, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+local all, entries, by_key_prefix = KEYS[2], KEYS[3], ARGV[5]
+local scored, stored, by_key = {}, {}, {}
+for i = 6, #ARGV, 4 do
+  local at, member, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   scored[#scored + 1] = at
   scored[#scored + 1] = member
   stored[#stored + 1] = member
   stored[#stored + 1] = json
   push(by_key, key, at, member)
-  if account ~= '' then
-    push(by_account, account, at, member)
-  end
 end
 sliced('ZADD', all, scored, 2000)
 sliced('HSET', entries, stored, 2000)
 for key, list in pairs(by_key) do
   sliced('ZADD', by_key_prefix .. key, list, 2000)
 end
-for account, list in pairs(by_account) do
-  sliced('ZADD', by_account_prefix .. account, list, 2000)
-end
 
 local excess = redis.call('ZCARD', all) - tonumber(ARGV[4])
 if excess > 0 then
   local oldest = redis.call('ZRANGE', all, 0, excess - 1)
-  -- Each member names its key after its first line break, and its account (entries written
-  -- since accounts had an index) at the end of its first line, after a unit separator.
-  local gone, gone_by_account = {}, {}
+  -- A member names its key after its first line break (its account, for `log_read.lua`, ends
+  -- its first line).
+  local gone = {}
   for _, member in ipairs(oldest) do
     local nl = string.find(member, '\n', 1, true)
     if nl then
       push(gone, string.sub(member, nl + 1), member)
-      local us = string.find(member, '\31', 1, true)
-      if us and us < nl then
-        push(gone_by_account, string.sub(member, us + 1, nl - 1), member)
-      end
     end
   end
   for key, list in pairs(gone) do
     sliced('ZREM', by_key_prefix .. key, list, 1000)
-  end
-  for account, list in pairs(gone_by_account) do
-    sliced('ZREM', by_account_prefix .. account, list, 1000)
   end
   sliced('HDEL', entries, oldest, 1000)
   redis.call('ZREMRANGEBYRANK', all, 0, excess - 1)

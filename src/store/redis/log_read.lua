@@ -1,12 +1,13 @@
 -- The newest entries of a log index, newest first (false for an entry gone meanwhile).
--- KEYS[1] <p>{log}:all, <p>{log}:key:<key id> or <p>{log}:account:<account id>,
--- KEYS[2] <p>{log}:entries
+-- KEYS[1] <p>{log}:all or <p>{log}:key:<key id>, KEYS[2] <p>{log}:entries
 -- ARGV[1] the index of the last entry wanted (limit - 1, computed by the caller: no arithmetic on
 -- big numbers in Lua)
--- ARGV[2], with an account's index: only the entries of this key, found a page at a time.
+-- ARGV[2], when given: only the entries of this account (the end of a member's first line,
+-- after a unit separator), found a page at a time. The log keeps no index per account: an
+-- entry costs every request, a read an admin now and then.
 local members
 if ARGV[2] then
-  local want, from = tonumber(ARGV[1]) + 1, 0
+  local want, from, suffix = tonumber(ARGV[1]) + 1, 0, '\31' .. ARGV[2]
   members = {}
   while #members < want do
     local page = redis.call('ZREVRANGE', KEYS[1], from, from + 999)
@@ -15,7 +16,7 @@ if ARGV[2] then
     end
     for _, member in ipairs(page) do
       local nl = string.find(member, '\n', 1, true)
-      if nl and string.sub(member, nl + 1) == ARGV[2] then
+      if nl and nl > #suffix and string.sub(member, nl - #suffix, nl - 1) == suffix then
         members[#members + 1] = member
         if #members == want then
           break

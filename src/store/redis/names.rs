@@ -195,16 +195,6 @@ impl Names {
         format!("{}{key_id}", self.log_key_prefix())
     }
 
-    /// What `log_account` puts before the account id (as `log_key_prefix` for keys).
-    pub(super) fn log_account_prefix(&self) -> String {
-        format!("{}{{log}}:account:", self.prefix)
-    }
-
-    /// Sorted set like `log_all`, only the entries of requests this account served.
-    pub(super) fn log_account(&self, account_id: &str) -> String {
-        format!("{}{account_id}", self.log_account_prefix())
-    }
-
     /// String: the batch ids this writer last applied to the log.
     pub(super) fn log_applied(&self, writer: &str) -> String {
         format!("{}{{log}}:applied:{writer}", self.prefix)
@@ -268,7 +258,6 @@ mod tests {
         assert_eq!(tag(&n.log_all()), "log");
         assert_eq!(tag(&n.log_entries()), "log");
         assert_eq!(tag(&n.log_key("k}{")), "log");
-        assert_eq!(tag(&n.log_account("a}{")), "log");
         assert_eq!(tag(&n.log_applied("w")), "log");
         assert_eq!(tag(&n.spend("a}{", "day:2026-11-22")), "spend:a%7D%7B");
         assert_eq!(
