@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 use http::Response;
 
 use super::call::Call;
-use super::upstream::{Answer, Failure, SendError, send};
+use super::upstream::{Answer, Failure, send};
 use crate::app::App;
 use crate::body::Body;
 use crate::error::{ApiError, ErrorKind};
 use crate::limits::KeyLease;
 use crate::metrics as m;
 use crate::scheduler::policy::Sticky;
-use crate::scheduler::{self, Picked, health, health::Outcome};
+use crate::scheduler::{self, Picked, health};
 use crate::store::{KeyRecord, RequestLogEntry};
 use crate::usage::TokenUsage;
 
@@ -114,19 +114,7 @@ pub(crate) async fn attempts(
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let outcome = match &sent {
             Ok(answer) => answer.outcome(),
-            Err(
-                SendError::Timeout(_)
-                | SendError::Unfinished {
-                    timed_out: true, ..
-                },
-            ) => Outcome::Timeout,
-            Err(
-                SendError::Failed(_)
-                | SendError::Mismatch(_)
-                | SendError::Unfinished {
-                    timed_out: false, ..
-                },
-            ) => Outcome::ConnectError,
+            Err(e) => e.outcome(),
         };
         let verdict = match health::judge(
             outcome,

@@ -67,27 +67,23 @@ pub async fn probe(app: &App, account: &Account, model: &str) -> Result<Value, A
         let answer = read_capped(answer, MAX_ANSWER as usize, within).await;
         Ok::<_, upstream::SendError>((head, answer))
     };
-    match tokio::time::timeout(within, attempt).await {
-        Err(_) => {
+    let attempt = tokio::time::timeout(within, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(upstream::SendError::Unfinished {
+                why: format!("no whole answer within {} s", within.as_secs()),
+                timed_out: true,
+            })
+        });
+    match attempt {
+        Err(e) => {
             shown["ok"] = json!(false);
             shown["status"] = Value::Null;
-            shown["verdict"] = json!(verdict_name(&Verdict::Failing));
-            shown["error"] = json!(format!("no whole answer within {} s", within.as_secs()));
-        }
-        Ok(Err(e)) => {
-            let outcome = match &e {
-                upstream::SendError::Timeout(_)
-                | upstream::SendError::Unfinished {
-                    timed_out: true, ..
-                } => Outcome::Timeout,
-                _ => Outcome::ConnectError,
-            };
-            shown["ok"] = json!(false);
-            shown["status"] = Value::Null;
-            shown["verdict"] = json!(verdict_name(&health::judge(outcome, now_ms, cooldown)));
+            let verdict = health::judge(e.outcome(), now_ms, cooldown);
+            shown["verdict"] = json!(verdict_name(&verdict));
             shown["error"] = json!(e.describe());
         }
-        Ok(Ok((head, answer))) => {
+        Ok((head, answer)) => {
             let verdict = health::judge(
                 Outcome::Response {
                     status: head.status.as_u16(),

@@ -21,10 +21,12 @@ use crate::upstream_client::{UpstreamError, UpstreamResponse, read_capped};
 use http_body_util::BodyExt;
 
 /// The URL and headers of `call` for `account`, in its vendor's convention.
+/// `model`: the account's name for the call's model, when its model map renames it.
 fn request_for(
     call: &Call,
     client: &http::HeaderMap,
     account: &Account,
+    model: Option<&str>,
 ) -> Option<(String, http::HeaderMap)> {
     let query = call.query.as_deref();
     Some(match (&call.target, account.record.provider) {
@@ -44,13 +46,10 @@ fn request_for(
             azure::upstream_url(account, path, call.model.as_deref()),
             azure::upstream_headers(client, account),
         ),
-        (Target::Gemini { version, path }, Provider::Gemini) => {
-            let model = account.upstream_model(call.model.as_deref());
-            (
-                gemini::upstream_url(account, version, &gemini::model_path(path, model), query),
-                gemini::upstream_headers(client, account),
-            )
-        }
+        (Target::Gemini { version, path }, Provider::Gemini) => (
+            gemini::upstream_url(account, version, &gemini::model_path(path, model), query),
+            gemini::upstream_headers(client, account),
+        ),
         // The scheduler only offers accounts of the call's protocol.
         _ => return None,
     })
@@ -71,7 +70,9 @@ pub(super) async fn send(
         Provider::CodeAssist => return send_code_assist(app, call, client, account).await,
         _ => {}
     }
-    let Some((url, headers)) = request_for(call, client, account) else {
+    // What the account's vendor calls the model, when its model map renames it.
+    let model = account.upstream_model(call.model.as_deref());
+    let Some((url, headers)) = request_for(call, client, account, model) else {
         return Err(SendError::Mismatch(account.record.provider));
     };
     // A generation the client did not stream, for the Codex backend, which answers only as a
@@ -80,9 +81,6 @@ pub(super) async fn send(
         (&call.target, account.record.provider),
         (Target::OpenAi { path }, Provider::ChatGpt) if chatgpt::streams_for_client(path, call.streams)
     );
-    // What the account's vendor calls the model, when its model map renames it (Gemini's is in
-    // the URL).
-    let model = account.upstream_model(call.model.as_deref());
     let body = match (&call.respond, &call.target, account.record.provider) {
         // Azure api-versions before 2024-09 refuse `stream_options`: such an account gets the
         // client's body as it was (its stream then carries no usage to bill).
@@ -309,6 +307,22 @@ pub(super) enum SendError {
 }
 
 impl SendError {
+    /// What the account's health is judged by: running out of time, or a failure to connect
+    /// (or to read an answer taken whole).
+    pub(super) fn outcome(&self) -> Outcome<'static> {
+        match self {
+            SendError::Timeout(_)
+            | SendError::Unfinished {
+                timed_out: true, ..
+            } => Outcome::Timeout,
+            SendError::Failed(_)
+            | SendError::Mismatch(_)
+            | SendError::Unfinished {
+                timed_out: false, ..
+            } => Outcome::ConnectError,
+        }
+    }
+
     pub(super) fn describe(&self) -> String {
         match self {
             SendError::Timeout(limit) => format!("no response within {} s", limit.as_secs()),
