@@ -94,8 +94,10 @@ impl Account {
             .ok()?;
         // A name before any glob, a longer glob before a shorter one.
         model_map.sort_by_key(|(from, _)| {
-            let glob = from.as_str().contains(['*', '?', '[']);
-            (glob, std::cmp::Reverse(from.as_str().len()))
+            (
+                is_glob(from.as_str()),
+                std::cmp::Reverse(from.as_str().len()),
+            )
         });
         let proxy = match proxy {
             Some(url) => Some(Arc::new(AccountProxy::new(url)?)),
@@ -154,6 +156,12 @@ impl Account {
             .map(|(_, to)| to.as_str())
             .filter(|to| *to != model)
     }
+}
+
+/// Whether a model name (of an account's `models`, a model map, a price file) is a glob rather
+/// than one model's name.
+pub fn is_glob(name: &str) -> bool {
+    name.contains(['*', '?', '['])
 }
 
 /// Tries to reload the accounts after a change, over about 20 s.

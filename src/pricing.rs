@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::is_glob;
 use crate::usage::TokenUsage;
 use images::{ImageTable, UsdImagePrices};
 
@@ -405,10 +406,6 @@ struct Layer {
     exact: foldhash::HashMap<String, ModelPrice>,
     /// Most specific first, so the first match is the answer.
     globs: Vec<GlobEntry>,
-}
-
-fn is_glob(key: &str) -> bool {
-    key.contains(['*', '?', '['])
 }
 
 impl Layer {

@@ -402,7 +402,7 @@ fn model_list_without_openai_accounts(app: &App) -> Option<serde_json::Value> {
     let mut seen = std::collections::BTreeMap::new();
     for account in usable() {
         for model in &account.record.models {
-            if !model.contains(['*', '?', '[']) {
+            if !crate::catalog::is_glob(model) {
                 seen.entry(model.clone())
                     .or_insert(account.record.provider.as_str());
             }
@@ -429,7 +429,7 @@ fn gemini_models_of_google_logins(app: &App, rest: &str) -> Option<serde_json::V
     let named: std::collections::BTreeSet<&str> = usable()
         .filter(|a| a.record.provider == Provider::CodeAssist)
         .flat_map(|a| &a.record.models)
-        .filter(|m| !m.contains(['*', '?', '[']))
+        .filter(|m| !crate::catalog::is_glob(m))
         .map(String::as_str)
         .collect();
     let model = |id: &str| {
@@ -465,6 +465,14 @@ pub fn check_model_name(model: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid("model: not a model name"));
     }
     Ok(())
+}
+
+/// Whether a model name can stand in a URL's path as it is (`models/{model}:{method}`, Gemini's
+/// and Imagen's): letters, digits, `-`, `_` and `.` only.
+pub fn fits_a_path(model: &str) -> bool {
+    model
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The enabled key record behind the presented key, or a 401.

@@ -1002,9 +1002,8 @@ pub trait Store: Send + Sync + 'static {
     async fn upkeep(&self) -> StoreResult<()> {
         Ok(())
     }
-    /// The most recent requests, newest first, optionally only those of one key or one account.
-    /// With both, those of the account among its newest `limit` that are the key's (so
-    /// possibly fewer).
+    /// The most recent requests, newest first, optionally only those of one key, one account,
+    /// or both.
     async fn recent_requests(
         &self,
         filter: &RequestFilter<'_>,

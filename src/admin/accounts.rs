@@ -347,10 +347,7 @@ fn valid_model_map(provider: Provider, map: &BTreeMap<String, String>) -> Result
                  characters (no spaces around it)"
             )));
         }
-        let in_a_path = to
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !fits(to) || (provider == Provider::Gemini && !in_a_path) {
+        if !fits(to) || (provider == Provider::Gemini && !crate::relay::fits_a_path(to)) {
             return Err(ApiError::invalid(format!(
                 "model_map.{from}: {to:?} is not a model name of 1 to {MODEL_NAME_MAX} \
                  characters (no spaces around it){}",
@@ -889,7 +886,7 @@ pub async fn test(app: &Arc<App>, id: &str, req: TestAccount) -> Result<Response
              it is not served",
         ));
     };
-    let literal = |name: &&String| !name.contains(['*', '?', '[']);
+    let literal = |name: &&String| !crate::catalog::is_glob(name);
     let model = match req
         .model
         .map(|m| m.trim().to_owned())
@@ -906,10 +903,9 @@ pub async fn test(app: &Arc<App>, id: &str, req: TestAccount) -> Result<Response
             .unwrap_or_else(|| test_model(record.provider).to_owned()),
     };
     crate::relay::check_model_name(&model)?;
-    let in_a_path = model
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if record.provider.protocol() == crate::store::Protocol::Gemini && !in_a_path {
+    if record.provider.protocol() == crate::store::Protocol::Gemini
+        && !crate::relay::fits_a_path(&model)
+    {
         return Err(ApiError::invalid(
             "model: a Gemini model name (letters, digits, `-`, `_`, `.`)",
         ));

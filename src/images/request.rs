@@ -194,10 +194,7 @@ fn finish(
     // into metrics labels: a space made every Gemini account's request fail as a connect error
     // (and cool the account down), a `#` or `/../` could name another model or method.
     crate::relay::check_model_name(&model)?;
-    if !model
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if !crate::relay::fits_a_path(&model) {
         return Err(ApiError::invalid(format!(
             "model: {model:?} is not a model name (letters, digits, `-`, `_` and `.`)"
         )));

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NANOUSD_PER_USD, PricingError, is_glob, normalise_model, to_nano};
+use super::{NANOUSD_PER_USD, PricingError, normalise_model, to_nano};
+use crate::catalog::is_glob;
 
 /// Image prices as written: USD.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -52,11 +52,7 @@ pub fn request(chat_body: &[u8]) -> Result<GenerateRequest, ApiError> {
         Some(_) => return Err(ApiError::invalid("model: must be a non-empty string")),
     };
     let bare = model.strip_prefix("models/").unwrap_or(&model);
-    if bare.is_empty()
-        || !bare
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if bare.is_empty() || !crate::relay::fits_a_path(bare) {
         return Err(ApiError::invalid(format!(
             "model: {model:?} is not a valid Gemini model name"
         )));
